@@ -1,0 +1,35 @@
+"""What is acted on: simulator backends behind one batched, torch-native env contract.
+
+``make_env`` is the one way to build an env from a backend name; see ``envs.base`` for the
+contract every backend keeps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from envs.base import BatchedEnv, StepResult
+
+BACKENDS = ("gymnasium",)
+
+
+def make_env(
+    task_id: str,
+    num_envs: int = 1,
+    backend: str = "gymnasium",
+    vectorization: str = "sync",
+    kwargs: dict[str, Any] | None = None,
+    max_episode_steps: int | None = None,
+    device: str | torch.device = "cpu",
+) -> BatchedEnv:
+    """Build ``num_envs`` copies of ``task_id`` on the named simulator backend."""
+    if backend == "gymnasium":
+        from envs.gymnasium_backend import GymnasiumBatchedEnv
+
+        return GymnasiumBatchedEnv(task_id, num_envs, vectorization, kwargs, max_episode_steps, device)
+    raise ValueError(f"unknown env backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+__all__ = ["BACKENDS", "BatchedEnv", "StepResult", "make_env"]

@@ -1,0 +1,115 @@
+"""The batched-environment contract every simulator backend keeps (ARCHITECTURE.md, contract 1).
+
+Learners and runners see every simulator (gymnasium, batched MuJoCo, GPU simulators) through
+this one small, torch-native interface:
+
+    env.num_envs, env.observation_space, env.action_space, env.device
+    obs = env.reset(seed)                                   # [N, obs_dim]
+    obs, reward, terminated, truncated, info = env.step(actions)   # actions: [N, act_dim]
+
+Finished environments are reset inside ``step``; the returned ``obs`` row is then the first
+observation of the new episode, and ``info["final_obs"]`` holds the observation the finished
+episode ended in (for every other row it equals ``obs``), so a learner can always store
+``(obs, action, reward, info["final_obs"], terminated)`` and bootstrap correctly on truncation.
+``terminated`` (a true terminal state: no bootstrapping) and ``truncated`` (a time limit: do
+bootstrap) are never merged.
+
+``info["episode"]`` reports the episodes that finished in this step, with their undiscounted
+return and length measured on the raw reward (before any reward normalization):
+``{"return": [N] float32, "length": [N] int64, "mask": [N] bool}``.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, NamedTuple
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+
+class StepResult(NamedTuple):
+    obs: torch.Tensor  # [N, obs_dim] float32, first obs of the new episode where one ended
+    reward: torch.Tensor  # [N] float32
+    terminated: torch.Tensor  # [N] bool: the episode reached a terminal state
+    truncated: torch.Tensor  # [N] bool: the episode was cut (time limit); bootstrap from final_obs
+    info: dict[str, Any]  # "final_obs" [N, obs_dim], "episode" {return, length, mask}
+
+
+class BatchedEnv(abc.ABC):
+    """N copies of one task stepped together, with torch tensors in and out."""
+
+    num_envs: int
+    observation_space: gym.spaces.Box  # one environment's observation space
+    action_space: gym.spaces.Box  # one environment's action space, finite bounds
+    device: torch.device
+    task_id: str  # e.g. "Hopper-v5", used in logs and run names
+
+    @abc.abstractmethod
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        """Reset every environment; env i is seeded with ``seed + i``. Returns obs [N, obs_dim]."""
+
+    @abc.abstractmethod
+    def step(self, actions: torch.Tensor) -> StepResult:
+        """Apply actions [N, act_dim] (within ``action_space`` bounds) and auto-reset finished envs."""
+
+    def close(self) -> None:
+        """Release worker processes, simulators and files."""
+
+    # Exact save/restore of the simulators, for resuming a run bit-for-bit. A backend that cannot
+    # capture its state returns None from state_dict(); the runner then resets on resume and says so.
+    def state_dict(self) -> dict[str, Any] | None:
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise ValueError(f"{type(self).__name__} cannot restore simulator state")
+
+    @property
+    def obs_dim(self) -> int:
+        return int(np.prod(self.observation_space.shape))
+
+    @property
+    def act_dim(self) -> int:
+        return int(np.prod(self.action_space.shape))
+
+    def check_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Validate a batch of actions: shape [N, act_dim], finite. Returns float32 on self.device."""
+        if not isinstance(actions, torch.Tensor):
+            actions = torch.as_tensor(np.asarray(actions), dtype=torch.float32)
+        expected = (self.num_envs, self.act_dim)
+        if tuple(actions.shape) != expected:
+            raise ValueError(
+                f"{self.task_id}: actions have shape {tuple(actions.shape)}, expected {expected} "
+                f"(num_envs={self.num_envs}, action dim={self.act_dim})"
+            )
+        if not bool(torch.isfinite(actions).all()):
+            bad = (~torch.isfinite(actions)).any(dim=1).nonzero().flatten().tolist()
+            raise ValueError(
+                f"{self.task_id}: non-finite actions for envs {bad[:10]}; refusing to step the "
+                "simulator with NaN/Inf (check the policy for diverged weights)"
+            )
+        return actions.to(device=self.device, dtype=torch.float32)
+
+    def __enter__(self) -> "BatchedEnv":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_box_spaces(task_id: str, observation_space: gym.Space, action_space: gym.Space) -> None:
+    """Refuse tasks robo-rl's learners cannot handle, with a message saying why."""
+    if not isinstance(action_space, gym.spaces.Box):
+        raise ValueError(
+            f"{task_id}: action space is {type(action_space).__name__}; robo-rl's learners are for "
+            "continuous control and need a Box action space"
+        )
+    if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
+        raise ValueError(f"{task_id}: action space {action_space} has infinite bounds; wrap the env "
+                         "with gymnasium.wrappers.RescaleAction or ClipAction first")
+    if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
+        raise ValueError(
+            f"{task_id}: observation space {observation_space} is not a flat Box; wrap the env with "
+            "gymnasium.wrappers.FlattenObservation first"
+        )

@@ -1,0 +1,119 @@
+"""The policy-head contract (ARCHITECTURE.md, contract 2).
+
+A learner never assumes a Gaussian. A head declares what it can do with capability flags and
+implements the calls it supports; each learner states the capabilities it needs and refuses a
+head that lacks them at construction, with a message saying what to choose instead.
+
+    act(obs, deterministic=False) -> actions          inference, no grad, within the action bounds
+    sample(obs) -> actions, log_prob or None           with grad; reparameterized if the flag says so
+    log_prob(obs, actions) -> [B]                      where the likelihood is tractable
+    imitation_loss(obs, actions, weights=None) -> []   the head's own supervised objective
+    entropy(obs) -> [B]                                exact where known, else a one-sample estimate
+
+Observations are raw env observations: the head owns the observation normalizer (``obs_norm``)
+so that an exported head includes it. Actions are in the env's units and bounds.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+import torch
+from torch import nn
+
+from policies.normalizers import ObsNormalizer
+
+
+class UnsupportedByHead(TypeError):
+    """A learner asked a head for something the head does not provide (see its capability flags)."""
+
+
+class PolicyHead(nn.Module, abc.ABC):
+    #: sample() returns actions differentiable w.r.t. the parameters (pathwise gradients: SAC, TD3)
+    reparameterized: bool = False
+    #: log_prob() is exact (PPO's ratio, SAC's entropy term)
+    tractable_log_prob: bool = False
+    #: actions drawn at random in act(deterministic=False); False for deterministic heads
+    stochastic: bool = True
+    #: number of future actions predicted per call (1: one action per observation)
+    action_chunk: int = 1
+
+    name: str = "head"
+
+    def __init__(self, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray, obs_norm: ObsNormalizer) -> None:
+        super().__init__()
+        low = torch.as_tensor(np.asarray(action_low, dtype=np.float32))
+        high = torch.as_tensor(np.asarray(action_high, dtype=np.float32))
+        if low.shape != high.shape or low.dim() != 1:
+            raise ValueError(f"action bounds must be 1-D and of equal shape, got {low.shape} and {high.shape}")
+        if not bool(torch.isfinite(low).all() and torch.isfinite(high).all() and (high > low).all()):
+            raise ValueError(f"action bounds must be finite with high > low, got low={low}, high={high}")
+        self.obs_dim = obs_dim
+        self.act_dim = int(low.shape[0])
+        self.obs_norm = obs_norm
+        self.register_buffer("action_low", low)
+        self.register_buffer("action_high", high)
+        self.register_buffer("action_scale", (high - low) / 2)
+        self.register_buffer("action_bias", (high + low) / 2)
+
+    # -- the contract ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """Actions [B, act_dim] within the action bounds, without gradient."""
+
+    @abc.abstractmethod
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Actions [B, act_dim] with gradient, and their log-probability [B] (None if intractable)."""
+
+    @abc.abstractmethod
+    def imitation_loss(self, obs: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The head's supervised objective on (obs, action) pairs, optionally weighted per sample."""
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        raise UnsupportedByHead(f"the {self.name} head has no tractable log-probability")
+
+    def entropy(self, obs: torch.Tensor) -> torch.Tensor:
+        """One-sample estimate -log pi(a|s); heads with a closed form override it."""
+        _, logp = self.sample(obs)
+        if logp is None:
+            raise UnsupportedByHead(f"the {self.name} head has no tractable log-probability, so no entropy")
+        return -logp
+
+    def evaluate_actions(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log pi(a|s) and entropy together (PPO's update); heads may share one forward pass."""
+        return self.log_prob(obs, actions), self.entropy(obs)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """The deterministic action: what an export of this head computes."""
+        return self.act(obs, deterministic=True)
+
+    # -- helpers for subclasses -----------------------------------------------------------------
+    def clip_action(self, actions: torch.Tensor) -> torch.Tensor:
+        return torch.maximum(torch.minimum(actions, self.action_high), self.action_low)
+
+    def to_unit(self, actions: torch.Tensor) -> torch.Tensor:
+        """Env-unit actions -> [-1, 1]."""
+        return (actions - self.action_bias) / self.action_scale
+
+    def from_unit(self, unit: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] -> env-unit actions."""
+        return unit * self.action_scale + self.action_bias
+
+    def capabilities(self) -> dict[str, object]:
+        return {
+            "reparameterized": self.reparameterized,
+            "tractable_log_prob": self.tractable_log_prob,
+            "stochastic": self.stochastic,
+            "action_chunk": self.action_chunk,
+        }
+
+
+def require_capabilities(learner: str, head: PolicyHead, needs: dict[str, str]) -> None:
+    """Fail at start-up when a head lacks what a learner needs. ``needs`` maps flag -> why."""
+    missing = [f"{flag} ({why})" for flag, why in needs.items() if not getattr(head, flag)]
+    if missing:
+        raise ValueError(
+            f"algo={learner} cannot train the {head.name!r} head: it lacks {'; '.join(missing)}. "
+            f"Pick a head that has it (e.g. policy=gaussian) or a learner made for this head."
+        )

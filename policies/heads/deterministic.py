@@ -1,0 +1,51 @@
+"""Deterministic head for TD3/DDPG: a = bias + scale * tanh(f(s)).
+
+Exploration noise is the learner's business (TD3 adds clipped Gaussian noise when collecting),
+so ``act`` returns the same action with or without ``deterministic``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from policies.heads.base import PolicyHead
+from policies.networks import mlp
+from policies.normalizers import ObsNormalizer
+
+
+class DeterministicHead(PolicyHead):
+    name = "deterministic"
+    reparameterized = True  # the action itself is differentiable w.r.t. the parameters
+    tractable_log_prob = False
+    stochastic = False
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_low: np.ndarray,
+        action_high: np.ndarray,
+        obs_norm: ObsNormalizer,
+        hidden_sizes: Sequence[int] = (256, 256),
+        activation: str = "relu",
+        layer_norm: bool = False,
+    ) -> None:
+        super().__init__(obs_dim, action_low, action_high, obs_norm)
+        self.net = mlp(obs_dim, hidden_sizes, self.act_dim, activation, layer_norm)
+
+    def mean_action(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.from_unit(torch.tanh(self.net(self.obs_norm(obs))))
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        return self.mean_action(obs)
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.mean_action(obs), None
+
+    def imitation_loss(self, obs: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean squared error in unit action space (so every action dimension weighs the same)."""
+        err = (self.to_unit(self.mean_action(obs)) - self.to_unit(actions)).square().sum(-1)
+        return err.mean() if weights is None else (err * weights).sum() / weights.sum().clamp_min(1e-8)

@@ -1,0 +1,106 @@
+"""MLP builders, and an ensemble MLP that evaluates E networks with one batched matmul per layer.
+
+The ensemble is how twin / ensemble Q-functions are batched: E critics cost one ``baddbmm`` per
+layer instead of E Python-level forward passes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "mish": nn.Mish,
+}
+
+
+def activation(name: str) -> nn.Module:
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}") from None
+
+
+def mlp(
+    in_dim: int,
+    hidden_sizes: Sequence[int],
+    out_dim: int,
+    act: str = "relu",
+    layer_norm: bool = False,
+) -> nn.Sequential:
+    """in_dim -> hidden_sizes... -> out_dim, with ``act`` after each hidden layer (optionally LayerNorm first)."""
+    layers: list[nn.Module] = []
+    last = in_dim
+    for size in hidden_sizes:
+        layers.append(nn.Linear(last, size))
+        if layer_norm:
+            layers.append(nn.LayerNorm(size))
+        layers.append(activation(act))
+        last = size
+    layers.append(nn.Linear(last, out_dim))
+    return nn.Sequential(*layers)
+
+
+def orthogonal_init_(net: nn.Sequential, hidden_gain: float = math.sqrt(2), out_gain: float = 1.0) -> None:
+    """Orthogonal weights, zero biases (the PPO implementation detail of Engstrom et al. 2020)."""
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    for i, layer in enumerate(linears):
+        nn.init.orthogonal_(layer.weight, gain=out_gain if i == len(linears) - 1 else hidden_gain)
+        nn.init.zeros_(layer.bias)
+
+
+class EnsembleLinear(nn.Module):
+    """E independent linear layers: x [E, B, in] (or shared [B, in]) -> [E, B, out]."""
+
+    def __init__(self, ensemble_size: int, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(ensemble_size, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(ensemble_size, 1, out_dim))
+        bound = 1.0 / math.sqrt(in_dim)  # nn.Linear's default initialisation, member by member
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor, detach: bool = False) -> torch.Tensor:
+        w, b = (self.weight.detach(), self.bias.detach()) if detach else (self.weight, self.bias)
+        if x.dim() == 2:  # the same input for every member
+            return torch.matmul(x, w) + b
+        return torch.baddbmm(b, x, w)
+
+
+class EnsembleMLP(nn.Module):
+    """E MLPs of the same shape evaluated together: [B, in] -> [E, B, out].
+
+    ``detach=True`` uses the weights without tracking their gradient: the actor loss of SAC/TD3
+    needs dQ/da but not dQ/dtheta, and skipping the weight gradients saves a third of the backward.
+    """
+
+    def __init__(
+        self,
+        ensemble_size: int,
+        in_dim: int,
+        hidden_sizes: Sequence[int],
+        out_dim: int,
+        act: str = "relu",
+        layer_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        sizes = [in_dim, *hidden_sizes, out_dim]
+        self.layers = nn.ModuleList(EnsembleLinear(ensemble_size, a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.norms = nn.ModuleList(
+            nn.LayerNorm(s, elementwise_affine=False) if layer_norm else nn.Identity() for s in hidden_sizes
+        )
+        self.act = activation(act)
+        self.ensemble_size = ensemble_size
+
+    def forward(self, x: torch.Tensor, detach: bool = False) -> torch.Tensor:
+        for layer, norm in zip(self.layers[:-1], self.norms):
+            x = self.act(norm(layer(x, detach)))
+        return self.layers[-1](x, detach)

@@ -1,0 +1,73 @@
+"""Running mean/std statistics and the observation normalizer that travels with a policy.
+
+The normalizer is a module of the policy (its statistics are buffers), so checkpoints save it
+with the weights and an export bakes it into the graph: the robot side never re-implements it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RunningMeanStd(nn.Module):
+    """Streaming mean and variance over a batch dimension (Chan et al.'s parallel update), float64."""
+
+    def __init__(self, shape: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        """Fold a batch x [B, *shape] into the statistics."""
+        x = x.detach().to(torch.float64).reshape(-1, *self.mean.shape)
+        n = x.shape[0]
+        if n == 0:
+            return
+        batch_mean = x.mean(0)
+        batch_var = x.var(0, unbiased=False)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean.add_(delta * (n / total))
+        m2 = self.var * self.count + batch_var * n + delta.square() * (self.count * n / total)
+        self.var.copy_(m2 / total)
+        self.count.fill_(total)
+
+
+class ObsNormalizer(nn.Module):
+    """obs -> clip((obs - mean) / sqrt(var + eps), -clip, clip); the identity when disabled.
+
+    Statistics only change through ``update``, which the runner calls on collected observations;
+    inside a gradient step they are constants.
+    """
+
+    def __init__(self, obs_dim: int, enabled: bool = False, clip: float = 10.0, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.enabled = enabled
+        self.clip = clip
+        self.eps = eps
+        self.stats = RunningMeanStd((obs_dim,))
+        # float32 copies used on the hot path, refreshed after every update / load
+        self.register_buffer("shift", torch.zeros(obs_dim), persistent=False)
+        self.register_buffer("scale", torch.ones(obs_dim), persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._refresh())
+
+    @torch.no_grad()
+    def update(self, obs: torch.Tensor) -> None:
+        if self.enabled:
+            self.stats.update(obs)
+            self._refresh()
+
+    def _refresh(self) -> None:
+        self.shift.copy_(self.stats.mean.float())
+        self.scale.copy_(torch.rsqrt(self.stats.var + self.eps).float())
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return obs
+        return torch.clamp((obs - self.shift) * self.scale, -self.clip, self.clip)
+
+    def extra_repr(self) -> str:
+        return f"enabled={self.enabled}, clip={self.clip}"

@@ -1,0 +1,69 @@
+"""From a resolved config to objects: the env, the policy head, the learner and its runner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from envs import BatchedEnv, make_env
+from policies import build_head
+from policies.heads import PolicyHead
+from robo_rl.config import RUNNER_KEYS, ConfigError
+from robo_rl.learners.base import Learner
+from robo_rl.learners.ppo import PPO
+from robo_rl.learners.sac import SAC
+from robo_rl.learners.td3 import TD3
+
+LEARNERS: dict[str, type[Learner]] = {"sac": SAC, "td3": TD3, "ppo": PPO}
+
+
+def _plain(node: Any) -> Any:
+    """OmegaConf node -> plain Python (lists become tuples for network sizes)."""
+    value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    return tuple(value) if isinstance(value, list) else value
+
+
+def build_env(cfg: DictConfig, num_envs: int | None = None, vectorization: str | None = None) -> BatchedEnv:
+    env = cfg.env
+    return make_env(
+        env.id,
+        num_envs=int(num_envs if num_envs is not None else env.num_envs),
+        backend=env.backend,
+        vectorization=vectorization or env.vectorization,
+        kwargs=OmegaConf.to_container(env.kwargs, resolve=True),
+        max_episode_steps=env.max_episode_steps,
+        device=cfg.device,
+    )
+
+
+def build_policy(cfg: DictConfig, env: BatchedEnv) -> PolicyHead:
+    options = {k: _plain(v) for k, v in cfg.policy.items() if k not in ("name", "normalize_obs", "obs_clip")}
+    return build_head(
+        cfg.policy.name,
+        env.obs_dim,
+        env.action_space.low,
+        env.action_space.high,
+        normalize_obs=bool(cfg.policy.normalize_obs),
+        obs_clip=float(cfg.policy.obs_clip),
+        **options,
+    ).to(cfg.device)
+
+
+def build_learner(cfg: DictConfig, policy: PolicyHead) -> Learner:
+    name = cfg.algo.name
+    if name not in LEARNERS:
+        raise ConfigError(f"algo.name={name}: unknown algorithm; choose one of {', '.join(LEARNERS)}")
+    kwargs = {k: _plain(v) for k, v in cfg.algo.items() if k not in RUNNER_KEYS}
+    learner = LEARNERS[name](policy, **kwargs).to(cfg.device)
+    if cfg.get("compile", False):
+        learner.compile_update()  # type: ignore[attr-defined]
+    return learner
+
+
+def build_runner(cfg: DictConfig, learner: Learner, env: BatchedEnv, eval_env: BatchedEnv, run_dir: Any):
+    from robo_rl.runners.off_policy import OffPolicyRunner
+    from robo_rl.runners.on_policy import OnPolicyRunner
+
+    runner_cls = OffPolicyRunner if learner.kind == "off_policy" else OnPolicyRunner
+    return runner_cls(cfg, learner, env, eval_env, run_dir)

@@ -1,0 +1,304 @@
+"""Structured config schemas for Hydra, and the checks that run before any work starts.
+
+Every YAML file in ``configs/`` is merged onto one of these dataclasses, so an unknown key or a
+value of the wrong type fails at composition with a message naming the key. Fields left ``None``
+mean "the learner's default" (e.g. 256x256 networks for SAC, 64x64 for PPO) and are filled in by
+``resolve_defaults``; the run directory's ``config.yaml`` shows the resolved values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+
+
+# -- algorithms ----------------------------------------------------------------------------------
+@dataclass
+class SACConfig:
+    name: str = "sac"
+    gamma: float = 0.99
+    tau: float = 0.005
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    alpha_lr: float = 3e-4
+    init_alpha: float = 1.0
+    autotune_alpha: bool = True
+    target_entropy: Optional[float] = None  # None: -|A|
+    num_critics: int = 2
+    critic_hidden: List[int] = field(default_factory=lambda: [256, 256])
+    critic_activation: str = "relu"
+    critic_layer_norm: bool = False
+    target_update_every: int = 1
+    # off-policy runner
+    batch_size: int = 256
+    buffer_size: int = 1_000_000
+    learning_starts: int = 5_000  # uniform random actions before the first update
+    utd: float = 1.0  # gradient updates per environment step (update-to-data ratio)
+
+
+@dataclass
+class TD3Config:
+    name: str = "td3"
+    gamma: float = 0.99
+    tau: float = 0.005
+    actor_lr: float = 1e-3
+    critic_lr: float = 1e-3
+    policy_delay: int = 2
+    target_noise: float = 0.2  # in unit action scale
+    target_noise_clip: float = 0.5
+    exploration_noise: float = 0.1
+    num_critics: int = 2
+    critic_hidden: List[int] = field(default_factory=lambda: [256, 256])
+    critic_activation: str = "relu"
+    critic_layer_norm: bool = False
+    batch_size: int = 256
+    buffer_size: int = 1_000_000
+    learning_starts: int = 5_000
+    utd: float = 1.0
+
+
+@dataclass
+class PPOConfig:
+    name: str = "ppo"
+    lr: float = 3e-4
+    anneal_lr: bool = True  # linear decay to 0 over the run
+    rollout_steps: int = 128  # steps per env per update; samples per update = rollout_steps * num_envs
+    epochs: int = 10
+    minibatch_size: int = 64
+    clip_range: float = 0.2
+    clip_range_vf: Optional[float] = None
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    max_grad_norm: float = 0.5
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    normalize_advantage: bool = True
+    target_kl: Optional[float] = None
+    value_hidden: List[int] = field(default_factory=lambda: [64, 64])
+    value_activation: str = "tanh"
+    ortho_init: bool = True
+
+
+#: algo keys read by the runner rather than passed to the learner's constructor
+RUNNER_KEYS = frozenset({"name", "batch_size", "buffer_size", "learning_starts", "utd", "rollout_steps", "anneal_lr"})
+
+
+# -- policies ------------------------------------------------------------------------------------
+@dataclass
+class GaussianPolicyConfig:
+    name: str = "gaussian"
+    hidden_sizes: Optional[List[int]] = None
+    activation: Optional[str] = None
+    squash: Optional[bool] = None  # tanh into the action bounds (SAC) or clip (PPO)
+    state_dependent_std: Optional[bool] = None
+    log_std_init: float = 0.0
+    ortho_init: Optional[bool] = None
+    layer_norm: bool = False
+    normalize_obs: Optional[bool] = None
+    obs_clip: float = 10.0
+
+
+@dataclass
+class DeterministicPolicyConfig:
+    name: str = "deterministic"
+    hidden_sizes: Optional[List[int]] = None
+    activation: Optional[str] = None
+    layer_norm: bool = False
+    normalize_obs: Optional[bool] = None
+    obs_clip: float = 10.0
+
+
+# -- environment, run ----------------------------------------------------------------------------
+@dataclass
+class EnvConfig:
+    id: str = "Hopper-v5"  # any registered gymnasium id
+    backend: str = "gymnasium"
+    num_envs: Optional[int] = None  # None: the learner's default
+    vectorization: str = "sync"  # gymnasium backend: sync (one process) or async (worker processes)
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to gymnasium.make
+    max_episode_steps: Optional[int] = None
+    normalize_reward: Optional[bool] = None  # scale by the running std of the discounted return
+    reward_clip: float = 10.0
+
+
+@dataclass
+class EvalConfig:
+    every: Optional[int] = None  # env steps between evaluations; None: steps // 20
+    episodes: int = 10
+    num_envs: int = 5
+    deterministic: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    every: Optional[int] = None  # env steps between checkpoints; None: steps // 10
+    keep: int = 3  # newest checkpoints kept on disk
+    save_replay: bool = True  # off-policy: store the replay buffer so a resume continues exactly
+
+
+@dataclass
+class LogConfig:
+    every: Optional[int] = None  # env steps between metric rows; None: steps // 200
+    progress_seconds: float = 10.0  # seconds between progress lines on the console
+    tensorboard: bool = True
+    plot: bool = True  # learning-curve PNG at the end
+
+
+@dataclass
+class TrainConfig:
+    algo: Any = MISSING
+    policy: Any = MISSING
+    env: EnvConfig = field(default_factory=EnvConfig)
+    steps: Optional[int] = None  # total env steps; None: the learner's default
+    seed: int = 0
+    run_dir: Optional[str] = None  # None: runs/<algo>-<env id>-s<seed>-<time>
+    resume: Optional[str] = None  # a run directory to continue
+    device: str = "cpu"
+    threads: Optional[int] = None  # torch intra-op threads; None: torch's default (all cores)
+    compile: bool = False  # torch.compile the update step
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+@dataclass
+class EvalCommandConfig:
+    """``robo-rl eval`` options."""
+
+    run_dir: str = MISSING
+    episodes: int = 10
+    deterministic: bool = True
+    num_envs: int = 5
+    seed: int = 12_345
+    checkpoint: Optional[str] = None  # a checkpoint directory; None: the run's newest valid one
+    device: str = "cpu"
+
+
+ALGO_SCHEMAS = {"sac": SACConfig, "td3": TD3Config, "ppo": PPOConfig}
+POLICY_SCHEMAS = {"gaussian": GaussianPolicyConfig, "deterministic": DeterministicPolicyConfig}
+
+# What "None" means, per learner. policy.* keys apply to whichever head is chosen, if it has them.
+LEARNER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sac": {
+        "steps": 100_000,
+        "env.num_envs": 1,
+        "env.normalize_reward": False,
+        "policy.hidden_sizes": [256, 256],
+        "policy.activation": "relu",
+        "policy.squash": True,
+        "policy.state_dependent_std": True,
+        "policy.ortho_init": False,
+        "policy.normalize_obs": False,
+    },
+    "td3": {
+        "steps": 100_000,
+        "env.num_envs": 1,
+        "env.normalize_reward": False,
+        "policy.hidden_sizes": [256, 256],
+        "policy.activation": "relu",
+        "policy.normalize_obs": False,
+    },
+    "ppo": {
+        "steps": 1_000_000,
+        "env.num_envs": 16,
+        "env.normalize_reward": True,
+        "policy.hidden_sizes": [64, 64],
+        "policy.activation": "tanh",
+        "policy.squash": False,
+        "policy.state_dependent_std": False,
+        "policy.ortho_init": True,
+        "policy.normalize_obs": True,
+    },
+}
+
+
+def register_schemas() -> None:
+    """Make the dataclasses available to the YAML files as /schema/<group>/<name>."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    for name, node in ALGO_SCHEMAS.items():
+        cs.store(group="schema/algo", name=name, node=node)
+    for name, node in POLICY_SCHEMAS.items():
+        cs.store(group="schema/policy", name=name, node=node)
+    cs.store(group="schema", name="env", node=EnvConfig)
+
+
+def resolve_defaults(cfg: DictConfig) -> DictConfig:
+    """Fill every ``None`` that means "the learner's default"; returns a new config."""
+    cfg = cfg.copy()
+    defaults = LEARNER_DEFAULTS.get(cfg.algo.name, {})
+    with open_dict(cfg):
+        for dotted, value in defaults.items():
+            section, _, key = dotted.rpartition(".")
+            node = cfg if not section else OmegaConf.select(cfg, section)
+            if key in node and node[key] is None:
+                node[key] = value
+        steps = int(cfg.steps)
+        if cfg.eval.every is None:
+            cfg.eval.every = max(steps // 20, 1)
+        if cfg.checkpoint.every is None:
+            cfg.checkpoint.every = max(steps // 10, 1)
+        if cfg.log.every is None:
+            cfg.log.every = max(steps // 200, 1)
+    return cfg
+
+
+class ConfigError(ValueError):
+    """A config value that is well-typed but cannot work; raised before any training."""
+
+
+def validate(cfg: DictConfig) -> None:
+    """Semantic checks on a resolved config; each message names the key and what to change."""
+    from policies.networks import ACTIVATIONS
+
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)}: {msg}")
+
+    algo = cfg.algo.name
+    need(algo in ALGO_SCHEMAS, "algo.name", f"unknown algorithm; choose one of {', '.join(ALGO_SCHEMAS)}")
+    need(cfg.policy.name in POLICY_SCHEMAS, "policy.name", f"unknown head; choose one of {', '.join(POLICY_SCHEMAS)}")
+    need(cfg.steps > 0, "steps", "must be > 0")
+    need(cfg.seed >= 0, "seed", "must be >= 0")
+    need(cfg.env.num_envs >= 1, "env.num_envs", "must be >= 1")
+    need(cfg.env.vectorization in ("sync", "async"), "env.vectorization", "must be sync or async")
+    need(cfg.threads is None or cfg.threads >= 1, "threads", "must be >= 1")
+    need(cfg.eval.episodes >= 1, "eval.episodes", "must be >= 1")
+    need(cfg.eval.num_envs >= 1, "eval.num_envs", "must be >= 1")
+    need(cfg.eval.every >= 1, "eval.every", "must be >= 1")
+    need(cfg.checkpoint.every >= 1, "checkpoint.every", "must be >= 1")
+    need(cfg.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
+    need(cfg.log.every >= 1, "log.every", "must be >= 1")
+    need(cfg.device == "cpu" or cfg.device.startswith("cuda"), "device", "must be cpu or cuda[:N]")
+    if cfg.device.startswith("cuda"):
+        import torch
+
+        need(torch.cuda.is_available(), "device", "CUDA is not available on this machine; use device=cpu")
+    for key in ("policy.activation", "algo.critic_activation", "algo.value_activation"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None:
+            need(value in ACTIVATIONS, key, f"unknown activation; choose one of {', '.join(ACTIVATIONS)}")
+    for key in ("policy.hidden_sizes", "algo.critic_hidden", "algo.value_hidden"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None:
+            need(len(value) >= 1 and all(h >= 1 for h in value), key, "needs at least one layer, all sizes >= 1")
+    if algo in ("sac", "td3"):
+        need(cfg.algo.batch_size >= 1, "algo.batch_size", "must be >= 1")
+        need(cfg.algo.buffer_size >= cfg.env.num_envs, "algo.buffer_size", "must hold at least one step of every env")
+        need(cfg.algo.learning_starts >= 0, "algo.learning_starts", "must be >= 0")
+        need(cfg.algo.utd > 0, "algo.utd", "gradient updates per env step must be > 0")
+        need(0 < cfg.algo.tau <= 1, "algo.tau", "must be in (0, 1]")
+        need(cfg.algo.num_critics >= 1, "algo.num_critics", "must be >= 1")
+    if algo == "ppo":
+        samples = cfg.algo.rollout_steps * cfg.env.num_envs
+        need(cfg.algo.rollout_steps >= 1, "algo.rollout_steps", "must be >= 1")
+        need(
+            1 <= cfg.algo.minibatch_size <= samples,
+            "algo.minibatch_size",
+            f"must be between 1 and the samples per update (rollout_steps * num_envs = {samples})",
+        )
+        need(cfg.algo.epochs >= 1, "algo.epochs", "must be >= 1")
+    need(0 <= OmegaConf.select(cfg, "algo.gamma") <= 1, "algo.gamma", "must be in [0, 1]")

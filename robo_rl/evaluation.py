@@ -1,0 +1,63 @@
+"""Policy evaluation on a batched env: N episodes, deterministic by default, raw returns."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from envs import BatchedEnv
+from policies.heads import PolicyHead
+
+
+@torch.no_grad()
+def evaluate(
+    policy: PolicyHead,
+    env: BatchedEnv,
+    episodes: int,
+    deterministic: bool = True,
+    seed: int | None = None,
+    max_steps: int = 10_000_000,
+) -> dict[str, Any]:
+    """Run ``episodes`` complete episodes and report their undiscounted returns and lengths.
+
+    Episodes are spread evenly over the env copies (env i runs its share, in order), so short
+    episodes are not over-represented the way "the first K to finish" would make them.
+    The caller's RNG stream is left untouched.
+    """
+    n = env.num_envs
+    quota = [episodes // n + (1 if i < episodes % n else 0) for i in range(n)]
+    returns: list[float] = []
+    lengths: list[int] = []
+    done_count = [0] * n
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        obs = env.reset(seed=seed)
+        steps = 0
+        while sum(done_count) < episodes:
+            if not bool(torch.isfinite(obs).all()):
+                raise FloatingPointError(f"evaluation env {env.task_id} returned a non-finite observation")
+            actions = policy.act(obs, deterministic=deterministic)
+            obs, _, _, _, info = env.step(actions)
+            ep = info["episode"]
+            for i in ep["mask"].nonzero().flatten().tolist():
+                if done_count[i] < quota[i]:
+                    returns.append(float(ep["return"][i]))
+                    lengths.append(int(ep["length"][i]))
+                    done_count[i] += 1
+            steps += n
+            if steps > max_steps:
+                raise RuntimeError(f"evaluation did not finish {episodes} episodes within {max_steps} steps")
+    mean = sum(returns) / len(returns)
+    std = math.sqrt(sum((r - mean) ** 2 for r in returns) / len(returns))
+    return {
+        "return_mean": mean,
+        "return_std": std,
+        "length_mean": sum(lengths) / len(lengths),
+        "episodes": len(returns),
+        "returns": returns,
+        "lengths": lengths,
+        "deterministic": deterministic,
+    }

@@ -1,0 +1,55 @@
+"""The learner contract (ARCHITECTURE.md, contract 3).
+
+A learner owns its networks, optimizers and losses; the runner owns the loop. A learner is an
+``nn.Module`` so its weights (policy, critics, targets, temperature) travel in one state dict;
+optimizer states are added by ``training_state``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import nn
+
+from policies.heads import PolicyHead
+
+
+class Batch(NamedTuple):
+    """A minibatch of transitions for off-policy learners."""
+
+    obs: torch.Tensor  # [B, obs_dim] raw observations
+    actions: torch.Tensor  # [B, act_dim] env units
+    rewards: torch.Tensor  # [B]
+    next_obs: torch.Tensor  # [B, obs_dim] the observation the transition ended in (final obs on reset)
+    terminated: torch.Tensor  # [B] float, 1.0 where next_obs is terminal (no bootstrap)
+
+
+class Learner(nn.Module):
+    #: "off_policy" learners take replay minibatches, "on_policy" ones a rollout
+    kind: ClassVar[str]
+    name: ClassVar[str]
+    policy: PolicyHead
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {}
+
+    def explore(self, obs: torch.Tensor) -> torch.Tensor:
+        """Actions used to collect experience; the policy's own sampling unless a learner adds noise."""
+        return self.policy.act(obs, deterministic=False)
+
+    def training_state(self) -> dict[str, Any]:
+        return {
+            "modules": self.state_dict(),
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers().items()},
+        }
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.load_state_dict(state["modules"])
+        for name, opt in self.optimizers().items():
+            opt.load_state_dict(state["optimizers"][name])
+
+
+def polyak_update(target: list[torch.Tensor], online: list[torch.Tensor], tau: float) -> None:
+    """target <- (1 - tau) target + tau online, for all tensors in one fused call."""
+    torch._foreach_lerp_(target, online, tau)

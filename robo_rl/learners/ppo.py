@@ -1,0 +1,135 @@
+"""Proximal Policy Optimization with clipped surrogate, GAE and a separate value network.
+
+Schulman et al. 2017, "Proximal Policy Optimization Algorithms" (arXiv:1707.06347), eq. 7 and 9,
+with the implementation details of SB3 / CleanRL: per-minibatch advantage normalization,
+optional value clipping, global gradient-norm clipping, linear learning-rate annealing.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from policies.heads import PolicyHead, require_capabilities
+from policies.networks import mlp, orthogonal_init_
+from robo_rl.learners.base import Learner
+from robo_rl.learners.optim import FusedAdam
+from robo_rl.storage.rollout import RolloutBatch
+
+
+class PPO(Learner):
+    kind = "on_policy"
+    name = "ppo"
+    needs = {"tractable_log_prob": "the probability ratio pi(a|s) / pi_old(a|s) needs log pi"}
+
+    def __init__(
+        self,
+        policy: PolicyHead,
+        lr: float = 3e-4,
+        epochs: int = 10,
+        minibatch_size: int = 64,
+        clip_range: float = 0.2,
+        clip_range_vf: float | None = None,
+        vf_coef: float = 0.5,
+        ent_coef: float = 0.0,
+        max_grad_norm: float = 0.5,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        normalize_advantage: bool = True,
+        target_kl: float | None = None,
+        value_hidden: Sequence[int] = (64, 64),
+        value_activation: str = "tanh",
+        ortho_init: bool = True,
+    ) -> None:
+        super().__init__()
+        require_capabilities(self.name, policy, self.needs)
+        self.policy = policy
+        self.value_net = mlp(policy.obs_dim, value_hidden, 1, value_activation)
+        if ortho_init:
+            orthogonal_init_(self.value_net, out_gain=1.0)
+        self.lr = lr
+        self.epochs, self.minibatch_size = epochs, minibatch_size
+        self.clip_range, self.clip_range_vf = clip_range, clip_range_vf
+        self.vf_coef, self.ent_coef = vf_coef, ent_coef
+        self.max_grad_norm = max_grad_norm
+        self.gamma, self.gae_lambda = gamma, gae_lambda
+        self.normalize_advantage = normalize_advantage
+        self.target_kl = target_kl
+        self.opt = FusedAdam(list(policy.parameters()) + list(self.value_net.parameters()), lr, eps=1e-5)
+        self._params = [p for g in self.opt.param_groups for p in g["params"]]
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt": self.opt}
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.value_net(self.policy.obs_norm(obs)).squeeze(-1)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sampled actions (unclipped), their log-probabilities and the values V(s), for a rollout."""
+        actions, log_probs = self.policy.sample(obs)
+        return actions, log_probs, self.value(obs)
+
+    def update(self, rollout: RolloutBatch) -> dict[str, torch.Tensor]:
+        size = rollout.obs.shape[0]
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        stop = False
+        for _ in range(self.epochs):
+            for idx in torch.randperm(size).split(self.minibatch_size):
+                m = self._minibatch_step(RolloutBatch(*(x[idx] for x in rollout)))
+                for k, v in m.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+                if self.target_kl is not None and float(m["approx_kl"]) > 1.5 * self.target_kl:
+                    stop = True
+                    break
+            if stop:
+                break
+        metrics = {k: v / count for k, v in sums.items()}
+        var_y = rollout.returns.var()
+        metrics["explained_variance"] = 1.0 - (rollout.returns - rollout.values).var() / var_y.clamp_min(1e-8)
+        metrics["lr"] = torch.tensor(self.opt.param_groups[0]["lr"])
+        return metrics
+
+    def _minibatch_step(self, mb: RolloutBatch) -> dict[str, torch.Tensor]:
+        log_probs, entropy = self.policy.evaluate_actions(mb.obs, mb.actions)
+        values = self.value(mb.obs)
+        adv = mb.advantages
+        if self.normalize_advantage and adv.numel() > 1:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+
+        # Clipped surrogate objective (eq. 7)
+        log_ratio = log_probs - mb.log_probs
+        ratio = log_ratio.exp()
+        policy_loss = -torch.min(adv * ratio, adv * ratio.clamp(1.0 - self.clip_range, 1.0 + self.clip_range)).mean()
+
+        # Value loss, optionally clipped around the rollout's values
+        if self.clip_range_vf is not None:
+            values = mb.values + (values - mb.values).clamp(-self.clip_range_vf, self.clip_range_vf)
+        value_loss = (mb.returns - values).square().mean()
+
+        entropy_mean = entropy.mean()
+        # Combined objective (eq. 9), minimized
+        loss = policy_loss + self.vf_coef * value_loss - self.ent_coef * entropy_mean
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self._params, self.max_grad_norm, foreach=True)
+        self.opt.step()
+        with torch.no_grad():
+            approx_kl = ((ratio - 1.0) - log_ratio).mean()  # Schulman's low-variance KL estimator
+            clip_fraction = ((ratio - 1.0).abs() > self.clip_range).float().mean()
+        return {
+            "policy_loss": policy_loss.detach(),
+            "value_loss": value_loss.detach(),
+            "entropy": entropy_mean.detach(),
+            "approx_kl": approx_kl,
+            "clip_fraction": clip_fraction,
+            "grad_norm": grad_norm.detach(),
+        }

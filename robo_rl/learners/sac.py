@@ -1,0 +1,110 @@
+"""Soft Actor-Critic with twin (ensemble) Q, target critics and automatic temperature.
+
+Haarnoja et al. 2018, "Soft Actor-Critic Algorithms and Applications" (arXiv:1812.05905).
+Critics see normalized observations and actions in unit scale [-1, 1].
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from policies.heads import PolicyHead, require_capabilities
+from robo_rl.learners.base import Batch, Learner, polyak_update
+from robo_rl.learners.optim import FusedAdam
+from robo_rl.learners.critics import QEnsemble
+
+
+class SAC(Learner):
+    kind = "off_policy"
+    name = "sac"
+    needs = {
+        "reparameterized": "the actor loss differentiates Q(s, a) through the sampled action",
+        "tractable_log_prob": "the soft value needs log pi(a|s)",
+    }
+
+    def __init__(
+        self,
+        policy: PolicyHead,
+        gamma: float = 0.99,
+        tau: float = 0.005,
+        actor_lr: float = 3e-4,
+        critic_lr: float = 3e-4,
+        alpha_lr: float = 3e-4,
+        init_alpha: float = 1.0,
+        autotune_alpha: bool = True,
+        target_entropy: float | None = None,
+        num_critics: int = 2,
+        critic_hidden: Sequence[int] = (256, 256),
+        critic_activation: str = "relu",
+        critic_layer_norm: bool = False,
+        target_update_every: int = 1,
+    ) -> None:
+        super().__init__()
+        require_capabilities(self.name, policy, self.needs)
+        self.policy = policy
+        self.gamma, self.tau = gamma, tau
+        self.autotune_alpha = autotune_alpha
+        self.target_update_every = target_update_every
+        # target entropy -|A| in unit action space (the head's log-probs are unit-space densities)
+        self.target_entropy = float(-policy.act_dim if target_entropy is None else target_entropy)
+        self.critic = QEnsemble(policy.obs_dim, policy.act_dim, num_critics, critic_hidden, critic_activation, critic_layer_norm)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = nn.Parameter(torch.tensor(float(init_alpha)).log(), requires_grad=autotune_alpha)
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64))
+        self.actor_opt = FusedAdam(policy.parameters(), actor_lr)
+        self.critic_opt = FusedAdam(self.critic.parameters(), critic_lr)
+        self.alpha_opt = FusedAdam([self.log_alpha], alpha_lr) if autotune_alpha else None
+        self._actor_params = list(policy.parameters())
+        self._critic_params = list(self.critic.parameters())
+        self._target_params = list(self.critic_target.parameters())
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        opts = {"actor": self.actor_opt, "critic": self.critic_opt}
+        if self.alpha_opt is not None:
+            opts["alpha"] = self.alpha_opt
+        return opts
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        policy = self.policy
+        obs_n = policy.obs_norm(batch.obs)
+        alpha = self.log_alpha.detach().exp()
+
+        # Soft Bellman target (eq. 3 with the clipped double-Q minimum of Fujimoto et al. 2018)
+        with torch.no_grad():
+            next_actions, next_logp = policy.sample(batch.next_obs)
+            q_next = self.critic_target(policy.obs_norm(batch.next_obs), policy.to_unit(next_actions)).min(0).values
+            target = batch.rewards + self.gamma * (1.0 - batch.terminated) * (q_next - alpha * next_logp)
+
+        # Critic loss (eq. 5): 1/2 (Q_i(s, a) - target)^2 for every critic
+        q = self.critic(obs_n, policy.to_unit(batch.actions))  # [E, B]
+        critic_loss = 0.5 * (q - target).square().mean(1).sum()
+        self.critic_opt.apply(torch.autograd.grad(critic_loss, self._critic_params))
+
+        # Actor loss (eq. 7): E[alpha log pi(a|s) - min_i Q_i(s, a)], gradient only into the policy
+        actions, logp = policy.sample(batch.obs)
+        q_pi = self.critic(obs_n, policy.to_unit(actions), detach=True).min(0).values
+        actor_loss = (alpha * logp - q_pi).mean()
+        self.actor_opt.apply(torch.autograd.grad(actor_loss, self._actor_params))
+
+        metrics = {
+            "critic_loss": critic_loss.detach(),
+            "actor_loss": actor_loss.detach(),
+            "q_mean": q.detach().mean(),
+            "entropy": -logp.detach().mean(),
+            "alpha": alpha,
+        }
+        # Temperature loss (eq. 18): -alpha (log pi(a|s) + target entropy)
+        if self.alpha_opt is not None:
+            alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+            self.alpha_opt.apply(torch.autograd.grad(alpha_loss, [self.log_alpha]))
+            metrics["alpha_loss"] = alpha_loss.detach()
+
+        self.num_updates += 1
+        if int(self.num_updates) % self.target_update_every == 0:
+            with torch.no_grad():
+                polyak_update(self._target_params, self._critic_params, self.tau)
+        return metrics

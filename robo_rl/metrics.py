@@ -1,0 +1,149 @@
+"""Run outputs: metric rows to CSV and TensorBoard, progress lines on the console, the curve PNG."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("robo_rl")
+
+
+def setup_console_logging(level: int = logging.INFO) -> None:
+    """Plain `message` lines on stderr for the robo_rl logger (idempotent)."""
+    if not any(getattr(h, "_robo_rl", False) for h in log.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._robo_rl = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class MetricsWriter:
+    """Appends rows of scalars to ``metrics.csv`` (and TensorBoard event files) in a run directory.
+
+    The CSV is wide: one column per metric, empty where a row has no value. When a new metric
+    appears (e.g. the first evaluation), the file is rewritten with the wider header.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
+        self.path = run_dir / "metrics.csv"
+        self.rows: list[dict[str, float]] = []
+        self.columns: list[str] = ["step", "wall_time"]
+        if resume_step is not None and self.path.exists():
+            with open(self.path, newline="") as f:
+                reader = csv.DictReader(f)
+                self.columns = list(reader.fieldnames or self.columns)
+                for row in reader:
+                    parsed = {k: float(v) for k, v in row.items() if v not in ("", None)}
+                    if parsed.get("step", math.inf) <= resume_step:
+                        self.rows.append(parsed)
+            self._rewrite()
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
+
+    def write(self, step: int, wall_time: float, scalars: dict[str, float]) -> None:
+        row = {"step": float(step), "wall_time": wall_time, **scalars}
+        self.rows.append(row)
+        new = [k for k in row if k not in self.columns]
+        if new or not self.path.exists():
+            self.columns.extend(new)
+            self._rewrite()
+        else:
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, self.columns).writerow(row)
+        if self.tb is not None:
+            for key, value in scalars.items():
+                self.tb.add_scalar(key, value, step)
+
+    def _rewrite(self) -> None:
+        tmp = self.path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, self.columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        tmp.replace(self.path)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+class Progress:
+    """One console line every ``every_seconds``: steps, steps/s, recent return, eval, ETA."""
+
+    def __init__(self, label: str, total_steps: int, every_seconds: float, start_step: int = 0) -> None:
+        self.label, self.total = label, total_steps
+        self.every = every_seconds
+        self._t0 = self._last_t = time.perf_counter()
+        self._last_step = start_step
+        self._start_step = start_step
+
+    def maybe_print(self, step: int, recent_return: float | None, eval_return: tuple[float, float] | None, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self._last_t < self.every:
+            return
+        rate = (step - self._last_step) / max(now - self._last_t, 1e-9)
+        overall = (step - self._start_step) / max(now - self._t0, 1e-9)
+        eta = (self.total - step) / overall if overall > 0 else math.inf
+        parts = [
+            f"[{self.label}] step {step:,}/{self.total:,} ({100 * step / self.total:.0f}%)",
+            f"{rate:,.0f} steps/s",
+            f"return {recent_return:.1f}" if recent_return is not None else "return -",
+        ]
+        if eval_return is not None:
+            parts.append(f"eval {eval_return[0]:.1f} ± {eval_return[1]:.1f}")
+        parts.append(f"ETA {format_duration(eta)}")
+        log.info(" | ".join(parts))
+        self._last_t, self._last_step = now, step
+
+
+def plot_learning_curve(rows: list[dict[str, float]], path: Path, title: str) -> Path | None:
+    """Training-episode return and evaluation return against env steps, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["rollout/ep_return_mean"]) for r in rows if "rollout/ep_return_mean" in r]
+    evals = [(r["step"], r["eval/return_mean"], r.get("eval/return_std", 0.0)) for r in rows if "eval/return_mean" in r]
+    if not train and not evals:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    if train:
+        ax.plot([s for s, _ in train], [v for _, v in train], label="training episodes (recent mean)", alpha=0.8)
+    if evals:
+        xs = [s for s, _, _ in evals]
+        ms = [m for _, m, _ in evals]
+        sd = [d for _, _, d in evals]
+        ax.errorbar(xs, ms, yerr=sd, fmt="o-", capsize=3, label="evaluation (mean ± std)")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("episode return")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def mean_of(values: Any) -> float | None:
+    values = list(values)
+    return sum(values) / len(values) if values else None

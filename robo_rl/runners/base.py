@@ -1,0 +1,348 @@
+"""What every runner shares: the loop's cadence (log, evaluate, checkpoint), signals, the NaN
+guard, checkpoint save/restore and the run's final outputs. The off- and on-policy runners only
+implement how one iteration collects experience and updates the learner.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import logging
+import math
+import random
+import signal
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from envs import BatchedEnv
+from robo_rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from robo_rl.evaluation import evaluate
+from robo_rl.learners.base import Learner
+from robo_rl.metrics import MetricsWriter, Progress, format_duration, mean_of, plot_learning_curve
+
+log = logging.getLogger("robo_rl")
+
+EVAL_SEED_OFFSET = 1_000_003  # evaluation envs never share seeds with training envs
+
+
+class NonFiniteError(FloatingPointError):
+    """NaN/Inf in observations, rewards or losses; training stopped, last good checkpoint kept."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; a checkpoint was saved. ``signum`` says which."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class _StopOnSignal:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between iterations (a second SIGINT aborts)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopOnSignal":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.info(f"received {signal.Signals(signum).name}: saving a checkpoint after this iteration (Ctrl-C again to abort)")
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _first_bad(values: dict[str, torch.Tensor]) -> str | None:
+    for name, v in values.items():
+        if not bool(torch.isfinite(v).all()):
+            return name
+    return None
+
+
+class Runner(abc.ABC):
+    def __init__(self, cfg: DictConfig, learner: Learner, env: BatchedEnv, eval_env: BatchedEnv, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.learner = learner
+        self.policy = learner.policy
+        self.env = env
+        self.eval_env = eval_env
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.total_steps = int(cfg.steps)
+        self.device = torch.device(cfg.device)
+        self.step = 0
+        self.iteration = 0
+        self.num_updates = 0
+        self.episodes = 0
+        self.wall_time = 0.0  # seconds of training in earlier segments of a resumed run
+        self.recent_returns: deque[float] = deque(maxlen=20)
+        self.recent_lengths: deque[int] = deque(maxlen=20)
+        self.eval_history: list[dict[str, Any]] = []
+        self.obs: torch.Tensor | None = None
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+        self._last_checkpoint: Path | None = None
+        self._last_eval_step = -1
+        self._last_ckpt_step = -1
+
+    # -- to implement ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def iterate(self) -> None:
+        """Collect experience (advancing self.step) and update the learner."""
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def replay_state(self) -> dict[str, np.ndarray] | None:
+        return None
+
+    def load_replay_state(self, replay: dict[str, np.ndarray]) -> None:
+        pass
+
+    # -- shared helpers for subclasses --------------------------------------------------------------
+    def check_finite(self, what: str, value: torch.Tensor) -> None:
+        if not bool(torch.isfinite(value).all()):
+            self._fail(f"non-finite {what} from the environment at step {self.step:,}")
+
+    def record_update(self, metrics: dict[str, torch.Tensor]) -> None:
+        """Accumulate one update's metrics for the next log row; stop on NaN/Inf."""
+        self.num_updates += 1
+        bad = _first_bad(metrics)
+        if bad is not None:
+            self._fail(f"non-finite {bad} ({float(metrics[bad])}) in update {self.num_updates:,} at step {self.step:,}")
+        for k, v in metrics.items():
+            self._sums[k] = self._sums.get(k, 0.0) + float(v)
+            self._counts[k] = self._counts.get(k, 0) + 1
+
+    def record_episodes(self, episode: dict[str, torch.Tensor]) -> None:
+        mask = episode["mask"]
+        if bool(mask.any()):
+            self.recent_returns.extend(episode["return"][mask].tolist())
+            self.recent_lengths.extend(episode["length"][mask].tolist())
+            self.episodes += int(mask.sum())
+
+    def _fail(self, message: str) -> None:
+        where = f"the last good checkpoint is {self._last_checkpoint}" if self._last_checkpoint else "no checkpoint was written yet"
+        raise NonFiniteError(
+            f"{message}; training stopped and {where}. Resume with `robo-rl train resume={self.run_dir}` "
+            "after fixing the cause (e.g. a lower learning rate, reward scale, or an env that returns NaN)."
+        )
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def train(self, resume_from: Path | None = None) -> dict[str, Any]:
+        cfg = self.cfg
+        if resume_from is not None:
+            self.restore(resume_from)
+        else:
+            self.obs = self.env.reset(seed=int(cfg.seed))
+            self.policy.obs_norm.update(self.obs)
+        self.metrics = MetricsWriter(self.run_dir, cfg.log.tensorboard, resume_step=self.step if resume_from else None)
+        label = f"{cfg.algo.name} {self.env.task_id}"
+        progress = Progress(label, self.total_steps, cfg.log.progress_seconds, self.step)
+        next_log = (self.step // cfg.log.every + 1) * cfg.log.every
+        next_eval = (self.step // cfg.eval.every + 1) * cfg.eval.every
+        next_ckpt = (self.step // cfg.checkpoint.every + 1) * cfg.checkpoint.every
+        t_start = time.perf_counter()
+        self._segment_start_step = self.step
+        status = "completed"
+        try:
+            with _StopOnSignal() as stop:
+                while self.step < self.total_steps:
+                    self.iterate()
+                    self.iteration += 1
+                    now_wall = self.wall_time + time.perf_counter() - t_start
+                    if self.step >= next_log:
+                        self._write_row(now_wall, t_start)
+                        next_log = (self.step // cfg.log.every + 1) * cfg.log.every
+                    if self.step >= next_eval:
+                        self._evaluate(now_wall)
+                        next_eval = (self.step // cfg.eval.every + 1) * cfg.eval.every
+                    if self.step >= next_ckpt:
+                        self.save(time.perf_counter() - t_start)
+                        next_ckpt = (self.step // cfg.checkpoint.every + 1) * cfg.checkpoint.every
+                    last_eval = self.eval_history[-1] if self.eval_history else None
+                    progress.maybe_print(
+                        self.step, mean_of(self.recent_returns),
+                        (last_eval["return_mean"], last_eval["return_std"]) if last_eval else None,
+                    )
+                    if stop.signum is not None:
+                        self.save(time.perf_counter() - t_start)
+                        status = f"interrupted by {signal.Signals(stop.signum).name}"
+                        raise Interrupted(
+                            stop.signum,
+                            f"{status} at step {self.step:,}; checkpoint {self._last_checkpoint} saved. "
+                            f"Continue with: robo-rl train resume={self.run_dir}",
+                        )
+            elapsed = self.wall_time + time.perf_counter() - t_start
+            if self._last_eval_step != self.step:
+                self._evaluate(elapsed)
+            if self._last_ckpt_step != self.step:
+                self.save(time.perf_counter() - t_start)
+            progress.maybe_print(self.step, mean_of(self.recent_returns),
+                                 (self.eval_history[-1]["return_mean"], self.eval_history[-1]["return_std"]), force=True)
+        except NonFiniteError as exc:
+            status = f"failed: {exc}"
+            raise
+        finally:
+            elapsed = self.wall_time + time.perf_counter() - t_start
+            summary = self._finish(elapsed, status, t_start)
+        return summary
+
+    def _write_row(self, wall: float, t_start: float) -> None:
+        segment = time.perf_counter() - t_start
+        scalars: dict[str, float] = {
+            "time/steps_per_s": (self.step - self._segment_start_step) / max(segment, 1e-9),
+            "time/updates": float(self.num_updates),
+            "rollout/episodes": float(self.episodes),
+        }
+        if self.recent_returns:
+            scalars["rollout/ep_return_mean"] = mean_of(self.recent_returns)  # type: ignore[assignment]
+            scalars["rollout/ep_length_mean"] = mean_of(self.recent_lengths)  # type: ignore[assignment]
+        for k, total in self._sums.items():
+            scalars[f"train/{k}"] = total / self._counts[k]
+        self._sums.clear()
+        self._counts.clear()
+        self.metrics.write(self.step, wall, scalars)
+
+    def _evaluate(self, wall: float) -> None:
+        cfg = self.cfg.eval
+        seed = int(self.cfg.seed) + EVAL_SEED_OFFSET + len(self.eval_history)
+        result = evaluate(self.policy, self.eval_env, int(cfg.episodes), bool(cfg.deterministic), seed=seed)
+        result["step"] = self.step
+        self.eval_history.append(result)
+        self._last_eval_step = self.step
+        self.metrics.write(self.step, wall, {
+            "eval/return_mean": result["return_mean"],
+            "eval/return_std": result["return_std"],
+            "eval/length_mean": result["length_mean"],
+        })
+        log.info(f"  eval at step {self.step:,}: return {result['return_mean']:.1f} ± {result['return_std']:.1f} "
+                 f"over {result['episodes']} episodes (length {result['length_mean']:.0f})")
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def state(self, segment_seconds: float) -> dict[str, Any]:
+        return {
+            "learner": self.learner.training_state(),
+            "runner": {
+                "step": self.step,
+                "iteration": self.iteration,
+                "num_updates": self.num_updates,
+                "episodes": self.episodes,
+                "wall_time": self.wall_time + segment_seconds,
+                "recent_returns": list(self.recent_returns),
+                "recent_lengths": list(self.recent_lengths),
+                "eval_history": [{k: v for k, v in e.items()} for e in self.eval_history],
+                "obs": self.obs,
+                **self.extra_state(),
+            },
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+            "env": self.env.state_dict(),
+        }
+
+    def save(self, segment_seconds: float) -> Path:
+        replay = self.replay_state() if self.cfg.checkpoint.save_replay else None
+        path = save_checkpoint(self.ckpt_dir, self.step, self.state(segment_seconds), replay, keep=int(self.cfg.checkpoint.keep))
+        self._last_checkpoint = path
+        self._last_ckpt_step = self.step
+        return path
+
+    def restore(self, path: Path) -> None:
+        state, replay = load_checkpoint(path, load_replay=True)
+        self.learner.load_training_state(state["learner"])
+        r = state["runner"]
+        self.step, self.iteration = int(r["step"]), int(r["iteration"])
+        self.num_updates, self.episodes = int(r["num_updates"]), int(r["episodes"])
+        self.wall_time = float(r["wall_time"])
+        self.recent_returns.extend(r["recent_returns"])
+        self.recent_lengths.extend(r["recent_lengths"])
+        self.eval_history = list(r["eval_history"])
+        self._last_eval_step = self.eval_history[-1]["step"] if self.eval_history else -1
+        self.load_extra_state(r)
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        if state.get("env") is not None:
+            self.env.reset(seed=int(self.cfg.seed))
+            self.env.load_state_dict(state["env"])
+            self.obs = r["obs"].to(self.device)
+        else:
+            log.warning(f"{self.env.task_id}: simulator state was not saved (this env cannot capture it); "
+                        "environments start new episodes on resume")
+            self.obs = self.env.reset(seed=int(self.cfg.seed) + self.step)
+        if replay is not None:
+            self.load_replay_state(replay)
+        elif self.learner.kind == "off_policy":
+            log.warning("the checkpoint holds no replay buffer (checkpoint.save_replay=false): "
+                        "the resumed run refills it from scratch")
+        self._last_checkpoint = Path(path)
+        self._last_ckpt_step = self.step
+        log.info(f"resumed from {path} at step {self.step:,}")
+
+    def _finish(self, elapsed: float, status: str, t_start: float) -> dict[str, Any]:
+        metrics = getattr(self, "metrics", None)
+        if metrics is not None:
+            metrics.close()
+        last = self.eval_history[-1] if self.eval_history else None
+        best = max(self.eval_history, key=lambda e: e["return_mean"]) if self.eval_history else None
+        summary = {
+            "status": status,
+            "algo": self.cfg.algo.name,
+            "env": self.env.task_id,
+            "seed": int(self.cfg.seed),
+            "steps": self.step,
+            "updates": self.num_updates,
+            "episodes": self.episodes,
+            "wall_time_s": round(elapsed, 2),
+            "steps_per_s": round(self.step / elapsed, 2) if elapsed > 0 else None,
+            "final_eval_return_mean": last["return_mean"] if last else None,
+            "final_eval_return_std": last["return_std"] if last else None,
+            "final_eval_step": last["step"] if last else None,
+            "best_eval_return_mean": best["return_mean"] if best else None,
+            "best_eval_step": best["step"] if best else None,
+            "last_checkpoint": str(self._last_checkpoint) if self._last_checkpoint else None,
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if self.cfg.log.plot and metrics is not None:
+            try:
+                plot_learning_curve(metrics.rows, self.run_dir / "learning_curve.png",
+                                    f"{self.cfg.algo.name} on {self.env.task_id} (seed {self.cfg.seed})")
+            except Exception as exc:  # a plotting problem must not hide the run's result
+                log.warning(f"could not draw the learning curve: {exc}")
+        if status == "completed":
+            log.info(f"done: {self.step:,} steps in {format_duration(elapsed)} ({summary['steps_per_s']} steps/s); "
+                     f"final eval return {summary['final_eval_return_mean']:.1f} ± {summary['final_eval_return_std']:.1f}; "
+                     f"outputs in {self.run_dir}")
+        return summary
+
+
+def find_resume_checkpoint(run_dir: Path) -> Path:
+    path = latest_checkpoint(run_dir / "checkpoints", warn=log.warning)
+    if path is None:
+        raise FileNotFoundError(f"{run_dir} has no complete checkpoint to resume from; start a new run instead")
+    return path
+
+

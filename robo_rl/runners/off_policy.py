@@ -1,0 +1,62 @@
+"""Off-policy loop (SAC, TD3): act in N envs, store in replay, update at a fixed update-to-data ratio."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from robo_rl.runners.base import Runner
+from robo_rl.storage.replay import ReplayBuffer
+
+
+class OffPolicyRunner(Runner):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        algo = self.cfg.algo
+        self.batch_size = int(algo.batch_size)
+        self.learning_starts = int(algo.learning_starts)
+        self.utd = float(algo.utd)
+        self.replay = ReplayBuffer(int(algo.buffer_size), self.env.obs_dim, self.env.act_dim, self.device, seed=int(self.cfg.seed))
+        self.random_actions = torch.Generator().manual_seed(int(self.cfg.seed) + 1)
+        self.update_credit = 0.0  # fractional updates carried over when utd * num_envs is not whole
+
+    def _random_actions(self) -> torch.Tensor:
+        u = torch.rand(self.env.num_envs, self.env.act_dim, generator=self.random_actions)
+        return self.policy.from_unit(u.to(self.device) * 2.0 - 1.0)
+
+    def iterate(self) -> None:
+        env, learner, n = self.env, self.learner, self.env.num_envs
+        obs = self.obs
+        # 1. act: uniform random before learning starts, then the learner's exploration policy
+        actions = self._random_actions() if self.step < self.learning_starts else learner.explore(obs)
+        # 2. step the envs (finished ones reset inside step; info["final_obs"] is where they ended)
+        next_obs, reward, terminated, _truncated, info = env.step(actions)
+        self.check_finite("observation", next_obs)
+        self.check_finite("reward", reward)
+        # 3. store; bootstrapping stops only on termination, never on a time-limit truncation
+        self.replay.add(obs, actions, reward, info["final_obs"], terminated)
+        self.policy.obs_norm.update(next_obs)
+        self.record_episodes(info["episode"])
+        self.obs = next_obs
+        self.step += n
+        # 4. update at the update-to-data ratio
+        if self.step >= self.learning_starts:
+            self.update_credit += self.utd * n
+            while self.update_credit >= 1.0:
+                self.record_update(learner.update(self.replay.sample(self.batch_size)))
+                self.update_credit -= 1.0
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"random_actions": self.random_actions.get_state(), "update_credit": self.update_credit}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.random_actions.set_state(state["random_actions"])
+        self.update_credit = float(state["update_credit"])
+
+    def replay_state(self) -> dict[str, np.ndarray]:
+        return self.replay.state_dict()
+
+    def load_replay_state(self, replay: dict[str, np.ndarray]) -> None:
+        self.replay.load_state_dict(replay)

@@ -1,0 +1,66 @@
+"""On-policy loop (PPO): collect T steps from N envs, compute GAE, update, repeat."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from robo_rl.normalization import RewardNormalizer
+from robo_rl.runners.base import Runner
+from robo_rl.storage.rollout import RolloutStorage
+
+
+class OnPolicyRunner(Runner):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        algo, env = self.cfg.algo, self.env
+        self.rollout_steps = int(algo.rollout_steps)
+        self.samples_per_update = self.rollout_steps * env.num_envs
+        self.total_iterations = -(-self.total_steps // self.samples_per_update)  # ceil
+        self.base_lr = float(algo.lr)
+        self.anneal_lr = bool(algo.anneal_lr)
+        self.storage = RolloutStorage(self.rollout_steps, env.num_envs, env.obs_dim, env.act_dim, self.device)
+        self.reward_norm = (
+            RewardNormalizer(env.num_envs, float(algo.gamma), float(self.cfg.env.reward_clip), device=self.device)
+            if self.cfg.env.normalize_reward else None
+        )
+
+    def iterate(self) -> None:
+        learner, env, policy = self.learner, self.env, self.policy
+        gamma = learner.gamma
+        obs = self.obs
+        rollout_obs = []
+        for _ in range(self.rollout_steps):
+            actions, log_probs, values = learner.act(obs)
+            next_obs, reward, terminated, truncated, info = env.step(policy.clip_action(actions))
+            self.check_finite("observation", next_obs)
+            self.check_finite("reward", reward)
+            self.record_episodes(info["episode"])
+            done = terminated | truncated
+            r = self.reward_norm(reward, done) if self.reward_norm is not None else reward
+            # Time-limit truncation: the episode did not end, so bootstrap with gamma * V(final obs)
+            cut = truncated & ~terminated
+            if bool(cut.any()):
+                r = r.clone()
+                r[cut] += gamma * learner.value(info["final_obs"][cut]).detach()
+            self.storage.add(obs, actions, log_probs, values, r, done)
+            rollout_obs.append(obs)
+            obs = next_obs
+            self.step += env.num_envs
+        self.obs = obs
+        with torch.no_grad():
+            last_values = learner.value(obs)
+        batch = self.storage.finish(last_values, gamma, learner.gae_lambda)
+        if self.anneal_lr:
+            learner.set_lr(self.base_lr * (1.0 - self.iteration / self.total_iterations))
+        self.record_update(learner.update(batch))
+        # Statistics change between updates only, so the rollout's log-probs match the update's
+        policy.obs_norm.update(torch.cat(rollout_obs))
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"reward_norm": self.reward_norm.state_dict() if self.reward_norm is not None else None}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if self.reward_norm is not None and state.get("reward_norm") is not None:
+            self.reward_norm.load_state_dict(state["reward_norm"])

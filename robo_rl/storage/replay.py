@@ -1,0 +1,73 @@
+"""Circular replay buffer of torch tensors, sampled with its own seeded generator.
+
+Rows are stored preallocated on the learner's device (no numpy on the hot path); ``state_dict``
+hands out only the filled rows, as numpy arrays for a ``.npz`` file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from robo_rl.learners.base import Batch
+
+_FIELDS = ("obs", "actions", "rewards", "next_obs", "terminated")
+
+
+class ReplayBuffer:
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device | str = "cpu", seed: int = 0) -> None:
+        if capacity < 1:
+            raise ValueError(f"replay capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.device = torch.device(device)
+        self.obs = torch.zeros(capacity, obs_dim, device=self.device)
+        self.actions = torch.zeros(capacity, act_dim, device=self.device)
+        self.rewards = torch.zeros(capacity, device=self.device)
+        self.next_obs = torch.zeros(capacity, obs_dim, device=self.device)
+        self.terminated = torch.zeros(capacity, device=self.device)
+        self.pos = 0  # next row to write
+        self.size = 0  # rows filled
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor) -> None:
+        """Append N transitions (one per env), wrapping around and overwriting the oldest rows."""
+        n = obs.shape[0]
+        if n > self.capacity:
+            raise ValueError(f"cannot add {n} transitions to a buffer of capacity {self.capacity}")
+        idx = (torch.arange(n, device=self.device) + self.pos) % self.capacity
+        self.obs[idx] = obs
+        self.actions[idx] = actions
+        self.rewards[idx] = rewards
+        self.next_obs[idx] = next_obs
+        self.terminated[idx] = terminated.float()
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int) -> Batch:
+        if self.size == 0:
+            raise RuntimeError("cannot sample from an empty replay buffer")
+        idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=self.generator)
+        return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx])
+
+    def state_dict(self) -> dict[str, Any]:
+        arrays = {name: getattr(self, name)[: self.size].cpu().numpy() for name in _FIELDS}
+        arrays["pos"] = np.array(self.pos)
+        arrays["capacity"] = np.array(self.capacity)
+        arrays["generator"] = self.generator.get_state().numpy()
+        return arrays
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        size = int(state["obs"].shape[0])
+        if int(state["capacity"]) != self.capacity:
+            raise ValueError(f"saved replay buffer has capacity {int(state['capacity'])}, this one {self.capacity}")
+        for name in _FIELDS:
+            getattr(self, name)[:size] = torch.as_tensor(state[name], device=self.device)
+        self.size = size
+        self.pos = int(state["pos"])
+        self.generator.set_state(torch.as_tensor(state["generator"], dtype=torch.uint8))

@@ -1,0 +1,127 @@
+"""`robo-rl train`: compose -> resolve -> validate -> build -> run, all checks before any work.
+
+Also usable from Python: ``train(cfg, run_dir)`` with a composed config (see ``compose_config``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from robo_rl.build import build_env, build_learner, build_policy, build_runner
+from robo_rl.config import ConfigError, resolve_defaults, validate
+from robo_rl.metrics import setup_console_logging
+from robo_rl.runners.base import find_resume_checkpoint
+from robo_rl.runs import CONFIG_FILE, load_run_config
+
+log = logging.getLogger("robo_rl")
+
+#: keys a resumed run may change; everything else must stay as the run was started
+RESUME_OVERRIDABLE = frozenset({
+    "resume", "run_dir", "steps", "threads", "compile",
+    "log.progress_seconds", "log.tensorboard", "log.plot", "checkpoint.keep",
+})
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str] = ()) -> tuple[DictConfig, Path | None]:
+    """Resolve and validate a config for ``run_dir``; for a resume, load the saved config instead.
+
+    Returns the config to run and the checkpoint to resume from (None for a new run).
+    """
+    if cfg.resume:
+        run_dir = Path(cfg.resume)
+        saved = load_run_config(run_dir)
+        keys = [o.split("=", 1)[0].lstrip("+~") for o in cli_overrides]
+        fixed = [k for k in keys if k not in RESUME_OVERRIDABLE]
+        if fixed:
+            raise ConfigError(
+                f"resume={run_dir} continues that run with its saved config; {', '.join(fixed)} cannot change "
+                f"on resume (allowed: {', '.join(sorted(RESUME_OVERRIDABLE - {'resume', 'run_dir'}))}). "
+                "Start a new run to change them."
+            )
+        with open_dict(saved):
+            for key in keys:
+                if key in RESUME_OVERRIDABLE - {"resume", "run_dir"}:
+                    OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False)
+            saved.resume = str(run_dir)
+            saved.run_dir = str(run_dir)
+        validate(saved)
+        return saved, find_resume_checkpoint(run_dir)
+
+    if (run_dir / CONFIG_FILE).exists():
+        raise ConfigError(
+            f"run_dir={run_dir} already holds a run; continue it with resume={run_dir} or choose another run_dir"
+        )
+    cfg = resolve_defaults(cfg)
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)
+    validate(cfg)
+    if cfg.algo.name in ("sac", "td3") and cfg.env.normalize_reward:
+        raise ConfigError(
+            "env.normalize_reward=true: not supported for off-policy learners (the replay buffer would mix rewards "
+            "scaled by different statistics); leave it off for sac/td3"
+        )
+    return cfg, None
+
+
+def compose_config(overrides: Iterable[str] = ()) -> DictConfig:
+    """The config `robo-rl train <overrides>` would run, for use from Python (tests, benchmarks)."""
+    from hydra import compose, initialize_config_dir
+
+    from robo_rl.cli import _register_resolvers
+    from robo_rl.config import register_schemas
+
+    register_schemas()
+    _register_resolvers()
+    config_dir = str(Path(__file__).resolve().parent / "configs")
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def train(cfg: DictConfig, run_dir: str | Path, cli_overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Train according to ``cfg`` into ``run_dir``; returns the run summary."""
+    setup_console_logging()
+    run_dir = Path(run_dir)
+    cfg, resume_from = prepare(cfg, run_dir, cli_overrides)
+    run_dir = Path(cfg.run_dir)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    seed_everything(int(cfg.seed))
+
+    # Build everything before touching the run directory: bad options fail here, with nothing written.
+    env = build_env(cfg)
+    try:
+        eval_env = build_env(cfg, num_envs=min(int(cfg.eval.num_envs), int(cfg.eval.episodes)), vectorization="sync")
+        policy = build_policy(cfg, env)
+        learner = build_learner(cfg, policy)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_from is None:
+            OmegaConf.save(cfg, run_dir / CONFIG_FILE)
+        file_handler = logging.FileHandler(run_dir / "train.log")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(file_handler)
+        try:
+            n_params = sum(p.numel() for p in learner.parameters())
+            log.info(f"robo-rl: {cfg.algo.name} on {env.task_id} ({env.num_envs} env(s), {cfg.env.backend} backend), "
+                     f"{cfg.policy.name} head, {n_params:,} parameters, seed {cfg.seed}, {int(cfg.steps):,} steps "
+                     f"-> {run_dir}")
+            runner = build_runner(cfg, learner, env, eval_env, run_dir)
+            return runner.train(resume_from=resume_from)
+        finally:
+            log.removeHandler(file_handler)
+            file_handler.close()
+            eval_env.close()
+    finally:
+        env.close()
