@@ -88,8 +88,28 @@ def _register_resolvers() -> None:
     def sweep_dir(given, algo, env_id, now):  # type: ignore[no-untyped-def]
         return str(given) if given not in (None, "", "None") else f"runs/sweep-{algo}-{env_id}-{now}"
 
+    def sweep_subdir(task_overrides, job_num):  # type: ignore[no-untyped-def]
+        # name a multirun job by the keys that are swept (seed=0,1,2 -> "seed=1"), not by every override
+        swept = {a.split("=", 1)[0] for a in sys.argv[1:] if "=" in a and _is_sweep(a.split("=", 1)[1])}
+        parts = [o for o in task_overrides if o.split("=", 1)[0].lstrip("+~") in swept]
+        return ",".join(parts) if parts else f"job{job_num}"
+
     OmegaConf.register_new_resolver("robo_rl_run_dir", run_dir, replace=True)
     OmegaConf.register_new_resolver("robo_rl_sweep_dir", sweep_dir, replace=True)
+    OmegaConf.register_new_resolver("robo_rl_sweep_subdir", sweep_subdir, replace=True)
+
+
+def _is_sweep(value: str) -> bool:
+    """Whether a command-line value is a Hydra sweep (a,b / range(...) / choice(...) / glob(...))."""
+    if value.startswith(("range(", "choice(", "glob(", "interval(")):
+        return True
+    depth = 0
+    for ch in value:
+        depth += ch in "[{(" and 1 or 0
+        depth -= ch in "]})" and 1 or 0
+        if ch == "," and depth == 0:
+            return True
+    return False
 
 
 def train_main(args: Sequence[str]) -> int:

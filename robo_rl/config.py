@@ -218,12 +218,15 @@ LEARNER_DEFAULTS: dict[str, dict[str, Any]] = {
 def register_schemas() -> None:
     """Make the dataclasses available to the YAML files as /schema/<group>/<name>."""
     cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainConfig)
+    root = OmegaConf.structured(TrainConfig)
+    # env.kwargs is free-form (it goes to gymnasium.make): `env.kwargs.ctrl_cost_weight=0.1` must
+    # work without a `+`, while every other key stays strict.
+    OmegaConf.set_struct(root.env.kwargs, False)
+    cs.store(name="train_schema", node=root)
     for name, node in ALGO_SCHEMAS.items():
         cs.store(group="schema/algo", name=name, node=node)
     for name, node in POLICY_SCHEMAS.items():
         cs.store(group="schema/policy", name=name, node=node)
-    cs.store(group="schema", name="env", node=EnvConfig)
 
 
 def resolve_defaults(cfg: DictConfig) -> DictConfig:

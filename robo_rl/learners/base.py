@@ -31,8 +31,26 @@ class Learner(nn.Module):
     name: ClassVar[str]
     policy: PolicyHead
 
+    #: names of the methods that compute losses (forward graphs); ``compile_update`` compiles them
+    loss_functions: ClassVar[tuple[str, ...]] = ()
+
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {}
+
+    def __getattr__(self, name: str) -> Any:
+        # ``self._critic_loss`` etc. resolve to the (possibly compiled) loss method
+        if name.startswith("_") and name[1:] in type(self).loss_functions:
+            return getattr(self, name[1:])
+        return super().__getattr__(name)
+
+    def compile_update(self, **options: Any) -> None:
+        """torch.compile the loss computations (forward + backward graphs) of ``update``.
+
+        The optimizer step is already one fused kernel and stays eager. The first updates pay the
+        compile time (tens of seconds on a CPU); see benchmarks/ for what it buys.
+        """
+        for name in self.loss_functions:
+            object.__setattr__(self, f"_{name}", torch.compile(getattr(self, name), **options))
 
     def explore(self, obs: torch.Tensor) -> torch.Tensor:
         """Actions used to collect experience; the policy's own sampling unless a learner adds noise."""

@@ -29,18 +29,22 @@ class FusedAdam(torch.optim.Adam):
 
     def _init_state(self) -> tuple[list[torch.Tensor], ...]:
         group = self.param_groups[0]
-        params, exp_avgs, exp_avg_sqs, steps = [], [], [], []
+        params, exp_avgs, exp_avg_sqs = [], [], []
+        # All parameters of the group step together, so they share one step counter: one add
+        # per step instead of a per-tensor loop (CPU has no fused kernel for that add).
+        first = self.state[group["params"][0]]
+        step = first["step"].clone() if "step" in first else torch.zeros((), dtype=torch.float32)
+        step = step.to(device=group["params"][0].device, dtype=torch.float32)
         for p in group["params"]:
             state = self.state[p]
-            if len(state) == 0:  # the layout torch.optim.Adam creates for fused=True
-                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            if "exp_avg" not in state:  # the layout torch.optim.Adam creates for fused=True
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["step"] = step
             params.append(p)
             exp_avgs.append(state["exp_avg"])
             exp_avg_sqs.append(state["exp_avg_sq"])
-            steps.append(state["step"])
-        return params, exp_avgs, exp_avg_sqs, steps
+        return params, exp_avgs, exp_avg_sqs, [step] * len(params)
 
     @torch.no_grad()
     def apply(self, grads: Iterable[torch.Tensor]) -> None:
@@ -55,7 +59,7 @@ class FusedAdam(torch.optim.Adam):
         if self._lists is None:
             self._lists = self._init_state()
         params, exp_avgs, exp_avg_sqs, steps = self._lists
-        torch._foreach_add_(steps, 1)
+        steps[0].add_(1)
         beta1, beta2 = group["betas"]
         torch._fused_adam_(
             params, grads, exp_avgs, exp_avg_sqs, [], steps,

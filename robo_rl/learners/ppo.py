@@ -10,8 +10,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import nn
-
 from policies.heads import PolicyHead, require_capabilities
 from policies.networks import mlp, orthogonal_init_
 from robo_rl.learners.base import Learner
@@ -21,6 +19,7 @@ from robo_rl.storage.rollout import RolloutBatch
 
 class PPO(Learner):
     kind = "on_policy"
+    loss_functions = ("ppo_loss",)
     name = "ppo"
     needs = {"tractable_log_prob": "the probability ratio pi(a|s) / pi_old(a|s) needs log pi"}
 
@@ -98,38 +97,39 @@ class PPO(Learner):
         metrics["lr"] = torch.tensor(self.opt.param_groups[0]["lr"])
         return metrics
 
-    def _minibatch_step(self, mb: RolloutBatch) -> dict[str, torch.Tensor]:
+    def ppo_loss(self, mb: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         log_probs, entropy = self.policy.evaluate_actions(mb.obs, mb.actions)
         values = self.value(mb.obs)
         adv = mb.advantages
         if self.normalize_advantage and adv.numel() > 1:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-
         # Clipped surrogate objective (eq. 7)
         log_ratio = log_probs - mb.log_probs
         ratio = log_ratio.exp()
         policy_loss = -torch.min(adv * ratio, adv * ratio.clamp(1.0 - self.clip_range, 1.0 + self.clip_range)).mean()
-
-        # Value loss, optionally clipped around the rollout's values
+        # Value loss, optionally clipped around the values the rollout saw
         if self.clip_range_vf is not None:
             values = mb.values + (values - mb.values).clamp(-self.clip_range_vf, self.clip_range_vf)
         value_loss = (mb.returns - values).square().mean()
-
         entropy_mean = entropy.mean()
         # Combined objective (eq. 9), minimized
         loss = policy_loss + self.vf_coef * value_loss - self.ent_coef * entropy_mean
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self._params, self.max_grad_norm, foreach=True)
-        self.opt.step()
         with torch.no_grad():
-            approx_kl = ((ratio - 1.0) - log_ratio).mean()  # Schulman's low-variance KL estimator
-            clip_fraction = ((ratio - 1.0).abs() > self.clip_range).float().mean()
-        return {
-            "policy_loss": policy_loss.detach(),
-            "value_loss": value_loss.detach(),
-            "entropy": entropy_mean.detach(),
-            "approx_kl": approx_kl,
-            "clip_fraction": clip_fraction,
-            "grad_norm": grad_norm.detach(),
-        }
+            stats = {
+                "policy_loss": policy_loss.detach(),
+                "value_loss": value_loss.detach(),
+                "entropy": entropy_mean.detach(),
+                "approx_kl": ((ratio - 1.0) - log_ratio).mean(),  # Schulman's low-variance KL estimator
+                "clip_fraction": ((ratio - 1.0).abs() > self.clip_range).float().mean(),
+            }
+        return loss, stats
+
+    def _minibatch_step(self, mb: RolloutBatch) -> dict[str, torch.Tensor]:
+        loss, stats = self._ppo_loss(mb)
+        grads = list(torch.autograd.grad(loss, self._params))
+        # Global gradient-norm clipping over policy and value parameters
+        grad_norm = torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads]))
+        torch._foreach_mul_(grads, (self.max_grad_norm / (grad_norm + 1e-6)).clamp(max=1.0))
+        self.opt.apply(grads)
+        stats["grad_norm"] = grad_norm
+        return stats

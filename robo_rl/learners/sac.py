@@ -20,6 +20,7 @@ from robo_rl.learners.critics import QEnsemble
 
 class SAC(Learner):
     kind = "off_policy"
+    loss_functions = ("critic_loss", "actor_loss")
     name = "sac"
     needs = {
         "reparameterized": "the actor loss differentiates Q(s, a) through the sampled action",
@@ -68,41 +69,42 @@ class SAC(Learner):
             opts["alpha"] = self.alpha_opt
         return opts
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def critic_loss(self, batch: Batch, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         policy = self.policy
-        obs_n = policy.obs_norm(batch.obs)
-        alpha = self.log_alpha.detach().exp()
-
-        # Soft Bellman target (eq. 3 with the clipped double-Q minimum of Fujimoto et al. 2018)
+        # Soft Bellman target (eq. 3, with the clipped double-Q minimum of Fujimoto et al. 2018)
         with torch.no_grad():
             next_actions, next_logp = policy.sample(batch.next_obs)
             q_next = self.critic_target(policy.obs_norm(batch.next_obs), policy.to_unit(next_actions)).min(0).values
             target = batch.rewards + self.gamma * (1.0 - batch.terminated) * (q_next - alpha * next_logp)
+        # Critic loss (eq. 5): 1/2 (Q_i(s, a) - target)^2, summed over the critics
+        q = self.critic(policy.obs_norm(batch.obs), policy.to_unit(batch.actions))  # [E, B]
+        return 0.5 * (q - target).square().mean(1).sum(), q.detach().mean()
 
-        # Critic loss (eq. 5): 1/2 (Q_i(s, a) - target)^2 for every critic
-        q = self.critic(obs_n, policy.to_unit(batch.actions))  # [E, B]
-        critic_loss = 0.5 * (q - target).square().mean(1).sum()
+    def actor_loss(self, obs: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Actor loss (eq. 7): E[alpha log pi(a|s) - min_i Q_i(s, a)]; gradient reaches only the policy
+        policy = self.policy
+        actions, logp = policy.sample(obs)
+        q_pi = self.critic(policy.obs_norm(obs), policy.to_unit(actions), detach=True).min(0).values
+        return (alpha * logp - q_pi).mean(), logp.detach()
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        alpha = self.log_alpha.detach().exp()
+        critic_loss, q_mean = self._critic_loss(batch, alpha)
         self.critic_opt.apply(torch.autograd.grad(critic_loss, self._critic_params))
-
-        # Actor loss (eq. 7): E[alpha log pi(a|s) - min_i Q_i(s, a)], gradient only into the policy
-        actions, logp = policy.sample(batch.obs)
-        q_pi = self.critic(obs_n, policy.to_unit(actions), detach=True).min(0).values
-        actor_loss = (alpha * logp - q_pi).mean()
+        actor_loss, logp = self._actor_loss(batch.obs, alpha)
         self.actor_opt.apply(torch.autograd.grad(actor_loss, self._actor_params))
-
         metrics = {
             "critic_loss": critic_loss.detach(),
             "actor_loss": actor_loss.detach(),
-            "q_mean": q.detach().mean(),
-            "entropy": -logp.detach().mean(),
+            "q_mean": q_mean,
+            "entropy": -logp.mean(),
             "alpha": alpha,
         }
-        # Temperature loss (eq. 18): -alpha (log pi(a|s) + target entropy)
         if self.alpha_opt is not None:
-            alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+            # Temperature loss (eq. 18): -alpha (log pi(a|s) + target entropy)
+            alpha_loss = -(self.log_alpha * (logp + self.target_entropy)).mean()
             self.alpha_opt.apply(torch.autograd.grad(alpha_loss, [self.log_alpha]))
             metrics["alpha_loss"] = alpha_loss.detach()
-
         self.num_updates += 1
         if int(self.num_updates) % self.target_update_every == 0:
             with torch.no_grad():

@@ -19,6 +19,7 @@ from robo_rl.learners.critics import QEnsemble
 
 class TD3(Learner):
     kind = "off_policy"
+    loss_functions = ("critic_loss", "actor_loss")
     name = "td3"
     needs = {
         "reparameterized": "the actor loss differentiates Q(s, pi(s)) through the action",
@@ -73,28 +74,30 @@ class TD3(Learner):
         unit = unit + self.exploration_noise * torch.randn_like(unit)
         return self.policy.from_unit(unit.clamp(-1.0, 1.0))
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         policy = self.policy
-        obs_n = policy.obs_norm(batch.obs)
-        self.num_updates += 1
-
-        # Target with policy smoothing (Alg. 1): a' = clip(pi'(s') + clip(eps, -c, c)), y = r + g min Q'(s', a')
+        # Target with policy smoothing (Alg. 1): a' = clip(pi'(s') + clip(eps, -c, c)), y = r + g min_i Q'_i(s', a')
         with torch.no_grad():
             next_unit = policy.to_unit(self.actor_target.sample(batch.next_obs)[0])
             noise = (torch.randn_like(next_unit) * self.target_noise).clamp(-self.target_noise_clip, self.target_noise_clip)
             next_unit = (next_unit + noise).clamp(-1.0, 1.0)
             q_next = self.critic_target(policy.obs_norm(batch.next_obs), next_unit).min(0).values
             target = batch.rewards + self.gamma * (1.0 - batch.terminated) * q_next
+        q = self.critic(policy.obs_norm(batch.obs), policy.to_unit(batch.actions))  # [E, B]
+        return (q - target).square().mean(1).sum(), q.detach().mean()
 
-        q = self.critic(obs_n, policy.to_unit(batch.actions))  # [E, B]
-        critic_loss = (q - target).square().mean(1).sum()
+    def actor_loss(self, obs: torch.Tensor) -> torch.Tensor:
+        # Deterministic policy gradient: maximize Q_1(s, pi(s)); gradient reaches only the actor
+        actions, _ = self.policy.sample(obs)
+        return -self.critic(self.policy.obs_norm(obs), self.policy.to_unit(actions), detach=True)[0].mean()
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        self.num_updates += 1
+        critic_loss, q_mean = self._critic_loss(batch)
         self.critic_opt.apply(torch.autograd.grad(critic_loss, self._critic_params))
-        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
-
-        # Delayed actor update: maximize Q_1(s, pi(s)); then move the targets
-        if int(self.num_updates) % self.policy_delay == 0:
-            actions, _ = policy.sample(batch.obs)
-            actor_loss = -self.critic(obs_n, policy.to_unit(actions), detach=True)[0].mean()
+        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q_mean}
+        if int(self.num_updates) % self.policy_delay == 0:  # delayed actor and target updates
+            actor_loss = self._actor_loss(batch.obs)
             self.actor_opt.apply(torch.autograd.grad(actor_loss, self._actor_params))
             with torch.no_grad():
                 polyak_update(self._target, self._online, self.tau)

@@ -1,0 +1,118 @@
+"""The batched-env contract on the gymnasium backend."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from envs import make_env
+
+
+def test_shapes_dtypes_and_spaces():
+    env = make_env("Hopper-v5", num_envs=3)
+    obs = env.reset(seed=0)
+    assert obs.shape == (3, 11) and obs.dtype == torch.float32
+    obs, rew, term, trunc, info = env.step(torch.zeros(3, 3))
+    assert rew.shape == (3,) and rew.dtype == torch.float32
+    assert term.dtype == torch.bool and trunc.dtype == torch.bool
+    assert info["final_obs"].shape == (3, 11)
+    assert env.action_space.shape == (3,) and np.all(np.isfinite(env.action_space.low))
+    env.close()
+
+
+def test_seeding_is_reproducible_and_distinct_per_env():
+    a, b = make_env("Hopper-v5", 2), make_env("Hopper-v5", 2)
+    oa, ob = a.reset(seed=7), b.reset(seed=7)
+    assert torch.equal(oa, ob)
+    assert not torch.equal(oa[0], oa[1])  # env i is seeded with seed + i
+
+
+def test_truncation_hands_back_final_obs_and_resets():
+    # Pendulum never terminates; a 3-step limit truncates every 3rd step
+    env = make_env("Pendulum-v1", num_envs=2, max_episode_steps=3)
+    ref = gym.make("Pendulum-v1", max_episode_steps=3)
+    env.reset(seed=0)
+    ref_obs, _ = ref.reset(seed=0)
+    actions = torch.tensor([[0.5], [-0.5]])
+    for t in range(3):
+        obs, rew, term, trunc, info = env.step(actions)
+        ref_obs, ref_rew, ref_term, ref_trunc, _ = ref.step(np.array([0.5], np.float32))
+    assert trunc.tolist() == [True, True] and term.tolist() == [False, False]
+    # final_obs is where env 0 ended, exactly as a plain gymnasium env reports it
+    np.testing.assert_allclose(info["final_obs"][0].numpy(), ref_obs, rtol=0, atol=0)
+    # and obs is already the first observation of the next episode
+    assert not torch.equal(obs[0], info["final_obs"][0])
+    assert info["episode"]["mask"].tolist() == [True, True]
+    assert info["episode"]["length"].tolist() == [3, 3]
+
+
+def test_termination_is_not_truncation():
+    env = make_env("InvertedPendulum-v5", num_envs=1)
+    env.reset(seed=0)
+    for _ in range(200):  # a constant push topples the pole: a terminal state, not a time limit
+        obs, rew, term, trunc, info = env.step(torch.ones(1, 1) * 3.0)
+        if term.any():
+            break
+    assert bool(term[0]) and not bool(trunc[0])
+    # v5 pays 1 per step the pole stays up and 0 on the terminal step
+    assert info["episode"]["mask"][0] and info["episode"]["return"][0] == info["episode"]["length"][0] - 1
+
+
+def test_final_obs_equals_obs_where_nothing_ended():
+    env = make_env("Hopper-v5", 2)
+    env.reset(seed=1)
+    obs, _, term, trunc, info = env.step(torch.zeros(2, 3))
+    done = term | trunc
+    assert torch.equal(info["final_obs"][~done], obs[~done])
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (torch.zeros(2, 4), "shape"),
+    (torch.zeros(3, 3), "shape"),
+    (torch.tensor([[0.0, float("nan"), 0.0], [0.0, 0.0, 0.0]]), "non-finite"),
+])
+def test_bad_actions_are_refused(bad, msg):
+    env = make_env("Hopper-v5", 2)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=msg):
+        env.step(bad)
+
+
+def test_unknown_task_suggests_close_ids():
+    with pytest.raises(ValueError, match="did you mean Hopper-v5"):
+        make_env("Hoper-v5")
+
+
+def test_bad_kwargs_name_the_task():
+    with pytest.raises(ValueError, match="Hopper-v5: bad env kwargs"):
+        make_env("Hopper-v5", kwargs={"no_such_option": 1})
+
+
+def test_discrete_tasks_are_refused():
+    with pytest.raises(ValueError, match="Box action space"):
+        make_env("CartPole-v1")
+
+
+@pytest.mark.parametrize("vectorization", ["sync", "async"])
+def test_snapshot_restores_simulation_exactly(vectorization):
+    a = make_env("Hopper-v5", 2)
+    a.reset(seed=3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        a.step(torch.rand(2, 3, generator=g) * 2 - 1)
+    snap = a.state_dict()
+    b = make_env("Hopper-v5", 2, vectorization=vectorization)
+    b.reset(seed=99)
+    b.load_state_dict(snap)
+    for _ in range(60):  # through falls and resets: the reset RNG is restored too
+        act = torch.rand(2, 3, generator=g) * 2 - 1
+        ra, rb = a.step(act), b.step(act)
+        assert torch.equal(ra.obs, rb.obs) and torch.equal(ra.reward, rb.reward)
+        assert torch.equal(ra.terminated, rb.terminated)
+    b.close()
+
+
+def test_snapshot_of_uncapturable_env_is_none():
+    env = make_env("robo_rl_test/NaNAfter-v0", 1)
+    env.reset(seed=0)
+    assert env.state_dict() is not None  # has a `state` array like classic-control tasks

@@ -1,0 +1,51 @@
+"""Test helpers: composing configs like the CLI does, and a small custom gymnasium task."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+
+
+class NaNAfter(gym.Env):
+    """A 2-D point task whose observation (or reward) turns NaN after ``after`` steps."""
+
+    def __init__(self, after: int = 50, where: str = "obs") -> None:
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.after, self.where = after, where
+        self.count = 0
+        self.state = np.zeros(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.state = self.np_random.uniform(-1, 1, 2)
+        return self.state.astype(np.float32), {}
+
+    def step(self, action):
+        self.count += 1
+        self.state = np.clip(self.state + 0.1 * float(action[0]), -5, 5)
+        obs = self.state.astype(np.float32)
+        reward = -float(np.abs(self.state).sum())
+        if self.count > self.after:
+            if self.where == "obs":
+                obs = np.full(2, np.nan, np.float32)
+            else:
+                reward = float("nan")
+        return obs, reward, False, False, {}
+
+
+gym.register("robo_rl_test/NaNAfter-v0", entry_point=NaNAfter, max_episode_steps=100)
+
+
+def compose(*overrides: str):
+    from robo_rl.train import compose_config
+
+    return compose_config(list(overrides))
+
+
+# Small, fast settings for runs inside tests (each test adds what it needs).
+FAST = (
+    "log.progress_seconds=1000",
+    "log.tensorboard=false",
+    "log.plot=false",
+)

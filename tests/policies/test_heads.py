@@ -1,0 +1,117 @@
+"""Policy heads: log-probabilities, bounds, and the capability contract."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Normal, TransformedDistribution
+from torch.distributions.transforms import TanhTransform
+
+from policies import build_head
+from policies.heads import UnsupportedByHead, require_capabilities
+
+LOW, HIGH = np.array([-2.0, -1.0, 0.0]), np.array([2.0, 1.0, 4.0])
+
+
+def gaussian(**kw):
+    return build_head("gaussian", 5, LOW, HIGH, hidden_sizes=(32, 32), **kw)
+
+
+def test_squashed_log_prob_matches_change_of_variables():
+    torch.manual_seed(0)
+    head = gaussian(squash=True)
+    obs = torch.randn(64, 5)
+    actions, logp = head.sample(obs)
+    mean, log_std = head.distribution(obs)
+    # reference: tanh-transformed Normal from torch.distributions, density of the unit action
+    ref = TransformedDistribution(Normal(mean, log_std.exp()), [TanhTransform()])
+    unit = head.to_unit(actions)
+    expected = ref.log_prob(unit.clamp(-1 + 1e-6, 1 - 1e-6)).sum(-1)
+    torch.testing.assert_close(logp, expected, rtol=1e-4, atol=1e-3)
+    # log_prob of the sampled action recovers the sample's log-probability
+    torch.testing.assert_close(head.log_prob(obs, actions), logp, rtol=1e-4, atol=2e-3)
+
+
+def test_squashed_density_integrates_to_one_numerically():
+    # 1-D head: integrate exp(log pi(u)) over u in (-1, 1) with a fine grid
+    head = build_head("gaussian", 2, np.array([-1.0]), np.array([1.0]), hidden_sizes=(8,), squash=True)
+    obs = torch.randn(1, 2).expand(20001, 2)
+    u = torch.linspace(-1 + 1e-5, 1 - 1e-5, 20001).unsqueeze(-1)
+    with torch.no_grad():
+        density = head.log_prob(obs, u).exp()
+    integral = torch.trapezoid(density, u.squeeze(-1))
+    assert abs(float(integral) - 1.0) < 2e-3
+
+
+def test_unsquashed_log_prob_and_entropy_are_the_gaussians():
+    head = gaussian(squash=False, state_dependent_std=False, log_std_init=-0.5)
+    obs, actions = torch.randn(16, 5), torch.randn(16, 3)
+    mean, log_std = head.distribution(obs)
+    dist = Normal(mean, log_std.exp())
+    torch.testing.assert_close(head.log_prob(obs, actions), dist.log_prob(actions).sum(-1))
+    torch.testing.assert_close(head.entropy(obs), dist.entropy().sum(-1))
+    lp, ent = head.evaluate_actions(obs, actions)
+    torch.testing.assert_close(lp, dist.log_prob(actions).sum(-1))
+
+
+@pytest.mark.parametrize("name,kw", [("gaussian", {"squash": True}), ("gaussian", {"squash": False}), ("deterministic", {})])
+def test_actions_stay_in_bounds(name, kw):
+    head = build_head(name, 5, LOW, HIGH, hidden_sizes=(16,), **kw)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.mul_(50)  # push the pre-activations far out
+    obs = torch.randn(256, 5) * 10
+    for det in (True, False):
+        a = head.act(obs, deterministic=det)
+        assert (a >= torch.tensor(LOW, dtype=torch.float32)).all() and (a <= torch.tensor(HIGH, dtype=torch.float32)).all()
+
+
+def test_reparameterized_sample_carries_gradient():
+    head = gaussian(squash=True)
+    actions, logp = head.sample(torch.randn(8, 5))
+    actions.sum().backward()
+    assert all(p.grad is not None for p in head.net.parameters())
+
+
+def test_deterministic_head_has_no_log_prob_and_learners_say_so():
+    head = build_head("deterministic", 5, LOW, HIGH, hidden_sizes=(16,))
+    with pytest.raises(UnsupportedByHead):
+        head.log_prob(torch.randn(2, 5), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="algo=sac cannot train the 'deterministic' head.*tractable_log_prob"):
+        require_capabilities("sac", head, {"tractable_log_prob": "needed for the entropy term"})
+
+
+def test_imitation_loss_fits_demonstrations():
+    torch.manual_seed(1)
+    for name in ("gaussian", "deterministic"):
+        head = build_head(name, 5, LOW, HIGH, hidden_sizes=(64, 64))
+        obs = torch.randn(512, 5)
+        target = head.from_unit(torch.tanh(obs[:, :3]))  # a fixed, smooth mapping inside the bounds
+        opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+        for _ in range(400):
+            loss = head.imitation_loss(obs, target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        err = (head.act(obs, deterministic=True) - target).abs().mean()
+        assert err < 0.1, (name, float(err))
+
+
+def test_bad_bounds_are_refused():
+    with pytest.raises(ValueError, match="high > low"):
+        build_head("gaussian", 3, np.array([1.0]), np.array([1.0]))
+    with pytest.raises(ValueError, match="unknown policy head"):
+        build_head("flowz", 3, LOW, HIGH)
+
+
+def test_obs_normalizer_is_part_of_the_head_state():
+    head = build_head("gaussian", 5, LOW, HIGH, normalize_obs=True, hidden_sizes=(8,))
+    head.obs_norm.update(torch.randn(1000, 5) * 3 + 2)
+    state = head.state_dict()
+    assert any(k.startswith("obs_norm.stats.") for k in state)
+    other = build_head("gaussian", 5, LOW, HIGH, normalize_obs=True, hidden_sizes=(8,))
+    other.load_state_dict(state)
+    obs = torch.randn(4, 5)
+    torch.testing.assert_close(other.obs_norm(obs), head.obs_norm(obs))
+    assert math.isclose(float(other.obs_norm.shift[0]), float(head.obs_norm.stats.mean[0]), rel_tol=1e-6)

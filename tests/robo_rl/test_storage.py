@@ -1,0 +1,74 @@
+"""GAE against a hand-computed case; replay buffer wrap-around and round trip."""
+
+import numpy as np
+import torch
+
+from robo_rl.storage.replay import ReplayBuffer
+from robo_rl.storage.rollout import RolloutStorage, compute_gae
+
+
+def test_gae_hand_computed():
+    # T=3, one env; the episode ends at t=1, so t=1 does not bootstrap from t=2's value.
+    rewards = torch.tensor([[1.0], [2.0], [3.0]])
+    values = torch.tensor([[0.5], [1.0], [1.5]])
+    dones = torch.tensor([[0.0], [1.0], [0.0]])
+    adv, ret = compute_gae(rewards, values, dones, torch.tensor([2.0]), gamma=0.9, gae_lambda=0.8)
+    # t=2: delta = 3 + 0.9*2.0 - 1.5 = 3.3                 -> A = 3.3
+    # t=1: delta = 2 + 0 - 1.0 = 1.0 (episode ended)        -> A = 1.0
+    # t=0: delta = 1 + 0.9*1.0 - 0.5 = 1.4; A = 1.4 + 0.72*1.0 = 2.12
+    torch.testing.assert_close(adv.squeeze(-1), torch.tensor([2.12, 1.0, 3.3]))
+    torch.testing.assert_close(ret.squeeze(-1), torch.tensor([2.62, 2.0, 4.8]))
+
+
+def test_gae_lambda_one_is_discounted_return_minus_value():
+    torch.manual_seed(0)
+    r, v = torch.randn(5, 2), torch.randn(5, 2)
+    last = torch.randn(2)
+    adv, _ = compute_gae(r, v, torch.zeros(5, 2), last, gamma=0.95, gae_lambda=1.0)
+    g = last.clone()
+    expected = torch.empty(5, 2)
+    for t in reversed(range(5)):
+        g = r[t] + 0.95 * g
+        expected[t] = g - v[t]
+    torch.testing.assert_close(adv, expected)
+
+
+def test_rollout_storage_flattens_time_major():
+    s = RolloutStorage(2, 3, obs_dim=1, act_dim=1, device=torch.device("cpu"))
+    for t in range(2):
+        s.add(torch.full((3, 1), float(t)), torch.zeros(3, 1), torch.zeros(3), torch.zeros(3), torch.ones(3), torch.zeros(3))
+    batch = s.finish(torch.zeros(3), 0.99, 0.95)
+    assert batch.obs.shape == (6, 1) and batch.obs[:3].eq(0).all() and batch.obs[3:].eq(1).all()
+
+
+def test_replay_wraps_around_and_overwrites_oldest():
+    rb = ReplayBuffer(5, obs_dim=1, act_dim=1)
+    for i in range(3):  # 3 adds of 2 transitions = 6 > capacity 5
+        obs = torch.tensor([[2.0 * i], [2.0 * i + 1]])
+        rb.add(obs, obs, obs.squeeze(-1), obs + 100, torch.zeros(2))
+    assert len(rb) == 5 and rb.pos == 1
+    # row 0 was overwritten by transition 5; rows 1..4 hold transitions 1..4
+    assert rb.obs.squeeze(-1).tolist() == [5.0, 1.0, 2.0, 3.0, 4.0]
+    assert rb.next_obs.squeeze(-1).tolist() == [105.0, 101.0, 102.0, 103.0, 104.0]
+
+
+def test_replay_samples_only_filled_rows_and_round_trips():
+    rb = ReplayBuffer(100, obs_dim=2, act_dim=1, seed=3)
+    rb.add(torch.ones(10, 2), torch.ones(10, 1), torch.ones(10), torch.ones(10, 2), torch.zeros(10))
+    assert (rb.sample(256).obs == 1).all()
+    state = rb.state_dict()
+    assert state["obs"].shape == (10, 2)
+    other = ReplayBuffer(100, obs_dim=2, act_dim=1, seed=99)
+    other.load_state_dict(state)
+    a, b = rb.sample(16), other.sample(16)  # same rows and the same sampling RNG state
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert other.size == 10 and other.pos == 10
+
+
+def test_replay_state_refuses_other_capacity():
+    rb = ReplayBuffer(10, 1, 1)
+    import pytest
+
+    with pytest.raises(ValueError, match="capacity"):
+        ReplayBuffer(20, 1, 1).load_state_dict(rb.state_dict())
+    assert np.asarray(rb.state_dict()["capacity"]) == 10

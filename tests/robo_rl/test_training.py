@@ -1,0 +1,139 @@
+"""Whole runs in-process: outputs, determinism, exact resume, NaN handling, signals."""
+
+import json
+import signal
+
+import pytest
+import torch
+
+from robo_rl.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from robo_rl.runners.base import Interrupted, NonFiniteError
+from robo_rl.train import train
+from tests.helpers import FAST, compose
+
+SMALL_SAC = (
+    "env=pendulum", "algo.learning_starts=200", "algo.batch_size=64", "algo.critic_hidden=[32,32]",
+    "policy.hidden_sizes=[32,32]", "eval.episodes=2", "eval.num_envs=2", *FAST,
+)
+SMALL_PPO = (
+    "algo=ppo", "env=pendulum", "env.num_envs=4", "algo.rollout_steps=32", "algo.minibatch_size=32",
+    "algo.epochs=2", "eval.episodes=2", "eval.num_envs=2", *FAST,
+)
+
+
+def final_weights(run_dir):
+    state, _ = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"), load_replay=False)
+    return state["learner"]["modules"], state["learner"]["optimizers"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def test_run_writes_every_output(tmp_path):
+    cfg = compose(*SMALL_SAC, "steps=600", "eval.every=300", "checkpoint.every=300",
+                  "log.tensorboard=true", "log.plot=true")
+    summary = train(cfg, tmp_path / "run")
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.csv", "summary.json", "learning_curve.png", "train.log"):
+        assert (run / name).is_file(), name
+    assert any((run / "tb").iterdir())
+    saved = json.loads((run / "summary.json").read_text())
+    assert saved["steps"] == 600 and saved["status"] == "completed" and saved["steps_per_s"] > 0
+    assert saved["final_eval_return_mean"] == summary["final_eval_return_mean"]
+    header = (run / "metrics.csv").read_text().splitlines()[0]
+    assert "eval/return_mean" in header and "train/critic_loss" in header and "rollout/ep_return_mean" in header
+    assert len(list_checkpoints(run / "checkpoints")) == 2
+
+
+def test_same_seed_same_updates_other_seed_different(tmp_path):
+    overrides = (*SMALL_SAC, "steps=400", "checkpoint.every=400", "eval.every=400")
+    train(compose(*overrides, "seed=1"), tmp_path / "a")
+    train(compose(*overrides, "seed=1"), tmp_path / "b")
+    train(compose(*overrides, "seed=2"), tmp_path / "c")
+    wa, _ = final_weights(tmp_path / "a")
+    wb, _ = final_weights(tmp_path / "b")
+    wc, _ = final_weights(tmp_path / "c")
+    assert_same_weights(wa, wb)
+    assert not torch.equal(wa["policy.net.0.weight"], wc["policy.net.0.weight"])
+
+
+def interrupt_at_update(monkeypatch, learner_cls, n):
+    """Deliver SIGINT to this process from inside the n-th learner update."""
+    original = learner_cls.update
+    calls = {"n": 0}
+
+    def update(self, batch):
+        calls["n"] += 1
+        if calls["n"] == n:
+            signal.raise_signal(signal.SIGINT)
+        return original(self, batch)
+
+    monkeypatch.setattr(learner_cls, "update", update)
+    return lambda: monkeypatch.setattr(learner_cls, "update", original)
+
+
+@pytest.mark.parametrize("algo", ["sac", "ppo"])
+def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, monkeypatch, algo):
+    if algo == "sac":
+        from robo_rl.learners.sac import SAC as cls
+
+        overrides, steps, stop_at = SMALL_SAC, 800, 237
+    else:
+        from robo_rl.learners.ppo import PPO as cls
+
+        overrides, steps, stop_at = (*SMALL_PPO, "env.normalize_reward=true", "policy.normalize_obs=true"), 1024, 3
+    common = (*overrides, f"steps={steps}", "eval.every=256", "checkpoint.every=256", "log.every=64")
+    train(compose(*common), tmp_path / "full")
+
+    restore = interrupt_at_update(monkeypatch, cls, stop_at)
+    with pytest.raises(Interrupted) as exc:
+        train(compose(*common), tmp_path / "cut")
+    restore()
+    assert exc.value.signum == signal.SIGINT and "resume=" in str(exc.value)
+    cut_at = json.loads((tmp_path / "cut" / "summary.json").read_text())["steps"]
+    assert 0 < cut_at < steps
+    train(compose(f"resume={tmp_path / 'cut'}"), tmp_path / "unused", [f"resume={tmp_path / 'cut'}"])
+
+    full_w, full_opt = final_weights(tmp_path / "full")
+    cut_w, cut_opt = final_weights(tmp_path / "cut")
+    assert_same_weights(full_w, cut_w)  # bit-identical: RNGs, replay, env state, normalizers restored
+    assert json.loads((tmp_path / "cut" / "summary.json").read_text())["steps"] == steps
+
+
+def test_nan_observation_stops_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = compose(*SMALL_SAC, "env.id=robo_rl_test/NaNAfter-v0", "env.kwargs={after: 450}",
+                  "steps=2000", "checkpoint.every=200", "eval.every=10000")
+    with pytest.raises(NonFiniteError, match=r"non-finite observation from the environment at step 4[45]\d") as exc:
+        train(cfg, tmp_path / "run")
+    assert "step_0000000400" in str(exc.value) and "resume=" in str(exc.value)
+    good = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    assert good.name == "step_0000000400"
+    load_checkpoint(good)  # intact
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"].startswith("failed: non-finite observation")
+
+
+def test_nan_reward_is_caught(tmp_path):
+    cfg = compose(*SMALL_SAC, "env.id=robo_rl_test/NaNAfter-v0", "env.kwargs={after: 30, where: reward}", "steps=500")
+    with pytest.raises(NonFiniteError, match="non-finite reward"):
+        train(cfg, tmp_path / "run")
+
+
+def test_nan_loss_stops_training(tmp_path, monkeypatch):
+    from robo_rl.learners.sac import SAC
+
+    original = SAC.critic_loss
+
+    def poisoned(self, batch, alpha):
+        loss, q = original(self, batch, alpha)
+        return loss * float("nan") if int(self.num_updates) >= 50 else loss, q
+
+    monkeypatch.setattr(SAC, "critic_loss", poisoned)
+    with pytest.raises(NonFiniteError, match=r"non-finite critic_loss \(nan\) in update 51"):
+        train(compose(*SMALL_SAC, "steps=600", "checkpoint.every=100"), tmp_path / "run")
+    # the checkpoint written before the NaN is still complete and finite
+    state, _ = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    assert all(torch.isfinite(v).all() for v in state["learner"]["modules"].values() if v.is_floating_point())

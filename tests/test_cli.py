@@ -1,0 +1,88 @@
+"""The `robo-rl` command end to end, in subprocesses as a user runs it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TINY = [
+    "env=pendulum", "algo.learning_starts=100", "algo.batch_size=32", "algo.critic_hidden=[16]",
+    "policy.hidden_sizes=[16]", "eval.episodes=2", "eval.num_envs=2", "log.tensorboard=false",
+]
+
+
+def robo_rl(*args, cwd, timeout=180, check=True):
+    cmd = [sys.executable, "-m", "robo_rl.cli", *args]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_help_explains_the_commands(tmp_path):
+    top = robo_rl("--help", cwd=tmp_path).stdout
+    assert "train" in top and "eval" in top and "resume=" in top
+    train_help = robo_rl("train", "--help", cwd=tmp_path).stdout
+    for word in ("algo=sac|td3|ppo", "env.id=", "steps=", "seed=", "run_dir=", "resume=", "-m seed=0,1,2", "batch_size"):
+        assert word in train_help, word
+    assert "run_dir=<dir>" in robo_rl("eval", "--help", cwd=tmp_path).stdout
+
+
+def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
+    proc = robo_rl("train", "algo.lrr=1", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "lrr" in proc.stderr + proc.stdout
+    proc = robo_rl("train", "steps=0", "run_dir=x", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "steps=0: must be > 0" in proc.stderr
+    assert not (tmp_path / "x").exists()
+    proc = robo_rl("eval", "run_dir=nowhere", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "not a robo-rl run directory" in proc.stderr
+    proc = robo_rl("frobnicate", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+
+
+def test_train_eval_resume(tmp_path):
+    out = robo_rl("train", *TINY, "steps=300", "run_dir=runs/p", "seed=3", cwd=tmp_path).stderr
+    assert "step 300/300" in out and "eval at step 300" in out
+    run = tmp_path / "runs" / "p"
+    assert json.loads((run / "summary.json").read_text())["steps"] == 300
+
+    out = robo_rl("eval", "run_dir=runs/p", "episodes=3", cwd=tmp_path).stdout
+    result = json.loads((run / "eval.json").read_text())
+    assert result["episodes"] == 3 and result["deterministic"] is True and result["checkpoint_step"] == 300
+    assert f"{result['return_mean']:.1f}" in out
+
+    out = robo_rl("train", "resume=runs/p", "steps=500", cwd=tmp_path).stderr
+    assert "resumed from" in out and "step_0000000300" in out
+    assert json.loads((run / "summary.json").read_text())["steps"] == 500
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path):
+    cmd = [sys.executable, "-m", "robo_rl.cli", "train", *TINY, "steps=100000", "run_dir=run",
+           "log.progress_seconds=0.5", "checkpoint.every=100000"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "run" / "train.log").exists():
+        time.sleep(0.2)
+    time.sleep(3.0)  # let it train a little
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "interrupted by SIGTERM" in err and "robo-rl train resume=" in err
+    ckpts = sorted((tmp_path / "run" / "checkpoints").glob("step_*"))
+    assert len(ckpts) == 1
+    step = int(ckpts[0].name.split("_")[1])
+    assert 0 < step < 100000
+    robo_rl("train", "resume=run", f"steps={step + 50}", cwd=tmp_path)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] >= step + 50
+
+
+def test_multirun_over_seeds(tmp_path):
+    robo_rl("train", "-m", "seed=0,1", *TINY, "steps=150", "run_dir=sweep", cwd=tmp_path)
+    for seed in (0, 1):
+        summary = json.loads((tmp_path / "sweep" / f"seed={seed}" / "summary.json").read_text())
+        assert summary["seed"] == seed and summary["steps"] == 150
