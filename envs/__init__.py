@@ -12,7 +12,7 @@ import torch
 
 from envs.base import BatchedEnv, StepResult
 
-BACKENDS = ("gymnasium",)
+BACKENDS = ("gymnasium", "mujoco")
 
 
 def make_env(
@@ -23,12 +23,21 @@ def make_env(
     kwargs: dict[str, Any] | None = None,
     max_episode_steps: int | None = None,
     device: str | torch.device = "cpu",
+    threads: int = 0,
 ) -> BatchedEnv:
-    """Build ``num_envs`` copies of ``task_id`` on the named simulator backend."""
+    """Build ``num_envs`` copies of ``task_id`` on the named simulator backend.
+
+    ``vectorization`` applies to the gymnasium backend, ``threads`` (physics threads, 0 = all
+    CPUs) to the batched MuJoCo backend.
+    """
     if backend == "gymnasium":
         from envs.gymnasium_backend import GymnasiumBatchedEnv
 
         return GymnasiumBatchedEnv(task_id, num_envs, vectorization, kwargs, max_episode_steps, device)
+    if backend == "mujoco":
+        from envs.mujoco import MujocoBatchedEnv
+
+        return MujocoBatchedEnv(task_id, num_envs, kwargs, max_episode_steps, threads, device)
     raise ValueError(f"unknown env backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 

@@ -113,3 +113,39 @@ def check_box_spaces(task_id: str, observation_space: gym.Space, action_space: g
             f"{task_id}: observation space {observation_space} is not a flat Box; wrap the env with "
             "gymnasium.wrappers.FlattenObservation first"
         )
+
+
+class EpisodeTracker:
+    """Undiscounted return and length of the running episode of each env (raw rewards)."""
+
+    def __init__(self, num_envs: int) -> None:
+        self.returns = np.zeros(num_envs, dtype=np.float64)
+        self.lengths = np.zeros(num_envs, dtype=np.int64)
+
+    def reset(self) -> None:
+        self.returns[:] = 0.0
+        self.lengths[:] = 0
+
+    def step(self, reward: np.ndarray, done: np.ndarray) -> dict[str, np.ndarray]:
+        """Add one step; returns the finished episodes' stats (zero where not done) and restarts them."""
+        self.returns += reward
+        self.lengths += 1
+        finished = {
+            "return": np.where(done, self.returns, 0.0).astype(np.float32),
+            "length": np.where(done, self.lengths, 0),
+            "mask": np.asarray(done, dtype=bool).copy(),
+        }
+        self.returns[done] = 0.0
+        self.lengths[done] = 0
+        return finished
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"ep_return": self.returns.copy(), "ep_length": self.lengths.copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.returns[:] = np.asarray(state["ep_return"])
+        self.lengths[:] = np.asarray(state["ep_length"])
+
+
+def episode_to_torch(finished: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v).to(device) for k, v in finished.items()}

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
-from envs.base import BatchedEnv, StepResult, check_box_spaces
+from envs.base import BatchedEnv, EpisodeTracker, StepResult, check_box_spaces, episode_to_torch
 
 
 def check_task_id(task_id: str) -> gym.envs.registration.EnvSpec:
@@ -143,13 +143,11 @@ class GymnasiumBatchedEnv(BatchedEnv):
         self.observation_space = self._vec.single_observation_space
         self.action_space = self._vec.single_action_space
         self._np_act_dtype = self.action_space.dtype
-        self._ep_return = np.zeros(num_envs, dtype=np.float64)
-        self._ep_length = np.zeros(num_envs, dtype=np.int64)
+        self._episodes = EpisodeTracker(num_envs)
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
         obs, _ = self._vec.reset(seed=seed)
-        self._ep_return[:] = 0.0
-        self._ep_length[:] = 0
+        self._episodes.reset()
         return self._to_tensor(obs)
 
     def step(self, actions: torch.Tensor) -> StepResult:
@@ -162,19 +160,9 @@ class GymnasiumBatchedEnv(BatchedEnv):
         if "_final_obs" in info:
             for i in np.flatnonzero(info["_final_obs"]):
                 final_obs[i] = info["final_obs"][i]
-        self._ep_return += reward
-        self._ep_length += 1
-        ep_return = np.where(done, self._ep_return, 0.0).astype(np.float32)
-        ep_length = np.where(done, self._ep_length, 0)
-        self._ep_return[done] = 0.0
-        self._ep_length[done] = 0
         out_info = {
             "final_obs": self._to_tensor(final_obs),
-            "episode": {
-                "return": torch.from_numpy(ep_return).to(self.device),
-                "length": torch.from_numpy(ep_length).to(self.device),
-                "mask": torch.from_numpy(done).to(self.device),
-            },
+            "episode": episode_to_torch(self._episodes.step(reward, done), self.device),
         }
         return StepResult(
             self._to_tensor(obs),
@@ -188,19 +176,14 @@ class GymnasiumBatchedEnv(BatchedEnv):
         snaps = list(self._vec.get_attr("snapshot"))
         if any(s is None for s in snaps):
             return None
-        return {
-            "envs": snaps,
-            "ep_return": self._ep_return.copy(),
-            "ep_length": self._ep_length.copy(),
-        }
+        return {"envs": snaps, **self._episodes.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         snaps = state["envs"]
         if len(snaps) != self.num_envs:
             raise ValueError(f"saved env state holds {len(snaps)} envs, this env has {self.num_envs}")
         self._vec.set_attr("snapshot", list(snaps))
-        self._ep_return[:] = np.asarray(state["ep_return"])
-        self._ep_length[:] = np.asarray(state["ep_length"])
+        self._episodes.load_state_dict(state)
 
     def close(self) -> None:
         self._vec.close()

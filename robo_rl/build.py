@@ -34,6 +34,7 @@ def build_env(cfg: DictConfig, num_envs: int | None = None, vectorization: str |
         kwargs=OmegaConf.to_container(env.kwargs, resolve=True),
         max_episode_steps=env.max_episode_steps,
         device=cfg.device,
+        threads=int(env.threads),
     )
 
 

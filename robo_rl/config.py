@@ -80,6 +80,7 @@ class PPOConfig:
     value_hidden: List[int] = field(default_factory=lambda: [64, 64])
     value_activation: str = "tanh"
     ortho_init: bool = True
+    fused: str = "auto"  # fused numpy minibatch step on CPU where it applies (auto|on|off); same math
 
 
 #: algo keys read by the runner rather than passed to the learner's constructor
@@ -115,9 +116,10 @@ class DeterministicPolicyConfig:
 @dataclass
 class EnvConfig:
     id: str = "Hopper-v5"  # any registered gymnasium id
-    backend: str = "gymnasium"
+    backend: str = "gymnasium"  # gymnasium (any task) or mujoco (batched, the v5 MuJoCo tasks, faster)
     num_envs: Optional[int] = None  # None: the learner's default
     vectorization: str = "sync"  # gymnasium backend: sync (one process) or async (worker processes)
+    threads: int = 0  # mujoco backend: physics threads (0: all CPUs)
     kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to gymnasium.make
     max_episode_steps: Optional[int] = None
     normalize_reward: Optional[bool] = None  # scale by the running std of the discounted return
@@ -203,6 +205,7 @@ LEARNER_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "ppo": {
         "steps": 1_000_000,
+        "threads": 1,  # 64x64 nets gain nothing from more; spare cores go to the simulator
         "env.num_envs": 16,
         "env.normalize_reward": True,
         "policy.hidden_sizes": [64, 64],
@@ -268,6 +271,8 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.seed >= 0, "seed", "must be >= 0")
     need(cfg.env.num_envs >= 1, "env.num_envs", "must be >= 1")
     need(cfg.env.vectorization in ("sync", "async"), "env.vectorization", "must be sync or async")
+    need(cfg.env.backend in ("gymnasium", "mujoco"), "env.backend", "must be gymnasium or mujoco")
+    need(cfg.env.threads >= 0, "env.threads", "must be >= 0 (0: all CPUs)")
     need(cfg.threads is None or cfg.threads >= 1, "threads", "must be >= 1")
     need(cfg.eval.episodes >= 1, "eval.episodes", "must be >= 1")
     need(cfg.eval.num_envs >= 1, "eval.num_envs", "must be >= 1")

@@ -91,17 +91,18 @@ class Progress:
     def __init__(self, label: str, total_steps: int, every_seconds: float, start_step: int = 0) -> None:
         self.label, self.total = label, total_steps
         self.every = every_seconds
-        self._t0 = self._last_t = time.perf_counter()
+        self._last_t = time.perf_counter()
         self._last_step = start_step
-        self._start_step = start_step
+        self._rate: float | None = None  # smoothed steps/s, for the ETA
 
     def maybe_print(self, step: int, recent_return: float | None, eval_return: tuple[float, float] | None, force: bool = False) -> None:
         now = time.perf_counter()
         if not force and now - self._last_t < self.every:
             return
         rate = (step - self._last_step) / max(now - self._last_t, 1e-9)
-        overall = (step - self._start_step) / max(now - self._t0, 1e-9)
-        eta = (self.total - step) / overall if overall > 0 else math.inf
+        # ETA from the recent rate: the random-action warm-up of off-policy runs is much faster
+        self._rate = rate if self._rate is None else 0.7 * self._rate + 0.3 * rate
+        eta = (self.total - step) / self._rate if self._rate > 0 else math.inf
         parts = [
             f"[{self.label}] step {step:,}/{self.total:,} ({100 * step / self.total:.0f}%)",
             f"{rate:,.0f} steps/s",

@@ -7,30 +7,44 @@ Episode statistics in logs are always computed on the raw reward.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import torch
-
-from policies.normalizers import RunningMeanStd
 
 
 class RewardNormalizer:
-    def __init__(self, num_envs: int, gamma: float, clip: float = 10.0, eps: float = 1e-8, device: str | torch.device = "cpu") -> None:
+    """Per-step reward scaling; a handful of float64 numpy operations on N numbers per step."""
+
+    def __init__(self, num_envs: int, gamma: float, clip: float = 10.0, eps: float = 1e-8) -> None:
         self.gamma, self.clip, self.eps = gamma, clip, eps
-        self.stats = RunningMeanStd(()).to(device)
-        self.returns = torch.zeros(num_envs, dtype=torch.float64, device=device)
+        self.returns = np.zeros(num_envs)  # discounted return of each env's running episode
+        self.mean, self.var, self.count = 0.0, 1.0, 0.0  # of the discounted returns seen so far
 
     def __call__(self, rewards: torch.Tensor, dones: torch.Tensor) -> torch.Tensor:
         """Normalize one step's rewards [N]; ``dones`` [N] ends the discounted-return trace."""
-        self.returns = self.returns * self.gamma + rewards.to(torch.float64)
-        self.stats.update(self.returns)
-        self.returns = torch.where(dones, torch.zeros_like(self.returns), self.returns)
-        scale = torch.rsqrt(self.stats.var + self.eps).float()
+        r = rewards.detach().cpu().numpy().astype(np.float64)
+        self.returns = self.returns * self.gamma + r
+        self._update(self.returns)
+        self.returns[dones.cpu().numpy()] = 0.0
+        scale = 1.0 / math.sqrt(self.var + self.eps)
         return torch.clamp(rewards * scale, -self.clip, self.clip)
 
+    def _update(self, x: np.ndarray) -> None:
+        # Chan et al.'s parallel mean/variance update, as RunningMeanStd
+        n = x.shape[0]
+        batch_mean = float(x.mean())
+        batch_var = float(x.var())
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * n / total
+        self.var = (self.var * self.count + batch_var * n + delta * delta * self.count * n / total) / total
+        self.count = total
+
     def state_dict(self) -> dict[str, Any]:
-        return {"stats": self.stats.state_dict(), "returns": self.returns.clone()}
+        return {"mean": self.mean, "var": self.var, "count": self.count, "returns": self.returns.copy()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.stats.load_state_dict(state["stats"])
-        self.returns = state["returns"].to(self.returns)
+        self.mean, self.var, self.count = float(state["mean"]), float(state["var"]), float(state["count"])
+        self.returns = np.array(state["returns"], dtype=np.float64)

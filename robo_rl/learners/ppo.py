@@ -41,6 +41,7 @@ class PPO(Learner):
         value_hidden: Sequence[int] = (64, 64),
         value_activation: str = "tanh",
         ortho_init: bool = True,
+        fused: str = "auto",
     ) -> None:
         super().__init__()
         require_capabilities(self.name, policy, self.needs)
@@ -58,6 +59,20 @@ class PPO(Learner):
         self.target_kl = target_kl
         self.opt = FusedAdam(list(policy.parameters()) + list(self.value_net.parameters()), lr, eps=1e-5)
         self._params = [p for g in self.opt.param_groups for p in g["params"]]
+        # The fused CPU step (ppo_fused.py) computes the same update several times faster; "auto"
+        # uses it where it applies, "on" insists (and says why not), "off" always uses autograd.
+        if fused not in ("auto", "on", "off"):
+            raise ValueError(f"fused must be auto, on or off, got {fused!r}")
+        self.fused = fused
+        self._fused_step = None
+        if fused != "off":
+            from robo_rl.learners.ppo_fused import FusedPPOStep, unsupported_reason
+
+            reason = unsupported_reason(self)
+            if reason is None:
+                self._fused_step = FusedPPOStep(self)
+            elif fused == "on":
+                raise ValueError(f"algo.fused=on: the fused PPO step {reason}; use algo.fused=auto")
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt": self.opt}
@@ -76,6 +91,20 @@ class PPO(Learner):
         return actions, log_probs, self.value(obs)
 
     def update(self, rollout: RolloutBatch) -> dict[str, torch.Tensor]:
+        if self._fused_step is not None and not self._compiled:
+            metrics = self._fused_step.run(rollout)
+        else:
+            metrics = self._autograd_update(rollout)
+        var_y = rollout.returns.var()
+        metrics["explained_variance"] = 1.0 - (rollout.returns - rollout.values).var() / var_y.clamp_min(1e-8)
+        metrics["lr"] = torch.tensor(self.opt.param_groups[0]["lr"])
+        return metrics
+
+    @property
+    def _compiled(self) -> bool:
+        return "_ppo_loss" in self.__dict__  # compile_update() replaced the loss: use that path
+
+    def _autograd_update(self, rollout: RolloutBatch) -> dict[str, torch.Tensor]:
         size = rollout.obs.shape[0]
         sums: dict[str, torch.Tensor] = {}
         count = 0
@@ -91,11 +120,7 @@ class PPO(Learner):
                     break
             if stop:
                 break
-        metrics = {k: v / count for k, v in sums.items()}
-        var_y = rollout.returns.var()
-        metrics["explained_variance"] = 1.0 - (rollout.returns - rollout.values).var() / var_y.clamp_min(1e-8)
-        metrics["lr"] = torch.tensor(self.opt.param_groups[0]["lr"])
-        return metrics
+        return {k: v / count for k, v in sums.items()}
 
     def ppo_loss(self, mb: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         log_probs, entropy = self.policy.evaluate_actions(mb.obs, mb.actions)

@@ -91,6 +91,7 @@ class Runner(abc.ABC):
         self.iteration = 0
         self.num_updates = 0
         self.episodes = 0
+        self.diverged = 0  # simulations the env reset because the physics diverged
         self.wall_time = 0.0  # seconds of training in earlier segments of a resumed run
         self.recent_returns: deque[float] = deque(maxlen=20)
         self.recent_lengths: deque[int] = deque(maxlen=20)
@@ -121,7 +122,8 @@ class Runner(abc.ABC):
 
     # -- shared helpers for subclasses --------------------------------------------------------------
     def check_finite(self, what: str, value: torch.Tensor) -> None:
-        if not bool(torch.isfinite(value).all()):
+        # a sum is finite unless an element is NaN/Inf (or the sum overflows; the exact test decides)
+        if not math.isfinite(float(value.sum())) and not bool(torch.isfinite(value).all()):
             self._fail(f"non-finite {what} from the environment at step {self.step:,}")
 
     def record_update(self, metrics: dict[str, torch.Tensor]) -> None:
@@ -133,6 +135,16 @@ class Runner(abc.ABC):
         for k, v in metrics.items():
             self._sums[k] = self._sums.get(k, 0.0) + float(v)
             self._counts[k] = self._counts.get(k, 0) + 1
+
+    def record_info(self, info: dict[str, Any]) -> None:
+        """Finished episodes (raw returns) and simulations reset after diverging, from a step's info."""
+        if "diverged" in info and bool(info["diverged"].any()):
+            n = int(info["diverged"].sum())
+            if n:
+                self.diverged += n
+                log.warning(f"{n} simulation(s) diverged at step {self.step:,} and were reset "
+                            f"({self.diverged} so far); their episodes count as truncated")
+        self.record_episodes(info["episode"])
 
     def record_episodes(self, episode: dict[str, torch.Tensor]) -> None:
         mask = episode["mask"]
@@ -214,6 +226,7 @@ class Runner(abc.ABC):
             "time/steps_per_s": (self.step - self._segment_start_step) / max(segment, 1e-9),
             "time/updates": float(self.num_updates),
             "rollout/episodes": float(self.episodes),
+            "rollout/diverged_resets": float(self.diverged),
         }
         if self.recent_returns:
             scalars["rollout/ep_return_mean"] = mean_of(self.recent_returns)  # type: ignore[assignment]
@@ -248,6 +261,7 @@ class Runner(abc.ABC):
                 "iteration": self.iteration,
                 "num_updates": self.num_updates,
                 "episodes": self.episodes,
+                "diverged": self.diverged,
                 "wall_time": self.wall_time + segment_seconds,
                 "recent_returns": list(self.recent_returns),
                 "recent_lengths": list(self.recent_lengths),
@@ -276,6 +290,7 @@ class Runner(abc.ABC):
         r = state["runner"]
         self.step, self.iteration = int(r["step"]), int(r["iteration"])
         self.num_updates, self.episodes = int(r["num_updates"]), int(r["episodes"])
+        self.diverged = int(r.get("diverged", 0))
         self.wall_time = float(r["wall_time"])
         self.recent_returns.extend(r["recent_returns"])
         self.recent_lengths.extend(r["recent_lengths"])
@@ -316,6 +331,7 @@ class Runner(abc.ABC):
             "steps": self.step,
             "updates": self.num_updates,
             "episodes": self.episodes,
+            "diverged_resets": self.diverged,
             "wall_time_s": round(elapsed, 2),
             "steps_per_s": round(self.step / elapsed, 2) if elapsed > 0 else None,
             "final_eval_return_mean": last["return_mean"] if last else None,

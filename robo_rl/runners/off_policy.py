@@ -38,7 +38,7 @@ class OffPolicyRunner(Runner):
         # 3. store; bootstrapping stops only on termination, never on a time-limit truncation
         self.replay.add(obs, actions, reward, info["final_obs"], terminated)
         self.policy.obs_norm.update(next_obs)
-        self.record_episodes(info["episode"])
+        self.record_info(info)
         self.obs = next_obs
         self.step += n
         # 4. update at the update-to-data ratio

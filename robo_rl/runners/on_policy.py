@@ -22,7 +22,7 @@ class OnPolicyRunner(Runner):
         self.anneal_lr = bool(algo.anneal_lr)
         self.storage = RolloutStorage(self.rollout_steps, env.num_envs, env.obs_dim, env.act_dim, self.device)
         self.reward_norm = (
-            RewardNormalizer(env.num_envs, float(algo.gamma), float(self.cfg.env.reward_clip), device=self.device)
+            RewardNormalizer(env.num_envs, float(algo.gamma), float(self.cfg.env.reward_clip))
             if self.cfg.env.normalize_reward else None
         )
 
@@ -36,7 +36,7 @@ class OnPolicyRunner(Runner):
             next_obs, reward, terminated, truncated, info = env.step(policy.clip_action(actions))
             self.check_finite("observation", next_obs)
             self.check_finite("reward", reward)
-            self.record_episodes(info["episode"])
+            self.record_info(info)
             done = terminated | truncated
             r = self.reward_norm(reward, done) if self.reward_norm is not None else reward
             # Time-limit truncation: the episode did not end, so bootstrap with gamma * V(final obs)

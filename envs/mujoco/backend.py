@@ -1,0 +1,212 @@
+"""Batched MuJoCo backend (``env.backend=mujoco``): N simulations stepped by ``mujoco.batch``.
+
+The physics is MuJoCo's own, stepped on a thread pool and bit-identical to ``mj_step``; the task
+logic (observations, rewards, terminations, time limit, reset noise, info terms) is computed for
+all envs at once in numpy by ``envs.mujoco.tasks``. Nothing runs per env in Python except the
+resets of envs whose episode just ended (their reset noise is drawn from each env's own
+generator, in the order gymnasium draws it).
+
+Two details keep it identical to gymnasium:
+  * gymnasium calls ``mj_rnePostConstraint`` after every step; only Ant and Humanoid read what it
+    computes (``cfrc_ext``), so only they use a persistent batch and call it per env afterwards;
+  * derived fields (``xpos``, ``site_xpos``, ...) are, as after ``mj_step``, one substep behind
+    the state; the backend keeps its own copies so that a restored snapshot continues exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import mujoco
+import mujoco.batch
+import numpy as np
+import torch
+from gymnasium.utils.seeding import np_random
+
+from envs.base import BatchedEnv, EpisodeTracker, StepResult, episode_to_torch
+from envs.mujoco.tasks import Sim, Task, task_for
+
+# MjData fields that make up a simulation's integration state (mjSTATE_INTEGRATION), as bound by the batch
+_STATE_FIELDS = ("time", "qpos", "qvel", "act", "history", "qacc_warmstart", "ctrl", "qfrc_applied", "xfrc_applied",
+                 "eq_active", "mocap_pos", "mocap_quat", "userdata", "plugin_state", "plastic")
+
+
+class MujocoBatchedEnv(BatchedEnv):
+    """``num_envs`` copies of a gymnasium v5 MuJoCo task on one ``mujoco.batch.Batch``.
+
+    Args:
+        task_id: one of ``envs.mujoco.TASKS`` (e.g. "Hopper-v5").
+        num_envs: number of simulations N.
+        kwargs: the gymnasium task's keyword arguments (``ctrl_cost_weight``, ``frame_skip``, ...).
+        max_episode_steps: time limit; default: the gymnasium registry's.
+        threads: physics threads (0: all CPUs).
+        device: where the returned tensors live.
+    """
+
+    def __init__(
+        self,
+        task_id: str,
+        num_envs: int = 1,
+        kwargs: dict[str, Any] | None = None,
+        max_episode_steps: int | None = None,
+        threads: int = 0,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.task: Task = task_for(task_id, dict(kwargs or {}))
+        self.task_id = task_id
+        self.num_envs = num_envs
+        self.device = torch.device(device)
+        self.model = mujoco.MjModel.from_xml_path(self.task.xml_path())
+        self.task.setup(self.model)
+        limit = max_episode_steps if max_episode_steps is not None else gym.spec(task_id).max_episode_steps
+        self.max_episode_steps = int(limit) if limit else None
+        self.batch = mujoco.batch.Batch(self.model, num_envs, nthread=threads, persistent=self.task.needs_post_constraint)
+        self.qpos, self.qvel, self.ctrl, self.time = (self.batch.bind(f) for f in ("qpos", "qvel", "ctrl", "time"))
+        self._derived = {name: np.zeros_like(self.batch.bind(name)) for name in self.task.derived}
+        self._cfrc_ext = np.zeros((num_envs, self.model.nbody, 6)) if self.task.needs_post_constraint else None
+        self._scratch = mujoco.MjData(self.model) if self.task.needs_post_constraint else None
+        self.sim = Sim(self.batch, self.model, self._derived, self._cfrc_ext)
+        self.init_qpos = self.model.qpos0.copy()  # what gymnasium reads from a fresh MjData
+        self.init_qvel = np.zeros(self.model.nv)
+        self._rngs = [np_random(None)[0] for _ in range(num_envs)]
+        self._elapsed = np.zeros(num_envs, dtype=np.int64)
+        self._episodes = EpisodeTracker(num_envs)
+        self._obs = np.zeros((num_envs, 0))
+        self.diverged_total = 0  # simulations reset because MuJoCo diverged (NaN / huge accelerations)
+
+        low, high = self.model.actuator_ctrlrange.copy().astype(np.float32).T
+        self.action_space = gym.spaces.Box(low=low, high=high, dtype=np.float32)
+        self._reset_ids(np.arange(num_envs))
+        obs_dim = self._obs.shape[1]
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float64)
+
+    # -- numpy core (float64, as gymnasium) -----------------------------------------------------------
+    def reset_numpy(self, seed: int | None = None) -> np.ndarray:
+        self._rngs = [np_random(None if seed is None else seed + i)[0] for i in range(self.num_envs)]
+        self._episodes.reset()
+        self._reset_ids(np.arange(self.num_envs))
+        return self._obs.copy()
+
+    def step_numpy(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """One step of every env with float32 actions [N, A]; float64 obs as gymnasium returns them."""
+        task, sim = self.task, self.sim
+        previous_obs = self._obs
+        before = task.before_step(sim)
+        time_before = self.time.copy()
+        self.ctrl[:] = actions
+        failed = self._physics_step()
+        obs = task.observe(sim)
+        reward, terminated, info = task.after_step(sim, before, actions)
+        # MuJoCo resets a diverging simulation itself (time restarts at 0) or raises: detect both
+        diverged = failed | (self.time < time_before) | ~np.isfinite(obs).all(axis=1)
+        self._elapsed += 1
+        truncated = (self._elapsed >= self.max_episode_steps) if self.max_episode_steps else np.zeros(self.num_envs, bool)
+        if diverged.any():
+            obs[diverged] = previous_obs[diverged]  # the last finite observation of that episode
+            reward = np.where(diverged, 0.0, reward)
+            terminated = terminated & ~diverged
+            truncated = truncated | diverged
+            self.diverged_total += int(diverged.sum())
+        done = terminated | truncated
+        final_obs = obs.copy()
+        self._obs = obs
+        if done.any():
+            self._reset_ids(np.flatnonzero(done))
+        info["diverged"] = diverged
+        info["final_obs"] = final_obs
+        info["episode"] = self._episodes.step(reward, done)
+        return self._obs.copy(), reward, terminated, truncated, info
+
+    def _physics_step(self) -> np.ndarray:
+        failed = np.zeros(self.num_envs, bool)
+        try:
+            self.batch.step(nstep=self.task.frame_skip)
+        except mujoco.batch.SimulationError as exc:  # those simulations kept their previous state
+            failed[exc.ids] = True
+        self._refresh_derived()
+        if self._cfrc_ext is not None:
+            # gymnasium: mj_rnePostConstraint after mj_step, on each env's complete MjData
+            scratch = self._scratch
+            for i in range(self.num_envs):
+                self.batch.get_data(i, scratch)
+                mujoco.mj_rnePostConstraint(self.model, scratch)
+                self._cfrc_ext[i] = scratch.cfrc_ext
+        return failed
+
+    def _refresh_derived(self) -> None:
+        for name, copy in self._derived.items():
+            np.copyto(copy, self.batch.bind(name))
+
+    def _reset_ids(self, ids: np.ndarray) -> None:
+        """mj_resetData + reset_model + mj_forward for the given envs, as gymnasium's reset."""
+        self.batch.reset(ids, stage=mujoco.mjtStage.mjSTAGE_NONE)
+        for i in ids:
+            qpos, qvel = self.task.reset_state(self._rngs[i], self.init_qpos, self.init_qvel)
+            self.qpos[i] = qpos
+            self.qvel[i] = qvel
+        self.batch.forward(ids)
+        self._refresh_derived()
+        if self._cfrc_ext is not None:
+            self._cfrc_ext[ids] = 0.0  # mj_resetData zeroes it and mj_forward does not compute it
+        self._elapsed[ids] = 0
+        obs = self.task.observe(self.sim)
+        if self._obs.shape != obs.shape:
+            self._obs = obs
+        else:
+            self._obs[ids] = obs[ids]
+
+    # -- the torch contract ---------------------------------------------------------------------------
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        return self._tensor(self.reset_numpy(seed))
+
+    def step(self, actions: torch.Tensor) -> StepResult:
+        actions = self.check_actions(actions)
+        obs, reward, terminated, truncated, info = self.step_numpy(actions.detach().cpu().numpy())
+        out = {
+            "final_obs": self._tensor(info.pop("final_obs")),
+            "episode": episode_to_torch(info.pop("episode"), self.device),
+            "diverged": torch.from_numpy(info.pop("diverged")).to(self.device),
+            "task": {k: torch.as_tensor(np.asarray(v)) for k, v in info.items()},
+        }
+        return StepResult(
+            self._tensor(obs),
+            torch.from_numpy(reward.astype(np.float32)).to(self.device),
+            torch.from_numpy(terminated).to(self.device),
+            torch.from_numpy(truncated).to(self.device),
+            out,
+        )
+
+    def _tensor(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(x, dtype=np.float32)).to(self.device)
+
+    # -- exact snapshots ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = {f"sim.{f}": self.batch.bind(f).copy() for f in _STATE_FIELDS if self.batch.bind(f).size}
+        state.update({f"derived.{k}": v.copy() for k, v in self._derived.items()})
+        if self._cfrc_ext is not None:
+            state["cfrc_ext"] = self._cfrc_ext.copy()
+        state.update(
+            obs=self._obs.copy(), elapsed=self._elapsed.copy(), rngs=[g.bit_generator.state for g in self._rngs],
+            diverged_total=self.diverged_total, **self._episodes.state_dict(),
+        )
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["rngs"]) != self.num_envs:
+            raise ValueError(f"saved env state holds {len(state['rngs'])} envs, this env has {self.num_envs}")
+        for f in _STATE_FIELDS:
+            if f"sim.{f}" in state:
+                self.batch.bind(f)[:] = state[f"sim.{f}"]
+        for k in self._derived:
+            self._derived[k][:] = state[f"derived.{k}"]
+        if self._cfrc_ext is not None:
+            self._cfrc_ext[:] = state["cfrc_ext"]
+        self._obs = np.array(state["obs"], copy=True)
+        self._elapsed[:] = state["elapsed"]
+        for g, s in zip(self._rngs, state["rngs"]):
+            g.bit_generator.state = s
+        self.diverged_total = int(state["diverged_total"])
+        self._episodes.load_state_dict(state)

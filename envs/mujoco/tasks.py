@@ -1,0 +1,512 @@
+"""The gymnasium v5 MuJoCo tasks, computed for N simulations at once.
+
+Each task reproduces its gymnasium class (``gymnasium/envs/mujoco/*_v5.py``) operation for
+operation, vectorized over a leading env axis, so that observations, rewards, terminations and
+info terms are bit-identical to gymnasium's for the same seeds and actions (tests/envs/
+test_mujoco_exactness.py drives both side by side). Where gymnasium's arithmetic has a dtype quirk
+(the control cost is computed on the float32 action, so it is a float32 number), it is kept.
+
+Keyword arguments and their defaults come from the gymnasium class signature itself, so they
+stay in sync with the installed gymnasium and an unknown keyword fails with the list of valid ones.
+"""
+
+from __future__ import annotations
+
+import abc
+import inspect
+from typing import Any, ClassVar
+
+import numpy as np
+
+# Constructor arguments of the gymnasium classes that only concern rendering; accepted and passed
+# to the renderer, they do not change the simulation.
+RENDER_KWARGS = frozenset({"default_camera_config", "render_mode", "width", "height", "camera_id", "camera_name",
+                           "max_geom", "visual_options"})
+
+
+def row_norm(v: np.ndarray) -> np.ndarray:
+    """np.linalg.norm(row, ord=2) for every row, with the same dot-product kernel (bit-identical)."""
+    if hasattr(np, "vecdot"):
+        return np.sqrt(np.vecdot(v, v))
+    return np.sqrt((v[:, None, :] @ v[:, :, None])[:, 0, 0])
+
+
+def sum_sq(x: np.ndarray) -> np.ndarray:
+    """np.sum(np.square(row)) for every row (numpy reduces each row exactly as for a 1-D array)."""
+    return np.sum(np.square(x.reshape(x.shape[0], -1)), axis=1)
+
+
+class Sim:
+    """What a task reads: live (N, ...) arrays of the batch, plus the model."""
+
+    def __init__(self, batch: Any, model: Any, derived: dict[str, np.ndarray], cfrc_ext: np.ndarray | None) -> None:
+        self.model = model
+        self.qpos, self.qvel, self.ctrl = batch.bind("qpos"), batch.bind("qvel"), batch.bind("ctrl")
+        self.derived = derived  # the backend's copies of derived fields, refreshed after every batch call
+        self.cfrc_ext = cfrc_ext  # filled by the backend after each step (post-constraint), zero after reset
+
+    def field(self, name: str) -> np.ndarray:
+        return self.derived[name]
+
+
+class Task(abc.ABC):
+    """One gymnasium v5 task, vectorized. Subclasses mirror their gymnasium class."""
+
+    gym_id: ClassVar[str]
+    gym_class: ClassVar[str]  # "module:Class" under gymnasium.envs.mujoco
+    #: the task reads cfrc_ext, which gymnasium computes with mj_rnePostConstraint after each step
+    needs_post_constraint: ClassVar[bool] = False
+    #: derived MjData fields the task reads (bound so the batch copies them out after each call)
+    derived: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, kwargs: dict[str, Any]) -> None:
+        defaults = self.gym_defaults()
+        unknown = sorted(set(kwargs) - set(defaults) - RENDER_KWARGS)
+        if unknown:
+            raise ValueError(
+                f"{self.gym_id}: unsupported keyword argument(s) {', '.join(unknown)}; "
+                f"supported: {', '.join(sorted(defaults))}"
+            )
+        self.p = {**defaults, **{k: v for k, v in kwargs.items() if k not in RENDER_KWARGS}}
+        self.frame_skip = int(self.p["frame_skip"])
+        if self.frame_skip < 1:
+            raise ValueError(f"{self.gym_id}: frame_skip must be >= 1, got {self.frame_skip}")
+
+    @classmethod
+    def gym_cls(cls) -> type:
+        import importlib
+
+        module, name = cls.gym_class.split(":")
+        return getattr(importlib.import_module(f"gymnasium.envs.mujoco.{module}"), name)
+
+    @classmethod
+    def gym_defaults(cls) -> dict[str, Any]:
+        sig = inspect.signature(cls.gym_cls().__init__)
+        return {k: v.default for k, v in sig.parameters.items()
+                if k not in ("self", "kwargs") and k not in RENDER_KWARGS and v.default is not inspect.Parameter.empty}
+
+    def xml_path(self) -> str:
+        from gymnasium.envs.mujoco.mujoco_env import expand_model_path
+
+        return expand_model_path(str(self.p["xml_file"]))
+
+    def setup(self, model: Any) -> None:
+        """Called once with the compiled model: resolve ids, sizes, dt."""
+        self.model = model
+        self.dt = model.opt.timestep * self.frame_skip
+        self.nq, self.nv = model.nq, model.nv
+        self.init_qpos = model.qpos0.copy()  # what gymnasium reads from a fresh MjData
+
+    # -- the per-step pieces ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def observe(self, sim: Sim) -> np.ndarray:
+        """Observations [N, obs_dim] (float64), as gymnasium's _get_obs for every env."""
+
+    def before_step(self, sim: Sim) -> Any:
+        return None
+
+    @abc.abstractmethod
+    def after_step(self, sim: Sim, before: Any, action: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """reward [N] float64, terminated [N] bool and info terms, as gymnasium's step for every env."""
+
+    def reset_state(self, rng: np.random.Generator, init_qpos: np.ndarray, init_qvel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """qpos, qvel of a new episode, drawing from ``rng`` exactly as gymnasium's reset_model does."""
+        lo, hi = -self.p["reset_noise_scale"], self.p["reset_noise_scale"]
+        qpos = init_qpos + rng.uniform(low=lo, high=hi, size=self.nq)
+        qvel = init_qvel + rng.uniform(low=lo, high=hi, size=self.nv)
+        return qpos, qvel
+
+    def reset_info(self, sim: Sim, ids: np.ndarray) -> dict[str, np.ndarray]:
+        return {}
+
+    def observation_size(self, sim: Sim) -> int:
+        return int(self.observe(sim).shape[1])
+
+
+def _ctrl_cost(weight: float, action: np.ndarray) -> np.ndarray:
+    # gymnasium: weight * np.sum(np.square(action)) on the float32 action -> a float32 number
+    return weight * sum_sq(action)
+
+
+class _Planar(Task):
+    """Hopper and Walker2d: forward progress of qpos[0], alive bonus, termination when unhealthy."""
+
+    def observe(self, sim: Sim) -> np.ndarray:
+        position = sim.qpos
+        velocity = np.clip(sim.qvel, -10, 10)
+        if self.p["exclude_current_positions_from_observation"]:
+            position = position[:, 1:]
+        return np.concatenate((position, velocity), axis=1)
+
+    def before_step(self, sim: Sim) -> np.ndarray:
+        return sim.qpos[:, 0].copy()
+
+    @abc.abstractmethod
+    def is_healthy(self, sim: Sim) -> np.ndarray:
+        """Healthy mask [N]; the two tasks differ only here."""
+
+    def after_step(self, sim, x_before, action):
+        x_after = sim.qpos[:, 0].copy()
+        x_velocity = (x_after - x_before) / self.dt
+        healthy = self.is_healthy(sim)
+        forward_reward = self.p["forward_reward_weight"] * x_velocity
+        healthy_reward = healthy * self.p["healthy_reward"]
+        rewards = forward_reward + healthy_reward
+        ctrl_cost = _ctrl_cost(self.p["ctrl_cost_weight"], action)
+        reward = rewards - ctrl_cost
+        terminated = ~healthy & bool(self.p["terminate_when_unhealthy"])
+        info = {
+            "x_position": x_after,
+            "z_distance_from_origin": sim.qpos[:, 1] - self.init_qpos[1],
+            "x_velocity": x_velocity,
+            "reward_forward": forward_reward,
+            "reward_ctrl": -ctrl_cost,
+            "reward_survive": healthy_reward,
+        }
+        return reward, terminated, info
+
+    def reset_info(self, sim, ids):
+        return {"x_position": sim.qpos[ids, 0], "z_distance_from_origin": sim.qpos[ids, 1] - self.init_qpos[1]}
+
+
+class Hopper(_Planar):
+    gym_id = "Hopper-v5"
+    gym_class = "hopper_v5:HopperEnv"
+
+    def is_healthy(self, sim):
+        z, angle = sim.qpos[:, 1], sim.qpos[:, 2]
+        state = np.concatenate((sim.qpos, sim.qvel), axis=1)[:, 2:]
+        min_state, max_state = self.p["healthy_state_range"]
+        min_z, max_z = self.p["healthy_z_range"]
+        min_angle, max_angle = self.p["healthy_angle_range"]
+        healthy_state = np.all(np.logical_and(min_state < state, state < max_state), axis=1)
+        return healthy_state & (min_z < z) & (z < max_z) & (min_angle < angle) & (angle < max_angle)
+
+
+class Walker2d(_Planar):
+    gym_id = "Walker2d-v5"
+    gym_class = "walker2d_v5:Walker2dEnv"
+
+    def is_healthy(self, sim):
+        z, angle = sim.qpos[:, 1], sim.qpos[:, 2]
+        min_z, max_z = self.p["healthy_z_range"]
+        min_angle, max_angle = self.p["healthy_angle_range"]
+        return (min_z < z) & (z < max_z) & (min_angle < angle) & (angle < max_angle)
+
+
+class HalfCheetah(Task):
+    gym_id = "HalfCheetah-v5"
+    gym_class = "half_cheetah_v5:HalfCheetahEnv"
+
+    def observe(self, sim):
+        position = sim.qpos[:, 1:] if self.p["exclude_current_positions_from_observation"] else sim.qpos
+        return np.concatenate((position, sim.qvel), axis=1)
+
+    def before_step(self, sim):
+        return sim.qpos[:, 0].copy()
+
+    def after_step(self, sim, x_before, action):
+        x_after = sim.qpos[:, 0].copy()
+        x_velocity = (x_after - x_before) / self.dt
+        forward_reward = self.p["forward_reward_weight"] * x_velocity
+        ctrl_cost = _ctrl_cost(self.p["ctrl_cost_weight"], action)
+        reward = forward_reward - ctrl_cost
+        info = {"x_position": x_after, "x_velocity": x_velocity, "reward_forward": forward_reward, "reward_ctrl": -ctrl_cost}
+        return reward, np.zeros(len(reward), bool), info
+
+    def reset_state(self, rng, init_qpos, init_qvel):
+        scale = self.p["reset_noise_scale"]
+        qpos = init_qpos + rng.uniform(low=-scale, high=scale, size=self.nq)
+        qvel = init_qvel + scale * rng.standard_normal(self.nv)
+        return qpos, qvel
+
+    def reset_info(self, sim, ids):
+        return {"x_position": sim.qpos[ids, 0]}
+
+
+class Swimmer(Task):
+    gym_id = "Swimmer-v5"
+    gym_class = "swimmer_v5:SwimmerEnv"
+
+    def observe(self, sim):
+        position = sim.qpos[:, 2:] if self.p["exclude_current_positions_from_observation"] else sim.qpos
+        return np.concatenate((position, sim.qvel), axis=1)
+
+    def before_step(self, sim):
+        return sim.qpos[:, 0:2].copy()
+
+    def after_step(self, sim, xy_before, action):
+        xy_after = sim.qpos[:, 0:2].copy()
+        xy_velocity = (xy_after - xy_before) / self.dt
+        x_velocity, y_velocity = xy_velocity[:, 0], xy_velocity[:, 1]
+        forward_reward = self.p["forward_reward_weight"] * x_velocity
+        ctrl_cost = _ctrl_cost(self.p["ctrl_cost_weight"], action)
+        reward = forward_reward - ctrl_cost
+        info = {
+            "x_position": xy_after[:, 0], "y_position": xy_after[:, 1], "distance_from_origin": row_norm(xy_after),
+            "x_velocity": x_velocity, "y_velocity": y_velocity, "reward_forward": forward_reward, "reward_ctrl": -ctrl_cost,
+        }
+        return reward, np.zeros(len(reward), bool), info
+
+    def reset_info(self, sim, ids):
+        xy = sim.qpos[ids, 0:2]
+        return {"x_position": xy[:, 0], "y_position": xy[:, 1], "distance_from_origin": row_norm(xy)}
+
+
+class Ant(Task):
+    gym_id = "Ant-v5"
+    gym_class = "ant_v5:AntEnv"
+    needs_post_constraint = True
+    derived = ("xpos",)
+
+    def setup(self, model):
+        super().setup(model)
+        main = self.p["main_body"]
+        self.main_body = model.body(main).id if isinstance(main, str) else int(main)
+
+    def contact_forces(self, sim):
+        lo, hi = self.p["contact_force_range"]
+        return np.clip(sim.cfrc_ext, lo, hi)
+
+    def observe(self, sim):
+        position = sim.qpos[:, 2:] if self.p["exclude_current_positions_from_observation"] else sim.qpos
+        parts = [position, sim.qvel]
+        if self.p["include_cfrc_ext_in_observation"]:
+            parts.append(self.contact_forces(sim)[:, 1:].reshape(len(position), -1))
+        return np.concatenate(parts, axis=1)
+
+    def before_step(self, sim):
+        return sim.field("xpos")[:, self.main_body, :2].copy()
+
+    def after_step(self, sim, xy_before, action):
+        xy_after = sim.field("xpos")[:, self.main_body, :2].copy()
+        xy_velocity = (xy_after - xy_before) / self.dt
+        x_velocity, y_velocity = xy_velocity[:, 0], xy_velocity[:, 1]
+        state = np.concatenate((sim.qpos, sim.qvel), axis=1)
+        min_z, max_z = self.p["healthy_z_range"]
+        healthy = np.isfinite(state).all(axis=1) & (min_z <= state[:, 2]) & (state[:, 2] <= max_z)
+        forward_reward = x_velocity * self.p["forward_reward_weight"]
+        healthy_reward = healthy * self.p["healthy_reward"]
+        rewards = forward_reward + healthy_reward
+        ctrl_cost = _ctrl_cost(self.p["ctrl_cost_weight"], action)
+        contact_cost = self.p["contact_cost_weight"] * sum_sq(self.contact_forces(sim))
+        costs = ctrl_cost + contact_cost
+        reward = rewards - costs
+        terminated = ~healthy & bool(self.p["terminate_when_unhealthy"])
+        info = {
+            "x_position": sim.qpos[:, 0].copy(), "y_position": sim.qpos[:, 1].copy(),
+            "distance_from_origin": row_norm(sim.qpos[:, 0:2]), "x_velocity": x_velocity, "y_velocity": y_velocity,
+            "reward_forward": forward_reward, "reward_ctrl": -ctrl_cost, "reward_contact": -contact_cost,
+            "reward_survive": healthy_reward,
+        }
+        return reward, terminated, info
+
+    def reset_state(self, rng, init_qpos, init_qvel):
+        scale = self.p["reset_noise_scale"]
+        qpos = init_qpos + rng.uniform(low=-scale, high=scale, size=self.nq)
+        qvel = init_qvel + scale * rng.standard_normal(self.nv)
+        return qpos, qvel
+
+    def reset_info(self, sim, ids):
+        return {"x_position": sim.qpos[ids, 0], "y_position": sim.qpos[ids, 1],
+                "distance_from_origin": row_norm(sim.qpos[ids, 0:2])}
+
+
+class Humanoid(Task):
+    gym_id = "Humanoid-v5"
+    gym_class = "humanoid_v5:HumanoidEnv"
+    needs_post_constraint = True
+    derived = ("xipos", "cinert", "cvel", "qfrc_actuator", "ten_length", "ten_velocity")
+
+    def setup(self, model):
+        super().setup(model)
+        self.body_mass = model.body_mass.copy()
+        self.total_mass = self.body_mass.sum()
+
+    def mass_center(self, sim):
+        return (np.einsum("b,nbj->nj", self.body_mass, sim.field("xipos")) / self.total_mass)[:, 0:2].copy()
+
+    def observe(self, sim):
+        n = sim.qpos.shape[0]
+        position = sim.qpos[:, 2:] if self.p["exclude_current_positions_from_observation"] else sim.qpos
+        parts = [position, sim.qvel]
+        if self.p["include_cinert_in_observation"] is True:
+            parts.append(sim.field("cinert")[:, 1:].reshape(n, -1))
+        if self.p["include_cvel_in_observation"] is True:
+            parts.append(sim.field("cvel")[:, 1:].reshape(n, -1))
+        if self.p["include_qfrc_actuator_in_observation"] is True:
+            parts.append(sim.field("qfrc_actuator")[:, 6:])
+        if self.p["include_cfrc_ext_in_observation"] is True:
+            parts.append(sim.cfrc_ext[:, 1:].reshape(n, -1))
+        return np.concatenate(parts, axis=1)
+
+    def before_step(self, sim):
+        return self.mass_center(sim)
+
+    def after_step(self, sim, xy_before, action):
+        xy_after = self.mass_center(sim)
+        xy_velocity = (xy_after - xy_before) / self.dt
+        x_velocity, y_velocity = xy_velocity[:, 0], xy_velocity[:, 1]
+        min_z, max_z = self.p["healthy_z_range"]
+        healthy = (min_z < sim.qpos[:, 2]) & (sim.qpos[:, 2] < max_z)
+        forward_reward = self.p["forward_reward_weight"] * x_velocity
+        healthy_reward = healthy * self.p["healthy_reward"]
+        rewards = forward_reward + healthy_reward
+        ctrl_cost = self.p["ctrl_cost_weight"] * sum_sq(sim.ctrl)  # gymnasium uses data.ctrl (float64) here
+        min_cost, max_cost = self.p["contact_cost_range"]
+        contact_cost = np.clip(self.p["contact_cost_weight"] * sum_sq(sim.cfrc_ext), min_cost, max_cost)
+        costs = ctrl_cost + contact_cost
+        reward = rewards - costs
+        terminated = ~healthy & bool(self.p["terminate_when_unhealthy"])
+        info = {
+            "x_position": sim.qpos[:, 0].copy(), "y_position": sim.qpos[:, 1].copy(),
+            "tendon_length": sim.field("ten_length").copy(), "tendon_velocity": sim.field("ten_velocity").copy(),
+            "distance_from_origin": row_norm(sim.qpos[:, 0:2]), "x_velocity": x_velocity, "y_velocity": y_velocity,
+            "reward_survive": healthy_reward, "reward_forward": forward_reward, "reward_ctrl": -ctrl_cost,
+            "reward_contact": -contact_cost,
+        }
+        return reward, terminated, info
+
+    def reset_info(self, sim, ids):
+        return {"x_position": sim.qpos[ids, 0], "y_position": sim.qpos[ids, 1],
+                "tendon_length": sim.field("ten_length")[ids], "tendon_velocity": sim.field("ten_velocity")[ids],
+                "distance_from_origin": row_norm(sim.qpos[ids, 0:2])}
+
+
+class InvertedPendulum(Task):
+    gym_id = "InvertedPendulum-v5"
+    gym_class = "inverted_pendulum_v5:InvertedPendulumEnv"
+
+    def observe(self, sim):
+        return np.concatenate([sim.qpos, sim.qvel], axis=1)
+
+    def after_step(self, sim, before, action):
+        obs = self.observe(sim)
+        terminated = ~np.isfinite(obs).all(axis=1) | (np.abs(obs[:, 1]) > 0.2)
+        reward = (~terminated).astype(np.float64)
+        return reward, terminated, {"reward_survive": reward}
+
+
+class InvertedDoublePendulum(Task):
+    gym_id = "InvertedDoublePendulum-v5"
+    gym_class = "inverted_double_pendulum_v5:InvertedDoublePendulumEnv"
+    derived = ("site_xpos", "qfrc_constraint")
+
+    def observe(self, sim):
+        qpos = sim.qpos
+        return np.concatenate([
+            qpos[:, :1], np.sin(qpos[:, 1:]), np.cos(qpos[:, 1:]), np.clip(sim.qvel, -10, 10),
+            np.clip(sim.field("qfrc_constraint"), -10, 10)[:, :1],
+        ], axis=1)
+
+    def after_step(self, sim, before, action):
+        tip = sim.field("site_xpos")[:, 0]
+        x, y = tip[:, 0].copy(), tip[:, 2].copy()
+        terminated = y <= 1
+        v1, v2 = sim.qvel[:, 1], sim.qvel[:, 2]
+        dist_penalty = 0.01 * x ** 2 + (y - 2) ** 2
+        vel_penalty = 0.001 * v1 ** 2 + 0.005 * v2 ** 2
+        alive_bonus = self.p["healthy_reward"] * (~terminated).astype(np.int64)
+        reward = alive_bonus - dist_penalty - vel_penalty
+        info = {"reward_survive": alive_bonus, "distance_penalty": -dist_penalty, "velocity_penalty": -vel_penalty}
+        return reward, terminated, info
+
+    def reset_state(self, rng, init_qpos, init_qvel):
+        scale = self.p["reset_noise_scale"]
+        qpos = init_qpos + rng.uniform(low=-scale, high=scale, size=self.nq)
+        qvel = init_qvel + rng.standard_normal(self.nv) * scale
+        return qpos, qvel
+
+
+class Reacher(Task):
+    gym_id = "Reacher-v5"
+    gym_class = "reacher_v5:ReacherEnv"
+    derived = ("xpos",)
+
+    def setup(self, model):
+        super().setup(model)
+        self.fingertip, self.target = model.body("fingertip").id, model.body("target").id
+
+    def _vec(self, sim):
+        xpos = sim.field("xpos")
+        return xpos[:, self.fingertip] - xpos[:, self.target]
+
+    def observe(self, sim):
+        theta = sim.qpos[:, :2]
+        return np.concatenate([np.cos(theta), np.sin(theta), sim.qpos[:, 2:], sim.qvel[:, :2], self._vec(sim)[:, :2]], axis=1)
+
+    def after_step(self, sim, before, action):
+        reward_dist = -row_norm(self._vec(sim)) * self.p["reward_dist_weight"]
+        reward_ctrl = -sum_sq(action) * self.p["reward_control_weight"]
+        reward = reward_dist + reward_ctrl
+        return reward, np.zeros(len(reward), bool), {"reward_dist": reward_dist, "reward_ctrl": reward_ctrl}
+
+    def reset_state(self, rng, init_qpos, init_qvel):
+        qpos = rng.uniform(low=-0.1, high=0.1, size=self.nq) + init_qpos
+        while True:
+            goal = rng.uniform(low=-0.2, high=0.2, size=2)
+            if np.linalg.norm(goal) < 0.2:
+                break
+        qpos[-2:] = goal
+        qvel = init_qvel + rng.uniform(low=-0.005, high=0.005, size=self.nv)
+        qvel[-2:] = 0
+        return qpos, qvel
+
+
+class Pusher(Task):
+    gym_id = "Pusher-v5"
+    gym_class = "pusher_v5:PusherEnv"
+    derived = ("xpos",)
+
+    def setup(self, model):
+        super().setup(model)
+        self.tips, self.obj, self.goal = (model.body(n).id for n in ("tips_arm", "object", "goal"))
+
+    def observe(self, sim):
+        xpos = sim.field("xpos")
+        return np.concatenate([sim.qpos[:, :7], sim.qvel[:, :7], xpos[:, self.tips], xpos[:, self.obj], xpos[:, self.goal]], axis=1)
+
+    def after_step(self, sim, before, action):
+        xpos = sim.field("xpos")
+        vec_1 = xpos[:, self.obj] - xpos[:, self.tips]
+        vec_2 = xpos[:, self.obj] - xpos[:, self.goal]
+        reward_near = -row_norm(vec_1) * self.p["reward_near_weight"]
+        reward_dist = -row_norm(vec_2) * self.p["reward_dist_weight"]
+        reward_ctrl = -sum_sq(action) * self.p["reward_control_weight"]
+        reward = reward_dist + reward_ctrl + reward_near
+        info = {"reward_dist": reward_dist, "reward_ctrl": reward_ctrl, "reward_near": reward_near}
+        return reward, np.zeros(len(reward), bool), info
+
+    def reset_state(self, rng, init_qpos, init_qvel):
+        qpos = init_qpos.copy()
+        goal_pos = np.asarray([0, 0])
+        while True:
+            cylinder_pos = np.concatenate([rng.uniform(low=-0.3, high=0, size=1), rng.uniform(low=-0.2, high=0.2, size=1)])
+            if np.linalg.norm(cylinder_pos - goal_pos) > 0.17:
+                break
+        qpos[-4:-2] = cylinder_pos
+        qpos[-2:] = goal_pos
+        qvel = init_qvel + rng.uniform(low=-0.005, high=0.005, size=self.nv)
+        qvel[-4:] = 0
+        return qpos, qvel
+
+
+TASKS: dict[str, type[Task]] = {cls.gym_id: cls for cls in (
+    Hopper, Walker2d, HalfCheetah, Swimmer, Ant, Humanoid, InvertedPendulum, InvertedDoublePendulum, Reacher, Pusher,
+)}
+
+
+def task_for(task_id: str, kwargs: dict[str, Any]) -> Task:
+    try:
+        cls = TASKS[task_id]
+    except KeyError:
+        import difflib
+
+        close = difflib.get_close_matches(task_id, list(TASKS), n=2, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"env.backend=mujoco has no task {task_id!r}{hint} It covers {', '.join(TASKS)}; "
+            "any other gymnasium id runs on env.backend=gymnasium"
+        ) from None
+    return cls(kwargs)
+
