@@ -2,10 +2,10 @@
 
 Same process, same machine, identical settings:
   SAC / TD3: 1 env, update-to-data ratio 1, batch 256, 256x256 MLPs for actor and critics
-  PPO:       2048 samples per update (16 envs x 128 steps), minibatch 64, 10 epochs, 64x64 MLPs;
-             SB3 gets the same 16 envs (DummyVecEnv)
+  PPO:       2048 samples per update (64 envs x 32 steps by default), minibatch 64, 10 epochs, 64x64
+             MLPs; SB3 gets the same envs (DummyVecEnv)
 
-robo-rl runs at its defaults (torch's default thread count). SB3 is measured with 1 and with 2
+robo-rl runs at its defaults (torch threads: all cores for SAC/TD3, one for PPO). SB3 is measured with 1 and with 2
 torch threads in every round and compared against whichever is faster. Segments of both
 libraries alternate within each round; the reported ratio is the median of per-round ratios.
 
@@ -29,6 +29,7 @@ from benchmarks.common import interleaved, markdown_table, median, rate_of, save
 from robo_rl.perf import tune_malloc  # noqa: E402
 
 LEARNING_STARTS = 1000
+PPO_ENVS = 16  # set by --ppo-envs; SB3 gets the same number
 OFF_POLICY_SEGMENT = 250  # env steps per timed segment
 PPO_SEGMENT = 2 * 2048
 
@@ -42,8 +43,8 @@ def ours_runner(algo: str, env_id: str, backend: str, compile_: bool):
         overrides += [f"algo.learning_starts={LEARNING_STARTS}", "algo.batch_size=256", "algo.utd=1",
                       "policy.hidden_sizes=[256,256]", "algo.critic_hidden=[256,256]"]
     else:
-        overrides += ["env.num_envs=16", "algo.rollout_steps=128", "algo.minibatch_size=64", "algo.epochs=10",
-                      "policy.hidden_sizes=[64,64]", "algo.value_hidden=[64,64]"]
+        overrides += [f"env.num_envs={PPO_ENVS}", f"algo.rollout_steps={2048 // PPO_ENVS}", "algo.minibatch_size=64",
+                      "algo.epochs=10", "policy.hidden_sizes=[64,64]", "algo.value_hidden=[64,64]"]
     if compile_:
         overrides.append("compile=true")
     run_dir = Path(tempfile.mkdtemp()) / "run"
@@ -51,6 +52,7 @@ def ours_runner(algo: str, env_id: str, backend: str, compile_: bool):
     env = build_env(cfg)
     eval_env = build_env(cfg, num_envs=1)
     runner = build_runner(cfg, build_learner(cfg, build_policy(cfg, env)), env, eval_env, run_dir)
+    runner.threads = cfg.threads or torch.get_num_threads()  # robo-rl's default for this learner
     runner.obs = env.reset(seed=0)
     warm = LEARNING_STARTS + 200 if algo != "ppo" else 2048 * 2
     while runner.step < warm:
@@ -80,7 +82,8 @@ def sb3_model(algo: str, env_id: str):
         model = TD3("MlpPolicy", env, learning_starts=LEARNING_STARTS, batch_size=256, train_freq=1, gradient_steps=1,
                     action_noise=noise, policy_kwargs=dict(net_arch=[256, 256]), seed=0, device="cpu", verbose=0)
     else:
-        model = PPO("MlpPolicy", make_vec_env(env_id, n_envs=16, seed=0), n_steps=128, batch_size=64, n_epochs=10,
+        model = PPO("MlpPolicy", make_vec_env(env_id, n_envs=PPO_ENVS, seed=0), n_steps=2048 // PPO_ENVS, batch_size=64,
+                    n_epochs=10,
                     policy_kwargs=dict(net_arch=dict(pi=[64, 64], vf=[64, 64])), seed=0, device="cpu", verbose=0)
     warm = LEARNING_STARTS + 200 if algo != "ppo" else 2048 * 2
     model.learn(warm)
@@ -90,7 +93,7 @@ def sb3_model(algo: str, env_id: str):
 def measure(algo: str, env_id: str, rounds: int, backend: str, compile_: bool) -> dict:
     default_threads = torch.get_num_threads()
     segment = OFF_POLICY_SEGMENT if algo != "ppo" else PPO_SEGMENT
-    _, ours = ours_runner(algo, env_id, backend, False)
+    runner, ours = ours_runner(algo, env_id, backend, False)
     model = sb3_model(algo, env_id)
 
     def with_threads(n: int, fn):
@@ -103,14 +106,14 @@ def measure(algo: str, env_id: str, rounds: int, backend: str, compile_: bool) -
         return run
 
     segments = {
-        "robo_rl": with_threads(default_threads, lambda: ours(segment)),
+        "robo_rl": with_threads(runner.threads, lambda: ours(segment)),
         "sb3_1thread": with_threads(1, lambda: model.learn(segment, reset_num_timesteps=False)),
         "sb3_2threads": with_threads(2, lambda: model.learn(segment, reset_num_timesteps=False)),
     }
     if compile_:
-        _, ours_c = ours_runner(algo, env_id, backend, True)
-        ours_c(segment)  # compile outside the timed rounds
-        segments["robo_rl_compile"] = with_threads(default_threads, lambda: ours_c(segment))
+        runner_c, ours_c = ours_runner(algo, env_id, backend, True)
+        with_threads(runner_c.threads, lambda: ours_c(segment))()  # compile outside the timed rounds
+        segments["robo_rl_compile"] = with_threads(runner_c.threads, lambda: ours_c(segment))
     rates = interleaved(segments, rounds)
     best_sb3 = [max(a, b) for a, b in zip(rates["sb3_1thread"], rates["sb3_2threads"])]
     result = {
@@ -141,9 +144,12 @@ def main() -> None:
     parser.add_argument("--backend", default="gymnasium", help="robo-rl env backend for all algos")
     parser.add_argument("--ppo-backend", default=None, help="override the backend for PPO only")
     parser.add_argument("--compile", action="store_true", help="also measure robo-rl with compile=true")
+    parser.add_argument("--ppo-envs", type=int, default=64, help="envs for PPO (2048 // envs steps each), both libraries")
     parser.add_argument("--name", default="throughput")
     args = parser.parse_args()
     tune_malloc()  # process-wide: SB3 gets the same allocator settings
+    global PPO_ENVS
+    PPO_ENVS = args.ppo_envs
 
     results = []
     for env_id in args.envs:

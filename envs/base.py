@@ -22,6 +22,7 @@ return and length measured on the raw reward (before any reward normalization):
 from __future__ import annotations
 
 import abc
+import math
 from typing import Any, NamedTuple
 
 import gymnasium as gym
@@ -45,6 +46,7 @@ class BatchedEnv(abc.ABC):
     action_space: gym.spaces.Box  # one environment's action space, finite bounds
     device: torch.device
     task_id: str  # e.g. "Hopper-v5", used in logs and run names
+    backend: str  # the simulator backend's name, e.g. "gymnasium" or "mujoco"
 
     @abc.abstractmethod
     def reset(self, seed: int | None = None) -> torch.Tensor:
@@ -83,7 +85,8 @@ class BatchedEnv(abc.ABC):
                 f"{self.task_id}: actions have shape {tuple(actions.shape)}, expected {expected} "
                 f"(num_envs={self.num_envs}, action dim={self.act_dim})"
             )
-        if not bool(torch.isfinite(actions).all()):
+        # a sum is finite unless an element is NaN/Inf (or it overflows: the exact test decides)
+        if not math.isfinite(float(actions.sum())) and not bool(torch.isfinite(actions).all()):
             bad = (~torch.isfinite(actions)).any(dim=1).nonzero().flatten().tolist()
             raise ValueError(
                 f"{self.task_id}: non-finite actions for envs {bad[:10]}; refusing to step the "

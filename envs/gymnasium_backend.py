@@ -96,6 +96,8 @@ def _make_thunk(task_id: str, kwargs: dict[str, Any], max_episode_steps: int | N
 
 
 class GymnasiumBatchedEnv(BatchedEnv):
+    backend = "gymnasium"
+
     """``num_envs`` copies of a gymnasium task, vectorized in-process or in worker processes.
 
     Args:
@@ -108,6 +110,8 @@ class GymnasiumBatchedEnv(BatchedEnv):
         max_episode_steps: override the task's time limit.
         device: where the returned tensors live.
     """
+
+    backend = "gymnasium"
 
     def __init__(
         self,

@@ -116,7 +116,7 @@ class DeterministicPolicyConfig:
 @dataclass
 class EnvConfig:
     id: str = "Hopper-v5"  # any registered gymnasium id
-    backend: str = "gymnasium"  # gymnasium (any task) or mujoco (batched, the v5 MuJoCo tasks, faster)
+    backend: str = "auto"  # mujoco (batched, the v5 MuJoCo tasks), gymnasium (any id), auto: mujoco where it covers the id
     num_envs: Optional[int] = None  # None: the learner's default
     vectorization: str = "sync"  # gymnasium backend: sync (one process) or async (worker processes)
     threads: int = 0  # mujoco backend: physics threads (0: all CPUs)
@@ -271,7 +271,7 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.seed >= 0, "seed", "must be >= 0")
     need(cfg.env.num_envs >= 1, "env.num_envs", "must be >= 1")
     need(cfg.env.vectorization in ("sync", "async"), "env.vectorization", "must be sync or async")
-    need(cfg.env.backend in ("gymnasium", "mujoco"), "env.backend", "must be gymnasium or mujoco")
+    need(cfg.env.backend in ("auto", "gymnasium", "mujoco"), "env.backend", "must be auto, gymnasium or mujoco")
     need(cfg.env.threads >= 0, "env.threads", "must be >= 0 (0: all CPUs)")
     need(cfg.threads is None or cfg.threads >= 1, "threads", "must be >= 1")
     need(cfg.eval.episodes >= 1, "eval.episodes", "must be >= 1")

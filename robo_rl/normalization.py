@@ -34,8 +34,9 @@ class RewardNormalizer:
     def _update(self, x: np.ndarray) -> None:
         # Chan et al.'s parallel mean/variance update, as RunningMeanStd
         n = x.shape[0]
-        batch_mean = float(x.mean())
-        batch_var = float(x.var())
+        batch_mean = float(np.add.reduce(x)) / n
+        centered = x - batch_mean
+        batch_var = float(np.dot(centered, centered)) / n
         total = self.count + n
         delta = batch_mean - self.mean
         self.mean += delta * n / total

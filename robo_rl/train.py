@@ -114,7 +114,7 @@ def train(cfg: DictConfig, run_dir: str | Path, cli_overrides: Iterable[str] = (
         log.addHandler(file_handler)
         try:
             n_params = sum(p.numel() for p in learner.parameters())
-            log.info(f"robo-rl: {cfg.algo.name} on {env.task_id} ({env.num_envs} env(s), {cfg.env.backend} backend), "
+            log.info(f"robo-rl: {cfg.algo.name} on {env.task_id} ({env.num_envs} env(s), {env.backend} backend), "
                      f"{cfg.policy.name} head, {n_params:,} parameters, seed {cfg.seed}, {int(cfg.steps):,} steps "
                      f"-> {run_dir}")
             runner = build_runner(cfg, learner, env, eval_env, run_dir)

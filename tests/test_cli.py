@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 TINY = [
-    "env=pendulum", "algo.learning_starts=100", "algo.batch_size=32", "algo.critic_hidden=[16]",
+    "algo=sac", "env=pendulum", "algo.learning_starts=100", "algo.batch_size=32", "algo.critic_hidden=[16]",
     "policy.hidden_sizes=[16]", "eval.episodes=2", "eval.num_envs=2", "log.tensorboard=false",
 ]
 

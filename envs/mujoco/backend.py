@@ -44,6 +44,8 @@ class MujocoBatchedEnv(BatchedEnv):
         device: where the returned tensors live.
     """
 
+    backend = "mujoco"
+
     def __init__(
         self,
         task_id: str,
@@ -100,8 +102,10 @@ class MujocoBatchedEnv(BatchedEnv):
         failed = self._physics_step()
         obs = task.observe(sim)
         reward, terminated, info = task.after_step(sim, before, actions)
-        # MuJoCo resets a diverging simulation itself (time restarts at 0) or raises: detect both
-        diverged = failed | (self.time < time_before) | ~np.isfinite(obs).all(axis=1)
+        # MuJoCo resets a diverging simulation itself (time restarts at 0, then the remaining
+        # substeps run) or raises: detect both by the clock falling behind, and by non-finite values
+        expected = time_before + (self.task.frame_skip - 0.5) * self.model.opt.timestep
+        diverged = failed | (self.time < expected) | ~np.isfinite(obs).all(axis=1)
         self._elapsed += 1
         truncated = (self._elapsed >= self.max_episode_steps) if self.max_episode_steps else np.zeros(self.num_envs, bool)
         if diverged.any():

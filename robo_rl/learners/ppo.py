@@ -87,6 +87,8 @@ class PPO(Learner):
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sampled actions (unclipped), their log-probabilities and the values V(s), for a rollout."""
+        if self._fused_step is not None and not self._compiled:
+            return self._fused_step.act(obs)
         actions, log_probs = self.policy.sample(obs)
         return actions, log_probs, self.value(obs)
 

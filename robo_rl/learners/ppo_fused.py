@@ -1,20 +1,22 @@
-"""A fused CPU path for PPO's minibatch step: hand-derived gradients in numpy.
+"""A fused CPU path for PPO: hand-derived gradients in numpy, policy and value evaluated together.
 
-PPO's update is 320 tiny optimizer steps per 2048 samples (64-sample minibatches, 10 epochs,
-64x64 networks). In eager PyTorch each step is ~150 dispatched ops plus the autograd engine,
-about 1 ms on a 2-core CPU, while the arithmetic is a few microseconds; numpy's per-call cost is
-several times lower. This module computes exactly ``PPO.ppo_loss`` + global gradient clipping +
-Adam for the common case, a diagonal Gaussian MLP policy with a state-independent std and an MLP
-value network, with the backward pass written out by hand. It works in place on the modules'
-parameters and the optimizer's state (one flat buffer each), so checkpoints, exports and the
-autograd path see the same tensors. ``tests/robo_rl/test_ppo_fused.py`` holds it equal to the
-autograd step.
+PPO's update is 320 tiny optimizer steps per 2048 samples (64-sample minibatches, 10 epochs, 64x64
+networks). In eager PyTorch each step is ~150 dispatched ops plus the autograd engine, about 1 ms on
+a 2-core CPU, while the arithmetic is a few microseconds; numpy's per-call cost is several times
+lower. This module computes exactly ``PPO.ppo_loss`` + global gradient clipping + Adam for the
+common case: a diagonal Gaussian MLP policy with a state-independent std and an MLP value network
+of the same hidden sizes and activation (PPO's defaults). The two networks are laid out side by
+side in one flat buffer, so each layer of both is one matmul: the first layer as a [2H, in] matrix
+on the shared input, the hidden layers as [2, H, H] batches.
+
+It works in place on the modules' parameters and the optimizer's state (views of the flat
+buffers), so checkpoints, exports and the autograd path see the same tensors, and Adam is torch's
+own fused kernel. ``tests/robo_rl/test_ppo_fused.py`` holds the result equal to the autograd step.
 
 Gradients, per minibatch of B samples (z = (a - mu) e^{-log std}, r = exp(log pi - log pi_old)):
     d log pi / d mu      = z e^{-log std}
     d log pi / d log std = z^2 - 1
-    d L_clip / d r       = -(A/B) [1 if r A < clip(r) A else 1/2 if equal else 0]
-                           -(A/B) [the rest, where 1 - eps <= r <= 1 + eps]      (torch.min ties split)
+    d L_clip / d r       = -(A/B) [r A < clip(r) A  or  1 - eps <= r <= 1 + eps]   (torch.min, ties split)
     d L_V / d V          = vf_coef * 2 (V - R) / B       (times the clip mask if clip_range_vf is set)
     d (-c_ent H) / d log std = -c_ent                    (H = sum(1/2 + log sqrt(2 pi) + log std))
 """
@@ -48,14 +50,13 @@ def _mlp_layout(net: nn.Module) -> tuple[list[nn.Linear], str] | None:
     kinds = {_ACTIVATIONS.get(type(a)) for a in acts}
     if len(kinds) != 1 or None in kinds:
         return None
-    expected = [m for pair in zip(linears, acts) for m in pair] + [linears[-1]]
-    if list(net) != expected:
+    if list(net) != [m for pair in zip(linears, acts) for m in pair] + [linears[-1]]:
         return None
     return linears, kinds.pop()
 
 
 def unsupported_reason(ppo: "PPO") -> str | None:
-    """Why the fused step cannot run this learner (None: it can)."""
+    """Why the fused path cannot run this learner (None: it can)."""
     head = ppo.policy
     if not isinstance(head, GaussianHead) or head.squash or head.state_dependent_std:
         return "needs the unsquashed Gaussian head with a state-independent std (policy=gaussian, PPO defaults)"
@@ -63,8 +64,11 @@ def unsupported_reason(ppo: "PPO") -> str | None:
         return "runs on CPU only"
     if any(p.dtype != torch.float32 for p in ppo.parameters()):
         return "needs float32 parameters"
-    if _mlp_layout(head.net) is None or _mlp_layout(ppo.value_net) is None:
+    pi, v = _mlp_layout(head.net), _mlp_layout(ppo.value_net)
+    if pi is None or v is None:
         return "needs plain MLPs with tanh or relu (no layer norm)"
+    if pi[1] != v[1] or [l.out_features for l in pi[0][:-1]] != [l.out_features for l in v[0][:-1]]:
+        return "needs policy and value networks with the same hidden sizes and activation"
     group = ppo.opt.param_groups[0]
     if group["amsgrad"] or group["weight_decay"] or group["maximize"]:
         return "needs plain Adam"
@@ -72,57 +76,138 @@ def unsupported_reason(ppo: "PPO") -> str | None:
 
 
 class FusedPPOStep:
-    """Runs PPO's epochs of minibatch steps for one rollout with numpy kernels."""
+    """PPO's rollout inference and epochs of minibatch steps, with numpy kernels."""
 
     def __init__(self, ppo: "PPO") -> None:
         reason = unsupported_reason(ppo)
         if reason is not None:
             raise ValueError(f"the fused PPO step {reason}")
         self.ppo = ppo
-        self.pi_layers, self.pi_act = _mlp_layout(ppo.policy.net)  # type: ignore[misc]
-        self.v_layers, self.v_act = _mlp_layout(ppo.value_net)  # type: ignore[misc]
+        self.pi_layers, act = _mlp_layout(ppo.policy.net)  # type: ignore[misc]
+        self.v_layers, _ = _mlp_layout(ppo.value_net)  # type: ignore[misc]
+        self.tanh = act == "tanh"
         self.params = [p for g in ppo.opt.param_groups for p in g["params"]]
-        self.log_norm = ppo.policy.act_dim * 0.5 * math.log(2 * math.pi)
-        self.entropy_const = ppo.policy.act_dim * (0.5 + 0.5 * math.log(2 * math.pi))
+        self.act_dim = ppo.policy.act_dim
+        self.log_norm = self.act_dim * 0.5 * math.log(2 * math.pi)
+        self.entropy_const = self.act_dim * (0.5 + 0.5 * math.log(2 * math.pi))
         self._attached: list[int] = []
 
     # -- flat buffers shared with torch ------------------------------------------------------------
+    def _blocks(self) -> list[tuple[list[nn.Parameter], tuple[int, ...]]]:
+        """The flat buffer's blocks: which parameters each holds, stacked, and the block's shape."""
+        pi, v = self.pi_layers, self.v_layers
+        first_in, h1 = pi[0].in_features, pi[0].out_features
+        blocks = [([pi[0].weight, v[0].weight], (2 * h1, first_in)), ([pi[0].bias, v[0].bias], (2 * h1,))]
+        for lp, lv in zip(pi[1:-1], v[1:-1]):
+            blocks += [([lp.weight, lv.weight], (2, lp.out_features, lp.in_features)), ([lp.bias, lv.bias], (2, lp.out_features))]
+        blocks += [([pi[-1].weight], tuple(pi[-1].weight.shape)), ([pi[-1].bias], tuple(pi[-1].bias.shape)),
+                   ([v[-1].weight], tuple(v[-1].weight.shape)), ([v[-1].bias], tuple(v[-1].bias.shape)),
+                   ([self.ppo.policy.log_std], tuple(self.ppo.policy.log_std.shape))]
+        return blocks
+
     def _attach(self) -> None:
-        """Make parameters, their Adam moments and a gradient buffer views of three flat buffers."""
-        opt, params = self.ppo.opt, self.params
+        """Make parameters, their Adam moments and a gradient buffer views of flat buffers."""
+        opt = self.ppo.opt
         opt._lists = opt._init_state()  # creates the Adam state if this is the first step
-        sizes = [p.numel() for p in params]
-        self.flat = torch.cat([p.detach().reshape(-1) for p in params])
-        self.m = torch.cat([opt.state[p]["exp_avg"].reshape(-1) for p in params])
-        self.v = torch.cat([opt.state[p]["exp_avg_sq"].reshape(-1) for p in params])
-        for p, pv, mv, vv in zip(params, self.flat.split(sizes), self.m.split(sizes), self.v.split(sizes)):
-            p.data = pv.view_as(p)
-            opt.state[p]["exp_avg"] = mv.view_as(p)
-            opt.state[p]["exp_avg_sq"] = vv.view_as(p)
-        opt._lists = opt._init_state()
-        self.step_tensor = opt.state[params[0]]["step"]
+        blocks = self._blocks()
+        order = [p for params, _ in blocks for p in params]
+        assert {id(p) for p in order} == {id(p) for p in self.params}, "every parameter sits in one block"
+        self.flat = torch.cat([p.detach().reshape(-1) for p in order])
+        self.m = torch.cat([opt.state[p]["exp_avg"].reshape(-1) for p in order])
+        self.v = torch.cat([opt.state[p]["exp_avg_sq"].reshape(-1) for p in order])
         self.g = np.zeros(self.flat.numel(), dtype=np.float32)
-        self.p_np, self.m_np, self.v_np = self.flat.numpy(), self.m.numpy(), self.v.numpy()
-        views, grads, off = {}, {}, 0
-        for p, n in zip(params, sizes):
-            views[id(p)] = self.p_np[off:off + n].reshape(p.shape)
-            grads[id(p)] = self.g[off:off + n].reshape(p.shape)
+        self.g_t = torch.from_numpy(self.g)  # the same memory, for torch's Adam kernel
+        p_np = self.flat.numpy()
+        views, grads, off = [], [], 0
+        for params, shape in blocks:
+            n = int(np.prod(shape))
+            views.append(p_np[off:off + n].reshape(shape))
+            grads.append(self.g[off:off + n].reshape(shape))
+            sub = 0
+            for p in params:
+                k = p.numel()
+                p.data = self.flat[off + sub:off + sub + k].view_as(p)
+                opt.state[p]["exp_avg"] = self.m[off + sub:off + sub + k].view_as(p)
+                opt.state[p]["exp_avg_sq"] = self.v[off + sub:off + sub + k].view_as(p)
+                sub += k
             off += n
-        # per layer: (weight, bias, weight grad, bias grad) as numpy views, looked up once
-        self.pi = [(views[id(l.weight)], views[id(l.bias)], grads[id(l.weight)], grads[id(l.bias)]) for l in self.pi_layers]
-        self.vn = [(views[id(l.weight)], views[id(l.bias)], grads[id(l.weight)], grads[id(l.bias)]) for l in self.v_layers]
-        self.log_std, self.g_log_std = views[id(self.ppo.policy.log_std)], grads[id(self.ppo.policy.log_std)]
+        opt._lists = opt._init_state()
+        self.step_tensor = opt.state[self.params[0]]["step"]
+        # (weight, bias, weight grad, bias grad) per stacked layer, then the two heads, then log std
+        n_hidden = len(self.pi_layers) - 1
+        self.layers = [(views[2 * i], views[2 * i + 1], grads[2 * i], grads[2 * i + 1]) for i in range(n_hidden)]
+        k = 2 * n_hidden
+        self.head_pi = (views[k], views[k + 1], grads[k], grads[k + 1])
+        self.head_v = (views[k + 2], views[k + 3], grads[k + 2], grads[k + 3])
+        self.log_std, self.g_log_std = views[k + 4], grads[k + 4]
         self._attached = self._pointers()
 
     def _pointers(self) -> list[int]:
         opt = self.ppo.opt
-        return [p.data_ptr() for p in self.params] + [opt.state[p]["exp_avg"].data_ptr() for p in self.params] + \
-               [opt.state[p]["exp_avg_sq"].data_ptr() for p in self.params]
+        return [t.data_ptr() for p in self.params for t in (p, opt.state[p]["exp_avg"], opt.state[p]["exp_avg_sq"])]
 
     def _ensure_attached(self) -> None:
         opt = self.ppo.opt
         if not self._attached or any("exp_avg" not in opt.state[p] for p in self.params) or self._pointers() != self._attached:
             self._attach()  # first use, or tensors were replaced (load_state_dict, .to())
+
+    # -- networks ----------------------------------------------------------------------------------
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """Policy mean [B, A], value [B] and the hidden activations (each [2, B, H])."""
+        w, b, _, _ = self.layers[0]
+        z = x @ w.T
+        z += b
+        h = np.tanh(z, out=z) if self.tanh else np.maximum(z, 0.0, out=z)
+        h = h.reshape(x.shape[0], 2, -1).transpose(1, 0, 2)  # [2, B, H]: policy, value
+        hs = [h]
+        for w, b, _, _ in self.layers[1:]:
+            z = np.matmul(h, w.transpose(0, 2, 1))
+            z += b[:, None, :]
+            h = np.tanh(z, out=z) if self.tanh else np.maximum(z, 0.0, out=z)
+            hs.append(h)
+        wp, bp, _, _ = self.head_pi
+        wv, bv, _, _ = self.head_v
+        mean = h[0] @ wp.T
+        mean += bp
+        value = h[1] @ wv[0]
+        value += bv[0]
+        return mean, value, hs
+
+    def _backward(self, x: np.ndarray, d_mean: np.ndarray, d_value: np.ndarray, hs: list[np.ndarray]) -> None:
+        wp, _, gwp, gbp = self.head_pi
+        wv, _, gwv, gbv = self.head_v
+        h = hs[-1]
+        np.matmul(d_mean.T, h[0], out=gwp)
+        np.add.reduce(d_mean, axis=0, out=gbp)
+        gwv[0] = d_value @ h[1]
+        gbv[0] = np.add.reduce(d_value)
+        dh = np.empty_like(h)
+        np.matmul(d_mean, wp, out=dh[0])
+        np.multiply.outer(d_value, wv[0], out=dh[1])
+        for i in range(len(self.layers) - 1, -1, -1):
+            h = hs[i]
+            dz = dh * (1.0 - h * h) if self.tanh else dh * (h > 0)
+            w, _, gw, gb = self.layers[i]
+            if i > 0:
+                np.matmul(dz.transpose(0, 2, 1), hs[i - 1], out=gw)
+                np.add.reduce(dz, axis=1, out=gb)
+                dh = np.matmul(dz, w)
+            else:  # the first layer's [2H, in] block, seen as [2, H, in]
+                np.matmul(dz.transpose(0, 2, 1), x, out=gw.reshape(2, -1, gw.shape[1]))
+                np.add.reduce(dz, axis=1, out=gb.reshape(2, -1))
+
+    # -- rollout inference -------------------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sampled actions, their log-probabilities and V(s), as ``PPO.act`` computes them."""
+        self._ensure_attached()
+        x = self.ppo.policy.obs_norm(obs).numpy()
+        mean, value, _ = self._forward(x)
+        log_std = np.minimum(np.maximum(self.log_std, LOG_STD_MIN), LOG_STD_MAX)
+        eps = torch.randn(mean.shape).numpy()  # the same RNG draw as the head's sample()
+        actions = mean + np.exp(log_std) * eps
+        logp = np.add.reduce(-0.5 * eps * eps - log_std, axis=1) - self.log_norm
+        return torch.from_numpy(actions), torch.from_numpy(logp), torch.from_numpy(value)
 
     # -- the update --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -133,13 +218,15 @@ class FusedPPOStep:
         data = [np.ascontiguousarray(x) for x in (obs_n, rollout.actions.numpy(), rollout.log_probs.numpy(),
                                                   rollout.values.numpy(), rollout.advantages.numpy(), rollout.returns.numpy())]
         size = obs_n.shape[0]
+        mb = ppo.minibatch_size
         sums = np.zeros(6)
         count = 0
         for _ in range(ppo.epochs):
             stop = False
-            for idx in torch.randperm(size).split(ppo.minibatch_size):  # same RNG use as the autograd path
-                idx = idx.numpy()
-                stats = self._minibatch(*(x[idx] for x in data))
+            perm = torch.randperm(size).numpy()  # the same RNG use as the autograd path
+            shuffled = [x[perm] for x in data]  # one gather per epoch; minibatches are then slices
+            for start in range(0, size, mb):
+                stats = self._minibatch(*(x[start:start + mb] for x in shuffled))
                 sums += stats
                 count += 1
                 if ppo.target_kl is not None and stats[3] > 1.5 * ppo.target_kl:
@@ -150,44 +237,15 @@ class FusedPPOStep:
         names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm")
         return {k: torch.tensor(v / count) for k, v in zip(names, sums)}
 
-    @staticmethod
-    def _forward(x: np.ndarray, layers: list, tanh: bool) -> tuple[np.ndarray, list[np.ndarray]]:
-        hs = [x]
-        h = x
-        last = len(layers) - 1
-        for i, (w, b, _, _) in enumerate(layers):
-            z = h @ w.T
-            z += b
-            if i < last:
-                h = np.tanh(z, out=z) if tanh else np.maximum(z, 0.0, out=z)
-                hs.append(h)
-            else:
-                h = z
-        return h, hs
-
-    @staticmethod
-    def _backward(dz: np.ndarray, hs: list[np.ndarray], layers: list, tanh: bool) -> None:
-        for i in range(len(layers) - 1, -1, -1):
-            w, _, gw, gb = layers[i]
-            h_in = hs[i]
-            np.matmul(dz.T, h_in, out=gw)
-            np.add.reduce(dz, axis=0, out=gb)
-            if i > 0:
-                dh = dz @ w
-                dz = dh * (1.0 - h_in * h_in) if tanh else dh * (h_in > 0)
-
     def _minibatch(self, obs, actions, old_logp, old_values, adv, returns) -> np.ndarray:
         ppo = self.ppo
         b = obs.shape[0]
         eps = ppo.clip_range
         log_std_param = self.log_std
-        log_std = np.clip(log_std_param, LOG_STD_MIN, LOG_STD_MAX)
+        log_std = np.minimum(np.maximum(log_std_param, LOG_STD_MIN), LOG_STD_MAX)
         inv_std = np.exp(-log_std)
 
-        # forward: policy mean, value
-        mean, pi_hs = self._forward(obs, self.pi, self.pi_act == "tanh")
-        value, v_hs = self._forward(obs, self.vn, self.v_act == "tanh")
-        value = value[:, 0]
+        mean, value, hs = self._forward(obs)
         z = (actions - mean) * inv_std
         logp = np.add.reduce(-0.5 * z * z - log_std, axis=1) - self.log_norm
         if ppo.normalize_advantage and b > 1:
@@ -195,12 +253,12 @@ class FusedPPOStep:
             adv = centered / (math.sqrt(float(np.dot(centered, centered)) / (b - 1)) + 1e-8)
         log_ratio = logp - old_logp
         ratio = np.exp(log_ratio)
-        clipped = np.clip(ratio, 1.0 - eps, 1.0 + eps)
+        clipped = np.minimum(np.maximum(ratio, 1.0 - eps), 1.0 + eps)
         s1, s2 = adv * ratio, adv * clipped
         policy_loss = -float(np.add.reduce(np.minimum(s1, s2))) / b
         if ppo.clip_range_vf is not None:
             delta = value - old_values
-            v_used = old_values + np.clip(delta, -ppo.clip_range_vf, ppo.clip_range_vf)
+            v_used = old_values + np.minimum(np.maximum(delta, -ppo.clip_range_vf), ppo.clip_range_vf)
             v_pass = np.abs(delta) <= ppo.clip_range_vf
         else:
             v_used, v_pass = value, None
@@ -208,42 +266,31 @@ class FusedPPOStep:
         value_loss = float(np.dot(verr, verr)) / b
         entropy = float(np.add.reduce(log_std)) + self.entropy_const
 
-        # backward
-        w1 = np.where(s1 < s2, 1.0, np.where(s1 == s2, 0.5, 0.0))  # torch.min splits ties
-        in_clip = (ratio >= 1.0 - eps) & (ratio <= 1.0 + eps)
-        d_ratio = -(adv / b) * (w1 + (1.0 - w1) * in_clip)
-        d_logp = (d_ratio * ratio).astype(np.float32)
-        d_mean = d_logp[:, None] * z * inv_std
+        # torch.min passes the gradient to r*A where r*A < clip(r)*A, and splits ties, which happen
+        # exactly where 1-eps <= r <= 1+eps (clip passes its gradient there too) or A = 0: so the
+        # gradient reaches r wherever r is inside the clip range or r*A is the smaller term.
+        live = (s1 < s2) | ((ratio >= 1.0 - eps) & (ratio <= 1.0 + eps))
+        d_logp = np.where(live, adv * ratio * np.float32(-1.0 / b), np.float32(0.0))
+        d_mean = (d_logp[:, None] * z) * inv_std
         std_pass = (log_std_param >= LOG_STD_MIN) & (log_std_param <= LOG_STD_MAX)
         g_log_std = np.add.reduce(d_logp[:, None] * (z * z - 1.0), axis=0) - ppo.ent_coef
         self.g_log_std[:] = np.where(std_pass, g_log_std, 0.0)
-        self._backward(d_mean.astype(np.float32), pi_hs, self.pi, self.pi_act == "tanh")
         d_value = (-ppo.vf_coef * 2.0 / b) * verr
         if v_pass is not None:
             d_value = d_value * v_pass
-        self._backward(d_value.astype(np.float32)[:, None], v_hs, self.vn, self.v_act == "tanh")
+        self._backward(obs, d_mean.astype(np.float32, copy=False), d_value.astype(np.float32, copy=False), hs)
 
-        # global gradient-norm clipping, then Adam (torch's formula), all on the flat buffers
+        # global gradient-norm clipping, then Adam: torch's own fused kernel on the flat buffers
         g = self.g
         grad_norm = math.sqrt(float(np.dot(g, g)))
         coef = min(ppo.max_grad_norm / (grad_norm + 1e-6), 1.0)
         if coef < 1.0:
             g *= np.float32(coef)
-        self._adam(g)
+        group = ppo.opt.param_groups[0]
+        self.step_tensor += 1
+        torch._fused_adam_([self.flat], [self.g_t], [self.m], [self.v], [], [self.step_tensor], amsgrad=False,
+                           lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1], weight_decay=0.0,
+                           eps=group["eps"], maximize=False)
         approx_kl = float(np.add.reduce((ratio - 1.0) - log_ratio)) / b
         clip_fraction = float(np.count_nonzero(np.abs(ratio - 1.0) > eps)) / b
         return np.array([policy_loss, value_loss, entropy, approx_kl, clip_fraction, grad_norm])
-
-    def _adam(self, g: np.ndarray) -> None:
-        group = self.ppo.opt.param_groups[0]
-        beta1, beta2 = group["betas"]
-        self.step_tensor += 1
-        step = float(self.step_tensor)
-        m, v, p = self.m_np, self.v_np, self.p_np
-        m += (g - m) * np.float32(1.0 - beta1)  # lerp, as torch's fused kernel
-        v *= np.float32(beta2)
-        v += np.float32(1.0 - beta2) * g * g
-        step_size = group["lr"] / (1.0 - beta1 ** step)
-        denom = np.sqrt(v) / np.float32(math.sqrt(1.0 - beta2 ** step))
-        denom += np.float32(group["eps"])
-        p -= np.float32(step_size) * (m / denom)

@@ -11,15 +11,16 @@ from tests.helpers import FAST, compose
 
 
 @pytest.mark.parametrize("override, words", [
-    ("algo.lrr=0.1", ["lrr", "SACConfig"]),
+    ("algo.lrr=0.1", ["lrr", "PPOConfig"]),
+    ("algo=sac algo.lrr=0.1", ["lrr", "SACConfig"]),
     ("stepz=10", ["stepz"]),
-    ("algo.batch_size=big", ["batch_size", "Integer"]),
+    ("algo.minibatch_size=big", ["minibatch_size", "Integer"]),
     ("env.num_envs=2.5", ["num_envs"]),
     ("algo=dqn", ["algo/dqn", "sac"]),
 ])
 def test_unknown_or_mistyped_keys_fail_at_composition(override, words):
     with pytest.raises(ConfigCompositionException) as exc:
-        compose(override)
+        compose(*override.split())
     text = str(exc.value) + str(exc.value.__cause__)
     for w in words:
         assert w in text
@@ -27,12 +28,13 @@ def test_unknown_or_mistyped_keys_fail_at_composition(override, words):
 
 @pytest.mark.parametrize("overrides, key", [
     (["steps=-5"], "steps"),
-    (["algo.batch_size=0"], "algo.batch_size"),
+    (["algo=sac", "algo.batch_size=0"], "algo.batch_size"),
     (["algo=ppo", "algo.minibatch_size=100000"], "algo.minibatch_size"),
     (["policy.activation=sigmoidz"], "policy.activation"),
     (["env.vectorization=threads"], "env.vectorization"),
-    (["algo.tau=2"], "algo.tau"),
-    (["env.normalize_reward=true"], "normalize_reward"),
+    (["algo=sac", "algo.tau=2"], "algo.tau"),
+    (["algo=sac", "env.normalize_reward=true"], "normalize_reward"),
+    (["env.backend=isaac"], "env.backend"),
 ])
 def test_semantic_errors_name_the_key_and_write_nothing(tmp_path, overrides, key):
     run_dir = tmp_path / "run"
@@ -44,6 +46,8 @@ def test_semantic_errors_name_the_key_and_write_nothing(tmp_path, overrides, key
 def test_unknown_task_fails_before_any_run_files(tmp_path):
     with pytest.raises(ValueError, match="Walker2d-v5"):
         train(compose("env.id=Walker2D-v5", *FAST), tmp_path / "run")
+    with pytest.raises(ValueError, match="env.backend=gymnasium"):
+        train(compose("env.id=Pendulum-v1", "env.backend=mujoco", *FAST), tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
@@ -56,8 +60,9 @@ def test_td3_selects_the_deterministic_head_and_refuses_gaussian(tmp_path):
 def test_learner_defaults_fill_nulls():
     from robo_rl.config import resolve_defaults
 
-    sac = resolve_defaults(compose())
-    ppo = resolve_defaults(compose("algo=ppo"))
+    sac = resolve_defaults(compose("algo=sac"))
+    ppo = resolve_defaults(compose())
+    assert ppo.algo.name == "ppo" and ppo.env.backend == "auto" and ppo.threads == 1 and sac.threads is None
     assert list(sac.policy.hidden_sizes) == [256, 256] and sac.policy.squash is True and sac.env.num_envs == 1
     assert list(ppo.policy.hidden_sizes) == [64, 64] and ppo.policy.squash is False and ppo.env.num_envs == 16
     assert ppo.steps == 1_000_000 and sac.steps == 100_000
@@ -70,13 +75,13 @@ def test_existing_run_dir_is_not_overwritten(tmp_path):
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text("algo: {name: sac}\n")
     with pytest.raises(ConfigError, match="already holds a run; continue it with resume="):
-        train(compose(*FAST), run_dir)
+        train(compose("algo=sac", *FAST), run_dir)
 
 
 def test_resume_refuses_changing_the_run(tmp_path):
     run_dir = tmp_path / "run"
-    cfg = compose("env=pendulum", "steps=300", "algo.learning_starts=100", "algo.critic_hidden=[16]",
+    cfg = compose("algo=sac", "env=pendulum", "steps=300", "algo.learning_starts=100", "algo.critic_hidden=[16]",
                   "policy.hidden_sizes=[16]", "eval.episodes=1", "eval.num_envs=1", *FAST)
     train(cfg, run_dir)
     with pytest.raises(ConfigError, match="algo.tau cannot change on resume"):
-        train(compose(f"resume={run_dir}", "algo.tau=0.1"), Path("unused"), [f"resume={run_dir}", "algo.tau=0.1"])
+        train(compose(f"resume={run_dir}", "algo=sac", "algo.tau=0.1"), Path("unused"), [f"resume={run_dir}", "algo.tau=0.1"])

@@ -12,7 +12,7 @@ QUIET = (*FAST, "eval.episodes=20", "eval.num_envs=5")
 def test_sac_swings_up_pendulum(tmp_path):
     # measured: final eval about -185 (seeds 0-2: -254, -184, -183) in ~30 s
     summary = train(compose(
-        "env=pendulum", "steps=5000", "algo.learning_starts=500", "policy.hidden_sizes=[128,128]",
+        "algo=sac", "env=pendulum", "steps=5000", "algo.learning_starts=500", "policy.hidden_sizes=[128,128]",
         "algo.critic_hidden=[128,128]", "eval.every=5000", "seed=1", *QUIET), tmp_path / "sac")
     assert summary["final_eval_return_mean"] > -400
 

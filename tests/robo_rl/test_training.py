@@ -12,7 +12,7 @@ from robo_rl.train import train
 from tests.helpers import FAST, compose
 
 SMALL_SAC = (
-    "env=pendulum", "algo.learning_starts=200", "algo.batch_size=64", "algo.critic_hidden=[32,32]",
+    "algo=sac", "env=pendulum", "algo.learning_starts=200", "algo.batch_size=64", "algo.critic_hidden=[32,32]",
     "policy.hidden_sizes=[32,32]", "eval.episodes=2", "eval.num_envs=2", *FAST,
 )
 SMALL_PPO = (

@@ -1,0 +1,120 @@
+"""The batched MuJoCo backend: bit-identical to gymnasium v5, exact snapshots, divergence, bad input."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+from envs import make_env
+from envs.mujoco import TASKS, MujocoBatchedEnv
+
+# Tasks that rarely end on their own get a short time limit so the comparison crosses resets.
+LIMITS = {"HalfCheetah-v5": 120, "Swimmer-v5": 120, "Reacher-v5": None, "Pusher-v5": None}
+STEPS = {"Humanoid-v5": 150, "Ant-v5": 200}
+
+
+@pytest.mark.parametrize("task_id", sorted(TASKS))
+def test_bit_identical_to_gymnasium(task_id):
+    n = 3
+    limit = LIMITS.get(task_id)
+    ref = SyncVectorEnv([lambda: gym.make(task_id, max_episode_steps=limit)] * n, autoreset_mode=AutoresetMode.SAME_STEP)
+    ours = MujocoBatchedEnv(task_id, n, max_episode_steps=limit)
+    ref_obs, ref_info = ref.reset(seed=11)
+    obs = ours.reset_numpy(seed=11)
+    assert np.array_equal(ref_obs, obs)
+    rng = np.random.default_rng(0)
+    low, high = ours.action_space.low, ours.action_space.high
+    ends = 0
+    for t in range(STEPS.get(task_id, 300)):
+        a = rng.uniform(low, high, size=(n, len(low))).astype(np.float32)
+        r_obs, r_rew, r_term, r_trunc, r_info = ref.step(a)
+        o_obs, o_rew, o_term, o_trunc, o_info = ours.step_numpy(a)
+        assert np.array_equal(r_obs, o_obs), f"obs differ at step {t}"
+        assert np.array_equal(r_rew, o_rew), f"reward differs at step {t}"
+        assert np.array_equal(r_term, o_term) and np.array_equal(r_trunc, o_trunc), f"flags differ at step {t}"
+        if "_final_obs" in r_info:
+            for i in np.flatnonzero(r_info["_final_obs"]):
+                ends += 1
+                assert np.array_equal(r_info["final_obs"][i], o_info["final_obs"][i]), f"final obs differs at step {t}"
+                for key, value in r_info["final_info"].items():
+                    if not key.startswith("_") and r_info["final_info"][f"_{key}"][i]:
+                        assert np.array_equal(np.asarray(value[i]), np.asarray(o_info[key][i])), f"final info {key} at {t}"
+        for key, value in r_info.items():
+            if key.startswith("_") or key in ("final_obs", "final_info"):
+                continue
+            live = r_info[f"_{key}"] & ~(r_term | r_trunc)  # reset envs report reset info in gymnasium
+            assert np.array_equal(np.asarray(value)[live], np.asarray(o_info[key])[live]), f"info {key} differs at step {t}"
+    assert ends > 0, "the comparison should cross at least one reset"
+
+
+def test_torch_view_is_the_float32_cast():
+    env = MujocoBatchedEnv("Hopper-v5", 2)
+    ref = MujocoBatchedEnv("Hopper-v5", 2)
+    obs = env.reset(seed=0)
+    assert torch.equal(obs, torch.from_numpy(ref.reset_numpy(seed=0).astype(np.float32)))
+    a = torch.rand(2, 3) * 2 - 1
+    step = env.step(a)
+    r = ref.step_numpy(a.numpy())
+    assert torch.equal(step.obs, torch.from_numpy(r[0].astype(np.float32)))
+    assert torch.equal(step.reward, torch.from_numpy(r[1].astype(np.float32)))
+    assert "x_velocity" in step.info["task"] and step.info["diverged"].dtype == torch.bool
+
+
+@pytest.mark.parametrize("task_id", ["Hopper-v5", "Ant-v5", "InvertedDoublePendulum-v5"])
+def test_snapshot_continues_exactly(task_id):
+    a = MujocoBatchedEnv(task_id, 2)
+    a.reset(seed=4)
+    g = torch.Generator().manual_seed(0)
+    act_dim = a.act_dim
+    for _ in range(30):
+        a.step(torch.rand(2, act_dim, generator=g) * 2 - 1)
+    snap = a.state_dict()
+    b = MujocoBatchedEnv(task_id, 2)
+    b.reset(seed=123)
+    b.load_state_dict(snap)
+    for _ in range(80):
+        act = torch.rand(2, act_dim, generator=g) * 2 - 1
+        ra, rb = a.step(act), b.step(act)
+        assert torch.equal(ra.obs, rb.obs) and torch.equal(ra.reward, rb.reward) and torch.equal(ra.terminated, rb.terminated)
+
+
+def test_diverged_simulation_is_reset_marked_and_finite():
+    env = MujocoBatchedEnv("Hopper-v5", 3)
+    env.reset(seed=0)
+    before = env.step(torch.zeros(3, 3)).obs
+    env.qvel[1] = 1e12  # an exploding state: MuJoCo resets the simulation with a warning
+    obs, reward, term, trunc, info = env.step(torch.zeros(3, 3))
+    assert info["diverged"].tolist() == [False, True, False]
+    assert bool(trunc[1]) and not bool(term[1]) and float(reward[1]) == 0.0
+    assert torch.isfinite(obs).all() and torch.isfinite(info["final_obs"]).all()
+    assert torch.equal(info["final_obs"][1], before[1])  # the last finite observation of the episode
+    assert env.diverged_total == 1
+
+
+def test_make_env_backend_and_bad_input():
+    env = make_env("Walker2d-v5", 2, backend="mujoco", kwargs={"ctrl_cost_weight": 0.01})
+    assert env.task.p["ctrl_cost_weight"] == 0.01 and env.obs_dim == 17
+    with pytest.raises(ValueError, match="did you mean Hopper-v5"):
+        make_env("Hoper-v5", backend="mujoco")
+    with pytest.raises(ValueError, match="no task 'Pendulum-v1'.*env.backend=gymnasium"):
+        make_env("Pendulum-v1", backend="mujoco")
+    with pytest.raises(ValueError, match="unsupported keyword argument.*ctrl_costweight.*supported: .*ctrl_cost_weight"):
+        make_env("Hopper-v5", backend="mujoco", kwargs={"ctrl_costweight": 0.1})
+    with pytest.raises(ValueError, match="shape"):
+        env.step(torch.zeros(2, 5))
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="non-finite"):
+        env.step(torch.full((2, 6), float("nan")))
+    with pytest.raises(ValueError, match="unknown env backend 'isaac'"):
+        make_env("Hopper-v5", backend="isaac")
+
+
+def test_kwargs_change_the_task_like_gymnasium():
+    ref = gym.make("Hopper-v5", exclude_current_positions_from_observation=False, healthy_reward=2.0)
+    ours = MujocoBatchedEnv("Hopper-v5", 1, kwargs={"exclude_current_positions_from_observation": False, "healthy_reward": 2.0})
+    r, _ = ref.reset(seed=3)
+    o = ours.reset_numpy(seed=3)
+    assert np.array_equal(r, o[0]) and o.shape == (1, 12)
+    a = np.array([[0.1, -0.2, 0.3]], np.float32)
+    assert ref.step(a[0])[1] == ours.step_numpy(a)[1][0]
