@@ -65,7 +65,7 @@ class PPOConfig:
     name: str = "ppo"
     lr: float = 3e-4
     anneal_lr: bool = True  # linear decay to 0 over the run
-    rollout_steps: int = 128  # steps per env per update; samples per update = rollout_steps * num_envs
+    rollout_steps: int = 32  # steps per env per update; samples per update = rollout_steps * num_envs
     epochs: int = 10
     minibatch_size: int = 64
     clip_range: float = 0.2
@@ -206,7 +206,7 @@ LEARNER_DEFAULTS: dict[str, dict[str, Any]] = {
     "ppo": {
         "steps": 1_000_000,
         "threads": 1,  # 64x64 nets gain nothing from more; spare cores go to the simulator
-        "env.num_envs": 16,
+        "env.num_envs": 64,
         "env.normalize_reward": True,
         "policy.hidden_sizes": [64, 64],
         "policy.activation": "tanh",

@@ -15,6 +15,7 @@ Two details keep it identical to gymnasium:
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import gymnasium as gym
@@ -65,7 +66,9 @@ class MujocoBatchedEnv(BatchedEnv):
         self.task.setup(self.model)
         limit = max_episode_steps if max_episode_steps is not None else gym.spec(task_id).max_episode_steps
         self.max_episode_steps = int(limit) if limit else None
-        self.batch = mujoco.batch.Batch(self.model, num_envs, nthread=threads, persistent=self.task.needs_post_constraint)
+        # more threads than simulations only adds hand-off latency (one env: step on the caller's thread)
+        nthread = min(threads or os.cpu_count() or 1, num_envs)
+        self.batch = mujoco.batch.Batch(self.model, num_envs, nthread=nthread, persistent=self.task.needs_post_constraint)
         self.qpos, self.qvel, self.ctrl, self.time = (self.batch.bind(f) for f in ("qpos", "qvel", "ctrl", "time"))
         self._derived = {name: np.zeros_like(self.batch.bind(name)) for name in self.task.derived}
         self._cfrc_ext = np.zeros((num_envs, self.model.nbody, 6)) if self.task.needs_post_constraint else None

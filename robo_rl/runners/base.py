@@ -97,8 +97,7 @@ class Runner(abc.ABC):
         self.recent_lengths: deque[int] = deque(maxlen=20)
         self.eval_history: list[dict[str, Any]] = []
         self.obs: torch.Tensor | None = None
-        self._sums: dict[str, float] = {}
-        self._counts: dict[str, int] = {}
+        self._acc: dict[tuple[str, ...], tuple[torch.Tensor, int]] = {}  # metric sums per key set
         self._last_checkpoint: Path | None = None
         self._last_eval_step = -1
         self._last_ckpt_step = -1
@@ -129,12 +128,14 @@ class Runner(abc.ABC):
     def record_update(self, metrics: dict[str, torch.Tensor]) -> None:
         """Accumulate one update's metrics for the next log row; stop on NaN/Inf."""
         self.num_updates += 1
-        bad = _first_bad(metrics)
-        if bad is not None:
-            self._fail(f"non-finite {bad} ({float(metrics[bad])}) in update {self.num_updates:,} at step {self.step:,}")
-        for k, v in metrics.items():
-            self._sums[k] = self._sums.get(k, 0.0) + float(v)
-            self._counts[k] = self._counts.get(k, 0) + 1
+        keys = tuple(metrics)
+        values = torch.stack([v.detach().float().reshape(()) for v in metrics.values()])
+        if not math.isfinite(float(values.sum())):  # one reduction; find the culprit only on failure
+            bad = _first_bad(metrics)
+            if bad is not None:
+                self._fail(f"non-finite {bad} ({float(metrics[bad])}) in update {self.num_updates:,} at step {self.step:,}")
+        acc = self._acc.get(keys)
+        self._acc[keys] = (values, 1) if acc is None else (acc[0] + values, acc[1] + 1)
 
     def record_info(self, info: dict[str, Any]) -> None:
         """Finished episodes (raw returns) and simulations reset after diverging, from a step's info."""
@@ -231,10 +232,15 @@ class Runner(abc.ABC):
         if self.recent_returns:
             scalars["rollout/ep_return_mean"] = mean_of(self.recent_returns)  # type: ignore[assignment]
             scalars["rollout/ep_length_mean"] = mean_of(self.recent_lengths)  # type: ignore[assignment]
-        for k, total in self._sums.items():
-            scalars[f"train/{k}"] = total / self._counts[k]
-        self._sums.clear()
-        self._counts.clear()
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for keys, (total, n) in self._acc.items():  # e.g. TD3 reports actor_loss every other update
+            for k, v in zip(keys, total.tolist()):
+                sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + n
+        for k, total in sums.items():
+            scalars[f"train/{k}"] = total / counts[k]
+        self._acc.clear()
         self.metrics.write(self.step, wall, scalars)
 
     def _evaluate(self, wall: float) -> None:

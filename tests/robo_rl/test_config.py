@@ -64,7 +64,7 @@ def test_learner_defaults_fill_nulls():
     ppo = resolve_defaults(compose())
     assert ppo.algo.name == "ppo" and ppo.env.backend == "auto" and ppo.threads == 1 and sac.threads is None
     assert list(sac.policy.hidden_sizes) == [256, 256] and sac.policy.squash is True and sac.env.num_envs == 1
-    assert list(ppo.policy.hidden_sizes) == [64, 64] and ppo.policy.squash is False and ppo.env.num_envs == 16
+    assert list(ppo.policy.hidden_sizes) == [64, 64] and ppo.policy.squash is False and ppo.env.num_envs == 64
     assert ppo.steps == 1_000_000 and sac.steps == 100_000
     # explicit values win over learner defaults
     assert list(resolve_defaults(compose("algo=ppo", "policy.hidden_sizes=[32]")).policy.hidden_sizes) == [32]
