@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from envs.base import BatchedEnv, StepResult
+from envs.randomization import RandomizationSpec
 
 BACKENDS = ("auto", "gymnasium", "mujoco")
 
@@ -24,13 +25,17 @@ def make_env(
     max_episode_steps: int | None = None,
     device: str | torch.device = "cpu",
     threads: int = 0,
+    randomize: RandomizationSpec | dict[str, Any] | None = None,
 ) -> BatchedEnv:
     """Build ``num_envs`` copies of ``task_id`` on the named simulator backend.
 
     ``vectorization`` applies to the gymnasium backend, ``threads`` (physics threads, 0 = all
     CPUs) to the batched MuJoCo backend. ``auto`` picks the batched MuJoCo backend for the tasks it
     covers (bit-identical to gymnasium, several times faster) and gymnasium for every other id.
+    ``randomize`` turns on domain randomization (``envs.randomization``; a spec or its dict).
     """
+    if isinstance(randomize, dict):
+        randomize = RandomizationSpec.from_dict(randomize)
     if backend == "auto":
         from envs.mujoco.tasks import TASKS
 
@@ -38,12 +43,12 @@ def make_env(
     if backend == "gymnasium":
         from envs.gymnasium_backend import GymnasiumBatchedEnv
 
-        return GymnasiumBatchedEnv(task_id, num_envs, vectorization, kwargs, max_episode_steps, device)
+        return GymnasiumBatchedEnv(task_id, num_envs, vectorization, kwargs, max_episode_steps, device, randomize)
     if backend == "mujoco":
         from envs.mujoco import MujocoBatchedEnv
 
-        return MujocoBatchedEnv(task_id, num_envs, kwargs, max_episode_steps, threads, device)
+        return MujocoBatchedEnv(task_id, num_envs, kwargs, max_episode_steps, threads, device, randomize)
     raise ValueError(f"unknown env backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "BatchedEnv", "StepResult", "make_env"]
+__all__ = ["BACKENDS", "BatchedEnv", "RandomizationSpec", "StepResult", "make_env"]

@@ -47,6 +47,7 @@ class BatchedEnv(abc.ABC):
     device: torch.device
     task_id: str  # e.g. "Hopper-v5", used in logs and run names
     backend: str  # the simulator backend's name, e.g. "gymnasium" or "mujoco"
+    render_mode: str | None = None
 
     @abc.abstractmethod
     def reset(self, seed: int | None = None) -> torch.Tensor:

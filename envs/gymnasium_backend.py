@@ -17,6 +17,7 @@ import torch
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
 from envs.base import BatchedEnv, EpisodeTracker, StepResult, check_box_spaces, episode_to_torch
+from envs.randomization import RandomizationSpec, Randomizer, apply_to_model, nominal_values
 
 
 def check_task_id(task_id: str) -> gym.envs.registration.EnvSpec:
@@ -27,6 +28,12 @@ def check_task_id(task_id: str) -> gym.envs.registration.EnvSpec:
         close = difflib.get_close_matches(task_id, list(gym.registry), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown gymnasium task id {task_id!r}{hint} ({exc})") from None
+
+
+class _NoModel:
+    """Stands in for a model when only noise/delay are randomized on a non-MuJoCo task."""
+
+    nbody = ngeom = nv = nu = 0
 
 
 class _Snapshot(gym.Wrapper):
@@ -88,9 +95,41 @@ class _Snapshot(gym.Wrapper):
         return None
 
 
-def _make_thunk(task_id: str, kwargs: dict[str, Any], max_episode_steps: int | None) -> Callable[[], gym.Env]:
+class _PhysicsAtReset(gym.Wrapper):
+    """Applies the physics factors the main process drew for this env's next episode, at its reset.
+
+    Resets of a vector env happen inside its step (autoreset), so the main process draws each
+    env's next-episode factors ahead of time and leaves them here (``pending_physics``).
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        model = getattr(env.unwrapped, "model", None)
+        if model is None or type(model).__name__ != "MjModel":
+            raise ValueError(f"{env.spec.id if env.spec else env}: physics randomization needs a MuJoCo task "
+                             "(observation/action noise and delay work with any task)")
+        self._nominal = nominal_values(model)
+        self.pending_physics: dict[str, np.ndarray] | None = None
+
+    @property
+    def current_physics(self) -> None:
+        return None
+
+    @current_physics.setter
+    def current_physics(self, params: dict[str, np.ndarray]) -> None:
+        """Apply factors now (restoring a snapshot taken mid-episode)."""
+        apply_to_model(self.env.unwrapped.model, self._nominal, {k: v[None] for k, v in params.items()}, 0)
+
+    def reset(self, **kwargs: Any):
+        if self.pending_physics is not None:
+            apply_to_model(self.env.unwrapped.model, self._nominal, {k: v[None] for k, v in self.pending_physics.items()}, 0)
+        return self.env.reset(**kwargs)
+
+
+def _make_thunk(task_id: str, kwargs: dict[str, Any], max_episode_steps: int | None, physics: bool) -> Callable[[], gym.Env]:
     def thunk() -> gym.Env:
-        return _Snapshot(gym.make(task_id, max_episode_steps=max_episode_steps, **kwargs))
+        env = gym.make(task_id, max_episode_steps=max_episode_steps, **kwargs)
+        return _Snapshot(_PhysicsAtReset(env) if physics else env)
 
     return thunk
 
@@ -109,6 +148,8 @@ class GymnasiumBatchedEnv(BatchedEnv):
         kwargs: keyword arguments for ``gymnasium.make`` (e.g. ``{"ctrl_cost_weight": 0.1}``).
         max_episode_steps: override the task's time limit.
         device: where the returned tensors live.
+        randomize: domain randomization; physics factors need a MuJoCo task (applied per sub-env at
+            its resets, slower than the batched backend), noise and delay work with any task.
     """
 
     backend = "gymnasium"
@@ -121,6 +162,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
         kwargs: dict[str, Any] | None = None,
         max_episode_steps: int | None = None,
         device: str | torch.device = "cpu",
+        randomize: RandomizationSpec | None = None,
     ) -> None:
         check_task_id(task_id)
         if num_envs < 1:
@@ -128,14 +170,19 @@ class GymnasiumBatchedEnv(BatchedEnv):
         if vectorization not in ("sync", "async"):
             raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
         kwargs = dict(kwargs or {})
-        thunk = _make_thunk(task_id, kwargs, max_episode_steps)
+        self.randomize = randomize if randomize is not None and randomize.enabled else None
+        wants_physics = self.randomize is not None and bool(self.randomize.physics)
         try:
             probe = gym.make(task_id, max_episode_steps=max_episode_steps, **kwargs)
         except TypeError as exc:  # unknown keyword argument for this task
             raise ValueError(f"{task_id}: bad env kwargs {kwargs}: {exc}") from None
         check_box_spaces(task_id, probe.observation_space, probe.action_space)
+        probe_model = getattr(probe.unwrapped, "model", None)
+        physics = probe_model is not None and type(probe_model).__name__ == "MjModel"  # factors settable
+        if wants_physics and not physics:
+            _PhysicsAtReset(probe)  # raises, saying why
         probe.close()
-        thunks = [thunk] * num_envs
+        thunks = [_make_thunk(task_id, kwargs, max_episode_steps, physics)] * num_envs
         if vectorization == "sync":
             self._vec = SyncVectorEnv(thunks, autoreset_mode=AutoresetMode.SAME_STEP)
         else:
@@ -148,22 +195,80 @@ class GymnasiumBatchedEnv(BatchedEnv):
         self.action_space = self._vec.single_action_space
         self._np_act_dtype = self.action_space.dtype
         self._episodes = EpisodeTracker(num_envs)
+        low, high = self.action_space.low, self.action_space.high
+        spec = self.randomize or RandomizationSpec()
+        self.randomizer: Randomizer | None = None
+        if physics or self.randomize is not None:  # MuJoCo tasks always have (settable) physics factors
+            self.randomizer = Randomizer(spec, probe_model if physics else _NoModel(), num_envs, len(low), (high - low) / 2)
+        self._pending: dict[str, np.ndarray] | None = None
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
+        if self.randomize is not None:
+            self.randomizer.seed(seed)
+            self._draw_physics(np.arange(self.num_envs), current=True)
         obs, _ = self._vec.reset(seed=seed)
         self._episodes.reset()
+        if self.randomize is not None:
+            self._draw_physics(np.arange(self.num_envs), current=False)
+            obs = self.randomizer.observe(obs)
         return self._to_tensor(obs)
+
+    def physics_params(self) -> dict[str, torch.Tensor]:
+        """Each env's current physics factors: name -> [N, k] (1.0 = the nominal model)."""
+        if self.randomizer is None:
+            raise ValueError(f"{self.task_id} is not a MuJoCo task: it has no physics factors")
+        return {k: torch.from_numpy(v.copy()) for k, v in self.randomizer.params.items()}
+
+    def set_physics_params(self, values: dict[str, Any], ids: Any = None) -> None:
+        """Fix physics factors for envs ``ids`` (default: all); applied now and kept across resets."""
+        if self.randomizer is None or not self.randomizer.params.get("body_mass_scale", np.zeros((1, 0))).size:
+            raise ValueError(f"{self.task_id} is not a MuJoCo task: it has no physics factors to set")
+        ids = np.arange(self.num_envs) if ids is None else np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        r = self.randomizer
+        r.set_params({k: np.asarray(v) for k, v in values.items()}, ids)
+        self._pending = {k: v.copy() for k, v in r.params.items()} if self._pending is None else self._pending
+        for k in r.params:
+            self._pending[k][ids] = r.params[k][ids]
+        per_env = [{k: r.params[k][i] for k in r.params} for i in range(self.num_envs)]
+        self._vec.set_attr("current_physics", per_env)
+        self._vec.set_attr("pending_physics", [{k: self._pending[k][i] for k in r.params} for i in range(self.num_envs)])
+
+    def _draw_physics(self, ids: np.ndarray, current: bool) -> None:
+        """Draw factors (and delays) for envs ``ids``: for the episode starting now, or the next one."""
+        r = self.randomizer
+        if not r.spec.physics and self._pending is None:
+            r.resample(ids)
+            return
+        if current or self._pending is None:
+            r.resample(ids)
+            self._pending = {k: v.copy() for k, v in r.params.items()}
+        else:
+            # the envs in ids just started the episode whose factors were pending: those become current
+            for k in r.params:
+                r.params[k][ids] = self._pending[k][ids]
+            saved = {k: v.copy() for k, v in r.params.items()}
+            r.resample(ids)  # draws the following episode's factors into r.params[ids]
+            for k in r.params:
+                self._pending[k][ids] = r.params[k][ids]
+                r.params[k][ids] = saved[k][ids]
+        self._vec.set_attr("pending_physics", [{k: self._pending[k][i] for k in r.params} for i in range(self.num_envs)])
 
     def step(self, actions: torch.Tensor) -> StepResult:
         actions = self.check_actions(actions)
-        obs, reward, terminated, truncated, info = self._vec.step(
-            actions.detach().cpu().numpy().astype(self._np_act_dtype, copy=False)
-        )
+        applied = actions.detach().cpu().numpy().astype(self._np_act_dtype, copy=False)
+        if self.randomize is not None:
+            applied = self.randomizer.act(applied)
+        obs, reward, terminated, truncated, info = self._vec.step(applied)
         final_obs = np.array(obs, dtype=np.float32, copy=True)
         done = np.logical_or(terminated, truncated)
         if "_final_obs" in info:
             for i in np.flatnonzero(info["_final_obs"]):
                 final_obs[i] = info["final_obs"][i]
+        if self.randomize is not None:
+            obs, final_obs = self.randomizer.observe(obs), self.randomizer.observe(final_obs)
+        if self.randomize is not None or self._pending is not None:
+            if done.any():
+                self._draw_physics(np.flatnonzero(done), current=False)
         out_info = {
             "final_obs": self._to_tensor(final_obs),
             "episode": episode_to_torch(self._episodes.step(reward, done), self.device),
@@ -180,7 +285,11 @@ class GymnasiumBatchedEnv(BatchedEnv):
         snaps = list(self._vec.get_attr("snapshot"))
         if any(s is None for s in snaps):
             return None
-        return {"envs": snaps, **self._episodes.state_dict()}
+        state = {"envs": snaps, **self._episodes.state_dict()}
+        if self.randomizer is not None:
+            state["randomizer"] = self.randomizer.state_dict()
+            state["pending_physics"] = self._pending
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         snaps = state["envs"]
@@ -188,6 +297,14 @@ class GymnasiumBatchedEnv(BatchedEnv):
             raise ValueError(f"saved env state holds {len(snaps)} envs, this env has {self.num_envs}")
         self._vec.set_attr("snapshot", list(snaps))
         self._episodes.load_state_dict(state)
+        if self.randomizer is not None and "randomizer" in state:
+            self.randomizer.load_state_dict(state["randomizer"])
+            self._pending = state.get("pending_physics")
+            if self._pending is not None:
+                params = self.randomizer.params
+                self._vec.set_attr("current_physics", [{k: params[k][i] for k in params} for i in range(self.num_envs)])
+                self._vec.set_attr("pending_physics", [{k: self._pending[k][i] for k in self._pending}
+                                                       for i in range(self.num_envs)])
 
     def close(self) -> None:
         self._vec.close()

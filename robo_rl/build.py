@@ -24,7 +24,9 @@ def _plain(node: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def build_env(cfg: DictConfig, num_envs: int | None = None, vectorization: str | None = None) -> BatchedEnv:
+def build_env(cfg: DictConfig, num_envs: int | None = None, vectorization: str | None = None,
+              randomize: bool = True) -> BatchedEnv:
+    """The training env (``randomize=False``: the nominal task, e.g. for evaluation)."""
     env = cfg.env
     return make_env(
         env.id,
@@ -35,6 +37,7 @@ def build_env(cfg: DictConfig, num_envs: int | None = None, vectorization: str |
         max_episode_steps=env.max_episode_steps,
         device=cfg.device,
         threads=int(env.threads),
+        randomize=OmegaConf.to_container(env.randomize, resolve=True) if randomize else None,
     )
 
 

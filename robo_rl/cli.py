@@ -208,7 +208,7 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
         cfg.device = opts.device
     ckpt = resolve_checkpoint(run_dir, opts.checkpoint)
     manifest = verify_checkpoint(ckpt)
-    env = build_env(cfg, num_envs=min(int(opts.num_envs), int(opts.episodes)), vectorization="sync")
+    env = build_env(cfg, num_envs=min(int(opts.num_envs), int(opts.episodes)), vectorization="sync", randomize=False)
     try:
         policy = load_policy(cfg, env, ckpt, opts.device)
         result = evaluate(policy, env, int(opts.episodes), bool(opts.deterministic), seed=int(opts.seed))

@@ -114,6 +114,20 @@ class DeterministicPolicyConfig:
 
 # -- environment, run ----------------------------------------------------------------------------
 @dataclass
+class RandomizationConfig:
+    """Domain randomization (see envs/randomization.py); ranges are [low, high] scale factors."""
+
+    body_mass_scale: Optional[List[float]] = None
+    geom_friction_scale: Optional[List[float]] = None
+    joint_damping_scale: Optional[List[float]] = None
+    actuator_gain_scale: Optional[List[float]] = None
+    gravity_scale: Optional[List[float]] = None
+    obs_noise_std: float = 0.0  # Gaussian, observation units
+    action_noise_std: float = 0.0  # Gaussian, fraction of each action's half-range
+    action_delay: Optional[List[int]] = None  # [min, max] steps, drawn per episode
+
+
+@dataclass
 class EnvConfig:
     id: str = "Hopper-v5"  # any registered gymnasium id
     backend: str = "auto"  # mujoco (batched, the v5 MuJoCo tasks), gymnasium (any id), auto: mujoco where it covers the id
@@ -124,6 +138,7 @@ class EnvConfig:
     max_episode_steps: Optional[int] = None
     normalize_reward: Optional[bool] = None  # scale by the running std of the discounted return
     reward_clip: float = 10.0
+    randomize: RandomizationConfig = field(default_factory=RandomizationConfig)  # training envs only
 
 
 @dataclass
@@ -273,6 +288,12 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.env.vectorization in ("sync", "async"), "env.vectorization", "must be sync or async")
     need(cfg.env.backend in ("auto", "gymnasium", "mujoco"), "env.backend", "must be auto, gymnasium or mujoco")
     need(cfg.env.threads >= 0, "env.threads", "must be >= 0 (0: all CPUs)")
+    from envs.randomization import RandomizationSpec
+
+    try:
+        RandomizationSpec.from_dict(OmegaConf.to_container(cfg.env.randomize, resolve=True))
+    except ValueError as exc:
+        raise ConfigError(f"env.{exc}") from None
     need(cfg.threads is None or cfg.threads >= 1, "threads", "must be >= 1")
     need(cfg.eval.episodes >= 1, "eval.episodes", "must be >= 1")
     need(cfg.eval.num_envs >= 1, "eval.num_envs", "must be >= 1")

@@ -103,7 +103,8 @@ def train(cfg: DictConfig, run_dir: str | Path, cli_overrides: Iterable[str] = (
     # Build everything before touching the run directory: bad options fail here, with nothing written.
     env = build_env(cfg)
     try:
-        eval_env = build_env(cfg, num_envs=min(int(cfg.eval.num_envs), int(cfg.eval.episodes)), vectorization="sync")
+        eval_env = build_env(cfg, num_envs=min(int(cfg.eval.num_envs), int(cfg.eval.episodes)), vectorization="sync",
+                             randomize=False)  # evaluation measures the nominal task
         policy = build_policy(cfg, env)
         learner = build_learner(cfg, policy)
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,16 @@ from gymnasium.utils.seeding import np_random
 
 from envs.base import BatchedEnv, EpisodeTracker, StepResult, episode_to_torch
 from envs.mujoco.tasks import Sim, Task, task_for
+from envs.randomization import PHYSICS_PARAMS, RandomizationSpec, Randomizer
+
+# the model fields each physics factor scales (expanded to per-simulation values on first use)
+_FIELDS_OF = {
+    "body_mass_scale": ("body_mass", "body_inertia"),
+    "geom_friction_scale": ("geom_friction",),
+    "joint_damping_scale": ("dof_damping",),
+    "actuator_gain_scale": ("actuator_gainprm", "actuator_biasprm"),
+    "gravity_scale": ("opt.gravity",),
+}
 
 # MjData fields that make up a simulation's integration state (mjSTATE_INTEGRATION), as bound by the batch
 _STATE_FIELDS = ("time", "qpos", "qvel", "act", "history", "qacc_warmstart", "ctrl", "qfrc_applied", "xfrc_applied",
@@ -43,6 +53,7 @@ class MujocoBatchedEnv(BatchedEnv):
         max_episode_steps: time limit; default: the gymnasium registry's.
         threads: physics threads (0: all CPUs).
         device: where the returned tensors live.
+        randomize: domain randomization (``envs.randomization.RandomizationSpec``), off by default.
     """
 
     backend = "mujoco"
@@ -55,6 +66,7 @@ class MujocoBatchedEnv(BatchedEnv):
         max_episode_steps: int | None = None,
         threads: int = 0,
         device: str | torch.device = "cpu",
+        randomize: RandomizationSpec | None = None,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -84,6 +96,9 @@ class MujocoBatchedEnv(BatchedEnv):
 
         low, high = self.model.actuator_ctrlrange.copy().astype(np.float32).T
         self.action_space = gym.spaces.Box(low=low, high=high, dtype=np.float32)
+        self.randomize = randomize if randomize is not None and randomize.enabled else None
+        self.randomizer = Randomizer(randomize or RandomizationSpec(), self.model, num_envs, len(low), (high - low) / 2)
+        self._nominal: dict[str, np.ndarray] = {}
         self._reset_ids(np.arange(num_envs))
         obs_dim = self._obs.shape[1]
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float64)
@@ -91,6 +106,7 @@ class MujocoBatchedEnv(BatchedEnv):
     # -- numpy core (float64, as gymnasium) -----------------------------------------------------------
     def reset_numpy(self, seed: int | None = None) -> np.ndarray:
         self._rngs = [np_random(None if seed is None else seed + i)[0] for i in range(self.num_envs)]
+        self.randomizer.seed(seed)
         self._episodes.reset()
         self._reset_ids(np.arange(self.num_envs))
         return self._obs.copy()
@@ -101,10 +117,13 @@ class MujocoBatchedEnv(BatchedEnv):
         previous_obs = self._obs
         before = task.before_step(sim)
         time_before = self.time.copy()
-        self.ctrl[:] = actions
+        applied = self.randomizer.act(actions) if self.randomize is not None else actions
+        self.ctrl[:] = applied
         failed = self._physics_step()
         obs = task.observe(sim)
-        reward, terminated, info = task.after_step(sim, before, actions)
+        reward, terminated, info = task.after_step(sim, before, applied)
+        if self.randomize is not None:
+            obs = self.randomizer.observe(obs)
         # MuJoCo resets a diverging simulation itself (time restarts at 0, then the remaining
         # substeps run) or raises: detect both by the clock falling behind, and by non-finite values
         expected = time_before + (self.task.frame_skip - 0.5) * self.model.opt.timestep
@@ -149,6 +168,10 @@ class MujocoBatchedEnv(BatchedEnv):
 
     def _reset_ids(self, ids: np.ndarray) -> None:
         """mj_resetData + reset_model + mj_forward for the given envs, as gymnasium's reset."""
+        if self.randomize is not None:
+            changed = self.randomizer.resample(ids)  # this episode's physics, before the reset state
+            if len(changed):
+                self._write_physics(changed)
         self.batch.reset(ids, stage=mujoco.mjtStage.mjSTAGE_NONE)
         for i in ids:
             qpos, qvel = self.task.reset_state(self._rngs[i], self.init_qpos, self.init_qvel)
@@ -160,10 +183,48 @@ class MujocoBatchedEnv(BatchedEnv):
             self._cfrc_ext[ids] = 0.0  # mj_resetData zeroes it and mj_forward does not compute it
         self._elapsed[ids] = 0
         obs = self.task.observe(self.sim)
+        if self.randomize is not None:
+            obs = self.randomizer.observe(obs)
         if self._obs.shape != obs.shape:
             self._obs = obs
         else:
             self._obs[ids] = obs[ids]
+
+    # -- physics parameters (domain randomization) ---------------------------------------------------
+    def physics_params(self) -> dict[str, torch.Tensor]:
+        """Each env's current physics factors: name -> [N, k] (1.0 = the nominal model)."""
+        return {k: torch.from_numpy(v.copy()) for k, v in self.randomizer.params.items()}
+
+    def set_physics_params(self, values: dict[str, Any], ids: Any = None) -> None:
+        """Fix physics factors for envs ``ids`` (default: all), e.g. to evaluate on a chosen model.
+
+        Fixed envs keep these factors across resets; takes effect immediately (the next step).
+        """
+        ids = np.arange(self.num_envs) if ids is None else np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        self.randomizer.set_params({k: np.asarray(v) for k, v in values.items()}, ids)
+        self._write_physics(ids)
+
+    def _write_physics(self, ids: np.ndarray) -> None:
+        r = self.randomizer
+        for name in PHYSICS_PARAMS:
+            if name in r.spec.physics or np.any(r.params[name][ids] != 1.0) or any(f in self._nominal for f in _FIELDS_OF[name]):
+                for field in _FIELDS_OF[name]:
+                    if field not in self._nominal:
+                        self._nominal[field] = self.batch.expand(field)[0].copy()
+                scale = r.params[name][ids]
+                if name == "body_mass_scale":
+                    self.batch.expand("body_mass")[ids] = self._nominal["body_mass"] * scale
+                    self.batch.expand("body_inertia")[ids] = self._nominal["body_inertia"] * scale[:, :, None]
+                elif name == "geom_friction_scale":
+                    self.batch.expand("geom_friction")[ids, :, 0] = self._nominal["geom_friction"][:, 0] * scale
+                elif name == "joint_damping_scale":
+                    self.batch.expand("dof_damping")[ids] = self._nominal["dof_damping"] * scale
+                elif name == "actuator_gain_scale":
+                    self.batch.expand("actuator_gainprm")[ids, :, 0] = self._nominal["actuator_gainprm"][:, 0] * scale
+                    self.batch.expand("actuator_biasprm")[ids, :, 1:3] = self._nominal["actuator_biasprm"][:, 1:3] * scale[:, :, None]
+                else:
+                    self.batch.expand("opt.gravity")[ids] = self._nominal["opt.gravity"] * scale
+        self.batch.set_const(ids)
 
     # -- the torch contract ---------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> torch.Tensor:
@@ -197,7 +258,7 @@ class MujocoBatchedEnv(BatchedEnv):
             state["cfrc_ext"] = self._cfrc_ext.copy()
         state.update(
             obs=self._obs.copy(), elapsed=self._elapsed.copy(), rngs=[g.bit_generator.state for g in self._rngs],
-            diverged_total=self.diverged_total, **self._episodes.state_dict(),
+            diverged_total=self.diverged_total, randomizer=self.randomizer.state_dict(), **self._episodes.state_dict(),
         )
         return state
 
@@ -217,3 +278,6 @@ class MujocoBatchedEnv(BatchedEnv):
             g.bit_generator.state = s
         self.diverged_total = int(state["diverged_total"])
         self._episodes.load_state_dict(state)
+        self.randomizer.load_state_dict(state["randomizer"])
+        if self.randomize is not None or self.randomizer.fixed.any():
+            self._write_physics(np.arange(self.num_envs))

@@ -35,6 +35,8 @@ def test_unknown_or_mistyped_keys_fail_at_composition(override, words):
     (["algo=sac", "algo.tau=2"], "algo.tau"),
     (["algo=sac", "env.normalize_reward=true"], "normalize_reward"),
     (["env.backend=isaac"], "env.backend"),
+    (["env.randomize.body_mass_scale=[1.2,0.8]"], "env.randomize.body_mass_scale"),
+    (["env.randomize.geom_friction_scale=[-1,1]"], "env.randomize.geom_friction_scale"),
 ])
 def test_semantic_errors_name_the_key_and_write_nothing(tmp_path, overrides, key):
     run_dir = tmp_path / "run"
@@ -55,6 +57,13 @@ def test_td3_selects_the_deterministic_head_and_refuses_gaussian(tmp_path):
     assert compose("algo=td3").policy.name == "deterministic"
     with pytest.raises(ValueError, match="policy=deterministic"):
         train(compose("algo=td3", "policy=gaussian", *FAST), tmp_path / "run")
+
+
+def test_randomization_presets_compose():
+    assert compose("randomize=off").env.randomize.body_mass_scale is None
+    strong = compose("randomize=strong").env.randomize
+    assert list(strong.body_mass_scale) == [0.7, 1.3] and list(strong.action_delay) == [0, 1]
+    assert list(compose("env.randomize.gravity_scale=[0.5,1.5]").env.randomize.gravity_scale) == [0.5, 1.5]
 
 
 def test_learner_defaults_fill_nulls():

@@ -75,12 +75,17 @@ def interrupt_at_update(monkeypatch, learner_cls, n):
     return lambda: monkeypatch.setattr(learner_cls, "update", original)
 
 
-@pytest.mark.parametrize("algo", ["sac", "ppo"])
+@pytest.mark.parametrize("algo", ["sac", "ppo", "ppo-randomized"])
 def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, monkeypatch, algo):
     if algo == "sac":
         from robo_rl.learners.sac import SAC as cls
 
         overrides, steps, stop_at = SMALL_SAC, 800, 237
+    elif algo == "ppo-randomized":  # batched MuJoCo backend with domain randomization, noise and delay
+        from robo_rl.learners.ppo import PPO as cls
+
+        overrides = (*SMALL_PPO, "env=inverted_pendulum", "randomize=strong", "env.backend=mujoco")
+        steps, stop_at = 1024, 3
     else:
         from robo_rl.learners.ppo import PPO as cls
 

@@ -1,0 +1,209 @@
+"""Domain randomization: per-env, per-episode physics parameters, observation/action noise, delay.
+
+Physics parameters are scale factors on the model's nominal values, drawn independently per env
+(and per body / geom / joint / actuator) at every reset of that env:
+
+    body_mass_scale      body masses and inertias (uniform density change), then mj_setConst
+    geom_friction_scale  sliding friction of every geom
+    joint_damping_scale  damping of every degree of freedom
+    actuator_gain_scale  actuator force per unit control (gain, and the matching bias terms of servos)
+    gravity_scale        the gravity vector (one factor per env)
+
+and, every step: Gaussian observation noise (std in observation units), Gaussian action noise
+(std as a fraction of each action's half-range) and an action delay of k steps (k drawn per
+episode from [min, max]). Draws come from generators seeded from the env seed and kept apart from
+the task's own reset-noise generators, so a run is reproducible and turning randomization off
+gives back the exact gymnasium task. ``params`` holds the current factors of every env, and
+``set_params`` fixes them (to evaluate a policy on a chosen model).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+PHYSICS_PARAMS = ("body_mass_scale", "geom_friction_scale", "joint_damping_scale", "actuator_gain_scale", "gravity_scale")
+
+
+@dataclass
+class RandomizationSpec:
+    body_mass_scale: tuple[float, float] | None = None
+    geom_friction_scale: tuple[float, float] | None = None
+    joint_damping_scale: tuple[float, float] | None = None
+    actuator_gain_scale: tuple[float, float] | None = None
+    gravity_scale: tuple[float, float] | None = None
+    obs_noise_std: float = 0.0
+    action_noise_std: float = 0.0
+    action_delay: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        # a range must be [low, high] with low <= high, finite, and give physical values
+        lower_bounds = {"body_mass_scale": (0.0, False), "geom_friction_scale": (0.0, True),
+                        "joint_damping_scale": (0.0, True), "actuator_gain_scale": (0.0, True),
+                        "gravity_scale": (-math.inf, True)}
+        for name, (floor, inclusive) in lower_bounds.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            lo, hi = _pair(name, value)
+            if lo > hi:
+                raise ValueError(f"randomize.{name}=[{lo}, {hi}]: empty range (low > high)")
+            if (lo < floor) if inclusive else (lo <= floor):
+                what = "positive" if not inclusive else "non-negative"
+                raise ValueError(f"randomize.{name}=[{lo}, {hi}]: scales must be {what} (a {name.split('_scale')[0].replace('_', ' ')} "
+                                 f"below zero is not physical)")
+            setattr(self, name, (lo, hi))
+        for name in ("obs_noise_std", "action_noise_std"):
+            value = float(getattr(self, name))
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"randomize.{name}={value}: must be a finite number >= 0")
+        if self.action_delay is not None:
+            lo, hi = _pair("action_delay", self.action_delay)
+            if lo != int(lo) or hi != int(hi) or lo < 0 or lo > hi:
+                raise ValueError(f"randomize.action_delay=[{lo}, {hi}]: needs whole numbers 0 <= min <= max")
+            self.action_delay = (int(lo), int(hi))
+
+    @property
+    def physics(self) -> list[str]:
+        return [name for name in PHYSICS_PARAMS if getattr(self, name) is not None]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.physics) or self.obs_noise_std > 0 or self.action_noise_std > 0 or self.action_delay is not None
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> "RandomizationSpec":
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown randomization key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**{k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in values.items() if v is not None})
+
+
+def _pair(name: str, value: Any) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"randomize.{name}={value!r}: expected a range [low, high]") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"randomize.{name}=[{lo}, {hi}]: bounds must be finite")
+    return lo, hi
+
+
+def param_sizes(model: Any) -> dict[str, int]:
+    """How many factors each physics parameter has for this model."""
+    return {"body_mass_scale": model.nbody, "geom_friction_scale": model.ngeom, "joint_damping_scale": model.nv,
+            "actuator_gain_scale": model.nu, "gravity_scale": 1}
+
+
+class Randomizer:
+    """Draws and holds the randomization state of N envs (physics factors, noise, delays)."""
+
+    def __init__(self, spec: RandomizationSpec, model: Any, num_envs: int, act_dim: int, action_half_range: np.ndarray) -> None:
+        self.spec = spec
+        self.num_envs = num_envs
+        self.sizes = param_sizes(model)
+        self.params = {name: np.ones((num_envs, n)) for name, n in self.sizes.items()}
+        self.fixed = np.zeros(num_envs, bool)  # envs whose factors were set explicitly: not resampled
+        self.action_scale = np.asarray(action_half_range, dtype=np.float64)
+        max_delay = spec.action_delay[1] if spec.action_delay else 0
+        self.delay = np.zeros(num_envs, dtype=np.int64)
+        self.action_buffer = np.zeros((num_envs, max_delay + 1, act_dim), dtype=np.float32)
+        self.seed(None)
+
+    def seed(self, seed: int | None) -> None:
+        # physics draws per env (reproducible whatever the order of resets); noise draws batched
+        base = np.random.SeedSequence(seed) if seed is not None else np.random.SeedSequence()
+        self.env_rngs = [np.random.default_rng(s) for s in base.spawn(self.num_envs)]
+        self.noise_rng = np.random.default_rng(base.spawn(1)[0].generate_state(4))
+
+    def resample(self, ids: np.ndarray) -> np.ndarray:
+        """New factors and delays for envs ``ids`` (except fixed ones); returns the ids whose physics changed."""
+        changed = []
+        for i in ids:
+            rng = self.env_rngs[i]
+            if not self.fixed[i]:
+                for name in self.spec.physics:
+                    lo, hi = getattr(self.spec, name)
+                    self.params[name][i] = rng.uniform(lo, hi, size=self.sizes[name])
+                if self.spec.physics:
+                    changed.append(i)
+            if self.spec.action_delay:
+                self.delay[i] = rng.integers(self.spec.action_delay[0], self.spec.action_delay[1] + 1)
+        self.action_buffer[ids] = 0.0
+        return np.asarray(changed, dtype=np.int64)
+
+    def set_params(self, values: dict[str, Any], ids: np.ndarray) -> None:
+        for name, value in values.items():
+            if name not in self.params:
+                raise ValueError(f"unknown physics parameter {name!r}; known: {', '.join(self.params)}")
+            value = np.broadcast_to(np.asarray(value, dtype=np.float64), (len(ids), self.sizes[name]))
+            if not np.all(np.isfinite(value)) or (name != "gravity_scale" and np.any(value < 0)):
+                raise ValueError(f"{name}: factors must be finite and (except gravity) non-negative")
+            if name == "body_mass_scale" and np.any(value <= 0):
+                raise ValueError("body_mass_scale: factors must be positive")
+            self.params[name][ids] = value
+        self.fixed[ids] = True
+
+    # -- per step ----------------------------------------------------------------------------------
+    def act(self, actions: np.ndarray) -> np.ndarray:
+        """The actions the simulator receives: noisy and/or delayed versions of the commanded ones."""
+        spec = self.spec
+        if spec.action_noise_std > 0:
+            noise = self.noise_rng.standard_normal(actions.shape) * (spec.action_noise_std * self.action_scale)
+            actions = (actions + noise).astype(np.float32)
+        if spec.action_delay:
+            self.action_buffer[:, 1:] = self.action_buffer[:, :-1]
+            self.action_buffer[:, 0] = actions
+            actions = self.action_buffer[np.arange(self.num_envs), self.delay]
+        return actions
+
+    def observe(self, obs: np.ndarray) -> np.ndarray:
+        if self.spec.obs_noise_std > 0:
+            return obs + self.noise_rng.standard_normal(obs.shape) * self.spec.obs_noise_std
+        return obs
+
+    # -- snapshots ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "params": {k: v.copy() for k, v in self.params.items()}, "fixed": self.fixed.copy(),
+            "delay": self.delay.copy(), "action_buffer": self.action_buffer.copy(),
+            "env_rngs": [g.bit_generator.state for g in self.env_rngs], "noise_rng": self.noise_rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k in self.params:
+            self.params[k][:] = state["params"][k]
+        self.fixed[:] = state["fixed"]
+        self.delay[:] = state["delay"]
+        self.action_buffer[:] = state["action_buffer"]
+        for g, s in zip(self.env_rngs, state["env_rngs"]):
+            g.bit_generator.state = s
+        self.noise_rng.bit_generator.state = state["noise_rng"]
+
+
+def apply_to_model(model: Any, nominal: dict[str, np.ndarray], params: dict[str, np.ndarray], i: int) -> None:
+    """Write env i's factors into a plain MjModel (the gymnasium backend's way), then mj_setConst."""
+    import mujoco
+
+    model.body_mass[:] = nominal["body_mass"] * params["body_mass_scale"][i]
+    model.body_inertia[:] = nominal["body_inertia"] * params["body_mass_scale"][i][:, None]
+    model.geom_friction[:, 0] = nominal["geom_friction"][:, 0] * params["geom_friction_scale"][i]
+    model.dof_damping[:] = nominal["dof_damping"] * params["joint_damping_scale"][i]
+    gain = params["actuator_gain_scale"][i]
+    model.actuator_gainprm[:, 0] = nominal["actuator_gainprm"][:, 0] * gain
+    model.actuator_biasprm[:, 1:3] = nominal["actuator_biasprm"][:, 1:3] * gain[:, None]
+    model.opt.gravity[:] = nominal["gravity"] * params["gravity_scale"][i][0]
+    data = mujoco.MjData(model)
+    mujoco.mj_setConst(model, data)
+
+
+def nominal_values(model: Any) -> dict[str, np.ndarray]:
+    return {"body_mass": model.body_mass.copy(), "body_inertia": model.body_inertia.copy(),
+            "geom_friction": model.geom_friction.copy(), "dof_damping": model.dof_damping.copy(),
+            "actuator_gainprm": model.actuator_gainprm.copy(), "actuator_biasprm": model.actuator_biasprm.copy(),
+            "gravity": model.opt.gravity.copy()}

@@ -1,0 +1,115 @@
+"""Domain randomization: validation, reproducibility, real physics changes, noise, delay, snapshots."""
+
+import numpy as np
+import pytest
+import torch
+
+from envs import make_env
+from envs.randomization import RandomizationSpec
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"body_mass_scale": [1.2, 0.8]}, "empty range"),
+    ({"body_mass_scale": [0.0, 1.0]}, "must be positive"),
+    ({"geom_friction_scale": [-0.1, 1.0]}, "non-negative"),
+    ({"joint_damping_scale": [0.5, float("inf")]}, "finite"),
+    ({"obs_noise_std": -0.1}, "finite number >= 0"),
+    ({"action_delay": [2, 1]}, "0 <= min <= max"),
+    ({"action_delay": [0.5, 1]}, "whole numbers"),
+    ({"body_mass_scale": 1.1}, r"expected a range \[low, high\]"),
+    ({"mass_scale": [0.9, 1.1]}, "unknown randomization key"),
+])
+def test_bad_specs_are_refused(values, message):
+    with pytest.raises(ValueError, match=message):
+        RandomizationSpec.from_dict(values)
+
+
+def test_physics_factors_are_drawn_per_env_per_episode_and_reproducible():
+    spec = {"body_mass_scale": [0.5, 1.5], "geom_friction_scale": [0.8, 1.2]}
+    a = make_env("Hopper-v5", 4, backend="mujoco", randomize=spec, max_episode_steps=5)
+    b = make_env("Hopper-v5", 4, backend="mujoco", randomize=spec, max_episode_steps=5)
+    a.reset(seed=3)
+    b.reset(seed=3)
+    first = a.physics_params()["body_mass_scale"]
+    assert torch.equal(first, b.physics_params()["body_mass_scale"])
+    assert first.shape == (4, a.model.nbody) and 0.5 <= first.min() and first.max() <= 1.5
+    assert not torch.equal(first[0], first[1])  # independent per env
+    assert torch.equal(a.physics_params()["joint_damping_scale"], torch.ones(4, a.model.nv))  # not randomized
+    # the simulator really uses them: per-simulation masses
+    np.testing.assert_allclose(a.batch.expand("body_mass"), a.model.body_mass * first.numpy())
+    for _ in range(5):  # a 5-step limit: every env starts a new episode with new factors
+        a.step(torch.zeros(4, 3))
+    assert not torch.equal(a.physics_params()["body_mass_scale"], first)
+
+
+@pytest.mark.parametrize("backend", ["mujoco", "gymnasium"])
+def test_zero_gravity_changes_the_dynamics(backend):
+    nominal = make_env("Hopper-v5", 2, backend=backend)
+    floating = make_env("Hopper-v5", 2, backend=backend, randomize={"gravity_scale": [0.0, 0.0]})
+    z0 = nominal.reset(seed=0)[:, 0]  # obs[0] is the torso height
+    floating.reset(seed=0)
+    for _ in range(30):
+        zn = nominal.step(torch.zeros(2, 3)).obs[:, 0]
+        zf = floating.step(torch.zeros(2, 3)).obs[:, 0]
+    assert (zn < z0 - 0.035).all()  # settles onto its foot under gravity (measured: -0.04, -0.047)
+    assert torch.allclose(zf, z0, atol=0.002)  # floats without it (measured: within 0.0007)
+
+
+def test_explicit_physics_for_evaluation():
+    env = make_env("Hopper-v5", 3, backend="mujoco")
+    env.reset(seed=0)
+    env.set_physics_params({"gravity_scale": [[0.0], [1.0], [2.0]]})
+    for _ in range(3):
+        obs = env.step(torch.zeros(3, 3)).obs
+    vz = obs[:, 6]  # vertical velocity of the torso (obs = qpos[1:], qvel)
+    assert abs(float(vz[0])) < 0.01 and float(vz[2]) < float(vz[1]) < -0.05  # more gravity, faster fall
+    assert env.physics_params()["gravity_scale"].flatten().tolist() == [0.0, 1.0, 2.0]
+    with pytest.raises(ValueError, match="body_mass_scale: factors must be positive"):
+        env.set_physics_params({"body_mass_scale": 0.0})
+
+
+def test_observation_noise_and_action_delay():
+    clean = make_env("Hopper-v5", 64, backend="mujoco")
+    noisy = make_env("Hopper-v5", 64, backend="mujoco", randomize={"obs_noise_std": 0.1})
+    diff = noisy.reset(seed=1) - clean.reset(seed=1)
+    assert 0.08 < float(diff.std()) < 0.12
+    delayed = make_env("Hopper-v5", 2, backend="mujoco", randomize={"action_delay": [1, 1]})
+    plain = make_env("Hopper-v5", 2, backend="mujoco")
+    delayed.reset(seed=2)
+    plain.reset(seed=2)
+    kick = torch.ones(2, 3)
+    d1, p1 = delayed.step(kick), plain.step(torch.zeros(2, 3))  # the delayed env still applies zeros
+    assert torch.equal(d1.obs, p1.obs)
+    d2, p2 = delayed.step(torch.zeros(2, 3)), plain.step(kick)  # ...and the kick one step later
+    assert torch.equal(d2.obs, p2.obs)
+
+
+def test_randomized_env_snapshot_continues_exactly():
+    spec = {"body_mass_scale": [0.7, 1.3], "obs_noise_std": 0.01, "action_delay": [0, 2]}
+    a = make_env("Hopper-v5", 3, backend="mujoco", randomize=spec, max_episode_steps=40)
+    a.reset(seed=5)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(25):
+        a.step(torch.rand(3, 3, generator=g) * 2 - 1)
+    snap = a.state_dict()
+    b = make_env("Hopper-v5", 3, backend="mujoco", randomize=spec, max_episode_steps=40)
+    b.reset(seed=77)
+    b.load_state_dict(snap)
+    for _ in range(60):  # across time-limit resets, which draw new factors
+        act = torch.rand(3, 3, generator=g) * 2 - 1
+        ra, rb = a.step(act), b.step(act)
+        assert torch.equal(ra.obs, rb.obs) and torch.equal(ra.reward, rb.reward)
+    assert torch.equal(a.physics_params()["body_mass_scale"], b.physics_params()["body_mass_scale"])
+
+
+def test_gymnasium_backend_draws_new_factors_at_autoreset_and_refuses_non_mujoco():
+    env = make_env("Hopper-v5", 2, backend="gymnasium", randomize={"body_mass_scale": [0.5, 1.5]}, max_episode_steps=3)
+    env.reset(seed=0)
+    first = env.physics_params()["body_mass_scale"].clone()
+    for _ in range(3):
+        env.step(torch.zeros(2, 3))
+    assert not torch.equal(env.physics_params()["body_mass_scale"], first)
+    with pytest.raises(ValueError, match="physics randomization needs a MuJoCo task"):
+        make_env("Pendulum-v1", 1, backend="gymnasium", randomize={"body_mass_scale": [0.9, 1.1]})
+    noisy = make_env("Pendulum-v1", 1, backend="gymnasium", randomize={"obs_noise_std": 0.1})  # noise works anywhere
+    noisy.reset(seed=0)
