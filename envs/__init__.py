@@ -12,6 +12,9 @@ import torch
 
 from envs.base import BatchedEnv, StepResult
 from envs.randomization import RandomizationSpec
+from envs.rendering import headless_gl_default
+
+headless_gl_default()  # before MuJoCo is imported: offscreen rendering needs EGL/OSMesa without a display
 
 BACKENDS = ("auto", "gymnasium", "mujoco")
 
@@ -26,6 +29,7 @@ def make_env(
     device: str | torch.device = "cpu",
     threads: int = 0,
     randomize: RandomizationSpec | dict[str, Any] | None = None,
+    render: bool = False,
 ) -> BatchedEnv:
     """Build ``num_envs`` copies of ``task_id`` on the named simulator backend.
 
@@ -33,6 +37,7 @@ def make_env(
     CPUs) to the batched MuJoCo backend. ``auto`` picks the batched MuJoCo backend for the tasks it
     covers (bit-identical to gymnasium, several times faster) and gymnasium for every other id.
     ``randomize`` turns on domain randomization (``envs.randomization``; a spec or its dict).
+    ``render`` prepares gymnasium-backend envs for ``render()`` (the MuJoCo backend always can).
     """
     if isinstance(randomize, dict):
         randomize = RandomizationSpec.from_dict(randomize)
@@ -43,7 +48,7 @@ def make_env(
     if backend == "gymnasium":
         from envs.gymnasium_backend import GymnasiumBatchedEnv
 
-        return GymnasiumBatchedEnv(task_id, num_envs, vectorization, kwargs, max_episode_steps, device, randomize)
+        return GymnasiumBatchedEnv(task_id, num_envs, vectorization, kwargs, max_episode_steps, device, randomize, render)
     if backend == "mujoco":
         from envs.mujoco import MujocoBatchedEnv
 

@@ -48,6 +48,7 @@ class BatchedEnv(abc.ABC):
     task_id: str  # e.g. "Hopper-v5", used in logs and run names
     backend: str  # the simulator backend's name, e.g. "gymnasium" or "mujoco"
     render_mode: str | None = None
+    dt: float | None = None  # seconds of simulated time per step (the control period), if known
 
     @abc.abstractmethod
     def reset(self, seed: int | None = None) -> torch.Tensor:
@@ -59,6 +60,10 @@ class BatchedEnv(abc.ABC):
 
     def close(self) -> None:
         """Release worker processes, simulators and files."""
+
+    def render(self, index: int = 0) -> np.ndarray:
+        """An RGB frame [H, W, 3] (uint8) of env copy ``index``."""
+        raise ValueError(f"the {self.backend} backend cannot render {self.task_id}")
 
     # Exact save/restore of the simulators, for resuming a run bit-for-bit. A backend that cannot
     # capture its state returns None from state_dict(); the runner then resets on resume and says so.

@@ -126,9 +126,11 @@ class _PhysicsAtReset(gym.Wrapper):
         return self.env.reset(**kwargs)
 
 
-def _make_thunk(task_id: str, kwargs: dict[str, Any], max_episode_steps: int | None, physics: bool) -> Callable[[], gym.Env]:
+def _make_thunk(task_id: str, kwargs: dict[str, Any], max_episode_steps: int | None, physics: bool,
+                render: bool = False) -> Callable[[], gym.Env]:
     def thunk() -> gym.Env:
-        env = gym.make(task_id, max_episode_steps=max_episode_steps, **kwargs)
+        extra = {"render_mode": "rgb_array"} if render else {}
+        env = gym.make(task_id, max_episode_steps=max_episode_steps, **kwargs, **extra)
         return _Snapshot(_PhysicsAtReset(env) if physics else env)
 
     return thunk
@@ -163,6 +165,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
         max_episode_steps: int | None = None,
         device: str | torch.device = "cpu",
         randomize: RandomizationSpec | None = None,
+        render: bool = False,
     ) -> None:
         check_task_id(task_id)
         if num_envs < 1:
@@ -178,11 +181,14 @@ class GymnasiumBatchedEnv(BatchedEnv):
             raise ValueError(f"{task_id}: bad env kwargs {kwargs}: {exc}") from None
         check_box_spaces(task_id, probe.observation_space, probe.action_space)
         probe_model = getattr(probe.unwrapped, "model", None)
+        fps = probe.metadata.get("render_fps")
+        self.dt = float(getattr(probe.unwrapped, "dt", 0.0) or 0.0) or (1.0 / fps if fps else None)
         physics = probe_model is not None and type(probe_model).__name__ == "MjModel"  # factors settable
         if wants_physics and not physics:
             _PhysicsAtReset(probe)  # raises, saying why
         probe.close()
-        thunks = [_make_thunk(task_id, kwargs, max_episode_steps, physics)] * num_envs
+        thunks = [_make_thunk(task_id, kwargs, max_episode_steps, physics, render)] * num_envs
+        self._can_render = render
         if vectorization == "sync":
             self._vec = SyncVectorEnv(thunks, autoreset_mode=AutoresetMode.SAME_STEP)
         else:
@@ -212,6 +218,13 @@ class GymnasiumBatchedEnv(BatchedEnv):
             self._draw_physics(np.arange(self.num_envs), current=False)
             obs = self.randomizer.observe(obs)
         return self._to_tensor(obs)
+
+    def render(self, index: int = 0) -> np.ndarray:
+        if not self._can_render:
+            raise ValueError(f"{self.task_id}: build the env with render=True to draw frames")
+        if isinstance(self._vec, SyncVectorEnv):
+            return np.asarray(self._vec.envs[index].render())
+        return np.asarray(self._vec.call("render")[index])
 
     def physics_params(self) -> dict[str, torch.Tensor]:
         """Each env's current physics factors: name -> [N, k] (1.0 = the nominal model)."""

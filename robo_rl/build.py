@@ -25,7 +25,7 @@ def _plain(node: Any) -> Any:
 
 
 def build_env(cfg: DictConfig, num_envs: int | None = None, vectorization: str | None = None,
-              randomize: bool = True) -> BatchedEnv:
+              randomize: bool = True, render: bool = False) -> BatchedEnv:
     """The training env (``randomize=False``: the nominal task, e.g. for evaluation)."""
     env = cfg.env
     return make_env(
@@ -38,6 +38,7 @@ def build_env(cfg: DictConfig, num_envs: int | None = None, vectorization: str |
         device=cfg.device,
         threads=int(env.threads),
         randomize=OmegaConf.to_container(env.randomize, resolve=True) if randomize else None,
+        render=render,
     )
 
 

@@ -40,6 +40,8 @@ keys:
   seed=12345             seed of the evaluation envs
   checkpoint=<dir>       a specific checkpoint directory (default: the newest complete one)
   device=cpu             cpu or cuda
+  video=false            also write <run_dir>/videos/eval-step<N>.mp4 (headless: EGL or OSMesa)
+  video_episodes=1       episodes of env copy 0 in the video
 """
 
 log = logging.getLogger("robo_rl")
@@ -59,8 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(TOP_HELP)
         return 0
     command, rest = argv[0], argv[1:]
+    from envs.rendering import headless_gl_default
     from robo_rl.perf import tune_malloc
 
+    headless_gl_default()  # before anything imports MuJoCo
     tune_malloc()
     if command == "train":
         return train_main(rest)
@@ -177,8 +181,8 @@ def eval_main(args: Sequence[str]) -> int:
         run_dir = Path(opts.run_dir)
     except OmegaConfBaseException as exc:
         return _error(f"{str(exc).splitlines()[0]} (see robo-rl eval --help)", EXIT_USAGE)
-    if opts.episodes < 1 or opts.num_envs < 1:
-        return _error("episodes and num_envs must be >= 1", EXIT_USAGE)
+    if opts.episodes < 1 or opts.num_envs < 1 or opts.video_episodes < 1:
+        return _error("episodes, num_envs and video_episodes must be >= 1", EXIT_USAGE)
     try:
         result = evaluate_run(run_dir, opts)
     except Exception as exc:
@@ -191,6 +195,7 @@ def eval_main(args: Sequence[str]) -> int:
         f"{result['algo']} on {result['env']} (checkpoint step {result['checkpoint_step']:,}): "
         f"return {result['return_mean']:.1f} ± {result['return_std']:.1f} over {result['episodes']} episodes "
         f"({'deterministic' if result['deterministic'] else 'stochastic'}); wrote {run_dir / 'eval.json'}"
+        + (f" and {result['video']} ({result['video_frames']} frames)" if "video" in result else "")
     )
     return 0
 
@@ -208,12 +213,21 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
         cfg.device = opts.device
     ckpt = resolve_checkpoint(run_dir, opts.checkpoint)
     manifest = verify_checkpoint(ckpt)
-    env = build_env(cfg, num_envs=min(int(opts.num_envs), int(opts.episodes)), vectorization="sync", randomize=False)
+    env = build_env(cfg, num_envs=min(int(opts.num_envs), int(opts.episodes)), vectorization="sync", randomize=False,
+                    render=bool(opts.video))
     try:
         policy = load_policy(cfg, env, ckpt, opts.device)
-        result = evaluate(policy, env, int(opts.episodes), bool(opts.deterministic), seed=int(opts.seed))
+        result = evaluate(policy, env, int(opts.episodes), bool(opts.deterministic), seed=int(opts.seed),
+                          record_episodes=int(opts.video_episodes) if opts.video else 0)
     finally:
         env.close()
+    if opts.video:
+        from envs.rendering import write_mp4
+
+        path = (run_dir / "videos" / f"eval-step{int(manifest['step'])}.mp4").resolve()
+        frames = result.pop("frames")
+        result["video"] = str(path)
+        result["video_frames"] = write_mp4(path, frames, fps=1.0 / env.dt if env.dt else 30.0)
     result.update(
         algo=cfg.algo.name, env=env.task_id, run_dir=str(run_dir), checkpoint=str(ckpt),
         checkpoint_step=int(manifest["step"]), seed=int(opts.seed),

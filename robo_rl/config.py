@@ -192,6 +192,8 @@ class EvalCommandConfig:
     seed: int = 12_345
     checkpoint: Optional[str] = None  # a checkpoint directory; None: the run's newest valid one
     device: str = "cpu"
+    video: bool = False  # write <run_dir>/videos/eval-step<N>.mp4 of env copy 0's first episodes
+    video_episodes: int = 1
 
 
 ALGO_SCHEMAS = {"sac": SACConfig, "td3": TD3Config, "ppo": PPOConfig}

@@ -19,22 +19,28 @@ def evaluate(
     deterministic: bool = True,
     seed: int | None = None,
     max_steps: int = 10_000_000,
+    record_episodes: int = 0,
 ) -> dict[str, Any]:
     """Run ``episodes`` complete episodes and report their undiscounted returns and lengths.
 
     Episodes are spread evenly over the env copies (env i runs its share, in order), so short
     episodes are not over-represented the way "the first K to finish" would make them.
-    The caller's RNG stream is left untouched.
+    The caller's RNG stream is left untouched. ``record_episodes > 0`` also returns ``frames``: env
+    copy 0's first episodes, one frame per step starting with the initial state (the terminal state
+    itself is not drawn: the env resets in the step that ends the episode).
     """
     n = env.num_envs
     quota = [episodes // n + (1 if i < episodes % n else 0) for i in range(n)]
     returns: list[float] = []
     lengths: list[int] = []
+    env_index: list[int] = []
     done_count = [0] * n
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
         obs = env.reset(seed=seed)
+        frames = [env.render(0)] if record_episodes > 0 else []
+        recorded = 0
         steps = 0
         while sum(done_count) < episodes:
             if not bool(torch.isfinite(obs).all()):
@@ -42,15 +48,22 @@ def evaluate(
             actions = policy.act(obs, deterministic=deterministic)
             obs, _, _, _, info = env.step(actions)
             ep = info["episode"]
+            if recorded < record_episodes:
+                if bool(ep["mask"][0]):
+                    recorded += 1
+                if recorded < record_episodes or not bool(ep["mask"][0]):
+                    frames.append(env.render(0))
             for i in ep["mask"].nonzero().flatten().tolist():
                 if done_count[i] < quota[i]:
                     returns.append(float(ep["return"][i]))
                     lengths.append(int(ep["length"][i]))
+                    env_index.append(i)
                     done_count[i] += 1
             steps += n
             if steps > max_steps:
                 raise RuntimeError(f"evaluation did not finish {episodes} episodes within {max_steps} steps")
     mean = sum(returns) / len(returns)
+    extra = {"frames": frames} if record_episodes > 0 else {}
     std = math.sqrt(sum((r - mean) ** 2 for r in returns) / len(returns))
     return {
         "return_mean": mean,
@@ -59,5 +72,7 @@ def evaluate(
         "episodes": len(returns),
         "returns": returns,
         "lengths": lengths,
+        "env_index": env_index,  # which env copy ran each episode (in finishing order)
         "deterministic": deterministic,
+        **extra,
     }

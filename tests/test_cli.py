@@ -86,3 +86,18 @@ def test_multirun_over_seeds(tmp_path):
     for seed in (0, 1):
         summary = json.loads((tmp_path / "sweep" / f"seed={seed}" / "summary.json").read_text())
         assert summary["seed"] == seed and summary["steps"] == 150
+
+
+def test_eval_writes_a_video_with_one_frame_per_step(tmp_path):
+    av = pytest.importorskip("av")
+    robo_rl("train", "algo=ppo", "env=inverted_pendulum", "steps=2048", "run_dir=ip", "log.tensorboard=false",
+            "eval.episodes=2", cwd=tmp_path)
+    out = robo_rl("eval", "run_dir=ip", "episodes=2", "video=true", cwd=tmp_path).stdout
+    result = json.loads((tmp_path / "ip" / "eval.json").read_text())
+    video = Path(result["video"])
+    assert video.is_file() and "frames" in out
+    with av.open(str(video)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    first_of_env0 = result["lengths"][result["env_index"].index(0)]
+    assert len(frames) == result["video_frames"] == first_of_env0  # env 0's first episode, a frame per step
+    assert frames[0].std() > 5  # a drawn scene, not a blank image

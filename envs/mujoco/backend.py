@@ -76,6 +76,7 @@ class MujocoBatchedEnv(BatchedEnv):
         self.device = torch.device(device)
         self.model = mujoco.MjModel.from_xml_path(self.task.xml_path())
         self.task.setup(self.model)
+        self.dt = float(self.task.dt)
         limit = max_episode_steps if max_episode_steps is not None else gym.spec(task_id).max_episode_steps
         self.max_episode_steps = int(limit) if limit else None
         # more threads than simulations only adds hand-off latency (one env: step on the caller's thread)
@@ -225,6 +226,18 @@ class MujocoBatchedEnv(BatchedEnv):
                 else:
                     self.batch.expand("opt.gravity")[ids] = self._nominal["opt.gravity"] * scale
         self.batch.set_const(ids)
+
+    # -- rendering ------------------------------------------------------------------------------------
+    def render(self, index: int = 0, width: int = 480, height: int = 480) -> np.ndarray:
+        """An RGB frame of simulation ``index``, with the camera gymnasium uses for this task."""
+        from envs.rendering import MujocoRenderer, gym_camera_config
+
+        if getattr(self, "_renderer", None) is None:
+            self._renderer = MujocoRenderer(self.model, gym_camera_config(self.task.gym_cls()), width, height)
+            self._render_data = mujoco.MjData(self.model)
+        self.batch.get_data(index, self._render_data)
+        mujoco.mj_forward(self.model, self._render_data)  # positions of this state (a copy: the batch is untouched)
+        return self._renderer.render(self._render_data)
 
     # -- the torch contract ---------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> torch.Tensor:
