@@ -16,7 +16,7 @@ from envs.rendering import headless_gl_default
 
 headless_gl_default()  # before MuJoCo is imported: offscreen rendering needs EGL/OSMesa without a display
 
-BACKENDS = ("auto", "gymnasium", "mujoco")
+BACKENDS = ("auto", "gymnasium", "mujoco", "mjwarp", "isaac")
 
 
 def make_env(
@@ -53,6 +53,16 @@ def make_env(
         from envs.mujoco import MujocoBatchedEnv
 
         return MujocoBatchedEnv(task_id, num_envs, kwargs, max_episode_steps, threads, device, randomize)
+    if backend == "mjwarp":
+        from envs.mjwarp import MjwarpBatchedEnv
+
+        return MjwarpBatchedEnv(task_id, num_envs, kwargs, max_episode_steps, device, randomize)
+    if backend == "isaac":
+        from envs.isaac import make_isaac_env
+
+        if randomize is not None and randomize.enabled:
+            raise ValueError("env.backend=isaac: randomize inside the Isaac task's own config (its event manager)")
+        return make_isaac_env(task_id, num_envs, device, kwargs)
     raise ValueError(f"unknown env backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 

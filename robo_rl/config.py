@@ -130,7 +130,9 @@ class RandomizationConfig:
 @dataclass
 class EnvConfig:
     id: str = "Hopper-v5"  # any registered gymnasium id
-    backend: str = "auto"  # mujoco (batched, the v5 MuJoCo tasks), gymnasium (any id), auto: mujoco where it covers the id
+    # mujoco (batched, exact), gymnasium (any id), mjwarp (MuJoCo Warp, GPU), isaac (an Isaac-style env),
+    # auto: mujoco where it covers the id, else gymnasium
+    backend: str = "auto"
     num_envs: Optional[int] = None  # None: the learner's default
     vectorization: str = "sync"  # gymnasium backend: sync (one process) or async (worker processes)
     threads: int = 0  # mujoco backend: physics threads (0: all CPUs)
@@ -288,7 +290,8 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.seed >= 0, "seed", "must be >= 0")
     need(cfg.env.num_envs >= 1, "env.num_envs", "must be >= 1")
     need(cfg.env.vectorization in ("sync", "async"), "env.vectorization", "must be sync or async")
-    need(cfg.env.backend in ("auto", "gymnasium", "mujoco"), "env.backend", "must be auto, gymnasium or mujoco")
+    need(cfg.env.backend in ("auto", "gymnasium", "mujoco", "mjwarp", "isaac"), "env.backend",
+         "must be auto, gymnasium, mujoco, mjwarp or isaac")
     need(cfg.env.threads >= 0, "env.threads", "must be >= 0 (0: all CPUs)")
     from envs.randomization import RandomizationSpec
 

@@ -86,7 +86,7 @@ class MujocoBatchedEnv(BatchedEnv):
         self._derived = {name: np.zeros_like(self.batch.bind(name)) for name in self.task.derived}
         self._cfrc_ext = np.zeros((num_envs, self.model.nbody, 6)) if self.task.needs_post_constraint else None
         self._scratch = mujoco.MjData(self.model) if self.task.needs_post_constraint else None
-        self.sim = Sim(self.batch, self.model, self._derived, self._cfrc_ext)
+        self.sim = Sim(self.model, self.qpos, self.qvel, self.ctrl, self._derived, self._cfrc_ext)
         self.init_qpos = self.model.qpos0.copy()  # what gymnasium reads from a fresh MjData
         self.init_qvel = np.zeros(self.model.nv)
         self._rngs = [np_random(None)[0] for _ in range(num_envs)]

@@ -24,30 +24,106 @@ RENDER_KWARGS = frozenset({"default_camera_config", "render_mode", "width", "hei
                            "max_geom", "visual_options"})
 
 
-def row_norm(v: np.ndarray) -> np.ndarray:
+# -- array operations the tasks use ------------------------------------------------------------------
+# Tasks run on numpy arrays (the batched CPU backend, bit-identical to gymnasium) and on torch tensors
+# on the simulator's device (the MuJoCo Warp backend). Each helper makes, for numpy arrays, exactly
+# the numpy call gymnasium's arithmetic needs, and the torch equivalent otherwise.
+
+def _np(x: Any) -> bool:
+    return isinstance(x, np.ndarray)
+
+
+def row_norm(v: Any) -> Any:
     """np.linalg.norm(row, ord=2) for every row, with the same dot-product kernel (bit-identical)."""
+    if not _np(v):
+        return v.square().sum(-1).sqrt()
     if hasattr(np, "vecdot"):
         return np.sqrt(np.vecdot(v, v))
     return np.sqrt((v[:, None, :] @ v[:, :, None])[:, 0, 0])
 
 
-def clip(x: np.ndarray, low: float, high: float) -> np.ndarray:
+def clip(x: Any, low: float, high: float) -> Any:
     """np.clip without its Python wrapper's overhead (same values, NaN propagates)."""
-    return np.minimum(np.maximum(x, low), high)
+    return np.minimum(np.maximum(x, low), high) if _np(x) else x.clamp(low, high)
 
 
-def sum_sq(x: np.ndarray) -> np.ndarray:
+def sum_sq(x: Any) -> Any:
     """np.sum(np.square(row)) for every row (numpy reduces each row exactly as for a 1-D array)."""
+    if not _np(x):
+        return x.reshape(x.shape[0], -1).square().sum(1)
     return np.sum(np.square(x.reshape(x.shape[0], -1)), axis=1)
 
 
-class Sim:
-    """What a task reads: live (N, ...) arrays of the batch, plus the model."""
+def cat(parts: list[Any]) -> Any:
+    """Concatenate along the feature axis."""
+    if _np(parts[0]):
+        return np.concatenate(parts, axis=1)
+    import torch
 
-    def __init__(self, batch: Any, model: Any, derived: dict[str, np.ndarray], cfrc_ext: np.ndarray | None) -> None:
+    return torch.cat(parts, dim=1)
+
+
+def copy(x: Any) -> Any:
+    return x.copy() if _np(x) else x.clone()
+
+
+def all_rows(x: Any) -> Any:
+    return np.all(x, axis=1) if _np(x) else x.all(dim=1)
+
+
+def isfinite(x: Any) -> Any:
+    if _np(x):
+        return np.isfinite(x)
+    import torch
+
+    return torch.isfinite(x)
+
+
+def sin(x: Any) -> Any:
+    return np.sin(x) if _np(x) else x.sin()
+
+
+def cos(x: Any) -> Any:
+    return np.cos(x) if _np(x) else x.cos()
+
+
+def absolute(x: Any) -> Any:
+    return np.abs(x) if _np(x) else x.abs()
+
+
+def as_float(x: Any) -> Any:
+    return x.astype(np.float64) if _np(x) else x.to(__import__("torch").get_default_dtype())
+
+
+def as_int(x: Any) -> Any:
+    return x.astype(np.int64) if _np(x) else x.long()
+
+
+def falses(like: Any) -> Any:
+    """An all-False [N] mask on the array's device."""
+    if _np(like):
+        return np.zeros(len(like), bool)
+    import torch
+
+    return torch.zeros(like.shape[0], dtype=torch.bool, device=like.device)
+
+
+def mass_weighted(mass: np.ndarray, xipos: Any) -> Any:
+    """sum_b mass_b * xipos[:, b] (gymnasium's einsum for Humanoid's centre of mass)."""
+    if _np(xipos):
+        return np.einsum("b,nbj->nj", mass, xipos)
+    import torch
+
+    return torch.einsum("b,nbj->nj", torch.as_tensor(mass, dtype=xipos.dtype, device=xipos.device), xipos)
+
+
+class Sim:
+    """What a task reads: live (N, ...) arrays of the simulator (numpy or torch), plus the model."""
+
+    def __init__(self, model: Any, qpos: Any, qvel: Any, ctrl: Any, derived: dict[str, Any], cfrc_ext: Any | None) -> None:
         self.model = model
-        self.qpos, self.qvel, self.ctrl = batch.bind("qpos"), batch.bind("qvel"), batch.bind("ctrl")
-        self.derived = derived  # the backend's copies of derived fields, refreshed after every batch call
+        self.qpos, self.qvel, self.ctrl = qpos, qvel, ctrl
+        self.derived = derived  # derived fields as of the last step (one substep behind, as after mj_step)
         self.cfrc_ext = cfrc_ext  # filled by the backend after each step (post-constraint), zero after reset
 
     def field(self, name: str) -> np.ndarray:
@@ -141,17 +217,17 @@ class _Planar(Task):
         velocity = clip(sim.qvel, -10, 10)
         if self.p["exclude_current_positions_from_observation"]:
             position = position[:, 1:]
-        return np.concatenate((position, velocity), axis=1)
+        return cat([position, velocity])
 
     def before_step(self, sim: Sim) -> np.ndarray:
-        return sim.qpos[:, 0].copy()
+        return copy(sim.qpos[:, 0])
 
     @abc.abstractmethod
     def is_healthy(self, sim: Sim) -> np.ndarray:
         """Healthy mask [N]; the two tasks differ only here."""
 
     def after_step(self, sim, x_before, action):
-        x_after = sim.qpos[:, 0].copy()
+        x_after = copy(sim.qpos[:, 0])
         x_velocity = (x_after - x_before) / self.dt
         healthy = self.is_healthy(sim)
         forward_reward = self.p["forward_reward_weight"] * x_velocity
@@ -180,11 +256,11 @@ class Hopper(_Planar):
 
     def is_healthy(self, sim):
         z, angle = sim.qpos[:, 1], sim.qpos[:, 2]
-        state = np.concatenate((sim.qpos, sim.qvel), axis=1)[:, 2:]
+        state = cat([sim.qpos, sim.qvel])[:, 2:]
         min_state, max_state = self.p["healthy_state_range"]
         min_z, max_z = self.p["healthy_z_range"]
         min_angle, max_angle = self.p["healthy_angle_range"]
-        healthy_state = np.all(np.logical_and(min_state < state, state < max_state), axis=1)
+        healthy_state = all_rows((min_state < state) & (state < max_state))
         return healthy_state & (min_z < z) & (z < max_z) & (min_angle < angle) & (angle < max_angle)
 
 
@@ -205,19 +281,19 @@ class HalfCheetah(Task):
 
     def observe(self, sim):
         position = sim.qpos[:, 1:] if self.p["exclude_current_positions_from_observation"] else sim.qpos
-        return np.concatenate((position, sim.qvel), axis=1)
+        return cat([position, sim.qvel])
 
     def before_step(self, sim):
-        return sim.qpos[:, 0].copy()
+        return copy(sim.qpos[:, 0])
 
     def after_step(self, sim, x_before, action):
-        x_after = sim.qpos[:, 0].copy()
+        x_after = copy(sim.qpos[:, 0])
         x_velocity = (x_after - x_before) / self.dt
         forward_reward = self.p["forward_reward_weight"] * x_velocity
         ctrl_cost = _ctrl_cost(self.p["ctrl_cost_weight"], action)
         reward = forward_reward - ctrl_cost
         info = {"x_position": x_after, "x_velocity": x_velocity, "reward_forward": forward_reward, "reward_ctrl": -ctrl_cost}
-        return reward, np.zeros(len(reward), bool), info
+        return reward, falses(reward), info
 
     def reset_state(self, rng, init_qpos, init_qvel):
         scale = self.p["reset_noise_scale"]
@@ -235,13 +311,13 @@ class Swimmer(Task):
 
     def observe(self, sim):
         position = sim.qpos[:, 2:] if self.p["exclude_current_positions_from_observation"] else sim.qpos
-        return np.concatenate((position, sim.qvel), axis=1)
+        return cat([position, sim.qvel])
 
     def before_step(self, sim):
-        return sim.qpos[:, 0:2].copy()
+        return copy(sim.qpos[:, 0:2])
 
     def after_step(self, sim, xy_before, action):
-        xy_after = sim.qpos[:, 0:2].copy()
+        xy_after = copy(sim.qpos[:, 0:2])
         xy_velocity = (xy_after - xy_before) / self.dt
         x_velocity, y_velocity = xy_velocity[:, 0], xy_velocity[:, 1]
         forward_reward = self.p["forward_reward_weight"] * x_velocity
@@ -251,7 +327,7 @@ class Swimmer(Task):
             "x_position": xy_after[:, 0], "y_position": xy_after[:, 1], "distance_from_origin": row_norm(xy_after),
             "x_velocity": x_velocity, "y_velocity": y_velocity, "reward_forward": forward_reward, "reward_ctrl": -ctrl_cost,
         }
-        return reward, np.zeros(len(reward), bool), info
+        return reward, falses(reward), info
 
     def reset_info(self, sim, ids):
         xy = sim.qpos[ids, 0:2]
@@ -278,18 +354,18 @@ class Ant(Task):
         parts = [position, sim.qvel]
         if self.p["include_cfrc_ext_in_observation"]:
             parts.append(self.contact_forces(sim)[:, 1:].reshape(len(position), -1))
-        return np.concatenate(parts, axis=1)
+        return cat(parts)
 
     def before_step(self, sim):
-        return sim.field("xpos")[:, self.main_body, :2].copy()
+        return copy(sim.field("xpos")[:, self.main_body, :2])
 
     def after_step(self, sim, xy_before, action):
-        xy_after = sim.field("xpos")[:, self.main_body, :2].copy()
+        xy_after = copy(sim.field("xpos")[:, self.main_body, :2])
         xy_velocity = (xy_after - xy_before) / self.dt
         x_velocity, y_velocity = xy_velocity[:, 0], xy_velocity[:, 1]
-        state = np.concatenate((sim.qpos, sim.qvel), axis=1)
+        state = cat([sim.qpos, sim.qvel])
         min_z, max_z = self.p["healthy_z_range"]
-        healthy = np.isfinite(state).all(axis=1) & (min_z <= state[:, 2]) & (state[:, 2] <= max_z)
+        healthy = all_rows(isfinite(state)) & (min_z <= state[:, 2]) & (state[:, 2] <= max_z)
         forward_reward = x_velocity * self.p["forward_reward_weight"]
         healthy_reward = healthy * self.p["healthy_reward"]
         rewards = forward_reward + healthy_reward
@@ -299,7 +375,7 @@ class Ant(Task):
         reward = rewards - costs
         terminated = ~healthy & bool(self.p["terminate_when_unhealthy"])
         info = {
-            "x_position": sim.qpos[:, 0].copy(), "y_position": sim.qpos[:, 1].copy(),
+            "x_position": copy(sim.qpos[:, 0]), "y_position": copy(sim.qpos[:, 1]),
             "distance_from_origin": row_norm(sim.qpos[:, 0:2]), "x_velocity": x_velocity, "y_velocity": y_velocity,
             "reward_forward": forward_reward, "reward_ctrl": -ctrl_cost, "reward_contact": -contact_cost,
             "reward_survive": healthy_reward,
@@ -329,7 +405,7 @@ class Humanoid(Task):
         self.total_mass = self.body_mass.sum()
 
     def mass_center(self, sim):
-        return (np.einsum("b,nbj->nj", self.body_mass, sim.field("xipos")) / self.total_mass)[:, 0:2].copy()
+        return copy((mass_weighted(self.body_mass, sim.field("xipos")) / self.total_mass)[:, 0:2])
 
     def observe(self, sim):
         n = sim.qpos.shape[0]
@@ -343,7 +419,7 @@ class Humanoid(Task):
             parts.append(sim.field("qfrc_actuator")[:, 6:])
         if self.p["include_cfrc_ext_in_observation"] is True:
             parts.append(sim.cfrc_ext[:, 1:].reshape(n, -1))
-        return np.concatenate(parts, axis=1)
+        return cat(parts)
 
     def before_step(self, sim):
         return self.mass_center(sim)
@@ -364,8 +440,8 @@ class Humanoid(Task):
         reward = rewards - costs
         terminated = ~healthy & bool(self.p["terminate_when_unhealthy"])
         info = {
-            "x_position": sim.qpos[:, 0].copy(), "y_position": sim.qpos[:, 1].copy(),
-            "tendon_length": sim.field("ten_length").copy(), "tendon_velocity": sim.field("ten_velocity").copy(),
+            "x_position": copy(sim.qpos[:, 0]), "y_position": copy(sim.qpos[:, 1]),
+            "tendon_length": copy(sim.field("ten_length")), "tendon_velocity": copy(sim.field("ten_velocity")),
             "distance_from_origin": row_norm(sim.qpos[:, 0:2]), "x_velocity": x_velocity, "y_velocity": y_velocity,
             "reward_survive": healthy_reward, "reward_forward": forward_reward, "reward_ctrl": -ctrl_cost,
             "reward_contact": -contact_cost,
@@ -383,12 +459,12 @@ class InvertedPendulum(Task):
     gym_class = "inverted_pendulum_v5:InvertedPendulumEnv"
 
     def observe(self, sim):
-        return np.concatenate([sim.qpos, sim.qvel], axis=1)
+        return cat([sim.qpos, sim.qvel])
 
     def after_step(self, sim, before, action):
         obs = self.observe(sim)
-        terminated = ~np.isfinite(obs).all(axis=1) | (np.abs(obs[:, 1]) > 0.2)
-        reward = (~terminated).astype(np.float64)
+        terminated = ~all_rows(isfinite(obs)) | (absolute(obs[:, 1]) > 0.2)
+        reward = as_float(~terminated)
         return reward, terminated, {"reward_survive": reward}
 
 
@@ -399,19 +475,19 @@ class InvertedDoublePendulum(Task):
 
     def observe(self, sim):
         qpos = sim.qpos
-        return np.concatenate([
-            qpos[:, :1], np.sin(qpos[:, 1:]), np.cos(qpos[:, 1:]), clip(sim.qvel, -10, 10),
+        return cat([
+            qpos[:, :1], sin(qpos[:, 1:]), cos(qpos[:, 1:]), clip(sim.qvel, -10, 10),
             clip(sim.field("qfrc_constraint"), -10, 10)[:, :1],
-        ], axis=1)
+        ])
 
     def after_step(self, sim, before, action):
         tip = sim.field("site_xpos")[:, 0]
-        x, y = tip[:, 0].copy(), tip[:, 2].copy()
+        x, y = copy(tip[:, 0]), copy(tip[:, 2])
         terminated = y <= 1
         v1, v2 = sim.qvel[:, 1], sim.qvel[:, 2]
         dist_penalty = 0.01 * x ** 2 + (y - 2) ** 2
         vel_penalty = 0.001 * v1 ** 2 + 0.005 * v2 ** 2
-        alive_bonus = self.p["healthy_reward"] * (~terminated).astype(np.int64)
+        alive_bonus = self.p["healthy_reward"] * as_int(~terminated)
         reward = alive_bonus - dist_penalty - vel_penalty
         info = {"reward_survive": alive_bonus, "distance_penalty": -dist_penalty, "velocity_penalty": -vel_penalty}
         return reward, terminated, info
@@ -438,13 +514,13 @@ class Reacher(Task):
 
     def observe(self, sim):
         theta = sim.qpos[:, :2]
-        return np.concatenate([np.cos(theta), np.sin(theta), sim.qpos[:, 2:], sim.qvel[:, :2], self._vec(sim)[:, :2]], axis=1)
+        return cat([cos(theta), sin(theta), sim.qpos[:, 2:], sim.qvel[:, :2], self._vec(sim)[:, :2]])
 
     def after_step(self, sim, before, action):
         reward_dist = -row_norm(self._vec(sim)) * self.p["reward_dist_weight"]
         reward_ctrl = -sum_sq(action) * self.p["reward_control_weight"]
         reward = reward_dist + reward_ctrl
-        return reward, np.zeros(len(reward), bool), {"reward_dist": reward_dist, "reward_ctrl": reward_ctrl}
+        return reward, falses(reward), {"reward_dist": reward_dist, "reward_ctrl": reward_ctrl}
 
     def reset_state(self, rng, init_qpos, init_qvel):
         qpos = rng.uniform(low=-0.1, high=0.1, size=self.nq) + init_qpos
@@ -469,7 +545,7 @@ class Pusher(Task):
 
     def observe(self, sim):
         xpos = sim.field("xpos")
-        return np.concatenate([sim.qpos[:, :7], sim.qvel[:, :7], xpos[:, self.tips], xpos[:, self.obj], xpos[:, self.goal]], axis=1)
+        return cat([sim.qpos[:, :7], sim.qvel[:, :7], xpos[:, self.tips], xpos[:, self.obj], xpos[:, self.goal]])
 
     def after_step(self, sim, before, action):
         xpos = sim.field("xpos")
@@ -480,7 +556,7 @@ class Pusher(Task):
         reward_ctrl = -sum_sq(action) * self.p["reward_control_weight"]
         reward = reward_dist + reward_ctrl + reward_near
         info = {"reward_dist": reward_dist, "reward_ctrl": reward_ctrl, "reward_near": reward_near}
-        return reward, np.zeros(len(reward), bool), info
+        return reward, falses(reward), info
 
     def reset_state(self, rng, init_qpos, init_qvel):
         qpos = init_qpos.copy()

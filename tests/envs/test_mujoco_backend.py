@@ -106,8 +106,8 @@ def test_make_env_backend_and_bad_input():
     env.reset(seed=0)
     with pytest.raises(ValueError, match="non-finite"):
         env.step(torch.full((2, 6), float("nan")))
-    with pytest.raises(ValueError, match="unknown env backend 'isaac'"):
-        make_env("Hopper-v5", backend="isaac")
+    with pytest.raises(ValueError, match="unknown env backend 'isaacsim'"):
+        make_env("Hopper-v5", backend="isaacsim")
 
 
 def test_kwargs_change_the_task_like_gymnasium():
