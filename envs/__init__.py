@@ -12,6 +12,7 @@ import torch
 
 from envs.base import BatchedEnv, StepResult
 from envs.randomization import RandomizationSpec
+import envs.tasks  # noqa: F401  (registers robo-rl's own gymnasium tasks)
 from envs.rendering import headless_gl_default
 
 headless_gl_default()  # before MuJoCo is imported: offscreen rendering needs EGL/OSMesa without a display

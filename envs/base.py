@@ -22,6 +22,7 @@ return and length measured on the raw reward (before any reward normalization):
 from __future__ import annotations
 
 import abc
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -73,11 +74,11 @@ class BatchedEnv(abc.ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         raise ValueError(f"{type(self).__name__} cannot restore simulator state")
 
-    @property
+    @functools.cached_property
     def obs_dim(self) -> int:
         return int(np.prod(self.observation_space.shape))
 
-    @property
+    @functools.cached_property
     def act_dim(self) -> int:
         return int(np.prod(self.action_space.shape))
 
@@ -157,4 +158,6 @@ class EpisodeTracker:
 
 
 def episode_to_torch(finished: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    if device.type == "cpu":
+        return {k: torch.from_numpy(v) for k, v in finished.items()}
     return {k: torch.from_numpy(v).to(device) for k, v in finished.items()}

@@ -11,11 +11,14 @@ from policies import build_head
 from policies.heads import PolicyHead
 from robo_rl.config import RUNNER_KEYS, ConfigError
 from robo_rl.learners.base import Learner
+from robo_rl.learners.expo import EXPO
+from robo_rl.learners.gorl import GoRL
+from robo_rl.learners.parl import PARL
 from robo_rl.learners.ppo import PPO
 from robo_rl.learners.sac import SAC
 from robo_rl.learners.td3 import TD3
 
-LEARNERS: dict[str, type[Learner]] = {"sac": SAC, "td3": TD3, "ppo": PPO}
+LEARNERS: dict[str, type[Learner]] = {"sac": SAC, "td3": TD3, "ppo": PPO, "gorl": GoRL, "expo": EXPO, "parl": PARL}
 
 
 def _plain(node: Any) -> Any:

@@ -13,16 +13,18 @@ TOP_HELP = """\
 usage: robo-rl <command> [key=value ...]
 
 robo-rl: continuous-control reinforcement learning (SAC, TD3, PPO) on batched MuJoCo.
+Simulator backends: env.backend=mujoco (batched, bit-identical to gymnasium), gymnasium (any id),
+mjwarp (MuJoCo Warp, GPU), isaac (Isaac Lab / rsl_rl-style envs); auto picks mujoco where it can.
 
 commands:
   train   train a policy; every option is a Hydra override
-            robo-rl train                                   SAC on Hopper-v5 (about 15 min on 2 cores)
+            robo-rl train                                   PPO on Hopper-v5, 1M steps (a few minutes on 2 cores)
             robo-rl train algo=ppo env=halfcheetah steps=1000000 seed=3 run_dir=runs/hc
             robo-rl train env.id=Walker2d-v5                any gymnasium task id
             robo-rl train -m seed=0,1,2                     several seeds (Hydra multirun)
             robo-rl train resume=runs/hc                    continue from the newest complete checkpoint
   eval    evaluate a trained run and write <run_dir>/eval.json
-            robo-rl eval run_dir=runs/hc [episodes=10] [deterministic=true]
+            robo-rl eval run_dir=runs/hc [episodes=10] [deterministic=true] [video=true]
 
 Run `robo-rl train --help` or `robo-rl eval --help` for every option.
 """

@@ -83,6 +83,63 @@ class PPOConfig:
     fused: str = "auto"  # fused numpy minibatch step on CPU where it applies (auto|on|off); same math
 
 
+@dataclass
+class GoRLConfig(PPOConfig):
+    name: str = "gorl"
+    refit_every: int = 50  # PPO updates between decoder refits (the slow timescale)
+    refit_epochs: int = 5
+    refit_batch_size: int = 256
+    decoder_lr: float = 3e-4
+    dataset_size: int = 200_000  # (s, a) pairs kept for a refit
+    reset_latent: bool = True  # restart the latent policy from the prior after each refit
+
+
+@dataclass
+class EXPOConfig:
+    name: str = "expo"
+    gamma: float = 0.99
+    tau: float = 0.005
+    critic_lr: float = 3e-4
+    base_lr: float = 3e-4
+    edit_lr: float = 3e-4
+    alpha_lr: float = 3e-4
+    init_alpha: float = 0.1
+    num_samples: int = 2  # base samples per state; with their edits, 2N candidates
+    edit_scale: float = 0.2  # largest edit, as a fraction of each action's half-range
+    edit_hidden: List[int] = field(default_factory=lambda: [256, 256])
+    edit_activation: str = "relu"
+    num_critics: int = 2
+    critic_hidden: List[int] = field(default_factory=lambda: [256, 256])
+    critic_activation: str = "relu"
+    critic_layer_norm: bool = False
+    batch_size: int = 256
+    buffer_size: int = 1_000_000
+    learning_starts: int = 5_000
+    utd: float = 1.0
+
+
+@dataclass
+class PARLConfig:
+    name: str = "parl"
+    gamma: float = 0.99
+    tau: float = 0.005
+    critic_lr: float = 3e-4
+    policy_lr: float = 3e-4
+    num_candidates: int = 8  # policy samples per state (global optimization)
+    top_k: int = 1
+    grad_steps: int = 3  # gradient-ascent steps on Q per kept action (local optimization)
+    action_lr: float = 0.05  # step size in unit action scale
+    policy_update_every: int = 2
+    num_critics: int = 2
+    critic_hidden: List[int] = field(default_factory=lambda: [256, 256])
+    critic_activation: str = "relu"
+    critic_layer_norm: bool = False
+    batch_size: int = 256
+    buffer_size: int = 1_000_000
+    learning_starts: int = 5_000
+    utd: float = 1.0
+
+
 #: algo keys read by the runner rather than passed to the learner's constructor
 RUNNER_KEYS = frozenset({"name", "batch_size", "buffer_size", "learning_starts", "utd", "rollout_steps", "anneal_lr"})
 
@@ -108,6 +165,63 @@ class DeterministicPolicyConfig:
     hidden_sizes: Optional[List[int]] = None
     activation: Optional[str] = None
     layer_norm: bool = False
+    normalize_obs: Optional[bool] = None
+    obs_clip: float = 10.0
+
+
+@dataclass
+class MixturePolicyConfig:
+    name: str = "mixture"
+    hidden_sizes: Optional[List[int]] = None
+    activation: Optional[str] = None
+    components: int = 5
+    squash: Optional[bool] = None
+    ortho_init: Optional[bool] = None
+    normalize_obs: Optional[bool] = None
+    obs_clip: float = 10.0
+
+
+@dataclass
+class DiffusionPolicyConfig:
+    name: str = "diffusion"
+    hidden_sizes: List[int] = field(default_factory=lambda: [256, 256, 256])  # residual denoiser: width x blocks
+    activation: str = "mish"
+    train_steps: int = 100  # diffusion timesteps T
+    inference_steps: int = 10  # sampling steps
+    scheduler: str = "ddim"  # ddim (deterministic given the noise) or ddpm
+    beta_schedule: str = "squaredcos_cap_v2"  # a diffusers schedule: linear, scaled_linear, squaredcos_cap_v2
+    chunk: int = 1  # actions predicted per query (H)
+    execute: Optional[int] = None  # actions executed per query (k <= H); None: all H
+    denoiser: str = "residual"  # residual blocks or a plain mlp
+    normalize_obs: Optional[bool] = None
+    obs_clip: float = 10.0
+
+
+@dataclass
+class FlowPolicyConfig:
+    name: str = "flow"
+    hidden_sizes: List[int] = field(default_factory=lambda: [256, 256, 256])
+    activation: str = "mish"
+    steps: int = 4  # integration steps (1-10)
+    solver: str = "euler"  # euler or midpoint
+    chunk: int = 1
+    execute: Optional[int] = None
+    denoiser: str = "mlp"  # a plain mlp (fast sampling) or residual blocks
+    normalize_obs: Optional[bool] = None
+    obs_clip: float = 10.0
+
+
+@dataclass
+class LatentPolicyConfig:
+    name: str = "latent"
+    hidden_sizes: Optional[List[int]] = None  # the latent Gaussian policy
+    activation: Optional[str] = None
+    decoder: str = "flow"  # flow or diffusion (DDIM)
+    decoder_hidden: List[int] = field(default_factory=lambda: [256, 256, 256])
+    decoder_steps: int = 4
+    latent_limit: float = 3.0  # z is clipped to +-latent_limit (prior standard deviations)
+    log_std_init: float = 0.0
+    ortho_init: Optional[bool] = None
     normalize_obs: Optional[bool] = None
     obs_clip: float = 10.0
 
@@ -198,8 +312,12 @@ class EvalCommandConfig:
     video_episodes: int = 1
 
 
-ALGO_SCHEMAS = {"sac": SACConfig, "td3": TD3Config, "ppo": PPOConfig}
-POLICY_SCHEMAS = {"gaussian": GaussianPolicyConfig, "deterministic": DeterministicPolicyConfig}
+ALGO_SCHEMAS = {"sac": SACConfig, "td3": TD3Config, "ppo": PPOConfig, "gorl": GoRLConfig, "expo": EXPOConfig,
+                "parl": PARLConfig}
+POLICY_SCHEMAS = {
+    "gaussian": GaussianPolicyConfig, "deterministic": DeterministicPolicyConfig, "mixture": MixturePolicyConfig,
+    "diffusion": DiffusionPolicyConfig, "flow": FlowPolicyConfig, "latent": LatentPolicyConfig,
+}
 
 # What "None" means, per learner. policy.* keys apply to whichever head is chosen, if it has them.
 LEARNER_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -220,6 +338,38 @@ LEARNER_DEFAULTS: dict[str, dict[str, Any]] = {
         "env.normalize_reward": False,
         "policy.hidden_sizes": [256, 256],
         "policy.activation": "relu",
+        "policy.normalize_obs": False,
+    },
+    "gorl": {
+        "steps": 1_000_000,
+        "threads": 1,
+        "env.num_envs": 64,
+        "env.normalize_reward": True,
+        "policy.hidden_sizes": [64, 64],
+        "policy.activation": "tanh",
+        "policy.ortho_init": True,
+        "policy.normalize_obs": True,
+    },
+    "expo": {
+        "steps": 100_000,
+        "env.num_envs": 1,
+        "env.normalize_reward": False,
+        "policy.hidden_sizes": [256, 256, 256],
+        "policy.activation": "relu",
+        "policy.squash": True,
+        "policy.state_dependent_std": True,
+        "policy.ortho_init": False,
+        "policy.normalize_obs": False,
+    },
+    "parl": {
+        "steps": 100_000,
+        "env.num_envs": 1,
+        "env.normalize_reward": False,
+        "policy.hidden_sizes": [256, 256],
+        "policy.activation": "relu",
+        "policy.squash": True,
+        "policy.state_dependent_std": True,
+        "policy.ortho_init": False,
         "policy.normalize_obs": False,
     },
     "ppo": {
@@ -319,14 +469,19 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None:
             need(len(value) >= 1 and all(h >= 1 for h in value), key, "needs at least one layer, all sizes >= 1")
-    if algo in ("sac", "td3"):
+    if algo in ("sac", "td3", "expo", "parl"):
         need(cfg.algo.batch_size >= 1, "algo.batch_size", "must be >= 1")
         need(cfg.algo.buffer_size >= cfg.env.num_envs, "algo.buffer_size", "must hold at least one step of every env")
         need(cfg.algo.learning_starts >= 0, "algo.learning_starts", "must be >= 0")
         need(cfg.algo.utd > 0, "algo.utd", "gradient updates per env step must be > 0")
         need(0 < cfg.algo.tau <= 1, "algo.tau", "must be in (0, 1]")
         need(cfg.algo.num_critics >= 1, "algo.num_critics", "must be >= 1")
-    if algo == "ppo":
+        if algo == "parl":
+            need(cfg.algo.num_candidates >= 1, "algo.num_candidates", "must be >= 1")
+            need(1 <= cfg.algo.top_k <= cfg.algo.num_candidates, "algo.top_k", "must be between 1 and algo.num_candidates")
+        if algo == "expo":
+            need(cfg.algo.num_samples >= 1, "algo.num_samples", "must be >= 1")
+    if algo in ("ppo", "gorl"):
         samples = cfg.algo.rollout_steps * cfg.env.num_envs
         need(cfg.algo.rollout_steps >= 1, "algo.rollout_steps", "must be >= 1")
         need(

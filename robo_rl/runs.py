@@ -40,16 +40,20 @@ def resolve_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None
     return path
 
 
-def load_policy(cfg: DictConfig, env: BatchedEnv, checkpoint: Path, device: str = "cpu") -> PolicyHead:
-    """Build the run's policy head and load its weights (and normalizer) from ``checkpoint``."""
-    from robo_rl.build import build_policy
+def load_learner(cfg: DictConfig, env: BatchedEnv, checkpoint: Path, device: str = "cpu"):  # -> Learner
+    """Build the run's learner and load every module (policy, critics, normalizers) from ``checkpoint``."""
+    from robo_rl.build import build_learner, build_policy
 
     state, _ = load_checkpoint(checkpoint, load_replay=False)
-    modules = state["learner"]["modules"]
-    weights = {k[len("policy."):]: v for k, v in modules.items() if k.startswith("policy.")}
-    policy = build_policy(cfg, env)
-    missing, unexpected = policy.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint {checkpoint} does not match the run's policy: missing {missing}, unexpected {unexpected}")
-    return policy.to(device).eval().requires_grad_(False)
+    learner = build_learner(cfg, build_policy(cfg, env))
+    try:
+        learner.load_state_dict(state["learner"]["modules"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {checkpoint} does not match the run's learner: {exc}") from None
+    return learner.to(device).eval().requires_grad_(False)
+
+
+def load_policy(cfg: DictConfig, env: BatchedEnv, checkpoint: Path, device: str = "cpu") -> PolicyHead:
+    """The policy a run acts with (EXPO/PA-RL-style learners choose with their critic), loaded from ``checkpoint``."""
+    return load_learner(cfg, env, checkpoint, device).policy
 

@@ -7,6 +7,9 @@ import tests.helpers  # noqa: F401  (registers the test-only gymnasium tasks)
 from robo_rl.perf import tune_malloc
 
 tune_malloc()
+# Test networks are small: one thread is as fast, and it cannot stall on a core another process holds
+# (two OpenMP threads on a busy 2-core machine can wait milliseconds per parallel region).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

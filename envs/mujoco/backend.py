@@ -43,6 +43,27 @@ _STATE_FIELDS = ("time", "qpos", "qvel", "act", "history", "qacc_warmstart", "ct
                  "eq_active", "mocap_pos", "mocap_quat", "userdata", "plugin_state", "plastic")
 
 
+class _LazyTensors(dict):
+    """The task's info terms, converted to tensors when read (most steps nobody reads them)."""
+
+    def __init__(self, arrays: dict[str, Any], device: torch.device) -> None:
+        super().__init__(arrays)
+        self._device = device
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        value = super().__getitem__(key)
+        if not isinstance(value, torch.Tensor):
+            value = torch.as_tensor(np.asarray(value)).to(self._device)
+            super().__setitem__(key, value)
+        return value
+
+    def items(self):  # type: ignore[override]
+        return ((k, self[k]) for k in self.keys())
+
+    def values(self):  # type: ignore[override]
+        return (self[k] for k in self.keys())
+
+
 class MujocoBatchedEnv(BatchedEnv):
     """``num_envs`` copies of a gymnasium v5 MuJoCo task on one ``mujoco.batch.Batch``.
 
@@ -114,6 +135,12 @@ class MujocoBatchedEnv(BatchedEnv):
 
     def step_numpy(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """One step of every env with float32 actions [N, A]; float64 obs as gymnasium returns them."""
+        obs, reward, terminated, truncated, info = self._step(actions)
+        info["final_obs"] = info["final_obs"].copy()
+        return obs.copy(), reward, terminated, truncated, info
+
+    def _step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """step_numpy without defensive copies: obs is the env's own buffer, final_obs may be obs."""
         task, sim = self.task, self.sim
         previous_obs = self._obs
         before = task.before_step(sim)
@@ -138,14 +165,15 @@ class MujocoBatchedEnv(BatchedEnv):
             truncated = truncated | diverged
             self.diverged_total += int(diverged.sum())
         done = terminated | truncated
-        final_obs = obs.copy()
         self._obs = obs
-        if done.any():
+        any_done = bool(done.any())
+        final_obs = obs.copy() if any_done else obs  # where nothing ended, final_obs is obs
+        if any_done:
             self._reset_ids(np.flatnonzero(done))
         info["diverged"] = diverged
         info["final_obs"] = final_obs
         info["episode"] = self._episodes.step(reward, done)
-        return self._obs.copy(), reward, terminated, truncated, info
+        return self._obs, reward, terminated, truncated, info
 
     def _physics_step(self) -> np.ndarray:
         failed = np.zeros(self.num_envs, bool)
@@ -245,23 +273,23 @@ class MujocoBatchedEnv(BatchedEnv):
 
     def step(self, actions: torch.Tensor) -> StepResult:
         actions = self.check_actions(actions)
-        obs, reward, terminated, truncated, info = self.step_numpy(actions.detach().cpu().numpy())
+        obs, reward, terminated, truncated, info = self._step(actions.detach().cpu().numpy())
+        final, episode = info.pop("final_obs"), info.pop("episode")
+        obs_t = self._tensor(obs)
         out = {
-            "final_obs": self._tensor(info.pop("final_obs")),
-            "episode": episode_to_torch(info.pop("episode"), self.device),
-            "diverged": torch.from_numpy(info.pop("diverged")).to(self.device),
-            "task": {k: torch.as_tensor(np.asarray(v)) for k, v in info.items()},
+            "final_obs": obs_t if final is obs else self._tensor(final),
+            "episode": episode_to_torch(episode, self.device),
+            "diverged": self._move(torch.from_numpy(info.pop("diverged"))),
+            "task": _LazyTensors(info, self.device),
         }
-        return StepResult(
-            self._tensor(obs),
-            torch.from_numpy(reward.astype(np.float32)).to(self.device),
-            torch.from_numpy(terminated).to(self.device),
-            torch.from_numpy(truncated).to(self.device),
-            out,
-        )
+        return StepResult(obs_t, self._tensor(reward), self._move(torch.from_numpy(terminated)),
+                          self._move(torch.from_numpy(truncated)), out)
+
+    def _move(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.device.type == "cpu" else t.to(self.device)
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(x, dtype=np.float32)).to(self.device)
+        return self._move(torch.from_numpy(x.astype(np.float32)))
 
     # -- exact snapshots ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -56,6 +56,10 @@ class Learner(nn.Module):
         """Actions used to collect experience; the policy's own sampling unless a learner adds noise."""
         return self.policy.act(obs, deterministic=False)
 
+    def env_action(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """What the env receives for the learner's actions (GoRL decodes latents; others clip to the bounds)."""
+        return self.policy.clip_action(actions)
+
     def training_state(self) -> dict[str, Any]:
         return {
             "modules": self.state_dict(),

@@ -25,5 +25,5 @@ class QEnsemble(nn.Module):
         super().__init__()
         self.net = EnsembleMLP(num_critics, obs_dim + act_dim, hidden_sizes, 1, activation, layer_norm)
 
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor, detach: bool = False) -> torch.Tensor:
-        return self.net(torch.cat([obs, actions], dim=-1), detach).squeeze(-1)
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor, detach: bool = False, members: slice | None = None) -> torch.Tensor:
+        return self.net(torch.cat([obs, actions], dim=-1), detach, members).squeeze(-1)

@@ -89,7 +89,8 @@ class TD3(Learner):
     def actor_loss(self, obs: torch.Tensor) -> torch.Tensor:
         # Deterministic policy gradient: maximize Q_1(s, pi(s)); gradient reaches only the actor
         actions, _ = self.policy.sample(obs)
-        return -self.critic(self.policy.obs_norm(obs), self.policy.to_unit(actions), detach=True)[0].mean()
+        q1 = self.critic(self.policy.obs_norm(obs), self.policy.to_unit(actions), detach=True, members=slice(0, 1))
+        return -q1.mean()
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         self.num_updates += 1

@@ -125,6 +125,17 @@ class Runner(abc.ABC):
         if not math.isfinite(float(value.sum())) and not bool(torch.isfinite(value).all()):
             self._fail(f"non-finite {what} from the environment at step {self.step:,}")
 
+    def policy_actions(self, select: Any, obs: torch.Tensor) -> Any:
+        """Run an action-selection call; non-finite actions stop training before reaching the env."""
+        try:
+            out = select(obs)
+        except FloatingPointError as exc:
+            self._fail(f"{exc} at step {self.step:,}")
+        actions = out[0] if isinstance(out, tuple) else out
+        if not math.isfinite(float(actions.sum())) and not bool(torch.isfinite(actions).all()):
+            self._fail(f"non-finite actions from the policy at step {self.step:,} (diverged weights?)")
+        return out
+
     def record_update(self, metrics: dict[str, torch.Tensor]) -> None:
         """Accumulate one update's metrics for the next log row; stop on NaN/Inf."""
         self.num_updates += 1

@@ -30,7 +30,7 @@ class OffPolicyRunner(Runner):
         env, learner, n = self.env, self.learner, self.env.num_envs
         obs = self.obs
         # 1. act: uniform random before learning starts, then the learner's exploration policy
-        actions = self._random_actions() if self.step < self.learning_starts else learner.explore(obs)
+        actions = self._random_actions() if self.step < self.learning_starts else self.policy_actions(learner.explore, obs)
         # 2. step the envs (finished ones reset inside step; info["final_obs"] is where they ended)
         next_obs, reward, terminated, _truncated, info = env.step(actions)
         self.check_finite("observation", next_obs)

@@ -32,8 +32,8 @@ class OnPolicyRunner(Runner):
         obs = self.obs
         rollout_obs = []
         for _ in range(self.rollout_steps):
-            actions, log_probs, values = learner.act(obs)
-            next_obs, reward, terminated, truncated, info = env.step(policy.clip_action(actions))
+            actions, log_probs, values = self.policy_actions(learner.act, obs)
+            next_obs, reward, terminated, truncated, info = env.step(learner.env_action(obs, actions))
             self.check_finite("observation", next_obs)
             self.check_finite("reward", reward)
             self.record_info(info)

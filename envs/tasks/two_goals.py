@@ -1,0 +1,75 @@
+"""TwoGoals-v0: reach one of two symmetric goals past an obstacle; the mean of the two good moves hits it.
+
+A point in the plane starts at the origin and moves by ``0.1 * action`` per step (actions in
+[-1, 1]^2). An obstacle (a disk of radius 0.3 at (0.45, 0)) sits between the start and two goals at
+(0.9, +-0.45). Reaching a goal ends the episode with +1 (a success); touching the obstacle ends it
+with -1; otherwise each step earns its progress toward the nearer goal (potential-based shaping,
+which leaves the optimal policy unchanged) minus 0.01, and the episode is cut after 40 steps.
+
+The first step is the decision state: by symmetry, the good first moves form two modes (up-right
+and down-right) and their average (straight right) leads into the obstacle. A policy that can only
+represent one mode must commit to a side; one fitted to both sides at once (imitation of a
+50/50 mixture, a forward-KL fit) puts its mean into the obstacle.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+OBSTACLE = (np.array([0.45, 0.0]), 0.3)
+GOALS = (np.array([0.9, 0.45]), np.array([0.9, -0.45]))
+GOAL_RADIUS = 0.12
+STEP = 0.1
+
+
+class TwoGoalsEnv(gym.Env):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, max_steps: int = 40, start_noise: float = 0.0, render_mode: str | None = None) -> None:
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)  # x, y, time left
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.max_steps, self.start_noise = max_steps, start_noise
+        self.render_mode = render_mode
+        self.pos = np.zeros(2)
+        self.t = 0
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self.pos[0], self.pos[1], 1.0 - self.t / self.max_steps], dtype=np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self.pos = self.np_random.uniform(-self.start_noise, self.start_noise, 2) if self.start_noise else np.zeros(2)
+        self.t = 0
+        return self._obs(), {}
+
+    @staticmethod
+    def _potential(pos: np.ndarray) -> float:
+        return -min(float(np.linalg.norm(pos - g)) for g in GOALS)
+
+    def step(self, action: np.ndarray):
+        a = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        before = self._potential(self.pos)
+        self.pos = self.pos + STEP * a
+        self.t += 1
+        center, radius = OBSTACLE
+        if np.linalg.norm(self.pos - center) < radius:
+            return self._obs(), -1.0, True, False, {"success": False, "collision": True}
+        if min(np.linalg.norm(self.pos - g) for g in GOALS) < GOAL_RADIUS:
+            return self._obs(), 1.0, True, False, {"success": True, "collision": False}
+        shaped = self._potential(self.pos) - before - 0.01
+        return self._obs(), shaped, False, self.t >= self.max_steps, {"success": False, "collision": False}
+
+    def render(self) -> np.ndarray:
+        size = 160
+        img = np.full((size, size, 3), 255, np.uint8)
+        ys, xs = np.mgrid[0:size, 0:size]
+        world = np.stack([xs / size * 1.4 - 0.2, 0.7 - ys / size * 1.4], axis=-1)
+        img[np.linalg.norm(world - OBSTACLE[0], axis=-1) < OBSTACLE[1]] = (200, 60, 60)
+        for g in GOALS:
+            img[np.linalg.norm(world - g, axis=-1) < GOAL_RADIUS] = (60, 170, 60)
+        img[np.linalg.norm(world - self.pos, axis=-1) < 0.03] = (30, 30, 200)
+        return img
+

@@ -1,0 +1,87 @@
+"""Gaussian mixture head: K diagonal Gaussians with state-dependent weights, exact log-probability.
+
+    log pi(x|s) = logsumexp_k [ log w_k(s) + log N(x; mu_k(s), sigma_k(s)^2) ]
+and, squashed into the bounds with a = tanh(x) (as the Gaussian head), minus sum_i log(1 - tanh(x_i)^2),
+a term the components share. Sampling picks a component, then samples it: the draw is not
+differentiable through the choice, so the head is not reparameterized (PPO uses its log-probability;
+EXPO and PA-RL its imitation loss, which is the negative log-likelihood).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from policies.heads.base import PolicyHead
+from policies.heads.gaussian import LOG_STD_MAX, LOG_STD_MIN, tanh_log_det
+from policies.networks import mlp, orthogonal_init_
+from policies.normalizers import ObsNormalizer
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class MixtureHead(PolicyHead):
+    name = "mixture"
+    tractable_log_prob = True
+    reparameterized = False
+
+    def __init__(self, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray, obs_norm: ObsNormalizer,
+                 hidden_sizes: Sequence[int] = (256, 256), activation: str = "relu", components: int = 5,
+                 squash: bool = True, ortho_init: bool = False, **_: Any) -> None:
+        super().__init__(obs_dim, action_low, action_high, obs_norm)
+        if int(components) < 1:
+            raise ValueError(f"policy.components={components}: a mixture needs at least one component")
+        self.k, self.squash = int(components), squash
+        self.net = mlp(obs_dim, hidden_sizes, self.k * (1 + 2 * self.act_dim), activation)
+        if ortho_init:
+            orthogonal_init_(self.net, out_gain=0.01)
+        with torch.no_grad():  # spread the initial component means so the modes start apart
+            last = [m for m in self.net if isinstance(m, torch.nn.Linear)][-1]
+            means = last.bias[self.k:self.k + self.k * self.act_dim].view(self.k, self.act_dim)
+            means.copy_(torch.linspace(-0.5, 0.5, self.k)[:, None].expand(self.k, self.act_dim))
+
+    def components(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """log-weights [B, K], means [B, K, A], log-stds [B, K, A]."""
+        h = self.net(self.obs_norm(obs))
+        b, k, a = h.shape[0], self.k, self.act_dim
+        logits, means, log_stds = h[:, :k], h[:, k:k + k * a], h[:, k + k * a:]
+        return (torch.log_softmax(logits, dim=-1), means.reshape(b, k, a),
+                log_stds.reshape(b, k, a).clamp(LOG_STD_MIN, LOG_STD_MAX))
+
+    def _log_prob_x(self, log_w: torch.Tensor, means: torch.Tensor, log_stds: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        z = (x[:, None, :] - means) * torch.exp(-log_stds)
+        per_component = (-0.5 * z.square() - log_stds).sum(-1) - self.act_dim * _HALF_LOG_2PI
+        logp = torch.logsumexp(log_w + per_component, dim=-1)
+        return logp - tanh_log_det(x) if self.squash else logp
+
+    def _out(self, x: torch.Tensor) -> torch.Tensor:
+        return self.from_unit(torch.tanh(x)) if self.squash else self.clip_action(x)
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_w, means, log_stds = self.components(obs)
+        pick = torch.multinomial(log_w.exp(), 1).squeeze(-1)
+        rows = torch.arange(obs.shape[0], device=obs.device)
+        x = means[rows, pick] + log_stds[rows, pick].exp() * torch.randn_like(means[:, 0])
+        logp = self._log_prob_x(log_w, means, log_stds, x)
+        return (self.from_unit(torch.tanh(x)) if self.squash else x), logp
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        if not deterministic:
+            return self._out(self.sample(obs)[0]) if not self.squash else self.sample(obs)[0]
+        log_w, means, _ = self.components(obs)  # the mean of the heaviest component: a mode
+        return self._out(means[torch.arange(obs.shape[0], device=obs.device), log_w.argmax(-1)])
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        x = torch.atanh(self.to_unit(actions).clamp(-1.0 + 1e-6, 1.0 - 1e-6)) if self.squash else actions
+        return self._log_prob_x(*self.components(obs), x)
+
+    def imitation_loss(self, obs: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        nll = -self.log_prob(obs, actions)
+        return nll.mean() if weights is None else (nll * weights).sum() / weights.sum().clamp_min(1e-8)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.act(obs, deterministic=True)

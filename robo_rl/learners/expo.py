@@ -1,0 +1,187 @@
+"""EXPO: expressive base policy + light edit policy, acting with the best action by Q.
+
+Dong et al. 2025, "EXPO: Stable Reinforcement Learning with Expressive Policies" (arXiv:2507.07986).
+  * base policy pi_b (any head, typically diffusion or flow): trained only with its imitation loss on
+    replay actions (it never sees a Q-gradient, which is what keeps expressive policies stable);
+  * edit policy pi_e(delta | s, a): a small tanh-Gaussian that shifts a base action by at most
+    ``edit_scale`` of the action half-range toward higher Q, trained SAC-style
+        L_e = E[ alpha log pi_e(delta|s,a) - min_i Q_i(s, clip(a + delta)) ],  a ~ pi_b(s)
+    with its temperature tuned to a target entropy of -|A|;
+  * on-the-fly policy: draw N base actions and their N edits, act (and compute TD targets) with the
+    candidate of highest min_i Q_i among those 2N.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from policies.heads import PolicyHead
+from policies.heads.gaussian import GaussianHead
+from robo_rl.learners.base import Batch, Learner, polyak_update
+from robo_rl.learners.candidates import best, sample_candidates, score
+from robo_rl.learners.critics import QEnsemble
+from robo_rl.learners.optim import FusedAdam
+
+
+class EditPolicy(nn.Module):
+    """pi_e(delta | s, a): a tanh-Gaussian over edits within +-edit_scale of each action's half-range."""
+
+    def __init__(self, base: PolicyHead, edit_scale: float, hidden: Sequence[int], activation: str) -> None:
+        super().__init__()
+        span = base.action_scale.cpu().numpy() * edit_scale
+        # its input is [normalized obs, unit action]; the base's normalizer is applied before
+        from policies.normalizers import ObsNormalizer
+
+        self.head = GaussianHead(base.obs_dim + base.act_dim, -span, span, ObsNormalizer(base.obs_dim + base.act_dim),
+                                 hidden, activation, squash=True, state_dependent_std=True)
+        self.base = [base]  # not a submodule: the base's weights belong to the base
+
+    def _input(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        base = self.base[0]
+        return torch.cat([base.obs_norm(obs), base.to_unit(actions)], dim=-1)
+
+    def sample(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head.sample(self._input(obs, actions))
+
+    def act(self, obs: torch.Tensor, actions: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        return self.head.act(self._input(obs, actions), deterministic)
+
+
+class EXPOPolicy(PolicyHead):
+    """The policy EXPO acts with: best of N base samples and their edits by the critic (exportable)."""
+
+    name = "expo"
+    reparameterized = False
+    tractable_log_prob = False
+
+    def __init__(self, base: PolicyHead, edit: EditPolicy, critic: QEnsemble, num_samples: int) -> None:
+        super().__init__(base.obs_dim, base.action_low.cpu().numpy(), base.action_high.cpu().numpy(), base.obs_norm)
+        self.base, self.edit, self.critic, self.n = base, edit, critic, num_samples
+
+    def candidates(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """[B, 2N, A]: N base samples and each one edited."""
+        b = obs.shape[0]
+        if deterministic:  # a fixed set of noises: the same observation always gets the same action
+            generator = torch.Generator(device=obs.device).manual_seed(0)
+            states = obs.repeat_interleave(self.n, dim=0)
+            if hasattr(self.base, "noise_shape"):  # generative heads take their noise as an input
+                noise = torch.randn(self.base.noise_shape(states.shape[0]), generator=generator, device=obs.device)
+                base_actions = self.base.act_chunk(states, noise=noise)[:, 0]
+            else:
+                base_actions = self.base.act(states, deterministic=True)
+            base_actions = base_actions.reshape(b, self.n, -1)
+        else:
+            base_actions = sample_candidates(self.base, obs, self.n)
+        flat = base_actions.reshape(b * self.n, -1)
+        delta = self.edit.act(obs.repeat_interleave(self.n, dim=0), flat, deterministic)
+        edited = self.clip_action(flat + delta).reshape(b, self.n, -1)
+        return torch.cat([base_actions, edited], dim=1)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        candidates = self.candidates(obs, deterministic)
+        return best(candidates, score(self.critic, self.base, obs, candidates))[0]
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.act(obs), None
+
+    def imitation_loss(self, obs: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        return self.base.imitation_loss(obs, actions, weights)
+
+
+class EXPO(Learner):
+    kind = "off_policy"
+    name = "expo"
+    loss_functions = ("critic_loss",)
+
+    def __init__(
+        self,
+        policy: PolicyHead,
+        gamma: float = 0.99,
+        tau: float = 0.005,
+        critic_lr: float = 3e-4,
+        base_lr: float = 3e-4,
+        edit_lr: float = 3e-4,
+        alpha_lr: float = 3e-4,
+        init_alpha: float = 0.1,
+        num_samples: int = 2,
+        edit_scale: float = 0.2,
+        edit_hidden: Sequence[int] = (256, 256),
+        edit_activation: str = "relu",
+        num_critics: int = 2,
+        critic_hidden: Sequence[int] = (256, 256),
+        critic_activation: str = "relu",
+        critic_layer_norm: bool = False,
+        **_: Any,
+    ) -> None:
+        super().__init__()
+        if not policy.stochastic:
+            raise ValueError(f"algo=expo draws several base actions: the {policy.name!r} head is deterministic; "
+                             "use policy=diffusion, flow, mixture or gaussian as the base")
+        if policy.action_chunk != 1:
+            raise ValueError("algo=expo edits single actions: set policy.chunk=1 (action chunks are for imitation)")
+        if num_samples < 1 or not 0 < edit_scale <= 2:
+            raise ValueError(f"algo.num_samples={num_samples} must be >= 1 and algo.edit_scale={edit_scale} in (0, 2]")
+        self.base = policy
+        self.gamma, self.tau = gamma, tau
+        self.critic = QEnsemble(policy.obs_dim, policy.act_dim, num_critics, critic_hidden, critic_activation, critic_layer_norm)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.edit = EditPolicy(policy, edit_scale, edit_hidden, edit_activation)
+        self.policy = EXPOPolicy(policy, self.edit, self.critic, num_samples)
+        self.target_policy = EXPOPolicy(policy, self.edit, self.critic_target, num_samples)
+        self.log_alpha = nn.Parameter(torch.tensor(float(init_alpha)).log())
+        self.target_entropy = float(-policy.act_dim)
+        self.critic_opt = FusedAdam(self.critic.parameters(), critic_lr)
+        self.base_opt = FusedAdam(policy.parameters(), base_lr)
+        self.edit_opt = FusedAdam(self.edit.parameters(), edit_lr)
+        self.alpha_opt = FusedAdam([self.log_alpha], alpha_lr)
+        self._critic_params = list(self.critic.parameters())
+        self._target_params = list(self.critic_target.parameters())
+        self._base_params = list(policy.parameters())
+        self._edit_params = list(self.edit.parameters())
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"critic": self.critic_opt, "base": self.base_opt, "edit": self.edit_opt, "alpha": self.alpha_opt}
+
+    @torch.no_grad()
+    def explore(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.policy.act(obs, deterministic=False)
+
+    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        base = self.base
+        with torch.no_grad():  # TD target with the on-the-fly policy at s', scored by the target critics
+            candidates = self.target_policy.candidates(batch.next_obs)
+            _, q_next = best(candidates, score(self.critic_target, base, batch.next_obs, candidates))
+            target = batch.rewards + self.gamma * (1.0 - batch.terminated) * q_next
+        q = self.critic(base.obs_norm(batch.obs), base.to_unit(batch.actions))
+        return 0.5 * (q - target).square().mean(1).sum(), q.detach().mean()
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        base = self.base
+        critic_loss, q_mean = self._critic_loss(batch)
+        self.critic_opt.apply(torch.autograd.grad(critic_loss, self._critic_params))
+
+        # edit policy, SAC-style on base samples (the base is not differentiated)
+        alpha = self.log_alpha.detach().exp()
+        with torch.no_grad():
+            base_actions = base.act(batch.obs, deterministic=False)
+        delta, logp = self.edit.sample(batch.obs, base_actions)
+        edited = torch.maximum(torch.minimum(base_actions + delta, base.action_high), base.action_low)
+        q_edit = self.critic(base.obs_norm(batch.obs), base.to_unit(edited), detach=True).min(0).values
+        edit_loss = (alpha * logp - q_edit).mean()
+        self.edit_opt.apply(torch.autograd.grad(edit_loss, self._edit_params))
+        alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+        self.alpha_opt.apply(torch.autograd.grad(alpha_loss, [self.log_alpha]))
+
+        # base policy: its own supervised loss on replay actions
+        base_loss = base.imitation_loss(batch.obs, batch.actions)
+        self.base_opt.apply(torch.autograd.grad(base_loss, self._base_params, allow_unused=True, materialize_grads=True))
+        with torch.no_grad():
+            polyak_update(self._target_params, self._critic_params, self.tau)
+        return {"critic_loss": critic_loss.detach(), "q_mean": q_mean, "edit_loss": edit_loss.detach(),
+                "base_loss": base_loss.detach(), "alpha": alpha, "edit_entropy": -logp.detach().mean()}
+

@@ -1,0 +1,127 @@
+"""PA-RL: policy-agnostic RL (Mark et al. 2024, "Policy Agnostic RL", arXiv:2412.06685).
+
+Any policy head works, as long as it can sample and has a supervised loss: the learner never
+differentiates through the policy. Per update:
+
+  1. critic: TD target with the action the agent would take at s': the best of M policy samples
+     by the target critics,  y = r + g (1 - d) max_j min_i Q'_i(s', a_j),   a_j ~ pi(.|s');
+  2. action optimization (sec. 4): sample M actions at s, keep the top k by Q ("global"), then take
+     G gradient-ascent steps on min_i Q_i(s, a) within the action bounds ("local");
+  3. policy: distill the optimized actions with the head's own imitation loss (Gaussian NLL,
+     diffusion epsilon-MSE, flow-matching MSE, ...).
+It acts with the best of M samples by Q. The policy part (2-3) runs every ``policy_update_every``
+updates: it is the costly part with a generative head.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+
+from policies.heads import PolicyHead
+from robo_rl.learners.base import Batch, Learner, polyak_update
+from robo_rl.learners.candidates import best, sample_candidates, score
+from robo_rl.learners.critics import QEnsemble
+from robo_rl.learners.optim import FusedAdam
+
+
+class PARL(Learner):
+    kind = "off_policy"
+    name = "parl"
+    loss_functions = ("critic_loss",)
+
+    def __init__(
+        self,
+        policy: PolicyHead,
+        gamma: float = 0.99,
+        tau: float = 0.005,
+        critic_lr: float = 3e-4,
+        policy_lr: float = 3e-4,
+        num_candidates: int = 8,
+        top_k: int = 1,
+        grad_steps: int = 3,
+        action_lr: float = 0.05,
+        policy_update_every: int = 2,
+        num_critics: int = 2,
+        critic_hidden: Sequence[int] = (256, 256),
+        critic_activation: str = "relu",
+        critic_layer_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        if not policy.stochastic:
+            raise ValueError(f"algo=parl chooses among sampled actions: the {policy.name!r} head is deterministic; "
+                             "use policy=flow, diffusion, mixture or gaussian")
+        if policy.action_chunk != 1:
+            raise ValueError("algo=parl optimizes single actions: set policy.chunk=1 (action chunks are for imitation)")
+        if num_candidates < 1 or not 1 <= top_k <= num_candidates:
+            raise ValueError(f"algo.num_candidates={num_candidates}, algo.top_k={top_k}: need 1 <= top_k <= num_candidates")
+        if grad_steps < 0 or action_lr < 0 or policy_update_every < 1:
+            raise ValueError("algo.grad_steps and algo.action_lr must be >= 0, algo.policy_update_every >= 1")
+        self.policy = policy
+        self.gamma, self.tau = gamma, tau
+        self.m, self.top_k, self.grad_steps, self.action_lr = num_candidates, top_k, grad_steps, action_lr
+        self.policy_update_every = policy_update_every
+        self.critic = QEnsemble(policy.obs_dim, policy.act_dim, num_critics, critic_hidden, critic_activation, critic_layer_norm)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64))
+        self.critic_opt = FusedAdam(self.critic.parameters(), critic_lr)
+        self.policy_opt = FusedAdam(policy.parameters(), policy_lr)
+        self._critic_params = list(self.critic.parameters())
+        self._target_params = list(self.critic_target.parameters())
+        self._policy_params = list(policy.parameters())
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"critic": self.critic_opt, "policy": self.policy_opt}
+
+    @torch.no_grad()
+    def explore(self, obs: torch.Tensor) -> torch.Tensor:
+        candidates = sample_candidates(self.policy, obs, self.m)
+        return best(candidates, score(self.critic, self.policy, obs, candidates))[0]
+
+    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        policy = self.policy
+        with torch.no_grad():
+            candidates = sample_candidates(policy, batch.next_obs, self.m)
+            _, q_next = best(candidates, score(self.critic_target, policy, batch.next_obs, candidates))
+            target = batch.rewards + self.gamma * (1.0 - batch.terminated) * q_next
+        q = self.critic(policy.obs_norm(batch.obs), policy.to_unit(batch.actions))
+        return 0.5 * (q - target).square().mean(1).sum(), q.detach().mean()
+
+    def optimize_actions(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global (top-k of M samples) then local (G gradient steps on Q) optimization: [B*k, A], states [B*k]."""
+        policy = self.policy
+        with torch.no_grad():
+            candidates = sample_candidates(policy, obs, self.m)
+            scores = score(self.critic, policy, obs, candidates)
+            top = scores.topk(self.top_k, dim=1).indices  # [B, k]
+            rows = torch.arange(obs.shape[0], device=obs.device)[:, None]
+            unit = policy.to_unit(candidates[rows, top]).reshape(-1, policy.act_dim)
+        states = obs.repeat_interleave(self.top_k, dim=0)
+        return policy.from_unit(self.ascend_q(states, unit)), states
+
+    def ascend_q(self, states: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+        """G steps of gradient ascent on min_i Q_i(s, a) over unit-scale actions, kept in [-1, 1]."""
+        obs_n = self.policy.obs_norm(states)
+        for _ in range(self.grad_steps):
+            unit = unit.detach().requires_grad_(True)
+            q = self.critic(obs_n, unit, detach=True).min(0).values
+            (grad,) = torch.autograd.grad(q.sum(), unit)
+            unit = (unit + self.action_lr * grad).clamp(-1.0, 1.0)
+        return unit.detach()
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        self.num_updates += 1
+        critic_loss, q_mean = self._critic_loss(batch)
+        self.critic_opt.apply(torch.autograd.grad(critic_loss, self._critic_params))
+        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q_mean}
+        if int(self.num_updates) % self.policy_update_every == 0:
+            actions, states = self.optimize_actions(batch.obs)
+            policy_loss = self.policy.imitation_loss(states, actions)
+            self.policy_opt.apply(torch.autograd.grad(policy_loss, self._policy_params, allow_unused=True,
+                                                      materialize_grads=True))
+            metrics["policy_loss"] = policy_loss.detach()
+        with torch.no_grad():
+            polyak_update(self._target_params, self._critic_params, self.tau)
+        return metrics

@@ -1,0 +1,163 @@
+"""Generative heads: diffusers' updates reproduced, both modes of multimodal data covered, chunks, bad input."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from policies import build_head
+from policies.heads import ChunkExecutor
+
+LOW, HIGH = -np.ones(2), np.ones(2)
+SMALL = {"hidden_sizes": (128, 128)}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # small networks: a second thread adds synchronization, not speed
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_ddim_and_ddpm_updates_equal_diffusers_step():
+    torch.manual_seed(0)
+    for kind in ("ddim", "ddpm"):
+        head = build_head("diffusion", 3, LOW, HIGH, scheduler=kind, train_steps=50, inference_steps=5, **SMALL)
+        obs = torch.randn(4, 3)
+        d = head.x_dim
+        x = torch.randn(4, d)
+        # DDPM's per-step noises, drawn as diffusers draws them from a seeded generator
+        step_noise = [torch.randn(4, d, generator=torch.Generator().manual_seed(k)) for k in range(head.inference_steps)]
+        noise = torch.cat([x, *step_noise], dim=1) if kind == "ddpm" else x
+        ours = head.generate(obs, noise).reshape(4, -1)
+        sampler = head.sampler  # diffusers' own scheduler and its step()
+        for k, t in enumerate(sampler.timesteps):
+            eps = head.net(x, torch.full((4,), int(t)), head.obs_norm(obs))
+            if kind == "ddim":
+                x = sampler.step(eps, t, x, eta=0.0).prev_sample
+            else:
+                x = sampler.step(eps, t, x, generator=torch.Generator().manual_seed(k)).prev_sample
+        torch.testing.assert_close(ours, x.clamp(-1, 1), rtol=1e-5, atol=1e-5)
+
+
+def bimodal(n):
+    sign = torch.where(torch.rand(n) < 0.5, 1.0, -1.0)
+    return torch.stack([0.6 * sign, -0.6 * sign], dim=1) + 0.05 * torch.randn(n, 2)
+
+
+def ring(n):
+    angle = torch.rand(n) * 2 * math.pi
+    return 0.6 * torch.stack([angle.cos(), angle.sin()], dim=1) + 0.02 * torch.randn(n, 2)
+
+
+def fit(head, data_fn, steps=1500, lr=2e-3):
+    torch.manual_seed(1)
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    obs = torch.zeros(256, 3)
+    for _ in range(steps):
+        loss = head.imitation_loss(obs, data_fn(256))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return head.act(torch.zeros(2000, 3))
+
+
+HEADS = [
+    ("diffusion", {"inference_steps": 10, "train_steps": 100}),
+    ("flow", {"steps": 8}),
+    ("mixture", {"components": 6, "squash": True}),
+    ("latent", {"decoder": "flow", "decoder_steps": 8, "decoder_hidden": (128, 128)}),
+]
+
+
+@pytest.mark.parametrize("name, options", HEADS)
+def test_bimodal_data_keeps_both_modes(name, options):
+    head = build_head(name, 3, LOW, HIGH, **{**SMALL, **options})
+    samples = fit(head, bimodal)
+    near_a = ((samples - torch.tensor([0.6, -0.6])).norm(dim=1) < 0.25).float().mean()
+    near_b = ((samples - torch.tensor([-0.6, 0.6])).norm(dim=1) < 0.25).float().mean()
+    middle = (samples.norm(dim=1) < 0.3).float().mean()
+    assert near_a > 0.3 and near_b > 0.3, (float(near_a), float(near_b))  # both modes, each a good share
+    assert middle < 0.05  # and not the average of the two
+
+
+@pytest.mark.parametrize("name, options", HEADS)
+def test_ring_data_covers_the_ring(name, options):
+    head = build_head(name, 3, LOW, HIGH, **{**SMALL, **options})
+    samples = fit(head, ring)
+    radius = samples.norm(dim=1)
+    assert (radius - 0.6).abs().median() < 0.08
+    angles = torch.atan2(samples[:, 1], samples[:, 0])
+    counts = torch.histc(angles, bins=8, min=-math.pi, max=math.pi) / len(angles)
+    assert counts.min() > 0.05, counts  # every eighth of the circle is visited
+
+
+def test_gaussian_averages_the_two_modes():
+    # the contrast: a unimodal head fitted to the same data puts its mean between the modes
+    head = build_head("gaussian", 3, LOW, HIGH, squash=True, **SMALL)
+    fit(head, bimodal, steps=800)
+    mean = head.act(torch.zeros(1, 3), deterministic=True)
+    assert mean.norm() < 0.3
+
+
+def test_sampling_is_deterministic_given_the_noise():
+    head = build_head("flow", 3, LOW, HIGH, steps=4, **SMALL)
+    obs = torch.randn(5, 3)
+    noise = torch.randn(head.noise_shape(5))
+    assert torch.equal(head(obs, noise), head(obs, noise))
+    assert torch.equal(head.act(obs, deterministic=True), head.act(obs, deterministic=True))
+
+
+def test_chunks_execute_k_actions_per_query():
+    head = build_head("flow", 3, LOW, HIGH, steps=2, chunk=4, execute=2, **SMALL)
+    calls = []
+    original = head.act_chunk
+    head.act_chunk = lambda obs, deterministic=False, noise=None: calls.append(len(obs)) or original(obs, deterministic)
+    runner = ChunkExecutor(head, num_envs=3)
+    obs = torch.zeros(3, 3)
+    for _ in range(3):
+        runner.act(obs)
+    assert calls == [3, 3]  # a new chunk every 2 steps for all 3 envs (steps 0 and 2)
+    runner.reset(torch.tensor([True, False, False]))
+    runner.act(obs)
+    assert calls[-1] == 1  # only the env that started a new episode re-plans
+    with pytest.raises(ValueError, match=r"needs actions \[B, 4, 2\]"):
+        head.imitation_loss(torch.zeros(2, 3), torch.zeros(2, 2))
+    chunks = torch.zeros(2, 4, 2)
+    assert torch.isfinite(head.imitation_loss(torch.zeros(2, 3), chunks))
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("flow", {"steps": 0}, "at least 1 integration step"),
+    ("flow", {"solver": "rk45"}, "euler, midpoint"),
+    ("diffusion", {"inference_steps": 0}, "at least 1 sampling step"),
+    ("diffusion", {"scheduler": "dpm++"}, "ddim, ddpm"),
+    ("diffusion", {"beta_schedule": "cosine-ish"}, "not a diffusers schedule"),
+    ("diffusion", {"train_steps": 5, "inference_steps": 10}, "exceeds"),
+    ("flow", {"chunk": 2, "execute": 3}, "between 1 and chunk=2"),
+    ("mixture", {"components": 0}, "at least one component"),
+    ("latent", {"decoder": "vae"}, "flow, diffusion"),
+])
+def test_bad_head_options_are_refused(name, options, message):
+    with pytest.raises(ValueError, match=message):
+        build_head(name, 3, LOW, HIGH, **{**SMALL, **options})
+
+
+def test_non_finite_samples_are_caught():
+    head = build_head("flow", 3, LOW, HIGH, steps=2, **SMALL)
+    with torch.no_grad():
+        head.net.out.bias.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        head.act(torch.zeros(2, 3))
+
+
+def test_mixture_log_prob_is_a_density():
+    head = build_head("mixture", 3, np.array([-1.0]), np.array([1.0]), components=3, squash=True, hidden_sizes=(16,))
+    obs = torch.randn(1, 3).expand(20001, 3)
+    u = torch.linspace(-1 + 1e-5, 1 - 1e-5, 20001).unsqueeze(-1)
+    with torch.no_grad():
+        integral = torch.trapezoid(head.log_prob(obs, u).exp(), u.squeeze(-1))
+    assert abs(float(integral) - 1.0) < 3e-3

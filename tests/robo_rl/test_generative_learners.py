@@ -1,0 +1,137 @@
+"""GoRL, EXPO and PA-RL: they run with the heads they can use, refuse the ones they cannot, resume exactly."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from policies import build_head
+from robo_rl.config import ConfigError
+from robo_rl.learners.base import Batch
+from robo_rl.learners.expo import EXPO
+from robo_rl.learners.gorl import GoRL
+from robo_rl.learners.parl import PARL
+from robo_rl.learners.ppo import PPO
+from robo_rl.learners.sac import SAC
+from robo_rl.runs import load_run_config
+from robo_rl.train import train
+from tests.helpers import FAST
+from tests.helpers import compose
+from tests.robo_rl.test_training import assert_same_weights, final_weights, interrupt_at_update
+
+LOW, HIGH = -np.ones(2), np.ones(2)
+TINY_FLOW = ("policy.hidden_sizes=[64,64]", "policy.steps=2")
+OFF = ("env=pendulum", "algo.learning_starts=200", "algo.batch_size=64", "algo.critic_hidden=[64,64]",
+       "eval.episodes=2", "eval.num_envs=2", *FAST)
+
+
+def batch(n=32):
+    return Batch(torch.randn(n, 3), torch.rand(n, 2) * 2 - 1, torch.randn(n), torch.randn(n, 3), torch.zeros(n))
+
+
+@pytest.mark.parametrize("head, options", [
+    ("flow", {"steps": 2}), ("diffusion", {"inference_steps": 2, "train_steps": 20}), ("mixture", {}), ("gaussian", {}),
+])
+def test_parl_and_expo_update_every_head(head, options):
+    for cls in (PARL, EXPO):
+        policy = build_head(head, 3, LOW, HIGH, hidden_sizes=(32, 32), **options)
+        learner = cls(policy, critic_hidden=(32, 32))
+        before = {k: v.clone() for k, v in learner.state_dict().items()}
+        for _ in range(4):
+            metrics = learner.update(batch())
+        assert all(torch.isfinite(v).all() for v in metrics.values())
+        changed = [k for k, v in learner.state_dict().items() if v.is_floating_point() and not torch.equal(before[k], v)]
+        assert any(k.startswith("critic.") for k in changed)
+        assert any(k.startswith("base.") or k.startswith("policy.") for k in changed), (cls.name, head)
+        actions = learner.explore(torch.randn(5, 3))
+        assert actions.shape == (5, 2) and (actions.abs() <= 1).all()
+
+
+def test_parl_action_optimization_climbs_q():
+    torch.manual_seed(0)
+    policy = build_head("flow", 3, LOW, HIGH, hidden_sizes=(32, 32), steps=2)
+    learner = PARL(policy, critic_hidden=(32, 32), grad_steps=10, action_lr=0.05, num_candidates=6)
+    states = torch.randn(64, 3)
+    unit = torch.rand(64, 2) * 1.6 - 0.8
+    with torch.no_grad():
+        q = lambda u: learner.critic(policy.obs_norm(states), u).min(0).values  # noqa: E731
+        before = q(unit)
+    after_unit = learner.ascend_q(states, unit)
+    with torch.no_grad():
+        after = q(after_unit)
+    assert (after >= before - 1e-5).float().mean() > 0.95 and after.mean() > before.mean()  # local: uphill
+    assert after_unit.abs().max() <= 1.0  # within the bounds
+    learner.grad_steps = 0  # global step alone: the kept action is the best of its M candidates
+    torch.manual_seed(1)
+    optimized, kept_states = learner.optimize_actions(states[:8])
+    torch.manual_seed(1)
+    from robo_rl.learners.candidates import sample_candidates, score
+
+    with torch.no_grad():
+        candidates = sample_candidates(policy, states[:8], 6)
+        best_scores = score(learner.critic, policy, states[:8], candidates).max(1).values
+        kept = learner.critic(policy.obs_norm(kept_states), policy.to_unit(optimized)).min(0).values
+    torch.testing.assert_close(kept, best_scores)
+
+
+@pytest.mark.parametrize("algo, head, message", [
+    (SAC, "flow", "reparameterized"),
+    (PPO, "diffusion", "tractable_log_prob"),
+    (PARL, "deterministic", "deterministic"),
+    (EXPO, "deterministic", "deterministic"),
+    (GoRL, "gaussian", "policy=latent"),
+])
+def test_combinations_that_cannot_work_say_what_to_change(algo, head, message):
+    policy = build_head(head, 3, LOW, HIGH, hidden_sizes=(16,))
+    with pytest.raises(ValueError, match=message):
+        algo(policy)
+
+
+def test_chunked_heads_are_for_imitation():
+    policy = build_head("flow", 3, LOW, HIGH, hidden_sizes=(16,), chunk=4)
+    for cls in (PARL, EXPO):
+        with pytest.raises(ValueError, match="chunk=1"):
+            cls(policy)
+
+
+@pytest.mark.parametrize("algo", ["expo", "parl"])
+def test_offpolicy_generative_run_evaluates_and_resumes_exactly(tmp_path, monkeypatch, algo):
+    from robo_rl.learners.base import Learner  # noqa: F401
+
+    cls = EXPO if algo == "expo" else PARL
+    common = (f"algo={algo}", *OFF, *TINY_FLOW, "steps=400", "checkpoint.every=200", "eval.every=200")
+    train(compose(*common), tmp_path / "full")
+    restore = interrupt_at_update(monkeypatch, cls, 57)
+    with pytest.raises(Exception):
+        train(compose(*common), tmp_path / "cut")
+    restore()
+    train(compose(f"resume={tmp_path / 'cut'}"), tmp_path / "unused", [f"resume={tmp_path / 'cut'}"])
+    assert_same_weights(final_weights(tmp_path / "full")[0], final_weights(tmp_path / "cut")[0])
+    summary = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert np.isfinite(summary["final_eval_return_mean"])
+
+
+def test_gorl_refits_the_decoder_and_resets_the_latent(tmp_path):
+    cfg = compose("algo=gorl", "env=pendulum", "env.num_envs=8", "algo.rollout_steps=16", "algo.minibatch_size=32",
+                  "algo.epochs=2", "algo.refit_every=2", "algo.refit_epochs=2", "policy.decoder_hidden=[64,64]",
+                  "steps=1024", "eval.episodes=2", "eval.num_envs=2", *FAST)
+    summary = train(cfg, tmp_path / "run")
+    assert summary["updates"] == 8
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/decoder_loss" in header
+    assert load_run_config(tmp_path / "run").policy.name == "latent"
+
+
+def test_gorl_identity_decoder_at_start():
+    head = build_head("latent", 3, LOW, HIGH, hidden_sizes=(16,), decoder_hidden=(32, 32), decoder_steps=3)
+    GoRL(head)  # zero-initializes the flow decoder's velocity
+    z = torch.tensor([[0.5, -0.25], [2.0, -3.0]])
+    torch.testing.assert_close(head.decode(torch.zeros(2, 3), z), z.clamp(-1, 1))
+
+
+def test_bad_learner_options_fail_before_work(tmp_path):
+    with pytest.raises(ConfigError, match="algo.top_k"):
+        train(compose("algo=parl", "algo.top_k=20", *OFF), tmp_path / "a")
+    with pytest.raises(ValueError, match="at least 1 integration step"):
+        train(compose("algo=expo", "policy.steps=0", *OFF), tmp_path / "b")
