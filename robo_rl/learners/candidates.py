@@ -6,6 +6,8 @@ ensemble -> [B, M] scores (the minimum over critics, the pessimistic estimate bo
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from policies.heads import PolicyHead
@@ -30,3 +32,65 @@ def best(candidates: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, 
     """The highest-scoring candidate per state: actions [B, A] and their scores [B]."""
     top, idx = scores.max(dim=1)
     return candidates[torch.arange(candidates.shape[0], device=candidates.device), idx], top
+
+
+class CriticSelectPolicy(PolicyHead):
+    """The policy EXPO and PA-RL act with: the best of N candidates by the critic (an exportable head).
+
+    Candidates are N samples of the base head and, with an edit policy (EXPO), each one edited.
+    Deterministic acting draws the N samples from fixed noise (seed 0), so the same observation
+    always gets the same action; the export takes that noise as an input.
+    """
+
+    name = "critic_select"
+    reparameterized = False
+    tractable_log_prob = False
+
+    def __init__(self, base: PolicyHead, critic: QEnsemble, num_samples: int, edit: Any = None) -> None:
+        super().__init__(base.obs_dim, base.action_low.cpu().numpy(), base.action_high.cpu().numpy(), base.obs_norm)
+        self.base, self.critic, self.n, self.edit = base, critic, num_samples, edit
+
+    def noise_dim(self) -> int:
+        """Noise numbers per state the deterministic path uses (0: the base has no noise input)."""
+        return self.n * self.base.noise_shape(1)[1] if hasattr(self.base, "noise_shape") else 0
+
+    def fixed_noise(self, batch: int, device: torch.device) -> torch.Tensor | None:
+        d = self.noise_dim()
+        if d == 0:
+            return None
+        g = torch.Generator(device=device).manual_seed(0)
+        return torch.randn(1, d, generator=g, device=device).expand(batch, d)
+
+    def candidates(self, obs: torch.Tensor, deterministic: bool = False, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, N or 2N, A]: N base samples (and each one edited, with an edit policy)."""
+        b = obs.shape[0]
+        states = obs.repeat_interleave(self.n, dim=0)
+        if deterministic or noise is not None:
+            noise = self.fixed_noise(b, obs.device) if noise is None else noise
+            if noise is not None:  # generative base: each candidate from its own slice of the noise
+                base_actions = self.base.from_unit(self.base.generate(states, noise.reshape(b * self.n, -1)))[:, 0]
+            else:
+                base_actions = self.base.act(states, deterministic=True)
+        else:
+            base_actions = self.base.act(states, deterministic=False)
+        if self.edit is None:
+            return base_actions.reshape(b, self.n, -1)
+        delta = self.edit.act(states, base_actions, deterministic or noise is not None)
+        edited = self.clip_action(base_actions + delta)
+        return torch.cat([base_actions.reshape(b, self.n, -1), edited.reshape(b, self.n, -1)], dim=1)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        candidates = self.candidates(obs, deterministic)
+        return best(candidates, score(self.critic, self.base, obs, candidates))[0]
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.act(obs), None
+
+    def imitation_loss(self, obs: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        return self.base.imitation_loss(obs, actions, weights)
+
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The export path: the best candidate from explicit noise (the fixed seed-0 noise if None)."""
+        candidates = self.candidates(obs, deterministic=True, noise=noise)
+        return best(candidates, score(self.critic, self.base, obs, candidates))[0]

@@ -22,7 +22,7 @@ from torch import nn
 from policies.heads import PolicyHead
 from policies.heads.gaussian import GaussianHead
 from robo_rl.learners.base import Batch, Learner, polyak_update
-from robo_rl.learners.candidates import best, sample_candidates, score
+from robo_rl.learners.candidates import CriticSelectPolicy, best, score
 from robo_rl.learners.critics import QEnsemble
 from robo_rl.learners.optim import FusedAdam
 
@@ -49,48 +49,6 @@ class EditPolicy(nn.Module):
 
     def act(self, obs: torch.Tensor, actions: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         return self.head.act(self._input(obs, actions), deterministic)
-
-
-class EXPOPolicy(PolicyHead):
-    """The policy EXPO acts with: best of N base samples and their edits by the critic (exportable)."""
-
-    name = "expo"
-    reparameterized = False
-    tractable_log_prob = False
-
-    def __init__(self, base: PolicyHead, edit: EditPolicy, critic: QEnsemble, num_samples: int) -> None:
-        super().__init__(base.obs_dim, base.action_low.cpu().numpy(), base.action_high.cpu().numpy(), base.obs_norm)
-        self.base, self.edit, self.critic, self.n = base, edit, critic, num_samples
-
-    def candidates(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        """[B, 2N, A]: N base samples and each one edited."""
-        b = obs.shape[0]
-        if deterministic:  # a fixed set of noises: the same observation always gets the same action
-            generator = torch.Generator(device=obs.device).manual_seed(0)
-            states = obs.repeat_interleave(self.n, dim=0)
-            if hasattr(self.base, "noise_shape"):  # generative heads take their noise as an input
-                noise = torch.randn(self.base.noise_shape(states.shape[0]), generator=generator, device=obs.device)
-                base_actions = self.base.act_chunk(states, noise=noise)[:, 0]
-            else:
-                base_actions = self.base.act(states, deterministic=True)
-            base_actions = base_actions.reshape(b, self.n, -1)
-        else:
-            base_actions = sample_candidates(self.base, obs, self.n)
-        flat = base_actions.reshape(b * self.n, -1)
-        delta = self.edit.act(obs.repeat_interleave(self.n, dim=0), flat, deterministic)
-        edited = self.clip_action(flat + delta).reshape(b, self.n, -1)
-        return torch.cat([base_actions, edited], dim=1)
-
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        candidates = self.candidates(obs, deterministic)
-        return best(candidates, score(self.critic, self.base, obs, candidates))[0]
-
-    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return self.act(obs), None
-
-    def imitation_loss(self, obs: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        return self.base.imitation_loss(obs, actions, weights)
 
 
 class EXPO(Learner):
@@ -131,8 +89,8 @@ class EXPO(Learner):
         self.critic = QEnsemble(policy.obs_dim, policy.act_dim, num_critics, critic_hidden, critic_activation, critic_layer_norm)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.edit = EditPolicy(policy, edit_scale, edit_hidden, edit_activation)
-        self.policy = EXPOPolicy(policy, self.edit, self.critic, num_samples)
-        self.target_policy = EXPOPolicy(policy, self.edit, self.critic_target, num_samples)
+        self.policy = CriticSelectPolicy(policy, self.critic, num_samples, self.edit)
+        self.target_policy = CriticSelectPolicy(policy, self.critic_target, num_samples, self.edit)
         self.log_alpha = nn.Parameter(torch.tensor(float(init_alpha)).log())
         self.target_entropy = float(-policy.act_dim)
         self.critic_opt = FusedAdam(self.critic.parameters(), critic_lr)

@@ -22,7 +22,7 @@ import torch
 
 from policies.heads import PolicyHead
 from robo_rl.learners.base import Batch, Learner, polyak_update
-from robo_rl.learners.candidates import best, sample_candidates, score
+from robo_rl.learners.candidates import CriticSelectPolicy, best, sample_candidates, score
 from robo_rl.learners.critics import QEnsemble
 from robo_rl.learners.optim import FusedAdam
 
@@ -59,12 +59,13 @@ class PARL(Learner):
             raise ValueError(f"algo.num_candidates={num_candidates}, algo.top_k={top_k}: need 1 <= top_k <= num_candidates")
         if grad_steps < 0 or action_lr < 0 or policy_update_every < 1:
             raise ValueError("algo.grad_steps and algo.action_lr must be >= 0, algo.policy_update_every >= 1")
-        self.policy = policy
+        self.head = policy
         self.gamma, self.tau = gamma, tau
         self.m, self.top_k, self.grad_steps, self.action_lr = num_candidates, top_k, grad_steps, action_lr
         self.policy_update_every = policy_update_every
         self.critic = QEnsemble(policy.obs_dim, policy.act_dim, num_critics, critic_hidden, critic_activation, critic_layer_norm)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.policy = CriticSelectPolicy(policy, self.critic, num_candidates)  # acts with the best sample by Q
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64))
         self.critic_opt = FusedAdam(self.critic.parameters(), critic_lr)
         self.policy_opt = FusedAdam(policy.parameters(), policy_lr)
@@ -75,13 +76,8 @@ class PARL(Learner):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"critic": self.critic_opt, "policy": self.policy_opt}
 
-    @torch.no_grad()
-    def explore(self, obs: torch.Tensor) -> torch.Tensor:
-        candidates = sample_candidates(self.policy, obs, self.m)
-        return best(candidates, score(self.critic, self.policy, obs, candidates))[0]
-
     def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        policy = self.policy
+        policy = self.head
         with torch.no_grad():
             candidates = sample_candidates(policy, batch.next_obs, self.m)
             _, q_next = best(candidates, score(self.critic_target, policy, batch.next_obs, candidates))
@@ -91,7 +87,7 @@ class PARL(Learner):
 
     def optimize_actions(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Global (top-k of M samples) then local (G gradient steps on Q) optimization: [B*k, A], states [B*k]."""
-        policy = self.policy
+        policy = self.head
         with torch.no_grad():
             candidates = sample_candidates(policy, obs, self.m)
             scores = score(self.critic, policy, obs, candidates)
@@ -103,7 +99,7 @@ class PARL(Learner):
 
     def ascend_q(self, states: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
         """G steps of gradient ascent on min_i Q_i(s, a) over unit-scale actions, kept in [-1, 1]."""
-        obs_n = self.policy.obs_norm(states)
+        obs_n = self.head.obs_norm(states)
         for _ in range(self.grad_steps):
             unit = unit.detach().requires_grad_(True)
             q = self.critic(obs_n, unit, detach=True).min(0).values
@@ -118,7 +114,7 @@ class PARL(Learner):
         metrics = {"critic_loss": critic_loss.detach(), "q_mean": q_mean}
         if int(self.num_updates) % self.policy_update_every == 0:
             actions, states = self.optimize_actions(batch.obs)
-            policy_loss = self.policy.imitation_loss(states, actions)
+            policy_loss = self.head.imitation_loss(states, actions)
             self.policy_opt.apply(torch.autograd.grad(policy_loss, self._policy_params, allow_unused=True,
                                                       materialize_grads=True))
             metrics["policy_loss"] = policy_loss.detach()
