@@ -1,4 +1,4 @@
-"""The `robo-rl` command: `robo-rl train ...` (Hydra) and `robo-rl eval ...`."""
+"""The `robo-rl` command: `robo-rl train ...` (Hydra), `eval`, `export` and `deploy`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
 
 TOP_HELP = """\
 usage: robo-rl <command> [key=value ...]
@@ -25,8 +26,13 @@ commands:
             robo-rl train resume=runs/hc                    continue from the newest complete checkpoint
   eval    evaluate a trained run and write <run_dir>/eval.json
             robo-rl eval run_dir=runs/hc [episodes=10] [deterministic=true] [video=true]
+  export  write the run's policy as ONNX (or TorchScript) + a JSON sidecar, checked against torch
+            robo-rl export run_dir=runs/hc [format=onnx] [out_dir=runs/hc/export] [safety=passivity]
+  deploy  run an export with onnxruntime (no torch) in a fixed-rate loop with safety filters and a
+          watchdog, on the MuJoCo sim2sim robot (other timestep, latency, noise, physics)
+            robo-rl deploy export=runs/hc/export [episodes=5] [sim2sim.action_latency=1]
 
-Run `robo-rl train --help` or `robo-rl eval --help` for every option.
+Run `robo-rl <command> --help` for every option.
 """
 
 EVAL_HELP = """\
@@ -45,6 +51,91 @@ keys:
   video=false            also write <run_dir>/videos/eval-step<N>.mp4 (headless: EGL or OSMesa)
   video_episodes=1       episodes of env copy 0 in the video
 """
+
+EXPORT_HELP = """\
+usage: robo-rl export run_dir=<dir> [key=value ...]
+
+Export a trained run's acting policy (any head; EXPO/PA-RL export the critic's choice among their
+candidates) as one self-contained file plus <out_dir>/policy.json (spaces, bounds, control rate,
+normalizer, safety filters, sha256). The graph includes observation normalization and, for
+diffusion/flow heads, the configured sampling steps unrolled with the initial noise as an input.
+Before anything is written the file is checked (onnx.checker) and compared with the torch policy
+on real and random observations (max abs difference <= 1e-5).
+
+keys:
+  run_dir=<dir>          the run directory (required)
+  format=onnx            onnx or torchscript
+  out_dir=<dir>          where to write (default <run_dir>/export)
+  checkpoint=<dir>       a specific checkpoint directory (default: the newest complete one)
+  safety=<name|path>     filter chain stored in the sidecar: configs/safety/<name>.yaml or a YAML
+                         file with a 'filters:' list (default: the run's own safety.filters)
+"""
+
+DEPLOY_HELP = """\
+usage: robo-rl deploy export=<dir> [key=value ...]
+
+Run an exported ONNX policy with onnxruntime (one CPU thread, no torch) in a fixed-rate control loop
+with absolute deadlines, the sidecar's safety filters and a watchdog (stale observation, inference
+overrun, non-finite values -> fallback command and a logged event). The robot is the MuJoCo
+sim2sim adapter: the task simulated with another timestep, action latency, sensor noise and
+randomized physics. Writes <export>/deploy.json (returns, events, latency percentiles).
+
+keys:
+  export=<dir>                     the export directory (policy.onnx + policy.json; required)
+  episodes=5                       finished episodes to run
+  steps=null                       or a fixed number of control steps
+  realtime=false                   true: sleep to the control rate (a real robot); false: as fast as possible
+  rate_hz=null                     control rate (default: the sidecar's)
+  safety=null                      filter chain: configs/safety/<name>.yaml or a YAML path (default: the sidecar's)
+  task=null                        the gymnasium id to simulate (default: the sidecar's task)
+  sim2sim.timestep=null            physics timestep (the control period is kept: frame_skip adapts)
+  sim2sim.action_latency=0         control steps between computing and applying a command
+  sim2sim.observation_noise=0.0    std of Gaussian noise added to observations
+  sim2sim.physics=null             e.g. "{mass_scale:[0.8,1.2],friction_scale:[0.7,1.3],damping_scale:[0.8,1.2]}"
+  sim2sim.seed=0
+  watchdog.max_observation_age=0.1 seconds before an observation counts as stale
+  watchdog.max_inference_time=0.02 seconds of inference before the fallback is sent instead
+  out=null                         report path (default <export>/deploy.json)
+"""
+
+
+@dataclass
+class ExportCommandConfig:
+    run_dir: str = "???"
+    format: str = "onnx"
+    out_dir: Optional[str] = None
+    checkpoint: Optional[str] = None
+    safety: Optional[str] = None
+
+
+@dataclass
+class Sim2SimOptions:
+    timestep: Optional[float] = None
+    action_latency: int = 0
+    observation_noise: float = 0.0
+    physics: Optional[dict[str, Any]] = None
+    seed: int = 0
+
+
+@dataclass
+class WatchdogOptions:
+    max_observation_age: float = 0.1
+    max_inference_time: float = 0.02
+
+
+@dataclass
+class DeployCommandConfig:
+    export: str = "???"
+    episodes: int = 5
+    steps: Optional[int] = None
+    realtime: bool = False
+    rate_hz: Optional[float] = None
+    safety: Optional[str] = None
+    task: Optional[str] = None
+    sim2sim: Sim2SimOptions = field(default_factory=Sim2SimOptions)
+    watchdog: WatchdogOptions = field(default_factory=WatchdogOptions)
+    out: Optional[str] = None
+
 
 log = logging.getLogger("robo_rl")
 
@@ -72,13 +163,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return train_main(rest)
     if command == "eval":
         return eval_main(rest)
+    if command == "export":
+        return export_main(rest)
+    if command == "deploy":
+        return deploy_main(rest)
     if command in ("--version", "version"):
         from importlib.metadata import version
 
         print(f"robo-rl {version('robo-rl')}")
         return 0
     print(TOP_HELP, file=sys.stderr)
-    return _error(f"unknown command {command!r} (expected train or eval)", EXIT_USAGE)
+    return _error(f"unknown command {command!r} (expected train, eval, export or deploy)", EXIT_USAGE)
 
 
 def _register_resolvers() -> None:
@@ -199,6 +294,74 @@ def eval_main(args: Sequence[str]) -> int:
         f"({'deterministic' if result['deterministic'] else 'stochastic'}); wrote {run_dir / 'eval.json'}"
         + (f" and {result['video']} ({result['video_frames']} frames)" if "video" in result else "")
     )
+    return 0
+
+
+def _parse(args: Sequence[str], schema: type, command: str) -> Any:
+    """key=value arguments checked against a dataclass: unknown keys and wrong types fail with the key named."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    bad = [a for a in args if "=" not in a]
+    if bad:
+        raise ValueError(f"expected key=value arguments, got {' '.join(bad)} (see robo-rl {command} --help)")
+    try:
+        opts = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(list(args)))
+        for key in opts.keys():
+            if OmegaConf.is_missing(opts, key):
+                raise ValueError(f"{key}=<dir> is required (see robo-rl {command} --help)")
+        return opts
+    except OmegaConfBaseException as exc:
+        raise ValueError(f"{str(exc).splitlines()[0]} (see robo-rl {command} --help)") from None
+
+
+def export_main(args: Sequence[str]) -> int:
+    if any(a in ("-h", "--help") for a in args):
+        print(EXPORT_HELP)
+        return 0
+    from robo_rl.checkpoint import CheckpointError
+
+    try:
+        opts = _parse(args, ExportCommandConfig, "export")
+        from robo_rl.exporting import export_run
+
+        sidecar = export_run(opts.run_dir, opts.out_dir, opts.format, opts.checkpoint, opts.safety)
+    except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        return _error(str(exc), EXIT_USAGE)
+    out = Path(opts.out_dir) if opts.out_dir else Path(opts.run_dir) / "export"
+    noise = sidecar["noise"]
+    print(f"exported {sidecar['policy']} policy of {sidecar['algo']} on {sidecar['task']} (step {sidecar['source']['step']:,}) "
+          f"to {out / sidecar['model_file']} [{sidecar['exporter']}]; "
+          f"inputs obs[{sidecar['observation']['dim']}]" + (f" + noise[{noise['dim']}]" if noise else "")
+          + f"; max |onnx - torch| = {sidecar['checked']['max_abs_error']:.1e} on {sidecar['checked']['observations']} "
+          f"observations; {len(sidecar['safety']['filters'])} safety filter(s); sidecar {out / 'policy.json'}")
+    return 0
+
+
+def deploy_main(args: Sequence[str]) -> int:
+    if any(a in ("-h", "--help") for a in args):
+        print(DEPLOY_HELP)
+        return 0
+    from omegaconf import OmegaConf
+
+    try:
+        opts = _parse(args, DeployCommandConfig, "deploy")
+        safety = None
+        if opts.safety is not None:
+            from robo_rl.exporting import load_safety_spec
+
+            safety = load_safety_spec(opts.safety)["filters"]
+        from sim2real.deploy import deploy
+
+        sim2sim = OmegaConf.to_container(opts.sim2sim, resolve=True)
+        report = deploy(opts.export, episodes=int(opts.episodes), steps=opts.steps, realtime=bool(opts.realtime),
+                        rate_hz=opts.rate_hz, safety=safety, task=opts.task, sim2sim=sim2sim,
+                        watchdog=OmegaConf.to_container(opts.watchdog, resolve=True))
+    except (FileNotFoundError, ValueError) as exc:  # ExportError is a ValueError
+        return _error(str(exc), EXIT_USAGE)
+    out = Path(opts.out) if opts.out else Path(opts.export) / "deploy.json"
+    out.write_text(json.dumps(report, indent=2, default=float))
+    print(f"wrote {out}")
     return 0
 
 

@@ -1,0 +1,152 @@
+"""Inference latency per action of every policy head: exported ONNX (onnxruntime) vs the torch policy.
+
+Each head is built with the defaults `robo-rl train algo=<a> policy=<p> env=hopper` would use
+(Hopper-v5: 11 observations, 3 actions), exported with `sim2real.export.export_policy` (which checks
+parity), then timed one call at a time:
+
+  * onnxruntime, one intra-op thread, batch 1 (the robot side): p50 / p99 / max per action;
+  * the torch policy's deterministic `act` (one thread, no grad), batch 1: p50 / p99, the peer path
+    a user without an export would run;
+  * both at batch 256 (per call), for vectorized simulation.
+
+Targets (issue 5): Gaussian MLP p99 <= 0.2 ms, flow (4 steps) p99 <= 1 ms, diffusion (DDIM, 10 steps)
+p99 <= 2 ms with onnxruntime at batch 1. Issue 4: flow (4 steps) within 3x of the Gaussian head.
+
+    python benchmarks/export_latency.py              # every head, 3000 timed calls each
+    python benchmarks/export_latency.py --calls 500 --heads sac-gaussian flow-4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.common import markdown_table, save  # noqa: E402
+
+HEADS = {  # name -> `robo-rl train` overrides
+    "sac-gaussian": ["algo=sac"],
+    "ppo-gaussian": ["algo=ppo"],
+    "td3-deterministic": ["algo=td3"],
+    "mixture": ["algo=sac", "policy=mixture"],
+    "flow-4": ["algo=parl", "policy=flow", "policy.steps=4"],
+    "diffusion-ddim-10": ["algo=parl", "policy=diffusion", "policy.scheduler=ddim", "policy.inference_steps=10"],
+    "gorl-latent-flow": ["algo=gorl"],
+    "expo-flow (best of 2N)": ["algo=expo", "policy=flow"],
+    "parl-flow (best of N)": ["algo=parl", "policy=flow", "policy.steps=4"],
+}
+TARGETS_MS = {"sac-gaussian": 0.2, "ppo-gaussian": 0.2, "flow-4": 1.0, "diffusion-ddim-10": 2.0}
+
+
+def build(overrides: list[str]):
+    from robo_rl.build import build_env, build_learner, build_policy
+    from robo_rl.config import resolve_defaults
+    from robo_rl.train import compose_config
+
+    cfg = resolve_defaults(compose_config(["env=hopper", "env.num_envs=1", *overrides]))
+    env = build_env(cfg, num_envs=1, randomize=False)
+    try:
+        learner = build_learner(cfg, build_policy(cfg, env))
+        obs = [env.reset(seed=0).numpy()]
+        for _ in range(255):
+            o, *_ = env.step(torch.as_tensor(np.random.default_rng(len(obs)).uniform(-1, 1, (1, env.act_dim)), dtype=torch.float32))
+            obs.append(o.numpy())
+    finally:
+        env.close()
+    policy = learner.policy.eval()
+    policy.obs_norm.update(torch.as_tensor(np.concatenate(obs)))  # realistic statistics in the graph
+    return policy, np.concatenate(obs).astype(np.float32)
+
+
+def percentiles(samples_ns: list[int]) -> dict[str, float]:
+    a = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)), "max": float(a.max()),
+            "mean": float(a.mean())}
+
+
+def time_calls(fn, inputs: list, calls: int, warmup: int = 200) -> list[int]:
+    for i in range(warmup):
+        fn(inputs[i % len(inputs)])
+    out = []
+    for i in range(calls):
+        x = inputs[i % len(inputs)]
+        t = time.perf_counter_ns()
+        fn(x)
+        out.append(time.perf_counter_ns() - t)
+    return out
+
+
+def measure(name: str, overrides: list[str], calls: int, workdir: Path) -> dict:
+    from sim2real.export import export_policy
+    from sim2real.runtime import onnx_session
+
+    policy, obs = build(overrides)
+    out = workdir / name.split()[0]
+    sidecar = export_policy(policy, out, "onnx", check_obs=obs[:64])
+    session = onnx_session(out / "policy.onnx", threads=1)
+    k = sidecar["noise"]["dim"] if sidecar["noise"] else 0
+    default = (np.asarray(sidecar["noise"]["default"], np.float32) if sidecar["noise"] and sidecar["noise"]["default"] != "zeros"
+               else np.zeros(k, np.float32))
+    row = {"head": name, "params": sum(p.numel() for p in policy.parameters()), "noise_dim": k,
+           "parity_max_abs_error": sidecar["checked"]["max_abs_error"], "exporter": sidecar["exporter"]}
+    for batch in (1, 256):
+        batches = [obs[(i * batch) % 256:(i * batch) % 256 + batch] if batch == 1 else obs for i in range(64)]
+        noise = np.broadcast_to(default, (batch, k)).copy() if k else None
+
+        def run_ort(x, noise=noise):
+            return session.run(None, {"obs": x} if noise is None else {"obs": x, "noise": noise})[0]
+
+        tensors = [torch.from_numpy(b) for b in batches]
+
+        def run_torch(x):
+            with torch.no_grad():
+                return policy.act(x, deterministic=True)
+
+        n = calls if batch == 1 else max(calls // 20, 50)
+        row[f"onnx_b{batch}"] = percentiles(time_calls(run_ort, batches, n))
+        row[f"torch_b{batch}"] = percentiles(time_calls(run_torch, tensors, n))
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--heads", nargs="*", default=list(HEADS))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.heads:
+            row = measure(name, HEADS[name], args.calls, Path(tmp))
+            rows.append(row)
+            print(f"{name}: onnx b1 p50 {row['onnx_b1']['p50']:.3f} ms p99 {row['onnx_b1']['p99']:.3f} ms; "
+                  f"torch b1 p50 {row['torch_b1']['p50']:.3f} ms", flush=True)
+    gauss = next((r for r in rows if r["head"] == "sac-gaussian"), None)
+    table_rows = []
+    for r in rows:
+        target = TARGETS_MS.get(r["head"])
+        met = "" if target is None else (" (target ≤ %.1f: %s)" % (target, "met" if r["onnx_b1"]["p99"] <= target else "MISSED"))
+        vs = f"{r['torch_b1']['p50'] / gauss['torch_b1']['p50']:.1f}x" if gauss else "-"
+        table_rows.append([
+            r["head"], f"{r['params']:,}", f"{r['onnx_b1']['p50']:.3f}", f"{r['onnx_b1']['p99']:.3f}{met}",
+            f"{r['torch_b1']['p50']:.3f}", f"{r['torch_b1']['p99']:.3f}", vs,
+            f"{r['onnx_b256']['p50']:.2f}", f"{r['torch_b256']['p50']:.2f}", f"{r['parity_max_abs_error']:.1e}",
+        ])
+    table = markdown_table(
+        ["head (Hopper, defaults)", "params", "ORT b1 p50 ms", "ORT b1 p99 ms", "torch b1 p50 ms", "torch b1 p99 ms",
+         "torch b1 vs SAC Gaussian", "ORT b256 p50 ms", "torch b256 p50 ms", "max abs ORT-torch"],
+        table_rows)
+    save("export_latency", {"calls": args.calls, "rows": rows, "targets_ms": TARGETS_MS}, table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""`robo-rl export`: a run directory's policy -> a self-contained ONNX/TorchScript file + JSON sidecar.
+
+This is the learning side of the export (read the run, rebuild the learner, pick real observations);
+the graph building, checking and sidecar live in ``sim2real.export``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+SAFETY_DIR = Path(__file__).resolve().parent / "configs" / "safety"
+
+
+def load_safety_spec(safety: str | None, run_cfg: Any = None) -> dict[str, Any]:
+    """A filter chain for the sidecar: a config name (configs/safety/<name>.yaml), a YAML path, or the run's own.
+
+    ``None`` takes the run's ``safety.filters`` if the run had any, else no filters.
+    """
+    if safety in (None, "", "run"):
+        filters = []
+        if run_cfg is not None and "safety" in run_cfg and run_cfg.safety is not None:
+            from omegaconf import OmegaConf
+
+            filters = OmegaConf.to_container(run_cfg.safety, resolve=True).get("filters", []) or []
+        return {"filters": list(filters)}
+    path = Path(safety)
+    if not path.suffix:
+        path = SAFETY_DIR / f"{safety}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in SAFETY_DIR.glob("*.yaml")) if SAFETY_DIR.is_dir() else []
+        raise FileNotFoundError(f"safety={safety!r}: no such filter config (choose one of {', '.join(names) or 'none'}, "
+                                "or give a path to a YAML file with a 'filters:' list)")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or not isinstance(data.get("filters", []), list):
+        raise ValueError(f"{path}: expected a mapping with a 'filters:' list")
+    return {"filters": list(data.get("filters") or [])}
+
+
+def export_run(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    fmt: str = "onnx",
+    checkpoint: str | Path | None = None,
+    safety: str | None = None,
+    check_episodes_steps: int = 256,
+) -> dict[str, Any]:
+    """Export a run's acting policy; returns the sidecar (written as <out_dir>/policy.json).
+
+    Parity is checked on real observations (``check_episodes_steps`` states visited by the policy
+    itself on the run's task) as well as random ones around the normalizer's statistics.
+    """
+    import torch
+
+    from robo_rl.build import build_env
+    from robo_rl.checkpoint import verify_checkpoint
+    from robo_rl.runs import load_learner, load_run_config, resolve_checkpoint
+    from sim2real.export import export_policy
+
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    ckpt = resolve_checkpoint(run_dir, checkpoint)
+    manifest = verify_checkpoint(ckpt)
+    safety_spec = load_safety_spec(safety, cfg)
+    env = build_env(cfg, num_envs=1, vectorization="sync", randomize=False)
+    try:
+        learner = load_learner(cfg, env, ckpt)
+        policy = learner.policy
+        if safety_spec["filters"]:
+            from sim2real.filters import build_chain
+
+            build_chain(safety_spec["filters"], int(env.act_dim), int(env.obs_dim))  # refuse a bad chain now
+        visited = []
+        obs = env.reset(seed=0)
+        with torch.no_grad():
+            for _ in range(check_episodes_steps):
+                visited.append(obs.cpu().numpy().reshape(1, -1))
+                obs, *_ = env.step(policy.act(obs.to(torch.float32), deterministic=True))
+        space = env.observation_space
+        sidecar = export_policy(
+            policy, Path(out_dir) if out_dir is not None else run_dir / "export", fmt,
+            observation_low=np.asarray(space.low).reshape(-1), observation_high=np.asarray(space.high).reshape(-1),
+            control_dt=env.dt, task=env.task_id, safety=safety_spec, check_obs=np.concatenate(visited),
+            metadata={"algo": cfg.algo.name, "policy": cfg.policy.name,
+                      "source": {"run_dir": str(run_dir.resolve()), "checkpoint": str(ckpt), "step": int(manifest["step"])}},
+        )
+    finally:
+        env.close()
+    return sidecar

@@ -1,0 +1,88 @@
+"""``robo-rl deploy``: an export, a robot adapter and the control loop, run and reported as JSON.
+
+The robot today is the MuJoCo sim2sim adapter (``sim2real.robots.MujocoSim2SimRobot``); hardware
+plugs in by subclassing ``sim2real.runtime.Robot`` and handing it to ``ControlLoop`` directly.
+No torch is imported here.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from sim2real.robots import MujocoSim2SimRobot, SimulatedClock
+from sim2real.runtime import ControlLoop, PolicyRuntime, WatchdogConfig
+
+ROBOTS = ("sim2sim",)
+SIM2SIM_KEYS = ("timestep", "action_latency", "observation_noise", "physics", "seed", "max_episode_steps")
+REPORTED_EVENTS = 200  # the first events in full; the report always has every count
+
+
+def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episodes: int | None = 5,
+           steps: int | None = None, realtime: bool = False, rate_hz: float | None = None,
+           safety: list[dict[str, Any]] | None = None, sim2sim: dict[str, Any] | None = None,
+           watchdog: dict[str, Any] | None = None, threads: int = 1,
+           log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run ``export`` on a robot until ``episodes`` episodes finished or ``steps`` ticks ran.
+
+    safety: a filter-chain spec replacing the sidecar's (None keeps the sidecar's). sim2sim: the
+    sim robot's settings (see ``SIM2SIM_KEYS``). realtime=False runs as fast as the simulator
+    allows on a ``SimulatedClock``, so deadlines and observation ages are judged in simulated time.
+    Returns a JSON-able report: episode returns, the loop report and the first events.
+    """
+    if robot not in ROBOTS:
+        raise ValueError(f"robot={robot!r}: choose one of {', '.join(ROBOTS)} (for hardware, subclass "
+                         "sim2real.runtime.Robot and run sim2real.runtime.ControlLoop)")
+    if not episodes and steps is None:
+        raise ValueError("give episodes > 0 or a number of steps (otherwise the run never ends)")
+    options = {k: v for k, v in dict(sim2sim or {}).items() if v is not None}
+    unknown = sorted(set(options) - set(SIM2SIM_KEYS))
+    if unknown:
+        raise ValueError(f"unknown sim2sim key(s) {unknown}; known: {', '.join(SIM2SIM_KEYS)}")
+    runtime = PolicyRuntime(export, threads=threads)
+    task = task or runtime.task
+    if not task:
+        raise ValueError(f"{runtime.sidecar_path} names no task: pass task=<gymnasium id>")
+    control_dt = 1.0 / rate_hz if rate_hz else runtime.dt
+    clock: Callable[[], float] = time.monotonic if realtime else SimulatedClock()
+    sim = MujocoSim2SimRobot(task, control_dt=control_dt, clock=clock, **options)
+    sim.connect()
+    try:
+        if sim.observation_dim != runtime.obs_dim or sim.action_dim != runtime.act_dim:
+            raise ValueError(f"task {task} has observation/action dims {sim.observation_dim}/{sim.action_dim}, the export "
+                             f"{runtime.obs_dim}/{runtime.act_dim}: pass the task the policy was trained on")
+        loop = ControlLoop(runtime, sim, filters=safety, rate_hz=1.0 / sim.dt, watchdog=WatchdogConfig.from_dict(watchdog),
+                           realtime=realtime, clock=clock)
+        log(f"deploy {runtime.model_path} on {task} (sim2sim: {options or 'as trained'}) at {loop.rate_hz:.1f} Hz, "
+            f"{'real time' if realtime else 'simulated time'}, "
+            f"{'until ' + str(episodes) + ' episodes' if episodes else str(steps) + ' steps'}")
+        seen = 0
+
+        def done() -> bool:  # also reports each finished episode as it lands
+            nonlocal seen
+            while seen < len(sim.episode_returns):
+                log(f"episode {seen + 1}: return {sim.episode_returns[seen]:.1f}, length {sim.episode_lengths[seen]}")
+                seen += 1
+            return bool(episodes) and seen >= episodes
+
+        report = loop.run(steps=steps, until=done)
+        done()
+    finally:
+        sim.disconnect()
+    returns = np.asarray(sim.episode_returns, np.float64)
+    summary = report.to_dict()
+    lat = summary["latency"]["inference_ms"]
+    log(f"{report.steps} steps, {len(returns)} episodes, return {returns.mean() if returns.size else float('nan'):.1f}"
+        f" +- {returns.std() if returns.size else float('nan'):.1f}; inference p50 {lat['p50'] or 0:.3f} ms, "
+        f"p99 {lat['p99'] or 0:.3f} ms; fallbacks {report.fallbacks}, filter interventions "
+        f"{report.filter_interventions}, deadline misses {report.deadline_misses}")
+    return {
+        "export": str(runtime.sidecar_path.parent), "task": task, "robot": robot, "sim2sim": options,
+        "realtime": realtime, "rate_hz": loop.rate_hz,
+        "episodes": len(returns), "episode_returns": returns.tolist(), "episode_lengths": list(sim.episode_lengths),
+        "return_mean": float(returns.mean()) if returns.size else None,
+        "return_std": float(returns.std()) if returns.size else None,
+        "loop": summary, "events": loop.events[:REPORTED_EVENTS],
+    }

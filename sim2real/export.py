@@ -1,0 +1,241 @@
+"""Export a trained policy as one self-contained file plus a JSON sidecar.
+
+The graph maps a raw observation (and, for generative policies, an explicit noise input) to the
+action the policy acts with, in env units and within the bounds:
+  * the observation normalizer is part of the graph (its statistics are constants);
+  * Gaussian / deterministic / mixture heads export their deterministic action;
+  * diffusion and flow heads unroll their configured sampling steps; the initial noise is an input
+    (zeros by default at run time: deterministic);
+  * GoRL exports the latent mean decoded by the decoder; EXPO and PA-RL export the best of their N
+    candidates by the critic, with the candidates' noise as an input (default: the fixed seed-0
+    noise the policy's deterministic acting uses, stored in the sidecar).
+The sidecar records the spaces and bounds, the control period, the safety-filter chain, the robo-rl
+version, the source checkpoint and the sha256 of the model file; the runtime refuses a model whose
+checksum or shapes do not match it. ONNX files are checked with ``onnx.checker`` and compared with
+the torch policy in onnxruntime before the export is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "robo-rl-export"
+FORMAT_VERSION = 1
+FORMATS = ("onnx", "torchscript")
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def noise_dim(policy: Any) -> int:
+    """Noise numbers per observation the exported graph takes (0: no noise input)."""
+    if hasattr(policy, "noise_dim"):
+        return int(policy.noise_dim())
+    if hasattr(policy, "noise_shape") and not hasattr(policy, "latent"):
+        return int(policy.noise_shape(1)[1])
+    return 0
+
+
+def default_noise(policy: Any) -> list[float] | None:
+    """What the runtime feeds the noise input by default (None: zeros)."""
+    if hasattr(policy, "fixed_noise") and noise_dim(policy):
+        import torch
+
+        return policy.fixed_noise(1, torch.device("cpu"))[0].tolist()
+    return None
+
+
+def export_module(policy: Any):  # -> torch.nn.Module
+    """A torch module with the export's signature: (obs) or (obs, noise) -> action."""
+    import torch
+
+    class WithNoise(torch.nn.Module):
+        def __init__(self, p: Any) -> None:
+            super().__init__()
+            self.policy = p
+
+        def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+            return self.policy.clip_action(self.policy(obs, noise))
+
+    class Deterministic(torch.nn.Module):
+        def __init__(self, p: Any) -> None:
+            super().__init__()
+            self.policy = p
+
+        def forward(self, obs: torch.Tensor) -> torch.Tensor:
+            if hasattr(self.policy, "latent"):  # GoRL: the latent mean, then the decoder
+                z = self.policy.latent.act(obs, deterministic=True)
+                return self.policy.decoder.from_unit(self.policy.decoder.generate(obs, z))[:, 0]
+            return self.policy.clip_action(self.policy(obs))
+
+    module = WithNoise(policy) if noise_dim(policy) else Deterministic(policy)
+    return module.eval()
+
+
+def _export_onnx(module: Any, example: tuple, path: Path, input_names: list[str]) -> str:
+    import torch
+
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    try:
+        torch.onnx.export(module, example, str(path), input_names=input_names, output_names=["action"],
+                          dynamic_shapes=tuple({0: batch} for _ in example), dynamo=True, opset_version=18,
+                          verbose=False)
+        return "dynamo"
+    except Exception:  # older torch or an op the new exporter lacks: the TorchScript-based exporter
+        torch.onnx.export(module, example, str(path), input_names=input_names, output_names=["action"],
+                          dynamic_axes={name: {0: "batch"} for name in [*input_names, "action"]}, dynamo=False,
+                          opset_version=17)
+        return "torchscript-based"
+
+
+def export_policy(
+    policy: Any,
+    out_dir: str | Path,
+    fmt: str = "onnx",
+    *,
+    observation_low: np.ndarray | None = None,
+    observation_high: np.ndarray | None = None,
+    control_dt: float | None = None,
+    task: str | None = None,
+    safety: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+    check_obs: np.ndarray | None = None,
+    check_samples: int = 64,
+    tolerance: float = 1e-5,
+) -> dict[str, Any]:
+    """Export ``policy`` (any head, or a learner's acting policy) to ``out_dir``; returns the sidecar.
+
+    The exported file is compared with the torch policy on ``check_obs`` (real observations, if
+    given) plus random ones before the sidecar is written; a difference above ``tolerance`` is an
+    error, so an export that exists is an export that was checked.
+    """
+    import torch
+
+    if fmt not in FORMATS:
+        raise ValueError(f"format={fmt!r}: choose one of {', '.join(FORMATS)}")
+    policy = policy.cpu().eval()
+    module = export_module(policy)
+    k = noise_dim(policy)
+    obs_dim = int(policy.obs_dim)
+    generator = torch.Generator().manual_seed(0)
+    real = torch.as_tensor(np.asarray(check_obs, dtype=np.float32)).reshape(-1, obs_dim) if check_obs is not None else torch.zeros(0, obs_dim)
+    scale = policy.obs_norm.stats.var.sqrt().float().cpu() if policy.obs_norm.enabled else torch.ones(obs_dim)
+    centre = policy.obs_norm.stats.mean.float().cpu() if policy.obs_norm.enabled else torch.zeros(obs_dim)
+    randoms = centre + scale * torch.randn(max(check_samples - real.shape[0], 2), obs_dim, generator=generator)
+    obs = torch.cat([real, randoms], dim=0)
+    defaults = default_noise(policy)
+    if k:
+        fixed = torch.tensor(defaults).expand(obs.shape[0], k) if defaults is not None else torch.zeros(obs.shape[0], k)
+        # the default noise, and random noise: parity must hold for whatever noise the runtime feeds
+        noise = torch.cat([fixed, torch.randn(obs.shape[0], k, generator=generator)], dim=0)
+        obs = torch.cat([obs, obs], dim=0)
+    example = (obs[:2],) if k == 0 else (obs[:2], noise[:2])
+    input_names = ["obs"] if k == 0 else ["obs", "noise"]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        reference = (module(obs) if k == 0 else module(obs, noise)).numpy()
+    if not np.isfinite(reference).all():
+        raise ValueError("the policy produces non-finite actions on the check observations; not exporting it")
+    tmp = out_dir / (".policy.onnx.tmp" if fmt == "onnx" else ".policy.pt.tmp")
+    if fmt == "onnx":
+        import onnx
+
+        exporter = _export_onnx(module, example, tmp, input_names)
+        model = onnx.load(str(tmp))
+        onnx.checker.check_model(model, full_check=True)
+        onnx.save(model, str(tmp))  # one self-contained file (no external-data side files)
+        feeds = {"obs": obs.numpy()} if k == 0 else {"obs": obs.numpy(), "noise": noise.numpy()}
+        outputs = _session(tmp).run(None, feeds)[0]
+        path = out_dir / "policy.onnx"
+    else:
+        traced = torch.jit.trace(module, example, check_trace=False)
+        traced.save(str(tmp))
+        exporter = "torch.jit.trace"
+        loaded = torch.jit.load(str(tmp))
+        with torch.no_grad():
+            outputs = (loaded(obs) if k == 0 else loaded(obs, noise)).numpy()
+        path = out_dir / "policy.pt"
+    max_error = float(np.abs(outputs - reference).max())
+    if not max_error <= tolerance:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"the exported {fmt} policy differs from the torch policy by {max_error:.2e} (> {tolerance:g}); "
+                           "nothing was written")
+    tmp.replace(path)
+    low, high = policy.action_low.cpu().numpy(), policy.action_high.cpu().numpy()
+    norm = policy.obs_norm
+
+    def bounds(values: np.ndarray | None) -> list[float | None]:
+        if values is None:
+            return [None] * obs_dim
+        return [float(v) if np.isfinite(v) else None for v in np.asarray(values, dtype=np.float64).reshape(-1)]
+
+    sidecar = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "robo_rl_version": _version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "model_file": path.name,
+        "model_format": fmt,
+        "exporter": exporter,
+        "sha256": sha256_of(path),
+        "task": task,
+        "head": getattr(policy, "name", type(policy).__name__),
+        "observation": {"dim": obs_dim, "dtype": "float32", "low": bounds(observation_low), "high": bounds(observation_high)},
+        "action": {"dim": int(policy.act_dim), "low": low.tolist(), "high": high.tolist()},
+        "noise": {"dim": k, "default": defaults if defaults is not None else "zeros"} if k else None,
+        "inputs": [{"name": "obs", "shape": ["batch", obs_dim], "dtype": "float32"}]
+        + ([{"name": "noise", "shape": ["batch", k], "dtype": "float32"}] if k else []),
+        "outputs": [{"name": "action", "shape": ["batch", int(policy.act_dim)], "dtype": "float32"}],
+        "control": {"dt": control_dt, "rate_hz": (1.0 / control_dt) if control_dt else None},
+        "normalization": {"observation": "in the graph", "enabled": bool(norm.enabled), "clip": norm.clip,
+                          "mean": norm.stats.mean.tolist(), "var": norm.stats.var.tolist()},
+        "sampling": _sampling(policy),
+        "safety": safety or {"filters": []},
+        "checked": {"observations": int(obs.shape[0]), "real_observations": int(real.shape[0]),
+                    "max_abs_error": max_error, "tolerance": tolerance},
+        **(metadata or {}),
+    }
+    tmp_json = out_dir / ".policy.json.tmp"
+    tmp_json.write_text(json.dumps(sidecar, indent=2))
+    tmp_json.replace(out_dir / "policy.json")
+    return sidecar
+
+
+def _session(path: Path):  # -> onnxruntime.InferenceSession
+    """A one-thread CPU session, as the runtime makes (kept here so export does not need the runtime)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _sampling(policy: Any) -> dict[str, Any] | None:
+    """How a generative policy's graph samples (steps unrolled, solver/scheduler), for the record."""
+    inner = getattr(policy, "base", None) or getattr(policy, "decoder", None) or policy
+    info = {key: getattr(inner, key) for key in ("steps", "solver", "scheduler_kind", "inference_steps", "action_chunk", "execute")
+            if isinstance(getattr(inner, key, None), (int, str))}
+    if hasattr(policy, "n") and hasattr(policy, "critic"):
+        info["candidates"] = int(policy.n) * (2 if getattr(policy, "edit", None) is not None else 1)
+    return info or None
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("robo-rl")
+    except Exception:  # running from a source tree that is not installed
+        return "0+unknown"

@@ -1,0 +1,285 @@
+"""Robot adapters for ``sim2real.runtime.ControlLoop``: a MuJoCo sim2sim robot and a callback robot.
+
+``MujocoSim2SimRobot`` is the rehearsal before hardware. It runs a gymnasium MuJoCo task, but not
+the way training saw it: another physics timestep (the control period stays the export's, so
+frame_skip adapts), commands that arrive ``action_latency`` control steps late, Gaussian sensor
+noise, and body masses / friction / joint damping / actuator gains redrawn at every reset. A policy
+that only works in its exact training simulator shows it here, cheaply.
+
+Only numpy, gymnasium and mujoco are imported (no torch), like the runtime itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any, Callable
+
+import numpy as np
+
+from sim2real.runtime import Observation, Robot
+
+# physics randomization key -> (what it scales, smallest allowed factor, whether that bound is allowed)
+PHYSICS_KEYS = {
+    "mass_scale": ("body masses and inertias", 0.0, False),
+    "friction_scale": ("sliding friction of every geom", 0.0, True),
+    "damping_scale": ("damping of every joint", 0.0, True),
+    "actuator_gain_scale": ("actuator force per unit command", 0.0, True),
+}
+
+
+class SimulatedClock:
+    """Simulated seconds: a simulator advances it by its control period on every command.
+
+    Shared by a sim robot (observation timestamps) and a ``ControlLoop`` with ``realtime=False``
+    (deadlines and observation ages), it makes a faster-than-real-time run see the timing a robot
+    at the control rate would: observations fresh, deadlines met, unless something really is late.
+    """
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = float(start)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        if not seconds >= 0:
+            raise ValueError(f"a clock cannot go back (advance by {seconds})")
+        self.now += float(seconds)
+
+    sleep = advance  # "sleeping" on simulated time moves it forward
+
+
+def _check_physics(physics: dict[str, Any] | None) -> dict[str, tuple[float, float]]:
+    ranges = {}
+    for key, value in (physics or {}).items():
+        if key not in PHYSICS_KEYS:
+            raise ValueError(f"sim2sim.physics.{key}: unknown; known keys: {', '.join(PHYSICS_KEYS)}")
+        try:
+            lo, hi = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise ValueError(f"sim2sim.physics.{key}={value!r}: expected [low, high] scale factors") from None
+        what, floor, inclusive = PHYSICS_KEYS[key]
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi and (lo >= floor if inclusive else lo > floor)):
+            raise ValueError(f"sim2sim.physics.{key}=[{lo}, {hi}]: needs finite {'>=' if inclusive else '>'} {floor} "
+                             f"factors with low <= high (it scales {what})")
+        ranges[key] = (lo, hi)
+    return ranges
+
+
+class MujocoSim2SimRobot(Robot):
+    """A gymnasium task as a robot, configured differently from training (see the module docstring).
+
+    task: gymnasium id (robo-rl's own ``robo_rl/...`` tasks are registered on demand);
+    control_dt: seconds per command (default: the task's own dt); timestep: physics step in
+    seconds (default: the task's); action_latency: control steps before a command is applied;
+    observation_noise: Gaussian std (one number or one per dimension); physics: ranges of scale
+    factors, e.g. {"mass_scale": [0.8, 1.2]}, drawn per body/geom/joint/actuator at every reset;
+    clock: timestamps observations, and is advanced by control_dt per command if it is a
+    ``SimulatedClock``. Finished episodes land in ``episode_returns`` / ``episode_lengths``.
+    """
+
+    def __init__(self, task: str, control_dt: float | None = None, timestep: float | None = None,
+                 action_latency: int = 0, observation_noise: float | list[float] = 0.0,
+                 physics: dict[str, Any] | None = None, seed: int = 0, max_episode_steps: int | None = None,
+                 clock: Callable[[], float] | None = None, env_kwargs: dict[str, Any] | None = None) -> None:
+        if int(action_latency) != action_latency or action_latency < 0:
+            raise ValueError(f"sim2sim.action_latency={action_latency!r}: expected a whole number of steps >= 0")
+        noise = np.asarray(observation_noise, np.float64)
+        if not (np.isfinite(noise).all() and (noise >= 0).all()):
+            raise ValueError(f"sim2sim.observation_noise={observation_noise!r}: expected std(s) >= 0")
+        if timestep is not None and not float(timestep) > 0:
+            raise ValueError(f"sim2sim.timestep={timestep!r}: expected seconds > 0")
+        if control_dt is not None and not float(control_dt) > 0:
+            raise ValueError(f"control_dt={control_dt!r}: expected seconds > 0")
+        self.task, self.control_dt, self.timestep = task, control_dt, timestep
+        self.action_latency, self.observation_noise = int(action_latency), noise
+        self.physics_ranges = _check_physics(physics)
+        self.seed, self.max_episode_steps, self.env_kwargs = int(seed), max_episode_steps, dict(env_kwargs or {})
+        self.clock = clock or time.monotonic
+        self.env: Any = None
+        self.episode_returns: list[float] = []
+        self.episode_lengths: list[int] = []
+        self.physics_params: dict[str, np.ndarray] = {}
+
+    # --- Robot -----------------------------------------------------------------------------------
+    @property
+    def is_connected(self) -> bool:
+        return self.env is not None
+
+    def connect(self) -> None:
+        if self.env is not None:
+            return
+        self.env = _make(self.task, self.max_episode_steps, self.env_kwargs)
+        space = self.env.action_space
+        self.action_dim = int(np.prod(space.shape))
+        self.observation_dim = int(np.prod(self.env.observation_space.shape))
+        self._low, self._high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
+        if self.observation_noise.ndim and self.observation_noise.shape != (self.observation_dim,):
+            raise ValueError(f"sim2sim.observation_noise has {self.observation_noise.size} values; {self.task} "
+                             f"observations have {self.observation_dim}")
+        self._configure_timing()
+        base = self.env.unwrapped
+        self._nominal = _nominal(base.model) if self.physics_ranges else {}
+        self._physics_rng = np.random.default_rng([self.seed, 1])
+        self._noise_rng = np.random.default_rng([self.seed, 2])
+        self._reset(seed=self.seed)
+
+    def disconnect(self) -> None:
+        if self.env is not None:
+            self.env.close()
+            self.env = None
+
+    def get_observation(self) -> Observation:
+        self._require_connected()
+        values = self._obs.astype(np.float64)
+        if self.observation_noise.any():
+            values = values + self._noise_rng.normal(size=values.shape) * self.observation_noise
+        info = {"episode_start": self._episode_start, "episode": len(self.episode_returns),
+                "step": self._length, "return": self._return}
+        self._episode_start = False
+        return Observation(values=values, timestamp=self.clock(), info=info)
+
+    def send_action(self, action: np.ndarray) -> None:
+        """Queue the command; step the simulator with the one sent ``action_latency`` steps ago."""
+        self._require_connected()
+        action = np.asarray(action, np.float64)
+        if action.shape != (self.action_dim,) or not np.isfinite(action).all():
+            raise ValueError(f"{self.task} needs {self.action_dim} finite command values, got {action!r}")
+        self._queue.append(action)
+        applied = self._queue.popleft()
+        obs, reward, terminated, truncated, _ = self.env.step(applied.astype(self.env.action_space.dtype))
+        self._return += float(reward)
+        self._length += 1
+        self._obs = np.asarray(obs)
+        if hasattr(self.clock, "advance"):
+            self.clock.advance(self.dt)
+        if terminated or truncated:
+            self.episode_returns.append(self._return)
+            self.episode_lengths.append(self._length)
+            self._reset(seed=None)
+
+    def fallback_action(self) -> np.ndarray:
+        """Zero command (no actuator effort), moved into the action space if zero is outside it."""
+        self._require_connected()
+        return np.clip(np.zeros(self.action_dim), self._low, self._high)
+
+    # --- simulation ------------------------------------------------------------------------------
+    @property
+    def dt(self) -> float:
+        """Simulated seconds per command."""
+        return float(self.env.unwrapped.dt) if hasattr(self.env.unwrapped, "dt") else float(self.control_dt or 0.0)
+
+    def _require_connected(self) -> None:
+        if self.env is None:
+            raise RuntimeError(f"{type(self).__name__}({self.task!r}) is not connected: call connect() first")
+
+    def _configure_timing(self) -> None:
+        """Physics timestep as asked; frame_skip so that one command still lasts control_dt."""
+        base = self.env.unwrapped
+        is_mujoco = hasattr(base, "model") and hasattr(base, "frame_skip")
+        if not is_mujoco:
+            if self.timestep is not None or self.physics_ranges:
+                raise ValueError(f"{self.task} is not a MuJoCo env: sim2sim.timestep and sim2sim.physics need one")
+            native = getattr(base, "dt", None)
+            if self.control_dt is not None and native is not None and abs(native - self.control_dt) > 1e-9:
+                raise ValueError(f"{self.task} steps {native} s per action; control period {self.control_dt} s differs")
+            return
+        timestep = float(self.timestep or base.model.opt.timestep)
+        control_dt = float(self.control_dt or base.dt)
+        ratio = control_dt / timestep
+        frame_skip = round(ratio)
+        if frame_skip < 1 or abs(ratio - frame_skip) > 1e-6 * max(1.0, ratio):
+            raise ValueError(f"sim2sim.timestep={timestep}: the control period {control_dt} s is not a whole number of "
+                             f"physics steps ({ratio:.4f}); choose a timestep that divides it")
+        base.model.opt.timestep = timestep
+        base.frame_skip = int(frame_skip)
+
+    def _reset(self, seed: int | None) -> None:
+        if self.physics_ranges:
+            self.physics_params = _apply_physics(self.env.unwrapped, self._nominal, self.physics_ranges, self._physics_rng)
+        obs, _ = self.env.reset(seed=seed)
+        self._obs = np.asarray(obs)
+        self._return, self._length, self._episode_start = 0.0, 0, True
+        # commands in flight do not survive a reset: the new episode starts with the fallback queued
+        self._queue: deque[np.ndarray] = deque(self.fallback_action() for _ in range(self.action_latency))
+
+
+def _make(task: str, max_episode_steps: int | None, kwargs: dict[str, Any]) -> Any:
+    import gymnasium as gym
+
+    if task not in gym.registry and task.startswith("robo_rl/"):
+        import envs.tasks  # noqa: F401  registers robo-rl's own tasks (the envs package imports torch)
+    try:
+        return gym.make(task, max_episode_steps=max_episode_steps, **kwargs)
+    except gym.error.Error as exc:
+        raise ValueError(f"task={task!r}: {exc}") from exc
+
+
+def _nominal(model: Any) -> dict[str, np.ndarray]:
+    return {"body_mass": model.body_mass.copy(), "body_inertia": model.body_inertia.copy(),
+            "friction": model.geom_friction[:, 0].copy(), "damping": model.dof_damping.copy(),
+            "gain": model.actuator_gainprm[:, 0].copy(), "bias": model.actuator_biasprm[:, 1:3].copy()}
+
+
+def _apply_physics(base: Any, nominal: dict[str, np.ndarray], ranges: dict[str, tuple[float, float]],
+                   rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Draw one factor per body / geom / dof / actuator and write nominal * factor into the MjModel."""
+    import mujoco
+
+    model = base.model
+    draws = {key: rng.uniform(*ranges[key], size=n) for key, n in (
+        ("mass_scale", model.nbody), ("friction_scale", model.ngeom), ("damping_scale", model.nv),
+        ("actuator_gain_scale", model.nu)) if key in ranges}
+    if "mass_scale" in draws:  # uniform density change: inertia scales with mass
+        model.body_mass[:] = nominal["body_mass"] * draws["mass_scale"]
+        model.body_inertia[:] = nominal["body_inertia"] * draws["mass_scale"][:, None]
+    if "friction_scale" in draws:
+        model.geom_friction[:, 0] = nominal["friction"] * draws["friction_scale"]
+    if "damping_scale" in draws:
+        model.dof_damping[:] = nominal["damping"] * draws["damping_scale"]
+    if "actuator_gain_scale" in draws:  # position/velocity servos carry the gain in their bias terms too
+        model.actuator_gainprm[:, 0] = nominal["gain"] * draws["actuator_gain_scale"]
+        model.actuator_biasprm[:, 1:3] = nominal["bias"] * draws["actuator_gain_scale"][:, None]
+    mujoco.mj_setConst(model, base.data)  # derived constants (subtree masses, inverse weights) follow
+    return draws
+
+
+class CallbackRobot(Robot):
+    """A robot made of two functions: ``get()`` -> observation array (or ``Observation``) and
+    ``send(action)``. Handy to wire a ROS topic or a test fixture to the control loop."""
+
+    def __init__(self, get: Callable[[], Any], send: Callable[[np.ndarray], None], action_dim: int,
+                 fallback: np.ndarray | Callable[[], np.ndarray] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_connect: Callable[[], None] | None = None, on_disconnect: Callable[[], None] | None = None) -> None:
+        self._get, self._send, self.action_dim = get, send, int(action_dim)
+        self._fallback, self.clock = fallback, clock
+        self._on_connect, self._on_disconnect = on_connect, on_disconnect
+        self._connected = False
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected
+
+    def connect(self) -> None:
+        if self._on_connect is not None:
+            self._on_connect()
+        self._connected = True
+
+    def disconnect(self) -> None:
+        if self._on_disconnect is not None:
+            self._on_disconnect()
+        self._connected = False
+
+    def get_observation(self) -> Observation:
+        reading = self._get()
+        return reading if isinstance(reading, Observation) else Observation(np.asarray(reading), self.clock())
+
+    def send_action(self, action: np.ndarray) -> None:
+        self._send(np.asarray(action))
+
+    def fallback_action(self) -> np.ndarray:
+        if self._fallback is None:
+            return super().fallback_action()
+        return np.asarray(self._fallback() if callable(self._fallback) else self._fallback)

@@ -1,0 +1,120 @@
+"""Export round trips: every head (and EXPO/PA-RL's critic choice) matches torch in onnxruntime within 1e-5."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from policies import build_head
+from robo_rl.learners.candidates import CriticSelectPolicy
+from robo_rl.learners.critics import QEnsemble
+from robo_rl.learners.expo import EditPolicy
+from sim2real.export import export_policy, sha256_of
+
+OBS_DIM, LOW, HIGH = 5, np.array([-1.0, -2.0, 0.0]), np.array([1.0, 2.0, 0.5])
+SMALL = {"hidden_sizes": [32, 32]}
+HEADS = [
+    ("gaussian", {}),
+    ("gaussian", {"state_dependent_std": True}),
+    ("deterministic", {}),
+    ("mixture", {"components": 3}),
+    ("flow", {"steps": 4}),
+    ("flow", {"steps": 3, "solver": "midpoint"}),
+    ("diffusion", {"scheduler": "ddim", "train_steps": 50, "inference_steps": 10}),
+    ("diffusion", {"scheduler": "ddpm", "train_steps": 20, "inference_steps": 5}),
+    ("flow", {"steps": 2, "chunk": 4, "execute": 2}),
+    ("latent", {"decoder": "flow", "decoder_steps": 4, "decoder_hidden": [32, 32]}),
+]
+
+
+def _head(name, options, normalize=True):
+    head = build_head(name, OBS_DIM, LOW, HIGH, normalize_obs=normalize, **{**SMALL, **options})
+    if normalize:  # non-trivial statistics, so a missing normalizer in the graph would show
+        head.obs_norm.update(torch.randn(500, OBS_DIM) * 3.0 + 2.0)
+    return head
+
+
+def _ort(path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("name, options", HEADS, ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o in HEADS])
+def test_every_head_exports_and_matches_torch(tmp_path, name, options):
+    head = _head(name, options)
+    sidecar = export_policy(head, tmp_path, "onnx", control_dt=0.02, task="test")
+    path = tmp_path / sidecar["model_file"]
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    assert sidecar["sha256"] == sha256_of(path) and sidecar["checked"]["max_abs_error"] <= 1e-5
+    assert json.loads((tmp_path / "policy.json").read_text()) == sidecar
+    session = _ort(path)
+    obs = np.random.default_rng(1).normal(2.0, 3.0, (7, OBS_DIM)).astype(np.float32)
+    obs[0] *= 100.0  # far outside the data: the normalizer's clip must be in the graph too
+    k = sidecar["noise"]["dim"] if sidecar["noise"] else 0
+    with torch.no_grad():
+        if k:
+            noise = np.random.default_rng(2).standard_normal((7, k)).astype(np.float32)
+            want = head.clip_action(head(torch.from_numpy(obs), torch.from_numpy(noise))).numpy()
+            got = session.run(None, {"obs": obs, "noise": noise})[0]
+        else:
+            want = head.act(torch.from_numpy(obs), deterministic=True).numpy()
+            got = session.run(None, {"obs": obs})[0]
+    assert got.shape == (7, 3) and np.abs(got - want).max() <= 1e-5
+    assert (got >= LOW - 1e-6).all() and (got <= HIGH + 1e-6).all()
+    if name in ("flow", "diffusion"):
+        assert k > 0 and sidecar["sampling"]  # sampling steps unrolled, noise is an explicit input
+        # zeros (the sidecar's default) reproduce the head's deterministic action
+        zeros = np.zeros((7, k), np.float32)
+        with torch.no_grad():
+            deterministic = head.act(torch.from_numpy(obs), deterministic=True).numpy()
+        assert np.abs(session.run(None, {"obs": obs, "noise": zeros})[0] - deterministic).max() <= 1e-5
+
+
+@pytest.mark.parametrize("base_name, edit", [("flow", True), ("diffusion", False), ("gaussian", False)])
+def test_critic_select_policies_export_with_their_fixed_noise(tmp_path, base_name, edit):
+    """EXPO (flow base + edit policy) and PA-RL (any base): the best of N candidates by Q, as in torch."""
+    options = {"steps": 3} if base_name == "flow" else {"scheduler": "ddim", "train_steps": 20, "inference_steps": 4} if base_name == "diffusion" else {}
+    base = _head(base_name, options)
+    critic = QEnsemble(OBS_DIM, 3, 2, [32, 32], "relu", False)
+    policy = CriticSelectPolicy(base, critic, 4, EditPolicy(base, 0.1, [32], "relu") if edit else None)
+    sidecar = export_policy(policy, tmp_path, "onnx")
+    session = _ort(tmp_path / "policy.onnx")
+    obs = np.random.default_rng(3).normal(2.0, 3.0, (6, OBS_DIM)).astype(np.float32)
+    with torch.no_grad():
+        want = policy.act(torch.from_numpy(obs), deterministic=True).numpy()
+    if sidecar["noise"]:
+        default = np.asarray(sidecar["noise"]["default"], np.float32)[None].repeat(6, 0)
+        got = session.run(None, {"obs": obs, "noise": default})[0]
+        assert sidecar["sampling"]["candidates"] == (8 if edit else 4)
+    else:
+        got = session.run(None, {"obs": obs})[0]
+    assert np.abs(got - want).max() <= 1e-5
+
+
+def test_torchscript_export_matches(tmp_path):
+    head = _head("flow", {"steps": 4})
+    sidecar = export_policy(head, tmp_path, "torchscript")
+    loaded = torch.jit.load(str(tmp_path / sidecar["model_file"]))
+    obs, noise = torch.randn(4, OBS_DIM), torch.randn(4, sidecar["noise"]["dim"])
+    with torch.no_grad():
+        assert torch.allclose(loaded(obs, noise), head.clip_action(head(obs, noise)), atol=1e-6)
+
+
+def test_a_policy_with_non_finite_output_is_not_exported(tmp_path):
+    head = _head("gaussian", {})
+    with torch.no_grad():
+        for p in head.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(ValueError, match="non-finite"):
+        export_policy(head, tmp_path, "onnx")
+    assert not (tmp_path / "policy.onnx").exists() and not (tmp_path / "policy.json").exists()
+
+
+def test_unknown_format_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="onnx, torchscript"):
+        export_policy(_head("gaussian", {}), tmp_path, "tflite")

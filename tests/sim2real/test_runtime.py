@@ -1,0 +1,351 @@
+"""The deployment runtime: export checks, strict inputs, the watched fixed-rate loop, the sim2sim robot."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sim2real.deploy import deploy
+from sim2real.robots import CallbackRobot, MujocoSim2SimRobot, SimulatedClock
+from sim2real.runtime import (ActionOutOfBounds, ControlLoop, ExportError, NonFiniteAction, NonFiniteObservation,
+                              Observation, PolicyRuntime, WatchdogConfig, load_sidecar)
+from tests.sim2real.conftest import make_export
+
+REPO = Path(__file__).resolve().parents[2]
+NO_INFERENCE_LIMIT = WatchdogConfig(max_inference_time=math.inf)  # timing-independent tests on a busy machine
+
+
+def reference(export: Path, obs: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+    """The tiny policy's formula in numpy, from the ONNX file's own weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    w = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(export / "policy.onnx")).graph.initializer}
+    h = obs @ w["W"] + w["b"] + (noise @ w["Wn"] if noise is not None else 0.0)
+    return w["mid"] + w["half"] * np.tanh(h)
+
+
+# --- PolicyRuntime -------------------------------------------------------------------------------
+
+def test_runtime_matches_the_graph_for_single_and_batched_observations(tmp_path: Path) -> None:
+    export = make_export(tmp_path / "e", obs_dim=4, act_dim=2, noise_dim=3, default_noise=[0.5, -0.5, 1.0])
+    rt = PolicyRuntime(export)
+    assert (rt.obs_dim, rt.act_dim, rt.noise_dim, rt.dt) == (4, 2, 3, 0.04)
+    obs = np.random.default_rng(0).normal(size=(5, 4))  # float64 in: cast to float32
+    default = np.array([0.5, -0.5, 1.0], np.float32)
+    np.testing.assert_allclose(rt(obs), reference(export, obs.astype(np.float32), default), atol=1e-5)
+    single = rt(obs[0])
+    assert single.shape == (2,) and single.dtype == np.float32
+    noise = np.ones((5, 3), np.float32)
+    np.testing.assert_allclose(rt(obs, noise), reference(export, obs.astype(np.float32), noise), atol=1e-5)
+    assert ((rt(obs * 100) >= -1) & (rt(obs * 100) <= 1)).all()
+
+
+def test_tampered_model_is_refused_with_the_checksum_message(export_dir: Path) -> None:
+    model = export_dir / "policy.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one byte changed
+    model.write_bytes(bytes(data))
+    with pytest.raises(ExportError, match=r"policy\.onnx does not match the checksum in policy\.json "
+                                          r"\(file changed or wrong sidecar\)"):
+        PolicyRuntime(export_dir)
+
+
+def test_sidecar_that_disagrees_with_the_model_is_refused(export_dir: Path) -> None:
+    path = export_dir / "policy.json"
+    sidecar = json.loads(path.read_text())
+    sidecar["observation"]["dim"] = 5
+    sidecar["inputs"][0]["shape"] = ["batch", 5]
+    path.write_text(json.dumps(sidecar))
+    with pytest.raises(ExportError, match=r"input 'obs' is tensor\(float\) \['batch', 4\].*declares float32 \['batch', 5\]"):
+        PolicyRuntime(export_dir)
+    sidecar["inputs"][0]["shape"] = ["batch", 4]  # now inconsistent inside the sidecar itself
+    path.write_text(json.dumps(sidecar))
+    with pytest.raises(ExportError, match=r"policy\.json: inputs .* do not match"):
+        load_sidecar(export_dir)
+
+
+def test_bad_sidecars_name_the_file_and_the_problem(export_dir: Path) -> None:
+    path = export_dir / "policy.json"
+    good = json.loads(path.read_text())
+    for change, message in ((("format", "other"), "expected 'robo-rl-export'"), (("version", 2), "version 2 is not supported"),
+                            (("model_format", "torchscript"), "load it with torch.jit.load")):
+        path.write_text(json.dumps({**good, change[0]: change[1]}))
+        with pytest.raises(ExportError, match=message):
+            PolicyRuntime(export_dir)
+    path.write_text(json.dumps({k: v for k, v in good.items() if k != "sha256"}))
+    with pytest.raises(ExportError, match=r"policy\.json: missing key 'sha256'"):
+        load_sidecar(path)
+    with pytest.raises(ExportError, match="not found"):
+        load_sidecar(export_dir / "nowhere")
+
+
+def test_wrong_observation_shape_or_dtype_is_an_error_naming_expected_and_got(export_dir: Path) -> None:
+    rt = PolicyRuntime(export_dir)
+    with pytest.raises(ValueError, match=r"observation shape \(5,\): expected \(4,\) or \(batch, 4\)"):
+        rt(np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match=r"observation shape \(2, 3, 4\)"):
+        rt(np.zeros((2, 3, 4), np.float32))
+    with pytest.raises(ValueError, match="observation dtype int64"):
+        rt(np.zeros(4, np.int64))
+    with pytest.raises(NonFiniteObservation, match=r"indices \[2\]"):
+        rt(np.array([0.0, 0.0, np.nan, 0.0]))
+    with pytest.raises(ValueError, match="takes no noise input"):
+        rt(np.zeros(4), noise=np.zeros(3))
+
+
+def test_non_finite_or_out_of_bounds_policy_output_is_refused(tmp_path: Path) -> None:
+    rt = PolicyRuntime(make_export(tmp_path / "lin", kind="linear", weight_scale=1e38))
+    with pytest.raises(NonFiniteAction):
+        rt(np.full(4, 1e3, np.float32))  # overflows to inf
+    rt = PolicyRuntime(make_export(tmp_path / "lin2", kind="linear", weight_scale=1.0))
+    with pytest.raises(ActionOutOfBounds, match="outside the sidecar's action bounds"):
+        rt(np.full(4, 100.0, np.float32))
+
+
+# --- ControlLoop -----------------------------------------------------------------------------------
+
+class FakeClock:
+    """Manual time: sleep() moves it forward, so deadlines are checked exactly."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds > 0
+        self.sleeps.append(seconds)
+        self.t += seconds
+
+
+@dataclass
+class ClampReport:
+    intervened: np.ndarray
+    fallback: np.ndarray
+    reasons: list[str] = field(default_factory=list)
+
+
+class Clamp:
+    """A user-supplied filter chain (the FilterChain call contract): clamp every entry to +-limit."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit, self.resets = limit, 0
+
+    def reset(self, batch: int) -> None:
+        self.resets += 1
+
+    def __call__(self, action: np.ndarray, obs: np.ndarray):
+        out = np.clip(action, -self.limit, self.limit)
+        changed = (out != action).any(axis=1)
+        return out, ClampReport(changed, np.zeros(len(action), bool), ["clamp"] if changed.any() else [])
+
+
+def scripted_robot(clock: FakeClock, script: dict[int, object], sent: list, fallback=(0.8, -0.8),
+                   default=(0.1, -0.2, 0.3, 0.0)) -> CallbackRobot:
+    """Reads a fixed observation, except at the ticks in ``script`` (an array, or a callable making an Observation)."""
+    tick = {"n": 0}
+
+    def get():
+        item = script.get(tick["n"])
+        tick["n"] += 1
+        if callable(item):
+            return item()
+        return np.asarray(item if item is not None else default, np.float64)
+
+    return CallbackRobot(get, lambda a: sent.append((clock(), np.array(a))), action_dim=2,
+                         fallback=np.array(fallback), clock=clock)
+
+
+def test_nan_observation_sends_the_filtered_fallback_and_logs_it(export_dir: Path) -> None:
+    clock, sent = FakeClock(), []
+    robot = scripted_robot(clock, {2: [0.0, np.nan, 0.0, 0.0]}, sent)
+    chain = Clamp(0.5)
+    loop = ControlLoop(PolicyRuntime(export_dir), robot, filters=chain, watchdog=NO_INFERENCE_LIMIT,
+                       clock=clock, sleep=clock.sleep)
+    report = loop.run(steps=5)
+    assert report.steps == 5 and report.fallbacks == 1 and chain.resets == 1
+    assert [e["kind"] for e in loop.events if e["step"] == 2] == ["non_finite_observation", "filter_intervention"]
+    np.testing.assert_array_equal(sent[2][1], [0.5, -0.5])  # the fallback (0.8, -0.8) went through the filter
+    assert all(np.abs(a).max() <= 0.5 for _, a in sent)
+    assert not robot.is_connected  # the loop connected it, so it disconnects it
+
+
+def test_real_filter_chain_from_the_sidecar_filters_the_fallback(tmp_path: Path) -> None:
+    filters = pytest.importorskip("sim2real.filters")
+    assert hasattr(filters, "build_chain")
+    export = make_export(tmp_path / "e", safety={"filters": [{"type": "box", "low": -0.3, "high": 0.3}]})
+    clock, sent = FakeClock(), []
+    robot = scripted_robot(clock, {1: [np.inf, 0.0, 0.0, 0.0]}, sent)
+    loop = ControlLoop(PolicyRuntime(export), robot, watchdog=NO_INFERENCE_LIMIT, clock=clock, sleep=clock.sleep)
+    report = loop.run(steps=3)
+    assert report.events["non_finite_observation"] == 1
+    np.testing.assert_allclose(sent[1][1], [0.3, -0.3], atol=1e-6)
+    assert all(np.abs(a).max() <= 0.3 + 1e-6 for _, a in sent)
+
+
+def test_stale_observation_is_replaced_by_the_fallback(export_dir: Path) -> None:
+    clock, sent = FakeClock(), []
+    old = lambda: Observation(np.array([0.1, -0.2, 0.3, 0.0]), timestamp=clock() - 0.2)  # noqa: E731  5 periods old
+    robot = scripted_robot(clock, {1: old, 3: old}, sent)
+    loop = ControlLoop(PolicyRuntime(export_dir), robot, filters=[], watchdog=NO_INFERENCE_LIMIT, clock=clock,
+                       sleep=clock.sleep)
+    report = loop.run(steps=4)
+    assert report.events == {"stale_observation": 2} and report.fallbacks == 2
+    assert "200.0 ms old (limit 80.0 ms)" in loop.events[0]["detail"]
+    for i in (1, 3):
+        np.testing.assert_allclose(sent[i][1], [0.8, -0.8])
+    assert not np.allclose(sent[0][1], [0.8, -0.8])
+
+
+def test_inference_overrun_sends_the_fallback(export_dir: Path) -> None:
+    clock, sent = FakeClock(), []
+    loop = ControlLoop(PolicyRuntime(export_dir), scripted_robot(clock, {}, sent), filters=[],
+                       watchdog=WatchdogConfig(max_inference_time=1e-12), clock=clock, sleep=clock.sleep)
+    report = loop.run(steps=3)
+    assert report.events == {"inference_overrun": 3} and report.fallbacks == 3
+    assert all(np.allclose(a, [0.8, -0.8]) for _, a in sent)
+    assert report.latency["inference_ms"]["count"] == 3  # overrun inferences are still measured
+
+
+def test_non_finite_policy_action_sends_the_fallback_and_stop_ends_the_run(tmp_path: Path) -> None:
+    export = make_export(tmp_path / "lin", kind="linear", weight_scale=1e38)
+    clock, sent = FakeClock(), []
+    robot = scripted_robot(clock, {2: [1e3, 1e3, 1e3, 1e3]}, sent, default=(0.0, 0.0, 0.0, 0.0))  # action = b
+    loop = ControlLoop(PolicyRuntime(export), robot, filters=[],
+                       watchdog=WatchdogConfig(max_inference_time=math.inf, on_fault="stop"), clock=clock, sleep=clock.sleep)
+    report = loop.run(steps=10)
+    assert report.steps == 3 and report.events == {"non_finite_action": 1}
+    np.testing.assert_allclose(sent[2][1], [0.8, -0.8])
+
+
+def test_absolute_deadlines_a_slow_tick_does_not_shift_later_ticks(export_dir: Path) -> None:
+    clock, sent = FakeClock(), []
+    period = 0.04
+
+    def slow():  # this tick's sensor read takes 2.5 periods
+        clock.t += 2.5 * period
+        return np.array([0.1, -0.2, 0.3, 0.0])
+
+    robot = scripted_robot(clock, {3: slow}, sent)
+    loop = ControlLoop(PolicyRuntime(export_dir), robot, filters=[], watchdog=NO_INFERENCE_LIMIT,
+                       clock=clock, sleep=clock.sleep)
+    report = loop.run(steps=8)
+    t0 = 100.0
+    times = [round((t - t0) / period, 6) for t, _ in sent]
+    # ticks 0-3 on the grid; tick 3 ends at 5.5 periods; the next runs at once (slot 4 is skipped: its whole
+    # period passed), then back on the grid at 6, 7, 8, 9 (a drifting loop would go 6.5, 7.5, ...)
+    assert times == [0, 1, 2, 5.5, 5.5, 6, 7, 8]
+    assert report.deadline_misses == 1 and report.skipped_ticks == 1
+    miss = [e for e in loop.events if e["kind"] == "deadline_miss"]
+    assert len(miss) == 1 and miss[0]["step"] == 4 and "skipped 1 tick" in miss[0]["detail"]
+    assert report.fallbacks == 0 and report.steps == 8
+
+
+def test_non_realtime_loop_never_sleeps_and_keeps_stats(export_dir: Path) -> None:
+    clock, sent = FakeClock(), []
+    loop = ControlLoop(PolicyRuntime(export_dir), scripted_robot(clock, {}, sent), filters=[], realtime=False,
+                       watchdog=WatchdogConfig(max_observation_age=math.inf, max_inference_time=math.inf),
+                       clock=clock, sleep=clock.sleep)
+    report = loop.run(steps=20)
+    assert clock.sleeps == [] and report.steps == 20 and report.deadline_misses == 0
+    for kind in ("inference_ms", "loop_ms"):
+        stats = report.latency[kind]
+        assert stats["count"] == 20 and 0 < stats["p50"] <= stats["p99"] <= stats["max"] and stats["mean"] > 0
+    json.dumps(report.to_dict())
+
+
+def test_ctrl_c_sends_the_fallback_and_returns_a_report(export_dir: Path) -> None:
+    clock, sent = FakeClock(), []
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    loop = ControlLoop(PolicyRuntime(export_dir), scripted_robot(clock, {2: interrupt}, sent), filters=[],
+                       watchdog=NO_INFERENCE_LIMIT, clock=clock, sleep=clock.sleep)
+    report = loop.run()
+    assert report.interrupted and report.steps == 2 and len(sent) == 3
+    np.testing.assert_allclose(sent[-1][1], [0.8, -0.8])
+
+
+# --- sim2sim robot and deploy ----------------------------------------------------------------------
+
+def test_sim2sim_robot_latency_timestep_noise_and_physics() -> None:
+    robot = MujocoSim2SimRobot("InvertedPendulum-v5", timestep=0.01, action_latency=1, observation_noise=0.05,
+                               physics={"mass_scale": [0.5, 0.6], "damping_scale": [2.0, 2.0]}, seed=3,
+                               clock=SimulatedClock())
+    robot.connect()
+    base = robot.env.unwrapped
+    assert base.model.opt.timestep == 0.01 and base.frame_skip == 4 and robot.dt == pytest.approx(0.04)
+    nominal_mass = robot._nominal["body_mass"]
+    obs = robot.get_observation()
+    assert obs.info["episode_start"] and obs.values.shape == (4,)
+    robot.send_action(np.array([0.7]))
+    assert base.data.ctrl[0] == 0.0  # one step of latency: the queued fallback is applied first
+    robot.send_action(np.array([-0.4]))
+    assert base.data.ctrl[0] == pytest.approx(0.7)
+    assert robot.clock() == pytest.approx(0.08)
+    for _ in range(300):  # episodes end (random-ish commands topple the pole) and resets redraw the physics
+        robot.send_action(np.array([0.0]))
+    assert len(robot.episode_returns) >= 1 and all(n > 0 for n in robot.episode_lengths)
+    ratio = base.model.body_mass[1:] / nominal_mass[1:]
+    assert ((ratio >= 0.5) & (ratio <= 0.6)).all()  # rescaled from the nominal copy, never compounded
+    np.testing.assert_allclose(base.model.dof_damping, robot._nominal["damping"] * 2.0)
+    robot.disconnect()
+    # seeded observation noise: same seed, same readings; std close to the asked one
+    readings = []
+    for _ in range(2):
+        r = MujocoSim2SimRobot("InvertedPendulum-v5", observation_noise=0.05, seed=7)
+        r.connect()
+        readings.append(np.stack([r.get_observation().values for _ in range(400)]))
+        r.disconnect()
+    np.testing.assert_array_equal(readings[0], readings[1])
+    assert 0.04 < readings[0].std(axis=0).mean() < 0.06
+
+
+def test_sim2sim_rejects_a_timestep_that_does_not_divide_the_control_period() -> None:
+    robot = MujocoSim2SimRobot("InvertedPendulum-v5", timestep=0.03)
+    with pytest.raises(ValueError, match="not a whole number of physics steps"):
+        robot.connect()
+    with pytest.raises(ValueError, match="sim2sim.physics.mass: unknown"):
+        MujocoSim2SimRobot("InvertedPendulum-v5", physics={"mass": [1, 2]})
+
+
+def test_deploy_on_inverted_pendulum_with_latency_and_halved_timestep(tmp_path: Path) -> None:
+    export = make_export(tmp_path / "e", obs_dim=4, act_dim=1, low=-3.0, high=3.0, task="InvertedPendulum-v5", dt=0.04)
+    lines: list[str] = []
+    report = deploy(str(export), episodes=3, sim2sim={"timestep": 0.01, "action_latency": 1, "seed": 1,
+                                                      "max_episode_steps": 200}, log=lines.append)
+    assert report["episodes"] == 3 and len(report["episode_returns"]) == 3
+    assert all(0 < n <= 200 for n in report["episode_lengths"])
+    # InvertedPendulum pays 1 per step the pole stays up (0 on the toppling step)
+    for ret, n in zip(report["episode_returns"], report["episode_lengths"]):
+        assert n - 1 <= ret <= n
+    loop = report["loop"]
+    assert loop["steps"] == sum(report["episode_lengths"])
+    assert loop["latency"]["inference_ms"]["p99"] is not None and loop["latency"]["loop_ms"]["count"] == loop["steps"]
+    assert loop["deadline_misses"] == 0 and "stale_observation" not in loop["events"]  # simulated time: on schedule
+    assert report["rate_hz"] == pytest.approx(25.0)
+    assert sum(line.startswith("episode ") for line in lines) == 3
+    json.dumps(report)
+    with pytest.raises(ValueError, match="unknown sim2sim key"):
+        deploy(str(export), sim2sim={"latency": 1}, log=lines.append)
+    with pytest.raises(ValueError, match="observation/action dims"):
+        deploy(str(export), task="Hopper-v5", episodes=1, log=lines.append)
+
+
+def test_runtime_robots_and_deploy_import_without_torch() -> None:
+    code = "import sim2real.runtime, sim2real.robots, sim2real.deploy; import sys; assert 'torch' not in sys.modules"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
