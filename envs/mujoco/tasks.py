@@ -134,7 +134,7 @@ class Task(abc.ABC):
     """One gymnasium v5 task, vectorized. Subclasses mirror their gymnasium class."""
 
     gym_id: ClassVar[str]
-    gym_class: ClassVar[str]  # "module:Class" under gymnasium.envs.mujoco
+    gym_class: ClassVar[str]  # "module:Class" under gymnasium.envs.mujoco, or "package.module:Class" (robo-rl's own)
     #: the task reads cfrc_ext, which gymnasium computes with mj_rnePostConstraint after each step
     needs_post_constraint: ClassVar[bool] = False
     #: derived MjData fields the task reads (bound so the batch copies them out after each call)
@@ -158,7 +158,7 @@ class Task(abc.ABC):
         import importlib
 
         module, name = cls.gym_class.split(":")
-        return getattr(importlib.import_module(f"gymnasium.envs.mujoco.{module}"), name)
+        return getattr(importlib.import_module(module if "." in module else f"gymnasium.envs.mujoco.{module}"), name)
 
     @classmethod
     def gym_defaults(cls) -> dict[str, Any]:
@@ -572,8 +572,12 @@ class Pusher(Task):
         return qpos, qvel
 
 
+# robo-rl's own MuJoCo tasks (gymnasium envs under envs/tasks) subclass Task in their own files
+from envs.mujoco.contact_maze_task import ContactMaze  # noqa: E402  (needs Task above)
+
 TASKS: dict[str, type[Task]] = {cls.gym_id: cls for cls in (
     Hopper, Walker2d, HalfCheetah, Swimmer, Ant, Humanoid, InvertedPendulum, InvertedDoublePendulum, Reacher, Pusher,
+    ContactMaze,
 )}
 
 
