@@ -285,6 +285,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
         out_info = {
             "final_obs": self._to_tensor(final_obs),
             "episode": episode_to_torch(self._episodes.step(reward, done), self.device),
+            "task": self._task_info(info, done),
         }
         return StepResult(
             self._to_tensor(obs),
@@ -293,6 +294,27 @@ class GymnasiumBatchedEnv(BatchedEnv):
             torch.as_tensor(truncated, dtype=torch.bool, device=self.device),
             out_info,
         )
+
+    def _task_info(self, info: dict[str, Any], done: np.ndarray) -> dict[str, torch.Tensor]:
+        """The task's own numeric per-env info terms (e.g. a cost), as the MuJoCo backend's info["task"].
+
+        With same-step autoreset, a finished env's step info is in info["final_info"]; its entry is
+        taken from there so the last step of an episode is not replaced by the reset's info.
+        """
+        terms: dict[str, np.ndarray] = {}
+        for key, value in info.items():
+            if key.startswith("_") or key in ("final_obs", "final_info", "episode"):
+                continue
+            arr = np.asarray(value)
+            if arr.shape == (self.num_envs,) and arr.dtype.kind in "fiub":
+                terms[key] = arr.copy()
+        final = info.get("final_info")
+        if isinstance(final, dict) and done.any():
+            for key, arr in terms.items():
+                if key in final:
+                    mask = done & np.asarray(final.get("_" + key, done), dtype=bool)
+                    arr[mask] = np.asarray(final[key])[mask]
+        return {k: torch.as_tensor(v, device=self.device) for k, v in terms.items()}
 
     def state_dict(self) -> dict[str, Any] | None:
         snaps = list(self._vec.get_attr("snapshot"))

@@ -16,6 +16,7 @@ from robo_rl.learners.gorl import GoRL
 from robo_rl.learners.parl import PARL
 from robo_rl.learners.ppo import PPO
 from robo_rl.learners.sac import SAC
+from robo_rl.learners.sac_lagrangian import LagrangianSAC
 from robo_rl.learners.td3 import TD3
 
 LEARNERS: dict[str, type[Learner]] = {"sac": SAC, "td3": TD3, "ppo": PPO, "gorl": GoRL, "expo": EXPO, "parl": PARL}
@@ -58,12 +59,41 @@ def build_policy(cfg: DictConfig, env: BatchedEnv) -> PolicyHead:
     ).to(cfg.device)
 
 
+def check_safety(cfg: DictConfig, obs_dim: int, act_dim: int) -> None:
+    """Build ``safety.filters`` once for these dimensions, so a bad filter spec fails before any run file exists.
+
+    (``sim2real.filters.build_chain`` owns the spec; the runner builds one chain per env copy later.)
+    """
+    from robo_rl.runners.safety import build_filter_chain, safety_settings
+
+    filters = safety_settings(cfg).filters
+    if len(filters):
+        build_filter_chain(filters, act_dim, obs_dim)
+
+
 def build_learner(cfg: DictConfig, policy: PolicyHead) -> Learner:
+    """The configured learner; ``safety.passivity_aware=true`` turns SAC into Lagrangian SAC (a cost critic
+    and a multiplier, configured under ``safety``)."""
+    from robo_rl.runners.safety import safety_settings
+
     name = cfg.algo.name
     if name not in LEARNERS:
         raise ConfigError(f"algo.name={name}: unknown algorithm; choose one of {', '.join(LEARNERS)}")
+    check_safety(cfg, policy.obs_dim, policy.act_dim)  # train() builds the learner before writing the run dir
     kwargs = {k: _plain(v) for k, v in cfg.algo.items() if k not in RUNNER_KEYS}
-    learner = LEARNERS[name](policy, **kwargs).to(cfg.device)
+    safety = safety_settings(cfg)
+    if safety.passivity_aware:
+        if name != "sac":
+            raise ConfigError(f"safety.passivity_aware=true: Lagrangian training needs algo=sac, not algo={name}")
+        critic = safety.cost_critic
+        learner: Learner = LagrangianSAC(
+            policy, cost_budget=float(safety.cost_budget), cost_gamma=float(safety.cost_gamma),
+            lagrange_lr=float(safety.lagrange_lr), lagrange_init=float(safety.lagrange_init),
+            cost_num_critics=int(critic.num_critics), cost_critic_hidden=_plain(critic.hidden),
+            cost_critic_lr=None if critic.lr is None else float(critic.lr), **kwargs,
+        ).to(cfg.device)
+    else:
+        learner = LEARNERS[name](policy, **kwargs).to(cfg.device)
     if cfg.get("compile", False):
         learner.compile_update()  # type: ignore[attr-defined]
     return learner

@@ -258,6 +258,38 @@ class EnvConfig:
 
 
 @dataclass
+class CostCriticConfig:
+    """The cost critic of passivity-aware (Lagrangian) SAC; None: the same as the reward critic's."""
+
+    num_critics: int = 2  # twin by default; the cost target and the actor use the max (pessimistic about cost)
+    hidden: Optional[List[int]] = None  # None: algo.critic_hidden
+    lr: Optional[float] = None  # None: algo.critic_lr
+
+
+@dataclass
+class SafetyConfig:
+    """Safety filters applied while training, and passivity-aware (constrained) learning.
+
+    ``filters`` is a chain of filter specs (``sim2real.filters.build_chain``; configs/safety/*.yaml)
+    every action passes through before it reaches the env, in training and in evaluation (as on the
+    robot); the replay buffer stores the filtered action (what the env really executed). Off-policy
+    learners only. ``passivity_aware=true`` trains Lagrangian SAC (robo_rl/learners/sac_lagrangian.py):
+    maximize return subject to an expected cost per step (``info[cost_key]``, e.g. the energy the
+    controller injects) of at most ``cost_budget``. Episode costs are logged whenever the task
+    reports them.
+    """
+
+    filters: List[Dict[str, Any]] = field(default_factory=list)
+    passivity_aware: bool = False
+    cost_key: str = "cost"  # the step info key (top level, or in info["task"]) holding the cost [N]
+    cost_budget: float = 0.05  # d: limit on the expected cost PER STEP (discounted average), same units as the cost
+    cost_gamma: float = 0.99  # discount of the cost critic's TD target
+    lagrange_lr: float = 0.01  # step size of the multiplier's projected ascent, per gradient update
+    lagrange_init: float = 0.0  # lambda at the start (>= 0)
+    cost_critic: CostCriticConfig = field(default_factory=CostCriticConfig)
+
+
+@dataclass
 class EvalConfig:
     every: Optional[int] = None  # env steps between evaluations; None: steps // 20
     episodes: int = 10
@@ -285,6 +317,7 @@ class TrainConfig:
     algo: Any = MISSING
     policy: Any = MISSING
     env: EnvConfig = field(default_factory=EnvConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
     steps: Optional[int] = None  # total env steps; None: the learner's default
     seed: int = 0
     run_dir: Optional[str] = None  # None: runs/<algo>-<env id>-s<seed>-<time>
@@ -418,6 +451,11 @@ def resolve_defaults(cfg: DictConfig) -> DictConfig:
             cfg.checkpoint.every = max(steps // 10, 1)
         if cfg.log.every is None:
             cfg.log.every = max(steps // 200, 1)
+        critic = cfg.safety.cost_critic  # the cost critic is shaped like the reward critic unless told
+        if critic.hidden is None and "critic_hidden" in cfg.algo:
+            critic.hidden = list(cfg.algo.critic_hidden)
+        if critic.lr is None and "critic_lr" in cfg.algo:
+            critic.lr = cfg.algo.critic_lr
     return cfg
 
 
@@ -425,13 +463,17 @@ class ConfigError(ValueError):
     """A config value that is well-typed but cannot work; raised before any training."""
 
 
+def _require(cfg: DictConfig, ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={OmegaConf.select(cfg, key)}: {msg}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Semantic checks on a resolved config; each message names the key and what to change."""
     from policies.networks import ACTIVATIONS
 
     def need(ok: bool, key: str, msg: str) -> None:
-        if not ok:
-            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)}: {msg}")
+        _require(cfg, ok, key, msg)
 
     algo = cfg.algo.name
     need(algo in ALGO_SCHEMAS, "algo.name", f"unknown algorithm; choose one of {', '.join(ALGO_SCHEMAS)}")
@@ -491,3 +533,40 @@ def validate(cfg: DictConfig) -> None:
         )
         need(cfg.algo.epochs >= 1, "algo.epochs", "must be >= 1")
     need(0 <= OmegaConf.select(cfg, "algo.gamma") <= 1, "algo.gamma", "must be in [0, 1]")
+    validate_safety(cfg)
+
+
+#: learners whose runner (off-policy) can pass training actions through safety filters
+FILTERABLE_ALGOS = ("sac", "td3", "expo", "parl")
+
+
+def validate_safety(cfg: DictConfig) -> None:
+    """The ``safety`` section: passivity-aware training needs SAC; filters need an off-policy runner.
+
+    The filter specs themselves are checked by ``sim2real.filters.build_chain`` once the env's
+    dimensions are known (``robo_rl.build.check_safety``), still before any run file is written.
+    """
+    safety, algo = cfg.safety, cfg.algo.name
+
+    def need(ok: bool, key: str, msg: str) -> None:
+        _require(cfg, ok, key, msg)
+
+    if safety.passivity_aware:
+        need(algo == "sac", "safety.passivity_aware",
+             f"passivity-aware training is Lagrangian SAC (a cost critic and a multiplier on off-policy replay); "
+             f"algo={algo} has no cost critic, use algo=sac (with a reparameterized head such as policy=gaussian)")
+    need(bool(safety.cost_key), "safety.cost_key", "must name the step info key holding the per-step cost")
+    need(safety.cost_budget >= 0, "safety.cost_budget", "the per-step cost limit must be >= 0")
+    need(0 <= safety.cost_gamma < 1, "safety.cost_gamma", "must be in [0, 1) (the budget is per step: d / (1 - cost_gamma))")
+    need(safety.lagrange_lr > 0, "safety.lagrange_lr", "must be > 0")
+    need(safety.lagrange_init >= 0, "safety.lagrange_init", "the Lagrange multiplier must start >= 0")
+    need(safety.cost_critic.num_critics >= 1, "safety.cost_critic.num_critics", "must be >= 1")
+    hidden = safety.cost_critic.hidden
+    need(hidden is None or (len(hidden) >= 1 and all(h >= 1 for h in hidden)), "safety.cost_critic.hidden",
+         "needs at least one layer, all sizes >= 1")
+    need(safety.cost_critic.lr is None or safety.cost_critic.lr > 0, "safety.cost_critic.lr", "must be > 0")
+    if len(safety.filters):
+        need(algo in FILTERABLE_ALGOS, "safety.filters",
+             f"filtering training actions needs an off-policy learner ({', '.join(FILTERABLE_ALGOS)}): algo={algo} "
+             "learns from the log-probability of its own unfiltered actions. Train without filters "
+             "(safety=none) and put the chain on the exported policy instead")

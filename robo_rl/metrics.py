@@ -95,7 +95,8 @@ class Progress:
         self._last_step = start_step
         self._rate: float | None = None  # smoothed steps/s, for the ETA
 
-    def maybe_print(self, step: int, recent_return: float | None, eval_return: tuple[float, float] | None, force: bool = False) -> None:
+    def maybe_print(self, step: int, recent_return: float | None, eval_return: tuple[float, float] | None, force: bool = False,
+                    recent_cost: float | None = None) -> None:
         now = time.perf_counter()
         if not force and now - self._last_t < self.every:
             return
@@ -108,6 +109,8 @@ class Progress:
             f"{rate:,.0f} steps/s",
             f"return {recent_return:.1f}" if recent_return is not None else "return -",
         ]
+        if recent_cost is not None:  # a task that reports a safety cost (e.g. injected energy)
+            parts.append(f"cost {recent_cost:.3g}")
         if eval_return is not None:
             parts.append(f"eval {eval_return[0]:.1f} ± {eval_return[1]:.1f}")
         parts.append(f"ETA {format_duration(eta)}")

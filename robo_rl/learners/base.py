@@ -25,6 +25,17 @@ class Batch(NamedTuple):
     terminated: torch.Tensor  # [B] float, 1.0 where next_obs is terminal (no bootstrap)
 
 
+class CostBatch(NamedTuple):
+    """A ``Batch`` plus each transition's safety cost, for constrained learners (replay built with costs=True)."""
+
+    obs: torch.Tensor  # [B, obs_dim]
+    actions: torch.Tensor  # [B, act_dim]
+    rewards: torch.Tensor  # [B]
+    next_obs: torch.Tensor  # [B, obs_dim]
+    terminated: torch.Tensor  # [B]
+    costs: torch.Tensor  # [B] the cost the env reported for the step (e.g. energy injected), >= 0
+
+
 class Learner(nn.Module):
     #: "off_policy" learners take replay minibatches, "on_policy" ones a rollout
     kind: ClassVar[str]

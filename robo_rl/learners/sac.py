@@ -62,6 +62,8 @@ class SAC(Learner):
         self._actor_params = list(policy.parameters())
         self._critic_params = list(self.critic.parameters())
         self._target_params = list(self.critic_target.parameters())
+        # what the Polyak step moves (subclasses with more critics extend both lists, in the same order)
+        self._polyak_online, self._polyak_target = list(self._critic_params), list(self._target_params)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         opts = {"actor": self.actor_opt, "critic": self.critic_opt}
@@ -100,13 +102,21 @@ class SAC(Learner):
             "entropy": -logp.mean(),
             "alpha": alpha,
         }
+        self.temperature_step(logp, metrics)
+        self.target_step()
+        return metrics
+
+    def temperature_step(self, logp: torch.Tensor, metrics: dict[str, torch.Tensor]) -> None:
+        """Tune alpha toward the target entropy (when autotuned), adding ``alpha_loss`` to ``metrics``."""
         if self.alpha_opt is not None:
             # Temperature loss (eq. 18): -alpha (log pi(a|s) + target entropy)
             alpha_loss = -(self.log_alpha * (logp + self.target_entropy)).mean()
             self.alpha_opt.apply(torch.autograd.grad(alpha_loss, [self.log_alpha]))
             metrics["alpha_loss"] = alpha_loss.detach()
+
+    def target_step(self) -> None:
+        """Count the update; every ``target_update_every`` updates, move the target critics by tau."""
         self.num_updates += 1
         if int(self.num_updates) % self.target_update_every == 0:
             with torch.no_grad():
-                polyak_update(self._target_params, self._critic_params, self.tau)
-        return metrics
+                polyak_update(self._polyak_target, self._polyak_online, self.tau)

@@ -25,6 +25,7 @@ from robo_rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoi
 from robo_rl.evaluation import evaluate
 from robo_rl.learners.base import Learner
 from robo_rl.metrics import MetricsWriter, Progress, format_duration, mean_of, plot_learning_curve
+from robo_rl.runners.safety import SafetyLayer, safety_settings
 
 log = logging.getLogger("robo_rl")
 
@@ -81,8 +82,10 @@ class Runner(abc.ABC):
         self.cfg = cfg
         self.learner = learner
         self.policy = learner.policy
-        self.env = env
-        self.eval_env = eval_env
+        # filters (if any) act in both; costs are read wherever the task reports them, required when learned from
+        self.safety = safety_settings(cfg)
+        self.env = SafetyLayer(env, self.safety.filters, self.safety.cost_key, require_cost=bool(self.safety.passivity_aware))
+        self.eval_env = SafetyLayer(eval_env, self.safety.filters, self.safety.cost_key, keep_episode_costs=True)
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.total_steps = int(cfg.steps)
@@ -95,6 +98,10 @@ class Runner(abc.ABC):
         self.wall_time = 0.0  # seconds of training in earlier segments of a resumed run
         self.recent_returns: deque[float] = deque(maxlen=20)
         self.recent_lengths: deque[int] = deque(maxlen=20)
+        self.recent_costs: deque[float] = deque(maxlen=20)  # summed safety cost of recent episodes (if reported)
+        self.interventions = 0  # env steps whose action a safety filter changed
+        self._row_interventions = 0  # ... since the last metrics row
+        self._row_start_step = 0
         self.eval_history: list[dict[str, Any]] = []
         self.obs: torch.Tensor | None = None
         self._acc: dict[tuple[str, ...], tuple[torch.Tensor, int]] = {}  # metric sums per key set
@@ -149,7 +156,11 @@ class Runner(abc.ABC):
         self._acc[keys] = (values, 1) if acc is None else (acc[0] + values, acc[1] + 1)
 
     def record_info(self, info: dict[str, Any]) -> None:
-        """Finished episodes (raw returns) and simulations reset after diverging, from a step's info."""
+        """Finished episodes (raw returns, costs), filter interventions and diverged simulations, from a step's info."""
+        n = info["safety"]["interventions"]
+        if n:
+            self.interventions += n
+            self._row_interventions += n
         if "diverged" in info and bool(info["diverged"].any()):
             n = int(info["diverged"].sum())
             if n:
@@ -163,6 +174,8 @@ class Runner(abc.ABC):
         if bool(mask.any()):
             self.recent_returns.extend(episode["return"][mask].tolist())
             self.recent_lengths.extend(episode["length"][mask].tolist())
+            if "cost" in episode:
+                self.recent_costs.extend(episode["cost"][mask].tolist())
             self.episodes += int(mask.sum())
 
     def _fail(self, message: str) -> None:
@@ -208,6 +221,7 @@ class Runner(abc.ABC):
                     progress.maybe_print(
                         self.step, mean_of(self.recent_returns),
                         (last_eval["return_mean"], last_eval["return_std"]) if last_eval else None,
+                        recent_cost=mean_of(self.recent_costs) if self.recent_costs else None,
                     )
                     if stop.signum is not None:
                         self.save(time.perf_counter() - t_start)
@@ -223,8 +237,11 @@ class Runner(abc.ABC):
             if self._last_ckpt_step != self.step:
                 self.save(time.perf_counter() - t_start)
             progress.maybe_print(self.step, mean_of(self.recent_returns),
-                                 (self.eval_history[-1]["return_mean"], self.eval_history[-1]["return_std"]), force=True)
-        except NonFiniteError as exc:
+                                 (self.eval_history[-1]["return_mean"], self.eval_history[-1]["return_std"]), force=True,
+                                 recent_cost=mean_of(self.recent_costs) if self.recent_costs else None)
+        except Interrupted:
+            raise
+        except Exception as exc:  # NaN guard, a task without the configured cost, ...: the summary says so
             status = f"failed: {exc}"
             raise
         finally:
@@ -243,6 +260,12 @@ class Runner(abc.ABC):
         if self.recent_returns:
             scalars["rollout/ep_return_mean"] = mean_of(self.recent_returns)  # type: ignore[assignment]
             scalars["rollout/ep_length_mean"] = mean_of(self.recent_lengths)  # type: ignore[assignment]
+        if self.recent_costs:
+            scalars["rollout/ep_cost_mean"] = mean_of(self.recent_costs)  # type: ignore[assignment]
+        if self.env.chains:
+            scalars["safety/interventions"] = float(self.interventions)
+            scalars["safety/intervention_rate"] = self._row_interventions / max(self.step - self._row_start_step, 1)
+        self._row_interventions, self._row_start_step = 0, self.step
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         for keys, (total, n) in self._acc.items():  # e.g. TD3 reports actor_loss every other update
@@ -259,15 +282,22 @@ class Runner(abc.ABC):
         seed = int(self.cfg.seed) + EVAL_SEED_OFFSET + len(self.eval_history)
         result = evaluate(self.policy, self.eval_env, int(cfg.episodes), bool(cfg.deterministic), seed=seed)
         result["step"] = self.step
-        self.eval_history.append(result)
-        self._last_eval_step = self.step
-        self.metrics.write(self.step, wall, {
+        costs = self.eval_env.counted_costs(result["env_index"])
+        scalars = {
             "eval/return_mean": result["return_mean"],
             "eval/return_std": result["return_std"],
             "eval/length_mean": result["length_mean"],
-        })
+        }
+        cost_text = ""
+        if costs is not None:
+            result["costs"] = costs
+            result["cost_mean"] = scalars["eval/cost_mean"] = sum(costs) / len(costs)
+            cost_text = f", cost {result['cost_mean']:.3g} per episode"
+        self.eval_history.append(result)
+        self._last_eval_step = self.step
+        self.metrics.write(self.step, wall, scalars)
         log.info(f"  eval at step {self.step:,}: return {result['return_mean']:.1f} ± {result['return_std']:.1f} "
-                 f"over {result['episodes']} episodes (length {result['length_mean']:.0f})")
+                 f"over {result['episodes']} episodes (length {result['length_mean']:.0f}){cost_text}")
 
     # -- checkpoints -------------------------------------------------------------------------------
     def state(self, segment_seconds: float) -> dict[str, Any]:
@@ -282,6 +312,8 @@ class Runner(abc.ABC):
                 "wall_time": self.wall_time + segment_seconds,
                 "recent_returns": list(self.recent_returns),
                 "recent_lengths": list(self.recent_lengths),
+                "recent_costs": list(self.recent_costs),
+                "interventions": self.interventions,
                 "eval_history": [{k: v for k, v in e.items()} for e in self.eval_history],
                 "obs": self.obs,
                 **self.extra_state(),
@@ -311,6 +343,9 @@ class Runner(abc.ABC):
         self.wall_time = float(r["wall_time"])
         self.recent_returns.extend(r["recent_returns"])
         self.recent_lengths.extend(r["recent_lengths"])
+        self.recent_costs.extend(r.get("recent_costs", []))
+        self.interventions = int(r.get("interventions", 0))
+        self._row_start_step = self.step
         self.eval_history = list(r["eval_history"])
         self._last_eval_step = self.eval_history[-1]["step"] if self.eval_history else -1
         self.load_extra_state(r)
@@ -321,6 +356,7 @@ class Runner(abc.ABC):
             self.env.reset(seed=int(self.cfg.seed))
             self.env.load_state_dict(state["env"])
             self.obs = r["obs"].to(self.device)
+            self.env.obs = self.obs  # the filters see the restored observation, not the reset one
         else:
             log.warning(f"{self.env.task_id}: simulator state was not saved (this env cannot capture it); "
                         "environments start new episodes on resume")
@@ -354,6 +390,9 @@ class Runner(abc.ABC):
             "final_eval_return_mean": last["return_mean"] if last else None,
             "final_eval_return_std": last["return_std"] if last else None,
             "final_eval_step": last["step"] if last else None,
+            **({"final_eval_cost_mean": last["cost_mean"]} if last and "cost_mean" in last else {}),
+            **({"passivity_aware": True} if self.safety.passivity_aware else {}),
+            **({"filter_interventions": self.interventions} if self.env.chains else {}),
             "best_eval_return_mean": best["return_mean"] if best else None,
             "best_eval_step": best["step"] if best else None,
             "last_checkpoint": str(self._last_checkpoint) if self._last_checkpoint else None,

@@ -1,4 +1,11 @@
-"""Off-policy loop (SAC, TD3): act in N envs, store in replay, update at a fixed update-to-data ratio."""
+"""Off-policy loop (SAC, TD3): act in N envs, store in replay, update at a fixed update-to-data ratio.
+
+With ``safety.filters`` the env executes filtered actions, and replay stores those (what really
+happened): the critic then learns the value of the action the robot took, and transitions stay
+consistent with the dynamics (a raw action with the filtered action's next state would make the env
+look noisy wherever the filter acts). With ``safety.passivity_aware`` replay also keeps each
+step's cost for the learner's cost critic.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +25,9 @@ class OffPolicyRunner(Runner):
         self.batch_size = int(algo.batch_size)
         self.learning_starts = int(algo.learning_starts)
         self.utd = float(algo.utd)
-        self.replay = ReplayBuffer(int(algo.buffer_size), self.env.obs_dim, self.env.act_dim, self.device, seed=int(self.cfg.seed))
+        self.store_costs = bool(self.safety.passivity_aware)
+        self.replay = ReplayBuffer(int(algo.buffer_size), self.env.obs_dim, self.env.act_dim, self.device,
+                                   seed=int(self.cfg.seed), costs=self.store_costs)
         self.random_actions = torch.Generator().manual_seed(int(self.cfg.seed) + 1)
         self.update_credit = 0.0  # fractional updates carried over when utd * num_envs is not whole
 
@@ -31,12 +40,17 @@ class OffPolicyRunner(Runner):
         obs = self.obs
         # 1. act: uniform random before learning starts, then the learner's exploration policy
         actions = self._random_actions() if self.step < self.learning_starts else self.policy_actions(learner.explore, obs)
-        # 2. step the envs (finished ones reset inside step; info["final_obs"] is where they ended)
+        # 2. step the envs through the safety filters (finished ones reset inside step; info["final_obs"] is
+        #    where they ended, info["safety"]["actions"] what they executed)
         next_obs, reward, terminated, _truncated, info = env.step(actions)
         self.check_finite("observation", next_obs)
         self.check_finite("reward", reward)
-        # 3. store; bootstrapping stops only on termination, never on a time-limit truncation
-        self.replay.add(obs, actions, reward, info["final_obs"], terminated)
+        safety = info["safety"]
+        costs = safety["cost"] if self.store_costs else None
+        if costs is not None:
+            self.check_finite("cost", costs)
+        # 3. store the executed actions; bootstrapping stops only on termination, never on a time-limit truncation
+        self.replay.add(obs, safety["actions"], reward, info["final_obs"], terminated, costs=costs)
         self.policy.obs_norm.update(next_obs)
         self.record_info(info)
         self.obs = next_obs

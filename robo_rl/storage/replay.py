@@ -1,7 +1,9 @@
 """Circular replay buffer of torch tensors, sampled with its own seeded generator.
 
 Rows are stored preallocated on the learner's device (no numpy on the hot path); ``state_dict``
-hands out only the filled rows, as numpy arrays for a ``.npz`` file.
+hands out only the filled rows, as numpy arrays for a ``.npz`` file. A buffer built with
+``costs=True`` also keeps each transition's safety cost (passivity-aware learners); plain buffers
+do not pay for the column.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from robo_rl.learners.base import Batch
+from robo_rl.learners.base import Batch, CostBatch
 
 _FIELDS = ("obs", "actions", "rewards", "next_obs", "terminated")
 
 
 class ReplayBuffer:
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device | str = "cpu", seed: int = 0) -> None:
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device | str = "cpu", seed: int = 0,
+                 costs: bool = False) -> None:
         if capacity < 1:
             raise ValueError(f"replay capacity must be >= 1, got {capacity}")
         self.capacity = capacity
@@ -27,6 +30,8 @@ class ReplayBuffer:
         self.rewards = torch.zeros(capacity, device=self.device)
         self.next_obs = torch.zeros(capacity, obs_dim, device=self.device)
         self.terminated = torch.zeros(capacity, device=self.device)
+        self.costs = torch.zeros(capacity, device=self.device) if costs else None
+        self.fields = _FIELDS + (("costs",) if costs else ())
         self.pos = 0  # next row to write
         self.size = 0  # rows filled
         self.generator = torch.Generator(device=self.device)
@@ -35,9 +40,16 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self.size
 
-    def add(self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor) -> None:
-        """Append N transitions (one per env), wrapping around and overwriting the oldest rows."""
+    def add(self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
+            terminated: torch.Tensor, costs: torch.Tensor | None = None) -> None:
+        """Append N transitions (one per env), wrapping around and overwriting the oldest rows.
+
+        ``costs`` [N] is required by a buffer built with ``costs=True`` and refused by one without.
+        """
         n = obs.shape[0]
+        if (costs is None) != (self.costs is None):
+            raise ValueError("this replay buffer " + ("stores" if self.costs is not None else "does not store")
+                             + " per-step costs; pass costs= exactly when it was built with costs=True")
         if n > self.capacity:
             raise ValueError(f"cannot add {n} transitions to a buffer of capacity {self.capacity}")
         idx = (torch.arange(n, device=self.device) + self.pos) % self.capacity
@@ -46,17 +58,22 @@ class ReplayBuffer:
         self.rewards[idx] = rewards
         self.next_obs[idx] = next_obs
         self.terminated[idx] = terminated.float()
+        if self.costs is not None:
+            self.costs[idx] = costs
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
-    def sample(self, batch_size: int) -> Batch:
+    def sample(self, batch_size: int) -> Batch | CostBatch:
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
         idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=self.generator)
+        if self.costs is not None:
+            return CostBatch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx],
+                             self.costs[idx])
         return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx])
 
     def state_dict(self) -> dict[str, Any]:
-        arrays = {name: getattr(self, name)[: self.size].cpu().numpy() for name in _FIELDS}
+        arrays = {name: getattr(self, name)[: self.size].cpu().numpy() for name in self.fields}
         arrays["pos"] = np.array(self.pos)
         arrays["capacity"] = np.array(self.capacity)
         arrays["generator"] = self.generator.get_state().numpy()
@@ -66,7 +83,10 @@ class ReplayBuffer:
         size = int(state["obs"].shape[0])
         if int(state["capacity"]) != self.capacity:
             raise ValueError(f"saved replay buffer has capacity {int(state['capacity'])}, this one {self.capacity}")
-        for name in _FIELDS:
+        if self.costs is not None and "costs" not in state:
+            raise ValueError("saved replay buffer holds no per-step costs, which this (passivity-aware) run needs; "
+                             "resume with checkpoint.save_replay=false to refill it, or start fresh")
+        for name in self.fields:
             getattr(self, name)[:size] = torch.as_tensor(state[name], device=self.device)
         self.size = size
         self.pos = int(state["pos"])

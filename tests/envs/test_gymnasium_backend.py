@@ -116,3 +116,28 @@ def test_snapshot_of_uncapturable_env_is_none():
     env = make_env("robo_rl_test/NaNAfter-v0", 1)
     env.reset(seed=0)
     assert env.state_dict() is not None  # has a `state` array like classic-control tasks
+
+
+def test_task_info_terms_match_the_batched_backend_including_final_steps():
+    """info["task"] carries the task's numeric terms on both backends, the last step of an episode included."""
+    import torch
+
+    from envs import make_env
+
+    gym_env = make_env("InvertedPendulum-v5", 3, backend="gymnasium")
+    mj_env = make_env("InvertedPendulum-v5", 3, backend="mujoco")
+    gym_env.reset(seed=5)
+    mj_env.reset(seed=5)
+    rng = np.random.default_rng(0)
+    finished = 0
+    for _ in range(60):
+        a = torch.as_tensor(rng.uniform(-3, 3, (3, 1)), dtype=torch.float32)
+        g, m = gym_env.step(a), mj_env.step(a)
+        finished += int(g.terminated.sum())
+        common = set(g.info["task"]) & set(m.info["task"].keys())
+        assert common, "no task info terms on the gymnasium backend"
+        for key in common:
+            assert torch.equal(g.info["task"][key].cpu(), m.info["task"][key].cpu()), key
+    assert finished > 0
+    gym_env.close()
+    mj_env.close()

@@ -1,0 +1,181 @@
+"""Safety in the training loop: per-step costs read from the env, and safety filters on the actions.
+
+``SafetyLayer`` wraps the batched env a runner steps (training and evaluation alike), so the loop
+and ``evaluate`` see one env that
+
+* passes every action through the configured filter chain (``sim2real.filters``) before the
+  simulator receives it: one chain per env copy, because filters keep per-episode state (an energy
+  tank, the previous output) and a copy's chain restarts when its episode ends;
+* reads the step's cost ``info[cost_key]`` (or ``info["task"][cost_key]``, where the batched MuJoCo
+  backend keeps task terms), sums it per episode, and reports finished episodes' sums next to their
+  returns as ``info["episode"]["cost"]``;
+* hands the loop what really happened under ``info["safety"]``: ``actions`` [N, A] (the filtered
+  actions the env executed), ``cost`` [N] (None when the env reports none) and ``interventions``
+  (how many env copies' actions the chain changed in this step).
+
+Without filters and without a cost in the info, the layer only forwards calls (and adds
+``info["safety"]`` with the actions unchanged, no cost and no interventions).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from envs import BatchedEnv, StepResult
+
+
+def safety_settings(cfg: DictConfig) -> DictConfig:
+    """``cfg.safety``, or the schema's defaults for configs composed without the section."""
+    from robo_rl.config import SafetyConfig
+
+    section = OmegaConf.select(cfg, "safety")
+    return section if section is not None else OmegaConf.structured(SafetyConfig)
+
+
+def build_filter_chain(spec: Any, action_dim: int, obs_dim: int) -> Any:
+    """One chain from ``safety.filters`` (a list of filter spec dicts), checked by ``sim2real.filters``."""
+    from robo_rl.config import ConfigError
+
+    try:
+        from sim2real.filters import build_chain
+    except ImportError as exc:
+        raise ConfigError(
+            f"safety.filters is set but the safety filters (sim2real.filters.build_chain) cannot be imported ({exc}); "
+            "install robo-rl with its sim2real package, or train with safety=none"
+        ) from None
+    entries = OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else list(spec)
+    try:
+        return build_chain(entries, action_dim, obs_dim)
+    except ValueError as exc:  # the message names the entry and key, e.g. "safety.filters[0] (box): high: ..."
+        raise ConfigError(str(exc)) from None
+
+
+def read_cost(info: dict[str, Any], key: str, num_envs: int, device: torch.device) -> torch.Tensor | None:
+    """The step's cost as float32 [N] on ``device``, from ``info[key]`` or ``info["task"][key]``; None if absent."""
+    if key in info:
+        value = info[key]
+    elif isinstance(info.get("task"), dict) and key in info["task"]:
+        value = info["task"][key]
+    else:
+        return None
+    if not isinstance(value, torch.Tensor):
+        value = torch.as_tensor(np.asarray(value, dtype=np.float32))
+    value = value.to(device=device, dtype=torch.float32).reshape(-1)
+    if value.shape[0] != num_envs:
+        raise ValueError(f"info[{key!r}] holds {value.shape[0]} values; expected one cost per env copy ({num_envs})")
+    return value
+
+
+class SafetyLayer(BatchedEnv):
+    """A batched env with the training-time safety filters in front and per-episode cost accounting behind."""
+
+    def __init__(self, env: BatchedEnv, filters: Any = (), cost_key: str = "cost", require_cost: bool = False,
+                 keep_episode_costs: bool = False) -> None:
+        """``keep_episode_costs``: remember every finished episode's cost per env copy since the last reset
+        (for evaluation, see ``counted_costs``)."""
+        self.env = env
+        self.num_envs = env.num_envs
+        self.observation_space, self.action_space = env.observation_space, env.action_space
+        self.device, self.task_id, self.backend = env.device, env.task_id, env.backend
+        self.dt, self.render_mode = env.dt, env.render_mode
+        self.cost_key, self.require_cost = cost_key, require_cost
+        self.chains = [build_filter_chain(filters, env.act_dim, env.obs_dim) for _ in range(env.num_envs)] if len(filters) else []
+        self.episode_cost = torch.zeros(env.num_envs, dtype=torch.float64, device=env.device)
+        self.obs: torch.Tensor | None = None  # the observation the filters see with the next actions
+        self.keep_episode_costs = keep_episode_costs
+        self.finished_costs: list[list[float]] = [[] for _ in range(env.num_envs)]
+
+    def __getattr__(self, name: str) -> Any:  # backend extras (physics_params, ...) pass through
+        if name == "env":
+            raise AttributeError(name)
+        return getattr(self.env, name)
+
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        self.obs = self.env.reset(seed=seed)
+        self.episode_cost.zero_()
+        self.finished_costs = [[] for _ in range(self.num_envs)]
+        for chain in self.chains:
+            chain.reset(1)
+        return self.obs
+
+    def filter(self, actions: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Each env copy's action through its own chain; returns the filtered actions and how many changed."""
+        raw = actions.detach().cpu().numpy().astype(np.float32, copy=False)
+        obs = self.obs.detach().cpu().numpy().astype(np.float32, copy=False)
+        out = np.empty_like(raw)
+        changed = 0
+        for i, chain in enumerate(self.chains):
+            out[i], report = chain(raw[i], obs[i])
+            changed += bool(report.intervened.any() or report.fallback.any())
+        return torch.from_numpy(out).to(actions.device), changed
+
+    def step(self, actions: torch.Tensor) -> StepResult:
+        interventions = 0
+        if self.chains:
+            if self.obs is None:
+                raise RuntimeError(f"{self.task_id}: reset the env before stepping it (the filters read the observation)")
+            actions, interventions = self.filter(actions)
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        done = info["episode"]["mask"]  # [N] bool: the episodes that ended in this step
+        if self.chains and bool(done.any()):
+            for i in done.nonzero().flatten().tolist():
+                self.chains[i].reset(1)  # the next action of this copy starts a new episode
+        cost = read_cost(info, self.cost_key, self.num_envs, self.device)
+        if cost is None and self.require_cost:
+            from robo_rl.config import ConfigError
+
+            raise ConfigError(
+                f"safety.passivity_aware=true needs a per-step cost in the step info under safety.cost_key="
+                f"{self.cost_key!r} (info[{self.cost_key!r}] or info['task'][{self.cost_key!r}]), but task "
+                f"{self.task_id} ({self.backend} backend) reports none. Set safety.cost_key to the key the task "
+                "uses, or train on a task that reports its cost (e.g. env.id=robo_rl/ContactMaze-v0)"
+            )
+        if cost is not None:
+            self.episode_cost += cost
+            info["episode"]["cost"] = torch.where(done, self.episode_cost, 0.0).float()
+            if bool(done.any()):
+                if self.keep_episode_costs:
+                    for i in done.nonzero().flatten().tolist():
+                        self.finished_costs[i].append(float(self.episode_cost[i]))
+                self.episode_cost[done] = 0.0
+        info["safety"] = {"actions": actions, "cost": cost, "interventions": interventions}
+        self.obs = obs
+        return StepResult(obs, reward, terminated, truncated, info)
+
+    def counted_costs(self, env_index: list[int]) -> list[float] | None:
+        """Costs of the episodes ``evaluate`` counted (its ``env_index``: the copy of each, in finishing order).
+
+        ``evaluate`` counts each copy's first episodes, so the k-th count of copy i is copy i's k-th finished
+        episode. None when the env reports no cost.
+        """
+        if not any(self.finished_costs):
+            return None
+        seen = [0] * self.num_envs
+        costs = []
+        for i in env_index:
+            costs.append(self.finished_costs[i][seen[i]])
+            seen[i] += 1
+        return costs
+
+    def render(self, index: int = 0) -> np.ndarray:
+        return self.env.render(index)
+
+    def close(self) -> None:
+        self.env.close()
+
+    # The running cost sums travel with the simulator state (the runner restores ``obs``). Filter chains
+    # start fresh on resume: they keep only per-episode state (an energy tank, the previous output).
+    def state_dict(self) -> dict[str, Any] | None:
+        state = self.env.state_dict()
+        return None if state is None else {**state, "safety.episode_cost": self.episode_cost.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        cost = state.pop("safety.episode_cost", None)
+        self.env.load_state_dict(state)
+        if cost is not None:
+            self.episode_cost.copy_(torch.as_tensor(cost))

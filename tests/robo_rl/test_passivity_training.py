@@ -1,0 +1,280 @@
+"""Passivity-aware (Lagrangian) SAC and training-time safety filters, on a tiny task with a known answer.
+
+``CostlyPush`` pays reward a for an action a in [-1, 1] and charges cost a^2 (the energy the
+controller injects). Unconstrained, the best action is a = 1 (cost 1 per step); under a per-step
+budget d the best is a = sqrt(d). It is a torch-native batched env written to the env contract,
+reporting ``info["cost"]`` as a numpy array the way a gymnasium task would.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from envs import BatchedEnv, StepResult
+from robo_rl.build import build_learner, build_policy, build_runner
+from robo_rl.checkpoint import latest_checkpoint, load_checkpoint
+from robo_rl.config import ConfigError
+from robo_rl.learners.sac_lagrangian import LagrangianSAC
+from robo_rl.runs import CONFIG_FILE
+from robo_rl.train import prepare, seed_everything, train
+from tests.helpers import FAST, compose
+
+TASK = "robo_rl_test/CostlyPush"
+
+
+class CostlyPush(BatchedEnv):
+    """N copies of a 1-D push: reward a, cost a^2, 20-step episodes, observations are uniform noise."""
+
+    backend = "test"
+
+    def __init__(self, num_envs: int = 1, episode_steps: int = 20, report_cost: bool = True) -> None:
+        self.num_envs, self.episode_steps, self.report_cost = num_envs, episode_steps, report_cost
+        self.device = torch.device("cpu")
+        self.task_id = TASK
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.generator = torch.Generator()
+        self.t = torch.zeros(num_envs, dtype=torch.int64)
+        self.ret = torch.zeros(num_envs)
+        self.received: list[torch.Tensor] = []  # every action the env was asked to execute
+
+    def _obs(self) -> torch.Tensor:
+        return torch.rand(self.num_envs, 2, generator=self.generator) * 2 - 1
+
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        self.generator.manual_seed(0 if seed is None else seed)
+        self.t.zero_()
+        self.ret.zero_()
+        return self._obs()
+
+    def step(self, actions: torch.Tensor) -> StepResult:
+        actions = self.check_actions(actions)
+        self.received.append(actions.clone())
+        a = actions[:, 0]
+        reward, cost = a.clone(), a.square()
+        self.t += 1
+        self.ret += reward
+        truncated = self.t >= self.episode_steps
+        episode = {"return": torch.where(truncated, self.ret, 0.0), "length": torch.where(truncated, self.t, 0),
+                   "mask": truncated.clone()}
+        self.t[truncated] = 0
+        self.ret[truncated] = 0.0
+        obs = self._obs()  # i.i.d. observations: the one a finished episode "ended in" is as good as any
+        info = {"final_obs": obs, "episode": episode}
+        if self.report_cost:
+            info["cost"] = cost.numpy().copy()
+        return StepResult(obs, reward, torch.zeros_like(truncated), truncated, info)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "t": self.t.clone(), "ret": self.ret.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.t.copy_(state["t"])
+        self.ret.copy_(state["ret"])
+
+
+# Small and fast: a short horizon (gamma 0.5) and a fixed, small temperature make the bandit learnable in
+# ~250 updates; larger learning rates than the SAC defaults for the same reason.
+SMALL = (
+    "algo=sac", f"env.id={TASK}", "algo.gamma=0.5", "algo.learning_starts=60", "algo.batch_size=64",
+    "algo.actor_lr=1e-3", "algo.critic_lr=1e-3", "algo.autotune_alpha=false", "algo.init_alpha=0.02",
+    "algo.critic_hidden=[32,32]", "policy.hidden_sizes=[32,32]", "eval.episodes=2", "eval.num_envs=2", *FAST,
+)
+BUDGET = 0.1  # per-step cost limit: the constrained optimum is a = sqrt(0.1) = 0.32
+LAGRANGIAN = ("safety.passivity_aware=true", f"safety.cost_budget={BUDGET}", "safety.cost_gamma=0.5",
+              "safety.lagrange_lr=0.05")
+
+
+def run(run_dir: Path, *overrides: str, resume: bool = False, report_cost: bool = True):
+    """What ``robo-rl train`` does (prepare, build, train), with CostlyPush as the env."""
+    cli = [f"resume={run_dir}", *overrides] if resume else list(overrides)
+    cfg, checkpoint = prepare(compose(*cli), run_dir, cli if resume else ())
+    seed_everything(int(cfg.seed))
+    env = CostlyPush(int(cfg.env.num_envs), report_cost=report_cost)
+    eval_env = CostlyPush(min(int(cfg.eval.num_envs), int(cfg.eval.episodes)))
+    learner = build_learner(cfg, build_policy(cfg, env))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if checkpoint is None:
+        OmegaConf.save(cfg, run_dir / CONFIG_FILE)
+    runner = build_runner(cfg, learner, env, eval_env, run_dir)
+    return runner, runner.train(resume_from=checkpoint), env
+
+
+# -- configuration -------------------------------------------------------------------------------
+@pytest.mark.parametrize("override, words", [
+    ("safety.budget=0.1", ["budget", "SafetyConfig"]),
+    ("safety.passivity_aware=sometimes", ["passivity_aware", "bool"]),
+    ("safety.cost_budget=low", ["cost_budget", "Float"]),
+    ("safety.filters=[3]", ["filters", "Dict"]),
+    ("safety.cost_critic.width=3", ["width", "CostCriticConfig"]),
+])
+def test_unknown_or_mistyped_safety_keys_fail_at_composition(override, words):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as exc:
+        compose("algo=sac", override)
+    text = str(exc.value) + str(exc.value.__cause__)
+    for w in words:
+        assert w in text
+
+
+@pytest.mark.parametrize("overrides, key, hint", [
+    (["algo=ppo", "safety.passivity_aware=true"], "safety.passivity_aware", "use algo=sac"),
+    (["algo=td3", "safety.passivity_aware=true"], "safety.passivity_aware", "use algo=sac"),
+    (["algo=sac", "safety.cost_gamma=1.0"], "safety.cost_gamma", "[0, 1)"),
+    (["algo=sac", "safety.cost_budget=-1"], "safety.cost_budget", ">= 0"),
+    (["algo=sac", "safety.lagrange_lr=0"], "safety.lagrange_lr", "> 0"),
+    (["algo=ppo", "safety.filters=[{type: box, low: -1, high: 1}]"], "safety.filters", "off-policy"),
+])
+def test_safety_semantic_errors_name_the_key_and_write_nothing(tmp_path, overrides, key, hint):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as exc:
+        train(compose(*overrides, "env=pendulum", *FAST), tmp_path / "run")
+    assert hint in str(exc.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_defaults_compose_and_cost_critic_follows_the_reward_critic():
+    from robo_rl.config import resolve_defaults
+
+    cfg = resolve_defaults(compose("algo=sac", "algo.critic_hidden=[64]", "algo.critic_lr=1e-3"))
+    assert list(cfg.safety.filters) == [] and cfg.safety.passivity_aware is False and cfg.safety.cost_key == "cost"
+    assert list(cfg.safety.cost_critic.hidden) == [64] and cfg.safety.cost_critic.lr == 1e-3
+
+
+def test_bad_filter_spec_fails_before_the_run_directory_is_written(tmp_path):
+    pytest.importorskip("sim2real.filters", reason="sim2real.filters (the filter chain) is not available")
+    with pytest.raises(ConfigError, match=r"safety\.filters\[0\] \(box\).*hight"):
+        train(compose("algo=sac", "env=pendulum", "safety.filters=[{type: box, low: [-1], hight: [1]}]", *FAST),
+              tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_cost_names_the_key_and_the_task(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        run(tmp_path / "run", *SMALL, *LAGRANGIAN, "steps=40", report_cost=False)
+    assert "safety.cost_key='cost'" in str(exc.value) and TASK in str(exc.value)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"].startswith("failed: safety.passivity_aware")
+
+
+# -- the learner's math -----------------------------------------------------------------------------
+def constant_q(critic, values):
+    """Make critic i output ``values[i]`` everywhere: zero last layer, bias = value."""
+    last = critic.net.layers[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        for i, v in enumerate(values):
+            last.bias[i].fill_(v)
+
+
+def small_lagrangian(**options) -> LagrangianSAC:
+    from policies import build_head
+
+    head = build_head("gaussian", 3, -np.ones(1), np.ones(1), hidden_sizes=(8,))
+    return LagrangianSAC(head, critic_hidden=(8,), **options)
+
+
+def cost_batch(n=8):
+    from robo_rl.learners.base import CostBatch
+
+    g = torch.Generator().manual_seed(5)
+    term = (torch.arange(n) % 3 == 0).float()
+    return CostBatch(torch.randn(n, 3, generator=g), torch.rand(n, 1, generator=g) * 2 - 1, torch.randn(n, generator=g),
+                     torch.randn(n, 3, generator=g), term, torch.rand(n, generator=g))
+
+
+def test_cost_critic_target_uses_the_pessimistic_max_and_no_entropy():
+    lag = small_lagrangian(cost_gamma=0.8)
+    constant_q(lag.cost_critic_target, [1.0, 3.0])  # max over the twin targets = 3
+    constant_q(lag.cost_critic, [0.5, -0.5])
+    b = cost_batch()
+    loss, qc_mean = lag.cost_critic_loss(b)
+    target = b.costs + 0.8 * (1 - b.terminated) * 3.0
+    torch.testing.assert_close(loss, 0.5 * (((0.5 - target) ** 2).mean() + ((-0.5 - target) ** 2).mean()))
+    assert float(qc_mean) == 0.0
+
+
+@pytest.mark.parametrize("budget, expected", [(0.1, 0.2 + 0.5 * (0.1 * 3.0 - 0.1)), (10.0, 0.0)])
+def test_multiplier_is_projected_ascent_on_the_per_step_violation(budget, expected):
+    lag = small_lagrangian(cost_budget=budget, cost_gamma=0.9, lagrange_lr=0.5, lagrange_init=0.2, critic_lr=1e-6)
+    constant_q(lag.cost_critic, [2.0, 3.0])  # per-step estimate (1 - 0.9) * max(2, 3) = 0.3
+    metrics = lag.update(cost_batch())
+    assert float(metrics["lagrange_multiplier"]) == pytest.approx(0.2)  # the value the actor step used
+    assert float(lag.lagrange) == pytest.approx(expected, abs=1e-4)  # after the step, clipped at 0
+    assert float(metrics["cost_rate_estimate"]) == pytest.approx(0.3, abs=1e-4)
+
+
+def test_actor_pays_lambda_times_the_cost_critic():
+    lag = small_lagrangian(init_alpha=0.5)
+    constant_q(lag.critic, [1.0, 2.0])  # min = 1
+    constant_q(lag.cost_critic, [4.0, 3.0])  # max = 4
+    obs = cost_batch().obs
+    torch.manual_seed(11)
+    loss, logp, qc = lag.actor_loss(obs, torch.tensor(0.5), torch.tensor(0.25))
+    torch.testing.assert_close(loss, (0.5 * logp - 1.0 + 0.25 * 4.0).mean())
+    assert torch.all(qc == 4.0)
+
+
+# -- learning --------------------------------------------------------------------------------------
+def test_lagrangian_sac_spends_less_than_plain_sac_and_raises_lambda(tmp_path):
+    common = (*SMALL, "steps=300", "eval.every=300", "checkpoint.every=300", "log.every=100", "seed=3")
+    _, plain, _ = run(tmp_path / "plain", *common)
+    runner, lag, _ = run(tmp_path / "lag", *common, *LAGRANGIAN)
+    plain_cost, lag_cost = plain["final_eval_cost_mean"] / 20, lag["final_eval_cost_mean"] / 20  # per step
+    lam = float(runner.learner.lagrange)
+    print(f"per-step eval cost: plain SAC {plain_cost:.3f}, Lagrangian SAC {lag_cost:.3f} (budget {BUDGET}); "
+          f"per-step return {plain['final_eval_return_mean'] / 20:.3f} vs {lag['final_eval_return_mean'] / 20:.3f}; "
+          f"lambda {lam:.2f}")
+    assert isinstance(runner.learner, LagrangianSAC) and lag["passivity_aware"] is True
+    assert plain_cost > 0.6  # unconstrained, the policy pushes to the bound (cost 1)
+    assert lag_cost < 2 * BUDGET and lag_cost < 0.3 * plain_cost  # measured ~0.07-0.09 over seeds 0-3
+    assert lam > 0.5  # the multiplier rose from 0 (at the optimum a = 1 / (2 lambda), lambda ~ 1.6)
+    # the episode cost is logged next to the return; lambda and the cost critic are in the metrics
+    header = (tmp_path / "lag" / "metrics.csv").read_text().splitlines()[0]
+    for column in ("rollout/ep_cost_mean", "eval/cost_mean", "train/lagrange_multiplier", "train/cost_q_mean",
+                   "train/cost_critic_loss", "train/cost_rate_estimate"):
+        assert column in header, column
+    assert "rollout/ep_cost_mean" in (tmp_path / "plain" / "metrics.csv").read_text().splitlines()[0]
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+def test_resume_continues_lambda_and_cost_critic_exactly(tmp_path):
+    common = (*SMALL, *LAGRANGIAN, "algo.learning_starts=40", "eval.every=80", "checkpoint.every=80", "log.every=20")
+    run(tmp_path / "full", *common, "steps=140")
+    run(tmp_path / "cut", *common, "steps=80")
+    state, replay = load_checkpoint(latest_checkpoint(tmp_path / "cut" / "checkpoints"), load_replay=True)
+    assert replay is not None and replay["costs"].shape == (80,)
+    np.testing.assert_allclose(replay["costs"], replay["actions"][:, 0] ** 2, rtol=1e-6)
+    assert float(state["learner"]["modules"]["lagrange"]) > 0.0 and "cost_critic" in state["learner"]["optimizers"]
+    run(tmp_path / "cut", "steps=140", resume=True)
+    full, _ = load_checkpoint(latest_checkpoint(tmp_path / "full" / "checkpoints"), load_replay=False)
+    cut, _ = load_checkpoint(latest_checkpoint(tmp_path / "cut" / "checkpoints"), load_replay=False)
+    a, b = full["learner"]["modules"], cut["learner"]["modules"]
+    assert a.keys() == b.keys() and "lagrange" in a and any(k.startswith("cost_critic_target.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+    for name, opt in full["learner"]["optimizers"]["cost_critic"]["state"].items():
+        assert torch.equal(opt["exp_avg"], cut["learner"]["optimizers"]["cost_critic"]["state"][name]["exp_avg"])
+    assert full["runner"]["recent_costs"] == cut["runner"]["recent_costs"]
+
+
+# -- filters ---------------------------------------------------------------------------------------
+def test_box_filter_bounds_every_executed_and_stored_action(tmp_path):
+    pytest.importorskip("sim2real.filters", reason="sim2real.filters (the filter chain) is not available")
+
+    box = "safety.filters=[{type: box, low: [-0.3], high: [0.3]}]"
+    runner, summary, env = run(tmp_path / "run", *SMALL, box, "steps=160", "eval.every=160", "checkpoint.every=160",
+                               "log.every=40")
+    executed = torch.cat(env.received)
+    assert executed.shape[0] == 160 and float(executed.abs().max()) <= 0.3  # random warm-up and policy actions
+    stored = runner.replay.actions[: runner.replay.size]
+    assert float(stored.abs().max()) <= 0.3  # replay holds what was executed
+    assert summary["filter_interventions"] > 20  # uniform warm-up actions leave the box 70% of the time
+    assert "safety/intervention_rate" in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
