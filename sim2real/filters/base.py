@@ -1,0 +1,163 @@
+"""What every safety filter shares: the call contract, the report, and dtype-exact bounds.
+
+A filter sits between the exported policy and the robot: ``filtered, report = f(action, obs)``.
+It sees batches (``action: [B, A]``, ``obs: [B, O]``) or single rows (``[A]``, ``[O]``) and hands
+back the shape and float width it was given. Each filter computes in float64 and is responsible for
+its guarantee holding on the value it *returns* (after the cast to float32, when the caller works in
+float32), not only on an intermediate float64 value: the robot receives the returned numbers.
+
+This module imports numpy only: the filters run on the robot next to onnxruntime, without torch.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class FilterReport:
+    """What a filter did on one call.
+
+    ``intervened[b]``: row b of the returned action differs from the input row.
+    ``fallback[b]``: row b's input (action or observation) was non-finite or invalid, or the filter's
+    problem was infeasible, so a predefined safe action was returned instead of a corrected one.
+    ``reasons``: human-readable lines, each starting with the filter's name.
+    """
+
+    intervened: np.ndarray  # [B] bool
+    fallback: np.ndarray  # [B] bool
+    reasons: list[str] = field(default_factory=list)
+
+    @classmethod
+    def clean(cls, batch: int) -> FilterReport:
+        return cls(np.zeros(batch, dtype=bool), np.zeros(batch, dtype=bool), [])
+
+    def merge(self, other: FilterReport) -> FilterReport:
+        """The report of two filters applied one after the other."""
+        return FilterReport(self.intervened | other.intervened, self.fallback | other.fallback,
+                            [*self.reasons, *other.reasons])
+
+    @property
+    def any(self) -> bool:
+        return bool(self.intervened.any() or self.fallback.any())
+
+
+def rows(mask: np.ndarray, limit: int = 8) -> str:
+    """``rows [0, 3]`` (or ``row 2``) for a boolean row mask, shortened past ``limit`` rows."""
+    idx = np.flatnonzero(mask).tolist()
+    if len(idx) == 1:
+        return f"row {idx[0]}"
+    shown = ", ".join(str(i) for i in idx[:limit])
+    return f"rows [{shown}{', ...' if len(idx) > limit else ''}]"
+
+
+def representable_bounds(low: np.ndarray, high: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds rounded inward to numbers of ``dtype``, returned as float64.
+
+    Clipping a float64 value into these bounds and then casting it to ``dtype`` keeps it inside
+    [low, high]: float32(0.1) is larger than 0.1, so a clip to 0.1 followed by a cast would leave the
+    box. If an interval holds no number of ``dtype`` at all (low == high between two float32s), the
+    nearest one is used and the bound is missed by less than one float32 step.
+    """
+    low = np.asarray(low, dtype=np.float64)
+    high = np.asarray(high, dtype=np.float64)
+    if np.dtype(dtype) == np.float64:
+        return low, high
+    with np.errstate(over="ignore"):
+        lo = low.astype(np.float32)
+        hi = high.astype(np.float32)
+    lo = np.where(lo.astype(np.float64) < low, np.nextafter(lo, np.float32(np.inf)), lo)
+    hi = np.where(hi.astype(np.float64) > high, np.nextafter(hi, np.float32(-np.inf)), hi)
+    empty = lo > hi
+    if empty.any():
+        with np.errstate(over="ignore"):
+            nearest = low.astype(np.float32)
+        lo = np.where(empty, nearest, lo)
+        hi = np.where(empty, nearest, hi)
+    return lo.astype(np.float64), hi.astype(np.float64)
+
+
+def out_dtype(action: np.ndarray) -> np.dtype:
+    """float32 in, float32 out; anything else is answered in float64."""
+    return np.dtype(np.float32) if action.dtype == np.float32 else np.dtype(np.float64)
+
+
+class SafetyFilter(ABC):
+    """Base class: shape and dtype handling around ``_apply``.
+
+    Subclasses set ``name`` and ``uses_obs``, keep their per-episode state in ``reset``, and implement
+    ``_apply(action [B, A] float64, obs [B, O] float64 | None, dtype) -> (action [B, A], report)``
+    whose returned action must already be exactly representable in ``dtype`` and satisfy the filter's
+    guarantee. ``describe()`` returns the settings as a ``build_chain`` spec entry.
+    """
+
+    name: str = "filter"
+    uses_obs: bool = False
+
+    def __init__(self, action_dim: int) -> None:
+        if isinstance(action_dim, bool) or not isinstance(action_dim, (int, np.integer)) or action_dim < 1:
+            raise ValueError(f"action_dim: expected a positive integer, got {action_dim!r}")
+        self.action_dim = int(action_dim)
+        self.batch: int | None = None
+        self._stepped = False
+
+    # -- state -------------------------------------------------------------------------------------
+    def reset(self, batch: int = 1) -> None:
+        """Clear per-episode state for ``batch`` rows (the next call may also bring another batch size)."""
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+            raise ValueError(f"batch: expected a positive integer, got {batch!r}")
+        self.batch = int(batch)
+        self._stepped = False
+        self._reset_state(self.batch)
+
+    def _reset_state(self, batch: int) -> None:
+        """Per-episode state of a subclass (previous output, tank energy...)."""
+
+    def _check_batch(self, batch: int) -> None:
+        if self.batch is None or (not self._stepped and batch != self.batch):
+            self.reset(batch)  # first call, or first call after reset(): adopt the caller's batch
+        elif batch != self.batch:
+            raise ValueError(f"{self.name}: got a batch of {batch} rows but the filter holds state for "
+                             f"{self.batch}; call reset(batch={batch}) when the number of robots changes")
+        self._stepped = True
+
+    # -- the call ----------------------------------------------------------------------------------
+    def __call__(self, action: np.ndarray, obs: np.ndarray | None = None) -> tuple[np.ndarray, FilterReport]:
+        raw = np.asarray(action)
+        if raw.ndim not in (1, 2) or raw.shape[-1] != self.action_dim:
+            raise ValueError(f"{self.name}: action must have shape [{self.action_dim}] or [B, {self.action_dim}], "
+                             f"got {list(raw.shape)}")
+        single = raw.ndim == 1
+        dtype = out_dtype(raw)
+        a = np.array(raw, dtype=np.float64, ndmin=2)
+        o = None
+        if self.uses_obs:
+            if obs is None:
+                raise ValueError(f"{self.name}: this filter reads the observation; pass obs to the call")
+            o = np.array(obs, dtype=np.float64, ndmin=2)
+            if o.ndim != 2 or o.shape[0] != a.shape[0]:
+                raise ValueError(f"{self.name}: obs shape {list(np.shape(obs))} does not match action shape "
+                                 f"{list(raw.shape)} (one observation row per action row)")
+            self._check_obs_dim(o.shape[1])
+        self._check_batch(a.shape[0])
+        out, report = self._apply(a, o, dtype)
+        out = np.asarray(out, dtype=dtype)
+        return (out[0] if single else out), report
+
+    def _check_obs_dim(self, obs_dim: int) -> None:
+        """Raise if an observation of ``obs_dim`` entries lacks an index this filter reads."""
+
+    @abstractmethod
+    def _apply(self, action: np.ndarray, obs: np.ndarray | None, dtype: np.dtype) -> tuple[np.ndarray, FilterReport]:
+        """Filter ``action [B, A]`` (float64 copy, may be modified in place)."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """JSON-serializable settings; ``build_chain([f.describe()], action_dim, obs_dim)`` rebuilds f."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.describe()})"

@@ -1,0 +1,66 @@
+"""Box filter: every action entry inside fixed per-dimension limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sim2real.filters import spec
+from sim2real.filters.base import FilterReport, SafetyFilter, representable_bounds, rows
+
+FALLBACKS = ("hold", "zero", "midpoint")
+
+
+class BoxFilter(SafetyFilter):
+    """Clip the action into ``[low, high]``.
+
+    Guarantee: every returned entry is finite and inside ``[low, high]`` (in the caller's float width;
+    float32 callers get bounds rounded inward to float32 numbers).
+
+    A row with any non-finite entry is not trusted at all (a corrupted policy output): the whole row is
+    replaced by the fallback, ``hold`` (this filter's previous output for that row; the box midpoint if
+    there is none yet), ``zero`` or ``midpoint``, clipped into the box, and reported as fallback.
+    Assumes: the limits are the actuator's (or the task's) and the action is in the same units.
+    """
+
+    name = "box"
+
+    def __init__(self, action_dim: int, low: Any, high: Any, fallback: str = "hold") -> None:
+        super().__init__(action_dim)
+        self.low, self.high = spec.box_bounds(low, high, self.action_dim)
+        self.fallback = spec.choice("fallback", fallback, FALLBACKS)
+        self.midpoint = np.clip(self.low / 2 + self.high / 2, self.low, self.high)  # no overflow near 1e308
+        self.prev: np.ndarray | None = None
+
+    def _reset_state(self, batch: int) -> None:
+        self.prev = None
+
+    def _fallback_rows(self, batch: int) -> np.ndarray:
+        if self.fallback == "hold" and self.prev is not None:
+            return self.prev
+        value = np.zeros(self.action_dim) if self.fallback == "zero" else self.midpoint
+        return np.broadcast_to(value, (batch, self.action_dim))
+
+    def _apply(self, action: np.ndarray, obs: np.ndarray | None, dtype: np.dtype) -> tuple[np.ndarray, FilterReport]:
+        batch = action.shape[0]
+        lo, hi = representable_bounds(self.low, self.high, dtype)
+        bad = ~np.isfinite(action).all(axis=1)
+        source = "previous output" if self.fallback == "hold" and self.prev is not None else (
+            "zero" if self.fallback == "zero" else "midpoint")
+        out = np.where(bad[:, None], self._fallback_rows(batch), action)
+        out = np.clip(out, lo, hi).astype(dtype)
+        self.prev = out.astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            changed = bad | (out != action).any(axis=1)
+        report = FilterReport(changed, bad, [])
+        if bad.any():
+            report.reasons.append(f"box: non-finite action in {rows(bad)} -> {self.fallback} ({source}), clipped")
+        clipped = changed & ~bad
+        if clipped.any():
+            report.reasons.append(f"box: clipped {rows(clipped)} into [low, high]")
+        return out, report
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": self.name, "low": spec.floats(self.low), "high": spec.floats(self.high),
+                "fallback": self.fallback}

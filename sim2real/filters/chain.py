@@ -1,0 +1,126 @@
+"""Filters applied in order, and the one place a chain is built from a config spec."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from sim2real.filters import spec as specs
+from sim2real.filters.base import FilterReport, SafetyFilter
+from sim2real.filters.box import BoxFilter
+from sim2real.filters.cbf import CBFFilter
+from sim2real.filters.energy_tank import EnergyTankFilter
+from sim2real.filters.rate import RateFilter
+from sim2real.filters.workspace import WorkspaceFilter
+
+FILTERS: dict[str, type[SafetyFilter]] = {
+    "box": BoxFilter,
+    "rate": RateFilter,
+    "workspace": WorkspaceFilter,
+    "cbf": CBFFilter,
+    "energy_tank": EnergyTankFilter,
+}
+
+
+class FilterChain(SafetyFilter):
+    """Filters applied one after the other; the reports are merged (flags OR-ed, reasons in order).
+
+    Guarantee: the output satisfies the last filter's guarantee; an earlier filter's holds too when the
+    later ones keep it (box then rate: the rate output lies between two in-box actions). Order therefore
+    matters: put the filter whose guarantee matters most last (e.g. the energy tank, which only scales
+    torques toward zero and so also keeps a symmetric box around zero).
+    Each filter receives the previous one's output in the caller's float width.
+    """
+
+    name = "chain"
+
+    def __init__(self, filters: Sequence[SafetyFilter], action_dim: int | None = None) -> None:
+        filters = list(filters)
+        if action_dim is None:
+            if not filters:
+                raise ValueError("action_dim: required for an empty chain")
+            action_dim = filters[0].action_dim
+        super().__init__(action_dim)
+        for i, f in enumerate(filters):
+            if f.action_dim != self.action_dim:
+                raise ValueError(f"filter {i} ({f.name}) has action_dim={f.action_dim}, the chain {self.action_dim}")
+        self.filters = filters
+        self.uses_obs = any(f.uses_obs for f in filters)
+
+    def reset(self, batch: int = 1) -> None:
+        super().reset(batch)
+        for f in self.filters:
+            f.reset(batch)
+
+    def _apply(self, action: np.ndarray, obs: np.ndarray | None, dtype: np.dtype) -> tuple[np.ndarray, FilterReport]:
+        out = action.astype(dtype)
+        report = FilterReport.clean(action.shape[0])
+        for f in self.filters:
+            out, r = f(out, obs if f.uses_obs else None)
+            report = report.merge(r)
+        return out, report
+
+    def describe(self) -> dict[str, Any]:
+        """``{"filters": [...]}``: the shape of a ``configs/safety`` file and of ``build_chain``'s spec."""
+        return {"filters": [f.describe() for f in self.filters]}
+
+    def __len__(self) -> int:
+        return len(self.filters)
+
+
+def _keys(cls: type[SafetyFilter]) -> tuple[list[str], list[str]]:
+    """(allowed, required) spec keys of a filter: its constructor's parameters."""
+    params = [p for name, p in inspect.signature(cls.__init__).parameters.items()
+              if name not in ("self", "action_dim", "obs_dim")]
+    return [p.name for p in params], [p.name for p in params if p.default is inspect.Parameter.empty]
+
+
+def build_chain(spec: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None, action_dim: int,
+                obs_dim: int | None = None) -> FilterChain:
+    """Build and check a chain from ``[{"type": "box", "low": -1, "high": 1}, ...]``.
+
+    ``spec`` may also be a ``{"filters": [...]}`` mapping (a ``configs/safety`` file, a sidecar's
+    ``safety`` entry), and OmegaConf containers work as they are. Every setting is checked here, so a
+    bad config fails when the chain is built: ``ValueError`` names the entry (index and type) and the key.
+    ``obs_dim``, when known, lets observation indices be checked now rather than on the first call.
+    """
+    spec = specs.plain(spec)
+    if spec is None:
+        spec = []
+    if isinstance(spec, dict):
+        extra = sorted(set(spec) - {"filters"})
+        if extra:
+            raise ValueError(f"safety: unknown key {extra[0]!r}; a safety spec is {{filters: [...]}}")
+        spec = spec.get("filters") or []
+    if not isinstance(spec, list):
+        raise ValueError(f"safety.filters: expected a list of filter entries, got {spec!r}")
+    if obs_dim is not None and (isinstance(obs_dim, bool) or not isinstance(obs_dim, (int, np.integer)) or obs_dim < 1):
+        raise ValueError(f"obs_dim: expected a positive integer or None, got {obs_dim!r}")
+    filters: list[SafetyFilter] = []
+    for i, entry in enumerate(spec):
+        where = f"safety.filters[{i}]"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected a mapping with a 'type' key, got {entry!r}")
+        kind = entry.get("type")
+        if kind not in FILTERS:
+            raise ValueError(f"{where}: type: unknown filter type {kind!r}; choose one of {', '.join(FILTERS)}")
+        where = f"{where} ({kind})"
+        cls = FILTERS[kind]
+        allowed, required = _keys(cls)
+        params = {k: v for k, v in entry.items() if k != "type"}
+        for key in params:
+            if key not in allowed:
+                raise ValueError(f"{where}: unknown key {key!r}; allowed keys: {', '.join(allowed)}")
+        for key in required:
+            if key not in params:
+                raise ValueError(f"{where}: missing key {key!r} (required: {', '.join(required)})")
+        if cls.uses_obs:
+            params["obs_dim"] = obs_dim
+        try:
+            filters.append(cls(action_dim, **params))
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+    return FilterChain(filters, action_dim=action_dim)

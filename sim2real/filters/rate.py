@@ -1,0 +1,58 @@
+"""Rate filter: bounded change of the action from one control step to the next."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sim2real.filters import spec
+from sim2real.filters.base import FilterReport, SafetyFilter, representable_bounds, rows
+
+
+class RateFilter(SafetyFilter):
+    """Limit ``|a_t - a_{t-1}| <= max_delta`` per dimension, where ``a_{t-1}`` is this filter's previous output.
+
+    Guarantee: every returned entry is finite and, from the second call after ``reset`` on, within
+    ``max_delta`` of the previous returned value of the same row and dimension. The first call after a
+    reset passes finite actions unchanged (there is nothing to compare with).
+
+    A row with any non-finite entry holds the previous output (zeros on the first call) and is reported
+    as fallback. Placed after a ``box`` filter, the output stays inside the box too: it lies between
+    the (in-box) input and the (in-box) previous output.
+    Assumes: the filter is called once per control period; ``max_delta`` is per period.
+    """
+
+    name = "rate"
+
+    def __init__(self, action_dim: int, max_delta: Any) -> None:
+        super().__init__(action_dim)
+        self.max_delta = spec.vector("max_delta", max_delta, self.action_dim, low=0.0, low_open=True)
+        self.prev: np.ndarray | None = None
+
+    def _reset_state(self, batch: int) -> None:
+        self.prev = None
+
+    def _apply(self, action: np.ndarray, obs: np.ndarray | None, dtype: np.dtype) -> tuple[np.ndarray, FilterReport]:
+        bad = ~np.isfinite(action).all(axis=1)
+        hold = np.zeros_like(action) if self.prev is None else self.prev
+        out = np.where(bad[:, None], hold, action)
+        if self.prev is not None:
+            with np.errstate(over="ignore"):
+                lo, hi = representable_bounds(self.prev - self.max_delta, self.prev + self.max_delta, dtype)
+            out = np.clip(out, lo, hi)
+        out = out.astype(dtype)
+        report = FilterReport(np.zeros(len(out), dtype=bool), bad, [])
+        with np.errstate(invalid="ignore"):
+            report.intervened = bad | (out != action).any(axis=1)
+        if bad.any():
+            source = "zeros (first step)" if self.prev is None else "previous output"
+            report.reasons.append(f"rate: non-finite action in {rows(bad)} -> hold {source}")
+        limited = report.intervened & ~bad
+        if limited.any():
+            report.reasons.append(f"rate: limited the change of {rows(limited)} to max_delta")
+        self.prev = out.astype(np.float64)
+        return out, report
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": self.name, "max_delta": spec.floats(self.max_delta)}

@@ -1,0 +1,445 @@
+"""Safety and passivity filters: the guarantee of each filter holds for any input, checked by hypothesis.
+
+Inputs include the values a broken policy or sensor produces (NaN, +-inf, +-1e30, exact zeros), float32
+and float64 callers, batches of 1..8 rows and sequences of calls. Each property is checked against the
+filter's definition computed here, independently of the filter's own arithmetic.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from sim2real.filters import (
+    BoxFilter,
+    CBFFilter,
+    EnergyTankFilter,
+    FilterChain,
+    RateFilter,
+    WorkspaceFilter,
+    build_chain,
+)
+
+# derandomize: the same examples on every run (a seeded test), so CI cannot fail on a draw the developer never saw
+SETTINGS = settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+EPS = np.finfo(np.float64).eps
+SPECIAL = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30, 1e-300]
+
+moderate = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
+wide = st.floats(-1e30, 1e30, allow_nan=False, allow_infinity=False)
+anything = st.one_of(moderate, wide, st.sampled_from(SPECIAL))
+dtypes = st.sampled_from([np.float32, np.float64])
+
+
+def draw_array(data: st.DataObject, rows: int, cols: int, elements: st.SearchStrategy = anything) -> np.ndarray:
+    return data.draw(hnp.arrays(np.float64, (rows, cols), elements=elements))
+
+
+def draw_bounds(data: st.DataObject, dim: int, elements: st.SearchStrategy = st.one_of(moderate, wide)) -> tuple[np.ndarray, np.ndarray]:
+    a, b = draw_array(data, 1, dim, elements)[0], draw_array(data, 1, dim, elements)[0]
+    return np.minimum(a, b), np.maximum(a, b)
+
+
+def holds_a_float32(low: np.ndarray, high: np.ndarray) -> bool:
+    """Every interval [low_i, high_i] contains a float32 number (else no float32 output can be inside)."""
+    lo = low.astype(np.float32)
+    lo = np.where(lo.astype(np.float64) < low, np.nextafter(lo, np.float32(np.inf)), lo)
+    return bool((lo.astype(np.float64) <= high).all())
+
+
+# --------------------------------------------------------------------------------------------- box
+@SETTINGS
+@given(data=st.data(), dim=st.integers(1, 4), batch=st.integers(1, 8), steps=st.integers(1, 4), dtype=dtypes,
+       fallback=st.sampled_from(["hold", "zero", "midpoint"]))
+def test_box_output_is_finite_and_inside_the_bounds(data, dim, batch, steps, dtype, fallback):
+    low, high = draw_bounds(data, dim)
+    assume(dtype is np.float64 or holds_a_float32(low, high))
+    f = BoxFilter(dim, low.tolist(), high.tolist(), fallback=fallback)
+    for _ in range(steps):
+        action = draw_array(data, batch, dim).astype(dtype)
+        out, report = f(action)
+        assert out.shape == action.shape and out.dtype == dtype
+        assert np.isfinite(out).all()
+        assert (out >= low).all() and (out <= high).all()
+        finite = np.isfinite(action.astype(np.float64)).all(axis=1)
+        assert (report.fallback == ~finite).all()
+        inside = finite & ((action >= low) & (action <= high)).all(axis=1)
+        assert (out[inside] == action[inside]).all() and not report.intervened[inside].any()
+        assert report.intervened[~inside].all()
+
+
+def test_box_hold_repeats_the_previous_output_and_single_rows_keep_their_shape():
+    f = BoxFilter(2, [-1, 0], [1, 2], fallback="hold")
+    first, _ = f(np.array([0.5, 5.0]))
+    assert first.shape == (2,) and first.tolist() == [0.5, 2.0]
+    held, report = f(np.array([np.nan, 0.1]))
+    assert held.tolist() == [0.5, 2.0] and report.fallback.tolist() == [True]
+    assert "non-finite" in report.reasons[0]
+    f.reset()
+    fresh, _ = f(np.array([np.inf, 0.0]))
+    assert fresh.tolist() == [0.0, 1.0]  # nothing to hold after reset: the midpoint
+
+
+# -------------------------------------------------------------------------------------------- rate
+@SETTINGS
+@given(data=st.data(), dim=st.integers(1, 4), batch=st.integers(1, 8), steps=st.integers(2, 4), dtype=dtypes)
+def test_rate_output_stays_within_max_delta_of_the_previous_output(data, dim, batch, steps, dtype):
+    max_delta = draw_array(data, 1, dim, st.one_of(st.floats(1e-9, 1e3), st.sampled_from([1e-300, 1e30])))[0]
+    f = RateFilter(dim, max_delta.tolist())
+    prev = None
+    for _ in range(steps):
+        action = draw_array(data, batch, dim).astype(dtype)
+        out, report = f(action)
+        assert out.dtype == dtype and np.isfinite(out).all()
+        out64 = out.astype(np.float64)
+        finite = np.isfinite(action.astype(np.float64)).all(axis=1)
+        assert (report.fallback == ~finite).all()
+        if prev is None:  # first step: finite rows pass unchanged
+            assert (out[finite] == action[finite]).all()
+        else:
+            slack = 4 * EPS * (np.abs(prev) + max_delta)
+            assert (np.abs(out64 - prev) <= max_delta + slack).all()
+            assert (out64[~finite] == prev[~finite]).all()  # hold
+        prev = out64
+
+
+# --------------------------------------------------------------------------------------- workspace
+@SETTINGS
+@given(data=st.data(), extra=st.integers(0, 2), k=st.integers(1, 3), batch=st.integers(1, 8), steps=st.integers(1, 3),
+       dtype=dtypes, mode=st.sampled_from(["absolute", "delta"]))
+def test_workspace_target_is_always_inside_the_box(data, extra, k, batch, steps, dtype, mode):
+    action_dim, obs_dim = k + extra, k + 3
+    ee_index = data.draw(st.permutations(range(obs_dim)))[:k]
+    action_index = data.draw(st.permutations(range(action_dim)))[:k]
+    low, high = draw_bounds(data, k, st.floats(-10, 10))
+    scale = draw_array(data, 1, k, st.floats(1e-3, 1e3))[0]
+    f = WorkspaceFilter(action_dim, ee_index, low.tolist(), high.tolist(), mode=mode, action_index=action_index,
+                        action_scale=scale.tolist(), obs_dim=obs_dim)
+    for _ in range(steps):
+        action = draw_array(data, batch, action_dim).astype(dtype)
+        obs = draw_array(data, batch, obs_dim).astype(dtype)
+        out, report = f(action, obs)
+        assert out.dtype == dtype and out.shape == action.shape
+        sent = out[:, action_index].astype(np.float64)
+        assert np.isfinite(sent).all()
+        ee = obs[:, ee_index].astype(np.float64)
+        offset = ee if mode == "delta" else np.zeros_like(ee)
+        with np.errstate(invalid="ignore", over="ignore"):
+            target = offset + scale * sent
+        slack = (8 * EPS * (np.abs(offset) + np.abs(target) + np.abs(low) + np.abs(high))
+                 + 2 * scale * np.abs(np.spacing(out[:, action_index]).astype(np.float64))  # one ulp of the returned float
+                 + 1e-300)  # subnormal positions carry no precision
+        known = np.isfinite(ee).all(axis=1) if mode == "delta" else np.ones(batch, dtype=bool)
+        inside = (target >= low - slack) & (target <= high + slack)
+        assert inside[known].all()
+        # other dimensions are not this filter's business: passed through bit for bit
+        others = [j for j in range(action_dim) if j not in action_index]
+        np.testing.assert_array_equal(out[:, others], action[:, others])
+        # a trusted target already inside the box is left alone
+        a = action[:, action_index].astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            t_in = offset + scale * a
+            untouched = np.isfinite(ee).all(axis=1) & np.isfinite(a).all(axis=1) & ((t_in >= low) & (t_in <= high)).all(axis=1)
+        assert (sent[untouched] == a[untouched]).all() and not report.intervened[untouched].any()
+
+
+def test_workspace_holds_in_place_on_a_nan_action():
+    f = WorkspaceFilter(2, ee_index=[0, 1], low=[-0.5, -0.5], high=[0.5, 0.5], mode="delta", obs_dim=4)
+    out, report = f(np.array([np.nan, 0.0]), np.array([0.7, 0.1, 0.0, 0.0]))
+    np.testing.assert_allclose(out, [-0.2, 0.0], atol=1e-15)  # back onto the box face, no motion inside
+    assert report.fallback.tolist() == [True]
+
+
+# --------------------------------------------------------------------------------------------- cbf
+def draw_cbf(data: st.DataObject, qp_ok: bool = True, normal: st.SearchStrategy = st.floats(-10, 10)) -> tuple[CBFFilter, int, dict]:
+    n, action_dim, m = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3 if qp_ok else 1))
+    obs_dim = n + data.draw(st.integers(0, 2))
+    params = {
+        "state_index": data.draw(st.permutations(range(obs_dim)))[:n],
+        "normals": draw_array(data, m, n, normal).tolist(),
+        "offsets": draw_array(data, 1, m, st.floats(-10, 10))[0].tolist(),
+        "dt": data.draw(st.one_of(st.floats(1e-6, 10.0), st.sampled_from([1e-9, 1e-12, 1e3]))),
+        "gamma": data.draw(st.one_of(st.floats(1e-6, 1.0), st.just(1.0))),
+    }
+    if n != action_dim or data.draw(st.booleans()):
+        params["input_matrix"] = draw_array(data, n, action_dim, normal).tolist()
+    if qp_ok and data.draw(st.booleans()):
+        low, high = draw_bounds(data, action_dim, st.floats(-100, 100))
+        params["low"], params["high"] = (np.minimum(low, 0.0)).tolist(), (np.maximum(high, 0.0)).tolist()
+    return CBFFilter(action_dim, obs_dim=obs_dim, **params), obs_dim, params
+
+
+def cbf_margin(params: dict, state: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(h(x_next) - (1 - gamma) h(x), tolerance) from the definition, per barrier."""
+    N, d = np.array(params["normals"]), np.array(params["offsets"])
+    B = np.array(params.get("input_matrix", np.eye(len(state))))
+    with np.errstate(over="ignore", invalid="ignore"):  # a fallback may be checked against a 1e308 state
+        x_next = state + params["dt"] * (B @ u)
+        h, h_next = d - N @ state, d - N @ x_next
+        tol = 1e-8 * (np.abs(d) + np.abs(N) @ np.abs(state) + params["dt"] * np.abs(N) @ np.abs(B) @ np.abs(u)) + 1e-300
+        return h_next - (1 - params["gamma"]) * h, tol
+
+
+@SETTINGS
+@given(data=st.data(), batch=st.integers(1, 8), steps=st.integers(1, 3), dtype=dtypes)
+def test_cbf_output_meets_the_barrier_condition_unless_it_reports_fallback(data, batch, steps, dtype):
+    f, obs_dim, params = draw_cbf(data)
+    for _ in range(steps):
+        action = draw_array(data, batch, f.action_dim).astype(dtype)
+        obs = draw_array(data, batch, obs_dim).astype(dtype)
+        out, report = f(action, obs)
+        assert out.dtype == dtype and np.isfinite(out).all()
+        for b in range(batch):
+            if report.fallback[b]:
+                continue
+            state = obs[b, params["state_index"]].astype(np.float64)
+            margin, tol = cbf_margin(params, state, out[b].astype(np.float64))
+            assert (margin >= -tol).all(), (margin, tol)
+            if "low" in params:
+                assert (out[b] >= np.array(params["low"])).all() and (out[b] <= np.array(params["high"])).all()
+            if not report.intervened[b]:
+                assert (out[b] == action[b]).all()
+        bad_input = ~np.isfinite(action.astype(np.float64)).all(axis=1)
+        assert report.fallback[bad_input].all()
+
+
+@SETTINGS
+@given(data=st.data(), batch=st.integers(1, 8))
+def test_cbf_closed_form_never_falls_back_on_ordinary_inputs_and_leaves_safe_actions_alone(data, batch):
+    # ordinary: normals of 0 or 1e-3..10 (a normal of 1e-308 asks for actions of 1e308; that is a fallback)
+    ordinary = st.one_of(st.just(0.0), st.floats(1e-3, 10), st.floats(-10, -1e-3))
+    f, obs_dim, params = draw_cbf(data, qp_ok=False, normal=ordinary)
+    G = params["dt"] * np.array(params["normals"]) @ np.array(params.get("input_matrix", np.eye(len(params["state_index"]))))
+    action = draw_array(data, batch, f.action_dim, moderate)
+    obs = draw_array(data, batch, obs_dim, moderate)
+    out, report = f(action, obs)
+    for b in range(batch):
+        margin, tol = cbf_margin(params, obs[b, params["state_index"]], action[b])
+        if (margin > tol).all():
+            assert (out[b] == action[b]).all() and not report.intervened[b]
+        elif not G.any():  # the action cannot move the barrier: infeasible only if the state asks to recover
+            assert not report.fallback[b] or (margin < 0).any()
+        else:  # the projection lands on the constraint plane: minimal change
+            assert not report.fallback[b]
+            m_out, tol_out = cbf_margin(params, obs[b, params["state_index"]], out[b])
+            N, B = np.abs(np.array(params["normals"])), np.abs(np.array(params.get("input_matrix", np.eye(len(params["state_index"])))))
+            rounding = 1e3 * EPS * params["dt"] * (N @ B @ np.abs(action[b]))[0]  # the projection's cancellation
+            assert abs(m_out[0]) <= 1e3 * tol_out[0] + rounding
+
+
+def test_cbf_closed_form_and_qp_agree_on_one_constraint():
+    qpsolvers = pytest.importorskip("qpsolvers")
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        normal, offset = rng.normal(size=(1, 3)), rng.normal(size=1)
+        B = rng.normal(size=(3, 3))
+        common = dict(state_index=[0, 1, 2], normals=normal.tolist(), offsets=offset.tolist(), dt=0.1, gamma=0.3,
+                      input_matrix=B.tolist(), obs_dim=3)
+        closed = CBFFilter(3, **common)
+        qp = CBFFilter(3, low=-1e6, high=1e6, **common)  # bounds never active: the same problem, solved by DAQP
+        assert not closed.uses_qp and qp.uses_qp
+        x, u_ref = rng.normal(size=3), 10 * rng.normal(size=3)
+        a, rep_a = closed(u_ref, x)
+        b, rep_b = qp(u_ref, x)
+        assert not rep_a.fallback.any() and not rep_b.fallback.any()
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-9)
+        G = 0.1 * normal @ B
+        ref = qpsolvers.solve_qp(np.eye(3), -u_ref, G, 0.3 * (offset - normal @ x), solver="daqp")
+        np.testing.assert_allclose(a, ref, rtol=1e-7, atol=1e-8)
+
+
+def test_cbf_infeasible_reports_fallback_and_checks_the_fallback_itself():
+    # x <= 1 and x >= 2 at once: infeasible; the zero fallback violates the first barrier's recovery condition
+    f = CBFFilter(1, state_index=[0], normals=[[1.0], [-1.0]], offsets=[1.0, -2.0], dt=0.1, gamma=0.5, obs_dim=1)
+    out, report = f(np.array([0.3]), np.array([3.0]))
+    assert out.tolist() == [0.0] and report.fallback.tolist() == [True]
+    assert any("infeasible" in r for r in report.reasons) and any("violates" in r for r in report.reasons)
+    out, report = f(np.array([0.3]), np.array([np.nan]))
+    assert out.tolist() == [0.0] and report.fallback.tolist() == [True] and "unchecked" in report.reasons[0]
+
+
+# ------------------------------------------------------------------------------------- energy tank
+@SETTINGS
+@given(data=st.data(), k=st.integers(1, 3), batch=st.integers(1, 8), steps=st.integers(1, 4), dtype=dtypes)
+def test_energy_tank_stays_in_bounds_and_scales_only_as_much_as_needed(data, k, batch, steps, dtype):
+    obs_dim = k + 2
+    t_min = data.draw(st.one_of(st.floats(0, 10), st.just(0.0)))
+    t_max = t_min + data.draw(st.one_of(st.floats(1e-6, 100), st.just(1e-9)))
+    t0 = data.draw(st.floats(t_min, t_max))
+    params = {
+        "velocity_index": data.draw(st.permutations(range(obs_dim)))[:k],
+        "dt": data.draw(st.one_of(st.floats(1e-6, 10.0), st.sampled_from([1e-9, 1e3]))),
+        "initial_energy": t0, "min_energy": t_min, "max_energy": t_max,
+        "torque_scale": draw_array(data, 1, k, st.floats(1e-3, 1e3))[0].tolist(),
+        "damping": draw_array(data, 1, k, st.one_of(st.floats(0, 1e3), st.just(0.0)))[0].tolist(),
+    }
+    f = EnergyTankFilter(k, obs_dim=obs_dim, **params)
+    scale, damping, dt = np.array(params["torque_scale"]), np.array(params["damping"]), params["dt"]
+    assert (f.energy == t0).all()
+    for _ in range(steps):
+        action = draw_array(data, batch, k).astype(dtype)
+        obs = draw_array(data, batch, obs_dim).astype(dtype)
+        before = np.full(batch, t0) if f.batch != batch or not f._stepped else f.energy
+        out, report = f(action, obs)
+        after = f.energy
+        assert out.dtype == dtype and np.isfinite(out).all()
+        assert (after >= t_min).all() and (after <= t_max).all()
+        a, v = action.astype(np.float64), obs[:, params["velocity_index"]].astype(np.float64)
+        with np.errstate(all="ignore"):
+            power = (scale * a * v).sum(axis=1)
+            dissipated = (damping * v * v).sum(axis=1) * dt
+            level = before + dissipated
+            wanted = level - power * dt
+        valid = np.isfinite(a).all(axis=1) & np.isfinite(v).all(axis=1) & np.isfinite(power) & np.isfinite(dissipated)
+        assert (report.fallback == ~valid).all()
+        assert (out[~valid] == 0).all() and (after[~valid] == before[~valid]).all()
+        room = valid & (wanted >= t_min)
+        assert (out[room] == action[room]).all() and not report.intervened[room].any()  # no needless intervention
+        np.testing.assert_array_equal(after[room], np.minimum(t_max, wanted[room]))
+        scaled = valid & ~room
+        alpha = f.last_alpha
+        assert ((alpha[scaled] >= 0) & (alpha[scaled] < 1)).all()
+        info = np.finfo(dtype)
+        # the command is scaled, not turned: out = r * a with one r in [0, 1] per row
+        o = out.astype(np.float64)
+        big = np.argmax(np.abs(np.where(np.isfinite(a), a, 0.0)), axis=1)  # the most precise ratio
+        with np.errstate(all="ignore"):
+            r = np.take_along_axis(o, big[:, None], 1)[:, 0] / np.take_along_axis(a, big[:, None], 1)[:, 0]
+        r = np.where(np.isnan(r), 0.0, r)
+        assert ((r[scaled] >= 0) & (r[scaled] <= 1)).all()
+        np.testing.assert_allclose(o[scaled], r[scaled, None] * a[scaled], rtol=16 * float(info.eps),
+                                   atol=16 * float(info.smallest_subnormal) + 1e-300)  # subnormals: no ratio
+        # maximal: the scaled command empties the tank down to T_min, up to the resolution of the returned
+        # numbers (their ulp, or the smallest subnormal for a command scaled down to ~1e-43 in float32)
+        with np.errstate(all="ignore"):
+            exact_alpha = (level - t_min) / (power * dt)
+            ulp = np.maximum(float(info.eps) * np.abs(exact_alpha[:, None] * a), float(info.smallest_subnormal))
+            resolution = (scale * np.abs(v) * ulp).sum(axis=1) * dt  # energy of one ulp of every command entry
+        slack = 2e-3 * (level - t_min) + 1e4 * resolution + 1e-9 * np.abs(level) + 1e-300
+        assert (after[scaled] - t_min <= slack[scaled]).all(), (after[scaled] - t_min, slack[scaled])
+
+
+def test_energy_tank_passes_free_motion_and_scales_a_drained_tank():
+    f = EnergyTankFilter(1, velocity_index=[0], dt=0.1, initial_energy=1.0, min_energy=0.0, max_energy=2.0,
+                         damping=0.0, obs_dim=1)
+    out, report = f(np.array([5.0]), np.array([1.0]))  # draws 0.5 J of 1 J: passes
+    assert out.tolist() == [5.0] and not report.intervened.any() and f.energy[0] == pytest.approx(0.5)
+    out, report = f(np.array([10.0]), np.array([1.0]))  # would draw 1 J of 0.5 J: half of it
+    assert out[0] == pytest.approx(5.0) and f.energy[0] == pytest.approx(0.0, abs=1e-12)
+    assert report.reasons == ["energy_tank: scaled action by 0.5 (tank at minimum)"]
+    out, report = f(np.array([-4.0]), np.array([1.0]))  # braking refills the tank
+    assert out.tolist() == [-4.0] and f.energy[0] == pytest.approx(0.4)
+    assert f.injected_energy[0] == pytest.approx(0.5 + 0.5 - 0.4)
+    f.reset()
+    assert f.energy.tolist() == [1.0] and f.injected_energy.tolist() == [0.0]
+
+
+# ------------------------------------------------------------------------------------------- chain
+FULL_SPEC = [
+    {"type": "box", "low": [-1, -2, -1], "high": [1, 2, 3], "fallback": "zero"},
+    {"type": "rate", "max_delta": 0.5},
+    {"type": "workspace", "ee_index": [4, 5], "low": -1, "high": 1, "mode": "delta", "action_scale": 0.1},
+    {"type": "cbf", "state_index": [0, 1], "normals": [[1, 0], [0, 1]], "offsets": [1, 1], "dt": 0.05,
+     "gamma": 0.2, "input_matrix": [[1, 0, 0], [0, 1, 0]], "low": -5, "high": 5},
+    {"type": "energy_tank", "velocity_index": [2, 3, 6], "dt": 0.02, "initial_energy": 1, "max_energy": 3,
+     "torque_scale": [2, 2, 1], "damping": 0.5},
+]
+
+
+def test_describe_round_trips_through_build_chain_and_json():
+    chain = build_chain(FULL_SPEC, action_dim=3, obs_dim=7)
+    described = chain.describe()
+    again = build_chain(json.loads(json.dumps(described)), action_dim=3, obs_dim=7)
+    assert again.describe() == described
+    assert [f.name for f in again.filters] == ["box", "rate", "workspace", "cbf", "energy_tank"]
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # and the rebuilt chain behaves the same
+        action, obs = 3 * rng.normal(size=(2, 3)), rng.normal(size=(2, 7))
+        np.testing.assert_array_equal(chain(action, obs)[0], again(action, obs)[0])
+    assert build_chain(None, 3).describe() == {"filters": []} == build_chain({"filters": []}, 3).describe()
+
+
+def test_chain_merges_reports_in_order():
+    chain = build_chain([{"type": "box", "low": -1, "high": 1}, {"type": "rate", "max_delta": 0.1}], action_dim=1)
+    chain.reset(batch=3)
+    chain(np.zeros((3, 1)))
+    out, report = chain(np.array([[5.0], [np.nan], [0.05]], dtype=np.float32))
+    assert out.dtype == np.float32 and out.shape == (3, 1)
+    assert report.intervened.tolist() == [True, True, False]
+    assert report.fallback.tolist() == [False, True, False]
+    assert [r.split(":")[0] for r in report.reasons] == ["box", "box", "rate"]
+    with pytest.raises(ValueError, match="reset"):
+        chain(np.zeros((2, 1)))  # a different batch without reset
+    empty = FilterChain([], action_dim=2)
+    out, report = empty(np.array([np.nan, 1.0]))
+    assert np.isnan(out[0]) and not report.any
+
+
+@pytest.mark.parametrize("spec, message", [
+    ([{"type": "boxx"}], r"safety.filters\[0\]: type: unknown filter type 'boxx'"),
+    ([{"low": 0}], r"unknown filter type None"),
+    ([{"type": "box", "low": -1, "hgh": 1}], r"\[0\] \(box\): unknown key 'hgh'"),
+    ([{"type": "box", "low": -1}], r"missing key 'high'"),
+    ([{"type": "box", "low": 1, "high": -1}], r"low > high in dimension 0"),
+    ([{"type": "box", "low": [-1, -1], "high": 1}], r"low: expected a number or a list of 3 numbers"),
+    ([{"type": "box", "low": -np.inf, "high": 1}], r"low: every entry must be finite"),
+    ([{"type": "box", "low": "a", "high": 1}], r"low: expected numbers"),
+    ([{"type": "box", "low": -1, "high": 1, "fallback": "stop"}], r"fallback: expected one of hold, zero, midpoint"),
+    ([{"type": "rate", "max_delta": 0}], r"max_delta: every entry must be > 0"),
+    ([{"type": "rate", "max_delta": 1}, {"type": "workspace", "ee_index": [9], "low": 0, "high": 1}],
+     r"safety.filters\[1\] \(workspace\): ee_index: index 9 is out of range of obs_dim=8"),
+    ([{"type": "workspace", "ee_index": [0], "low": 0, "high": 1, "mode": "relative"}], r"mode: expected one of"),
+    ([{"type": "cbf", "state_index": [0, 1, 2], "normals": [[1, 0, 0]], "offsets": [1], "dt": 0.1, "gamma": 1.5}],
+     r"\(cbf\): gamma: must be <= 1.0"),
+    ([{"type": "cbf", "state_index": [0, 1, 2], "normals": [[1, 0, 0]], "offsets": [1], "dt": 0.1, "gamma": 0}],
+     r"gamma: must be > 0.0"),
+    ([{"type": "cbf", "state_index": [0, 1, 2], "normals": [[1, 0]], "offsets": [1], "dt": 0.1}], r"normals: expected"),
+    ([{"type": "cbf", "state_index": [0, 1], "normals": [[1, 0]], "offsets": [1], "dt": 0.1}], r"input_matrix: required"),
+    ([{"type": "cbf", "state_index": [0, 1, 2], "normals": [[1, 0, 0]], "offsets": [1], "dt": 0.1, "low": -1}],
+     r"low/high: give both"),
+    ([{"type": "cbf", "state_index": [0, 1, 2], "normals": [[1, 0, 0]], "offsets": [1], "dt": 0.1, "low": -1,
+       "high": 1, "fallback": 2}], r"fallback: .* is outside \[low, high\]"),
+    ([{"type": "energy_tank", "velocity_index": [0, 1, 2], "dt": 0.1, "initial_energy": 1, "min_energy": 3,
+       "max_energy": 2}], r"min_energy >= max_energy"),
+    ([{"type": "energy_tank", "velocity_index": [0, 1, 2], "dt": 0.1, "initial_energy": 5, "max_energy": 2}],
+     r"initial_energy: 5.0 is outside"),
+    ([{"type": "energy_tank", "velocity_index": [0, 1], "dt": 0.1, "initial_energy": 1, "max_energy": 2}],
+     r"velocity_index: 2 velocities for 3 action dimensions"),
+    ([{"type": "energy_tank", "velocity_index": [0, 1, 1], "dt": 0.1, "initial_energy": 1, "max_energy": 2}],
+     r"velocity_index: indices repeat"),
+    ([{"type": "energy_tank", "velocity_index": [0, 1, 2], "dt": -0.1, "initial_energy": 1, "max_energy": 2}],
+     r"dt: must be > 0.0"),
+    ([{"type": "energy_tank", "velocity_index": [0, 1, 2], "dt": 0.1, "initial_energy": 1, "max_energy": 2,
+       "damping": -1}], r"damping: every entry must be >= 0.0"),
+    ({"filter": []}, r"safety: unknown key 'filter'"),
+])
+def test_build_chain_rejects_bad_specs_naming_the_key(spec, message):
+    with pytest.raises(ValueError, match=message):
+        build_chain(spec, action_dim=3, obs_dim=8)
+
+
+def test_filters_import_without_torch_and_load_qpsolvers_only_for_a_qp():
+    code = ("import sys; from sim2real.filters import build_chain; "
+            "build_chain([{'type': 'box', 'low': -1, 'high': 1}, {'type': 'cbf', 'state_index': [0], "
+            "'normals': [[1.0]], 'offsets': [1.0], 'dt': 0.1}], 1, 1); "
+            "assert 'torch' not in sys.modules and 'qpsolvers' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_configs_safety_files_build():
+    yaml = pytest.importorskip("yaml")
+    root = Path(__file__).resolve().parents[2] / "configs" / "safety"
+    names = sorted(p.stem for p in root.glob("*.yaml"))
+    assert {"none", "box", "passivity"} <= set(names)
+    for name in names:
+        chain = build_chain(yaml.safe_load((root / f"{name}.yaml").read_text()), action_dim=2, obs_dim=10)
+        chain(np.zeros(2), np.zeros(10))
+    assert len(build_chain(yaml.safe_load((root / "none.yaml").read_text()), 2)) == 0
