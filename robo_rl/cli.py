@@ -93,8 +93,9 @@ keys:
   sim2sim.observation_noise=0.0    std of Gaussian noise added to observations
   sim2sim.physics=null             e.g. "{mass_scale:[0.8,1.2],friction_scale:[0.7,1.3],damping_scale:[0.8,1.2]}"
   sim2sim.seed=0
-  watchdog.max_observation_age=0.1 seconds before an observation counts as stale
-  watchdog.max_inference_time=0.02 seconds of inference before the fallback is sent instead
+  watchdog.max_observation_age=null   seconds before an observation counts as stale (default 2 periods)
+  watchdog.max_inference_time=null   seconds of inference before the fallback is sent instead (default
+                                     half a period with realtime=true; not enforced in simulated time)
   out=null                         report path (default <export>/deploy.json)
 """
 
@@ -119,8 +120,8 @@ class Sim2SimOptions:
 
 @dataclass
 class WatchdogOptions:
-    max_observation_age: float = 0.1
-    max_inference_time: float = 0.02
+    max_observation_age: Optional[float] = None
+    max_inference_time: Optional[float] = None
 
 
 @dataclass

@@ -1,0 +1,43 @@
+"""`robo-rl export` and `robo-rl deploy` end to end, as a user runs them: train, export, deploy, tamper."""
+
+import json
+
+import numpy as np
+
+from tests.test_cli import TINY, robo_rl
+
+
+def test_train_export_deploy_and_refuse_a_tampered_file(tmp_path):
+    robo_rl("train", *TINY, "steps=300", "run_dir=run", cwd=tmp_path)
+    out = robo_rl("export", "run_dir=run", cwd=tmp_path).stdout
+    export = tmp_path / "run" / "export"
+    sidecar = json.loads((export / "policy.json").read_text())
+    assert "max |onnx - torch|" in out and sidecar["task"] == "Pendulum-v1" and sidecar["algo"] == "sac"
+    assert sidecar["checked"]["real_observations"] > 0 and sidecar["checked"]["max_abs_error"] <= 1e-5
+    assert sidecar["control"]["dt"] > 0 and sidecar["observation"]["dim"] == 3 and sidecar["action"]["dim"] == 1
+
+    # the exported policy, on a differently configured simulation, with a rate limit added at deploy time
+    (tmp_path / "rate.yaml").write_text("filters:\n  - {type: rate, max_delta: [0.5]}\n")
+    robo_rl("deploy", "export=run/export", "episodes=1", "sim2sim.action_latency=1", "sim2sim.observation_noise=0.01",
+            "safety=rate.yaml", cwd=tmp_path)
+    report = json.loads((export / "deploy.json").read_text())
+    assert len(report["episode_returns"]) >= 1 and np.isfinite(report["episode_returns"]).all()
+    assert report["loop"]["latency"]["inference_ms"]["p99"] > 0
+
+    # a model file that no longer matches its sidecar is refused, and nothing runs
+    data = bytearray((export / "policy.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (export / "policy.onnx").write_bytes(bytes(data))
+    proc = robo_rl("deploy", "export=run/export", "episodes=1", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "checksum" in proc.stderr
+
+
+def test_export_refuses_bad_arguments(tmp_path):
+    proc = robo_rl("export", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "run_dir" in proc.stderr
+    proc = robo_rl("export", "run_dir=nowhere", "fromat=onnx", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "fromat" in proc.stderr
+    proc = robo_rl("export", "run_dir=nowhere", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "not a robo-rl run directory" in proc.stderr
+    proc = robo_rl("deploy", "export=nowhere", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
