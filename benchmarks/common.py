@@ -88,3 +88,14 @@ def rate_of(fn: Callable[[], None], units: int) -> float:
     t = time.perf_counter()
     fn()
     return units / (time.perf_counter() - t)
+
+
+def advancer(runner: Any) -> Callable[[int], None]:
+    """A function that runs ``runner``'s loop for at least n more env steps (a timed segment)."""
+
+    def advance(n: int) -> None:
+        target = runner.step + n
+        while runner.step < target:
+            runner.iterate()
+
+    return advance

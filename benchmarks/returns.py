@@ -42,6 +42,8 @@ def run_ours(algo: str, seed: int) -> dict:
                  f"eval.episodes={EVAL_EPISODES}", f"eval.every={BUDGET[algo]}", "log.progress_seconds=60"]
     if algo == "sac":
         overrides += ["algo.learning_starts=5000"]
+    else:  # SB3's layout: 16 envs x 128 steps (robo-rl's own default is 64 x 32, the same 2048 per update)
+        overrides += ["env.num_envs=16", "algo.rollout_steps=128"]
     t = time.perf_counter()
     summary = train(compose_config(overrides), Path(tempfile.mkdtemp()) / f"{algo}-{seed}")
     return {"seed": seed, "return": summary["final_eval_return_mean"], "wall_s": time.perf_counter() - t}
@@ -86,6 +88,9 @@ def main() -> None:
     parser.add_argument("--rerun-sb3", action="store_true")
     args = parser.parse_args()
     tune_malloc()
+    import torch
+
+    torch.set_num_threads(1)  # returns do not depend on it; one thread cannot stall on a shared 2-core machine
     logging.getLogger("robo_rl").setLevel(logging.WARNING)
 
     cache_path = RESULTS / "returns_sb3.json"

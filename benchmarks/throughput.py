@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import interleaved, markdown_table, median, rate_of, save  # noqa: E402
+from benchmarks.common import advancer, interleaved, markdown_table, median, rate_of, save  # noqa: E402
 from robo_rl.perf import tune_malloc  # noqa: E402
 
 LEARNING_STARTS = 1000
@@ -57,13 +57,7 @@ def ours_runner(algo: str, env_id: str, backend: str, compile_: bool):
     warm = LEARNING_STARTS + 200 if algo != "ppo" else 2048 * 2
     while runner.step < warm:
         runner.iterate()
-
-    def advance(n: int) -> None:
-        target = runner.step + n
-        while runner.step < target:
-            runner.iterate()
-
-    return runner, advance
+    return runner, advancer(runner)
 
 
 def sb3_model(algo: str, env_id: str):
