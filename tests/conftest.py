@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import envs  # noqa: F401  (first: it picks headless EGL before any test module imports MuJoCo, e.g. via mujoco_warp)
 import tests.helpers  # noqa: F401  (registers the test-only gymnasium tasks)
 from robo_rl.perf import tune_malloc
 
