@@ -37,17 +37,18 @@ HEADS = {  # name -> `robo-rl train` overrides
     "sac-gaussian": ["algo=sac"],
     "ppo-gaussian": ["algo=ppo"],
     "td3-deterministic": ["algo=td3"],
-    "mixture": ["algo=sac", "policy=mixture"],
+    "mixture": ["algo=ppo", "policy=mixture"],
     "flow-4": ["algo=parl", "policy=flow", "policy.steps=4"],
     "diffusion-ddim-10": ["algo=parl", "policy=diffusion", "policy.scheduler=ddim", "policy.inference_steps=10"],
     "gorl-latent-flow": ["algo=gorl"],
     "expo-flow (best of 2N)": ["algo=expo", "policy=flow"],
     "parl-flow (best of N)": ["algo=parl", "policy=flow", "policy.steps=4"],
 }
+BARE = {"flow-4", "diffusion-ddim-10"}  # the head itself, not a learner's acting policy around it
 TARGETS_MS = {"sac-gaussian": 0.2, "ppo-gaussian": 0.2, "flow-4": 1.0, "diffusion-ddim-10": 2.0}
 
 
-def build(overrides: list[str]):
+def build(overrides: list[str], bare: bool = False):
     from robo_rl.build import build_env, build_learner, build_policy
     from robo_rl.config import resolve_defaults
     from robo_rl.train import compose_config
@@ -62,7 +63,8 @@ def build(overrides: list[str]):
             obs.append(o.numpy())
     finally:
         env.close()
-    policy = learner.policy.eval()
+    # flow-4 / diffusion rows time the bare head (PA-RL keeps it in learner.head and acts with the best of N)
+    policy = (learner.head if bare and hasattr(learner, "head") else learner.policy).eval()
     policy.obs_norm.update(torch.as_tensor(np.concatenate(obs)))  # realistic statistics in the graph
     return policy, np.concatenate(obs).astype(np.float32)
 
@@ -89,7 +91,7 @@ def measure(name: str, overrides: list[str], calls: int, workdir: Path) -> dict:
     from sim2real.export import export_policy
     from sim2real.runtime import onnx_session
 
-    policy, obs = build(overrides)
+    policy, obs = build(overrides, bare=name in BARE)
     out = workdir / name.split()[0]
     sidecar = export_policy(policy, out, "onnx", check_obs=obs[:64])
     session = onnx_session(out / "policy.onnx", threads=1)

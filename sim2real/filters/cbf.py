@@ -19,6 +19,7 @@ from sim2real.filters import spec
 from sim2real.filters.base import FilterReport, SafetyFilter, representable_bounds, rows
 
 TOL = 1e-9  # constraint tolerance, relative to the magnitudes in the constraint row
+_TINY = float(np.finfo(np.float64).tiny)  # absolute floor of the tolerance (2.2e-308: subnormals carry no precision)
 _BIG = 1e20  # right-hand sides of the normalized QP are capped here: a constraint this far away is inactive
 
 
@@ -40,7 +41,8 @@ class CBFFilter(SafetyFilter):
 
     Guarantee: every returned row is finite and, unless the row is reported as fallback, satisfies
     ``h_i(x_next) >= (1 - gamma) h_i(x)`` for every i up to a tolerance of 1e-9 relative to the row's
-    magnitudes (|g_i| + sum_j |G_ij u_j|), and lies inside [low, high] when they are given. A state
+    magnitudes (|g_i| + sum_j |G_ij u_j|, with each barrier scaled to a unit normal), its one-step
+    prediction x + dt B u is finite, and it lies inside [low, high] when they are given. A state
     already outside the safe set (h < 0) is asked to recover: h must grow at least geometrically.
 
     Fallback (reported): a non-finite action or state, an infeasible constraint set, a solver failure, or
@@ -113,11 +115,16 @@ class CBFFilter(SafetyFilter):
         """G u <= g within TOL relative to the row's magnitudes, and u inside the bounds."""
         with np.errstate(over="ignore", invalid="ignore"):
             lhs = self.G @ u
-            tol = TOL * (np.abs(g) + np.abs(self.G) @ np.abs(u)) + 1e-300
+            tol = TOL * (np.abs(g) + np.abs(self.G) @ np.abs(u)) + _TINY
             ok = bool(np.isfinite(u).all() and np.isfinite(lhs).all() and (lhs <= g + tol).all())  # -inf: overflow
         if ok and self.low is not None:
             ok = bool(((u >= self.low) & (u <= self.high)).all())
         return ok
+
+    def _predictable(self, state: np.ndarray, u: np.ndarray) -> bool:
+        """The one-step prediction x + dt B u stays within float64 (else the barrier check means nothing)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            return bool(np.isfinite(state + self.dt * (self.input_matrix @ u)).all())
 
     def _project_one(self, u_ref: np.ndarray, g: float) -> np.ndarray | None:
         """Closed form for one half-space: u = u_ref - max(0, G u_ref - g) / |G|^2 G^T."""
@@ -126,11 +133,12 @@ class CBFFilter(SafetyFilter):
         if norm == 0.0:
             return u_ref if g >= 0.0 else None  # the action cannot move h: feasible iff already satisfied
         unit = row / norm
-        along = float(unit @ u_ref)
-        if along <= g / norm:
-            return u_ref
-        # u_ref's part across the normal, plus exactly g / |G| along it (no cancellation in the part that matters)
-        return (u_ref - along * unit) + (g / norm) * unit
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond float64: non-finite, the caller falls back
+            along = float(unit @ u_ref)
+            if along <= g / norm:
+                return u_ref
+            # u_ref's part across the normal, plus exactly g / |G| along it (no cancellation in the part that matters)
+            return (u_ref - along * unit) + (g / norm) * unit
 
     def _solve_qp(self, u_ref: np.ndarray, g: np.ndarray, lo: np.ndarray | None,
                   hi: np.ndarray | None) -> np.ndarray | None:
@@ -154,7 +162,7 @@ class CBFFilter(SafetyFilter):
         if lo is not None:
             lb, ub = lo - u_ref, hi - u_ref
             scale_terms += [np.maximum(lb, 0.0), np.maximum(-ub, 0.0)]
-        scale = max(float(np.max(np.concatenate(scale_terms))), 1e-300)
+        scale = max(float(np.max(np.concatenate(scale_terms))), _TINY)
         if not (np.isfinite(scale) and np.isfinite(r).all()):
             return None  # magnitudes beyond float64 (e.g. 1e300 actions): no meaningful correction
         A = self.action_dim
@@ -216,10 +224,10 @@ class CBFFilter(SafetyFilter):
                 unchecked.append(b)
                 continue
             if np.isfinite(u_ref).all():
-                if self._satisfied(u_ref, g):
+                if self._satisfied(u_ref, g) and self._predictable(state[b], u_ref):
                     continue
                 u = self._solve(u_ref, g, dtype)
-                if u is not None:
+                if u is not None and self._predictable(state[b], u):
                     out[b] = u
                     projected.append(b)
                     continue

@@ -26,7 +26,9 @@ class WorkspaceFilter(SafetyFilter):
     ``offset + action_scale * returned`` is inside ``[low, high]``, up to rounding: a few float64 ulps
     of the terms, and one ulp of the returned command in the caller's float width (a float32 delta
     cannot hit a box 1e-5 wide from 300 m away; it lands within 2e-5). A row where even that fails (a
-    delta beyond float32's range) is reported as fallback. In absolute mode this holds for every row.
+    delta beyond float32's range) gets a zero delta (hold in place) and is reported as fallback. In
+    absolute mode the target is inside the box for every row. The workspace dimensions of the output
+    are always finite.
 
     Fallback (reported): a non-finite target action or end-effector reading means the policy output or
     the state estimate is not trusted, so the robot holds in place: target = ee clipped into the box.
@@ -67,14 +69,16 @@ class WorkspaceFilter(SafetyFilter):
 
     def _action_for(self, target: np.ndarray, offset: np.ndarray, dtype: np.dtype) -> np.ndarray:
         """The action (in ``dtype``) commanding ``target`` from ``offset``, nudged by ulps into the box."""
-        a = ((target - offset) / self.action_scale).astype(dtype)
-        for _ in range(4):  # the division and the cast round; step the ulp back until the target is in
-            t = offset + self.action_scale * a.astype(np.float64)
-            over, under = t > self.high, t < self.low
-            if not (over.any() or under.any()):
-                break
-            a = np.where(over, np.nextafter(a, dtype.type(-np.inf)), a)
-            a = np.where(under, np.nextafter(a, dtype.type(np.inf)), a)
+        with np.errstate(over="ignore"):  # a delta beyond float32: inf here, reported by the caller's check
+            a = ((target - offset) / self.action_scale).astype(dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            for _ in range(4):  # the division and the cast round; step the ulp back until the target is in
+                t = offset + self.action_scale * a.astype(np.float64)
+                over, under = t > self.high, t < self.low
+                if not (over.any() or under.any()):
+                    break
+                a = np.where(over, np.nextafter(a, dtype.type(-np.inf)), a)
+                a = np.where(under, np.nextafter(a, dtype.type(np.inf)), a)
         return a.astype(np.float64)
 
     def _apply(self, action: np.ndarray, obs: np.ndarray | None, dtype: np.dtype) -> tuple[np.ndarray, FilterReport]:
@@ -125,7 +129,7 @@ class WorkspaceFilter(SafetyFilter):
             report.intervened = report.fallback | (out[:, self.action_index] != a).any(axis=1)
         # The commanded targets, as the robot will compute them from the returned numbers. A target far
         # from the end effector may need a delta beyond float32's range: then no returned action can
-        # command a target inside the box, and the row is reported as fallback.
+        # command a target inside the box; the row holds in place (zero delta) and is reported as fallback.
         sent = out[:, self.action_index].astype(np.float64)
         with np.errstate(invalid="ignore", over="ignore"):
             t = offset + self.action_scale * sent
@@ -134,9 +138,13 @@ class WorkspaceFilter(SafetyFilter):
                      + _FLOOR)
             missed = ee_ok & ~((t >= self.low - slack) & (t <= self.high + slack)).all(axis=1)
         if missed.any():
+            held = out[:, self.action_index]
+            held[missed] = 0.0 if self.mode == "delta" else (self.midpoint / self.action_scale).astype(dtype)
+            out[:, self.action_index] = held
             report.fallback |= missed
+            report.intervened |= missed
             report.reasons.append(f"workspace: no {dtype.name} action commands a target inside the box from the "
-                                  f"end-effector position of {rows(missed)} (delta out of range)")
+                                  f"end-effector position of {rows(missed)} (delta out of range) -> hold in place")
         if self.mode == "absolute":  # the target is the action itself: keep it for a blind step
             self.prev_target = self.action_scale * out[:, self.action_index].astype(np.float64)
         return out, report
