@@ -58,8 +58,10 @@ def export_run(
     from robo_rl.build import build_env
     from robo_rl.checkpoint import verify_checkpoint
     from robo_rl.runs import load_learner, load_run_config, resolve_checkpoint
-    from sim2real.export import export_policy
+    from sim2real.export import FORMATS, export_policy
 
+    if fmt not in FORMATS:  # before the run is read and its env built
+        raise ValueError(f"format={fmt!r}: choose one of {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     ckpt = resolve_checkpoint(run_dir, checkpoint)
