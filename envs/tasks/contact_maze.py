@@ -130,6 +130,7 @@ OBS_WAYPOINT_REL = slice(6, 8)
 OBS_CONTACT_FORCE = slice(8, 10)
 OBS_DIM = 10
 VELOCITY_INDEX = (2, 3)  # the joint velocities in the observation, in actuator order
+POSITION_INDEX = (0, 1)  # the joint positions, same order
 
 DEFAULT_CAMERA_CONFIG = {"distance": 1.1, "elevation": -90.0, "azimuth": 90.0, "lookat": np.array([0.0, 0.0, 0.0])}
 
@@ -138,9 +139,11 @@ def energy_filter_spec(initial_energy: float = 1.0, min_energy: float = 0.0, max
                        dt: float = CONTROL_DT) -> dict[str, Any]:
     """The ``energy_tank`` passivity-filter settings for this task (energies in J, dt in s).
 
-    The filter reads the joint velocities at ``velocity_index`` of the observation, turns an action
-    into joint forces with ``torque_scale`` (N per unit of action) and credits the tank with the
-    viscous loss ``damping * v^2 * dt``. A full-force push at top speed injects about 1.9 W; the
+    The filter reads the joint positions and velocities at ``position_index`` and ``velocity_index``
+    of the observation, turns an action into joint forces with ``torque_scale`` (N per unit of
+    action), settles each step's real work ``tau . (q - q_prev)``, and credits the tank with the
+    viscous loss ``damping * v^2 * dt`` and the table's dry-friction loss ``friction * |q - q_prev|``
+    (wall friction is not credited: it depends on contact forces). A full-force push at top speed injects about 1.9 W; the
     scripted controllers of the tests inject 3-5 J per successful episode and get 2.4-3.9 J of it
     credited back as damping loss, so the default 1 J tank (2 J cap) is close to what a solving
     policy needs: it binds for aggressive policies and hardly for gentle ones.
@@ -153,8 +156,11 @@ def energy_filter_spec(initial_energy: float = 1.0, min_energy: float = 0.0, max
     return {
         "type": "energy_tank",
         "velocity_index": list(VELOCITY_INDEX),
+        "position_index": list(POSITION_INDEX),
+        "work_bound": "damped",
         "torque_scale": [GEAR, GEAR],
         "damping": [DAMPING, DAMPING],
+        "friction": [FRICTIONLOSS, FRICTIONLOSS],
         "dt": float(dt),
         "initial_energy": float(initial_energy),
         "min_energy": float(min_energy),

@@ -2,12 +2,27 @@
 
 A learned torque/force policy is not passive: in contact it can pump energy into the robot-environment
 loop without bound. The tank bounds it. The controller may only inject energy it has in the tank; the
-tank is filled by the energy the controller absorbs and by what the damping dissipates, and is capped:
+tank is refilled by the energy the controller absorbs and by what the damping dissipates, and is capped.
+Per control step k (command tau_k = torque_scale * action, held for dt):
 
-    p_t = tau_t . v_t                         (power the command injects; tau = torque_scale * action)
-    T_{t+1} = min(T_max, T_t + dt * sum(damping * v_t^2) - dt * p_t)
+    T_{k+1} = min(T_max, T_k + dt * sum(damping * v_{k+1}^2) - W_k)
 
-and when a command would take T below T_min it is scaled by the largest alpha in [0, 1] that keeps it there.
+where W_k is the work tau_k did over the step. The filter settles each step's real work when the
+next observation arrives: ``tau_{k-1} . (q_k - q_{k-1})`` with the joint positions q (``position_index``),
+which is exact for a command held over the step, so the filter's tank is the robot's measured energy
+balance, not a prediction of it. Before sending tau_k it must know W_k will fit in T_k - T_min, so it
+needs an upper bound on the work a command can do over the coming step (``work_bound``):
+
+* ``"damped"`` (default): for a joint with viscous damping b >= ``damping`` whose other forces
+  (friction, contact) only oppose its motion, the velocity a constant tau drives stays between v_k and
+  tau / b for the whole step, so ``tau . dq <= dt * max(tau * v_k, tau^2 / b)`` per joint. This bound
+  holds over the whole step however much the velocity changes during it (the velocity-only prediction
+  below does not: with a time constant m / b shorter than dt a force command from rest does work
+  within the step that ``tau * v_k`` calls zero).
+* ``"velocity"``: ``dt * tau . v_k``, the classic one-step prediction; exact only if the velocity
+  hardly changes within a step (fast control loops), cheaper on the tank, not conservative.
+
+The command is scaled by the largest alpha in [0, 1] whose bound fits the tank above ``min_energy``.
 """
 
 from __future__ import annotations
@@ -19,44 +34,39 @@ import numpy as np
 from sim2real.filters import spec
 from sim2real.filters.base import FilterReport, SafetyFilter, rows
 
-# Shrink factors tried when rounding of the scaled command (or its cast to float32) overdraws the tank by
-# a few ulps; 0 (no injection) always fits, since T + dissipated >= T >= T_min in floating point too.
+WORK_BOUNDS = ("damped", "velocity")
+# Shrink factors tried when the cast of the scaled command to the caller's float width overdraws the tank
+# by a few ulps; 0 (no torque, zero work bound) always fits a tank that is at or above its minimum.
 _SHRINK = (1.0, 1.0 - 1e-12, 1.0 - 1e-9, 1.0 - 1e-6, 1.0 - 1e-3, 0.0)
-
-
-def _scale(a: np.ndarray, budget: np.ndarray, draw: np.ndarray) -> np.ndarray:
-    """a * budget / draw with one rounding, at any magnitudes.
-
-    alpha = budget / draw may be subnormal (1e-300 J left against a 1e22 J draw) and carry no precision,
-    and a * budget may underflow; the command they scale to need not. Mantissas and exponents are
-    combined separately, so the only rounding is the final one.
-    """
-    ma, ea = np.frexp(a)
-    mb, eb = np.frexp(budget)
-    md, ed = np.frexp(draw)
-    return np.ldexp(ma * (mb / md), ea + eb - ed)
 
 
 class EnergyTankFilter(SafetyFilter):
     """Scale torque/force commands so the energy they inject never exceeds what an energy tank holds.
 
-    ``tau = torque_scale * action[action_index]`` (default: every action dimension) acts against the
-    velocity ``v = obs[velocity_index]`` (same length). Each call draws ``dt * tau . v`` from the tank
-    (a negative draw refills it), adds ``dt * sum(damping * v^2)`` dissipated by the viscous damping,
-    and caps the level at ``max_energy`` (energy beyond it is discarded, as in Ferraguti et al.).
-    If the update would leave the tank below ``min_energy``, the torque dimensions are multiplied by the
-    largest alpha in [0, 1] that keeps it at ``min_energy``; other action dimensions pass through.
+    ``tau = torque_scale * action[action_index]`` (default: every action dimension) acts on the joints
+    whose velocities are ``obs[velocity_index]`` and, if given, positions ``obs[position_index]`` (same
+    length, same order). Each call first settles the step that just ended: the tank is debited the work
+    the previous command did (measured from the position change if positions are given, else the bound
+    it was sent under), credited ``dt * sum(damping * v^2)`` with the velocity now observed (the viscous
+    loss over the step) plus ``sum(friction * |q - q_prev|)`` (the least a dry friction of that size
+    dissipated on the way; needs positions) and capped at ``max_energy``. The new command passes unchanged if its work bound
+    (``work_bound``, module docstring) fits in the tank above ``min_energy``; otherwise its torque
+    dimensions are multiplied by the largest alpha in [0, 1] whose bound fits. Other dimensions pass.
 
-    Guarantee: the tank level of every row stays in [min_energy, max_energy] over any sequence of calls,
-    computed with the command actually returned (after the cast to float32, if the caller uses float32);
-    the returned torque entries are finite; a command the tank can pay for is returned unchanged.
-    Fallback (reported): a non-finite action or velocity (or an overflowing power) gives a zero torque
-    command (no injection) and leaves the tank level unchanged.
-    Assumes: the velocity measured this step is the one the command acts against over the next ``dt``
-    (the check that this holds well enough for a task is a simulation test, not this filter's), and
-    ``damping`` under-estimates the physical damping (over-estimating it creates energy).
-    State: ``energy`` [B] (tank level), ``injected_energy`` [B] (sum of dt * p applied since reset),
-    ``dissipated_energy`` [B], ``last_alpha`` [B] (scale applied on the last call; 0 for fallback rows).
+    Guarantee: the returned torque entries are finite and their work bound, computed with the numbers
+    actually returned (after the cast to float32 if the caller uses float32), never exceeds the tank
+    above ``min_energy``; a command whose bound fits is returned unchanged. So on a plant that satisfies
+    the bound (``"damped"``: damping at least ``damping``, other forces dissipative) the measured tank
+    never goes below ``min_energy``. If it does anyway (the plant broke the bound: a stored-energy
+    release, wrong damping), the row is in deficit: the filter sends zero torque until the damping
+    refills the tank, and reports it.
+    Fallback (reported): a non-finite action, velocity or position gives zero torque for that step.
+    Assumes: positions are not wrapped between calls (hinge angles unwrapped), ``damping`` does not
+    over-estimate the physical damping nor ``friction`` the dry friction (over-estimates create energy),
+    one call per control step.
+    State: ``energy`` [B] (tank level with the command in flight debited by its bound),
+    ``injected_energy`` [B] (work settled since reset), ``dissipated_energy`` [B], ``deficit`` [B]
+    (``min_energy`` minus the settled level, > 0 for rows in deficit), ``last_alpha`` [B].
     """
 
     name = "energy_tank"
@@ -64,6 +74,7 @@ class EnergyTankFilter(SafetyFilter):
 
     def __init__(self, action_dim: int, velocity_index: Any, dt: Any, initial_energy: Any, max_energy: Any,
                  min_energy: Any = 0.0, torque_scale: Any = 1.0, damping: Any = 0.0, action_index: Any = None,
+                 position_index: Any = None, work_bound: Any = "damped", friction: Any = 0.0,
                  obs_dim: int | None = None) -> None:
         super().__init__(action_dim)
         self.velocity_index = spec.indices("velocity_index", velocity_index, obs_dim, "obs_dim")
@@ -76,6 +87,11 @@ class EnergyTankFilter(SafetyFilter):
         self.action_index = spec.indices("action_index", action_index, self.action_dim, "action_dim")
         if len(self.action_index) != k:
             raise ValueError(f"action_index: {len(self.action_index)} entries, but velocity_index has {k}")
+        self.position_index = None
+        if position_index is not None:
+            self.position_index = spec.indices("position_index", position_index, obs_dim, "obs_dim")
+            if len(self.position_index) != k:
+                raise ValueError(f"position_index: {len(self.position_index)} entries, but velocity_index has {k}")
         self.dt = spec.scalar("dt", dt, low=0.0, low_open=True)
         self.min_energy = spec.scalar("min_energy", min_energy, low=0.0)
         self.max_energy = spec.scalar("max_energy", max_energy)
@@ -88,83 +104,177 @@ class EnergyTankFilter(SafetyFilter):
                              f"[min_energy, max_energy] = [{self.min_energy}, {self.max_energy}]")
         self.torque_scale = spec.vector("torque_scale", torque_scale, k, low=0.0, low_open=True)
         self.damping = spec.vector("damping", damping, k, low=0.0)
+        self.work_bound = spec.choice("work_bound", work_bound, WORK_BOUNDS)
+        self.friction = spec.vector("friction", friction, k, low=0.0)
+        if (self.friction > 0).any() and self.position_index is None:
+            raise ValueError("friction: crediting dry friction needs the joint positions (its loss is friction * "
+                             "|distance moved|); give position_index or friction: 0")
+        if self.work_bound == "damped" and (self.damping <= 0).any():
+            raise ValueError(f"damping: work_bound 'damped' needs damping > 0 on every torque joint (it bounds a "
+                             f"joint's velocity by torque / damping), got {spec.floats(self.damping)}; give the "
+                             f"joints' viscous damping or work_bound: velocity (not conservative)")
         self.reset(1)
 
     def _reset_state(self, batch: int) -> None:
-        self._energy = np.full(batch, self.initial_energy)
+        k = len(self.velocity_index)
+        self._level = np.full(batch, self.initial_energy)  # settled: every finished step accounted for
+        self._pending = np.zeros(batch)  # work bound of the command in flight
+        self._torque = np.zeros((batch, k))  # the command in flight, N or N m
+        self._position = np.full((batch, k), np.nan)  # positions when it was sent
+        self._fresh = np.ones(batch, dtype=bool)  # no step has been taken since reset
         self.injected_energy = np.zeros(batch)
         self.dissipated_energy = np.zeros(batch)
         self.last_alpha = np.ones(batch)
 
     @property
     def energy(self) -> np.ndarray:
-        """Tank level per row, [B] (a copy)."""
-        return self._energy.copy()
+        """Tank level per row [B]: settled level minus the bound of the command in flight, capped (a copy)."""
+        return np.minimum(self.max_energy, self._level - self._pending)
+
+    @property
+    def deficit(self) -> np.ndarray:
+        """How far below ``min_energy`` each row's settled level is [B] (0 when it is not)."""
+        return np.maximum(0.0, self.min_energy - self._level)
 
     def _check_obs_dim(self, obs_dim: int) -> None:
-        if self.velocity_index.max() >= obs_dim:
-            raise ValueError(f"energy_tank: velocity_index {self.velocity_index.tolist()} out of range of an "
-                             f"observation with {obs_dim} entries")
+        for key in ("velocity_index", "position_index"):
+            index = getattr(self, key)
+            if index is not None and index.max() >= obs_dim:
+                raise ValueError(f"energy_tank: {key} {index.tolist()} out of range of an observation with "
+                                 f"{obs_dim} entries")
+
+    def _bound(self, tau: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Upper bound [B] on the work torques ``tau`` [B, k] do over one step from velocities ``v``."""
+        c = tau * v
+        if self.work_bound == "velocity":
+            return c.sum(axis=1) * self.dt
+        return np.maximum(c, tau * tau / self.damping).sum(axis=1) * self.dt
+
+    def _settle(self, v: np.ndarray, q: np.ndarray | None, v_ok: np.ndarray, q_ok: np.ndarray) -> None:
+        """Account for the step that just ended (rows that took one): its work and its viscous loss."""
+        stepped = ~self._fresh
+        work = self._pending.copy()  # without a measurement, the bound the command was sent under
+        if q is not None:
+            with np.errstate(all="ignore"):
+                terms = np.where(self._torque == 0.0, 0.0, self._torque * (q - self._position))
+                measured = terms.sum(axis=1)
+            known = q_ok & np.isfinite(measured)
+            work = np.where(known, measured, work)
+        with np.errstate(all="ignore"):
+            viscous = np.where(v_ok, (self.damping * v * v).sum(axis=1) * self.dt, 0.0)
+            dissipated = np.where(np.isfinite(viscous), viscous, 0.0)
+            if q is not None and (self.friction > 0).any():  # dry friction lost at least friction * |dq|
+                rubbed = (self.friction * np.abs(q - self._position)).sum(axis=1)
+                dissipated = dissipated + np.where(np.isfinite(rubbed), rubbed, 0.0)
+        dissipated = np.where(stepped, dissipated, 0.0)
+        work = np.where(stepped, work, 0.0)
+        self._level = np.where(stepped, np.minimum(self.max_energy, self._level + dissipated - work), self._level)
+        self.injected_energy = self.injected_energy + work
+        self.dissipated_energy = self.dissipated_energy + dissipated
 
     def _apply(self, action: np.ndarray, obs: np.ndarray | None, dtype: np.dtype) -> tuple[np.ndarray, FilterReport]:
         batch = action.shape[0]
         a = action[:, self.action_index]  # [B, k]
         v = obs[:, self.velocity_index]  # [B, k]
-        with np.errstate(over="ignore", invalid="ignore"):
-            power = (self.torque_scale * a * v).sum(axis=1)  # [B] W
-            dissipated = (self.damping * v * v).sum(axis=1) * self.dt  # [B] J
-            valid = np.isfinite(a).all(axis=1) & np.isfinite(v).all(axis=1) & np.isfinite(power) & np.isfinite(dissipated)
-            dissipated = np.where(valid, dissipated, 0.0)
-            v = np.where(valid[:, None], v, 0.0)
-            level = self._energy + dissipated  # what the tank holds before this step's draw
-            after = level - power * self.dt
-            pays = valid & (after >= self.min_energy)
-            short = valid & ~pays  # the draw is positive and larger than the budget above T_min
-            alpha = np.where(pays, 1.0, 0.0)
-            budget, draw = level[short] - self.min_energy, power[short] * self.dt  # 0 <= budget < draw
-            alpha[short] = np.clip(budget / draw, 0.0, 1.0)
-            scaled = _scale(a[short], budget[:, None], draw[:, None])
+        q = None if self.position_index is None else obs[:, self.position_index]
+        v_ok = np.isfinite(v).all(axis=1)
+        q_ok = np.ones(batch, dtype=bool) if q is None else np.isfinite(q).all(axis=1)
+        self._settle(v, q, v_ok, q_ok)
+
+        budget = self._level - self.min_energy  # < 0: deficit (the plant did more work than its bound)
+        with np.errstate(all="ignore"):
+            tau = self.torque_scale * a
+            full = self._bound(tau, v)  # the command's bound as given
+        valid = np.isfinite(a).all(axis=1) & v_ok & q_ok & np.isfinite(full)
+        with np.errstate(invalid="ignore"):
+            pays = valid & (self._level - full >= self.min_energy)
+        short = valid & ~pays
+        alpha = np.where(pays, 1.0, 0.0)
+        v_safe = np.where(valid[:, None], v, 0.0)
+        if short.any():
+            in_deficit = budget[short] < 0  # nothing fits: zero torque
+            alpha[short] = np.where(in_deficit, 0.0, self._largest_alpha(tau[short], v_safe[short],
+                                                                        np.maximum(budget[short], 0.0)))
 
         out = action.copy()
-        out[:, self.action_index] = np.where(valid[:, None], a, 0.0)
-        new_level = np.where(pays, after, level)  # invalid rows: no injection
+        out[:, self.action_index] = np.where(pays[:, None], a, 0.0)
+        pending_bound = np.zeros(batch)
         rows_short = np.flatnonzero(short)
-        pending = np.ones(len(rows_short), dtype=bool)  # over the short rows
-        for shrink in _SHRINK:  # cast and check the numbers actually sent; shrink on a few-ulp overdraw
-            if not pending.any():
+        todo = np.ones(len(rows_short), dtype=bool)
+        level, deficit_rows = self._level[rows_short], budget[rows_short] < 0
+        for shrink in _SHRINK:  # check the numbers actually sent; shrink on a few-ulp overdraw
+            if not todo.any():
                 break
-            idx = rows_short[pending]
-            with np.errstate(under="ignore"):
-                trial = (scaled[pending] * shrink).astype(dtype).astype(np.float64)
-            trial_level = level[idx] - (self.torque_scale * trial * v[idx]).sum(axis=1) * self.dt
-            fits = trial_level >= self.min_energy
+            idx = rows_short[todo]
+            with np.errstate(all="ignore"):
+                trial = ((alpha[idx] * shrink)[:, None] * a[idx]).astype(dtype).astype(np.float64)
+                need = self._bound(self.torque_scale * trial, v_safe[idx])
+                fits = np.isfinite(need) & np.where(deficit_rows[todo], need <= 0, level[todo] - need >= self.min_energy)
             out[np.ix_(idx[fits], self.action_index)] = trial[fits]
-            new_level[idx[fits]] = trial_level[fits]
             alpha[idx[fits]] *= shrink
-            pending[np.flatnonzero(pending)[fits]] = False
+            todo[np.flatnonzero(todo)[fits]] = False
 
         out = out.astype(dtype)
-        sent = out[:, self.action_index].astype(np.float64)  # invalid rows: zero torque, zero velocity
-        injected = (self.torque_scale * sent * v).sum(axis=1) * self.dt
-        self._energy = np.minimum(self.max_energy, new_level)
-        self.injected_energy = self.injected_energy + injected
-        self.dissipated_energy = self.dissipated_energy + dissipated
+        sent = out[:, self.action_index].astype(np.float64)
+        with np.errstate(all="ignore"):
+            pending_bound = np.where(valid, self._bound(self.torque_scale * sent, v_safe), 0.0)
+        self._pending = pending_bound
+        self._torque = self.torque_scale * sent
+        self._position = q.copy() if q is not None else self._position
+        self._fresh = np.zeros(batch, dtype=bool)
         self.last_alpha = alpha
 
         with np.errstate(invalid="ignore"):
             changed = ~valid | (sent != a).any(axis=1)
         report = FilterReport(changed, ~valid, [])
-        if short.any():
-            scales = ", ".join(f"{x:.3g}" for x in alpha[short][:8])
-            where = "" if batch == 1 else f" in {rows(short)}"
+        deficit = valid & (budget < 0)
+        scaled = short & ~deficit
+        if scaled.any():
+            scales = ", ".join(f"{x:.3g}" for x in alpha[scaled][:8])
+            where = "" if batch == 1 else f" in {rows(scaled)}"
             report.reasons.append(f"energy_tank: scaled action{where} by {scales} (tank at minimum)")
+        if deficit.any():
+            amounts = ", ".join(f"{x:.3g}" for x in -budget[deficit][:8])
+            report.reasons.append(f"energy_tank: tank below its minimum by {amounts} J in {rows(deficit)} (the "
+                                  f"robot did more work than the bound allowed) -> zero torque until it refills")
         if not valid.all():
-            report.reasons.append(f"energy_tank: non-finite action or velocity in {rows(~valid)} -> zero torque "
-                                  f"(no injection)")
+            report.reasons.append(f"energy_tank: non-finite action, velocity or position in {rows(~valid)} -> "
+                                  f"zero torque (no injection)")
         return out, report
 
+    def _largest_alpha(self, tau: np.ndarray, v: np.ndarray, room: np.ndarray) -> np.ndarray:
+        """Largest alpha in [0, 1] per row with bound(alpha * tau) <= room (bound(1 * tau) > room >= 0)."""
+        with np.errstate(all="ignore"):
+            c = tau * v * self.dt
+            if self.work_bound == "velocity":  # linear in alpha
+                return np.clip(room / c.sum(axis=1), 0.0, 1.0)
+            # g(alpha) = sum_j max(alpha c_j, alpha^2 d_j), d_j >= 0: joint j is linear up to its breakpoint
+            # c_j / d_j and quadratic after it (from 0 if c_j <= 0). Sorted breakpoints cut [0, 1] into
+            # segments on which g = A alpha^2 + B alpha; find the segment where g crosses room and solve there.
+            d = tau * tau / self.damping * self.dt
+            brk = np.clip(np.where(c > 0, c / d, 0.0), 0.0, 1.0)
+            order = np.argsort(brk, axis=1)
+            brk, c, d = (np.take_along_axis(x, order, axis=1) for x in (brk, c, d))
+            n, k = brk.shape
+            left = np.concatenate([np.zeros((n, 1)), brk], axis=1)  # segment i: [left_i, right_i], i = 0..k
+            right = np.concatenate([brk, np.ones((n, 1))], axis=1)
+            g_left = np.maximum(left[:, :, None] * c[:, None, :], left[:, :, None] ** 2 * d[:, None, :]).sum(axis=2)
+            seg = (g_left <= room[:, None]).sum(axis=1) - 1  # g is nondecreasing and g(0) = 0 <= room
+            zeros = np.zeros((n, 1))
+            quad = np.concatenate([zeros, np.cumsum(d, axis=1)], axis=1)  # A_i: the first i joints are quadratic
+            lin = np.concatenate([np.cumsum(c[:, ::-1], axis=1)[:, ::-1], zeros], axis=1)  # B_i: the rest linear
+            a_, b_ = (np.take_along_axis(x, seg[:, None], axis=1)[:, 0] for x in (quad, lin))
+            lo, hi = (np.take_along_axis(x, seg[:, None], axis=1)[:, 0] for x in (left, right))
+            denominator = b_ + np.sqrt(b_ * b_ + 4.0 * a_ * room)
+            root = np.where(denominator > 0, 2.0 * room / denominator, hi)  # stable root of A x^2 + B x = room
+            return np.clip(np.nan_to_num(root, nan=0.0), lo, hi)
+
     def describe(self) -> dict[str, Any]:
-        return {"type": self.name, "velocity_index": self.velocity_index.tolist(),
-                "action_index": self.action_index.tolist(), "dt": self.dt, "initial_energy": self.initial_energy,
-                "min_energy": self.min_energy, "max_energy": self.max_energy,
-                "torque_scale": spec.floats(self.torque_scale), "damping": spec.floats(self.damping)}
+        out = {"type": self.name, "velocity_index": self.velocity_index.tolist(),
+               "action_index": self.action_index.tolist(), "dt": self.dt, "initial_energy": self.initial_energy,
+               "min_energy": self.min_energy, "max_energy": self.max_energy,
+               "torque_scale": spec.floats(self.torque_scale), "damping": spec.floats(self.damping),
+               "work_bound": self.work_bound, "friction": spec.floats(self.friction)}
+        if self.position_index is not None:
+            out["position_index"] = self.position_index.tolist()
+        return out

@@ -57,7 +57,8 @@ def test_model_and_filter_spec_match_the_xml():
     assert env.unwrapped.dt == pytest.approx(maze.CONTROL_DT) and env.spec.max_episode_steps == maze.MAX_EPISODE_STEPS
     assert env.observation_space.shape == (maze.OBS_DIM,) and env.action_space.shape == (2,)
     spec = maze.energy_filter_spec(initial_energy=0.5, max_energy=3.0)
-    assert spec == {"type": "energy_tank", "velocity_index": [2, 3], "torque_scale": [3.0, 3.0], "damping": [4.0, 4.0],
+    assert spec == {"type": "energy_tank", "velocity_index": [2, 3], "position_index": [0, 1], "work_bound": "damped",
+                    "torque_scale": [3.0, 3.0], "damping": [4.0, 4.0], "friction": [0.5, 0.5],
                     "dt": maze.CONTROL_DT, "initial_energy": 0.5, "min_energy": 0.0, "max_energy": 3.0}
     assert list(range(20)[maze.OBS_EE_VEL]) == spec["velocity_index"]
     with pytest.raises(ValueError, match="min_energy <= initial_energy <= max_energy"):
