@@ -406,7 +406,6 @@ class ControlLoop:
         self.events, self.counts = [], Counter()
         self.inference, self.loop = _Latency(), _Latency()
         self.step, self.misses, self.skipped, self.fallbacks = 0, 0, 0, 0
-        self.last_good: np.ndarray | None = None
         connected_here = not self.robot.is_connected
         if connected_here:
             self.robot.connect()
@@ -465,7 +464,7 @@ class ControlLoop:
         values = np.asarray(obs.values)
         if (obs.info or {}).get("episode_start") and self.filters is not None:
             self.filters.reset(1)
-        action, fault, checked = None, None, None
+        action, fault, checked, fresh = None, None, None, None
         if values.shape != (self.runtime.obs_dim,):
             fault = ("bad_observation", f"observation shape {values.shape}, expected ({self.runtime.obs_dim},)")
         else:
@@ -476,7 +475,7 @@ class ControlLoop:
             except ValueError as exc:
                 fault = ("bad_observation", str(exc))
         if checked is not None:
-            self.last_good = checked.astype(np.float64)
+            fresh = values.astype(np.float64)  # the filters get the observation at full precision
             age = self.clock() - obs.timestamp
             if age > self.max_age:
                 fault = ("stale_observation", f"observation is {age * 1e3:.1f} ms old (limit {self.max_age * 1e3:.1f} ms)")
@@ -495,17 +494,19 @@ class ControlLoop:
             self._event(*fault)
             self.fallbacks += 1
             action = self._fallback()
-        self.robot.send_action(self._filter(action, self._filter_obs(values)))
+        state = fresh if fault is None or fault[0] in ("inference_overrun", "non_finite_action", "action_out_of_bounds") else None
+        self.robot.send_action(self._filter(action, self._filter_obs(state)))
         self.loop.add(time.perf_counter() - start)
         return fault is not None
 
-    def _filter_obs(self, values: np.ndarray) -> np.ndarray:
-        """The best state estimate for the filters: this observation if usable, else the last usable one."""
-        if self.last_good is not None:
-            return self.last_good
-        if values.shape == (self.runtime.obs_dim,) and values.dtype.kind == "f":
-            return np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        return np.zeros(self.runtime.obs_dim)
+    def _filter_obs(self, state: np.ndarray | None) -> np.ndarray:
+        """What the filters see: this tick's observation, or NaN when it is stale or unusable.
+
+        State-dependent filters must not act on an old state as if it were current (an energy tank
+        settling the robot's work from a repeated position would miss the work done meanwhile), so
+        without a fresh observation they get "state unknown" and take their own reported fallback.
+        """
+        return state if state is not None else np.full(self.runtime.obs_dim, np.nan)
 
     def _filter(self, action: np.ndarray, obs: np.ndarray) -> np.ndarray:
         """Safety filters (also on the fallback), then the action bounds as a last guarantee."""

@@ -105,7 +105,7 @@ class SafetyLayer(BatchedEnv):
     def filter(self, actions: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Each env copy's action through its own chain; returns the filtered actions and how many changed."""
         raw = actions.detach().cpu().numpy().astype(np.float32, copy=False)
-        obs = self.obs.detach().cpu().numpy().astype(np.float32, copy=False)
+        obs = self.obs.detach().cpu().numpy().astype(np.float64, copy=False)  # full precision: positions, energies
         out = np.empty_like(raw)
         changed = 0
         for i, chain in enumerate(self.chains):

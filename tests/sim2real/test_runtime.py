@@ -208,6 +208,22 @@ def test_stale_observation_is_replaced_by_the_fallback(export_dir: Path) -> None
     assert not np.allclose(sent[0][1], [0.8, -0.8])
 
 
+def test_state_filters_get_no_stale_state(tmp_path: Path) -> None:
+    """An energy tank behind the loop: on a stale tick it gets "state unknown" (NaN), not the last position
+    again (from which it would settle zero work for a step in which the robot moved), and sends no torque."""
+    tank = {"type": "energy_tank", "velocity_index": [2, 3], "position_index": [0, 1], "dt": 0.04,
+            "initial_energy": 1.0, "max_energy": 2.0, "damping": 1.0}
+    export = make_export(tmp_path / "e", safety={"filters": [tank]})
+    clock, sent = FakeClock(), []
+    old = lambda: Observation(np.array([0.1, -0.2, 0.3, 0.0]), timestamp=clock() - 0.2)  # noqa: E731
+    robot = scripted_robot(clock, {1: old}, sent, fallback=(0.5, 0.5))
+    loop = ControlLoop(PolicyRuntime(export), robot, watchdog=NO_INFERENCE_LIMIT, clock=clock, sleep=clock.sleep)
+    report = loop.run(steps=3)
+    assert report.events["stale_observation"] == 1 and report.events["filter_fallback"] == 1
+    assert sent[1][1].tolist() == [0.0, 0.0]  # the robot's fallback (0.5, 0.5) is a force too: the tank zeroes it
+    assert "non-finite action, velocity or position" in next(e["detail"] for e in loop.events if e["kind"] == "filter_fallback")
+
+
 def test_inference_overrun_sends_the_fallback(export_dir: Path) -> None:
     clock, sent = FakeClock(), []
     loop = ControlLoop(PolicyRuntime(export_dir), scripted_robot(clock, {}, sent), filters=[],
