@@ -38,7 +38,8 @@ Run `robo-rl <command> --help` for every option.
 EVAL_HELP = """\
 usage: robo-rl eval run_dir=<dir> [key=value ...]
 
-Evaluate a trained run's policy on its task and write <run_dir>/eval.json.
+Evaluate a trained run's policy on its task and write <run_dir>/eval.json. The run's safety
+filters act as in training; a task reporting a cost (info["cost"]) gets per-episode costs too.
 
 keys:
   run_dir=<dir>          the run directory (required)
@@ -292,7 +293,9 @@ def eval_main(args: Sequence[str]) -> int:
     print(
         f"{result['algo']} on {result['env']} (checkpoint step {result['checkpoint_step']:,}): "
         f"return {result['return_mean']:.1f} ± {result['return_std']:.1f} over {result['episodes']} episodes "
-        f"({'deterministic' if result['deterministic'] else 'stochastic'}); wrote {run_dir / 'eval.json'}"
+        f"({'deterministic' if result['deterministic'] else 'stochastic'})"
+        + (f", {result['cost_key']} {result['cost_mean']:.3g} per episode" if "cost_mean" in result else "")
+        + f"; wrote {run_dir / 'eval.json'}"
         + (f" and {result['video']} ({result['video_frames']} frames)" if "video" in result else "")
     )
     return 0
@@ -372,6 +375,7 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
     from robo_rl.build import build_env
     from robo_rl.checkpoint import verify_checkpoint
     from robo_rl.evaluation import evaluate
+    from robo_rl.runners.safety import SafetyLayer, safety_settings
     from robo_rl.runs import load_policy, load_run_config, resolve_checkpoint
 
     cfg = load_run_config(run_dir)
@@ -379,12 +383,18 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
         cfg.device = opts.device
     ckpt = resolve_checkpoint(run_dir, opts.checkpoint)
     manifest = verify_checkpoint(ckpt)
-    env = build_env(cfg, num_envs=min(int(opts.num_envs), int(opts.episodes)), vectorization="sync", randomize=False,
+    raw = build_env(cfg, num_envs=min(int(opts.num_envs), int(opts.episodes)), vectorization="sync", randomize=False,
                     render=bool(opts.video))
+    safety = safety_settings(cfg)  # the run's own filters act here as in its training-time evaluations
+    env = SafetyLayer(raw, safety.filters, safety.cost_key, keep_episode_costs=True)
     try:
         policy = load_policy(cfg, env, ckpt, opts.device)
         result = evaluate(policy, env, int(opts.episodes), bool(opts.deterministic), seed=int(opts.seed),
                           record_episodes=int(opts.video_episodes) if opts.video else 0)
+        costs = env.counted_costs(result["env_index"])
+        if costs is not None:  # the task reports a cost (info[safety.cost_key]): per-episode sums
+            result["costs"], result["cost_mean"] = costs, sum(costs) / len(costs)
+            result["cost_key"] = str(safety.cost_key)
     finally:
         env.close()
     if opts.video:

@@ -43,3 +43,15 @@ def test_export_refuses_bad_arguments(tmp_path):
     assert proc.returncode == 2 and "not a robo-rl run directory" in proc.stderr
     proc = robo_rl("deploy", "export=nowhere", cwd=tmp_path, check=False)
     assert proc.returncode == 2
+
+
+def test_eval_reports_the_energy_cost_with_the_runs_filters(tmp_path):
+    """`robo-rl eval` on a ContactMaze run trained behind the passivity filter: the run's filters act in the
+    evaluation too, and each episode's energy-injection cost is reported next to its return."""
+    tiny = [a for a in TINY if not a.startswith("env=")]
+    robo_rl("train", *tiny, "env=contact_maze", "env.num_envs=2", "safety=passivity", "steps=200", "run_dir=run",
+            cwd=tmp_path)
+    out = robo_rl("eval", "run_dir=run", "episodes=2", "num_envs=2", cwd=tmp_path).stdout
+    result = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert len(result["costs"]) == 2 and all(c >= 0 for c in result["costs"]) and result["cost_key"] == "cost"
+    assert result["cost_mean"] == sum(result["costs"]) / 2 and f"cost {result['cost_mean']:.3g} per episode" in out
