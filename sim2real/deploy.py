@@ -1,7 +1,7 @@
 """``robo-rl deploy``: an export, a robot adapter and the control loop, run and reported as JSON.
 
 The robot today is the MuJoCo sim2sim adapter (``sim2real.robots.MujocoSim2SimRobot``); hardware
-plugs in by subclassing ``sim2real.runtime.Robot`` and handing it to ``ControlLoop`` directly.
+plugs in by subclassing ``sim2real.loop.Robot`` and handing it to ``ControlLoop`` directly.
 No torch is imported here.
 """
 
@@ -13,8 +13,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from sim2real.loop import ControlLoop, WatchdogConfig
 from sim2real.robots import MujocoSim2SimRobot, SimulatedClock
-from sim2real.runtime import ControlLoop, PolicyRuntime, WatchdogConfig
+from sim2real.runtime import PolicyRuntime
 
 ROBOTS = ("sim2sim",)
 SIM2SIM_KEYS = ("timestep", "action_latency", "observation_noise", "physics", "seed", "max_episode_steps")
@@ -36,7 +37,7 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
     """
     if robot not in ROBOTS:
         raise ValueError(f"robot={robot!r}: choose one of {', '.join(ROBOTS)} (for hardware, subclass "
-                         "sim2real.runtime.Robot and run sim2real.runtime.ControlLoop)")
+                         "sim2real.loop.Robot and run sim2real.loop.ControlLoop)")
     if not episodes and steps is None:
         raise ValueError("give episodes > 0 or a number of steps (otherwise the run never ends)")
     options = {k: v for k, v in dict(sim2sim or {}).items() if v is not None}

@@ -1,4 +1,4 @@
-"""Robot adapters for ``sim2real.runtime.ControlLoop``: a MuJoCo sim2sim robot and a callback robot.
+"""Robot adapters for ``sim2real.loop.ControlLoop``: a MuJoCo sim2sim robot and a callback robot.
 
 ``MujocoSim2SimRobot`` is the rehearsal before hardware. It runs a gymnasium MuJoCo task, but not
 the way training saw it: another physics timestep (the control period stays the export's, so
@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sim2real.runtime import Observation, Robot
+from sim2real.loop import Observation, Robot
 
 # physics randomization key -> (what it scales, smallest allowed factor, whether that bound is allowed)
 PHYSICS_KEYS = {

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from sim2real.deploy import deploy
+from sim2real.loop import ControlLoop, Observation, WatchdogConfig
 from sim2real.robots import CallbackRobot, MujocoSim2SimRobot, SimulatedClock
-from sim2real.runtime import (ActionOutOfBounds, ControlLoop, ExportError, NonFiniteAction, NonFiniteObservation,
-                              Observation, PolicyRuntime, WatchdogConfig, load_sidecar)
+from sim2real.runtime import (ActionOutOfBounds, ExportError, NonFiniteAction, NonFiniteObservation, PolicyRuntime,
+                              load_sidecar)
 from tests.sim2real.conftest import make_export
 
 REPO = Path(__file__).resolve().parents[2]
@@ -361,7 +362,7 @@ def test_deploy_on_inverted_pendulum_with_latency_and_halved_timestep(tmp_path: 
 
 
 def test_runtime_robots_and_deploy_import_without_torch() -> None:
-    code = "import sim2real.runtime, sim2real.robots, sim2real.deploy; import sys; assert 'torch' not in sys.modules"
+    code = "import sim2real.runtime, sim2real.loop, sim2real.robots, sim2real.deploy; import sys; assert 'torch' not in sys.modules"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,319 @@
+"""The control loop: policy -> safety filters -> robot at a fixed rate, watched.
+
+Numpy only next to ``sim2real.runtime`` (no torch). Two pieces:
+
+* ``Robot`` is the adapter a robot implements (LeRobot-style: connect, get_observation,
+  send_action, disconnect) plus the command it falls back to when something is wrong;
+* ``ControlLoop`` runs policy -> safety filters -> robot at a fixed rate with absolute deadlines
+  and a watchdog. A fault (stale, non-finite or malformed observation, slow inference, non-finite
+  action) never stops the robot silently: the robot's fallback command is sent instead, still
+  through the safety filters, and the fault is logged as an event.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable
+
+import numpy as np
+
+from sim2real.runtime import BadAction, NonFiniteAction, NonFiniteObservation, PolicyRuntime
+
+
+@dataclass
+class Observation:
+    """One reading from a robot.
+
+    values: [O] observation in the policy's units; timestamp: when it was measured, on the same
+    clock the control loop uses (``time.monotonic()`` by default); info: anything else, e.g.
+    ``reward``, ``done``, or ``episode_start=True`` (the loop then resets stateful filters).
+    """
+
+    values: np.ndarray
+    timestamp: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Robot(abc.ABC):
+    """What the control loop talks to. Subclass it for hardware; see ``sim2real.robots`` for examples."""
+
+    action_dim: int
+
+    @abc.abstractmethod
+    def connect(self) -> None: ...
+
+    @abc.abstractmethod
+    def disconnect(self) -> None: ...
+
+    @property
+    @abc.abstractmethod
+    def is_connected(self) -> bool: ...
+
+    @abc.abstractmethod
+    def get_observation(self) -> Observation: ...
+
+    @abc.abstractmethod
+    def send_action(self, action: np.ndarray) -> None: ...
+
+    def fallback_action(self) -> np.ndarray:
+        """The command sent when the policy's action cannot be trusted. Zeros by default; a robot
+        with position control should hold its last position, a torque robot should damp."""
+        return np.zeros(self.action_dim, np.float32)
+
+    def __enter__(self) -> "Robot":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.disconnect()
+
+
+ON_FAULT = ("fallback", "stop")
+
+
+@dataclass
+class WatchdogConfig:
+    """Limits that turn into a fallback command. None picks a default from the control period:
+    observations older than 2 periods, inference longer than half a period, and a tick may start
+    up to 10% of a period late (OS sleep jitter) before it counts as a deadline miss.
+    Use math.inf to switch a check off."""
+
+    max_observation_age: float | None = None
+    max_inference_time: float | None = None
+    late_tolerance: float | None = None
+    on_fault: str = "fallback"  # "fallback": send the fallback and go on; "stop": send it, then end the run
+
+    def __post_init__(self) -> None:
+        if self.on_fault not in ON_FAULT:
+            raise ValueError(f"watchdog.on_fault={self.on_fault!r}: choose one of {', '.join(ON_FAULT)}")
+        for name in ("max_observation_age", "max_inference_time", "late_tolerance"):
+            value = getattr(self, name)
+            if value is not None and not float(value) > 0:
+                raise ValueError(f"watchdog.{name}={value!r}: expected seconds > 0 (or null for the default)")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> "WatchdogConfig":
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown watchdog key(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+class _Latency:
+    """Running count/mean/max over all samples and percentiles over the last ``window``."""
+
+    def __init__(self, window: int = 100_000) -> None:
+        self.recent: deque[float] = deque(maxlen=window)
+        self.count, self.total, self.max = 0, 0.0, 0.0
+
+    def add(self, seconds: float) -> None:
+        ms = seconds * 1e3
+        self.recent.append(ms)
+        self.count, self.total, self.max = self.count + 1, self.total + ms, max(self.max, ms)
+
+    def summary(self) -> dict[str, float | None]:
+        if not self.count:
+            return {"p50": None, "p99": None, "max": None, "mean": None, "count": 0}
+        p50, p99 = np.percentile(np.fromiter(self.recent, float), [50, 99])
+        return {"p50": float(p50), "p99": float(p99), "max": self.max, "mean": self.total / self.count, "count": self.count}
+
+
+@dataclass
+class LoopReport:
+    steps: int
+    events: dict[str, int]
+    latency: dict[str, dict[str, float | None]]
+    deadline_misses: int
+    skipped_ticks: int
+    filter_interventions: int
+    filter_fallbacks: int
+    fallbacks: int
+    wall_time: float
+    rate_hz: float
+    interrupted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ControlLoop:
+    """policy -> safety filters -> robot at ``rate_hz``, with a watchdog; see the module docstring.
+
+    Deadlines are absolute: tick k is due at t0 + k * period, so a slow tick never shifts the ones
+    after it. A tick that starts late runs at once and counts a deadline miss; slots that passed
+    entirely are skipped (never run as a burst of catch-up ticks: a robot wants the newest
+    observation, not a queue of old ones). ``realtime=False`` (simulation) never sleeps but keeps
+    every check; pass the simulator's ``SimulatedClock`` as ``clock`` so ages and deadlines are in
+    simulated time. Inference and loop latencies are always measured with the wall clock.
+    """
+
+    def __init__(self, runtime: PolicyRuntime, robot: Robot, filters: Any = None, rate_hz: float | None = None,
+                 watchdog: WatchdogConfig | None = None, realtime: bool = True,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 max_events: int = 10_000) -> None:
+        self.runtime, self.robot = runtime, robot
+        rate = rate_hz or runtime.rate_hz
+        if not rate or not rate > 0:
+            raise ValueError(f"rate_hz={rate_hz!r}: give a positive control rate (the sidecar has none)")
+        self.rate_hz, self.period = float(rate), 1.0 / float(rate)
+        wd = watchdog or WatchdogConfig()
+        self.watchdog = wd
+        self.max_age = wd.max_observation_age if wd.max_observation_age is not None else 2 * self.period
+        self.max_inference = wd.max_inference_time if wd.max_inference_time is not None else 0.5 * self.period
+        self.late_tolerance = wd.late_tolerance if wd.late_tolerance is not None else 0.1 * self.period
+        self.realtime, self.clock, self.sleep, self.max_events = realtime, clock, sleep, max_events
+        self.filters = self._build_filters(filters)
+        self.events: list[dict[str, Any]] = []
+
+    def _build_filters(self, filters: Any) -> Any:
+        if filters is not None and not isinstance(filters, (list, tuple)):
+            return filters  # an already-built chain: chain(action[B, A], obs[B, O]) -> (action, report)
+        spec = list(filters) if filters is not None else self.runtime.sidecar.get("safety", {}).get("filters")
+        try:
+            from sim2real.filters import build_chain
+        except ImportError:
+            if spec:
+                raise
+            return None  # nothing asked for, nothing to build
+        return build_chain(spec, self.runtime.act_dim, self.runtime.obs_dim)
+
+    def _event(self, kind: str, detail: str) -> None:
+        self.counts[kind] += 1
+        if len(self.events) < self.max_events:
+            self.events.append({"step": self.step, "time": self.clock() - self.t0, "kind": kind, "detail": detail})
+
+    def _fallback(self) -> np.ndarray:
+        action = np.asarray(self.robot.fallback_action(), np.float64)
+        if action.shape != (self.runtime.act_dim,) or not np.isfinite(action).all():
+            raise RuntimeError(f"{type(self.robot).__name__}.fallback_action() returned {action!r}: "
+                               f"needs {self.runtime.act_dim} finite numbers")
+        return action
+
+    def run(self, steps: int | None = None, until: Callable[[], bool] | None = None) -> LoopReport:
+        """Run ``steps`` ticks, or until ``until()`` is true, or forever (Ctrl+C stops after a fallback)."""
+        self.events, self.counts = [], Counter()
+        self.inference, self.loop = _Latency(), _Latency()
+        self.step, self.misses, self.skipped, self.fallbacks = 0, 0, 0, 0
+        connected_here = not self.robot.is_connected
+        if connected_here:
+            self.robot.connect()
+        interrupted, stop = False, False
+        wall0 = time.perf_counter()
+        self.t0 = self.clock()
+        slot = 0
+        try:
+            if self.filters is not None:
+                self.filters.reset(1)
+            self._fallback()  # a robot whose fallback is unusable must fail before the first tick
+            while not stop and (steps is None or self.step < steps) and not (until is not None and until()):
+                due = self.t0 + slot * self.period
+                now = self.clock()
+                if now < due:
+                    if self.realtime:
+                        self.sleep(due - now)
+                elif now - due > self.late_tolerance:
+                    missed = int((now - due) // self.period)  # slots whose whole period has passed
+                    self.misses += 1
+                    self.skipped += missed
+                    slot += missed
+                    self._event("deadline_miss", f"tick started {(now - due) * 1e3:.2f} ms late; skipped {missed} tick(s)")
+                fault = self._tick()
+                stop = fault and self.watchdog.on_fault == "stop"
+                self.step += 1
+                slot += 1
+        except KeyboardInterrupt:
+            interrupted = True
+            self._safe_stop()
+        except BaseException:
+            self._safe_stop()
+            raise
+        finally:
+            if connected_here and self.robot.is_connected:
+                self.robot.disconnect()
+        return LoopReport(steps=self.step, events=dict(self.counts),
+                          latency={"inference_ms": self.inference.summary(), "loop_ms": self.loop.summary()},
+                          deadline_misses=self.misses, skipped_ticks=self.skipped,
+                          filter_interventions=self.counts["filter_intervention"],
+                          filter_fallbacks=self.counts["filter_fallback"], fallbacks=self.fallbacks,
+                          wall_time=time.perf_counter() - wall0, rate_hz=self.rate_hz, interrupted=interrupted)
+
+    def _safe_stop(self) -> None:
+        """On Ctrl+C or an error: one last fallback command, so the robot is not left on the policy's."""
+        try:
+            if self.robot.is_connected:
+                self.robot.send_action(self._fallback())
+        except Exception:  # the original error matters more than a failed last command
+            pass
+
+    def _tick(self) -> bool:
+        """One control step; returns whether the watchdog had to send the fallback."""
+        start = time.perf_counter()
+        obs = self.robot.get_observation()
+        values = np.asarray(obs.values)
+        if (obs.info or {}).get("episode_start") and self.filters is not None:
+            self.filters.reset(1)
+        action, fault, checked, fresh = None, None, None, None
+        if values.shape != (self.runtime.obs_dim,):
+            fault = ("bad_observation", f"observation shape {values.shape}, expected ({self.runtime.obs_dim},)")
+        else:
+            try:
+                checked = self.runtime.check_observation(values)
+            except NonFiniteObservation as exc:
+                fault = ("non_finite_observation", str(exc))
+            except ValueError as exc:
+                fault = ("bad_observation", str(exc))
+        if checked is not None:
+            fresh = values.astype(np.float64)  # the filters get the observation at full precision
+            age = self.clock() - obs.timestamp
+            if age > self.max_age:
+                fault = ("stale_observation", f"observation is {age * 1e3:.1f} ms old (limit {self.max_age * 1e3:.1f} ms)")
+            else:
+                t = time.perf_counter()
+                try:
+                    action = self.runtime(checked).astype(np.float64)
+                except BadAction as exc:
+                    kind = "non_finite_action" if isinstance(exc, NonFiniteAction) else "action_out_of_bounds"
+                    fault = (kind, str(exc))
+                took = time.perf_counter() - t
+                self.inference.add(took)
+                if fault is None and took > self.max_inference:
+                    fault = ("inference_overrun", f"inference took {took * 1e3:.2f} ms (limit {self.max_inference * 1e3:.2f} ms)")
+        if fault is not None:
+            self._event(*fault)
+            self.fallbacks += 1
+            action = self._fallback()
+        state = fresh if fault is None or fault[0] in ("inference_overrun", "non_finite_action", "action_out_of_bounds") else None
+        self.robot.send_action(self._filter(action, self._filter_obs(state)))
+        self.loop.add(time.perf_counter() - start)
+        return fault is not None
+
+    def _filter_obs(self, state: np.ndarray | None) -> np.ndarray:
+        """What the filters see: this tick's observation, or NaN when it is stale or unusable.
+
+        State-dependent filters must not act on an old state as if it were current (an energy tank
+        settling the robot's work from a repeated position would miss the work done meanwhile), so
+        without a fresh observation they get "state unknown" and take their own reported fallback.
+        """
+        return state if state is not None else np.full(self.runtime.obs_dim, np.nan)
+
+    def _filter(self, action: np.ndarray, obs: np.ndarray) -> np.ndarray:
+        """Safety filters (also on the fallback), then the action bounds as a last guarantee."""
+        if self.filters is not None:
+            filtered, report = self.filters(action[None], obs[None])
+            filtered = np.asarray(filtered, np.float64).reshape(-1)
+            if report.fallback[0]:
+                self._event("filter_fallback", "; ".join(report.reasons) or "filter chain fell back")
+            elif report.intervened[0]:
+                self._event("filter_intervention", "; ".join(report.reasons) or "filter chain changed the action")
+            if filtered.shape != action.shape or not np.isfinite(filtered).all():
+                self._event("non_finite_action", "the filter chain returned a NaN/inf or misshaped action; "
+                                                 "sending the unfiltered fallback")
+                self.fallbacks += 1
+                filtered = self._fallback()
+            action = filtered
+        return np.clip(action, self.runtime.action_low, self.runtime.action_high)
