@@ -268,11 +268,11 @@ class ControlLoop:
             except ValueError as exc:
                 fault = ("bad_observation", str(exc))
         if checked is not None:
-            fresh = values.astype(np.float64)  # the filters get the observation at full precision
             age = self.clock() - obs.timestamp
             if age > self.max_age:
                 fault = ("stale_observation", f"observation is {age * 1e3:.1f} ms old (limit {self.max_age * 1e3:.1f} ms)")
             else:
+                fresh = values.astype(np.float64)  # usable and current: the filters get it at full precision
                 t = time.perf_counter()
                 try:
                     action = self.runtime(checked).astype(np.float64)
@@ -287,8 +287,7 @@ class ControlLoop:
             self._event(*fault)
             self.fallbacks += 1
             action = self._fallback()
-        state = fresh if fault is None or fault[0] in ("inference_overrun", "non_finite_action", "action_out_of_bounds") else None
-        self.robot.send_action(self._filter(action, self._filter_obs(state)))
+        self.robot.send_action(self._filter(action, self._filter_obs(fresh)))
         self.loop.add(time.perf_counter() - start)
         return fault is not None
 

@@ -151,7 +151,7 @@ class EnergyTankFilter(SafetyFilter):
         return np.maximum(c, tau * tau / self.damping).sum(axis=1) * self.dt
 
     def _settle(self, v: np.ndarray, q: np.ndarray | None, v_ok: np.ndarray, q_ok: np.ndarray) -> None:
-        """Account for the step that just ended (rows that took one): its work and its viscous loss."""
+        """Account for the step that just ended (rows that took one): its work, viscous and dry-friction loss."""
         stepped = ~self._fresh
         work = self._pending.copy()  # without a measurement, the bound the command was sent under
         if q is not None:
@@ -198,7 +198,6 @@ class EnergyTankFilter(SafetyFilter):
 
         out = action.copy()
         out[:, self.action_index] = np.where(pays[:, None], a, 0.0)
-        pending_bound = np.zeros(batch)
         rows_short = np.flatnonzero(short)
         todo = np.ones(len(rows_short), dtype=bool)
         level, deficit_rows = self._level[rows_short], budget[rows_short] < 0
@@ -217,8 +216,7 @@ class EnergyTankFilter(SafetyFilter):
         out = out.astype(dtype)
         sent = out[:, self.action_index].astype(np.float64)
         with np.errstate(all="ignore"):
-            pending_bound = np.where(valid, self._bound(self.torque_scale * sent, v_safe), 0.0)
-        self._pending = pending_bound
+            self._pending = np.where(valid, self._bound(self.torque_scale * sent, v_safe), 0.0)
         self._torque = self.torque_scale * sent
         self._position = q.copy() if q is not None else self._position
         self._fresh = np.zeros(batch, dtype=bool)
