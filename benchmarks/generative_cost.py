@@ -2,12 +2,14 @@
 
 Each learner runs at its defaults (`robo-rl train algo=<a> env=hopper`: SAC 256x256 Gaussian; EXPO
 and PA-RL with the default flow head, 256x256x256, 4 steps; PPO 64x64; GoRL = PPO on a latent with a
-flow decoder refit every 50 updates) after a short warm-up, and segments of all of them alternate
+flow decoder refit every 50 updates; GoRL-SAC = SAC on a squashed latent through the same flow decoder)
+after a short warm-up, and segments of all of them alternate
 within each round, so they share the machine's load; reported are median env steps/s (collection +
 updates) and the ratio to the baseline. Targets (issue 4): EXPO and PA-RL within 3x of SAC's steps/s.
 
     python benchmarks/generative_cost.py              # 5 rounds
     python benchmarks/generative_cost.py --rounds 3
+    python benchmarks/generative_cost.py --only gorl_sac   # GoRL-SAC and SAC only
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ import torch  # noqa: E402
 from benchmarks.common import advancer, interleaved, markdown_table, median, rate_of, save  # noqa: E402
 
 LEARNING_STARTS = 1000
+OFF_POLICY = ("sac", "expo", "parl", "gorl_sac")
 METHODS = {  # name -> (overrides, baseline, env steps per timed segment)
     "SAC (gaussian)": (["algo=sac"], None, 200),
     "EXPO (flow)": (["algo=expo"], "SAC (gaussian)", 200),
     "PA-RL (flow)": (["algo=parl"], "SAC (gaussian)", 200),
     "PPO (gaussian)": (["algo=ppo"], None, 8192),
     "GoRL (latent + flow decoder)": (["algo=gorl"], "PPO (gaussian)", 8192),
+    "GoRL-SAC (latent + flow decoder)": (["algo=gorl_sac"], "SAC (gaussian)", 200),
 }
 
 
@@ -40,14 +44,14 @@ def runner_for(overrides: list[str]):
     from robo_rl.train import compose_config, prepare
 
     algo = overrides[0].split("=")[1]
-    extra = [f"algo.learning_starts={LEARNING_STARTS}"] if algo in ("sac", "expo", "parl") else []
+    extra = [f"algo.learning_starts={LEARNING_STARTS}"] if algo in OFF_POLICY else []
     run_dir = Path(tempfile.mkdtemp()) / "run"
     cfg, _ = prepare(compose_config([*overrides, "env=hopper", "steps=100000000", "seed=0", "threads=1", *extra]), run_dir)
     env = build_env(cfg)
     runner = build_runner(cfg, build_learner(cfg, build_policy(cfg, env)), env, build_env(cfg, num_envs=1), run_dir)
     runner.threads = 1
     runner.obs = env.reset(seed=0)
-    warm = LEARNING_STARTS + 200 if algo in ("sac", "expo", "parl") else 2 * 8192
+    warm = LEARNING_STARTS + 200 if algo in OFF_POLICY else 2 * 8192
     while runner.step < warm:
         runner.iterate()
     return advancer(runner)
@@ -56,24 +60,35 @@ def runner_for(overrides: list[str]):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--only", nargs="+", metavar="ALGO",
+                        help="measure only these algos and their baselines (e.g. --only gorl_sac); results go to "
+                             "generative_cost_<algos>.json/md")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    methods = METHODS
+    if args.only:
+        chosen = [name for name, (overrides, _, _) in METHODS.items() if overrides[0].split("=")[1] in args.only]
+        if not chosen:
+            parser.error(f"--only {' '.join(args.only)}: no such algo in {[o[0] for o, _, _ in METHODS.values()]}")
+        keep = set(chosen) | {METHODS[name][1] for name in chosen if METHODS[name][1]}
+        methods = {name: spec for name, spec in METHODS.items() if name in keep}
     segments = {}
-    for name, (overrides, _, n) in METHODS.items():
+    for name, (overrides, _, n) in methods.items():
         advance = runner_for(overrides)
         segments[name] = (lambda advance=advance, n=n: rate_of(lambda: advance(n), n))
         print(f"built {name}", flush=True)
     rates = interleaved(segments, args.rounds)
     rows, out = [], {}
-    for name, (overrides, baseline, _) in METHODS.items():
+    for name, (overrides, baseline, _) in methods.items():
         rate = median(rates[name])
         ratio = median([b / r for r, b in zip(rates[name], rates[baseline])]) if baseline else None
         out[name] = {"overrides": overrides, "steps_per_s": rate, "rounds": rates[name], "slowdown_vs_baseline": ratio}
-        target = "" if baseline is None or "GoRL" in name else (" (target ≤ 3x: " + ("met" if ratio <= 3 else "MISSED") + ")")
+        target = "" if baseline is None or name.startswith("GoRL (") else (" (target ≤ 3x: " + ("met" if ratio <= 3 else "MISSED") + ")")
         rows.append([name, f"{rate:,.0f}", baseline or "-", f"{ratio:.2f}x slower{target}" if ratio else "-"])
     table = markdown_table(["learner (Hopper-v5, defaults, 1 torch thread)", "env steps/s", "baseline",
                             "baseline steps/s / this"], rows)
-    save("generative_cost", {"rounds": args.rounds, "results": out}, table)
+    name = "generative_cost" if not args.only else "generative_cost_" + "_".join(args.only)
+    save(name, {"rounds": args.rounds, "results": out}, table)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,11 @@
   GoRL vs PPO on Hopper-v5: both at robo-rl's defaults (`robo-rl train algo=gorl` / `algo=ppo`, the
       batched MuJoCo backend, 64 envs x 32 steps per update); GoRL's latent PPO uses the same
       hyperparameters as PPO, its flow decoder is refit every 50 PPO updates. Default budget: 1M steps.
-  EXPO / PA-RL vs SAC (``--pairs offpolicy``): each at its defaults on Hopper-v5, SAC's budget.
+  EXPO / PA-RL vs SAC (``--pairs offpolicy``), GoRL-SAC vs SAC (``--pairs gorl_sac``): each at its
+      defaults on Hopper-v5, SAC's budget (30k steps).
 
 Every run is scored by the same final evaluation: 10 episodes with the method's own acting rule
-(PPO: the mean; GoRL: the latent mean, decoded; EXPO, PA-RL: the best candidate by Q).
+(PPO, SAC: the mean; GoRL, GoRL-SAC: the latent mean, decoded; EXPO, PA-RL: the best candidate by Q).
 
     python benchmarks/generative_returns.py                       # GoRL vs PPO, 3 seeds (~45 min on one core)
     python benchmarks/generative_returns.py --pairs offpolicy --steps 30000 --seeds 0
@@ -32,6 +33,7 @@ EVAL_EPISODES = 10
 PAIRS = {
     "onpolicy": {"budget": 1_000_000, "baseline": "ppo", "methods": ["gorl"]},
     "offpolicy": {"budget": 30_000, "baseline": "sac", "methods": ["expo", "parl"]},
+    "gorl_sac": {"budget": 30_000, "baseline": "sac", "methods": ["gorl_sac"]},
 }
 
 

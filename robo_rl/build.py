@@ -12,14 +12,15 @@ from policies.heads import PolicyHead
 from robo_rl.config import RUNNER_KEYS, ConfigError
 from robo_rl.learners.base import Learner
 from robo_rl.learners.expo import EXPO
-from robo_rl.learners.gorl import GoRL
+from robo_rl.learners.gorl import GoRL, GoRLSAC
 from robo_rl.learners.parl import PARL
 from robo_rl.learners.ppo import PPO
 from robo_rl.learners.sac import SAC
 from robo_rl.learners.sac_lagrangian import LagrangianSAC
 from robo_rl.learners.td3 import TD3
 
-LEARNERS: dict[str, type[Learner]] = {"sac": SAC, "td3": TD3, "ppo": PPO, "gorl": GoRL, "expo": EXPO, "parl": PARL}
+LEARNERS: dict[str, type[Learner]] = {"sac": SAC, "td3": TD3, "ppo": PPO, "gorl": GoRL, "gorl_sac": GoRLSAC, "expo": EXPO,
+                                      "parl": PARL}
 
 
 def _plain(node: Any) -> Any:

@@ -95,6 +95,18 @@ class GoRLConfig(PPOConfig):
 
 
 @dataclass
+class GoRLSACConfig(SACConfig):
+    name: str = "gorl_sac"
+    refit_every: int = 20_000  # gradient updates between decoder refits (the slow timescale)
+    refit_epochs: int = 20
+    refit_batch_size: int = 256
+    decoder_lr: float = 3e-4
+    dataset_size: int = 20_000  # the newest executed (s, a) pairs kept for a refit
+    reset_latent: bool = True  # restart the latent policy from the prior after each refit
+    refit_on: str = "policy"  # refit targets: the current policy's actions at those states, or the executed ones
+
+
+@dataclass
 class EXPOConfig:
     name: str = "expo"
     gamma: float = 0.99
@@ -219,7 +231,9 @@ class LatentPolicyConfig:
     decoder: str = "flow"  # flow or diffusion (DDIM)
     decoder_hidden: List[int] = field(default_factory=lambda: [256, 256, 256])
     decoder_steps: int = 4
-    latent_limit: float = 3.0  # z is clipped to +-latent_limit (prior standard deviations)
+    latent_limit: Optional[float] = None  # z clipped (gorl; default 3) or tanh-squashed (gorl_sac; default 1) to +-this
+    squash: Optional[bool] = None  # tanh-squash the latent Gaussian (gorl_sac) or clip it (gorl)
+    state_dependent_std: Optional[bool] = None
     log_std_init: float = 0.0
     ortho_init: Optional[bool] = None
     normalize_obs: Optional[bool] = None
@@ -345,7 +359,8 @@ class EvalCommandConfig:
     video_episodes: int = 1
 
 
-ALGO_SCHEMAS = {"sac": SACConfig, "td3": TD3Config, "ppo": PPOConfig, "gorl": GoRLConfig, "expo": EXPOConfig,
+ALGO_SCHEMAS = {"sac": SACConfig, "td3": TD3Config, "ppo": PPOConfig, "gorl": GoRLConfig, "gorl_sac": GoRLSACConfig,
+                "expo": EXPOConfig,
                 "parl": PARLConfig}
 POLICY_SCHEMAS = {
     "gaussian": GaussianPolicyConfig, "deterministic": DeterministicPolicyConfig, "mixture": MixturePolicyConfig,
@@ -380,6 +395,8 @@ LEARNER_DEFAULTS: dict[str, dict[str, Any]] = {
         "env.normalize_reward": True,
         "policy.hidden_sizes": [64, 64],
         "policy.activation": "tanh",
+        "policy.squash": False,
+        "policy.state_dependent_std": False,
         "policy.ortho_init": True,
         "policy.normalize_obs": True,
     },
@@ -418,6 +435,7 @@ LEARNER_DEFAULTS: dict[str, dict[str, Any]] = {
         "policy.normalize_obs": True,
     },
 }
+LEARNER_DEFAULTS["gorl_sac"] = dict(LEARNER_DEFAULTS["sac"])  # the latent policy is SAC's actor (squashed, state-dependent std)
 
 
 def register_schemas() -> None:
@@ -511,7 +529,7 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None:
             need(len(value) >= 1 and all(h >= 1 for h in value), key, "needs at least one layer, all sizes >= 1")
-    if algo in ("sac", "td3", "expo", "parl"):
+    if algo in ("sac", "td3", "gorl_sac", "expo", "parl"):
         need(cfg.algo.batch_size >= 1, "algo.batch_size", "must be >= 1")
         need(cfg.algo.buffer_size >= cfg.env.num_envs, "algo.buffer_size", "must hold at least one step of every env")
         need(cfg.algo.learning_starts >= 0, "algo.learning_starts", "must be >= 0")
@@ -537,7 +555,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 #: learners whose runner (off-policy) can pass training actions through safety filters
-FILTERABLE_ALGOS = ("sac", "td3", "expo", "parl")
+FILTERABLE_ALGOS = ("sac", "td3", "gorl_sac", "expo", "parl")
 
 
 def validate_safety(cfg: DictConfig) -> None:

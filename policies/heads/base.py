@@ -116,6 +116,6 @@ def require_capabilities(learner: str, head: PolicyHead, needs: dict[str, str]) 
         raise ValueError(
             f"algo={learner} cannot train the {head.name!r} head: it lacks {'; '.join(missing)}. "
             f"Pick a head that has it (e.g. policy=gaussian) or a learner made for this head "
-            f"(diffusion/flow/mixture heads train with algo=expo or algo=parl; algo=gorl is PPO on a latent "
-            f"Gaussian with a generative decoder)."
+            f"(diffusion/flow/mixture heads train with algo=expo or algo=parl; algo=gorl / gorl_sac is PPO / SAC "
+            f"on a latent Gaussian with a generative decoder, policy=latent)."
         )

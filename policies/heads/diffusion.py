@@ -84,7 +84,7 @@ class DiffusionHead(GenerativeHead):
         xt = self.train_scheduler.add_noise(x0, eps, t)
         return self._weighted((self.net(xt, t, self._cond(obs)) - eps).square().mean(-1), weights)
 
-    def generate(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def generate(self, obs: torch.Tensor, noise: torch.Tensor, straight_through: bool = False) -> torch.Tensor:
         net = self.net
         context = net.context(self._cond(obs))  # once per chain
         tf = net.time_features(self.timesteps)  # once per step, shared by every row
@@ -99,4 +99,4 @@ class DiffusionHead(GenerativeHead):
             else:  # DDPM ancestral step with the step's own noise
                 z = noise[:, (k + 1) * d:(k + 2) * d]
                 x = self.c_x0[k] * x0 + self.c_xt[k] * x + self.sigma[k] * z
-        return x.clamp(-1.0, 1.0).reshape(x.shape[0], self.action_chunk, self.act_dim)
+        return self._finish(x, straight_through)

@@ -38,15 +38,18 @@ class FlowHead(GenerativeHead):
     def time_scale(self) -> float:
         return 100.0  # t in [0, 1] spread over the embedding's frequencies like diffusion timesteps
 
-    def imitation_loss(self, obs: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    def imitation_loss(self, obs: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor | None = None,
+                       noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``noise``: source samples x0 [B, chunk * A] when the flow starts from another distribution than
+        N(0, I) (flow matching transports any source; GoRL-SAC's squashed latent prior is one)."""
         x1 = self.to_unit_chunk(actions)
-        x0 = torch.randn_like(x1)
+        x0 = torch.randn_like(x1) if noise is None else noise
         t = torch.rand(x1.shape[0], device=x1.device)
         xt = (1.0 - t[:, None]) * x0 + t[:, None] * x1
         v = self.net(xt, t, self._cond(obs))
         return self._weighted((v - (x1 - x0)).square().mean(-1), weights)
 
-    def generate(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def generate(self, obs: torch.Tensor, noise: torch.Tensor, straight_through: bool = False) -> torch.Tensor:
         net = self.net
         context = net.context(self._cond(obs))  # once per chain
         x = noise
@@ -60,4 +63,4 @@ class FlowHead(GenerativeHead):
             else:  # midpoint: evaluate the velocity half a step ahead
                 x_mid = x + (0.5 * dt) * net(x, context=context, time_features=tf[i])
                 x = x + dt * net(x_mid, context=context, time_features=tf_mid[i])
-        return x.clamp(-1.0, 1.0).reshape(x.shape[0], self.action_chunk, self.act_dim)
+        return self._finish(x, straight_through)

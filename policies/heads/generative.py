@@ -124,8 +124,20 @@ class GenerativeHead(PolicyHead):
         return (batch, self.x_dim)
 
     @abc.abstractmethod
-    def generate(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Unit-scale actions [B, chunk, A] from noise [B, chunk * A], deterministic given the noise."""
+    def generate(self, obs: torch.Tensor, noise: torch.Tensor, straight_through: bool = False) -> torch.Tensor:
+        """Unit-scale actions [B, chunk, A] from noise [B, chunk * A], deterministic given the noise.
+
+        The result is clipped to the unit box; ``straight_through=True`` keeps the clipped value but
+        passes gradients as if unclipped (for a learner that differentiates through the chain, such
+        as GoRL with SAC, so that the noise is not stranded where the clip has zero gradient).
+        """
+
+    def _finish(self, x: torch.Tensor, straight_through: bool) -> torch.Tensor:
+        """Clip the chain's result to the unit box and shape it [B, chunk, A]."""
+        clipped = x.clamp(-1.0, 1.0)
+        if straight_through:
+            clipped = x + (clipped - x).detach()
+        return clipped.reshape(x.shape[0], self.action_chunk, self.act_dim)
 
     def to_unit_chunk(self, actions: torch.Tensor) -> torch.Tensor:
         """Env-unit actions [B, A] or chunks [B, chunk, A] -> unit scale [B, chunk * A]."""

@@ -3,6 +3,15 @@
     z ~ pi_latent(z | s)        a tractable diagonal Gaussian, optimized by PPO (or SAC)
     a = g(s, z)                 a conditional flow or DDIM decoder whose input noise is z
 
+The prior is the latent policy's reset distribution, and the decoder is fitted from it:
+  * PPO (algo=gorl): an unsquashed Gaussian with a state-independent std, z clipped to
+    +-latent_limit (default 3); prior N(0, I), decoder flow or DDIM.
+  * SAC (algo=gorl_sac): a tanh-squashed Gaussian with a state-dependent std (``squash``,
+    ``state_dependent_std``), so its log-probability is exact and reparameterized; z = L tanh(x),
+    L = latent_limit (default 1); prior x ~ N(0, I), i.e. z = L tanh(N(0, I)); a flow decoder
+    (flow matching transports this source as well as a Gaussian one; DDIM's chain assumes Gaussian
+    noise). With L = 1 the initial identity decoder makes the first stage exactly SAC's tanh-Gaussian.
+
 The decoder is fitted by supervision on (s, a) pairs with z drawn from the fixed prior N(0, I)
 (its ``imitation_loss``), so under the prior it reproduces the behaviour it was fitted on; the
 latent policy then moves z to where the decoder produces better actions. Decoding is deterministic
@@ -32,25 +41,37 @@ class LatentDecoderHead(PolicyHead):
 
     def __init__(self, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray, obs_norm: ObsNormalizer,
                  hidden_sizes: Sequence[int] = (64, 64), activation: str = "tanh", decoder: str = "flow",
-                 decoder_hidden: Sequence[int] = (256, 256, 256), decoder_steps: int = 4, latent_limit: float = 3.0,
-                 log_std_init: float = 0.0, ortho_init: bool = True, **_: Any) -> None:
+                 decoder_hidden: Sequence[int] = (256, 256, 256), decoder_steps: int = 4, latent_limit: float | None = None,
+                 log_std_init: float = 0.0, ortho_init: bool = True, squash: bool = False,
+                 state_dependent_std: bool = False, **_: Any) -> None:
         super().__init__(obs_dim, action_low, action_high, obs_norm)
         if decoder not in DECODERS:
             raise ValueError(f"policy.decoder={decoder!r}: choose one of {', '.join(DECODERS)}")
         options = {"steps": decoder_steps} if decoder == "flow" else {"inference_steps": decoder_steps, "scheduler": "ddim"}
         self.decoder = DECODERS[decoder](obs_dim, action_low, action_high, obs_norm, decoder_hidden, "mish", **options)
         z_dim = self.decoder.noise_shape(1)[1]
-        limit = float(latent_limit)
-        # the latent policy: unsquashed Gaussian, z clipped to +-latent_limit standard deviations of the prior
+        if squash and decoder != "flow":
+            raise ValueError("a squashed latent (algo=gorl_sac) needs policy.decoder=flow: DDIM's chain assumes "
+                             "Gaussian input noise, the squashed latent prior is not")
+        limit = float(latent_limit if latent_limit is not None else (1.0 if squash else 3.0))
+        if not limit > 0:
+            raise ValueError(f"policy.latent_limit={latent_limit} must be > 0 (prior standard deviations)")
+        # the latent policy over z in +-latent_limit standard deviations of the prior (clipped, or squashed)
         self.latent = GaussianHead(obs_dim, -np.full(z_dim, limit), np.full(z_dim, limit), obs_norm, hidden_sizes,
-                                   activation, squash=False, state_dependent_std=False, log_std_init=log_std_init,
-                                   ortho_init=ortho_init)
-        self.z_dim = z_dim
+                                   activation, squash=squash, state_dependent_std=state_dependent_std,
+                                   log_std_init=log_std_init, ortho_init=ortho_init)
+        self.z_dim, self.latent_limit = z_dim, limit
 
     @torch.no_grad()
     def decode(self, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Env-unit actions [B, A] for latents z [B, z_dim]."""
         return self.decoder.from_unit(self.decoder.generate(obs, self.latent.clip_action(z)))[:, 0]
+
+    def decode_unit(self, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Unit-scale actions [B, A] for latents z, differentiable in z (the clip to the unit box passes
+        gradients straight through; see ``GenerativeHead.generate``). For learners that train the latent
+        policy through the decoder (SAC); the decoder's own weights are not what they optimize."""
+        return self.decoder.generate(obs, self.latent.clip_action(z), straight_through=True)[:, 0]
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
@@ -59,17 +80,26 @@ class LatentDecoderHead(PolicyHead):
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, None]:
         return self.act(obs), None
 
+    def prior_sample(self, n: int, device: torch.device | None = None) -> torch.Tensor:
+        """n latents [n, z_dim] from the prior (what ``reset_latent_to_prior`` makes the latent policy)."""
+        x = torch.randn(n, self.z_dim, device=device)
+        return self.latent_limit * torch.tanh(x) if self.latent.squash else x
+
     def imitation_loss(self, obs: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        """The decoder's loss under the N(0, I) prior: GoRL's refit."""
-        return self.decoder.imitation_loss(obs, actions, weights)
+        """The decoder's loss with its input noise drawn from the prior: GoRL's refit."""
+        if not self.latent.squash:
+            return self.decoder.imitation_loss(obs, actions, weights)
+        return self.decoder.imitation_loss(obs, actions, weights, noise=self.prior_sample(obs.shape[0], obs.device))
 
     def reset_latent_to_prior(self) -> None:
-        """Make pi_latent(z|s) = N(0, I) for every s (after a decoder refit, GoRL starts again from the prior)."""
+        """Make pi_latent(z|s) the prior for every s: mean 0, std 1 before the (optional) squash
+        (after a decoder refit, GoRL starts again from it)."""
         with torch.no_grad():
             last = [m for m in self.latent.net if isinstance(m, torch.nn.Linear)][-1]
             last.weight.zero_()
             last.bias.zero_()
-            self.latent.log_std.zero_()
+            if not self.latent.state_dependent_std:
+                self.latent.log_std.zero_()
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.act(obs, deterministic=True)

@@ -67,6 +67,11 @@ class Learner(nn.Module):
         """Actions used to collect experience; the policy's own sampling unless a learner adds noise."""
         return self.policy.act(obs, deterministic=False)
 
+    def observe(self, obs: torch.Tensor, actions: torch.Tensor) -> None:
+        """Off-policy runners call this with every step's observations and executed env actions (after any
+        safety filter), besides storing them in replay. Learners that keep their own record of recent
+        behaviour (GoRL-SAC refits its decoder on it) override it; the default keeps nothing."""
+
     def env_action(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """What the env receives for the learner's actions (GoRL decodes latents; others clip to the bounds)."""
         return self.policy.clip_action(actions)

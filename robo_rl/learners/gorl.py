@@ -2,15 +2,20 @@
 
 The policy is ``policies.heads.latent.LatentDecoderHead``: z ~ pi_latent(z|s), a = g(s, z).
 Training alternates two timescales:
-  * fast: PPO on the latent policy, the decoder frozen inside the "environment" (rollouts store z,
-    its log-probability and V(s); the env receives g(s, z));
-  * slow, every ``refit_every`` PPO updates: refit the decoder by supervision on the (s, a) pairs
+  * fast: RL on the latent policy with the decoder frozen.
+      - ``GoRL`` (algo=gorl, the default): PPO, the decoder inside the "environment" (rollouts store
+        z, its log-probability and V(s); the env receives g(s, z));
+      - ``GoRLSAC`` (algo=gorl_sac): SAC with a critic Q(s, a) on the env's actions (replay stores
+        what was executed, so the critic stays valid across refits); the actor loss
+        alpha log pi(z|s) - min_i Q_i(s, g(s, z)) is differentiated through the frozen decoder, and the
+        entropy is the latent policy's;
+  * slow, every ``refit_every`` learner updates: refit the decoder by supervision on the (s, a) pairs
     collected since the last refit, with z from the fixed prior N(0, I) (flow matching or DDPM loss),
     so that under the prior it reproduces what the latent policy learned; then reset the latent
     policy to the prior and continue (the actions it produces are, to the decoder's accuracy, the
     same as before the refit).
 A flow decoder starts as the identity on [-1, 1] (its velocity output is initialized to zero), so
-the first stage is plain PPO with clipped actions.
+the first stage is plain PPO with clipped actions (SAC: squashed latents, clipped).
 """
 
 from __future__ import annotations
@@ -20,13 +25,88 @@ from typing import Any
 import torch
 
 from policies.heads import LatentDecoderHead, PolicyHead
-from robo_rl.learners.base import Learner
+from robo_rl.learners.base import Batch, Learner
 from robo_rl.learners.optim import FusedAdam
 from robo_rl.learners.ppo import PPO
+from robo_rl.learners.sac import SAC
 from robo_rl.storage.rollout import RolloutBatch
 
 
-class GoRL(Learner):
+def require_latent_head(policy: PolicyHead, algo: str) -> LatentDecoderHead:
+    if not isinstance(policy, LatentDecoderHead):
+        raise ValueError(f"algo={algo} optimizes a latent policy and decodes it: use policy=latent (got {policy.name!r})")
+    return policy
+
+
+class DecoderRefit:
+    """GoRL's slow timescale, shared by the PPO and SAC variants: keep the (s, a) pairs collected since
+    the last refit, refit the decoder on them under the N(0, I) prior, reset the latent policy.
+
+    Subclasses define ``latent_optimizer()``: the optimizer whose Adam moments a latent reset clears.
+    """
+
+    policy: LatentDecoderHead
+
+    def _init_refit(self, policy: LatentDecoderHead, refit_every: int, refit_epochs: int, refit_batch_size: int,
+                    decoder_lr: float, dataset_size: int, reset_latent: bool) -> None:
+        if refit_every < 1 or refit_epochs < 0 or refit_batch_size < 1 or dataset_size < 1:
+            raise ValueError("algo.refit_every, refit_batch_size and dataset_size must be >= 1, refit_epochs >= 0")
+        self.refit_every, self.refit_epochs, self.refit_batch_size = refit_every, refit_epochs, refit_batch_size
+        self.reset_latent = reset_latent
+        self.decoder_opt = FusedAdam(policy.decoder.parameters(), decoder_lr)
+        self._decoder_params = list(policy.decoder.parameters())
+        if policy.decoder.name == "flow":  # identity decoder at the start: zero velocity
+            with torch.no_grad():
+                policy.decoder.net.out.weight.zero_()
+                policy.decoder.net.out.bias.zero_()
+        register = self.register_buffer  # type: ignore[attr-defined]
+        register("data_obs", torch.zeros(dataset_size, policy.obs_dim))
+        register("data_actions", torch.zeros(dataset_size, policy.act_dim))
+        register("data_size", torch.zeros((), dtype=torch.int64))
+        register("data_pos", torch.zeros((), dtype=torch.int64))
+        register("num_refits", torch.zeros((), dtype=torch.int64))
+
+    def _store(self, obs: torch.Tensor, actions: torch.Tensor) -> None:
+        n, cap = obs.shape[0], self.data_obs.shape[0]
+        if n > cap:  # keep the newest
+            obs, actions, n = obs[-cap:], actions[-cap:], cap
+        idx = (torch.arange(n, device=obs.device) + self.data_pos) % cap
+        self.data_obs[idx] = obs.to(self.data_obs.dtype)
+        self.data_actions[idx] = actions.to(self.data_actions.dtype)
+        self.data_pos.copy_((self.data_pos + n) % cap)
+        self.data_size.copy_(torch.clamp(self.data_size + n, max=cap))
+
+    def refit_targets(self, epoch: int, size: int) -> torch.Tensor:
+        """The actions the decoder is fitted to in one refit epoch: those collected (PPO: on-policy)."""
+        return self.data_actions[:size]
+
+    def refit(self) -> dict[str, torch.Tensor]:
+        """Fit the decoder to the collected states' actions under the prior, then reset the latent policy."""
+        size = int(self.data_size)
+        targets = [self.refit_targets(epoch, size) for epoch in range(self.refit_epochs)]  # before the decoder moves
+        losses = []
+        for epoch in range(self.refit_epochs):
+            for idx in torch.randperm(size).split(self.refit_batch_size):
+                loss = self.policy.imitation_loss(self.data_obs[idx], targets[epoch][idx])
+                self.decoder_opt.apply(torch.autograd.grad(loss, self._decoder_params))
+                losses.append(loss.detach())
+        if self.reset_latent:
+            self.policy.reset_latent_to_prior()
+            state = self.latent_optimizer().state  # type: ignore[attr-defined]
+            for p in self.policy.latent.parameters():  # stale Adam moments for the reset parameters
+                for key in ("exp_avg", "exp_avg_sq"):
+                    if key in state.get(p, {}):
+                        state[p][key].zero_()
+        self.data_size.zero_()
+        self.data_pos.zero_()
+        self.num_refits += 1
+        return {"decoder_loss": torch.stack(losses).mean() if losses else torch.tensor(0.0),
+                "refits": self.num_refits.float()}
+
+
+class GoRL(DecoderRefit, Learner):
+    """GoRL with PPO on the latent policy (algo=gorl)."""
+
     kind = "on_policy"
     name = "gorl"
 
@@ -42,30 +122,18 @@ class GoRL(Learner):
         **ppo_options: Any,
     ) -> None:
         super().__init__()
-        if not isinstance(policy, LatentDecoderHead):
-            raise ValueError(f"algo=gorl optimizes a latent policy and decodes it: use policy=latent (got {policy.name!r})")
-        if refit_every < 1 or refit_epochs < 0 or refit_batch_size < 1 or dataset_size < 1:
-            raise ValueError("algo.refit_every, refit_batch_size and dataset_size must be >= 1, refit_epochs >= 0")
+        policy = require_latent_head(policy, self.name)
+        self._init_refit(policy, refit_every, refit_epochs, refit_batch_size, decoder_lr, dataset_size, reset_latent)
         self.policy = policy
         self.ppo = PPO(policy.latent, **ppo_options)
         self.gamma, self.gae_lambda = self.ppo.gamma, self.ppo.gae_lambda
-        self.refit_every, self.refit_epochs, self.refit_batch_size = refit_every, refit_epochs, refit_batch_size
-        self.reset_latent = reset_latent
-        self.decoder_opt = FusedAdam(policy.decoder.parameters(), decoder_lr)
-        self._decoder_params = list(policy.decoder.parameters())
-        if policy.decoder.name == "flow":  # identity decoder at the start: zero velocity
-            with torch.no_grad():
-                policy.decoder.net.out.weight.zero_()
-                policy.decoder.net.out.bias.zero_()
-        self.register_buffer("data_obs", torch.zeros(dataset_size, policy.obs_dim))
-        self.register_buffer("data_actions", torch.zeros(dataset_size, policy.act_dim))
-        self.register_buffer("data_size", torch.zeros((), dtype=torch.int64))
-        self.register_buffer("data_pos", torch.zeros((), dtype=torch.int64))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64))
-        self.register_buffer("num_refits", torch.zeros((), dtype=torch.int64))
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"ppo": self.ppo.opt, "decoder": self.decoder_opt}
+
+    def latent_optimizer(self) -> torch.optim.Optimizer:
+        return self.ppo.opt
 
     # -- what the on-policy runner calls -----------------------------------------------------------
     @torch.no_grad()
@@ -90,34 +158,79 @@ class GoRL(Learner):
             metrics.update(self.refit())
         return metrics
 
-    # -- the slow timescale ------------------------------------------------------------------------
-    def _store(self, obs: torch.Tensor, actions: torch.Tensor) -> None:
-        n, cap = obs.shape[0], self.data_obs.shape[0]
-        idx = (torch.arange(n, device=obs.device) + self.data_pos) % cap
-        self.data_obs[idx] = obs
-        self.data_actions[idx] = actions
-        self.data_pos.copy_((self.data_pos + n) % cap)
-        self.data_size.copy_(torch.clamp(self.data_size + n, max=cap))
 
-    def refit(self) -> dict[str, torch.Tensor]:
-        """Fit the decoder to the collected (s, a) under the N(0, I) prior, then reset the latent policy."""
-        size = int(self.data_size)
-        losses = []
-        for _ in range(self.refit_epochs):
-            for idx in torch.randperm(size).split(self.refit_batch_size):
-                loss = self.policy.imitation_loss(self.data_obs[idx], self.data_actions[idx])
-                self.decoder_opt.apply(torch.autograd.grad(loss, self._decoder_params))
-                losses.append(loss.detach())
-        if self.reset_latent:
-            self.policy.reset_latent_to_prior()
-            for p in self.policy.latent.parameters():  # stale Adam moments for the reset parameters
-                state = self.ppo.opt.state.get(p, {})
-                for key in ("exp_avg", "exp_avg_sq"):
-                    if key in state:
-                        state[key].zero_()
-        self.data_size.zero_()
-        self.data_pos.zero_()
-        self.num_refits += 1
-        return {"decoder_loss": torch.stack(losses).mean() if losses else torch.tensor(0.0),
-                "refits": self.num_refits.float()}
+class GoRLSAC(DecoderRefit, SAC):
+    """GoRL with SAC on the latent policy (algo=gorl_sac); see the module docstring.
 
+    The runner hands every executed (s, a) to ``observe``; the decoder is refit at those states, on the
+    current policy's actions there (``refit_on=policy``) or on the executed ones (``refit_on=executed``).
+    ``refit_every`` counts gradient updates (env steps at utd=1).
+    """
+
+    name = "gorl_sac"
+
+    def __init__(
+        self,
+        policy: PolicyHead,
+        refit_every: int = 20_000,
+        refit_epochs: int = 20,
+        refit_batch_size: int = 256,
+        decoder_lr: float = 3e-4,
+        dataset_size: int = 20_000,
+        reset_latent: bool = True,
+        refit_on: str = "policy",
+        **sac_options: Any,
+    ) -> None:
+        policy = require_latent_head(policy, self.name)
+        if refit_on not in ("policy", "executed"):
+            raise ValueError(f"algo.refit_on={refit_on!r}: choose policy (the current policy's actions at the "
+                             "collected states) or executed (the actions taken)")
+        if not policy.latent.squash:
+            raise ValueError("algo=gorl_sac needs a squashed latent policy (an exact, reparameterized log-probability "
+                             "inside the latent bounds): set policy.squash=true, the algo=gorl_sac default")
+        SAC.__init__(self, policy, actor=policy.latent, **sac_options)
+        self._init_refit(policy, refit_every, refit_epochs, refit_batch_size, decoder_lr, dataset_size, reset_latent)
+        self.refit_on = refit_on
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {**super().optimizers(), "decoder": self.decoder_opt}
+
+    def latent_optimizer(self) -> torch.optim.Optimizer:
+        return self.actor_opt
+
+    def observe(self, obs: torch.Tensor, actions: torch.Tensor) -> None:
+        self._store(obs, actions)
+
+    @torch.no_grad()
+    def refit_targets(self, epoch: int, size: int) -> torch.Tensor:
+        """``refit_on=policy``: a fresh sample of the current policy (latent + pre-refit decoder) at every
+        collected state, so that after the latent's reset to the prior the policy is, to the decoder's
+        accuracy, the one that was being optimized (replayed actions lag behind an off-policy learner;
+        refitting on them would roll the policy back to its average over the window).
+        ``refit_on=executed``: the executed actions (what a safety filter let through)."""
+        if self.refit_on == "executed":
+            return self.data_actions[:size]
+        return torch.cat([self.policy.act(obs) for obs in self.data_obs[:size].split(4096)])
+
+    def critic_loss(self, batch: Batch, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        policy = self.policy
+        with torch.no_grad():  # soft target with the decoded next action and the latent's entropy
+            z, logp_z = policy.latent.sample(batch.next_obs)
+            next_unit = policy.decode_unit(batch.next_obs, z)
+            q_next = self.critic_target(policy.obs_norm(batch.next_obs), next_unit).min(0).values
+            target = batch.rewards + self.gamma * (1.0 - batch.terminated) * (q_next - alpha * logp_z)
+        q = self.critic(policy.obs_norm(batch.obs), policy.to_unit(batch.actions))
+        return 0.5 * (q - target).square().mean(1).sum(), q.detach().mean()
+
+    def actor_loss(self, obs: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # alpha log pi(z|s) - min_i Q_i(s, g(s, z)): the gradient reaches the latent policy through the decoder
+        policy = self.policy
+        z, logp_z = policy.latent.sample(obs)
+        q = self.critic(policy.obs_norm(obs), policy.decode_unit(obs, z), detach=True).min(0).values
+        return (alpha * logp_z - q).mean(), logp_z.detach()
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        metrics = super().update(batch)
+        if int(self.num_updates) % self.refit_every == 0:
+            metrics.update(self.refit())
+        return metrics

@@ -43,23 +43,27 @@ class SAC(Learner):
         critic_activation: str = "relu",
         critic_layer_norm: bool = False,
         target_update_every: int = 1,
+        actor: PolicyHead | None = None,
     ) -> None:
+        """``actor``: the head whose log-probability and parameters the actor loss uses, when it is not
+        ``policy`` itself (GoRL-SAC trains its latent Gaussian; the critic still sees env actions)."""
         super().__init__()
-        require_capabilities(self.name, policy, self.needs)
+        actor = policy if actor is None else actor
+        require_capabilities(self.name, actor, self.needs)
         self.policy = policy
         self.gamma, self.tau = gamma, tau
         self.autotune_alpha = autotune_alpha
         self.target_update_every = target_update_every
         # target entropy -|A| in unit action space (the head's log-probs are unit-space densities)
-        self.target_entropy = float(-policy.act_dim if target_entropy is None else target_entropy)
+        self.target_entropy = float(-actor.act_dim if target_entropy is None else target_entropy)
         self.critic = QEnsemble(policy.obs_dim, policy.act_dim, num_critics, critic_hidden, critic_activation, critic_layer_norm)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(float(init_alpha)).log(), requires_grad=autotune_alpha)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64))
-        self.actor_opt = FusedAdam(policy.parameters(), actor_lr)
+        self.actor_opt = FusedAdam(actor.parameters(), actor_lr)
         self.critic_opt = FusedAdam(self.critic.parameters(), critic_lr)
         self.alpha_opt = FusedAdam([self.log_alpha], alpha_lr) if autotune_alpha else None
-        self._actor_params = list(policy.parameters())
+        self._actor_params = list(actor.parameters())
         self._critic_params = list(self.critic.parameters())
         self._target_params = list(self.critic_target.parameters())
         # what the Polyak step moves (subclasses with more critics extend both lists, in the same order)

@@ -10,7 +10,7 @@ from policies import build_head
 from robo_rl.config import ConfigError
 from robo_rl.learners.base import Batch
 from robo_rl.learners.expo import EXPO
-from robo_rl.learners.gorl import GoRL
+from robo_rl.learners.gorl import GoRL, GoRLSAC
 from robo_rl.learners.parl import PARL
 from robo_rl.learners.ppo import PPO
 from robo_rl.learners.sac import SAC
@@ -81,6 +81,7 @@ def test_parl_action_optimization_climbs_q():
     (PARL, "deterministic", "deterministic"),
     (EXPO, "deterministic", "deterministic"),
     (GoRL, "gaussian", "policy=latent"),
+    (GoRLSAC, "flow", "policy=latent"),
 ])
 def test_combinations_that_cannot_work_say_what_to_change(algo, head, message):
     policy = build_head(head, 3, LOW, HIGH, hidden_sizes=(16,))
@@ -95,12 +96,17 @@ def test_chunked_heads_are_for_imitation():
             cls(policy)
 
 
-@pytest.mark.parametrize("algo", ["expo", "parl"])
-def test_offpolicy_generative_run_evaluates_and_resumes_exactly(tmp_path, monkeypatch, algo):
-    from robo_rl.learners.base import Learner  # noqa: F401
+TINY_LATENT_SAC = ("policy.hidden_sizes=[64,64]", "policy.decoder_hidden=[64,64]", "policy.decoder_steps=2",
+                   "algo.refit_every=150", "algo.dataset_size=100", "algo.refit_epochs=2")
 
-    cls = EXPO if algo == "expo" else PARL
-    common = (f"algo={algo}", *OFF, *TINY_FLOW, "steps=400", "checkpoint.every=200", "eval.every=200")
+
+@pytest.mark.parametrize("algo", ["expo", "parl", "gorl_sac"])
+def test_offpolicy_generative_run_evaluates_and_resumes_exactly(tmp_path, monkeypatch, algo):
+    # gorl_sac: refits at updates 150 and 300 fall on both sides of the interruption, so the resumed
+    # run must also restore the decoder, its optimizer and the (s, a) pairs collected for the next refit
+    cls = {"expo": EXPO, "parl": PARL, "gorl_sac": GoRLSAC}[algo]
+    options = TINY_LATENT_SAC if algo == "gorl_sac" else TINY_FLOW
+    common = (f"algo={algo}", *OFF, *options, "steps=400", "checkpoint.every=200", "eval.every=200")
     train(compose(*common), tmp_path / "full")
     restore = interrupt_at_update(monkeypatch, cls, 57)
     with pytest.raises(Exception):
@@ -128,6 +134,100 @@ def test_gorl_identity_decoder_at_start():
     GoRL(head)  # zero-initializes the flow decoder's velocity
     z = torch.tensor([[0.5, -0.25], [2.0, -3.0]])
     torch.testing.assert_close(head.decode(torch.zeros(2, 3), z), z.clamp(-1, 1))
+
+
+def latent_sac_head(**options):
+    return build_head("latent", 3, LOW, HIGH, hidden_sizes=(32,), decoder_hidden=(32, 32), decoder_steps=2,
+                      squash=True, state_dependent_std=True, **options)
+
+
+def test_gorl_sac_needs_a_squashed_latent_and_a_flow_decoder():
+    head = build_head("latent", 3, LOW, HIGH, hidden_sizes=(16,), decoder_hidden=(32, 32))  # the PPO latent
+    with pytest.raises(ValueError, match="policy.squash=true"):
+        GoRLSAC(head)
+    with pytest.raises(ValueError, match="policy.decoder=flow"):
+        latent_sac_head(decoder="diffusion")
+
+
+def test_gorl_sac_first_stage_is_sacs_tanh_gaussian():
+    # latent_limit 1 and the identity decoder: the env action is exactly tanh(x), x ~ N(mu(s), sigma(s))
+    head = latent_sac_head()
+    GoRLSAC(head, critic_hidden=(32,))
+    obs = torch.randn(8, 3)
+    torch.manual_seed(3)
+    z, _ = head.latent.sample(obs)
+    assert float(z.abs().max()) < 1.0
+    torch.testing.assert_close(head.decode(obs, z), z)
+
+
+def test_gorl_sac_actor_gradient_reaches_the_latent_through_the_decoder():
+    torch.manual_seed(0)
+    learner = GoRLSAC(latent_sac_head(), critic_hidden=(32,))
+    loss, _ = learner.actor_loss(torch.randn(64, 3), torch.tensor(0.1))
+    grads = torch.autograd.grad(loss, learner._actor_params)
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert all(float(g.abs().sum()) > 0 for g in grads)  # every latent-policy weight moves
+    assert {id(p) for p in learner._actor_params} == {id(p) for p in learner.policy.latent.parameters()}
+    # with latents wider than the action box, the identity decoder clips z to the unit box, and the
+    # gradient passes straight through that clip
+    wide = latent_sac_head(latent_limit=3.0)
+    GoRLSAC(wide, critic_hidden=(32,))
+    z = torch.tensor([[2.5, -2.0], [0.3, 0.1]], requires_grad=True)
+    unit = wide.decode_unit(torch.zeros(2, 3), z)
+    torch.testing.assert_close(unit.detach(), z.detach().clamp(-1, 1))
+    (grad,) = torch.autograd.grad(unit.sum(), z)
+    torch.testing.assert_close(grad, torch.ones_like(z))
+
+
+def refit_once(learner, obs, executed):
+    for o, a in zip(obs.split(128), executed.split(128)):
+        learner.observe(o, a)
+    assert int(learner.data_size) == len(obs)
+    for _ in range(learner.refit_every):
+        metrics = learner.update(batch())
+    assert float(metrics["refits"]) == 1.0 and int(learner.data_size) == 0  # refit at update 3, data cleared
+    # the latent is the prior for every state: mean 0, std 1 before the squash
+    mean, log_std = learner.policy.latent.distribution(torch.randn(16, 3))
+    torch.testing.assert_close(mean, torch.zeros_like(mean))
+    torch.testing.assert_close(log_std, torch.zeros_like(log_std))
+
+
+REFIT = dict(critic_hidden=(32,), refit_every=3, refit_epochs=60, dataset_size=512, decoder_lr=3e-3)
+
+
+def test_gorl_sac_refit_on_executed_actions_reproduces_them_from_the_prior():
+    torch.manual_seed(0)
+    learner = GoRLSAC(latent_sac_head(), refit_on="executed", **REFIT)
+    obs = torch.randn(512, 3)
+    refit_once(learner, obs, torch.stack([obs[:, 0].tanh() * 0.8, torch.full((512,), -0.5)], dim=1))
+    test_obs = torch.randn(256, 3)
+    target = torch.stack([test_obs[:, 0].tanh() * 0.8, torch.full((256,), -0.5)], dim=1)
+    assert float((learner.policy.act(test_obs) - target).abs().mean()) < 0.1
+
+
+def test_gorl_sac_refit_on_the_policy_keeps_the_policy_through_the_latent_reset():
+    torch.manual_seed(0)
+    learner = GoRLSAC(latent_sac_head(), **REFIT)  # refit_on=policy, the default
+    head = learner.policy
+    last = [m for m in head.latent.net if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():  # a narrow latent policy around z = tanh(1, -0.5)
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([1.0, -0.5, -3.0, -3.0]))
+    obs = torch.randn(512, 3)
+    before = head.act(obs[:256])
+    refit_once(learner, obs, torch.rand(512, 2) * 2 - 1)  # executed actions: uniform noise, not the policy
+    after = head.act(obs[:256])  # latents now drawn from the broad prior
+    torch.testing.assert_close(before.mean(0), torch.tanh(torch.tensor([1.0, -0.5])), atol=0.02, rtol=0)
+    assert float((after - before).abs().mean()) < 0.1
+
+
+def test_gorl_sac_run_uses_the_latent_head_and_refits(tmp_path):
+    summary = train(compose("algo=gorl_sac", *OFF, *TINY_LATENT_SAC, "steps=500", "eval.every=500"), tmp_path / "run")
+    cfg = load_run_config(tmp_path / "run")
+    assert cfg.policy.name == "latent" and cfg.policy.squash and cfg.policy.state_dependent_std
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/decoder_loss" in header and "train/alpha" in header
+    assert np.isfinite(summary["final_eval_return_mean"])
 
 
 def test_bad_learner_options_fail_before_work(tmp_path):
