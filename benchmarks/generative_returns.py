@@ -11,6 +11,7 @@ Every run is scored by the same final evaluation: 10 episodes with the method's 
 
     python benchmarks/generative_returns.py                       # GoRL vs PPO, 3 seeds (~45 min on one core)
     python benchmarks/generative_returns.py --pairs offpolicy --steps 30000 --seeds 0
+    python benchmarks/generative_returns.py --pairs gorl_sac      # -> results/generative_returns_gorl_sac.*
 """
 
 from __future__ import annotations
@@ -59,28 +60,34 @@ def main() -> None:
     torch.set_num_threads(1)
     logging.getLogger("robo_rl").setLevel(logging.WARNING)
 
+    name = "generative_returns" if args.pairs == ["onpolicy"] else "generative_returns_" + "_".join(args.pairs)
     results: dict[str, dict] = {}
-    rows = []
     for pair in args.pairs:
         spec = PAIRS[pair]
         steps = args.steps or spec["budget"]
         per_algo: dict[str, list[dict]] = {}
+        results[pair] = {"steps": steps, "baseline": spec["baseline"], "runs": per_algo}
         for seed in args.seeds:  # seed-major, so a stopped run still has comparable pairs
             for algo in [spec["baseline"], *spec["methods"]]:
                 r = run(algo, seed, steps)
                 per_algo.setdefault(algo, []).append(r)
                 print(f"{algo} seed {seed}: {r['return']:.1f} ({r['wall_s']:.0f} s)", flush=True)
-        results[pair] = {"steps": steps, "runs": per_algo}
-        base = per_algo[spec["baseline"]]
-        for algo, runs in per_algo.items():
+                write(name, results)  # after every run, so a stopped benchmark keeps what it measured
+
+
+def write(name: str, results: dict[str, dict]) -> None:
+    rows = []
+    for pair in results.values():
+        base = pair["runs"][pair["baseline"]]
+        for algo, runs in pair["runs"].items():
             values = [r["return"] for r in runs]
             mean, sd = statistics.mean(values), statistics.pstdev(values)
-            ratio = mean / statistics.mean(r["return"] for r in base)
-            rows.append([algo.upper(), ENV, f"{steps:,}", len(runs), ", ".join(f"{v:.0f}" for v in values),
+            ratio = mean / statistics.mean(r["return"] for r in base[:len(runs)])
+            rows.append([algo.upper(), ENV, f"{pair['steps']:,}", len(runs), ", ".join(f"{v:.0f}" for v in values),
                          f"{mean:.0f} ± {sd:.0f}", f"{ratio:.2f}x", f"{statistics.mean(r['wall_s'] for r in runs) / 60:.1f} min"])
     table = markdown_table(["algo", "env", "env steps", "seeds", "returns per seed", "mean ± std",
                             "mean vs baseline", "wall time / run"], rows)
-    save("generative_returns", {"env": ENV, "results": results}, table)
+    save(name, {"env": ENV, "results": results}, table)
 
 
 if __name__ == "__main__":
