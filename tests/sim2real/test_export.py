@@ -26,6 +26,8 @@ HEADS = [
     ("diffusion", {"scheduler": "ddpm", "train_steps": 20, "inference_steps": 5}),
     ("flow", {"steps": 2, "chunk": 4, "execute": 2}),
     ("latent", {"decoder": "flow", "decoder_steps": 4, "decoder_hidden": [32, 32]}),
+    ("latent", {"decoder": "flow", "decoder_steps": 2, "decoder_hidden": [32, 32], "squash": True,  # gorl_sac
+                "state_dependent_std": True}),
 ]
 
 
