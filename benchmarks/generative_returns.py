@@ -12,11 +12,14 @@ Every run is scored by the same final evaluation: 10 episodes with the method's 
     python benchmarks/generative_returns.py                       # GoRL vs PPO, 3 seeds (~45 min on one core)
     python benchmarks/generative_returns.py --pairs offpolicy --steps 30000 --seeds 0
     python benchmarks/generative_returns.py --pairs gorl_sac      # -> results/generative_returns_gorl_sac.*
+    python benchmarks/generative_returns.py --pairs offpolicy --methods expo \
+        --baseline-from benchmarks/results/generative_returns_gorl_sac.json   # SAC's runs reused
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
 import sys
@@ -53,7 +56,18 @@ def main() -> None:
     parser.add_argument("--pairs", nargs="+", choices=sorted(PAIRS), default=["onpolicy"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None, help="env steps per run (default: the pair's budget)")
+    parser.add_argument("--methods", nargs="+", help="run only these of the pairs' methods (e.g. --methods expo)")
+    parser.add_argument("--baseline-from", type=Path, metavar="JSON",
+                        help="take the baseline's runs from an earlier results file of this script (same env, "
+                             "steps and seeds; robo-rl runs are deterministic given the seed on one thread) "
+                             "instead of training it again")
     args = parser.parse_args()
+    cached = {}
+    if args.baseline_from:
+        for pair in json.loads(args.baseline_from.read_text())["results"].values():
+            for algo, runs in pair["runs"].items():
+                for r in runs:
+                    cached[(algo, pair["steps"], r["seed"])] = {**r, "cached_from": str(args.baseline_from)}
     tune_malloc()
     import torch
 
@@ -61,15 +75,20 @@ def main() -> None:
     logging.getLogger("robo_rl").setLevel(logging.WARNING)
 
     name = "generative_returns" if args.pairs == ["onpolicy"] else "generative_returns_" + "_".join(args.pairs)
+    if args.methods:
+        name += "_" + "_".join(args.methods)
     results: dict[str, dict] = {}
     for pair in args.pairs:
         spec = PAIRS[pair]
         steps = args.steps or spec["budget"]
         per_algo: dict[str, list[dict]] = {}
         results[pair] = {"steps": steps, "baseline": spec["baseline"], "runs": per_algo}
+        methods = [m for m in spec["methods"] if not args.methods or m in args.methods]
         for seed in args.seeds:  # seed-major, so a stopped run still has comparable pairs
-            for algo in [spec["baseline"], *spec["methods"]]:
-                r = run(algo, seed, steps)
+            for algo in [spec["baseline"], *methods]:
+                r = cached.get((algo, steps, seed)) if algo == spec["baseline"] else None
+                if r is None:
+                    r = run(algo, seed, steps)
                 per_algo.setdefault(algo, []).append(r)
                 print(f"{algo} seed {seed}: {r['return']:.1f} ({r['wall_s']:.0f} s)", flush=True)
                 write(name, results)  # after every run, so a stopped benchmark keeps what it measured
