@@ -8,6 +8,12 @@ method at the decision state (results/multimodal_actions.png).
 
     python benchmarks/multimodal.py                         # all methods, 3 seeds
     python benchmarks/multimodal.py --methods sac parl-flow --seeds 0
+    python benchmarks/multimodal.py --off-policy-steps 10000 --on-policy-steps 100000 \
+        --override parl-flow:algo.num_candidates=4      # budgets / extra overrides from the command line
+
+Results are saved (JSON + markdown + PNG) after every run, so an interrupted study keeps what it has.
+Evaluation runs 100 env copies from the start state and counts the first episode of each (counting
+the first 100 episodes to finish over fewer copies would over-sample short, i.e. crashing, episodes).
 """
 
 from __future__ import annotations
@@ -25,11 +31,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS, markdown_table, save  # noqa: E402
+from benchmarks.common import markdown_table, save  # noqa: E402
 
 OFF = ["algo.learning_starts=2000", "algo.critic_hidden=[128,128]"]
 METHODS = {
     "sac": ["algo=sac", "policy.hidden_sizes=[128,128]", *OFF],
+    # SAC's default init_alpha=1.0 makes the entropy bonus dwarf this task's rewards (~0.01/step, +1 at a goal):
+    # every terminal state, the goals included, looks like lost bonus, and it learns to wander for 40 steps.
+    # 0.1 is EXPO's default for its edit policy.
+    "sac-alpha0.1": ["algo=sac", "policy.hidden_sizes=[128,128]", "algo.init_alpha=0.1", *OFF],
     "ppo": ["algo=ppo", "env.num_envs=16", "algo.rollout_steps=128"],
     "gorl-flow": ["algo=gorl", "env.num_envs=16", "algo.rollout_steps=128", "algo.refit_every=10",
                   "policy.decoder_hidden=[128,128]"],
@@ -42,45 +52,50 @@ METHODS = {
     "parl-gaussian": ["algo=parl", "policy=gaussian", "policy.hidden_sizes=[128,128]", *OFF],
 }
 BUDGET = {"sac": 20_000, "expo": 20_000, "parl": 20_000, "ppo": 200_000, "gorl": 200_000}
+OFF_POLICY = ("sac", "expo", "parl")
+COMMON = ["env=two_goals", "eval.episodes=20", "log.progress_seconds=120", "threads=1"]
+EVAL_EPISODES = 100
 
 
-def run(method: str, seed: int) -> dict:
+def algo_of(method: str) -> str:
+    return METHODS[method][0].split("=")[1]
+
+
+def run(method: str, seed: int, steps: int, extra: list[str], run_root: Path | None = None) -> dict:
     from envs import make_env
     from robo_rl.runs import load_learner, load_run_config, resolve_checkpoint
     from robo_rl.train import compose_config, train
 
-    overrides = METHODS[method]
-    algo = overrides[0].split("=")[1]
-    run_dir = Path(tempfile.mkdtemp()) / f"{method}-{seed}"
+    overrides = [*COMMON, f"steps={steps}", f"seed={seed}", *METHODS[method], *extra]
+    root = Path(tempfile.mkdtemp()) if run_root is None else run_root
+    run_dir = root / f"{method}-{seed}"
     t = time.perf_counter()
-    train(compose_config(["env=two_goals", f"steps={BUDGET[algo]}", f"seed={seed}", "eval.episodes=20",
-                          "log.progress_seconds=120", *overrides]), run_dir)
+    train(compose_config(overrides), run_dir)
     wall = time.perf_counter() - t
     cfg = load_run_config(run_dir)
-    env = make_env("robo_rl/TwoGoals-v0", num_envs=20)
+    env = make_env("robo_rl/TwoGoals-v0", num_envs=EVAL_EPISODES)
     policy = load_learner(cfg, env, resolve_checkpoint(run_dir)).policy
-    out = {"method": method, "seed": seed, "wall_s": wall}
+    out = {"method": method, "seed": seed, "steps": steps, "overrides": overrides, "wall_s": wall,
+           "run_dir": str(run_dir)}
     for mode in ("deterministic", "sampled"):
-        successes, sides = [], []
+        # one episode per env copy, all from the start state; an episode ends by success, crash or time-out
+        success = torch.zeros(EVAL_EPISODES, dtype=torch.bool)
+        upper = torch.zeros(EVAL_EPISODES, dtype=torch.bool)
+        done = torch.zeros(EVAL_EPISODES, dtype=torch.bool)
         obs = env.reset(seed=10_000 + seed)
         start = obs.clone()
-        finished = 0
-        first = None
         with torch.no_grad():
-            while finished < 100:
+            while not bool(done.all()):
                 actions = policy.act(obs, deterministic=mode == "deterministic")
-                if first is None:
-                    first = actions
                 obs, reward, term, trunc, info = env.step(actions)
-                for i in (term | trunc).nonzero().flatten().tolist():
-                    if finished < 100:
-                        success = bool(info["episode"]["return"][i] > 0.5) and bool(term[i]) and float(reward[i]) == 1.0
-                        successes.append(success)
-                        if success:
-                            sides.append(float(info["final_obs"][i, 1]) > 0)
-                        finished += 1
-        out[f"success_{mode}"] = float(np.mean(successes))
-        out[f"upper_goal_share_{mode}"] = float(np.mean(sides)) if sides else None
+                new = (term | trunc).cpu() & ~done
+                hit = new & term.cpu() & (reward.cpu() == 1.0)
+                success |= hit
+                upper |= hit & (info["final_obs"][:, 1].cpu() > 0)
+                done |= new
+        n_success = int(success.sum())
+        out[f"success_{mode}"] = n_success / EVAL_EPISODES
+        out[f"upper_goal_share_{mode}"] = float(upper.sum()) / n_success if n_success else None
     with torch.no_grad():
         out["decision_actions"] = policy.act(start[:1].expand(300, -1), deterministic=False).tolist()
     return out
@@ -91,15 +106,19 @@ def plot(results: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Wedge
 
-    from envs.tasks.two_goals import GOALS, OBSTACLE, STEP
+    from envs.tasks.two_goals import GOALS, OBSTACLE
 
     methods = list(dict.fromkeys(r["method"] for r in results))
     fig, axes = plt.subplots(1, len(methods), figsize=(2.6 * len(methods), 2.8), squeeze=False)
     for ax, method in zip(axes[0], methods):
         pts = np.array([a for r in results if r["method"] == method and r["seed"] == 0 for a in r["decision_actions"]])
+        # the headings whose straight path from the start runs into the obstacle (a wedge of +-asin(r / d))
         center, radius = OBSTACLE
-        ax.add_patch(plt.Circle(center / STEP / 10, radius / STEP / 10, color="tab:red", alpha=0.25))  # scaled to one step
+        half = np.degrees(np.arcsin(radius / np.linalg.norm(center)))
+        heading = np.degrees(np.arctan2(center[1], center[0]))
+        ax.add_patch(Wedge((0, 0), 1.5, heading - half, heading + half, color="tab:red", alpha=0.2))
         for g in GOALS:
             ax.plot(*(g / np.linalg.norm(g)), "*", color="tab:green", ms=10)
         if len(pts):
@@ -110,48 +129,86 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_title(method, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("first action at the decision state (seed 0, 300 samples); stars: goal directions")
+    fig.suptitle("first action at the decision state (seed 0, 300 samples); stars: goal directions; "
+                 "red: headings straight into the obstacle")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    args = parser.parse_args()
-    from robo_rl.perf import tune_malloc
-
-    tune_malloc()
-    logging.getLogger("robo_rl").setLevel(logging.WARNING)
-    results = []
-    for method in args.methods:
-        for seed in args.seeds:
-            results.append(run(method, seed))
-            r = results[-1]
-            print(f"{method} seed {seed}: success {r['success_deterministic']:.2f} (deterministic) "
-                  f"{r['success_sampled']:.2f} (sampled), upper-goal share {r['upper_goal_share_sampled']}, "
-                  f"{r['wall_s']:.0f} s", flush=True)
+def write(results: list[dict], methods: list[str], name: str = "multimodal") -> None:
+    """Table, PNG and JSON from the runs done so far (called after every run)."""
     rows = []
-    for method in args.methods:
+    for method in methods:
         rs = [r for r in results if r["method"] == method]
+        if not rs:
+            continue
 
         def fmt(key: str) -> str:
             vals = [r[key] for r in rs]
             return f"{statistics.mean(vals):.2f} ± {statistics.pstdev(vals):.2f}"
 
-        shares = [r["upper_goal_share_sampled"] for r in rs if r["upper_goal_share_sampled"] is not None]
-        rows.append([method, f"{BUDGET[METHODS[method][0].split('=')[1]]:,}", fmt("success_deterministic"),
-                     fmt("success_sampled"), f"{statistics.mean(shares):.2f}" if shares else "-",
+        # per seed, not averaged: seeds committing to opposite goals would average to a misleading 0.5
+        shares = " / ".join("-" if r["upper_goal_share_sampled"] is None else f"{r['upper_goal_share_sampled']:.2f}"
+                            for r in rs)
+        steps = sorted({r["steps"] for r in rs})
+        rows.append([method, " / ".join(f"{s:,}" for s in steps), len(rs), fmt("success_deterministic"),
+                     fmt("success_sampled"), shares,
                      f"{statistics.mean(r['wall_s'] for r in rs):.0f} s"])
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    plot(results, RESULTS / "multimodal_actions.png")
-    table = markdown_table(["method", "env steps", "success (acting rule)", "success (sampling)",
-                            "share of successes at the upper goal", "wall time / run"], rows)
-    for r in results:
-        r.pop("decision_actions", None) if r["seed"] != 0 else None
-    save("multimodal", {"results": results}, table)
+    import benchmarks.common as common
+
+    common.RESULTS.mkdir(parents=True, exist_ok=True)
+    plot(results, common.RESULTS / f"{name}_actions.png")
+    table = markdown_table(["method", "env steps", "seeds", "success (acting rule)", "success (sampling)",
+                            "upper-goal share of successes (sampling, per seed)", "wall time / run"], rows)
+    kept = [{k: v for k, v in r.items() if k != "decision_actions" or r["seed"] == 0} for r in results]
+    save(name, {"results": kept}, table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--budget-scale", type=float, default=1.0, help="multiplies every default budget")
+    parser.add_argument("--off-policy-steps", type=int, default=None, help="env steps for sac, expo-*, parl-*")
+    parser.add_argument("--on-policy-steps", type=int, default=None, help="env steps for ppo, gorl-*")
+    parser.add_argument("--override", action="append", default=[], metavar="METHOD:KEY=VALUE",
+                        help="an extra training override for one method (repeatable)")
+    parser.add_argument("--run-root", type=Path, default=None, help="keep run directories here (default: a temp dir)")
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help="write multimodal.{json,md} and the PNG here instead of benchmarks/results/ (scratch runs)")
+    args = parser.parse_args()
+    extra: dict[str, list[str]] = {m: [] for m in METHODS}
+    for item in args.override:
+        method, _, override = item.partition(":")
+        if method not in METHODS or "=" not in override:
+            parser.error(f"--override {item!r}: expected METHOD:KEY=VALUE with METHOD in {list(METHODS)}")
+        extra[method].append(override)
+
+    def budget(method: str) -> int:
+        algo = algo_of(method)
+        fixed = args.off_policy_steps if algo in OFF_POLICY else args.on_policy_steps
+        return fixed if fixed is not None else int(round(BUDGET[algo] * args.budget_scale))
+
+    from robo_rl.perf import tune_malloc
+
+    tune_malloc()
+    logging.getLogger("robo_rl").setLevel(logging.WARNING)
+    if args.out_dir is not None:
+        import benchmarks.common as common
+
+        common.RESULTS = args.out_dir  # save() reads the module global
+    if args.run_root is not None:
+        args.run_root.mkdir(parents=True, exist_ok=True)
+    results = []
+    for seed in args.seeds:  # seed-major: an interrupted study still has every method at the first seeds
+        for method in args.methods:
+            results.append(run(method, seed, budget(method), extra[method], args.run_root))
+            r = results[-1]
+            print(f"{method} seed {seed}: success {r['success_deterministic']:.2f} (deterministic) "
+                  f"{r['success_sampled']:.2f} (sampled), upper-goal share {r['upper_goal_share_sampled']}, "
+                  f"{r['steps']:,} steps, {r['wall_s']:.0f} s", flush=True)
+            write(results, args.methods)
 
 
 if __name__ == "__main__":
