@@ -62,12 +62,17 @@ def main() -> None:
                              "steps and seeds; robo-rl runs are deterministic given the seed on one thread) "
                              "instead of training it again")
     args = parser.parse_args()
-    cached = {}
-    if args.baseline_from:
+
+    def cached(algo: str, steps: int, seed: int) -> dict | None:
+        """The baseline's run from --baseline-from, read when needed (that file may still be growing)."""
+        if not args.baseline_from:
+            return None
         for pair in json.loads(args.baseline_from.read_text())["results"].values():
-            for algo, runs in pair["runs"].items():
-                for r in runs:
-                    cached[(algo, pair["steps"], r["seed"])] = {**r, "cached_from": str(args.baseline_from)}
+            for r in pair["runs"].get(algo, []) if pair["steps"] == steps else []:
+                if r["seed"] == seed:
+                    return {**r, "cached_from": str(args.baseline_from)}
+        return None
+
     tune_malloc()
     import torch
 
@@ -86,7 +91,7 @@ def main() -> None:
         methods = [m for m in spec["methods"] if not args.methods or m in args.methods]
         for seed in args.seeds:  # seed-major, so a stopped run still has comparable pairs
             for algo in [spec["baseline"], *methods]:
-                r = cached.get((algo, steps, seed)) if algo == spec["baseline"] else None
+                r = cached(algo, steps, seed) if algo == spec["baseline"] else None
                 if r is None:
                     r = run(algo, seed, steps)
                 per_algo.setdefault(algo, []).append(r)
