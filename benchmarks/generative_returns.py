@@ -13,7 +13,7 @@ Every run is scored by the same final evaluation: 10 episodes with the method's 
     python benchmarks/generative_returns.py --pairs offpolicy --steps 30000 --seeds 0
     python benchmarks/generative_returns.py --pairs gorl_sac      # -> results/generative_returns_gorl_sac.*
     python benchmarks/generative_returns.py --pairs offpolicy --methods expo \
-        --baseline-from benchmarks/results/generative_returns_gorl_sac.json   # SAC's runs reused
+        --reuse benchmarks/results/returns.json        # SAC's seeded runs reused, EXPO trained
 """
 
 from __future__ import annotations
@@ -57,27 +57,24 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None, help="env steps per run (default: the pair's budget)")
     parser.add_argument("--methods", nargs="+", help="run only these of the pairs' methods (e.g. --methods expo)")
-    parser.add_argument("--baseline-from", type=Path, metavar="JSON",
-                        help="take the baseline's runs from an earlier results file of this script (same env, "
-                             "steps and seeds; robo-rl runs are deterministic given the seed on one thread) "
-                             "instead of training it again")
+    parser.add_argument("--reuse", nargs="+", type=Path, default=[], metavar="JSON",
+                        help="take runs already recorded in these results files (this script's, or "
+                             "benchmarks/results/returns.json for SAC/PPO) instead of training them again: same "
+                             "env, steps and seed (robo-rl runs are deterministic given the seed on one thread)")
     args = parser.parse_args()
 
     def cached(algo: str, steps: int, seed: int) -> dict | None:
-        """The baseline's run from --baseline-from, read when needed (that file may still be growing)."""
-        if not args.baseline_from:
-            return None
-        for pair in json.loads(args.baseline_from.read_text())["results"].values():
-            for r in pair["runs"].get(algo, []) if pair["steps"] == steps else []:
+        """A recorded run from --reuse, read when needed (a file may still be growing)."""
+        for path in args.reuse:
+            data = json.loads(path.read_text())["results"]
+            if "budget" in data.get(algo, {}):  # returns.py: {algo: {budget, robo_rl: [runs]}}
+                found = data[algo]["robo_rl"] if data[algo]["budget"] == steps else []
+            else:  # this script: {pair: {steps, runs: {algo: [runs]}}}
+                found = [r for pair in data.values() if pair.get("steps") == steps for r in pair["runs"].get(algo, [])]
+            for r in found:
                 if r["seed"] == seed:
-                    return {**r, "cached_from": str(args.baseline_from)}
+                    return {**r, "reused_from": str(path)}
         return None
-
-    tune_malloc()
-    import torch
-
-    torch.set_num_threads(1)
-    logging.getLogger("robo_rl").setLevel(logging.WARNING)
 
     name = "generative_returns" if args.pairs == ["onpolicy"] else "generative_returns_" + "_".join(args.pairs)
     if args.methods:
@@ -91,7 +88,7 @@ def main() -> None:
         methods = [m for m in spec["methods"] if not args.methods or m in args.methods]
         for seed in args.seeds:  # seed-major, so a stopped run still has comparable pairs
             for algo in [spec["baseline"], *methods]:
-                r = cached(algo, steps, seed) if algo == spec["baseline"] else None
+                r = cached(algo, steps, seed)
                 if r is None:
                     r = run(algo, seed, steps)
                 per_algo.setdefault(algo, []).append(r)
