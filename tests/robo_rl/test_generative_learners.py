@@ -235,3 +235,18 @@ def test_bad_learner_options_fail_before_work(tmp_path):
         train(compose("algo=parl", "algo.top_k=20", *OFF), tmp_path / "a")
     with pytest.raises(ValueError, match="at least 1 integration step"):
         train(compose("algo=expo", "policy.steps=0", *OFF), tmp_path / "b")
+
+
+def test_deterministic_acting_includes_the_base_heads_own_deterministic_action():
+    # the first candidate comes from zero noise (a single fixed tail draw used to decide every action)
+    from robo_rl.learners.candidates import CriticSelectPolicy
+    from robo_rl.learners.critics import QEnsemble
+
+    base = build_head("flow", 3, LOW, HIGH, hidden_sizes=(16, 16), steps=2)
+    select = CriticSelectPolicy(base, QEnsemble(3, 2, 2, (16,)), num_samples=3)
+    obs = torch.randn(5, 3)
+    with torch.no_grad():
+        candidates = select.candidates(obs, deterministic=True)
+        torch.testing.assert_close(candidates[:, 0], base.act(obs, deterministic=True))
+        assert not torch.allclose(candidates[:, 1], candidates[:, 0])  # the others are seeded draws
+        torch.testing.assert_close(select.act(obs, deterministic=True), select.act(obs, deterministic=True))
