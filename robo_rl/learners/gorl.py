@@ -40,7 +40,8 @@ def require_latent_head(policy: PolicyHead, algo: str) -> LatentDecoderHead:
 
 class DecoderRefit:
     """GoRL's slow timescale, shared by the PPO and SAC variants: keep the (s, a) pairs collected since
-    the last refit, refit the decoder on them under the N(0, I) prior, reset the latent policy.
+    the last refit, refit the decoder at those states from the latent's prior (N(0, I), or L tanh(N(0, I))
+    for a squashed latent; see ``LatentDecoderHead.prior_sample``), reset the latent policy to that prior.
 
     Subclasses define ``latent_optimizer()``: the optimizer whose Adam moments a latent reset clears.
     """
