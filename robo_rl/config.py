@@ -327,6 +327,17 @@ class LogConfig:
 
 
 @dataclass
+class DemosConfig:
+    """Warm start from demonstrations (robo_rl/demos.py): pretrain the head, preload replay."""
+
+    path: Optional[str] = None  # an .npz of transitions; None: no demonstrations
+    pretrain_steps: int = 2000  # imitation-loss gradient steps on the head before the first env step (0: none)
+    batch_size: int = 256
+    lr: float = 1e-3
+    replay: bool = True  # off-policy learners: put the transitions into the replay buffer too
+
+
+@dataclass
 class TrainConfig:
     algo: Any = MISSING
     policy: Any = MISSING
@@ -342,6 +353,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    demos: DemosConfig = field(default_factory=DemosConfig)
 
 
 @dataclass
@@ -357,6 +369,7 @@ class EvalCommandConfig:
     device: str = "cpu"
     video: bool = False  # write <run_dir>/videos/eval-step<N>.mp4 of env copy 0's first episodes
     video_episodes: int = 1
+    demos_out: Optional[str] = None  # also write the evaluated episodes as a demonstrations file (.npz)
 
 
 ALGO_SCHEMAS = {"sac": SACConfig, "td3": TD3Config, "ppo": PPOConfig, "gorl": GoRLConfig, "gorl_sac": GoRLSACConfig,
@@ -516,6 +529,13 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.checkpoint.every >= 1, "checkpoint.every", "must be >= 1")
     need(cfg.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
     need(cfg.log.every >= 1, "log.every", "must be >= 1")
+    need(cfg.demos.pretrain_steps >= 0, "demos.pretrain_steps", "must be >= 0")
+    need(cfg.demos.batch_size >= 1, "demos.batch_size", "must be >= 1")
+    need(cfg.demos.lr > 0, "demos.lr", "must be > 0")
+    if cfg.demos.path is not None and not cfg.resume:
+        from pathlib import Path
+
+        need(Path(cfg.demos.path).is_file(), "demos.path", f"no such file: {cfg.demos.path}")
     need(cfg.device == "cpu" or cfg.device.startswith("cuda"), "device", "must be cpu or cuda[:N]")
     if cfg.device.startswith("cuda"):
         import torch

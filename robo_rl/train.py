@@ -107,6 +107,12 @@ def train(cfg: DictConfig, run_dir: str | Path, cli_overrides: Iterable[str] = (
                              randomize=False)  # evaluation measures the nominal task
         policy = build_policy(cfg, env)
         learner = build_learner(cfg, policy)
+        demos = None
+        if cfg.demos.path is not None and resume_from is None:  # a resumed run has them in its checkpoint
+            from robo_rl.demos import load_demos
+
+            demos = load_demos(cfg.demos.path, env.obs_dim, env.act_dim, env.action_space.low, env.action_space.high,
+                               replay=bool(cfg.demos.replay) and learner.kind == "off_policy")
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume_from is None:
             OmegaConf.save(cfg, run_dir / CONFIG_FILE)
@@ -119,6 +125,10 @@ def train(cfg: DictConfig, run_dir: str | Path, cli_overrides: Iterable[str] = (
                      f"{cfg.policy.name} head, {n_params:,} parameters, seed {cfg.seed}, {int(cfg.steps):,} steps "
                      f"-> {run_dir}")
             runner = build_runner(cfg, learner, env, eval_env, run_dir)
+            if demos is not None:
+                from robo_rl.demos import warm_start
+
+                warm_start(cfg, learner, getattr(runner, "replay", None), demos)
             return runner.train(resume_from=resume_from)
         finally:
             log.removeHandler(file_handler)

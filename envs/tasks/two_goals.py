@@ -73,3 +73,41 @@ class TwoGoalsEnv(gym.Env):
         img[np.linalg.norm(world - self.pos, axis=-1) < 0.03] = (30, 30, 200)
         return img
 
+
+
+#: the scripted expert's detour: first to (0.2, +-0.45), clear of the obstacle, then to the goal on that side
+WAYPOINT = np.array([0.2, 0.45])
+
+
+def expert_demos(episodes: int, seed: int = 0, noise: float = 0.1) -> dict[str, np.ndarray]:
+    """Transitions of a scripted expert, half of its episodes to each goal, as mirror-image pairs.
+
+    Each episode detours around the obstacle toward one goal, so at the start state the
+    demonstrated first moves are bimodal (about (0.44, +-1)) and their mean, (0.44, 0), heads into
+    the obstacle. Episodes come in pairs with mirrored action noise (Gaussian, std ``noise``), so
+    the data set is exactly symmetric about the x axis: no side is favoured by chance. Recorded
+    through ``TwoGoalsEnv`` itself (rewards, next observations and terminations are the env's).
+    Returns the arrays ``robo_rl.demos.save_demos`` takes.
+    """
+    if episodes < 2 or episodes % 2:
+        raise ValueError(f"episodes={episodes}: expert_demos makes mirror-image pairs, so it needs an even number >= 2")
+    rng = np.random.default_rng(seed)
+    env = TwoGoalsEnv()
+    rows: dict[str, list] = {k: [] for k in ("obs", "actions", "rewards", "next_obs", "terminated")}
+    for _ in range(episodes // 2):
+        noise_seq = noise * rng.standard_normal((env.max_steps, 2))
+        for side in (1.0, -1.0):
+            obs, _ = env.reset()
+            targets = [WAYPOINT * (1.0, side), GOALS[0] * (1.0, side)]
+            done, t = False, 0
+            while not done:
+                if len(targets) > 1 and np.linalg.norm(env.pos - targets[0]) < STEP:
+                    targets.pop(0)
+                direction = targets[0] - env.pos
+                action = direction / max(np.abs(direction).max(), 1e-8) * min(1.0, np.linalg.norm(direction) / STEP)
+                action = np.clip(action + noise_seq[t] * (1.0, side), -1.0, 1.0).astype(np.float32)
+                next_obs, reward, terminated, truncated, _ = env.step(action)
+                for key, value in zip(rows, (obs, action, reward, next_obs, terminated)):
+                    rows[key].append(value)
+                obs, done, t = next_obs, terminated or truncated, t + 1
+    return {k: np.asarray(v, dtype=np.float32) for k, v in rows.items()}

@@ -72,6 +72,15 @@ class Learner(nn.Module):
         safety filter), besides storing them in replay. Learners that keep their own record of recent
         behaviour (GoRL-SAC refits its decoder on it) override it; the default keeps nothing."""
 
+    def demo_head(self) -> PolicyHead:
+        """The head that demonstrations pretrain with its imitation loss (``demos.path``): the acting head,
+        unless the learner acts through a wrapper around it (EXPO's base, PA-RL's head)."""
+        return self.policy
+
+    def after_pretraining(self) -> None:
+        """Called once the demonstration head is pretrained: re-derive what was copied from it (TD3's target
+        actor) or restart what sits on top of it (GoRL's latent policy returns to the prior)."""
+
     def env_action(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """What the env receives for the learner's actions (GoRL decodes latents; others clip to the bounds)."""
         return self.policy.clip_action(actions)

@@ -105,6 +105,9 @@ class EXPO(Learner):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"critic": self.critic_opt, "base": self.base_opt, "edit": self.edit_opt, "alpha": self.alpha_opt}
 
+    def demo_head(self) -> PolicyHead:
+        return self.base  # the expressive base imitates; the edit policy starts from scratch
+
     @torch.no_grad()
     def explore(self, obs: torch.Tensor) -> torch.Tensor:
         return self.policy.act(obs, deterministic=False)

@@ -77,6 +77,11 @@ class DecoderRefit:
         self.data_pos.copy_((self.data_pos + n) % cap)
         self.data_size.copy_(torch.clamp(self.data_size + n, max=cap))
 
+    def after_pretraining(self) -> None:
+        """Pretraining on demonstrations fitted the decoder from the prior (as a refit does): restart the
+        latent policy at the prior, so the policy decodes to the demonstrations' distribution."""
+        self.policy.reset_latent_to_prior()
+
     def refit_targets(self, epoch: int, size: int) -> torch.Tensor:
         """The actions the decoder is fitted to in one refit epoch: those collected (PPO: on-policy)."""
         return self.data_actions[:size]

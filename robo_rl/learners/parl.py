@@ -76,6 +76,9 @@ class PARL(Learner):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"critic": self.critic_opt, "policy": self.policy_opt}
 
+    def demo_head(self) -> PolicyHead:
+        return self.head
+
     def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         policy = self.head
         with torch.no_grad():

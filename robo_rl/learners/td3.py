@@ -65,6 +65,11 @@ class TD3(Learner):
         self._online = list(self.critic.parameters()) + list(policy.parameters())
         self._target = list(self.critic_target.parameters()) + list(self.actor_target.parameters())
 
+    @torch.no_grad()
+    def after_pretraining(self) -> None:
+        for target, online in zip(self.actor_target.parameters(), self.policy.parameters()):
+            target.copy_(online)
+
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"actor": self.actor_opt, "critic": self.critic_opt}
 
