@@ -51,6 +51,8 @@ keys:
   device=cpu             cpu or cuda
   video=false            also write <run_dir>/videos/eval-step<N>.mp4 (headless: EGL or OSMesa)
   video_episodes=1       episodes of env copy 0 in the video
+  demos_out=<file.npz>   also save the evaluated episodes' transitions as demonstrations, to warm-start
+                         another run with `robo-rl train demos.path=<file.npz>` (e.g. a generative head)
 """
 
 EXPORT_HELP = """\
@@ -297,6 +299,8 @@ def eval_main(args: Sequence[str]) -> int:
         + (f", {result['cost_key']} {result['cost_mean']:.3g} per episode" if "cost_mean" in result else "")
         + f"; wrote {run_dir / 'eval.json'}"
         + (f" and {result['video']} ({result['video_frames']} frames)" if "video" in result else "")
+        + (f"; demonstrations: {result['demos_transitions']:,} transitions in {result['demos_out']}"
+           if "demos_out" in result else "")
     )
     return 0
 
@@ -390,7 +394,8 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
     try:
         policy = load_policy(cfg, env, ckpt, opts.device)
         result = evaluate(policy, env, int(opts.episodes), bool(opts.deterministic), seed=int(opts.seed),
-                          record_episodes=int(opts.video_episodes) if opts.video else 0)
+                          record_episodes=int(opts.video_episodes) if opts.video else 0,
+                          record_transitions=opts.demos_out is not None)
         costs = env.counted_costs(result["env_index"])
         if costs is not None:  # the task reports a cost (info[safety.cost_key]): per-episode sums
             result["costs"], result["cost_mean"] = costs, sum(costs) / len(costs)
@@ -404,6 +409,12 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
         frames = result.pop("frames")
         result["video"] = str(path)
         result["video_frames"] = write_mp4(path, frames, fps=1.0 / env.dt if env.dt else 30.0)
+    if opts.demos_out is not None:
+        from robo_rl.demos import save_demos
+
+        transitions = result.pop("transitions")
+        result["demos_out"] = str(save_demos(opts.demos_out, **transitions))
+        result["demos_transitions"] = int(transitions["obs"].shape[0])
     result.update(
         algo=cfg.algo.name, env=env.task_id, run_dir=str(run_dir), checkpoint=str(ckpt),
         checkpoint_step=int(manifest["step"]), seed=int(opts.seed),

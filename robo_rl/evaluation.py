@@ -20,6 +20,7 @@ def evaluate(
     seed: int | None = None,
     max_steps: int = 10_000_000,
     record_episodes: int = 0,
+    record_transitions: bool = False,
 ) -> dict[str, Any]:
     """Run ``episodes`` complete episodes and report their undiscounted returns and lengths.
 
@@ -28,6 +29,8 @@ def evaluate(
     The caller's RNG stream is left untouched. ``record_episodes > 0`` also returns ``frames``: env
     copy 0's first episodes, one frame per step starting with the initial state (the terminal state
     itself is not drawn: the env resets in the step that ends the episode).
+    ``record_transitions`` also returns ``transitions``: the counted episodes' (obs, executed
+    actions, rewards, next_obs, terminated) as tensors, the arrays of a demonstrations file.
     """
     n = env.num_envs
     quota = [episodes // n + (1 if i < episodes % n else 0) for i in range(n)]
@@ -42,12 +45,21 @@ def evaluate(
         frames = [env.render(0)] if record_episodes > 0 else []
         recorded = 0
         steps = 0
+        keys = ("obs", "actions", "rewards", "next_obs", "terminated")
+        ongoing: list[list[tuple]] = [[] for _ in range(n)]  # per env copy: the current episode's steps
+        kept: list[tuple] = []
         while sum(done_count) < episodes:
             if not bool(torch.isfinite(obs).all()):
                 raise FloatingPointError(f"evaluation env {env.task_id} returned a non-finite observation")
             actions = policy.act(obs, deterministic=deterministic)
-            obs, _, _, _, info = env.step(actions)
+            prev = obs
+            obs, reward, terminated, _, info = env.step(actions)
             ep = info["episode"]
+            if record_transitions:
+                executed = info["safety"]["actions"] if "safety" in info else actions
+                rows = zip(prev, executed, reward, info["final_obs"], terminated)
+                for i, row in enumerate(rows):
+                    ongoing[i].append(row)
             if recorded < record_episodes:
                 if bool(ep["mask"][0]):
                     recorded += 1
@@ -59,11 +71,15 @@ def evaluate(
                     lengths.append(int(ep["length"][i]))
                     env_index.append(i)
                     done_count[i] += 1
+                    kept.extend(ongoing[i])
+                ongoing[i] = []
             steps += n
             if steps > max_steps:
                 raise RuntimeError(f"evaluation did not finish {episodes} episodes within {max_steps} steps")
     mean = sum(returns) / len(returns)
-    extra = {"frames": frames} if record_episodes > 0 else {}
+    extra: dict[str, Any] = {"frames": frames} if record_episodes > 0 else {}
+    if record_transitions:
+        extra["transitions"] = {k: torch.stack([row[j] for row in kept]).float().cpu() for j, k in enumerate(keys)}
     std = math.sqrt(sum((r - mean) ** 2 for r in returns) / len(returns))
     return {
         "return_mean": mean,

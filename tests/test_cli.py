@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 TINY = [
@@ -79,6 +80,19 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path):
     assert 0 < step < 100000
     robo_rl("train", "resume=run", f"steps={step + 50}", cwd=tmp_path)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] >= step + 50
+
+
+def test_eval_records_demonstrations_that_warm_start_another_run(tmp_path):
+    robo_rl("train", *TINY, "steps=200", "run_dir=expert", cwd=tmp_path)
+    out = robo_rl("eval", "run_dir=expert", "episodes=3", "num_envs=2", "demos_out=demos.npz", cwd=tmp_path).stdout
+    assert "demonstrations: 600 transitions in" in out  # 3 Pendulum episodes of 200 steps
+    result = json.loads((tmp_path / "expert" / "eval.json").read_text())
+    with np.load(tmp_path / "demos.npz") as d:
+        assert d["obs"].shape == (600, 3) and d["actions"].shape == (600, 1) and not d["terminated"].any()
+        assert d["rewards"].sum() == pytest.approx(sum(result["returns"]), rel=1e-5)  # exactly the counted episodes
+    err = robo_rl("train", *TINY, "steps=100", "run_dir=warm", "demos.path=demos.npz", "demos.pretrain_steps=20",
+                  cwd=tmp_path).stderr
+    assert "demos: pretrained the gaussian head on 600 transitions" in err and "preloaded 600 transitions" in err
 
 
 def test_multirun_over_seeds(tmp_path):
