@@ -41,14 +41,16 @@ PAIRS = {
 }
 
 
-def run(algo: str, seed: int, steps: int) -> dict:
+def run(algo: str, seed: int, steps: int, run_root: Path | None = None) -> dict:
     from robo_rl.train import compose_config, train
 
     overrides = [f"algo={algo}", f"env.id={ENV}", f"steps={steps}", f"seed={seed}", f"eval.episodes={EVAL_EPISODES}",
                  f"eval.every={steps}", "log.progress_seconds=120", "log.tensorboard=false"]
     t = time.perf_counter()
-    summary = train(compose_config(overrides), Path(tempfile.mkdtemp()) / f"{algo}-{seed}")
-    return {"seed": seed, "return": summary["final_eval_return_mean"], "wall_s": time.perf_counter() - t}
+    run_dir = (Path(tempfile.mkdtemp()) if run_root is None else run_root) / f"{algo}-{seed}"
+    summary = train(compose_config(overrides), run_dir)
+    return {"seed": seed, "return": summary["final_eval_return_mean"], "wall_s": time.perf_counter() - t,
+            "run_dir": str(run_dir)}
 
 
 def main() -> None:
@@ -61,6 +63,8 @@ def main() -> None:
                         help="take runs already recorded in these results files (this script's, or "
                              "benchmarks/results/returns.json for SAC/PPO) instead of training them again: same "
                              "env, steps and seed (robo-rl runs are deterministic given the seed on one thread)")
+    parser.add_argument("--run-root", type=Path, default=None,
+                        help="keep the run directories here, e.g. to re-evaluate them (default: a temp dir)")
     args = parser.parse_args()
 
     def cached(algo: str, steps: int, seed: int) -> dict | None:
@@ -90,7 +94,7 @@ def main() -> None:
             for algo in [spec["baseline"], *methods]:
                 r = cached(algo, steps, seed)
                 if r is None:
-                    r = run(algo, seed, steps)
+                    r = run(algo, seed, steps, args.run_root)
                 per_algo.setdefault(algo, []).append(r)
                 print(f"{algo} seed {seed}: {r['return']:.1f} ({r['wall_s']:.0f} s)", flush=True)
                 write(name, results)  # after every run, so a stopped benchmark keeps what it measured

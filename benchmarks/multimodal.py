@@ -11,6 +11,15 @@ method at the decision state (results/multimodal_actions.png).
     python benchmarks/multimodal.py --off-policy-steps 10000 --on-policy-steps 100000 \
         --override parl-flow:algo.num_candidates=4      # budgets / extra overrides from the command line
 
+With ``--demos EPISODES`` every method first warm-starts from the scripted expert's demonstrations
+(``envs.tasks.two_goals.expert_demos``: half of the episodes to each goal, so the data set is bimodal
+at the start state; ``demos.path=``, off-policy learners act from the first step), the policy is
+evaluated right after the warm start (the head alone: EXPO's and PA-RL's critics are untrained then),
+and again after the RL budget; results go to multimodal_demos.*:
+
+    python benchmarks/multimodal.py --demos 200 --pretrain-steps 3000 --off-policy-steps 5000 \
+        --on-policy-steps 50000 --methods sac sac-alpha0.1 ppo ppo-mixture gorl-flow expo-flow parl-flow
+
 Results are saved (JSON + markdown + PNG) after every run, so an interrupted study keeps what it has.
 Evaluation runs 100 env copies from the start state and counts the first episode of each (counting
 the first 100 episodes to finish over fewer copies would over-sample short, i.e. crashing, episodes).
@@ -41,6 +50,7 @@ METHODS = {
     # 0.1 is EXPO's default for its edit policy.
     "sac-alpha0.1": ["algo=sac", "policy.hidden_sizes=[128,128]", "algo.init_alpha=0.1", *OFF],
     "ppo": ["algo=ppo", "env.num_envs=16", "algo.rollout_steps=128"],
+    "ppo-mixture": ["algo=ppo", "policy=mixture", "env.num_envs=16", "algo.rollout_steps=128"],
     "gorl-flow": ["algo=gorl", "env.num_envs=16", "algo.rollout_steps=128", "algo.refit_every=10",
                   "policy.decoder_hidden=[128,128]"],
     "expo-flow": ["algo=expo", "policy=flow", "policy.hidden_sizes=[128,128]", "policy.steps=4", *OFF],
@@ -73,10 +83,42 @@ def run(method: str, seed: int, steps: int, extra: list[str], run_root: Path | N
     train(compose_config(overrides), run_dir)
     wall = time.perf_counter() - t
     cfg = load_run_config(run_dir)
-    env = make_env("robo_rl/TwoGoals-v0", num_envs=EVAL_EPISODES)
-    policy = load_learner(cfg, env, resolve_checkpoint(run_dir)).policy
+    policy = load_learner(cfg, make_env("robo_rl/TwoGoals-v0", num_envs=1), resolve_checkpoint(run_dir)).policy
     out = {"method": method, "seed": seed, "steps": steps, "overrides": overrides, "wall_s": wall,
            "run_dir": str(run_dir)}
+    out.update(evaluate(policy, seed))
+    return out
+
+
+def pretrained(method: str, seed: int, extra: list[str]) -> dict:
+    """The policy right after the demonstrations warm start, before any RL step (what fine-tuning starts
+    from). EXPO and PA-RL act by an untrained critic at this point, so their head is evaluated alone."""
+    from robo_rl.build import build_env, build_learner, build_policy
+    from robo_rl.config import resolve_defaults, validate
+    from robo_rl.demos import load_demos, warm_start
+    from robo_rl.train import compose_config, seed_everything
+
+    cfg = resolve_defaults(compose_config([*COMMON, "steps=1000", f"seed={seed}", *METHODS[method], *extra]))
+    validate(cfg)
+    seed_everything(seed)
+    env = build_env(cfg)
+    learner = build_learner(cfg, build_policy(cfg, env))
+    demos = load_demos(cfg.demos.path, env.obs_dim, env.act_dim, env.action_space.low, env.action_space.high)
+    t = time.perf_counter()
+    stats = warm_start(cfg, learner, None, demos)
+    env.close()
+    out = {"pretrain_s": time.perf_counter() - t, "pretrain_loss": [stats["loss_first"], stats["loss_last"]]}
+    head = learner.demo_head()
+    out.update(evaluate(head, seed, prefix="pretrained_"))
+    return out
+
+
+def evaluate(policy, seed: int, prefix: str = "") -> dict:  # type: ignore[no-untyped-def]
+    """Success rate and goal share from the start state (acting rule and sampling), 300 first actions."""
+    from envs import make_env
+
+    env = make_env("robo_rl/TwoGoals-v0", num_envs=EVAL_EPISODES)
+    out = {}
     for mode in ("deterministic", "sampled"):
         # one episode per env copy, all from the start state; an episode ends by success, crash or time-out
         success = torch.zeros(EVAL_EPISODES, dtype=torch.bool)
@@ -94,10 +136,11 @@ def run(method: str, seed: int, steps: int, extra: list[str], run_root: Path | N
                 upper |= hit & (info["final_obs"][:, 1].cpu() > 0)
                 done |= new
         n_success = int(success.sum())
-        out[f"success_{mode}"] = n_success / EVAL_EPISODES
-        out[f"upper_goal_share_{mode}"] = float(upper.sum()) / n_success if n_success else None
+        out[f"{prefix}success_{mode}"] = n_success / EVAL_EPISODES
+        out[f"{prefix}upper_goal_share_{mode}"] = float(upper.sum()) / n_success if n_success else None
     with torch.no_grad():
-        out["decision_actions"] = policy.act(start[:1].expand(300, -1), deterministic=False).tolist()
+        out[f"{prefix}decision_actions"] = policy.act(start[:1].expand(300, -1), deterministic=False).tolist()
+    env.close()
     return out
 
 
@@ -111,24 +154,28 @@ def plot(results: list[dict], path: Path) -> None:
     from envs.tasks.two_goals import GOALS, OBSTACLE
 
     methods = list(dict.fromkeys(r["method"] for r in results))
-    fig, axes = plt.subplots(1, len(methods), figsize=(2.6 * len(methods), 2.8), squeeze=False)
-    for ax, method in zip(axes[0], methods):
-        pts = np.array([a for r in results if r["method"] == method and r["seed"] == 0 for a in r["decision_actions"]])
-        # the headings whose straight path from the start runs into the obstacle (a wedge of +-asin(r / d))
-        center, radius = OBSTACLE
-        half = np.degrees(np.arcsin(radius / np.linalg.norm(center)))
-        heading = np.degrees(np.arctan2(center[1], center[0]))
-        ax.add_patch(Wedge((0, 0), 1.5, heading - half, heading + half, color="tab:red", alpha=0.2))
-        for g in GOALS:
-            ax.plot(*(g / np.linalg.norm(g)), "*", color="tab:green", ms=10)
-        if len(pts):
-            ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.5)
-        ax.set_xlim(-1.05, 1.05)
-        ax.set_ylim(-1.05, 1.05)
-        ax.set_aspect("equal")
-        ax.set_title(method, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
+    stages = [("pretrained_", "after the demonstrations warm start"), ("", "after RL")]
+    stages = [st for st in stages if any(f"{st[0]}decision_actions" in r for r in results)]
+    fig, axes = plt.subplots(len(stages), len(methods), figsize=(2.6 * len(methods), 2.8 * len(stages)), squeeze=False)
+    for row, (prefix, label) in enumerate(stages):
+        for ax, method in zip(axes[row], methods):
+            pts = np.array([a for r in results if r["method"] == method and r["seed"] == 0
+                            for a in r.get(f"{prefix}decision_actions", [])])
+            # the headings whose straight path from the start runs into the obstacle (a wedge of +-asin(r / d))
+            center, radius = OBSTACLE
+            half = np.degrees(np.arcsin(radius / np.linalg.norm(center)))
+            heading = np.degrees(np.arctan2(center[1], center[0]))
+            ax.add_patch(Wedge((0, 0), 1.5, heading - half, heading + half, color="tab:red", alpha=0.2))
+            for g in GOALS:
+                ax.plot(*(g / np.linalg.norm(g)), "*", color="tab:green", ms=10)
+            if len(pts):
+                ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.5)
+            ax.set_xlim(-1.05, 1.05)
+            ax.set_ylim(-1.05, 1.05)
+            ax.set_aspect("equal")
+            ax.set_title(method if len(stages) == 1 else f"{method}\n{label}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
     fig.suptitle("first action at the decision state (seed 0, 300 samples); stars: goal directions; "
                  "red: headings straight into the obstacle")
     fig.tight_layout()
@@ -138,6 +185,7 @@ def plot(results: list[dict], path: Path) -> None:
 
 def write(results: list[dict], methods: list[str], name: str = "multimodal") -> None:
     """Table, PNG and JSON from the runs done so far (called after every run)."""
+    warm = any("pretrained_success_sampled" in r for r in results)
     rows = []
     for method in methods:
         rs = [r for r in results if r["method"] == method]
@@ -152,16 +200,22 @@ def write(results: list[dict], methods: list[str], name: str = "multimodal") -> 
         shares = " / ".join("-" if r["upper_goal_share_sampled"] is None else f"{r['upper_goal_share_sampled']:.2f}"
                             for r in rs)
         steps = sorted({r["steps"] for r in rs})
-        rows.append([method, " / ".join(f"{s:,}" for s in steps), len(rs), fmt("success_deterministic"),
-                     fmt("success_sampled"), shares,
-                     f"{statistics.mean(r['wall_s'] for r in rs):.0f} s"])
+        row = [method, " / ".join(f"{s:,}" for s in steps), len(rs)]
+        if warm:
+            row += [fmt("pretrained_success_deterministic"), fmt("pretrained_success_sampled")]
+        rows.append(row + [fmt("success_deterministic"), fmt("success_sampled"), shares,
+                           f"{statistics.mean(r['wall_s'] for r in rs):.0f} s"])
     import benchmarks.common as common
 
     common.RESULTS.mkdir(parents=True, exist_ok=True)
     plot(results, common.RESULTS / f"{name}_actions.png")
-    table = markdown_table(["method", "env steps", "seeds", "success (acting rule)", "success (sampling)",
-                            "upper-goal share of successes (sampling, per seed)", "wall time / run"], rows)
-    kept = [{k: v for k, v in r.items() if k != "decision_actions" or r["seed"] == 0} for r in results]
+    head = ["method", "RL env steps", "seeds"]
+    if warm:
+        head += ["warm start only: success (head, deterministic)", "warm start only: success (head, sampling)"]
+    head += ["success (acting rule)", "success (sampling)", "upper-goal share of successes (sampling, per seed)",
+             "wall time / run"]
+    table = markdown_table(head, rows)
+    kept = [{k: v for k, v in r.items() if not k.endswith("decision_actions") or r["seed"] == 0} for r in results]
     save(name, {"results": kept}, table)
 
 
@@ -174,6 +228,10 @@ def main() -> None:
     parser.add_argument("--on-policy-steps", type=int, default=None, help="env steps for ppo, gorl-*")
     parser.add_argument("--override", action="append", default=[], metavar="METHOD:KEY=VALUE",
                         help="an extra training override for one method (repeatable)")
+    parser.add_argument("--demos", type=int, default=0, metavar="EPISODES",
+                        help="warm-start every method from this many scripted-expert episodes (half to each goal; "
+                             "per seed) and also evaluate it right after the warm start; results go to multimodal_demos.*")
+    parser.add_argument("--pretrain-steps", type=int, default=2000, help="demos.pretrain_steps with --demos")
     parser.add_argument("--run-root", type=Path, default=None, help="keep run directories here (default: a temp dir)")
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="write multimodal.{json,md} and the PNG here instead of benchmarks/results/ (scratch runs)")
@@ -198,17 +256,32 @@ def main() -> None:
         import benchmarks.common as common
 
         common.RESULTS = args.out_dir  # save() reads the module global
-    if args.run_root is not None:
-        args.run_root.mkdir(parents=True, exist_ok=True)
+    root = args.run_root if args.run_root is not None else Path(tempfile.mkdtemp())
+    root.mkdir(parents=True, exist_ok=True)
+    name = "multimodal_demos" if args.demos else "multimodal"
     results = []
     for seed in args.seeds:  # seed-major: an interrupted study still has every method at the first seeds
+        warm: list[str] = []
+        if args.demos:
+            from envs.tasks.two_goals import expert_demos
+            from robo_rl.demos import save_demos
+
+            path = save_demos(root / f"demos-{seed}.npz", **expert_demos(args.demos, seed=seed))
+            warm = [f"demos.path={path}", f"demos.pretrain_steps={args.pretrain_steps}"]
         for method in args.methods:
-            results.append(run(method, seed, budget(method), extra[method], args.run_root))
+            # with demonstrations, off-policy learners act with the warm-started policy from the first step
+            method_extra = [*warm, *(["algo.learning_starts=0"] if warm and algo_of(method) in OFF_POLICY else []),
+                            *extra[method]]
+            before = pretrained(method, seed, method_extra) if warm else {}
+            results.append({**run(method, seed, budget(method), method_extra, root), **before})
             r = results[-1]
-            print(f"{method} seed {seed}: success {r['success_deterministic']:.2f} (deterministic) "
+            print(f"{method} seed {seed}: "
+                  + (f"warm start only {r['pretrained_success_deterministic']:.2f} (deterministic) "
+                     f"{r['pretrained_success_sampled']:.2f} (sampled); " if warm else "")
+                  + f"success {r['success_deterministic']:.2f} (deterministic) "
                   f"{r['success_sampled']:.2f} (sampled), upper-goal share {r['upper_goal_share_sampled']}, "
                   f"{r['steps']:,} steps, {r['wall_s']:.0f} s", flush=True)
-            write(results, args.methods)
+            write(results, args.methods, name)
 
 
 if __name__ == "__main__":

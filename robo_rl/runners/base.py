@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from envs import BatchedEnv
 from robo_rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -82,6 +82,10 @@ class Runner(abc.ABC):
         self.cfg = cfg
         self.learner = learner
         self.policy = learner.policy
+        # A head pretrained on demonstrations keeps their observation statistics (demos.freeze_obs_norm):
+        # moving them shifts every input under the pretrained weights
+        self.frozen_obs_norm = bool(OmegaConf.select(cfg, "demos.path") and OmegaConf.select(cfg, "demos.freeze_obs_norm",
+                                                                                              default=True))
         # filters (if any) act in both; costs are read wherever the task reports them, required when learned from
         self.safety = safety_settings(cfg)
         self.env = SafetyLayer(env, self.safety.filters, self.safety.cost_key, require_cost=bool(self.safety.passivity_aware))
@@ -186,13 +190,17 @@ class Runner(abc.ABC):
         )
 
     # -- the loop ----------------------------------------------------------------------------------
+    def update_obs_norm(self, obs: torch.Tensor) -> None:
+        if not self.frozen_obs_norm:
+            self.policy.obs_norm.update(obs)
+
     def train(self, resume_from: Path | None = None) -> dict[str, Any]:
         cfg = self.cfg
         if resume_from is not None:
             self.restore(resume_from)
         else:
             self.obs = self.env.reset(seed=int(cfg.seed))
-            self.policy.obs_norm.update(self.obs)
+            self.update_obs_norm(self.obs)
         self.metrics = MetricsWriter(self.run_dir, cfg.log.tensorboard, resume_step=self.step if resume_from else None)
         label = f"{cfg.algo.name} {self.env.task_id}"
         progress = Progress(label, self.total_steps, cfg.log.progress_seconds, self.step)

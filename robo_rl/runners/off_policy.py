@@ -52,7 +52,7 @@ class OffPolicyRunner(Runner):
         # 3. store the executed actions; bootstrapping stops only on termination, never on a time-limit truncation
         self.replay.add(obs, safety["actions"], reward, info["final_obs"], terminated, costs=costs)
         learner.observe(obs, safety["actions"])
-        self.policy.obs_norm.update(next_obs)
+        self.update_obs_norm(next_obs)
         self.record_info(info)
         self.obs = next_obs
         self.step += n

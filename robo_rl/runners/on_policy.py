@@ -56,7 +56,7 @@ class OnPolicyRunner(Runner):
             learner.set_lr(self.base_lr * (1.0 - self.iteration / self.total_iterations))
         self.record_update(learner.update(batch))
         # Statistics change between updates only, so the rollout's log-probs match the update's
-        policy.obs_norm.update(torch.cat(rollout_obs))
+        self.update_obs_norm(torch.cat(rollout_obs))
 
     def extra_state(self) -> dict[str, Any]:
         return {"reward_norm": self.reward_norm.state_dict() if self.reward_norm is not None else None}
