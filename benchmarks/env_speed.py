@@ -124,6 +124,18 @@ def measure(task_id: str, n: int, rounds: int, seconds: float) -> dict:
 
 
 def memory_per_env(task_id: str) -> float:
+    """Resident memory per env copy, measured in a fresh interpreter: in this process the allocator
+    reuses pages freed by earlier measurements, so growth here reads as 0."""
+    import json
+    import subprocess
+
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
+            f"from benchmarks.env_speed import _memory_per_env; print(_memory_per_env({task_id!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return float(json.loads(out.strip().splitlines()[-1]))
+
+
+def _memory_per_env(task_id: str) -> float:
     from envs.mujoco import MujocoBatchedEnv
 
     gc.collect()
