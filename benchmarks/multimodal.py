@@ -219,6 +219,30 @@ def write(results: list[dict], methods: list[str], name: str = "multimodal") -> 
     save(name, {"results": kept}, table)
 
 
+def reevaluate(name: str, methods: list[str]) -> None:
+    """Re-score recorded runs of ``methods`` from their run directories; other methods' rows are kept."""
+    import json
+
+    import benchmarks.common as common
+    from envs import make_env
+    from robo_rl.runs import load_learner, load_run_config, resolve_checkpoint
+
+    recorded = json.loads((common.RESULTS / f"{name}.json").read_text())["results"]
+    for r in recorded:
+        if r["method"] not in methods:
+            continue
+        cfg = load_run_config(Path(r["run_dir"]))
+        policy = load_learner(cfg, make_env("robo_rl/TwoGoals-v0", num_envs=1), resolve_checkpoint(Path(r["run_dir"]))).policy
+        fresh = evaluate(policy, r["seed"])
+        if r["seed"] != 0:
+            fresh.pop("decision_actions")
+        print(f"{r['method']} seed {r['seed']}: success {r['success_deterministic']:.2f} -> "
+              f"{fresh['success_deterministic']:.2f} (acting rule), {r['success_sampled']:.2f} -> "
+              f"{fresh['success_sampled']:.2f} (sampled)", flush=True)
+        r.update(fresh, reevaluated=True)
+    write(recorded, list(dict.fromkeys(r["method"] for r in recorded)), name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -235,6 +259,9 @@ def main() -> None:
     parser.add_argument("--run-root", type=Path, default=None, help="keep run directories here (default: a temp dir)")
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="write multimodal.{json,md} and the PNG here instead of benchmarks/results/ (scratch runs)")
+    parser.add_argument("--reevaluate", action="store_true",
+                        help="no training: re-score the runs recorded in results/<name>.json for --methods from their "
+                             "run directories with the current code (e.g. after a fix to an acting rule)")
     args = parser.parse_args()
     extra: dict[str, list[str]] = {m: [] for m in METHODS}
     for item in args.override:
@@ -256,9 +283,12 @@ def main() -> None:
         import benchmarks.common as common
 
         common.RESULTS = args.out_dir  # save() reads the module global
+    name = "multimodal_demos" if args.demos else "multimodal"
+    if args.reevaluate:
+        reevaluate(name, args.methods)
+        return
     root = args.run_root if args.run_root is not None else Path(tempfile.mkdtemp())
     root.mkdir(parents=True, exist_ok=True)
-    name = "multimodal_demos" if args.demos else "multimodal"
     results = []
     for seed in args.seeds:  # seed-major: an interrupted study still has every method at the first seeds
         warm: list[str] = []
