@@ -335,7 +335,7 @@ class DemosConfig:
     batch_size: int = 256
     lr: float = 1e-3
     replay: bool = True  # off-policy learners: put the transitions into the replay buffer too
-    freeze_obs_norm: bool = True  # keep the demonstrations' observation statistics for the whole run
+    freeze_obs_norm: bool = True  # after pretraining, keep the demonstrations' observation statistics
 
 
 @dataclass

@@ -83,9 +83,11 @@ class Runner(abc.ABC):
         self.learner = learner
         self.policy = learner.policy
         # A head pretrained on demonstrations keeps their observation statistics (demos.freeze_obs_norm):
-        # moving them shifts every input under the pretrained weights
-        self.frozen_obs_norm = bool(OmegaConf.select(cfg, "demos.path") and OmegaConf.select(cfg, "demos.freeze_obs_norm",
-                                                                                              default=True))
+        # moving them shifts every input under the pretrained weights. Without pretraining there is nothing
+        # to keep, and the statistics follow the run as usual.
+        demos = OmegaConf.select(cfg, "demos", default=None)
+        self.frozen_obs_norm = bool(demos is not None and demos.path and demos.pretrain_steps > 0
+                                    and demos.freeze_obs_norm)
         # filters (if any) act in both; costs are read wherever the task reports them, required when learned from
         self.safety = safety_settings(cfg)
         self.env = SafetyLayer(env, self.safety.filters, self.safety.cost_key, require_cost=bool(self.safety.passivity_aware))
