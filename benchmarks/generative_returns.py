@@ -80,6 +80,12 @@ def main() -> None:
                     return {**r, "reused_from": str(path)}
         return None
 
+    tune_malloc()
+    import torch
+
+    torch.set_num_threads(1)  # the recorded runs are one-thread runs (deterministic given the seed)
+    logging.getLogger("robo_rl").setLevel(logging.WARNING)
+
     name = "generative_returns" if args.pairs == ["onpolicy"] else "generative_returns_" + "_".join(args.pairs)
     if args.methods:
         name += "_" + "_".join(args.methods)

@@ -100,6 +100,7 @@ def pretrained(method: str, seed: int, extra: list[str]) -> dict:
 
     cfg = resolve_defaults(compose_config([*COMMON, "steps=1000", f"seed={seed}", *METHODS[method], *extra]))
     validate(cfg)
+    torch.set_num_threads(int(cfg.threads))  # as train() does for the run itself
     seed_everything(seed)
     env = build_env(cfg)
     learner = build_learner(cfg, build_policy(cfg, env))
