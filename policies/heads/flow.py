@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from policies.heads.generative import GenerativeHead
+from policies.heads.generative import GenerativeHead, timestep_embedding
 from policies.normalizers import ObsNormalizer
 
 SOLVERS = ("euler", "midpoint")
@@ -50,17 +50,50 @@ class FlowHead(GenerativeHead):
         return self._weighted((v - (x1 - x0)).square().mean(-1), weights)
 
     def generate(self, obs: torch.Tensor, noise: torch.Tensor, straight_through: bool = False) -> torch.Tensor:
-        net = self.net
-        context = net.context(self._cond(obs))  # once per chain
+        """The Euler (or midpoint) chain, written so that each step is three operations around the trunk.
+
+        Every step's first layer is one ``addmm`` whose bias holds the layer's own bias, the step's time
+        term and the condition term (computed once per chain); the velocity's output layer writes the
+        step itself, x + dt * v, as one ``addmm``. With Euler, the output bias is carried forward instead
+        of added: x_k = y_k + k dt b_o, so y_{k+1} = y_k + dt h W_o^T, its contribution to the next first
+        layer (k dt W_x b_o) joins that layer's bias, and x = y_K + b_o at the end (K dt = 1). The same
+        arithmetic as the textbook chain (tests compare them); it matters at batch 1, where the chain
+        is bound by per-operation overhead rather than by the matmuls (benchmarks/export_latency.py).
+        """
+        net, dt = self.net, 1.0 / self.steps
+        emb, emb_mid = self._time_embedding(noise.device)
+        w_x, w_o, w_t = net.x_in.weight.t(), net.out.weight.t(), net.time_in.weight.t()
+        context = torch.nn.functional.linear(self._cond(obs), net.cond_in.weight).unsqueeze(0)  # [1, B, W]
+        if self.solver == "euler":
+            carried = torch.arange(self.steps, device=noise.device, dtype=torch.float32).unsqueeze(1) * torch.mv(
+                net.x_in.weight, net.out.bias * dt)  # [K, W]: k dt W_x b_o
+            biases = (context + torch.addmm(net.x_in.bias + carried, emb, w_t).unsqueeze(1)).unbind(0)
+            y = noise
+            for bias in biases:
+                y = torch.addmm(y, net.trunk(torch.addmm(bias, y, w_x)), w_o, alpha=dt)
+            return self._finish(y + net.out.bias, straight_through)
+        # midpoint: the velocity half a step ahead
+        biases = (context + torch.addmm(net.x_in.bias, emb, w_t).unsqueeze(1)).unbind(0)
+        biases_mid = (context + torch.addmm(net.x_in.bias, emb_mid, w_t).unsqueeze(1)).unbind(0)
+        half, full = net.out.bias * (0.5 * dt), net.out.bias * dt
         x = noise
-        dt = 1.0 / self.steps
-        times = torch.arange(self.steps, device=x.device, dtype=torch.float32) * dt
-        tf = net.time_features(times)  # once per step, shared by every row
-        tf_mid = net.time_features(times + 0.5 * dt) if self.solver == "midpoint" else None
-        for i in range(self.steps):
-            if self.solver == "euler":
-                x = x + dt * net(x, context=context, time_features=tf[i])
-            else:  # midpoint: evaluate the velocity half a step ahead
-                x_mid = x + (0.5 * dt) * net(x, context=context, time_features=tf[i])
-                x = x + dt * net(x_mid, context=context, time_features=tf_mid[i])
+        for bias, bias_mid in zip(biases, biases_mid):
+            x_mid = torch.addmm(x + half, net.trunk(torch.addmm(bias, x, w_x)), w_o, alpha=0.5 * dt)
+            x = torch.addmm(x + full, net.trunk(torch.addmm(bias_mid, x_mid, w_x)), w_o, alpha=dt)
         return self._finish(x, straight_through)
+
+    def _time_embedding(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Sinusoidal embeddings [K, time_dim] of the chain's step times (and of the midpoints): constants of
+        (steps, solver), independent of the weights, so eager calls keep them; a trace recomputes them."""
+        key = (self.steps, self.solver, str(device))
+        cached = self.__dict__.get("_embedding_cache")
+        tracing = torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        if cached is not None and cached[0] == key and not tracing:
+            return cached[1], cached[2]
+        net, dt = self.net, 1.0 / self.steps
+        times = torch.arange(self.steps, device=device, dtype=torch.float32) * dt
+        emb = timestep_embedding(times * net.time_scale, net.time_dim)
+        mid = timestep_embedding((times + 0.5 * dt) * net.time_scale, net.time_dim) if self.solver == "midpoint" else None
+        if not tracing:
+            self.__dict__["_embedding_cache"] = (key, emb, mid)
+        return emb, mid

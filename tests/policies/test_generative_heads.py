@@ -111,6 +111,43 @@ def test_sampling_is_deterministic_given_the_noise():
     assert torch.equal(head.act(obs, deterministic=True), head.act(obs, deterministic=True))
 
 
+def _textbook_flow_chain(head, obs, noise):
+    """Euler / midpoint integration of dx/dt = v(x, t | s) written directly from the definition."""
+    x, dt, cond = noise, 1.0 / head.steps, head._cond(obs)
+    for i in range(head.steps):
+        t = torch.full((obs.shape[0],), i * dt)
+        if head.solver == "euler":
+            x = x + dt * head.net(x, t, cond)
+        else:
+            x = x + dt * head.net(x + 0.5 * dt * head.net(x, t, cond), t + 0.5 * dt, cond)
+    return x.reshape(obs.shape[0], head.action_chunk, head.act_dim)  # before generate()'s clip to the unit box
+
+
+@pytest.mark.parametrize("solver", ["euler", "midpoint"])
+@pytest.mark.parametrize("denoiser", ["mlp", "residual"])
+@pytest.mark.parametrize("steps", [1, 4, 10])
+def test_flow_chain_equals_the_textbook_integration(solver, denoiser, steps):
+    # generate() folds biases into its matmuls (and carries Euler's output bias forward): the same
+    # arithmetic, so it must match the plain integration to float rounding, with and without gradients
+    torch.manual_seed(steps)
+    head = build_head("flow", 3, LOW, HIGH, steps=steps, solver=solver, denoiser=denoiser, chunk=2, **SMALL)
+    with torch.no_grad():  # a non-zero output layer (it starts near zero), so the chain moves the noise
+        head.net.out.weight.normal_(0.0, 0.1)
+        head.net.out.bias.normal_(0.0, 0.5)
+    obs, noise = torch.randn(32, 3), torch.randn(32, 4)
+    expected = _textbook_flow_chain(head, obs, noise).clamp(-1.0, 1.0)
+    assert (expected.abs() < 1).float().mean() > 0.5  # mostly inside the clip, so the comparison means something
+    with torch.no_grad():
+        assert torch.allclose(head.generate(obs, noise), expected, atol=2e-6)
+    z = noise.clone().requires_grad_(True)
+    folded = head.generate(obs, z, straight_through=True)
+    (grad_folded,) = torch.autograd.grad(folded.square().sum(), z)
+    z = noise.clone().requires_grad_(True)
+    x = _textbook_flow_chain(head, obs, z)
+    (grad_textbook,) = torch.autograd.grad((x + (x.clamp(-1, 1) - x).detach()).square().sum(), z)
+    assert torch.allclose(grad_folded, grad_textbook, atol=1e-5)
+
+
 def test_chunks_execute_k_actions_per_query():
     head = build_head("flow", 3, LOW, HIGH, steps=2, chunk=4, execute=2, **SMALL)
     calls = []
