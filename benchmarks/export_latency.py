@@ -14,6 +14,7 @@ p99 <= 2 ms with onnxruntime at batch 1. Issue 4: flow (4 steps) within 3x of th
 
     python benchmarks/export_latency.py              # every head, 3000 timed calls each
     python benchmarks/export_latency.py --calls 500 --heads sac-gaussian flow-4
+    python benchmarks/export_latency.py --floor-only   # the bare matmuls/activations of flow-4 vs the Gaussian
 """
 
 from __future__ import annotations
@@ -119,12 +120,59 @@ def measure(name: str, overrides: list[str], calls: int, workdir: Path) -> dict:
     return row
 
 
+def arithmetic_floor(calls: int = 3000, rounds: int = 10) -> dict[str, float]:
+    """p50 µs of the bare operations at batch 1, no policy code around them: the flow head's 4 Euler steps
+    through its default 256x3 Mish network (17 matmuls, 12 activations) vs the SAC Gaussian's 256x2 ReLU
+    network (3 matmuls, 2 activations). Timed interleaved, so the ratio holds on a loaded machine."""
+    f = torch.nn.functional
+    obs_dim, act_dim, width = 11, 3, 256
+    g = torch.Generator().manual_seed(0)
+
+    def w(*shape):
+        return torch.randn(*shape, generator=g) * 0.05
+
+    w_x, w_c, w_h, w_o, b, b_o = w(act_dim, width), w(obs_dim, width), w(width, width), w(width, act_dim), w(width), w(act_dim)
+    w_1, w_mu = w(obs_dim, width), w(width, 2 * act_dim)
+    obs = torch.randn(1, obs_dim, generator=g)
+
+    def flow():
+        bias = torch.addmm(b, obs, w_c)
+        y = torch.zeros(1, act_dim)
+        for _ in range(4):
+            h = f.mish(torch.addmm(bias, y, w_x))
+            h = f.mish(torch.addmm(b, h, w_h))
+            h = f.mish(torch.addmm(b, h, w_h))
+            y = torch.addmm(y, h, w_o, alpha=0.25)
+        return y + b_o
+
+    def gaussian():
+        h = torch.relu(torch.addmm(b, obs, w_1))
+        h = torch.relu(torch.addmm(b, h, w_h))
+        return torch.addmm(b_o.repeat(2), h, w_mu)
+
+    samples: dict[str, list[int]] = {"flow-4": [], "sac-gaussian": []}
+    with torch.no_grad():
+        for _ in range(rounds):
+            for name, fn in (("flow-4", flow), ("sac-gaussian", gaussian)):
+                samples[name] += time_calls(lambda _x, fn=fn: fn(), [None], calls // rounds, warmup=50)
+    return {name: percentiles(v)["p50"] * 1e3 for name, v in samples.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--heads", nargs="*", default=list(HEADS))
+    parser.add_argument("--floor-only", action="store_true",
+                        help="time only the bare operations of flow-4 vs the Gaussian (-> export_latency_floor.*)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    floor = arithmetic_floor()
+    floor_line = (f"bare operations at batch 1 (p50): flow-4 {floor['flow-4']:.0f} µs, SAC Gaussian "
+                  f"{floor['sac-gaussian']:.0f} µs, {floor['flow-4'] / floor['sac-gaussian']:.1f}x")
+    print(floor_line, flush=True)
+    if args.floor_only:
+        save("export_latency_floor", {"floor_us_p50": floor}, floor_line)
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.heads:
@@ -147,7 +195,8 @@ def main() -> None:
         ["head (Hopper, defaults)", "params", "ORT b1 p50 ms", "ORT b1 p99 ms", "torch b1 p50 ms", "torch b1 p99 ms",
          "torch b1 vs SAC Gaussian", "ORT b256 p50 ms", "torch b256 p50 ms", "max abs ORT-torch"],
         table_rows)
-    save("export_latency", {"calls": args.calls, "rows": rows, "targets_ms": TARGETS_MS}, table)
+    save("export_latency", {"calls": args.calls, "rows": rows, "targets_ms": TARGETS_MS, "floor_us_p50": floor},
+         table + "\n\n" + floor_line)
 
 
 if __name__ == "__main__":
