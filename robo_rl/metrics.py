@@ -101,8 +101,13 @@ class Progress:
         if not force and now - self._last_t < self.every:
             return
         rate = (step - self._last_step) / max(now - self._last_t, 1e-9)
-        # ETA from the recent rate: the random-action warm-up of off-policy runs is much faster
-        self._rate = rate if self._rate is None else 0.7 * self._rate + 0.3 * rate
+        # ETA from the recent rate, smoothed over prints, but restarted when the pace changes regime (more
+        # than 2x): an off-policy run's random-action warm-up is ~10x faster than its training, and
+        # carrying that rate over gave a first ETA several times too short
+        if self._rate is None or not 0.5 * self._rate <= rate <= 2.0 * self._rate:
+            self._rate = rate
+        else:
+            self._rate = 0.7 * self._rate + 0.3 * rate
         eta = (self.total - step) / self._rate if self._rate > 0 else math.inf
         parts = [
             f"[{self.label}] step {step:,}/{self.total:,} ({100 * step / self.total:.0f}%)",

@@ -142,3 +142,21 @@ def test_nan_loss_stops_training(tmp_path, monkeypatch):
     # the checkpoint written before the NaN is still complete and finite
     state, _ = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
     assert all(torch.isfinite(v).all() for v in state["learner"]["modules"].values() if v.is_floating_point())
+
+
+def test_progress_eta_follows_a_change_of_pace(monkeypatch, caplog):
+    # an off-policy run's random-action warm-up runs ~10x faster than training: the ETA printed once
+    # training has started must come from the training pace, not be pulled down by the warm-up's
+    import logging
+
+    from robo_rl import metrics
+
+    clock = iter([0.0, 100.0, 200.0, 300.0])
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
+    progress = metrics.Progress("sac Hopper-v5", total_steps=10_000, every_seconds=60)
+    with caplog.at_level(logging.INFO, logger=metrics.log.name):
+        progress.maybe_print(5_000, None, None)  # warm-up: 50 steps/s
+        progress.maybe_print(5_500, None, None)  # training: 5 steps/s, 4,500 steps left -> 15 min
+        progress.maybe_print(6_000, None, None)  # same pace, 4,000 steps left
+    etas = [line.rsplit("ETA ", 1)[1] for line in caplog.messages]
+    assert etas == ["1:40", "15:00", "13:20"]
