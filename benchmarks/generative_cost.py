@@ -10,6 +10,7 @@ updates) and the ratio to the baseline. Targets (issue 4): EXPO and PA-RL within
     python benchmarks/generative_cost.py              # 5 rounds
     python benchmarks/generative_cost.py --rounds 3
     python benchmarks/generative_cost.py --only gorl_sac   # GoRL-SAC and SAC only
+    python benchmarks/generative_cost.py --only expo parl --threads 2   # the off-policy default: all cores
 """
 
 from __future__ import annotations
@@ -39,17 +40,17 @@ METHODS = {  # name -> (overrides, baseline, env steps per timed segment)
 }
 
 
-def runner_for(overrides: list[str]):
+def runner_for(overrides: list[str], threads: int = 1):
     from robo_rl.build import build_env, build_learner, build_policy, build_runner
     from robo_rl.train import compose_config, prepare
 
     algo = overrides[0].split("=")[1]
     extra = [f"algo.learning_starts={LEARNING_STARTS}"] if algo in OFF_POLICY else []
     run_dir = Path(tempfile.mkdtemp()) / "run"
-    cfg, _ = prepare(compose_config([*overrides, "env=hopper", "steps=100000000", "seed=0", "threads=1", *extra]), run_dir)
+    cfg, _ = prepare(compose_config([*overrides, "env=hopper", "steps=100000000", "seed=0", f"threads={threads}", *extra]), run_dir)
     env = build_env(cfg)
     runner = build_runner(cfg, build_learner(cfg, build_policy(cfg, env)), env, build_env(cfg, num_envs=1), run_dir)
-    runner.threads = 1
+    runner.threads = threads
     runner.obs = env.reset(seed=0)
     warm = LEARNING_STARTS + 200 if algo in OFF_POLICY else 2 * 8192
     while runner.step < warm:
@@ -63,8 +64,11 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", metavar="ALGO",
                         help="measure only these algos and their baselines (e.g. --only gorl_sac); results go to "
                              "generative_cost_<algos>.json/md")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for every learner (default 1; the off-policy learners' own default is all "
+                             "cores, e.g. --threads 2 here); results go to generative_cost[_<algos>]_threads<N>.*")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     methods = METHODS
     if args.only:
         chosen = [name for name, (overrides, _, _) in METHODS.items() if overrides[0].split("=")[1] in args.only]
@@ -74,7 +78,7 @@ def main() -> None:
         methods = {name: spec for name, spec in METHODS.items() if name in keep}
     segments = {}
     for name, (overrides, _, n) in methods.items():
-        advance = runner_for(overrides)
+        advance = runner_for(overrides, args.threads)
         segments[name] = (lambda advance=advance, n=n: rate_of(lambda: advance(n), n))
         print(f"built {name}", flush=True)
     rates = interleaved(segments, args.rounds)
@@ -85,9 +89,12 @@ def main() -> None:
         out[name] = {"overrides": overrides, "steps_per_s": rate, "rounds": rates[name], "slowdown_vs_baseline": ratio}
         target = "" if baseline is None or name.startswith("GoRL (") else (" (target ≤ 3x: " + ("met" if ratio <= 3 else "MISSED") + ")")
         rows.append([name, f"{rate:,.0f}", baseline or "-", f"{ratio:.2f}x slower{target}" if ratio else "-"])
-    table = markdown_table(["learner (Hopper-v5, defaults, 1 torch thread)", "env steps/s", "baseline",
+    threads = "1 torch thread" if args.threads == 1 else f"{args.threads} torch threads"
+    table = markdown_table([f"learner (Hopper-v5, defaults, {threads})", "env steps/s", "baseline",
                             "baseline steps/s / this"], rows)
     name = "generative_cost" if not args.only else "generative_cost_" + "_".join(args.only)
+    if args.threads != 1:
+        name += f"_threads{args.threads}"
     save(name, {"rounds": args.rounds, "results": out}, table)
 
 
