@@ -12,13 +12,58 @@ from typing import Sequence
 import torch
 from torch import nn
 
+def tracing() -> bool:
+    """True while torch.export / dynamo / jit.trace / the ONNX exporter records a graph: code with eager-only
+    shortcuts takes its plain path then, so an export holds standard operators."""
+    return (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+            or torch.onnx.is_in_onnx_export())
+
+
+class _SigmoidMish(torch.autograd.Function):
+    """mish(x) = x tanh(softplus(x)) written with one sigmoid: with s = sigmoid(x), 1 + e^x = 1 / (1 - s), so
+    tanh(softplus(x)) = u / (2 - u) where u = s (2 - s) (no cancellation for x << 0, where u ~ 2s).
+
+    torch's own CPU kernel evaluates softplus and tanh per element and was ~3x slower than this on a
+    [512, 256] batch here (benchmarks/export_latency.py --floor-only times the batch-1 case, where it is not
+    used); it is a fifth of an EXPO update. Backward: d/dx = t + x s (1 - t^2) with t = u / (2 - u)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        s = torch.sigmoid(x)
+        u = torch.rsub(s, 2.0).mul_(s)
+        ctx.save_for_backward(x)
+        return u.div_(torch.rsub(u, 2.0)).mul_(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(x)
+        u = torch.rsub(s, 2.0).mul_(s)
+        t = u.div_(torch.rsub(u, 2.0))
+        return grad * torch.addcmul(t, x * s, torch.rsub(t.square(), 1.0))
+
+
+class Mish(nn.Mish):
+    """nn.Mish with a faster CPU path for large tensors (same function to float rounding, see _SigmoidMish).
+
+    Small tensors (batch-1 inference) keep torch's single kernel, which costs fewer operations; an export
+    records torch's Mish operator."""
+
+    FAST_FROM = 8192  # elements
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() < self.FAST_FROM or x.is_cuda or tracing():
+            return torch.nn.functional.mish(x)
+        return _SigmoidMish.apply(x)
+
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
     "elu": nn.ELU,
     "gelu": nn.GELU,
     "silu": nn.SiLU,
-    "mish": nn.Mish,
+    "mish": Mish,
 }
 
 

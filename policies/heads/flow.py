@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from policies.heads.generative import GenerativeHead, timestep_embedding
+from policies.networks import tracing
 from policies.normalizers import ObsNormalizer
 
 SOLVERS = ("euler", "midpoint")
@@ -87,13 +88,13 @@ class FlowHead(GenerativeHead):
         (steps, solver), independent of the weights, so eager calls keep them; a trace recomputes them."""
         key = (self.steps, self.solver, str(device))
         cached = self.__dict__.get("_embedding_cache")
-        tracing = torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-        if cached is not None and cached[0] == key and not tracing:
+        recording = tracing()
+        if cached is not None and cached[0] == key and not recording:
             return cached[1], cached[2]
         net, dt = self.net, 1.0 / self.steps
         times = torch.arange(self.steps, device=device, dtype=torch.float32) * dt
         emb = timestep_embedding(times * net.time_scale, net.time_dim)
         mid = timestep_embedding((times + 0.5 * dt) * net.time_scale, net.time_dim) if self.solver == "midpoint" else None
-        if not tracing:
+        if not recording:
             self.__dict__["_embedding_cache"] = (key, emb, mid)
         return emb, mid

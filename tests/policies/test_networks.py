@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from policies.networks import EnsembleMLP
+from policies.networks import EnsembleMLP, Mish, _SigmoidMish
 from policies.normalizers import RunningMeanStd
 
 
@@ -38,3 +38,17 @@ def test_running_mean_std_matches_numpy():
     np.testing.assert_allclose(rms.mean.numpy(), allx.mean(0), rtol=1e-10)
     np.testing.assert_allclose(rms.var.numpy(), allx.var(0), rtol=1e-10)
     assert float(rms.count) == len(allx)
+
+
+def test_fast_mish_equals_torch_mish_with_gradients():
+    # the large-tensor path (one sigmoid) must be the same function as torch's kernel, including the tails
+    tails = torch.tensor([-100.0, -30.0, -20.0, -1e-4, 0.0, 1e-4, 20.0, 30.0, 100.0]).repeat(256)
+    x = torch.cat([torch.randn(40 * 256) * 5, tails]).reshape(-1, 256).requires_grad_(True)
+    assert x.numel() >= Mish.FAST_FROM
+    fast, ref = Mish()(x), torch.nn.functional.mish(x)
+    assert torch.allclose(fast, ref, rtol=1e-6, atol=1e-6)
+    (g_fast,) = torch.autograd.grad(fast.sum(), x)
+    (g_ref,) = torch.autograd.grad(ref.sum(), x)
+    assert torch.isfinite(g_fast).all() and torch.allclose(g_fast, g_ref, rtol=1e-5, atol=1e-5)
+    small = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_SigmoidMish.apply, (small,))
