@@ -52,7 +52,7 @@ class Mish(nn.Mish):
     FAST_FROM = 8192  # elements
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() < self.FAST_FROM or x.is_cuda or tracing():
+        if tracing() or x.is_cuda or x.numel() < self.FAST_FROM:
             return torch.nn.functional.mish(x)
         return _SigmoidMish.apply(x)
 
