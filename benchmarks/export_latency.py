@@ -14,7 +14,7 @@ p99 <= 2 ms with onnxruntime at batch 1. Issue 4: flow (4 steps) within 3x of th
 
     python benchmarks/export_latency.py              # every head, 3000 timed calls each
     python benchmarks/export_latency.py --calls 500 --heads sac-gaussian flow-4
-    python benchmarks/export_latency.py --floor-only   # the bare matmuls/activations of flow-4 vs the Gaussian
+    python benchmarks/export_latency.py --floor-only   # bare ops of flow-4 vs the Gaussian; Mish on [512, 256]
 """
 
 from __future__ import annotations
@@ -158,17 +158,34 @@ def arithmetic_floor(calls: int = 3000, rounds: int = 10) -> dict[str, float]:
     return {name: percentiles(v)["p50"] * 1e3 for name, v in samples.items()}
 
 
+def mish_batch_timing(rows: int = 512, width: int = 256, calls: int = 500, rounds: int = 5) -> dict[str, float]:
+    """p50 µs of one Mish over a [rows, width] batch (a flow chain's activation at EXPO's TD-target batch):
+    torch's kernel vs policies.networks.Mish (the one-sigmoid path it takes from 8,192 elements), interleaved."""
+    from policies.networks import Mish
+
+    x = torch.randn(rows, width, generator=torch.Generator().manual_seed(0)) * 3
+    fast = Mish()
+    samples: dict[str, list[int]] = {"torch_mish": [], "robo_rl_mish": []}
+    with torch.no_grad():
+        for _ in range(rounds):
+            for name, fn in (("torch_mish", torch.nn.functional.mish), ("robo_rl_mish", fast)):
+                samples[name] += time_calls(fn, [x], calls // rounds, warmup=20)
+    return {name: percentiles(v)["p50"] * 1e3 for name, v in samples.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--heads", nargs="*", default=list(HEADS))
     parser.add_argument("--floor-only", action="store_true",
-                        help="time only the bare operations of flow-4 vs the Gaussian (-> export_latency_floor.*)")
+                        help="time only the bare operations of flow-4 vs the Gaussian, and one Mish on a [512, 256] batch "
+                             "(-> export_latency_floor.*)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    floor = arithmetic_floor()
+    floor = {**arithmetic_floor(), **{f"{k}_512x256": v for k, v in mish_batch_timing().items()}}
     floor_line = (f"bare operations at batch 1 (p50): flow-4 {floor['flow-4']:.0f} µs, SAC Gaussian "
-                  f"{floor['sac-gaussian']:.0f} µs, {floor['flow-4'] / floor['sac-gaussian']:.1f}x")
+                  f"{floor['sac-gaussian']:.0f} µs, {floor['flow-4'] / floor['sac-gaussian']:.1f}x; one Mish on "
+                  f"[512, 256]: torch {floor['torch_mish_512x256']:.0f} µs, robo-rl {floor['robo_rl_mish_512x256']:.0f} µs")
     print(floor_line, flush=True)
     if args.floor_only:
         save("export_latency_floor", {"floor_us_p50": floor}, floor_line)
