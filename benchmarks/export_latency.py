@@ -43,7 +43,7 @@ HEADS = {  # name -> `robo-rl train` overrides
     "diffusion-ddim-10": ["algo=parl", "policy=diffusion", "policy.scheduler=ddim", "policy.inference_steps=10"],
     "gorl-latent-flow": ["algo=gorl"],
     "expo-flow (best of 2N)": ["algo=expo", "policy=flow"],
-    "parl-flow (best of N)": ["algo=parl", "policy=flow", "policy.steps=4"],
+    "parl-flow (best of N)": ["algo=parl", "algo.num_candidates=8", "policy=flow", "policy.steps=4"],
 }
 BARE = {"flow-4", "diffusion-ddim-10"}  # the head itself, not a learner's acting policy around it
 TARGETS_MS = {"sac-gaussian": 0.2, "ppo-gaussian": 0.2, "flow-4": 1.0, "diffusion-ddim-10": 2.0}

@@ -32,7 +32,8 @@ class _SigmoidMish(torch.autograd.Function):
         s = torch.sigmoid(x)
         u = torch.rsub(s, 2.0).mul_(s)
         ctx.save_for_backward(x)
-        return u.div_(torch.rsub(u, 2.0)).mul_(x)
+        # x u / (2 - u) with two buffers: s's buffer takes u - 2, the sign comes back at the end (exact)
+        return u.div_(torch.add(u, -2.0, out=s)).mul_(x).neg_()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]

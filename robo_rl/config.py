@@ -137,11 +137,11 @@ class PARLConfig:
     tau: float = 0.005
     critic_lr: float = 3e-4
     policy_lr: float = 3e-4
-    num_candidates: int = 8  # policy samples per state (global optimization)
+    num_candidates: int = 4  # policy samples per state (acting, TD target, global optimization)
     top_k: int = 1
     grad_steps: int = 3  # gradient-ascent steps on Q per kept action (local optimization)
     action_lr: float = 0.05  # step size in unit action scale
-    policy_update_every: int = 2
+    policy_update_every: int = 3  # critic updates per policy (action optimization + distillation) update
     num_critics: int = 2
     critic_hidden: List[int] = field(default_factory=lambda: [256, 256])
     critic_activation: str = "relu"
