@@ -5,7 +5,9 @@ and PA-RL with the default flow head, 256x256x256, 4 steps; PPO 64x64; GoRL = PP
 flow decoder refit every 50 updates; GoRL-SAC = SAC on a squashed latent through the same flow decoder)
 after a short warm-up, and segments of all of them alternate
 within each round, so they share the machine's load; reported are median env steps/s (collection +
-updates) and the ratio to the baseline. Targets (issue 4): EXPO and PA-RL within 3x of SAC's steps/s.
+updates) and the ratio to the baseline. The allocator is tuned as `robo-rl train` tunes it
+(robo_rl.perf.tune_malloc; results before 2026-12-02 were measured without it). Targets (issue 4):
+EXPO and PA-RL within 3x of SAC's steps/s.
 
     python benchmarks/generative_cost.py              # 5 rounds
     python benchmarks/generative_cost.py --rounds 3
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks.common import advancer, interleaved, markdown_table, median, rate_of, save  # noqa: E402
+from robo_rl.perf import tune_malloc  # noqa: E402
 
 LEARNING_STARTS = 1000
 OFF_POLICY = ("sac", "expo", "parl", "gorl_sac")
@@ -34,6 +37,9 @@ METHODS = {  # name -> (overrides, baseline, env steps per timed segment)
     "SAC (gaussian)": (["algo=sac"], None, 200),
     "EXPO (flow)": (["algo=expo"], "SAC (gaussian)", 200),
     "PA-RL (flow)": (["algo=parl"], "SAC (gaussian)", 200),
+    # the defaults PA-RL's first Hopper returns were measured with (README), for the trade-off side by side
+    "PA-RL (flow, 8 candidates, policy update every 2)": (
+        ["algo=parl", "algo.num_candidates=8", "algo.policy_update_every=2"], "SAC (gaussian)", 200),
     "PPO (gaussian)": (["algo=ppo"], None, 8192),
     "GoRL (latent + flow decoder)": (["algo=gorl"], "PPO (gaussian)", 8192),
     "GoRL-SAC (latent + flow decoder)": (["algo=gorl_sac"], "SAC (gaussian)", 200),
@@ -68,6 +74,7 @@ def main() -> None:
                         help="torch threads for every learner (default 1; the off-policy learners' own default is all "
                              "cores, e.g. --threads 2 here); results go to generative_cost[_<algos>]_threads<N>.*")
     args = parser.parse_args()
+    malloc_tuned = tune_malloc()  # as `robo-rl train` does: the allocator settings users train with
     torch.set_num_threads(args.threads)
     methods = METHODS
     if args.only:
@@ -86,7 +93,8 @@ def main() -> None:
     for name, (overrides, baseline, _) in methods.items():
         rate = median(rates[name])
         ratio = median([b / r for r, b in zip(rates[name], rates[baseline])]) if baseline else None
-        out[name] = {"overrides": overrides, "steps_per_s": rate, "rounds": rates[name], "slowdown_vs_baseline": ratio}
+        out[name] = {"overrides": overrides, "algo_config": algo_config(overrides), "steps_per_s": rate,
+                     "rounds": rates[name], "slowdown_vs_baseline": ratio}
         target = "" if baseline is None or name.startswith("GoRL (") else (" (target ≤ 3x: " + ("met" if ratio <= 3 else "MISSED") + ")")
         rows.append([name, f"{rate:,.0f}", baseline or "-", f"{ratio:.2f}x slower{target}" if ratio else "-"])
     threads = "1 torch thread" if args.threads == 1 else f"{args.threads} torch threads"
@@ -95,7 +103,16 @@ def main() -> None:
     name = "generative_cost" if not args.only else "generative_cost_" + "_".join(args.only)
     if args.threads != 1:
         name += f"_threads{args.threads}"
-    save(name, {"rounds": args.rounds, "results": out}, table)
+    save(name, {"rounds": args.rounds, "threads": args.threads, "malloc_tuned": malloc_tuned, "results": out}, table)
+
+
+def algo_config(overrides: list[str]) -> dict:
+    """The resolved algo options a learner ran with (defaults change; the record says which were measured)."""
+    from omegaconf import OmegaConf
+
+    from robo_rl.train import compose_config
+
+    return OmegaConf.to_container(compose_config([*overrides, "env=hopper"]).algo, resolve=True)
 
 
 if __name__ == "__main__":
