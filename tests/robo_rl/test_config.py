@@ -94,3 +94,25 @@ def test_resume_refuses_changing_the_run(tmp_path):
     train(cfg, run_dir)
     with pytest.raises(ConfigError, match="algo.tau cannot change on resume"):
         train(compose(f"resume={run_dir}", "algo=sac", "algo.tau=0.1"), Path("unused"), [f"resume={run_dir}", "algo.tau=0.1"])
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3", "ppo", "gorl", "gorl_sac", "expo", "parl"])
+def test_python_api_defaults_match_the_cli(algo):
+    """A learner built in Python (`PARL(policy)`) gets the defaults `robo-rl train algo=<a>` uses: the config
+    schema and the constructor name the same options, and a default changed in one must change in the other."""
+    import dataclasses
+    import inspect
+
+    from robo_rl.build import LEARNERS
+    from robo_rl.config import ALGO_SCHEMAS
+
+    params = inspect.signature(LEARNERS[algo].__init__).parameters
+    shared = 0
+    for field in dataclasses.fields(ALGO_SCHEMAS[algo]):
+        param = params.get(field.name)
+        if param is None or param.default is inspect.Parameter.empty:
+            continue
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        assert (tuple(default) if isinstance(default, list) else default) == param.default, field.name
+        shared += 1
+    assert shared >= 3  # the comparison really ran over the learner's options
