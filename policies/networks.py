@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+
 def tracing() -> bool:
     """True while torch.export / dynamo / jit.trace / the ONNX exporter records a graph: code with eager-only
     shortcuts takes its plain path then, so an export holds standard operators."""

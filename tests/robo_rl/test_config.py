@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from robo_rl.config import ConfigError
+from robo_rl.config import ALGO_SCHEMAS, ConfigError
 from robo_rl.train import train
 from tests.helpers import FAST, compose
 
@@ -96,7 +96,7 @@ def test_resume_refuses_changing_the_run(tmp_path):
         train(compose(f"resume={run_dir}", "algo=sac", "algo.tau=0.1"), Path("unused"), [f"resume={run_dir}", "algo.tau=0.1"])
 
 
-@pytest.mark.parametrize("algo", ["sac", "td3", "ppo", "gorl", "gorl_sac", "expo", "parl"])
+@pytest.mark.parametrize("algo", sorted(ALGO_SCHEMAS))
 def test_python_api_defaults_match_the_cli(algo):
     """A learner built in Python (`PARL(policy)`) gets the defaults `robo-rl train algo=<a>` uses: the config
     schema and the constructor name the same options, and a default changed in one must change in the other."""
@@ -104,7 +104,6 @@ def test_python_api_defaults_match_the_cli(algo):
     import inspect
 
     from robo_rl.build import LEARNERS
-    from robo_rl.config import ALGO_SCHEMAS
 
     params = inspect.signature(LEARNERS[algo].__init__).parameters
     shared = 0
