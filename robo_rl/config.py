@@ -92,6 +92,7 @@ class GoRLConfig(PPOConfig):
     decoder_lr: float = 3e-4
     dataset_size: int = 200_000  # (s, a) pairs kept for a refit
     reset_latent: bool = True  # restart the latent policy from the prior after each refit
+    refit_on: str = "policy"  # refit targets: the current policy's actions at those states, or the executed ones
 
 
 @dataclass

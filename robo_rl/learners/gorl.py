@@ -9,11 +9,15 @@ Training alternates two timescales:
         what was executed, so the critic stays valid across refits); the actor loss
         alpha log pi(z|s) - min_i Q_i(s, g(s, z)) is differentiated through the frozen decoder, and the
         entropy is the latent policy's;
-  * slow, every ``refit_every`` learner updates: refit the decoder by supervision on the (s, a) pairs
+  * slow, every ``refit_every`` learner updates: refit the decoder by supervision at the states
     collected since the last refit, with z from the fixed prior N(0, I) (flow matching or DDPM loss),
-    so that under the prior it reproduces what the latent policy learned; then reset the latent
-    policy to the prior and continue (the actions it produces are, to the decoder's accuracy, the
-    same as before the refit).
+    on the current policy's actions there (``refit_on=policy``, the default) or the executed ones
+    (``refit_on=executed``), so that under the prior it reproduces what the latent policy learned;
+    then reset the latent policy to the prior and continue (the actions it produces are, to the
+    decoder's accuracy, the same as before the refit).
+Why the current policy's actions: the collected actions span the whole stage, from the prior to the
+trained latent policy; a decoder fitted to them reproduces their average, and resetting the latent
+policy then rolls the policy back to it (on Hopper-v5 with PPO, returns fell at every refit).
 A flow decoder starts as the identity on [-1, 1] (its velocity output is initialized to zero), so
 the first stage is plain PPO with clipped actions (SAC: squashed latents, clipped).
 """
@@ -42,6 +46,8 @@ class DecoderRefit:
     """GoRL's slow timescale, shared by the PPO and SAC variants: keep the (s, a) pairs collected since
     the last refit, refit the decoder at those states from the latent's prior (N(0, I), or L tanh(N(0, I))
     for a squashed latent; see ``LatentDecoderHead.prior_sample``), reset the latent policy to that prior.
+    The refit's targets are the current policy's actions at those states (``refit_on=policy``) or the
+    executed ones (``refit_on=executed``).
 
     Subclasses define ``latent_optimizer()``: the optimizer whose Adam moments a latent reset clears.
     """
@@ -49,9 +55,13 @@ class DecoderRefit:
     policy: LatentDecoderHead
 
     def _init_refit(self, policy: LatentDecoderHead, refit_every: int, refit_epochs: int, refit_batch_size: int,
-                    decoder_lr: float, dataset_size: int, reset_latent: bool) -> None:
+                    decoder_lr: float, dataset_size: int, reset_latent: bool, refit_on: str) -> None:
         if refit_every < 1 or refit_epochs < 0 or refit_batch_size < 1 or dataset_size < 1:
             raise ValueError("algo.refit_every, refit_batch_size and dataset_size must be >= 1, refit_epochs >= 0")
+        if refit_on not in ("policy", "executed"):
+            raise ValueError(f"algo.refit_on={refit_on!r}: choose policy (the current policy's actions at the "
+                             "collected states) or executed (the actions taken)")
+        self.refit_on = refit_on
         self.refit_every, self.refit_epochs, self.refit_batch_size = refit_every, refit_epochs, refit_batch_size
         self.reset_latent = reset_latent
         self.decoder_opt = FusedAdam(policy.decoder.parameters(), decoder_lr)
@@ -67,13 +77,16 @@ class DecoderRefit:
         register("data_pos", torch.zeros((), dtype=torch.int64))
         register("num_refits", torch.zeros((), dtype=torch.int64))
 
-    def _store(self, obs: torch.Tensor, actions: torch.Tensor) -> None:
+    def _store(self, obs: torch.Tensor, actions: torch.Tensor | None) -> None:
+        """Keep (s, a) pairs for the next refit (``actions=None``: the states only, for refit_on=policy)."""
         n, cap = obs.shape[0], self.data_obs.shape[0]
         if n > cap:  # keep the newest
-            obs, actions, n = obs[-cap:], actions[-cap:], cap
+            obs, n = obs[-cap:], cap
+            actions = None if actions is None else actions[-cap:]
         idx = (torch.arange(n, device=obs.device) + self.data_pos) % cap
         self.data_obs[idx] = obs.to(self.data_obs.dtype)
-        self.data_actions[idx] = actions.to(self.data_actions.dtype)
+        if actions is not None:
+            self.data_actions[idx] = actions.to(self.data_actions.dtype)
         self.data_pos.copy_((self.data_pos + n) % cap)
         self.data_size.copy_(torch.clamp(self.data_size + n, max=cap))
 
@@ -82,9 +95,19 @@ class DecoderRefit:
         latent policy at the prior, so the policy decodes to the demonstrations' distribution."""
         self.policy.reset_latent_to_prior()
 
+    @torch.no_grad()
     def refit_targets(self, epoch: int, size: int) -> torch.Tensor:
-        """The actions the decoder is fitted to in one refit epoch: those collected (PPO: on-policy)."""
-        return self.data_actions[:size]
+        """The actions the decoder is fitted to in one refit epoch (computed before the decoder moves).
+
+        ``refit_on=policy``: a fresh sample of the current policy (latent + pre-refit decoder) at every
+        collected state, so that after the latent's reset to the prior the policy is, to the decoder's
+        accuracy, the one that was being optimized. The collected actions lag behind it: PPO's were taken
+        over the whole stage, as the latent policy learned, and a replay window's by older policies;
+        refitting on them would roll the policy back to their average.
+        ``refit_on=executed``: the executed actions (what a safety filter let through)."""
+        if self.refit_on == "executed":
+            return self.data_actions[:size]
+        return torch.cat([self.policy.act(obs) for obs in self.data_obs[:size].split(4096)])
 
     def refit(self) -> dict[str, torch.Tensor]:
         """Fit the decoder to the collected states' actions under the prior, then reset the latent policy."""
@@ -125,11 +148,13 @@ class GoRL(DecoderRefit, Learner):
         decoder_lr: float = 3e-4,
         dataset_size: int = 200_000,
         reset_latent: bool = True,
+        refit_on: str = "policy",
         **ppo_options: Any,
     ) -> None:
         super().__init__()
         policy = require_latent_head(policy, self.name)
-        self._init_refit(policy, refit_every, refit_epochs, refit_batch_size, decoder_lr, dataset_size, reset_latent)
+        self._init_refit(policy, refit_every, refit_epochs, refit_batch_size, decoder_lr, dataset_size, reset_latent,
+                         refit_on)
         self.policy = policy
         self.ppo = PPO(policy.latent, **ppo_options)
         self.gamma, self.gae_lambda = self.ppo.gamma, self.ppo.gae_lambda
@@ -157,7 +182,9 @@ class GoRL(DecoderRefit, Learner):
 
     def update(self, rollout: RolloutBatch) -> dict[str, torch.Tensor]:
         # the decoder was frozen during the rollout, so decoding its latents gives the executed actions
-        self._store(rollout.obs, self.policy.decode(rollout.obs, rollout.actions))
+        # (only refit_on=executed reads them)
+        executed = self.policy.decode(rollout.obs, rollout.actions) if self.refit_on == "executed" else None
+        self._store(rollout.obs, executed)
         metrics = self.ppo.update(rollout)
         self.num_updates += 1
         if int(self.num_updates) % self.refit_every == 0:
@@ -188,15 +215,12 @@ class GoRLSAC(DecoderRefit, SAC):
         **sac_options: Any,
     ) -> None:
         policy = require_latent_head(policy, self.name)
-        if refit_on not in ("policy", "executed"):
-            raise ValueError(f"algo.refit_on={refit_on!r}: choose policy (the current policy's actions at the "
-                             "collected states) or executed (the actions taken)")
         if not policy.latent.squash:
             raise ValueError("algo=gorl_sac needs a squashed latent policy (an exact, reparameterized log-probability "
                              "inside the latent bounds): set policy.squash=true, the algo=gorl_sac default")
         SAC.__init__(self, policy, actor=policy.latent, **sac_options)
-        self._init_refit(policy, refit_every, refit_epochs, refit_batch_size, decoder_lr, dataset_size, reset_latent)
-        self.refit_on = refit_on
+        self._init_refit(policy, refit_every, refit_epochs, refit_batch_size, decoder_lr, dataset_size, reset_latent,
+                         refit_on)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {**super().optimizers(), "decoder": self.decoder_opt}
@@ -206,17 +230,6 @@ class GoRLSAC(DecoderRefit, SAC):
 
     def observe(self, obs: torch.Tensor, actions: torch.Tensor) -> None:
         self._store(obs, actions)
-
-    @torch.no_grad()
-    def refit_targets(self, epoch: int, size: int) -> torch.Tensor:
-        """``refit_on=policy``: a fresh sample of the current policy (latent + pre-refit decoder) at every
-        collected state, so that after the latent's reset to the prior the policy is, to the decoder's
-        accuracy, the one that was being optimized (replayed actions lag behind an off-policy learner;
-        refitting on them would roll the policy back to its average over the window).
-        ``refit_on=executed``: the executed actions (what a safety filter let through)."""
-        if self.refit_on == "executed":
-            return self.data_actions[:size]
-        return torch.cat([self.policy.act(obs) for obs in self.data_obs[:size].split(4096)])
 
     def critic_loss(self, batch: Batch, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         policy = self.policy
