@@ -11,13 +11,11 @@ Training alternates two timescales:
         entropy is the latent policy's;
   * slow, every ``refit_every`` learner updates: refit the decoder by supervision at the states
     collected since the last refit, with z from the fixed prior N(0, I) (flow matching or DDPM loss),
-    on the current policy's actions there (``refit_on=policy``, the default) or the executed ones
-    (``refit_on=executed``), so that under the prior it reproduces what the latent policy learned;
-    then reset the latent policy to the prior and continue (the actions it produces are, to the
-    decoder's accuracy, the same as before the refit).
-Why the current policy's actions: the collected actions span the whole stage, from the prior to the
-trained latent policy; a decoder fitted to them reproduces their average, and resetting the latent
-policy then rolls the policy back to it (on Hopper-v5 with PPO, returns fell at every refit).
+    on the executed actions there or on the current policy's actions (``refit_on``; defaults:
+    ``executed`` for PPO, whose rollouts are on-policy, ``policy`` for SAC, whose replay lags),
+    so that under the prior it reproduces what the latent policy learned; then reset the latent
+    policy to the prior and continue (the actions it produces are, to the decoder's accuracy, the
+    same as before the refit).
 A flow decoder starts as the identity on [-1, 1] (its velocity output is initialized to zero), so
 the first stage is plain PPO with clipped actions (SAC: squashed latents, clipped).
 """
@@ -101,9 +99,9 @@ class DecoderRefit:
 
         ``refit_on=policy``: a fresh sample of the current policy (latent + pre-refit decoder) at every
         collected state, so that after the latent's reset to the prior the policy is, to the decoder's
-        accuracy, the one that was being optimized. The collected actions lag behind it: PPO's were taken
-        over the whole stage, as the latent policy learned, and a replay window's by older policies;
-        refitting on them would roll the policy back to their average.
+        accuracy, the one that was being optimized. The collected actions lag behind it (a replay window's
+        were taken by older policies; PPO's over the whole stage, as the latent policy learned), so
+        refitting on them moves the policy back toward their average.
         ``refit_on=executed``: the executed actions (what a safety filter let through)."""
         if self.refit_on == "executed":
             return self.data_actions[:size]
@@ -148,15 +146,19 @@ class GoRL(DecoderRefit, Learner):
         decoder_lr: float = 3e-4,
         dataset_size: int = 200_000,
         reset_latent: bool = True,
-        refit_on: str = "policy",
+        refit_on: str = "executed",
+        latent_kl_coef: float = 0.0,
         **ppo_options: Any,
     ) -> None:
+        """``latent_kl_coef``: weight of a penalty KL(pi_latent(.|s) || N(0, I)) in the PPO loss, which keeps the
+        latent policy near the decoder's prior between refits (the GoRL paper's regularizer; with it,
+        ``reset_latent=false`` refits without restarting the latent policy)."""
         super().__init__()
         policy = require_latent_head(policy, self.name)
         self._init_refit(policy, refit_every, refit_epochs, refit_batch_size, decoder_lr, dataset_size, reset_latent,
                          refit_on)
         self.policy = policy
-        self.ppo = PPO(policy.latent, **ppo_options)
+        self.ppo = PPO(policy.latent, prior_kl_coef=latent_kl_coef, **ppo_options)
         self.gamma, self.gae_lambda = self.ppo.gamma, self.ppo.gae_lambda
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64))
 

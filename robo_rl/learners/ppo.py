@@ -11,6 +11,7 @@ from typing import Sequence
 
 import torch
 from policies.heads import PolicyHead, require_capabilities
+from policies.heads.gaussian import GaussianHead
 from policies.networks import mlp, orthogonal_init_
 from robo_rl.learners.base import Learner
 from robo_rl.learners.optim import FusedAdam
@@ -42,9 +43,17 @@ class PPO(Learner):
         value_activation: str = "tanh",
         ortho_init: bool = True,
         fused: str = "auto",
+        prior_kl_coef: float = 0.0,
     ) -> None:
+        """``prior_kl_coef``: weight of a penalty KL(pi(.|s) || N(0, I)) on the policy's (unsquashed Gaussian)
+        distribution, averaged over states; GoRL keeps its latent policy near the decoder's prior with it."""
         super().__init__()
         require_capabilities(self.name, policy, self.needs)
+        if prior_kl_coef < 0:
+            raise ValueError(f"prior_kl_coef must be >= 0, got {prior_kl_coef}")
+        if prior_kl_coef > 0 and (not isinstance(policy, GaussianHead) or policy.squash):
+            raise ValueError("a KL penalty toward N(0, I) needs an unsquashed Gaussian policy (the latent of algo=gorl)")
+        self.prior_kl_coef = float(prior_kl_coef)
         self.policy = policy
         self.value_net = mlp(policy.obs_dim, value_hidden, 1, value_activation)
         if ortho_init:
@@ -125,7 +134,15 @@ class PPO(Learner):
         return {k: v / count for k, v in sums.items()}
 
     def ppo_loss(self, mb: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        log_probs, entropy = self.policy.evaluate_actions(mb.obs, mb.actions)
+        prior_kl = None
+        if self.prior_kl_coef > 0:
+            policy = self.policy
+            mean, log_std = policy.distribution(mb.obs)
+            log_probs, entropy = policy._log_prob(mean, log_std, mb.actions), policy._entropy(mean, log_std)
+            # KL(N(mean, std^2) || N(0, 1)) per dimension: (std^2 + mean^2 - 1) / 2 - log std
+            prior_kl = (0.5 * ((2.0 * log_std).exp() + mean.square() - 1.0) - log_std).sum(-1).mean()
+        else:
+            log_probs, entropy = self.policy.evaluate_actions(mb.obs, mb.actions)
         values = self.value(mb.obs)
         adv = mb.advantages
         if self.normalize_advantage and adv.numel() > 1:
@@ -141,6 +158,8 @@ class PPO(Learner):
         entropy_mean = entropy.mean()
         # Combined objective (eq. 9), minimized
         loss = policy_loss + self.vf_coef * value_loss - self.ent_coef * entropy_mean
+        if prior_kl is not None:
+            loss = loss + self.prior_kl_coef * prior_kl
         with torch.no_grad():
             stats = {
                 "policy_loss": policy_loss.detach(),
@@ -149,6 +168,8 @@ class PPO(Learner):
                 "approx_kl": ((ratio - 1.0) - log_ratio).mean(),  # Schulman's low-variance KL estimator
                 "clip_fraction": ((ratio - 1.0).abs() > self.clip_range).float().mean(),
             }
+            if prior_kl is not None:
+                stats["prior_kl"] = prior_kl.detach()
         return loss, stats
 
     def _minibatch_step(self, mb: RolloutBatch) -> dict[str, torch.Tensor]:

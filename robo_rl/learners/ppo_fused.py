@@ -19,6 +19,8 @@ Gradients, per minibatch of B samples (z = (a - mu) e^{-log std}, r = exp(log pi
     d L_clip / d r       = -(A/B) [r A < clip(r) A  or  1 - eps <= r <= 1 + eps]   (torch.min, ties split)
     d L_V / d V          = vf_coef * 2 (V - R) / B       (times the clip mask if clip_range_vf is set)
     d (-c_ent H) / d log std = -c_ent                    (H = sum(1/2 + log sqrt(2 pi) + log std))
+and, with ``prior_kl_coef`` c_kl (GoRL's latent policy), the penalty c_kl mean_s KL(N(mu, std^2) || N(0, I)):
+    d / d mu = c_kl mu / B,   d / d log std = c_kl (std^2 - 1)
 """
 
 from __future__ import annotations
@@ -219,7 +221,7 @@ class FusedPPOStep:
                                                   rollout.values.numpy(), rollout.advantages.numpy(), rollout.returns.numpy())]
         size = obs_n.shape[0]
         mb = ppo.minibatch_size
-        sums = np.zeros(6)
+        sums = np.zeros(7)
         count = 0
         for _ in range(ppo.epochs):
             stop = False
@@ -234,7 +236,9 @@ class FusedPPOStep:
                     break
             if stop:
                 break
-        names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm")
+        names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm", "prior_kl")
+        if not ppo.prior_kl_coef:
+            names, sums = names[:-1], sums[:-1]
         return {k: torch.tensor(v / count) for k, v in zip(names, sums)}
 
     def _minibatch(self, obs, actions, old_logp, old_values, adv, returns) -> np.ndarray:
@@ -274,6 +278,12 @@ class FusedPPOStep:
         d_mean = (d_logp[:, None] * z) * inv_std
         std_pass = (log_std_param >= LOG_STD_MIN) & (log_std_param <= LOG_STD_MAX)
         g_log_std = np.add.reduce(d_logp[:, None] * (z * z - 1.0), axis=0) - ppo.ent_coef
+        prior_kl = 0.0
+        if ppo.prior_kl_coef:
+            c_kl, var = ppo.prior_kl_coef, np.exp(2.0 * log_std)
+            prior_kl = float(np.add.reduce(0.5 * (var - 1.0) - log_std)) + 0.5 * float(np.vdot(mean, mean)) / b
+            d_mean += np.float32(c_kl / b) * mean
+            g_log_std += c_kl * (var - 1.0)
         self.g_log_std[:] = np.where(std_pass, g_log_std, 0.0)
         d_value = (-ppo.vf_coef * 2.0 / b) * verr
         if v_pass is not None:
@@ -293,4 +303,4 @@ class FusedPPOStep:
                            eps=group["eps"], maximize=False)
         approx_kl = float(np.add.reduce((ratio - 1.0) - log_ratio)) / b
         clip_fraction = float(np.count_nonzero(np.abs(ratio - 1.0) > eps)) / b
-        return np.array([policy_loss, value_loss, entropy, approx_kl, clip_fraction, grad_norm])
+        return np.array([policy_loss, value_loss, entropy, approx_kl, clip_fraction, grad_norm, prior_kl])

@@ -136,6 +136,40 @@ def test_gorl_identity_decoder_at_start():
     torch.testing.assert_close(head.decode(torch.zeros(2, 3), z), z.clamp(-1, 1))
 
 
+@pytest.mark.parametrize("refit_on", ["policy", "executed"])
+def test_gorl_refit_targets(refit_on):
+    # The stage's executed actions (uniform noise here) lag behind the latent policy, which ends narrow
+    # around z = (0.6, -0.4): refit_on=policy keeps that policy through the latent's reset to the prior,
+    # refit_on=executed makes the policy reproduce the executed actions.
+    torch.manual_seed(0)
+    head = build_head("latent", 3, LOW, HIGH, hidden_sizes=(32,), decoder_hidden=(32, 32), decoder_steps=2)
+    learner = GoRL(head, refit_every=1, refit_epochs=60, dataset_size=512, decoder_lr=3e-3, refit_on=refit_on)
+    last = [m for m in head.latent.net if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([0.6, -0.4]))
+        head.latent.log_std.fill_(-3.0)
+    obs = torch.randn(512, 3)
+    before = head.act(obs[:256])
+    torch.testing.assert_close(before.mean(0), torch.tensor([0.6, -0.4]), atol=0.02, rtol=0)
+    executed = torch.stack([obs[:, 0].tanh() * 0.8, torch.full((512,), -0.5)], dim=1)
+    learner._store(obs, executed)
+    metrics = learner.refit()
+    assert float(metrics["refits"]) == 1.0 and int(learner.data_size) == 0
+    mean, log_std = head.latent.distribution(obs[:16])
+    torch.testing.assert_close(mean, torch.zeros_like(mean))
+    torch.testing.assert_close(log_std.expand_as(mean), torch.zeros_like(mean))
+    after = head.act(obs[:256])
+    target = before if refit_on == "policy" else executed[:256]
+    assert float((after - target).abs().mean()) < 0.1
+
+
+def test_gorl_refit_on_must_be_known():
+    head = build_head("latent", 3, LOW, HIGH, hidden_sizes=(16,), decoder_hidden=(32, 32))
+    with pytest.raises(ValueError, match="algo.refit_on='latest'"):
+        GoRL(head, refit_on="latest")
+
+
 def latent_sac_head(**options):
     return build_head("latent", 3, LOW, HIGH, hidden_sizes=(32,), decoder_hidden=(32, 32), decoder_steps=2,
                       squash=True, state_dependent_std=True, **options)

@@ -40,14 +40,18 @@ def max_diff(a, b):
     return max((x - y).abs().max().item() for x, y in zip(a.state_dict().values(), b.state_dict().values()) if x.is_floating_point())
 
 
-@pytest.mark.parametrize("options", [{}, {"clip_range_vf": 0.2, "ent_coef": 0.01}, {"max_grad_norm": 1e-3}])
+@pytest.mark.parametrize("options", [{}, {"clip_range_vf": 0.2, "ent_coef": 0.01}, {"max_grad_norm": 1e-3},
+                                     {"prior_kl_coef": 0.5}])
 def test_fused_equals_autograd_over_a_full_update(options):
     auto, fused = learner("off", **options), learner("on", **options)
     assert fused._fused_step is not None and auto._fused_step is None
     batch = rollout()
     m_auto, m_fused = run(auto, batch), run(fused, batch)  # 10 epochs x 4 minibatches = 40 Adam steps
     assert max_diff(auto, fused) < 1e-6
-    for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm"):
+    assert set(m_auto) == set(m_fused) and ("prior_kl" in m_auto) == ("prior_kl_coef" in options)
+    for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm", "prior_kl"):
+        if key not in m_auto:
+            continue
         assert abs(float(m_auto[key]) - float(m_fused[key])) < 1e-4 * max(1.0, abs(float(m_auto[key]))), key
     sa, sf = auto.opt.state_dict(), fused.opt.state_dict()
     for i in sa["state"]:
