@@ -164,10 +164,11 @@ def test_gorl_refit_targets(refit_on):
     assert float((after - target).abs().mean()) < 0.1
 
 
-def test_gorl_refit_on_must_be_known():
+def test_gorl_refit_on_must_be_known_and_the_latent_kl_reaches_ppo():
     head = build_head("latent", 3, LOW, HIGH, hidden_sizes=(16,), decoder_hidden=(32, 32))
     with pytest.raises(ValueError, match="algo.refit_on='latest'"):
         GoRL(head, refit_on="latest")
+    assert GoRL(head, latent_kl_coef=0.05).ppo.prior_kl_coef == 0.05
 
 
 def latent_sac_head(**options):

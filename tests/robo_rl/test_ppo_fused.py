@@ -114,3 +114,25 @@ def test_unsupported_heads_fall_back_or_explain():
         PPO(head, fused="on")
     with pytest.raises(ValueError, match="auto, on or off"):
         PPO(head, fused="yes")
+
+
+def test_prior_kl_penalty_is_the_closed_form_kl_to_the_standard_normal():
+    ppo = learner("off", prior_kl_coef=0.5)
+    last = [m for m in ppo.policy.net if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():  # mean (0.5, -1, 0) at every state, std e^-0.5
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([0.5, -1.0, 0.0]))
+        ppo.policy.log_std.fill_(-0.5)
+    mean, log_std = torch.tensor([0.5, -1.0, 0.0]), torch.full((3,), -0.5)
+    expected = float((0.5 * ((2 * log_std).exp() + mean**2 - 1) - log_std).sum())
+    _, stats = ppo.ppo_loss(rollout())
+    assert abs(float(stats["prior_kl"]) - expected) < 1e-5
+    assert "prior_kl" not in learner("off").ppo_loss(rollout())[1]
+
+
+def test_prior_kl_penalty_needs_an_unsquashed_gaussian():
+    head = build_head("gaussian", OBS, -np.ones(ACT), np.ones(ACT), squash=True)
+    with pytest.raises(ValueError, match="unsquashed Gaussian"):
+        PPO(head, prior_kl_coef=0.1)
+    with pytest.raises(ValueError, match="prior_kl_coef must be >= 0"):
+        learner("off", prior_kl_coef=-1.0)
