@@ -2,7 +2,8 @@
 
   GoRL vs PPO on Hopper-v5: both at robo-rl's defaults (`robo-rl train algo=gorl` / `algo=ppo`, the
       batched MuJoCo backend, 64 envs x 32 steps per update); GoRL's latent PPO uses the same
-      hyperparameters as PPO, its flow decoder is refit every 50 PPO updates. Default budget: 1M steps.
+      hyperparameters as PPO, its flow decoder is refit between 3 equal stages (2 refits). Default budget:
+      1M steps.
   EXPO / PA-RL vs SAC (``--pairs offpolicy``), GoRL-SAC vs SAC (``--pairs gorl_sac``): each at its
       defaults on Hopper-v5, SAC's budget (30k steps).
 

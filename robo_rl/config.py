@@ -86,7 +86,8 @@ class PPOConfig:
 @dataclass
 class GoRLConfig(PPOConfig):
     name: str = "gorl"
-    refit_every: int = 50  # PPO updates between decoder refits (the slow timescale)
+    refit_every: Optional[int] = None  # PPO updates between decoder refits; null: from `stages`
+    stages: int = 3  # the run in this many equal stages, a decoder refit (the slow timescale) between two
     refit_epochs: int = 5
     refit_batch_size: int = 256
     decoder_lr: float = 3e-4

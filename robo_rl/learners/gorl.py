@@ -9,7 +9,8 @@ Training alternates two timescales:
         what was executed, so the critic stays valid across refits); the actor loss
         alpha log pi(z|s) - min_i Q_i(s, g(s, z)) is differentiated through the frozen decoder, and the
         entropy is the latent policy's;
-  * slow, every ``refit_every`` learner updates: refit the decoder by supervision at the states
+  * slow, between stages (GoRL: ``stages`` equal parts of the run, refit after every stage but the
+    last; or every ``refit_every`` updates): refit the decoder by supervision at the states
     collected since the last refit, with z from the fixed prior N(0, I) (flow matching or DDPM loss),
     on the executed actions there or on the current policy's actions (``refit_on``; defaults:
     ``executed`` for PPO, whose rollouts are on-policy, ``policy`` for SAC, whose replay lags),
@@ -22,6 +23,7 @@ the first stage is plain PPO with clipped actions (SAC: squashed latents, clippe
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -32,6 +34,8 @@ from robo_rl.learners.optim import FusedAdam
 from robo_rl.learners.ppo import PPO
 from robo_rl.learners.sac import SAC
 from robo_rl.storage.rollout import RolloutBatch
+
+log = logging.getLogger("robo_rl")
 
 
 def require_latent_head(policy: PolicyHead, algo: str) -> LatentDecoderHead:
@@ -52,9 +56,9 @@ class DecoderRefit:
 
     policy: LatentDecoderHead
 
-    def _init_refit(self, policy: LatentDecoderHead, refit_every: int, refit_epochs: int, refit_batch_size: int,
+    def _init_refit(self, policy: LatentDecoderHead, refit_every: int | None, refit_epochs: int, refit_batch_size: int,
                     decoder_lr: float, dataset_size: int, reset_latent: bool, refit_on: str) -> None:
-        if refit_every < 1 or refit_epochs < 0 or refit_batch_size < 1 or dataset_size < 1:
+        if (refit_every is not None and refit_every < 1) or refit_epochs < 0 or refit_batch_size < 1 or dataset_size < 1:
             raise ValueError("algo.refit_every, refit_batch_size and dataset_size must be >= 1, refit_epochs >= 0")
         if refit_on not in ("policy", "executed"):
             raise ValueError(f"algo.refit_on={refit_on!r}: choose policy (the current policy's actions at the "
@@ -140,7 +144,8 @@ class GoRL(DecoderRefit, Learner):
     def __init__(
         self,
         policy: PolicyHead,
-        refit_every: int = 50,
+        refit_every: int | None = None,
+        stages: int = 3,
         refit_epochs: int = 5,
         refit_batch_size: int = 256,
         decoder_lr: float = 3e-4,
@@ -150,11 +155,19 @@ class GoRL(DecoderRefit, Learner):
         latent_kl_coef: float = 0.0,
         **ppo_options: Any,
     ) -> None:
-        """``latent_kl_coef``: weight of a penalty KL(pi_latent(.|s) || N(0, I)) in the PPO loss, which keeps the
+        """``stages``: the run is split into this many stages of equal length (in PPO updates; the runner
+        announces the run's length through ``plan``) with a decoder refit after each but the last, so the
+        last stage's latent policy trains until the end. ``refit_every``, when given, replaces the stages:
+        a refit every that many updates (never after the run's final update).
+        ``latent_kl_coef``: weight of a penalty KL(pi_latent(.|s) || N(0, I)) in the PPO loss, which keeps the
         latent policy near the decoder's prior between refits (the GoRL paper's regularizer; with it,
         ``reset_latent=false`` refits without restarting the latent policy)."""
         super().__init__()
         policy = require_latent_head(policy, self.name)
+        if stages < 1:
+            raise ValueError(f"algo.stages={stages}: the run needs at least 1 stage (1 = no decoder refit)")
+        self.stages = stages if refit_every is None else None  # None: refit_every replaces the stages
+        self.total_updates: int | None = None
         self._init_refit(policy, refit_every, refit_epochs, refit_batch_size, decoder_lr, dataset_size, reset_latent,
                          refit_on)
         self.policy = policy
@@ -182,15 +195,29 @@ class GoRL(DecoderRefit, Learner):
     def set_lr(self, lr: float) -> None:
         self.ppo.set_lr(lr)
 
+    def plan(self, total_updates: int) -> None:
+        self.total_updates = total_updates
+        if self.stages is not None:
+            self.refit_every = -(-total_updates // self.stages)  # ceil: the last stage is the shortest
+        refits = range(self.refit_every, total_updates, self.refit_every)
+        when = (f"after updates {', '.join(f'{n:,}' for n in refits)}" if 0 < len(refits) <= 6
+                else f"every {self.refit_every:,} updates" if refits else "none")
+        log.info(f"gorl: {total_updates:,} PPO updates in {len(refits) + 1} stage(s); decoder refits: {when}")
+
     def update(self, rollout: RolloutBatch) -> dict[str, torch.Tensor]:
+        if self.refit_every is None:
+            raise RuntimeError(f"GoRL splits the run into {self.stages} stages and needs its length: call "
+                               "learner.plan(total_updates) before the first update (robo-rl's runner does), or "
+                               "pass refit_every")
         # the decoder was frozen during the rollout, so decoding its latents gives the executed actions
         # (only refit_on=executed reads them)
         executed = self.policy.decode(rollout.obs, rollout.actions) if self.refit_on == "executed" else None
         self._store(rollout.obs, executed)
         metrics = self.ppo.update(rollout)
         self.num_updates += 1
-        if int(self.num_updates) % self.refit_every == 0:
-            metrics.update(self.refit())
+        done = int(self.num_updates)
+        if done % self.refit_every == 0 and (self.total_updates is None or done < self.total_updates):
+            metrics.update(self.refit())  # (a refit after the final update would only reset the latent policy)
         return metrics
 
 

@@ -18,6 +18,7 @@ class OnPolicyRunner(Runner):
         self.rollout_steps = int(algo.rollout_steps)
         self.samples_per_update = self.rollout_steps * env.num_envs
         self.total_iterations = -(-self.total_steps // self.samples_per_update)  # ceil
+        self.learner.plan(self.total_iterations)
         self.base_lr = float(algo.lr)
         self.anneal_lr = bool(algo.anneal_lr)
         self.storage = RolloutStorage(self.rollout_steps, env.num_envs, env.obs_dim, env.act_dim, self.device)

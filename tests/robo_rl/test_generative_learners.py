@@ -15,6 +15,7 @@ from robo_rl.learners.parl import PARL
 from robo_rl.learners.ppo import PPO
 from robo_rl.learners.sac import SAC
 from robo_rl.runs import load_run_config
+from robo_rl.storage.rollout import RolloutBatch
 from robo_rl.train import train
 from tests.helpers import FAST
 from tests.helpers import compose
@@ -118,15 +119,58 @@ def test_offpolicy_generative_run_evaluates_and_resumes_exactly(tmp_path, monkey
     assert np.isfinite(summary["final_eval_return_mean"])
 
 
-def test_gorl_refits_the_decoder_and_resets_the_latent(tmp_path):
+def test_gorl_refits_the_decoder_and_resets_the_latent(tmp_path, monkeypatch):
+    # 8 updates in 4 stages (the runner announces the run's length): refits after updates 2, 4 and 6,
+    # none after the last one
+    refits = []
+    refit = GoRL.refit
+
+    def recorded_refit(self):
+        refits.append(int(self.num_updates))
+        return refit(self)
+
+    monkeypatch.setattr(GoRL, "refit", recorded_refit)
     cfg = compose("algo=gorl", "env=pendulum", "env.num_envs=8", "algo.rollout_steps=16", "algo.minibatch_size=32",
-                  "algo.epochs=2", "algo.refit_every=2", "algo.refit_epochs=2", "policy.decoder_hidden=[64,64]",
+                  "algo.epochs=2", "algo.stages=4", "algo.refit_epochs=2", "policy.decoder_hidden=[64,64]",
                   "steps=1024", "eval.episodes=2", "eval.num_envs=2", *FAST)
     summary = train(cfg, tmp_path / "run")
-    assert summary["updates"] == 8
+    assert summary["updates"] == 8 and refits == [2, 4, 6]
     header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
     assert "train/decoder_loss" in header
     assert load_run_config(tmp_path / "run").policy.name == "latent"
+
+
+@pytest.mark.parametrize("options, total, expected", [
+    ({}, 489, [163, 326]),  # the default 3 stages of a 1M-step Hopper run
+    ({"stages": 4}, 10, [3, 6, 9]),  # ceil(10 / 4) = 3: the last stage is the shortest
+    ({"stages": 1}, 10, []),  # 1 stage: PPO on the latent through the initial identity decoder
+    ({"refit_every": 5}, 10, [5]),  # a fixed interval, never after the final update
+    ({"refit_every": 4}, None, [4, 8]),  # without a plan (Python API), every interval
+])
+def test_gorl_stage_schedule(monkeypatch, options, total, expected):
+    head = build_head("latent", 3, LOW, HIGH, hidden_sizes=(16,), decoder_hidden=(32, 32))
+    learner = GoRL(head, **options)
+    if total is not None:
+        learner.plan(total)
+    monkeypatch.setattr(learner.ppo, "update", lambda rollout: {})
+    monkeypatch.setattr(learner, "refit", lambda: {"refits": torch.tensor(float(learner.num_updates))})
+    obs = torch.randn(4, 3)
+    batch = RolloutBatch(obs, torch.zeros(4, 2), torch.zeros(4), torch.zeros(4), torch.zeros(4), torch.zeros(4))
+    refits = []
+    for _ in range(total or 10):
+        metrics = learner.update(batch)
+        if "refits" in metrics:
+            refits.append(int(metrics["refits"]))
+    assert refits == expected
+
+
+def test_gorl_stages_need_the_run_length_and_one_stage_at_least():
+    head = build_head("latent", 3, LOW, HIGH, hidden_sizes=(16,), decoder_hidden=(32, 32))
+    with pytest.raises(ValueError, match="algo.stages=0"):
+        GoRL(head, stages=0)
+    batch = RolloutBatch(*(torch.zeros(4, *shape) for shape in ((3,), (2,), (), (), (), ())))
+    with pytest.raises(RuntimeError, match=r"learner.plan\(total_updates\)"):
+        GoRL(head).update(batch)
 
 
 def test_gorl_identity_decoder_at_start():
