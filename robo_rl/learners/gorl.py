@@ -58,7 +58,7 @@ class DecoderRefit:
 
     def _init_refit(self, policy: LatentDecoderHead, refit_every: int | None, refit_epochs: int, refit_batch_size: int,
                     decoder_lr: float, dataset_size: int, reset_latent: bool, refit_on: str) -> None:
-        if (refit_every is not None and refit_every < 1) or refit_epochs < 0 or refit_batch_size < 1 or dataset_size < 1:
+        if (refit_every is not None and refit_every < 1) or refit_epochs < 0 or min(refit_batch_size, dataset_size) < 1:
             raise ValueError("algo.refit_every, refit_batch_size and dataset_size must be >= 1, refit_epochs >= 0")
         if refit_on not in ("policy", "executed"):
             raise ValueError(f"algo.refit_on={refit_on!r}: choose policy (the current policy's actions at the "
