@@ -140,6 +140,26 @@ def test_gorl_refits_the_decoder_and_resets_the_latent(tmp_path, monkeypatch):
     assert load_run_config(tmp_path / "run").policy.name == "latent"
 
 
+def test_gorl_run_resumes_exactly_across_stage_refits(tmp_path, monkeypatch):
+    # 12 updates in 4 stages: refits after updates 3, 6 and 9; checkpoints every 4 updates, the run
+    # interrupted in update 7, so the resumed run re-plans its stages and refits after 9 again from the
+    # restored decoder, (s, a) pairs and counters
+    common = ("algo=gorl", "env=pendulum", "env.num_envs=8", "algo.rollout_steps=16", "algo.minibatch_size=32",
+              "algo.epochs=2", "algo.stages=4", "algo.refit_epochs=2", "algo.dataset_size=300",
+              "policy.decoder_hidden=[32,32]", "policy.decoder_steps=2", "steps=1536", "checkpoint.every=512",
+              "eval.every=1536", "eval.episodes=2", "eval.num_envs=2", *FAST)
+    train(compose(*common), tmp_path / "full")
+    restore = interrupt_at_update(monkeypatch, GoRL, 7)
+    with pytest.raises(Exception):
+        train(compose(*common), tmp_path / "cut")
+    restore()
+    assert 0 < json.loads((tmp_path / "cut" / "summary.json").read_text())["steps"] < 1536
+    train(compose(f"resume={tmp_path / 'cut'}"), tmp_path / "unused", [f"resume={tmp_path / 'cut'}"])
+    full, cut = final_weights(tmp_path / "full")[0], final_weights(tmp_path / "cut")[0]
+    assert int(full["num_refits"]) == 3
+    assert_same_weights(full, cut)
+
+
 @pytest.mark.parametrize("options, total, expected", [
     ({}, 489, [163, 326]),  # the default 3 stages of a 1M-step Hopper run
     ({"stages": 4}, 10, [3, 6, 9]),  # ceil(10 / 4) = 3: the last stage is the shortest
