@@ -39,7 +39,8 @@ METHODS = {  # name -> (overrides, baseline, env steps per timed segment)
     "PA-RL (flow)": (["algo=parl"], "SAC (gaussian)", 200),
     # the defaults PA-RL's first Hopper returns were measured with (README), for the trade-off side by side
     "PA-RL (flow, 8 candidates, policy update every 2)": (
-        ["algo=parl", "algo.num_candidates=8", "algo.policy_update_every=2"], "SAC (gaussian)", 200),
+        ["algo=parl", "algo.num_candidates=8", "algo.policy_update_every=2", "algo.target_candidates=null"],
+        "SAC (gaussian)", 200),
     "PPO (gaussian)": (["algo=ppo"], None, 8192),
     "GoRL (latent + flow decoder)": (["algo=gorl"], "PPO (gaussian)", 8192),
     "GoRL-SAC (latent + flow decoder)": (["algo=gorl_sac"], "SAC (gaussian)", 200),

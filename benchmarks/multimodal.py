@@ -43,9 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import markdown_table, save  # noqa: E402
 
 OFF = ["algo.learning_starts=2000", "algo.critic_hidden=[128,128]"]
-# PA-RL's defaults before they became 4 candidates / a policy update every 3 critic updates: the recorded
-# multimodal results were trained with these
-PARL_RECORDED = ["algo.num_candidates=8", "algo.policy_update_every=2"]
+# PA-RL's defaults before they became 4 candidates / a policy update every 3 critic updates / one TD-target
+# sample: the recorded multimodal results were trained with these
+PARL_RECORDED = ["algo.num_candidates=8", "algo.policy_update_every=2", "algo.target_candidates=null"]
 METHODS = {
     "sac": ["algo=sac", "policy.hidden_sizes=[128,128]", *OFF],
     # SAC's default init_alpha=1.0 makes the entropy bonus dwarf this task's rewards (~0.01/step, +1 at a goal):

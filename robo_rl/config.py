@@ -149,6 +149,7 @@ class PARLConfig:
     critic_hidden: List[int] = field(default_factory=lambda: [256, 256])
     critic_activation: str = "relu"
     critic_layer_norm: bool = False
+    target_candidates: Optional[int] = 1  # samples at s' in the TD target, best by Q (null: num_candidates)
     batch_size: int = 256
     buffer_size: int = 1_000_000
     learning_starts: int = 5_000

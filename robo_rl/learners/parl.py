@@ -3,8 +3,10 @@
 Any policy head works, as long as it can sample and has a supervised loss: the learner never
 differentiates through the policy. Per update:
 
-  1. critic: TD target with the action the agent would take at s': the best of M policy samples
-     by the target critics,  y = r + g (1 - d) max_j min_i Q'_i(s', a_j),   a_j ~ pi(.|s');
+  1. critic: TD target y = r + g (1 - d) max_j min_i Q'_i(s', a_j) over ``target_candidates`` policy
+     samples a_j ~ pi(.|s'). The paper's target takes the action the agent would take, the best of
+     the M it acts with; robo-rl's default is one sample (no max): the max over M noisy estimates
+     overestimated Q on Hopper, with returns falling while Q rose (README);
   2. action optimization (sec. 4): sample M actions at s, keep the top k by Q ("global"), then take
      G gradient-ascent steps on min_i Q_i(s, a) within the action bounds ("local");
   3. policy: distill the optimized actions with the head's own imitation loss (Gaussian NLL,
@@ -48,7 +50,10 @@ class PARL(Learner):
         critic_hidden: Sequence[int] = (256, 256),
         critic_activation: str = "relu",
         critic_layer_norm: bool = False,
+        target_candidates: int | None = 1,
     ) -> None:
+        """``target_candidates``: policy samples at s' in the TD target, the best by the target critics
+        (None: ``num_candidates``, the action the agent would take, as in the paper)."""
         super().__init__()
         if not policy.stochastic:
             raise ValueError(f"algo=parl chooses among sampled actions: the {policy.name!r} head is deterministic; "
@@ -57,11 +62,14 @@ class PARL(Learner):
             raise ValueError("algo=parl optimizes single actions: set policy.chunk=1 (action chunks are for imitation)")
         if num_candidates < 1 or not 1 <= top_k <= num_candidates:
             raise ValueError(f"algo.num_candidates={num_candidates}, algo.top_k={top_k}: need 1 <= top_k <= num_candidates")
+        if target_candidates is not None and target_candidates < 1:
+            raise ValueError(f"algo.target_candidates={target_candidates}: need >= 1 (null: num_candidates)")
         if grad_steps < 0 or action_lr < 0 or policy_update_every < 1:
             raise ValueError("algo.grad_steps and algo.action_lr must be >= 0, algo.policy_update_every >= 1")
         self.head = policy
         self.gamma, self.tau = gamma, tau
         self.m, self.top_k, self.grad_steps, self.action_lr = num_candidates, top_k, grad_steps, action_lr
+        self.m_target = num_candidates if target_candidates is None else target_candidates
         self.policy_update_every = policy_update_every
         self.critic = QEnsemble(policy.obs_dim, policy.act_dim, num_critics, critic_hidden, critic_activation, critic_layer_norm)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
@@ -82,7 +90,7 @@ class PARL(Learner):
     def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         policy = self.head
         with torch.no_grad():
-            candidates = sample_candidates(policy, batch.next_obs, self.m)
+            candidates = sample_candidates(policy, batch.next_obs, self.m_target)
             _, q_next = best(candidates, score(self.critic_target, policy, batch.next_obs, candidates))
             target = batch.rewards + self.gamma * (1.0 - batch.terminated) * q_next
         q = self.critic(policy.obs_norm(batch.obs), policy.to_unit(batch.actions))

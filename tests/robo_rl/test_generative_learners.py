@@ -49,6 +49,40 @@ def test_parl_and_expo_update_every_head(head, options):
         assert actions.shape == (5, 2) and (actions.abs() <= 1).all()
 
 
+@pytest.mark.parametrize("target_candidates, expected", [(1, 1), (3, 3), (None, 6)])
+def test_parl_td_target_takes_the_best_of_target_candidates(monkeypatch, target_candidates, expected):
+    # y = r + g (1 - d) max_j min_i Q'(s', a_j) over target_candidates samples (None: the 6 the agent acts with)
+    import robo_rl.learners.parl as parl_module
+    from robo_rl.learners.candidates import score
+
+    torch.manual_seed(0)
+    policy = build_head("flow", 3, LOW, HIGH, hidden_sizes=(32, 32), steps=2)
+    learner = PARL(policy, critic_hidden=(32, 32), num_candidates=6, target_candidates=target_candidates)
+    drawn = []
+    sample = parl_module.sample_candidates
+
+    def recorded_sample(head, obs, m):
+        drawn.append(sample(head, obs, m))
+        return drawn[-1]
+
+    monkeypatch.setattr(parl_module, "sample_candidates", recorded_sample)
+    b = batch()
+    loss, _ = learner.critic_loss(b)
+    (candidates,) = drawn
+    assert candidates.shape == (32, expected, 2)
+    with torch.no_grad():
+        q_next = score(learner.critic_target, policy, b.next_obs, candidates).max(1).values
+        target = b.rewards + learner.gamma * (1.0 - b.terminated) * q_next
+        q = learner.critic(policy.obs_norm(b.obs), policy.to_unit(b.actions))
+    torch.testing.assert_close(loss.detach(), 0.5 * (q - target).square().mean(1).sum())
+
+
+def test_parl_target_candidates_must_be_positive():
+    policy = build_head("flow", 3, LOW, HIGH, hidden_sizes=(16,), steps=2)
+    with pytest.raises(ValueError, match="algo.target_candidates=0"):
+        PARL(policy, target_candidates=0)
+
+
 def test_parl_action_optimization_climbs_q():
     torch.manual_seed(0)
     policy = build_head("flow", 3, LOW, HIGH, hidden_sizes=(32, 32), steps=2)
