@@ -2,7 +2,7 @@
 
 Each learner runs at its defaults (`robo-rl train algo=<a> env=hopper`: SAC 256x256 Gaussian; EXPO
 and PA-RL with the default flow head, 256x256x256, 4 steps; PPO 64x64; GoRL = PPO on a latent with a
-flow decoder, refits left out (2 per default run, ~23 s each); GoRL-SAC = SAC on a squashed latent
+flow decoder, refits left out (2 per default run, ~23 s each in a one-off timing); GoRL-SAC = SAC on a squashed latent
 through the same flow decoder) after a short warm-up, and segments of all of them alternate
 within each round, so they share the machine's load; reported are median env steps/s (collection +
 updates) and the ratio to the baseline. The allocator is tuned as `robo-rl train` tunes it
