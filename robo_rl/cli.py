@@ -226,6 +226,9 @@ def train_main(args: Sequence[str]) -> int:
 
     register_schemas()
     _register_resolvers()
+    problem = _composition_problem(args)
+    if problem is not None:
+        return _error(problem, EXIT_USAGE)
     config_dir = str(Path(__file__).resolve().parent / "configs")
     exit_code = 0
 
@@ -241,6 +244,60 @@ def train_main(args: Sequence[str]) -> int:
     sys.argv = ["robo-rl train", *args]
     _run()
     return exit_code
+
+
+def _composition_problem(args: Sequence[str]) -> str | None:
+    """What is wrong with ``robo-rl train``'s overrides as a config, or None.
+
+    Composes the config before Hydra's own run does, so that an unknown key, a value of the wrong
+    type or a missing config-group option exits with EXIT_USAGE and a short message (Hydra would print
+    its report and exit 1, the code for a failed run), and a mistyped key gets the closest valid ones.
+    Hydra's flags, ``hydra.*`` overrides and swept values (``seed=0,1,2``) are left to Hydra.
+    """
+    import difflib
+
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    from robo_rl.train import compose_config
+
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
+        return None  # --help, --cfg, --info, ...: Hydra's business
+
+    def key_of(override: str) -> str:
+        return override.split("=", 1)[0].lstrip("+~")
+
+    plain = [a for a in args if "=" in a and not key_of(a).startswith("hydra") and not _is_sweep(a.split("=", 1)[1])]
+    try:
+        compose_config(plain)
+        return None
+    except MissingConfigException as exc:  # algo=dqn: Hydra lists the available options
+        return " ".join(str(exc).split("Config search path")[0].split())
+    except ConfigCompositionException as exc:
+        cause = exc.__cause__
+        if not isinstance(cause, OmegaConfBaseException):
+            return " ".join(str(exc).split())
+        first = str(cause).splitlines()[0]
+        if not isinstance(cause, (ConfigKeyError, ConfigAttributeError)) or not cause.full_key:
+            return f"{first} ({' '.join(str(exc).split())}; see robo-rl train --help)"
+        full_key = str(cause.full_key)
+        parent, _, name = full_key.rpartition(".")
+        try:  # the keys that do exist there, in the config these overrides select
+            node = compose_config([a for a in plain if key_of(a) != full_key])
+            node = OmegaConf.select(node, parent) if parent else node
+        except Exception:  # noqa: BLE001 - a second problem: report the first one plainly
+            node = None
+        hint = ""
+        if isinstance(node, DictConfig):
+            keys = [str(k) for k in node.keys()]
+            close = difflib.get_close_matches(name, keys, n=3, cutoff=0.6)
+            prefix = f"{parent}." if parent else ""
+            hint = (f"; did you mean {' or '.join(prefix + c for c in close)}?" if close
+                    else f"; the keys there are {', '.join(keys)}")
+        return f"unknown key {full_key!r}{hint} (see robo-rl train --help)"
+    except OmegaConfBaseException as exc:
+        return f"{str(exc).splitlines()[0]} (see robo-rl train --help)"
 
 
 def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: ignore[no-untyped-def]

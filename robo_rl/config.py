@@ -8,6 +8,8 @@ mean "the learner's default" (e.g. 256x256 networks for SAC, 64x64 for PPO) and 
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -504,6 +506,35 @@ def _require(cfg: DictConfig, ok: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}={OmegaConf.select(cfg, key)}: {msg}")
 
 
+def unknown_keys(cfg: DictConfig) -> list[str]:
+    """Dotted keys the schemas do not define: what Hydra's ``+key=value`` adds past the struct check.
+
+    Nothing reads them (or a learner's constructor fails on them), so a run would silently differ from
+    what its command line says. Free-form fields (``env.kwargs``, ``safety.filters``) are not entered.
+    """
+    found: list[str] = []
+
+    def walk(node: DictConfig, schema: type, prefix: str) -> None:
+        hints = typing.get_type_hints(schema)
+        names = {f.name for f in dataclasses.fields(schema)}
+        for key in node.keys():
+            path = f"{prefix}{key}"
+            if key not in names:
+                found.append(path)
+                continue
+            sub = {"algo": ALGO_SCHEMAS, "policy": POLICY_SCHEMAS}.get(path)
+            child = node[key]
+            if sub is not None and isinstance(child, DictConfig):
+                sub_schema = sub.get(child.get("name"))
+                if sub_schema is not None:
+                    walk(child, sub_schema, f"{path}.")
+            elif dataclasses.is_dataclass(hints.get(key)) and isinstance(child, DictConfig):
+                walk(child, hints[key], f"{path}.")
+
+    walk(cfg, TrainConfig, "")
+    return found
+
+
 def validate(cfg: DictConfig) -> None:
     """Semantic checks on a resolved config; each message names the key and what to change."""
     from policies.networks import ACTIVATIONS
@@ -514,6 +545,12 @@ def validate(cfg: DictConfig) -> None:
     algo = cfg.algo.name
     need(algo in ALGO_SCHEMAS, "algo.name", f"unknown algorithm; choose one of {', '.join(ALGO_SCHEMAS)}")
     need(cfg.policy.name in POLICY_SCHEMAS, "policy.name", f"unknown head; choose one of {', '.join(POLICY_SCHEMAS)}")
+    extra = unknown_keys(cfg)
+    if extra:
+        raise ConfigError(f"unknown key{'s' if len(extra) > 1 else ''} {', '.join(repr(k) for k in extra)}: no schema "
+                          f"defines {'them' if len(extra) > 1 else 'it'} and nothing would read "
+                          f"{'them' if len(extra) > 1 else 'it'} (added with +key=...? gymnasium keyword "
+                          "arguments go in env.kwargs.<name>=...; see robo-rl train --help)")
     need(cfg.steps > 0, "steps", "must be > 0")
     need(cfg.seed >= 0, "seed", "must be >= 0")
     need(cfg.env.num_envs >= 1, "env.num_envs", "must be >= 1")

@@ -36,7 +36,18 @@ def test_help_explains_the_commands(tmp_path):
 
 def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
     proc = robo_rl("train", "algo.lrr=1", cwd=tmp_path, check=False)
-    assert proc.returncode != 0 and "lrr" in proc.stderr + proc.stdout
+    assert proc.returncode == 2 and "unknown key 'algo.lrr'; did you mean algo.lr?" in proc.stderr
+    proc = robo_rl("train", "-m", "seed=0,1", "stepz=10", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "unknown key 'stepz'; did you mean steps?" in proc.stderr
+    proc = robo_rl("train", "algo=gorl", "policy.decoder_stepz=2", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "did you mean policy.decoder_steps" in proc.stderr
+    proc = robo_rl("train", "algo.minibatch_size=big", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "'big'" in proc.stderr and "minibatch_size" in proc.stderr
+    proc = robo_rl("train", "algo=dqn", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "algo/dqn" in proc.stderr and "sac" in proc.stderr
+    proc = robo_rl("train", "+env.foo=2", "run_dir=y", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "unknown key 'env.foo'" in proc.stderr
+    assert not (tmp_path / "y").exists()
     proc = robo_rl("train", "steps=0", "run_dir=x", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "steps=0: must be > 0" in proc.stderr
     assert not (tmp_path / "x").exists()

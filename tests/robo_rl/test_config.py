@@ -45,6 +45,27 @@ def test_semantic_errors_name_the_key_and_write_nothing(tmp_path, overrides, key
     assert not run_dir.exists()
 
 
+@pytest.mark.parametrize("overrides, keys", [
+    (["+algo.foo=1"], ["'algo.foo'"]),
+    (["+env.foo=2"], ["'env.foo'"]),
+    (["+foo=1"], ["'foo'"]),
+    (["algo=sac", "+policy.bar=1", "+env.randomize.q=2"], ["'policy.bar'", "'env.randomize.q'"]),
+])
+def test_keys_added_with_plus_that_no_schema_defines_fail(tmp_path, overrides, keys):
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match="unknown key") as exc:
+        train(compose(*overrides, *FAST), run_dir)
+    assert all(k in str(exc.value) for k in keys)
+    assert not run_dir.exists()
+
+
+def test_free_form_env_kwargs_are_not_unknown_keys():
+    from robo_rl.config import resolve_defaults, unknown_keys
+
+    assert unknown_keys(resolve_defaults(compose("env.kwargs.ctrl_cost_weight=0.1"))) == []
+    assert unknown_keys(resolve_defaults(compose("algo=gorl", "safety=passivity", "env=contact_maze"))) == []
+
+
 def test_unknown_task_fails_before_any_run_files(tmp_path):
     with pytest.raises(ValueError, match="Walker2d-v5"):
         train(compose("env.id=Walker2D-v5", *FAST), tmp_path / "run")
