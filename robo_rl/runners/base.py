@@ -95,6 +95,9 @@ class Runner(abc.ABC):
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.total_steps = int(cfg.steps)
+        # the run stops at the first whole iteration past total_steps (N env steps at a time; the
+        # on-policy runner: whole rollouts); the progress line counts toward that
+        self.planned_steps = -(-self.total_steps // env.num_envs) * env.num_envs
         self.device = torch.device(cfg.device)
         self.step = 0
         self.iteration = 0
@@ -205,7 +208,7 @@ class Runner(abc.ABC):
             self.update_obs_norm(self.obs)
         self.metrics = MetricsWriter(self.run_dir, cfg.log.tensorboard, resume_step=self.step if resume_from else None)
         label = f"{cfg.algo.name} {self.env.task_id}"
-        progress = Progress(label, self.total_steps, cfg.log.progress_seconds, self.step)
+        progress = Progress(label, self.planned_steps, cfg.log.progress_seconds, self.step)
         next_log = (self.step // cfg.log.every + 1) * cfg.log.every
         next_eval = (self.step // cfg.eval.every + 1) * cfg.eval.every
         next_ckpt = (self.step // cfg.checkpoint.every + 1) * cfg.checkpoint.every

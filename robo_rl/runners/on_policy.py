@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -9,6 +10,8 @@ import torch
 from robo_rl.normalization import RewardNormalizer
 from robo_rl.runners.base import Runner
 from robo_rl.storage.rollout import RolloutStorage
+
+log = logging.getLogger("robo_rl")
 
 
 class OnPolicyRunner(Runner):
@@ -18,6 +21,11 @@ class OnPolicyRunner(Runner):
         self.rollout_steps = int(algo.rollout_steps)
         self.samples_per_update = self.rollout_steps * env.num_envs
         self.total_iterations = -(-self.total_steps // self.samples_per_update)  # ceil
+        self.planned_steps = self.total_iterations * self.samples_per_update
+        if self.planned_steps != self.total_steps:
+            log.info(f"steps={self.total_steps:,} rounds up to whole updates: {self.total_iterations:,} x "
+                     f"{self.samples_per_update:,} samples ({env.num_envs} envs x {self.rollout_steps} steps) = "
+                     f"{self.planned_steps:,} env steps")
         self.learner.plan(self.total_iterations)
         self.base_lr = float(algo.lr)
         self.anneal_lr = bool(algo.anneal_lr)

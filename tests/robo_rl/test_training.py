@@ -160,3 +160,11 @@ def test_progress_eta_follows_a_change_of_pace(monkeypatch, caplog):
         progress.maybe_print(6_000, None, None)  # same pace, 4,000 steps left
     etas = [line.rsplit("ETA ", 1)[1] for line in caplog.messages]
     assert etas == ["1:40", "15:00", "13:20"]
+
+
+def test_on_policy_steps_round_up_to_whole_updates_and_say_so(tmp_path):
+    summary = train(compose(*SMALL_PPO, "steps=200"), tmp_path / "run")  # 128 samples per update
+    assert summary["steps"] == 256
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "steps=200 rounds up to whole updates: 2 x 128 samples (4 envs x 32 steps) = 256 env steps" in log
+    assert "step 256/256 (100%)" in log
