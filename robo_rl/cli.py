@@ -254,10 +254,8 @@ def _composition_problem(args: Sequence[str]) -> str | None:
     its report and exit 1, the code for a failed run), and a mistyped key gets the closest valid ones.
     Hydra's flags, ``hydra.*`` overrides and swept values (``seed=0,1,2``) are left to Hydra.
     """
-    import difflib
-
     from hydra.errors import ConfigCompositionException, MissingConfigException
-    from omegaconf import DictConfig, OmegaConf
+    from omegaconf import OmegaConf
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
     from robo_rl.train import compose_config
@@ -288,16 +286,25 @@ def _composition_problem(args: Sequence[str]) -> str | None:
             node = OmegaConf.select(node, parent) if parent else node
         except Exception:  # noqa: BLE001 - a second problem: report the first one plainly
             node = None
-        hint = ""
-        if isinstance(node, DictConfig):
-            keys = [str(k) for k in node.keys()]
-            close = difflib.get_close_matches(name, keys, n=3, cutoff=0.6)
-            prefix = f"{parent}." if parent else ""
-            hint = (f"; did you mean {' or '.join(prefix + c for c in close)}?" if close
-                    else f"; the keys there are {', '.join(keys)}")
+        hint = _closest_keys(name, node, parent)
         return f"unknown key {full_key!r}{hint} (see robo-rl train --help)"
     except OmegaConfBaseException as exc:
         return f"{str(exc).splitlines()[0]} (see robo-rl train --help)"
+
+
+def _closest_keys(name: str, node: Any, parent: str) -> str:
+    """For an unknown key ``name`` under ``parent``: "; did you mean ...?" with the closest keys of
+    ``node`` (a DictConfig), else "; the keys there are ..."; empty if ``node`` is not a DictConfig."""
+    import difflib
+
+    from omegaconf import DictConfig
+
+    if not isinstance(node, DictConfig):
+        return ""
+    keys = [str(k) for k in node.keys()]
+    close = difflib.get_close_matches(name, keys, n=3, cutoff=0.6)
+    prefix = f"{parent}." if parent else ""
+    return f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else f"; the keys there are {', '.join(keys)}"
 
 
 def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: ignore[no-untyped-def]
@@ -326,19 +333,13 @@ def eval_main(args: Sequence[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(EVAL_HELP)
         return 0
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
     from robo_rl.config import EvalCommandConfig
 
-    bad = [a for a in args if "=" not in a]
-    if bad:
-        return _error(f"expected key=value arguments, got {' '.join(bad)} (see robo-rl eval --help)", EXIT_USAGE)
     try:
-        opts = OmegaConf.merge(OmegaConf.structured(EvalCommandConfig), OmegaConf.from_dotlist(list(args)))
-        run_dir = Path(opts.run_dir)
-    except OmegaConfBaseException as exc:
-        return _error(f"{str(exc).splitlines()[0]} (see robo-rl eval --help)", EXIT_USAGE)
+        opts = _parse(args, EvalCommandConfig, "eval")
+    except ValueError as exc:
+        return _error(str(exc), EXIT_USAGE)
+    run_dir = Path(opts.run_dir)
     if opts.episodes < 1 or opts.num_envs < 1 or opts.video_episodes < 1:
         return _error("episodes, num_envs and video_episodes must be >= 1", EXIT_USAGE)
     try:
@@ -365,7 +366,7 @@ def eval_main(args: Sequence[str]) -> int:
 def _parse(args: Sequence[str], schema: type, command: str) -> Any:
     """key=value arguments checked against a dataclass: unknown keys and wrong types fail with the key named."""
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
     bad = [a for a in args if "=" not in a]
     if bad:
@@ -376,6 +377,12 @@ def _parse(args: Sequence[str], schema: type, command: str) -> Any:
             if OmegaConf.is_missing(opts, key):
                 raise ValueError(f"{key}=<dir> is required (see robo-rl {command} --help)")
         return opts
+    except (ConfigKeyError, ConfigAttributeError) as exc:
+        full_key = str(exc.full_key or exc.key or "")
+        parent, _, name = full_key.rpartition(".")
+        node = OmegaConf.structured(schema)
+        hint = _closest_keys(name, OmegaConf.select(node, parent) if parent else node, parent) if full_key else ""
+        raise ValueError(f"unknown key {full_key!r}{hint} (see robo-rl {command} --help)") from None
     except OmegaConfBaseException as exc:
         raise ValueError(f"{str(exc).splitlines()[0]} (see robo-rl {command} --help)") from None
 

@@ -53,6 +53,8 @@ def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
     assert not (tmp_path / "x").exists()
     proc = robo_rl("eval", "run_dir=nowhere", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "not a robo-rl run directory" in proc.stderr
+    proc = robo_rl("eval", "run_dir=nowhere", "episodez=3", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "unknown key 'episodez'; did you mean episodes" in proc.stderr
     proc = robo_rl("frobnicate", cwd=tmp_path, check=False)
     assert proc.returncode == 2
 
