@@ -252,7 +252,8 @@ def _composition_problem(args: Sequence[str]) -> str | None:
     Composes the config before Hydra's own run does, so that an unknown key, a value of the wrong
     type or a missing config-group option exits with EXIT_USAGE and a short message (Hydra would print
     its report and exit 1, the code for a failed run), and a mistyped key gets the closest valid ones.
-    Hydra's flags, ``hydra.*`` overrides and swept values (``seed=0,1,2``) are left to Hydra.
+    Hydra's flags and ``hydra.*`` overrides are left to Hydra; a swept key (``seed=0,1,2``) is checked
+    with its first value.
     """
     from hydra.errors import ConfigCompositionException, MissingConfigException
     from omegaconf import OmegaConf
@@ -266,7 +267,23 @@ def _composition_problem(args: Sequence[str]) -> str | None:
     def key_of(override: str) -> str:
         return override.split("=", 1)[0].lstrip("+~")
 
-    plain = [a for a in args if "=" in a and not key_of(a).startswith("hydra") and not _is_sweep(a.split("=", 1)[1])]
+    def first_of_sweep(override: str) -> str | None:
+        """``seed=0,1,2`` -> ``seed=0`` (the key is what gets checked); None if Hydra cannot parse it."""
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        try:
+            (parsed,) = OverridesParser.create().parse_overrides([override])
+            first = next(iter(parsed.sweep_string_iterator()))
+        except Exception:  # noqa: BLE001 - Hydra's own run reports a malformed sweep
+            return None
+        return f"{override[:len(override) - len(override.lstrip('+~'))]}{key_of(override)}={first}"
+
+    plain = []
+    for a in args:
+        if "=" in a and not key_of(a).startswith("hydra"):
+            one = first_of_sweep(a) if _is_sweep(a.split("=", 1)[1]) else a
+            if one is not None:
+                plain.append(one)
     try:
         compose_config(plain)
         return None

@@ -37,7 +37,7 @@ def test_help_explains_the_commands(tmp_path):
 def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
     proc = robo_rl("train", "algo.lrr=1", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "unknown key 'algo.lrr'; did you mean algo.lr?" in proc.stderr
-    proc = robo_rl("train", "-m", "seed=0,1", "stepz=10", cwd=tmp_path, check=False)
+    proc = robo_rl("train", "-m", "seed=0,1", "stepz=10,20", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "unknown key 'stepz'; did you mean steps?" in proc.stderr
     proc = robo_rl("train", "algo=gorl", "policy.decoder_stepz=2", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "did you mean policy.decoder_steps" in proc.stderr
