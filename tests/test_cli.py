@@ -37,14 +37,6 @@ def test_help_explains_the_commands(tmp_path):
 def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
     proc = robo_rl("train", "algo.lrr=1", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "unknown key 'algo.lrr'; did you mean algo.lr?" in proc.stderr
-    proc = robo_rl("train", "-m", "seed=0,1", "stepz=10,20", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "unknown key 'stepz'; did you mean steps?" in proc.stderr
-    proc = robo_rl("train", "algo=gorl", "policy.decoder_stepz=2", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "did you mean policy.decoder_steps" in proc.stderr
-    proc = robo_rl("train", "algo.minibatch_size=big", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "'big'" in proc.stderr and "minibatch_size" in proc.stderr
-    proc = robo_rl("train", "algo=dqn", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "algo/dqn" in proc.stderr and "sac" in proc.stderr
     proc = robo_rl("train", "+env.foo=2", "run_dir=y", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "unknown key 'env.foo'" in proc.stderr
     assert not (tmp_path / "y").exists()
@@ -57,6 +49,24 @@ def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
     assert proc.returncode == 2 and "unknown key 'episodez'; did you mean episodes" in proc.stderr
     proc = robo_rl("frobnicate", cwd=tmp_path, check=False)
     assert proc.returncode == 2
+
+
+@pytest.mark.parametrize("args, words", [
+    (["-m", "seed=0,1", "stepz=10,20"], ["unknown key 'stepz'; did you mean steps?"]),
+    (["algo=gorl", "policy.decoder_stepz=2"], ["did you mean policy.decoder_steps"]),
+    (["algo=sac", "algo.zzzz=1"], ["unknown key 'algo.zzzz'; the keys there are", "actor_lr"]),
+    (["algo.minibatch_size=big"], ["'big'", "minibatch_size"]),
+    (["algo=dqn"], ["algo/dqn", "sac"]),
+    (["seed=3", "algo=sac"], None),
+])
+def test_train_overrides_are_checked_before_hydra_runs(args, words):
+    from robo_rl.cli import _composition_problem
+
+    problem = _composition_problem(args)
+    if words is None:
+        assert problem is None
+    else:
+        assert problem is not None and all(w in problem for w in words), problem
 
 
 def test_train_eval_resume(tmp_path):
