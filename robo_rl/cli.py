@@ -256,7 +256,6 @@ def _composition_problem(args: Sequence[str]) -> str | None:
     with its first value.
     """
     from hydra.errors import ConfigCompositionException, MissingConfigException
-    from omegaconf import OmegaConf
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
     from robo_rl.train import compose_config
@@ -297,31 +296,31 @@ def _composition_problem(args: Sequence[str]) -> str | None:
         if not isinstance(cause, (ConfigKeyError, ConfigAttributeError)) or not cause.full_key:
             return f"{first} ({' '.join(str(exc).split())}; see robo-rl train --help)"
         full_key = str(cause.full_key)
-        parent, _, name = full_key.rpartition(".")
-        try:  # the keys that do exist there, in the config these overrides select
-            node = compose_config([a for a in plain if key_of(a) != full_key])
-            node = OmegaConf.select(node, parent) if parent else node
+        try:  # the keys that do exist, in the config these overrides select
+            root = compose_config([a for a in plain if key_of(a) != full_key])
         except Exception:  # noqa: BLE001 - a second problem: report the first one plainly
-            node = None
-        hint = _closest_keys(name, node, parent)
-        return f"unknown key {full_key!r}{hint} (see robo-rl train --help)"
+            root = None
+        return _unknown_key(full_key, root, "train")
     except OmegaConfBaseException as exc:
         return f"{str(exc).splitlines()[0]} (see robo-rl train --help)"
 
 
-def _closest_keys(name: str, node: Any, parent: str) -> str:
-    """For an unknown key ``name`` under ``parent``: "; did you mean ...?" with the closest keys of
-    ``node`` (a DictConfig), else "; the keys there are ..."; empty if ``node`` is not a DictConfig."""
+def _unknown_key(full_key: str, root: Any, command: str) -> str:
+    """The message for an unknown dotted key: the closest keys next to it in ``root`` (a DictConfig:
+    "did you mean ...?"), or all of them when none is close; just the key if ``root`` is None."""
     import difflib
 
-    from omegaconf import DictConfig
+    from omegaconf import DictConfig, OmegaConf
 
-    if not isinstance(node, DictConfig):
-        return ""
-    keys = [str(k) for k in node.keys()]
-    close = difflib.get_close_matches(name, keys, n=3, cutoff=0.6)
-    prefix = f"{parent}." if parent else ""
-    return f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else f"; the keys there are {', '.join(keys)}"
+    parent, _, name = full_key.rpartition(".")
+    node = OmegaConf.select(root, parent) if parent and root is not None else root
+    hint = ""
+    if isinstance(node, DictConfig):
+        keys = [str(k) for k in node.keys()]
+        close = difflib.get_close_matches(name, keys, n=3, cutoff=0.6)
+        prefix = f"{parent}." if parent else ""
+        hint = f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else f"; the keys there are {', '.join(keys)}"
+    return f"unknown key {full_key!r}{hint} (see robo-rl {command} --help)"
 
 
 def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: ignore[no-untyped-def]
@@ -396,10 +395,7 @@ def _parse(args: Sequence[str], schema: type, command: str) -> Any:
         return opts
     except (ConfigKeyError, ConfigAttributeError) as exc:
         full_key = str(exc.full_key or exc.key or "")
-        parent, _, name = full_key.rpartition(".")
-        node = OmegaConf.structured(schema)
-        hint = _closest_keys(name, OmegaConf.select(node, parent) if parent else node, parent) if full_key else ""
-        raise ValueError(f"unknown key {full_key!r}{hint} (see robo-rl {command} --help)") from None
+        raise ValueError(_unknown_key(full_key, OmegaConf.structured(schema), command)) from None
     except OmegaConfBaseException as exc:
         raise ValueError(f"{str(exc).splitlines()[0]} (see robo-rl {command} --help)") from None
 
