@@ -252,43 +252,116 @@ def _composition_problem(args: Sequence[str]) -> str | None:
     Composes the config before Hydra's own run does, so that an unknown key, a value of the wrong
     type or a missing config-group option exits with EXIT_USAGE and a short message (Hydra would print
     its report and exit 1, the code for a failed run), and a mistyped key gets the closest valid ones.
-    Hydra's flags and ``hydra.*`` overrides are left to Hydra; a swept key (``seed=0,1,2``) is checked
-    with its first value.
+    Under ``-m`` every job of the sweep is composed and validated too (``-m steps=1000,0`` would
+    otherwise train the first job before the second one failed; ``-m algo=sac,ppo algo.tau=0.01``
+    fails for ppo only). Hydra's flags and ``hydra.*`` overrides are left to Hydra.
     """
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
+        return None  # --help, --cfg, --info, ...: Hydra's business
+
+    plain: list[str] = []  # the overrides, each sweep at its first value
+    sweeps: list[tuple[int, list[str]]] = []  # (position in plain, every value of that sweep as key=value)
+    for a in args:
+        if "=" in a and not _override_key(a).startswith("hydra"):
+            values = _sweep_values(a) if _is_sweep(a.split("=", 1)[1]) else [a]
+            if values:  # None: Hydra's own run reports a sweep it cannot parse
+                if len(values) > 1:
+                    sweeps.append((len(plain), values))
+                plain.append(values[0])
+    problem = _overrides_problem(plain)
+    if problem is not None or not any(a in ("-m", "--multirun") for a in args):
+        return problem
+    return _sweep_problem(plain, sweeps)
+
+
+# Sweeps with more jobs than this are checked one swept value at a time (every value of every swept key
+# once, with the other sweeps at their first value) rather than job by job: ~0.1 s per composition.
+MAX_CHECKED_JOBS = 256
+
+
+def _sweep_problem(plain: list[str], sweeps: list[tuple[int, list[str]]]) -> str | None:
+    """Compose and validate every job of a multirun before Hydra starts the first one."""
+    import itertools
+    import math
+
+    from hydra import compose, initialize_config_dir
+
+    from robo_rl.config import ConfigError, register_schemas, resolve_defaults, validate
+
+    positions = [i for i, _ in sweeps]
+    if math.prod(len(v) for _, v in sweeps) <= MAX_CHECKED_JOBS:
+        jobs = list(itertools.product(*(v for _, v in sweeps)))
+    else:
+        jobs = [tuple(v[0] for _, v in sweeps)]
+        for k, (_, values) in enumerate(sweeps):
+            jobs += [tuple(v if j == k else w[0] for j, (_, w) in enumerate(sweeps)) for v in values[1:]]
+        print(f"robo-rl: checking {len(jobs)} configs of a {math.prod(len(v) for _, v in sweeps):,}-job sweep, each swept "
+              f"value once (over {MAX_CHECKED_JOBS} jobs: combinations are checked as each job starts)", file=sys.stderr)
+    register_schemas()
+    _register_resolvers()
+    failed: tuple[tuple[str, ...], list[str], Exception] | None = None
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent / "configs"), version_base=None):
+        for job in jobs:
+            overrides = list(plain)
+            for i, value in zip(positions, job):
+                overrides[i] = value
+            try:
+                cfg = compose(config_name="config", overrides=overrides)
+                if not cfg.resume:  # a resumed job runs its saved config, validated when it starts
+                    validate(resolve_defaults(cfg))
+            except Exception as exc:  # noqa: BLE001 - described below (outside this Hydra context), or re-raised
+                failed = (job, overrides, exc)
+                break
+    if failed is None:
+        return None
+    job, overrides, exc = failed
+    message = f"{exc} (no job was started)" if isinstance(exc, ConfigError) else _composition_message(exc, overrides)
+    if message is None:
+        raise exc
+    return f"sweep job {' '.join(job)}: {message}" if job else message
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _sweep_values(override: str) -> list[str] | None:
+    """``seed=0,1,2`` -> ``[seed=0, seed=1, seed=2]``; None if Hydra cannot expand it here (e.g. glob)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        (parsed,) = OverridesParser.create().parse_overrides([override])
+        values = list(parsed.sweep_string_iterator())
+    except Exception:  # noqa: BLE001 - Hydra's own run reports a malformed sweep
+        return None
+    prefix = f"{override[:len(override) - len(override.lstrip('+~'))]}{_override_key(override)}="
+    return [prefix + v for v in values] or None
+
+
+def _overrides_problem(overrides: list[str]) -> str | None:
+    """Compose ``overrides`` (no sweeps): None if they make a config, else what is wrong."""
+    from robo_rl.train import compose_config
+
+    try:
+        compose_config(overrides)
+        return None
+    except Exception as exc:  # noqa: BLE001 - described below, or left to Hydra's own report
+        message = _composition_message(exc, overrides)
+        if message is None:
+            raise
+        return message
+
+
+def _composition_message(exc: Exception, overrides: list[str]) -> str | None:
+    """One line for a failed composition of ``overrides``; None for an error that is not about them."""
     from hydra.errors import ConfigCompositionException, MissingConfigException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
     from robo_rl.train import compose_config
 
-    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
-        return None  # --help, --cfg, --info, ...: Hydra's business
-
-    def key_of(override: str) -> str:
-        return override.split("=", 1)[0].lstrip("+~")
-
-    def first_of_sweep(override: str) -> str | None:
-        """``seed=0,1,2`` -> ``seed=0`` (the key is what gets checked); None if Hydra cannot parse it."""
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        try:
-            (parsed,) = OverridesParser.create().parse_overrides([override])
-            first = next(iter(parsed.sweep_string_iterator()))
-        except Exception:  # noqa: BLE001 - Hydra's own run reports a malformed sweep
-            return None
-        return f"{override[:len(override) - len(override.lstrip('+~'))]}{key_of(override)}={first}"
-
-    plain = []
-    for a in args:
-        if "=" in a and not key_of(a).startswith("hydra"):
-            one = first_of_sweep(a) if _is_sweep(a.split("=", 1)[1]) else a
-            if one is not None:
-                plain.append(one)
-    try:
-        compose_config(plain)
-        return None
-    except MissingConfigException as exc:  # algo=dqn: Hydra lists the available options
+    if isinstance(exc, MissingConfigException):  # algo=dqn: Hydra lists the available options
         return " ".join(str(exc).split("Config search path")[0].split())
-    except ConfigCompositionException as exc:
+    if isinstance(exc, ConfigCompositionException):
         cause = exc.__cause__
         if not isinstance(cause, OmegaConfBaseException):
             return " ".join(str(exc).split())
@@ -297,12 +370,13 @@ def _composition_problem(args: Sequence[str]) -> str | None:
             return f"{first} ({' '.join(str(exc).split())}; see robo-rl train --help)"
         full_key = str(cause.full_key)
         try:  # the keys that do exist, in the config these overrides select
-            root = compose_config([a for a in plain if key_of(a) != full_key])
+            root = compose_config([a for a in overrides if _override_key(a) != full_key])
         except Exception:  # noqa: BLE001 - a second problem: report the first one plainly
             root = None
         return _unknown_key(full_key, root, "train")
-    except OmegaConfBaseException as exc:
+    if isinstance(exc, OmegaConfBaseException):
         return f"{str(exc).splitlines()[0]} (see robo-rl train --help)"
+    return None
 
 
 def _unknown_key(full_key: str, root: Any, command: str) -> str:

@@ -558,6 +558,9 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.env.backend in ("auto", "gymnasium", "mujoco", "mjwarp", "isaac"), "env.backend",
          "must be auto, gymnasium, mujoco, mjwarp or isaac")
     need(cfg.env.threads >= 0, "env.threads", "must be >= 0 (0: all CPUs)")
+    need(not (algo in ("sac", "td3", "expo", "parl") and cfg.env.normalize_reward), "env.normalize_reward",
+         "not supported for off-policy learners (the replay buffer would mix rewards scaled by different "
+         "statistics); leave it off for off-policy learners")
     from envs.randomization import RandomizationSpec
 
     try:

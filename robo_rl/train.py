@@ -68,11 +68,6 @@ def prepare(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str] = ()) -
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)
     validate(cfg)
-    if cfg.algo.name in ("sac", "td3", "expo", "parl") and cfg.env.normalize_reward:
-        raise ConfigError(
-            "env.normalize_reward=true: not supported for off-policy learners (the replay buffer would mix rewards "
-            "scaled by different statistics); leave it off for off-policy learners"
-        )
     return cfg, None
 
 

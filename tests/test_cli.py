@@ -58,6 +58,14 @@ def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
     (["algo.minibatch_size=big"], ["'big'", "minibatch_size"]),
     (["algo=dqn"], ["algo/dqn", "sac"]),
     (["seed=3", "algo=sac"], None),
+    # every job of a sweep is composed and validated before Hydra starts the first one
+    (["-m", "algo=sac,dqn"], ["sweep job algo=dqn", "algo/dqn"]),
+    (["-m", "steps=100,0", "seed=1,2"], ["sweep job steps=0 seed=1", "steps=0: must be > 0", "no job was started"]),
+    (["-m", "algo=sac,ppo", "algo.tau=0.01"], ["sweep job algo=ppo", "unknown key 'algo.tau'"]),
+    (["-m", "steps=1,many"], ["sweep job steps=many", "'many'"]),
+    (["-m", "algo=ppo,sac", "env.normalize_reward=true"], ["sweep job algo=sac", "off-policy"]),
+    (["-m", "seed=range(0,3)", "algo=sac,td3"], None),
+    (["-m", "steps=0"], ["steps=0: must be > 0"]),
 ])
 def test_train_overrides_are_checked_before_hydra_runs(args, words):
     from robo_rl.cli import _composition_problem
@@ -67,6 +75,16 @@ def test_train_overrides_are_checked_before_hydra_runs(args, words):
         assert problem is None
     else:
         assert problem is not None and all(w in problem for w in words), problem
+
+
+def test_large_sweeps_are_checked_one_value_at_a_time(monkeypatch, capsys):
+    import robo_rl.cli as cli
+
+    monkeypatch.setattr(cli, "MAX_CHECKED_JOBS", 2)
+    assert cli._composition_problem(["-m", "seed=0,1", "algo=sac,td3"]) is None
+    assert "checking 3 configs of a 4-job sweep" in capsys.readouterr().err
+    problem = cli._composition_problem(["-m", "seed=0,1", "steps=5,-1"])
+    assert problem is not None and "sweep job seed=0 steps=-1" in problem
 
 
 def test_train_eval_resume(tmp_path):
