@@ -7,7 +7,7 @@ layer instead of E Python-level forward passes.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -54,9 +54,14 @@ class Mish(nn.Mish):
     FAST_FROM = 8192  # elements
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if tracing() or x.is_cuda or x.numel() < self.FAST_FROM:
-            return torch.nn.functional.mish(x)
-        return _SigmoidMish.apply(x)
+        return self.kernel(x.numel(), x.is_cuda)(x)
+
+    def kernel(self, numel: int, is_cuda: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The function forward uses for a tensor of ``numel`` elements (a caller that applies Mish to many
+        tensors of one size, such as a sampling chain, can look it up once)."""
+        if numel < self.FAST_FROM or is_cuda or tracing():  # the cheap tests first
+            return torch.nn.functional.mish
+        return _SigmoidMish.apply
 
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {

@@ -62,39 +62,42 @@ class FlowHead(GenerativeHead):
         is bound by per-operation overhead rather than by the matmuls (benchmarks/export_latency.py).
         """
         net, dt = self.net, 1.0 / self.steps
-        emb, emb_mid = self._time_embedding(noise.device)
-        w_x, w_o, w_t = net.x_in.weight.t(), net.out.weight.t(), net.time_in.weight.t()
-        context = torch.nn.functional.linear(self._cond(obs), net.cond_in.weight).unsqueeze(0)  # [1, B, W]
+        emb, emb_mid, times = self._time_embedding(noise.device)
+        linear = torch.nn.functional.linear
+        w_in, b_out = net.x_in.weight, net.out.bias
+        w_x, w_o = w_in.t(), net.out.weight.t()
+        context = linear(self._cond(obs), net.cond_in.weight).unsqueeze(0)  # [1, B, W]
+        trunk = net.chain_trunk(noise.shape[0], noise.device)
         if self.solver == "euler":
-            carried = torch.arange(self.steps, device=noise.device, dtype=torch.float32).unsqueeze(1) * torch.mv(
-                net.x_in.weight, net.out.bias * dt)  # [K, W]: k dt W_x b_o
-            biases = (context + torch.addmm(net.x_in.bias + carried, emb, w_t).unsqueeze(1)).unbind(0)
+            # [K, W]: step k's first-layer bias b_in + W_t emb(t_k) + t_k W_x b_o (t_k = k dt), one outer product
+            steps = torch.addr(linear(emb, net.time_in.weight, net.x_in.bias), times, torch.mv(w_in, b_out))
             y = noise
-            for bias in biases:
-                y = torch.addmm(y, net.trunk(torch.addmm(bias, y, w_x)), w_o, alpha=dt)
-            return self._finish(y + net.out.bias, straight_through)
+            for bias in (context + steps.unsqueeze(1)).unbind(0):
+                y = torch.addmm(y, trunk(torch.addmm(bias, y, w_x)), w_o, alpha=dt)
+            return self._finish(y + b_out, straight_through)
         # midpoint: the velocity half a step ahead
-        biases = (context + torch.addmm(net.x_in.bias, emb, w_t).unsqueeze(1)).unbind(0)
-        biases_mid = (context + torch.addmm(net.x_in.bias, emb_mid, w_t).unsqueeze(1)).unbind(0)
-        half, full = net.out.bias * (0.5 * dt), net.out.bias * dt
+        biases = (context + linear(emb, net.time_in.weight, net.x_in.bias).unsqueeze(1)).unbind(0)
+        biases_mid = (context + linear(emb_mid, net.time_in.weight, net.x_in.bias).unsqueeze(1)).unbind(0)
+        half, full = b_out * (0.5 * dt), b_out * dt
         x = noise
         for bias, bias_mid in zip(biases, biases_mid):
-            x_mid = torch.addmm(x + half, net.trunk(torch.addmm(bias, x, w_x)), w_o, alpha=0.5 * dt)
-            x = torch.addmm(x + full, net.trunk(torch.addmm(bias_mid, x_mid, w_x)), w_o, alpha=dt)
+            x_mid = torch.addmm(x + half, trunk(torch.addmm(bias, x, w_x)), w_o, alpha=0.5 * dt)
+            x = torch.addmm(x + full, trunk(torch.addmm(bias_mid, x_mid, w_x)), w_o, alpha=dt)
         return self._finish(x, straight_through)
 
-    def _time_embedding(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Sinusoidal embeddings [K, time_dim] of the chain's step times (and of the midpoints): constants of
-        (steps, solver), independent of the weights, so eager calls keep them; a trace recomputes them."""
+    def _time_embedding(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Sinusoidal embeddings [K, time_dim] of the chain's step times (and of the midpoints), and the times
+        [K]: constants of (steps, solver), independent of the weights, so eager calls keep them; a trace
+        recomputes them."""
         key = (self.steps, self.solver, str(device))
         cached = self.__dict__.get("_embedding_cache")
         recording = tracing()
         if cached is not None and cached[0] == key and not recording:
-            return cached[1], cached[2]
+            return cached[1]
         net, dt = self.net, 1.0 / self.steps
         times = torch.arange(self.steps, device=device, dtype=torch.float32) * dt
         emb = timestep_embedding(times * net.time_scale, net.time_dim)
         mid = timestep_embedding((times + 0.5 * dt) * net.time_scale, net.time_dim) if self.solver == "midpoint" else None
         if not recording:
-            self.__dict__["_embedding_cache"] = (key, emb, mid)
-        return emb, mid
+            self.__dict__["_embedding_cache"] = (key, (emb, mid, times))
+        return emb, mid, times

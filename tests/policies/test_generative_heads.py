@@ -148,6 +148,39 @@ def test_flow_chain_equals_the_textbook_integration(solver, denoiser, steps):
     assert torch.allclose(grad_folded, grad_textbook, atol=1e-5)
 
 
+@pytest.mark.parametrize("solver", ["euler", "midpoint"])
+def test_flow_inference_follows_every_weight_change(solver):
+    # nothing weight-derived may outlive a call: the fused Adam step, for one, changes the weights without
+    # bumping their version counters, so a cache keyed on versions would act with stale weights
+    from robo_rl.learners.optim import FusedAdam
+
+    torch.manual_seed(0)
+    head = build_head("flow", 3, LOW, HIGH, steps=4, solver=solver, denoiser="mlp", **SMALL)
+    other = build_head("flow", 3, LOW, HIGH, steps=4, solver=solver, denoiser="mlp", **SMALL)
+    obs, noise = torch.randn(8, 3), torch.randn(8, head.x_dim)
+    opt = FusedAdam(head.parameters(), 0.1)
+
+    def fused_adam_step():
+        with torch.enable_grad():
+            head.imitation_loss(obs, torch.rand(8, 2) * 2 - 1).backward()
+        opt.step()
+
+    def fresh():  # with gradients on, through the textbook chain
+        with torch.enable_grad():
+            return _textbook_flow_chain(head, obs, noise).clamp(-1.0, 1.0).detach()
+
+    with torch.no_grad():
+        for change in (fused_adam_step,
+                       lambda: head.net.time_in.weight.mul_(3.0),
+                       lambda: head.load_state_dict(other.state_dict()),
+                       lambda: setattr(head.net.x_in.bias, "data", torch.randn(head.net.x_in.bias.shape))):
+            before = head.generate(obs, noise)
+            change()
+            after = head.generate(obs, noise)
+            assert not torch.equal(after, before)
+            assert torch.allclose(after, fresh(), atol=2e-6)
+
+
 def test_chunks_execute_k_actions_per_query():
     head = build_head("flow", 3, LOW, HIGH, steps=2, chunk=4, execute=2, **SMALL)
     calls = []
