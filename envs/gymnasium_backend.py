@@ -9,6 +9,7 @@ restored exactly, so an interrupted run resumes bit-for-bit.
 from __future__ import annotations
 
 import difflib
+import importlib
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -21,13 +22,26 @@ from envs.randomization import RandomizationSpec, Randomizer, apply_to_model, no
 
 
 def check_task_id(task_id: str) -> gym.envs.registration.EnvSpec:
-    """Look a gymnasium id up, failing with close matches when it does not exist."""
+    """Look a gymnasium id up, failing with close matches when it does not exist.
+
+    ``module:Id`` (gymnasium's own convention, as ``gymnasium.make`` reads it) imports ``module`` first, so
+    a package that registers its tasks on import works from the command line:
+    ``robo-rl train env.id=my_robots.envs:Arm-v0``.
+    """
+    module, _, name = task_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ValueError(f"env.id={task_id}: cannot import {module!r}, the module that should register "
+                             f"{name!r} ({exc}); is it installed, or on PYTHONPATH?") from None
     try:
-        return gym.spec(task_id)
+        return gym.spec(name)
     except gym.error.Error as exc:
-        close = difflib.get_close_matches(task_id, list(gym.registry), n=3, cutoff=0.5)
+        close = difflib.get_close_matches(name, list(gym.registry), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown gymnasium task id {task_id!r}{hint} ({exc})") from None
+        where = f" (after importing {module!r})" if module else ""
+        raise ValueError(f"unknown gymnasium task id {name!r}{where}{hint} ({exc})") from None
 
 
 class _NoModel:

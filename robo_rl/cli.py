@@ -183,15 +183,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _register_resolvers() -> None:
     from omegaconf import OmegaConf
 
+    def name(env_id):  # type: ignore[no-untyped-def]
+        # one directory however the id is spelled: robo_rl/TwoGoals-v0, my_robots.envs:Arm-v0
+        return str(env_id).replace("/", "-").replace(":", "-")
+
     def run_dir(given, resume, algo, env_id, seed, now):  # type: ignore[no-untyped-def]
         if given not in (None, "", "None"):
             return str(given)
         if resume not in (None, "", "None"):
             return str(resume)
-        return f"runs/{algo}-{env_id}-s{seed}-{now}"
+        return f"runs/{algo}-{name(env_id)}-s{seed}-{now}"
 
     def sweep_dir(given, algo, env_id, now):  # type: ignore[no-untyped-def]
-        return str(given) if given not in (None, "", "None") else f"runs/sweep-{algo}-{env_id}-{now}"
+        return str(given) if given not in (None, "", "None") else f"runs/sweep-{algo}-{name(env_id)}-{now}"
 
     def sweep_subdir(task_overrides, job_num):  # type: ignore[no-untyped-def]
         # name a multirun job by the keys that are swept (seed=0,1,2 -> "seed=1"), not by every override

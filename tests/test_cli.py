@@ -77,6 +77,17 @@ def test_train_overrides_are_checked_before_hydra_runs(args, words):
         assert problem is not None and all(w in problem for w in words), problem
 
 
+def test_default_run_dir_is_one_directory_however_the_id_is_spelled():
+    from omegaconf import OmegaConf
+
+    from robo_rl.cli import _register_resolvers
+
+    _register_resolvers()
+    cfg = OmegaConf.create({"run_dir": None, "resume": None, "env": {"id": "my.pkg:ns/Arm-v0"},
+                            "dir": "${robo_rl_run_dir:${run_dir},${resume},sac,${env.id},0,T}"})
+    assert cfg.dir == "runs/sac-my.pkg-ns-Arm-v0-s0-T"
+
+
 def test_large_sweeps_are_checked_one_value_at_a_time(monkeypatch, capsys):
     import robo_rl.cli as cli
 

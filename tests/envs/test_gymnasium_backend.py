@@ -83,6 +83,27 @@ def test_unknown_task_suggests_close_ids():
         make_env("Hoper-v5")
 
 
+@pytest.mark.parametrize("vectorization", ["sync", "async"])
+def test_module_colon_id_imports_the_module_that_registers_the_task(vectorization):
+    # gymnasium's own convention: a user's package of tasks, imported by nothing else, works by name
+    task = "robo_rl_test/RegisteredOnImport-v0"
+    env = make_env(f"tests.envs.registers_on_import:{task}", num_envs=2, backend="auto", vectorization=vectorization)
+    try:
+        assert env.backend == "gymnasium" and task in gym.registry
+        obs = env.reset(seed=0)
+        assert obs.shape == (2, 2) and env.step(torch.zeros(2, 1)).reward.shape == (2,)
+    finally:
+        env.close()
+
+
+def test_module_colon_id_errors_say_what_is_missing():
+    with pytest.raises(ValueError, match="cannot import 'no_such_package_xyz'.*PYTHONPATH"):
+        make_env("no_such_package_xyz:Thing-v0")
+    with pytest.raises(ValueError, match="unknown gymnasium task id 'Hoper-v5' \\(after importing 'tests.helpers'\\); "
+                                         "did you mean Hopper-v5"):
+        make_env("tests.helpers:Hoper-v5")
+
+
 def test_bad_kwargs_name_the_task():
     with pytest.raises(ValueError, match="Hopper-v5: bad env kwargs"):
         make_env("Hopper-v5", kwargs={"no_such_option": 1})
