@@ -82,6 +82,19 @@ class BatchedEnv(abc.ABC):
     def act_dim(self) -> int:
         return int(np.prod(self.action_space.shape))
 
+    def check_actions_numpy(self, actions: torch.Tensor) -> np.ndarray:
+        """check_actions for a CPU simulator: the actions as a float32 numpy array [N, act_dim].
+
+        The common case (a float32 CPU tensor of the right shape, all finite) is checked in numpy, which
+        costs a few microseconds less per step than torch's reduction; anything else goes through
+        check_actions and its messages."""
+        if (isinstance(actions, torch.Tensor) and actions.dtype == torch.float32 and actions.device.type == "cpu"
+                and actions.shape == (self.num_envs, self.act_dim)):
+            array = actions.detach().numpy()
+            if math.isfinite(float(np.add.reduce(array, axis=None))):
+                return array
+        return self.check_actions(actions).detach().cpu().numpy()
+
     def check_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """Validate a batch of actions: shape [N, act_dim], finite. Returns float32 on self.device."""
         if not isinstance(actions, torch.Tensor):
@@ -140,6 +153,9 @@ class EpisodeTracker:
         """Add one step; returns the finished episodes' stats (zero where not done) and restarts them."""
         self.returns += reward
         self.lengths += 1
+        n = len(self.returns)
+        if not done.any():  # most steps: nothing finished
+            return {"return": np.zeros(n, np.float32), "length": np.zeros(n, np.int64), "mask": np.zeros(n, bool)}
         finished = {
             "return": np.where(done, self.returns, 0.0).astype(np.float32),
             "length": np.where(done, self.lengths, 0),

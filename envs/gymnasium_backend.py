@@ -281,8 +281,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
         self._vec.set_attr("pending_physics", [{k: self._pending[k][i] for k in r.params} for i in range(self.num_envs)])
 
     def step(self, actions: torch.Tensor) -> StepResult:
-        actions = self.check_actions(actions)
-        applied = actions.detach().cpu().numpy().astype(self._np_act_dtype, copy=False)
+        applied = self.check_actions_numpy(actions).astype(self._np_act_dtype, copy=False)
         if self.randomize is not None:
             applied = self.randomizer.act(applied)
         obs, reward, terminated, truncated, info = self._vec.step(applied)

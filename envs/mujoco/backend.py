@@ -98,6 +98,7 @@ class MujocoBatchedEnv(BatchedEnv):
         self.model = mujoco.MjModel.from_xml_path(self.task.xml_path())
         self.task.setup(self.model)
         self.dt = float(self.task.dt)
+        self._min_advance = (self.task.frame_skip - 0.5) * self.model.opt.timestep  # a step moves time by frame_skip dt
         limit = max_episode_steps if max_episode_steps is not None else gym.spec(task_id).max_episode_steps
         self.max_episode_steps = int(limit) if limit else None
         # more threads than simulations only adds hand-off latency (one env: step on the caller's thread)
@@ -144,7 +145,9 @@ class MujocoBatchedEnv(BatchedEnv):
         task, sim = self.task, self.sim
         previous_obs = self._obs
         before = task.before_step(sim)
-        time_before = self.time.copy()
+        # MuJoCo resets a diverging simulation itself (time restarts at 0, then the remaining
+        # substeps run) or raises: detect both by the clock falling behind, and by non-finite values
+        expected = self.time + self._min_advance
         applied = self.randomizer.act(actions) if self.randomize is not None else actions
         self.ctrl[:] = applied
         failed = self._physics_step()
@@ -152,10 +155,9 @@ class MujocoBatchedEnv(BatchedEnv):
         reward, terminated, info = task.after_step(sim, before, applied)
         if self.randomize is not None:
             obs = self.randomizer.observe(obs)
-        # MuJoCo resets a diverging simulation itself (time restarts at 0, then the remaining
-        # substeps run) or raises: detect both by the clock falling behind, and by non-finite values
-        expected = time_before + (self.task.frame_skip - 0.5) * self.model.opt.timestep
-        diverged = failed | (self.time < expected) | ~np.isfinite(obs).all(axis=1)
+        diverged = failed | (self.time < expected)
+        if not np.isfinite(np.add.reduce(obs, axis=1)).all():  # a row's sum is finite unless an element is not
+            diverged |= ~np.isfinite(obs).all(axis=1)  # (or the sum overflows: the exact test decides)
         self._elapsed += 1
         truncated = (self._elapsed >= self.max_episode_steps) if self.max_episode_steps else np.zeros(self.num_envs, bool)
         if diverged.any():
@@ -272,8 +274,7 @@ class MujocoBatchedEnv(BatchedEnv):
         return self._tensor(self.reset_numpy(seed))
 
     def step(self, actions: torch.Tensor) -> StepResult:
-        actions = self.check_actions(actions)
-        obs, reward, terminated, truncated, info = self._step(actions.detach().cpu().numpy())
+        obs, reward, terminated, truncated, info = self._step(self.check_actions_numpy(actions))
         final, episode = info.pop("final_obs"), info.pop("episode")
         obs_t = self._tensor(obs)
         out = {
