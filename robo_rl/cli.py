@@ -278,8 +278,10 @@ def _composition_problem(args: Sequence[str]) -> str | None:
     return _sweep_problem(plain, sweeps)
 
 
-# Sweeps with more jobs than this are checked one swept value at a time (every value of every swept key
-# once, with the other sweeps at their first value) rather than job by job: ~0.1 s per composition.
+# At most this many configs of a sweep are composed before it starts (~0.1 s each). A larger sweep is
+# checked one swept value at a time (every value of every swept key once, the other sweeps at their first
+# value), and if that is still too many, its first MAX_CHECKED_JOBS such configs; the rest are checked as
+# each job starts.
 MAX_CHECKED_JOBS = 256
 
 
@@ -293,14 +295,17 @@ def _sweep_problem(plain: list[str], sweeps: list[tuple[int, list[str]]]) -> str
     from robo_rl.config import ConfigError, register_schemas, resolve_defaults, validate
 
     positions = [i for i, _ in sweeps]
-    if math.prod(len(v) for _, v in sweeps) <= MAX_CHECKED_JOBS:
+    total = math.prod(len(v) for _, v in sweeps)
+    if total <= MAX_CHECKED_JOBS:
         jobs = list(itertools.product(*(v for _, v in sweeps)))
     else:
         jobs = [tuple(v[0] for _, v in sweeps)]
         for k, (_, values) in enumerate(sweeps):
             jobs += [tuple(v if j == k else w[0] for j, (_, w) in enumerate(sweeps)) for v in values[1:]]
-        print(f"robo-rl: checking {len(jobs)} configs of a {math.prod(len(v) for _, v in sweeps):,}-job sweep, each swept "
-              f"value once (over {MAX_CHECKED_JOBS} jobs: combinations are checked as each job starts)", file=sys.stderr)
+        how = "each swept value once" if len(jobs) <= MAX_CHECKED_JOBS else "the first swept values"
+        jobs = jobs[:MAX_CHECKED_JOBS]
+        print(f"robo-rl: checking {len(jobs)} configs of a {total:,}-job sweep before it starts ({how}); "
+              "the others are checked as each job starts", file=sys.stderr)
     register_schemas()
     _register_resolvers()
     failed: tuple[tuple[str, ...], list[str], Exception] | None = None

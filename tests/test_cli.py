@@ -91,11 +91,13 @@ def test_default_run_dir_is_one_directory_however_the_id_is_spelled():
 def test_large_sweeps_are_checked_one_value_at_a_time(monkeypatch, capsys):
     import robo_rl.cli as cli
 
-    monkeypatch.setattr(cli, "MAX_CHECKED_JOBS", 2)
+    monkeypatch.setattr(cli, "MAX_CHECKED_JOBS", 3)
     assert cli._composition_problem(["-m", "seed=0,1", "algo=sac,td3"]) is None
-    assert "checking 3 configs of a 4-job sweep" in capsys.readouterr().err
+    assert "checking 3 configs of a 4-job sweep before it starts (each swept value once)" in capsys.readouterr().err
     problem = cli._composition_problem(["-m", "seed=0,1", "steps=5,-1"])
     assert problem is not None and "sweep job seed=0 steps=-1" in problem
+    assert cli._composition_problem(["-m", "seed=range(0,10)", "steps=5,6"]) is None  # 11 values: capped
+    assert "checking 3 configs of a 20-job sweep before it starts (the first swept values)" in capsys.readouterr().err
 
 
 def test_train_eval_resume(tmp_path):
