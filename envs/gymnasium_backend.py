@@ -193,6 +193,8 @@ class GymnasiumBatchedEnv(BatchedEnv):
             probe = gym.make(task_id, max_episode_steps=max_episode_steps, **kwargs)
         except TypeError as exc:  # unknown keyword argument for this task
             raise ValueError(f"{task_id}: bad env kwargs {kwargs}: {exc}") from None
+        except gym.error.DependencyNotInstalled as exc:  # e.g. Box2D for LunarLanderContinuous
+            raise ValueError(f"{task_id} needs a package that is not installed: {exc}") from None
         check_box_spaces(task_id, probe.observation_space, probe.action_space)
         probe_model = getattr(probe.unwrapped, "model", None)
         fps = probe.metadata.get("render_fps")

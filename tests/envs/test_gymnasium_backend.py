@@ -104,6 +104,18 @@ def test_module_colon_id_errors_say_what_is_missing():
         make_env("tests.helpers:Hoper-v5")
 
 
+def _needs_a_missing_package(**_):
+    raise gym.error.DependencyNotInstalled("FooSim is not installed, run `pip install foosim`")
+
+
+gym.register("robo_rl_test/NeedsFooSim-v0", entry_point=_needs_a_missing_package)
+
+
+def test_a_task_whose_dependency_is_missing_says_so():
+    with pytest.raises(ValueError, match="NeedsFooSim-v0 needs a package that is not installed: .*pip install foosim"):
+        make_env("robo_rl_test/NeedsFooSim-v0")
+
+
 def test_bad_kwargs_name_the_task():
     with pytest.raises(ValueError, match="Hopper-v5: bad env kwargs"):
         make_env("Hopper-v5", kwargs={"no_such_option": 1})
