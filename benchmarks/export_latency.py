@@ -15,6 +15,7 @@ p99 <= 2 ms with onnxruntime at batch 1. Issue 4: flow (4 steps) within 3x of th
     python benchmarks/export_latency.py              # every head, 3000 timed calls each
     python benchmarks/export_latency.py --calls 500 --heads sac-gaussian flow-4
     python benchmarks/export_latency.py --floor-only   # bare ops of flow-4 vs the Gaussian; Mish on [512, 256]
+    python benchmarks/export_latency.py --heads sac-gaussian flow-4 flow-2 flow-4-256x2 --name export_latency_flow_variants
 """
 
 from __future__ import annotations
@@ -45,7 +46,12 @@ HEADS = {  # name -> `robo-rl train` overrides
     "expo-flow (best of 2N)": ["algo=expo", "policy=flow"],
     "parl-flow (best of N)": ["algo=parl", "algo.num_candidates=8", "policy=flow", "policy.steps=4"],
 }
-BARE = {"flow-4", "diffusion-ddim-10"}  # the head itself, not a learner's acting policy around it
+# Smaller flow heads than the default, for the batch-1 latency question (not in the default table; see --name)
+VARIANTS = {
+    "flow-2": ["algo=parl", "policy=flow", "policy.steps=2"],
+    "flow-4-256x2": ["algo=parl", "policy=flow", "policy.steps=4", "policy.hidden_sizes=[256,256]"],
+}
+BARE = {"flow-4", "diffusion-ddim-10", *VARIANTS}  # the head itself, not a learner's acting policy around it
 TARGETS_MS = {"sac-gaussian": 0.2, "ppo-gaussian": 0.2, "flow-4": 1.0, "diffusion-ddim-10": 2.0}
 
 
@@ -176,7 +182,8 @@ def mish_batch_timing(rows: int = 512, width: int = 256, calls: int = 500, round
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=3000)
-    parser.add_argument("--heads", nargs="*", default=list(HEADS))
+    parser.add_argument("--heads", nargs="*", default=list(HEADS), choices=[*HEADS, *VARIANTS])
+    parser.add_argument("--name", default="export_latency", help="results file name (benchmarks/results/<name>.*)")
     parser.add_argument("--floor-only", action="store_true",
                         help="time only the bare operations of flow-4 vs the Gaussian, and one Mish on a [512, 256] batch "
                              "(-> export_latency_floor.*)")
@@ -193,7 +200,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.heads:
-            row = measure(name, HEADS[name], args.calls, Path(tmp))
+            row = measure(name, {**HEADS, **VARIANTS}[name], args.calls, Path(tmp))
             rows.append(row)
             print(f"{name}: onnx b1 p50 {row['onnx_b1']['p50']:.3f} ms p99 {row['onnx_b1']['p99']:.3f} ms; "
                   f"torch b1 p50 {row['torch_b1']['p50']:.3f} ms", flush=True)
@@ -212,7 +219,7 @@ def main() -> None:
         ["head (Hopper, defaults)", "params", "ORT b1 p50 ms", "ORT b1 p99 ms", "torch b1 p50 ms", "torch b1 p99 ms",
          "torch b1 vs SAC Gaussian", "ORT b256 p50 ms", "torch b256 p50 ms", "max abs ORT-torch"],
         table_rows)
-    save("export_latency", {"calls": args.calls, "rows": rows, "targets_ms": TARGETS_MS, "floor_us_p50": floor},
+    save(args.name, {"calls": args.calls, "rows": rows, "targets_ms": TARGETS_MS, "floor_us_p50": floor},
          table + "\n\n" + floor_line)
 
 
