@@ -558,9 +558,6 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.env.backend in ("auto", "gymnasium", "mujoco", "mjwarp", "isaac"), "env.backend",
          "must be auto, gymnasium, mujoco, mjwarp or isaac")
     need(cfg.env.threads >= 0, "env.threads", "must be >= 0 (0: all CPUs)")
-    need(not (algo in ("sac", "td3", "expo", "parl") and cfg.env.normalize_reward), "env.normalize_reward",
-         "not supported for off-policy learners (the replay buffer would mix rewards scaled by different "
-         "statistics); leave it off for off-policy learners")
     from envs.randomization import RandomizationSpec
 
     try:
@@ -595,6 +592,9 @@ def validate(cfg: DictConfig) -> None:
         if value is not None:
             need(len(value) >= 1 and all(h >= 1 for h in value), key, "needs at least one layer, all sizes >= 1")
     if algo in ("sac", "td3", "gorl_sac", "expo", "parl"):
+        need(not cfg.env.normalize_reward, "env.normalize_reward",
+             "not supported for off-policy learners (the replay buffer would mix rewards scaled by different "
+             "statistics); leave it off for off-policy learners")
         need(cfg.algo.batch_size >= 1, "algo.batch_size", "must be >= 1")
         need(cfg.algo.buffer_size >= cfg.env.num_envs, "algo.buffer_size", "must hold at least one step of every env")
         need(cfg.algo.learning_starts >= 0, "algo.learning_starts", "must be >= 0")

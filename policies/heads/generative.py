@@ -109,15 +109,11 @@ class ConditionalDenoiser(nn.Module):
         Split out so that a sampling chain can fold its own bias terms into the first and last layers
         (the flow head does); functional calls, because at batch 1 each module call's overhead is
         comparable to a 256-wide matmul."""
-        act = self.act.forward
         if self.residual:
             for block in self.blocks:
                 h = block(h)
-            return act(self.out_norm(h))
-        h = act(h)
-        for layer in self.blocks:
-            h = act(torch.nn.functional.linear(h, layer.weight, layer.bias))
-        return h
+            return self.act(self.out_norm(h))
+        return self.chain_trunk(h.numel() // h.shape[-1], h.device)(h)  # rows of any leading shape
 
 
 class GenerativeHead(PolicyHead):

@@ -34,6 +34,7 @@ def test_unknown_or_mistyped_keys_fail_at_composition(override, words):
     (["env.vectorization=threads"], "env.vectorization"),
     (["algo=sac", "algo.tau=2"], "algo.tau"),
     (["algo=sac", "env.normalize_reward=true"], "normalize_reward"),
+    (["algo=gorl_sac", "env.normalize_reward=true"], "normalize_reward"),  # the off-policy runner ignores it
     (["env.backend=isaacsim"], "env.backend"),
     (["env.randomize.body_mass_scale=[1.2,0.8]"], "env.randomize.body_mass_scale"),
     (["env.randomize.geom_friction_scale=[-1,1]"], "env.randomize.geom_friction_scale"),
