@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from policies.networks import EnsembleMLP, Mish, _SigmoidMish
+from policies.networks import EnsembleLinear, EnsembleMLP, Mish, _EnsembleDot, _SigmoidMish
 from policies.normalizers import RunningMeanStd
 
 
@@ -26,6 +26,35 @@ def test_detach_blocks_weight_gradients_but_not_input_gradients():
     x = torch.randn(5, 4, requires_grad=True)
     ens(x, detach=True).sum().backward()
     assert x.grad is not None and all(p.grad is None for p in ens.parameters())
+
+
+def test_single_output_ensemble_layer_matches_batched_matmul_with_gradients():
+    # a twin critic's output layer at a training batch takes _EnsembleDot, not baddbmm: same values and gradients
+    torch.manual_seed(0)
+    layer = EnsembleLinear(2, 32, 1)
+    for x in (torch.randn(2, 256, 32), torch.randn(256, 32)):  # per-member and shared inputs
+        assert layer.weight.shape[0] * x.shape[-2] >= layer.DOT_FROM
+        x = x.requires_grad_(True)
+        out = layer(x)
+        ref = torch.matmul(x, layer.weight) + layer.bias
+        torch.testing.assert_close(out, ref)
+        g = torch.randn_like(out)
+        got = torch.autograd.grad(out, (x, layer.weight, layer.bias), g)
+        want = torch.autograd.grad(ref, (x, layer.weight, layer.bias), g)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # detach: input gradient only; members: a subset of one member goes back to baddbmm
+    x = torch.randn(2, 256, 32, requires_grad=True)
+    layer.weight.grad = None
+    layer(x, detach=True).sum().backward()
+    assert x.grad is not None and layer.weight.grad is None
+    shared = torch.randn(256, 32)
+    torch.testing.assert_close(layer(shared, members=slice(0, 1))[0], layer(shared)[0])
+    small = (torch.randn(3, 50, 4, dtype=torch.float64, requires_grad=True),
+             torch.randn(3, 4, 1, dtype=torch.float64, requires_grad=True),
+             torch.randn(3, 1, 1, dtype=torch.float64, requires_grad=True))
+    assert torch.autograd.gradcheck(_EnsembleDot.apply, small)
+    assert torch.autograd.gradcheck(_EnsembleDot.apply, (small[0][0].detach().requires_grad_(True), *small[1:]))
 
 
 def test_running_mean_std_matches_numpy():
