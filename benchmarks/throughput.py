@@ -9,6 +9,12 @@ robo-rl runs at its defaults (torch threads: all cores for SAC/TD3, one for PPO)
 torch threads in every round and compared against whichever is faster. Segments of both
 libraries alternate within each round; the reported ratio is the median of per-round ratios.
 
+For SAC and TD3 a second table says how far the ratio could go: every matrix multiply of 50 env steps of
+each library (torch mm/addmm/bmm/baddbmm, shapes and memory layouts as called) is recorded and replayed
+alone, at the thread count that library ran with. A library whose step did nothing but its own matmuls
+would run at that rate, so SB3's time per step over robo-rl's matmul time is the ceiling of the ratio
+at these network sizes on this machine.
+
     python benchmarks/throughput.py                     # all algos, Hopper-v5 and HalfCheetah-v5
     python benchmarks/throughput.py --algos ppo --envs Hopper-v5 --rounds 3
     python benchmarks/throughput.py --compile           # robo-rl with compile=true as well
@@ -19,9 +25,12 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -29,6 +38,7 @@ from benchmarks.common import advancer, interleaved, markdown_table, median, rat
 from robo_rl.perf import tune_malloc  # noqa: E402
 
 LEARNING_STARTS = 1000
+FLOOR_STEPS = 50  # env steps whose matmuls are recorded and replayed (SAC/TD3)
 PPO_ENVS = 16  # set by --ppo-envs; SB3 gets the same number
 OFF_POLICY_SEGMENT = 250  # env steps per timed segment
 PPO_SEGMENT = 2 * 2048
@@ -84,6 +94,65 @@ def sb3_model(algo: str, env_id: str):
     return model
 
 
+class MatmulRecorder(TorchDispatchMode):
+    """Records every matrix multiply torch runs (op, argument shapes and strides, keyword arguments)."""
+
+    OPS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+           torch.ops.aten.baddbmm.default)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Any, list[tuple[tuple[int, ...], tuple[int, ...]]], dict]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        if func in self.OPS:
+            layout = [(tuple(a.shape), tuple(a.stride())) for a in args if isinstance(a, torch.Tensor)]
+            self.calls.append((func, layout, dict(kwargs)))
+        return func(*args, **kwargs)
+
+
+def matmul_flops(func: Any, layout: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> int:
+    shapes = [shape for shape, _ in layout]
+    a, b = shapes[-2:]  # the two factors (addmm / baddbmm take the added term first)
+    batch = a[0] if len(a) == 3 else 1
+    return 2 * batch * a[-2] * a[-1] * b[-1]
+
+
+def replay_seconds(calls: list, threads: int, passes: int = 7) -> float:
+    """Best time of one pass over ``calls`` with fresh tensors of the recorded shapes and strides."""
+    def tensor(shape: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
+        extent = 1 + sum((n - 1) * st for n, st in zip(shape, stride))
+        return torch.randn(max(extent, 1)).as_strided(shape, stride)
+
+    prepared = [(func, [tensor(*lay) for lay in layout], kwargs) for func, layout, kwargs in calls]
+    default = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        best = float("inf")
+        for _ in range(passes + 1):  # the first pass warms up
+            t = time.perf_counter()
+            for func, args, kwargs in prepared:
+                func(*args, **kwargs)
+            best = min(best, time.perf_counter() - t)
+        return best
+    finally:
+        torch.set_num_threads(default)
+
+
+def matmul_floor(run_segment: Callable[[int], None], threads: tuple[int, ...]) -> dict:
+    """Matmul work of FLOOR_STEPS env steps: GFLOP per step and the replayed time per step at each thread count."""
+    with MatmulRecorder() as rec:
+        run_segment(FLOOR_STEPS)
+    flops = sum(matmul_flops(func, layout) for func, layout, _ in rec.calls)
+    out = {"calls_per_step": len(rec.calls) / FLOOR_STEPS, "gflop_per_step": flops / FLOOR_STEPS / 1e9}
+    for n in threads:
+        seconds = replay_seconds(rec.calls, n)
+        out[f"matmul_ms_per_step_{n}thread"] = 1e3 * seconds / FLOOR_STEPS
+        out[f"matmul_gflops_{n}thread"] = flops / seconds / 1e9
+    return out
+
+
 def measure(algo: str, env_id: str, rounds: int, backend: str, compile_: bool) -> dict:
     default_threads = torch.get_num_threads()
     segment = OFF_POLICY_SEGMENT if algo != "ppo" else PPO_SEGMENT
@@ -118,6 +187,22 @@ def measure(algo: str, env_id: str, rounds: int, backend: str, compile_: bool) -
         "sb3_best_threads": 1 if median(rates["sb3_1thread"]) >= median(rates["sb3_2threads"]) else 2,
         "ratio": median([o / s for o, s in zip(rates["robo_rl"], best_sb3)]),
     }
+    if algo in ("sac", "td3"):  # after the timed rounds: recording slows these segments down
+        ours_floor = matmul_floor(ours, (runner.threads,))
+        sb3_floor = matmul_floor(lambda n: model.learn(n, reset_num_timesteps=False), (result["sb3_best_threads"],))
+        ours_ms = ours_floor[f"matmul_ms_per_step_{runner.threads}thread"]
+        sb3_ms = sb3_floor[f"matmul_ms_per_step_{result['sb3_best_threads']}thread"]
+        result["floor"] = {
+            "robo_rl": ours_floor, "sb3": sb3_floor, "robo_rl_threads": runner.threads,
+            "robo_rl_ms_per_step": 1e3 / result["robo_rl_steps_per_s"],
+            "sb3_ms_per_step": 1e3 / result["sb3_best_steps_per_s"],
+            "robo_rl_matmul_share": ours_ms * result["robo_rl_steps_per_s"] / 1e3,
+            "sb3_matmul_share": sb3_ms * result["sb3_best_steps_per_s"] / 1e3,
+            "ceiling_ratio": (1e3 / result["sb3_best_steps_per_s"]) / ours_ms,
+        }
+        print(f"  matmuls per env step: robo-rl {ours_floor['gflop_per_step']:.3f} GFLOP in {ours_ms:.2f} ms alone, "
+              f"SB3 {sb3_floor['gflop_per_step']:.3f} GFLOP in {sb3_ms:.2f} ms; ceiling of the ratio "
+              f"{result['floor']['ceiling_ratio']:.2f}x", flush=True)
     if compile_:
         result["robo_rl_compile_steps_per_s"] = median(rates["robo_rl_compile"])
         result["ratio_compile"] = median([o / s for o, s in zip(rates["robo_rl_compile"], best_sb3)])
@@ -161,7 +246,20 @@ def main() -> None:
         if args.compile:
             row.insert(4, f"{r['robo_rl_compile_steps_per_s']:.0f} ({r['ratio_compile']:.2f}x)")
         rows.append(row)
-    save(args.name, {"results": results}, markdown_table(headers, rows))
+    table = markdown_table(headers, rows)
+    floors = [r for r in results if "floor" in r]
+    if floors:
+        table += "\n\n" + markdown_table(
+            ["algo", "env", "matmul GFLOP / env step (robo-rl, SB3)", "matmuls alone, ms / env step (robo-rl, SB3)",
+             "whole step, ms (robo-rl, SB3)", "matmul share of the step (robo-rl, SB3)", "ratio now", "ratio ceiling"],
+            [[r["algo"].upper(), r["env"],
+              f"{r['floor']['robo_rl']['gflop_per_step']:.3f}, {r['floor']['sb3']['gflop_per_step']:.3f}",
+              f"{r['floor']['robo_rl_ms_per_step'] * r['floor']['robo_rl_matmul_share']:.2f}, "
+              f"{r['floor']['sb3_ms_per_step'] * r['floor']['sb3_matmul_share']:.2f}",
+              f"{r['floor']['robo_rl_ms_per_step']:.2f}, {r['floor']['sb3_ms_per_step']:.2f}",
+              f"{100 * r['floor']['robo_rl_matmul_share']:.0f}%, {100 * r['floor']['sb3_matmul_share']:.0f}%",
+              f"{r['ratio']:.2f}x", f"{r['floor']['ceiling_ratio']:.2f}x"] for r in floors])
+    save(args.name, {"results": results}, table)
 
 
 if __name__ == "__main__":
