@@ -31,6 +31,8 @@ commands:
   deploy  run an export with onnxruntime (no torch) in a fixed-rate loop with safety filters and a
           watchdog, on the MuJoCo sim2sim robot (other timestep, latency, noise, physics)
             robo-rl deploy export=runs/hc/export [episodes=5] [sim2sim.action_latency=1]
+  compare finished runs side by side, seeds grouped: final/best eval return mean ± std, a curve plot
+            robo-rl compare runs=runs/sweep-sac-Hopper-v5-20261203-120000    (a -m sweep, or run dirs: runs=a,b,c)
 
 Run `robo-rl <command> --help` for every option.
 """
@@ -103,6 +105,34 @@ keys:
 """
 
 
+COMPARE_HELP = """\
+usage: robo-rl compare runs=<dir>[,<dir>...] [key=value ...]
+
+Put finished runs side by side. Each runs= entry is a run directory or a directory holding runs (a
+`robo-rl train -m ...` sweep). Runs whose configs differ only in the seed form one group; for each
+group the table gives the final and best evaluation return (mean ± std over seeds, and each seed's),
+env steps, wall time and steps/s. Reads config.yaml, summary.json and metrics.csv; trains nothing.
+Writes compare.md (the table), compare.json (all numbers, each run's path) and compare.png (each
+group's mean curve over seeds with the min-max band).
+
+keys:
+  runs=<dir>[,<dir>...]  run directories or sweep directories (required; also runs=[a,b])
+  group_by=null          config keys that define a group instead, e.g. group_by=algo.name or
+                         group_by=[algo.name,env.id] (runs agreeing on them are pooled)
+  curve=eval             the plotted curve: eval (evaluation return) or rollout (training episodes)
+  out_dir=null           where to write (default: the runs= directory when there is one, else
+                         runs/compare-<date-time>)
+"""
+
+
+@dataclass
+class CompareCommandConfig:
+    runs: Any = "???"
+    group_by: Any = None
+    curve: str = "eval"
+    out_dir: Optional[str] = None
+
+
 @dataclass
 class ExportCommandConfig:
     run_dir: str = "???"
@@ -171,13 +201,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return export_main(rest)
     if command == "deploy":
         return deploy_main(rest)
+    if command == "compare":
+        return compare_main(rest)
     if command in ("--version", "version"):
         from importlib.metadata import version
 
         print(f"robo-rl {version('robo-rl')}")
         return 0
     print(TOP_HELP, file=sys.stderr)
-    return _error(f"unknown command {command!r} (expected train, eval, export or deploy)", EXIT_USAGE)
+    return _error(f"unknown command {command!r} (expected train, eval, export, deploy or compare)", EXIT_USAGE)
 
 
 def _register_resolvers() -> None:
@@ -530,6 +562,48 @@ def deploy_main(args: Sequence[str]) -> int:
     out = Path(opts.out) if opts.out else Path(opts.export) / "deploy.json"
     out.write_text(json.dumps(report, indent=2, default=float))
     print(f"wrote {out}")
+    return 0
+
+
+def _listed(value: Any) -> list[str]:
+    """A key given as a,b or [a,b] (or one value) as a list of non-empty strings."""
+    from omegaconf import ListConfig
+
+    items = list(value) if isinstance(value, (list, tuple, ListConfig)) else str(value).split(",")
+    return [str(v).strip() for v in items if str(v).strip()]
+
+
+def compare_main(args: Sequence[str]) -> int:
+    if any(a in ("-h", "--help") for a in args):
+        print(COMPARE_HELP)
+        return 0
+    import time
+
+    from robo_rl.compare import compare, table, write
+
+    try:
+        opts = _parse(args, CompareCommandConfig, "compare")
+        runs = _listed(opts.runs)
+        if not runs:
+            raise ValueError("runs= is empty (see robo-rl compare --help)")
+        group_by = _listed(opts.group_by) if opts.group_by is not None else None
+        result = compare(runs, group_by, opts.curve)
+    except (FileNotFoundError, ValueError) as exc:
+        return _error(str(exc), EXIT_USAGE)
+    if opts.out_dir:
+        out = Path(opts.out_dir)
+    elif len(runs) == 1:
+        out = Path(runs[0])
+    else:
+        out = Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    written = write(result, out)
+    print(table(result))
+    curves = [g["curve"] for g in result["groups"] if g["curve"]]
+    if opts.curve == "eval" and curves and all(len(c["step"]) < 2 for c in curves):
+        print("\nnote: each run has one evaluation, so the plot has one point per group; "
+              "curve=rollout plots the training episodes' returns instead")
+    print(f"\n{result['runs']} runs in {len(result['groups'])} group(s); wrote "
+          + ", ".join(str(p) for p in written.values()))
     return 0
 
 

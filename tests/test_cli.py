@@ -32,6 +32,7 @@ def test_help_explains_the_commands(tmp_path):
     for word in ("algo=sac|td3|ppo", "env.id=", "steps=", "seed=", "run_dir=", "resume=", "-m seed=0,1,2", "batch_size"):
         assert word in train_help, word
     assert "run_dir=<dir>" in robo_rl("eval", "--help", cwd=tmp_path).stdout
+    assert "compare" in top and "group_by=" in robo_rl("compare", "--help", cwd=tmp_path).stdout
 
 
 def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
@@ -151,9 +152,17 @@ def test_eval_records_demonstrations_that_warm_start_another_run(tmp_path):
 
 def test_multirun_over_seeds(tmp_path):
     robo_rl("train", "-m", "seed=0,1", *TINY, "steps=150", "run_dir=sweep", cwd=tmp_path)
+    finals = []
     for seed in (0, 1):
         summary = json.loads((tmp_path / "sweep" / f"seed={seed}" / "summary.json").read_text())
         assert summary["seed"] == seed and summary["steps"] == 150
+        finals.append(summary["final_eval_return_mean"])
+    # the sweep's seeds side by side: one group (the runs differ only in seed)
+    out = robo_rl("compare", "runs=sweep", cwd=tmp_path).stdout
+    assert "2 runs in 1 group(s)" in out and "| sac Pendulum-v1 | 2 (0, 1) |" in out
+    group = json.loads((tmp_path / "sweep" / "compare.json").read_text())["groups"][0]
+    assert group["final_eval_return"]["mean"] == pytest.approx(sum(finals) / 2)
+    assert (tmp_path / "sweep" / "compare.png").stat().st_size > 0
 
 
 def test_eval_writes_a_video_with_one_frame_per_step(tmp_path):

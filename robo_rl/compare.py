@@ -1,0 +1,297 @@
+"""`robo-rl compare`: finished runs side by side, seeds grouped (a `-m seed=0,1,2` sweep in one table).
+
+Reads what every run directory already holds (config.yaml, summary.json, metrics.csv); trains and
+loads nothing. Runs whose resolved configs differ only in the seed (and where they were written)
+form one group, or the runs agreeing on the ``group_by`` keys do. For each group: the final and best
+evaluation returns across seeds (mean, std, each seed's value), steps, wall time and steps/s, and
+one learning curve (mean over seeds, with the seeds' min-max band).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+SUMMARY, METRICS, CONFIG = "summary.json", "metrics.csv", "config.yaml"
+# keys that never separate groups: the seed, where a run was written, and settings that do not change
+# what is learned (logging, checkpointing, threads, device)
+NOT_CONFIG = ("seed", "run_dir", "resume", "threads", "device", "log.", "checkpoint.")
+LABEL_KEYS = ("algo.name", "env.id", "policy.name")  # named first in a group's label when they differ
+CURVES = {"eval": "eval/return_mean", "rollout": "rollout/ep_return_mean"}
+MAX_PLOTTED = 10  # groups drawn in compare.png
+MAX_LABEL_KEYS = 6  # a label names at most this many of the keys that differ (compare.json has them all)
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict[str, Any]  # flattened: "algo.lr" -> value
+    summary: dict[str, Any]
+    curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # "eval" -> [(step, return)]
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("seed", self.summary.get("seed"))
+
+    @property
+    def final(self) -> float | None:
+        value = self.summary.get("final_eval_return_mean")
+        if value is None and self.curves.get("eval"):
+            value = self.curves["eval"][-1][1]
+        return None if value is None or not math.isfinite(value) else float(value)
+
+    @property
+    def best(self) -> float | None:
+        value = self.summary.get("best_eval_return_mean")
+        if value is None and self.curves.get("eval"):
+            value = max(v for _, v in self.curves["eval"])
+        return None if value is None or not math.isfinite(value) else float(value)
+
+    @property
+    def status(self) -> str:
+        return str(self.summary.get("status", "no summary.json (running, or stopped before it was written)"))
+
+
+def find_runs(paths: Sequence[str | Path]) -> list[Path]:
+    """Run directories in ``paths``: each one is a run (it has config.yaml) or a directory holding runs."""
+    found: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if not path.is_dir():
+            raise FileNotFoundError(f"runs={given}: no such directory")
+        if (path / CONFIG).is_file():
+            found.append(path)
+            continue
+        inside = sorted(p.parent for p in path.rglob(CONFIG) if "checkpoints" not in p.parts and "export" not in p.parts)
+        if not inside:
+            raise FileNotFoundError(f"runs={given}: neither a run directory nor a directory holding runs "
+                                    f"(no {CONFIG} in it or below it)")
+        found.extend(inside)
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    return unique
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: json.dumps(tree) if isinstance(tree, list) else tree}
+
+
+def _read_curves(path: Path) -> dict[str, list[tuple[float, float]]]:
+    curves: dict[str, list[tuple[float, float]]] = {name: [] for name in CURVES}
+    if not path.is_file():
+        return curves
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            for name, column in CURVES.items():
+                value = row.get(column)
+                if value not in (None, ""):
+                    try:
+                        step, ret = float(row["step"]), float(value)
+                    except (KeyError, ValueError):
+                        raise ValueError(f"{path}: unreadable row {row.get('step')!r}") from None
+                    if math.isfinite(ret):
+                        curves[name].append((step, ret))
+    return curves
+
+
+def load_run(path: Path) -> Run:
+    from omegaconf import OmegaConf
+
+    try:
+        config = _flatten(OmegaConf.to_container(OmegaConf.load(path / CONFIG), resolve=False))
+    except Exception as exc:  # a YAML error names the file
+        raise ValueError(f"{path / CONFIG}: not a readable config ({str(exc).splitlines()[0]})") from None
+    summary: dict[str, Any] = {}
+    if (path / SUMMARY).is_file():
+        try:
+            summary = json.loads((path / SUMMARY).read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path / SUMMARY}: not valid JSON ({exc})") from None
+    return Run(path, config, summary, _read_curves(path / METRICS))
+
+
+@dataclass
+class Group:
+    label: str
+    keys: dict[str, Any]  # the config values that set this group apart
+    runs: list[Run]
+
+
+def group_runs(runs: list[Run], group_by: Sequence[str] | None = None) -> list[Group]:
+    """Runs with equal configs apart from the seed (or equal ``group_by`` values) form one group."""
+    if group_by:
+        unknown = [k for k in group_by if not any(k in r.config for r in runs)]
+        if unknown:
+            keys = sorted({k for r in runs for k in r.config})
+            raise ValueError(f"group_by: no run has the key(s) {', '.join(unknown)}; config keys look like "
+                             f"{', '.join(keys[:8])}, ...")
+        varying = list(group_by)
+    else:
+        keys = sorted({k for r in runs for k in r.config if not _ignored(k)})
+        varying = [k for k in keys if len({json.dumps(r.config.get(k), default=str) for r in runs}) > 1]
+        varying.sort(key=lambda k: (LABEL_KEYS.index(k) if k in LABEL_KEYS else len(LABEL_KEYS), k))
+    named = varying if group_by else [k for k in varying if not _implied(k, runs)]
+    groups: dict[str, Group] = {}
+    for run in runs:
+        values = {k: run.config.get(k) for k in varying}
+        ident = json.dumps(values, sort_keys=True, default=str)
+        if ident not in groups:
+            groups[ident] = Group(_label({k: values[k] for k in named}, run), values, [])
+        groups[ident].runs.append(run)
+    for group in groups.values():
+        group.runs.sort(key=lambda r: (str(type(r.seed)), r.seed if r.seed is not None else -1))
+    return list(groups.values())
+
+
+def _ignored(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in NOT_CONFIG)
+
+
+def _implied(key: str, runs: list[Run]) -> bool:
+    """Whether ``key`` (e.g. algo.tau) only differs between runs of different algorithms (or heads), where
+    the name already says it: it is then left out of the labels (compare.json keeps every key)."""
+    section = key.split(".", 1)[0]
+    name = {"algo": "algo.name", "policy": "policy.name"}.get(section)
+    if name is None or key == name:
+        return False
+    seen: dict[str, str] = {}
+    for run in runs:
+        owner, value = str(run.config.get(name)), json.dumps(run.config.get(key), default=str)
+        if seen.setdefault(owner, value) != value:
+            return False
+    return True
+
+
+def _label(values: dict[str, Any], run: Run) -> str:
+    if not values:
+        return f"{run.config.get('algo.name')} {run.config.get('env.id')}"
+    shown = [f"{k}={v}" for k, v in list(values.items())[:MAX_LABEL_KEYS]]
+    more = len(values) - len(shown)
+    return " ".join(shown) + (f" (+{more} more keys)" if more > 0 else "")
+
+
+def _stats(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"mean": None, "std": None}
+    arr = np.asarray(values, dtype=np.float64)
+    return {"mean": float(arr.mean()), "std": float(arr.std())}
+
+
+def mean_curve(curves: list[list[tuple[float, float]]]) -> dict[str, list[float]] | None:
+    """Mean and min-max over runs on the steps all runs cover (each run interpolated onto the first one's steps)."""
+    curves = [c for c in curves if c]
+    if not curves:
+        return None
+    end = min(c[-1][0] for c in curves)
+    steps = np.asarray([s for s, _ in curves[0] if s <= end], dtype=np.float64)
+    if steps.size == 0:
+        return None
+    ys = np.stack([np.interp(steps, [s for s, _ in c], [v for _, v in c]) for c in curves])
+    return {"step": steps.tolist(), "mean": ys.mean(0).tolist(), "min": ys.min(0).tolist(), "max": ys.max(0).tolist()}
+
+
+def compare(paths: Sequence[str | Path], group_by: Sequence[str] | None = None, curve: str = "eval") -> dict[str, Any]:
+    if curve not in CURVES:
+        raise ValueError(f"curve={curve}: expected one of {', '.join(CURVES)}")
+    runs = [load_run(p) for p in find_runs(paths)]
+    out_groups = []
+    for group in group_runs(runs, group_by):
+        finals = [r.final for r in group.runs if r.final is not None]
+        bests = [r.best for r in group.runs if r.best is not None]
+        out_groups.append({
+            "label": group.label,
+            "config": group.keys,
+            "runs": [{"path": str(r.path), "seed": r.seed, "status": r.status, "final_eval_return": r.final,
+                      "best_eval_return": r.best, "steps": r.summary.get("steps"),
+                      "wall_time_s": r.summary.get("wall_time_s"), "steps_per_s": r.summary.get("steps_per_s")}
+                     for r in group.runs],
+            "final_eval_return": _stats(finals),
+            "best_eval_return": _stats(bests),
+            "steps": _stats([float(r.summary["steps"]) for r in group.runs if r.summary.get("steps") is not None]),
+            "wall_time_s": _stats([float(r.summary["wall_time_s"]) for r in group.runs if r.summary.get("wall_time_s")]),
+            "steps_per_s": _stats([float(r.summary["steps_per_s"]) for r in group.runs if r.summary.get("steps_per_s")]),
+            "curve": mean_curve([r.curves[curve] for r in group.runs]),
+        })
+    return {"curve": curve, "curve_column": CURVES[curve], "runs": len(runs), "groups": out_groups,
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def _fmt(stats: dict[str, float | None], n: int, digits: int = 1) -> str:
+    if stats["mean"] is None:
+        return "-"
+    return f"{stats['mean']:.{digits}f}" + (f" ± {stats['std']:.{digits}f}" if n > 1 else "")
+
+
+def table(result: dict[str, Any]) -> str:
+    """The comparison as a markdown table (one row per group)."""
+    head = ["group", "runs (seeds)", "final eval return", "per seed", "best eval return", "env steps", "wall time / run",
+            "steps/s"]
+    rows = []
+    for g in result["groups"]:
+        seeds = ", ".join(str(r["seed"]) for r in g["runs"])
+        per_seed = ", ".join("-" if r["final_eval_return"] is None else f"{r['final_eval_return']:.0f}" for r in g["runs"])
+        not_done = sum(r["status"] != "completed" for r in g["runs"])
+        wall = g["wall_time_s"]["mean"]
+        n_final = sum(r["final_eval_return"] is not None for r in g["runs"])
+        n_best = sum(r["best_eval_return"] is not None for r in g["runs"])
+        rows.append([g["label"] + (f" ({not_done} not completed)" if not_done else ""), f"{len(g['runs'])} ({seeds})",
+                     _fmt(g["final_eval_return"], n_final), per_seed, _fmt(g["best_eval_return"], n_best),
+                     "-" if g["steps"]["mean"] is None else f"{g['steps']['mean']:,.0f}",
+                     "-" if wall is None else f"{wall / 60:.1f} min",
+                     "-" if g["steps_per_s"]["mean"] is None else f"{g['steps_per_s']['mean']:,.0f}"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> Path | None:
+    """Each group's mean curve with the min-max band of its runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [g for g in result["groups"] if g["curve"]]
+    if not groups:
+        return None
+    shown = groups[:MAX_PLOTTED]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    for g in shown:
+        c = g["curve"]
+        line, = ax.plot(c["step"], c["mean"], marker="o" if len(c["step"]) < 30 else None, ms=3,
+                        label=f"{g['label']} (n={len(g['runs'])})")
+        if len(g["runs"]) > 1:
+            ax.fill_between(c["step"], c["min"], c["max"], color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("evaluation return" if result["curve"] == "eval" else "training episode return")
+    title = "mean over seeds, band: min-max"
+    if len(shown) < len(groups):
+        title += f" (first {len(shown)} of {len(groups)} groups; compare.json has all)"
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.14), fontsize=7, frameon=False)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def write(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {"json": out_dir / "compare.json", "md": out_dir / "compare.md"}
+    written["json"].write_text(json.dumps(result, indent=2))
+    written["md"].write_text(table(result) + "\n")
+    png = plot(result, out_dir / "compare.png")
+    if png is not None:
+        written["png"] = png
+    return written

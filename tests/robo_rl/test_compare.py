@@ -1,0 +1,108 @@
+"""`robo-rl compare` on run directories written here (config.yaml, summary.json, metrics.csv as a run writes them)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from robo_rl.cli import main
+from robo_rl.compare import compare, mean_curve
+
+
+def write_run(path, seed, final, curve, algo="sac", lr=3e-4, status="completed", summary=True, progress=10.0):
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(
+        f"algo:\n  name: {algo}\n  lr: {lr}\n  hidden: [256, 256]\nenv:\n  id: Hopper-v5\nseed: {seed}\n"
+        f"run_dir: {path}\nthreads: null\nlog:\n  progress_seconds: {progress}\n")
+    rows = ["step,wall_time,rollout/ep_return_mean,eval/return_mean,eval/return_std"]
+    for step, value in curve:
+        rows.append(f"{step},1.0,{value / 2},,")
+        rows.append(f"{step},1.0,,{value},1.0")
+    (path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    if summary:
+        (path / "summary.json").write_text(json.dumps({
+            "status": status, "algo": algo, "env": "Hopper-v5", "seed": seed, "steps": curve[-1][0],
+            "wall_time_s": 60.0 * (seed + 1), "steps_per_s": 100.0, "final_eval_return_mean": final,
+            "best_eval_return_mean": max(v for _, v in curve)}))
+
+
+def test_seeds_group_and_settings_separate(tmp_path):
+    sweep = tmp_path / "sweep"
+    write_run(sweep / "lr=0.0003,seed=0", 0, 300.0, [(1000, 100.0), (2000, 300.0)])
+    write_run(sweep / "lr=0.0003,seed=1", 1, 500.0, [(1000, 200.0), (2000, 500.0)], progress=120.0)  # logging: same group
+    write_run(sweep / "lr=0.001,seed=0", 0, 50.0, [(1000, 80.0), (2000, 50.0)], lr=1e-3)
+    result = compare([sweep])
+    assert result["runs"] == 3
+    by_label = {g["label"]: g for g in result["groups"]}
+    assert set(by_label) == {"algo.lr=0.0003", "algo.lr=0.001"}
+    g = by_label["algo.lr=0.0003"]
+    assert [r["seed"] for r in g["runs"]] == [0, 1]
+    assert g["final_eval_return"]["mean"] == pytest.approx(400.0) and g["final_eval_return"]["std"] == pytest.approx(100.0)
+    assert g["best_eval_return"]["mean"] == pytest.approx(400.0)
+    assert g["curve"] == {"step": [1000.0, 2000.0], "mean": [150.0, 400.0], "min": [100.0, 300.0], "max": [200.0, 500.0]}
+    # explicit grouping pools the two settings
+    pooled = compare([sweep], group_by=["algo.name"])["groups"]
+    assert len(pooled) == 1 and len(pooled[0]["runs"]) == 3 and pooled[0]["label"] == "algo.name=sac"
+    # the training-episode curve instead of the evaluations
+    rollout = compare([sweep], curve="rollout")["groups"]
+    assert {tuple(g["curve"]["mean"]) for g in rollout} == {(75.0, 200.0), (40.0, 25.0)}
+
+
+def test_keys_implied_by_the_algorithm_stay_out_of_labels(tmp_path):
+    write_run(tmp_path / "a", 0, 1.0, [(10, 1.0)], algo="sac", lr=3e-4)
+    write_run(tmp_path / "b", 0, 2.0, [(10, 2.0)], algo="td3", lr=1e-3)
+    labels = [g["label"] for g in compare([tmp_path / "a", tmp_path / "b"])["groups"]]
+    assert labels == ["algo.name=sac", "algo.name=td3"]  # algo.lr differs only with the algorithm
+    assert compare([tmp_path])["groups"][0]["config"] == {"algo.lr": 3e-4, "algo.name": "sac"}
+
+
+def test_unfinished_runs_are_shown_from_their_metrics(tmp_path):
+    write_run(tmp_path / "done", 0, 10.0, [(100, 5.0), (200, 10.0)])
+    write_run(tmp_path / "running", 1, 0.0, [(100, 7.0)], summary=False)
+    (g,) = compare([tmp_path])["groups"]
+    statuses = [r["status"] for r in g["runs"]]
+    assert statuses[0] == "completed" and statuses[1].startswith("no summary.json")
+    assert [r["final_eval_return"] for r in g["runs"]] == [10.0, 7.0]  # its latest evaluation
+    assert g["curve"]["step"] == [100.0]  # only the steps every run has reached
+
+
+def test_curves_on_different_steps_are_interpolated():
+    c = mean_curve([[(0, 0.0), (10, 10.0)], [(0, 0.0), (4, 8.0), (10, 8.0)]])
+    assert c["step"] == [0.0, 10.0] and c["mean"] == [0.0, 9.0]
+    c = mean_curve([[(0, 0.0), (5, 10.0), (10, 20.0)], [(0, 0.0), (10, 10.0)]])
+    np.testing.assert_allclose(c["mean"], [0.0, 7.5, 15.0])
+    assert mean_curve([[], []]) is None
+
+
+def test_cli_writes_the_table_json_and_plot(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for seed in (0, 1, 2):
+        write_run(tmp_path / "sweep" / f"seed={seed}", seed, 100.0 * (seed + 1), [(1000, 10.0), (2000, 100.0 * (seed + 1))])
+    assert main(["compare", "runs=sweep"]) == 0
+    out = capsys.readouterr().out
+    assert "| sac Hopper-v5 | 3 (0, 1, 2) | 200.0 ± 81.6 | 100, 200, 300 |" in out
+    assert "3 runs in 1 group(s)" in out
+    for name in ("compare.json", "compare.md", "compare.png"):
+        assert (tmp_path / "sweep" / name).stat().st_size > 0
+    assert json.loads((tmp_path / "sweep" / "compare.json").read_text())["groups"][0]["steps"]["mean"] == 2000
+    assert main(["compare", "runs=[sweep/seed=0,sweep/seed=1]", "out_dir=cmp"]) == 0
+    assert "2 runs in 1 group(s)" in capsys.readouterr().out and (tmp_path / "cmp" / "compare.png").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["runs=nowhere"], "runs=nowhere: no such directory"),
+    (["runs=empty"], "runs=empty: neither a run directory nor a directory holding runs"),
+    (["runs=sweep", "group_by=algo.bogus"], "group_by: no run has the key(s) algo.bogus"),
+    (["runs=sweep", "curve=loss"], "curve=loss: expected one of eval, rollout"),
+    (["runs=sweep", "colour=red"], "colour"),
+    (["runs=bad"], "bad/summary.json: not valid JSON"),
+    ([], "runs=<dir> is required"),
+])
+def test_bad_input_fails_with_the_problem_named(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    write_run(tmp_path / "sweep" / "seed=0", 0, 1.0, [(10, 1.0)])
+    write_run(tmp_path / "bad", 0, 1.0, [(10, 1.0)])
+    (tmp_path / "bad" / "summary.json").write_text('{"status": "comp')
+    assert main(["compare", *args]) == 2
+    assert message in capsys.readouterr().err
