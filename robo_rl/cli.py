@@ -267,6 +267,7 @@ def train_main(args: Sequence[str]) -> int:
         return _error(problem, EXIT_USAGE)
     config_dir = str(Path(__file__).resolve().parent / "configs")
     exit_code = 0
+    sweep_dirs: list[str] = []  # a multirun's directory, once per job
 
     @hydra.main(version_base=None, config_path=config_dir, config_name="config")
     def _run(cfg: DictConfig) -> None:
@@ -276,9 +277,14 @@ def train_main(args: Sequence[str]) -> int:
         exit_code = run_training(cfg, run_dir, list(hc.overrides.task))
         if exit_code and hc.mode.name == "RUN":
             raise SystemExit(exit_code)
+        if hc.mode.name == "MULTIRUN":
+            sweep_dirs.append(str(hc.sweep.dir))
 
     sys.argv = ["robo-rl train", *args]
     _run()
+    if sweep_dirs:
+        where = sweep_dirs[0] if len(set(sweep_dirs)) == 1 else ",".join(dict.fromkeys(sweep_dirs))
+        log.info("sweep: %d job(s) in %s; side by side: robo-rl compare runs=%s", len(sweep_dirs), where, where)
     return exit_code
 
 

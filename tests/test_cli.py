@@ -151,7 +151,8 @@ def test_eval_records_demonstrations_that_warm_start_another_run(tmp_path):
 
 
 def test_multirun_over_seeds(tmp_path):
-    robo_rl("train", "-m", "seed=0,1", *TINY, "steps=150", "run_dir=sweep", cwd=tmp_path)
+    err = robo_rl("train", "-m", "seed=0,1", *TINY, "steps=150", "run_dir=sweep", cwd=tmp_path).stderr
+    assert "sweep: 2 job(s) in sweep; side by side: robo-rl compare runs=sweep" in err
     finals = []
     for seed in (0, 1):
         summary = json.loads((tmp_path / "sweep" / f"seed={seed}" / "summary.json").read_text())
