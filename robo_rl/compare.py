@@ -1,7 +1,7 @@
 """`robo-rl compare`: finished runs side by side, seeds grouped (a `-m seed=0,1,2` sweep in one table).
 
-Reads what every run directory already holds (config.yaml, summary.json, metrics.csv); trains and
-loads nothing. Runs whose resolved configs differ only in the seed (and where they were written)
+Reads what every run directory already holds (config.yaml, summary.json, metrics.csv, and eval.json
+where `robo-rl eval` wrote one); trains and loads nothing. Runs whose resolved configs differ only in the seed (and where they were written)
 form one group, or the runs agreeing on the ``group_by`` keys do. For each group: the final and best
 evaluation returns across seeds (mean, std, each seed's value), steps, wall time and steps/s, and
 one learning curve (mean over seeds, with the seeds' min-max band).
@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-SUMMARY, METRICS, CONFIG = "summary.json", "metrics.csv", "config.yaml"
+SUMMARY, METRICS, CONFIG, EVALUATED = "summary.json", "metrics.csv", "config.yaml", "eval.json"
 # keys that never separate groups: the seed, where a run was written, and settings that do not change
 # what is learned (logging, checkpointing, threads, device)
 NOT_CONFIG = ("seed", "run_dir", "resume", "threads", "device", "log.", "checkpoint.")
@@ -35,6 +35,7 @@ class Run:
     config: dict[str, Any]  # flattened: "algo.lr" -> value
     summary: dict[str, Any]
     curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # "eval" -> [(step, return)]
+    evaluated: dict[str, Any] | None = None  # eval.json, written by `robo-rl eval`
 
     @property
     def seed(self) -> Any:
@@ -118,7 +119,13 @@ def load_run(path: Path) -> Run:
             summary = json.loads((path / SUMMARY).read_text())
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path / SUMMARY}: not valid JSON ({exc})") from None
-    return Run(path, config, summary, _read_curves(path / METRICS))
+    evaluated = None
+    if (path / EVALUATED).is_file():
+        try:
+            evaluated = json.loads((path / EVALUATED).read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path / EVALUATED}: not valid JSON ({exc})") from None
+    return Run(path, config, summary, _read_curves(path / METRICS), evaluated)
 
 
 @dataclass
@@ -208,16 +215,22 @@ def compare(paths: Sequence[str | Path], group_by: Sequence[str] | None = None, 
     out_groups = []
     for group in group_runs(runs, group_by):
         finals = [r.final for r in group.runs if r.final is not None]
+        evaluated = [r.evaluated for r in group.runs if r.evaluated and r.evaluated.get("return_mean") is not None]
         bests = [r.best for r in group.runs if r.best is not None]
         out_groups.append({
             "label": group.label,
             "config": group.keys,
             "runs": [{"path": str(r.path), "seed": r.seed, "status": r.status, "final_eval_return": r.final,
                       "best_eval_return": r.best, "steps": r.summary.get("steps"),
+                      "robo_rl_eval": None if not r.evaluated else {
+                          k: r.evaluated.get(k) for k in ("return_mean", "return_std", "episodes", "deterministic",
+                                                          "checkpoint_step")},
                       "wall_time_s": r.summary.get("wall_time_s"), "steps_per_s": r.summary.get("steps_per_s")}
                      for r in group.runs],
             "final_eval_return": _stats(finals),
             "best_eval_return": _stats(bests),
+            "robo_rl_eval_return": _stats([float(e["return_mean"]) for e in evaluated]),
+            "robo_rl_eval_runs": len(evaluated),
             "steps": _stats([float(r.summary["steps"]) for r in group.runs if r.summary.get("steps") is not None]),
             "wall_time_s": _stats([float(r.summary["wall_time_s"]) for r in group.runs if r.summary.get("wall_time_s")]),
             "steps_per_s": _stats([float(r.summary["steps_per_s"]) for r in group.runs if r.summary.get("steps_per_s")]),
@@ -237,6 +250,9 @@ def table(result: dict[str, Any]) -> str:
     """The comparison as a markdown table (one row per group)."""
     head = ["group", "runs (seeds)", "final eval return", "per seed", "best eval return", "env steps", "wall time / run",
             "steps/s"]
+    with_eval = any(g["robo_rl_eval_runs"] for g in result["groups"])
+    if with_eval:
+        head.insert(5, "`robo-rl eval` return (runs)")
     rows = []
     for g in result["groups"]:
         seeds = ", ".join(str(r["seed"]) for r in g["runs"])
@@ -250,6 +266,9 @@ def table(result: dict[str, Any]) -> str:
                      "-" if g["steps"]["mean"] is None else f"{g['steps']['mean']:,.0f}",
                      "-" if wall is None else f"{wall / 60:.1f} min",
                      "-" if g["steps_per_s"]["mean"] is None else f"{g['steps_per_s']['mean']:,.0f}"])
+        if with_eval:
+            n = g["robo_rl_eval_runs"]
+            rows[-1].insert(5, f"{_fmt(g['robo_rl_eval_return'], n)} ({n})" if n else "-")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)

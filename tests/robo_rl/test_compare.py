@@ -87,6 +87,13 @@ def test_cli_writes_the_table_json_and_plot(tmp_path, capsys, monkeypatch):
     assert json.loads((tmp_path / "sweep" / "compare.json").read_text())["groups"][0]["steps"]["mean"] == 2000
     assert main(["compare", "runs=[sweep/seed=0,sweep/seed=1]", "out_dir=cmp"]) == 0
     assert "2 runs in 1 group(s)" in capsys.readouterr().out and (tmp_path / "cmp" / "compare.png").is_file()
+    # runs evaluated with `robo-rl eval` (eval.json) get a column: the mean over the runs that have one
+    for seed, ret in ((0, 90.0), (2, 110.0)):
+        (tmp_path / "sweep" / f"seed={seed}" / "eval.json").write_text(json.dumps(
+            {"return_mean": ret, "return_std": 3.0, "episodes": 100, "deterministic": True, "checkpoint_step": 2000}))
+    assert main(["compare", "runs=sweep"]) == 0
+    out = capsys.readouterr().out
+    assert "`robo-rl eval` return (runs)" in out and "| 100.0 ± 10.0 (2) |" in out
 
 
 @pytest.mark.parametrize("args, message", [
