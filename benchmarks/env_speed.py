@@ -155,6 +155,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[1, 16, 64, 256])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--name", default="env_speed", help="results file name under benchmarks/results/")
     args = parser.parse_args()
     from robo_rl.perf import tune_malloc
 
@@ -175,7 +176,7 @@ def main() -> None:
                             "raw mujoco.batch", "robo-rl / sync", "robo-rl / async", "robo-rl / raw"], rows)
     mem = markdown_table(["task", "memory per env (batched backend)"],
                          [[t, f"{m / 1024:.0f} KiB"] for t, m in memory.items()])
-    save("env_speed", {"results": results, "memory_per_env_bytes": memory},
+    save(args.name, {"results": results, "memory_per_env_bytes": memory},
          "Env steps/s, random actions\n\n" + table + "\n\n" + mem)
 
 

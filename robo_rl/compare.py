@@ -113,19 +113,16 @@ def load_run(path: Path) -> Run:
         config = _flatten(OmegaConf.to_container(OmegaConf.load(path / CONFIG), resolve=False))
     except Exception as exc:  # a YAML error names the file
         raise ValueError(f"{path / CONFIG}: not a readable config ({str(exc).splitlines()[0]})") from None
-    summary: dict[str, Any] = {}
-    if (path / SUMMARY).is_file():
-        try:
-            summary = json.loads((path / SUMMARY).read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path / SUMMARY}: not valid JSON ({exc})") from None
-    evaluated = None
-    if (path / EVALUATED).is_file():
-        try:
-            evaluated = json.loads((path / EVALUATED).read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path / EVALUATED}: not valid JSON ({exc})") from None
-    return Run(path, config, summary, _read_curves(path / METRICS), evaluated)
+    return Run(path, config, _read_json(path / SUMMARY) or {}, _read_curves(path / METRICS), _read_json(path / EVALUATED))
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
 
 
 @dataclass
