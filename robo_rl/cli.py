@@ -189,10 +189,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(TOP_HELP)
         return 0
     command, rest = argv[0], argv[1:]
+    from envs.mujoco_log import route_mujoco_warnings
     from envs.rendering import headless_gl_default
     from robo_rl.perf import tune_malloc
 
     headless_gl_default()  # before anything imports MuJoCo
+    route_mujoco_warnings()
     tune_malloc()
     if command == "train":
         return train_main(rest)
