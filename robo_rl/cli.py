@@ -230,17 +230,54 @@ def _register_resolvers() -> None:
         return f"runs/{algo}-{name(env_id)}-s{seed}-{now}"
 
     def sweep_dir(given, algo, env_id, now):  # type: ignore[no-untyped-def]
-        return str(given) if given not in (None, "", "None") else f"runs/sweep-{algo}-{name(env_id)}-{now}"
+        if given not in (None, "", "None"):
+            return str(given)
+        # every job of a sweep resolves this with its own config: a swept algo or task is named by all its
+        # values (sac+td3), so that the jobs share one directory
+        swept = _swept_on_command_line()
+        algo = "+".join(swept["algo"]) if "algo" in swept else algo
+        env_values = swept.get("env.id") or swept.get("env")
+        env_label = "+".join(name(v) for v in env_values) if env_values else name(env_id)
+        return f"runs/sweep-{algo}-{env_label}-{now}"
 
     def sweep_subdir(task_overrides, job_num):  # type: ignore[no-untyped-def]
         # name a multirun job by the keys that are swept (seed=0,1,2 -> "seed=1"), not by every override
-        swept = {a.split("=", 1)[0] for a in sys.argv[1:] if "=" in a and _is_sweep(a.split("=", 1)[1])}
-        parts = [o for o in task_overrides if o.split("=", 1)[0].lstrip("+~") in swept]
+        swept = _swept_on_command_line()
+        parts = [o for o in task_overrides if _override_key(o) in swept]
         return ",".join(parts) if parts else f"job{job_num}"
 
     OmegaConf.register_new_resolver("robo_rl_run_dir", run_dir, replace=True)
     OmegaConf.register_new_resolver("robo_rl_sweep_dir", sweep_dir, replace=True)
     OmegaConf.register_new_resolver("robo_rl_sweep_subdir", sweep_subdir, replace=True)
+
+
+_TRAIN_ARGS: list[str] = []  # the overrides of this `robo-rl train` command, as the user typed them
+GROUPS = ("algo", "env", "policy", "safety", "randomize")  # config groups (choosing one replaces a subtree)
+
+
+def _swept_on_command_line() -> dict[str, list[str]]:
+    """The swept keys of this command and their values: ``algo=sac,td3`` -> {"algo": ["sac", "td3"]}."""
+    out: dict[str, list[str]] = {}
+    for a in _TRAIN_ARGS:
+        if "=" in a and _is_sweep(a.split("=", 1)[1]):
+            values = _sweep_values(a)
+            out[_override_key(a)] = [v.split("=", 1)[1] for v in values] if values else [a.split("=", 1)[1]]
+    return out
+
+
+def _for_hydra_multirun(args: Sequence[str]) -> list[str]:
+    """``-m`` overrides as Hydra can start them. Hydra composes one sweep-level config before the jobs, with
+    the default of every swept config group: ``-m algo=sac,td3 algo.learning_starts=100`` fails there
+    (PPO, the default, has no learning_starts) although every job has the key. An override inside a
+    swept group is passed as ``++key=value`` (set, or add to that sweep-level config): the same value in
+    every job, whose configs were all checked before (``_sweep_problem``)."""
+    swept_groups = {k for k in _swept_on_command_line() if k in GROUPS}
+    out = []
+    for a in args:
+        key = _override_key(a) if "=" in a else ""
+        plain = "=" in a and not a.startswith(("+", "~")) and not _is_sweep(a.split("=", 1)[1])
+        out.append(f"++{a}" if plain and key.split(".", 1)[0] in swept_groups and "." in key else a)
+    return out
 
 
 def _is_sweep(value: str) -> bool:
@@ -283,7 +320,9 @@ def train_main(args: Sequence[str]) -> int:
         if hc.mode.name == "MULTIRUN":
             sweep_dirs.append(str(hc.sweep.dir))
 
-    sys.argv = ["robo-rl train", *args]
+    _TRAIN_ARGS[:] = list(args)
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    sys.argv = ["robo-rl train", *(_for_hydra_multirun(args) if multirun else args)]
     _run()
     if sweep_dirs:
         where = sweep_dirs[0] if len(set(sweep_dirs)) == 1 else ",".join(dict.fromkeys(sweep_dirs))

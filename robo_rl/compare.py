@@ -163,18 +163,18 @@ def _ignored(key: str) -> bool:
 
 
 def _implied(key: str, runs: list[Run]) -> bool:
-    """Whether ``key`` (e.g. algo.tau) only differs between runs of different algorithms (or heads), where
-    the name already says it: it is then left out of the labels (compare.json keeps every key)."""
-    section = key.split(".", 1)[0]
-    name = {"algo": "algo.name", "policy": "policy.name"}.get(section)
-    if name is None or key == name:
+    """Whether ``key`` (e.g. algo.tau, or a learner-specific default elsewhere) only differs between runs of
+    different algorithms or heads, where their names already say it: it is then left out of the labels
+    (compare.json keeps every key)."""
+    if key in LABEL_KEYS:
         return False
     seen: dict[str, str] = {}
     for run in runs:
-        owner, value = str(run.config.get(name)), json.dumps(run.config.get(key), default=str)
+        owner = f"{run.config.get('algo.name')}/{run.config.get('policy.name')}"
+        value = json.dumps(run.config.get(key), default=str)
         if seen.setdefault(owner, value) != value:
             return False
-    return True
+    return len(seen) > 1
 
 
 def _label(values: dict[str, Any], run: Run) -> str:

@@ -166,6 +166,23 @@ def test_multirun_over_seeds(tmp_path):
     assert (tmp_path / "sweep" / "compare.png").stat().st_size > 0
 
 
+def test_multirun_over_algorithms_shares_one_directory(tmp_path):
+    # Hydra composes a sweep-level config with the default algo (ppo), which has no algo.learning_starts:
+    # the override still reaches every job, and the jobs share one directory named by the swept algos
+    args = [a for a in TINY if a != "algo=sac"]
+    err = robo_rl("train", "-m", "algo=sac,td3", *args, "steps=120", cwd=tmp_path).stderr
+    (sweep,) = (tmp_path / "runs").iterdir()
+    assert sweep.name.startswith("sweep-sac+td3-Pendulum-v1-")
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["algo=sac", "algo=td3"]
+    for algo in ("sac", "td3"):
+        summary = json.loads((sweep / f"algo={algo}" / "summary.json").read_text())
+        config = (sweep / f"algo={algo}" / "config.yaml").read_text()
+        assert summary["algo"] == algo and summary["steps"] == 120 and "learning_starts: 100" in config
+    assert f"robo-rl compare runs=runs/{sweep.name}" in err
+    out = robo_rl("compare", f"runs=runs/{sweep.name}", cwd=tmp_path).stdout
+    assert "| algo.name=sac policy.name=gaussian | 1 (0) |" in out and "| algo.name=td3 policy.name=deterministic | 1 (0) |" in out
+
+
 def test_eval_writes_a_video_with_one_frame_per_step(tmp_path):
     av = pytest.importorskip("av")
     robo_rl("train", "algo=ppo", "env=inverted_pendulum", "steps=2048", "run_dir=ip", "log.tensorboard=false",
