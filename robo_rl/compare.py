@@ -1,10 +1,11 @@
 """`robo-rl compare`: finished runs side by side, seeds grouped (a `-m seed=0,1,2` sweep in one table).
 
 Reads what every run directory already holds (config.yaml, summary.json, metrics.csv, and eval.json
-where `robo-rl eval` wrote one); trains and loads nothing. Runs whose resolved configs differ only in the seed (and where they were written)
-form one group, or the runs agreeing on the ``group_by`` keys do. For each group: the final and best
-evaluation returns across seeds (mean, std, each seed's value), steps, wall time and steps/s, and
-one learning curve (mean over seeds, with the seeds' min-max band).
+where `robo-rl eval` wrote one); trains and loads nothing. Runs whose resolved configs differ only in
+the seed (and where they were written, how they logged) form one group, or the runs agreeing on the
+``group_by`` keys do. For each group: the final and best evaluation returns across seeds (mean, std,
+each seed's value), steps, wall time and steps/s, and one learning curve (mean over seeds, with the
+seeds' min-max band).
 """
 
 from __future__ import annotations
@@ -75,8 +76,7 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
             raise FileNotFoundError(f"runs={given}: neither a run directory nor a directory holding runs "
                                     f"(no {CONFIG} in it or below it)")
         found.extend(inside)
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    return unique
+    return list(dict.fromkeys(p.resolve() for p in found))  # each run once, in the order given
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
