@@ -117,7 +117,8 @@ Writes compare.md (the table), compare.json (all numbers, each run's path) and c
 group's mean curve over seeds with the min-max band).
 
 keys:
-  runs=<dir>[,<dir>...]  run directories or sweep directories (required; also runs=[a,b])
+  runs=<dir>[,<dir>...]  run directories or sweep directories (required; also runs=[a,b]; patterns
+                         such as 'runs=runs/sweep-*' are expanded)
   group_by=null          config keys that define a group instead, e.g. group_by=algo.name or
                          group_by=[algo.name,env.id] (runs agreeing on them are pooled)
   curve=eval             the plotted curve: eval (evaluation return) or rollout (training episodes)

@@ -11,6 +11,7 @@ seeds' min-max band).
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import math
 import time
@@ -64,7 +65,13 @@ class Run:
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     """Run directories in ``paths``: each one is a run (it has config.yaml) or a directory holding runs."""
     found: list[Path] = []
-    for given in paths:
+    expanded: list[str | Path] = []
+    for given in paths:  # shell-style patterns (runs=runs/sweep-sac*) are expanded here
+        matches = sorted(glob.glob(str(given))) if glob.has_magic(str(given)) else [given]
+        if not matches:
+            raise FileNotFoundError(f"runs={given}: no directory matches")
+        expanded += matches
+    for given in expanded:
         path = Path(given)
         if not path.is_dir():
             raise FileNotFoundError(f"runs={given}: no such directory")

@@ -48,6 +48,15 @@ def test_seeds_group_and_settings_separate(tmp_path):
     assert {tuple(g["curve"]["mean"]) for g in rollout} == {(75.0, 200.0), (40.0, 25.0)}
 
 
+def test_patterns_expand_to_the_directories_they_match(tmp_path):
+    write_run(tmp_path / "sweep-a" / "seed=0", 0, 1.0, [(10, 1.0)])
+    write_run(tmp_path / "sweep-b" / "seed=0", 1, 3.0, [(10, 3.0)])
+    (g,) = compare([tmp_path / "sweep-*"])["groups"]
+    assert g["final_eval_return"]["mean"] == 2.0 and len(g["runs"]) == 2
+    with pytest.raises(FileNotFoundError, match="no directory matches"):
+        compare([tmp_path / "nothing-*"])
+
+
 def test_keys_implied_by_the_algorithm_stay_out_of_labels(tmp_path):
     write_run(tmp_path / "a", 0, 1.0, [(10, 1.0)], algo="sac", lr=3e-4)
     write_run(tmp_path / "b", 0, 2.0, [(10, 2.0)], algo="td3", lr=1e-3)
