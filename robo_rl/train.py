@@ -119,6 +119,11 @@ def train(cfg: DictConfig, run_dir: str | Path, cli_overrides: Iterable[str] = (
             log.info(f"robo-rl: {cfg.algo.name} on {env.task_id} ({env.num_envs} env(s), {env.backend} backend), "
                      f"{cfg.policy.name} head, {n_params:,} parameters, seed {cfg.seed}, {int(cfg.steps):,} steps "
                      f"-> {run_dir}")
+            starts = cfg.algo.get("learning_starts") if learner.kind == "off_policy" else None
+            if starts is not None and int(cfg.steps) <= int(starts) and demos is None:
+                log.warning(f"robo-rl: warning: steps={int(cfg.steps):,} ends before algo.learning_starts="
+                            f"{int(starts):,}, so the policy is never updated (every action is uniform random); "
+                            "lower algo.learning_starts or raise steps")
             runner = build_runner(cfg, learner, env, eval_env, run_dir)
             if demos is not None:
                 from robo_rl.demos import warm_start

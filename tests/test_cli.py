@@ -117,6 +117,13 @@ def test_train_eval_resume(tmp_path):
     assert json.loads((run / "summary.json").read_text())["steps"] == 500
 
 
+def test_an_off_policy_run_that_never_updates_says_so(tmp_path):
+    err = robo_rl("train", *TINY, "steps=60", "run_dir=r", cwd=tmp_path).stderr  # learning_starts=100
+    assert "steps=60 ends before algo.learning_starts=100, so the policy is never updated" in err
+    err = robo_rl("train", *TINY, "steps=150", "run_dir=r2", cwd=tmp_path).stderr
+    assert "never updated" not in err
+
+
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path):
     cmd = [sys.executable, "-m", "robo_rl.cli", "train", *TINY, "steps=100000", "run_dir=run",
            "log.progress_seconds=0.5", "checkpoint.every=100000"]
