@@ -78,7 +78,8 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
         if (path / CONFIG).is_file():
             found.append(path)
             continue
-        inside = sorted(p.parent for p in path.rglob(CONFIG) if "checkpoints" not in p.parts and "export" not in p.parts)
+        inside = sorted(p.parent for p in path.rglob(CONFIG)  # not a run's own checkpoints/ or export/
+                        if not {"checkpoints", "export"} & set(p.relative_to(path).parts))
         if not inside:
             raise FileNotFoundError(f"runs={given}: neither a run directory nor a directory holding runs "
                                     f"(no {CONFIG} in it or below it)")

@@ -120,7 +120,7 @@ def train(cfg: DictConfig, run_dir: str | Path, cli_overrides: Iterable[str] = (
                      f"{cfg.policy.name} head, {n_params:,} parameters, seed {cfg.seed}, {int(cfg.steps):,} steps "
                      f"-> {run_dir}")
             starts = cfg.algo.get("learning_starts") if learner.kind == "off_policy" else None
-            if starts is not None and int(cfg.steps) <= int(starts) and demos is None:
+            if starts is not None and int(cfg.steps) < int(starts) and demos is None:
                 log.warning(f"robo-rl: warning: steps={int(cfg.steps):,} ends before algo.learning_starts="
                             f"{int(starts):,}, so the policy is never updated (every action is uniform random); "
                             "lower algo.learning_starts or raise steps")

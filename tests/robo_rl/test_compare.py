@@ -55,6 +55,9 @@ def test_patterns_expand_to_the_directories_they_match(tmp_path):
     assert g["final_eval_return"]["mean"] == 2.0 and len(g["runs"]) == 2
     with pytest.raises(FileNotFoundError, match="no directory matches"):
         compare([tmp_path / "nothing-*"])
+    # a runs tree kept under a folder that happens to be called export/ is still searched
+    write_run(tmp_path / "export" / "sweep" / "seed=0", 0, 5.0, [(10, 5.0)])
+    assert compare([tmp_path / "export"])["runs"] == 1
 
 
 def test_keys_implied_by_the_algorithm_stay_out_of_labels(tmp_path):
