@@ -54,6 +54,7 @@ def export_run(
     itself on the run's task) as well as random ones around the normalizer's statistics.
     """
     import torch
+    from omegaconf import OmegaConf
 
     from robo_rl.build import build_env
     from robo_rl.checkpoint import verify_checkpoint
@@ -87,6 +88,8 @@ def export_run(
             observation_low=np.asarray(space.low).reshape(-1), observation_high=np.asarray(space.high).reshape(-1),
             control_dt=env.dt, task=env.task_id, safety=safety_spec, check_obs=np.concatenate(visited),
             metadata={"algo": cfg.algo.name, "policy": cfg.policy.name,
+                      # the task's keyword arguments (e.g. an observation without contact forces): deploy builds the same task
+                      "task_kwargs": OmegaConf.to_container(cfg.env.kwargs, resolve=True),
                       "source": {"run_dir": str(run_dir.resolve()), "checkpoint": str(ckpt), "step": int(manifest["step"])}},
         )
     finally:

@@ -45,12 +45,13 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
     if unknown:
         raise ValueError(f"unknown sim2sim key(s) {unknown}; known: {', '.join(SIM2SIM_KEYS)}")
     runtime = PolicyRuntime(export, threads=threads)
+    kwargs = runtime.task_kwargs if task in (None, runtime.task) else {}  # another task: its own defaults
     task = task or runtime.task
     if not task:
         raise ValueError(f"{runtime.sidecar_path} names no task: pass task=<gymnasium id>")
     control_dt = 1.0 / rate_hz if rate_hz else runtime.dt
     clock: Callable[[], float] = time.monotonic if realtime else SimulatedClock()
-    sim = MujocoSim2SimRobot(task, control_dt=control_dt, clock=clock, **options)
+    sim = MujocoSim2SimRobot(task, control_dt=control_dt, clock=clock, env_kwargs=kwargs, **options)
     sim.connect()
     try:
         if sim.observation_dim != runtime.obs_dim or sim.action_dim != runtime.act_dim:
@@ -63,7 +64,8 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
             dog.setdefault("max_inference_time", math.inf)
         loop = ControlLoop(runtime, sim, filters=safety, rate_hz=1.0 / sim.dt, watchdog=WatchdogConfig.from_dict(dog),
                            realtime=realtime, clock=clock)
-        log(f"deploy {runtime.model_path} on {task} (sim2sim: {options or 'as trained'}) at {loop.rate_hz:.1f} Hz, "
+        on = task + (f" {kwargs}" if kwargs else "")
+        log(f"deploy {runtime.model_path} on {on} (sim2sim: {options or 'as trained'}) at {loop.rate_hz:.1f} Hz, "
             f"{'real time' if realtime else 'simulated time'}, "
             f"{'until ' + str(episodes) + ' episodes' if episodes else str(steps) + ' steps'}")
         seen = 0
@@ -87,7 +89,7 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
         f"p99 {lat['p99'] or 0:.3f} ms; fallbacks {report.fallbacks}, filter interventions "
         f"{report.filter_interventions}, deadline misses {report.deadline_misses}")
     return {
-        "export": str(runtime.sidecar_path.parent), "task": task, "robot": robot, "sim2sim": options,
+        "export": str(runtime.sidecar_path.parent), "task": task, "task_kwargs": kwargs, "robot": robot, "sim2sim": options,
         "realtime": realtime, "rate_hz": loop.rate_hz,
         "episodes": len(returns), "episode_returns": returns.tolist(), "episode_lengths": list(sim.episode_lengths),
         "return_mean": float(returns.mean()) if returns.size else None,

@@ -134,6 +134,7 @@ class PolicyRuntime:
         self.dt: float | None = control.get("dt")
         self.rate_hz: float | None = control.get("rate_hz") or (1.0 / self.dt if self.dt else None)
         self.task: str | None = self.sidecar.get("task")
+        self.task_kwargs: dict = dict(self.sidecar.get("task_kwargs") or {})  # the task's keyword arguments in training
         noise = self.sidecar.get("noise")
         self.noise_dim = int(noise["dim"]) if noise else 0
         default = noise.get("default", "zeros") if noise else "zeros"

@@ -8,13 +8,14 @@ from tests.test_cli import TINY, robo_rl
 
 
 def test_train_export_deploy_and_refuse_a_tampered_file(tmp_path):
-    robo_rl("train", *TINY, "steps=300", "run_dir=run", cwd=tmp_path)
+    robo_rl("train", *TINY, "steps=300", "env.kwargs.g=9.5", "run_dir=run", cwd=tmp_path)
     out = robo_rl("export", "run_dir=run", cwd=tmp_path).stdout
     export = tmp_path / "run" / "export"
     sidecar = json.loads((export / "policy.json").read_text())
     assert "max |onnx - torch|" in out and sidecar["task"] == "Pendulum-v1" and sidecar["algo"] == "sac"
     assert sidecar["checked"]["real_observations"] > 0 and sidecar["checked"]["max_abs_error"] <= 1e-5
     assert sidecar["control"]["dt"] > 0 and sidecar["observation"]["dim"] == 3 and sidecar["action"]["dim"] == 1
+    assert sidecar["task_kwargs"] == {"g": 9.5}  # deploy builds the task as it was trained
 
     # the exported policy, on a differently configured simulation, with a rate limit added at deploy time
     (tmp_path / "rate.yaml").write_text("filters:\n  - {type: rate, max_delta: [0.5]}\n")
@@ -22,6 +23,7 @@ def test_train_export_deploy_and_refuse_a_tampered_file(tmp_path):
             "safety=rate.yaml", cwd=tmp_path)
     report = json.loads((export / "deploy.json").read_text())
     assert len(report["episode_returns"]) >= 1 and np.isfinite(report["episode_returns"]).all()
+    assert report["task_kwargs"] == {"g": 9.5}
     assert report["loop"]["latency"]["inference_ms"]["p99"] > 0
 
     # a model file that no longer matches its sidecar is refused, and nothing runs

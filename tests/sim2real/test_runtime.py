@@ -361,6 +361,21 @@ def test_deploy_on_inverted_pendulum_with_latency_and_halved_timestep(tmp_path: 
         deploy(str(export), task="Hopper-v5", episodes=1, log=lines.append)
 
 
+def test_deploy_builds_the_task_with_its_training_keyword_arguments(tmp_path: Path) -> None:
+    # Hopper with its x position kept in the observation: 12 values instead of 11
+    export = make_export(tmp_path / "e", obs_dim=12, act_dim=3, task="Hopper-v5", dt=0.008)
+    sidecar_path = export / "policy.json"
+    sidecar = json.loads(sidecar_path.read_text())
+    with pytest.raises(ValueError, match="observation/action dims 11/3, the export 12/3"):
+        deploy(str(export), episodes=1, log=lambda _: None)  # an export without the training kwargs: refused, named
+    sidecar["task_kwargs"] = {"exclude_current_positions_from_observation": False}
+    sidecar_path.write_text(json.dumps(sidecar))
+    lines: list[str] = []
+    report = deploy(str(export), episodes=1, log=lines.append)
+    assert report["episodes"] == 1 and report["task_kwargs"] == sidecar["task_kwargs"]
+    assert "exclude_current_positions_from_observation" in lines[0]
+
+
 def test_runtime_robots_and_deploy_import_without_torch() -> None:
     code = "import sim2real.runtime, sim2real.loop, sim2real.robots, sim2real.deploy; import sys; assert 'torch' not in sys.modules"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
