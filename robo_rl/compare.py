@@ -171,14 +171,14 @@ def _ignored(key: str) -> bool:
 
 
 def _implied(key: str, runs: list[Run]) -> bool:
-    """Whether ``key`` (e.g. algo.tau, or a learner-specific default elsewhere) only differs between runs of
-    different algorithms or heads, where their names already say it: it is then left out of the labels
-    (compare.json keeps every key)."""
+    """Whether ``key`` (e.g. algo.tau, a learner-specific default elsewhere, or a learner's settings for a task) only
+    differs between runs of different algorithms, heads or tasks, where their names already say it: it is then
+    left out of the labels (compare.json keeps every key)."""
     if key in LABEL_KEYS:
         return False
     seen: dict[str, str] = {}
     for run in runs:
-        owner = f"{run.config.get('algo.name')}/{run.config.get('policy.name')}"
+        owner = f"{run.config.get('algo.name')}/{run.config.get('policy.name')}/{run.config.get('env.id')}"
         value = json.dumps(run.config.get(key), default=str)
         if seen.setdefault(owner, value) != value:
             return False

@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from robo_rl.build import build_env, build_learner, build_policy, build_runner
-from robo_rl.config import ConfigError, resolve_defaults, validate
+from robo_rl.config import ConfigError, resolve_defaults, task_defaults, validate
 from robo_rl.metrics import setup_console_logging
 from robo_rl.runners.base import find_resume_checkpoint
 from robo_rl.runs import CONFIG_FILE, load_run_config
@@ -89,6 +89,7 @@ def train(cfg: DictConfig, run_dir: str | Path, cli_overrides: Iterable[str] = (
     """Train according to ``cfg`` into ``run_dir``; returns the run summary."""
     setup_console_logging()
     run_dir = Path(run_dir)
+    for_task = {} if cfg.resume else task_defaults(cfg)  # a resumed run keeps its saved config as it is
     cfg, resume_from = prepare(cfg, run_dir, cli_overrides)
     run_dir = Path(cfg.run_dir)
     if cfg.threads:
@@ -119,6 +120,9 @@ def train(cfg: DictConfig, run_dir: str | Path, cli_overrides: Iterable[str] = (
             log.info(f"robo-rl: {cfg.algo.name} on {env.task_id} ({env.num_envs} env(s), {env.backend} backend), "
                      f"{cfg.policy.name} head, {n_params:,} parameters, seed {cfg.seed}, {int(cfg.steps):,} steps "
                      f"-> {run_dir}")
+            if for_task:
+                log.info(f"robo-rl: {cfg.algo.name}'s settings for {env.task_id}: " + " ".join(f"{k}={v}" for k, v in for_task.items())
+                         + " (set them on the command line to choose otherwise)")
             starts = cfg.algo.get("learning_starts") if learner.kind == "off_policy" else None
             if starts is not None and int(cfg.steps) < int(starts) and demos is None:
                 log.warning(f"robo-rl: warning: steps={int(cfg.steps):,} ends before algo.learning_starts="

@@ -124,6 +124,19 @@ def test_an_off_policy_run_that_never_updates_says_so(tmp_path):
     assert "never updated" not in err
 
 
+def test_a_learner_with_settings_for_the_task_says_which(tmp_path):
+    out = robo_rl("train", "env=swimmer", "steps=2048", "eval.episodes=1", "log.plot=false", "log.tensorboard=false",
+                  "run_dir=r", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "ppo's settings for Swimmer-v5: env.num_envs=4 algo.rollout_steps=512" in out.stderr
+    saved = (tmp_path / "r" / "config.yaml").read_text()
+    assert "num_envs: 4" in saved and "rollout_steps: 512" in saved
+    # a key given on the command line is the user's, not the task's
+    out = robo_rl("train", "env=swimmer", "steps=2048", "eval.episodes=1", "log.plot=false", "log.tensorboard=false",
+                  "env.num_envs=8", "run_dir=r2", cwd=tmp_path)
+    assert "settings for Swimmer-v5: algo.rollout_steps=512 (set" in out.stderr
+
+
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path):
     cmd = [sys.executable, "-m", "robo_rl.cli", "train", *TINY, "steps=100000", "run_dir=run",
            "log.progress_seconds=0.5", "checkpoint.every=100000"]

@@ -9,10 +9,11 @@ from robo_rl.cli import main
 from robo_rl.compare import compare, mean_curve
 
 
-def write_run(path, seed, final, curve, algo="sac", lr=3e-4, status="completed", summary=True, progress=10.0):
+def write_run(path, seed, final, curve, algo="sac", lr=3e-4, status="completed", summary=True, progress=10.0,
+              env="Hopper-v5"):
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(
-        f"algo:\n  name: {algo}\n  lr: {lr}\n  hidden: [256, 256]\nenv:\n  id: Hopper-v5\nseed: {seed}\n"
+        f"algo:\n  name: {algo}\n  lr: {lr}\n  hidden: [256, 256]\nenv:\n  id: {env}\nseed: {seed}\n"
         f"run_dir: {path}\nthreads: null\nlog:\n  progress_seconds: {progress}\n")
     rows = ["step,wall_time,rollout/ep_return_mean,eval/return_mean,eval/return_std"]
     for step, value in curve:
@@ -21,7 +22,7 @@ def write_run(path, seed, final, curve, algo="sac", lr=3e-4, status="completed",
     (path / "metrics.csv").write_text("\n".join(rows) + "\n")
     if summary:
         (path / "summary.json").write_text(json.dumps({
-            "status": status, "algo": algo, "env": "Hopper-v5", "seed": seed, "steps": curve[-1][0],
+            "status": status, "algo": algo, "env": env, "seed": seed, "steps": curve[-1][0],
             "wall_time_s": 60.0 * (seed + 1), "steps_per_s": 100.0, "final_eval_return_mean": final,
             "best_eval_return_mean": max(v for _, v in curve)}))
 
@@ -66,6 +67,17 @@ def test_keys_implied_by_the_algorithm_stay_out_of_labels(tmp_path):
     labels = [g["label"] for g in compare([tmp_path / "a", tmp_path / "b"])["groups"]]
     assert labels == ["algo.name=sac", "algo.name=td3"]  # algo.lr differs only with the algorithm
     assert compare([tmp_path])["groups"][0]["config"] == {"algo.lr": 3e-4, "algo.name": "sac"}
+
+
+def test_keys_implied_by_the_task_stay_out_of_labels(tmp_path):
+    # e.g. a learner's settings for a task (TASK_DEFAULTS): named by env.id already
+    write_run(tmp_path / "a", 0, 1.0, [(10, 1.0)], env="Hopper-v5", lr=0.99)
+    write_run(tmp_path / "b", 0, 2.0, [(10, 2.0)], env="Swimmer-v5", lr=0.9999)
+    labels = [g["label"] for g in compare([tmp_path])["groups"]]
+    assert labels == ["env.id=Hopper-v5", "env.id=Swimmer-v5"]
+    write_run(tmp_path / "c", 0, 3.0, [(10, 3.0)], env="Swimmer-v5", lr=0.99)  # the same task at another value
+    labels = [g["label"] for g in compare([tmp_path])["groups"]]
+    assert labels == ["env.id=Hopper-v5 algo.lr=0.99", "env.id=Swimmer-v5 algo.lr=0.9999", "env.id=Swimmer-v5 algo.lr=0.99"]
 
 
 def test_unfinished_runs_are_shown_from_their_metrics(tmp_path):

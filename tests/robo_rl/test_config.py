@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
 from robo_rl.config import ALGO_SCHEMAS, ConfigError
 from robo_rl.train import train
@@ -99,6 +100,47 @@ def test_learner_defaults_fill_nulls():
     assert ppo.steps == 1_000_000 and sac.steps == 100_000
     # explicit values win over learner defaults
     assert list(resolve_defaults(compose("algo=ppo", "policy.hidden_sizes=[32]")).policy.hidden_sizes) == [32]
+
+
+@pytest.mark.parametrize("algo", sorted(ALGO_SCHEMAS))
+def test_task_defaults_fill_nulls_before_the_learners(algo):
+    from robo_rl.config import TASK_DEFAULTS, resolve_defaults, task_defaults, unset
+
+    # every key a task sets for this learner is unset in its config, or it would never apply
+    raw = compose(f"algo={algo}")
+    for key in {k for per_algo in TASK_DEFAULTS.values() for k in per_algo.get(algo, {})}:
+        assert unset(raw, key), (algo, key)
+    # Swimmer's own settings, whether the task comes from env= or env.id=; only for the learners measured there
+    swimmer = TASK_DEFAULTS["Swimmer-v5"].get(algo, {})
+    for override in ("env=swimmer", "env.id=Swimmer-v5"):
+        cfg = compose(f"algo={algo}", override)
+        assert task_defaults(cfg) == swimmer
+        resolved = resolve_defaults(cfg)
+        for key, value in swimmer.items():
+            assert OmegaConf.select(resolved, key) == value
+
+
+def test_ant_ppo_settings():
+    from robo_rl.config import resolve_defaults, task_defaults
+
+    cfg = resolve_defaults(compose("env=ant"))
+    assert cfg.env.kwargs.include_cfrc_ext_in_observation is False
+    assert "include_cfrc_ext_in_observation" not in resolve_defaults(compose("env=ant", "algo=sac")).env.kwargs
+    given = compose("env=ant", "env.kwargs.include_cfrc_ext_in_observation=true")
+    assert task_defaults(given) == {} and resolve_defaults(given).env.kwargs.include_cfrc_ext_in_observation is True
+
+
+def test_swimmer_ppo_settings():
+    from robo_rl.config import resolve_defaults, task_defaults
+
+    cfg = resolve_defaults(compose("env=swimmer"))
+    assert (cfg.env.num_envs, cfg.algo.rollout_steps) == (4, 512)
+    hopper = resolve_defaults(compose())
+    assert (hopper.env.num_envs, hopper.algo.rollout_steps) == (64, 32)
+    # the command line wins, and is then not reported as the task's
+    cfg = compose("env=swimmer", "env.num_envs=8")
+    assert task_defaults(cfg) == {"algo.rollout_steps": 512}
+    assert (resolve_defaults(cfg).env.num_envs, resolve_defaults(cfg).algo.rollout_steps) == (8, 512)
 
 
 def test_existing_run_dir_is_not_overwritten(tmp_path):
