@@ -14,12 +14,17 @@ LIMITS = {"HalfCheetah-v5": 120, "Swimmer-v5": 120, "Reacher-v5": None, "Pusher-
 STEPS = {"Humanoid-v5": 150, "Ant-v5": 200}
 
 
-@pytest.mark.parametrize("task_id", sorted(TASKS))
-def test_bit_identical_to_gymnasium(task_id):
+# kwargs robo-rl's own settings use (TASK_DEFAULTS): PPO on Ant observes it without contact forces
+WITH_KWARGS = [("Ant-v5", {"include_cfrc_ext_in_observation": False})]
+
+
+@pytest.mark.parametrize("task_id, kwargs", [(t, {}) for t in sorted(TASKS)] + WITH_KWARGS)
+def test_bit_identical_to_gymnasium(task_id, kwargs):
     n = 3
     limit = LIMITS.get(task_id)
-    ref = SyncVectorEnv([lambda: gym.make(task_id, max_episode_steps=limit)] * n, autoreset_mode=AutoresetMode.SAME_STEP)
-    ours = MujocoBatchedEnv(task_id, n, max_episode_steps=limit)
+    ref = SyncVectorEnv([lambda: gym.make(task_id, max_episode_steps=limit, **kwargs)] * n,
+                        autoreset_mode=AutoresetMode.SAME_STEP)
+    ours = MujocoBatchedEnv(task_id, n, max_episode_steps=limit, kwargs=kwargs)
     ref_obs, ref_info = ref.reset(seed=11)
     obs = ours.reset_numpy(seed=11)
     assert np.array_equal(ref_obs, obs)
