@@ -44,14 +44,15 @@ OFF_POLICY_SEGMENT = 250  # env steps per timed segment
 PPO_SEGMENT = 2 * 2048
 
 
-def ours_runner(algo: str, env_id: str, backend: str, compile_: bool):
+def ours_runner(algo: str, env_id: str, backend: str, compile_: bool, hidden: int = 256, batch: int = 256):
+    """A warmed-up robo-rl runner at this benchmark's settings (SAC/TD3: ``hidden`` x ``hidden`` nets, ``batch``)."""
     from robo_rl.build import build_env, build_learner, build_policy, build_runner
     from robo_rl.train import compose_config, prepare
 
     overrides = [f"algo={algo}", f"env.id={env_id}", f"env.backend={backend}", "steps=100000000", "seed=0"]
     if algo in ("sac", "td3"):
-        overrides += [f"algo.learning_starts={LEARNING_STARTS}", "algo.batch_size=256", "algo.utd=1",
-                      "policy.hidden_sizes=[256,256]", "algo.critic_hidden=[256,256]"]
+        overrides += [f"algo.learning_starts={LEARNING_STARTS}", f"algo.batch_size={batch}", "algo.utd=1",
+                      f"policy.hidden_sizes=[{hidden},{hidden}]", f"algo.critic_hidden=[{hidden},{hidden}]"]
     else:
         overrides += [f"env.num_envs={PPO_ENVS}", f"algo.rollout_steps={2048 // PPO_ENVS}", "algo.minibatch_size=64",
                       "algo.epochs=10", "policy.hidden_sizes=[64,64]", "algo.value_hidden=[64,64]"]

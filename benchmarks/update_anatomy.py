@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -34,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import markdown_table, save  # noqa: E402
-from benchmarks.throughput import LEARNING_STARTS, MatmulRecorder, matmul_flops, replay_seconds  # noqa: E402
+from benchmarks.throughput import MatmulRecorder, matmul_flops, ours_runner, replay_seconds  # noqa: E402
 from robo_rl.perf import tune_malloc  # noqa: E402
 
 UPDATES = 40  # updates per timed segment
@@ -43,20 +42,8 @@ EVICT_MIB = (0, 2, 8, 64)  # buffer written before each timed call (0: operands 
 
 
 def build(algo: str, hidden: int, batch: int):
-    """A learner and a replay buffer filled by its runner, at the throughput benchmark's settings."""
-    from robo_rl.build import build_env, build_learner, build_policy, build_runner
-    from robo_rl.train import compose_config, prepare
-
-    overrides = [f"algo={algo}", "env.id=Hopper-v5", "env.backend=gymnasium", "steps=100000000", "seed=0",
-                 f"algo.learning_starts={LEARNING_STARTS}", f"algo.batch_size={batch}", "algo.utd=1",
-                 f"policy.hidden_sizes=[{hidden},{hidden}]", f"algo.critic_hidden=[{hidden},{hidden}]"]
-    run_dir = Path(tempfile.mkdtemp()) / "run"
-    cfg, _ = prepare(compose_config(overrides), run_dir)
-    env = build_env(cfg)
-    runner = build_runner(cfg, build_learner(cfg, build_policy(cfg, env)), env, build_env(cfg, num_envs=1), run_dir)
-    runner.obs = env.reset(seed=0)
-    while runner.step < LEARNING_STARTS + 100:
-        runner.iterate()
+    """A learner and a sampler of its replay buffer, filled by throughput.py's warmed-up runner."""
+    runner, _ = ours_runner(algo, "Hopper-v5", "gymnasium", False, hidden=hidden, batch=batch)
     return runner.learner, lambda: runner.replay.sample(batch)
 
 

@@ -480,10 +480,8 @@ def register_schemas() -> None:
 #: rollouts from 64 envs settle on a slow crawl; 512-step rollouts from 4 envs (the same 2,048 samples per
 #: update) find the swimming gait. Ant-v5: its observation includes 78 contact-force terms (gymnasium's
 #: default since v5; v4 left them out), mostly zeros with rare spikes, and PPO learns far slower with them.
-_SWIMMER = {"ppo": {"env.num_envs": 4, "algo.rollout_steps": 512}}
 TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "Swimmer-v5": _SWIMMER,
-    "Swimmer-v4": _SWIMMER,
+    "Swimmer-v5": {"ppo": {"env.num_envs": 4, "algo.rollout_steps": 512}},
     "Ant-v5": {"ppo": {"env.kwargs.include_cfrc_ext_in_observation": False}},
 }
 
