@@ -31,6 +31,13 @@ import numpy as np
 import torch
 
 
+class MissingDependency(ImportError):
+    """A simulator, task or output format needs a package that is not installed; the message says which.
+
+    The CLI reports it as a usage error (exit code 2) with that message, before any training.
+    """
+
+
 class StepResult(NamedTuple):
     obs: torch.Tensor  # [N, obs_dim] float32, first obs of the new episode where one ended
     reward: torch.Tensor  # [N] float32

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
-from envs.base import BatchedEnv, EpisodeTracker, StepResult, check_box_spaces, episode_to_torch
+from envs.base import BatchedEnv, EpisodeTracker, MissingDependency, StepResult, check_box_spaces, episode_to_torch
 from envs.randomization import RandomizationSpec, Randomizer, apply_to_model, nominal_values
 
 
@@ -194,7 +194,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
         except TypeError as exc:  # unknown keyword argument for this task
             raise ValueError(f"{task_id}: bad env kwargs {kwargs}: {exc}") from None
         except gym.error.DependencyNotInstalled as exc:  # e.g. Box2D for LunarLanderContinuous
-            raise ValueError(f"{task_id} needs a package that is not installed: {exc}") from None
+            raise MissingDependency(f"{task_id} needs a package that is not installed: {exc}") from None
         check_box_spaces(task_id, probe.observation_space, probe.action_space)
         probe_model = getattr(probe.unwrapped, "model", None)
         fps = probe.metadata.get("render_fps")

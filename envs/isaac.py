@@ -30,7 +30,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from envs.base import BatchedEnv, StepResult
+from envs.base import BatchedEnv, MissingDependency, StepResult
 
 INSTALL_HINT = (
     "Isaac Lab is not installed here (it needs Isaac Sim and an NVIDIA GPU; see "
@@ -137,7 +137,7 @@ def make_isaac_env(task_id: str, num_envs: int, device: str | torch.device, kwar
     try:
         from isaaclab.app import AppLauncher
     except ImportError:
-        raise ImportError(INSTALL_HINT) from None
+        raise MissingDependency(INSTALL_HINT) from None
     # Isaac Lab's documented start-up: launch the simulator app first, then import the task registry
     AppLauncher(headless=True, device=str(device))
     importlib.import_module("isaaclab_tasks")

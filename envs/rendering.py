@@ -15,6 +15,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from envs.base import MissingDependency
+
 
 def headless_gl_default() -> None:
     """Use EGL for MuJoCo's offscreen rendering when there is no display and no explicit choice."""
@@ -78,12 +80,18 @@ def gym_camera_config(gym_class: type) -> dict[str, Any]:
     return dict(getattr(module, "DEFAULT_CAMERA_CONFIG", None) or {})
 
 
-def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float) -> int:
-    """Encode RGB frames [H, W, 3] uint8 as H.264 MP4; returns the number of frames written."""
+def require_pyav() -> Any:
+    """The ``av`` module (PyAV, the MP4 encoder), or MissingDependency saying how to install it."""
     try:
         import av
     except ImportError:
-        raise ImportError("writing MP4 needs PyAV: pip install av (or pip install 'robo-rl[video]')") from None
+        raise MissingDependency("writing MP4 needs PyAV: pip install av (or pip install 'robo-rl[video]')") from None
+    return av
+
+
+def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float) -> int:
+    """Encode RGB frames [H, W, 3] uint8 as H.264 MP4; returns the number of frames written."""
+    av = require_pyav()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     count = 0

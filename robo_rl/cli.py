@@ -489,6 +489,7 @@ def _unknown_key(full_key: str, root: Any, command: str) -> str:
 
 def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: ignore[no-untyped-def]
     """Run one training job, turning known failures into a message and an exit code."""
+    from envs.base import MissingDependency
     from robo_rl.checkpoint import CheckpointError
     from robo_rl.config import ConfigError
     from robo_rl.runners.base import Interrupted, NonFiniteError
@@ -503,7 +504,7 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
         return 128 + exc.signum
     except NonFiniteError as exc:
         return _error(str(exc), EXIT_FAILED)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, MissingDependency) as exc:
         if not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()  # Hydra made it before the config was checked; leave nothing behind
         return _error(str(exc), EXIT_USAGE)
@@ -525,9 +526,10 @@ def eval_main(args: Sequence[str]) -> int:
     try:
         result = evaluate_run(run_dir, opts)
     except Exception as exc:
+        from envs.base import MissingDependency
         from robo_rl.checkpoint import CheckpointError
 
-        if isinstance(exc, (CheckpointError, FileNotFoundError, ValueError)):
+        if isinstance(exc, (CheckpointError, FileNotFoundError, ValueError, MissingDependency)):
             return _error(str(exc), EXIT_USAGE)
         raise
     print(
@@ -668,6 +670,10 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
     cfg = load_run_config(run_dir)
     with open_dict(cfg):
         cfg.device = opts.device
+    if opts.video:
+        from envs.rendering import require_pyav
+
+        require_pyav()  # before the episodes run, not after
     ckpt = resolve_checkpoint(run_dir, opts.checkpoint)
     manifest = verify_checkpoint(ckpt)
     raw = build_env(cfg, num_envs=min(int(opts.num_envs), int(opts.episodes)), vectorization="sync", randomize=False,

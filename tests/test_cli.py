@@ -44,6 +44,10 @@ def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
     proc = robo_rl("train", "steps=0", "run_dir=x", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "steps=0: must be > 0" in proc.stderr
     assert not (tmp_path / "x").exists()
+    # a simulator that is not installed is a usage error with the install hint, not a traceback
+    proc = robo_rl("train", "env.backend=isaac", "run_dir=z", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Isaac Lab is not installed" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "z").exists()
     proc = robo_rl("eval", "run_dir=nowhere", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "not a robo-rl run directory" in proc.stderr
     proc = robo_rl("eval", "run_dir=nowhere", "episodez=3", cwd=tmp_path, check=False)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from envs import make_env
+from envs.base import MissingDependency
 
 
 def test_shapes_dtypes_and_spaces():
@@ -112,7 +113,7 @@ gym.register("robo_rl_test/NeedsFooSim-v0", entry_point=_needs_a_missing_package
 
 
 def test_a_task_whose_dependency_is_missing_says_so():
-    with pytest.raises(ValueError, match="NeedsFooSim-v0 needs a package that is not installed: .*pip install foosim"):
+    with pytest.raises(MissingDependency, match="NeedsFooSim-v0 needs a package that is not installed: .*pip install foosim"):
         make_env("robo_rl_test/NeedsFooSim-v0")
 
 
