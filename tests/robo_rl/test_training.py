@@ -162,6 +162,22 @@ def test_progress_eta_follows_a_change_of_pace(monkeypatch, caplog):
     assert etas == ["1:40", "15:00", "13:20"]
 
 
+def test_the_closing_progress_line_is_not_repeated(monkeypatch, caplog):
+    # a periodic line at the final step, then a slow final evaluation: the forced closing line would
+    # repeat it with "0 steps/s | ETA ?"
+    import logging
+
+    from robo_rl import metrics
+
+    clock = iter([0.0, 100.0, 200.0, 300.0])
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
+    progress = metrics.Progress("ppo Hopper-v5", total_steps=1_000, every_seconds=60)
+    with caplog.at_level(logging.INFO, logger=metrics.log.name):
+        progress.maybe_print(1_000, 12.0, None)
+        progress.maybe_print(1_000, 12.0, (20.0, 1.0), force=True)
+    assert len(caplog.messages) == 1 and "10 steps/s" in caplog.messages[0]
+
+
 def test_on_policy_steps_round_up_to_whole_updates_and_say_so(tmp_path):
     summary = train(compose(*SMALL_PPO, "steps=200"), tmp_path / "run")  # 128 samples per update
     assert summary["steps"] == 256
