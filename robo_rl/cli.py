@@ -47,7 +47,7 @@ keys:
   run_dir=<dir>          the run directory (required)
   episodes=10            number of complete episodes
   deterministic=true     act with the policy's deterministic action (false: sample)
-  num_envs=5             env copies stepped together
+  num_envs=10            env copies stepped together (at most episodes: one episode each)
   seed=12345             seed of the evaluation envs
   checkpoint=<dir>       a specific checkpoint directory (default: the newest complete one)
   device=cpu             cpu or cuda

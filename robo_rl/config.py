@@ -313,7 +313,7 @@ class SafetyConfig:
 class EvalConfig:
     every: Optional[int] = None  # env steps between evaluations; None: steps // 20
     episodes: int = 10
-    num_envs: int = 5
+    num_envs: int = 10  # env copies stepped together (at most `episodes`); one episode each by default
     deterministic: bool = True
 
 
@@ -370,7 +370,7 @@ class EvalCommandConfig:
     run_dir: str = MISSING
     episodes: int = 10
     deterministic: bool = True
-    num_envs: int = 5
+    num_envs: int = 10  # at most `episodes` are built
     seed: int = 12_345
     checkpoint: Optional[str] = None  # a checkpoint directory; None: the run's newest valid one
     device: str = "cpu"

@@ -105,6 +105,7 @@ class Runner(abc.ABC):
         self.episodes = 0
         self.diverged = 0  # simulations the env reset because the physics diverged
         self.wall_time = 0.0  # seconds of training in earlier segments of a resumed run
+        self.eval_seconds = 0.0  # of the wall time, spent in periodic evaluations (all segments)
         self.recent_returns: deque[float] = deque(maxlen=20)
         self.recent_lengths: deque[int] = deque(maxlen=20)
         self.recent_costs: deque[float] = deque(maxlen=20)  # summed safety cost of recent episodes (if reported)
@@ -293,7 +294,9 @@ class Runner(abc.ABC):
     def _evaluate(self, wall: float) -> None:
         cfg = self.cfg.eval
         seed = int(self.cfg.seed) + EVAL_SEED_OFFSET + len(self.eval_history)
+        t0 = time.perf_counter()
         result = evaluate(self.policy, self.eval_env, int(cfg.episodes), bool(cfg.deterministic), seed=seed)
+        self.eval_seconds += time.perf_counter() - t0
         result["step"] = self.step
         costs = self.eval_env.counted_costs(result["env_index"])
         scalars = {
@@ -323,6 +326,7 @@ class Runner(abc.ABC):
                 "episodes": self.episodes,
                 "diverged": self.diverged,
                 "wall_time": self.wall_time + segment_seconds,
+                "eval_seconds": self.eval_seconds,
                 "recent_returns": list(self.recent_returns),
                 "recent_lengths": list(self.recent_lengths),
                 "recent_costs": list(self.recent_costs),
@@ -354,6 +358,7 @@ class Runner(abc.ABC):
         self.num_updates, self.episodes = int(r["num_updates"]), int(r["episodes"])
         self.diverged = int(r.get("diverged", 0))
         self.wall_time = float(r["wall_time"])
+        self.eval_seconds = float(r.get("eval_seconds", 0.0))  # not in checkpoints before 2026-12-03
         self.recent_returns.extend(r["recent_returns"])
         self.recent_lengths.extend(r["recent_lengths"])
         self.recent_costs.extend(r.get("recent_costs", []))
@@ -400,6 +405,7 @@ class Runner(abc.ABC):
             "diverged_resets": self.diverged,
             "wall_time_s": round(elapsed, 2),
             "steps_per_s": round(self.step / elapsed, 2) if elapsed > 0 else None,
+            "eval_time_s": round(self.eval_seconds, 2),  # part of wall_time_s
             "final_eval_return_mean": last["return_mean"] if last else None,
             "final_eval_return_std": last["return_std"] if last else None,
             "final_eval_step": last["step"] if last else None,
@@ -418,7 +424,8 @@ class Runner(abc.ABC):
             except Exception as exc:  # a plotting problem must not hide the run's result
                 log.warning(f"could not draw the learning curve: {exc}")
         if status == "completed":
-            log.info(f"done: {self.step:,} steps in {format_duration(elapsed)} ({summary['steps_per_s']} steps/s); "
+            log.info(f"done: {self.step:,} steps in {format_duration(elapsed)} ({summary['steps_per_s']} steps/s; "
+                     f"{len(self.eval_history)} evaluations took {format_duration(self.eval_seconds)}); "
                      f"final eval return {summary['final_eval_return_mean']:.1f} ± {summary['final_eval_return_std']:.1f}; "
                      f"outputs in {self.run_dir}")
         return summary
