@@ -13,6 +13,7 @@ how it is tested on a machine without a GPU.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import gymnasium as gym
@@ -21,9 +22,11 @@ import numpy as np
 import torch
 from gymnasium.utils.seeding import np_random
 
-from envs.base import BatchedEnv, StepResult
+from envs.base import BatchedEnv, MissingDependency, StepResult
 from envs.mujoco.tasks import Sim, Task, task_for
 from envs.randomization import RandomizationSpec, Randomizer
+
+log = logging.getLogger(__name__)
 
 # per-world model arrays each physics factor scales
 _FIELDS_OF = {
@@ -40,7 +43,7 @@ def _import_warp() -> tuple[Any, Any]:
         import mujoco_warp as mjw
         import warp as wp
     except ImportError:
-        raise ImportError(
+        raise MissingDependency(
             "env.backend=mjwarp needs MuJoCo Warp: pip install 'robo-rl[warp]' (mujoco-warp and warp-lang); "
             "it runs on CUDA GPUs, and slowly on the CPU"
         ) from None
@@ -73,6 +76,12 @@ class MjwarpBatchedEnv(BatchedEnv):
         self.task: Task = task_for(task_id, dict(kwargs or {}))
         self.task_id, self.num_envs = task_id, num_envs
         self.model = mujoco.MjModel.from_xml_path(self.task.xml_path())
+        self.solver_note = None
+        if self.model.opt.solver == mujoco.mjtSolver.mjSOL_PGS:  # Humanoid's and HumanoidStandup's models
+            self.model.opt.solver = mujoco.mjtSolver.mjSOL_NEWTON
+            self.solver_note = (f"{task_id}: MuJoCo Warp has no PGS solver, the one this model names; "
+                                "it runs with Newton (the dynamics differ slightly from env.backend=mujoco)")
+            log.warning(self.solver_note)
         self.task.setup(self.model)
         self.dt = float(self.task.dt)
         limit = max_episode_steps if max_episode_steps is not None else gym.spec(task_id).max_episode_steps
@@ -85,7 +94,11 @@ class MjwarpBatchedEnv(BatchedEnv):
 
         batched = {f: num_envs for name in spec.physics if name in _FIELDS_OF for f in _FIELDS_OF[name]}
         with wp.ScopedDevice(self.wp_device):
-            self.m = mjw.put_model(self.model, batch_sizes=batched or None)
+            try:
+                self.m = mjw.put_model(self.model, batch_sizes=batched or None)
+            except NotImplementedError as exc:  # e.g. HumanoidStandup's PGS solver
+                raise ValueError(f"env.backend=mjwarp: MuJoCo Warp cannot simulate {task_id}'s model ({exc}); "
+                                 "env.backend=mujoco runs it on the CPU") from None
             if "gravity_scale" in spec.physics:  # Option.gravity is per-world capable; put_model does not batch it
                 self.m.opt.gravity = wp.array(np.tile(self.model.opt.gravity, (num_envs, 1)).astype(np.float32), dtype=wp.vec3)
             self.d = mjw.make_data(self.model, nworld=num_envs, nconmax=nconmax, njmax=njmax)

@@ -454,6 +454,48 @@ class Humanoid(Task):
                 "distance_from_origin": row_norm(sim.qpos[ids, 0:2])}
 
 
+class HumanoidStandup(Humanoid):
+    """Humanoid-v5's body and observation, lying down at the start: reward for raising the torso.
+
+    gymnasium v5 computes the height term without ``uph_cost_weight`` (it accepts the keyword and never
+    reads it); this mirrors that, so a run matches gymnasium's reward, and says so when it is set.
+    """
+
+    gym_id = "HumanoidStandup-v5"
+    gym_class = "humanoidstandup_v5:HumanoidStandupEnv"
+    derived = ("cinert", "cvel", "qfrc_actuator", "ten_length", "ten_velocity")
+
+    def __init__(self, kwargs):
+        super().__init__(kwargs)
+        if self.p["uph_cost_weight"] != self.gym_defaults()["uph_cost_weight"]:
+            import warnings
+
+            warnings.warn(f"{self.gym_id}: uph_cost_weight={self.p['uph_cost_weight']} has no effect (gymnasium v5's "
+                          "reward never reads it; robo-rl's batched task matches gymnasium)", stacklevel=2)
+
+    def before_step(self, sim):
+        return None
+
+    def after_step(self, sim, before, action):
+        uph_cost = (sim.qpos[:, 2] - 0) / self.model.opt.timestep
+        ctrl_cost = self.p["ctrl_cost_weight"] * sum_sq(sim.ctrl)  # data.ctrl (float64), as gymnasium
+        min_cost, max_cost = self.p["impact_cost_range"]
+        impact_cost = clip(self.p["impact_cost_weight"] * sum_sq(sim.cfrc_ext), min_cost, max_cost)
+        reward = uph_cost - ctrl_cost - impact_cost + 1
+        info = {**self._position_info(sim, slice(None)),
+                "reward_linup": uph_cost, "reward_quadctrl": -ctrl_cost, "reward_impact": -impact_cost}
+        return reward, falses(reward), info
+
+    def _position_info(self, sim, ids):
+        return {"x_position": copy(sim.qpos[ids, 0]), "y_position": copy(sim.qpos[ids, 1]),
+                "z_distance_from_origin": sim.qpos[ids, 2] - self.init_qpos[2],
+                "tendon_length": copy(sim.field("ten_length")[ids]),
+                "tendon_velocity": copy(sim.field("ten_velocity")[ids])}
+
+    def reset_info(self, sim, ids):
+        return self._position_info(sim, ids)
+
+
 class InvertedPendulum(Task):
     gym_id = "InvertedPendulum-v5"
     gym_class = "inverted_pendulum_v5:InvertedPendulumEnv"
@@ -576,7 +618,7 @@ class Pusher(Task):
 from envs.mujoco.contact_maze_task import ContactMaze  # noqa: E402  (needs Task above)
 
 TASKS: dict[str, type[Task]] = {cls.gym_id: cls for cls in (
-    Hopper, Walker2d, HalfCheetah, Swimmer, Ant, Humanoid, InvertedPendulum, InvertedDoublePendulum, Reacher, Pusher,
+    Hopper, Walker2d, HalfCheetah, Swimmer, Ant, Humanoid, HumanoidStandup, InvertedPendulum, InvertedDoublePendulum, Reacher, Pusher,
     ContactMaze,
 )}
 

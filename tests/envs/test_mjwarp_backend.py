@@ -46,3 +46,19 @@ def test_randomized_gravity_and_snapshot():
 def test_renders(pair):
     frame = pair[0].render(0)
     assert frame.shape[2] == 3 and frame.std() > 5
+
+
+def test_humanoid_models_run_with_newton_and_track_the_exact_backend(caplog):
+    # gymnasium's humanoid XMLs name the PGS solver, which MuJoCo Warp lacks: it switches to Newton, says so
+    with caplog.at_level("WARNING", logger="envs.mjwarp"):
+        warp_env = make_env("HumanoidStandup-v5", 2, backend="mjwarp", device="cpu")
+    assert "no PGS solver" in caplog.text and warp_env.solver_note
+    exact = make_env("HumanoidStandup-v5", 2, backend="mujoco")
+    assert torch.allclose(warp_env.reset(seed=3), exact.reset(seed=3), atol=1e-5)
+    g = torch.Generator().manual_seed(0)
+    for t in range(20):
+        a = torch.rand(2, 17, generator=g) * 0.8 - 0.4
+        rw, re = warp_env.step(a), exact.step(a)
+        assert (rw.obs[:, :45] - re.obs[:, :45]).abs().max() < 1e-3, f"qpos/qvel at step {t}"
+        assert (rw.obs - re.obs).abs().max() < 0.05, f"inertia/velocity/force terms at step {t}"
+        assert torch.allclose(rw.reward, re.reward, rtol=1e-4, atol=1e-3), f"reward at step {t}"

@@ -10,8 +10,8 @@ from envs import make_env
 from envs.mujoco import TASKS, MujocoBatchedEnv
 
 # Tasks that rarely end on their own get a short time limit so the comparison crosses resets.
-LIMITS = {"HalfCheetah-v5": 120, "Swimmer-v5": 120, "Reacher-v5": None, "Pusher-v5": None}
-STEPS = {"Humanoid-v5": 150, "Ant-v5": 200}
+LIMITS = {"HalfCheetah-v5": 120, "Swimmer-v5": 120, "Reacher-v5": None, "Pusher-v5": None, "HumanoidStandup-v5": 60}
+STEPS = {"Humanoid-v5": 150, "HumanoidStandup-v5": 150, "Ant-v5": 200}
 
 
 # kwargs robo-rl's own settings use (TASK_DEFAULTS): PPO on Ant observes it without contact forces
