@@ -45,14 +45,15 @@ def main() -> None:
     rows = []
     for env in args.envs:
         mine = [r for r in runs if r["env_config"] == env]
-        rows += [[r["env"], r["seed"], f"{r['steps']:,}", f"{r['command_wall_s'] / 60:.1f} min", f"{r['steps_per_s']:,.0f}",
+        rows += [[r["env"], r["seed"], f"{r['steps']:,}", f"{r['command_wall_s'] / 60:.1f} min",
+                  f"{r['eval_time_s']:.0f} s" if "eval_time_s" in r else "-", f"{r['steps_per_s']:,.0f}",
                   f"{r['final_eval_return_mean']:.1f} ± {r['final_eval_return_std']:.1f}",
                   f"{r['best_eval_return_mean']:.1f}"] for r in mine]
         if len(mine) > 1:
             finals = [r["final_eval_return_mean"] for r in mine]
             rows.append([mine[0]["env"], "mean", "", f"{statistics.mean(r['command_wall_s'] for r in mine) / 60:.1f} min",
-                         "", f"{statistics.mean(finals):.1f}", ""])
-    table = markdown_table(["task", "seed", "env steps", "wall time (whole command)", "steps/s",
+                         "", "", f"{statistics.mean(finals):.1f}", ""])
+    table = markdown_table(["task", "seed", "env steps", "wall time (whole command)", "of which evaluations", "steps/s",
                             "final eval return (10 episodes)", "best eval"], rows)
     title = "`robo-rl train` (PPO, defaults)" if args.envs != ["hopper"] else "`robo-rl train` (PPO, Hopper-v5, defaults)"
     save(args.name, {"runs": runs}, title + "\n\n" + table)
