@@ -238,9 +238,12 @@ class GymnasiumBatchedEnv(BatchedEnv):
     def render(self, index: int = 0) -> np.ndarray:
         if not self._can_render:
             raise ValueError(f"{self.task_id}: build the env with render=True to draw frames")
-        if isinstance(self._vec, SyncVectorEnv):
-            return np.asarray(self._vec.envs[index].render())
-        return np.asarray(self._vec.call("render")[index])
+        try:
+            if isinstance(self._vec, SyncVectorEnv):
+                return np.asarray(self._vec.envs[index].render())
+            return np.asarray(self._vec.call("render")[index])
+        except gym.error.DependencyNotInstalled as exc:  # e.g. pygame for the classic-control tasks
+            raise MissingDependency(f"{self.task_id}: drawing frames needs a package that is not installed: {exc}") from None
 
     def physics_params(self) -> dict[str, torch.Tensor]:
         """Each env's current physics factors: name -> [N, k] (1.0 = the nominal model)."""

@@ -19,10 +19,13 @@ from envs.base import MissingDependency
 
 
 def headless_gl_default() -> None:
-    """Use EGL for MuJoCo's offscreen rendering when there is no display and no explicit choice."""
-    if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
-        os.environ["MUJOCO_GL"] = "egl"
-        os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+    """Without a display and an explicit choice: EGL for MuJoCo's offscreen rendering, and SDL's dummy video
+    driver for pygame (gymnasium's classic-control frames), which otherwise prints an XDG_RUNTIME_DIR error."""
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        if "MUJOCO_GL" not in os.environ:
+            os.environ["MUJOCO_GL"] = "egl"
+            os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 
 class MujocoRenderer:

@@ -117,6 +117,35 @@ def test_a_task_whose_dependency_is_missing_says_so():
         make_env("robo_rl_test/NeedsFooSim-v0")
 
 
+class _DrawsWithAMissingPackage(gym.Env):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, np.float32), 0.0, False, False, {}
+
+    def render(self):
+        raise gym.error.DependencyNotInstalled("pygame is not installed, run `pip install pygame`")
+
+
+gym.register("robo_rl_test/DrawsWithAMissingPackage-v0", entry_point=_DrawsWithAMissingPackage, max_episode_steps=5)
+
+
+def test_drawing_frames_without_the_task_s_renderer_says_which_package():
+    env = make_env("robo_rl_test/DrawsWithAMissingPackage-v0", render=True)
+    env.reset(seed=0)
+    with pytest.raises(MissingDependency, match="DrawsWithAMissingPackage-v0: drawing frames needs .*pip install pygame"):
+        env.render(0)
+
+
 def test_bad_kwargs_name_the_task():
     with pytest.raises(ValueError, match="Hopper-v5: bad env kwargs"):
         make_env("Hopper-v5", kwargs={"no_such_option": 1})
