@@ -57,6 +57,9 @@ class BatchedEnv(abc.ABC):
     backend: str  # the simulator backend's name, e.g. "gymnasium" or "mujoco"
     render_mode: str | None = None
     dt: float | None = None  # seconds of simulated time per step (the control period), if known
+    #: the simulator allows one instance per process (Isaac Lab, Isaac Gym): robo-rl then evaluates on the
+    #: training envs instead of building a second env, and they start new episodes after each evaluation
+    one_per_process: bool = False
 
     @abc.abstractmethod
     def reset(self, seed: int | None = None) -> torch.Tensor:

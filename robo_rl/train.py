@@ -99,8 +99,11 @@ def train(cfg: DictConfig, run_dir: str | Path, cli_overrides: Iterable[str] = (
     # Build everything before touching the run directory: bad options fail here, with nothing written.
     env = build_env(cfg)
     try:
-        eval_env = build_env(cfg, num_envs=min(int(cfg.eval.num_envs), int(cfg.eval.episodes)), vectorization="sync",
-                             randomize=False)  # evaluation measures the nominal task
+        if env.one_per_process:  # a second simulator cannot be built: evaluate on the training envs
+            eval_env = env
+        else:
+            eval_env = build_env(cfg, num_envs=min(int(cfg.eval.num_envs), int(cfg.eval.episodes)), vectorization="sync",
+                                 randomize=False)  # evaluation measures the nominal task
         policy = build_policy(cfg, env)
         learner = build_learner(cfg, policy)
         demos = None
@@ -120,6 +123,9 @@ def train(cfg: DictConfig, run_dir: str | Path, cli_overrides: Iterable[str] = (
             log.info(f"robo-rl: {cfg.algo.name} on {env.task_id} ({env.num_envs} env(s), {env.backend} backend), "
                      f"{cfg.policy.name} head, {n_params:,} parameters, seed {cfg.seed}, {int(cfg.steps):,} steps "
                      f"-> {run_dir}")
+            if eval_env is env:
+                log.info(f"robo-rl: {env.task_id} allows one simulator per process: evaluations run on the {env.num_envs} "
+                         "training envs (randomized as in training, if randomized), which start new episodes after each")
             if for_task:
                 log.info(f"robo-rl: {cfg.algo.name}'s settings for {env.task_id}: " + " ".join(f"{k}={v}" for k, v in for_task.items())
                          + " (set them on the command line to choose otherwise)")
@@ -137,6 +143,7 @@ def train(cfg: DictConfig, run_dir: str | Path, cli_overrides: Iterable[str] = (
         finally:
             log.removeHandler(file_handler)
             file_handler.close()
-            eval_env.close()
+            if eval_env is not env:
+                eval_env.close()
     finally:
         env.close()

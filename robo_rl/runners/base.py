@@ -92,6 +92,7 @@ class Runner(abc.ABC):
         self.safety = safety_settings(cfg)
         self.env = SafetyLayer(env, self.safety.filters, self.safety.cost_key, require_cost=bool(self.safety.passivity_aware))
         self.eval_env = SafetyLayer(eval_env, self.safety.filters, self.safety.cost_key, keep_episode_costs=True)
+        self.shared_eval = eval_env is env  # one simulator per process (env.one_per_process)
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.total_steps = int(cfg.steps)
@@ -297,6 +298,8 @@ class Runner(abc.ABC):
         t0 = time.perf_counter()
         result = evaluate(self.policy, self.eval_env, int(cfg.episodes), bool(cfg.deterministic), seed=seed)
         self.eval_seconds += time.perf_counter() - t0
+        if self.shared_eval:  # the evaluation stepped (and reset) the training envs: they start new episodes
+            self.obs = self.env.reset(seed=int(self.cfg.seed) + self.step)
         result["step"] = self.step
         costs = self.eval_env.counted_costs(result["env_index"])
         scalars = {

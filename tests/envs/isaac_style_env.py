@@ -13,7 +13,15 @@ import torch
 
 
 class PointReach:
-    def __init__(self, num_envs: int = 64, device: str = "cpu", max_episode_length: int = 100, legged_gym_style: bool = False) -> None:
+    _exclusive_alive = False  # exclusive=True: one live instance per process, as Isaac Lab enforces
+
+    def __init__(self, num_envs: int = 64, device: str = "cpu", max_episode_length: int = 100, legged_gym_style: bool = False,
+                 exclusive: bool = False) -> None:
+        if exclusive:
+            if PointReach._exclusive_alive:
+                raise RuntimeError("Simulation context already exists. Cannot create a new one.")
+            PointReach._exclusive_alive = True
+        self.exclusive = exclusive
         self.num_envs, self.device = num_envs, torch.device(device)
         self.num_obs, self.num_privileged_obs, self.num_actions = 4, 6, 2
         self.max_episode_length = max_episode_length
@@ -72,6 +80,11 @@ class PointReach:
         if self.legged_gym_style:
             return policy, critic, rewards, dones.long(), self.extras
         return policy, rewards, dones.long(), self.extras
+
+
+    def close(self) -> None:
+        if self.exclusive:
+            PointReach._exclusive_alive = False
 
 
 def make(num_envs: int = 64, device: str = "cpu", **kwargs) -> PointReach:

@@ -46,10 +46,14 @@ def test_bad_envs_and_missing_isaac_lab_are_explained():
 
 
 def test_ppo_learns_through_the_adapter(tmp_path):
+    # exclusive: a second instance in the process raises, as in Isaac Lab; evaluations (three here, two of
+    # them mid-run) then run on the training envs, which restart their episodes after each
     cfg = compose("algo=ppo", "env.backend=isaac", "env.id=tests.envs.isaac_style_env:make", "env.num_envs=64",
-                  "steps=60000", "eval.every=60000", "eval.episodes=8", "eval.num_envs=8",
+                  "env.kwargs.exclusive=true", "steps=60000", "eval.every=20000", "eval.episodes=8",
                   "env.normalize_reward=false", *FAST)
     summary = train(cfg, tmp_path / "run")
     # measured: ~90 (reaches the target and stays, full 100-step episodes); a random policy scores ~5
     assert summary["final_eval_return_mean"] > 60
+    assert "allows one simulator per process: evaluations run on the 64 training envs" in (tmp_path / "run" / "train.log").read_text()
+    assert "eval/return_mean" in (tmp_path / "run" / "metrics.csv").read_text()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["env"] == "tests.envs.isaac_style_env:make"
