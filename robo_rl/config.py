@@ -503,6 +503,16 @@ def task_defaults(cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in own.items() if unset(cfg, k)}
 
 
+def _episode_limit(cfg: DictConfig) -> int | None:
+    """The task's time limit in steps: env.max_episode_steps, else gymnasium's registration of env.id, if known."""
+    if cfg.env.max_episode_steps is not None:
+        return int(cfg.env.max_episode_steps)
+    import gymnasium as gym
+
+    spec = gym.envs.registry.get(str(cfg.env.id))
+    return int(spec.max_episode_steps) if spec is not None and spec.max_episode_steps else None
+
+
 def resolve_defaults(cfg: DictConfig) -> DictConfig:
     """Fill every ``None`` that means "the task's or the learner's default"; returns a new config."""
     cfg = cfg.copy()
@@ -514,7 +524,10 @@ def resolve_defaults(cfg: DictConfig) -> DictConfig:
                     OmegaConf.update(cfg, dotted, value, merge=False)
         steps = int(cfg.steps)
         if cfg.eval.every is None:
-            cfg.eval.every = max(steps // 20, 1)
+            # 20 evaluations, but not more evaluation than training: a short run on a task with long episodes
+            # (steps=2000 on Humanoid: 10 x 1,000-step episodes every 100 steps) would do little else
+            limit = _episode_limit(cfg)
+            cfg.eval.every = max(steps // 20, int(cfg.eval.episodes) * limit // 2 if limit else 0, 1)
         if cfg.checkpoint.every is None:
             cfg.checkpoint.every = max(steps // 10, 1)
         if cfg.log.every is None:

@@ -102,6 +102,18 @@ def test_learner_defaults_fill_nulls():
     assert list(resolve_defaults(compose("algo=ppo", "policy.hidden_sizes=[32]")).policy.hidden_sizes) == [32]
 
 
+def test_evaluations_every_twentieth_of_the_run_but_not_more_than_training():
+    from robo_rl.config import resolve_defaults
+
+    assert resolve_defaults(compose()).eval.every == 50_000  # PPO 1M on Hopper: 20 evaluations
+    assert resolve_defaults(compose("algo=sac")).eval.every == 5_000  # SAC 100k
+    # 2,000 steps on Humanoid (1,000-step episodes): every 5,000 steps, i.e. only the final evaluation
+    assert resolve_defaults(compose("algo=sac", "env=humanoid", "steps=2000")).eval.every == 5_000
+    assert resolve_defaults(compose("steps=2000", "env.max_episode_steps=100", "eval.episodes=4")).eval.every == 200
+    assert resolve_defaults(compose("steps=2000", "env.id=no_such_module:Task-v0")).eval.every == 100  # limit unknown
+    assert resolve_defaults(compose("env=humanoid", "steps=2000", "eval.every=10")).eval.every == 10  # as given
+
+
 @pytest.mark.parametrize("algo", sorted(ALGO_SCHEMAS))
 def test_task_defaults_fill_nulls_before_the_learners(algo):
     from robo_rl.config import TASK_DEFAULTS, resolve_defaults, task_defaults, unset
