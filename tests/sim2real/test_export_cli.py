@@ -33,6 +33,12 @@ def test_train_export_deploy_and_refuse_a_tampered_file(tmp_path):
     proc = robo_rl("deploy", "export=run/export", "episodes=1", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "checksum" in proc.stderr
 
+    # TorchScript: checked against torch the same way, said as such; the torch-free runtime points back to ONNX
+    out = robo_rl("export", "run_dir=run", "format=torchscript", "out_dir=ts", cwd=tmp_path).stdout
+    assert "max |torchscript - torch|" in out and (tmp_path / "ts" / "policy.pt").is_file()
+    proc = robo_rl("deploy", "export=ts", "episodes=1", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "re-export with format=onnx" in proc.stderr
+
 
 def test_export_refuses_bad_arguments(tmp_path):
     proc = robo_rl("export", cwd=tmp_path, check=False)
