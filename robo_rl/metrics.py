@@ -94,14 +94,13 @@ class Progress:
         self._last_t = time.perf_counter()
         self._last_step = start_step
         self._rate: float | None = None  # smoothed steps/s, for the ETA
-        self._printed_step: int | None = None  # the step of the last line printed
 
     def maybe_print(self, step: int, recent_return: float | None, eval_return: tuple[float, float] | None, force: bool = False,
                     recent_cost: float | None = None) -> None:
         now = time.perf_counter()
         if not force and now - self._last_t < self.every:
             return
-        if step == self._printed_step:  # e.g. the closing line right after a periodic one: nothing new, and 0 steps/s
+        if step == self._last_step:  # no step since the last line (or the start): nothing new, and "0 steps/s"
             return
         rate = (step - self._last_step) / max(now - self._last_t, 1e-9)
         # ETA from the recent rate, smoothed over prints, but restarted when the pace changes regime (more
@@ -123,7 +122,7 @@ class Progress:
             parts.append(f"eval {eval_return[0]:.1f} ± {eval_return[1]:.1f}")
         parts.append(f"ETA {format_duration(eta)}")
         log.info(" | ".join(parts))
-        self._last_t, self._last_step, self._printed_step = now, step, step
+        self._last_t, self._last_step = now, step
 
 
 def plot_learning_curve(rows: list[dict[str, float]], path: Path, title: str) -> Path | None:

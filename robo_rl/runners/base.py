@@ -205,6 +205,9 @@ class Runner(abc.ABC):
         cfg = self.cfg
         if resume_from is not None:
             self.restore(resume_from)
+            if self.step >= self.total_steps:
+                log.info(f"the run is already complete ({self.step:,} of {self.total_steps:,} steps): nothing to train; "
+                         "its summary and learning curve are written again")
         else:
             self.obs = self.env.reset(seed=int(cfg.seed))
             self.update_obs_norm(self.obs)
@@ -428,7 +431,8 @@ class Runner(abc.ABC):
                 log.warning(f"could not draw the learning curve: {exc}")
         if status == "completed":
             log.info(f"done: {self.step:,} steps in {format_duration(elapsed)} ({summary['steps_per_s']} steps/s; "
-                     f"{len(self.eval_history)} evaluations took {format_duration(self.eval_seconds)}); "
+                     f"{len(self.eval_history)} evaluation{'s' if len(self.eval_history) != 1 else ''} took "
+                     f"{format_duration(self.eval_seconds)}); "
                      f"final eval return {summary['final_eval_return_mean']:.1f} ± {summary['final_eval_return_std']:.1f}; "
                      f"outputs in {self.run_dir}")
         return summary

@@ -171,13 +171,18 @@ def test_the_closing_progress_line_is_not_repeated(monkeypatch, caplog):
 
     from robo_rl import metrics
 
-    clock = iter([0.0, 100.0, 200.0, 300.0])
+    clock = iter([0.0, 100.0, 200.0, 300.0, 400.0])
     monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
     progress = metrics.Progress("ppo Hopper-v5", total_steps=1_000, every_seconds=60)
     with caplog.at_level(logging.INFO, logger=metrics.log.name):
         progress.maybe_print(1_000, 12.0, None)
         progress.maybe_print(1_000, 12.0, (20.0, 1.0), force=True)
     assert len(caplog.messages) == 1 and "10 steps/s" in caplog.messages[0]
+    caplog.clear()
+    resumed_complete = metrics.Progress("ppo Hopper-v5", total_steps=1_000, every_seconds=60, start_step=1_000)
+    with caplog.at_level(logging.INFO, logger=metrics.log.name):
+        resumed_complete.maybe_print(1_000, 12.0, (20.0, 1.0), force=True)
+    assert caplog.messages == []
 
 
 def test_on_policy_steps_round_up_to_whole_updates_and_say_so(tmp_path):
