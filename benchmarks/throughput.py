@@ -225,11 +225,14 @@ def main() -> None:
     parser.add_argument("--ppo-backend", default=None, help="override the backend for PPO only")
     parser.add_argument("--compile", action="store_true", help="also measure robo-rl with compile=true")
     parser.add_argument("--ppo-envs", type=int, default=64, help="envs for PPO (2048 // envs steps each), both libraries")
+    parser.add_argument("--ppo-segment", type=int, default=PPO_SEGMENT,
+                        help="PPO env steps per timed segment (whole 2,048-sample updates), both libraries")
     parser.add_argument("--name", default="throughput")
     args = parser.parse_args()
     tune_malloc()  # process-wide: SB3 gets the same allocator settings
-    global PPO_ENVS
+    global PPO_ENVS, PPO_SEGMENT
     PPO_ENVS = args.ppo_envs
+    PPO_SEGMENT = args.ppo_segment
 
     results = []
     for env_id in args.envs:
