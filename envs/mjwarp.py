@@ -96,7 +96,7 @@ class MjwarpBatchedEnv(BatchedEnv):
         with wp.ScopedDevice(self.wp_device):
             try:
                 self.m = mjw.put_model(self.model, batch_sizes=batched or None)
-            except NotImplementedError as exc:  # e.g. HumanoidStandup's PGS solver
+            except NotImplementedError as exc:  # a model feature MuJoCo Warp does not implement
                 raise ValueError(f"env.backend=mjwarp: MuJoCo Warp cannot simulate {task_id}'s model ({exc}); "
                                  "env.backend=mujoco runs it on the CPU") from None
             if "gravity_scale" in spec.physics:  # Option.gravity is per-world capable; put_model does not batch it

@@ -580,11 +580,12 @@ def export_main(args: Sequence[str]) -> int:
     except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as exc:
         return _error(str(exc), EXIT_USAGE)
     out = Path(opts.out_dir) if opts.out_dir else Path(opts.run_dir) / "export"
-    noise, out_name = sidecar["noise"], str(sidecar["model_file"])
+    noise = sidecar["noise"]
+    checked = "onnx" if str(sidecar["model_file"]).endswith(".onnx") else "torchscript"
     print(f"exported {sidecar['policy']} policy of {sidecar['algo']} on {sidecar['task']} (step {sidecar['source']['step']:,}) "
           f"to {out / sidecar['model_file']} [{sidecar['exporter']}]; "
           f"inputs obs[{sidecar['observation']['dim']}]" + (f" + noise[{noise['dim']}]" if noise else "")
-          + f"; max |{'onnx' if out_name.endswith('.onnx') else 'torchscript'} - torch| = {sidecar['checked']['max_abs_error']:.1e} on {sidecar['checked']['observations']} "
+          + f"; max |{checked} - torch| = {sidecar['checked']['max_abs_error']:.1e} on {sidecar['checked']['observations']} "
           f"observations; {len(sidecar['safety']['filters'])} safety filter(s); sidecar {out / 'policy.json'}")
     return 0
 

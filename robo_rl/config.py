@@ -311,7 +311,7 @@ class SafetyConfig:
 
 @dataclass
 class EvalConfig:
-    every: Optional[int] = None  # env steps between evaluations; None: steps // 20
+    every: Optional[int] = None  # env steps between evaluations; None: steps // 20, at least episodes x time limit / 2
     episodes: int = 10
     num_envs: int = 10  # env copies stepped together (at most `episodes`); one episode each by default
     deterministic: bool = True

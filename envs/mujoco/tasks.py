@@ -477,7 +477,7 @@ class HumanoidStandup(Humanoid):
         return None
 
     def after_step(self, sim, before, action):
-        uph_cost = (sim.qpos[:, 2] - 0) / self.model.opt.timestep
+        uph_cost = sim.qpos[:, 2] / self.model.opt.timestep  # gymnasium: (pos_after - 0) / timestep
         ctrl_cost = self.p["ctrl_cost_weight"] * sum_sq(sim.ctrl)  # data.ctrl (float64), as gymnasium
         min_cost, max_cost = self.p["impact_cost_range"]
         impact_cost = clip(self.p["impact_cost_weight"] * sum_sq(sim.cfrc_ext), min_cost, max_cost)

@@ -62,3 +62,14 @@ def test_humanoid_models_run_with_newton_and_track_the_exact_backend(caplog):
         assert (rw.obs[:, :45] - re.obs[:, :45]).abs().max() < 1e-3, f"qpos/qvel at step {t}"
         assert (rw.obs - re.obs).abs().max() < 0.05, f"inertia/velocity/force terms at step {t}"
         assert torch.allclose(rw.reward, re.reward, rtol=1e-4, atol=1e-3), f"reward at step {t}"
+
+
+def test_a_model_warp_cannot_take_is_named(monkeypatch):
+    import mujoco_warp
+
+    def refuse(*args, **kwargs):
+        raise NotImplementedError("mjFOO is unsupported.")
+
+    monkeypatch.setattr(mujoco_warp, "put_model", refuse)
+    with pytest.raises(ValueError, match="MuJoCo Warp cannot simulate Reacher-v5's model .*mjFOO.*env.backend=mujoco"):
+        make_env("Reacher-v5", 2, backend="mjwarp", device="cpu")
