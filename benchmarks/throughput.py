@@ -217,6 +217,7 @@ TARGETS = {"sac": 1.6, "td3": 1.6, "ppo": 5.0}
 
 
 def main() -> None:
+    global PPO_ENVS, PPO_SEGMENT
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algos", nargs="+", default=["sac", "td3", "ppo"])
     parser.add_argument("--envs", nargs="+", default=["Hopper-v5", "HalfCheetah-v5"])
@@ -230,7 +231,6 @@ def main() -> None:
     parser.add_argument("--name", default="throughput")
     args = parser.parse_args()
     tune_malloc()  # process-wide: SB3 gets the same allocator settings
-    global PPO_ENVS, PPO_SEGMENT
     PPO_ENVS = args.ppo_envs
     PPO_SEGMENT = args.ppo_segment
 
