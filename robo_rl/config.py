@@ -509,6 +509,8 @@ def _episode_limit(cfg: DictConfig) -> int | None:
         return int(cfg.env.max_episode_steps)
     import gymnasium as gym
 
+    if str(cfg.env.id).startswith("robo_rl/"):
+        import envs.tasks  # noqa: F401  registers robo-rl's own tasks, whatever was imported before
     spec = gym.envs.registry.get(str(cfg.env.id))
     return int(spec.max_episode_steps) if spec is not None and spec.max_episode_steps else None
 
