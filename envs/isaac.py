@@ -52,6 +52,9 @@ def _obs_of(value: Any) -> torch.Tensor:
 
 class IsaacAdapter(BatchedEnv):
     backend = "isaac"
+    # Isaac Lab raises "Simulation context already exists" on a second env in one process; Isaac Gym /
+    # legged_gym scripts build one too. Treat every such env that way: sharing it is always safe.
+    one_per_process = True
 
     def __init__(self, env: Any, action_limit: float | None = None, task_id: str | None = None) -> None:
         for attr in ("num_envs", "num_actions", "device", "step", "reset"):
@@ -59,9 +62,6 @@ class IsaacAdapter(BatchedEnv):
                 raise TypeError(f"{type(env).__name__} does not follow the rsl_rl VecEnv API (no {attr!r})")
         self.env = env
         self.num_envs = int(env.num_envs)
-        # Isaac Lab raises "Simulation context already exists" on a second env in one process; Isaac Gym /
-        # legged_gym scripts build one too. Treat every such env that way: sharing it is always safe.
-        self.one_per_process = True
         self.device = torch.device(env.device)
         self.task_id = task_id or type(env).__name__
         limit = action_limit if action_limit is not None else _configured_clip(env)

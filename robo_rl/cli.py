@@ -570,6 +570,7 @@ def export_main(args: Sequence[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(EXPORT_HELP)
         return 0
+    from envs.base import MissingDependency
     from robo_rl.checkpoint import CheckpointError
 
     try:
@@ -577,7 +578,7 @@ def export_main(args: Sequence[str]) -> int:
         from robo_rl.exporting import export_run
 
         sidecar = export_run(opts.run_dir, opts.out_dir, opts.format, opts.checkpoint, opts.safety)
-    except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (CheckpointError, FileNotFoundError, ValueError, RuntimeError, MissingDependency) as exc:
         return _error(str(exc), EXIT_USAGE)
     out = Path(opts.out_dir) if opts.out_dir else Path(opts.run_dir) / "export"
     noise = sidecar["noise"]

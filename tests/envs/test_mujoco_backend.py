@@ -123,3 +123,10 @@ def test_kwargs_change_the_task_like_gymnasium():
     assert np.array_equal(r, o[0]) and o.shape == (1, 12)
     a = np.array([[0.1, -0.2, 0.3]], np.float32)
     assert ref.step(a[0])[1] == ours.step_numpy(a)[1][0]
+
+
+def test_humanoidstandup_says_gymnasium_ignores_uph_cost_weight():
+    from envs.mujoco.tasks import task_for
+
+    with pytest.warns(UserWarning, match="uph_cost_weight=2.0 has no effect"):
+        task_for("HumanoidStandup-v5", {"uph_cost_weight": 2.0})

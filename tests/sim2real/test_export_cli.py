@@ -53,6 +53,20 @@ def test_export_refuses_bad_arguments(tmp_path):
     assert proc.returncode == 2
 
 
+def test_export_of_a_task_whose_package_is_missing_names_it(monkeypatch, capsys):
+    # export builds the run's task; a package it needs that is gone (e.g. Box2D) is a usage error, not a traceback
+    import robo_rl.exporting
+    from envs.base import MissingDependency
+    from robo_rl.cli import export_main
+
+    def missing(*args, **kwargs):
+        raise MissingDependency("LunarLanderContinuous-v3 needs a package that is not installed: Box2D")
+
+    monkeypatch.setattr(robo_rl.exporting, "export_run", missing)
+    assert export_main(["run_dir=somewhere"]) == 2
+    assert "Box2D" in capsys.readouterr().err
+
+
 def test_eval_reports_the_energy_cost_with_the_runs_filters(tmp_path):
     """`robo-rl eval` on a ContactMaze run trained behind the passivity filter: the run's filters act in the
     evaluation too, and each episode's energy-injection cost is reported next to its return."""
