@@ -18,7 +18,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from envs.mujoco_log import route_mujoco_warnings
+
 RESULTS = Path(__file__).resolve().parent / "results"
+
+# MuJoCo would otherwise print each warning and append it to MUJOCO_LOG.TXT in the working directory:
+# thousands of lines of gymnasium's HalfCheetah `settotalmass` deprecation in one throughput run.
+route_mujoco_warnings()
 
 
 def machine() -> dict[str, Any]:

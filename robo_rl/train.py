@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from envs.mujoco_log import route_mujoco_warnings
 from robo_rl.build import build_env, build_learner, build_policy, build_runner
 from robo_rl.config import ConfigError, resolve_defaults, task_defaults, validate
 from robo_rl.metrics import setup_console_logging
@@ -88,6 +89,7 @@ def compose_config(overrides: Iterable[str] = ()) -> DictConfig:
 def train(cfg: DictConfig, run_dir: str | Path, cli_overrides: Iterable[str] = ()) -> dict[str, Any]:
     """Train according to ``cfg`` into ``run_dir``; returns the run summary."""
     setup_console_logging()
+    route_mujoco_warnings()  # as the CLI does: once per message to the log, no MUJOCO_LOG.TXT in the working directory
     run_dir = Path(run_dir)
     for_task = {} if cfg.resume else task_defaults(cfg)  # a resumed run keeps its saved config as it is
     cfg, resume_from = prepare(cfg, run_dir, cli_overrides)
