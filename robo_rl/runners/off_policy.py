@@ -44,6 +44,7 @@ class OffPolicyRunner(Runner):
         #    where they ended, info["safety"]["actions"] what they executed)
         next_obs, reward, terminated, _truncated, info = env.step(actions)
         self.check_finite("observation", next_obs)
+        self.check_finite("final observation", info["final_obs"])  # s' of finished episodes: replay stores it
         self.check_finite("reward", reward)
         safety = info["safety"]
         costs = safety["cost"] if self.store_costs else None

@@ -123,6 +123,17 @@ def test_nan_observation_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert summary["status"].startswith("failed: non-finite observation")
 
 
+@pytest.mark.parametrize("algo", ["sac", "ppo"])
+def test_nan_final_observation_is_caught(tmp_path, algo):
+    # the NaN is only in info["final_obs"] (the episode ends on it; the next observation is a clean reset):
+    # replay would store it as s' and PPO bootstraps from it, so it must stop training like any other
+    small = SMALL_SAC if algo == "sac" else ("algo=ppo", "env.num_envs=2", "algo.rollout_steps=64",
+                                               "algo.minibatch_size=64", "algo.epochs=1", *FAST)
+    cfg = compose(*small, "env.id=robo_rl_test/NaNAfter-v0", "env.kwargs={after: 30, where: final}", "steps=500")
+    with pytest.raises(NonFiniteError, match="non-finite final observation from the environment at step"):
+        train(cfg, tmp_path / "run")
+
+
 def test_nan_reward_is_caught(tmp_path):
     cfg = compose(*SMALL_SAC, "env.id=robo_rl_test/NaNAfter-v0", "env.kwargs={after: 30, where: reward}", "steps=500")
     with pytest.raises(NonFiniteError, match="non-finite reward"):
