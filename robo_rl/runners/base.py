@@ -388,8 +388,9 @@ class Runner(abc.ABC):
         if replay is not None:
             self.load_replay_state(replay)
         elif self.learner.kind == "off_policy":
-            log.warning("the checkpoint holds no replay buffer (checkpoint.save_replay=false): "
-                        "the resumed run refills it from scratch")
+            log.warning("the checkpoint holds no replay buffer (checkpoint.save_replay=false): the resumed run "
+                        f"acts with its policy without updating until replay holds algo.learning_starts "
+                        f"({int(self.cfg.algo.learning_starts):,}) transitions again")
         self._last_checkpoint = Path(path)
         self._last_ckpt_step = self.step
         log.info(f"resumed from {path} at step {self.step:,}")

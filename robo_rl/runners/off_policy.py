@@ -30,6 +30,9 @@ class OffPolicyRunner(Runner):
                                    seed=int(self.cfg.seed), costs=self.store_costs)
         self.random_actions = torch.Generator().manual_seed(int(self.cfg.seed) + 1)
         self.update_credit = 0.0  # fractional updates carried over when utd * num_envs is not whole
+        # updates wait for this many rows in replay as well as for step >= learning_starts: the same moment in
+        # a fresh run, but a run resumed without its replay buffer refills it before updating again
+        self.min_replay = min(self.learning_starts, self.replay.capacity)
 
     def _random_actions(self) -> torch.Tensor:
         u = torch.rand(self.env.num_envs, self.env.act_dim, generator=self.random_actions)
@@ -58,7 +61,7 @@ class OffPolicyRunner(Runner):
         self.obs = next_obs
         self.step += n
         # 4. update at the update-to-data ratio
-        if self.step >= self.learning_starts:
+        if self.step >= self.learning_starts and len(self.replay) >= self.min_replay:
             self.update_credit += self.utd * n
             while self.update_credit >= 1.0:
                 self.record_update(learner.update(self.replay.sample(self.batch_size)))

@@ -110,6 +110,21 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, monkeypatch
     assert json.loads((tmp_path / "cut" / "summary.json").read_text())["steps"] == steps
 
 
+def test_resume_without_replay_refills_before_updating(tmp_path, monkeypatch):
+    from robo_rl.storage.replay import ReplayBuffer
+
+    common = (*SMALL_SAC, "checkpoint.every=300", "checkpoint.save_replay=false")  # learning_starts=200
+    train(compose(*common, "steps=300"), tmp_path / "run")
+    sizes = []
+    sample = ReplayBuffer.sample
+    monkeypatch.setattr(ReplayBuffer, "sample", lambda self, n: sizes.append(len(self)) or sample(self, n))
+    resume = [f"resume={tmp_path / 'run'}", "steps=500"]
+    train(compose(*resume), tmp_path / "unused", resume)
+    assert "acts with its policy without updating until replay holds" in (tmp_path / "run" / "train.log").read_text()
+    # updates resume once replay again holds learning_starts rows (before the fix: from its first row)
+    assert sizes and min(sizes) == 200 and len(sizes) == 500 - 300 - 200 + 1
+
+
 def test_nan_observation_stops_and_keeps_last_good_checkpoint(tmp_path):
     cfg = compose(*SMALL_SAC, "env.id=robo_rl_test/NaNAfter-v0", "env.kwargs={after: 450}",
                   "steps=2000", "checkpoint.every=200", "eval.every=10000")
