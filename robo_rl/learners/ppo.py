@@ -108,7 +108,7 @@ class PPO(Learner):
             metrics = self._autograd_update(rollout)
         var_y = rollout.returns.var()
         metrics["explained_variance"] = 1.0 - (rollout.returns - rollout.values).var() / var_y.clamp_min(1e-8)
-        metrics["lr"] = torch.tensor(self.opt.param_groups[0]["lr"])
+        metrics["lr"] = torch.tensor(self.opt.param_groups[0]["lr"], device=var_y.device)
         return metrics
 
     @property

@@ -158,7 +158,8 @@ class Runner(abc.ABC):
         """Accumulate one update's metrics for the next log row; stop on NaN/Inf."""
         self.num_updates += 1
         keys = tuple(metrics)
-        values = torch.stack([v.detach().float().reshape(()) for v in metrics.values()])
+        # one device for the stack: a metric a learner made on the host (a learning rate) next to CUDA losses
+        values = torch.stack([v.detach().to(self.device, torch.float32).reshape(()) for v in metrics.values()])
         if not math.isfinite(float(values.sum())):  # one reduction; find the culprit only on failure
             bad = _first_bad(metrics)
             if bad is not None:
