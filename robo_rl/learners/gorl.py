@@ -51,7 +51,7 @@ class DecoderRefit:
     The refit's targets are the current policy's actions at those states (``refit_on=policy``) or the
     executed ones (``refit_on=executed``).
 
-    Subclasses define ``latent_optimizer()``: the optimizer whose Adam moments a latent reset clears.
+    Subclasses define ``latent_optimizer()``: the optimizer a latent reset restarts (moments and step count).
     """
 
     policy: LatentDecoderHead
@@ -60,6 +60,10 @@ class DecoderRefit:
                     decoder_lr: float, dataset_size: int, reset_latent: bool, refit_on: str) -> None:
         if (refit_every is not None and refit_every < 1) or refit_epochs < 0 or min(refit_batch_size, dataset_size) < 1:
             raise ValueError("algo.refit_every, refit_batch_size and dataset_size must be >= 1, refit_epochs >= 0")
+        if refit_epochs == 0 and reset_latent:
+            raise ValueError("algo.refit_epochs=0 with algo.reset_latent=true would restart the latent policy at the "
+                             "prior at every refit without refitting the decoder, discarding each stage's learning: "
+                             "set refit_epochs >= 1, or reset_latent=false (a fixed decoder)")
         if refit_on not in ("policy", "executed"):
             raise ValueError(f"algo.refit_on={refit_on!r}: choose policy (the current policy's actions at the "
                              "collected states) or executed (the actions taken)")
@@ -123,15 +127,13 @@ class DecoderRefit:
                 losses.append(loss.detach())
         if self.reset_latent:
             self.policy.reset_latent_to_prior()
-            state = self.latent_optimizer().state  # type: ignore[attr-defined]
-            for p in self.policy.latent.parameters():  # stale Adam moments for the reset parameters
-                for key in ("exp_avg", "exp_avg_sq"):
-                    if key in state.get(p, {}):
-                        state[p][key].zero_()
+            # the new stage's latent policy starts with a new optimizer (GoRL-PPO's also trains the value net,
+            # whose moments go too: Adam keeps one step count for them all)
+            self.latent_optimizer().restart()  # type: ignore[attr-defined]
         self.data_size.zero_()
         self.data_pos.zero_()
         self.num_refits += 1
-        return {"decoder_loss": torch.stack(losses).mean() if losses else torch.tensor(0.0),
+        return {"decoder_loss": torch.stack(losses).mean() if losses else self.data_obs.new_zeros(()),
                 "refits": self.num_refits.float()}
 
 

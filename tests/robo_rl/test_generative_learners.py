@@ -11,6 +11,7 @@ from robo_rl.config import ConfigError
 from robo_rl.learners.base import Batch
 from robo_rl.learners.expo import EXPO
 from robo_rl.learners.gorl import GoRL, GoRLSAC
+from robo_rl.learners.optim import FusedAdam
 from robo_rl.learners.parl import PARL
 from robo_rl.learners.ppo import PPO
 from robo_rl.learners.sac import SAC
@@ -260,6 +261,35 @@ def test_gorl_refit_targets(refit_on):
     after = head.act(obs[:256])
     target = before if refit_on == "policy" else executed[:256]
     assert float((after - target).abs().mean()) < 0.1
+
+
+def test_gorl_refit_restarts_the_latent_optimizer_like_a_new_one():
+    # Zeroing only Adam's moments kept the step count (bias correction ~1 after many steps): the first
+    # update of a new stage moved the reset latent policy ~3x lr per coordinate instead of lr.
+    torch.manual_seed(0)
+    head = build_head("latent", 3, LOW, HIGH, hidden_sizes=(16,), decoder_hidden=(32, 32), decoder_steps=2)
+    learner = GoRL(head, refit_every=1, refit_epochs=1, dataset_size=64)
+    opt, params = learner.ppo.opt, list(learner.ppo.opt.param_groups[0]["params"])
+    for _ in range(500):
+        opt.apply([torch.randn_like(p) for p in params])
+    learner._store(torch.randn(64, 3), torch.rand(64, 2) * 2 - 1)
+    learner.refit()
+    grads = [torch.randn_like(p) for p in params]
+    start = [p.detach().clone() for p in params]
+    opt.apply(grads)
+    moved = [p.detach() - s for p, s in zip(params, start)]
+    fresh_params = [torch.nn.Parameter(s.clone()) for s in start]
+    fresh = FusedAdam(fresh_params, opt.param_groups[0]["lr"], eps=opt.param_groups[0]["eps"])
+    fresh.apply(grads)
+    for m, f, s in zip(moved, fresh_params, start):
+        torch.testing.assert_close(m, f.detach() - s)
+
+
+def test_gorl_refuses_resets_without_refits():
+    head = build_head("latent", 3, LOW, HIGH, hidden_sizes=(16,), decoder_hidden=(32, 32))
+    with pytest.raises(ValueError, match="refit_epochs=0 with algo.reset_latent=true"):
+        GoRL(head, refit_epochs=0)
+    GoRL(head, refit_epochs=0, reset_latent=False)  # a fixed decoder: allowed
 
 
 def test_gorl_refit_on_must_be_known_and_the_latent_kl_reaches_ppo():
