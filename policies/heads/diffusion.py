@@ -38,6 +38,30 @@ def make_scheduler(kind: str, train_steps: int, beta_schedule: str) -> Any:
                          "(use linear, scaled_linear or squaredcos_cap_v2)") from None
 
 
+#: sampling starts from pure noise, so the chain's first timestep must be mostly noise: abar_t is the
+#: fraction of the action's variance left at t. One-step sampling over diffusers' "leading" timesteps runs
+#: at t = 0 (abar ~ 1) and returns its input noise; with the default cosine schedule and 100 training
+#: steps, 2 steps start at abar 0.48 (87% of samples within 0.1 of a learned point action, 99% with 10).
+MAX_START_SIGNAL = 0.5
+#: the schedule must reach (nearly) pure noise at its last training step, or N(0, I) is not its end point
+MAX_FINAL_SIGNAL = 0.05
+
+
+def check_chain_starts_from_noise(abar: torch.Tensor, timesteps: torch.Tensor, beta_schedule: str, train_steps: int,
+                                  inference_steps: int) -> None:
+    if float(abar[-1]) > MAX_FINAL_SIGNAL:
+        raise ValueError(f"policy.beta_schedule={beta_schedule} with policy.train_steps={train_steps} keeps "
+                         f"{float(abar[-1]):.0%} of the action's variance at the last noise level, so sampling from "
+                         "pure noise starts off the training distribution: use beta_schedule=squaredcos_cap_v2, or "
+                         "more train_steps (diffusers' linear betas are made for 1000)")
+    start = float(abar[timesteps[0]])
+    if start > MAX_START_SIGNAL:
+        raise ValueError(f"policy.inference_steps={inference_steps}: the sampling chain starts at timestep "
+                         f"{int(timesteps[0])} of {train_steps}, where {start:.0%} of the action's variance is left, "
+                         "so it cannot turn noise into an action: use inference_steps >= 2 (DDIM is usually run "
+                         "with 5-10), or policy=flow for one-step sampling")
+
+
 class DiffusionHead(GenerativeHead):
     name = "diffusion"
 
@@ -57,6 +81,7 @@ class DiffusionHead(GenerativeHead):
         self.sampler.set_timesteps(self.inference_steps)
         abar = self.train_scheduler.alphas_cumprod.float()
         timesteps = self.sampler.timesteps.long()
+        check_chain_starts_from_noise(abar, timesteps, beta_schedule, self.train_steps, self.inference_steps)
         prev = timesteps - self.train_steps // self.inference_steps  # diffusers' "leading" spacing
         final = torch.tensor(1.0)  # set_alpha_to_one / the "one" of DDPM: abar before the first step
         abar_t = abar[timesteps]

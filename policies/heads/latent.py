@@ -48,7 +48,11 @@ class LatentDecoderHead(PolicyHead):
         if decoder not in DECODERS:
             raise ValueError(f"policy.decoder={decoder!r}: choose one of {', '.join(DECODERS)}")
         options = {"steps": decoder_steps} if decoder == "flow" else {"inference_steps": decoder_steps, "scheduler": "ddim"}
-        self.decoder = DECODERS[decoder](obs_dim, action_low, action_high, obs_norm, decoder_hidden, "mish", **options)
+        try:
+            self.decoder = DECODERS[decoder](obs_dim, action_low, action_high, obs_norm, decoder_hidden, "mish", **options)
+        except ValueError as exc:  # the decoder's own key is decoder_steps here
+            raise ValueError(str(exc).replace("policy.inference_steps=", "policy.decoder_steps=")
+                             .replace("policy.steps=", "policy.decoder_steps=")) from None
         z_dim = self.decoder.noise_shape(1)[1]
         if squash and decoder != "flow":
             raise ValueError("a squashed latent (algo=gorl_sac) needs policy.decoder=flow: DDIM's chain assumes "

@@ -207,6 +207,12 @@ def test_chunks_execute_k_actions_per_query():
     ("diffusion", {"scheduler": "dpm++"}, "ddim, ddpm"),
     ("diffusion", {"beta_schedule": "cosine-ish"}, "not a diffusers schedule"),
     ("diffusion", {"train_steps": 5, "inference_steps": 10}, "exceeds"),
+    # one step over diffusers' leading timesteps runs at t = 0 and returns its input noise
+    ("diffusion", {"inference_steps": 1}, "starts at timestep 0 of 100, where 100% of the action's variance"),
+    # diffusers' linear betas are made for 1000 steps: at 100 the last noise level keeps 36% of the action
+    ("diffusion", {"beta_schedule": "linear"}, "keeps 36% of the action's variance at the last noise level"),
+    ("latent", {"decoder": "diffusion", "decoder_steps": 1}, r"policy.decoder_steps=1: the sampling chain"),
+    ("latent", {"decoder": "flow", "decoder_steps": 0}, r"policy.decoder_steps=0: the flow head"),
     ("flow", {"chunk": 2, "execute": 3}, "between 1 and chunk=2"),
     ("mixture", {"components": 0}, "at least one component"),
     ("latent", {"decoder": "vae"}, "flow, diffusion"),
