@@ -106,7 +106,7 @@ class BatchedEnv(abc.ABC):
         return self.check_actions(actions).detach().cpu().numpy()
 
     def check_actions(self, actions: torch.Tensor) -> torch.Tensor:
-        """Validate a batch of actions: shape [N, act_dim], finite. Returns float32 on self.device."""
+        """Validate a batch of actions: shape [N, act_dim], finite as float32. Returns float32 on self.device."""
         if not isinstance(actions, torch.Tensor):
             actions = torch.as_tensor(np.asarray(actions), dtype=torch.float32)
         expected = (self.num_envs, self.act_dim)
@@ -115,14 +115,16 @@ class BatchedEnv(abc.ABC):
                 f"{self.task_id}: actions have shape {tuple(actions.shape)}, expected {expected} "
                 f"(num_envs={self.num_envs}, action dim={self.act_dim})"
             )
+        # checked after the cast to the simulation's float32: 1e300 in float64 is finite, but inf there
+        actions = actions.to(dtype=torch.float32)
         # a sum is finite unless an element is NaN/Inf (or it overflows: the exact test decides)
         if not math.isfinite(float(actions.sum())) and not bool(torch.isfinite(actions).all()):
             bad = (~torch.isfinite(actions)).any(dim=1).nonzero().flatten().tolist()
             raise ValueError(
                 f"{self.task_id}: non-finite actions for envs {bad[:10]}; refusing to step the "
-                "simulator with NaN/Inf (check the policy for diverged weights)"
+                "simulator with NaN/Inf, or values beyond float32's range (check the policy for diverged weights)"
             )
-        return actions.to(device=self.device, dtype=torch.float32)
+        return actions.to(device=self.device)
 
     def __enter__(self) -> "BatchedEnv":
         return self

@@ -8,6 +8,7 @@ restored exactly, so an interrupted run resumes bit-for-bit.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib
 from typing import Any, Callable
@@ -290,13 +291,14 @@ class GymnasiumBatchedEnv(BatchedEnv):
         if self.randomize is not None:
             applied = self.randomizer.act(applied)
         obs, reward, terminated, truncated, info = self._vec.step(applied)
-        final_obs = np.array(obs, dtype=np.float32, copy=True)
         done = np.logical_or(terminated, truncated)
-        if "_final_obs" in info:
-            for i in np.flatnonzero(info["_final_obs"]):
-                final_obs[i] = info["final_obs"][i]
         if self.randomize is not None:
-            obs, final_obs = self.randomizer.observe(obs), self.randomizer.observe(final_obs)
+            obs = self.randomizer.observe(obs)
+        final_obs = np.array(obs, dtype=np.float32, copy=True)  # equal to obs where nothing ended (one noise draw)
+        ended = np.flatnonzero(info["_final_obs"]) if "_final_obs" in info else np.zeros(0, np.int64)
+        if len(ended):
+            last = np.stack([np.asarray(info["final_obs"][i]) for i in ended])
+            final_obs[ended] = self.randomizer.observe(last) if self.randomize is not None else last
         if self.randomize is not None or self._pending is not None:
             if done.any():
                 self._draw_physics(np.flatnonzero(done), current=False)
@@ -341,7 +343,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
         state = {"envs": snaps, **self._episodes.state_dict()}
         if self.randomizer is not None:
             state["randomizer"] = self.randomizer.state_dict()
-            state["pending_physics"] = self._pending
+            state["pending_physics"] = copy.deepcopy(self._pending)  # a snapshot, not the live factors
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -352,7 +354,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
         self._episodes.load_state_dict(state)
         if self.randomizer is not None and "randomizer" in state:
             self.randomizer.load_state_dict(state["randomizer"])
-            self._pending = state.get("pending_physics")
+            self._pending = copy.deepcopy(state.get("pending_physics"))  # the caller keeps its snapshot
             if self._pending is not None:
                 params = self.randomizer.params
                 self._vec.set_attr("current_physics", [{k: params[k][i] for k in params} for i in range(self.num_envs)])

@@ -35,6 +35,9 @@ _FIELDS_OF = {
     "joint_damping_scale": ("dof_damping",),
     "actuator_gain_scale": ("actuator_gainprm", "actuator_biasprm"),
 }
+# what mjw.set_const derives from the masses: per world too when masses are, or every world would use the
+# constants of the last world written (put_model gives them one shared row)
+_MASS_CONSTANTS = ("body_subtreemass", "dof_invweight0", "body_invweight0", "actuator_acc0", "tendon_invweight0")
 _STATE = ("qpos", "qvel", "act", "ctrl", "qacc_warmstart", "time")
 
 
@@ -93,6 +96,8 @@ class MjwarpBatchedEnv(BatchedEnv):
         self.randomizer = Randomizer(spec, self.model, num_envs, len(low), (high - low) / 2)
 
         batched = {f: num_envs for name in spec.physics if name in _FIELDS_OF for f in _FIELDS_OF[name]}
+        if "body_mass_scale" in spec.physics:
+            batched.update({f: num_envs for f in _MASS_CONSTANTS if f != "tendon_invweight0" or self.model.ntendon})
         with wp.ScopedDevice(self.wp_device):
             try:
                 self.m = mjw.put_model(self.model, batch_sizes=batched or None)
@@ -106,8 +111,9 @@ class MjwarpBatchedEnv(BatchedEnv):
         self.qpos, self.qvel, self.ctrl, self.time = t(self.d.qpos), t(self.d.qvel), t(self.d.ctrl), t(self.d.time)
         self._derived = {name: t(getattr(self.d, name)) for name in self.task.derived}
         self._cfrc_ext = t(self.d.cfrc_ext) if self.task.needs_post_constraint else None
-        self.sim = Sim(self.model, self.qpos, self.qvel, self.ctrl, self._derived, self._cfrc_ext)
-        self._model_views = {f: t(getattr(self.m, f)) for f in batched}
+        body_mass = t(self.m.body_mass).expand(num_envs, -1)  # live: [1, nbody] shared, or per world when randomized
+        self.sim = Sim(self.model, self.qpos, self.qvel, self.ctrl, self._derived, self._cfrc_ext, body_mass)
+        self._model_views = {f: t(getattr(self.m, f)) for f in batched if f not in _MASS_CONSTANTS}
         self._nominal = {f: v[0].clone() for f, v in self._model_views.items()}
         if "gravity_scale" in spec.physics:
             self._model_views["gravity"] = t(self.m.opt.gravity)
@@ -138,12 +144,13 @@ class MjwarpBatchedEnv(BatchedEnv):
 
     def _reset_worlds(self, mask: torch.Tensor) -> None:
         ids = mask.nonzero().flatten().cpu().numpy()
+        # before _write_physics: its set_const recomputes every world's kinematics at the current state
+        keep = {k: v.clone() for k, v in self._derived.items()}
         if self.randomize is not None:
             changed = self.randomizer.resample(ids)
             if len(changed):
                 self._write_physics(changed)
             self._action_buffer[mask] = 0.0
-        keep = {k: v.clone() for k, v in self._derived.items()}
         wp, mjw = self._wp, self._mjw
         with wp.ScopedDevice(self.wp_device):
             mjw.reset_data(self.m, self.d, reset=wp.from_torch(mask))
@@ -200,7 +207,8 @@ class MjwarpBatchedEnv(BatchedEnv):
 
     # -- the contract ------------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> torch.Tensor:
-        self._rngs = [np_random(None if seed is None else seed + i)[0] for i in range(self.num_envs)]
+        if seed is not None:  # seed=None continues the generators, as gymnasium's reset does
+            self._rngs = [np_random(seed + i)[0] for i in range(self.num_envs)]
         self.randomizer.seed(seed)
         if seed is not None:
             self._noise.manual_seed(seed)
@@ -276,6 +284,9 @@ class MjwarpBatchedEnv(BatchedEnv):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         import warp as wp
 
+        self.randomizer.load_state_dict(state["randomizer"])
+        if self.randomize is not None and self.randomizer.spec.physics:  # first: set_const rewrites the derived fields
+            self._write_physics(np.arange(self.num_envs))
         for f in _STATE:
             wp.to_torch(getattr(self.d, f)).copy_(torch.as_tensor(state[f"sim.{f}"]))
         for k, v in self._derived.items():
@@ -286,9 +297,6 @@ class MjwarpBatchedEnv(BatchedEnv):
         self._elapsed.copy_(torch.as_tensor(state["elapsed"]))
         for g, s in zip(self._rngs, state["rngs"]):
             g.bit_generator.state = s
-        self.randomizer.load_state_dict(state["randomizer"])
-        if self.randomize is not None and self.randomizer.spec.physics:
-            self._write_physics(np.arange(self.num_envs))
         self._noise.set_state(torch.as_tensor(state["noise"]))
         self._action_buffer.copy_(torch.as_tensor(state["action_buffer"]))
         self._ep_return.copy_(torch.as_tensor(state["ep_return"]))

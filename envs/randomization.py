@@ -113,11 +113,15 @@ class Randomizer:
         max_delay = spec.action_delay[1] if spec.action_delay else 0
         self.delay = np.zeros(num_envs, dtype=np.int64)
         self.action_buffer = np.zeros((num_envs, max_delay + 1, act_dim), dtype=np.float32)
+        self.env_rngs: list[np.random.Generator] = []
         self.seed(None)
 
     def seed(self, seed: int | None) -> None:
+        """Seed the generators; None keeps the current ones (as gymnasium's reset(seed=None)), or makes fresh ones."""
+        if seed is None and self.env_rngs:
+            return
         # physics draws per env (reproducible whatever the order of resets); noise draws batched
-        base = np.random.SeedSequence(seed) if seed is not None else np.random.SeedSequence()
+        base = np.random.SeedSequence(seed)
         self.env_rngs = [np.random.default_rng(s) for s in base.spawn(self.num_envs)]
         self.noise_rng = np.random.default_rng(base.spawn(1)[0].generate_state(4))
 

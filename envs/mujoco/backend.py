@@ -108,7 +108,9 @@ class MujocoBatchedEnv(BatchedEnv):
         self._derived = {name: np.zeros_like(self.batch.bind(name)) for name in self.task.derived}
         self._cfrc_ext = np.zeros((num_envs, self.model.nbody, 6)) if self.task.needs_post_constraint else None
         self._scratch = mujoco.MjData(self.model) if self.task.needs_post_constraint else None
-        self.sim = Sim(self.model, self.qpos, self.qvel, self.ctrl, self._derived, self._cfrc_ext)
+        # the masses every simulation shares until randomization gives each its own (_write_physics)
+        body_mass = np.broadcast_to(self.model.body_mass, (num_envs, self.model.nbody))
+        self.sim = Sim(self.model, self.qpos, self.qvel, self.ctrl, self._derived, self._cfrc_ext, body_mass)
         self.init_qpos = self.model.qpos0.copy()  # what gymnasium reads from a fresh MjData
         self.init_qvel = np.zeros(self.model.nv)
         self._rngs = [np_random(None)[0] for _ in range(num_envs)]
@@ -128,7 +130,8 @@ class MujocoBatchedEnv(BatchedEnv):
 
     # -- numpy core (float64, as gymnasium) -----------------------------------------------------------
     def reset_numpy(self, seed: int | None = None) -> np.ndarray:
-        self._rngs = [np_random(None if seed is None else seed + i)[0] for i in range(self.num_envs)]
+        if seed is not None:  # seed=None continues the generators, as gymnasium's reset does
+            self._rngs = [np_random(seed + i)[0] for i in range(self.num_envs)]
         self.randomizer.seed(seed)
         self._episodes.reset()
         self._reset_ids(np.arange(self.num_envs))
@@ -255,6 +258,8 @@ class MujocoBatchedEnv(BatchedEnv):
                     self.batch.expand("actuator_biasprm")[ids, :, 1:3] = self._nominal["actuator_biasprm"][:, 1:3] * scale[:, :, None]
                 else:
                     self.batch.expand("opt.gravity")[ids] = self._nominal["opt.gravity"] * scale
+        if "body_mass" in self._nominal:
+            self.sim.body_mass = self.batch.expand("body_mass")  # live per-simulation masses, read by Humanoid's reward
         self.batch.set_const(ids)
 
     # -- rendering ------------------------------------------------------------------------------------

@@ -54,6 +54,12 @@ def sum_sq(x: Any) -> Any:
     return np.add.reduce(np.square(x.reshape(x.shape[0], -1)), axis=1)  # np.sum's reduction, without its wrapper
 
 
+def square_pow(x: Any) -> Any:
+    """x ** 2 as gymnasium computes it on a numpy float64 scalar: C pow(x, 2.0), which is 1 ULP from the
+    array ``x ** 2`` (an exact x * x) for about 1 value in 1,000. np.float_power calls that same pow per element."""
+    return np.float_power(x, 2) if _np(x) else x.square()
+
+
 def cat(parts: list[Any]) -> Any:
     """Concatenate along the feature axis."""
     if _np(parts[0]):
@@ -108,23 +114,30 @@ def falses(like: Any) -> Any:
     return torch.zeros(like.shape[0], dtype=torch.bool, device=like.device)
 
 
-def mass_weighted(mass: np.ndarray, xipos: Any) -> Any:
-    """sum_b mass_b * xipos[:, b] (gymnasium's einsum for Humanoid's centre of mass)."""
+def center_of_mass(mass: Any, xipos: Any) -> Any:
+    """Centre of mass [N, 3] of each simulation: sum_b mass[:, b] * xipos[:, b] / sum_b mass[:, b].
+
+    mass [N, nbody] (each simulation's own), xipos [N, nbody, 3]. For numpy, per row exactly gymnasium's
+    ``np.einsum("b,bj->j", model.body_mass, data.xipos) / model.body_mass.sum()`` (bit-identical)."""
     if _np(xipos):
-        return np.einsum("b,nbj->nj", mass, xipos)
+        return np.einsum("nb,nbj->nj", mass, xipos) / np.add.reduce(mass, axis=1)[:, None]
     import torch
 
-    return torch.einsum("b,nbj->nj", torch.as_tensor(mass, dtype=xipos.dtype, device=xipos.device), xipos)
+    mass = mass.to(xipos.dtype)
+    return torch.einsum("nb,nbj->nj", mass, xipos) / mass.sum(1, keepdim=True)
 
 
 class Sim:
     """What a task reads: live (N, ...) arrays of the simulator (numpy or torch), plus the model."""
 
-    def __init__(self, model: Any, qpos: Any, qvel: Any, ctrl: Any, derived: dict[str, Any], cfrc_ext: Any | None) -> None:
+    def __init__(self, model: Any, qpos: Any, qvel: Any, ctrl: Any, derived: dict[str, Any], cfrc_ext: Any | None,
+                 body_mass: Any) -> None:
         self.model = model
         self.qpos, self.qvel, self.ctrl = qpos, qvel, ctrl
         self.derived = derived  # derived fields as of the last step (one substep behind, as after mj_step)
         self.cfrc_ext = cfrc_ext  # filled by the backend after each step (post-constraint), zero after reset
+        # [N, nbody] each simulation's current body masses: the backend keeps it live as randomization rewrites them
+        self.body_mass = body_mass
 
     def field(self, name: str) -> np.ndarray:
         return self.derived[name]
@@ -399,13 +412,9 @@ class Humanoid(Task):
     needs_post_constraint = True
     derived = ("xipos", "cinert", "cvel", "qfrc_actuator", "ten_length", "ten_velocity")
 
-    def setup(self, model):
-        super().setup(model)
-        self.body_mass = model.body_mass.copy()
-        self.total_mass = self.body_mass.sum()
-
     def mass_center(self, sim):
-        return copy((mass_weighted(self.body_mass, sim.field("xipos")) / self.total_mass)[:, 0:2])
+        # gymnasium reads the live model.body_mass: with randomized masses, each simulation's own
+        return copy(center_of_mass(sim.body_mass, sim.field("xipos"))[:, 0:2])
 
     def observe(self, sim):
         n = sim.qpos.shape[0]
@@ -527,8 +536,8 @@ class InvertedDoublePendulum(Task):
         x, y = copy(tip[:, 0]), copy(tip[:, 2])
         terminated = y <= 1
         v1, v2 = sim.qvel[:, 1], sim.qvel[:, 2]
-        dist_penalty = 0.01 * x ** 2 + (y - 2) ** 2
-        vel_penalty = 0.001 * v1 ** 2 + 0.005 * v2 ** 2
+        dist_penalty = 0.01 * square_pow(x) + square_pow(y - 2)  # gymnasium: on scalars, x**2 is pow(x, 2)
+        vel_penalty = 0.001 * square_pow(v1) + 0.005 * square_pow(v2)
         alive_bonus = self.p["healthy_reward"] * as_int(~terminated)
         reward = alive_bonus - dist_penalty - vel_penalty
         info = {"reward_survive": alive_bonus, "distance_penalty": -dist_penalty, "velocity_penalty": -vel_penalty}

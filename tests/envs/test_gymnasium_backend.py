@@ -71,6 +71,7 @@ def test_final_obs_equals_obs_where_nothing_ended():
     (torch.zeros(2, 4), "shape"),
     (torch.zeros(3, 3), "shape"),
     (torch.tensor([[0.0, float("nan"), 0.0], [0.0, 0.0, 0.0]]), "non-finite"),
+    (torch.tensor([[0.0, 1e300, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64), "non-finite"),  # inf as float32
 ])
 def test_bad_actions_are_refused(bad, msg):
     env = make_env("Hopper-v5", 2)
@@ -173,6 +174,39 @@ def test_snapshot_restores_simulation_exactly(vectorization):
         assert torch.equal(ra.obs, rb.obs) and torch.equal(ra.reward, rb.reward)
         assert torch.equal(ra.terminated, rb.terminated)
     b.close()
+
+
+def test_snapshot_of_randomized_physics_is_a_copy():
+    # the snapshot holds the next episodes' factors; neither env's later draws may change the other's
+    spec = {"body_mass_scale": [0.7, 1.3]}
+    a = make_env("Hopper-v5", 3, randomize=spec, max_episode_steps=30)
+    a.reset(seed=5)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        a.step(torch.rand(3, 3, generator=g) * 2 - 1)
+    snap = a.state_dict()
+    b = make_env("Hopper-v5", 3, randomize=spec, max_episode_steps=30)
+    b.reset(seed=77)
+    b.load_state_dict(snap)
+    for t in range(70):  # across time-limit resets, where both draw the following episode's factors
+        act = torch.rand(3, 3, generator=g) * 2 - 1
+        ra, rb = a.step(act), b.step(act)
+        assert torch.equal(ra.obs, rb.obs) and torch.equal(ra.reward, rb.reward), f"step {t}"
+    assert torch.equal(a.physics_params()["body_mass_scale"], b.physics_params()["body_mass_scale"])
+
+
+def test_observation_noise_keeps_final_obs_equal_to_obs_where_nothing_ended():
+    noisy = make_env("Hopper-v5", 3, randomize={"obs_noise_std": 0.1}, max_episode_steps=3)
+    clean = make_env("Hopper-v5", 3, max_episode_steps=3)
+    noisy.reset(seed=0)
+    clean.reset(seed=0)
+    for t in range(3):
+        rn, rc = noisy.step(torch.zeros(3, 3)), clean.step(torch.zeros(3, 3))
+        done = rn.terminated | rn.truncated
+        assert torch.equal(rn.info["final_obs"][~done], rn.obs[~done]), f"step {t}"
+    assert done.all()  # the time limit: the final observations are noisy too, drawn apart from the new episode's
+    assert 0.05 < float((rn.info["final_obs"] - rc.info["final_obs"]).std()) < 0.2
+    assert not torch.equal(rn.info["final_obs"] - rc.info["final_obs"], rn.obs - rc.obs)
 
 
 def test_snapshot_of_uncapturable_env_is_none():

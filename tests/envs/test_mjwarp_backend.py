@@ -43,6 +43,35 @@ def test_randomized_gravity_and_snapshot():
     assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_a_world_ending_its_episode_leaves_the_others_alone_under_mass_randomization():
+    # each world has its own masses, and its own constants derived from them (set_const at its reset)
+    def world_1(push_world_0):
+        env = make_env("Hopper-v5", 2, backend="mjwarp", device="cpu", randomize={"body_mass_scale": [0.5, 1.5]})
+        env.reset(seed=0)
+        a = torch.zeros(2, 3)
+        a[0] = -1.0 if push_world_0 else 0.0  # full torque: world 0 falls (measured: ends at steps 6 and 12)
+        obs, rewards, ended = [], [], torch.zeros(2, dtype=torch.bool)
+        for _ in range(15):
+            r = env.step(a)
+            obs.append(r.obs[1])
+            rewards.append(r.reward[1])
+            ended |= r.terminated | r.truncated
+        return torch.stack(obs), torch.stack(rewards), ended
+
+    pushed, calm = world_1(True), world_1(False)
+    assert pushed[2].tolist() == [True, False] and not calm[2].any()  # only world 0 reset, and only when pushed
+    assert torch.equal(pushed[0], calm[0]) and torch.equal(pushed[1], calm[1])
+
+
+def test_reset_without_a_seed_continues_the_seeded_generators(pair):
+    env = pair[0]
+    first = [env.reset(seed=0), env.reset(), env.reset()]
+    again = [env.reset(seed=0), env.reset(), env.reset()]
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
+    assert not torch.equal(first[1], first[2])
+
+
 def test_renders(pair):
     frame = pair[0].render(0)
     assert frame.shape[2] == 3 and frame.std() > 5

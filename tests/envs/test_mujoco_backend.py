@@ -14,8 +14,10 @@ LIMITS = {"HalfCheetah-v5": 120, "Swimmer-v5": 120, "Reacher-v5": None, "Pusher-
 STEPS = {"Humanoid-v5": 150, "HumanoidStandup-v5": 150, "Ant-v5": 200}
 
 
-# kwargs robo-rl's own settings use (TASK_DEFAULTS): PPO on Ant observes it without contact forces
-WITH_KWARGS = [("Ant-v5", {"include_cfrc_ext_in_observation": False})]
+# kwargs robo-rl's own settings use (TASK_DEFAULTS): PPO on Ant observes it without contact forces; and
+# InvertedDoublePendulum states where gymnasium's scalar x**2 (C pow) is 1 ULP from x*x (its penalty at step 189)
+WITH_KWARGS = [("Ant-v5", {"include_cfrc_ext_in_observation": False}),
+               ("InvertedDoublePendulum-v5", {"healthy_reward": 3.0, "reset_noise_scale": 0.5})]
 
 
 @pytest.mark.parametrize("task_id, kwargs", [(t, {}) for t in sorted(TASKS)] + WITH_KWARGS)
@@ -111,6 +113,8 @@ def test_make_env_backend_and_bad_input():
     env.reset(seed=0)
     with pytest.raises(ValueError, match="non-finite"):
         env.step(torch.full((2, 6), float("nan")))
+    with pytest.raises(ValueError, match="non-finite"):  # finite in float64, inf in the simulation's float32
+        env.step(torch.full((2, 6), 1e300, dtype=torch.float64))
     with pytest.raises(ValueError, match="unknown env backend 'isaacsim'"):
         make_env("Hopper-v5", backend="isaacsim")
 

@@ -113,3 +113,45 @@ def test_gymnasium_backend_draws_new_factors_at_autoreset_and_refuses_non_mujoco
         make_env("Pendulum-v1", 1, backend="gymnasium", randomize={"body_mass_scale": [0.9, 1.1]})
     noisy = make_env("Pendulum-v1", 1, backend="gymnasium", randomize={"obs_noise_std": 0.1})  # noise works anywhere
     noisy.reset(seed=0)
+
+
+def test_humanoid_reward_reads_each_simulation_s_masses_like_gymnasium():
+    # gymnasium's Humanoid rewards the centre of mass's velocity, computed from the live model.body_mass
+    import gymnasium as gym
+    from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+    from envs.mujoco import MujocoBatchedEnv
+    from envs.randomization import apply_to_model, nominal_values
+
+    n = 2
+    ours = MujocoBatchedEnv("Humanoid-v5", n)
+    ours.set_physics_params({"body_mass_scale": np.random.default_rng(0).uniform(0.7, 1.3, (n, ours.model.nbody))})
+    ref = SyncVectorEnv([lambda: gym.make("Humanoid-v5")] * n, autoreset_mode=AutoresetMode.SAME_STEP)
+    params = {k: v.numpy() for k, v in ours.physics_params().items()}
+    for i, env in enumerate(ref.envs):  # the same masses, written as the gymnasium backend writes them
+        apply_to_model(env.unwrapped.model, nominal_values(env.unwrapped.model), params, i)
+    assert np.array_equal(ref.reset(seed=3)[0], ours.reset_numpy(seed=3))
+    rng = np.random.default_rng(1)
+    for t in range(30):
+        a = rng.uniform(-0.4, 0.4, (n, 17)).astype(np.float32)
+        r_obs, r_rew, _, _, r_info = ref.step(a)
+        o_obs, o_rew, _, _, o_info = ours.step_numpy(a)
+        assert np.array_equal(r_obs, o_obs), f"obs at step {t}"
+        assert np.array_equal(r_rew, o_rew), f"reward at step {t}"
+
+
+@pytest.mark.parametrize("backend", ["mujoco", "gymnasium"])
+def test_reset_without_a_seed_continues_the_seeded_generators(backend):
+    # as gymnasium: reset(seed=0); reset(); reset() gives the same episodes every time
+    spec = {"body_mass_scale": [0.5, 1.5], "obs_noise_std": 0.01}
+    runs = []
+    for _ in range(2):
+        env = make_env("Hopper-v5", 2, backend=backend, randomize=spec)
+        seen = [env.reset(seed=0), env.physics_params()["body_mass_scale"]]
+        env.step(torch.zeros(2, 3))
+        for _ in range(2):
+            seen += [env.reset(), env.physics_params()["body_mass_scale"]]
+        runs.append(seen)
+    for t, (a, b) in enumerate(zip(*runs)):
+        assert torch.equal(a, b), f"item {t}"
+    assert not torch.equal(runs[0][1], runs[0][3])  # each reset draws anew; it does not replay the seeded one

@@ -38,3 +38,16 @@ def test_sb3_ppo_learns_on_batched_hopper():
     assert len(model.ep_info_buffer) > 0  # SB3's logger sees the episodes
     # measured: about 96 before and 250 after (seed 0)
     assert after > 1.6 * before and after > 150
+
+
+def test_seed_then_resets_are_reproducible():
+    # SB3's evaluate_policy and repeated learn() call reset() without a seed after venv.seed(0)
+    def resets():
+        venv = SB3VecEnv(make_env("Hopper-v5", num_envs=2, backend="mujoco"))
+        venv.seed(0)
+        return [venv.reset(), venv.reset(), venv.reset()]
+
+    first, second = resets(), resets()
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[1], first[2])
