@@ -9,8 +9,11 @@ Layout of one checkpoint::
         replay.npz          the replay buffer's filled rows (optional; loaded with allow_pickle=False)
         manifest.json       sizes and sha256 of the files above; written last
 
-A checkpoint is written into a hidden temporary directory and renamed into place, so a run killed
-mid-write leaves either the previous checkpoints or a complete new one. Loading checks every file
+A checkpoint is written into a hidden temporary directory (``.tmp-step_X-PID``), fsynced and renamed
+into place, so a run killed mid-write leaves either the previous checkpoints or a complete new one.
+Re-saving an existing step moves the old one aside (``.old-step_X-PID``) first; a run killed between
+the two renames leaves no ``step_X``, and the next save or resume puts the complete one of the two
+back (``recover``), and removes hidden directories left by dead processes. Loading checks every file
 against the manifest first and names the file that is missing, truncated or altered.
 """
 
@@ -118,10 +121,14 @@ def save_checkpoint(
     """Write ``state`` (and a replay buffer) as checkpoint ``step`` under ``directory``, atomically.
 
     Refuses to write non-finite weights, so the last checkpoint on disk is always a good one.
-    ``keep`` deletes all but the newest ``keep`` checkpoints afterwards.
+    ``keep`` then deletes all but the newest ``keep`` checkpoints at or below ``step`` (this one among
+    them). Newer ones are left alone: they belong to a timeline a resume abandoned (resume takes the
+    newest complete checkpoint, so they are incomplete or corrupt) and are overwritten when this run
+    reaches their step.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    recover(directory)
     skeleton, tensors = flatten_state(state)
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
@@ -144,6 +151,7 @@ def save_checkpoint(
     manifest = {"format": FORMAT, "version": FORMAT_VERSION, "step": step, "created": time.time(), "files": files}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     _fsync(tmp / MANIFEST)
+    _fsync(tmp)  # the directory entries of the files, not only their contents
 
     if final.exists():  # re-saving a step (e.g. the final step after a resume): swap atomically
         old = directory / f".old-{checkpoint_name(step)}-{os.getpid()}"
@@ -154,9 +162,14 @@ def save_checkpoint(
         os.replace(tmp, final)
     _fsync(directory)
     if keep is not None and keep > 0:
-        for stale in list_checkpoints(directory)[:-keep]:
+        timeline = [p for p in list_checkpoints(directory) if _step_of(p) <= step]  # ends with ``final``
+        for stale in timeline[:-keep]:
             shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _step_of(path: Path) -> int:
+    return int(path.name[len(_PREFIX):])
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:
@@ -165,7 +178,140 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     if not directory.is_dir():
         return []
     found = [p for p in directory.iterdir() if p.is_dir() and p.name.startswith(_PREFIX) and p.name[len(_PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(_PREFIX):]))
+    return sorted(found, key=_step_of)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # ours: this process is not inside a save while it tidies up
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or cannot tell: leave its files alone
+    return True
+
+
+def _hidden(directory: Path) -> list[tuple[str, str, int, Path]]:
+    """(kind "tmp"/"old", checkpoint name, pid, path) of the hidden directories a save creates."""
+    found = []
+    for p in directory.iterdir():
+        for kind in ("tmp", "old"):
+            head = f".{kind}-{_PREFIX}"
+            name, _, pid = p.name[len(f".{kind}-"):].rpartition("-")
+            if p.name.startswith(head) and p.is_dir() and pid.isdigit() and name[len(_PREFIX):].isdigit():
+                found.append((kind, name, int(pid), p))
+    return found
+
+
+def _complete(path: Path) -> bool:
+    try:
+        verify_checkpoint(path)
+        return True
+    except CheckpointError:
+        return False
+
+
+def recover(directory: str | Path, warn: Any = None) -> None:
+    """Finish what a killed save left behind; only directories of processes no longer running are touched.
+
+    * ``step_X`` missing (killed between the two renames of a re-save): the complete one of its
+      ``.tmp-step_X-PID`` (the new checkpoint; preferred) and ``.old-step_X-PID`` (the one it
+      replaced) is renamed to ``step_X``; if neither is complete, the old one goes back as it was;
+    * ``.tmp-*`` of a dead process otherwise: an interrupted write, deleted;
+    * ``.old-*`` of a dead process whose ``step_X`` exists and verifies: the replaced one, deleted.
+      (An ``.old-*`` next to a broken ``step_X`` is kept for inspection.)
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    stale = [h for h in _hidden(directory) if not _pid_alive(h[2])]
+    changed = False
+    for name in sorted({h[1] for h in stale}):
+        final = directory / name
+        mine = sorted((h for h in stale if h[1] == name), key=lambda h: h[0] != "tmp")  # tmp (newer) first
+        if not final.exists():
+            # the complete one, preferring the new; else the old one as it was (resume then reports it)
+            pick = next((h for h in mine if _complete(h[3])), None) or next((h for h in mine if h[0] == "old"), None)
+            if pick is not None:
+                os.replace(pick[3], final)
+                changed = True
+                if warn is not None:
+                    warn(f"recovered {final.name} from {pick[3].name} (a save of it was interrupted)")
+        final_ok = final.exists() and _complete(final)
+        for kind, _, _, path in mine:
+            if path.exists() and (kind == "tmp" or final_ok):
+                shutil.rmtree(path, ignore_errors=True)
+                changed = True
+    if changed:
+        _fsync(directory)
+
+
+def _read_manifest(path: Path, manifest_path: Path) -> dict[str, Any]:
+    """The manifest, checked for shape and types; anything else is a CheckpointError naming the file."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {path}: {manifest_path} is malformed ({what})")
+
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (ValueError, RecursionError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"checkpoint {path}: {manifest_path} is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path}: {manifest_path} is not a robo-rl checkpoint manifest")
+    version = manifest.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise bad(f"version is {version!r}, expected an integer")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {version}; this robo-rl reads up to {FORMAT_VERSION}, upgrade robo-rl")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise bad(f"files is {type(files).__name__}, expected a mapping")
+    for name, info in files.items():
+        if not name or name != Path(name).name or name.startswith(".") or name == MANIFEST:
+            raise bad(f"files: {name!r} is not a file name inside the checkpoint")
+        size = info.get("bytes") if isinstance(info, dict) else None
+        digest = info.get("sha256") if isinstance(info, dict) else None
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0 or not isinstance(digest, str):
+            raise bad(f"files[{name!r}] is {info!r}, expected {{'bytes': int, 'sha256': str}}")
+    if "state.safetensors" not in files or "state.json" not in files:
+        raise CheckpointError(f"checkpoint {path}: manifest lists no state.safetensors/state.json")
+    return manifest
+
+
+def _check_skeleton(node: Any) -> None:
+    """Raise ValueError if a state.json skeleton is not what ``flatten_state`` writes."""
+    stack = [node]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            for marker in ("__tensor__", "__ndarray__"):
+                if marker in node and not isinstance(node[marker], str):
+                    raise ValueError(f"{marker} holds {node[marker]!r}, expected a tensor name")
+            if "__items__" in node:
+                items = node["__items__"]
+                if not isinstance(items, list) or not all(
+                        isinstance(i, list) and len(i) == 2 and not isinstance(i[0], (list, dict)) for i in items):
+                    raise ValueError(f"__items__ holds {items!r:.80}, expected [[key, value], ...]")
+                stack.extend(i[1] for i in items)
+            elif "__tuple__" in node:
+                if not isinstance(node["__tuple__"], list):
+                    raise ValueError(f"__tuple__ holds {node['__tuple__']!r:.80}, expected a list")
+                stack.extend(node["__tuple__"])
+            elif "__tensor__" not in node and "__ndarray__" not in node:
+                stack.extend(node.values())
+
+
+def _read_skeleton(path: Path) -> Any:
+    """state.json, parsed and checked; a CheckpointError naming the file otherwise."""
+    try:
+        skeleton = json.loads((path / "state.json").read_text())
+        _check_skeleton(skeleton)
+    except (ValueError, RecursionError, OSError) as exc:
+        raise CheckpointError(f"checkpoint file {path / 'state.json'} is malformed ({exc})") from None
+    return skeleton
 
 
 def verify_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -176,14 +322,7 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not manifest_path.is_file():
         raise CheckpointError(f"checkpoint {path} is incomplete: {MANIFEST} is missing (the write was interrupted)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"checkpoint {path}: {manifest_path} is not valid JSON ({exc})") from None
-    if manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
-        raise CheckpointError(f"checkpoint {path}: {manifest_path} is not a robo-rl checkpoint manifest")
-    if manifest.get("version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} has format version {manifest['version']}; this robo-rl reads up to {FORMAT_VERSION}, upgrade robo-rl")
+    manifest = _read_manifest(path, manifest_path)
     for name, info in manifest["files"].items():
         f = path / name
         if not f.is_file():
@@ -193,8 +332,7 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"checkpoint file {f} is truncated or altered: {size} bytes, the manifest says {info['bytes']}")
         if _sha256(f) != info["sha256"]:
             raise CheckpointError(f"checkpoint file {f} does not match its sha256 in the manifest (corrupted or modified)")
-    if "state.safetensors" not in manifest["files"] or "state.json" not in manifest["files"]:
-        raise CheckpointError(f"checkpoint {path}: manifest lists no state.safetensors/state.json")
+    _read_skeleton(path)
     return manifest
 
 
@@ -206,11 +344,12 @@ def load_checkpoint(path: str | Path, load_replay: bool = True) -> tuple[dict[st
         tensors = load_file(str(path / "state.safetensors"))
     except Exception as exc:  # safetensors raises its own error types for malformed headers
         raise CheckpointError(f"checkpoint file {path / 'state.safetensors'} cannot be read: {exc}") from None
+    skeleton = _read_skeleton(path)
     try:
-        skeleton = json.loads((path / "state.json").read_text())
         state = unflatten_state(skeleton, tensors)
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint file {path / 'state.json'} is inconsistent with state.safetensors: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"checkpoint file {path / 'state.json'} is inconsistent with state.safetensors: "
+                              f"{type(exc).__name__}: {exc}") from None
     replay = None
     if load_replay and "replay.npz" in manifest["files"]:
         try:
@@ -222,7 +361,12 @@ def load_checkpoint(path: str | Path, load_replay: bool = True) -> tuple[dict[st
 
 
 def latest_checkpoint(directory: str | Path, warn: Any = None) -> Path | None:
-    """The newest checkpoint that verifies; broken newer ones are skipped and reported via ``warn``."""
+    """The newest checkpoint that verifies; broken newer ones are skipped and reported via ``warn``.
+
+    First puts back a checkpoint a killed re-save left aside and removes dead processes' temporary
+    directories (``recover``).
+    """
+    recover(directory, warn)
     for path in reversed(list_checkpoints(directory)):
         try:
             verify_checkpoint(path)

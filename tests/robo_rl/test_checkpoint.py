@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,3 +104,140 @@ def test_nothing_is_unpickled(tmp_path):
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="replay.npz cannot be read"):
         load_checkpoint(path)
+
+
+def _rewrite(path, name, text):
+    """Replace one file of a checkpoint and make its manifest agree, as a tamperer (or a writer bug) would."""
+    import hashlib
+
+    (path / name).write_text(text)
+    manifest = json.loads((path / "manifest.json").read_text())
+    data = (path / name).read_bytes()
+    manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_keep_never_deletes_the_checkpoint_just_written_nor_counts_newer_broken_ones(tmp_path):
+    for step in (100, 200, 300):
+        save_checkpoint(tmp_path, step, {"w": torch.full((2,), float(step))})
+    (tmp_path / "step_0000000300" / "state.safetensors").write_bytes(b"garbage")  # resume skips it
+    assert latest_checkpoint(tmp_path).name == "step_0000000200"
+    saved = save_checkpoint(tmp_path, 210, {"w": torch.ones(2)}, keep=1)  # the resumed run's next save
+    assert saved.is_dir() and latest_checkpoint(tmp_path) == saved
+    # the run's own older ones are pruned; the newer abandoned one is left to be overwritten at step 300
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000000210", "step_0000000300"]
+    save_checkpoint(tmp_path, 300, {"w": torch.full((2,), 3.0)}, keep=1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000000300"]
+    assert latest_checkpoint(tmp_path).name == "step_0000000300"
+
+
+@pytest.mark.parametrize("manifest", [
+    "[]",
+    "null",
+    '{"format": "robo-rl-checkpoint", "version": "1", "files": {}}',
+    '{"format": "robo-rl-checkpoint", "version": null, "files": {}}',
+    '{"format": "robo-rl-checkpoint", "version": 1, "files": {"state.json": null}}',
+    '{"format": "robo-rl-checkpoint", "version": 1, "files": {"state.json": {"sha256": "0"}}}',
+    '{"format": "robo-rl-checkpoint", "version": 1, "files": {"state.json": {"bytes": "12", "sha256": "0"}}}',
+    '{"format": "robo-rl-checkpoint", "version": 1, "files": {"../state.json": {"bytes": 1, "sha256": "0"}}}',
+    '{"format": "robo-rl-checkpoint", "version": 1, "files": []}',
+])
+def test_malformed_manifest_is_skipped_on_resume_not_a_crash(tmp_path, manifest):
+    good = save_checkpoint(tmp_path, 100, sample_state())
+    bad = save_checkpoint(tmp_path, 200, sample_state())
+    (bad / "manifest.json").write_text(manifest)
+    with pytest.raises(CheckpointError, match=r"step_0000000200.*manifest\.json"):
+        verify_checkpoint(bad)
+    warnings = []
+    assert latest_checkpoint(tmp_path, warn=warnings.append) == good
+    assert "step_0000000200" in warnings[0]
+
+
+@pytest.mark.parametrize("skeleton", ['{"__tuple__": 5}', '{"a": {"__items__": [[1]]}}', '{"a": {"__tensor__": [1]}}',
+                                      '{"a": {"__items__": [[[1], 2]]}}', '[' * 100_000])
+def test_malformed_state_json_is_a_checkpoint_error_naming_the_file(tmp_path, skeleton):
+    good = save_checkpoint(tmp_path, 100, sample_state())
+    bad = save_checkpoint(tmp_path, 200, sample_state())
+    _rewrite(bad, "state.json", skeleton)
+    with pytest.raises(CheckpointError, match=r"step_0000000200/state\.json"):
+        load_checkpoint(bad)
+    assert latest_checkpoint(tmp_path) == good
+
+
+def test_state_json_naming_a_missing_tensor_is_a_checkpoint_error(tmp_path):
+    path = save_checkpoint(tmp_path, 100, {"w": torch.ones(2)})
+    _rewrite(path, "state.json", '{"w": {"__tensor__": "nope"}}')
+    with pytest.raises(CheckpointError, match=r"state\.json is inconsistent with state\.safetensors"):
+        load_checkpoint(path)
+
+
+def _kill_resave_between_renames(tmp_path, monkeypatch):
+    """Re-save step 200 and die between moving the old one aside and moving the new one in."""
+    import robo_rl.checkpoint as ckpt
+
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed between the two renames")
+        return real(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, 200, {"w": torch.full((2,), 3.0)})
+    monkeypatch.setattr(ckpt.os, "replace", real)
+    assert not (tmp_path / "step_0000000200").exists()  # the window the recovery is for
+
+
+def test_a_resave_killed_between_its_renames_is_recovered_on_resume(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path, 100, {"w": torch.ones(2)})
+    save_checkpoint(tmp_path, 200, {"w": torch.full((2,), 2.0)})
+    _kill_resave_between_renames(tmp_path, monkeypatch)
+    warnings = []
+    path = latest_checkpoint(tmp_path, warn=warnings.append)
+    assert path.name == "step_0000000200" and "recovered" in warnings[0]
+    assert torch.equal(load_checkpoint(path)[0]["w"], torch.full((2,), 3.0))  # the complete new one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_0000000100", "step_0000000200"]  # nothing hidden left
+
+
+def test_an_interrupted_resave_falls_back_to_the_old_checkpoint_if_the_new_one_is_incomplete(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path, 200, {"w": torch.full((2,), 2.0)})
+    _kill_resave_between_renames(tmp_path, monkeypatch)
+    tmp = next(tmp_path.glob(".tmp-*"))
+    os.remove(tmp / "manifest.json")
+    save_checkpoint(tmp_path, 300, {"w": torch.ones(2)})  # the next save tidies up too
+    assert torch.equal(load_checkpoint(tmp_path / "step_0000000200")[0]["w"], torch.full((2,), 2.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_0000000200", "step_0000000300"]
+
+
+def test_stale_temporary_directories_are_removed_but_not_those_of_a_live_save(tmp_path):
+    import subprocess
+    import sys
+
+    save_checkpoint(tmp_path, 100, {"w": torch.ones(2)})
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # a process that has exited
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for name in (f".tmp-step_0000000200-{dead_pid}", f".old-step_0000000100-{dead_pid}",
+                     f".tmp-step_0000000300-{live.pid}"):
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "replay.npz").write_bytes(b"x" * 1000)
+        save_checkpoint(tmp_path, 110, {"w": torch.ones(2)})
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            f".tmp-step_0000000300-{live.pid}", "step_0000000100", "step_0000000110"]
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_the_temporary_directory_is_fsynced_before_it_is_renamed(tmp_path, monkeypatch):
+    import robo_rl.checkpoint as ckpt
+
+    events, real_fsync, real_replace = [], ckpt._fsync, os.replace
+    monkeypatch.setattr(ckpt, "_fsync", lambda p: (events.append(("fsync", Path(p).name)), real_fsync(p))[1])
+    monkeypatch.setattr(ckpt.os, "replace", lambda a, b: (events.append(("rename", Path(a).name)), real_replace(a, b))[1])
+    save_checkpoint(tmp_path, 5, {"w": torch.ones(2)})
+    tmp_name = f".tmp-step_0000000005-{os.getpid()}"
+    assert events.index(("fsync", tmp_name)) < events.index(("rename", tmp_name))
