@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,10 @@ def export_policy(
 
     The exported file is compared with the torch policy on ``check_obs`` (real observations, if
     given) plus random ones before the sidecar is written; a difference above ``tolerance`` is an
-    error, so an export that exists is an export that was checked.
+    error, so an export that exists is an export that was checked. Model and sidecar are written to
+    temporary names, fsynced, and renamed into place (model first, sidecar last): a crash leaves the
+    previous export or the new one, or a new model next to the old sidecar, which the runtime refuses
+    (its sha256 does not match).
     """
     import torch
 
@@ -172,7 +176,6 @@ def export_policy(
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"the exported {fmt} policy differs from the torch policy by {max_error:.2e} (> {tolerance:g}); "
                            "nothing was written")
-    tmp.replace(path)
     low, high = policy.action_low.cpu().numpy(), policy.action_high.cpu().numpy()
     norm = policy.obs_norm
 
@@ -189,7 +192,7 @@ def export_policy(
         "model_file": path.name,
         "model_format": fmt,
         "exporter": exporter,
-        "sha256": sha256_of(path),
+        "sha256": sha256_of(tmp),
         "task": task,
         "head": getattr(policy, "name", type(policy).__name__),
         "observation": {"dim": obs_dim, "dtype": "float32", "low": bounds(observation_low), "high": bounds(observation_high)},
@@ -207,10 +210,32 @@ def export_policy(
                     "max_abs_error": max_error, "tolerance": tolerance},
         **(metadata or {}),
     }
-    tmp_json = out_dir / ".policy.json.tmp"
-    tmp_json.write_text(json.dumps(sidecar, indent=2))
-    tmp_json.replace(out_dir / "policy.json")
+    _publish(tmp, path, sidecar)
     return sidecar
+
+
+def _publish(tmp_model: Path, model: Path, sidecar: dict[str, Any]) -> None:
+    """Both files under temporary names and fsynced, then renamed: the model first, the sidecar last.
+
+    A crash in between leaves the new model next to the previous sidecar, whose sha256 the runtime
+    finds does not match, so a mixed pair is refused rather than run.
+    """
+    tmp_json = model.parent / ".policy.json.tmp"
+    tmp_json.write_text(json.dumps(sidecar, indent=2))
+    _fsync(tmp_model)
+    _fsync(tmp_json)
+    tmp_model.replace(model)
+    tmp_json.replace(model.parent / "policy.json")
+    _fsync(model.parent)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's contents (or a directory's entries) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _session(path: Path):  # -> onnxruntime.InferenceSession

@@ -5,14 +5,15 @@ Numpy only next to ``sim2real.runtime`` (no torch). Two pieces:
 * ``Robot`` is the adapter a robot implements (LeRobot-style: connect, get_observation,
   send_action, disconnect) plus the command it falls back to when something is wrong;
 * ``ControlLoop`` runs policy -> safety filters -> robot at a fixed rate with absolute deadlines
-  and a watchdog. A fault (stale, non-finite or malformed observation, slow inference, non-finite
-  action) never stops the robot silently: the robot's fallback command is sent instead, still
-  through the safety filters, and the fault is logged as an event.
+  and a watchdog. A fault (stale, non-finite or malformed observation, an unusable timestamp, slow
+  inference, non-finite action) never stops the robot silently: the robot's fallback command is
+  sent instead, still through the safety filters, and the fault is logged as an event.
 """
 
 from __future__ import annotations
 
 import abc
+import inspect
 import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field, fields
@@ -63,6 +64,15 @@ class Robot(abc.ABC):
         with position control should hold its last position, a torque robot should damp."""
         return np.zeros(self.action_dim, np.float32)
 
+    def current_action(self) -> np.ndarray | None:
+        """The command the actuators hold now ([action_dim], finite), or None if the robot cannot tell.
+
+        The loop starts its safety filters from it at the start of a run and of an episode, so a
+        rate limit holds from the first command on; with None it uses the last command it sent in
+        this run, or ``fallback_action()`` before the first one.
+        """
+        return None
+
     def __enter__(self) -> "Robot":
         self.connect()
         return self
@@ -77,19 +87,21 @@ ON_FAULT = ("fallback", "stop")
 @dataclass
 class WatchdogConfig:
     """Limits that turn into a fallback command. None picks a default from the control period:
-    observations older than 2 periods, inference longer than half a period, and a tick may start
-    up to 10% of a period late (OS sleep jitter) before it counts as a deadline miss.
-    Use math.inf to switch a check off."""
+    observations older than 2 periods, inference longer than half a period, an observation
+    timestamped up to 10% of a period in the future (clocks that disagree a little) and a tick
+    that starts up to 10% of a period late (OS sleep jitter) before it counts as a deadline miss.
+    Use math.inf to switch a check off (a NaN timestamp is always a fault)."""
 
     max_observation_age: float | None = None
     max_inference_time: float | None = None
     late_tolerance: float | None = None
+    max_clock_skew: float | None = None  # how far in the future an observation's timestamp may be
     on_fault: str = "fallback"  # "fallback": send the fallback and go on; "stop": send it, then end the run
 
     def __post_init__(self) -> None:
         if self.on_fault not in ON_FAULT:
             raise ValueError(f"watchdog.on_fault={self.on_fault!r}: choose one of {', '.join(ON_FAULT)}")
-        for name in ("max_observation_age", "max_inference_time", "late_tolerance"):
+        for name in ("max_observation_age", "max_inference_time", "late_tolerance", "max_clock_skew"):
             value = getattr(self, name)
             if value is not None and not float(value) > 0:
                 raise ValueError(f"watchdog.{name}={value!r}: expected seconds > 0 (or null for the default)")
@@ -166,6 +178,7 @@ class ControlLoop:
         self.max_age = wd.max_observation_age if wd.max_observation_age is not None else 2 * self.period
         self.max_inference = wd.max_inference_time if wd.max_inference_time is not None else 0.5 * self.period
         self.late_tolerance = wd.late_tolerance if wd.late_tolerance is not None else 0.1 * self.period
+        self.max_skew = wd.max_clock_skew if wd.max_clock_skew is not None else 0.1 * self.period
         self.realtime, self.clock, self.sleep, self.max_events = realtime, clock, sleep, max_events
         self.filters = self._build_filters(filters)
         self.events: list[dict[str, Any]] = []
@@ -187,6 +200,31 @@ class ControlLoop:
         if len(self.events) < self.max_events:
             self.events.append({"step": self.step, "time": self.clock() - self.t0, "kind": kind, "detail": detail})
 
+    def _reset_filters(self) -> None:
+        """Start the filters' episode from the command the robot holds now, so a rate limit also holds
+        on the first command after the reset: ``Robot.current_action()`` if the robot reports it, else
+        the last command this run sent, else (at the start of a run) the robot's fallback command."""
+        if self.filters is None:
+            return
+        current = getattr(self.robot, "current_action", None)
+        command = current() if callable(current) else None
+        if command is not None:
+            command = np.asarray(command, np.float64)
+            if command.shape != (self.runtime.act_dim,) or not np.isfinite(command).all():
+                self._event("bad_current_action", f"{type(self.robot).__name__}.current_action() returned {command!r}; "
+                                                  f"the filters start from the fallback command instead")
+                command = None
+        if command is None:
+            command = self._last_sent if self._last_sent is not None else self._fallback()
+        try:
+            takes_initial = "initial" in inspect.signature(self.filters.reset).parameters
+        except (TypeError, ValueError):
+            takes_initial = False
+        if takes_initial:
+            self.filters.reset(1, initial=command)
+        else:  # a user chain without the argument: it starts as it always did
+            self.filters.reset(1)
+
     def _fallback(self) -> np.ndarray:
         action = np.asarray(self.robot.fallback_action(), np.float64)
         if action.shape != (self.runtime.act_dim,) or not np.isfinite(action).all():
@@ -199,6 +237,7 @@ class ControlLoop:
         self.events, self.counts = [], Counter()
         self.inference, self.loop = _Latency(), _Latency()
         self.step, self.misses, self.skipped, self.fallbacks = 0, 0, 0, 0
+        self._last_sent: np.ndarray | None = None
         connected_here = not self.robot.is_connected
         if connected_here:
             self.robot.connect()
@@ -207,9 +246,8 @@ class ControlLoop:
         self.t0 = self.clock()
         slot = 0
         try:
-            if self.filters is not None:
-                self.filters.reset(1)
             self._fallback()  # a robot whose fallback is unusable must fail before the first tick
+            self._reset_filters()
             while not stop and (steps is None or self.step < steps) and not (until is not None and until()):
                 due = self.t0 + slot * self.period
                 now = self.clock()
@@ -255,8 +293,8 @@ class ControlLoop:
         start = time.perf_counter()
         obs = self.robot.get_observation()
         values = np.asarray(obs.values)
-        if (obs.info or {}).get("episode_start") and self.filters is not None:
-            self.filters.reset(1)
+        if (obs.info or {}).get("episode_start"):
+            self._reset_filters()
         action, fault, checked, fresh = None, None, None, None
         if values.shape != (self.runtime.obs_dim,):
             fault = ("bad_observation", f"observation shape {values.shape}, expected ({self.runtime.obs_dim},)")
@@ -268,8 +306,17 @@ class ControlLoop:
             except ValueError as exc:
                 fault = ("bad_observation", str(exc))
         if checked is not None:
-            age = self.clock() - obs.timestamp
-            if age > self.max_age:
+            try:
+                age = float(self.clock() - obs.timestamp)
+            except (TypeError, ValueError):
+                age = float("nan")
+            if not np.isfinite(age):
+                fault = ("bad_timestamp", f"observation timestamp {obs.timestamp!r} gives no age "
+                                          f"(NaN/inf or not a number); its freshness is unknown")
+            elif age < -self.max_skew:
+                fault = ("bad_timestamp", f"observation timestamp is {-age * 1e3:.1f} ms in the future (limit "
+                                          f"{self.max_skew * 1e3:.1f} ms): the robot stamps with another clock than the loop")
+            elif age > self.max_age:
                 fault = ("stale_observation", f"observation is {age * 1e3:.1f} ms old (limit {self.max_age * 1e3:.1f} ms)")
             else:
                 fresh = values.astype(np.float64)  # usable and current: the filters get it at full precision
@@ -287,7 +334,9 @@ class ControlLoop:
             self._event(*fault)
             self.fallbacks += 1
             action = self._fallback()
-        self.robot.send_action(self._filter(action, self._filter_obs(fresh)))
+        command = self._filter(action, self._filter_obs(fresh))
+        self.robot.send_action(command)
+        self._last_sent = command
         self.loop.add(time.perf_counter() - start)
         return fault is not None
 

@@ -147,6 +147,7 @@ class MujocoSim2SimRobot(Robot):
         if action.shape != (self.action_dim,) or not np.isfinite(action).all():
             raise ValueError(f"{self.task} needs {self.action_dim} finite command values, got {action!r}")
         self._queue.append(action)
+        self._current = action
         applied = self._queue.popleft()
         obs, reward, terminated, truncated, _ = self.env.step(applied.astype(self.env.action_space.dtype))
         self._return += float(reward)
@@ -163,6 +164,11 @@ class MujocoSim2SimRobot(Robot):
         """Zero command (no actuator effort), moved into the action space if zero is outside it."""
         self._require_connected()
         return np.clip(np.zeros(self.action_dim), self._low, self._high)
+
+    def current_action(self) -> np.ndarray:
+        """The last command sent; after a reset the fallback (what the new episode starts with)."""
+        self._require_connected()
+        return self._current.copy()
 
     # --- simulation ------------------------------------------------------------------------------
     @property
@@ -203,6 +209,7 @@ class MujocoSim2SimRobot(Robot):
         self._return, self._length, self._episode_start = 0.0, 0, True
         # commands in flight do not survive a reset: the new episode starts with the fallback queued
         self._queue: deque[np.ndarray] = deque(self.fallback_action() for _ in range(self.action_latency))
+        self._current = self.fallback_action()
 
 
 def _make(task: str, max_episode_steps: int | None, kwargs: dict[str, Any]) -> Any:
@@ -247,14 +254,16 @@ def _apply_physics(base: Any, nominal: dict[str, np.ndarray], ranges: dict[str, 
 
 class CallbackRobot(Robot):
     """A robot made of two functions: ``get()`` -> observation array (or ``Observation``) and
-    ``send(action)``. Handy to wire a ROS topic or a test fixture to the control loop."""
+    ``send(action)``. Handy to wire a ROS topic or a test fixture to the control loop. Optional:
+    ``fallback`` (array or function), ``current()`` -> the command the actuators hold (or None)."""
 
     def __init__(self, get: Callable[[], Any], send: Callable[[np.ndarray], None], action_dim: int,
                  fallback: np.ndarray | Callable[[], np.ndarray] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 on_connect: Callable[[], None] | None = None, on_disconnect: Callable[[], None] | None = None) -> None:
+                 on_connect: Callable[[], None] | None = None, on_disconnect: Callable[[], None] | None = None,
+                 current: Callable[[], np.ndarray | None] | None = None) -> None:
         self._get, self._send, self.action_dim = get, send, int(action_dim)
-        self._fallback, self.clock = fallback, clock
+        self._fallback, self.clock, self._current = fallback, clock, current
         self._on_connect, self._on_disconnect = on_connect, on_disconnect
         self._connected = False
 
@@ -283,3 +292,6 @@ class CallbackRobot(Robot):
         if self._fallback is None:
             return super().fallback_action()
         return np.asarray(self._fallback() if callable(self._fallback) else self._fallback)
+
+    def current_action(self) -> np.ndarray | None:
+        return None if self._current is None else self._current()

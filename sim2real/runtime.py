@@ -60,18 +60,47 @@ def _sidecar_path(export: str | Path) -> Path:
     return path / SIDECAR if path.is_dir() else path
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def load_sidecar(export: str | Path) -> dict[str, Any]:
-    """Read and validate the JSON sidecar of an export (a directory or the .json file itself)."""
+    """Read and validate the JSON sidecar of an export (a directory or the .json file itself).
+
+    Every key the runtime and the control loop read is checked for its type here, so a damaged or
+    hand-edited sidecar fails at load with an ExportError naming the file and the key.
+    """
     path = _sidecar_path(export)
     if not path.is_file():
         raise ExportError(f"{path} not found: pass an export directory holding {SIDECAR} (from `robo-rl export`)")
     try:
         sidecar = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ExportError(f"{path} is not valid JSON ({exc})") from exc
 
     def bad(message: str) -> ExportError:
         return ExportError(f"{path}: {message}")
+
+    def mapping(key: str, value: Any, optional: bool = False) -> dict[str, Any]:
+        if optional and value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise bad(f"{key} is {value!r:.60}, expected a mapping")
+        return value
+
+    def positive_int(key: str, value: Any) -> int:
+        if not _is_int(value) or value < 1:
+            raise bad(f"{key}={value!r:.60}: expected a positive integer")
+        return value
+
+    def numbers(key: str, value: Any, n: int) -> np.ndarray:
+        if not isinstance(value, list) or len(value) != n or not all(_is_number(v) for v in value):
+            raise bad(f"{key}={value!r:.60}: expected a list of {n} numbers")
+        return np.asarray(value, np.float64)
 
     if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
         raise bad(f"format is {sidecar.get('format') if isinstance(sidecar, dict) else None!r}, expected {FORMAT!r}")
@@ -81,31 +110,46 @@ def load_sidecar(export: str | Path) -> dict[str, Any]:
     for key in ("model_file", "model_format", "sha256", "observation", "action", "inputs", "outputs", "control"):
         if key not in sidecar:
             raise bad(f"missing key {key!r}")
-    obs, act = sidecar["observation"], sidecar["action"]
-    if not isinstance(obs.get("dim"), int) or obs["dim"] < 1:
-        raise bad(f"observation.dim={obs.get('dim')!r}: expected a positive integer")
-    if not isinstance(act.get("dim"), int) or act["dim"] < 1:
-        raise bad(f"action.dim={act.get('dim')!r}: expected a positive integer")
-    low, high = np.asarray(act.get("low"), float), np.asarray(act.get("high"), float)
-    if low.shape != (act["dim"],) or high.shape != (act["dim"],):
-        raise bad(f"action.low/high must each list action.dim={act['dim']} numbers")
+    for key in ("model_file", "model_format", "sha256"):
+        if not isinstance(sidecar[key], str) or not sidecar[key]:
+            raise bad(f"{key}={sidecar[key]!r:.60}: expected a string")
+    if sidecar.get("task") is not None and not isinstance(sidecar["task"], str):
+        raise bad(f"task={sidecar['task']!r:.60}: expected a task id or null")
+    mapping("task_kwargs", sidecar.get("task_kwargs"), optional=True)
+    obs, act = mapping("observation", sidecar["observation"]), mapping("action", sidecar["action"])
+    obs_dim = positive_int("observation.dim", obs.get("dim"))
+    act_dim = positive_int("action.dim", act.get("dim"))
+    low, high = numbers("action.low", act.get("low"), act_dim), numbers("action.high", act.get("high"), act_dim)
     if not (np.isfinite(low).all() and np.isfinite(high).all() and (low <= high).all()):
         raise bad("action.low/high must be finite with low <= high")
     noise = sidecar.get("noise")
-    k = int(noise["dim"]) if noise else 0
-    if noise and noise.get("default", "zeros") != "zeros" and np.shape(noise["default"]) != (k,):
-        raise bad(f"noise.default must be 'zeros' or {k} numbers")
-    expected_in = [("obs", obs["dim"])] + ([("noise", k)] if k else [])
+    k = 0
+    if noise is not None:
+        noise = mapping("noise", noise)
+        k = positive_int("noise.dim", noise.get("dim"))
+        default = noise.get("default", "zeros")
+        if default != "zeros":
+            numbers("noise.default", default, k)
+    expected_in = [("obs", obs_dim)] + ([("noise", k)] if k else [])
     for what, entries, expected in (("inputs", sidecar["inputs"], expected_in),
-                                    ("outputs", sidecar["outputs"], [("action", act["dim"])])):
-        got = [(e.get("name"), e.get("shape", [None, None])[-1]) for e in entries]
+                                    ("outputs", sidecar["outputs"], [("action", act_dim)])):
+        if not isinstance(entries, list):
+            raise bad(f"{what} is {entries!r:.60}, expected a list of {{name, shape}} entries")
+        for i, e in enumerate(entries):
+            if not (isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("shape"), list)
+                    and e["shape"] and _is_int(e["shape"][-1])):
+                raise bad(f"{what}[{i}] is {e!r:.80}, expected {{'name': str, 'shape': ['batch', int], ...}}")
+        got = [(e["name"], e["shape"][-1]) for e in entries]
         if got != expected:
             raise bad(f"{what} {got} (name, size) do not match observation/action/noise dims {expected}")
-    dt = sidecar["control"].get("dt")
-    if dt is not None and not (isinstance(dt, (int, float)) and dt > 0):
-        raise bad(f"control.dt={dt!r}: expected a positive number of seconds or null")
-    if not isinstance(sidecar.get("safety", {}), dict):
-        raise bad("safety must be a mapping like {'filters': [...]}")
+    control = mapping("control", sidecar["control"])
+    for key in ("dt", "rate_hz"):
+        value = control.get(key)
+        if value is not None and not (_is_number(value) and np.isfinite(value) and value > 0):
+            raise bad(f"control.{key}={value!r:.60}: expected a positive number or null")
+    safety = mapping("safety", sidecar.get("safety", {}))  # e.g. {"filters": [...]}
+    if safety.get("filters") is not None and not isinstance(safety["filters"], list):
+        raise bad(f"safety.filters={safety['filters']!r:.60}: expected a list of filter entries (or null)")
     return sidecar
 
 

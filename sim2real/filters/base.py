@@ -89,7 +89,8 @@ def out_dtype(action: np.ndarray) -> np.dtype:
 class SafetyFilter(ABC):
     """Base class: shape and dtype handling around ``_apply``.
 
-    Subclasses set ``name`` and ``uses_obs``, keep their per-episode state in ``reset``, and implement
+    Subclasses set ``name`` and ``uses_obs``, keep their per-episode state in ``_reset_state`` (and,
+    if it depends on the previous command, take the command in force from ``_seed``), and implement
     ``_apply(action [B, A] float64, obs [B, O] float64 | None, dtype) -> (action [B, A], report)``
     whose returned action must already be exactly representable in ``dtype`` and satisfy the filter's
     guarantee. ``describe()`` returns the settings as a ``build_chain`` spec entry.
@@ -104,22 +105,47 @@ class SafetyFilter(ABC):
         self.action_dim = int(action_dim)
         self.batch: int | None = None
         self._stepped = False
+        self._initial: np.ndarray | None = None  # [1 or B, A]: the command in force at the last reset
 
     # -- state -------------------------------------------------------------------------------------
-    def reset(self, batch: int = 1) -> None:
-        """Clear per-episode state for ``batch`` rows (the next call may also bring another batch size)."""
+    def reset(self, batch: int = 1, initial: Any = None) -> None:
+        """Clear per-episode state for ``batch`` rows (the next call may also bring another batch size).
+
+        ``initial`` ([A] or [batch, A], finite): the command the actuators hold now. Filters whose
+        guarantee refers to the previous command take it as that command (``rate`` limits the first
+        step from it; ``box`` with ``hold`` and an ``absolute`` workspace hold it), so the guarantee
+        also holds across the reset. None: no command is known, the first call has no previous one.
+        Filters without such state ignore it.
+        """
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise ValueError(f"batch: expected a positive integer, got {batch!r}")
+        seed = None
+        if initial is not None:
+            try:
+                seed = np.array(initial, dtype=np.float64, ndmin=2)
+            except (TypeError, ValueError):
+                seed = None
+            if (seed is None or seed.ndim != 2 or seed.shape[1] != self.action_dim or seed.shape[0] not in (1, batch)
+                    or not np.isfinite(seed).all()):
+                raise ValueError(f"{self.name}: initial must be {self.action_dim} finite numbers (or one row of them "
+                                 f"per batch row, {batch}), got {initial!r}")
         self.batch = int(batch)
         self._stepped = False
+        self._initial = seed
         self._reset_state(self.batch)
+        if seed is not None:
+            self._seed(np.broadcast_to(seed, (self.batch, self.action_dim)).copy())
 
     def _reset_state(self, batch: int) -> None:
         """Per-episode state of a subclass (previous output, tank energy...)."""
 
+    def _seed(self, initial: np.ndarray) -> None:
+        """Take ``initial`` [B, A] float64 (finite) as the previous command; a no-op unless a subclass needs it."""
+
     def _check_batch(self, batch: int) -> None:
         if self.batch is None or (not self._stepped and batch != self.batch):
-            self.reset(batch)  # first call, or first call after reset(): adopt the caller's batch
+            # first call, or first call after reset(): adopt the caller's batch (and keep the reset's command)
+            self.reset(batch, initial=self._initial)
         elif batch != self.batch:
             raise ValueError(f"{self.name}: got a batch of {batch} rows but the filter holds state for "
                              f"{self.batch}; call reset(batch={batch}) when the number of robots changes")

@@ -20,7 +20,8 @@ class BoxFilter(SafetyFilter):
 
     A row with any non-finite entry is not trusted at all (a corrupted policy output): the whole row is
     replaced by the fallback, ``hold`` (this filter's previous output for that row; the box midpoint if
-    there is none yet), ``zero`` or ``midpoint``, clipped into the box, and reported as fallback.
+    there is none yet, or the command given to ``reset(initial=...)``), ``zero`` or ``midpoint``, clipped
+    into the box, and reported as fallback.
     Assumes: the limits are the actuator's (or the task's) and the action is in the same units.
     """
 
@@ -35,6 +36,9 @@ class BoxFilter(SafetyFilter):
 
     def _reset_state(self, batch: int) -> None:
         self.prev = None
+
+    def _seed(self, initial: np.ndarray) -> None:
+        self.prev = np.clip(initial, self.low, self.high)  # what "hold" holds before the first output
 
     def _fallback_rows(self, batch: int) -> np.ndarray:
         if self.fallback == "hold" and self.prev is not None:

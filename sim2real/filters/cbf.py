@@ -46,7 +46,8 @@ class CBFFilter(SafetyFilter):
     already outside the safe set (h < 0) is asked to recover: h must grow at least geometrically.
 
     Fallback (reported): a non-finite action or state, an infeasible constraint set, a solver failure, or
-    a solution that fails the check returns the ``fallback`` action (default zeros). The fallback is
+    a solution that fails the check returns the ``fallback`` action (default zeros; with bounds, rounded
+    inward to the caller's float width, so every returned row is inside [low, high]). The fallback is
     checked against the same constraints; if even it violates them (e.g. the state drifts out of the safe
     set on its own, or a zero action cannot satisfy a recovery condition), the filter says so in the
     report and still returns the fallback with fallback=True: there is no better action it can prove safe.
@@ -215,11 +216,14 @@ class CBFFilter(SafetyFilter):
             g_all = self.gamma * self.barrier(state)  # [B, m]
         out = action.copy()
         report = FilterReport.clean(batch)
+        fallback = self.fallback  # inside [low, high] in float64; rounded inward so it stays there in ``dtype``
+        if self.low is not None:
+            fallback = np.clip(fallback, *representable_bounds(self.low, self.high, dtype))
         projected, invalid, failed, unchecked, violating = [], [], [], [], []
         for b in range(batch):
             u_ref, g = action[b], g_all[b]
             if not (np.isfinite(state[b]).all() and np.isfinite(g).all()):
-                out[b] = self.fallback
+                out[b] = fallback
                 report.fallback[b] = True
                 unchecked.append(b)
                 continue
@@ -234,9 +238,9 @@ class CBFFilter(SafetyFilter):
                 failed.append(b)
             else:
                 invalid.append(b)
-            out[b] = self.fallback
+            out[b] = fallback
             report.fallback[b] = True
-            if not self._satisfied(self.fallback.astype(dtype).astype(np.float64), g):
+            if not self._satisfied(fallback.astype(dtype).astype(np.float64), g):
                 violating.append(b)
         out = out.astype(dtype)
         with np.errstate(invalid="ignore"):

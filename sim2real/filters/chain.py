@@ -50,10 +50,11 @@ class FilterChain(SafetyFilter):
         self.filters = filters
         self.uses_obs = any(f.uses_obs for f in filters)
 
-    def reset(self, batch: int = 1) -> None:
-        super().reset(batch)
+    def reset(self, batch: int = 1, initial: Any = None) -> None:
+        """Reset every filter; ``initial`` (the command the robot holds now) seeds each one that needs it."""
+        super().reset(batch, initial)
         for f in self.filters:
-            f.reset(batch)
+            f.reset(batch, initial)
 
     def _apply(self, action: np.ndarray, obs: np.ndarray | None, dtype: np.dtype) -> tuple[np.ndarray, FilterReport]:
         out = action.astype(dtype)

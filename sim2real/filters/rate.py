@@ -13,13 +13,14 @@ from sim2real.filters.base import FilterReport, SafetyFilter, representable_boun
 class RateFilter(SafetyFilter):
     """Limit ``|a_t - a_{t-1}| <= max_delta`` per dimension, where ``a_{t-1}`` is this filter's previous output.
 
-    Guarantee: every returned entry is finite and, from the second call after ``reset`` on, within
-    ``max_delta`` of the previous returned value of the same row and dimension. The first call after a
-    reset passes finite actions unchanged (there is nothing to compare with).
+    Guarantee: every returned entry is finite and within ``max_delta`` of the previous returned value of
+    the same row and dimension. After ``reset(batch, initial=command)`` the first call is limited to
+    ``max_delta`` from ``command`` (the command the robot holds: the control loop passes it); after a
+    plain ``reset`` the first call passes finite actions unchanged (there is nothing to compare with).
 
-    A row with any non-finite entry holds the previous output (zeros on the first call) and is reported
-    as fallback. Placed after a ``box`` filter, the output stays inside the box too: it lies between
-    the (in-box) input and the (in-box) previous output.
+    A row with any non-finite entry holds the previous output (the reset's command, else zeros, on the
+    first call) and is reported as fallback. Placed after a ``box`` filter, the output stays inside the
+    box too: it lies between the (in-box) input and the (in-box) previous output or reset command.
     Assumes: the filter is called once per control period; ``max_delta`` is per period.
     """
 
@@ -32,6 +33,9 @@ class RateFilter(SafetyFilter):
 
     def _reset_state(self, batch: int) -> None:
         self.prev = None
+
+    def _seed(self, initial: np.ndarray) -> None:
+        self.prev = initial
 
     def _apply(self, action: np.ndarray, obs: np.ndarray | None, dtype: np.dtype) -> tuple[np.ndarray, FilterReport]:
         bad = ~np.isfinite(action).all(axis=1)
@@ -46,7 +50,7 @@ class RateFilter(SafetyFilter):
         with np.errstate(invalid="ignore"):
             report.intervened = bad | (out != action).any(axis=1)
         if bad.any():
-            source = "zeros (first step)" if self.prev is None else "previous output"
+            source = "zeros (first step)" if self.prev is None else "previous command"
             report.reasons.append(f"rate: non-finite action in {rows(bad)} -> hold {source}")
         limited = report.intervened & ~bad
         if limited.any():

@@ -33,7 +33,8 @@ class WorkspaceFilter(SafetyFilter):
     Fallback (reported): a non-finite target action or end-effector reading means the policy output or
     the state estimate is not trusted, so the robot holds in place: target = ee clipped into the box.
     If the reading itself is non-finite, delta mode commands a zero delta (no motion; the target is
-    then unknown) and absolute mode holds the previous returned target (the box midpoint if none).
+    then unknown) and absolute mode holds the previous returned target (the target of the command given
+    to ``reset(initial=...)``, clipped into the box, before the first call; else the box midpoint).
     Assumes: ``ee`` and the target are in the same frame and units, measured this control step.
     """
 
@@ -61,6 +62,10 @@ class WorkspaceFilter(SafetyFilter):
 
     def _reset_state(self, batch: int) -> None:
         self.prev_target = None
+
+    def _seed(self, initial: np.ndarray) -> None:
+        if self.mode == "absolute":
+            self.prev_target = np.clip(self.action_scale * initial[:, self.action_index], self.low, self.high)
 
     def _check_obs_dim(self, obs_dim: int) -> None:
         if self.ee_index.max() >= obs_dim:

@@ -120,3 +120,33 @@ def test_a_policy_with_non_finite_output_is_not_exported(tmp_path):
 def test_unknown_format_is_refused(tmp_path):
     with pytest.raises(ValueError, match="onnx, torchscript"):
         export_policy(_head("gaussian", {}), tmp_path, "tflite")
+
+
+def test_export_fsyncs_both_files_before_renaming_and_a_crash_between_renames_is_refused(tmp_path, monkeypatch):
+    """Model and sidecar are written under temporary names and fsynced before either is renamed; a crash
+    after the model's rename leaves the new model next to the old sidecar, which the runtime refuses."""
+    import pathlib
+
+    import sim2real.export as export
+    from sim2real.runtime import ExportError, PolicyRuntime
+
+    export_policy(_head("deterministic", {}), tmp_path, "onnx", control_dt=0.02, task="test")  # the previous export
+    synced, renames, real_replace = [], [], pathlib.Path.replace
+    real_fsync = export._fsync
+    monkeypatch.setattr(export, "_fsync", lambda p: (synced.append(pathlib.Path(p).name), real_fsync(p))[1])
+
+    def replace(self, target):
+        renames.append((self.name, sorted(synced), (tmp_path / ".policy.json.tmp").exists()))
+        if len(renames) == 2:
+            raise KeyboardInterrupt("killed between the two renames")
+        return real_replace(self, target)
+
+    monkeypatch.setattr(pathlib.Path, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        export_policy(_head("deterministic", {}), tmp_path, "onnx", control_dt=0.02, task="test")
+    monkeypatch.undo()
+    name, synced_then, sidecar_written = renames[0]
+    assert name == ".policy.onnx.tmp" and sidecar_written
+    assert {".policy.onnx.tmp", ".policy.json.tmp"} <= set(synced_then)
+    with pytest.raises(ExportError, match="does not match the checksum"):
+        PolicyRuntime(tmp_path)  # new model, old sidecar: refused, never run

@@ -111,6 +111,49 @@ def test_rate_output_stays_within_max_delta_of_the_previous_output(data, dim, ba
         prev = out64
 
 
+@SETTINGS
+@given(data=st.data(), dim=st.integers(1, 4), batch=st.integers(1, 8), dtype=dtypes, per_row=st.booleans())
+def test_rate_after_a_reset_with_the_current_command_the_first_step_is_limited_too(data, dim, batch, dtype, per_row):
+    """The control loop resets the chain at each run and episode start, passing the robot's command:
+    the first output after the reset is within max_delta of that command, not a free jump."""
+    max_delta = draw_array(data, 1, dim, st.floats(1e-6, 10))[0]
+    seed = draw_array(data, batch if per_row else 1, dim, st.one_of(moderate, wide))
+    f = RateFilter(dim, max_delta.tolist())
+    f(np.zeros((batch, dim)))  # an earlier episode, anywhere
+    f.reset(batch, initial=seed if per_row else seed[0])
+    action = draw_array(data, batch, dim).astype(dtype)
+    out, report = f(action)
+    out64, seed64 = out.astype(np.float64), np.broadcast_to(seed, (batch, dim))
+    slack = 4 * EPS * (np.abs(seed64) + max_delta)
+    if dtype is np.float32:  # a float64 command's window may hold no float32: the nearest one (representable_bounds)
+        with np.errstate(over="ignore"):
+            slack = slack + np.spacing(np.abs(seed64).astype(np.float32)).astype(np.float64)
+    assert np.isfinite(out).all() and (np.abs(out64 - seed64) <= max_delta + slack).all()
+    finite = np.isfinite(action.astype(np.float64)).all(axis=1)
+    assert (report.fallback == ~finite).all()
+
+
+def test_reset_with_a_command_seeds_rate_box_hold_and_absolute_workspace_and_is_checked():
+    chain = build_chain([{"type": "box", "low": -1, "high": 1, "fallback": "hold"}, {"type": "rate", "max_delta": 0.2},
+                         {"type": "workspace", "ee_index": [0], "low": -0.5, "high": 0.5, "mode": "absolute"},
+                         {"type": "energy_tank", "velocity_index": [1], "dt": 0.1, "initial_energy": 1,
+                          "max_energy": 2, "damping": 1.0}], action_dim=1, obs_dim=2)
+    chain.reset(1, initial=[-0.4])
+    out, _ = chain(np.array([1.0]), np.array([0.0, 0.0]))
+    assert out[0] == pytest.approx(-0.2)  # rate: 0.2 from the robot's command, not a jump to 1
+    chain.reset(1, initial=[0.45])
+    out, report = chain(np.array([np.nan]), np.array([np.nan, 0.0]))
+    assert out[0] == pytest.approx(0.45) and report.fallback[0]  # box and workspace hold the command in force
+    chain.reset(1, initial=[0.3])
+    out, _ = chain(np.full((3, 1), -1.0), np.zeros((3, 2)))  # a first call with another batch keeps the seed
+    assert out[:, 0] == pytest.approx([0.1, 0.1, 0.1])
+    chain.reset(1)
+    assert chain(np.array([1.0]), np.array([0.0, 0.0]))[0][0] == pytest.approx(0.5)  # no command given: free first step
+    for bad in ([np.nan], [1.0, 2.0], "x", [[0.0], [0.0]]):
+        with pytest.raises(ValueError, match="initial"):
+            chain.reset(1, initial=bad)
+
+
 # --------------------------------------------------------------------------------------- workspace
 @SETTINGS
 @given(data=st.data(), extra=st.integers(0, 2), k=st.integers(1, 3), batch=st.integers(1, 8), steps=st.integers(1, 3),
@@ -268,6 +311,17 @@ def test_cbf_infeasible_reports_fallback_and_checks_the_fallback_itself():
     assert any("infeasible" in r for r in report.reasons) and any("violates" in r for r in report.reasons)
     out, report = f(np.array([0.3]), np.array([np.nan]))
     assert out.tolist() == [0.0] and report.fallback.tolist() == [True] and "unchecked" in report.reasons[0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cbf_fallback_stays_inside_the_action_bounds_in_the_callers_float_width(dtype):
+    # float32(0.1) > 0.1: the fallback at the bound must be rounded inward like every other output
+    f = CBFFilter(1, state_index=[0], normals=[[1.0]], offsets=[1.0], dt=0.1, low=[-0.1], high=[0.1],
+                  fallback=[0.1], obs_dim=1)
+    for action, state in ((np.array([np.nan], dtype), np.array([0.0])), (np.array([0.0], dtype), np.array([np.nan]))):
+        out, report = f(action, state)
+        assert report.fallback[0] and out.dtype == dtype
+        assert -0.1 <= float(out[0]) <= 0.1 and float(out[0]) == pytest.approx(0.1)
 
 
 # ------------------------------------------------------------------------------------- energy tank

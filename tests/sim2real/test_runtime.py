@@ -89,6 +89,31 @@ def test_bad_sidecars_name_the_file_and_the_problem(export_dir: Path) -> None:
         load_sidecar(export_dir / "nowhere")
 
 
+@pytest.mark.parametrize("change, key", [
+    (lambda s: s.__setitem__("observation", [4]), "observation"),
+    (lambda s: s["observation"].__setitem__("dim", True), "observation.dim"),
+    (lambda s: s.__setitem__("inputs", ["obs"]), r"inputs\[0\]"),
+    (lambda s: s.__setitem__("outputs", {"name": "action"}), "outputs"),
+    (lambda s: s.__setitem__("noise", {"dim": "x"}), "noise.dim"),
+    (lambda s: s.__setitem__("noise", [2]), "noise"),
+    (lambda s: s.__setitem__("control", None), "control"),
+    (lambda s: s["control"].__setitem__("dt", "0.04"), "control.dt"),
+    (lambda s: s.__setitem__("safety", {"filters": 5}), "safety.filters"),
+    (lambda s: s.__setitem__("safety", None), "safety"),
+    (lambda s: s["action"].__setitem__("low", ["a", "b"]), "action.low"),
+    (lambda s: s["action"].__setitem__("high", 1.0), "action.high"),
+    (lambda s: s.__setitem__("sha256", 5), "sha256"),
+    (lambda s: s.__setitem__("task_kwargs", [1]), "task_kwargs"),
+])
+def test_malformed_sidecar_is_an_export_error_naming_the_key(export_dir: Path, change, key) -> None:
+    path = export_dir / "policy.json"
+    sidecar = json.loads(path.read_text())
+    change(sidecar)
+    path.write_text(json.dumps(sidecar))
+    with pytest.raises(ExportError, match=rf"policy\.json: {key}"):
+        load_sidecar(export_dir)
+
+
 def test_wrong_observation_shape_or_dtype_is_an_error_naming_expected_and_got(export_dir: Path) -> None:
     rt = PolicyRuntime(export_dir)
     with pytest.raises(ValueError, match=r"observation shape \(5,\): expected \(4,\) or \(batch, 4\)"):
@@ -225,6 +250,58 @@ def test_state_filters_get_no_stale_state(tmp_path: Path) -> None:
     assert "non-finite action, velocity or position" in next(e["detail"] for e in loop.events if e["kind"] == "filter_fallback")
 
 
+@pytest.mark.parametrize("timestamp, cause", [
+    (lambda now: float("nan"), "gives no age"),
+    (lambda now: float("inf"), "gives no age"),
+    (lambda now: now + 3600.0, "3600000.0 ms in the future"),  # the robot stamps with another clock
+    (lambda now: now + 0.01, "10.0 ms in the future (limit 4.0 ms)"),
+])
+def test_nan_and_future_timestamps_are_faults_not_fresh_observations(export_dir: Path, timestamp, cause) -> None:
+    clock, sent = FakeClock(), []
+    odd = lambda: Observation(np.array([0.1, -0.2, 0.3, 0.0]), timestamp=timestamp(clock()))  # noqa: E731
+    robot = scripted_robot(clock, {1: odd}, sent)
+    loop = ControlLoop(PolicyRuntime(export_dir), robot, filters=[], watchdog=NO_INFERENCE_LIMIT, clock=clock,
+                       sleep=clock.sleep)
+    report = loop.run(steps=3)
+    assert report.events == {"bad_timestamp": 1} and report.fallbacks == 1
+    assert cause in loop.events[0]["detail"]
+    np.testing.assert_allclose(sent[1][1], [0.8, -0.8])
+
+
+def test_a_timestamp_slightly_ahead_within_the_clock_skew_is_fresh(export_dir: Path) -> None:
+    clock, sent = FakeClock(), []
+    ahead = lambda: Observation(np.array([0.1, -0.2, 0.3, 0.0]), timestamp=clock() + 0.003)  # noqa: E731  < 4 ms
+    loop = ControlLoop(PolicyRuntime(export_dir), scripted_robot(clock, {1: ahead}, sent), filters=[],
+                       watchdog=NO_INFERENCE_LIMIT, clock=clock, sleep=clock.sleep)
+    assert loop.run(steps=3).fallbacks == 0
+
+
+@pytest.mark.parametrize("reports_current", [True, False])
+def test_rate_limit_holds_across_the_start_of_a_run_and_of_an_episode(tmp_path: Path, reports_current: bool) -> None:
+    """The loop resets its filters when a run or an episode starts; the first command after a reset must
+    still be within max_delta of the command the robot holds, not a full-range jump."""
+    export = make_export(tmp_path / "e", safety={"filters": [{"type": "box", "low": -1, "high": 1},
+                                                             {"type": "rate", "max_delta": 0.2}]})
+    runtime = PolicyRuntime(export)
+    outputs = iter([[-1.0, -1.0]] * 5 + [[1.0, 1.0]] * 5)  # the policy flips when the new episode starts
+    runtime.session.run = lambda names, feeds: [np.array([next(outputs)], np.float32)]
+    clock, sent, tick = FakeClock(), [], {"n": 0}
+    holding = np.array([0.6, 0.6])  # what the actuators hold when the run starts
+
+    def get():
+        tick["n"] += 1
+        return Observation(np.zeros(4), clock(), {"episode_start": tick["n"] in (1, 6)})
+
+    robot = CallbackRobot(get, lambda a: sent.append(np.array(a)), action_dim=2, fallback=np.array([0.8, -0.8]),
+                          clock=clock, current=(lambda: holding if tick["n"] <= 1 else None) if reports_current else None)
+    ControlLoop(runtime, robot, watchdog=NO_INFERENCE_LIMIT, clock=clock, sleep=clock.sleep).run(steps=10)
+    start = holding if reports_current else np.array([0.8, -0.8])  # else the robot's fallback command
+    steps = np.abs(np.diff(np.vstack([start, *sent]), axis=0))
+    assert steps.max() <= 0.2 + 1e-6, steps.max(axis=1)
+    np.testing.assert_allclose(sent[4], [-0.4, -0.4] if reports_current else [-0.2, -1.0], atol=1e-6)
+    np.testing.assert_allclose(sent[5], [-0.2, -0.2] if reports_current else [0.0, -0.8], atol=1e-6)  # new episode
+
+
 def test_inference_overrun_sends_the_fallback(export_dir: Path) -> None:
     clock, sent = FakeClock(), []
     loop = ControlLoop(PolicyRuntime(export_dir), scripted_robot(clock, {}, sent), filters=[],
@@ -307,8 +384,10 @@ def test_sim2sim_robot_latency_timestep_noise_and_physics() -> None:
     nominal_mass = robot._nominal["body_mass"]
     obs = robot.get_observation()
     assert obs.info["episode_start"] and obs.values.shape == (4,)
+    assert robot.current_action().tolist() == [0.0]  # a new episode starts from the fallback
     robot.send_action(np.array([0.7]))
     assert base.data.ctrl[0] == 0.0  # one step of latency: the queued fallback is applied first
+    assert robot.current_action().tolist() == [0.7]  # the loop seeds its rate limit from this
     robot.send_action(np.array([-0.4]))
     assert base.data.ctrl[0] == pytest.approx(0.7)
     assert robot.clock() == pytest.approx(0.08)
