@@ -14,6 +14,19 @@ from policies.heads import PolicyHead
 from robo_rl.learners.critics import QEnsemble
 
 
+def require_sampling_base(policy: PolicyHead, algo: str, verb: str) -> None:
+    """EXPO and PA-RL sample single actions from a head they train only by its imitation loss."""
+    if not policy.stochastic:
+        raise ValueError(f"algo={algo} {verb}: the {policy.name!r} head is deterministic; "
+                         "use policy=flow, diffusion, mixture or gaussian")
+    if policy.name == "latent":  # its imitation loss fits the decoder; nothing would train the latent policy
+        raise ValueError(f"algo={algo} trains its head by imitation only, which for policy=latent fits the decoder "
+                         "and leaves the latent policy untrained: use policy=flow or diffusion (the latent head is "
+                         "GoRL's: algo=gorl or gorl_sac)")
+    if policy.action_chunk != 1:
+        raise ValueError(f"algo={algo} works on single actions: set policy.chunk=1 (action chunks are for imitation)")
+
+
 def sample_candidates(head: PolicyHead, obs: torch.Tensor, m: int) -> torch.Tensor:
     """m stochastic actions per state from ``head``: [B, m, A] env units, all drawn in one batch."""
     b = obs.shape[0]

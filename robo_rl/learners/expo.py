@@ -22,7 +22,7 @@ from torch import nn
 from policies.heads import PolicyHead
 from policies.heads.gaussian import GaussianHead
 from robo_rl.learners.base import Batch, Learner, polyak_update
-from robo_rl.learners.candidates import CriticSelectPolicy, best, score
+from robo_rl.learners.candidates import CriticSelectPolicy, best, require_sampling_base, score
 from robo_rl.learners.critics import QEnsemble
 from robo_rl.learners.optim import FusedAdam
 
@@ -77,11 +77,7 @@ class EXPO(Learner):
         **_: Any,
     ) -> None:
         super().__init__()
-        if not policy.stochastic:
-            raise ValueError(f"algo=expo draws several base actions: the {policy.name!r} head is deterministic; "
-                             "use policy=diffusion, flow, mixture or gaussian as the base")
-        if policy.action_chunk != 1:
-            raise ValueError("algo=expo edits single actions: set policy.chunk=1 (action chunks are for imitation)")
+        require_sampling_base(policy, "expo", "draws several base actions")
         if num_samples < 1 or not 0 < edit_scale <= 2:
             raise ValueError(f"algo.num_samples={num_samples} must be >= 1 and algo.edit_scale={edit_scale} in (0, 2]")
         self.base = policy

@@ -24,7 +24,7 @@ import torch
 
 from policies.heads import PolicyHead
 from robo_rl.learners.base import Batch, Learner, polyak_update
-from robo_rl.learners.candidates import CriticSelectPolicy, best, sample_candidates, score
+from robo_rl.learners.candidates import CriticSelectPolicy, best, require_sampling_base, sample_candidates, score
 from robo_rl.learners.critics import QEnsemble
 from robo_rl.learners.optim import FusedAdam
 
@@ -55,11 +55,7 @@ class PARL(Learner):
         """``target_candidates``: policy samples at s' in the TD target, the best by the target critics
         (None: ``num_candidates``, the action the agent would take, as in the paper)."""
         super().__init__()
-        if not policy.stochastic:
-            raise ValueError(f"algo=parl chooses among sampled actions: the {policy.name!r} head is deterministic; "
-                             "use policy=flow, diffusion, mixture or gaussian")
-        if policy.action_chunk != 1:
-            raise ValueError("algo=parl optimizes single actions: set policy.chunk=1 (action chunks are for imitation)")
+        require_sampling_base(policy, "parl", "chooses among sampled actions")
         if num_candidates < 1 or not 1 <= top_k <= num_candidates:
             raise ValueError(f"algo.num_candidates={num_candidates}, algo.top_k={top_k}: need 1 <= top_k <= num_candidates")
         if target_candidates is not None and target_candidates < 1:

@@ -116,6 +116,8 @@ def test_parl_action_optimization_climbs_q():
     (PPO, "diffusion", "tractable_log_prob"),
     (PARL, "deterministic", "deterministic"),
     (EXPO, "deterministic", "deterministic"),
+    (EXPO, "latent", "leaves the latent policy untrained"),  # nothing but GoRL trains a latent policy
+    (PARL, "latent", "leaves the latent policy untrained"),
     (GoRL, "gaussian", "policy=latent"),
     (GoRLSAC, "flow", "policy=latent"),
 ])
