@@ -346,6 +346,8 @@ class Runner(abc.ABC):
                 "torch": torch.get_rng_state(),
                 "numpy": np.random.get_state(),
                 "python": random.getstate(),
+                # sampling on a GPU draws from the device's generator, not the CPU one (untested: no GPU here)
+                **({"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
             },
             "env": self.env.state_dict(),
         }
@@ -377,6 +379,8 @@ class Runner(abc.ABC):
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         if state.get("env") is not None:
             self.env.reset(seed=int(self.cfg.seed))
             self.env.load_state_dict(state["env"])
