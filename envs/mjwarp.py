@@ -205,6 +205,21 @@ class MjwarpBatchedEnv(BatchedEnv):
     def physics_params(self) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(v.copy()) for k, v in self.randomizer.params.items()}
 
+    def set_physics_params(self, values: dict[str, Any], ids: Any = None) -> None:
+        """Fix physics factors for worlds ``ids`` (default: all); they keep them across resets.
+
+        Only factors this env randomizes can be set: Warp allocates per-world model arrays when the
+        model is put on the device, for those fields only (a range of [1, 1] makes a factor settable
+        without randomizing it)."""
+        missing = sorted(set(values) - set(self.randomizer.spec.physics))
+        if missing:
+            raise ValueError(f"{self.task_id} on mjwarp: {', '.join(missing)} cannot be set, only the factors this env "
+                             f"randomizes ({', '.join(self.randomizer.spec.physics) or 'none'}) have per-world arrays; "
+                             f"build it with e.g. randomize={{'{missing[0]}': [1.0, 1.0]}}")
+        ids = np.arange(self.num_envs) if ids is None else np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        self.randomizer.set_params({k: np.asarray(v) for k, v in values.items()}, ids)
+        self._write_physics(ids)
+
     # -- the contract ------------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> torch.Tensor:
         if seed is not None:  # seed=None continues the generators, as gymnasium's reset does

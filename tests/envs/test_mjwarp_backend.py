@@ -41,6 +41,14 @@ def test_randomized_gravity_and_snapshot():
     env.load_state_dict(snap)
     b = env.step(torch.full((2, 3), 0.3)).obs
     assert torch.allclose(a, b, atol=1e-6)
+    env.set_physics_params({"gravity_scale": [[1.0], [0.0]]})  # fixed: world 0 falls again, world 1 floats
+    z0 = env.reset(seed=0)[:, 0]
+    for _ in range(20):
+        obs = env.step(torch.zeros(2, 3)).obs
+    assert float(obs[0, 0]) < float(z0[0]) - 0.01 and abs(float(obs[1, 0] - z0[1])) < 0.002
+    assert env.physics_params()["gravity_scale"].flatten().tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match="body_mass_scale cannot be set, only the factors this env randomizes"):
+        env.set_physics_params({"body_mass_scale": [[1.2, 1.2, 1.2, 1.2, 1.2]]}, ids=[0])
 
 
 def test_a_world_ending_its_episode_leaves_the_others_alone_under_mass_randomization():
