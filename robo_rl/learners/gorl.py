@@ -51,7 +51,7 @@ class DecoderRefit:
     The refit's targets are the current policy's actions at those states (``refit_on=policy``) or the
     executed ones (``refit_on=executed``).
 
-    Subclasses define ``latent_optimizer()``: the optimizer a latent reset restarts (moments and step count).
+    Subclasses define ``latent_optimizer()``: the optimizer whose Adam moments a latent reset clears.
     """
 
     policy: LatentDecoderHead
@@ -127,9 +127,16 @@ class DecoderRefit:
                 losses.append(loss.detach())
         if self.reset_latent:
             self.policy.reset_latent_to_prior()
-            # the new stage's latent policy starts with a new optimizer (GoRL-PPO's also trains the value net,
-            # whose moments go too: Adam keeps one step count for them all)
-            self.latent_optimizer().restart()  # type: ignore[attr-defined]
+            # Stale Adam moments of the reset parameters are cleared; the step count (shared with GoRL-PPO's value
+            # net) is kept, so bias correction is ~1 and the reset policy's first updates are up to ~3x lr per
+            # coordinate, settling over ~1/(1-beta2) steps: a warm restart that moves the policy off the prior
+            # fast. Measured against a fresh optimizer (moments and step count of every parameter restarted) on
+            # Hopper-v5 at the defaults, seeds 0-4: this does better (README, GoRL section).
+            state = self.latent_optimizer().state  # type: ignore[attr-defined]
+            for p in self.policy.latent.parameters():
+                for key in ("exp_avg", "exp_avg_sq"):
+                    if key in state.get(p, {}):
+                        state[p][key].zero_()
         self.data_size.zero_()
         self.data_pos.zero_()
         self.num_refits += 1

@@ -67,16 +67,6 @@ class FusedAdam(torch.optim.Adam):
             weight_decay=0.0, eps=group["eps"], maximize=False,
         )
 
-    @torch.no_grad()
-    def restart(self) -> None:
-        """Forget the moments and the step count, as a new optimizer would. In place: the fused PPO step's
-        views of this state stay valid. (Zeroing only the moments would keep a large step count, whose bias
-        correction is ~1, and the next steps would be several times ``lr``.)"""
-        for p in self.param_groups[0]["params"]:
-            for value in self.state.get(p, {}).values():
-                if torch.is_tensor(value):
-                    value.zero_()
-
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self._lists = None  # state tensors were replaced
