@@ -56,7 +56,8 @@ class MetricsWriter:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
+            # events after the checkpoint's step are dropped (the CSV keeps rows up to and including it)
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=None if resume_step is None else resume_step + 1)
 
     def write(self, step: int, wall_time: float, scalars: dict[str, float]) -> None:
         row = {"step": float(step), "wall_time": wall_time, **scalars}

@@ -119,6 +119,7 @@ class Runner(abc.ABC):
         self._last_checkpoint: Path | None = None
         self._last_eval_step = -1
         self._last_ckpt_step = -1
+        self._last_ckpt_evals = 0  # evaluations the last checkpoint holds (the final one may follow it)
 
     # -- to implement ------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -253,7 +254,9 @@ class Runner(abc.ABC):
             elapsed = self.wall_time + time.perf_counter() - t_start
             if self._last_eval_step != self.step:
                 self._evaluate(elapsed)
-            if self._last_ckpt_step != self.step:
+            # the final evaluation may come after a checkpoint at the same step: save again so it is kept
+            # (a resume would otherwise drop it from eval_history and the best-eval summary, or repeat it)
+            if self._last_ckpt_step != self.step or self._last_ckpt_evals != len(self.eval_history):
                 self.save(time.perf_counter() - t_start)
             progress.maybe_print(self.step, mean_of(self.recent_returns),
                                  (self.eval_history[-1]["return_mean"], self.eval_history[-1]["return_std"]), force=True,
@@ -357,6 +360,7 @@ class Runner(abc.ABC):
         path = save_checkpoint(self.ckpt_dir, self.step, self.state(segment_seconds), replay, keep=int(self.cfg.checkpoint.keep))
         self._last_checkpoint = path
         self._last_ckpt_step = self.step
+        self._last_ckpt_evals = len(self.eval_history)
         return path
 
     def restore(self, path: Path) -> None:
@@ -398,6 +402,7 @@ class Runner(abc.ABC):
                         f"({int(self.cfg.algo.learning_starts):,}) transitions again")
         self._last_checkpoint = Path(path)
         self._last_ckpt_step = self.step
+        self._last_ckpt_evals = len(self.eval_history)
         log.info(f"resumed from {path} at step {self.step:,}")
 
     def _finish(self, elapsed: float, status: str, t_start: float) -> dict[str, Any]:

@@ -125,6 +125,17 @@ def test_resume_without_replay_refills_before_updating(tmp_path, monkeypatch):
     assert sizes and min(sizes) == 200 and len(sizes) == 500 - 300 - 200 + 1
 
 
+def test_the_final_evaluation_is_kept_in_the_last_checkpoint(tmp_path):
+    # the final evaluation (step 500, not a multiple of eval.every) follows the checkpoint at step 500
+    run = tmp_path / "run"
+    train(compose(*SMALL_SAC, "steps=500", "eval.every=300", "checkpoint.every=250"), run)
+    state, _ = load_checkpoint(latest_checkpoint(run / "checkpoints"), load_replay=False)
+    assert [e["step"] for e in state["runner"]["eval_history"]] == [300, 500]
+    rows = (run / "metrics.csv").read_text().count("\n")
+    train(compose(f"resume={run}"), tmp_path / "unused", [f"resume={run}"])  # already complete: no second final eval
+    assert (run / "metrics.csv").read_text().count("\n") == rows
+
+
 def test_nan_observation_stops_and_keeps_last_good_checkpoint(tmp_path):
     cfg = compose(*SMALL_SAC, "env.id=robo_rl_test/NaNAfter-v0", "env.kwargs={after: 450}",
                   "steps=2000", "checkpoint.every=200", "eval.every=10000")
