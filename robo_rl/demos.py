@@ -80,6 +80,10 @@ def _check_arrays(arrays: dict[str, np.ndarray], path: Path, obs_dim: int | None
             raise DemoError(f"demonstrations {path}: {key} has dtype {value.dtype}, expected numbers")
         if not np.isfinite(value.astype(np.float64)).all():
             raise DemoError(f"demonstrations {path}: {key} holds NaN or Inf values")
+    if "terminated" in arrays and not np.isin(arrays["terminated"], (0, 1)).all():
+        bad = np.unique(arrays["terminated"][~np.isin(arrays["terminated"], (0, 1))])[:5].tolist()
+        raise DemoError(f"demonstrations {path}: terminated must be 0/1 (or bool), found {bad}; a TD target "
+                        "multiplies the bootstrap by (1 - terminated)")
 
 
 def load_demos(path: str | Path, obs_dim: int, act_dim: int, action_low: np.ndarray, action_high: np.ndarray,

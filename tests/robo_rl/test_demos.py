@@ -46,6 +46,7 @@ def test_expert_demos_are_symmetric_successes_and_round_trip(tmp_path, two_goals
     ("nan", "NaN or Inf"),
     ("out_of_bounds", "outside the env's bounds"),
     ("no_rewards", "demos.replay=true needs rewards"),
+    ("terminated_7", r"terminated must be 0/1 \(or bool\), found \[7.0\]"),
 ])
 def test_bad_demonstration_files_are_named_and_explained(tmp_path, two_goals_demos, case, match):
     good = dict(np.load(two_goals_demos))
@@ -64,6 +65,9 @@ def test_bad_demonstration_files_are_named_and_explained(tmp_path, two_goals_dem
             arrays["actions"][0] = 1.5
         elif case == "no_rewards":
             del arrays["rewards"]
+        elif case == "terminated_7":  # (1 - terminated) would flip the sign of the bootstrap
+            arrays["terminated"] = arrays["terminated"].astype(np.float32)
+            arrays["terminated"][5] = 7.0
         np.savez(path, **arrays)
     with pytest.raises(DemoError, match=match) as exc:
         load_demos(path, 3, 2, LOW, HIGH, replay=True)
