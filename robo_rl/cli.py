@@ -630,6 +630,7 @@ def compare_main(args: Sequence[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(COMPARE_HELP)
         return 0
+    import glob
     import time
 
     from robo_rl.compare import compare, table, write
@@ -645,8 +646,10 @@ def compare_main(args: Sequence[str]) -> int:
         return _error(str(exc), EXIT_USAGE)
     if opts.out_dir:
         out = Path(opts.out_dir)
-    elif len(runs) == 1:
+    elif len(runs) == 1 and not glob.has_magic(runs[0]):  # one directory (a sweep's): the outputs go in it
         out = Path(runs[0])
+    elif len(runs) == 1 and len(matched := glob.glob(runs[0])) == 1 and Path(matched[0]).is_dir():
+        out = Path(matched[0])  # a pattern matching one directory, not a directory named after the pattern
     else:
         out = Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     written = write(result, out)

@@ -10,11 +10,11 @@ from robo_rl.compare import compare, mean_curve
 
 
 def write_run(path, seed, final, curve, algo="sac", lr=3e-4, status="completed", summary=True, progress=10.0,
-              env="Hopper-v5"):
+              env="Hopper-v5", env_threads=0, compile_=False):
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(
-        f"algo:\n  name: {algo}\n  lr: {lr}\n  hidden: [256, 256]\nenv:\n  id: {env}\nseed: {seed}\n"
-        f"run_dir: {path}\nthreads: null\nlog:\n  progress_seconds: {progress}\n")
+        f"algo:\n  name: {algo}\n  lr: {lr}\n  hidden: [256, 256]\nenv:\n  id: {env}\n  threads: {env_threads}\n"
+        f"seed: {seed}\nrun_dir: {path}\nthreads: null\ncompile: {str(compile_).lower()}\nlog:\n  progress_seconds: {progress}\n")
     rows = ["step,wall_time,rollout/ep_return_mean,eval/return_mean,eval/return_std"]
     for step, value in curve:
         rows.append(f"{step},1.0,{value / 2},,")
@@ -30,7 +30,8 @@ def write_run(path, seed, final, curve, algo="sac", lr=3e-4, status="completed",
 def test_seeds_group_and_settings_separate(tmp_path):
     sweep = tmp_path / "sweep"
     write_run(sweep / "lr=0.0003,seed=0", 0, 300.0, [(1000, 100.0), (2000, 300.0)])
-    write_run(sweep / "lr=0.0003,seed=1", 1, 500.0, [(1000, 200.0), (2000, 500.0)], progress=120.0)  # logging: same group
+    write_run(sweep / "lr=0.0003,seed=1", 1, 500.0, [(1000, 200.0), (2000, 500.0)], progress=120.0,
+              env_threads=1, compile_=True)  # logging, threads, compile: same group
     write_run(sweep / "lr=0.001,seed=0", 0, 50.0, [(1000, 80.0), (2000, 50.0)], lr=1e-3)
     result = compare([sweep])
     assert result["runs"] == 3
@@ -118,6 +119,9 @@ def test_cli_writes_the_table_json_and_plot(tmp_path, capsys, monkeypatch):
     assert main(["compare", "runs=sweep"]) == 0
     out = capsys.readouterr().out
     assert "`robo-rl eval` return (runs)" in out and "| 100.0 ± 10.0 (2) |" in out
+    # a pattern matching one sweep writes into that sweep, not into a new directory named after the pattern
+    assert main(["compare", "runs=swe*"]) == 0
+    assert not (tmp_path / "swe*").exists() and "sweep/compare.json" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, message", [
