@@ -60,6 +60,21 @@ def build_policy(cfg: DictConfig, env: BatchedEnv) -> PolicyHead:
     ).to(cfg.device)
 
 
+def check_head_and_learner(cfg: DictConfig) -> None:
+    """Build the configured head and learner on a stand-in 3-D observation and 2-D action, without an env:
+    a head/learner pair that cannot work or a head or learner option out of range fails here, as a
+    ConfigError. A ``-m`` sweep runs this for every job before the first one starts."""
+    import numpy as np
+
+    options = {k: _plain(v) for k, v in cfg.policy.items() if k not in ("name", "normalize_obs", "obs_clip")}
+    kwargs = {k: _plain(v) for k, v in cfg.algo.items() if k not in RUNNER_KEYS}
+    try:
+        head = build_head(cfg.policy.name, 3, -np.ones(2), np.ones(2), **options)
+        LEARNERS[cfg.algo.name](head, **kwargs)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def check_safety(cfg: DictConfig, obs_dim: int, act_dim: int) -> None:
     """Build ``safety.filters`` once for these dimensions, so a bad filter spec fails before any run file exists.
 

@@ -177,6 +177,7 @@ log = logging.getLogger("robo_rl")
 
 # exit codes: 1 training failed (NaN), 2 bad configuration or input, 128+signal interrupted
 EXIT_FAILED, EXIT_USAGE = 1, 2
+EXIT_SIGINT, EXIT_SIGTERM = 128 + 2, 128 + 15  # what an interrupted run exits with (128 + the signal)
 
 
 def _error(message: str, code: int) -> int:
@@ -309,17 +310,21 @@ def train_main(args: Sequence[str]) -> int:
     config_dir = str(Path(__file__).resolve().parent / "configs")
     exit_code = 0
     sweep_dirs: list[str] = []  # a multirun's directory, once per job
+    failed_jobs: list[str] = []
 
     @hydra.main(version_base=None, config_path=config_dir, config_name="config")
     def _run(cfg: DictConfig) -> None:
         nonlocal exit_code
         hc = HydraConfig.get()
         run_dir = Path(hc.runtime.output_dir)
-        exit_code = run_training(cfg, run_dir, list(hc.overrides.task))
-        if exit_code and hc.mode.name == "RUN":
-            raise SystemExit(exit_code)
+        code = run_training(cfg, run_dir, list(hc.overrides.task))
+        if code and (hc.mode.name == "RUN" or code in (EXIT_SIGINT, EXIT_SIGTERM)):
+            raise SystemExit(code)  # an interrupted sweep stops: Ctrl-C does not start the next job
         if hc.mode.name == "MULTIRUN":
             sweep_dirs.append(str(hc.sweep.dir))
+            if code:
+                failed_jobs.append(" ".join(hc.overrides.task))
+        exit_code = exit_code or code  # a sweep exits with its first failed job's code
 
     _TRAIN_ARGS[:] = list(args)
     multirun = any(a in ("-m", "--multirun") for a in args)
@@ -328,6 +333,8 @@ def train_main(args: Sequence[str]) -> int:
     if sweep_dirs:
         where = sweep_dirs[0] if len(set(sweep_dirs)) == 1 else ",".join(dict.fromkeys(sweep_dirs))
         log.info("sweep: %d job(s) in %s; side by side: robo-rl compare runs=%s", len(sweep_dirs), where, where)
+        if failed_jobs:
+            log.error("sweep: %d of %d job(s) failed: %s", len(failed_jobs), len(sweep_dirs), "; ".join(failed_jobs))
     return exit_code
 
 
@@ -373,6 +380,7 @@ def _sweep_problem(plain: list[str], sweeps: list[tuple[int, list[str]]]) -> str
 
     from hydra import compose, initialize_config_dir
 
+    from robo_rl.build import check_head_and_learner
     from robo_rl.config import ConfigError, register_schemas, resolve_defaults, validate
 
     positions = [i for i, _ in sweeps]
@@ -398,7 +406,9 @@ def _sweep_problem(plain: list[str], sweeps: list[tuple[int, list[str]]]) -> str
             try:
                 cfg = compose(config_name="config", overrides=overrides)
                 if not cfg.resume:  # a resumed job runs its saved config, validated when it starts
-                    validate(resolve_defaults(cfg))
+                    resolved = resolve_defaults(cfg)
+                    validate(resolved)
+                    check_head_and_learner(resolved)  # e.g. algo=td3 policy=gaussian, found by the learner
             except Exception as exc:  # noqa: BLE001 - described below (outside this Hydra context), or re-raised
                 failed = (job, overrides, exc)
                 break

@@ -71,6 +71,8 @@ def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
     (["-m", "algo=ppo,sac", "env.normalize_reward=true"], ["sweep job algo=sac", "off-policy"]),
     (["-m", "seed=range(0,3)", "algo=sac,td3"], None),
     (["-m", "steps=0"], ["steps=0: must be > 0"]),
+    # found by the learner's constructor: the sac job must not train before the td3 job fails
+    (["-m", "algo=sac,td3", "policy=gaussian"], ["sweep job algo=td3", "no job was started"]),
 ])
 def test_train_overrides_are_checked_before_hydra_runs(args, words):
     from robo_rl.cli import _composition_problem

@@ -303,7 +303,10 @@ class Runner(abc.ABC):
         cfg = self.cfg.eval
         seed = int(self.cfg.seed) + EVAL_SEED_OFFSET + len(self.eval_history)
         t0 = time.perf_counter()
-        result = evaluate(self.policy, self.eval_env, int(cfg.episodes), bool(cfg.deterministic), seed=seed)
+        try:
+            result = evaluate(self.policy, self.eval_env, int(cfg.episodes), bool(cfg.deterministic), seed=seed)
+        except FloatingPointError as exc:  # a NaN from the evaluation env or the policy: stop like any other
+            self._fail(f"{exc} in the evaluation at step {self.step:,}")
         self.eval_seconds += time.perf_counter() - t0
         if self.shared_eval:  # the evaluation stepped (and reset) the training envs: they start new episodes
             self.obs = self.env.reset(seed=int(self.cfg.seed) + self.step)
