@@ -26,8 +26,11 @@ log = logging.getLogger("robo_rl")
 #: keys a resumed run may change; everything else must stay as the run was started
 RESUME_OVERRIDABLE = frozenset({
     "resume", "run_dir", "steps", "threads", "compile",
-    "log.progress_seconds", "log.tensorboard", "log.plot", "checkpoint.keep",
+    "log.every", "log.progress_seconds", "log.tensorboard", "log.plot",
+    "checkpoint.every", "checkpoint.keep", "eval.every",
 })
+#: cadences resolved from the original steps (steps/10, steps/200, ...): named when a resume changes steps
+CADENCES = ("eval.every", "checkpoint.every", "log.every")
 
 
 def seed_everything(seed: int) -> None:
@@ -45,6 +48,14 @@ def prepare(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str] = ()) -
         run_dir = Path(cfg.resume)
         saved = load_run_config(run_dir)
         keys = [o.split("=", 1)[0].lstrip("+~") for o in cli_overrides]
+        if "steps" in keys:
+            kept = [f"{k}={OmegaConf.select(saved, k):,}" for k in CADENCES if k not in keys]
+            if kept and OmegaConf.select(cfg, "steps") != saved.steps:
+                log.info(f"resume with steps={OmegaConf.select(cfg, 'steps'):,} (was {saved.steps:,}): "
+                         f"{', '.join(kept)} stay as resolved for the original length; set them to change")
+        if "run_dir" in keys and cfg.run_dir and Path(cfg.run_dir).resolve() != run_dir.resolve():
+            raise ConfigError(f"resume={run_dir} continues the run in its own directory; run_dir={cfg.run_dir} would "
+                              "not be used (drop it, or copy the run there and resume that copy)")
         fixed = [k for k in keys if k not in RESUME_OVERRIDABLE]
         if fixed:
             raise ConfigError(
@@ -72,6 +83,24 @@ def prepare(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str] = ()) -
     return cfg, None
 
 
+def save_run_config(cfg: DictConfig, run_dir: Path) -> None:
+    """Write the run's config.yaml (atomically: a resumed run replaces it)."""
+    saved = cfg.copy()
+    with open_dict(saved):
+        saved.resume = None  # the file describes the run; resuming is how it was continued
+    tmp = run_dir / f".{CONFIG_FILE}.tmp"
+    OmegaConf.save(saved, tmp)
+    tmp.replace(run_dir / CONFIG_FILE)
+
+
+def python_api_overrides(cfg: DictConfig) -> list[str]:
+    """The resume-overridable keys ``cfg`` sets to something other than the defaults (``train(cfg, ...)``
+    called from Python, with no command line to read them from)."""
+    base = compose_config([])
+    return [f"{k}={OmegaConf.select(cfg, k)}" for k in sorted(RESUME_OVERRIDABLE - {"resume", "run_dir"})
+            if OmegaConf.select(cfg, k) != OmegaConf.select(base, k)]
+
+
 def compose_config(overrides: Iterable[str] = ()) -> DictConfig:
     """The config `robo-rl train <overrides>` would run, for use from Python (tests, benchmarks)."""
     from hydra import compose, initialize_config_dir
@@ -92,6 +121,8 @@ def train(cfg: DictConfig, run_dir: str | Path, cli_overrides: Iterable[str] = (
     route_mujoco_warnings()  # as the CLI does: once per message to the log, no MUJOCO_LOG.TXT in the working directory
     run_dir = Path(run_dir)
     for_task = {} if cfg.resume else task_defaults(cfg)  # a resumed run keeps its saved config as it is
+    if cfg.resume and not cli_overrides:  # from Python: the keys the given config changes
+        cli_overrides = python_api_overrides(cfg)
     cfg, resume_from = prepare(cfg, run_dir, cli_overrides)
     run_dir = Path(cfg.run_dir)
     if cfg.threads:
@@ -115,8 +146,7 @@ def train(cfg: DictConfig, run_dir: str | Path, cli_overrides: Iterable[str] = (
             demos = load_demos(cfg.demos.path, env.obs_dim, env.act_dim, env.action_space.low, env.action_space.high,
                                replay=bool(cfg.demos.replay) and learner.kind == "off_policy")
         run_dir.mkdir(parents=True, exist_ok=True)
-        if resume_from is None:
-            OmegaConf.save(cfg, run_dir / CONFIG_FILE)
+        save_run_config(cfg, run_dir)  # a resume records what it changed (steps=...), so the next one keeps it
         file_handler = logging.FileHandler(run_dir / "train.log")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         log.addHandler(file_handler)

@@ -8,6 +8,7 @@ import torch
 
 from robo_rl.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from robo_rl.runners.base import Interrupted, NonFiniteError
+from robo_rl.config import ConfigError
 from robo_rl.train import train
 from tests.helpers import FAST, compose
 
@@ -134,6 +135,25 @@ def test_the_final_evaluation_is_kept_in_the_last_checkpoint(tmp_path):
     rows = (run / "metrics.csv").read_text().count("\n")
     train(compose(f"resume={run}"), tmp_path / "unused", [f"resume={run}"])  # already complete: no second final eval
     assert (run / "metrics.csv").read_text().count("\n") == rows
+
+
+def test_a_longer_steps_on_resume_is_kept_by_the_next_resume_and_reaches_python(tmp_path):
+    from robo_rl.train import compose_config
+
+    run = tmp_path / "run"
+    train(compose(*SMALL_SAC, "steps=300", "checkpoint.every=100"), run)
+    # from Python: compose_config's steps is the one a resume takes (no command line to read it from)
+    train(compose_config([f"resume={run}", "steps=400"]), run)
+    assert json.loads((run / "summary.json").read_text())["steps"] == 400
+    # the config on disk says 400 now: a plain resume (e.g. after an interrupt) does not end the run early
+    assert "steps: 400" in (run / "config.yaml").read_text() and "resume: null" in (run / "config.yaml").read_text()
+    resume = [f"resume={run}", "steps=500"]
+    train(compose(*resume), tmp_path / "unused", resume)
+    train(compose(f"resume={run}"), tmp_path / "unused", [f"resume={run}"])
+    assert json.loads((run / "summary.json").read_text())["steps"] == 500
+    with pytest.raises(ConfigError, match="continues the run in its own directory"):
+        train(compose(f"resume={run}", f"run_dir={tmp_path / 'elsewhere'}"), tmp_path / "elsewhere",
+              [f"resume={run}", f"run_dir={tmp_path / 'elsewhere'}"])
 
 
 def test_nan_observation_stops_and_keeps_last_good_checkpoint(tmp_path):
