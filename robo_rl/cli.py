@@ -271,9 +271,12 @@ def _for_hydra_multirun(args: Sequence[str]) -> list[str]:
     """``-m`` overrides as Hydra can start them. Hydra composes one sweep-level config before the jobs, with
     the default of every swept config group: ``-m algo=sac,td3 algo.learning_starts=100`` fails there
     (PPO, the default, has no learning_starts) although every job has the key. An override inside a
-    swept group is passed as ``++key=value`` (set, or add to that sweep-level config): the same value in
-    every job, whose configs were all checked before (``_sweep_problem``)."""
+    swept group (or in the head group, when the swept algorithms pick the head) is passed as
+    ``++key=value`` (set, or add to that sweep-level config): the same value in every job, whose configs
+    were all checked before (``_sweep_problem``)."""
     swept_groups = {k for k in _swept_on_command_line() if k in GROUPS}
+    if "algo" in swept_groups and not any(_override_key(a) == "policy" for a in args if "=" in a):
+        swept_groups.add("policy")  # each algorithm picks its own head: -m algo=expo,parl policy.steps=2
     out = []
     for a in args:
         key = _override_key(a) if "=" in a else ""

@@ -176,6 +176,18 @@ def test_eval_records_demonstrations_that_warm_start_another_run(tmp_path):
     assert "demos: pretrained the gaussian head on 600 transitions" in err and "preloaded 600 transitions" in err
 
 
+def test_head_keys_reach_every_job_when_the_algorithms_pick_the_head(monkeypatch):
+    # Hydra's sweep-level config has the default head (gaussian, no `steps`): set-or-add it there
+    import robo_rl.cli as cli
+
+    args = ["-m", "algo=expo,parl", "policy.steps=2", "seed=0"]
+    monkeypatch.setattr(cli, "_TRAIN_ARGS", args)
+    assert cli._for_hydra_multirun(args) == ["-m", "algo=expo,parl", "++policy.steps=2", "seed=0"]
+    chosen = ["-m", "algo=expo,parl", "policy=flow", "policy.steps=2"]  # a head named on the command line
+    monkeypatch.setattr(cli, "_TRAIN_ARGS", chosen)
+    assert cli._for_hydra_multirun(chosen) == chosen
+
+
 def test_multirun_over_seeds(tmp_path):
     err = robo_rl("train", "-m", "seed=0,1", *TINY, "steps=150", "run_dir=sweep", cwd=tmp_path).stderr
     assert "sweep: 2 job(s) in sweep; side by side: robo-rl compare runs=sweep" in err
