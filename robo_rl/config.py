@@ -509,9 +509,18 @@ def _episode_limit(cfg: DictConfig) -> int | None:
         return int(cfg.env.max_episode_steps)
     import gymnasium as gym
 
-    if str(cfg.env.id).startswith("robo_rl/"):
+    task_id = str(cfg.env.id)
+    if task_id.startswith("robo_rl/"):
         import envs.tasks  # noqa: F401  registers robo-rl's own tasks, whatever was imported before
-    spec = gym.envs.registry.get(str(cfg.env.id))
+    if ":" in task_id:  # module:Id, the module registers Id (as the env build will import it)
+        import importlib
+
+        module, task_id = task_id.split(":", 1)
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return None  # the env build reports it
+    spec = gym.envs.registry.get(task_id)
     return int(spec.max_episode_steps) if spec is not None and spec.max_episode_steps else None
 
 

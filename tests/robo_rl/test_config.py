@@ -111,6 +111,8 @@ def test_evaluations_every_twentieth_of_the_run_but_not_more_than_training():
     assert resolve_defaults(compose("algo=sac", "env=humanoid", "steps=2000")).eval.every == 5_000
     assert resolve_defaults(compose("steps=2000", "env.max_episode_steps=100", "eval.episodes=4")).eval.every == 200
     assert resolve_defaults(compose("steps=2000", "env.id=no_such_module:Task-v0")).eval.every == 100  # limit unknown
+    # module:Id: the module registers the id (tests.helpers: NaNAfter, 100-step limit)
+    assert resolve_defaults(compose("steps=2000", "env.id=tests.helpers:robo_rl_test/NaNAfter-v0")).eval.every == 500
     assert resolve_defaults(compose("env=humanoid", "steps=2000", "eval.every=10")).eval.every == 10  # as given
     # robo-rl's own tasks are registered for this, whether or not envs was imported already
     assert resolve_defaults(compose("env=contact_maze", "algo=sac", "steps=2000")).eval.every == 1_000  # 200-step limit
