@@ -330,6 +330,14 @@ class GymnasiumBatchedEnv(BatchedEnv):
                 terms[key] = arr.copy()
         final = info.get("final_info")
         if isinstance(final, dict) and done.any():
+            # a term only the finished envs report (every copy ended this step: the top level holds only
+            # the resets' info): taken from there, zero for the others
+            for key, value in final.items():
+                if key in terms or key.startswith("_") or key in ("final_obs", "final_info", "episode"):
+                    continue
+                arr = np.asarray(value)
+                if arr.shape == (self.num_envs,) and arr.dtype.kind in "fiub":
+                    terms[key] = np.zeros_like(arr)
             for key, arr in terms.items():
                 if key in final:
                     mask = done & np.asarray(final.get("_" + key, done), dtype=bool)

@@ -238,3 +238,17 @@ def test_task_info_terms_match_the_batched_backend_including_final_steps():
     assert finished > 0
     gym_env.close()
     mj_env.close()
+
+
+def test_task_terms_survive_a_step_where_every_copy_ends():
+    # gymnasium moves an ended copy's step info to final_info; when all copies end together the top level
+    # holds only the resets' info, and the step's cost was lost (passivity-aware training then stopped)
+    costs = {}
+    for backend in ("mujoco", "gymnasium"):
+        env = make_env("robo_rl/ContactMaze-v0", num_envs=2, backend=backend, max_episode_steps=5)
+        env.reset(seed=0)
+        for _ in range(5):
+            out = env.step(torch.ones(2, 2))
+        assert out.truncated.all()
+        costs[backend] = torch.as_tensor(out.info["task"]["cost"]).tolist()
+    assert costs["gymnasium"] == costs["mujoco"] and min(costs["mujoco"]) > 0
