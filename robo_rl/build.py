@@ -75,7 +75,7 @@ def check_head_and_learner(cfg: DictConfig) -> None:
         raise ConfigError(str(exc)) from None
 
 
-def check_safety(cfg: DictConfig, obs_dim: int, act_dim: int) -> None:
+def check_safety(cfg: DictConfig, obs_dim: int, act_dim: int, control_dt: float | None = None) -> None:
     """Build ``safety.filters`` once for these dimensions, so a bad filter spec fails before any run file exists.
 
     (``sim2real.filters.build_chain`` owns the spec; the runner builds one chain per env copy later.)
@@ -84,7 +84,7 @@ def check_safety(cfg: DictConfig, obs_dim: int, act_dim: int) -> None:
 
     filters = safety_settings(cfg).filters
     if len(filters):
-        build_filter_chain(filters, act_dim, obs_dim)
+        build_filter_chain(filters, act_dim, obs_dim, control_dt)
 
 
 def build_learner(cfg: DictConfig, policy: PolicyHead) -> Learner:

@@ -75,7 +75,7 @@ def export_run(
         if safety_spec["filters"]:
             from sim2real.filters import build_chain
 
-            build_chain(safety_spec["filters"], int(env.act_dim), int(env.obs_dim))  # refuse a bad chain now
+            build_chain(safety_spec["filters"], int(env.act_dim), int(env.obs_dim), env.dt or None)  # refuse a bad chain now
         visited = []
         obs = env.reset(seed=0)
         with torch.no_grad():

@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from envs.mujoco_log import route_mujoco_warnings
-from robo_rl.build import build_env, build_learner, build_policy, build_runner
+from robo_rl.build import build_env, build_learner, build_policy, build_runner, check_safety
 from robo_rl.config import ConfigError, resolve_defaults, task_defaults, validate
 from robo_rl.metrics import setup_console_logging
 from robo_rl.runners.base import find_resume_checkpoint
@@ -132,6 +132,7 @@ def train(cfg: DictConfig, run_dir: str | Path, cli_overrides: Iterable[str] = (
     # Build everything before touching the run directory: bad options fail here, with nothing written.
     env = build_env(cfg)
     try:
+        check_safety(cfg, env.obs_dim, env.act_dim, env.dt or None)  # filters whose dt must be the control period
         if env.one_per_process:  # a second simulator cannot be built: evaluate on the training envs
             eval_env = env
         else:

@@ -193,7 +193,7 @@ class ControlLoop:
             if spec:
                 raise
             return None  # nothing asked for, nothing to build
-        return build_chain(spec, self.runtime.act_dim, self.runtime.obs_dim)
+        return build_chain(spec, self.runtime.act_dim, self.runtime.obs_dim, control_dt=self.period)
 
     def _event(self, kind: str, detail: str) -> None:
         self.counts[kind] += 1

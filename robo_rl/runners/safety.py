@@ -36,7 +36,7 @@ def safety_settings(cfg: DictConfig) -> DictConfig:
     return section if section is not None else OmegaConf.structured(SafetyConfig)
 
 
-def build_filter_chain(spec: Any, action_dim: int, obs_dim: int) -> Any:
+def build_filter_chain(spec: Any, action_dim: int, obs_dim: int, control_dt: float | None = None) -> Any:
     """One chain from ``safety.filters`` (a list of filter spec dicts), checked by ``sim2real.filters``."""
     from robo_rl.config import ConfigError
 
@@ -49,7 +49,7 @@ def build_filter_chain(spec: Any, action_dim: int, obs_dim: int) -> Any:
         ) from None
     entries = OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else list(spec)
     try:
-        return build_chain(entries, action_dim, obs_dim)
+        return build_chain(entries, action_dim, obs_dim, control_dt)
     except ValueError as exc:  # the message names the entry and key, e.g. "safety.filters[0] (box): high: ..."
         raise ConfigError(str(exc)) from None
 
@@ -83,7 +83,8 @@ class SafetyLayer(BatchedEnv):
         self.device, self.task_id, self.backend = env.device, env.task_id, env.backend
         self.dt, self.render_mode = env.dt, env.render_mode
         self.cost_key, self.require_cost = cost_key, require_cost
-        self.chains = [build_filter_chain(filters, env.act_dim, env.obs_dim) for _ in range(env.num_envs)] if len(filters) else []
+        self.chains = ([build_filter_chain(filters, env.act_dim, env.obs_dim, env.dt or None) for _ in range(env.num_envs)]
+                       if len(filters) else [])
         self.episode_cost = torch.zeros(env.num_envs, dtype=torch.float64, device=env.device)
         self.obs: torch.Tensor | None = None  # the observation the filters see with the next actions
         self.keep_episode_costs = keep_episode_costs

@@ -80,13 +80,16 @@ def _keys(cls: type[SafetyFilter]) -> tuple[list[str], list[str]]:
 
 
 def build_chain(spec: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None, action_dim: int,
-                obs_dim: int | None = None) -> FilterChain:
+                obs_dim: int | None = None, control_dt: float | None = None) -> FilterChain:
     """Build and check a chain from ``[{"type": "box", "low": -1, "high": 1}, ...]``.
 
     ``spec`` may also be a ``{"filters": [...]}`` mapping (a ``configs/safety`` file, a sidecar's
     ``safety`` entry), and OmegaConf containers work as they are. Every setting is checked here, so a
     bad config fails when the chain is built: ``ValueError`` names the entry (index and type) and the key.
     ``obs_dim``, when known, lets observation indices be checked now rather than on the first call.
+    ``control_dt``, when known, must equal the ``dt`` of every filter that takes one (the energy tank's
+    viscous credit and the barrier filter's one-step model are per control period: a tank told 0.04 s
+    on a 0.02 s loop credits twice the real dissipation and no longer bounds the injected energy).
     """
     spec = specs.plain(spec)
     if spec is None:
@@ -118,6 +121,11 @@ def build_chain(spec: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None, ac
         for key in required:
             if key not in params:
                 raise ValueError(f"{where}: missing key {key!r} (required: {', '.join(required)})")
+        if control_dt is not None and "dt" in params:
+            dt = params["dt"]
+            if isinstance(dt, (int, float)) and not isinstance(dt, bool) and abs(float(dt) - control_dt) > 1e-9 * max(1.0, control_dt):
+                raise ValueError(f"{where}: dt={dt} is not the control period {control_dt:g} s of this env: set "
+                                 f"dt: {control_dt:g} (the filter's accounting is per control step)")
         if cls.uses_obs:
             params["obs_dim"] = obs_dim
         try:

@@ -157,6 +157,15 @@ def test_bad_filter_spec_fails_before_the_run_directory_is_written(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_an_energy_tank_on_another_control_period_is_refused(tmp_path):
+    # configs/safety/passivity.yaml is set up for ContactMaze's 25 Hz; at frame_skip=5 the period is 0.02 s and
+    # the tank's per-step viscous credit (damping v^2 dt) would be twice the real one
+    with pytest.raises(ConfigError, match=r"\(energy_tank\): dt=0.04 is not the control period 0.02 s of this env"):
+        train(compose("algo=sac", "env=contact_maze", "safety=passivity", "env.kwargs.frame_skip=5", *FAST),
+              tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_cost_names_the_key_and_the_task(tmp_path):
     with pytest.raises(ConfigError) as exc:
         run(tmp_path / "run", *SMALL, *LAGRANGIAN, "steps=40", report_cost=False)
