@@ -87,8 +87,8 @@ randomized physics. Writes <export>/deploy.json (returns, events, latency percen
 
 keys:
   export=<dir>                     the export directory (policy.onnx + policy.json; required)
-  episodes=5                       finished episodes to run
-  steps=null                       or a fixed number of control steps
+  episodes=null                    finished episodes to run (5 when steps= is not given)
+  steps=null                       a fixed number of control steps (with episodes=: whichever comes first)
   realtime=false                   true: sleep to the control rate (a real robot); false: as fast as possible
   rate_hz=null                     control rate (default: the sidecar's)
   safety=null                      filter chain: configs/safety/<name>.yaml or a YAML path (default: the sidecar's)
@@ -162,7 +162,7 @@ class WatchdogOptions:
 @dataclass
 class DeployCommandConfig:
     export: str = "???"
-    episodes: int = 5
+    episodes: Optional[int] = None  # 5 unless steps= is given
     steps: Optional[int] = None
     realtime: bool = False
     rate_hz: Optional[float] = None
@@ -620,7 +620,8 @@ def deploy_main(args: Sequence[str]) -> int:
         from sim2real.deploy import deploy
 
         sim2sim = OmegaConf.to_container(opts.sim2sim, resolve=True)
-        report = deploy(opts.export, episodes=int(opts.episodes), steps=opts.steps, realtime=bool(opts.realtime),
+        episodes = opts.episodes if opts.episodes is not None else (None if opts.steps is not None else 5)
+        report = deploy(opts.export, episodes=episodes, steps=opts.steps, realtime=bool(opts.realtime),
                         rate_hz=opts.rate_hz, safety=safety, task=opts.task, sim2sim=sim2sim,
                         watchdog=OmegaConf.to_container(opts.watchdog, resolve=True))
     except (FileNotFoundError, ValueError) as exc:  # ExportError is a ValueError

@@ -25,6 +25,10 @@ def test_train_export_deploy_and_refuse_a_tampered_file(tmp_path):
     assert len(report["episode_returns"]) >= 1 and np.isfinite(report["episode_returns"]).all()
     assert report["task_kwargs"] == {"g": 9.5}
     assert report["loop"]["latency"]["inference_ms"]["p99"] > 0
+    # steps= alone runs that many control steps (episodes= used to default to 5 and stop it first)
+    robo_rl("deploy", "export=run/export", "steps=450", cwd=tmp_path)
+    report = json.loads((export / "deploy.json").read_text())
+    assert report["loop"]["steps"] == 450 and len(report["episode_returns"]) == 2  # Pendulum: 200-step episodes
 
     # a model file that no longer matches its sidecar is refused, and nothing runs
     data = bytearray((export / "policy.onnx").read_bytes())
