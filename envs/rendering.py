@@ -10,6 +10,7 @@ data, with the camera gymnasium's task uses; gymnasium envs render through ``ren
 from __future__ import annotations
 
 import os
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -102,7 +103,8 @@ def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float) -> int
         stream = None
         for frame in frames:
             if stream is None:
-                stream = container.add_stream("libx264", rate=max(1, int(round(fps))))
+                # exact rates: Humanoid's 0.015 s step is 200/3 fps (67 would play 0.5% fast)
+                stream = container.add_stream("libx264", rate=max(Fraction(1), Fraction(fps).limit_denominator(1000)))
                 stream.height, stream.width = frame.shape[0] // 2 * 2, frame.shape[1] // 2 * 2  # yuv420 needs even sizes
                 stream.pix_fmt = "yuv420p"
             image = np.ascontiguousarray(frame[: stream.height, : stream.width])

@@ -48,7 +48,8 @@ def evaluate(
         keys = ("obs", "actions", "rewards", "next_obs", "terminated")
         ongoing: list[list[tuple]] = [[] for _ in range(n)]  # per env copy: the current episode's steps
         kept: list[tuple] = []
-        while sum(done_count) < episodes:
+        # the video may want more of env copy 0's episodes than its share: those are filmed, not counted
+        while sum(done_count) < episodes or recorded < record_episodes:
             if not bool(torch.isfinite(obs).all()):
                 raise FloatingPointError(f"evaluation env {env.task_id} returned a non-finite observation")
             actions = policy.act(obs, deterministic=deterministic)

@@ -234,3 +234,7 @@ def test_eval_writes_a_video_with_one_frame_per_step(tmp_path):
     first_of_env0 = result["lengths"][result["env_index"].index(0)]
     assert len(frames) == result["video_frames"] == first_of_env0  # env 0's first episode, a frame per step
     assert frames[0].std() > 5  # a drawn scene, not a blank image
+    # more filmed episodes than env copy 0's share (one): it keeps going until they are filmed, counting none
+    robo_rl("eval", "run_dir=ip", "episodes=1", "video=true", "video_episodes=2", cwd=tmp_path)
+    result = json.loads((tmp_path / "ip" / "eval.json").read_text())
+    assert result["episodes"] == 1 and result["video_frames"] > result["lengths"][0] + 1
