@@ -27,6 +27,21 @@ RESULTS = Path(__file__).resolve().parent / "results"
 route_mujoco_warnings()
 
 
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent)
+    except OSError:
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+# read at import, i.e. when the benchmark starts: a commit made while it runs is not the code it measured
+START_COMMIT = _git("rev-parse", "--short", "HEAD")
+_status = _git("status", "--porcelain", "--untracked-files=no")
+START_DIRTY = None if _status is None else bool(_status)
+STARTED = time.strftime("%Y-%m-%d %H:%M")
+
+
 def machine() -> dict[str, Any]:
     import torch
 
@@ -44,11 +59,6 @@ def machine() -> dict[str, Any]:
             versions[mod] = __import__(mod).__version__
         except ImportError:
             versions[mod] = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        commit = None
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -56,7 +66,9 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": versions,
-        "robo_rl_commit": commit,
+        "robo_rl_commit": START_COMMIT,  # the code the measurement ran, read when the script started
+        "robo_rl_dirty": START_DIRTY,  # tracked files differed from that commit
+        "started": STARTED,
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
 
