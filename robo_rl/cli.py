@@ -97,6 +97,7 @@ keys:
   sim2sim.action_latency=0         control steps between computing and applying a command
   sim2sim.observation_noise=0.0    std of Gaussian noise added to observations
   sim2sim.physics=null             e.g. "{mass_scale:[0.8,1.2],friction_scale:[0.7,1.3],damping_scale:[0.8,1.2]}"
+  sim2sim.max_episode_steps=null   episode time limit (default: the run's env.max_episode_steps, else the task's)
   sim2sim.seed=0
   watchdog.max_observation_age=null   seconds before an observation counts as stale (default 2 periods)
   watchdog.max_inference_time=null   seconds of inference before the fallback is sent instead (default
@@ -151,6 +152,7 @@ class Sim2SimOptions:
     observation_noise: float = 0.0
     physics: Optional[dict[str, Any]] = None
     seed: int = 0
+    max_episode_steps: Optional[int] = None  # default: the run's (sidecar), else the task's registration
 
 
 @dataclass

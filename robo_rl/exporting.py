@@ -90,6 +90,8 @@ def export_run(
             metadata={"algo": cfg.algo.name, "policy": cfg.policy.name,
                       # the task's keyword arguments (e.g. an observation without contact forces): deploy builds the same task
                       "task_kwargs": OmegaConf.to_container(cfg.env.kwargs, resolve=True),
+                      # the run's own time limit, when it set one (deploy's episodes then end where training's did)
+                      "max_episode_steps": cfg.env.max_episode_steps,
                       "source": {"run_dir": str(run_dir.resolve()), "checkpoint": str(ckpt), "step": int(manifest["step"])}},
         )
     finally:

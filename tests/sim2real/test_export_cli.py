@@ -8,7 +8,7 @@ from tests.test_cli import TINY, robo_rl
 
 
 def test_train_export_deploy_and_refuse_a_tampered_file(tmp_path):
-    robo_rl("train", *TINY, "steps=300", "env.kwargs.g=9.5", "run_dir=run", cwd=tmp_path)
+    robo_rl("train", *TINY, "steps=300", "env.kwargs.g=9.5", "env.max_episode_steps=150", "run_dir=run", cwd=tmp_path)
     out = robo_rl("export", "run_dir=run", cwd=tmp_path).stdout
     export = tmp_path / "run" / "export"
     sidecar = json.loads((export / "policy.json").read_text())
@@ -16,6 +16,7 @@ def test_train_export_deploy_and_refuse_a_tampered_file(tmp_path):
     assert sidecar["checked"]["real_observations"] > 0 and sidecar["checked"]["max_abs_error"] <= 1e-5
     assert sidecar["control"]["dt"] > 0 and sidecar["observation"]["dim"] == 3 and sidecar["action"]["dim"] == 1
     assert sidecar["task_kwargs"] == {"g": 9.5}  # deploy builds the task as it was trained
+    assert sidecar["max_episode_steps"] == 150  # and ends its episodes where the run's did
 
     # the exported policy, on a differently configured simulation, with a rate limit added at deploy time
     (tmp_path / "rate.yaml").write_text("filters:\n  - {type: rate, max_delta: [0.5]}\n")
@@ -28,7 +29,7 @@ def test_train_export_deploy_and_refuse_a_tampered_file(tmp_path):
     # steps= alone runs that many control steps (episodes= used to default to 5 and stop it first)
     robo_rl("deploy", "export=run/export", "steps=450", cwd=tmp_path)
     report = json.loads((export / "deploy.json").read_text())
-    assert report["loop"]["steps"] == 450 and len(report["episode_returns"]) == 2  # Pendulum: 200-step episodes
+    assert report["loop"]["steps"] == 450 and len(report["episode_returns"]) == 3  # the run's 150-step episodes
 
     # a model file that no longer matches its sidecar is refused, and nothing runs
     data = bytearray((export / "policy.onnx").read_bytes())
