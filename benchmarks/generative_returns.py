@@ -64,6 +64,8 @@ def main() -> None:
                         help="take runs already recorded in these results files (this script's, or "
                              "benchmarks/results/returns.json for SAC/PPO) instead of training them again: same "
                              "env, steps and seed (robo-rl runs are deterministic given the seed on one thread)")
+    parser.add_argument("--name", default=None,
+                        help="results file name under benchmarks/results/ (default: from --pairs and --methods)")
     parser.add_argument("--run-root", type=Path, default=None,
                         help="keep the run directories here, e.g. to re-evaluate them (default: a temp dir)")
     args = parser.parse_args()
@@ -90,6 +92,7 @@ def main() -> None:
     name = "generative_returns" if args.pairs == ["onpolicy"] else "generative_returns_" + "_".join(args.pairs)
     if args.methods:
         name += "_" + "_".join(args.methods)
+    name = args.name or name
     results: dict[str, dict] = {}
     for pair in args.pairs:
         spec = PAIRS[pair]
