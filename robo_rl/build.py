@@ -47,8 +47,17 @@ def build_env(cfg: DictConfig, num_envs: int | None = None, vectorization: str |
     )
 
 
+def _head_options(cfg: DictConfig) -> dict[str, Any]:
+    """The head's own keyword arguments from ``policy.*``."""
+    return {k: _plain(v) for k, v in cfg.policy.items() if k not in ("name", "normalize_obs", "obs_clip")}
+
+
+def _learner_options(cfg: DictConfig) -> dict[str, Any]:
+    """The learner's keyword arguments from ``algo.*`` (the runner's keys left out)."""
+    return {k: _plain(v) for k, v in cfg.algo.items() if k not in RUNNER_KEYS}
+
+
 def build_policy(cfg: DictConfig, env: BatchedEnv) -> PolicyHead:
-    options = {k: _plain(v) for k, v in cfg.policy.items() if k not in ("name", "normalize_obs", "obs_clip")}
     return build_head(
         cfg.policy.name,
         env.obs_dim,
@@ -56,7 +65,7 @@ def build_policy(cfg: DictConfig, env: BatchedEnv) -> PolicyHead:
         env.action_space.high,
         normalize_obs=bool(cfg.policy.normalize_obs),
         obs_clip=float(cfg.policy.obs_clip),
-        **options,
+        **_head_options(cfg),
     ).to(cfg.device)
 
 
@@ -66,17 +75,16 @@ def check_head_and_learner(cfg: DictConfig) -> None:
     ConfigError. A ``-m`` sweep runs this for every job before the first one starts."""
     import numpy as np
 
-    options = {k: _plain(v) for k, v in cfg.policy.items() if k not in ("name", "normalize_obs", "obs_clip")}
-    kwargs = {k: _plain(v) for k, v in cfg.algo.items() if k not in RUNNER_KEYS}
     try:
-        head = build_head(cfg.policy.name, 3, -np.ones(2), np.ones(2), **options)
-        LEARNERS[cfg.algo.name](head, **kwargs)
+        head = build_head(cfg.policy.name, 3, -np.ones(2), np.ones(2), **_head_options(cfg))
+        LEARNERS[cfg.algo.name](head, **_learner_options(cfg))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
 
 def check_safety(cfg: DictConfig, obs_dim: int, act_dim: int, control_dt: float | None = None) -> None:
-    """Build ``safety.filters`` once for these dimensions, so a bad filter spec fails before any run file exists.
+    """Build ``safety.filters`` once for these dimensions (and the env's control period, which a filter's
+    ``dt`` must equal), so a bad filter spec fails before any run file exists; train() calls it.
 
     (``sim2real.filters.build_chain`` owns the spec; the runner builds one chain per env copy later.)
     """
@@ -95,8 +103,7 @@ def build_learner(cfg: DictConfig, policy: PolicyHead) -> Learner:
     name = cfg.algo.name
     if name not in LEARNERS:
         raise ConfigError(f"algo.name={name}: unknown algorithm; choose one of {', '.join(LEARNERS)}")
-    check_safety(cfg, policy.obs_dim, policy.act_dim)  # train() builds the learner before writing the run dir
-    kwargs = {k: _plain(v) for k, v in cfg.algo.items() if k not in RUNNER_KEYS}
+    kwargs = _learner_options(cfg)
     safety = safety_settings(cfg)
     if safety.passivity_aware:
         if name != "sac":

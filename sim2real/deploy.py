@@ -46,8 +46,8 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
         raise ValueError(f"unknown sim2sim key(s) {unknown}; known: {', '.join(SIM2SIM_KEYS)}")
     runtime = PolicyRuntime(export, threads=threads)
     kwargs = runtime.task_kwargs if task in (None, runtime.task) else {}  # another task: its own defaults
-    limit = runtime.sidecar.get("max_episode_steps")
-    if task in (None, runtime.task) and "max_episode_steps" not in options and isinstance(limit, int) and limit > 0:
+    limit = runtime.sidecar.get("max_episode_steps")  # checked by load_sidecar: a positive int or absent
+    if task in (None, runtime.task) and "max_episode_steps" not in options and limit is not None:
         options["max_episode_steps"] = limit  # the time limit the run trained and evaluated with
     task = task or runtime.task
     if not task:

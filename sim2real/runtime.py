@@ -116,6 +116,8 @@ def load_sidecar(export: str | Path) -> dict[str, Any]:
     if sidecar.get("task") is not None and not isinstance(sidecar["task"], str):
         raise bad(f"task={sidecar['task']!r:.60}: expected a task id or null")
     mapping("task_kwargs", sidecar.get("task_kwargs"), optional=True)
+    if sidecar.get("max_episode_steps") is not None:  # the run's own time limit (deploy ends episodes there)
+        positive_int("max_episode_steps", sidecar["max_episode_steps"])
     obs, act = mapping("observation", sidecar["observation"]), mapping("action", sidecar["action"])
     obs_dim = positive_int("observation.dim", obs.get("dim"))
     act_dim = positive_int("action.dim", act.get("dim"))

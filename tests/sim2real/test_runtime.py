@@ -98,6 +98,7 @@ def test_bad_sidecars_name_the_file_and_the_problem(export_dir: Path) -> None:
     (lambda s: s.__setitem__("noise", [2]), "noise"),
     (lambda s: s.__setitem__("control", None), "control"),
     (lambda s: s["control"].__setitem__("dt", "0.04"), "control.dt"),
+    (lambda s: s.__setitem__("max_episode_steps", "40"), "max_episode_steps"),
     (lambda s: s.__setitem__("safety", {"filters": 5}), "safety.filters"),
     (lambda s: s.__setitem__("safety", None), "safety"),
     (lambda s: s["action"].__setitem__("low", ["a", "b"]), "action.low"),
