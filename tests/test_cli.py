@@ -204,6 +204,15 @@ def test_multirun_over_seeds(tmp_path):
     assert (tmp_path / "sweep" / "compare.png").stat().st_size > 0
 
 
+def test_a_sweep_exits_with_its_failed_job_s_code(tmp_path, monkeypatch):
+    # job after=20 stops on a NaN observation (exit 1), job after=100000 completes: the sweep exits 1, not 0
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # tests.helpers for the subprocess
+    proc = robo_rl("train", "-m", "env.kwargs.after=20,100000", *TINY, "env.id=tests.helpers:robo_rl_test/NaNAfter-v0",
+                   "steps=150", "run_dir=sweep", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "sweep: 1 of 2 job(s) failed: env.kwargs.after=20" in proc.stderr
+    assert json.loads((tmp_path / "sweep" / "env.kwargs.after=100000" / "summary.json").read_text())["steps"] == 150
+
+
 def test_multirun_over_algorithms_shares_one_directory(tmp_path):
     # Hydra composes a sweep-level config with the default algo (ppo), which has no algo.learning_starts:
     # the override still reaches every job, and the jobs share one directory named by the swept algos
