@@ -669,6 +669,9 @@ def validate(cfg: DictConfig) -> None:
             f"must be between 1 and the samples per update (rollout_steps * num_envs = {samples})",
         )
         need(cfg.algo.epochs >= 1, "algo.epochs", "must be >= 1")
+        need(cfg.algo.target_kl is None or cfg.algo.target_kl > 0, "algo.target_kl",
+             "must be > 0 (or null for no early stop); an update stops before a minibatch whose KL to the "
+             "rollout policy exceeds 1.5 * target_kl")
     need(0 <= OmegaConf.select(cfg, "algo.gamma") <= 1, "algo.gamma", "must be in [0, 1]")
     validate_safety(cfg)
 

@@ -118,20 +118,24 @@ class PPO(Learner):
     def _autograd_update(self, rollout: RolloutBatch) -> dict[str, torch.Tensor]:
         size = rollout.obs.shape[0]
         sums: dict[str, torch.Tensor] = {}
-        count = 0
+        count = applied = 0
         stop = False
         for _ in range(self.epochs):
             for idx in torch.randperm(size).split(self.minibatch_size):
                 m = self._minibatch_step(RolloutBatch(*(x[idx] for x in rollout)))
+                stop = "grad_norm" not in m  # stopped on KL before this minibatch's step
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
-                if self.target_kl is not None and float(m["approx_kl"]) > 1.5 * self.target_kl:
-                    stop = True
+                applied += not stop
+                if stop:
                     break
             if stop:
                 break
-        return {k: v / count for k, v in sums.items()}
+        metrics = {k: v / (applied if k == "grad_norm" else count) for k, v in sums.items()}
+        metrics.setdefault("grad_norm", torch.zeros(()))  # no step taken: the first minibatch passed the KL limit
+        metrics["minibatches"] = torch.tensor(float(applied))
+        return metrics
 
     def ppo_loss(self, mb: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         prior_kl = None
@@ -174,6 +178,10 @@ class PPO(Learner):
 
     def _minibatch_step(self, mb: RolloutBatch) -> dict[str, torch.Tensor]:
         loss, stats = self._ppo_loss(mb)
+        if self.target_kl is not None and float(stats["approx_kl"]) > 1.5 * self.target_kl:
+            # The KL is measured before the step (the rollout policy vs the current one): past the
+            # limit, stop without taking this minibatch's step (as SB3 and Spinning Up do).
+            return stats
         grads = list(torch.autograd.grad(loss, self._params))
         # Global gradient-norm clipping over policy and value parameters
         grad_norm = torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads]))

@@ -222,24 +222,28 @@ class FusedPPOStep:
         size = obs_n.shape[0]
         mb = ppo.minibatch_size
         sums = np.zeros(7)
-        count = 0
+        count = applied = 0
+        stop = False
         for _ in range(ppo.epochs):
-            stop = False
             perm = torch.randperm(size).numpy()  # the same RNG use as the autograd path
             shuffled = [x[perm] for x in data]  # one gather per epoch; minibatches are then slices
             for start in range(0, size, mb):
                 stats = self._minibatch(*(x[start:start + mb] for x in shuffled))
-                sums += stats
+                stop = math.isnan(stats[5])  # stopped on KL before this minibatch's step (no grad norm)
+                sums += np.nan_to_num(stats, nan=0.0)
                 count += 1
-                if ppo.target_kl is not None and stats[3] > 1.5 * ppo.target_kl:
-                    stop = True
+                applied += not stop
+                if stop:
                     break
             if stop:
                 break
         names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm", "prior_kl")
-        if not ppo.prior_kl_coef:
-            names, sums = names[:-1], sums[:-1]
-        return {k: torch.tensor(v / count) for k, v in zip(names, sums)}
+        counts = [count] * 7
+        counts[5] = max(applied, 1)  # no step taken: the first minibatch passed the KL limit, grad_norm 0
+        keep = 7 if ppo.prior_kl_coef else 6
+        metrics = {k: torch.tensor(v / n) for k, v, n in zip(names[:keep], sums[:keep], counts[:keep])}
+        metrics["minibatches"] = torch.tensor(float(applied))
+        return metrics
 
     def _minibatch(self, obs, actions, old_logp, old_values, adv, returns) -> np.ndarray:
         ppo = self.ppo
@@ -269,6 +273,14 @@ class FusedPPOStep:
         verr = returns - v_used
         value_loss = float(np.dot(verr, verr)) / b
         entropy = float(np.add.reduce(log_std)) + self.entropy_const
+        approx_kl = float(np.add.reduce((ratio - 1.0) - log_ratio)) / b
+        clip_fraction = float(np.count_nonzero(np.abs(ratio - 1.0) > eps)) / b
+        prior_kl = 0.0
+        if ppo.prior_kl_coef:
+            var = np.exp(2.0 * log_std)
+            prior_kl = float(np.add.reduce(0.5 * (var - 1.0) - log_std)) + 0.5 * float(np.vdot(mean, mean)) / b
+        if ppo.target_kl is not None and approx_kl > 1.5 * ppo.target_kl:  # as PPO._minibatch_step: no step
+            return np.array([policy_loss, value_loss, entropy, approx_kl, clip_fraction, np.nan, prior_kl])
 
         # torch.min passes the gradient to r*A where r*A < clip(r)*A, and splits ties, which happen
         # exactly where 1-eps <= r <= 1+eps (clip passes its gradient there too) or A = 0: so the
@@ -278,10 +290,8 @@ class FusedPPOStep:
         d_mean = (d_logp[:, None] * z) * inv_std
         std_pass = (log_std_param >= LOG_STD_MIN) & (log_std_param <= LOG_STD_MAX)
         g_log_std = np.add.reduce(d_logp[:, None] * (z * z - 1.0), axis=0) - ppo.ent_coef
-        prior_kl = 0.0
         if ppo.prior_kl_coef:
-            c_kl, var = ppo.prior_kl_coef, np.exp(2.0 * log_std)
-            prior_kl = float(np.add.reduce(0.5 * (var - 1.0) - log_std)) + 0.5 * float(np.vdot(mean, mean)) / b
+            c_kl = ppo.prior_kl_coef
             d_mean += np.float32(c_kl / b) * mean
             g_log_std += c_kl * (var - 1.0)
         self.g_log_std[:] = np.where(std_pass, g_log_std, 0.0)
@@ -301,6 +311,4 @@ class FusedPPOStep:
         torch._fused_adam_([self.flat], [self.g_t], [self.m], [self.v], [], [self.step_tensor], amsgrad=False,
                            lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1], weight_decay=0.0,
                            eps=group["eps"], maximize=False)
-        approx_kl = float(np.add.reduce((ratio - 1.0) - log_ratio)) / b
-        clip_fraction = float(np.count_nonzero(np.abs(ratio - 1.0) > eps)) / b
         return np.array([policy_loss, value_loss, entropy, approx_kl, clip_fraction, grad_norm, prior_kl])

@@ -31,6 +31,7 @@ def test_unknown_or_mistyped_keys_fail_at_composition(override, words):
     (["steps=-5"], "steps"),
     (["algo=sac", "algo.batch_size=0"], "algo.batch_size"),
     (["algo=ppo", "algo.minibatch_size=100000"], "algo.minibatch_size"),
+    (["algo=ppo", "algo.target_kl=0"], "algo.target_kl"),
     (["policy.activation=sigmoidz"], "policy.activation"),
     (["env.vectorization=threads"], "env.vectorization"),
     (["algo=sac", "algo.tau=2"], "algo.tau"),

@@ -41,7 +41,7 @@ def max_diff(a, b):
 
 
 @pytest.mark.parametrize("options", [{}, {"clip_range_vf": 0.2, "ent_coef": 0.01}, {"max_grad_norm": 1e-3},
-                                     {"prior_kl_coef": 0.5}])
+                                     {"prior_kl_coef": 0.5}, {"target_kl": 0.03}])
 def test_fused_equals_autograd_over_a_full_update(options):
     auto, fused = learner("off", **options), learner("on", **options)
     assert fused._fused_step is not None and auto._fused_step is None
@@ -49,14 +49,33 @@ def test_fused_equals_autograd_over_a_full_update(options):
     m_auto, m_fused = run(auto, batch), run(fused, batch)  # 10 epochs x 4 minibatches = 40 Adam steps
     assert max_diff(auto, fused) < 1e-6
     assert set(m_auto) == set(m_fused) and ("prior_kl" in m_auto) == ("prior_kl_coef" in options)
-    for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm", "prior_kl"):
+    for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm", "prior_kl",
+                "minibatches"):
         if key not in m_auto:
             continue
         assert abs(float(m_auto[key]) - float(m_fused[key])) < 1e-4 * max(1.0, abs(float(m_auto[key]))), key
     sa, sf = auto.opt.state_dict(), fused.opt.state_dict()
     for i in sa["state"]:
         torch.testing.assert_close(sa["state"][i]["exp_avg_sq"], sf["state"][i]["exp_avg_sq"], rtol=1e-5, atol=1e-10)
-        assert float(sa["state"][i]["step"]) == float(sf["state"][i]["step"]) == 40
+        assert float(sa["state"][i]["step"]) == float(sf["state"][i]["step"]) == float(m_auto["minibatches"])
+    assert float(m_auto["minibatches"]) == (3 if "target_kl" in options else 40)  # 0.03: stops at the 4th
+
+
+@pytest.mark.parametrize("fused", ["off", "on"])
+def test_target_kl_stops_before_the_minibatch_that_passes_it(fused):
+    # the rollout's log-probs sit off the policy's (ratios e^-0.5..e^0.5): the KL is 0.042 before any
+    # step, over 1.5 * 0.01, so no step is taken; SB3 and Spinning Up also skip the step that would pass
+    ppo, batch = learner(fused, target_kl=0.01), rollout()
+    before = copy.deepcopy(ppo.state_dict())
+    m = run(ppo, batch)
+    assert float(m["minibatches"]) == 0 and float(m["grad_norm"]) == 0.0
+    assert float(m["approx_kl"]) == pytest.approx(0.042, abs=1e-3)
+    assert all(torch.equal(before[k], v) for k, v in ppo.state_dict().items())
+    assert all(float(st["step"]) == 0 for st in ppo.opt.state_dict()["state"].values())
+    ppo = learner(fused, target_kl=0.03)
+    m = run(ppo, batch)  # minibatches 1-3 are stepped, the 4th measures 0.0453 > 0.045 and stops the update
+    assert float(m["minibatches"]) == 3
+    assert all(float(st["step"]) == 3 for st in ppo.opt.state_dict()["state"].values())
 
 
 def test_fused_rollout_inference_equals_the_heads():
