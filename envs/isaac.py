@@ -1,29 +1,49 @@
 """Isaac-style GPU environments (Isaac Gym / legged_gym, Isaac Lab) behind the batched-env contract.
 
 These environments follow the rsl_rl ``VecEnv`` conventions: torch buffers on the device,
-``num_envs`` / ``num_actions`` / ``device`` attributes, resets inside ``step``, time-outs reported
-in ``extras["time_outs"]``, observation groups in ``extras["observations"]`` (e.g. ``critic``), and
-``step`` returning ``(obs, rewards, dones, extras)`` (rsl_rl, Isaac Lab's RslRlVecEnvWrapper) or
-``(obs, privileged_obs, rewards, dones, extras)`` (legged_gym). ``IsaacAdapter`` maps them onto
-robo-rl's contract:
+``num_envs`` / ``num_actions`` / ``device`` attributes, resets inside ``step``, time-outs reported in
+``extras["time_outs"]``, and ``step`` returning ``(obs, rewards, dones, extras)`` (rsl_rl, Isaac Lab's
+RslRlVecEnvWrapper) or ``(obs, privileged_obs, rewards, dones, extras)`` (legged_gym). Three
+generations are understood:
+
+* rsl_rl >= 3 (Isaac Lab today): ``get_observations()`` and ``step`` return a TensorDict of
+  observation *groups* (``policy``, ``critic``, ...) and the ``VecEnv`` has no ``reset()``: the env
+  resets itself when built. The policy observation is the ``actor`` group, else ``policy`` (rsl_rl's
+  own default), or the groups named in ``obs_groups``, concatenated;
+* rsl_rl 2: observations are a tensor, ``get_observations()`` / ``reset()`` return ``(obs, extras)``
+  and the other groups ride in ``extras["observations"]`` (e.g. ``critic``);
+* legged_gym (rsl_rl 1): tensors, ``reset() -> (obs, privileged_obs)``, a 5-tuple ``step``.
+
+``IsaacAdapter`` maps them onto robo-rl's contract:
 
 * ``terminated = dones & ~time_outs``, ``truncated = time_outs``;
 * these environments do not return the observation a finished episode ended in, so
   ``info["final_obs"]`` holds the observation *before* the step for finished envs (flagged by
   ``info["final_obs_is_previous"] = True``); bootstrapping a time-out from it is the same
   approximation rsl_rl's PPO makes (it adds gamma * V(s_t) to the reward of timed-out steps);
+* ``info["observations"]`` holds every observation group (as a dict of tensors), ``info["log"]`` the
+  env's ``extras["log"]`` (or legged_gym's ``extras["episode"]``);
+* ``reset(seed)`` calls the env's ``reset()`` where it has one, else resets the gymnasium env an
+  Isaac Lab-style wrapper holds at ``.env``; a bare rsl_rl >= 3 ``VecEnv`` cannot restart its
+  episodes, so those running at such a reset finish uncounted (``info["episode"]`` never reports
+  an episode it saw only part of);
 * actions are clipped by the environment itself; the adapter exposes ``[-action_limit,
   action_limit]`` as the action space, from ``cfg.normalization.clip_actions`` (legged_gym),
-  ``clip_actions`` (Isaac Lab's wrapper) or the ``action_limit`` argument.
+  ``clip_actions`` (Isaac Lab's wrapper) or the ``action_limit`` argument (``cfg`` may be a dict or
+  an object, as ``VecEnv.cfg`` allows).
 
-What was verified: the adapter against ``tests/envs/isaac_style_env.py``, a small environment
-written here to the documented API (not a copy of theirs), including PPO training through it.
-It has not been run against real Isaac Gym or Isaac Lab, which need an NVIDIA GPU and Isaac Sim.
+What was verified: envs subclassing the real ``rsl_rl.env.VecEnv`` of rsl-rl-lib 5.5.1 (TensorDict
+observations, no ``reset``), and ``tests/envs/isaac_style_env.py``, a small environment written here
+to the rsl_rl 2 and legged_gym conventions as read from rsl-rl-lib 2.3.3 and legged_gym's source,
+including PPO training through it. It has not been run against real Isaac Gym or Isaac Lab, which
+need an NVIDIA GPU and Isaac Sim.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -31,6 +51,8 @@ import numpy as np
 import torch
 
 from envs.base import BatchedEnv, MissingDependency, StepResult
+
+log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
     "Isaac Lab is not installed here (it needs Isaac Sim and an NVIDIA GPU; see "
@@ -41,13 +63,21 @@ INSTALL_HINT = (
 )
 
 
-def _obs_of(value: Any) -> torch.Tensor:
-    """The policy observation from get_observations()/reset() results of either convention."""
-    if isinstance(value, tuple):
-        value = value[0]
-    if isinstance(value, dict) or hasattr(value, "keys"):  # TensorDict / dict of groups
-        return value["policy"]
-    return value
+def _unpack(value: Any) -> tuple[Any, dict[str, Any]]:
+    """(observations, extra groups) of a get_observations()/reset() result of any convention."""
+    if not isinstance(value, tuple):
+        return value, {}
+    second = value[1] if len(value) > 1 else None
+    if isinstance(second, torch.Tensor):  # legged_gym's reset(): (obs, privileged_obs)
+        return value[0], {"critic": second}
+    if isinstance(second, Mapping):  # rsl_rl 2: (obs, extras)
+        return value[0], dict(second.get("observations") or {})
+    return value[0], {}
+
+
+def _is_groups(value: Any) -> bool:
+    """A TensorDict (rsl_rl >= 3) or a dict of observation groups, rather than one tensor."""
+    return not isinstance(value, torch.Tensor) and hasattr(value, "keys")
 
 
 class IsaacAdapter(BatchedEnv):
@@ -56,8 +86,11 @@ class IsaacAdapter(BatchedEnv):
     # legged_gym scripts build one too. Treat every such env that way: sharing it is always safe.
     one_per_process = True
 
-    def __init__(self, env: Any, action_limit: float | None = None, task_id: str | None = None) -> None:
-        for attr in ("num_envs", "num_actions", "device", "step", "reset"):
+    def __init__(self, env: Any, action_limit: float | None = None, task_id: str | None = None,
+                 obs_groups: Sequence[str] | None = None) -> None:
+        """``obs_groups``: the observation groups (rsl_rl >= 3) concatenated into the policy observation,
+        as rsl_rl's ``obs_groups["actor"]``; by default the ``actor`` group, else ``policy``."""
+        for attr in ("num_envs", "num_actions", "device", "step", "get_observations"):
             if not hasattr(env, attr):
                 raise TypeError(f"{type(env).__name__} does not follow the rsl_rl VecEnv API (no {attr!r})")
         self.env = env
@@ -66,20 +99,79 @@ class IsaacAdapter(BatchedEnv):
         self.task_id = task_id or type(env).__name__
         limit = action_limit if action_limit is not None else _configured_clip(env)
         if limit is None or not np.isfinite(limit) or limit <= 0:
-            raise ValueError(f"{self.task_id}: the action bound is unknown; pass action_limit= (the env's clip_actions)")
-        act_dim = int(env.num_actions)
-        self.action_space = gym.spaces.Box(-float(limit), float(limit), (act_dim,), np.float32)
-        obs = _obs_of(env.get_observations()) if hasattr(env, "get_observations") else _obs_of(env.reset())
+            raise ValueError(f"{self.task_id}: the action bound is unknown (no clip_actions in the env or its cfg); set "
+                             "env.kwargs.action_limit=<bound> (IsaacAdapter(env, action_limit=) in Python), which is "
+                             "also passed to Isaac Lab's wrapper as its clip_actions")
+        self.action_space = gym.spaces.Box(-float(limit), float(limit), (int(env.num_actions),), np.float32)
+        raw, extra = _unpack(env.get_observations())
+        self.obs_groups = self._resolve_groups(raw, obs_groups)
+        obs = self._policy_obs(raw, extra)[0]
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (int(obs.shape[1]),), np.float32)
         self.dt = float(getattr(env, "dt", 0.0) or getattr(getattr(env, "unwrapped", env), "step_dt", 0.0) or 0.0) or None
-        self._obs = obs.float()
+        inner = getattr(env, "env", None)
+        # how reset() restarts the episodes: the env's own reset (rsl_rl <= 2, legged_gym), or the gymnasium env
+        # an Isaac Lab-style wrapper keeps at .env (rsl_rl >= 3's VecEnv has no reset); else it cannot
+        self._reset_via = "env" if hasattr(env, "reset") else "inner" if isinstance(inner, gym.Env) else None
+        self.resets_episodes = self._reset_via is not None  # whether reset() starts new episodes
+        if self._reset_via is None:
+            log.warning(f"{self.task_id} has no reset() (rsl_rl >= 3 VecEnv): reset() cannot restart its running "
+                        "episodes; those running at a reset finish uncounted")
+        self._obs = obs
         self._ep_return = torch.zeros(self.num_envs, device=self.device)
         self._ep_length = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
+        self._partial = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)  # began before our reset
+
+    def _resolve_groups(self, raw: Any, wanted: Sequence[str] | None) -> list[str] | None:
+        if not _is_groups(raw):
+            if wanted:
+                raise ValueError(f"{self.task_id}: obs_groups={list(wanted)} given, but the env's observations are one "
+                                 "tensor, not groups (rsl_rl >= 3)")
+            return None
+        available = list(raw.keys())
+        if wanted:
+            missing = [g for g in wanted if g not in available]
+            if missing:
+                raise ValueError(f"{self.task_id}: observation groups {missing} not found; the env has {available}")
+            return list(wanted)
+        for default in ("actor", "policy"):  # rsl_rl's own default for its actor's observations
+            if default in available:
+                return [default]
+        raise ValueError(f"{self.task_id}: the observation groups {available} include neither 'actor' nor 'policy'; "
+                         "name the policy's groups with env.kwargs.obs_groups=[...] (obs_groups= in Python)")
+
+    def _policy_obs(self, raw: Any, extra: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The policy observation [N, obs_dim] (float32, owned: never the env's buffer) and all groups."""
+        if self.obs_groups is None:
+            parts, groups = [raw], extra
+        else:
+            groups = {k: raw[k] for k in raw.keys()}
+            parts = [groups[g] for g in self.obs_groups]
+        for name, part in zip(self.obs_groups or ["observation"], parts):
+            if not isinstance(part, torch.Tensor) or part.dim() != 2 or part.shape[0] != self.num_envs:
+                shape = tuple(part.shape) if hasattr(part, "shape") else type(part).__name__
+                raise ValueError(f"{self.task_id}: {name!r} is {shape}, not a flat [num_envs, dim] tensor; robo-rl's "
+                                 "policies take flat observations: choose flat groups with env.kwargs.obs_groups")
+        obs = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        # a copy: GPU simulators write their observation buffers in place, and final_obs keeps this one a step
+        return obs.to(device=self.device, dtype=torch.float32, copy=len(parts) == 1), groups
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
-        if seed is not None and hasattr(self.env, "seed"):
-            self.env.seed(seed)
-        self._obs = _obs_of(self.env.reset()).float()
+        if self._reset_via == "inner":
+            self.env.env.reset(seed=seed)
+        else:
+            if seed is not None and hasattr(self.env, "seed"):
+                self.env.seed(seed)
+            if self._reset_via == "env":
+                self.env.reset()
+        if self._reset_via is None:  # episodes go on: the ones already under way would be reported in part
+            length = getattr(self.env, "episode_length_buf", None)  # a VecEnv attribute: > 0 where one is under way
+            if isinstance(length, torch.Tensor):
+                self._partial = length.to(self.device) > 0
+            else:
+                self._partial.fill_(True)
+        else:
+            self._partial.zero_()
+        self._obs = self._policy_obs(*_unpack(self.env.get_observations()))[0]
         self._ep_return.zero_()
         self._ep_length.zero_()
         return self._obs.clone()
@@ -88,13 +180,14 @@ class IsaacAdapter(BatchedEnv):
         actions = self.check_actions(actions)
         out = self.env.step(actions)
         if len(out) == 5:  # legged_gym: obs, privileged_obs, rewards, dones, extras
-            obs, privileged, rewards, dones, extras = out
+            raw, privileged, rewards, dones, extras = out
             extras = dict(extras or {})
-            extras.setdefault("observations", {"critic": privileged} if privileged is not None else {})
+            extra = {"critic": privileged} if privileged is not None else {}
         else:
-            obs, rewards, dones, extras = out
+            raw, rewards, dones, extras = out
             extras = dict(extras or {})
-        obs = _obs_of(obs).float()
+            extra = dict(extras.get("observations") or {})  # rsl_rl 2 (rsl_rl >= 3: groups are in raw)
+        obs, groups = self._policy_obs(raw, extra)
         dones = dones.to(torch.bool).reshape(-1)
         time_outs = extras.get("time_outs")
         time_outs = torch.zeros_like(dones) if time_outs is None else time_outs.to(torch.bool).reshape(-1) & dones
@@ -102,13 +195,15 @@ class IsaacAdapter(BatchedEnv):
         final_obs = torch.where(dones[:, None], self._obs, obs)  # no terminal observation in these APIs
         self._ep_return += rewards
         self._ep_length += 1
-        episode = {"return": torch.where(dones, self._ep_return, 0.0), "length": torch.where(dones, self._ep_length, 0),
-                   "mask": dones.clone()}
+        counted = dones & ~self._partial
+        self._partial &= ~dones
+        episode = {"return": torch.where(counted, self._ep_return, 0.0), "length": torch.where(counted, self._ep_length, 0),
+                   "mask": counted}
         self._ep_return[dones] = 0.0
         self._ep_length[dones] = 0
         self._obs = obs
-        info = {"final_obs": final_obs, "final_obs_is_previous": True, "episode": episode,
-                "observations": extras.get("observations", {}), "log": extras.get("log", extras.get("episode", {}))}
+        info = {"final_obs": final_obs, "final_obs_is_previous": True, "episode": episode, "observations": groups,
+                "log": extras.get("log", extras.get("episode", {}))}
         return StepResult(obs.clone(), rewards, dones & ~time_outs, time_outs, info)
 
     def close(self) -> None:
@@ -116,27 +211,38 @@ class IsaacAdapter(BatchedEnv):
             self.env.close()
 
 
+def _lookup(holder: Any, *path: str) -> Any:
+    """holder.a.b or holder["a"]["b"] (a VecEnv's cfg is a dict or an object)."""
+    for name in path:
+        if holder is None:
+            return None
+        holder = holder.get(name) if isinstance(holder, Mapping) else getattr(holder, name, None)
+    return holder
+
+
 def _configured_clip(env: Any) -> float | None:
     cfg = getattr(env, "cfg", None)
-    for holder, name in ((getattr(cfg, "normalization", None), "clip_actions"), (env, "clip_actions"), (cfg, "clip_actions")):
-        value = getattr(holder, name, None) if holder is not None and not isinstance(holder, dict) else (
-            holder.get(name) if isinstance(holder, dict) else None)
+    for value in (_lookup(cfg, "normalization", "clip_actions"), getattr(env, "clip_actions", None),
+                  _lookup(cfg, "clip_actions")):
         if value is not None:
             return float(value)
     return None
 
 
 def make_isaac_env(task_id: str, num_envs: int, device: str | torch.device, kwargs: dict[str, Any] | None = None) -> IsaacAdapter:
-    """``module:factory`` (any rsl_rl-style env: factory(num_envs=, device=, **kwargs)) or an Isaac Lab task id."""
+    """``module:factory`` (any rsl_rl-style env: factory(num_envs=, device=, **kwargs)) or an Isaac Lab task id.
+
+    ``kwargs`` ``action_limit`` and ``obs_groups`` go to the adapter, the rest to the factory (or ``gym.make``)."""
     kwargs = dict(kwargs or {})
     action_limit = kwargs.pop("action_limit", None)
+    obs_groups = kwargs.pop("obs_groups", None)
     if ":" in task_id:
         module, _, factory = task_id.partition(":")
         try:
             make = getattr(importlib.import_module(module), factory)
         except (ImportError, AttributeError) as exc:
             raise ValueError(f"env.id={task_id}: cannot import {factory!r} from {module!r} ({exc})") from None
-        return IsaacAdapter(make(num_envs=num_envs, device=str(device), **kwargs), action_limit, task_id)
+        return IsaacAdapter(make(num_envs=num_envs, device=str(device), **kwargs), action_limit, task_id, obs_groups)
     try:
         from isaaclab.app import AppLauncher
     except ImportError:
@@ -148,4 +254,7 @@ def make_isaac_env(task_id: str, num_envs: int, device: str | torch.device, kwar
     from isaaclab_tasks.utils import parse_env_cfg
 
     cfg = parse_env_cfg(task_id, device=str(device), num_envs=num_envs)
-    return IsaacAdapter(RslRlVecEnvWrapper(gym.make(task_id, cfg=cfg, **kwargs)), action_limit, task_id)
+    # Isaac Lab's action spaces are unbounded: the wrapper clips to the bound we declare (its clip_actions)
+    wrapper_kwargs = {} if action_limit is None else {"clip_actions": float(action_limit)}
+    return IsaacAdapter(RslRlVecEnvWrapper(gym.make(task_id, cfg=cfg, **kwargs), **wrapper_kwargs), action_limit, task_id,
+                        obs_groups)

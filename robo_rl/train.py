@@ -157,8 +157,11 @@ def train(cfg: DictConfig, run_dir: str | Path, cli_overrides: Iterable[str] = (
                      f"{cfg.policy.name} head, {n_params:,} parameters, seed {cfg.seed}, {int(cfg.steps):,} steps "
                      f"-> {run_dir}")
             if eval_env is env:
+                after = ("which start new episodes after each" if getattr(env, "resets_episodes", True) else
+                         "whose episodes carry on after each (the env has no reset(): episodes under way at an "
+                         "evaluation's start finish uncounted)")
                 log.info(f"robo-rl: {env.task_id} allows one simulator per process: evaluations run on the {env.num_envs} "
-                         "training envs (randomized as in training, if randomized), which start new episodes after each")
+                         f"training envs (randomized as in training, if randomized), {after}")
             if for_task:
                 log.info(f"robo-rl: {cfg.algo.name}'s settings for {env.task_id}: " + " ".join(f"{k}={v}" for k, v in for_task.items())
                          + " (set them on the command line to choose otherwise)")

@@ -1,34 +1,42 @@
-"""The Isaac-style adapter against an environment written to the rsl_rl VecEnv conventions."""
+"""The Isaac-style adapter against environments written to the rsl_rl VecEnv conventions (and rsl_rl's own)."""
 
 import json
+import warnings
 
 import pytest
 import torch
 
 from envs import make_env
-from envs.isaac import INSTALL_HINT, IsaacAdapter
+from envs.isaac import INSTALL_HINT, IsaacAdapter, make_isaac_env
 from robo_rl.train import train
-from tests.envs.isaac_style_env import PointReach
+from tests.envs.isaac_style_env import make
 from tests.helpers import FAST, compose
 
 
-@pytest.mark.parametrize("legged_gym_style", [False, True])
-def test_contract_time_outs_and_final_obs(legged_gym_style):
-    env = IsaacAdapter(PointReach(num_envs=8, max_episode_length=5, legged_gym_style=legged_gym_style))
-    assert env.action_space.shape == (2,) and env.action_space.high[0] == 1.0  # from cfg.normalization.clip_actions
+def _check_contract(env: IsaacAdapter) -> None:
+    """8 envs, 5-step episodes: time-outs (not terminations), final_obs, episodes, the critic group."""
+    assert env.action_space.shape == (2,) and env.action_space.high[0] == 1.0  # from the env's clip_actions
     obs = env.reset(seed=0)
-    assert obs.shape == (8, 4)
+    assert obs.shape == (8, 4) and obs.dtype == torch.float32
     for _ in range(5):
         before = obs
-        obs, rew, term, trunc, info = env.step(torch.zeros(8, 2))
+        obs, rew, term, trunc, info = env.step(torch.full((8, 2), 0.3))
+    assert rew.shape == (8,) and rew.dtype == torch.float32 and term.dtype == torch.bool
     assert trunc.all() and not term.any()  # a 5-step limit: time-outs, not terminations
-    assert torch.equal(info["final_obs"], before) and info["final_obs_is_previous"]
+    # the env rewrote its observation buffer in place: final_obs must still be the one before the step
+    assert torch.equal(info["final_obs"], before) and not torch.equal(before, obs) and info["final_obs_is_previous"]
     assert info["episode"]["mask"].all() and (info["episode"]["length"] == 5).all()
     assert info["observations"]["critic"].shape == (8, 6)
+    assert "/reach/mean_dist" in info["log"]
+
+
+@pytest.mark.parametrize("api", ["rsl_rl", "isaac_lab", "rsl_rl2", "legged_gym"])
+def test_contract_time_outs_and_final_obs(api):
+    _check_contract(IsaacAdapter(make(num_envs=8, max_episode_length=5, api=api)))
 
 
 def test_leaving_the_arena_is_a_termination():
-    env = IsaacAdapter(PointReach(num_envs=4, max_episode_length=1000))
+    env = IsaacAdapter(make(num_envs=4, max_episode_length=1000))
     env.reset(seed=0)
     for _ in range(30):
         _, _, term, trunc, _ = env.step(torch.ones(4, 2))
@@ -37,23 +45,105 @@ def test_leaving_the_arena_is_a_termination():
     assert term.any() and not trunc.any()
 
 
+def test_reset_restarts_episodes_or_never_reports_partial_ones():
+    # Isaac Lab's wrapper has no reset(): the adapter resets the gymnasium env it holds (with the seed)
+    lab = IsaacAdapter(make(num_envs=4, max_episode_length=5, api="isaac_lab"))
+    for _ in range(2):
+        lab.step(torch.zeros(4, 2))
+    first = lab.reset(seed=7)
+    assert (lab.env.episode_length_buf == 0).all()
+    assert torch.equal(first, IsaacAdapter(make(num_envs=4, api="isaac_lab")).reset(seed=7))
+    # a bare rsl_rl >= 3 VecEnv cannot restart: the episodes under way finish uncounted, later ones count in full
+    bare = IsaacAdapter(make(num_envs=4, max_episode_length=5))
+    for _ in range(2):
+        bare.step(torch.zeros(4, 2))
+    bare.reset(seed=7)
+    masks, lengths = [], []
+    for _ in range(8):
+        info = bare.step(torch.zeros(4, 2)).info
+        masks.append(bool(info["episode"]["mask"].any()))
+        lengths += info["episode"]["length"][info["episode"]["mask"]].tolist()
+    assert masks == [False] * 7 + [True] and lengths == [5] * 4  # ends at step 3 unreported; at step 8 reported
+
+
+def test_observation_groups():
+    env = IsaacAdapter(make(num_envs=4), obs_groups=["policy", "critic"])  # rsl_rl's obs_groups["actor"]
+    assert env.observation_space.shape == (10,) and env.reset(seed=0).shape == (4, 10)
+    assert env.step(torch.zeros(4, 2)).obs.shape == (4, 10)
+    with pytest.raises(ValueError, match=r"groups \['height_scan'\] not found; the env has \['policy', 'critic'\]"):
+        IsaacAdapter(make(num_envs=4), obs_groups=["height_scan"])
+    image = make(num_envs=4)
+    image._groups = lambda: {"camera": torch.zeros(4, 3, 8, 8)}
+    with pytest.raises(ValueError, match="include neither 'actor' nor 'policy'"):
+        IsaacAdapter(image)
+    with pytest.raises(ValueError, match=r"'camera' is \(4, 3, 8, 8\), not a flat \[num_envs, dim\] tensor"):
+        IsaacAdapter(image, obs_groups=["camera"])
+
+
 def test_bad_envs_and_missing_isaac_lab_are_explained():
     with pytest.raises(TypeError, match="does not follow the rsl_rl VecEnv API"):
         IsaacAdapter(object())
+    unbounded = make(num_envs=4)
+    unbounded.cfg = {}
+    with pytest.raises(ValueError, match="action bound is unknown.*env.kwargs.action_limit"):
+        IsaacAdapter(unbounded)
+    assert IsaacAdapter(unbounded, action_limit=0.5).action_space.high[0] == 0.5
     with pytest.raises(ImportError, match="Isaac Lab is not installed"):
         make_env("Isaac-Velocity-Flat-Anymal-C-v0", 4, backend="isaac")
     assert "IsaacAdapter" in INSTALL_HINT
 
 
+def _needs_rsl_rl(major: int) -> None:
+    """Skip unless rsl-rl-lib >= major is installed (it is not part of robo-rl's dependencies)."""
+    pytest.importorskip("rsl_rl")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version("rsl-rl-lib")
+    except PackageNotFoundError:  # e.g. a source checkout on the path: assume it is recent
+        return
+    if int(installed.split(".")[0]) < major:
+        pytest.skip(f"needs rsl-rl-lib >= {major}, found {installed}")
+
+
+def test_rsl_rl_vec_env():
+    """The adapter on rsl_rl's real VecEnv base class (rsl_rl >= 3: TensorDict observations, no reset)."""
+    _needs_rsl_rl(3)
+    from rsl_rl.env import VecEnv
+    from tensordict import TensorDict
+
+    vec_env = make(num_envs=8, max_episode_length=5, api="vec_env")
+    assert isinstance(vec_env, VecEnv) and isinstance(vec_env.get_observations(), TensorDict)
+    _check_contract(IsaacAdapter(vec_env))
+    env = make_isaac_env("tests.envs.isaac_style_env:make", 8, "cpu", {"api": "vec_env", "obs_groups": ["policy", "critic"]})
+    assert isinstance(env.env, VecEnv) and env.reset(seed=0).shape == (8, 10)
+
+
+def test_the_test_env_is_one_rsl_rl_trains_on():
+    """rsl_rl's own PPO runner accepts the VecEnv test env (one short iteration, no logging; rsl_rl 5's config)."""
+    _needs_rsl_rl(5)
+    from rsl_rl.runners import OnPolicyRunner
+
+    cfg = {"num_steps_per_env": 6, "save_interval": 100, "obs_groups": {"actor": ["policy"], "critic": ["critic"]},
+           "algorithm": {"class_name": "PPO"}, "critic": {"class_name": "MLPModel", "hidden_dims": [8]},
+           "actor": {"class_name": "MLPModel", "hidden_dims": [8], "distribution_cfg": {"class_name": "GaussianDistribution"}}}
+    env = make(num_envs=8, max_episode_length=5, api="vec_env")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        OnPolicyRunner(env, cfg, log_dir=None, device="cpu").learn(1)
+    assert (env.episode_length_buf < 6).all()  # 6 steps of 5-step episodes: every env restarted inside step
+
+
 def test_ppo_learns_through_the_adapter(tmp_path):
-    # exclusive: a second instance in the process raises, as in Isaac Lab; evaluations (three here, two of
-    # them mid-run) then run on the training envs, which restart their episodes after each
+    # the rsl_rl >= 3 convention (no reset) and exclusive: a second instance in the process raises, as in Isaac Lab;
+    # evaluations (three here, two of them mid-run) then run on the training envs, counting only whole episodes
     cfg = compose("algo=ppo", "env.backend=isaac", "env.id=tests.envs.isaac_style_env:make", "env.num_envs=64",
                   "env.kwargs.exclusive=true", "steps=60000", "eval.every=20000", "eval.episodes=8",
                   "env.normalize_reward=false", *FAST)
     summary = train(cfg, tmp_path / "run")
     # measured: ~90 (reaches the target and stays, full 100-step episodes); a random policy scores ~5
     assert summary["final_eval_return_mean"] > 60
-    assert "allows one simulator per process: evaluations run on the 64 training envs" in (tmp_path / "run" / "train.log").read_text()
+    assert ("allows one simulator per process: evaluations run on the 64 training envs (randomized as in training, if "
+            "randomized), whose episodes carry on after each") in (tmp_path / "run" / "train.log").read_text()
     assert "eval/return_mean" in (tmp_path / "run" / "metrics.csv").read_text()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["env"] == "tests.envs.isaac_style_env:make"
