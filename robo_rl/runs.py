@@ -2,16 +2,54 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 from pathlib import Path
+from typing import Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
 from envs import BatchedEnv
 from policies.heads import PolicyHead
 from robo_rl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from robo_rl.config import ALGO_SCHEMAS, POLICY_SCHEMAS, TrainConfig
+from robo_rl.config import ALGO_SCHEMAS, POLICY_SCHEMAS, ConfigError, TrainConfig
 
 CONFIG_FILE = "config.yaml"
+LOCK_FILE = ".lock"
+
+log = logging.getLogger("robo_rl")
+
+
+class RunDirBusy(ConfigError):
+    """Another process is training in this run directory (found before anything is written)."""
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` for a training process (new or resumed): a second one
+    started into the same directory, or a resume of a run still training, fails at once instead of
+    interleaving metrics and checkpoints. An advisory ``flock`` on ``run_dir/.lock``, released by the
+    kernel when the process ends however it ends, so a crash leaves no stale lock; the file stays."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (documented)
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise RunDirBusy(f"run_dir={run_dir} is in use by another robo-rl training process ({holder}); wait for it "
+                             "to end, or choose another run_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def load_run_config(run_dir: str | Path) -> DictConfig:
@@ -34,7 +72,7 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
 def resolve_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
     if checkpoint is not None:
         return Path(checkpoint)
-    path = latest_checkpoint(Path(run_dir) / "checkpoints")
+    path = latest_checkpoint(Path(run_dir) / "checkpoints", warn=log.warning)  # names a checkpoint it skips
     if path is None:
         raise CheckpointError(f"{run_dir} holds no complete checkpoint")
     return path

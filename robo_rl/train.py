@@ -18,8 +18,8 @@ from envs.mujoco_log import route_mujoco_warnings
 from robo_rl.build import build_env, build_learner, build_policy, build_runner, check_safety
 from robo_rl.config import ConfigError, resolve_defaults, task_defaults, validate
 from robo_rl.metrics import setup_console_logging
-from robo_rl.runners.base import find_resume_checkpoint
-from robo_rl.runs import CONFIG_FILE, load_run_config
+from robo_rl.runners.base import Interrupted, find_resume_checkpoint
+from robo_rl.runs import CONFIG_FILE, load_run_config, run_dir_lock
 
 log = logging.getLogger("robo_rl")
 
@@ -115,11 +115,36 @@ def compose_config(overrides: Iterable[str] = ()) -> DictConfig:
         return compose(config_name="config", overrides=list(overrides))
 
 
-def train(cfg: DictConfig, run_dir: str | Path, cli_overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """Train according to ``cfg`` into ``run_dir``; returns the run summary."""
+class _Held(logging.Handler):
+    """Keeps the start-up's log records until train.log exists, so the file has them too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def train(cfg: DictConfig, run_dir: str | Path | None = None, cli_overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Train according to ``cfg`` into ``run_dir``; returns the run summary.
+
+    ``run_dir`` may be left out when ``cfg`` names it (``run_dir=``) or resumes a run (``resume=``)."""
     setup_console_logging()
     route_mujoco_warnings()  # as the CLI does: once per message to the log, no MUJOCO_LOG.TXT in the working directory
-    run_dir = Path(run_dir)
+    if run_dir is None:
+        run_dir = cfg.resume or cfg.run_dir
+        if run_dir is None:
+            raise ConfigError("train(cfg) needs a run directory: pass run_dir, or set run_dir= (or resume=) in cfg")
+    held = _Held()
+    log.addHandler(held)
+    try:
+        return _train(cfg, Path(run_dir), cli_overrides, held)
+    finally:
+        log.removeHandler(held)
+
+
+def _train(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str], held: _Held) -> dict[str, Any]:
     for_task = {} if cfg.resume else task_defaults(cfg)  # a resumed run keeps its saved config as it is
     if cfg.resume and not cli_overrides:  # from Python: the keys the given config changes
         cli_overrides = python_api_overrides(cfg)
@@ -146,40 +171,59 @@ def train(cfg: DictConfig, run_dir: str | Path, cli_overrides: Iterable[str] = (
 
             demos = load_demos(cfg.demos.path, env.obs_dim, env.act_dim, env.action_space.low, env.action_space.high,
                                replay=bool(cfg.demos.replay) and learner.kind == "off_policy")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_run_config(cfg, run_dir)  # a resume records what it changed (steps=...), so the next one keeps it
-        file_handler = logging.FileHandler(run_dir / "train.log")
-        file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        log.addHandler(file_handler)
-        try:
-            n_params = sum(p.numel() for p in learner.parameters())
-            log.info(f"robo-rl: {cfg.algo.name} on {env.task_id} ({env.num_envs} env(s), {env.backend} backend), "
-                     f"{cfg.policy.name} head, {n_params:,} parameters, seed {cfg.seed}, {int(cfg.steps):,} steps "
-                     f"-> {run_dir}")
-            if eval_env is env:
-                after = ("which start new episodes after each" if getattr(env, "resets_episodes", True) else
-                         "whose episodes carry on after each (the env has no reset(): episodes under way at an "
-                         "evaluation's start finish uncounted)")
-                log.info(f"robo-rl: {env.task_id} allows one simulator per process: evaluations run on the {env.num_envs} "
-                         f"training envs (randomized as in training, if randomized), {after}")
-            if for_task:
-                log.info(f"robo-rl: {cfg.algo.name}'s settings for {env.task_id}: " + " ".join(f"{k}={v}" for k, v in for_task.items())
-                         + " (set them on the command line to choose otherwise)")
-            starts = cfg.algo.get("learning_starts") if learner.kind == "off_policy" else None
-            if starts is not None and int(cfg.steps) < int(starts) and demos is None:
-                log.warning(f"robo-rl: warning: steps={int(cfg.steps):,} ends before algo.learning_starts="
-                            f"{int(starts):,}, so the policy is never updated (every action is uniform random); "
-                            "lower algo.learning_starts or raise steps")
-            runner = build_runner(cfg, learner, env, eval_env, run_dir)
-            if demos is not None:
-                from robo_rl.demos import warm_start
-
-                warm_start(cfg, learner, getattr(runner, "replay", None), demos)
-            return runner.train(resume_from=resume_from)
-        finally:
-            log.removeHandler(file_handler)
-            file_handler.close()
-            if eval_env is not env:
-                eval_env.close()
+        with run_dir_lock(run_dir):
+            if resume_from is None and (run_dir / CONFIG_FILE).exists():  # another process started it meanwhile
+                raise ConfigError(f"run_dir={run_dir} already holds a run; continue it with resume={run_dir} or "
+                                  "choose another run_dir")
+            return _run(cfg, run_dir, env, eval_env, learner, demos, resume_from, for_task, held)
     finally:
+        if eval_env is not env:
+            eval_env.close()
         env.close()
+
+
+def _run(cfg: DictConfig, run_dir: Path, env: Any, eval_env: Any, learner: Any, demos: Any, resume_from: Path | None,
+         for_task: dict[str, Any], held: _Held) -> dict[str, Any]:
+    """Write the run (holding its directory's lock): config, train.log, the runner's loop."""
+    save_run_config(cfg, run_dir)  # a resume records what it changed (steps=...), so the next one keeps it
+    file_handler = logging.FileHandler(run_dir / "train.log")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    for record in held.records:  # the start-up's lines (e.g. what a resume changed) belong in the file too
+        file_handler.handle(record)
+    log.removeHandler(held)
+    log.addHandler(file_handler)
+    try:
+        n_params = sum(p.numel() for p in learner.parameters())
+        log.info(f"robo-rl: {cfg.algo.name} on {env.task_id} ({env.num_envs} env(s), {env.backend} backend), "
+                 f"{cfg.policy.name} head, {n_params:,} parameters, seed {cfg.seed}, {int(cfg.steps):,} steps "
+                 f"-> {run_dir}")
+        if eval_env is env:
+            after = ("which start new episodes after each" if getattr(env, "resets_episodes", True) else
+                     "whose episodes carry on after each (the env has no reset(): episodes under way at an "
+                     "evaluation's start finish uncounted)")
+            log.info(f"robo-rl: {env.task_id} allows one simulator per process: evaluations run on the {env.num_envs} "
+                     f"training envs (randomized as in training, if randomized), {after}")
+        if for_task:
+            log.info(f"robo-rl: {cfg.algo.name}'s settings for {env.task_id}: " + " ".join(f"{k}={v}" for k, v in for_task.items())
+                     + " (set them on the command line to choose otherwise)")
+        starts = cfg.algo.get("learning_starts") if learner.kind == "off_policy" else None
+        if starts is not None and int(cfg.steps) < int(starts) and demos is None:
+            log.warning(f"robo-rl: warning: steps={int(cfg.steps):,} ends before algo.learning_starts="
+                        f"{int(starts):,}, so the policy is never updated (every action is uniform random); "
+                        "lower algo.learning_starts or raise steps")
+        runner = build_runner(cfg, learner, env, eval_env, run_dir)
+        if demos is not None:
+            from robo_rl.demos import warm_start
+
+            warm_start(cfg, learner, getattr(runner, "replay", None), demos)
+        return runner.train(resume_from=resume_from)
+    except Interrupted as exc:  # the resume command, on the console and in train.log
+        log.info(str(exc))
+        raise
+    except BaseException as exc:  # the CLI prints it on the console; train.log records why the run stopped
+        file_handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0,
+                                           f"stopped: {type(exc).__name__}: {exc}", None, None))
+        raise
+    finally:
+        log.removeHandler(file_handler)
+        file_handler.close()

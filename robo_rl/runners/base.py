@@ -192,11 +192,15 @@ class Runner(abc.ABC):
             self.episodes += int(mask.sum())
 
     def _fail(self, message: str) -> None:
-        where = f"the last good checkpoint is {self._last_checkpoint}" if self._last_checkpoint else "no checkpoint was written yet"
-        raise NonFiniteError(
-            f"{message}; training stopped and {where}. Resume with `robo-rl train resume={self.run_dir}` "
-            "after fixing the cause (e.g. a lower learning rate, reward scale, or an env that returns NaN)."
-        )
+        fix = ("Fix the cause and start a new run in a new run_dir (e.g. with a lower learning rate or reward scale; "
+               "a resume replays the same updates into the same NaN)")
+        if self._last_checkpoint:
+            where = f"the last good checkpoint is {self._last_checkpoint}"
+            fix += (f"; if the cause was outside the config (e.g. an env since fixed), `robo-rl train "
+                    f"resume={self.run_dir}` continues from that checkpoint")
+        else:
+            where = "no checkpoint was written yet"
+        raise NonFiniteError(f"{message}; training stopped and {where}. {fix}.")
 
     # -- the loop ----------------------------------------------------------------------------------
     def update_obs_norm(self, obs: torch.Tensor) -> None:
@@ -262,6 +266,11 @@ class Runner(abc.ABC):
                                  (self.eval_history[-1]["return_mean"], self.eval_history[-1]["return_std"]), force=True,
                                  recent_cost=mean_of(self.recent_costs) if self.recent_costs else None)
         except Interrupted:
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C while the first one's checkpoint was pending: no new one
+            where = f"the last checkpoint is {self._last_checkpoint}" if self._last_checkpoint else "no checkpoint was written"
+            status = f"aborted by a second SIGINT at step {self.step:,} ({where})"
+            log.info(f"{status}" + (f"; continue with: robo-rl train resume={self.run_dir}" if self._last_checkpoint else ""))
             raise
         except Exception as exc:  # NaN guard, a task without the configured cost, ...: the summary says so
             status = f"failed: {exc}"

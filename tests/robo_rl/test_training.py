@@ -9,7 +9,8 @@ import torch
 from robo_rl.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from robo_rl.runners.base import Interrupted, NonFiniteError
 from robo_rl.config import ConfigError
-from robo_rl.train import train
+from robo_rl.runs import RunDirBusy, run_dir_lock
+from robo_rl.train import compose_config, train
 from tests.helpers import FAST, compose
 
 SMALL_SAC = (
@@ -101,6 +102,7 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, monkeypatch
         train(compose(*common), tmp_path / "cut")
     restore()
     assert exc.value.signum == signal.SIGINT and "resume=" in str(exc.value)
+    assert "interrupted by SIGINT at step" in (tmp_path / "cut" / "train.log").read_text()  # not only on the console
     cut_at = json.loads((tmp_path / "cut" / "summary.json").read_text())["steps"]
     assert 0 < cut_at < steps
     train(compose(f"resume={tmp_path / 'cut'}"), tmp_path / "unused", [f"resume={tmp_path / 'cut'}"])
@@ -162,6 +164,8 @@ def test_nan_observation_stops_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(NonFiniteError, match=r"non-finite observation from the environment at step 4[45]\d") as exc:
         train(cfg, tmp_path / "run")
     assert "step_0000000400" in str(exc.value) and "resume=" in str(exc.value)
+    assert "start a new run in a new run_dir" in str(exc.value)  # a resume replays the same updates into the NaN
+    assert "stopped: NonFiniteError: non-finite observation" in (tmp_path / "run" / "train.log").read_text()
     good = latest_checkpoint(tmp_path / "run" / "checkpoints")
     assert good.name == "step_0000000400"
     load_checkpoint(good)  # intact
@@ -248,3 +252,44 @@ def test_on_policy_steps_round_up_to_whole_updates_and_say_so(tmp_path):
     log = (tmp_path / "run" / "train.log").read_text()
     assert "steps=200 rounds up to whole updates: 2 x 128 samples (4 envs x 32 steps) = 256 env steps" in log
     assert "step 256/256 (100%)" in log
+
+
+def test_a_second_sigint_aborts_and_the_summary_says_so(tmp_path, monkeypatch):
+    from robo_rl.learners.sac import SAC
+
+    original = SAC.update
+    calls = {"n": 0}
+
+    def update(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 150:  # the second arrives while the first one's checkpoint is still pending
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        return original(self, batch)
+
+    monkeypatch.setattr(SAC, "update", update)
+    with pytest.raises(KeyboardInterrupt):
+        train(compose(*SMALL_SAC, "steps=800", "checkpoint.every=300"), tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    # before: the summary said "completed" (a KeyboardInterrupt is no Exception) and formatting it crashed
+    assert summary["status"].startswith("aborted by a second SIGINT at step 349")
+    assert "the last checkpoint is" in summary["status"] and summary["last_checkpoint"].endswith("step_0000000300")
+    assert "stopped: KeyboardInterrupt" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_one_training_process_per_run_dir(tmp_path):
+    run = tmp_path / "run"
+    with run_dir_lock(run):  # another process training a new run there (flock: per open file, so also in-process)
+        with pytest.raises(RunDirBusy, match="in use by another robo-rl training process"):
+            train(compose(*SMALL_SAC, "steps=300"), run)
+    assert not (run / "config.yaml").exists()
+    train(compose(*SMALL_SAC, "steps=300", "checkpoint.every=300"), run)
+    resume = [f"resume={run}", "steps=400"]
+    with run_dir_lock(run):  # resuming a run that is still training
+        with pytest.raises(RunDirBusy, match=r"pid \d+ on "):
+            train(compose(*resume), run, resume)
+    assert json.loads((run / "summary.json").read_text())["steps"] == 300
+    # the Python API: run_dir may come from the config; the start-up's resume notice reaches train.log
+    train(compose_config(["resume=" + str(run), "steps=400"]))
+    assert json.loads((run / "summary.json").read_text())["steps"] == 400
+    assert "resume with steps=400 (was 300)" in (run / "train.log").read_text()
