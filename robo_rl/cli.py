@@ -465,7 +465,11 @@ def _composition_message(exc: Exception, overrides: list[str]) -> str | None:
     from robo_rl.train import compose_config
 
     if isinstance(exc, MissingConfigException):  # algo=dqn: Hydra lists the available options
-        return " ".join(str(exc).split("Config search path")[0].split())
+        message = " ".join(str(exc).split("Config search path")[0].split())
+        env = next((o.split("=", 1)[1] for o in overrides if o.startswith("env=")), "")
+        if f"'env/{env}'" in message and ("-v" in env or ":" in env):  # a gymnasium id where a config name goes
+            message += f"; for a gymnasium id use env.id={env}"
+        return message
     if isinstance(exc, ConfigCompositionException):
         cause = exc.__cause__
         if not isinstance(cause, OmegaConfBaseException):
@@ -499,7 +503,12 @@ def _unknown_key(full_key: str, root: Any, command: str) -> str:
         close = difflib.get_close_matches(name, keys, n=3, cutoff=0.6)
         prefix = f"{parent}." if parent else ""
         hint = f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else f"; the keys there are {', '.join(keys)}"
-    return f"unknown key {full_key!r}{hint} (see robo-rl {command} --help)"
+    see = f"robo-rl {command} --help"
+    group = full_key.split(".", 1)[0]
+    chosen = OmegaConf.select(root, f"{group}.name") if isinstance(root, DictConfig) and group in ("algo", "policy") else None
+    if command == "train" and chosen is not None:  # the help shows the default learner's keys: point at this one's
+        see = f"robo-rl train {group}={chosen} --help"
+    return f"unknown key {full_key!r}{hint} (see {see})"
 
 
 def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: ignore[no-untyped-def]
@@ -514,9 +523,11 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
     try:
         train(cfg, run_dir, overrides)
         return 0
-    except Interrupted as exc:
-        log.info(str(exc))
+    except Interrupted as exc:  # train() logged the resume command
         return 128 + exc.signum
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop began: no new checkpoint
+        return _error("aborted by Ctrl-C" + (f"; train.log and summary.json in {run_dir} say where it stopped"
+                                             if (run_dir / "summary.json").exists() else ""), 128 + signal.SIGINT)
     except NonFiniteError as exc:
         return _error(str(exc), EXIT_FAILED)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError, MissingDependency) as exc:
@@ -549,7 +560,7 @@ def eval_main(args: Sequence[str]) -> int:
         raise
     print(
         f"{result['algo']} on {result['env']} (checkpoint step {result['checkpoint_step']:,}): "
-        f"return {result['return_mean']:.1f} ± {result['return_std']:.1f} over {result['episodes']} episodes "
+        f"return {result['return_mean']:.1f} ± {result['return_std']:.1f} over {result['episodes']} episode{'s' if result['episodes'] != 1 else ''} "
         f"({'deterministic' if result['deterministic'] else 'stochastic'})"
         + (f", {result['cost_key']} {result['cost_mean']:.3g} per episode" if "cost_mean" in result else "")
         + f"; wrote {run_dir / 'eval.json'}"

@@ -87,7 +87,7 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
     returns = np.asarray(sim.episode_returns, np.float64)
     summary = report.to_dict()
     lat = summary["latency"]["inference_ms"]
-    log(f"{report.steps} steps, {len(returns)} episodes, return {returns.mean() if returns.size else float('nan'):.1f}"
+    log(f"{report.steps} steps, {len(returns)} episode{'s' if len(returns) != 1 else ''}, return {returns.mean() if returns.size else float('nan'):.1f}"
         f" +- {returns.std() if returns.size else float('nan'):.1f}; inference p50 {lat['p50'] or 0:.3f} ms, "
         f"p99 {lat['p99'] or 0:.3f} ms; fallbacks {report.fallbacks}, filter interventions "
         f"{report.filter_interventions}, deadline misses {report.deadline_misses}")

@@ -17,10 +17,13 @@ the torch policy in onnxruntime before the export is written.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +87,28 @@ def export_module(policy: Any):  # -> torch.nn.Module
     return module.eval()
 
 
+@contextlib.contextmanager
+def _quiet_exporter() -> Any:
+    """Hide the torch exporter's own chatter (torchvision ops it skips, its internal deprecations, a note
+    on the batch axis's name): none of it is about the user's policy, and parity is checked after."""
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry.level
+    registry.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.filterwarnings("ignore", message=r"# The axis name")
+            yield
+    finally:
+        registry.setLevel(level)
+
+
 def _export_onnx(module: Any, example: tuple, path: Path, input_names: list[str]) -> str:
+    with _quiet_exporter():
+        return _run_onnx_exporter(module, example, path, input_names)
+
+
+def _run_onnx_exporter(module: Any, example: tuple, path: Path, input_names: list[str]) -> str:
     import torch
 
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -153,29 +177,35 @@ def export_policy(
     if not np.isfinite(reference).all():
         raise ValueError("the policy produces non-finite actions on the check observations; not exporting it")
     tmp = out_dir / (".policy.onnx.tmp" if fmt == "onnx" else ".policy.pt.tmp")
-    if fmt == "onnx":
-        import onnx
+    side = tmp.with_name(tmp.name + ".data")  # the dynamo exporter writes large weights beside the model
+    try:
+        if fmt == "onnx":
+            import onnx
 
-        exporter = _export_onnx(module, example, tmp, input_names)
-        model = onnx.load(str(tmp))
-        onnx.checker.check_model(model, full_check=True)
-        onnx.save(model, str(tmp))  # one self-contained file (no external-data side files)
-        feeds = {"obs": obs.numpy()} if k == 0 else {"obs": obs.numpy(), "noise": noise.numpy()}
-        outputs = _session(tmp).run(None, feeds)[0]
-        path = out_dir / "policy.onnx"
-    else:
-        traced = torch.jit.trace(module, example, check_trace=False)
-        traced.save(str(tmp))
-        exporter = "torch.jit.trace"
-        loaded = torch.jit.load(str(tmp))
-        with torch.no_grad():
-            outputs = (loaded(obs) if k == 0 else loaded(obs, noise)).numpy()
-        path = out_dir / "policy.pt"
-    max_error = float(np.abs(outputs - reference).max())
-    if not max_error <= tolerance:
+            exporter = _export_onnx(module, example, tmp, input_names)
+            model = onnx.load(str(tmp))  # with any external data
+            onnx.checker.check_model(model, full_check=True)
+            onnx.save(model, str(tmp))  # one self-contained file
+            side.unlink(missing_ok=True)  # so no side file is left next to the export
+            feeds = {"obs": obs.numpy()} if k == 0 else {"obs": obs.numpy(), "noise": noise.numpy()}
+            outputs = _session(tmp).run(None, feeds)[0]
+            path = out_dir / "policy.onnx"
+        else:
+            traced = torch.jit.trace(module, example, check_trace=False)
+            traced.save(str(tmp))
+            exporter = "torch.jit.trace"
+            loaded = torch.jit.load(str(tmp))
+            with torch.no_grad():
+                outputs = (loaded(obs) if k == 0 else loaded(obs, noise)).numpy()
+            path = out_dir / "policy.pt"
+        max_error = float(np.abs(outputs - reference).max())
+        if not max_error <= tolerance:
+            raise RuntimeError(f"the exported {fmt} policy differs from the torch policy by {max_error:.2e} (> {tolerance:g}); "
+                               "nothing was written")
+    except BaseException:  # a failed export leaves nothing behind
         tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"the exported {fmt} policy differs from the torch policy by {max_error:.2e} (> {tolerance:g}); "
-                           "nothing was written")
+        side.unlink(missing_ok=True)
+        raise
     low, high = policy.action_low.cpu().numpy(), policy.action_high.cpu().numpy()
     norm = policy.obs_norm
 

@@ -59,7 +59,9 @@ def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
 @pytest.mark.parametrize("args, words", [
     (["-m", "seed=0,1", "stepz=10,20"], ["unknown key 'stepz'; did you mean steps?"]),
     (["algo=gorl", "policy.decoder_stepz=2"], ["did you mean policy.decoder_steps"]),
-    (["algo=sac", "algo.zzzz=1"], ["unknown key 'algo.zzzz'; the keys there are", "actor_lr"]),
+    (["algo=sac", "algo.zzzz=1"], ["unknown key 'algo.zzzz'; the keys there are", "actor_lr",
+                                   "(see robo-rl train algo=sac --help)"]),
+    (["env=Hopper-v5"], ["'env/Hopper-v5'", "hopper", "for a gymnasium id use env.id=Hopper-v5"]),
     (["algo.minibatch_size=big"], ["'big'", "minibatch_size"]),
     (["algo=dqn"], ["algo/dqn", "sac"]),
     (["seed=3", "algo=sac"], None),
@@ -107,6 +109,18 @@ def test_large_sweeps_are_checked_one_value_at_a_time(monkeypatch, capsys):
     assert "checking 3 configs of a 20-job sweep before it starts (the first swept values)" in capsys.readouterr().err
 
 
+def test_an_abort_by_ctrl_c_exits_130_with_one_line(tmp_path, monkeypatch, capsys):
+    import robo_rl.cli as cli
+    import robo_rl.train
+
+    def aborted(*args, **kwargs):
+        raise KeyboardInterrupt  # a second Ctrl-C in the loop, or one during start-up
+
+    monkeypatch.setattr(robo_rl.train, "train", aborted)
+    assert cli.run_training(None, tmp_path / "run", []) == 128 + signal.SIGINT
+    assert capsys.readouterr().err.strip() == "robo-rl: error: aborted by Ctrl-C"
+
+
 def test_train_eval_resume(tmp_path):
     out = robo_rl("train", *TINY, "steps=300", "run_dir=runs/p", "seed=3", cwd=tmp_path).stderr
     assert "step 300/300" in out and "eval at step 300" in out
@@ -121,6 +135,12 @@ def test_train_eval_resume(tmp_path):
     out = robo_rl("train", "resume=runs/p", "steps=500", cwd=tmp_path).stderr
     assert "resumed from" in out and "step_0000000300" in out
     assert json.loads((run / "summary.json").read_text())["steps"] == 500
+
+    # a damaged newest checkpoint: eval says which one it skips (it used to fall back silently)
+    (run / "checkpoints" / "step_0000000500" / "state.safetensors").write_bytes(b"0" * 100)
+    proc = robo_rl("eval", "run_dir=runs/p", "episodes=1", cwd=tmp_path)
+    assert "skipping step_0000000500" in proc.stderr and "truncated or altered" in proc.stderr
+    assert "(checkpoint step 480)" in proc.stdout and "over 1 episode (" in proc.stdout  # the one before (every 30)
 
 
 def test_an_off_policy_run_that_never_updates_says_so(tmp_path):

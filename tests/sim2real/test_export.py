@@ -54,6 +54,7 @@ def test_every_head_exports_and_matches_torch(tmp_path, name, options):
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     assert sidecar["sha256"] == sha256_of(path) and sidecar["checked"]["max_abs_error"] <= 1e-5
     assert json.loads((tmp_path / "policy.json").read_text()) == sidecar
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.json", "policy.onnx"]  # no exporter side files
     session = _ort(path)
     obs = np.random.default_rng(1).normal(2.0, 3.0, (7, OBS_DIM)).astype(np.float32)
     obs[0] *= 100.0  # far outside the data: the normalizer's clip must be in the graph too
@@ -115,6 +116,12 @@ def test_a_policy_with_non_finite_output_is_not_exported(tmp_path):
     with pytest.raises(ValueError, match="non-finite"):
         export_policy(head, tmp_path, "onnx")
     assert not (tmp_path / "policy.onnx").exists() and not (tmp_path / "policy.json").exists()
+
+
+def test_a_failed_parity_check_leaves_nothing_behind(tmp_path):
+    with pytest.raises(RuntimeError, match="differs from the torch policy"):
+        export_policy(_head("flow", {}), tmp_path, "onnx", tolerance=-1.0)  # no error passes a negative tolerance
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unknown_format_is_refused(tmp_path):
