@@ -1,6 +1,7 @@
 """Learner math on tiny batches with hand-set networks, and head/learner compatibility."""
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -75,6 +76,30 @@ def test_td3_target_uses_min_of_twin_targets_and_no_entropy():
     torch.testing.assert_close(loss, 2 * (target ** 2).mean())
 
 
+def test_td3_target_actions_are_smoothed_with_clipped_noise(monkeypatch):
+    head = build_head("deterministic", OBS, LOW, HIGH, hidden_sizes=(16,))
+    td3 = TD3(head, critic_hidden=(16,), target_noise=0.2, target_noise_clip=0.3)
+    seen = []
+    forward = type(td3.critic_target).forward
+
+    def spy(self, obs, actions, *args, **kwargs):
+        if self is td3.critic_target:
+            seen.append(actions.clone())
+        return forward(self, obs, actions, *args, **kwargs)
+
+    monkeypatch.setattr(type(td3.critic_target), "forward", spy)
+    b = batch(256)
+    torch.manual_seed(3)
+    td3.critic_loss(b)
+    with torch.no_grad():
+        clean = head.to_unit(td3.actor_target.sample(b.next_obs)[0])
+    torch.manual_seed(3)  # the same draws: a' = clip(pi'(s') + clip(0.2 eps, -0.3, 0.3), -1, 1)
+    noise = (torch.randn_like(clean) * 0.2).clamp(-0.3, 0.3)
+    torch.testing.assert_close(seen[0], (clean + noise).clamp(-1.0, 1.0))
+    moved = (seen[0] - clean).abs()
+    assert moved.max() <= 0.3 + 1e-6 and float((moved > 0.25).float().mean()) > 0.05  # noise reaches its clip
+
+
 def test_td3_delays_actor_and_target_updates():
     head = build_head("deterministic", OBS, LOW, HIGH, hidden_sizes=(16,))
     td3 = TD3(head, policy_delay=2, critic_hidden=(16,))
@@ -119,6 +144,43 @@ def test_ppo_clipped_surrogate_by_hand():
     assert 0 < float(stats["clip_fraction"]) < 1
 
 
+def test_ppo_value_clipping_and_entropy_bonus_by_hand():
+    torch.manual_seed(0)
+    head, ppo = ppo_setup()
+    obs, actions = torch.randn(32, OBS), torch.randn(32, ACT)
+    with torch.no_grad():
+        logp, values = head.log_prob(obs, actions), ppo.value(obs)
+    old_values = values + torch.linspace(-1.0, 1.0, 32)  # the rollout's values: some beyond the 0.2 clip
+    returns = values + torch.randn(32)
+    mb = RolloutBatch(obs, actions, logp, old_values, torch.randn(32), returns)
+    base, stats = ppo.ppo_loss(mb)
+    ppo.clip_range_vf, ppo.ent_coef = 0.2, 0.3
+    loss, clipped_stats = ppo.ppo_loss(mb)
+    used = old_values + (values - old_values).clamp(-0.2, 0.2)
+    torch.testing.assert_close(clipped_stats["value_loss"], (returns - used).square().mean())
+    assert not torch.allclose(clipped_stats["value_loss"], stats["value_loss"])
+    entropy = stats["entropy"]  # a Gaussian's: sum over dimensions of log std + (1 + log 2 pi) / 2
+    torch.testing.assert_close(entropy, (head.log_std + 0.5 * (1.0 + math.log(2 * math.pi))).sum())
+    torch.testing.assert_close(loss - base, 0.5 * (clipped_stats["value_loss"] - stats["value_loss"]) - 0.3 * entropy)
+
+
+@pytest.mark.parametrize("fused", ["off", "on"])
+def test_ppo_clips_the_global_gradient_norm(fused):
+    torch.manual_seed(0)
+    head = build_head("gaussian", OBS, LOW, HIGH, hidden_sizes=(16, 16), activation="tanh", squash=False,
+                      state_dependent_std=False)
+    ppo = PPO(head, value_hidden=(16, 16), max_grad_norm=1e-3, epochs=1, minibatch_size=64, fused=fused)
+    assert (ppo._fused_step is not None) == (fused == "on")
+    obs, actions = torch.randn(64, OBS), torch.randn(64, ACT)
+    with torch.no_grad():
+        logp, values = head.log_prob(obs, actions), ppo.value(obs)
+    m = ppo.update(RolloutBatch(obs, actions, logp, values, torch.randn(64) * 100, values + 100))
+    assert float(m["grad_norm"]) > 1.0  # the raw norm is reported
+    # Adam's first moment after one step is (1 - beta1) * the gradient it was given: the clipped one
+    moments = [st["exp_avg"].reshape(-1) for st in ppo.opt.state_dict()["state"].values()]
+    assert float(torch.linalg.vector_norm(torch.cat(moments))) == pytest.approx(0.1 * 1e-3, rel=1e-3)
+
+
 def test_ppo_first_ratio_is_one():
     head, ppo = ppo_setup()
     obs, actions = torch.randn(16, OBS), torch.randn(16, ACT)
@@ -126,16 +188,6 @@ def test_ppo_first_ratio_is_one():
         logp, values = head.log_prob(obs, actions), ppo.value(obs)
     _, stats = ppo.ppo_loss(RolloutBatch(obs, actions, logp, values, torch.randn(16), values))
     assert float(stats["approx_kl"]) == 0.0 and float(stats["clip_fraction"]) == 0.0
-
-
-def test_ppo_clips_the_global_gradient_norm():
-    head, ppo = ppo_setup()
-    ppo.max_grad_norm = 1e-3
-    obs, actions = torch.randn(64, OBS), torch.randn(64, ACT)
-    with torch.no_grad():
-        logp, values = head.log_prob(obs, actions), ppo.value(obs)
-    stats = ppo._minibatch_step(RolloutBatch(obs, actions, logp, values, torch.randn(64) * 100, values + 100))
-    assert float(stats["grad_norm"]) > 1e-3  # the raw norm is reported; the applied step was clipped
 
 
 @pytest.mark.parametrize("algo,head_name,match", [
