@@ -14,6 +14,7 @@ import pytest
 TINY = [
     "algo=sac", "env=pendulum", "algo.learning_starts=100", "algo.batch_size=32", "algo.critic_hidden=[16]",
     "policy.hidden_sizes=[16]", "eval.episodes=2", "eval.num_envs=2", "log.tensorboard=false",
+    "threads=1",  # tiny nets: one thread is as fast, and 2 threads crawl when other jobs hold the cores
 ]
 
 

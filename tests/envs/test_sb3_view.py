@@ -36,7 +36,8 @@ def test_sb3_ppo_learns_on_batched_hopper():
     model.learn(60_000)
     after, _ = evaluate_policy(model, evaluation, n_eval_episodes=8)
     assert len(model.ep_info_buffer) > 0  # SB3's logger sees the episodes
-    # measured: about 96 before and 250 after (seed 0)
+    # measured (seed 0): 96.5 before, 177 after (1.83x). Seeded, not robust across seeds: the untrained policy
+    # stands still for the alive bonus and scores 96-200 depending on the seed (2 of seeds 1-4 miss the 1.6x)
     assert after > 1.6 * before and after > 150
 
 

@@ -65,6 +65,17 @@ def test_sac_update_changes_all_parts_and_tunes_alpha_toward_target_entropy():
     assert sac.target_entropy == -50.0 and SAC(head).target_entropy == -ACT
 
 
+def test_sac_target_critic_moves_by_tau():
+    head = build_head("gaussian", OBS, LOW, HIGH, hidden_sizes=(16,))
+    sac = SAC(head, critic_hidden=(16,), tau=0.05)
+    old_target = copy.deepcopy(sac.critic_target.state_dict())
+    sac.update(batch())
+    online, target = sac.critic.state_dict(), sac.critic_target.state_dict()
+    for key, value in target.items():
+        torch.testing.assert_close(value, 0.95 * old_target[key] + 0.05 * online[key])
+    assert not torch.equal(target[key], online[key])
+
+
 def test_td3_target_uses_min_of_twin_targets_and_no_entropy():
     head = build_head("deterministic", OBS, LOW, HIGH, hidden_sizes=(16,))
     td3 = TD3(head, gamma=0.9, critic_hidden=(16,))

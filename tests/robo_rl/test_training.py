@@ -106,6 +106,8 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, monkeypatch
     cut_at = json.loads((tmp_path / "cut" / "summary.json").read_text())["steps"]
     assert 0 < cut_at < steps
     train(compose(f"resume={tmp_path / 'cut'}"), tmp_path / "unused", [f"resume={tmp_path / 'cut'}"])
+    # it continued from the checkpoint (a run restarted from step 0 with the same seed would end equal too)
+    assert f"at step {cut_at:,}" in (tmp_path / "cut" / "train.log").read_text().split("resumed from", 1)[1].splitlines()[0]
 
     full_w, full_opt = final_weights(tmp_path / "full")
     cut_w, cut_opt = final_weights(tmp_path / "cut")
@@ -293,3 +295,20 @@ def test_one_training_process_per_run_dir(tmp_path):
     train(compose_config(["resume=" + str(run), "steps=400"]))
     assert json.loads((run / "summary.json").read_text())["steps"] == 400
     assert "resume with steps=400 (was 300)" in (run / "train.log").read_text()
+
+
+def test_evaluation_is_deterministic_only_when_asked():
+    from envs import make_env
+    from policies import build_head
+    from robo_rl.evaluation import evaluate
+
+    env = make_env("Pendulum-v1", num_envs=2, backend="gymnasium")
+    head = build_head("gaussian", env.obs_dim, env.action_space.low, env.action_space.high, hidden_sizes=(16,),
+                      state_dependent_std=False)
+    mean = evaluate(head, env, 2, True, seed=7)["returns"]
+    sampled = evaluate(head, env, 2, False, seed=7)["returns"]
+    assert evaluate(head, env, 2, False, seed=7)["returns"] == sampled  # evaluate seeds the sampling too
+    assert sampled != mean
+    with torch.no_grad():  # the deterministic returns are the mean action's: a zero-std head samples them
+        head.log_std.fill_(-30.0)
+    assert evaluate(head, env, 2, False, seed=7)["returns"] == pytest.approx(mean, rel=1e-4)
