@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -171,7 +172,8 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not (tmp_path / "run" / "train.log").exists():
         time.sleep(0.2)
-    time.sleep(3.0)  # let it train a little
+    while time.time() < deadline and not re.search(r"step [1-9][\d,]*/", (tmp_path / "run" / "train.log").read_text()):
+        time.sleep(0.2)  # until a progress line shows it has trained a little
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err

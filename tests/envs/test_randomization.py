@@ -111,8 +111,12 @@ def test_gymnasium_backend_draws_new_factors_at_autoreset_and_refuses_non_mujoco
     assert not torch.equal(env.physics_params()["body_mass_scale"], first)
     with pytest.raises(ValueError, match="physics randomization needs a MuJoCo task"):
         make_env("Pendulum-v1", 1, backend="gymnasium", randomize={"body_mass_scale": [0.9, 1.1]})
-    noisy = make_env("Pendulum-v1", 1, backend="gymnasium", randomize={"obs_noise_std": 0.1})  # noise works anywhere
-    noisy.reset(seed=0)
+    noisy = make_env("Pendulum-v1", 16, backend="gymnasium", randomize={"obs_noise_std": 0.1})  # noise works anywhere
+    clean = make_env("Pendulum-v1", 16, backend="gymnasium")
+    diff = noisy.reset(seed=0) - clean.reset(seed=0)
+    actions = torch.zeros(16, 1)
+    diff = torch.cat([diff, noisy.step(actions).obs - clean.step(actions).obs])
+    assert 0.07 < float(diff.std()) < 0.13  # 96 draws of N(0, 0.1^2)
 
 
 def test_humanoid_reward_reads_each_simulation_s_masses_like_gymnasium():

@@ -72,6 +72,18 @@ def test_reparameterized_sample_carries_gradient():
     actions, logp = head.sample(torch.randn(8, 5))
     actions.sum().backward()
     assert all(p.grad is not None for p in head.net.parameters())
+    # the gradient is the reparameterized one: a = low + (high - low) (tanh(mean + std * eps) + 1) / 2
+    obs, params = torch.randn(8, 5), list(head.parameters())
+    torch.manual_seed(4)
+    grads = torch.autograd.grad(head.sample(obs)[0].sum(), params, allow_unused=True)
+    torch.manual_seed(4)
+    mean, log_std = head.distribution(obs)
+    low, high = torch.as_tensor(LOW, dtype=torch.float32), torch.as_tensor(HIGH, dtype=torch.float32)
+    manual = low + (high - low) * (torch.tanh(mean + log_std.exp() * torch.randn_like(mean)) + 1) / 2
+    for got, want in zip(grads, torch.autograd.grad(manual.sum(), params, allow_unused=True)):
+        assert (got is None) == (want is None)
+        if got is not None:
+            torch.testing.assert_close(got, want)
 
 
 def test_deterministic_head_has_no_log_prob_and_learners_say_so():

@@ -14,12 +14,13 @@ from robo_rl.learners.gorl import GoRL, GoRLSAC
 from robo_rl.learners.parl import PARL
 from robo_rl.learners.ppo import PPO
 from robo_rl.learners.sac import SAC
+from robo_rl.runners.base import Interrupted
 from robo_rl.runs import load_run_config
 from robo_rl.storage.rollout import RolloutBatch
 from robo_rl.train import train
 from tests.helpers import FAST
 from tests.helpers import compose
-from tests.robo_rl.test_training import assert_same_weights, final_weights, interrupt_at_update
+from tests.robo_rl.test_training import assert_same_weights, final_weights, interrupt_at_update, resumed_at
 
 LOW, HIGH = -np.ones(2), np.ones(2)
 TINY_FLOW = ("policy.hidden_sizes=[64,64]", "policy.steps=2")
@@ -146,10 +147,12 @@ def test_offpolicy_generative_run_evaluates_and_resumes_exactly(tmp_path, monkey
     common = (f"algo={algo}", *OFF, *options, "steps=400", "checkpoint.every=200", "eval.every=200")
     train(compose(*common), tmp_path / "full")
     restore = interrupt_at_update(monkeypatch, cls, 57)
-    with pytest.raises(Exception):
+    with pytest.raises(Interrupted):
         train(compose(*common), tmp_path / "cut")
     restore()
+    cut_at = json.loads((tmp_path / "cut" / "summary.json").read_text())["steps"]
     train(compose(f"resume={tmp_path / 'cut'}"), tmp_path / "unused", [f"resume={tmp_path / 'cut'}"])
+    assert 0 < cut_at and resumed_at(tmp_path / "cut") == cut_at  # continued from the checkpoint
     assert_same_weights(final_weights(tmp_path / "full")[0], final_weights(tmp_path / "cut")[0])
     summary = json.loads((tmp_path / "full" / "summary.json").read_text())
     assert np.isfinite(summary["final_eval_return_mean"])
@@ -186,11 +189,13 @@ def test_gorl_run_resumes_exactly_across_stage_refits(tmp_path, monkeypatch):
               "eval.every=1536", "eval.episodes=2", "eval.num_envs=2", *FAST)
     train(compose(*common), tmp_path / "full")
     restore = interrupt_at_update(monkeypatch, GoRL, 7)
-    with pytest.raises(Exception):
+    with pytest.raises(Interrupted):
         train(compose(*common), tmp_path / "cut")
     restore()
-    assert 0 < json.loads((tmp_path / "cut" / "summary.json").read_text())["steps"] < 1536
+    cut_at = json.loads((tmp_path / "cut" / "summary.json").read_text())["steps"]
+    assert 0 < cut_at < 1536
     train(compose(f"resume={tmp_path / 'cut'}"), tmp_path / "unused", [f"resume={tmp_path / 'cut'}"])
+    assert resumed_at(tmp_path / "cut") == cut_at
     full, cut = final_weights(tmp_path / "full")[0], final_weights(tmp_path / "cut")[0]
     assert int(full["num_refits"]) == 3
     assert_same_weights(full, cut)

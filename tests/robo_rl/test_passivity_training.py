@@ -9,6 +9,7 @@ reporting ``info["cost"]`` as a numpy array the way a gymnasium task would.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import gymnasium as gym
@@ -262,7 +263,19 @@ def test_resume_continues_lambda_and_cost_critic_exactly(tmp_path):
     assert replay is not None and replay["costs"].shape == (80,)
     np.testing.assert_allclose(replay["costs"], replay["actions"][:, 0] ** 2, rtol=1e-6)
     assert float(state["learner"]["modules"]["lagrange"]) > 0.0 and "cost_critic" in state["learner"]["optimizers"]
-    run(tmp_path / "cut", "steps=140", resume=True)
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("robo_rl")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        run(tmp_path / "cut", "steps=140", resume=True)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert any(ln.startswith("resumed from") and ln.endswith("at step 80") for ln in lines), lines  # not from scratch
     full, _ = load_checkpoint(latest_checkpoint(tmp_path / "full" / "checkpoints"), load_replay=False)
     cut, _ = load_checkpoint(latest_checkpoint(tmp_path / "cut" / "checkpoints"), load_replay=False)
     a, b = full["learner"]["modules"], cut["learner"]["modules"]

@@ -64,6 +64,12 @@ def test_same_seed_same_updates_other_seed_different(tmp_path):
     assert not torch.equal(wa["policy.net.0.weight"], wc["policy.net.0.weight"])
 
 
+def resumed_at(run_dir):
+    """The step train.log's last "resumed from <checkpoint> at step N" line names."""
+    line = [ln for ln in (run_dir / "train.log").read_text().splitlines() if "resumed from" in ln][-1]
+    return int(line.rsplit("at step ", 1)[1].replace(",", ""))
+
+
 def interrupt_at_update(monkeypatch, learner_cls, n):
     """Deliver SIGINT to this process from inside the n-th learner update."""
     original = learner_cls.update
@@ -107,7 +113,7 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, monkeypatch
     assert 0 < cut_at < steps
     train(compose(f"resume={tmp_path / 'cut'}"), tmp_path / "unused", [f"resume={tmp_path / 'cut'}"])
     # it continued from the checkpoint (a run restarted from step 0 with the same seed would end equal too)
-    assert f"at step {cut_at:,}" in (tmp_path / "cut" / "train.log").read_text().split("resumed from", 1)[1].splitlines()[0]
+    assert resumed_at(tmp_path / "cut") == cut_at
 
     full_w, full_opt = final_weights(tmp_path / "full")
     cut_w, cut_opt = final_weights(tmp_path / "cut")
