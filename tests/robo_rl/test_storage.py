@@ -54,8 +54,11 @@ def test_replay_wraps_around_and_overwrites_oldest():
 
 def test_replay_samples_only_filled_rows_and_round_trips():
     rb = ReplayBuffer(100, obs_dim=2, act_dim=1, seed=3)
-    rb.add(torch.ones(10, 2), torch.ones(10, 1), torch.ones(10), torch.ones(10, 2), torch.zeros(10))
-    assert (rb.sample(256).obs == 1).all()
+    rows = torch.arange(1, 11, dtype=torch.float32)  # distinct rows: the sampled indices are visible
+    rb.add(rows[:, None].repeat(1, 2), rows[:, None], rows, rows[:, None].repeat(1, 2), torch.zeros(10))
+    drawn = rb.sample(256)
+    assert ((drawn.obs >= 1) & (drawn.obs <= 10)).all() and len(drawn.rewards.unique()) == 10  # filled rows only
+    torch.testing.assert_close(drawn.actions[:, 0], drawn.rewards)  # each sample is one row, fields together
     state = rb.state_dict()
     assert state["obs"].shape == (10, 2)
     other = ReplayBuffer(100, obs_dim=2, act_dim=1, seed=99)
@@ -72,3 +75,20 @@ def test_replay_state_refuses_other_capacity():
     with pytest.raises(ValueError, match="capacity"):
         ReplayBuffer(20, 1, 1).load_state_dict(rb.state_dict())
     assert np.asarray(rb.state_dict()["capacity"]) == 10
+
+
+def test_reward_normalizer_by_hand():
+    from robo_rl.normalization import RewardNormalizer
+
+    norm = RewardNormalizer(num_envs=2, gamma=0.5, clip=2.0, eps=0.0)
+    steps = [([1.0, 2.0], [False, True]), ([3.0, 0.0], [False, False]), ([-40.0, 1.0], [False, False])]
+    returns, seen = np.zeros(2), []
+    for rewards, dones in steps:
+        out = norm(torch.tensor(rewards), torch.tensor(dones))
+        returns = returns * 0.5 + np.array(rewards)  # the discounted-return trace ...
+        seen.extend(returns)
+        returns[np.array(dones)] = 0.0  # ... restarts where an episode ended
+        scale = 1.0 / np.sqrt(np.var(seen))  # the population variance of every trace value so far
+        np.testing.assert_allclose(out.numpy(), np.clip(np.array(rewards) * scale, -2.0, 2.0), rtol=1e-6)
+    assert out[0] == -2.0  # clipped (-2.69 before the clip)
+    np.testing.assert_allclose(norm.returns, returns)
