@@ -156,6 +156,7 @@ def _train(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str], held: _
 
     # Build everything before touching the run directory: bad options fail here, with nothing written.
     env = build_env(cfg)
+    eval_env = env  # until a separate one is built (closed once, below)
     try:
         check_safety(cfg, env.obs_dim, env.act_dim, env.dt or None)  # filters whose dt must be the control period
         if env.one_per_process:  # a second simulator cannot be built: evaluate on the training envs
