@@ -204,6 +204,10 @@ def _run(cfg: DictConfig, run_dir: Path, env: Any, eval_env: Any, learner: Any, 
                      "evaluation's start finish uncounted)")
             log.info(f"robo-rl: {env.task_id} allows one simulator per process: evaluations run on the {env.num_envs} "
                      f"training envs (randomized as in training, if randomized), {after}")
+        randomized = {k: v for k, v in OmegaConf.to_container(cfg.env.randomize, resolve=True).items() if v}
+        if randomized:
+            log.info("robo-rl: domain randomization of the training envs: " + " ".join(f"{k}={v}" for k, v in randomized.items())
+                     + ("" if eval_env is env else " (evaluations run the nominal task)"))
         if for_task:
             log.info(f"robo-rl: {cfg.algo.name}'s settings for {env.task_id}: " + " ".join(f"{k}={v}" for k, v in for_task.items())
                      + " (set them on the command line to choose otherwise)")

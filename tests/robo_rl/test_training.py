@@ -111,6 +111,9 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, monkeypatch
     assert "interrupted by SIGINT at step" in (tmp_path / "cut" / "train.log").read_text()  # not only on the console
     cut_at = json.loads((tmp_path / "cut" / "summary.json").read_text())["steps"]
     assert 0 < cut_at < steps
+    if algo == "ppo-randomized":  # the start-up log says the training envs are randomized, and how
+        assert "domain randomization of the training envs: body_mass_scale=[0.7, 1.3]" in (
+            tmp_path / "cut" / "train.log").read_text()
     train(compose(f"resume={tmp_path / 'cut'}"), tmp_path / "unused", [f"resume={tmp_path / 'cut'}"])
     # it continued from the checkpoint (a run restarted from step 0 with the same seed would end equal too)
     assert resumed_at(tmp_path / "cut") == cut_at
