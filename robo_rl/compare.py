@@ -21,6 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from robo_rl.metrics import format_duration
+
 SUMMARY, METRICS, CONFIG, EVALUATED = "summary.json", "metrics.csv", "config.yaml", "eval.json"
 # keys that never separate groups: the seed, where a run was written, and settings that do not change
 # what is learned (logging, checkpointing, threads, device)
@@ -271,7 +273,7 @@ def table(result: dict[str, Any]) -> str:
         rows.append([g["label"] + (f" ({not_done} not completed)" if not_done else ""), f"{len(g['runs'])} ({seeds})",
                      _fmt(g["final_eval_return"], n_final), per_seed, _fmt(g["best_eval_return"], n_best),
                      "-" if g["steps"]["mean"] is None else f"{g['steps']['mean']:,.0f}",
-                     "-" if wall is None else f"{wall / 60:.1f} min",
+                     "-" if wall is None else format_duration(wall),
                      "-" if g["steps_per_s"]["mean"] is None else f"{g['steps_per_s']['mean']:,.0f}"])
         if with_eval:
             n = g["robo_rl_eval_runs"]
