@@ -3,8 +3,12 @@
 Random policies score about -1200 on Pendulum-v1 and about 5-10 on InvertedPendulum-v5.
 """
 
+import pytest
+
 from robo_rl.train import train
 from tests.helpers import FAST, compose
+
+pytestmark = pytest.mark.slow  # `python -m pytest -q -m "not slow"` leaves these out of a quick run
 
 QUIET = (*FAST, "eval.episodes=20", "eval.num_envs=5")
 
