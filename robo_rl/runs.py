@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 from pathlib import Path
@@ -39,14 +40,23 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
+        busy = unsupported = None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise RunDirBusy(f"run_dir={run_dir} is in use by another robo-rl training process ({holder}); wait for it "
-                             "to end, or choose another run_dir") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                busy = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            else:  # e.g. ENOLCK: a filesystem without locks
+                unsupported = exc
+        if busy is not None:
+            raise RunDirBusy(f"run_dir={run_dir} is in use by another robo-rl training process ({busy}); wait for it "
+                             "to end, or choose another run_dir")
+        if unsupported is not None:
+            log.warning(f"robo-rl: warning: cannot lock {run_dir} ({unsupported}); nothing stops a second process "
+                        "writing there")
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
