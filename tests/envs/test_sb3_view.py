@@ -25,20 +25,37 @@ def test_vecenv_conventions():
     assert not np.array_equal(infos[0]["terminal_observation"], obs[0])  # obs already starts the next episode
 
 
+def forward_reward_per_episode(model, episodes=8):
+    """Mean over episodes of Hopper's forward-progress reward, acting with the model's deterministic policy."""
+    env = make_env("Hopper-v5", num_envs=4, backend="mujoco")
+    obs, running, finished = env.reset(seed=123), torch.zeros(4), []
+    while len(finished) < episodes:
+        actions, _ = model.predict(obs.numpy(), deterministic=True)
+        result = env.step(torch.as_tensor(actions))
+        running += result.info["task"]["reward_forward"]
+        for i in torch.nonzero(result.terminated | result.truncated).flatten().tolist():
+            finished.append(float(running[i]))
+            running[i] = 0.0
+        obs = result.obs
+    return float(np.mean(finished[:episodes]))
+
+
 def test_sb3_ppo_learns_on_batched_hopper():
     torch.set_num_threads(1)
     venv = SB3VecEnv(make_env("Hopper-v5", num_envs=16, backend="mujoco"))
     venv.seed(0)
     model = PPO("MlpPolicy", venv, n_steps=64, batch_size=256, n_epochs=5, seed=0, verbose=0, device="cpu")
+    before = forward_reward_per_episode(model)
+    model.learn(60_000)
+    assert len(model.ep_info_buffer) > 0  # SB3's logger sees the episodes
     evaluation = SB3VecEnv(make_env("Hopper-v5", num_envs=4, backend="mujoco"))
     evaluation.seed(123)
-    before, _ = evaluate_policy(model, evaluation, n_eval_episodes=8)
-    model.learn(60_000)
-    after, _ = evaluate_policy(model, evaluation, n_eval_episodes=8)
-    assert len(model.ep_info_buffer) > 0  # SB3's logger sees the episodes
-    # measured (seed 0): 96.5 before, 177 after (1.83x). Seeded, not robust across seeds: the untrained policy
-    # stands still for the alive bonus and scores 96-200 depending on the seed (2 of seeds 1-4 miss the 1.6x)
-    assert after > 1.6 * before and after > 150
+    assert evaluate_policy(model, evaluation, n_eval_episodes=4)[0] > 0  # SB3's own evaluation runs on the view
+    # Learning measured as forward progress, not return: Hopper's alive bonus pays an untrained policy that
+    # stands still up to ~200. Measured before / after, seeds 0-4: 0.3 / 94.7, -2.0 / 85.5, -21.4 / 94.8,
+    # 0.4 / 99.0, -4.0 / 110.3 (this code with venv.seed(s) and PPO(seed=s))
+    after = forward_reward_per_episode(model)
+    assert before < 10 and after > 50
 
 
 def test_seed_then_resets_are_reproducible():
