@@ -527,7 +527,7 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
         return 128 + exc.signum
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop began: no new checkpoint
         return _error("aborted by Ctrl-C" + (f"; train.log and summary.json in {run_dir} say where it stopped"
-                                             if (run_dir / "summary.json").exists() else ""), 128 + signal.SIGINT)
+                                             if (run_dir / "summary.json").exists() else ""), EXIT_SIGINT)
     except NonFiniteError as exc:
         return _error(str(exc), EXIT_FAILED)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError, MissingDependency) as exc:

@@ -72,15 +72,18 @@ def prepare(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str] = ()) -
         validate(saved)
         return saved, find_resume_checkpoint(run_dir)
 
-    if (run_dir / CONFIG_FILE).exists():
-        raise ConfigError(
-            f"run_dir={run_dir} already holds a run; continue it with resume={run_dir} or choose another run_dir"
-        )
+    _refuse_existing_run(run_dir)
     cfg = resolve_defaults(cfg)
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)
     validate(cfg)
     return cfg, None
+
+
+def _refuse_existing_run(run_dir: Path) -> None:
+    if (run_dir / CONFIG_FILE).exists():
+        raise ConfigError(f"run_dir={run_dir} already holds a run; continue it with resume={run_dir} or choose "
+                          "another run_dir")
 
 
 def save_run_config(cfg: DictConfig, run_dir: Path) -> None:
@@ -173,9 +176,8 @@ def _train(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str], held: _
             demos = load_demos(cfg.demos.path, env.obs_dim, env.act_dim, env.action_space.low, env.action_space.high,
                                replay=bool(cfg.demos.replay) and learner.kind == "off_policy")
         with run_dir_lock(run_dir):
-            if resume_from is None and (run_dir / CONFIG_FILE).exists():  # another process started it meanwhile
-                raise ConfigError(f"run_dir={run_dir} already holds a run; continue it with resume={run_dir} or "
-                                  "choose another run_dir")
+            if resume_from is None:  # checked again under the lock: another process may have started it meanwhile
+                _refuse_existing_run(run_dir)
             return _run(cfg, run_dir, env, eval_env, learner, demos, resume_from, for_task, held)
     finally:
         if eval_env is not env:

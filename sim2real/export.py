@@ -103,12 +103,8 @@ def _quiet_exporter() -> Any:
         registry.setLevel(level)
 
 
+@_quiet_exporter()
 def _export_onnx(module: Any, example: tuple, path: Path, input_names: list[str]) -> str:
-    with _quiet_exporter():
-        return _run_onnx_exporter(module, example, path, input_names)
-
-
-def _run_onnx_exporter(module: Any, example: tuple, path: Path, input_names: list[str]) -> str:
     import torch
 
     batch = torch.export.Dim("batch", min=1, max=4096)

@@ -94,16 +94,14 @@ def test_bad_envs_and_missing_isaac_lab_are_explained():
 
 
 def _needs_rsl_rl(major: int) -> None:
-    """Skip unless rsl-rl-lib >= major is installed (it is not part of robo-rl's dependencies)."""
-    pytest.importorskip("rsl_rl")
+    """rsl-rl-lib >= major, a test dependency (the [test] extra): missing or older fails, it does not skip."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         installed = version("rsl-rl-lib")
-    except PackageNotFoundError:  # e.g. a source checkout on the path: assume it is recent
-        return
-    if int(installed.split(".")[0]) < major:
-        pytest.skip(f"needs rsl-rl-lib >= {major}, found {installed}")
+    except PackageNotFoundError:
+        pytest.fail("rsl-rl-lib is not installed: pip install -e '.[test]'")
+    assert int(installed.split(".")[0]) >= major, f"needs rsl-rl-lib >= {major}, found {installed}"
 
 
 def test_rsl_rl_vec_env():
