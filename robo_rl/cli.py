@@ -305,8 +305,9 @@ def train_main(args: Sequence[str]) -> int:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig
 
-    from robo_rl.config import register_schemas
+    from robo_rl.config import integer_keys, integral_literals, register_schemas
 
+    args = integral_literals(args, integer_keys())  # steps=1e6
     register_schemas()
     _register_resolvers()
     problem = _composition_problem(args)
@@ -576,6 +577,9 @@ def _parse(args: Sequence[str], schema: type, command: str) -> Any:
     from omegaconf import OmegaConf
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+    from robo_rl.config import integer_keys, integral_literals
+
+    args = integral_literals(args, integer_keys(schema))  # episodes=1e2
     bad = [a for a in args if "=" not in a]
     if bad:
         raise ValueError(f"expected key=value arguments, got {' '.join(bad)} (see robo-rl {command} --help)")

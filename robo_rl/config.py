@@ -9,6 +9,7 @@ mean "the learner's default" (e.g. 256x256 networks for SAC, 64x64 for PPO) and 
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -458,6 +459,50 @@ LEARNER_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 LEARNER_DEFAULTS["gorl_sac"] = dict(LEARNER_DEFAULTS["sac"])  # the latent policy is SAC's actor (squashed, state-dependent std)
+
+
+def _integer_fields(schema: type, prefix: str = "") -> set[str]:
+    """The dotted keys of ``schema`` (nested dataclasses included) typed ``int`` or ``Optional[int]``."""
+    out: set[str] = set()
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            out |= _integer_fields(kind, f"{prefix}{f.name}.")
+        elif kind is int or kind == Optional[int]:
+            out.add(prefix + f.name)
+    return out
+
+
+def integer_keys(schema: type = None) -> frozenset[str]:  # type: ignore[assignment]
+    """Every integer key of ``robo-rl train`` (any algorithm or head), or of another command's ``schema``."""
+    if schema is not None:
+        return frozenset(_integer_fields(schema))
+    keys = _integer_fields(TrainConfig)
+    for group, schemas in (("algo", ALGO_SCHEMAS), ("policy", POLICY_SCHEMAS)):
+        for s in schemas.values():
+            keys |= _integer_fields(s, f"{group}.")
+    return frozenset(keys)
+
+
+_SCIENTIFIC = re.compile(r"[+]?(\d+\.?\d*|\.\d+)[eE][+]?\d+")
+
+
+def integral_literals(overrides: typing.Iterable[str], keys: frozenset[str]) -> list[str]:
+    """``steps=1e6`` as ``steps=1000000``, for the integer ``keys``: Hydra reads 1e6 as a float, which an
+    integer key refuses. Only a whole number in scientific notation is rewritten (``steps=2.5e5`` too, a
+    sweep ``steps=1e5,2e5`` value by value); ``steps=1.5`` or ``steps=1e-3`` still fail as before."""
+    out = []
+    for o in overrides:
+        key, eq, value = o.partition("=")
+        if eq and key.lstrip("+~") in keys:
+            parts = value.split(",")
+            if any(_SCIENTIFIC.fullmatch(p.strip()) for p in parts):
+                whole = [p.strip() if not _SCIENTIFIC.fullmatch(p.strip()) or float(p) != int(float(p))
+                         else str(int(float(p))) for p in parts]
+                o = f"{key}={','.join(whole)}"
+        out.append(o)
+    return out
 
 
 def register_schemas() -> None:

@@ -109,13 +109,13 @@ def compose_config(overrides: Iterable[str] = ()) -> DictConfig:
     from hydra import compose, initialize_config_dir
 
     from robo_rl.cli import _register_resolvers
-    from robo_rl.config import register_schemas
+    from robo_rl.config import integer_keys, integral_literals, register_schemas
 
     register_schemas()
     _register_resolvers()
     config_dir = str(Path(__file__).resolve().parent / "configs")
     with initialize_config_dir(config_dir=config_dir, version_base=None):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name="config", overrides=integral_literals(overrides, integer_keys()))
 
 
 class _Held(logging.Handler):

@@ -17,6 +17,8 @@ from tests.helpers import FAST, compose
     ("stepz=10", ["stepz"]),
     ("algo.minibatch_size=big", ["minibatch_size", "Integer"]),
     ("env.num_envs=2.5", ["num_envs"]),
+    ("steps=1.5e0", ["steps", "Integer"]),  # a whole number in scientific notation is accepted (below), this is not
+    ("steps=1e-3", ["steps", "Integer"]),
     ("algo=dqn", ["algo/dqn", "sac"]),
 ])
 def test_unknown_or_mistyped_keys_fail_at_composition(override, words):
@@ -60,6 +62,19 @@ def test_keys_added_with_plus_that_no_schema_defines_fail(tmp_path, overrides, k
         train(compose(*overrides, *FAST), run_dir)
     assert all(k in str(exc.value) for k in keys)
     assert not run_dir.exists()
+
+
+def test_whole_numbers_in_scientific_notation_fill_integer_keys():
+    from robo_rl.config import integer_keys, integral_literals
+
+    cfg = compose("algo=sac", "steps=1e6", "algo.buffer_size=2.5e5", "algo.actor_lr=1e-4")
+    assert (cfg.steps, cfg.algo.buffer_size, cfg.algo.actor_lr) == (1_000_000, 250_000, 1e-4)
+    assert type(cfg.steps) is int
+    keys = integer_keys()
+    assert {"steps", "seed", "algo.learning_starts", "env.num_envs", "policy.steps"} <= keys
+    assert "algo.actor_lr" not in keys and "env.id" not in keys
+    assert integral_literals(["seed=0e0,1e0,2", "++steps=3E4", "env.id=1e5", "checkpoint.keep=1.5e0"], keys) == [
+        "seed=0,1,2", "++steps=30000", "env.id=1e5", "checkpoint.keep=1.5e0"]
 
 
 def test_free_form_env_kwargs_are_not_unknown_keys():
