@@ -287,6 +287,22 @@ def _for_hydra_multirun(args: Sequence[str]) -> list[str]:
     return out
 
 
+def _swept_values_by_job() -> list[str]:
+    """The swept values of each job of this command's sweep (``seed=1 algo=td3``), in the order Hydra's basic
+    sweeper runs them: the product of the overrides in command-line order (a key given twice at its first
+    place, with its last value)."""
+    import itertools
+
+    by_key: dict[str, list[str]] = {}
+    for a in _TRAIN_ARGS:
+        if "=" in a and not a.startswith("-"):
+            values = _sweep_values(a) if _is_sweep(a.split("=", 1)[1]) else [a]
+            by_key[a.split("=", 1)[0]] = values or [a]
+    jobs = list(itertools.product(*by_key.values()))
+    swept = [len(v) > 1 for v in by_key.values()]
+    return [" ".join(o for o, s in zip(job, swept) if s) for job in jobs]
+
+
 def _is_sweep(value: str) -> bool:
     """Whether a command-line value is a Hydra sweep (a,b / range(...) / choice(...) / glob(...))."""
     if value.startswith(("range(", "choice(", "glob(", "interval(")):
@@ -324,6 +340,11 @@ def train_main(args: Sequence[str]) -> int:
         hc = HydraConfig.get()
         run_dir = Path(hc.runtime.output_dir)
         code = run_training(cfg, run_dir, list(hc.overrides.task))
+        if code and hc.mode.name == "MULTIRUN" and code in (EXIT_SIGINT, EXIT_SIGTERM):
+            jobs = _swept_values_by_job()
+            unstarted = jobs[hc.job.num + 1:]
+            log.warning("sweep: stopped in job %d of %d (%s)%s", hc.job.num + 1, len(jobs), jobs[hc.job.num],
+                        f"; not started: {'; '.join(unstarted)}" if unstarted else "")
         if code and (hc.mode.name == "RUN" or code in (EXIT_SIGINT, EXIT_SIGTERM)):
             raise SystemExit(code)  # an interrupted sweep stops: Ctrl-C does not start the next job
         if hc.mode.name == "MULTIRUN":

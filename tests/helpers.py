@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import gymnasium as gym
 import numpy as np
 
 
 class NaNAfter(gym.Env):
     """A 2-D point task whose observation (or reward) turns NaN after ``after`` steps; ``where="final"``:
-    the observation of that step is NaN and ends the episode (terminated), the next one starts clean."""
+    the observation of that step is NaN and ends the episode (terminated), the next one starts clean;
+    ``where="sigint"``: nothing turns NaN, the process gets a SIGINT (a Ctrl-C) at that step instead."""
 
     def __init__(self, after: int = 50, where: str = "obs") -> None:
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
@@ -27,6 +31,10 @@ class NaNAfter(gym.Env):
         self.state = np.clip(self.state + 0.1 * float(action[0]), -5, 5)
         obs = self.state.astype(np.float32)
         reward = -float(np.abs(self.state).sum())
+        if self.where == "sigint":
+            if self.count == self.after + 1:
+                os.kill(os.getpid(), signal.SIGINT)
+            return obs, reward, False, False, {}
         if self.where == "final" and self.count == self.after + 1:
             return np.full(2, np.nan, np.float32), reward, True, False, {}
         if self.count > self.after and self.where != "final":

@@ -236,6 +236,18 @@ def test_a_sweep_exits_with_its_failed_job_s_code(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "sweep" / "env.kwargs.after=100000" / "summary.json").read_text())["steps"] == 150
 
 
+def test_an_interrupted_sweep_names_the_jobs_it_did_not_start(tmp_path, monkeypatch):
+    # a Ctrl-C at step 61 of the first job (the env sends it): that job saves and stops, the others never start
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # tests.helpers for the subprocess
+    proc = robo_rl("train", "-m", "seed=0,1,2", *TINY, "env.id=tests.helpers:robo_rl_test/NaNAfter-v0",
+                   "env.kwargs.where=sigint", "env.kwargs.after=60", "steps=150", "run_dir=sweep", cwd=tmp_path,
+                   check=False)
+    assert proc.returncode == 130, proc.stderr
+    assert re.search(r"Continue with: robo-rl train resume=\S*sweep/seed=0\n", proc.stderr)
+    assert "sweep: stopped in job 1 of 3 (seed=0); not started: seed=1; seed=2" in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["seed=0"]
+
+
 def test_multirun_over_algorithms_shares_one_directory(tmp_path):
     # Hydra composes a sweep-level config with the default algo (ppo), which has no algo.learning_starts:
     # the override still reaches every job, and the jobs share one directory named by the swept algos
