@@ -101,12 +101,15 @@ def test_humanoid_models_run_with_newton_and_track_the_exact_backend(caplog):
         assert torch.allclose(rw.reward, re.reward, rtol=1e-4, atol=1e-3), f"reward at step {t}"
 
 
-def test_a_model_warp_cannot_take_is_named(monkeypatch):
-    import mujoco_warp
+def test_a_model_warp_cannot_take_is_named(tmp_path):
+    # gymnasium's Reacher with MuJoCo's forward/inverse comparison turned on, which MuJoCo Warp does not implement
+    from pathlib import Path
 
-    def refuse(*args, **kwargs):
-        raise NotImplementedError("mjFOO is unsupported.")
+    import gymnasium
 
-    monkeypatch.setattr(mujoco_warp, "put_model", refuse)
-    with pytest.raises(ValueError, match="MuJoCo Warp cannot simulate Reacher-v5's model .*mjFOO.*env.backend=mujoco"):
-        make_env("Reacher-v5", 2, backend="mjwarp", device="cpu")
+    xml = (Path(gymnasium.__file__).parent / "envs/mujoco/assets/reacher.xml").read_text()
+    option = '<option gravity="0 0 -9.81" integrator="RK4" timestep="0.01"/>'
+    assert option in xml
+    (tmp_path / "reacher.xml").write_text(xml.replace(option, option[:-2] + '><flag fwdinv="enable"/></option>'))
+    with pytest.raises(ValueError, match="MuJoCo Warp cannot simulate Reacher-v5's model .*mjENBL_FWDINV.*env.backend=mujoco"):
+        make_env("Reacher-v5", 2, backend="mjwarp", device="cpu", kwargs={"xml_file": str(tmp_path / "reacher.xml")})

@@ -11,9 +11,11 @@ import pytest
 
 def make_export(out_dir: Path, obs_dim: int = 4, act_dim: int = 2, noise_dim: int = 0, kind: str = "tanh",
                 task: str = "InvertedPendulum-v5", dt: float = 0.04, low: float = -1.0, high: float = 1.0,
-                weight_scale: float = 0.5, safety: dict | None = None, seed: int = 0, default_noise=None) -> Path:
+                weight_scale: float = 0.5, safety: dict | None = None, seed: int = 0, default_noise=None,
+                weights: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
     """action = mid + half * tanh(obs @ W + b [+ noise @ Wn])   (kind="tanh", always within bounds)
-    or     action = obs @ W + b [+ noise @ Wn]                   (kind="linear", unbounded: for bad-output tests)."""
+    or     action = obs @ W + b [+ noise @ Wn]                   (kind="linear", unbounded: for bad-output tests),
+    W and b random (``seed``, ``weight_scale``) unless ``weights`` gives them."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -23,8 +25,9 @@ def make_export(out_dir: Path, obs_dim: int = 4, act_dim: int = 2, noise_dim: in
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lo, hi = np.full(act_dim, low, np.float32), np.full(act_dim, high, np.float32)
-    init = [numpy_helper.from_array((rng.normal(size=(obs_dim, act_dim)) * weight_scale).astype(np.float32), "W"),
-            numpy_helper.from_array(rng.normal(size=act_dim).astype(np.float32) * 0.1, "b"),
+    w, b = weights if weights is not None else (rng.normal(size=(obs_dim, act_dim)) * weight_scale,
+                                                 rng.normal(size=act_dim) * 0.1)
+    init = [numpy_helper.from_array(np.asarray(w, np.float32), "W"), numpy_helper.from_array(np.asarray(b, np.float32), "b"),
             numpy_helper.from_array((hi + lo) / 2, "mid"), numpy_helper.from_array((hi - lo) / 2, "half")]
     inputs = [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", obs_dim])]
     nodes = [helper.make_node("MatMul", ["obs", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["h0"])]

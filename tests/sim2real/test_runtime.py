@@ -281,17 +281,19 @@ def test_a_timestamp_slightly_ahead_within_the_clock_skew_is_fresh(export_dir: P
 def test_rate_limit_holds_across_the_start_of_a_run_and_of_an_episode(tmp_path: Path, reports_current: bool) -> None:
     """The loop resets its filters when a run or an episode starts; the first command after a reset must
     still be within max_delta of the command the robot holds, not a full-range jump."""
-    export = make_export(tmp_path / "e", safety={"filters": [{"type": "box", "low": -1, "high": 1},
-                                                             {"type": "rate", "max_delta": 0.2}]})
+    # action = (obs[0], obs[0]): the robot's observation makes the policy ask for -1 in the first episode
+    # and +1 from the start of the second, a full-range flip
+    weights = (np.array([[1.0, 1.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]), np.zeros(2))
+    export = make_export(tmp_path / "e", kind="linear", weights=weights,
+                         safety={"filters": [{"type": "box", "low": -1, "high": 1}, {"type": "rate", "max_delta": 0.2}]})
     runtime = PolicyRuntime(export)
-    outputs = iter([[-1.0, -1.0]] * 5 + [[1.0, 1.0]] * 5)  # the policy flips when the new episode starts
-    runtime.session.run = lambda names, feeds: [np.array([next(outputs)], np.float32)]
     clock, sent, tick = FakeClock(), [], {"n": 0}
     holding = np.array([0.6, 0.6])  # what the actuators hold when the run starts
 
     def get():
         tick["n"] += 1
-        return Observation(np.zeros(4), clock(), {"episode_start": tick["n"] in (1, 6)})
+        return Observation(np.array([-1.0 if tick["n"] <= 5 else 1.0, 0.0, 0.0, 0.0]), clock(),
+                           {"episode_start": tick["n"] in (1, 6)})
 
     robot = CallbackRobot(get, lambda a: sent.append(np.array(a)), action_dim=2, fallback=np.array([0.8, -0.8]),
                           clock=clock, current=(lambda: holding if tick["n"] <= 1 else None) if reports_current else None)
