@@ -222,7 +222,7 @@ def _run(cfg: DictConfig, run_dir: Path, env: Any, eval_env: Any, learner: Any, 
         if demos is not None:
             from robo_rl.demos import warm_start
 
-            warm_start(cfg, learner, getattr(runner, "replay", None), demos)
+            runner.pretrain_seconds = warm_start(cfg, learner, getattr(runner, "replay", None), demos).get("seconds", 0.0)
         return runner.train(resume_from=resume_from)
     except Interrupted as exc:  # the resume command, on the console and in train.log
         log.info(str(exc))

@@ -197,6 +197,8 @@ def test_eval_records_demonstrations_that_warm_start_another_run(tmp_path):
     err = robo_rl("train", *TINY, "steps=100", "run_dir=warm", "demos.path=demos.npz", "demos.pretrain_steps=20",
                   cwd=tmp_path).stderr
     assert "demos: pretrained the gaussian head on 600 transitions" in err and "preloaded 600 transitions" in err
+    assert "of pretraining on demonstrations); final eval return" in err  # reported apart from the training time
+    assert json.loads((tmp_path / "warm" / "summary.json").read_text())["pretrain_time_s"] > 0
 
 
 def test_head_keys_reach_every_job_when_the_algorithms_pick_the_head(monkeypatch):

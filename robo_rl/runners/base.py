@@ -107,6 +107,7 @@ class Runner(abc.ABC):
         self.diverged = 0  # simulations the env reset because the physics diverged
         self.wall_time = 0.0  # seconds of training in earlier segments of a resumed run
         self.eval_seconds = 0.0  # of the wall time, spent in periodic evaluations (all segments)
+        self.pretrain_seconds = 0.0  # pretraining on demonstrations (demos.path), before the first env step
         self.recent_returns: deque[float] = deque(maxlen=20)
         self.recent_lengths: deque[int] = deque(maxlen=20)
         self.recent_costs: deque[float] = deque(maxlen=20)  # summed safety cost of recent episodes (if reported)
@@ -349,6 +350,7 @@ class Runner(abc.ABC):
                 "diverged": self.diverged,
                 "wall_time": self.wall_time + segment_seconds,
                 "eval_seconds": self.eval_seconds,
+                "pretrain_seconds": self.pretrain_seconds,
                 "recent_returns": list(self.recent_returns),
                 "recent_lengths": list(self.recent_lengths),
                 "recent_costs": list(self.recent_costs),
@@ -384,6 +386,7 @@ class Runner(abc.ABC):
         self.diverged = int(r.get("diverged", 0))
         self.wall_time = float(r["wall_time"])
         self.eval_seconds = float(r.get("eval_seconds", 0.0))  # not in checkpoints before 2026-12-03
+        self.pretrain_seconds = float(r.get("pretrain_seconds", 0.0))  # nor this before 2026-12-04
         self.recent_returns.extend(r["recent_returns"])
         self.recent_lengths.extend(r["recent_lengths"])
         self.recent_costs.extend(r.get("recent_costs", []))
@@ -435,6 +438,7 @@ class Runner(abc.ABC):
             "wall_time_s": round(elapsed, 2),
             "steps_per_s": round(self.step / elapsed, 2) if elapsed > 0 else None,
             "eval_time_s": round(self.eval_seconds, 2),  # part of wall_time_s
+            **({"pretrain_time_s": round(self.pretrain_seconds, 2)} if self.pretrain_seconds else {}),  # not part of it
             "final_eval_return_mean": last["return_mean"] if last else None,
             "final_eval_return_std": last["return_std"] if last else None,
             "final_eval_step": last["step"] if last else None,
@@ -455,7 +459,9 @@ class Runner(abc.ABC):
         if status == "completed":
             log.info(f"done: {self.step:,} steps in {format_duration(elapsed)} ({summary['steps_per_s']} steps/s; "
                      f"{len(self.eval_history)} evaluation{'s' if len(self.eval_history) != 1 else ''} took "
-                     f"{format_duration(self.eval_seconds)}); "
+                     f"{format_duration(self.eval_seconds)}"
+                     + (f", after {format_duration(self.pretrain_seconds)} of pretraining on demonstrations"
+                        if self.pretrain_seconds else "") + "); "
                      f"final eval return {summary['final_eval_return_mean']:.1f} ± {summary['final_eval_return_std']:.1f}; "
                      f"outputs in {self.run_dir}")
         return summary
