@@ -29,6 +29,10 @@ def headless_gl_default() -> None:
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 
+class RenderingUnavailable(RuntimeError):
+    """This process cannot render frames (no usable OpenGL platform); the message says what to install or set."""
+
+
 class MujocoRenderer:
     """RGB frames of MuJoCo simulations, with a gymnasium task's default camera."""
 
@@ -41,7 +45,7 @@ class MujocoRenderer:
         try:
             self.renderer = mujoco.Renderer(model, height=height, width=width)
         except Exception as exc:  # no usable OpenGL platform
-            raise RuntimeError(
+            raise RenderingUnavailable(
                 f"MuJoCo cannot render offscreen (MUJOCO_GL={os.environ.get('MUJOCO_GL', 'unset')}): {exc}. "
                 "On a machine without a display install EGL (Debian: apt-get install libegl1 libgl1-mesa-dri) or "
                 "OSMesa (apt-get install libosmesa6) and set MUJOCO_GL=egl or osmesa before starting Python."

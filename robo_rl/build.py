@@ -47,6 +47,40 @@ def build_env(cfg: DictConfig, num_envs: int | None = None, vectorization: str |
     )
 
 
+def _env_failure(cfg: DictConfig, what: str, exc: BaseException) -> ConfigError:
+    kwargs = OmegaConf.to_container(cfg.env.kwargs, resolve=True)
+    given = f" with env.kwargs {kwargs}" if kwargs else ""
+    return ConfigError(f"env.id={cfg.env.id}{given} {what}: {type(exc).__name__}: {exc}")
+
+
+def build_env_checked(cfg: DictConfig, **options: Any) -> BatchedEnv:
+    """``build_env``, with a task that fails to build (a missing ``env.kwargs.xml_file``, an argument of the
+    wrong type) reported as a ConfigError naming env.id and env.kwargs rather than as a traceback."""
+    try:
+        return build_env(cfg, **options)
+    except (ValueError, ImportError, KeyboardInterrupt):  # ours already name the key (ConfigError is a ValueError)
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the task raises, named with the config that caused it
+        raise _env_failure(cfg, "could not be built", exc) from exc
+
+
+def check_env_runs(cfg: DictConfig, env: BatchedEnv) -> None:
+    """Reset ``env`` and step it once at the middle of its action box, so a task that builds but cannot
+    run (``env.kwargs.ctrl_cost_weight=abc`` is only read at the first step) fails before any run file
+    exists. Meant for the evaluation env: every evaluation resets it with its own seed, so the probe
+    changes no result."""
+    import torch
+
+    try:
+        env.reset(seed=int(cfg.seed))
+        middle = (env.action_space.low + env.action_space.high) / 2
+        env.step(torch.as_tensor(middle, dtype=torch.float32, device=env.device).expand(env.num_envs, -1).clone())
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - as in build_env_checked
+        raise _env_failure(cfg, "builds but cannot run a step", exc) from exc
+
+
 def _head_options(cfg: DictConfig) -> dict[str, Any]:
     """The head's own keyword arguments from ``policy.*``."""
     return {k: _plain(v) for k, v in cfg.policy.items() if k not in ("name", "normalize_obs", "obs_clip")}

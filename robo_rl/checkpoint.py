@@ -162,13 +162,13 @@ def save_checkpoint(
         os.replace(tmp, final)
     _fsync(directory)
     if keep is not None and keep > 0:
-        timeline = [p for p in list_checkpoints(directory) if _step_of(p) <= step]  # ends with ``final``
+        timeline = [p for p in list_checkpoints(directory) if checkpoint_step(p) <= step]  # ends with ``final``
         for stale in timeline[:-keep]:
             shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
-def _step_of(path: Path) -> int:
+def checkpoint_step(path: Path) -> int:
     return int(path.name[len(_PREFIX):])
 
 
@@ -178,7 +178,7 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     if not directory.is_dir():
         return []
     found = [p for p in directory.iterdir() if p.is_dir() and p.name.startswith(_PREFIX) and p.name[len(_PREFIX):].isdigit()]
-    return sorted(found, key=_step_of)
+    return sorted(found, key=checkpoint_step)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -319,9 +319,13 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     manifest_path = path / MANIFEST
     if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} {'is a file, not a checkpoint directory' if path.exists() else 'does not exist'}")
     if not manifest_path.is_file():
-        raise CheckpointError(f"checkpoint {path} is incomplete: {MANIFEST} is missing (the write was interrupted)")
+        if (path / "state.safetensors").exists() or (path / "state.json").exists():
+            raise CheckpointError(f"checkpoint {path} is incomplete: {MANIFEST} is missing (the write was interrupted)")
+        inside = list_checkpoints(path / "checkpoints") or list_checkpoints(path)
+        hint = f"; the newest checkpoint under it is {inside[-1]}" if inside else ""  # a run directory, or its checkpoints/
+        raise CheckpointError(f"{path} is not a checkpoint directory (no {MANIFEST}, no state files){hint}")
     manifest = _read_manifest(path, manifest_path)
     for name, info in manifest["files"].items():
         f = path / name

@@ -9,6 +9,7 @@ mean "the learner's default" (e.g. 256x256 networks for SAC, 64x64 for PPO) and 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -634,6 +635,33 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
     return found
 
 
+#: the largest ``steps``: over 300 years at 100,000 steps/s, so a larger value is a typo
+MAX_STEPS = 10**15
+#: seeds go to numpy's legacy global generator, which takes 0 <= seed < 2**32
+MAX_SEED = 2**32 - 1
+
+
+def non_finite_keys(cfg: DictConfig) -> list[str]:
+    """Dotted keys holding NaN or +-inf (NaN only under ``env.kwargs``, where inf can bound a range, e.g.
+    ``healthy_z_range=[0.8,inf]``); ``safety.filters`` is checked by its own builder."""
+    found: list[str] = []
+
+    def walk(node: Any, path: str) -> None:
+        if path == "safety.filters":
+            return
+        if isinstance(node, DictConfig):
+            for key, value in node.items():
+                walk(value, f"{path}.{key}" if path else str(key))
+        elif OmegaConf.is_list(node):
+            for i, item in enumerate(node):
+                walk(item, f"{path}[{i}]")
+        elif isinstance(node, float) and (math.isnan(node) or (math.isinf(node) and not path.startswith("env.kwargs."))):
+            found.append(path)
+
+    walk(cfg, "")
+    return found
+
+
 def validate(cfg: DictConfig) -> None:
     """Semantic checks on a resolved config; each message names the key and what to change."""
     from policies.networks import ACTIVATIONS
@@ -650,8 +678,21 @@ def validate(cfg: DictConfig) -> None:
                           f"defines {'them' if len(extra) > 1 else 'it'} and nothing would read "
                           f"{'them' if len(extra) > 1 else 'it'} (added with +key=...? gymnasium keyword "
                           "arguments go in env.kwargs.<name>=...; see robo-rl train --help)")
-    need(cfg.steps > 0, "steps", "must be > 0")
-    need(cfg.seed >= 0, "seed", "must be >= 0")
+    bad = non_finite_keys(cfg)
+    if bad:
+        raise ConfigError(f"{bad[0]}={OmegaConf.select(cfg, bad[0])}: must be a finite "
+                          f"number{' (also: ' + ', '.join(bad[1:]) + ')' if len(bad) > 1 else ''}")
+    need(0 < cfg.steps <= MAX_STEPS, "steps", "must be > 0 and at most 1e15 (e.g. steps=1e6)")
+    need(0 <= cfg.seed <= MAX_SEED, "seed", "must be between 0 and 2**32 - 1")
+    need(cfg.env.max_episode_steps is None or cfg.env.max_episode_steps >= 1, "env.max_episode_steps",
+         "must be >= 1 (or null: the task's own time limit)")
+    need(cfg.env.reward_clip > 0, "env.reward_clip", "must be > 0 (rewards are clipped to +-reward_clip after scaling)")
+    need(cfg.policy.obs_clip > 0, "policy.obs_clip", "must be > 0 (normalized observations are clipped to +-obs_clip)")
+    for key in cfg.algo.keys():
+        if str(key) == "lr" or str(key).endswith("_lr"):
+            floor = 0 if key == "action_lr" else None  # parl's action_lr=0: no gradient steps on the actions
+            need(cfg.algo[key] >= 0 if floor == 0 else cfg.algo[key] > 0, f"algo.{key}",
+                 "must be >= 0 (0: no local optimization)" if floor == 0 else "must be > 0")
     need(cfg.env.num_envs >= 1, "env.num_envs", "must be >= 1")
     need(cfg.env.vectorization in ("sync", "async"), "env.vectorization", "must be sync or async")
     need(cfg.env.backend in ("auto", "gymnasium", "mujoco", "mjwarp", "isaac"), "env.backend",
@@ -700,6 +741,14 @@ def validate(cfg: DictConfig) -> None:
         need(cfg.algo.utd > 0, "algo.utd", "gradient updates per env step must be > 0")
         need(0 < cfg.algo.tau <= 1, "algo.tau", "must be in (0, 1]")
         need(cfg.algo.num_critics >= 1, "algo.num_critics", "must be >= 1")
+        need(cfg.algo.buffer_size >= cfg.algo.batch_size, "algo.buffer_size",
+             f"must hold at least one batch (algo.batch_size={cfg.algo.batch_size})")
+        if "init_alpha" in cfg.algo:
+            need(cfg.algo.init_alpha > 0, "algo.init_alpha", "the entropy temperature must start > 0")
+        if algo == "td3":
+            need(cfg.algo.policy_delay >= 1, "algo.policy_delay", "must be >= 1 (critic updates per actor update)")
+            for key in ("target_noise", "target_noise_clip", "exploration_noise"):
+                need(cfg.algo[key] >= 0, f"algo.{key}", "must be >= 0 (a standard deviation or bound, unit action scale)")
         if algo == "parl":
             need(cfg.algo.num_candidates >= 1, "algo.num_candidates", "must be >= 1")
             need(1 <= cfg.algo.top_k <= cfg.algo.num_candidates, "algo.top_k", "must be between 1 and algo.num_candidates")
@@ -714,6 +763,13 @@ def validate(cfg: DictConfig) -> None:
             f"must be between 1 and the samples per update (rollout_steps * num_envs = {samples})",
         )
         need(cfg.algo.epochs >= 1, "algo.epochs", "must be >= 1")
+        need(cfg.algo.clip_range > 0, "algo.clip_range", "must be > 0 (the policy ratio is clipped to 1 +- clip_range)")
+        need(cfg.algo.clip_range_vf is None or cfg.algo.clip_range_vf > 0, "algo.clip_range_vf",
+             "must be > 0 (or null: the value loss unclipped)")
+        need(cfg.algo.vf_coef >= 0, "algo.vf_coef", "must be >= 0")
+        need(cfg.algo.ent_coef >= 0, "algo.ent_coef", "must be >= 0 (a negative one would reward collapsing the policy)")
+        need(cfg.algo.max_grad_norm > 0, "algo.max_grad_norm", "must be > 0")
+        need(0 <= cfg.algo.gae_lambda <= 1, "algo.gae_lambda", "must be in [0, 1]")
         need(cfg.algo.target_kl is None or cfg.algo.target_kl > 0, "algo.target_kl",
              "must be > 0 (or null for no early stop); an update stops before a minibatch whose KL to the "
              "rollout policy exceeds 1.5 * target_kl")

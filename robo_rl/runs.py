@@ -67,14 +67,27 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a robo-rl run directory ({CONFIG_FILE} missing)")
-    saved = OmegaConf.load(path)
-    algo, head = saved.get("algo", {}).get("name"), saved.get("policy", {}).get("name")
+    import yaml
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        saved = OmegaConf.load(path)
+    except (yaml.YAMLError, UnicodeDecodeError, OmegaConfBaseException) as exc:
+        raise ValueError(f"{path} is not valid YAML ({' '.join(str(exc).split())}); it was edited or damaged") from None
+    if not isinstance(saved, DictConfig):
+        raise ValueError(f"{path} holds a {type(saved).__name__}, not a run config (a mapping of keys)")
+    algo, head = (OmegaConf.select(saved, f"{group}.name", default=None) for group in ("algo", "policy"))
     if algo not in ALGO_SCHEMAS or head not in POLICY_SCHEMAS:
         raise ValueError(f"{path}: unknown algo.name={algo!r} or policy.name={head!r}")
     schema = OmegaConf.structured(TrainConfig)
     schema.algo = OmegaConf.structured(ALGO_SCHEMAS[algo])
     schema.policy = OmegaConf.structured(POLICY_SCHEMAS[head])
-    cfg = OmegaConf.merge(schema, saved)
+    try:
+        cfg = OmegaConf.merge(schema, saved)
+    except OmegaConfBaseException as exc:  # a key no schema has, a value of the wrong type
+        key = getattr(exc, "full_key", None)
+        raise ValueError(f"{path}: {f'{key}: ' if key else ''}{str(exc).splitlines()[0]} (the file was edited, or "
+                         "written by a robo-rl whose config keys differ)") from None
     OmegaConf.set_struct(cfg, True)
     return cfg
 

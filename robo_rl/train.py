@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from envs.mujoco_log import route_mujoco_warnings
-from robo_rl.build import build_env, build_learner, build_policy, build_runner, check_safety
+from robo_rl.build import build_env_checked, build_learner, build_policy, build_runner, check_env_runs, check_safety
 from robo_rl.config import ConfigError, resolve_defaults, task_defaults, validate
 from robo_rl.metrics import setup_console_logging
 from robo_rl.runners.base import Interrupted, find_resume_checkpoint
@@ -158,15 +158,16 @@ def _train(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str], held: _
     seed_everything(int(cfg.seed))
 
     # Build everything before touching the run directory: bad options fail here, with nothing written.
-    env = build_env(cfg)
+    env = build_env_checked(cfg)
     eval_env = env  # until a separate one is built (closed once, below)
     try:
         check_safety(cfg, env.obs_dim, env.act_dim, env.dt or None)  # filters whose dt must be the control period
         if env.one_per_process:  # a second simulator cannot be built: evaluate on the training envs
             eval_env = env
         else:
-            eval_env = build_env(cfg, num_envs=min(int(cfg.eval.num_envs), int(cfg.eval.episodes)), vectorization="sync",
-                                 randomize=False)  # evaluation measures the nominal task
+            eval_env = build_env_checked(cfg, num_envs=min(int(cfg.eval.num_envs), int(cfg.eval.episodes)),
+                                         vectorization="sync", randomize=False)  # evaluation measures the nominal task
+            check_env_runs(cfg, eval_env)
         policy = build_policy(cfg, env)
         learner = build_learner(cfg, policy)
         demos = None
@@ -188,6 +189,9 @@ def _train(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str], held: _
 def _run(cfg: DictConfig, run_dir: Path, env: Any, eval_env: Any, learner: Any, demos: Any, resume_from: Path | None,
          for_task: dict[str, Any], held: _Held) -> dict[str, Any]:
     """Write the run (holding its directory's lock): config, train.log, the runner's loop."""
+    runner = build_runner(cfg, learner, env, eval_env, run_dir)
+    if resume_from is not None:  # a checkpoint that cannot be resumed fails here, with config.yaml as it was
+        runner.restore(resume_from)
     save_run_config(cfg, run_dir)  # a resume records what it changed (steps=...), so the next one keeps it
     file_handler = logging.FileHandler(run_dir / "train.log")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
@@ -218,7 +222,6 @@ def _run(cfg: DictConfig, run_dir: Path, env: Any, eval_env: Any, learner: Any, 
             log.warning(f"robo-rl: warning: steps={int(cfg.steps):,} ends before algo.learning_starts="
                         f"{int(starts):,}, so the policy is never updated (every action is uniform random); "
                         "lower algo.learning_starts or raise steps")
-        runner = build_runner(cfg, learner, env, eval_env, run_dir)
         if demos is not None:
             from robo_rl.demos import warm_start
 

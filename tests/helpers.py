@@ -60,3 +60,15 @@ FAST = (
     "log.tensorboard=false",
     "log.plot=false",
 )
+
+
+def rewrite_consistently(checkpoint, name: str, data: bytes | str) -> None:
+    """Replace one file of a checkpoint and make its manifest agree, as a tamperer (or a writer bug) would."""
+    import hashlib
+    import json
+
+    data = data.encode() if isinstance(data, str) else data
+    (checkpoint / name).write_bytes(data)
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))

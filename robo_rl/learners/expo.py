@@ -78,8 +78,11 @@ class EXPO(Learner):
     ) -> None:
         super().__init__()
         require_sampling_base(policy, "expo", "draws several base actions")
-        if num_samples < 1 or not 0 < edit_scale <= 2:
-            raise ValueError(f"algo.num_samples={num_samples} must be >= 1 and algo.edit_scale={edit_scale} in (0, 2]")
+        if num_samples < 1:
+            raise ValueError(f"algo.num_samples={num_samples}: must be >= 1 (base samples per state)")
+        if not 0 < edit_scale <= 2:
+            raise ValueError(f"algo.edit_scale={edit_scale}: must be in (0, 2] (the largest edit, as a fraction of "
+                             "each action's half-range)")
         self.base = policy
         self.gamma, self.tau = gamma, tau
         self.critic = QEnsemble(policy.obs_dim, policy.act_dim, num_critics, critic_hidden, critic_activation, critic_layer_norm)

@@ -58,8 +58,13 @@ class DecoderRefit:
 
     def _init_refit(self, policy: LatentDecoderHead, refit_every: int | None, refit_epochs: int, refit_batch_size: int,
                     decoder_lr: float, dataset_size: int, reset_latent: bool, refit_on: str) -> None:
-        if (refit_every is not None and refit_every < 1) or refit_epochs < 0 or min(refit_batch_size, dataset_size) < 1:
-            raise ValueError("algo.refit_every, refit_batch_size and dataset_size must be >= 1, refit_epochs >= 0")
+        for key, value, ok, rule in (("refit_every", refit_every, refit_every is None or refit_every >= 1, ">= 1"),
+                                     ("refit_epochs", refit_epochs, refit_epochs >= 0, ">= 0"),
+                                     ("refit_batch_size", refit_batch_size, refit_batch_size >= 1, ">= 1"),
+                                     ("dataset_size", dataset_size, dataset_size >= 1, ">= 1"),
+                                     ("decoder_lr", decoder_lr, decoder_lr > 0, "> 0")):
+            if not ok:
+                raise ValueError(f"algo.{key}={value}: must be {rule}")
         if refit_epochs == 0 and reset_latent:
             raise ValueError("algo.refit_epochs=0 with algo.reset_latent=true would restart the latent policy at the "
                              "prior at every refit without refitting the decoder, discarding each stage's learning: "

@@ -60,8 +60,11 @@ class PARL(Learner):
             raise ValueError(f"algo.num_candidates={num_candidates}, algo.top_k={top_k}: need 1 <= top_k <= num_candidates")
         if target_candidates is not None and target_candidates < 1:
             raise ValueError(f"algo.target_candidates={target_candidates}: need >= 1 (null: num_candidates)")
-        if grad_steps < 0 or action_lr < 0 or policy_update_every < 1:
-            raise ValueError("algo.grad_steps and algo.action_lr must be >= 0, algo.policy_update_every >= 1")
+        for key, value, ok, rule in (("grad_steps", grad_steps, grad_steps >= 0, ">= 0"),
+                                     ("action_lr", action_lr, action_lr >= 0, ">= 0 (0: no local optimization)"),
+                                     ("policy_update_every", policy_update_every, policy_update_every >= 1, ">= 1")):
+            if not ok:
+                raise ValueError(f"algo.{key}={value}: must be {rule}")
         self.head = policy
         self.gamma, self.tau = gamma, tau
         self.m, self.top_k, self.grad_steps, self.action_lr = num_candidates, top_k, grad_steps, action_lr

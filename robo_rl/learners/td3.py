@@ -42,12 +42,14 @@ class TD3(Learner):
         critic_layer_norm: bool = False,
     ) -> None:
         super().__init__()
-        require_capabilities(self.name, policy, self.needs)
-        if policy.stochastic:
+        if policy.stochastic:  # checked first: whatever else the head lacks, the advice is the same
+            other = ("algo=sac" if policy.name == "gaussian" else "algo=gorl_sac" if policy.name == "latent"
+                     else "algo=expo or algo=parl")
             raise ValueError(
                 f"algo=td3 trains a deterministic actor, got the stochastic {policy.name!r} head; "
-                "use policy=deterministic (or algo=sac for a Gaussian head)"
+                f"use policy=deterministic (or {other} for the {policy.name} head)"
             )
+        require_capabilities(self.name, policy, self.needs)
         self.policy = policy
         self.gamma, self.tau = gamma, tau
         self.policy_delay = policy_delay

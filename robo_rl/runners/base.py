@@ -21,7 +21,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from envs import BatchedEnv
-from robo_rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from robo_rl.checkpoint import (CheckpointError, checkpoint_step, latest_checkpoint, list_checkpoints, load_checkpoint,
+                                save_checkpoint)
 from robo_rl.evaluation import evaluate
 from robo_rl.learners.base import Learner
 from robo_rl.metrics import MetricsWriter, Progress, format_duration, mean_of, plot_learning_curve
@@ -211,7 +212,8 @@ class Runner(abc.ABC):
     def train(self, resume_from: Path | None = None) -> dict[str, Any]:
         cfg = self.cfg
         if resume_from is not None:
-            self.restore(resume_from)
+            if not getattr(self, "_restored", False):  # train.py restores before it rewrites config.yaml
+                self.restore(resume_from)
             if self.step >= self.total_steps:
                 log.info(f"the run is already complete ({self.step:,} of {self.total_steps:,} steps): nothing to train; "
                          "its summary and learning curve are written again")
@@ -377,9 +379,32 @@ class Runner(abc.ABC):
         self._last_ckpt_evals = len(self.eval_history)
         return path
 
+    def _load_resumable(self, path: Path) -> tuple[dict[str, Any], Any, Path]:
+        """Load ``path`` into the learner, or, if it cannot be (its state.json disagrees with its tensors, its
+        tensors do not fit this run's networks), the newest older checkpoint that can: (state, replay, path)."""
+        path = Path(path)
+        candidates = [path, *(p for p in reversed(list_checkpoints(path.parent)) if checkpoint_step(p) < checkpoint_step(path))]
+        problems = []
+        for i, candidate in enumerate(candidates):
+            try:
+                state, replay = load_checkpoint(candidate, load_replay=True)
+                try:
+                    self.learner.load_training_state(state["learner"])
+                except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+                    why = " ".join(line.strip() for line in str(exc).splitlines()[:2])  # torch's first line is a heading
+                    raise CheckpointError(f"checkpoint {candidate} does not fit this run's {self.cfg.algo.name} learner "
+                                          f"({type(exc).__name__}: {why:.300})") from None
+                return state, replay, candidate
+            except CheckpointError as exc:
+                problems.append(str(exc))
+                if i + 1 < len(candidates):
+                    log.warning(f"cannot resume from {candidate.name}: {exc}; trying {candidates[i + 1].name}")
+        raise CheckpointError(f"no checkpoint under {path.parent} can be resumed from: {'; '.join(problems)}")
+
     def restore(self, path: Path) -> None:
-        state, replay = load_checkpoint(path, load_replay=True)
-        self.learner.load_training_state(state["learner"])
+        """Continue from checkpoint ``path`` (or the newest older one that loads, see ``_load_resumable``)."""
+        state, replay, path = self._load_resumable(path)
+        self._restored = True
         r = state["runner"]
         self.step, self.iteration = int(r["step"]), int(r["iteration"])
         self.num_updates, self.episodes = int(r["num_updates"]), int(r["episodes"])

@@ -16,6 +16,7 @@ from robo_rl.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
+from tests.helpers import rewrite_consistently
 
 
 def sample_state():
@@ -106,15 +107,18 @@ def test_nothing_is_unpickled(tmp_path):
         load_checkpoint(path)
 
 
-def _rewrite(path, name, text):
-    """Replace one file of a checkpoint and make its manifest agree, as a tamperer (or a writer bug) would."""
-    import hashlib
-
-    (path / name).write_text(text)
-    manifest = json.loads((path / "manifest.json").read_text())
-    data = (path / name).read_bytes()
-    manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    (path / "manifest.json").write_text(json.dumps(manifest))
+def test_a_path_that_is_no_checkpoint_says_what_it_is(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        verify_checkpoint(tmp_path / "nope")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointError, match="is a file, not a checkpoint directory"):
+        verify_checkpoint(tmp_path / "file")
+    with pytest.raises(CheckpointError, match=r"is not a checkpoint directory \(no manifest.json, no state files\)$"):
+        verify_checkpoint(tmp_path)
+    saved = save_checkpoint(tmp_path / "run" / "checkpoints", 100, {"w": torch.ones(2)})
+    for where in (tmp_path / "run", tmp_path / "run" / "checkpoints"):  # a run directory, or its checkpoints/
+        with pytest.raises(CheckpointError, match=f"the newest checkpoint under it is {saved}"):
+            verify_checkpoint(where)
 
 
 def test_keep_never_deletes_the_checkpoint_just_written_nor_counts_newer_broken_ones(tmp_path):
@@ -158,7 +162,7 @@ def test_malformed_manifest_is_skipped_on_resume_not_a_crash(tmp_path, manifest)
 def test_malformed_state_json_is_a_checkpoint_error_naming_the_file(tmp_path, skeleton):
     good = save_checkpoint(tmp_path, 100, sample_state())
     bad = save_checkpoint(tmp_path, 200, sample_state())
-    _rewrite(bad, "state.json", skeleton)
+    rewrite_consistently(bad, "state.json", skeleton)
     with pytest.raises(CheckpointError, match=r"step_0000000200/state\.json"):
         load_checkpoint(bad)
     assert latest_checkpoint(tmp_path) == good
@@ -166,7 +170,7 @@ def test_malformed_state_json_is_a_checkpoint_error_naming_the_file(tmp_path, sk
 
 def test_state_json_naming_a_missing_tensor_is_a_checkpoint_error(tmp_path):
     path = save_checkpoint(tmp_path, 100, {"w": torch.ones(2)})
-    _rewrite(path, "state.json", '{"w": {"__tensor__": "nope"}}')
+    rewrite_consistently(path, "state.json", '{"w": {"__tensor__": "nope"}}')
     with pytest.raises(CheckpointError, match=r"state\.json is inconsistent with state\.safetensors"):
         load_checkpoint(path)
 

@@ -42,6 +42,29 @@ def test_unknown_or_mistyped_keys_fail_at_composition(override, words):
     (["env.backend=isaacsim"], "env.backend"),
     (["env.randomize.body_mass_scale=[1.2,0.8]"], "env.randomize.body_mass_scale"),
     (["env.randomize.geom_friction_scale=[-1,1]"], "env.randomize.geom_friction_scale"),
+    # out of range, once accepted silently
+    (["env.max_episode_steps=0"], "env.max_episode_steps"),
+    (["env.reward_clip=0"], "env.reward_clip"),
+    (["policy.obs_clip=-1"], "policy.obs_clip"),
+    (["algo=ppo", "algo.clip_range=-0.2"], "algo.clip_range"),
+    (["algo=ppo", "algo.max_grad_norm=-1"], "algo.max_grad_norm"),
+    (["algo=ppo", "algo.gae_lambda=1.5"], "algo.gae_lambda"),
+    (["algo=ppo", "algo.lr=0"], "algo.lr"),
+    (["algo=td3", "algo.policy_delay=0"], "algo.policy_delay"),  # was a ZeroDivisionError at the first update
+    (["algo=td3", "algo.target_noise=-0.1"], "algo.target_noise"),
+    (["algo=sac", "algo.buffer_size=100"], "algo.buffer_size"),
+    (["algo=sac", "algo.init_alpha=-1"], "algo.init_alpha"),
+    (["algo=sac", "algo.actor_lr=0"], "algo.actor_lr"),
+    (["steps=1e20"], "steps"),
+    (["seed=4294967296"], "seed"),
+    # NaN and inf, once found only by training
+    (["algo=sac", "algo.target_entropy=nan"], "algo.target_entropy"),
+    (["algo=ppo", "algo.ent_coef=nan"], "algo.ent_coef"),
+    (["algo=parl", "algo.action_lr=nan"], "algo.action_lr"),
+    (["algo=td3", "algo.exploration_noise=inf"], "algo.exploration_noise"),
+    (["policy.log_std_init=nan"], "policy.log_std_init"),
+    (["env.kwargs.ctrl_cost_weight=nan"], "env.kwargs.ctrl_cost_weight"),
+    (["env.randomize.body_mass_scale=[0.5,nan]"], r"env.randomize.body_mass_scale\[1\]"),
 ])
 def test_semantic_errors_name_the_key_and_write_nothing(tmp_path, overrides, key):
     run_dir = tmp_path / "run"
@@ -94,8 +117,21 @@ def test_unknown_task_fails_before_any_run_files(tmp_path):
 
 def test_td3_selects_the_deterministic_head_and_refuses_gaussian(tmp_path):
     assert compose("algo=td3").policy.name == "deterministic"
-    with pytest.raises(ValueError, match="policy=deterministic"):
-        train(compose("algo=td3", "policy=gaussian", *FAST), tmp_path / "run")
+    for head in ("gaussian", "mixture", "diffusion"):  # whatever else the head lacks, the advice is the same
+        with pytest.raises(ValueError, match="use policy=deterministic"):
+            train(compose("algo=td3", f"policy={head}", *FAST), tmp_path / "run")
+
+
+@pytest.mark.parametrize("kwarg, words", [
+    ("env.kwargs.xml_file=/nonexistent/hopper.xml", ["could not be built", "/nonexistent/hopper.xml"]),
+    ("env.kwargs.healthy_z_range=5", ["cannot run a step", "healthy_z_range"]),  # read at the first step
+    ("env.kwargs.ctrl_cost_weight=abc", ["cannot run a step", "ctrl_cost_weight"]),
+])
+def test_task_arguments_that_break_the_env_fail_before_any_run_files(tmp_path, kwarg, words):
+    with pytest.raises(ConfigError) as exc:
+        train(compose("algo=sac", kwarg, *FAST), tmp_path / "run")
+    assert all(w in str(exc.value) for w in words) and "env.id=Hopper-v5" in str(exc.value)
+    assert not (tmp_path / "run").exists()
 
 
 def test_randomization_presets_compose():
@@ -211,3 +247,23 @@ def test_python_api_defaults_match_the_cli(algo):
         assert (tuple(default) if isinstance(default, list) else default) == param.default, field.name
         shared += 1
     assert shared >= 3  # the comparison really ran over the learner's options
+
+
+@pytest.mark.parametrize("edit, words", [
+    (("steps: ", "steps: [", 1), ["not valid YAML", "line"]),
+    (("seed: ", "seedz: ", 1), ["seedz", "not in 'TrainConfig'"]),
+    (("seed: 0", "seed: abc", 1), ["seed", "abc"]),
+    (("name: sac", "name: sacx", 1), ["algo.name='sacx'"]),
+])
+def test_an_edited_or_damaged_run_config_is_named_on_resume(tmp_path, edit, words):
+    from robo_rl.config import resolve_defaults
+    from robo_rl.runs import load_run_config
+
+    text = OmegaConf.to_yaml(resolve_defaults(compose("algo=sac")))
+    (tmp_path / "config.yaml").write_text(text.replace(*edit))
+    with pytest.raises(ValueError) as exc:
+        load_run_config(tmp_path)
+    assert str(tmp_path / "config.yaml") in str(exc.value) and all(w in str(exc.value) for w in words)
+    (tmp_path / "config.yaml").write_text("- a list\n")
+    with pytest.raises(ValueError, match="not a run config"):
+        load_run_config(tmp_path)

@@ -6,12 +6,12 @@ import signal
 import pytest
 import torch
 
-from robo_rl.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from robo_rl.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
 from robo_rl.runners.base import Interrupted, NonFiniteError
 from robo_rl.config import ConfigError
 from robo_rl.runs import RunDirBusy, run_dir_lock
 from robo_rl.train import compose_config, train
-from tests.helpers import FAST, compose
+from tests.helpers import FAST, compose, rewrite_consistently
 
 SMALL_SAC = (
     "algo=sac", "env=pendulum", "algo.learning_starts=200", "algo.batch_size=64", "algo.critic_hidden=[32,32]",
@@ -167,6 +167,37 @@ def test_a_longer_steps_on_resume_is_kept_by_the_next_resume_and_reaches_python(
     with pytest.raises(ConfigError, match="continues the run in its own directory"):
         train(compose(f"resume={run}", f"run_dir={tmp_path / 'elsewhere'}"), tmp_path / "elsewhere",
               [f"resume={run}", f"run_dir={tmp_path / 'elsewhere'}"])
+
+
+def test_resume_falls_back_past_a_checkpoint_that_verifies_but_cannot_be_loaded(tmp_path):
+    run = tmp_path / "run"
+    train(compose(*SMALL_SAC, "steps=300", "checkpoint.every=100", "checkpoint.keep=5"), run)
+    newest, older = list_checkpoints(run / "checkpoints")[-1], list_checkpoints(run / "checkpoints")[-2]
+    # the newest's state.json names a tensor its state.safetensors lacks; the one before has a weight of the wrong shape
+    text = (newest / "state.json").read_text()
+    rewrite_consistently(newest, "state.json", text.replace('"__tensor__": "', '"__tensor__": "gone.', 1))
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(older / "state.safetensors"))
+    weight = next(k for k, v in tensors.items() if k.startswith("learner.modules.") and v.dim() == 2)
+    tensors[weight] = torch.zeros(3, 3)
+    save_file(tensors, str(older / "state.safetensors"))
+    rewrite_consistently(older, "state.safetensors", (older / "state.safetensors").read_bytes())
+    config = (run / "config.yaml").read_text()
+    summary = train(compose(f"resume={run}", "steps=400"), run, [f"resume={run}", "steps=400"])
+    assert summary["steps"] == 400
+    warned = (run / "train.log").read_text()  # the console says the same
+    assert f"cannot resume from {newest.name}" in warned and "inconsistent" in warned
+    assert f"cannot resume from {older.name}" in warned and "does not fit this run's sac learner" in warned
+    assert "size mismatch" in warned
+    assert f"resumed from {older.parent / 'step_0000000100'}" in warned
+    # when none can be loaded, the resume fails naming each, and config.yaml keeps its steps
+    for ckpt in list_checkpoints(run / "checkpoints"):
+        rewrite_consistently(ckpt, "state.json", b'{"learner": {"__tensor__": "gone"}}')
+    config = (run / "config.yaml").read_text()
+    with pytest.raises(CheckpointError, match="no checkpoint under .* can be resumed from"):
+        train(compose(f"resume={run}", "steps=900"), run, [f"resume={run}", "steps=900"])
+    assert (run / "config.yaml").read_text() == config
 
 
 def test_nan_observation_stops_and_keeps_last_good_checkpoint(tmp_path):
