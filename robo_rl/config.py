@@ -486,13 +486,14 @@ def integer_keys(schema: type = None) -> frozenset[str]:  # type: ignore[assignm
     return frozenset(keys)
 
 
-_SCIENTIFIC = re.compile(r"[+]?(\d+\.?\d*|\.\d+)[eE][+]?\d+")
+_SCIENTIFIC = re.compile(r"[+-]?((\d+\.?\d*|\.\d+)[eE][+]?\d+|\d+\.0*)")  # 1e6, 2.5e5, 1500.0, -1e3
 
 
 def integral_literals(overrides: typing.Iterable[str], keys: frozenset[str]) -> list[str]:
     """``steps=1e6`` as ``steps=1000000``, for the integer ``keys``: Hydra reads 1e6 as a float, which an
-    integer key refuses. Only a whole number in scientific notation is rewritten (``steps=2.5e5`` too, a
-    sweep ``steps=1e5,2e5`` value by value); ``steps=1.5`` or ``steps=1e-3`` still fail as before."""
+    integer key refuses. Only a whole number in scientific notation or with a zero fraction is rewritten
+    (``steps=2.5e5`` and ``steps=1500.0`` too, a sweep ``steps=1e5,2e5`` value by value, ``-1e3`` to -1000
+    for the range check to name); ``steps=1.5`` or ``steps=1e-3`` still fail as before."""
     out = []
     for o in overrides:
         key, eq, value = o.partition("=")

@@ -98,6 +98,8 @@ def test_whole_numbers_in_scientific_notation_fill_integer_keys():
     assert "algo.actor_lr" not in keys and "env.id" not in keys
     assert integral_literals(["seed=0e0,1e0,2", "++steps=3E4", "env.id=1e5", "checkpoint.keep=1.5e0"], keys) == [
         "seed=0,1,2", "++steps=30000", "env.id=1e5", "checkpoint.keep=1.5e0"]
+    assert integral_literals(["steps=1500.0", "seed=-1e3", "env.num_envs=2.5"], keys) == [
+        "steps=1500", "seed=-1000", "env.num_envs=2.5"]
 
 
 def test_free_form_env_kwargs_are_not_unknown_keys():
