@@ -24,6 +24,7 @@ from __future__ import annotations
 import abc
 import functools
 import math
+import numbers
 from typing import Any, NamedTuple
 
 import gymnasium as gym
@@ -92,6 +93,15 @@ class BatchedEnv(abc.ABC):
     def act_dim(self) -> int:
         return int(np.prod(self.action_space.shape))
 
+    def check_seed(self, seed: Any) -> int | None:
+        """``seed`` for reset(): None (continue the generators) or an integer >= 0 (env i gets seed + i)."""
+        if seed is None:
+            return None
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(f"{self.task_id}: reset(seed={seed!r}): the seed must be an integer >= 0, or None to "
+                             "continue the environments' random streams")
+        return int(seed)
+
     def check_actions_numpy(self, actions: torch.Tensor) -> np.ndarray:
         """check_actions for a CPU simulator: the actions as a float32 numpy array [N, act_dim].
 
@@ -108,7 +118,14 @@ class BatchedEnv(abc.ABC):
     def check_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """Validate a batch of actions: shape [N, act_dim], finite as float32. Returns float32 on self.device."""
         if not isinstance(actions, torch.Tensor):
-            actions = torch.as_tensor(np.asarray(actions), dtype=torch.float32)
+            try:
+                array = np.asarray(actions, dtype=np.float32)
+            except (TypeError, ValueError):
+                array = None
+            if actions is None or array is None:
+                raise TypeError(f"{self.task_id}: actions must be a float tensor (or array) of shape "
+                                f"[{self.num_envs}, {self.act_dim}], got {type(actions).__name__}")
+            actions = torch.as_tensor(array)
         expected = (self.num_envs, self.act_dim)
         if tuple(actions.shape) != expected:
             raise ValueError(

@@ -226,6 +226,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
         self._pending: dict[str, np.ndarray] | None = None
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
+        seed = self.check_seed(seed)
         if self.randomize is not None:
             self.randomizer.seed(seed)
             self._draw_physics(np.arange(self.num_envs), current=True)

@@ -156,6 +156,7 @@ class IsaacAdapter(BatchedEnv):
         return obs.to(device=self.device, dtype=torch.float32, copy=len(parts) == 1), groups
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
+        seed = self.check_seed(seed)
         if self._reset_via == "inner":
             self.env.env.reset(seed=seed)
         else:

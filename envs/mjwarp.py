@@ -222,6 +222,7 @@ class MjwarpBatchedEnv(BatchedEnv):
 
     # -- the contract ------------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> torch.Tensor:
+        seed = self.check_seed(seed)
         if seed is not None:  # seed=None continues the generators, as gymnasium's reset does
             self._rngs = [np_random(seed + i)[0] for i in range(self.num_envs)]
         self.randomizer.seed(seed)

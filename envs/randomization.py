@@ -142,14 +142,25 @@ class Randomizer:
         return np.asarray(changed, dtype=np.int64)
 
     def set_params(self, values: dict[str, Any], ids: np.ndarray) -> None:
+        """Fix factors for env copies ``ids``; everything is checked before anything is set."""
+        n = len(self.fixed)
+        if ids.dtype.kind not in "iu" or np.any(ids < 0) or np.any(ids >= n):
+            raise ValueError(f"env ids {ids.tolist()[:10]} out of range: this env has copies 0..{n - 1}")
+        checked = {}
         for name, value in values.items():
             if name not in self.params:
                 raise ValueError(f"unknown physics parameter {name!r}; known: {', '.join(self.params)}")
-            value = np.broadcast_to(np.asarray(value, dtype=np.float64), (len(ids), self.sizes[name]))
+            try:
+                value = np.broadcast_to(np.asarray(value, dtype=np.float64), (len(ids), self.sizes[name]))
+            except ValueError:
+                raise ValueError(f"{name}: {np.shape(value)} factors do not fit {len(ids)} env(s) x "
+                                 f"{self.sizes[name]} value(s) each") from None
             if not np.all(np.isfinite(value)) or (name != "gravity_scale" and np.any(value < 0)):
                 raise ValueError(f"{name}: factors must be finite and (except gravity) non-negative")
             if name == "body_mass_scale" and np.any(value <= 0):
                 raise ValueError("body_mass_scale: factors must be positive")
+            checked[name] = value
+        for name, value in checked.items():
             self.params[name][ids] = value
         self.fixed[ids] = True
 

@@ -130,6 +130,7 @@ class MujocoBatchedEnv(BatchedEnv):
 
     # -- numpy core (float64, as gymnasium) -----------------------------------------------------------
     def reset_numpy(self, seed: int | None = None) -> np.ndarray:
+        seed = self.check_seed(seed)
         if seed is not None:  # seed=None continues the generators, as gymnasium's reset does
             self._rngs = [np_random(seed + i)[0] for i in range(self.num_envs)]
         self.randomizer.seed(seed)

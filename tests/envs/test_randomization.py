@@ -68,6 +68,28 @@ def test_explicit_physics_for_evaluation():
         env.set_physics_params({"body_mass_scale": 0.0})
 
 
+@pytest.mark.parametrize("backend", ["mujoco", "gymnasium"])
+def test_the_env_contract_refuses_bad_arguments_with_a_message(backend):
+    env = make_env("Hopper-v5", 2, backend=backend)
+    try:
+        for seed in ("a", -1, 1.5, True):
+            with pytest.raises(ValueError, match=r"reset\(seed=.*\): the seed must be an integer >= 0"):
+                env.reset(seed=seed)
+        env.reset(seed=np.int64(3))  # numpy integers are integers
+        for actions in (None, "x", {"a": 1}):
+            with pytest.raises(TypeError, match=r"actions must be a float tensor \(or array\) of shape \[2, 3\]"):
+                env.step(actions)
+        env.step([[0.0] * 3] * 2)  # a nested list is an array
+        with pytest.raises(ValueError, match=r"env ids \[5\] out of range: this env has copies 0..1"):
+            env.set_physics_params({"body_mass_scale": 1.2}, ids=[5])
+        before = np.array(env.physics_params()["gravity_scale"])
+        with pytest.raises(ValueError, match="body_mass_scale: factors must be positive"):  # nothing set, not half
+            env.set_physics_params({"gravity_scale": 2.0, "body_mass_scale": 0.0})
+        np.testing.assert_array_equal(np.array(env.physics_params()["gravity_scale"]), before)
+    finally:
+        env.close()
+
+
 def test_observation_noise_and_action_delay():
     clean = make_env("Hopper-v5", 64, backend="mujoco")
     noisy = make_env("Hopper-v5", 64, backend="mujoco", randomize={"obs_noise_std": 0.1})
