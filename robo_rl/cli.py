@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -90,7 +91,7 @@ keys:
   episodes=null                    finished episodes to run (5 when steps= is not given)
   steps=null                       a fixed number of control steps (with episodes=: whichever comes first)
   realtime=false                   true: sleep to the control rate (a real robot); false: as fast as possible
-  rate_hz=null                     control rate (default: the sidecar's)
+  rate_hz=null                     control rate in Hz, > 0 (default: the sidecar's)
   safety=null                      filter chain: configs/safety/<name>.yaml or a YAML path (default: the sidecar's)
   task=null                        the gymnasium id to simulate (default: the sidecar's task)
   sim2sim.timestep=null            physics timestep (the control period is kept: frame_skip adapts)
@@ -102,7 +103,7 @@ keys:
   watchdog.max_observation_age=null   seconds before an observation counts as stale (default 2 periods)
   watchdog.max_inference_time=null   seconds of inference before the fallback is sent instead (default
                                      half a period with realtime=true; not enforced in simulated time)
-  out=null                         report path (default <export>/deploy.json)
+  out=null                         report path (default <export>/deploy.json); its directory must exist
 """
 
 
@@ -150,7 +151,7 @@ class Sim2SimOptions:
     timestep: Optional[float] = None
     action_latency: int = 0
     observation_noise: float = 0.0
-    physics: Optional[dict[str, Any]] = None
+    physics: Any = None  # checked by sim2real.robots (the message names the key and the accepted form)
     seed: int = 0
     max_episode_steps: Optional[int] = None  # default: the run's (sidecar), else the task's registration
 
@@ -198,7 +199,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from robo_rl.perf import tune_malloc
 
     headless_gl_default()  # before anything imports MuJoCo
-    route_mujoco_warnings()
+    try:
+        route_mujoco_warnings()  # the first import of MuJoCo
+    except RuntimeError as exc:  # MuJoCo refuses to import with an unknown MUJOCO_GL
+        if "MUJOCO_GL" not in str(exc):
+            raise
+        return _error(f"MUJOCO_GL={os.environ.get('MUJOCO_GL')}: MuJoCo does not know this platform ({exc}); set egl or "
+                      "osmesa (headless), glfw or glx (with a display), or unset it", EXIT_USAGE)
     tune_malloc()
     if command == "train":
         return train_main(rest)
@@ -324,9 +331,12 @@ def train_main(args: Sequence[str]) -> int:
     from robo_rl.config import integer_keys, integral_literals, register_schemas
 
     args = integral_literals(args, integer_keys())  # steps=1e6
+    if any(a in ("--help", "-h", "--hydra-help") for a in args):  # help on one config: a sweep's values dropped
+        args = [a for a in args if a not in ("-m", "--multirun")
+                and not ("=" in a and not a.startswith("-") and _is_sweep(a.split("=", 1)[1]))]
     register_schemas()
     _register_resolvers()
-    problem = _composition_problem(args)
+    problem = _composition_problem(args) or _run_dir_problem(args)
     if problem is not None:
         return _error(problem, EXIT_USAGE)
     config_dir = str(Path(__file__).resolve().parent / "configs")
@@ -365,6 +375,24 @@ def train_main(args: Sequence[str]) -> int:
     return exit_code
 
 
+def _run_dir_problem(args: Sequence[str]) -> str | None:
+    """A ``run_dir=`` or ``resume=`` (or the default ``runs/``) that is, or lies under, a regular file: Hydra
+    would fail creating it with a traceback before any of our checks run."""
+    given = []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if eq and key.lstrip("+~") in ("run_dir", "resume"):
+            given += [(key.lstrip("+~"), v.strip()) for v in value.split(",") if v.strip() not in ("", "null", "None")]
+    for label, value in [(f"{k}={v}", v) for k, v in given] or [("runs/ (where runs go without run_dir=)", "runs")]:
+        path = Path(value)
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocker == path:
+            return f"{label}: that is a file, not a directory; choose a directory"
+        if blocker is not None:
+            return f"{label}: {blocker} is a file, so no directory can be made under it; choose another path"
+    return None
+
+
 def _composition_problem(args: Sequence[str]) -> str | None:
     """What is wrong with ``robo-rl train``'s overrides as a config, or None.
 
@@ -376,7 +404,11 @@ def _composition_problem(args: Sequence[str]) -> str | None:
     fails for ppo only). Hydra's flags and ``hydra.*`` overrides are left to Hydra.
     """
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
-        return None  # --help, --cfg, --info, ...: Hydra's business
+        # --help, --cfg, --info, ...: Hydra's business, but on a config these overrides can make (`algo=foo
+        # --help` would be Hydra's traceback); sweeps are not composed here
+        plain = [a for a in args if "=" in a and not a.startswith("-") and not _override_key(a).startswith("hydra")
+                 and not _is_sweep(a.split("=", 1)[1])]
+        return _overrides_problem(plain)
 
     plain: list[str] = []  # the overrides, each sweep at its first value
     sweeps: list[tuple[int, list[str]]] = []  # (position in plain, every value of that sweep as key=value)
@@ -577,8 +609,12 @@ def eval_main(args: Sequence[str]) -> int:
         from envs.base import MissingDependency
         from robo_rl.checkpoint import CheckpointError
 
+        from envs.rendering import RenderingUnavailable
+
         if isinstance(exc, (CheckpointError, FileNotFoundError, ValueError, MissingDependency)):
             return _error(str(exc), EXIT_USAGE)
+        if isinstance(exc, RenderingUnavailable):  # video=true on a machine without a usable OpenGL platform
+            return _error(f"video=true: {exc}", EXIT_FAILED)
         raise
     print(
         f"{result['algo']} on {result['env']} (checkpoint step {result['checkpoint_step']:,}): "
@@ -614,7 +650,8 @@ def _parse(args: Sequence[str], schema: type, command: str) -> Any:
         full_key = str(exc.full_key or exc.key or "")
         raise ValueError(_unknown_key(full_key, OmegaConf.structured(schema), command)) from None
     except OmegaConfBaseException as exc:
-        raise ValueError(f"{str(exc).splitlines()[0]} (see robo-rl {command} --help)") from None
+        key = f"{exc.full_key}: " if getattr(exc, "full_key", None) else ""  # steps=abc names steps
+        raise ValueError(f"{key}{str(exc).splitlines()[0]} (see robo-rl {command} --help)") from None
 
 
 def export_main(args: Sequence[str]) -> int:
@@ -627,7 +664,10 @@ def export_main(args: Sequence[str]) -> int:
     try:
         opts = _parse(args, ExportCommandConfig, "export")
         from robo_rl.exporting import export_run
+        from sim2real.export import check_out_dir
 
+        if opts.out_dir is not None:
+            check_out_dir(opts.out_dir)  # before the run is loaded (export_policy checks the default too)
         sidecar = export_run(opts.run_dir, opts.out_dir, opts.format, opts.checkpoint, opts.safety)
     except (CheckpointError, FileNotFoundError, ValueError, RuntimeError, MissingDependency) as exc:
         return _error(str(exc), EXIT_USAGE)
@@ -654,18 +694,20 @@ def deploy_main(args: Sequence[str]) -> int:
         if opts.safety is not None:
             from robo_rl.exporting import load_safety_spec
 
+            if opts.safety in ("", "run"):  # export's "the run's own filters" would be none here, not the sidecar's
+                raise ValueError(f"safety={opts.safety}: deploy has no run to take filters from; leave safety unset "
+                                 "for the sidecar's chain, or give a configs/safety name or a YAML path")
             safety = load_safety_spec(opts.safety)["filters"]
         from sim2real.deploy import deploy
 
         sim2sim = OmegaConf.to_container(opts.sim2sim, resolve=True)
         episodes = opts.episodes if opts.episodes is not None else (None if opts.steps is not None else 5)
-        report = deploy(opts.export, episodes=episodes, steps=opts.steps, realtime=bool(opts.realtime),
-                        rate_hz=opts.rate_hz, safety=safety, task=opts.task, sim2sim=sim2sim,
-                        watchdog=OmegaConf.to_container(opts.watchdog, resolve=True))
+        out = Path(opts.out) if opts.out else Path(opts.export) / "deploy.json"
+        deploy(opts.export, episodes=episodes, steps=opts.steps, realtime=bool(opts.realtime),
+               rate_hz=opts.rate_hz, safety=safety, task=opts.task, sim2sim=sim2sim,
+               watchdog=OmegaConf.to_container(opts.watchdog, resolve=True), out=out)  # out: checked before the run
     except (FileNotFoundError, ValueError) as exc:  # ExportError is a ValueError
         return _error(str(exc), EXIT_USAGE)
-    out = Path(opts.out) if opts.out else Path(opts.export) / "deploy.json"
-    out.write_text(json.dumps(report, indent=2, default=float))
     print(f"wrote {out}")
     return 0
 

@@ -34,7 +34,12 @@ def load_safety_spec(safety: str | None, run_cfg: Any = None) -> dict[str, Any]:
         names = sorted(p.stem for p in SAFETY_DIR.glob("*.yaml")) if SAFETY_DIR.is_dir() else []
         raise FileNotFoundError(f"safety={safety!r}: no such filter config (choose one of {', '.join(names) or 'none'}, "
                                 "or give a path to a YAML file with a 'filters:' list)")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        from sim2real.filters.spec import yaml_error
+
+        raise ValueError(yaml_error(f"safety={safety}", exc)) from None
     if not isinstance(data, dict) or not isinstance(data.get("filters", []), list):
         raise ValueError(f"{path}: expected a mapping with a 'filters:' list")
     return {"filters": list(data.get("filters") or [])}

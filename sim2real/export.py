@@ -42,6 +42,30 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+def check_out_dir(out_dir: str | Path, key: str = "out_dir") -> Path:
+    """``out_dir`` as a Path if an export can be written there, else a ValueError naming ``key``.
+
+    The directory may exist (an earlier export is replaced) or not (it is created with its parents),
+    but neither it nor any existing ancestor may be a file, and the nearest existing one must be
+    writable. Nothing is created here.
+    """
+    if not str(out_dir).strip():
+        raise ValueError(f"{key}={out_dir!r}: give a directory, or leave {key} unset for the default")
+    path = Path(out_dir)
+    if os.path.lexists(path) and not path.is_dir():
+        raise ValueError(f"{key}={out_dir}: {path} exists and is not a directory; choose another {key} "
+                         "(an export is a directory holding the model and policy.json)")
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{key}={out_dir}: {existing} is a file, so no directory can be made under it; "
+                         f"choose another {key}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{key}={out_dir}: {existing} is not writable; choose another {key}")
+    return path
+
+
 def noise_dim(policy: Any) -> int:
     """Noise numbers per observation the exported graph takes (0: no noise input)."""
     if hasattr(policy, "noise_dim"):
@@ -148,6 +172,7 @@ def export_policy(
 
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt!r}: choose one of {', '.join(FORMATS)}")
+    out_dir = check_out_dir(out_dir)  # before the graph is built and checked, not when it is written
     policy = policy.cpu().eval()
     module = export_module(policy)
     k = noise_dim(policy)
@@ -166,7 +191,6 @@ def export_policy(
         obs = torch.cat([obs, obs], dim=0)
     example = (obs[:2],) if k == 0 else (obs[:2], noise[:2])
     input_names = ["obs"] if k == 0 else ["obs", "noise"]
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         reference = (module(obs) if k == 0 else module(obs, noise)).numpy()

@@ -103,7 +103,8 @@ class WatchdogConfig:
             raise ValueError(f"watchdog.on_fault={self.on_fault!r}: choose one of {', '.join(ON_FAULT)}")
         for name in ("max_observation_age", "max_inference_time", "late_tolerance", "max_clock_skew"):
             value = getattr(self, name)
-            if value is not None and not float(value) > 0:
+            if value is not None and (isinstance(value, (bool, np.bool_)) or not isinstance(
+                    value, (int, float, np.integer, np.floating)) or not value > 0):  # NaN is not > 0; inf switches it off
                 raise ValueError(f"watchdog.{name}={value!r}: expected seconds > 0 (or null for the default)")
 
     @classmethod
@@ -114,6 +115,12 @@ class WatchdogConfig:
         if unknown:
             raise ValueError(f"unknown watchdog key(s) {unknown}; known: {sorted(known)}")
         return cls(**values)
+
+
+def _positive_number(value: Any) -> bool:
+    """A finite real number > 0 (not a bool, not NaN or inf)."""
+    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+            and bool(np.isfinite(value)) and value > 0)
 
 
 class _Latency:
@@ -169,7 +176,9 @@ class ControlLoop:
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                  max_events: int = 10_000) -> None:
         self.runtime, self.robot = runtime, robot
-        rate = rate_hz or runtime.rate_hz
+        if rate_hz is not None and not _positive_number(rate_hz):  # 0 is refused, not read as "the sidecar's"
+            raise ValueError(f"rate_hz={rate_hz!r}: must be a finite number of Hz > 0, or None for the sidecar's rate")
+        rate = rate_hz if rate_hz is not None else runtime.rate_hz
         if not rate or not rate > 0:
             raise ValueError(f"rate_hz={rate_hz!r}: give a positive control rate (the sidecar has none)")
         self.rate_hz, self.period = float(rate), 1.0 / float(rate)
@@ -234,6 +243,9 @@ class ControlLoop:
 
     def run(self, steps: int | None = None, until: Callable[[], bool] | None = None) -> LoopReport:
         """Run ``steps`` ticks, or until ``until()`` is true, or forever (Ctrl+C stops after a fallback)."""
+        if steps is not None and (isinstance(steps, (bool, np.bool_)) or not isinstance(steps, (int, np.integer))
+                                  or steps < 1):
+            raise ValueError(f"steps={steps!r}: must be a whole number >= 1, or None to run until until() or Ctrl+C")
         self.events, self.counts = [], Counter()
         self.inference, self.loop = _Latency(), _Latency()
         self.step, self.misses, self.skipped, self.fallbacks = 0, 0, 0, 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import numpy as np
@@ -50,15 +51,40 @@ class SimulatedClock:
     sleep = advance  # "sleeping" on simulated time moves it forward
 
 
-def _check_physics(physics: dict[str, Any] | None) -> dict[str, tuple[float, float]]:
+PHYSICS_EXAMPLE = "{mass_scale:[0.8,1.2],friction_scale:[0.7,1.3]}"
+
+
+def _is_whole(value: Any) -> bool:
+    """An int, or a float with no fractional part (not a bool, NaN or inf)."""
+    return _is_real(value) and bool(np.isfinite(value)) and float(value).is_integer()
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_physics(physics: Any) -> dict[str, tuple[float, float]]:
+    """{key: [low, high]} scale-factor ranges, each key one of ``PHYSICS_KEYS``; anything else is a ValueError
+    naming the key and what it accepts."""
+    if physics is None:
+        return {}
+    if not isinstance(physics, Mapping):
+        raise ValueError(f"sim2sim.physics={physics!r}: expected a mapping of [low, high] scale-factor ranges, "
+                         f"e.g. \"{PHYSICS_EXAMPLE}\" (keys: {', '.join(PHYSICS_KEYS)}), or null for none")
     ranges = {}
-    for key, value in (physics or {}).items():
+    for key, value in physics.items():
+        name = str(key).split(":", 1)[0].strip()
+        if value is None and ":" in str(key) and name in PHYSICS_KEYS:  # {mass_scale:2} reads as one key "mass_scale:2"
+            raise ValueError(f"sim2sim.physics.{name}: got {str(key).split(':', 1)[1]!r}, expected a [low, high] range "
+                             f"of scale factors, e.g. {{{name}:[0.8,1.2]}}")
         if key not in PHYSICS_KEYS:
-            raise ValueError(f"sim2sim.physics.{key}: unknown; known keys: {', '.join(PHYSICS_KEYS)}")
-        try:
-            lo, hi = (float(v) for v in value)
-        except (TypeError, ValueError):
-            raise ValueError(f"sim2sim.physics.{key}={value!r}: expected [low, high] scale factors") from None
+            raise ValueError(f"sim2sim.physics.{key}: unknown; known keys: {', '.join(PHYSICS_KEYS)} "
+                             f"(e.g. \"{PHYSICS_EXAMPLE}\")")
+        pair = list(value) if isinstance(value, (list, tuple, np.ndarray)) else None
+        if pair is None or len(pair) != 2 or not all(_is_real(v) for v in pair):
+            raise ValueError(f"sim2sim.physics.{key}={value!r}: expected [low, high] scale factors (two numbers), "
+                             f"e.g. {{{key}:[0.8,1.2]}}")
+        lo, hi = (float(v) for v in pair)
         what, floor, inclusive = PHYSICS_KEYS[key]
         if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi and (lo >= floor if inclusive else lo > floor)):
             raise ValueError(f"sim2sim.physics.{key}=[{lo}, {hi}]: needs finite {'>=' if inclusive else '>'} {floor} "
@@ -83,19 +109,30 @@ class MujocoSim2SimRobot(Robot):
                  action_latency: int = 0, observation_noise: float | list[float] = 0.0,
                  physics: dict[str, Any] | None = None, seed: int = 0, max_episode_steps: int | None = None,
                  clock: Callable[[], float] | None = None, env_kwargs: dict[str, Any] | None = None) -> None:
-        if int(action_latency) != action_latency or action_latency < 0:
+        if not _is_whole(action_latency) or action_latency < 0:
             raise ValueError(f"sim2sim.action_latency={action_latency!r}: expected a whole number of steps >= 0")
-        noise = np.asarray(observation_noise, np.float64)
-        if not (np.isfinite(noise).all() and (noise >= 0).all()):
-            raise ValueError(f"sim2sim.observation_noise={observation_noise!r}: expected std(s) >= 0")
-        if timestep is not None and not float(timestep) > 0:
-            raise ValueError(f"sim2sim.timestep={timestep!r}: expected seconds > 0")
-        if control_dt is not None and not float(control_dt) > 0:
-            raise ValueError(f"control_dt={control_dt!r}: expected seconds > 0")
+        try:
+            noise = np.asarray(observation_noise, np.float64)
+        except (TypeError, ValueError):
+            noise = np.asarray(np.nan)
+        if isinstance(observation_noise, (bool, str)) or not (noise.ndim <= 1 and np.isfinite(noise).all() and (noise >= 0).all()):
+            raise ValueError(f"sim2sim.observation_noise={observation_noise!r}: expected a finite std >= 0 "
+                             "(one number, or one per observation dimension)")
+        if timestep is not None and not (_is_real(timestep) and np.isfinite(timestep) and timestep > 0):
+            raise ValueError(f"sim2sim.timestep={timestep!r}: expected a finite number of seconds > 0 "
+                             "(or null for the task's own)")
+        if control_dt is not None and not (_is_real(control_dt) and np.isfinite(control_dt) and control_dt > 0):
+            raise ValueError(f"control_dt={control_dt!r}: expected a finite number of seconds > 0")
+        if not _is_whole(seed) or seed < 0:
+            raise ValueError(f"sim2sim.seed={seed!r}: expected a whole number >= 0")
+        if max_episode_steps is not None and (not _is_whole(max_episode_steps) or max_episode_steps < 1):
+            raise ValueError(f"sim2sim.max_episode_steps={max_episode_steps!r}: expected a whole number of steps >= 1 "
+                             "(or null for the run's or the task's own limit)")
         self.task, self.control_dt, self.timestep = task, control_dt, timestep
         self.action_latency, self.observation_noise = int(action_latency), noise
         self.physics_ranges = _check_physics(physics)
-        self.seed, self.max_episode_steps, self.env_kwargs = int(seed), max_episode_steps, dict(env_kwargs or {})
+        self.seed, self.env_kwargs = int(seed), dict(env_kwargs or {})
+        self.max_episode_steps = int(max_episode_steps) if max_episode_steps is not None else None
         self.clock = clock or time.monotonic
         self.env: Any = None
         self.episode_returns: list[float] = []

@@ -52,7 +52,17 @@ def onnx_session(path: str | Path, threads: int = 1):  # -> onnxruntime.Inferenc
     options.intra_op_num_threads = int(threads)
     options.inter_op_num_threads = int(threads)
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's InvalidProtobuf / InvalidGraph / Fail ...: the file, not the caller
+        raise ExportError(f"{path} is not a valid ONNX model: {_ort_message(exc)} "
+                          "(the file is damaged or not ONNX: export it again with `robo-rl export`)") from None
+
+
+def _ort_message(exc: Exception) -> str:
+    """onnxruntime's reason without its "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from ... failed:" prefix."""
+    text = " ".join(str(exc).split())
+    return text.rsplit(" failed:", 1)[-1].strip() or type(exc).__name__
 
 
 def _sidecar_path(export: str | Path) -> Path:
@@ -196,7 +206,11 @@ class PolicyRuntime:
         feeds = {"obs": np.zeros((batch, self.obs_dim), np.float32)}
         if self.noise_dim:
             feeds["noise"] = self._noise(None, batch)
-        self.session.run(["action"], feeds)
+        try:
+            self.session.run(["action"], feeds)
+        except Exception as exc:  # a graph that loads but cannot run (e.g. inner shapes that do not fit)
+            raise ExportError(f"{self.model_path} is not a valid ONNX model: running it once on zeros failed: "
+                              f"{_ort_message(exc)} (export it again with `robo-rl export`)") from None
 
     def _check_signature(self) -> int | None:
         """The graph's inputs/outputs must be the sidecar's: names, rank, feature sizes, float32."""

@@ -77,6 +77,10 @@ def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
     (["-m", "steps=0"], ["steps=0: must be > 0"]),
     # found by the learner's constructor: the sac job must not train before the td3 job fails
     (["-m", "algo=sac,td3", "policy=gaussian"], ["sweep job algo=td3", "no job was started"]),
+    # --help shows the config the overrides make, so they must make one (was Hydra's traceback)
+    (["algo=foo", "--help"], ["algo/foo", "sac"]),
+    (["algo.lrr=1", "--help"], ["unknown key 'algo.lrr'; did you mean algo.lr?"]),
+    (["algo=sac", "--help"], None),
 ])
 def test_train_overrides_are_checked_before_hydra_runs(args, words):
     from robo_rl.cli import _composition_problem
@@ -86,6 +90,29 @@ def test_train_overrides_are_checked_before_hydra_runs(args, words):
         assert problem is None
     else:
         assert problem is not None and all(w in problem for w in words), problem
+
+
+def test_a_run_dir_that_is_or_lies_under_a_file_is_refused_before_hydra_makes_it(tmp_path, monkeypatch):
+    from robo_rl.cli import _run_dir_problem
+
+    (tmp_path / "f").write_text("x")
+    assert "that is a file, not a directory" in _run_dir_problem([f"run_dir={tmp_path / 'f'}"])
+    assert "that is a file, not a directory" in _run_dir_problem([f"resume={tmp_path / 'f'}"])
+    assert f"{tmp_path / 'f'} is a file, so no directory" in _run_dir_problem(["-m", f"run_dir={tmp_path / 'f' / 'runs'}"])
+    assert _run_dir_problem([f"run_dir={tmp_path / 'new' / 'run'}", "seed=1"]) is None
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").write_text("x")  # the default run directory goes under ./runs
+    assert "runs/ (where runs go without run_dir=): that is a file" in _run_dir_problem(["seed=1"])
+    proc = robo_rl("train", f"run_dir={tmp_path / 'f' / 'run'}", "steps=10", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "is a file, so no directory can be made under it" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_an_unknown_mujoco_gl_is_one_line_not_a_traceback(tmp_path, monkeypatch):
+    monkeypatch.setenv("MUJOCO_GL", "foo")  # MuJoCo refuses to import at all
+    proc = robo_rl("eval", "run_dir=nowhere", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "MUJOCO_GL=foo" in proc.stderr and "egl" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_default_run_dir_is_one_directory_however_the_id_is_spelled():

@@ -135,3 +135,27 @@ def box_bounds(low: Any, high: Any, dim: int, low_key: str = "low", high_key: st
 def floats(arr: np.ndarray) -> list:
     """A numpy array as (nested) lists of Python floats, for describe()."""
     return np.asarray(arr, dtype=np.float64).tolist()
+
+
+def yaml_error(source: str, exc: Exception) -> str:
+    """One line for a YAML syntax error (``yaml.YAMLError``) in ``source``: where and what, not the parser's excerpt.
+
+    ``source`` names the file the text came from; when the parser read a file itself, its mark
+    names that file instead. No yaml import is needed: only the exception's attributes are read.
+    """
+    problem_mark, context_mark = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
+    mark = problem_mark or context_mark
+    name = str(getattr(mark, "name", "") or "")
+    where = name if name and not name.startswith("<") else source
+
+    def at(m: Any) -> str:
+        return f"line {m.line + 1}, column {m.column + 1}"
+
+    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    message = f"{where} is not valid YAML" + (f" at {at(mark)}" if mark is not None else "") + f": {problem}"
+    context = getattr(exc, "context", None)
+    if context and context_mark is not None and problem_mark is not None:
+        message += f" ({context} at {at(context_mark)})"
+    elif context:
+        message += f" ({context})"
+    return message + "; fix the file's syntax"

@@ -1,0 +1,238 @@
+"""Bad input to `robo-rl export` / `robo-rl deploy` (and their Python API): refused up front, with one line
+naming the key or file and what to change; no traceback, no partial output, nothing silently accepted.
+
+The commands run in-process (``export_main`` / ``deploy_main``, exit code + stderr as the user sees them) on
+real files: tiny exports from ``make_export`` and one tiny trained run, onnxruntime for real.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from robo_rl.cli import deploy_main, export_main
+from sim2real.deploy import deploy
+from sim2real.export import sha256_of
+from sim2real.loop import ControlLoop
+from sim2real.robots import CallbackRobot, MujocoSim2SimRobot
+from sim2real.runtime import ExportError, PolicyRuntime
+from tests.sim2real.conftest import make_export
+
+BROKEN_YAML = "filters:\n  - {type: rate, max_delta: [0.5]\n"  # the flow mapping is never closed
+
+
+def run_cli(main, args, capsys) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("robo-rl: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """A real (tiny) SAC run on Pendulum to export from."""
+    from robo_rl.train import compose_config, train
+    from tests.test_cli import TINY
+
+    run = tmp_path_factory.mktemp("run") / "run"
+    train(compose_config([*TINY, "steps=200", f"run_dir={run}"]), run)
+    return run
+
+
+@pytest.fixture
+def pendulum_export(tmp_path: Path) -> Path:
+    return make_export(tmp_path / "export", obs_dim=4, act_dim=1, low=-3.0, high=3.0, task="InvertedPendulum-v5")
+
+
+# --- 1. a safety= file with a YAML syntax error -------------------------------------------------------------------
+
+def test_yaml_syntax_error_in_a_safety_file_names_the_file_and_line(tmp_path, trained_run, pendulum_export, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BROKEN_YAML)
+
+    code, out, err = run_cli(deploy_main, [f"export={pendulum_export}", f"safety={bad}", "steps=5"], capsys)
+    line = one_line_error(err)
+    assert code == 2 and f"safety={bad} is not valid YAML at line 3, column 1" in line and "fix the file's syntax" in line
+    assert "flow mapping at line 2" in line  # where the unclosed mapping starts
+    assert out == "" and not (pendulum_export / "deploy.json").exists()  # nothing ran, nothing written
+
+    code, out, err = run_cli(export_main, [f"run_dir={trained_run}", f"safety={bad}", f"out_dir={tmp_path / 'x'}"], capsys)
+    line = one_line_error(err)
+    assert code == 2 and f"safety={bad} is not valid YAML at line 3" in line
+    assert not (tmp_path / "x").exists()
+
+
+# --- 2. export out_dir that is an existing regular file -----------------------------------------------------------
+
+def test_export_out_dir_that_is_a_file_is_refused_before_the_run_is_read(tmp_path, trained_run, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    # refused before the run is even read: a missing run would otherwise be the error
+    code, _, err = run_cli(export_main, ["run_dir=nowhere", f"out_dir={afile}"], capsys)
+    assert code == 2 and f"out_dir={afile}: {afile} exists and is not a directory; choose another out_dir" in one_line_error(err)
+    code, _, err = run_cli(export_main, ["run_dir=nowhere", f"out_dir={afile / 'sub'}"], capsys)
+    assert code == 2 and f"{afile} is a file, so no directory can be made under it" in one_line_error(err)
+    assert afile.read_text() == "keep me"
+
+    # the default out_dir (<run_dir>/export) is checked too, before the model is written
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    shutil.rmtree(run / "export", ignore_errors=True)
+    (run / "export").write_text("keep me")
+    code, _, err = run_cli(export_main, [f"run_dir={run}"], capsys)
+    assert code == 2 and f"{run / 'export'} exists and is not a directory" in one_line_error(err)
+    assert (run / "export").read_text() == "keep me" and not list(run.glob(".policy*"))
+
+
+# --- 3. a corrupt model whose sha256 in the sidecar was rewritten to match ----------------------------------------
+
+def _rewrite_model(export: Path, data: bytes) -> None:
+    (export / "policy.onnx").write_bytes(data)
+    sidecar = json.loads((export / "policy.json").read_text())
+    sidecar["sha256"] = sha256_of(export / "policy.onnx")  # someone rewrote both: the checksum cannot tell
+    (export / "policy.json").write_text(json.dumps(sidecar))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_corrupt_model_with_matching_checksum_is_not_a_valid_onnx_model(pendulum_export, capsys, damage):
+    data = (pendulum_export / "policy.onnx").read_bytes()
+    _rewrite_model(pendulum_export, {"truncated": data[: len(data) // 2], "garbage": b"not onnx at all" * 50,
+                                     "empty": b""}[damage])
+    model = pendulum_export / "policy.onnx"
+    with pytest.raises(ExportError, match=rf"^{re.escape(str(model))} is not a valid ONNX model: ") as info:
+        PolicyRuntime(pendulum_export)
+    assert "\n" not in str(info.value) and "ONNXRuntimeError" not in str(info.value)
+    code, out, err = run_cli(deploy_main, [f"export={pendulum_export}", "steps=5"], capsys)
+    assert code == 2 and f"{model} is not a valid ONNX model" in one_line_error(err) and out == ""
+    assert not (pendulum_export / "deploy.json").exists()
+
+
+def test_model_whose_graph_does_not_fit_together_is_not_a_valid_onnx_model(pendulum_export):
+    from onnx import TensorProto, helper, numpy_helper
+
+    # a well-formed protobuf whose MatMul cannot work: obs [batch, 4] @ W [3, 1]
+    graph = helper.make_graph([helper.make_node("MatMul", ["obs", "W"], ["action"])], "g",
+                              [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", 1])],
+                              [numpy_helper.from_array(np.ones((3, 1), np.float32), "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    _rewrite_model(pendulum_export, model.SerializeToString())
+    with pytest.raises(ExportError, match="is not a valid ONNX model: .*matrix multiplication"):
+        PolicyRuntime(pendulum_export)
+
+
+# --- 4. deploy out= whose location cannot be written --------------------------------------------------------------
+
+def test_deploy_report_location_is_checked_before_the_run(tmp_path, pendulum_export, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    cases = {
+        afile / "deploy.json": f"{afile} is a file, not a directory; choose another report path",
+        afile / "sub" / "deploy.json": f"{afile} is a file, not a directory",
+        tmp_path: f"out={tmp_path}: is a directory; give a file path such as {tmp_path / 'deploy.json'}",
+        tmp_path / "missing" / "deploy.json": f"directory {tmp_path / 'missing'} does not exist; create it",
+    }
+    for out, message in cases.items():
+        code, stdout, err = run_cli(deploy_main, [f"export={pendulum_export}", "steps=5", f"out={out}"], capsys)
+        assert code == 2 and message in one_line_error(err), (out, err)
+        assert stdout == ""  # refused before the run: not even its first log line
+    assert afile.read_text() == "keep me" and not (tmp_path / "missing").exists()
+
+    lines: list[str] = []  # the Python API checks the same way before running
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        deploy(str(pendulum_export), steps=5, out=afile / "r.json", log=lines.append)
+    assert lines == []
+    report = deploy(str(pendulum_export), steps=5, out=tmp_path / "r.json", log=lines.append)  # and writes it
+    assert json.loads((tmp_path / "r.json").read_text())["loop"]["steps"] == report["loop"]["steps"] == 5
+
+
+# --- 5. rate_hz, steps and episodes -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["rate_hz=0", "steps=5"], "rate_hz=0.0: must be a finite number of Hz > 0, or null for the export's own rate"),
+    (["rate_hz=-5", "steps=5"], "rate_hz=-5.0: must be a finite number of Hz > 0"),
+    (["rate_hz=nan", "steps=5"], "rate_hz=nan: must be a finite number of Hz > 0"),
+    (["rate_hz=inf", "steps=5"], "rate_hz=inf: must be a finite number of Hz > 0"),
+    (["steps=0"], "steps=0: must be a whole number >= 1"),
+    (["steps=-3"], "steps=-3: must be a whole number >= 1"),
+    (["episodes=0"], "episodes=0: must be a whole number >= 1"),
+    (["episodes=-1", "steps=5"], "episodes=-1: must be a whole number >= 1"),
+    (["steps=abc"], "steps: Value 'abc' of type 'str' could not be converted to Integer"),
+])
+def test_deploy_refuses_bad_rate_steps_and_episodes(pendulum_export, capsys, args, message):
+    code, out, err = run_cli(deploy_main, [f"export={pendulum_export}", *args], capsys)
+    assert code == 2 and message in one_line_error(err) and out == ""
+    assert not (pendulum_export / "deploy.json").exists()  # no report full of nan, no exit 0
+
+
+def test_control_loop_refuses_a_zero_rate_and_zero_steps(pendulum_export):
+    runtime = PolicyRuntime(pendulum_export)
+    robot = CallbackRobot(get=lambda: np.zeros(4), send=lambda a: None, action_dim=1)
+    for rate in (0, -5.0, math.nan, math.inf, True):
+        with pytest.raises(ValueError, match=r"^rate_hz=.*must be a finite number of Hz > 0"):
+            ControlLoop(runtime, robot, rate_hz=rate)  # 0 used to fall back to the sidecar's 25 Hz
+    assert ControlLoop(runtime, robot).rate_hz == pytest.approx(25.0)  # None: the sidecar's
+    loop = ControlLoop(runtime, robot, realtime=False)
+    for steps in (0, -1, 2.5):
+        with pytest.raises(ValueError, match=r"^steps=.*must be a whole number >= 1"):
+            loop.run(steps=steps)
+
+
+# --- 6. sim2sim options -------------------------------------------------------------------------------------------
+
+ACCEPTED_PHYSICS = "mass_scale, friction_scale, damping_scale, actuator_gain_scale"
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("sim2sim.seed=-1", "sim2sim.seed=-1: expected a whole number >= 0"),
+    ("sim2sim.seed=abc", "sim2sim.seed: Value 'abc'"),
+    ("sim2sim.physics=3", f"sim2sim.physics=3: expected a mapping of [low, high] scale-factor ranges, e.g. "
+                          f"\"{{mass_scale:[0.8,1.2],friction_scale:[0.7,1.3]}}\" (keys: {ACCEPTED_PHYSICS})"),
+    ("sim2sim.physics=[0.8,1.2]", "sim2sim.physics=[0.8, 1.2]: expected a mapping of [low, high] scale-factor ranges"),
+    ("sim2sim.physics=heavy", "sim2sim.physics='heavy': expected a mapping"),
+    ("sim2sim.physics={mass_scale:2}", "sim2sim.physics.mass_scale: got '2', expected a [low, high] range of scale "
+                                       "factors, e.g. {mass_scale:[0.8,1.2]}"),
+    ("sim2sim.physics={mass:[0.8,1.2]}", f"sim2sim.physics.mass: unknown; known keys: {ACCEPTED_PHYSICS}"),
+    ("sim2sim.physics={mass_scale:[true,2]}", "sim2sim.physics.mass_scale=[True, 2]: expected [low, high] scale factors"),
+    ("sim2sim.physics={mass_scale:[1,2,3]}", "sim2sim.physics.mass_scale=[1, 2, 3]: expected [low, high] scale factors"),
+    ("sim2sim.physics={mass_scale:[0,1]}", "sim2sim.physics.mass_scale=[0.0, 1.0]: needs finite > 0.0 factors"),
+    ("sim2sim.physics={mass_scale:[nan,1]}", "sim2sim.physics.mass_scale=['nan', 1]: expected [low, high] scale factors"),
+    ("sim2sim.timestep=nan", "sim2sim.timestep=nan: expected a finite number of seconds > 0"),
+    ("sim2sim.timestep=inf", "sim2sim.timestep=inf: expected a finite number of seconds > 0"),
+    ("sim2sim.observation_noise=nan", "sim2sim.observation_noise=nan: expected a finite std >= 0"),
+    ("sim2sim.max_episode_steps=0", "sim2sim.max_episode_steps=0: expected a whole number of steps >= 1"),
+    ("watchdog.max_observation_age=nan", "watchdog.max_observation_age=nan: expected seconds > 0"),
+    ("safety=run", "safety=run: deploy has no run to take filters from; leave safety unset for the sidecar's chain"),
+])
+def test_deploy_option_errors_name_the_key_and_what_is_accepted(pendulum_export, capsys, arg, message):
+    code, out, err = run_cli(deploy_main, [f"export={pendulum_export}", "steps=5", arg], capsys)
+    assert code == 2 and message in one_line_error(err) and out == ""
+    assert not (pendulum_export / "deploy.json").exists()
+
+
+def test_sim2sim_robot_refuses_bad_values_from_python():
+    for kwargs, key in [({"seed": -1}, "sim2sim.seed=-1"), ({"seed": 1.5}, "sim2sim.seed=1.5"),
+                        ({"max_episode_steps": 0}, "sim2sim.max_episode_steps=0"),
+                        ({"action_latency": True}, "sim2sim.action_latency=True"),
+                        ({"physics": {"mass_scale": "12"}}, "sim2sim.physics.mass_scale='12'"),  # not read as 1, 2
+                        ({"control_dt": math.nan}, "control_dt=nan")]:
+        with pytest.raises(ValueError, match=rf"^{key}"):
+            MujocoSim2SimRobot("InvertedPendulum-v5", **kwargs)
+    robot = MujocoSim2SimRobot("InvertedPendulum-v5", seed=3.0, max_episode_steps=20.0)  # whole floats are whole numbers
+    assert robot.seed == 3 and robot.max_episode_steps == 20
+
+
+def test_deploy_refuses_an_empty_task_instead_of_dropping_the_task_kwargs(pendulum_export):
+    with pytest.raises(ValueError, match=r"^task='': give a gymnasium id, or null for the export's own task"):
+        deploy(str(pendulum_export), task="", steps=5, log=lambda _: None)
