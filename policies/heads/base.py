@@ -12,11 +12,19 @@ head that lacks them at construction, with a message saying what to choose inste
 
 Observations are raw env observations: the head owns the observation normalizer (``obs_norm``)
 so that an exported head includes it. Actions are in the env's units and bounds.
+
+``act`` (the acting path: exploration, evaluation, candidates) raises FloatingPointError rather than
+return a NaN action (``checked``: one reduction). The training-time ``sample`` of the Gaussian,
+deterministic and mixture heads runs inside (compiled) losses and is not checked: a NaN there shows
+in the update's metrics, which the runner checks, as it checks every action it sends to an env.
 """
 
 from __future__ import annotations
 
 import abc
+import inspect
+import math
+import numbers
 
 import numpy as np
 import torch
@@ -27,6 +35,19 @@ from policies.normalizers import ObsNormalizer
 
 class UnsupportedByHead(TypeError):
     """A learner asked a head for something the head does not provide (see its capability flags)."""
+
+
+#: what every head's constructor takes first; ``build_head`` supplies them, they are not options
+_POSITIONAL = ("self", "obs_dim", "action_low", "action_high", "obs_norm")
+
+
+def count_option(key: str, value: object, least: int, why: str) -> int:
+    """The integer option ``policy.<key>``, refused with ``why`` unless it is a whole number >= ``least``
+    (``int()`` would turn 2.5 steps into 2 without a word; 4.0 is read as 4, as the config layer reads it)."""
+    whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer())
+    if isinstance(value, bool) or not whole or value < least:
+        raise ValueError(f"policy.{key}={value!r}: {why}")
+    return int(value)
 
 
 class PolicyHead(nn.Module, abc.ABC):
@@ -40,6 +61,15 @@ class PolicyHead(nn.Module, abc.ABC):
     action_chunk: int = 1
 
     name: str = "head"
+    #: act() checks its actions for NaN/Inf; off only for a head whose owner checks what it makes of them
+    #: (the latent head's Gaussian over z: the decoded action is checked, and a NaN z decodes to NaN)
+    check_actions: bool = True
+
+    @classmethod
+    def options(cls) -> tuple[str, ...]:
+        """The keyword options of this head's constructor, in order: what ``build_head`` passes on."""
+        return tuple(name for name, p in inspect.signature(cls.__init__).parameters.items()
+                     if name not in _POSITIONAL and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
 
     def __init__(self, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray, obs_norm: ObsNormalizer) -> None:
         super().__init__()
@@ -89,6 +119,23 @@ class PolicyHead(nn.Module, abc.ABC):
         return self.act(obs, deterministic=True)
 
     # -- helpers for subclasses -----------------------------------------------------------------
+    def checked(self, actions: torch.Tensor, also: torch.Tensor | None = None, what: str = "actions") -> torch.Tensor:
+        """``actions`` once known to be finite (and ``also``: network outputs they were chosen by), else a
+        FloatingPointError naming the head: a diverged head must not hand NaN to an env or a robot.
+
+        A NaN or Inf makes the sum non-finite, so one reduction and one scalar read decide (what matters at
+        batch 1, in the acting loop); the exact test runs only then, since a sum of large finite values can
+        overflow. Skipped while torch.compile / torch.export records a graph, where a Python-side read would
+        break it (the eager call still checks). ``forward``, an export's computation, does not check: the
+        exporter checks its outputs itself."""
+        if not self.check_actions or torch.compiler.is_compiling():
+            return actions
+        total = actions.sum() if also is None else actions.sum() + also.sum()
+        if not math.isfinite(float(total)) and not (bool(torch.isfinite(actions).all())
+                                                    and (also is None or bool(torch.isfinite(also).all()))):
+            raise FloatingPointError(f"the {self.name} head produced non-finite {what} (diverged weights?)")
+        return actions
+
     def clip_action(self, actions: torch.Tensor) -> torch.Tensor:
         return torch.maximum(torch.minimum(actions, self.action_high), self.action_low)
 

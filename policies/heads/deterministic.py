@@ -40,6 +40,11 @@ class DeterministicHead(PolicyHead):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        return self.checked(self.mean_action(obs))
+
+    @torch.no_grad()
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """The action, what an export computes (unchecked: see ``PolicyHead.checked``)."""
         return self.mean_action(obs)
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, None]:

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from policies.heads.base import count_option
 from policies.heads.generative import GenerativeHead
 from policies.normalizers import ObsNormalizer
 
@@ -68,12 +69,16 @@ class DiffusionHead(GenerativeHead):
     def __init__(self, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray, obs_norm: ObsNormalizer,
                  hidden_sizes: Sequence[int] = (256, 256, 256), activation: str = "mish", train_steps: int = 100,
                  inference_steps: int = 10, scheduler: str = "ddim", beta_schedule: str = "squaredcos_cap_v2",
-                 chunk: int = 1, execute: int | None = None, denoiser: str = "residual", **_: Any) -> None:
-        if int(inference_steps) < 1:
-            raise ValueError(f"policy.inference_steps={inference_steps}: the diffusion head needs at least 1 sampling step")
-        if int(train_steps) < int(inference_steps):
-            raise ValueError(f"policy.inference_steps={inference_steps} exceeds policy.train_steps={train_steps}")
-        self.train_steps, self.inference_steps, self.scheduler_kind = int(train_steps), int(inference_steps), scheduler
+                 chunk: int = 1, execute: int | None = None, denoiser: str = "residual") -> None:
+        train_steps = count_option("train_steps", train_steps, 1, "the diffusion head needs at least 1 diffusion "
+                                   "timestep, a whole number (default 100; sampling runs policy.inference_steps of them)")
+        inference_steps = count_option("inference_steps", inference_steps, 1, "the diffusion head needs at least 1 "
+                                       "sampling step, a whole number (DDIM is usually run with 5-10)")
+        if train_steps < inference_steps:
+            raise ValueError(f"policy.inference_steps={inference_steps} exceeds policy.train_steps={train_steps}: "
+                             "sampling visits a subset of the training timesteps, so use inference_steps <= "
+                             "train_steps")
+        self.train_steps, self.inference_steps, self.scheduler_kind = train_steps, inference_steps, scheduler
         super().__init__(obs_dim, action_low, action_high, obs_norm, hidden_sizes, activation, chunk, execute,
                          denoiser=denoiser)
         self.train_scheduler = make_scheduler("ddpm", self.train_steps, beta_schedule)

@@ -9,11 +9,12 @@ midpoint) steps; the result is clipped to the unit box and scaled to the action 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
+from policies.heads.base import count_option
 from policies.heads.generative import GenerativeHead, timestep_embedding
 from policies.networks import tracing
 from policies.normalizers import ObsNormalizer
@@ -26,15 +27,14 @@ class FlowHead(GenerativeHead):
 
     def __init__(self, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray, obs_norm: ObsNormalizer,
                  hidden_sizes: Sequence[int] = (256, 256, 256), activation: str = "mish", steps: int = 4,
-                 solver: str = "euler", chunk: int = 1, execute: int | None = None, denoiser: str = "mlp",
-                 **_: Any) -> None:
-        if int(steps) < 1:
-            raise ValueError(f"policy.steps={steps}: the flow head needs at least 1 integration step (1-10 is typical)")
+                 solver: str = "euler", chunk: int = 1, execute: int | None = None, denoiser: str = "mlp") -> None:
+        steps = count_option("steps", steps, 1, "the flow head needs at least 1 integration step, a whole number "
+                             "(1-10 is typical)")
         if solver not in SOLVERS:
             raise ValueError(f"policy.solver={solver!r}: choose one of {', '.join(SOLVERS)}")
         super().__init__(obs_dim, action_low, action_high, obs_norm, hidden_sizes, activation, chunk, execute,
                          denoiser=denoiser)
-        self.steps, self.solver = int(steps), solver
+        self.steps, self.solver = steps, solver
 
     def time_scale(self) -> float:
         return 100.0  # t in [0, 1] spread over the embedding's frequencies like diffusion timesteps

@@ -74,11 +74,19 @@ class GaussianHead(PolicyHead):
     def _out(self, x: torch.Tensor) -> torch.Tensor:
         return self.from_unit(torch.tanh(x)) if self.squash else x
 
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+    def _act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
         mean, log_std = self.distribution(obs)
         x = mean if deterministic else mean + log_std.exp() * torch.randn_like(mean)
         return self._out(x) if self.squash else self.clip_action(x)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        return self.checked(self._act(obs, deterministic))
+
+    @torch.no_grad()
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """The deterministic action, what an export computes (unchecked: see ``PolicyHead.checked``)."""
+        return self._act(obs, True)
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, log_std = self.distribution(obs)

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from policies.heads.base import PolicyHead
-from policies.networks import Mish, activation
+from policies.heads.base import PolicyHead, count_option
+from policies.networks import ACTIVATIONS, Mish, activation
 from policies.normalizers import ObsNormalizer
 
 
@@ -126,16 +126,19 @@ class GenerativeHead(PolicyHead):
                  hidden_sizes: Sequence[int] = (256, 256, 256), activation: str = "mish", chunk: int = 1,
                  execute: int | None = None, time_dim: int = 32, denoiser: str = "residual") -> None:
         super().__init__(obs_dim, action_low, action_high, obs_norm)
-        if chunk < 1:
-            raise ValueError(f"chunk must be >= 1 (actions predicted per query), got {chunk}")
-        execute = chunk if execute is None else execute
-        if not 1 <= execute <= chunk:
-            raise ValueError(f"execute={execute} must be between 1 and chunk={chunk} (actions run per query)")
+        chunk = count_option("chunk", chunk, 1, "a head predicts at least 1 action per query (a whole number)")
+        between = f"must be a whole number between 1 and policy.chunk={chunk} (actions run per query; null: all of them)"
+        execute = chunk if execute is None else count_option("execute", execute, 1, between)
+        if execute > chunk:
+            raise ValueError(f"policy.execute={execute}: {between}")
         if denoiser not in ("residual", "mlp"):
             raise ValueError(f"policy.denoiser={denoiser!r}: choose residual or mlp")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"policy.activation={activation!r}: choose one of {', '.join(ACTIVATIONS)}")
         widths = set(hidden_sizes)
         if len(widths) != 1:
-            raise ValueError(f"the denoiser needs equal hidden sizes (one width), got {list(hidden_sizes)}")
+            raise ValueError(f"policy.hidden_sizes={list(hidden_sizes)}: the denoiser needs equal hidden sizes "
+                             "(one width, e.g. [256, 256, 256])")
         self.action_chunk, self.execute = chunk, execute
         self.x_dim = chunk * self.act_dim
         self.net = ConditionalDenoiser(self.x_dim, obs_dim, widths.pop(), max(len(hidden_sizes), 1), activation,
@@ -174,8 +177,8 @@ class GenerativeHead(PolicyHead):
 
     @torch.no_grad()
     def act_chunk(self, obs: torch.Tensor, deterministic: bool = False, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Env-unit chunks [B, chunk, A]."""
-        return self._chunks(obs, deterministic, noise)
+        """Env-unit chunks [B, chunk, A] (what ChunkExecutor acts with), checked as ``act`` checks."""
+        return self.checked(self._chunks(obs, deterministic, noise))
 
     def _chunks(self, obs: torch.Tensor, deterministic: bool, noise: torch.Tensor | None = None) -> torch.Tensor:
         if noise is None:
@@ -185,12 +188,8 @@ class GenerativeHead(PolicyHead):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        actions = self._chunks(obs, deterministic)[:, 0]  # a chunk's first action (see ChunkExecutor)
-        # the chain ends in a clip to the unit box, so a non-finite action can only be NaN, and one NaN makes
-        # the sum NaN: one reduction instead of isfinite + all (which matters at batch 1)
-        if not math.isfinite(float(actions.sum())):
-            raise FloatingPointError(f"the {self.name} head sampled non-finite actions (diverged weights?)")
-        return actions
+        # a chunk's first action (see ChunkExecutor); one reduction tells a NaN (see PolicyHead.checked)
+        return self.checked(self._chunks(obs, deterministic)[:, 0])
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, None]:
         with torch.no_grad():

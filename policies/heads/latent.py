@@ -20,7 +20,7 @@ given z, which keeps exports reproducible.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -43,16 +43,19 @@ class LatentDecoderHead(PolicyHead):
                  hidden_sizes: Sequence[int] = (64, 64), activation: str = "tanh", decoder: str = "flow",
                  decoder_hidden: Sequence[int] = (256, 256, 256), decoder_steps: int = 4, latent_limit: float | None = None,
                  log_std_init: float = 0.0, ortho_init: bool = True, squash: bool = False,
-                 state_dependent_std: bool = False, **_: Any) -> None:
+                 state_dependent_std: bool = False) -> None:
         super().__init__(obs_dim, action_low, action_high, obs_norm)
         if decoder not in DECODERS:
             raise ValueError(f"policy.decoder={decoder!r}: choose one of {', '.join(DECODERS)}")
         options = {"steps": decoder_steps} if decoder == "flow" else {"inference_steps": decoder_steps, "scheduler": "ddim"}
         try:
             self.decoder = DECODERS[decoder](obs_dim, action_low, action_high, obs_norm, decoder_hidden, "mish", **options)
-        except ValueError as exc:  # the decoder's own key is decoder_steps here
+        except ValueError as exc:  # the decoder's own keys are decoder_steps and decoder_hidden here
             raise ValueError(str(exc).replace("policy.inference_steps=", "policy.decoder_steps=")
-                             .replace("policy.steps=", "policy.decoder_steps=")) from None
+                             .replace("use inference_steps", "use decoder_steps")
+                             .replace("or policy=flow", "or policy.decoder=flow")
+                             .replace("policy.steps=", "policy.decoder_steps=")
+                             .replace("policy.hidden_sizes=", "policy.decoder_hidden=")) from None
         z_dim = self.decoder.noise_shape(1)[1]
         if squash and decoder != "flow":
             raise ValueError("a squashed latent (algo=gorl_sac) needs policy.decoder=flow: DDIM's chain assumes "
@@ -64,12 +67,14 @@ class LatentDecoderHead(PolicyHead):
         self.latent = GaussianHead(obs_dim, -np.full(z_dim, limit), np.full(z_dim, limit), obs_norm, hidden_sizes,
                                    activation, squash=squash, state_dependent_std=state_dependent_std,
                                    log_std_init=log_std_init, ortho_init=ortho_init)
+        self.latent.check_actions = False  # decode() checks the action, and a NaN z decodes to a NaN action
         self.z_dim, self.latent_limit = z_dim, limit
 
     @torch.no_grad()
     def decode(self, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Env-unit actions [B, A] for latents z [B, z_dim]."""
-        return self.decoder.from_unit(self.decoder.generate(obs, self.latent.clip_action(z)))[:, 0]
+        """Env-unit actions [B, A] for latents z [B, z_dim] (GoRL's env actions), checked as the generative
+        heads' are: a FloatingPointError if the latent policy or the decoder has diverged."""
+        return self.checked(self.decoder.from_unit(self.decoder.generate(obs, self.latent.clip_action(z)))[:, 0])
 
     def decode_unit(self, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Unit-scale actions [B, A] for latents z, differentiable in z (the clip to the unit box passes

@@ -10,12 +10,12 @@ EXPO and PA-RL its imitation loss, which is the negative log-likelihood).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from policies.heads.base import PolicyHead
+from policies.heads.base import PolicyHead, count_option
 from policies.heads.gaussian import LOG_STD_MAX, LOG_STD_MIN, tanh_log_det
 from policies.networks import mlp, orthogonal_init_
 from policies.normalizers import ObsNormalizer
@@ -30,11 +30,10 @@ class MixtureHead(PolicyHead):
 
     def __init__(self, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray, obs_norm: ObsNormalizer,
                  hidden_sizes: Sequence[int] = (256, 256), activation: str = "relu", components: int = 5,
-                 squash: bool = True, ortho_init: bool = False, **_: Any) -> None:
+                 squash: bool = True, ortho_init: bool = False) -> None:
         super().__init__(obs_dim, action_low, action_high, obs_norm)
-        if int(components) < 1:
-            raise ValueError(f"policy.components={components}: a mixture needs at least one component")
-        self.k, self.squash = int(components), squash
+        self.k = count_option("components", components, 1, "a mixture needs at least one component (a whole number)")
+        self.squash = squash
         self.net = mlp(obs_dim, hidden_sizes, self.k * (1 + 2 * self.act_dim), activation)
         if ortho_init:
             orthogonal_init_(self.net, out_gain=0.01)
@@ -60,20 +59,38 @@ class MixtureHead(PolicyHead):
     def _out(self, x: torch.Tensor) -> torch.Tensor:
         return self.from_unit(torch.tanh(x)) if self.squash else self.clip_action(x)
 
+    def _pick(self, log_w: torch.Tensor) -> torch.Tensor:
+        """A component per row [B], drawn by weight."""
+        try:  # multinomial reads the weights back to validate them (one sync) and refuses NaN/Inf
+            return torch.multinomial(log_w.exp(), 1).squeeze(-1)
+        except RuntimeError:
+            if bool(torch.isfinite(log_w).all()):
+                raise
+            raise FloatingPointError(f"the {self.name} head produced non-finite mixture weights "
+                                     "(diverged weights?)") from None
+
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         log_w, means, log_stds = self.components(obs)
-        pick = torch.multinomial(log_w.exp(), 1).squeeze(-1)
+        pick = self._pick(log_w)
         rows = torch.arange(obs.shape[0], device=obs.device)
         x = means[rows, pick] + log_stds[rows, pick].exp() * torch.randn_like(means[:, 0])
         logp = self._log_prob_x(log_w, means, log_stds, x)
         return (self.from_unit(torch.tanh(x)) if self.squash else x), logp
 
+    def _mode(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean of the heaviest component (a mode) as an action [B, A], and that component's log-weight [B]."""
+        log_w, means, _ = self.components(obs)
+        top, pick = log_w.max(-1)
+        return self._out(means[torch.arange(obs.shape[0], device=obs.device), pick]), top
+
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        if not deterministic:
-            return self._out(self.sample(obs)[0]) if not self.squash else self.sample(obs)[0]
-        log_w, means, _ = self.components(obs)  # the mean of the heaviest component: a mode
-        return self._out(means[torch.arange(obs.shape[0], device=obs.device), log_w.argmax(-1)])
+        if not deterministic:  # (a non-finite weight already failed the draw)
+            actions = self.sample(obs)[0]
+            return self.checked(actions if self.squash else self.clip_action(actions))
+        actions, top = self._mode(obs)
+        # the weight too: NaN logits alone would still pick a finite mean, and argmax would not say so
+        return self.checked(actions, also=top, what="actions or mixture weights")
 
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         x = torch.atanh(self.to_unit(actions).clamp(-1.0 + 1e-6, 1.0 - 1e-6)) if self.squash else actions
@@ -83,5 +100,7 @@ class MixtureHead(PolicyHead):
         nll = -self.log_prob(obs, actions)
         return nll.mean() if weights is None else (nll * weights).sum() / weights.sum().clamp_min(1e-8)
 
+    @torch.no_grad()
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.act(obs, deterministic=True)
+        """The deterministic action, what an export computes (unchecked: see ``PolicyHead.checked``)."""
+        return self._mode(obs)[0]

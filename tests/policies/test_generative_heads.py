@@ -213,7 +213,7 @@ def test_chunks_execute_k_actions_per_query():
     ("diffusion", {"beta_schedule": "linear"}, "keeps 36% of the action's variance at the last noise level"),
     ("latent", {"decoder": "diffusion", "decoder_steps": 1}, r"policy.decoder_steps=1: the sampling chain"),
     ("latent", {"decoder": "flow", "decoder_steps": 0}, r"policy.decoder_steps=0: the flow head"),
-    ("flow", {"chunk": 2, "execute": 3}, "between 1 and chunk=2"),
+    ("flow", {"chunk": 2, "execute": 3}, r"policy.execute=3: must be a whole number between 1 and policy.chunk=2"),
     ("mixture", {"components": 0}, "at least one component"),
     ("latent", {"decoder": "vae"}, "flow, diffusion"),
 ])

@@ -1,0 +1,181 @@
+"""Bad input to the policy heads: unknown options, mistyped counts and diverged weights fail loudly, naming
+what to change, instead of being ignored or handing NaN actions on."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from policies import HEADS, build_head
+
+LOW, HIGH = -np.ones(2), np.ones(2)
+#: the smallest networks each head builds with, and a short sampling chain
+SMALL = {
+    "gaussian": {"hidden_sizes": (8,)},
+    "deterministic": {"hidden_sizes": (8,)},
+    "mixture": {"hidden_sizes": (8,), "components": 3},
+    "diffusion": {"hidden_sizes": (16, 16), "train_steps": 20, "inference_steps": 2},
+    "flow": {"hidden_sizes": (16, 16), "steps": 2},
+    "latent": {"hidden_sizes": (8,), "decoder_hidden": (16, 16), "decoder_steps": 2},
+}
+
+
+def head(name, **options):
+    return build_head(name, 3, LOW, HIGH, **{**SMALL[name], **options})
+
+
+def poison(module, value=float("nan")):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.fill_(value)
+
+
+# -- 1. unknown keyword options ----------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(HEADS))
+def test_an_unknown_option_names_the_key_and_the_heads_options(name):
+    with pytest.raises(TypeError) as info:
+        head(name, stepz=4)
+    message = str(info.value)
+    assert f"the {name} head has no option 'stepz'" in message
+    assert f"it takes {', '.join(HEADS[name].options())}" in message  # what to use instead
+
+
+def test_a_near_miss_is_pointed_at_and_every_unknown_key_is_listed():
+    with pytest.raises(TypeError, match=r"no options 'stepz' \(did you mean 'steps'\?\), 'colour'; it takes"):
+        head("flow", stepz=4, colour="red")
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_the_head_classes_themselves_take_no_unknown_keywords(name):
+    # the root: no constructor swallows keywords (``**_``), so a direct construction fails too
+    from policies.normalizers import ObsNormalizer
+
+    with pytest.raises(TypeError, match="stepz"):
+        HEADS[name](3, LOW, HIGH, ObsNormalizer(3), stepz=4)
+
+
+def test_every_config_key_of_a_head_is_one_of_its_options():
+    # what `robo-rl train policy=<head>` passes: the policy.* keys but name / normalize_obs / obs_clip
+    # (robo_rl.build._head_options); all must be accepted now that nothing is silently dropped
+    from robo_rl.config import POLICY_SCHEMAS
+
+    assert set(POLICY_SCHEMAS) == set(HEADS)
+    for name, schema in POLICY_SCHEMAS.items():
+        keys = {f.name for f in dataclasses.fields(schema)} - {"name", "normalize_obs", "obs_clip"}
+        assert keys == set(HEADS[name].options()), name
+
+
+# -- 2. and 3. diverged weights ----------------------------------------------------------------------
+@pytest.mark.parametrize("part", ["decoder", "latent"])
+def test_latent_head_raises_on_non_finite_actions(part):
+    # GoRL's env actions are decode(obs, z) (the on-policy runner checks z, not the decoded action)
+    h = head("latent")
+    poison(getattr(h, part))
+    obs = torch.zeros(2, 3)
+    calls = [lambda: h.act(obs), lambda: h.act(obs, deterministic=True), lambda: h.sample(obs)]
+    if part == "decoder":  # a latent the policy did not make
+        calls.append(lambda: h.decode(obs, torch.zeros(2, h.z_dim)))
+    for call in calls:
+        with pytest.raises(FloatingPointError, match=r"the latent head produced non-finite actions \(diverged weights\?\)"):
+            call()
+
+
+@pytest.mark.parametrize("squash", [True, False])
+def test_mixture_head_raises_floating_point_error_not_a_torch_error(squash):
+    h = head("mixture", squash=squash)
+    poison(h)
+    obs = torch.zeros(2, 3)
+    message = r"the mixture head produced non-finite (actions or )?mixture weights \(diverged weights\?\)"
+    for call in (lambda: h.act(obs), lambda: h.act(obs, deterministic=True), lambda: h.sample(obs)):
+        with pytest.raises(FloatingPointError, match=message):
+            call()
+
+
+def test_mixture_head_raises_when_only_its_weights_or_only_its_means_diverge():
+    h = head("mixture")
+    k, a = h.k, h.act_dim
+    last = [m for m in h.net if isinstance(m, torch.nn.Linear)][-1]
+    obs = torch.zeros(2, 3)
+    with torch.no_grad():
+        last.bias[:k] = float("nan")  # the logits: the mode would still be a finite mean
+    for deterministic in (False, True):
+        with pytest.raises(FloatingPointError, match="non-finite"):
+            h.act(obs, deterministic=deterministic)
+    h = head("mixture")
+    last = [m for m in h.net if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.bias[k:k + k * a] = float("nan")  # the means: the draw succeeds, its action is NaN
+    for deterministic in (False, True):
+        with pytest.raises(FloatingPointError, match="the mixture head produced non-finite actions"):
+            h.act(obs, deterministic=deterministic)
+
+
+@pytest.mark.parametrize("name, options", [("gaussian", {}), ("gaussian", {"squash": False, "state_dependent_std": False}),
+                                           ("deterministic", {}), ("mixture", {})])
+def test_unimodal_and_mixture_heads_check_acted_actions_but_not_the_export_path(name, options):
+    h = head(name, **options)
+    poison(h)
+    obs = torch.zeros(1, 3)  # batch 1: the acting loop
+    for deterministic in (False, True):
+        with pytest.raises(FloatingPointError, match=f"the {name} head produced non-finite"):
+            h.act(obs, deterministic=deterministic)
+    # forward is what an export computes: no Python-side check in the graph (the exporter checks its outputs)
+    assert torch.isnan(h(obs)).all()
+
+
+def test_healthy_heads_act_as_before():
+    obs = torch.randn(4, 3)
+    for name in HEADS:
+        h = head(name)
+        for deterministic in (False, True):
+            actions = h.act(obs, deterministic=deterministic)
+            assert actions.shape == (4, 2) and torch.isfinite(actions).all(), name
+        if name in ("gaussian", "deterministic", "mixture"):
+            torch.testing.assert_close(h(obs), h.act(obs, deterministic=True))
+
+
+def test_a_huge_but_finite_action_is_not_mistaken_for_a_non_finite_one():
+    # the check reads one sum; a sum that overflows float32 is settled by the exact test
+    h = build_head("gaussian", 3, -np.full(4, 3e38), np.full(4, 3e38), hidden_sizes=(8,), squash=False,
+                   state_dependent_std=False)
+    with torch.no_grad():
+        h.net[-1].bias.fill_(2e38)
+        h.net[-1].weight.zero_()
+    actions = h.act(torch.zeros(1, 3), deterministic=True)
+    assert torch.isinf(actions.sum()) and torch.isfinite(actions).all()
+
+
+# -- 4. diffusion / flow options name their own key ------------------------------------------------------
+@pytest.mark.parametrize("name, options, message", [
+    ("diffusion", {"train_steps": 0}, r"^policy.train_steps=0: the diffusion head needs at least 1 diffusion timestep"),
+    ("diffusion", {"train_steps": 2.5}, r"^policy.train_steps=2.5: .* a whole number"),
+    ("diffusion", {"inference_steps": 0}, r"^policy.inference_steps=0: the diffusion head needs at least 1 sampling step"),
+    ("diffusion", {"inference_steps": float("nan")}, r"^policy.inference_steps=nan: .* a whole number"),
+    ("diffusion", {"train_steps": 5, "inference_steps": 10}, r"^policy.inference_steps=10 exceeds policy.train_steps=5: "
+                                                              r".*use inference_steps <= train_steps"),
+    ("flow", {"steps": 2.5}, r"^policy.steps=2.5: the flow head needs at least 1 integration step, a whole number"),
+    ("flow", {"steps": True}, r"^policy.steps=True: "),
+    ("flow", {"chunk": 0}, r"^policy.chunk=0: a head predicts at least 1 action per query"),
+    ("flow", {"execute": 0}, r"^policy.execute=0: must be a whole number between 1 and policy.chunk=1"),
+    ("diffusion", {"chunk": 2, "execute": 3}, r"^policy.execute=3: must be a whole number between 1 and policy.chunk=2"),
+    ("flow", {"hidden_sizes": (16, 32)}, r"^policy.hidden_sizes=\[16, 32\]: the denoiser needs equal hidden sizes"),
+    ("diffusion", {"activation": "swish"}, r"^policy.activation='swish': choose one of"),
+    ("latent", {"decoder_hidden": (16, 32)}, r"^policy.decoder_hidden=\[16, 32\]: the denoiser needs equal hidden sizes"),
+    ("latent", {"decoder_steps": 2.5}, r"^policy.decoder_steps=2.5: "),
+    ("latent", {"decoder": "diffusion", "decoder_steps": 1}, r"^policy.decoder_steps=1: .* use decoder_steps >= 2 .* "
+                                                             r"or policy.decoder=flow"),
+    ("mixture", {"components": 2.5}, r"^policy.components=2.5: a mixture needs at least one component \(a whole number\)"),
+])
+def test_generative_options_are_reported_against_their_own_key(name, options, message):
+    with pytest.raises(ValueError, match=message):
+        head(name, **options)
+
+
+def test_whole_numbers_given_as_floats_are_read_as_integers():
+    # as the config layer reads policy.steps=4.0 (and 1e1): the value, not its spelling, decides
+    assert head("flow", steps=4.0).steps == 4
+    h = head("diffusion", train_steps=2e1, inference_steps=np.float32(2))
+    assert (h.train_steps, h.inference_steps) == (20, 2) and type(h.train_steps) is int
+    assert head("mixture", components=3.0).k == 3
+    assert head("flow", chunk=2.0, execute=1.0).execute == 1
