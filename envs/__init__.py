@@ -6,6 +6,7 @@ contract every backend keeps.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
@@ -40,6 +41,14 @@ def make_env(
     ``randomize`` turns on domain randomization (``envs.randomization``; a spec or its dict).
     ``render`` prepares gymnasium-backend envs for ``render()`` (the MuJoCo backend always can).
     """
+    for name, value, least in (("num_envs", num_envs, 1), ("max_episode_steps", max_episode_steps, 1), ("threads", threads, 0)):
+        if value is None and name == "max_episode_steps":
+            continue  # the task's own time limit
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+            raise ValueError(f"{task_id}: {name}={value!r} must be an integer >= {least}"
+                             + (" (or None: the task's own time limit)" if name == "max_episode_steps" else "")
+                             + (" (0: all CPUs)" if name == "threads" else ""))
+    num_envs, threads = int(num_envs), int(threads)
     if isinstance(randomize, dict):
         randomize = RandomizationSpec.from_dict(randomize)
     if backend == "auto":

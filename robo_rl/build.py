@@ -67,18 +67,23 @@ def build_env_checked(cfg: DictConfig, **options: Any) -> BatchedEnv:
 def check_env_runs(cfg: DictConfig, env: BatchedEnv) -> None:
     """Reset ``env`` and step it once at the middle of its action box, so a task that builds but cannot
     run (``env.kwargs.ctrl_cost_weight=abc`` is only read at the first step) fails before any run file
-    exists. Meant for the evaluation env: every evaluation resets it with its own seed, so the probe
-    changes no result."""
+    exists, and passivity-aware training on a task that reports no cost under safety.cost_key fails too.
+    Meant for the evaluation env: every evaluation resets it with its own seed, so the probe changes no
+    result."""
     import torch
+
+    from robo_rl.runners.safety import missing_cost, read_cost
 
     try:
         env.reset(seed=int(cfg.seed))
         middle = (env.action_space.low + env.action_space.high) / 2
-        env.step(torch.as_tensor(middle, dtype=torch.float32, device=env.device).expand(env.num_envs, -1).clone())
+        info = env.step(torch.as_tensor(middle, dtype=torch.float32, device=env.device).expand(env.num_envs, -1).clone()).info
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - as in build_env_checked
         raise _env_failure(cfg, "builds but cannot run a step", exc) from exc
+    if cfg.safety.passivity_aware and read_cost(info, str(cfg.safety.cost_key), env.num_envs, env.device) is None:
+        raise missing_cost(str(cfg.safety.cost_key), env)  # the Lagrangian learner would fail at its first step
 
 
 def _head_options(cfg: DictConfig) -> dict[str, Any]:

@@ -640,6 +640,8 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
 MAX_STEPS = 10**15
 #: seeds go to numpy's legacy global generator, which takes 0 <= seed < 2**32
 MAX_SEED = 2**32 - 1
+#: gradient updates per env step: far above any published setting (REDQ: 20), below a hang
+MAX_UTD = 1000
 
 
 def non_finite_keys(cfg: DictConfig) -> list[str]:
@@ -689,6 +691,16 @@ def validate(cfg: DictConfig) -> None:
          "must be >= 1 (or null: the task's own time limit)")
     need(cfg.env.reward_clip > 0, "env.reward_clip", "must be > 0 (rewards are clipped to +-reward_clip after scaling)")
     need(cfg.policy.obs_clip > 0, "policy.obs_clip", "must be > 0 (normalized observations are clipped to +-obs_clip)")
+    if "log_std_init" in cfg.policy:
+        from policies.heads.gaussian import LOG_STD_MAX, LOG_STD_MIN  # what the heads clamp log std to
+
+        need(LOG_STD_MIN <= cfg.policy.log_std_init <= LOG_STD_MAX, "policy.log_std_init",
+             f"must be within the heads' log-std clamp [{LOG_STD_MIN:g}, {LOG_STD_MAX:g}] (0: std 1)")
+    delay = cfg.env.randomize.action_delay
+    limit = _episode_limit(cfg)
+    if delay is not None and limit:
+        need(max(delay) < limit, "env.randomize.action_delay",
+             f"a delay of {max(delay)} steps is not shorter than the episodes ({limit} steps): no action would arrive")
     for key in cfg.algo.keys():
         if str(key) == "lr" or str(key).endswith("_lr"):
             floor = 0 if key == "action_lr" else None  # parl's action_lr=0: no gradient steps on the actions
@@ -712,6 +724,7 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.checkpoint.every >= 1, "checkpoint.every", "must be >= 1")
     need(cfg.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
     need(cfg.log.every >= 1, "log.every", "must be >= 1")
+    need(cfg.log.progress_seconds > 0, "log.progress_seconds", "must be > 0 (seconds between progress lines)")
     need(cfg.demos.pretrain_steps >= 0, "demos.pretrain_steps", "must be >= 0")
     need(cfg.demos.batch_size >= 1, "demos.batch_size", "must be >= 1")
     need(cfg.demos.lr > 0, "demos.lr", "must be > 0")
@@ -728,7 +741,8 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None:
             need(value in ACTIVATIONS, key, f"unknown activation; choose one of {', '.join(ACTIVATIONS)}")
-    for key in ("policy.hidden_sizes", "algo.critic_hidden", "algo.value_hidden"):
+    for key in ("policy.hidden_sizes", "policy.decoder_hidden", "algo.critic_hidden", "algo.value_hidden",
+                "algo.edit_hidden"):
         value = OmegaConf.select(cfg, key)
         if value is not None:
             need(len(value) >= 1 and all(h >= 1 for h in value), key, "needs at least one layer, all sizes >= 1")
@@ -739,7 +753,10 @@ def validate(cfg: DictConfig) -> None:
         need(cfg.algo.batch_size >= 1, "algo.batch_size", "must be >= 1")
         need(cfg.algo.buffer_size >= cfg.env.num_envs, "algo.buffer_size", "must hold at least one step of every env")
         need(cfg.algo.learning_starts >= 0, "algo.learning_starts", "must be >= 0")
-        need(cfg.algo.utd > 0, "algo.utd", "gradient updates per env step must be > 0")
+        need(0 < cfg.algo.utd <= MAX_UTD, "algo.utd", f"gradient updates per env step must be > 0 and at most {MAX_UTD}")
+        if "target_update_every" in cfg.algo:
+            need(cfg.algo.target_update_every >= 1, "algo.target_update_every", "must be >= 1 (gradient updates "
+                 "between target-network updates)")
         need(0 < cfg.algo.tau <= 1, "algo.tau", "must be in (0, 1]")
         need(cfg.algo.num_critics >= 1, "algo.num_critics", "must be >= 1")
         need(cfg.algo.buffer_size >= cfg.algo.batch_size, "algo.buffer_size",
@@ -771,6 +788,9 @@ def validate(cfg: DictConfig) -> None:
         need(cfg.algo.ent_coef >= 0, "algo.ent_coef", "must be >= 0 (a negative one would reward collapsing the policy)")
         need(cfg.algo.max_grad_norm > 0, "algo.max_grad_norm", "must be > 0")
         need(0 <= cfg.algo.gae_lambda <= 1, "algo.gae_lambda", "must be in [0, 1]")
+        need(cfg.algo.fused in ("auto", "on", "off"), "algo.fused", "must be auto, on or off")
+        if "latent_kl_coef" in cfg.algo:
+            need(cfg.algo.latent_kl_coef >= 0, "algo.latent_kl_coef", "must be >= 0 (0: no KL toward the prior)")
         need(cfg.algo.target_kl is None or cfg.algo.target_kl > 0, "algo.target_kl",
              "must be > 0 (or null for no early stop); an update stops before a minibatch whose KL to the "
              "rollout policy exceeds 1.5 * target_kl")

@@ -6,6 +6,7 @@ the graph building, checking and sidecar live in ``sim2real.export``.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,19 @@ def load_safety_spec(safety: str | None, run_cfg: Any = None) -> dict[str, Any]:
         from sim2real.filters.spec import yaml_error
 
         raise ValueError(yaml_error(f"safety={safety}", exc)) from None
-    if not isinstance(data, dict) or not isinstance(data.get("filters", []), list):
-        raise ValueError(f"{path}: expected a mapping with a 'filters:' list")
-    return {"filters": list(data.get("filters") or [])}
+    # a file without its 'filters:' list (empty, or `filter:` mistyped) must not export a policy with no filters
+    if not isinstance(data, dict) or not isinstance(data.get("filters"), list):
+        found = f"keys {', '.join(map(str, data))}" if isinstance(data, dict) and data else (
+            "an empty file" if not data else f"a {type(data).__name__}")
+        raise ValueError(f"safety={safety}: {path} must be a mapping with a 'filters:' list (found {found}); for no "
+                         "filters write 'filters: []'")
+    from robo_rl.config import SafetyConfig
+
+    known = {f.name for f in dataclasses.fields(SafetyConfig)}  # a configs/safety file may set the training keys too
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:
+        raise ValueError(f"safety={safety}: {path} has unknown key(s) {', '.join(unknown)}; it takes {', '.join(sorted(known))}")
+    return {"filters": list(data["filters"])}
 
 
 def export_run(

@@ -6,6 +6,7 @@ Also usable from Python: ``train(cfg, run_dir)`` with a composed config (see ``c
 from __future__ import annotations
 
 import logging
+import os
 import random
 from pathlib import Path
 from typing import Any, Iterable
@@ -111,6 +112,9 @@ def compose_config(overrides: Iterable[str] = ()) -> DictConfig:
     from robo_rl.cli import _register_resolvers
     from robo_rl.config import integer_keys, integral_literals, register_schemas
 
+    if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides):
+        raise TypeError(f"compose_config takes a list of key=value strings, e.g. compose_config(['algo=sac']); "
+                        f"got {overrides!r}")
     register_schemas()
     _register_resolvers()
     config_dir = str(Path(__file__).resolve().parent / "configs")
@@ -139,6 +143,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, cli_overrides: Ite
         run_dir = cfg.resume or cfg.run_dir
         if run_dir is None:
             raise ConfigError("train(cfg) needs a run directory: pass run_dir, or set run_dir= (or resume=) in cfg")
+    if not isinstance(run_dir, (str, os.PathLike)) or not str(run_dir).strip():
+        raise ConfigError(f"train(cfg, run_dir={run_dir!r}): run_dir must name a directory (a str or Path)"
+                          + ("; '' would write the run into the working directory" if isinstance(run_dir, str) else ""))
     held = _Held()
     log.addHandler(held)
     try:

@@ -70,6 +70,18 @@ def read_cost(info: dict[str, Any], key: str, num_envs: int, device: torch.devic
     return value
 
 
+def missing_cost(key: str, env: BatchedEnv) -> Exception:
+    """The ConfigError for passivity-aware training on a task whose step info holds no cost under ``key``."""
+    from robo_rl.config import ConfigError
+
+    return ConfigError(
+        f"safety.passivity_aware=true needs a per-step cost in the step info under safety.cost_key={key!r} "
+        f"(info[{key!r}] or info['task'][{key!r}]), but task {env.task_id} ({env.backend} backend) reports none. "
+        "Set safety.cost_key to the key the task uses, or train on a task that reports its cost "
+        "(e.g. env.id=robo_rl/ContactMaze-v0)"
+    )
+
+
 class SafetyLayer(BatchedEnv):
     """A batched env with the training-time safety filters in front and per-episode cost accounting behind."""
 
@@ -127,14 +139,7 @@ class SafetyLayer(BatchedEnv):
                 self.chains[i].reset(1)  # the next action of this copy starts a new episode
         cost = read_cost(info, self.cost_key, self.num_envs, self.device)
         if cost is None and self.require_cost:
-            from robo_rl.config import ConfigError
-
-            raise ConfigError(
-                f"safety.passivity_aware=true needs a per-step cost in the step info under safety.cost_key="
-                f"{self.cost_key!r} (info[{self.cost_key!r}] or info['task'][{self.cost_key!r}]), but task "
-                f"{self.task_id} ({self.backend} backend) reports none. Set safety.cost_key to the key the task "
-                "uses, or train on a task that reports its cost (e.g. env.id=robo_rl/ContactMaze-v0)"
-            )
+            raise missing_cost(self.cost_key, self.env)
         if cost is not None:
             self.episode_cost += cost
             info["episode"]["cost"] = torch.where(done, self.episode_cost, 0.0).float()

@@ -1,5 +1,7 @@
 """Domain randomization: validation, reproducibility, real physics changes, noise, delay, snapshots."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -88,6 +90,12 @@ def test_the_env_contract_refuses_bad_arguments_with_a_message(backend):
         np.testing.assert_array_equal(np.array(env.physics_params()["gravity_scale"]), before)
     finally:
         env.close()
+    for kwargs, words in (({"num_envs": 2.5}, "num_envs=2.5 must be an integer >= 1"),
+                          ({"num_envs": "4"}, "num_envs='4' must be an integer >= 1"),
+                          ({"max_episode_steps": -3}, "max_episode_steps=-3 must be an integer >= 1"),
+                          ({"threads": -2}, "threads=-2 must be an integer >= 0")):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            make_env("Hopper-v5", backend=backend, **kwargs)
 
 
 def test_observation_noise_and_action_delay():

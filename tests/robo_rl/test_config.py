@@ -57,6 +57,13 @@ def test_unknown_or_mistyped_keys_fail_at_composition(override, words):
     (["algo=sac", "algo.actor_lr=0"], "algo.actor_lr"),
     (["steps=1e20"], "steps"),
     (["seed=4294967296"], "seed"),
+    (["algo=sac", "algo.target_update_every=0"], "algo.target_update_every"),  # was a ZeroDivisionError
+    (["algo=sac", "algo.utd=1e6"], "algo.utd"),  # a run that never finishes its first step
+    (["algo=expo", "algo.edit_hidden=[0]"], "algo.edit_hidden"),
+    (["algo=gorl", "algo.latent_kl_coef=-1"], "algo.latent_kl_coef"),
+    (["algo=ppo", "algo.fused=maybe"], "algo.fused"),
+    (["policy.log_std_init=50"], "policy.log_std_init"),
+    (["env=pendulum", "env.randomize.action_delay=[0,100000]"], "env.randomize.action_delay"),
     # NaN and inf, once found only by training
     (["algo=sac", "algo.target_entropy=nan"], "algo.target_entropy"),
     (["algo=ppo", "algo.ent_coef=nan"], "algo.ent_coef"),
@@ -269,3 +276,22 @@ def test_an_edited_or_damaged_run_config_is_named_on_resume(tmp_path, edit, word
     (tmp_path / "config.yaml").write_text("- a list\n")
     with pytest.raises(ValueError, match="not a run config"):
         load_run_config(tmp_path)
+
+
+def test_the_python_api_refuses_what_the_cli_cannot_pass(tmp_path, monkeypatch):
+    from robo_rl.train import compose_config
+
+    with pytest.raises(TypeError, match=r"a list of key=value strings, e.g. compose_config\(\['algo=sac'\]\)"):
+        compose_config("algo=sac")
+    monkeypatch.chdir(tmp_path)
+    for run_dir in ("", "  ", 5):
+        with pytest.raises(ConfigError, match="run_dir must name a directory"):
+            train(compose("algo=sac", *FAST), run_dir)
+    assert list(tmp_path.iterdir()) == []  # '' once trained into the working directory
+
+
+def test_progress_lines_need_a_positive_interval():  # (FAST sets log.progress_seconds, so not in the table above)
+    from robo_rl.config import resolve_defaults, validate
+
+    with pytest.raises(ConfigError, match=r"log.progress_seconds=0.0: must be > 0"):
+        validate(resolve_defaults(compose("log.progress_seconds=0")))

@@ -174,6 +174,12 @@ def test_missing_cost_names_the_key_and_the_task(tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"].startswith("failed: safety.passivity_aware")
 
 
+def test_missing_cost_is_found_before_the_run_directory_is_written(tmp_path):
+    with pytest.raises(ConfigError, match=r"safety.cost_key='energy'.*Hopper-v5 \(mujoco backend\) reports none"):
+        train(compose("algo=sac", "safety.passivity_aware=true", "safety.cost_key=energy", *FAST), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 # -- the learner's math -----------------------------------------------------------------------------
 def constant_q(critic, values):
     """Make critic i output ``values[i]`` everywhere: zero last layer, bias = value."""

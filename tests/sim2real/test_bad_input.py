@@ -236,3 +236,20 @@ def test_sim2sim_robot_refuses_bad_values_from_python():
 def test_deploy_refuses_an_empty_task_instead_of_dropping_the_task_kwargs(pendulum_export):
     with pytest.raises(ValueError, match=r"^task='': give a gymnasium id, or null for the export's own task"):
         deploy(str(pendulum_export), task="", steps=5, log=lambda _: None)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("filter:\n  - type: box\n", ["found keys filter", "filters: []"]),  # mistyped: was read as "no filters"
+    ("", ["found an empty file"]),
+    ("- type: box\n", ["found a list"]),
+    ("filters: []\nfilterz: 1\n", ["unknown key(s) filterz"]),
+])
+def test_a_safety_file_without_its_filters_list_is_refused_not_read_as_no_filters(tmp_path, text, words):
+    from robo_rl.exporting import load_safety_spec
+
+    path = tmp_path / "safety.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as exc:
+        load_safety_spec(str(path))
+    assert f"safety={path}" in str(exc.value) and all(w in str(exc.value) for w in words)
+    assert load_safety_spec("none") == {"filters": []}  # the way to say no filters
