@@ -584,6 +584,10 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
                                              if (run_dir / "summary.json").exists() else ""), EXIT_SIGINT)
     except NonFiniteError as exc:
         return _error(str(exc), EXIT_FAILED)
+    except FloatingPointError as exc:  # e.g. pretraining on demonstrations diverged, or an evaluation's NaN
+        untrained = (run_dir / "config.yaml").exists() and not any((run_dir / "checkpoints").glob("step_*"))
+        return _error(str(exc) + (f"; {run_dir} holds no checkpoint: start again with another run_dir (or remove it)"
+                                  if untrained else ""), EXIT_FAILED)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError, MissingDependency) as exc:
         if not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()  # Hydra made it before the config was checked; leave nothing behind
@@ -603,6 +607,9 @@ def eval_main(args: Sequence[str]) -> int:
     run_dir = Path(opts.run_dir)
     if opts.episodes < 1 or opts.num_envs < 1 or opts.video_episodes < 1:
         return _error("episodes, num_envs and video_episodes must be >= 1", EXIT_USAGE)
+    if not opts.video and any(_override_key(a) == "video_episodes" for a in args):
+        return _error(f"video_episodes={opts.video_episodes} has no effect without a video: add video=true to film "
+                      "the episodes, or drop video_episodes", EXIT_USAGE)
     try:
         result = evaluate_run(run_dir, opts)
     except Exception as exc:
@@ -615,6 +622,8 @@ def eval_main(args: Sequence[str]) -> int:
             return _error(str(exc), EXIT_USAGE)
         if isinstance(exc, RenderingUnavailable):  # video=true on a machine without a usable OpenGL platform
             return _error(f"video=true: {exc}", EXIT_FAILED)
+        if isinstance(exc, FloatingPointError):  # a non-finite observation or action during the episodes
+            return _error(str(exc), EXIT_FAILED)
         raise
     print(
         f"{result['algo']} on {result['env']} (checkpoint step {result['checkpoint_step']:,}): "
@@ -764,8 +773,14 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
     from robo_rl.checkpoint import verify_checkpoint
     from robo_rl.evaluation import evaluate
     from robo_rl.runners.safety import SafetyLayer, safety_settings
+    from robo_rl.config import check_device
     from robo_rl.runs import load_policy, load_run_config, resolve_checkpoint
 
+    check_device(opts.device)  # before anything loads: train's config.validate does the same
+    if opts.demos_out is not None:  # not after the whole evaluation
+        from robo_rl.demos import check_demos_out
+
+        check_demos_out(opts.demos_out)
     cfg = load_run_config(run_dir)
     with open_dict(cfg):
         cfg.device = opts.device

@@ -644,6 +644,20 @@ MAX_SEED = 2**32 - 1
 MAX_UTD = 1000
 
 
+def check_device(device: str, key: str = "device") -> None:
+    """Refuse a device this machine cannot use (train's validate, and eval before it loads anything)."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"{key}={device}: must be cpu or cuda[:N]")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{key}={device}: CUDA is not available on this machine; use {key}=cpu")
+        index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError(f"{key}={device}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+
+
 def non_finite_keys(cfg: DictConfig) -> list[str]:
     """Dotted keys holding NaN or +-inf (NaN only under ``env.kwargs``, where inf can bound a range, e.g.
     ``healthy_z_range=[0.8,inf]``); ``safety.filters`` is checked by its own builder."""
@@ -732,11 +746,7 @@ def validate(cfg: DictConfig) -> None:
         from pathlib import Path
 
         need(Path(cfg.demos.path).is_file(), "demos.path", f"no such file: {cfg.demos.path}")
-    need(cfg.device == "cpu" or cfg.device.startswith("cuda"), "device", "must be cpu or cuda[:N]")
-    if cfg.device.startswith("cuda"):
-        import torch
-
-        need(torch.cuda.is_available(), "device", "CUDA is not available on this machine; use device=cpu")
+    check_device(str(cfg.device))
     for key in ("policy.activation", "algo.critic_activation", "algo.value_activation"):
         value = OmegaConf.select(cfg, key)
         if value is not None:

@@ -23,6 +23,7 @@ import logging
 import os
 import time
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -41,17 +42,77 @@ class DemoError(ValueError):
 
 def save_demos(path: str | Path, obs: Any, actions: Any, rewards: Any = None, next_obs: Any = None,
                terminated: Any = None) -> Path:
-    """Write a demonstrations file (atomically: a crash leaves no half-written file)."""
+    """Write a demonstrations file (atomically: a crash leaves no half-written file, a failure no temp file)."""
     arrays = {"obs": obs, "actions": actions, "rewards": rewards, "next_obs": next_obs, "terminated": terminated}
-    arrays = {k: np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in arrays.items() if v is not None}
-    arrays = {k: v.astype(np.float32) for k, v in arrays.items()}
-    _check_arrays(arrays, Path(path))
+    arrays = {k: np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in arrays.items()
+              if v is not None}
+    _check_destination(path, f"demonstrations {path}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _check_arrays(arrays, path)  # the values as given: a float64 beyond float32's range is refused, not cast to inf
+    arrays = {k: v.astype(np.float32) for k, v in arrays.items()}
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    written = False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            written = True
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if written:  # whatever failed (a full disk, a directory in the way, Ctrl-C), no temp file stays behind
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise DemoError(f"demonstrations {path}: cannot write the file ({_os_reason(exc)})") from None
+        raise
+    return path
+
+
+def _os_reason(exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    return f"{reason}: {exc.filename}" if exc.filename else reason
+
+
+def _check_destination(path: str | Path, what: str) -> None:
+    """Refuse a file path that cannot be written: empty, a directory, a path under a file."""
+    if not str(path).strip():  # Path("") is "."
+        raise DemoError(f"{what}: an empty path; give a file path such as demos.npz")
+    path = Path(path)
+    if path.is_dir():
+        raise DemoError(f"{what}: is a directory; give a file path such as {path / 'demos.npz'}")
+    existing = path.absolute().parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DemoError(f"{what}: {existing} is a file, not a directory; choose a path in a directory")
+
+
+def check_demos_out(path: str | Path, key: str = "demos_out") -> Path:
+    """Check, before any work, that a demonstrations file can be written at ``path`` (named as ``key``):
+    not a directory, not under a file, and a place where a file can be created (probed with a temporary
+    file, removed again with any directory made for it)."""
+    what = f"{key}={path}"
+    _check_destination(path, what)
+    path = Path(path)
+    parent = path.absolute().parent
+    made = []
+    try:
+        missing = [parent, *parent.parents]
+        missing = missing[:next(i for i, p in enumerate(missing) if p.exists())]
+        for d in reversed(missing):
+            d.mkdir()
+            made.append(d)
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise DemoError(f"{what}: cannot write a file there ({_os_reason(exc)}); choose a writable path") from None
+    finally:
+        for d in reversed(made):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
     return path
 
 
@@ -76,10 +137,21 @@ def _check_arrays(arrays: dict[str, np.ndarray], path: Path, obs_dim: int | None
             if arrays[key].shape != want:
                 raise DemoError(f"demonstrations {path}: {key} has shape {arrays[key].shape}, expected {want}")
     for key, value in arrays.items():
+        if np.issubdtype(value.dtype, np.complexfloating):
+            raise DemoError(f"demonstrations {path}: {key} has complex dtype {value.dtype}, expected real numbers "
+                            "(casting would drop the imaginary part); store the real values")
         if not np.issubdtype(value.dtype, np.number) and value.dtype != np.bool_:
             raise DemoError(f"demonstrations {path}: {key} has dtype {value.dtype}, expected numbers")
-        if not np.isfinite(value.astype(np.float64)).all():
+        if not np.isfinite(value).all():
             raise DemoError(f"demonstrations {path}: {key} holds NaN or Inf values")
+        with np.errstate(over="ignore"):
+            as_float32 = value.astype(np.float32)  # what training uses: a finite float64 may overflow to inf here
+        if not np.isfinite(as_float32).all():
+            where = np.argwhere(~np.isfinite(as_float32))[0]
+            at = ", ".join(str(int(i)) for i in where)
+            raise DemoError(f"demonstrations {path}: {key} holds values beyond float32's range (e.g. {key}[{at}] = "
+                            f"{float(value[tuple(where)]):.3g}; float32 holds up to "
+                            f"{float(np.finfo(np.float32).max):.3g}), which would become Inf; rescale them")
     if "terminated" in arrays and not np.isin(arrays["terminated"], (0, 1)).all():
         bad = np.unique(arrays["terminated"][~np.isin(arrays["terminated"], (0, 1))])[:5].tolist()
         raise DemoError(f"demonstrations {path}: terminated must be 0/1 (or bool), found {bad}; a TD target "
@@ -93,9 +165,16 @@ def load_demos(path: str | Path, obs_dim: int, act_dim: int, action_low: np.ndar
     if not path.is_file():
         raise DemoError(f"demonstrations {path}: no such file (demos.path)")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):  # a .npy file (whatever its name): one unnamed array
+            raise DemoError(f"demonstrations {path}: a single .npy array ({data.dtype}, shape {data.shape}), not an "
+                            ".npz archive of named arrays obs, actions, ...; write one with numpy.savez(path, obs=..., "
+                            "actions=...) or robo_rl.demos.save_demos")
+        with data:
             arrays = {key: data[key] for key in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, NotImplementedError) as exc:
+        if isinstance(exc, DemoError):
+            raise
         raise DemoError(f"demonstrations {path}: not a readable .npz file ({exc})") from None
     _check_arrays(arrays, path, obs_dim, act_dim)
     if replay:

@@ -101,16 +101,61 @@ def resolve_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None
     return path
 
 
+def _shape(t) -> str:  # type: ignore[no-untyped-def]
+    return str(list(getattr(t, "shape", ())))
+
+
+def state_mismatch(expected: dict, given: dict) -> str | None:  # type: ignore[type-arg]
+    """The first difference of each kind between a module's state_dict and a checkpoint's, in one line (None if
+    the keys and shapes agree): a key the checkpoint lacks, one it has in excess, a tensor of another shape."""
+    parts = []
+    for what, keys in (("missing", [k for k in expected if k not in given]),
+                       ("unexpected", [k for k in given if k not in expected])):
+        if keys:
+            parts.append(f"{what} {keys[0]}" + (f" and {len(keys) - 1} more" if len(keys) > 1 else ""))
+    sized = [k for k in expected if k in given and hasattr(given[k], "shape")
+             and tuple(given[k].shape) != tuple(expected[k].shape)]
+    if sized:
+        k = sized[0]
+        parts.append(f"{k} is {_shape(given[k])} in the checkpoint, {_shape(expected[k])} here"
+                     + (f", {len(sized) - 1} more of another shape" if len(sized) > 1 else ""))
+    return "; ".join(parts) or None
+
+
+def _saved_by(checkpoint: Path, algo: str) -> str:
+    """'; it was saved by a td3 run (<dir>)' when ``checkpoint`` lies in a run of another algorithm than ``algo``."""
+    run = Path(checkpoint).parent.parent
+    try:
+        import yaml
+
+        other = yaml.safe_load((run / CONFIG_FILE).read_text())["algo"]["name"]
+    except Exception:  # noqa: BLE001 - only a hint: no readable config next to it, nothing to add
+        return ""
+    return f"; it was saved by a {other} run ({run})" if other != algo else ""
+
+
 def load_learner(cfg: DictConfig, env: BatchedEnv, checkpoint: Path, device: str = "cpu"):  # -> Learner
     """Build the run's learner and load every module (policy, critics, normalizers) from ``checkpoint``."""
     from robo_rl.build import build_learner, build_policy
 
     state, _ = load_checkpoint(checkpoint, load_replay=False)
     learner = build_learner(cfg, build_policy(cfg, env))
-    try:
-        learner.load_state_dict(state["learner"]["modules"], strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {checkpoint} does not match the run's learner: {exc}") from None
+    saved = state.get("learner") if isinstance(state, dict) else None
+    modules = saved.get("modules") if isinstance(saved, dict) else None
+    if not isinstance(modules, dict):
+        raise CheckpointError(f"checkpoint {checkpoint} holds no learner modules (state.json has no learner.modules)")
+    # the same wording as a resume that does not fit (runners/base.py:_load_resumable), on one line
+    why = state_mismatch(learner.state_dict(), modules)
+    if why is None:
+        try:
+            learner.load_state_dict(modules, strict=True)
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            why = " ".join(line.strip() for line in str(exc).splitlines()[:2])  # torch's first line is a heading
+            why = f"{type(exc).__name__}: {why:.300}"
+    if why is not None:
+        raise CheckpointError(f"checkpoint {checkpoint} does not fit this run's {cfg.algo.name} learner ({why})"
+                              f"{_saved_by(checkpoint, cfg.algo.name)}; give a checkpoint of this run "
+                              "(checkpoint=<run_dir>/checkpoints/step_...)")
     return learner.to(device).eval().requires_grad_(False)
 
 

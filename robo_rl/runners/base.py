@@ -391,9 +391,14 @@ class Runner(abc.ABC):
                 try:
                     self.learner.load_training_state(state["learner"])
                 except (KeyError, RuntimeError, TypeError, ValueError) as exc:
-                    why = " ".join(line.strip() for line in str(exc).splitlines()[:2])  # torch's first line is a heading
-                    raise CheckpointError(f"checkpoint {candidate} does not fit this run's {self.cfg.algo.name} learner "
-                                          f"({type(exc).__name__}: {why:.300})") from None
+                    from robo_rl.runs import state_mismatch
+
+                    modules = state["learner"].get("modules") if isinstance(state.get("learner"), dict) else None
+                    why = state_mismatch(self.learner.state_dict(), modules) if isinstance(modules, dict) else None
+                    if why is None:  # not a key or shape of the modules: torch's own words (its first line is a heading)
+                        why = f"{type(exc).__name__}: {' '.join(line.strip() for line in str(exc).splitlines()[:2]):.300}"
+                    raise CheckpointError(f"checkpoint {candidate} does not fit this run's {self.cfg.algo.name} "
+                                          f"learner ({why})") from None
                 return state, replay, candidate
             except CheckpointError as exc:
                 problems.append(str(exc))

@@ -202,3 +202,94 @@ def test_a_warm_started_run_keeps_the_demonstrations_observation_statistics(tmp_
         assert count > demos_rows + 200
     else:  # nothing was pretrained, so nothing is frozen: the statistics follow the run's own observations
         assert 200 < count < demos_rows
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("obs", 1e300, r"obs holds values beyond float32's range \(e.g. obs\[0, 1\] = 1e\+300"),
+    ("rewards", 1e39, r"rewards holds values beyond float32's range \(e.g. rewards\[0\] = 1e\+39"),
+    ("obs", 1 + 2j, "obs has complex dtype complex128, expected real numbers"),
+])
+def test_values_float32_cannot_hold_and_complex_arrays_are_refused(tmp_path, two_goals_demos, key, value, match):
+    # finite in float64, so a NaN/Inf check in float64 passed them; as float32 they became inf (or lost a part)
+    arrays = {k: v.astype(np.float64) for k, v in np.load(two_goals_demos).items()}
+    arrays[key] = arrays[key].astype(type(value))
+    arrays[key][(0, 1) if key == "obs" else 0] = value
+    path = tmp_path / "demos.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DemoError, match=match) as exc:
+        load_demos(path, 3, 2, LOW, HIGH, replay=True)
+    assert str(path) in str(exc.value)
+    with pytest.raises(DemoError, match=match):  # save_demos checks the values as given, before its own cast
+        save_demos(tmp_path / "out.npz", **arrays)
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_a_plain_npy_file_is_named_even_renamed_to_npz(tmp_path):
+    np.save(tmp_path / "plain.npy", np.zeros((5, 3), np.float32))
+    (tmp_path / "plain.npy").rename(renamed := tmp_path / "plain_as.npz")
+    np.save(tmp_path / "plain.npy", np.zeros((5, 3), np.float32))
+    for path in (tmp_path / "plain.npy", renamed):
+        with pytest.raises(DemoError, match=r"a single \.npy array \(float32, shape \(5, 3\)\), not an \.npz archive"):
+            load_demos(path, 3, 1, LOW[:1], HIGH[:1])
+
+
+@pytest.fixture
+def console(monkeypatch, capsys):
+    """capsys for run_training's stderr; the console log handler train() adds writes to this test's stream and
+    is dropped afterwards (a handler left bound to a closed capture stream would garble later tests' stderr)."""
+    import logging
+
+    logger = logging.getLogger("robo_rl")
+    monkeypatch.setattr(logger, "handlers", [h for h in logger.handlers if not getattr(h, "_robo_rl", False)])
+    return capsys
+
+
+def test_bad_demo_files_fail_the_cli_before_the_run_dir_is_kept(tmp_path, console):
+    from robo_rl.cli import run_training
+
+    np.save(tmp_path / "plain.npy", np.zeros((5, 3), np.float32))
+    big = save_demos(tmp_path / "big.npz", obs=np.zeros((5, 3)), actions=np.zeros((5, 1)), rewards=np.zeros(5),
+                     next_obs=np.zeros((5, 3)), terminated=np.zeros(5))
+    arrays = dict(np.load(big))
+    arrays["rewards"] = np.full(5, 1e39)  # float64: fine there, inf in float32 replay
+    np.savez(big, **arrays)
+    for demos in (tmp_path / "plain.npy", big):
+        run = tmp_path / "run"
+        run.mkdir()  # as Hydra makes it before the job starts
+        assert run_training(compose(*SMALL_SAC, f"demos.path={demos}", "steps=100"), run, []) == 2
+        err = console.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"robo-rl: error: demonstrations {demos}: ") and not run.exists(), err
+
+
+def test_a_pretraining_nan_is_one_line_with_exit_1(tmp_path, console):
+    from robo_rl.cli import run_training
+
+    run = tmp_path / "run"
+    code = run_training(compose(*SMALL_SAC, f"demos.path={pendulum_demos(tmp_path / 'd.npz')}", "demos.lr=1e30",
+                                "demos.pretrain_steps=20", "steps=100"), run, [])
+    err = console.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("robo-rl: error: pretraining from demonstrations: the imitation loss became nan"), last
+    assert "lower demos.lr (now 1e+30)" in last and f"{run} holds no checkpoint: start again with another run_dir" in last
+
+
+def test_save_demos_refuses_paths_it_cannot_write_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    obs, actions = np.zeros((5, 3)), np.zeros((5, 1))
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    for path, match in ((tmp_path / "adir", "is a directory"), (tmp_path / "afile" / "x.npz", "afile is a file"),
+                        ("", "an empty path")):
+        with pytest.raises(DemoError, match=match):
+            save_demos(path, obs=obs, actions=actions)
+    import os
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device", str(dst))
+
+    monkeypatch.setattr(os, "replace", full_disk)  # a failure after the temp file is written
+    with pytest.raises(DemoError, match=r"demonstrations .*d\.npz: cannot write the file \(No space left on device"):
+        save_demos(tmp_path / "d.npz", obs=obs, actions=actions)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"]  # no d.npz.tmp, nothing in adir
+    assert not any((tmp_path / "adir").iterdir())

@@ -1,0 +1,92 @@
+"""Bad input to `robo-rl eval` (and export's checkpoint=): one line naming the key, exit 2, before any work."""
+
+import pytest
+import torch
+
+from robo_rl.build import build_env
+from robo_rl.checkpoint import CheckpointError, latest_checkpoint
+from robo_rl.cli import eval_main, export_main
+from robo_rl.runs import load_learner, load_run_config
+from robo_rl.train import train
+from tests.helpers import FAST, compose
+
+TINY = ("env=pendulum", "steps=40", "algo.learning_starts=20", "algo.batch_size=16", "algo.critic_hidden=[16]",
+        "policy.hidden_sizes=[16]", "eval.episodes=1", "eval.num_envs=1", "checkpoint.every=40", "eval.every=40",
+        *FAST)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    for algo in ("sac", "td3"):
+        train(compose(f"algo={algo}", *TINY), root / algo)
+    return root
+
+
+def _eval(capsys, *args):
+    code = eval_main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_line_error(err):
+    assert err.startswith("robo-rl: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("device, words", [
+    ("gpu", "device=gpu: must be cpu or cuda[:N]"),
+    ("cuda:x", "device=cuda:x: must be cpu or cuda[:N]"),
+    pytest.param("cuda", "device=cuda: CUDA is not available on this machine; use device=cpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+])
+def test_an_unusable_device_is_refused_before_the_run_is_read(tmp_path, capsys, device, words):
+    # run_dir=nowhere does not exist: the device is checked first, before anything is loaded
+    code, out, err = _eval(capsys, f"run_dir={tmp_path / 'nowhere'}", f"device={device}")
+    assert code == 2 and words in _one_line_error(err) and out == ""
+
+
+def test_a_demos_out_that_cannot_be_written_is_refused_before_the_evaluation(tmp_path, capsys, runs):
+    (tmp_path / "afile").write_text("x")
+    cases = {
+        str(tmp_path): "is a directory; give a file path such as",
+        str(tmp_path / "afile" / "x.npz"): "afile is a file, not a directory",
+        "/proc/nope/x.npz": "cannot write a file there",
+    }
+    for demos_out, words in cases.items():
+        code, _, err = _eval(capsys, f"run_dir={runs / 'sac'}", "episodes=1", "num_envs=1", f"demos_out={demos_out}")
+        assert code == 2 and f"demos_out={demos_out}: " in _one_line_error(err) and words in err, err
+        assert not (runs / "sac" / "eval.json").exists()  # refused before the episodes ran
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no <dir>.tmp, no probe file
+    # a directory that does not exist yet is fine; the check makes nothing that stays behind
+    code, out, err = _eval(capsys, f"run_dir={runs / 'sac'}", "episodes=1", "num_envs=1",
+                           f"demos_out={tmp_path / 'new' / 'd.npz'}")
+    assert code == 0 and "demonstrations: 200 transitions" in out and (tmp_path / "new" / "d.npz").is_file()
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["d.npz"]
+    (runs / "sac" / "eval.json").unlink()
+
+
+def test_video_episodes_without_video_is_refused(tmp_path, capsys):
+    code, _, err = _eval(capsys, f"run_dir={tmp_path}", "video_episodes=5")
+    assert code == 2 and "video_episodes=5 has no effect without a video: add video=true" in _one_line_error(err)
+
+
+def test_a_checkpoint_of_another_algorithm_is_one_line(tmp_path, capsys, runs):
+    other = latest_checkpoint(runs / "td3" / "checkpoints")
+    cfg = load_run_config(runs / "sac")
+    env = build_env(cfg, num_envs=1)
+    try:
+        with pytest.raises(CheckpointError) as exc:
+            load_learner(cfg, env, other)
+    finally:
+        env.close()
+    message = str(exc.value)
+    assert "\n" not in message and message.startswith(f"checkpoint {other} does not fit this run's sac learner (")
+    assert "missing log_alpha" in message and "unexpected actor_target." in message
+    assert f"it was saved by a td3 run ({runs / 'td3'})" in message
+    code, _, err = _eval(capsys, f"run_dir={runs / 'sac'}", "episodes=1", "num_envs=1", f"checkpoint={other}")
+    assert code == 2 and "does not fit this run's sac learner" in _one_line_error(err)
+    code = export_main([f"run_dir={runs / 'sac'}", f"checkpoint={other}", f"out_dir={tmp_path / 'x'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not fit this run's sac learner" in _one_line_error(err)
+    assert not (tmp_path / "x").exists()
