@@ -571,26 +571,33 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
     from robo_rl.checkpoint import CheckpointError
     from robo_rl.config import ConfigError
     from robo_rl.runners.base import Interrupted, NonFiniteError
+    from robo_rl.runs import LOCK_FILE
     from robo_rl.train import train
 
     existed = run_dir.exists() and any(run_dir.iterdir())
+
+    def leave_nothing() -> None:
+        """A run that failed before writing its config: remove the directory Hydra (and the lock) made."""
+        if not existed and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:
+            (run_dir / LOCK_FILE).unlink(missing_ok=True)
+            run_dir.rmdir()
+
     try:
         train(cfg, run_dir, overrides)
         return 0
     except Interrupted as exc:  # train() logged the resume command
         return 128 + exc.signum
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop began: no new checkpoint
+        leave_nothing()
         return _error("aborted by Ctrl-C" + (f"; train.log and summary.json in {run_dir} say where it stopped"
                                              if (run_dir / "summary.json").exists() else ""), EXIT_SIGINT)
     except NonFiniteError as exc:
         return _error(str(exc), EXIT_FAILED)
-    except FloatingPointError as exc:  # e.g. pretraining on demonstrations diverged, or an evaluation's NaN
-        untrained = (run_dir / "config.yaml").exists() and not any((run_dir / "checkpoints").glob("step_*"))
-        return _error(str(exc) + (f"; {run_dir} holds no checkpoint: start again with another run_dir (or remove it)"
-                                  if untrained else ""), EXIT_FAILED)
+    except FloatingPointError as exc:  # pretraining on demonstrations diverged (before config.yaml was written)
+        leave_nothing()
+        return _error(str(exc), EXIT_FAILED)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError, MissingDependency) as exc:
-        if not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # Hydra made it before the config was checked; leave nothing behind
+        leave_nothing()
         return _error(str(exc), EXIT_USAGE)
 
 

@@ -193,12 +193,43 @@ def _train(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str], held: _
         env.close()
 
 
+def _log_start(cfg: DictConfig, env: Any, eval_env: Any, learner: Any, demos: Any, for_task: dict[str, Any]) -> None:
+    """The run's opening lines: what trains on what, and what differs from a plain run."""
+    n_params = sum(p.numel() for p in learner.parameters())
+    log.info(f"robo-rl: {cfg.algo.name} on {env.task_id} ({env.num_envs} env(s), {env.backend} backend), "
+             f"{cfg.policy.name} head, {n_params:,} parameters, seed {cfg.seed}, {int(cfg.steps):,} steps "
+             f"-> {cfg.run_dir}")
+    if eval_env is env:
+        after = ("which start new episodes after each" if getattr(env, "resets_episodes", True) else
+                 "whose episodes carry on after each (the env has no reset(): episodes under way at an "
+                 "evaluation's start finish uncounted)")
+        log.info(f"robo-rl: {env.task_id} allows one simulator per process: evaluations run on the {env.num_envs} "
+                 f"training envs (randomized as in training, if randomized), {after}")
+    randomized = {k: v for k, v in OmegaConf.to_container(cfg.env.randomize, resolve=True).items() if v}
+    if randomized:
+        log.info("robo-rl: domain randomization of the training envs: " + " ".join(f"{k}={v}" for k, v in randomized.items())
+                 + ("" if eval_env is env else " (evaluations run the nominal task)"))
+    if for_task:
+        log.info(f"robo-rl: {cfg.algo.name}'s settings for {env.task_id}: " + " ".join(f"{k}={v}" for k, v in for_task.items())
+                 + " (set them on the command line to choose otherwise)")
+    starts = cfg.algo.get("learning_starts") if learner.kind == "off_policy" else None
+    if starts is not None and int(cfg.steps) < int(starts) and demos is None:
+        log.warning(f"robo-rl: warning: steps={int(cfg.steps):,} ends before algo.learning_starts="
+                    f"{int(starts):,}, so the policy is never updated (every action is uniform random); "
+                    "lower algo.learning_starts or raise steps")
+
+
 def _run(cfg: DictConfig, run_dir: Path, env: Any, eval_env: Any, learner: Any, demos: Any, resume_from: Path | None,
          for_task: dict[str, Any], held: _Held) -> dict[str, Any]:
     """Write the run (holding its directory's lock): config, train.log, the runner's loop."""
     runner = build_runner(cfg, learner, env, eval_env, run_dir)
     if resume_from is not None:  # a checkpoint that cannot be resumed fails here, with config.yaml as it was
         runner.restore(resume_from)
+    _log_start(cfg, env, eval_env, learner, demos, for_task)  # held until train.log exists
+    if demos is not None:  # before config.yaml: a pretraining that diverges leaves no run behind
+        from robo_rl.demos import warm_start
+
+        runner.pretrain_seconds = warm_start(cfg, learner, getattr(runner, "replay", None), demos).get("seconds", 0.0)
     save_run_config(cfg, run_dir)  # a resume records what it changed (steps=...), so the next one keeps it
     file_handler = logging.FileHandler(run_dir / "train.log")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
@@ -207,32 +238,6 @@ def _run(cfg: DictConfig, run_dir: Path, env: Any, eval_env: Any, learner: Any, 
     log.removeHandler(held)
     log.addHandler(file_handler)
     try:
-        n_params = sum(p.numel() for p in learner.parameters())
-        log.info(f"robo-rl: {cfg.algo.name} on {env.task_id} ({env.num_envs} env(s), {env.backend} backend), "
-                 f"{cfg.policy.name} head, {n_params:,} parameters, seed {cfg.seed}, {int(cfg.steps):,} steps "
-                 f"-> {run_dir}")
-        if eval_env is env:
-            after = ("which start new episodes after each" if getattr(env, "resets_episodes", True) else
-                     "whose episodes carry on after each (the env has no reset(): episodes under way at an "
-                     "evaluation's start finish uncounted)")
-            log.info(f"robo-rl: {env.task_id} allows one simulator per process: evaluations run on the {env.num_envs} "
-                     f"training envs (randomized as in training, if randomized), {after}")
-        randomized = {k: v for k, v in OmegaConf.to_container(cfg.env.randomize, resolve=True).items() if v}
-        if randomized:
-            log.info("robo-rl: domain randomization of the training envs: " + " ".join(f"{k}={v}" for k, v in randomized.items())
-                     + ("" if eval_env is env else " (evaluations run the nominal task)"))
-        if for_task:
-            log.info(f"robo-rl: {cfg.algo.name}'s settings for {env.task_id}: " + " ".join(f"{k}={v}" for k, v in for_task.items())
-                     + " (set them on the command line to choose otherwise)")
-        starts = cfg.algo.get("learning_starts") if learner.kind == "off_policy" else None
-        if starts is not None and int(cfg.steps) < int(starts) and demos is None:
-            log.warning(f"robo-rl: warning: steps={int(cfg.steps):,} ends before algo.learning_starts="
-                        f"{int(starts):,}, so the policy is never updated (every action is uniform random); "
-                        "lower algo.learning_starts or raise steps")
-        if demos is not None:
-            from robo_rl.demos import warm_start
-
-            runner.pretrain_seconds = warm_start(cfg, learner, getattr(runner, "replay", None), demos).get("seconds", 0.0)
         return runner.train(resume_from=resume_from)
     except Interrupted as exc:  # the resume command, on the console and in train.log
         log.info(str(exc))

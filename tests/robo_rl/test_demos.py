@@ -265,13 +265,16 @@ def test_a_pretraining_nan_is_one_line_with_exit_1(tmp_path, console):
     from robo_rl.cli import run_training
 
     run = tmp_path / "run"
-    code = run_training(compose(*SMALL_SAC, f"demos.path={pendulum_demos(tmp_path / 'd.npz')}", "demos.lr=1e30",
-                                "demos.pretrain_steps=20", "steps=100"), run, [])
+    run.mkdir()  # as Hydra makes it before the job starts
+    overrides = (*SMALL_SAC, f"demos.path={pendulum_demos(tmp_path / 'd.npz')}", "demos.pretrain_steps=20", "steps=100")
+    code = run_training(compose(*overrides, "demos.lr=1e30"), run, [])
     err = console.readouterr().err
     assert code == 1 and "Traceback" not in err
     last = err.strip().splitlines()[-1]
     assert last.startswith("robo-rl: error: pretraining from demonstrations: the imitation loss became nan"), last
-    assert "lower demos.lr (now 1e+30)" in last and f"{run} holds no checkpoint: start again with another run_dir" in last
+    assert "lower demos.lr (now 1e+30)" in last
+    assert not run.exists()  # pretraining comes before config.yaml: nothing is left, the same run_dir can be used again
+    assert run_training(compose(*overrides), run, []) == 0
 
 
 def test_save_demos_refuses_paths_it_cannot_write_and_leaves_no_temp_file(tmp_path, monkeypatch):
