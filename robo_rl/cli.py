@@ -747,22 +747,29 @@ def compare_main(args: Sequence[str]) -> int:
 
     try:
         opts = _parse(args, CompareCommandConfig, "compare")
-        runs = _listed(opts.runs)
+        runs = _listed(opts.runs) if opts.runs is not None else []
         if not runs:
-            raise ValueError("runs= is empty (see robo-rl compare --help)")
+            raise ValueError("runs= names no run: give run directories or directories holding runs, e.g. "
+                             "runs=runs/sweep-sac-Hopper-v5-<time> (see robo-rl compare --help)")
         group_by = _listed(opts.group_by) if opts.group_by is not None else None
+        if opts.out_dir:
+            out = Path(opts.out_dir)
+        elif len(runs) == 1 and not glob.has_magic(runs[0]):  # one directory (a sweep's): the outputs go in it
+            out = Path(runs[0])
+        elif len(runs) == 1 and len(matched := glob.glob(runs[0])) == 1 and Path(matched[0]).is_dir():
+            out = Path(matched[0])  # a pattern matching one directory, not a directory named after the pattern
+        else:
+            out = Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+        if opts.out_dir:  # before any run is read (a runs= directory is checked as a run directory)
+            from sim2real.export import check_out_dir
+
+            check_out_dir(out, holds="compare writes compare.json, compare.md and compare.png into it")
         result = compare(runs, group_by, opts.curve)
+        written = write(result, out)
     except (FileNotFoundError, ValueError) as exc:
         return _error(str(exc), EXIT_USAGE)
-    if opts.out_dir:
-        out = Path(opts.out_dir)
-    elif len(runs) == 1 and not glob.has_magic(runs[0]):  # one directory (a sweep's): the outputs go in it
-        out = Path(runs[0])
-    elif len(runs) == 1 and len(matched := glob.glob(runs[0])) == 1 and Path(matched[0]).is_dir():
-        out = Path(matched[0])  # a pattern matching one directory, not a directory named after the pattern
-    else:
-        out = Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    written = write(result, out)
+    except OSError as exc:  # the outputs could not be written (a full disk, permissions)
+        return _error(f"cannot write the comparison to {out}: {exc}", EXIT_FAILED)
     print(table(result))
     curves = [g["curve"] for g in result["groups"] if g["curve"]]
     if opts.curve == "eval" and curves and all(len(c["step"]) < 2 for c in curves):

@@ -77,6 +77,8 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
         expanded += matches
     for given in expanded:
         path = Path(given)
+        if path.exists() and not path.is_dir():
+            raise FileNotFoundError(f"runs={given}: a file, not a run directory (or a directory holding runs)")
         if not path.is_dir():
             raise FileNotFoundError(f"runs={given}: no such directory")
         if (path / CONFIG).is_file():
@@ -104,17 +106,23 @@ def _read_curves(path: Path) -> dict[str, list[tuple[float, float]]]:
     curves: dict[str, list[tuple[float, float]]] = {name: [] for name in CURVES}
     if not path.is_file():
         return curves
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            for name, column in CURVES.items():
-                value = row.get(column)
-                if value not in (None, ""):
-                    try:
-                        step, ret = float(row["step"]), float(value)
-                    except (KeyError, ValueError):
-                        raise ValueError(f"{path}: unreadable row {row.get('step')!r}") from None
-                    if math.isfinite(ret):
-                        curves[name].append((step, ret))
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path}: not a readable metrics file ({exc})") from None
+    for row in rows:
+        for name, column in CURVES.items():
+            value = row.get(column)
+            if value not in (None, ""):
+                try:
+                    step, ret = float(row["step"]), float(value)
+                except (KeyError, TypeError, ValueError):
+                    raise ValueError(f"{path}: unreadable row {row.get('step')!r}") from None
+                if not math.isfinite(step) or step < 0:  # a row the run could not have written: the file is damaged
+                    raise ValueError(f"{path}: a row with step {row['step']!r} (steps are counts >= 0)")
+                if math.isfinite(ret):  # a NaN return is an evaluation that did not happen, not a point
+                    curves[name].append((step, ret))
     return curves
 
 
@@ -122,19 +130,40 @@ def load_run(path: Path) -> Run:
     from omegaconf import OmegaConf
 
     try:
-        config = _flatten(OmegaConf.to_container(OmegaConf.load(path / CONFIG), resolve=False))
+        loaded = OmegaConf.to_container(OmegaConf.load(path / CONFIG), resolve=False)
     except Exception as exc:  # a YAML error names the file
         raise ValueError(f"{path / CONFIG}: not a readable config ({str(exc).splitlines()[0]})") from None
-    return Run(path, config, _read_json(path / SUMMARY) or {}, _read_curves(path / METRICS), _read_json(path / EVALUATED))
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path / CONFIG}: not a run config (a {type(loaded).__name__}, not a mapping of keys)")
+    summary = _read_json(path / SUMMARY, numbers=SUMMARY_NUMBERS) or {}
+    evaluated = _read_json(path / EVALUATED, numbers=("return_mean", "return_std", "episodes", "checkpoint_step"))
+    return Run(path, _flatten(loaded), summary, _read_curves(path / METRICS), evaluated)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+#: summary.json keys compare reads as numbers
+SUMMARY_NUMBERS = ("final_eval_return_mean", "best_eval_return_mean", "steps", "wall_time_s", "steps_per_s")
+
+
+def _read_json(path: Path, numbers: Sequence[str] = ()) -> dict[str, Any] | None:
+    """A JSON object, with ``numbers`` (where present and not null) numbers; NaN/Inf among them read as null
+    (not measured), so compare.json stays valid JSON. Anything else is a ValueError naming the file."""
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, found a {type(data).__name__}")
+    for key in numbers:
+        value = data.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{path}: {key} is {value!r}, expected a number")
+        if not math.isfinite(value):
+            data[key] = None
+    return data
 
 
 @dataclass

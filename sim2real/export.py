@@ -42,7 +42,8 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_out_dir(out_dir: str | Path, key: str = "out_dir") -> Path:
+def check_out_dir(out_dir: str | Path, key: str = "out_dir",
+                  holds: str = "an export is a directory holding the model and policy.json") -> Path:
     """``out_dir`` as a Path if an export can be written there, else a ValueError naming ``key``.
 
     The directory may exist (an earlier export is replaced) or not (it is created with its parents),
@@ -53,8 +54,7 @@ def check_out_dir(out_dir: str | Path, key: str = "out_dir") -> Path:
         raise ValueError(f"{key}={out_dir!r}: give a directory, or leave {key} unset for the default")
     path = Path(out_dir)
     if os.path.lexists(path) and not path.is_dir():
-        raise ValueError(f"{key}={out_dir}: {path} exists and is not a directory; choose another {key} "
-                         "(an export is a directory holding the model and policy.json)")
+        raise ValueError(f"{key}={out_dir}: {path} exists and is not a directory; choose another {key} ({holds})")
     existing = path
     while not os.path.lexists(existing) and existing != existing.parent:
         existing = existing.parent

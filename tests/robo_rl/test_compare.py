@@ -132,6 +132,10 @@ def test_cli_writes_the_table_json_and_plot(tmp_path, capsys, monkeypatch):
     (["runs=sweep", "colour=red"], "colour"),
     (["runs=bad"], "bad/summary.json: not valid JSON"),
     ([], "runs=<dir> is required"),
+    (["runs="], "runs= names no run"),
+    (["runs=afile"], "runs=afile: a file, not a run directory"),
+    (["runs=sweep", "out_dir=afile"], "out_dir=afile: afile exists and is not a directory"),
+    (["runs=sweep", "out_dir=afile/out"], "afile is a file, so no directory can be made under it"),
 ])
 def test_bad_input_fails_with_the_problem_named(tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
@@ -139,5 +143,33 @@ def test_bad_input_fails_with_the_problem_named(tmp_path, capsys, monkeypatch, a
     write_run(tmp_path / "sweep" / "seed=0", 0, 1.0, [(10, 1.0)])
     write_run(tmp_path / "bad", 0, 1.0, [(10, 1.0)])
     (tmp_path / "bad" / "summary.json").write_text('{"status": "comp')
+    (tmp_path / "afile").write_text("x")
     assert main(["compare", *args]) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "sweep" / "compare.json").exists()
+
+
+@pytest.mark.parametrize("file, content, message", [
+    ("summary.json", '{"final_eval_return_mean": "high"}', "summary.json: final_eval_return_mean is 'high', expected a number"),
+    ("summary.json", "[]", "summary.json: expected a JSON object, found a list"),
+    ("eval.json", "[1, 2]", "eval.json: expected a JSON object, found a list"),
+    ("config.yaml", "- a\n- b\n", "config.yaml: not a run config (a list, not a mapping of keys)"),
+    ("metrics.csv", b"\xff\xfe\x00bad", "metrics.csv: not a readable metrics file"),
+    ("metrics.csv", "step,eval/return_mean\n10,1.0\nnan,2.0\n", "metrics.csv: a row with step 'nan'"),
+])
+def test_a_damaged_file_in_a_run_is_named_not_half_read(tmp_path, file, content, message):
+    write_run(tmp_path / "run", 0, 1.0, [(10, 1.0)])
+    target = tmp_path / "run" / file
+    target.write_bytes(content) if isinstance(content, bytes) else target.write_text(content)
+    with pytest.raises(ValueError) as exc:
+        compare([tmp_path / "run"])
+    assert str(tmp_path / "run" / file) in str(exc.value) and message in str(exc.value)
+
+
+def test_nan_in_a_summary_is_not_measured_and_compare_json_stays_valid(tmp_path, capsys, monkeypatch):
+    write_run(tmp_path / "run", 0, float("nan"), [(10, 1.0), (20, 3.0)])
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", "runs=run", "out_dir=out"]) == 0
+    text = (tmp_path / "out" / "compare.json").read_text()
+    assert "NaN" not in text
+    assert json.loads(text)["groups"][0]["final_eval_return"]["mean"] == 3.0  # the last evaluation in metrics.csv
