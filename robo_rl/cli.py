@@ -740,6 +740,7 @@ def compare_main(args: Sequence[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(COMPARE_HELP)
         return 0
+    import errno
     import glob
     import time
 
@@ -760,16 +761,34 @@ def compare_main(args: Sequence[str]) -> int:
             out = Path(matched[0])  # a pattern matching one directory, not a directory named after the pattern
         else:
             out = Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
-        if opts.out_dir:  # before any run is read (a runs= directory is checked as a run directory)
-            from sim2real.export import check_out_dir
+        from sim2real.export import check_out_dir
 
-            check_out_dir(out, holds="compare writes compare.json, compare.md and compare.png into it")
+        holds = "compare writes compare.json, compare.md and compare.png into it"
+        if opts.out_dir:  # before any run is read (a runs= directory is checked as a run directory)
+            check_out_dir(out, holds=holds)
+        elif out.is_dir() or not out.exists() and out.parent == Path("runs"):  # the default place: also checked now
+            try:
+                check_out_dir(out, holds=holds)
+            except ValueError as exc:
+                raise ValueError(f"out_dir is unset, so the outputs go to {out}, but "
+                                 f"{str(exc).split(': ', 1)[-1]}".replace("choose another out_dir",
+                                                                          "give out_dir=<dir>")) from None
         result = compare(runs, group_by, opts.curve)
-        written = write(result, out)
     except (FileNotFoundError, ValueError) as exc:
         return _error(str(exc), EXIT_USAGE)
-    except OSError as exc:  # the outputs could not be written (a full disk, permissions)
-        return _error(f"cannot write the comparison to {out}: {exc}", EXIT_FAILED)
+    for warning in result["warnings"]:  # read as not measured, never in silence
+        print(f"robo-rl: warning: {warning}", file=sys.stderr)
+    try:
+        written = write(result, out)
+    except ValueError as exc:
+        return _error(str(exc), EXIT_FAILED)
+    except OSError as exc:  # the place cannot hold the outputs (no such place, permissions), or a full disk
+        where = f"out_dir={opts.out_dir}" if opts.out_dir else f"{out} (the default, out_dir unset)"
+        reason = exc.strerror or str(exc)
+        if isinstance(exc, (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)) \
+                or exc.errno == errno.EROFS:
+            return _error(f"{where}: cannot write compare.json there ({reason}); choose another out_dir", EXIT_USAGE)
+        return _error(f"{where}: writing the comparison failed ({reason})", EXIT_FAILED)
     print(table(result))
     curves = [g["curve"] for g in result["groups"] if g["curve"]]
     if opts.curve == "eval" and curves and all(len(c["step"]) < 2 for c in curves):

@@ -14,6 +14,7 @@ import csv
 import glob
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,8 @@ class Run:
     summary: dict[str, Any]
     curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # "eval" -> [(step, return)]
     evaluated: dict[str, Any] | None = None  # eval.json, written by `robo-rl eval`
+    warnings: list[str] = field(default_factory=list)  # what was read as not measured, each naming the file
+    not_finite: set[str] = field(default_factory=set)  # summary.json keys that held NaN/Inf (read as null)
 
     @property
     def seed(self) -> Any:
@@ -50,14 +53,15 @@ class Run:
     @property
     def final(self) -> float | None:
         value = self.summary.get("final_eval_return_mean")
-        if value is None and self.curves.get("eval"):
+        # a NaN in summary.json is that evaluation's result: an earlier point of the curve would not be the final one
+        if value is None and self.curves.get("eval") and "final_eval_return_mean" not in self.not_finite:
             value = self.curves["eval"][-1][1]
         return None if value is None or not math.isfinite(value) else float(value)
 
     @property
     def best(self) -> float | None:
         value = self.summary.get("best_eval_return_mean")
-        if value is None and self.curves.get("eval"):
+        if value is None and self.curves.get("eval") and "best_eval_return_mean" not in self.not_finite:
             value = max(v for _, v in self.curves["eval"])
         return None if value is None or not math.isfinite(value) else float(value)
 
@@ -99,30 +103,52 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
         for key, value in tree.items():
             out.update(_flatten(value, f"{prefix}{key}."))
         return out
+    if isinstance(tree, float) and not math.isfinite(tree):  # e.g. env.kwargs bounds: inf as the config spells it
+        return {prefix[:-1]: str(tree)}
     return {prefix[:-1]: json.dumps(tree) if isinstance(tree, list) else tree}
 
 
-def _read_curves(path: Path) -> dict[str, list[tuple[float, float]]]:
+def _read_curves(path: Path, warnings: list[str] | None = None) -> dict[str, list[tuple[float, float]]]:
+    """The CURVES columns of a metrics.csv as (step, value) points. A damaged file is a ValueError naming it; a NaN/Inf
+    value (a diverged evaluation or episode) is left out of the curve with a note in ``warnings``."""
     curves: dict[str, list[tuple[float, float]]] = {name: [] for name in CURVES}
-    if not path.is_file():
+    if not os.path.lexists(path):  # missing: not written yet; anything else there is read (a directory fails, named)
         return curves
     try:
         with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (UnicodeDecodeError, csv.Error) as exc:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except (UnicodeDecodeError, csv.Error, OSError) as exc:
         raise ValueError(f"{path}: not a readable metrics file ({exc})") from None
-    for row in rows:
+    if rows and "step" not in columns:
+        raise ValueError(f"{path}: not a metrics file a run writes (no 'step' column; the header is "
+                         f"{','.join(str(c) for c in columns)[:120]!r})")
+    skipped: dict[str, list[str]] = {}
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
         for name, column in CURVES.items():
             value = row.get(column)
-            if value not in (None, ""):
-                try:
-                    step, ret = float(row["step"]), float(value)
-                except (KeyError, TypeError, ValueError):
-                    raise ValueError(f"{path}: unreadable row {row.get('step')!r}") from None
-                if not math.isfinite(step) or step < 0:  # a row the run could not have written: the file is damaged
-                    raise ValueError(f"{path}: a row with step {row['step']!r} (steps are counts >= 0)")
-                if math.isfinite(ret):  # a NaN return is an evaluation that did not happen, not a point
-                    curves[name].append((step, ret))
+            if value in (None, ""):
+                continue
+            try:
+                step = float(row["step"])
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}: line {line}: step is {row['step']!r}, not a number") from None
+            try:
+                ret = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}: line {line} (step {row['step']}): {column} is {value!r}, "
+                                 "not a number") from None
+            if not math.isfinite(step) or step < 0:  # a row the run could not have written: the file is damaged
+                raise ValueError(f"{path}: line {line}: a row with step {row['step']!r} (steps are counts >= 0)")
+            if math.isfinite(ret):
+                curves[name].append((step, ret))
+            else:  # not a point of the curve, but not passed over in silence either
+                skipped.setdefault(column, []).append(row["step"])
+    for column, steps in skipped.items():
+        if warnings is not None:
+            warnings.append(f"{path}: {column} is NaN or infinite in {len(steps)} row(s) (first at step "
+                            f"{steps[0]}); left out of the curve")
     return curves
 
 
@@ -135,23 +161,47 @@ def load_run(path: Path) -> Run:
         raise ValueError(f"{path / CONFIG}: not a readable config ({str(exc).splitlines()[0]})") from None
     if not isinstance(loaded, dict):
         raise ValueError(f"{path / CONFIG}: not a run config (a {type(loaded).__name__}, not a mapping of keys)")
-    summary = _read_json(path / SUMMARY, numbers=SUMMARY_NUMBERS) or {}
-    evaluated = _read_json(path / EVALUATED, numbers=("return_mean", "return_std", "episodes", "checkpoint_step"))
-    return Run(path, _flatten(loaded), summary, _read_curves(path / METRICS), evaluated)
+    config = _flatten(loaded)
+    missing = [k for k in ("algo.name", "env.id") if config.get(k) in (None, "")]
+    if missing:
+        raise ValueError(f"{path / CONFIG}: not a run config (no {' or '.join(missing)} in it; a run's "
+                         f"{CONFIG} holds its whole resolved config)")
+    warnings: list[str] = []
+    not_finite: list[str] = []
+    summary = _read_json(path / SUMMARY, numbers=SUMMARY_NUMBERS, not_finite=not_finite)
+    if summary is None:
+        summary = {}
+    if not_finite:
+        warnings.append(f"{path / SUMMARY}: {_are(not_finite)} NaN or infinite; shown as not measured ('-')")
+    eval_not_finite: list[str] = []
+    evaluated = _read_json(path / EVALUATED, numbers=("return_mean", "return_std", "episodes", "checkpoint_step"),
+                           not_finite=eval_not_finite, flags=("deterministic",))
+    if eval_not_finite:
+        warnings.append(f"{path / EVALUATED}: {_are(eval_not_finite)} NaN or infinite; shown as not measured ('-')")
+    curves = _read_curves(path / METRICS, warnings)
+    return Run(path, config, summary, curves, evaluated, warnings, set(not_finite))
+
+
+def _are(keys: list[str]) -> str:
+    return f"{', '.join(keys)} {'is' if len(keys) == 1 else 'are'}"
 
 
 #: summary.json keys compare reads as numbers
-SUMMARY_NUMBERS = ("final_eval_return_mean", "best_eval_return_mean", "steps", "wall_time_s", "steps_per_s")
+SUMMARY_NUMBERS = ("final_eval_return_mean", "best_eval_return_mean", "steps", "wall_time_s", "steps_per_s", "seed")
 
 
-def _read_json(path: Path, numbers: Sequence[str] = ()) -> dict[str, Any] | None:
-    """A JSON object, with ``numbers`` (where present and not null) numbers; NaN/Inf among them read as null
-    (not measured), so compare.json stays valid JSON. Anything else is a ValueError naming the file."""
-    if not path.is_file():
+def _read_json(path: Path, numbers: Sequence[str] = (), not_finite: list[str] | None = None,
+               flags: Sequence[str] = ()) -> dict[str, Any] | None:
+    """A JSON object, with ``numbers`` (where present and not null) numbers and ``flags`` true/false; NaN/Inf among
+    the numbers read as null (not measured; their keys are added to ``not_finite``), so compare.json stays valid JSON.
+    Anything else is a ValueError naming the file."""
+    if not os.path.lexists(path):  # missing: not written yet; anything else there is read (a directory fails, named)
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except OSError as exc:  # e.g. a directory by that name
+        raise ValueError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object, found a {type(data).__name__}")
@@ -163,6 +213,11 @@ def _read_json(path: Path, numbers: Sequence[str] = ()) -> dict[str, Any] | None
             raise ValueError(f"{path}: {key} is {value!r}, expected a number")
         if not math.isfinite(value):
             data[key] = None
+            if not_finite is not None:
+                not_finite.append(key)
+    for key in flags:
+        if data.get(key) is not None and not isinstance(data[key], bool):
+            raise ValueError(f"{path}: {key} is {data[key]!r}, expected true or false")
     return data
 
 
@@ -195,8 +250,16 @@ def group_runs(runs: list[Run], group_by: Sequence[str] | None = None) -> list[G
             groups[ident] = Group(_label({k: values[k] for k in named}, run), values, [])
         groups[ident].runs.append(run)
     for group in groups.values():
-        group.runs.sort(key=lambda r: (str(type(r.seed)), r.seed if r.seed is not None else -1))
+        group.runs.sort(key=_seed_order)
     return list(groups.values())
+
+
+def _seed_order(run: Run) -> tuple[int, float, str]:
+    """Numeric seeds first, in order; anything else (a seed a config spells as text) after them, by its text."""
+    seed = run.seed
+    if isinstance(seed, (int, float)) and not isinstance(seed, bool) and math.isfinite(seed):
+        return (0, float(seed), "")
+    return (1, 0.0, json.dumps(seed, default=str))
 
 
 def _ignored(key: str) -> bool:
@@ -275,7 +338,7 @@ def compare(paths: Sequence[str | Path], group_by: Sequence[str] | None = None, 
             "curve": mean_curve([r.curves[curve] for r in group.runs]),
         })
     return {"curve": curve, "curve_column": CURVES[curve], "runs": len(runs), "groups": out_groups,
-            "date": time.strftime("%Y-%m-%d %H:%M")}
+            "warnings": [w for r in runs for w in r.warnings], "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
 def _fmt(stats: dict[str, float | None], n: int, digits: int = 1) -> str:
@@ -344,10 +407,14 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
 
 
 def write(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    try:  # rendered before anything is written; strict JSON: a bare NaN/Infinity is not JSON
+        text, md = json.dumps(result, indent=2, allow_nan=False), table(result) + "\n"
+    except ValueError as exc:
+        raise ValueError(f"compare.json would not be valid JSON ({exc}); nothing was written") from None
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {"json": out_dir / "compare.json", "md": out_dir / "compare.md"}
-    written["json"].write_text(json.dumps(result, indent=2))
-    written["md"].write_text(table(result) + "\n")
+    written["json"].write_text(text)
+    written["md"].write_text(md)
     png = plot(result, out_dir / "compare.png")
     if png is not None:
         written["png"] = png

@@ -1,12 +1,13 @@
 """`robo-rl compare` on run directories written here (config.yaml, summary.json, metrics.csv as a run writes them)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from robo_rl.cli import main
-from robo_rl.compare import compare, mean_curve
+from robo_rl.compare import compare, mean_curve, write
 
 
 def write_run(path, seed, final, curve, algo="sac", lr=3e-4, status="completed", summary=True, progress=10.0,
@@ -155,7 +156,15 @@ def test_bad_input_fails_with_the_problem_named(tmp_path, capsys, monkeypatch, a
     ("eval.json", "[1, 2]", "eval.json: expected a JSON object, found a list"),
     ("config.yaml", "- a\n- b\n", "config.yaml: not a run config (a list, not a mapping of keys)"),
     ("metrics.csv", b"\xff\xfe\x00bad", "metrics.csv: not a readable metrics file"),
-    ("metrics.csv", "step,eval/return_mean\n10,1.0\nnan,2.0\n", "metrics.csv: a row with step 'nan'"),
+    ("metrics.csv", "step,eval/return_mean\n10,1.0\nnan,2.0\n", "metrics.csv: line 3: a row with step 'nan'"),
+    ("metrics.csv", "step,eval/return_mean\n1e400,2.0\n", "metrics.csv: line 2: a row with step '1e400'"),
+    ("metrics.csv", "wall_time,eval/return_mean\n1.0,2.0\n", "metrics.csv: not a metrics file a run writes (no 'step' column"),
+    ("metrics.csv", "step,eval/return_mean\n10,\x00-5\n", "metrics.csv: line 2 (step 10): eval/return_mean is '\\x00-5', not a number"),
+    ("summary.json", '{"steps": "300"}', "summary.json: steps is '300', expected a number"),
+    ("summary.json", '{"seed": [0]}', "summary.json: seed is [0], expected a number"),
+    ("eval.json", '{"return_mean": 1.0, "deterministic": "yes"}', "eval.json: deterministic is 'yes', expected true or false"),
+    ("config.yaml", "", "config.yaml: not a run config (no algo.name or env.id in it"),
+    ("config.yaml", "hello\n", "config.yaml: not a run config (no algo.name or env.id in it"),
 ])
 def test_a_damaged_file_in_a_run_is_named_not_half_read(tmp_path, file, content, message):
     write_run(tmp_path / "run", 0, 1.0, [(10, 1.0)])
@@ -166,10 +175,98 @@ def test_a_damaged_file_in_a_run_is_named_not_half_read(tmp_path, file, content,
     assert str(tmp_path / "run" / file) in str(exc.value) and message in str(exc.value)
 
 
-def test_nan_in_a_summary_is_not_measured_and_compare_json_stays_valid(tmp_path, capsys, monkeypatch):
+def _strict_json(text):
+    """compare.json as strict JSON: a bare NaN/Infinity fails the test."""
+    def refuse(constant):
+        raise AssertionError(f"compare.json holds a bare {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_nan_in_a_summary_is_not_measured_said_so_and_compare_json_stays_valid(tmp_path, capsys, monkeypatch):
     write_run(tmp_path / "run", 0, float("nan"), [(10, 1.0), (20, 3.0)])
+    write_run(tmp_path / "other", 1, 5.0, [(10, 2.0), (20, 5.0)])
+    summary = json.loads((tmp_path / "other" / "summary.json").read_text())
+    (tmp_path / "other" / "summary.json").write_text(json.dumps({**summary, "wall_time_s": float("inf")}))
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", "runs=run,other", "out_dir=out"]) == 0
+    out, err = capsys.readouterr()
+    assert (f"robo-rl: warning: {tmp_path / 'run' / 'summary.json'}: final_eval_return_mean is NaN or infinite; "
+            "shown as not measured ('-')") in err
+    assert f"robo-rl: warning: {tmp_path / 'other' / 'summary.json'}: wall_time_s is NaN or infinite" in err
+    assert "Traceback" not in err and "nan" not in out.lower().replace("final eval", "")
+    # the summary's NaN is that run's final result: not replaced by an earlier point of its curve
+    assert "| 5.0 | -, 5 |" in out
+    result = _strict_json((tmp_path / "out" / "compare.json").read_text())
+    (g,) = result["groups"]
+    assert [r["final_eval_return"] for r in g["runs"]] == [None, 5.0]
+    assert g["final_eval_return"]["mean"] == 5.0 and g["wall_time_s"]["mean"] == 60.0  # the finite one only
+    assert len(result["warnings"]) == 2  # compare.json says what was left out, too
+
+
+def test_nan_returns_in_metrics_are_left_out_of_the_curve_with_a_warning(tmp_path, capsys, monkeypatch):
+    write_run(tmp_path / "run", 0, 1.0, [(10, 1.0)])
+    (tmp_path / "run" / "metrics.csv").write_text("step,eval/return_mean\n10,1.0\n20,nan\n30,1e400\n40,2.0\n")
     monkeypatch.chdir(tmp_path)
     assert main(["compare", "runs=run", "out_dir=out"]) == 0
-    text = (tmp_path / "out" / "compare.json").read_text()
-    assert "NaN" not in text
-    assert json.loads(text)["groups"][0]["final_eval_return"]["mean"] == 3.0  # the last evaluation in metrics.csv
+    err = capsys.readouterr().err
+    assert (f"robo-rl: warning: {tmp_path / 'run' / 'metrics.csv'}: eval/return_mean is NaN or infinite in 2 row(s) "
+            "(first at step 20); left out of the curve") in err
+    result = _strict_json((tmp_path / "out" / "compare.json").read_text())
+    assert result["groups"][0]["curve"]["step"] == [10.0, 40.0]
+
+
+def test_non_finite_config_values_keep_compare_json_valid(tmp_path):
+    # env.kwargs may hold inf (a range bound); a config that differs in it is still written as valid JSON
+    for name, bound in (("a", ".inf"), ("b", "2.0")):
+        write_run(tmp_path / name, 0, 1.0, [(10, 1.0)])
+        config = tmp_path / name / "config.yaml"
+        config.write_text(config.read_text().replace("env:\n", f"env:\n  kwargs:\n    bound: {bound}\n"))
+    result = compare([tmp_path / "a", tmp_path / "b"])
+    assert [g["label"] for g in result["groups"]] == ["env.kwargs.bound=inf", "env.kwargs.bound=2.0"]
+    out = tmp_path / "out"
+    write(result, out)
+    assert _strict_json((out / "compare.json").read_text())["groups"][0]["config"] == {"env.kwargs.bound": "inf"}
+
+
+def test_a_damaged_file_in_one_of_several_runs_stops_the_comparison(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for seed in (0, 1, 2):
+        write_run(tmp_path / "sweep" / f"seed={seed}", seed, 1.0, [(10, 1.0)])
+    (tmp_path / "sweep" / "seed=1" / "summary.json").write_text('{"final_eval_return_mean": "abc"}')
+    assert main(["compare", "runs=sweep"]) == 2
+    out, err = capsys.readouterr()
+    assert err.strip() == (f"robo-rl: error: {tmp_path / 'sweep' / 'seed=1' / 'summary.json'}: "
+                           "final_eval_return_mean is 'abc', expected a number")
+    assert out == "" and not (tmp_path / "sweep" / "compare.json").exists()
+
+
+def test_a_default_place_that_cannot_hold_the_outputs_is_refused_before_reading(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_run(tmp_path / "a", 0, 1.0, [(10, 1.0)])
+    write_run(tmp_path / "b", 1, 1.0, [(10, 1.0)])
+    (tmp_path / "b" / "summary.json").write_text("{broken")  # not reached: the place is checked first
+    (tmp_path / "runs").write_text("a file where the default runs/compare-<time> would go")
+    assert main(["compare", "runs=a,b"]) == 2
+    err = capsys.readouterr().err
+    assert "robo-rl: error: out_dir is unset, so the outputs go to runs/compare-" in err
+    assert "runs is a file, so no directory can be made under it; give out_dir=<dir>" in err
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc (a place no directory can be made in)")
+def test_an_out_dir_that_cannot_be_made_is_one_line(tmp_path, capsys):
+    write_run(tmp_path / "run", 0, 1.0, [(10, 1.0)])
+    assert main(["compare", f"runs={tmp_path / 'run'}", "out_dir=/proc/robo-rl-compare-test/out"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("robo-rl: error: out_dir=/proc/robo-rl-compare-test/out: cannot write compare.json there")
+    assert "choose another out_dir" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_directory_where_a_run_file_belongs_is_named(tmp_path):
+    write_run(tmp_path / "run", 0, 1.0, [(10, 1.0)])
+    for name in ("summary.json", "metrics.csv"):
+        (tmp_path / "run" / name).rename(tmp_path / f"{name}.bak")
+        (tmp_path / "run" / name).mkdir()
+        with pytest.raises(ValueError, match=str(tmp_path / "run" / name).replace(".", r"\.")):
+            compare([tmp_path / "run"])
+        (tmp_path / "run" / name).rmdir()
+        (tmp_path / f"{name}.bak").rename(tmp_path / "run" / name)
