@@ -599,6 +599,25 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError, MissingDependency) as exc:
         leave_nothing()
         return _error(str(exc), EXIT_USAGE)
+    except (MemoryError, RuntimeError) as exc:
+        reason = out_of_memory(exc)
+        if reason is None:
+            raise
+        leave_nothing()
+        return _error(f"out of memory: {reason}; lower env.num_envs, algo.batch_size or the buffer sizes "
+                      "(algo.buffer_size, algo.rollout_steps)", EXIT_FAILED)
+
+
+def out_of_memory(exc: BaseException) -> str | None:
+    """The allocator's one-line reason when ``exc`` is a failed allocation (numpy's MemoryError, torch's
+    RuntimeError), else None."""
+    text = str(exc).strip()
+    if isinstance(exc, MemoryError):
+        return text.splitlines()[0] if text else "an allocation failed"
+    if "can't allocate memory" in text or "out of memory" in text.lower():
+        at = text.find("you tried to allocate")
+        return text[at:].split(".")[0] if at >= 0 else text.splitlines()[0]
+    return None
 
 
 def eval_main(args: Sequence[str]) -> int:

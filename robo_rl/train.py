@@ -19,6 +19,7 @@ from envs.mujoco_log import route_mujoco_warnings
 from robo_rl.build import build_env_checked, build_learner, build_policy, build_runner, check_env_runs, check_safety
 from robo_rl.config import ConfigError, resolve_defaults, task_defaults, validate
 from robo_rl.metrics import setup_console_logging
+from robo_rl.memory import buffers_needed, check_fits
 from robo_rl.runners.base import Interrupted, find_resume_checkpoint
 from robo_rl.runs import CONFIG_FILE, load_run_config, run_dir_lock
 
@@ -175,6 +176,7 @@ def _train(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str], held: _
             eval_env = build_env_checked(cfg, num_envs=min(int(cfg.eval.num_envs), int(cfg.eval.episodes)),
                                          vectorization="sync", randomize=False)  # evaluation measures the nominal task
             check_env_runs(cfg, eval_env)
+        check_fits(buffers_needed(cfg, env.obs_dim, env.act_dim), torch.device(cfg.device))
         policy = build_policy(cfg, env)
         learner = build_learner(cfg, policy)
         demos = None

@@ -1,0 +1,114 @@
+"""Will a run's buffers fit in memory? Checked before any run file is written.
+
+The replay buffer, the rollout storage and GoRL's refit dataset are preallocated with ``torch.zeros``,
+which writes every byte at once: a buffer larger than the machine fails with the allocator's
+traceback, and one that fits the machine but not what is free brings in the kernel's out-of-memory
+killer, which may pick another process (another run's training). So their size is worked out from the
+config and compared with the memory that is free, and a run that cannot fit is refused with the keys
+that size it named.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+GIB = 2**30
+FLOAT_BYTES = 4  # both buffers store float32
+
+
+def replay_bytes(capacity: int, obs_dim: int, act_dim: int, costs: bool = False) -> int:
+    """Bytes a ReplayBuffer of ``capacity`` rows holds: obs, next_obs, action, reward, terminated (and cost)."""
+    return FLOAT_BYTES * capacity * (2 * obs_dim + act_dim + 2 + int(costs))
+
+
+def rollout_bytes(steps: int, num_envs: int, obs_dim: int, act_dim: int) -> int:
+    """Bytes of a RolloutStorage of ``steps`` x ``num_envs`` plus the flattened batch an update makes of it
+    (advantages and returns added), which exists next to it while the update runs."""
+    storage = steps * num_envs * (obs_dim + act_dim + 4)
+    batch = steps * num_envs * (obs_dim + act_dim + 4)
+    return FLOAT_BYTES * (storage + batch)
+
+
+def _cgroup_limit() -> int | None:
+    """The container's memory limit (cgroup v2, then v1), if one is set."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:  # v1 writes a huge number for "no limit"
+            return int(text)
+    return None
+
+
+def host_memory() -> tuple[int | None, int | None]:
+    """(total, available) bytes of memory this process can use, None where it cannot be read."""
+    total = available = None
+    try:
+        fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.split(":")[0] in ("MemTotal", "MemAvailable", "SwapFree")}
+        total = fields.get("MemTotal")
+        if "MemAvailable" in fields:
+            available = fields["MemAvailable"] + fields.get("SwapFree", 0)
+            total = (total or 0) + fields.get("SwapFree", 0) or None
+    except (OSError, ValueError, IndexError):
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            pass
+    limit = _cgroup_limit()
+    if limit is not None:
+        total = min(total, limit) if total is not None else limit
+        available = min(available, limit) if available is not None else None
+    return total, available
+
+
+def device_memory(device: torch.device) -> tuple[int | None, int | None]:
+    """(total, available) bytes on ``device``: the host's for the CPU, the GPU's own for CUDA."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info(device)
+        return int(total), int(free)
+    if device.type == "cpu":
+        return host_memory()
+    return None, None  # e.g. mps: no reliable figure
+
+
+def buffers_needed(cfg: Any, obs_dim: int, act_dim: int) -> dict[str, int]:
+    """{"what, with the keys that size it": bytes} for the buffers ``cfg``'s learner preallocates."""
+    algo, needs = cfg.algo, {}
+    if algo.get("buffer_size") is not None:
+        costs = bool(OmegaConf.select(cfg, "safety.passivity_aware", default=False))
+        needs[f"replay (algo.buffer_size={int(algo.buffer_size):,} rows)"] = replay_bytes(
+            int(algo.buffer_size), obs_dim, act_dim, costs)
+    if algo.get("rollout_steps") is not None:
+        steps, n = int(algo.rollout_steps), int(cfg.env.num_envs)
+        needs[f"rollout (algo.rollout_steps={steps:,} x env.num_envs={n:,})"] = rollout_bytes(steps, n, obs_dim, act_dim)
+    if algo.get("dataset_size") is not None:
+        needs[f"refit data (algo.dataset_size={int(algo.dataset_size):,})"] = (
+            FLOAT_BYTES * int(algo.dataset_size) * (obs_dim + act_dim))
+    return needs
+
+
+def check_fits(needs: dict[str, int], device: torch.device) -> None:
+    """Refuse (ConfigError) when the buffers in ``needs`` exceed the memory free on ``device`` (or, where
+    that cannot be read, its total)."""
+    from robo_rl.config import ConfigError
+
+    need = sum(needs.values())
+    total, available = device_memory(device)
+    room = available if available is not None else total
+    if room is not None and need > room:
+        described = ", ".join(f"{what} {gib(b)}" for what, b in needs.items())
+        of = "free now" if available is not None else "in all"
+        raise ConfigError(f"the run's buffers need {gib(need)} ({described}), more than the {gib(room)} of "
+                          f"{device.type} memory {of}" + (f" (of {gib(total)})" if available is not None and total else "")
+                          + ": lower the keys named")
+
+
+def gib(n: int) -> str:
+    return f"{n / GIB:,.1f} GiB" if n >= GIB / 10 else f"{n / 2**20:.1f} MiB"

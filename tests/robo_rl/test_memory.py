@@ -1,0 +1,71 @@
+"""Buffers that cannot fit are refused before any run file is written; a failed allocation is one line."""
+
+import pytest
+import torch
+
+from robo_rl import memory
+from robo_rl.cli import out_of_memory, run_training
+from robo_rl.config import ConfigError
+from tests.helpers import compose
+
+
+def test_buffer_sizes_are_counted_from_the_config():
+    # SAC on Pendulum (obs 3, act 1): obs + next_obs + action + reward + terminated = 9 float32 per row
+    needs = memory.buffers_needed(compose("algo=sac", "env=pendulum", "algo.buffer_size=1000"), 3, 1)
+    assert needs == {"replay (algo.buffer_size=1,000 rows)": 4 * 1000 * 9}
+    # passivity-aware replay keeps a cost per row
+    cfg = compose("algo=sac", "env=pendulum", "algo.buffer_size=1000", "safety.passivity_aware=true")
+    assert list(memory.buffers_needed(cfg, 3, 1).values()) == [4 * 1000 * 10]
+    # PPO: the storage (obs, action, log-prob, value, reward, done) and the update's flattened batch of it
+    cfg = compose("algo=ppo", "env=pendulum", "env.num_envs=8", "algo.rollout_steps=16")
+    assert memory.buffers_needed(cfg, 3, 1) == {"rollout (algo.rollout_steps=16 x env.num_envs=8)": 2 * 4 * 16 * 8 * 8}
+    # GoRL adds the decoder's refit data
+    cfg = compose("algo=gorl", "policy=latent", "env=pendulum", "env.num_envs=8", "algo.rollout_steps=16",
+                  "algo.dataset_size=500")
+    assert memory.buffers_needed(cfg, 3, 1)["refit data (algo.dataset_size=500)"] == 4 * 500 * 4
+
+
+def test_buffers_beyond_free_memory_are_refused_with_the_keys_named(monkeypatch):
+    needs = {"replay (algo.buffer_size=2,000,000 rows)": 3 * memory.GIB}
+    monkeypatch.setattr(memory, "device_memory", lambda device: (8 * memory.GIB, 2 * memory.GIB))
+    with pytest.raises(ConfigError, match=r"need 3\.0 GiB \(replay \(algo\.buffer_size=2,000,000 rows\) 3\.0 GiB\), "
+                                          r"more than the 2\.0 GiB of cpu memory free now \(of 8\.0 GiB\)"):
+        memory.check_fits(needs, torch.device("cpu"))
+    monkeypatch.setattr(memory, "device_memory", lambda device: (8 * memory.GIB, 4 * memory.GIB))
+    memory.check_fits(needs, torch.device("cpu"))  # fits: nothing said
+    monkeypatch.setattr(memory, "device_memory", lambda device: (None, None))
+    memory.check_fits(needs, torch.device("cpu"))  # unknown: not refused on a guess
+
+
+def test_this_machine_reports_its_memory():
+    total, available = memory.host_memory()
+    assert total is not None and available is not None and 0 < available <= total
+
+
+def test_a_replay_buffer_no_machine_holds_is_refused_before_the_run_exists(tmp_path, capsys):
+    cfg = compose("algo=sac", "env=pendulum", "algo.buffer_size=100000000000000", f"run_dir={tmp_path / 'run'}",
+                  "eval.episodes=1", "eval.num_envs=1")
+    assert run_training(cfg, tmp_path / "run", []) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("robo-rl: error: the run's buffers need 3,352,761.3 GiB (replay (algo.buffer_size="
+                          "100,000,000,000,000 rows) 3,352,761.3 GiB), more than the ") and "lower the keys named" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_allocation_is_one_line_naming_what_to_lower(tmp_path, capsys, monkeypatch):
+    # past the check (as if the machine said it had room), torch's allocator really refuses the buffer
+    monkeypatch.setattr("robo_rl.train.check_fits", lambda needs, device: None)
+    cfg = compose("algo=sac", "env=pendulum", "algo.buffer_size=100000000000000", f"run_dir={tmp_path / 'run'}",
+                  "eval.episodes=1", "eval.num_envs=1")
+    assert run_training(cfg, tmp_path / "run", []) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("robo-rl: error: out of memory: you tried to allocate 1200000000000000 bytes; lower "
+                          "env.num_envs, algo.batch_size or the buffer sizes"), err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_only_allocation_failures_read_as_out_of_memory():
+    assert out_of_memory(MemoryError("Unable to allocate 488. MiB for an array")) == "Unable to allocate 488. MiB for an array"
+    assert out_of_memory(MemoryError()) == "an allocation failed"
+    assert out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")) is not None
+    assert out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
