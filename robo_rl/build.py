@@ -116,7 +116,10 @@ def check_head_and_learner(cfg: DictConfig) -> None:
 
     try:
         head = build_head(cfg.policy.name, 3, -np.ones(2), np.ones(2), **_head_options(cfg))
-        LEARNERS[cfg.algo.name](head, **_learner_options(cfg))
+        options = _learner_options(cfg)
+        if options.get("target_entropy") is not None:  # its ceiling depends on |A|: checked on the real task
+            options["target_entropy"] = None
+        LEARNERS[cfg.algo.name](head, **options)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 

@@ -30,7 +30,7 @@ class SACConfig:
     alpha_lr: float = 3e-4
     init_alpha: float = 1.0
     autotune_alpha: bool = True
-    target_entropy: Optional[float] = None  # None: -|A|
+    target_entropy: Optional[float] = None  # None: -|A|; below |A| log 2 (the uniform on the unit action box)
     num_critics: int = 2
     critic_hidden: List[int] = field(default_factory=lambda: [256, 256])
     critic_activation: str = "relu"

@@ -7,6 +7,7 @@ Critics see normalized observations and actions in unit scale [-1, 1].
 from __future__ import annotations
 
 import copy
+import math
 from typing import Sequence
 
 import torch
@@ -56,6 +57,11 @@ class SAC(Learner):
         self.target_update_every = target_update_every
         # target entropy -|A| in unit action space (the head's log-probs are unit-space densities)
         self.target_entropy = float(-actor.act_dim if target_entropy is None else target_entropy)
+        ceiling = actor.act_dim * math.log(2.0)  # the uniform density on the unit box [-1, 1]^|A|
+        if autotune_alpha and getattr(actor, "squash", False) and self.target_entropy >= ceiling:
+            raise ValueError(f"algo.target_entropy={self.target_entropy:g} cannot be reached: a squashed policy's "
+                             f"entropy (unit action space) is below {ceiling:.3g} (|A| log 2, the uniform on the box), "
+                             "so alpha would grow without end; use a value below it (default -|A|), or unset it")
         self.critic = QEnsemble(policy.obs_dim, policy.act_dim, num_critics, critic_hidden, critic_activation, critic_layer_norm)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(float(init_alpha)).log(), requires_grad=autotune_alpha)
