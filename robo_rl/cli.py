@@ -648,7 +648,7 @@ def eval_main(args: Sequence[str]) -> int:
             return _error(str(exc), EXIT_USAGE)
         if isinstance(exc, RenderingUnavailable):  # video=true on a machine without a usable OpenGL platform
             return _error(f"video=true: {exc}", EXIT_FAILED)
-        if isinstance(exc, FloatingPointError):  # a non-finite observation or action during the episodes
+        if isinstance(exc, (FloatingPointError, EvalNotSaved)):  # a non-finite observation or action; a full disk
             return _error(str(exc), EXIT_FAILED)
         raise
     print(
@@ -834,6 +834,7 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
 
         check_demos_out(opts.demos_out)
     cfg = load_run_config(run_dir)
+    _check_writable(run_dir / "eval.json")  # not after the episodes have run
     with open_dict(cfg):
         cfg.device = opts.device
     if opts.video:
@@ -874,8 +875,25 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
         algo=cfg.algo.name, env=env.task_id, run_dir=str(run_dir), checkpoint=str(ckpt),
         checkpoint_step=int(manifest["step"]), seed=int(opts.seed),
     )
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    try:
+        (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    except OSError as exc:  # e.g. a full disk: the evaluation's numbers are still said
+        raise EvalNotSaved(f"return {result['return_mean']:.1f} ± {result['return_std']:.1f} over "
+                           f"{result['episodes']} episodes, but {run_dir / 'eval.json'} could not be written "
+                           f"({exc.strerror or exc})") from None
     return result
+
+
+class EvalNotSaved(OSError):
+    """The evaluation ran; its eval.json could not be written."""
+
+
+def _check_writable(path: Path) -> None:
+    """``path`` can be (re)written: its directory takes new files and nothing but a file is in the way."""
+    if path.is_dir() or (path.exists() and not path.is_file()):
+        raise ValueError(f"{path} is not a file, so the result cannot be written there; move it away")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"{path} cannot be written (the run directory is read-only); copy the run somewhere writable")
 
 
 if __name__ == "__main__":

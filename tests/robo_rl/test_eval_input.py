@@ -90,3 +90,36 @@ def test_a_checkpoint_of_another_algorithm_is_one_line(tmp_path, capsys, runs):
     err = capsys.readouterr().err
     assert code == 2 and "does not fit this run's sac learner" in _one_line_error(err)
     assert not (tmp_path / "x").exists()
+
+
+def test_an_eval_json_that_cannot_be_written_is_refused_before_the_episodes(tmp_path, capsys, runs, monkeypatch):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs / "sac", run)
+    (run / "eval.json").mkdir()
+    ran = []
+    monkeypatch.setattr("robo_rl.evaluation.evaluate", lambda *a, **k: ran.append(1))
+    code, out, err = _eval(capsys, f"run_dir={run}", "episodes=1", "num_envs=1")
+    assert code == 2 and f"{run / 'eval.json'} is not a file" in _one_line_error(err) and not ran and out == ""
+
+
+def test_a_failed_eval_json_write_still_says_the_result(tmp_path, capsys, runs, monkeypatch):
+    import errno
+    import shutil
+    from pathlib import Path
+
+    run = tmp_path / "run"
+    shutil.copytree(runs / "sac", run)
+    write_text = Path.write_text
+
+    def full_disk(self, *args, **kwargs):
+        if self.name == "eval.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    code, out, err = _eval(capsys, f"run_dir={run}", "episodes=1", "num_envs=1")
+    assert code == 1 and out == ""
+    assert "over 1 episodes, but " in _one_line_error(err) and "eval.json could not be written (No space left on device)" in err
+    assert err.startswith("robo-rl: error: return -")  # Pendulum's returns are negative: the number itself is said
