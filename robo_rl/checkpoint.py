@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 FORMAT = "robo-rl-checkpoint"
@@ -39,6 +40,10 @@ _PREFIX = "step_"
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete, corrupt or of an unknown format."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (a full disk, permissions); the ones before it are untouched."""
 
 
 # -- nested state <-> (JSON skeleton, flat tensors) --------------------------------------------------
@@ -138,20 +143,25 @@ def save_checkpoint(
     tmp = directory / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file(tensors, str(tmp / "state.safetensors"), metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
-    (tmp / "state.json").write_text(json.dumps(skeleton))
-    if replay is not None:
-        with open(tmp / "replay.npz", "wb") as f:
-            np.savez(f, **replay)
-    files = {}
-    for p in sorted(tmp.iterdir()):
-        _fsync(p)
-        files[p.name] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-    manifest = {"format": FORMAT, "version": FORMAT_VERSION, "step": step, "created": time.time(), "files": files}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    _fsync(tmp / MANIFEST)
-    _fsync(tmp)  # the directory entries of the files, not only their contents
+    try:
+        tmp.mkdir()
+        save_file(tensors, str(tmp / "state.safetensors"), metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
+        (tmp / "state.json").write_text(json.dumps(skeleton))
+        if replay is not None:
+            with open(tmp / "replay.npz", "wb") as f:
+                np.savez(f, **replay)
+        files = {}
+        for p in sorted(tmp.iterdir()):
+            _fsync(p)
+            files[p.name] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        manifest = {"format": FORMAT, "version": FORMAT_VERSION, "step": step, "created": time.time(), "files": files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        _fsync(tmp / MANIFEST)
+        _fsync(tmp)  # the directory entries of the files, not only their contents
+    except (OSError, SafetensorError) as exc:  # e.g. a full disk: give back what the partial one took
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise CheckpointWriteError(f"could not write checkpoint step {step} in {directory} ({reason})") from exc
 
     if final.exists():  # re-saving a step (e.g. the final step after a resume): swap atomically
         old = directory / f".old-{checkpoint_name(step)}-{os.getpid()}"

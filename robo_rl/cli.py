@@ -570,7 +570,7 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
     from envs.base import MissingDependency
     from robo_rl.checkpoint import CheckpointError
     from robo_rl.config import ConfigError
-    from robo_rl.runners.base import Interrupted, NonFiniteError
+    from robo_rl.runners.base import Interrupted, NonFiniteError, RunWriteError
     from robo_rl.runs import LOCK_FILE
     from robo_rl.train import train
 
@@ -591,7 +591,7 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
         leave_nothing()
         return _error("aborted by Ctrl-C" + (f"; train.log and summary.json in {run_dir} say where it stopped"
                                              if (run_dir / "summary.json").exists() else ""), EXIT_SIGINT)
-    except NonFiniteError as exc:
+    except (NonFiniteError, RunWriteError) as exc:
         return _error(str(exc), EXIT_FAILED)
     except FloatingPointError as exc:  # pretraining on demonstrations diverged (before config.yaml was written)
         leave_nothing()

@@ -6,6 +6,7 @@ implement how one iteration collects experience and updates the learner.
 from __future__ import annotations
 
 import abc
+import errno
 import json
 import logging
 import math
@@ -21,8 +22,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from envs import BatchedEnv
-from robo_rl.checkpoint import (CheckpointError, checkpoint_step, latest_checkpoint, list_checkpoints, load_checkpoint,
-                                save_checkpoint)
+from robo_rl.checkpoint import (CheckpointError, CheckpointWriteError, checkpoint_step, latest_checkpoint, list_checkpoints,
+                                load_checkpoint, save_checkpoint)
 from robo_rl.evaluation import evaluate
 from robo_rl.learners.base import Learner
 from robo_rl.metrics import MetricsWriter, Progress, format_duration, mean_of, plot_learning_curve
@@ -35,6 +36,16 @@ EVAL_SEED_OFFSET = 1_000_003  # evaluation envs never share seeds with training 
 
 class NonFiniteError(FloatingPointError):
     """NaN/Inf in observations, rewards or losses; training stopped, last good checkpoint kept."""
+
+
+class RunWriteError(RuntimeError):
+    """A run file (checkpoint, metrics, summary) could not be written mid-run, e.g. on a full disk; training
+    stopped, the checkpoints before it kept. The message says how to continue."""
+
+
+def _is_write_failure(exc: OSError) -> bool:
+    """A file could not be written: no space or quota, a read-only or failing disk, access lost."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM)
 
 
 class Interrupted(Exception):
@@ -275,12 +286,28 @@ class Runner(abc.ABC):
             status = f"aborted by a second SIGINT at step {self.step:,} ({where})"
             log.info(f"{status}" + (f"; continue with: robo-rl train resume={self.run_dir}" if self._last_checkpoint else ""))
             raise
+        except (OSError, CheckpointWriteError) as exc:  # a full disk, a permission lost mid-run
+            if isinstance(exc, OSError) and not _is_write_failure(exc):  # e.g. a worker process's broken pipe
+                status = f"failed: {exc}"
+                raise
+            why = str(exc) if isinstance(exc, CheckpointWriteError) else \
+                f"writing {exc.filename or 'a run file'} failed at step {self.step:,} ({exc.strerror or exc})"
+            status = f"failed: {why}"
+            raise RunWriteError(f"{why}; " + (
+                f"the last complete checkpoint is {self._last_checkpoint}: free space (or restore access) and continue "
+                f"with: robo-rl train resume={self.run_dir}" if self._last_checkpoint else "no checkpoint was written yet"))
         except Exception as exc:  # NaN guard, a task without the configured cost, ...: the summary says so
             status = f"failed: {exc}"
             raise
         finally:
             elapsed = self.wall_time + time.perf_counter() - t_start
-            summary = self._finish(elapsed, status, t_start)
+            try:
+                summary = self._finish(elapsed, status, t_start)
+            except OSError as exc:  # the disk that stopped the run may refuse the summary too
+                if status == "completed":
+                    raise RunWriteError(f"training completed, but writing {exc.filename or 'summary.json'} failed "
+                                        f"({exc.strerror or exc}); the final checkpoint is {self._last_checkpoint}") from exc
+                log.warning(f"robo-rl: warning: could not write the run's summary either ({exc.strerror or exc})")
         return summary
 
     def _write_row(self, wall: float, t_start: float) -> None:

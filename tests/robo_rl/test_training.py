@@ -352,3 +352,77 @@ def test_evaluation_is_deterministic_only_when_asked():
     with torch.no_grad():  # the deterministic returns are the mean action's: a zero-std head samples them
         head.log_std.fill_(-30.0)
     assert evaluate(head, env, 2, False, seed=7)["returns"] == pytest.approx(mean, rel=1e-4)
+
+
+def _full_disk_after(monkeypatch, saves):
+    """np.savez (the replay file of a checkpoint) writes part of its bytes, then finds the disk full, from the
+    ``saves``+1-th checkpoint on."""
+    import errno
+
+    import numpy as np
+
+    real, count = np.savez, [0]
+
+    def savez(f, **arrays):
+        count[0] += 1
+        if count[0] <= saves:
+            return real(f, **arrays)
+        f.write(b"\0" * 4096)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("robo_rl.checkpoint.np.savez", savez)
+
+
+def test_a_full_disk_at_a_checkpoint_stops_the_run_in_one_line_keeping_the_last_one(tmp_path, monkeypatch, capsys):
+    from robo_rl.checkpoint import verify_checkpoint
+    from robo_rl.cli import run_training
+
+    run = tmp_path / "run"
+    _full_disk_after(monkeypatch, saves=1)
+    cfg = compose(*SMALL_SAC, "steps=600", "checkpoint.every=300", "eval.every=300", f"run_dir={run}")
+    assert run_training(cfg, run, []) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    first = run / "checkpoints" / "step_0000000300"
+    assert err == (f"robo-rl: error: could not write checkpoint step 600 in {run / 'checkpoints'} (No space left on "
+                   f"device); the last complete checkpoint is "
+                   f"{first}: free space (or restore access) and continue with: robo-rl train resume={run}")
+    assert [p.name for p in (run / "checkpoints").iterdir()] == [first.name]  # the partial one's space given back
+    verify_checkpoint(first)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"].startswith("failed: could not write checkpoint step 600") and summary["steps"] == 600
+    monkeypatch.undo()  # space freed: the resume the message gives continues from step 300
+    summary = train(compose(f"resume={run}"), run, [f"resume={run}"])
+    assert summary["status"] == "completed" and summary["steps"] == 600
+
+
+def test_a_broken_pipe_is_not_reported_as_a_full_disk():
+    import errno
+
+    from robo_rl.runners.base import _is_write_failure
+
+    assert _is_write_failure(OSError(errno.ENOSPC, "No space left on device"))
+    assert _is_write_failure(OSError(errno.EROFS, "Read-only file system"))
+    assert not _is_write_failure(BrokenPipeError(errno.EPIPE, "Broken pipe"))  # an async env worker died
+
+
+def test_a_full_disk_at_a_metrics_row_names_the_file_and_the_resume(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from robo_rl.cli import run_training
+    from robo_rl.metrics import MetricsWriter
+
+    run = tmp_path / "run"
+    real = MetricsWriter.write
+
+    def write(self, step, wall, scalars):
+        if step > 300:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        real(self, step, wall, scalars)
+
+    monkeypatch.setattr(MetricsWriter, "write", write)
+    cfg = compose(*SMALL_SAC, "steps=600", "checkpoint.every=300", "log.every=200", f"run_dir={run}")
+    assert run_training(cfg, run, []) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"robo-rl: error: writing {run / 'metrics.csv'} failed at step 400 (No space left on device); the "
+                   f"last complete checkpoint is {run / 'checkpoints' / 'step_0000000300'}: free space (or restore "
+                   f"access) and continue with: robo-rl train resume={run}")
