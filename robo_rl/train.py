@@ -110,14 +110,14 @@ def compose_config(overrides: Iterable[str] = ()) -> DictConfig:
     """The config `robo-rl train <overrides>` would run, for use from Python (tests, benchmarks)."""
     from hydra import compose, initialize_config_dir
 
-    from robo_rl.cli import _register_resolvers
+    from robo_rl.commands.train import register_resolvers
     from robo_rl.config import integer_keys, integral_literals, register_schemas
 
     if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides):
         raise TypeError(f"compose_config takes a list of key=value strings, e.g. compose_config(['algo=sac']); "
                         f"got {overrides!r}")
     register_schemas()
-    _register_resolvers()
+    register_resolvers()
     config_dir = str(Path(__file__).resolve().parent / "configs")
     with initialize_config_dir(config_dir=config_dir, version_base=None):
         return compose(config_name="config", overrides=integral_literals(overrides, integer_keys()))

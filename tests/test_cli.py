@@ -83,9 +83,9 @@ def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
     (["algo=sac", "--help"], None),
 ])
 def test_train_overrides_are_checked_before_hydra_runs(args, words):
-    from robo_rl.cli import _composition_problem
+    from robo_rl.commands.train import composition_problem
 
-    problem = _composition_problem(args)
+    problem = composition_problem(args)
     if words is None:
         assert problem is None
     else:
@@ -93,16 +93,16 @@ def test_train_overrides_are_checked_before_hydra_runs(args, words):
 
 
 def test_a_run_dir_that_is_or_lies_under_a_file_is_refused_before_hydra_makes_it(tmp_path, monkeypatch):
-    from robo_rl.cli import _run_dir_problem
+    from robo_rl.commands.train import run_dir_problem
 
     (tmp_path / "f").write_text("x")
-    assert "that is a file, not a directory" in _run_dir_problem([f"run_dir={tmp_path / 'f'}"])
-    assert "that is a file, not a directory" in _run_dir_problem([f"resume={tmp_path / 'f'}"])
-    assert f"{tmp_path / 'f'} is a file, so no directory" in _run_dir_problem(["-m", f"run_dir={tmp_path / 'f' / 'runs'}"])
-    assert _run_dir_problem([f"run_dir={tmp_path / 'new' / 'run'}", "seed=1"]) is None
+    assert "that is a file, not a directory" in run_dir_problem([f"run_dir={tmp_path / 'f'}"])
+    assert "that is a file, not a directory" in run_dir_problem([f"resume={tmp_path / 'f'}"])
+    assert f"{tmp_path / 'f'} is a file, so no directory" in run_dir_problem(["-m", f"run_dir={tmp_path / 'f' / 'runs'}"])
+    assert run_dir_problem([f"run_dir={tmp_path / 'new' / 'run'}", "seed=1"]) is None
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").write_text("x")  # the default run directory goes under ./runs
-    assert "runs/ (where runs go without run_dir=): that is a file" in _run_dir_problem(["seed=1"])
+    assert "runs/ (where runs go without run_dir=): that is a file" in run_dir_problem(["seed=1"])
     proc = robo_rl("train", f"run_dir={tmp_path / 'f' / 'run'}", "steps=10", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "is a file, so no directory can be made under it" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -118,28 +118,29 @@ def test_an_unknown_mujoco_gl_is_one_line_not_a_traceback(tmp_path, monkeypatch)
 def test_default_run_dir_is_one_directory_however_the_id_is_spelled():
     from omegaconf import OmegaConf
 
-    from robo_rl.cli import _register_resolvers
+    from robo_rl.commands.train import register_resolvers
 
-    _register_resolvers()
+    register_resolvers()
     cfg = OmegaConf.create({"run_dir": None, "resume": None, "env": {"id": "my.pkg:ns/Arm-v0"},
                             "dir": "${robo_rl_run_dir:${run_dir},${resume},sac,${env.id},0,T}"})
     assert cfg.dir == "runs/sac-my.pkg-ns-Arm-v0-s0-T"
 
 
 def test_large_sweeps_are_checked_one_value_at_a_time(monkeypatch, capsys):
-    import robo_rl.cli as cli
+    from robo_rl.commands import sweep
+    from robo_rl.commands.train import composition_problem
 
-    monkeypatch.setattr(cli, "MAX_CHECKED_JOBS", 3)
-    assert cli._composition_problem(["-m", "seed=0,1", "algo=sac,td3"]) is None
+    monkeypatch.setattr(sweep, "MAX_CHECKED_JOBS", 3)
+    assert composition_problem(["-m", "seed=0,1", "algo=sac,td3"]) is None
     assert "checking 3 configs of a 4-job sweep before it starts (each swept value once)" in capsys.readouterr().err
-    problem = cli._composition_problem(["-m", "seed=0,1", "steps=5,-1"])
+    problem = composition_problem(["-m", "seed=0,1", "steps=5,-1"])
     assert problem is not None and "sweep job seed=0 steps=-1" in problem
-    assert cli._composition_problem(["-m", "seed=range(0,10)", "steps=5,6"]) is None  # 11 values: capped
+    assert composition_problem(["-m", "seed=range(0,10)", "steps=5,6"]) is None  # 11 values: capped
     assert "checking 3 configs of a 20-job sweep before it starts (the first swept values)" in capsys.readouterr().err
 
 
 def test_an_abort_by_ctrl_c_exits_130_with_one_line(tmp_path, monkeypatch, capsys):
-    import robo_rl.cli as cli
+    import robo_rl.commands.train as cli
     import robo_rl.train
 
     def aborted(*args, **kwargs):
@@ -230,14 +231,14 @@ def test_eval_records_demonstrations_that_warm_start_another_run(tmp_path):
 
 def test_head_keys_reach_every_job_when_the_algorithms_pick_the_head(monkeypatch):
     # Hydra's sweep-level config has the default head (gaussian, no `steps`): set-or-add it there
-    import robo_rl.cli as cli
+    from robo_rl.commands import sweep
 
     args = ["-m", "algo=expo,parl", "policy.steps=2", "seed=0"]
-    monkeypatch.setattr(cli, "_TRAIN_ARGS", args)
-    assert cli._for_hydra_multirun(args) == ["-m", "algo=expo,parl", "++policy.steps=2", "seed=0"]
+    monkeypatch.setattr(sweep, "TRAIN_ARGS", args)
+    assert sweep.for_hydra_multirun(args) == ["-m", "algo=expo,parl", "++policy.steps=2", "seed=0"]
     chosen = ["-m", "algo=expo,parl", "policy=flow", "policy.steps=2"]  # a head named on the command line
-    monkeypatch.setattr(cli, "_TRAIN_ARGS", chosen)
-    assert cli._for_hydra_multirun(chosen) == chosen
+    monkeypatch.setattr(sweep, "TRAIN_ARGS", chosen)
+    assert sweep.for_hydra_multirun(chosen) == chosen
 
 
 def test_multirun_over_seeds(tmp_path):

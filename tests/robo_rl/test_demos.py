@@ -245,7 +245,7 @@ def console(monkeypatch, capsys):
 
 
 def test_bad_demo_files_fail_the_cli_before_the_run_dir_is_kept(tmp_path, console):
-    from robo_rl.cli import run_training
+    from robo_rl.commands.train import run_training
 
     np.save(tmp_path / "plain.npy", np.zeros((5, 3), np.float32))
     big = save_demos(tmp_path / "big.npz", obs=np.zeros((5, 3)), actions=np.zeros((5, 1)), rewards=np.zeros(5),
@@ -262,7 +262,7 @@ def test_bad_demo_files_fail_the_cli_before_the_run_dir_is_kept(tmp_path, consol
 
 
 def test_a_pretraining_nan_is_one_line_with_exit_1(tmp_path, console):
-    from robo_rl.cli import run_training
+    from robo_rl.commands.train import run_training
 
     run = tmp_path / "run"
     run.mkdir()  # as Hydra makes it before the job starts

@@ -5,7 +5,8 @@ import torch
 
 from robo_rl.build import build_env
 from robo_rl.checkpoint import CheckpointError, latest_checkpoint
-from robo_rl.cli import eval_main, export_main
+from robo_rl.commands.evaluate import eval_main
+from robo_rl.commands.export import export_main
 from robo_rl.runs import load_learner, load_run_config
 from robo_rl.train import train
 from tests.helpers import FAST, compose

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from robo_rl import memory
-from robo_rl.cli import out_of_memory, run_training
+from robo_rl.commands.train import out_of_memory, run_training
 from robo_rl.config import ConfigError
 from tests.helpers import compose
 

@@ -375,7 +375,7 @@ def _full_disk_after(monkeypatch, saves):
 
 def test_a_full_disk_at_a_checkpoint_stops_the_run_in_one_line_keeping_the_last_one(tmp_path, monkeypatch, capsys):
     from robo_rl.checkpoint import verify_checkpoint
-    from robo_rl.cli import run_training
+    from robo_rl.commands.train import run_training
 
     run = tmp_path / "run"
     _full_disk_after(monkeypatch, saves=1)
@@ -408,7 +408,7 @@ def test_a_broken_pipe_is_not_reported_as_a_full_disk():
 def test_a_full_disk_at_a_metrics_row_names_the_file_and_the_resume(tmp_path, monkeypatch, capsys):
     import errno
 
-    from robo_rl.cli import run_training
+    from robo_rl.commands.train import run_training
     from robo_rl.metrics import MetricsWriter
 
     run = tmp_path / "run"

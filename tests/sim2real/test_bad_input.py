@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robo_rl.cli import deploy_main, export_main
+from robo_rl.commands.export import deploy_main, export_main
 from sim2real.deploy import deploy
 from sim2real.export import sha256_of
 from sim2real.loop import ControlLoop

@@ -62,7 +62,7 @@ def test_export_of_a_task_whose_package_is_missing_names_it(monkeypatch, capsys)
     # export builds the run's task; a package it needs that is gone (e.g. Box2D) is a usage error, not a traceback
     import robo_rl.exporting
     from envs.base import MissingDependency
-    from robo_rl.cli import export_main
+    from robo_rl.commands.export import export_main
 
     def missing(*args, **kwargs):
         raise MissingDependency("LunarLanderContinuous-v3 needs a package that is not installed: Box2D")

@@ -1,0 +1,71 @@
+"""What every `robo-rl` command shares: exit codes, the one-line error, key=value option parsing."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Sequence
+
+log = logging.getLogger("robo_rl")
+
+# exit codes: 1 training failed (NaN/Inf, out of memory, a run file not written), 2 bad configuration or input,
+# 128+signal interrupted
+EXIT_FAILED, EXIT_USAGE = 1, 2
+EXIT_SIGINT, EXIT_SIGTERM = 128 + 2, 128 + 15  # what an interrupted run exits with (128 + the signal)
+
+
+def error(message: str, code: int) -> int:
+    print(f"robo-rl: error: {message}", file=sys.stderr)
+    return code
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def parse_options(args: Sequence[str], schema: type, command: str) -> Any:
+    """key=value arguments checked against a dataclass: unknown keys and wrong types fail with the key named."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    from robo_rl.config import integer_keys, integral_literals
+
+    args = integral_literals(args, integer_keys(schema))  # episodes=1e2
+    bad = [a for a in args if "=" not in a]
+    if bad:
+        raise ValueError(f"expected key=value arguments, got {' '.join(bad)} (see robo-rl {command} --help)")
+    try:
+        opts = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(list(args)))
+        for key in opts.keys():
+            if OmegaConf.is_missing(opts, key):
+                raise ValueError(f"{key}=<dir> is required (see robo-rl {command} --help)")
+        return opts
+    except (ConfigKeyError, ConfigAttributeError) as exc:
+        full_key = str(exc.full_key or exc.key or "")
+        raise ValueError(unknown_key(full_key, OmegaConf.structured(schema), command)) from None
+    except OmegaConfBaseException as exc:
+        key = f"{exc.full_key}: " if getattr(exc, "full_key", None) else ""  # steps=abc names steps
+        raise ValueError(f"{key}{str(exc).splitlines()[0]} (see robo-rl {command} --help)") from None
+
+
+def unknown_key(full_key: str, root: Any, command: str) -> str:
+    """The message for an unknown dotted key: the closest keys next to it in ``root`` (a DictConfig:
+    "did you mean ...?"), or all of them when none is close; just the key if ``root`` is None."""
+    import difflib
+
+    from omegaconf import DictConfig, OmegaConf
+
+    parent, _, name = full_key.rpartition(".")
+    node = OmegaConf.select(root, parent) if parent and root is not None else root
+    hint = ""
+    if isinstance(node, DictConfig):
+        keys = [str(k) for k in node.keys()]
+        close = difflib.get_close_matches(name, keys, n=3, cutoff=0.6)
+        prefix = f"{parent}." if parent else ""
+        hint = f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else f"; the keys there are {', '.join(keys)}"
+    see = f"robo-rl {command} --help"
+    group = full_key.split(".", 1)[0]
+    chosen = OmegaConf.select(root, f"{group}.name") if isinstance(root, DictConfig) and group in ("algo", "policy") else None
+    if command == "train" and chosen is not None:  # the help shows the default learner's keys: point at this one's
+        see = f"robo-rl train {group}={chosen} --help"
+    return f"unknown key {full_key!r}{hint} (see {see})"

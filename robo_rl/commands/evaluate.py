@@ -1,0 +1,152 @@
+"""`robo-rl eval run_dir=...`: a trained run's policy on its task, written to <run_dir>/eval.json."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+from robo_rl.commands.common import EXIT_FAILED, EXIT_USAGE, error, override_key, parse_options
+
+EVAL_HELP = """\
+usage: robo-rl eval run_dir=<dir> [key=value ...]
+
+Evaluate a trained run's policy on its task and write <run_dir>/eval.json. The run's safety
+filters act as in training; a task reporting a cost (info["cost"]) gets per-episode costs too.
+
+keys:
+  run_dir=<dir>          the run directory (required)
+  episodes=10            number of complete episodes
+  deterministic=true     act with the policy's deterministic action (false: sample)
+  num_envs=10            env copies stepped together (at most episodes: one episode each)
+  seed=12345             seed of the evaluation envs
+  checkpoint=<dir>       a specific checkpoint directory (default: the newest complete one)
+  device=cpu             cpu or cuda
+  video=false            also write <run_dir>/videos/eval-step<N>.mp4 (headless: EGL or OSMesa)
+  video_episodes=1       episodes of env copy 0 in the video
+  demos_out=<file.npz>   also save the evaluated episodes' transitions as demonstrations, to warm-start
+                         another run with `robo-rl train demos.path=<file.npz>` (e.g. a generative head)
+"""
+
+
+def eval_main(args: Sequence[str]) -> int:
+    if any(a in ("-h", "--help") for a in args):
+        print(EVAL_HELP)
+        return 0
+    from robo_rl.config import EvalCommandConfig
+
+    try:
+        opts = parse_options(args, EvalCommandConfig, "eval")
+    except ValueError as exc:
+        return error(str(exc), EXIT_USAGE)
+    run_dir = Path(opts.run_dir)
+    if opts.episodes < 1 or opts.num_envs < 1 or opts.video_episodes < 1:
+        return error("episodes, num_envs and video_episodes must be >= 1", EXIT_USAGE)
+    if not opts.video and any(override_key(a) == "video_episodes" for a in args):
+        return error(f"video_episodes={opts.video_episodes} has no effect without a video: add video=true to film "
+                     "the episodes, or drop video_episodes", EXIT_USAGE)
+    try:
+        result = evaluate_run(run_dir, opts)
+    except Exception as exc:
+        from envs.base import MissingDependency
+        from robo_rl.checkpoint import CheckpointError
+
+        from envs.rendering import RenderingUnavailable
+
+        if isinstance(exc, (CheckpointError, FileNotFoundError, ValueError, MissingDependency)):
+            return error(str(exc), EXIT_USAGE)
+        if isinstance(exc, RenderingUnavailable):  # video=true on a machine without a usable OpenGL platform
+            return error(f"video=true: {exc}", EXIT_FAILED)
+        if isinstance(exc, (FloatingPointError, EvalNotSaved)):  # a non-finite observation or action; a full disk
+            return error(str(exc), EXIT_FAILED)
+        raise
+    print(
+        f"{result['algo']} on {result['env']} (checkpoint step {result['checkpoint_step']:,}): "
+        f"return {result['return_mean']:.1f} ± {result['return_std']:.1f} over {result['episodes']} episode{'s' if result['episodes'] != 1 else ''} "
+        f"({'deterministic' if result['deterministic'] else 'stochastic'})"
+        + (f", {result['cost_key']} {result['cost_mean']:.3g} per episode" if "cost_mean" in result else "")
+        + f"; wrote {run_dir / 'eval.json'}"
+        + (f" and {result['video']} ({result['video_frames']} frames)" if "video" in result else "")
+        + (f"; demonstrations: {result['demos_transitions']:,} transitions in {result['demos_out']}"
+           if "demos_out" in result else "")
+    )
+    return 0
+
+
+def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
+    from omegaconf import open_dict
+
+    from robo_rl.build import build_env
+    from robo_rl.checkpoint import verify_checkpoint
+    from robo_rl.evaluation import evaluate
+    from robo_rl.runners.safety import SafetyLayer, safety_settings
+    from robo_rl.config import check_device
+    from robo_rl.runs import load_policy, load_run_config, resolve_checkpoint
+
+    check_device(opts.device)  # before anything loads: train's config.validate does the same
+    if opts.demos_out is not None:  # not after the whole evaluation
+        from robo_rl.demos import check_demos_out
+
+        check_demos_out(opts.demos_out)
+    cfg = load_run_config(run_dir)
+    _check_writable(run_dir / "eval.json")  # not after the episodes have run
+    with open_dict(cfg):
+        cfg.device = opts.device
+    if opts.video:
+        from envs.rendering import require_pyav
+
+        require_pyav()  # before the episodes run, not after
+    ckpt = resolve_checkpoint(run_dir, opts.checkpoint)
+    manifest = verify_checkpoint(ckpt)
+    raw = build_env(cfg, num_envs=min(int(opts.num_envs), int(opts.episodes)), vectorization="sync", randomize=False,
+                    render=bool(opts.video))
+    safety = safety_settings(cfg)  # the run's own filters act here as in its training-time evaluations
+    env = SafetyLayer(raw, safety.filters, safety.cost_key, keep_episode_costs=True)
+    try:
+        policy = load_policy(cfg, env, ckpt, opts.device)
+        result = evaluate(policy, env, int(opts.episodes), bool(opts.deterministic), seed=int(opts.seed),
+                          record_episodes=int(opts.video_episodes) if opts.video else 0,
+                          record_transitions=opts.demos_out is not None)
+        costs = env.counted_costs(result["env_index"])
+        if costs is not None:  # the task reports a cost (info[safety.cost_key]): per-episode sums
+            result["costs"], result["cost_mean"] = costs, sum(costs) / len(costs)
+            result["cost_key"] = str(safety.cost_key)
+    finally:
+        env.close()
+    if opts.video:
+        from envs.rendering import write_mp4
+
+        path = (run_dir / "videos" / f"eval-step{int(manifest['step'])}.mp4").resolve()
+        frames = result.pop("frames")
+        result["video"] = str(path)
+        result["video_frames"] = write_mp4(path, frames, fps=1.0 / env.dt if env.dt else 30.0)
+    if opts.demos_out is not None:
+        from robo_rl.demos import save_demos
+
+        transitions = result.pop("transitions")
+        result["demos_out"] = str(save_demos(opts.demos_out, **transitions))
+        result["demos_transitions"] = int(transitions["obs"].shape[0])
+    result.update(
+        algo=cfg.algo.name, env=env.task_id, run_dir=str(run_dir), checkpoint=str(ckpt),
+        checkpoint_step=int(manifest["step"]), seed=int(opts.seed),
+    )
+    try:
+        (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    except OSError as exc:  # e.g. a full disk: the evaluation's numbers are still said
+        raise EvalNotSaved(f"return {result['return_mean']:.1f} ± {result['return_std']:.1f} over "
+                           f"{result['episodes']} episodes, but {run_dir / 'eval.json'} could not be written "
+                           f"({exc.strerror or exc})") from None
+    return result
+
+
+class EvalNotSaved(OSError):
+    """The evaluation ran; its eval.json could not be written."""
+
+
+def _check_writable(path: Path) -> None:
+    """``path`` can be (re)written: its directory takes new files and nothing but a file is in the way."""
+    if path.is_dir() or (path.exists() and not path.is_file()):
+        raise ValueError(f"{path} is not a file, so the result cannot be written there; move it away")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"{path} cannot be written (the run directory is read-only); copy the run somewhere writable")

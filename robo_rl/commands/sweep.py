@@ -1,0 +1,138 @@
+"""`robo-rl train -m ...`: what a Hydra multirun sweeps, and every job's config checked before the first starts."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from robo_rl.commands.common import override_key
+
+TRAIN_ARGS: list[str] = []  # the overrides of this `robo-rl train` command, as the user typed them
+GROUPS = ("algo", "env", "policy", "safety", "randomize")  # config groups (choosing one replaces a subtree)
+
+
+def swept_on_command_line() -> dict[str, list[str]]:
+    """The swept keys of this command and their values: ``algo=sac,td3`` -> {"algo": ["sac", "td3"]}."""
+    out: dict[str, list[str]] = {}
+    for a in TRAIN_ARGS:
+        if "=" in a and is_sweep(a.split("=", 1)[1]):
+            values = sweep_values(a)
+            out[override_key(a)] = [v.split("=", 1)[1] for v in values] if values else [a.split("=", 1)[1]]
+    return out
+
+
+def for_hydra_multirun(args: Sequence[str]) -> list[str]:
+    """``-m`` overrides as Hydra can start them. Hydra composes one sweep-level config before the jobs, with
+    the default of every swept config group: ``-m algo=sac,td3 algo.learning_starts=100`` fails there
+    (PPO, the default, has no learning_starts) although every job has the key. An override inside a
+    swept group (or in the head group, when the swept algorithms pick the head) is passed as
+    ``++key=value`` (set, or add to that sweep-level config): the same value in every job, whose configs
+    were all checked before (``sweep_problem``)."""
+    swept_groups = {k for k in swept_on_command_line() if k in GROUPS}
+    if "algo" in swept_groups and not any(override_key(a) == "policy" for a in args if "=" in a):
+        swept_groups.add("policy")  # each algorithm picks its own head: -m algo=expo,parl policy.steps=2
+    out = []
+    for a in args:
+        key = override_key(a) if "=" in a else ""
+        plain = "=" in a and not a.startswith(("+", "~")) and not is_sweep(a.split("=", 1)[1])
+        out.append(f"++{a}" if plain and key.split(".", 1)[0] in swept_groups and "." in key else a)
+    return out
+
+
+def swept_values_by_job() -> list[str]:
+    """The swept values of each job of this command's sweep (``seed=1 algo=td3``), in the order Hydra's basic
+    sweeper runs them: the product of the overrides in command-line order (a key given twice at its first
+    place, with its last value)."""
+    import itertools
+
+    by_key: dict[str, list[str]] = {}
+    for a in TRAIN_ARGS:
+        if "=" in a and not a.startswith("-"):
+            values = sweep_values(a) if is_sweep(a.split("=", 1)[1]) else [a]
+            by_key[a.split("=", 1)[0]] = values or [a]
+    jobs = list(itertools.product(*by_key.values()))
+    swept = [len(v) > 1 for v in by_key.values()]
+    return [" ".join(o for o, s in zip(job, swept) if s) for job in jobs]
+
+
+def is_sweep(value: str) -> bool:
+    """Whether a command-line value is a Hydra sweep (a,b / range(...) / choice(...) / glob(...))."""
+    if value.startswith(("range(", "choice(", "glob(", "interval(")):
+        return True
+    depth = 0
+    for ch in value:
+        depth += ch in "[{(" and 1 or 0
+        depth -= ch in "]})" and 1 or 0
+        if ch == "," and depth == 0:
+            return True
+    return False
+
+
+def sweep_values(override: str) -> list[str] | None:
+    """``seed=0,1,2`` -> ``[seed=0, seed=1, seed=2]``; None if Hydra cannot expand it here (e.g. glob)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        (parsed,) = OverridesParser.create().parse_overrides([override])
+        values = list(parsed.sweep_string_iterator())
+    except Exception:  # noqa: BLE001 - Hydra's own run reports a malformed sweep
+        return None
+    prefix = f"{override[:len(override) - len(override.lstrip('+~'))]}{override_key(override)}="
+    return [prefix + v for v in values] or None
+
+
+# At most this many configs of a sweep are composed before it starts (~0.1 s each). A larger sweep is
+# checked one swept value at a time (every value of every swept key once, the other sweeps at their first
+# value), and if that is still too many, its first MAX_CHECKED_JOBS such configs; the rest are checked as
+# each job starts.
+MAX_CHECKED_JOBS = 256
+
+
+def sweep_problem(plain: list[str], sweeps: list[tuple[int, list[str]]]) -> str | None:
+    """Compose and validate every job of a multirun before Hydra starts the first one."""
+    import itertools
+    import math
+
+    from hydra import compose, initialize_config_dir
+
+    from robo_rl.build import check_head_and_learner
+    from robo_rl.commands.train import composition_message, register_resolvers  # (it imports this module)
+    from robo_rl.config import ConfigError, register_schemas, resolve_defaults, validate
+
+    positions = [i for i, _ in sweeps]
+    total = math.prod(len(v) for _, v in sweeps)
+    if total <= MAX_CHECKED_JOBS:
+        jobs = list(itertools.product(*(v for _, v in sweeps)))
+    else:
+        jobs = [tuple(v[0] for _, v in sweeps)]
+        for k, (_, values) in enumerate(sweeps):
+            jobs += [tuple(v if j == k else w[0] for j, (_, w) in enumerate(sweeps)) for v in values[1:]]
+        how = "each swept value once" if len(jobs) <= MAX_CHECKED_JOBS else "the first swept values"
+        jobs = jobs[:MAX_CHECKED_JOBS]
+        print(f"robo-rl: checking {len(jobs)} configs of a {total:,}-job sweep before it starts ({how}); "
+              "the others are checked as each job starts", file=sys.stderr)
+    register_schemas()
+    register_resolvers()
+    failed: tuple[tuple[str, ...], list[str], Exception] | None = None
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base=None):
+        for job in jobs:
+            overrides = list(plain)
+            for i, value in zip(positions, job):
+                overrides[i] = value
+            try:
+                cfg = compose(config_name="config", overrides=overrides)
+                if not cfg.resume:  # a resumed job runs its saved config, validated when it starts
+                    resolved = resolve_defaults(cfg)
+                    validate(resolved)
+                    check_head_and_learner(resolved)  # e.g. algo=td3 policy=gaussian, found by the learner
+            except Exception as exc:  # noqa: BLE001 - described below (outside this Hydra context), or re-raised
+                failed = (job, overrides, exc)
+                break
+    if failed is None:
+        return None
+    job, overrides, exc = failed
+    message = f"{exc} (no job was started)" if isinstance(exc, ConfigError) else composition_message(exc, overrides)
+    if message is None:
+        raise exc
+    return f"sweep job {' '.join(job)}: {message}" if job else message

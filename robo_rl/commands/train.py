@@ -1,0 +1,249 @@
+"""`robo-rl train ...`: Hydra composes the config (checked first, with one-line errors), then one run or a sweep."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from robo_rl.commands import sweep
+from robo_rl.commands.common import EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, error, log, override_key, unknown_key
+from robo_rl.commands.sweep import (for_hydra_multirun, is_sweep, sweep_problem, sweep_values, swept_on_command_line,
+                                    swept_values_by_job)
+
+def register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    def name(env_id):  # type: ignore[no-untyped-def]
+        # one directory however the id is spelled: robo_rl/TwoGoals-v0, my_robots.envs:Arm-v0
+        return str(env_id).replace("/", "-").replace(":", "-")
+
+    def run_dir(given, resume, algo, env_id, seed, now):  # type: ignore[no-untyped-def]
+        if given not in (None, "", "None"):
+            return str(given)
+        if resume not in (None, "", "None"):
+            return str(resume)
+        return f"runs/{algo}-{name(env_id)}-s{seed}-{now}"
+
+    def sweep_dir(given, algo, env_id, now):  # type: ignore[no-untyped-def]
+        if given not in (None, "", "None"):
+            return str(given)
+        # every job of a sweep resolves this with its own config: a swept algo or task is named by all its
+        # values (sac+td3), so that the jobs share one directory
+        swept = swept_on_command_line()
+        algo = "+".join(swept["algo"]) if "algo" in swept else algo
+        env_values = swept.get("env.id") or swept.get("env")
+        env_label = "+".join(name(v) for v in env_values) if env_values else name(env_id)
+        return f"runs/sweep-{algo}-{env_label}-{now}"
+
+    def sweep_subdir(task_overrides, job_num):  # type: ignore[no-untyped-def]
+        # name a multirun job by the keys that are swept (seed=0,1,2 -> "seed=1"), not by every override
+        swept = swept_on_command_line()
+        parts = [o for o in task_overrides if override_key(o) in swept]
+        return ",".join(parts) if parts else f"job{job_num}"
+
+    OmegaConf.register_new_resolver("robo_rl_run_dir", run_dir, replace=True)
+    OmegaConf.register_new_resolver("robo_rl_sweep_dir", sweep_dir, replace=True)
+    OmegaConf.register_new_resolver("robo_rl_sweep_subdir", sweep_subdir, replace=True)
+
+
+def train_main(args: Sequence[str]) -> int:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig
+
+    from robo_rl.config import integer_keys, integral_literals, register_schemas
+
+    args = integral_literals(args, integer_keys())  # steps=1e6
+    if any(a in ("--help", "-h", "--hydra-help") for a in args):  # help on one config: a sweep's values dropped
+        args = [a for a in args if a not in ("-m", "--multirun")
+                and not ("=" in a and not a.startswith("-") and is_sweep(a.split("=", 1)[1]))]
+    register_schemas()
+    register_resolvers()
+    problem = composition_problem(args) or run_dir_problem(args)
+    if problem is not None:
+        return error(problem, EXIT_USAGE)
+    config_dir = str(Path(__file__).resolve().parents[1] / "configs")
+    exit_code = 0
+    sweep_dirs: list[str] = []  # a multirun's directory, once per job
+    failed_jobs: list[str] = []
+
+    @hydra.main(version_base=None, config_path=config_dir, config_name="config")
+    def _run(cfg: DictConfig) -> None:
+        nonlocal exit_code
+        hc = HydraConfig.get()
+        run_dir = Path(hc.runtime.output_dir)
+        code = run_training(cfg, run_dir, list(hc.overrides.task))
+        if code and hc.mode.name == "MULTIRUN" and code in (EXIT_SIGINT, EXIT_SIGTERM):
+            jobs = swept_values_by_job()
+            unstarted = jobs[hc.job.num + 1:]
+            log.warning("sweep: stopped in job %d of %d (%s)%s", hc.job.num + 1, len(jobs), jobs[hc.job.num],
+                        f"; not started: {'; '.join(unstarted)}" if unstarted else "")
+        if code and (hc.mode.name == "RUN" or code in (EXIT_SIGINT, EXIT_SIGTERM)):
+            raise SystemExit(code)  # an interrupted sweep stops: Ctrl-C does not start the next job
+        if hc.mode.name == "MULTIRUN":
+            sweep_dirs.append(str(hc.sweep.dir))
+            if code:
+                failed_jobs.append(" ".join(hc.overrides.task))
+        exit_code = exit_code or code  # a sweep exits with its first failed job's code
+
+    sweep.TRAIN_ARGS[:] = list(args)
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    sys.argv = ["robo-rl train", *(for_hydra_multirun(args) if multirun else args)]
+    _run()
+    if sweep_dirs:
+        where = sweep_dirs[0] if len(set(sweep_dirs)) == 1 else ",".join(dict.fromkeys(sweep_dirs))
+        log.info("sweep: %d job(s) in %s; side by side: robo-rl compare runs=%s", len(sweep_dirs), where, where)
+        if failed_jobs:
+            log.error("sweep: %d of %d job(s) failed: %s", len(failed_jobs), len(sweep_dirs), "; ".join(failed_jobs))
+    return exit_code
+
+
+def run_dir_problem(args: Sequence[str]) -> str | None:
+    """A ``run_dir=`` or ``resume=`` (or the default ``runs/``) that is, or lies under, a regular file: Hydra
+    would fail creating it with a traceback before any of our checks run."""
+    given = []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if eq and key.lstrip("+~") in ("run_dir", "resume"):
+            given += [(key.lstrip("+~"), v.strip()) for v in value.split(",") if v.strip() not in ("", "null", "None")]
+    for label, value in [(f"{k}={v}", v) for k, v in given] or [("runs/ (where runs go without run_dir=)", "runs")]:
+        path = Path(value)
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocker == path:
+            return f"{label}: that is a file, not a directory; choose a directory"
+        if blocker is not None:
+            return f"{label}: {blocker} is a file, so no directory can be made under it; choose another path"
+    return None
+
+
+def composition_problem(args: Sequence[str]) -> str | None:
+    """What is wrong with ``robo-rl train``'s overrides as a config, or None.
+
+    Composes the config before Hydra's own run does, so that an unknown key, a value of the wrong
+    type or a missing config-group option exits with EXIT_USAGE and a short message (Hydra would print
+    its report and exit 1, the code for a failed run), and a mistyped key gets the closest valid ones.
+    Under ``-m`` every job of the sweep is composed and validated too (``-m steps=1000,0`` would
+    otherwise train the first job before the second one failed; ``-m algo=sac,ppo algo.tau=0.01``
+    fails for ppo only). Hydra's flags and ``hydra.*`` overrides are left to Hydra.
+    """
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
+        # --help, --cfg, --info, ...: Hydra's business, but on a config these overrides can make (`algo=foo
+        # --help` would be Hydra's traceback); sweeps are not composed here
+        plain = [a for a in args if "=" in a and not a.startswith("-") and not override_key(a).startswith("hydra")
+                 and not is_sweep(a.split("=", 1)[1])]
+        return overrides_problem(plain)
+
+    plain: list[str] = []  # the overrides, each sweep at its first value
+    sweeps: list[tuple[int, list[str]]] = []  # (position in plain, every value of that sweep as key=value)
+    for a in args:
+        if "=" in a and not override_key(a).startswith("hydra"):
+            values = sweep_values(a) if is_sweep(a.split("=", 1)[1]) else [a]
+            if values:  # None: Hydra's own run reports a sweep it cannot parse
+                if len(values) > 1:
+                    sweeps.append((len(plain), values))
+                plain.append(values[0])
+    problem = overrides_problem(plain)
+    if problem is not None or not any(a in ("-m", "--multirun") for a in args):
+        return problem
+    return sweep_problem(plain, sweeps)
+
+
+def overrides_problem(overrides: list[str]) -> str | None:
+    """Compose ``overrides`` (no sweeps): None if they make a config, else what is wrong."""
+    from robo_rl.train import compose_config
+
+    try:
+        compose_config(overrides)
+        return None
+    except Exception as exc:  # noqa: BLE001 - described below, or left to Hydra's own report
+        message = composition_message(exc, overrides)
+        if message is None:
+            raise
+        return message
+
+
+def composition_message(exc: Exception, overrides: list[str]) -> str | None:
+    """One line for a failed composition of ``overrides``; None for an error that is not about them."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    from robo_rl.train import compose_config
+
+    if isinstance(exc, MissingConfigException):  # algo=dqn: Hydra lists the available options
+        message = " ".join(str(exc).split("Config search path")[0].split())
+        env = next((o.split("=", 1)[1] for o in overrides if o.startswith("env=")), "")
+        if f"'env/{env}'" in message and ("-v" in env or ":" in env):  # a gymnasium id where a config name goes
+            message += f"; for a gymnasium id use env.id={env}"
+        return message
+    if isinstance(exc, ConfigCompositionException):
+        cause = exc.__cause__
+        if not isinstance(cause, OmegaConfBaseException):
+            return " ".join(str(exc).split())
+        first = str(cause).splitlines()[0]
+        if not isinstance(cause, (ConfigKeyError, ConfigAttributeError)) or not cause.full_key:
+            return f"{first} ({' '.join(str(exc).split())}; see robo-rl train --help)"
+        full_key = str(cause.full_key)
+        try:  # the keys that do exist, in the config these overrides select
+            root = compose_config([a for a in overrides if override_key(a) != full_key])
+        except Exception:  # noqa: BLE001 - a second problem: report the first one plainly
+            root = None
+        return unknown_key(full_key, root, "train")
+    if isinstance(exc, OmegaConfBaseException):
+        return f"{str(exc).splitlines()[0]} (see robo-rl train --help)"
+    return None
+
+
+def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: ignore[no-untyped-def]
+    """Run one training job, turning known failures into a message and an exit code."""
+    from envs.base import MissingDependency
+    from robo_rl.checkpoint import CheckpointError
+    from robo_rl.config import ConfigError
+    from robo_rl.runners.base import Interrupted, NonFiniteError, RunWriteError
+    from robo_rl.runs import LOCK_FILE
+    from robo_rl.train import train
+
+    existed = run_dir.exists() and any(run_dir.iterdir())
+
+    def leave_nothing() -> None:
+        """A run that failed before writing its config: remove the directory Hydra (and the lock) made."""
+        if not existed and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:
+            (run_dir / LOCK_FILE).unlink(missing_ok=True)
+            run_dir.rmdir()
+
+    try:
+        train(cfg, run_dir, overrides)
+        return 0
+    except Interrupted as exc:  # train() logged the resume command
+        return 128 + exc.signum
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop began: no new checkpoint
+        leave_nothing()
+        return error("aborted by Ctrl-C" + (f"; train.log and summary.json in {run_dir} say where it stopped"
+                                            if (run_dir / "summary.json").exists() else ""), EXIT_SIGINT)
+    except (NonFiniteError, RunWriteError) as exc:
+        return error(str(exc), EXIT_FAILED)
+    except FloatingPointError as exc:  # pretraining on demonstrations diverged (before config.yaml was written)
+        leave_nothing()
+        return error(str(exc), EXIT_FAILED)
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, MissingDependency) as exc:
+        leave_nothing()
+        return error(str(exc), EXIT_USAGE)
+    except (MemoryError, RuntimeError) as exc:
+        reason = out_of_memory(exc)
+        if reason is None:
+            raise
+        leave_nothing()
+        return error(f"out of memory: {reason}; lower env.num_envs, algo.batch_size or the buffer sizes "
+                     "(algo.buffer_size, algo.rollout_steps)", EXIT_FAILED)
+
+
+def out_of_memory(exc: BaseException) -> str | None:
+    """The allocator's one-line reason when ``exc`` is a failed allocation (numpy's MemoryError, torch's
+    RuntimeError), else None."""
+    text = str(exc).strip()
+    if isinstance(exc, MemoryError):
+        return text.splitlines()[0] if text else "an allocation failed"
+    if "can't allocate memory" in text or "out of memory" in text.lower():
+        at = text.find("you tried to allocate")
+        return text[at:].split(".")[0] if at >= 0 else text.splitlines()[0]
+    return None
