@@ -119,13 +119,18 @@ class BatchedEnv(abc.ABC):
         """Validate a batch of actions: shape [N, act_dim], finite as float32. Returns float32 on self.device."""
         if not isinstance(actions, torch.Tensor):
             try:
-                array = np.asarray(actions, dtype=np.float32)
+                raw = np.asarray(actions)
+                array = np.asarray(raw, dtype=np.float32) if raw.dtype.kind in "fiu" else None
             except (TypeError, ValueError):
-                array = None
+                raw = array = None
             if actions is None or array is None:
+                got = f"an array of {raw.dtype}" if raw is not None and raw.dtype.kind in "cb" else type(actions).__name__
                 raise TypeError(f"{self.task_id}: actions must be a float tensor (or array) of shape "
-                                f"[{self.num_envs}, {self.act_dim}], got {type(actions).__name__}")
+                                f"[{self.num_envs}, {self.act_dim}], got {got}")
             actions = torch.as_tensor(array)
+        elif actions.is_complex() or actions.dtype == torch.bool:  # a cast would drop the imaginary part / mean 0, 1
+            raise TypeError(f"{self.task_id}: actions must be a float tensor (or array) of shape "
+                            f"[{self.num_envs}, {self.act_dim}], got a tensor of {actions.dtype}")
         expected = (self.num_envs, self.act_dim)
         if tuple(actions.shape) != expected:
             raise ValueError(

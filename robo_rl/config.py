@@ -108,7 +108,7 @@ class GoRLSACConfig(SACConfig):
     refit_epochs: int = 20
     refit_batch_size: int = 256
     decoder_lr: float = 3e-4
-    dataset_size: int = 20_000  # the newest executed (s, a) pairs kept for a refit
+    dataset_size: int = 20_000  # the newest executed (s, a) pairs kept for a refit (refit_on=policy uses their states only)
     reset_latent: bool = True  # restart the latent policy from the prior after each refit
     refit_on: str = "policy"  # refit targets: the current policy's actions at those states, or the executed ones
 

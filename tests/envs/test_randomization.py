@@ -82,6 +82,12 @@ def test_the_env_contract_refuses_bad_arguments_with_a_message(backend):
             with pytest.raises(TypeError, match=r"actions must be a float tensor \(or array\) of shape \[2, 3\]"):
                 env.step(actions)
         env.step([[0.0] * 3] * 2)  # a nested list is an array
+        env.step(torch.zeros(2, 3, dtype=torch.int64))  # integers are numbers: cast to float32
+        for actions, words in ((torch.zeros(2, 3, dtype=torch.complex64), "got a tensor of torch.complex64"),
+                               (torch.zeros(2, 3, dtype=torch.bool), "got a tensor of torch.bool"),
+                               (np.zeros((2, 3), dtype=np.complex128), "got an array of complex128")):
+            with pytest.raises(TypeError, match=words):  # a cast would drop the imaginary part, or read bools as 0/1
+                env.step(actions)
         with pytest.raises(ValueError, match=r"env ids \[5\] out of range: this env has copies 0..1"):
             env.set_physics_params({"body_mass_scale": 1.2}, ids=[5])
         before = np.array(env.physics_params()["gravity_scale"])
