@@ -57,7 +57,7 @@ TARGETS_MS = {"sac-gaussian": 0.2, "ppo-gaussian": 0.2, "flow-4": 1.0, "diffusio
 
 def build(overrides: list[str], bare: bool = False):
     from robo_rl.build import build_env, build_learner, build_policy
-    from robo_rl.config import resolve_defaults
+    from robo_rl.defaults import resolve_defaults
     from robo_rl.train import compose_config
 
     cfg = resolve_defaults(compose_config(["env=hopper", "env.num_envs=1", *overrides]))

@@ -97,7 +97,8 @@ def pretrained(method: str, seed: int, extra: list[str]) -> dict:
     """The policy right after the demonstrations warm start, before any RL step (what fine-tuning starts
     from). EXPO and PA-RL act by an untrained critic at this point, so their head is evaluated alone."""
     from robo_rl.build import build_env, build_learner, build_policy
-    from robo_rl.config import resolve_defaults, validate
+    from robo_rl.defaults import resolve_defaults
+    from robo_rl.validation import validate
     from robo_rl.demos import load_demos, warm_start
     from robo_rl.train import compose_config, seed_everything
 

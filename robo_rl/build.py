@@ -9,7 +9,8 @@ from omegaconf import DictConfig, OmegaConf
 from envs import BatchedEnv, make_env
 from policies import build_head
 from policies.heads import PolicyHead
-from robo_rl.config import RUNNER_KEYS, ConfigError
+from robo_rl.config import RUNNER_KEYS
+from robo_rl.validation import ConfigError
 from robo_rl.learners.base import Learner
 from robo_rl.learners.expo import EXPO
 from robo_rl.learners.gorl import GoRL, GoRLSAC

@@ -97,7 +97,7 @@ def buffers_needed(cfg: Any, obs_dim: int, act_dim: int) -> dict[str, int]:
 def check_fits(needs: dict[str, int], device: torch.device) -> None:
     """Refuse (ConfigError) when the buffers in ``needs`` exceed the memory free on ``device`` (or, where
     that cannot be read, its total)."""
-    from robo_rl.config import ConfigError
+    from robo_rl.validation import ConfigError
 
     need = sum(needs.values())
     total, available = device_memory(device)

@@ -14,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from envs import BatchedEnv
 from policies.heads import PolicyHead
 from robo_rl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from robo_rl.config import ALGO_SCHEMAS, POLICY_SCHEMAS, ConfigError, TrainConfig
+from robo_rl.config import ALGO_SCHEMAS, POLICY_SCHEMAS, TrainConfig
+from robo_rl.validation import ConfigError
 
 CONFIG_FILE = "config.yaml"
 LOCK_FILE = ".lock"

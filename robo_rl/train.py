@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from envs.mujoco_log import route_mujoco_warnings
 from robo_rl.build import build_env_checked, build_learner, build_policy, build_runner, check_env_runs, check_safety
-from robo_rl.config import ConfigError, resolve_defaults, task_defaults, validate
+from robo_rl.defaults import resolve_defaults, task_defaults
+from robo_rl.validation import ConfigError, validate
 from robo_rl.metrics import setup_console_logging
 from robo_rl.memory import buffers_needed, check_fits
 from robo_rl.runners.base import Interrupted, find_resume_checkpoint

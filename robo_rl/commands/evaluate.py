@@ -81,10 +81,10 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
     from robo_rl.checkpoint import verify_checkpoint
     from robo_rl.evaluation import evaluate
     from robo_rl.runners.safety import SafetyLayer, safety_settings
-    from robo_rl.config import check_device
+    from robo_rl.validation import check_device
     from robo_rl.runs import load_policy, load_run_config, resolve_checkpoint
 
-    check_device(opts.device)  # before anything loads: train's config.validate does the same
+    check_device(opts.device)  # before anything loads: train's validation does the same
     if opts.demos_out is not None:  # not after the whole evaluation
         from robo_rl.demos import check_demos_out
 

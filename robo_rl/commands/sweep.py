@@ -98,7 +98,9 @@ def sweep_problem(plain: list[str], sweeps: list[tuple[int, list[str]]]) -> str 
 
     from robo_rl.build import check_head_and_learner
     from robo_rl.commands.train import composition_message, register_resolvers  # (it imports this module)
-    from robo_rl.config import ConfigError, register_schemas, resolve_defaults, validate
+    from robo_rl.config import register_schemas
+    from robo_rl.defaults import resolve_defaults
+    from robo_rl.validation import ConfigError, validate
 
     positions = [i for i, _ in sweeps]
     total = math.prod(len(v) for _, v in sweeps)

@@ -198,7 +198,7 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
     """Run one training job, turning known failures into a message and an exit code."""
     from envs.base import MissingDependency
     from robo_rl.checkpoint import CheckpointError
-    from robo_rl.config import ConfigError
+    from robo_rl.validation import ConfigError
     from robo_rl.runners.base import Interrupted, NonFiniteError, RunWriteError
     from robo_rl.runs import LOCK_FILE
     from robo_rl.train import train

@@ -38,7 +38,7 @@ def safety_settings(cfg: DictConfig) -> DictConfig:
 
 def build_filter_chain(spec: Any, action_dim: int, obs_dim: int, control_dt: float | None = None) -> Any:
     """One chain from ``safety.filters`` (a list of filter spec dicts), checked by ``sim2real.filters``."""
-    from robo_rl.config import ConfigError
+    from robo_rl.validation import ConfigError
 
     try:
         from sim2real.filters import build_chain
@@ -72,7 +72,7 @@ def read_cost(info: dict[str, Any], key: str, num_envs: int, device: torch.devic
 
 def missing_cost(key: str, env: BatchedEnv) -> Exception:
     """The ConfigError for passivity-aware training on a task whose step info holds no cost under ``key``."""
-    from robo_rl.config import ConfigError
+    from robo_rl.validation import ConfigError
 
     return ConfigError(
         f"safety.passivity_aware=true needs a per-step cost in the step info under safety.cost_key={key!r} "

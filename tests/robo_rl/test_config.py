@@ -6,7 +6,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from robo_rl.config import ALGO_SCHEMAS, ConfigError
+from robo_rl.config import ALGO_SCHEMAS
+from robo_rl.validation import ConfigError
 from robo_rl.train import train
 from tests.helpers import FAST, compose
 
@@ -110,7 +111,8 @@ def test_whole_numbers_in_scientific_notation_fill_integer_keys():
 
 
 def test_free_form_env_kwargs_are_not_unknown_keys():
-    from robo_rl.config import resolve_defaults, unknown_keys
+    from robo_rl.defaults import resolve_defaults
+    from robo_rl.validation import unknown_keys
 
     assert unknown_keys(resolve_defaults(compose("env.kwargs.ctrl_cost_weight=0.1"))) == []
     assert unknown_keys(resolve_defaults(compose("algo=gorl", "safety=passivity", "env=contact_maze"))) == []
@@ -151,7 +153,7 @@ def test_randomization_presets_compose():
 
 
 def test_learner_defaults_fill_nulls():
-    from robo_rl.config import resolve_defaults
+    from robo_rl.defaults import resolve_defaults
 
     sac = resolve_defaults(compose("algo=sac"))
     ppo = resolve_defaults(compose())
@@ -164,7 +166,7 @@ def test_learner_defaults_fill_nulls():
 
 
 def test_evaluations_every_twentieth_of_the_run_but_not_more_than_training():
-    from robo_rl.config import resolve_defaults
+    from robo_rl.defaults import resolve_defaults
 
     assert resolve_defaults(compose()).eval.every == 50_000  # PPO 1M on Hopper: 20 evaluations
     assert resolve_defaults(compose("algo=sac")).eval.every == 5_000  # SAC 100k
@@ -181,7 +183,7 @@ def test_evaluations_every_twentieth_of_the_run_but_not_more_than_training():
 
 @pytest.mark.parametrize("algo", sorted(ALGO_SCHEMAS))
 def test_task_defaults_fill_nulls_before_the_learners(algo):
-    from robo_rl.config import TASK_DEFAULTS, resolve_defaults, task_defaults, unset
+    from robo_rl.defaults import TASK_DEFAULTS, resolve_defaults, task_defaults, unset
 
     # every key a task sets for this learner is unset in its config, or it would never apply
     raw = compose(f"algo={algo}")
@@ -198,7 +200,7 @@ def test_task_defaults_fill_nulls_before_the_learners(algo):
 
 
 def test_ant_ppo_settings():
-    from robo_rl.config import resolve_defaults, task_defaults
+    from robo_rl.defaults import resolve_defaults, task_defaults
 
     cfg = resolve_defaults(compose("env=ant"))
     assert cfg.env.kwargs.include_cfrc_ext_in_observation is False
@@ -208,7 +210,7 @@ def test_ant_ppo_settings():
 
 
 def test_swimmer_ppo_settings():
-    from robo_rl.config import resolve_defaults, task_defaults
+    from robo_rl.defaults import resolve_defaults, task_defaults
 
     cfg = resolve_defaults(compose("env=swimmer"))
     assert (cfg.env.num_envs, cfg.algo.rollout_steps) == (4, 512)
@@ -265,7 +267,7 @@ def test_python_api_defaults_match_the_cli(algo):
     (("name: sac", "name: sacx", 1), ["algo.name='sacx'"]),
 ])
 def test_an_edited_or_damaged_run_config_is_named_on_resume(tmp_path, edit, words):
-    from robo_rl.config import resolve_defaults
+    from robo_rl.defaults import resolve_defaults
     from robo_rl.runs import load_run_config
 
     text = OmegaConf.to_yaml(resolve_defaults(compose("algo=sac")))
@@ -291,7 +293,8 @@ def test_the_python_api_refuses_what_the_cli_cannot_pass(tmp_path, monkeypatch):
 
 
 def test_progress_lines_need_a_positive_interval():  # (FAST sets log.progress_seconds, so not in the table above)
-    from robo_rl.config import resolve_defaults, validate
+    from robo_rl.defaults import resolve_defaults
+    from robo_rl.validation import validate
 
     with pytest.raises(ConfigError, match=r"log.progress_seconds=0.0: must be > 0"):
         validate(resolve_defaults(compose("log.progress_seconds=0")))

@@ -8,7 +8,8 @@ from envs import make_env
 from envs.tasks.two_goals import expert_demos
 from robo_rl.build import build_env, build_learner, build_policy
 from robo_rl.checkpoint import latest_checkpoint, load_checkpoint
-from robo_rl.config import ConfigError, resolve_defaults
+from robo_rl.defaults import resolve_defaults
+from robo_rl.validation import ConfigError
 from robo_rl.demos import DemoError, load_demos, pretrain, save_demos
 from robo_rl.train import train
 from tests.helpers import FAST, compose

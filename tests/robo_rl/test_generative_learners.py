@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from policies import build_head
-from robo_rl.config import ConfigError
+from robo_rl.validation import ConfigError
 from robo_rl.learners.base import Batch
 from robo_rl.learners.expo import EXPO
 from robo_rl.learners.gorl import GoRL, GoRLSAC

@@ -76,7 +76,7 @@ def test_sac_refuses_a_target_entropy_no_squashed_policy_reaches():
     assert SAC(unsquashed, critic_hidden=(16,), target_entropy=5.0).target_entropy == 5.0  # no ceiling on R^|A|
     # a -m sweep's check builds on a stand-in 2-D action: 1.5 fits Hopper's 3-D one, so it is left to the real task
     from robo_rl.build import check_head_and_learner
-    from robo_rl.config import resolve_defaults
+    from robo_rl.defaults import resolve_defaults
     from tests.helpers import compose
 
     check_head_and_learner(resolve_defaults(compose("algo=sac", "algo.target_entropy=1.5")))

@@ -5,7 +5,7 @@ import torch
 
 from robo_rl import memory
 from robo_rl.commands.train import out_of_memory, run_training
-from robo_rl.config import ConfigError
+from robo_rl.validation import ConfigError
 from tests.helpers import compose
 
 

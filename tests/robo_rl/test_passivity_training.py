@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from envs import BatchedEnv, StepResult
 from robo_rl.build import build_learner, build_policy, build_runner
 from robo_rl.checkpoint import latest_checkpoint, load_checkpoint
-from robo_rl.config import ConfigError
+from robo_rl.validation import ConfigError
 from robo_rl.learners.sac_lagrangian import LagrangianSAC
 from robo_rl.runs import CONFIG_FILE
 from robo_rl.train import prepare, seed_everything, train
@@ -143,7 +143,7 @@ def test_safety_semantic_errors_name_the_key_and_write_nothing(tmp_path, overrid
 
 
 def test_defaults_compose_and_cost_critic_follows_the_reward_critic():
-    from robo_rl.config import resolve_defaults
+    from robo_rl.defaults import resolve_defaults
 
     cfg = resolve_defaults(compose("algo=sac", "algo.critic_hidden=[64]", "algo.critic_lr=1e-3"))
     assert list(cfg.safety.filters) == [] and cfg.safety.passivity_aware is False and cfg.safety.cost_key == "cost"

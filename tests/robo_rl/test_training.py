@@ -8,7 +8,7 @@ import torch
 
 from robo_rl.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
 from robo_rl.runners.base import Interrupted, NonFiniteError
-from robo_rl.config import ConfigError
+from robo_rl.validation import ConfigError
 from robo_rl.runs import RunDirBusy, run_dir_lock
 from robo_rl.train import compose_config, train
 from tests.helpers import FAST, compose, rewrite_consistently

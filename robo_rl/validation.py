@@ -1,0 +1,260 @@
+"""The checks a config passes before any work starts: unknown keys, non-finite numbers, values that cannot work."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import typing
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from robo_rl.config import ALGO_SCHEMAS, POLICY_SCHEMAS, TrainConfig
+from robo_rl.defaults import episode_limit
+
+
+class ConfigError(ValueError):
+    """A config value that is well-typed but cannot work; raised before any training."""
+
+
+def _require(cfg: DictConfig, ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={OmegaConf.select(cfg, key)}: {msg}")
+
+
+def unknown_keys(cfg: DictConfig) -> list[str]:
+    """Dotted keys the schemas do not define: what Hydra's ``+key=value`` adds past the struct check.
+
+    Nothing reads them (or a learner's constructor fails on them), so a run would silently differ from
+    what its command line says. Free-form fields (``env.kwargs``, ``safety.filters``) are not entered.
+    """
+    found: list[str] = []
+
+    def walk(node: DictConfig, schema: type, prefix: str) -> None:
+        hints = typing.get_type_hints(schema)
+        names = {f.name for f in dataclasses.fields(schema)}
+        for key in node.keys():
+            path = f"{prefix}{key}"
+            if key not in names:
+                found.append(path)
+                continue
+            sub = {"algo": ALGO_SCHEMAS, "policy": POLICY_SCHEMAS}.get(path)
+            child = node[key]
+            if sub is not None and isinstance(child, DictConfig):
+                sub_schema = sub.get(child.get("name"))
+                if sub_schema is not None:
+                    walk(child, sub_schema, f"{path}.")
+            elif dataclasses.is_dataclass(hints.get(key)) and isinstance(child, DictConfig):
+                walk(child, hints[key], f"{path}.")
+
+    walk(cfg, TrainConfig, "")
+    return found
+
+
+#: the largest ``steps``: over 300 years at 100,000 steps/s, so a larger value is a typo
+MAX_STEPS = 10**15
+#: seeds go to numpy's legacy global generator, which takes 0 <= seed < 2**32
+MAX_SEED = 2**32 - 1
+#: gradient updates per env step: far above any published setting (REDQ: 20), below a hang
+MAX_UTD = 1000
+
+
+def check_device(device: str, key: str = "device") -> None:
+    """Refuse a device this machine cannot use (train's validate, and eval before it loads anything)."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"{key}={device}: must be cpu or cuda[:N]")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{key}={device}: CUDA is not available on this machine; use {key}=cpu")
+        index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError(f"{key}={device}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+
+
+def non_finite_keys(cfg: DictConfig) -> list[str]:
+    """Dotted keys holding NaN or +-inf (NaN only under ``env.kwargs``, where inf can bound a range, e.g.
+    ``healthy_z_range=[0.8,inf]``); ``safety.filters`` is checked by its own builder."""
+    found: list[str] = []
+
+    def walk(node: Any, path: str) -> None:
+        if path == "safety.filters":
+            return
+        if isinstance(node, DictConfig):
+            for key, value in node.items():
+                walk(value, f"{path}.{key}" if path else str(key))
+        elif OmegaConf.is_list(node):
+            for i, item in enumerate(node):
+                walk(item, f"{path}[{i}]")
+        elif isinstance(node, float) and (math.isnan(node) or (math.isinf(node) and not path.startswith("env.kwargs."))):
+            found.append(path)
+
+    walk(cfg, "")
+    return found
+
+
+def validate(cfg: DictConfig) -> None:
+    """Semantic checks on a resolved config; each message names the key and what to change."""
+    from policies.networks import ACTIVATIONS
+
+    def need(ok: bool, key: str, msg: str) -> None:
+        _require(cfg, ok, key, msg)
+
+    algo = cfg.algo.name
+    need(algo in ALGO_SCHEMAS, "algo.name", f"unknown algorithm; choose one of {', '.join(ALGO_SCHEMAS)}")
+    need(cfg.policy.name in POLICY_SCHEMAS, "policy.name", f"unknown head; choose one of {', '.join(POLICY_SCHEMAS)}")
+    extra = unknown_keys(cfg)
+    if extra:
+        raise ConfigError(f"unknown key{'s' if len(extra) > 1 else ''} {', '.join(repr(k) for k in extra)}: no schema "
+                          f"defines {'them' if len(extra) > 1 else 'it'} and nothing would read "
+                          f"{'them' if len(extra) > 1 else 'it'} (added with +key=...? gymnasium keyword "
+                          "arguments go in env.kwargs.<name>=...; see robo-rl train --help)")
+    bad = non_finite_keys(cfg)
+    if bad:
+        raise ConfigError(f"{bad[0]}={OmegaConf.select(cfg, bad[0])}: must be a finite "
+                          f"number{' (also: ' + ', '.join(bad[1:]) + ')' if len(bad) > 1 else ''}")
+    need(0 < cfg.steps <= MAX_STEPS, "steps", "must be > 0 and at most 1e15 (e.g. steps=1e6)")
+    need(0 <= cfg.seed <= MAX_SEED, "seed", "must be between 0 and 2**32 - 1")
+    need(cfg.env.max_episode_steps is None or cfg.env.max_episode_steps >= 1, "env.max_episode_steps",
+         "must be >= 1 (or null: the task's own time limit)")
+    need(cfg.env.reward_clip > 0, "env.reward_clip", "must be > 0 (rewards are clipped to +-reward_clip after scaling)")
+    need(cfg.policy.obs_clip > 0, "policy.obs_clip", "must be > 0 (normalized observations are clipped to +-obs_clip)")
+    if "log_std_init" in cfg.policy:
+        from policies.heads.gaussian import LOG_STD_MAX, LOG_STD_MIN  # what the heads clamp log std to
+
+        need(LOG_STD_MIN <= cfg.policy.log_std_init <= LOG_STD_MAX, "policy.log_std_init",
+             f"must be within the heads' log-std clamp [{LOG_STD_MIN:g}, {LOG_STD_MAX:g}] (0: std 1)")
+    delay = cfg.env.randomize.action_delay
+    limit = episode_limit(cfg)
+    if delay is not None and limit:
+        need(max(delay) < limit, "env.randomize.action_delay",
+             f"a delay of {max(delay)} steps is not shorter than the episodes ({limit} steps): no action would arrive")
+    for key in cfg.algo.keys():
+        if str(key) == "lr" or str(key).endswith("_lr"):
+            floor = 0 if key == "action_lr" else None  # parl's action_lr=0: no gradient steps on the actions
+            need(cfg.algo[key] >= 0 if floor == 0 else cfg.algo[key] > 0, f"algo.{key}",
+                 "must be >= 0 (0: no local optimization)" if floor == 0 else "must be > 0")
+    need(cfg.env.num_envs >= 1, "env.num_envs", "must be >= 1")
+    need(cfg.env.vectorization in ("sync", "async"), "env.vectorization", "must be sync or async")
+    need(cfg.env.backend in ("auto", "gymnasium", "mujoco", "mjwarp", "isaac"), "env.backend",
+         "must be auto, gymnasium, mujoco, mjwarp or isaac")
+    need(cfg.env.threads >= 0, "env.threads", "must be >= 0 (0: all CPUs)")
+    from envs.randomization import RandomizationSpec
+
+    try:
+        RandomizationSpec.from_dict(OmegaConf.to_container(cfg.env.randomize, resolve=True))
+    except ValueError as exc:
+        raise ConfigError(f"env.{exc}") from None
+    need(cfg.threads is None or cfg.threads >= 1, "threads", "must be >= 1")
+    need(cfg.eval.episodes >= 1, "eval.episodes", "must be >= 1")
+    need(cfg.eval.num_envs >= 1, "eval.num_envs", "must be >= 1")
+    need(cfg.eval.every >= 1, "eval.every", "must be >= 1")
+    need(cfg.checkpoint.every >= 1, "checkpoint.every", "must be >= 1")
+    need(cfg.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
+    need(cfg.log.every >= 1, "log.every", "must be >= 1")
+    need(cfg.log.progress_seconds > 0, "log.progress_seconds", "must be > 0 (seconds between progress lines)")
+    need(cfg.demos.pretrain_steps >= 0, "demos.pretrain_steps", "must be >= 0")
+    need(cfg.demos.batch_size >= 1, "demos.batch_size", "must be >= 1")
+    need(cfg.demos.lr > 0, "demos.lr", "must be > 0")
+    if cfg.demos.path is not None and not cfg.resume:
+        from pathlib import Path
+
+        need(Path(cfg.demos.path).is_file(), "demos.path", f"no such file: {cfg.demos.path}")
+    check_device(str(cfg.device))
+    for key in ("policy.activation", "algo.critic_activation", "algo.value_activation"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None:
+            need(value in ACTIVATIONS, key, f"unknown activation; choose one of {', '.join(ACTIVATIONS)}")
+    for key in ("policy.hidden_sizes", "policy.decoder_hidden", "algo.critic_hidden", "algo.value_hidden",
+                "algo.edit_hidden"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None:
+            need(len(value) >= 1 and all(h >= 1 for h in value), key, "needs at least one layer, all sizes >= 1")
+    if algo in ("sac", "td3", "gorl_sac", "expo", "parl"):
+        need(not cfg.env.normalize_reward, "env.normalize_reward",
+             "not supported for off-policy learners (the replay buffer would mix rewards scaled by different "
+             "statistics); leave it off for off-policy learners")
+        need(cfg.algo.batch_size >= 1, "algo.batch_size", "must be >= 1")
+        need(cfg.algo.buffer_size >= cfg.env.num_envs, "algo.buffer_size", "must hold at least one step of every env")
+        need(cfg.algo.learning_starts >= 0, "algo.learning_starts", "must be >= 0")
+        need(0 < cfg.algo.utd <= MAX_UTD, "algo.utd", f"gradient updates per env step must be > 0 and at most {MAX_UTD}")
+        if "target_update_every" in cfg.algo:
+            need(cfg.algo.target_update_every >= 1, "algo.target_update_every", "must be >= 1 (gradient updates "
+                 "between target-network updates)")
+        need(0 < cfg.algo.tau <= 1, "algo.tau", "must be in (0, 1]")
+        need(cfg.algo.num_critics >= 1, "algo.num_critics", "must be >= 1")
+        need(cfg.algo.buffer_size >= cfg.algo.batch_size, "algo.buffer_size",
+             f"must hold at least one batch (algo.batch_size={cfg.algo.batch_size})")
+        if "init_alpha" in cfg.algo:
+            need(cfg.algo.init_alpha > 0, "algo.init_alpha", "the entropy temperature must start > 0")
+        if algo == "td3":
+            need(cfg.algo.policy_delay >= 1, "algo.policy_delay", "must be >= 1 (critic updates per actor update)")
+            for key in ("target_noise", "target_noise_clip", "exploration_noise"):
+                need(cfg.algo[key] >= 0, f"algo.{key}", "must be >= 0 (a standard deviation or bound, unit action scale)")
+        if algo == "parl":
+            need(cfg.algo.num_candidates >= 1, "algo.num_candidates", "must be >= 1")
+            need(1 <= cfg.algo.top_k <= cfg.algo.num_candidates, "algo.top_k", "must be between 1 and algo.num_candidates")
+        if algo == "expo":
+            need(cfg.algo.num_samples >= 1, "algo.num_samples", "must be >= 1")
+    if algo in ("ppo", "gorl"):
+        samples = cfg.algo.rollout_steps * cfg.env.num_envs
+        need(cfg.algo.rollout_steps >= 1, "algo.rollout_steps", "must be >= 1")
+        need(
+            1 <= cfg.algo.minibatch_size <= samples,
+            "algo.minibatch_size",
+            f"must be between 1 and the samples per update (rollout_steps * num_envs = {samples})",
+        )
+        need(cfg.algo.epochs >= 1, "algo.epochs", "must be >= 1")
+        need(cfg.algo.clip_range > 0, "algo.clip_range", "must be > 0 (the policy ratio is clipped to 1 +- clip_range)")
+        need(cfg.algo.clip_range_vf is None or cfg.algo.clip_range_vf > 0, "algo.clip_range_vf",
+             "must be > 0 (or null: the value loss unclipped)")
+        need(cfg.algo.vf_coef >= 0, "algo.vf_coef", "must be >= 0")
+        need(cfg.algo.ent_coef >= 0, "algo.ent_coef", "must be >= 0 (a negative one would reward collapsing the policy)")
+        need(cfg.algo.max_grad_norm > 0, "algo.max_grad_norm", "must be > 0")
+        need(0 <= cfg.algo.gae_lambda <= 1, "algo.gae_lambda", "must be in [0, 1]")
+        need(cfg.algo.fused in ("auto", "on", "off"), "algo.fused", "must be auto, on or off")
+        if "latent_kl_coef" in cfg.algo:
+            need(cfg.algo.latent_kl_coef >= 0, "algo.latent_kl_coef", "must be >= 0 (0: no KL toward the prior)")
+        need(cfg.algo.target_kl is None or cfg.algo.target_kl > 0, "algo.target_kl",
+             "must be > 0 (or null for no early stop); an update stops before a minibatch whose KL to the "
+             "rollout policy exceeds 1.5 * target_kl")
+    need(0 <= OmegaConf.select(cfg, "algo.gamma") <= 1, "algo.gamma", "must be in [0, 1]")
+    validate_safety(cfg)
+
+
+#: learners whose runner (off-policy) can pass training actions through safety filters
+FILTERABLE_ALGOS = ("sac", "td3", "gorl_sac", "expo", "parl")
+
+
+def validate_safety(cfg: DictConfig) -> None:
+    """The ``safety`` section: passivity-aware training needs SAC; filters need an off-policy runner.
+
+    The filter specs themselves are checked by ``sim2real.filters.build_chain`` once the env's
+    dimensions are known (``robo_rl.build.check_safety``), still before any run file is written.
+    """
+    safety, algo = cfg.safety, cfg.algo.name
+
+    def need(ok: bool, key: str, msg: str) -> None:
+        _require(cfg, ok, key, msg)
+
+    if safety.passivity_aware:
+        need(algo == "sac", "safety.passivity_aware",
+             f"passivity-aware training is Lagrangian SAC (a cost critic and a multiplier on off-policy replay); "
+             f"algo={algo} has no cost critic, use algo=sac (with a reparameterized head such as policy=gaussian)")
+    need(bool(safety.cost_key), "safety.cost_key", "must name the step info key holding the per-step cost")
+    need(safety.cost_budget >= 0, "safety.cost_budget", "the per-step cost limit must be >= 0")
+    need(0 <= safety.cost_gamma < 1, "safety.cost_gamma", "must be in [0, 1) (the budget is per step: d / (1 - cost_gamma))")
+    need(safety.lagrange_lr > 0, "safety.lagrange_lr", "must be > 0")
+    need(safety.lagrange_init >= 0, "safety.lagrange_init", "the Lagrange multiplier must start >= 0")
+    need(safety.cost_critic.num_critics >= 1, "safety.cost_critic.num_critics", "must be >= 1")
+    hidden = safety.cost_critic.hidden
+    need(hidden is None or (len(hidden) >= 1 and all(h >= 1 for h in hidden)), "safety.cost_critic.hidden",
+         "needs at least one layer, all sizes >= 1")
+    need(safety.cost_critic.lr is None or safety.cost_critic.lr > 0, "safety.cost_critic.lr", "must be > 0")
+    if len(safety.filters):
+        need(algo in FILTERABLE_ALGOS, "safety.filters",
+             f"filtering training actions needs an off-policy learner ({', '.join(FILTERABLE_ALGOS)}): algo={algo} "
+             "learns from the log-probability of its own unfiltered actions. Train without filters "
+             "(safety=none) and put the chain on the exported policy instead")
