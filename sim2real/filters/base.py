@@ -55,6 +55,17 @@ def rows(mask: np.ndarray, limit: int = 8) -> str:
     return f"rows [{shown}{', ...' if len(idx) > limit else ''}]"
 
 
+def zero_ungoverned_non_finite(out: np.ndarray, governed: np.ndarray) -> np.ndarray:
+    """Set the non-finite entries of ``out`` [B, A] outside the ``governed`` columns to zero, in place; returns
+    the rows that had one. For filters that govern some action dimensions only: a NaN in the others would
+    otherwise pass through them (put a ``box`` with ``hold`` in the chain to hold those instead)."""
+    other = np.ones(out.shape[1], dtype=bool)
+    other[governed] = False
+    bad = ~np.isfinite(out) & other
+    out[bad] = 0.0
+    return bad.any(axis=1)
+
+
 def representable_bounds(low: np.ndarray, high: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """Bounds rounded inward to numbers of ``dtype``, returned as float64.
 
@@ -141,6 +152,12 @@ class SafetyFilter(ABC):
 
     def _seed(self, initial: np.ndarray) -> None:
         """Take ``initial`` [B, A] float64 (finite) as the previous command; a no-op unless a subclass needs it."""
+
+    def admissible(self, command: np.ndarray) -> np.ndarray:
+        """``command`` [B, A] as this filter's stateless limits allow it (``box`` clips it; others: as given).
+        A chain seeds each filter after this one with it, so a rate limit after a box steps from an in-box
+        command even when the robot holds one outside the box."""
+        return command
 
     def _check_batch(self, batch: int) -> None:
         if self.batch is None or (not self._stepped and batch != self.batch):

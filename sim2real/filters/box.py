@@ -40,6 +40,9 @@ class BoxFilter(SafetyFilter):
     def _seed(self, initial: np.ndarray) -> None:
         self.prev = np.clip(initial, self.low, self.high)  # what "hold" holds before the first output
 
+    def admissible(self, command: np.ndarray) -> np.ndarray:
+        return np.clip(command, self.low, self.high)
+
     def _fallback_rows(self, batch: int) -> np.ndarray:
         if self.fallback == "hold" and self.prev is not None:
             return self.prev

@@ -29,7 +29,8 @@ class FilterChain(SafetyFilter):
     """Filters applied one after the other; the reports are merged (flags OR-ed, reasons in order).
 
     Guarantee: the output satisfies the last filter's guarantee; an earlier filter's holds too when the
-    later ones keep it (box then rate: the rate output lies between two in-box actions). Order therefore
+    later ones keep it (box then rate: the rate output lies between two in-box actions; a command given
+    to ``reset(initial=...)`` outside the box reaches the rate filter clipped into it). Order therefore
     matters: put the filter whose guarantee matters most last (e.g. the energy tank, which only scales
     torques toward zero and so also keeps a symmetric box around zero).
     Each filter receives the previous one's output in the caller's float width.
@@ -53,8 +54,11 @@ class FilterChain(SafetyFilter):
     def reset(self, batch: int = 1, initial: Any = None) -> None:
         """Reset every filter; ``initial`` (the command the robot holds now) seeds each one that needs it."""
         super().reset(batch, initial)
+        seed = self._initial  # checked, [1 or batch, A] float64, or None
         for f in self.filters:
-            f.reset(batch, initial)
+            f.reset(batch, seed)
+            if seed is not None:  # the next filter starts from the command this one's limits allow
+                seed = f.admissible(seed)
 
     def _apply(self, action: np.ndarray, obs: np.ndarray | None, dtype: np.dtype) -> tuple[np.ndarray, FilterReport]:
         out = action.astype(dtype)

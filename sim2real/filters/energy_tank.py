@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from sim2real.filters import spec
-from sim2real.filters.base import FilterReport, SafetyFilter, rows
+from sim2real.filters.base import FilterReport, SafetyFilter, rows, zero_ungoverned_non_finite
 
 WORK_BOUNDS = ("damped", "velocity")
 # Shrink factors tried when the cast of the scaled command to the caller's float width overdraws the tank
@@ -60,7 +60,8 @@ class EnergyTankFilter(SafetyFilter):
     never goes below ``min_energy``. If it does anyway (the plant broke the bound: a stored-energy
     release, wrong damping), the row is in deficit: the filter sends zero torque until the damping
     refills the tank, and reports it.
-    Fallback (reported): a non-finite action, velocity or position gives zero torque for that step.
+    Fallback (reported): a non-finite action (any dimension), velocity or position gives zero torque for
+    that step; non-finite entries of the other dimensions become 0.
     Assumes: positions are not wrapped between calls (hinge angles unwrapped), ``damping`` does not
     over-estimate the physical damping nor ``friction`` the dry friction (over-estimates create energy),
     one call per control step.
@@ -185,7 +186,7 @@ class EnergyTankFilter(SafetyFilter):
         with np.errstate(all="ignore"):
             tau = self.torque_scale * a
             full = self._bound(tau, v)  # the command's bound as given
-        valid = np.isfinite(a).all(axis=1) & v_ok & q_ok & np.isfinite(full)
+        valid = np.isfinite(action).all(axis=1) & v_ok & q_ok & np.isfinite(full)  # a NaN anywhere: untrusted
         with np.errstate(invalid="ignore"):
             pays = valid & (self._level - full >= self.min_energy)
         short = valid & ~pays
@@ -213,6 +214,7 @@ class EnergyTankFilter(SafetyFilter):
             alpha[idx[fits]] *= shrink
             todo[np.flatnonzero(todo)[fits]] = False
 
+        zero_ungoverned_non_finite(out, self.action_index)  # reported with the rest of ~valid below
         out = out.astype(dtype)
         sent = out[:, self.action_index].astype(np.float64)
         with np.errstate(all="ignore"):
@@ -237,7 +239,7 @@ class EnergyTankFilter(SafetyFilter):
                                   f"robot did more work than the bound allowed) -> zero torque until it refills")
         if not valid.all():
             report.reasons.append(f"energy_tank: non-finite action, velocity or position in {rows(~valid)} -> "
-                                  f"zero torque (no injection)")
+                                  f"zero torque (no injection), non-finite other entries 0")
         return out, report
 
     def _largest_alpha(self, tau: np.ndarray, v: np.ndarray, room: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from sim2real.filters import spec
-from sim2real.filters.base import FilterReport, SafetyFilter, rows
+from sim2real.filters.base import FilterReport, SafetyFilter, rows, zero_ungoverned_non_finite
 
 MODES = ("absolute", "delta")
 _FLOOR = 1e-300  # absolute slack of the target check: subnormal positions carry no precision to check
@@ -30,8 +30,10 @@ class WorkspaceFilter(SafetyFilter):
     absolute mode the target is inside the box for every row. The workspace dimensions of the output
     are always finite.
 
-    Fallback (reported): a non-finite target action or end-effector reading means the policy output or
-    the state estimate is not trusted, so the robot holds in place: target = ee clipped into the box.
+    Fallback (reported): a non-finite action (in any dimension) or end-effector reading means the policy
+    output or the state estimate is not trusted, so the robot holds in place: target = ee clipped into
+    the box; non-finite entries of the other dimensions become 0 (a ``box`` with ``hold`` before this
+    filter holds them instead).
     If the reading itself is non-finite, delta mode commands a zero delta (no motion; the target is
     then unknown) and absolute mode holds the previous returned target (the target of the command given
     to ``reset(initial=...)``, clipped into the box, before the first call; else the box midpoint).
@@ -91,7 +93,7 @@ class WorkspaceFilter(SafetyFilter):
         ee = obs[:, self.ee_index]  # [B, k]
         a = action[:, self.action_index]  # [B, k]
         ee_ok = np.isfinite(ee).all(axis=1)
-        a_ok = np.isfinite(a).all(axis=1)
+        a_ok = np.isfinite(action).all(axis=1)  # a NaN anywhere in the row: the policy output is not trusted
         offset = ee if self.mode == "delta" else np.zeros_like(ee)
         with np.errstate(invalid="ignore", over="ignore"):
             target = offset + self.action_scale * a
@@ -129,6 +131,8 @@ class WorkspaceFilter(SafetyFilter):
 
         out = action.copy()
         out[:, self.action_index] = out_k
+        if zero_ungoverned_non_finite(out, self.action_index).any():
+            report.reasons.append(f"workspace: non-finite entries outside action_index in {rows(~a_ok)} -> 0")
         out = out.astype(dtype)
         with np.errstate(invalid="ignore"):
             report.intervened = report.fallback | (out[:, self.action_index] != a).any(axis=1)

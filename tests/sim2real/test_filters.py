@@ -183,14 +183,15 @@ def test_workspace_target_is_always_inside_the_box(data, extra, k, batch, steps,
         known = np.isfinite(ee).all(axis=1) if mode == "delta" else np.ones(batch, dtype=bool)
         inside = (target >= low - slack) & (target <= high + slack)
         assert inside[known].all()
-        # other dimensions are not this filter's business: passed through bit for bit
+        # other dimensions are not this filter's business: passed through bit for bit, but never a NaN/Inf (-> 0)
         others = [j for j in range(action_dim) if j not in action_index]
-        np.testing.assert_array_equal(out[:, others], action[:, others])
-        # a trusted target already inside the box is left alone
+        np.testing.assert_array_equal(out[:, others], np.where(np.isfinite(action[:, others]), action[:, others], 0))
+        # a trusted target (a finite row) already inside the box is left alone
         a = action[:, action_index].astype(np.float64)
         with np.errstate(invalid="ignore", over="ignore"):
             t_in = offset + scale * a
-            untouched = np.isfinite(ee).all(axis=1) & np.isfinite(a).all(axis=1) & ((t_in >= low) & (t_in <= high)).all(axis=1)
+            untouched = (np.isfinite(ee).all(axis=1) & np.isfinite(action).all(axis=1)
+                         & ((t_in >= low) & (t_in <= high)).all(axis=1))
         assert (sent[untouched] == a[untouched]).all() and not report.intervened[untouched].any()
 
 
@@ -655,3 +656,34 @@ def test_configs_safety_files_build():
         chain = build_chain(yaml.safe_load((root / f"{name}.yaml").read_text()), action_dim=2, obs_dim=10)
         chain(np.zeros(2), np.zeros(10))
     assert len(build_chain(yaml.safe_load((root / "none.yaml").read_text()), 2)) == 0
+
+
+@SETTINGS
+@given(data=st.data(), dim=st.integers(1, 3), batch=st.integers(1, 4), steps=st.integers(1, 4), dtype=dtypes)
+def test_box_then_rate_stays_in_the_box_even_from_a_reset_command_outside_it(data, dim, batch, steps, dtype):
+    # configs/safety/box.yaml's order; the robot may hold a command outside the box (a fallback, another controller)
+    low, high = draw_bounds(data, dim, moderate)
+    assume(holds_a_float32(low, high))
+    chain = build_chain([{"type": "box", "low": low.tolist(), "high": high.tolist()},
+                         {"type": "rate", "max_delta": data.draw(st.floats(1e-3, 10.0))}], action_dim=dim)
+    chain.reset(batch, initial=draw_array(data, batch, dim, wide))
+    for _ in range(steps):
+        out, _ = chain(draw_array(data, batch, dim).astype(dtype))
+        assert np.isfinite(out).all() and (out >= low).all() and (out <= high).all()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: WorkspaceFilter(3, ee_index=[0, 1], low=[-1, -1], high=[1, 1]),
+    lambda: WorkspaceFilter(3, ee_index=[0, 1], low=[-1, -1], high=[1, 1], mode="absolute"),
+    lambda: EnergyTankFilter(3, velocity_index=[0, 1], action_index=[0, 1], dt=0.01, initial_energy=1.0,
+                             max_energy=2.0, damping=1.0),
+])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_filters_governing_some_dimensions_pass_no_non_finite_entry_in_the_others(make, bad):
+    f = make()
+    out, report = f(np.array([0.1, 0.1, bad]), np.array([0.2, 0.3, 0.0, 0.0]))
+    assert np.isfinite(out).all() and out[2] == 0.0
+    assert report.fallback[0] and report.intervened[0] and "non-finite" in " ".join(report.reasons)
+    f = make()
+    out, report = f(np.array([[0.1, 0.1, 0.5], [0.1, 0.1, bad]]), np.zeros((2, 4)))  # a batch: only the bad row
+    assert np.isfinite(out).all() and out[0, 2] == 0.5 and report.fallback.tolist() == [False, True]
