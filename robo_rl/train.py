@@ -114,7 +114,11 @@ def compose_config(overrides: Iterable[str] = ()) -> DictConfig:
     from robo_rl.commands.train import register_resolvers
     from robo_rl.config import integer_keys, integral_literals, register_schemas
 
-    if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides):
+    if isinstance(overrides, str) or not isinstance(overrides, Iterable):
+        raise TypeError(f"compose_config takes a list of key=value strings, e.g. compose_config(['algo=sac']); "
+                        f"got {overrides!r}")
+    overrides = list(overrides)  # a generator is read once: the check below must not use it up
+    if not all(isinstance(o, str) for o in overrides):
         raise TypeError(f"compose_config takes a list of key=value strings, e.g. compose_config(['algo=sac']); "
                         f"got {overrides!r}")
     register_schemas()

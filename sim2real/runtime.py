@@ -238,10 +238,15 @@ class PolicyRuntime:
             raise ValueError(f"observation dtype {obs.dtype}: expected float32 (float64 is cast)")
         if obs.ndim not in (1, 2) or obs.shape[-1] != self.obs_dim or (obs.ndim == 2 and obs.shape[0] < 1):
             raise ValueError(f"observation shape {tuple(obs.shape)}: expected ({self.obs_dim},) or (batch, {self.obs_dim})")
-        obs = obs.astype(np.float32, copy=False)
+        given = obs
+        with np.errstate(over="ignore"):
+            obs = obs.astype(np.float32, copy=False)
         if not np.isfinite(obs).all():
-            where = np.flatnonzero(~np.isfinite(obs.reshape(-1, self.obs_dim)).any(axis=0)).tolist()
-            raise NonFiniteObservation(f"observation has NaN/inf at indices {where}")
+            rows = obs.reshape(-1, self.obs_dim)
+            where = np.flatnonzero((~np.isfinite(rows)).any(axis=0)).tolist()  # every index bad in any row
+            beyond = np.isfinite(given.reshape(-1, self.obs_dim)).all()  # finite as given: float32 overflowed
+            raise NonFiniteObservation(f"observation has NaN/inf at indices {where}" if not beyond else
+                                       f"observation at indices {where} is beyond float32's range (|x| > 3.4e38)")
         return obs
 
     def __call__(self, obs: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:

@@ -285,6 +285,10 @@ def test_the_python_api_refuses_what_the_cli_cannot_pass(tmp_path, monkeypatch):
 
     with pytest.raises(TypeError, match=r"a list of key=value strings, e.g. compose_config\(\['algo=sac'\]\)"):
         compose_config("algo=sac")
+    with pytest.raises(TypeError, match="a list of key=value strings"):
+        compose_config(None)
+    generated = compose_config(o for o in ["algo=sac", "steps=123"])  # a generator is read once, not used up
+    assert generated.algo.name == "sac" and generated.steps == 123
     monkeypatch.chdir(tmp_path)
     for run_dir in ("", "  ", 5):
         with pytest.raises(ConfigError, match="run_dir must name a directory"):

@@ -125,6 +125,12 @@ def test_wrong_observation_shape_or_dtype_is_an_error_naming_expected_and_got(ex
         rt(np.zeros(4, np.int64))
     with pytest.raises(NonFiniteObservation, match=r"indices \[2\]"):
         rt(np.array([0.0, 0.0, np.nan, 0.0]))
+    batch = np.zeros((2, 4))
+    batch[0, 1], batch[1, 3] = np.nan, np.inf  # NaN in different columns of different rows: both are named
+    with pytest.raises(NonFiniteObservation, match=r"observation has NaN/inf at indices \[1, 3\]"):
+        rt(batch)
+    with pytest.raises(NonFiniteObservation, match=r"indices \[0\] is beyond float32's range"):
+        rt(np.array([1e300, 0.0, 0.0, 0.0]))  # finite in float64, but not as the float32 the policy takes
     with pytest.raises(ValueError, match="takes no noise input"):
         rt(np.zeros(4), noise=np.zeros(3))
 
