@@ -145,6 +145,8 @@ def _read_curves(path: Path, warnings: list[str] | None = None) -> dict[str, lis
                 curves[name].append((step, ret))
             else:  # not a point of the curve, but not passed over in silence either
                 skipped.setdefault(column, []).append(row["step"])
+    for points in curves.values():  # np.interp needs increasing steps; a file written out of order is read in order
+        points.sort(key=lambda point: point[0])
     for column, steps in skipped.items():
         if warnings is not None:
             warnings.append(f"{path}: {column} is NaN or infinite in {len(steps)} row(s) (first at step "
@@ -309,9 +311,17 @@ def mean_curve(curves: list[list[tuple[float, float]]]) -> dict[str, list[float]
     return {"step": steps.tolist(), "mean": ys.mean(0).tolist(), "min": ys.min(0).tolist(), "max": ys.max(0).tolist()}
 
 
-def compare(paths: Sequence[str | Path], group_by: Sequence[str] | None = None, curve: str = "eval") -> dict[str, Any]:
-    if curve not in CURVES:
-        raise ValueError(f"curve={curve}: expected one of {', '.join(CURVES)}")
+def compare(paths: str | Path | Sequence[str | Path], group_by: str | Sequence[str] | None = None,
+            curve: str = "eval") -> dict[str, Any]:
+    if not isinstance(curve, str) or curve not in CURVES:
+        raise ValueError(f"curve={curve if isinstance(curve, str) else repr(curve)}: expected one of {', '.join(CURVES)}")
+    if isinstance(paths, (str, Path)):  # one directory, not a sequence of its characters
+        paths = [paths]
+    if isinstance(group_by, str):
+        group_by = [group_by]
+    paths = list(paths)
+    if not paths:
+        raise ValueError("compare: no run directories given (pass run directories or directories holding runs)")
     runs = [load_run(p) for p in find_runs(paths)]
     out_groups = []
     for group in group_runs(runs, group_by):

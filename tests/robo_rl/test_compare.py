@@ -270,3 +270,22 @@ def test_a_directory_where_a_run_file_belongs_is_named(tmp_path):
             compare([tmp_path / "run"])
         (tmp_path / "run" / name).rmdir()
         (tmp_path / f"{name}.bak").rename(tmp_path / "run" / name)
+
+
+def test_the_python_api_takes_one_directory_as_a_string_or_path(tmp_path):
+    for seed in (0, 1):
+        write_run(tmp_path / "sweep" / f"seed={seed}", seed, 1.0 + seed, [(10, 1.0), (20, 1.0 + seed)])
+    for given in (str(tmp_path / "sweep"), tmp_path / "sweep"):
+        result = compare(given, group_by="algo.name")  # not read as a sequence of characters
+        assert result["runs"] == 2 and [g["label"] for g in result["groups"]] == ["algo.name=sac"]
+    with pytest.raises(ValueError, match="no run directories given"):
+        compare([])
+    with pytest.raises(ValueError, match=r"curve=\['eval'\]: expected one of"):
+        compare(tmp_path / "sweep", curve=["eval"])
+
+
+def test_a_metrics_file_out_of_step_order_gives_the_curve_in_order(tmp_path):
+    write_run(tmp_path / "run", 0, 3.0, [(10, 1.0)])
+    (tmp_path / "run" / "metrics.csv").write_text("step,eval/return_mean\n20,3.0\n10,1.0\n30,5.0\n")
+    curve = compare([tmp_path / "run"])["groups"][0]["curve"]
+    assert curve["step"] == [10.0, 20.0, 30.0] and curve["mean"] == [1.0, 3.0, 5.0]
