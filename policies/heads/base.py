@@ -119,6 +119,22 @@ class PolicyHead(nn.Module, abc.ABC):
         return self.act(obs, deterministic=True)
 
     # -- helpers for subclasses -----------------------------------------------------------------
+    def observations(self, obs: torch.Tensor) -> torch.Tensor:
+        """``obs`` as ``act`` takes it, a float tensor [B, obs_dim] (other real dtypes are cast to the head's
+        float type), else a TypeError/ValueError saying what to pass: a 1-D observation would broadcast into
+        a batch of the wrong size in some heads instead of failing."""
+        if not isinstance(obs, torch.Tensor):
+            raise TypeError(f"the {self.name} head acts on a float tensor obs [B, {self.obs_dim}], got "
+                            f"{type(obs).__name__} (torch.as_tensor(obs, dtype=torch.float32))")
+        if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
+            one = " (obs[None] for one observation)" if obs.dim() == 1 and obs.shape[0] == self.obs_dim else ""
+            raise ValueError(f"the {self.name} head acts on obs [B, {self.obs_dim}], got shape {list(obs.shape)}{one}")
+        if obs.dtype != self.action_low.dtype:
+            if obs.is_complex() or obs.dtype == torch.bool:
+                raise TypeError(f"the {self.name} head acts on a float tensor obs, got {obs.dtype}")
+            obs = obs.to(self.action_low.dtype)
+        return obs
+
     def checked(self, actions: torch.Tensor, also: torch.Tensor | None = None, what: str = "actions") -> torch.Tensor:
         """``actions`` once known to be finite (and ``also``: network outputs they were chosen by), else a
         FloatingPointError naming the head: a diverged head must not hand NaN to an env or a robot.

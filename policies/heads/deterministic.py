@@ -40,7 +40,7 @@ class DeterministicHead(PolicyHead):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        return self.checked(self.mean_action(obs))
+        return self.checked(self.mean_action(self.observations(obs)))
 
     @torch.no_grad()
     def forward(self, obs: torch.Tensor) -> torch.Tensor:

@@ -81,7 +81,7 @@ class GaussianHead(PolicyHead):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        return self.checked(self._act(obs, deterministic))
+        return self.checked(self._act(self.observations(obs), deterministic))
 
     @torch.no_grad()
     def forward(self, obs: torch.Tensor) -> torch.Tensor:

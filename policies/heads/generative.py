@@ -189,7 +189,7 @@ class GenerativeHead(PolicyHead):
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         # a chunk's first action (see ChunkExecutor); one reduction tells a NaN (see PolicyHead.checked)
-        return self.checked(self._chunks(obs, deterministic)[:, 0])
+        return self.checked(self._chunks(self.observations(obs), deterministic)[:, 0])
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, None]:
         with torch.no_grad():

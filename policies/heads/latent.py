@@ -84,6 +84,7 @@ class LatentDecoderHead(PolicyHead):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        obs = self.observations(obs)
         return self.decode(obs, self.latent.act(obs, deterministic))
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, None]:

@@ -85,6 +85,7 @@ class MixtureHead(PolicyHead):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        obs = self.observations(obs)
         if not deterministic:  # (a non-finite weight already failed the draw)
             actions = self.sample(obs)[0]
             return self.checked(actions if self.squash else self.clip_action(actions))

@@ -179,3 +179,19 @@ def test_whole_numbers_given_as_floats_are_read_as_integers():
     assert (h.train_steps, h.inference_steps) == (20, 2) and type(h.train_steps) is int
     assert head("mixture", components=3.0).k == 3
     assert head("flow", chunk=2.0, execute=1.0).execute == 1
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_act_takes_a_batch_of_observations_and_says_what_else_to_pass(name):
+    # a flow or diffusion head used to turn one [4] observation into 4 actions, silently
+    head = build_head(name, 4, -np.ones(3), np.ones(3))
+    with pytest.raises(ValueError, match=rf"the {name} head acts on obs \[B, 4\], got shape \[4\] \(obs\[None\]"):
+        head.act(torch.zeros(4))
+    with pytest.raises(ValueError, match=r"got shape \[2, 5\]"):
+        head.act(torch.zeros(2, 5))
+    with pytest.raises(TypeError, match=r"got ndarray \(torch.as_tensor\(obs, dtype=torch.float32\)\)"):
+        head.act(np.zeros((2, 4)))
+    with pytest.raises(TypeError, match="got torch.complex64"):
+        head.act(torch.zeros(2, 4, dtype=torch.complex64))
+    actions = head.act(torch.zeros(2, 4, dtype=torch.float64), deterministic=True)  # other real dtypes: cast
+    assert actions.shape == (2, 3) and actions.dtype == torch.float32
