@@ -48,13 +48,18 @@ class SB3VecEnv(VecEnv):
         return obs.detach().cpu().numpy()
 
     def step_async(self, actions: np.ndarray) -> None:
-        self._actions = torch.as_tensor(np.asarray(actions, dtype=np.float32).reshape(self.num_envs, -1), device=self.env.device)
+        array = np.asarray(actions)
+        expected = (self.num_envs, self.env.act_dim)
+        if array.shape != expected:  # a reshape would scramble a transposed or flat batch into place
+            raise ValueError(f"{self.env.task_id}: actions have shape {array.shape}, expected {expected} "
+                             f"(num_envs={self.num_envs}, action dim={self.env.act_dim})")
+        self._actions = array  # the env's step checks the values and dtype (complex and bool are refused)
 
     def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
         if self._actions is None:
             raise RuntimeError("step_wait() without step_async()")
-        obs, reward, terminated, truncated, info = self.env.step(self._actions)
-        self._actions = None
+        actions, self._actions = self._actions, None  # a refused step is not retried by the next step_wait()
+        obs, reward, terminated, truncated, info = self.env.step(actions)
         obs_np = obs.detach().cpu().numpy()
         term, trunc = terminated.cpu().numpy(), truncated.cpu().numpy()
         dones = term | trunc

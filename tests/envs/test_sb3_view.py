@@ -25,6 +25,22 @@ def test_vecenv_conventions():
     assert not np.array_equal(infos[0]["terminal_observation"], obs[0])  # obs already starts the next episode
 
 
+
+def test_actions_of_the_wrong_shape_or_type_are_refused_not_reshaped():
+    venv = SB3VecEnv(make_env("Hopper-v5", num_envs=2, backend="mujoco"))
+    venv.reset()
+    for actions in (np.zeros((3, 2)), np.zeros(6), None):  # a transposed batch used to be reshaped into place
+        with pytest.raises(ValueError, match=r"actions have shape .*, expected \(2, 3\)"):
+            venv.step_async(actions)
+    for actions in (np.zeros((2, 3), np.complex64), np.zeros((2, 3), bool)):
+        venv.step_async(actions)
+        with pytest.raises(TypeError, match="actions must be a float tensor"):
+            venv.step_wait()
+    with pytest.raises(RuntimeError, match="without step_async"):  # the refused actions are not retried
+        venv.step_wait()
+    obs, rewards, dones, infos = venv.step(np.zeros((2, 3)))  # float64 is fine
+    assert obs.shape == (2, 11) and rewards.shape == (2,)
+
 def forward_reward_per_episode(model, episodes=8):
     """Mean over episodes of Hopper's forward-progress reward, acting with the model's deterministic policy."""
     env = make_env("Hopper-v5", num_envs=4, backend="mujoco")
