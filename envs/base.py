@@ -70,8 +70,15 @@ class BatchedEnv(abc.ABC):
     def step(self, actions: torch.Tensor) -> StepResult:
         """Apply actions [N, act_dim] (within ``action_space`` bounds) and auto-reset finished envs."""
 
+    _closed = False
+
     def close(self) -> None:
-        """Release worker processes, simulators and files."""
+        """Release worker processes, simulators and files; reset() and step() refuse to run after it."""
+        self._closed = True
+
+    def _refuse_if_closed(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{self.task_id}: this env was closed; make a new one (envs.make_env) to go on")
 
     def render(self, index: int = 0) -> np.ndarray:
         """An RGB frame [H, W, 3] (uint8) of env copy ``index``."""
@@ -95,6 +102,7 @@ class BatchedEnv(abc.ABC):
 
     def check_seed(self, seed: Any) -> int | None:
         """``seed`` for reset(): None (continue the generators) or an integer >= 0 (env i gets seed + i)."""
+        self._refuse_if_closed()
         if seed is None:
             return None
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
@@ -108,6 +116,7 @@ class BatchedEnv(abc.ABC):
         The common case (a float32 CPU tensor of the right shape, all finite) is checked in numpy, which
         costs a few microseconds less per step than torch's reduction; anything else goes through
         check_actions and its messages."""
+        self._refuse_if_closed()
         if (isinstance(actions, torch.Tensor) and actions.dtype == torch.float32 and actions.device.type == "cpu"
                 and actions.shape == (self.num_envs, self.act_dim)):
             array = actions.detach().numpy()
@@ -117,6 +126,7 @@ class BatchedEnv(abc.ABC):
 
     def check_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """Validate a batch of actions: shape [N, act_dim], finite as float32. Returns float32 on self.device."""
+        self._refuse_if_closed()
         if not isinstance(actions, torch.Tensor):
             try:
                 raw = np.asarray(actions)

@@ -371,6 +371,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
                                                        for i in range(self.num_envs)])
 
     def close(self) -> None:
+        super().close()
         self._vec.close()
 
     def _to_tensor(self, x: np.ndarray) -> torch.Tensor:

@@ -208,6 +208,7 @@ class IsaacAdapter(BatchedEnv):
         return StepResult(obs.clone(), rewards, dones & ~time_outs, time_outs, info)
 
     def close(self) -> None:
+        super().close()
         if hasattr(self.env, "close"):
             self.env.close()
 

@@ -96,6 +96,10 @@ def test_the_env_contract_refuses_bad_arguments_with_a_message(backend):
         np.testing.assert_array_equal(np.array(env.physics_params()["gravity_scale"]), before)
     finally:
         env.close()
+    env.close()  # twice is fine
+    for call in (lambda: env.reset(seed=0), lambda: env.step(torch.zeros(2, 3))):
+        with pytest.raises(RuntimeError, match="Hopper-v5: this env was closed; make a new one"):
+            call()
     for kwargs, words in (({"num_envs": 2.5}, "num_envs=2.5 must be an integer >= 1"),
                           ({"num_envs": "4"}, "num_envs='4' must be an integer >= 1"),
                           ({"max_episode_steps": -3}, "max_episode_steps=-3 must be an integer >= 1"),
