@@ -19,7 +19,7 @@ import torch
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
 from envs.base import BatchedEnv, EpisodeTracker, MissingDependency, StepResult, check_box_spaces, episode_to_torch
-from envs.randomization import RandomizationSpec, Randomizer, apply_to_model, nominal_values
+from envs.randomization import RandomizationSpec, Randomizer, apply_to_model, env_ids, nominal_values
 
 
 def check_task_id(task_id: str) -> gym.envs.registration.EnvSpec:
@@ -257,9 +257,9 @@ class GymnasiumBatchedEnv(BatchedEnv):
         """Fix physics factors for envs ``ids`` (default: all); applied now and kept across resets."""
         if self.randomizer is None or not self.randomizer.params.get("body_mass_scale", np.zeros((1, 0))).size:
             raise ValueError(f"{self.task_id} is not a MuJoCo task: it has no physics factors to set")
-        ids = np.arange(self.num_envs) if ids is None else np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        ids = env_ids(ids, self.num_envs)
         r = self.randomizer
-        r.set_params({k: np.asarray(v) for k, v in values.items()}, ids)
+        r.set_params(values, ids)
         self._pending = {k: v.copy() for k, v in r.params.items()} if self._pending is None else self._pending
         for k in r.params:
             self._pending[k][ids] = r.params[k][ids]

@@ -24,7 +24,7 @@ from gymnasium.utils.seeding import np_random
 
 from envs.base import BatchedEnv, MissingDependency, StepResult
 from envs.mujoco.tasks import Sim, Task, task_for
-from envs.randomization import RandomizationSpec, Randomizer
+from envs.randomization import RandomizationSpec, Randomizer, env_ids
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +216,8 @@ class MjwarpBatchedEnv(BatchedEnv):
             raise ValueError(f"{self.task_id} on mjwarp: {', '.join(missing)} cannot be set, only the factors this env "
                              f"randomizes ({', '.join(self.randomizer.spec.physics) or 'none'}) have per-world arrays; "
                              f"build it with e.g. randomize={{'{missing[0]}': [1.0, 1.0]}}")
-        ids = np.arange(self.num_envs) if ids is None else np.atleast_1d(np.asarray(ids, dtype=np.int64))
-        self.randomizer.set_params({k: np.asarray(v) for k, v in values.items()}, ids)
+        ids = env_ids(ids, self.num_envs)
+        self.randomizer.set_params(values, ids)
         self._write_physics(ids)
 
     # -- the contract ------------------------------------------------------------------------------

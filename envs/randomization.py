@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -141,15 +142,19 @@ class Randomizer:
         self.action_buffer[ids] = 0.0
         return np.asarray(changed, dtype=np.int64)
 
-    def set_params(self, values: dict[str, Any], ids: np.ndarray) -> None:
-        """Fix factors for env copies ``ids``; everything is checked before anything is set."""
+    def set_params(self, values: dict[str, Any], ids: Any = None) -> None:
+        """Fix factors for env copies ``ids`` (None: all); everything is checked before anything is set."""
         n = len(self.fixed)
-        if ids.dtype.kind not in "iu" or np.any(ids < 0) or np.any(ids >= n):
-            raise ValueError(f"env ids {ids.tolist()[:10]} out of range: this env has copies 0..{n - 1}")
+        ids = env_ids(ids, n)
+        if not isinstance(values, Mapping):
+            raise TypeError(f"set_physics_params takes a mapping of factors, e.g. {{'body_mass_scale': 1.2}}; got "
+                            f"{type(values).__name__}")
         checked = {}
         for name, value in values.items():
             if name not in self.params:
                 raise ValueError(f"unknown physics parameter {name!r}; known: {', '.join(self.params)}")
+            if np.asarray(value).dtype.kind not in "fiu":  # complex (imaginary part dropped), bool, text
+                raise ValueError(f"{name}: factors must be real numbers, got {value!r}")
             try:
                 value = np.broadcast_to(np.asarray(value, dtype=np.float64), (len(ids), self.sizes[name]))
             except ValueError:
@@ -222,3 +227,15 @@ def nominal_values(model: Any) -> dict[str, np.ndarray]:
             "geom_friction": model.geom_friction.copy(), "dof_damping": model.dof_damping.copy(),
             "actuator_gainprm": model.actuator_gainprm.copy(), "actuator_biasprm": model.actuator_biasprm.copy(),
             "gravity": model.opt.gravity.copy()}
+
+
+def env_ids(ids: Any, num_envs: int) -> np.ndarray:
+    """``ids`` of ``set_physics_params`` as a 1-D int array: None (all copies), an integer or a list of them,
+    each in 0..num_envs-1. A float (1.7), a bool or a nested list is refused, not cast."""
+    if ids is None:
+        return np.arange(num_envs)
+    array = np.atleast_1d(np.asarray(ids))
+    if array.ndim != 1 or array.dtype.kind not in "iu" or np.any(array < 0) or np.any(array >= num_envs):
+        raise ValueError(f"env ids {ids!r:.80} out of range: give integers (or a list of them) among this env's "
+                         f"copies 0..{num_envs - 1}")
+    return array.astype(np.int64)

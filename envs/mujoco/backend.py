@@ -27,7 +27,7 @@ from gymnasium.utils.seeding import np_random
 
 from envs.base import BatchedEnv, EpisodeTracker, StepResult, episode_to_torch
 from envs.mujoco.tasks import Sim, Task, task_for
-from envs.randomization import PHYSICS_PARAMS, RandomizationSpec, Randomizer
+from envs.randomization import PHYSICS_PARAMS, RandomizationSpec, Randomizer, env_ids
 
 # the model fields each physics factor scales (expanded to per-simulation values on first use)
 _FIELDS_OF = {
@@ -235,8 +235,8 @@ class MujocoBatchedEnv(BatchedEnv):
 
         Fixed envs keep these factors across resets; takes effect immediately (the next step).
         """
-        ids = np.arange(self.num_envs) if ids is None else np.atleast_1d(np.asarray(ids, dtype=np.int64))
-        self.randomizer.set_params({k: np.asarray(v) for k, v in values.items()}, ids)
+        ids = env_ids(ids, self.num_envs)
+        self.randomizer.set_params(values, ids)
         self._write_physics(ids)
 
     def _write_physics(self, ids: np.ndarray) -> None:

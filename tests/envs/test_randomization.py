@@ -88,8 +88,15 @@ def test_the_env_contract_refuses_bad_arguments_with_a_message(backend):
                                (np.zeros((2, 3), dtype=np.complex128), "got an array of complex128")):
             with pytest.raises(TypeError, match=words):  # a cast would drop the imaginary part, or read bools as 0/1
                 env.step(actions)
-        with pytest.raises(ValueError, match=r"env ids \[5\] out of range: this env has copies 0..1"):
-            env.set_physics_params({"body_mass_scale": 1.2}, ids=[5])
+        before = np.array(env.physics_params()["gravity_scale"])
+        for ids in ([5], [[0, 1]], [1.7], True, -1):  # nested, fractional or bool ids were cast or half-applied
+            with pytest.raises(ValueError, match=r"env ids .* out of range: give integers .* copies 0..1"):
+                env.set_physics_params({"gravity_scale": 0.5}, ids=ids)
+        with pytest.raises(TypeError, match="takes a mapping of factors"):
+            env.set_physics_params([("gravity_scale", 0.5)])
+        with pytest.raises(ValueError, match="gravity_scale: factors must be real numbers"):
+            env.set_physics_params({"gravity_scale": 0.5 + 1j})
+        np.testing.assert_array_equal(np.array(env.physics_params()["gravity_scale"]), before)  # nothing was set
         before = np.array(env.physics_params()["gravity_scale"])
         with pytest.raises(ValueError, match="body_mass_scale: factors must be positive"):  # nothing set, not half
             env.set_physics_params({"gravity_scale": 2.0, "body_mass_scale": 0.0})
