@@ -93,6 +93,16 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
     return cfg
 
 
+def directory_problem(path: Path) -> str | None:
+    """Why no run directory can be made at ``path`` (it is a file, or lies under one), or None."""
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker == path:
+        return "that is a file, not a directory; choose a directory"
+    if blocker is not None:
+        return f"{blocker} is a file, so no directory can be made under it; choose another path"
+    return None
+
+
 def resolve_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
     if checkpoint is not None:
         return Path(checkpoint)

@@ -22,7 +22,7 @@ from robo_rl.validation import ConfigError, validate
 from robo_rl.metrics import setup_console_logging
 from robo_rl.memory import buffers_needed, check_fits
 from robo_rl.runners.base import Interrupted, find_resume_checkpoint
-from robo_rl.runs import CONFIG_FILE, load_run_config, run_dir_lock
+from robo_rl.runs import CONFIG_FILE, directory_problem, load_run_config, run_dir_lock
 
 log = logging.getLogger("robo_rl")
 
@@ -143,6 +143,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, cli_overrides: Ite
     """Train according to ``cfg`` into ``run_dir``; returns the run summary.
 
     ``run_dir`` may be left out when ``cfg`` names it (``run_dir=``) or resumes a run (``resume=``)."""
+    if not isinstance(cfg, DictConfig):
+        raise TypeError(f"train(cfg) takes the config compose_config([...]) returns, got {type(cfg).__name__}; e.g. "
+                        "train(compose_config(['algo=sac', 'env=pendulum']), 'runs/x')")
     setup_console_logging()
     route_mujoco_warnings()  # as the CLI does: once per message to the log, no MUJOCO_LOG.TXT in the working directory
     if run_dir is None:
@@ -152,6 +155,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, cli_overrides: Ite
     if not isinstance(run_dir, (str, os.PathLike)) or not str(run_dir).strip():
         raise ConfigError(f"train(cfg, run_dir={run_dir!r}): run_dir must name a directory (a str or Path)"
                           + ("; '' would write the run into the working directory" if isinstance(run_dir, str) else ""))
+    problem = directory_problem(Path(run_dir))
+    if problem is not None:
+        raise ConfigError(f"train(cfg, run_dir={str(run_dir)!r}): {problem}")
     held = _Held()
     log.addHandler(held)
     try:

@@ -107,13 +107,12 @@ def run_dir_problem(args: Sequence[str]) -> str | None:
         key, eq, value = arg.partition("=")
         if eq and key.lstrip("+~") in ("run_dir", "resume"):
             given += [(key.lstrip("+~"), v.strip()) for v in value.split(",") if v.strip() not in ("", "null", "None")]
+    from robo_rl.runs import directory_problem
+
     for label, value in [(f"{k}={v}", v) for k, v in given] or [("runs/ (where runs go without run_dir=)", "runs")]:
-        path = Path(value)
-        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
-        if blocker == path:
-            return f"{label}: that is a file, not a directory; choose a directory"
-        if blocker is not None:
-            return f"{label}: {blocker} is a file, so no directory can be made under it; choose another path"
+        problem = directory_problem(Path(value))
+        if problem is not None:
+            return f"{label}: {problem}"
     return None
 
 

@@ -294,6 +294,14 @@ def test_the_python_api_refuses_what_the_cli_cannot_pass(tmp_path, monkeypatch):
         with pytest.raises(ConfigError, match="run_dir must name a directory"):
             train(compose("algo=sac", *FAST), run_dir)
     assert list(tmp_path.iterdir()) == []  # '' once trained into the working directory
+    (tmp_path / "a_file").write_text("x")
+    for run_dir, words in (("a_file", "that is a file, not a directory"),
+                           ("a_file/run", "a_file is a file, so no directory can be made under it")):
+        with pytest.raises(ConfigError, match=f"train\\(cfg, run_dir='{run_dir}'\\): {words}"):
+            train(compose("algo=sac", *FAST), run_dir)
+    with pytest.raises(TypeError, match="train\\(cfg\\) takes the config compose_config\\(\\[...\\]\\) returns, got dict"):
+        train({"algo": {"name": "sac"}}, "runs/x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
 def test_progress_lines_need_a_positive_interval():  # (FAST sets log.progress_seconds, so not in the table above)
