@@ -161,9 +161,22 @@ def _check_arrays(arrays: dict[str, np.ndarray], path: Path, obs_dim: int | None
 def load_demos(path: str | Path, obs_dim: int, act_dim: int, action_low: np.ndarray, action_high: np.ndarray,
                replay: bool = False) -> dict[str, torch.Tensor]:
     """Read and check a demonstrations file against the env; float32 tensors by key."""
+    for name, dim in (("obs_dim", obs_dim), ("act_dim", act_dim)):
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise TypeError(f"load_demos: {name} must be a positive integer, got {dim!r}")
+    try:
+        action_low = np.asarray(action_low, dtype=np.float64).reshape(-1)
+        action_high = np.asarray(action_high, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise TypeError(f"load_demos: action_low/action_high must be numbers, got {action_low!r}, {action_high!r}") from None
+    if action_low.shape != (act_dim,) or action_high.shape != (act_dim,) or np.isnan(action_low).any() \
+            or np.isnan(action_high).any() or (action_low > action_high).any():
+        raise ValueError(f"load_demos: action_low and action_high must be {act_dim} numbers each with low <= high "
+                         f"(the env's action bounds), got {action_low.tolist()} and {action_high.tolist()}")
     path = Path(path)
     if not path.is_file():
-        raise DemoError(f"demonstrations {path}: no such file (demos.path)")
+        raise DemoError(f"demonstrations {path}: " + ("a directory, not a .npz file" if path.is_dir() else "no such file")
+                        + " (demos.path)")
     try:
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):  # a .npy file (whatever its name): one unnamed array

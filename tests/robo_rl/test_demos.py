@@ -234,6 +234,22 @@ def test_a_plain_npy_file_is_named_even_renamed_to_npz(tmp_path):
             load_demos(path, 3, 1, LOW[:1], HIGH[:1])
 
 
+
+def test_load_demos_checks_its_own_arguments(tmp_path, two_goals_demos):
+    path = two_goals_demos
+    with np.load(path) as data:
+        obs_dim, act_dim = data["obs"].shape[1], data["actions"].shape[1]
+    low, high = [-1.0] * act_dim, [1.0] * act_dim
+    assert load_demos(path, obs_dim, act_dim, low, high)["actions"].shape[1] == act_dim  # plain lists work
+    with pytest.raises(ValueError, match=rf"action_low and action_high must be {act_dim} numbers each"):
+        load_demos(path, obs_dim, act_dim, low + [-1.0], high + [1.0])
+    with pytest.raises(ValueError, match="with low <= high"):
+        load_demos(path, obs_dim, act_dim, [float("nan")] * act_dim, high)  # NaN bounds skipped the bounds check
+    with pytest.raises(TypeError, match="obs_dim must be a positive integer, got '4'"):
+        load_demos(path, "4", act_dim, low, high)
+    with pytest.raises(DemoError, match="a directory, not a .npz file"):
+        load_demos(tmp_path, obs_dim, act_dim, low, high)
+
 @pytest.fixture
 def console(monkeypatch, capsys):
     """capsys for run_training's stderr; the console log handler train() adds writes to this test's stream and
