@@ -6,7 +6,9 @@ contract every backend keeps.
 
 from __future__ import annotations
 
+import math
 import numbers
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -41,6 +43,8 @@ def make_env(
     ``randomize`` turns on domain randomization (``envs.randomization``; a spec or its dict).
     ``render`` prepares gymnasium-backend envs for ``render()`` (the MuJoCo backend always can).
     """
+    if not isinstance(task_id, str) or not task_id.strip():
+        raise TypeError(f"make_env: task_id must be a gymnasium id such as 'Hopper-v5', got {task_id!r}")
     for name, value, least in (("num_envs", num_envs, 1), ("max_episode_steps", max_episode_steps, 1), ("threads", threads, 0)):
         if value is None and name == "max_episode_steps":
             continue  # the task's own time limit
@@ -49,8 +53,13 @@ def make_env(
                              + (" (or None: the task's own time limit)" if name == "max_episode_steps" else "")
                              + (" (0: all CPUs)" if name == "threads" else ""))
     num_envs, threads = int(num_envs), int(threads)
+    kwargs = _checked_kwargs(task_id, kwargs)
+    device = _checked_device(task_id, device)
     if isinstance(randomize, dict):
         randomize = RandomizationSpec.from_dict(randomize)
+    elif randomize is not None and not isinstance(randomize, RandomizationSpec):
+        raise TypeError(f"{task_id}: randomize takes a RandomizationSpec or its dict, got {randomize!r} (the CLI's "
+                        "presets, randomize=mild|strong, are the YAML files in robo_rl/configs/randomize/)")
     if backend == "auto":
         from envs.mujoco.tasks import TASKS
 
@@ -74,6 +83,33 @@ def make_env(
             raise ValueError("env.backend=isaac: randomize inside the Isaac task's own config (its event manager)")
         return make_isaac_env(task_id, num_envs, device, kwargs)
     raise ValueError(f"unknown env backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def _checked_kwargs(task_id: str, kwargs: Any) -> Mapping[str, Any] | None:
+    """The task's keyword arguments: a mapping whose numbers are finite (a NaN or infinite weight turns every
+    reward into NaN); a bound inside a range (a tuple) may be infinite, never NaN."""
+    if kwargs is None:
+        return None
+    if not isinstance(kwargs, Mapping):
+        raise TypeError(f"{task_id}: kwargs takes a mapping of the task's keyword arguments, e.g. "
+                        f"{{'ctrl_cost_weight': 0.1}}; got {kwargs!r}")
+    for key, value in kwargs.items():
+        items = value if isinstance(value, Sequence) and not isinstance(value, str) else None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{task_id}: kwargs {key}={value}: must be a finite number")
+        if items is not None and any(isinstance(v, float) and math.isnan(v) for v in items):
+            raise ValueError(f"{task_id}: kwargs {key}={value}: NaN is no bound (inf is)")
+    return kwargs
+
+
+def _checked_device(task_id: str, device: Any) -> torch.device:
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"{task_id}: device={device!r} is not a torch device (cpu, cuda, cuda:1): {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{task_id}: device={device}: CUDA is not available on this machine; use device='cpu'")
+    return device
 
 
 __all__ = ["BACKENDS", "BatchedEnv", "RandomizationSpec", "StepResult", "make_env"]

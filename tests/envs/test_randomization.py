@@ -110,9 +110,19 @@ def test_the_env_contract_refuses_bad_arguments_with_a_message(backend):
     for kwargs, words in (({"num_envs": 2.5}, "num_envs=2.5 must be an integer >= 1"),
                           ({"num_envs": "4"}, "num_envs='4' must be an integer >= 1"),
                           ({"max_episode_steps": -3}, "max_episode_steps=-3 must be an integer >= 1"),
-                          ({"threads": -2}, "threads=-2 must be an integer >= 0")):
+                          ({"threads": -2}, "threads=-2 must be an integer >= 0"),
+                          ({"kwargs": {"ctrl_cost_weight": float("nan")}}, "kwargs ctrl_cost_weight=nan: must be a finite"),
+                          ({"kwargs": {"ctrl_cost_weight": float("inf")}}, "kwargs ctrl_cost_weight=inf: must be a finite"),
+                          ({"kwargs": {"healthy_z_range": (float("nan"), 2.0)}}, "NaN is no bound (inf is)"),
+                          ({"device": "gpu"}, "device='gpu' is not a torch device")):
         with pytest.raises(ValueError, match=re.escape(words)):
             make_env("Hopper-v5", backend=backend, **kwargs)
+    for kwargs, words in (({"task_id": None}, "task_id must be a gymnasium id such as 'Hopper-v5', got None"),
+                          ({"kwargs": [1, 2]}, "kwargs takes a mapping of the task's keyword arguments"),
+                          ({"randomize": "mild"}, "randomize takes a RandomizationSpec or its dict, got 'mild'")):
+        with pytest.raises(TypeError, match=re.escape(words)):
+            make_env(**{"task_id": "Hopper-v5", "backend": backend, **kwargs})
+    make_env("Hopper-v5", backend=backend, kwargs={"healthy_z_range": (0.7, float("inf"))}).close()  # an open range
 
 
 def test_observation_noise_and_action_delay():
