@@ -7,6 +7,8 @@ can user code that never touches a config.
 from __future__ import annotations
 
 import difflib
+import numbers
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -28,10 +30,9 @@ def build_head(
 
     ``options`` are the head's own keyword arguments (``HEADS[name].options()``); any other raises a
     TypeError naming it, rather than being ignored."""
-    try:
-        cls = HEADS[name]
-    except KeyError:
-        raise ValueError(f"unknown policy head {name!r}; choose one of {', '.join(HEADS)}") from None
+    if not isinstance(name, str) or name not in HEADS:
+        raise ValueError(f"unknown policy head {name!r}; choose one of {', '.join(HEADS)}")
+    cls = HEADS[name]
     accepted = cls.options()
     unknown = [key for key in options if key not in accepted]
     if unknown:
@@ -39,7 +40,23 @@ def build_head(
                  else repr(key) for key in unknown]
         raise TypeError(f"the {name} head has no option{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
                         f"it takes {', '.join(accepted)} (and build_head's normalize_obs, obs_clip)")
-    return cls(obs_dim, action_low, action_high, ObsNormalizer(obs_dim, normalize_obs, obs_clip), **options)
+    if isinstance(obs_dim, bool) or not isinstance(obs_dim, numbers.Integral) or obs_dim < 1:
+        raise ValueError(f"the {name} head: obs_dim must be an integer >= 1, got {obs_dim!r}")
+    if np.size(action_low) < 1 or np.shape(action_low) != np.shape(action_high):
+        raise ValueError(f"the {name} head: action_low and action_high must be equal-length bounds of at least one "
+                         f"action dimension, got {np.shape(action_low)} and {np.shape(action_high)}")
+    if isinstance(obs_clip, bool) or not isinstance(obs_clip, numbers.Real) or not obs_clip > 0:
+        raise ValueError(f"the {name} head: obs_clip must be > 0 (normalized observations are clipped to "
+                         f"+-obs_clip; inf: no clip), got {obs_clip!r}")
+    for key in ("hidden_sizes", "decoder_hidden"):
+        sizes = options.get(key)
+        if isinstance(sizes, Iterable) and not isinstance(sizes, (str, bytes)):
+            sizes = options[key] = list(sizes)  # read once (a generator), checked below
+        if sizes is not None and (not isinstance(sizes, list) or not all(
+                isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1 for n in sizes)):
+            raise ValueError(f"the {name} head: {key} must be a list of layer widths >= 1, e.g. [256, 256], "
+                             f"got {sizes!r}")
+    return cls(int(obs_dim), action_low, action_high, ObsNormalizer(int(obs_dim), normalize_obs, obs_clip), **options)
 
 
 __all__ = ["HEADS", "ObsNormalizer", "PolicyHead", "build_head"]

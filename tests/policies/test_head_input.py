@@ -2,6 +2,7 @@
 what to change, instead of being ignored or handing NaN actions on."""
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -195,3 +196,21 @@ def test_act_takes_a_batch_of_observations_and_says_what_else_to_pass(name):
         head.act(torch.zeros(2, 4, dtype=torch.complex64))
     actions = head.act(torch.zeros(2, 4, dtype=torch.float64), deterministic=True)  # other real dtypes: cast
     assert actions.shape == (2, 3) and actions.dtype == torch.float32
+
+
+@pytest.mark.parametrize("args, options, words", [
+    ((0,), {}, "obs_dim must be an integer >= 1, got 0"),
+    (("11",), {}, "obs_dim must be an integer >= 1, got '11'"),
+    ((4, [], []), {}, "action_low and action_high must be equal-length bounds of at least one action dimension"),
+    ((4,), {"hidden_sizes": (-5,)}, "hidden_sizes must be a list of layer widths >= 1, e.g. [256, 256], got [-5]"),
+    ((4,), {"hidden_sizes": 256}, "hidden_sizes must be a list of layer widths >= 1, e.g. [256, 256], got 256"),
+    ((4,), {"hidden_sizes": (2.5,)}, "got [2.5]"),
+    ((4,), {"normalize_obs": True, "obs_clip": -1}, "obs_clip must be > 0"),  # every observation became -1
+    ((4,), {"obs_clip": float("nan")}, "obs_clip must be > 0"),
+])
+def test_build_head_checks_its_arguments_before_torch_sees_them(args, options, words):
+    bounds = args[1:] if len(args) > 1 else (-np.ones(3), np.ones(3))
+    with pytest.raises(ValueError, match=re.escape(words)):
+        build_head("gaussian", args[0], *bounds, **options)
+    with pytest.raises(ValueError, match=re.escape("unknown policy head ['gaussian']")):
+        build_head(["gaussian"], 4, -np.ones(3), np.ones(3))
