@@ -171,6 +171,8 @@ class SafetyFilter(ABC):
     # -- the call ----------------------------------------------------------------------------------
     def __call__(self, action: np.ndarray, obs: np.ndarray | None = None) -> tuple[np.ndarray, FilterReport]:
         raw = np.asarray(action)
+        if raw.dtype.kind not in "fiu":  # complex (its imaginary part would be dropped), bool, text, objects
+            raise TypeError(f"{self.name}: action must be real numbers, got an array of {raw.dtype}")
         if raw.ndim not in (1, 2) or raw.shape[-1] != self.action_dim:
             raise ValueError(f"{self.name}: action must have shape [{self.action_dim}] or [B, {self.action_dim}], "
                              f"got {list(raw.shape)}")
@@ -181,6 +183,8 @@ class SafetyFilter(ABC):
         if self.uses_obs:
             if obs is None:
                 raise ValueError(f"{self.name}: this filter reads the observation; pass obs to the call")
+            if np.asarray(obs).dtype.kind not in "fiu":
+                raise TypeError(f"{self.name}: obs must be real numbers, got an array of {np.asarray(obs).dtype}")
             o = np.array(obs, dtype=np.float64, ndmin=2)
             if o.ndim != 2 or o.shape[0] != a.shape[0]:
                 raise ValueError(f"{self.name}: obs shape {list(np.shape(obs))} does not match action shape "

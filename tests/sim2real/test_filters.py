@@ -687,3 +687,14 @@ def test_filters_governing_some_dimensions_pass_no_non_finite_entry_in_the_other
     f = make()
     out, report = f(np.array([[0.1, 0.1, 0.5], [0.1, 0.1, bad]]), np.zeros((2, 4)))  # a batch: only the bad row
     assert np.isfinite(out).all() and out[0, 2] == 0.5 and report.fallback.tolist() == [False, True]
+
+
+@pytest.mark.parametrize("action", [np.array([0.5 + 3j, 0.5]), np.array([True, False]), np.array(["0.5", "2"]),
+                                    np.array(["a", "b"])])
+def test_a_filter_refuses_actions_that_are_not_real_numbers(action):
+    # a complex action lost its imaginary part with only a numpy warning; bools and text were read as numbers
+    with pytest.raises(TypeError, match="box: action must be real numbers, got an array of"):
+        BoxFilter(2, -1, 1)(action)
+    workspace = WorkspaceFilter(2, ee_index=[0, 1], low=[-1, -1], high=[1, 1])
+    with pytest.raises(TypeError, match="workspace: obs must be real numbers"):
+        workspace(np.zeros(2), np.array([0.1 + 1j, 0.0]))
