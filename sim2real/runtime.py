@@ -49,6 +49,8 @@ def onnx_session(path: str | Path, threads: int = 1):  # -> onnxruntime.Inferenc
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads={threads!r}: the inference threads, an integer >= 1 (1 keeps latency steady)")
     options.intra_op_num_threads = int(threads)
     options.inter_op_num_threads = int(threads)
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -277,6 +279,8 @@ class PolicyRuntime:
     def _noise(self, noise: np.ndarray | None, batch: int) -> np.ndarray:
         if noise is None:
             return np.broadcast_to(self.default_noise, (batch, self.noise_dim)).astype(np.float32)
+        if np.asarray(noise).dtype.kind not in "fiu":
+            raise ValueError(f"noise must be real numbers, got an array of {np.asarray(noise).dtype}")
         noise = np.asarray(noise, np.float32)
         if noise.shape not in ((self.noise_dim,), (batch, self.noise_dim)):
             raise ValueError(f"noise shape {tuple(noise.shape)}: expected ({self.noise_dim},) or ({batch}, {self.noise_dim})")

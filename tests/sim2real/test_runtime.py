@@ -133,6 +133,9 @@ def test_wrong_observation_shape_or_dtype_is_an_error_naming_expected_and_got(ex
         rt(np.array([1e300, 0.0, 0.0, 0.0]))  # finite in float64, but not as the float32 the policy takes
     with pytest.raises(ValueError, match="takes no noise input"):
         rt(np.zeros(4), noise=np.zeros(3))
+    for threads in (0, -1, 1.5, "a", True):
+        with pytest.raises(ValueError, match=r"threads=.*: the inference threads, an integer >= 1"):
+            PolicyRuntime(export_dir, threads=threads)
 
 
 def test_non_finite_or_out_of_bounds_policy_output_is_refused(tmp_path: Path) -> None:
