@@ -16,6 +16,7 @@ import abc
 import inspect
 import time
 from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
@@ -175,6 +176,15 @@ class ControlLoop:
                  watchdog: WatchdogConfig | None = None, realtime: bool = True,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                  max_events: int = 10_000) -> None:
+        for what, value, needs in (("runtime", runtime, ("__call__", "check_observation", "act_dim", "obs_dim")),
+                                   ("robot", robot, ("get_observation", "send_action", "fallback_action"))):
+            missing = [name for name in needs if not hasattr(value, name)]
+            if missing:
+                raise TypeError(f"ControlLoop: {what} has no {', '.join(missing)}: pass a "
+                                + ("PolicyRuntime(export_dir)" if what == "runtime" else "Robot (sim2real.loop.Robot)")
+                                + f", got {type(value).__name__}")
+        if watchdog is not None and not isinstance(watchdog, WatchdogConfig):
+            raise TypeError(f"ControlLoop: watchdog takes a WatchdogConfig(...), got {type(watchdog).__name__}")
         self.runtime, self.robot = runtime, robot
         if rate_hz is not None and not _positive_number(rate_hz):  # 0 is refused, not read as "the sidecar's"
             raise ValueError(f"rate_hz={rate_hz!r}: must be a finite number of Hz > 0, or None for the sidecar's rate")
@@ -193,9 +203,13 @@ class ControlLoop:
         self.events: list[dict[str, Any]] = []
 
     def _build_filters(self, filters: Any) -> Any:
-        if filters is not None and not isinstance(filters, (list, tuple)):
+        if filters is not None and not isinstance(filters, (list, tuple, Mapping)):  # Mapping: {filters: [...]}
+            if not (callable(filters) and callable(getattr(filters, "reset", None))):
+                raise TypeError(f"ControlLoop: filters takes a list of filter specs, {{filters: [...]}} or a built "
+                                f"chain (sim2real.filters.build_chain), got {type(filters).__name__}")
             return filters  # an already-built chain: chain(action[B, A], obs[B, O]) -> (action, report)
-        spec = list(filters) if filters is not None else self.runtime.sidecar.get("safety", {}).get("filters")
+        spec = (list(filters) if isinstance(filters, (list, tuple)) else filters) if filters is not None else \
+            self.runtime.sidecar.get("safety", {}).get("filters")
         try:
             from sim2real.filters import build_chain
         except ImportError:
@@ -246,6 +260,8 @@ class ControlLoop:
         if steps is not None and (isinstance(steps, (bool, np.bool_)) or not isinstance(steps, (int, np.integer))
                                   or steps < 1):
             raise ValueError(f"steps={steps!r}: must be a whole number >= 1, or None to run until until() or Ctrl+C")
+        if until is not None and not callable(until):
+            raise TypeError(f"until={until!r}: a function returning True when the run should end (steps= counts ticks)")
         self.events, self.counts = [], Counter()
         self.inference, self.loop = _Latency(), _Latency()
         self.step, self.misses, self.skipped, self.fallbacks = 0, 0, 0, 0

@@ -472,3 +472,23 @@ def test_runtime_robots_and_deploy_import_without_torch() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_control_loop_arguments_are_checked_when_it_is_built(export_dir: Path) -> None:
+    clock, sent = FakeClock(), []
+    runtime, robot = PolicyRuntime(export_dir), scripted_robot(clock, {}, sent)
+    with pytest.raises(TypeError, match="robot has no get_observation, send_action, fallback_action: pass a Robot"):
+        ControlLoop(runtime, None)
+    with pytest.raises(TypeError, match=r"runtime has no .*: pass a PolicyRuntime\(export_dir\), got str"):
+        ControlLoop(str(export_dir), robot)
+    with pytest.raises(TypeError, match=r"watchdog takes a WatchdogConfig\(...\), got dict"):
+        ControlLoop(runtime, robot, watchdog={"max_observation_age": 0.1})
+    with pytest.raises(TypeError, match="filters takes a list of filter specs"):
+        ControlLoop(runtime, robot, filters="configs/safety/box.yaml")
+    # a configs/safety file's mapping works as it is
+    loop = ControlLoop(runtime, robot, filters={"filters": [{"type": "box", "low": -0.3, "high": 0.3}]},
+                       watchdog=NO_INFERENCE_LIMIT, clock=clock, sleep=clock.sleep)
+    with pytest.raises(TypeError, match="until=5: a function returning True"):
+        loop.run(until=5)
+    loop.run(steps=2)
+    assert all(np.abs(a).max() <= 0.3 + 1e-6 for _, a in sent)
