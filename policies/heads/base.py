@@ -135,6 +135,13 @@ class PolicyHead(nn.Module, abc.ABC):
             obs = obs.to(self.action_low.dtype)
         return obs
 
+    def paired(self, obs: torch.Tensor, actions: torch.Tensor) -> None:
+        """Raise unless ``obs`` [B, obs_dim] and ``actions`` [B, ...] are one batch of pairs: a [1, A] or [A]
+        action would broadcast against every observation into a plausible but wrong loss or log-prob."""
+        if obs.dim() != 2 or obs.shape[1] != self.obs_dim or actions.dim() < 2 or actions.shape[0] != obs.shape[0]:
+            raise ValueError(f"the {self.name} head takes obs [B, {self.obs_dim}] with actions [B, {self.act_dim}] "
+                             f"(one action per observation), got obs {list(obs.shape)} and actions {list(actions.shape)}")
+
     def checked(self, actions: torch.Tensor, also: torch.Tensor | None = None, what: str = "actions") -> torch.Tensor:
         """``actions`` once known to be finite (and ``also``: network outputs they were chosen by), else a
         FloatingPointError naming the head: a diverged head must not hand NaN to an env or a robot.

@@ -52,5 +52,6 @@ class DeterministicHead(PolicyHead):
 
     def imitation_loss(self, obs: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Mean squared error in unit action space (so every action dimension weighs the same)."""
+        self.paired(obs, actions)
         err = (self.to_unit(self.mean_action(obs)) - self.to_unit(actions)).square().sum(-1)
         return err.mean() if weights is None else (err * weights).sum() / weights.sum().clamp_min(1e-8)

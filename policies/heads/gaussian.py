@@ -107,6 +107,7 @@ class GaussianHead(PolicyHead):
         return logp - tanh_log_det(x) if self.squash else logp
 
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        self.paired(obs, actions)
         mean, log_std = self.distribution(obs)
         return self._log_prob(mean, log_std, actions)
 
@@ -121,6 +122,7 @@ class GaussianHead(PolicyHead):
         return self._entropy(*self.distribution(obs))
 
     def evaluate_actions(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.paired(obs, actions)
         mean, log_std = self.distribution(obs)
         return self._log_prob(mean, log_std, actions), self._entropy(mean, log_std)
 

@@ -97,6 +97,7 @@ class LatentDecoderHead(PolicyHead):
 
     def imitation_loss(self, obs: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder's loss with its input noise drawn from the prior: GoRL's refit."""
+        self.paired(obs, actions)
         if not self.latent.squash:
             return self.decoder.imitation_loss(obs, actions, weights)
         return self.decoder.imitation_loss(obs, actions, weights, noise=self.prior_sample(obs.shape[0], obs.device))

@@ -94,6 +94,7 @@ class MixtureHead(PolicyHead):
         return self.checked(actions, also=top, what="actions or mixture weights")
 
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        self.paired(obs, actions)
         x = torch.atanh(self.to_unit(actions).clamp(-1.0 + 1e-6, 1.0 - 1e-6)) if self.squash else actions
         return self._log_prob_x(*self.components(obs), x)
 

@@ -214,3 +214,17 @@ def test_build_head_checks_its_arguments_before_torch_sees_them(args, options, w
         build_head("gaussian", args[0], *bounds, **options)
     with pytest.raises(ValueError, match=re.escape("unknown policy head ['gaussian']")):
         build_head(["gaussian"], 4, -np.ones(3), np.ones(3))
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_losses_and_log_probs_take_one_action_per_observation(name):
+    # actions [1, A] or [A] broadcast against every observation: a plausible loss of the wrong pairs
+    head = build_head(name, 4, -np.ones(3), np.ones(3))
+    obs = torch.zeros(2, 4)
+    for actions in (torch.zeros(1, 3), torch.zeros(3)):
+        with pytest.raises(ValueError, match=re.escape(f"the {head.name} head takes obs [B, 4] with actions [B, 3]")):
+            head.imitation_loss(obs, actions)
+        if head.tractable_log_prob:
+            with pytest.raises(ValueError, match="one action per observation"):
+                head.log_prob(obs, actions)
+    assert torch.isfinite(head.imitation_loss(obs, torch.zeros(2, 3)))
