@@ -43,9 +43,17 @@ class DemoError(ValueError):
 def save_demos(path: str | Path, obs: Any, actions: Any, rewards: Any = None, next_obs: Any = None,
                terminated: Any = None) -> Path:
     """Write a demonstrations file (atomically: a crash leaves no half-written file, a failure no temp file)."""
-    arrays = {"obs": obs, "actions": actions, "rewards": rewards, "next_obs": next_obs, "terminated": terminated}
-    arrays = {k: np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in arrays.items()
-              if v is not None}
+    if not isinstance(path, (str, os.PathLike)):  # (an empty one is refused below, as for demos_out=)
+        raise TypeError(f"save_demos: path must name a .npz file (a str or Path), got {path!r}")
+    given = {"obs": obs, "actions": actions, "rewards": rewards, "next_obs": next_obs, "terminated": terminated}
+    arrays = {}
+    for key, value in given.items():
+        if value is None:
+            continue
+        try:
+            arrays[key] = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
+        except ValueError as exc:  # e.g. a ragged list of rows
+            raise DemoError(f"demonstrations {path}: {key} is not an array of numbers ({exc})") from None
     _check_destination(path, f"demonstrations {path}")
     path = Path(path)
     _check_arrays(arrays, path)  # the values as given: a float64 beyond float32's range is refused, not cast to inf
@@ -140,8 +148,9 @@ def _check_arrays(arrays: dict[str, np.ndarray], path: Path, obs_dim: int | None
         if np.issubdtype(value.dtype, np.complexfloating):
             raise DemoError(f"demonstrations {path}: {key} has complex dtype {value.dtype}, expected real numbers "
                             "(casting would drop the imaginary part); store the real values")
-        if not np.issubdtype(value.dtype, np.number) and value.dtype != np.bool_:
-            raise DemoError(f"demonstrations {path}: {key} has dtype {value.dtype}, expected numbers")
+        if value.dtype.kind not in "fiu" and not (key == "terminated" and value.dtype == np.bool_):
+            raise DemoError(f"demonstrations {path}: {key} has dtype {value.dtype}, expected numbers"
+                            + (" (only terminated may be true/false)" if value.dtype == np.bool_ else ""))
         if not np.isfinite(value).all():
             raise DemoError(f"demonstrations {path}: {key} holds NaN or Inf values")
         with np.errstate(over="ignore"):

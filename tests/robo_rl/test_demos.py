@@ -313,3 +313,16 @@ def test_save_demos_refuses_paths_it_cannot_write_and_leaves_no_temp_file(tmp_pa
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"]  # no d.npz.tmp, nothing in adir
     assert not any((tmp_path / "adir").iterdir())
+
+
+def test_save_demos_names_what_it_cannot_store(tmp_path):
+    obs, actions = np.zeros((4, 3)), np.zeros((4, 1))
+    with pytest.raises(TypeError, match="save_demos: path must name a .npz file"):
+        save_demos(None, obs=obs, actions=actions)
+    with pytest.raises(DemoError, match="obs is not an array of numbers"):
+        save_demos(tmp_path / "d.npz", obs=[[0.0, 1.0], [0.0]], actions=actions)  # ragged rows
+    with pytest.raises(DemoError, match=r"actions has dtype bool, expected numbers \(only terminated may be true/false\)"):
+        save_demos(tmp_path / "d.npz", obs=obs, actions=np.zeros((4, 1), bool))
+    save_demos(tmp_path / "d.npz", obs=obs, actions=actions, rewards=np.zeros(4), next_obs=obs,
+               terminated=np.zeros(4, bool))  # a bool terminated flag is what it is
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz"]
