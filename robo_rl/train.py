@@ -125,7 +125,16 @@ def compose_config(overrides: Iterable[str] = ()) -> DictConfig:
     register_resolvers()
     config_dir = str(Path(__file__).resolve().parent / "configs")
     with initialize_config_dir(config_dir=config_dir, version_base=None):
-        return compose(config_name="config", overrides=integral_literals(overrides, integer_keys()))
+        try:
+            return compose(config_name="config", overrides=integral_literals(overrides, integer_keys()))
+        except Exception as exc:  # noqa: BLE001 - worded below (outside this Hydra context, which the hints compose in)
+            failed = exc
+    from robo_rl.commands.train import composition_message
+
+    message = composition_message(failed, overrides)  # as the CLI words it: stepz -> did you mean steps?
+    if message is None:
+        raise failed
+    raise ConfigError(message)
 
 
 class _Held(logging.Handler):

@@ -151,15 +151,13 @@ def composition_problem(args: Sequence[str]) -> str | None:
 def overrides_problem(overrides: list[str]) -> str | None:
     """Compose ``overrides`` (no sweeps): None if they make a config, else what is wrong."""
     from robo_rl.train import compose_config
+    from robo_rl.validation import ConfigError
 
     try:
         compose_config(overrides)
         return None
-    except Exception as exc:  # noqa: BLE001 - described below, or left to Hydra's own report
-        message = composition_message(exc, overrides)
-        if message is None:
-            raise
-        return message
+    except ConfigError as exc:  # compose_config words override problems (composition_message); others propagate
+        return str(exc)
 
 
 def composition_message(exc: Exception, overrides: list[str]) -> str | None:

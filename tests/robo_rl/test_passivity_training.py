@@ -111,20 +111,17 @@ def run(run_dir: Path, *overrides: str, resume: bool = False, report_cost: bool 
 
 # -- configuration -------------------------------------------------------------------------------
 @pytest.mark.parametrize("override, words", [
-    ("safety.budget=0.1", ["budget", "SafetyConfig"]),
+    ("safety.budget=0.1", ["unknown key 'safety.budget'; did you mean safety.cost_budget?"]),
     ("safety.passivity_aware=sometimes", ["passivity_aware", "bool"]),
     ("safety.cost_budget=low", ["cost_budget", "Float"]),
     ("safety.filters=[3]", ["filters", "Dict"]),
-    ("safety.cost_critic.width=3", ["width", "CostCriticConfig"]),
+    ("safety.cost_critic.width=3", ["unknown key 'safety.cost_critic.width'; the keys there are num_critics, hidden"]),
 ])
 def test_unknown_or_mistyped_safety_keys_fail_at_composition(override, words):
-    from hydra.errors import ConfigCompositionException
-
-    with pytest.raises(ConfigCompositionException) as exc:
+    with pytest.raises(ConfigError) as exc:  # worded as the CLI words it
         compose("algo=sac", override)
-    text = str(exc.value) + str(exc.value.__cause__)
     for w in words:
-        assert w in text
+        assert w in str(exc.value)
 
 
 @pytest.mark.parametrize("overrides, key, hint", [
