@@ -207,6 +207,10 @@ class ControlLoop:
             if not (callable(filters) and callable(getattr(filters, "reset", None))):
                 raise TypeError(f"ControlLoop: filters takes a list of filter specs, {{filters: [...]}} or a built "
                                 f"chain (sim2real.filters.build_chain), got {type(filters).__name__}")
+            dim = getattr(filters, "action_dim", None)
+            if dim is not None and dim != self.runtime.act_dim:
+                raise ValueError(f"ControlLoop: the filter chain was built for action_dim={dim}, the policy acts in "
+                                 f"{self.runtime.act_dim} dimensions; build it with action_dim={self.runtime.act_dim}")
             return filters  # an already-built chain: chain(action[B, A], obs[B, O]) -> (action, report)
         spec = (list(filters) if isinstance(filters, (list, tuple)) else filters) if filters is not None else \
             self.runtime.sidecar.get("safety", {}).get("filters")
@@ -232,9 +236,13 @@ class ControlLoop:
         current = getattr(self.robot, "current_action", None)
         command = current() if callable(current) else None
         if command is not None:
-            command = np.asarray(command, np.float64)
+            reported = command
+            try:
+                command = np.asarray(command, np.float64)
+            except (TypeError, ValueError):  # text, a ragged list: as unusable as a NaN
+                command = np.full(1, np.nan)
             if command.shape != (self.runtime.act_dim,) or not np.isfinite(command).all():
-                self._event("bad_current_action", f"{type(self.robot).__name__}.current_action() returned {command!r}; "
+                self._event("bad_current_action", f"{type(self.robot).__name__}.current_action() returned {reported!r}; "
                                                   f"the filters start from the fallback command instead")
                 command = None
         if command is None:
@@ -320,8 +328,12 @@ class ControlLoop:
         """One control step; returns whether the watchdog had to send the fallback."""
         start = time.perf_counter()
         obs = self.robot.get_observation()
-        values = np.asarray(obs.values)
-        if (obs.info or {}).get("episode_start"):
+        values = np.asarray(getattr(obs, "values", None))  # not an Observation: a shape fault below, not a crash
+        info = getattr(obs, "info", None) or {}
+        if not isinstance(info, Mapping):
+            self._event("bad_observation", f"observation info is a {type(info).__name__}, not a mapping; ignored")
+            info = {}
+        if info.get("episode_start"):
             self._reset_filters()
         action, fault, checked, fresh = None, None, None, None
         if values.shape != (self.runtime.obs_dim,):

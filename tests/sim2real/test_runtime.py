@@ -492,3 +492,23 @@ def test_control_loop_arguments_are_checked_when_it_is_built(export_dir: Path) -
         loop.run(until=5)
     loop.run(steps=2)
     assert all(np.abs(a).max() <= 0.3 + 1e-6 for _, a in sent)
+
+
+def test_a_robot_that_reports_garbage_gets_events_and_the_fallback_not_a_crash(export_dir: Path) -> None:
+    from sim2real.filters import build_chain
+
+    clock, sent = FakeClock(), []
+    odd_info = lambda: Observation(np.array([0.1, -0.2, 0.3, 0.0]), timestamp=clock(), info=[1])  # noqa: E731
+    robot = scripted_robot(clock, {1: odd_info, 2: lambda: None}, sent)  # 2: not an Observation at all
+    robot.current_action = lambda: "ab"  # text where the held command should be
+    chain = build_chain([{"type": "box", "low": -0.5, "high": 0.5}], action_dim=2)
+    loop = ControlLoop(PolicyRuntime(export_dir), robot, filters=chain, watchdog=NO_INFERENCE_LIMIT,
+                       clock=clock, sleep=clock.sleep)
+    report = loop.run(steps=4)
+    assert report.steps == 4 and len(sent) == 4
+    kinds = [e["kind"] for e in loop.events]
+    assert "bad_current_action" in kinds and kinds.count("bad_observation") == 2  # the info, then the non-observation
+    assert "current_action() returned 'ab'" in next(e["detail"] for e in loop.events if e["kind"] == "bad_current_action")
+    assert all(np.abs(a).max() <= 0.5 for _, a in sent)
+    with pytest.raises(ValueError, match="the filter chain was built for action_dim=3, the policy acts in 2 dimensions"):
+        ControlLoop(PolicyRuntime(export_dir), robot, filters=build_chain([], action_dim=3))
