@@ -29,9 +29,7 @@ def replay_bytes(capacity: int, obs_dim: int, act_dim: int, costs: bool = False)
 def rollout_bytes(steps: int, num_envs: int, obs_dim: int, act_dim: int) -> int:
     """Bytes of a RolloutStorage of ``steps`` x ``num_envs`` plus the flattened batch an update makes of it
     (advantages and returns added), which exists next to it while the update runs."""
-    storage = steps * num_envs * (obs_dim + act_dim + 4)
-    batch = steps * num_envs * (obs_dim + act_dim + 4)
-    return FLOAT_BYTES * (storage + batch)
+    return 2 * FLOAT_BYTES * steps * num_envs * (obs_dim + act_dim + 4)  # obs, action, log-prob, value, reward, done
 
 
 def _cgroup_limit() -> int | None:
