@@ -15,6 +15,7 @@ import torch
 
 from envs.base import BatchedEnv, StepResult
 from envs.randomization import RandomizationSpec
+from envs.resources import MIN_BYTES_PER_ENV, check_envs_fit
 import envs.tasks  # noqa: F401  (registers robo-rl's own gymnasium tasks)
 from envs.rendering import headless_gl_default
 
@@ -53,6 +54,7 @@ def make_env(
                              + (" (or None: the task's own time limit)" if name == "max_episode_steps" else "")
                              + (" (0: all CPUs)" if name == "threads" else ""))
     num_envs, threads = int(num_envs), int(threads)
+    check_envs_fit(task_id, num_envs, MIN_BYTES_PER_ENV)  # the backend checks its own, larger floor
     kwargs = _checked_kwargs(task_id, kwargs)
     device = _checked_device(task_id, device)
     if isinstance(randomize, dict):

@@ -10,12 +10,12 @@ that size it named.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
+
+from envs.resources import gib, host_memory
 
 GIB = 2**30
 FLOAT_BYTES = 4  # both buffers store float32
@@ -30,40 +30,6 @@ def rollout_bytes(steps: int, num_envs: int, obs_dim: int, act_dim: int) -> int:
     """Bytes of a RolloutStorage of ``steps`` x ``num_envs`` plus the flattened batch an update makes of it
     (advantages and returns added), which exists next to it while the update runs."""
     return 2 * FLOAT_BYTES * steps * num_envs * (obs_dim + act_dim + 4)  # obs, action, log-prob, value, reward, done
-
-
-def _cgroup_limit() -> int | None:
-    """The container's memory limit (cgroup v2, then v1), if one is set."""
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < 2**60:  # v1 writes a huge number for "no limit"
-            return int(text)
-    return None
-
-
-def host_memory() -> tuple[int | None, int | None]:
-    """(total, available) bytes of memory this process can use, None where it cannot be read."""
-    total = available = None
-    try:
-        fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.split(":")[0] in ("MemTotal", "MemAvailable", "SwapFree")}
-        total = fields.get("MemTotal")
-        if "MemAvailable" in fields:
-            available = fields["MemAvailable"] + fields.get("SwapFree", 0)
-            total = (total or 0) + fields.get("SwapFree", 0) or None
-    except (OSError, ValueError, IndexError):
-        try:
-            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
-            pass
-    limit = _cgroup_limit()
-    if limit is not None:
-        total = min(total, limit) if total is not None else limit
-        available = min(available, limit) if available is not None else None
-    return total, available
 
 
 def device_memory(device: torch.device) -> tuple[int | None, int | None]:
@@ -106,7 +72,3 @@ def check_fits(needs: dict[str, int], device: torch.device) -> None:
         raise ConfigError(f"the run's buffers need {gib(need)} ({described}), more than the {gib(room)} of "
                           f"{device.type} memory {of}" + (f" (of {gib(total)})" if available is not None and total else "")
                           + ": lower the keys named")
-
-
-def gib(n: int) -> str:
-    return f"{n / GIB:,.1f} GiB" if n >= GIB / 10 else f"{n / 2**20:.1f} MiB"

@@ -28,6 +28,7 @@ from gymnasium.utils.seeding import np_random
 from envs.base import BatchedEnv, EpisodeTracker, StepResult, episode_to_torch
 from envs.mujoco.tasks import Sim, Task, task_for
 from envs.randomization import PHYSICS_PARAMS, RandomizationSpec, Randomizer, env_ids
+from envs.resources import MIN_BYTES_PER_ENV, check_envs_fit
 
 # the model fields each physics factor scales (expanded to per-simulation values on first use)
 _FIELDS_OF = {
@@ -103,7 +104,14 @@ class MujocoBatchedEnv(BatchedEnv):
         self.max_episode_steps = int(limit) if limit else None
         # more threads than simulations only adds hand-off latency (one env: step on the caller's thread)
         nthread = min(threads or os.cpu_count() or 1, num_envs)
-        self.batch = mujoco.batch.Batch(self.model, num_envs, nthread=nthread, persistent=self.task.needs_post_constraint)
+        persistent = self.task.needs_post_constraint
+        check_envs_fit(task_id, num_envs, self._bytes_per_env_floor(persistent))
+        try:
+            self.batch = mujoco.batch.Batch(self.model, num_envs, nthread=nthread, persistent=persistent)
+        except ValueError as exc:  # MuJoCo's C++ allocation failure arrives as ValueError("std::bad_alloc")
+            if "bad_alloc" not in str(exc):
+                raise
+            raise MemoryError(f"{task_id}: MuJoCo could not allocate {num_envs:,} simulations; lower num_envs") from exc
         self.qpos, self.qvel, self.ctrl, self.time = (self.batch.bind(f) for f in ("qpos", "qvel", "ctrl", "time"))
         self._derived = {name: np.zeros_like(self.batch.bind(name)) for name in self.task.derived}
         self._cfrc_ext = np.zeros((num_envs, self.model.nbody, 6)) if self.task.needs_post_constraint else None
@@ -200,6 +208,13 @@ class MujocoBatchedEnv(BatchedEnv):
     def _refresh_derived(self) -> None:
         for name, copy in self._derived.items():
             np.copyto(copy, self.batch.bind(name))
+
+    def _bytes_per_env_floor(self, persistent: bool) -> int:
+        """Bytes every simulation needs at least: its physics state in the batch, its random generator and
+        (a persistent batch) a whole MjData's buffer. Measured use is several times this (Hopper ~7 KiB,
+        Humanoid ~210 KiB per env), so a batch refused on it could never have fit."""
+        state = 8 * mujoco.mj_stateSize(self.model, mujoco.mjtState.mjSTATE_FULLPHYSICS)
+        return MIN_BYTES_PER_ENV + state + (mujoco.MjData(self.model).nbuffer if persistent else 0)
 
     def _reset_ids(self, ids: np.ndarray) -> None:
         """mj_resetData + reset_model + mj_forward for the given envs, as gymnasium's reset."""

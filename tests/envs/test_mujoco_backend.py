@@ -119,6 +119,24 @@ def test_make_env_backend_and_bad_input():
         make_env("Hopper-v5", backend="isaacsim")
 
 
+def test_batches_that_cannot_fit_in_memory_are_refused_before_allocation(monkeypatch):
+    import envs.resources as resources
+
+    with pytest.raises(MemoryError, match=r"Hopper-v5: num_envs=1,000,000,000 needs at least .* GiB"):
+        make_env("Hopper-v5", 10**9, backend="mujoco")  # used to be MuJoCo's ValueError('std::bad_alloc')
+    with pytest.raises(MemoryError, match=r"Pendulum-v1: num_envs=1,000,000,000"):
+        make_env("Pendulum-v1", 10**9, backend="gymnasium")  # before building envs one by one
+    # the MuJoCo backend's own floor: a persistent batch (Humanoid's contact forces) holds an MjData per env
+    monkeypatch.setattr(resources, "host_memory", lambda: (2**30, 2**30))
+    floor = MujocoBatchedEnv("Humanoid-v5", 1)._bytes_per_env_floor(True)
+    assert floor > 20_000
+    n = 2**30 // floor + 1
+    with pytest.raises(MemoryError, match=rf"num_envs={n:,} needs at least .* \({floor:,} bytes per env\), more than "
+                                          rf"the 1.0 GiB of memory free now; at most {n - 1:,} envs"):
+        MujocoBatchedEnv("Humanoid-v5", n)
+    MujocoBatchedEnv("Humanoid-v5", 2).close()  # small batches are untouched
+
+
 def test_kwargs_change_the_task_like_gymnasium():
     ref = gym.make("Hopper-v5", exclude_current_positions_from_observation=False, healthy_reward=2.0)
     ours = MujocoBatchedEnv("Hopper-v5", 1, kwargs={"exclude_current_positions_from_observation": False, "healthy_reward": 2.0})
