@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sim2real.loop import ControlLoop, WatchdogConfig
+from sim2real.loop import ControlLoop, WatchdogConfig, check_rate_hz
 from sim2real.robots import MujocoSim2SimRobot, SimulatedClock
 from sim2real.runtime import PolicyRuntime
 
@@ -50,9 +50,7 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
                              f"{'run steps= control steps instead' if key == 'episodes' else 'run until episodes= finish'})")
     if episodes is None and steps is None:
         raise ValueError("give episodes >= 1 or steps >= 1 (otherwise the run never ends)")
-    if rate_hz is not None and (isinstance(rate_hz, (bool, np.bool_)) or not isinstance(rate_hz, (int, float, np.integer, np.floating))
-                                or not math.isfinite(rate_hz) or rate_hz <= 0):
-        raise ValueError(f"rate_hz={rate_hz!r}: must be a finite number of Hz > 0, or null for the export's own rate")
+    check_rate_hz(rate_hz, "null for the export's own rate")
     if task is not None and (not isinstance(task, str) or not task.strip()):
         raise ValueError(f"task={task!r}: give a gymnasium id, or null for the export's own task")
     options = {k: v for k, v in dict(sim2sim or {}).items() if v is not None}

@@ -124,6 +124,19 @@ def _positive_number(value: Any) -> bool:
             and bool(np.isfinite(value)) and value > 0)
 
 
+# A control loop's rate: a tick at least every ~17 minutes and at most every microsecond (below what an OS
+# timer can keep). Outside it the period over- or underflows (rate_hz=1e-300 made the period 1e300 s).
+MIN_RATE_HZ, MAX_RATE_HZ = 1e-3, 1e6
+
+
+def check_rate_hz(rate_hz: Any, unset: str) -> None:
+    """Refuse a control rate that is not a real number of Hz in [MIN_RATE_HZ, MAX_RATE_HZ]; ``unset`` says
+    what None means to the caller."""
+    if rate_hz is not None and not (_positive_number(rate_hz) and MIN_RATE_HZ <= rate_hz <= MAX_RATE_HZ):
+        raise ValueError(f"rate_hz={rate_hz!r}: must be a number of Hz between {MIN_RATE_HZ:g} and {MAX_RATE_HZ:g}, "
+                         f"or {unset}")
+
+
 class _Latency:
     """Running count/mean/max over all samples and percentiles over the last ``window``."""
 
@@ -186,11 +199,11 @@ class ControlLoop:
         if watchdog is not None and not isinstance(watchdog, WatchdogConfig):
             raise TypeError(f"ControlLoop: watchdog takes a WatchdogConfig(...), got {type(watchdog).__name__}")
         self.runtime, self.robot = runtime, robot
-        if rate_hz is not None and not _positive_number(rate_hz):  # 0 is refused, not read as "the sidecar's"
-            raise ValueError(f"rate_hz={rate_hz!r}: must be a finite number of Hz > 0, or None for the sidecar's rate")
+        check_rate_hz(rate_hz, "None for the sidecar's rate")  # 0 is refused, not read as "the sidecar's"
         rate = rate_hz if rate_hz is not None else runtime.rate_hz
         if not rate or not rate > 0:
             raise ValueError(f"rate_hz={rate_hz!r}: give a positive control rate (the sidecar has none)")
+        check_rate_hz(rate, "None for the sidecar's rate")
         self.rate_hz, self.period = float(rate), 1.0 / float(rate)
         wd = watchdog or WatchdogConfig()
         self.watchdog = wd
