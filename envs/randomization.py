@@ -28,6 +28,22 @@ import numpy as np
 
 PHYSICS_PARAMS = ("body_mass_scale", "geom_friction_scale", "joint_damping_scale", "actuator_gain_scale", "gravity_scale")
 
+# Factors beyond these are not a variation of the same robot, and make a simulation that diverges at every
+# step (joint damping x 1e30) or sits below MuJoCo's smallest mass (mass x 1e-300): refused as non-physical.
+# (sim2real.robots keeps the same limits for sim2sim; it does not import envs, which imports torch.)
+MAX_SCALE = 1e3
+MIN_MASS_SCALE = 1e-3
+
+
+def scale_problem(name: str, low: float, high: float) -> str | None:
+    """Why factors in [low, high] for physics parameter ``name`` are not physical, or None when they are."""
+    if name == "gravity_scale":
+        return None if max(abs(low), abs(high)) <= MAX_SCALE else f"|factor| at most {MAX_SCALE:g}"
+    floor = MIN_MASS_SCALE if name == "body_mass_scale" else 0.0
+    if low < floor or high > MAX_SCALE:
+        return f"factors between {floor:g} and {MAX_SCALE:g}"
+    return None
+
 
 @dataclass
 class RandomizationSpec:
@@ -56,6 +72,10 @@ class RandomizationSpec:
                 what = "positive" if not inclusive else "non-negative"
                 raise ValueError(f"randomize.{name}=[{lo}, {hi}]: scales must be {what} (a {name.split('_scale')[0].replace('_', ' ')} "
                                  f"below zero is not physical)")
+            problem = scale_problem(name, lo, hi)
+            if problem:
+                raise ValueError(f"randomize.{name}=[{lo}, {hi}]: needs {problem}; a factor beyond that is not the "
+                                 f"same robot and leaves MuJoCo diverging or below its smallest mass")
             setattr(self, name, (lo, hi))
         for name in ("obs_noise_std", "action_noise_std"):
             value = float(getattr(self, name))
@@ -164,6 +184,11 @@ class Randomizer:
                 raise ValueError(f"{name}: factors must be finite and (except gravity) non-negative")
             if name == "body_mass_scale" and np.any(value <= 0):
                 raise ValueError("body_mass_scale: factors must be positive")
+            problem = scale_problem(name, float(value.min()), float(value.max()))
+            if problem:
+                raise ValueError(f"{name}: needs {problem}, got factors in [{value.min():g}, {value.max():g}]; "
+                                 "beyond that the simulation is not the same robot (it diverges or drops below "
+                                 "MuJoCo's smallest mass)")
             checked[name] = value
         for name, value in checked.items():
             self.params[name][ids] = value

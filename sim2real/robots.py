@@ -27,6 +27,9 @@ PHYSICS_KEYS = {
     "damping_scale": ("damping of every joint", 0.0, True),
     "actuator_gain_scale": ("actuator force per unit command", 0.0, True),
 }
+# The factors that still describe the same robot (envs.randomization's MAX_SCALE and MIN_MASS_SCALE):
+# damping x 1e30 diverges at every step, mass x 1e-300 is below MuJoCo's smallest mass.
+MAX_SCALE, MIN_MASS_SCALE = 1e3, 1e-3
 
 
 class SimulatedClock:
@@ -89,6 +92,10 @@ def _check_physics(physics: Any) -> dict[str, tuple[float, float]]:
         if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi and (lo >= floor if inclusive else lo > floor)):
             raise ValueError(f"sim2sim.physics.{key}=[{lo}, {hi}]: needs finite {'>=' if inclusive else '>'} {floor} "
                              f"factors with low <= high (it scales {what})")
+        least = MIN_MASS_SCALE if key == "mass_scale" else floor
+        if lo < least or hi > MAX_SCALE:
+            raise ValueError(f"sim2sim.physics.{key}=[{lo}, {hi}]: needs factors between {least:g} and {MAX_SCALE:g} "
+                             f"(it scales {what}; beyond that it is not the same robot)")
         ranges[key] = (lo, hi)
     return ranges
 

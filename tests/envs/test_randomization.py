@@ -15,6 +15,9 @@ from envs.randomization import RandomizationSpec
     ({"body_mass_scale": [0.0, 1.0]}, "must be positive"),
     ({"geom_friction_scale": [-0.1, 1.0]}, "non-negative"),
     ({"joint_damping_scale": [0.5, float("inf")]}, "finite"),
+    ({"joint_damping_scale": [0.5, 1e30]}, r"needs factors between 0 and 1000; .*not the same robot"),  # diverges every step
+    ({"body_mass_scale": [1e-300, 1.0]}, "needs factors between 0.001 and 1000"),
+    ({"gravity_scale": [-2000.0, 1.0]}, r"needs \|factor\| at most 1000"),
     ({"obs_noise_std": -0.1}, "finite number >= 0"),
     ({"action_delay": [2, 1]}, "0 <= min <= max"),
     ({"action_delay": [0.5, 1]}, "whole numbers"),
@@ -68,6 +71,11 @@ def test_explicit_physics_for_evaluation():
     assert env.physics_params()["gravity_scale"].flatten().tolist() == [0.0, 1.0, 2.0]
     with pytest.raises(ValueError, match="body_mass_scale: factors must be positive"):
         env.set_physics_params({"body_mass_scale": 0.0})
+    with pytest.raises(ValueError, match=r"joint_damping_scale: needs factors between 0 and 1000, got factors in \[1, 1e\+30\]"):
+        env.set_physics_params({"joint_damping_scale": [[1.0], [1e30], [1.0]]})
+    with pytest.raises(ValueError, match=r"gravity_scale: needs \|factor\| at most 1000"):
+        env.set_physics_params({"gravity_scale": -1e4})
+    assert env.physics_params()["gravity_scale"].flatten().tolist() == [0.0, 1.0, 2.0]  # nothing set
 
 
 @pytest.mark.parametrize("backend", ["mujoco", "gymnasium"])

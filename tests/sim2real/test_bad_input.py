@@ -209,6 +209,9 @@ ACCEPTED_PHYSICS = "mass_scale, friction_scale, damping_scale, actuator_gain_sca
     ("sim2sim.physics={mass_scale:[true,2]}", "sim2sim.physics.mass_scale=[True, 2]: expected [low, high] scale factors"),
     ("sim2sim.physics={mass_scale:[1,2,3]}", "sim2sim.physics.mass_scale=[1, 2, 3]: expected [low, high] scale factors"),
     ("sim2sim.physics={mass_scale:[0,1]}", "sim2sim.physics.mass_scale=[0.0, 1.0]: needs finite > 0.0 factors"),
+    ("sim2sim.physics={damping_scale:[1,1e30]}", "sim2sim.physics.damping_scale=[1.0, 1e+30]: needs factors between "
+                                                 "0 and 1000 (it scales damping of every joint; beyond that it is not the same robot)"),
+    ("sim2sim.physics={mass_scale:[1e-300,1]}", "sim2sim.physics.mass_scale=[1e-300, 1.0]: needs factors between 0.001"),
     ("sim2sim.physics={mass_scale:[nan,1]}", "sim2sim.physics.mass_scale=['nan', 1]: expected [low, high] scale factors"),
     ("sim2sim.timestep=nan", "sim2sim.timestep=nan: expected a finite number of seconds > 0"),
     ("sim2sim.timestep=inf", "sim2sim.timestep=inf: expected a finite number of seconds > 0"),
