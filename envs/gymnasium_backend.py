@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import difflib
 import importlib
+import logging
+import os
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -20,6 +22,8 @@ from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
 from envs.base import BatchedEnv, EpisodeTracker, MissingDependency, StepResult, check_box_spaces, episode_to_torch
 from envs.randomization import RandomizationSpec, Randomizer, apply_to_model, env_ids, nominal_values
+
+log = logging.getLogger(__name__)
 
 
 def check_task_id(task_id: str) -> gym.envs.registration.EnvSpec:
@@ -209,6 +213,11 @@ class GymnasiumBatchedEnv(BatchedEnv):
         if vectorization == "sync":
             self._vec = SyncVectorEnv(thunks, autoreset_mode=AutoresetMode.SAME_STEP)
         else:
+            cpus = os.cpu_count() or 1
+            if num_envs > cpus:
+                log.warning(f"{task_id}: vectorization=async starts one worker process per env, {num_envs} on {cpus} "
+                            f"CPU(s); workers beyond the CPU count only add switching. Fewer envs, vectorization=sync, "
+                            f"or env.backend=mujoco (threads, for the MuJoCo tasks it covers) step faster")
             self._vec = AsyncVectorEnv(thunks, autoreset_mode=AutoresetMode.SAME_STEP)
         self.task_id = task_id
         self.num_envs = num_envs

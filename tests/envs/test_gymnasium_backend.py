@@ -98,6 +98,17 @@ def test_module_colon_id_imports_the_module_that_registers_the_task(vectorizatio
         env.close()
 
 
+def test_async_warns_when_it_starts_more_workers_than_cpus(caplog, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    with caplog.at_level("WARNING", logger="envs.gymnasium_backend"):
+        make_env("Pendulum-v1", num_envs=2, vectorization="async").close()
+        make_env("Pendulum-v1", num_envs=1, vectorization="async").close()
+    assert [r.getMessage() for r in caplog.records] == [
+        "Pendulum-v1: vectorization=async starts one worker process per env, 2 on 1 CPU(s); workers beyond the "
+        "CPU count only add switching. Fewer envs, vectorization=sync, or env.backend=mujoco (threads, for the "
+        "MuJoCo tasks it covers) step faster"]
+
+
 def test_module_colon_id_errors_say_what_is_missing():
     with pytest.raises(ValueError, match="cannot import 'no_such_package_xyz'.*PYTHONPATH"):
         make_env("no_such_package_xyz:Thing-v0")
