@@ -50,8 +50,7 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
             else:  # e.g. ENOLCK: a filesystem without locks
                 unsupported = exc
         if busy is not None:
-            raise RunDirBusy(f"run_dir={run_dir} is in use by another robo-rl training process ({busy}); wait for it "
-                             "to end, or choose another run_dir")
+            raise _busy(run_dir, busy)
         if unsupported is not None:
             log.warning(f"robo-rl: warning: cannot lock {run_dir} ({unsupported}); nothing stops a second process "
                         "writing there")
@@ -61,6 +60,47 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def _busy(run_dir: Path, holder: str) -> RunDirBusy:
+    return RunDirBusy(f"run_dir={run_dir} is in use by another robo-rl training process ({holder}); wait for it "
+                      "to end, or choose another run_dir")
+
+
+def refuse_busy_run_dir(run_dir: Path) -> None:
+    """Raise RunDirBusy if a training process holds ``run_dir``'s lock now. Checked before anything else about
+    a run directory, so that a run still starting (no checkpoint yet) is reported as in use, not as a run with
+    nothing to resume; ``run_dir_lock`` then takes the lock for real."""
+    try:
+        import fcntl
+
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+    except (ImportError, OSError):  # no lock file: no run has trained there (or no POSIX locks)
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released with the descriptor below
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+            raise _busy(run_dir, os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown") from None
+    finally:
+        os.close(fd)
+
+
+def saved_group_choices(overrides: list[str]) -> list[str]:
+    """``algo=`` and ``policy=`` as the run in ``resume=<dir>`` chose them, for the groups ``overrides`` does
+    not choose itself: composed with these, a resumed SAC run's own keys (``algo.batch_size``) are known
+    instead of being checked against the default learner's. Empty when there is no single readable run to
+    resume (its problem is reported where the run is loaded)."""
+    pairs = [o.split("=", 1) for o in overrides if "=" in o]
+    resume = [v.strip() for k, v in pairs if k.lstrip("+~") == "resume"]
+    if len(resume) != 1 or resume[0] in ("", "null", "None") or "," in resume[0]:
+        return []
+    try:
+        saved = load_run_config(resume[0])
+    except (OSError, ValueError):
+        return []
+    given = {k.lstrip("+~") for k, _ in pairs}
+    return [f"{group}={saved[group].name}" for group in ("algo", "policy") if group not in given]
 
 
 def load_run_config(run_dir: str | Path) -> DictConfig:

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from envs.mujoco_log import route_mujoco_warnings
 from robo_rl.build import build_env_checked, build_learner, build_policy, build_runner, check_env_runs, check_safety
@@ -22,7 +22,8 @@ from robo_rl.validation import ConfigError, validate
 from robo_rl.metrics import setup_console_logging
 from robo_rl.memory import buffers_needed, check_fits
 from robo_rl.runners.base import Interrupted, find_resume_checkpoint
-from robo_rl.runs import CONFIG_FILE, directory_problem, load_run_config, run_dir_lock
+from robo_rl.runs import (CONFIG_FILE, directory_problem, load_run_config, refuse_busy_run_dir, run_dir_lock,
+                          saved_group_choices)
 
 log = logging.getLogger("robo_rl")
 
@@ -49,6 +50,7 @@ def prepare(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str] = ()) -
     """
     if cfg.resume:
         run_dir = Path(cfg.resume)
+        refuse_busy_run_dir(run_dir)
         saved = load_run_config(run_dir)
         keys = [o.split("=", 1)[0].lstrip("+~") for o in cli_overrides]
         if "steps" in keys:
@@ -59,7 +61,7 @@ def prepare(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str] = ()) -
         if "run_dir" in keys and cfg.run_dir and Path(cfg.run_dir).resolve() != run_dir.resolve():
             raise ConfigError(f"resume={run_dir} continues the run in its own directory; run_dir={cfg.run_dir} would "
                               "not be used (drop it, or copy the run there and resume that copy)")
-        fixed = [k for k in keys if k not in RESUME_OVERRIDABLE]
+        fixed = [k for k in keys if k not in RESUME_OVERRIDABLE and _resume_value(cfg, k) != _resume_value(saved, k)]
         if fixed:
             raise ConfigError(
                 f"resume={run_dir} continues that run with its saved config; {', '.join(fixed)} cannot change "
@@ -75,12 +77,24 @@ def prepare(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str] = ()) -
         validate(saved)
         return saved, find_resume_checkpoint(run_dir)
 
+    refuse_busy_run_dir(run_dir)
     _refuse_existing_run(run_dir)
     cfg = resolve_defaults(cfg)
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)
     validate(cfg)
     return cfg, None
+
+
+# What a config group chosen on a resume's command line is compared by: the learner, head and task it names
+# (a group also brings defaults the saved run may have changed), or the group's whole node
+GROUP_IDENTITY = {"algo": "algo.name", "policy": "policy.name", "env": "env.id", "randomize": "env.randomize"}
+
+
+def _resume_value(cfg: DictConfig, key: str) -> Any:
+    """``key``'s value in ``cfg`` as a resume compares it: giving a saved run's own value is no change."""
+    value = OmegaConf.select(cfg, GROUP_IDENTITY.get(key, key), default=None)
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
 def _refuse_existing_run(run_dir: Path) -> None:
@@ -126,7 +140,8 @@ def compose_config(overrides: Iterable[str] = ()) -> DictConfig:
     config_dir = str(Path(__file__).resolve().parent / "configs")
     with initialize_config_dir(config_dir=config_dir, version_base=None):
         try:
-            return compose(config_name="config", overrides=integral_literals(overrides, integer_keys()))
+            return compose(config_name="config", overrides=integral_literals(saved_group_choices(overrides) + overrides,
+                                                                              integer_keys()))
         except Exception as exc:  # noqa: BLE001 - worded below (outside this Hydra context, which the hints compose in)
             failed = exc
     from robo_rl.commands.train import composition_message

@@ -165,6 +165,11 @@ def test_train_eval_resume(tmp_path):
     out = robo_rl("train", "resume=runs/p", "steps=500", cwd=tmp_path).stderr
     assert "resumed from" in out and "step_0000000300" in out
     assert json.loads((run / "summary.json").read_text())["steps"] == 500
+    # SAC's own keys are checked against the SAC run, not the default PPO ("unknown key" before); its values are no change
+    proc = robo_rl("train", "resume=runs/p", "algo.batch_size=64", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "algo.batch_size cannot change on resume" in proc.stderr
+    proc = robo_rl("train", "resume=runs/p", "algo.batch_size=32", "seed=3", "steps=500", cwd=tmp_path)
+    assert "the run is already complete (500 of 500 steps)" in proc.stderr
 
     # a damaged newest checkpoint: eval says which one it skips (it used to fall back silently)
     (run / "checkpoints" / "step_0000000500" / "state.safetensors").write_bytes(b"0" * 100)

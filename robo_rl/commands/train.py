@@ -60,6 +60,9 @@ def train_main(args: Sequence[str]) -> int:
                 and not ("=" in a and not a.startswith("-") and is_sweep(a.split("=", 1)[1]))]
     register_schemas()
     register_resolvers()
+    from robo_rl.runs import saved_group_choices
+
+    args = saved_group_choices(args) + list(args)  # resume=<a SAC run>: its learner's keys are the known ones
     problem = composition_problem(args) or run_dir_problem(args)
     if problem is not None:
         return error(problem, EXIT_USAGE)

@@ -331,6 +331,16 @@ def test_one_training_process_per_run_dir(tmp_path):
         with pytest.raises(RunDirBusy, match=r"pid \d+ on "):
             train(compose(*resume), run, resume)
     assert json.loads((run / "summary.json").read_text())["steps"] == 300
+    # a run still starting (config written, no checkpoint yet) is in use too, not "nothing to resume" or
+    # "already holds a run; continue it with resume=" (which pointed back to the refused command)
+    starting = tmp_path / "starting"
+    starting.mkdir()
+    (starting / "config.yaml").write_text((run / "config.yaml").read_text())
+    with run_dir_lock(starting):
+        with pytest.raises(RunDirBusy, match="in use by another robo-rl training process"):
+            train(compose(f"resume={starting}"), starting, [f"resume={starting}"])
+        with pytest.raises(RunDirBusy, match="in use by another robo-rl training process"):
+            train(compose(*SMALL_SAC, "steps=300"), starting)
     # the Python API: run_dir may come from the config; the start-up's resume notice reaches train.log
     train(compose_config(["resume=" + str(run), "steps=400"]))
     assert json.loads((run / "summary.json").read_text())["steps"] == 400
