@@ -162,7 +162,7 @@ def export_policy(
     """Export ``policy`` (any head, or a learner's acting policy) to ``out_dir``; returns the sidecar.
 
     The exported file is compared with the torch policy on ``check_obs`` (real observations, if
-    given) plus random ones before the sidecar is written; a difference above ``tolerance`` is an
+    given) plus ``check_samples`` random ones before the sidecar is written; a difference above ``tolerance`` is an
     error, so an export that exists is an export that was checked. Model and sidecar are written to
     temporary names, fsynced, and renamed into place (model first, sidecar last): a crash leaves the
     previous export or the new one, or a new model next to the old sidecar, which the runtime refuses
@@ -181,7 +181,8 @@ def export_policy(
     real = torch.as_tensor(np.asarray(check_obs, dtype=np.float32)).reshape(-1, obs_dim) if check_obs is not None else torch.zeros(0, obs_dim)
     scale = policy.obs_norm.stats.var.sqrt().float().cpu() if policy.obs_norm.enabled else torch.ones(obs_dim)
     centre = policy.obs_norm.stats.mean.float().cpu() if policy.obs_norm.enabled else torch.zeros(obs_dim)
-    randoms = centre + scale * torch.randn(max(check_samples - real.shape[0], 2), obs_dim, generator=generator)
+    # random states around the visited ones (off the policy's path, where an export is as likely to differ)
+    randoms = centre + scale * torch.randn(max(int(check_samples), 2), obs_dim, generator=generator)
     obs = torch.cat([real, randoms], dim=0)
     defaults = default_noise(policy)
     if k:
