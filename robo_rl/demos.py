@@ -256,7 +256,8 @@ def warm_start(cfg: Any, learner: Any, replay: Any | None, demos: dict[str, torc
         stats = pretrain(learner, obs, actions, int(d.pretrain_steps), int(d.batch_size), float(d.lr), int(cfg.seed))
         log.info(f"demos: pretrained the {learner.demo_head().name} head on {stats['transitions']:,} transitions "
                  f"for {stats['steps']:,} steps, imitation loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f} "
-                 f"({stats['seconds']:.0f} s)")
+                 f"({stats['seconds']:.0f} s)" + ("; its observation statistics stay those of the demonstrations "
+                                                  "(demos.freeze_obs_norm=true)" if bool(d.freeze_obs_norm) else ""))
     if replay is not None and bool(d.replay):
         rows = [demos[k].to(device) for k in ("obs", "actions", "rewards", "next_obs", "terminated")]
         n = rows[0].shape[0]

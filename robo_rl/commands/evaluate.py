@@ -22,7 +22,7 @@ keys:
   num_envs=10            env copies stepped together (at most episodes: one episode each)
   seed=12345             seed of the evaluation envs
   checkpoint=<dir>       a specific checkpoint directory (default: the newest complete one)
-  device=cpu             cpu or cuda
+  device=cpu             cpu, cuda or cuda:N
   video=false            also write <run_dir>/videos/eval-step<N>.mp4 (headless: EGL or OSMesa)
   video_episodes=1       episodes of env copy 0 in the video
   demos_out=<file.npz>   also save the evaluated episodes' transitions as demonstrations, to warm-start

@@ -216,7 +216,7 @@ class GoRL(DecoderRefit, Learner):
         refits = range(self.refit_every, total_updates, self.refit_every)
         when = (f"after updates {', '.join(f'{n:,}' for n in refits)}" if 0 < len(refits) <= 6
                 else f"every {self.refit_every:,} updates" if refits else "none")
-        source = "" if self.stages is not None else " (algo.refit_every is set: algo.stages is not used)"
+        source = "" if self.stages is not None else " (set by algo.refit_every; algo.stages is not used)"
         log.info(f"gorl: {total_updates:,} PPO updates in {len(refits) + 1} stage(s); decoder refits: {when}{source}")
 
     def update(self, rollout: RolloutBatch) -> dict[str, torch.Tensor]:

@@ -156,6 +156,7 @@ def test_train_pretrains_preloads_replay_and_a_resume_does_neither(tmp_path):
     assert summary["steps"] == 300
     log_text = (run / "train.log").read_text()
     assert "demos: pretrained the gaussian head on 150 transitions for 50 steps" in log_text
+    assert "its observation statistics stay those of the demonstrations (demos.freeze_obs_norm=true)" in log_text
     assert "demos: preloaded 150 transitions into the replay buffer" in log_text
     _, replay = load_checkpoint(latest_checkpoint(run / "checkpoints"))
     assert replay["obs"].shape[0] == 150 + 300
