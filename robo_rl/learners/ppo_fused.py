@@ -230,7 +230,8 @@ class FusedPPOStep:
             for start in range(0, size, mb):
                 stats = self._minibatch(*(x[start:start + mb] for x in shuffled))
                 stop = math.isnan(stats[5])  # stopped on KL before this minibatch's step (no grad norm)
-                sums += np.nan_to_num(stats, nan=0.0)
+                with np.errstate(over="ignore"):  # a diverging loss sums to inf, which the runner's check reports
+                    sums += np.nan_to_num(stats, nan=0.0)
                 count += 1
                 applied += not stop
                 if stop:
