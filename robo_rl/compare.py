@@ -180,6 +180,10 @@ def load_run(path: Path) -> Run:
                            not_finite=eval_not_finite, flags=("deterministic",))
     if eval_not_finite:
         warnings.append(f"{path / EVALUATED}: {_are(eval_not_finite)} NaN or infinite; shown as not measured ('-')")
+    evaluated_at, trained = (evaluated or {}).get("checkpoint_step"), summary.get("steps")
+    if evaluated_at is not None and trained is not None and evaluated_at < trained:  # resumed after `robo-rl eval`
+        warnings.append(f"{path / EVALUATED}: evaluates the checkpoint at step {int(evaluated_at):,}, but the run has "
+                        f"since trained to step {int(trained):,}; `robo-rl eval run_dir={path}` evaluates its final policy")
     curves = _read_curves(path / METRICS, warnings)
     return Run(path, config, summary, curves, evaluated, warnings, set(not_finite))
 

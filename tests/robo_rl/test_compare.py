@@ -120,6 +120,14 @@ def test_cli_writes_the_table_json_and_plot(tmp_path, capsys, monkeypatch):
     assert main(["compare", "runs=sweep"]) == 0
     out = capsys.readouterr().out
     assert "`robo-rl eval` return (runs)" in out and "| 100.0 ± 10.0 (2) |" in out
+    # an eval.json older than the run (resumed after `robo-rl eval`) is still shown, with a note
+    (tmp_path / "sweep" / "seed=1" / "eval.json").write_text(json.dumps(
+        {"return_mean": 50.0, "return_std": 3.0, "episodes": 10, "deterministic": True, "checkpoint_step": 1000}))
+    assert main(["compare", "runs=sweep"]) == 0
+    captured = capsys.readouterr()
+    assert "seed=1/eval.json: evaluates the checkpoint at step 1,000, but the run has since trained to step 2,000" \
+        in captured.out + captured.err
+    (tmp_path / "sweep" / "seed=1" / "eval.json").unlink()
     # a pattern matching one sweep writes into that sweep, not into a new directory named after the pattern
     assert main(["compare", "runs=swe*"]) == 0
     assert not (tmp_path / "swe*").exists() and "sweep/compare.json" in capsys.readouterr().out
