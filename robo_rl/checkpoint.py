@@ -171,11 +171,18 @@ def save_checkpoint(
     else:
         os.replace(tmp, final)
     _fsync(directory)
+    prune_checkpoints(directory, step, keep)
+    return final
+
+
+def prune_checkpoints(directory: str | Path, step: int, keep: int | None) -> None:
+    """Delete all but the newest ``keep`` checkpoints up to ``step`` (newer ones, e.g. broken ones a resume
+    skipped, wait for a save to pass them). Every save does it; so does a resume of a finished run, which
+    saves nothing but may find what a save killed while it pruned left behind."""
     if keep is not None and keep > 0:
-        timeline = [p for p in list_checkpoints(directory) if checkpoint_step(p) <= step]  # ends with ``final``
+        timeline = [p for p in list_checkpoints(directory) if checkpoint_step(p) <= step]  # ends with step's own
         for stale in timeline[:-keep]:
             shutil.rmtree(stale, ignore_errors=True)
-    return final
 
 
 def checkpoint_step(path: Path) -> int:

@@ -21,6 +21,7 @@ from robo_rl.defaults import resolve_defaults, task_defaults
 from robo_rl.validation import ConfigError, validate
 from robo_rl.metrics import setup_console_logging
 from robo_rl.memory import buffers_needed, check_fits
+from robo_rl.checkpoint import list_checkpoints
 from robo_rl.runners.base import Interrupted, find_resume_checkpoint
 from robo_rl.runs import (CONFIG_FILE, directory_problem, load_run_config, refuse_busy_run_dir, run_dir_lock,
                           saved_group_choices)
@@ -75,6 +76,10 @@ def prepare(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str] = ()) -
             saved.resume = str(run_dir)
             saved.run_dir = str(run_dir)
         validate(saved)
+        if not list_checkpoints(run_dir / "checkpoints"):  # stopped (killed) before its first checkpoint
+            log.info(f"resume={run_dir}: the run stopped before its first checkpoint, so there is nothing to continue "
+                     "from; starting it again from step 0 with its saved config")
+            return saved, None  # a new run in the same directory (its metrics and events past step 0 are dropped)
         return saved, find_resume_checkpoint(run_dir)
 
     refuse_busy_run_dir(run_dir)
@@ -221,8 +226,8 @@ def _train(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str], held: _
             demos = load_demos(cfg.demos.path, env.obs_dim, env.act_dim, env.action_space.low, env.action_space.high,
                                replay=bool(cfg.demos.replay) and learner.kind == "off_policy")
         with run_dir_lock(run_dir):
-            if resume_from is None:  # checked again under the lock: another process may have started it meanwhile
-                _refuse_existing_run(run_dir)
+            if resume_from is None and not cfg.resume:  # checked again under the lock: another process may
+                _refuse_existing_run(run_dir)              # have started it meanwhile (a restart reuses its own)
             return _run(cfg, run_dir, env, eval_env, learner, demos, resume_from, for_task, held)
     finally:
         if eval_env is not env:

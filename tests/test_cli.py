@@ -151,6 +151,21 @@ def test_an_abort_by_ctrl_c_exits_130_with_one_line(tmp_path, monkeypatch, capsy
     assert capsys.readouterr().err.strip() == "robo-rl: error: aborted by Ctrl-C"
 
 
+def test_a_sigterm_before_the_loop_exits_143_with_one_line(tmp_path, monkeypatch, capsys):
+    import robo_rl.commands.train as cli
+    import robo_rl.train
+
+    def starting(*args, **kwargs):  # SIGTERM while the envs are built (the default handler ended it silently, -15)
+        signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(robo_rl.train, "train", starting)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.run_training(None, tmp_path / "run", []) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip() == ("robo-rl: error: stopped by SIGTERM outside the training loop; "
+                                               "nothing was written")
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+
+
 def test_train_eval_resume(tmp_path):
     out = robo_rl("train", *TINY, "steps=300", "run_dir=runs/p", "seed=3", cwd=tmp_path).stderr
     assert "step 300/300" in out and "eval at step 300" in out

@@ -199,7 +199,7 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
     from envs.base import MissingDependency
     from robo_rl.checkpoint import CheckpointError
     from robo_rl.validation import ConfigError
-    from robo_rl.runners.base import Interrupted, NonFiniteError, RunWriteError
+    from robo_rl.runners.base import Interrupted, NonFiniteError, RunWriteError, Terminated, raise_terminated
     from robo_rl.runs import LOCK_FILE
     from robo_rl.train import train
 
@@ -211,11 +211,23 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
             (run_dir / LOCK_FILE).unlink(missing_ok=True)
             run_dir.rmdir()
 
+    import signal
+
+    try:
+        previous = signal.signal(signal.SIGTERM, raise_terminated)  # the loop installs its own, which saves
+    except ValueError:  # not the main thread: signals stay as they are
+        previous = None
     try:
         train(cfg, run_dir, overrides)
         return 0
     except Interrupted as exc:  # train() logged the resume command
         return 128 + exc.signum
+    except Terminated:  # before the loop (nothing trained in this process) or while writing the summary
+        leave_nothing()
+        resumable = (run_dir / "config.yaml").exists()
+        return error("stopped by SIGTERM outside the training loop" + (
+            f"; the run's checkpoints are intact: continue with robo-rl train resume={run_dir}" if resumable
+            else "; nothing was written"), EXIT_SIGTERM)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop began: no new checkpoint
         leave_nothing()
         return error("aborted by Ctrl-C" + (f"; train.log and summary.json in {run_dir} say where it stopped"
@@ -235,6 +247,9 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
         leave_nothing()
         return error(f"out of memory: {reason}; lower env.num_envs, algo.batch_size or the buffer sizes "
                      "(algo.buffer_size, algo.rollout_steps)", EXIT_FAILED)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def out_of_memory(exc: BaseException) -> str | None:

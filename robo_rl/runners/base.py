@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs import BatchedEnv
 from robo_rl.checkpoint import (CheckpointError, CheckpointWriteError, checkpoint_step, latest_checkpoint, list_checkpoints,
-                                load_checkpoint, save_checkpoint)
+                                load_checkpoint, prune_checkpoints, save_checkpoint)
 from robo_rl.evaluation import evaluate
 from robo_rl.learners.base import Learner
 from robo_rl.metrics import MetricsWriter, Progress, format_duration, mean_of, plot_learning_curve
@@ -54,6 +54,16 @@ class Interrupted(Exception):
     def __init__(self, signum: int, message: str) -> None:
         super().__init__(message)
         self.signum = signum
+
+
+class Terminated(BaseException):
+    """SIGTERM outside the training loop (while the run starts, or writes its summary); not an Exception, so
+    that no broad handler on the way mistakes it for a failure."""
+
+
+def raise_terminated(signum: int, _frame: Any) -> None:
+    """A SIGTERM handler for the time around the loop (the loop's own handler saves a checkpoint instead)."""
+    raise Terminated(signum)
 
 
 class _StopOnSignal:
@@ -228,10 +238,13 @@ class Runner(abc.ABC):
             if self.step >= self.total_steps:
                 log.info(f"the run is already complete ({self.step:,} of {self.total_steps:,} steps): nothing to train; "
                          "its summary and learning curve are written again")
+                prune_checkpoints(self.ckpt_dir, self.step, int(cfg.checkpoint.keep))  # no save will do it
         else:
             self.obs = self.env.reset(seed=int(cfg.seed))
             self.update_obs_norm(self.obs)
-        self.metrics = MetricsWriter(self.run_dir, cfg.log.tensorboard, resume_step=self.step if resume_from else None)
+        # a resume keeps the rows up to its checkpoint; a restart (resume= of a run with no checkpoint) none
+        resume_step = self.step if resume_from else (0 if cfg.get("resume") else None)
+        self.metrics = MetricsWriter(self.run_dir, cfg.log.tensorboard, resume_step=resume_step)
         label = f"{cfg.algo.name} {self.env.task_id}"
         progress = Progress(label, self.planned_steps, cfg.log.progress_seconds, self.step)
         next_log = (self.step // cfg.log.every + 1) * cfg.log.every
@@ -269,13 +282,19 @@ class Runner(abc.ABC):
                             f"{status} at step {self.step:,}; checkpoint {self._last_checkpoint} saved. "
                             f"Continue with: robo-rl train resume={self.run_dir}",
                         )
-            elapsed = self.wall_time + time.perf_counter() - t_start
-            if self._last_eval_step != self.step:
-                self._evaluate(elapsed)
-            # the final evaluation may come after a checkpoint at the same step: save again so it is kept
-            # (a resume would otherwise drop it from eval_history and the best-eval summary, or repeat it)
-            if self._last_ckpt_step != self.step or self._last_ckpt_evals != len(self.eval_history):
-                self.save(time.perf_counter() - t_start)
+                # still under the handler: a signal during the final evaluation or save waits for them, as one
+                # in the loop waits for its iteration (it used to kill the run, losing the steps since the
+                # last checkpoint, or read as a second Ctrl-C)
+                elapsed = self.wall_time + time.perf_counter() - t_start
+                if self._last_eval_step != self.step:
+                    self._evaluate(elapsed)
+                # the final evaluation may come after a checkpoint at the same step: save again so it is kept
+                # (a resume would otherwise drop it from eval_history and the best-eval summary, or repeat it)
+                if self._last_ckpt_step != self.step or self._last_ckpt_evals != len(self.eval_history):
+                    self.save(time.perf_counter() - t_start)
+                if stop.signum is not None:
+                    log.info(f"{signal.Signals(stop.signum).name} arrived after the last training step: the run is "
+                             f"complete and its final checkpoint {self._last_checkpoint} is saved")
             progress.maybe_print(self.step, mean_of(self.recent_returns),
                                  (self.eval_history[-1]["return_mean"], self.eval_history[-1]["return_std"]), force=True,
                                  recent_cost=mean_of(self.recent_costs) if self.recent_costs else None)
@@ -385,6 +404,11 @@ class Runner(abc.ABC):
                 "recent_costs": list(self.recent_costs),
                 "interventions": self.interventions,
                 "eval_history": [{k: v for k, v in e.items()} for e in self.eval_history],
+                # the next metrics row's running sums, so that a resumed run logs that row as an unbroken one
+                # would (plain floats: float32 sums survive JSON exactly)
+                "row": {"start_step": self._row_start_step, "interventions": self._row_interventions,
+                        "metric_sums": [{"keys": list(keys), "total": total.tolist(), "n": n}
+                                        for keys, (total, n) in self._acc.items()]},
                 "obs": self.obs,
                 **self.extra_state(),
             },
@@ -448,7 +472,11 @@ class Runner(abc.ABC):
         self.recent_lengths.extend(r["recent_lengths"])
         self.recent_costs.extend(r.get("recent_costs", []))
         self.interventions = int(r.get("interventions", 0))
-        self._row_start_step = self.step
+        row = r.get("row") or {}  # not in checkpoints before 2026-12-04: the first row then starts here
+        self._row_start_step = int(row.get("start_step", self.step))
+        self._row_interventions = int(row.get("interventions", 0))
+        self._acc = {tuple(m["keys"]): (torch.tensor(m["total"], dtype=torch.float32, device=self.device), int(m["n"]))
+                     for m in row.get("metric_sums", [])}
         self.eval_history = list(r["eval_history"])
         self._last_eval_step = self.eval_history[-1]["step"] if self.eval_history else -1
         self.load_extra_state(r)

@@ -1,6 +1,8 @@
 """Whole runs in-process: outputs, determinism, exact resume, NaN handling, signals."""
 
+import csv
 import json
+import shutil
 import signal
 
 import pytest
@@ -122,6 +124,15 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, monkeypatch
     cut_w, cut_opt = final_weights(tmp_path / "cut")
     assert_same_weights(full_w, cut_w)  # bit-identical: RNGs, replay, env state, normalizers restored
     assert json.loads((tmp_path / "cut" / "summary.json").read_text())["steps"] == steps
+    # and so is the log: the row after the resume too (its running sums are in the checkpoint), timings aside
+    assert logged_metrics(tmp_path / "cut") == logged_metrics(tmp_path / "full")
+
+
+def logged_metrics(run_dir):
+    """metrics.csv without its timing columns."""
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k != "wall_time" and not k.startswith("time/steps_per_s")}
+                for row in csv.DictReader(f)]
 
 
 def test_resume_without_replay_refills_before_updating(tmp_path, monkeypatch):
@@ -345,6 +356,63 @@ def test_one_training_process_per_run_dir(tmp_path):
     train(compose_config(["resume=" + str(run), "steps=400"]))
     assert json.loads((run / "summary.json").read_text())["steps"] == 400
     assert "resume with steps=400 (was 300)" in (run / "train.log").read_text()
+
+
+def test_a_signal_during_the_final_evaluation_waits_for_it_and_the_final_save(tmp_path, monkeypatch):
+    from robo_rl.runners.base import Runner
+
+    def killed(signum, frame):  # what the default handler did: the run ended there, unsaved
+        raise RuntimeError(f"signal {signum} reached the default handler")
+
+    previous = signal.signal(signal.SIGTERM, killed)
+    original = Runner._evaluate
+
+    def evaluate(self, wall):
+        if self.step >= self.total_steps:  # the final evaluation, after the loop (300 is no eval.every step)
+            signal.raise_signal(signal.SIGTERM)
+        return original(self, wall)
+
+    monkeypatch.setattr(Runner, "_evaluate", evaluate)
+    try:
+        summary = train(compose(*SMALL_SAC, "steps=300", "eval.every=200", "checkpoint.every=200"), tmp_path / "run")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert summary["status"] == "completed" and summary["steps"] == 300
+    assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")][-1] == "step_0000000300"
+    assert "SIGTERM arrived after the last training step: the run is complete" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(tmp_path):
+    common = (*SMALL_SAC, "steps=300", "checkpoint.every=300", "log.every=50")
+    train(compose(*common), tmp_path / "full")
+    run = tmp_path / "run"
+    train(compose(*common), run)
+    for ckpt in list_checkpoints(run / "checkpoints"):  # as if killed before the first save: config, rows, events
+        shutil.rmtree(ckpt)
+    (run / "summary.json").unlink()
+    # it used to be a dead end: resume= said "no complete checkpoint; start a new run", run_dir= "already holds a run"
+    summary = train(compose(f"resume={run}"), tmp_path / "unused", [f"resume={run}"])
+    assert summary["steps"] == 300 and summary["status"] == "completed"
+    assert "stopped before its first checkpoint" in (run / "train.log").read_text()
+    assert logged_metrics(run) == logged_metrics(tmp_path / "full")  # the first attempt's rows are gone, not doubled
+    assert_same_weights(final_weights(run)[0], final_weights(tmp_path / "full")[0])
+    # a run whose checkpoints are all damaged is not started again: that is reported (the files are named)
+    for ckpt in list_checkpoints(run / "checkpoints"):
+        (ckpt / "state.safetensors").write_bytes(b"0")
+    with pytest.raises((CheckpointError, FileNotFoundError)):
+        train(compose(f"resume={run}"), tmp_path / "unused", [f"resume={run}"])
+
+
+def test_resuming_a_finished_run_prunes_what_a_killed_prune_left(tmp_path):
+    run = tmp_path / "run"
+    train(compose(*SMALL_SAC, "steps=300", "checkpoint.every=100", "checkpoint.keep=2"), run)
+    kept = [p.name for p in list_checkpoints(run / "checkpoints")]
+    assert kept == ["step_0000000200", "step_0000000300"]
+    # a save killed while deleting the oldest: a half-deleted older checkpoint is left behind
+    shutil.copytree(run / "checkpoints" / kept[0], run / "checkpoints" / "step_0000000100")
+    (run / "checkpoints" / "step_0000000100" / "state.safetensors").unlink()
+    train(compose(f"resume={run}"), tmp_path / "unused", [f"resume={run}"])  # already complete: saves nothing
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == kept
 
 
 def test_evaluation_is_deterministic_only_when_asked():
