@@ -91,10 +91,13 @@ def saved_group_choices(overrides: list[str]) -> list[str]:
     not choose itself: composed with these, a resumed SAC run's own keys (``algo.batch_size``) are known
     instead of being checked against the default learner's. Empty when there is no single readable run to
     resume (its problem is reported where the run is loaded)."""
+    from robo_rl.commands.common import unquoted
+
     pairs = [o.split("=", 1) for o in overrides if "=" in o]
     resume = [v.strip() for k, v in pairs if k.lstrip("+~") == "resume"]
-    if len(resume) != 1 or resume[0] in ("", "null", "None") or "," in resume[0]:
+    if len(resume) != 1 or resume[0] in ("", "null", "None") or ("," in resume[0] and unquoted(resume[0]) == resume[0]):
         return []
+    resume = [unquoted(resume[0])]
     try:
         saved = load_run_config(resume[0])
     except (OSError, ValueError):

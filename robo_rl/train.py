@@ -130,6 +130,7 @@ def compose_config(overrides: Iterable[str] = ()) -> DictConfig:
     """The config `robo-rl train <overrides>` would run, for use from Python (tests, benchmarks)."""
     from hydra import compose, initialize_config_dir
 
+    from robo_rl.commands.common import quote_paths
     from robo_rl.commands.train import register_resolvers
     from robo_rl.config import integer_keys, integral_literals, register_schemas
 
@@ -142,6 +143,7 @@ def compose_config(overrides: Iterable[str] = ()) -> DictConfig:
                         f"got {overrides!r}")
     register_schemas()
     register_resolvers()
+    overrides = quote_paths(overrides)  # resume=runs/sweep/seed=1
     config_dir = str(Path(__file__).resolve().parent / "configs")
     with initialize_config_dir(config_dir=config_dir, version_base=None):
         try:

@@ -81,6 +81,12 @@ def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
     (["algo=foo", "--help"], ["algo/foo", "sac"]),
     (["algo.lrr=1", "--help"], ["unknown key 'algo.lrr'; did you mean algo.lr?"]),
     (["algo=sac", "--help"], None),
+    # two jobs with one directory: the second was refused only after the first had trained
+    (["-m", "algo.critic_lr=3e-4,1e-3,0.0003", "algo=sac"], ["sweep algo.critic_lr: 0.0003 given more than once"]),
+    (["-m", "run_dir=a,b", "seed=1,2"], ["run_dir cannot be swept", "run_dir=<its directory>"]),
+    # a grammar error in a sweep is one line, naming the override (it was Hydra's report, or a traceback)
+    (["-m", "resume=r/seed=0,r/seed=1"], ["resume=r/seed=0,r/seed=1: mismatched input '='", "key='value'"]),
+    (["-m", "seed=shuffle(0,1)", "algo=sac"], None),  # Hydra's sweep functions are sweeps ("ambiguous value" before)
 ])
 def test_train_overrides_are_checked_before_hydra_runs(args, words):
     from robo_rl.commands.train import composition_problem
@@ -90,6 +96,17 @@ def test_train_overrides_are_checked_before_hydra_runs(args, words):
         assert problem is None
     else:
         assert problem is not None and all(w in problem for w in words), problem
+
+
+def test_path_values_holding_equals_are_quoted_for_hydra(tmp_path):
+    from robo_rl.commands.common import quote_paths
+
+    (tmp_path / "algo=sac,seed=1").mkdir()
+    job = str(tmp_path / "algo=sac,seed=1")
+    assert quote_paths(["resume=runs/sweep/seed=1", f"resume={job}", "run_dir=a,b", "seed=0,1",
+                        "resume='q/seed=1'", "run_dir=runs/x=1,y"]) == [
+        "resume='runs/sweep/seed=1'", f"resume='{job}'", "run_dir=a,b", "seed=0,1", "resume='q/seed=1'",
+        "run_dir=runs/x=1,y"]  # a comma that may be a sweep: quoted only when it names a directory
 
 
 def test_a_run_dir_that_is_or_lies_under_a_file_is_refused_before_hydra_makes_it(tmp_path, monkeypatch):
@@ -284,6 +301,12 @@ def test_a_sweep_exits_with_its_failed_job_s_code(tmp_path, monkeypatch):
                    "steps=150", "run_dir=sweep", cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "sweep: 1 of 2 job(s) failed: env.kwargs.after=20" in proc.stderr
     assert json.loads((tmp_path / "sweep" / "env.kwargs.after=100000" / "summary.json").read_text())["steps"] == 150
+    # the same sweep again into its directory continues it: the failed job is left as it is (not replayed into
+    # its NaN), the finished one is kept (it used to be refused: "already holds a run", counted as failed)
+    proc = robo_rl("train", "-m", "env.kwargs.after=20,100000", *TINY, "env.id=tests.helpers:robo_rl_test/NaNAfter-v0",
+                   "steps=150", "run_dir=sweep", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "env.kwargs.after=20 failed before (failed: non-finite" in proc.stderr
+    assert "the run is already complete (150 of 150 steps)" in proc.stderr and "already holds a run" not in proc.stderr
 
 
 def test_an_interrupted_sweep_names_the_jobs_it_did_not_start(tmp_path, monkeypatch):
@@ -294,8 +317,14 @@ def test_an_interrupted_sweep_names_the_jobs_it_did_not_start(tmp_path, monkeypa
                    check=False)
     assert proc.returncode == 130, proc.stderr
     assert re.search(r"Continue with: robo-rl train resume=\S*sweep/seed=0\n", proc.stderr)
-    assert "sweep: stopped in job 1 of 3 (seed=0); not started: seed=1; seed=2" in proc.stderr
+    assert "sweep: stopped in job 1 of 3 (seed=0); not started: seed=1; seed=2; to continue the sweep (this job " \
+        "resumes, finished ones are kept, the rest start): robo-rl train -m seed=0,1,2 " in proc.stderr
+    assert proc.stderr.rstrip().splitlines()[-1].endswith("run_dir=sweep")
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["seed=0"]
+    # the printed resume= works as pasted, although Hydra's grammar reads the job's '=' as syntax (it failed
+    # with a parse traceback); this env interrupts every 60 steps, so the resumed job stops again, saved
+    proc = robo_rl("train", "resume=sweep/seed=0", cwd=tmp_path, check=False)
+    assert proc.returncode == 130 and "resumed from" in proc.stderr, proc.stderr
 
 
 def test_multirun_over_algorithms_shares_one_directory(tmp_path):

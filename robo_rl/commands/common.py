@@ -23,6 +23,33 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+# keys whose value is a directory: a sweep job's is named by its swept values (``runs/sweep/algo=sac,seed=1``)
+PATH_KEYS = ("resume", "run_dir")
+
+
+def quote_paths(args: Sequence[str]) -> list[str]:
+    """``resume=`` / ``run_dir=`` values holding ``=`` quoted for Hydra, whose grammar reads ``seed=1`` inside
+    a value as a syntax error: the ``resume=<job dir>`` that robo-rl prints for a sweep job then works when
+    pasted. A value with a comma is quoted only if it names an existing directory (otherwise the comma may be
+    a sweep, ``-m run_dir=a,b``); quoted values are left alone."""
+    from pathlib import Path
+
+    out = []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if (eq and key.lstrip("+~") in PATH_KEYS and "=" in value and value[:1] not in ("'", '"') and "'" not in value
+                and ("," not in value or Path(value).is_dir())):
+            arg = f"{key}='{value}'"
+        out.append(arg)
+    return out
+
+
+def unquoted(value: str) -> str:
+    """A command-line value without the quotes Hydra takes off (``'runs/sweep/seed=1'``)."""
+    value = value.strip()
+    return value[1:-1] if len(value) >= 2 and value[0] in "'\"" and value[-1] == value[0] else value
+
+
 def parse_options(args: Sequence[str], schema: type, command: str) -> Any:
     """key=value arguments checked against a dataclass: unknown keys and wrong types fail with the key named."""
     from omegaconf import OmegaConf

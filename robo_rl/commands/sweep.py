@@ -57,9 +57,11 @@ def swept_values_by_job() -> list[str]:
 
 
 def is_sweep(value: str) -> bool:
-    """Whether a command-line value is a Hydra sweep (a,b / range(...) / choice(...) / glob(...))."""
-    if value.startswith(("range(", "choice(", "glob(", "interval(")):
+    """Whether a command-line value is a Hydra sweep (a,b / range(...) / choice(...) / glob(...) / shuffle(...) / sort(...))."""
+    if value.startswith(("range(", "choice(", "glob(", "interval(", "shuffle(", "sort(")):
         return True
+    if len(value) >= 2 and value[0] in "'\"" and value[-1] == value[0]:  # one quoted value: its commas are literal
+        return False
     depth = 0
     for ch in value:
         depth += ch in "[{(" and 1 or 0
@@ -102,6 +104,15 @@ def sweep_problem(plain: list[str], sweeps: list[tuple[int, list[str]]]) -> str 
     from robo_rl.defaults import resolve_defaults
     from robo_rl.validation import ConfigError, validate
 
+    for _, values in sweeps:
+        key = override_key(values[0])
+        if key in ("run_dir", "resume"):
+            return (f"{key} cannot be swept: jobs go into directories under run_dir= (one path), named by their "
+                    "swept values; to continue a sweep, run it again with run_dir=<its directory>")
+        seen = [v.split("=", 1)[1] for v in values]
+        repeated = sorted({v for v in seen if seen.count(v) > 1})
+        if repeated:  # two jobs with one directory: the second was refused after the first had trained
+            return f"sweep {key}: {', '.join(repeated)} given more than once (each job needs its own directory)"
     positions = [i for i, _ in sweeps]
     total = math.prod(len(v) for _, v in sweeps)
     if total <= MAX_CHECKED_JOBS:

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Sequence
 
 from robo_rl.commands import sweep
-from robo_rl.commands.common import EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, error, log, override_key, unknown_key
+from robo_rl.commands.common import (EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, error, log, override_key,
+                                     quote_paths, unknown_key, unquoted)
 from robo_rl.commands.sweep import (for_hydra_multirun, is_sweep, sweep_problem, sweep_values, swept_on_command_line,
                                     swept_values_by_job)
 
@@ -50,7 +51,7 @@ def register_resolvers() -> None:
 def train_main(args: Sequence[str]) -> int:
     import hydra
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import DictConfig
+    from omegaconf import DictConfig, open_dict
 
     from robo_rl.config import integer_keys, integral_literals, register_schemas
 
@@ -62,8 +63,12 @@ def train_main(args: Sequence[str]) -> int:
     register_resolvers()
     from robo_rl.runs import saved_group_choices
 
+    args = quote_paths(args)  # resume=runs/sweep/seed=1, as a sweep job's messages print it
     args = saved_group_choices(args) + list(args)  # resume=<a SAC run>: its learner's keys are the known ones
-    problem = composition_problem(args) or run_dir_problem(args)
+    try:
+        problem = composition_problem(args) or run_dir_problem(args)
+    except KeyboardInterrupt:  # a large sweep's check takes a while
+        return error("aborted by Ctrl-C before any job started", EXIT_SIGINT)
     if problem is not None:
         return error(problem, EXIT_USAGE)
     config_dir = str(Path(__file__).resolve().parents[1] / "configs")
@@ -76,12 +81,29 @@ def train_main(args: Sequence[str]) -> int:
         nonlocal exit_code
         hc = HydraConfig.get()
         run_dir = Path(hc.runtime.output_dir)
-        code = run_training(cfg, run_dir, list(hc.overrides.task))
+        overrides = list(hc.overrides.task)
+        failed_before = None
+        if hc.mode.name == "MULTIRUN" and not cfg.resume and (run_dir / "config.yaml").exists():
+            # the sweep was run before into this directory (run_dir=<sweep dir>): continue its job, whose config
+            # must be the same (a resume refuses a changed key); a finished job is left as it is, and a failed
+            # one too (resuming would replay the same updates into the same NaN)
+            failed_before = earlier_failure(run_dir)
+            if failed_before is None:
+                log.info(f"sweep: {run_dir} holds this job's run: continuing it")
+            with open_dict(cfg):
+                cfg.resume = str(run_dir)
+            overrides = [o for o in overrides if override_key(o) != "run_dir"] + [f"resume={run_dir}"]
+        if failed_before is not None:
+            code = error(f"sweep: {run_dir} failed before ({failed_before}); left as it is (remove the directory to "
+                         "run this job again)", EXIT_FAILED)
+        else:
+            code = run_training(cfg, run_dir, overrides)
         if code and hc.mode.name == "MULTIRUN" and code in (EXIT_SIGINT, EXIT_SIGTERM):
             jobs = swept_values_by_job()
             unstarted = jobs[hc.job.num + 1:]
-            log.warning("sweep: stopped in job %d of %d (%s)%s", hc.job.num + 1, len(jobs), jobs[hc.job.num],
-                        f"; not started: {'; '.join(unstarted)}" if unstarted else "")
+            log.warning("sweep: stopped in job %d of %d (%s)%s; to continue the sweep (this job resumes, finished "
+                        "ones are kept, the rest start): %s", hc.job.num + 1, len(jobs), jobs[hc.job.num],
+                        f"; not started: {'; '.join(unstarted)}" if unstarted else "", continue_command(hc.sweep.dir))
         if code and (hc.mode.name == "RUN" or code in (EXIT_SIGINT, EXIT_SIGTERM)):
             raise SystemExit(code)  # an interrupted sweep stops: Ctrl-C does not start the next job
         if hc.mode.name == "MULTIRUN":
@@ -102,6 +124,25 @@ def train_main(args: Sequence[str]) -> int:
     return exit_code
 
 
+def earlier_failure(run_dir: Path) -> str | None:
+    """The status of a run that failed (NaN/Inf, a full disk), from its summary.json; None otherwise."""
+    import json
+
+    try:
+        status = json.loads((run_dir / "summary.json").read_text()).get("status", "")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return status if isinstance(status, str) and status.startswith("failed") else None
+
+
+def continue_command(sweep_dir: str) -> str:
+    """The command that continues this sweep: the same overrides, into its directory."""
+    import shlex
+
+    args = [a for a in sweep.TRAIN_ARGS if override_key(a) != "run_dir" and a not in ("-m", "--multirun")]
+    return shlex.join(["robo-rl", "train", "-m", *args, f"run_dir={sweep_dir}"])
+
+
 def run_dir_problem(args: Sequence[str]) -> str | None:
     """A ``run_dir=`` or ``resume=`` (or the default ``runs/``) that is, or lies under, a regular file: Hydra
     would fail creating it with a traceback before any of our checks run."""
@@ -109,7 +150,8 @@ def run_dir_problem(args: Sequence[str]) -> str | None:
     for arg in args:
         key, eq, value = arg.partition("=")
         if eq and key.lstrip("+~") in ("run_dir", "resume"):
-            given += [(key.lstrip("+~"), v.strip()) for v in value.split(",") if v.strip() not in ("", "null", "None")]
+            values = [unquoted(value)] if unquoted(value) != value.strip() else value.split(",")  # quoted: one path
+            given += [(key.lstrip("+~"), v.strip()) for v in values if v.strip() not in ("", "null", "None")]
     from robo_rl.runs import directory_problem
 
     for label, value in [(f"{k}={v}", v) for k, v in given] or [("runs/ (where runs go without run_dir=)", "runs")]:
@@ -141,7 +183,9 @@ def composition_problem(args: Sequence[str]) -> str | None:
     for a in args:
         if "=" in a and not override_key(a).startswith("hydra"):
             values = sweep_values(a) if is_sweep(a.split("=", 1)[1]) else [a]
-            if values:  # None: Hydra's own run reports a sweep it cannot parse
+            if values is None and (problem := parse_problem(a)) is not None:  # Hydra's own would be a traceback
+                return problem
+            if values:  # None: a sweep expanded only by Hydra's run (glob)
                 if len(values) > 1:
                     sweeps.append((len(plain), values))
                 plain.append(values[0])
@@ -149,6 +193,19 @@ def composition_problem(args: Sequence[str]) -> str | None:
     if problem is not None or not any(a in ("-m", "--multirun") for a in args):
         return problem
     return sweep_problem(plain, sweeps)
+
+
+def parse_problem(override: str) -> str | None:
+    """Hydra's grammar error for ``override``, worded as one line; None if it parses."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        OverridesParser.create().parse_overrides([override])
+        return None
+    except OverrideParseException as exc:
+        message = composition_message(exc, [override]) or str(exc)
+        return message if override in message else f"{override}: {message}"
 
 
 def overrides_problem(overrides: list[str]) -> str | None:
@@ -165,11 +222,14 @@ def overrides_problem(overrides: list[str]) -> str | None:
 
 def composition_message(exc: Exception, overrides: list[str]) -> str | None:
     """One line for a failed composition of ``overrides``; None for an error that is not about them."""
-    from hydra.errors import ConfigCompositionException, MissingConfigException
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
     from robo_rl.train import compose_config
 
+    if isinstance(exc, OverrideParseException):  # Hydra's grammar: e.g. an unquoted = or ( inside a value
+        return (f"{' '.join(str(exc).split())} (quote a value that holds =, brackets or spaces for Hydra: "
+                "key='value', inside shell quotes: \"key='value'\")")
     if isinstance(exc, MissingConfigException):  # algo=dqn: Hydra lists the available options
         message = " ".join(str(exc).split("Config search path")[0].split())
         env = next((o.split("=", 1)[1] for o in overrides if o.startswith("env=")), "")
