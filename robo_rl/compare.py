@@ -51,7 +51,13 @@ class Run:
         return self.config.get("seed", self.summary.get("seed"))
 
     @property
+    def failed(self) -> bool:
+        return self.status.startswith("failed")
+
+    @property
     def final(self) -> float | None:
+        if self.failed:  # its last evaluation came before it failed: not a final result to average with others
+            return None
         value = self.summary.get("final_eval_return_mean")
         # a NaN in summary.json is that evaluation's result: an earlier point of the curve would not be the final one
         if value is None and self.curves.get("eval") and "final_eval_return_mean" not in self.not_finite:
@@ -371,12 +377,15 @@ def table(result: dict[str, Any]) -> str:
     rows = []
     for g in result["groups"]:
         seeds = ", ".join(str(r["seed"]) for r in g["runs"])
-        per_seed = ", ".join("-" if r["final_eval_return"] is None else f"{r['final_eval_return']:.0f}" for r in g["runs"])
-        not_done = sum(r["status"] != "completed" for r in g["runs"])
+        per_seed = ", ".join(("failed" if r["status"].startswith("failed") else "-") if r["final_eval_return"] is None
+                             else f"{r['final_eval_return']:.0f}" for r in g["runs"])
+        failed = sum(r["status"].startswith("failed") for r in g["runs"])
+        not_done = sum(r["status"] != "completed" for r in g["runs"]) - failed
+        notes = [f"{failed} failed"] * bool(failed) + [f"{not_done} not completed"] * bool(not_done)
         wall = g["wall_time_s"]["mean"]
         n_final = sum(r["final_eval_return"] is not None for r in g["runs"])
         n_best = sum(r["best_eval_return"] is not None for r in g["runs"])
-        rows.append([g["label"] + (f" ({not_done} not completed)" if not_done else ""), f"{len(g['runs'])} ({seeds})",
+        rows.append([g["label"] + (f" ({', '.join(notes)})" if notes else ""), f"{len(g['runs'])} ({seeds})",
                      _fmt(g["final_eval_return"], n_final), per_seed, _fmt(g["best_eval_return"], n_best),
                      "-" if g["steps"]["mean"] is None else f"{g['steps']['mean']:,.0f}",
                      "-" if wall is None else format_duration(wall),

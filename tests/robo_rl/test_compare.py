@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from robo_rl.cli import main
-from robo_rl.compare import compare, mean_curve, write
+from robo_rl.compare import compare, mean_curve, table, write
 
 
 def write_run(path, seed, final, curve, algo="sac", lr=3e-4, status="completed", summary=True, progress=10.0,
@@ -49,6 +49,21 @@ def test_seeds_group_and_settings_separate(tmp_path):
     # the training-episode curve instead of the evaluations
     rollout = compare([sweep], curve="rollout")["groups"]
     assert {tuple(g["curve"]["mean"]) for g in rollout} == {(75.0, 200.0), (40.0, 25.0)}
+
+
+def test_a_failed_run_is_named_not_averaged_and_a_comma_job_directory_is_one_run(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    write_run(sweep / "algo=sac,seed=0", 0, 300.0, [(1000, 100.0), (2000, 300.0)])
+    # a NaN at step 1200: its last evaluation (step 1000) is no final result to average with a finished run's
+    write_run(sweep / "algo=sac,seed=1", 1, 50.0, [(1000, 50.0)], status="failed: non-finite reward at step 1,200")
+    write_run(sweep / "algo=sac,seed=2", 2, None, [(1000, 80.0)], summary=False)  # still running
+    (g,) = compare([sweep])["groups"]
+    assert g["final_eval_return"]["mean"] == pytest.approx((300.0 + 80.0) / 2)  # the running one: its latest
+    assert "| sac Hopper-v5 (1 failed, 1 not completed) | 3 (0, 1, 2) | 190.0 ± 110.0 | 300, failed, 80 |" in table(
+        compare([sweep]))
+    # a sweep job's directory (its name holds a comma) is one run, not two (runs=a,b lists)
+    assert main(["compare", f"runs={sweep / 'algo=sac,seed=0'}", f"out_dir={tmp_path / 'one'}"]) == 0
+    assert json.loads((tmp_path / "one" / "compare.json").read_text())["runs"] == 1
 
 
 def test_patterns_expand_to_the_directories_they_match(tmp_path):
