@@ -44,6 +44,8 @@ def _listed(value: Any) -> list[str]:
     """A key given as a,b or [a,b] (or one value) as a list of non-empty strings."""
     from omegaconf import ListConfig
 
+    if isinstance(value, str) and "," in value and Path(value.strip()).is_dir():  # a sweep job: runs/s/algo=sac,seed=1
+        return [value.strip()]
     items = list(value) if isinstance(value, (list, tuple, ListConfig)) else str(value).split(",")
     return [str(v).strip() for v in items if str(v).strip()]
 
