@@ -87,6 +87,9 @@ def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
     # a grammar error in a sweep is one line, naming the override (it was Hydra's report, or a traceback)
     (["-m", "resume=r/seed=0,r/seed=1"], ["resume=r/seed=0,r/seed=1: mismatched input '='", "key='value'"]),
     (["-m", "seed=shuffle(0,1)", "algo=sac"], None),  # Hydra's sweep functions are sweeps ("ambiguous value" before)
+    # glob over a group is expanded here: each matching learner gets the key (it was composed with the default PPO)
+    (["-m", "algo=glob(*,exclude=[ppo,gorl*,expo,parl])", "algo.learning_starts=100"], None),
+    (["-m", "algo=glob(*,exclude=[gorl*,expo,parl])", "algo.learning_starts=100"], ["unknown key 'algo.learning_starts'", "algo=ppo"]),
 ])
 def test_train_overrides_are_checked_before_hydra_runs(args, words):
     from robo_rl.commands.train import composition_problem

@@ -72,12 +72,21 @@ def is_sweep(value: str) -> bool:
 
 
 def sweep_values(override: str) -> list[str] | None:
-    """``seed=0,1,2`` -> ``[seed=0, seed=1, seed=2]``; None if Hydra cannot expand it here (e.g. glob)."""
+    """``seed=0,1,2`` -> ``[seed=0, seed=1, seed=2]``, ``algo=glob(*,exclude=[ppo])`` -> one per matching config
+    of the group; None if it cannot be expanded here (Hydra's own run then reports it)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from hydra.core.override_parser.types import Glob
 
     try:
         (parsed,) = OverridesParser.create().parse_overrides([override])
-        values = list(parsed.sweep_string_iterator())
+        value = parsed.value()
+        if isinstance(value, Glob):  # over a config group's options: algo=glob(*,exclude=[ppo])
+            group = Path(__file__).resolve().parents[1] / "configs" / override_key(override)
+            options = sorted(p.stem for p in group.glob("*.yaml")) if group.is_dir() else []
+            values = value.filter(options)
+        else:
+            values = list(parsed.sweep_string_iterator())
     except Exception:  # noqa: BLE001 - Hydra's own run reports a malformed sweep
         return None
     prefix = f"{override[:len(override) - len(override.lstrip('+~'))]}{override_key(override)}="

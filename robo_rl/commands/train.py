@@ -109,7 +109,8 @@ def train_main(args: Sequence[str]) -> int:
         if hc.mode.name == "MULTIRUN":
             sweep_dirs.append(str(hc.sweep.dir))
             if code:
-                failed_jobs.append(" ".join(hc.overrides.task))
+                jobs = swept_values_by_job()  # the job's swept values (its whole override list is long)
+                failed_jobs.append(jobs[hc.job.num] if hc.job.num < len(jobs) else " ".join(hc.overrides.task))
         exit_code = exit_code or code  # a sweep exits with its first failed job's code
 
     sweep.TRAIN_ARGS[:] = list(args)
