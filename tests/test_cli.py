@@ -330,6 +330,20 @@ def test_an_interrupted_sweep_names_the_jobs_it_did_not_start(tmp_path, monkeypa
     assert proc.returncode == 130 and "resumed from" in proc.stderr, proc.stderr
 
 
+def test_a_sweep_over_env_configs_names_its_directory_by_task_ids():
+    from robo_rl.commands import sweep
+    from robo_rl.commands.train import register_resolvers
+    from omegaconf import OmegaConf
+
+    register_resolvers()
+    sweep.TRAIN_ARGS[:] = ["-m", "env=pendulum,inverted_pendulum", "algo=sac"]
+    try:
+        cfg = OmegaConf.create({"d": "${robo_rl_sweep_dir:null,sac,Pendulum-v1,T}"})
+        assert cfg.d == "runs/sweep-sac-Pendulum-v1+InvertedPendulum-v5-T"  # was pendulum+inverted_pendulum
+    finally:
+        sweep.TRAIN_ARGS[:] = []
+
+
 def test_multirun_over_algorithms_shares_one_directory(tmp_path):
     # Hydra composes a sweep-level config with the default algo (ppo), which has no algo.learning_starts:
     # the override still reaches every job, and the jobs share one directory named by the swept algos

@@ -33,9 +33,18 @@ def register_resolvers() -> None:
         # values (sac+td3), so that the jobs share one directory
         swept = swept_on_command_line()
         algo = "+".join(swept["algo"]) if "algo" in swept else algo
-        env_values = swept.get("env.id") or swept.get("env")
+        env_values = swept.get("env.id") or [task_of(v) for v in swept.get("env", [])]
         env_label = "+".join(name(v) for v in env_values) if env_values else name(env_id)
         return f"runs/sweep-{algo}-{env_label}-{now}"
+
+    def task_of(env_config):  # type: ignore[no-untyped-def]
+        # env=pendulum -> Pendulum-v1, as a single run's directory names the task (the config name if unreadable)
+        from omegaconf import OmegaConf
+
+        try:
+            return str(OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "env" / f"{env_config}.yaml").id)
+        except Exception:  # noqa: BLE001 - a name only: the sweep's own check reports a bad config
+            return env_config
 
     def sweep_subdir(task_overrides, job_num):  # type: ignore[no-untyped-def]
         # name a multirun job by the keys that are swept (seed=0,1,2 -> "seed=1"), not by every override
