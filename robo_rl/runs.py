@@ -34,23 +34,14 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
     interleaving metrics and checkpoints. An advisory ``flock`` on ``run_dir/.lock``, released by the
     kernel when the process ends however it ends, so a crash leaves no stale lock; the file stays."""
     try:
-        import fcntl
+        import fcntl  # noqa: F401  (POSIX only: _lock_or_refuse uses it)
     except ImportError:  # not POSIX: no lock (documented)
         yield
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        busy = unsupported = None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-                busy = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            else:  # e.g. ENOLCK: a filesystem without locks
-                unsupported = exc
-        if busy is not None:
-            raise _busy(run_dir, busy)
+        unsupported = _lock_or_refuse(fd, run_dir)
         if unsupported is not None:
             log.warning(f"robo-rl: warning: cannot lock {run_dir} ({unsupported}); nothing stops a second process "
                         "writing there")
@@ -62,9 +53,20 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def _busy(run_dir: Path, holder: str) -> RunDirBusy:
-    return RunDirBusy(f"run_dir={run_dir} is in use by another robo-rl training process ({holder}); wait for it "
-                      "to end, or choose another run_dir")
+def _lock_or_refuse(fd: int, run_dir: Path) -> OSError | None:
+    """Take the exclusive lock on ``fd`` (``run_dir``'s lock file), or raise RunDirBusy naming the process that
+    holds it; a filesystem without locks (e.g. ENOLCK) is returned, not raised."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return None
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+            return exc
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+    raise RunDirBusy(f"run_dir={run_dir} is in use by another robo-rl training process ({holder}); wait for it "
+                     "to end, or choose another run_dir")
 
 
 def refuse_busy_run_dir(run_dir: Path) -> None:
@@ -72,16 +74,13 @@ def refuse_busy_run_dir(run_dir: Path) -> None:
     a run directory, so that a run still starting (no checkpoint yet) is reported as in use, not as a run with
     nothing to resume; ``run_dir_lock`` then takes the lock for real."""
     try:
-        import fcntl
+        import fcntl  # noqa: F401  (POSIX only, as run_dir_lock)
 
         fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
     except (ImportError, OSError):  # no lock file: no run has trained there (or no POSIX locks)
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released with the descriptor below
-    except OSError as exc:
-        if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-            raise _busy(run_dir, os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown") from None
+        _lock_or_refuse(fd, run_dir)  # taken, it is released with the descriptor below
     finally:
         os.close(fd)
 

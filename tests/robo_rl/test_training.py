@@ -358,6 +358,22 @@ def test_one_training_process_per_run_dir(tmp_path):
     assert "resume with steps=400 (was 300)" in (run / "train.log").read_text()
 
 
+def test_a_filesystem_without_locks_warns_and_the_run_goes_on(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    from robo_rl.runs import refuse_busy_run_dir
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level("WARNING", logger="robo_rl"):
+        with run_dir_lock(tmp_path / "run"):
+            refuse_busy_run_dir(tmp_path / "run")  # the probe does not refuse either
+    assert "cannot lock" in caplog.text and "nothing stops a second process" in caplog.text
+
+
 def test_a_signal_during_the_final_evaluation_waits_for_it_and_the_final_save(tmp_path, monkeypatch):
     from robo_rl.runners.base import Runner
 
