@@ -93,7 +93,9 @@ def prepare(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str] = ()) -
 
 # What a config group chosen on a resume's command line is compared by: the learner, head and task it names
 # (a group also brings defaults the saved run may have changed), or the group's whole node
-GROUP_IDENTITY = {"algo": "algo.name", "policy": "policy.name", "env": "env.id", "randomize": "env.randomize"}
+# (the safety configs set only the filter chain; the rest of safety.* is resolved per run)
+GROUP_IDENTITY = {"algo": "algo.name", "policy": "policy.name", "env": "env.id", "randomize": "env.randomize",
+                  "safety": "safety.filters"}
 
 
 def _resume_value(cfg: DictConfig, key: str) -> Any:

@@ -240,12 +240,12 @@ def test_resume_refuses_changing_the_run(tmp_path):
     assert (resumed.algo.name, resumed.policy.name) == ("sac", "gaussian")
     with pytest.raises(ConfigError, match="algo.tau cannot change on resume"):
         train(resumed, Path("unused"), [f"resume={run_dir}", "algo.tau=0.1"])
-    for group in ("algo=td3", "env=hopper", "seed=1"):
+    for group in ("algo=td3", "env=hopper", "seed=1", "safety=box", "randomize=mild"):
         with pytest.raises(ConfigError, match=f"{group.split('=')[0]} cannot change on resume"):
             train(compose(f"resume={run_dir}", group), Path("unused"), [f"resume={run_dir}", group])
     # the run's own values are no change: the resume goes ahead (the run is complete, so it only reports)
     same = [f"resume={run_dir}", "algo=sac", "env=pendulum", "policy=gaussian", "seed=0", "algo.tau=0.005",
-            "algo.learning_starts=100"]
+            "algo.learning_starts=100", "safety=none", "randomize=off"]
     assert train(compose(*same), Path("unused"), same)["steps"] >= 300
 
 
