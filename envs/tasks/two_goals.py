@@ -4,9 +4,9 @@ A point in the plane starts at the origin and moves by ``0.1 * action`` per step
 [-1, 1]^2). An obstacle (a disk of radius 0.3 at (0.45, 0)) sits between the start and two goals at
 (0.9, +-0.45). Reaching a goal ends the episode with +1 (a success); touching the obstacle ends it
 with -1; otherwise each step earns its progress toward the nearer goal (potential-based shaping,
-which leaves the optimal policy unchanged) minus 0.01, and the episode is cut after 40 steps (``max_steps``; the registration's time limit is the
-same 40, so a different ``max_steps`` also needs ``max_episode_steps``, ``env.max_episode_steps=`` on the
-command line).
+which leaves the optimal policy unchanged) minus 0.01, and the episode is cut after 40 steps
+(``max_steps``; the registration's time limit is the same 40, so a different ``max_steps`` also needs
+``max_episode_steps``, ``env.max_episode_steps=`` on the command line).
 
 The first step is the decision state: by symmetry, the good first moves form two modes (up-right
 and down-right) and their average (straight right) leads into the obstacle. A policy that can only
