@@ -21,7 +21,7 @@ import torch
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
 from envs.base import BatchedEnv, EpisodeTracker, MissingDependency, StepResult, check_box_spaces, episode_to_torch
-from envs.randomization import RandomizationSpec, Randomizer, apply_to_model, env_ids, nominal_values
+from envs.randomization import RandomizationSpec, Randomizer, apply_to_model, env_ids, gain_problem, nominal_values
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +207,11 @@ class GymnasiumBatchedEnv(BatchedEnv):
         physics = probe_model is not None and type(probe_model).__name__ == "MjModel"  # factors settable
         if wants_physics and not physics:
             _PhysicsAtReset(probe)  # raises, saying why
+        if physics and self.randomize is not None and self.randomize.actuator_gain_scale is not None:
+            problem = gain_problem(probe_model)  # before building the sub-envs (the Randomizer checks it too)
+            if problem:
+                probe.close()
+                raise ValueError(f"{task_id}: randomize.actuator_gain_scale: {problem}")
         probe.close()
         thunks = [_make_thunk(task_id, kwargs, max_episode_steps, physics, render)] * num_envs
         self._can_render = render
@@ -233,6 +238,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
         if physics or self.randomize is not None:  # MuJoCo tasks always have (settable) physics factors
             self.randomizer = Randomizer(spec, probe_model if physics else _NoModel(), num_envs, len(low), (high - low) / 2)
         self._pending: dict[str, np.ndarray] | None = None
+        self._pending_delay: np.ndarray | None = None  # [N] the next episode's action delay, drawn with its factors
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
         seed = self.check_seed(seed)
@@ -270,31 +276,42 @@ class GymnasiumBatchedEnv(BatchedEnv):
         r = self.randomizer
         r.set_params(values, ids)
         self._pending = {k: v.copy() for k, v in r.params.items()} if self._pending is None else self._pending
-        for k in r.params:
+        for k in values:  # the factors not given keep their draw for the next episode
             self._pending[k][ids] = r.params[k][ids]
         per_env = [{k: r.params[k][i] for k in r.params} for i in range(self.num_envs)]
         self._vec.set_attr("current_physics", per_env)
         self._vec.set_attr("pending_physics", [{k: self._pending[k][i] for k in r.params} for i in range(self.num_envs)])
 
     def _draw_physics(self, ids: np.ndarray, current: bool) -> None:
-        """Draw factors (and delays) for envs ``ids``: for the episode starting now, or the next one."""
+        """Draw factors and delays for envs ``ids``: for the episode starting now, or the next one.
+
+        An episode's delay is drawn with its factors, in the order the mujoco backend draws them, so both
+        backends give an episode the same factors and delay for the same seed.
+        """
         r = self.randomizer
-        if not r.spec.physics and self._pending is None:
+        physics = bool(r.spec.physics) or self._pending is not None
+        if current or self._pending_delay is None:
             r.resample(ids)
-            return
-        if current or self._pending is None:
-            r.resample(ids)
-            self._pending = {k: v.copy() for k, v in r.params.items()}
+            self._pending_delay = r.delay.copy()
+            if physics:
+                self._pending = {k: v.copy() for k, v in r.params.items()}
         else:
-            # the envs in ids just started the episode whose factors were pending: those become current
-            for k in r.params:
-                r.params[k][ids] = self._pending[k][ids]
+            # the envs in ids just started the episode drawn ahead for them: its factors and delay become current
+            if self._pending is not None:
+                for k in r.params:
+                    r.params[k][ids] = self._pending[k][ids]
+            r.delay[ids] = self._pending_delay[ids]
             saved = {k: v.copy() for k, v in r.params.items()}
-            r.resample(ids)  # draws the following episode's factors into r.params[ids]
-            for k in r.params:
-                self._pending[k][ids] = r.params[k][ids]
-                r.params[k][ids] = saved[k][ids]
-        self._vec.set_attr("pending_physics", [{k: self._pending[k][i] for k in r.params} for i in range(self.num_envs)])
+            saved_delay = r.delay.copy()
+            r.resample(ids)  # draws the following episode's factors and delay into r.params[ids], r.delay[ids]
+            self._pending_delay[ids] = r.delay[ids]
+            r.delay[ids] = saved_delay[ids]
+            if self._pending is not None:
+                for k in r.params:
+                    self._pending[k][ids] = r.params[k][ids]
+                    r.params[k][ids] = saved[k][ids]
+        if physics:
+            self._vec.set_attr("pending_physics", [{k: self._pending[k][i] for k in r.params} for i in range(self.num_envs)])
 
     def step(self, actions: torch.Tensor) -> StepResult:
         applied = self.check_actions_numpy(actions).astype(self._np_act_dtype, copy=False)
@@ -362,6 +379,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
         if self.randomizer is not None:
             state["randomizer"] = self.randomizer.state_dict()
             state["pending_physics"] = copy.deepcopy(self._pending)  # a snapshot, not the live factors
+            state["pending_delay"] = None if self._pending_delay is None else self._pending_delay.copy()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -373,6 +391,8 @@ class GymnasiumBatchedEnv(BatchedEnv):
         if self.randomizer is not None and "randomizer" in state:
             self.randomizer.load_state_dict(state["randomizer"])
             self._pending = copy.deepcopy(state.get("pending_physics"))  # the caller keeps its snapshot
+            pending_delay = state.get("pending_delay")  # not in snapshots before 2026-12: the current delays
+            self._pending_delay = self.randomizer.delay.copy() if pending_delay is None else np.array(pending_delay)
             if self._pending is not None:
                 params = self.randomizer.params
                 self._vec.set_attr("current_physics", [{k: params[k][i] for k in params} for i in range(self.num_envs)])

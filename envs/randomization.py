@@ -1,10 +1,10 @@
 """Domain randomization: per-env, per-episode physics parameters, observation/action noise, delay.
 
 Physics parameters are scale factors on the model's nominal values, drawn independently per env
-(and per body / geom / joint / actuator) at every reset of that env:
+(and per body / joint / actuator) at every reset of that env:
 
     body_mass_scale      body masses and inertias (uniform density change), then mj_setConst
-    geom_friction_scale  sliding friction of every geom
+    geom_friction_scale  sliding friction of every geom (one factor per env: every contact scales by it)
     joint_damping_scale  damping of every degree of freedom
     actuator_gain_scale  actuator force per unit control (gain, and the matching bias terms of servos)
     gravity_scale        the gravity vector (one factor per env)
@@ -27,6 +27,10 @@ from typing import Any
 import numpy as np
 
 PHYSICS_PARAMS = ("body_mass_scale", "geom_friction_scale", "joint_damping_scale", "actuator_gain_scale", "gravity_scale")
+# One draw per env, the same for all its geoms: a contact's friction is the larger of its two geoms', so independent
+# per-geom draws would skew every contact toward the range's top (measured on Ant, [0.5, 1.5]: mean 1.18, a quarter
+# of contacts below nominal); one factor scales every contact's friction by exactly that factor.
+PER_ENV = ("geom_friction_scale",)
 
 # Factors beyond these are not a variation of the same robot, and make a simulation that diverges at every
 # step (joint damping x 1e30) or sits below MuJoCo's smallest mass (mass x 1e-300): refused as non-physical.
@@ -106,6 +110,8 @@ class RandomizationSpec:
 
 
 def _pair(name: str, value: Any) -> tuple[float, float]:
+    if isinstance(value, (str, bytes)):  # "12" would iterate as the range [1, 2]
+        raise ValueError(f"randomize.{name}={value!r}: expected a range [low, high] of numbers, not text")
     try:
         lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
@@ -113,6 +119,23 @@ def _pair(name: str, value: Any) -> tuple[float, float]:
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"randomize.{name}=[{lo}, {hi}]: bounds must be finite")
     return lo, hi
+
+
+def gain_problem(model: Any) -> str | None:
+    """Why actuator_gain_scale cannot scale this model's actuators, or None. It scales gainprm[0] and the servo
+    terms biasprm[1:3], which is the gain only of fixed-gain actuators (motors, position/velocity servos); a
+    muscle's gainprm[0] is its length range."""
+    gaintype = getattr(model, "actuator_gaintype", None)
+    if gaintype is None:
+        return None
+    import mujoco
+
+    other = [i for i in range(model.nu) if gaintype[i] != mujoco.mjtGain.mjGAIN_FIXED]
+    if not other:
+        return None
+    names = ", ".join(model.actuator(i).name or f"#{i}" for i in other[:5]) + (", ..." if len(other) > 5 else "")
+    return (f"actuator(s) {names} have no fixed gain (muscle or user gain type), which actuator_gain_scale "
+            "cannot scale; randomize the other factors")
 
 
 def param_sizes(model: Any) -> dict[str, int]:
@@ -128,8 +151,13 @@ class Randomizer:
         self.spec = spec
         self.num_envs = num_envs
         self.sizes = param_sizes(model)
+        self.gain_problem = gain_problem(model)
+        self.no_fixed_gain = np.array([t != 0 for t in getattr(model, "actuator_gaintype", [])], bool)  # mjGAIN_FIXED is 0
+        if spec.actuator_gain_scale is not None and self.gain_problem:
+            raise ValueError(f"randomize.actuator_gain_scale: {self.gain_problem}")
         self.params = {name: np.ones((num_envs, n)) for name, n in self.sizes.items()}
-        self.fixed = np.zeros(num_envs, bool)  # envs whose factors were set explicitly: not resampled
+        # [N, len(PHYSICS_PARAMS)] factors set explicitly: not resampled (the env's other factors still are)
+        self.fixed = np.zeros((num_envs, len(PHYSICS_PARAMS)), bool)
         self.action_scale = np.asarray(action_half_range, dtype=np.float64)
         max_delay = spec.action_delay[1] if spec.action_delay else 0
         self.delay = np.zeros(num_envs, dtype=np.int64)
@@ -147,23 +175,28 @@ class Randomizer:
         self.noise_rng = np.random.default_rng(base.spawn(1)[0].generate_state(4))
 
     def resample(self, ids: np.ndarray) -> np.ndarray:
-        """New factors and delays for envs ``ids`` (except fixed ones); returns the ids whose physics changed."""
+        """New factors (except the fixed ones) and delays for envs ``ids``; returns the ids whose physics changed."""
         changed = []
         for i in ids:
             rng = self.env_rngs[i]
-            if not self.fixed[i]:
-                for name in self.spec.physics:
-                    lo, hi = getattr(self.spec, name)
-                    self.params[name][i] = rng.uniform(lo, hi, size=self.sizes[name])
-                if self.spec.physics:
-                    changed.append(i)
+            drawn = False
+            for name in self.spec.physics:
+                lo, hi = getattr(self.spec, name)
+                # drawn even when fixed: the others' draws stay put
+                values = rng.uniform(lo, hi, size=1 if name in PER_ENV else self.sizes[name])
+                if not self.fixed[i, PHYSICS_PARAMS.index(name)]:
+                    self.params[name][i] = values
+                    drawn = True
+            if drawn:
+                changed.append(i)
             if self.spec.action_delay:
                 self.delay[i] = rng.integers(self.spec.action_delay[0], self.spec.action_delay[1] + 1)
         self.action_buffer[ids] = 0.0
         return np.asarray(changed, dtype=np.int64)
 
     def set_params(self, values: dict[str, Any], ids: Any = None) -> None:
-        """Fix factors for env copies ``ids`` (None: all); everything is checked before anything is set."""
+        """Fix the given factors for env copies ``ids`` (None: all); the factors not given keep being drawn at each
+        reset. Everything is checked before anything is set."""
         n = len(self.fixed)
         ids = env_ids(ids, n)
         if not isinstance(values, Mapping):
@@ -184,6 +217,8 @@ class Randomizer:
                 raise ValueError(f"{name}: factors must be finite and (except gravity) non-negative")
             if name == "body_mass_scale" and np.any(value <= 0):
                 raise ValueError("body_mass_scale: factors must be positive")
+            if name == "actuator_gain_scale" and np.any(value[:, self.no_fixed_gain] != 1.0):
+                raise ValueError(f"actuator_gain_scale: {self.gain_problem}")
             problem = scale_problem(name, float(value.min()), float(value.max()))
             if problem:
                 raise ValueError(f"{name}: needs {problem}, got factors in [{value.min():g}, {value.max():g}]; "
@@ -192,7 +227,7 @@ class Randomizer:
             checked[name] = value
         for name, value in checked.items():
             self.params[name][ids] = value
-        self.fixed[ids] = True
+            self.fixed[ids, PHYSICS_PARAMS.index(name)] = True
 
     # -- per step ----------------------------------------------------------------------------------
     def act(self, actions: np.ndarray) -> np.ndarray:
@@ -223,7 +258,8 @@ class Randomizer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k in self.params:
             self.params[k][:] = state["params"][k]
-        self.fixed[:] = state["fixed"]
+        fixed = np.asarray(state["fixed"], bool)
+        self.fixed[:] = fixed[:, None] if fixed.ndim == 1 else fixed  # 1-D: a snapshot from when set_params fixed whole envs
         self.delay[:] = state["delay"]
         self.action_buffer[:] = state["action_buffer"]
         for g, s in zip(self.env_rngs, state["env_rngs"]):

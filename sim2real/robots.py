@@ -107,7 +107,7 @@ class MujocoSim2SimRobot(Robot):
     control_dt: seconds per command (default: the task's own dt); timestep: physics step in
     seconds (default: the task's); action_latency: control steps before a command is applied;
     observation_noise: Gaussian std (one number or one per dimension); physics: ranges of scale
-    factors, e.g. {"mass_scale": [0.8, 1.2]}, drawn per body/geom/joint/actuator at every reset;
+    factors, e.g. {"mass_scale": [0.8, 1.2]}, drawn per body/joint/actuator (friction: one for all geoms) at every reset;
     clock: timestamps observations, and is advanced by control_dt per command if it is a
     ``SimulatedClock``. Finished episodes land in ``episode_returns`` / ``episode_lengths``.
     """
@@ -164,6 +164,15 @@ class MujocoSim2SimRobot(Robot):
                              f"observations have {self.observation_dim}")
         self._configure_timing()
         base = self.env.unwrapped
+        if "actuator_gain_scale" in self.physics_ranges:
+            import mujoco
+
+            other = np.flatnonzero(base.model.actuator_gaintype != mujoco.mjtGain.mjGAIN_FIXED)
+            if other.size:  # a muscle's gainprm[0] is its length range, not a gain
+                names = ", ".join(base.model.actuator(int(i)).name or f"#{i}" for i in other[:5])
+                self.disconnect()
+                raise ValueError(f"sim2sim.physics.actuator_gain_scale: actuator(s) {names} of {self.task} have no "
+                                 "fixed gain (muscle or user gain type), which a gain factor cannot scale; leave it out")
         self._nominal = _nominal(base.model) if self.physics_ranges else {}
         self._physics_rng = np.random.default_rng([self.seed, 1])
         self._noise_rng = np.random.default_rng([self.seed, 2])
@@ -275,13 +284,16 @@ def _nominal(model: Any) -> dict[str, np.ndarray]:
 
 def _apply_physics(base: Any, nominal: dict[str, np.ndarray], ranges: dict[str, tuple[float, float]],
                    rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Draw one factor per body / geom / dof / actuator and write nominal * factor into the MjModel."""
+    """Draw one factor per body / dof / actuator (friction: one for all geoms, so every contact's friction, the
+    larger of its two geoms', scales by exactly that factor) and write nominal * factor into the MjModel."""
     import mujoco
 
     model = base.model
     draws = {key: rng.uniform(*ranges[key], size=n) for key, n in (
-        ("mass_scale", model.nbody), ("friction_scale", model.ngeom), ("damping_scale", model.nv),
+        ("mass_scale", model.nbody), ("friction_scale", 1), ("damping_scale", model.nv),
         ("actuator_gain_scale", model.nu)) if key in ranges}
+    if "friction_scale" in draws:
+        draws["friction_scale"] = np.repeat(draws["friction_scale"], model.ngeom)
     if "mass_scale" in draws:  # uniform density change: inertia scales with mass
         model.body_mass[:] = nominal["body_mass"] * draws["mass_scale"]
         model.body_inertia[:] = nominal["body_inertia"] * draws["mass_scale"][:, None]

@@ -248,7 +248,7 @@ class MujocoBatchedEnv(BatchedEnv):
     def set_physics_params(self, values: dict[str, Any], ids: Any = None) -> None:
         """Fix physics factors for envs ``ids`` (default: all), e.g. to evaluate on a chosen model.
 
-        Fixed envs keep these factors across resets; takes effect immediately (the next step).
+        The given factors are kept across resets (the others keep being drawn); takes effect immediately (the next step).
         """
         ids = env_ids(ids, self.num_envs)
         self.randomizer.set_params(values, ids)

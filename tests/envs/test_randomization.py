@@ -1,6 +1,7 @@
 """Domain randomization: validation, reproducibility, real physics changes, noise, delay, snapshots."""
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from envs.randomization import RandomizationSpec
     ({"action_delay": [2, 1]}, "0 <= min <= max"),
     ({"action_delay": [0.5, 1]}, "whole numbers"),
     ({"body_mass_scale": 1.1}, r"expected a range \[low, high\]"),
+    ({"body_mass_scale": "12"}, r"expected a range \[low, high\] of numbers, not text"),  # not the range [1, 2]
     ({"mass_scale": [0.9, 1.1]}, "unknown randomization key"),
 ])
 def test_bad_specs_are_refused(values, message):
@@ -45,6 +47,15 @@ def test_physics_factors_are_drawn_per_env_per_episode_and_reproducible():
     for _ in range(5):  # a 5-step limit: every env starts a new episode with new factors
         a.step(torch.zeros(4, 3))
     assert not torch.equal(a.physics_params()["body_mass_scale"], first)
+
+
+def test_friction_is_one_factor_per_env_so_every_contact_scales_by_it():
+    # a contact's friction is the larger of its two geoms': one factor k for all geoms gives k x nominal exactly
+    env = make_env("Ant-v5", 3, backend="mujoco", randomize={"geom_friction_scale": [0.5, 1.5]})
+    env.reset(seed=0)
+    k = env.physics_params()["geom_friction_scale"]
+    assert k.shape == (3, env.model.ngeom) and torch.equal(k, k[:, :1].expand_as(k)) and len(set(k[:, 0].tolist())) == 3
+    np.testing.assert_allclose(env.batch.expand("geom_friction")[:, :, 0], env.model.geom_friction[:, 0] * k.numpy())
 
 
 @pytest.mark.parametrize("backend", ["mujoco", "gymnasium"])
@@ -224,3 +235,65 @@ def test_reset_without_a_seed_continues_the_seeded_generators(backend):
     for t, (a, b) in enumerate(zip(*runs)):
         assert torch.equal(a, b), f"item {t}"
     assert not torch.equal(runs[0][1], runs[0][3])  # each reset draws anew; it does not replay the seeded one
+
+
+@pytest.mark.parametrize("backend", ["mujoco", "gymnasium"])
+def test_setting_one_factor_leaves_the_others_randomized(backend):
+    # evaluating at half gravity must not freeze env 0's masses at whatever they were last drawn
+    spec = {"body_mass_scale": [0.5, 1.5]}
+    pinned = make_env("Hopper-v5", 2, backend=backend, randomize=spec, max_episode_steps=3)
+    free = make_env("Hopper-v5", 2, backend=backend, randomize=spec, max_episode_steps=3)
+    pinned.reset(seed=0)
+    free.reset(seed=0)
+    pinned.set_physics_params({"gravity_scale": 0.5}, ids=[0])
+    for episode in range(3):
+        assert torch.equal(pinned.physics_params()["body_mass_scale"], free.physics_params()["body_mass_scale"]), episode
+        assert pinned.physics_params()["gravity_scale"].flatten().tolist() == [0.5, 1.0]
+        for _ in range(3):  # the time limit: a new episode, new masses, the same gravity
+            pinned.step(torch.zeros(2, 3))
+            free.step(torch.zeros(2, 3))
+    assert not torch.equal(pinned.physics_params()["body_mass_scale"][0], free.physics_params()["body_mass_scale"][1])
+    pinned.reset(seed=1)
+    assert pinned.physics_params()["gravity_scale"].flatten().tolist() == [0.5, 1.0]  # a set factor survives a reseed
+
+
+def test_backends_give_an_episode_the_same_factors_and_delay():
+    # the gymnasium backend draws each episode's factors ahead of its autoreset; its delay comes with them
+    spec = {"body_mass_scale": [0.5, 1.5], "action_delay": [0, 3]}
+    ours = make_env("Hopper-v5", 3, backend="mujoco", randomize=spec, max_episode_steps=6)
+    gym_env = make_env("Hopper-v5", 3, backend="gymnasium", randomize=spec, max_episode_steps=6)
+    ours.reset(seed=11)
+    gym_env.reset(seed=11)
+    g = torch.Generator().manual_seed(0)
+    for t in range(24):  # four episodes each
+        if t == 9:  # and a snapshot taken mid-episode continues with the next episodes' delays
+            resumed = make_env("Hopper-v5", 3, backend="gymnasium", randomize=spec, max_episode_steps=6)
+            resumed.reset(seed=5)
+            resumed.load_state_dict(gym_env.state_dict())
+            gym_env.close()
+            gym_env = resumed
+        act = torch.rand(3, 3, generator=g) * 2 - 1
+        ra, rb = ours.step(act), gym_env.step(act)
+        assert torch.equal(ra.obs, rb.obs) and torch.equal(ra.reward, rb.reward), f"step {t}"
+    assert torch.equal(ours.physics_params()["body_mass_scale"], gym_env.physics_params()["body_mass_scale"])
+
+
+def test_actuator_gain_scale_refuses_actuators_without_a_fixed_gain(tmp_path):
+    # a muscle's gainprm[0] is its length range, not a gain: scaling it made forces of -628 where 0 was right
+    import gymnasium
+
+    xml = (Path(gymnasium.__file__).parent / "envs/mujoco/assets/hopper.xml").read_text()
+    motor = '<motor ctrllimited="true" ctrlrange="-1.0 1.0" gear="200.0" joint="thigh_joint"/>'
+    assert motor in xml
+    path = tmp_path / "hopper_muscle.xml"
+    path.write_text(xml.replace(motor, '<muscle name="thigh_muscle" joint="thigh_joint" lengthrange="-2.62 0"/>'))
+    kwargs = {"xml_file": str(path)}
+    with pytest.raises(ValueError, match="actuator_gain_scale: actuator.s. thigh_muscle have no fixed gain"):
+        make_env("Hopper-v5", 2, backend="gymnasium", kwargs=kwargs, randomize={"actuator_gain_scale": [0.9, 1.1]})
+    env = make_env("Hopper-v5", 2, backend="gymnasium", kwargs=kwargs, randomize={"body_mass_scale": [0.9, 1.1]})
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="actuator_gain_scale: actuator.s. thigh_muscle have no fixed gain"):
+        env.set_physics_params({"actuator_gain_scale": 1.1})
+    env.set_physics_params({"actuator_gain_scale": [1.0, 1.2, 0.8]})  # the motors' gains can be set
+    assert env.physics_params()["actuator_gain_scale"][0].tolist() == [1.0, 1.2, 0.8]
+    env.close()

@@ -421,6 +421,27 @@ def test_sim2sim_robot_latency_timestep_noise_and_physics() -> None:
     assert 0.04 < readings[0].std(axis=0).mean() < 0.06
 
 
+def test_sim2sim_friction_is_one_factor_and_muscles_refuse_a_gain_factor(tmp_path: Path) -> None:
+    # one friction factor for all geoms scales every contact's friction (the larger of its two geoms') by it
+    robot = MujocoSim2SimRobot("Hopper-v5", physics={"friction_scale": [0.5, 1.5]}, seed=1)
+    robot.connect()
+    factor = robot.env.unwrapped.model.geom_friction[:, 0] / robot._nominal["friction"]
+    assert np.allclose(factor, factor[0]) and 0.5 <= factor[0] <= 1.5
+    robot.disconnect()
+    # a muscle's gainprm[0] is its length range: a gain factor would make nonsense forces
+    import gymnasium
+
+    xml = (Path(gymnasium.__file__).parent / "envs/mujoco/assets/hopper.xml").read_text()
+    motor = '<motor ctrllimited="true" ctrlrange="-1.0 1.0" gear="200.0" joint="thigh_joint"/>'
+    assert motor in xml
+    path = tmp_path / "hopper_muscle.xml"
+    path.write_text(xml.replace(motor, '<muscle name="thigh_muscle" joint="thigh_joint" lengthrange="-2.62 0"/>'))
+    robot = MujocoSim2SimRobot("Hopper-v5", physics={"actuator_gain_scale": [0.9, 1.1]}, env_kwargs={"xml_file": str(path)})
+    with pytest.raises(ValueError, match="actuator_gain_scale: actuator.s. thigh_muscle of Hopper-v5 have no fixed gain"):
+        robot.connect()
+    assert not robot.is_connected
+
+
 def test_sim2sim_rejects_a_timestep_that_does_not_divide_the_control_period() -> None:
     robot = MujocoSim2SimRobot("InvertedPendulum-v5", timestep=0.03)
     with pytest.raises(ValueError, match="not a whole number of physics steps"):
