@@ -9,6 +9,7 @@ import torch
 
 from envs import BatchedEnv
 from policies.heads import PolicyHead
+from policies.heads.generative import ChunkExecutor
 
 
 @torch.no_grad()
@@ -31,8 +32,11 @@ def evaluate(
     itself is not drawn: the env resets in the step that ends the episode).
     ``record_transitions`` also returns ``transitions``: the counted episodes' (obs, executed
     actions, rewards, next_obs, terminated) as tensors, the arrays of a demonstrations file.
+    A head that predicts action chunks runs ``execute`` actions of each chunk per query, as it was trained to.
     """
     n = env.num_envs
+    chunks = ChunkExecutor(policy, n) if getattr(policy, "execute", 1) > 1 else None
+    act = chunks.act if chunks is not None else policy.act
     quota = [episodes // n + (1 if i < episodes % n else 0) for i in range(n)]
     returns: list[float] = []
     lengths: list[int] = []
@@ -52,10 +56,12 @@ def evaluate(
         while sum(done_count) < episodes or recorded < record_episodes:
             if not bool(torch.isfinite(obs).all()):
                 raise FloatingPointError(f"evaluation env {env.task_id} returned a non-finite observation")
-            actions = policy.act(obs, deterministic=deterministic)
+            actions = act(obs, deterministic=deterministic)
             prev = obs
-            obs, reward, terminated, _, info = env.step(actions)
+            obs, reward, terminated, truncated, info = env.step(actions)
             ep = info["episode"]
+            if chunks is not None:
+                chunks.reset(terminated | truncated)  # a new episode starts with a new chunk
             if record_transitions:
                 executed = info["safety"]["actions"] if "safety" in info else actions
                 rows = zip(prev, executed, reward, info["final_obs"], terminated)

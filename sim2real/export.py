@@ -301,7 +301,8 @@ def _session(path: Path):  # -> onnxruntime.InferenceSession
 def _sampling(policy: Any) -> dict[str, Any] | None:
     """How a generative policy's graph samples (steps unrolled, solver/scheduler), for the record."""
     inner = getattr(policy, "base", None) or getattr(policy, "decoder", None) or policy
-    info = {key: getattr(inner, key) for key in ("steps", "solver", "scheduler_kind", "inference_steps", "action_chunk", "execute")
+    # no "execute": the graph returns a chunk's first action and the runtime queries it at every control step
+    info = {key: getattr(inner, key) for key in ("steps", "solver", "scheduler_kind", "inference_steps", "action_chunk")
             if isinstance(getattr(inner, key, None), (int, str))}
     if hasattr(policy, "n") and hasattr(policy, "critic"):
         info["candidates"] = int(policy.n) * (2 if getattr(policy, "edit", None) is not None else 1)

@@ -178,7 +178,7 @@ class GenerativeHead(PolicyHead):
     @torch.no_grad()
     def act_chunk(self, obs: torch.Tensor, deterministic: bool = False, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Env-unit chunks [B, chunk, A] (what ChunkExecutor acts with), checked as ``act`` checks."""
-        return self.checked(self._chunks(obs, deterministic, noise))
+        return self.checked(self._chunks(self.observations(obs), deterministic, noise))
 
     def _chunks(self, obs: torch.Tensor, deterministic: bool, noise: torch.Tensor | None = None) -> torch.Tensor:
         if noise is None:
@@ -210,12 +210,17 @@ class GenerativeHead(PolicyHead):
 
 
 class ChunkExecutor:
-    """Runs ``execute`` actions of each predicted chunk before querying the head again, per env."""
+    """Runs ``execute`` actions of each predicted chunk before querying the head again, per env.
+
+    After each env step, ``reset(terminated | truncated)``: an env that started a new episode must not
+    run the rest of its last episode's chunk. A change between stochastic and deterministic acting
+    re-plans every env (an evaluation does not finish a sampled chunk)."""
 
     def __init__(self, head: GenerativeHead, num_envs: int) -> None:
         self.head, self.num_envs = head, num_envs
         self.queue: torch.Tensor | None = None
         self.left = torch.zeros(num_envs, dtype=torch.long)
+        self.deterministic: bool | None = None  # the mode the queued chunks were planned in
 
     def reset(self, mask: torch.Tensor | None = None) -> None:
         """Drop the queued actions of envs that started a new episode (all if mask is None)."""
@@ -226,9 +231,14 @@ class ChunkExecutor:
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        obs = self.head.observations(obs)
+        if obs.shape[0] != self.num_envs:
+            raise ValueError(f"a ChunkExecutor for {self.num_envs} envs got obs for {obs.shape[0]}: make one per "
+                             "batched env, ChunkExecutor(head, num_envs=env.num_envs)")
         need = self.left == 0
-        if self.queue is None:
+        if self.queue is None or deterministic != self.deterministic:
             self.queue = torch.zeros(self.num_envs, self.head.action_chunk, self.head.act_dim, device=obs.device)
+            self.deterministic = deterministic
             need[:] = True
         if bool(need.any()):
             idx = need.nonzero().flatten().to(obs.device)

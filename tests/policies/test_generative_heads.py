@@ -200,6 +200,48 @@ def test_chunks_execute_k_actions_per_query():
     assert torch.isfinite(head.imitation_loss(torch.zeros(2, 3), chunks))
 
 
+def test_chunk_executor_restarts_only_the_envs_that_reset():
+    # autoreset: an env whose episode ended mid-chunk acts from a fresh chunk of its new observation,
+    # the others go on with the rest of theirs
+    torch.manual_seed(0)
+    head = build_head("flow", 3, LOW, HIGH, steps=2, chunk=4, execute=3, **SMALL)
+    with torch.no_grad():  # distinct actions along a chunk
+        head.net.out.weight.normal_(0.0, 0.5)
+        head.net.out.bias.normal_(0.0, 0.5)
+    runner, obs = ChunkExecutor(head, num_envs=3), torch.randn(3, 3)
+    plan = head.act_chunk(obs, deterministic=True)
+    for k in range(2):
+        assert torch.equal(runner.act(obs, deterministic=True), plan[:, k])
+    obs[1] = torch.randn(3)  # env 1's new episode
+    runner.reset(torch.tensor([False, True, False]))
+    fresh = head.act_chunk(obs[1:2], deterministic=True)[0]
+    actions = runner.act(obs, deterministic=True)
+    assert torch.equal(actions[[0, 2]], plan[[0, 2], 2]) and torch.equal(actions[1], fresh[0])
+    assert torch.equal(runner.act(obs, deterministic=True)[1], fresh[1])
+
+
+def test_chunk_executor_takes_what_act_takes():
+    head = build_head("flow", 3, LOW, HIGH, steps=2, chunk=4, execute=2, **SMALL)
+    obs = torch.randn(2, 3, dtype=torch.float64)  # a numpy env's observations: cast, as act() casts them
+    assert torch.equal(head.act_chunk(obs, deterministic=True), head.act_chunk(obs.float(), deterministic=True))
+    assert ChunkExecutor(head, num_envs=2).act(obs).dtype == torch.float32
+    with pytest.raises(ValueError, match=r"ChunkExecutor for 2 envs got obs for 3"):
+        ChunkExecutor(head, num_envs=2).act(torch.zeros(3, 3))  # would act for the first 2 rows only
+    with pytest.raises(TypeError, match="float tensor obs"):
+        ChunkExecutor(head, num_envs=2).act(np.zeros((2, 3), dtype=np.float32))
+
+
+def test_chunk_executor_does_not_mix_stochastic_and_deterministic_chunks():
+    # evaluation after exploration must not finish a sampled chunk: a change of mode re-plans every env
+    torch.manual_seed(0)
+    head = build_head("flow", 3, LOW, HIGH, steps=2, chunk=4, execute=4, **SMALL)
+    with torch.no_grad():
+        head.net.out.weight.normal_(0.0, 0.5)
+    runner, obs = ChunkExecutor(head, num_envs=2), torch.randn(2, 3)
+    runner.act(obs)
+    assert torch.equal(runner.act(obs, deterministic=True), head.act_chunk(obs, deterministic=True)[:, 0])
+
+
 @pytest.mark.parametrize("name, options, message", [
     ("flow", {"steps": 0}, "at least 1 integration step"),
     ("flow", {"solver": "rk45"}, "euler, midpoint"),

@@ -448,6 +448,23 @@ def test_evaluation_is_deterministic_only_when_asked():
     assert evaluate(head, env, 2, False, seed=7)["returns"] == pytest.approx(mean, rel=1e-4)
 
 
+def test_evaluation_runs_a_chunked_head_k_actions_per_query():
+    # a head trained on chunks of 4 executing 2 plans every 2 steps in evaluation, and afresh at each new
+    # episode (Pendulum's 200-step episodes, 2 envs: 100 queries per episode, 2 episodes each)
+    from envs import make_env
+    from policies import build_head
+    from robo_rl.evaluation import evaluate
+
+    env = make_env("Pendulum-v1", num_envs=2, backend="gymnasium")
+    head = build_head("flow", env.obs_dim, env.action_space.low, env.action_space.high, hidden_sizes=(16,),
+                      steps=1, chunk=4, execute=2)
+    queries = []
+    plan = head.act_chunk
+    head.act_chunk = lambda obs, deterministic=False, noise=None: queries.append(len(obs)) or plan(obs, deterministic)
+    result = evaluate(head, env, 4, True, seed=3)
+    assert result["lengths"] == [200] * 4 and queries == [2] * 200
+
+
 def _full_disk_after(monkeypatch, saves):
     """np.savez (the replay file of a checkpoint) writes part of its bytes, then finds the disk full, from the
     ``saves``+1-th checkpoint on."""
