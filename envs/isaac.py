@@ -19,8 +19,9 @@ generations are understood:
 * ``terminated = dones & ~time_outs``, ``truncated = time_outs``;
 * these environments do not return the observation a finished episode ended in, so
   ``info["final_obs"]`` holds the observation *before* the step for finished envs (flagged by
-  ``info["final_obs_is_previous"] = True``); bootstrapping a time-out from it is the same
-  approximation rsl_rl's PPO makes (it adds gamma * V(s_t) to the reward of timed-out steps);
+  ``info["final_obs_is_previous"] = True``); PPO bootstraps a time-out from it, the approximation
+  rsl_rl's PPO makes (it adds gamma * V(s_t) to the reward of timed-out steps), and the off-policy
+  runner leaves timed-out steps out of replay;
 * ``info["observations"]`` holds every observation group (as a dict of tensors), ``info["log"]`` the
   env's ``extras["log"]`` (or legged_gym's ``extras["episode"]``);
 * ``reset(seed)`` calls the env's ``reset()`` where it has one, else resets the gymnasium env an

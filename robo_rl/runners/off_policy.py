@@ -45,7 +45,7 @@ class OffPolicyRunner(Runner):
         actions = self._random_actions() if self.step < self.learning_starts else self.policy_actions(learner.explore, obs)
         # 2. step the envs through the safety filters (finished ones reset inside step; info["final_obs"] is
         #    where they ended, info["safety"]["actions"] what they executed)
-        next_obs, reward, terminated, _truncated, info = env.step(actions)
+        next_obs, reward, terminated, truncated, info = env.step(actions)
         self.check_finite("observation", next_obs)
         self.check_finite("final observation", info["final_obs"])  # s' of finished episodes: replay stores it
         self.check_finite("reward", reward)
@@ -54,7 +54,14 @@ class OffPolicyRunner(Runner):
         if costs is not None:
             self.check_finite("cost", costs)
         # 3. store the executed actions; bootstrapping stops only on termination, never on a time-limit truncation
-        self.replay.add(obs, safety["actions"], reward, info["final_obs"], terminated, costs=costs)
+        rows = (obs, safety["actions"], reward, info["final_obs"], terminated)
+        if info.get("final_obs_is_previous") and bool(truncated.any()):
+            # Isaac-style envs do not return where a timed-out episode ended (final_obs is the state before the
+            # step): such a row would teach the critic a transition back to its own state, so it is not stored
+            keep = ~(truncated & ~terminated)
+            rows = tuple(x[keep] for x in rows)
+            costs = costs[keep] if costs is not None else None
+        self.replay.add(*rows, costs=costs)
         learner.observe(obs, safety["actions"])
         self.update_obs_norm(next_obs)
         self.record_info(info)

@@ -145,3 +145,28 @@ def test_ppo_learns_through_the_adapter(tmp_path):
             "randomized), whose episodes carry on after each") in (tmp_path / "run" / "train.log").read_text()
     assert "eval/return_mean" in (tmp_path / "run" / "metrics.csv").read_text()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["env"] == "tests.envs.isaac_style_env:make"
+
+
+def test_off_policy_replay_leaves_out_time_outs_whose_final_state_is_unknown(tmp_path):
+    # these APIs return no terminal observation: final_obs is the state before the step, and a stored time-out
+    # would be a transition back to it. 4 envs, 5-step episodes, 12 steps: the 8 time-outs are not stored.
+    from omegaconf import open_dict
+
+    from robo_rl.build import build_env_checked, build_learner, build_policy, build_runner
+    from robo_rl.defaults import resolve_defaults
+    from robo_rl.validation import validate
+
+    cfg = resolve_defaults(compose("algo=td3", "env.backend=isaac", "env.id=tests.envs.isaac_style_env:make",
+                                   "env.num_envs=4", "env.kwargs.max_episode_length=5", "algo.learning_starts=1000",
+                                   "steps=2000", *FAST))
+    with open_dict(cfg):
+        cfg.run_dir = str(tmp_path)
+    validate(cfg)
+    env = build_env_checked(cfg)
+    runner = build_runner(cfg, build_learner(cfg, build_policy(cfg, env)), env, env, tmp_path)
+    runner.obs = env.reset(seed=0)
+    for _ in range(12):
+        runner.iterate()
+    replay = runner.replay
+    assert len(replay) == 40 and runner.step == 48
+    assert not (replay.next_obs[:40] == replay.obs[:40]).all(1).any()  # no row leads back to its own state
