@@ -1,4 +1,6 @@
-"""GAE against a hand-computed case; replay buffer wrap-around and round trip."""
+"""GAE against a hand-computed case; replay buffer wrap-around and round trip; what the runners store at episode ends."""
+
+import copy
 
 import numpy as np
 import torch
@@ -92,3 +94,87 @@ def test_reward_normalizer_by_hand():
         np.testing.assert_allclose(out.numpy(), np.clip(np.array(rewards) * scale, -2.0, 2.0), rtol=1e-6)
     assert out[0] == -2.0  # clipped (-2.69 before the clip)
     np.testing.assert_allclose(norm.returns, returns)
+
+
+def runner_with_recorded_steps(tmp_path, *overrides, limit=5):
+    """A runner built as `robo-rl train` builds it, on InvertedPendulum with a short time limit: random actions
+    end some episodes by termination and the others by the limit, at different steps in each env copy.
+    Returns the runner and the list every env step's (obs, executed actions, reward, terminated, truncated,
+    final_obs) is appended to."""
+    from omegaconf import open_dict
+
+    from robo_rl.build import build_env_checked, build_learner, build_policy, build_runner
+    from robo_rl.defaults import resolve_defaults
+    from robo_rl.validation import validate
+    from tests.helpers import FAST, compose
+
+    cfg = resolve_defaults(compose("env.id=InvertedPendulum-v5", "env.backend=mujoco", "env.num_envs=3",
+                                   f"env.max_episode_steps={limit}", "policy.normalize_obs=true", *FAST, *overrides))
+    with open_dict(cfg):
+        cfg.run_dir = str(tmp_path)
+    validate(cfg)
+    torch.manual_seed(0)
+    env = build_env_checked(cfg)
+    learner = build_learner(cfg, build_policy(cfg, env))
+    runner = build_runner(cfg, learner, env, env, tmp_path)
+    steps, env_step = [], runner.env.step
+
+    def recorded(actions):
+        obs = runner.env.obs.clone()
+        out = env_step(actions)
+        steps.append((obs, out.info["safety"]["actions"].clone(), out.reward.clone(), out.terminated.clone(),
+                      out.truncated.clone(), out.info["final_obs"].clone()))
+        return out
+
+    runner.env.step = recorded
+    runner.obs = runner.env.reset(seed=0)
+    runner.update_obs_norm(runner.obs)
+    return runner, steps
+
+
+def test_on_policy_runner_bootstraps_time_limits_from_the_final_observation(tmp_path):
+    # A time-limit truncation stores r + gamma * V(final obs): the observation the episode ended in, normalized
+    # with the statistics the rollout uses, and in the scale of the normalized rewards; a termination stores r.
+    gamma = 0.9
+    runner, steps = runner_with_recorded_steps(tmp_path, "algo.rollout_steps=10", f"algo.gamma={gamma}",
+                                               "env.normalize_reward=true", "algo.minibatch_size=10", "steps=30")
+    learner = runner.learner
+    with torch.no_grad():
+        for p in learner.value_net.parameters():  # values far from 0, so a missing or wrong bootstrap shows
+            p.add_(torch.randn_like(p))
+    trace, seen = np.zeros(3), []
+    for _ in range(2):  # the second rollout runs with statistics the first one updated
+        steps.clear()
+        before = copy.deepcopy(learner)  # the value net and observation statistics the rollout acts with
+        runner.iterate()
+        truncated = torch.stack([s[4] & ~s[3] for s in steps])
+        assert truncated[-1].any() and truncated[:-1].any() and torch.stack([s[3] for s in steps]).any()
+        expected = []
+        for obs, _, reward, terminated, trunc, final in steps:
+            trace = trace * gamma + reward.double().numpy()  # the reward normalizer, by hand
+            seen.extend(trace)
+            trace[(terminated | trunc).numpy()] = 0.0
+            r = torch.clamp(reward / np.sqrt(np.var(seen) + 1e-8), -10.0, 10.0)
+            with torch.no_grad():
+                expected.append(torch.where(trunc & ~terminated, r + gamma * before.value(final), r))
+        torch.testing.assert_close(runner.storage.rewards, torch.stack(expected))
+        torch.testing.assert_close(runner.storage.dones, torch.stack([(s[3] | s[4]).float() for s in steps]))
+
+
+def test_off_policy_runner_stores_final_observations_and_terminations_only(tmp_path):
+    # s' of a finished episode is where it ended (not the next episode's first observation), and only a
+    # termination stops bootstrapping; rows of 3 env copies interleave, and a full buffer overwrites the oldest.
+    runner, steps = runner_with_recorded_steps(tmp_path, "algo=td3", "algo.buffer_size=16", "algo.batch_size=16",
+                                               "algo.learning_starts=6", "steps=30", limit=3)
+    while runner.step < 30:
+        runner.iterate()
+    rows = [(obs[i], act[i], rew[i], fin[i], term[i], trunc[i])
+            for obs, act, rew, term, trunc, fin in steps for i in range(3)]
+    assert any(r[5] and not r[4] for r in rows) and any(r[4] for r in rows)  # truncations and terminations
+    replay = runner.replay
+    assert len(replay) == 16 and replay.pos == len(rows) % 16
+    for k, (obs, act, rew, fin, term, _) in enumerate(rows[-16:]):
+        row = (len(rows) - 16 + k) % 16
+        assert torch.equal(replay.obs[row], obs) and torch.equal(replay.actions[row], act)
+        assert float(replay.rewards[row]) == float(rew) and float(replay.terminated[row]) == float(term)
+        assert torch.equal(replay.next_obs[row], fin)
