@@ -68,7 +68,7 @@ class TD3Config:
 class PPOConfig:
     name: str = "ppo"
     lr: float = 3e-4
-    anneal_lr: bool = True  # linear decay to 0 over the run
+    anneal_lr: bool = True  # linear decay over the run: update k of K at lr * (1 - k / K)
     rollout_steps: Optional[int] = None  # steps per env per update (None: 32, or the task's); samples = rollout_steps * num_envs
     epochs: int = 10
     minibatch_size: int = 64
