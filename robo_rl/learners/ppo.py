@@ -99,6 +99,10 @@ class PPO(Learner):
         if self._fused_step is not None and not self._compiled:
             return self._fused_step.act(obs)
         actions, log_probs = self.policy.sample(obs)
+        if getattr(self.policy, "squash", False):
+            # the update recomputes log pi from the stored action, whose tanh saturates in float32 (|x| > ~7 maps
+            # to the bound, and log_prob clamps it back): store that same value, so the first epoch's ratio is 1
+            log_probs = self.policy.log_prob(obs, actions)
         return actions, log_probs, self.value(obs)
 
     def update(self, rollout: RolloutBatch) -> dict[str, torch.Tensor]:

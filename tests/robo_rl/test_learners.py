@@ -218,6 +218,24 @@ def test_ppo_first_ratio_is_one():
     assert float(stats["approx_kl"]) == 0.0 and float(stats["clip_fraction"]) == 0.0
 
 
+@pytest.mark.parametrize("name", ["gaussian", "mixture"])
+def test_ppo_first_ratio_is_one_for_squashed_heads_whose_tanh_saturates(name):
+    # a wide squashed policy samples pre-tanh values whose tanh rounds to the bound in float32: the rollout must
+    # store the log-prob the update recomputes from that action, not the sample's own
+    torch.manual_seed(0)
+    options = {"state_dependent_std": False} if name == "gaussian" else {}
+    head = build_head(name, OBS, LOW, HIGH, hidden_sizes=(16,), squash=True, **options)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.mul_(0.0)
+        (head.log_std if name == "gaussian" else head.net[-1].bias).add_(2.0)  # std e^2 per dimension
+    ppo = PPO(head, value_hidden=(16,))
+    obs = torch.randn(512, OBS)
+    actions, logp, values = ppo.act(obs)
+    _, stats = ppo.ppo_loss(RolloutBatch(obs, actions, logp, values, torch.randn(512), values))
+    assert float(stats["approx_kl"]) == 0.0 and float(stats["clip_fraction"]) == 0.0
+
+
 @pytest.mark.parametrize("algo,head_name,match", [
     (SAC, "deterministic", "tractable_log_prob"),
     (PPO, "deterministic", "tractable_log_prob"),
