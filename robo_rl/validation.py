@@ -132,7 +132,7 @@ def validate(cfg: DictConfig) -> None:
         need(max(delay) < limit, "env.randomize.action_delay",
              f"a delay of {max(delay)} steps is not shorter than the episodes ({limit} steps): no action would arrive")
     for key in cfg.algo.keys():
-        if str(key) == "lr" or str(key).endswith("_lr"):
+        if (str(key) == "lr" or str(key).endswith("_lr")) and not isinstance(cfg.algo[key], bool):  # not anneal_lr
             floor = 0 if key == "action_lr" else None  # parl's action_lr=0: no gradient steps on the actions
             need(cfg.algo[key] >= 0 if floor == 0 else cfg.algo[key] > 0, f"algo.{key}",
                  "must be >= 0 (0: no local optimization)" if floor == 0 else "must be > 0")

@@ -322,3 +322,17 @@ def test_progress_lines_need_a_positive_interval():  # (FAST sets log.progress_s
 
     with pytest.raises(ConfigError, match=r"log.progress_seconds=0.0: must be > 0"):
         validate(resolve_defaults(compose("log.progress_seconds=0")))
+
+
+@pytest.mark.parametrize("algo", sorted(ALGO_SCHEMAS))
+def test_every_on_off_switch_of_a_learner_can_be_flipped(algo):
+    # algo.anneal_lr=false was once refused as a learning rate that "must be > 0" (its name ends in _lr)
+    from dataclasses import fields
+
+    from robo_rl.defaults import resolve_defaults
+    from robo_rl.validation import validate
+
+    switches = [f for f in fields(ALGO_SCHEMAS[algo]) if f.type in (bool, "bool")]
+    for f in switches:
+        validate(resolve_defaults(compose(f"algo={algo}", f"algo.{f.name}={str(not f.default).lower()}")))
+    assert switches or algo not in ("ppo", "gorl")  # PPO's anneal_lr at least
