@@ -73,9 +73,9 @@ class Learner(nn.Module):
         behaviour (GoRL-SAC refits its decoder on it) override it; the default keeps nothing."""
 
     def plan(self, total_updates: int) -> None:
-        """On-policy runners announce how many updates the run will make, before the first one (and again when
-        a run resumes). Learners whose schedule follows the run's length (GoRL's stages) override it; the
-        default ignores it."""
+        """Runners announce how many updates the run will make, before the first one (and again when a run
+        resumes). Learners whose schedule follows the run's length (GoRL's stages, no refit after GoRL-SAC's
+        final update) override it; the default ignores it."""
 
     def demo_head(self) -> PolicyHead:
         """The head that demonstrations pretrain with its imitation loss (``demos.path``): the acting head,

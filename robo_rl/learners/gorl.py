@@ -265,6 +265,7 @@ class GoRLSAC(DecoderRefit, SAC):
         SAC.__init__(self, policy, actor=policy.latent, **sac_options)
         self._init_refit(policy, refit_every, refit_epochs, refit_batch_size, decoder_lr, dataset_size, reset_latent,
                          refit_on)
+        self.total_updates: int | None = None  # from plan(): no refit after the final update
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {**super().optimizers(), "decoder": self.decoder_opt}
@@ -292,8 +293,12 @@ class GoRLSAC(DecoderRefit, SAC):
         q = self.critic(policy.obs_norm(obs), policy.decode_unit(obs, z), detach=True).min(0).values
         return (alpha * logp_z - q).mean(), logp_z.detach()
 
+    def plan(self, total_updates: int) -> None:
+        self.total_updates = total_updates
+
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         metrics = super().update(batch)
-        if int(self.num_updates) % self.refit_every == 0:
-            metrics.update(self.refit())
+        done = int(self.num_updates)
+        if done % self.refit_every == 0 and (self.total_updates is None or done < self.total_updates):
+            metrics.update(self.refit())  # (after the final update a refit would only reset the latent policy)
         return metrics

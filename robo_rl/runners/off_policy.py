@@ -33,6 +33,24 @@ class OffPolicyRunner(Runner):
         # updates wait for this many rows in replay as well as for step >= learning_starts: the same moment in
         # a fresh run, but a run resumed without its replay buffer refills it before updating again
         self.min_replay = min(self.learning_starts, self.replay.capacity)
+        self.learner.plan(self.planned_updates())
+
+    def planned_updates(self) -> int:
+        """How many updates a run from step 0 makes: iterate's update-credit arithmetic over every iteration that
+        updates (each adds utd * num_envs; learning_starts and min_replay are reached together in a fresh run)."""
+        n = self.env.num_envs
+        iterations = self.planned_steps // n
+        updating = max(0, iterations - max(-(-self.learning_starts // n), 1) + 1)
+        per_iteration = self.utd * n
+        if per_iteration == int(per_iteration):
+            return updating * int(per_iteration)
+        credit, total = 0.0, 0
+        for _ in range(updating):  # the same float additions as iterate
+            credit += per_iteration
+            while credit >= 1.0:
+                total += 1
+                credit -= 1.0
+        return total
 
     def _random_actions(self) -> torch.Tensor:
         u = torch.rand(self.env.num_envs, self.env.act_dim, generator=self.random_actions)

@@ -20,7 +20,8 @@ from robo_rl.storage.rollout import RolloutBatch
 from robo_rl.train import train
 from tests.helpers import FAST
 from tests.helpers import compose
-from tests.robo_rl.test_training import assert_same_weights, final_weights, interrupt_at_update, resumed_at
+from tests.robo_rl.test_training import (assert_same_weights, final_weights, interrupt_at_update, logged_metrics,
+                                        resumed_at)
 
 LOW, HIGH = -np.ones(2), np.ones(2)
 TINY_FLOW = ("policy.hidden_sizes=[64,64]", "policy.steps=2")
@@ -76,6 +77,41 @@ def test_parl_td_target_takes_the_best_of_target_candidates(monkeypatch, target_
         target = b.rewards + learner.gamma * (1.0 - b.terminated) * q_next
         q = learner.critic(policy.obs_norm(b.obs), policy.to_unit(b.actions))
     torch.testing.assert_close(loss.detach(), 0.5 * (q - target).square().mean(1).sum())
+
+
+def test_expo_td_target_edits_and_base_update():
+    # y = r + g (1 - d) max_j min_i Q'(s', c_j) over N base samples at s' and their N edits, chosen and scored by
+    # the target critics; an edit moves each action by at most edit_scale of its half-range; the base moves by
+    # its imitation loss alone (no other optimizer reaches it)
+    from robo_rl.learners.candidates import score
+
+    torch.manual_seed(0)
+    low, high = np.array([-2.0, -0.5]), np.array([2.0, 1.5])
+    policy = build_head("flow", 3, low, high, hidden_sizes=(32, 32), steps=2)
+    learner = EXPO(policy, critic_hidden=(32, 32), num_samples=3, edit_scale=0.2)
+    with torch.no_grad():  # target critics unlike the online ones, so choosing by the wrong ones shows
+        for p in learner.critic_target.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    b = batch()
+    torch.manual_seed(1)
+    loss, _ = learner.critic_loss(b)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        candidates = learner.target_policy.candidates(b.next_obs)
+        q_next = score(learner.critic_target, policy, b.next_obs, candidates).max(1).values
+        target = b.rewards + learner.gamma * (1.0 - b.terminated) * q_next
+        q = learner.critic(policy.obs_norm(b.obs), policy.to_unit(b.actions))
+    torch.testing.assert_close(loss.detach(), 0.5 * (q - target).square().mean(1).sum())
+    assert candidates.shape == (32, 6, 2)
+    span = torch.as_tensor(0.2 * (high - low) / 2, dtype=torch.float32)
+    assert ((candidates[:, 3:] - candidates[:, :3]).abs() <= span + 1e-6).all()
+    for group in learner.base_opt.param_groups:
+        group["lr"] = 0.0
+    base = [p.clone() for p in policy.parameters()]
+    others = {k: v.clone() for k, v in learner.state_dict().items() if k.startswith(("critic.", "edit."))}
+    learner.update(b)
+    assert all(torch.equal(p, q) for p, q in zip(base, policy.parameters()))
+    assert all(not torch.equal(v, learner.state_dict()[k]) for k, v in others.items() if k.endswith("weight"))
 
 
 def test_parl_target_candidates_must_be_positive():
@@ -154,8 +190,19 @@ def test_offpolicy_generative_run_evaluates_and_resumes_exactly(tmp_path, monkey
     train(compose(f"resume={tmp_path / 'cut'}"), tmp_path / "unused", [f"resume={tmp_path / 'cut'}"])
     assert 0 < cut_at and resumed_at(tmp_path / "cut") == cut_at  # continued from the checkpoint
     assert_same_weights(final_weights(tmp_path / "full")[0], final_weights(tmp_path / "cut")[0])
+    assert logged_metrics(tmp_path / "cut") == logged_metrics(tmp_path / "full")  # timings aside
     summary = json.loads((tmp_path / "full" / "summary.json").read_text())
     assert np.isfinite(summary["final_eval_return_mean"])
+
+
+def test_gorl_sac_makes_no_refit_after_its_final_update(tmp_path, monkeypatch):
+    # 300 updates (steps 200..499), a refit every 150: one after update 150, none after the last one, which
+    # would only reset the latent policy the final evaluation and checkpoint then hold
+    refits = []
+    original = GoRLSAC.refit
+    monkeypatch.setattr(GoRLSAC, "refit", lambda self: refits.append(int(self.num_updates)) or original(self))
+    train(compose("algo=gorl_sac", *OFF, *TINY_LATENT_SAC, "steps=499", "eval.every=499"), tmp_path / "run")
+    assert refits == [150]
 
 
 def test_gorl_refits_the_decoder_and_resets_the_latent(tmp_path, monkeypatch):
@@ -199,6 +246,7 @@ def test_gorl_run_resumes_exactly_across_stage_refits(tmp_path, monkeypatch):
     full, cut = final_weights(tmp_path / "full")[0], final_weights(tmp_path / "cut")[0]
     assert int(full["num_refits"]) == 3
     assert_same_weights(full, cut)
+    assert logged_metrics(tmp_path / "cut") == logged_metrics(tmp_path / "full")  # timings aside
 
 
 @pytest.mark.parametrize("options, total, expected", [

@@ -54,6 +54,16 @@ def test_run_writes_every_output(tmp_path):
     assert len(list_checkpoints(run / "checkpoints")) == 2
 
 
+def test_the_last_interval_gets_its_row(tmp_path):
+    # 350 steps logged every 100: rows at 100, 200, 300 and a closing one at 350 with the last 50 steps' updates
+    cfg = compose(*SMALL_SAC, "steps=350", "log.every=100", "eval.every=350", "checkpoint.every=350")
+    train(cfg, tmp_path / "run")
+    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["time/updates"]]
+    assert [float(r["step"]) for r in rows] == [100, 200, 300, 350]
+    assert rows[-1]["train/critic_loss"] and float(rows[-1]["time/updates"]) > float(rows[-2]["time/updates"])
+
+
 def test_same_seed_same_updates_other_seed_different(tmp_path):
     overrides = (*SMALL_SAC, "steps=400", "checkpoint.every=400", "eval.every=400")
     train(compose(*overrides, "seed=1"), tmp_path / "a")
@@ -537,3 +547,20 @@ def test_a_full_disk_at_a_metrics_row_names_the_file_and_the_resume(tmp_path, mo
     assert err == (f"robo-rl: error: writing {run / 'metrics.csv'} failed at step 400 (No space left on device); the "
                    f"last complete checkpoint is {run / 'checkpoints' / 'step_0000000300'}: free space (or restore "
                    f"access) and continue with: robo-rl train resume={run}")
+
+
+@pytest.mark.parametrize("envs, utd, starts, steps", [(1, 1, 50, 237), (3, 0.5, 10, 200), (3, 1.5, 7, 100), (4, 0.3, 0, 97)])
+def test_off_policy_runner_announces_the_updates_it_makes(tmp_path, envs, utd, starts, steps):
+    # what learner.plan hears (GoRL-SAC skips a refit after the final update) is the count the run makes
+    from robo_rl.build import build_env, build_learner, build_policy, build_runner
+    from robo_rl.train import prepare
+
+    cfg, _ = prepare(compose("algo=sac", "env=pendulum", f"env.num_envs={envs}", f"algo.utd={utd}",
+                             f"algo.learning_starts={starts}", f"steps={steps}", "algo.batch_size=8",
+                             "algo.critic_hidden=[8]", "policy.hidden_sizes=[8]"), tmp_path / "run")
+    env = build_env(cfg)
+    runner = build_runner(cfg, build_learner(cfg, build_policy(cfg, env)), env, env, tmp_path / "run")
+    runner.obs = env.reset(seed=0)
+    while runner.step < runner.total_steps:
+        runner.iterate()
+    assert runner.planned_updates() == int(runner.learner.num_updates) > 0
