@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from robo_rl.metrics import format_duration
+from robo_rl.metrics import format_duration, format_return, return_decimals
 
 SUMMARY, METRICS, CONFIG, EVALUATED = "summary.json", "metrics.csv", "config.yaml", "eval.json"
 # keys that never separate groups: the seed, where a run was written, and settings that do not change
@@ -309,12 +309,15 @@ def _stats(values: list[float]) -> dict[str, float | None]:
 
 
 def mean_curve(curves: list[list[tuple[float, float]]]) -> dict[str, list[float]] | None:
-    """Mean and min-max over runs on the steps all runs cover (each run interpolated onto the first one's steps)."""
+    """Mean and min-max over runs on the steps all runs cover (each run interpolated onto the first one's steps).
+
+    Covered: from the latest first point to the earliest last one; np.interp would otherwise hold a run's first value
+    flat before it, a value that run never had at those steps."""
     curves = [c for c in curves if c]
     if not curves:
         return None
-    end = min(c[-1][0] for c in curves)
-    steps = np.asarray([s for s, _ in curves[0] if s <= end], dtype=np.float64)
+    start, end = max(c[0][0] for c in curves), min(c[-1][0] for c in curves)
+    steps = np.asarray([s for s, _ in curves[0] if start <= s <= end], dtype=np.float64)
     if steps.size == 0:
         return None
     ys = np.stack([np.interp(steps, [s for s, _ in c], [v for _, v in c]) for c in curves])
@@ -361,10 +364,19 @@ def compare(paths: str | Path | Sequence[str | Path], group_by: str | Sequence[s
             "warnings": [w for r in runs for w in r.warnings], "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
-def _fmt(stats: dict[str, float | None], n: int, digits: int = 1) -> str:
+def _fmt(stats: dict[str, float | None], n: int) -> str:
     if stats["mean"] is None:
         return "-"
-    return f"{stats['mean']:.{digits}f}" + (f" ± {stats['std']:.{digits}f}" if n > 1 else "")
+    return format_return(stats["mean"], stats["std"] if n > 1 else None)
+
+
+def _steps(runs: list[dict[str, Any]]) -> str:
+    """The runs' env steps: one number, or the range when they differ (a pooled group's mean is no run's budget)."""
+    steps = [r["steps"] for r in runs if r["steps"] is not None]
+    if not steps:
+        return "-"
+    low, high = min(steps), max(steps)
+    return f"{low:,.0f}" if low == high else f"{low:,.0f}-{high:,.0f}"
 
 
 def table(result: dict[str, Any]) -> str:
@@ -377,8 +389,9 @@ def table(result: dict[str, Any]) -> str:
     rows = []
     for g in result["groups"]:
         seeds = ", ".join(str(r["seed"]) for r in g["runs"])
+        d = return_decimals(*(r["final_eval_return"] for r in g["runs"]), minimum=0)
         per_seed = ", ".join(("failed" if r["status"].startswith("failed") else "-") if r["final_eval_return"] is None
-                             else f"{r['final_eval_return']:.0f}" for r in g["runs"])
+                             else f"{r['final_eval_return']:.{d}f}" for r in g["runs"])
         failed = sum(r["status"].startswith("failed") for r in g["runs"])
         not_done = sum(r["status"] != "completed" for r in g["runs"]) - failed
         notes = [f"{failed} failed"] * bool(failed) + [f"{not_done} not completed"] * bool(not_done)
@@ -387,7 +400,7 @@ def table(result: dict[str, Any]) -> str:
         n_best = sum(r["best_eval_return"] is not None for r in g["runs"])
         rows.append([g["label"] + (f" ({', '.join(notes)})" if notes else ""), f"{len(g['runs'])} ({seeds})",
                      _fmt(g["final_eval_return"], n_final), per_seed, _fmt(g["best_eval_return"], n_best),
-                     "-" if g["steps"]["mean"] is None else f"{g['steps']['mean']:,.0f}",
+                     _steps(g["runs"]),
                      "-" if wall is None else format_duration(wall),
                      "-" if g["steps_per_s"]["mean"] is None else f"{g['steps_per_s']['mean']:,.0f}"])
         if with_eval:

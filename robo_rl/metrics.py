@@ -32,6 +32,21 @@ def format_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def return_decimals(*values: float | None, minimum: int = 1) -> int:
+    """Decimals that show the largest of ``values`` to 3 significant digits, never fewer than ``minimum``: at a fixed
+    one decimal, tasks whose returns are ~1 or less (TwoGoals, ContactMaze) read as "-0.0 ± 0.0"."""
+    scale = max((abs(v) for v in values if v is not None and math.isfinite(v)), default=0.0)
+    if scale == 0.0:
+        return minimum
+    return max(minimum, min(6, 2 - math.floor(math.log10(scale))))
+
+
+def format_return(mean: float, std: float | None = None) -> str:
+    """``mean`` (or ``mean ± std``, both to the same decimals) as a progress line or table shows a return."""
+    d = return_decimals(mean, std)
+    return f"{mean:.{d}f}" + (f" ± {std:.{d}f}" if std is not None else "")
+
+
 class MetricsWriter:
     """Appends rows of scalars to ``metrics.csv`` (and TensorBoard event files) in a run directory.
 
@@ -115,12 +130,12 @@ class Progress:
         parts = [
             f"[{self.label}] step {step:,}/{self.total:,} ({100 * step / self.total:.0f}%)",
             f"{rate:,.0f} steps/s",
-            f"return {recent_return:.1f}" if recent_return is not None else "return -",
+            f"return {format_return(recent_return)}" if recent_return is not None else "return -",
         ]
         if recent_cost is not None:  # a task that reports a safety cost (e.g. injected energy)
             parts.append(f"cost {recent_cost:.3g}")
         if eval_return is not None:
-            parts.append(f"eval {eval_return[0]:.1f} ± {eval_return[1]:.1f}")
+            parts.append(f"eval {format_return(*eval_return)}")
         parts.append(f"ETA {format_duration(eta)}")
         log.info(" | ".join(parts))
         self._last_t, self._last_step = now, step

@@ -14,9 +14,9 @@ usage: robo-rl compare runs=<dir>[,<dir>...] [key=value ...]
 
 Put finished runs side by side. Each runs= entry is a run directory or a directory holding runs (a
 `robo-rl train -m ...` sweep). Runs whose configs differ only in the seed form one group; for each
-group the table gives the final and best evaluation return (mean ± std over seeds, and each seed's),
-env steps, wall time and steps/s, and the runs' `robo-rl eval` results where eval.json exists. Reads
-config.yaml, summary.json, metrics.csv and eval.json; trains nothing.
+group the table gives the final and best evaluation return (mean ± population std over seeds, and
+each seed's), env steps, wall time and steps/s, and the runs' `robo-rl eval` results where eval.json
+exists. Reads config.yaml, summary.json, metrics.csv and eval.json; trains nothing.
 Writes compare.md (the table), compare.json (all numbers, each run's path) and compare.png (each
 group's mean curve over seeds with the min-max band).
 

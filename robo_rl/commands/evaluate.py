@@ -8,12 +8,15 @@ from pathlib import Path
 from typing import Sequence
 
 from robo_rl.commands.common import EXIT_FAILED, EXIT_USAGE, error, override_key, parse_options
+from robo_rl.metrics import format_return
 
 EVAL_HELP = """\
 usage: robo-rl eval run_dir=<dir> [key=value ...]
 
-Evaluate a trained run's policy on its task and write <run_dir>/eval.json. The run's safety
-filters act as in training; a task reporting a cost (info["cost"]) gets per-episode costs too.
+Evaluate a trained run's policy on its task and write <run_dir>/eval.json: every episode's return
+and length, and their mean and population std (divided by the number of episodes, as SB3's
+evaluate_policy). The run's safety filters act as in training; a task reporting a cost
+(info["cost"]) gets per-episode costs too.
 
 keys:
   run_dir=<dir>          the run directory (required)
@@ -63,7 +66,7 @@ def eval_main(args: Sequence[str]) -> int:
         raise
     print(
         f"{result['algo']} on {result['env']} (checkpoint step {result['checkpoint_step']:,}): "
-        f"return {result['return_mean']:.1f} ± {result['return_std']:.1f} over {result['episodes']} episode{'s' if result['episodes'] != 1 else ''} "
+        f"return {format_return(result['return_mean'], result['return_std'])} over {result['episodes']} episode{'s' if result['episodes'] != 1 else ''} "
         f"({'deterministic' if result['deterministic'] else 'stochastic'})"
         + (f", {result['cost_key']} {result['cost_mean']:.3g} per episode" if "cost_mean" in result else "")
         + f"; wrote {run_dir / 'eval.json'}"
@@ -134,7 +137,7 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
     try:
         (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
     except OSError as exc:  # e.g. a full disk: the evaluation's numbers are still said
-        raise EvalNotSaved(f"return {result['return_mean']:.1f} ± {result['return_std']:.1f} over "
+        raise EvalNotSaved(f"return {format_return(result['return_mean'], result['return_std'])} over "
                            f"{result['episodes']} episodes, but {run_dir / 'eval.json'} could not be written "
                            f"({exc.strerror or exc})") from None
     return result

@@ -26,7 +26,7 @@ from robo_rl.checkpoint import (CheckpointError, CheckpointWriteError, checkpoin
                                 load_checkpoint, prune_checkpoints, save_checkpoint)
 from robo_rl.evaluation import evaluate
 from robo_rl.learners.base import Learner
-from robo_rl.metrics import MetricsWriter, Progress, format_duration, mean_of, plot_learning_curve
+from robo_rl.metrics import MetricsWriter, Progress, format_duration, format_return, mean_of, plot_learning_curve
 from robo_rl.runners.safety import SafetyLayer, safety_settings
 
 log = logging.getLogger("robo_rl")
@@ -286,6 +286,8 @@ class Runner(abc.ABC):
                 # in the loop waits for its iteration (it used to kill the run, losing the steps since the
                 # last checkpoint, or read as a second Ctrl-C)
                 elapsed = self.wall_time + time.perf_counter() - t_start
+                if self._row_start_step != self.step:  # the last interval's row (an interrupted run writes none,
+                    self._write_row(elapsed, t_start)  # so that its resume continues the same rows)
                 if self._last_eval_step != self.step:
                     self._evaluate(elapsed)
                 # the final evaluation may come after a checkpoint at the same step: save again so it is kept
@@ -383,7 +385,7 @@ class Runner(abc.ABC):
         self.eval_history.append(result)
         self._last_eval_step = self.step
         self.metrics.write(self.step, wall, scalars)
-        log.info(f"  eval at step {self.step:,}: return {result['return_mean']:.1f} ± {result['return_std']:.1f} "
+        log.info(f"  eval at step {self.step:,}: return {format_return(result['return_mean'], result['return_std'])} "
                  f"over {result['episodes']} episodes (length {result['length_mean']:.0f}){cost_text}")
 
     # -- checkpoints -------------------------------------------------------------------------------
@@ -547,7 +549,7 @@ class Runner(abc.ABC):
                      f"{format_duration(self.eval_seconds)}"
                      + (f", after {format_duration(self.pretrain_seconds)} of pretraining on demonstrations"
                         if self.pretrain_seconds else "") + "); "
-                     f"final eval return {summary['final_eval_return_mean']:.1f} ± {summary['final_eval_return_std']:.1f}; "
+                     f"final eval return {format_return(summary['final_eval_return_mean'], summary['final_eval_return_std'])}; "
                      f"outputs in {self.run_dir}")
         return summary
 

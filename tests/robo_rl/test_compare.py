@@ -218,7 +218,7 @@ def test_nan_in_a_summary_is_not_measured_said_so_and_compare_json_stays_valid(t
     assert f"robo-rl: warning: {tmp_path / 'other' / 'summary.json'}: wall_time_s is NaN or infinite" in err
     assert "Traceback" not in err and "nan" not in out.lower().replace("final eval", "")
     # the summary's NaN is that run's final result: not replaced by an earlier point of its curve
-    assert "| 5.0 | -, 5 |" in out
+    assert "| 5.00 | -, 5.00 |" in out
     result = _strict_json((tmp_path / "out" / "compare.json").read_text())
     (g,) = result["groups"]
     assert [r["final_eval_return"] for r in g["runs"]] == [None, 5.0]
@@ -312,3 +312,39 @@ def test_a_metrics_file_out_of_step_order_gives_the_curve_in_order(tmp_path):
     (tmp_path / "run" / "metrics.csv").write_text("step,eval/return_mean\n20,3.0\n10,1.0\n30,5.0\n")
     curve = compare([tmp_path / "run"])["groups"][0]["curve"]
     assert curve["step"] == [10.0, 20.0, 30.0] and curve["mean"] == [1.0, 3.0, 5.0]
+
+
+def test_small_returns_keep_their_digits_in_the_table(tmp_path):
+    # TwoGoals and ContactMaze return ~1 or less: at a fixed 1 decimal (0 per seed) these read "0.5 ± 0.4 | 1, 0"
+    write_run(tmp_path / "seed=0", 0, 0.97, [(1000, 0.5), (2000, 0.97)])
+    write_run(tmp_path / "seed=1", 1, 0.12, [(1000, 0.05), (2000, 0.12)])
+    assert "| 2 (0, 1) | 0.545 ± 0.425 | 0.970, 0.120 | 0.545 ± 0.425 |" in table(compare([tmp_path]))
+
+
+def test_the_mean_curve_starts_where_every_run_has_a_point():
+    # a run evaluated first at step 1500 has no value at step 1000: holding its first one flat before it invented one
+    c = mean_curve([[(1000, 10.0), (2000, 20.0), (3000, 30.0)], [(1500, 100.0), (3000, 200.0)]])
+    assert c["step"] == [2000.0, 3000.0]
+    np.testing.assert_allclose(c["mean"], [(20.0 + 100.0 + 100.0 * 500 / 1500) / 2, (30.0 + 200.0) / 2])
+
+
+def test_pooled_runs_of_different_lengths_show_the_range_of_their_steps(tmp_path):
+    write_run(tmp_path / "a", 0, 1.0, [(1000, 1.0)], lr=3e-4)
+    write_run(tmp_path / "b", 0, 2.0, [(1000, 1.5), (2000, 2.0)], lr=1e-3)
+    md = table(compare([tmp_path], group_by=["algo.name"]))
+    assert "| 1,000-2,000 |" in md and "1,500" not in md  # the mean of the budgets is no run's budget
+
+
+def test_small_returns_keep_their_digits_on_the_progress_line_too(caplog):
+    # the same numbers as the table's, as training shows them (ContactMaze: "return -0.0 | eval -0.0 ± 0.0")
+    import logging
+
+    from robo_rl import metrics
+
+    progress = metrics.Progress("sac robo_rl/ContactMaze-v0", total_steps=1_000, every_seconds=60)
+    with caplog.at_level(logging.INFO, logger=metrics.log.name):
+        progress.maybe_print(1_000, -0.0412, (-0.0321, 0.0012), force=True)
+        progress = metrics.Progress("sac Hopper-v5", total_steps=1_000, every_seconds=60)
+        progress.maybe_print(1_000, 3425.94, (3625.31, 24.83), force=True)  # large returns: one decimal, as before
+    assert "| return -0.0412 | eval -0.0321 ± 0.0012 |" in caplog.messages[0]
+    assert "| return 3425.9 | eval 3625.3 ± 24.8 |" in caplog.messages[1]

@@ -124,3 +124,17 @@ def test_a_failed_eval_json_write_still_says_the_result(tmp_path, capsys, runs, 
     assert code == 1 and out == ""
     assert "over 1 episodes, but " in _one_line_error(err) and "eval.json could not be written (No space left on device)" in err
     assert err.startswith("robo-rl: error: return -")  # Pendulum's returns are negative: the number itself is said
+
+
+def test_a_small_return_is_printed_with_its_digits(tmp_path, capsys):
+    import json
+    import re
+
+    # ContactMaze's returns are ~0.1: one fixed decimal printed "return -0.0 ± 0.0"
+    train(compose("algo=sac", "env=contact_maze", *TINY[1:]), tmp_path / "maze")
+    code, out, err = _eval(capsys, f"run_dir={tmp_path / 'maze'}", "episodes=2", "num_envs=2")
+    assert code == 0, err
+    saved = json.loads((tmp_path / "maze" / "eval.json").read_text())
+    mean, std = (float(x) for x in re.search(r"return (-?[\d.]+) ± ([\d.]+) over", out).groups())
+    assert saved["return_mean"] != 0 and mean == pytest.approx(saved["return_mean"], rel=5e-3)
+    assert std == pytest.approx(saved["return_std"], rel=5e-3, abs=5e-3 * abs(saved["return_mean"]))
