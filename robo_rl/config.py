@@ -343,6 +343,9 @@ class DemosConfig:
     batch_size: int = 256
     lr: float = 1e-3
     replay: bool = True  # off-policy learners: put the transitions into the replay buffer too
+    # off-policy learners with demos.replay: critic-only updates on the preloaded demonstrations before the first
+    # env step, so the first actor updates follow a trained critic, not a random one (0: none)
+    critic_steps: int = 2000
     freeze_obs_norm: bool = True  # after pretraining, keep the demonstrations' observation statistics
 
 

@@ -14,7 +14,8 @@ A resumed run does neither (its checkpoint already holds the result). The file h
 ``obs`` [T, obs_dim], ``actions`` [T, act_dim] (env units, within the action bounds), and for the
 replay preload ``rewards`` [T], ``next_obs`` [T, obs_dim] (the observation the step ended in, also
 at episode ends) and ``terminated`` [T] (bootstrapping stops there; time-limit truncations are not
-terminations). It is read with ``allow_pickle=False``; ``save_demos`` writes one.
+terminations), plus ``costs`` [T] (each step's safety cost) where the replay keeps them
+(``safety.passivity_aware=true``). It is read with ``allow_pickle=False``; ``save_demos`` writes one.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ log = logging.getLogger("robo_rl")
 
 PRETRAIN_KEYS = ("obs", "actions")
 REPLAY_KEYS = ("rewards", "next_obs", "terminated")
+COST_KEY = "costs"  # [T], for a replay that keeps each step's safety cost (safety.passivity_aware=true)
 
 
 class DemoError(ValueError):
@@ -41,11 +43,12 @@ class DemoError(ValueError):
 
 
 def save_demos(path: str | Path, obs: Any, actions: Any, rewards: Any = None, next_obs: Any = None,
-               terminated: Any = None) -> Path:
+               terminated: Any = None, costs: Any = None) -> Path:
     """Write a demonstrations file (atomically: a crash leaves no half-written file, a failure no temp file)."""
     if not isinstance(path, (str, os.PathLike)):  # (an empty one is refused below, as for demos_out=)
         raise TypeError(f"save_demos: path must name a .npz file (a str or Path), got {path!r}")
-    given = {"obs": obs, "actions": actions, "rewards": rewards, "next_obs": next_obs, "terminated": terminated}
+    given = {"obs": obs, "actions": actions, "rewards": rewards, "next_obs": next_obs, "terminated": terminated,
+             COST_KEY: costs}
     arrays = {}
     for key, value in given.items():
         if value is None:
@@ -139,7 +142,7 @@ def _check_arrays(arrays: dict[str, np.ndarray], path: Path, obs_dim: int | None
     if act_dim is not None and actions.shape[1] != act_dim:
         raise DemoError(f"demonstrations {path}: actions have {actions.shape[1]} dims, the env {act_dim}")
     n = obs.shape[0]
-    for key in REPLAY_KEYS:
+    for key in (*REPLAY_KEYS, COST_KEY):
         if key in arrays:
             want = (n, obs.shape[1]) if key == "next_obs" else (n,)
             if arrays[key].shape != want:
@@ -209,7 +212,7 @@ def load_demos(path: str | Path, obs_dim: int, act_dim: int, action_low: np.ndar
     if (actions < action_low - tol).any() or (actions > action_high + tol).any():
         raise DemoError(f"demonstrations {path}: actions outside the env's bounds [{action_low}, {action_high}] "
                         f"(range found: {actions.min(0)} .. {actions.max(0)}); store env-unit actions")
-    keys = PRETRAIN_KEYS + (REPLAY_KEYS if replay else ())
+    keys = PRETRAIN_KEYS + (REPLAY_KEYS + ((COST_KEY,) if COST_KEY in arrays else ()) if replay else ())
     return {k: torch.as_tensor(np.asarray(arrays[k], dtype=np.float32)) for k in keys}
 
 
@@ -249,22 +252,52 @@ def pretrain(learner: Any, obs: torch.Tensor, actions: torch.Tensor, steps: int,
 def warm_start(cfg: Any, learner: Any, replay: Any | None, demos: dict[str, torch.Tensor]) -> dict[str, float]:
     """What ``robo-rl train`` does with ``demos.path`` for a new run: pretrain, then preload replay."""
     d = cfg.demos
+    preload = replay is not None and bool(d.replay)
+    costs = preload and getattr(replay, "costs", None) is not None
+    if costs and COST_KEY not in demos:  # checked before pretraining: the preload would fail after it
+        raise DemoError(f"demonstrations {d.path}: safety.passivity_aware=true keeps each step's safety cost in "
+                        f"replay, and the file has no {COST_KEY} [T]; add them (save_demos(..., {COST_KEY}=...)), or "
+                        "set demos.replay=false to only pretrain the policy")
     device = next(learner.parameters()).device
     obs, actions = demos["obs"].to(device), demos["actions"].to(device)
     stats: dict[str, float] = {}
     if int(d.pretrain_steps) > 0:
         stats = pretrain(learner, obs, actions, int(d.pretrain_steps), int(d.batch_size), float(d.lr), int(cfg.seed))
+        frozen = bool(d.freeze_obs_norm) and learner.demo_head().obs_norm.enabled  # a head without one has none to keep
         log.info(f"demos: pretrained the {learner.demo_head().name} head on {stats['transitions']:,} transitions "
                  f"for {stats['steps']:,} steps, imitation loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f} "
                  f"({stats['seconds']:.0f} s)" + ("; its observation statistics stay those of the demonstrations "
-                                                  "(demos.freeze_obs_norm=true)" if bool(d.freeze_obs_norm) else ""))
-    if replay is not None and bool(d.replay):
-        rows = [demos[k].to(device) for k in ("obs", "actions", "rewards", "next_obs", "terminated")]
+                                                  "(demos.freeze_obs_norm=true)" if frozen else ""))
+    if preload:
+        rows = [demos[k].to(device) for k in ("obs", "actions", "rewards", "next_obs", "terminated")
+                + ((COST_KEY,) if costs else ())]
         n = rows[0].shape[0]
         kept = min(n, replay.capacity)  # a buffer smaller than the file keeps the newest rows
         for chunk in zip(*(r[n - kept:].split(replay.capacity) for r in rows)):
-            replay.add(*chunk)
+            replay.add(*chunk[:5], costs=chunk[5] if costs else None)
         stats["replay_preloaded"] = kept
         log.info(f"demos: preloaded {kept:,} transitions into the replay buffer"
                  + (f" (the file has {n:,}; algo.buffer_size keeps the last {kept:,})" if kept < n else ""))
+        if int(d.critic_steps) > 0:
+            stats.update(warm_critics(learner, replay, int(d.critic_steps), int(cfg.algo.batch_size)))
+            log.info(f"demos: trained the critics on them for {stats['critic_steps']:,} updates before the first step, "
+                     f"critic loss {stats['critic_loss_first']:.3g} -> {stats['critic_loss_last']:.3g} "
+                     f"({stats['critic_seconds']:.0f} s)")
     return stats
+
+
+def warm_critics(learner: Any, replay: Any, steps: int, batch_size: int) -> dict[str, float]:
+    """Critic-only updates on the preloaded demonstrations: without them the first actor updates follow randomly
+    initialised critics, and a pretrained policy fell to a random one's return within ~250 steps (Pendulum, TD3
+    and SAC with learning_starts=0)."""
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    for step in range(steps):
+        loss = learner.critic_warmup(replay.sample(batch_size))["critic_loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training the critics on the demonstrations: the critic loss became {loss.item()} "
+                                     f"at step {step}; check the file's rewards, or set demos.critic_steps=0")
+        losses.append(loss.item())
+    k = max(1, min(50, steps // 10))
+    return {"critic_steps": steps, "critic_loss_first": float(np.mean(losses[:k])),
+            "critic_loss_last": float(np.mean(losses[-k:])), "critic_seconds": time.perf_counter() - t0}

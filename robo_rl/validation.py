@@ -157,6 +157,7 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.log.progress_seconds > 0, "log.progress_seconds", "must be > 0 (seconds between progress lines)")
     need(cfg.demos.pretrain_steps >= 0, "demos.pretrain_steps", "must be >= 0")
     need(cfg.demos.batch_size >= 1, "demos.batch_size", "must be >= 1")
+    need(cfg.demos.critic_steps >= 0, "demos.critic_steps", "must be >= 0 (0: no critic updates before the first step)")
     need(cfg.demos.lr > 0, "demos.lr", "must be > 0")
     if cfg.demos.path is not None and not cfg.resume:
         from pathlib import Path

@@ -72,6 +72,16 @@ class Learner(nn.Module):
         safety filter), besides storing them in replay. Learners that keep their own record of recent
         behaviour (GoRL-SAC refits its decoder on it) override it; the default keeps nothing."""
 
+    def critic_warmup_step(self, critic_loss: torch.Tensor, target: list[torch.Tensor],
+                           online: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The shared tail of the off-policy learners' ``critic_warmup`` (one critic-only update, not counted as an
+        update, that demonstrations run before the first actor update follows the critic; demos.critic_steps):
+        the critic's optimizer step on ``critic_loss``, then the Polyak step of ``target`` toward ``online``."""
+        self.critic_opt.apply(torch.autograd.grad(critic_loss, self._critic_params))
+        with torch.no_grad():
+            polyak_update(target, online, self.tau)
+        return {"critic_loss": critic_loss.detach()}
+
     def plan(self, total_updates: int) -> None:
         """Runners announce how many updates the run will make, before the first one (and again when a run
         resumes). Learners whose schedule follows the run's length (GoRL's stages, no refit after GoRL-SAC's

@@ -120,6 +120,10 @@ class EXPO(Learner):
         q = self.critic(base.obs_norm(batch.obs), base.to_unit(batch.actions))
         return 0.5 * (q - target).square().mean(1).sum(), q.detach().mean()
 
+    def critic_warmup(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One critic-only TD update, not counted (demos.critic_steps; see Learner.critic_warmup_step)."""
+        return self.critic_warmup_step(self._critic_loss(batch)[0], self._target_params, self._critic_params)
+
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         base = self.base
         critic_loss, q_mean = self._critic_loss(batch)

@@ -117,6 +117,10 @@ class PARL(Learner):
             unit = (unit + self.action_lr * grad).clamp(-1.0, 1.0)
         return unit.detach()
 
+    def critic_warmup(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One critic-only TD update, not counted (demos.critic_steps; see Learner.critic_warmup_step)."""
+        return self.critic_warmup_step(self._critic_loss(batch)[0], self._target_params, self._critic_params)
+
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         self.num_updates += 1
         critic_loss, q_mean = self._critic_loss(batch)

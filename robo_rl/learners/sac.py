@@ -116,6 +116,11 @@ class SAC(Learner):
         self.target_step()
         return metrics
 
+    def critic_warmup(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One critic-only soft TD update, not counted (demos.critic_steps; see Learner.critic_warmup_step)."""
+        critic_loss, _ = self._critic_loss(batch, self.log_alpha.detach().exp())
+        return self.critic_warmup_step(critic_loss, self._polyak_target, self._polyak_online)
+
     def temperature_step(self, logp: torch.Tensor, metrics: dict[str, torch.Tensor]) -> None:
         """Tune alpha toward the target entropy (when autotuned), adding ``alpha_loss`` to ``metrics``."""
         if self.alpha_opt is not None:

@@ -94,6 +94,12 @@ class LagrangianSAC(SAC):
         qc_pi = self.cost_critic(obs_n, unit, detach=True).max(0).values
         return (alpha * logp - q_pi + lagrange * qc_pi).mean(), logp.detach(), qc_pi.detach()
 
+    def critic_warmup(self, batch: CostBatch) -> dict[str, torch.Tensor]:
+        """SAC's critic-only update for the reward critics and the cost critics alike (demos.critic_steps)."""
+        cost_loss, _ = self._cost_critic_loss(batch)
+        self.cost_critic_opt.apply(torch.autograd.grad(cost_loss, self._cost_params))
+        return {**super().critic_warmup(batch), "cost_critic_loss": cost_loss.detach()}  # its Polyak step moves both
+
     def update(self, batch: CostBatch) -> dict[str, torch.Tensor]:
         if not isinstance(batch, CostBatch):
             raise TypeError("LagrangianSAC learns from batches with per-step costs (CostBatch: a replay buffer built "

@@ -99,6 +99,11 @@ class TD3(Learner):
         q1 = self.critic(self.policy.obs_norm(obs), self.policy.to_unit(actions), detach=True, members=slice(0, 1))
         return -q1.mean()
 
+    def critic_warmup(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One critic-only TD update, not counted (demos.critic_steps; see Learner.critic_warmup_step). The actor
+        target equals the pretrained actor, so of the targets only the critics' move."""
+        return self.critic_warmup_step(self._critic_loss(batch)[0], self._target, self._online)
+
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         self.num_updates += 1
         critic_loss, q_mean = self._critic_loss(batch)

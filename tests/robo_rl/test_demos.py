@@ -10,8 +10,8 @@ from robo_rl.build import build_env, build_learner, build_policy
 from robo_rl.checkpoint import latest_checkpoint, load_checkpoint
 from robo_rl.defaults import resolve_defaults
 from robo_rl.validation import ConfigError
-from robo_rl.demos import DemoError, load_demos, pretrain, save_demos
-from robo_rl.train import train
+from robo_rl.demos import DemoError, load_demos, pretrain, save_demos, warm_critics
+from robo_rl.train import prepare, train
 from tests.helpers import FAST, compose
 
 LOW, HIGH = np.array([-1.0, -1.0], np.float32), np.array([1.0, 1.0], np.float32)
@@ -152,18 +152,43 @@ def test_train_pretrains_preloads_replay_and_a_resume_does_neither(tmp_path):
     demos = pendulum_demos(tmp_path / "demos.npz")
     run = tmp_path / "run"
     summary = train(compose(*SMALL_SAC, f"demos.path={demos}", "demos.pretrain_steps=50", "steps=300",
-                            "algo.learning_starts=100", "checkpoint.every=300", "eval.every=300"), run)
+                            "demos.critic_steps=30", "algo.learning_starts=100", "checkpoint.every=300",
+                            "eval.every=300"), run)
     assert summary["steps"] == 300
     log_text = (run / "train.log").read_text()
     assert "demos: pretrained the gaussian head on 150 transitions for 50 steps" in log_text
-    assert "its observation statistics stay those of the demonstrations (demos.freeze_obs_norm=true)" in log_text
+    # SAC's head normalizes no observations here, so there are no statistics to keep (the log said there were)
+    assert "observation statistics" not in log_text
     assert "demos: preloaded 150 transitions into the replay buffer" in log_text
+    assert "demos: trained the critics on them for 30 updates before the first step" in log_text
     _, replay = load_checkpoint(latest_checkpoint(run / "checkpoints"))
     assert replay["obs"].shape[0] == 150 + 300
     np.testing.assert_array_equal(replay["obs"][:150], np.load(demos)["obs"])
     demos.unlink()  # a resume takes everything from its checkpoint, the file is no longer needed
     train(compose(f"resume={run}", "steps=400"), tmp_path / "unused", [f"resume={run}", "steps=400"])
     assert (run / "train.log").read_text().count("demos: pretrained") == 1
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3", "expo", "parl", "gorl_sac"])
+def test_critic_warmup_trains_only_the_critics(tmp_path, algo):
+    # demos.critic_steps: TD updates of the critics on the preloaded demonstrations, before the first actor update
+    # follows them; the policy, the update count (GoRL-SAC's refit schedule) and the temperature stay as they were
+    from robo_rl.storage.replay import ReplayBuffer
+
+    cfg, _ = prepare(compose(f"algo={algo}", "env=pendulum", "algo.critic_hidden=[16,16]", "algo.batch_size=32"),
+                     tmp_path / "run")
+    env = build_env(cfg)
+    learner = build_learner(cfg, build_policy(cfg, env))
+    replay = ReplayBuffer(300, env.obs_dim, env.act_dim, torch.device("cpu"))
+    demos = np.load(pendulum_demos(tmp_path / "d.npz"))
+    replay.add(*(torch.as_tensor(demos[k]) for k in ("obs", "actions", "rewards", "next_obs", "terminated")))
+    state = {k: v.clone() for k, v in learner.state_dict().items()}
+    stats = warm_critics(learner, replay, 20, 32)
+    changed = {k for k, v in learner.state_dict().items() if not torch.equal(v, state[k])}
+    assert stats["critic_steps"] == 20 and np.isfinite(stats["critic_loss_last"])
+    # (EXPO's and PA-RL's acting policies hold the same critics: policy.critic.*)
+    assert changed and all({"critic", "critic_target"} & set(k.split(".")) for k in changed), sorted(changed)
+    assert any(k.startswith("critic_target.") for k in changed)  # the Polyak step
 
 
 def test_bad_demos_settings_fail_before_anything_is_written(tmp_path):
@@ -195,6 +220,8 @@ def test_a_warm_started_run_keeps_the_demonstrations_observation_statistics(tmp_
                   f"demos.path={two_goals_demos}", f"demos.pretrain_steps={pretrain_steps}",
                   f"demos.freeze_obs_norm={freeze}",
                   "steps=256", "checkpoint.every=256"), run)
+    kept = "its observation statistics stay those of the demonstrations (demos.freeze_obs_norm=true)"
+    assert (kept in (run / "train.log").read_text()) == bool(freeze and pretrain_steps)
     state, _ = load_checkpoint(latest_checkpoint(run / "checkpoints"), load_replay=False)
     count = float(state["learner"]["modules"]["policy.obs_norm.stats.count"])
     demos_rows = len(np.load(two_goals_demos)["obs"])
@@ -327,3 +354,28 @@ def test_save_demos_names_what_it_cannot_store(tmp_path):
     save_demos(tmp_path / "d.npz", obs=obs, actions=actions, rewards=np.zeros(4), next_obs=obs,
                terminated=np.zeros(4, bool))  # a bool terminated flag is what it is
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz"]
+
+
+def test_a_passivity_aware_run_preloads_the_demonstrations_costs_or_asks_for_them(tmp_path):
+    """Lagrangian SAC's replay keeps each step's safety cost for its cost critic: a file without costs is refused
+    before pretraining, naming the file and the fix (it failed after pretraining, with the replay buffer's own
+    message); with them, they are preloaded beside the transitions."""
+    rng = np.random.default_rng(0)
+    n, obs = 40, rng.standard_normal((40, 10))
+    arrays = dict(obs=obs, actions=rng.uniform(-1, 1, (n, 2)), rewards=rng.random(n), next_obs=obs + 0.1,
+                  terminated=np.zeros(n))
+    overrides = ("algo=sac", "env=contact_maze", "safety=passivity", "safety.passivity_aware=true",
+                 "algo.batch_size=16", "algo.critic_hidden=[16,16]", "policy.hidden_sizes=[16,16]",
+                 "algo.learning_starts=0", "eval.episodes=1", "eval.num_envs=1", *FAST, "demos.pretrain_steps=5",
+                 "steps=20", "eval.every=20", "checkpoint.every=20")
+    without = save_demos(tmp_path / "no_costs.npz", **arrays)
+    with pytest.raises(DemoError, match=r"safety.passivity_aware=true keeps each step's safety cost in replay, and "
+                                        r"the file has no costs \[T\]; .* or set demos.replay=false") as exc:
+        train(compose(*overrides, f"demos.path={without}"), tmp_path / "a")
+    assert str(without) in str(exc.value) and not (tmp_path / "a" / "config.yaml").exists()
+    costs = rng.random(n)
+    demos = save_demos(tmp_path / "costs.npz", **arrays, costs=costs)
+    train(compose(*overrides, f"demos.path={demos}"), tmp_path / "b")
+    _, replay = load_checkpoint(latest_checkpoint(tmp_path / "b" / "checkpoints"))
+    np.testing.assert_allclose(replay["costs"][:n], costs.astype(np.float32))
+    np.testing.assert_array_equal(replay["obs"][:n], obs.astype(np.float32))
