@@ -64,7 +64,8 @@ def evaluate(
                 chunks.reset(terminated | truncated)  # a new episode starts with a new chunk
             if record_transitions:
                 executed = info["safety"]["actions"] if "safety" in info else actions
-                rows = zip(prev, executed, reward, info["final_obs"], terminated)
+                cost = info["safety"].get("cost") if "safety" in info else None  # a passivity-aware run's replay keeps it
+                rows = zip(prev, executed, reward, info["final_obs"], terminated, *([cost] if cost is not None else []))
                 for i, row in enumerate(rows):
                     ongoing[i].append(row)
             if recorded < record_episodes:
@@ -86,6 +87,8 @@ def evaluate(
     mean = sum(returns) / len(returns)
     extra: dict[str, Any] = {"frames": frames} if record_episodes > 0 else {}
     if record_transitions:
+        if kept and all(len(row) > len(keys) for row in kept):
+            keys += ("costs",)
         extra["transitions"] = {k: torch.stack([row[j] for row in kept]).float().cpu() for j, k in enumerate(keys)}
     std = math.sqrt(sum((r - mean) ** 2 for r in returns) / len(returns))
     return {

@@ -379,3 +379,10 @@ def test_a_passivity_aware_run_preloads_the_demonstrations_costs_or_asks_for_the
     _, replay = load_checkpoint(latest_checkpoint(tmp_path / "b" / "checkpoints"))
     np.testing.assert_allclose(replay["costs"][:n], costs.astype(np.float32))
     np.testing.assert_array_equal(replay["obs"][:n], obs.astype(np.float32))
+    # `robo-rl eval demos_out=` of such a run records the costs too, so its file warm-starts the same kind of run
+    from robo_rl.commands.evaluate import eval_main
+
+    assert eval_main([f"run_dir={tmp_path / 'b'}", "episodes=1", "num_envs=1", f"demos_out={tmp_path / 'rec.npz'}"]) == 0
+    recorded = np.load(tmp_path / "rec.npz")
+    assert recorded["costs"].shape == recorded["rewards"].shape and np.isfinite(recorded["costs"]).all()
+    train(compose(*overrides, f"demos.path={tmp_path / 'rec.npz'}"), tmp_path / "c")
