@@ -275,7 +275,7 @@ class EnvConfig:
     kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to gymnasium.make
     max_episode_steps: Optional[int] = None
     normalize_reward: Optional[bool] = None  # scale by the running std of the discounted return
-    reward_clip: float = 10.0
+    reward_clip: float = 10.0  # with normalize_reward: scaled rewards are clipped to +-reward_clip (unused without it)
     randomize: RandomizationConfig = field(default_factory=RandomizationConfig)  # training envs only
 
 

@@ -12,6 +12,10 @@ from policies.heads import PolicyHead
 from policies.heads.generative import ChunkExecutor
 
 
+class EvaluationNotFinished(RuntimeError):
+    """An evaluation's episodes did not end within its step budget (a task without a time limit, or a huge one)."""
+
+
 @torch.no_grad()
 def evaluate(
     policy: PolicyHead,
@@ -83,7 +87,10 @@ def evaluate(
                 ongoing[i] = []
             steps += n
             if steps > max_steps:
-                raise RuntimeError(f"evaluation did not finish {episodes} episodes within {max_steps} steps")
+                raise EvaluationNotFinished(
+                    f"evaluation on {env.task_id} did not finish {episodes} episodes within {max_steps:,} env steps (episodes "
+                    f"finished: {sum(done_count)}): its episodes are too long or never end; give the task a time limit "
+                    "(env.max_episode_steps) or evaluate fewer episodes")
     mean = sum(returns) / len(returns)
     extra: dict[str, Any] = {"frames": frames} if record_episodes > 0 else {}
     if record_transitions:

@@ -126,6 +126,10 @@ def validate(cfg: DictConfig) -> None:
 
         need(LOG_STD_MIN <= cfg.policy.log_std_init <= LOG_STD_MAX, "policy.log_std_init",
              f"must be within the heads' log-std clamp [{LOG_STD_MIN:g}, {LOG_STD_MAX:g}] (0: std 1)")
+        # a state-dependent std is an output of the network: log_std_init is never read (a resumed run keeps its config)
+        need(cfg.policy.log_std_init == 0 or not cfg.policy.state_dependent_std or bool(cfg.resume),
+             "policy.log_std_init", "sets the initial std only with policy.state_dependent_std=false (with true, "
+             "the network outputs the log std and ignores it); set policy.state_dependent_std=false or leave it at 0")
     delay = cfg.env.randomize.action_delay
     limit = episode_limit(cfg)
     if delay is not None and limit:
@@ -202,6 +206,8 @@ def validate(cfg: DictConfig) -> None:
     if algo in ("ppo", "gorl"):
         samples = cfg.algo.rollout_steps * cfg.env.num_envs
         need(cfg.algo.rollout_steps >= 1, "algo.rollout_steps", "must be >= 1")
+        need(samples >= 2, "algo.rollout_steps", f"rollout_steps * num_envs = {samples}: an update needs at least 2 "
+             "samples (the value loss's explained variance is undefined for one); raise algo.rollout_steps or env.num_envs")
         need(
             1 <= cfg.algo.minibatch_size <= samples,
             "algo.minibatch_size",

@@ -61,7 +61,9 @@ def eval_main(args: Sequence[str]) -> int:
             return error(str(exc), EXIT_USAGE)
         if isinstance(exc, RenderingUnavailable):  # video=true on a machine without a usable OpenGL platform
             return error(f"video=true: {exc}", EXIT_FAILED)
-        if isinstance(exc, (FloatingPointError, EvalNotSaved)):  # a non-finite observation or action; a full disk
+        from robo_rl.evaluation import EvaluationNotFinished
+
+        if isinstance(exc, (FloatingPointError, EvalNotSaved, EvaluationNotFinished)):  # NaN obs/action; full disk
             return error(str(exc), EXIT_FAILED)
         raise
     print(

@@ -270,6 +270,7 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
     from robo_rl.checkpoint import CheckpointError
     from robo_rl.validation import ConfigError
     from robo_rl.runners.base import Interrupted, NonFiniteError, RunWriteError, Terminated, raise_terminated
+    from robo_rl.evaluation import EvaluationNotFinished
     from robo_rl.runs import LOCK_FILE
     from robo_rl.train import train
 
@@ -302,7 +303,7 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
         leave_nothing()
         return error("aborted by Ctrl-C" + (f"; train.log and summary.json in {run_dir} say where it stopped"
                                             if (run_dir / "summary.json").exists() else ""), EXIT_SIGINT)
-    except (NonFiniteError, RunWriteError) as exc:
+    except (NonFiniteError, RunWriteError, EvaluationNotFinished) as exc:
         return error(str(exc), EXIT_FAILED)
     except FloatingPointError as exc:  # pretraining on demonstrations diverged (before config.yaml was written)
         leave_nothing()

@@ -336,3 +336,52 @@ def test_every_on_off_switch_of_a_learner_can_be_flipped(algo):
     for f in switches:
         validate(resolve_defaults(compose(f"algo={algo}", f"algo.{f.name}={str(not f.default).lower()}")))
     assert switches or algo not in ("ppo", "gorl")  # PPO's anneal_lr at least
+
+
+@pytest.mark.parametrize("overrides", [
+    ["algo=sac", "policy.log_std_init=-1"],  # SAC's Gaussian: the network outputs the log std
+    ["algo=gorl_sac", "policy.log_std_init=-1"],  # its latent Gaussian likewise
+    ["algo=ppo", "policy.state_dependent_std=true", "policy.log_std_init=-1"],
+])
+def test_log_std_init_with_a_state_dependent_std_is_refused(overrides):
+    # it was accepted and never read: GaussianHead makes a log_std parameter only for a state-independent std
+    from robo_rl.defaults import resolve_defaults
+    from robo_rl.validation import validate
+
+    with pytest.raises(ConfigError, match=r"policy\.log_std_init=-1\.0: .*state_dependent_std=false"):
+        validate(resolve_defaults(compose(*overrides)))
+
+
+@pytest.mark.parametrize("overrides", [
+    ["algo=ppo", "policy.log_std_init=-1"],  # state-independent std (PPO's default): the parameter starts there
+    ["algo=gorl", "policy.log_std_init=-1"],
+    ["algo=sac", "policy.state_dependent_std=false", "policy.log_std_init=-1"],
+    ["algo=sac", "policy.log_std_init=0"],  # the default, written out
+])
+def test_log_std_init_is_accepted_where_it_sets_the_initial_std(overrides):
+    from robo_rl.build import build_env, build_policy
+    from robo_rl.defaults import resolve_defaults
+    from robo_rl.validation import validate
+
+    cfg = resolve_defaults(compose(*overrides, "env=pendulum"))
+    validate(cfg)
+    env = build_env(cfg)
+    try:
+        head = build_policy(cfg, env)
+    finally:
+        env.close()
+    head = getattr(head, "latent", head)
+    if not head.state_dependent_std:
+        assert float(head.log_std[0]) == float(cfg.policy.log_std_init)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "gorl"])
+def test_an_update_of_one_sample_is_refused(algo):
+    # rollout_steps * num_envs = 1 passed validation and stopped at the first update with exit 1, as if training
+    # had diverged: "non-finite explained_variance (nan)" (the variance of one return)
+    from robo_rl.defaults import resolve_defaults
+    from robo_rl.validation import validate
+
+    with pytest.raises(ConfigError, match=r"algo\.rollout_steps=1: rollout_steps \* num_envs = 1"):
+        validate(resolve_defaults(compose(f"algo={algo}", "env.num_envs=1", "algo.rollout_steps=1", "algo.minibatch_size=1")))
+    validate(resolve_defaults(compose(f"algo={algo}", "env.num_envs=1", "algo.rollout_steps=2", "algo.minibatch_size=1")))

@@ -475,6 +475,26 @@ def test_evaluation_runs_a_chunked_head_k_actions_per_query():
     assert result["lengths"] == [200] * 4 and queries == [2] * 200
 
 
+def test_an_evaluation_that_cannot_finish_is_one_line(tmp_path, monkeypatch, capsys):
+    # a task whose episodes outlast the evaluation's step budget (no time limit, or a huge one) stops the run with
+    # one line naming what to change, not a traceback hours in (the budget is cut to 300 steps here)
+    import functools
+    import logging
+
+    import robo_rl.runners.base as runner_base
+    from robo_rl.commands.train import run_training
+    from robo_rl.evaluation import evaluate
+
+    monkeypatch.setattr(runner_base, "evaluate", functools.partial(evaluate, max_steps=300))
+    logger = logging.getLogger("robo_rl")
+    monkeypatch.setattr(logger, "handlers", [h for h in logger.handlers if not getattr(h, "_robo_rl", False)])
+    code = run_training(compose(*SMALL_SAC, "steps=250", "eval.every=250"), tmp_path / "run", [])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and last.startswith("robo-rl: error: evaluation on Pendulum-v1 did not finish 2 episodes within "
+                                         "300 env steps (episodes finished: 0)"), last
+    assert "env.max_episode_steps" in last
+
+
 def _full_disk_after(monkeypatch, saves):
     """np.savez (the replay file of a checkpoint) writes part of its bytes, then finds the disk full, from the
     ``saves``+1-th checkpoint on."""
