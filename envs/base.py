@@ -221,3 +221,18 @@ def episode_to_torch(finished: dict[str, np.ndarray], device: torch.device) -> d
     if device.type == "cpu":
         return {k: torch.from_numpy(v) for k, v in finished.items()}
     return {k: torch.from_numpy(v).to(device) for k, v in finished.items()}
+
+
+def unknown_next_state(info: dict[str, Any], terminated: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor | None:
+    """[N] steps whose true next state is unknown, or None: a time-out of an Isaac-style env (these APIs return no
+    terminal observation, final_obs is the state before the step) and a simulation reset after its physics
+    diverged (its final_obs is the last finite observation, its reward 0). Stored, either would be a transition
+    back to its own state; replay and recorded demonstrations leave them out."""
+    drop = None
+    if info.get("final_obs_is_previous") and bool(truncated.any()):
+        drop = truncated & ~terminated
+    diverged = info.get("diverged")
+    if diverged is not None and bool(diverged.any()):
+        diverged = torch.as_tensor(diverged, device=terminated.device)
+        drop = diverged if drop is None else drop | diverged
+    return drop

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from envs import BatchedEnv
+from envs.base import unknown_next_state
 from policies.heads import PolicyHead
 from policies.heads.generative import ChunkExecutor
 
@@ -70,8 +71,10 @@ def evaluate(
                 executed = info["safety"]["actions"] if "safety" in info else actions
                 cost = info["safety"].get("cost") if "safety" in info else None  # a passivity-aware run's replay keeps it
                 rows = zip(prev, executed, reward, info["final_obs"], terminated, *([cost] if cost is not None else []))
+                drop = unknown_next_state(info, terminated, truncated)  # as replay leaves them out
                 for i, row in enumerate(rows):
-                    ongoing[i].append(row)
+                    if drop is None or not bool(drop[i]):
+                        ongoing[i].append(row)
             if recorded < record_episodes:
                 if bool(ep["mask"][0]):
                     recorded += 1

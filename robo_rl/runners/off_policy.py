@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from envs.base import unknown_next_state
 from robo_rl.runners.base import Runner
 from robo_rl.storage.replay import ReplayBuffer
 
@@ -33,24 +34,6 @@ class OffPolicyRunner(Runner):
         # updates wait for this many rows in replay as well as for step >= learning_starts: the same moment in
         # a fresh run, but a run resumed without its replay buffer refills it before updating again
         self.min_replay = min(self.learning_starts, self.replay.capacity)
-        self.learner.plan(self.planned_updates())
-
-    def planned_updates(self) -> int:
-        """How many updates a run from step 0 makes: iterate's update-credit arithmetic over every iteration that
-        updates (each adds utd * num_envs; learning_starts and min_replay are reached together in a fresh run)."""
-        n = self.env.num_envs
-        iterations = self.planned_steps // n
-        updating = max(0, iterations - max(-(-self.learning_starts // n), 1) + 1)
-        per_iteration = self.utd * n
-        if per_iteration == int(per_iteration):
-            return updating * int(per_iteration)
-        credit, total = 0.0, 0
-        for _ in range(updating):  # the same float additions as iterate
-            credit += per_iteration
-            while credit >= 1.0:
-                total += 1
-                credit -= 1.0
-        return total
 
     def _random_actions(self) -> torch.Tensor:
         u = torch.rand(self.env.num_envs, self.env.act_dim, generator=self.random_actions)
@@ -73,10 +56,10 @@ class OffPolicyRunner(Runner):
             self.check_finite("cost", costs)
         # 3. store the executed actions; bootstrapping stops only on termination, never on a time-limit truncation
         rows = (obs, safety["actions"], reward, info["final_obs"], terminated)
-        if info.get("final_obs_is_previous") and bool(truncated.any()):
-            # Isaac-style envs do not return where a timed-out episode ended (final_obs is the state before the
-            # step): such a row would teach the critic a transition back to its own state, so it is not stored
-            keep = ~(truncated & ~terminated)
+        drop = unknown_next_state(info, terminated, truncated)
+        if drop is not None:
+            # a row would teach the critic a transition back to its own state (see unknown_next_state): not stored
+            keep = ~drop
             rows = tuple(x[keep] for x in rows)
             costs = costs[keep] if costs is not None else None
         self.replay.add(*rows, costs=costs)
@@ -88,6 +71,8 @@ class OffPolicyRunner(Runner):
         # 4. update at the update-to-data ratio
         if self.step >= self.learning_starts and len(self.replay) >= self.min_replay:
             self.update_credit += self.utd * n
+            if self.step >= self.total_steps:  # the run's last updates: the learner hears the exact total
+                learner.plan(self.num_updates + int(self.update_credit))
             while self.update_credit >= 1.0:
                 self.record_update(learner.update(self.replay.sample(self.batch_size)))
                 self.update_credit -= 1.0

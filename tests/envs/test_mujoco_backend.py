@@ -97,6 +97,10 @@ def test_diverged_simulation_is_reset_marked_and_finite():
     assert torch.isfinite(obs).all() and torch.isfinite(info["final_obs"]).all()
     assert torch.equal(info["final_obs"][1], before[1])  # the last finite observation of the episode
     assert env.diverged_total == 1
+    # its next state is unknown (a transition back to its own state, reward 0): replay and recordings leave it out
+    from envs.base import unknown_next_state
+
+    assert unknown_next_state(info, term, trunc).tolist() == [False, True, False]
 
 
 def test_make_env_backend_and_bad_input():
