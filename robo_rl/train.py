@@ -275,7 +275,8 @@ def _run(cfg: DictConfig, run_dir: Path, env: Any, eval_env: Any, learner: Any, 
     if demos is not None:  # before config.yaml: a pretraining that diverges leaves no run behind
         from robo_rl.demos import warm_start
 
-        runner.pretrain_seconds = warm_start(cfg, learner, getattr(runner, "replay", None), demos).get("seconds", 0.0)
+        stats = warm_start(cfg, learner, getattr(runner, "replay", None), demos)
+        runner.pretrain_seconds = stats.get("seconds", 0.0) + stats.get("critic_seconds", 0.0)
     save_run_config(cfg, run_dir)  # a resume records what it changed (steps=...), so the next one keeps it
     file_handler = logging.FileHandler(run_dir / "train.log")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from envs import BatchedEnv
 from robo_rl.checkpoint import (CheckpointError, CheckpointWriteError, checkpoint_step, latest_checkpoint, list_checkpoints,
                                 load_checkpoint, prune_checkpoints, save_checkpoint)
-from robo_rl.evaluation import evaluate
+from robo_rl.evaluation import EvaluationNotFinished, evaluate
 from robo_rl.learners.base import Learner
 from robo_rl.metrics import MetricsWriter, Progress, format_duration, format_return, mean_of, plot_learning_curve
 from robo_rl.runners.safety import SafetyLayer, safety_settings
@@ -259,7 +259,7 @@ class Runner(abc.ABC):
                     self.iterate()
                     self.iteration += 1
                     now_wall = self.wall_time + time.perf_counter() - t_start
-                    if self.step >= next_log:
+                    if self.step >= next_log or self.step >= self.total_steps:  # (the last interval gets its row)
                         self._write_row(now_wall, t_start)
                         next_log = (self.step // cfg.log.every + 1) * cfg.log.every
                     if self.step >= next_eval:
@@ -286,13 +286,15 @@ class Runner(abc.ABC):
                 # in the loop waits for its iteration (it used to kill the run, losing the steps since the
                 # last checkpoint, or read as a second Ctrl-C)
                 elapsed = self.wall_time + time.perf_counter() - t_start
-                if self._row_start_step != self.step:  # the last interval's row (an interrupted run writes none,
-                    self._write_row(elapsed, t_start)  # so that its resume continues the same rows)
+                # a finished run resumed from a checkpoint saved before closing rows were written gets its row
+                closing = self._row_start_step != self.step
+                if closing:
+                    self._write_row(elapsed, t_start)
                 if self._last_eval_step != self.step:
                     self._evaluate(elapsed)
                 # the final evaluation may come after a checkpoint at the same step: save again so it is kept
                 # (a resume would otherwise drop it from eval_history and the best-eval summary, or repeat it)
-                if self._last_ckpt_step != self.step or self._last_ckpt_evals != len(self.eval_history):
+                if closing or self._last_ckpt_step != self.step or self._last_ckpt_evals != len(self.eval_history):
                     self.save(time.perf_counter() - t_start)
                 if stop.signum is not None:
                     log.info(f"{signal.Signals(stop.signum).name} arrived after the last training step: the run is "
@@ -367,6 +369,8 @@ class Runner(abc.ABC):
             result = evaluate(self.policy, self.eval_env, int(cfg.episodes), bool(cfg.deterministic), seed=seed)
         except FloatingPointError as exc:  # a NaN from the evaluation env or the policy: stop like any other
             self._fail(f"{exc} in the evaluation at step {self.step:,}")
+        except EvaluationNotFinished as exc:
+            raise EvaluationNotFinished(f"{exc} (eval.episodes={cfg.episodes}; the evaluation at step {self.step:,})") from None
         self.eval_seconds += time.perf_counter() - t0
         if self.shared_eval:  # the evaluation stepped (and reset) the training envs: they start new episodes
             self.obs = self.env.reset(seed=int(self.cfg.seed) + self.step)

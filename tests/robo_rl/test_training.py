@@ -580,7 +580,9 @@ def test_off_policy_runner_announces_the_updates_it_makes(tmp_path, envs, utd, s
                              "algo.critic_hidden=[8]", "policy.hidden_sizes=[8]"), tmp_path / "run")
     env = build_env(cfg)
     runner = build_runner(cfg, build_learner(cfg, build_policy(cfg, env)), env, env, tmp_path / "run")
+    announced = []
+    runner.learner.plan = announced.append
     runner.obs = env.reset(seed=0)
     while runner.step < runner.total_steps:
         runner.iterate()
-    assert runner.planned_updates() == int(runner.learner.num_updates) > 0
+    assert announced == [int(runner.learner.num_updates)] and announced[0] > 0
