@@ -134,7 +134,7 @@ def gain_problem(model: Any) -> str | None:
     if not other:
         return None
     names = ", ".join(model.actuator(i).name or f"#{i}" for i in other[:5]) + (", ..." if len(other) > 5 else "")
-    return (f"actuator(s) {names} have no fixed gain (muscle or user gain type), which actuator_gain_scale "
+    return (f"actuator(s) {names} have no fixed gain (muscle, affine or user gain type), which actuator_gain_scale "
             "cannot scale; randomize the other factors")
 
 

@@ -25,6 +25,14 @@ SIM2SIM_KEYS = ("timestep", "action_latency", "observation_noise", "physics", "s
 REPORTED_EVENTS = 200  # the first events in full; the report always has every count
 
 
+def _fmt(mean: float, std: float | None = None) -> str:
+    """A return to 3 significant digits (at least one decimal), as robo-rl's training logs show it: returns of ~1
+    (TwoGoals, ContactMaze) read "-0.0" at a fixed decimal. Here without robo_rl: the robot side copies sim2real/ alone."""
+    scale = max(abs(float(mean)), abs(float(std or 0.0)))
+    digits = 1 if scale == 0.0 or not math.isfinite(scale) else max(1, min(6, 2 - math.floor(math.log10(scale))))
+    return f"{mean:.{digits}f}" + (f" +- {std:.{digits}f}" if std is not None else "")
+
+
 def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episodes: int | None = 5,
            steps: int | None = None, realtime: bool = False, rate_hz: float | None = None,
            safety: list[dict[str, Any]] | None = None, sim2sim: dict[str, Any] | None = None,
@@ -91,7 +99,7 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
         def done() -> bool:  # also reports each finished episode as it lands
             nonlocal seen
             while seen < len(sim.episode_returns):
-                log(f"episode {seen + 1}: return {sim.episode_returns[seen]:.1f}, length {sim.episode_lengths[seen]}")
+                log(f"episode {seen + 1}: return {_fmt(sim.episode_returns[seen])}, length {sim.episode_lengths[seen]}")
                 seen += 1
             return bool(episodes) and seen >= episodes
 
@@ -102,7 +110,7 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
     returns = np.asarray(sim.episode_returns, np.float64)
     summary = report.to_dict()
     lat = summary["latency"]["inference_ms"]
-    finished = (f"return {returns.mean():.1f} +- {returns.std():.1f}" if returns.size
+    finished = (f"return {_fmt(returns.mean(), returns.std())}" if returns.size
                 else "no episode finished (report return_mean: null)")
     log(f"{report.steps} steps, {len(returns)} episode{'s' if len(returns) != 1 else ''}, {finished}; inference p50 {lat['p50'] or 0:.3f} ms, "
         f"p99 {lat['p99'] or 0:.3f} ms; fallbacks {report.fallbacks}, filter interventions "

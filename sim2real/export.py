@@ -172,6 +172,10 @@ def export_policy(
 
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt!r}: choose one of {', '.join(FORMATS)}")
+    if getattr(policy, "execute", 1) > 1:
+        warnings.warn(f"this head runs {policy.execute} actions of each chunk per query in robo-rl's evaluation; the export "
+                      "gives the chunk's first action and the runtime queries it at every control step, so deployed "
+                      "returns measure that controller", stacklevel=2)
     out_dir = check_out_dir(out_dir)  # before the graph is built and checked, not when it is written
     policy = policy.cpu().eval()
     module = export_module(policy)

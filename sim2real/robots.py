@@ -172,7 +172,7 @@ class MujocoSim2SimRobot(Robot):
                 names = ", ".join(base.model.actuator(int(i)).name or f"#{i}" for i in other[:5])
                 self.disconnect()
                 raise ValueError(f"sim2sim.physics.actuator_gain_scale: actuator(s) {names} of {self.task} have no "
-                                 "fixed gain (muscle or user gain type), which a gain factor cannot scale; leave it out")
+                                 "fixed gain (muscle, affine or user gain type), which a gain factor cannot scale; leave it out")
         self._nominal = _nominal(base.model) if self.physics_ranges else {}
         self._physics_rng = np.random.default_rng([self.seed, 1])
         self._noise_rng = np.random.default_rng([self.seed, 2])
