@@ -62,6 +62,11 @@ def test_the_last_interval_gets_its_row(tmp_path):
         rows = [r for r in csv.DictReader(f) if r["time/updates"]]
     assert [float(r["step"]) for r in rows] == [100, 200, 300, 350]
     assert rows[-1]["train/critic_loss"] and float(rows[-1]["time/updates"]) > float(rows[-2]["time/updates"])
+    # the final checkpoint holds the closed row: resuming the finished run writes it again nowhere
+    before = logged_metrics(tmp_path / "run")
+    run = tmp_path / "run"
+    train(compose(f"resume={run}"), tmp_path / "unused", [f"resume={run}"])
+    assert logged_metrics(run) == before
 
 
 def test_same_seed_same_updates_other_seed_different(tmp_path):
