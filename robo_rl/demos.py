@@ -268,6 +268,8 @@ def warm_start(cfg: Any, learner: Any, replay: Any | None, demos: dict[str, torc
                  f"for {stats['steps']:,} steps, imitation loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f} "
                  f"({stats['seconds']:.0f} s)" + ("; its observation statistics stay those of the demonstrations "
                                                   "(demos.freeze_obs_norm=true)" if frozen else ""))
+        if frozen:
+            warn_narrow_dimensions(d.path, obs, float(learner.demo_head().obs_norm.clip))
     if preload:
         rows = [demos[k].to(device) for k in ("obs", "actions", "rewards", "next_obs", "terminated")
                 + ((COST_KEY,) if costs else ())]
@@ -284,6 +286,22 @@ def warm_start(cfg: Any, learner: Any, replay: Any | None, demos: dict[str, torc
                      f"critic loss {stats['critic_loss_first']:.3g} -> {stats['critic_loss_last']:.3g} "
                      f"({stats['critic_seconds']:.0f} s)")
     return stats
+
+
+NARROW_STD = 1e-2  # a frozen dimension this narrow clips at an online deviation of obs_clip x 0.01
+
+
+def warn_narrow_dimensions(path: Any, obs: torch.Tensor, clip: float) -> None:
+    """Frozen statistics scale each observation by 1 / its std in the demonstrations: a dimension the demonstrator
+    barely moved (a noiseless controller, a constant) puts any online state off its path on the +-clip bound,
+    e.g. InvertedPendulum's pole angle at std 4e-4 clipped 88% of a random policy's inputs."""
+    std = obs.double().std(0) if obs.shape[0] > 1 else torch.zeros(obs.shape[1], dtype=torch.float64)
+    narrow = torch.nonzero(std < NARROW_STD).flatten().tolist()
+    if narrow:
+        shown = ", ".join(f"{i} (std {float(std[i]):.1g})" for i in narrow[:6]) + (", ..." if len(narrow) > 6 else "")
+        log.warning(f"demos: observation dimension(s) {shown} of {path} barely vary in the demonstrations; with their "
+                    f"statistics frozen, online states a little off the demonstrator's path sit on the +-{clip:g} clip "
+                    "there. Record demonstrations with exploration noise, or set demos.freeze_obs_norm=false")
 
 
 def warm_critics(learner: Any, replay: Any, steps: int, batch_size: int) -> dict[str, float]:

@@ -233,6 +233,20 @@ def test_a_warm_started_run_keeps_the_demonstrations_observation_statistics(tmp_
         assert 200 < count < demos_rows
 
 
+def test_frozen_statistics_of_a_dimension_the_demonstrations_never_moved_are_named(tmp_path, two_goals_demos):
+    # a noiseless demonstrator (or a constant feature) leaves a dimension with ~0 std: frozen, it clips online inputs
+    arrays = dict(np.load(two_goals_demos))
+    arrays["obs"][:, 2] = 0.5
+    arrays["next_obs"][:, 2] = 0.5
+    demos = save_demos(tmp_path / "narrow.npz", **arrays)
+    run = tmp_path / "run"
+    train(compose("algo=ppo", "env=two_goals", "env.num_envs=4", "algo.rollout_steps=32", "algo.minibatch_size=32",
+                  "algo.epochs=1", "eval.episodes=1", "eval.num_envs=1", *FAST, "policy.normalize_obs=true",
+                  f"demos.path={demos}", "demos.pretrain_steps=5", "steps=128"), run)
+    log_text = (run / "train.log").read_text()
+    assert "demos: observation dimension(s) 2 (std 0) of" in log_text and "demos.freeze_obs_norm=false" in log_text
+
+
 @pytest.mark.parametrize("key, value, match", [
     ("obs", 1e300, r"obs holds values beyond float32's range \(e.g. obs\[0, 1\] = 1e\+300"),
     ("rewards", 1e39, r"rewards holds values beyond float32's range \(e.g. rewards\[0\] = 1e\+39"),
