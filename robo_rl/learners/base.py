@@ -83,9 +83,10 @@ class Learner(nn.Module):
         return {"critic_loss": critic_loss.detach()}
 
     def plan(self, total_updates: int) -> None:
-        """Runners announce how many updates the run will make, before the first one (and again when a run
-        resumes). Learners whose schedule follows the run's length (GoRL's stages, no refit after GoRL-SAC's
-        final update) override it; the default ignores it."""
+        """Runners announce how many updates the run will make: the on-policy runner before the first one (and
+        again when a run resumes), the off-policy runner on its last iteration, before that iteration's updates
+        (exact then, also after a resume without replay). Learners whose schedule follows the run's length
+        (GoRL's stages, no refit after GoRL-SAC's final update) override it; the default ignores it."""
 
     def demo_head(self) -> PolicyHead:
         """The head that demonstrations pretrain with its imitation loss (``demos.path``): the acting head,
