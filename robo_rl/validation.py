@@ -54,6 +54,7 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
 
 #: the largest ``steps``: over 300 years at 100,000 steps/s, so a larger value is a typo
 MAX_STEPS = 10**15
+FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
 #: seeds go to numpy's legacy global generator, which takes 0 <= seed < 2**32
 MAX_SEED = 2**32 - 1
 #: gradient updates per env step: far above any published setting (REDQ: 20), below a hang
@@ -113,8 +114,9 @@ def validate(cfg: DictConfig) -> None:
                           "arguments go in env.kwargs.<name>=...; see robo-rl train --help)")
     bad = non_finite_keys(cfg)
     if bad:
+        hint = "; for no clipping give a large bound, e.g. 1e6" if bad[0].endswith("_clip") else ""
         raise ConfigError(f"{bad[0]}={OmegaConf.select(cfg, bad[0])}: must be a finite "
-                          f"number{' (also: ' + ', '.join(bad[1:]) + ')' if len(bad) > 1 else ''}")
+                          f"number{' (also: ' + ', '.join(bad[1:]) + ')' if len(bad) > 1 else ''}{hint}")
     need(0 < cfg.steps <= MAX_STEPS, "steps", "must be > 0 and at most 1e15 (e.g. steps=1e6)")
     need(0 <= cfg.seed <= MAX_SEED, "seed", "must be between 0 and 2**32 - 1")
     need(cfg.env.max_episode_steps is None or cfg.env.max_episode_steps >= 1, "env.max_episode_steps",
@@ -193,7 +195,8 @@ def validate(cfg: DictConfig) -> None:
         need(cfg.algo.buffer_size >= cfg.algo.batch_size, "algo.buffer_size",
              f"must hold at least one batch (algo.batch_size={cfg.algo.batch_size})")
         if "init_alpha" in cfg.algo:
-            need(cfg.algo.init_alpha > 0, "algo.init_alpha", "the entropy temperature must start > 0")
+            need(0 < cfg.algo.init_alpha <= FLOAT32_MAX, "algo.init_alpha", "the entropy temperature must start > 0 "
+                 "and be a float32 number (at most 3.4e38)")
         if algo == "td3":
             need(cfg.algo.policy_delay >= 1, "algo.policy_delay", "must be >= 1 (critic updates per actor update)")
             for key in ("target_noise", "target_noise_clip", "exploration_noise"):

@@ -53,6 +53,7 @@ def test_unknown_or_mistyped_keys_fail_at_composition(override, words):
     (["algo=td3", "algo.target_noise=-0.1"], "algo.target_noise"),
     (["algo=sac", "algo.buffer_size=100"], "algo.buffer_size"),
     (["algo=sac", "algo.init_alpha=-1"], "algo.init_alpha"),
+    (["algo=sac", "algo.init_alpha=1e300"], "algo.init_alpha"),  # float32 inf: stopped at the first checkpoint
     (["algo=sac", "algo.actor_lr=0"], "algo.actor_lr"),
     (["steps=1e20"], "steps"),
     (["seed=4294967296"], "seed"),
@@ -70,6 +71,7 @@ def test_unknown_or_mistyped_keys_fail_at_composition(override, words):
     (["algo=td3", "algo.exploration_noise=inf"], "algo.exploration_noise"),
     (["policy.log_std_init=nan"], "policy.log_std_init"),
     (["env.kwargs.ctrl_cost_weight=nan"], "env.kwargs.ctrl_cost_weight"),
+    (["policy.obs_clip=inf"], r"policy.obs_clip=inf: must be a finite number; for no clipping give a large bound"),
     (["env.randomize.body_mass_scale=[0.5,nan]"], r"env.randomize.body_mass_scale\[1\]"),
 ])
 def test_semantic_errors_name_the_key_and_write_nothing(tmp_path, overrides, key):
