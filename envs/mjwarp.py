@@ -56,6 +56,7 @@ def _import_warp() -> tuple[Any, Any]:
 
 class MjwarpBatchedEnv(BatchedEnv):
     backend = "mjwarp"
+    render_mode = "rgb_array"  # render() draws any world (SB3's view and video recorder read this)
 
     def __init__(
         self,
@@ -111,6 +112,9 @@ class MjwarpBatchedEnv(BatchedEnv):
         self.qpos, self.qvel, self.ctrl, self.time = t(self.d.qpos), t(self.d.qvel), t(self.d.ctrl), t(self.d.time)
         self._derived = {name: t(getattr(self.d, name)) for name in self.task.derived}
         self._cfrc_ext = t(self.d.cfrc_ext) if self.task.needs_post_constraint else None
+        sensors_on = not self.model.opt.disableflags & mujoco.mjtDisableBit.mjDSBL_SENSOR
+        self._forward_computes_cfrc = bool(getattr(self.m.opt, "run_rne_postconstraint", False)) or (
+            sensors_on and bool(getattr(self.m, "sensor_rne_postconstraint", False)))
         body_mass = t(self.m.body_mass).expand(num_envs, -1)  # live: [1, nbody] shared, or per world when randomized
         self.sim = Sim(self.model, self.qpos, self.qvel, self.ctrl, self._derived, self._cfrc_ext, body_mass)
         self._model_views = {f: t(getattr(self.m, f)) for f in batched if f not in _MASS_CONSTANTS}
@@ -146,6 +150,8 @@ class MjwarpBatchedEnv(BatchedEnv):
         ids = mask.nonzero().flatten().cpu().numpy()
         # before _write_physics: its set_const recomputes every world's kinematics at the current state
         keep = {k: v.clone() for k, v in self._derived.items()}
+        if self._cfrc_ext is not None:  # forward recomputes it in every world when an acceleration sensor asks for it
+            keep_cfrc = self._cfrc_ext.clone()
         if self.randomize is not None:
             changed = self.randomizer.resample(ids)
             if len(changed):
@@ -165,7 +171,11 @@ class MjwarpBatchedEnv(BatchedEnv):
         for k, v in self._derived.items():  # worlds that did not reset keep their step's values
             v[~mask] = keep[k][~mask]
         if self._cfrc_ext is not None:
-            self._cfrc_ext[mask] = 0.0
+            # as gymnasium after mj_resetData + mj_forward: zero, unless an acceleration sensor (accelerometer, force,
+            # torque, framelinacc/angacc, e.g. in a custom xml_file) made forward compute them
+            if not self._forward_computes_cfrc:
+                self._cfrc_ext[mask] = 0.0
+            self._cfrc_ext[~mask] = keep_cfrc[~mask]
         self._elapsed[mask] = 0
         obs = self._noisy(self.task.observe(self.sim))
         if self._obs is None:
@@ -273,11 +283,11 @@ class MjwarpBatchedEnv(BatchedEnv):
         out = {"final_obs": final_obs, "episode": episode, "diverged": diverged, "task": info}
         return StepResult(self._obs.clone(), reward.float(), terminated, truncated, out)
 
-    def render(self, index: int = 0, width: int = 480, height: int = 480) -> np.ndarray:
-        from envs.rendering import MujocoRenderer, gym_camera_config
+    def render(self, index: int = 0, width: int | None = None, height: int | None = None) -> np.ndarray:
+        from envs.mujoco.backend import make_task_renderer
 
         if getattr(self, "_renderer", None) is None:
-            self._renderer = MujocoRenderer(self.model, gym_camera_config(self.task.gym_cls()), width, height)
+            self._renderer = make_task_renderer(self.model, self.task, width, height)
             self._render_data = mujoco.MjData(self.model)
         with self._wp.ScopedDevice(self.wp_device):
             self._mjw.get_data_into(self._render_data, self.model, self.d, world_id=index)

@@ -7,8 +7,8 @@ resets of envs whose episode just ended (their reset noise is drawn from each en
 generator, in the order gymnasium draws it).
 
 Two details keep it identical to gymnasium:
-  * gymnasium calls ``mj_rnePostConstraint`` after every step; only Ant and Humanoid read what it
-    computes (``cfrc_ext``), so only they use a persistent batch and call it per env afterwards;
+  * gymnasium calls ``mj_rnePostConstraint`` after every step; only Ant, Humanoid and HumanoidStandup
+    read what it computes (``cfrc_ext``), so only they use a persistent batch and call it per env afterwards;
   * derived fields (``xpos``, ``site_xpos``, ...) are, as after ``mj_step``, one substep behind
     the state; the backend keeps its own copies so that a restored snapshot continues exactly.
 """
@@ -42,6 +42,20 @@ _FIELDS_OF = {
 # MjData fields that make up a simulation's integration state (mjSTATE_INTEGRATION), as bound by the batch
 _STATE_FIELDS = ("time", "qpos", "qvel", "act", "history", "qacc_warmstart", "ctrl", "qfrc_applied", "xfrc_applied",
                  "eq_active", "mocap_pos", "mocap_quat", "userdata", "plugin_state", "plastic")
+
+
+def make_task_renderer(model: Any, task: Task, width: int | None, height: int | None) -> Any:
+    """A renderer for ``task`` with its render keyword arguments, as gymnasium's MujocoEnv applies them: the size
+    (480 x 480 by default; the model's offscreen buffer grows to it, never shrinks) and ``default_camera_config``."""
+    from envs.rendering import MujocoRenderer, gym_camera_config
+
+    kw = task.render_kwargs
+    width = int(width if width is not None else kw.get("width", 480))
+    height = int(height if height is not None else kw.get("height", 480))
+    model.vis.global_.offwidth = max(model.vis.global_.offwidth, width)  # visual only: the physics is unchanged
+    model.vis.global_.offheight = max(model.vis.global_.offheight, height)
+    camera = kw["default_camera_config"] if "default_camera_config" in kw else gym_camera_config(task.gym_cls())
+    return MujocoRenderer(model, camera, width, height)
 
 
 class _LazyTensors(dict):
@@ -79,6 +93,7 @@ class MujocoBatchedEnv(BatchedEnv):
     """
 
     backend = "mujoco"
+    render_mode = "rgb_array"  # render() draws any simulation (SB3's view and video recorder read this)
 
     def __init__(
         self,
@@ -115,6 +130,9 @@ class MujocoBatchedEnv(BatchedEnv):
         self.qpos, self.qvel, self.ctrl, self.time = (self.batch.bind(f) for f in ("qpos", "qvel", "ctrl", "time"))
         self._derived = {name: np.zeros_like(self.batch.bind(name)) for name in self.task.derived}
         self._cfrc_ext = np.zeros((num_envs, self.model.nbody, 6)) if self.task.needs_post_constraint else None
+        # cfrc_ext as mj_forward leaves it at a reset: zero, unless the model has an acceleration sensor
+        # (accelerometer, force, torque, framelinacc/angacc, e.g. in a custom xml_file) that makes it compute them
+        self._cfrc_ext_forward = self.batch.bind("cfrc_ext") if self.task.needs_post_constraint else None
         self._scratch = mujoco.MjData(self.model) if self.task.needs_post_constraint else None
         # the masses every simulation shares until randomization gives each its own (_write_physics)
         body_mass = np.broadcast_to(self.model.body_mass, (num_envs, self.model.nbody))
@@ -230,7 +248,8 @@ class MujocoBatchedEnv(BatchedEnv):
         self.batch.forward(ids)
         self._refresh_derived()
         if self._cfrc_ext is not None:
-            self._cfrc_ext[ids] = 0.0  # mj_resetData zeroes it and mj_forward does not compute it
+            # gymnasium reads what mj_resetData + mj_forward leave: zero, or a sensor-triggered mj_rnePostConstraint's
+            self._cfrc_ext[ids] = self._cfrc_ext_forward[ids]
         self._elapsed[ids] = 0
         obs = self.task.observe(self.sim)
         if self.randomize is not None:
@@ -279,12 +298,13 @@ class MujocoBatchedEnv(BatchedEnv):
         self.batch.set_const(ids)
 
     # -- rendering ------------------------------------------------------------------------------------
-    def render(self, index: int = 0, width: int = 480, height: int = 480) -> np.ndarray:
-        """An RGB frame of simulation ``index``, with the camera gymnasium uses for this task."""
-        from envs.rendering import MujocoRenderer, gym_camera_config
+    def render(self, index: int = 0, width: int | None = None, height: int | None = None) -> np.ndarray:
+        """An RGB frame of simulation ``index``, with the camera gymnasium uses for this task.
 
+        The size defaults to the task's ``width``/``height`` keyword arguments (gymnasium's 480 x 480), the camera
+        to its ``default_camera_config`` (else the gymnasium task's DEFAULT_CAMERA_CONFIG)."""
         if getattr(self, "_renderer", None) is None:
-            self._renderer = MujocoRenderer(self.model, gym_camera_config(self.task.gym_cls()), width, height)
+            self._renderer = make_task_renderer(self.model, self.task, width, height)
             self._render_data = mujoco.MjData(self.model)
         self.batch.get_data(index, self._render_data)
         mujoco.mj_forward(self.model, self._render_data)  # positions of this state (a copy: the batch is untouched)

@@ -3,7 +3,7 @@
 Each task reproduces its gymnasium class (``gymnasium/envs/mujoco/*_v5.py``) operation for
 operation, vectorized over a leading env axis, so that observations, rewards, terminations and
 info terms are bit-identical to gymnasium's for the same seeds and actions (tests/envs/
-test_mujoco_exactness.py drives both side by side). Where gymnasium's arithmetic has a dtype quirk
+test_mujoco_backend.py drives both side by side). Where gymnasium's arithmetic has a dtype quirk
 (the control cost is computed on the float32 action, so it is a float32 number), it is kept.
 
 Keyword arguments and their defaults come from the gymnasium class signature itself, so they
@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import abc
 import inspect
+import numbers
 from typing import Any, ClassVar
 
 import numpy as np
 
-# Constructor arguments of the gymnasium classes that only concern rendering; accepted and passed
-# to the renderer, they do not change the simulation.
+# Constructor arguments of the gymnasium classes that only concern rendering; they do not change the
+# simulation. The batched backends' render() uses default_camera_config, width and height as gymnasium does
+# (render_mode may only name the RGB frames it draws); it draws with gymnasium's free offscreen camera, so a
+# named or numbered camera and visual options are refused rather than ignored. max_geom only sizes a buffer.
 RENDER_KWARGS = frozenset({"default_camera_config", "render_mode", "width", "height", "camera_id", "camera_name",
                            "max_geom", "visual_options"})
+_UNSUPPORTED_RENDER_KWARGS = ("camera_id", "camera_name", "visual_options")
 
 
 # -- array operations the tasks use ------------------------------------------------------------------
@@ -162,9 +166,18 @@ class Task(abc.ABC):
                 f"supported: {', '.join(sorted(defaults))}"
             )
         self.p = {**defaults, **{k: v for k, v in kwargs.items() if k not in RENDER_KWARGS}}
-        self.frame_skip = int(self.p["frame_skip"])
-        if self.frame_skip < 1:
-            raise ValueError(f"{self.gym_id}: frame_skip must be >= 1, got {self.frame_skip}")
+        self.render_kwargs = {k: v for k, v in kwargs.items() if k in RENDER_KWARGS}
+        refused = [k for k in _UNSUPPORTED_RENDER_KWARGS if self.render_kwargs.get(k) is not None]
+        if self.render_kwargs.get("render_mode") not in (None, "rgb_array"):
+            refused.append(f"render_mode={self.render_kwargs['render_mode']!r}")
+        if refused:
+            raise ValueError(f"{self.gym_id}: the batched MuJoCo backends render RGB frames with gymnasium's default "
+                             f"free camera; {', '.join(refused)} is not supported (env.backend=gymnasium supports it)")
+        frame_skip = self.p["frame_skip"]
+        # gymnasium hands frame_skip to mj_step(nstep=...), which takes integers only: 2.5 must not become 2
+        if isinstance(frame_skip, bool) or not isinstance(frame_skip, numbers.Integral) or frame_skip < 1:
+            raise ValueError(f"{self.gym_id}: frame_skip must be an integer >= 1, got {frame_skip!r}")
+        self.frame_skip = int(frame_skip)
 
     @classmethod
     def gym_cls(cls) -> type:

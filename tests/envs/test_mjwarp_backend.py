@@ -113,3 +113,28 @@ def test_a_model_warp_cannot_take_is_named(tmp_path):
     (tmp_path / "reacher.xml").write_text(xml.replace(option, option[:-2] + '><flag fwdinv="enable"/></option>'))
     with pytest.raises(ValueError, match="MuJoCo Warp cannot simulate Reacher-v5's model .*mjENBL_FWDINV.*env.backend=mujoco"):
         make_env("Reacher-v5", 2, backend="mjwarp", device="cpu", kwargs={"xml_file": str(tmp_path / "reacher.xml")})
+
+
+def test_contact_forces_after_a_reset_with_an_acceleration_sensor(tmp_path):
+    # a custom model with a framelinacc sensor: MuJoCo's forward computes cfrc_ext at a reset (gymnasium observes
+    # it); they used to be zeroed there, and the other worlds' post-step values overwritten by that forward
+    from pathlib import Path
+
+    import gymnasium
+
+    xml = (Path(gymnasium.__file__).parent / "envs/mujoco/assets/humanoidstandup.xml").read_text()
+    (tmp_path / "standup.xml").write_text(
+        xml.replace("</mujoco>", '<sensor><framelinacc objtype="body" objname="torso"/></sensor></mujoco>'))
+    kwargs = {"xml_file": str(tmp_path / "standup.xml")}
+    warp_env = make_env("HumanoidStandup-v5", 2, backend="mjwarp", device="cpu", kwargs=kwargs, max_episode_steps=2)
+    exact = make_env("HumanoidStandup-v5", 2, backend="mujoco", kwargs=kwargs, max_episode_steps=2)
+    ow, oe = warp_env.reset(seed=3), exact.reset(seed=3)
+    assert oe[:, -78:].abs().max() > 1.0  # cfrc_ext, the last 78 terms: the body lies on the floor
+    assert torch.allclose(ow, oe, rtol=1e-3, atol=0.05)
+    a = torch.full((2, 17), 0.1)
+    for t in range(3):  # the time limit resets both worlds at step 2
+        rw, re = warp_env.step(a), exact.step(a)
+        assert torch.allclose(rw.obs, re.obs, rtol=1e-3, atol=0.05), f"step {t}"
+    kept = warp_env._cfrc_ext[1].clone()
+    warp_env._reset_worlds(torch.tensor([True, False]))  # world 1 goes on with its post-step contact forces
+    assert torch.equal(warp_env._cfrc_ext[1], kept)

@@ -156,3 +156,52 @@ def test_humanoidstandup_says_gymnasium_ignores_uph_cost_weight():
 
     with pytest.warns(UserWarning, match="uph_cost_weight=2.0 has no effect"):
         task_for("HumanoidStandup-v5", {"uph_cost_weight": 2.0})
+
+
+def _with_acceleration_sensor(tmp_path, asset):
+    """gymnasium's model with a framelinacc sensor: MuJoCo's mj_forward then runs mj_rnePostConstraint itself."""
+    from pathlib import Path
+
+    xml = (Path(gym.__file__).parent / "envs/mujoco/assets" / asset).read_text()
+    path = tmp_path / asset
+    path.write_text(xml.replace("</mujoco>", '<sensor><framelinacc objtype="body" objname="torso"/></sensor></mujoco>'))
+    return str(path)
+
+
+def test_contact_forces_after_a_reset_match_gymnasium_with_an_acceleration_sensor(tmp_path):
+    # used to be zeroed at every reset: with such a sensor (a custom xml_file) gymnasium's reset mj_forward computes
+    # cfrc_ext, which HumanoidStandup (lying on the floor) observes from its first step on
+    kwargs = {"xml_file": _with_acceleration_sensor(tmp_path, "humanoidstandup.xml")}
+    ref = SyncVectorEnv([lambda: gym.make("HumanoidStandup-v5", max_episode_steps=2, **kwargs)] * 2,
+                        autoreset_mode=AutoresetMode.SAME_STEP)
+    ours = MujocoBatchedEnv("HumanoidStandup-v5", 2, max_episode_steps=2, kwargs=kwargs)
+    r_obs, _ = ref.reset(seed=5)
+    assert np.abs(r_obs[:, -78:]).max() > 1.0  # the contact forces are there in gymnasium's first observation
+    assert np.array_equal(r_obs, ours.reset_numpy(seed=5))
+    a = np.full((2, 17), 0.1, np.float32)
+    for t in range(3):  # crosses the autoreset at step 2
+        r, o = ref.step(a), ours.step_numpy(a)
+        assert np.array_equal(r[0], o[0]) and np.array_equal(r[1], o[1]), f"step {t}"
+
+
+def test_frame_skip_must_be_an_integer():
+    with pytest.raises(ValueError, match="frame_skip must be an integer >= 1, got 2.5"):
+        MujocoBatchedEnv("Hopper-v5", 1, kwargs={"frame_skip": 2.5})  # used to run with 2 (gymnasium's mj_step refuses it)
+    with pytest.raises(ValueError, match="frame_skip must be an integer >= 1, got 0"):
+        MujocoBatchedEnv("Hopper-v5", 1, kwargs={"frame_skip": 0})
+    assert MujocoBatchedEnv("Hopper-v5", 1, kwargs={"frame_skip": np.int64(2)}).dt == pytest.approx(0.004)
+
+
+def test_render_keyword_arguments_are_used_or_refused():
+    # they used to be accepted and dropped: the frame was 480 x 480 with the task's default camera whatever was asked
+    env = MujocoBatchedEnv("Hopper-v5", 1, kwargs={"width": 96, "height": 64, "render_mode": "rgb_array"})
+    assert env.render(0).shape == (64, 96, 3)
+    assert env.render(0, 96, 64).shape == (64, 96, 3)
+    default = MujocoBatchedEnv("Hopper-v5", 1, kwargs={"width": 96, "height": 64})
+    close = MujocoBatchedEnv("Hopper-v5", 1, kwargs={"width": 96, "height": 64, "default_camera_config": {"distance": 1.0}})
+    for e in (default, close):
+        e.reset(seed=0)
+    assert not np.array_equal(default.render(0), close.render(0))
+    for bad in ({"camera_name": "track"}, {"camera_id": 0}, {"render_mode": "human"}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))}.*not supported.*env.backend=gymnasium"):
+            MujocoBatchedEnv("Hopper-v5", 1, kwargs=bad)
