@@ -172,9 +172,19 @@ def check_box_spaces(task_id: str, observation_space: gym.Space, action_space: g
             f"{task_id}: action space is {type(action_space).__name__}; robo-rl's learners are for "
             "continuous control and need a Box action space"
         )
+    if not np.issubdtype(action_space.dtype, np.floating):
+        raise ValueError(
+            f"{task_id}: action space {action_space} has an integer dtype ({action_space.dtype}); robo-rl's policies "
+            "output float actions, which a cast would truncate toward zero. Register the task with a float Box, or "
+            "wrap it with gymnasium.wrappers.TransformAction(env, lambda a: np.rint(a).astype(int), "
+            "gymnasium.spaces.Box(low, high, shape, np.float32)) (see README, Your own tasks)")
     if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
-        raise ValueError(f"{task_id}: action space {action_space} has infinite bounds; wrap the env "
-                         "with gymnasium.wrappers.RescaleAction or ClipAction first")
+        # gymnasium's ClipAction keeps infinite bounds and RescaleAction refuses them: neither helps here
+        raise ValueError(
+            f"{task_id}: action space {action_space} has infinite bounds; robo-rl's policies need finite ones to "
+            "scale their outputs to. Register the task with a bounded Box, or wrap it with "
+            "gymnasium.wrappers.TransformAction(env, lambda a: a, gymnasium.spaces.Box(low, high, shape, np.float32)) "
+            "with the range the task really uses")
     if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
         raise ValueError(
             f"{task_id}: observation space {observation_space} is not a flat Box; wrap the env with "

@@ -192,6 +192,10 @@ class GymnasiumBatchedEnv(BatchedEnv):
         if vectorization not in ("sync", "async"):
             raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
         kwargs = dict(kwargs or {})
+        if kwargs.get("render_mode") not in (None, "rgb_array"):
+            raise ValueError(f"{task_id}: env.kwargs render_mode={kwargs['render_mode']!r}: robo-rl draws frames with "
+                             "render_mode='rgb_array' (make_env(..., render=True)); leave render_mode out of the kwargs")
+        render = kwargs.pop("render_mode", None) == "rgb_array" or render  # passed once, by the thunk
         self.randomize = randomize if randomize is not None and randomize.enabled else None
         wants_physics = self.randomize is not None and bool(self.randomize.physics)
         try:
@@ -215,6 +219,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
         probe.close()
         thunks = [_make_thunk(task_id, kwargs, max_episode_steps, physics, render)] * num_envs
         self._can_render = render
+        self.render_mode = "rgb_array" if render else None  # read by SB3's VecEnv view (venv.render, VecVideoRecorder)
         if vectorization == "sync":
             self._vec = SyncVectorEnv(thunks, autoreset_mode=AutoresetMode.SAME_STEP)
         else:
@@ -231,6 +236,12 @@ class GymnasiumBatchedEnv(BatchedEnv):
         self.observation_space = self._vec.single_observation_space
         self.action_space = self._vec.single_action_space
         self._np_act_dtype = self.action_space.dtype
+        # a (2, 2) or () action Box: the learners see its flat [act_dim] Box, each copy gets its own shape back
+        self._act_shape: tuple[int, ...] | None = None
+        if len(self.action_space.shape) != 1:
+            self._act_shape = (num_envs, *self.action_space.shape)
+            space = self.action_space
+            self.action_space = gym.spaces.Box(space.low.reshape(-1), space.high.reshape(-1), dtype=space.dtype)
         self._episodes = EpisodeTracker(num_envs)
         low, high = self.action_space.low, self.action_space.high
         spec = self.randomize or RandomizationSpec()
@@ -245,7 +256,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
         if self.randomize is not None:
             self.randomizer.seed(seed)
             self._draw_physics(np.arange(self.num_envs), current=True)
-        obs, _ = self._vec.reset(seed=seed)
+        obs, _ = self._vector_call(self._vec.reset, seed=seed)
         self._episodes.reset()
         if self.randomize is not None:
             self._draw_physics(np.arange(self.num_envs), current=False)
@@ -317,7 +328,9 @@ class GymnasiumBatchedEnv(BatchedEnv):
         applied = self.check_actions_numpy(actions).astype(self._np_act_dtype, copy=False)
         if self.randomize is not None:
             applied = self.randomizer.act(applied)
-        obs, reward, terminated, truncated, info = self._vec.step(applied)
+        if self._act_shape is not None:
+            applied = applied.reshape(self._act_shape)
+        obs, reward, terminated, truncated, info = self._vector_call(self._vec.step, applied)
         done = np.logical_or(terminated, truncated)
         if self.randomize is not None:
             obs = self.randomizer.observe(obs)
@@ -355,8 +368,9 @@ class GymnasiumBatchedEnv(BatchedEnv):
             arr = np.asarray(value)
             if arr.shape == (self.num_envs,) and arr.dtype.kind in "fiub":
                 terms[key] = arr.copy()
-        final = info.get("final_info")
-        if isinstance(final, dict) and done.any():
+        if done.any():
+            final = info.get("final_info")
+            final = final if isinstance(final, dict) else {}
             # a term only the finished envs report (every copy ended this step: the top level holds only
             # the resets' info): taken from there, zero for the others
             for key, value in final.items():
@@ -365,10 +379,16 @@ class GymnasiumBatchedEnv(BatchedEnv):
                 arr = np.asarray(value)
                 if arr.shape == (self.num_envs,) and arr.dtype.kind in "fiub":
                     terms[key] = np.zeros_like(arr)
-            for key, arr in terms.items():
+            for key in list(terms):
+                arr = terms[key]
+                stepped = np.zeros(self.num_envs, dtype=bool)  # the finished envs whose ending step reported the term
                 if key in final:
-                    mask = done & np.asarray(final.get("_" + key, done), dtype=bool)
-                    arr[mask] = np.asarray(final[key])[mask]
+                    stepped = done & np.asarray(final.get("_" + key, done), dtype=bool)
+                    arr[stepped] = np.asarray(final[key])[stepped]
+                arr[done & ~stepped] = 0  # the top level holds the reset's value there, not the step's
+                reported = stepped | (~done & np.asarray(info.get("_" + key, ~done), dtype=bool))
+                if not reported.any():  # only the resets report it: no step term
+                    del terms[key]
         return {k: torch.as_tensor(v, device=self.device) for k, v in terms.items()}
 
     def state_dict(self) -> dict[str, Any] | None:
@@ -398,6 +418,34 @@ class GymnasiumBatchedEnv(BatchedEnv):
                 self._vec.set_attr("current_physics", [{k: params[k][i] for k in params} for i in range(self.num_envs)])
                 self._vec.set_attr("pending_physics", [{k: self._pending[k][i] for k in self._pending}
                                                        for i in range(self.num_envs)])
+
+    def _vector_call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """reset/step of the vector env; a worker process that vanished (killed, out of memory, a crash in native
+        code: no Python error to forward) is reported as such, where gymnasium raises a bare EOFError."""
+        try:
+            return method(*args, **kwargs)
+        except (EOFError, BrokenPipeError, ConnectionResetError) as exc:
+            if self.vectorization != "async":
+                raise
+            self._abandon_workers()
+            raise RuntimeError(
+                f"{self.task_id}: a worker process of env.vectorization=async exited during {method.__name__}() without "
+                f"a Python error (killed, out of memory, or a crash in the simulator's native code); this env is now "
+                f"closed. Run with env.vectorization=sync to see the failure in this process") from exc
+
+    def _abandon_workers(self) -> None:
+        """Close after a worker died: gymnasium's own close() would wait on the dead worker's pipe and raise again."""
+        vec = self._vec
+        for process in vec.processes:
+            if process.is_alive():
+                process.terminate()
+        for pipe in vec.parent_pipes:
+            if pipe is not None:
+                pipe.close()
+        for process in vec.processes:
+            process.join(timeout=5)
+        vec.closed = True
+        super().close()
 
     def close(self) -> None:
         super().close()

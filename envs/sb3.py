@@ -12,7 +12,13 @@ Lets SB3 (and anything built on its VecEnv API) train on robo-rl's batched simul
 SB3's conventions are kept: numpy in and out, ``dones = terminated | truncated``, the final
 observation of a finished episode in ``infos[i]["terminal_observation"]``,
 ``infos[i]["TimeLimit.truncated"]`` for time limits, and Monitor-style ``infos[i]["episode"]``
-(``r``, ``l``, ``t``) so SB3's logger reports episode returns.
+(``r``, ``l``, ``t``) so SB3's logger reports episode returns. The task's own numeric info terms
+(``info["task"]``, e.g. ``is_success``, which SB3 logs as ``rollout/success_rate``) are in every
+``infos[i]``, from the ending step where an episode ended, as a DummyVecEnv hands them on.
+
+A batched env is one object: ``set_attr`` and ``env_method`` act on all copies and refuse ``indices`` naming only
+some; reset options (``set_options``) are refused, robo-rl's envs take none. ``render()`` tiles the copies' frames
+when the env draws them (``make_env(..., render=True)`` on the gymnasium backend).
 """
 
 from __future__ import annotations
@@ -41,6 +47,10 @@ class SB3VecEnv(VecEnv):
         self._t0 = time.time()
 
     def reset(self) -> np.ndarray:
+        if any(self._options):
+            options, self._options = self._options, [{} for _ in range(self.num_envs)]
+            raise ValueError(f"{self.env.task_id}: robo-rl's batched envs take no reset options, got {options[0]!r} "
+                             "(set with set_options); set the task's keyword arguments when making the env instead")
         seed = self._seeds[0] if self._seeds and self._seeds[0] is not None else None
         obs = self.env.reset(seed=seed)  # env i gets seed + i, as SB3's seed() lists them
         self._reset_seeds()
@@ -63,7 +73,12 @@ class SB3VecEnv(VecEnv):
         obs_np = obs.detach().cpu().numpy()
         term, trunc = terminated.cpu().numpy(), truncated.cpu().numpy()
         dones = term | trunc
-        infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        task = info.get("task")
+        if task:  # the task's own terms, as a DummyVecEnv passes each env's info on (is_success -> success rate)
+            columns = {k: v.detach().cpu().numpy().tolist() for k, v in task.items() if v.shape == (self.num_envs,)}
+            infos: list[dict[str, Any]] = [{k: c[i] for k, c in columns.items()} for i in range(self.num_envs)]
+        else:
+            infos = [{} for _ in range(self.num_envs)]
         if dones.any():
             final = info["final_obs"].detach().cpu().numpy()
             ep = info["episode"]
@@ -83,9 +98,11 @@ class SB3VecEnv(VecEnv):
         return [getattr(self.env, attr_name)] * len(self._get_indices(indices))
 
     def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
+        self._refuse_some(f"set_attr({attr_name!r})", indices)
         setattr(self.env, attr_name, value)
 
     def env_method(self, method_name: str, *args: Any, indices: Any = None, **kwargs: Any) -> list[Any]:
+        self._refuse_some(f"env_method({method_name!r})", indices)
         result = getattr(self.env, method_name)(*args, **kwargs)
         return [result] * len(self._get_indices(indices))
 
@@ -93,10 +110,18 @@ class SB3VecEnv(VecEnv):
         # the view reports Monitor-style episode stats itself, so it counts as Monitor-wrapped
         from stable_baselines3.common.monitor import Monitor
 
-        return [issubclass(wrapper_class, Monitor)] * len(self._get_indices(indices))
+        return [issubclass(Monitor, wrapper_class)] * len(self._get_indices(indices))
 
     def get_images(self) -> Sequence[np.ndarray | None]:
-        return [None] * self.num_envs
+        if self.render_mode != "rgb_array":
+            return [None] * self.num_envs
+        return [np.asarray(self.env.render(i)) for i in range(self.num_envs)]
+
+    def _refuse_some(self, call: str, indices: Any) -> None:
+        """set_attr/env_method reach the one batched env, so they cannot act on some copies only."""
+        if indices is not None and sorted(set(self._get_indices(indices))) != list(range(self.num_envs)):
+            raise ValueError(f"{self.env.task_id}: {call} with indices={indices!r}: the batched env is one object for "
+                             f"all {self.num_envs} copies, so it cannot act on some of them; pass indices=None")
 
     def _get_indices(self, indices: Any) -> Iterable[int]:
         if indices is None:

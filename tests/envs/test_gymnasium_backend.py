@@ -1,5 +1,7 @@
 """The batched-env contract on the gymnasium backend."""
 
+import os
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -263,3 +265,109 @@ def test_task_terms_survive_a_step_where_every_copy_ends():
         assert out.truncated.all()
         costs[backend] = torch.as_tensor(out.info["task"]["cost"]).tolist()
     assert costs["gymnasium"] == costs["mujoco"] and min(costs["mujoco"]) > 0
+
+
+class _ActionEcho(gym.Env):
+    """Observes the action it was last given (flattened); its action space is set per registration."""
+
+    def __init__(self, shape=(1,), dtype=np.float32, low=-1.0, high=1.0):
+        self.action_space = gym.spaces.Box(low, high, shape, dtype)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (int(np.prod(shape)),), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(self.observation_space.shape, np.float32), {}
+
+    def step(self, action):
+        assert np.shape(action) == self.action_space.shape, f"action of shape {np.shape(action)}"
+        return np.asarray(action, np.float32).reshape(-1), 0.0, False, False, {}
+
+
+gym.register("robo_rl_test/MatrixAction-v0", entry_point=lambda: _ActionEcho(shape=(2, 2)), max_episode_steps=5)
+gym.register("robo_rl_test/IntegerAction-v0", entry_point=lambda: _ActionEcho(dtype=np.int64, low=-3, high=3),
+             max_episode_steps=5)
+gym.register("robo_rl_test/UnboundedAction-v0", entry_point=lambda: _ActionEcho(low=-np.inf, high=np.inf),
+             max_episode_steps=5)
+
+
+def test_a_matrix_action_box_is_flattened_for_the_learners_and_reshaped_for_the_task():
+    # the env used to receive the flat row [act_dim] instead of its (2, 2) action and fail inside its own step
+    env = make_env("robo_rl_test/MatrixAction-v0", num_envs=2)
+    assert env.action_space.shape == (4,) and env.act_dim == 4
+    env.reset(seed=0)
+    actions = torch.tensor([[0.1, 0.2, 0.3, 0.4], [-0.1, -0.2, -0.3, -0.4]])
+    assert torch.equal(env.step(actions).obs, actions)  # the env echoes the action it got, flattened row-major
+
+
+def test_an_integer_action_box_is_refused_not_truncated():
+    # a cast to int64 turned every policy output in (-1, 1) into 0, silently
+    with pytest.raises(ValueError, match="IntegerAction-v0: action space .*int64.* integer dtype.*TransformAction"):
+        make_env("robo_rl_test/IntegerAction-v0")
+
+
+def test_unbounded_actions_are_refused_with_a_wrapper_that_bounds_them():
+    # ClipAction keeps the infinite bounds and RescaleAction refuses them: the message used to name both
+    with pytest.raises(ValueError, match="UnboundedAction-v0: action space .* infinite bounds.*TransformAction") as err:
+        make_env("robo_rl_test/UnboundedAction-v0")
+    assert "ClipAction or" not in str(err.value) and "RescaleAction or" not in str(err.value)
+
+
+class _DiesInStep(_ActionEcho):
+    def step(self, action):
+        os._exit(3)  # a crash in native code, an out-of-memory kill: no Python error reaches the main process
+
+
+gym.register("robo_rl_test/DiesInStep-v0", entry_point=_DiesInStep, max_episode_steps=5)
+
+
+def test_a_worker_process_that_dies_is_reported_not_a_bare_eoferror():
+    env = make_env("robo_rl_test/DiesInStep-v0", num_envs=1, vectorization="async")
+    env.reset(seed=0)
+    with pytest.raises(RuntimeError, match="DiesInStep-v0: a worker process .*exited.*vectorization=sync"):
+        env.step(torch.zeros(1, 1))
+    env.close()  # used to raise EOFError again
+    with pytest.raises(RuntimeError, match="closed"):
+        env.step(torch.zeros(1, 1))
+
+
+class _ResetInfo(gym.Env):
+    """Its reset info has a key its steps never report; copy i ends at step 2 + i."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    end = 2
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(1, np.float32), {"start_height": 7.0}
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros(1, np.float32), 0.0, self.t >= self.end, False, {"cost": float(self.t)}
+
+
+gym.register("robo_rl_test/ResetInfo-v0", entry_point=_ResetInfo, max_episode_steps=3)
+
+
+def test_a_term_only_resets_report_is_no_step_term():
+    # with same-step autoreset the top-level info of an ended copy is its reset's: a reset-only key used to show up
+    # in info["task"] at the steps where some copy ended, carrying the new episode's value as the ending step's
+    env = make_env("robo_rl_test/ResetInfo-v0", num_envs=2)
+    env.reset(seed=0)
+    env._vec.envs[1].unwrapped.end = 3  # copy 1 ends one step later (by the time limit too)
+    for t in range(3):
+        out = env.step(torch.zeros(2, 1))
+        done = (out.terminated | out.truncated).tolist()
+        assert "start_height" not in out.info["task"], f"step {t}"
+        assert out.info["task"]["cost"].tolist() == [[1.0, 1.0], [2.0, 2.0], [1.0, 3.0]][t]
+    assert done == [False, True]
+
+
+def test_render_mode_in_the_kwargs_is_the_render_flag():
+    # render=True with env.kwargs.render_mode=rgb_array used to fail in gymnasium.make (render_mode given twice)
+    for render in (True, False):
+        env = make_env("robo_rl_test/DrawsWithAMissingPackage-v0", kwargs={"render_mode": "rgb_array"}, render=render)
+        assert env.render_mode == "rgb_array"
+    with pytest.raises(ValueError, match="render_mode='human'.*rgb_array"):
+        make_env("robo_rl_test/DrawsWithAMissingPackage-v0", kwargs={"render_mode": "human"})
