@@ -46,6 +46,14 @@ class CheckpointWriteError(CheckpointError):
     """A checkpoint could not be written (a full disk, permissions); the ones before it are untouched."""
 
 
+class NonFiniteStateError(CheckpointError):
+    """The state to checkpoint holds NaN/Inf (``name`` says where); nothing was written."""
+
+    def __init__(self, message: str, name: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
 # -- nested state <-> (JSON skeleton, flat tensors) --------------------------------------------------
 
 def flatten_state(obj: Any, tensors: dict[str, torch.Tensor] | None = None, key: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
@@ -137,7 +145,7 @@ def save_checkpoint(
     skeleton, tensors = flatten_state(state)
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"refusing to checkpoint step {step}: {name} holds NaN/Inf")
+            raise NonFiniteStateError(f"refusing to checkpoint step {step}: {name} holds NaN/Inf", name)
 
     final = directory / checkpoint_name(step)
     tmp = directory / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
@@ -163,11 +171,14 @@ def save_checkpoint(
         reason = getattr(exc, "strerror", None) or str(exc)
         raise CheckpointWriteError(f"could not write checkpoint step {step} in {directory} ({reason})") from exc
 
-    if final.exists():  # re-saving a step (e.g. the final step after a resume): swap atomically
+    if final.exists() or final.is_symlink():  # re-saving a step (e.g. the final step after a resume): swap atomically
         old = directory / f".old-{checkpoint_name(step)}-{os.getpid()}"
-        os.replace(final, old)
+        os.replace(final, old)  # (a symlink or file in its place, e.g. a looping link: moved aside the same way)
         os.replace(tmp, final)
-        shutil.rmtree(old)
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
     else:
         os.replace(tmp, final)
     _fsync(directory)
@@ -388,6 +399,11 @@ def latest_checkpoint(directory: str | Path, warn: Any = None) -> Path | None:
     directories (``recover``).
     """
     recover(directory, warn)
+    if warn is not None and Path(directory).is_dir():  # a step_X that is no directory (a file, a looping symlink)
+        for p in sorted(Path(directory).iterdir()):
+            if p.name.startswith(_PREFIX) and p.name[len(_PREFIX):].isdigit() and not p.is_dir():
+                warn(f"skipping {p.name}: {p} is not a checkpoint directory "
+                     f"({'a broken or looping symlink' if p.is_symlink() else 'a file'})")
     for path in reversed(list_checkpoints(directory)):
         try:
             verify_checkpoint(path)

@@ -80,12 +80,35 @@ class ReplayBuffer:
         return arrays
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        size = int(state["obs"].shape[0])
-        if int(state["capacity"]) != self.capacity:
-            raise ValueError(f"saved replay buffer has capacity {int(state['capacity'])}, this one {self.capacity}")
+        """Load what ``state_dict`` wrote; anything else (a missing array, another shape or kind) is a ValueError
+        naming the array, raised before the buffer changes."""
         if self.costs is not None and "costs" not in state:
             raise ValueError("saved replay buffer holds no per-step costs, which this (passivity-aware) run needs; "
                              "resume with checkpoint.save_replay=false to refill it, or start fresh")
+        missing = [k for k in (*_FIELDS, "pos", "capacity", "generator") if k not in state]
+        if missing:
+            raise ValueError(f"saved replay buffer lacks the array(s) {', '.join(missing)}")
+        for name in ("pos", "capacity"):
+            if np.shape(state[name]) != () or np.asarray(state[name]).dtype.kind not in "iu":
+                raise ValueError(f"saved replay buffer's {name} is {np.asarray(state[name]).dtype} "
+                                 f"{list(np.shape(state[name]))}, expected an integer scalar")
+        if int(state["capacity"]) != self.capacity:
+            raise ValueError(f"saved replay buffer has capacity {int(state['capacity'])}, this one {self.capacity}")
+        size = int(np.shape(state["obs"])[0]) if np.ndim(state["obs"]) else -1
+        for name in self.fields:
+            expected = (size, *getattr(self, name).shape[1:])
+            array = np.asarray(state[name])
+            if array.shape != expected or array.dtype.kind not in "biuf":
+                raise ValueError(f"saved replay buffer's {name} is {array.dtype} {list(array.shape)}, expected "
+                                 f"numbers of shape {list(expected)}")
+        if not 0 <= size <= self.capacity or not 0 <= int(state["pos"]) < self.capacity \
+                or (size < self.capacity and int(state["pos"]) != size % self.capacity):
+            raise ValueError(f"saved replay buffer's pos={int(state['pos'])} and {size} rows do not fit a buffer of "
+                             f"capacity {self.capacity}")
+        generator = np.asarray(state["generator"])
+        if generator.dtype != np.uint8 or generator.shape != tuple(self.generator.get_state().shape):
+            raise ValueError(f"saved replay buffer's generator state is {generator.dtype} {list(generator.shape)}, "
+                             f"expected uint8 {list(self.generator.get_state().shape)}")
         for name in self.fields:
             getattr(self, name)[:size] = torch.as_tensor(state[name], device=self.device)
         self.size = size

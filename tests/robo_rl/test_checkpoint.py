@@ -245,3 +245,38 @@ def test_the_temporary_directory_is_fsynced_before_it_is_renamed(tmp_path, monke
     save_checkpoint(tmp_path, 5, {"w": torch.ones(2)})
     tmp_name = f".tmp-step_0000000005-{os.getpid()}"
     assert events.index(("fsync", tmp_name)) < events.index(("rename", tmp_name))
+
+
+def test_a_step_entry_that_is_no_directory_is_named_and_a_save_replaces_it(tmp_path):
+    save_checkpoint(tmp_path, 100, {"w": torch.ones(2)})
+    loop = tmp_path / "step_0000000200"
+    os.symlink(loop, loop)  # a symlink loop where a checkpoint should be
+    warnings = []
+    assert latest_checkpoint(tmp_path, warn=warnings.append).name == "step_0000000100"
+    assert any("step_0000000200" in w and "not a checkpoint directory" in w for w in warnings)  # named, not silent
+    # the run that resumed from step 100 reaches step 200 again: its save replaces the link (it crashed on it)
+    save_checkpoint(tmp_path, 200, {"w": torch.full((2,), 2.0)})
+    assert not loop.is_symlink() and torch.equal(load_checkpoint(loop)[0]["w"], torch.full((2,), 2.0))
+
+
+@pytest.mark.parametrize("damage", ["no_generator", "obs_dim", "rows", "pos", "object"])
+def test_a_saved_replay_buffer_that_does_not_fit_is_refused_before_anything_loads(damage):
+    from robo_rl.storage.replay import ReplayBuffer
+
+    buf = ReplayBuffer(10, 3, 1)
+    buf.add(torch.ones(4, 3), torch.ones(4, 1), torch.ones(4), torch.ones(4, 3), torch.zeros(4))
+    state = buf.state_dict()
+    if damage == "no_generator":
+        del state["generator"]
+    elif damage == "obs_dim":
+        state["obs"] = state["obs"][:, :2]
+    elif damage == "rows":
+        state["rewards"] = state["rewards"][:2]
+    elif damage == "pos":
+        state["pos"] = np.array(7)
+    else:
+        state["actions"] = np.array([["a"]] * 4)
+    fresh = ReplayBuffer(10, 3, 1)
+    with pytest.raises(ValueError, match="saved replay buffer"):  # it used to be a KeyError or torch's RuntimeError
+        fresh.load_state_dict(state)
+    assert len(fresh) == 0 and fresh.obs.abs().sum() == 0  # nothing half-loaded

@@ -591,3 +591,83 @@ def test_off_policy_runner_announces_the_updates_it_makes(tmp_path, envs, utd, s
     while runner.step < runner.total_steps:
         runner.iterate()
     assert announced == [int(runner.learner.num_updates)] and announced[0] > 0
+
+
+def test_resume_falls_back_past_a_checkpoint_whose_runner_env_or_replay_state_does_not_fit(tmp_path):
+    # every file matches its manifest, the learner loads: what does not fit is the rest of the state, which
+    # used to escape as a bare KeyError / torch RuntimeError (a traceback, the checkpoint unnamed, no fallback)
+    import io
+
+    import numpy as np
+
+    run = tmp_path / "run"
+    train(compose(*SMALL_SAC, "steps=400", "checkpoint.every=100", "checkpoint.keep=5"), run)
+    c400, c300, c200 = list_checkpoints(run / "checkpoints")[::-1][:3]
+    state = json.loads((c400 / "state.json").read_text())
+    del state["runner"]["step"]
+    rewrite_consistently(c400, "state.json", json.dumps(state))
+    replay = dict(np.load(c300 / "replay.npz"))
+    replay["obs"] = replay["obs"][:, :2]
+    data = io.BytesIO()
+    np.savez(data, **replay)
+    rewrite_consistently(c300, "replay.npz", data.getvalue())
+    state = json.loads((c200 / "state.json").read_text())
+    state["env"] = {"unknown": 1}
+    rewrite_consistently(c200, "state.json", json.dumps(state))
+    summary = train(compose(f"resume={run}", "steps=500"), run, [f"resume={run}", "steps=500"])
+    assert summary["steps"] == 500
+    log = (run / "train.log").read_text()
+    assert f"cannot resume from {c400.name}: checkpoint {c400} cannot be resumed: its runner state" in log
+    assert f"cannot resume from {c300.name}: checkpoint {c300} cannot be resumed: its replay buffer (replay.npz)" in log
+    assert f"cannot resume from {c200.name}: checkpoint {c200} cannot be resumed: its environment state" in log
+    assert f"resumed from {run / 'checkpoints' / 'step_0000000100'} at step 100" in log
+
+
+def test_non_finite_weights_after_an_update_with_a_finite_loss_stop_as_a_nan(tmp_path):
+    # a huge learning rate: the loss of the update that blows up is finite, its Adam moments are not; the save
+    # that follows refused them as a CheckpointError (CLI exit 2, "bad input", no word of the last good one)
+    run = tmp_path / "run"
+    cfg = compose(*SMALL_SAC, "algo.actor_lr=1e8", "algo.critic_lr=1e8", "steps=400", "checkpoint.every=100",
+                  "eval.every=1000")
+    with pytest.raises(NonFiniteError, match=r"non-finite learner\.\S+ in the training state at step 200") as exc:
+        train(cfg, run)
+    assert "step_0000000100" in str(exc.value)
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_0000000100"]
+    load_checkpoint(run / "checkpoints" / "step_0000000100")  # intact
+    assert json.loads((run / "summary.json").read_text())["status"].startswith("failed: non-finite")
+
+
+def test_resume_refuses_a_config_yaml_edited_since_the_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    train(compose(*SMALL_SAC, "steps=300", "checkpoint.every=300"), run)
+    original = (run / "config.yaml").read_text()
+    assert "critic_lr: 0.0003" in original
+    (run / "config.yaml").write_text(original.replace("critic_lr: 0.0003", "critic_lr: 0.5"))
+    edited = (run / "config.yaml").read_text()
+    # it used to train on with the edited rate: a change the command line is refused (algo.critic_lr=0.5)
+    with pytest.raises(ConfigError, match=r"config.yaml was edited since checkpoint .*step_0000000300 was saved: "
+                                          r"algo.critic_lr is 0.5 in config.yaml, 0.0003 in the checkpoint"):
+        train(compose(f"resume={run}", "steps=400"), run, [f"resume={run}", "steps=400"])
+    assert (run / "config.yaml").read_text() == edited  # left as it was
+    (run / "config.yaml").write_text(original)
+    assert train(compose(f"resume={run}", "steps=400"), run, [f"resume={run}", "steps=400"])["steps"] == 400
+
+
+def test_a_signal_in_an_iteration_that_checkpointed_saves_once(tmp_path, monkeypatch):
+    import robo_rl.runners.base as base
+    from robo_rl.runners.base import Runner
+
+    saved, real = [], base.save_checkpoint
+    monkeypatch.setattr(base, "save_checkpoint", lambda d, step, *a, **k: saved.append(step) or real(d, step, *a, **k))
+    original = Runner._evaluate
+
+    def evaluate(self, wall):  # the signal arrives during the evaluation at step 200, which also checkpoints
+        if self.step == 200:
+            signal.raise_signal(signal.SIGTERM)
+        return original(self, wall)
+
+    monkeypatch.setattr(Runner, "_evaluate", evaluate)
+    with pytest.raises(Interrupted):
+        train(compose(*SMALL_SAC, "steps=400", "eval.every=200", "checkpoint.every=200"), tmp_path / "run")
+    assert saved == [200]  # the same state was written twice (twice the wait with a large replay buffer)
+
