@@ -110,6 +110,7 @@ class Runner(abc.ABC):
         demos = OmegaConf.select(cfg, "demos", default=None)
         self.frozen_obs_norm = bool(demos is not None and demos.path and demos.pretrain_steps > 0
                                     and demos.freeze_obs_norm)
+        self.reset_obs_counted = False  # set by train() once the run's first observations are in the statistics
         # filters (if any) act in both; costs are read wherever the task reports them, required when learned from
         self.safety = safety_settings(cfg)
         self.env = SafetyLayer(env, self.safety.filters, self.safety.cost_key, require_cost=bool(self.safety.passivity_aware))
@@ -225,6 +226,10 @@ class Runner(abc.ABC):
             where = "no checkpoint was written yet"
         raise NonFiniteError(f"{message}; training stopped and {where}. {fix}.")
 
+    def episodes_restarted(self) -> None:
+        """The training envs started new episodes outside ``env.step`` (a reset after a shared evaluation, or on
+        resume when the simulator state could not be saved): per-episode running state restarts too."""
+
     # -- the loop ----------------------------------------------------------------------------------
     def update_obs_norm(self, obs: torch.Tensor) -> None:
         if not self.frozen_obs_norm:
@@ -242,6 +247,7 @@ class Runner(abc.ABC):
         else:
             self.obs = self.env.reset(seed=int(cfg.seed))
             self.update_obs_norm(self.obs)
+            self.reset_obs_counted = True  # the on-policy runner's first rollout holds them again
         # a resume keeps the rows up to its checkpoint; a restart (resume= of a run with no checkpoint) none
         resume_step = self.step if resume_from else (0 if cfg.get("resume") else None)
         self.metrics = MetricsWriter(self.run_dir, cfg.log.tensorboard, resume_step=resume_step)
@@ -375,6 +381,7 @@ class Runner(abc.ABC):
         self.eval_seconds += time.perf_counter() - t0
         if self.shared_eval:  # the evaluation stepped (and reset) the training envs: they start new episodes
             self.obs = self.env.reset(seed=int(self.cfg.seed) + self.step)
+            self.episodes_restarted()
         result["step"] = self.step
         costs = self.eval_env.counted_costs(result["env_index"])
         scalars = {
@@ -550,7 +557,8 @@ class Runner(abc.ABC):
                 log.warning(f"{self.env.task_id}: simulator state was not saved (this env cannot capture it); "
                             "environments start new episodes on resume")
                 self.obs = self.env.reset(seed=int(self.cfg.seed) + self.step)
-                part = "its replay buffer (replay.npz)"
+                self.episodes_restarted()
+            part = "its replay buffer (replay.npz)"
             if replay is not None:
                 self.load_replay_state(replay)
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:

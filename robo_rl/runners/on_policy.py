@@ -65,8 +65,16 @@ class OnPolicyRunner(Runner):
         if self.anneal_lr:
             learner.set_lr(self.base_lr * (1.0 - self.iteration / self.total_iterations))
         self.record_update(learner.update(batch))
-        # Statistics change between updates only, so the rollout's log-probs match the update's
-        self.update_obs_norm(torch.cat(rollout_obs))
+        # Statistics change between updates only, so the rollout's log-probs match the update's. The rollout's
+        # first observations were counted already if they are the run's reset ones (Runner.train)
+        seen = torch.cat(rollout_obs)
+        if self.reset_obs_counted:
+            seen, self.reset_obs_counted = seen[env.num_envs:], False
+        self.update_obs_norm(seen)
+
+    def episodes_restarted(self) -> None:
+        if self.reward_norm is not None:  # each env's discounted-return trace ends with its episode
+            self.reward_norm.returns[:] = 0.0
 
     def extra_state(self) -> dict[str, Any]:
         return {"reward_norm": self.reward_norm.state_dict() if self.reward_norm is not None else None}

@@ -170,3 +170,24 @@ def test_off_policy_replay_leaves_out_time_outs_whose_final_state_is_unknown(tmp
     replay = runner.replay
     assert len(replay) == 40 and runner.step == 48
     assert not (replay.next_obs[:40] == replay.obs[:40]).all(1).any()  # no row leads back to its own state
+
+
+def test_restarting_the_training_episodes_after_an_evaluation_restarts_the_reward_traces(tmp_path, monkeypatch):
+    # the evaluation on the training envs ends their episodes: the reward normalizer's running discounted
+    # returns must restart with them, not carry the interrupted episodes' into the new ones
+    from robo_rl.runners.on_policy import OnPolicyRunner
+
+    seen = []
+    restarted = OnPolicyRunner.episodes_restarted
+
+    def record(self):
+        before = self.reward_norm.returns.copy()
+        restarted(self)
+        seen.append((before, self.reward_norm.returns.copy()))
+
+    monkeypatch.setattr(OnPolicyRunner, "episodes_restarted", record)
+    cfg = compose("algo=ppo", "env.backend=isaac", "env.id=tests.envs.isaac_style_env:make", "env.num_envs=8",
+                  "env.kwargs.exclusive=true", "algo.rollout_steps=16", "algo.minibatch_size=64", "steps=512",
+                  "eval.every=256", "eval.episodes=2", "env.normalize_reward=true", *FAST)
+    train(cfg, tmp_path / "run")
+    assert len(seen) == 2 and all(before.any() and not after.any() for before, after in seen)

@@ -671,3 +671,10 @@ def test_a_signal_in_an_iteration_that_checkpointed_saves_once(tmp_path, monkeyp
         train(compose(*SMALL_SAC, "steps=400", "eval.every=200", "checkpoint.every=200"), tmp_path / "run")
     assert saved == [200]  # the same state was written twice (twice the wait with a large replay buffer)
 
+
+def test_ppo_observation_statistics_count_each_observation_once(tmp_path):
+    # the reset observations were counted at the start and again as the first rollout's first row
+    train(compose(*SMALL_PPO, "policy.normalize_obs=true", "steps=256", "checkpoint.every=256"), tmp_path / "run")
+    modules, _ = final_weights(tmp_path / "run")
+    counts = [v for k, v in modules.items() if k.endswith("obs_norm.stats.count")]
+    assert counts and all(float(c) == 256 for c in counts)  # 2 rollouts of 4 envs x 32 steps
