@@ -487,7 +487,7 @@ class Runner(abc.ABC):
     def _check_config(self, path: Path, state: dict[str, Any]) -> None:
         """Refuse a resume whose config.yaml was edited since ``path`` was saved (keys a resume may not change)."""
         saved = state.get("config")
-        if not isinstance(saved, dict):  # checkpoints before 2026-12-05 hold no config
+        if not isinstance(saved, dict):  # checkpoints before 2026-12-04 hold no config
             return
         from robo_rl.train import RESUME_OVERRIDABLE
         from robo_rl.validation import ConfigError
