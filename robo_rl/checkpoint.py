@@ -6,8 +6,15 @@ Layout of one checkpoint::
     checkpoints/step_000120000/
         state.safetensors   every tensor of the training state (weights, optimizer moments, RNG states)
         state.json          the rest of the state, with {"__tensor__": key} where a tensor goes
-        replay.npz          the replay buffer's filled rows (optional; loaded with allow_pickle=False)
+        replay.npz          the replay buffer's filled rows (optional; an uncompressed np.savez file, never
+                            unpickled: object arrays are refused on both sides)
         manifest.json       sizes and sha256 of the files above; written last
+
+A replay buffer of a million Humanoid rows is ~2.9 GB, ~99% of a checkpoint (benchmarks/checkpoint_cost.py):
+it is hashed while it is written (not read back), and loaded by mapping its arrays from the verified file,
+so a resume copies the rows once, into the buffer, without a second in-memory copy. A load that does not
+read the replay (evaluation, export) checks only its size. Each of the ``keep`` checkpoints holds its own
+replay.npz.
 
 A checkpoint is written into a hidden temporary directory (``.tmp-step_X-PID``), fsynced and renamed
 into place, so a run killed mid-write leaves either the previous checkpoints or a complete new one.
@@ -23,7 +30,9 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +121,99 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+class _HashingWriter:
+    """A write-only stream over an open file that hashes what passes through it. It cannot seek, so
+    zipfile streams each member once (sizes and CRC in a data descriptor after the data, as for a
+    pipe) instead of going back to patch the header: one pass writes and hashes, no re-read."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.sha256, self.bytes = f, hashlib.sha256(), 0
+
+    def write(self, data: Any) -> int:
+        self.sha256.update(data)
+        self.f.write(data)
+        n = memoryview(data).nbytes
+        self.bytes += n
+        return n
+
+    def tell(self) -> int:
+        return self.bytes
+
+    def read(self, *_: Any) -> bytes:  # (np.savez takes an object with read() for an open file, never calls it)
+        raise OSError("write-only stream")
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> tuple[int, str]:
+    """Write ``arrays`` with ``np.savez`` (an uncompressed .npz, read by ``np.load``) and return the file's
+    (bytes, sha256), hashed while it is written instead of read back after the fsync. numpy streams each
+    array in 16 MiB pieces (no whole copy is made); the file differs from one np.savez writes to a seekable file
+    only in that each member's sizes and CRC follow its data (a zip data descriptor), which ``np.load`` (and
+    robo-rl before this change) reads the same. (Object arrays are refused before: ``save_checkpoint``.)"""
+    with open(path, "wb") as f:
+        out = _HashingWriter(f)
+        np.savez(out, allow_pickle=False, **arrays)
+        out.flush()
+    return out.bytes, out.sha256.hexdigest()
+
+
+_MMAP_MIN = 1 << 20  # members at least this large are mapped from the file, not read into new memory
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz; never unpickles (object arrays are an error, as with ``allow_pickle=False``).
+
+    Members stored uncompressed as .npy (everything ``_write_npz`` and ``np.savez`` write) are mapped
+    copy-on-write from the file, so loading a replay buffer does not hold a second copy of it in memory:
+    its rows are read once, straight into the buffer's tensors. Anything else goes through ``np.load``.
+    """
+    fmt = np.lib.format
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        simple = all(i.filename.endswith(".npy") and i.compress_type == zipfile.ZIP_STORED
+                     and i.file_size == i.compress_size for i in infos)
+    if not simple:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    arrays: dict[str, np.ndarray] = {}
+    with open(path, "rb") as f:
+        end = os.fstat(f.fileno()).st_size
+        for info in infos:
+            key = info.filename[:-4]
+            f.seek(info.header_offset)
+            local = f.read(30)
+            if len(local) != 30 or local[:4] != b"PK\x03\x04":
+                raise ValueError(f"member {info.filename} has no local header")
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            start = info.header_offset + 30 + name_len + extra_len
+            f.seek(start)
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = fmt.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = fmt.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"member {info.filename} has .npy format version {version}")
+            if dtype.hasobject:
+                raise ValueError(f"member {info.filename}: Object arrays cannot be loaded when allow_pickle=False")
+            offset = f.tell()
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if offset + nbytes != start + info.compress_size or offset + nbytes > end:
+                raise ValueError(f"member {info.filename} holds {start + info.compress_size - offset} bytes of data, "
+                                 f"its header says {nbytes}")
+            order = "F" if fortran else "C"
+            if nbytes >= _MMAP_MIN:
+                arrays[key] = np.memmap(path, dtype=dtype, mode="c", offset=offset, shape=shape, order=order)
+            else:
+                data = bytearray(nbytes)
+                if f.readinto(data) != nbytes:
+                    raise ValueError(f"member {info.filename} is cut short")
+                arrays[key] = np.frombuffer(data, dtype=dtype).reshape(shape, order=order)
+    return arrays
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -147,6 +249,9 @@ def save_checkpoint(
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise NonFiniteStateError(f"refusing to checkpoint step {step}: {name} holds NaN/Inf", name)
 
+    for name, array in (replay or {}).items():
+        if np.asarray(array).dtype.hasobject:
+            raise TypeError(f"cannot checkpoint object array {name!r} in the replay buffer")
     final = directory / checkpoint_name(step)
     tmp = directory / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
     if tmp.exists():
@@ -155,13 +260,16 @@ def save_checkpoint(
         tmp.mkdir()
         save_file(tensors, str(tmp / "state.safetensors"), metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
         (tmp / "state.json").write_text(json.dumps(skeleton))
-        if replay is not None:
-            with open(tmp / "replay.npz", "wb") as f:
-                np.savez(f, **replay)
+        hashed = {}
+        if replay is not None:  # hashed as it is written: the largest file of a checkpoint is not read back
+            hashed["replay.npz"] = _write_npz(tmp / "replay.npz", replay)
         files = {}
         for p in sorted(tmp.iterdir()):
             _fsync(p)
-            files[p.name] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+            size, digest = hashed.get(p.name) or (p.stat().st_size, _sha256(p))
+            if p.stat().st_size != size:
+                raise OSError(f"{p} holds {p.stat().st_size} bytes after writing {size}")
+            files[p.name] = {"bytes": size, "sha256": digest}
         manifest = {"format": FORMAT, "version": FORMAT_VERSION, "step": step, "created": time.time(), "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         _fsync(tmp / MANIFEST)
@@ -342,8 +450,12 @@ def _read_skeleton(path: Path) -> Any:
     return skeleton
 
 
-def verify_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Check a checkpoint against its manifest; returns the manifest or raises CheckpointError naming the file."""
+def verify_checkpoint(path: str | Path, replay: bool = True) -> dict[str, Any]:
+    """Check a checkpoint against its manifest; returns the manifest or raises CheckpointError naming the file.
+
+    ``replay=False`` (for a load that does not read the replay buffer, e.g. of the weights to evaluate)
+    checks replay.npz's presence and size but does not hash it: at a million rows it is ~99% of the bytes.
+    """
     path = Path(path)
     manifest_path = path / MANIFEST
     if not path.is_dir():
@@ -362,16 +474,21 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
         size = f.stat().st_size
         if size != info["bytes"]:
             raise CheckpointError(f"checkpoint file {f} is truncated or altered: {size} bytes, the manifest says {info['bytes']}")
-        if _sha256(f) != info["sha256"]:
+        if (replay or name != "replay.npz") and _sha256(f) != info["sha256"]:
             raise CheckpointError(f"checkpoint file {f} does not match its sha256 in the manifest (corrupted or modified)")
     _read_skeleton(path)
     return manifest
 
 
 def load_checkpoint(path: str | Path, load_replay: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
-    """Verify and load a checkpoint: (state, replay arrays or None). Never unpickles anything."""
+    """Verify and load a checkpoint: (state, replay arrays or None). Never unpickles anything.
+
+    Every file that is read is first checked against the manifest's sha256 (replay.npz only with
+    ``load_replay``). The replay arrays are mapped from replay.npz, not read into memory: a buffer's
+    ``load_state_dict`` copies them straight into its tensors (``np.array(a)`` makes an in-memory copy).
+    """
     path = Path(path)
-    manifest = verify_checkpoint(path)
+    manifest = verify_checkpoint(path, replay=load_replay)
     try:
         tensors = load_file(str(path / "state.safetensors"))
     except Exception as exc:  # safetensors raises its own error types for malformed headers
@@ -385,15 +502,15 @@ def load_checkpoint(path: str | Path, load_replay: bool = True) -> tuple[dict[st
     replay = None
     if load_replay and "replay.npz" in manifest["files"]:
         try:
-            with np.load(path / "replay.npz", allow_pickle=False) as npz:
-                replay = {k: npz[k] for k in npz.files}
+            replay = _read_npz(path / "replay.npz")
         except Exception as exc:
             raise CheckpointError(f"checkpoint file {path / 'replay.npz'} cannot be read: {exc}") from None
     return state, replay
 
 
 def latest_checkpoint(directory: str | Path, warn: Any = None) -> Path | None:
-    """The newest checkpoint that verifies; broken newer ones are skipped and reported via ``warn``.
+    """The newest checkpoint that verifies (its replay.npz by size: see below); broken newer ones are skipped
+    and reported via ``warn``.
 
     First puts back a checkpoint a killed re-save left aside and removes dead processes' temporary
     directories (``recover``).
@@ -406,7 +523,9 @@ def latest_checkpoint(directory: str | Path, warn: Any = None) -> Path | None:
                      f"({'a broken or looping symlink' if p.is_symlink() else 'a file'})")
     for path in reversed(list_checkpoints(directory)):
         try:
-            verify_checkpoint(path)
+            # replay.npz by size only: a resume hashes it when it loads it (and falls back past a corrupt one),
+            # evaluation and export never read it
+            verify_checkpoint(path, replay=False)
             return path
         except CheckpointError as exc:
             if warn is not None:

@@ -82,7 +82,7 @@ def export_run(
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     ckpt = resolve_checkpoint(run_dir, checkpoint)
-    manifest = verify_checkpoint(ckpt)
+    manifest = verify_checkpoint(ckpt, replay=False)  # the weights are read, not the replay
     safety_spec = load_safety_spec(safety, cfg)
     env = build_env(cfg, num_envs=1, vectorization="sync", randomize=False)
     try:

@@ -103,7 +103,7 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
 
         require_pyav()  # before the episodes run, not after
     ckpt = resolve_checkpoint(run_dir, opts.checkpoint)
-    manifest = verify_checkpoint(ckpt)
+    manifest = verify_checkpoint(ckpt, replay=False)  # the weights are read, not the replay
     raw = build_env(cfg, num_envs=min(int(opts.num_envs), int(opts.episodes)), vectorization="sync", randomize=False,
                     render=bool(opts.video))
     safety = safety_settings(cfg)  # the run's own filters act here as in its training-time evaluations

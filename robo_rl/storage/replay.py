@@ -1,7 +1,8 @@
 """Circular replay buffer of torch tensors, sampled with its own seeded generator.
 
 Rows are stored preallocated on the learner's device (no numpy on the hot path); ``state_dict``
-hands out only the filled rows, as numpy arrays for a ``.npz`` file. A buffer built with
+hands out only the filled rows, as numpy arrays for a ``.npz`` file (views of the tensors on a CPU:
+no copy; the checkpoint writes them out as they are). A buffer built with
 ``costs=True`` also keeps each transition's safety cost (passivity-aware learners); plain buffers
 do not pay for the column.
 """
@@ -16,6 +17,7 @@ import torch
 from robo_rl.learners.base import Batch, CostBatch
 
 _FIELDS = ("obs", "actions", "rewards", "next_obs", "terminated")
+_LOAD_BLOCK_BYTES = 64 << 20  # rows copied per step by load_state_dict
 
 
 class ReplayBuffer:
@@ -109,8 +111,15 @@ class ReplayBuffer:
         if generator.dtype != np.uint8 or generator.shape != tuple(self.generator.get_state().shape):
             raise ValueError(f"saved replay buffer's generator state is {generator.dtype} {list(generator.shape)}, "
                              f"expected uint8 {list(self.generator.get_state().shape)}")
+        # straight into the tensors, a block of rows at a time: arrays mapped from a checkpoint's replay.npz
+        # (robo_rl.checkpoint.load_checkpoint) are read once and never held whole in memory a second time
+        # (nor on the device: a block at a time travels to a GPU)
         for name in self.fields:
-            getattr(self, name)[:size] = torch.as_tensor(state[name], device=self.device)
+            rows, array = getattr(self, name), state[name]
+            block = max(1, _LOAD_BLOCK_BYTES // max(1, rows[:1].numel() * rows.element_size()))
+            for start in range(0, size, block):
+                stop = min(start + block, size)
+                rows[start:stop] = torch.as_tensor(np.asarray(array[start:stop]), device=self.device)
         self.size = size
         self.pos = int(state["pos"])
         self.generator.set_state(torch.as_tensor(state["generator"], dtype=torch.uint8))

@@ -280,3 +280,106 @@ def test_a_saved_replay_buffer_that_does_not_fit_is_refused_before_anything_load
     with pytest.raises(ValueError, match="saved replay buffer"):  # it used to be a KeyError or torch's RuntimeError
         fresh.load_state_dict(state)
     assert len(fresh) == 0 and fresh.obs.abs().sum() == 0  # nothing half-loaded
+
+
+# -- the replay buffer at scale: written once (hashed on the way), mapped on load, old files still read ----------
+
+def _filled_buffer(rows=1200, obs_dim=300):
+    from robo_rl.storage.replay import ReplayBuffer
+
+    buf = ReplayBuffer(rows, obs_dim, 2, seed=3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):  # wraps around: pos != size
+        buf.add(torch.randn(500, obs_dim, generator=g), torch.randn(500, 2, generator=g), torch.randn(500, generator=g),
+                torch.randn(500, obs_dim, generator=g), torch.rand(500, generator=g) < 0.1)
+    return buf
+
+
+def test_replay_is_hashed_while_written_and_reads_back_as_a_plain_npz(tmp_path):
+    import hashlib
+
+    buf = _filled_buffer()
+    path = save_checkpoint(tmp_path, 1, {"w": torch.ones(2)}, buf.state_dict())
+    data = (path / "replay.npz").read_bytes()
+    entry = json.loads((path / "manifest.json").read_text())["files"]["replay.npz"]
+    assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    with np.load(path / "replay.npz", allow_pickle=False) as npz:  # what older robo-rl (and anyone) reads
+        for key, value in buf.state_dict().items():
+            np.testing.assert_array_equal(npz[key], value)
+            assert npz[key].dtype == value.dtype
+
+
+@pytest.mark.parametrize("capacity, block", [(1200, 64 << 20), (1200, 3000), (5000, 64 << 20), (5000, 3000)])
+def test_a_replay_loaded_from_its_mapped_file_resumes_exactly(tmp_path, monkeypatch, capacity, block):
+    # a full buffer that wrapped around, and one partly filled; copied in one block or in many
+    import warnings
+
+    import robo_rl.storage.replay as replay_module
+    from robo_rl.storage.replay import ReplayBuffer
+
+    monkeypatch.setattr(replay_module, "_LOAD_BLOCK_BYTES", block)  # 3000 bytes: 2 rows of obs per block
+    buf = _filled_buffer(capacity)
+    _, replay = load_checkpoint(save_checkpoint(tmp_path, 1, {"w": torch.ones(2)}, buf.state_dict()))
+    assert isinstance(replay["obs"], np.memmap)  # not a second in-memory copy of the buffer
+    fresh = ReplayBuffer(buf.capacity, 300, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (torch warns about read-only arrays)
+        fresh.load_state_dict(replay)
+    assert (fresh.size, fresh.pos) == (buf.size, buf.pos)
+    for name in buf.fields:
+        assert torch.equal(getattr(fresh, name), getattr(buf, name))
+    assert torch.equal(fresh.sample(64).obs, buf.sample(64).obs)  # the sampler's generator too
+
+
+@pytest.mark.parametrize("writer", ["savez", "savez_compressed"])
+def test_replay_files_of_earlier_versions_still_load(tmp_path, writer):
+    # checkpoints written before replay.npz was streamed: np.savez's layout (and a compressed one, for good measure)
+    from robo_rl.storage.replay import ReplayBuffer
+
+    buf = _filled_buffer()
+    path = save_checkpoint(tmp_path, 1, {"w": torch.ones(2)}, buf.state_dict())
+    import io
+
+    old = io.BytesIO()
+    getattr(np, writer)(old, **buf.state_dict())
+    rewrite_consistently(path, "replay.npz", old.getvalue())
+    _, replay = load_checkpoint(path)
+    fresh = ReplayBuffer(buf.capacity, 300, 2)
+    fresh.load_state_dict(replay)
+    for name in buf.fields:
+        assert torch.equal(getattr(fresh, name), getattr(buf, name))
+
+
+def test_a_replay_header_promising_more_rows_than_the_file_holds_is_refused(tmp_path):
+    buf = _filled_buffer()
+    path = save_checkpoint(tmp_path, 1, {"w": torch.ones(2)}, buf.state_dict())
+    data = (path / "replay.npz").read_bytes()
+    assert data.count(b"(1200, 300)") == 2  # obs and next_obs
+    rewrite_consistently(path, "replay.npz", data.replace(b"(1200, 300)", b"(9200, 300)"))  # same length, hash agrees
+    with pytest.raises(CheckpointError, match=r"replay\.npz cannot be read"):
+        load_checkpoint(path)
+
+
+def test_loading_without_the_replay_does_not_hash_it_but_a_resume_does(tmp_path, monkeypatch):
+    import robo_rl.checkpoint as ckpt
+
+    path = save_checkpoint(tmp_path, 1, {"w": torch.ones(2)}, _filled_buffer().state_dict())
+    data = bytearray((path / "replay.npz").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one byte changed
+    (path / "replay.npz").write_bytes(bytes(data))
+    hashed = []
+    real = ckpt._sha256
+    monkeypatch.setattr(ckpt, "_sha256", lambda p: (hashed.append(Path(p).name), real(p))[1])
+    state, replay = load_checkpoint(path, load_replay=False)  # the weights, e.g. to evaluate: not the 3 GB replay
+    assert replay is None and torch.equal(state["w"], torch.ones(2)) and "replay.npz" not in hashed
+    with pytest.raises(CheckpointError, match=r"replay\.npz does not match its sha256"):
+        load_checkpoint(path, load_replay=True)
+    (path / "replay.npz").write_bytes(bytes(data[:-1]))
+    with pytest.raises(CheckpointError, match=r"replay\.npz is truncated"):  # its size is still checked
+        load_checkpoint(path, load_replay=False)
+
+
+def test_an_object_array_in_the_replay_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(TypeError, match="object array 'obs'"):
+        save_checkpoint(tmp_path, 1, {"w": torch.ones(2)}, {"obs": np.array([{"a": 1}], dtype=object)})
+    assert list(tmp_path.iterdir()) == []
