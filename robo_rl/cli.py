@@ -48,23 +48,38 @@ Run `robo-rl <command> --help` for every option.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # output piped into a reader that stopped early (`robo-rl train --help | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(TOP_HELP)
         return 0
     command, rest = argv[0], argv[1:]
-    from envs.mujoco_log import route_mujoco_warnings
-    from envs.rendering import headless_gl_default
     from robo_rl.perf import tune_malloc
 
-    headless_gl_default()  # before anything imports MuJoCo
     try:
-        route_mujoco_warnings()  # the first import of MuJoCo
-    except RuntimeError as exc:  # MuJoCo refuses to import with an unknown MUJOCO_GL
-        if "MUJOCO_GL" not in str(exc):
+        from envs.mujoco_log import route_mujoco_warnings  # (the envs package imports torch)
+        from envs.rendering import headless_gl_default
+    except ImportError:
+        if command != "deploy":
             raise
-        return error(f"MUJOCO_GL={os.environ.get('MUJOCO_GL')}: MuJoCo does not know this platform ({exc}); set egl or "
-                     "osmesa (headless), glfw or glx (with a display), or unset it", EXIT_USAGE)
+        # a robot computer without torch (README: set up): deploy needs numpy and onnxruntime only; MuJoCo's
+        # warnings then go where MuJoCo sends them
+    else:
+        headless_gl_default()  # before anything imports MuJoCo
+        try:
+            route_mujoco_warnings()  # the first import of MuJoCo
+        except RuntimeError as exc:  # MuJoCo refuses to import with an unknown MUJOCO_GL
+            if "MUJOCO_GL" not in str(exc):
+                raise
+            return error(f"MUJOCO_GL={os.environ.get('MUJOCO_GL')}: MuJoCo does not know this platform ({exc}); set egl "
+                         "or osmesa (headless), glfw or glx (with a display), or unset it", EXIT_USAGE)
     tune_malloc()
     if command in COMMANDS:
         module, entry = COMMANDS[command]

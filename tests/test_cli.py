@@ -378,3 +378,13 @@ def test_eval_writes_a_video_with_one_frame_per_step(tmp_path):
     robo_rl("eval", "run_dir=ip", "episodes=1", "video=true", "video_episodes=2", cwd=tmp_path)
     result = json.loads((tmp_path / "ip" / "eval.json").read_text())
     assert result["episodes"] == 1 and result["video_frames"] > result["lengths"][0] + 1
+
+
+def test_help_piped_into_a_reader_that_stopped_exits_quietly():
+    # `robo-rl deploy --help | head -1`: a BrokenPipeError traceback (the console script has no SIGPIPE default)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line is written
+    code = "import sys; from robo_rl.cli import main; sys.exit(main(['deploy', '--help']))"
+    result = subprocess.run([sys.executable, "-c", code], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(write_end)
+    assert result.returncode == 128 + signal.SIGPIPE and result.stderr == ""

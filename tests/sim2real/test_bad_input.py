@@ -258,3 +258,20 @@ def test_a_safety_file_without_its_filters_list_is_refused_not_read_as_no_filter
         load_safety_spec(str(path))
     assert f"safety={path}" in str(exc.value) and all(w in str(exc.value) for w in words)
     assert load_safety_spec("none") == {"filters": []}  # the way to say no filters
+
+
+def test_the_deploy_command_runs_without_torch(pendulum_export):
+    # a robot computer without torch: `robo-rl deploy` imported torch at start-up (through the envs package)
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"  # any import of torch fails, as where it is not installed
+            "from robo_rl.cli import main\n"
+            f"code = main(['deploy', 'export={pendulum_export}', 'steps=20', 'out={pendulum_export / 'deploy.json'}'])\n"
+            "assert 'envs' not in sys.modules, 'the training stack was imported'\n"
+            "sys.exit(code)\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (pendulum_export / "deploy.json").exists()
