@@ -57,6 +57,14 @@ class SB3VecEnv(VecEnv):
         self._reset_options()
         return obs.detach().cpu().numpy()
 
+    def set_options(self, options: list[dict] | dict | None = None) -> None:
+        """Refused when it holds any option (robo-rl's envs take none), here rather than at the next reset."""
+        given = options if isinstance(options, list) else [options]
+        if any(given):
+            raise ValueError(f"{self.env.task_id}: robo-rl's batched envs take no reset options, got {options!r}; set "
+                             "the task's keyword arguments when making the env instead")
+        super().set_options(options)
+
     def step_async(self, actions: np.ndarray) -> None:
         array = np.asarray(actions)
         expected = (self.num_envs, self.env.act_dim)

@@ -604,6 +604,7 @@ class Runner(abc.ABC):
             **({"passivity_aware": True} if self.safety.passivity_aware else {}),
             **({"filter_interventions": self.interventions} if self.env.chains else {}),
             "best_eval_return_mean": best["return_mean"] if best else None,
+            "best_eval_return_std": best["return_std"] if best else None,
             "best_eval_step": best["step"] if best else None,
             "last_checkpoint": str(self._last_checkpoint) if self._last_checkpoint else None,
         }

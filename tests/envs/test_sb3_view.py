@@ -180,9 +180,11 @@ def test_per_copy_calls_and_reset_options_are_refused_not_applied_to_all():
     assert venv.env.foo == 1
     with pytest.raises(ValueError, match="one object.*indices"):
         venv.env_method("reset", indices=1)  # used to reset all three
-    venv.set_options({"x_init": 0.1})
     with pytest.raises(ValueError, match="reset options"):
-        venv.reset()  # the options used to be dropped without a word
+        venv.set_options({"x_init": 0.1})  # the options used to be dropped without a word at the next reset
+    venv._options = [{"x_init": 0.1}] * 3  # set around set_options: the reset refuses them
+    with pytest.raises(ValueError, match="reset options"):
+        venv.reset()
     venv.set_options(None)
     assert venv.reset().shape == (3, 3)
 

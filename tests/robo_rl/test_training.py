@@ -47,6 +47,7 @@ def test_run_writes_every_output(tmp_path):
     saved = json.loads((run / "summary.json").read_text())
     assert saved["steps"] == 600 and saved["status"] == "completed" and saved["steps_per_s"] > 0
     assert saved["final_eval_return_mean"] == summary["final_eval_return_mean"]
+    assert saved["best_eval_return_std"] >= 0 and saved["best_eval_step"] in (300, 600)
     assert 0 < saved["eval_time_s"] < saved["wall_time_s"]  # two evaluations, timed apart from training
     assert "2 evaluations took" in (run / "train.log").read_text()
     header = (run / "metrics.csv").read_text().splitlines()[0]
