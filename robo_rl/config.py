@@ -210,7 +210,6 @@ class DiffusionPolicyConfig:
     inference_steps: int = 10  # sampling steps
     scheduler: str = "ddim"  # ddim (deterministic given the noise) or ddpm
     beta_schedule: str = "squaredcos_cap_v2"  # a diffusers schedule: linear, scaled_linear, squaredcos_cap_v2
-    timestep_spacing: str = "leading"  # diffusers' spacing of the sampled timesteps: leading, trailing, linspace
     chunk: int = 1  # actions predicted per query (H)
     execute: Optional[int] = None  # actions executed per query (k <= H); None: all H
     denoiser: str = "residual"  # residual blocks or a plain mlp

@@ -27,23 +27,23 @@ from policies.normalizers import ObsNormalizer
 log = logging.getLogger("robo_rl")  # the run log (train.py) and the console
 
 SCHEDULERS = ("ddim", "ddpm")
-#: diffusers' ``timestep_spacing`` (Lin et al. 2024, table 2): which training timesteps the sampling chain visits
-SPACINGS = ("leading", "trailing", "linspace")
 
 
-def make_scheduler(kind: str, train_steps: int, beta_schedule: str, timestep_spacing: str = "leading") -> Any:
-    """A diffusers scheduler (imported lazily: diffusers takes seconds to import)."""
+def make_scheduler(kind: str, train_steps: int, beta_schedule: str) -> Any:
+    """A diffusers scheduler (imported lazily: diffusers takes seconds to import).
+
+    Its timesteps are spaced "leading" (diffusers' default). "trailing" and "linspace" start the chain at the
+    last timestep, where the default cosine schedule leaves ~2e-7 of the action's variance: recovering the
+    action from the predicted noise there divides by ~5e-4, which turns float32 rounding into 1e-4-1e-3
+    differences between torch and an exported graph (an export's parity check fails), so they are not offered.
+    """
     if kind not in SCHEDULERS:
         raise ValueError(f"policy.scheduler={kind!r}: choose one of {', '.join(SCHEDULERS)} (diffusers' DDIMScheduler, DDPMScheduler)")
-    if timestep_spacing not in SPACINGS:
-        raise ValueError(f"policy.timestep_spacing={timestep_spacing!r}: choose one of {', '.join(SPACINGS)} "
-                         "(diffusers' timestep_spacing)")
     import diffusers
 
     cls = diffusers.DDIMScheduler if kind == "ddim" else diffusers.DDPMScheduler
     try:
-        return cls(num_train_timesteps=train_steps, beta_schedule=beta_schedule, clip_sample=True, prediction_type="epsilon",
-                   timestep_spacing=timestep_spacing)
+        return cls(num_train_timesteps=train_steps, beta_schedule=beta_schedule, clip_sample=True, prediction_type="epsilon")
     except NotImplementedError:
         raise ValueError(f"policy.beta_schedule={beta_schedule!r} is not a diffusers schedule "
                          "(use linear, scaled_linear or squaredcos_cap_v2)") from None
@@ -70,8 +70,7 @@ def check_chain_starts_from_noise(abar: torch.Tensor, timesteps: torch.Tensor, b
         raise ValueError(f"policy.inference_steps={inference_steps}: the sampling chain starts at timestep "
                          f"{int(timesteps[0])} of {train_steps}, where {start:.0%} of the action's variance is left, "
                          "so it cannot turn noise into an action: use inference_steps >= 2 (DDIM is usually run "
-                         "with 5-10), policy.timestep_spacing=trailing (starts at the last timestep), or policy=flow "
-                         "for one-step sampling")
+                         "with 5-10), or policy=flow for one-step sampling")
 
 
 class DiffusionHead(GenerativeHead):
@@ -80,8 +79,7 @@ class DiffusionHead(GenerativeHead):
     def __init__(self, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray, obs_norm: ObsNormalizer,
                  hidden_sizes: Sequence[int] = (256, 256, 256), activation: str = "mish", train_steps: int = 100,
                  inference_steps: int = 10, scheduler: str = "ddim", beta_schedule: str = "squaredcos_cap_v2",
-                 chunk: int = 1, execute: int | None = None, denoiser: str = "residual",
-                 timestep_spacing: str = "leading") -> None:
+                 chunk: int = 1, execute: int | None = None, denoiser: str = "residual") -> None:
         train_steps = count_option("train_steps", train_steps, 1, "the diffusion head needs at least 1 diffusion "
                                    "timestep, a whole number (default 100; sampling runs policy.inference_steps of them)")
         inference_steps = count_option("inference_steps", inference_steps, 1, "the diffusion head needs at least 1 "
@@ -94,7 +92,7 @@ class DiffusionHead(GenerativeHead):
         super().__init__(obs_dim, action_low, action_high, obs_norm, hidden_sizes, activation, chunk, execute,
                          denoiser=denoiser)
         self.train_scheduler = make_scheduler("ddpm", self.train_steps, beta_schedule)
-        self.sampler = make_scheduler(scheduler, self.train_steps, beta_schedule, timestep_spacing)
+        self.sampler = make_scheduler(scheduler, self.train_steps, beta_schedule)
         self.sampler.set_timesteps(self.inference_steps)
         abar = self.train_scheduler.alphas_cumprod.float()
         timesteps = self.sampler.timesteps.long()
@@ -102,12 +100,11 @@ class DiffusionHead(GenerativeHead):
         if timesteps[0] < self.train_steps - self.train_steps // self.inference_steps:
             log.warning(f"{self.inference_steps} sampling steps (policy.inference_steps; policy.decoder_steps of a latent "
                         f"head) of policy.train_steps={self.train_steps} with "
-                        f"{timestep_spacing} spacing starts the sampling chain at timestep {int(timesteps[0])}, where "
-                        f"{float(abar[timesteps[0]]):.0%} of the action's variance is left: use an inference_steps "
-                        "that divides train_steps, or policy.timestep_spacing=trailing")
-        # each step lands on the chain's next timestep (-1: the clean action). This is DDPMScheduler's
-        # previous_timestep; DDIMScheduler.step strides by train_steps // inference_steps instead, the same
-        # timestep whenever the spacing is even (leading, or a divisor) and off by one or more otherwise
+                        f"diffusers' leading spacing starts the sampling chain at timestep {int(timesteps[0])}, where "
+                        f"{float(abar[timesteps[0]]):.0%} of the action's variance is left: use a number of steps "
+                        "that divides train_steps")
+        # each step lands on the chain's next timestep (-1: the clean action), as DDPMScheduler's previous_timestep;
+        # with leading spacing that is DDIMScheduler.step's stride of train_steps // inference_steps too
         prev = torch.cat([timesteps[1:], timesteps.new_tensor([-1])])
         final = torch.tensor(1.0)  # set_alpha_to_one / the "one" of DDPM: abar before the first step
         abar_t = abar[timesteps]
