@@ -173,15 +173,25 @@ class SafetyLayer(BatchedEnv):
     def close(self) -> None:
         self.env.close()
 
-    # The running cost sums travel with the simulator state (the runner restores ``obs``). Filter chains
-    # start fresh on resume: they keep only per-episode state (an energy tank, the previous output).
+    # The running cost sums and each copy's filter state (the previous output, an energy tank's level) travel
+    # with the simulator state (the runner restores ``obs``), so a resumed run filters its next command as an
+    # unbroken one would; without a simulator state the episodes, and the filters, start afresh.
     def state_dict(self) -> dict[str, Any] | None:
         state = self.env.state_dict()
-        return None if state is None else {**state, "safety.episode_cost": self.episode_cost.clone()}
+        if state is None:
+            return None
+        return {**state, "safety.episode_cost": self.episode_cost.clone(),
+                "safety.filters": [chain.state_dict() for chain in self.chains]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         state = dict(state)
         cost = state.pop("safety.episode_cost", None)
+        chains = state.pop("safety.filters", None)  # not in checkpoints before 2026-12-04: the filters start afresh
+        if chains is not None and (not isinstance(chains, list) or len(chains) != len(self.chains)):
+            raise ValueError(f"the saved safety filter state holds {len(chains) if isinstance(chains, list) else chains!r} "
+                             f"chains, this run {len(self.chains)}")
         self.env.load_state_dict(state)
         if cost is not None:
             self.episode_cost.copy_(torch.as_tensor(cost))
+        for chain, saved in zip(self.chains, chains or []):
+            chain.load_state_dict(saved)

@@ -109,6 +109,8 @@ class SafetyFilter(ABC):
 
     name: str = "filter"
     uses_obs: bool = False
+    #: the attributes ``_reset_state`` sets and later calls change: what ``state_dict`` saves
+    episode_state: tuple[str, ...] = ()
 
     def __init__(self, action_dim: int) -> None:
         if isinstance(action_dim, bool) or not isinstance(action_dim, (int, np.integer)) or action_dim < 1:
@@ -149,6 +151,21 @@ class SafetyFilter(ABC):
 
     def _reset_state(self, batch: int) -> None:
         """Per-episode state of a subclass (previous output, tank energy...)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The per-episode state, as JSON (numbers, lists, None; NaN as None in arrays): a training run's
+        checkpoint keeps it so a resumed run filters its next command as an unbroken one would."""
+        names = ("batch", "_stepped", "_initial", *self.episode_state)
+        return {name: _to_json(getattr(self, name, None)) for name in names}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned (ValueError when it does not fit this filter)."""
+        names = ("batch", "_stepped", "_initial", *self.episode_state)
+        if not isinstance(state, dict) or set(state) != set(names):
+            raise ValueError(f"{self.name}: saved filter state holds {sorted(state) if isinstance(state, dict) else state!r}, "
+                             f"expected {sorted(names)}")
+        for name in names:
+            setattr(self, name, _from_json(state[name]))
 
     def _seed(self, initial: np.ndarray) -> None:
         """Take ``initial`` [B, A] float64 (finite) as the previous command; a no-op unless a subclass needs it."""
@@ -208,3 +225,24 @@ class SafetyFilter(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.describe()})"
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        data = value.astype(object)
+        if value.dtype.kind == "f":
+            data[np.isnan(value)] = None
+        return {"ndarray": value.dtype.str, "shape": list(value.shape), "data": data.ravel().tolist()}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"ndarray", "shape", "data"}:
+        dtype = np.dtype(value["ndarray"])
+        if dtype.kind not in "biuf":
+            raise ValueError(f"saved filter state holds an array of {dtype}")
+        data = [np.nan if v is None else v for v in value["data"]]
+        return np.array(data, dtype=dtype).reshape(value["shape"])
+    return value

@@ -34,6 +34,8 @@ class BoxFilter(SafetyFilter):
         self.midpoint = np.clip(self.low / 2 + self.high / 2, self.low, self.high)  # no overflow near 1e308
         self.prev: np.ndarray | None = None
 
+    episode_state = ('prev',)
+
     def _reset_state(self, batch: int) -> None:
         self.prev = None
 

@@ -68,6 +68,17 @@ class FilterChain(SafetyFilter):
             report = report.merge(r)
         return out, report
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"chain": super().state_dict(), "filters": [f.state_dict() for f in self.filters]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or not isinstance(state.get("filters"), list) \
+                or len(state["filters"]) != len(self.filters):
+            raise ValueError(f"saved filter chain state does not hold {len(self.filters)} filters' state")
+        super().load_state_dict(state.get("chain"))
+        for f, s in zip(self.filters, state["filters"]):
+            f.load_state_dict(s)
+
     def describe(self) -> dict[str, Any]:
         """``{"filters": [...]}``: the shape of a ``configs/safety`` file and of ``build_chain``'s spec."""
         return {"filters": [f.describe() for f in self.filters]}

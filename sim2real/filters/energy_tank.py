@@ -116,6 +116,8 @@ class EnergyTankFilter(SafetyFilter):
                              f"joints' viscous damping or work_bound: velocity (not conservative)")
         self.reset(1)
 
+    episode_state = ('_level', '_pending', '_torque', '_position', '_fresh', 'injected_energy', 'dissipated_energy', 'last_alpha')
+
     def _reset_state(self, batch: int) -> None:
         k = len(self.velocity_index)
         self._level = np.full(batch, self.initial_energy)  # settled: every finished step accounted for

@@ -31,6 +31,8 @@ class RateFilter(SafetyFilter):
         self.max_delta = spec.vector("max_delta", max_delta, self.action_dim, low=0.0, low_open=True)
         self.prev: np.ndarray | None = None
 
+    episode_state = ('prev',)
+
     def _reset_state(self, batch: int) -> None:
         self.prev = None
 

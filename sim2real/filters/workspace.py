@@ -62,6 +62,8 @@ class WorkspaceFilter(SafetyFilter):
         self.midpoint = np.clip(self.low / 2 + self.high / 2, self.low, self.high)  # no overflow near 1e308
         self.prev_target: np.ndarray | None = None
 
+    episode_state = ('prev_target',)
+
     def _reset_state(self, batch: int) -> None:
         self.prev_target = None
 

@@ -572,6 +572,31 @@ def test_describe_round_trips_through_build_chain_and_json():
     assert build_chain(None, 3).describe() == {"filters": []} == build_chain({"filters": []}, 3).describe()
 
 
+def test_a_chain_s_state_round_trips_through_json_and_carries_on_as_unbroken():
+    # what a training checkpoint keeps of each env copy's filters (the previous command, the tank's level and
+    # the command in flight, NaN positions before the first step), so a resumed run filters as an unbroken one
+    spec = [*FULL_SPEC[:4], {**FULL_SPEC[4], "position_index": [0, 1, 5]}]
+    chain = build_chain(spec, action_dim=3, obs_dim=7)
+    rng = np.random.default_rng(0)
+    steps = [(3 * rng.normal(size=(2, 3)), rng.normal(size=(2, 7))) for _ in range(10)]
+    chain.reset(2)
+    saved = json.dumps(chain.state_dict())  # before the first step: the tank's positions are NaN
+    assert "NaN" not in saved
+    for action, obs in steps[:5]:
+        chain(action, obs)
+    saved = json.loads(json.dumps(chain.state_dict()))
+    resumed, fresh = build_chain(spec, action_dim=3, obs_dim=7), build_chain(spec, action_dim=3, obs_dim=7)
+    resumed.load_state_dict(saved)
+    fresh.reset(2)
+    outputs = [(chain(a, o)[0], resumed(a, o)[0], fresh(a, o)[0]) for a, o in steps[5:]]
+    for ours, theirs, _ in outputs:
+        np.testing.assert_array_equal(ours, theirs)
+    assert any(not np.array_equal(ours, new) for ours, _, new in outputs)  # the state mattered
+    assert json.dumps(resumed.state_dict()) == json.dumps(chain.state_dict())
+    with pytest.raises(ValueError, match="filters' state"):
+        build_chain(spec[:2], action_dim=3, obs_dim=7).load_state_dict(saved)
+
+
 def test_chain_merges_reports_in_order():
     chain = build_chain([{"type": "box", "low": -1, "high": 1}, {"type": "rate", "max_delta": 0.1}], action_dim=1)
     chain.reset(batch=3)
