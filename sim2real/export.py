@@ -306,7 +306,8 @@ def _sampling(policy: Any) -> dict[str, Any] | None:
     """How a generative policy's graph samples (steps unrolled, solver/scheduler), for the record."""
     inner = getattr(policy, "base", None) or getattr(policy, "decoder", None) or policy
     # no "execute": the graph returns a chunk's first action and the runtime queries it at every control step
-    info = {key: getattr(inner, key) for key in ("steps", "solver", "scheduler_kind", "inference_steps", "action_chunk")
+    keys = ("steps", "solver", "scheduler_kind", "inference_steps", "train_steps", "beta_schedule", "action_chunk")
+    info = {key: getattr(inner, key) for key in keys
             if isinstance(getattr(inner, key, None), (int, str))}
     if hasattr(policy, "n") and hasattr(policy, "critic"):
         info["candidates"] = int(policy.n) * (2 if getattr(policy, "edit", None) is not None else 1)

@@ -199,7 +199,9 @@ def test_train_eval_resume(tmp_path):
 
     out = robo_rl("train", "resume=runs/p", "steps=500", cwd=tmp_path).stderr
     assert "resumed from" in out and "step_0000000300" in out
-    assert json.loads((run / "summary.json").read_text())["steps"] == 500
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 500
+    assert summary["last_checkpoint"] == str(run.absolute() / "checkpoints" / "step_0000000500")  # not runs/p/...
     # SAC's own keys are checked against the SAC run, not the default PPO ("unknown key" before); its values are no change
     proc = robo_rl("train", "resume=runs/p", "algo.batch_size=64", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "algo.batch_size cannot change on resume" in proc.stderr

@@ -89,6 +89,7 @@ class DiffusionHead(GenerativeHead):
                              "sampling visits a subset of the training timesteps, so use inference_steps <= "
                              "train_steps")
         self.train_steps, self.inference_steps, self.scheduler_kind = train_steps, inference_steps, scheduler
+        self.beta_schedule = beta_schedule
         super().__init__(obs_dim, action_low, action_high, obs_norm, hidden_sizes, activation, chunk, execute,
                          denoiser=denoiser)
         self.train_scheduler = make_scheduler("ddpm", self.train_steps, beta_schedule)

@@ -606,7 +606,8 @@ class Runner(abc.ABC):
             "best_eval_return_mean": best["return_mean"] if best else None,
             "best_eval_return_std": best["return_std"] if best else None,
             "best_eval_step": best["step"] if best else None,
-            "last_checkpoint": str(self._last_checkpoint) if self._last_checkpoint else None,
+            # absolute, however the run directory was named (run_dir=, or resume= with a relative path)
+            "last_checkpoint": str(Path(self._last_checkpoint).absolute()) if self._last_checkpoint else None,
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         if self.cfg.log.plot and metrics is not None:

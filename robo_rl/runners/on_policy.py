@@ -23,9 +23,11 @@ class OnPolicyRunner(Runner):
         self.total_iterations = -(-self.total_steps // self.samples_per_update)  # ceil
         self.planned_steps = self.total_iterations * self.samples_per_update
         if self.planned_steps != self.total_steps:
-            log.info(f"steps={self.total_steps:,} rounds up to whole updates: {self.total_iterations:,} x "
-                     f"{self.samples_per_update:,} samples ({env.num_envs} envs x {self.rollout_steps} steps) = "
-                     f"{self.planned_steps:,} env steps")
+            # a warning when the rounding more than doubles the run (steps=384 with 64 envs x 64 steps: 4,096)
+            (log.warning if self.planned_steps > 2 * self.total_steps else log.info)(
+                f"steps={self.total_steps:,} rounds up to whole updates: {self.total_iterations:,} x "
+                f"{self.samples_per_update:,} samples ({env.num_envs} envs x {self.rollout_steps} steps) = "
+                f"{self.planned_steps:,} env steps")
         self.learner.plan(self.total_iterations)
         self.base_lr = float(algo.lr)
         self.anneal_lr = bool(algo.anneal_lr)

@@ -325,6 +325,16 @@ def test_on_policy_steps_round_up_to_whole_updates_and_say_so(tmp_path):
     assert "step 256/256 (100%)" in log
 
 
+def test_a_rounding_that_more_than_doubles_the_run_is_a_warning(tmp_path, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("robo_rl"), "propagate", True)  # a CLI test may have turned it off
+    with caplog.at_level(logging.INFO, logger="robo_rl"):
+        train(compose(*SMALL_PPO, "steps=50", "eval.every=128"), tmp_path / "run")  # one update: 128 samples
+    levels = {r.getMessage().split(":")[0]: r.levelno for r in caplog.records if "rounds up" in r.getMessage()}
+    assert levels == {"steps=50 rounds up to whole updates": logging.WARNING}
+
+
 def test_a_second_sigint_aborts_and_the_summary_says_so(tmp_path, monkeypatch):
     from robo_rl.learners.sac import SAC
 

@@ -75,6 +75,8 @@ def test_every_head_exports_and_matches_torch(tmp_path, name, options):
     assert (got >= LOW - 1e-6).all() and (got <= HIGH + 1e-6).all()
     if name in ("flow", "diffusion"):
         assert k > 0 and sidecar["sampling"]  # sampling steps unrolled, noise is an explicit input
+        if name == "diffusion":  # the schedule the unrolled chain follows is on record
+            assert {"train_steps", "beta_schedule", "scheduler_kind", "inference_steps"} <= set(sidecar["sampling"])
         # the graph gives a chunk's first action and the runtime queries it every step: no "execute" on record
         assert "execute" not in sidecar["sampling"] and sidecar["sampling"].get("action_chunk", 1) == options.get("chunk", 1)
         # zeros (the sidecar's default) reproduce the head's deterministic action
