@@ -390,3 +390,82 @@ def test_help_piped_into_a_reader_that_stopped_exits_quietly():
     result = subprocess.run([sys.executable, "-c", code], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
     os.close(write_end)
     assert result.returncode == 128 + signal.SIGPIPE and result.stderr == ""
+
+
+@pytest.mark.parametrize("args, words", [
+    # ~key deletions were never checked: Hydra's report (exit 1), or a traceback once the run read the key
+    (["~seed"], ["~seed: robo-rl train does not delete keys", "seed=<value>"]),
+    (["~policy"], ["~policy: robo-rl train does not delete keys"]),
+    (["~demos.path"], ["~demos.path: robo-rl train does not delete keys"]),
+    (["env.kwargs.x=1", "~env.kwargs.x"], None),  # a task keyword argument is free-form: Hydra deletes it
+    (["~env.kwargs.y"], ["Could not delete from config. 'env.kwargs.y' does not exist."]),
+    # a sweep without -m was Hydra's four-line "Ambiguous value" report, exit 1
+    (["seed=0,1"], ["seed=0,1: a sweep", "needs -m: robo-rl train -m seed=0,1", "seed=[0,1]", "seed='0,1'"]),
+    (["seed=range(0,3)"], ["needs -m: robo-rl train -m seed=range(0,3)"]),
+    (["run_dir=a,b"], ["run_dir='a,b'"]),
+    (["seed=0,1", "--help"], None),  # help on one config (train_main drops the sweep; composition_problem sees it)
+    # interval() was a traceback from Hydra's basic sweeper
+    (["-m", "algo=sac", "algo.tau=interval(0.001,0.01)"], ["interval() needs a sampling sweeper", "algo.tau=0.001,"]),
+    # -m with --cfg/--info was Hydra's ValueError traceback
+    (["-m", "seed=0,1", "--cfg", "job"], ["--cfg cannot be combined with -m"]),
+    (["-m", "--info"], ["--info cannot be combined with -m"]),
+    (["seed=0", "--cfg", "job"], None),
+    # hydra.run.dir silently won over run_dir= (the run went elsewhere, config.yaml naming hydra's)
+    (["hydra.run.dir=out", "run_dir=mine"], ["hydra.run.dir=out", "use run_dir="]),
+    (["-m", "seed=0,1", "hydra.sweep.dir=out"], ["use run_dir="]),
+    # another launcher or sweeper: Hydra's missing-config report (exit 1), or jobs outside the sweep's bookkeeping
+    (["hydra/launcher=joblib"], ["hydra/launcher=joblib: robo-rl train runs a sweep's jobs one after another"]),
+    (["-m", "seed=0,1", "hydra/sweeper=optuna"], ["hydra/sweeper=optuna"]),
+    (["hydra/launcher=basic"], None),
+    # another config was Hydra's report (--config-name), or silently not the config checked (--config-dir)
+    (["--config-name", "foo"], ["--config-name is not supported", "env.id=module:Id"]),
+    (["--config-dir", "/tmp"], ["--config-dir is not supported"]),
+    (["-cd", "/tmp"], ["-cd is not supported"]),
+    (["--config-dir=/tmp"], ["--config-dir is not supported"]),
+    (["--shell-completion", "install=bash"], ["--shell-completion is not supported"]),
+    # a file path for a group option: the list of options, but not what to do instead
+    (["env=./my_env.yaml"], ["env= takes the name of a config in robo_rl/configs/env/, not a file path",
+                             "env.kwargs.<name>"]),
+    # a scalar for a list key: OmegaConf's words only
+    (["policy.hidden_sizes=256"], ["A list is written policy.hidden_sizes=[256]"]),
+])
+def test_hydra_conventions_robo_rl_does_not_follow_are_one_line(args, words):
+    from robo_rl.commands.train import composition_problem
+
+    problem = composition_problem(args)
+    if words is None:
+        assert problem is None, problem
+    else:
+        assert problem is not None and "\n" not in problem and all(w in problem for w in words), problem
+
+
+def test_a_deletion_or_a_sweep_without_m_exits_2_with_one_line_and_writes_nothing(tmp_path):
+    # `~policy` used to leave an empty run directory behind its traceback
+    for args in (["~policy"], ["seed=0,1"], ["-m", "seed=0,1", "--cfg", "job"]):
+        proc = robo_rl("train", *args, "steps=100", cwd=tmp_path, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("robo-rl: error: "), proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_sweep_over_env_configs_named_with_yaml_names_its_directory_by_task_ids():
+    from robo_rl.commands import sweep
+    from robo_rl.commands.train import register_resolvers
+    from omegaconf import OmegaConf
+
+    register_resolvers()
+    sweep.TRAIN_ARGS[:] = ["-m", "env=pendulum.yaml,inverted_pendulum", "algo=sac"]  # Hydra reads pendulum.yaml
+    try:
+        cfg = OmegaConf.create({"d": "${robo_rl_sweep_dir:null,sac,Pendulum-v1,T}"})
+        assert cfg.d == "runs/sweep-sac-Pendulum-v1+InvertedPendulum-v5-T"  # was pendulum.yaml+InvertedPendulum-v5
+    finally:
+        sweep.TRAIN_ARGS[:] = []
+
+
+def test_a_sweep_s_compare_command_works_as_pasted_with_a_space_in_its_directory(tmp_path):
+    import shlex
+
+    err = robo_rl("train", "-m", "seed=0", *TINY, "steps=120", "run_dir=my sweep", cwd=tmp_path).stderr
+    line = next(l for l in err.splitlines() if "side by side: robo-rl compare" in l)
+    command = shlex.split(line.split("side by side: ", 1)[1])  # was runs=my sweep: two arguments
+    assert command == ["robo-rl", "compare", "runs=my sweep"], line

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from robo_rl.commands import sweep
-from robo_rl.commands.common import (EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, error, log, override_key,
-                                     quote_paths, unknown_key, unquoted)
+from robo_rl.commands.common import (EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, PATH_KEYS, error, log,
+                                     override_key, quote_paths, unknown_key, unquoted)
 from robo_rl.commands.sweep import (for_hydra_multirun, is_sweep, sweep_problem, sweep_values, swept_on_command_line,
                                     swept_values_by_job)
 
@@ -42,7 +44,8 @@ def register_resolvers() -> None:
         from omegaconf import OmegaConf
 
         try:
-            return str(OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "env" / f"{env_config}.yaml").id)
+            stem = str(env_config).removesuffix(".yaml")  # env=hopper.yaml is Hydra's hopper too
+            return str(OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "env" / f"{stem}.yaml").id)
         except Exception:  # noqa: BLE001 - a name only: the sweep's own check reports a bad config
             return env_config
 
@@ -128,7 +131,8 @@ def train_main(args: Sequence[str]) -> int:
     _run()
     if sweep_dirs:
         where = sweep_dirs[0] if len(set(sweep_dirs)) == 1 else ",".join(dict.fromkeys(sweep_dirs))
-        log.info("sweep: %d job(s) in %s; side by side: robo-rl compare runs=%s", len(sweep_dirs), where, where)
+        log.info("sweep: %d job(s) in %s; side by side: robo-rl compare %s", len(sweep_dirs), where,
+                 shlex.quote(f"runs={where}"))  # pasted as printed, a directory with a space too
         if failed_jobs:
             log.error("sweep: %d of %d job(s) failed: %s", len(failed_jobs), len(sweep_dirs), "; ".join(failed_jobs))
     return exit_code
@@ -147,8 +151,6 @@ def earlier_failure(run_dir: Path) -> str | None:
 
 def continue_command(sweep_dir: str) -> str:
     """The command that continues this sweep: the same overrides, into its directory."""
-    import shlex
-
     args = [a for a in sweep.TRAIN_ARGS if override_key(a) != "run_dir" and a not in ("-m", "--multirun")]
     return shlex.join(["robo-rl", "train", "-m", *args, f"run_dir={sweep_dir}"])
 
@@ -181,6 +183,9 @@ def composition_problem(args: Sequence[str]) -> str | None:
     otherwise train the first job before the second one failed; ``-m algo=sac,ppo algo.tau=0.01``
     fails for ppo only). Hydra's flags and ``hydra.*`` overrides are left to Hydra.
     """
+    problem = hydra_problem(args)
+    if problem is not None:
+        return problem
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
         # --help, --cfg, --info, ...: Hydra's business, but on a config these overrides can make (`algo=foo
         # --help` would be Hydra's traceback); sweeps are not composed here
@@ -191,7 +196,9 @@ def composition_problem(args: Sequence[str]) -> str | None:
     plain: list[str] = []  # the overrides, each sweep at its first value
     sweeps: list[tuple[int, list[str]]] = []  # (position in plain, every value of that sweep as key=value)
     for a in args:
-        if "=" in a and not override_key(a).startswith("hydra"):
+        if a.startswith("~") and "=" not in a:  # ~env.kwargs.<name> (hydra_problem refused the others)
+            plain.append(a)
+        elif "=" in a and not override_key(a).startswith("hydra"):
             values = sweep_values(a) if is_sweep(a.split("=", 1)[1]) else [a]
             if values is None and (problem := parse_problem(a)) is not None:  # Hydra's own would be a traceback
                 return problem
@@ -203,6 +210,68 @@ def composition_problem(args: Sequence[str]) -> str | None:
     if problem is not None or not any(a in ("-m", "--multirun") for a in args):
         return problem
     return sweep_problem(plain, sweeps)
+
+
+# Hydra's flags that would read another config than robo-rl's (or print a traceback): refused with what to use
+UNSUPPORTED_FLAGS = {
+    "--config-name": "-cn", "--config-path": "-cp", "--config-dir": "-cd", "--shell-completion": "-sc",
+    "--experimental-rerun": None,
+}
+# Hydra's directory settings: robo-rl's run_dir= names them (a resume, a sweep's continuation and the checks use it)
+DIRECTORY_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir")
+
+
+def hydra_problem(args: Sequence[str]) -> str | None:
+    """Hydra conventions robo-rl train does not follow, as one line naming what to use instead (Hydra itself
+    would print its report or a traceback and exit 1, or silently drop run_dir=); None if there is none."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType, ValueType
+
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    helping = any(a in ("--help", "-h", "--hydra-help") for a in args)
+    for a in args:
+        flag = a.split("=", 1)[0]
+        if a.startswith("-") and (
+                flag in UNSUPPORTED_FLAGS or flag in UNSUPPORTED_FLAGS.values()
+                or any(len(flag) > 3 and long.startswith(flag) for long in UNSUPPORTED_FLAGS)):
+            if not flag.startswith(("--c", "-c")):  # --shell-completion, --experimental-rerun
+                return f"{flag} is not supported by robo-rl train (see robo-rl train --help)"
+            return (f"{flag} is not supported by robo-rl train: it composes its own configs (robo_rl/configs); choose "
+                    "them with algo=, env=, policy=, safety=, randomize= and set any key with key=value (a task of "
+                    "your own: env.id=module:Id, env.kwargs.<name>=...; see robo-rl train --help)")
+        if multirun and flag in ("--cfg", "-c", "--info", "-i", "--run", "-r"):
+            return (f"{flag} cannot be combined with -m (Hydra runs one or the other): show one job's config "
+                    f"without -m, with one value per key (robo-rl train seed=0 {flag} ...)")
+        if a.startswith("-") or "=" not in a and not a.startswith("~"):
+            continue
+        key = override_key(a)
+        if key in DIRECTORY_KEYS:
+            return (f"{a}: robo-rl train names its directories with run_dir=<dir> (under -m the sweep's, its jobs in "
+                    "subdirectories named by their swept values): use run_dir= instead of hydra.run.dir / hydra.sweep.*")
+        if key in ("hydra/launcher", "hydra/sweeper") and a.split("=", 1)[1].strip() != "basic":
+            return (f"{a}: robo-rl train runs a sweep's jobs one after another with Hydra's basic launcher and sweeper "
+                    "(its jobs share the sweep's directory, its continue command and its summary); for jobs in "
+                    "parallel start several robo-rl train commands, each with its own run_dir= and threads=1")
+        try:
+            (parsed,) = OverridesParser.create().parse_overrides([a])
+        except Exception:  # noqa: BLE001 - a grammar error: parse_problem words it
+            continue
+        if parsed.type == OverrideType.DEL and not key.startswith("env.kwargs."):
+            return (f"{a}: robo-rl train does not delete keys or config groups (its schema defines every key, and "
+                    f"the run reads them all); leave the override out for the default, or set {key}=<value> "
+                    "(~env.kwargs.<name> removes a task keyword argument)")
+        if parsed.value_type == ValueType.INTERVAL_SWEEP:
+            return (f"{a}: interval() needs a sampling sweeper (Optuna, Nevergrad), and robo-rl train sweeps with "
+                    f"Hydra's basic sweeper: list the values (-m {key}=0.001,0.003,0.01) or use range() / choice()")
+        if parsed.is_sweep_override() and not multirun and not helping and not key.startswith("hydra"):
+            value = a.split("=", 1)[1]
+            quote = f"for one value holding a comma quote it: {key}='{value}'"
+            if key in PATH_KEYS:  # run_dir=a,b: a directory's name (a sweep of them is refused)
+                return f"{a}: a comma makes a sweep in Hydra's grammar; {quote}"
+            lists = (f"; for a list write {key}=[{value}], {quote}" if parsed.value_type == ValueType.SIMPLE_CHOICE_SWEEP
+                     else "")
+            return f"{a}: a sweep (a,b / range() / choice() / glob()) needs -m: robo-rl train -m {a} ...{lists}"
+    return None
 
 
 def parse_problem(override: str) -> str | None:
@@ -245,6 +314,12 @@ def composition_message(exc: Exception, overrides: list[str]) -> str | None:
         env = next((o.split("=", 1)[1] for o in overrides if o.startswith("env=")), "")
         if f"'env/{env}'" in message and ("-v" in env or ":" in env):  # a gymnasium id where a config name goes
             message += f"; for a gymnasium id use env.id={env}"
+        missing = re.search(r"Could not find '([^/']+)/(.*?)'", message)
+        if missing and ("/" in missing[2] or missing[2].endswith((".yaml", ".yml"))):  # env=./my_env.yaml
+            group = missing[1]
+            message += (f"; {group}= takes the name of a config in robo_rl/configs/{group}/, not a file path: set "
+                        f"the file's keys on the command line ({group}.<key>=value"
+                        + (", e.g. env.id=<id> env.kwargs.<name>=..." if group == "env" else "") + ")")
         return message
     if isinstance(exc, ConfigCompositionException):
         cause = exc.__cause__
@@ -252,6 +327,9 @@ def composition_message(exc: Exception, overrides: list[str]) -> str | None:
             return " ".join(str(exc).split())
         first = str(cause).splitlines()[0]
         if not isinstance(cause, (ConfigKeyError, ConfigAttributeError)) or not cause.full_key:
+            merging = re.search(r"Error merging override (\S+?)=(\S*)", str(exc))
+            if "is not a ListConfig" in first and merging:  # policy.hidden_sizes=256
+                first += f" A list is written {merging[1]}=[{merging[2]}]."
             return f"{first} ({' '.join(str(exc).split())}; see robo-rl train --help)"
         full_key = str(cause.full_key)
         try:  # the keys that do exist, in the config these overrides select
@@ -297,7 +375,7 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
         leave_nothing()
         resumable = (run_dir / "config.yaml").exists()
         return error("stopped by SIGTERM outside the training loop" + (
-            f"; the run's checkpoints are intact: continue with robo-rl train resume={run_dir}" if resumable
+            f"; the run's checkpoints are intact: continue with robo-rl train {shlex.quote(f'resume={run_dir}')}" if resumable
             else "; nothing was written"), EXIT_SIGTERM)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop began: no new checkpoint
         leave_nothing()

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import random
+import shlex
 import signal
 import time
 from collections import deque
@@ -287,7 +288,7 @@ class Runner(abc.ABC):
                         raise Interrupted(
                             stop.signum,
                             f"{status} at step {self.step:,}; checkpoint {self._last_checkpoint} saved. "
-                            f"Continue with: robo-rl train resume={self.run_dir}",
+                            f"Continue with: robo-rl train {shlex.quote(f'resume={self.run_dir}')}",  # pasted as printed
                         )
                 # still under the handler: a signal during the final evaluation or save waits for them, as one
                 # in the loop waits for its iteration (it used to kill the run, losing the steps since the
@@ -314,7 +315,8 @@ class Runner(abc.ABC):
         except KeyboardInterrupt:  # a second Ctrl-C while the first one's checkpoint was pending: no new one
             where = f"the last checkpoint is {self._last_checkpoint}" if self._last_checkpoint else "no checkpoint was written"
             status = f"aborted by a second SIGINT at step {self.step:,} ({where})"
-            log.info(f"{status}" + (f"; continue with: robo-rl train resume={self.run_dir}" if self._last_checkpoint else ""))
+            log.info(f"{status}" + (f"; continue with: robo-rl train {shlex.quote(f'resume={self.run_dir}')}"
+                                    if self._last_checkpoint else ""))
             raise
         except (OSError, CheckpointWriteError) as exc:  # a full disk, a permission lost mid-run
             if isinstance(exc, OSError) and not _is_write_failure(exc):  # e.g. a worker process's broken pipe
@@ -325,7 +327,8 @@ class Runner(abc.ABC):
             status = f"failed: {why}"
             raise RunWriteError(f"{why}; " + (
                 f"the last complete checkpoint is {self._last_checkpoint}: free space (or restore access) and continue "
-                f"with: robo-rl train resume={self.run_dir}" if self._last_checkpoint else "no checkpoint was written yet"))
+                f"with: robo-rl train {shlex.quote(f'resume={self.run_dir}')}" if self._last_checkpoint
+                else "no checkpoint was written yet"))
         except Exception as exc:  # NaN guard, a task without the configured cost, ...: the summary says so
             status = f"failed: {exc}"
             raise

@@ -691,3 +691,13 @@ def test_ppo_observation_statistics_count_each_observation_once(tmp_path):
     modules, _ = final_weights(tmp_path / "run")
     counts = [v for k, v in modules.items() if k.endswith("obs_norm.stats.count")]
     assert counts and all(float(c) == 256 for c in counts)  # 2 rollouts of 4 envs x 32 steps
+
+
+def test_the_continue_command_is_quoted_for_a_run_directory_with_a_space(tmp_path, monkeypatch):
+    from robo_rl.learners.sac import SAC
+
+    restore = interrupt_at_update(monkeypatch, SAC, 5)
+    with pytest.raises(Interrupted) as exc:
+        train(compose(*SMALL_SAC, "steps=600", "checkpoint.every=100"), tmp_path / "my runs" / "a")
+    restore()
+    assert f"Continue with: robo-rl train 'resume={tmp_path / 'my runs' / 'a'}'" in str(exc.value)
