@@ -32,6 +32,11 @@ import numpy as np
 import torch
 
 
+class WorkerDied(RuntimeError):
+    """A simulator worker process exited without a Python error to forward (killed by a signal, e.g. the
+    kernel's OOM killer, or crashed in native code); the message names the task and the exit code(s)."""
+
+
 class MissingDependency(ImportError):
     """A simulator, task or output format needs a package that is not installed; the message says which.
 

@@ -13,6 +13,7 @@ import difflib
 import importlib
 import logging
 import os
+import time
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -20,7 +21,8 @@ import numpy as np
 import torch
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
-from envs.base import BatchedEnv, EpisodeTracker, MissingDependency, StepResult, check_box_spaces, episode_to_torch
+from envs.base import (BatchedEnv, EpisodeTracker, MissingDependency, StepResult, WorkerDied, check_box_spaces,
+                       episode_to_torch)
 from envs.randomization import RandomizationSpec, Randomizer, apply_to_model, env_ids, gain_problem, nominal_values
 
 log = logging.getLogger(__name__)
@@ -425,13 +427,23 @@ class GymnasiumBatchedEnv(BatchedEnv):
         try:
             return method(*args, **kwargs)
         except (EOFError, BrokenPipeError, ConnectionResetError) as exc:
-            if self.vectorization != "async":
+            # gymnasium forwards a worker's own exception with its type (and then stops that worker, exit code 0),
+            # so these may be the task's: only a worker that exited on its own, with a nonzero code, is reported
+            # as one (its pipe closes as it exits: give it a moment to be reaped)
+            dead: list[int] = []
+            if self.vectorization == "async":
+                deadline = time.monotonic() + 2.0
+                while not (dead := [p.exitcode for p in self._vec.processes if not p.is_alive() and p.exitcode]) \
+                        and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            if not dead:
                 raise
             self._abandon_workers()
-            raise RuntimeError(
-                f"{self.task_id}: a worker process of env.vectorization=async exited during {method.__name__}() without "
-                f"a Python error (killed, out of memory, or a crash in the simulator's native code); this env is now "
-                f"closed. Run with env.vectorization=sync to see the failure in this process") from exc
+            raise WorkerDied(
+                f"{self.task_id}: a worker process of env.vectorization=async exited during {method.__name__}() "
+                f"without a Python error (exit code {', '.join(map(str, dead))}: killed by a signal, e.g. the kernel's "
+                "OOM killer, or a crash in the simulator's native code); this env is now closed. Run with "
+                "env.vectorization=sync to see the failure in this process") from exc
 
     def _abandon_workers(self) -> None:
         """Close after a worker died: gymnasium's own close() would wait on the dead worker's pipe and raise again."""

@@ -14,7 +14,8 @@ A replay buffer of a million Humanoid rows is ~2.9 GB, ~99% of a checkpoint (ben
 it is hashed while it is written (not read back), and loaded by mapping its arrays from the verified file,
 so a resume copies the rows once, into the buffer, without a second in-memory copy. A load that does not
 read the replay (evaluation, export) checks only its size. Each of the ``keep`` checkpoints holds its own
-replay.npz.
+replay.npz. The mapped bytes are read after the hash is checked: a file rewritten while a run resumes from
+it goes unnoticed, and one truncated then ends the process with SIGBUS (nothing else writes a checkpoint).
 
 A checkpoint is written into a hidden temporary directory (``.tmp-step_X-PID``), fsynced and renamed
 into place, so a run killed mid-write leaves either the previous checkpoints or a complete new one.
@@ -154,7 +155,7 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> tuple[int, str]:
     robo-rl before this change) reads the same. (Object arrays are refused before: ``save_checkpoint``.)"""
     with open(path, "wb") as f:
         out = _HashingWriter(f)
-        np.savez(out, allow_pickle=False, **arrays)
+        np.savez(out, **arrays)  # (object arrays were refused before: nothing here is pickled)
         out.flush()
     return out.bytes, out.sha256.hexdigest()
 

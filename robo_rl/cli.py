@@ -50,9 +50,24 @@ Run `robo-rl <command> --help` for every option.
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
-    except BrokenPipeError:  # output piped into a reader that stopped early (`robo-rl train --help | head`)
+    except BrokenPipeError:
+        if not _stdout_reader_gone():  # a pipe of the task's or the robot's: an error like any other
+            raise
+        # output piped into a reader that stopped early (`robo-rl train --help | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
         return 128 + signal.SIGPIPE
+
+
+def _stdout_reader_gone() -> bool:
+    """True when stdout is a pipe whose reading end is closed (poll reports an error on it)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), stdout closed or replaced
+        return False
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -469,3 +469,15 @@ def test_a_sweep_s_compare_command_works_as_pasted_with_a_space_in_its_directory
     line = next(l for l in err.splitlines() if "side by side: robo-rl compare" in l)
     command = shlex.split(line.split("side by side: ", 1)[1])  # was runs=my sweep: two arguments
     assert command == ["robo-rl", "compare", "runs=my sweep"], line
+
+
+def test_a_broken_pipe_that_is_not_stdout_s_is_an_error_not_a_quiet_exit(monkeypatch):
+    # only a reader of stdout that went away ends quietly (141); a task's or robot's pipe is a failure
+    from robo_rl import cli
+
+    def lost_link(argv):
+        raise BrokenPipeError("controller link lost")
+
+    monkeypatch.setattr(cli, "_main", lost_link)
+    with pytest.raises(BrokenPipeError, match="controller link lost"):
+        cli.main(["eval", "run_dir=x"])

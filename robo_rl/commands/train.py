@@ -344,7 +344,7 @@ def composition_message(exc: Exception, overrides: list[str]) -> str | None:
 
 def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: ignore[no-untyped-def]
     """Run one training job, turning known failures into a message and an exit code."""
-    from envs.base import MissingDependency
+    from envs.base import MissingDependency, WorkerDied
     from robo_rl.checkpoint import CheckpointError
     from robo_rl.validation import ConfigError
     from robo_rl.runners.base import Interrupted, NonFiniteError, RunWriteError, Terminated, raise_terminated
@@ -381,7 +381,7 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
         leave_nothing()
         return error("aborted by Ctrl-C" + (f"; train.log and summary.json in {run_dir} say where it stopped"
                                             if (run_dir / "summary.json").exists() else ""), EXIT_SIGINT)
-    except (NonFiniteError, RunWriteError, EvaluationNotFinished) as exc:
+    except (NonFiniteError, RunWriteError, EvaluationNotFinished, WorkerDied) as exc:
         return error(str(exc), EXIT_FAILED)
     except FloatingPointError as exc:  # pretraining on demonstrations diverged (before config.yaml was written)
         leave_nothing()

@@ -320,14 +320,32 @@ class _DiesInStep(_ActionEcho):
 gym.register("robo_rl_test/DiesInStep-v0", entry_point=_DiesInStep, max_episode_steps=5)
 
 
+class _LinkLostInStep(_ActionEcho):
+    def step(self, action):
+        raise ConnectionResetError("controller link lost")  # the task's own error, forwarded by gymnasium
+
+
+gym.register("robo_rl_test/LinkLostInStep-v0", entry_point=_LinkLostInStep, max_episode_steps=5)
+
+
 def test_a_worker_process_that_dies_is_reported_not_a_bare_eoferror():
+    from envs.base import WorkerDied
+
     env = make_env("robo_rl_test/DiesInStep-v0", num_envs=1, vectorization="async")
     env.reset(seed=0)
-    with pytest.raises(RuntimeError, match="DiesInStep-v0: a worker process .*exited.*vectorization=sync"):
+    with pytest.raises(WorkerDied, match="DiesInStep-v0: a worker process .*exited.*exit code 3.*vectorization=sync"):
         env.step(torch.zeros(1, 1))
     env.close()  # used to raise EOFError again
     with pytest.raises(RuntimeError, match="closed"):
         env.step(torch.zeros(1, 1))
+
+
+def test_a_connection_error_of_the_task_itself_is_not_reported_as_a_dead_worker():
+    env = make_env("robo_rl_test/LinkLostInStep-v0", num_envs=1, vectorization="async")
+    env.reset(seed=0)
+    with pytest.raises(ConnectionResetError, match="controller link lost"):  # as gymnasium forwards it
+        env.step(torch.zeros(1, 1))
+    env.close()
 
 
 class _ResetInfo(gym.Env):
