@@ -199,3 +199,20 @@ def test_env_is_wrapped_answers_as_for_a_monitor_wrapped_env():
     assert venv.env_is_wrapped(Monitor) == [True, True]
     assert venv.env_is_wrapped(gym.Wrapper) == [True, True]  # a Monitor is a gymnasium Wrapper
     assert venv.env_is_wrapped(MyMonitor) == [False, False]  # a subclass of Monitor is not there
+
+
+def test_sb3_sac_trains_on_the_view_behind_vecnormalize():
+    # off-policy SB3 through the view: replay stores terminal_observation rows, VecNormalize wraps it
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        venv = VecNormalize(SB3VecEnv(make_env("Pendulum-v1", num_envs=2)), norm_reward=True)
+        model = SAC("MlpPolicy", venv, learning_starts=100, batch_size=32, seed=0,
+                    policy_kwargs={"net_arch": [16, 16]}).learn(400)
+    finally:
+        torch.set_num_threads(threads)
+    assert model.num_timesteps == 400 and model.replay_buffer.size() == 200  # 2 envs x 200 steps
+    assert venv.obs_rms.count > 400 and np.isfinite(venv.obs_rms.mean).all()
