@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from robo_rl.config import flatten_config
 from robo_rl.metrics import format_duration, format_return, return_decimals
 
 SUMMARY, METRICS, CONFIG, EVALUATED = "summary.json", "metrics.csv", "config.yaml", "eval.json"
@@ -103,16 +104,6 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     return list(dict.fromkeys(p.resolve() for p in found))  # each run once, in the order given
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    if isinstance(tree, float) and not math.isfinite(tree):  # e.g. env.kwargs bounds: inf as the config spells it
-        return {prefix[:-1]: str(tree)}
-    return {prefix[:-1]: json.dumps(tree) if isinstance(tree, list) else tree}
-
 
 def _read_curves(path: Path, warnings: list[str] | None = None) -> dict[str, list[tuple[float, float]]]:
     """The CURVES columns of a metrics.csv as (step, value) points. A damaged file is a ValueError naming it; a NaN/Inf
@@ -169,7 +160,7 @@ def load_run(path: Path) -> Run:
         raise ValueError(f"{path / CONFIG}: not a readable config ({str(exc).splitlines()[0]})") from None
     if not isinstance(loaded, dict):
         raise ValueError(f"{path / CONFIG}: not a run config (a {type(loaded).__name__}, not a mapping of keys)")
-    config = _flatten(loaded)
+    config = flatten_config(loaded)
     missing = [k for k in ("algo.name", "env.id") if config.get(k) in (None, "")]
     if missing:
         raise ValueError(f"{path / CONFIG}: not a run config (no {' or '.join(missing)} in it; a run's "

@@ -10,6 +10,8 @@ starts; the run directory's ``config.yaml`` shows the resolved values.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -451,3 +453,17 @@ def register_schemas() -> None:
         cs.store(group="schema/algo", name=name, node=node)
     for name, node in POLICY_SCHEMAS.items():
         cs.store(group="schema/policy", name=name, node=node)
+
+
+def flatten_config(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A resolved config (plain dicts) as {dotted key: value}: lists as their JSON text, inf/nan as the config
+    spells them ("inf"), an empty mapping as no key. ``robo-rl compare`` groups runs by these; a resume compares
+    a checkpoint's config with config.yaml through them."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten_config(value, f"{prefix}{key}."))
+        return out
+    if isinstance(tree, float) and not math.isfinite(tree):  # e.g. env.kwargs bounds: inf as the config spells it
+        return {prefix[:-1]: str(tree)}
+    return {prefix[:-1]: json.dumps(tree) if isinstance(tree, list) else tree}

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from envs import BatchedEnv
 from robo_rl.checkpoint import (CheckpointError, CheckpointWriteError, NonFiniteStateError, checkpoint_step,
                                 latest_checkpoint, list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint)
+from robo_rl.config import flatten_config
 from robo_rl.evaluation import EvaluationNotFinished, evaluate
 from robo_rl.learners.base import Learner
 from robo_rl.metrics import MetricsWriter, Progress, format_duration, format_return, mean_of, plot_learning_curve
@@ -495,8 +496,14 @@ class Runner(abc.ABC):
         from robo_rl.train import RESUME_OVERRIDABLE
         from robo_rl.validation import ConfigError
 
-        now = _flat_config(json.loads(json.dumps(OmegaConf.to_container(self.cfg, resolve=True))))
-        then = _flat_config(saved)
+        current = json.loads(json.dumps(OmegaConf.to_container(self.cfg, resolve=True)))
+        now, then = flatten_config(current), flatten_config(saved)
+        # keys only one side has are schema keys added since the checkpoint, except under env.kwargs (the task's
+        # keyword arguments, free-form): those are compared as one mapping, so an added or removed one counts
+        now = {k: v for k, v in now.items() if not k.startswith("env.kwargs.")}
+        then = {k: v for k, v in then.items() if not k.startswith("env.kwargs.")}
+        now["env.kwargs"] = (current.get("env") or {}).get("kwargs")
+        then["env.kwargs"] = (saved.get("env") or {}).get("kwargs", now["env.kwargs"])
         changed = [k for k in now if k in then and now[k] != then[k] and k not in RESUME_OVERRIDABLE]
         if changed:
             shown = "; ".join(f"{k} is {now[k]!r} in config.yaml, {then[k]!r} in the checkpoint" for k in changed[:3])
@@ -628,16 +635,6 @@ class Runner(abc.ABC):
                      f"final eval return {format_return(summary['final_eval_return_mean'], summary['final_eval_return_std'])}; "
                      f"outputs in {self.run_dir}")
         return summary
-
-
-def _flat_config(node: Any, prefix: str = "") -> dict[str, Any]:
-    """A config as {dotted key: leaf value} (lists are leaves)."""
-    if isinstance(node, dict):
-        flat: dict[str, Any] = {}
-        for k, v in node.items():
-            flat.update(_flat_config(v, f"{prefix}{k}."))
-        return flat if flat or not prefix else {prefix[:-1]: node}
-    return {prefix[:-1]: node}
 
 
 def find_resume_checkpoint(run_dir: Path) -> Path:

@@ -662,6 +662,12 @@ def test_resume_refuses_a_config_yaml_edited_since_the_checkpoint(tmp_path):
                                           r"algo.critic_lr is 0.5 in config.yaml, 0.0003 in the checkpoint"):
         train(compose(f"resume={run}", "steps=400"), run, [f"resume={run}", "steps=400"])
     assert (run / "config.yaml").read_text() == edited  # left as it was
+    # a task keyword argument added by hand: env.kwargs is compared as one mapping (a key the checkpoint's
+    # config lacks was taken for a schema key added since, and passed)
+    assert "kwargs: {}" in original
+    (run / "config.yaml").write_text(original.replace("kwargs: {}", "kwargs: {g: 5.0}"))
+    with pytest.raises(ConfigError, match=r"env.kwargs is \{'g': 5.0\} in config.yaml, \{\} in the checkpoint"):
+        train(compose(f"resume={run}", "steps=400"), run, [f"resume={run}", "steps=400"])
     (run / "config.yaml").write_text(original)
     assert train(compose(f"resume={run}", "steps=400"), run, [f"resume={run}", "steps=400"])["steps"] == 400
 
