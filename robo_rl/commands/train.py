@@ -228,6 +228,7 @@ def hydra_problem(args: Sequence[str]) -> str | None:
     from hydra.core.override_parser.types import OverrideType, ValueType
 
     multirun = any(a in ("-m", "--multirun") for a in args)
+    parser = OverridesParser.create()
     helping = any(a in ("--help", "-h", "--hydra-help") for a in args)
     for a in args:
         flag = a.split("=", 1)[0]
@@ -253,7 +254,7 @@ def hydra_problem(args: Sequence[str]) -> str | None:
                     "(its jobs share the sweep's directory, its continue command and its summary); for jobs in "
                     "parallel start several robo-rl train commands, each with its own run_dir= and threads=1")
         try:
-            (parsed,) = OverridesParser.create().parse_overrides([a])
+            (parsed,) = parser.parse_overrides([a])
         except Exception:  # noqa: BLE001 - a grammar error: parse_problem words it
             continue
         if parsed.type == OverrideType.DEL and not key.startswith("env.kwargs."):

@@ -26,6 +26,7 @@ class BoxFilter(SafetyFilter):
     """
 
     name = "box"
+    episode_state = ("prev",)  # what a checkpoint keeps
 
     def __init__(self, action_dim: int, low: Any, high: Any, fallback: str = "hold") -> None:
         super().__init__(action_dim)
@@ -33,8 +34,6 @@ class BoxFilter(SafetyFilter):
         self.fallback = spec.choice("fallback", fallback, FALLBACKS)
         self.midpoint = np.clip(self.low / 2 + self.high / 2, self.low, self.high)  # no overflow near 1e308
         self.prev: np.ndarray | None = None
-
-    episode_state = ('prev',)
 
     def _reset_state(self, batch: int) -> None:
         self.prev = None

@@ -71,6 +71,8 @@ class EnergyTankFilter(SafetyFilter):
     """
 
     name = "energy_tank"
+    episode_state = ("_level", "_pending", "_torque", "_position", "_fresh", "injected_energy",
+                     "dissipated_energy", "last_alpha")  # what a checkpoint keeps
     uses_obs = True
 
     def __init__(self, action_dim: int, velocity_index: Any, dt: Any, initial_energy: Any, max_energy: Any,
@@ -115,8 +117,6 @@ class EnergyTankFilter(SafetyFilter):
                              f"joint's velocity by torque / damping), got {spec.floats(self.damping)}; give the "
                              f"joints' viscous damping or work_bound: velocity (not conservative)")
         self.reset(1)
-
-    episode_state = ('_level', '_pending', '_torque', '_position', '_fresh', 'injected_energy', 'dissipated_energy', 'last_alpha')
 
     def _reset_state(self, batch: int) -> None:
         k = len(self.velocity_index)

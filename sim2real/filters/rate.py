@@ -25,13 +25,12 @@ class RateFilter(SafetyFilter):
     """
 
     name = "rate"
+    episode_state = ("prev",)  # what a checkpoint keeps
 
     def __init__(self, action_dim: int, max_delta: Any) -> None:
         super().__init__(action_dim)
         self.max_delta = spec.vector("max_delta", max_delta, self.action_dim, low=0.0, low_open=True)
         self.prev: np.ndarray | None = None
-
-    episode_state = ('prev',)
 
     def _reset_state(self, batch: int) -> None:
         self.prev = None

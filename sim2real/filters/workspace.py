@@ -41,6 +41,7 @@ class WorkspaceFilter(SafetyFilter):
     """
 
     name = "workspace"
+    episode_state = ("prev_target",)  # what a checkpoint keeps
     uses_obs = True
 
     def __init__(self, action_dim: int, ee_index: Any, low: Any, high: Any, mode: str = "delta",
@@ -61,8 +62,6 @@ class WorkspaceFilter(SafetyFilter):
         self.action_scale = spec.vector("action_scale", action_scale, k, low=0.0, low_open=True)
         self.midpoint = np.clip(self.low / 2 + self.high / 2, self.low, self.high)  # no overflow near 1e308
         self.prev_target: np.ndarray | None = None
-
-    episode_state = ('prev_target',)
 
     def _reset_state(self, batch: int) -> None:
         self.prev_target = None
