@@ -341,7 +341,10 @@ class ControlLoop:
         """One control step; returns whether the watchdog had to send the fallback."""
         start = time.perf_counter()
         obs = self.robot.get_observation()
-        values = np.asarray(getattr(obs, "values", None))  # not an Observation: a shape fault below, not a crash
+        try:
+            values = np.asarray(getattr(obs, "values", None))  # not an Observation: a shape fault below, not a crash
+        except (TypeError, ValueError):  # ragged lists, objects numpy cannot hold as one array
+            values = np.asarray(None)
         info = getattr(obs, "info", None) or {}
         if not isinstance(info, Mapping):
             self._event("bad_observation", f"observation info is a {type(info).__name__}, not a mapping; ignored")
@@ -359,12 +362,13 @@ class ControlLoop:
             except ValueError as exc:
                 fault = ("bad_observation", str(exc))
         if checked is not None:
+            stamp = getattr(obs, "timestamp", None)  # a reading without one: its freshness is unknown
             try:
-                age = float(self.clock() - obs.timestamp)
+                age = float(self.clock() - stamp)
             except (TypeError, ValueError):
                 age = float("nan")
             if not np.isfinite(age):
-                fault = ("bad_timestamp", f"observation timestamp {obs.timestamp!r} gives no age "
+                fault = ("bad_timestamp", f"observation timestamp {stamp!r} gives no age "
                                           f"(NaN/inf or not a number); its freshness is unknown")
             elif age < -self.max_skew:
                 fault = ("bad_timestamp", f"observation timestamp is {-age * 1e3:.1f} ms in the future (limit "

@@ -339,7 +339,13 @@ class CallbackRobot(Robot):
 
     def get_observation(self) -> Observation:
         reading = self._get()
-        return reading if isinstance(reading, Observation) else Observation(np.asarray(reading), self.clock())
+        if isinstance(reading, Observation):
+            return reading
+        try:
+            values = np.asarray(reading)
+        except (TypeError, ValueError):  # ragged: the control loop reports it as a bad observation, not a crash
+            values = reading
+        return Observation(values, self.clock())
 
     def send_action(self, action: np.ndarray) -> None:
         self._send(np.asarray(action))

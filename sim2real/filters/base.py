@@ -66,29 +66,41 @@ def zero_ungoverned_non_finite(out: np.ndarray, governed: np.ndarray) -> np.ndar
     return bad.any(axis=1)
 
 
-def representable_bounds(low: np.ndarray, high: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Bounds rounded inward to numbers of ``dtype``, returned as float64.
+def representable_bounds(low: np.ndarray, high: np.ndarray, dtype: np.dtype,
+                         around: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds rounded inward to finite numbers of ``dtype``, returned as float64.
 
-    Clipping a float64 value into these bounds and then casting it to ``dtype`` keeps it inside
+    Clipping a finite float64 value into these bounds and then casting it to ``dtype`` keeps it inside
     [low, high]: float32(0.1) is larger than 0.1, so a clip to 0.1 followed by a cast would leave the
-    box. If an interval holds no number of ``dtype`` at all (low == high between two float32s), the
-    nearest one is used and the bound is missed by less than one float32 step.
+    box. If an interval holds no finite number of ``dtype`` at all (low == high between two float32s, or
+    a bound beyond float32's range), the nearest finite one is used (at most +-3.4e38), or, with
+    ``around`` (a point inside [low, high]), the two numbers of ``dtype`` on either side of it: a value
+    clipped into those moves toward ``around`` no further than the first number past it. The bound is
+    then missed by less than one step of ``dtype`` (more beyond float32's range), never by a NaN or inf.
     """
     low = np.asarray(low, dtype=np.float64)
     high = np.asarray(high, dtype=np.float64)
     if np.dtype(dtype) == np.float64:
         return low, high
+    big = np.float32(np.finfo(np.float32).max)
     with np.errstate(over="ignore"):
         lo = low.astype(np.float32)
         hi = high.astype(np.float32)
     lo = np.where(lo.astype(np.float64) < low, np.nextafter(lo, np.float32(np.inf)), lo)
     hi = np.where(hi.astype(np.float64) > high, np.nextafter(hi, np.float32(-np.inf)), hi)
+    lo, hi = np.maximum(lo, -big), np.minimum(hi, big)  # an interval reaching past float32's range: its finite part
     empty = lo > hi
     if empty.any():
-        with np.errstate(over="ignore"):
-            nearest = low.astype(np.float32)
-        lo = np.where(empty, nearest, lo)
-        hi = np.where(empty, nearest, hi)
+        if around is None:
+            nearest = np.clip(low, -big, big).astype(np.float32)
+            down = up = nearest
+        else:
+            point = np.clip(np.asarray(around, dtype=np.float64), -big, big)
+            near = point.astype(np.float32)
+            down = np.where(near.astype(np.float64) > point, np.nextafter(near, np.float32(-np.inf)), near)
+            up = np.where(near.astype(np.float64) < point, np.nextafter(near, np.float32(np.inf)), near)
+        lo = np.where(empty, down, lo)
+        hi = np.where(empty, up, hi)
     return lo.astype(np.float64), hi.astype(np.float64)
 
 
@@ -159,13 +171,60 @@ class SafetyFilter(ABC):
         return {name: _to_json(getattr(self, name, None)) for name in names}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` returned (ValueError when it does not fit this filter)."""
+        """Restore what ``state_dict`` returned. A state that does not fit this filter (other keys, shapes of
+        another action size or batch, NaN/inf where the filter keeps finite numbers: a damaged checkpoint)
+        is a ValueError and leaves the filter as it was: a filter never resumes from state it cannot trust."""
+        values = self._checked_state(state)
+        for name, value in values.items():
+            setattr(self, name, value)
+
+    def _checked_state(self, state: Any) -> dict[str, Any]:
+        """``state`` decoded and checked against this filter (ValueError naming the entry), nothing set yet."""
         names = ("batch", "_stepped", "_initial", *self.episode_state)
         if not isinstance(state, dict) or set(state) != set(names):
             raise ValueError(f"{self.name}: saved filter state holds {sorted(state) if isinstance(state, dict) else state!r}, "
                              f"expected {sorted(names)}")
+        values = {}
         for name in names:
-            setattr(self, name, _from_json(state[name]))
+            try:
+                values[name] = _from_json(state[name])
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{self.name}: saved filter state {name!r} is not a valid array ({e})") from None
+        batch = values["batch"]
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+            raise ValueError(f"{self.name}: saved filter state 'batch' is {batch!r}, expected a positive integer or None")
+        if not isinstance(values["_stepped"], bool):
+            raise ValueError(f"{self.name}: saved filter state '_stepped' is {values['_stepped']!r}, expected true/false")
+        if batch is None:  # never reset: nothing else may be held
+            held = [name for name in names[2:] if values[name] is not None]
+            if held:
+                raise ValueError(f"{self.name}: saved filter state has no batch but holds {held}")
+            return values
+        initial = values["_initial"]
+        if initial is not None:
+            rows = initial.shape[0] if isinstance(initial, np.ndarray) and initial.ndim == 2 else None
+            self._check_array(values, "_initial", (rows if rows in (1, batch) else batch, self.action_dim))
+        self._check_episode_state(values, batch)
+        return values
+
+    def _check_episode_state(self, values: dict[str, Any], batch: int) -> None:
+        """Raise ValueError if the decoded ``episode_state`` entries do not fit this filter (a subclass's shapes)."""
+
+    def _check_array(self, values: dict[str, Any], name: str, shape: tuple[int, ...], *, optional: bool = False,
+                     finite: bool = True, kind: str = "f") -> None:
+        """``values[name]`` must be an array of ``shape`` (None too, if ``optional``) of floats (``kind`` "f",
+        finite unless ``finite`` is False) or booleans (``kind`` "b")."""
+        value = values[name]
+        if value is None and optional:
+            return
+        if (not isinstance(value, np.ndarray) or value.shape != tuple(shape) or value.dtype.kind != kind
+                or (finite and kind == "f" and not np.isfinite(value).all())):
+            what = "finite numbers" if finite and kind == "f" else ("numbers" if kind == "f" else "booleans")
+            got = (f"{value.dtype} {list(value.shape)}" + (" with NaN/inf" if value.dtype.kind == "f"
+                                                           and not np.isfinite(value).all() else "")
+                   if isinstance(value, np.ndarray) else repr(value)[:60])
+            raise ValueError(f"{self.name}: saved filter state {name!r} is {got}, expected {list(shape)} {what}"
+                             + (" or None" if optional else "") + " (a damaged checkpoint, or one of another filter setup)")
 
     def _seed(self, initial: np.ndarray) -> None:
         """Take ``initial`` [B, A] float64 (finite) as the previous command; a no-op unless a subclass needs it."""
@@ -179,6 +238,10 @@ class SafetyFilter(ABC):
     def _check_batch(self, batch: int) -> None:
         if self.batch is None or (not self._stepped and batch != self.batch):
             # first call, or first call after reset(): adopt the caller's batch (and keep the reset's command)
+            if self._initial is not None and self._initial.shape[0] not in (1, batch):
+                raise ValueError(f"{self.name}: got a batch of {batch} rows but reset(batch={self.batch}, initial=...) "
+                                 f"gave a command for each of {self._initial.shape[0]} rows; call "
+                                 f"reset(batch={batch}, initial=...) with the commands of these {batch} rows")
             self.reset(batch, initial=self._initial)
         elif batch != self.batch:
             raise ValueError(f"{self.name}: got a batch of {batch} rows but the filter holds state for "
@@ -193,6 +256,9 @@ class SafetyFilter(ABC):
         if raw.ndim not in (1, 2) or raw.shape[-1] != self.action_dim:
             raise ValueError(f"{self.name}: action must have shape [{self.action_dim}] or [B, {self.action_dim}], "
                              f"got {list(raw.shape)}")
+        if raw.shape[0] == 0:
+            raise ValueError(f"{self.name}: action has no rows (shape {list(raw.shape)}); pass [{self.action_dim}] or "
+                             f"[B, {self.action_dim}] with B >= 1")
         single = raw.ndim == 1
         dtype = out_dtype(raw)
         a = np.array(raw, dtype=np.float64, ndmin=2)

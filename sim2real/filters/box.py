@@ -16,7 +16,8 @@ class BoxFilter(SafetyFilter):
     """Clip the action into ``[low, high]``.
 
     Guarantee: every returned entry is finite and inside ``[low, high]`` (in the caller's float width;
-    float32 callers get bounds rounded inward to float32 numbers).
+    float32 callers get bounds rounded inward to float32 numbers; bounds that hold no float32, low == high
+    between two or beyond float32's range, give the nearest finite one).
 
     A row with any non-finite entry is not trusted at all (a corrupted policy output): the whole row is
     replaced by the fallback, ``hold`` (this filter's previous output for that row; the box midpoint if
@@ -37,6 +38,9 @@ class BoxFilter(SafetyFilter):
 
     def _reset_state(self, batch: int) -> None:
         self.prev = None
+
+    def _check_episode_state(self, values: dict[str, Any], batch: int) -> None:
+        self._check_array(values, "prev", (batch, self.action_dim), optional=True)
 
     def _seed(self, initial: np.ndarray) -> None:
         self.prev = np.clip(initial, self.low, self.high)  # what "hold" holds before the first output

@@ -72,12 +72,24 @@ class FilterChain(SafetyFilter):
         return {"chain": super().state_dict(), "filters": [f.state_dict() for f in self.filters]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Every filter's state is checked before any is set: a state that does not fit leaves the chain as it was."""
         if not isinstance(state, dict) or not isinstance(state.get("filters"), list) \
                 or len(state["filters"]) != len(self.filters):
             raise ValueError(f"saved filter chain state does not hold {len(self.filters)} filters' state")
-        super().load_state_dict(state.get("chain"))
-        for f, s in zip(self.filters, state["filters"]):
-            f.load_state_dict(s)
+        own = self._checked_state(state.get("chain"))
+        checked = []
+        for i, (f, s) in enumerate(zip(self.filters, state["filters"])):
+            try:
+                values = f._checked_state(s)
+            except ValueError as e:
+                raise ValueError(f"filter {i}: {e}") from None
+            if values["batch"] != own["batch"]:
+                raise ValueError(f"filter {i} ({f.name}): saved filter state holds a batch of {values['batch']} rows, "
+                                 f"the chain's {own['batch']}")
+            checked.append(values)
+        for target, values in ((self, own), *zip(self.filters, checked)):
+            for name, value in values.items():
+                setattr(target, name, value)
 
     def describe(self) -> dict[str, Any]:
         """``{"filters": [...]}``: the shape of a ``configs/safety`` file and of ``build_chain``'s spec."""

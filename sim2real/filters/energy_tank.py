@@ -129,6 +129,25 @@ class EnergyTankFilter(SafetyFilter):
         self.dissipated_energy = np.zeros(batch)
         self.last_alpha = np.ones(batch)
 
+    def _check_episode_state(self, values: dict[str, Any], batch: int) -> None:
+        k = len(self.velocity_index)
+        for name in ("_pending", "last_alpha"):
+            self._check_array(values, name, (batch,))
+        # running totals and the settled level may have overflowed to +-inf on absurd inputs (a level of -inf is
+        # a deficit: zero torque); NaN only comes from a damaged file
+        for name in ("_level", "injected_energy", "dissipated_energy"):
+            self._check_array(values, name, (batch,), finite=False)
+            if np.isnan(values[name]).any():
+                raise ValueError(f"{self.name}: saved filter state {name!r} holds NaN (a damaged checkpoint)")
+        self._check_array(values, "_torque", (batch, k))
+        self._check_array(values, "_position", (batch, k), finite=False)  # NaN before the first step
+        self._check_array(values, "_fresh", (batch,), kind="b")
+        if (values["_level"] > self.max_energy).any():  # a tank holds at most max_energy: more would be injected
+            raise ValueError(f"{self.name}: saved filter state '_level' {values['_level'].tolist()} exceeds "
+                             f"max_energy={self.max_energy} (a damaged checkpoint, or one of another filter setup)")
+        if ((values["last_alpha"] < 0) | (values["last_alpha"] > 1)).any():
+            raise ValueError(f"{self.name}: saved filter state 'last_alpha' {values['last_alpha'].tolist()} is not in [0, 1]")
+
     @property
     def energy(self) -> np.ndarray:
         """Tank level per row [B]: settled level minus the bound of the command in flight, capped (a copy)."""

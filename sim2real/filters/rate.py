@@ -17,6 +17,9 @@ class RateFilter(SafetyFilter):
     the same row and dimension. After ``reset(batch, initial=command)`` the first call is limited to
     ``max_delta`` from ``command`` (the command the robot holds: the control loop passes it); after a
     plain ``reset`` the first call passes finite actions unchanged (there is nothing to compare with).
+    One rounding exception: a float32 caller after a reset with a float64 command whose +-max_delta window
+    holds no float32 number (max_delta below the float32 spacing there, or a command beyond float32's
+    range) gets the first float32 past the command toward the input (at most +-3.4e38).
 
     A row with any non-finite entry holds the previous output (the reset's command, else zeros, on the
     first call) and is reported as fallback. Placed after a ``box`` filter, the output stays inside the
@@ -35,6 +38,9 @@ class RateFilter(SafetyFilter):
     def _reset_state(self, batch: int) -> None:
         self.prev = None
 
+    def _check_episode_state(self, values: dict[str, Any], batch: int) -> None:
+        self._check_array(values, "prev", (batch, self.action_dim), optional=True)
+
     def _seed(self, initial: np.ndarray) -> None:
         self.prev = initial
 
@@ -44,7 +50,11 @@ class RateFilter(SafetyFilter):
         out = np.where(bad[:, None], hold, action)
         if self.prev is not None:
             with np.errstate(over="ignore"):
-                lo, hi = representable_bounds(self.prev - self.max_delta, self.prev + self.max_delta, dtype)
+                # around=prev: a window holding no float32 (a float64 command from reset, max_delta below its
+                # float32 spacing) becomes the float32 numbers either side of it, so the step still goes no further
+                # than the first one toward the input, and after a box stays between two in-box commands
+                lo, hi = representable_bounds(self.prev - self.max_delta, self.prev + self.max_delta, dtype,
+                                              around=self.prev)
             out = np.clip(out, lo, hi)
         out = out.astype(dtype)
         report = FilterReport(np.zeros(len(out), dtype=bool), bad, [])

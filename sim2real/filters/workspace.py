@@ -66,6 +66,9 @@ class WorkspaceFilter(SafetyFilter):
     def _reset_state(self, batch: int) -> None:
         self.prev_target = None
 
+    def _check_episode_state(self, values: dict[str, Any], batch: int) -> None:
+        self._check_array(values, "prev_target", (batch, len(self.ee_index)), optional=True)
+
     def _seed(self, initial: np.ndarray) -> None:
         if self.mode == "absolute":
             self.prev_target = np.clip(self.action_scale * initial[:, self.action_index], self.low, self.high)

@@ -723,3 +723,106 @@ def test_a_filter_refuses_actions_that_are_not_real_numbers(action):
     workspace = WorkspaceFilter(2, ee_index=[0, 1], low=[-1, -1], high=[1, 1])
     with pytest.raises(TypeError, match="workspace: obs must be real numbers"):
         workspace(np.zeros(2), np.array([0.1 + 1j, 0.0]))
+
+
+# ------------------------------------------------------------------------- float32 edges, damaged state
+def test_float32_callers_get_finite_numbers_from_bounds_and_reset_commands_beyond_float32s_range():
+    # a rate limit seeded with a float64 command past 3.4e38 returned inf to a float32 caller, and so did a box
+    # whose bounds lie beyond float32's range: the nearest finite float32 is returned instead
+    rate = RateFilter(3, 0.1)
+    rate.reset(2, initial=[1e300, -1e300, 3.5e38])
+    out, report = rate(np.zeros((2, 3), np.float32))
+    assert out.dtype == np.float32 and np.isfinite(out).all() and not report.fallback.any()
+    big = np.finfo(np.float32).max
+    assert (out == np.array([big, -big, big], np.float32)).all()
+    for low, high in ((1e39, 2e39), (-2e39, -1e39)):
+        out, _ = BoxFilter(1, low, high)(np.array([0.0], np.float32))
+        assert np.isfinite(out).all() and out[0] == np.float32(np.sign(low) * big)
+
+
+@pytest.mark.parametrize("low, max_delta", [(0.7, 1e-9), (0.7, 1e-12), (1e22, 1e6), (-0.3, 1e-10)])
+def test_box_then_rate_stays_in_the_box_when_the_rate_window_holds_no_float32(low, max_delta):
+    # reset with a command below the box: the rate filter starts from low (float64). A window of +-max_delta around
+    # it holds no float32, and the nearest float32 to low - max_delta (0.69999999 for 0.7) left the box
+    chain = build_chain([{"type": "box", "low": low, "high": abs(low) * 2 + 1}, {"type": "rate", "max_delta": max_delta}], 1)
+    chain.reset(1, initial=[low - 10 * abs(low) - 1])
+    for _ in range(3):
+        out, _ = chain(np.array([abs(low) * 1.5 + 0.5], np.float32))
+        assert low <= float(out[0]) <= abs(low) * 2 + 1
+        step = float(out[0])
+    assert abs(step - low) <= max_delta + 3 * np.spacing(np.float32(abs(low)))  # within one float32 step past low
+
+
+def _stepped(make, batch=2, obs_dim=4):
+    f = make()
+    f.reset(batch)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        f(rng.normal(size=(batch, f.action_dim)), rng.normal(size=(batch, obs_dim)))
+    return f
+
+
+TANK = lambda: EnergyTankFilter(2, velocity_index=[0, 1], position_index=[2, 3], dt=0.01, initial_energy=1.0,  # noqa: E731
+                                max_energy=2.0, damping=1.0)
+
+
+@pytest.mark.parametrize("make, damage, message", [
+    (lambda: RateFilter(2, 0.1), lambda s: s["prev"]["data"].__setitem__(0, None), "'prev' is float64 [2, 2] with NaN/inf"),
+    (lambda: BoxFilter(2, -1, 1), lambda s: s.update(prev={"ndarray": "<f8", "shape": [2, 3], "data": [0.0] * 6}),
+     "'prev' is float64 [2, 3], expected [2, 2]"),
+    (lambda: RateFilter(2, 0.1), lambda s: s.update(batch=1), "'prev' is float64 [2, 2], expected [1, 2]"),
+    (lambda: WorkspaceFilter(2, ee_index=[0, 1], low=-1, high=1, mode="absolute"),
+     lambda s: s["prev_target"]["data"].__setitem__(1, None), "'prev_target' is float64 [2, 2] with NaN/inf"),
+    (TANK, lambda s: s["_level"]["data"].__setitem__(0, 1e300), "'_level' [1e+300, "),
+    (TANK, lambda s: s["_level"]["data"].__setitem__(1, None), "'_level' holds NaN"),
+    (TANK, lambda s: s["_torque"]["data"].__setitem__(0, None), "'_torque' is float64 [2, 2] with NaN/inf"),
+    (TANK, lambda s: s.update(_fresh={"ndarray": "<f8", "shape": [2], "data": [0.0, 0.0]}), "'_fresh' is float64 [2]"),
+    (lambda: BoxFilter(2, -1, 1), lambda s: s.update(prev="abc"), "'prev' is 'abc'"),
+    (lambda: BoxFilter(2, -1, 1), lambda s: s.update(prev={"ndarray": "<f8", "shape": [2, 2], "data": ["a"] * 4}),
+     "'prev' is not a valid array"),
+    (lambda: BoxFilter(2, -1, 1), lambda s: s.update(batch="x"), "'batch' is 'x'"),
+])
+def test_a_damaged_or_mismatched_state_is_refused_and_leaves_the_filter_as_it_was(make, damage, message):
+    # load_state_dict set whatever it was given: a NaN previous command made the rate filter return NaN, a tank
+    # loaded above max_energy paid out energy it never had, another action size crashed inside numpy later
+    f = _stepped(make)
+    twin = _stepped(make)
+    state = json.loads(json.dumps(f.state_dict()))
+    damage(state)
+    with pytest.raises(ValueError, match="saved filter state") as info:
+        f.load_state_dict(state)
+    assert message in str(info.value) and f.name in str(info.value)
+    action, obs = np.array([[5.0, -5.0], [np.nan, 0.3]]), np.array([[0.1, 0.2, 0.3, 0.4]] * 2)
+    ours, theirs = f(action, obs), twin(action, obs)
+    np.testing.assert_array_equal(ours[0], theirs[0])  # nothing of the damaged state was taken
+    assert np.isfinite(ours[0]).all()
+
+
+def test_a_chain_checks_every_filter_s_state_before_it_loads_any():
+    spec = [{"type": "box", "low": -1, "high": 1}, {"type": "rate", "max_delta": 0.1}]
+    chain, twin = build_chain(spec, 2), build_chain(spec, 2)
+    for c in (chain, twin):
+        c(np.full((2, 2), 0.5))
+    other = build_chain(spec, 2)
+    other(np.full((2, 2), -0.5))
+    state = json.loads(json.dumps(other.state_dict()))
+    state["filters"][1]["prev"]["data"][0] = None  # the box's state is fine, the rate's is not
+    with pytest.raises(ValueError, match="filter 1: rate: saved filter state 'prev'"):
+        chain.load_state_dict(state)
+    np.testing.assert_array_equal(chain(np.full((2, 2), np.nan))[0], twin(np.full((2, 2), np.nan))[0])
+    state = json.loads(json.dumps(other.state_dict()))
+    state["filters"][0] = build_chain(spec[:1], 2).filters[0].state_dict()  # a never-reset box: no batch
+    with pytest.raises(ValueError, match=r"filter 0 \(box\): saved filter state holds a batch of None rows, the chain's 2"):
+        chain.load_state_dict(state)
+
+
+def test_a_call_whose_batch_does_not_fit_the_reset_s_commands_says_so():
+    chain = build_chain([{"type": "rate", "max_delta": 0.1}], 2)
+    chain.reset(3, initial=np.zeros((3, 2)))
+    with pytest.raises(ValueError, match=r"chain: got a batch of 2 rows but reset\(batch=3, initial=...\) gave a "
+                                         r"command for each of 3 rows; call reset\(batch=2, initial=...\)"):
+        chain(np.zeros((2, 2)))
+    chain.reset(3, initial=np.zeros(2))  # one command for every row: any batch may follow
+    assert chain(np.ones((2, 2)))[0].tolist() == [[0.1, 0.1]] * 2
+    with pytest.raises(ValueError, match=r"rate: action has no rows \(shape \[0, 2\]\)"):
+        RateFilter(2, 0.1)(np.zeros((0, 2)))

@@ -533,3 +533,46 @@ def test_a_robot_that_reports_garbage_gets_events_and_the_fallback_not_a_crash(e
     assert all(np.abs(a).max() <= 0.5 for _, a in sent)
     with pytest.raises(ValueError, match="the filter chain was built for action_dim=3, the policy acts in 2 dimensions"):
         ControlLoop(PolicyRuntime(export_dir), robot, filters=build_chain([], action_dim=3))
+
+
+def test_a_reading_without_a_timestamp_or_with_ragged_values_gets_the_fallback_not_a_crash(export_dir: Path) -> None:
+    # a reading with values but no timestamp raised AttributeError out of the run, and ragged values (a tuple of
+    # an array and a dict from a callback) raised numpy's "inhomogeneous shape" ValueError: both ended the run
+    from sim2real.loop import Robot
+
+    class Reading:  # values, but no timestamp
+        values = np.array([0.1, -0.2, 0.3, 0.0])
+        info: dict = {}
+
+    class Sensor(Robot):
+        action_dim, is_connected = 2, True
+
+        def __init__(self) -> None:
+            self.sent: list[np.ndarray] = []
+
+        def connect(self) -> None: ...
+
+        def disconnect(self) -> None: ...
+
+        def get_observation(self):
+            return Reading() if len(self.sent) == 1 else Observation(np.array([0.1, -0.2, 0.3, 0.0]), clock())
+
+        def send_action(self, action) -> None:
+            self.sent.append(np.array(action))
+
+    clock = FakeClock()
+    robot = Sensor()
+    loop = ControlLoop(PolicyRuntime(export_dir), robot, filters=[], watchdog=NO_INFERENCE_LIMIT, clock=clock,
+                       sleep=clock.sleep)
+    report = loop.run(steps=3)
+    assert report.steps == 3 and report.events == {"bad_timestamp": 1} and report.fallbacks == 1
+    assert "observation timestamp None gives no age" in loop.events[0]["detail"]
+    np.testing.assert_array_equal(robot.sent[1], [0.0, 0.0])  # Robot's default fallback
+
+    sent: list = []
+    callback = scripted_robot(clock, {1: lambda: (np.zeros(4), {"t": 0.0})}, sent)
+    loop = ControlLoop(PolicyRuntime(export_dir), callback, filters=[], watchdog=NO_INFERENCE_LIMIT, clock=clock,
+                       sleep=clock.sleep)
+    report = loop.run(steps=3)
+    assert report.steps == 3 and report.events == {"bad_observation": 1} and len(sent) == 3
+    np.testing.assert_array_equal(sent[1][1], [0.8, -0.8])
