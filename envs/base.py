@@ -170,29 +170,67 @@ class BatchedEnv(abc.ABC):
         self.close()
 
 
+def _one_line(space: gym.Space) -> str:
+    """``space`` as one line (numpy wraps the bounds of a long Box over several)."""
+    return " ".join(str(space).split())
+
+
 def check_box_spaces(task_id: str, observation_space: gym.Space, action_space: gym.Space) -> None:
-    """Refuse tasks robo-rl's learners cannot handle, with a message saying why."""
+    """Refuse tasks robo-rl's learners cannot handle, with a message saying why and what to do."""
     if not isinstance(action_space, gym.spaces.Box):
-        raise ValueError(
-            f"{task_id}: action space is {type(action_space).__name__}; robo-rl's learners are for "
-            "continuous control and need a Box action space"
-        )
+        kind = type(action_space).__name__
+        if isinstance(action_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)):
+            fix = ("for discrete actions use a library made for them (e.g. stable-baselines3's DQN or PPO), or register "
+                   "the task with a float Box and map it to the choices with gymnasium.wrappers.TransformAction")
+        elif isinstance(action_space, (gym.spaces.Dict, gym.spaces.Tuple)):
+            fix = ("if its parts are Boxes, flatten it: gymnasium.wrappers.TransformAction(env, lambda a: "
+                   "gymnasium.spaces.unflatten(env.action_space, a), gymnasium.spaces.flatten_space(env.action_space))")
+        else:
+            fix = "register the task with a float Box action space"
+        raise ValueError(f"{task_id}: action space is {kind} ({_one_line(action_space)}); robo-rl's learners are for "
+                         f"continuous control and need a Box action space: {fix}")
+    shown = _one_line(action_space)
     if not np.issubdtype(action_space.dtype, np.floating):
         raise ValueError(
-            f"{task_id}: action space {action_space} has an integer dtype ({action_space.dtype}); robo-rl's policies "
+            f"{task_id}: action space {shown} has an integer dtype ({action_space.dtype}); robo-rl's policies "
             "output float actions, which a cast would truncate toward zero. Register the task with a float Box, or "
             "wrap it with gymnasium.wrappers.TransformAction(env, lambda a: np.rint(a).astype(int), "
             "gymnasium.spaces.Box(low, high, shape, np.float32)) (see README, Your own tasks)")
-    if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
+    low = np.asarray(action_space.low, dtype=np.float64).reshape(-1)
+    high = np.asarray(action_space.high, dtype=np.float64).reshape(-1)
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
         # gymnasium's ClipAction keeps infinite bounds and RescaleAction refuses them: neither helps here
         raise ValueError(
-            f"{task_id}: action space {action_space} has infinite bounds; robo-rl's policies need finite ones to "
+            f"{task_id}: action space {shown} has infinite bounds; robo-rl's policies need finite ones to "
             "scale their outputs to. Register the task with a bounded Box, or wrap it with "
             "gymnasium.wrappers.TransformAction(env, lambda a: a, gymnasium.spaces.Box(low, high, shape, np.float32)) "
             "with the range the task really uses")
-    if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
+    # the policies map [-1, 1] onto [low, high] with the half-range (high - low) / 2, in float32
+    fixed = np.flatnonzero(high <= low)
+    if fixed.size:
         raise ValueError(
-            f"{task_id}: observation space {observation_space} is not a flat Box; wrap the env with "
+            f"{task_id}: action space {shown} has low == high in action dimension(s) {fixed.tolist()[:10]} (flattened "
+            "index); a dimension that can take one value only leaves the policy nothing to scale its output to. "
+            "Give the task a Box without them and set their values inside it, e.g. gymnasium.wrappers.TransformAction("
+            "env, lambda a: np.insert(a, index, value), gymnasium.spaces.Box(low_without, high_without))")
+    with np.errstate(over="ignore"):
+        width = high.astype(np.float32) - low.astype(np.float32)
+    if not np.all(np.isfinite(width)):
+        raise ValueError(
+            f"{task_id}: action space {shown} is wider than float32 can hold (high - low overflows in dimension(s) "
+            f"{np.flatnonzero(~np.isfinite(width)).tolist()[:10]}); register the task with the range it really uses, "
+            "or wrap it with gymnasium.wrappers.TransformAction(env, lambda a: a, gymnasium.spaces.Box(low, high, "
+            "shape, np.float32))")
+    if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
+        if (isinstance(observation_space, gym.spaces.Box) and len(observation_space.shape) in (2, 3)
+                and observation_space.dtype == np.uint8):
+            raise ValueError(
+                f"{task_id}: observation space {_one_line(observation_space)} is an image; robo-rl's policies are "
+                "MLPs on a flat state vector: give the task a state observation (or image features from your own "
+                "encoder, through gymnasium.wrappers.TransformObservation); gymnasium.wrappers.FlattenObservation "
+                "would feed raw pixels to an MLP")
+        raise ValueError(
+            f"{task_id}: observation space {_one_line(observation_space)} is not a flat Box; wrap the env with "
             "gymnasium.wrappers.FlattenObservation first"
         )
 
