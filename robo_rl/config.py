@@ -177,6 +177,7 @@ class GaussianPolicyConfig:
     log_std_init: float = 0.0
     ortho_init: Optional[bool] = None
     layer_norm: bool = False
+    unit_actions: bool = True  # unsquashed: the Gaussian over the box's unit scale (false: env units, as SB3)
     normalize_obs: Optional[bool] = None
     obs_clip: float = 10.0
 
@@ -199,6 +200,7 @@ class MixturePolicyConfig:
     components: int = 5
     squash: Optional[bool] = None
     ortho_init: Optional[bool] = None
+    unit_actions: bool = True  # as GaussianPolicyConfig's
     normalize_obs: Optional[bool] = None
     obs_clip: float = 10.0
 

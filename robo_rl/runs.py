@@ -122,6 +122,9 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
     algo, head = (OmegaConf.select(saved, f"{group}.name", default=None) for group in ("algo", "policy"))
     if algo not in ALGO_SCHEMAS or head not in POLICY_SCHEMAS:
         raise ValueError(f"{path}: unknown algo.name={algo!r} or policy.name={head!r}")
+    if head in ("gaussian", "mixture") and "unit_actions" not in saved.policy and saved.policy.get("squash") is False:
+        # saved before 2026-12-05, when an unsquashed head's Gaussian was over env units: keep acting as trained
+        saved.policy.unit_actions = False
     schema = OmegaConf.structured(TrainConfig)
     schema.algo = OmegaConf.structured(ALGO_SCHEMAS[algo])
     schema.policy = OmegaConf.structured(POLICY_SCHEMAS[head])

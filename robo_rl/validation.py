@@ -132,6 +132,10 @@ def validate(cfg: DictConfig) -> None:
         need(cfg.policy.log_std_init == 0 or not cfg.policy.state_dependent_std or bool(cfg.resume),
              "policy.log_std_init", "sets the initial std only with policy.state_dependent_std=false (with true, "
              "the network outputs the log std and ignores it); set policy.state_dependent_std=false or leave it at 0")
+    # a squashed head maps tanh's (-1, 1) onto the box: it has no env-unit Gaussian to keep
+    need(cfg.policy.get("unit_actions", True) or not cfg.policy.squash, "policy.unit_actions",
+         "=false keeps an unsquashed head's Gaussian in the env's units; with policy.squash=true the head always "
+         "works in the box's unit scale: leave it at true, or set policy.squash=false")
     delay = cfg.env.randomize.action_delay
     limit = episode_limit(cfg)
     if delay is not None and limit:

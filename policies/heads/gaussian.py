@@ -6,8 +6,12 @@ and log(1 - tanh(x)^2) computed stably as 2 (log 2 - x - softplus(-2x)). Log-pro
 densities of the unit action u in (-1, 1); the env-unit density differs by the constant
 sum_i log(scale_i), which is why SAC's target entropy -|A| is stated in unit space.
 
-Unsquashed (PPO): a ~ N(mu(s), sigma^2) in env units; ``act`` clips to the bounds, the sample
-itself (and its log-probability) is kept unclipped for the likelihood ratio, as in SB3 and CleanRL.
+Unsquashed (PPO): u ~ N(mu(s), sigma^2) in the box's unit scale and a = bias + scale * u, so the initial
+policy (mu ~ 0, sigma = exp(log_std_init)) is centred in the box and spans it whatever its bounds (in env
+units, as SB3 and CleanRL do, N(0, 1) sits on a bound of [0, 5] and outside [2, 5]; ``unit_actions=False``
+keeps that convention, and it is what runs saved before 2026-12-05 load with). ``act`` clips to the
+bounds; the sample itself (and its log-probability, a density of u) is kept unclipped for the likelihood
+ratio, as in SB3 and CleanRL. With bounds [-1, 1] both conventions are the same numbers.
 """
 
 from __future__ import annotations
@@ -34,6 +38,21 @@ def tanh_log_det(x: torch.Tensor) -> torch.Tensor:
     return (2.0 * (_LOG2 - x - F.softplus(-2.0 * x))).sum(-1)
 
 
+def env_actions(head: PolicyHead, x: torch.Tensor) -> torch.Tensor:
+    """Env-unit actions [B, A] of a Gaussian head's variable x [B, A] (unclipped): tanh-squashed into the box
+    (``head.squash``), mapped from the box's unit scale (``head.unit_actions``), or x itself (env units)."""
+    if head.squash:
+        return head.from_unit(torch.tanh(x))
+    return head.from_unit(x) if head.unit_actions else x
+
+
+def gaussian_variable(head: PolicyHead, actions: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``env_actions``: the Gaussian variable x [B, A] of env-unit ``actions`` [B, A]."""
+    if head.squash:
+        return torch.atanh(head.to_unit(actions).clamp(-1.0 + 1e-6, 1.0 - 1e-6))
+    return head.to_unit(actions) if head.unit_actions else actions
+
+
 class GaussianHead(PolicyHead):
     name = "gaussian"
     reparameterized = True
@@ -52,9 +71,11 @@ class GaussianHead(PolicyHead):
         log_std_init: float = 0.0,
         ortho_init: bool = False,
         layer_norm: bool = False,
+        unit_actions: bool = True,
     ) -> None:
         super().__init__(obs_dim, action_low, action_high, obs_norm)
         self.squash = squash
+        self.unit_actions = unit_actions  # unsquashed: the Gaussian is over the box's unit scale, not env units
         self.state_dependent_std = state_dependent_std
         out = 2 * self.act_dim if state_dependent_std else self.act_dim
         self.net = mlp(obs_dim, hidden_sizes, out, activation, layer_norm)
@@ -71,13 +92,10 @@ class GaussianHead(PolicyHead):
             return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
         return h, self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).expand_as(h)
 
-    def _out(self, x: torch.Tensor) -> torch.Tensor:
-        return self.from_unit(torch.tanh(x)) if self.squash else x
-
     def _act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
         mean, log_std = self.distribution(obs)
         x = mean if deterministic else mean + log_std.exp() * torch.randn_like(mean)
-        return self._out(x) if self.squash else self.clip_action(x)
+        return env_actions(self, x) if self.squash else self.clip_action(env_actions(self, x))
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
@@ -95,13 +113,10 @@ class GaussianHead(PolicyHead):
         logp = (-0.5 * eps.square() - log_std).sum(-1) - self.act_dim * _HALF_LOG_2PI
         if self.squash:
             logp = logp - tanh_log_det(x)
-        return self._out(x), logp
+        return env_actions(self, x), logp
 
     def _log_prob(self, mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        if self.squash:
-            x = torch.atanh(self.to_unit(actions).clamp(-1.0 + 1e-6, 1.0 - 1e-6))
-        else:
-            x = actions
+        x = gaussian_variable(self, actions)
         z = (x - mean) * torch.exp(-log_std)
         logp = (-0.5 * z.square() - log_std).sum(-1) - self.act_dim * _HALF_LOG_2PI
         return logp - tanh_log_det(x) if self.squash else logp

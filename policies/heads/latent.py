@@ -66,7 +66,8 @@ class LatentDecoderHead(PolicyHead):
         # the latent policy over z in +-latent_limit standard deviations of the prior (clipped, or squashed)
         self.latent = GaussianHead(obs_dim, -np.full(z_dim, limit), np.full(z_dim, limit), obs_norm, hidden_sizes,
                                    activation, squash=squash, state_dependent_std=state_dependent_std,
-                                   log_std_init=log_std_init, ortho_init=ortho_init)
+                                   log_std_init=log_std_init, ortho_init=ortho_init,
+                                   unit_actions=False)  # z is in the prior's standard deviations already
         self.latent.check_actions = False  # decode() checks the action, and a NaN z decodes to a NaN action
         self.z_dim, self.latent_limit = z_dim, limit
 

@@ -2,7 +2,8 @@
 
     log pi(x|s) = logsumexp_k [ log w_k(s) + log N(x; mu_k(s), sigma_k(s)^2) ]
 and, squashed into the bounds with a = tanh(x) (as the Gaussian head), minus sum_i log(1 - tanh(x_i)^2),
-a term the components share. Sampling picks a component, then samples it: the draw is not
+a term the components share; unsquashed, the mixture is over the box's unit scale (``unit_actions``, as the
+Gaussian head). Sampling picks a component, then samples it: the draw is not
 differentiable through the choice, so the head is not reparameterized (PPO uses its log-probability;
 EXPO and PA-RL its imitation loss, which is the negative log-likelihood).
 """
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from policies.heads.base import PolicyHead, count_option
-from policies.heads.gaussian import LOG_STD_MAX, LOG_STD_MIN, tanh_log_det
+from policies.heads.gaussian import LOG_STD_MAX, LOG_STD_MIN, env_actions, gaussian_variable, tanh_log_det
 from policies.networks import mlp, orthogonal_init_
 from policies.normalizers import ObsNormalizer
 
@@ -30,10 +31,11 @@ class MixtureHead(PolicyHead):
 
     def __init__(self, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray, obs_norm: ObsNormalizer,
                  hidden_sizes: Sequence[int] = (256, 256), activation: str = "relu", components: int = 5,
-                 squash: bool = True, ortho_init: bool = False) -> None:
+                 squash: bool = True, ortho_init: bool = False, unit_actions: bool = True) -> None:
         super().__init__(obs_dim, action_low, action_high, obs_norm)
         self.k = count_option("components", components, 1, "a mixture needs at least one component (a whole number)")
         self.squash = squash
+        self.unit_actions = unit_actions  # unsquashed: over the box's unit scale, not env units (see GaussianHead)
         self.net = mlp(obs_dim, hidden_sizes, self.k * (1 + 2 * self.act_dim), activation)
         if ortho_init:
             orthogonal_init_(self.net, out_gain=0.01)
@@ -57,7 +59,7 @@ class MixtureHead(PolicyHead):
         return logp - tanh_log_det(x) if self.squash else logp
 
     def _out(self, x: torch.Tensor) -> torch.Tensor:
-        return self.from_unit(torch.tanh(x)) if self.squash else self.clip_action(x)
+        return env_actions(self, x) if self.squash else self.clip_action(env_actions(self, x))
 
     def _pick(self, log_w: torch.Tensor) -> torch.Tensor:
         """A component per row [B], drawn by weight."""
@@ -75,7 +77,7 @@ class MixtureHead(PolicyHead):
         rows = torch.arange(obs.shape[0], device=obs.device)
         x = means[rows, pick] + log_stds[rows, pick].exp() * torch.randn_like(means[:, 0])
         logp = self._log_prob_x(log_w, means, log_stds, x)
-        return (self.from_unit(torch.tanh(x)) if self.squash else x), logp
+        return env_actions(self, x), logp
 
     def _mode(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The mean of the heaviest component (a mode) as an action [B, A], and that component's log-weight [B]."""
@@ -95,8 +97,7 @@ class MixtureHead(PolicyHead):
 
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         self.paired(obs, actions)
-        x = torch.atanh(self.to_unit(actions).clamp(-1.0 + 1e-6, 1.0 - 1e-6)) if self.squash else actions
-        return self._log_prob_x(*self.components(obs), x)
+        return self._log_prob_x(*self.components(obs), gaussian_variable(self, actions))
 
     def imitation_loss(self, obs: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         nll = -self.log_prob(obs, actions)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from policies.heads.gaussian import LOG_STD_MAX, LOG_STD_MIN, GaussianHead
+from policies.heads.gaussian import LOG_STD_MAX, LOG_STD_MIN, GaussianHead, env_actions, gaussian_variable
 
 if TYPE_CHECKING:
     from robo_rl.learners.ppo import PPO
@@ -207,9 +207,9 @@ class FusedPPOStep:
         mean, value, _ = self._forward(x)
         log_std = np.minimum(np.maximum(self.log_std, LOG_STD_MIN), LOG_STD_MAX)
         eps = torch.randn(mean.shape).numpy()  # the same RNG draw as the head's sample()
-        actions = mean + np.exp(log_std) * eps
+        gauss = mean + np.exp(log_std) * eps  # the Gaussian's variable; env units follow (GaussianHead.unit_actions)
         logp = np.add.reduce(-0.5 * eps * eps - log_std, axis=1) - self.log_norm
-        return torch.from_numpy(actions), torch.from_numpy(logp), torch.from_numpy(value)
+        return env_actions(self.ppo.policy, torch.from_numpy(gauss)), torch.from_numpy(logp), torch.from_numpy(value)
 
     # -- the update --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -217,7 +217,8 @@ class FusedPPOStep:
         self._ensure_attached()
         ppo = self.ppo
         obs_n = ppo.policy.obs_norm(rollout.obs).numpy()
-        data = [np.ascontiguousarray(x) for x in (obs_n, rollout.actions.numpy(), rollout.log_probs.numpy(),
+        gauss = gaussian_variable(ppo.policy, rollout.actions)  # the update's likelihoods are densities of it
+        data = [np.ascontiguousarray(x) for x in (obs_n, gauss.numpy(), rollout.log_probs.numpy(),
                                                   rollout.values.numpy(), rollout.advantages.numpy(), rollout.returns.numpy())]
         size = obs_n.shape[0]
         mb = ppo.minibatch_size

@@ -44,15 +44,40 @@ def test_squashed_density_integrates_to_one_numerically():
     assert abs(float(integral) - 1.0) < 2e-3
 
 
-def test_unsquashed_log_prob_and_entropy_are_the_gaussians():
-    head = gaussian(squash=False, state_dependent_std=False, log_std_init=-0.5)
+@pytest.mark.parametrize("unit_actions", [True, False])
+def test_unsquashed_log_prob_and_entropy_are_the_gaussians(unit_actions):
+    # the Gaussian is over the box's unit scale (default) or over env units (runs saved before 2026-12-05)
+    head = gaussian(squash=False, state_dependent_std=False, log_std_init=-0.5, unit_actions=unit_actions)
     obs, actions = torch.randn(16, 5), torch.randn(16, 3)
+    x = head.to_unit(actions) if unit_actions else actions
     mean, log_std = head.distribution(obs)
     dist = Normal(mean, log_std.exp())
-    torch.testing.assert_close(head.log_prob(obs, actions), dist.log_prob(actions).sum(-1))
+    torch.testing.assert_close(head.log_prob(obs, actions), dist.log_prob(x).sum(-1))
     torch.testing.assert_close(head.entropy(obs), dist.entropy().sum(-1))
     lp, ent = head.evaluate_actions(obs, actions)
-    torch.testing.assert_close(lp, dist.log_prob(actions).sum(-1))
+    torch.testing.assert_close(lp, dist.log_prob(x).sum(-1))
+    sampled, logp = head.sample(obs)  # the sample's log-probability is the one log_prob recomputes
+    torch.testing.assert_close(head.log_prob(obs, sampled), logp)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "mixture"])
+def test_an_unsquashed_head_starts_centred_in_a_box_away_from_zero(name):
+    # PPO's heads on a box [2, 5] x [0, 5]: in env units N(0, 1) sat on (or outside) the bounds and PPO's
+    # deterministic action stayed at 2 for a whole run; over the box's unit scale it starts in the middle
+    low, high = np.array([2.0, 0.0]), np.array([5.0, 5.0])
+    kw = {"state_dependent_std": False, "ortho_init": True} if name == "gaussian" else {}
+    head = build_head(name, 4, low, high, hidden_sizes=(16,), squash=False, **kw)
+    torch.manual_seed(0)
+    obs = torch.randn(4096, 4)
+    mode = head.act(obs, deterministic=True)
+    if name == "gaussian":
+        assert (mode - torch.tensor([3.5, 2.5])).abs().max() < 0.1
+    else:  # the heaviest component's mean: spread around the box's middle
+        assert (mode.mean(0) - torch.tensor([3.5, 2.5])).abs().max() < 0.5
+    a = head.act(obs)
+    for d in range(2):  # random actions reach both ends of each dimension
+        assert float(a[:, d].min()) == low[d] and float(a[:, d].max()) == high[d]
+        assert 0.3 < float(((a[:, d] > low[d]) & (a[:, d] < high[d])).float().mean())
 
 
 @pytest.mark.parametrize("name,kw", [("gaussian", {"squash": True}), ("gaussian", {"squash": False}), ("deterministic", {})])

@@ -354,6 +354,24 @@ def test_log_std_init_with_a_state_dependent_std_is_refused(overrides):
         validate(resolve_defaults(compose(*overrides)))
 
 
+@pytest.mark.parametrize("overrides, refused", [
+    (["algo=sac", "policy.unit_actions=false"], True),  # squashed: tanh's (-1, 1) is the box; nothing to keep in env units
+    (["algo=expo", "policy=mixture", "policy.unit_actions=false"], True),
+    (["algo=ppo", "policy.unit_actions=false"], False),  # unsquashed: SB3's convention, as runs saved before it
+    (["algo=ppo", "policy=mixture", "policy.unit_actions=false"], False),
+])
+def test_unit_actions_false_is_refused_where_it_would_be_ignored(overrides, refused):
+    from robo_rl.defaults import resolve_defaults
+    from robo_rl.validation import validate
+
+    cfg = resolve_defaults(compose(*overrides))
+    if refused:
+        with pytest.raises(ConfigError, match=r"policy\.unit_actions=False: .*policy\.squash=false"):
+            validate(cfg)
+    else:
+        validate(cfg)
+
+
 @pytest.mark.parametrize("overrides", [
     ["algo=ppo", "policy.log_std_init=-1"],  # state-independent std (PPO's default): the parameter starts there
     ["algo=gorl", "policy.log_std_init=-1"],

@@ -210,3 +210,31 @@ def test_sac_learns_an_optimum_near_the_upper_bound_of_an_asymmetric_box(tmp_pat
                         ["steps=1500", "algo.learning_starts=300", "eval.every=1500", "algo.batch_size=64",
                          "algo.critic_hidden=[64,64]", "policy.hidden_sizes=[64,64]"])
     assert summary["final_eval_return_mean"] > -5.0
+
+
+def test_ppo_learns_an_optimum_near_the_upper_bound_of_an_asymmetric_box(tmp_path):
+    # PPO's unsquashed Gaussian over the box's unit scale starts in the box's middle; over env units (N(0, 1) at
+    # a = 0, a corner of this box) the same run ended at -201, worse than random actions (about -78)
+    summary, _ = _short("ppo", "gaussian", "AsymLearn-v0", tmp_path,
+                        ["steps=5120", "env.num_envs=4", "algo.rollout_steps=64", "algo.minibatch_size=64",
+                         "algo.epochs=10", "eval.every=5120", "policy.hidden_sizes=[64,64]"])
+    assert summary["final_eval_return_mean"] > -10.0
+
+
+def test_runs_saved_before_unit_actions_keep_acting_in_env_units(tmp_path):
+    # a PPO run whose config.yaml predates policy.unit_actions was trained with its Gaussian over env units:
+    # eval, export and resume must rebuild that head, not today's default
+    import yaml
+
+    from robo_rl.runs import load_run_config
+
+    _short("ppo", "gaussian", "Asym-v0", tmp_path)
+    run = tmp_path / "ppo-gaussian"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["policy"]["unit_actions"] is True and load_run_config(run).policy.unit_actions is True
+    del saved["policy"]["unit_actions"]
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert load_run_config(run).policy.unit_actions is False
+    saved["policy"]["squash"] = True  # a squashed head never had an env-unit Gaussian
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert load_run_config(run).policy.unit_actions is True
