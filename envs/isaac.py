@@ -31,7 +31,14 @@ generations are understood:
 * actions are clipped by the environment itself; the adapter exposes ``[-action_limit,
   action_limit]`` as the action space, from ``cfg.normalization.clip_actions`` (legged_gym),
   ``clip_actions`` (Isaac Lab's wrapper) or the ``action_limit`` argument (``cfg`` may be a dict or
-  an object, as ``VecEnv.cfg`` allows).
+  an object, as ``VecEnv.cfg`` allows), which may not exceed a bound the env clips to itself;
+* the rewards and observations returned are the adapter's own tensors: these simulators rewrite their
+  reward and observation buffers in place every step (legged_gym's ``rew_buf``, Isaac Lab's
+  ``RewardManager``), so a reward kept from one step (a recorded demonstration) would change at the next.
+  ``info["observations"]`` holds the env's own group tensors, valid until the next step;
+* tensors stay on the env's device, which must be the one robo-rl runs on (``device=``; rsl_rl's
+  runners may differ from the env and move every tensor, robo-rl keeps both on one device): an env built
+  elsewhere (a factory that ignores ``device=``) is refused with both devices named.
 
 What was verified: envs subclassing the real ``rsl_rl.env.VecEnv`` of rsl-rl-lib 5.5.1 (TensorDict
 observations, no ``reset``), and ``tests/envs/isaac_style_env.py``, a small environment written here
@@ -43,6 +50,7 @@ need an NVIDIA GPU and Isaac Sim.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -55,9 +63,13 @@ from envs.base import BatchedEnv, MissingDependency, StepResult
 
 log = logging.getLogger(__name__)
 
+#: what an Isaac Lab task id needs (Isaac Lab >= 2: the isaaclab packages; 1.x's omni.isaac.lab is not supported)
+ISAAC_LAB_PACKAGES = ("isaaclab", "isaaclab_tasks", "isaaclab_rl", "rsl_rl")
+
 INSTALL_HINT = (
-    "Isaac Lab is not installed here (it needs Isaac Sim and an NVIDIA GPU; see "
-    "https://isaac-sim.github.io/IsaacLab for installation). With it installed, env.backend=isaac "
+    "Isaac Lab is not installed here (Isaac Lab >= 2.0, which needs Isaac Sim and an NVIDIA GPU; see "
+    "https://isaac-sim.github.io/IsaacLab for installation, including its rsl_rl extension: "
+    "isaaclab_rl and rsl-rl-lib). With it installed, env.backend=isaac "
     "env.id=<an Isaac Lab task id, e.g. Isaac-Velocity-Flat-Anymal-C-v0> builds the task; any other "
     "rsl_rl-style environment can be wrapped with envs.isaac.IsaacAdapter(env) or named as "
     "env.id=<module>:<factory>."
@@ -88,21 +100,35 @@ class IsaacAdapter(BatchedEnv):
     one_per_process = True
 
     def __init__(self, env: Any, action_limit: float | None = None, task_id: str | None = None,
-                 obs_groups: Sequence[str] | None = None) -> None:
+                 obs_groups: Sequence[str] | None = None, device: str | torch.device | None = None) -> None:
         """``obs_groups``: the observation groups (rsl_rl >= 3) concatenated into the policy observation,
-        as rsl_rl's ``obs_groups["actor"]``; by default the ``actor`` group, else ``policy``."""
+        as rsl_rl's ``obs_groups["actor"]``; by default the ``actor`` group, else ``policy``. ``device``: the
+        device robo-rl runs on (default: the env's), which the env must be on."""
         for attr in ("num_envs", "num_actions", "device", "step", "get_observations"):
             if not hasattr(env, attr):
-                raise TypeError(f"{type(env).__name__} does not follow the rsl_rl VecEnv API (no {attr!r})")
+                raise TypeError(
+                    f"{type(env).__name__} does not follow the rsl_rl VecEnv API (no {attr!r}): the isaac backend takes "
+                    "rsl_rl-style envs (legged_gym, rsl_rl's VecEnv); wrap an Isaac Lab env in "
+                    "isaaclab_rl.rsl_rl.RslRlVecEnvWrapper first. IsaacGymEnvs' VecTask (obs_dict['obs'], rl_games) is "
+                    "not supported")
         self.env = env
         self.num_envs = int(env.num_envs)
-        self.device = torch.device(env.device)
         self.task_id = task_id or type(env).__name__
-        limit = action_limit if action_limit is not None else _configured_clip(env)
+        self.device = torch.device(env.device)
+        if device is not None and not _same_device(self.device, torch.device(device)):
+            raise ValueError(f"{self.task_id}: the env runs on {self.device}, but robo-rl was asked to run on "
+                             f"{torch.device(device)} (device=); build the env on {torch.device(device)} (a factory "
+                             f"must honour its device= argument) or set device={self.device}")
+        own = _configured_clip(env)
+        limit = action_limit if action_limit is not None else own
         if limit is None or not np.isfinite(limit) or limit <= 0:
             raise ValueError(f"{self.task_id}: the action bound is unknown (no clip_actions in the env or its cfg); set "
                              "env.kwargs.action_limit=<bound> (IsaacAdapter(env, action_limit=) in Python), which is "
                              "also passed to Isaac Lab's wrapper as its clip_actions")
+        if own is not None and np.isfinite(own) and own > 0 and limit > own:
+            raise ValueError(f"{self.task_id}: action_limit={limit:g} exceeds the bound the env clips actions to itself "
+                             f"(clip_actions={own:g}): the policy's actions beyond it would be cut without its "
+                             f"knowing; set env.kwargs.action_limit to at most {own:g}, or leave it unset")
         self.action_space = gym.spaces.Box(-float(limit), float(limit), (int(env.num_actions),), np.float32)
         raw, extra = _unpack(env.get_observations())
         self.obs_groups = self._resolve_groups(raw, obs_groups)
@@ -193,7 +219,8 @@ class IsaacAdapter(BatchedEnv):
         dones = dones.to(torch.bool).reshape(-1)
         time_outs = extras.get("time_outs")
         time_outs = torch.zeros_like(dones) if time_outs is None else time_outs.to(torch.bool).reshape(-1) & dones
-        rewards = rewards.float().reshape(-1)
+        # a copy: these simulators rewrite their reward buffer in place (legged_gym, Isaac Lab's RewardManager)
+        rewards = rewards.to(device=self.device, dtype=torch.float32, copy=True).reshape(-1)
         final_obs = torch.where(dones[:, None], self._obs, obs)  # no terminal observation in these APIs
         self._ep_return += rewards
         self._ep_length += 1
@@ -223,6 +250,11 @@ def _lookup(holder: Any, *path: str) -> Any:
     return holder
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """cuda and cuda:0 (the current device) are taken as one: Isaac Lab may report either."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
 def _configured_clip(env: Any) -> float | None:
     cfg = getattr(env, "cfg", None)
     for value in (_lookup(cfg, "normalization", "clip_actions"), getattr(env, "clip_actions", None),
@@ -245,11 +277,13 @@ def make_isaac_env(task_id: str, num_envs: int, device: str | torch.device, kwar
             make = getattr(importlib.import_module(module), factory)
         except (ImportError, AttributeError) as exc:
             raise ValueError(f"env.id={task_id}: cannot import {factory!r} from {module!r} ({exc})") from None
-        return IsaacAdapter(make(num_envs=num_envs, device=str(device), **kwargs), action_limit, task_id, obs_groups)
-    try:
-        from isaaclab.app import AppLauncher
-    except ImportError:
-        raise MissingDependency(INSTALL_HINT) from None
+        return IsaacAdapter(make(num_envs=num_envs, device=str(device), **kwargs), action_limit, task_id, obs_groups,
+                            device)
+    # checked before the simulator app starts (a minute or more): every package the start-up below imports
+    missing = [name for name in ISAAC_LAB_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingDependency(f"env.id={task_id} needs {', '.join(missing)}, not installed. {INSTALL_HINT}")
+    from isaaclab.app import AppLauncher
     # Isaac Lab's documented start-up: launch the simulator app first, then import the task registry
     AppLauncher(headless=True, device=str(device))
     importlib.import_module("isaaclab_tasks")
@@ -260,4 +294,4 @@ def make_isaac_env(task_id: str, num_envs: int, device: str | torch.device, kwar
     # Isaac Lab's action spaces are unbounded: the wrapper clips to the bound we declare (its clip_actions)
     wrapper_kwargs = {} if action_limit is None else {"clip_actions": float(action_limit)}
     return IsaacAdapter(RslRlVecEnvWrapper(gym.make(task_id, cfg=cfg, **kwargs), **wrapper_kwargs), action_limit, task_id,
-                        obs_groups)
+                        obs_groups, device)

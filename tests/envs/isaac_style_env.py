@@ -1,8 +1,9 @@
 """A small GPU-style environment written to the rsl_rl VecEnv conventions, for testing the adapter.
 
 A 2-D point mass must reach a target: torch buffers on ``device``, resets inside ``step``, time-outs
-in ``extras["time_outs"]``, a privileged "critic" observation group, and the policy observation
-written in place into one buffer, as GPU simulators do. Leaving the arena ends an episode as a real
+in ``extras["time_outs"]``, a privileged "critic" observation group, and the policy observation and
+the reward written in place into one buffer each, as GPU simulators do (legged_gym's ``rew_buf[:] = 0.``,
+Isaac Lab's ``RewardManager.compute``). Leaving the arena ends an episode as a real
 termination (and forfeits the rest of its reward). ``make(api=...)`` picks the convention:
 
 * ``"rsl_rl"`` (rsl_rl >= 3, Isaac Lab today): observations are groups ``{"policy", "critic"}`` (a
@@ -48,6 +49,7 @@ class PointReach:
         self.target = torch.zeros(num_envs, 2, device=self.device)
         self.episode_length_buf = torch.zeros(num_envs, dtype=torch.long, device=self.device)
         self.obs_buf = torch.zeros(num_envs, self.num_obs, device=self.device)  # rewritten in place each step
+        self.rew_buf = torch.zeros(num_envs, device=self.device)  # so is this
         self.extras: dict = {}
         self._reset_idx(torch.arange(num_envs, device=self.device))
 
@@ -77,7 +79,7 @@ class PointReach:
         self.pos = self.pos + self.vel * self.dt * 10
         self.episode_length_buf += 1
         dist = (self.target - self.pos).norm(dim=1)
-        rewards = torch.exp(-2.0 * dist)  # in (0, 1]: reach the target and stay there
+        self.rew_buf[:] = torch.exp(-2.0 * dist)  # in (0, 1]: reach the target and stay there
         out_of_bounds = self.pos.abs().max(dim=1).values > 2.0
         time_outs = self.episode_length_buf >= self.max_episode_length
         dones = out_of_bounds | time_outs
@@ -85,7 +87,7 @@ class PointReach:
         ids = dones.nonzero().flatten()
         if len(ids):
             self._reset_idx(ids)
-        return self._groups(), rewards, dones.long(), self.extras
+        return self._groups(), self.rew_buf, dones.long(), self.extras
 
     def close(self) -> None:
         if self.exclusive:

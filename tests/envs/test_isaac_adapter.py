@@ -1,5 +1,6 @@
 """The Isaac-style adapter against environments written to the rsl_rl VecEnv conventions (and rsl_rl's own)."""
 
+import importlib.util
 import json
 import warnings
 
@@ -18,10 +19,14 @@ def _check_contract(env: IsaacAdapter) -> None:
     assert env.action_space.shape == (2,) and env.action_space.high[0] == 1.0  # from the env's clip_actions
     obs = env.reset(seed=0)
     assert obs.shape == (8, 4) and obs.dtype == torch.float32
+    kept = []
     for _ in range(5):
         before = obs
         obs, rew, term, trunc, info = env.step(torch.full((8, 2), 0.3))
+        kept.append(rew)
     assert rew.shape == (8,) and rew.dtype == torch.float32 and term.dtype == torch.bool
+    # the env rewrites one reward buffer in place: each step's reward must keep its value (replay, demonstrations)
+    assert torch.allclose(torch.stack(kept).sum(0), info["episode"]["return"]) and not torch.equal(kept[0], kept[-1])
     assert trunc.all() and not term.any()  # a 5-step limit: time-outs, not terminations
     # the env rewrote its observation buffer in place: final_obs must still be the one before the step
     assert torch.equal(info["final_obs"], before) and not torch.equal(before, obs) and info["final_obs_is_previous"]
@@ -81,16 +86,36 @@ def test_observation_groups():
 
 
 def test_bad_envs_and_missing_isaac_lab_are_explained():
-    with pytest.raises(TypeError, match="does not follow the rsl_rl VecEnv API"):
+    with pytest.raises(TypeError, match="does not follow the rsl_rl VecEnv API.*RslRlVecEnvWrapper"):
         IsaacAdapter(object())
     unbounded = make(num_envs=4)
     unbounded.cfg = {}
     with pytest.raises(ValueError, match="action bound is unknown.*env.kwargs.action_limit"):
         IsaacAdapter(unbounded)
     assert IsaacAdapter(unbounded, action_limit=0.5).action_space.high[0] == 0.5
-    with pytest.raises(ImportError, match="Isaac Lab is not installed"):
+    # every package Isaac Lab's start-up imports is named, before the simulator app would start
+    missing = [name for name in ("isaaclab", "isaaclab_tasks", "isaaclab_rl") if importlib.util.find_spec(name) is None]
+    assert missing  # Isaac Lab is not installable here
+    with pytest.raises(ImportError, match=f"needs {', '.join(missing)}, not installed. Isaac Lab is not installed"):
         make_env("Isaac-Velocity-Flat-Anymal-C-v0", 4, backend="isaac")
     assert "IsaacAdapter" in INSTALL_HINT
+
+
+def test_action_limit_within_the_envs_own_clip():
+    """The env clips actions itself (legged_gym: cfg.normalization.clip_actions): a wider declared bound would let
+    the policy act beyond it without effect; a narrower one is the policy's own range."""
+    with pytest.raises(ValueError, match=r"action_limit=2 exceeds .* \(clip_actions=1\).*at most 1"):
+        IsaacAdapter(make(num_envs=4, api="legged_gym"), action_limit=2.0)
+    assert IsaacAdapter(make(num_envs=4, api="legged_gym"), action_limit=0.5).action_space.high[0] == 0.5
+
+
+def test_env_on_another_device_is_refused():
+    """robo-rl keeps the env and the learner on one device (device=): an env a factory built elsewhere is named, not
+    handed to a learner on another device (a device-mismatch traceback deep in the first forward pass)."""
+    env = make(num_envs=4)  # on the CPU
+    with pytest.raises(ValueError, match="the env runs on cpu, but robo-rl was asked to run on meta"):
+        IsaacAdapter(env, device="meta")
+    assert IsaacAdapter(env, device="cpu").device == torch.device("cpu")
 
 
 def _needs_rsl_rl(major: int) -> None:
