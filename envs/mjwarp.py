@@ -50,7 +50,12 @@ def _import_warp() -> tuple[Any, Any]:
             "env.backend=mjwarp needs MuJoCo Warp: pip install 'robo-rl[warp]' (mujoco-warp and warp-lang); "
             "it runs on CUDA GPUs, and slowly on the CPU"
         ) from None
-    wp.config.quiet = True
+    # Warp prints a line per kernel module it loads (~45 per model, each run and evaluation env) unless told not to:
+    # warp-lang >= 1.10 reads log_level (config.quiet, which older releases read, is silently ignored there)
+    if hasattr(wp, "LOG_WARNING"):
+        wp.config.log_level = max(int(getattr(wp.config, "log_level", 0)), wp.LOG_WARNING)
+    else:
+        wp.config.quiet = True
     return wp, mjw
 
 
@@ -69,11 +74,18 @@ class MjwarpBatchedEnv(BatchedEnv):
         nconmax: int | None = None,
         njmax: int | None = None,
     ) -> None:
+        from envs.mujoco.tasks import TASKS
+
+        if task_id not in TASKS:
+            raise ValueError(f"env.backend=mjwarp has no task {task_id!r}: it runs {', '.join(TASKS)}; "
+                             "any other gymnasium id runs on env.backend=gymnasium")
         wp, mjw = _import_warp()
         self._wp, self._mjw = wp, mjw
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.device = torch.device(device)
+        if self.device.type not in ("cpu", "cuda"):  # Warp's devices: its tensors could not live on e.g. mps
+            raise ValueError(f"env.backend=mjwarp runs on device=cuda or device=cpu (Warp's devices), not {self.device}")
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("env.backend=mjwarp on device=cuda needs a CUDA GPU; use device=cpu (slow) or env.backend=mujoco")
         self.wp_device = f"cuda:{self.device.index or 0}" if self.device.type == "cuda" else "cpu"
@@ -126,6 +138,7 @@ class MjwarpBatchedEnv(BatchedEnv):
         self.init_qvel = np.zeros(self.model.nv)
         self._rngs = [np_random(None)[0] for _ in range(num_envs)]
         self._noise = torch.Generator(device=self.device)
+        self._noise.seed()  # until a seeded reset: fresh noise per env, as the other backends' unseeded generators
         self._elapsed = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self._ep_return = torch.zeros(num_envs, dtype=torch.float64, device=self.device)
         self._ep_length = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
@@ -301,7 +314,7 @@ class MjwarpBatchedEnv(BatchedEnv):
         state.update({f"derived.{k}": v.clone().cpu() for k, v in self._derived.items()})
         if self._cfrc_ext is not None:
             state["cfrc_ext"] = self._cfrc_ext.clone().cpu()
-        state.update(obs=self._obs.cpu().clone(), elapsed=self._elapsed.cpu().clone(),
+        state.update(obs=self._obs.cpu().clone(), elapsed=self._elapsed.cpu().clone(), diverged_total=self.diverged_total,
                      rngs=[g.bit_generator.state for g in self._rngs], randomizer=self.randomizer.state_dict(),
                      noise=self._noise.get_state().cpu(), action_buffer=self._action_buffer.cpu().clone(),
                      ep_return=self._ep_return.cpu().clone(), ep_length=self._ep_length.cpu().clone())
@@ -310,6 +323,8 @@ class MjwarpBatchedEnv(BatchedEnv):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         import warp as wp
 
+        if len(state["rngs"]) != self.num_envs:  # copy_ would broadcast a 1-world snapshot over every world
+            raise ValueError(f"saved env state holds {len(state['rngs'])} envs, this env has {self.num_envs}")
         self.randomizer.load_state_dict(state["randomizer"])
         if self.randomize is not None and self.randomizer.spec.physics:  # first: set_const rewrites the derived fields
             self._write_physics(np.arange(self.num_envs))
@@ -327,4 +342,5 @@ class MjwarpBatchedEnv(BatchedEnv):
         self._action_buffer.copy_(torch.as_tensor(state["action_buffer"]))
         self._ep_return.copy_(torch.as_tensor(state["ep_return"]))
         self._ep_length.copy_(torch.as_tensor(state["ep_length"]))
+        self.diverged_total = int(state.get("diverged_total", 0))  # older snapshots lack it
 

@@ -138,3 +138,48 @@ def test_contact_forces_after_a_reset_with_an_acceleration_sensor(tmp_path):
     kept = warp_env._cfrc_ext[1].clone()
     warp_env._reset_worlds(torch.tensor([True, False]))  # world 1 goes on with its post-step contact forces
     assert torch.equal(warp_env._cfrc_ext[1], kept)
+
+
+def test_a_task_warp_does_not_run_is_refused_naming_this_backend():
+    # it used to say "env.backend=mujoco has no task", to a user who asked for mjwarp
+    with pytest.raises(ValueError, match=r"env.backend=mjwarp has no task 'Pendulum-v1'.*env.backend=gymnasium"):
+        make_env("Pendulum-v1", 2, backend="mjwarp", device="cpu")
+    with pytest.raises(ValueError, match="device=cuda or device=cpu"):
+        make_env("Hopper-v5", 2, backend="mjwarp", device="meta")
+
+
+def test_warp_prints_no_line_per_kernel_module():
+    # warp-lang 1.19 ignores config.quiet: every run (and its evaluation env) printed ~45 "Module ... load" lines
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import torch; from envs import make_env; "
+            "make_env('Hopper-v5', 1, backend='mjwarp', device='cpu').step(torch.zeros(1, 3))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    assert "Module " not in out.stdout + out.stderr and "initialized" not in out.stdout
+
+
+def test_a_snapshot_of_another_number_of_worlds_is_refused_and_divergences_are_kept(pair):
+    one = make_env("Hopper-v5", 1, backend="mjwarp", device="cpu")
+    one.reset(seed=0)
+    with pytest.raises(ValueError, match="saved env state holds 1 envs, this env has 3"):
+        pair[0].load_state_dict(one.state_dict())  # used to broadcast world 0's state over all three
+    one.qvel[0, 0] = float("nan")  # a diverged simulation: reset, counted, and the count survives a snapshot
+    assert one.step(torch.zeros(1, 3)).info["diverged"].tolist() == [True] and one.diverged_total == 1
+    again = make_env("Hopper-v5", 1, backend="mjwarp", device="cpu")
+    again.load_state_dict(one.state_dict())
+    assert again.diverged_total == 1
+
+
+def test_unseeded_envs_draw_their_own_observation_noise():
+    # the noise generator started from torch's fixed default seed: every unseeded env drew the same noise
+    def first_obs():
+        env = make_env("Hopper-v5", 2, backend="mjwarp", device="cpu", kwargs={"reset_noise_scale": 0.0},
+                       randomize={"obs_noise_std": 0.1})
+        return env.reset()
+
+    a, b = first_obs(), first_obs()
+    assert not torch.allclose(a, b)
