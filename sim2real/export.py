@@ -32,6 +32,9 @@ import numpy as np
 FORMAT = "robo-rl-export"
 FORMAT_VERSION = 1
 FORMATS = ("onnx", "torchscript")
+MODEL_FILES = ("policy.onnx", "policy.pt")  # the model file of each format
+#: the module an export is made from vs the policy's own deterministic ``act``: the same eager operations
+ACTING_TOLERANCE = 1e-5
 
 
 def sha256_of(path: Path) -> str:
@@ -162,8 +165,10 @@ def export_policy(
     """Export ``policy`` (any head, or a learner's acting policy) to ``out_dir``; returns the sidecar.
 
     The exported file is compared with the torch policy on ``check_obs`` (real observations, if
-    given) plus ``check_samples`` random ones before the sidecar is written; a difference above ``tolerance`` is an
-    error, so an export that exists is an export that was checked. Model and sidecar are written to
+    given) plus ``check_samples`` random ones, at that batch size and at batch 1, before the sidecar is written;
+    a difference above ``tolerance`` (per action dimension, times the half-range where it exceeds 1) is an
+    error, so an export that exists is an export that was checked. The module the file is made from is
+    compared with the policy's deterministic ``act`` too. Model and sidecar are written to
     temporary names, fsynced, and renamed into place (model first, sidecar last): a crash leaves the
     previous export or the new one, or a new model next to the old sidecar, which the runtime refuses
     (its sha256 does not match).
@@ -201,6 +206,20 @@ def export_policy(
         reference = (module(obs) if k == 0 else module(obs, noise)).numpy()
     if not np.isfinite(reference).all():
         raise ValueError("the policy produces non-finite actions on the check observations; not exporting it")
+    # float32 rounding happens in the head's unit action space and is scaled by the half-range: an action
+    # bound of +-100 turns 1e-7 into 1e-5, so the tolerance is per dimension times the half-range where it exceeds 1
+    half_range = ((policy.action_high - policy.action_low) / 2).detach().cpu().numpy().astype(np.float64)
+    limit = tolerance * np.maximum(half_range, 1.0)
+    # the module the file is made from must compute what the policy acts with (with the default noise):
+    # comparing the file with that module alone would pass a graph that leaves out, say, the normalizer
+    acting_rows = obs.shape[0] // 2 if k else obs.shape[0]  # with noise, the first half has the default noise
+    with torch.no_grad():
+        acting = policy.act(obs[:acting_rows], deterministic=True).cpu().numpy()
+    gap = np.abs(reference[:acting_rows] - acting)
+    if not (gap <= ACTING_TOLERANCE * np.maximum(half_range, 1.0)).all():  # the same eager operations: rounding only
+        raise RuntimeError(f"the graph to export differs from the policy's deterministic action by {float(gap.max()):.2e} "
+                           f"(> {ACTING_TOLERANCE:g}): the export path of the {getattr(policy, 'name', type(policy).__name__)} "
+                           "head does not compute what it acts with (a robo-rl bug); nothing was written")
     tmp = out_dir / (".policy.onnx.tmp" if fmt == "onnx" else ".policy.pt.tmp")
     side = tmp.with_name(tmp.name + ".data")  # the dynamo exporter writes large weights beside the model
     try:
@@ -212,21 +231,36 @@ def export_policy(
             onnx.checker.check_model(model, full_check=True)
             onnx.save(model, str(tmp))  # one self-contained file
             side.unlink(missing_ok=True)  # so no side file is left next to the export
-            feeds = {"obs": obs.numpy()} if k == 0 else {"obs": obs.numpy(), "noise": noise.numpy()}
-            outputs = _session(tmp).run(None, feeds)[0]
+            session = _session(tmp)
+
+            def run(*inputs: torch.Tensor) -> np.ndarray:
+                return session.run(None, dict(zip(input_names, (x.numpy() for x in inputs))))[0]
             path = out_dir / "policy.onnx"
         else:
-            traced = torch.jit.trace(module, example, check_trace=False)
+            with warnings.catch_warnings():  # its "might not generalize to other inputs": the check below runs other batch sizes
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                traced = torch.jit.trace(module, example, check_trace=False)
             traced.save(str(tmp))
             exporter = "torch.jit.trace"
             loaded = torch.jit.load(str(tmp))
-            with torch.no_grad():
-                outputs = (loaded(obs) if k == 0 else loaded(obs, noise)).numpy()
+
+            def run(*inputs: torch.Tensor) -> np.ndarray:
+                with torch.no_grad():
+                    return loaded(*inputs).numpy()
             path = out_dir / "policy.pt"
-        max_error = float(np.abs(outputs - reference).max())
-        if not max_error <= tolerance:
-            raise RuntimeError(f"the exported {fmt} policy differs from the torch policy by {max_error:.2e} (> {tolerance:g}); "
-                               "nothing was written")
+        inputs = (obs,) if k == 0 else (obs, noise)
+        outputs = run(*inputs)
+        single = run(*(x[:1] for x in inputs))  # batch 1, as a robot calls it (the graph was traced at batch 2)
+        if outputs.shape != reference.shape or single.shape != reference[:1].shape:
+            raise RuntimeError(f"the exported {fmt} policy returns actions of shape {list(outputs.shape)} for "
+                               f"{obs.shape[0]} observations and {list(single.shape)} for one, expected "
+                               f"{list(reference.shape)} and {list(reference[:1].shape)} (the graph does not keep the "
+                               "batch axis at every batch size); nothing was written")
+        errors = np.maximum(np.abs(outputs - reference).max(0), np.abs(single - reference[:1]).max(0))
+        max_error = float(errors.max())
+        if not (errors <= limit).all():
+            raise RuntimeError(f"the exported {fmt} policy differs from the torch policy by {max_error:.2e} (> {tolerance:g}"
+                               + (" times the action half-range" if (half_range > 1).any() else "") + "); nothing was written")
     except BaseException:  # a failed export leaves nothing behind
         tmp.unlink(missing_ok=True)
         side.unlink(missing_ok=True)
@@ -257,12 +291,13 @@ def export_policy(
         + ([{"name": "noise", "shape": ["batch", k], "dtype": "float32"}] if k else []),
         "outputs": [{"name": "action", "shape": ["batch", int(policy.act_dim)], "dtype": "float32"}],
         "control": {"dt": control_dt, "rate_hz": (1.0 / control_dt) if control_dt else None},
-        "normalization": {"observation": "in the graph", "enabled": bool(norm.enabled), "clip": norm.clip,
+        "normalization": {"observation": "in the graph", "enabled": bool(norm.enabled), "clip": norm.clip, "eps": norm.eps,
                           "mean": norm.stats.mean.tolist(), "var": norm.stats.var.tolist()},
         "sampling": _sampling(policy),
         "safety": safety or {"filters": []},
+        # tolerance: per action dimension, times the half-range where it exceeds 1 (float32 rounding scales with it)
         "checked": {"observations": int(obs.shape[0]), "real_observations": int(real.shape[0]),
-                    "max_abs_error": max_error, "tolerance": tolerance},
+                    "max_abs_error": max_error, "tolerance": tolerance, "tolerance_per_dimension": limit.tolist()},
         **(metadata or {}),
     }
     _publish(tmp, path, sidecar)
@@ -279,9 +314,25 @@ def _publish(tmp_model: Path, model: Path, sidecar: dict[str, Any]) -> None:
     tmp_json.write_text(json.dumps(sidecar, indent=2))
     _fsync(tmp_model)
     _fsync(tmp_json)
+    previous = _previous_model(model.parent)
     tmp_model.replace(model)
     tmp_json.replace(model.parent / "policy.json")
+    # an earlier export in the other format: its model would stay beside a sidecar that no longer describes it
+    if previous is not None and previous != model.name and previous in MODEL_FILES:
+        (model.parent / previous).unlink(missing_ok=True)
     _fsync(model.parent)
+
+
+def _previous_model(out_dir: Path) -> str | None:
+    """The model file the export already in ``out_dir`` names (None: no readable earlier export)."""
+    try:
+        previous = json.loads((out_dir / "policy.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(previous, dict) or previous.get("format") != FORMAT:
+        return None
+    name = previous.get("model_file")
+    return name if isinstance(name, str) else None
 
 
 def _fsync(path: Path) -> None:
@@ -310,7 +361,10 @@ def _sampling(policy: Any) -> dict[str, Any] | None:
     info = {key: getattr(inner, key) for key in keys
             if isinstance(getattr(inner, key, None), (int, str))}
     if hasattr(policy, "n") and hasattr(policy, "critic"):
-        info["candidates"] = int(policy.n) * (2 if getattr(policy, "edit", None) is not None else 1)
+        # without a noise input (a Gaussian or mixture base) the N base candidates are all its deterministic
+        # action: the graph chooses between that action and its edit (EXPO), or has one candidate (PA-RL)
+        base = int(policy.n) if noise_dim(policy) else 1
+        info["candidates"] = base * (2 if getattr(policy, "edit", None) is not None else 1)
     return info or None
 
 

@@ -17,7 +17,9 @@ candidates) as one self-contained file plus <out_dir>/policy.json (spaces, bound
 normalizer, safety filters, sha256). The graph includes observation normalization and, for
 diffusion/flow heads, the configured sampling steps unrolled with the initial noise as an input.
 Before anything is written the file is checked (onnx.checker) and compared with the torch policy
-on real and random observations (max abs difference <= 1e-5).
+on real and random observations, in one batch and at batch 1 (max abs difference <= 1e-5 per action
+dimension, times its half-range where that exceeds 1). An export in out_dir is replaced (with its
+model file, if it was in the other format).
 
 keys:
   run_dir=<dir>          the run directory (required)

@@ -1,6 +1,7 @@
 """Export round trips: every head (and EXPO/PA-RL's critic choice) matches torch in onnxruntime within 1e-5."""
 
 import json
+import warnings
 
 import numpy as np
 import onnx
@@ -102,8 +103,9 @@ def test_critic_select_policies_export_with_their_fixed_noise(tmp_path, base_nam
         default = np.asarray(sidecar["noise"]["default"], np.float32)[None].repeat(6, 0)
         got = session.run(None, {"obs": obs, "noise": default})[0]
         assert sidecar["sampling"]["candidates"] == (8 if edit else 4)
-    else:
+    else:  # a Gaussian base has no noise input: its N candidates are one action, and the sidecar says so
         got = session.run(None, {"obs": obs})[0]
+        assert sidecar["sampling"]["candidates"] == (2 if edit else 1)
     assert np.abs(got - want).max() <= 1e-5
 
 
@@ -165,3 +167,99 @@ def test_export_fsyncs_both_files_before_renaming_and_a_crash_between_renames_is
     assert {".policy.onnx.tmp", ".policy.json.tmp"} <= set(synced_then)
     with pytest.raises(ExportError, match="does not match the checksum"):
         PolicyRuntime(tmp_path)  # new model, old sidecar: refused, never run
+
+
+def test_large_action_bounds_export_within_a_tolerance_scaled_by_the_half_range(tmp_path):
+    """float32 rounding in the head's unit space grows with the action scale: a +-100 flow head (e.g. joint torques
+    in Nm) was refused at 1.5e-5 > 1e-5; the tolerance is per dimension, times the half-range where it exceeds 1."""
+    torch.manual_seed(0)
+    low, high = np.array([-100.0, -100.0, 0.0, -0.5]), np.array([100.0, 100.0, 400.0, 0.5])
+    head = build_head("flow", OBS_DIM, low, high, normalize_obs=True, hidden_sizes=[64, 64, 64], steps=10)
+    head.obs_norm.update(torch.randn(500, OBS_DIM) * 3.0 + 2.0)
+    sidecar = export_policy(head, tmp_path, "onnx")
+    assert sidecar["checked"]["tolerance_per_dimension"] == pytest.approx([1e-3, 1e-3, 2e-3, 1e-5])
+    obs = np.random.default_rng(4).normal(2.0, 3.0, (5, OBS_DIM)).astype(np.float32)
+    with torch.no_grad():
+        want = head.act(torch.from_numpy(obs), deterministic=True).numpy()
+    zeros = np.zeros((5, sidecar["noise"]["dim"]), np.float32)
+    got = _ort(tmp_path / "policy.onnx").run(None, {"obs": obs, "noise": zeros})[0]
+    assert (np.abs(got - want) <= 1e-5 * np.maximum((high - low) / 2, 1.0)).all()
+
+
+def test_a_perturbed_onnx_file_fails_the_parity_check(tmp_path, monkeypatch):
+    """The tolerance guards: one weight of the written graph moved by 1e-3 and the export is refused, nothing written."""
+    import sim2real.export as export
+
+    real = export._export_onnx
+
+    def perturbed(module, example, path, input_names):
+        exporter = real(module, example, path, input_names)
+        model = onnx.load(str(path))
+        weight = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+        values = onnx.numpy_helper.to_array(weight).copy()
+        values.flat[0] += 1e-3
+        weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+        onnx.save(model, str(path))
+        return exporter
+
+    monkeypatch.setattr(export, "_export_onnx", perturbed)
+    with pytest.raises(RuntimeError, match="differs from the torch policy"):
+        export_policy(_head("gaussian", {}), tmp_path, "onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_path_that_differs_from_the_acting_policy_is_refused(tmp_path):
+    """The file is checked against the module it is made from, and that module against the policy's own
+    deterministic ``act``: an export path that leaves out the normalizer is refused, not written."""
+    head = _head("gaussian", {})
+    head.forward = lambda obs: head.from_unit(torch.tanh(head.net(obs)[:, :3]))  # no obs_norm
+    with pytest.raises(RuntimeError, match="does not compute what it acts with"):
+        export_policy(head, tmp_path, "onnx")
+    assert not (tmp_path / "policy.onnx").exists() and not (tmp_path / "policy.json").exists()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_a_graph_that_loses_the_batch_axis_at_batch_1_is_refused(tmp_path, monkeypatch, fmt):
+    """A robot calls with batch 1, the graph is traced at batch 2: the check runs batch 1 too."""
+    import sim2real.export as export
+
+    real = export.export_module
+
+    class Squeezed(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, obs):
+            return self.module(obs).squeeze()  # [1, A] -> [A] at batch 1 only
+
+    monkeypatch.setattr(export, "export_module", lambda policy: Squeezed(real(policy)))
+    with pytest.raises(RuntimeError, match=r"\[3\] for one, expected .* and \[1, 3\]"):
+        export_policy(_head("deterministic", {}), tmp_path, fmt)
+    assert not (tmp_path / "policy.json").exists()
+
+
+def test_torchscript_export_of_a_critic_select_policy_is_quiet_and_exact(tmp_path):
+    """Tracing warned "the trace might not generalize to other inputs" (the acting path's NaN check, the
+    ensemble's size test) on every EXPO/PA-RL torchscript export; parity is checked at other batch sizes."""
+    base = _head("gaussian", {})
+    policy = CriticSelectPolicy(base, QEnsemble(OBS_DIM, 3, 2, [32, 32], "relu", False), 4,
+                                EditPolicy(base, 0.1, [32], "relu"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_policy(policy, tmp_path, "torchscript")
+    assert not [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    loaded = torch.jit.load(str(tmp_path / "policy.pt"))
+    obs = torch.randn(1, OBS_DIM) * 3.0 + 2.0
+    with torch.no_grad():
+        assert torch.allclose(loaded(obs), policy.act(obs, deterministic=True), atol=1e-6)
+
+
+@pytest.mark.parametrize("first, second", [("onnx", "torchscript"), ("torchscript", "onnx")])
+def test_re_export_in_the_other_format_removes_the_stale_model(tmp_path, first, second):
+    """An export over one in the other format left the old model beside a sidecar that no longer described it
+    (torch.jit.load("policy.pt") then ran the previous policy); files the export did not write stay."""
+    export_policy(_head("deterministic", {}), tmp_path, first)
+    (tmp_path / "notes.txt").write_text("mine")
+    sidecar = export_policy(_head("gaussian", {}), tmp_path, second)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["notes.txt", "policy.json", sidecar["model_file"]])
