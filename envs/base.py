@@ -235,6 +235,40 @@ def check_box_spaces(task_id: str, observation_space: gym.Space, action_space: g
         )
 
 
+def check_step_result(env: "BatchedEnv", result: tuple) -> None:
+    """Raise a ValueError naming the env and the part at fault unless ``result`` (what ``env.step`` returned) keeps
+    the contract: obs [N, obs_dim] and info["final_obs"] floating, reward [N] float32, terminated and truncated [N]
+    bool, info["episode"] with "return" [N], "length" [N] and "mask" [N] bool. Called once per env by the
+    runners and ``evaluate`` (a user env's int 0/1 flags would index rows instead of masking them)."""
+    n, name = env.num_envs, f"{env.task_id} ({type(env).__name__})"
+    try:
+        obs, reward, terminated, truncated, info = result
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: step() must return (obs, reward, terminated, truncated, info), got "
+                         f"{type(result).__name__}") from None
+    episode = info.get("episode") if isinstance(info, dict) else None
+    parts = {"obs": (obs, (n, env.obs_dim), None), "reward": (reward, (n,), torch.float32),
+             "terminated": (terminated, (n,), torch.bool), "truncated": (truncated, (n,), torch.bool),
+             'info["final_obs"]': (info.get("final_obs") if isinstance(info, dict) else None, (n, env.obs_dim), None)}
+    if isinstance(episode, dict):
+        parts['info["episode"]["mask"]'] = (episode.get("mask"), (n,), torch.bool)
+        parts['info["episode"]["return"]'] = (episode.get("return"), (n,), None)
+        parts['info["episode"]["length"]'] = (episode.get("length"), (n,), None)
+    for what, (value, shape, dtype) in parts.items():
+        ok = isinstance(value, torch.Tensor) and tuple(value.shape) == shape and (
+            value.dtype == dtype if dtype is not None else value.is_floating_point() or what.endswith('"length"]'))
+        if not ok:
+            got = (f"a tensor of {value.dtype} {list(value.shape)}" if isinstance(value, torch.Tensor)
+                   else "nothing" if value is None else type(value).__name__)
+            raise ValueError(f"{name}: step() returned {what} as {got}; the batched-env contract (envs/base.py) "
+                             f"needs a {dtype or 'float'} tensor of shape {list(shape)}"
+                             + (" (0/1 flags: .bool())" if dtype == torch.bool else " (.float())" if dtype else ""))
+    if not isinstance(episode, dict):
+        raise ValueError(f'{name}: step() info has no "episode" entry; the batched-env contract (envs/base.py) needs '
+                         'info["episode"] = {"return": [N] float, "length": [N] int, "mask": [N] bool} for the '
+                         "episodes that ended in the step (envs.base.EpisodeTracker keeps the sums)")
+
+
 class EpisodeTracker:
     """Undiscounted return and length of the running episode of each env (raw rewards)."""
 

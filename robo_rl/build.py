@@ -169,5 +169,8 @@ def build_runner(cfg: DictConfig, learner: Learner, env: BatchedEnv, eval_env: B
     from robo_rl.runners.off_policy import OffPolicyRunner
     from robo_rl.runners.on_policy import OnPolicyRunner
 
+    from robo_rl.defaults import resolve_defaults
+
     runner_cls = OffPolicyRunner if learner.kind == "off_policy" else OnPolicyRunner
-    return runner_cls(cfg, learner, env, eval_env, run_dir)
+    # a config straight from compose_config leaves the cadences (log.every, eval.every, ...) null
+    return runner_cls(resolve_defaults(cfg), learner, env, eval_env, run_dir)

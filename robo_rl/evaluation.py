@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from envs import BatchedEnv
-from envs.base import unknown_next_state
+from envs.base import check_step_result, unknown_next_state
 from policies.heads import PolicyHead
 from policies.heads.generative import ChunkExecutor
 
@@ -63,7 +63,10 @@ def evaluate(
                 raise FloatingPointError(f"evaluation env {env.task_id} returned a non-finite observation")
             actions = act(obs, deterministic=deterministic)
             prev = obs
-            obs, reward, terminated, truncated, info = env.step(actions)
+            result = env.step(actions)
+            if steps == 0:  # a user env that breaks the contract: one line naming the part, not a KeyError
+                check_step_result(env, result)
+            obs, reward, terminated, truncated, info = result
             ep = info["episode"]
             if chunks is not None:
                 chunks.reset(terminated | truncated)  # a new episode starts with a new chunk

@@ -55,6 +55,7 @@ class MetricsWriter:
     """
 
     def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)  # a runner built from Python (build_runner) may name a new one
         self.path = run_dir / "metrics.csv"
         self.rows: list[dict[str, float]] = []
         self.columns: list[str] = ["step", "wall_time"]

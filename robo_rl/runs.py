@@ -219,3 +219,22 @@ def load_policy(cfg: DictConfig, env: BatchedEnv, checkpoint: Path, device: str 
     """The policy a run acts with (EXPO/PA-RL-style learners choose with their critic), loaded from ``checkpoint``."""
     return load_learner(cfg, env, checkpoint, device).policy
 
+
+def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: str = "cpu") -> tuple[PolicyHead, DictConfig]:
+    """A finished (or running) run's acting policy and config, in one call: ``(policy, cfg)``.
+
+    The policy comes from the newest complete checkpoint (or ``checkpoint``), verified against its manifest, in
+    eval mode without gradients: ``policy.act(obs, deterministic=True)`` maps raw observations [B, obs_dim] to
+    actions [B, act_dim] in env units (``policy.act(obs)`` samples). ``robo_rl.build.build_env(cfg,
+    randomize=False)`` builds the run's nominal task, e.g. for ``robo_rl.evaluation.evaluate(policy, env, 10)``.
+    """
+    from robo_rl.build import build_env
+
+    cfg = load_run_config(run_dir)
+    checkpoint = resolve_checkpoint(run_dir, checkpoint)
+    env = build_env(cfg, num_envs=1, vectorization="sync", randomize=False)  # its spaces size the networks
+    try:
+        return load_policy(cfg, env, checkpoint, device), cfg
+    finally:
+        env.close()
+

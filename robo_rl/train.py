@@ -193,10 +193,12 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, cli_overrides: Ite
         raise ConfigError(f"train(cfg, run_dir={str(run_dir)!r}): {problem}")
     held = _Held()
     log.addHandler(held)
+    threads = torch.get_num_threads()  # threads= applies to the run, not to the caller's process afterwards
     try:
         return _train(cfg, Path(run_dir), cli_overrides, held)
     finally:
         log.removeHandler(held)
+        torch.set_num_threads(threads)
 
 
 def _train(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str], held: _Held) -> dict[str, Any]:
@@ -251,6 +253,15 @@ def _log_start(cfg: DictConfig, env: Any, eval_env: Any, learner: Any, demos: An
                  "evaluation's start finish uncounted)")
         log.info(f"robo-rl: {env.task_id} allows one simulator per process: evaluations run on the {env.num_envs} "
                  f"training envs (randomized as in training, if randomized), {after}")
+        # rsl_rl VecEnvs (legged_gym, Isaac Lab's wrapper) state their time limit as max_episode_length
+        limit = getattr(getattr(env, "env", None), "max_episode_length", None)
+        per_env = int(cfg.eval.every) // env.num_envs
+        if isinstance(limit, (int, float)) and not isinstance(limit, bool) and 0 < per_env < limit:
+            log.warning(f"robo-rl: warning: evaluations every {int(cfg.eval.every):,} steps are {per_env} steps per env, "
+                        f"fewer than the {int(limit)}-step episodes: each evaluation cuts the training episodes under way, "
+                        f"so the training return counts only episodes shorter than {per_env} steps, and each evaluation "
+                        f"steps all {env.num_envs} envs for up to {2 * int(limit)} steps; set eval.every >= "
+                        f"{2 * env.num_envs * int(limit):,}")
     randomized = {k: v for k, v in OmegaConf.to_container(cfg.env.randomize, resolve=True).items() if v}
     if randomized:
         log.info("robo-rl: domain randomization of the training envs: " + " ".join(f"{k}={v}" for k, v in randomized.items())

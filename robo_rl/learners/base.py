@@ -37,6 +37,11 @@ class CostBatch(NamedTuple):
 
 
 class Learner(nn.Module):
+    """A learner (ARCHITECTURE.md, contract 3): ``Learner(policy: PolicyHead, **options)`` owns critics, optimizers
+    and losses around ``policy`` (the head that acts). ``update(batch) -> {name: scalar tensor}`` takes a replay
+    ``Batch`` (off-policy) or a ``RolloutBatch`` (on-policy); ``explore(obs [B, obs_dim]) -> actions [B, act_dim]``
+    collects experience; ``training_state()`` adds optimizer states to ``state_dict()``."""
+
     #: "off_policy" learners take replay minibatches, "on_policy" ones a rollout
     kind: ClassVar[str]
     name: ClassVar[str]

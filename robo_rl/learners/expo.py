@@ -74,7 +74,6 @@ class EXPO(Learner):
         critic_hidden: Sequence[int] = (256, 256),
         critic_activation: str = "relu",
         critic_layer_norm: bool = False,
-        **_: Any,
     ) -> None:
         super().__init__()
         require_sampling_base(policy, "expo", "draws several base actions")

@@ -26,6 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from envs import BatchedEnv, StepResult
+from envs.base import check_step_result
 
 
 def safety_settings(cfg: DictConfig) -> DictConfig:
@@ -101,6 +102,7 @@ class SafetyLayer(BatchedEnv):
         self.obs: torch.Tensor | None = None  # the observation the filters see with the next actions
         self.keep_episode_costs = keep_episode_costs
         self.finished_costs: list[list[float]] = [[] for _ in range(env.num_envs)]
+        self._step_checked = False
 
     def __getattr__(self, name: str) -> Any:  # backend extras (physics_params, ...) pass through
         if name == "env":
@@ -132,7 +134,11 @@ class SafetyLayer(BatchedEnv):
             if self.obs is None:
                 raise RuntimeError(f"{self.task_id}: reset the env before stepping it (the filters read the observation)")
             actions, interventions = self.filter(actions)
-        obs, reward, terminated, truncated, info = self.env.step(actions)
+        result = self.env.step(actions)
+        if not self._step_checked:  # once: a user env's step output keeps the contract (dtypes, info keys)
+            check_step_result(self.env, result)
+            self._step_checked = True
+        obs, reward, terminated, truncated, info = result
         done = info["episode"]["mask"]  # [N] bool: the episodes that ended in this step
         if self.chains and bool(done.any()):
             for i in done.nonzero().flatten().tolist():

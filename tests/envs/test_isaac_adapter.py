@@ -170,6 +170,18 @@ def test_ppo_learns_through_the_adapter(tmp_path):
             "randomized), whose episodes carry on after each") in (tmp_path / "run" / "train.log").read_text()
     assert "eval/return_mean" in (tmp_path / "run" / "metrics.csv").read_text()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["env"] == "tests.envs.isaac_style_env:make"
+    assert "fewer than the 100-step episodes" not in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_evaluations_more_often_than_an_episode_on_shared_envs_are_warned_about(tmp_path):
+    # evaluations on the training envs cut their episodes: with 32 steps per env between them and 100-step episodes
+    # the training return counted only short (failed) episodes, about 4 where evaluations scored about 90
+    cfg = compose("algo=ppo", "env.backend=isaac", "env.id=tests.envs.isaac_style_env:make", "env.num_envs=8",
+                  "steps=512", "eval.every=256", "eval.episodes=2", "algo.rollout_steps=32", "algo.minibatch_size=64",
+                  *FAST)
+    train(cfg, tmp_path / "run")
+    assert ("evaluations every 256 steps are 32 steps per env, fewer than the 100-step episodes" in
+            (tmp_path / "run" / "train.log").read_text())
 
 
 def test_off_policy_replay_leaves_out_time_outs_whose_final_state_is_unknown(tmp_path):

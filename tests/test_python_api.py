@@ -1,0 +1,356 @@
+"""robo-rl used as a Python library, the way README's "Python API" and ARCHITECTURE.md's contracts describe it:
+the documented calls, a user-written policy head (contract 2) in SAC and PPO without touching the learners, a
+user-written torch batched env (contract 1) trained through the runners, loading a run back, and import hygiene
+(no global state changed at import, diffusers lazy, ``policies``/``envs`` never import ``robo_rl``)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from envs import BatchedEnv, StepResult, make_env
+from policies import HEADS, ObsNormalizer, PolicyHead, build_head
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class BetaHead(PolicyHead):
+    """A head written from the contract alone: independent Beta(alpha, beta) per action dimension on the box."""
+
+    name = "beta"
+    reparameterized = True  # torch's Beta has rsample
+    tractable_log_prob = True
+
+    def __init__(self, obs_dim, action_low, action_high, obs_norm=None, hidden=(32, 32)):
+        super().__init__(obs_dim, action_low, action_high, obs_norm or ObsNormalizer(obs_dim))
+        layers, width = [], obs_dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.Tanh()]
+            width = h
+        self.net = nn.Sequential(*layers, nn.Linear(width, 2 * self.act_dim))
+
+    def dist(self, obs):
+        concentration = nn.functional.softplus(self.net(self.obs_norm(obs))) + 1.0
+        return torch.distributions.Beta(*concentration.chunk(2, -1))
+
+    def _logp(self, dist, x):  # density of the unit action u = 2x - 1, as the built-in heads report it
+        return dist.log_prob(x.clamp(1e-6, 1 - 1e-6)).sum(-1) - self.act_dim * math.log(2.0)
+
+    @torch.no_grad()
+    def act(self, obs, deterministic=False):
+        dist = self.dist(self.observations(obs))
+        return self.checked(self.from_unit(2.0 * (dist.mean if deterministic else dist.sample()) - 1.0))
+
+    def sample(self, obs):
+        dist = self.dist(obs)
+        x = dist.rsample()
+        return self.from_unit(2.0 * x - 1.0), self._logp(dist, x)
+
+    def log_prob(self, obs, actions):
+        self.paired(obs, actions)
+        return self._logp(self.dist(obs), (self.to_unit(actions) + 1.0) / 2.0)
+
+    def entropy(self, obs):
+        return self.dist(obs).entropy().sum(-1) + self.act_dim * math.log(2.0)
+
+    def imitation_loss(self, obs, actions, weights=None):
+        nll = -self.log_prob(obs, actions)
+        return nll.mean() if weights is None else (nll * weights).sum() / weights.sum().clamp_min(1e-8)
+
+
+class PointMass(BatchedEnv):
+    """N 2-D point masses pushed toward the origin, in torch: obs [N, 4] (position m, velocity m/s), actions
+    [N, 2] in [-2, 2], reward -|p|; terminated within 5 cm of the origin, truncated after ``horizon`` steps."""
+
+    task_id = "test/PointMass-v0"
+    backend = "torch"
+    dt = 0.1
+
+    def __init__(self, num_envs=4, horizon=20):
+        self.num_envs, self.horizon, self.device = num_envs, horizon, torch.device("cpu")
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
+        self.action_space = gym.spaces.Box(-2.0, 2.0, (2,), np.float32)
+        self.gen = torch.Generator()
+        self.t = torch.zeros(num_envs, dtype=torch.int64)
+        self.ret = torch.zeros(num_envs)
+        self.state = torch.zeros(num_envs, 4)
+
+    def _new(self, n):
+        return torch.cat([torch.rand(n, 2, generator=self.gen) * 2 - 1, torch.zeros(n, 2)], 1)
+
+    def reset(self, seed=None):
+        seed = self.check_seed(seed)
+        if seed is not None:
+            self.gen.manual_seed(seed)
+        self.state, self.t[:], self.ret[:] = self._new(self.num_envs), 0, 0.0
+        return self.state.clone()
+
+    def step(self, actions):
+        a = self.check_actions(actions)
+        vel = 0.9 * self.state[:, 2:] + self.dt * a
+        pos = self.state[:, :2] + self.dt * vel
+        self.state = torch.cat([pos, vel], 1)
+        reward = -pos.norm(dim=1)
+        self.t += 1
+        self.ret += reward
+        terminated = pos.norm(dim=1) < 0.05
+        truncated = (self.t >= self.horizon) & ~terminated
+        done = terminated | truncated
+        final_obs = self.state.clone()
+        episode = {"return": torch.where(done, self.ret, 0.0), "length": torch.where(done, self.t, 0), "mask": done}
+        self.state[done], self.t[done], self.ret[done] = self._new(int(done.sum())), 0, 0.0
+        return StepResult(self.state.clone(), reward, terminated, truncated, {"final_obs": final_obs, "episode": episode})
+
+
+def _run_python(code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def test_readme_env_and_head_block_gives_the_documented_shapes():
+    # README, Python API: make_env + build_head + sample + step (fewer envs than the README's 64)
+    env = make_env("Ant-v5", num_envs=4, backend="mujoco")
+    head = build_head("gaussian", obs_dim=env.obs_dim, action_low=env.action_space.low,
+                      action_high=env.action_space.high, hidden_sizes=(256, 256))
+    obs = env.reset(seed=0)
+    assert obs.shape == (4, 105) and obs.dtype == torch.float32
+    actions, log_prob = head.sample(obs)
+    assert actions.shape == (4, 8) and log_prob.shape == (4,)
+    obs, reward, terminated, truncated, info = env.step(actions)
+    assert reward.shape == terminated.shape == truncated.shape == (4,)
+    assert terminated.dtype == truncated.dtype == torch.bool
+    assert info["final_obs"].shape == (4, 105) and set(info["episode"]) >= {"return", "length", "mask"}
+    env.close()
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_deterministic_act_ignores_the_random_state(name):
+    head = build_head(name, 3, -np.ones(2), np.ones(2)).eval()
+    obs = torch.randn(5, 3)
+    torch.manual_seed(1)
+    first = head.act(obs, deterministic=True)
+    torch.manual_seed(2)
+    assert torch.equal(first, head.act(obs, deterministic=True))
+    assert torch.allclose(head(obs), first)  # forward, what an export computes, is the deterministic action
+
+
+def test_a_user_head_trains_with_sac_and_ppo_unchanged():
+    from robo_rl.learners.base import Batch
+    from robo_rl.learners.ppo import PPO
+    from robo_rl.learners.sac import SAC
+    from robo_rl.storage.rollout import RolloutStorage
+
+    low, high = -2 * np.ones(2), 2 * np.ones(2)
+    obs = torch.randn(16, 4)
+    sac = SAC(BetaHead(4, low, high), critic_hidden=(32, 32))
+    before = [p.detach().clone() for p in sac.policy.parameters()]
+    actions = sac.explore(obs)
+    assert actions.shape == (16, 2) and bool((actions.abs() <= 2).all())
+    metrics = sac.update(Batch(obs, actions, torch.randn(16), torch.randn(16, 4), torch.zeros(16)))
+    assert all(bool(torch.isfinite(v)) for v in metrics.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, sac.policy.parameters()))
+
+    ppo = PPO(BetaHead(4, low, high), minibatch_size=8, epochs=2)
+    storage = RolloutStorage(4, 4, 4, 2, torch.device("cpu"))
+    for _ in range(4):
+        o = torch.randn(4, 4)
+        a, logp, values = ppo.act(o)
+        storage.add(o, a, logp, values, torch.randn(4), torch.zeros(4, dtype=torch.bool))
+    metrics = ppo.update(storage.finish(torch.zeros(4), ppo.gamma, ppo.gae_lambda))
+    assert all(bool(torch.isfinite(v)) for v in metrics.values())
+
+
+@pytest.mark.parametrize("algo", ["sac", "ppo"])
+def test_a_user_torch_env_and_head_train_through_the_runner(tmp_path, algo):
+    from robo_rl.build import build_runner
+    from robo_rl.defaults import resolve_defaults
+    from robo_rl.evaluation import evaluate
+    from robo_rl.learners.ppo import PPO
+    from robo_rl.learners.sac import SAC
+    from robo_rl.train import compose_config
+
+    env, eval_env = PointMass(4), PointMass(2)
+    head = BetaHead(env.obs_dim, env.action_space.low, env.action_space.high)
+    options = (["algo.learning_starts=100", "algo.batch_size=32"] if algo == "sac" else ["algo.rollout_steps=16"])
+    cfg = resolve_defaults(compose_config([f"algo={algo}", "steps=320", "eval.episodes=2", "log.plot=false",
+                                           "log.tensorboard=false", *options]))
+    learner = SAC(head, critic_hidden=(32, 32)) if algo == "sac" else PPO(head, minibatch_size=32, epochs=1)
+    (tmp_path / "run").mkdir()  # the runner writes into an existing directory (train() makes it)
+    summary = build_runner(cfg, learner, env, eval_env, tmp_path / "run").train()
+    assert summary["status"] == "completed" and summary["env"] == "test/PointMass-v0" and summary["updates"] > 0
+    assert math.isfinite(summary["final_eval_return_mean"])
+    assert (tmp_path / "run" / "checkpoints").is_dir()
+    result = evaluate(head, PointMass(2), 4, seed=3)
+    assert result["episodes"] == 4 and all(length <= 20 for length in result["lengths"])
+
+
+def test_a_python_run_loads_back_as_an_eval_mode_policy(tmp_path):
+    from robo_rl.build import build_env
+    from robo_rl.evaluation import evaluate
+    from robo_rl.runs import load_policy, load_run_config, resolve_checkpoint
+    from robo_rl.train import compose_config, train
+
+    cfg = compose_config(["algo=sac", "env.id=Pendulum-v1", "steps=300", "algo.learning_starts=100",
+                          "algo.batch_size=32", "eval.episodes=1", "log.plot=false", "log.tensorboard=false",
+                          "policy.hidden_sizes=[32,32]", "algo.critic_hidden=[32,32]"])
+    summary = train(cfg, tmp_path / "run")
+    assert summary["status"] == "completed"
+    saved = load_run_config(tmp_path / "run")
+    env = build_env(saved, num_envs=1, randomize=False)
+    policy = load_policy(saved, env, resolve_checkpoint(tmp_path / "run"))
+    assert not policy.training and not any(p.requires_grad for p in policy.parameters())
+    obs = env.reset(seed=0)
+    assert torch.equal(policy.act(obs, deterministic=True), policy.act(obs, deterministic=True))
+    again = evaluate(policy, env, 1, seed=int(saved.seed) + 1_000_003)  # the run's first evaluation seed
+    assert math.isfinite(again["return_mean"])
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+    env.close()
+
+
+def test_importing_the_packages_changes_no_global_state():
+    out = _run_python("""
+        import logging, random, sys, warnings
+        import numpy as np, torch
+        torch.set_num_threads(1)
+        state = (torch.get_num_threads(), torch.get_rng_state().clone(), np.random.get_state()[1].copy(),
+                 random.getstate(), len(logging.getLogger().handlers), torch.get_default_dtype())
+        import robo_rl, robo_rl.train, robo_rl.build, robo_rl.runs, robo_rl.evaluation, policies, envs, sim2real.export
+        import policies.heads.diffusion
+        after = (torch.get_num_threads(), torch.get_rng_state(), np.random.get_state()[1], random.getstate(),
+                 len(logging.getLogger().handlers), torch.get_default_dtype())
+        assert state[0] == after[0] and torch.equal(state[1], after[1]) and np.array_equal(state[2], after[2])
+        assert state[3] == after[3] and state[4:] == after[4:], (state[4:], after[4:])
+        assert not logging.getLogger("robo_rl").handlers
+        print("diffusers" in sys.modules)
+    """)
+    assert out.strip() == "False"  # diffusers is imported when a diffusion head is built, not before
+
+
+def test_policies_and_envs_import_without_robo_rl():
+    # ARCHITECTURE: data flows one way; policies/ and envs/ never import robo_rl (nor does sim2real)
+    out = _run_python("""
+        import importlib, pkgutil, sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "robo_rl":
+                    raise ImportError("robo_rl is blocked")
+        sys.meta_path.insert(0, Block())
+        bad = []
+        for package in ("policies", "envs", "sim2real"):
+            for info in pkgutil.walk_packages(importlib.import_module(package).__path__, package + "."):
+                try:
+                    importlib.import_module(info.name)
+                except ImportError as exc:
+                    if "blocked" in str(exc):
+                        bad.append(info.name)
+        print(sorted(bad))
+    """)
+    assert out.strip() == "[]"
+
+
+# -- the public API keeps its contract with user code
+
+
+def test_expo_refuses_an_option_it_does_not_take():
+    from robo_rl.learners.expo import EXPO
+
+    with pytest.raises(TypeError, match="gama"):
+        EXPO(build_head("flow", 3, -np.ones(2), np.ones(2)), gama=0.5)
+
+
+class IntFlags(PointMass):  # 0/1 int64 flags index rows instead of masking them (PPO's time-out bootstrap)
+    def step(self, actions):
+        r = super().step(actions)
+        return StepResult(r.obs, r.reward, r.terminated.long(), r.truncated.long(), r.info)
+
+
+class NoEpisode(PointMass):  # contract 1 as ARCHITECTURE.md words it: final_obs, no info["episode"]
+    def step(self, actions):
+        r = super().step(actions)
+        return StepResult(r.obs, r.reward, r.terminated, r.truncated, {"final_obs": r.info["final_obs"]})
+
+
+@pytest.mark.parametrize("env_cls, message", [(IntFlags, r"terminated as a tensor of torch.int64.*\.bool\(\)"),
+                                              (NoEpisode, r'no "episode" entry')])
+def test_a_user_env_that_breaks_the_step_contract_is_named(tmp_path, env_cls, message):
+    from robo_rl.build import build_runner
+    from robo_rl.evaluation import evaluate
+    from robo_rl.learners.ppo import PPO
+    from robo_rl.train import compose_config
+
+    head = BetaHead(4, -2 * np.ones(2), 2 * np.ones(2))
+    with pytest.raises(ValueError, match=message):
+        evaluate(head, env_cls(2), 2)
+    cfg = compose_config(["algo=ppo", "steps=64", "eval.episodes=2", "log.tensorboard=false", "algo.rollout_steps=16"])
+    runner = build_runner(cfg, PPO(head, minibatch_size=32), env_cls(4), PointMass(2), tmp_path / "run")
+    with pytest.raises(ValueError, match=message):
+        runner.train()
+
+
+def test_build_runner_takes_a_composed_config_and_a_new_run_dir(tmp_path):
+    from robo_rl.build import build_runner
+    from robo_rl.learners.sac import SAC
+    from robo_rl.train import compose_config
+
+    cfg = compose_config(["algo=sac", "steps=200", "algo.learning_starts=100", "algo.batch_size=32",
+                          "eval.episodes=2", "log.tensorboard=false", "log.plot=false"])
+    head = BetaHead(4, -2 * np.ones(2), 2 * np.ones(2))
+    summary = build_runner(cfg, SAC(head, critic_hidden=(32, 32)), PointMass(4), PointMass(2), tmp_path / "new").train()
+    assert summary["status"] == "completed" and (tmp_path / "new" / "metrics.csv").is_file()
+
+
+def test_load_run_gives_the_policy_and_config_in_one_call(tmp_path):
+    from robo_rl.runs import load_run
+    from robo_rl.train import compose_config, train
+
+    train(compose_config(["algo=td3", "env.id=Pendulum-v1", "steps=200", "algo.learning_starts=100",
+                          "algo.batch_size=32", "eval.episodes=1", "log.plot=false", "log.tensorboard=false",
+                          "policy.hidden_sizes=[32,32]", "algo.critic_hidden=[32,32]"]), tmp_path / "run")
+    policy, cfg = load_run(tmp_path / "run")
+    assert cfg.algo.name == "td3" and not policy.training
+    assert policy.act(torch.zeros(3, 3), deterministic=True).shape == (3, 1)
+    # README, Python API: the loaded run records demonstrations as `robo-rl eval demos_out=` does
+    from robo_rl.build import build_env
+    from robo_rl.demos import load_demos, save_demos
+    from robo_rl.evaluation import evaluate
+
+    env = build_env(cfg, num_envs=2, randomize=False)
+    result = evaluate(policy, env, episodes=2, record_transitions=True)
+    demos = load_demos(save_demos(tmp_path / "demos.npz", **result.pop("transitions")), env.obs_dim, env.act_dim,
+                       env.action_space.low, env.action_space.high)
+    assert len(demos["obs"]) == 400 and demos["actions"].shape == (400, 1)  # 2 episodes of Pendulum's 200 steps
+    env.close()
+
+
+def test_train_leaves_the_callers_thread_count(tmp_path):
+    from robo_rl.train import compose_config, train
+
+    torch.set_num_threads(2)
+    try:
+        train(compose_config(["algo=ppo", "env.id=Pendulum-v1", "steps=128", "env.num_envs=2", "algo.rollout_steps=64",
+                              "eval.episodes=1", "log.plot=false", "log.tensorboard=false"]), tmp_path / "run")
+        assert torch.get_num_threads() == 2  # PPO's threads=1 applied to the run only
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_learners_and_heads_have_their_own_help():
+    import inspect
+
+    from policies.heads import GaussianHead
+    from robo_rl.learners.sac import SAC
+
+    for cls in (SAC, GaussianHead):
+        assert "neural network modules" not in inspect.getdoc(cls)
