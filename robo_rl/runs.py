@@ -200,7 +200,7 @@ def load_learner(cfg: DictConfig, env: BatchedEnv, checkpoint: Path, device: str
     modules = saved.get("modules") if isinstance(saved, dict) else None
     if not isinstance(modules, dict):
         raise CheckpointError(f"checkpoint {checkpoint} holds no learner modules (state.json has no learner.modules)")
-    # the same wording as a resume that does not fit (runners/base.py:_load_resumable), on one line
+    # the same wording as a resume that does not fit (runners/checkpoints.py:_load_resumable), on one line
     why = state_mismatch(learner.state_dict(), modules)
     if why is None:
         try:

@@ -22,7 +22,8 @@ from robo_rl.validation import ConfigError, validate
 from robo_rl.metrics import setup_console_logging
 from robo_rl.memory import buffers_needed, check_fits
 from robo_rl.checkpoint import list_checkpoints
-from robo_rl.runners.base import Interrupted, find_resume_checkpoint
+from robo_rl.runners.checkpoints import find_resume_checkpoint
+from robo_rl.runners.stopping import Interrupted
 from robo_rl.runs import (CONFIG_FILE, directory_problem, load_run_config, refuse_busy_run_dir, run_dir_lock,
                           saved_group_choices)
 

@@ -348,7 +348,7 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
     from envs.base import MissingDependency, WorkerDied
     from robo_rl.checkpoint import CheckpointError
     from robo_rl.validation import ConfigError
-    from robo_rl.runners.base import Interrupted, NonFiniteError, RunWriteError, Terminated, raise_terminated
+    from robo_rl.runners.stopping import Interrupted, NonFiniteError, RunWriteError, Terminated, raise_terminated
     from robo_rl.evaluation import EvaluationNotFinished
     from robo_rl.runs import LOCK_FILE
     from robo_rl.train import train

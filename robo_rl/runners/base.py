@@ -1,16 +1,15 @@
-"""What every runner shares: the loop's cadence (log, evaluate, checkpoint), signals, the NaN
-guard, checkpoint save/restore and the run's final outputs. The off- and on-policy runners only
-implement how one iteration collects experience and updates the learner.
+"""What every runner shares: the loop's cadence (log, evaluate, checkpoint), the NaN guard and the run's
+final outputs; checkpoint save/restore is its other half (runners/checkpoints.py), signals and the
+errors that stop a run are in runners/stopping.py. The off- and on-policy runners only implement how
+one iteration collects experience and updates the learner.
 """
 
 from __future__ import annotations
 
 import abc
-import errno
 import json
 import logging
 import math
-import random
 import shlex
 import signal
 import time
@@ -23,75 +22,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from envs import BatchedEnv
-from robo_rl.checkpoint import (CheckpointError, CheckpointWriteError, NonFiniteStateError, checkpoint_step,
-                                latest_checkpoint, list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint)
-from robo_rl.config import flatten_config
+from robo_rl.checkpoint import CheckpointWriteError, prune_checkpoints
 from robo_rl.evaluation import EvaluationNotFinished, evaluate
 from robo_rl.learners.base import Learner
 from robo_rl.metrics import MetricsWriter, Progress, format_duration, format_return, mean_of, plot_learning_curve
+from robo_rl.runners.checkpoints import RunnerCheckpoints
 from robo_rl.runners.safety import SafetyLayer, safety_settings
+from robo_rl.runners.stopping import Interrupted, NonFiniteError, RunWriteError, StopOnSignal, is_write_failure
 
 log = logging.getLogger("robo_rl")
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation envs never share seeds with training envs
-
-
-class NonFiniteError(FloatingPointError):
-    """NaN/Inf in observations, rewards or losses; training stopped, last good checkpoint kept."""
-
-
-class RunWriteError(RuntimeError):
-    """A run file (checkpoint, metrics, summary) could not be written mid-run, e.g. on a full disk; training
-    stopped, the checkpoints before it kept. The message says how to continue."""
-
-
-def _is_write_failure(exc: OSError) -> bool:
-    """A file could not be written: no space or quota, a read-only or failing disk, access lost."""
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM)
-
-
-class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived; a checkpoint was saved. ``signum`` says which."""
-
-    def __init__(self, signum: int, message: str) -> None:
-        super().__init__(message)
-        self.signum = signum
-
-
-class Terminated(BaseException):
-    """SIGTERM outside the training loop (while the run starts, or writes its summary); not an Exception, so
-    that no broad handler on the way mistakes it for a failure."""
-
-
-def raise_terminated(signum: int, _frame: Any) -> None:
-    """A SIGTERM handler for the time around the loop (the loop's own handler saves a checkpoint instead)."""
-    raise Terminated(signum)
-
-
-class _StopOnSignal:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between iterations (a second SIGINT aborts)."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopOnSignal":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        log.info(f"received {signal.Signals(signum).name}: saving a checkpoint after this iteration (Ctrl-C again to abort)")
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def _first_bad(values: dict[str, torch.Tensor]) -> str | None:
@@ -101,7 +42,7 @@ def _first_bad(values: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-class Runner(abc.ABC):
+class Runner(RunnerCheckpoints, abc.ABC):
     def __init__(self, cfg: DictConfig, learner: Learner, env: BatchedEnv, eval_env: BatchedEnv, run_dir: Path) -> None:
         self.cfg = cfg
         self.learner = learner
@@ -262,7 +203,7 @@ class Runner(abc.ABC):
         self._segment_start_step = self.step
         status = "completed"
         try:
-            with _StopOnSignal() as stop:
+            with StopOnSignal() as stop:
                 while self.step < self.total_steps:
                     self.iterate()
                     self.iteration += 1
@@ -320,7 +261,7 @@ class Runner(abc.ABC):
                                     if self._last_checkpoint else ""))
             raise
         except (OSError, CheckpointWriteError) as exc:  # a full disk, a permission lost mid-run
-            if isinstance(exc, OSError) and not _is_write_failure(exc):  # e.g. a worker process's broken pipe
+            if isinstance(exc, OSError) and not is_write_failure(exc):  # e.g. a worker process's broken pipe
                 status = f"failed: {exc}"
                 raise
             why = str(exc) if isinstance(exc, CheckpointWriteError) else \
@@ -404,190 +345,6 @@ class Runner(abc.ABC):
         log.info(f"  eval at step {self.step:,}: return {format_return(result['return_mean'], result['return_std'])} "
                  f"over {result['episodes']} episodes (length {result['length_mean']:.0f}){cost_text}")
 
-    # -- checkpoints -------------------------------------------------------------------------------
-    def state(self, segment_seconds: float) -> dict[str, Any]:
-        return {
-            "learner": self.learner.training_state(),
-            "runner": {
-                "step": self.step,
-                "iteration": self.iteration,
-                "num_updates": self.num_updates,
-                "episodes": self.episodes,
-                "diverged": self.diverged,
-                "wall_time": self.wall_time + segment_seconds,
-                "eval_seconds": self.eval_seconds,
-                "pretrain_seconds": self.pretrain_seconds,
-                "recent_returns": list(self.recent_returns),
-                "recent_lengths": list(self.recent_lengths),
-                "recent_costs": list(self.recent_costs),
-                "interventions": self.interventions,
-                "eval_history": [{k: v for k, v in e.items()} for e in self.eval_history],
-                # the next metrics row's running sums, so that a resumed run logs that row as an unbroken one
-                # would (plain floats: float32 sums survive JSON exactly)
-                "row": {"start_step": self._row_start_step, "interventions": self._row_interventions,
-                        "metric_sums": [{"keys": list(keys), "total": total.tolist(), "n": n}
-                                        for keys, (total, n) in self._acc.items()]},
-                "obs": self.obs,
-                **self.extra_state(),
-            },
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-                # sampling on a GPU draws from the device's generator, not the CPU one (untested: no GPU here)
-                **({"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
-            },
-            "env": self.env.state_dict(),
-            # the run's config as trained: a resume refuses a config.yaml edited since (see _check_config)
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
-        }
-
-    def save(self, segment_seconds: float) -> Path:
-        replay = self.replay_state() if self.cfg.checkpoint.save_replay else None
-        try:
-            path = save_checkpoint(self.ckpt_dir, self.step, self.state(segment_seconds), replay,
-                                   keep=int(self.cfg.checkpoint.keep))
-        except NonFiniteStateError as exc:  # an update left NaN/Inf in weights or optimizer moments, its loss finite
-            self._fail(f"non-finite {exc.name} in the training state at step {self.step:,} (diverged weights or "
-                       "optimizer moments; not checkpointed)")
-        self._last_checkpoint = path
-        self._last_ckpt_step = self.step
-        self._last_ckpt_evals = len(self.eval_history)
-        return path
-
-    def _load_resumable(self, path: Path) -> tuple[dict[str, Any], Any, Path]:
-        """Load ``path`` into the learner and this runner, or, if it cannot be (its state.json disagrees with its
-        tensors, its tensors do not fit this run's networks, its runner, RNG, env or replay state is not what
-        this run saves), the newest older checkpoint that can: (state, replay, path)."""
-        path = Path(path)
-        candidates = [path, *(p for p in reversed(list_checkpoints(path.parent)) if checkpoint_step(p) < checkpoint_step(path))]
-        problems = []
-        for i, candidate in enumerate(candidates):
-            try:
-                state, replay = load_checkpoint(candidate, load_replay=True)
-                if not isinstance(state, dict):
-                    raise CheckpointError(f"checkpoint file {candidate / 'state.json'} holds a "
-                                          f"{type(state).__name__}, not a training state")
-                self._check_config(candidate, state)  # an edited config.yaml: a ConfigError, no fallback
-                try:
-                    self.learner.load_training_state(state["learner"])
-                except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as exc:
-                    from robo_rl.runs import state_mismatch
-
-                    modules = state["learner"].get("modules") if isinstance(state.get("learner"), dict) else None
-                    why = state_mismatch(self.learner.state_dict(), modules) if isinstance(modules, dict) else None
-                    if why is None:  # not a key or shape of the modules: torch's own words (its first line is a heading)
-                        why = f"{type(exc).__name__}: {' '.join(line.strip() for line in str(exc).splitlines()[:2]):.300}"
-                    raise CheckpointError(f"checkpoint {candidate} does not fit this run's {self.cfg.algo.name} "
-                                          f"learner ({why})") from None
-                self._apply_state(candidate, state, replay)
-                return state, replay, candidate
-            except CheckpointError as exc:
-                problems.append(str(exc))
-                if i + 1 < len(candidates):
-                    log.warning(f"cannot resume from {candidate.name}: {exc}; trying {candidates[i + 1].name}")
-        raise CheckpointError(f"no checkpoint under {path.parent} can be resumed from: {'; '.join(problems)}")
-
-    def _check_config(self, path: Path, state: dict[str, Any]) -> None:
-        """Refuse a resume whose config.yaml was edited since ``path`` was saved (keys a resume may not change)."""
-        saved = state.get("config")
-        if not isinstance(saved, dict):  # checkpoints before 2026-12-04 hold no config
-            return
-        from robo_rl.train import RESUME_OVERRIDABLE
-        from robo_rl.validation import ConfigError
-
-        current = json.loads(json.dumps(OmegaConf.to_container(self.cfg, resolve=True)))
-        now, then = flatten_config(current), flatten_config(saved)
-        # keys only one side has are schema keys added since the checkpoint, except under env.kwargs (the task's
-        # keyword arguments, free-form): those are compared as one mapping, so an added or removed one counts
-        now = {k: v for k, v in now.items() if not k.startswith("env.kwargs.")}
-        then = {k: v for k, v in then.items() if not k.startswith("env.kwargs.")}
-        now["env.kwargs"] = (current.get("env") or {}).get("kwargs")
-        then["env.kwargs"] = (saved.get("env") or {}).get("kwargs", now["env.kwargs"])
-        changed = [k for k in now if k in then and now[k] != then[k] and k not in RESUME_OVERRIDABLE]
-        if changed:
-            shown = "; ".join(f"{k} is {now[k]!r} in config.yaml, {then[k]!r} in the checkpoint" for k in changed[:3])
-            more = f" (and {len(changed) - 3} more)" if len(changed) > 3 else ""
-            raise ConfigError(f"{self.run_dir / 'config.yaml'} was edited since checkpoint {path} was saved: {shown}{more}; "
-                              f"a resume may change only {', '.join(sorted(RESUME_OVERRIDABLE - {'resume', 'run_dir'}))}. "
-                              "Put the file back as it was, or start a new run to change them.")
-
-    def _apply_state(self, path: Path, state: dict[str, Any], replay: Any) -> None:
-        """Set this runner's counters, RNGs, envs and replay from a loaded checkpoint; what does not fit is a
-        CheckpointError naming the checkpoint and the part (everything is set again by the next candidate)."""
-        part = "its runner state (state.json: runner)"
-        try:
-            r = state["runner"]
-            self.step, self.iteration = int(r["step"]), int(r["iteration"])
-            self.num_updates, self.episodes = int(r["num_updates"]), int(r["episodes"])
-            if min(self.step, self.iteration, self.num_updates, self.episodes) < 0:
-                raise ValueError("a negative counter")
-            self.diverged = int(r.get("diverged", 0))
-            self.wall_time = float(r["wall_time"])
-            self.eval_seconds = float(r.get("eval_seconds", 0.0))  # not in checkpoints before 2026-12-03
-            self.pretrain_seconds = float(r.get("pretrain_seconds", 0.0))  # nor this before 2026-12-04
-            for queue, key in ((self.recent_returns, "recent_returns"), (self.recent_lengths, "recent_lengths"),
-                               (self.recent_costs, "recent_costs")):
-                values = r.get(key, [])
-                if not isinstance(values, list) or not all(isinstance(v, (int, float)) for v in values):
-                    raise TypeError(f"{key} is {values!r:.80}, expected a list of numbers")
-                queue.clear()
-                queue.extend(values)
-            self.interventions = int(r.get("interventions", 0))
-            row = r.get("row") or {}  # not in checkpoints before 2026-12-04: the first row then starts here
-            self._row_start_step = int(row.get("start_step", self.step))
-            self._row_interventions = int(row.get("interventions", 0))
-            self._acc = {tuple(m["keys"]): (torch.tensor(m["total"], dtype=torch.float32, device=self.device), int(m["n"]))
-                         for m in row.get("metric_sums", [])}
-            history = r["eval_history"]
-            if not isinstance(history, list) or not all(
-                    isinstance(e, dict) and all(isinstance(e.get(k), (int, float)) for k in ("step", "return_mean", "return_std"))
-                    for e in history):
-                raise TypeError(f"eval_history is {history!r:.80}, expected a list of evaluations")
-            self.eval_history = list(history)
-            self._last_eval_step = self.eval_history[-1]["step"] if self.eval_history else -1
-            self.load_extra_state(r)
-            part = "its RNG state (rng)"
-            torch.set_rng_state(state["rng"]["torch"])
-            np.random.set_state(state["rng"]["numpy"])
-            random.setstate(state["rng"]["python"])
-            if "cuda" in state["rng"] and self.device.type == "cuda":
-                torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
-            part = "its environment state (env, runner.obs)"
-            if state.get("env") is not None:
-                fresh = self.env.reset(seed=int(self.cfg.seed))
-                self.env.load_state_dict(state["env"])
-                obs = r["obs"]
-                if not isinstance(obs, torch.Tensor) or obs.shape != fresh.shape or not obs.is_floating_point():
-                    raise ValueError(f"runner.obs is {getattr(obs, 'dtype', type(obs).__name__)} "
-                                     f"{list(getattr(obs, 'shape', []))}, expected observations of shape {list(fresh.shape)}")
-                self.obs = obs.to(self.device)
-                self.env.obs = self.obs  # the filters see the restored observation, not the reset one
-            else:
-                log.warning(f"{self.env.task_id}: simulator state was not saved (this env cannot capture it); "
-                            "environments start new episodes on resume")
-                self.obs = self.env.reset(seed=int(self.cfg.seed) + self.step)
-                self.episodes_restarted()
-            part = "its replay buffer (replay.npz)"
-            if replay is not None:
-                self.load_replay_state(replay)
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
-            raise CheckpointError(f"checkpoint {path} cannot be resumed: {part} does not fit this run "
-                                  f"({type(exc).__name__}: {str(exc):.300})") from None
-
-    def restore(self, path: Path) -> None:
-        """Continue from checkpoint ``path`` (or the newest older one that loads, see ``_load_resumable``)."""
-        state, replay, path = self._load_resumable(path)
-        self._restored = True
-        if replay is None and self.learner.kind == "off_policy":
-            log.warning("the checkpoint holds no replay buffer (checkpoint.save_replay=false): the resumed run "
-                        f"acts with its policy without updating until replay holds algo.learning_starts "
-                        f"({int(self.cfg.algo.learning_starts):,}) transitions again")
-        self._last_checkpoint = Path(path)
-        self._last_ckpt_step = self.step
-        self._last_ckpt_evals = len(self.eval_history)
-        log.info(f"resumed from {path} at step {self.step:,}")
-
     def _finish(self, elapsed: float, status: str, t_start: float) -> dict[str, Any]:
         metrics = getattr(self, "metrics", None)
         if metrics is not None:
@@ -635,12 +392,3 @@ class Runner(abc.ABC):
                      f"final eval return {format_return(summary['final_eval_return_mean'], summary['final_eval_return_std'])}; "
                      f"outputs in {self.run_dir}")
         return summary
-
-
-def find_resume_checkpoint(run_dir: Path) -> Path:
-    path = latest_checkpoint(run_dir / "checkpoints", warn=log.warning)
-    if path is None:
-        raise FileNotFoundError(f"{run_dir} has no complete checkpoint to resume from; start a new run instead")
-    return path
-
-

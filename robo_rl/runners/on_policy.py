@@ -38,7 +38,7 @@ class OnPolicyRunner(Runner):
         )
 
     def iterate(self) -> None:
-        learner, env, policy = self.learner, self.env, self.policy
+        learner, env = self.learner, self.env
         gamma = learner.gamma
         obs = self.obs
         rollout_obs = []

@@ -14,7 +14,7 @@ from robo_rl.learners.gorl import GoRL, GoRLSAC
 from robo_rl.learners.parl import PARL
 from robo_rl.learners.ppo import PPO
 from robo_rl.learners.sac import SAC
-from robo_rl.runners.base import Interrupted
+from robo_rl.runners.stopping import Interrupted
 from robo_rl.runs import load_run_config
 from robo_rl.storage.rollout import RolloutBatch
 from robo_rl.train import train

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from robo_rl.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
-from robo_rl.runners.base import Interrupted, NonFiniteError
+from robo_rl.runners.stopping import Interrupted, NonFiniteError
 from robo_rl.validation import ConfigError
 from robo_rl.runs import RunDirBusy, run_dir_lock
 from robo_rl.train import compose_config, train
@@ -557,11 +557,11 @@ def test_a_full_disk_at_a_checkpoint_stops_the_run_in_one_line_keeping_the_last_
 def test_a_broken_pipe_is_not_reported_as_a_full_disk():
     import errno
 
-    from robo_rl.runners.base import _is_write_failure
+    from robo_rl.runners.stopping import is_write_failure
 
-    assert _is_write_failure(OSError(errno.ENOSPC, "No space left on device"))
-    assert _is_write_failure(OSError(errno.EROFS, "Read-only file system"))
-    assert not _is_write_failure(BrokenPipeError(errno.EPIPE, "Broken pipe"))  # an async env worker died
+    assert is_write_failure(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_write_failure(OSError(errno.EROFS, "Read-only file system"))
+    assert not is_write_failure(BrokenPipeError(errno.EPIPE, "Broken pipe"))  # an async env worker died
 
 
 def test_a_full_disk_at_a_metrics_row_names_the_file_and_the_resume(tmp_path, monkeypatch, capsys):
@@ -673,11 +673,11 @@ def test_resume_refuses_a_config_yaml_edited_since_the_checkpoint(tmp_path):
 
 
 def test_a_signal_in_an_iteration_that_checkpointed_saves_once(tmp_path, monkeypatch):
-    import robo_rl.runners.base as base
+    import robo_rl.runners.checkpoints as checkpoints
     from robo_rl.runners.base import Runner
 
-    saved, real = [], base.save_checkpoint
-    monkeypatch.setattr(base, "save_checkpoint", lambda d, step, *a, **k: saved.append(step) or real(d, step, *a, **k))
+    saved, real = [], checkpoints.save_checkpoint
+    monkeypatch.setattr(checkpoints, "save_checkpoint", lambda d, step, *a, **k: saved.append(step) or real(d, step, *a, **k))
     original = Runner._evaluate
 
     def evaluate(self, wall):  # the signal arrives during the evaluation at step 200, which also checkpoints

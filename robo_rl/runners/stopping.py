@@ -1,0 +1,72 @@
+"""How a run stops other than by finishing: the errors a runner raises (NaN, a failed write, a signal) and the
+SIGINT/SIGTERM handling that turns a signal into a checkpoint at the end of the current iteration.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import signal
+from typing import Any
+
+log = logging.getLogger("robo_rl")
+
+
+class NonFiniteError(FloatingPointError):
+    """NaN/Inf in observations, rewards or losses; training stopped, last good checkpoint kept."""
+
+
+class RunWriteError(RuntimeError):
+    """A run file (checkpoint, metrics, summary) could not be written mid-run, e.g. on a full disk; training
+    stopped, the checkpoints before it kept. The message says how to continue."""
+
+
+def is_write_failure(exc: OSError) -> bool:
+    """A file could not be written: no space or quota, a read-only or failing disk, access lost."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM)
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; a checkpoint was saved. ``signum`` says which."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class Terminated(BaseException):
+    """SIGTERM outside the training loop (while the run starts, or writes its summary); not an Exception, so
+    that no broad handler on the way mistakes it for a failure."""
+
+
+def raise_terminated(signum: int, _frame: Any) -> None:
+    """A SIGTERM handler for the time around the loop (the loop's own handler saves a checkpoint instead)."""
+    raise Terminated(signum)
+
+
+class StopOnSignal:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between iterations (a second SIGINT aborts)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopOnSignal":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.info(f"received {signal.Signals(signum).name}: saving a checkpoint after this iteration (Ctrl-C again to abort)")
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
