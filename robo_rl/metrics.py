@@ -110,24 +110,35 @@ class Progress:
         self.every = every_seconds
         self._last_t = time.perf_counter()
         self._last_step = start_step
-        self._rate: float | None = None  # smoothed steps/s, for the ETA
+        self._rate: float | None = None  # smoothed steps/s of training alone, for the ETA
+        self._last_paused = 0.0
+        self._trained = 0.0  # seconds since the start spent training, and outside it (evaluations, checkpoints)
+        self._paused = 0.0
 
     def maybe_print(self, step: int, recent_return: float | None, eval_return: tuple[float, float] | None, force: bool = False,
-                    recent_cost: float | None = None) -> None:
+                    recent_cost: float | None = None, paused: float = 0.0) -> None:
+        """``paused``: seconds spent outside training (evaluations, checkpoints) since this Progress began."""
         now = time.perf_counter()
         if not force and now - self._last_t < self.every:
             return
         if step == self._last_step:  # no step since the last line (or the start): nothing new, and "0 steps/s"
             return
-        rate = (step - self._last_step) / max(now - self._last_t, 1e-9)
-        # ETA from the recent rate, smoothed over prints, but restarted when the pace changes regime (more
-        # than 2x): an off-policy run's random-action warm-up is ~10x faster than its training, and
-        # carrying that rate over gave a first ETA several times too short
-        if self._rate is None or not 0.5 * self._rate <= rate <= 2.0 * self._rate:
-            self._rate = rate
+        elapsed = max(now - self._last_t, 1e-9)
+        pause = min(max(paused - self._last_paused, 0.0), elapsed)
+        rate = (step - self._last_step) / elapsed  # what the line shows: the interval's pace, pauses included
+        # ETA from the training rate (pauses left out), smoothed over prints, but restarted when the pace changes
+        # regime (more than 2x): an off-policy run's random-action warm-up is ~10x faster than its training, and
+        # carrying that rate over gave a first ETA several times too short (an evaluation's interval, counted
+        # whole, looked like such a change and sent that line's ETA up to 2.5x too long)
+        train_rate = (step - self._last_step) / max(elapsed - pause, 1e-9)
+        if self._rate is None or not 0.5 * self._rate <= train_rate <= 2.0 * self._rate:
+            self._rate = train_rate
         else:
-            self._rate = 0.7 * self._rate + 0.3 * rate
-        eta = (self.total - step) / self._rate if self._rate > 0 else math.inf
+            self._rate = 0.7 * self._rate + 0.3 * train_rate
+        self._trained += elapsed - pause
+        self._paused += pause
+        # the pauses to come in proportion to those so far
+        eta = (self.total - step) / self._rate * (1 + self._paused / max(self._trained, 1e-9)) if self._rate > 0 else math.inf
         parts = [
             f"[{self.label}] step {step:,}/{self.total:,} ({100 * step / self.total:.0f}%)",
             f"{rate:,.0f} steps/s",
@@ -139,7 +150,7 @@ class Progress:
             parts.append(f"eval {format_return(*eval_return)}")
         parts.append(f"ETA {format_duration(eta)}")
         log.info(" | ".join(parts))
-        self._last_t, self._last_step = now, step
+        self._last_t, self._last_step, self._last_paused = now, step, paused
 
 
 def plot_learning_curve(rows: list[dict[str, float]], path: Path, title: str) -> Path | None:

@@ -200,6 +200,7 @@ class Runner(RunnerCheckpoints, abc.ABC):
         next_eval = (self.step // cfg.eval.every + 1) * cfg.eval.every
         next_ckpt = (self.step // cfg.checkpoint.every + 1) * cfg.checkpoint.every
         t_start = time.perf_counter()
+        paused = 0.0  # seconds of this segment spent in evaluations and checkpoints
         self._segment_start_step = self.step
         status = "completed"
         try:
@@ -211,17 +212,19 @@ class Runner(RunnerCheckpoints, abc.ABC):
                     if self.step >= next_log or self.step >= self.total_steps:  # (the last interval gets its row)
                         self._write_row(now_wall, t_start)
                         next_log = (self.step // cfg.log.every + 1) * cfg.log.every
+                    t_pause = time.perf_counter()
                     if self.step >= next_eval:
                         self._evaluate(now_wall)
                         next_eval = (self.step // cfg.eval.every + 1) * cfg.eval.every
                     if self.step >= next_ckpt:
                         self.save(time.perf_counter() - t_start)
                         next_ckpt = (self.step // cfg.checkpoint.every + 1) * cfg.checkpoint.every
+                    paused += time.perf_counter() - t_pause  # the ETA leaves evaluations and checkpoints out of the pace
                     last_eval = self.eval_history[-1] if self.eval_history else None
                     progress.maybe_print(
                         self.step, mean_of(self.recent_returns),
                         (last_eval["return_mean"], last_eval["return_std"]) if last_eval else None,
-                        recent_cost=mean_of(self.recent_costs) if self.recent_costs else None,
+                        recent_cost=mean_of(self.recent_costs) if self.recent_costs else None, paused=paused,
                     )
                     if stop.signum is not None:
                         if self._last_ckpt_step != self.step or self._last_ckpt_evals != len(self.eval_history):

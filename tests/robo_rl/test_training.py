@@ -296,6 +296,27 @@ def test_progress_eta_follows_a_change_of_pace(monkeypatch, caplog):
     assert etas == ["1:40", "15:00", "13:20"]
 
 
+def test_progress_eta_is_not_thrown_by_an_evaluation(monkeypatch, caplog):
+    # 100 steps/s of training; the second interval holds a 60 s evaluation (the runner passes the time spent in
+    # evaluations and checkpoints): that line's ETA stays with the training pace plus the pauses' share so far,
+    # where counting the interval whole restarted the ETA at 40 steps/s (2.5x too long)
+    import logging
+
+    from robo_rl import metrics
+
+    clock = iter([0.0, 100.0, 200.0, 300.0])
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
+    progress = metrics.Progress("ppo Hopper-v5", total_steps=100_000, every_seconds=60)
+    with caplog.at_level(logging.INFO, logger=metrics.log.name):
+        progress.maybe_print(10_000, None, None)  # 100 steps/s: 90,000 steps left -> 15:00
+        progress.maybe_print(14_000, None, None, paused=60.0)  # 40 s training + 60 s evaluation: 86,000 left
+        progress.maybe_print(24_000, None, None, paused=60.0)  # 100 steps/s again: 76,000 left
+    etas = [line.rsplit("ETA ", 1)[1] for line in caplog.messages]
+    # 86,000 / 100 x (1 + 60 / 140) = 1228.6 s; 76,000 / 100 x (1 + 60 / 240) = 950 s
+    assert etas == ["15:00", "20:28", "15:50"]  # counting the evaluation as training pace: 35:50 on the second
+    assert "40 steps/s" in caplog.messages[1]  # the line itself shows the interval's pace
+
+
 def test_the_closing_progress_line_is_not_repeated(monkeypatch, caplog):
     # a periodic line at the final step, then a slow final evaluation: the forced closing line would
     # repeat it with "0 steps/s | ETA ?"
