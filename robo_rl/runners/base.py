@@ -190,6 +190,11 @@ class Runner(RunnerCheckpoints, abc.ABC):
         else:
             self.obs = self.env.reset(seed=int(cfg.seed))
             self.update_obs_norm(self.obs)
+            largest = float(self.obs.abs().max())
+            if not self.policy.obs_norm.enabled and largest > 1e3:
+                log.warning(f"robo-rl: warning: {self.env.task_id}'s observations reach {largest:.3g} in magnitude and "
+                            "policy.normalize_obs=false, so the networks see them raw (inputs of 1e6 overflowed EXPO's "
+                            "and PA-RL's optimizer moments within 300 steps); set policy.normalize_obs=true")
             self.reset_obs_counted = True  # the on-policy runner's first rollout holds them again
         # a resume keeps the rows up to its checkpoint; a restart (resume= of a run with no checkpoint) none
         resume_step = self.step if resume_from else (0 if cfg.get("resume") else None)

@@ -58,6 +58,7 @@ _TASKS = {
     "TupleAct-v0": dict(action_space=gym.spaces.Tuple((gym.spaces.Box(-1, 1, (2,), np.float32),))),
     "ImageObs-v0": dict(observation_space=gym.spaces.Box(0, 255, (8, 8, 3), np.uint8)),
     "LongUnbounded-v0": dict(low=[-np.inf] + [-1.0] * 29, high=[np.inf] + [1.0] * 29),
+    "HugeObs-v0": dict(observation_space=gym.spaces.Box(-1e6, 1e6, (3,), np.float32)),
 }
 for _name, _kwargs in _TASKS.items():
     if f"robo_rl_test/{_name}" not in gym.registry:
@@ -238,3 +239,12 @@ def test_runs_saved_before_unit_actions_keep_acting_in_env_units(tmp_path):
     saved["policy"]["squash"] = True  # a squashed head never had an env-unit Gaussian
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
     assert load_run_config(run).policy.unit_actions is True
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_raw_observations_of_huge_magnitude_are_warned_about(normalize, tmp_path):
+    # inputs of ~1e6 overflowed EXPO's and PA-RL's optimizer moments within 300 steps, and the NaN message then
+    # suggested a lower learning rate; off-policy heads do not normalize observations by default
+    summary, _ = _short("sac", "gaussian", "HugeObs-v0", tmp_path, [f"policy.normalize_obs={str(normalize).lower()}"])
+    warned = "set policy.normalize_obs=true" in (tmp_path / "sac-gaussian" / "train.log").read_text()
+    assert summary["status"] == "completed" and warned == (not normalize)
