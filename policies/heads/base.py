@@ -52,9 +52,10 @@ def count_option(key: str, value: object, least: int, why: str) -> int:
 
 class PolicyHead(nn.Module, abc.ABC):
     """A policy head (ARCHITECTURE.md, contract 2; see this module's docstring): raw observations [B, obs_dim] in,
-    actions [B, act_dim] in env units out, log-probabilities [B] as densities of the unit action
-    ``to_unit(a)`` (SAC's target entropy -|A| is stated in it). Subclass it (the constructor takes obs_dim, action_low, action_high and an
-    ObsNormalizer), implement act, sample and imitation_loss (and log_prob where tractable), set the flags."""
+    actions [B, act_dim] in env units out, log-probabilities [B] as densities of the unit action ``to_unit(a)``
+    (SAC's target entropy -|A| is stated in it). Subclass it (the constructor takes obs_dim, action_low,
+    action_high and an ObsNormalizer), implement act, sample and imitation_loss (and log_prob where tractable),
+    and set the flags."""
 
     #: sample() returns actions differentiable w.r.t. the parameters (pathwise gradients: SAC, TD3)
     reparameterized: bool = False

@@ -95,7 +95,8 @@ class GaussianHead(PolicyHead):
     def _act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
         mean, log_std = self.distribution(obs)
         x = mean if deterministic else mean + log_std.exp() * torch.randn_like(mean)
-        return env_actions(self, x) if self.squash else self.clip_action(env_actions(self, x))
+        actions = env_actions(self, x)
+        return actions if self.squash else self.clip_action(actions)  # (tanh keeps a squashed one inside)
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:

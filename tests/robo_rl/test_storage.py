@@ -136,8 +136,9 @@ def test_on_policy_runner_bootstraps_time_limits_from_the_final_observation(tmp_
     # A time-limit truncation stores r + gamma * V(final obs): the observation the episode ended in, normalized
     # with the statistics the rollout uses, and in the scale of the normalized rewards; a termination stores r.
     gamma = 0.9
-    runner, steps = runner_with_recorded_steps(tmp_path, "algo.rollout_steps=10", f"algo.gamma={gamma}",
-                                               "env.normalize_reward=true", "algo.minibatch_size=10", "steps=30")
+    # (a 3-step limit and 9-step rollouts: random actions end episodes by both, and at the rollouts' last step)
+    runner, steps = runner_with_recorded_steps(tmp_path, "algo.rollout_steps=9", f"algo.gamma={gamma}",
+                                               "env.normalize_reward=true", "algo.minibatch_size=9", "steps=27", limit=3)
     learner = runner.learner
     with torch.no_grad():
         for p in learner.value_net.parameters():  # values far from 0, so a missing or wrong bootstrap shows
