@@ -334,7 +334,9 @@ class MjwarpBatchedEnv(BatchedEnv):
             v.copy_(torch.as_tensor(state[f"derived.{k}"]))
         if self._cfrc_ext is not None:
             self._cfrc_ext.copy_(torch.as_tensor(state["cfrc_ext"]))
-        self._obs = torch.as_tensor(state["obs"]).to(self.device)
+        # a copy of its own: a reset writes into self._obs, which must not reach the caller's snapshot (loaded
+        # again, it would restore the reset observation)
+        self._obs = torch.as_tensor(state["obs"]).to(self.device, copy=True)
         self._elapsed.copy_(torch.as_tensor(state["elapsed"]))
         for g, s in zip(self._rngs, state["rngs"]):
             g.bit_generator.state = s

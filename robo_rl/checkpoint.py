@@ -494,6 +494,10 @@ def load_checkpoint(path: str | Path, load_replay: bool = True) -> tuple[dict[st
         tensors = load_file(str(path / "state.safetensors"))
     except Exception as exc:  # safetensors raises its own error types for malformed headers
         raise CheckpointError(f"checkpoint file {path / 'state.safetensors'} cannot be read: {exc}") from None
+    # each tensor in memory of its own: load_file's sit at their offsets in the file, some only 8-byte aligned, and
+    # MKL's matrix product rounds such an input differently (a resumed run's first action, from the restored
+    # observation, differed in the last bit from the unbroken run's)
+    tensors = {key: t.clone() for key, t in tensors.items()}
     skeleton = _read_skeleton(path)
     try:
         state = unflatten_state(skeleton, tensors)

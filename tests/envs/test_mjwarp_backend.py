@@ -183,3 +183,47 @@ def test_unseeded_envs_draw_their_own_observation_noise():
 
     a, b = first_obs(), first_obs()
     assert not torch.allclose(a, b)
+
+
+def test_a_loaded_snapshot_is_not_changed_by_the_env_moving_on(pair):
+    # load_state_dict kept the snapshot's observation tensor as the env's own, and the next reset wrote the reset
+    # observation into it: the caller's snapshot changed, and loading it again restored the wrong observation
+    env = pair[0]
+    env.reset(seed=0)
+    for _ in range(5):
+        env.step(torch.full((3, 3), 0.3))
+    snap = env.state_dict()
+    taken = snap["obs"].clone()
+    env.load_state_dict(snap)
+    env.reset(seed=1)
+    assert torch.equal(snap["obs"], taken)
+    env.load_state_dict(snap)  # the same snapshot again, e.g. to branch a second time from it
+    assert torch.equal(env.state_dict()["obs"], taken)
+
+
+def test_a_resumed_sac_run_is_bit_identical_to_an_unbroken_one(tmp_path):
+    # the restored observation was a view into state.safetensors at its offset in the file, 8 bytes past a 16-byte
+    # boundary in this run's checkpoints, and MKL's product for a 2-row input rounds such an input differently:
+    # the first action after the resume differed in the last bit, and the run drifted from there
+    import shutil
+
+    import numpy as np
+
+    from robo_rl.checkpoint import load_checkpoint
+    from robo_rl.train import train
+    from tests.helpers import FAST, compose
+
+    common = ("algo=sac", "env=hopper", "env.backend=mjwarp", "device=cpu", "env.num_envs=2", "randomize=mild",
+              "algo.learning_starts=100", "algo.batch_size=32", "policy.hidden_sizes=[32,32]",
+              "algo.critic_hidden=[32,32]", "eval.every=200", "eval.episodes=2", "eval.num_envs=2",
+              "checkpoint.every=400", "env.max_episode_steps=60", "threads=1", "seed=3", "steps=440", *FAST)
+    train(compose(*common), tmp_path / "full")
+    shutil.copytree(tmp_path / "full", tmp_path / "cut")  # as if it had stopped right after its step-400 checkpoint
+    shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step_0000000440")
+    train(compose(f"resume={tmp_path / 'cut'}"), tmp_path / "unused", [f"resume={tmp_path / 'cut'}"])
+    full, full_replay = load_checkpoint(tmp_path / "full" / "checkpoints" / "step_0000000440")
+    cut, cut_replay = load_checkpoint(tmp_path / "cut" / "checkpoints" / "step_0000000440")
+    for key in ("actions", "obs", "rewards", "next_obs"):  # the 40 steps after the resume included
+        assert np.array_equal(full_replay[key], cut_replay[key]), key
+    for name, weights in full["learner"]["modules"].items():
+        assert torch.equal(weights, cut["learner"]["modules"][name]), name
