@@ -83,7 +83,8 @@ class FilterChain(SafetyFilter):
                 values = f._checked_state(s)
             except ValueError as e:
                 raise ValueError(f"filter {i}: {e}") from None
-            if values["batch"] != own["batch"]:
+            # a chain never reset (batch None) resets its filters at its first call; some start at batch 1 (energy_tank)
+            if own["batch"] is not None and values["batch"] != own["batch"]:
                 raise ValueError(f"filter {i} ({f.name}): saved filter state holds a batch of {values['batch']} rows, "
                                  f"the chain's {own['batch']}")
             checked.append(values)

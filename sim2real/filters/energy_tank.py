@@ -286,7 +286,9 @@ class EnergyTankFilter(SafetyFilter):
             lin = np.concatenate([np.cumsum(c[:, ::-1], axis=1)[:, ::-1], zeros], axis=1)  # B_i: the rest linear
             a_, b_ = (np.take_along_axis(x, seg[:, None], axis=1)[:, 0] for x in (quad, lin))
             lo, hi = (np.take_along_axis(x, seg[:, None], axis=1)[:, 0] for x in (left, right))
-            denominator = b_ + np.sqrt(b_ * b_ + 4.0 * a_ * room)
+            # sqrt(B^2 + 4 A room) without squaring: B^2 underflowed to 0 for B ~ 1e-170 (and A room with it), which
+            # gave 2 room / B, twice the root, and the shrink loop then sent about half of what the tank held
+            denominator = b_ + np.hypot(b_, 2.0 * np.sqrt(a_) * np.sqrt(room))
             root = np.where(denominator > 0, 2.0 * room / denominator, hi)  # stable root of A x^2 + B x = room
             return np.clip(np.nan_to_num(root, nan=0.0), lo, hi)
 
