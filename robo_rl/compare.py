@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from robo_rl.config import flatten_config
+from robo_rl.config import flatten_config, saved_unit_actions
 from robo_rl.metrics import format_duration, format_return, return_decimals
 
 SUMMARY, METRICS, CONFIG, EVALUATED = "summary.json", "metrics.csv", "config.yaml", "eval.json"
@@ -160,6 +160,9 @@ def load_run(path: Path) -> Run:
         raise ValueError(f"{path / CONFIG}: not a readable config ({str(exc).splitlines()[0]})") from None
     if not isinstance(loaded, dict):
         raise ValueError(f"{path / CONFIG}: not a run config (a {type(loaded).__name__}, not a mapping of keys)")
+    policy = loaded.get("policy")
+    if isinstance(policy, dict) and saved_unit_actions(policy) is not None:
+        policy["unit_actions"] = saved_unit_actions(policy)  # a run saved before the option: what it trained with
     config = flatten_config(loaded)
     missing = [k for k in ("algo.name", "env.id") if config.get(k) in (None, "")]
     if missing:

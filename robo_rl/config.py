@@ -469,3 +469,15 @@ def flatten_config(tree: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, float) and not math.isfinite(tree):  # e.g. env.kwargs bounds: inf as the config spells it
         return {prefix[:-1]: str(tree)}
     return {prefix[:-1]: json.dumps(tree) if isinstance(tree, list) else tree}
+
+
+def saved_unit_actions(policy: Any) -> bool | None:
+    """``policy.unit_actions`` as a saved run's ``policy`` section (a mapping) means it: its own value, else (runs
+    saved before 2026-12-05) false for an unsquashed gaussian or mixture head, whose Gaussian was over env units,
+    and true for a squashed one; None for heads without the option. ``load_run_config`` and ``robo-rl compare``
+    read old runs through it."""
+    if policy.get("name") not in ("gaussian", "mixture"):
+        return None
+    if policy.get("unit_actions") is not None:
+        return bool(policy["unit_actions"])
+    return policy.get("squash") is not False

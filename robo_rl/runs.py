@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from envs import BatchedEnv
 from policies.heads import PolicyHead
 from robo_rl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from robo_rl.config import ALGO_SCHEMAS, POLICY_SCHEMAS, TrainConfig
+from robo_rl.config import ALGO_SCHEMAS, POLICY_SCHEMAS, TrainConfig, saved_unit_actions
 from robo_rl.validation import ConfigError
 
 CONFIG_FILE = "config.yaml"
@@ -122,9 +122,9 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
     algo, head = (OmegaConf.select(saved, f"{group}.name", default=None) for group in ("algo", "policy"))
     if algo not in ALGO_SCHEMAS or head not in POLICY_SCHEMAS:
         raise ValueError(f"{path}: unknown algo.name={algo!r} or policy.name={head!r}")
-    if head in ("gaussian", "mixture") and "unit_actions" not in saved.policy and saved.policy.get("squash") is False:
+    if head in ("gaussian", "mixture") and "unit_actions" not in saved.policy:
         # saved before 2026-12-05, when an unsquashed head's Gaussian was over env units: keep acting as trained
-        saved.policy.unit_actions = False
+        saved.policy.unit_actions = saved_unit_actions(saved.policy)
     schema = OmegaConf.structured(TrainConfig)
     schema.algo = OmegaConf.structured(ALGO_SCHEMAS[algo])
     schema.policy = OmegaConf.structured(POLICY_SCHEMAS[head])

@@ -53,7 +53,8 @@ def count_option(key: str, value: object, least: int, why: str) -> int:
 class PolicyHead(nn.Module, abc.ABC):
     """A policy head (ARCHITECTURE.md, contract 2; see this module's docstring): raw observations [B, obs_dim] in,
     actions [B, act_dim] in env units out, log-probabilities [B] as densities of the unit action ``to_unit(a)``
-    (SAC's target entropy -|A| is stated in it). Subclass it (the constructor takes obs_dim, action_low,
+    (SAC's target entropy -|A| is stated in it; an unsquashed Gaussian or mixture with ``unit_actions=False``, as
+    runs saved before 2026-12-05 rebuild it, and GoRL's latent give densities of ``a``, or z). Subclass it (the constructor takes obs_dim, action_low,
     action_high and an ObsNormalizer), implement act, sample and imitation_loss (and log_prob where tractable),
     and set the flags."""
 

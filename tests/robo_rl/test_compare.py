@@ -348,3 +348,20 @@ def test_small_returns_keep_their_digits_on_the_progress_line_too(caplog):
         progress.maybe_print(1_000, 3425.94, (3625.31, 24.83), force=True)  # large returns: one decimal, as before
     assert "| return -0.0412 | eval -0.0321 ± 0.0012 |" in caplog.messages[0]
     assert "| return 3425.9 | eval 3625.3 ± 24.8 |" in caplog.messages[1]
+
+
+def test_runs_from_before_policy_unit_actions_group_by_what_they_trained_with(tmp_path):
+    # config.yaml files written before the option have no policy.unit_actions: a squashed head never had an
+    # env-unit Gaussian (one group with newer runs), an unsquashed one had (its own group, labelled false)
+    def run(name, seed, policy):
+        write_run(tmp_path / name, seed, 100.0, [(1000, 100.0)])
+        with (tmp_path / name / "config.yaml").open("a") as f:
+            f.write("policy:\n" + "".join(f"  {k}: {v}\n" for k, v in policy.items()))
+
+    run("sac_old", 0, {"name": "gaussian", "squash": "true"})
+    run("sac_new", 1, {"name": "gaussian", "squash": "true", "unit_actions": "true"})
+    assert len(compare([tmp_path / "sac_old", tmp_path / "sac_new"])["groups"]) == 1
+    run("ppo_old", 0, {"name": "gaussian", "squash": "false"})
+    run("ppo_new", 1, {"name": "gaussian", "squash": "false", "unit_actions": "true"})
+    labels = {g["label"] for g in compare([tmp_path / "ppo_old", tmp_path / "ppo_new"])["groups"]}
+    assert labels == {"policy.unit_actions=False", "policy.unit_actions=True"}

@@ -236,6 +236,18 @@ def test_runs_saved_before_unit_actions_keep_acting_in_env_units(tmp_path):
     del saved["policy"]["unit_actions"]
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
     assert load_run_config(run).policy.unit_actions is False
+    # the head the commands rebuild acts with a = mu (clipped), not middle + half-width * mu, and exports so
+    from robo_rl.runs import load_run
+    from sim2real.export import export_policy
+
+    old, _ = load_run(run)
+    obs = torch.randn(64, 3)
+    mean, _ = old.distribution(obs)
+    assert old.unit_actions is False
+    torch.testing.assert_close(old.act(obs, deterministic=True), old.clip_action(mean))
+    export_policy(old, tmp_path / "export", "torchscript")
+    exported = torch.jit.load(str(tmp_path / "export" / "policy.pt"))
+    torch.testing.assert_close(exported(obs), old.act(obs, deterministic=True))
     saved["policy"]["squash"] = True  # a squashed head never had an env-unit Gaussian
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
     assert load_run_config(run).policy.unit_actions is True
