@@ -20,7 +20,9 @@ from typing import Any, Callable
 
 from envs.mujoco_log import route_mujoco_warnings
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# ROBO_RL_BENCH_RESULTS points every script's result files elsewhere (a smoke run, a scratch
+# measurement): most scripts have no option for it, and their tiny runs must not overwrite the record.
+RESULTS = Path(os.environ.get("ROBO_RL_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 # MuJoCo would otherwise print each warning and append it to MUJOCO_LOG.TXT in the working directory:
 # thousands of lines of gymnasium's HalfCheetah `settotalmass` deprecation in one throughput run.

@@ -29,14 +29,17 @@ def main() -> None:
     parser.add_argument("--envs", nargs="+", default=["hopper"], help="env config names (configs/env/*.yaml)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--name", default="default_run", help="results file name under benchmarks/results/")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="pass steps=N (default: none, the config's 1M); for a quick check of this script only")
     args = parser.parse_args()
+    steps = [] if args.steps is None else [f"steps={args.steps}"]
     runs = []
     for env in args.envs:
         for seed in args.seeds:
             run_dir = Path(tempfile.mkdtemp()) / f"default-{env}-s{seed}"
             t = time.perf_counter()
             subprocess.run([sys.executable, "-m", "robo_rl.cli", "train", f"env={env}", f"seed={seed}",
-                            f"run_dir={run_dir}", "log.progress_seconds=60"], check=True)
+                            f"run_dir={run_dir}", "log.progress_seconds=60", *steps], check=True)
             wall = time.perf_counter() - t
             summary = json.loads((run_dir / "summary.json").read_text())
             runs.append({"env_config": env, "seed": seed, "command_wall_s": wall, **summary})

@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", help="run only these of the pairs' methods (e.g. --methods expo)")
     parser.add_argument("--reuse", nargs="+", type=Path, default=[], metavar="JSON",
                         help="take runs already recorded in these results files (this script's, or "
-                             "benchmarks/results/returns.json for SAC/PPO) instead of training them again: same "
+                             "benchmarks/results/returns.json for SAC) instead of training them again: same "
                              "env, steps and seed (robo-rl runs are deterministic given the seed on one thread)")
     parser.add_argument("--name", default=None,
                         help="results file name under benchmarks/results/ (default: from --pairs and --methods)")
@@ -71,11 +71,18 @@ def main() -> None:
     args = parser.parse_args()
 
     def cached(algo: str, steps: int, seed: int) -> dict | None:
-        """A recorded run from --reuse, read when needed (a file may still be growing)."""
+        """A run trained earlier in this invocation (pairs share SAC as their baseline; training it again
+        would also collide in --run-root), else a recorded run from --reuse, read when needed (a file may
+        still be growing)."""
+        for pair in results.values():
+            for r in pair["runs"].get(algo, []) if pair["steps"] == steps else []:
+                if r["seed"] == seed:
+                    return r
         for path in args.reuse:
             data = json.loads(path.read_text())["results"]
             if "budget" in data.get(algo, {}):  # returns.py: {algo: {budget, robo_rl: [runs]}}
-                found = data[algo]["robo_rl"] if data[algo]["budget"] == steps else []
+                # only its SAC runs are this script's: its PPO runs use SB3's 16 envs x 128 steps, not the defaults
+                found = data[algo]["robo_rl"] if algo == "sac" and data[algo]["budget"] == steps else []
             else:  # this script: {pair: {steps, runs: {algo: [runs]}}}
                 found = [r for pair in data.values() if pair.get("steps") == steps for r in pair["runs"].get(algo, [])]
             for r in found:

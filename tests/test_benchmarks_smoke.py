@@ -1,0 +1,104 @@
+"""The benchmark scripts still run against the current library: each cheap one once, with tiny settings.
+
+Every script runs as a user runs it (a subprocess from the repository root), with ROBO_RL_BENCH_RESULTS
+pointing its result files at tmp_path, so the recorded results under benchmarks/results/ are never touched.
+Scripts whose budgets have no option (returns.py) run their main() with the module's budget shrunk.
+Left out as too heavy for a test: throughput.py and update_anatomy.py (SB3 and 1,200-step warm-ups, minutes),
+checkpoint_cost.py (fills a 1M-row, 2.9 GB replay buffer), passivity.py, sim2sim.py, demos_warm_start.py and
+the generative heads of export_latency.py (each over a minute at their smallest settings).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow  # ~60 s together; `python -m pytest -q -m "not slow"` leaves them out
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench(tmp_path: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ROBO_RL_BENCH_RESULTS": str(tmp_path / "results"), "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def result(tmp_path: Path, name: str) -> dict:
+    assert (tmp_path / "results" / f"{name}.md").is_file()
+    return json.loads((tmp_path / "results" / f"{name}.json").read_text())
+
+
+def test_env_speed(tmp_path):
+    bench(tmp_path, "benchmarks/env_speed.py", "--tasks", "Hopper-v5", "--sizes", "2", "--rounds", "1",
+          "--seconds", "0.05", "--name", "env_speed")
+    out = result(tmp_path, "env_speed")
+    assert out["results"][0]["robo_rl_steps_per_s"] > 0 and out["memory_per_env_bytes"]["Hopper-v5"] > 0
+
+
+def test_default_run(tmp_path):
+    bench(tmp_path, "benchmarks/default_run.py", "--seeds", "0", "--steps", "2048", "--name", "default_run")
+    (run,) = result(tmp_path, "default_run")["runs"]
+    assert run["env"] == "Hopper-v5" and run["steps"] == 2048
+
+
+def test_returns_with_a_shrunk_budget(tmp_path):
+    # SB3's runs come from a cache next to the results (as benchmarks/results/returns_sb3.json is used)
+    (tmp_path / "results").mkdir()
+    cache = {"runs": {"sac/0": {"seed": 0, "return": 1.0, "wall_s": 1.0}, "ppo/0": {"seed": 0, "return": 2.0, "wall_s": 1.0}}}
+    (tmp_path / "results" / "returns_sb3.json").write_text(json.dumps(cache))
+    code = ("import sys; sys.argv = ['returns.py', '--seeds', '0']; import benchmarks.returns as m; "
+            "m.BUDGET.update(sac=300, ppo=2048); m.EVAL_EPISODES = 1; m.main()")
+    bench(tmp_path, "-c", code)
+    out = result(tmp_path, "returns")["results"]
+    assert out["sac"]["budget"] == 300 and out["ppo"]["sb3"][0]["return"] == 2.0
+
+
+def test_generative_returns_pairs_share_one_sac_run(tmp_path):
+    # gorl_sac and offpolicy both compare against SAC: one SAC run serves both (with --run-root the second
+    # pair trained SAC again into the same directory, which the run refused: the study stopped there)
+    bench(tmp_path, "benchmarks/generative_returns.py", "--pairs", "gorl_sac", "offpolicy", "--seeds", "0",
+          "--steps", "1000", "--run-root", str(tmp_path / "runs"), "--name", "generative_returns")
+    out = result(tmp_path, "generative_returns")["results"]
+    assert out["gorl_sac"]["runs"]["sac"] == out["offpolicy"]["runs"]["sac"]
+    assert {p.name for p in (tmp_path / "runs").iterdir()} == {"sac-0", "gorl_sac-0", "expo-0", "parl-0"}
+
+
+def test_generative_returns_reuses_only_sac_from_returns_json(tmp_path):
+    # returns.py's PPO runs use SB3's layout (16 envs x 128 steps), not the defaults GoRL is compared with here
+    recorded = {"results": {"sac": {"budget": 1000, "robo_rl": [{"seed": 0, "return": 999.0, "wall_s": 1.0}]},
+                            "ppo": {"budget": 2048, "robo_rl": [{"seed": 0, "return": 12345.0, "wall_s": 1.0}]}}}
+    (tmp_path / "returns.json").write_text(json.dumps(recorded))
+    bench(tmp_path, "benchmarks/generative_returns.py", "--pairs", "onpolicy", "--seeds", "0", "--steps", "2048",
+          "--reuse", str(tmp_path / "returns.json"), "--name", "generative_returns")
+    runs = result(tmp_path, "generative_returns")["results"]["onpolicy"]["runs"]
+    assert runs["ppo"][0]["return"] != 12345.0 and "reused_from" not in runs["ppo"][0]  # trained, at the defaults
+    assert runs["gorl"][0]["seed"] == 0
+
+
+def test_generative_cost_gorl(tmp_path):
+    bench(tmp_path, "benchmarks/generative_cost.py", "--only", "gorl", "--rounds", "1")
+    out = result(tmp_path, "generative_cost_gorl")["results"]
+    assert out["GoRL (latent + flow decoder)"]["slowdown_vs_baseline"] > 0
+
+
+def test_export_latency_gaussian_heads(tmp_path):
+    bench(tmp_path, "benchmarks/export_latency.py", "--calls", "1", "--heads", "sac-gaussian", "ppo-gaussian",
+          "--name", "export_latency")
+    rows = result(tmp_path, "export_latency")["rows"]
+    assert [r["head"] for r in rows] == ["sac-gaussian", "ppo-gaussian"]
+    assert all(r["parity_max_abs_error"] < 1e-4 for r in rows)
+
+
+def test_multimodal_with_demos(tmp_path):
+    bench(tmp_path, "benchmarks/multimodal.py", "--methods", "sac", "ppo", "--seeds", "0", "--off-policy-steps", "100",
+          "--on-policy-steps", "2048", "--demos", "4", "--pretrain-steps", "5", "--run-root", str(tmp_path / "runs"),
+          "--out-dir", str(tmp_path / "results"))
+    out = result(tmp_path, "multimodal_demos")["results"]
+    assert [r["method"] for r in out] == ["sac", "ppo"]
+    assert (tmp_path / "results" / "multimodal_demos_actions.png").is_file()
