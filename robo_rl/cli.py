@@ -28,20 +28,20 @@ mjwarp (MuJoCo Warp, GPU), isaac (Isaac Lab / rsl_rl-style envs); auto picks muj
 
 commands:
   train   train a policy; every option is a Hydra override
-            robo-rl train                                   PPO on Hopper-v5, 1M steps (a few minutes on 2 cores)
+            robo-rl train                          PPO on Hopper-v5, 1M steps (minutes on 2 cores)
             robo-rl train algo=ppo env=halfcheetah steps=1000000 seed=3 run_dir=runs/hc
-            robo-rl train env.id=Walker2d-v5                any gymnasium task id
-            robo-rl train -m seed=0,1,2                     several seeds (Hydra multirun)
-            robo-rl train resume=runs/hc                    continue from the newest complete checkpoint
+            robo-rl train env.id=Walker2d-v5       any gymnasium task id
+            robo-rl train -m seed=0,1,2            several seeds (Hydra multirun)
+            robo-rl train resume=runs/hc           continue from the newest complete checkpoint
   eval    evaluate a trained run and write <run_dir>/eval.json
             robo-rl eval run_dir=runs/hc [episodes=10] [deterministic=true] [video=true]
   export  write the run's policy as ONNX (or TorchScript) + a JSON sidecar, checked against torch
-            robo-rl export run_dir=runs/hc [format=onnx] [out_dir=runs/hc/export] [safety=passivity]
+            robo-rl export run_dir=runs/hc [format=onnx] [out_dir=runs/hc/export] [safety=box]
   deploy  run an export with onnxruntime (no torch) in a fixed-rate loop with safety filters and a
           watchdog, on the MuJoCo sim2sim robot (other timestep, latency, noise, physics)
             robo-rl deploy export=runs/hc/export [episodes=5] [sim2sim.action_latency=1]
-  compare finished runs side by side, seeds grouped: final/best eval return mean ± std, a curve plot
-            robo-rl compare runs=runs/sweep-sac-Hopper-v5-20261203-120000    (a -m sweep, or run dirs: runs=a,b,c)
+  compare finished runs side by side (seeds grouped): final/best eval return mean ± std, a plot
+            robo-rl compare runs=runs/sweep-ppo-Hopper-v5-<time>   (a -m sweep; or runs=a,b,c)
 
 Run `robo-rl <command> --help` for every option.
 """
@@ -72,7 +72,10 @@ def _stdout_reader_gone() -> bool:
 
 def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:  # a command is required: one line, exit 2 (as `robo-rl train --nosuchflag`)
+        return error("no command given: robo-rl train|eval|export|deploy|compare [key=value ...] "
+                     "(see robo-rl --help)", EXIT_USAGE)
+    if argv[0] in ("-h", "--help", "help"):
         print(TOP_HELP)
         return 0
     command, rest = argv[0], argv[1:]
@@ -104,8 +107,8 @@ def _main(argv: Sequence[str] | None) -> int:
 
         print(f"robo-rl {version('robo-rl')}")
         return 0
-    print(TOP_HELP, file=sys.stderr)
-    return error(f"unknown command {command!r} (expected train, eval, export, deploy or compare)", EXIT_USAGE)
+    return error(f"unknown command {command!r} (expected train, eval, export, deploy or compare; see robo-rl --help)",
+                 EXIT_USAGE)
 
 
 if __name__ == "__main__":

@@ -134,7 +134,7 @@ def validate(cfg: DictConfig) -> None:
              "the network outputs the log std and ignores it); set policy.state_dependent_std=false or leave it at 0")
     # a squashed head maps tanh's (-1, 1) onto the box: it has no env-unit Gaussian to keep
     need(cfg.policy.get("unit_actions", True) or not cfg.policy.squash, "policy.unit_actions",
-         "=false keeps an unsquashed head's Gaussian in the env's units; with policy.squash=true the head always "
+         "false keeps an unsquashed head's Gaussian in the env's units; with policy.squash=true the head always "
          "works in the box's unit scale: leave it at true, or set policy.squash=false")
     delay = cfg.env.randomize.action_delay
     limit = episode_limit(cfg)

@@ -37,6 +37,46 @@ def test_help_explains_the_commands(tmp_path):
     assert "compare" in top and "group_by=" in robo_rl("compare", "--help", cwd=tmp_path).stdout
 
 
+@pytest.mark.parametrize("command", ["", "eval", "export", "deploy", "compare"])
+def test_help_is_plain_text_that_fits_100_columns(tmp_path, command):
+    proc = robo_rl(*([command] if command else []), "--help", cwd=tmp_path)
+    assert proc.stderr == "" and proc.stdout.startswith("usage: robo-rl")
+    wide = [line for line in proc.stdout.splitlines() if len(line) > 100]
+    assert not wide, wide
+
+
+def test_train_help_lists_every_config_of_the_groups_it_names(tmp_path):
+    header = robo_rl("train", "--help", cwd=tmp_path).stdout.split("== Config groups ==")[0]
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    for group in ("algo", "policy", "randomize", "safety"):
+        listed = re.search(rf"\b{group}=([\w|]+)", header)
+        assert listed, group
+        assert sorted(listed[1].split("|")) == sorted(p.stem for p in (configs / group).glob("*.yaml")), group
+    env = [e for e in re.search(r"\benv=([\w|]+)", header)[1].split("|") if e]  # a few of them, then ...
+    assert env and set(env) <= {p.stem for p in (configs / "env").glob("*.yaml")}
+
+
+def test_the_top_help_s_eval_export_deploy_examples_work(tmp_path):
+    # each example run on a tiny SAC run, its [optional] keys given; `safety=passivity` (ContactMaze's energy
+    # tank, dt 0.04) failed on any other task, the HalfCheetah run of the examples above it included
+    tiny = [a if a != "env=pendulum" else "env=reacher" for a in TINY]  # a MuJoCo task: video=true draws it
+    robo_rl("train", *tiny, "steps=200", "run_dir=runs/hc", cwd=tmp_path)
+    top = robo_rl("--help", cwd=tmp_path).stdout
+    examples = [line.split() for line in top.splitlines() if re.match(r"\s+robo-rl (eval|export|deploy) ", line)]
+    assert [e[1] for e in examples] == ["eval", "export", "deploy"]
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        av = None
+    for example in examples:
+        args = [a.strip("[]") for a in example[1:]]
+        args = [re.sub(r"^episodes=\d+$", "episodes=1", a) for a in args if av is not None or a != "video=true"]
+        proc = robo_rl(*args, cwd=tmp_path, check=False)
+        assert proc.returncode == 0, (args, proc.stderr)
+    assert json.loads((tmp_path / "runs" / "hc" / "export" / "policy.json").read_text())["safety"]["filters"]
+    assert (tmp_path / "runs" / "hc" / "export" / "deploy.json").is_file()
+
+
 def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
     proc = robo_rl("train", "algo.lrr=1", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "unknown key 'algo.lrr'; did you mean algo.lr?" in proc.stderr
@@ -481,3 +521,16 @@ def test_a_broken_pipe_that_is_not_stdout_s_is_an_error_not_a_quiet_exit(monkeyp
     monkeypatch.setattr(cli, "_main", lost_link)
     with pytest.raises(BrokenPipeError, match="controller link lost"):
         cli.main(["eval", "run_dir=x"])
+
+
+@pytest.mark.parametrize("argv, says", [
+    ([], "no command given: robo-rl train|eval|export|deploy|compare"),
+    (["nosuchcommand"], "unknown command 'nosuchcommand'"),
+    (["train", "--nosuchflag"], "--nosuchflag: not an option of robo-rl train: settings are key=value"),
+])
+def test_a_missing_command_or_unknown_flag_is_one_line_exit_2(argv, says, capsys):
+    from robo_rl.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err

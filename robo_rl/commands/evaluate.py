@@ -28,8 +28,9 @@ keys:
   device=cpu             cpu, cuda or cuda:N
   video=false            also write <run_dir>/videos/eval-step<N>.mp4 (headless: EGL or OSMesa)
   video_episodes=1       episodes of env copy 0 in the video
-  demos_out=<file.npz>   also save the evaluated episodes' transitions as demonstrations, to warm-start
-                         another run with `robo-rl train demos.path=<file.npz>` (e.g. a generative head)
+  demos_out=<file.npz>   also save the evaluated episodes' transitions as demonstrations, to
+                         warm-start another run with `robo-rl train demos.path=<file.npz>`
+                         (e.g. a generative head)
 """
 
 

@@ -43,21 +43,30 @@ randomized physics. Writes <export>/deploy.json (returns, events, latency percen
 keys:
   export=<dir>                     the export directory (policy.onnx + policy.json; required)
   episodes=null                    finished episodes to run (5 when steps= is not given)
-  steps=null                       a fixed number of control steps (with episodes=: whichever comes first)
-  realtime=false                   true: sleep to the control rate (a real robot); false: as fast as possible
+  steps=null                       a fixed number of control steps (with episodes=: whichever
+                                   comes first)
+  realtime=false                   true: sleep to the control rate (a real robot); false: as fast
+                                   as possible
   rate_hz=null                     control rate in Hz, > 0 (default: the sidecar's)
-  safety=null                      filter chain: configs/safety/<name>.yaml or a YAML path (default: the sidecar's)
+  safety=null                      filter chain: configs/safety/<name>.yaml or a YAML path
+                                   (default: the sidecar's)
   task=null                        the gymnasium id to simulate (default: the sidecar's task)
   sim2sim.timestep=null            physics timestep (the control period is kept: frame_skip adapts)
   sim2sim.action_latency=0         control steps between computing and applying a command
   sim2sim.observation_noise=0.0    std of Gaussian noise added to observations
-  sim2sim.physics=null             e.g. "{mass_scale:[0.8,1.2],friction_scale:[0.7,1.3],damping_scale:[0.8,1.2]}"
-  sim2sim.max_episode_steps=null   episode time limit (default: the run's env.max_episode_steps, else the task's)
-  sim2sim.seed=0
-  watchdog.max_observation_age=null   seconds before an observation counts as stale (default 2 periods)
-  watchdog.max_inference_time=null   seconds of inference before the fallback is sent instead (default
-                                     half a period with realtime=true; not enforced in simulated time)
-  out=null                         report path (default <export>/deploy.json); its directory must exist
+  sim2sim.physics=null             [low, high] scale ranges drawn at every reset: mass_scale,
+                                   friction_scale, damping_scale, actuator_gain_scale, e.g.
+                                   "{mass_scale:[0.8,1.2],friction_scale:[0.7,1.3]}"
+  sim2sim.max_episode_steps=null   episode time limit (default: the run's env.max_episode_steps,
+                                   else the task's)
+  sim2sim.seed=0                   seed of the sim2sim robot (resets, noise, randomized physics)
+  watchdog.max_observation_age=null
+                                   seconds before an observation counts as stale (default 2 periods)
+  watchdog.max_inference_time=null
+                                   seconds of inference before the fallback is sent instead (default
+                                   half a period with realtime=true; not enforced in simulated time)
+  out=null                         report path (default <export>/deploy.json); its directory must
+                                   exist
 """
 
 

@@ -219,6 +219,9 @@ UNSUPPORTED_FLAGS = {
 }
 # Hydra's directory settings: robo-rl's run_dir= names them (a resume, a sweep's continuation and the checks use it)
 DIRECTORY_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir")
+# the Hydra flags robo-rl train passes on (any other is refused in one line, not with Hydra's usage text)
+HYDRA_FLAGS = ("-m", "--multirun", "-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "--resolve", "-p",
+               "--package", "-r", "--run", "-i", "--info")
 
 
 def hydra_problem(args: Sequence[str]) -> str | None:
@@ -240,6 +243,9 @@ def hydra_problem(args: Sequence[str]) -> str | None:
             return (f"{flag} is not supported by robo-rl train: it composes its own configs (robo_rl/configs); choose "
                     "them with algo=, env=, policy=, safety=, randomize= and set any key with key=value (a task of "
                     "your own: env.id=module:Id, env.kwargs.<name>=...; see robo-rl train --help)")
+        if a.startswith("-") and flag not in HYDRA_FLAGS:
+            return (f"{a}: not an option of robo-rl train: settings are key=value (steps=1e5, algo=sac); its flags "
+                    "are -m, --cfg job, --info, --help and --hydra-help (see robo-rl train --help)")
         if multirun and flag in ("--cfg", "-c", "--info", "-i", "--run", "-r"):
             return (f"{flag} cannot be combined with -m (Hydra runs one or the other): show one job's config "
                     f"without -m, with one value per key (robo-rl train seed=0 {flag} ...)")
