@@ -207,6 +207,9 @@ class GymnasiumBatchedEnv(BatchedEnv):
         except gym.error.DependencyNotInstalled as exc:  # e.g. Box2D for LunarLanderContinuous
             raise MissingDependency(f"{task_id} needs a package that is not installed: {exc}") from None
         check_box_spaces(task_id, probe.observation_space, probe.action_space)
+        if render and "rgb_array" not in (probe.metadata.get("render_modes") or ()):
+            raise ValueError(f"{task_id} cannot draw frames: its render modes are "
+                             f"{list(probe.metadata.get('render_modes') or [])}, and a video needs 'rgb_array'")
         probe_model = getattr(probe.unwrapped, "model", None)
         fps = probe.metadata.get("render_fps")
         self.dt = float(getattr(probe.unwrapped, "dt", 0.0) or 0.0) or (1.0 / fps if fps else None)

@@ -33,6 +33,28 @@ class RenderingUnavailable(RuntimeError):
     """This process cannot render frames (no usable OpenGL platform); the message says what to install or set."""
 
 
+def _mujoco_gl_at_import() -> str | None:
+    """The MUJOCO_GL value MuJoCo chose its OpenGL platform from (read once, when mujoco was imported)."""
+    import sys
+
+    module = sys.modules.get("mujoco.rendering.classic.gl_context") or sys.modules.get("mujoco.gl_context")
+    value = getattr(module, "_MUJOCO_GL", None)
+    return value if isinstance(value, str) else None
+
+
+def _no_rendering_message(exc: Exception) -> str:
+    now = os.environ.get("MUJOCO_GL", "")
+    used = _mujoco_gl_at_import()
+    if used is not None and used != now.lower().strip():
+        # e.g. gymnasium.make("HalfCheetah-v5", ...) before `import envs`: mujoco then picked GLFW, which needs a display
+        return (f"MuJoCo cannot render offscreen: it was imported with MUJOCO_GL={used or 'unset'} (it reads the variable "
+                f"once, on import), before MUJOCO_GL={now or 'unset'} was set ({exc}). Import envs (or robo_rl) before "
+                "anything that imports mujoco, e.g. gymnasium.make of a MuJoCo task, or set MUJOCO_GL=egl before starting Python.")
+    return (f"MuJoCo cannot render offscreen (MUJOCO_GL={now or 'unset'}): {exc}. "
+            "On a machine without a display install EGL (Debian: apt-get install libegl1 libgl1-mesa-dri) or "
+            "OSMesa (apt-get install libosmesa6) and set MUJOCO_GL=egl or osmesa before starting Python.")
+
+
 class MujocoRenderer:
     """RGB frames of MuJoCo simulations, with a gymnasium task's default camera."""
 
@@ -45,11 +67,7 @@ class MujocoRenderer:
         try:
             self.renderer = mujoco.Renderer(model, height=height, width=width)
         except Exception as exc:  # no usable OpenGL platform
-            raise RenderingUnavailable(
-                f"MuJoCo cannot render offscreen (MUJOCO_GL={os.environ.get('MUJOCO_GL', 'unset')}): {exc}. "
-                "On a machine without a display install EGL (Debian: apt-get install libegl1 libgl1-mesa-dri) or "
-                "OSMesa (apt-get install libosmesa6) and set MUJOCO_GL=egl or osmesa before starting Python."
-            ) from exc
+            raise RenderingUnavailable(_no_rendering_message(exc)) from exc
         self.camera = mujoco.MjvCamera()
         self.camera_config = dict(camera_config or {})
         self._placed = False
@@ -97,25 +115,91 @@ def require_pyav() -> Any:
     return av
 
 
-def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float) -> int:
-    """Encode RGB frames [H, W, 3] uint8 as H.264 MP4; returns the number of frames written."""
-    av = require_pyav()
+def check_video_path(path: str | Path) -> Path:
+    """``path`` can take an MP4: nothing but a file is in the way and its directory (made if missing) takes files.
+    Raises ValueError naming the path otherwise, so a caller can refuse before it records anything."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with av.open(str(path), "w") as container:
-        stream = None
+    for parent in (path.parent, *path.parent.parents):  # the first existing ancestor must be a writable directory
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"cannot write the video {path}: {parent} is a file, not a directory; move it away")
+            break
+    if path.is_dir() or (path.exists() and not path.is_file()):
+        raise ValueError(f"cannot write the video {path}: it is not a file; move it away")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"cannot write the video {path}: {parent} is read-only; make it writable or copy the run somewhere writable")
+    return path
+
+
+class Mp4Writer:
+    """An H.264 MP4 written frame by frame (RGB [H, W, 3] uint8), so a long video never sits in memory whole.
+
+    ``with Mp4Writer(path, fps) as video: video.add(frame)``; ``video.count`` frames are in the file once the block
+    ends. A path that cannot take the file, or a frame that is not an RGB image of the first frame's size, raises
+    ValueError saying which; a failed or abandoned video (an exception in the block) leaves no file behind."""
+
+    def __init__(self, path: str | Path, fps: float) -> None:
+        self._av = require_pyav()
+        self.path = check_video_path(path)
+        self.fps = fps
+        self.count = 0
+        self._stream: Any = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._container = self._av.open(str(self.path), "w")
+        except OSError as exc:
+            raise ValueError(f"cannot write the video {self.path}: {exc.strerror or exc}") from None
+
+    def add(self, frame: np.ndarray) -> None:
+        frame = np.asarray(frame)
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8 or min(frame.shape[:2]) < 2:
+            raise ValueError(f"cannot write the video {self.path}: frame {self.count} is not an RGB image [H, W, 3] of "
+                             f"uint8 (got shape {frame.shape}, dtype {frame.dtype}); the env's render() must return one")
+        if self._stream is None:
+            # exact rates: Humanoid's 0.015 s step is 200/3 fps (67 would play 0.5% fast)
+            rate = max(Fraction(1), Fraction(self.fps).limit_denominator(1000))
+            self._stream = self._container.add_stream("libx264", rate=rate)
+            self._stream.height, self._stream.width = frame.shape[0] // 2 * 2, frame.shape[1] // 2 * 2  # yuv420: even sizes
+            self._stream.pix_fmt = "yuv420p"
+            self._size = frame.shape[:2]
+        elif frame.shape[:2] != self._size:
+            raise ValueError(f"cannot write the video {self.path}: frame {self.count} is {frame.shape[1]}x{frame.shape[0]}, "
+                             f"the first was {self._size[1]}x{self._size[0]}; a video's frames all have one size")
+        image = np.ascontiguousarray(frame[: self._stream.height, : self._stream.width])
+        try:
+            for packet in self._stream.encode(self._av.VideoFrame.from_ndarray(image, format="rgb24")):
+                self._container.mux(packet)
+        except OSError as exc:  # a full disk, the directory removed, ...
+            raise ValueError(f"cannot write the video {self.path}: {exc.strerror or exc}") from None
+        self.count += 1
+
+    def close(self, keep: bool = True) -> None:
+        """Finish the file (``keep=False``: remove it)."""
+        try:
+            if keep and self._stream is not None:
+                for packet in self._stream.encode():
+                    self._container.mux(packet)
+        except OSError as exc:
+            keep = False
+            raise ValueError(f"cannot write the video {self.path}: {exc.strerror or exc}") from None
+        finally:
+            try:
+                self._container.close()
+            except OSError:
+                keep = False
+            if not keep:
+                self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "Mp4Writer":
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        self.close(keep=exc_type is None)
+
+
+def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float) -> int:
+    """Encode RGB frames [H, W, 3] uint8 as H.264 MP4; returns the number of frames written (see Mp4Writer)."""
+    with Mp4Writer(path, fps) as video:
         for frame in frames:
-            if stream is None:
-                # exact rates: Humanoid's 0.015 s step is 200/3 fps (67 would play 0.5% fast)
-                stream = container.add_stream("libx264", rate=max(Fraction(1), Fraction(fps).limit_denominator(1000)))
-                stream.height, stream.width = frame.shape[0] // 2 * 2, frame.shape[1] // 2 * 2  # yuv420 needs even sizes
-                stream.pix_fmt = "yuv420p"
-            image = np.ascontiguousarray(frame[: stream.height, : stream.width])
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-            count += 1
-        if stream is not None:
-            for packet in stream.encode():
-                container.mux(packet)
-    return count
+            video.add(frame)
+    return video.count

@@ -27,6 +27,7 @@ def evaluate(
     max_steps: int = 10_000_000,
     record_episodes: int = 0,
     record_transitions: bool = False,
+    frame_sink: Any = None,
 ) -> dict[str, Any]:
     """Run ``episodes`` complete episodes and report their undiscounted returns and lengths.
 
@@ -34,7 +35,9 @@ def evaluate(
     episodes are not over-represented the way "the first K to finish" would make them.
     The caller's RNG stream is left untouched. ``record_episodes > 0`` also returns ``frames``: env
     copy 0's first episodes, one frame per step starting with the initial state (the terminal state
-    itself is not drawn: the env resets in the step that ends the episode).
+    itself is not drawn: the env resets in the step that ends the episode). With ``frame_sink`` (a callable) the
+    frames go to it as they are drawn instead (e.g. an ``envs.rendering.Mp4Writer``'s ``add``), so a long video
+    never sits in memory: 1,000 480x480 frames are 690 MB.
     ``record_transitions`` also returns ``transitions``: the counted episodes' (obs, executed
     actions, rewards, next_obs, terminated) as tensors, the arrays of a demonstrations file.
     A head that predicts action chunks runs ``execute`` actions of each chunk per query, as it was trained to.
@@ -51,7 +54,10 @@ def evaluate(
         if seed is not None:
             torch.manual_seed(seed)
         obs = env.reset(seed=seed)
-        frames = [env.render(0)] if record_episodes > 0 else []
+        frames: list[Any] = []
+        keep = frame_sink if frame_sink is not None else frames.append
+        if record_episodes > 0:
+            keep(env.render(0))
         recorded = 0
         steps = 0
         keys = ("obs", "actions", "rewards", "next_obs", "terminated")
@@ -82,7 +88,7 @@ def evaluate(
                 if bool(ep["mask"][0]):
                     recorded += 1
                 if recorded < record_episodes or not bool(ep["mask"][0]):
-                    frames.append(env.render(0))
+                    keep(env.render(0))
             for i in ep["mask"].nonzero().flatten().tolist():
                 if done_count[i] < quota[i]:
                     returns.append(float(ep["return"][i]))
@@ -98,7 +104,7 @@ def evaluate(
                     f"finished: {sum(done_count)}): its episodes are too long or never end; give the task a time limit "
                     "(env.max_episode_steps) or evaluate fewer episodes")
     mean = sum(returns) / len(returns)
-    extra: dict[str, Any] = {"frames": frames} if record_episodes > 0 else {}
+    extra: dict[str, Any] = {"frames": frames} if record_episodes > 0 and frame_sink is None else {}
     if record_transitions:
         if kept and all(len(row) > len(keys) for row in kept):
             keys += ("costs",)

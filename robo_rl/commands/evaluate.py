@@ -105,28 +105,38 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
         require_pyav()  # before the episodes run, not after
     ckpt = resolve_checkpoint(run_dir, opts.checkpoint)
     manifest = verify_checkpoint(ckpt, replay=False)  # the weights are read, not the replay
+    video_path = (run_dir / "videos" / f"eval-step{int(manifest['step'])}.mp4").resolve()
+    if opts.video:
+        from envs.rendering import check_video_path
+
+        check_video_path(video_path)  # a file in the way of videos/: refused before the episodes, not after
     raw = build_env(cfg, num_envs=min(int(opts.num_envs), int(opts.episodes)), vectorization="sync", randomize=False,
                     render=bool(opts.video))
     safety = safety_settings(cfg)  # the run's own filters act here as in its training-time evaluations
     env = SafetyLayer(raw, safety.filters, safety.cost_key, keep_episode_costs=True)
+    video = None
     try:
         policy = load_policy(cfg, env, ckpt, opts.device)
+        if opts.video:  # frames are encoded as they are drawn: a long video never sits in memory
+            from envs.rendering import Mp4Writer
+
+            video = Mp4Writer(video_path, fps=1.0 / env.dt if env.dt else 30.0)
         result = evaluate(policy, env, int(opts.episodes), bool(opts.deterministic), seed=int(opts.seed),
                           record_episodes=int(opts.video_episodes) if opts.video else 0,
-                          record_transitions=opts.demos_out is not None)
+                          record_transitions=opts.demos_out is not None,
+                          frame_sink=video.add if video is not None else None)
+        if video is not None:
+            video.close()
+            result["video"], result["video_frames"] = str(video_path), video.count
+            video = None
         costs = env.counted_costs(result["env_index"])
         if costs is not None:  # the task reports a cost (info[safety.cost_key]): per-episode sums
             result["costs"], result["cost_mean"] = costs, sum(costs) / len(costs)
             result["cost_key"] = str(safety.cost_key)
     finally:
+        if video is not None:  # the evaluation failed: no half-written video
+            video.close(keep=False)
         env.close()
-    if opts.video:
-        from envs.rendering import write_mp4
-
-        path = (run_dir / "videos" / f"eval-step{int(manifest['step'])}.mp4").resolve()
-        frames = result.pop("frames")
-        result["video"] = str(path)
-        result["video_frames"] = write_mp4(path, frames, fps=1.0 / env.dt if env.dt else 30.0)
     if opts.demos_out is not None:
         from robo_rl.demos import save_demos
 

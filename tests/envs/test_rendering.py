@@ -15,3 +15,117 @@ def test_videos_play_at_the_task_s_exact_rate(tmp_path):
         assert float(container.streams.video[0].average_rate) == pytest.approx(200 / 3)
         assert sum(1 for _ in container.decode(video=0)) == 200
         assert container.duration / 1e6 == pytest.approx(3.0, abs=1e-3)  # 200 steps of 0.015 s
+
+
+def test_a_video_path_that_cannot_take_the_file_is_refused_in_one_line(tmp_path):
+    pytest.importorskip("av")
+    (tmp_path / "videos").write_text("not a directory")  # e.g. a file where <run_dir>/videos should go
+    frames = [np.zeros((16, 16, 3), np.uint8)] * 3
+    with pytest.raises(ValueError, match=r"cannot write the video .*videos/v\.mp4: .*videos is a file, not a directory"):
+        write_mp4(tmp_path / "videos" / "v.mp4", frames, 30)
+    (tmp_path / "d.mp4").mkdir()
+    with pytest.raises(ValueError, match=r"d\.mp4: it is not a file"):
+        write_mp4(tmp_path / "d.mp4", frames, 30)
+
+
+@pytest.mark.parametrize("bad, what", [
+    (np.zeros((16, 16, 3), np.float32), r"frame 2 is not an RGB image \[H, W, 3\] of uint8 .*float32"),
+    (np.zeros((16, 16), np.uint8), r"frame 2 is not an RGB image .*\(16, 16\)"),
+    (np.zeros((20, 16, 3), np.uint8), r"frame 2 is 16x20, the first was 16x16"),
+])
+def test_frames_that_are_not_one_size_of_rgb_image_are_refused_and_leave_no_file(tmp_path, bad, what):
+    pytest.importorskip("av")
+    path = tmp_path / "v.mp4"
+    with pytest.raises(ValueError, match=what):
+        write_mp4(path, [np.zeros((16, 16, 3), np.uint8)] * 2 + [bad], 30)
+    assert not path.exists()  # no half-written video left behind
+
+
+def _renderer_or_skip(env):
+    from envs.rendering import RenderingUnavailable
+
+    try:
+        return env.render(0)
+    except RenderingUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.mark.parametrize("task", ["HalfCheetah-v5", "Hopper-v5"])
+def test_batched_frames_draw_the_state_the_observation_describes(task):
+    # gymnasium's render() after step() draws the geom positions MuJoCo computed at the start of the last substep
+    # (mj_step does not recompute them); the batched backend draws the current state, which is gymnasium's frame
+    # once its kinematics are brought up to date. At reset both are the same picture.
+    import gymnasium as gym
+    import mujoco
+    import torch
+
+    from envs import make_env
+
+    ours = make_env(task, num_envs=1, backend="mujoco", kwargs={"width": 96, "height": 64})
+    theirs = gym.make(task, render_mode="rgb_array", width=96, height=64)
+    ours.reset(seed=3)
+    theirs.reset(seed=3)
+    try:
+        first = _renderer_or_skip(ours)
+        assert np.array_equal(first, theirs.render())
+        rng = np.random.default_rng(0)
+        for _ in range(5):
+            action = rng.uniform(-1, 1, ours.action_space.shape[-1]).astype(np.float32)
+            ours.step(torch.as_tensor(action)[None])
+            theirs.step(action)
+        frame = ours.render(0)
+        assert not np.array_equal(frame, first)  # the scene moved
+        mujoco.mj_forward(theirs.unwrapped.model, theirs.unwrapped.data)
+        assert np.array_equal(frame, theirs.render())
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_mujoco_imported_before_the_headless_default_is_named_as_the_cause():
+    # gymnasium.make("HalfCheetah-v5") before `import envs` imports mujoco with MUJOCO_GL unset (GLFW, which needs a
+    # display); the message said MUJOCO_GL=egl, the value robo-rl set too late, and advised installing EGL
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "DISPLAY", "WAYLAND_DISPLAY")}
+    code = (
+        "import mujoco\n"
+        "from envs import make_env\n"
+        "from envs.rendering import RenderingUnavailable\n"
+        "env = make_env('Hopper-v5', num_envs=1, backend='mujoco')\n"
+        "env.reset(seed=0)\n"
+        "try:\n"
+        "    env.render(0)\n"
+        "    print('RENDERED')\n"
+        "except RenderingUnavailable as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stdout
+    if "RENDERED" in out:
+        pytest.skip("this machine renders with MuJoCo's default platform")
+    assert "it was imported with MUJOCO_GL=unset" in out and "before MUJOCO_GL=egl was set" in out
+    assert "Import envs (or robo_rl) before anything that imports mujoco" in out
+
+
+def test_a_video_written_frame_by_frame_is_the_same_file_and_an_abandoned_one_is_removed(tmp_path):
+    av = pytest.importorskip("av")
+    from envs.rendering import Mp4Writer
+
+    frames = [np.full((32, 48, 3), 7 * i % 255, np.uint8) for i in range(20)]
+    with Mp4Writer(tmp_path / "a.mp4", 25) as video:
+        for frame in frames:
+            video.add(frame)
+    assert video.count == 20
+    write_mp4(tmp_path / "b.mp4", frames, 25)
+    decoded = []
+    for name in ("a.mp4", "b.mp4"):
+        with av.open(str(tmp_path / name)) as container:
+            decoded.append(np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]))
+    assert decoded[0].shape == (20, 32, 48, 3) and np.array_equal(decoded[0], decoded[1])
+    with pytest.raises(KeyboardInterrupt):
+        with Mp4Writer(tmp_path / "c.mp4", 25) as video:
+            video.add(frames[0])
+            raise KeyboardInterrupt  # e.g. the evaluation stopped half-way
+    assert not (tmp_path / "c.mp4").exists()
