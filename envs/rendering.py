@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -195,11 +195,3 @@ class Mp4Writer:
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         self.close(keep=exc_type is None)
-
-
-def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float) -> int:
-    """Encode RGB frames [H, W, 3] uint8 as H.264 MP4; returns the number of frames written (see Mp4Writer)."""
-    with Mp4Writer(path, fps) as video:
-        for frame in frames:
-            video.add(frame)
-    return video.count

@@ -420,6 +420,16 @@ def test_eval_writes_a_video_with_one_frame_per_step(tmp_path):
     robo_rl("eval", "run_dir=ip", "episodes=1", "video=true", "video_episodes=2", cwd=tmp_path)
     result = json.loads((tmp_path / "ip" / "eval.json").read_text())
     assert result["episodes"] == 1 and result["video_frames"] > result["lengths"][0] + 1
+    # a file where videos/ belongs: refused in one line before any episode runs, the last eval.json kept
+    import shutil
+
+    shutil.rmtree(tmp_path / "ip" / "videos")
+    (tmp_path / "ip" / "videos").write_text("not a directory")
+    before = (tmp_path / "ip" / "eval.json").read_text()
+    proc = robo_rl("eval", "run_dir=ip", "episodes=1", "video=true", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "videos is a file, not a directory" in proc.stderr and "eval at" not in proc.stderr
+    assert (tmp_path / "ip" / "eval.json").read_text() == before
 
 
 def test_help_piped_into_a_reader_that_stopped_exits_quietly():

@@ -106,10 +106,6 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
     ckpt = resolve_checkpoint(run_dir, opts.checkpoint)
     manifest = verify_checkpoint(ckpt, replay=False)  # the weights are read, not the replay
     video_path = (run_dir / "videos" / f"eval-step{int(manifest['step'])}.mp4").resolve()
-    if opts.video:
-        from envs.rendering import check_video_path
-
-        check_video_path(video_path)  # a file in the way of videos/: refused before the episodes, not after
     raw = build_env(cfg, num_envs=min(int(opts.num_envs), int(opts.episodes)), vectorization="sync", randomize=False,
                     render=bool(opts.video))
     safety = safety_settings(cfg)  # the run's own filters act here as in its training-time evaluations
@@ -117,7 +113,8 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
     video = None
     try:
         policy = load_policy(cfg, env, ckpt, opts.device)
-        if opts.video:  # frames are encoded as they are drawn: a long video never sits in memory
+        if opts.video:  # frames are encoded as they are drawn (a long video never sits in memory); a path that
+            # cannot take the file is refused here, before the episodes run
             from envs.rendering import Mp4Writer
 
             video = Mp4Writer(video_path, fps=1.0 / env.dt if env.dt else 30.0)

@@ -160,6 +160,20 @@ def test_drawing_frames_without_the_task_s_renderer_says_which_package():
         env.render(0)
 
 
+class _CannotDraw(_DrawsWithAMissingPackage):
+    metadata = {"render_modes": [], "render_fps": 30}
+
+
+gym.register("robo_rl_test/CannotDraw-v0", entry_point=_CannotDraw, max_episode_steps=5)
+
+
+def test_a_video_of_a_task_that_cannot_draw_is_refused_when_the_env_is_built():
+    # it crashed with gymnasium's NotImplementedError at the first frame, after the episodes had started
+    with pytest.raises(ValueError, match=r"CannotDraw-v0 cannot draw frames: its render modes are \[\], .*'rgb_array'"):
+        make_env("robo_rl_test/CannotDraw-v0", render=True)
+    make_env("robo_rl_test/CannotDraw-v0").close()  # without a video it is a task like any other
+
+
 def test_bad_kwargs_name_the_task():
     with pytest.raises(ValueError, match="Hopper-v5: bad env kwargs"):
         make_env("Hopper-v5", kwargs={"no_such_option": 1})
