@@ -83,14 +83,22 @@ class CriticSelectPolicy(PolicyHead):
         noise[:, : d // self.n] = 0.0
         return noise.expand(batch, d)
 
-    def candidates(self, obs: torch.Tensor, deterministic: bool = False, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, N or 2N, A]: N base samples (and each one edited, with an edit policy)."""
+    def candidates(self, obs: torch.Tensor, deterministic: bool = False, noise: torch.Tensor | None = None,
+                   check: bool = False) -> torch.Tensor:
+        """[B, N or 2N, A]: N base samples (and each one edited, with an edit policy).
+
+        ``check``: a FloatingPointError naming the base head if its actions are non-finite (what ``act`` does;
+        the base's own ``act`` checks the sampled ones, the chain from explicit noise is checked here, before
+        the edits, so that a diverged base is not reported as a diverged edit policy). The export path
+        (``forward``) does not check, as no head's does."""
         b = obs.shape[0]
         states = obs.repeat_interleave(self.n, dim=0)
         if deterministic or noise is not None:
             noise = self.fixed_noise(b, obs.device) if noise is None else noise
             if noise is not None:  # generative base: each candidate from its own slice of the noise
                 base_actions = self.base.from_unit(self.base.generate(states, noise.reshape(b * self.n, -1)))[:, 0]
+                if check:
+                    base_actions = self.base.checked(base_actions)
             else:
                 base_actions = self.base.act(states, deterministic=True)
         else:
@@ -103,7 +111,10 @@ class CriticSelectPolicy(PolicyHead):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        candidates = self.candidates(obs, deterministic)
+        # validated and cast as every head's act does (the critic and the repeat below would otherwise fail on a
+        # float64, 1-D or numpy obs with a dtype or shape error from deep inside)
+        obs = self.observations(obs)
+        candidates = self.candidates(obs, deterministic, check=True)
         return best(candidates, score(self.critic, self.base, obs, candidates))[0]
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, None]:

@@ -263,6 +263,9 @@ class GoRLSAC(DecoderRefit, SAC):
         **sac_options: Any,
     ) -> None:
         policy = require_latent_head(policy, self.name)
+        if refit_every is None:  # (GoRL-PPO's None means "from the stages"; SAC has no stages)
+            raise ValueError("algo.refit_every=None: algo=gorl_sac refits its decoder every algo.refit_every gradient "
+                             "updates and has no stages; give a whole number >= 1 (default 20,000)")
         if not policy.latent.squash:
             raise ValueError("algo=gorl_sac needs a squashed latent policy (an exact, reparameterized log-probability "
                              "inside the latent bounds): set policy.squash=true, the algo=gorl_sac default")

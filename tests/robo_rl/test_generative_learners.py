@@ -362,6 +362,13 @@ def test_gorl_sac_needs_a_squashed_latent_and_a_flow_decoder():
         latent_sac_head(decoder="diffusion")
 
 
+def test_gorl_sac_needs_a_refit_interval():
+    # GoRL-PPO's refit_every=None means "from the stages"; GoRL-SAC has none, and used to fail at its first
+    # update with a TypeError about the modulo of None
+    with pytest.raises(ValueError, match="algo.refit_every=None: algo=gorl_sac"):
+        GoRLSAC(latent_sac_head(), refit_every=None)
+
+
 def test_gorl_sac_first_stage_is_sacs_tanh_gaussian():
     # latent_limit 1 and the identity decoder: the env action is exactly tanh(x), x ~ N(mu(s), sigma(s))
     head = latent_sac_head()
@@ -463,3 +470,31 @@ def test_deterministic_acting_includes_the_base_heads_own_deterministic_action()
         torch.testing.assert_close(candidates[:, 0], base.act(obs, deterministic=True))
         assert not torch.allclose(candidates[:, 1], candidates[:, 0])  # the others are seeded draws
         torch.testing.assert_close(select.act(obs, deterministic=True), select.act(obs, deterministic=True))
+
+
+@pytest.mark.parametrize("cls", [PARL, EXPO])
+@pytest.mark.parametrize("head, options", [("flow", {"steps": 2}), ("diffusion", {"inference_steps": 2, "train_steps": 20})])
+def test_acting_refuses_a_diverged_base_in_either_mode_naming_it(cls, head, options):
+    # deterministic acting (evaluation, robo-rl eval) draws the base's candidates from fixed noise through its
+    # chain, not through its checked act: a NaN base must not reach the env there either, and is named (not
+    # reported as EXPO's edit policy, a Gaussian)
+    policy = build_head(head, 3, LOW, HIGH, hidden_sizes=(16, 16), **options)
+    learner = cls(policy, critic_hidden=(16,))
+    with torch.no_grad():
+        policy.net.out.bias.fill_(float("nan"))
+    for deterministic in (False, True):
+        with pytest.raises(FloatingPointError, match=f"the {head} head produced non-finite actions"):
+            learner.policy.act(torch.randn(4, 3), deterministic=deterministic)
+
+
+@pytest.mark.parametrize("cls", [PARL, EXPO])
+def test_acting_takes_observations_as_every_head_does(cls):
+    policy = build_head("flow", 3, LOW, HIGH, hidden_sizes=(16, 16), steps=2)
+    select = cls(policy, critic_hidden=(16,)).policy
+    obs = torch.randn(4, 3)
+    torch.testing.assert_close(select.act(obs.double(), deterministic=True), select.act(obs, deterministic=True))
+    for deterministic in (False, True):
+        with pytest.raises(ValueError, match=r"obs \[B, 3\], got shape \[3\] \(obs\[None\] for one observation\)"):
+            select.act(obs[0], deterministic=deterministic)
+        with pytest.raises(TypeError, match="float tensor"):
+            select.act(obs.numpy(), deterministic=deterministic)
