@@ -225,20 +225,23 @@ class FusedPPOStep:
         sums = np.zeros(7)
         count = applied = 0
         stop = False
-        for _ in range(ppo.epochs):
-            perm = torch.randperm(size).numpy()  # the same RNG use as the autograd path
-            shuffled = [x[perm] for x in data]  # one gather per epoch; minibatches are then slices
-            for start in range(0, size, mb):
-                stats = self._minibatch(*(x[start:start + mb] for x in shuffled))
-                stop = math.isnan(stats[5])  # stopped on KL before this minibatch's step (no grad norm)
-                with np.errstate(over="ignore"):  # a diverging loss sums to inf, which the runner's check reports
-                    sums += np.nan_to_num(stats, nan=0.0)
-                count += 1
-                applied += not stop
+        # a diverging update's losses go inf or NaN and the runner's check on the metrics reports it in one line (as on
+        # the autograd path; a NaN taken for the KL stop once hid it behind losses of 0 until the next rollout), so
+        # numpy's overflow warnings on the way would only add noise
+        with np.errstate(over="ignore", invalid="ignore"):
+            for _ in range(ppo.epochs):
+                perm = torch.randperm(size).numpy()  # the same RNG use as the autograd path
+                shuffled = [x[perm] for x in data]  # one gather per epoch; minibatches are then slices
+                for start in range(0, size, mb):
+                    stats, stepped = self._minibatch(*(x[start:start + mb] for x in shuffled))
+                    stop = not stepped  # stopped on KL before this minibatch's step (its grad norm 0, not counted)
+                    sums += stats
+                    count += 1
+                    applied += not stop
+                    if stop:
+                        break
                 if stop:
                     break
-            if stop:
-                break
         names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm", "prior_kl")
         counts = [count] * 7
         counts[5] = max(applied, 1)  # no step taken: the first minibatch passed the KL limit, grad_norm 0
@@ -247,7 +250,9 @@ class FusedPPOStep:
         metrics["minibatches"] = torch.tensor(float(applied))
         return metrics
 
-    def _minibatch(self, obs, actions, old_logp, old_values, adv, returns) -> np.ndarray:
+    def _minibatch(self, obs, actions, old_logp, old_values, adv, returns) -> tuple[np.ndarray, bool]:
+        """The minibatch's statistics (as ``PPO.ppo_loss`` names them, then grad_norm and prior_kl) and whether
+        it took its step (False: stopped on the KL limit)."""
         ppo = self.ppo
         b = obs.shape[0]
         eps = ppo.clip_range
@@ -282,7 +287,7 @@ class FusedPPOStep:
             var = np.exp(2.0 * log_std)
             prior_kl = float(np.add.reduce(0.5 * (var - 1.0) - log_std)) + 0.5 * float(np.vdot(mean, mean)) / b
         if ppo.target_kl is not None and approx_kl > 1.5 * ppo.target_kl:  # as PPO._minibatch_step: no step
-            return np.array([policy_loss, value_loss, entropy, approx_kl, clip_fraction, np.nan, prior_kl])
+            return np.array([policy_loss, value_loss, entropy, approx_kl, clip_fraction, 0.0, prior_kl]), False
 
         # torch.min passes the gradient to r*A where r*A < clip(r)*A, and splits ties, which happen
         # exactly where 1-eps <= r <= 1+eps (clip passes its gradient there too) or A = 0: so the
@@ -313,4 +318,4 @@ class FusedPPOStep:
         torch._fused_adam_([self.flat], [self.g_t], [self.m], [self.v], [], [self.step_tensor], amsgrad=False,
                            lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1], weight_decay=0.0,
                            eps=group["eps"], maximize=False)
-        return np.array([policy_loss, value_loss, entropy, approx_kl, clip_fraction, grad_norm, prior_kl])
+        return np.array([policy_loss, value_loss, entropy, approx_kl, clip_fraction, grad_norm, prior_kl]), True

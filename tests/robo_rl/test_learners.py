@@ -261,3 +261,46 @@ def test_training_state_round_trip_includes_optimizers():
     m2 = clone.update(batch())
     assert all(torch.equal(m1[k], m2[k]) for k in m1)
     assert all(torch.equal(a, b) for a, b in zip(sac.state_dict().values(), clone.state_dict().values()))
+
+
+def test_sac_and_td3_targets_work_in_unit_actions_on_an_asymmetric_box():
+    # On [-1, 1] env and unit actions are the same numbers; on [0, 5] x [-5, 1] the critics must still see unit
+    # actions, TD3's smoothing noise (0.2, clipped at 0.5) must be in unit scale and SAC's log pi a unit-space
+    # density: the losses equal references written on the raw networks (SB3's conventions)
+    low, high = np.array([0.0, -5.0]), np.array([5.0, 1.0])
+    scale, bias = torch.tensor([2.5, 3.0]), torch.tensor([2.5, -2.0])
+    b = batch(64)
+    unit = b.actions  # uniform in [-1, 1]
+    b = b._replace(actions=unit * scale + bias)
+    sac = SAC(build_head("gaussian", OBS, low, high, hidden_sizes=(16,)), gamma=0.9, critic_hidden=(16,))
+    td3 = TD3(build_head("deterministic", OBS, low, high, hidden_sizes=(16,)), gamma=0.9, critic_hidden=(16,))
+    with torch.no_grad():  # targets that differ from the online networks
+        for p in [*sac.critic_target.parameters(), *td3.critic_target.parameters(), *td3.actor_target.parameters()]:
+            p.add_(0.1 * torch.randn_like(p))
+    alpha = torch.tensor(0.3)
+    torch.manual_seed(7)
+    loss, _ = sac.critic_loss(b, alpha)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        mean, log_std = sac.policy.net(b.next_obs).chunk(2, -1)
+        x = mean + log_std.clamp(-20, 2).exp() * torch.randn_like(mean)
+        logp = torch.distributions.Normal(mean, log_std.clamp(-20, 2).exp()).log_prob(x).sum(-1)
+        logp = logp - torch.log(1 - torch.tanh(x) ** 2).sum(-1)
+        y = b.rewards + 0.9 * (1 - b.terminated) * (sac.critic_target(b.next_obs, torch.tanh(x)).min(0).values - 0.3 * logp)
+        expected = 0.5 * (sac.critic(b.obs, unit) - y).square().mean(1).sum()
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-5)
+    torch.manual_seed(9)
+    loss, _ = td3.critic_loss(b)
+    torch.manual_seed(9)
+    with torch.no_grad():
+        mu = torch.tanh(td3.actor_target.net(b.next_obs))
+        a2 = (mu + (0.2 * torch.randn_like(mu)).clamp(-0.5, 0.5)).clamp(-1, 1)
+        y = b.rewards + 0.9 * (1 - b.terminated) * td3.critic_target(b.next_obs, a2).min(0).values
+        expected = (td3.critic(b.obs, unit) - y).square().mean(1).sum()
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+    # exploration noise is 0.1 in unit scale too: std 0.25 and 0.3 in env units, inside the box
+    with torch.no_grad():
+        td3.policy.net[-1].weight.zero_(), td3.policy.net[-1].bias.zero_()  # the box's centre
+    a = td3.explore(torch.zeros(20_000, OBS))
+    torch.testing.assert_close(a.std(0), 0.1 * scale, rtol=0.05, atol=0.0)
+    assert bool(((a >= torch.tensor(low)) & (a <= torch.tensor(high))).all())

@@ -1,6 +1,7 @@
 """The fused numpy PPO step computes the same update as the autograd path."""
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -155,3 +156,42 @@ def test_prior_kl_penalty_needs_an_unsquashed_gaussian():
         PPO(head, prior_kl_coef=0.1)
     with pytest.raises(ValueError, match="prior_kl_coef must be >= 0"):
         learner("off", prior_kl_coef=-1.0)
+
+
+@pytest.mark.parametrize("fused", ["off", "on"])
+def test_an_update_that_diverges_reports_it_in_its_metrics(fused):
+    # lr 1e37 blows the weights up within the update, from a finite rollout: the losses go NaN/Inf, which the
+    # runner stops on at once. The fused step took a NaN gradient norm for a KL stop: it ended the update and
+    # reported a value loss of 0 and fewer minibatches than it had stepped, over NaN weights
+    ppo, batch = learner(fused, lr=1e37), rollout()
+    with np.errstate(all="ignore"):
+        m = run(ppo, batch)
+    assert not math.isfinite(float(m["value_loss"])) and not math.isfinite(float(m["grad_norm"]))
+    assert float(m["minibatches"]) == 40  # every minibatch was stepped (no KL limit is set)
+    assert all(float(st["step"]) == 40 for st in ppo.opt.state_dict()["state"].values())
+
+
+def test_fused_equals_autograd_on_an_asymmetric_box_with_a_ragged_last_minibatch():
+    # unit_actions maps the Gaussian into [0, 5] x [-5, 1] x [2, 2.5]; 250 samples make minibatches of 64, 64,
+    # 64 and 58; the rollout comes from the learner's own act (env-unit actions, as the runner stores them)
+    low, high = np.array([0.0, -5.0, 2.0]), np.array([5.0, 1.0, 2.5])
+
+    def make(fused):
+        torch.manual_seed(0)
+        head = build_head("gaussian", OBS, low, high, normalize_obs=True, hidden_sizes=(32, 32), activation="tanh",
+                          squash=False, state_dependent_std=False, ortho_init=True)
+        head.obs_norm.update(torch.randn(500, OBS) * 3 + 2)
+        return PPO(head, fused=fused, value_hidden=(32, 32), minibatch_size=64, clip_range_vf=0.2, ent_coef=0.01)
+
+    auto, fused = make("off"), make("on")
+    torch.manual_seed(1)
+    obs = torch.randn(250, OBS) * 3 + 2
+    actions, logp, values = auto.act(obs)
+    assert bool(((actions < torch.tensor(low)) | (actions > torch.tensor(high))).any())  # unclipped samples too
+    batch = RolloutBatch(obs, actions, logp - torch.linspace(-0.3, 0.3, 250), values, torch.randn(250) * 3,
+                         values + torch.randn(250))
+    m_auto, m_fused = run(auto, batch), run(fused, batch)
+    assert max_diff(auto, fused) < 1e-6
+    assert float(m_auto["minibatches"]) == float(m_fused["minibatches"]) == 40
+    for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm"):
+        assert abs(float(m_auto[key]) - float(m_fused[key])) < 1e-4 * max(1.0, abs(float(m_auto[key]))), key
