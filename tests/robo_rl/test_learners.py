@@ -73,7 +73,8 @@ def test_sac_refuses_a_target_entropy_no_squashed_policy_reaches():
     assert SAC(head, critic_hidden=(16,), target_entropy=ceiling - 0.01).target_entropy == ceiling - 0.01
     SAC(head, critic_hidden=(16,), target_entropy=5.0, autotune_alpha=False)  # fixed alpha: the target is unused
     unsquashed = build_head("gaussian", OBS, LOW, HIGH, hidden_sizes=(16,), squash=False)
-    assert SAC(unsquashed, critic_hidden=(16,), target_entropy=5.0).target_entropy == 5.0  # no ceiling on R^|A|
+    with pytest.raises(ValueError, match=r"algo=sac needs a squashed policy \(policy.squash=true"):
+        SAC(unsquashed, critic_hidden=(16,))  # its samples would reach the critics outside the box
     # a -m sweep's check builds on a stand-in 2-D action: 1.5 fits Hopper's 3-D one, so it is left to the real task
     from robo_rl.build import check_head_and_learner
     from robo_rl.defaults import resolve_defaults
