@@ -21,8 +21,12 @@ class RunningMeanStd(nn.Module):
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
-        """Fold a batch x [B, *shape] into the statistics."""
-        x = x.detach().to(torch.float64).reshape(-1, *self.mean.shape)
+        """Fold a batch x [B, *shape] (or [*shape], or [T, B, *shape]) into the statistics."""
+        shape = tuple(self.mean.shape)
+        if tuple(x.shape[max(x.dim() - len(shape), 0):]) != shape:  # reshape would regroup [B, 2 D] into [2 B, D]
+            raise ValueError(f"observation statistics of shape {list(shape)} cannot take a batch of shape "
+                             f"{list(x.shape)}: pass observations [B, {', '.join(map(str, shape))}]")
+        x = x.detach().to(torch.float64).reshape(-1, *shape)
         n = x.shape[0]
         if n == 0:
             return

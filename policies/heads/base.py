@@ -142,12 +142,21 @@ class PolicyHead(nn.Module, abc.ABC):
             obs = obs.to(self.action_low.dtype)
         return obs
 
+    def action_layouts(self) -> tuple[tuple[int, ...], ...]:
+        """The per-observation shapes ``paired`` accepts for ``actions`` (one action [act_dim]; chunk heads add theirs)."""
+        return ((self.act_dim,),)
+
     def paired(self, obs: torch.Tensor, actions: torch.Tensor) -> None:
-        """Raise unless ``obs`` [B, obs_dim] and ``actions`` [B, ...] are one batch of pairs: a [1, A] or [A]
-        action would broadcast against every observation into a plausible but wrong loss or log-prob."""
-        if obs.dim() != 2 or obs.shape[1] != self.obs_dim or actions.dim() < 2 or actions.shape[0] != obs.shape[0]:
-            raise ValueError(f"the {self.name} head takes obs [B, {self.obs_dim}] with actions [B, {self.act_dim}] "
-                             f"(one action per observation), got obs {list(obs.shape)} and actions {list(actions.shape)}")
+        """Raise unless ``obs`` [B, obs_dim] and ``actions`` [B, act_dim] (or a chunk head's [B, chunk, act_dim]) are
+        one batch of pairs: a [1, A] or [A] action would broadcast against every observation, a [B, 1] one against
+        every action dimension and a [B, 1, A] one into a [B, B] log-prob, each a plausible but wrong loss or log-prob."""
+        layouts = self.action_layouts()
+        if (obs.dim() != 2 or obs.shape[1] != self.obs_dim or actions.dim() < 2 or actions.shape[0] != obs.shape[0]
+                or tuple(actions.shape[1:]) not in layouts):
+            shapes = " or ".join(str(["B", *layout]).replace("'", "") for layout in layouts)
+            one = "one action or chunk" if len(layouts) > 1 else "one action"
+            raise ValueError(f"the {self.name} head takes obs [B, {self.obs_dim}] with actions {shapes} ({one} per "
+                             f"observation), got obs {list(obs.shape)} and actions {list(actions.shape)}")
 
     def checked(self, actions: torch.Tensor, also: torch.Tensor | None = None, what: str = "actions") -> torch.Tensor:
         """``actions`` once known to be finite (and ``also``: network outputs they were chosen by), else a

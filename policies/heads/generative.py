@@ -147,6 +147,10 @@ class GenerativeHead(PolicyHead):
     def time_scale(self) -> float:
         return 1.0
 
+    def action_layouts(self) -> tuple[tuple[int, ...], ...]:
+        # single actions [B, A] (a chunk head refuses them in to_unit_chunk, saying it needs chunks) or chunks
+        return ((self.act_dim,), (self.action_chunk, self.act_dim))
+
     def noise_shape(self, batch: int) -> tuple[int, int]:
         return (batch, self.x_dim)
 

@@ -42,7 +42,8 @@ class MixtureHead(PolicyHead):
         with torch.no_grad():  # spread the initial component means so the modes start apart
             last = [m for m in self.net if isinstance(m, torch.nn.Linear)][-1]
             means = last.bias[self.k:self.k + self.k * self.act_dim].view(self.k, self.act_dim)
-            means.copy_(torch.linspace(-0.5, 0.5, self.k)[:, None].expand(self.k, self.act_dim))
+            spread = torch.linspace(-0.5, 0.5, self.k) if self.k > 1 else torch.zeros(1)  # one component: centred
+            means.copy_(spread[:, None].expand(self.k, self.act_dim))
 
     def components(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """log-weights [B, K], means [B, K, A], log-stds [B, K, A]."""
@@ -71,13 +72,36 @@ class MixtureHead(PolicyHead):
             raise FloatingPointError(f"the {self.name} head produced non-finite mixture weights "
                                      "(diverged weights?)") from None
 
+    def _draw(self, log_w: torch.Tensor, means: torch.Tensor, log_stds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, A] drawn from the mixture (differentiable given the component) and the drawn component's log-weight [B]."""
+        pick = self._pick(log_w)
+        rows = torch.arange(log_w.shape[0], device=log_w.device)
+        return means[rows, pick] + log_stds[rows, pick].exp() * torch.randn_like(means[:, 0]), log_w[rows, pick]
+
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         log_w, means, log_stds = self.components(obs)
-        pick = self._pick(log_w)
-        rows = torch.arange(obs.shape[0], device=obs.device)
-        x = means[rows, pick] + log_stds[rows, pick].exp() * torch.randn_like(means[:, 0])
+        x, _ = self._draw(log_w, means, log_stds)
+        return env_actions(self, x), self._log_prob_x(log_w, means, log_stds, x)
+
+    def _entropy(self, log_w: torch.Tensor, means: torch.Tensor, log_stds: torch.Tensor) -> torch.Tensor:
+        """A one-sample estimate of the entropy [B], -log pi(x|s) (a mixture has no closed form), whose gradient is
+        the entropy's in expectation: the component draw is not differentiable, so the weights' share of the
+        gradient, -E[log pi(x|s) grad log w_k], enters as a score-function term (zero in value), with the other
+        rows' mean log-probability as its baseline. Without it the bonus's gradient w.r.t. the weights averaged to
+        zero: PPO's ent_coef could not keep the components from collapsing onto one."""
+        x, chosen = self._draw(log_w, means, log_stds)
         logp = self._log_prob_x(log_w, means, log_stds, x)
-        return env_actions(self, x), logp
+        n, held = logp.shape[0], logp.detach()
+        baseline = (held.sum() - held) / (n - 1) if n > 1 else torch.zeros_like(held)  # leave-one-out: unbiased
+        return -logp - (held - baseline) * (chosen - chosen.detach())
+
+    def entropy(self, obs: torch.Tensor) -> torch.Tensor:
+        return self._entropy(*self.components(obs))
+
+    def evaluate_actions(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.paired(obs, actions)
+        parts = self.components(obs)  # one forward pass for both
+        return self._log_prob_x(*parts, gaussian_variable(self, actions)), self._entropy(*parts)
 
     def _mode(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The mean of the heaviest component (a mode) as an action [B, A], and that component's log-weight [B]."""

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from policies.networks import EnsembleLinear, EnsembleMLP, Mish, _EnsembleDot, _SigmoidMish
@@ -81,3 +82,17 @@ def test_fast_mish_equals_torch_mish_with_gradients():
     assert torch.isfinite(g_fast).all() and torch.allclose(g_fast, g_ref, rtol=1e-5, atol=1e-5)
     small = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(_SigmoidMish.apply, (small,))
+
+
+def test_running_mean_std_refuses_a_batch_of_another_shape():
+    # [3, 8] for 4-dim statistics would have been regrouped as 6 observations of 4 numbers each
+    rms = RunningMeanStd((4,))
+    with pytest.raises(ValueError, match=r"shape \[4\] cannot take a batch of shape \[3, 8\]: pass observations \[B, 4\]"):
+        rms.update(torch.randn(3, 8))
+    assert float(rms.count) == 0
+    rollout = torch.randn(5, 3, 4, dtype=torch.float64)  # [T, B, obs_dim] and a single observation are fine
+    rms.update(rollout)
+    rms.update(rollout[0, 0])
+    data = torch.cat([rollout.reshape(-1, 4), rollout[0, 0][None]])
+    torch.testing.assert_close(rms.mean, data.mean(0))
+    torch.testing.assert_close(rms.var, data.var(0, unbiased=False))
