@@ -24,14 +24,14 @@ from gymnasium.utils.seeding import np_random
 
 from envs.base import BatchedEnv, MissingDependency, StepResult
 from envs.mujoco.tasks import Sim, Task, task_for
-from envs.randomization import RandomizationSpec, Randomizer, env_ids
+from envs.randomization import RandomizationSpec, Randomizer, env_ids, pair_friction_scale
 
 log = logging.getLogger(__name__)
 
 # per-world model arrays each physics factor scales
 _FIELDS_OF = {
     "body_mass_scale": ("body_mass", "body_inertia"),
-    "geom_friction_scale": ("geom_friction",),
+    "geom_friction_scale": ("geom_friction", "pair_friction"),  # explicit pairs carry their own friction
     "joint_damping_scale": ("dof_damping",),
     "actuator_gain_scale": ("actuator_gainprm", "actuator_biasprm"),
 }
@@ -108,7 +108,8 @@ class MjwarpBatchedEnv(BatchedEnv):
         spec = randomize or RandomizationSpec()
         self.randomizer = Randomizer(spec, self.model, num_envs, len(low), (high - low) / 2)
 
-        batched = {f: num_envs for name in spec.physics if name in _FIELDS_OF for f in _FIELDS_OF[name]}
+        batched = {f: num_envs for name in spec.physics if name in _FIELDS_OF for f in _FIELDS_OF[name]
+                   if f != "pair_friction" or self.model.npair}
         if "body_mass_scale" in spec.physics:
             batched.update({f: num_envs for f in _MASS_CONSTANTS if f != "tendon_invweight0" or self.model.ntendon})
         with wp.ScopedDevice(self.wp_device):
@@ -210,6 +211,10 @@ class MjwarpBatchedEnv(BatchedEnv):
                 v["body_inertia"][index] = nom["body_inertia"] * s[:, :, None]
             elif name == "geom_friction_scale":
                 v["geom_friction"][index, :, 0] = nom["geom_friction"][:, 0] * s
+                if "pair_friction" in v:
+                    pair = torch.as_tensor(pair_friction_scale(self.model, r.params[name][ids]), dtype=torch.float32,
+                                           device=self.device)
+                    v["pair_friction"][index, :, 0:2] = nom["pair_friction"][:, 0:2] * pair[:, :, None]
             elif name == "joint_damping_scale":
                 v["dof_damping"][index] = nom["dof_damping"] * s
             elif name == "actuator_gain_scale":

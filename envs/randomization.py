@@ -4,7 +4,8 @@ Physics parameters are scale factors on the model's nominal values, drawn indepe
 (and per body / joint / actuator) at every reset of that env:
 
     body_mass_scale      body masses and inertias (uniform density change), then mj_setConst
-    geom_friction_scale  sliding friction of every geom (one factor per env: every contact scales by it)
+    geom_friction_scale  sliding friction of every geom and of every explicit contact pair (one factor per
+                         env: every contact scales by it)
     joint_damping_scale  damping of every degree of freedom
     actuator_gain_scale  actuator force per unit control (gain, and the matching bias terms of servos)
     gravity_scale        the gravity vector (one factor per env)
@@ -82,9 +83,14 @@ class RandomizationSpec:
                                  f"same robot and leaves MuJoCo diverging or below its smallest mass")
             setattr(self, name, (lo, hi))
         for name in ("obs_noise_std", "action_noise_std"):
-            value = float(getattr(self, name))
+            raw = getattr(self, name)
+            # text ("0.1") passed the check and then broke `enabled` with a bare TypeError; a bool is no std
+            if isinstance(raw, (bool, np.bool_)) or not isinstance(raw, (int, float, np.integer, np.floating)):
+                raise ValueError(f"randomize.{name}={raw!r}: must be a finite number >= 0")
+            value = float(raw)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"randomize.{name}={value}: must be a finite number >= 0")
+            setattr(self, name, value)
         if self.action_delay is not None:
             lo, hi = _pair("action_delay", self.action_delay)
             if lo != int(lo) or hi != int(hi) or lo < 0 or lo > hi:
@@ -267,6 +273,19 @@ class Randomizer:
         self.noise_rng.bit_generator.state = state["noise_rng"]
 
 
+def pair_friction_scale(model: Any, geom_scale: np.ndarray) -> np.ndarray:
+    """Sliding-friction factors [..., npair] of the model's explicit contact pairs (``<contact><pair>``), from the
+    geoms' factors [..., ngeom].
+
+    A pair carries its own friction (``pair_friction``), which MuJoCo uses instead of its geoms': scaling
+    ``geom_friction`` alone leaves such contacts (all of ContactMaze's) at their nominal friction. A pair scales by
+    the larger of its two geoms' factors (MuJoCo's default pair friction is the larger of the geoms' frictions), which
+    is the env's one friction factor whenever it was drawn (every geom gets the same one).
+    """
+    geom_scale = np.asarray(geom_scale, dtype=np.float64)
+    return np.maximum(geom_scale[..., model.pair_geom1], geom_scale[..., model.pair_geom2])
+
+
 def apply_to_model(model: Any, nominal: dict[str, np.ndarray], params: dict[str, np.ndarray], i: int) -> None:
     """Write env i's factors into a plain MjModel (the gymnasium backend's way), then mj_setConst."""
     import mujoco
@@ -274,6 +293,9 @@ def apply_to_model(model: Any, nominal: dict[str, np.ndarray], params: dict[str,
     model.body_mass[:] = nominal["body_mass"] * params["body_mass_scale"][i]
     model.body_inertia[:] = nominal["body_inertia"] * params["body_mass_scale"][i][:, None]
     model.geom_friction[:, 0] = nominal["geom_friction"][:, 0] * params["geom_friction_scale"][i]
+    # both tangential (sliding) coefficients of explicit pairs: MuJoCo uses them, not the geoms', for those contacts
+    model.pair_friction[:, 0:2] = nominal["pair_friction"][:, 0:2] * pair_friction_scale(
+        model, params["geom_friction_scale"][i])[:, None]
     model.dof_damping[:] = nominal["dof_damping"] * params["joint_damping_scale"][i]
     gain = params["actuator_gain_scale"][i]
     model.actuator_gainprm[:, 0] = nominal["actuator_gainprm"][:, 0] * gain
@@ -285,7 +307,8 @@ def apply_to_model(model: Any, nominal: dict[str, np.ndarray], params: dict[str,
 
 def nominal_values(model: Any) -> dict[str, np.ndarray]:
     return {"body_mass": model.body_mass.copy(), "body_inertia": model.body_inertia.copy(),
-            "geom_friction": model.geom_friction.copy(), "dof_damping": model.dof_damping.copy(),
+            "geom_friction": model.geom_friction.copy(), "pair_friction": model.pair_friction.copy(),
+            "dof_damping": model.dof_damping.copy(),
             "actuator_gainprm": model.actuator_gainprm.copy(), "actuator_biasprm": model.actuator_biasprm.copy(),
             "gravity": model.opt.gravity.copy()}
 

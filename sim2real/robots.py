@@ -278,7 +278,8 @@ def _make(task: str, max_episode_steps: int | None, kwargs: dict[str, Any]) -> A
 
 def _nominal(model: Any) -> dict[str, np.ndarray]:
     return {"body_mass": model.body_mass.copy(), "body_inertia": model.body_inertia.copy(),
-            "friction": model.geom_friction[:, 0].copy(), "damping": model.dof_damping.copy(),
+            "friction": model.geom_friction[:, 0].copy(), "pair_friction": model.pair_friction[:, 0:2].copy(),
+            "damping": model.dof_damping.copy(),
             "gain": model.actuator_gainprm[:, 0].copy(), "bias": model.actuator_biasprm[:, 1:3].copy()}
 
 
@@ -299,6 +300,8 @@ def _apply_physics(base: Any, nominal: dict[str, np.ndarray], ranges: dict[str, 
         model.body_inertia[:] = nominal["body_inertia"] * draws["mass_scale"][:, None]
     if "friction_scale" in draws:
         model.geom_friction[:, 0] = nominal["friction"] * draws["friction_scale"]
+        # explicit contact pairs carry their own friction, which MuJoCo uses instead of their geoms'
+        model.pair_friction[:, 0:2] = nominal["pair_friction"] * draws["friction_scale"][0]
     if "damping_scale" in draws:
         model.dof_damping[:] = nominal["damping"] * draws["damping_scale"]
     if "actuator_gain_scale" in draws:  # position/velocity servos carry the gain in their bias terms too

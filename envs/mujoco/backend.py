@@ -27,13 +27,13 @@ from gymnasium.utils.seeding import np_random
 
 from envs.base import BatchedEnv, EpisodeTracker, StepResult, episode_to_torch
 from envs.mujoco.tasks import Sim, Task, task_for
-from envs.randomization import PHYSICS_PARAMS, RandomizationSpec, Randomizer, env_ids
+from envs.randomization import PHYSICS_PARAMS, RandomizationSpec, Randomizer, env_ids, pair_friction_scale
 from envs.resources import MIN_BYTES_PER_ENV, check_envs_fit
 
 # the model fields each physics factor scales (expanded to per-simulation values on first use)
 _FIELDS_OF = {
     "body_mass_scale": ("body_mass", "body_inertia"),
-    "geom_friction_scale": ("geom_friction",),
+    "geom_friction_scale": ("geom_friction", "pair_friction"),  # explicit pairs carry their own friction
     "joint_damping_scale": ("dof_damping",),
     "actuator_gain_scale": ("actuator_gainprm", "actuator_biasprm"),
     "gravity_scale": ("opt.gravity",),
@@ -286,6 +286,8 @@ class MujocoBatchedEnv(BatchedEnv):
                     self.batch.expand("body_inertia")[ids] = self._nominal["body_inertia"] * scale[:, :, None]
                 elif name == "geom_friction_scale":
                     self.batch.expand("geom_friction")[ids, :, 0] = self._nominal["geom_friction"][:, 0] * scale
+                    self.batch.expand("pair_friction")[ids, :, 0:2] = (
+                        self._nominal["pair_friction"][:, 0:2] * pair_friction_scale(self.model, scale)[:, :, None])
                 elif name == "joint_damping_scale":
                     self.batch.expand("dof_damping")[ids] = self._nominal["dof_damping"] * scale
                 elif name == "actuator_gain_scale":

@@ -12,10 +12,13 @@ after 200 steps (8 s). Top speed at full force is about 0.6 m/s along an axis.
 
 Maze: the arena's inside is [-0.3, 0.3]^2. Wall A at y = -0.1 leaves a gap on the right
 (x in [0.15, 0.3]), wall B at y = +0.1 one on the left (x in [-0.3, -0.15]). The finger starts near
-(-0.2, -0.2) (bottom-left, +-``reset_noise_scale`` per axis, at rest) and must reach the goal disk
+(-0.2, -0.2) (bottom-left, +-``reset_noise_scale`` per axis, at most ``START_CLEARANCE`` = 0.065 m so
+that it starts clear of the walls, at rest) and must reach the goal disk
 (centre (0.2, 0.2), radius ``goal_radius`` = 0.05): right through the bottom corridor, up through
 gap A, left through the middle corridor, up through gap B, right to the goal. Walls and finger have
-friction 0.4, so pressing into a wall while sliding along it costs force and dissipates energy.
+friction 0.4, so pressing into a wall while sliding along it costs force and dissipates energy (the
+finger meets the walls through explicit ``<contact><pair>``s, which carry that friction themselves;
+domain randomization's ``geom_friction_scale`` scales it there).
 
 Observation (float64, ``OBS_DIM`` = 10):
 
@@ -109,7 +112,13 @@ START = np.array([-0.2, -0.2])
 GOAL = np.array([0.2, 0.2])
 GOAL_RADIUS = 0.05
 FINGER_RADIUS = 0.025
+ARENA = 0.3  # the arena's inside is [-ARENA, ARENA]^2
 WALL_Y = (-0.1, 0.1)  # centre lines of wall A and wall B (0.02 m thick)
+WALL_HALF_THICKNESS = 0.01
+# how far the start may move along each axis with the finger still clear of every wall: 0.065 m, up to wall A's
+# underside (a larger reset noise starts it inside wall A or beyond it, or inside the arena's wall or outside it)
+START_CLEARANCE = float(min(START[0] - (-ARENA + FINGER_RADIUS), START[1] - (-ARENA + FINGER_RADIUS),
+                            (WALL_Y[0] - WALL_HALF_THICKNESS - FINGER_RADIUS) - START[1]))
 # A finger has passed a wall once its centre is above the wall's top face by its radius: these
 # lines split the plane into the three corridors (bottom, middle, top), the gaps counting as below.
 CROSSING_Y = (-0.065, 0.135)
@@ -337,6 +346,7 @@ class ContactMazeEnv(MujocoEnv, utils.EzPickle):
             "goal_radius": goal_radius, "terminate_on_success": terminate_on_success,
         }
         self._reset_noise_scale = reset_noise_scale
+        check_kwargs({**self.p, "reset_noise_scale": reset_noise_scale})
         observation_space = Box(low=-np.inf, high=np.inf, shape=(OBS_DIM,), dtype=np.float64)
         MujocoEnv.__init__(self, xml_file, frame_skip, observation_space=observation_space,
                            default_camera_config=default_camera_config, **kwargs)
@@ -349,6 +359,8 @@ class ContactMazeEnv(MujocoEnv, utils.EzPickle):
         return observation(self.data.qpos[None], self.data.qvel[None], self.data.sensordata[None])[0]
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if not np.all(np.isfinite(action)):  # MuJoCo would reset the finger to qpos0, in the middle corridor, and go on
+            raise ValueError(f"robo_rl/ContactMaze-v0: non-finite action {np.asarray(action)!r}; check the policy")
         qpos_before = self.data.qpos.copy()
         self.do_simulation(action, self.frame_skip)
         d = self.data
@@ -365,6 +377,19 @@ class ContactMazeEnv(MujocoEnv, utils.EzPickle):
         qpos, qvel = reset_state(self.np_random, self.init_qpos, self.init_qvel, self._reset_noise_scale)
         self.set_state(qpos, qvel)
         return self._get_obs()
+
+
+def check_kwargs(p: dict[str, Any]) -> None:
+    """Fail early, naming the keyword, on settings that silently break the task (both implementations call it)."""
+    problems = []
+    noise, radius = p["reset_noise_scale"], p["goal_radius"]
+    if not (isinstance(noise, (int, float, np.number)) and 0 <= noise <= START_CLEARANCE):
+        problems.append(f"reset_noise_scale={noise!r} must be between 0 and {START_CLEARANCE:g} m (the start's clearance "
+                        "to wall A): a larger noise starts the finger inside a wall, past wall A or outside the arena")
+    if not (isinstance(radius, (int, float, np.number)) and 0 < radius < np.inf):
+        problems.append(f"goal_radius={radius!r} must be a distance > 0 m (at 0 no episode can succeed)")
+    if problems:
+        raise ValueError("robo_rl/ContactMaze-v0: " + "; ".join(problems))
 
 
 def check_model(model: Any, source: str) -> None:

@@ -216,3 +216,31 @@ def test_task_arithmetic_is_the_same_on_torch_tensors():
         assert np.allclose(info[key], t_info[key].numpy(), rtol=1e-14, atol=1e-15), key
     obs = maze.observation(arrays[1], arrays[2], arrays[4])
     assert np.array_equal(obs, maze.observation(*map(torch.from_numpy, (arrays[1], arrays[2], arrays[4]))).numpy())
+
+
+def test_settings_that_break_the_maze_are_refused_by_both_implementations():
+    # reset_noise_scale=0.15 started 12 of 64 fingers past wall A or outside the arena: episodes that skip half the
+    # maze or can never finish; goal_radius=0 made success impossible
+    model = mujoco.MjModel.from_xml_path(maze.XML_PATH)
+    wall_a, south = model.geom("wall_a"), model.geom("wall_south")
+    assert wall_a.pos[1] == maze.WALL_Y[0] and wall_a.size[1] == maze.WALL_HALF_THICKNESS
+    assert south.pos[1] + south.size[1] == -maze.ARENA  # the constants START_CLEARANCE is computed from
+    for kwargs, words in (({"reset_noise_scale": 0.15}, "reset_noise_scale=0.15 must be between 0 and 0.065 m"),
+                          ({"reset_noise_scale": -0.01}, "reset_noise_scale=-0.01 must be between 0 and 0.065 m"),
+                          ({"goal_radius": 0.0}, "goal_radius=0.0 must be a distance > 0 m")):
+        with pytest.raises(ValueError, match=f"robo_rl/ContactMaze-v0: {words}"):
+            gym.make(TASK, **kwargs)
+        with pytest.raises(ValueError, match=f"robo_rl/ContactMaze-v0: {words}"):
+            MujocoBatchedEnv(TASK, 1, kwargs=kwargs)
+    # the largest noise allowed starts every finger in the bottom corridor, clear of the walls
+    env = MujocoBatchedEnv(TASK, 64, kwargs={"reset_noise_scale": maze.START_CLEARANCE})
+    obs = env.reset_numpy(seed=0)
+    for _ in range(3):
+        obs = env.step_numpy(np.zeros((64, 2), np.float32))[0]
+    assert np.all(obs[:, maze.OBS_CONTACT_FORCE] == 0) and np.all(maze.corridor(obs[:, maze.OBS_EE_POS]) == 0)
+    assert np.abs(obs[:, maze.OBS_EE_POS] - maze.START).max() > 0.06  # the draws do reach near the bound
+    # a non-finite action is refused (MuJoCo reset the finger to the origin, in the middle corridor, and went on)
+    ref = gym.make(TASK)
+    ref.reset(seed=0)
+    with pytest.raises(ValueError, match="robo_rl/ContactMaze-v0: non-finite action"):
+        ref.step(np.array([np.nan, 0.0], np.float32))

@@ -20,6 +20,9 @@ from envs.randomization import RandomizationSpec
     ({"body_mass_scale": [1e-300, 1.0]}, "needs factors between 0.001 and 1000"),
     ({"gravity_scale": [-2000.0, 1.0]}, r"needs \|factor\| at most 1000"),
     ({"obs_noise_std": -0.1}, "finite number >= 0"),
+    ({"obs_noise_std": "0.1"}, r"obs_noise_std='0.1': must be a finite number >= 0"),  # was a bare TypeError later
+    ({"action_noise_std": True}, r"action_noise_std=True: must be a finite number >= 0"),
+    ({"action_noise_std": [0.1]}, r"action_noise_std=\(0.1,\): must be a finite number >= 0"),
     ({"action_delay": [2, 1]}, "0 <= min <= max"),
     ({"action_delay": [0.5, 1]}, "whole numbers"),
     ({"body_mass_scale": 1.1}, r"expected a range \[low, high\]"),
@@ -56,6 +59,32 @@ def test_friction_is_one_factor_per_env_so_every_contact_scales_by_it():
     k = env.physics_params()["geom_friction_scale"]
     assert k.shape == (3, env.model.ngeom) and torch.equal(k, k[:, :1].expand_as(k)) and len(set(k[:, 0].tolist())) == 3
     np.testing.assert_allclose(env.batch.expand("geom_friction")[:, :, 0], env.model.geom_friction[:, 0] * k.numpy())
+
+
+@pytest.mark.parametrize("backend", ["mujoco", "gymnasium"])
+def test_friction_factor_reaches_explicit_contact_pairs(backend):
+    # ContactMaze's finger touches the walls only through <contact><pair>s, whose own friction MuJoCo uses: scaling
+    # the geoms' friction alone left its wall friction nominal (factors 0, 1 and 5 gave the same trajectory)
+    import gymnasium as gym
+
+    ends = []
+    for k in (0.25, 0.5, 1.0):
+        env = make_env("robo_rl/ContactMaze-v0", 1, backend=backend, randomize={"geom_friction_scale": [k, k]})
+        env.reset(seed=0)
+        for _ in range(14):  # up into wall A's underside and right along it: sliding, pressed against the wall
+            obs = env.step(torch.tensor([[1.0, 1.0]])).obs
+        assert float(obs[0, 8:10].norm()) > 2.0  # still pressed against the wall (measured: about 3 N)
+        if backend == "gymnasium":
+            pair = env._vec.envs[0].unwrapped.model.pair_friction
+        else:
+            pair = env.batch.expand("pair_friction")[0]
+        nominal = gym.make("robo_rl/ContactMaze-v0").unwrapped.model.pair_friction
+        np.testing.assert_allclose(pair[:, :2], nominal[:, :2] * k)
+        np.testing.assert_array_equal(pair[:, 2:], nominal[:, 2:])  # torsional, rolling: not scaled
+        ends.append(float(obs[0, 0]))
+        env.close()
+    # more friction, less sliding (measured: x = 0.10, 0.07, 0.01)
+    assert ends[0] > ends[1] + 0.02 and ends[1] > ends[2] + 0.02, ends
 
 
 @pytest.mark.parametrize("backend", ["mujoco", "gymnasium"])
