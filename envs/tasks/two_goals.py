@@ -31,12 +31,29 @@ class TwoGoalsEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
     def __init__(self, max_steps: int = 40, start_noise: float = 0.0, render_mode: str | None = None) -> None:
+        if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
+            raise ValueError(f"robo_rl/TwoGoals-v0: max_steps={max_steps!r} must be an integer >= 1")
+        clearance = float(OBSTACLE[0][0] - OBSTACLE[1])  # the obstacle's edge on the x axis, 0.15 from the start
+        if not (isinstance(start_noise, (int, float, np.number)) and 0 <= start_noise <= clearance):
+            raise ValueError(f"robo_rl/TwoGoals-v0: start_noise={start_noise!r} must be between 0 and {clearance:g}: "
+                             "a larger one can start the point inside the obstacle")
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)  # x, y, time left
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
         self.max_steps, self.start_noise = max_steps, start_noise
         self.render_mode = render_mode
         self.pos = np.zeros(2)
         self.t = 0
+
+    @property
+    def state(self) -> np.ndarray:
+        """(x, y, steps taken): what a snapshot needs to continue the episode exactly (robo-rl's gymnasium backend
+        captures envs with a ``state`` array, so a resumed TwoGoals run continues its episodes)."""
+        return np.array([self.pos[0], self.pos[1], self.t], dtype=np.float64)
+
+    @state.setter
+    def state(self, value: np.ndarray) -> None:
+        value = np.asarray(value, dtype=np.float64)
+        self.pos, self.t = value[:2].copy(), int(value[2])
 
     def _obs(self) -> np.ndarray:
         return np.array([self.pos[0], self.pos[1], 1.0 - self.t / self.max_steps], dtype=np.float32)
@@ -52,7 +69,10 @@ class TwoGoalsEnv(gym.Env):
         return -min(float(np.linalg.norm(pos - g)) for g in GOALS)
 
     def step(self, action: np.ndarray):
-        a = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        a = np.asarray(action, dtype=np.float64)
+        if a.shape != (2,) or not np.all(np.isfinite(a)):  # a (1,) action broadcast over x and y; NaN stuck the point
+            raise ValueError(f"robo_rl/TwoGoals-v0: the action must be 2 finite numbers, got {np.asarray(action)!r}")
+        a = np.clip(a, -1.0, 1.0)
         before = self._potential(self.pos)
         self.pos = self.pos + STEP * a
         self.t += 1
