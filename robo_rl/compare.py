@@ -113,11 +113,18 @@ def _read_curves(path: Path, warnings: list[str] | None = None) -> dict[str, lis
         return curves
     try:
         with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            columns = reader.fieldnames or []
+            lines = f.read().splitlines(keepends=True)
+        # a last line without its line end is a row cut off mid-write (the run was killed, or its disk filled, or it is
+        # being written now): its numbers are cut too ("-1373.4" read as -13), so it is no point of the curve
+        cut = bool(lines) and not lines[-1].endswith(("\n", "\r")) and len(lines) > 1
+        reader = csv.DictReader(lines[:-1] if cut else lines)
+        rows = list(reader)
+        columns = reader.fieldnames or []
     except (UnicodeDecodeError, csv.Error, OSError) as exc:
         raise ValueError(f"{path}: not a readable metrics file ({exc})") from None
+    if cut and warnings is not None:
+        warnings.append(f"{path}: its last row (line {len(lines)}) is cut off, without a line end (the run was "
+                        "stopped, or its disk filled, while writing it; or it is being written now); left out")
     if rows and "step" not in columns:
         raise ValueError(f"{path}: not a metrics file a run writes (no 'step' column; the header is "
                          f"{','.join(str(c) for c in columns)[:120]!r})")
@@ -303,7 +310,8 @@ def _stats(values: list[float]) -> dict[str, float | None]:
 
 
 def mean_curve(curves: list[list[tuple[float, float]]]) -> dict[str, list[float]] | None:
-    """Mean and min-max over runs on the steps all runs cover (each run interpolated onto the first one's steps).
+    """Mean and min-max over runs on the steps all runs cover (each run interpolated onto the first one's steps); an
+    empty curve (a run not evaluated yet) is left out.
 
     Covered: from the latest first point to the earliest last one; np.interp would otherwise hold a run's first value
     flat before it, a value that run never had at those steps."""
@@ -343,7 +351,8 @@ def compare(paths: str | Path | Sequence[str | Path], group_by: str | Sequence[s
                       "robo_rl_eval": None if not r.evaluated else {
                           k: r.evaluated.get(k) for k in ("return_mean", "return_std", "episodes", "deterministic",
                                                           "checkpoint_step")},
-                      "wall_time_s": r.summary.get("wall_time_s"), "steps_per_s": r.summary.get("steps_per_s")}
+                      "wall_time_s": r.summary.get("wall_time_s"), "steps_per_s": r.summary.get("steps_per_s"),
+                      "curve_points": len(r.curves[curve])}
                      for r in group.runs],
             "final_eval_return": _stats(finals),
             "best_eval_return": _stats(bests),
@@ -353,6 +362,7 @@ def compare(paths: str | Path | Sequence[str | Path], group_by: str | Sequence[s
             "wall_time_s": _stats([float(r.summary["wall_time_s"]) for r in group.runs if r.summary.get("wall_time_s")]),
             "steps_per_s": _stats([float(r.summary["steps_per_s"]) for r in group.runs if r.summary.get("steps_per_s")]),
             "curve": mean_curve([r.curves[curve] for r in group.runs]),
+            "curve_runs": sum(bool(r.curves[curve]) for r in group.runs),  # the runs it averages
         })
     return {"curve": curve, "curve_column": CURVES[curve], "runs": len(runs), "groups": out_groups,
             "warnings": [w for r in runs for w in r.warnings], "date": time.strftime("%Y-%m-%d %H:%M")}
@@ -419,9 +429,10 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     for g in shown:
         c = g["curve"]
+        n = g.get("curve_runs", len(g["runs"]))  # the runs the curve averages (a run without a curve yet is not)
         line, = ax.plot(c["step"], c["mean"], marker="o" if len(c["step"]) < 30 else None, ms=3,
-                        label=f"{g['label']} (n={len(g['runs'])})")
-        if len(g["runs"]) > 1:
+                        label=f"{g['label']} (n={n}" + (f" of {len(g['runs'])})" if n < len(g["runs"]) else ")"))
+        if n > 1:
             ax.fill_between(c["step"], c["min"], c["max"], color=line.get_color(), alpha=0.2)
     ax.set_xlabel("environment steps")
     ax.set_ylabel("evaluation return" if result["curve"] == "eval" else "training episode return")

@@ -190,6 +190,15 @@ def load_demos(path: str | Path, obs_dim: int, act_dim: int, action_low: np.ndar
         raise DemoError(f"demonstrations {path}: " + ("a directory, not a .npz file" if path.is_dir() else "no such file")
                         + " (demos.path)")
     try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+        if not head.startswith((b"PK", b"\x93NUMPY")):  # neither a zip (.npz) nor a .npy; numpy would take it
+            # for a pickle, and its error suggests loading it with allow_pickle (code from the file could run)
+            raise DemoError(f"demonstrations {path}: not an .npz archive ("
+                            + (f"the file starts with {head!r}: a pickle, text or another format" if head
+                               else "the file is empty")
+                            + "); demonstrations are read only from numpy .npz files, never unpickled: write one with "
+                            "numpy.savez(path, obs=..., actions=...) or robo_rl.demos.save_demos")
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):  # a .npy file (whatever its name): one unnamed array
             raise DemoError(f"demonstrations {path}: a single .npy array ({data.dtype}, shape {data.shape}), not an "

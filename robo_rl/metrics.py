@@ -60,20 +60,19 @@ class MetricsWriter:
         self.rows: list[dict[str, float]] = []
         self.columns: list[str] = ["step", "wall_time"]
         if resume_step is not None and self.path.exists():
-            with open(self.path, newline="") as f:
-                reader = csv.DictReader(f)
-                self.columns = list(reader.fieldnames or self.columns)
-                for row in reader:
-                    parsed = {k: float(v) for k, v in row.items() if v not in ("", None)}
-                    if parsed.get("step", math.inf) <= resume_step:
-                        self.rows.append(parsed)
+            self.columns, self.rows = _rows_up_to(self.path, resume_step, self.columns)
             self._rewrite()
         self.tb = None
-        if tensorboard:
+        # a resumed run without TensorBoard (log.tensorboard=false) still drops the earlier segments' events after the
+        # checkpoint: they are of steps the resume trains again (the CSV no longer has them)
+        if tensorboard or (resume_step is not None and (run_dir / "tb").is_dir()):
             from torch.utils.tensorboard import SummaryWriter
 
             # events after the checkpoint's step are dropped (the CSV keeps rows up to and including it)
             self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=None if resume_step is None else resume_step + 1)
+            if not tensorboard:  # the purge is written: nothing more
+                self.tb.close()
+                self.tb = None
 
     def write(self, step: int, wall_time: float, scalars: dict[str, float]) -> None:
         row = {"step": float(step), "wall_time": wall_time, **scalars}
@@ -100,6 +99,52 @@ class MetricsWriter:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _rows_up_to(path: Path, step: int, columns: list[str]) -> tuple[list[str], list[dict[str, float]]]:
+    """The header and the rows up to ``step`` of a run's metrics.csv, for a resume from the checkpoint at ``step``.
+
+    Rows after it are dropped unread: the process that wrote them may have stopped mid-row (killed, or a full
+    disk), and the resumed run writes them again. A line without its newline is such a cut-off row whatever
+    its step reads as ("2250.0" cut to "22"). A kept row that is not numbers is a ValueError naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot be read to continue the run's metrics ({exc}); move it aside to resume "
+                         "without the earlier rows") from None
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith(("\n", "\r")):
+        lines.pop()  # a row cut off mid-write: written after the checkpoint (rows are complete before a save)
+    damaged = (f"; the file was edited or damaged: repair that line, or move {path.name} aside to resume without "
+               "the earlier rows")
+    try:
+        reader = csv.DictReader(lines)
+        header = list(reader.fieldnames or columns)
+        rows = []
+        for line, row in enumerate(reader, start=2):  # (a row spanning lines would shift the count; none does)
+            try:
+                row_step = float(row.get("step") or "nan")
+            except ValueError:
+                row_step = math.nan
+            if not math.isfinite(row_step):
+                raise ValueError(f"{path}: line {line}: step is {row.get('step')!r}, not a number{damaged}")
+            if row_step > step:
+                continue  # written after the checkpoint
+            if None in row:
+                raise ValueError(f"{path}: line {line}: more values than the header's {len(header)} columns{damaged}")
+            parsed = {}
+            for key, value in row.items():
+                if value in ("", None):
+                    continue
+                try:
+                    parsed[key] = float(value)
+                except ValueError:
+                    raise ValueError(f"{path}: line {line} (step {row['step']}): {key} is {value!r}, not a "
+                                     f"number{damaged}") from None
+            rows.append(parsed)
+    except csv.Error as exc:  # e.g. NUL bytes a crash left in the file
+        raise ValueError(f"{path}: not a readable metrics file ({exc}){damaged}") from None
+    return header, rows
 
 
 class Progress:

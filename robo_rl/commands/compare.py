@@ -107,8 +107,12 @@ def compare_main(args: Sequence[str]) -> int:
     print(table(result))
     curves = [g["curve"] for g in result["groups"] if g["curve"]]
     if opts.curve == "eval" and curves and all(len(c["step"]) < 2 for c in curves):
-        print("\nnote: each run has one evaluation, so the plot has one point per group; "
-              "curve=rollout plots the training episodes' returns instead")
+        if all(r["curve_points"] < 2 for g in result["groups"] for r in g["runs"]):
+            print("\nnote: each run has one evaluation, so the plot has one point per group; "
+                  "curve=rollout plots the training episodes' returns instead")
+        else:  # a shorter run (failed, unfinished, a smaller steps=) ends its group's curve where the runs overlap
+            print("\nnote: the plot has one point per group: a group's curve spans only the steps all its runs have "
+                  "reached, and there its runs share one evaluation (a failed, unfinished or shorter run ends it)")
     print(f"\n{result['runs']} runs in {len(result['groups'])} group(s); wrote "
           + ", ".join(str(p) for p in written.values()))
     return 0

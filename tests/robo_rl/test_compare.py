@@ -365,3 +365,47 @@ def test_runs_from_before_policy_unit_actions_group_by_what_they_trained_with(tm
     run("ppo_new", 1, {"name": "gaussian", "squash": "false", "unit_actions": "true"})
     labels = {g["label"] for g in compare([tmp_path / "ppo_old", tmp_path / "ppo_new"])["groups"]}
     assert labels == {"policy.unit_actions=False", "policy.unit_actions=True"}
+
+
+def test_a_metrics_row_cut_off_mid_write_is_left_out_not_read_as_a_return(tmp_path, capsys, monkeypatch):
+    # a run killed (or whose disk filled) while appending its eval row: "-1373.4" cut to "-13" read as a return of -13
+    write_run(tmp_path / "s0", 0, None, [(1000, -1500.0), (2000, -1400.0)], summary=False)
+    write_run(tmp_path / "s1", 1, -1300.0, [(1000, -1450.0), (2000, -1300.0)])
+    path = tmp_path / "s0" / "metrics.csv"
+    path.write_text(path.read_text() + "3000,1.0,,-13")
+    (g,) = compare([tmp_path])["groups"]
+    assert [r["final_eval_return"] for r in g["runs"]] == [-1400.0, -1300.0]
+    assert g["best_eval_return"]["mean"] == pytest.approx(-1350.0) and g["curve"]["step"] == [1000.0, 2000.0]
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", f"runs={tmp_path}"]) == 0
+    assert f"{path}: its last row (line 6) is cut off, without a line end" in capsys.readouterr().err
+
+
+def test_the_plot_and_note_count_the_runs_a_curve_holds(tmp_path, capsys, monkeypatch):
+    # seed 2 is not evaluated yet and seed 3 failed after one evaluation: the curve averages 3 runs up to step 1000
+    write_run(tmp_path / "s0", 0, -50.0, [(1000, -100.0), (2000, -50.0)])
+    write_run(tmp_path / "s1", 1, -100.0, [(500, -300.0), (1500, -200.0), (2500, -100.0)])
+    write_run(tmp_path / "s2", 2, None, [(1000, 0.0)], summary=False)
+    (tmp_path / "s2" / "metrics.csv").write_text("step,wall_time,rollout/ep_return_mean\n100,1.0,-900\n")
+    write_run(tmp_path / "s3", 3, -900.0, [(1000, -900.0)], status="failed: non-finite critic_loss at step 1,100")
+    (g,) = compare([tmp_path])["groups"]
+    assert g["curve_runs"] == 3 and g["curve"]["step"] == [1000.0]
+    assert g["curve"]["mean"] == pytest.approx([(-100.0 - 250.0 - 900.0) / 3])
+    assert [r["curve_points"] for r in g["runs"]] == [2, 3, 0, 1]
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", "runs=.", "out_dir=out"]) == 0
+    out = capsys.readouterr().out
+    assert "each run has one evaluation" not in out  # they have 2, 3, 0 and 1
+    assert "a group's curve spans only the steps all its runs have reached" in out
+    assert (tmp_path / "out" / "compare.png").stat().st_size > 0
+    # the legend counts the runs the curve averages (a spy on the real Axes.plot reads it)
+    import matplotlib.axes
+
+    from robo_rl.compare import plot
+
+    labels = []
+    real = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, *a, **k: labels.append(k.get("label")) or real(self, *a, **k))
+    plot(compare([tmp_path]), tmp_path / "again.png")
+    assert labels == ["sac Hopper-v5 (n=3 of 4)"]

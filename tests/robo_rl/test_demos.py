@@ -400,3 +400,37 @@ def test_a_passivity_aware_run_preloads_the_demonstrations_costs_or_asks_for_the
     recorded = np.load(tmp_path / "rec.npz")
     assert recorded["costs"].shape == recorded["rewards"].shape and np.isfinite(recorded["costs"]).all()
     train(compose(*overrides, f"demos.path={tmp_path / 'rec.npz'}"), tmp_path / "c")
+
+
+@pytest.mark.parametrize("content", [b"\x80\x04\x95pickled", b"obs,actions\n0,0\n", b""],
+                         ids=["pickle", "text", "empty"])
+def test_a_file_that_is_no_npz_is_refused_without_advice_to_unpickle_it(tmp_path, content):
+    # numpy takes any file that is neither a zip nor a .npy for a pickle, and its error suggests allow_pickle
+    import pickle
+
+    path = tmp_path / "demos.npz"
+    path.write_bytes(pickle.dumps({"obs": np.zeros((3, 3))}) if content.startswith(b"\x80") else content)
+    with pytest.raises(DemoError) as exc:
+        load_demos(path, 3, 1, [-2.0], [2.0])
+    message = str(exc.value)
+    assert message.startswith(f"demonstrations {path}: not an .npz archive (")
+    assert "never unpickled" in message and "allow_pickle" not in message and "pickle.load" not in message
+
+
+@pytest.mark.parametrize("overrides", [("algo=td3",), ("algo=sac",), ("algo=ppo",)], ids=lambda o: o[0][5:])
+def test_pretraining_reaches_actions_of_bounds_wider_than_one(tmp_path, overrides):
+    # Pendulum's torque is in [-2, 2]: demonstrations in env units up to 1.6 are imitated there, not clipped to 1
+    rng = np.random.default_rng(0)
+    obs = rng.standard_normal((1000, 3)).astype(np.float32)
+    actions = 1.6 * np.tanh(obs[:, :1] + 0.5 * obs[:, 2:])
+    path = save_demos(tmp_path / "d.npz", obs=obs, actions=actions)
+    cfg = resolve_defaults(compose("env=pendulum", *overrides))
+    env = build_env(cfg)
+    learner = build_learner(cfg, build_policy(cfg, env))
+    demos = load_demos(path, 3, 1, env.action_space.low, env.action_space.high)
+    env.close()
+    pretrain(learner, demos["obs"], demos["actions"], steps=800, batch_size=256, lr=1e-3)
+    with torch.no_grad():
+        act = learner.policy.act(demos["obs"][:300], deterministic=True).numpy()
+    assert np.abs(act - actions[:300]).mean() < 0.1
+    assert act.max() > 1.3 and act.min() < -1.3
