@@ -372,6 +372,30 @@ def test_an_interrupted_sweep_names_the_jobs_it_did_not_start(tmp_path, monkeypa
     assert proc.returncode == 130 and "resumed from" in proc.stderr, proc.stderr
 
 
+def test_two_default_named_sweeps_started_in_the_same_second_do_not_share_a_job(tmp_path, monkeypatch, capsys):
+    # runs/sweep-<algo>-<task>-<time> names a sweep to the second: the second sweep took the first one's finished job
+    # for a continued sweep of its own and reported that run as its result, exit 0
+    import hydra._internal.hydra as hydra_internal
+    from omegaconf import OmegaConf
+
+    from robo_rl.commands.train import train_main
+
+    setup = hydra_internal.setup_globals
+
+    def same_second() -> None:
+        setup()
+        OmegaConf.register_new_resolver("now", lambda pattern: "20260101-000000", use_cache=True, replace=True)
+
+    monkeypatch.setattr(hydra_internal, "setup_globals", same_second)
+    monkeypatch.chdir(tmp_path)
+    args = ["-m", "seed=0", *TINY, "steps=150"]
+    assert train_main(args) == 0
+    with pytest.raises(SystemExit) as stop:
+        train_main(args)
+    assert stop.value.code == 2
+    assert "already holds a run of another sweep started in the same second" in capsys.readouterr().err
+
+
 def test_a_sweep_over_env_configs_names_its_directory_by_task_ids():
     from robo_rl.commands import sweep
     from robo_rl.commands.train import register_resolvers

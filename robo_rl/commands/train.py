@@ -95,6 +95,12 @@ def train_main(args: Sequence[str]) -> int:
         run_dir = Path(hc.runtime.output_dir)
         overrides = list(hc.overrides.task)
         failed_before = None
+        if hc.mode.name == "MULTIRUN" and not cfg.resume and not cfg.run_dir and (run_dir / "config.yaml").exists():
+            # a new sweep's own directory (runs/sweep-<algo>-<task>-<time>) holds a run: another sweep of that algorithm
+            # and task started in the same second; continuing its job would report that sweep's run as this one's
+            code = error(f"sweep: {run_dir} already holds a run of another sweep started in the same second; give each "
+                         "sweep started in parallel its own run_dir=", EXIT_USAGE)
+            raise SystemExit(code)
         if hc.mode.name == "MULTIRUN" and not cfg.resume and (run_dir / "config.yaml").exists():
             # the sweep was run before into this directory (run_dir=<sweep dir>): continue its job, whose config
             # must be the same (a resume refuses a changed key); a finished job is left as it is, and a failed
