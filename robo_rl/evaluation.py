@@ -73,6 +73,12 @@ def evaluate(
             if steps == 0:  # a user env that breaks the contract: one line naming the part, not a KeyError
                 check_step_result(env, result)
             obs, reward, terminated, truncated, info = result
+            # a NaN/Inf reward would make the returns NaN, and a NaN terminal observation is as broken an env
+            # (training stops on both): stop here, naming which, not with a "nan ± nan" evaluation
+            for what, value in (("reward", reward), ("final observation", info["final_obs"])):
+                if not math.isfinite(float(value.sum())) and not bool(torch.isfinite(value).all()):
+                    raise FloatingPointError(f"evaluation env {env.task_id} returned a non-finite {what} "
+                                             f"(episodes finished so far: {sum(done_count)} of {episodes})")
             ep = info["episode"]
             if chunks is not None:
                 chunks.reset(terminated | truncated)  # a new episode starts with a new chunk

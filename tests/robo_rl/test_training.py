@@ -728,3 +728,122 @@ def test_the_continue_command_is_quoted_for_a_run_directory_with_a_space(tmp_pat
         train(compose(*SMALL_SAC, "steps=600", "checkpoint.every=100"), tmp_path / "my runs" / "a")
     restore()
     assert f"Continue with: robo-rl train 'resume={tmp_path / 'my runs' / 'a'}'" in str(exc.value)
+
+
+def test_a_resume_after_a_metrics_row_cut_off_mid_write_continues_the_log_exactly(tmp_path):
+    # a run killed (or stopped by a full disk) while appending a row leaves it without its line end: that row came
+    # after the last checkpoint, so the resume drops it unread (it used to parse it: "-13" of "-1373.4" failed the
+    # resume with "could not convert string to float: '-'", or a step cut to "2" kept a bogus row)
+    common = (*SMALL_SAC, "steps=400", "log.every=50", "eval.every=100", "checkpoint.every=200", "checkpoint.keep=5")
+    train(compose(*common), tmp_path / "full")
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "full", cut)
+    shutil.rmtree(cut / "checkpoints" / "step_0000000400")
+    (cut / "summary.json").unlink()
+    text = (cut / "metrics.csv").read_text()
+    last_full_row = text.rstrip("\r\n").rsplit("\n", 1)[0] + "\n"
+    for tail in ("3", "300.0,1.2,", "350.0,0.5,12.0,-"):  # the last row written after step 200, cut at three places
+        (cut / "metrics.csv").write_text(last_full_row + tail)
+        train(compose(f"resume={cut}"), tmp_path / "unused", [f"resume={cut}"])
+        assert logged_metrics(cut) == logged_metrics(tmp_path / "full")
+        shutil.rmtree(cut / "checkpoints" / "step_0000000400")
+
+
+def test_a_damaged_metrics_row_before_the_checkpoint_is_named_on_resume(tmp_path):
+    from robo_rl.metrics import MetricsWriter
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("step,wall_time,eval/return_mean\n100.0,1.0,-5.0\n200.0,2.0,x\n300.0,3.0,-1\n")
+    with pytest.raises(ValueError, match=r"metrics.csv: line 3 \(step 200.0\): eval/return_mean is 'x', not a number"):
+        MetricsWriter(run, tensorboard=False, resume_step=200)
+    # rows after the checkpoint are not read, damaged or not
+    writer = MetricsWriter(run, tensorboard=False, resume_step=100)
+    assert writer.rows == [{"step": 100.0, "wall_time": 1.0, "eval/return_mean": -5.0}]
+    assert (run / "metrics.csv").read_text().splitlines() == ["step,wall_time,eval/return_mean", "100.0,1.0,-5.0"]
+
+
+# -- loop audit (session 28): NaN/Inf met in an evaluation ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("where, what", [("reward", "reward"), ("final", "final observation")])
+def test_an_evaluation_stops_on_a_non_finite_reward_or_final_observation(where, what):
+    # a NaN reward made every return NaN: the evaluation reported "nan ± nan" and the run went on as completed
+    from envs import make_env
+    from policies import build_head
+    from robo_rl.evaluation import evaluate
+
+    env = make_env("robo_rl_test/NaNAfter-v0", num_envs=1, backend="gymnasium", kwargs={"after": 30, "where": where})
+    head = build_head("gaussian", env.obs_dim, env.action_space.low, env.action_space.high, hidden_sizes=(8,))
+    with pytest.raises(FloatingPointError, match=f"returned a non-finite {what} "):
+        evaluate(head, env, 1, seed=0)
+    env.close()
+
+
+def test_a_nan_reward_in_the_final_evaluation_fails_the_run_keeping_its_checkpoint(tmp_path):
+    # the training env never reaches the NaN (120 steps); the evaluation env's copies do (200 steps each)
+    cfg = compose(*SMALL_SAC, "env.id=robo_rl_test/NaNAfter-v0", "env.kwargs={after: 150, where: reward}",
+                  "steps=120", "algo.learning_starts=100", "eval.episodes=4", "eval.every=1000", "checkpoint.every=60")
+    with pytest.raises(NonFiniteError, match="non-finite reward .* in the evaluation at step 120"):
+        train(cfg, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"].startswith("failed: evaluation env") and summary["final_eval_return_mean"] is None
+    good = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    assert good.name == "step_0000000120"
+    load_checkpoint(good)  # intact
+
+
+def test_a_resume_without_tensorboard_still_drops_the_events_after_its_checkpoint(tmp_path):
+    # the events of steps 300-400 belong to the stopped segment, which the resume trains again without writing events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    train(compose(*SMALL_SAC, "steps=400", "log.every=100", "eval.every=100", "checkpoint.every=200",
+                  "log.tensorboard=true"), run)
+    shutil.rmtree(run / "checkpoints" / "step_0000000400")
+    resume = [f"resume={run}", "log.tensorboard=false"]
+    train(compose(*resume), tmp_path / "unused", resume)
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("eval/return_mean")] == [100, 200]
+    assert [float(r["step"]) for r in csv.DictReader(open(run / "metrics.csv")) if r["eval/return_mean"]] == \
+        [100.0, 200.0, 300.0, 400.0]
+
+
+# -- loop audit (session 28): evaluation episodes spread over env copies ----------------------------------------------
+import gymnasium as gym  # noqa: E402 (this block is appended; the imports above are shared)
+import numpy as np  # noqa: E402
+
+
+class _TwoLengths(gym.Env):
+    """Each episode ends (terminated) after 2 or 40 steps, drawn at its reset; reward 1 per step."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.left = 2 if self.np_random.random() < 0.5 else 40
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.left -= 1
+        return np.zeros(1, np.float32), 1.0, self.left == 0, False, {}
+
+
+def test_an_evaluation_over_many_env_copies_is_not_biased_toward_short_episodes():
+    # counting the first episodes to finish over 8 copies would count mostly 2-step ones; each copy's own first
+    # episodes are a fair draw (half of them 40 steps long)
+    from envs import make_env
+    from policies import build_head
+    from robo_rl.evaluation import evaluate
+
+    gym.register("robo_rl_test/TwoLengths-v0", entry_point=_TwoLengths)
+    env = make_env("robo_rl_test/TwoLengths-v0", num_envs=8, backend="gymnasium")
+    head = build_head("gaussian", env.obs_dim, env.action_space.low, env.action_space.high, hidden_sizes=(8,))
+    result = evaluate(head, env, 20, seed=0)
+    env.close()
+    assert result["episodes"] == len(result["lengths"]) == 20
+    assert sorted(result["env_index"]) == sorted([i for i in range(8) for _ in range(3 if i < 4 else 2)])
+    assert result["returns"] == [float(n) for n in result["lengths"]]
+    assert 0.25 < result["lengths"].count(40) / 20 < 0.75
