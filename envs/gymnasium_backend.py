@@ -13,6 +13,7 @@ import difflib
 import importlib
 import logging
 import os
+import signal
 import time
 from typing import Any, Callable
 
@@ -20,6 +21,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
+from gymnasium.vector.async_vector_env import AsyncState
 
 from envs.base import (BatchedEnv, EpisodeTracker, MissingDependency, StepResult, WorkerDied, check_box_spaces,
                        episode_to_torch)
@@ -148,13 +150,34 @@ class _PhysicsAtReset(gym.Wrapper):
 
 
 def _make_thunk(task_id: str, kwargs: dict[str, Any], max_episode_steps: int | None, physics: bool,
-                render: bool = False) -> Callable[[], gym.Env]:
+                render: bool = False, worker: bool = False) -> Callable[[], gym.Env]:
+    parent = os.getpid()  # AsyncVectorEnv also calls a thunk in this process, for the spaces
+
     def thunk() -> gym.Env:
+        if worker and os.getpid() != parent:
+            # An async worker process (the thunk runs first thing in it). Ctrl-C in a terminal signals the whole
+            # process group: the main process turns SIGINT into a checkpoint after the current iteration (a second
+            # Ctrl-C aborts), and needs its workers for that step and for the env state the checkpoint holds; a
+            # worker that took the KeyboardInterrupt would quit and fail the run without its checkpoint. The main
+            # process stops the workers itself (close, or SIGTERM at exit). A SIGTERM handler it had when it forked
+            # the worker (the runner's) is not the worker's: SIGTERM ends a worker as a plain kill does.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         extra = {"render_mode": "rgb_array"} if render else {}
         env = gym.make(task_id, max_episode_steps=max_episode_steps, **kwargs, **extra)
         return _Snapshot(_PhysicsAtReset(env) if physics else env)
 
     return thunk
+
+
+def _exit_code(code: int) -> str:
+    """A process's exit code as multiprocessing reports it, with the signal named when one killed it (-N)."""
+    if code < 0:
+        try:
+            return f"{code} ({signal.Signals(-code).name})"
+        except ValueError:
+            pass
+    return str(code)
 
 
 class GymnasiumBatchedEnv(BatchedEnv):
@@ -222,8 +245,9 @@ class GymnasiumBatchedEnv(BatchedEnv):
                 probe.close()
                 raise ValueError(f"{task_id}: randomize.actuator_gain_scale: {problem}")
         probe.close()
-        thunks = [_make_thunk(task_id, kwargs, max_episode_steps, physics, render)] * num_envs
+        thunks = [_make_thunk(task_id, kwargs, max_episode_steps, physics, render, vectorization == "async")] * num_envs
         self._can_render = render
+        self._workers_lost: str | None = None  # why the async workers are gone (see _vector_call)
         self.render_mode = "rgb_array" if render else None  # read by SB3's VecEnv view (venv.render, VecVideoRecorder)
         if vectorization == "sync":
             self._vec = SyncVectorEnv(thunks, autoreset_mode=AutoresetMode.SAME_STEP)
@@ -397,7 +421,9 @@ class GymnasiumBatchedEnv(BatchedEnv):
         return {k: torch.as_tensor(v, device=self.device) for k, v in terms.items()}
 
     def state_dict(self) -> dict[str, Any] | None:
-        snaps = list(self._vec.get_attr("snapshot"))
+        if self._workers_lost is not None:  # the simulators went with their worker processes
+            raise WorkerDied(self._workers_lost)
+        snaps = list(self._vector_call(self._vec.get_attr, "snapshot"))
         if any(s is None for s in snaps):
             return None
         state = {"envs": snaps, **self._episodes.state_dict()}
@@ -442,11 +468,13 @@ class GymnasiumBatchedEnv(BatchedEnv):
             if not dead:
                 raise
             self._abandon_workers()
-            raise WorkerDied(
+            self._workers_lost = (
                 f"{self.task_id}: a worker process of env.vectorization=async exited during {method.__name__}() "
-                f"without a Python error (exit code {', '.join(map(str, dead))}: killed by a signal, e.g. the kernel's "
-                "OOM killer, or a crash in the simulator's native code); this env is now closed. Run with "
-                "env.vectorization=sync to see the failure in this process") from exc
+                f"without a Python error (exit code {', '.join(map(_exit_code, dead))}: killed by a signal, e.g. the "
+                "kernel's OOM killer (SIGKILL) or a job scheduler stopping every process of the job (SIGTERM), or a "
+                "crash in the simulator's native code); this env is now closed. Run with env.vectorization=sync to see "
+                "the failure in this process")
+            raise WorkerDied(self._workers_lost) from exc
 
     def _abandon_workers(self) -> None:
         """Close after a worker died: gymnasium's own close() would wait on the dead worker's pipe and raise again."""
@@ -464,7 +492,12 @@ class GymnasiumBatchedEnv(BatchedEnv):
 
     def close(self) -> None:
         super().close()
-        self._vec.close()
+        if isinstance(self._vec, AsyncVectorEnv) and self._vec._state != AsyncState.DEFAULT:
+            # a reset/step cut short in this process (a KeyboardInterrupt: a second Ctrl-C) may have read some
+            # workers' replies already, and gymnasium's close would wait for them forever: stop the workers instead
+            self._vec.close(terminate=True)
+        else:
+            self._vec.close()
 
     def _to_tensor(self, x: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.device)

@@ -112,5 +112,6 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # (SIGPIPE keeps Python's default, ignored: a pipe to a dead env worker is then a BrokenPipeError the run handles,
+    # not a silent death; main() handles a closed stdout as the robo-rl script does)
     sys.exit(main())

@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from envs import BatchedEnv
+from envs.base import WorkerDied
 from robo_rl.checkpoint import CheckpointWriteError, prune_checkpoints
 from robo_rl.evaluation import EvaluationNotFinished, evaluate
 from robo_rl.learners.base import Learner
@@ -169,6 +170,15 @@ class Runner(RunnerCheckpoints, abc.ABC):
             where = "no checkpoint was written yet"
         raise NonFiniteError(f"{message}; training stopped and {where}. {fix}.")
 
+    def _interrupted(self, signum: int, t_start: float) -> tuple[str, Interrupted]:
+        """Checkpoint the run for a SIGINT/SIGTERM (unless this step's is saved) and return the run's status and
+        the exception that stops it."""
+        if self._last_ckpt_step != self.step or self._last_ckpt_evals != len(self.eval_history):
+            self.save(time.perf_counter() - t_start)  # (not twice: a large replay doubles the wait)
+        status = f"interrupted by {signal.Signals(signum).name}"
+        return status, Interrupted(signum, f"{status} at step {self.step:,}; checkpoint {self._last_checkpoint} saved. "
+                                           f"Continue with: robo-rl train {shlex.quote(f'resume={self.run_dir}')}")
+
     def episodes_restarted(self) -> None:
         """The training envs started new episodes outside ``env.step`` (a reset after a shared evaluation, or on
         resume when the simulator state could not be saved): per-episode running state restarts too."""
@@ -211,7 +221,18 @@ class Runner(RunnerCheckpoints, abc.ABC):
         try:
             with StopOnSignal() as stop:
                 while self.step < self.total_steps:
-                    self.iterate()
+                    start_step = self.step
+                    try:
+                        self.iterate()
+                    except WorkerDied:
+                        if stop.signum is None:
+                            raise
+                        # the signal reached the env's worker processes too (a job scheduler signals every process
+                        # of the job) and they died under this iteration: it is dropped, and the checkpoint keeps
+                        # the rest without the simulator state (the resume starts new episodes)
+                        self.step = start_step
+                        status, stopped = self._interrupted(stop.signum, t_start)
+                        raise stopped from None
                     self.iteration += 1
                     now_wall = self.wall_time + time.perf_counter() - t_start
                     if self.step >= next_log or self.step >= self.total_steps:  # (the last interval gets its row)
@@ -232,14 +253,8 @@ class Runner(RunnerCheckpoints, abc.ABC):
                         recent_cost=mean_of(self.recent_costs) if self.recent_costs else None, paused=paused,
                     )
                     if stop.signum is not None:
-                        if self._last_ckpt_step != self.step or self._last_ckpt_evals != len(self.eval_history):
-                            self.save(time.perf_counter() - t_start)  # (not twice: a large replay doubles the wait)
-                        status = f"interrupted by {signal.Signals(stop.signum).name}"
-                        raise Interrupted(
-                            stop.signum,
-                            f"{status} at step {self.step:,}; checkpoint {self._last_checkpoint} saved. "
-                            f"Continue with: robo-rl train {shlex.quote(f'resume={self.run_dir}')}",  # pasted as printed
-                        )
+                        status, stopped = self._interrupted(stop.signum, t_start)
+                        raise stopped
                 # still under the handler: a signal during the final evaluation or save waits for them, as one
                 # in the loop waits for its iteration (it used to kill the run, losing the steps since the
                 # last checkpoint, or read as a second Ctrl-C)

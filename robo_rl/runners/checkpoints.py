@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from envs.base import WorkerDied
 from robo_rl.checkpoint import (CheckpointError, NonFiniteStateError, checkpoint_step, latest_checkpoint,
                                 list_checkpoints, load_checkpoint, save_checkpoint)
 from robo_rl.config import flatten_config
@@ -26,6 +27,12 @@ class RunnerCheckpoints:
     checkpoint of the run, ``restore`` continues one."""
 
     def state(self, segment_seconds: float) -> dict[str, Any]:
+        try:
+            env_state = self.env.state_dict()
+        except WorkerDied as exc:  # e.g. a SIGTERM to the whole job reached the async env's worker processes too
+            log.warning(f"{exc}; the checkpoint keeps the learner, replay and counters without the simulator state "
+                        "(a resume starts new episodes)")
+            env_state = None
         return {
             "learner": self.learner.training_state(),
             "runner": {
@@ -57,7 +64,7 @@ class RunnerCheckpoints:
                 # sampling on a GPU draws from the device's generator, not the CPU one (untested: no GPU here)
                 **({"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
             },
-            "env": self.env.state_dict(),
+            "env": env_state,
             # the run's config as trained: a resume refuses a config.yaml edited since (see _check_config)
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
@@ -184,8 +191,9 @@ class RunnerCheckpoints:
                 self.obs = obs.to(self.device)
                 self.env.obs = self.obs  # the filters see the restored observation, not the reset one
             else:
-                log.warning(f"{self.env.task_id}: simulator state was not saved (this env cannot capture it); "
-                            "environments start new episodes on resume")
+                log.warning(f"{self.env.task_id}: simulator state was not saved (this env cannot capture it, "
+                            "or its worker processes were gone when the checkpoint was written); environments start "
+                            "new episodes on resume")
                 self.obs = self.env.reset(seed=int(self.cfg.seed) + self.step)
                 self.episodes_restarted()
             part = "its replay buffer (replay.npz)"

@@ -1,5 +1,6 @@
 """The batched-env contract on the gymnasium backend."""
 
+import json
 import os
 
 import gymnasium as gym
@@ -403,3 +404,97 @@ def test_render_mode_in_the_kwargs_is_the_render_flag():
         assert env.render_mode == "rgb_array"
     with pytest.raises(ValueError, match="render_mode='human'.*rgb_array"):
         make_env("robo_rl_test/DrawsWithAMissingPackage-v0", kwargs={"render_mode": "human"})
+
+
+@pytest.mark.parametrize("signame, algo", [("SIGINT", "ppo"), ("SIGTERM", "ppo"), ("SIGTERM", "sac")])
+def test_a_signal_to_an_async_run_s_process_group_saves_its_checkpoint_and_leaves_no_worker(tmp_path, signame, algo):
+    # Ctrl-C in a terminal signals the whole process group, the async workers too: they used to quit on the
+    # KeyboardInterrupt, and the run failed ("aborted by a second SIGINT", no checkpoint) instead of saving one.
+    # A job scheduler's SIGTERM (Slurm, kill -TERM -<pgid>) ends the workers: the iteration they die under is
+    # dropped and the checkpoint is saved without the simulator state (the run failed with WorkerDied, no checkpoint)
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "robo_rl.cli", "train", f"algo={algo}", "env=pendulum", "env.backend=gymnasium",
+           "env.vectorization=async", "env.num_envs=2", "steps=10000000", "threads=1", f"run_dir={run}",
+           "log.every=128", "eval.every=100000000", "checkpoint.every=100000000",
+           "log.progress_seconds=1000", "log.tensorboard=false", "log.plot=false"]
+    cmd += ["algo.rollout_steps=64"] if algo == "ppo" else ["algo.learning_starts=64", "algo.batch_size=32"]
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen(cmd, cwd=root, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)  # its own group, as a terminal's job
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:  # training: the first metrics rows are written
+            metrics = run / "metrics.csv"
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stdout.read().decode()
+        os.killpg(proc.pid, getattr(signal, signame))  # every process of the run
+        out = proc.communicate(timeout=240)[0].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 128 + getattr(signal, signame) and f"interrupted by {signame}" in out, out
+    saved = sorted((run / "checkpoints").glob("step_*"))
+    assert saved, out
+    for _ in range(100):  # the workers end with the run (daemon processes: reaped once the run exits)
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("processes of the run are still alive after it exited")
+    # the checkpoint resumes (without the workers' simulator state, new episodes start, and the log says so)
+    step = int(saved[-1].name.split("_")[1])
+    resumed = subprocess.run([sys.executable, "-m", "robo_rl.cli", "train", f"resume={run}", f"steps={step + 128}"],
+                             cwd=root, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                             timeout=240)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run / "summary.json").read_text())["steps"] >= step + 128
+
+
+def test_closing_after_a_step_cut_short_stops_the_workers_instead_of_waiting_forever():
+    # A KeyboardInterrupt (a second Ctrl-C aborts a run) inside an async step may land after some workers' replies
+    # were read; the run's close() then waited forever for them (the workers ignore Ctrl-C, see the test above)
+    import threading
+
+    env = make_env("Pendulum-v1", num_envs=2, vectorization="async")
+    env.reset(seed=0)
+    vec = env._vec
+    vec.step_async(np.zeros((2, 1), np.float32))
+    vec.parent_pipes[0].recv()  # where the interrupt left the step: worker 0's reply read, worker 1's not
+    closer = threading.Thread(target=env.close, daemon=True)
+    closer.start()
+    closer.join(timeout=120)  # a guard against a hang, not a timing requirement
+    hung = closer.is_alive()
+    if hung:  # free the test run: the blocked read ends when the workers do
+        for process in vec.processes:
+            process.kill()
+    assert not hung, "close() waited forever for a reply already read"
+    for process in vec.processes:
+        process.join(timeout=30)
+    assert not any(process.is_alive() for process in vec.processes)
+    with pytest.raises(RuntimeError, match="closed"):
+        env.step(torch.zeros(2, 1))
+
+
+def test_a_worker_killed_by_a_signal_is_reported_with_the_signal_s_name():
+    import signal
+
+    from envs.base import WorkerDied
+
+    env = make_env("Pendulum-v1", num_envs=2, vectorization="async")
+    env.reset(seed=0)
+    victim = env._vec.processes[1]
+    os.kill(victim.pid, signal.SIGKILL)  # as the kernel's OOM killer does
+    victim.join(timeout=30)
+    with pytest.raises(WorkerDied, match=r"exit code -9 \(SIGKILL\).*OOM killer"):
+        env.step(torch.zeros(2, 1))
+    env.close()

@@ -70,6 +70,36 @@ def test_replay_samples_only_filled_rows_and_round_trips():
     assert other.size == 10 and other.pos == 10
 
 
+def test_replay_survives_a_checkpoint_file_partly_filled_wrapped_and_with_costs(tmp_path):
+    # through replay.npz as a run writes and maps it: the same rows in the same places (the oldest is overwritten
+    # next), terminations and costs kept, and the same samples drawn afterwards
+    import pytest
+
+    from robo_rl.checkpoint import load_checkpoint, save_checkpoint
+
+    for label, added, costs in (("partly filled", 7, False), ("wrapped", 23, True)):
+        rb = ReplayBuffer(10, obs_dim=3, act_dim=2, seed=3, costs=costs)
+        for k in range(added):
+            x = torch.full((1, 3), float(k))
+            rb.add(x, x[:, :2] + 0.25, torch.tensor([k + 0.1]), x + 1, torch.tensor([k % 3 == 0]),
+                   costs=torch.tensor([k * 0.5]) if costs else None)
+        rb.sample(5)  # the sampling generator has moved on
+        path = save_checkpoint(tmp_path / label, 1, {"w": torch.zeros(1)}, replay=rb.state_dict())
+        _, arrays = load_checkpoint(path)
+        other = ReplayBuffer(10, obs_dim=3, act_dim=2, seed=0, costs=costs)
+        other.load_state_dict(arrays)
+        assert (len(other), other.pos) == (min(added, 10), added % 10), label
+        for name in rb.fields:
+            assert torch.equal(getattr(other, name), getattr(rb, name)), (label, name)
+        assert all(torch.equal(a, b) for a, b in zip(rb.sample(64), other.sample(64))), label
+        newest = added - 1
+        assert float(other.obs[(other.pos - 1) % 10, 0]) == newest and float(other.next_obs[(other.pos - 1) % 10, 0]) == newest + 1
+        if added > 10:  # the next add overwrites the oldest row, transition added - 10
+            assert float(other.obs[other.pos, 0]) == added - 10
+    with pytest.raises(ValueError, match="per-step costs"):  # a passivity-aware run cannot resume a plain replay
+        ReplayBuffer(10, obs_dim=3, act_dim=2, costs=True).load_state_dict(load_checkpoint(tmp_path / "partly filled" / path.name)[1])
+
+
 def test_replay_state_refuses_other_capacity():
     rb = ReplayBuffer(10, 1, 1)
     import pytest
