@@ -49,6 +49,7 @@ ASYM_LOW, ASYM_HIGH = np.array([-1.0, 0.0]), np.array([2.0, 5.0])
 _TASKS = {
     "Asym-v0": dict(low=ASYM_LOW, high=ASYM_HIGH),
     "AsymLearn-v0": dict(low=ASYM_LOW, high=ASYM_HIGH, target=[1.5, 4.5]),
+    "AsymOdd-v0": dict(low=[0.1, -0.3], high=[2.7, 0.7]),  # from_unit(+-1) rounds outside in float32
     "FixedDim-v0": dict(low=[-1.0, 0.5], high=[1.0, 0.5]),
     "TooWide-v0": dict(low=[-3e38], high=[3e38]),
     "DiscreteAct-v0": dict(action_space=gym.spaces.Discrete(3)),
@@ -176,6 +177,25 @@ def test_asymmetric_bounds_every_action_the_task_gets_is_inside_them(algo, head,
         warmup = stored[:100]  # uniform over the box before learning starts
         span = ASYM_HIGH - ASYM_LOW
         assert ((warmup.min(0) - ASYM_LOW) / span < 0.1).all() and ((ASYM_HIGH - warmup.max(0)) / span < 0.1).all()
+
+
+@pytest.mark.parametrize("algo, head", [("sac", "gaussian"), ("td3", "deterministic")])
+def test_off_policy_training_actions_are_inside_a_box_whose_bounds_float32_rounds(algo, head, tmp_path):
+    # random actions at u = +-1 and saturated tanh actions map to 0.0999999 on [0.1, 2.7]: one float32 step outside
+    _, runner = _short(algo, head, "AsymOdd-v0", tmp_path)
+    with torch.no_grad():  # a policy saturated at the lower bound: tanh gives exactly -1
+        last = [m for m in runner.policy.net if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.zero_(), last.bias.fill_(-100.0)
+    from robo_rl.runners.safety import SafetyLayer
+
+    runner.env = SafetyLayer(make_env(_task("AsymOdd-v0"), 1, backend="gymnasium"), [], None)  # (train closed its own)
+    runner.obs = runner.env.reset(seed=0)
+    _Recorder.received.clear()
+    runner.iterate()
+    action = _Recorder.received["AsymOdd-v0"][-1]
+    low, high = np.float32([0.1, -0.3]).astype(np.float64), np.float32([2.7, 0.7]).astype(np.float64)
+    assert (action >= low).all() and (action <= high).all() and action[0] == low[0]
+    runner.env.close()
 
 
 def test_td3_target_smoothing_and_exploration_stay_inside_asymmetric_bounds():
