@@ -50,7 +50,10 @@ def evaluate(
     lengths: list[int] = []
     env_index: list[int] = []
     done_count = [0] * n
-    with torch.random.fork_rng(devices=[]):
+    # torch.manual_seed seeds the CUDA generators too: keep the one a GPU policy samples from (untested: no GPU here)
+    device = next((p.device for p in policy.parameters()), torch.device("cpu"))
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
         if seed is not None:
             torch.manual_seed(seed)
         obs = env.reset(seed=seed)
