@@ -73,6 +73,8 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
     watchdog_config = WatchdogConfig.from_dict(dog)  # its values checked now, not after the simulator is built
     runtime = PolicyRuntime(export, threads=threads)
     report_path = check_report_path(out) if out is not None else None  # after the export's own checks
+    chain = safety.get("filters") if isinstance(safety, dict) else safety  # ControlLoop also takes {filters: [...]}
+    filters_run = chain if safety is not None else runtime.sidecar.get("safety", {}).get("filters")
     kwargs = runtime.task_kwargs if task in (None, runtime.task) else {}  # another task: its own defaults
     limit = runtime.sidecar.get("max_episode_steps")  # checked by load_sidecar: a positive int or absent
     if task in (None, runtime.task) and "max_episode_steps" not in options and limit is not None:
@@ -88,10 +90,14 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
         if sim.observation_dim != runtime.obs_dim or sim.action_dim != runtime.act_dim:
             raise ValueError(f"task {task} has observation/action dims {sim.observation_dim}/{sim.action_dim}, the export "
                              f"{runtime.obs_dim}/{runtime.act_dim}: pass the task the policy was trained on")
+        check_action_bounds(runtime, sim.env.action_space, task)
         loop = ControlLoop(runtime, sim, filters=safety, rate_hz=1.0 / sim.dt, watchdog=watchdog_config,
                            realtime=realtime, clock=clock)
         on = task + (f" {kwargs}" if kwargs else "")
-        log(f"deploy {runtime.model_path} on {on} (sim2sim: {options or 'as trained'}) at {loop.rate_hz:.1f} Hz, "
+        export_rate = runtime.rate_hz
+        other_rate = (f" (the export's rate is {export_rate:g} Hz: each command lasts {1e3 * sim.dt:g} ms instead of "
+                      f"{1e3 / export_rate:g} ms)") if export_rate and not math.isclose(loop.rate_hz, export_rate, rel_tol=1e-6) else ""
+        log(f"deploy {runtime.model_path} on {on} (sim2sim: {options or 'as trained'}) at {loop.rate_hz:.1f} Hz{other_rate}, "
             f"{'real time' if realtime else 'simulated time'}, "
             f"{'until ' + str(episodes) + ' episodes' if episodes else str(steps) + ' steps'}")
         seen = 0
@@ -117,7 +123,14 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
         f"{report.filter_interventions}, deadline misses {report.deadline_misses}")
     result = {
         "export": str(runtime.sidecar_path.parent), "task": task, "task_kwargs": kwargs, "robot": robot, "sim2sim": options,
-        "realtime": realtime, "rate_hz": loop.rate_hz,
+        "realtime": realtime, "rate_hz": loop.rate_hz, "export_rate_hz": runtime.rate_hz,
+        # what guarded the commands: the filter chain that ran (the sidecar's unless safety= replaced it) and the
+        # watchdog's limits in seconds, so a report says which run it describes
+        "safety": {"source": "sidecar" if safety is None else "safety=", "filters": list(filters_run or [])},
+        "watchdog": {**{key: (float(value) if math.isfinite(value) else None)  # null: that check was off (inf)
+                        for key, value in (("max_observation_age", loop.max_age), ("max_inference_time", loop.max_inference),
+                                           ("late_tolerance", loop.late_tolerance), ("max_clock_skew", loop.max_skew))},
+                     "on_fault": loop.watchdog.on_fault},
         "episodes": len(returns), "episode_returns": returns.tolist(), "episode_lengths": list(sim.episode_lengths),
         "return_mean": float(returns.mean()) if returns.size else None,
         "return_std": float(returns.std()) if returns.size else None,
@@ -126,6 +139,24 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
     if report_path is not None:
         report_path.write_text(json.dumps(result, indent=2, default=float))
     return result
+
+
+def check_action_bounds(runtime: PolicyRuntime, space: Any, task: str) -> None:
+    """Refuse a task whose action bounds are not the export's: the policy scales its output to the export's bounds
+    (and the loop clips to them), so on other bounds every command would mean another force or position."""
+    low = np.asarray(space.low, np.float64).reshape(-1)
+    high = np.asarray(space.high, np.float64).reshape(-1)
+    want_low, want_high = runtime.action_low.astype(np.float64), runtime.action_high.astype(np.float64)
+    # float32 rounding only (the sidecar holds the bounds the policy was built with, as float32)
+    same = (low.shape == want_low.shape and np.allclose(low, want_low, rtol=1e-6, atol=1e-6)
+            and np.allclose(high, want_high, rtol=1e-6, atol=1e-6))
+    if not same:
+        bad = np.flatnonzero(~(np.isclose(low, want_low, rtol=1e-6, atol=1e-6) & np.isclose(high, want_high, rtol=1e-6,
+                                                                                              atol=1e-6)))
+        i = int(bad[0]) if bad.size else 0
+        raise ValueError(f"task {task} acts within [{low[i]:g}, {high[i]:g}] in action dimension {i} (of {bad.size} that "
+                         f"differ), the export within [{want_low[i]:g}, {want_high[i]:g}] ({runtime.sidecar_path} action.low/"
+                         "high): the policy's commands are scaled to its own bounds; pass the task the policy was trained on")
 
 
 def _is_int(value: Any) -> bool:

@@ -249,8 +249,10 @@ class MujocoSim2SimRobot(Robot):
         ratio = control_dt / timestep
         frame_skip = round(ratio)
         if frame_skip < 1 or abs(ratio - frame_skip) > 1e-6 * max(1.0, ratio):
-            raise ValueError(f"sim2sim.timestep={timestep}: the control period {control_dt} s is not a whole number of "
-                             f"physics steps ({ratio:.4f}); choose a timestep that divides it")
+            given = f"sim2sim.timestep={timestep}" if self.timestep is not None else \
+                f"{self.task}'s physics timestep {timestep} s"  # the user never set one: do not name the option
+            raise ValueError(f"{given}: the control period {control_dt} s is not a whole number of physics steps "
+                             f"({ratio:.4f}); give a sim2sim.timestep that divides it (or another rate_hz)")
         base.model.opt.timestep = timestep
         base.frame_skip = int(frame_skip)
 

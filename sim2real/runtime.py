@@ -89,6 +89,9 @@ def load_sidecar(export: str | Path) -> dict[str, Any]:
     path = _sidecar_path(export)
     if not path.is_file():
         raise ExportError(f"{path} not found: pass an export directory holding {SIDECAR} (from `robo-rl export`)")
+    if path.suffix.lower() != ".json":  # e.g. the model file: "not valid JSON (utf-8 codec ...)" said nothing useful
+        raise ExportError(f"{path} is not an export's sidecar ({SIDECAR}): pass the export directory "
+                          f"({path.parent}), which holds the model file and {SIDECAR}")
     try:
         sidecar = json.loads(path.read_text())
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -161,6 +164,11 @@ def load_sidecar(export: str | Path) -> dict[str, Any]:
         value = control.get(key)
         if value is not None and not (_is_number(value) and np.isfinite(value) and value > 0):
             raise bad(f"control.{key}={value!r:.60}: expected a positive number or null")
+    if control.get("dt") is not None and control.get("rate_hz") is not None \
+            and not np.isclose(control["dt"] * control["rate_hz"], 1.0, rtol=0, atol=1e-6):
+        # the loop runs at rate_hz, deploy's simulator steps dt per command: they must be one control period
+        raise bad(f"control.dt={control['dt']!r} s and control.rate_hz={control['rate_hz']!r} Hz are not one control "
+                  "period (dt * rate_hz must be 1); re-export with `robo-rl export`")
     safety = mapping("safety", sidecar.get("safety", {}))  # e.g. {"filters": [...]}
     if safety.get("filters") is not None and not isinstance(safety["filters"], list):
         raise bad(f"safety.filters={safety['filters']!r:.60}: expected a list of filter entries (or null)")

@@ -30,6 +30,10 @@ def test_train_export_deploy_and_refuse_a_tampered_file(tmp_path):
     robo_rl("deploy", "export=run/export", "steps=450", cwd=tmp_path)
     report = json.loads((export / "deploy.json").read_text())
     assert report["loop"]["steps"] == 450 and len(report["episode_returns"]) == 3  # the run's 150-step episodes
+    # export= may name the sidecar itself, as PolicyRuntime takes it: the report still goes beside it
+    (export / "deploy.json").unlink()
+    robo_rl("deploy", "export=run/export/policy.json", "steps=5", cwd=tmp_path)
+    assert json.loads((export / "deploy.json").read_text())["loop"]["steps"] == 5
 
     # a model file that no longer matches its sidecar is refused, and nothing runs
     data = bytearray((export / "policy.onnx").read_bytes())

@@ -87,6 +87,12 @@ def test_bad_sidecars_name_the_file_and_the_problem(export_dir: Path) -> None:
         load_sidecar(path)
     with pytest.raises(ExportError, match="not found"):
         load_sidecar(export_dir / "nowhere")
+    # the model file given for the export: said so, not "not valid JSON (utf-8 codec can't decode byte ...)"
+    path.write_text(json.dumps(good))
+    with pytest.raises(ExportError, match=r"policy\.onnx is not an export's sidecar \(policy\.json\): pass the export "
+                                          r"directory"):
+        PolicyRuntime(export_dir / "policy.onnx")
+    assert PolicyRuntime(path).obs_dim == 4  # the sidecar file itself still works
 
 
 @pytest.mark.parametrize("change, key", [
@@ -105,6 +111,8 @@ def test_bad_sidecars_name_the_file_and_the_problem(export_dir: Path) -> None:
     (lambda s: s["action"].__setitem__("high", 1.0), "action.high"),
     (lambda s: s.__setitem__("sha256", 5), "sha256"),
     (lambda s: s.__setitem__("task_kwargs", [1]), "task_kwargs"),
+    # a loop at rate_hz and a simulator stepping dt per command must be one period, not 25 Hz next to 0.05 s
+    (lambda s: s["control"].__setitem__("rate_hz", 20.0), r"control\.dt=0\.04 s and control\.rate_hz=20\.0 Hz"),
 ])
 def test_malformed_sidecar_is_an_export_error_naming_the_key(export_dir: Path, change, key) -> None:
     path = export_dir / "policy.json"
@@ -444,7 +452,12 @@ def test_sim2sim_friction_is_one_factor_and_muscles_refuse_a_gain_factor(tmp_pat
 
 def test_sim2sim_rejects_a_timestep_that_does_not_divide_the_control_period() -> None:
     robot = MujocoSim2SimRobot("InvertedPendulum-v5", timestep=0.03)
-    with pytest.raises(ValueError, match="not a whole number of physics steps"):
+    with pytest.raises(ValueError, match=r"sim2sim.timestep=0.03: .*not a whole number of physics steps"):
+        robot.connect()
+    # a control period the task's own timestep does not divide names that timestep, not an option never set
+    robot = MujocoSim2SimRobot("InvertedPendulum-v5", control_dt=0.05)
+    with pytest.raises(ValueError, match=r"InvertedPendulum-v5's physics timestep 0.02 s: the control period 0.05 s is "
+                                         r"not a whole number of physics steps \(2.5000\); give a sim2sim.timestep"):
         robot.connect()
     with pytest.raises(ValueError, match="sim2sim.physics.mass: unknown"):
         MujocoSim2SimRobot("InvertedPendulum-v5", physics={"mass": [1, 2]})
@@ -471,6 +484,44 @@ def test_deploy_on_inverted_pendulum_with_latency_and_halved_timestep(tmp_path: 
         deploy(str(export), sim2sim={"latency": 1}, log=lines.append)
     with pytest.raises(ValueError, match="observation/action dims"):
         deploy(str(export), task="Hopper-v5", episodes=1, log=lines.append)
+
+
+def test_deploy_refuses_a_task_whose_action_bounds_are_not_the_exports(tmp_path: Path) -> None:
+    # InvertedPendulum-v5 pushes within [-3, 3]; a policy exported for [-1, 1] (another task's, or an edited
+    # sidecar) would send a third of every force it means, after the loop's clip to the export's bounds
+    lines: list[str] = []
+    narrow = make_export(tmp_path / "narrow", obs_dim=4, act_dim=1, low=-1.0, high=1.0, task="InvertedPendulum-v5")
+    with pytest.raises(ValueError, match=r"task InvertedPendulum-v5 acts within \[-3, 3\] in action dimension 0 .*the export "
+                                         r"within \[-1, 1\] .*policy\.json action\.low/high"):
+        deploy(str(narrow), steps=5, out=tmp_path / "narrow.json", log=lines.append)
+    assert not lines and not (tmp_path / "narrow.json").exists()  # refused before anything ran
+    wide = make_export(tmp_path / "wide", obs_dim=4, act_dim=1, low=-6.0, high=6.0, task="InvertedPendulum-v5")
+    with pytest.raises(ValueError, match=r"acts within \[-3, 3\].*the export within \[-6, 6\]"):
+        deploy(str(wide), steps=5, log=lines.append)
+    exact = make_export(tmp_path / "exact", obs_dim=4, act_dim=1, low=-3.0, high=3.0, task="InvertedPendulum-v5")
+    assert deploy(str(exact), steps=5, log=lines.append)["loop"]["steps"] == 5
+
+
+def test_deploy_report_says_which_filters_and_watchdog_ran_and_the_exports_rate(tmp_path: Path) -> None:
+    chain = {"filters": [{"type": "box", "low": -0.5, "high": 0.5}]}
+    export = make_export(tmp_path / "e", obs_dim=4, act_dim=1, low=-3.0, high=3.0, task="InvertedPendulum-v5",
+                         dt=0.04, safety=chain)
+    lines: list[str] = []
+    report = deploy(str(export), steps=20, log=lines.append, out=tmp_path / "r.json")
+    assert report["safety"] == {"source": "sidecar", "filters": chain["filters"]}
+    assert report["rate_hz"] == pytest.approx(25.0) and report["export_rate_hz"] == pytest.approx(25.0)
+    assert "export's rate" not in lines[0]
+    # simulated time: the inference limit is off, which a strict JSON reader must be able to read (no Infinity)
+    written = json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the report"))
+    assert written["watchdog"] == {"max_observation_age": pytest.approx(0.08), "max_inference_time": None,
+                                   "late_tolerance": pytest.approx(0.004), "max_clock_skew": pytest.approx(0.004),
+                                   "on_fault": "fallback"}
+    # safety= replaces the sidecar's chain, and another rate than the export's is said, in the log and the report
+    lines.clear()
+    report = deploy(str(export), steps=20, safety=[], rate_hz=50.0, log=lines.append)
+    assert report["safety"] == {"source": "safety=", "filters": []} and report["loop"]["filter_interventions"] == 0
+    assert report["rate_hz"] == pytest.approx(50.0) and report["export_rate_hz"] == pytest.approx(25.0)
+    assert "at 50.0 Hz (the export's rate is 25 Hz: each command lasts 20 ms instead of 40 ms)" in lines[0]
 
 
 def test_deploy_builds_the_task_with_its_training_keyword_arguments(tmp_path: Path) -> None:
