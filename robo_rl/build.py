@@ -171,6 +171,20 @@ def build_runner(cfg: DictConfig, learner: Learner, env: BatchedEnv, eval_env: B
 
     from robo_rl.defaults import resolve_defaults
 
+    from robo_rl.validation import ConfigError, validate_safety
+
+    # train() validates the config before building anything; a learner built by hand may still not be the one the
+    # safety section asks for: costs are learned by Lagrangian SAC alone, and filters need an off-policy learner
+    validate_safety(cfg)
+    learns_cost = hasattr(learner, "cost_critic")
+    if bool(cfg.safety.passivity_aware) != learns_cost:
+        raise ConfigError(f"safety.passivity_aware={bool(cfg.safety.passivity_aware)}, but the learner is {learner.name}, "
+                          + ("which ignores the cost" if not learns_cost else "which learns from per-step costs")
+                          + ": build the learner with robo_rl.build.build_learner(cfg, head) (Lagrangian SAC exactly "
+                          "when passivity_aware is true)")
+    if len(cfg.safety.filters) and learner.kind != "off_policy":
+        raise ConfigError(f"safety.filters: filtering training actions needs an off-policy learner; {learner.name} learns "
+                          "from the log-probability of its own unfiltered actions (put the chain on the export instead)")
     runner_cls = OffPolicyRunner if learner.kind == "off_policy" else OnPolicyRunner
     # a config straight from compose_config leaves the cadences (log.every, eval.every, ...) null
     return runner_cls(resolve_defaults(cfg), learner, env, eval_env, run_dir)

@@ -311,6 +311,27 @@ def test_build_runner_takes_a_composed_config_and_a_new_run_dir(tmp_path):
     assert summary["status"] == "completed" and (tmp_path / "new" / "metrics.csv").is_file()
 
 
+def test_build_runner_refuses_a_learner_the_safety_section_does_not_fit(tmp_path):
+    # the CLI refuses these configs before building; by hand, PPO trained behind filters on log-probs of actions it
+    # never sent, and a plain SAC under passivity_aware=true ignored the cost while summary.json claimed the constraint
+    from policies import build_head
+    from robo_rl.build import build_runner
+    from robo_rl.learners.ppo import PPO
+    from robo_rl.learners.sac import SAC
+    from robo_rl.train import compose_config
+    from robo_rl.validation import ConfigError
+
+    head = BetaHead(4, -2 * np.ones(2), 2 * np.ones(2))
+    aware = compose_config(["algo=sac", "safety.passivity_aware=true"])
+    with pytest.raises(ConfigError, match=r"safety.passivity_aware=True, but the learner is sac, which ignores the cost"):
+        build_runner(aware, SAC(head, critic_hidden=(8,)), PointMass(2), PointMass(1), tmp_path / "a")
+    filtered = compose_config(["algo=sac", "safety=box"])
+    with pytest.raises(ConfigError, match=r"safety.filters: filtering training actions needs an off-policy learner; ppo"):
+        build_runner(filtered, PPO(build_head("gaussian", 4, -np.ones(2), np.ones(2), hidden_sizes=(8,), squash=False)),
+                     PointMass(2), PointMass(1), tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_load_run_gives_the_policy_and_config_in_one_call(tmp_path):
     from robo_rl.runs import load_run
     from robo_rl.train import compose_config, train

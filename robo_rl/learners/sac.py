@@ -54,7 +54,7 @@ class SAC(Learner):
         if not getattr(actor, "squash", True):
             # its samples leave the box: the env clips them and the replay holds clipped actions, but the actor loss
             # and the targets would ask the critics about the unclipped ones, outside every action they were fit on
-            raise ValueError(f"algo={self.name} needs a squashed policy (policy.squash=true, its default): an unsquashed "
+            raise ValueError("algo=sac needs a squashed policy (policy.squash=true, its default): an unsquashed "
                              "Gaussian samples actions outside the action box, where the critics have no data and "
                              "the actor would chase their extrapolation")
         self.policy = policy

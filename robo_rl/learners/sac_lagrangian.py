@@ -25,6 +25,8 @@ multiplier and the penalized actor. The runner selects it with ``safety.passivit
 from __future__ import annotations
 
 import copy
+import math
+from numbers import Real
 from typing import Any, Sequence
 
 import torch
@@ -55,9 +57,15 @@ class LagrangianSAC(SAC):
         """``sac_options`` are SAC's (gamma, critic_hidden, ...); the cost critic copies the reward critic's
         shape and learning rate where ``cost_critic_hidden`` / ``cost_critic_lr`` are None."""
         super().__init__(policy, **sac_options)
-        if cost_budget < 0 or not 0 <= cost_gamma < 1 or lagrange_lr <= 0 or lagrange_init < 0:
-            raise ValueError(f"need cost_budget >= 0, 0 <= cost_gamma < 1, lagrange_lr > 0, lagrange_init >= 0; got "
-                             f"{cost_budget}, {cost_gamma}, {lagrange_lr}, {lagrange_init}")
+        # finite as well, as the config's validation asks: a NaN budget, step size or start (NaN < 0 is False) made
+        # lambda NaN at the first update, an infinite step size or start made it inf, and the run stopped an update
+        # later on a NaN actor loss (an infinite budget is no constraint: set passivity_aware=false for that)
+        settings = {"cost_budget": cost_budget, "cost_gamma": cost_gamma, "lagrange_lr": lagrange_lr,
+                    "lagrange_init": lagrange_init}
+        if not all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) for v in settings.values()) \
+                or cost_budget < 0 or not 0 <= cost_gamma < 1 or lagrange_lr <= 0 or lagrange_init < 0:
+            raise ValueError("need finite numbers with cost_budget >= 0, 0 <= cost_gamma < 1, lagrange_lr > 0, "
+                             "lagrange_init >= 0; got " + ", ".join(f"{k}={v!r}" for k, v in settings.items()))
         self.cost_budget, self.cost_gamma, self.lagrange_lr = float(cost_budget), float(cost_gamma), float(lagrange_lr)
         hidden = tuple(sac_options.get("critic_hidden", (256, 256)) if cost_critic_hidden is None else cost_critic_hidden)
         self.cost_critic = QEnsemble(policy.obs_dim, policy.act_dim, cost_num_critics, hidden,
@@ -103,7 +111,9 @@ class LagrangianSAC(SAC):
     def update(self, batch: CostBatch) -> dict[str, torch.Tensor]:
         if not isinstance(batch, CostBatch):
             raise TypeError("LagrangianSAC learns from batches with per-step costs (CostBatch: a replay buffer built "
-                            "with costs=True); got a plain Batch")
+                            "with costs=True); got a plain Batch. A runner stores costs only with "
+                            "safety.passivity_aware=true in its config (robo_rl.build.build_learner then builds this "
+                            "learner itself)")
         alpha = self.log_alpha.detach().exp()
         lagrange = self.lagrange.clone()
         critic_loss, q_mean = self._critic_loss(batch, alpha)

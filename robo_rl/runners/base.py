@@ -112,6 +112,13 @@ class Runner(RunnerCheckpoints, abc.ABC):
         if not math.isfinite(float(value.sum())) and not bool(torch.isfinite(value).all()):
             self._fail(f"non-finite {what} from the environment at step {self.step:,}")
 
+    def step_env(self, actions: torch.Tensor) -> Any:
+        """``self.env.step``; a non-finite cost it reports (``SafetyLayer.checked_cost``) stops the run as any NaN does."""
+        try:
+            return self.env.step(actions)
+        except FloatingPointError as exc:
+            self._fail(f"{exc} (at step {self.step:,})")
+
     def policy_actions(self, select: Any, obs: torch.Tensor) -> Any:
         """Run an action-selection call; non-finite actions stop training before reaching the env."""
         try:

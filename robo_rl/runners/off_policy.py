@@ -48,7 +48,7 @@ class OffPolicyRunner(Runner):
         actions = self.policy.clip_action(actions)
         # 2. step the envs through the safety filters (finished ones reset inside step; info["final_obs"] is
         #    where they ended, info["safety"]["actions"] what they executed)
-        next_obs, reward, terminated, truncated, info = env.step(actions)
+        next_obs, reward, terminated, truncated, info = self.step_env(actions)
         self.check_finite("observation", next_obs)
         self.check_finite("final observation", info["final_obs"])  # s' of finished episodes: replay stores it
         self.check_finite("reward", reward)

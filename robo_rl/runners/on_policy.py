@@ -44,7 +44,7 @@ class OnPolicyRunner(Runner):
         rollout_obs = []
         for _ in range(self.rollout_steps):
             actions, log_probs, values = self.policy_actions(learner.act, obs)
-            next_obs, reward, terminated, truncated, info = env.step(learner.env_action(obs, actions))
+            next_obs, reward, terminated, truncated, info = self.step_env(learner.env_action(obs, actions))
             self.check_finite("observation", next_obs)
             self.check_finite("final observation", info["final_obs"])  # a time-out bootstraps from it
             self.check_finite("reward", reward)

@@ -8,7 +8,8 @@ and ``evaluate`` see one env that
   tank, the previous output) and a copy's chain restarts when its episode ends;
 * reads the step's cost ``info[cost_key]`` (or ``info["task"][cost_key]``, where the batched MuJoCo
   backend keeps task terms), sums it per episode, and reports finished episodes' sums next to their
-  returns as ``info["episode"]["cost"]``;
+  returns as ``info["episode"]["cost"]``; a simulation reset because it diverged costs 0 in that step
+  (as its reward is 0), any other NaN/Inf cost stops the run (``FloatingPointError``, see ``checked_cost``);
 * hands the loop what really happened under ``info["safety"]``: ``actions`` [N, A] (the filtered
   actions the env executed), ``cost`` [N] (None when the env reports none) and ``interventions``
   (how many env copies' actions the chain changed in this step).
@@ -19,6 +20,7 @@ Without filters and without a cost in the info, the layer only forwards calls (a
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -147,6 +149,7 @@ class SafetyLayer(BatchedEnv):
         if cost is None and self.require_cost:
             raise missing_cost(self.cost_key, self.env)
         if cost is not None:
+            cost = self.checked_cost(cost, info)
             self.episode_cost += cost
             info["episode"]["cost"] = torch.where(done, self.episode_cost, 0.0).float()
             if bool(done.any()):
@@ -157,6 +160,28 @@ class SafetyLayer(BatchedEnv):
         info["safety"] = {"actions": actions, "cost": cost, "interventions": interventions}
         self.obs = obs
         return StepResult(obs, reward, terminated, truncated, info)
+
+    def checked_cost(self, cost: torch.Tensor, info: dict[str, Any]) -> torch.Tensor:
+        """The step's cost with the diverged simulations' entries set to 0, or FloatingPointError on a NaN/Inf.
+
+        A simulation the backend reset because its physics diverged (``info["diverged"]``) has no valid step:
+        the backend zeroes its reward and replay drops its row, so its cost (computed from the broken state,
+        possibly NaN) counts as 0 too, and the run goes on. Any other non-finite cost would make the episode
+        costs (and the cost critic's targets) NaN: training and evaluation stop, naming the task and the key.
+        """
+        diverged = info.get("diverged")
+        if diverged is not None:
+            diverged = torch.as_tensor(diverged, device=cost.device).reshape(-1).bool()
+            if bool(diverged.any()):
+                cost = torch.where(diverged, torch.zeros_like(cost), cost)
+        if not math.isfinite(float(cost.sum())) and not bool(torch.isfinite(cost).all()):
+            bad = (~torch.isfinite(cost)).nonzero().flatten().tolist()
+            raise FloatingPointError(
+                f"{self.task_id}: non-finite cost (NaN/Inf, or beyond float32's range) under safety.cost_key="
+                f"{self.cost_key!r} for env copies {bad[:10]} (values {cost[bad[:3]].tolist()}): the episode costs and "
+                "a passivity-aware run's cost critic would turn NaN; fix the task's cost, or point safety.cost_key "
+                "at a finite per-step cost")
+        return cost
 
     def counted_costs(self, env_index: list[int]) -> list[float] | None:
         """Costs of the episodes ``evaluate`` counted (its ``env_index``: the copy of each, in finishing order).

@@ -303,3 +303,103 @@ def test_box_filter_bounds_every_executed_and_stored_action(tmp_path):
     assert float(stored.abs().max()) <= 0.3  # replay holds what was executed
     assert summary["filter_interventions"] > 20  # uniform warm-up actions leave the box 70% of the time
     assert "safety/intervention_rate" in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
+
+
+# -- non-finite costs and settings -------------------------------------------------------------------
+class NaNCostPush(CostlyPush):
+    """CostlyPush whose copy 0 reports a NaN cost at the 5th step of every episode (a broken cost term)."""
+
+    def step(self, actions: torch.Tensor) -> StepResult:
+        result = super().step(actions)
+        if int(self.t[0]) == 5:
+            result.info["cost"][0] = np.nan
+        return result
+
+
+class DivergingPush(CostlyPush):
+    """CostlyPush whose copy 0 "diverges" at its 7th step, as the MuJoCo backend reports it: the simulation is
+    reset, ``info["diverged"]`` marks it, its reward is 0, its episode ends truncated with its last finite
+    observation, and the task's cost term, computed from the broken state, is NaN."""
+
+    def step(self, actions: torch.Tensor) -> StepResult:
+        breaking = self.t == 6  # this step is the 7th of the episode
+        previous = self.last_obs.clone()
+        result = super().step(actions)
+        obs, reward, terminated, truncated, info = result
+        if bool(breaking.any()):
+            reward = torch.where(breaking, 0.0, reward)
+            truncated = truncated | breaking
+            info["final_obs"] = torch.where(breaking[:, None], previous, info["final_obs"])
+            info["episode"] = {"return": torch.where(breaking, self.ret, info["episode"]["return"]),
+                               "length": torch.where(breaking, self.t, info["episode"]["length"]),
+                               "mask": info["episode"]["mask"] | breaking}
+            self.t[breaking] = 0
+            self.ret[breaking] = 0.0
+            info["cost"][breaking.numpy()] = np.nan
+        info["diverged"] = breaking
+        self.last_obs = obs
+        return StepResult(obs, reward, terminated, truncated, info)
+
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        self.last_obs = super().reset(seed)
+        return self.last_obs
+
+
+def run_on(env_cls, run_dir: Path, *overrides: str):
+    """``run`` with another env class for training and evaluation."""
+    cfg, _ = prepare(compose(*overrides), run_dir, ())
+    seed_everything(int(cfg.seed))
+    env, eval_env = env_cls(int(cfg.env.num_envs)), env_cls(min(int(cfg.eval.num_envs), int(cfg.eval.episodes)))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / CONFIG_FILE)
+    runner = build_runner(cfg, build_learner(cfg, build_policy(cfg, env)), env, eval_env, run_dir)
+    return runner, runner.train()
+
+
+def test_a_nan_cost_stops_training_naming_the_key_even_when_only_logged(tmp_path):
+    # without passivity_aware the cost is only logged: it used to turn rollout/ep_cost_mean and eval/cost_mean
+    # into NaN for the rest of the run (and summary.json's final_eval_cost_mean), with no word said
+    from robo_rl.runners.stopping import NonFiniteError
+
+    with pytest.raises(NonFiniteError, match=rf"{TASK}: non-finite cost .*safety.cost_key='cost' for env copies \[0\].* "
+                                             r"\(at step [\d,]+\); training stopped and (the last good checkpoint|no checkpoint)"):
+        run_on(NaNCostPush, tmp_path / "run", *SMALL, "steps=60", "eval.every=60", "checkpoint.every=60", "log.every=20")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"].startswith(f"failed: {TASK}: non-finite cost")
+
+
+def test_a_nan_cost_stops_an_evaluation_instead_of_a_nan_cost_mean():
+    from robo_rl.evaluation import evaluate
+    from robo_rl.runners.safety import SafetyLayer
+    from policies import build_head
+
+    head = build_head("gaussian", 2, -np.ones(1), np.ones(1), hidden_sizes=(8,))
+    with pytest.raises(FloatingPointError, match=r"non-finite cost"):
+        evaluate(head, SafetyLayer(NaNCostPush(2), keep_episode_costs=True), episodes=2, seed=0)
+
+
+def test_a_diverged_simulation_costs_nothing_and_a_passivity_aware_run_goes_on(tmp_path):
+    # the backend's diverged reset is survivable (reward 0, row left out of replay); its NaN cost term used to stop
+    # a passivity-aware run ("non-finite cost from the environment") and poison the logged episode costs
+    runner, summary = run_on(DivergingPush, tmp_path / "run", *SMALL, *LAGRANGIAN, "env.num_envs=2", "steps=120",
+                             "algo.learning_starts=40", "eval.every=120", "checkpoint.every=120", "log.every=40")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+    # both copies diverge at every 7th step (iterations 7, 14, ..., 56): 16 rows left out of replay
+    assert runner.diverged == 16 and runner.replay.size == 120 - 16
+    assert bool(torch.isfinite(runner.replay.costs[: runner.replay.size]).all())
+    assert runner.recent_costs and all(np.isfinite(c) for c in runner.recent_costs)
+    assert all(np.isfinite(e["cost_mean"]) for e in runner.eval_history)
+
+
+@pytest.mark.parametrize("option", ["cost_budget", "lagrange_lr", "lagrange_init"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_lagrangian_refuses_non_finite_settings(option, value):
+    # the CLI's validation refuses them; from Python a NaN passed every comparison and made lambda NaN
+    with pytest.raises(ValueError, match=rf"finite numbers.*{option}={value}"):
+        small_lagrangian(**{option: value})
+
+
+def test_a_plain_batch_says_which_setting_stores_costs():
+    from robo_rl.learners.base import Batch
+
+    with pytest.raises(TypeError, match=r"safety.passivity_aware=true"):
+        small_lagrangian().update(Batch(*cost_batch()[:5]))
