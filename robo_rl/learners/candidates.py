@@ -123,6 +123,19 @@ class CriticSelectPolicy(PolicyHead):
     def imitation_loss(self, obs: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         return self.base.imitation_loss(obs, actions, weights)
 
+    @torch.no_grad()
+    def tied_choice(self, obs: torch.Tensor, noise: torch.Tensor | None, actions: torch.Tensor,
+                    atol: torch.Tensor) -> torch.Tensor:
+        """[B] bool: ``actions`` [B, A] (e.g. an exported model's) is, within ``atol``, a candidate of its row whose
+        critic score is within float32 rounding of the best: another runtime's rounding may pick it over the one
+        torch picks (with a near-zero edit, EXPO's base and edited candidates score alike), a choice as good."""
+        candidates = self.candidates(obs, deterministic=True, noise=noise)
+        scores = score(self.critic, self.base, obs, candidates)
+        top = scores.max(dim=1, keepdim=True).values
+        near = (top - scores) <= 1e-5 * top.abs().clamp_min(1.0)
+        same = ((candidates - actions[:, None]).abs() <= atol).all(-1)
+        return (near & same).any(1)
+
     def forward(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """The export path: the best candidate from explicit noise (the fixed seed-0 noise if None)."""
         candidates = self.candidates(obs, deterministic=True, noise=noise)

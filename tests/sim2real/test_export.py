@@ -109,6 +109,37 @@ def test_critic_select_policies_export_with_their_fixed_noise(tmp_path, base_nam
     assert np.abs(got - want).max() <= 1e-5
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_critic_select_export_may_pick_another_of_tied_candidates_but_no_worse_one(tmp_path, monkeypatch, tied):
+    # an argmax between candidates the critic scores alike may go either way in another runtime's rounding (an EXPO
+    # TorchScript export was refused for a 7e-5 gap between two equal-scoring actions); a worse pick is still refused.
+    # The stand-in runtime here always takes the last candidate, whatever torch's argmax takes
+    base = _head("flow", {"steps": 3})
+    critic = QEnsemble(OBS_DIM, 3, 2, [32, 32], "relu", False)
+    if tied:  # a critic that scores every candidate alike
+        with torch.no_grad():
+            for p in critic.parameters():
+                p.zero_()
+    policy = CriticSelectPolicy(base, critic, 4)
+    trace = torch.jit.trace
+
+    class LastCandidate(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.policy = policy
+
+        def forward(self, obs, noise):
+            return self.policy.clip_action(self.policy.candidates(obs, deterministic=True, noise=noise)[:, -1])
+
+    monkeypatch.setattr(torch.jit, "trace", lambda module, example, **kw: trace(LastCandidate(), example, **kw))
+    if tied:
+        export_policy(policy, tmp_path, "torchscript")
+        assert (tmp_path / "policy.pt").is_file()
+    else:
+        with pytest.raises(RuntimeError, match="differs from the torch policy"):
+            export_policy(policy, tmp_path, "torchscript")
+
+
 def test_torchscript_export_matches(tmp_path):
     head = _head("flow", {"steps": 4})
     sidecar = export_policy(head, tmp_path, "torchscript")
