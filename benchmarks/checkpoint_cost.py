@@ -242,6 +242,8 @@ def main() -> None:
 
     from robo_rl.storage.replay import ReplayBuffer
 
+    if args.dir is not None:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)  # a scratch location the user named
     root = Path(tempfile.mkdtemp(prefix="ckpt-cost-", dir=args.dir))
     try:
         cfg, runner = build(root / "run", args.keep, args.rows, args.learning_starts)

@@ -163,7 +163,7 @@ def main() -> None:
     parser.add_argument("--tanks", nargs="+", type=float, default=[0.25, 0.1, 0.05, 0.02],
                         help="tank sizes (initial energy, J; the cap is twice that) to evaluate with")
     args = parser.parse_args()
-    base = ROOT / args.out
+    base = Path(args.out).resolve()  # relative to where the command runs
     train_all(base, args.seeds, args.jobs)
     variants = {"(a) passivity-agnostic SAC": ("agnostic", False), "(b) (a) + passivity filter": ("agnostic", True),
                 "(c) passivity-aware SAC (Lagrangian)": ("aware", False), "(d) (c) + passivity filter": ("aware", True)}

@@ -56,15 +56,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    run_dir = Path(args.run_dir)
-    if not (ROOT / run_dir / "config.yaml").is_file():
+    run_dir = Path(args.run_dir).resolve()  # relative to where the command runs, as robo-rl's run_dir=
+    if not (run_dir / "config.yaml").is_file():
         print(f"training PPO on Hopper-v5 for {args.steps:,} steps into {run_dir} ...", flush=True)
         cli("train", "algo=ppo", "env=hopper", f"steps={args.steps}", f"seed={args.seed}", f"run_dir={run_dir}",
             "log.tensorboard=false")
     cli("eval", f"run_dir={run_dir}", f"episodes={EPISODES}")
-    reference = json.loads((ROOT / run_dir / "eval.json").read_text())
+    reference = json.loads((run_dir / "eval.json").read_text())
     cli("export", f"run_dir={run_dir}")
-    export = ROOT / run_dir / "export"
+    export = run_dir / "export"
     sidecar = json.loads((export / "policy.json").read_text())
 
     from sim2real.deploy import deploy
