@@ -33,6 +33,8 @@ class _Recorder(gym.Env):
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
+        if seed is not None:  # reset does not seed the space's own RNG: seed it so that a run repeats
+            self.observation_space.seed(int(seed))
         return self.observation_space.sample(), {}
 
     def step(self, action):
