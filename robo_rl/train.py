@@ -53,7 +53,10 @@ def prepare(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str] = ()) -
     if cfg.resume:
         run_dir = Path(cfg.resume)
         refuse_busy_run_dir(run_dir)
-        saved = load_run_config(run_dir)
+        try:
+            saved = load_run_config(run_dir)
+        except FileNotFoundError as exc:  # (eval shares the message, which names no key)
+            raise ConfigError(f"resume={run_dir}: {exc}") from None
         keys = [o.split("=", 1)[0].lstrip("+~") for o in cli_overrides]
         if "steps" in keys:
             kept = [f"{k}={OmegaConf.select(saved, k):,}" for k in CADENCES if k not in keys]
@@ -275,6 +278,10 @@ def _log_start(cfg: DictConfig, env: Any, eval_env: Any, learner: Any, demos: An
         log.warning(f"robo-rl: warning: steps={int(cfg.steps):,} ends before algo.learning_starts="
                     f"{int(starts):,}, so the policy is never updated (every action is uniform random); "
                     "lower algo.learning_starts or raise steps")
+    utd = cfg.algo.get("utd") if starts is not None else None
+    if utd is not None and demos is None and int(cfg.steps) > int(starts) and float(utd) * (int(cfg.steps) - int(starts)) < 1:
+        log.warning(f"robo-rl: warning: algo.utd={float(utd):g} over the {int(cfg.steps) - int(starts):,} steps after "
+                    "algo.learning_starts makes no gradient update (the policy is never trained); raise algo.utd or steps")
 
 
 def _run(cfg: DictConfig, run_dir: Path, env: Any, eval_env: Any, learner: Any, demos: Any, resume_from: Path | None,

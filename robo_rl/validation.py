@@ -6,7 +6,7 @@ import dataclasses
 import math
 import re
 import typing
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -59,6 +59,8 @@ FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
 MAX_SEED = 2**32 - 1
 #: gradient updates per env step: far above any published setting (REDQ: 20), below a hang
 MAX_UTD = 1000
+#: torch intra-op threads: more than any machine's cores (torch itself fails past 2**31 with "Overflow when unpacking long")
+MAX_THREADS = 4096
 
 
 def check_device(device: str, key: str = "device") -> None:
@@ -75,9 +77,8 @@ def check_device(device: str, key: str = "device") -> None:
             raise ConfigError(f"{key}={device}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
 
 
-def non_finite_keys(cfg: DictConfig) -> list[str]:
-    """Dotted keys holding NaN or +-inf (NaN only under ``env.kwargs``, where inf can bound a range, e.g.
-    ``healthy_z_range=[0.8,inf]``); ``safety.filters`` is checked by its own builder."""
+def float_keys(cfg: DictConfig, bad: Callable[[float, str], bool]) -> list[str]:
+    """Dotted keys of the float values ``bad(value, key)`` flags; ``safety.filters`` is checked by its own builder."""
     found: list[str] = []
 
     def walk(node: Any, path: str) -> None:
@@ -89,11 +90,29 @@ def non_finite_keys(cfg: DictConfig) -> list[str]:
         elif OmegaConf.is_list(node):
             for i, item in enumerate(node):
                 walk(item, f"{path}[{i}]")
-        elif isinstance(node, float) and (math.isnan(node) or (math.isinf(node) and not path.startswith("env.kwargs."))):
+        elif isinstance(node, float) and bad(node, path):
             found.append(path)
 
     walk(cfg, "")
     return found
+
+
+def non_finite_keys(cfg: DictConfig) -> list[str]:
+    """Dotted keys holding NaN or +-inf (NaN only under ``env.kwargs``, where inf can bound a range, e.g.
+    ``healthy_z_range=[0.8,inf]``)."""
+    return float_keys(cfg, lambda v, key: math.isnan(v) or (math.isinf(v) and not key.startswith("env.kwargs.")))
+
+
+def beyond_float32_keys(cfg: DictConfig) -> list[str]:
+    """Dotted keys holding a finite number too large for float32 (training computes in float32: a clip bound or step
+    size of 1e300 reaches torch as a Python float and stops the run with "value cannot be converted to type float
+    without overflow"); not under ``env.kwargs`` (gymnasium's float64)."""
+    return float_keys(cfg, lambda v, key: math.isfinite(v) and abs(v) > FLOAT32_MAX and not key.startswith("env.kwargs."))
+
+
+def layer_sizes_ok(sizes: Any) -> bool:
+    """Whether ``sizes`` (a hidden-layer list) holds at least one whole number, all >= 1 (not [[256]] or [true])."""
+    return len(sizes) >= 1 and all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in sizes)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -117,6 +136,12 @@ def validate(cfg: DictConfig) -> None:
         hint = "; for no clipping give a large bound, e.g. 1e6" if bad[0].endswith("_clip") else ""
         raise ConfigError(f"{bad[0]}={OmegaConf.select(cfg, bad[0])}: must be a finite "
                           f"number{' (also: ' + ', '.join(bad[1:]) + ')' if len(bad) > 1 else ''}{hint}")
+    big = beyond_float32_keys(cfg)
+    if big:
+        hint = "; for no clipping give a large bound, e.g. 1e6" if big[0].endswith("_clip") else ""
+        raise ConfigError(f"{big[0]}={OmegaConf.select(cfg, big[0])}: beyond float32's range (at most 3.4e38 in "
+                          f"magnitude; training computes in float32)"
+                          f"{' (also: ' + ', '.join(big[1:]) + ')' if len(big) > 1 else ''}{hint}")
     need(0 < cfg.steps <= MAX_STEPS, "steps", "must be > 0 and at most 1e15 (e.g. steps=1e6)")
     need(0 <= cfg.seed <= MAX_SEED, "seed", "must be between 0 and 2**32 - 1")
     need(cfg.env.max_episode_steps is None or cfg.env.max_episode_steps >= 1, "env.max_episode_steps",
@@ -136,6 +161,12 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.policy.get("unit_actions", True) or not cfg.policy.squash, "policy.unit_actions",
          "false keeps an unsquashed head's Gaussian in the env's units; with policy.squash=true the head always "
          "works in the box's unit scale: leave it at true, or set policy.squash=false")
+    from envs.randomization import RandomizationSpec
+
+    try:  # its shape first: the delay check below takes the largest of a well-formed [min, max]
+        RandomizationSpec.from_dict(OmegaConf.to_container(cfg.env.randomize, resolve=True))
+    except ValueError as exc:
+        raise ConfigError(f"env.{exc}") from None
     delay = cfg.env.randomize.action_delay
     limit = episode_limit(cfg)
     if delay is not None and limit:
@@ -151,13 +182,8 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.env.backend in ("auto", "gymnasium", "mujoco", "mjwarp", "isaac"), "env.backend",
          "must be auto, gymnasium, mujoco, mjwarp or isaac")
     need(cfg.env.threads >= 0, "env.threads", "must be >= 0 (0: all CPUs)")
-    from envs.randomization import RandomizationSpec
-
-    try:
-        RandomizationSpec.from_dict(OmegaConf.to_container(cfg.env.randomize, resolve=True))
-    except ValueError as exc:
-        raise ConfigError(f"env.{exc}") from None
-    need(cfg.threads is None or cfg.threads >= 1, "threads", "must be >= 1")
+    need(cfg.threads is None or 1 <= cfg.threads <= MAX_THREADS, "threads",
+         f"must be between 1 and {MAX_THREADS} (torch threads; null: torch's default, all cores)")
     need(cfg.eval.episodes >= 1, "eval.episodes", "must be >= 1")
     need(cfg.eval.num_envs >= 1, "eval.num_envs", "must be >= 1")
     need(cfg.eval.every >= 1, "eval.every", "must be >= 1")
@@ -174,7 +200,7 @@ def validate(cfg: DictConfig) -> None:
 
         need(Path(cfg.demos.path).is_file(), "demos.path", f"no such file: {cfg.demos.path}")
     check_device(str(cfg.device))
-    for key in ("policy.activation", "algo.critic_activation", "algo.value_activation"):
+    for key in ("policy.activation", "algo.critic_activation", "algo.value_activation", "algo.edit_activation"):
         value = OmegaConf.select(cfg, key)
         if value is not None:
             need(value in ACTIVATIONS, key, f"unknown activation; choose one of {', '.join(ACTIVATIONS)}")
@@ -182,7 +208,7 @@ def validate(cfg: DictConfig) -> None:
                 "algo.edit_hidden"):
         value = OmegaConf.select(cfg, key)
         if value is not None:
-            need(len(value) >= 1 and all(h >= 1 for h in value), key, "needs at least one layer, all sizes >= 1")
+            need(layer_sizes_ok(value), key, "needs at least one layer, all sizes whole numbers >= 1 (e.g. [256,256])")
     if algo in ("sac", "td3", "gorl_sac", "expo", "parl"):
         need(not cfg.env.normalize_reward, "env.normalize_reward",
              "not supported for off-policy learners (the replay buffer would mix rewards scaled by different "
@@ -264,8 +290,8 @@ def validate_safety(cfg: DictConfig) -> None:
     need(safety.lagrange_init >= 0, "safety.lagrange_init", "the Lagrange multiplier must start >= 0")
     need(safety.cost_critic.num_critics >= 1, "safety.cost_critic.num_critics", "must be >= 1")
     hidden = safety.cost_critic.hidden
-    need(hidden is None or (len(hidden) >= 1 and all(h >= 1 for h in hidden)), "safety.cost_critic.hidden",
-         "needs at least one layer, all sizes >= 1")
+    need(hidden is None or layer_sizes_ok(hidden), "safety.cost_critic.hidden",
+         "needs at least one layer, all sizes whole numbers >= 1 (e.g. [256,256])")
     need(safety.cost_critic.lr is None or safety.cost_critic.lr > 0, "safety.cost_critic.lr", "must be > 0")
     if len(safety.filters):
         need(algo in FILTERABLE_ALGOS, "safety.filters",

@@ -92,6 +92,8 @@ def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
     assert not (tmp_path / "z").exists()
     proc = robo_rl("eval", "run_dir=nowhere", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "not a robo-rl run directory" in proc.stderr
+    proc = robo_rl("train", "resume=nowhere", cwd=tmp_path, check=False)  # the message names the key
+    assert proc.returncode == 2 and "error: resume=nowhere: nowhere is not a robo-rl run directory" in proc.stderr
     proc = robo_rl("eval", "run_dir=nowhere", "episodez=3", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "unknown key 'episodez'; did you mean episodes" in proc.stderr
     proc = robo_rl("frobnicate", cwd=tmp_path, check=False)
@@ -259,7 +261,9 @@ def test_an_off_policy_run_that_never_updates_says_so(tmp_path):
     err = robo_rl("train", *TINY, "steps=60", "run_dir=r", cwd=tmp_path).stderr  # learning_starts=100
     assert "steps=60 ends before algo.learning_starts=100, so the policy is never updated" in err
     err = robo_rl("train", *TINY, "steps=150", "run_dir=r2", cwd=tmp_path).stderr
-    assert "never updated" not in err
+    assert "never updated" not in err and "makes no gradient update" not in err
+    err = robo_rl("train", *TINY, "steps=150", "algo.utd=0.01", "run_dir=r3", cwd=tmp_path).stderr  # 0.5 updates
+    assert "algo.utd=0.01 over the 50 steps after algo.learning_starts makes no gradient update" in err
 
 
 def test_a_learner_with_settings_for_the_task_says_which(tmp_path):

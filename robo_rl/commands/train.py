@@ -407,8 +407,10 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
         if reason is None:
             raise
         leave_nothing()
-        return error(f"out of memory: {reason}; lower env.num_envs, algo.batch_size or the buffer sizes "
-                     "(algo.buffer_size, algo.rollout_steps)", EXIT_FAILED)
+        return error(f"out of memory: {reason}; lower what the config sizes: env.num_envs, algo.batch_size, the "
+                     "buffers (algo.buffer_size, algo.rollout_steps), the networks (*_hidden, hidden_sizes, "
+                     "algo.num_critics) or the samples per state (algo.num_samples, algo.num_candidates, "
+                     "policy.components, policy.steps)", EXIT_FAILED)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

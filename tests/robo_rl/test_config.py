@@ -73,6 +73,21 @@ def test_unknown_or_mistyped_keys_fail_at_composition(override, words):
     (["env.kwargs.ctrl_cost_weight=nan"], "env.kwargs.ctrl_cost_weight"),
     (["policy.obs_clip=inf"], r"policy.obs_clip=inf: must be a finite number; for no clipping give a large bound"),
     (["env.randomize.body_mass_scale=[0.5,nan]"], r"env.randomize.body_mass_scale\[1\]"),
+    # a nested list passed the List[int] schema and stopped validation with a TypeError traceback (an empty run_dir left)
+    (["algo=sac", "algo.critic_hidden=[[256]]"], r"algo.critic_hidden=\[\[256\]\]: needs at least one layer"),
+    (["policy.hidden_sizes=[[64],[64]]"], "policy.hidden_sizes"),
+    (["algo=sac", "safety.cost_critic.hidden=[[1]]"], "safety.cost_critic.hidden"),
+    (["env=pendulum", "env.randomize.action_delay=[[1]]"], r"env.randomize.action_delay=\(\[1\],\): expected a range"),
+    (["env=pendulum", "env.randomize.action_delay=[]"], r"env.randomize.action_delay=\(\): expected a range"),  # was max()'s
+    # finite but beyond float32: trained, then stopped with "value cannot be converted to type float without overflow"
+    (["algo=ppo", "policy.obs_clip=1e300", "env=pendulum", "steps=200"], r"policy.obs_clip=1e\+300: beyond float32's range"),
+    (["algo=ppo", "env.reward_clip=1e300", "env=pendulum", "steps=200"], r"env.reward_clip=1e\+300: beyond float32's range"),
+    (["algo=td3", "algo.target_noise_clip=1e300", "env=pendulum", "steps=200"], "algo.target_noise_clip"),
+    (["algo=sac", "demos.lr=1e300", "env=pendulum", "steps=200"], "demos.lr"),
+    # was torch's "Overflow when unpacking long"; the learner's "unknown activation 'sigmoidz'" named no key
+    (["threads=1e12", "env=pendulum", "steps=200"], r"threads=1000000000000: must be between 1 and"),
+    (["algo=expo", "algo.edit_activation=sigmoidz", "env=pendulum", "steps=200"],
+     r"algo.edit_activation=sigmoidz: unknown activation"),
 ])
 def test_semantic_errors_name_the_key_and_write_nothing(tmp_path, overrides, key):
     run_dir = tmp_path / "run"
@@ -405,3 +420,13 @@ def test_an_update_of_one_sample_is_refused(algo):
     with pytest.raises(ConfigError, match=r"algo\.rollout_steps=1: rollout_steps \* num_envs = 1"):
         validate(resolve_defaults(compose(f"algo={algo}", "env.num_envs=1", "algo.rollout_steps=1", "algo.minibatch_size=1")))
     validate(resolve_defaults(compose(f"algo={algo}", "env.num_envs=1", "algo.rollout_steps=2", "algo.minibatch_size=1")))
+
+
+def test_task_keyword_arguments_may_exceed_float32():
+    # env.kwargs go to gymnasium.make as float64 (inf bounds a range there): the float32 limit is for robo-rl's own keys
+    from robo_rl.defaults import resolve_defaults
+    from robo_rl.validation import validate
+
+    validate(resolve_defaults(compose("env=pendulum", "env.kwargs.g=1e300")))
+    with pytest.raises(ConfigError, match=r"policy\.obs_clip=1e\+300: .*\(also: env\.reward_clip\)"):
+        validate(resolve_defaults(compose("env=pendulum", "policy.obs_clip=1e300", "env.reward_clip=-1e300")))

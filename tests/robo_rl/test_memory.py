@@ -59,8 +59,9 @@ def test_a_failed_allocation_is_one_line_naming_what_to_lower(tmp_path, capsys, 
                   "eval.episodes=1", "eval.num_envs=1")
     assert run_training(cfg, tmp_path / "run", []) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("robo-rl: error: out of memory: you tried to allocate 1200000000000000 bytes; lower "
-                          "env.num_envs, algo.batch_size or the buffer sizes"), err
+    assert err.startswith("robo-rl: error: out of memory: you tried to allocate 1200000000000000 bytes; lower what "
+                          "the config sizes: env.num_envs, algo.batch_size, the buffers (algo.buffer_size"), err
+    assert "the networks (*_hidden" in err and "the samples per state (algo.num_samples" in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
