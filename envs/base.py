@@ -32,6 +32,12 @@ import numpy as np
 import torch
 
 
+def all_finite(x: torch.Tensor) -> bool:
+    """No NaN/Inf in ``x``: one reduction and one scalar read decide when the sum is finite (the acting loop's case);
+    the exact test runs only when it is not, since a sum of large finite values can overflow."""
+    return math.isfinite(float(x.sum())) or bool(torch.isfinite(x).all())
+
+
 class WorkerDied(RuntimeError):
     """A simulator worker process exited without a Python error to forward (killed by a signal, e.g. the
     kernel's OOM killer, or crashed in native code); the message names the task and the exit code(s)."""
@@ -154,8 +160,7 @@ class BatchedEnv(abc.ABC):
             )
         # checked after the cast to the simulation's float32: 1e300 in float64 is finite, but inf there
         actions = actions.to(dtype=torch.float32)
-        # a sum is finite unless an element is NaN/Inf (or it overflows: the exact test decides)
-        if not math.isfinite(float(actions.sum())) and not bool(torch.isfinite(actions).all()):
+        if not all_finite(actions):
             bad = (~torch.isfinite(actions)).any(dim=1).nonzero().flatten().tolist()
             raise ValueError(
                 f"{self.task_id}: non-finite actions for envs {bad[:10]}; refusing to step the "

@@ -476,6 +476,14 @@ class GymnasiumBatchedEnv(BatchedEnv):
                 "the failure in this process")
             raise WorkerDied(self._workers_lost) from exc
 
+    def _refuse_if_closed(self) -> None:
+        # closed because a worker died: a reset or step after it (e.g. once a checkpoint was saved without the
+        # simulator state, see RunnerCheckpoints.state) says why, not "this env was closed; make a new one"
+        lost = getattr(self, "_workers_lost", None)
+        if lost is not None:
+            raise WorkerDied(lost)
+        super()._refuse_if_closed()
+
     def _abandon_workers(self) -> None:
         """Close after a worker died: gymnasium's own close() would wait on the dead worker's pipe and raise again."""
         vec = self._vec

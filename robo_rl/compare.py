@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from robo_rl.config import flatten_config, saved_unit_actions
-from robo_rl.metrics import format_duration, format_return, return_decimals
+from robo_rl.metrics import complete_lines, format_duration, format_return, return_decimals
 
 SUMMARY, METRICS, CONFIG, EVALUATED = "summary.json", "metrics.csv", "config.yaml", "eval.json"
 # keys that never separate groups: the seed, where a run was written, and settings that do not change
@@ -113,17 +113,14 @@ def _read_curves(path: Path, warnings: list[str] | None = None) -> dict[str, lis
         return curves
     try:
         with path.open(newline="", encoding="utf-8") as f:
-            lines = f.read().splitlines(keepends=True)
-        # a last line without its line end is a row cut off mid-write (the run was killed, or its disk filled, or it is
-        # being written now): its numbers are cut too ("-1373.4" read as -13), so it is no point of the curve
-        cut = bool(lines) and not lines[-1].endswith(("\n", "\r")) and len(lines) > 1
-        reader = csv.DictReader(lines[:-1] if cut else lines)
+            lines, cut = complete_lines(f.read())  # a row cut off mid-write is no point of the curve
+        reader = csv.DictReader(lines)
         rows = list(reader)
         columns = reader.fieldnames or []
     except (UnicodeDecodeError, csv.Error, OSError) as exc:
         raise ValueError(f"{path}: not a readable metrics file ({exc})") from None
     if cut and warnings is not None:
-        warnings.append(f"{path}: its last row (line {len(lines)}) is cut off, without a line end (the run was "
+        warnings.append(f"{path}: its last row (line {len(lines) + 1}) is cut off, without a line end (the run was "
                         "stopped, or its disk filled, while writing it; or it is being written now); left out")
     if rows and "step" not in columns:
         raise ValueError(f"{path}: not a metrics file a run writes (no 'step' column; the header is "

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from envs import BatchedEnv
-from envs.base import check_step_result, unknown_next_state
+from envs.base import all_finite, check_step_result, unknown_next_state
 from policies.heads import PolicyHead
 from policies.heads.generative import ChunkExecutor
 
@@ -70,7 +70,9 @@ def evaluate(
         while sum(done_count) < episodes or recorded < record_episodes:
             if not bool(torch.isfinite(obs).all()):
                 raise FloatingPointError(f"evaluation env {env.task_id} returned a non-finite observation")
-            actions = act(obs, deterministic=deterministic)
+            # inside the box, as training's actions are (OffPolicyRunner, Learner.env_action): from_unit's float32
+            # rounding puts a saturated action one step outside a box like [0.1, 2.7] (0.0999999)
+            actions = policy.clip_action(act(obs, deterministic=deterministic))
             prev = obs
             result = env.step(actions)
             if steps == 0:  # a user env that breaks the contract: one line naming the part, not a KeyError
@@ -79,7 +81,7 @@ def evaluate(
             # a NaN/Inf reward would make the returns NaN, and a NaN terminal observation is as broken an env
             # (training stops on both): stop here, naming which, not with a "nan ± nan" evaluation
             for what, value in (("reward", reward), ("final observation", info["final_obs"])):
-                if not math.isfinite(float(value.sum())) and not bool(torch.isfinite(value).all()):
+                if not all_finite(value):
                     raise FloatingPointError(f"evaluation env {env.task_id} returned a non-finite {what} "
                                              f"(episodes finished so far: {sum(done_count)} of {episodes})")
             ep = info["episode"]

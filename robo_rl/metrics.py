@@ -101,6 +101,15 @@ class MetricsWriter:
             self.tb.close()
 
 
+def complete_lines(text: str) -> tuple[list[str], bool]:
+    """A metrics.csv's lines without a last one cut off mid-write (no line end: the run was killed, or its disk filled,
+    while writing it, or it is being written now; its numbers are cut too, "-1373.4" read as -13), and whether one was.
+    A header alone is kept."""
+    lines = text.splitlines(keepends=True)
+    cut = len(lines) > 1 and not lines[-1].endswith(("\n", "\r"))
+    return (lines[:-1] if cut else lines), cut
+
+
 def _rows_up_to(path: Path, step: int, columns: list[str]) -> tuple[list[str], list[dict[str, float]]]:
     """The header and the rows up to ``step`` of a run's metrics.csv, for a resume from the checkpoint at ``step``.
 
@@ -112,9 +121,7 @@ def _rows_up_to(path: Path, step: int, columns: list[str]) -> tuple[list[str], l
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot be read to continue the run's metrics ({exc}); move it aside to resume "
                          "without the earlier rows") from None
-    lines = text.splitlines(keepends=True)
-    if lines and not lines[-1].endswith(("\n", "\r")):
-        lines.pop()  # a row cut off mid-write: written after the checkpoint (rows are complete before a save)
+    lines, _ = complete_lines(text)  # a cut row was written after the checkpoint (rows are complete before a save)
     damaged = (f"; the file was edited or damaged: repair that line, or move {path.name} aside to resume without "
                "the earlier rows")
     try:
@@ -129,7 +136,7 @@ def _rows_up_to(path: Path, step: int, columns: list[str]) -> tuple[list[str], l
             if not math.isfinite(row_step):
                 raise ValueError(f"{path}: line {line}: step is {row.get('step')!r}, not a number{damaged}")
             if row_step > step:
-                continue  # written after the checkpoint
+                break  # written after the checkpoint, as every later row (steps only grow): not read
             if None in row:
                 raise ValueError(f"{path}: line {line}: more values than the header's {len(header)} columns{damaged}")
             parsed = {}

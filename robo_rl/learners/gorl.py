@@ -205,7 +205,9 @@ class GoRL(DecoderRefit, Learner):
         return self.ppo.act(obs)  # latent z, log pi(z|s), V(s)
 
     def env_action(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        return self.policy.decode(obs, actions)
+        # clipped as every learner's (Learner.env_action): the decoder's from_unit rounds a saturated action one
+        # float32 step outside a box like [0.1, 2.7]
+        return self.policy.clip_action(self.policy.decode(obs, actions))
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.ppo.value(obs)

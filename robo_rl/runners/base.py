@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from envs import BatchedEnv
-from envs.base import WorkerDied
+from envs.base import WorkerDied, all_finite
 from robo_rl.checkpoint import CheckpointWriteError, prune_checkpoints
 from robo_rl.evaluation import EvaluationNotFinished, evaluate
 from robo_rl.learners.base import Learner
@@ -108,8 +108,7 @@ class Runner(RunnerCheckpoints, abc.ABC):
 
     # -- shared helpers for subclasses --------------------------------------------------------------
     def check_finite(self, what: str, value: torch.Tensor) -> None:
-        # a sum is finite unless an element is NaN/Inf (or the sum overflows; the exact test decides)
-        if not math.isfinite(float(value.sum())) and not bool(torch.isfinite(value).all()):
+        if not all_finite(value):
             self._fail(f"non-finite {what} from the environment at step {self.step:,}")
 
     def step_env(self, actions: torch.Tensor) -> Any:
@@ -126,7 +125,7 @@ class Runner(RunnerCheckpoints, abc.ABC):
         except FloatingPointError as exc:
             self._fail(f"{exc} at step {self.step:,}")
         actions = out[0] if isinstance(out, tuple) else out
-        if not math.isfinite(float(actions.sum())) and not bool(torch.isfinite(actions).all()):
+        if not all_finite(actions):
             self._fail(f"non-finite actions from the policy at step {self.step:,} (diverged weights?)")
         return out
 
@@ -303,6 +302,9 @@ class Runner(RunnerCheckpoints, abc.ABC):
                 else "no checkpoint was written yet"))
         except Exception as exc:  # NaN guard, a task without the configured cost, ...: the summary says so
             status = f"failed: {exc}"
+            raise
+        except BaseException as exc:  # e.g. Terminated (a SIGTERM outside the loop's own handler): not "completed"
+            status = f"stopped: {type(exc).__name__}"
             raise
         finally:
             elapsed = self.wall_time + time.perf_counter() - t_start

@@ -53,9 +53,7 @@ class OffPolicyRunner(Runner):
         self.check_finite("final observation", info["final_obs"])  # s' of finished episodes: replay stores it
         self.check_finite("reward", reward)
         safety = info["safety"]
-        costs = safety["cost"] if self.store_costs else None
-        if costs is not None:
-            self.check_finite("cost", costs)
+        costs = safety["cost"] if self.store_costs else None  # finite: the SafetyLayer checked it (step_env)
         # 3. store the executed actions; bootstrapping stops only on termination, never on a time-limit truncation
         rows = (obs, safety["actions"], reward, info["final_obs"], terminated)
         drop = unknown_next_state(info, terminated, truncated)

@@ -20,7 +20,6 @@ Without filters and without a cost in the info, the layer only forwards calls (a
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from envs import BatchedEnv, StepResult
-from envs.base import check_step_result
+from envs.base import all_finite, check_step_result
 
 
 def safety_settings(cfg: DictConfig) -> DictConfig:
@@ -174,7 +173,7 @@ class SafetyLayer(BatchedEnv):
             diverged = torch.as_tensor(diverged, device=cost.device).reshape(-1).bool()
             if bool(diverged.any()):
                 cost = torch.where(diverged, torch.zeros_like(cost), cost)
-        if not math.isfinite(float(cost.sum())) and not bool(torch.isfinite(cost).all()):
+        if not all_finite(cost):
             bad = (~torch.isfinite(cost)).nonzero().flatten().tolist()
             raise FloatingPointError(
                 f"{self.task_id}: non-finite cost (NaN/Inf, or beyond float32's range) under safety.cost_key="

@@ -200,6 +200,45 @@ def test_off_policy_training_actions_are_inside_a_box_whose_bounds_float32_round
     runner.env.close()
 
 
+@pytest.mark.parametrize("head", ["gaussian", "deterministic", "mixture"])
+def test_evaluation_actions_are_inside_a_box_whose_bounds_float32_rounds(head):
+    # the evaluation (and robo-rl eval, and demos it records) acts with the head's deterministic action, which
+    # saturated at the lower bound was 0.0999999 on [0.1, 2.7]: one float32 step outside, as training's once was
+    from policies import build_head
+    from robo_rl.evaluation import evaluate
+
+    low, high = np.float32([0.1, -0.3]).astype(np.float64), np.float32([2.7, 0.7]).astype(np.float64)
+    env = make_env(_task("AsymOdd-v0"), 1, backend="gymnasium")
+    policy = build_head(head, env.obs_dim, env.action_space.low, env.action_space.high, hidden_sizes=(8,))
+    with torch.no_grad():  # saturated at the lower bound: tanh gives exactly -1
+        last = [m for m in policy.net if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.zero_(), last.bias.fill_(-100.0)
+    _Recorder.received.clear()
+    result = evaluate(policy, env, 1, seed=0, record_transitions=True)
+    env.close()
+    actions = np.stack(_Recorder.received["AsymOdd-v0"])
+    assert (actions >= low).all() and (actions <= high).all() and (actions[:, 0] == low[0]).all()
+    recorded = result["transitions"]["actions"].numpy().astype(np.float64)  # what a demos file would hold
+    assert (recorded >= low).all() and (recorded <= high).all()
+
+
+def test_gorl_training_actions_are_inside_a_box_whose_bounds_float32_rounds():
+    # GoRL's env actions are its decoder's, mapped from the unit box: saturated, 0.0999999 on [0.1, 2.7]
+    from policies import build_head
+    from robo_rl.learners.gorl import GoRL
+
+    low, high = np.float32([0.1, -0.3]), np.float32([2.7, 0.7])
+    head = build_head("latent", 3, low.astype(np.float64), high.astype(np.float64), hidden_sizes=(8,),
+                      decoder_hidden=(8, 8, 8))
+    learner = GoRL(head, refit_epochs=0, reset_latent=False)
+    with torch.no_grad():  # a decoder saturated at the lower bound
+        last = [m for m in head.decoder.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.zero_(), last.bias.fill_(-100.0)
+    obs = torch.randn(16, 3)
+    actions = learner.env_action(obs, learner.act(obs)[0]).numpy()
+    assert (actions >= low).all() and (actions <= high).all() and (actions[:, 0] == low[0]).all()
+
+
 def test_td3_target_smoothing_and_exploration_stay_inside_asymmetric_bounds():
     from policies import build_head
     from robo_rl.learners.base import Batch

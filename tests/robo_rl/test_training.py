@@ -761,6 +761,11 @@ def test_a_damaged_metrics_row_before_the_checkpoint_is_named_on_resume(tmp_path
     writer = MetricsWriter(run, tensorboard=False, resume_step=100)
     assert writer.rows == [{"step": 100.0, "wall_time": 1.0, "eval/return_mean": -5.0}]
     assert (run / "metrics.csv").read_text().splitlines() == ["step,wall_time,eval/return_mean", "100.0,1.0,-5.0"]
+    # the tail after the checkpoint is not read, whatever damage it holds (zero-filled lines after a power loss,
+    # a garbled step): steps only grow, so the first row past the checkpoint ends the kept part
+    (run / "metrics.csv").write_text("step,wall_time\n100.0,1.0\n200.0,2.0\n\x00\x00\x00,\x00\n3.0,4.0,5.0,6.0\n")
+    writer = MetricsWriter(run, tensorboard=False, resume_step=100)
+    assert writer.rows == [{"step": 100.0, "wall_time": 1.0}]
 
 
 # -- loop audit (session 28): NaN/Inf met in an evaluation ---------------------------------------------------------
@@ -847,3 +852,18 @@ def test_an_evaluation_over_many_env_copies_is_not_biased_toward_short_episodes(
     assert sorted(result["env_index"]) == sorted([i for i in range(8) for _ in range(3 if i < 4 else 2)])
     assert result["returns"] == [float(n) for n in result["lengths"]]
     assert 0.25 < result["lengths"].count(40) / 20 < 0.75
+
+
+def test_a_base_exception_inside_the_loop_is_not_summarised_as_completed(tmp_path, monkeypatch):
+    # a SIGTERM outside the loop's own handler raises Terminated (a BaseException, past `except Exception`): the run
+    # was summarised as "completed" and the summary step then tripped over the missing evaluation, hiding the cause
+    from robo_rl.runners.off_policy import OffPolicyRunner
+    from robo_rl.runners.stopping import Terminated
+
+    def terminated(self):
+        raise Terminated(signal.SIGTERM)
+
+    monkeypatch.setattr(OffPolicyRunner, "iterate", terminated)
+    with pytest.raises(Terminated):
+        train(compose(*FAST, "algo=sac", "env=pendulum", "steps=200"), tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "stopped: Terminated"
