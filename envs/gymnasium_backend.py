@@ -500,7 +500,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
 
     def close(self) -> None:
         super().close()
-        if isinstance(self._vec, AsyncVectorEnv) and self._vec._state != AsyncState.DEFAULT:
+        if isinstance(self._vec, AsyncVectorEnv) and getattr(self._vec, "_state", AsyncState.DEFAULT) != AsyncState.DEFAULT:
             # a reset/step cut short in this process (a KeyboardInterrupt: a second Ctrl-C) may have read some
             # workers' replies already, and gymnasium's close would wait for them forever: stop the workers instead
             self._vec.close(terminate=True)

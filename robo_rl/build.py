@@ -170,7 +170,6 @@ def build_runner(cfg: DictConfig, learner: Learner, env: BatchedEnv, eval_env: B
     from robo_rl.runners.on_policy import OnPolicyRunner
 
     from robo_rl.defaults import resolve_defaults
-
     from robo_rl.validation import ConfigError, validate_safety
 
     # train() validates the config before building anything; a learner built by hand may still not be the one the
