@@ -59,18 +59,35 @@ class _NoModel:
     nbody = ngeom = nv = nu = 0
 
 
+#: modules of tasks whose MuJoCo state (or ``state`` array), ``np_random`` and time-limit counter are all their state:
+#: gymnasium's MuJoCo and classic-control tasks and robo-rl's own. Another task (a user's subclass of a gymnasium
+#: MuJoCo env too) is captured only if its class says ``robo_rl_snapshot_complete = True``: a goal or curriculum kept
+#: in Python would otherwise be lost on resume without a word, the episode going on with another goal than its
+#: observation shows
+_SNAPSHOT_COMPLETE = ("gymnasium.envs.mujoco.", "gymnasium.envs.classic_control.", "envs.tasks.")
+
+
+def snapshot_complete(env: gym.Env) -> bool:
+    """Whether ``env`` (unwrapped) is captured whole by ``_Snapshot`` (see ``_SNAPSHOT_COMPLETE``)."""
+    flag = getattr(env, "robo_rl_snapshot_complete", None)
+    return bool(flag) if flag is not None else type(env).__module__.startswith(_SNAPSHOT_COMPLETE)
+
+
 class _Snapshot(gym.Wrapper):
     """Outermost wrapper of each sub-env: exposes an exact copy of the simulator state.
 
     Reached through the vector env's get_attr/set_attr, so it works in worker processes too.
     Captures MuJoCo state (mjSTATE_INTEGRATION, which includes the solver warm start, so the
     continuation is bit-identical), the ``state`` array of classic-control tasks, the time-limit
-    counter and the env's random generator. Other envs report None (not capturable).
+    counter and the env's random generator. Other envs, and tasks that may keep more state than that
+    (``snapshot_complete``), report None (not capturable: a resume starts new episodes, with a warning).
     """
 
     @property
     def snapshot(self) -> dict[str, Any] | None:
         env = self.unwrapped
+        if not snapshot_complete(env):
+            return None
         snap: dict[str, Any] = {}
         data = getattr(env, "data", None)
         model = getattr(env, "model", None)
@@ -442,8 +459,11 @@ class GymnasiumBatchedEnv(BatchedEnv):
         if self.randomizer is not None and "randomizer" in state:
             self.randomizer.load_state_dict(state["randomizer"])
             self._pending = copy.deepcopy(state.get("pending_physics"))  # the caller keeps its snapshot
-            pending_delay = state.get("pending_delay")  # not in snapshots before 2026-12: the current delays
-            self._pending_delay = self.randomizer.delay.copy() if pending_delay is None else np.array(pending_delay)
+            if "pending_delay" not in state:  # snapshots before 2026-12: the current delays
+                self._pending_delay = self.randomizer.delay.copy()
+            else:  # None: no episode drawn ahead (randomize off)
+                pending = state["pending_delay"]
+                self._pending_delay = None if pending is None else np.array(pending)
             if self._pending is not None:
                 params = self.randomizer.params
                 self._vec.set_attr("current_physics", [{k: params[k][i] for k in params} for i in range(self.num_envs)])

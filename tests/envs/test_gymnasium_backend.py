@@ -10,6 +10,7 @@ import torch
 
 from envs import make_env
 from envs.base import MissingDependency
+from tests.helpers import NaNAfter
 
 
 def test_shapes_dtypes_and_spaces():
@@ -237,10 +238,39 @@ def test_observation_noise_keeps_final_obs_equal_to_obs_where_nothing_ended():
     assert not torch.equal(rn.info["final_obs"] - rc.info["final_obs"], rn.obs - rc.obs)
 
 
-def test_snapshot_of_uncapturable_env_is_none():
+class _CompleteNaNAfter(NaNAfter):
+    robo_rl_snapshot_complete = True  # (its step count is not captured: only for this test)
+
+
+def test_a_user_task_is_captured_only_when_it_says_its_state_is_all_there():
+    # NaNAfter keeps a `state` array like classic-control tasks, and a step count beside it: a snapshot of the array
+    # alone continued a resumed run with the fresh env's count (a user task's goal, say) without a word
     env = make_env("robo_rl_test/NaNAfter-v0", 1)
     env.reset(seed=0)
-    assert env.state_dict() is not None  # has a `state` array like classic-control tasks
+    assert env.state_dict() is None  # a resume starts new episodes and says so
+    env.close()
+    if "robo_rl_test/CompleteNaNAfter-v0" not in gym.registry:
+        gym.register("robo_rl_test/CompleteNaNAfter-v0", entry_point=_CompleteNaNAfter, max_episode_steps=100)
+    env = make_env("robo_rl_test/CompleteNaNAfter-v0", 1)
+    env.reset(seed=0)
+    assert env.state_dict() is not None
+    env.close()
+    env = make_env("Pendulum-v1", 1)  # gymnasium's and robo-rl's own tasks are captured whole
+    env.reset(seed=0)
+    assert env.state_dict() is not None
+    env.close()
+
+
+def test_a_snapshot_without_randomization_round_trips():
+    # a saved "no delay drawn ahead" (None) came back as the current delays, as if from an old checkpoint
+    a = make_env("InvertedPendulum-v5", 2, backend="gymnasium")
+    b = make_env("InvertedPendulum-v5", 2, backend="gymnasium")
+    a.reset(seed=0), b.reset(seed=0)
+    state = a.state_dict()
+    assert state["pending_delay"] is None
+    b.load_state_dict(state)
+    assert b.state_dict()["pending_delay"] is None
+    a.close(), b.close()
 
 
 def test_task_info_terms_match_the_batched_backend_including_final_steps():
