@@ -44,8 +44,9 @@ class OffPolicyRunner(Runner):
         obs = self.obs
         # 1. act: uniform random before learning starts, then the learner's exploration policy
         actions = self._random_actions() if self.step < self.learning_starts else self.policy_actions(learner.explore, obs)
-        # from_unit's float32 rounding lands a bound's action one step outside a box like [0.1, 2.7] (0.0999999)
-        actions = self.policy.clip_action(actions)
+        # what the env receives (Learner.env_action: clipped, as from_unit's float32 rounding lands a bound's action
+        # one step outside a box like [0.1, 2.7], 0.0999999)
+        actions = learner.env_action(obs, actions)
         # 2. step the envs through the safety filters (finished ones reset inside step; info["final_obs"] is
         #    where they ended, info["safety"]["actions"] what they executed)
         next_obs, reward, terminated, truncated, info = self.step_env(actions)
