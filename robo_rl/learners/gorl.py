@@ -10,10 +10,12 @@ Training alternates two timescales:
         alpha log pi(z|s) - min_i Q_i(s, g(s, z)) is differentiated through the frozen decoder, and the
         entropy is the latent policy's;
   * slow, between stages (GoRL: ``stages`` equal parts of the run, refit after every stage but the
-    last; or every ``refit_every`` updates): refit the decoder by supervision at the states
-    collected since the last refit, with z from the fixed prior N(0, I) (flow matching or DDPM loss),
-    on the executed actions there or on the current policy's actions (``refit_on``; defaults:
-    ``executed`` for PPO, whose rollouts are on-policy, ``policy`` for SAC, whose replay lags),
+    last; or every ``refit_every`` updates): refit the decoder by supervision at collected states,
+    with z from the fixed prior N(0, I) (flow matching or DDPM loss), on the executed actions there
+    (the pairs collected since the last refit) or on the current policy's actions at the newest
+    ``dataset_size`` states (``refit_on``; defaults: ``executed`` for PPO, whose rollouts are
+    on-policy, ``policy`` for SAC, whose replay lags; with a flow decoder each policy action is paired
+    with the prior latent drawn from the same noise, see ``LatentDecoderHead.coupled_sample``),
     so that under the prior it reproduces what the latent policy learned; then reset the latent
     policy to the prior and continue (the actions it produces are, to the decoder's accuracy, the
     same as before the refit).
@@ -45,11 +47,11 @@ def require_latent_head(policy: PolicyHead, algo: str) -> LatentDecoderHead:
 
 
 class DecoderRefit:
-    """GoRL's slow timescale, shared by the PPO and SAC variants: keep the (s, a) pairs collected since
-    the last refit, refit the decoder at those states from the latent's prior (N(0, I), or L tanh(N(0, I))
-    for a squashed latent; see ``LatentDecoderHead.prior_sample``), reset the latent policy to that prior.
-    The refit's targets are the current policy's actions at those states (``refit_on=policy``) or the
-    executed ones (``refit_on=executed``).
+    """GoRL's slow timescale, shared by the PPO and SAC variants: keep the newest collected (s, a) pairs,
+    refit the decoder at those states from the latent's prior (N(0, I), or L tanh(N(0, I)) for a squashed
+    latent; see ``LatentDecoderHead.prior_sample``), reset the latent policy to that prior. The refit's
+    targets are the current policy's actions at those states (``refit_on=policy``; the window of states
+    runs on across refits) or the executed ones (``refit_on=executed``; the pairs since the last refit).
 
     Subclasses define ``latent_optimizer()``: the optimizer whose Adam moments a latent reset clears.
     """
@@ -107,30 +109,39 @@ class DecoderRefit:
         self.policy.reset_latent_to_prior()
 
     @torch.no_grad()
-    def refit_targets(self, epoch: int, size: int) -> torch.Tensor:
-        """The actions the decoder is fitted to in one refit epoch (computed before the decoder moves).
+    def refit_targets(self, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The actions [size, A] the decoder is fitted to in one refit epoch (computed before the decoder
+        moves), and the prior latents paired with them (None: drawn independently at each minibatch).
 
         ``refit_on=policy``: a fresh sample of the current policy (latent + pre-refit decoder) at every
-        collected state, so that after the latent's reset to the prior the policy is, to the decoder's
-        accuracy, the one that was being optimized. The collected actions lag behind it (a replay window's
-        were taken by older policies; PPO's over the whole stage, as the latent policy learned), so
-        refitting on them moves the policy back toward their average.
+        collected state, paired for a flow decoder with the prior latent drawn from the same noise
+        (``LatentDecoderHead.coupled_sample``), so that after the latent's reset to the prior the policy
+        is, to the decoder's accuracy, the one that was being optimized, noise draw by noise draw. The
+        collected actions lag behind it (a replay window's were taken by older policies; PPO's over the
+        whole stage, as the latent policy learned), so refitting on them moves the policy back toward
+        their average.
         ``refit_on=executed``: the executed actions (what a safety filter let through)."""
         if self.refit_on == "executed":
-            return self.data_actions[:size]
-        return torch.cat([self.policy.act(obs) for obs in self.data_obs[:size].split(4096)])
+            return self.data_actions[:size], None
+        pairs = [self.policy.coupled_sample(obs) for obs in self.data_obs[:size].split(4096)]
+        actions = torch.cat([a for a, _ in pairs])
+        return actions, None if pairs[0][1] is None else torch.cat([z for _, z in pairs])
 
     def refit(self) -> dict[str, torch.Tensor]:
         """Fit the decoder to the collected states' actions under the prior, then reset the latent policy."""
         size = int(self.data_size)
-        targets = [self.refit_targets(epoch, size) for epoch in range(self.refit_epochs)]  # before the decoder moves
+        targets = [self.refit_targets(size) for _ in range(self.refit_epochs)]  # before the decoder moves
+        probe = self.data_obs[:size][:4096]
+        before = self._deterministic_unit(probe)
         # a running sum, not a list of the minibatches' losses: thousands of live scalar tensors, each allocated
         # between a minibatch's large temporaries, kept ~130-240 KB of heap apiece resident (+350 MB per refit at
         # the algo=gorl defaults on Hopper, growing with dataset_size x refit_epochs)
         loss_sum, batches = self.data_obs.new_zeros((), dtype=torch.float64), 0
         for epoch in range(self.refit_epochs):
             for idx in torch.randperm(size).split(self.refit_batch_size):
-                loss = self.policy.imitation_loss(self.data_obs[idx], targets[epoch][idx])
+                actions, noise = targets[epoch]
+                loss = self.policy.imitation_loss(self.data_obs[idx], actions[idx],
+                                                  noise=None if noise is None else noise[idx])
                 self.decoder_opt.apply(torch.autograd.grad(loss, self._decoder_params))
                 loss_sum += loss.detach()
                 batches += 1
@@ -146,11 +157,21 @@ class DecoderRefit:
                 for key in ("exp_avg", "exp_avg_sq"):
                     if key in state.get(p, {}):
                         state[p][key].zero_()
-        self.data_size.zero_()
-        self.data_pos.zero_()
+        # how far the refit (and the reset) moved the deterministic action at the collected states, in the box's
+        # unit scale: near 0 when the decoder under the prior reproduces the policy it was fitted on (GoRL's premise)
+        shift = (self._deterministic_unit(probe) - before).abs().mean() if size else self.data_obs.new_zeros(())
+        if self.refit_on == "executed":  # a stage's own (s, a) pairs; refit_on=policy keeps its newest states, whose
+            self.data_size.zero_()       # targets are drawn afresh from the policy: wider coverage at no staleness
+            self.data_pos.zero_()
         self.num_refits += 1
         return {"decoder_loss": (loss_sum / batches).float() if batches else self.data_obs.new_zeros(()),
-                "refits": self.num_refits.float()}
+                "refit_action_shift": shift, "refits": self.num_refits.float()}
+
+    @torch.no_grad()
+    def _deterministic_unit(self, obs: torch.Tensor) -> torch.Tensor:
+        if obs.shape[0] == 0:
+            return obs.new_zeros(0, self.policy.act_dim)
+        return self.policy.to_unit(self.policy.act(obs, deterministic=True))
 
 
 class GoRL(DecoderRefit, Learner):

@@ -308,7 +308,8 @@ def test_gorl_refit_targets(refit_on):
     executed = torch.stack([obs[:, 0].tanh() * 0.8, torch.full((512,), -0.5)], dim=1)
     learner._store(obs, executed)
     metrics = learner.refit()
-    assert float(metrics["refits"]) == 1.0 and int(learner.data_size) == 0
+    # refit_on=executed starts a new stage's pairs; refit_on=policy keeps the states (fresh targets each refit)
+    assert float(metrics["refits"]) == 1.0 and int(learner.data_size) == (512 if refit_on == "policy" else 0)
     mean, log_std = head.latent.distribution(obs[:16])
     torch.testing.assert_close(mean, torch.zeros_like(mean))
     torch.testing.assert_close(log_std.expand_as(mean), torch.zeros_like(mean))
@@ -405,11 +406,13 @@ def refit_once(learner, obs, executed):
     assert int(learner.data_size) == len(obs)
     for _ in range(learner.refit_every):
         metrics = learner.update(batch())
-    assert float(metrics["refits"]) == 1.0 and int(learner.data_size) == 0  # refit at update 3, data cleared
+    assert float(metrics["refits"]) == 1.0  # refit at update 3; executed pairs cleared, policy states kept
+    assert int(learner.data_size) == (0 if learner.refit_on == "executed" else len(obs))
     # the latent is the prior for every state: mean 0, std 1 before the squash
     mean, log_std = learner.policy.latent.distribution(torch.randn(16, 3))
     torch.testing.assert_close(mean, torch.zeros_like(mean))
     torch.testing.assert_close(log_std, torch.zeros_like(log_std))
+    return metrics
 
 
 REFIT = dict(critic_hidden=(32,), refit_every=3, refit_epochs=60, dataset_size=512, decoder_lr=3e-3)
@@ -439,6 +442,39 @@ def test_gorl_sac_refit_on_the_policy_keeps_the_policy_through_the_latent_reset(
     after = head.act(obs[:256])  # latents now drawn from the broad prior
     torch.testing.assert_close(before.mean(0), torch.tanh(torch.tensor([1.0, -0.5])), atol=0.02, rtol=0)
     assert float((after - before).abs().mean()) < 0.1
+
+
+def test_gorl_sac_refit_keeps_the_policys_spread_and_its_noise_to_action_map():
+    # A latent policy of moderate width whose mean follows the state: refit_on=policy pairs each policy sample
+    # with the prior latent drawn from the same noise, so after the reset the decoder gives every noise draw the
+    # action it gave before (the deterministic action, x = 0, included) and the spread survives. Without the
+    # pairing (independent prior draws) the 2-step flow learned only the marginal, through a curved flow, and
+    # the per-state spread shrank to ~0.4 of the policy's here (on Pendulum, an action std of 0.25 -> 0.04).
+    torch.manual_seed(0)
+    learner = GoRLSAC(latent_sac_head(), **{**REFIT, "refit_epochs": 150})
+    head = learner.policy
+    last = [m for m in head.latent.net if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():  # pre-squash mean (0.8 h_0(s), -0.3) with h_0 the first hidden unit, std e^-1
+        last.weight.zero_()
+        last.weight[0, 0] = 0.8
+        last.bias.copy_(torch.tensor([0.0, -0.3, -1.0, -1.0]))
+    obs = torch.randn(512, 3)
+    test_obs = obs[:64]
+
+    def draws(o):
+        return torch.stack([head.act(o) for _ in range(256)])  # [draws, B, A]
+
+    before, det_before = draws(test_obs), head.act(test_obs, deterministic=True)
+    assert float(before.std(0).mean()) > 0.2
+    metrics = refit_once(learner, obs, torch.rand(512, 2) * 2 - 1)
+    after, det_after = draws(test_obs), head.act(test_obs, deterministic=True)
+    spread = after.std(0) / before.std(0)
+    # measured: spread 0.95, mean moved 0.027, deterministic action 0.019 (without the pairing: 0.42, 0.047, 0.050)
+    assert 0.85 < float(spread.mean()) < 1.15, spread.mean()
+    assert float((after.mean(0) - before.mean(0)).abs().mean()) < 0.04
+    assert float((det_after - det_before).abs().mean()) < 0.035
+    # the reported shift is that of the deterministic action, in the box's unit scale (here the box is [-1, 1]^2)
+    torch.testing.assert_close(metrics["refit_action_shift"], (det_after - det_before).abs().mean(), atol=0.01, rtol=0)
 
 
 def test_gorl_sac_run_uses_the_latent_head_and_refits(tmp_path):
