@@ -213,8 +213,10 @@ def test_a_python_run_loads_back_as_an_eval_mode_policy(tmp_path):
     assert not policy.training and not any(p.requires_grad for p in policy.parameters())
     obs = env.reset(seed=0)
     assert torch.equal(policy.act(obs, deterministic=True), policy.act(obs, deterministic=True))
-    again = evaluate(policy, env, 1, seed=int(saved.seed) + 1_000_003)  # the run's first evaluation seed
+    # the run's final evaluation (seed + EVAL_SEED_OFFSET + its step, one copy as eval.episodes=1) reproduces
+    again = evaluate(policy, env, 1, seed=int(saved.seed) + 1_000_003 + summary["final_eval_step"])
     assert math.isfinite(again["return_mean"])
+    assert again["return_mean"] == pytest.approx(summary["final_eval_return_mean"], rel=1e-5)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
     env.close()
 

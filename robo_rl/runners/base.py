@@ -33,7 +33,11 @@ from robo_rl.runners.stopping import Interrupted, NonFiniteError, RunWriteError,
 
 log = logging.getLogger("robo_rl")
 
-EVAL_SEED_OFFSET = 1_000_003  # evaluation envs never share seeds with training envs
+# The evaluation at env step s seeds its envs (copy i: + i) and the policy's sampling with seed + EVAL_SEED_OFFSET + s:
+# a function of the step, not of how many evaluations came before, so the same training reports the same evaluation at
+# a step whatever eval.every is (or was before a resume). The offset keeps them apart from the training envs' seeds
+# (seed + i, and seed + step where the training envs restart episodes) in runs of up to a million steps.
+EVAL_SEED_OFFSET = 1_000_003
 
 
 def _first_bad(values: dict[str, torch.Tensor]) -> str | None:
@@ -347,7 +351,7 @@ class Runner(RunnerCheckpoints, abc.ABC):
 
     def _evaluate(self, wall: float) -> None:
         cfg = self.cfg.eval
-        seed = int(self.cfg.seed) + EVAL_SEED_OFFSET + len(self.eval_history)
+        seed = int(self.cfg.seed) + EVAL_SEED_OFFSET + self.step
         t0 = time.perf_counter()
         try:
             result = evaluate(self.policy, self.eval_env, int(cfg.episodes), bool(cfg.deterministic), seed=seed)

@@ -82,6 +82,17 @@ def test_same_seed_same_updates_other_seed_different(tmp_path):
     assert not torch.equal(wa["policy.net.0.weight"], wc["policy.net.0.weight"])
 
 
+def test_the_final_evaluation_does_not_depend_on_how_often_the_run_evaluated(tmp_path):
+    # the evaluation episodes were seeded by the number of evaluations before: the same training (bit-identical
+    # weights) reported another final return when eval.every changed. They are seeded by the step now.
+    overrides = (*SMALL_SAC, "steps=400", "checkpoint.every=400", "eval.episodes=3", "eval.num_envs=3")
+    often = train(compose(*overrides, "eval.every=100"), tmp_path / "often")
+    once = train(compose(*overrides, "eval.every=400"), tmp_path / "once")
+    assert_same_weights(final_weights(tmp_path / "often")[0], final_weights(tmp_path / "once")[0])
+    assert often["final_eval_step"] == once["final_eval_step"] == 400
+    assert often["final_eval_return_mean"] == once["final_eval_return_mean"]
+
+
 def resumed_at(run_dir):
     """The step train.log's last "resumed from <checkpoint> at step N" line names."""
     line = [ln for ln in (run_dir / "train.log").read_text().splitlines() if "resumed from" in ln][-1]
