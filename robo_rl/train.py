@@ -6,6 +6,7 @@ Also usable from Python: ``train(cfg, run_dir)`` with a composed config (see ``c
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 from pathlib import Path
@@ -278,10 +279,63 @@ def _log_start(cfg: DictConfig, env: Any, eval_env: Any, learner: Any, demos: An
         log.warning(f"robo-rl: warning: steps={int(cfg.steps):,} ends before algo.learning_starts="
                     f"{int(starts):,}, so the policy is never updated (every action is uniform random); "
                     "lower algo.learning_starts or raise steps")
+    updates = _gradient_updates(cfg, env, learner)
     utd = cfg.algo.get("utd") if starts is not None else None
-    if utd is not None and demos is None and int(cfg.steps) > int(starts) and float(utd) * (int(cfg.steps) - int(starts)) < 1:
+    if utd is not None and demos is None and int(cfg.steps) > int(starts) and updates == 0:
         log.warning(f"robo-rl: warning: algo.utd={float(utd):g} over the {int(cfg.steps) - int(starts):,} steps after "
                     "algo.learning_starts makes no gradient update (the policy is never trained); raise algo.utd or steps")
+    # counters of updates between two of a network's updates (a demos warm start trains the actor and the targets
+    # before the first step: with demos, fewer online updates than this can be meant)
+    if learner.kind == "off_policy" and demos is None and updates:
+        for key, what in (("policy_delay", "the actor and the target networks are"),
+                          ("policy_update_every", "the policy is"), ("target_update_every", "the target critics are")):
+            every = cfg.algo.get(key)
+            if every is not None and int(every) > updates:
+                plural = "s" if updates > 1 else ""
+                log.warning(f"robo-rl: warning: algo.{key}={int(every):,} is more than the run's {updates:,} gradient "
+                            f"update{plural}, so {what} never updated; lower algo.{key} to at most {updates:,} or raise steps")
+    size, batch = cfg.algo.get("dataset_size"), cfg.algo.get("refit_batch_size")
+    if (size is not None and batch is not None and int(size) < int(batch) and int(cfg.algo.refit_epochs) > 0
+            and _decoder_refits(cfg, updates)):
+        log.warning(f"robo-rl: warning: algo.dataset_size={int(size):,} is smaller than algo.refit_batch_size="
+                    f"{int(batch):,}: each decoder refit trains on at most {int(size):,} (s, a) pair(s), fewer than one "
+                    f"minibatch; raise algo.dataset_size to at least {int(batch):,}")
+
+
+def _gradient_updates(cfg: DictConfig, env: Any, learner: Any) -> int | None:
+    """The gradient updates of the whole run, counted as the runners make them; None for another kind of learner.
+
+    Off-policy (OffPolicyRunner.iterate): iterations of ``num_envs`` env steps until ``steps``, and from the first
+    that ends at or after ``learning_starts`` on, ``utd x num_envs`` updates' credit each. On-policy
+    (OnPolicyRunner): one update per rollout of ``rollout_steps x num_envs`` steps, rounded up.
+    The off-policy credit is summed in floats as the runner sums it (utd=0.3 on 2 envs makes 29 updates in 50
+    iterations, not 30), exactly up to 100,000 iterations, beyond as their product."""
+    steps, n = int(cfg.steps), int(env.num_envs)
+    if learner.kind == "off_policy":
+        iterations = max(0, -(-steps // n) - max(1, -(-int(cfg.algo.learning_starts) // n)) + 1)
+        credit_per_iteration = float(cfg.algo.utd) * n
+        if iterations > 100_000:
+            return int(iterations * credit_per_iteration)
+        updates, credit = 0, 0.0
+        for _ in range(iterations):
+            credit += credit_per_iteration
+            whole = math.floor(credit)  # the runner's `credit -= 1.0` per update: exact in floats below 2**53
+            updates, credit = updates + whole, credit - whole
+        return updates
+    if learner.kind == "on_policy":
+        return -(-steps // (int(cfg.algo.rollout_steps) * n))
+    return None
+
+
+def _decoder_refits(cfg: DictConfig, updates: int | None) -> bool:
+    """Whether GoRL's decoder is refit in this run: every ``refit_every`` updates (algo=gorl without it: after each
+    of ``stages`` equal parts but the last), never after the final update."""
+    if updates is None:
+        return False
+    every = cfg.algo.get("refit_every")
+    if every is None:
+        every = -(-updates // int(cfg.algo.stages))
+    return int(every) < updates
 
 
 def _run(cfg: DictConfig, run_dir: Path, env: Any, eval_env: Any, learner: Any, demos: Any, resume_from: Path | None,

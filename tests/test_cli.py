@@ -264,6 +264,67 @@ def test_an_off_policy_run_that_never_updates_says_so(tmp_path):
     assert "never updated" not in err and "makes no gradient update" not in err
     err = robo_rl("train", *TINY, "steps=150", "algo.utd=0.01", "run_dir=r3", cwd=tmp_path).stderr  # 0.5 updates
     assert "algo.utd=0.01 over the 50 steps after algo.learning_starts makes no gradient update" in err
+    # steps 100..150 are 51 iterations: 51 x 0.0199 credit makes one update (counted as the runner does, not 50 x utd)
+    err = robo_rl("train", *TINY, "steps=150", "algo.utd=0.0199", "run_dir=r4", cwd=tmp_path).stderr
+    assert "makes no gradient update" not in err
+    assert json.loads((tmp_path / "r4" / "summary.json").read_text())["updates"] == 1
+
+
+SMALL = ["env=pendulum", "policy.hidden_sizes=[16]", "eval.episodes=2", "eval.num_envs=2", "log.tensorboard=false",
+         "log.plot=false", "threads=1"]  # TINY for any learner
+OFF_POLICY = ["algo.batch_size=32", "algo.critic_hidden=[16]", "algo.learning_starts=100"]
+
+
+@pytest.mark.parametrize("args, warning", [
+    # 50 iterations of 2 envs at utd=0.3 make 29 updates, as the runner sums its credit (not 30)
+    (["algo=td3", "algo.batch_size=32", "algo.critic_hidden=[16]", "env.num_envs=2", "steps=99", "algo.learning_starts=0",
+      "algo.utd=0.3", "algo.policy_delay=30"],
+     "algo.policy_delay=30 is more than the run's 29 gradient updates, so the actor and the target networks are never "
+     "updated; lower algo.policy_delay to at most 29 or raise steps"),
+    (["algo=parl", *OFF_POLICY, "policy.steps=2", "steps=150", "algo.policy_update_every=52"],  # steps 100..150: 51 updates
+     "algo.policy_update_every=52 is more than the run's 51 gradient updates, so the policy is never updated"),
+    (["algo=sac", *OFF_POLICY, "steps=150", "algo.target_update_every=52"],
+     "algo.target_update_every=52 is more than the run's 51 gradient updates, so the target critics are never updated"),
+])
+def test_a_network_the_run_never_updates_is_named_at_the_start(tmp_path, args, warning):
+    err = robo_rl("train", *SMALL, *args, "run_dir=r", cwd=tmp_path).stderr
+    assert f"robo-rl: warning: {warning}" in err
+    updates = int(re.search(r"the run's (\d+) gradient updates", warning)[1])
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["updates"] == updates  # counted as the runner does
+    # one more update, and the network is updated once: no warning
+    key = re.search(r"(algo\.\w+)=", warning)[1]
+    args = [a for a in args if not a.startswith(f"{key}=")] + [f"{key}={updates}"]
+    err = robo_rl("train", *SMALL, *args, "run_dir=r2", cwd=tmp_path).stderr
+    assert "never updated" not in err
+
+
+def test_a_warm_started_run_may_leave_the_actor_to_its_pretraining(tmp_path):
+    # demonstrations pretrain the actor and move the targets (demos.critic_steps) before the first step
+    rng = np.random.default_rng(0)
+    from robo_rl.demos import save_demos
+    save_demos(tmp_path / "demos.npz", rng.normal(size=(64, 3)), rng.uniform(-2, 2, size=(64, 1)), rng.normal(size=64),
+               rng.normal(size=(64, 3)), np.zeros(64, bool))
+    err = robo_rl("train", *SMALL, "algo=td3", *OFF_POLICY, "steps=150", "algo.policy_delay=1000", "demos.path=demos.npz",
+                  "demos.pretrain_steps=5", "demos.critic_steps=5", "run_dir=r", cwd=tmp_path).stderr
+    assert "pretrained the deterministic head" in err and "never updated" not in err
+
+
+@pytest.mark.parametrize("args", [
+    ["algo=gorl", "env.num_envs=2", "algo.rollout_steps=32", "steps=256", "algo.epochs=1"],  # 4 updates, a refit after 2
+    ["algo=gorl_sac", *OFF_POLICY, "steps=150", "algo.refit_every=20"],  # 51 updates, refits after 20 and 40
+])
+def test_a_decoder_refit_on_less_than_a_minibatch_is_named_at_the_start(tmp_path, args):
+    small_decoder = ["policy.decoder_hidden=[16]"]
+    err = robo_rl("train", *SMALL, *args, *small_decoder, "algo.dataset_size=8", "algo.refit_batch_size=16",
+                  "run_dir=r", cwd=tmp_path).stderr
+    assert ("robo-rl: warning: algo.dataset_size=8 is smaller than algo.refit_batch_size=16: each decoder refit trains "
+            "on at most 8 (s, a) pair(s), fewer than one minibatch; raise algo.dataset_size to at least 16") in err
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["status"] == "completed"
+    # a run without a refit keeps no pairs for one: nothing to say
+    once = ["algo.stages=1"] if "algo=gorl" in args else ["algo.refit_every=51"]
+    err = robo_rl("train", *SMALL, *args, *small_decoder, *once, "algo.dataset_size=8", "algo.refit_batch_size=16",
+                  "run_dir=r2", cwd=tmp_path).stderr
+    assert "algo.dataset_size" not in err
 
 
 def test_a_learner_with_settings_for_the_task_says_which(tmp_path):
