@@ -16,23 +16,89 @@ from pathlib import Path
 MIN_BYTES_PER_ENV = 1024
 
 
-def _cgroup_limit() -> int | None:
-    """The container's memory limit (cgroup v2, then v1), if one is set."""
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < 2**60:  # v1 writes a huge number for "no limit"
-            return int(text)
+#: where host_memory reads /proc and /sys from (a test points it at a fake tree)
+ROOT = Path("/")
+
+
+def _read_int(path: Path) -> int | None:
+    """The whole number a cgroup file holds; None when it is missing, unreadable or not a number ("max")."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _stat_field(path: Path, key: str) -> int | None:
+    """A field of a cgroup ``memory.stat`` (one "key value" per line); None when missing or unreadable."""
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key and value.strip().isdigit():
+                return int(value)
+    except OSError:
+        pass
     return None
 
 
-def host_memory() -> tuple[int | None, int | None]:
-    """(total, available) bytes of memory this process can use, None where it cannot be read."""
+def _own_cgroups(root: Path) -> list[tuple[Path, str, str, str]]:
+    """This process's memory cgroup directories, each up to its hierarchy's root: (directory, limit file, usage
+    file, the memory.stat field of its inactive page cache), cgroup v2 then v1.
+
+    A limit can sit on any of them: at the mount's root in a container with its own cgroup namespace, on a nested
+    one where /proc/self/cgroup names the process's cgroup (a Slurm job, a systemd unit). A directory that does not
+    exist (a container whose mount is its own cgroup while /proc/self/cgroup names the host's path) reads as none."""
+    paths = {"v2": "/", "v1": "/"}
+    try:
+        for line in (root / "proc/self/cgroup").read_text().splitlines():
+            number, controllers, path = line.split(":", 2)
+            if number == "0" and not controllers:
+                paths["v2"] = path
+            elif "memory" in controllers.split(","):
+                paths["v1"] = path
+    except (OSError, ValueError):
+        pass
+    out = []
+    for version, base, files in (("v2", root / "sys/fs/cgroup", ("memory.max", "memory.current", "inactive_file")),
+                                 ("v1", root / "sys/fs/cgroup/memory",
+                                  ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"))):
+        parts = [p for p in paths[version].split("/") if p and p not in (".", "..")]
+        for depth in range(len(parts), -1, -1):
+            out.append((base.joinpath(*parts[:depth]), *files))
+    return out
+
+
+def _cgroup_memory(root: Path) -> tuple[int, int | None] | None:
+    """(limit, free under it) of the tightest memory limit on this process's cgroups (v2, then v1), None if no
+    limit is set; free is None where the cgroup's use cannot be read.
+
+    Free under a limit is the limit less the cgroup's working set: its usage (memory.current, v1
+    memory.usage_in_bytes) without the inactive page cache (memory.stat inactive_file, v1 total_inactive_file),
+    which the kernel reclaims before it would fail an allocation. This is what kubelet, cAdvisor and ``docker
+    stats`` count as the container's use; the active page cache stays counted (it is reclaimed only after it is
+    demoted to inactive), so the figure errs toward less room. Usage alone would count every cached file the run
+    has read as taken."""
+    limit = free = None
+    for directory, limit_file, usage_file, inactive_field in _own_cgroups(root):
+        cap = _read_int(directory / limit_file)
+        if cap is None or cap >= 2**60:  # "max" (v2) or v1's huge number: no limit here
+            continue
+        usage, inactive = _read_int(directory / usage_file), _stat_field(directory / "memory.stat", inactive_field)
+        room = max(cap - (usage - min(inactive, usage)), 0) if usage is not None and inactive is not None else None
+        limit = cap if limit is None else min(limit, cap)
+        if room is not None:
+            free = room if free is None else min(free, room)
+    return None if limit is None else (limit, free)
+
+
+def host_memory(root: Path | None = None) -> tuple[int | None, int | None]:
+    """(total, available) bytes of memory this process can use, None where it cannot be read: the host's (RAM and
+    swap, /proc/meminfo), within a cgroup memory limit the limit and what the cgroup leaves free under it.
+    ``root``: the file system /proc and /sys are read from (default ``ROOT``, the real one)."""
+    root = ROOT if root is None else Path(root)
     total = available = None
     try:
-        fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+        fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in (root / "proc/meminfo").read_text().splitlines()
                   if line.split(":")[0] in ("MemTotal", "MemAvailable", "SwapFree")}
         total = fields.get("MemTotal")
         if "MemAvailable" in fields:
@@ -43,10 +109,12 @@ def host_memory() -> tuple[int | None, int | None]:
             total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         except (ValueError, OSError, AttributeError):
             pass
-    limit = _cgroup_limit()
-    if limit is not None:
+    cgroup = _cgroup_memory(root)
+    if cgroup is not None:
+        limit, free = cgroup
         total = min(total, limit) if total is not None else limit
-        available = min(available, limit) if available is not None else None
+        room = limit if free is None else free  # the cgroup's use unreadable: at most the limit, as the host allows
+        available = min(available, room) if available is not None else free
     return total, available
 
 
