@@ -97,7 +97,7 @@ class GoRLConfig(PPOConfig):
     refit_epochs: int = 5
     refit_batch_size: int = 256
     decoder_lr: float = 3e-4
-    dataset_size: int = 200_000  # (s, a) pairs kept for a refit
+    dataset_size: int = 200_000  # (s, a) pairs kept for a refit (refit_on=policy: their states, a window across stages)
     reset_latent: bool = True  # restart the latent policy from the prior after each refit
     refit_on: str = "executed"  # refit targets: the executed actions, or the current policy's at those states
     latent_kl_coef: float = 0.0  # PPO loss + this * KL(latent policy || N(0, I)): keeps the latent near the prior
@@ -107,7 +107,7 @@ class GoRLConfig(PPOConfig):
 class GoRLSACConfig(SACConfig):
     name: str = "gorl_sac"
     refit_every: int = 20_000  # gradient updates between decoder refits (the slow timescale)
-    refit_epochs: int = 20
+    refit_epochs: int = 100  # passes over the states; 20 (until 2026-12-05) left Hopper's refit shifting the policy
     refit_batch_size: int = 256
     decoder_lr: float = 3e-4
     dataset_size: int = 20_000  # the newest executed (s, a) pairs kept for a refit (refit_on=policy uses their states only)

@@ -131,7 +131,7 @@ class DecoderRefit:
         """Fit the decoder to the collected states' actions under the prior, then reset the latent policy."""
         size = int(self.data_size)
         targets = [self.refit_targets(size) for _ in range(self.refit_epochs)]  # before the decoder moves
-        probe = self.data_obs[:size][:4096]
+        probe = self.data_obs[torch.linspace(0, max(size - 1, 0), min(size, 4096)).long()]  # spread over the window
         before = self._deterministic_unit(probe)
         # a running sum, not a list of the minibatches' losses: thousands of live scalar tensors, each allocated
         # between a minibatch's large temporaries, kept ~130-240 KB of heap apiece resident (+350 MB per refit at
@@ -277,7 +277,7 @@ class GoRLSAC(DecoderRefit, SAC):
         self,
         policy: PolicyHead,
         refit_every: int = 20_000,
-        refit_epochs: int = 20,
+        refit_epochs: int = 100,
         refit_batch_size: int = 256,
         decoder_lr: float = 3e-4,
         dataset_size: int = 20_000,
