@@ -275,18 +275,20 @@ def _log_start(cfg: DictConfig, env: Any, eval_env: Any, learner: Any, demos: An
         log.info(f"robo-rl: {cfg.algo.name}'s settings for {env.task_id}: " + " ".join(f"{k}={v}" for k, v in for_task.items())
                  + " (set them on the command line to choose otherwise)")
     starts = cfg.algo.get("learning_starts") if learner.kind == "off_policy" else None
-    if starts is not None and int(cfg.steps) < int(starts) and demos is None:
+    # a demos warm start trains the policy before the first step (a resume of such a run has no demos to load, but
+    # its policy was pretrained all the same): fewer online updates than the warnings below ask for can be meant
+    cold = demos is None and not cfg.demos.get("path")
+    if starts is not None and int(cfg.steps) < int(starts) and cold:
         log.warning(f"robo-rl: warning: steps={int(cfg.steps):,} ends before algo.learning_starts="
                     f"{int(starts):,}, so the policy is never updated (every action is uniform random); "
                     "lower algo.learning_starts or raise steps")
     updates = _gradient_updates(cfg, env, learner)
     utd = cfg.algo.get("utd") if starts is not None else None
-    if utd is not None and demos is None and int(cfg.steps) > int(starts) and updates == 0:
+    if utd is not None and cold and int(cfg.steps) > int(starts) and updates == 0:
         log.warning(f"robo-rl: warning: algo.utd={float(utd):g} over the {int(cfg.steps) - int(starts):,} steps after "
                     "algo.learning_starts makes no gradient update (the policy is never trained); raise algo.utd or steps")
-    # counters of updates between two of a network's updates (a demos warm start trains the actor and the targets
-    # before the first step: with demos, fewer online updates than this can be meant)
-    if learner.kind == "off_policy" and demos is None and updates:
+    # counters of updates between two of a network's updates
+    if learner.kind == "off_policy" and cold and updates:
         for key, what in (("policy_delay", "the actor and the target networks are"),
                           ("policy_update_every", "the policy is"), ("target_update_every", "the target critics are")):
             every = cfg.algo.get(key)

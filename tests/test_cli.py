@@ -307,6 +307,9 @@ def test_a_warm_started_run_may_leave_the_actor_to_its_pretraining(tmp_path):
     err = robo_rl("train", *SMALL, "algo=td3", *OFF_POLICY, "steps=150", "algo.policy_delay=1000", "demos.path=demos.npz",
                   "demos.pretrain_steps=5", "demos.critic_steps=5", "run_dir=r", cwd=tmp_path).stderr
     assert "pretrained the deterministic head" in err and "never updated" not in err
+    # its resume loads no demos, but the actor it continues was pretrained all the same
+    err = robo_rl("train", "resume=r", "steps=300", cwd=tmp_path).stderr
+    assert "resumed from" in err and "never updated" not in err
 
 
 @pytest.mark.parametrize("args", [
