@@ -25,6 +25,7 @@ the first stage is plain PPO with clipped actions (SAC: squashed latents, clippe
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -109,37 +110,39 @@ class DecoderRefit:
         self.policy.reset_latent_to_prior()
 
     @torch.no_grad()
-    def refit_targets(self, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The actions [size, A] the decoder is fitted to in one refit epoch (computed before the decoder
-        moves), and the prior latents paired with them (None: drawn independently at each minibatch).
+    def refit_targets(self, size: int, teacher: LatentDecoderHead | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The actions [size, A] the decoder is fitted to in one refit epoch, and the prior latents paired with
+        them (None: drawn independently at each minibatch).
 
-        ``refit_on=policy``: a fresh sample of the current policy (latent + pre-refit decoder) at every
-        collected state, paired for a flow decoder with the prior latent drawn from the same noise
-        (``LatentDecoderHead.coupled_sample``), so that after the latent's reset to the prior the policy
-        is, to the decoder's accuracy, the one that was being optimized, noise draw by noise draw. The
-        collected actions lag behind it (a replay window's were taken by older policies; PPO's over the
-        whole stage, as the latent policy learned), so refitting on them moves the policy back toward
-        their average.
+        ``refit_on=policy``: a fresh sample of the policy as it was before the refit (``teacher``, a frozen copy:
+        the decoder being fitted is part of the policy) at every collected state, paired for a flow decoder with
+        the prior latent drawn from the same noise (``LatentDecoderHead.coupled_sample``), so that after the
+        latent's reset to the prior the policy is, to the decoder's accuracy, the one that was being optimized,
+        noise draw by noise draw. The collected actions lag behind it (a replay window's were taken by older
+        policies; PPO's over the whole stage, as the latent policy learned), so refitting on them moves the
+        policy back toward their average.
         ``refit_on=executed``: the executed actions (what a safety filter let through)."""
-        if self.refit_on == "executed":
+        if teacher is None:
             return self.data_actions[:size], None
-        pairs = [self.policy.coupled_sample(obs) for obs in self.data_obs[:size].split(4096)]
+        pairs = [teacher.coupled_sample(obs) for obs in self.data_obs[:size].split(4096)]
         actions = torch.cat([a for a, _ in pairs])
         return actions, None if pairs[0][1] is None else torch.cat([z for _, z in pairs])
 
     def refit(self) -> dict[str, torch.Tensor]:
         """Fit the decoder to the collected states' actions under the prior, then reset the latent policy."""
         size = int(self.data_size)
-        targets = [self.refit_targets(size) for _ in range(self.refit_epochs)]  # before the decoder moves
+        # refit_on=policy: each epoch's targets come from the pre-refit policy, frozen in a copy (drawing them all
+        # first held refit_epochs x size x 2A floats: 270 MB for Humanoid at GoRL-SAC's defaults)
+        teacher = copy.deepcopy(self.policy).requires_grad_(False) if self.refit_on == "policy" else None
         probe = self.data_obs[torch.linspace(0, max(size - 1, 0), min(size, 4096)).long()]  # spread over the window
         before = self._deterministic_unit(probe)
         # a running sum, not a list of the minibatches' losses: thousands of live scalar tensors, each allocated
         # between a minibatch's large temporaries, kept ~130-240 KB of heap apiece resident (+350 MB per refit at
         # the algo=gorl defaults on Hopper, growing with dataset_size x refit_epochs)
         loss_sum, batches = self.data_obs.new_zeros((), dtype=torch.float64), 0
-        for epoch in range(self.refit_epochs):
+        for _ in range(self.refit_epochs):
+            actions, noise = self.refit_targets(size, teacher)
             for idx in torch.randperm(size).split(self.refit_batch_size):
-                actions, noise = targets[epoch]
                 loss = self.policy.imitation_loss(self.data_obs[idx], actions[idx],
                                                   noise=None if noise is None else noise[idx])
                 self.decoder_opt.apply(torch.autograd.grad(loss, self._decoder_params))
