@@ -42,6 +42,10 @@ START_COMMIT = _git("rev-parse", "--short", "HEAD")
 _status = _git("status", "--porcelain", "--untracked-files=no")
 START_DIRTY = None if _status is None else bool(_status)
 STARTED = time.strftime("%Y-%m-%d %H:%M")
+# How a run's evaluation episodes are seeded, recorded with each run so --reuse only takes runs scored on the same
+# episodes: "step" = seed + 1,000,003 + the evaluation's env step (robo_rl/runners/base.py, since 2026-12-05; before,
+# the count of earlier evaluations, which records without this key used)
+EVAL_SEEDING = "step"
 
 
 def machine() -> dict[str, Any]:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import markdown_table, save  # noqa: E402
+from benchmarks.common import EVAL_SEEDING, markdown_table, save  # noqa: E402
 from robo_rl.perf import tune_malloc  # noqa: E402
 
 ENV = "Hopper-v5"
@@ -51,7 +51,7 @@ def run(algo: str, seed: int, steps: int, run_root: Path | None = None) -> dict:
     run_dir = (Path(tempfile.mkdtemp()) if run_root is None else run_root) / f"{algo}-{seed}"
     summary = train(compose_config(overrides), run_dir)
     return {"seed": seed, "return": summary["final_eval_return_mean"], "wall_s": time.perf_counter() - t,
-            "run_dir": str(run_dir)}
+            "run_dir": str(run_dir), "eval_seeding": EVAL_SEEDING}
 
 
 def main() -> None:
@@ -86,7 +86,10 @@ def main() -> None:
             else:  # this script: {pair: {steps, runs: {algo: [runs]}}}
                 found = [r for pair in data.values() if pair.get("steps") == steps for r in pair["runs"].get(algo, [])]
             for r in found:
-                if r["seed"] == seed:
+                if r["seed"] == seed and r.get("eval_seeding") != EVAL_SEEDING:
+                    print(f"{algo} seed {seed} in {path} was evaluated on other episodes (before evaluations were seeded "
+                          "by their step, 2026-12-05): training it again", flush=True)
+                elif r["seed"] == seed:
                     return {**r, "reused_from": str(path)}
         return None
 

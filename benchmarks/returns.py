@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS, machine, markdown_table, save  # noqa: E402
+from benchmarks.common import EVAL_SEEDING, RESULTS, machine, markdown_table, save  # noqa: E402
 from robo_rl.perf import tune_malloc  # noqa: E402
 
 ENV = "Hopper-v5"
@@ -46,7 +46,8 @@ def run_ours(algo: str, seed: int) -> dict:
         overrides += ["env.num_envs=16", "algo.rollout_steps=128"]
     t = time.perf_counter()
     summary = train(compose_config(overrides), Path(tempfile.mkdtemp()) / f"{algo}-{seed}")
-    return {"seed": seed, "return": summary["final_eval_return_mean"], "wall_s": time.perf_counter() - t}
+    return {"seed": seed, "return": summary["final_eval_return_mean"], "wall_s": time.perf_counter() - t,
+            "eval_seeding": EVAL_SEEDING}
 
 
 def run_sb3(algo: str, seed: int) -> dict:

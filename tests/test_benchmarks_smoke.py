@@ -81,6 +81,18 @@ def test_generative_returns_reuses_only_sac_from_returns_json(tmp_path):
     assert runs["gorl"][0]["seed"] == 0
 
 
+@pytest.mark.parametrize("seeding", [None, "step"])
+def test_generative_returns_reuses_only_runs_evaluated_on_the_same_episodes(tmp_path, seeding):
+    # a run recorded before evaluations were seeded by their step was scored on other episodes: trained again
+    run = {"seed": 0, "return": 999.0, "wall_s": 1.0, **({"eval_seeding": seeding} if seeding else {})}
+    (tmp_path / "returns.json").write_text(json.dumps({"results": {"sac": {"budget": 600, "robo_rl": [run]}}}))
+    out = bench(tmp_path, "benchmarks/generative_returns.py", "--pairs", "gorl_sac", "--seeds", "0", "--steps", "600",
+                "--reuse", str(tmp_path / "returns.json"), "--name", "generative_returns")
+    sac = result(tmp_path, "generative_returns")["results"]["gorl_sac"]["runs"]["sac"][0]
+    assert (sac["return"] == 999.0) == (seeding == "step") and sac["eval_seeding"] == "step"
+    assert ("evaluated on other episodes" in out.stdout) == (seeding is None)
+
+
 def test_generative_cost_gorl(tmp_path):
     bench(tmp_path, "benchmarks/generative_cost.py", "--only", "gorl", "--rounds", "1")
     out = result(tmp_path, "generative_cost_gorl")["results"]
