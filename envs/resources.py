@@ -41,9 +41,9 @@ def _stat_field(path: Path, key: str) -> int | None:
     return None
 
 
-def _own_cgroups(root: Path) -> list[tuple[Path, str, str, str]]:
+def _own_cgroups(root: Path) -> list[tuple[Path, str, str, tuple[str, str]]]:
     """This process's memory cgroup directories, each up to its hierarchy's root: (directory, limit file, usage
-    file, the memory.stat field of its inactive page cache), cgroup v2 then v1.
+    file, the memory.stat fields of its file-backed page cache), cgroup v2 then v1.
 
     A limit can sit on any of them: at the mount's root in a container with its own cgroup namespace, on a nested
     one where /proc/self/cgroup names the process's cgroup (a Slurm job, a systemd unit). A directory that does not
@@ -59,9 +59,11 @@ def _own_cgroups(root: Path) -> list[tuple[Path, str, str, str]]:
     except (OSError, ValueError):
         pass
     out = []
-    for version, base, files in (("v2", root / "sys/fs/cgroup", ("memory.max", "memory.current", "inactive_file")),
+    for version, base, files in (("v2", root / "sys/fs/cgroup",
+                                  ("memory.max", "memory.current", ("active_file", "inactive_file"))),
                                  ("v1", root / "sys/fs/cgroup/memory",
-                                  ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"))):
+                                  ("memory.limit_in_bytes", "memory.usage_in_bytes",
+                                   ("total_active_file", "total_inactive_file")))):
         parts = [p for p in paths[version].split("/") if p and p not in (".", "..")]
         for depth in range(len(parts), -1, -1):
             out.append((base.joinpath(*parts[:depth]), *files))
@@ -72,19 +74,22 @@ def _cgroup_memory(root: Path) -> tuple[int, int | None] | None:
     """(limit, free under it) of the tightest memory limit on this process's cgroups (v2, then v1), None if no
     limit is set; free is None where the cgroup's use cannot be read.
 
-    Free under a limit is the limit less the cgroup's working set: its usage (memory.current, v1
-    memory.usage_in_bytes) without the inactive page cache (memory.stat inactive_file, v1 total_inactive_file),
-    which the kernel reclaims before it would fail an allocation. This is what kubelet, cAdvisor and ``docker
-    stats`` count as the container's use; the active page cache stays counted (it is reclaimed only after it is
-    demoted to inactive), so the figure errs toward less room. Usage alone would count every cached file the run
-    has read as taken."""
+    Free under a limit is the limit less what the cgroup holds: its usage (memory.current, v1
+    memory.usage_in_bytes) without its file-backed page cache (memory.stat active_file + inactive_file, v1
+    total_*), which the kernel reclaims (active pages after demoting them) before it fails an allocation, the
+    way the host's MemAvailable counts the page cache as available. Usage alone would count every cached file
+    the run has read as taken; kubelet's "working set" keeps the active cache counted, which here would refuse
+    runs the kernel would make room for (the check refuses; it does not warn). Shared memory (tmpfs) is not
+    file-backed here: it stays counted."""
     limit = free = None
-    for directory, limit_file, usage_file, inactive_field in _own_cgroups(root):
+    for directory, limit_file, usage_file, cache_fields in _own_cgroups(root):
         cap = _read_int(directory / limit_file)
         if cap is None or cap >= 2**60:  # "max" (v2) or v1's huge number: no limit here
             continue
-        usage, inactive = _read_int(directory / usage_file), _stat_field(directory / "memory.stat", inactive_field)
-        room = max(cap - (usage - min(inactive, usage)), 0) if usage is not None and inactive is not None else None
+        usage = _read_int(directory / usage_file)
+        cache = [_stat_field(directory / "memory.stat", field) for field in cache_fields]
+        room = (max(cap - (usage - min(sum(cache), usage)), 0)  # type: ignore[arg-type]
+                if usage is not None and None not in cache else None)
         limit = cap if limit is None else min(limit, cap)
         if room is not None:
             free = room if free is None else min(free, room)

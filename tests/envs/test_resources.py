@@ -28,18 +28,19 @@ def v2(limit, usage, inactive, active=0, under=""):
 
 def v1(limit, usage, inactive, under=""):
     # the cgroup's own inactive_file (its processes' pages) beside total_inactive_file (its whole subtree)
-    stat = f"cache {inactive}\ninactive_file 4096\nactive_file 0\ntotal_cache {inactive}\ntotal_inactive_file {inactive}\n"
+    stat = (f"cache {inactive}\ninactive_file 4096\nactive_file 0\ntotal_cache {inactive}\ntotal_inactive_file {inactive}\n"
+            "total_active_file 0\n")
     return {f"memory/{under}memory.limit_in_bytes": f"{limit}\n", f"memory/{under}memory.usage_in_bytes": f"{usage}\n",
             f"memory/{under}memory.stat": stat}
 
 
 def test_v2_free_memory_is_the_limit_less_what_the_container_holds(tmp_path, monkeypatch):
-    # 4 GiB limit, 3 GiB used of which 1 GiB is inactive page cache: 2 GiB free (the host's 60 GiB capped at the
-    # limit said 4)
+    # 4 GiB limit, 3 GiB used of which 1 GiB is inactive page cache and 0.5 GiB active: 2.5 GiB free (the host's
+    # 60 GiB capped at the limit said 4)
     root = fake_root(tmp_path, v2(4 * GIB, 3 * GIB, 1 * GIB, active=GIB // 2))
-    assert host_memory(root) == (4 * GIB, 2 * GIB)
+    assert host_memory(root) == (4 * GIB, 5 * GIB // 2)
     monkeypatch.setattr(resources, "ROOT", root)  # what make_env checks against
-    with pytest.raises(MemoryError, match=r"num_envs=3 needs at least 3\.0 GiB .* more than the 2\.0 GiB of memory "
+    with pytest.raises(MemoryError, match=r"num_envs=3 needs at least 3\.0 GiB .* more than the 2\.5 GiB of memory "
                                           r"free now; at most 2 envs could fit"):
         check_envs_fit("Hopper-v5", 3, GIB)
     check_envs_fit("Hopper-v5", 2, GIB)
