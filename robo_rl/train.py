@@ -23,7 +23,9 @@ from robo_rl.validation import ConfigError, validate
 from robo_rl.metrics import setup_console_logging
 from robo_rl.memory import buffers_needed, check_fits
 from robo_rl.checkpoint import list_checkpoints
+from robo_rl.learners.gorl import refit_updates
 from robo_rl.runners.checkpoints import find_resume_checkpoint
+from robo_rl.runners.off_policy import add_update_credit
 from robo_rl.runners.stopping import Interrupted
 from robo_rl.runs import (CONFIG_FILE, directory_problem, load_run_config, refuse_busy_run_dir, run_dir_lock,
                           saved_group_choices)
@@ -310,17 +312,17 @@ def _gradient_updates(cfg: DictConfig, env: Any, learner: Any) -> int | None:
     Off-policy (OffPolicyRunner.iterate): iterations of ``num_envs`` env steps until ``steps``, and from the first
     that ends at or after ``learning_starts`` on, ``utd x num_envs`` updates' credit each. On-policy
     (OnPolicyRunner): one update per rollout of ``rollout_steps x num_envs`` steps, rounded up.
-    The off-policy credit is summed in floats as the runner sums it (utd=0.3 on 2 envs makes 29 updates in 50
-    iterations, not 30), exactly up to 100,000 iterations, beyond as their product."""
+    The off-policy credit is summed as the runner sums it (``add_update_credit``), exactly up to 100,000 iterations,
+    beyond as their product."""
     steps, n = int(cfg.steps), int(env.num_envs)
     if learner.kind == "off_policy":
         iterations = max(0, -(-steps // n) - max(1, -(-int(cfg.algo.learning_starts) // n)) + 1)
         credit_per_iteration = float(cfg.algo.utd) * n
         if iterations > 100_000:
-            return int(iterations * credit_per_iteration)
+            return int(add_update_credit(0.0, iterations * credit_per_iteration))
         updates, credit = 0, 0.0
         for _ in range(iterations):
-            credit += credit_per_iteration
+            credit = add_update_credit(credit, credit_per_iteration)
             whole = math.floor(credit)  # the runner's `credit -= 1.0` per update: exact in floats below 2**53
             updates, credit = updates + whole, credit - whole
         return updates
@@ -335,9 +337,7 @@ def _decoder_refits(cfg: DictConfig, updates: int | None) -> bool:
     if updates is None:
         return False
     every = cfg.algo.get("refit_every")
-    if every is None:
-        every = -(-updates // int(cfg.algo.stages))
-    return int(every) < updates
+    return len(refit_updates(updates, None if every is None else int(every), cfg.algo.get("stages"))) > 0
 
 
 def _run(cfg: DictConfig, run_dir: Path, env: Any, eval_env: Any, learner: Any, demos: Any, resume_from: Path | None,

@@ -276,11 +276,11 @@ OFF_POLICY = ["algo.batch_size=32", "algo.critic_hidden=[16]", "algo.learning_st
 
 
 @pytest.mark.parametrize("args, warning", [
-    # 50 iterations of 2 envs at utd=0.3 make 29 updates, as the runner sums its credit (not 30)
+    # 50 iterations of 2 envs at utd=0.3 make 30 updates (a plain float sum of the credit made 29)
     (["algo=td3", "algo.batch_size=32", "algo.critic_hidden=[16]", "env.num_envs=2", "steps=99", "algo.learning_starts=0",
-      "algo.utd=0.3", "algo.policy_delay=30"],
-     "algo.policy_delay=30 is more than the run's 29 gradient updates, so the actor and the target networks are never "
-     "updated; lower algo.policy_delay to at most 29 or raise steps"),
+      "algo.utd=0.3", "algo.policy_delay=31"],
+     "algo.policy_delay=31 is more than the run's 30 gradient updates, so the actor and the target networks are never "
+     "updated; lower algo.policy_delay to at most 30 or raise steps"),
     (["algo=parl", *OFF_POLICY, "policy.steps=2", "steps=150", "algo.policy_update_every=52"],  # steps 100..150: 51 updates
      "algo.policy_update_every=52 is more than the run's 51 gradient updates, so the policy is never updated"),
     (["algo=sac", *OFF_POLICY, "steps=150", "algo.target_update_every=52"],

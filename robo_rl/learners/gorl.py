@@ -41,6 +41,13 @@ from robo_rl.storage.rollout import RolloutBatch
 log = logging.getLogger("robo_rl")
 
 
+def refit_updates(total_updates: int, refit_every: int | None, stages: int | None) -> range:
+    """The updates after which GoRL refits its decoder in a run of ``total_updates``: every ``refit_every``, or
+    without it after each of ``stages`` equal parts (the last the shortest) but the last; never after the final one."""
+    every = refit_every if refit_every is not None else max(1, -(-total_updates // int(stages)))
+    return range(every, total_updates, every)
+
+
 def require_latent_head(policy: PolicyHead, algo: str) -> LatentDecoderHead:
     if not isinstance(policy, LatentDecoderHead):
         raise ValueError(f"algo={algo} optimizes a latent policy and decodes it: use policy=latent (got {policy.name!r})")
@@ -241,9 +248,8 @@ class GoRL(DecoderRefit, Learner):
 
     def plan(self, total_updates: int) -> None:
         self.total_updates = total_updates
-        if self.stages is not None:
-            self.refit_every = -(-total_updates // self.stages)  # ceil: the last stage is the shortest
-        refits = range(self.refit_every, total_updates, self.refit_every)
+        refits = refit_updates(total_updates, None if self.stages is not None else self.refit_every, self.stages)
+        self.refit_every = refits.step
         when = (f"after updates {', '.join(f'{n:,}' for n in refits)}" if 0 < len(refits) <= 6
                 else f"every {self.refit_every:,} updates" if refits else "none")
         source = "" if self.stages is not None else " (set by algo.refit_every; algo.stages is not used)"

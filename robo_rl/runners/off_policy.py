@@ -19,6 +19,18 @@ from robo_rl.runners.base import Runner
 from robo_rl.storage.replay import ReplayBuffer
 
 
+def add_update_credit(credit: float, amount: float) -> float:
+    """``credit + amount``, snapped to the whole number it is within 1e-9 of.
+
+    The runner earns ``utd x num_envs`` updates' credit per iteration and spends 1.0 per update. In plain float
+    sums a fractional earning falls just short of the whole updates it adds up to (0.3 x 2 envs: the fifth
+    iteration leaves 0.9999999999999998, not 1.0), which puts an update off to the next iteration and drops the
+    run's last one (29 updates in 50 iterations instead of 30)."""
+    total = credit + amount
+    whole = round(total)
+    return float(whole) if abs(total - whole) < 1e-9 else total
+
+
 class OffPolicyRunner(Runner):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -71,7 +83,7 @@ class OffPolicyRunner(Runner):
         self.step += n
         # 4. update at the update-to-data ratio
         if self.step >= self.learning_starts and len(self.replay) >= self.min_replay:
-            self.update_credit += self.utd * n
+            self.update_credit = add_update_credit(self.update_credit, self.utd * n)
             if self.step >= self.total_steps:  # the run's last updates: the learner hears the exact total
                 learner.plan(self.num_updates + int(self.update_credit))
             while self.update_credit >= 1.0:

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import shutil
 import signal
 
@@ -162,6 +163,19 @@ def logged_metrics(run_dir):
     with open(run_dir / "metrics.csv", newline="") as f:
         return [{k: v for k, v in row.items() if k != "wall_time" and not k.startswith("time/steps_per_s")}
                 for row in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("utd, num_envs", [(0.3, 2), (0.1, 1), (0.7, 3), (1 / 3, 3), (0.05, 4)])
+def test_fractional_update_credit_makes_exactly_utd_updates_per_step(utd, num_envs):
+    from robo_rl.runners.off_policy import add_update_credit
+    credit, updates = 0.0, 0
+    for iteration in range(1, 1001):
+        credit = add_update_credit(credit, utd * num_envs)
+        while credit >= 1.0:
+            updates, credit = updates + 1, credit - 1.0
+        exact = utd * num_envs * iteration
+        assert updates == math.floor(exact + 1e-9), iteration  # a plain float sum falls one short (0.3 x 2: at 5)
+    assert add_update_credit(0.25, 0.5) == 0.75  # not near a whole number: left as it is
 
 
 def test_resume_without_replay_refills_before_updating(tmp_path, monkeypatch):
