@@ -22,7 +22,11 @@ def test_buffer_sizes_are_counted_from_the_config():
     # GoRL adds the decoder's refit data
     cfg = compose("algo=gorl", "policy=latent", "env=pendulum", "env.num_envs=8", "algo.rollout_steps=16",
                   "algo.dataset_size=500")
-    assert memory.buffers_needed(cfg, 3, 1)["refit data (algo.dataset_size=500)"] == 4 * 500 * 4
+    needs = memory.buffers_needed(cfg, 3, 1)
+    assert needs["refit data (algo.dataset_size=500)"] == 4 * 500 * 4 and len(needs) == 2  # executed: its own actions
+    # refit_on=policy draws each epoch's targets and their paired prior latents at every state
+    cfg = compose("algo=gorl_sac", "policy=latent", "env=pendulum", "algo.buffer_size=1000", "algo.dataset_size=500")
+    assert memory.buffers_needed(cfg, 3, 1)["refit targets (algo.dataset_size=500, refit_on=policy)"] == 4 * 500 * 2
 
 
 def test_buffers_beyond_free_memory_are_refused_with_the_keys_named(monkeypatch):
