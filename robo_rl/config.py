@@ -101,6 +101,7 @@ class GoRLConfig(PPOConfig):
     reset_latent: bool = True  # restart the latent policy from the prior after each refit
     refit_on: str = "executed"  # refit targets: the executed actions, or the current policy's at those states
     latent_kl_coef: float = 0.0  # PPO loss + this * KL(latent policy || N(0, I)): keeps the latent near the prior
+    keep_latent_std: bool = True  # a refit's reset keeps the latent's std (decoder input u / std), not 1
 
 
 @dataclass

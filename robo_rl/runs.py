@@ -201,12 +201,13 @@ def load_learner(cfg: DictConfig, env: BatchedEnv, checkpoint: Path, device: str
     if not isinstance(modules, dict):
         raise CheckpointError(f"checkpoint {checkpoint} holds no learner modules (state.json has no learner.modules)")
     # the same wording as a resume that does not fit (runners/checkpoints.py:_load_resumable), on one line
-    why = state_mismatch(learner.state_dict(), modules)
-    if why is None:
-        try:
-            learner.load_state_dict(modules, strict=True)
-        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
-            why = " ".join(line.strip() for line in str(exc).splitlines()[:2])  # torch's first line is a heading
+    why = None
+    try:  # (a head may fill in a key older checkpoints lack, e.g. LatentDecoderHead.latent_scale)
+        learner.load_state_dict(modules, strict=True)
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        why = state_mismatch(learner.state_dict(), modules)
+        if why is None:  # not a key or shape: torch's own words (its first line is a heading)
+            why = " ".join(line.strip() for line in str(exc).splitlines()[:2])
             why = f"{type(exc).__name__}: {why:.300}"
     if why is not None:
         raise CheckpointError(f"checkpoint {checkpoint} does not fit this run's {cfg.algo.name} learner ({why})"

@@ -12,6 +12,9 @@ The prior is the latent policy's reset distribution, and the decoder is fitted f
     (flow matching transports this source as well as a Gaussian one; DDIM's chain assumes Gaussian
     noise). With L = 1 the initial identity decoder makes the first stage exactly SAC's tanh-Gaussian.
 
+The decoder's input is z = u / latent_scale of the latent policy's variable u (an unsquashed latent; the
+scale is 1 until a GoRL reset keeps the latent's std, see ``reset_latent_to_prior``), clipped as above.
+
 The decoder is fitted by supervision on (s, a) pairs with z drawn from the fixed prior N(0, I)
 (its ``imitation_loss``), so under the prior it reproduces the behaviour it was fitted on; the
 latent policy then moves z to where the decoder produces better actions. Decoding is deterministic
@@ -70,18 +73,25 @@ class LatentDecoderHead(PolicyHead):
                                    unit_actions=False)  # z is in the prior's standard deviations already
         self.latent.check_actions = False  # decode() checks the action, and a NaN z decodes to a NaN action
         self.z_dim, self.latent_limit = z_dim, limit
+        # the decoder reads z = u / latent_scale of the latent policy's variable u (see reset_latent_to_prior)
+        self.register_buffer("latent_scale", torch.ones(z_dim))
 
     @torch.no_grad()
     def decode(self, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Env-unit actions [B, A] for latents z [B, z_dim] (GoRL's env actions), checked as the generative
         heads' are: a FloatingPointError if the latent policy or the decoder has diverged."""
-        return self.checked(self.decoder.from_unit(self.decoder.generate(obs, self.latent.clip_action(z)))[:, 0])
+        return self.checked(self.decoder.from_unit(self.decoder.generate(obs, self.decoder_input(z)))[:, 0])
+
+    def decoder_input(self, u: torch.Tensor) -> torch.Tensor:
+        """The decoder's input noise [B, z_dim] for the latent policy's variable u: u / latent_scale, clipped to
+        +-latent_limit (a squashed latent is inside already)."""
+        return self.latent.clip_action(u / self.latent_scale)
 
     def decode_unit(self, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Unit-scale actions [B, A] for latents z, differentiable in z (the clip to the unit box passes
         gradients straight through; see ``GenerativeHead.generate``). For learners that train the latent
         policy through the decoder (SAC); the decoder's own weights are not what they optimize."""
-        return self.decoder.generate(obs, self.latent.clip_action(z), straight_through=True)[:, 0]
+        return self.decoder.generate(obs, self.decoder_input(z), straight_through=True)[:, 0]
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
@@ -131,15 +141,35 @@ class LatentDecoderHead(PolicyHead):
             return actions, None
         return actions, self.latent.clip_action(self.latent_limit * torch.tanh(x) if self.latent.squash else x)
 
-    def reset_latent_to_prior(self) -> None:
-        """Make pi_latent(z|s) the prior for every s: mean 0, std 1 before the (optional) squash
-        (after a decoder refit, GoRL starts again from it)."""
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # checkpoints saved before 2026-12-05 hold no latent_scale: their latent was always reset to std 1
+        state_dict.setdefault(prefix + "latent_scale", torch.ones_like(self.latent_scale))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def reset_latent_to_prior(self, scale: torch.Tensor | None = None) -> None:
+        """Make pi_latent(u|s) the prior for every s: mean 0, std 1 before the (optional) squash (after a decoder
+        refit, GoRL starts again from it).
+
+        ``scale`` [z_dim] (unsquashed latents): the prior N(0, diag(scale^2)) instead, read by the decoder as
+        z = u / scale ~ N(0, I), the same decoded policy. PPO's step in u then has the size relative to the
+        policy's spread it had before the reset (pass the latent's std there): after a reset to std 1 every
+        step is that many times smaller in the policy's own terms (Hopper: approx KL 0.006 against PPO's 0.011
+        in GoRL's second stage, 0.002 against 0.007 in the third)."""
+        if scale is not None and self.latent.squash:
+            raise ValueError("a squashed latent's prior is L tanh(N(0, I)): it takes no scale")
+        scale = torch.ones(self.z_dim) if scale is None else scale.detach().to(self.latent_scale)
+        if scale.shape != (self.z_dim,) or not bool(torch.isfinite(scale).all() and (scale > 0).all()):
+            raise ValueError(f"latent scale must be {self.z_dim} positive finite numbers, got {scale.tolist()}")
         with torch.no_grad():
+            self.latent_scale.copy_(scale)
             last = [m for m in self.latent.net if isinstance(m, torch.nn.Linear)][-1]
             last.weight.zero_()
             last.bias.zero_()
-            if not self.latent.state_dependent_std:
-                self.latent.log_std.zero_()
+            log_scale = scale.log().to(last.bias)
+            if self.latent.state_dependent_std:
+                last.bias[self.z_dim:] = log_scale  # [mean, log std] outputs
+            else:
+                self.latent.log_std.copy_(log_scale)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.act(obs, deterministic=True)

@@ -45,8 +45,9 @@ class PPO(Learner):
         fused: str = "auto",
         prior_kl_coef: float = 0.0,
     ) -> None:
-        """``prior_kl_coef``: weight of a penalty KL(pi(.|s) || N(0, I)) on the policy's (unsquashed Gaussian)
-        distribution, averaged over states; GoRL keeps its latent policy near the decoder's prior with it."""
+        """``prior_kl_coef``: weight of a penalty KL(pi(.|s) || N(0, diag(prior_scale^2))) on the policy's
+        (unsquashed Gaussian) distribution, averaged over states; GoRL keeps its latent policy near the decoder's
+        prior with it (``prior_scale``: a [A] tensor GoRL sets to its latent's scale, None: 1)."""
         super().__init__()
         require_capabilities(self.name, policy, self.needs)
         if prior_kl_coef < 0:
@@ -54,6 +55,7 @@ class PPO(Learner):
         if prior_kl_coef > 0 and (not isinstance(policy, GaussianHead) or policy.squash):
             raise ValueError("a KL penalty toward N(0, I) needs an unsquashed Gaussian policy (the latent of algo=gorl)")
         self.prior_kl_coef = float(prior_kl_coef)
+        self.prior_scale: torch.Tensor | None = None
         self.policy = policy
         self.value_net = mlp(policy.obs_dim, value_hidden, 1, value_activation)
         if ortho_init:
@@ -147,8 +149,13 @@ class PPO(Learner):
             policy = self.policy
             mean, log_std = policy.distribution(mb.obs)
             log_probs, entropy = policy._log_prob(mean, log_std, mb.actions), policy._entropy(mean, log_std)
-            # KL(N(mean, std^2) || N(0, 1)) per dimension: (std^2 + mean^2 - 1) / 2 - log std
-            prior_kl = (0.5 * ((2.0 * log_std).exp() + mean.square() - 1.0) - log_std).sum(-1).mean()
+            # KL(N(mean, std^2) || N(0, s^2)) per dimension: ((std^2 + mean^2) / s^2 - 1) / 2 - log std + log s
+            if self.prior_scale is None:
+                prior_kl = (0.5 * ((2.0 * log_std).exp() + mean.square() - 1.0) - log_std).sum(-1).mean()
+            else:
+                s2 = self.prior_scale.square()
+                prior_kl = (0.5 * (((2.0 * log_std).exp() + mean.square()) / s2 - 1.0) - log_std
+                            + self.prior_scale.log()).sum(-1).mean()
         else:
             log_probs, entropy = self.policy.evaluate_actions(mb.obs, mb.actions)
         values = self.value(mb.obs)

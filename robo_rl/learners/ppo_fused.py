@@ -19,8 +19,9 @@ Gradients, per minibatch of B samples (z = (a - mu) e^{-log std}, r = exp(log pi
     d L_clip / d r       = -(A/B) [r A < clip(r) A  or  1 - eps <= r <= 1 + eps]   (torch.min, ties split)
     d L_V / d V          = vf_coef * 2 (V - R) / B       (times the clip mask if clip_range_vf is set)
     d (-c_ent H) / d log std = -c_ent                    (H = sum(1/2 + log sqrt(2 pi) + log std))
-and, with ``prior_kl_coef`` c_kl (GoRL's latent policy), the penalty c_kl mean_s KL(N(mu, std^2) || N(0, I)):
-    d / d mu = c_kl mu / B,   d / d log std = c_kl (std^2 - 1)
+and, with ``prior_kl_coef`` c_kl (GoRL's latent policy), the penalty c_kl mean_s KL(N(mu, std^2) || N(0, s^2))
+(s = ``prior_scale``, 1 without it):
+    d / d mu = c_kl mu / (s^2 B),   d / d log std = c_kl (std^2 / s^2 - 1)
 """
 
 from __future__ import annotations
@@ -285,7 +286,13 @@ class FusedPPOStep:
         prior_kl = 0.0
         if ppo.prior_kl_coef:
             var = np.exp(2.0 * log_std)
-            prior_kl = float(np.add.reduce(0.5 * (var - 1.0) - log_std)) + 0.5 * float(np.vdot(mean, mean)) / b
+            if ppo.prior_scale is None:
+                prior_kl = float(np.add.reduce(0.5 * (var - 1.0) - log_std)) + 0.5 * float(np.vdot(mean, mean)) / b
+            else:
+                prior_var = ppo.prior_scale.square().numpy()
+                var = var / prior_var  # in the prior's scale: KL(N(mu, v) || N(0, s^2)) = KL(N(mu/s, v/s^2) || N(0, 1))
+                prior_kl = (float(np.add.reduce(0.5 * (var - 1.0) - log_std + np.log(ppo.prior_scale.numpy())))
+                            + 0.5 * float(np.add.reduce(mean * mean / prior_var, axis=None)) / b)
         if ppo.target_kl is not None and approx_kl > 1.5 * ppo.target_kl:  # as PPO._minibatch_step: no step
             return np.array([policy_loss, value_loss, entropy, approx_kl, clip_fraction, 0.0, prior_kl]), False
 
@@ -299,8 +306,8 @@ class FusedPPOStep:
         g_log_std = np.add.reduce(d_logp[:, None] * (z * z - 1.0), axis=0) - ppo.ent_coef
         if ppo.prior_kl_coef:
             c_kl = ppo.prior_kl_coef
-            d_mean += np.float32(c_kl / b) * mean
-            g_log_std += c_kl * (var - 1.0)
+            d_mean += np.float32(c_kl / b) * (mean if ppo.prior_scale is None else mean / prior_var)
+            g_log_std += c_kl * (var - 1.0)  # (var in the prior's scale)
         self.g_log_std[:] = np.where(std_pass, g_log_std, 0.0)
         d_value = (-ppo.vf_coef * 2.0 / b) * verr
         if v_pass is not None:

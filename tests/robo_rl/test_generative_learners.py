@@ -1,6 +1,7 @@
 """GoRL, EXPO and PA-RL: they run with the heads they can use, refuse the ones they cannot, resume exactly."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -312,10 +313,25 @@ def test_gorl_refit_targets(refit_on):
     assert float(metrics["refits"]) == 1.0 and int(learner.data_size) == (512 if refit_on == "policy" else 0)
     mean, log_std = head.latent.distribution(obs[:16])
     torch.testing.assert_close(mean, torch.zeros_like(mean))
-    torch.testing.assert_close(log_std.expand_as(mean), torch.zeros_like(mean))
+    # the reset keeps the latent's std (algo.keep_latent_std), and the decoder reads u / std ~ N(0, I)
+    torch.testing.assert_close(log_std.expand_as(mean), torch.full_like(mean, -3.0))
+    torch.testing.assert_close(head.latent_scale, torch.full((2,), math.exp(-3.0)))
     after = head.act(obs[:256])
     target = before if refit_on == "policy" else executed[:256]
     assert float((after - target).abs().mean()) < 0.1
+
+
+def test_gorl_latent_scale_loads_from_older_checkpoints_and_must_be_positive():
+    head = build_head("latent", 3, LOW, HIGH, hidden_sizes=(16,), decoder_hidden=(16,), decoder_steps=2)
+    state = GoRL(head).state_dict()
+    del state["policy.latent_scale"]  # saved before 2026-12-05, when a reset always went to std 1
+    other = GoRL(build_head("latent", 3, LOW, HIGH, hidden_sizes=(16,), decoder_hidden=(16,), decoder_steps=2))
+    other.policy.latent_scale.fill_(0.5)
+    other.load_state_dict(state, strict=True)
+    torch.testing.assert_close(other.policy.latent_scale, torch.ones(2))
+    for bad in (torch.tensor([0.0, 1.0]), torch.tensor([float("nan"), 1.0]), torch.ones(3)):
+        with pytest.raises(ValueError, match="latent scale must be 2 positive finite numbers"):
+            head.reset_latent_to_prior(bad)
 
 
 def test_gorl_refit_on_the_policy_keeps_its_spread():
@@ -372,6 +388,26 @@ def test_gorl_refit_on_must_be_known_and_the_latent_kl_reaches_ppo():
     with pytest.raises(ValueError, match="algo.refit_on='latest'"):
         GoRL(head, refit_on="latest")
     assert GoRL(head, latent_kl_coef=0.05).ppo.prior_kl_coef == 0.05
+
+
+@pytest.mark.parametrize("fused", ["auto", "off"])
+def test_gorl_latent_kl_is_toward_the_prior_the_latent_was_reset_to(fused):
+    # a reset that keeps the latent's std (e^-1.5) makes N(0, e^-3) the prior: the penalty starts at 0 there
+    # (toward N(0, I) it would be 2 x (e^-3 / 2 - 1 / 2 + 1.5) = 2.05 at once)
+    torch.manual_seed(0)
+    head = build_head("latent", 3, LOW, HIGH, hidden_sizes=(16,), decoder_hidden=(32, 32), decoder_steps=2)
+    learner = GoRL(head, refit_every=100, refit_epochs=1, dataset_size=64, latent_kl_coef=0.1, epochs=1,
+                   minibatch_size=64, value_hidden=(16,), fused=fused)
+    assert (learner.ppo._fused_step is not None) == (fused == "auto")
+    with torch.no_grad():
+        head.latent.log_std.fill_(-1.5)
+    obs = torch.randn(64, 3)
+    learner._store(obs, torch.rand(64, 2) * 2 - 1)
+    learner.refit()
+    with torch.no_grad():
+        u = head.latent.act(obs)
+        batch = RolloutBatch(obs, u, head.latent.log_prob(obs, u), learner.value(obs), torch.randn(64), torch.randn(64))
+    assert float(learner.update(batch)["prior_kl"]) < 1e-3
 
 
 def latent_sac_head(**options):

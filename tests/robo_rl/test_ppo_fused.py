@@ -42,9 +42,14 @@ def max_diff(a, b):
 
 
 @pytest.mark.parametrize("options", [{}, {"clip_range_vf": 0.2, "ent_coef": 0.01}, {"max_grad_norm": 1e-3},
-                                     {"prior_kl_coef": 0.5}, {"target_kl": 0.03}])
+                                     {"prior_kl_coef": 0.5}, {"prior_kl_coef": 0.5, "prior_scale": [0.3, 1.0, 2.0]},
+                                     {"target_kl": 0.03}])
 def test_fused_equals_autograd_over_a_full_update(options):
+    options = dict(options)
+    scale = options.pop("prior_scale", None)  # GoRL sets it on its PPO (the latent's reset scale)
     auto, fused = learner("off", **options), learner("on", **options)
+    for ppo in (auto, fused):
+        ppo.prior_scale = None if scale is None else torch.tensor(scale)
     assert fused._fused_step is not None and auto._fused_step is None
     batch = rollout()
     m_auto, m_fused = run(auto, batch), run(fused, batch)  # 10 epochs x 4 minibatches = 40 Adam steps
@@ -148,6 +153,11 @@ def test_prior_kl_penalty_is_the_closed_form_kl_to_the_standard_normal():
     _, stats = ppo.ppo_loss(rollout())
     assert abs(float(stats["prior_kl"]) - expected) < 1e-5
     assert "prior_kl" not in learner("off").ppo_loss(rollout())[1]
+    # toward N(0, diag(s^2)) (GoRL after a reset that kept the latent's std): torch's own KL of the two Gaussians
+    ppo.prior_scale = torch.tensor([0.3, 1.0, 2.0])
+    expected = float(torch.distributions.kl_divergence(torch.distributions.Normal(mean, log_std.exp()),
+                                                       torch.distributions.Normal(0.0, ppo.prior_scale)).sum())
+    assert abs(float(ppo.ppo_loss(rollout())[1]["prior_kl"]) - expected) < 1e-5
 
 
 def test_prior_kl_penalty_needs_an_unsquashed_gaussian():

@@ -87,6 +87,25 @@ def test_every_head_exports_and_matches_torch(tmp_path, name, options):
         assert np.abs(session.run(None, {"obs": obs, "noise": zeros})[0] - deterministic).max() <= 1e-5
 
 
+def test_gorl_export_reads_the_latent_through_its_scale(tmp_path):
+    # after a refit that kept the latent's std (algo.keep_latent_std), the decoder reads u / latent_scale
+    head = _head("latent", {"decoder": "flow", "decoder_steps": 2, "decoder_hidden": [32, 32]})
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in head.decoder.parameters():  # a decoder that is not the identity, a latent mean away from 0
+            p.add_(0.3 * torch.randn_like(p))
+        [m for m in head.latent.net if isinstance(m, torch.nn.Linear)][-1].bias.copy_(torch.tensor([0.4, -0.3, 0.2]))
+        head.latent_scale.copy_(torch.tensor([0.2, 0.5, 3.0]))
+    export_policy(head, tmp_path, "onnx")
+    obs = np.random.default_rng(4).normal(2.0, 3.0, (6, OBS_DIM)).astype(np.float32)
+    with torch.no_grad():
+        want = head.act(torch.from_numpy(obs), deterministic=True).numpy()
+        u = head.latent.act(torch.from_numpy(obs), deterministic=True)
+        unscaled = head.decoder.from_unit(head.decoder.generate(torch.from_numpy(obs), u))[:, 0].numpy()
+    assert np.abs(want - unscaled).max() > 0.05  # the scale matters for these actions
+    assert np.abs(_ort(tmp_path / "policy.onnx").run(None, {"obs": obs})[0] - want).max() <= 1e-5
+
+
 @pytest.mark.parametrize("base_name, edit", [("flow", True), ("diffusion", False), ("gaussian", False)])
 def test_critic_select_policies_export_with_their_fixed_noise(tmp_path, base_name, edit):
     """EXPO (flow base + edit policy) and PA-RL (any base): the best of N candidates by Q, as in torch."""
