@@ -21,12 +21,13 @@ def test_buffer_sizes_are_counted_from_the_config():
     assert memory.buffers_needed(cfg, 3, 1) == {"rollout (algo.rollout_steps=16 x env.num_envs=8)": 2 * 4 * 16 * 8 * 8}
     # GoRL adds the decoder's refit data
     cfg = compose("algo=gorl", "policy=latent", "env=pendulum", "env.num_envs=8", "algo.rollout_steps=16",
-                  "algo.dataset_size=500")
+                  "algo.dataset_size=500", "algo.refit_on=executed")
     needs = memory.buffers_needed(cfg, 3, 1)
     assert needs["refit data (algo.dataset_size=500)"] == 4 * 500 * 4 and len(needs) == 2  # executed: its own actions
-    # refit_on=policy draws each epoch's targets and their paired prior latents at every state
-    cfg = compose("algo=gorl_sac", "policy=latent", "env=pendulum", "algo.buffer_size=1000", "algo.dataset_size=500")
-    assert memory.buffers_needed(cfg, 3, 1)["refit targets (algo.dataset_size=500, refit_on=policy)"] == 4 * 500 * 2
+    # refit_on=policy (the default) draws each epoch's targets and their paired prior latents at every state
+    for cfg in (compose("algo=gorl", "env=pendulum", "env.num_envs=8", "algo.rollout_steps=16", "algo.dataset_size=500"),
+                compose("algo=gorl_sac", "env=pendulum", "algo.buffer_size=1000", "algo.dataset_size=500")):
+        assert memory.buffers_needed(cfg, 3, 1)["refit targets (algo.dataset_size=500, refit_on=policy)"] == 4 * 500 * 2
 
 
 def test_buffers_beyond_free_memory_are_refused_with_the_keys_named(monkeypatch):
