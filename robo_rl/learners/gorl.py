@@ -70,6 +70,7 @@ class DecoderRefit:
     """
 
     policy: LatentDecoderHead
+    keep_latent_std = False  # GoRL (PPO) sets it from its config; a squashed latent (GoRL-SAC) cannot keep its std
 
     def _init_refit(self, policy: LatentDecoderHead, refit_every: int | None, refit_epochs: int, refit_batch_size: int,
                     decoder_lr: float, dataset_size: int, reset_latent: bool, refit_on: str) -> None:
@@ -182,8 +183,6 @@ class DecoderRefit:
         return {"decoder_loss": (loss_sum / batches).float() if batches else self.data_obs.new_zeros(()),
                 "refit_action_shift": shift, "refits": self.num_refits.float()}
 
-    keep_latent_std = False
-
     @torch.no_grad()
     def _kept_std(self, probe: torch.Tensor) -> torch.Tensor | None:
         """The latent policy's std [z_dim] (averaged over ``probe``'s states if it depends on them), which a
@@ -225,9 +224,10 @@ class GoRL(DecoderRefit, Learner):
         announces the run's length through ``plan``) with a decoder refit after each but the last, so the
         last stage's latent policy trains until the end. ``refit_every``, when given, replaces the stages:
         a refit every that many updates (never after the run's final update).
-        ``latent_kl_coef``: weight of a penalty KL(pi_latent(.|s) || N(0, I)) in the PPO loss, which keeps the
+        ``latent_kl_coef``: weight of a penalty KL(pi_latent(.|s) || prior) in the PPO loss, which keeps the
         latent policy near the decoder's prior between refits (the GoRL paper's regularizer; with it,
-        ``reset_latent=false`` refits without restarting the latent policy)."""
+        ``reset_latent=false`` refits without restarting the latent policy).
+        ``keep_latent_std``: a reset keeps the latent's std as its prior's scale (see the module docstring)."""
         super().__init__()
         policy = require_latent_head(policy, self.name)
         if stages < 1:
