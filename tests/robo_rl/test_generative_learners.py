@@ -290,6 +290,38 @@ def test_gorl_identity_decoder_at_start():
     torch.testing.assert_close(head.decode(torch.zeros(2, 3), z), z.clamp(-1, 1))
 
 
+@pytest.mark.parametrize("fused", ["auto", "off"])
+def test_gorl_first_stage_is_ppo_given_the_same_weights(fused):
+    # through the identity decoder GoRL acts, executes and updates exactly as PPO does (on a [-1, 1] box, as
+    # Hopper's, where PPO's unit-scale actions are env actions), so a return gap between GoRL without refits
+    # and PPO is their initializations' draw
+    torch.manual_seed(0)
+    ppo = PPO(build_head("gaussian", 3, LOW, HIGH, hidden_sizes=(16, 16), activation="tanh", squash=False,
+                         state_dependent_std=False), value_hidden=(16, 16), minibatch_size=32, fused=fused)
+    gorl = GoRL(build_head("latent", 3, LOW, HIGH, hidden_sizes=(16, 16), decoder_hidden=(32,), decoder_steps=2),
+                stages=1, value_hidden=(16, 16), minibatch_size=32, fused=fused)
+    gorl.policy.latent.load_state_dict(ppo.policy.state_dict())
+    gorl.ppo.value_net.load_state_dict(ppo.value_net.state_dict())
+    gorl.plan(4)
+    obs = torch.randn(128, 3) * 2
+    torch.manual_seed(1)
+    acted = ppo.act(obs)
+    torch.manual_seed(1)
+    for x, y in zip(acted, gorl.act(obs)):  # action (latent), log-probability, value
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    executed = ppo.env_action(obs, acted[0])
+    assert float(executed.abs().max()) == 1.0  # some clipped
+    torch.testing.assert_close(gorl.env_action(obs, acted[0]), executed, rtol=0, atol=0)
+    batch = RolloutBatch(obs, acted[0], acted[1], acted[2], torch.randn(128), acted[2] + torch.randn(128))
+    torch.manual_seed(2)
+    ppo.update(batch)
+    torch.manual_seed(2)
+    gorl.update(batch)
+    for x, y in zip([*ppo.policy.parameters(), *ppo.value_net.parameters()],
+                    [*gorl.policy.latent.parameters(), *gorl.ppo.value_net.parameters()]):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("refit_on", ["policy", "executed"])
 def test_gorl_refit_targets(refit_on):
     # The stage's executed actions (uniform noise here) lag behind the latent policy, which ends narrow
