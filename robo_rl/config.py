@@ -100,7 +100,7 @@ class GoRLConfig(PPOConfig):
     dataset_size: int = 200_000  # (s, a) pairs kept for a refit (refit_on=policy: their states, a window across stages)
     reset_latent: bool = True  # restart the latent policy from the prior after each refit
     refit_on: str = "policy"  # refit targets: the current policy's actions at those states, or the executed ones
-    latent_kl_coef: float = 0.0  # PPO loss + this * KL(latent policy || N(0, I)): keeps the latent near the prior
+    latent_kl_coef: float = 0.0  # PPO loss + this * KL(latent policy || its prior): keeps the latent near the prior
     keep_latent_std: bool = True  # a refit's reset keeps the latent's std (decoder input u / std), not 1
 
 

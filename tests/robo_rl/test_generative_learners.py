@@ -353,17 +353,42 @@ def test_gorl_refit_targets(refit_on):
     assert float((after - target).abs().mean()) < 0.1
 
 
-def test_gorl_latent_scale_loads_from_older_checkpoints_and_must_be_positive():
+def test_gorl_latent_scale_must_be_positive_and_finite():
     head = build_head("latent", 3, LOW, HIGH, hidden_sizes=(16,), decoder_hidden=(16,), decoder_steps=2)
-    state = GoRL(head).state_dict()
-    del state["policy.latent_scale"]  # saved before 2026-12-05, when a reset always went to std 1
-    other = GoRL(build_head("latent", 3, LOW, HIGH, hidden_sizes=(16,), decoder_hidden=(16,), decoder_steps=2))
-    other.policy.latent_scale.fill_(0.5)
-    other.load_state_dict(state, strict=True)
-    torch.testing.assert_close(other.policy.latent_scale, torch.ones(2))
     for bad in (torch.tensor([0.0, 1.0]), torch.tensor([float("nan"), 1.0]), torch.ones(3)):
         with pytest.raises(ValueError, match="latent scale must be 2 positive finite numbers"):
             head.reset_latent_to_prior(bad)
+
+
+def test_a_gorl_run_saved_before_the_latent_scale_loads_for_eval_and_resume(tmp_path):
+    # a run of 2 refits (the latent's std kept at each), its newest checkpoint rewritten as one saved before
+    # 2026-12-05 would be: no policy.latent_scale; it loads (eval, export, resume) with scale 1
+    import json as jsonlib
+
+    from safetensors.numpy import load_file, save_file
+
+    from robo_rl.checkpoint import latest_checkpoint
+    from robo_rl.runs import load_run
+    from tests.helpers import rewrite_consistently
+
+    cfg = compose("algo=gorl", "env=pendulum", "env.num_envs=8", "algo.rollout_steps=16", "algo.minibatch_size=32",
+                  "algo.epochs=1", "algo.refit_epochs=1", "policy.decoder_hidden=[32]", "steps=384",
+                  "eval.episodes=2", "eval.num_envs=2", *FAST)
+    train(cfg, tmp_path / "run")
+    policy, _ = load_run(tmp_path / "run")
+    assert not bool((policy.latent_scale == 1.0).all())  # kept std: a scale was saved
+    checkpoint = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    state = jsonlib.loads((checkpoint / "state.json").read_text())
+    del state["learner"]["modules"]["policy.latent_scale"]
+    tensors = load_file(str(checkpoint / "state.safetensors"))
+    del tensors["learner.modules.policy.latent_scale"]
+    save_file(tensors, str(tmp_path / "old.safetensors"))
+    rewrite_consistently(checkpoint, "state.safetensors", (tmp_path / "old.safetensors").read_bytes())
+    rewrite_consistently(checkpoint, "state.json", jsonlib.dumps(state))
+    policy, _ = load_run(tmp_path / "run")
+    torch.testing.assert_close(policy.latent_scale, torch.ones_like(policy.latent_scale))
+    summary = train(compose(f"resume={tmp_path / 'run'}", "steps=512", *FAST), tmp_path / "run")
+    assert summary["steps"] == 512
 
 
 def test_gorl_refit_on_the_policy_keeps_its_spread():
