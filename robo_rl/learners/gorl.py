@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from typing import Any
 
 import torch
@@ -70,6 +71,7 @@ class DecoderRefit:
     """
 
     policy: LatentDecoderHead
+    name: str
     keep_latent_std = False  # GoRL (PPO) sets it from its config; a squashed latent (GoRL-SAC) cannot keep its std
 
     def _init_refit(self, policy: LatentDecoderHead, refit_every: int | None, refit_epochs: int, refit_batch_size: int,
@@ -144,6 +146,9 @@ class DecoderRefit:
     def refit(self) -> dict[str, torch.Tensor]:
         """Fit the decoder to the collected states' actions under the prior, then reset the latent policy."""
         size = int(self.data_size)
+        start = time.perf_counter()
+        log.info(f"{self.name}: refitting the decoder (refit {int(self.num_refits) + 1}): {self.refit_epochs} epoch(s) over "
+                 f"{size:,} states, targets from {'the current policy' if self.refit_on == 'policy' else 'the executed actions'}")
         # refit_on=policy: each epoch's targets come from the pre-refit policy, frozen in a copy (drawing them all
         # first held refit_epochs x size x 2A floats: 270 MB for Humanoid at GoRL-SAC's defaults)
         teacher = copy.deepcopy(self.policy).requires_grad_(False) if self.refit_on == "policy" else None
@@ -180,6 +185,8 @@ class DecoderRefit:
             self.data_size.zero_()       # targets are drawn afresh from the policy: wider coverage at no staleness
             self.data_pos.zero_()
         self.num_refits += 1
+        log.info(f"{self.name}: decoder refit {int(self.num_refits)} took {time.perf_counter() - start:.0f} s; it moved the "
+                 f"deterministic action by {float(shift):.3f} (unit scale) at the collected states")
         return {"decoder_loss": (loss_sum / batches).float() if batches else self.data_obs.new_zeros(()),
                 "refit_action_shift": shift, "refits": self.num_refits.float()}
 
