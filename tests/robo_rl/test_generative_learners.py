@@ -322,6 +322,37 @@ def test_gorl_first_stage_is_ppo_given_the_same_weights(fused):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
 
 
+def test_gorl_without_refits_trains_as_ppo_from_the_same_start(tmp_path, monkeypatch):
+    # the whole run, not one update: given PPO's initial weights and generator state, a GoRL run with one
+    # stage logs exactly PPO's metrics (returns, losses, KL, evaluations). On Hopper at the defaults the same
+    # holds for 1M steps (README, GoRL results), so GoRL's stages=1 row differs from PPO's by the draw alone.
+    import copy
+
+    import robo_rl.train as training
+
+    start, build = {}, training.build_learner
+
+    def same_start(cfg, policy):
+        learner = build(cfg, policy)
+        if cfg.algo.name == "ppo":  # copies: the run trains these tensors in place
+            start.update(policy=copy.deepcopy(learner.policy.state_dict()),
+                         value=copy.deepcopy(learner.value_net.state_dict()), generator=torch.get_rng_state())
+        else:
+            learner.policy.latent.load_state_dict(start["policy"])
+            learner.ppo.value_net.load_state_dict(start["value"])
+            torch.set_rng_state(start["generator"])
+        return learner
+
+    monkeypatch.setattr(training, "build_learner", same_start)
+    common = ("env=hopper", "env.num_envs=4", "algo.rollout_steps=32", "algo.minibatch_size=64", "algo.epochs=2",
+              "steps=1024", "eval.every=512", "eval.episodes=2", "eval.num_envs=2", "seed=3", *FAST)
+    train(compose("algo=ppo", *common), tmp_path / "ppo")
+    train(compose("algo=gorl", "algo.stages=1", "policy.decoder_hidden=[32]", *common), tmp_path / "gorl")
+    ppo, gorl = logged_metrics(tmp_path / "ppo"), logged_metrics(tmp_path / "gorl")
+    assert len(ppo) == len(gorl) >= 8 and any(row.get("eval/return_mean") for row in ppo)
+    assert [row | {"time/updates": None} for row in ppo] == [row | {"time/updates": None} for row in gorl]
+
+
 @pytest.mark.parametrize("refit_on", ["policy", "executed"])
 def test_gorl_refit_targets(refit_on):
     # The stage's executed actions (uniform noise here) lag behind the latent policy, which ends narrow
