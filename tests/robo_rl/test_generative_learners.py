@@ -350,7 +350,7 @@ def test_gorl_without_refits_trains_as_ppo_from_the_same_start(tmp_path, monkeyp
     train(compose("algo=gorl", "algo.stages=1", "policy.decoder_hidden=[32]", *common), tmp_path / "gorl")
     ppo, gorl = logged_metrics(tmp_path / "ppo"), logged_metrics(tmp_path / "gorl")
     assert len(ppo) == len(gorl) >= 8 and any(row.get("eval/return_mean") for row in ppo)
-    assert [row | {"time/updates": None} for row in ppo] == [row | {"time/updates": None} for row in gorl]
+    assert ppo == gorl
 
 
 @pytest.mark.parametrize("refit_on", ["policy", "executed"])
