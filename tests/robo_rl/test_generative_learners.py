@@ -354,7 +354,7 @@ def test_gorl_without_refits_trains_as_ppo_from_the_same_start(tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("refit_on", ["policy", "executed"])
-def test_gorl_refit_targets(refit_on):
+def test_gorl_refit_targets(refit_on, caplog):
     # The stage's executed actions (uniform noise here) lag behind the latent policy, which ends narrow
     # around z = (0.6, -0.4): refit_on=policy keeps that policy through the latent's reset to the prior,
     # refit_on=executed makes the policy reproduce the executed actions.
@@ -371,7 +371,12 @@ def test_gorl_refit_targets(refit_on):
     torch.testing.assert_close(before.mean(0), torch.tensor([0.6, -0.4]), atol=0.02, rtol=0)
     executed = torch.stack([obs[:, 0].tanh() * 0.8, torch.full((512,), -0.5)], dim=1)
     learner._store(obs, executed)
-    metrics = learner.refit()
+    with caplog.at_level("INFO", logger="robo_rl"):
+        metrics = learner.refit()
+    # the log says a refit is under way (training's progress line pauses through it), then what it did
+    target = "the current policy" if refit_on == "policy" else "the executed actions"
+    assert f"gorl: refitting the decoder (refit 1): 60 epoch(s) over 512 states, targets from {target}" in caplog.text
+    assert f"it moved the deterministic action by {float(metrics['refit_action_shift']):.3f}" in caplog.text
     # refit_on=executed starts a new stage's pairs; refit_on=policy keeps the states (fresh targets each refit)
     assert float(metrics["refits"]) == 1.0 and int(learner.data_size) == (512 if refit_on == "policy" else 0)
     mean, log_std = head.latent.distribution(obs[:16])
