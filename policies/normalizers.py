@@ -20,6 +20,13 @@ class RunningMeanStd(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
 
     @torch.no_grad()
+    def reset(self) -> None:
+        """Back to no observations (mean 0, var 1, count 0)."""
+        self.mean.zero_()
+        self.var.fill_(1.0)
+        self.count.zero_()
+
+    @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
         """Fold a batch x [B, *shape] (or [*shape], or [T, B, *shape]) into the statistics."""
         shape = tuple(self.mean.shape)

@@ -87,6 +87,17 @@ class Learner(nn.Module):
             polyak_update(target, online, self.tau)
         return {"critic_loss": critic_loss.detach()}
 
+    def stop_requested(self) -> bool:
+        """True once a SIGINT/SIGTERM asked the run to stop (the runner replaces this while it trains). Long work
+        inside ``update`` (GoRL's decoder refit) checks it and gives way, so the checkpoint is not held up by it."""
+        return False
+
+    def before_iteration(self) -> dict[str, torch.Tensor]:
+        """Runners call this before each iteration (a rollout, or env steps and their updates): work the learner
+        put off, e.g. a GoRL refit that a signal interrupted, which the resumed run does first. Its metrics go into
+        the next log row (not counted as an update); the default has none."""
+        return {}
+
     def plan(self, total_updates: int) -> None:
         """Runners announce how many updates the run will make: the on-policy runner before the first one (and
         again when a run resumes), the off-policy runner on its last iteration, before that iteration's updates

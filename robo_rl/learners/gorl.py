@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from policies.heads import LatentDecoderHead, PolicyHead
+from policies.normalizers import RunningMeanStd
 from robo_rl.learners.base import Batch, Learner
 from robo_rl.learners.optim import FusedAdam
 from robo_rl.learners.ppo import PPO
@@ -45,6 +46,10 @@ from robo_rl.learners.sac import SAC
 from robo_rl.storage.rollout import RolloutBatch
 
 log = logging.getLogger("robo_rl")
+
+
+class RefitStopped(Exception):
+    """A SIGINT/SIGTERM arrived during a decoder refit (``DecoderRefit.refit`` catches it)."""
 
 
 def refit_updates(total_updates: int, refit_every: int | None, stages: int | None) -> range:
@@ -105,6 +110,33 @@ class DecoderRefit:
         register("data_size", torch.zeros((), dtype=torch.int64))
         register("data_pos", torch.zeros((), dtype=torch.int64))
         register("num_refits", torch.zeros((), dtype=torch.int64))
+        # a refit a signal interrupted, to do before the next iteration, with the observation statistics it had
+        register("refit_pending", torch.zeros((), dtype=torch.bool))
+        self.refit_obs_stats = RunningMeanStd((policy.obs_dim,))  # (reset when no refit is pending)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # checkpoints saved before 2026-12-05 hold neither: nothing was ever left pending then
+        state_dict.setdefault(prefix + "refit_pending", torch.zeros_like(self.refit_pending))
+        for key, value in RunningMeanStd((self.policy.obs_dim,)).state_dict().items():
+            state_dict.setdefault(f"{prefix}refit_obs_stats.{key}", value)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[misc]
+
+    def before_iteration(self) -> dict[str, torch.Tensor]:
+        """The refit a SIGINT/SIGTERM interrupted (see ``refit``), before anything else in the resumed run. It runs
+        with the observation statistics it was stopped under (the interrupted update's rollout was added to them
+        after it), so it is the refit an uninterrupted run made."""
+        if not bool(self.refit_pending):
+            return {}
+        norm = self.policy.obs_norm
+        now = copy.deepcopy(norm.state_dict())
+        norm.load_state_dict({f"stats.{key}": value for key, value in self.refit_obs_stats.state_dict().items()})
+        try:
+            metrics = self.refit()
+        finally:
+            norm.load_state_dict(now)
+        if not bool(self.refit_pending):
+            self.refit_obs_stats.reset()
+        return metrics
 
     def _store(self, obs: torch.Tensor, actions: torch.Tensor | None) -> None:
         """Keep (s, a) pairs for the next refit (``actions=None``: the states only, for refit_on=policy)."""
@@ -139,16 +171,29 @@ class DecoderRefit:
         ``refit_on=executed``: the executed actions (what a safety filter let through)."""
         if teacher is None:
             return self.data_actions[:size], None
-        pairs = [teacher.coupled_sample(obs) for obs in self.data_obs[:size].split(4096)]
+        pairs = []
+        for obs in self.data_obs[:size].split(4096):  # (4 s per 100k states on Hopper: a signal need not wait)
+            self._stop_point()
+            pairs.append(teacher.coupled_sample(obs))
         actions = torch.cat([a for a, _ in pairs])
         return actions, None if pairs[0][1] is None else torch.cat([z for _, z in pairs])
 
     def refit(self) -> dict[str, torch.Tensor]:
-        """Fit the decoder to the collected states' actions under the prior, then reset the latent policy."""
+        """Fit the decoder to the collected states' actions under the prior, then reset the latent policy.
+
+        A refit takes seconds to minutes. When a SIGINT/SIGTERM asks the run to stop (``stop_requested``), it gives
+        way at its next minibatch (or block of 4,096 target draws): the decoder and its optimizer go back to their state before it, the latent
+        policy is left as it was, and ``refit_pending`` has the refit done first when the run resumes
+        (``before_iteration``). The checkpoint then holds the policy as it was before the refit, and is written
+        at once instead of after the refit. Returns {} then."""
         size = int(self.data_size)
         start = time.perf_counter()
-        log.info(f"{self.name}: refitting the decoder (refit {int(self.num_refits) + 1}): {self.refit_epochs} epoch(s) over "
+        number = int(self.num_refits) + 1
+        log.info(f"{self.name}: refitting the decoder (refit {number}): {self.refit_epochs} epoch(s) over "
                  f"{size:,} states, targets from {'the current policy' if self.refit_on == 'policy' else 'the executed actions'}")
+        # what a refit stopped by a signal goes back to; with the random state too, a resumed run's refit is the one
+        # an uninterrupted run made
+        saved = self._refit_start_state()
         # refit_on=policy: each epoch's targets come from the pre-refit policy, frozen in a copy (drawing them all
         # first held refit_epochs x size x 2A floats: 270 MB for Humanoid at GoRL-SAC's defaults)
         teacher = copy.deepcopy(self.policy).requires_grad_(False) if self.refit_on == "policy" else None
@@ -158,14 +203,24 @@ class DecoderRefit:
         # between a minibatch's large temporaries, kept ~130-240 KB of heap apiece resident (+350 MB per refit at
         # the algo=gorl defaults on Hopper, growing with dataset_size x refit_epochs)
         loss_sum, batches = self.data_obs.new_zeros((), dtype=torch.float64), 0
-        for _ in range(self.refit_epochs):
-            actions, noise = self.refit_targets(size, teacher)
-            for idx in torch.randperm(size).split(self.refit_batch_size):
-                loss = self.policy.imitation_loss(self.data_obs[idx], actions[idx],
-                                                  noise=None if noise is None else noise[idx])
-                self.decoder_opt.apply(torch.autograd.grad(loss, self._decoder_params))
-                loss_sum += loss.detach()
-                batches += 1
+        try:
+            for _ in range(self.refit_epochs):
+                actions, noise = self.refit_targets(size, teacher)
+                for idx in torch.randperm(size).split(self.refit_batch_size):
+                    self._stop_point()
+                    loss = self.policy.imitation_loss(self.data_obs[idx], actions[idx],
+                                                      noise=None if noise is None else noise[idx])
+                    self.decoder_opt.apply(torch.autograd.grad(loss, self._decoder_params))
+                    loss_sum += loss.detach()
+                    batches += 1
+        except RefitStopped:
+            self._return_to(saved)
+            self.refit_pending.fill_(True)
+            self.refit_obs_stats.load_state_dict(self.policy.obs_norm.stats.state_dict())
+            log.info(f"{self.name}: decoder refit {number} stopped for the signal after {batches:,} minibatch(es) "
+                     f"({time.perf_counter() - start:.0f} s); the checkpoint keeps the decoder from before it, "
+                     "and a resumed run does the refit first")
+            return {}
         if self.reset_latent:
             self.policy.reset_latent_to_prior(self._kept_std(probe))
             # Stale Adam moments of the reset parameters are cleared; the step count (shared with GoRL-PPO's value
@@ -185,10 +240,30 @@ class DecoderRefit:
             self.data_size.zero_()       # targets are drawn afresh from the policy: wider coverage at no staleness
             self.data_pos.zero_()
         self.num_refits += 1
+        self.refit_pending.fill_(False)
         log.info(f"{self.name}: decoder refit {int(self.num_refits)} took {time.perf_counter() - start:.0f} s; it moved the "
                  f"deterministic action by {float(shift):.3f} (unit scale) at the collected states")
         return {"decoder_loss": (loss_sum / batches).float() if batches else self.data_obs.new_zeros(()),
                 "refit_action_shift": shift, "refits": self.num_refits.float()}
+
+    def _stop_point(self) -> None:
+        if self.stop_requested():
+            raise RefitStopped
+
+    def _refit_start_state(self) -> tuple[Any, ...]:
+        """The decoder's weights, its optimizer's state and the random state, for ``_return_to``."""
+        device = self.data_obs.device
+        return ([p.detach().clone() for p in self._decoder_params], copy.deepcopy(self.decoder_opt.state_dict()),
+                torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+    def _return_to(self, saved: tuple[Any, ...]) -> None:
+        params, opt_state, rng, cuda_rng = saved
+        with torch.no_grad():
+            torch._foreach_copy_(self._decoder_params, params)
+        self.decoder_opt.load_state_dict(opt_state)
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, self.data_obs.device)
 
     @torch.no_grad()
     def _kept_std(self, probe: torch.Tensor) -> torch.Tensor | None:

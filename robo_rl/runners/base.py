@@ -136,6 +136,11 @@ class Runner(RunnerCheckpoints, abc.ABC):
     def record_update(self, metrics: dict[str, torch.Tensor]) -> None:
         """Accumulate one update's metrics for the next log row; stop on NaN/Inf."""
         self.num_updates += 1
+        self.record_metrics(metrics)
+
+    def record_metrics(self, metrics: dict[str, torch.Tensor]) -> None:
+        """Accumulate learner metrics for the next log row (each key averaged over the times it was reported);
+        stop on NaN/Inf."""
         keys = tuple(metrics)
         # one device for the stack: a metric a learner made on the host (a learning rate) next to CUDA losses
         values = torch.stack([v.detach().to(self.device, torch.float32).reshape(()) for v in metrics.values()])
@@ -230,7 +235,14 @@ class Runner(RunnerCheckpoints, abc.ABC):
         status = "completed"
         try:
             with StopOnSignal() as stop:
+                self.learner.stop_requested = lambda: stop.signum is not None  # type: ignore[method-assign]
                 while self.step < self.total_steps:
+                    deferred = self.learner.before_iteration()  # e.g. a GoRL refit a signal interrupted
+                    if deferred:
+                        self.record_metrics(deferred)
+                    if stop.signum is not None:  # (the deferred work gave way to a signal again)
+                        status, stopped = self._interrupted(stop.signum, t_start)
+                        raise stopped
                     start_step = self.step
                     try:
                         self.iterate()
@@ -311,6 +323,7 @@ class Runner(RunnerCheckpoints, abc.ABC):
             status = f"stopped: {type(exc).__name__}"
             raise
         finally:
+            self.learner.__dict__.pop("stop_requested", None)  # back to the default: this run's signals are done
             elapsed = self.wall_time + time.perf_counter() - t_start
             try:
                 summary = self._finish(elapsed, status, t_start)

@@ -1,7 +1,9 @@
 """GoRL, EXPO and PA-RL: they run with the heads they can use, refuse the ones they cannot, resume exactly."""
 
+import copy
 import json
 import math
+import signal
 
 import numpy as np
 import pytest
@@ -248,6 +250,99 @@ def test_gorl_run_resumes_exactly_across_stage_refits(tmp_path, monkeypatch):
     assert int(full["num_refits"]) == 3
     assert_same_weights(full, cut)
     assert logged_metrics(tmp_path / "cut") == logged_metrics(tmp_path / "full")  # timings aside
+
+
+@pytest.mark.parametrize("algo", ["gorl", "gorl_sac"])
+def test_a_signal_during_a_refit_stops_it_at_once_and_the_resumed_run_refits_first(tmp_path, monkeypatch, algo):
+    # gorl: the setting above; a SIGTERM arrives in the third minibatch of the second refit (after update 6, 8
+    # minibatches a refit). gorl_sac: in the first of refit 1's two minibatches (after update 150, at step 349).
+    # The refit gives way at the next minibatch instead of running to its end (seconds to minutes at the
+    # defaults), the checkpoint keeps the decoder from before it, and the resumed run refits first, with the
+    # observation statistics of the refit's start: the run ends bit-identical to an uninterrupted one
+    from policies.heads import LatentDecoderHead
+
+    if algo == "gorl":
+        common = ("algo=gorl", "env=pendulum", "env.num_envs=8", "algo.rollout_steps=16", "algo.minibatch_size=32",
+                  "algo.epochs=2", "algo.stages=4", "algo.refit_epochs=4", "algo.dataset_size=300",
+                  "policy.decoder_hidden=[32,32]", "policy.decoder_steps=2", "steps=1536", "checkpoint.every=512",
+                  "eval.every=1536", "eval.episodes=2", "eval.num_envs=2", *FAST)
+        signal_in, done_before, refit, cut_step, refits = 8 + 3, 3, 2, 6 * 128, 3
+    else:
+        common = ("algo=gorl_sac", *OFF, *TINY_LATENT_SAC, "steps=400", "checkpoint.every=200", "eval.every=400")
+        signal_in, done_before, refit, cut_step, refits = 1, 1, 1, 349, 1  # (update 1 at step 200)
+    train(compose(*common), tmp_path / "full")
+    original, calls = LatentDecoderHead.imitation_loss, []
+
+    def imitation_loss(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == signal_in:
+            signal.raise_signal(signal.SIGTERM)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LatentDecoderHead, "imitation_loss", imitation_loss)
+    with pytest.raises(Interrupted) as exc:
+        train(compose(*common), tmp_path / "cut")
+    monkeypatch.setattr(LatentDecoderHead, "imitation_loss", original)
+    assert exc.value.signum == signal.SIGTERM and len(calls) == signal_in  # none after the one the signal came in
+    log_text = (tmp_path / "cut" / "train.log").read_text()
+    assert f"{algo}: decoder refit {refit} stopped for the signal after {done_before} minibatch(es)" in log_text
+    cut_at = json.loads((tmp_path / "cut" / "summary.json").read_text())["steps"]
+    assert cut_at == cut_step  # the checkpoint is the interrupted iteration's, saved right away
+    saved = final_weights(tmp_path / "cut")[0]
+    assert int(saved["num_refits"]) == refit - 1 and bool(saved["refit_pending"])
+
+    train(compose(f"resume={tmp_path / 'cut'}"), tmp_path / "unused", [f"resume={tmp_path / 'cut'}"])
+    assert resumed_at(tmp_path / "cut") == cut_at
+    resumed_log = (tmp_path / "cut" / "train.log").read_text()[len(log_text):]
+    assert f"{algo}: decoder refit {refit} took" in resumed_log
+    full, cut = final_weights(tmp_path / "full")[0], final_weights(tmp_path / "cut")[0]
+    assert int(cut["num_refits"]) == refits and not bool(cut["refit_pending"])
+    assert_same_weights(full, cut)
+    # so is the log, but for the refit's own metrics: they go into the row after the resume (gorl: not the one
+    # before the signal); a row's averages may differ in float32 rounding (summed in another grouping)
+    refit_keys = ("train/decoder_loss", "train/refit_action_shift", "train/refits")
+    full_rows, cut_rows = logged_metrics(tmp_path / "full"), logged_metrics(tmp_path / "cut")
+    assert len(full_rows) == len(cut_rows)
+    for full_row, cut_row in zip(full_rows, cut_rows):
+        assert full_row.keys() == cut_row.keys()
+        for key in full_row.keys() - set(refit_keys):
+            assert full_row[key] == cut_row[key] or math.isclose(float(full_row[key]), float(cut_row[key]),
+                                                                 rel_tol=1e-6), (key, full_row["step"])
+    assert max(float(r["train/refits"] or 0) for r in cut_rows) == refits
+
+
+def test_a_stopped_refit_leaves_the_decoder_its_optimizer_and_the_random_state_as_they_were(monkeypatch):
+    from policies.heads import LatentDecoderHead
+
+    torch.manual_seed(0)
+    head = build_head("latent", 3, LOW, HIGH, hidden_sizes=(16,), decoder_hidden=(32, 32), decoder_steps=2)
+    learner = GoRL(head, refit_every=1, refit_epochs=3, dataset_size=512)
+    learner._store(torch.randn(512, 3), None)
+    learner.refit()  # the decoder's optimizer has moments from here on
+    decoder, latent = copy.deepcopy(head.decoder.state_dict()), copy.deepcopy(head.latent.state_dict())
+    moments = copy.deepcopy(learner.decoder_opt.state_dict())
+    rng = torch.get_rng_state()
+    # per epoch, one check before drawing the targets (512 states: one block) and one per minibatch (2): the 4th
+    # check is before the second epoch's targets, which are not drawn then (4 s per 100k states on Hopper)
+    checks, draws, coupled_sample = [], [], LatentDecoderHead.coupled_sample
+    monkeypatch.setattr(LatentDecoderHead, "coupled_sample", lambda self, obs: draws.append(1) or coupled_sample(self, obs))
+    learner.stop_requested = lambda: checks.append(1) or len(checks) >= 4
+    assert learner.refit() == {} and len(checks) == 4 and len(draws) == 1
+    assert_same_weights(decoder, head.decoder.state_dict())
+    assert_same_weights(latent, head.latent.state_dict())  # not reset to the prior either
+    after = learner.decoder_opt.state_dict()
+    for key in moments["state"]:
+        assert_same_weights(moments["state"][key], after["state"][key])
+    assert torch.equal(rng, torch.get_rng_state())
+    assert bool(learner.refit_pending) and int(learner.num_refits) == 1
+    # an older checkpoint has no refit_pending (nor the statistics kept for it): it loads with none pending
+    state = {k: v for k, v in learner.state_dict().items() if not k.startswith("refit_")}
+    GoRL(build_head("latent", 3, LOW, HIGH, hidden_sizes=(16,), decoder_hidden=(32, 32), decoder_steps=2),
+         refit_every=1, refit_epochs=3, dataset_size=512).load_state_dict(state)
+    del learner.stop_requested
+    metrics = learner.before_iteration()  # the pending refit, now to its end
+    assert float(metrics["refits"]) == 2 and not bool(learner.refit_pending)
+    assert learner.before_iteration() == {}  # nothing pending
 
 
 @pytest.mark.parametrize("options, total, expected", [
