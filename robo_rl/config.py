@@ -102,6 +102,7 @@ class GoRLConfig(PPOConfig):
     refit_on: str = "policy"  # refit targets: the current policy's actions at those states, or the executed ones
     latent_kl_coef: float = 0.0  # PPO loss + this * KL(latent policy || its prior): keeps the latent near the prior
     keep_latent_std: bool = True  # a refit's reset keeps the latent's std (decoder input u / std), not 1
+    recenter_latent: bool = True  # the reset re-centres the decoder's input on the latent's mean; false: zeroes it
 
 
 @dataclass

@@ -23,6 +23,7 @@ given z, which keeps exports reproducible.
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import numpy as np
@@ -73,25 +74,36 @@ class LatentDecoderHead(PolicyHead):
                                    unit_actions=False)  # z is in the prior's standard deviations already
         self.latent.check_actions = False  # decode() checks the action, and a NaN z decodes to a NaN action
         self.z_dim, self.latent_limit = z_dim, limit
-        # the decoder reads z = u / latent_scale of the latent policy's variable u (see reset_latent_to_prior)
+        # the decoder reads z = u / latent_scale of the latent policy's variable u (see reset_latent_to_prior), or
+        # z = (u - anchor mean(s)) / latent_scale after a ``recenter``: a frozen copy of the latent's mean network
         self.register_buffer("latent_scale", torch.ones(z_dim))
+        # (GoRL-SAC's squashed latent, with a state-dependent std, is never recentred and has no anchor)
+        recenterable = not (squash or state_dependent_std)
+        self.anchor = copy.deepcopy(self.latent.net).requires_grad_(False) if recenterable else None
+        self.register_buffer("anchored", torch.zeros((), dtype=torch.bool))
+        # read in Python, not from the buffer: an export traces one branch, with no data-dependent condition
+        self._anchored = False
+        self.register_load_state_dict_post_hook(lambda module, _keys: setattr(module, "_anchored", bool(module.anchored)))
 
     @torch.no_grad()
     def decode(self, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Env-unit actions [B, A] for latents z [B, z_dim] (GoRL's env actions), checked as the generative
         heads' are: a FloatingPointError if the latent policy or the decoder has diverged."""
-        return self.checked(self.decoder.from_unit(self.decoder.generate(obs, self.decoder_input(z)))[:, 0])
+        return self.checked(self.decoder.from_unit(self.decoder.generate(obs, self.decoder_input(z, obs)))[:, 0])
 
-    def decoder_input(self, u: torch.Tensor) -> torch.Tensor:
-        """The decoder's input noise [B, z_dim] for the latent policy's variable u: u / latent_scale, clipped to
-        +-latent_limit (a squashed latent is inside already)."""
+    def decoder_input(self, u: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        """The decoder's input noise [B, z_dim] for the latent policy's variable u at ``obs``: u / latent_scale, or
+        (u - anchor mean(obs)) / latent_scale after a ``recenter``, clipped to +-latent_limit (a squashed latent
+        is inside already)."""
+        if self._anchored:
+            u = u - self.anchor(self.latent.obs_norm(obs))
         return self.latent.clip_action(u / self.latent_scale)
 
     def decode_unit(self, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Unit-scale actions [B, A] for latents z, differentiable in z (the clip to the unit box passes
         gradients straight through; see ``GenerativeHead.generate``). For learners that train the latent
         policy through the decoder (SAC); the decoder's own weights are not what they optimize."""
-        return self.decoder.generate(obs, self.decoder_input(z), straight_through=True)[:, 0]
+        return self.decoder.generate(obs, self.decoder_input(z, obs), straight_through=True)[:, 0]
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
@@ -142,8 +154,12 @@ class LatentDecoderHead(PolicyHead):
         return actions, self.latent.clip_action(self.latent_limit * torch.tanh(x) if self.latent.squash else x)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
-        # checkpoints saved before 2026-12-05 hold no latent_scale: their latent was always reset to std 1
+        # checkpoints saved before 2026-12-05 hold no latent_scale: their latent was always reset to std 1; and
+        # none before the recentering reset (2026-12-05): not anchored, so the anchor's weights are not read
         state_dict.setdefault(prefix + "latent_scale", torch.ones_like(self.latent_scale))
+        state_dict.setdefault(prefix + "anchored", torch.zeros_like(self.anchored))
+        for key, value in ({} if self.anchor is None else self.anchor.state_dict()).items():
+            state_dict.setdefault(f"{prefix}anchor.{key}", value.clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def reset_latent_to_prior(self, scale: torch.Tensor | None = None) -> None:
@@ -162,6 +178,8 @@ class LatentDecoderHead(PolicyHead):
             raise ValueError(f"latent scale must be {self.z_dim} positive finite numbers, got {scale.tolist()}")
         with torch.no_grad():
             self.latent_scale.copy_(scale)
+            self.anchored.fill_(False)
+            self._anchored = False
             last = [m for m in self.latent.net if isinstance(m, torch.nn.Linear)][-1]
             last.weight.zero_()
             last.bias.zero_()
@@ -170,6 +188,28 @@ class LatentDecoderHead(PolicyHead):
                 last.bias[self.z_dim:] = log_scale  # [mean, log std] outputs
             else:
                 self.latent.log_std.copy_(log_scale)
+
+    @torch.no_grad()
+    def recenter(self, scale: torch.Tensor | None = None) -> None:
+        """Make the decoder's input z ~ N(0, I), the prior, at every s without touching the latent policy: the
+        decoder reads z = (u - m(s)) / scale, with m a frozen copy of the latent's mean network as it is now and
+        ``scale`` its std [z_dim] (the latent's std is left as it is; None: std 1, which the latent is set to).
+        GoRL's reset to the prior that keeps the latent policy's network (and its optimizer's state): PPO goes on
+        from where it was, through the refit decoder. (``reset_latent_to_prior`` restarts it instead, from a
+        zero output layer.) An unsquashed latent with a state-independent std (GoRL with PPO) only."""
+        if self.anchor is None:
+            raise ValueError("recentering needs an unsquashed latent with a state-independent std (algo=gorl's); "
+                             "use reset_latent_to_prior")
+        if scale is None:
+            scale = torch.ones(self.z_dim)
+            self.latent.log_std.zero_()
+        scale = scale.detach().to(self.latent_scale)
+        if scale.shape != (self.z_dim,) or not bool(torch.isfinite(scale).all() and (scale > 0).all()):
+            raise ValueError(f"latent scale must be {self.z_dim} positive finite numbers, got {scale.tolist()}")
+        self.anchor.load_state_dict(self.latent.net.state_dict())
+        self.anchored.fill_(True)
+        self._anchored = True
+        self.latent_scale.copy_(scale)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.act(obs, deterministic=True)

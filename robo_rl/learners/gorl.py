@@ -19,7 +19,12 @@ Training alternates two timescales:
     with the prior latent drawn from the same noise, see ``LatentDecoderHead.coupled_sample``),
     so that under the prior it reproduces what the latent policy learned; then reset the latent
     policy to the prior and continue (the actions it produces are, to the decoder's accuracy, the
-    same as before the refit). GoRL (PPO) keeps the latent's std through the reset by default
+    same as before the refit). GoRL (PPO) resets by re-centring (``recenter_latent``, the default): the
+    decoder reads z = (u - m(s)) / std with m a frozen copy of the latent's mean network at the refit,
+    so z ~ N(0, I) there while the latent policy, its network and its optimizer's state go on unchanged
+    (Hopper, 20 seeds: the refits' cost against a run without them, -260 with the zero reset, gone);
+    ``recenter_latent=false`` zeroes the latent's output layer and clears its Adam moments (and GoRL-SAC's
+    squashed latent is always reset that way). GoRL (PPO) keeps the latent's std through the reset by default
     (``keep_latent_std``): its prior is N(0, diag(std^2)) and the decoder reads z = u / std, the same
     decoded policy, but PPO's steps keep their size relative to the policy's spread; a reset to std 1
     made every later step ~std times smaller (Hopper: approx KL 0.006 and 0.002 in the second and third
@@ -78,6 +83,7 @@ class DecoderRefit:
     policy: LatentDecoderHead
     name: str
     keep_latent_std = False  # GoRL (PPO) sets it from its config; a squashed latent (GoRL-SAC) cannot keep its std
+    recenter_latent = False  # GoRL (PPO) sets it from its config; GoRL-SAC's squashed latent is reset to the prior
 
     def _init_refit(self, policy: LatentDecoderHead, refit_every: int | None, refit_epochs: int, refit_batch_size: int,
                     decoder_lr: float, dataset_size: int, reset_latent: bool, refit_on: str) -> None:
@@ -221,7 +227,9 @@ class DecoderRefit:
                      f"({time.perf_counter() - start:.0f} s); the checkpoint keeps the decoder from before it, "
                      "and a resumed run does the refit first")
             return {}
-        if self.reset_latent:
+        if self.reset_latent and self.recenter_latent:  # the latent policy and its optimizer go on as they were
+            self.policy.recenter(self._kept_std(probe))
+        elif self.reset_latent:
             self.policy.reset_latent_to_prior(self._kept_std(probe))
             # Stale Adam moments of the reset parameters are cleared; the step count (shared with GoRL-PPO's value
             # net) is kept, so bias correction is ~1 and the reset policy's first updates are up to ~3x lr per
@@ -300,6 +308,7 @@ class GoRL(DecoderRefit, Learner):
         refit_on: str = "policy",
         latent_kl_coef: float = 0.0,
         keep_latent_std: bool = True,
+        recenter_latent: bool = True,
         **ppo_options: Any,
     ) -> None:
         """``stages``: the run is split into this many stages of equal length (in PPO updates; the runner
@@ -309,12 +318,19 @@ class GoRL(DecoderRefit, Learner):
         ``latent_kl_coef``: weight of a penalty KL(pi_latent(.|s) || prior) in the PPO loss, which keeps the
         latent policy near the decoder's prior between refits (the GoRL paper's regularizer; with it,
         ``reset_latent=false`` refits without restarting the latent policy).
-        ``keep_latent_std``: a reset keeps the latent's std as its prior's scale (see the module docstring)."""
+        ``keep_latent_std``: a reset keeps the latent's std as its prior's scale (see the module docstring).
+        ``recenter_latent``: the reset re-centres the decoder's input on the latent's mean instead of zeroing the
+        latent's output layer (``LatentDecoderHead.recenter``; see the module docstring)."""
         super().__init__()
         policy = require_latent_head(policy, self.name)
         if stages < 1:
             raise ValueError(f"algo.stages={stages}: the run needs at least 1 stage (1 = no decoder refit)")
         self.keep_latent_std = bool(keep_latent_std)
+        self.recenter_latent = bool(recenter_latent)
+        if self.recenter_latent and reset_latent and latent_kl_coef > 0:
+            raise ValueError("algo.latent_kl_coef > 0 pulls the latent policy toward a prior centred at 0, and "
+                             "algo.recenter_latent=true (the default) centres it on the latent's mean at the last "
+                             "refit: set algo.recenter_latent=false to use the penalty")
         self.stages = stages if refit_every is None else None  # None: refit_every replaces the stages
         self.total_updates: int | None = None
         self._init_refit(policy, refit_every, refit_epochs, refit_batch_size, decoder_lr, dataset_size, reset_latent,

@@ -61,6 +61,7 @@ def test_unknown_or_mistyped_keys_fail_at_composition(override, words):
     (["algo=sac", "algo.utd=1e6"], "algo.utd"),  # a run that never finishes its first step
     (["algo=expo", "algo.edit_hidden=[0]"], "algo.edit_hidden"),
     (["algo=gorl", "algo.latent_kl_coef=-1"], "algo.latent_kl_coef"),
+    (["algo=gorl", "algo.latent_kl_coef=0.01"], "algo.latent_kl_coef"),  # its prior is not the recentred latent's
     (["algo=ppo", "algo.fused=maybe"], "algo.fused"),
     (["policy.log_std_init=50"], "policy.log_std_init"),
     (["env=pendulum", "env.randomize.action_delay=[0,100000]"], "env.randomize.action_delay"),

@@ -448,14 +448,15 @@ def test_gorl_without_refits_trains_as_ppo_from_the_same_start(tmp_path, monkeyp
     assert ppo == gorl
 
 
-@pytest.mark.parametrize("refit_on", ["policy", "executed"])
-def test_gorl_refit_targets(refit_on, caplog):
+@pytest.mark.parametrize("refit_on, recenter", [("policy", True), ("executed", True), ("policy", False)])
+def test_gorl_refit_targets(refit_on, recenter, caplog):
     # The stage's executed actions (uniform noise here) lag behind the latent policy, which ends narrow
     # around z = (0.6, -0.4): refit_on=policy keeps that policy through the latent's reset to the prior,
     # refit_on=executed makes the policy reproduce the executed actions.
     torch.manual_seed(0)
     head = build_head("latent", 3, LOW, HIGH, hidden_sizes=(32,), decoder_hidden=(32, 32), decoder_steps=2)
-    learner = GoRL(head, refit_every=1, refit_epochs=60, dataset_size=512, decoder_lr=3e-3, refit_on=refit_on)
+    learner = GoRL(head, refit_every=1, refit_epochs=60, dataset_size=512, decoder_lr=3e-3, refit_on=refit_on,
+                   recenter_latent=recenter)
     last = [m for m in head.latent.net if isinstance(m, torch.nn.Linear)][-1]
     with torch.no_grad():
         last.weight.zero_()
@@ -475,8 +476,16 @@ def test_gorl_refit_targets(refit_on, caplog):
     # refit_on=executed starts a new stage's pairs; refit_on=policy keeps the states (fresh targets each refit)
     assert float(metrics["refits"]) == 1.0 and int(learner.data_size) == (512 if refit_on == "policy" else 0)
     mean, log_std = head.latent.distribution(obs[:16])
-    torch.testing.assert_close(mean, torch.zeros_like(mean))
-    # the reset keeps the latent's std (algo.keep_latent_std), and the decoder reads u / std ~ N(0, I)
+    if recenter:  # the latent policy goes on as it was, and the decoder reads its mean as z = 0
+        torch.testing.assert_close(mean, torch.tensor([[0.6, -0.4]]).expand_as(mean))
+        torch.testing.assert_close(head.decoder_input(mean, obs[:16]), torch.zeros_like(mean))
+        # so does a head loaded from its weights (a checkpoint, an export)
+        loaded = build_head("latent", 3, LOW, HIGH, hidden_sizes=(32,), decoder_hidden=(32, 32), decoder_steps=2)
+        loaded.load_state_dict(head.state_dict())
+        torch.testing.assert_close(loaded.act(obs[:64], deterministic=True), head.act(obs[:64], deterministic=True))
+    else:  # algo.recenter_latent=false: the latent's mean restarts at 0
+        torch.testing.assert_close(mean, torch.zeros_like(mean))
+    # the reset keeps the latent's std (algo.keep_latent_std), and the decoder reads its u / std ~ N(0, I)
     torch.testing.assert_close(log_std.expand_as(mean), torch.full_like(mean, -3.0))
     torch.testing.assert_close(head.latent_scale, torch.full((2,), math.exp(-3.0)))
     after = head.act(obs[:256])
@@ -489,11 +498,20 @@ def test_gorl_latent_scale_must_be_positive_and_finite():
     for bad in (torch.tensor([0.0, 1.0]), torch.tensor([float("nan"), 1.0]), torch.ones(3)):
         with pytest.raises(ValueError, match="latent scale must be 2 positive finite numbers"):
             head.reset_latent_to_prior(bad)
+        with pytest.raises(ValueError, match="latent scale must be 2 positive finite numbers"):
+            head.recenter(bad)
+    with torch.no_grad():
+        head.latent.log_std.fill_(-1.0)
+    head.recenter()  # no scale: the latent's std is set to 1, and the decoder reads u - m(s)
+    assert float(head.latent.log_std.abs().max()) == 0.0 and bool((head.latent_scale == 1.0).all())
+    with pytest.raises(ValueError, match="recentering needs an unsquashed latent"):
+        latent_sac_head().recenter()
 
 
 def test_a_gorl_run_saved_before_the_latent_scale_loads_for_eval_and_resume(tmp_path):
     # a run of 2 refits (the latent's std kept at each), its newest checkpoint rewritten as one saved before
-    # 2026-12-05 would be: no policy.latent_scale; it loads (eval, export, resume) with scale 1
+    # 2026-12-05 would be: no policy.latent_scale, no recentering anchor, no pending-refit state; it loads (eval,
+    # export, resume) with scale 1 and no anchor
     import json as jsonlib
 
     from safetensors.numpy import load_file, save_file
@@ -510,14 +528,18 @@ def test_a_gorl_run_saved_before_the_latent_scale_loads_for_eval_and_resume(tmp_
     assert not bool((policy.latent_scale == 1.0).all())  # kept std: a scale was saved
     checkpoint = latest_checkpoint(tmp_path / "run" / "checkpoints")
     state = jsonlib.loads((checkpoint / "state.json").read_text())
-    del state["learner"]["modules"]["policy.latent_scale"]
-    tensors = load_file(str(checkpoint / "state.safetensors"))
-    del tensors["learner.modules.policy.latent_scale"]
+    new = ("policy.latent_scale", "policy.anchor", "refit_pending", "refit_obs_stats")
+    modules = state["learner"]["modules"]
+    assert all(any(k.startswith(n) for k in modules) for n in new)
+    state["learner"]["modules"] = {k: v for k, v in modules.items() if not k.startswith(new)}
+    tensors = {k: v for k, v in load_file(str(checkpoint / "state.safetensors")).items()
+               if not k.startswith(tuple(f"learner.modules.{n}" for n in new))}
     save_file(tensors, str(tmp_path / "old.safetensors"))
     rewrite_consistently(checkpoint, "state.safetensors", (tmp_path / "old.safetensors").read_bytes())
     rewrite_consistently(checkpoint, "state.json", jsonlib.dumps(state))
     policy, _ = load_run(tmp_path / "run")
     torch.testing.assert_close(policy.latent_scale, torch.ones_like(policy.latent_scale))
+    assert not bool(policy.anchored) and not policy._anchored
     summary = train(compose(f"resume={tmp_path / 'run'}", "steps=512", *FAST), tmp_path / "run")
     assert summary["steps"] == 512
 
@@ -546,12 +568,14 @@ def test_gorl_refit_on_the_policy_keeps_its_spread():
     assert float((head.act(test_obs, deterministic=True) - det_before).abs().mean()) < 0.035
 
 
-def test_gorl_refit_clears_the_latent_moments_and_keeps_the_step_count():
-    # the chosen warm restart (measured better than a fresh optimizer on Hopper): the reset latent policy's
-    # moments are cleared, the value net's kept, and the shared step count goes on
+@pytest.mark.parametrize("recenter", [True, False])
+def test_gorl_refit_clears_the_latent_moments_and_keeps_the_step_count(recenter):
+    # recentering (the default) keeps the latent policy and its optimizer's state as they were; the zero reset's
+    # warm restart (measured better than a fresh optimizer on Hopper) clears the reset latent policy's moments and
+    # keeps the value net's; the shared step count goes on either way
     torch.manual_seed(0)
     head = build_head("latent", 3, LOW, HIGH, hidden_sizes=(16,), decoder_hidden=(32, 32), decoder_steps=2)
-    learner = GoRL(head, refit_every=1, refit_epochs=1, dataset_size=64)
+    learner = GoRL(head, refit_every=1, refit_epochs=1, dataset_size=64, recenter_latent=recenter)
     opt, params = learner.ppo.opt, list(learner.ppo.opt.param_groups[0]["params"])
     for _ in range(50):
         opt.apply([torch.randn_like(p) for p in params])
@@ -561,7 +585,7 @@ def test_gorl_refit_clears_the_latent_moments_and_keeps_the_step_count():
     for p in params:
         state = opt.state[p]
         cleared = float(state["exp_avg"].abs().sum()) == 0.0 and float(state["exp_avg_sq"].abs().sum()) == 0.0
-        assert cleared == (id(p) in latent) and float(state["step"]) == 50.0
+        assert cleared == (id(p) in latent and not recenter) and float(state["step"]) == 50.0
 
 
 def test_gorl_refuses_resets_without_refits():
@@ -575,7 +599,9 @@ def test_gorl_refit_on_must_be_known_and_the_latent_kl_reaches_ppo():
     head = build_head("latent", 3, LOW, HIGH, hidden_sizes=(16,), decoder_hidden=(32, 32))
     with pytest.raises(ValueError, match="algo.refit_on='latest'"):
         GoRL(head, refit_on="latest")
-    assert GoRL(head, latent_kl_coef=0.05).ppo.prior_kl_coef == 0.05
+    assert GoRL(head, latent_kl_coef=0.05, recenter_latent=False).ppo.prior_kl_coef == 0.05
+    with pytest.raises(ValueError, match="set algo.recenter_latent=false to use the penalty"):
+        GoRL(head, latent_kl_coef=0.05)  # its prior is centred at 0, the recentred latent's is not
 
 
 @pytest.mark.parametrize("fused", ["auto", "off"])
@@ -585,7 +611,7 @@ def test_gorl_latent_kl_is_toward_the_prior_the_latent_was_reset_to(fused):
     torch.manual_seed(0)
     head = build_head("latent", 3, LOW, HIGH, hidden_sizes=(16,), decoder_hidden=(32, 32), decoder_steps=2)
     learner = GoRL(head, refit_every=100, refit_epochs=1, dataset_size=64, latent_kl_coef=0.1, epochs=1,
-                   minibatch_size=64, value_hidden=(16,), fused=fused)
+                   minibatch_size=64, value_hidden=(16,), fused=fused, recenter_latent=False)
     assert (learner.ppo._fused_step is not None) == (fused == "auto")
     with torch.no_grad():
         head.latent.log_std.fill_(-1.5)

@@ -87,8 +87,10 @@ def test_every_head_exports_and_matches_torch(tmp_path, name, options):
         assert np.abs(session.run(None, {"obs": obs, "noise": zeros})[0] - deterministic).max() <= 1e-5
 
 
-def test_gorl_export_reads_the_latent_through_its_scale(tmp_path):
-    # after a refit that kept the latent's std (algo.keep_latent_std), the decoder reads u / latent_scale
+@pytest.mark.parametrize("recentered", [False, True])
+def test_gorl_export_reads_the_latent_through_its_scale(tmp_path, recentered):
+    # after a refit that kept the latent's std (algo.keep_latent_std), the decoder reads u / latent_scale; after a
+    # recentering reset (algo.recenter_latent, the default), (u - anchor mean(s)) / latent_scale
     head = _head("latent", {"decoder": "flow", "decoder_steps": 2, "decoder_hidden": [32, 32]})
     torch.manual_seed(0)
     with torch.no_grad():
@@ -96,6 +98,10 @@ def test_gorl_export_reads_the_latent_through_its_scale(tmp_path):
             p.add_(0.3 * torch.randn_like(p))
         [m for m in head.latent.net if isinstance(m, torch.nn.Linear)][-1].bias.copy_(torch.tensor([0.4, -0.3, 0.2]))
         head.latent_scale.copy_(torch.tensor([0.2, 0.5, 3.0]))
+        if recentered:  # the anchor is the mean network of then; the latent policy has moved on since
+            head.recenter(torch.tensor([0.2, 0.5, 3.0]))
+            for p in head.latent.net.parameters():
+                p.add_(0.3 * torch.randn_like(p))
     export_policy(head, tmp_path, "onnx")
     obs = np.random.default_rng(4).normal(2.0, 3.0, (6, OBS_DIM)).astype(np.float32)
     with torch.no_grad():
