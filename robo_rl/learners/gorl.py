@@ -188,10 +188,10 @@ class DecoderRefit:
         """Fit the decoder to the collected states' actions under the prior, then reset the latent policy.
 
         A refit takes seconds to minutes. When a SIGINT/SIGTERM asks the run to stop (``stop_requested``), it gives
-        way at its next minibatch (or block of 4,096 target draws): the decoder and its optimizer go back to their state before it, the latent
-        policy is left as it was, and ``refit_pending`` has the refit done first when the run resumes
-        (``before_iteration``). The checkpoint then holds the policy as it was before the refit, and is written
-        at once instead of after the refit. Returns {} then."""
+        way at its next minibatch (or block of 4,096 target draws): the decoder and its optimizer go back to their
+        state before it, the latent policy is left as it was, and ``refit_pending`` has the refit done first when
+        the run resumes (``before_iteration``). The checkpoint then holds the policy as it was before the refit,
+        and is written at once instead of after the refit. Returns {} then."""
         size = int(self.data_size)
         start = time.perf_counter()
         number = int(self.num_refits) + 1
