@@ -258,9 +258,9 @@ def validate(cfg: DictConfig) -> None:
         if "latent_kl_coef" in cfg.algo:
             need(cfg.algo.latent_kl_coef >= 0, "algo.latent_kl_coef", "must be >= 0 (0: no KL toward the prior)")
             need(not (cfg.algo.latent_kl_coef > 0 and cfg.algo.recenter_latent and cfg.algo.reset_latent),
-                 "algo.latent_kl_coef", "> 0 pulls the latent toward a prior centred at 0, and algo.recenter_latent="
-                 "true (the default) centres it on the latent's mean at the last refit: set algo.recenter_latent=false "
-                 "to use the penalty")
+                 "algo.latent_kl_coef", "the penalty pulls the latent toward a prior centred at 0, but with "
+                 "algo.recenter_latent=true (the default) the prior is centred on the latent's mean at the last refit: "
+                 "set algo.recenter_latent=false to use the penalty")
         need(cfg.algo.target_kl is None or cfg.algo.target_kl > 0, "algo.target_kl",
              "must be > 0 (or null for no early stop); an update stops before a minibatch whose KL to the "
              "rollout policy exceeds 1.5 * target_kl")
