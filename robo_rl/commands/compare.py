@@ -42,13 +42,20 @@ class CompareCommandConfig:
 
 
 def _listed(value: Any) -> list[str]:
-    """A key given as a,b or [a,b] (or one value) as a list of non-empty strings."""
+    """A key given as a,b or [a,b] (or one value) as a list of non-empty strings. A sweep job's directory has
+    commas in its name (runs/s/algo=sac,seed=1): the longest run of comma-separated pieces that names an existing
+    directory is kept as one entry, so a list of such directories works too."""
     from omegaconf import ListConfig
 
-    if isinstance(value, str) and "," in value and Path(value.strip()).is_dir():  # a sweep job: runs/s/algo=sac,seed=1
-        return [value.strip()]
-    items = list(value) if isinstance(value, (list, tuple, ListConfig)) else str(value).split(",")
-    return [str(v).strip() for v in items if str(v).strip()]
+    if isinstance(value, (list, tuple, ListConfig)):
+        items = [str(v) for v in value]
+    else:
+        pieces, items, i = str(value).split(","), [], 0
+        while i < len(pieces):
+            j = next((j for j in range(len(pieces), i + 1, -1) if Path(",".join(pieces[i:j]).strip()).is_dir()), i + 1)
+            items.append(",".join(pieces[i:j]))
+            i = j
+    return [v.strip() for v in items if v.strip()]
 
 
 def compare_main(args: Sequence[str]) -> int:

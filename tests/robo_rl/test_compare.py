@@ -64,6 +64,11 @@ def test_a_failed_run_is_named_not_averaged_and_a_comma_job_directory_is_one_run
     # a sweep job's directory (its name holds a comma) is one run, not two (runs=a,b lists)
     assert main(["compare", f"runs={sweep / 'algo=sac,seed=0'}", f"out_dir={tmp_path / 'one'}"]) == 0
     assert json.loads((tmp_path / "one" / "compare.json").read_text())["runs"] == 1
+    # and a list of them is a list of runs, next to a plain directory
+    write_run(tmp_path / "other", 3, 10.0, [(1000, 10.0)])
+    jobs = ",".join(str(sweep / f"algo=sac,seed={s}") for s in (0, 1)) + f",{tmp_path / 'other'}"
+    assert main(["compare", f"runs={jobs}", f"out_dir={tmp_path / 'two'}"]) == 0
+    assert json.loads((tmp_path / "two" / "compare.json").read_text())["runs"] == 3
 
 
 def test_patterns_expand_to_the_directories_they_match(tmp_path):
