@@ -103,6 +103,7 @@ class GoRLConfig(PPOConfig):
     latent_kl_coef: float = 0.0  # PPO loss + this * KL(latent policy || its prior): keeps the latent near the prior
     keep_latent_std: bool = True  # a refit's reset keeps the latent's std (decoder input u / std), not 1
     recenter_latent: bool = True  # the reset re-centres the decoder's input on the latent's mean; false: zeroes it
+    refit_redraw: bool = True  # refit_on=policy: new targets for every refit epoch; false: drawn once (faster)
 
 
 @dataclass
@@ -115,6 +116,7 @@ class GoRLSACConfig(SACConfig):
     dataset_size: int = 20_000  # the newest executed (s, a) pairs kept for a refit (refit_on=policy uses their states only)
     reset_latent: bool = True  # restart the latent policy from the prior after each refit
     refit_on: str = "policy"  # refit targets: the current policy's actions at those states, or the executed ones
+    refit_redraw: bool = True  # refit_on=policy: new targets for every refit epoch; false: drawn once (faster)
 
 
 @dataclass

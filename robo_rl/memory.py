@@ -55,7 +55,7 @@ def buffers_needed(cfg: Any, obs_dim: int, act_dim: int) -> dict[str, int]:
     if algo.get("dataset_size") is not None:
         needs[f"refit data (algo.dataset_size={int(algo.dataset_size):,})"] = (
             FLOAT_BYTES * int(algo.dataset_size) * (obs_dim + act_dim))
-        if algo.get("refit_on") == "policy" and int(algo.get("refit_epochs", 1)) > 0:  # each epoch's drawn targets
+        if algo.get("refit_on") == "policy" and int(algo.get("refit_epochs", 1)) > 0:  # the drawn targets (one set at a time)
             needs[f"refit targets (algo.dataset_size={int(algo.dataset_size):,}, refit_on=policy)"] = (
                 FLOAT_BYTES * int(algo.dataset_size) * 2 * act_dim)  # actions and their paired prior latents
     return needs

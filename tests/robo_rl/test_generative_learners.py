@@ -544,12 +544,17 @@ def test_a_gorl_run_saved_before_the_latent_scale_loads_for_eval_and_resume(tmp_
     assert summary["steps"] == 512
 
 
-def test_gorl_refit_on_the_policy_keeps_its_spread():
+@pytest.mark.parametrize("redraw", [False, True])
+def test_gorl_refit_on_the_policy_keeps_its_spread(redraw, monkeypatch):
     # PPO's unsquashed latent (z = mean + std x, clipped; prior x): the pairing holds there too (see the GoRL-SAC
-    # twin below). Measured: spread 0.92, deterministic action moved 0.012; unpaired 0.22 and 0.042.
+    # twin below). Measured with new targets each epoch: spread 0.92, deterministic action moved 0.012 (unpaired
+    # 0.22 and 0.042); drawn once for all 150 epochs (algo.refit_redraw=false): 0.94 and 0.011.
     torch.manual_seed(0)
     head = build_head("latent", 3, LOW, HIGH, hidden_sizes=(32,), decoder_hidden=(32, 32), decoder_steps=2)
-    learner = GoRL(head, refit_every=1, refit_epochs=150, dataset_size=512, decoder_lr=3e-3, refit_on="policy")
+    learner = GoRL(head, refit_every=1, refit_epochs=150, dataset_size=512, decoder_lr=3e-3, refit_on="policy",
+                   refit_redraw=redraw)
+    draws, draw = [], learner.refit_targets
+    monkeypatch.setattr(learner, "refit_targets", lambda size, teacher: draws.append(size) or draw(size, teacher))
     last = [m for m in head.latent.net if isinstance(m, torch.nn.Linear)][-1]
     with torch.no_grad():  # mean (0.8 h_0(s), -0.3) with h_0 the first hidden unit, std e^-1.5
         last.weight.zero_()
@@ -562,6 +567,7 @@ def test_gorl_refit_on_the_policy_keeps_its_spread():
     det_before = head.act(test_obs, deterministic=True)
     learner._store(obs, None)
     metrics = learner.refit()
+    assert draws == [512] * (150 if redraw else 1)
     after = torch.stack([head.act(test_obs) for _ in range(256)])
     spread = float((after.std(0) / before.std(0)).mean())
     assert 0.85 < spread < 1.15
