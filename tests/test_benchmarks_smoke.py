@@ -94,9 +94,13 @@ def test_generative_returns_reuses_only_runs_evaluated_on_the_same_episodes(tmp_
 
 
 def test_generative_cost_gorl(tmp_path):
-    bench(tmp_path, "benchmarks/generative_cost.py", "--only", "gorl", "--rounds", "1")
-    out = result(tmp_path, "generative_cost_gorl")["results"]
+    bench(tmp_path, "benchmarks/generative_cost.py", "--only", "gorl", "--rounds", "1", "--refit-states", "1024")
+    record = result(tmp_path, "generative_cost_gorl")
+    out = record["results"]
     assert out["GoRL (latent + flow decoder)"]["slowdown_vs_baseline"] > 0
+    assert out["GoRL, after a refit (re-centred latent)"]["slowdown_vs_baseline"] > 0
+    refit = record["gorl_refit"]
+    assert refit["states"] == 1024 and sorted(refit["seconds"]) == ["refit_redraw=false", "refit_redraw=true"]
 
 
 def test_export_latency_gaussian_heads(tmp_path):
