@@ -104,6 +104,7 @@ class GoRLConfig(PPOConfig):
     keep_latent_std: bool = True  # a refit's reset keeps the latent's std (decoder input u / std), not 1
     recenter_latent: bool = True  # the reset re-centres the decoder's input on the latent's mean; false: zeroes it
     refit_redraw: bool = True  # refit_on=policy: new targets for every refit epoch; false: drawn once (faster)
+    refit_threads: int = 0  # torch threads for a decoder refit, whatever `threads` is (0: all CPUs)
 
 
 @dataclass
@@ -117,6 +118,7 @@ class GoRLSACConfig(SACConfig):
     reset_latent: bool = True  # restart the latent policy from the prior after each refit
     refit_on: str = "policy"  # refit targets: the current policy's actions at those states, or the executed ones
     refit_redraw: bool = True  # refit_on=policy: new targets for every refit epoch; false: drawn once (faster)
+    refit_threads: int = 0  # torch threads for a decoder refit, whatever `threads` is (0: all CPUs)
 
 
 @dataclass

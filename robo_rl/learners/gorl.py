@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from typing import Any
 
@@ -87,11 +88,12 @@ class DecoderRefit:
 
     def _init_refit(self, policy: LatentDecoderHead, refit_every: int | None, refit_epochs: int,
                     refit_batch_size: int, decoder_lr: float, dataset_size: int, reset_latent: bool, refit_on: str,
-                    refit_redraw: bool) -> None:
+                    refit_redraw: bool, refit_threads: int) -> None:
         for key, value, ok, rule in (("refit_every", refit_every, refit_every is None or refit_every >= 1, ">= 1"),
                                      ("refit_epochs", refit_epochs, refit_epochs >= 0, ">= 0"),
                                      ("refit_batch_size", refit_batch_size, refit_batch_size >= 1, ">= 1"),
                                      ("dataset_size", dataset_size, dataset_size >= 1, ">= 1"),
+                                     ("refit_threads", refit_threads, refit_threads >= 0, ">= 0 (0: all CPUs)"),
                                      ("decoder_lr", decoder_lr, decoder_lr > 0, "> 0")):
             if not ok:
                 raise ValueError(f"algo.{key}={value}: must be {rule}")
@@ -104,6 +106,7 @@ class DecoderRefit:
                              "collected states) or executed (the actions taken)")
         self.refit_on = refit_on
         self.refit_redraw = bool(refit_redraw)
+        self.refit_threads = int(refit_threads)
         self.refit_every, self.refit_epochs, self.refit_batch_size = refit_every, refit_epochs, refit_batch_size
         self.reset_latent = reset_latent
         self.decoder_opt = FusedAdam(policy.decoder.parameters(), decoder_lr)
@@ -189,16 +192,30 @@ class DecoderRefit:
     def refit(self) -> dict[str, torch.Tensor]:
         """Fit the decoder to the collected states' actions under the prior, then reset the latent policy.
 
+        It runs on ``refit_threads`` torch threads (0: all CPUs), whatever the run trains with: GoRL (PPO) trains
+        on one (its 64x64 networks gain nothing from more, and the simulator has the other cores), but nothing
+        else runs during a refit, whose large matmuls do use them (on 2 cores a default Hopper refit takes half
+        the time). The result is deterministic for a given thread count; other counts differ at float rounding.
+
         A refit takes seconds to minutes. When a SIGINT/SIGTERM asks the run to stop (``stop_requested``), it gives
         way at its next minibatch (or block of 4,096 target draws): the decoder and its optimizer go back to their
         state before it, the latent policy is left as it was, and ``refit_pending`` has the refit done first when
         the run resumes (``before_iteration``). The checkpoint then holds the policy as it was before the refit,
         and is written at once instead of after the refit. Returns {} then."""
+        threads, previous = self.refit_threads or os.cpu_count() or 1, torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return self._refit(threads)
+        finally:
+            torch.set_num_threads(previous)
+
+    def _refit(self, threads: int) -> dict[str, torch.Tensor]:
         size = int(self.data_size)
         start = time.perf_counter()
         number = int(self.num_refits) + 1
         log.info(f"{self.name}: refitting the decoder (refit {number}): {self.refit_epochs} epoch(s) over "
-                 f"{size:,} states, targets from {'the current policy' if self.refit_on == 'policy' else 'the executed actions'}")
+                 f"{size:,} states, targets from {'the current policy' if self.refit_on == 'policy' else 'the executed actions'}"
+                 f" ({threads} torch thread{'s' if threads > 1 else ''})")
         # what a refit stopped by a signal goes back to; with the random state too, a resumed run's refit is the one
         # an uninterrupted run made
         saved = self._refit_start_state()
@@ -314,6 +331,7 @@ class GoRL(DecoderRefit, Learner):
         keep_latent_std: bool = True,
         recenter_latent: bool = True,
         refit_redraw: bool = True,
+        refit_threads: int = 0,
         **ppo_options: Any,
     ) -> None:
         """``stages``: the run is split into this many stages of equal length (in PPO updates; the runner
@@ -328,7 +346,8 @@ class GoRL(DecoderRefit, Learner):
         latent's output layer (``LatentDecoderHead.recenter``; see the module docstring).
         ``refit_redraw``: with ``refit_on="policy"``, a refit draws new targets from the policy for every epoch
         (true, the default) or once, for all its epochs (false: 40% less of a refit's time at the defaults, and
-        lower returns on Hopper within noise, README)."""
+        lower returns on Hopper within noise, README).
+        ``refit_threads``: torch threads for a refit (0: all CPUs; see ``refit``)."""
         super().__init__()
         policy = require_latent_head(policy, self.name)
         if stages < 1:
@@ -342,7 +361,7 @@ class GoRL(DecoderRefit, Learner):
         self.stages = stages if refit_every is None else None  # None: refit_every replaces the stages
         self.total_updates: int | None = None
         self._init_refit(policy, refit_every, refit_epochs, refit_batch_size, decoder_lr, dataset_size, reset_latent,
-                         refit_on, refit_redraw)
+                         refit_on, refit_redraw, refit_threads)
         self.policy = policy
         self.ppo = PPO(policy.latent, prior_kl_coef=latent_kl_coef, **ppo_options)
         self.gamma, self.gae_lambda = self.ppo.gamma, self.ppo.gae_lambda
@@ -419,6 +438,7 @@ class GoRLSAC(DecoderRefit, SAC):
         reset_latent: bool = True,
         refit_on: str = "policy",
         refit_redraw: bool = True,
+        refit_threads: int = 0,
         **sac_options: Any,
     ) -> None:
         policy = require_latent_head(policy, self.name)
@@ -430,7 +450,7 @@ class GoRLSAC(DecoderRefit, SAC):
                              "inside the latent bounds): set policy.squash=true, the algo=gorl_sac default")
         SAC.__init__(self, policy, actor=policy.latent, **sac_options)
         self._init_refit(policy, refit_every, refit_epochs, refit_batch_size, decoder_lr, dataset_size, reset_latent,
-                         refit_on, refit_redraw)
+                         refit_on, refit_redraw, refit_threads)
         self.total_updates: int | None = None  # from plan(): no refit after the final update
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:

@@ -594,6 +594,34 @@ def test_gorl_refit_clears_the_latent_moments_and_keeps_the_step_count(recenter)
         assert cleared == (id(p) in latent and not recenter) and float(state["step"]) == 50.0
 
 
+def test_a_refit_runs_on_its_own_threads_and_gives_the_run_its_count_back(monkeypatch, caplog):
+    # GoRL trains on one thread, but nothing else runs during a refit: it takes algo.refit_threads (0: all CPUs),
+    # and the run's count is back afterwards, also when a signal stops the refit
+    import os
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        head = build_head("latent", 3, LOW, HIGH, hidden_sizes=(16,), decoder_hidden=(32, 32), decoder_steps=2)
+        learner = GoRL(head, refit_every=1, refit_epochs=2, dataset_size=64, refit_threads=2)
+        seen, loss = [], head.imitation_loss
+        monkeypatch.setattr(head, "imitation_loss", lambda *a, **k: seen.append(torch.get_num_threads()) or loss(*a, **k))
+        learner._store(torch.randn(64, 3), None)
+        with caplog.at_level("INFO", logger="robo_rl"):
+            assert float(learner.refit()["refits"]) == 1.0
+        assert seen and set(seen) == {2} and torch.get_num_threads() == 1
+        assert "targets from the current policy (2 torch threads)" in caplog.text
+        learner.refit_threads, seen[:] = 0, []
+        learner.refit()
+        assert set(seen) == {os.cpu_count()} and torch.get_num_threads() == 1
+        learner.stop_requested = lambda: True
+        assert learner.refit() == {} and bool(learner.refit_pending) and torch.get_num_threads() == 1
+        with pytest.raises(ValueError, match=r"algo.refit_threads=-1: must be >= 0 \(0: all CPUs\)"):
+            GoRL(head, refit_threads=-1)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_gorl_refuses_resets_without_refits():
     head = build_head("latent", 3, LOW, HIGH, hidden_sizes=(16,), decoder_hidden=(32, 32))
     with pytest.raises(ValueError, match="refit_epochs=0 with algo.reset_latent=true"):
