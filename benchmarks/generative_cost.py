@@ -4,7 +4,8 @@ Each learner runs at its defaults (`robo-rl train algo=<a> env=hopper`: SAC 256x
 and PA-RL with the default flow head, 256x256x256, 4 steps; PPO 64x64; GoRL = PPO on a latent with a
 flow decoder, timed once before any refit and once after one (the later stages' re-centred latent: one more
 64x64 forward per action), with the refits themselves (2 per default run) timed apart, on a full window of
-states, with the targets drawn once and for every epoch (algo.refit_redraw); GoRL-SAC = SAC on a squashed latent
+states: at the defaults, with the targets drawn once (algo.refit_redraw=false) and on one thread
+(algo.refit_threads=1); GoRL-SAC = SAC on a squashed latent
 through the same flow decoder) after a short warm-up, and segments of all of them alternate
 within each round, so they share the machine's load; reported are median env steps/s (collection +
 updates) and the ratio to the baseline. The allocator is tuned as `robo-rl train` tunes it
@@ -80,23 +81,34 @@ def runner_for(overrides: list[str], threads: int = 1, refit: dict | None = None
 
 def timed_refits(learner, build, states: int | None = None) -> dict:
     """Seconds of one decoder refit on ``states`` states (default: a full window, ``algo.dataset_size``; the
-    warm-up's states, repeated: a refit's arithmetic does not depend on the values), with the targets drawn once
-    and drawn for every epoch (``algo.refit_redraw``): ``learner`` refits at its own setting, a copy of it
-    (``build()`` loaded with its state) at the other."""
-    import time
+    warm-up's states, repeated: a refit's arithmetic does not depend on the values) at the learner's settings,
+    with the targets drawn once (``algo.refit_redraw=false``) and on one thread (``algo.refit_threads=1``, the
+    default until 2026-12-05). The variants refit copies of the learner (``build()`` loaded with its state); the
+    learner itself refits last, at its own settings."""
+    import os
 
     size, have = min(states or learner.data_obs.shape[0], learner.data_obs.shape[0]), int(learner.data_size)
     learner.data_obs[:size] = learner.data_obs[:have].repeat(-(-size // have), 1)[:size]
     learner.data_size.fill_(size)
-    other = build()
-    other.load_state_dict(learner.state_dict())
-    other.refit_redraw = not learner.refit_redraw
+    variants = {"refit_redraw=false": {"refit_redraw": False}, "refit_threads=1": {"refit_threads": 1}}
     seconds = {}
-    for who in (other, learner):
-        start = time.perf_counter()
-        who.refit()
-        seconds[f"refit_redraw={str(who.refit_redraw).lower()}"] = time.perf_counter() - start
-    return {"states": size, "epochs": learner.refit_epochs, "seconds": seconds}
+    for name, changes in variants.items():
+        copy = build()
+        copy.load_state_dict(learner.state_dict())
+        for key, value in changes.items():
+            setattr(copy, key, value)
+        seconds[name] = refit_seconds(copy)
+    seconds["defaults"] = refit_seconds(learner)
+    threads = learner.refit_threads or os.cpu_count()
+    return {"states": size, "epochs": learner.refit_epochs, "default_threads": threads, "seconds": seconds}
+
+
+def refit_seconds(learner) -> float:
+    import time
+
+    start = time.perf_counter()
+    learner.refit()
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -146,9 +158,10 @@ def main() -> None:
     if refit:
         record["gorl_refit"] = refit
         sec = refit["seconds"]
-        table += (f"\n\nGoRL decoder refit ({refit['states']:,} states, {refit['epochs']} epochs), "
-                  f"not counted above: {sec['refit_redraw=false']:.1f} s with the targets drawn once "
-                  f"(algo.refit_redraw=false), {sec['refit_redraw=true']:.1f} s drawn for every epoch")
+        table += (f"\n\nGoRL decoder refit ({refit['states']:,} states, {refit['epochs']} epochs), not counted above: "
+                  f"{sec['defaults']:.1f} s at the defaults ({refit['default_threads']} torch threads), "
+                  f"{sec['refit_redraw=false']:.1f} s with the targets drawn once (algo.refit_redraw=false), "
+                  f"{sec['refit_threads=1']:.1f} s on one thread (algo.refit_threads=1)")
     save(name, record, table)
 
 

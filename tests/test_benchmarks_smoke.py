@@ -100,7 +100,7 @@ def test_generative_cost_gorl(tmp_path):
     assert out["GoRL (latent + flow decoder)"]["slowdown_vs_baseline"] > 0
     assert out["GoRL, after a refit (re-centred latent)"]["slowdown_vs_baseline"] > 0
     refit = record["gorl_refit"]
-    assert refit["states"] == 1024 and sorted(refit["seconds"]) == ["refit_redraw=false", "refit_redraw=true"]
+    assert refit["states"] == 1024 and sorted(refit["seconds"]) == ["defaults", "refit_redraw=false", "refit_threads=1"]
 
 
 def test_export_latency_gaussian_heads(tmp_path):
