@@ -2,7 +2,9 @@
 
 Each head is built with the defaults `robo-rl train algo=<a> policy=<p> env=hopper` would use
 (Hopper-v5: 11 observations, 3 actions), exported with `sim2real.export.export_policy` (which checks
-parity), then timed one call at a time:
+parity), then timed one call at a time. GoRL's policy is the one a trained run exports: re-centred, as its
+first refit leaves it, so it also runs the anchor (a frozen copy of the latent's mean network); the
+`gorl-latent-flow-unanchored` variant is the policy before that refit.
 
   * onnxruntime, one intra-op thread, batch 1 (the robot side): p50 / p99 / max per action;
   * the torch policy's deterministic `act` (one thread, no grad), batch 1: p50 / p99, the peer path
@@ -16,6 +18,7 @@ p99 <= 2 ms with onnxruntime at batch 1. Issue 4: flow (4 steps) within 3x of th
     python benchmarks/export_latency.py --calls 500 --heads sac-gaussian flow-4
     python benchmarks/export_latency.py --floor-only   # bare ops of flow-4 vs the Gaussian; Mish on [512, 256]
     python benchmarks/export_latency.py --heads sac-gaussian flow-4 flow-2 flow-4-256x2 --name export_latency_flow_variants
+    python benchmarks/export_latency.py --heads sac-gaussian gorl-latent-flow gorl-latent-flow-unanchored --name export_latency_gorl_anchored
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ HEADS = {  # name -> `robo-rl train` overrides
 VARIANTS = {
     "flow-2": ["algo=parl", "policy=flow", "policy.steps=2"],
     "flow-4-256x2": ["algo=parl", "policy=flow", "policy.steps=4", "policy.hidden_sizes=[256,256]"],
+    # GoRL's policy before its first refit (or with the zero reset), without the re-centring anchor
+    "gorl-latent-flow-unanchored": ["algo=gorl", "algo.recenter_latent=false"],
 }
 BARE = {"flow-4", "diffusion-ddim-10", *VARIANTS}  # the head itself, not a learner's acting policy around it
 TARGETS_MS = {"sac-gaussian": 0.2, "ppo-gaussian": 0.2, "flow-4": 1.0, "diffusion-ddim-10": 2.0}
@@ -73,6 +78,11 @@ def build(overrides: list[str], bare: bool = False):
     # flow-4 / diffusion rows time the bare head (PA-RL keeps it in learner.head and acts with the best of N)
     policy = (learner.head if bare and hasattr(learner, "head") else learner.policy).eval()
     policy.obs_norm.update(torch.as_tensor(np.concatenate(obs)))  # realistic statistics in the graph
+    if getattr(policy, "anchor", None) is not None and learner.reset_latent and learner.recenter_latent:
+        # GoRL as a trained run exports it: after its first refit, re-centred on a frozen copy of the latent's
+        # mean network (one more 64x64 MLP per action); the scale is the latent's std, as a refit passes
+        with torch.no_grad():
+            policy.recenter(policy.latent.log_std.exp())
     return policy, np.concatenate(obs).astype(np.float32)
 
 
@@ -106,7 +116,8 @@ def measure(name: str, overrides: list[str], calls: int, workdir: Path) -> dict:
     default = (np.asarray(sidecar["noise"]["default"], np.float32) if sidecar["noise"] and sidecar["noise"]["default"] != "zeros"
                else np.zeros(k, np.float32))
     row = {"head": name, "params": sum(p.numel() for p in policy.parameters()), "noise_dim": k,
-           "parity_max_abs_error": sidecar["checked"]["max_abs_error"], "exporter": sidecar["exporter"]}
+           "parity_max_abs_error": sidecar["checked"]["max_abs_error"], "exporter": sidecar["exporter"],
+           "gorl_anchored": bool(getattr(policy, "anchored", False))}
     for batch in (1, 256):
         batches = [obs[(i * batch) % 256:(i * batch) % 256 + batch] if batch == 1 else obs for i in range(64)]
         noise = np.broadcast_to(default, (batch, k)).copy() if k else None

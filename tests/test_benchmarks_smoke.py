@@ -5,7 +5,7 @@ pointing its result files at tmp_path, so the recorded results under benchmarks/
 Scripts whose budgets have no option (returns.py) run their main() with the module's budget shrunk.
 Left out as too heavy for a test: throughput.py and update_anatomy.py (SB3 and 1,200-step warm-ups, minutes),
 checkpoint_cost.py (fills a 1M-row, 2.9 GB replay buffer), passivity.py, sim2sim.py, demos_warm_start.py and
-the generative heads of export_latency.py (each over a minute at their smallest settings).
+the generative heads of export_latency.py other than GoRL's (each over a minute at their smallest settings).
 """
 
 import json
@@ -105,10 +105,12 @@ def test_generative_cost_gorl(tmp_path):
 
 def test_export_latency_gaussian_heads(tmp_path):
     bench(tmp_path, "benchmarks/export_latency.py", "--calls", "1", "--heads", "sac-gaussian", "ppo-gaussian",
-          "--name", "export_latency")
+          "gorl-latent-flow", "--name", "export_latency")
     rows = result(tmp_path, "export_latency")["rows"]
-    assert [r["head"] for r in rows] == ["sac-gaussian", "ppo-gaussian"]
+    assert [r["head"] for r in rows] == ["sac-gaussian", "ppo-gaussian", "gorl-latent-flow"]
     assert all(r["parity_max_abs_error"] < 1e-4 for r in rows)
+    # GoRL's row is the policy a trained run exports, re-centred on its anchor
+    assert [r["gorl_anchored"] for r in rows] == [False, False, True]
 
 
 def test_multimodal_with_demos(tmp_path):
