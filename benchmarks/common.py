@@ -8,12 +8,15 @@ from minute to minute); ratios are medians of per-round ratios.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -77,6 +80,15 @@ def machine() -> dict[str, Any]:
         "started": STARTED,
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
+
+
+def scratch_dir(prefix: str = "robo-rl-bench-") -> Path:
+    """A new temporary directory for runs whose files the benchmark does not keep (timing runs, runs read only
+    for their summary), removed when the script exits: a throughput or returns run otherwise leaves its
+    checkpoints in the temp directory, tens of MB per run."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def save(name: str, payload: dict[str, Any], table: str) -> None:

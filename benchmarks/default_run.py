@@ -15,13 +15,12 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import markdown_table, save  # noqa: E402
+from benchmarks.common import markdown_table, save, scratch_dir  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +35,7 @@ def main() -> None:
     runs = []
     for env in args.envs:
         for seed in args.seeds:
-            run_dir = Path(tempfile.mkdtemp()) / f"default-{env}-s{seed}"
+            run_dir = scratch_dir() / f"default-{env}-s{seed}"
             t = time.perf_counter()
             subprocess.run([sys.executable, "-m", "robo_rl.cli", "train", f"env={env}", f"seed={seed}",
                             f"run_dir={run_dir}", "log.progress_seconds=60", *steps], check=True)

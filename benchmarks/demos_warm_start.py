@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import markdown_table, save  # noqa: E402
+from benchmarks.common import markdown_table, save, scratch_dir  # noqa: E402
 
 EVAL_EVERY = 250
 
@@ -69,7 +68,7 @@ def run(algo: str, critic_steps: int | None, seed: int, steps: int, demos: Path)
                  f"eval.every={EVAL_EVERY}", f"seed={seed}", "threads=1", "log.progress_seconds=1000"]
     if critic_steps is not None:
         overrides.append(f"demos.critic_steps={critic_steps}")
-    run_dir = Path(tempfile.mkdtemp()) / f"{algo}-{critic_steps}-{seed}"
+    run_dir = scratch_dir() / f"{algo}-{critic_steps}-{seed}"
     t = time.perf_counter()
     train(compose_config(overrides), run_dir)
     with open(run_dir / "metrics.csv", newline="") as f:
@@ -86,7 +85,7 @@ def main() -> None:
     parser.add_argument("--name", default="demos_warm_start", help="results file name under benchmarks/results/")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    demos = Path(tempfile.mkdtemp()) / "pendulum_demos.npz"
+    demos = scratch_dir() / "pendulum_demos.npz"
     demonstrator = record(demos, episodes=20, seed=0)
     print(f"demonstrator: {demonstrator:.1f} mean return over 20 episodes", flush=True)
     runs = [run(algo, critic_steps, seed, args.steps, demos)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -32,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks.common import advancer, interleaved, markdown_table, median, rate_of, save  # noqa: E402
+from benchmarks.common import advancer, interleaved, markdown_table, median, rate_of, save, scratch_dir  # noqa: E402
 from robo_rl.perf import tune_malloc  # noqa: E402
 
 LEARNING_STARTS = 1000
@@ -64,7 +63,7 @@ def runner_for(overrides: list[str], threads: int = 1, refit: dict | None = None
 
     algo = overrides[0].split("=")[1]
     extra = [f"algo.learning_starts={LEARNING_STARTS}"] if algo in OFF_POLICY else []
-    run_dir = Path(tempfile.mkdtemp()) / "run"
+    run_dir = scratch_dir() / "run"
     cfg, _ = prepare(compose_config([*overrides, "env=hopper", "steps=100000000", "seed=0", f"threads={threads}", *extra]), run_dir)
     env = build_env(cfg)
     runner = build_runner(cfg, build_learner(cfg, build_policy(cfg, env)), env, build_env(cfg, num_envs=1), run_dir)

@@ -21,13 +21,12 @@ import json
 import logging
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import EVAL_SEEDING, RESULTS, machine, markdown_table, save  # noqa: E402
+from benchmarks.common import EVAL_SEEDING, RESULTS, machine, markdown_table, save, scratch_dir  # noqa: E402
 from robo_rl.perf import tune_malloc  # noqa: E402
 
 ENV = "Hopper-v5"
@@ -45,7 +44,7 @@ def run_ours(algo: str, seed: int) -> dict:
     else:  # SB3's layout: 16 envs x 128 steps (robo-rl's own default is 64 x 32, the same 2048 per update)
         overrides += ["env.num_envs=16", "algo.rollout_steps=128"]
     t = time.perf_counter()
-    summary = train(compose_config(overrides), Path(tempfile.mkdtemp()) / f"{algo}-{seed}")
+    summary = train(compose_config(overrides), scratch_dir() / f"{algo}-{seed}")
     return {"seed": seed, "return": summary["final_eval_return_mean"], "wall_s": time.perf_counter() - t,
             "eval_seeding": EVAL_SEEDING}
 

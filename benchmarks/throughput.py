@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -34,7 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import advancer, interleaved, markdown_table, median, rate_of, save  # noqa: E402
+from benchmarks.common import advancer, interleaved, markdown_table, median, rate_of, save, scratch_dir  # noqa: E402
 from robo_rl.perf import tune_malloc  # noqa: E402
 
 LEARNING_STARTS = 1000
@@ -58,7 +57,7 @@ def ours_runner(algo: str, env_id: str, backend: str, compile_: bool, hidden: in
                       "algo.epochs=10", "policy.hidden_sizes=[64,64]", "algo.value_hidden=[64,64]"]
     if compile_:
         overrides.append("compile=true")
-    run_dir = Path(tempfile.mkdtemp()) / "run"
+    run_dir = scratch_dir() / "run"
     cfg, _ = prepare(compose_config(overrides), run_dir)
     env = build_env(cfg)
     eval_env = build_env(cfg, num_envs=1)

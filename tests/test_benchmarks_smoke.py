@@ -22,10 +22,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def bench(tmp_path: Path, *args: str, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess:
+    scratch = tmp_path / "tmp"  # the script's temp directory
+    scratch.mkdir(exist_ok=True)
     env = {**os.environ, "ROBO_RL_BENCH_RESULTS": str(tmp_path / "results"), "OMP_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1"}
+           "MKL_NUM_THREADS": "1", "TMPDIR": str(scratch)}
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0 or not check, f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}"
+    # runs kept for nothing (benchmarks.common.scratch_dir) are gone when the script ends
+    assert not list(scratch.glob("robo-rl-bench-*")), "a benchmark left its scratch runs behind"
     return proc
 
 
