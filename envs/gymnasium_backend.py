@@ -26,6 +26,7 @@ from gymnasium.vector.async_vector_env import AsyncState
 from envs.base import (BatchedEnv, EpisodeTracker, MissingDependency, StepResult, WorkerDied, check_box_spaces,
                        episode_to_torch)
 from envs.randomization import RandomizationSpec, Randomizer, apply_to_model, env_ids, gain_problem, nominal_values
+from envs.resources import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +270,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
         if vectorization == "sync":
             self._vec = SyncVectorEnv(thunks, autoreset_mode=AutoresetMode.SAME_STEP)
         else:
-            cpus = os.cpu_count() or 1
+            cpus = usable_cpus()
             if num_envs > cpus:
                 log.warning(f"{task_id}: vectorization=async starts one worker process per env, {num_envs} on {cpus} "
                             f"CPU(s); workers beyond the CPU count only add switching. Fewer envs, vectorization=sync, "

@@ -1,4 +1,4 @@
-"""How much memory this process can use, and whether ``num_envs`` simulations can fit in it.
+"""How much memory and how many CPUs this process can use, and whether ``num_envs`` simulations can fit.
 
 A batch of simulations is allocated up front (MuJoCo's state for every env, a random generator and
 observation rows per env): a ``num_envs`` far beyond the machine used to end in ``std::bad_alloc``
@@ -9,6 +9,7 @@ followed by the kernel's out-of-memory killer. Each backend states a floor on it
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -41,9 +42,9 @@ def _stat_field(path: Path, key: str) -> int | None:
     return None
 
 
-def _own_cgroups(root: Path) -> list[tuple[Path, str, str, tuple[str, str]]]:
-    """This process's memory cgroup directories, each up to its hierarchy's root: (directory, limit file, usage
-    file, the memory.stat fields of its file-backed page cache), cgroup v2 then v1.
+def _cgroup_dirs(root: Path, controller: str) -> list[tuple[str, Path]]:
+    """This process's cgroup directories for ``controller`` ("memory", "cpu"), each up to its hierarchy's root:
+    (version, directory), cgroup v2 then v1 (whose hierarchy is mounted under the controller's name).
 
     A limit can sit on any of them: at the mount's root in a container with its own cgroup namespace, on a nested
     one where /proc/self/cgroup names the process's cgroup (a Slurm job, a systemd unit). A directory that does not
@@ -54,20 +55,23 @@ def _own_cgroups(root: Path) -> list[tuple[Path, str, str, tuple[str, str]]]:
             number, controllers, path = line.split(":", 2)
             if number == "0" and not controllers:
                 paths["v2"] = path
-            elif "memory" in controllers.split(","):
+            elif controller in controllers.split(","):
                 paths["v1"] = path
     except (OSError, ValueError):
         pass
     out = []
-    for version, base, files in (("v2", root / "sys/fs/cgroup",
-                                  ("memory.max", "memory.current", ("active_file", "inactive_file"))),
-                                 ("v1", root / "sys/fs/cgroup/memory",
-                                  ("memory.limit_in_bytes", "memory.usage_in_bytes",
-                                   ("total_active_file", "total_inactive_file")))):
+    for version, base in (("v2", root / "sys/fs/cgroup"), ("v1", root / "sys/fs/cgroup" / controller)):
         parts = [p for p in paths[version].split("/") if p and p not in (".", "..")]
-        for depth in range(len(parts), -1, -1):
-            out.append((base.joinpath(*parts[:depth]), *files))
+        out += [(version, base.joinpath(*parts[:depth])) for depth in range(len(parts), -1, -1)]
     return out
+
+
+def _own_cgroups(root: Path) -> list[tuple[Path, str, str, tuple[str, str]]]:
+    """This process's memory cgroup directories (see ``_cgroup_dirs``): (directory, limit file, usage file, the
+    memory.stat fields of its file-backed page cache), cgroup v2 then v1."""
+    files = {"v2": ("memory.max", "memory.current", ("active_file", "inactive_file")),
+             "v1": ("memory.limit_in_bytes", "memory.usage_in_bytes", ("total_active_file", "total_inactive_file"))}
+    return [(directory, *files[version]) for version, directory in _cgroup_dirs(root, "memory")]
 
 
 def _cgroup_memory(root: Path) -> tuple[int, int | None] | None:
@@ -121,6 +125,44 @@ def host_memory(root: Path | None = None) -> tuple[int | None, int | None]:
         room = limit if free is None else free  # the cgroup's use unreadable: at most the limit, as the host allows
         available = min(available, room) if available is not None else free
     return total, available
+
+
+def _cgroup_cpu_quota(root: Path) -> float | None:
+    """The tightest CPU quota on this process's cgroups, in CPUs (quota / period: ``docker --cpus``, a Kubernetes
+    CPU limit), None if none is set. cgroup v2 ``cpu.max`` ("max 100000" or "200000 100000"), v1
+    ``cpu.cfs_quota_us`` (-1: none) over ``cpu.cfs_period_us``."""
+    tightest = None
+    for version, directory in _cgroup_dirs(root, "cpu"):
+        if version == "v2":
+            try:
+                quota_text, period_text = (directory / "cpu.max").read_text().split()[:2]
+            except (OSError, ValueError):
+                continue
+            quota = int(quota_text) if quota_text.isdigit() else None
+            period = int(period_text) if period_text.isdigit() else None
+        else:
+            quota, period = _read_int(directory / "cpu.cfs_quota_us"), _read_int(directory / "cpu.cfs_period_us")
+        if quota and period:
+            tightest = quota / period if tightest is None else min(tightest, quota / period)
+    return tightest
+
+
+def usable_cpus(root: Path | None = None) -> int:
+    """How many CPUs this process can keep busy: those its affinity mask allows (``taskset``, a cpuset, Slurm's
+    binding), and no more than a cgroup CPU quota (``docker --cpus``, a Kubernetes CPU limit), rounded down, at
+    least 1. ``os.cpu_count()`` counts the host's CPUs in both cases: a container limited to 2 CPUs on a 64-CPU
+    host would start 64 simulation or torch threads, which use up a quota early in each scheduler period (100 ms
+    by default) and then all wait for the next; threads that meet at every operation (OpenMP, a simulation
+    batch's step) also wait for each other when fewer CPUs than threads are free. ``root`` as for ``host_memory``."""
+    root = ROOT if root is None else Path(root)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity masks on this platform (macOS)
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota(root)
+    if quota is not None:
+        cpus = min(cpus, math.floor(quota))
+    return max(cpus, 1)
 
 
 def check_envs_fit(task_id: str, num_envs: int, bytes_per_env: int) -> None:

@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from envs.mujoco_log import route_mujoco_warnings
+from envs.resources import usable_cpus
 from robo_rl.build import build_env_checked, build_learner, build_policy, build_runner, check_env_runs, check_safety
 from robo_rl.defaults import resolve_defaults, task_defaults
 from robo_rl.validation import ConfigError, validate
@@ -216,6 +217,11 @@ def _train(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str], held: _
     run_dir = Path(cfg.run_dir)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    elif torch.get_num_threads() > (cpus := usable_cpus()):
+        # torch's default counts the host's cores, not a CPU binding or a container's quota
+        log.info(f"robo-rl: {cpus} torch thread(s), the CPUs this process may use (torch's default was "
+                 f"{torch.get_num_threads()}); threads= sets another count")
+        torch.set_num_threads(cpus)
     seed_everything(int(cfg.seed))
 
     # Build everything before touching the run directory: bad options fail here, with nothing written.

@@ -15,7 +15,6 @@ Two details keep it identical to gymnasium:
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import gymnasium as gym
@@ -28,7 +27,7 @@ from gymnasium.utils.seeding import np_random
 from envs.base import BatchedEnv, EpisodeTracker, StepResult, episode_to_torch
 from envs.mujoco.tasks import Sim, Task, task_for
 from envs.randomization import PHYSICS_PARAMS, RandomizationSpec, Randomizer, env_ids, pair_friction_scale
-from envs.resources import MIN_BYTES_PER_ENV, check_envs_fit
+from envs.resources import MIN_BYTES_PER_ENV, check_envs_fit, usable_cpus
 
 # the model fields each physics factor scales (expanded to per-simulation values on first use)
 _FIELDS_OF = {
@@ -118,7 +117,7 @@ class MujocoBatchedEnv(BatchedEnv):
         limit = max_episode_steps if max_episode_steps is not None else gym.spec(task_id).max_episode_steps
         self.max_episode_steps = int(limit) if limit else None
         # more threads than simulations only adds hand-off latency (one env: step on the caller's thread)
-        nthread = min(threads or os.cpu_count() or 1, num_envs)
+        nthread = min(threads or usable_cpus(), num_envs)
         persistent = self.task.needs_post_constraint
         check_envs_fit(task_id, num_envs, self._bytes_per_env_floor(persistent))
         try:

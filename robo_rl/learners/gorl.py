@@ -37,12 +37,12 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import time
 from typing import Any
 
 import torch
 
+from envs.resources import usable_cpus
 from policies.heads import LatentDecoderHead, PolicyHead
 from policies.normalizers import RunningMeanStd
 from robo_rl.learners.base import Batch, Learner
@@ -192,7 +192,7 @@ class DecoderRefit:
     def refit(self) -> dict[str, torch.Tensor]:
         """Fit the decoder to the collected states' actions under the prior, then reset the latent policy.
 
-        It runs on ``refit_threads`` torch threads (0: all CPUs), whatever the run trains with: GoRL (PPO) trains
+        It runs on ``refit_threads`` torch threads (0: all the CPUs this process may use, ``usable_cpus``), whatever the run trains with: GoRL (PPO) trains
         on one (its 64x64 networks gain nothing from more, and the simulator has the other cores), but nothing
         else runs during a refit, whose large matmuls do use them (on 2 cores a default Hopper refit took 15.4 s
         against 26.5 s on one: README, cost section). The result is deterministic for a given thread count; other counts may differ at float rounding.
@@ -202,7 +202,7 @@ class DecoderRefit:
         state before it, the latent policy is left as it was, and ``refit_pending`` has the refit done first when
         the run resumes (``before_iteration``). The checkpoint then holds the policy as it was before the refit,
         and is written at once instead of after the refit. Returns {} then."""
-        threads, previous = self.refit_threads or os.cpu_count() or 1, torch.get_num_threads()
+        threads, previous = self.refit_threads or usable_cpus(), torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
             return self._refit(threads)

@@ -103,7 +103,7 @@ def test_module_colon_id_imports_the_module_that_registers_the_task(vectorizatio
 
 
 def test_async_warns_when_it_starts_more_workers_than_cpus(caplog, monkeypatch):
-    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    monkeypatch.setattr("envs.gymnasium_backend.usable_cpus", lambda: 1)  # the CPUs this process may use
     with caplog.at_level("WARNING", logger="envs.gymnasium_backend"):
         make_env("Pendulum-v1", num_envs=2, vectorization="async").close()
         make_env("Pendulum-v1", num_envs=1, vectorization="async").close()

@@ -1,10 +1,11 @@
 """Memory free now under a cgroup limit: the limit less what the container holds, its reclaimable page cache not
-counted (kubelet's and docker stats' working set), read from fake /proc and /sys trees."""
+counted (kubelet's and docker stats' working set); the CPUs a process may use under an affinity mask and a cgroup
+CPU quota; read from fake /proc and /sys trees."""
 
 import pytest
 
 import envs.resources as resources
-from envs.resources import check_envs_fit, host_memory
+from envs.resources import check_envs_fit, host_memory, usable_cpus
 
 GIB = 2**30
 HOST = {"MemTotal": 64 * GIB, "MemAvailable": 60 * GIB, "SwapFree": 0}  # a big host around the container
@@ -104,3 +105,64 @@ def test_a_cgroup_path_the_mount_does_not_hold_reads_the_mount_s_own_files(tmp_p
     # a container without a cgroup namespace: /proc/self/cgroup names the host's path, the mount is its own cgroup
     root = fake_root(tmp_path, v1(4 * GIB, 3 * GIB, GIB), cgroup="4:memory:/docker/0123abcd\n0::/\n")
     assert host_memory(root) == (4 * GIB, 2 * GIB)
+
+
+@pytest.fixture
+def host_of_64(monkeypatch):
+    """A 64-CPU host whose affinity mask allows all of them."""
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+
+
+@pytest.mark.parametrize("cpu_max, cpus", [("max 100000\n", 64), ("200000 100000\n", 2), ("150000 100000\n", 1),
+                                           ("50000 100000\n", 1), ("1600000 100000\n", 16)])
+def test_a_v2_cpu_quota_caps_the_cpus_rounded_down(tmp_path, host_of_64, cpu_max, cpus):
+    # docker --cpus=2 or a Kubernetes limit of 2 CPUs: cpu.max "200000 100000"; a quota below one CPU still gets one
+    assert usable_cpus(fake_root(tmp_path, {"cpu.max": cpu_max})) == cpus
+
+
+def test_the_tightest_v1_quota_on_the_process_s_cgroups_counts(tmp_path, host_of_64):
+    # a Slurm job (v1): no quota at the mount's root (-1), 4 CPUs on the job, 8 on its user's cgroup
+    files = {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n",
+             "cpu/slurm/uid_1000/job_42/cpu.cfs_quota_us": "400000\n",
+             "cpu/slurm/uid_1000/job_42/cpu.cfs_period_us": "100000\n",
+             "cpu/slurm/uid_1000/cpu.cfs_quota_us": "800000\n", "cpu/slurm/uid_1000/cpu.cfs_period_us": "100000\n"}
+    root = fake_root(tmp_path, files, cgroup="9:cpu,cpuacct:/slurm/uid_1000/job_42\n4:memory:/\n0::/\n")
+    assert usable_cpus(root) == 4
+    assert usable_cpus(fake_root(tmp_path / "none", {})) == 64  # no cgroup files at all: the affinity mask
+
+
+def test_the_affinity_mask_counts_not_the_host_s_cpus(tmp_path, monkeypatch):
+    # taskset -c 0-2, a cpuset, Slurm's binding: os.cpu_count() still says 64
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2})
+    assert usable_cpus(fake_root(tmp_path, {})) == 3
+    assert usable_cpus(fake_root(tmp_path / "q", {"cpu.max": "200000 100000\n"})) == 2  # and a quota below it
+
+
+def test_the_mujoco_backend_and_torch_default_to_the_usable_cpus(monkeypatch, tmp_path):
+    import torch
+
+    from envs import make_env
+    from robo_rl.train import train
+    from tests.helpers import compose
+
+    monkeypatch.setattr("envs.mujoco.backend.usable_cpus", lambda: 3)
+    env = make_env("Hopper-v5", num_envs=8, backend="mujoco")
+    try:
+        assert env.batch.nthread == 3
+    finally:
+        env.close()
+    # threads=null (SAC's default): torch's own default, capped at the usable CPUs; the caller's count is back after
+    monkeypatch.setattr("robo_rl.train.usable_cpus", lambda: 1)
+    seen = []
+    monkeypatch.setattr("robo_rl.train.seed_everything", lambda seed: seen.append(torch.get_num_threads()))
+    monkeypatch.setattr("robo_rl.train.build_env_checked", lambda cfg: (_ for _ in ()).throw(RuntimeError("stop here")))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(RuntimeError, match="stop here"):
+            train(compose("algo=sac", "env=pendulum", "steps=10"), tmp_path / "run")
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

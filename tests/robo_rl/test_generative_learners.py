@@ -595,10 +595,8 @@ def test_gorl_refit_clears_the_latent_moments_and_keeps_the_step_count(recenter)
 
 
 def test_a_refit_runs_on_its_own_threads_and_gives_the_run_its_count_back(monkeypatch, caplog):
-    # GoRL trains on one thread, but nothing else runs during a refit: it takes algo.refit_threads (0: all CPUs),
-    # and the run's count is back afterwards, also when a signal stops the refit
-    import os
-
+    # GoRL trains on one thread, but nothing else runs during a refit: it takes algo.refit_threads (0: all the CPUs
+    # the process may use), and the run's count is back afterwards, also when a signal stops the refit
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -612,8 +610,9 @@ def test_a_refit_runs_on_its_own_threads_and_gives_the_run_its_count_back(monkey
         assert seen and set(seen) == {2} and torch.get_num_threads() == 1
         assert "targets from the current policy (2 torch threads)" in caplog.text
         learner.refit_threads, seen[:] = 0, []
+        monkeypatch.setattr("robo_rl.learners.gorl.usable_cpus", lambda: 3)  # e.g. a container's CPU quota
         learner.refit()
-        assert set(seen) == {os.cpu_count()} and torch.get_num_threads() == 1
+        assert set(seen) == {3} and torch.get_num_threads() == 1
         learner.stop_requested = lambda: True
         assert learner.refit() == {} and bool(learner.refit_pending) and torch.get_num_threads() == 1
         with pytest.raises(ValueError, match=r"algo.refit_threads=-1: must be >= 0 \(0: all CPUs\)"):
