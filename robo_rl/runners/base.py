@@ -433,7 +433,7 @@ class Runner(RunnerCheckpoints, abc.ABC):
             except Exception as exc:  # a plotting problem must not hide the run's result
                 log.warning(f"could not draw the learning curve: {exc}")
         if status == "completed":
-            log.info(f"done: {self.step:,} steps in {format_duration(elapsed)} ({summary['steps_per_s']} steps/s; "
+            log.info(f"done: {self.step:,} steps in {format_duration(elapsed)} ({self.step / max(elapsed, 1e-9):,.0f} steps/s; "
                      f"{len(self.eval_history)} evaluation{'s' if len(self.eval_history) != 1 else ''} took "
                      f"{format_duration(self.eval_seconds)}"
                      + (f", after {format_duration(self.pretrain_seconds)} of pretraining on demonstrations"
