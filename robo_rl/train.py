@@ -187,6 +187,12 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, cli_overrides: Ite
     if not isinstance(cfg, DictConfig):
         raise TypeError(f"train(cfg) takes the config compose_config([...]) returns, got {type(cfg).__name__}; e.g. "
                         "train(compose_config(['algo=sac', 'env=pendulum']), 'runs/x')")
+    # a bare string would be read character by character: a resume then named an empty key as the one that changed
+    listed = not isinstance(cli_overrides, (str, bytes)) and isinstance(cli_overrides, Iterable)
+    cli_overrides = list(cli_overrides) if listed else cli_overrides  # a generator is read once
+    if not listed or not all(isinstance(o, str) for o in cli_overrides):
+        raise TypeError(f"train(cfg, run_dir, cli_overrides) takes a list of key=value strings, e.g. ['steps=200000']; "
+                        f"got {cli_overrides!r}")
     setup_console_logging()
     route_mujoco_warnings()  # as the CLI does: once per message to the log, no MUJOCO_LOG.TXT in the working directory
     if run_dir is None:
