@@ -88,7 +88,7 @@ def measure(task_id: str, n: int, rounds: int, seconds: float) -> dict:
     chunks = [n // workers + (1 if i < n % workers else 0) for i in range(workers)]
     async_env = AsyncVectorEnv([lambda k=k: _Chunk(task_id, k) for k in chunks])
     async_env.reset(seed=0)
-    raw = mujoco.batch.Batch(ours.model, n, nthread=0)
+    raw = mujoco.batch.Batch(ours.model, n, nthread=ours.batch.nthread)  # the threads ours steps on
     raw_ctrl = raw.bind("ctrl")
     raw.reset()
 

@@ -84,7 +84,7 @@ def timed_refits(learner, build, states: int | None = None) -> dict:
     with the targets drawn once (``algo.refit_redraw=false``) and on one thread (``algo.refit_threads=1``, the
     default until 2026-12-05). The variants refit copies of the learner (``build()`` loaded with its state); the
     learner itself refits last, at its own settings."""
-    import os
+    from envs.resources import usable_cpus
 
     size, have = min(states or learner.data_obs.shape[0], learner.data_obs.shape[0]), int(learner.data_size)
     learner.data_obs[:size] = learner.data_obs[:have].repeat(-(-size // have), 1)[:size]
@@ -98,7 +98,7 @@ def timed_refits(learner, build, states: int | None = None) -> dict:
             setattr(copy, key, value)
         seconds[name] = refit_seconds(copy)
     seconds["defaults"] = refit_seconds(learner)
-    threads = learner.refit_threads or os.cpu_count()
+    threads = learner.refit_threads or usable_cpus()
     return {"states": size, "epochs": learner.refit_epochs, "default_threads": threads, "seconds": seconds}
 
 
