@@ -109,6 +109,12 @@ def orthogonal_init_(net: nn.Sequential, hidden_gain: float = math.sqrt(2), out_
         nn.init.zeros_(layer.bias)
 
 
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 if autocast left it in a 16-bit type (a network's output read by a loss, a TD target or a
+    log-probability: ``Learner.autocast_update``); otherwise ``x`` itself (no operation is recorded)."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 class _EnsembleDot(torch.autograd.Function):
     """y[e] = x[e] @ w[e] + b[e] for a single output unit (the Q value of each ensemble member).
 
@@ -132,7 +138,8 @@ class _EnsembleDot(torch.autograd.Function):
             if x.dim() == 2:  # a shared input received the gradient of every member
                 grad_x = grad_x.sum(0)
         if ctx.needs_input_grad[1]:
-            grad_w = torch.matmul(grad.transpose(1, 2), x).transpose(1, 2)
+            # (under autocast x arrives in bf16 while the float32 weights promoted the output: one dtype for the matmul)
+            grad_w = torch.matmul(grad.transpose(1, 2).to(x.dtype), x).transpose(1, 2).to(w.dtype)
         if ctx.needs_input_grad[2]:
             grad_b = grad.sum(1, keepdim=True)
         return grad_x, grad_w, grad_b
@@ -193,4 +200,4 @@ class EnsembleMLP(nn.Module):
     def forward(self, x: torch.Tensor, detach: bool = False, members: slice | None = None) -> torch.Tensor:
         for layer, norm in zip(self.layers[:-1], self.norms):
             x = self.act(norm(layer(x, detach, members)))
-        return self.layers[-1](x, detach, members)
+        return full_precision(self.layers[-1](x, detach, members))

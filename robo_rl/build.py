@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -19,6 +20,8 @@ from robo_rl.learners.ppo import PPO
 from robo_rl.learners.sac import SAC
 from robo_rl.learners.sac_lagrangian import LagrangianSAC
 from robo_rl.learners.td3 import TD3
+
+log = logging.getLogger("robo_rl")
 
 LEARNERS: dict[str, type[Learner]] = {"sac": SAC, "td3": TD3, "ppo": PPO, "gorl": GoRL, "gorl_sac": GoRLSAC, "expo": EXPO,
                                       "parl": PARL}
@@ -162,7 +165,24 @@ def build_learner(cfg: DictConfig, policy: PolicyHead) -> Learner:
         learner = LEARNERS[name](policy, **kwargs).to(cfg.device)
     if cfg.get("compile", False):
         learner.compile_update()  # type: ignore[attr-defined]
+    if cfg.get("precision", "fp32") == "bf16":
+        import torch
+
+        if not native_bf16(cfg.device):
+            log.warning(f"precision=bf16: this {cfg.device} has no native bf16 matrix multiply (CPUs: AVX512-BF16 or AMX; "
+                        "GPUs: Ampere or later), so the updates will be slower than with precision=fp32")
+        learner.autocast_update(torch.bfloat16, torch.device(cfg.device).type)  # type: ignore[attr-defined]
     return learner
+
+
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware (elsewhere torch emulates them, slower than fp32)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
 
 
 def build_runner(cfg: DictConfig, learner: Learner, env: BatchedEnv, eval_env: BatchedEnv, run_dir: Any):

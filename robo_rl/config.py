@@ -372,6 +372,7 @@ class TrainConfig:
     device: str = "cpu"
     threads: Optional[int] = None  # torch intra-op threads; None: torch's default (all cores)
     compile: bool = False  # torch.compile the update step
+    precision: str = "fp32"  # the loss computations' matmuls: fp32, or bf16 (autocast; algo=sac|td3)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)

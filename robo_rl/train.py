@@ -35,7 +35,7 @@ log = logging.getLogger("robo_rl")
 
 #: keys a resumed run may change; everything else must stay as the run was started
 RESUME_OVERRIDABLE = frozenset({
-    "resume", "run_dir", "steps", "threads", "compile",
+    "resume", "run_dir", "steps", "threads", "compile", "precision",
     "log.every", "log.progress_seconds", "log.tensorboard", "log.plot",
     "checkpoint.every", "checkpoint.keep", "eval.every",
 })

@@ -59,6 +59,9 @@ FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
 MAX_SEED = 2**32 - 1
 #: gradient updates per env step: far above any published setting (REDQ: 20), below a hang
 MAX_UTD = 1000
+#: ``precision=`` values, and the learners bf16 is built for (their numerics: see Learner.autocast_update)
+PRECISIONS = ("fp32", "bf16")
+BF16_LEARNERS = ("sac", "td3")
 #: torch intra-op threads: more than any machine's cores (torch itself fails past 2**31 with "Overflow when unpacking long")
 MAX_THREADS = 4096
 
@@ -184,6 +187,11 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.env.threads >= 0, "env.threads", "must be >= 0 (0: all CPUs)")
     need(cfg.threads is None or 1 <= cfg.threads <= MAX_THREADS, "threads",
          f"must be between 1 and {MAX_THREADS} (torch threads; null: torch's default, all cores)")
+    need(cfg.get("precision", "fp32") in PRECISIONS, "precision", "must be fp32 or bf16")
+    need(cfg.get("precision", "fp32") == "fp32" or cfg.algo.name in BF16_LEARNERS, "precision",
+         f"bf16 is built for algo=sac and algo=td3 (their 256-wide critics), not algo={cfg.algo.name}: PPO's and "
+         "GoRL's 64-wide update runs in numpy, and EXPO's and PA-RL's sampling chains would accumulate in bf16; "
+         "use precision=fp32")
     need(cfg.eval.episodes >= 1, "eval.episodes", "must be >= 1")
     need(cfg.eval.num_envs >= 1, "eval.num_envs", "must be >= 1")
     need(cfg.eval.every >= 1, "eval.every", "must be >= 1")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from policies.heads.base import PolicyHead
-from policies.networks import mlp
+from policies.networks import full_precision, mlp
 from policies.normalizers import ObsNormalizer
 
 
@@ -36,7 +36,7 @@ class DeterministicHead(PolicyHead):
         self.net = mlp(obs_dim, hidden_sizes, self.act_dim, activation, layer_norm)
 
     def mean_action(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.from_unit(torch.tanh(self.net(self.obs_norm(obs))))
+        return self.from_unit(torch.tanh(full_precision(self.net(self.obs_norm(obs)))))
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:

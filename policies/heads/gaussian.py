@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from policies.heads.base import PolicyHead
-from policies.networks import mlp, orthogonal_init_
+from policies.networks import full_precision, mlp, orthogonal_init_
 from policies.normalizers import ObsNormalizer
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
@@ -86,7 +86,7 @@ class GaussianHead(PolicyHead):
 
     def distribution(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """mean [B, A] and log-std [B, A] of the pre-squash Gaussian."""
-        h = self.net(self.obs_norm(obs))
+        h = full_precision(self.net(self.obs_norm(obs)))
         if self.state_dependent_std:
             mean, log_std = h.chunk(2, dim=-1)
             return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)

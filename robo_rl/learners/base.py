@@ -68,6 +68,22 @@ class Learner(nn.Module):
         for name in self.loss_functions:
             object.__setattr__(self, f"_{name}", torch.compile(getattr(self, name), **options))
 
+    def autocast_update(self, dtype: torch.dtype = torch.bfloat16, device_type: str = "cpu") -> None:
+        """Run the loss computations of ``update`` (their forward graphs; backward follows in the same dtypes)
+        under ``torch.autocast``: matmuls in ``dtype`` with float32 accumulation, on CPUs with native bf16
+        (AVX512-BF16, AMX) ~3x faster than float32 at 256-wide layers. Parameters, gradients, optimizer states
+        and the acting policy stay float32; the networks' outputs are cast back to float32 where the losses read
+        them (``policies.networks.full_precision``: Q values, the Gaussian's mean and log-std, the deterministic
+        actor's action), so TD targets, log-probabilities and the losses are computed in float32."""
+        for name in self.loss_functions:
+            loss = getattr(self, f"_{name}")  # compiled, if compile_update ran first
+
+            def autocast_loss(*args: Any, _loss: Any = loss, **kwargs: Any) -> Any:
+                with torch.autocast(device_type, dtype=dtype):
+                    return _loss(*args, **kwargs)
+
+            object.__setattr__(self, f"_{name}", autocast_loss)
+
     def explore(self, obs: torch.Tensor) -> torch.Tensor:
         """Actions used to collect experience; the policy's own sampling unless a learner adds noise."""
         return self.policy.act(obs, deterministic=False)
