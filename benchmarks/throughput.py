@@ -18,6 +18,12 @@ at these network sizes on this machine.
     python benchmarks/throughput.py                     # all algos, Hopper-v5 and HalfCheetah-v5
     python benchmarks/throughput.py --algos ppo --envs Hopper-v5 --rounds 3
     python benchmarks/throughput.py --compile           # robo-rl with compile=true as well
+    python benchmarks/throughput.py --algos sac td3 --bf16   # robo-rl with precision=bf16 as well
+
+With --bf16 (SAC/TD3) two more segments join each round: robo-rl with precision=bf16, and SB3 with its
+train() run under torch.autocast(bf16) at 2 threads. SB3 has no such option; it is measured so that
+the bf16 ratio can also be read like for like (both libraries' matmuls in bf16), not only against SB3
+as its users run it.
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ OFF_POLICY_SEGMENT = 250  # env steps per timed segment
 PPO_SEGMENT = 2 * 2048
 
 
-def ours_runner(algo: str, env_id: str, backend: str, compile_: bool, hidden: int = 256, batch: int = 256):
+def ours_runner(algo: str, env_id: str, backend: str, compile_: bool, hidden: int = 256, batch: int = 256,
+                precision: str = "fp32"):
     """A warmed-up robo-rl runner at this benchmark's settings (SAC/TD3: ``hidden`` x ``hidden`` nets, ``batch``)."""
     from robo_rl.build import build_env, build_learner, build_policy, build_runner
     from robo_rl.train import compose_config, prepare
@@ -57,6 +64,8 @@ def ours_runner(algo: str, env_id: str, backend: str, compile_: bool, hidden: in
                       "algo.epochs=10", "policy.hidden_sizes=[64,64]", "algo.value_hidden=[64,64]"]
     if compile_:
         overrides.append("compile=true")
+    if precision != "fp32":
+        overrides.append(f"precision={precision}")
     run_dir = scratch_dir() / "run"
     cfg, _ = prepare(compose_config(overrides), run_dir)
     env = build_env(cfg)
@@ -153,7 +162,19 @@ def matmul_floor(run_segment: Callable[[int], None], threads: tuple[int, ...]) -
     return out
 
 
-def measure(algo: str, env_id: str, rounds: int, backend: str, compile_: bool) -> dict:
+def autocast_train(model, dtype=torch.bfloat16) -> None:
+    """SB3's gradient steps (``model.train``) under torch.autocast from now on: not an SB3 option, the like-for-like
+    peer of robo-rl's precision=bf16."""
+    plain = model.train
+
+    def train(*args, **kwargs):
+        with torch.autocast("cpu", dtype=dtype):
+            return plain(*args, **kwargs)
+
+    model.train = train
+
+
+def measure(algo: str, env_id: str, rounds: int, backend: str, compile_: bool, bf16: bool = False) -> dict:
     default_threads = torch.get_num_threads()
     segment = OFF_POLICY_SEGMENT if algo != "ppo" else PPO_SEGMENT
     runner, ours = ours_runner(algo, env_id, backend, False)
@@ -177,6 +198,13 @@ def measure(algo: str, env_id: str, rounds: int, backend: str, compile_: bool) -
         runner_c, ours_c = ours_runner(algo, env_id, backend, True)
         with_threads(runner_c.threads, lambda: ours_c(segment))()  # compile outside the timed rounds
         segments["robo_rl_compile"] = with_threads(runner_c.threads, lambda: ours_c(segment))
+    bf16 = bf16 and algo in ("sac", "td3")
+    if bf16:
+        runner_b, ours_b = ours_runner(algo, env_id, backend, False, precision="bf16")
+        model_b = sb3_model(algo, env_id)
+        autocast_train(model_b)
+        segments["robo_rl_bf16"] = with_threads(runner_b.threads, lambda: ours_b(segment))
+        segments["sb3_bf16_2threads"] = with_threads(2, lambda: model_b.learn(segment, reset_num_timesteps=False))
     rates = interleaved(segments, rounds)
     best_sb3 = [max(a, b) for a, b in zip(rates["sb3_1thread"], rates["sb3_2threads"])]
     result = {
@@ -206,6 +234,14 @@ def measure(algo: str, env_id: str, rounds: int, backend: str, compile_: bool) -
     if compile_:
         result["robo_rl_compile_steps_per_s"] = median(rates["robo_rl_compile"])
         result["ratio_compile"] = median([o / s for o, s in zip(rates["robo_rl_compile"], best_sb3)])
+    if bf16:
+        result["robo_rl_bf16_steps_per_s"] = median(rates["robo_rl_bf16"])
+        result["sb3_bf16_steps_per_s"] = median(rates["sb3_bf16_2threads"])
+        result["ratio_bf16"] = median([o / s for o, s in zip(rates["robo_rl_bf16"], best_sb3)])
+        result["ratio_bf16_vs_sb3_bf16"] = median([o / s for o, s in zip(rates["robo_rl_bf16"], rates["sb3_bf16_2threads"])])
+        print(f"  precision=bf16: robo-rl {result['robo_rl_bf16_steps_per_s']:.0f} steps/s ({result['ratio_bf16']:.2f}x "
+              f"SB3's best), SB3 under autocast {result['sb3_bf16_steps_per_s']:.0f} steps/s "
+              f"({result['ratio_bf16_vs_sb3_bf16']:.2f}x)", flush=True)
     print(f"{algo} {env_id}: robo-rl {result['robo_rl_steps_per_s']:.0f} steps/s, SB3 (best, "
           f"{result['sb3_best_threads']} thread(s)) {result['sb3_best_steps_per_s']:.0f} steps/s, ratio {result['ratio']:.2f}",
           flush=True)
@@ -224,6 +260,8 @@ def main() -> None:
     parser.add_argument("--backend", default="gymnasium", help="robo-rl env backend for all algos")
     parser.add_argument("--ppo-backend", default=None, help="override the backend for PPO only")
     parser.add_argument("--compile", action="store_true", help="also measure robo-rl with compile=true")
+    parser.add_argument("--bf16", action="store_true",
+                        help="SAC/TD3: also measure robo-rl with precision=bf16, and SB3 under torch.autocast(bf16)")
     parser.add_argument("--ppo-envs", type=int, default=64, help="envs for PPO (2048 // envs steps each), both libraries")
     parser.add_argument("--ppo-segment", type=int, default=PPO_SEGMENT,
                         help="PPO env steps per timed segment (whole 2,048-sample updates), both libraries")
@@ -237,10 +275,12 @@ def main() -> None:
     for env_id in args.envs:
         for algo in args.algos:
             backend = args.ppo_backend if (algo == "ppo" and args.ppo_backend) else args.backend
-            results.append(measure(algo, env_id, args.rounds, backend, args.compile))
+            results.append(measure(algo, env_id, args.rounds, backend, args.compile, args.bf16))
     headers = ["algo", "env", "robo-rl backend", "robo-rl steps/s", "SB3 steps/s (best threads)", "ratio", "target"]
     if args.compile:
         headers.insert(4, "robo-rl compile=true")
+    if args.bf16:
+        headers[-1:-1] = ["robo-rl precision=bf16 (vs SB3's best)", "SB3 under autocast bf16 (2)", "bf16 ratio, like for like"]
     rows = []
     for r in results:
         row = [r["algo"].upper(), r["env"], r["backend"], f"{r['robo_rl_steps_per_s']:.0f}",
@@ -248,6 +288,9 @@ def main() -> None:
                f"{TARGETS[r['algo']]}x"]
         if args.compile:
             row.insert(4, f"{r['robo_rl_compile_steps_per_s']:.0f} ({r['ratio_compile']:.2f}x)")
+        if args.bf16:
+            row[-1:-1] = ([f"{r['robo_rl_bf16_steps_per_s']:.0f} (**{r['ratio_bf16']:.2f}x**)", f"{r['sb3_bf16_steps_per_s']:.0f}",
+                           f"{r['ratio_bf16_vs_sb3_bf16']:.2f}x"] if "ratio_bf16" in r else ["-", "-", "-"])
         rows.append(row)
     table = markdown_table(headers, rows)
     floors = [r for r in results if "floor" in r]
