@@ -169,8 +169,8 @@ def build_learner(cfg: DictConfig, policy: PolicyHead) -> Learner:
         import torch
 
         if not native_bf16(cfg.device):
-            log.warning(f"precision=bf16: this {cfg.device} has no native bf16 matrix multiply (CPUs: AVX512-BF16 or AMX; "
-                        "GPUs: Ampere or later), so the updates will be slower than with precision=fp32")
+            log.warning(f"precision=bf16: this {cfg.device} has no native bf16 matrix multiply (CPUs: AVX512-BF16 or "
+                        "AMX; GPUs: Ampere or later), so the updates will be slower than with precision=fp32")
         learner.autocast_update(torch.bfloat16, torch.device(cfg.device).type)  # type: ignore[attr-defined]
     return learner
 

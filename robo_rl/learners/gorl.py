@@ -192,10 +192,11 @@ class DecoderRefit:
     def refit(self) -> dict[str, torch.Tensor]:
         """Fit the decoder to the collected states' actions under the prior, then reset the latent policy.
 
-        It runs on ``refit_threads`` torch threads (0: all the CPUs this process may use, ``usable_cpus``), whatever the run trains with: GoRL (PPO) trains
-        on one (its 64x64 networks gain nothing from more, and the simulator has the other cores), but nothing
-        else runs during a refit, whose large matmuls do use them (on 2 cores a default Hopper refit took 15.4 s
-        against 26.5 s on one: README, cost section). The result is deterministic for a given thread count; other counts may differ at float rounding.
+        It runs on ``refit_threads`` torch threads (0: all the CPUs this process may use, ``usable_cpus``),
+        whatever the run trains with: GoRL (PPO) trains on one (its 64x64 networks gain nothing from more, and the
+        simulator has the other cores), but nothing else runs during a refit, whose large matmuls do use them (on 2
+        cores a default Hopper refit took 15.4 s against 26.5 s on one: README, cost section). The result is
+        deterministic for a given thread count; other counts may differ at float rounding.
 
         A refit takes seconds to minutes. When a SIGINT/SIGTERM asks the run to stop (``stop_requested``), it gives
         way at its next minibatch (or block of 4,096 target draws): the decoder and its optimizer go back to their

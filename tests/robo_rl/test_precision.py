@@ -106,3 +106,12 @@ def test_a_bf16_run_trains_and_says_so_in_its_config(tmp_path, monkeypatch, capl
     assert summary["updates"] == 201
     assert "precision: bf16" in (tmp_path / "run" / "config.yaml").read_text()
     assert "precision=bf16: this cpu has no native bf16 matrix multiply" in caplog.text
+
+
+def test_a_float32_run_may_resume_in_bf16(tmp_path):
+    # precision is a speed setting a resumed run may change, as threads and compile are (RESUME_OVERRIDABLE)
+    common = ("algo=td3", "env=pendulum", "algo.learning_starts=100", "eval.episodes=1", *FAST)
+    train(compose(*common, "steps=300", "eval.every=300"), tmp_path / "run")
+    summary = train(compose(f"resume={tmp_path / 'run'}", "steps=400", "precision=bf16"), tmp_path / "run")
+    assert summary["steps"] == 400 and summary["updates"] == 301
+    assert "precision: bf16" in (tmp_path / "run" / "config.yaml").read_text()
