@@ -1,4 +1,4 @@
-"""The batched-environment contract every simulator backend keeps (ARCHITECTURE.md, contract 1).
+"""The batched-environment contract every simulator backend keeps (contract 1, README "Design").
 
 Learners and runners see every simulator (gymnasium, batched MuJoCo, GPU simulators) through
 this one small, torch-native interface:

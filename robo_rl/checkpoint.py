@@ -1,5 +1,5 @@
 """Checkpoints that cannot run code: safetensors for tensors, JSON for everything else, npz for
-replay buffers (ARCHITECTURE.md, contract 4).
+replay buffers (README, "Checkpoints and failure handling").
 
 Layout of one checkpoint::
 

@@ -1,4 +1,4 @@
-"""robo-rl used as a Python library, the way README's "Python API" and ARCHITECTURE.md's contracts describe it:
+"""robo-rl used as a Python library, the way README's "Python API" and "Design" describe it:
 the documented calls, a user-written policy head (contract 2) in SAC and PPO without touching the learners, a
 user-written torch batched env (contract 1) trained through the runners, loading a run back, and import hygiene
 (no global state changed at import, diffusers lazy, ``policies``/``envs`` never import ``robo_rl``)."""
@@ -241,7 +241,7 @@ def test_importing_the_packages_changes_no_global_state():
 
 
 def test_policies_and_envs_import_without_robo_rl():
-    # ARCHITECTURE: data flows one way; policies/ and envs/ never import robo_rl (nor does sim2real)
+    # the layers change independently (README "Design"): policies/ and envs/ never import robo_rl (nor does sim2real)
     out = _run_python("""
         import importlib, pkgutil, sys
         class Block:
@@ -278,7 +278,7 @@ class IntFlags(PointMass):  # 0/1 int64 flags index rows instead of masking them
         return StepResult(r.obs, r.reward, r.terminated.long(), r.truncated.long(), r.info)
 
 
-class NoEpisode(PointMass):  # contract 1 as ARCHITECTURE.md words it: final_obs, no info["episode"]
+class NoEpisode(PointMass):  # contract 1 at its minimum: final_obs, no info["episode"]
     def step(self, actions):
         r = super().step(actions)
         return StepResult(r.obs, r.reward, r.terminated, r.truncated, {"final_obs": r.info["final_obs"]})

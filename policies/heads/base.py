@@ -1,4 +1,4 @@
-"""The policy-head contract (ARCHITECTURE.md, contract 2).
+"""The policy-head contract (contract 2, README "Design").
 
 A learner never assumes a Gaussian. A head declares what it can do with capability flags and
 implements the calls it supports; each learner states the capabilities it needs and refuses a
@@ -51,7 +51,7 @@ def count_option(key: str, value: object, least: int, why: str) -> int:
 
 
 class PolicyHead(nn.Module, abc.ABC):
-    """A policy head (ARCHITECTURE.md, contract 2; see this module's docstring): raw observations [B, obs_dim] in,
+    """A policy head (contract 2, README "Design"; see this module's docstring): raw observations [B, obs_dim] in,
     actions [B, act_dim] in env units out, log-probabilities [B] as densities of the unit action ``to_unit(a)``
     (SAC's target entropy -|A| is stated in it; an unsquashed Gaussian or mixture with ``unit_actions=False``, as
     runs saved before 2026-12-05 rebuild it, and GoRL's latent give densities of ``a``, or z). Subclass it (the constructor takes obs_dim, action_low,

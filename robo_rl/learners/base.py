@@ -1,4 +1,4 @@
-"""The learner contract (ARCHITECTURE.md, contract 3).
+"""The learner contract (README, "Design").
 
 A learner owns its networks, optimizers and losses; the runner owns the loop. A learner is an
 ``nn.Module`` so its weights (policy, critics, targets, temperature) travel in one state dict;
@@ -37,7 +37,7 @@ class CostBatch(NamedTuple):
 
 
 class Learner(nn.Module):
-    """A learner (ARCHITECTURE.md, contract 3): ``Learner(policy: PolicyHead, **options)`` owns critics, optimizers
+    """A learner (README, "Design"): ``Learner(policy: PolicyHead, **options)`` owns critics, optimizers
     and losses around ``policy`` (the head that acts). ``update(batch) -> {name: scalar tensor}`` takes a replay
     ``Batch`` (off-policy) or a ``RolloutBatch`` (on-policy); ``explore(obs [B, obs_dim]) -> actions [B, act_dim]``
     collects experience; ``training_state()`` adds optimizer states to ``state_dict()``."""
