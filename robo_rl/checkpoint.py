@@ -3,7 +3,7 @@ replay buffers (README, "Checkpoints and failure handling").
 
 Layout of one checkpoint::
 
-    checkpoints/step_000120000/
+    checkpoints/step_0000120000/
         state.safetensors   every tensor of the training state (weights, optimizer moments, RNG states)
         state.json          the rest of the state, with {"__tensor__": key} where a tensor goes
         replay.npz          the replay buffer's filled rows (optional; an uncompressed np.savez file, never

@@ -552,6 +552,9 @@ def test_help_piped_into_a_reader_that_stopped_exits_quietly():
     (["-m", "seed=0,1", "--cfg", "job"], ["--cfg cannot be combined with -m"]),
     (["-m", "--info"], ["--info cannot be combined with -m"]),
     (["seed=0", "--cfg", "job"], None),
+    # a deletion next to a flag was left to Hydra: its report, exit 1 (the flags after the overrides, as documented)
+    (["~env.kwargs.y", "--cfg", "job"], ["Could not delete from config. 'env.kwargs.y' does not exist."]),
+    (["env.kwargs.y=1", "~env.kwargs.y", "--cfg", "job"], None),
     # hydra.run.dir silently won over run_dir= (the run went elsewhere, config.yaml naming hydra's)
     (["hydra.run.dir=out", "run_dir=mine"], ["hydra.run.dir=out", "use run_dir="]),
     (["-m", "seed=0,1", "hydra.sweep.dir=out"], ["use run_dir="]),

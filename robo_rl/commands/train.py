@@ -195,8 +195,9 @@ def composition_problem(args: Sequence[str]) -> str | None:
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
         # --help, --cfg, --info, ...: Hydra's business, but on a config these overrides can make (`algo=foo
         # --help` would be Hydra's traceback); sweeps are not composed here
-        plain = [a for a in args if "=" in a and not a.startswith("-") and not override_key(a).startswith("hydra")
-                 and not is_sweep(a.split("=", 1)[1])]
+        plain = [a for a in args if ("=" in a and not a.startswith("-") and not override_key(a).startswith("hydra")
+                                     and not is_sweep(a.split("=", 1)[1]))
+                 or (a.startswith("~") and "=" not in a)]  # ~env.kwargs.<name> (hydra_problem refused the others)
         return overrides_problem(plain)
 
     plain: list[str] = []  # the overrides, each sweep at its first value
