@@ -255,8 +255,9 @@ class ControlLoop:
             except (TypeError, ValueError):  # text, a ragged list: as unusable as a NaN
                 command = np.full(1, np.nan)
             if command.shape != (self.runtime.act_dim,) or not np.isfinite(command).all():
+                instead = "the last command sent" if self._last_sent is not None else "the fallback command"
                 self._event("bad_current_action", f"{type(self.robot).__name__}.current_action() returned {reported!r}; "
-                                                  f"the filters start from the fallback command instead")
+                                                  f"the filters start from {instead} instead")
                 command = None
         if command is None:
             command = self._last_sent if self._last_sent is not None else self._fallback()

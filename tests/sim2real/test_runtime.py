@@ -586,6 +586,29 @@ def test_a_robot_that_reports_garbage_gets_events_and_the_fallback_not_a_crash(e
         ControlLoop(PolicyRuntime(export_dir), robot, filters=build_chain([], action_dim=3))
 
 
+def test_an_unusable_current_action_or_info_is_logged_and_the_policy_still_acts(export_dir: Path) -> None:
+    from sim2real.filters import build_chain
+
+    # neither is a fault of the observation: the policy's action is sent (no fallback), and the event says which
+    # command the filters started from (the fallback at the start of the run, the last command sent after that)
+    clock, sent = FakeClock(), []
+    start = lambda: Observation(np.array([0.1, -0.2, 0.3, 0.0]), timestamp=clock(),  # noqa: E731
+                                info={"episode_start": True})
+    odd_info = lambda: Observation(np.array([0.1, -0.2, 0.3, 0.0]), timestamp=clock(), info=[1])  # noqa: E731
+    robot = scripted_robot(clock, {1: odd_info, 2: start}, sent)
+    robot.current_action = lambda: "ab"
+    chain = build_chain([{"type": "box", "low": -0.5, "high": 0.5}], action_dim=2)
+    loop = ControlLoop(PolicyRuntime(export_dir), robot, filters=chain, watchdog=NO_INFERENCE_LIMIT,
+                       clock=clock, sleep=clock.sleep)
+    report = loop.run(steps=3)
+    assert report.fallbacks == 0 and report.steps == 3
+    details = [e["detail"] for e in loop.events if e["kind"] == "bad_current_action"]
+    assert len(details) == 2
+    assert details[0].endswith("the filters start from the fallback command instead")
+    assert details[1].endswith("the filters start from the last command sent instead")
+    assert [e["kind"] for e in loop.events].count("bad_observation") == 1  # the info, ignored
+
+
 def test_a_reading_without_a_timestamp_or_with_ragged_values_gets_the_fallback_not_a_crash(export_dir: Path) -> None:
     # a reading with values but no timestamp raised AttributeError out of the run, and ragged values (a tuple of
     # an array and a dict from a callback) raised numpy's "inhomogeneous shape" ValueError: both ended the run
