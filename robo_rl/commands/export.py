@@ -47,7 +47,7 @@ keys:
                                    comes first)
   realtime=false                   true: sleep to the control rate (a real robot); false: as fast
                                    as possible
-  rate_hz=null                     control rate in Hz, > 0 (default: the sidecar's)
+  rate_hz=null                     control rate in Hz, 0.001 to 1e6 (default: the sidecar's)
   safety=null                      filter chain: configs/safety/<name>.yaml or a YAML path
                                    (default: the sidecar's)
   task=null                        the gymnasium id to simulate (default: the sidecar's task)
