@@ -652,7 +652,7 @@ def task_for(task_id: str, kwargs: dict[str, Any]) -> Task:
         import difflib
 
         close = difflib.get_close_matches(task_id, list(TASKS), n=2, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = f"; did you mean {', '.join(close)}?" if close else "."  # a sentence either way, before "It covers"
         raise ValueError(
             f"env.backend=mujoco has no task {task_id!r}{hint} It covers {', '.join(TASKS)}; "
             "any other gymnasium id runs on env.backend=gymnasium"

@@ -110,6 +110,8 @@ def test_make_env_backend_and_bad_input():
         make_env("Hoper-v5", backend="mujoco")
     with pytest.raises(ValueError, match="no task 'Pendulum-v1'.*env.backend=gymnasium"):
         make_env("Pendulum-v1", backend="mujoco")
+    with pytest.raises(ValueError, match=r"no task 'Zzzzzz-v0'\. It covers Hopper-v5"):  # no close match: still a sentence
+        make_env("Zzzzzz-v0", backend="mujoco")
     with pytest.raises(ValueError, match="unsupported keyword argument.*ctrl_costweight.*supported: .*ctrl_cost_weight"):
         make_env("Hopper-v5", backend="mujoco", kwargs={"ctrl_costweight": 0.1})
     with pytest.raises(ValueError, match="shape"):
