@@ -16,7 +16,9 @@ from torch import nn
 def tracing() -> bool:
     """True while torch.export / dynamo / jit.trace / the ONNX exporter records a graph: code with eager-only
     shortcuts takes its plain path then, so an export holds standard operators."""
-    return (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+    # torch.compiler.is_exporting is torch 2.6+ (pyproject allows 2.4); before it, is_compiling() covers torch.export
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return (torch.compiler.is_compiling() or (is_exporting is not None and is_exporting()) or torch.jit.is_tracing()
             or torch.onnx.is_in_onnx_export())
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -141,9 +142,11 @@ def _export_onnx(module: Any, example: tuple, path: Path, input_names: list[str]
                           verbose=False)
         return "dynamo"
     except Exception:  # older torch or an op the new exporter lacks: the TorchScript-based exporter
+        # torch 2.4's export has no dynamo= (it is always TorchScript-based there); from 2.9 its default is True
+        legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
         torch.onnx.export(module, example, str(path), input_names=input_names, output_names=["action"],
-                          dynamic_axes={name: {0: "batch"} for name in [*input_names, "action"]}, dynamo=False,
-                          opset_version=17)
+                          dynamic_axes={name: {0: "batch"} for name in [*input_names, "action"]}, opset_version=17,
+                          **legacy)
         return "torchscript-based"
 
 

@@ -96,3 +96,14 @@ def test_running_mean_std_refuses_a_batch_of_another_shape():
     data = torch.cat([rollout.reshape(-1, 4), rollout[0, 0][None]])
     torch.testing.assert_close(rms.mean, data.mean(0))
     torch.testing.assert_close(rms.var, data.var(0, unbiased=False))
+
+
+def test_fast_paths_work_on_a_torch_without_compiler_is_exporting(monkeypatch):
+    # pyproject allows torch>=2.4; torch.compiler.is_exporting arrived in 2.6, and every large Mish and every
+    # ensemble critic's output layer (SAC/TD3 updates) asked it, so training failed with AttributeError there
+    monkeypatch.delattr(torch.compiler, "is_exporting", raising=False)
+    x = torch.randn(64, 256)
+    assert torch.allclose(Mish()(x), torch.nn.functional.mish(x), rtol=1e-6, atol=1e-6)
+    layer = EnsembleLinear(2, 256, 1)
+    assert 2 * x.shape[0] >= layer.DOT_FROM
+    assert layer(x).shape == (2, 64, 1)

@@ -319,3 +319,20 @@ def test_re_export_in_the_other_format_removes_the_stale_model(tmp_path, first, 
     (tmp_path / "notes.txt").write_text("mine")
     sidecar = export_policy(_head("gaussian", {}), tmp_path, second)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["notes.txt", "policy.json", sidecar["model_file"]])
+
+
+def test_onnx_export_falls_back_on_a_torch_whose_export_has_no_dynamo_argument(tmp_path, monkeypatch):
+    """pyproject allows torch>=2.4, whose torch.onnx.export has no ``dynamo=`` (added in 2.5): the first call
+    (dynamo=True) fails there, and the TorchScript-based fallback must not pass ``dynamo=False`` either."""
+    real = torch.onnx.export
+
+    def export_of_torch_2_4(model, args, f, export_params=True, verbose=False, training=None, input_names=None,
+                            output_names=None, operator_export_type=None, opset_version=None,
+                            do_constant_folding=True, dynamic_axes=None):
+        return real(model, args, f, input_names=input_names, output_names=output_names,
+                    opset_version=opset_version, dynamic_axes=dynamic_axes, dynamo=False)
+
+    monkeypatch.setattr(torch.onnx, "export", export_of_torch_2_4)
+    export_policy(_head("gaussian", {}), tmp_path, "onnx")
+    sidecar = json.loads((tmp_path / "policy.json").read_text())
+    assert sidecar["exporter"] == "torchscript-based"
