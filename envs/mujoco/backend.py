@@ -38,9 +38,11 @@ _FIELDS_OF = {
     "gravity_scale": ("opt.gravity",),
 }
 
-# MjData fields that make up a simulation's integration state (mjSTATE_INTEGRATION), as bound by the batch
-_STATE_FIELDS = ("time", "qpos", "qvel", "act", "history", "qacc_warmstart", "ctrl", "qfrc_applied", "xfrc_applied",
-                 "eq_active", "mocap_pos", "mocap_quat", "userdata", "plugin_state", "plastic")
+# MjData fields that make up a simulation's integration state (mjSTATE_INTEGRATION), as bound by the batch; those
+# this MuJoCo has (``plastic`` came with MuJoCo 4: 3.17, the first release with mujoco.batch, lacks it)
+_STATE_FIELDS = tuple(f for f in ("time", "qpos", "qvel", "act", "history", "qacc_warmstart", "ctrl", "qfrc_applied",
+                                  "xfrc_applied", "eq_active", "mocap_pos", "mocap_quat", "userdata", "plugin_state",
+                                  "plastic") if hasattr(mujoco.MjData, f))
 
 
 def make_task_renderer(model: Any, task: Task, width: int | None, height: int | None) -> Any:

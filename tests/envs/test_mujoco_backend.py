@@ -1,6 +1,7 @@
 """The batched MuJoCo backend: bit-identical to gymnasium v5, exact snapshots, divergence, bad input."""
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import pytest
 import torch
@@ -66,6 +67,16 @@ def test_torch_view_is_the_float32_cast():
     assert torch.equal(step.obs, torch.from_numpy(r[0].astype(np.float32)))
     assert torch.equal(step.reward, torch.from_numpy(r[1].astype(np.float32)))
     assert "x_velocity" in step.info["task"] and step.info["diverged"].dtype == torch.bool
+
+
+def test_snapshots_hold_the_integration_state_of_the_installed_mujoco():
+    # the fields differ between releases (MuJoCo 4 added `plastic`; binding it on 3.17 raised ValueError in every
+    # snapshot): the backend keeps those the installed MjData has, which must be the batch's own state layout
+    import mujoco.batch
+
+    from envs.mujoco.backend import _STATE_FIELDS
+
+    assert set(_STATE_FIELDS) == set(mujoco.batch._STATE_FIELDS), f"MuJoCo {mujoco.__version__}"
 
 
 @pytest.mark.parametrize("task_id", ["Hopper-v5", "Ant-v5", "InvertedDoublePendulum-v5"])
