@@ -49,6 +49,15 @@ def test_frames_that_are_not_one_size_of_rgb_image_are_refused_and_leave_no_file
     assert not path.exists()  # no half-written video left behind
 
 
+def _gymnasium_version() -> tuple[int, ...]:
+    import gymnasium
+
+    return tuple(int(part) for part in gymnasium.__version__.split(".")[:2])
+
+
+# gymnasium's own renderer changed its default view before 1.4 (the batched backend's frames are the same with every
+# version, gymnasium 1.1-1.3's differ from them and from 1.4's): the frames are compared with 1.4's
+@pytest.mark.skipif(_gymnasium_version() < (1, 4), reason="gymnasium < 1.4 draws its default view differently")
 @pytest.mark.parametrize("task", ["HalfCheetah-v5", "Hopper-v5"])
 def test_batched_frames_draw_the_state_the_observation_describes(task):
     # gymnasium's render() after step() draws the geom positions MuJoCo computed at the start of the last substep
