@@ -2,6 +2,11 @@
 
 ``make_env`` is the one way to build an env from a backend name; see ``envs.base`` for the
 contract every backend keeps.
+
+Importing the package does not import torch: the contract (``BatchedEnv``, ``StepResult``) loads on
+first use and the backends when an env is built, so torch-free tools (``robo-rl deploy`` on a robot
+computer, ``robo-rl compare``) can use its helpers (rendering defaults, MuJoCo's log routing, the task
+registry) without paying torch's start-up.
 """
 
 from __future__ import annotations
@@ -9,17 +14,19 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from envs.base import BatchedEnv, StepResult
 from envs.randomization import RandomizationSpec
 from envs.resources import MIN_BYTES_PER_ENV, check_envs_fit
 import envs.tasks  # noqa: F401  (registers robo-rl's own gymnasium tasks)
 from envs.rendering import headless_gl_default
 
 headless_gl_default()  # before MuJoCo is imported: offscreen rendering needs EGL/OSMesa without a display
+
+if TYPE_CHECKING:
+    import torch
+
+    from envs.base import BatchedEnv, StepResult
 
 BACKENDS = ("auto", "gymnasium", "mujoco", "mjwarp", "isaac")
 
@@ -105,6 +112,8 @@ def _checked_kwargs(task_id: str, kwargs: Any) -> Mapping[str, Any] | None:
 
 
 def _checked_device(task_id: str, device: Any) -> torch.device:
+    import torch
+
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as exc:
@@ -112,6 +121,14 @@ def _checked_device(task_id: str, device: Any) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{task_id}: device={device}: CUDA is not available on this machine; use device='cpu'")
     return device
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("BatchedEnv", "StepResult"):  # imported here, not above: envs.base imports torch
+        from envs import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'envs' has no attribute {name!r}")
 
 
 __all__ = ["BACKENDS", "BatchedEnv", "RandomizationSpec", "StepResult", "make_env"]

@@ -16,8 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from envs.base import MissingDependency
-
 
 def headless_gl_default() -> None:
     """Without a display and an explicit choice: EGL for MuJoCo's offscreen rendering, and SDL's dummy video
@@ -111,6 +109,8 @@ def require_pyav() -> Any:
     try:
         import av
     except ImportError:
+        from envs.base import MissingDependency  # (envs.base imports torch; this module does not)
+
         raise MissingDependency("writing MP4 needs PyAV: pip install av (or pip install 'robo-rl[video]')") from None
     return av
 

@@ -82,7 +82,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from robo_rl.perf import tune_malloc
 
     try:
-        from envs.mujoco_log import route_mujoco_warnings  # (the envs package imports torch)
+        from envs.mujoco_log import route_mujoco_warnings  # (importing the envs package does not import torch)
         from envs.rendering import headless_gl_default
     except ImportError:
         if command != "deploy":

@@ -271,7 +271,7 @@ def _make(task: str, max_episode_steps: int | None, kwargs: dict[str, Any]) -> A
     import gymnasium as gym
 
     if task not in gym.registry and task.startswith("robo_rl/"):
-        import envs.tasks  # noqa: F401  registers robo-rl's own tasks (the envs package imports torch)
+        import envs.tasks  # noqa: F401  registers robo-rl's own tasks (without importing torch)
     try:
         return gym.make(task, max_episode_steps=max_episode_steps, **kwargs)
     except gym.error.Error as exc:

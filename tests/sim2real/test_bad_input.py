@@ -260,16 +260,20 @@ def test_a_safety_file_without_its_filters_list_is_refused_not_read_as_no_filter
     assert load_safety_spec("none") == {"filters": []}  # the way to say no filters
 
 
-def test_the_deploy_command_runs_without_torch(pendulum_export):
-    # a robot computer without torch: `robo-rl deploy` imported torch at start-up (through the envs package)
+@pytest.mark.parametrize("torch_installed", [False, True])
+def test_the_deploy_command_runs_without_torch(pendulum_export, torch_installed):
+    # a robot computer without torch: `robo-rl deploy` imported torch at start-up (through the envs package), and
+    # with torch installed it still did, which cost a second of start-up and the memory of torch's libraries
     import os
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['torch'] = None\n"  # any import of torch fails, as where it is not installed
-            "from robo_rl.cli import main\n"
+    code = ("import sys\n"
+            + ("" if torch_installed else "sys.modules['torch'] = None\n")  # any import of torch fails, as where it is not installed
+            + "from robo_rl.cli import main\n"
             f"code = main(['deploy', 'export={pendulum_export}', 'steps=20', 'out={pendulum_export / 'deploy.json'}'])\n"
-            "assert 'envs' not in sys.modules, 'the training stack was imported'\n"
+            "stack = sorted(m for m in ('torch', 'envs.base', 'policies', 'robo_rl.learners') if sys.modules.get(m))\n"
+            "assert not stack, f'the training stack was imported: {stack}'\n"
             "sys.exit(code)\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

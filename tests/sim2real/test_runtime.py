@@ -546,6 +546,23 @@ def test_runtime_robots_and_deploy_import_without_torch() -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_robo_rls_own_tasks_run_as_sim_robots_without_torch() -> None:
+    # registering them imports the envs package, which imported torch until 2026-12-05
+    code = ("import sys; sys.modules['torch'] = None\n"  # any import of torch fails, as where it is not installed
+            "import numpy as np\n"
+            "from sim2real.robots import MujocoSim2SimRobot\n"
+            "for task in ('robo_rl/TwoGoals-v0', 'robo_rl/ContactMaze-v0'):\n"
+            "    robot = MujocoSim2SimRobot(task)\n"
+            "    robot.connect()\n"
+            "    for _ in range(5):\n"
+            "        robot.send_action(robot.fallback_action())\n"
+            "    assert np.isfinite(robot.get_observation().values).all()\n"
+            "    robot.disconnect()\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
 def test_control_loop_arguments_are_checked_when_it_is_built(export_dir: Path) -> None:
     clock, sent = FakeClock(), []
     runtime, robot = PolicyRuntime(export_dir), scripted_robot(clock, {}, sent)
