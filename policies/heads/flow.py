@@ -71,7 +71,8 @@ class FlowHead(GenerativeHead):
         trunk = net.chain_trunk(noise.shape[0], noise.device)
         if self.solver == "euler":
             # [K, W]: step k's first-layer bias b_in + W_t emb(t_k) + t_k W_x b_o (t_k = k dt), one outer product
-            steps = torch.addr(linear(emb, net.time_in.weight, net.x_in.bias), times, torch.mv(w_in, b_out))
+            # (addcmul, not addr: the TorchScript-based ONNX exporter, torch's fallback, has no addr)
+            steps = torch.addcmul(linear(emb, net.time_in.weight, net.x_in.bias), times[:, None], torch.mv(w_in, b_out))
             y = noise
             for bias in (context + steps.unsqueeze(1)).unbind(0):
                 y = torch.addmm(y, trunk(torch.addmm(bias, y, w_x)), w_o, alpha=dt)
