@@ -314,9 +314,12 @@ class SafetyConfig:
     filters: List[Dict[str, Any]] = field(default_factory=list)
     passivity_aware: bool = False
     cost_key: str = "cost"  # the step info key (top level, or in info["task"]) holding the cost [N]
-    cost_budget: float = 0.05  # d: limit on the expected cost PER STEP (discounted average), same units as the cost
-    cost_gamma: float = 0.99  # discount of the cost critic's TD target
-    lagrange_lr: float = 0.01  # step size of the multiplier's projected ascent, per gradient update
+    cost_budget: float = 0.05  # d: limit on the expected cost PER STEP, same units as the cost
+    # discount of the cost critic's TD target: 0 bounds each step's expected cost (what a per-step budget means);
+    # > 0 bounds (1 - cost_gamma) times the discounted cost-to-go, which on tasks whose episodes end early
+    # (a goal) reads below the per-step rate (README: passivity study)
+    cost_gamma: float = 0.0
+    lagrange_lr: float = 1.0  # step size of the multiplier's projected ascent per gradient update, per unit of violation
     lagrange_init: float = 0.0  # lambda at the start (>= 0)
     cost_critic: CostCriticConfig = field(default_factory=CostCriticConfig)
 

@@ -17,6 +17,16 @@ min-max problem over the policy and a multiplier lambda >= 0:
   This is the usual  lambda + lr' (J_c - d / (1 - gamma_c))  with lr' = lr (1 - gamma_c): measuring the
   violation in per-step cost units keeps ``lagrange_lr`` meaningful whatever ``cost_gamma`` is.
 
+The defaults, gamma_c = 0 and lr = 1, are what made the constraint bind on ContactMaze (README: passivity
+study). With gamma_c = 0 the cost critic learns one step's expected cost, so the estimate above is the
+per-step cost at replay states, the quantity a per-step budget bounds. With gamma_c = 0.99 (the default
+until 2026-12-05) two things kept lambda at 0 for whole 40k-step runs: on a task whose episodes end at a
+goal after ~65 steps, (1 - gamma_c) Q_c counts the cost of the remaining episode, not 1 / (1 - gamma_c)
+steps of it, and read about a third of the measured 0.07 J per step; and the bootstrapped cost critic was
+still climbing at the end of the run. The multiplier's step is per unit of violation in cost units, which
+for an energy in joules per step is ~0.01: at lr = 0.01 lambda reached 0.4 in 10k updates, against the
+~1 at which the penalty moved the policy.
+
 It is its own file (not an option inside sac.py) so that sac.py stays the plain reference SAC; it
 reuses SAC's reward critic, temperature and target steps unchanged and adds the cost critic, the
 multiplier and the penalized actor. The runner selects it with ``safety.passivity_aware=true``.
@@ -46,8 +56,8 @@ class LagrangianSAC(SAC):
         self,
         policy: PolicyHead,
         cost_budget: float = 0.05,
-        cost_gamma: float = 0.99,
-        lagrange_lr: float = 0.01,
+        cost_gamma: float = 0.0,
+        lagrange_lr: float = 1.0,
         lagrange_init: float = 0.0,
         cost_num_critics: int = 2,
         cost_critic_hidden: Sequence[int] | None = None,
