@@ -224,6 +224,24 @@ def test_multiplier_is_projected_ascent_on_the_per_step_violation(budget, expect
     assert float(metrics["cost_rate_estimate"]) == pytest.approx(0.3, abs=1e-4)
 
 
+@pytest.mark.parametrize("old_defaults", [False, True])
+def test_the_default_estimate_reads_the_per_step_cost_where_episodes_end_early(old_defaults):
+    """Every step costs 0.07 against a budget of 0.03, and every third step ends its episode (a goal). With the
+    defaults (cost_gamma=0, lagrange_lr=1) the estimate is the per-step cost and lambda rises. With the defaults
+    until 2026-12-05 (0.99, 0.01), (1 - gamma_c) Q_c counts the few remaining steps of each episode, reads
+    far below the budget, and lambda stays at 0: what happened in the passivity study on ContactMaze."""
+    torch.manual_seed(0)
+    lag = small_lagrangian(cost_budget=0.03, **({"cost_gamma": 0.99, "lagrange_lr": 0.01} if old_defaults else {}))
+    batch = cost_batch()._replace(costs=torch.full((8,), 0.07))
+    for _ in range(300):
+        metrics = lag.update(batch)
+    estimate = float(metrics["cost_rate_estimate"])  # max over the twin cost critics, at the policy's actions
+    if old_defaults:
+        assert estimate < 0.01 and float(lag.lagrange) == 0.0  # measured 0.002
+    else:
+        assert 0.05 < estimate < 0.15 and float(lag.lagrange) > 1.0  # measured 0.11 (the twins' max), lambda 47
+
+
 def test_actor_pays_lambda_times_the_cost_critic():
     lag = small_lagrangian(init_alpha=0.5)
     constant_q(lag.critic, [1.0, 2.0])  # min = 1
