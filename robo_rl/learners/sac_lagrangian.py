@@ -24,8 +24,8 @@ until 2026-12-05) two things kept lambda at 0 for whole 40k-step runs: on a task
 goal after ~65 steps, (1 - gamma_c) Q_c counts the cost of the remaining episode, not 1 / (1 - gamma_c)
 steps of it, and read about a third of the measured 0.07 J per step; and the bootstrapped cost critic was
 still climbing at the end of the run. The multiplier's step is per unit of violation in cost units, which
-for an energy in joules per step is ~0.01: at lr = 0.01 lambda reached 0.4 in 10k updates, against the
-~1 at which the penalty moved the policy.
+for an energy in joules per step is ~0.01: at lr = 0.01 lambda reached 0.4 in 10k env steps (5k updates),
+against the ~1 at which the penalty moved the policy.
 
 It is its own file (not an option inside sac.py) so that sac.py stays the plain reference SAC; it
 reuses SAC's reward critic, temperature and target steps unchanged and adds the cost critic, the
