@@ -4,7 +4,8 @@ Every YAML file in ``configs/`` is merged onto one of these dataclasses, so an u
 value of the wrong type fails at composition with a message naming the key. Fields left ``None``
 mean "the learner's default" (e.g. 256x256 networks for SAC, 64x64 for PPO) and are filled in by
 ``robo_rl.defaults.resolve_defaults``; ``robo_rl.validation`` checks the values before any work
-starts; the run directory's ``config.yaml`` shows the resolved values.
+starts; the run directory's ``config.yaml`` shows the resolved values. ``compose_config`` composes
+what a command line would (this module imports no torch, so the CLI checks a config before importing it).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import json
 import math
 import re
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 # -- algorithms ----------------------------------------------------------------------------------
@@ -491,3 +494,37 @@ def saved_unit_actions(policy: Any) -> bool | None:
     if policy.get("unit_actions") is not None:
         return bool(policy["unit_actions"])
     return policy.get("squash") is not False
+
+
+def compose_config(overrides: Iterable[str] = ()) -> DictConfig:
+    """The config `robo-rl train <overrides>` would run, for use from Python (tests, benchmarks)."""
+    from hydra import compose, initialize_config_dir
+
+    from robo_rl.commands.common import quote_paths
+    from robo_rl.commands.train import register_resolvers
+    from robo_rl.runs import saved_group_choices
+    from robo_rl.validation import ConfigError
+
+    if isinstance(overrides, str) or not isinstance(overrides, Iterable):
+        raise TypeError(f"compose_config takes a list of key=value strings, e.g. compose_config(['algo=sac']); "
+                        f"got {overrides!r}")
+    overrides = list(overrides)  # a generator is read once: the check below must not use it up
+    if not all(isinstance(o, str) for o in overrides):
+        raise TypeError(f"compose_config takes a list of key=value strings, e.g. compose_config(['algo=sac']); "
+                        f"got {overrides!r}")
+    register_schemas()
+    register_resolvers()
+    overrides = quote_paths(overrides)  # resume=runs/sweep/seed=1
+    config_dir = str(Path(__file__).resolve().parent / "configs")
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        try:
+            return compose(config_name="config", overrides=integral_literals(saved_group_choices(overrides) + overrides,
+                                                                              integer_keys()))
+        except Exception as exc:  # noqa: BLE001 - worded below (outside this Hydra context, which the hints compose in)
+            failed = exc
+    from robo_rl.commands.train import composition_message
+
+    message = composition_message(failed, overrides)  # as the CLI words it: stepz -> did you mean steps?
+    if message is None:
+        raise failed
+    raise ConfigError(message)

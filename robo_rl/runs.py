@@ -7,15 +7,16 @@ import errno
 import logging
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from envs import BatchedEnv
-from policies.heads import PolicyHead
-from robo_rl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from robo_rl.config import ALGO_SCHEMAS, POLICY_SCHEMAS, TrainConfig, saved_unit_actions
 from robo_rl.validation import ConfigError
+
+if TYPE_CHECKING:  # (torch is imported where a checkpoint is read: the CLI checks a config before importing it)
+    from envs import BatchedEnv
+    from policies.heads import PolicyHead
 
 CONFIG_FILE = "config.yaml"
 LOCK_FILE = ".lock"
@@ -149,6 +150,8 @@ def directory_problem(path: Path) -> str | None:
 
 
 def resolve_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
+    from robo_rl.checkpoint import CheckpointError, latest_checkpoint
+
     if checkpoint is not None:
         return Path(checkpoint)
     path = latest_checkpoint(Path(run_dir) / "checkpoints", warn=log.warning)  # names a checkpoint it skips
@@ -193,6 +196,7 @@ def _saved_by(checkpoint: Path, algo: str) -> str:
 def load_learner(cfg: DictConfig, env: BatchedEnv, checkpoint: Path, device: str = "cpu"):  # -> Learner
     """Build the run's learner and load every module (policy, critics, normalizers) from ``checkpoint``."""
     from robo_rl.build import build_learner, build_policy
+    from robo_rl.checkpoint import CheckpointError, load_checkpoint
 
     state, _ = load_checkpoint(checkpoint, load_replay=False)
     learner = build_learner(cfg, build_policy(cfg, env))

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from envs.mujoco_log import route_mujoco_warnings
 from envs.resources import usable_cpus
+from robo_rl.config import compose_config  # (here too: robo_rl.train's Python API)
 from robo_rl.build import build_env_checked, build_learner, build_policy, build_runner, check_env_runs, check_safety
 from robo_rl.defaults import resolve_defaults, task_defaults
 from robo_rl.validation import ConfigError, validate
@@ -28,8 +29,7 @@ from robo_rl.learners.gorl import refit_updates
 from robo_rl.runners.checkpoints import find_resume_checkpoint
 from robo_rl.runners.off_policy import add_update_credit
 from robo_rl.runners.stopping import Interrupted
-from robo_rl.runs import (CONFIG_FILE, directory_problem, load_run_config, refuse_busy_run_dir, run_dir_lock,
-                          saved_group_choices)
+from robo_rl.runs import CONFIG_FILE, directory_problem, load_run_config, refuse_busy_run_dir, run_dir_lock
 
 log = logging.getLogger("robo_rl")
 
@@ -134,39 +134,6 @@ def python_api_overrides(cfg: DictConfig) -> list[str]:
     base = compose_config([])
     return [f"{k}={OmegaConf.select(cfg, k)}" for k in sorted(RESUME_OVERRIDABLE - {"resume", "run_dir"})
             if OmegaConf.select(cfg, k) != OmegaConf.select(base, k)]
-
-
-def compose_config(overrides: Iterable[str] = ()) -> DictConfig:
-    """The config `robo-rl train <overrides>` would run, for use from Python (tests, benchmarks)."""
-    from hydra import compose, initialize_config_dir
-
-    from robo_rl.commands.common import quote_paths
-    from robo_rl.commands.train import register_resolvers
-    from robo_rl.config import integer_keys, integral_literals, register_schemas
-
-    if isinstance(overrides, str) or not isinstance(overrides, Iterable):
-        raise TypeError(f"compose_config takes a list of key=value strings, e.g. compose_config(['algo=sac']); "
-                        f"got {overrides!r}")
-    overrides = list(overrides)  # a generator is read once: the check below must not use it up
-    if not all(isinstance(o, str) for o in overrides):
-        raise TypeError(f"compose_config takes a list of key=value strings, e.g. compose_config(['algo=sac']); "
-                        f"got {overrides!r}")
-    register_schemas()
-    register_resolvers()
-    overrides = quote_paths(overrides)  # resume=runs/sweep/seed=1
-    config_dir = str(Path(__file__).resolve().parent / "configs")
-    with initialize_config_dir(config_dir=config_dir, version_base=None):
-        try:
-            return compose(config_name="config", overrides=integral_literals(saved_group_choices(overrides) + overrides,
-                                                                              integer_keys()))
-        except Exception as exc:  # noqa: BLE001 - worded below (outside this Hydra context, which the hints compose in)
-            failed = exc
-    from robo_rl.commands.train import composition_message
-
-    message = composition_message(failed, overrides)  # as the CLI words it: stepz -> did you mean steps?
-    if message is None:
-        raise failed
-    raise ConfigError(message)
 
 
 class _Held(logging.Handler):

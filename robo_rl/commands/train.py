@@ -83,6 +83,11 @@ def train_main(args: Sequence[str]) -> int:
         return error("aborted by Ctrl-C before any job started", EXIT_SIGINT)
     if problem is not None:
         return error(problem, EXIT_USAGE)
+    if any(a in ("--help", "-h") for a in args) and "--hydra-help" not in args:
+        text = train_help(args)
+        if text is not None:
+            print(text)
+            return 0
     config_dir = str(Path(__file__).resolve().parents[1] / "configs")
     exit_code = 0
     sweep_dirs: list[str] = []  # a multirun's directory, once per job
@@ -195,10 +200,7 @@ def composition_problem(args: Sequence[str]) -> str | None:
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
         # --help, --cfg, --info, ...: Hydra's business, but on a config these overrides can make (`algo=foo
         # --help` would be Hydra's traceback); sweeps are not composed here
-        plain = [a for a in args if ("=" in a and not a.startswith("-") and not override_key(a).startswith("hydra")
-                                     and not is_sweep(a.split("=", 1)[1]))
-                 or (a.startswith("~") and "=" not in a)]  # ~env.kwargs.<name> (hydra_problem refused the others)
-        return overrides_problem(plain)
+        return overrides_problem(config_overrides(args))
 
     plain: list[str] = []  # the overrides, each sweep at its first value
     sweeps: list[tuple[int, list[str]]] = []  # (position in plain, every value of that sweep as key=value)
@@ -217,6 +219,34 @@ def composition_problem(args: Sequence[str]) -> str | None:
     if problem is not None or not any(a in ("-m", "--multirun") for a in args):
         return problem
     return sweep_problem(plain, sweeps)
+
+
+def config_overrides(args: Sequence[str]) -> list[str]:
+    """The overrides among ``args`` that make the config (no flags, ``hydra.*`` keys or sweeps)."""
+    return [a for a in args if ("=" in a and not a.startswith("-") and not override_key(a).startswith("hydra")
+                                and not is_sweep(a.split("=", 1)[1]))
+            or (a.startswith("~") and "=" not in a)]  # ~env.kwargs.<name> (hydra_problem refused the others)
+
+
+def train_help(args: Sequence[str]) -> str | None:
+    """``robo-rl train [overrides] --help``: the help template (configs/hydra/help) around the config the
+    overrides make, as Hydra prints it, without Hydra's help path, which first lists every option of every
+    config group (a second or more) for placeholders the template does not use. None, for Hydra to print
+    it, when the template (or a ``hydra.*`` override) asks for more than the config."""
+    import string
+
+    from omegaconf import OmegaConf
+
+    from robo_rl.config import compose_config
+
+    if any(override_key(a).startswith("hydra") for a in args if "=" in a):
+        return None
+    help_file = Path(__file__).resolve().parents[1] / "configs" / "hydra" / "help" / "robo_rl.yaml"
+    template = OmegaConf.create({"hydra": {"help": OmegaConf.load(help_file)}}).hydra.help.template  # resolved
+    if {m.group("named") or m.group("braced") for m in string.Template.pattern.finditer(template)} - {"CONFIG", None}:
+        return None
+    cfg = compose_config(config_overrides(args))
+    return string.Template(template).substitute(CONFIG=OmegaConf.to_yaml(cfg, resolve="--resolve" in args))
 
 
 # Hydra's flags that would read another config than robo-rl's (or print a traceback): refused with what to use
@@ -303,7 +333,7 @@ def parse_problem(override: str) -> str | None:
 
 def overrides_problem(overrides: list[str]) -> str | None:
     """Compose ``overrides`` (no sweeps): None if they make a config, else what is wrong."""
-    from robo_rl.train import compose_config
+    from robo_rl.config import compose_config
     from robo_rl.validation import ConfigError
 
     try:
@@ -318,7 +348,7 @@ def composition_message(exc: Exception, overrides: list[str]) -> str | None:
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-    from robo_rl.train import compose_config
+    from robo_rl.config import compose_config
 
     if isinstance(exc, OverrideParseException):  # Hydra's grammar: e.g. an unquoted = or ( inside a value
         return (f"{' '.join(str(exc).split())} (quote a value that holds =, brackets or spaces for Hydra: "
