@@ -224,6 +224,9 @@ class ControlLoop:
             if dim is not None and dim != self.runtime.act_dim:
                 raise ValueError(f"ControlLoop: the filter chain was built for action_dim={dim}, the policy acts in "
                                  f"{self.runtime.act_dim} dimensions; build it with action_dim={self.runtime.act_dim}")
+            from sim2real.filters.chain import check_control_dt
+
+            check_control_dt(getattr(filters, "filters", [filters]), self.period)  # as build_chain checks a spec's
             return filters  # an already-built chain: chain(action[B, A], obs[B, O]) -> (action, report)
         spec = (list(filters) if isinstance(filters, (list, tuple)) else filters) if filters is not None else \
             self.runtime.sidecar.get("safety", {}).get("filters")
@@ -331,10 +334,21 @@ class ControlLoop:
                           wall_time=time.perf_counter() - wall0, rate_hz=self.rate_hz, interrupted=interrupted)
 
     def _safe_stop(self) -> None:
-        """On Ctrl+C or an error: one last fallback command, so the robot is not left on the policy's."""
+        """On Ctrl+C or an error: one last fallback command, so the robot is not left on the policy's.
+
+        It goes to the robot in one step (no rate limit: there is no next tick to finish the ramp), but within
+        the filters' stateless limits (a box) and the action bounds, as every command the loop sends."""
         try:
             if self.robot.is_connected:
-                self.robot.send_action(self._fallback())
+                command = fallback = self._fallback()
+                try:
+                    for f in getattr(self.filters, "filters", ()):
+                        command = np.asarray(f.admissible(command[None]), np.float64).reshape(-1)
+                except Exception:  # a filter's own failure: the action bounds still hold
+                    command = fallback
+                if command.shape != fallback.shape or not np.isfinite(command).all():
+                    command = fallback
+                self.robot.send_action(np.clip(command, self.runtime.action_low, self.runtime.action_high))
         except Exception:  # the original error matters more than a failed last command
             pass
 

@@ -149,15 +149,24 @@ def build_chain(spec: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None, ac
         for key in required:
             if key not in params:
                 raise ValueError(f"{where}: missing key {key!r} (required: {', '.join(required)})")
-        if control_dt is not None and "dt" in params:
-            dt = params["dt"]
-            if isinstance(dt, (int, float)) and not isinstance(dt, bool) and abs(float(dt) - control_dt) > 1e-9 * max(1.0, control_dt):
-                raise ValueError(f"{where}: dt={dt} is not the control period {control_dt:g} s of this env: set "
-                                 f"dt: {control_dt:g} (the filter's accounting is per control step)")
         if cls.uses_obs:
             params["obs_dim"] = obs_dim
         try:
             filters.append(cls(action_dim, **params))
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
+    if control_dt is not None:
+        check_control_dt(filters, control_dt)
     return FilterChain(filters, action_dim=action_dim)
+
+
+def check_control_dt(filters: Sequence[Any], control_dt: float) -> None:
+    """Raise ValueError if a filter's ``dt`` (energy tank, barrier filter) is not ``control_dt``, the period the
+    filters are called at. Checked on the built filters, so a chain built without ``control_dt`` and handed to
+    the control loop, or a ``dt`` given as a numpy number, is held to it as a spec is."""
+    for i, f in enumerate(filters):
+        dt = getattr(f, "dt", None)
+        if isinstance(dt, (int, float, np.integer, np.floating)) and abs(float(dt) - control_dt) > 1e-9 * max(1.0, control_dt):
+            raise ValueError(f"safety.filters[{i}] ({getattr(f, 'name', type(f).__name__)}): dt={dt} is not the control "
+                             f"period {control_dt:g} s of this env: set dt: {control_dt:g} (the filter's accounting is "
+                             f"per control step)")

@@ -392,6 +392,31 @@ def test_ctrl_c_sends_the_fallback_and_returns_a_report(export_dir: Path) -> Non
     np.testing.assert_allclose(sent[-1][1], [0.8, -0.8])
 
 
+def test_the_last_command_after_ctrl_c_or_an_error_stays_in_the_filters_box_and_the_action_bounds(tmp_path: Path) -> None:
+    # the stop command was sent raw: a fallback outside the box (or the export's bounds) reached the robot
+    def interrupt():
+        raise KeyboardInterrupt
+
+    def fail():
+        raise RuntimeError("driver lost")
+
+    box = [{"type": "box", "low": -0.5, "high": 0.5}, {"type": "rate", "max_delta": 0.1}]
+    cases = (([], (2.0, -3.0), interrupt, [1.0, -1.0]),  # no filters: the export's bounds [-1, 1]
+             (box, (0.8, -0.8), interrupt, [0.5, -0.5]),  # the box, in one step (no ramp: there is no next tick)
+             (None, (0.8, -0.8), fail, [0.3, -0.3]))  # the sidecar's box
+    for i, (filters, fallback, stop, expected) in enumerate(cases):
+        export = make_export(tmp_path / f"e{i}", safety={"filters": [{"type": "box", "low": -0.3, "high": 0.3}]})
+        clock, sent = FakeClock(), []
+        loop = ControlLoop(PolicyRuntime(export), scripted_robot(clock, {2: stop}, sent, fallback=fallback),
+                           filters=filters, watchdog=NO_INFERENCE_LIMIT, clock=clock, sleep=clock.sleep)
+        if stop is fail:
+            with pytest.raises(RuntimeError, match="driver lost"):
+                loop.run()
+        else:
+            assert loop.run().interrupted
+        np.testing.assert_allclose(sent[-1][1], expected)
+
+
 # --- sim2sim robot and deploy ----------------------------------------------------------------------
 
 def test_sim2sim_robot_latency_timestep_noise_and_physics() -> None:
@@ -601,6 +626,23 @@ def test_a_robot_that_reports_garbage_gets_events_and_the_fallback_not_a_crash(e
     assert all(np.abs(a).max() <= 0.5 for _, a in sent)
     with pytest.raises(ValueError, match="the filter chain was built for action_dim=3, the policy acts in 2 dimensions"):
         ControlLoop(PolicyRuntime(export_dir), robot, filters=build_chain([], action_dim=3))
+
+
+def test_a_built_chain_whose_dt_is_not_the_loop_s_period_is_refused_as_a_spec_is(export_dir: Path) -> None:
+    # a tank told 0.02 s on the 0.04 s loop bounds a command's work over half the period it really acts:
+    # a spec list was refused, the same chain built by hand was run
+    from sim2real.filters import build_chain
+
+    tank = {"type": "energy_tank", "velocity_index": [2, 3], "position_index": [0, 1], "dt": 0.02, "damping": 4.0,
+            "initial_energy": 1.0, "max_energy": 2.0}
+    robot = CallbackRobot(lambda: np.zeros(4), lambda a: None, action_dim=2)
+    for filters in ([tank], build_chain([tank], 2, 4)):
+        with pytest.raises(ValueError, match=r"\(energy_tank\): dt=0.02 is not the control period 0.04 s"):
+            ControlLoop(PolicyRuntime(export_dir), robot, filters=filters, watchdog=NO_INFERENCE_LIMIT)
+    with pytest.raises(ValueError, match=r"\(energy_tank\): dt=0.0199.* is not the control period 0.04 s"):
+        build_chain([{**tank, "dt": np.float32(0.02)}], 2, 4, control_dt=0.04)  # a numpy number is checked too
+    ControlLoop(PolicyRuntime(export_dir), robot, filters=build_chain([{**tank, "dt": 0.04}], 2, 4),
+                watchdog=NO_INFERENCE_LIMIT)
 
 
 def test_an_unusable_current_action_or_info_is_logged_and_the_policy_still_acts(export_dir: Path) -> None:
