@@ -416,13 +416,18 @@ def _read_manifest(path: Path, manifest_path: Path) -> dict[str, Any]:
     return manifest
 
 
+_MAX_DEPTH = 100  # of a state.json skeleton (a training state's is ~10): unflatten_state recurses 2 frames a level
+
+
 def _check_skeleton(node: Any) -> None:
     """Raise ValueError if a state.json skeleton is not what ``flatten_state`` writes."""
-    stack = [node]
+    stack = [(node, 0)]
     while stack:
-        node = stack.pop()
+        node, depth = stack.pop()
+        if depth > _MAX_DEPTH and isinstance(node, (list, dict)):
+            raise ValueError(f"nested deeper than {_MAX_DEPTH} levels")
         if isinstance(node, list):
-            stack.extend(node)
+            stack.extend((v, depth + 1) for v in node)
         elif isinstance(node, dict):
             for marker in ("__tensor__", "__ndarray__"):
                 if marker in node and not isinstance(node[marker], str):
@@ -432,13 +437,13 @@ def _check_skeleton(node: Any) -> None:
                 if not isinstance(items, list) or not all(
                         isinstance(i, list) and len(i) == 2 and not isinstance(i[0], (list, dict)) for i in items):
                     raise ValueError(f"__items__ holds {items!r:.80}, expected [[key, value], ...]")
-                stack.extend(i[1] for i in items)
+                stack.extend((i[1], depth + 1) for i in items)
             elif "__tuple__" in node:
                 if not isinstance(node["__tuple__"], list):
                     raise ValueError(f"__tuple__ holds {node['__tuple__']!r:.80}, expected a list")
-                stack.extend(node["__tuple__"])
+                stack.extend((v, depth + 1) for v in node["__tuple__"])
             elif "__tensor__" not in node and "__ndarray__" not in node:
-                stack.extend(node.values())
+                stack.extend((v, depth + 1) for v in node.values())
 
 
 def _read_skeleton(path: Path) -> Any:

@@ -47,5 +47,11 @@ class RewardNormalizer:
         return {"mean": self.mean, "var": self.var, "count": self.count, "returns": self.returns.copy()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.mean, self.var, self.count = float(state["mean"]), float(state["var"]), float(state["count"])
-        self.returns = np.array(state["returns"], dtype=np.float64)
+        """Load what ``state_dict`` wrote; a returns trace of another shape (another num_envs) is a ValueError,
+        raised before anything changes."""
+        mean, var, count = float(state["mean"]), float(state["var"]), float(state["count"])
+        returns = np.array(state["returns"], dtype=np.float64)
+        if returns.shape != self.returns.shape:
+            raise ValueError(f"reward_norm.returns has shape {list(returns.shape)}, expected {list(self.returns.shape)} "
+                             "(one discounted return per env)")
+        self.mean, self.var, self.count, self.returns = mean, var, count, returns

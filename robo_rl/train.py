@@ -24,7 +24,7 @@ from robo_rl.defaults import resolve_defaults, task_defaults
 from robo_rl.validation import ConfigError, validate
 from robo_rl.metrics import setup_console_logging
 from robo_rl.memory import buffers_needed, check_fits
-from robo_rl.checkpoint import list_checkpoints
+from robo_rl.checkpoint import list_checkpoints, recover
 from robo_rl.learners.gorl import refit_updates
 from robo_rl.runners.checkpoints import find_resume_checkpoint
 from robo_rl.runners.off_policy import add_update_credit
@@ -84,6 +84,9 @@ def prepare(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str] = ()) -
             saved.resume = str(run_dir)
             saved.run_dir = str(run_dir)
         validate(saved)
+        # first put back a checkpoint a re-save killed between its renames left hidden: with checkpoint.keep=1 (or a
+        # first checkpoint re-saved after the final evaluation) it is the run's only one, not "no checkpoint yet"
+        recover(run_dir / "checkpoints", warn=log.warning)
         if not list_checkpoints(run_dir / "checkpoints"):  # stopped (killed) before its first checkpoint
             log.info(f"resume={run_dir}: the run stopped before its first checkpoint, so there is nothing to continue "
                      "from; starting it again from step 0 with its saved config")

@@ -166,6 +166,10 @@ class RunnerCheckpoints:
             self._row_interventions = int(row.get("interventions", 0))
             self._acc = {tuple(m["keys"]): (torch.tensor(m["total"], dtype=torch.float32, device=self.device), int(m["n"]))
                          for m in row.get("metric_sums", [])}
+            for keys, (total, n) in self._acc.items():  # a sum per key: the next update's metrics add to it
+                if not all(isinstance(k, str) for k in keys) or total.shape != (len(keys),) or n < 1:
+                    raise ValueError(f"row.metric_sums holds {total.tolist()!r:.80} over {n} update(s) for the "
+                                     f"{len(keys)} metric(s) {list(keys)!r:.80}")
             history = r["eval_history"]
             if not isinstance(history, list) or not all(
                     isinstance(e, dict) and all(isinstance(e.get(k), (int, float)) for k in ("step", "return_mean", "return_std"))
@@ -199,7 +203,7 @@ class RunnerCheckpoints:
             part = "its replay buffer (replay.npz)"
             if replay is not None:
                 self.load_replay_state(replay)
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, OverflowError) as exc:
             raise CheckpointError(f"checkpoint {path} cannot be resumed: {part} does not fit this run "
                                   f"({type(exc).__name__}: {str(exc):.300})") from None
 

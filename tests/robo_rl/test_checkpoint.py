@@ -158,7 +158,8 @@ def test_malformed_manifest_is_skipped_on_resume_not_a_crash(tmp_path, manifest)
 
 
 @pytest.mark.parametrize("skeleton", ['{"__tuple__": 5}', '{"a": {"__items__": [[1]]}}', '{"a": {"__tensor__": [1]}}',
-                                      '{"a": {"__items__": [[[1], 2]]}}', '[' * 100_000])
+                                      '{"a": {"__items__": [[[1], 2]]}}', '[' * 100_000,
+                                      '{"a": ' + '[' * 700 + ']' * 700 + '}'])  # parses, but is deeper than the stack
 def test_malformed_state_json_is_a_checkpoint_error_naming_the_file(tmp_path, skeleton):
     good = save_checkpoint(tmp_path, 100, sample_state())
     bad = save_checkpoint(tmp_path, 200, sample_state())

@@ -126,6 +126,18 @@ def test_reward_normalizer_by_hand():
     np.testing.assert_allclose(norm.returns, returns)
 
 
+def test_reward_normalizer_refuses_a_saved_trace_of_another_shape_before_changing():
+    import pytest
+
+    from robo_rl.normalization import RewardNormalizer
+
+    norm = RewardNormalizer(num_envs=4, gamma=0.5)
+    saved = {**RewardNormalizer(num_envs=3, gamma=0.5).state_dict(), "mean": 7.0}
+    with pytest.raises(ValueError, match=r"reward_norm\.returns has shape \[3\], expected \[4\]"):
+        norm.load_state_dict(saved)  # it was taken, and the next step failed to broadcast (3,) with (4,)
+    assert norm.mean == 0.0 and norm.returns.shape == (4,)
+
+
 def runner_with_recorded_steps(tmp_path, *overrides, limit=5):
     """A runner built as `robo-rl train` builds it, on InvertedPendulum with a short time limit: random actions
     end some episodes by termination and the others by the limit, at different steps in each env copy.

@@ -3,8 +3,10 @@
 import csv
 import json
 import math
+import os
 import shutil
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -493,6 +495,31 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(tmp_
         train(compose(f"resume={run}"), tmp_path / "unused", [f"resume={run}"])
 
 
+def test_a_resume_puts_back_the_only_checkpoint_a_killed_resave_left_aside(tmp_path, monkeypatch):
+    # checkpoint.keep=1 and a final evaluation after the step-300 checkpoint: it is saved again, and the run is
+    # killed between moving the old one aside and moving the new one in; the resume used to see no step_X,
+    # said "stopped before its first checkpoint" and trained again from step 0 (the complete one then went too)
+    import robo_rl.checkpoint as ckpt
+
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(src).name.startswith(".tmp-") and any(p.name.startswith(".old-") for p in Path(dst).parent.iterdir()):
+            raise KeyboardInterrupt("killed between the two renames")
+        return real(src, dst)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(ckpt.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        train(compose(*SMALL_SAC, "steps=300", "checkpoint.every=100", "checkpoint.keep=1", "eval.every=1000"), run)
+    monkeypatch.setattr(ckpt.os, "replace", real)
+    assert list_checkpoints(run / "checkpoints") == []  # the window: step_300 only as .old-/.tmp-
+    train(compose(f"resume={run}", "steps=400"), run, [f"resume={run}", "steps=400"])
+    log = (run / "train.log").read_text()
+    assert "stopped before its first checkpoint" not in log
+    assert f"resumed from {run / 'checkpoints' / 'step_0000000300'} at step 300" in log
+
+
 def test_resuming_a_finished_run_prunes_what_a_killed_prune_left(tmp_path):
     run = tmp_path / "run"
     train(compose(*SMALL_SAC, "steps=300", "checkpoint.every=100", "checkpoint.keep=2"), run)
@@ -679,6 +706,29 @@ def test_resume_falls_back_past_a_checkpoint_whose_runner_env_or_replay_state_do
     assert f"cannot resume from {c400.name}: checkpoint {c400} cannot be resumed: its runner state" in log
     assert f"cannot resume from {c300.name}: checkpoint {c300} cannot be resumed: its replay buffer (replay.npz)" in log
     assert f"cannot resume from {c200.name}: checkpoint {c200} cannot be resumed: its environment state" in log
+    assert f"resumed from {run / 'checkpoints' / 'step_0000000100'} at step 100" in log
+
+
+def test_resume_falls_back_past_runner_state_that_would_fail_only_later(tmp_path):
+    # every file matches its manifest: a counter JSON reads as infinity escaped as a bare OverflowError (a traceback,
+    # no fallback), and running metric sums of another length were taken and failed at the next update
+    run = tmp_path / "run"
+    train(compose(*SMALL_SAC, "steps=300", "checkpoint.every=100", "checkpoint.keep=5"), run)
+    c300, c200 = list_checkpoints(run / "checkpoints")[::-1][:2]
+    state = json.loads((c300 / "state.json").read_text())
+    state["runner"]["step"] = math.inf
+    rewrite_consistently(c300, "state.json", json.dumps(state))
+    state = json.loads((c200 / "state.json").read_text())
+    state["runner"]["row"]["metric_sums"] = [{"keys": ["critic_loss", "actor_loss", "q_mean", "entropy", "alpha",
+                                                       "alpha_loss"], "total": [1.0, 2.0], "n": 1}]
+    rewrite_consistently(c200, "state.json", json.dumps(state))
+    summary = train(compose(f"resume={run}", "steps=400"), run, [f"resume={run}", "steps=400"])
+    assert summary["steps"] == 400
+    log = (run / "train.log").read_text()
+    assert f"cannot resume from {c300.name}: checkpoint {c300} cannot be resumed: its runner state" in log
+    assert "OverflowError" in log
+    assert f"cannot resume from {c200.name}: checkpoint {c200} cannot be resumed: its runner state" in log
+    assert "row.metric_sums" in log
     assert f"resumed from {run / 'checkpoints' / 'step_0000000100'} at step 100" in log
 
 
