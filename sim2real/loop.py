@@ -43,6 +43,10 @@ class Robot(abc.ABC):
     """What the control loop talks to. Subclass it for hardware; see ``sim2real.robots`` for examples."""
 
     action_dim: int
+    #: the float type the robot applies commands in (float32 for a MuJoCo task or a float32 driver message): the
+    #: loop filters and bounds each command at it, so the numbers the actuators get are inside the filters'
+    #: limits (float32(0.1) is above 0.1); read when the loop starts, after ``connect()``
+    action_dtype: Any = np.float64
 
     @abc.abstractmethod
     def connect(self) -> None: ...
@@ -213,6 +217,7 @@ class ControlLoop:
         self.max_skew = wd.max_clock_skew if wd.max_clock_skew is not None else 0.1 * self.period
         self.realtime, self.clock, self.sleep, self.max_events = realtime, clock, sleep, max_events
         self.filters = self._build_filters(filters)
+        self._set_action_dtype()  # (again when a run starts: a robot may know it only once connected)
         self.events: list[dict[str, Any]] = []
 
     def _build_filters(self, filters: Any) -> Any:
@@ -299,6 +304,7 @@ class ControlLoop:
         self.t0 = self.clock()
         slot = 0
         try:
+            self._set_action_dtype()
             self._fallback()  # a robot whose fallback is unusable must fail before the first tick
             self._reset_filters()
             while not stop and (steps is None or self.step < steps) and not (until is not None and until()):
@@ -333,6 +339,16 @@ class ControlLoop:
                           filter_fallbacks=self.counts["filter_fallback"], fallbacks=self.fallbacks,
                           wall_time=time.perf_counter() - wall0, rate_hz=self.rate_hz, interrupted=interrupted)
 
+    def _set_action_dtype(self) -> None:
+        """The robot's ``action_dtype``, and the export's action bounds rounded inward to it."""
+        from sim2real.filters.base import representable_bounds
+
+        dtype = np.dtype(getattr(self.robot, "action_dtype", np.float64))
+        if dtype not in (np.float32, np.float64):
+            raise ValueError(f"{type(self.robot).__name__}.action_dtype is {dtype}: float32 or float64")
+        self._dtype = dtype
+        self._low, self._high = representable_bounds(self.runtime.action_low, self.runtime.action_high, dtype)
+
     def _safe_stop(self) -> None:
         """On Ctrl+C or an error: one last fallback command, so the robot is not left on the policy's.
 
@@ -340,15 +356,15 @@ class ControlLoop:
         the filters' stateless limits (a box) and the action bounds, as every command the loop sends."""
         try:
             if self.robot.is_connected:
-                command = fallback = self._fallback()
+                command = fallback = self._fallback().astype(self._dtype)
                 try:
                     for f in getattr(self.filters, "filters", ()):
-                        command = np.asarray(f.admissible(command[None]), np.float64).reshape(-1)
+                        command = np.asarray(f.admissible(command[None]), self._dtype).reshape(-1)
                 except Exception:  # a filter's own failure: the action bounds still hold
                     command = fallback
                 if command.shape != fallback.shape or not np.isfinite(command).all():
                     command = fallback
-                self.robot.send_action(np.clip(command, self.runtime.action_low, self.runtime.action_high))
+                self.robot.send_action(np.clip(command, self._low, self._high).astype(self._dtype))
         except Exception:  # the original error matters more than a failed last command
             pass
 
@@ -422,9 +438,10 @@ class ControlLoop:
         return state if state is not None else np.full(self.runtime.obs_dim, np.nan)
 
     def _filter(self, action: np.ndarray, obs: np.ndarray) -> np.ndarray:
-        """Safety filters (also on the fallback), then the action bounds as a last guarantee."""
+        """Safety filters (also on the fallback), then the action bounds as a last guarantee, at the robot's
+        ``action_dtype``: the filters keep their limits on the numbers of that type they return."""
         if self.filters is not None:
-            filtered, report = self.filters(action[None], obs[None])
+            filtered, report = self.filters(action[None].astype(self._dtype), obs[None])
             filtered = np.asarray(filtered, np.float64).reshape(-1)
             if report.fallback[0]:
                 self._event("filter_fallback", "; ".join(report.reasons) or "filter chain fell back")
@@ -436,4 +453,4 @@ class ControlLoop:
                 self.fallbacks += 1
                 filtered = self._fallback()
             action = filtered
-        return np.clip(action, self.runtime.action_low, self.runtime.action_high)
+        return np.clip(action, self._low, self._high).astype(self._dtype)

@@ -157,6 +157,7 @@ class MujocoSim2SimRobot(Robot):
         self.env = _make(self.task, self.max_episode_steps, self.env_kwargs)
         space = self.env.action_space
         self.action_dim = int(np.prod(space.shape))
+        self.action_dtype = np.dtype(space.dtype)  # what env.step gets: the loop filters at it
         self.observation_dim = int(np.prod(self.env.observation_space.shape))
         self._low, self._high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
         if self.observation_noise.ndim and self.observation_noise.shape != (self.observation_dim,):
@@ -316,14 +317,16 @@ def _apply_physics(base: Any, nominal: dict[str, np.ndarray], ranges: dict[str, 
 class CallbackRobot(Robot):
     """A robot made of two functions: ``get()`` -> observation array (or ``Observation``) and
     ``send(action)``. Handy to wire a ROS topic or a test fixture to the control loop. Optional:
-    ``fallback`` (array or function), ``current()`` -> the command the actuators hold (or None)."""
+    ``fallback`` (array or function), ``current()`` -> the command the actuators hold (or None),
+    ``action_dtype`` (np.float32 when ``send`` passes the command on as float32)."""
 
     def __init__(self, get: Callable[[], Any], send: Callable[[np.ndarray], None], action_dim: int,
                  fallback: np.ndarray | Callable[[], np.ndarray] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  on_connect: Callable[[], None] | None = None, on_disconnect: Callable[[], None] | None = None,
-                 current: Callable[[], np.ndarray | None] | None = None) -> None:
+                 current: Callable[[], np.ndarray | None] | None = None, action_dtype: Any = np.float64) -> None:
         self._get, self._send, self.action_dim = get, send, int(action_dim)
+        self.action_dtype = action_dtype
         self._fallback, self.clock, self._current = fallback, clock, current
         self._on_connect, self._on_disconnect = on_connect, on_disconnect
         self._connected = False

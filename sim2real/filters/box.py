@@ -46,7 +46,11 @@ class BoxFilter(SafetyFilter):
         self.prev = np.clip(initial, self.low, self.high)  # what "hold" holds before the first output
 
     def admissible(self, command: np.ndarray) -> np.ndarray:
-        return np.clip(command, self.low, self.high)
+        command = np.asarray(command)
+        if command.dtype != np.float32:
+            return np.clip(command, self.low, self.high)
+        lo, hi = representable_bounds(self.low, self.high, np.float32)  # float32(0.1) would be above 0.1
+        return np.clip(command, lo, hi).astype(np.float32)
 
     def _fallback_rows(self, batch: int) -> np.ndarray:
         if self.fallback == "hold" and self.prev is not None:

@@ -417,6 +417,46 @@ def test_the_last_command_after_ctrl_c_or_an_error_stays_in_the_filters_box_and_
         np.testing.assert_allclose(sent[-1][1], expected)
 
 
+def test_a_float32_robot_gets_every_command_inside_the_filters_limits(tmp_path: Path) -> None:
+    # the loop filtered and clipped in float64 and the robot applied float32: float32(0.1) is 0.10000000149, outside
+    # the box the filter had just enforced (on every saturated tick, and on the last command after Ctrl+C)
+    def interrupt():
+        raise KeyboardInterrupt
+
+    export = make_export(tmp_path / "e", weight_scale=50.0, safety={"filters": [{"type": "box", "low": -0.1, "high": 0.1},
+                                                                                {"type": "rate", "max_delta": 0.3}]})
+    clock, sent = FakeClock(), []
+    robot = scripted_robot(clock, {n: [0.3 * n, -0.2, 0.1 * n, 0.5] for n in range(8)} | {8: interrupt}, sent)
+    robot.action_dtype = np.float32
+    assert ControlLoop(PolicyRuntime(export), robot, watchdog=NO_INFERENCE_LIMIT, clock=clock,
+                       sleep=clock.sleep).run().interrupted
+    commands = np.array([a for _, a in sent])
+    assert len(sent) == 9 and {a.dtype for _, a in sent} == {np.dtype(np.float32)}
+    assert np.abs(commands.astype(np.float64)).max() <= 0.1  # in float64: not one float32 step past the box
+    assert (np.abs(commands) == np.nextafter(np.float32(0.1), np.float32(0))).any()  # and the box did bind
+
+
+def test_the_sim2sim_robot_s_float32_task_gets_commands_inside_the_box(tmp_path: Path, monkeypatch) -> None:
+    # what env.step receives, after the robot's cast to the task's float32 action space
+    import gymnasium as gym
+
+    import sim2real.robots as robots
+
+    applied, make = [], robots._make
+
+    class Record(gym.Wrapper):
+        def step(self, action):
+            applied.append(np.array(action))
+            return self.env.step(action)
+
+    monkeypatch.setattr(robots, "_make", lambda *args: Record(make(*args)))
+    export = make_export(tmp_path / "e", obs_dim=4, act_dim=1, low=-3.0, high=3.0, weight_scale=50.0)
+    deploy(str(export), steps=20, safety=[{"type": "box", "low": -0.1, "high": 0.1}], log=lambda line: None)
+    applied = np.concatenate(applied)
+    assert applied.dtype == np.float32 and applied.size == 20
+    assert np.abs(applied.astype(np.float64)).max() <= 0.1 and (np.abs(applied) > 0.0999).any()
+
+
 # --- sim2sim robot and deploy ----------------------------------------------------------------------
 
 def test_sim2sim_robot_latency_timestep_noise_and_physics() -> None:
