@@ -64,7 +64,9 @@ class EnergyTankFilter(SafetyFilter):
     that step; non-finite entries of the other dimensions become 0.
     Assumes: positions are not wrapped between calls (hinge angles unwrapped), ``damping`` does not
     over-estimate the physical damping nor ``friction`` the dry friction (over-estimates create energy),
-    one call per control step.
+    one call per control step, and the command returned is the one the plant applies over the next step:
+    with actuation latency (``sim2sim.action_latency``, ``env.randomize.action_delay``, a driver's queue) the plant applies an older command
+    than the one each step's work is settled with and bounded for, and the guarantee does not hold.
     State: ``energy`` [B] (tank level with the command in flight debited by its bound),
     ``injected_energy`` [B] (work settled since reset), ``dissipated_energy`` [B], ``deficit`` [B]
     (``min_energy`` minus the settled level, > 0 for rows in deficit), ``last_alpha`` [B].
