@@ -133,6 +133,20 @@ class Runner(RunnerCheckpoints, abc.ABC):
             self._fail(f"non-finite actions from the policy at step {self.step:,} (diverged weights?)")
         return out
 
+    def env_actions(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """``learner.env_action``, what the env receives: a NaN it makes (GoRL's decoder) stops training as one from the
+        policy does."""
+        return self.policy_actions(lambda o: self.learner.env_action(o, actions), obs)
+
+    def update_learner(self, batch: Any) -> None:
+        """``learner.update(batch)``, its metrics recorded; a NaN the update meets in a head's checked actions (GoRL's
+        refit, EXPO's and PA-RL's candidates) stops training as one in its metrics does, naming the update."""
+        try:
+            metrics = self.learner.update(batch)
+        except FloatingPointError as exc:
+            self._fail(f"{exc} in update {self.num_updates + 1:,} at step {self.step:,}")
+        self.record_update(metrics)
+
     def record_update(self, metrics: dict[str, torch.Tensor]) -> None:
         """Accumulate one update's metrics for the next log row; stop on NaN/Inf."""
         self.num_updates += 1

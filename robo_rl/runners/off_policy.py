@@ -58,7 +58,7 @@ class OffPolicyRunner(Runner):
         actions = self._random_actions() if self.step < self.learning_starts else self.policy_actions(learner.explore, obs)
         # what the env receives (Learner.env_action: clipped, as from_unit's float32 rounding lands a bound's action
         # one step outside a box like [0.1, 2.7], 0.0999999)
-        actions = learner.env_action(obs, actions)
+        actions = self.env_actions(obs, actions)
         # 2. step the envs through the safety filters (finished ones reset inside step; info["final_obs"] is
         #    where they ended, info["safety"]["actions"] what they executed)
         next_obs, reward, terminated, truncated, info = self.step_env(actions)
@@ -87,7 +87,7 @@ class OffPolicyRunner(Runner):
             if self.step >= self.total_steps:  # the run's last updates: the learner hears the exact total
                 learner.plan(self.num_updates + int(self.update_credit))
             while self.update_credit >= 1.0:
-                self.record_update(learner.update(self.replay.sample(self.batch_size)))
+                self.update_learner(self.replay.sample(self.batch_size))
                 self.update_credit -= 1.0
 
     def extra_state(self) -> dict[str, Any]:

@@ -44,7 +44,7 @@ class OnPolicyRunner(Runner):
         rollout_obs = []
         for _ in range(self.rollout_steps):
             actions, log_probs, values = self.policy_actions(learner.act, obs)
-            next_obs, reward, terminated, truncated, info = self.step_env(learner.env_action(obs, actions))
+            next_obs, reward, terminated, truncated, info = self.step_env(self.env_actions(obs, actions))
             self.check_finite("observation", next_obs)
             self.check_finite("final observation", info["final_obs"])  # a time-out bootstraps from it
             self.check_finite("reward", reward)
@@ -66,7 +66,7 @@ class OnPolicyRunner(Runner):
         batch = self.storage.finish(last_values, gamma, learner.gae_lambda)
         if self.anneal_lr:
             learner.set_lr(self.base_lr * (1.0 - self.iteration / self.total_iterations))
-        self.record_update(learner.update(batch))
+        self.update_learner(batch)
         # Statistics change between updates only, so the rollout's log-probs match the update's. The rollout's
         # first observations were counted already if they are the run's reset ones (Runner.train)
         seen = torch.cat(rollout_obs)

@@ -746,6 +746,50 @@ def test_non_finite_weights_after_an_update_with_a_finite_loss_stop_as_a_nan(tmp
     assert json.loads((run / "summary.json").read_text())["status"].startswith("failed: non-finite")
 
 
+SMALL_GORL = ("algo=gorl", "env=pendulum", "env.num_envs=2", "algo.rollout_steps=32", "algo.minibatch_size=32",
+              "algo.epochs=1", "eval.every=100000", "eval.episodes=1", "eval.num_envs=1", "threads=1", *FAST)
+
+
+@pytest.mark.parametrize("algo", ["gorl", "expo", "parl"])
+def test_a_nan_a_head_meets_inside_an_update_stops_as_a_nan(tmp_path, algo):
+    # a head's checked actions inside an update (GoRL's refit measuring its shift, EXPO's and PA-RL's candidates after
+    # a diverged base step) raised a bare FloatingPointError: no step, no word of the last good checkpoint
+    if algo == "gorl":  # refits after updates 4 and 8; the first diverges
+        cfg = compose(*SMALL_GORL, "algo.stages=3", "algo.decoder_lr=1e8", "algo.refit_epochs=2",
+                      "algo.refit_batch_size=32", "algo.refit_threads=1", "steps=640", "checkpoint.every=64")
+        where, good = "in update 4 at step 256", "step_0000000192"
+    else:  # the base diverges in the first update, the second's TD target samples it
+        cfg = compose(f"algo={algo}", "env=pendulum", "policy.hidden_sizes=[16]", "algo.critic_hidden=[16]",
+                      "algo.batch_size=32", "algo.learning_starts=100", "eval.episodes=1", "eval.num_envs=1", *FAST,
+                      "algo.utd=4", "steps=300", "checkpoint.every=50", "eval.every=1000",
+                      *(("algo.base_lr=1e8", "algo.edit_hidden=[16]") if algo == "expo"
+                        else ("algo.policy_lr=1e8", "algo.policy_update_every=1")))
+        where, good = "in update 2 at step 100", "step_0000000050"
+    with pytest.raises(NonFiniteError, match=f"head produced non-finite actions .*{where}") as exc:
+        train(cfg, tmp_path / "run")
+    assert good in str(exc.value)
+    assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")][-1] == good
+
+
+def test_a_nan_gorl_decodes_for_the_env_stops_as_a_nan(tmp_path, monkeypatch):
+    # GoRL's policy acts with latents (checked by the runner), the env receives their decoding: a NaN there raised a
+    # bare FloatingPointError from the head, naming no step and no checkpoint
+    from robo_rl.learners.gorl import GoRL
+
+    original = GoRL.update
+
+    def poisoned(self, rollout):
+        metrics = original(self, rollout)
+        if int(self.num_updates) == 3:
+            with torch.no_grad():
+                next(self.policy.decoder.parameters()).fill_(float("nan"))
+        return metrics
+
+    monkeypatch.setattr(GoRL, "update", poisoned)
+    with pytest.raises(NonFiniteError, match=r"latent head produced non-finite actions .* at step 192; .*step_0000000128"):
+        train(compose(*SMALL_GORL, "algo.stages=1", "steps=640", "checkpoint.every=128"), tmp_path / "run")
+
+
 def test_resume_refuses_a_config_yaml_edited_since_the_checkpoint(tmp_path):
     run = tmp_path / "run"
     train(compose(*SMALL_SAC, "steps=300", "checkpoint.every=300"), run)
