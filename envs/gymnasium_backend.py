@@ -300,8 +300,9 @@ class GymnasiumBatchedEnv(BatchedEnv):
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
         seed = self.check_seed(seed)
-        if self.randomize is not None:
+        if self.randomizer is not None:  # also unused (randomization off): a checkpoint's state follows the seed
             self.randomizer.seed(seed)
+        if self.randomize is not None:
             self._draw_physics(np.arange(self.num_envs), current=True)
         obs, _ = self._vector_call(self._vec.reset, seed=seed)
         self._episodes.reset()

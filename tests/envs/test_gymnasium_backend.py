@@ -273,6 +273,18 @@ def test_a_snapshot_without_randomization_round_trips():
     a.close(), b.close()
 
 
+def test_a_snapshot_without_randomization_depends_on_the_seed_alone():
+    # a MuJoCo task's randomizer (its physics factors are settable) drew its generators from OS entropy and a reset
+    # seeded them only with randomization on: two runs of the same seed, or a resumed run and an unbroken one, saved
+    # different (if unused) generator states
+    a = make_env("InvertedPendulum-v5", 2, backend="gymnasium")
+    b = make_env("InvertedPendulum-v5", 2, backend="gymnasium")
+    a.reset(seed=0), b.reset(seed=0)
+    ra, rb = a.state_dict()["randomizer"], b.state_dict()["randomizer"]
+    assert ra["env_rngs"] == rb["env_rngs"] and ra["noise_rng"] == rb["noise_rng"]
+    a.close(), b.close()
+
+
 def test_task_info_terms_match_the_batched_backend_including_final_steps():
     """info["task"] carries the task's numeric terms on both backends, the last step of an episode included."""
     import torch
