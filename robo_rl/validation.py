@@ -187,6 +187,9 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.env.threads >= 0, "env.threads", "must be >= 0 (0: all CPUs)")
     need(cfg.threads is None or 1 <= cfg.threads <= MAX_THREADS, "threads",
          f"must be between 1 and {MAX_THREADS} (torch threads; null: torch's default, all cores)")
+    if "refit_threads" in cfg.algo:  # GoRL's and GoRL-SAC's decoder refits set them mid-run: torch overflows past 2**31
+        need(0 <= cfg.algo.refit_threads <= MAX_THREADS, "algo.refit_threads",
+             f"must be between 0 and {MAX_THREADS} (torch threads of a decoder refit; 0: all CPUs)")
     need(cfg.get("precision", "fp32") in PRECISIONS, "precision", "must be fp32 or bf16")
     need(cfg.get("precision", "fp32") == "fp32" or cfg.algo.name in BF16_LEARNERS, "precision",
          f"bf16 is built for algo=sac and algo=td3 (their 256-wide critics), not algo={cfg.algo.name}: PPO's and "

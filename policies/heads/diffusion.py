@@ -27,6 +27,8 @@ from policies.normalizers import ObsNormalizer
 log = logging.getLogger("robo_rl")  # the run log (train.py) and the console
 
 SCHEDULERS = ("ddim", "ddpm")
+#: the most ``policy.train_steps``: 100x diffusers' 1000; the schedule's setup grows with it (1e6: over a second)
+MAX_TRAIN_STEPS = 100_000
 
 
 def make_scheduler(kind: str, train_steps: int, beta_schedule: str) -> Any:
@@ -82,6 +84,9 @@ class DiffusionHead(GenerativeHead):
                  chunk: int = 1, execute: int | None = None, denoiser: str = "residual") -> None:
         train_steps = count_option("train_steps", train_steps, 1, "the diffusion head needs at least 1 diffusion "
                                    "timestep, a whole number (default 100; sampling runs policy.inference_steps of them)")
+        if train_steps > MAX_TRAIN_STEPS:  # diffusers builds its betas in a Python loop: 1e12 never finishes
+            raise ValueError(f"policy.train_steps={train_steps}: at most {MAX_TRAIN_STEPS:,} diffusion timesteps "
+                             "(diffusers' schedules are made for 1000; default 100)")
         inference_steps = count_option("inference_steps", inference_steps, 1, "the diffusion head needs at least 1 "
                                        "sampling step, a whole number (DDIM is usually run with 5-10)")
         if train_steps < inference_steps:

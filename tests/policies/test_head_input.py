@@ -151,6 +151,7 @@ def test_a_huge_but_finite_action_is_not_mistaken_for_a_non_finite_one():
 @pytest.mark.parametrize("name, options, message", [
     ("diffusion", {"train_steps": 0}, r"^policy.train_steps=0: the diffusion head needs at least 1 diffusion timestep"),
     ("diffusion", {"train_steps": 2.5}, r"^policy.train_steps=2.5: .* a whole number"),
+    ("diffusion", {"train_steps": 10**6}, r"^policy.train_steps=1000000: at most 100,000 diffusion timesteps"),  # 1e12 hung
     ("diffusion", {"inference_steps": 0}, r"^policy.inference_steps=0: the diffusion head needs at least 1 sampling step"),
     ("diffusion", {"inference_steps": float("nan")}, r"^policy.inference_steps=nan: .* a whole number"),
     ("diffusion", {"train_steps": 5, "inference_steps": 10}, r"^policy.inference_steps=10 exceeds policy.train_steps=5: "

@@ -87,6 +87,8 @@ def test_unknown_or_mistyped_keys_fail_at_composition(override, words):
     (["algo=sac", "demos.lr=1e300", "env=pendulum", "steps=200"], "demos.lr"),
     # was torch's "Overflow when unpacking long"; the learner's "unknown activation 'sigmoidz'" named no key
     (["threads=1e12", "env=pendulum", "steps=200"], r"threads=1000000000000: must be between 1 and"),
+    (["algo=gorl_sac", "algo.refit_threads=1e12", "env=pendulum", "steps=200"],  # the same, at the first refit
+     r"algo.refit_threads=1000000000000: must be between 0 and"),
     (["algo=expo", "algo.edit_activation=sigmoidz", "env=pendulum", "steps=200"],
      r"algo.edit_activation=sigmoidz: unknown activation"),
 ])
