@@ -225,7 +225,8 @@ def validate(cfg: DictConfig) -> None:
              "not supported for off-policy learners (the replay buffer would mix rewards scaled by different "
              "statistics); leave it off for off-policy learners")
         need(cfg.algo.batch_size >= 1, "algo.batch_size", "must be >= 1")
-        need(cfg.algo.buffer_size >= cfg.env.num_envs, "algo.buffer_size", "must hold at least one step of every env")
+        need(cfg.algo.buffer_size >= cfg.env.num_envs, "algo.buffer_size",
+             f"must hold at least one step of every env (env.num_envs={cfg.env.num_envs:,})")
         need(cfg.algo.learning_starts >= 0, "algo.learning_starts", "must be >= 0")
         need(0 < cfg.algo.utd <= MAX_UTD, "algo.utd", f"gradient updates per env step must be > 0 and at most {MAX_UTD}")
         if "target_update_every" in cfg.algo:

@@ -122,6 +122,8 @@ def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
     assert proc.returncode == 2 and "error: resume=nowhere: nowhere is not a robo-rl run directory" in proc.stderr
     proc = robo_rl("eval", "run_dir=nowhere", "episodez=3", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "unknown key 'episodez'; did you mean episodes" in proc.stderr
+    proc = robo_rl("eval", "run_dir=nowhere", "num_envs=0", cwd=tmp_path, check=False)  # was all three keys named
+    assert proc.returncode == 2 and "error: num_envs=0: must be >= 1" in proc.stderr
     proc = robo_rl("frobnicate", cwd=tmp_path, check=False)
     assert proc.returncode == 2
 

@@ -45,8 +45,9 @@ def eval_main(args: Sequence[str]) -> int:
     except ValueError as exc:
         return error(str(exc), EXIT_USAGE)
     run_dir = Path(opts.run_dir)
-    if opts.episodes < 1 or opts.num_envs < 1 or opts.video_episodes < 1:
-        return error("episodes, num_envs and video_episodes must be >= 1", EXIT_USAGE)
+    for key in ("episodes", "num_envs", "video_episodes"):
+        if opts[key] < 1:
+            return error(f"{key}={opts[key]}: must be >= 1 (see robo-rl eval --help)", EXIT_USAGE)
     if not opts.video and any(override_key(a) == "video_episodes" for a in args):
         return error(f"video_episodes={opts.video_episodes} has no effect without a video: add video=true to film "
                      "the episodes, or drop video_episodes", EXIT_USAGE)

@@ -89,6 +89,8 @@ def test_unknown_or_mistyped_keys_fail_at_composition(override, words):
     (["threads=1e12", "env=pendulum", "steps=200"], r"threads=1000000000000: must be between 1 and"),
     (["algo=gorl_sac", "algo.refit_threads=1e12", "env=pendulum", "steps=200"],  # the same, at the first refit
      r"algo.refit_threads=1000000000000: must be between 0 and"),
+    (["algo=sac", "env.num_envs=8", "algo.buffer_size=4", "env=pendulum"],  # the other key of the two is named too
+     r"algo.buffer_size=4: must hold at least one step of every env \(env.num_envs=8\)"),
     (["algo=expo", "algo.edit_activation=sigmoidz", "env=pendulum", "steps=200"],
      r"algo.edit_activation=sigmoidz: unknown activation"),
 ])
