@@ -58,6 +58,14 @@ def buffers_needed(cfg: Any, obs_dim: int, act_dim: int) -> dict[str, int]:
         if algo.get("refit_on") == "policy" and int(algo.get("refit_epochs", 1)) > 0:  # the drawn targets (one set at a time)
             needs[f"refit targets (algo.dataset_size={int(algo.dataset_size):,}, refit_on=policy)"] = (
                 FLOAT_BYTES * int(algo.dataset_size) * 2 * act_dim)  # actions and their paired prior latents
+    # EXPO's and PA-RL's candidate actions: batch_size x count rows through the head and the critics in an update
+    width = sum(int(h) for key in ("critic_hidden",) for h in (algo.get(key) or []))
+    width += sum(int(h) for h in (OmegaConf.select(cfg, "policy.hidden_sizes", default=None) or []))
+    for key in ("num_samples", "num_candidates", "target_candidates"):
+        if algo.get(key) is not None and algo.get("batch_size") is not None:
+            b, n = int(algo.batch_size), int(algo[key])
+            needs[f"candidate actions (algo.batch_size={b:,} x algo.{key}={n:,})"] = (
+                FLOAT_BYTES * b * n * max(width, obs_dim + act_dim))
     return needs
 
 

@@ -20,6 +20,9 @@ from policies.networks import tracing
 from policies.normalizers import ObsNormalizer
 
 SOLVERS = ("euler", "midpoint")
+#: the most ``policy.steps`` (and a latent head's flow ``policy.decoder_steps``): each is a pass through the network
+#: per action, and the chain's per-step terms are built up front (1e12 ran out of memory after the run had started)
+MAX_STEPS = 1000
 
 
 class FlowHead(GenerativeHead):
@@ -30,6 +33,8 @@ class FlowHead(GenerativeHead):
                  solver: str = "euler", chunk: int = 1, execute: int | None = None, denoiser: str = "mlp") -> None:
         steps = count_option("steps", steps, 1, "the flow head needs at least 1 integration step, a whole number "
                              "(1-10 is typical)")
+        if steps > MAX_STEPS:
+            raise ValueError(f"policy.steps={steps}: at most {MAX_STEPS:,} integration steps (1-10 is typical)")
         if solver not in SOLVERS:
             raise ValueError(f"policy.solver={solver!r}: choose one of {', '.join(SOLVERS)}")
         super().__init__(obs_dim, action_low, action_high, obs_norm, hidden_sizes, activation, chunk, execute,

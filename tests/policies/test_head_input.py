@@ -157,6 +157,7 @@ def test_a_huge_but_finite_action_is_not_mistaken_for_a_non_finite_one():
     ("diffusion", {"train_steps": 5, "inference_steps": 10}, r"^policy.inference_steps=10 exceeds policy.train_steps=5: "
                                                               r".*use inference_steps <= train_steps"),
     ("flow", {"steps": 2.5}, r"^policy.steps=2.5: the flow head needs at least 1 integration step, a whole number"),
+    ("flow", {"steps": 10**6}, r"^policy.steps=1000000: at most 1,000 integration steps"),  # 1e12 ran out of memory
     ("flow", {"steps": True}, r"^policy.steps=True: "),
     ("flow", {"chunk": 0}, r"^policy.chunk=0: a head predicts at least 1 action per query"),
     ("flow", {"execute": 0}, r"^policy.execute=0: must be a whole number between 1 and policy.chunk=1"),

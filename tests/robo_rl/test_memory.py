@@ -28,6 +28,12 @@ def test_buffer_sizes_are_counted_from_the_config():
     for cfg in (compose("algo=gorl", "env=pendulum", "env.num_envs=8", "algo.rollout_steps=16", "algo.dataset_size=500"),
                 compose("algo=gorl_sac", "env=pendulum", "algo.buffer_size=1000", "algo.dataset_size=500")):
         assert memory.buffers_needed(cfg, 3, 1)["refit targets (algo.dataset_size=500, refit_on=policy)"] == 4 * 500 * 2
+    # EXPO's and PA-RL's candidate actions: batch_size x count rows, as wide as the critic's and the head's layers
+    cfg = compose("algo=parl", "env=pendulum", "algo.buffer_size=1000", "algo.batch_size=32", "algo.num_candidates=8",
+                  "algo.target_candidates=4", "algo.critic_hidden=[16,16]", "policy.hidden_sizes=[8]")
+    needs = memory.buffers_needed(cfg, 3, 1)
+    assert needs["candidate actions (algo.batch_size=32 x algo.num_candidates=8)"] == 4 * 32 * 8 * 40
+    assert needs["candidate actions (algo.batch_size=32 x algo.target_candidates=4)"] == 4 * 32 * 4 * 40
 
 
 def test_buffers_beyond_free_memory_are_refused_with_the_keys_named(monkeypatch):
@@ -54,6 +60,17 @@ def test_a_replay_buffer_no_machine_holds_is_refused_before_the_run_exists(tmp_p
     err = capsys.readouterr().err
     assert err.startswith("robo-rl: error: the run's buffers need 3,352,761.3 GiB (replay (algo.buffer_size="
                           "100,000,000,000,000 rows) 3,352,761.3 GiB), more than the ") and "lower the keys named" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("algo, key", [("expo", "num_samples"), ("parl", "num_candidates")])
+def test_candidate_counts_no_machine_holds_are_refused_before_the_run_exists(tmp_path, capsys, algo, key):
+    # they trained up to the first update and ended in the allocator's generic message (exit 1)
+    cfg = compose(f"algo={algo}", "env=pendulum", f"algo.{key}=1000000000000", f"run_dir={tmp_path / 'run'}",
+                  "eval.episodes=1", "eval.num_envs=1")
+    assert run_training(cfg, tmp_path / "run", []) == 2
+    err = capsys.readouterr().err
+    assert f"candidate actions (algo.batch_size=256 x algo.{key}=1,000,000,000,000)" in err, err
     assert not (tmp_path / "run").exists()
 
 
