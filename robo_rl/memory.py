@@ -59,8 +59,8 @@ def buffers_needed(cfg: Any, obs_dim: int, act_dim: int) -> dict[str, int]:
             needs[f"refit targets (algo.dataset_size={int(algo.dataset_size):,}, refit_on=policy)"] = (
                 FLOAT_BYTES * int(algo.dataset_size) * 2 * act_dim)  # actions and their paired prior latents
     # EXPO's and PA-RL's candidate actions: batch_size x count rows through the head and the critics in an update
-    width = sum(int(h) for key in ("critic_hidden",) for h in (algo.get(key) or []))
-    width += sum(int(h) for h in (OmegaConf.select(cfg, "policy.hidden_sizes", default=None) or []))
+    layers = [*(algo.get("critic_hidden") or []), *(OmegaConf.select(cfg, "policy.hidden_sizes", default=None) or [])]
+    width = sum(int(h) for h in layers)
     for key in ("num_samples", "num_candidates", "target_candidates"):
         if algo.get(key) is not None and algo.get("batch_size") is not None:
             b, n = int(algo.batch_size), int(algo[key])
