@@ -411,28 +411,54 @@ POLICY_SCHEMAS = {
 
 
 
-def _integer_fields(schema: type, prefix: str = "") -> set[str]:
-    """The dotted keys of ``schema`` (nested dataclasses included) typed ``int`` or ``Optional[int]``."""
+def _fields_of(schema: type, kinds: tuple, prefix: str = "") -> set[str]:
+    """The dotted keys of ``schema`` (nested dataclasses included) typed one of ``kinds`` or Optional of one."""
     out: set[str] = set()
     hints = typing.get_type_hints(schema)
     for f in dataclasses.fields(schema):
         kind = hints[f.name]
         if dataclasses.is_dataclass(kind):
-            out |= _integer_fields(kind, f"{prefix}{f.name}.")
-        elif kind is int or kind == Optional[int]:
+            out |= _fields_of(kind, kinds, f"{prefix}{f.name}.")
+        elif any(kind is k or kind == Optional[k] for k in kinds):
             out.add(prefix + f.name)
     return out
 
 
-def integer_keys(schema: type = None) -> frozenset[str]:  # type: ignore[assignment]
-    """Every integer key of ``robo-rl train`` (any algorithm or head), or of another command's ``schema``."""
+def _keys_of_type(kind: type, schema: type | None) -> frozenset[str]:
     if schema is not None:
-        return frozenset(_integer_fields(schema))
-    keys = _integer_fields(TrainConfig)
+        return frozenset(_fields_of(schema, (kind,)))
+    keys = _fields_of(TrainConfig, (kind,))
     for group, schemas in (("algo", ALGO_SCHEMAS), ("policy", POLICY_SCHEMAS)):
         for s in schemas.values():
-            keys |= _integer_fields(s, f"{group}.")
+            keys |= _fields_of(s, (kind,), f"{group}.")
     return frozenset(keys)
+
+
+def integer_keys(schema: type = None) -> frozenset[str]:  # type: ignore[assignment]
+    """Every integer key of ``robo-rl train`` (any algorithm or head), or of another command's ``schema``."""
+    return _keys_of_type(int, schema)
+
+
+def boolean_keys(schema: type = None) -> frozenset[str]:  # type: ignore[assignment]
+    """Every true/false key of ``robo-rl train`` (any algorithm or head), or of another command's ``schema``."""
+    return _keys_of_type(bool, schema)
+
+
+def boolean_problem(overrides: typing.Iterable[str], keys: frozenset[str]) -> str | None:
+    """The message for a true/false key given a number other than 0 or 1, or None. OmegaConf reads any
+    nonzero integer as true, so ``compile=2`` or ``deterministic=-1`` (a count or a typo) would run as true;
+    ``1``/``0``, ``true``/``false`` and the words OmegaConf knows (yes/no/on/off) still work."""
+    for o in overrides:
+        key, eq, value = o.partition("=")
+        if not (eq and key.lstrip("+~") in keys):
+            continue
+        for part in value.split(","):  # a sweep: compile=true,2
+            p = part.strip()
+            if len(p) >= 2 and p[0] in "'\"" and p[-1] == p[0]:
+                p = p[1:-1].strip()
+            if re.fullmatch(r"[+-]?\d+", p) and int(p) not in (0, 1):
+                return f"{key.lstrip('+~')}: must be true or false, got {p}"
+    return None
 
 
 _SCIENTIFIC = re.compile(r"[+-]?((\d+\.?\d*|\.\d+)[eE][+]?\d+|\d+\.0*)")  # 1e6, 2.5e5, 1500.0, -1e3
@@ -515,6 +541,9 @@ def compose_config(overrides: Iterable[str] = ()) -> DictConfig:
     register_schemas()
     register_resolvers()
     overrides = quote_paths(overrides)  # resume=runs/sweep/seed=1
+    problem = boolean_problem(overrides, boolean_keys())  # compile=2
+    if problem is not None:
+        raise ConfigError(problem)
     config_dir = str(Path(__file__).resolve().parent / "configs")
     with initialize_config_dir(config_dir=config_dir, version_base=None):
         try:

@@ -55,9 +55,12 @@ def parse_options(args: Sequence[str], schema: type, command: str) -> Any:
     from omegaconf import OmegaConf
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-    from robo_rl.config import integer_keys, integral_literals
+    from robo_rl.config import boolean_keys, boolean_problem, integer_keys, integral_literals
 
     args = integral_literals(args, integer_keys(schema))  # episodes=1e2
+    problem = boolean_problem(args, boolean_keys(schema))  # deterministic=2
+    if problem is not None:
+        raise ValueError(f"{problem} (see robo-rl {command} --help)")
     bad = [a for a in args if "=" not in a]
     if bad:
         raise ValueError(f"expected key=value arguments, got {' '.join(bad)} (see robo-rl {command} --help)")

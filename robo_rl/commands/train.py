@@ -65,9 +65,12 @@ def train_main(args: Sequence[str]) -> int:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig, open_dict
 
-    from robo_rl.config import integer_keys, integral_literals, register_schemas
+    from robo_rl.config import boolean_keys, boolean_problem, integer_keys, integral_literals, register_schemas
 
     args = integral_literals(args, integer_keys())  # steps=1e6
+    problem = boolean_problem(args, boolean_keys())  # compile=2
+    if problem is not None:
+        return error(f"{problem} (see robo-rl train --help)", EXIT_USAGE)
     if any(a in ("--help", "-h", "--hydra-help") for a in args):  # help on one config: a sweep's values dropped
         args = [a for a in args if a not in ("-m", "--multirun")
                 and not ("=" in a and not a.startswith("-") and is_sweep(a.split("=", 1)[1]))]

@@ -130,6 +130,27 @@ def test_whole_numbers_in_scientific_notation_fill_integer_keys():
         "steps=1500", "seed=-1000", "env.num_envs=2.5"]
 
 
+def test_true_false_keys_refuse_other_numbers(capsys):
+    """OmegaConf reads any nonzero integer as true: compile=2 (a count, or a typo) would have run as true."""
+    from robo_rl.commands.common import parse_options
+    from robo_rl.commands.train import train_main
+    from robo_rl.config import EvalCommandConfig, boolean_keys
+
+    assert {"compile", "policy.squash", "algo.anneal_lr", "eval.deterministic"} <= boolean_keys()
+    assert "steps" not in boolean_keys() and "precision" not in boolean_keys()
+    with pytest.raises(ConfigError, match="^compile: must be true or false, got 2$"):
+        compose("compile=2")
+    with pytest.raises(ConfigError, match="policy.squash: must be true or false, got -1"):
+        compose("policy.squash='-1'")
+    assert train_main(["-m", "compile=true,3", "steps=10"]) == 2  # a sweep's later value too, before any job
+    assert "compile: must be true or false, got 3" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="deterministic: must be true or false, got 2 .see robo-rl eval --help"):
+        parse_options(["run_dir=x", "deterministic=2"], EvalCommandConfig, "eval")
+    cfg = compose("compile=1", "policy.squash=0", "algo.anneal_lr=no", "eval.deterministic=true")
+    assert (cfg.compile, cfg.policy.squash, cfg.algo.anneal_lr, cfg.eval.deterministic) == (True, False, False, True)
+    assert parse_options(["run_dir=x", "deterministic=0"], EvalCommandConfig, "eval").deterministic is False
+
+
 def test_free_form_env_kwargs_are_not_unknown_keys():
     from robo_rl.defaults import resolve_defaults
     from robo_rl.validation import unknown_keys
