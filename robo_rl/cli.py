@@ -22,7 +22,8 @@ COMMANDS = {
 TOP_HELP = """\
 usage: robo-rl <command> [key=value ...]
 
-robo-rl: continuous-control reinforcement learning (SAC, TD3, PPO) on batched MuJoCo.
+robo-rl: continuous-control reinforcement learning (SAC, TD3, PPO) on batched MuJoCo, with
+expressive policy heads (policy=diffusion|flow|mixture|latent) trained online (algo=gorl|expo|parl).
 Simulator backends: env.backend=mujoco (batched, bit-identical to gymnasium), gymnasium (any id),
 mjwarp (MuJoCo Warp, GPU), isaac (Isaac Lab / rsl_rl-style envs); auto picks mujoco where it can.
 
@@ -32,6 +33,7 @@ commands:
             robo-rl train algo=ppo env=halfcheetah steps=1000000 seed=3 run_dir=runs/hc
             robo-rl train env.id=Walker2d-v5       any gymnasium task id
             robo-rl train -m seed=0,1,2            several seeds (Hydra multirun)
+            robo-rl train algo=expo policy=flow    a flow-matching head with EXPO's edit policy
             robo-rl train resume=runs/hc           continue from the newest complete checkpoint
   eval    evaluate a trained run and write <run_dir>/eval.json
             robo-rl eval run_dir=runs/hc [episodes=10] [deterministic=true] [video=true]

@@ -37,6 +37,25 @@ def test_help_explains_the_commands(tmp_path):
     assert "compare" in top and "group_by=" in robo_rl("compare", "--help", cwd=tmp_path).stdout
 
 
+def test_top_help_train_examples_compose():
+    """Every `robo-rl train` example in `robo-rl --help` is a config that composes and validates."""
+    from robo_rl.build import check_head_and_learner
+    from robo_rl.cli import TOP_HELP
+    from robo_rl.defaults import resolve_defaults
+    from robo_rl.validation import validate
+    from tests.helpers import compose
+
+    examples = [line.split("robo-rl train", 1)[1].split("  ")[0].split() for line in TOP_HELP.splitlines()
+                if line.strip().startswith("robo-rl train")]
+    assert len(examples) >= 5 and ["algo=expo", "policy=flow"] in examples
+    for overrides in examples:
+        overrides = [o for o in overrides if o != "-m" and not o.startswith(("resume=", "run_dir="))]
+        overrides = [o.split(",")[0] for o in overrides]  # a sweep's first job
+        cfg = resolve_defaults(compose(*overrides))
+        validate(cfg)
+        check_head_and_learner(cfg)  # e.g. algo=ppo policy=flow is refused here
+
+
 @pytest.mark.parametrize("command", ["", "eval", "export", "deploy", "compare"])
 def test_help_is_plain_text_that_fits_100_columns(tmp_path, command):
     proc = robo_rl(*([command] if command else []), "--help", cwd=tmp_path)
