@@ -51,6 +51,27 @@ def test_sac_critic_target_and_loss():
     assert float(q_mean) == 0.0
 
 
+def test_sac_actor_loss_and_temperature_step_by_hand():
+    # actor (eq. 7): mean(alpha log pi(a|s) - min_i Q_i(s, a)); temperature (eq. 18, in log alpha as SB3 and CleanRL):
+    # -mean(log alpha (log pi(a|s) + target entropy)), with the default target entropy -|A|
+    head = build_head("gaussian", OBS, LOW, HIGH, hidden_sizes=(16,))
+    sac = SAC(head, init_alpha=0.5, alpha_lr=0.01, critic_hidden=(16,))
+    constant_q(sac.critic, [1.0, -1.0])  # min over the twins = -1.0
+    obs = batch().obs
+    torch.manual_seed(11)
+    loss, logp = sac.actor_loss(obs, torch.tensor(0.5))
+    torch.manual_seed(11)  # the same noise draws the same actions
+    _, expected_logp = head.sample(obs)
+    torch.testing.assert_close(logp, expected_logp.detach())
+    torch.testing.assert_close(loss, (0.5 * expected_logp + 1.0).mean())
+    metrics = {}
+    sac.temperature_step(logp, metrics)
+    torch.testing.assert_close(metrics["alpha_loss"], -(math.log(0.5) * (logp - ACT)).mean())
+    # Adam's first step moves log alpha by lr against the sign of its gradient, -mean(log pi - |A|)
+    step = math.copysign(0.01, -float((logp - ACT).mean()))
+    assert float(sac.log_alpha.detach()) == pytest.approx(math.log(0.5) - step, abs=1e-6)
+
+
 def test_sac_update_changes_all_parts_and_tunes_alpha_toward_target_entropy():
     head = build_head("gaussian", OBS, LOW, HIGH, hidden_sizes=(16,))
     sac = SAC(head, critic_hidden=(16,), target_entropy=-50.0)  # entropy far above target: alpha must fall
