@@ -839,6 +839,13 @@ def test_ppo_observation_statistics_count_each_observation_once(tmp_path):
     assert counts and all(float(c) == 256 for c in counts)  # 2 rollouts of 4 envs x 32 steps
 
 
+def test_ppo_learning_rate_anneals_linearly_to_lr_over_k_at_the_last_update(tmp_path):
+    # README: update k of K runs at lr x (1 - k/K), so the last one at lr/K (CleanRL's schedule); one log row per update
+    train(compose(*SMALL_PPO, "steps=384", "log.every=128", "eval.every=384", "algo.lr=0.001"), tmp_path / "run")
+    rates = [float(row["train/lr"]) for row in logged_metrics(tmp_path / "run") if row["train/lr"]]
+    assert rates == pytest.approx([0.001 * (1 - k / 3) for k in range(3)], rel=1e-6)  # 3 rollouts of 4 envs x 32 steps
+
+
 def test_the_continue_command_is_quoted_for_a_run_directory_with_a_space(tmp_path, monkeypatch):
     from robo_rl.learners.sac import SAC
 
