@@ -40,7 +40,8 @@ def all_finite(x: torch.Tensor) -> bool:
 
 class WorkerDied(RuntimeError):
     """A simulator worker process exited without a Python error to forward (killed by a signal, e.g. the
-    kernel's OOM killer, or crashed in native code); the message names the task and the exit code(s)."""
+    kernel's OOM killer, or crashed in native code); the message names the task and the exit code(s). Also raised
+    by the calls after a task's own error in a worker, which gymnasium answers by shutting that worker down."""
 
 
 class MissingDependency(ImportError):

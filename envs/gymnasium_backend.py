@@ -488,6 +488,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
                         and time.monotonic() < deadline:
                     time.sleep(0.01)
             if not dead:
+                self._stop_after_task_error(method, exc)
                 raise
             self._abandon_workers()
             self._workers_lost = (
@@ -497,6 +498,21 @@ class GymnasiumBatchedEnv(BatchedEnv):
                 "crash in the simulator's native code); this env is now closed. Run with env.vectorization=sync to see "
                 "the failure in this process")
             raise WorkerDied(self._workers_lost) from exc
+        except Exception as exc:
+            self._stop_after_task_error(method, exc)
+            raise
+
+    def _stop_after_task_error(self, method: Callable[..., Any], exc: BaseException) -> None:
+        """After gymnasium forwarded a task's own error from a worker process it has shut that worker down (its pipe is
+        gone): close the env, so that its next call says why instead of failing on the missing pipe (AttributeError:
+        'NoneType' object has no attribute 'send'). The task's error itself is raised unchanged by the caller."""
+        if self.vectorization != "async" or all(pipe is not None for pipe in self._vec.parent_pipes):
+            return
+        self._abandon_workers()
+        self._workers_lost = (
+            f"{self.task_id}: the task raised {type(exc).__name__}: {exc} in a worker process of env.vectorization=async "
+            f"during {method.__name__}(), and gymnasium shut that worker down; this env is now closed. Make a new one "
+            "(envs.make_env), or run with env.vectorization=sync to debug the task in this process")
 
     def _refuse_if_closed(self) -> None:
         # closed because a worker died: a reset or step after it (e.g. once a checkpoint was saved without the

@@ -405,6 +405,39 @@ def test_a_connection_error_of_the_task_itself_is_not_reported_as_a_dead_worker(
     env.close()
 
 
+class _FailsForSeed0(_ActionEcho):
+    """Copy 0 (seeded 0) raises in its first step; the other copies step on."""
+
+    def reset(self, *, seed=None, options=None):
+        self.failing = seed == 0
+        return super().reset(seed=seed)
+
+    def step(self, action):
+        if self.failing:
+            raise ValueError("task bug")
+        return super().step(action)
+
+
+gym.register("robo_rl_test/FailsForSeed0-v0", entry_point=_FailsForSeed0, max_episode_steps=5)
+
+
+def test_after_a_task_error_in_a_worker_the_env_says_it_is_closed():
+    # gymnasium forwards the task's error and shuts that worker down; the next step, reset or snapshot used to fail
+    # with AttributeError: 'NoneType' object has no attribute 'send', and the other copies' workers kept running
+    from envs.base import WorkerDied
+
+    env = make_env("robo_rl_test/FailsForSeed0-v0", num_envs=2, vectorization="async")
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="task bug"):  # the task's own error, as gymnasium forwards it
+        env.step(torch.zeros(2, 1))
+    assert not any(p.is_alive() for p in env._vec.processes)
+    said = r"FailsForSeed0-v0: the task raised ValueError: task bug in a worker .* during step\(\).*Make a new one"
+    for call in (lambda: env.step(torch.zeros(2, 1)), lambda: env.reset(seed=0), env.state_dict):
+        with pytest.raises(WorkerDied, match=said):
+            call()
+    env.close()
+
+
 class _ResetInfo(gym.Env):
     """Its reset info has a key its steps never report; copy i ends at step 2 + i."""
 
