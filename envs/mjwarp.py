@@ -255,7 +255,9 @@ class MjwarpBatchedEnv(BatchedEnv):
             self._rngs = [np_random(seed + i)[0] for i in range(self.num_envs)]
         self.randomizer.seed(seed)
         if seed is not None:
-            self._noise.manual_seed(seed)
+            # torch's generators take seeds below 2**64 (numpy's, above, take any): a larger one raised "Overflow when
+            # unpacking long long" after the reset noise generators were already reseeded
+            self._noise.manual_seed(seed % 2**64)
         self._ep_return.zero_()
         self._ep_length.zero_()
         self._reset_worlds(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))

@@ -80,6 +80,14 @@ def test_reset_without_a_seed_continues_the_seeded_generators(pair):
     assert not torch.equal(first[1], first[2])
 
 
+def test_seeds_beyond_64_bits_reset_as_on_the_exact_backend(pair):
+    # any integer >= 0 is a seed (gymnasium's generators take it): torch's noise generator raised "Overflow when
+    # unpacking long long" for seeds >= 2**64, after the reset noise generators had been reseeded
+    warp_env, exact = pair
+    for seed in (2**64 - 1, 2**64 + 5):
+        assert torch.equal(warp_env.reset(seed=seed), exact.reset(seed=seed))
+
+
 def test_renders(pair):
     frame = pair[0].render(0)
     assert frame.shape[2] == 3 and frame.std() > 5
