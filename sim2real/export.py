@@ -107,7 +107,7 @@ def export_module(policy: Any):  # -> torch.nn.Module
 
         def forward(self, obs: torch.Tensor) -> torch.Tensor:
             if hasattr(self.policy, "latent"):  # GoRL: the latent mean, then the decoder
-                z = self.policy.decoder_input(self.policy.latent.act(obs, deterministic=True), obs)
+                z = self.policy.decoder_input(self.policy.latent_variable(obs, deterministic=True), obs)
                 return self.policy.decoder.from_unit(self.policy.decoder.generate(obs, z))[:, 0]
             return self.policy.clip_action(self.policy(obs))
 

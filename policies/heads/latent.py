@@ -105,10 +105,18 @@ class LatentDecoderHead(PolicyHead):
         policy through the decoder (SAC); the decoder's own weights are not what they optimize."""
         return self.decoder.generate(obs, self.decoder_input(z, obs), straight_through=True)[:, 0]
 
+    def latent_variable(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """The latent policy's variable u [B, z_dim] at ``obs``, its mean or a sample, unclipped as GoRL's rollouts
+        draw it (``decoder_input`` clips the decoder's input z after the anchor and the scale). ``latent.act`` would
+        clip u itself to +-latent_limit: after a recentring the latent's mean may pass that limit while z stays
+        inside, and the clipped u decoded to another action than the one the policy was trained with."""
+        mean, log_std = self.latent.distribution(obs)
+        return env_actions(self.latent, mean if deterministic else mean + log_std.exp() * torch.randn_like(mean))
+
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         obs = self.observations(obs)
-        return self.decode(obs, self.latent.act(obs, deterministic))
+        return self.decode(obs, self.latent_variable(obs, deterministic))
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, None]:
         return self.act(obs), None

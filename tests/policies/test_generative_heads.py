@@ -291,3 +291,25 @@ def test_mixture_log_prob_is_a_density():
     with torch.no_grad():
         integral = torch.trapezoid(head.log_prob(obs, u).exp(), u.squeeze(-1))
     assert abs(float(integral) - 1.0) < 3e-3
+
+
+def test_latent_head_acts_with_the_latent_it_was_trained_with_past_the_limit():
+    # GoRL's rollouts decode the latent's unclipped variable u, clipping only the decoder's input z = (u - m0) / s
+    # after a recentring; act (evaluation, export) clipped u itself to +-latent_limit first: a mean of 3.3 (3 + 0.3)
+    # after a recentring at 2.8 read as z = 0.2 instead of 0.5, another action
+    torch.manual_seed(0)
+    head = build_head("latent", 3, LOW, HIGH, hidden_sizes=(16,), decoder_hidden=(32, 32), decoder_steps=2)
+    last = [m for m in head.latent.net if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(2.8)
+        head.recenter()  # the decoder reads z = u - 2.8
+        last.bias.fill_(3.3)  # the next stage moved the latent's mean past latent_limit=3
+    obs = torch.randn(4, 3)
+    mean, log_std = head.latent.distribution(obs)
+    assert torch.equal(head.act(obs, deterministic=True), head.decode(obs, mean))
+    torch.testing.assert_close(head.decoder_input(mean, obs), torch.full((4, 2), 0.5))
+    torch.manual_seed(1)
+    sampled = head.act(obs)
+    torch.manual_seed(1)
+    assert torch.equal(sampled, head.decode(obs, mean + log_std.exp() * torch.randn_like(mean)))

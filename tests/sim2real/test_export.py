@@ -87,10 +87,11 @@ def test_every_head_exports_and_matches_torch(tmp_path, name, options):
         assert np.abs(session.run(None, {"obs": obs, "noise": zeros})[0] - deterministic).max() <= 1e-5
 
 
-@pytest.mark.parametrize("recentered", [False, True])
-def test_gorl_export_reads_the_latent_through_its_scale(tmp_path, recentered):
+@pytest.mark.parametrize("recentered, past_limit", [(False, False), (True, False), (True, True)])
+def test_gorl_export_reads_the_latent_through_its_scale(tmp_path, recentered, past_limit):
     # after a refit that kept the latent's std (algo.keep_latent_std), the decoder reads u / latent_scale; after a
-    # recentering reset (algo.recenter_latent, the default), (u - anchor mean(s)) / latent_scale
+    # recentering reset (algo.recenter_latent, the default), (u - anchor mean(s)) / latent_scale. past_limit: the
+    # latent's mean has moved past latent_limit (3) since the recentring; only z is clipped, as in training's rollouts
     head = _head("latent", {"decoder": "flow", "decoder_steps": 2, "decoder_hidden": [32, 32]})
     torch.manual_seed(0)
     with torch.no_grad():
@@ -102,10 +103,15 @@ def test_gorl_export_reads_the_latent_through_its_scale(tmp_path, recentered):
             head.recenter(torch.tensor([0.2, 0.5, 3.0]))
             for p in head.latent.net.parameters():
                 p.add_(0.3 * torch.randn_like(p))
+            if past_limit:
+                [m for m in head.latent.net if isinstance(m, torch.nn.Linear)][-1].bias.add_(3.0)
     export_policy(head, tmp_path, "onnx")
     obs = np.random.default_rng(4).normal(2.0, 3.0, (6, OBS_DIM)).astype(np.float32)
     with torch.no_grad():
         want = head.act(torch.from_numpy(obs), deterministic=True).numpy()
+        mean = head.latent.distribution(torch.from_numpy(obs))[0]
+        np.testing.assert_array_equal(want, head.decode(torch.from_numpy(obs), mean).numpy())  # the rollouts' decoding
+        assert (mean.abs().max() > head.latent_limit) == past_limit
         u = head.latent.act(torch.from_numpy(obs), deterministic=True)
         unscaled = head.decoder.from_unit(head.decoder.generate(torch.from_numpy(obs), u))[:, 0].numpy()
     assert np.abs(want - unscaled).max() > 0.05  # the scale matters for these actions
