@@ -359,6 +359,10 @@ class GoRL(DecoderRefit, Learner):
             raise ValueError("algo.latent_kl_coef > 0 pulls the latent policy toward a prior centred at 0, and "
                              "algo.recenter_latent=true (the default) centres it on the latent's mean at the last "
                              "refit: set algo.recenter_latent=false to use the penalty")
+        if self.recenter_latent and reset_latent and policy.anchor is None:  # (the first refit would fail, a stage in)
+            key = "policy.squash" if policy.latent.squash else "policy.state_dependent_std"
+            raise ValueError(f"{key}=true: algo.recenter_latent=true (the default) re-centres an unsquashed latent with "
+                             f"a state-independent std at each refit; set {key}=false, or algo.recenter_latent=false")
         self.stages = stages if refit_every is None else None  # None: refit_every replaces the stages
         self.total_updates: int | None = None
         self._init_refit(policy, refit_every, refit_epochs, refit_batch_size, decoder_lr, dataset_size, reset_latent,

@@ -637,6 +637,17 @@ def test_gorl_refit_on_must_be_known_and_the_latent_kl_reaches_ppo():
         GoRL(head, latent_kl_coef=0.05)  # its prior is centred at 0, the recentred latent's is not
 
 
+@pytest.mark.parametrize("key", ["state_dependent_std", "squash"])
+def test_gorl_refuses_a_latent_it_cannot_recenter_before_training(key):
+    # the recentring reset (the default) keeps a state-independent std: with another latent the run trained a whole
+    # stage, then failed at its first refit naming no config key
+    head = build_head("latent", 3, LOW, HIGH, hidden_sizes=(16,), decoder_hidden=(32, 32), **{key: True})
+    with pytest.raises(ValueError, match=f"policy.{key}=true: algo.recenter_latent=true"):
+        GoRL(head)
+    GoRL(head, recenter_latent=False)  # the zero reset takes any latent
+    GoRL(head, reset_latent=False)  # no reset: nothing to recentre
+
+
 @pytest.mark.parametrize("fused", ["auto", "off"])
 def test_gorl_latent_kl_is_toward_the_prior_the_latent_was_reset_to(fused):
     # a reset that keeps the latent's std (e^-1.5) makes N(0, e^-3) the prior: the penalty starts at 0 there
