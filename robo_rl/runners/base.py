@@ -238,6 +238,10 @@ class Runner(RunnerCheckpoints, abc.ABC):
         # a resume keeps the rows up to its checkpoint; a restart (resume= of a run with no checkpoint) none
         resume_step = self.step if resume_from else (0 if cfg.get("resume") else None)
         self.metrics = MetricsWriter(self.run_dir, cfg.log.tensorboard, resume_step=resume_step)
+        if resume_step is not None:  # the summary of the segment that ended ("completed" at the old steps, or
+            # "interrupted"): not this one's, which writes its own when it ends; a resume killed on the way (SIGKILL,
+            # a power loss) leaves none, as a run in progress has none (robo-rl compare reads it so)
+            (self.run_dir / "summary.json").unlink(missing_ok=True)
         label = f"{cfg.algo.name} {self.env.task_id}"
         progress = Progress(label, self.planned_steps, cfg.log.progress_seconds, self.step)
         next_log = (self.step // cfg.log.every + 1) * cfg.log.every

@@ -225,6 +225,31 @@ def test_a_longer_steps_on_resume_is_kept_by_the_next_resume_and_reaches_python(
               [f"resume={run}", f"run_dir={tmp_path / 'elsewhere'}"])
 
 
+def test_a_resume_removes_the_summary_of_the_segment_it_continues(tmp_path, monkeypatch):
+    # the summary said "completed" at step 300 while the extended run trained on: a resume killed on the way (SIGKILL,
+    # a power loss) left it so, and robo-rl compare reported a completed 300-step run with the old final return
+    from robo_rl.runners.base import Runner
+
+    run = tmp_path / "run"
+    train(compose(*SMALL_SAC, "steps=300", "eval.every=300", "checkpoint.every=300"), run)
+    with pytest.raises(ConfigError):  # a refused resume changes nothing
+        train(compose(f"resume={run}", "algo.batch_size=128"), tmp_path / "unused", [f"resume={run}", "algo.batch_size=128"])
+    assert json.loads((run / "summary.json").read_text())["steps"] == 300
+    seen = []
+    evaluate = Runner._evaluate
+
+    def spy(self, wall):
+        seen.append((self.step, (run / "summary.json").exists()))
+        return evaluate(self, wall)
+
+    monkeypatch.setattr(Runner, "_evaluate", spy)
+    resume = [f"resume={run}", "steps=400"]
+    train(compose(*resume), tmp_path / "unused", resume)
+    assert seen == [(400, False)]  # while the resumed segment ran, no summary claimed the run
+    saved = json.loads((run / "summary.json").read_text())
+    assert (saved["status"], saved["steps"], saved["final_eval_step"]) == ("completed", 400, 400)
+
+
 def test_resume_falls_back_past_a_checkpoint_that_verifies_but_cannot_be_loaded(tmp_path):
     run = tmp_path / "run"
     train(compose(*SMALL_SAC, "steps=300", "checkpoint.every=100", "checkpoint.keep=5"), run)
