@@ -24,7 +24,7 @@ keys:
   deterministic=true     act with the policy's deterministic action (false: sample)
   num_envs=10            env copies stepped together (at most episodes: one episode each)
   seed=12345             seed of the evaluation envs
-  checkpoint=<dir>       a specific checkpoint directory (default: the newest complete one)
+  checkpoint=<dir>       one of the run's checkpoint directories (default: the newest complete one)
   device=cpu             cpu, cuda or cuda:N
   video=false            also write <run_dir>/videos/eval-step<N>.mp4 (headless: EGL or OSMesa)
   video_episodes=1       episodes of env copy 0 in the video
@@ -113,7 +113,11 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
     env = SafetyLayer(raw, safety.filters, safety.cost_key, keep_episode_costs=True)
     video = None
     try:
-        policy = load_policy(cfg, env, ckpt, opts.device)
+        policy = load_policy(cfg, env, ckpt, opts.device)  # (names a checkpoint whose networks do not fit)
+        if Path(ckpt).resolve().parent != (run_dir / "checkpoints").resolve():  # compare reads eval.json as this run's
+            raise ValueError(f"checkpoint={opts.checkpoint} is not one of {run_dir}'s checkpoints "
+                             f"({run_dir / 'checkpoints'}/step_...), and its result would go to {run_dir / 'eval.json'} "
+                             "as this run's; evaluate it with run_dir=<the run it belongs to>")
         if opts.video:  # frames are encoded as they are drawn (a long video never sits in memory); a path that
             # cannot take the file is refused here, before the episodes run
             from envs.rendering import Mp4Writer

@@ -93,6 +93,22 @@ def test_a_checkpoint_of_another_algorithm_is_one_line(tmp_path, capsys, runs):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_checkpoint_of_another_run_is_refused_not_reported_as_this_run_s(tmp_path, capsys, runs):
+    # another seed's checkpoint fits the networks: it was evaluated and written to this run's eval.json, and
+    # robo-rl compare showed that policy's return as this run's
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs / "sac", run)
+    other = latest_checkpoint(runs / "sac" / "checkpoints")
+    code, out, err = _eval(capsys, f"run_dir={run}", "episodes=1", "num_envs=1", f"checkpoint={other}")
+    assert code == 2 and out == "" and not (run / "eval.json").exists()
+    assert f"checkpoint={other} is not one of {run}'s checkpoints" in _one_line_error(err)
+    own = latest_checkpoint(run / "checkpoints")  # its own, named: evaluated
+    code, out, err = _eval(capsys, f"run_dir={run}", "episodes=1", "num_envs=1", f"checkpoint={own}")
+    assert code == 0 and (run / "eval.json").is_file(), err
+
+
 def test_an_eval_json_that_cannot_be_written_is_refused_before_the_episodes(tmp_path, capsys, runs, monkeypatch):
     import shutil
 
