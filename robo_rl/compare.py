@@ -336,9 +336,16 @@ def compare(paths: str | Path | Sequence[str | Path], group_by: str | Sequence[s
         raise ValueError("compare: no run directories given (pass run directories or directories holding runs)")
     runs = [load_run(p) for p in find_runs(paths)]
     out_groups = []
+    warnings = [w for r in runs for w in r.warnings]
     for group in group_runs(runs, group_by):
         finals = [r.final for r in group.runs if r.final is not None]
         evaluated = [r.evaluated for r in group.runs if r.evaluated and r.evaluated.get("return_mean") is not None]
+        sampled = [str(r.path / EVALUATED) for r in group.runs
+                   if r.evaluated and r.evaluated.get("return_mean") is not None and r.evaluated.get("deterministic") is False]
+        if sampled and len(sampled) < len(evaluated):  # one mean of two different measures
+            warnings.append(f"group {group.label}: {', '.join(sampled)} {'is' if len(sampled) == 1 else 'are'} of "
+                            "stochastic evaluations (deterministic=false), the group's other eval.json deterministic "
+                            "ones; the `robo-rl eval` mean averages both (evaluate every run alike)")
         bests = [r.best for r in group.runs if r.best is not None]
         out_groups.append({
             "label": group.label,
@@ -362,7 +369,7 @@ def compare(paths: str | Path | Sequence[str | Path], group_by: str | Sequence[s
             "curve_runs": sum(bool(r.curves[curve]) for r in group.runs),  # the runs it averages
         })
     return {"curve": curve, "curve_column": CURVES[curve], "runs": len(runs), "groups": out_groups,
-            "warnings": [w for r in runs for w in r.warnings], "date": time.strftime("%Y-%m-%d %H:%M")}
+            "warnings": warnings, "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
 def _fmt(stats: dict[str, float | None], n: int) -> str:

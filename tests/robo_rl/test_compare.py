@@ -414,3 +414,24 @@ def test_the_plot_and_note_count_the_runs_a_curve_holds(tmp_path, capsys, monkey
                         lambda self, *a, **k: labels.append(k.get("label")) or real(self, *a, **k))
     plot(compare([tmp_path]), tmp_path / "again.png")
     assert labels == ["sac Hopper-v5 (n=3 of 4)"]
+
+
+def test_a_group_whose_eval_jsons_mix_deterministic_and_stochastic_evaluations_is_warned(tmp_path, capsys, monkeypatch):
+    # one mean of two measures: the column read as a deterministic evaluation (the default) said nothing of it
+    for seed, deterministic in ((0, True), (1, False), (2, True)):
+        write_run(tmp_path / f"s{seed}", seed, 10.0, [(1000, 10.0)])
+        (tmp_path / f"s{seed}" / "eval.json").write_text(json.dumps(
+            {"return_mean": 10.0 * seed, "return_std": 1.0, "episodes": 10, "deterministic": deterministic,
+             "checkpoint_step": 1000}))
+    result = compare([tmp_path])
+    assert result["groups"][0]["robo_rl_eval_return"]["mean"] == pytest.approx(10.0)
+    assert result["warnings"] == [f"group sac Hopper-v5: {tmp_path / 's1' / 'eval.json'} is of stochastic evaluations "
+                                  "(deterministic=false), the group's other eval.json deterministic ones; the "
+                                  "`robo-rl eval` mean averages both (evaluate every run alike)"]
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", "runs=.", "out_dir=out"]) == 0
+    assert "s1/eval.json is of stochastic evaluations" in capsys.readouterr().err
+    # all alike (every run stochastic, or one run): nothing to say
+    for seed in (0, 2):
+        (tmp_path / f"s{seed}" / "eval.json").unlink()
+    assert compare([tmp_path])["warnings"] == []
