@@ -307,8 +307,8 @@ def _stats(values: list[float]) -> dict[str, float | None]:
 
 
 def mean_curve(curves: list[list[tuple[float, float]]]) -> dict[str, list[float]] | None:
-    """Mean and min-max over runs on the steps all runs cover (each run interpolated onto the first one's steps); an
-    empty curve (a run not evaluated yet) is left out.
+    """Mean and min-max over runs on the steps all runs cover (each run interpolated onto every step any run has
+    there, so the curve does not depend on the runs' order); an empty curve (a run not evaluated yet) is left out.
 
     Covered: from the latest first point to the earliest last one; np.interp would otherwise hold a run's first value
     flat before it, a value that run never had at those steps."""
@@ -316,7 +316,9 @@ def mean_curve(curves: list[list[tuple[float, float]]]) -> dict[str, list[float]
     if not curves:
         return None
     start, end = max(c[0][0] for c in curves), min(c[-1][0] for c in curves)
-    steps = np.asarray([s for s, _ in curves[0] if start <= s <= end], dtype=np.float64)
+    # the union: with the first run's steps, a run evaluated every 300 steps beside a 500-step run evaluated at 400
+    # and 500 had none between them, and the group's curve was left out or not by the order of the seeds
+    steps = np.asarray(sorted({s for c in curves for s, _ in c if start <= s <= end}), dtype=np.float64)
     if steps.size == 0:
         return None
     ys = np.stack([np.interp(steps, [s for s, _ in c], [v for _, v in c]) for c in curves])

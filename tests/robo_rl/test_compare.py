@@ -114,7 +114,7 @@ def test_unfinished_runs_are_shown_from_their_metrics(tmp_path):
 
 def test_curves_on_different_steps_are_interpolated():
     c = mean_curve([[(0, 0.0), (10, 10.0)], [(0, 0.0), (4, 8.0), (10, 8.0)]])
-    assert c["step"] == [0.0, 10.0] and c["mean"] == [0.0, 9.0]
+    assert c["step"] == [0.0, 4.0, 10.0] and c["mean"] == [0.0, 6.0, 9.0]  # every run's steps: 4 is the second's
     c = mean_curve([[(0, 0.0), (5, 10.0), (10, 20.0)], [(0, 0.0), (10, 10.0)]])
     np.testing.assert_allclose(c["mean"], [0.0, 7.5, 15.0])
     assert mean_curve([[], []]) is None
@@ -329,8 +329,9 @@ def test_small_returns_keep_their_digits_in_the_table(tmp_path):
 def test_the_mean_curve_starts_where_every_run_has_a_point():
     # a run evaluated first at step 1500 has no value at step 1000: holding its first one flat before it invented one
     c = mean_curve([[(1000, 10.0), (2000, 20.0), (3000, 30.0)], [(1500, 100.0), (3000, 200.0)]])
-    assert c["step"] == [2000.0, 3000.0]
-    np.testing.assert_allclose(c["mean"], [(20.0 + 100.0 + 100.0 * 500 / 1500) / 2, (30.0 + 200.0) / 2])
+    assert c["step"] == [1500.0, 2000.0, 3000.0]
+    np.testing.assert_allclose(c["mean"], [(15.0 + 100.0) / 2, (20.0 + 100.0 + 100.0 * 500 / 1500) / 2,
+                                           (30.0 + 200.0) / 2])
 
 
 def test_pooled_runs_of_different_lengths_show_the_range_of_their_steps(tmp_path):
@@ -435,3 +436,17 @@ def test_a_group_whose_eval_jsons_mix_deterministic_and_stochastic_evaluations_i
     for seed in (0, 2):
         (tmp_path / f"s{seed}" / "eval.json").unlink()
     assert compare([tmp_path])["warnings"] == []
+
+
+def test_the_mean_curve_does_not_depend_on_which_run_comes_first():
+    # every 300 steps to 3,000, beside a 500-step run evaluated at 400 and 500: the first run's steps made the grid,
+    # and with it first there was no step between 400 and 500, so no curve at all
+    every_300 = [(float(s), float(s)) for s in range(300, 3001, 300)]
+    short = [(400.0, 1.0), (500.0, 2.0)]
+    expected = {"step": [400.0, 500.0], "mean": [200.5, 251.0], "min": [1.0, 2.0], "max": [400.0, 500.0]}
+    assert mean_curve([every_300, short]) == expected
+    assert mean_curve([short, every_300]) == expected
+    a, b = [(100.0, 1.0), (300.0, 3.0)], [(100.0, 5.0), (200.0, 5.0), (300.0, 5.0)]  # the union of the steps, either way
+    assert mean_curve([a, b]) == mean_curve([b, a]) == {"step": [100.0, 200.0, 300.0], "mean": [3.0, 3.5, 4.0],
+                                                        "min": [1.0, 2.0, 3.0], "max": [5.0, 5.0, 5.0]}
+    assert mean_curve([every_300, [(3100.0, 1.0)]]) is None  # no step both have reached
