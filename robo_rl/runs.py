@@ -150,10 +150,18 @@ def directory_problem(path: Path) -> str | None:
 
 
 def resolve_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
-    from robo_rl.checkpoint import CheckpointError, latest_checkpoint
+    from robo_rl.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints
 
     if checkpoint is not None:
-        return Path(checkpoint)
+        path, own = Path(checkpoint), Path(run_dir) / "checkpoints"
+        if not path.exists() and len(path.parts) == 1 and (own / path).is_dir():
+            return own / path  # checkpoint=step_0000000480: a name in the run's checkpoints/
+        if not path.exists():
+            names = [p.name for p in list_checkpoints(own)]
+            held = (f"{own} holds {', '.join(names[-5:])}" + (f" (and {len(names) - 5} older)" if len(names) > 5 else "")
+                    if names else f"{own} holds no checkpoint")
+            raise CheckpointError(f"checkpoint={checkpoint} does not exist; {held}")
+        return path
     path = latest_checkpoint(Path(run_dir) / "checkpoints", warn=log.warning)  # names a checkpoint it skips
     if path is None:
         raise CheckpointError(f"{run_dir} holds no complete checkpoint")

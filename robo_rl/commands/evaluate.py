@@ -24,7 +24,8 @@ keys:
   deterministic=true     act with the policy's deterministic action (false: sample)
   num_envs=10            env copies stepped together (at most episodes: one episode each)
   seed=12345             seed of the evaluation envs
-  checkpoint=<dir>       one of the run's checkpoint directories (default: the newest complete one)
+  checkpoint=<dir>       one of the run's checkpoint directories, or its name (step_0000024000);
+                         default: the newest complete one
   device=cpu             cpu, cuda or cuda:N
   video=false            also write <run_dir>/videos/eval-step<N>.mp4 (headless: EGL or OSMesa)
   video_episodes=1       episodes of env copy 0 in the video

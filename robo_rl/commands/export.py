@@ -25,7 +25,8 @@ keys:
   run_dir=<dir>          the run directory (required)
   format=onnx            onnx or torchscript
   out_dir=<dir>          where to write (default <run_dir>/export)
-  checkpoint=<dir>       a specific checkpoint directory (default: the newest complete one)
+  checkpoint=<dir>       a specific checkpoint directory, or its name in the run's checkpoints/
+                         (step_0000024000); default: the newest complete one
   safety=<name|path>     filter chain stored in the sidecar: configs/safety/<name>.yaml or a YAML
                          file with a 'filters:' list (default: the run's own safety.filters)
 """

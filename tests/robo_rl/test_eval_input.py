@@ -109,6 +109,22 @@ def test_a_checkpoint_of_another_run_is_refused_not_reported_as_this_run_s(tmp_p
     assert code == 0 and (run / "eval.json").is_file(), err
 
 
+def test_a_checkpoint_given_by_name_is_the_run_s_and_a_missing_one_lists_them(tmp_path, capsys, runs, monkeypatch):
+    # checkpoint=step_... (a name, not a path from here) was "does not exist"; it is read in the run's checkpoints/
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs / "sac", run)
+    own = latest_checkpoint(run / "checkpoints")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _eval(capsys, f"run_dir={run}", "episodes=1", "num_envs=1", f"checkpoint={own.name}")
+    assert code == 0 and f"(checkpoint step {int(own.name.split('_')[1]):,})" in out, err
+    code, out, err = _eval(capsys, f"run_dir={run}", "episodes=1", "checkpoint=step_0000000999")
+    assert code == 2 and out == ""
+    assert f"checkpoint=step_0000000999 does not exist; {run / 'checkpoints'} holds {own.name}" in _one_line_error(err)
+
+
+
 def test_an_eval_json_that_cannot_be_written_is_refused_before_the_episodes(tmp_path, capsys, runs, monkeypatch):
     import shutil
 
