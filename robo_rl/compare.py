@@ -402,9 +402,10 @@ def table(result: dict[str, Any]) -> str:
         d = return_decimals(*(r["final_eval_return"] for r in g["runs"]), minimum=0)
         per_seed = ", ".join(("failed" if r["status"].startswith("failed") else "-") if r["final_eval_return"] is None
                              else f"{r['final_eval_return']:.{d}f}" for r in g["runs"])
-        failed = sum(r["status"].startswith("failed") for r in g["runs"])
-        not_done = sum(r["status"] != "completed" for r in g["runs"]) - failed
-        notes = [f"{failed} failed"] * bool(failed) + [f"{not_done} not completed"] * bool(not_done)
+        failed = [r for r in g["runs"] if r["status"].startswith("failed")]
+        not_done = [r for r in g["runs"] if r["status"] != "completed" and r not in failed]
+        notes = [f"{len(which)} {what} (seed {', '.join(str(r['seed']) for r in which)})"
+                 for what, which in (("failed", failed), ("not completed", not_done)) if which]
         wall = g["wall_time_s"]["mean"]
         n_final = sum(r["final_eval_return"] is not None for r in g["runs"])
         n_best = sum(r["best_eval_return"] is not None for r in g["runs"])

@@ -59,7 +59,7 @@ def test_a_failed_run_is_named_not_averaged_and_a_comma_job_directory_is_one_run
     write_run(sweep / "algo=sac,seed=2", 2, None, [(1000, 80.0)], summary=False)  # still running
     (g,) = compare([sweep])["groups"]
     assert g["final_eval_return"]["mean"] == pytest.approx((300.0 + 80.0) / 2)  # the running one: its latest
-    assert "| sac Hopper-v5 (1 failed, 1 not completed) | 3 (0, 1, 2) | 190.0 ± 110.0 | 300, failed, 80 |" in table(
+    assert "| sac Hopper-v5 (1 failed (seed 1), 1 not completed (seed 2)) | 3 (0, 1, 2) | 190.0 ± 110.0 | 300, failed, 80 |" in table(
         compare([sweep]))
     # a sweep job's directory (its name holds a comma) is one run, not two (runs=a,b lists)
     assert main(["compare", f"runs={sweep / 'algo=sac,seed=0'}", f"out_dir={tmp_path / 'one'}"]) == 0
