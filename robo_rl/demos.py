@@ -21,6 +21,7 @@ terminations), plus ``costs`` [T] (each step's safety cost) where the replay kee
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import zipfile
@@ -170,6 +171,53 @@ def _check_arrays(arrays: dict[str, np.ndarray], path: Path, obs_dim: int | None
                         "multiplies the bootstrap by (1 - terminated)")
 
 
+def _npy_header(f: Any, path: Path, what: str) -> tuple[np.dtype, tuple[int, ...]]:
+    """The dtype and shape an .npy header declares (``f`` positioned at its start), its data unread."""
+    from numpy.lib import format as npy
+
+    try:
+        version = npy.read_magic(f)
+        read = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
+        if read is None:
+            raise ValueError(f".npy format version {version[0]}.{version[1]}, which numpy writes only for "
+                             "structured arrays")
+        shape, _, dtype = read(f)
+    except ValueError as exc:
+        raise DemoError(f"demonstrations {path}: {what} is not a readable numpy array ({exc}); write the file with "
+                        "numpy.savez(path, obs=..., actions=...) or robo_rl.demos.save_demos") from None
+    return dtype, shape
+
+
+def _check_npz_headers(path: Path) -> None:
+    """Read every array's header before any of its data: an array of Python objects (only unpickling could read
+    it), a member that is no .npy array, a declared shape its member cannot hold (numpy would allocate the
+    declared size first: a damaged header asking for terabytes) or arrays beyond the memory free (a zip bomb)
+    are refused, naming the array."""
+    from envs.resources import gib, host_memory
+
+    sizes = {}
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename  # as numpy names them
+            with archive.open(info) as f:
+                dtype, shape = _npy_header(f, path, key)
+                stored = info.file_size - f.tell()
+            if dtype.hasobject:
+                raise DemoError(f"demonstrations {path}: {key} holds Python objects (dtype {dtype}), which only "
+                                "unpickling could read; demonstrations are never unpickled: store numeric arrays")
+            size = math.prod(shape) * dtype.itemsize
+            if size > stored:
+                raise DemoError(f"demonstrations {path}: {key}'s header declares shape {shape} of {dtype} "
+                                f"({gib(size)}), and the file holds {stored:,} bytes of it: a damaged file")
+            sizes[key] = size
+    available = host_memory()[1]
+    if available is not None and sum(sizes.values()) > available:
+        largest = max(sizes, key=sizes.get)
+        raise DemoError(f"demonstrations {path}: its arrays unpack to {gib(sum(sizes.values()))} ({largest} "
+                        f"{gib(sizes[largest])}), more than the {gib(available)} of memory free; use fewer "
+                        "transitions")
+
+
 def load_demos(path: str | Path, obs_dim: int, act_dim: int, action_low: np.ndarray, action_high: np.ndarray,
                replay: bool = False) -> dict[str, torch.Tensor]:
     """Read and check a demonstrations file against the env; float32 tensors by key."""
@@ -199,12 +247,14 @@ def load_demos(path: str | Path, obs_dim: int, act_dim: int, action_low: np.ndar
                                else "the file is empty")
                             + "); demonstrations are read only from numpy .npz files, never unpickled: write one with "
                             "numpy.savez(path, obs=..., actions=...) or robo_rl.demos.save_demos")
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):  # a .npy file (whatever its name): one unnamed array
-            raise DemoError(f"demonstrations {path}: a single .npy array ({data.dtype}, shape {data.shape}), not an "
+        if head.startswith(b"\x93NUMPY"):  # a .npy file (whatever its name): one unnamed array, described unread
+            with open(path, "rb") as f:
+                dtype, shape = _npy_header(f, path, "the file")
+            raise DemoError(f"demonstrations {path}: a single .npy array ({dtype}, shape {shape}), not an "
                             ".npz archive of named arrays obs, actions, ...; write one with numpy.savez(path, obs=..., "
                             "actions=...) or robo_rl.demos.save_demos")
-        with data:
+        _check_npz_headers(path)
+        with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, NotImplementedError) as exc:
         if isinstance(exc, DemoError):

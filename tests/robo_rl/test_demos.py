@@ -417,6 +417,61 @@ def test_a_file_that_is_no_npz_is_refused_without_advice_to_unpickle_it(tmp_path
     assert "never unpickled" in message and "allow_pickle" not in message and "pickle.load" not in message
 
 
+def _npz_member(array, shape=None):
+    """An .npy member's bytes; ``shape`` overrides the shape its header declares (the data stays ``array``'s)."""
+    import io
+
+    from numpy.lib import format as npy
+
+    out = io.BytesIO()
+    header = {"descr": npy.dtype_to_descr(array.dtype), "fortran_order": False, "shape": shape or array.shape}
+    npy.write_array_header_1_0(out, header)
+    out.write(array.tobytes())
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("case, match", [
+    # numpy allocates the declared size before reading: MemoryError (out of the run's "lower the buffers" advice)
+    ("huge_header", r"obs's header declares shape \(1000000000000, 3\) of float32 \(11,175.9 GiB\), and the file "
+                    r"holds 60 bytes of it: a damaged file"),
+    # numpy's message named no array and suggested allow_pickle
+    ("object_array", r"actions holds Python objects \(dtype object\), which only unpickling could read; "
+                     "demonstrations are never unpickled"),
+    # numpy hands a member that is no .npy back as bytes: an AttributeError ('bytes' object has no attribute 'ndim')
+    ("not_npy", r"obs is not a readable numpy array \(EOF: reading magic string"),
+])
+def test_each_array_header_is_checked_before_its_data_is_read(tmp_path, case, match):
+    import zipfile
+
+    path = tmp_path / "demos.npz"
+    obs, actions = np.zeros((5, 3), np.float32), np.zeros((5, 1), np.float32)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("obs.npy", {"huge_header": _npz_member(obs, (10**12, 3)), "not_npy": b"hello"}.get(
+            case, _npz_member(obs)))
+        if case == "object_array":
+            np.save(member := tmp_path / "actions.npy", actions.astype(object), allow_pickle=True)
+            archive.write(member, "actions.npy")
+        else:
+            archive.writestr("actions.npy", _npz_member(actions))
+    with pytest.raises(DemoError, match=match) as exc:
+        load_demos(path, 3, 1, [-2.0], [2.0])
+    assert str(exc.value).startswith(f"demonstrations {path}: ") and "allow_pickle" not in str(exc.value)
+
+
+def test_a_file_that_unpacks_beyond_the_memory_free_is_refused_unread(tmp_path, monkeypatch):
+    # a zip bomb: 20 MB of zeros compress to ~20 kB; unpacked, the arrays would have to fit in memory
+    import envs.resources
+
+    path = tmp_path / "demos.npz"
+    rows = 1_250_000
+    np.savez_compressed(path, obs=np.zeros((rows, 3), np.float32), actions=np.zeros((rows, 1), np.float32))
+    assert path.stat().st_size < 100_000
+    monkeypatch.setattr(envs.resources, "host_memory", lambda: (2**30, 16 * 2**20))  # 16 MiB free
+    with pytest.raises(DemoError, match=rf"demonstrations {path}: its arrays unpack to 19.1 MiB \(obs 14.3 MiB\), "
+                                        r"more than the 16.0 MiB of memory free; use fewer transitions"):
+        load_demos(path, 3, 1, [-2.0], [2.0])
+
+
 @pytest.mark.parametrize("overrides", [("algo=td3",), ("algo=sac",), ("algo=ppo",)], ids=lambda o: o[0][5:])
 def test_pretraining_reaches_actions_of_bounds_wider_than_one(tmp_path, overrides):
     # Pendulum's torque is in [-2, 2]: demonstrations in env units up to 1.6 are imitated there, not clipped to 1
