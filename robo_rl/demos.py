@@ -256,7 +256,8 @@ def load_demos(path: str | Path, obs_dim: int, act_dim: int, action_low: np.ndar
         _check_npz_headers(path)
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
-    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, NotImplementedError) as exc:
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
+        # (RuntimeError: zipfile's "is encrypted, password required")
         if isinstance(exc, DemoError):
             raise
         raise DemoError(f"demonstrations {path}: not a readable .npz file ({exc})") from None

@@ -458,6 +458,21 @@ def test_each_array_header_is_checked_before_its_data_is_read(tmp_path, case, ma
     assert str(exc.value).startswith(f"demonstrations {path}: ") and "allow_pickle" not in str(exc.value)
 
 
+def test_an_encrypted_archive_is_named(tmp_path):
+    # zipfile raises RuntimeError ("password required"), which escaped as a traceback
+    path = tmp_path / "demos.npz"
+    np.savez(path, obs=np.zeros((5, 3), np.float32), actions=np.zeros((5, 1), np.float32))
+    data = bytearray(path.read_bytes())
+    for signature, flags in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # local and central headers' flag bit 0
+        at = data.find(signature)
+        while at >= 0:
+            data[at + flags] |= 1
+            at = data.find(signature, at + 4)
+    path.write_bytes(data)
+    with pytest.raises(DemoError, match=rf"demonstrations {path}: not a readable .npz file \(File .* is encrypted"):
+        load_demos(path, 3, 1, [-2.0], [2.0])
+
+
 def test_a_file_that_unpacks_beyond_the_memory_free_is_refused_unread(tmp_path, monkeypatch):
     # a zip bomb: 20 MB of zeros compress to ~20 kB; unpacked, the arrays would have to fit in memory
     import envs.resources
