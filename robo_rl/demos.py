@@ -318,6 +318,11 @@ def warm_start(cfg: Any, learner: Any, replay: Any | None, demos: dict[str, torc
         raise DemoError(f"demonstrations {d.path}: safety.passivity_aware=true keeps each step's safety cost in "
                         f"replay, and the file has no {COST_KEY} [T]; add them (save_demos(..., {COST_KEY}=...)), or "
                         "set demos.replay=false to only pretrain the policy")
+    if int(d.pretrain_steps) == 0 and not preload:  # the file was read and checked, and nothing uses it
+        log.warning(f"robo-rl: warning: demos.path={d.path} is not used: demos.pretrain_steps=0 pretrains nothing, and "
+                    + ("demos.replay=false preloads nothing; set demos.pretrain_steps > 0 or demos.replay=true"
+                       if replay is not None else f"algo={cfg.algo.name} has no replay buffer to preload them into; "
+                       "set demos.pretrain_steps > 0") + ", or leave out demos.path")
     device = next(learner.parameters()).device
     obs, actions = demos["obs"].to(device), demos["actions"].to(device)
     stats: dict[str, float] = {}

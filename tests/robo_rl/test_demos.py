@@ -208,6 +208,37 @@ def test_bad_demos_settings_fail_before_anything_is_written(tmp_path):
                   "demos.pretrain_steps=5", "steps=64"), tmp_path / "b")
 
 
+@pytest.mark.parametrize("overrides, why", [
+    (("algo=ppo",), "algo=ppo has no replay buffer to preload them into; set demos.pretrain_steps > 0"),
+    (("algo=sac", "demos.replay=false"),
+     "demos.replay=false preloads nothing; set demos.pretrain_steps > 0 or demos.replay=true"),
+])
+def test_demonstrations_nothing_uses_are_said_to_be_unused(tmp_path, overrides, why):
+    # demos.pretrain_steps=0 without a replay preload read and checked the file, then ran a plain run, saying nothing
+    import logging
+
+    from robo_rl.demos import warm_start
+
+    demos_path = pendulum_demos(tmp_path / "d.npz")
+    cfg, _ = prepare(compose(*overrides, "env=pendulum", f"demos.path={demos_path}", "demos.pretrain_steps=0"),
+                     tmp_path / "run")
+    env = build_env(cfg)
+    learner = build_learner(cfg, build_policy(cfg, env))
+    replay = None if learner.kind == "on_policy" else object()  # unused either way: nothing is preloaded
+    demos = load_demos(demos_path, 3, 1, [-2.0], [2.0])
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("robo_rl").addHandler(handler)
+    try:
+        assert warm_start(cfg, learner, replay, demos) == {}
+    finally:
+        logging.getLogger("robo_rl").removeHandler(handler)
+    assert [r.getMessage() for r in records] == [
+        f"robo-rl: warning: demos.path={demos_path} is not used: demos.pretrain_steps=0 pretrains nothing, and {why}, "
+        "or leave out demos.path"]
+
+
 @pytest.mark.parametrize("freeze, pretrain_steps", [(True, 1), (False, 1), (True, 0)])
 def test_a_warm_started_run_keeps_the_demonstrations_observation_statistics(tmp_path, two_goals_demos, freeze,
                                                                              pretrain_steps):
