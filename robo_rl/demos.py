@@ -171,6 +171,20 @@ def _check_arrays(arrays: dict[str, np.ndarray], path: Path, obs_dim: int | None
                         "multiplies the bootstrap by (1 - terminated)")
 
 
+def path_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read as a demonstrations file (None: a regular file, or a link to one)."""
+    path = Path(path)
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return "a directory, not a .npz file"
+    if path.is_symlink() and not path.exists():
+        return f"a broken symbolic link (to {os.readlink(path)})"
+    if path.exists():  # reading a named pipe would wait for a writer
+        return "not a regular file (a device, pipe or socket)"
+    return "no such file"
+
+
 def _npy_header(f: Any, path: Path, what: str) -> tuple[np.dtype, tuple[int, ...]]:
     """The dtype and shape an .npy header declares (``f`` positioned at its start), its data unread."""
     from numpy.lib import format as npy
@@ -234,9 +248,9 @@ def load_demos(path: str | Path, obs_dim: int, act_dim: int, action_low: np.ndar
         raise ValueError(f"load_demos: action_low and action_high must be {act_dim} numbers each with low <= high "
                          f"(the env's action bounds), got {action_low.tolist()} and {action_high.tolist()}")
     path = Path(path)
-    if not path.is_file():
-        raise DemoError(f"demonstrations {path}: " + ("a directory, not a .npz file" if path.is_dir() else "no such file")
-                        + " (demos.path)")
+    problem = path_problem(path)
+    if problem is not None:
+        raise DemoError(f"demonstrations {path}: {problem} (demos.path)")
     try:
         with open(path, "rb") as f:
             head = f.read(6)

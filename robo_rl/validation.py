@@ -207,9 +207,10 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.demos.critic_steps >= 0, "demos.critic_steps", "must be >= 0 (0: no critic updates before the first step)")
     need(cfg.demos.lr > 0, "demos.lr", "must be > 0")
     if cfg.demos.path is not None and not cfg.resume:
-        from pathlib import Path
+        from robo_rl.demos import path_problem
 
-        need(Path(cfg.demos.path).is_file(), "demos.path", f"no such file: {cfg.demos.path}")
+        problem = path_problem(cfg.demos.path)
+        need(problem is None, "demos.path", str(problem))
     check_device(str(cfg.device))
     for key in ("policy.activation", "algo.critic_activation", "algo.value_activation", "algo.edit_activation"):
         value = OmegaConf.select(cfg, key)

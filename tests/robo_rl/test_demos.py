@@ -239,6 +239,30 @@ def test_demonstrations_nothing_uses_are_said_to_be_unused(tmp_path, overrides, 
         "or leave out demos.path"]
 
 
+@pytest.mark.parametrize("case, problem", [
+    ("directory", "a directory, not a .npz file"),
+    ("fifo", r"not a regular file \(a device, pipe or socket\)"),  # reading it would wait for a writer
+    ("broken_link", r"a broken symbolic link \(to .*gone.npz\)"),
+    ("missing", "no such file"),
+])
+def test_a_demos_path_that_is_no_file_is_named_for_what_it_is(tmp_path, case, problem):
+    # each was "no such file" (a directory too: load_demos' own message for one came after the config check)
+    import os
+
+    path = tmp_path / "demos.npz"
+    if case == "directory":
+        path.mkdir()
+    elif case == "fifo":
+        os.mkfifo(path)
+    elif case == "broken_link":
+        path.symlink_to(tmp_path / "gone.npz")
+    with pytest.raises(ConfigError, match=rf"demos.path={path}: {problem}$"):
+        train(compose(*SMALL_SAC, f"demos.path={path}", "steps=100"), tmp_path / "run")
+    with pytest.raises(DemoError, match=rf"demonstrations {path}: {problem} \(demos.path\)$"):
+        load_demos(path, 3, 1, [-2.0], [2.0])
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("freeze, pretrain_steps", [(True, 1), (False, 1), (True, 0)])
 def test_a_warm_started_run_keeps_the_demonstrations_observation_statistics(tmp_path, two_goals_demos, freeze,
                                                                              pretrain_steps):
