@@ -233,8 +233,9 @@ def _check_npz_headers(path: Path) -> None:
 
 
 def load_demos(path: str | Path, obs_dim: int, act_dim: int, action_low: np.ndarray, action_high: np.ndarray,
-               replay: bool = False) -> dict[str, torch.Tensor]:
-    """Read and check a demonstrations file against the env; float32 tensors by key."""
+               replay: bool = False, costs: bool = False) -> dict[str, torch.Tensor]:
+    """Read and check a demonstrations file against the env; float32 tensors by key. ``replay``: the file must
+    hold full transitions for the replay preload; ``costs``: that replay keeps each step's safety cost too."""
     for name, dim in (("obs_dim", obs_dim), ("act_dim", act_dim)):
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise TypeError(f"load_demos: {name} must be a positive integer, got {dim!r}")
@@ -281,6 +282,8 @@ def load_demos(path: str | Path, obs_dim: int, act_dim: int, action_low: np.ndar
         if missing:
             raise DemoError(f"demonstrations {path}: demos.replay=true needs {', '.join(missing)} as well (full "
                             "transitions); add them, or set demos.replay=false to only pretrain the policy")
+        if costs and COST_KEY not in arrays:
+            raise DemoError(_no_costs(path))
     actions = arrays["actions"]
     tol = 1e-5 * np.maximum(1.0, np.abs(action_high - action_low))
     if (actions < action_low - tol).any() or (actions > action_high + tol).any():
@@ -323,15 +326,19 @@ def pretrain(learner: Any, obs: torch.Tensor, actions: torch.Tensor, steps: int,
             "seconds": time.perf_counter() - t0}
 
 
+def _no_costs(path: Any) -> str:
+    return (f"demonstrations {path}: safety.passivity_aware=true keeps each step's safety cost in replay, and the "
+            f"file has no {COST_KEY} [T]; add them (save_demos(..., {COST_KEY}=...)), or set demos.replay=false to "
+            "only pretrain the policy")
+
+
 def warm_start(cfg: Any, learner: Any, replay: Any | None, demos: dict[str, torch.Tensor]) -> dict[str, float]:
     """What ``robo-rl train`` does with ``demos.path`` for a new run: pretrain, then preload replay."""
     d = cfg.demos
     preload = replay is not None and bool(d.replay)
     costs = preload and getattr(replay, "costs", None) is not None
     if costs and COST_KEY not in demos:  # checked before pretraining: the preload would fail after it
-        raise DemoError(f"demonstrations {d.path}: safety.passivity_aware=true keeps each step's safety cost in "
-                        f"replay, and the file has no {COST_KEY} [T]; add them (save_demos(..., {COST_KEY}=...)), or "
-                        "set demos.replay=false to only pretrain the policy")
+        raise DemoError(_no_costs(d.path))  # (train() has load_demos check it, before the run directory is made)
     if int(d.pretrain_steps) == 0 and not preload:  # the file was read and checked, and nothing uses it
         log.warning(f"robo-rl: warning: demos.path={d.path} is not used: demos.pretrain_steps=0 pretrains nothing, and "
                     + ("demos.replay=false preloads nothing; set demos.pretrain_steps > 0 or demos.replay=true"

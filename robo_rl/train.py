@@ -219,7 +219,8 @@ def _train(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str], held: _
             from robo_rl.demos import load_demos
 
             demos = load_demos(cfg.demos.path, env.obs_dim, env.act_dim, env.action_space.low, env.action_space.high,
-                               replay=bool(cfg.demos.replay) and learner.kind == "off_policy")
+                               replay=bool(cfg.demos.replay) and learner.kind == "off_policy",
+                               costs=bool(OmegaConf.select(cfg, "safety.passivity_aware", default=False)))
         with run_dir_lock(run_dir):
             if resume_from is None and not cfg.resume:  # checked again under the lock: another process may
                 _refuse_existing_run(run_dir)              # have started it meanwhile (a restart reuses its own)
