@@ -261,8 +261,9 @@ def _log_start(cfg: DictConfig, env: Any, eval_env: Any, learner: Any, demos: An
                  + " (set them on the command line to choose otherwise)")
     starts = cfg.algo.get("learning_starts") if learner.kind == "off_policy" else None
     # a demos warm start trains the policy before the first step (a resume of such a run has no demos to load, but
-    # its policy was pretrained all the same): fewer online updates than the warnings below ask for can be meant
-    cold = demos is None and not cfg.demos.get("path")
+    # its policy was pretrained all the same): fewer online updates than the warnings below ask for can be meant.
+    # With demos.pretrain_steps=0 the policy starts untrained, whatever the file preloads into replay.
+    cold = not (cfg.demos.get("path") and int(cfg.demos.get("pretrain_steps") or 0) > 0)
     if starts is not None and int(cfg.steps) < int(starts) and cold:
         log.warning(f"robo-rl: warning: steps={int(cfg.steps):,} ends before algo.learning_starts="
                     f"{int(starts):,}, so the policy is never updated (every action is uniform random); "

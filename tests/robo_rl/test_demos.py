@@ -263,6 +263,18 @@ def test_a_demos_path_that_is_no_file_is_named_for_what_it_is(tmp_path, case, pr
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("pretrain_steps", [0, 5])
+def test_a_policy_no_demonstrations_pretrained_is_warned_about_as_any_untrained_one(tmp_path, pretrain_steps):
+    # demos.pretrain_steps=0 only preloads replay: the policy is as untrained as without demos.path, and a run
+    # ending before algo.learning_starts never updates it; the warning was left out for any demos.path
+    run = tmp_path / "run"
+    train(compose(*SMALL_SAC, f"demos.path={pendulum_demos(tmp_path / 'd.npz')}", f"demos.pretrain_steps={pretrain_steps}",
+                  "demos.critic_steps=0", "steps=20", "algo.learning_starts=100", "eval.episodes=1", "eval.num_envs=1",
+                  "env.max_episode_steps=10"), run)
+    warned = "steps=20 ends before algo.learning_starts=100, so the policy is never updated" in (run / "train.log").read_text()
+    assert warned == (pretrain_steps == 0)
+
+
 @pytest.mark.parametrize("freeze, pretrain_steps", [(True, 1), (False, 1), (True, 0)])
 def test_a_warm_started_run_keeps_the_demonstrations_observation_statistics(tmp_path, two_goals_demos, freeze,
                                                                              pretrain_steps):
