@@ -620,6 +620,12 @@ def test_help_piped_into_a_reader_that_stopped_exits_quietly():
                              "env.kwargs.<name>"]),
     # a scalar for a list key: OmegaConf's words only
     (["policy.hidden_sizes=256"], ["A list is written policy.hidden_sizes=[256]"]),
+    # an argument that is no override was Hydra's four-line "missing EQUAL" report (or a lexer error), exit 1
+    (["steps"], ["expected key=value arguments, got steps"]),
+    (["-m", "interval(0,1)"], ["expected key=value arguments, got interval(0,1)"]),
+    (["--info", "foo"], ["got foo"]),
+    (["seed=0", "--cfg", "job", "--package", "algo"], None),  # flags' values are not overrides
+    (["--info", "config"], None),
 ])
 def test_hydra_conventions_robo_rl_does_not_follow_are_one_line(args, words):
     from robo_rl.commands.train import composition_problem
@@ -679,6 +685,7 @@ def test_a_broken_pipe_that_is_not_stdout_s_is_an_error_not_a_quiet_exit(monkeyp
     ([], "no command given: robo-rl train|eval|export|deploy|compare"),
     (["nosuchcommand"], "unknown command 'nosuchcommand'"),
     (["train", "--nosuchflag"], "--nosuchflag: not an option of robo-rl train: settings are key=value"),
+    (["train", "steps"], "expected key=value arguments, got steps"),  # was Hydra's report, exit 1
 ])
 def test_a_missing_command_or_unknown_flag_is_one_line_exit_2(argv, says, capsys):
     from robo_rl.cli import main

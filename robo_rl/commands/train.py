@@ -262,6 +262,9 @@ DIRECTORY_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir")
 # the Hydra flags robo-rl train passes on (any other is refused in one line, not with Hydra's usage text)
 HYDRA_FLAGS = ("-m", "--multirun", "-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "--resolve", "-p",
                "--package", "-r", "--run", "-i", "--info")
+# those that take the next argument as their value (None: any; --info's is optional, one of its choices)
+INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+FLAG_VALUES = {"-c": None, "--cfg": None, "-p": None, "--package": None, "-i": INFO_CHOICES, "--info": INFO_CHOICES}
 
 
 def hydra_problem(args: Sequence[str]) -> str | None:
@@ -273,8 +276,12 @@ def hydra_problem(args: Sequence[str]) -> str | None:
     multirun = any(a in ("-m", "--multirun") for a in args)
     parser = OverridesParser.create()
     helping = any(a in ("--help", "-h", "--hydra-help") for a in args)
-    for a in args:
+    for i, a in enumerate(args):
         flag = a.split("=", 1)[0]
+        if not a.startswith(("-", "~")) and "=" not in a:  # `steps`, `interval(0,1)`: Hydra's report, exit 1
+            previous = args[i - 1] if i else ""
+            if previous not in FLAG_VALUES or FLAG_VALUES[previous] is not None and a not in FLAG_VALUES[previous]:
+                return f"expected key=value arguments, got {a} (see robo-rl train --help)"
         if a.startswith("-") and (
                 flag in UNSUPPORTED_FLAGS or flag in UNSUPPORTED_FLAGS.values()
                 or any(len(flag) > 3 and long.startswith(flag) for long in UNSUPPORTED_FLAGS)):
