@@ -24,7 +24,7 @@ from robo_rl.defaults import resolve_defaults, task_defaults
 from robo_rl.validation import ConfigError, validate
 from robo_rl.metrics import setup_console_logging
 from robo_rl.memory import buffers_needed, check_fits
-from robo_rl.checkpoint import list_checkpoints, recover
+from robo_rl.checkpoint import checkpoint_step, list_checkpoints, recover
 from robo_rl.learners.gorl import refit_updates
 from robo_rl.runners.checkpoints import find_resume_checkpoint
 from robo_rl.runners.off_policy import add_update_credit
@@ -91,7 +91,12 @@ def prepare(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str] = ()) -
             log.info(f"resume={run_dir}: the run stopped before its first checkpoint, so there is nothing to continue "
                      "from; starting it again from step 0 with its saved config")
             return saved, None  # a new run in the same directory (its metrics and events past step 0 are dropped)
-        return saved, find_resume_checkpoint(run_dir)
+        checkpoint = find_resume_checkpoint(run_dir)
+        if "steps" in keys and int(saved.steps) < checkpoint_step(checkpoint):  # config.yaml would then say 100 steps
+            raise ConfigError(f"steps={int(saved.steps):,}: resume={run_dir} has trained {checkpoint_step(checkpoint):,} "
+                              f"steps (its newest checkpoint, {checkpoint.name}), and a resume cannot shorten a run; "
+                              f"give steps >= {checkpoint_step(checkpoint):,}, or leave steps out")
+        return saved, checkpoint
 
     refuse_busy_run_dir(run_dir)
     _refuse_existing_run(run_dir)

@@ -220,6 +220,12 @@ def test_a_longer_steps_on_resume_is_kept_by_the_next_resume_and_reaches_python(
     train(compose(*resume), tmp_path / "unused", resume)
     train(compose(f"resume={run}"), tmp_path / "unused", [f"resume={run}"])
     assert json.loads((run / "summary.json").read_text())["steps"] == 500
+    # a shorter steps "completed" the run at once and wrote steps: 300 to config.yaml beside a 500-step summary
+    shorter = [f"resume={run}", "steps=300"]
+    with pytest.raises(ConfigError, match=r"^steps=300: resume=.* has trained 500 steps \(its newest checkpoint, "
+                                          r"step_0000000500\), and a resume cannot shorten a run; give steps >= 500"):
+        train(compose(*shorter), tmp_path / "unused", shorter)
+    assert "steps: 500" in (run / "config.yaml").read_text()
     with pytest.raises(ConfigError, match="continues the run in its own directory"):
         train(compose(f"resume={run}", f"run_dir={tmp_path / 'elsewhere'}"), tmp_path / "elsewhere",
               [f"resume={run}", f"run_dir={tmp_path / 'elsewhere'}"])
