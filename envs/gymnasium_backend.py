@@ -25,7 +25,8 @@ from gymnasium.vector.async_vector_env import AsyncState
 
 from envs.base import (BatchedEnv, EpisodeTracker, MissingDependency, StepResult, WorkerDied, check_box_spaces,
                        episode_to_torch)
-from envs.randomization import RandomizationSpec, Randomizer, apply_to_model, env_ids, gain_problem, nominal_values
+from envs.randomization import (RandomizationSpec, Randomizer, apply_to_model, check_action_delay, env_ids, gain_problem,
+                                nominal_values)
 from envs.resources import usable_cpus
 
 log = logging.getLogger(__name__)
@@ -262,7 +263,9 @@ class GymnasiumBatchedEnv(BatchedEnv):
             if problem:
                 probe.close()
                 raise ValueError(f"{task_id}: randomize.actuator_gain_scale: {problem}")
+        limit = probe.spec.max_episode_steps if probe.spec is not None else None
         probe.close()
+        check_action_delay(task_id, self.randomize, num_envs, int(np.prod(probe.action_space.shape)), limit)
         thunks = [_make_thunk(task_id, kwargs, max_episode_steps, physics, render, vectorization == "async")] * num_envs
         self._can_render = render
         self._workers_lost: str | None = None  # why the async workers are gone (see _vector_call)

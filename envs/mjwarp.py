@@ -24,7 +24,7 @@ from gymnasium.utils.seeding import np_random
 
 from envs.base import BatchedEnv, MissingDependency, StepResult
 from envs.mujoco.tasks import Sim, Task, task_for
-from envs.randomization import RandomizationSpec, Randomizer, env_ids, pair_friction_scale
+from envs.randomization import RandomizationSpec, Randomizer, check_action_delay, env_ids, pair_friction_scale
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ class MjwarpBatchedEnv(BatchedEnv):
         self.dt = float(self.task.dt)
         limit = max_episode_steps if max_episode_steps is not None else gym.spec(task_id).max_episode_steps
         self.max_episode_steps = int(limit) if limit else None
+        check_action_delay(task_id, randomize, num_envs, self.model.nu, self.max_episode_steps)
         low, high = self.model.actuator_ctrlrange.copy().astype(np.float32).T
         self.action_space = gym.spaces.Box(low=low, high=high, dtype=np.float32)
         self.randomize = randomize if randomize is not None and randomize.enabled else None

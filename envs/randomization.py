@@ -127,6 +127,27 @@ def _pair(name: str, value: Any) -> tuple[float, float]:
     return lo, hi
 
 
+def check_action_delay(task_id: str, spec: RandomizationSpec | None, num_envs: int, act_dim: int,
+                       max_episode_steps: int | None) -> None:
+    """Refuse, before the env is built, an action delay no action would outlast (each reset empties the queue of
+    delayed actions, so a delay of at least the episode length sends only zeros) or whose queue (max + 1 actions per
+    env) cannot fit in memory: [0, 10**9] was killed by the kernel, with no message, at the first reset."""
+    if spec is None or not spec.action_delay:
+        return
+    from envs.resources import gib, host_memory
+
+    lo, hi = spec.action_delay
+    if max_episode_steps and hi >= max_episode_steps:
+        raise ValueError(f"{task_id}: randomize.action_delay=[{lo}, {hi}]: a delay of {hi} steps is not shorter than "
+                         f"the episodes ({max_episode_steps} steps): no action would arrive")
+    need = num_envs * (hi + 1) * max(act_dim, 1) * 4  # float32 actions
+    total, available = host_memory()
+    room = available if available is not None else total
+    if room is not None and need > room:
+        raise ValueError(f"{task_id}: randomize.action_delay=[{lo}, {hi}]: the queue of delayed actions needs "
+                         f"{gib(need)} ({hi + 1:,} actions per env), more than the {gib(room)} of memory free")
+
+
 def gain_problem(model: Any) -> str | None:
     """Why actuator_gain_scale cannot scale this model's actuators, or None. It scales gainprm[0] and the servo
     terms biasprm[1:3], which is the gain only of fixed-gain actuators (motors, position/velocity servos); a

@@ -26,7 +26,8 @@ from gymnasium.utils.seeding import np_random
 
 from envs.base import BatchedEnv, EpisodeTracker, StepResult, episode_to_torch
 from envs.mujoco.tasks import Sim, Task, task_for
-from envs.randomization import PHYSICS_PARAMS, RandomizationSpec, Randomizer, env_ids, pair_friction_scale
+from envs.randomization import (PHYSICS_PARAMS, RandomizationSpec, Randomizer, check_action_delay, env_ids,
+                                pair_friction_scale)
 from envs.resources import MIN_BYTES_PER_ENV, check_envs_fit, usable_cpus
 
 # the model fields each physics factor scales (expanded to per-simulation values on first use)
@@ -118,6 +119,7 @@ class MujocoBatchedEnv(BatchedEnv):
         self._min_advance = (self.task.frame_skip - 0.5) * self.model.opt.timestep  # a step moves time by frame_skip dt
         limit = max_episode_steps if max_episode_steps is not None else gym.spec(task_id).max_episode_steps
         self.max_episode_steps = int(limit) if limit else None
+        check_action_delay(task_id, randomize, num_envs, self.model.nu, self.max_episode_steps)
         # more threads than simulations only adds hand-off latency (one env: step on the caller's thread)
         nthread = min(threads or usable_cpus(), num_envs)
         persistent = self.task.needs_post_constraint

@@ -326,3 +326,19 @@ def test_actuator_gain_scale_refuses_actuators_without_a_fixed_gain(tmp_path):
     env.set_physics_params({"actuator_gain_scale": [1.0, 1.2, 0.8]})  # the motors' gains can be set
     assert env.physics_params()["actuator_gain_scale"][0].tolist() == [1.0, 1.2, 0.8]
     env.close()
+
+
+@pytest.mark.parametrize("backend", ["mujoco", "gymnasium"])
+def test_an_action_delay_no_action_outlasts_is_refused_before_the_build(backend, monkeypatch):
+    # each reset empties the queue of delayed actions: a delay of the episode length or more sends only zeros
+    with pytest.raises(ValueError, match=r"Hopper-v5: randomize.action_delay=\[0, 5\]: a delay of 5 steps is not "
+                                         r"shorter than the episodes \(5 steps\): no action would arrive"):
+        make_env("Hopper-v5", 2, backend=backend, randomize={"action_delay": [0, 5]}, max_episode_steps=5)
+    make_env("Hopper-v5", 2, backend=backend, randomize={"action_delay": [0, 4]}, max_episode_steps=5).close()
+    # [0, 10**9] filled memory with the queue (2 envs x 3 actions x 4 bytes each) and was killed without a message
+    import envs.resources
+
+    monkeypatch.setattr(envs.resources, "host_memory", lambda: (2**30, 2**30))
+    with pytest.raises(ValueError, match=r"randomize.action_delay=\[0, 1000000000\]: the queue of delayed actions "
+                                         r"needs 22.4 GiB \(1,000,000,001 actions per env\), more than the 1.0 GiB"):
+        make_env("Hopper-v5", 2, backend=backend, randomize={"action_delay": [0, 10**9]}, max_episode_steps=2 * 10**9)
