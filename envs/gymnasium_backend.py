@@ -463,16 +463,18 @@ class GymnasiumBatchedEnv(BatchedEnv):
         self._episodes.load_state_dict(state)
         if self.randomizer is not None and "randomizer" in state:
             self.randomizer.load_state_dict(state["randomizer"])
+            changed = self._pending is not None  # this env's models may hold factors the snapshot does not have
             self._pending = copy.deepcopy(state.get("pending_physics"))  # the caller keeps its snapshot
             if "pending_delay" not in state:  # snapshots before 2026-12: the current delays
                 self._pending_delay = self.randomizer.delay.copy()
             else:  # None: no episode drawn ahead (randomize off)
                 pending = state["pending_delay"]
                 self._pending_delay = None if pending is None else np.array(pending)
-            if self._pending is not None:
+            if self._pending is not None or changed:
                 params = self.randomizer.params
                 self._vec.set_attr("current_physics", [{k: params[k][i] for k in params} for i in range(self.num_envs)])
-                self._vec.set_attr("pending_physics", [{k: self._pending[k][i] for k in self._pending}
+                self._vec.set_attr("pending_physics", [None if self._pending is None else
+                                                       {k: self._pending[k][i] for k in self._pending}
                                                        for i in range(self.num_envs)])
 
     def _vector_call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

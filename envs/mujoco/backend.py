@@ -367,5 +367,7 @@ class MujocoBatchedEnv(BatchedEnv):
         self.diverged_total = int(state["diverged_total"])
         self._episodes.load_state_dict(state)
         self.randomizer.load_state_dict(state["randomizer"])
-        if self.randomize is not None or self.randomizer.fixed.any():
+        # also when only this env's simulations were changed (set_physics_params before a nominal snapshot is loaded):
+        # they would keep those factors while physics_params() reports the snapshot's
+        if self.randomize is not None or self.randomizer.fixed.any() or self._nominal:
             self._write_physics(np.arange(self.num_envs))

@@ -342,3 +342,20 @@ def test_an_action_delay_no_action_outlasts_is_refused_before_the_build(backend,
     with pytest.raises(ValueError, match=r"randomize.action_delay=\[0, 1000000000\]: the queue of delayed actions "
                                          r"needs 22.4 GiB \(1,000,000,001 actions per env\), more than the 1.0 GiB"):
         make_env("Hopper-v5", 2, backend=backend, randomize={"action_delay": [0, 10**9]}, max_episode_steps=2 * 10**9)
+
+
+@pytest.mark.parametrize("backend", ["mujoco", "gymnasium"])
+def test_a_snapshot_taken_before_set_physics_params_restores_the_nominal_physics(backend):
+    # snapshot, evaluate at zero gravity, restore: the simulations kept zero gravity while physics_params() said 1.0
+    ref = make_env("Hopper-v5", 2, backend=backend, max_episode_steps=5)
+    env = make_env("Hopper-v5", 2, backend=backend, max_episode_steps=5)
+    ref.reset(seed=0)
+    env.reset(seed=0)
+    snap = env.state_dict()
+    env.set_physics_params({"gravity_scale": 0.0}, ids=[1])
+    env.step(torch.zeros(2, 3))
+    env.load_state_dict(snap)
+    assert env.physics_params()["gravity_scale"].flatten().tolist() == [1.0, 1.0]
+    for t in range(12):  # and across the time limit's resets
+        ra, rb = ref.step(torch.zeros(2, 3)), env.step(torch.zeros(2, 3))
+        assert torch.equal(ra.obs, rb.obs) and torch.equal(ra.reward, rb.reward), f"step {t}"
