@@ -13,6 +13,7 @@ how it is tested on a machine without a GPU.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -50,6 +51,12 @@ def _import_warp() -> tuple[Any, Any]:
             "env.backend=mjwarp needs MuJoCo Warp: pip install 'robo-rl[warp]' (mujoco-warp and warp-lang); "
             "it runs on CUDA GPUs, and slowly on the CPU"
         ) from None
+    # per-world model arrays (put_model's batch_sizes, which every env here passes) first shipped in mujoco-warp 3.10:
+    # with an older release each env failed in its constructor with "unexpected keyword argument 'batch_sizes'"
+    if "batch_sizes" not in inspect.signature(mjw.put_model).parameters:
+        raise MissingDependency(
+            f"env.backend=mjwarp needs mujoco-warp >= 3.10 (per-world model arrays), found "
+            f"{getattr(mjw, '__version__', 'an older release')}: pip install --upgrade 'mujoco-warp>=3.10'")
     # Warp prints a line per kernel module it loads (~45 per model, each run and evaluation env) unless told not to:
     # warp-lang >= 1.10 reads log_level (config.quiet, which older releases read, is silently ignored there)
     if hasattr(wp, "LOG_WARNING"):

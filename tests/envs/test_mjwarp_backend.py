@@ -156,6 +156,19 @@ def test_a_task_warp_does_not_run_is_refused_naming_this_backend():
         make_env("Hopper-v5", 2, backend="mjwarp", device="meta")
 
 
+def test_a_mujoco_warp_without_per_world_model_arrays_is_named(monkeypatch):
+    # put_model(batch_sizes=) first shipped in mujoco-warp 3.10 (3.9.0.1's is put_model(mjm)): with an older release
+    # every env failed in its constructor with "put_model() got an unexpected keyword argument 'batch_sizes'"
+    import mujoco_warp
+
+    from envs.base import MissingDependency
+
+    monkeypatch.setattr(mujoco_warp, "put_model", lambda mjm: None)
+    monkeypatch.setattr(mujoco_warp, "__version__", "3.9.0.1", raising=False)
+    with pytest.raises(MissingDependency, match=r"needs mujoco-warp >= 3.10 .*found 3.9.0.1: pip install --upgrade"):
+        make_env("Hopper-v5", 1, backend="mjwarp", device="cpu")
+
+
 def test_warp_prints_no_line_per_kernel_module():
     # warp-lang 1.19 ignores config.quiet: every run (and its evaluation env) printed ~45 "Module ... load" lines
     import subprocess
