@@ -10,12 +10,18 @@ termination (and forfeits the rest of its reward). ``make(api=...)`` picks the c
   dict here), there is no ``reset()`` (the env resets itself when built), ``cfg`` is a dict;
 * ``"vec_env"``: the same on rsl_rl's real ``VecEnv`` base class with TensorDict observations
   (needs rsl-rl-lib);
-* ``"isaac_lab"``: ``"rsl_rl"`` laid out like Isaac Lab's RslRlVecEnvWrapper: no ``reset()``, the
-  gymnasium env at ``.env`` (whose ``reset(seed=)`` restarts every episode), ``clip_actions``;
+* ``"isaac_lab"``: ``"rsl_rl"`` laid out like Isaac Lab's RslRlVecEnvWrapper (isaaclab_rl/rsl_rl/
+  vecenv_wrapper.py, Isaac Lab 2.3): no ``reset()`` and no ``dt``, the gymnasium env at ``.env`` (whose
+  ``reset(seed=)`` restarts every episode) and at ``.unwrapped`` (with ``step_dt`` and ``cfg``),
+  ``clip_actions``, and ``extras["time_outs"]`` only when ``cfg.is_finite_horizon`` is false;
 * ``"rsl_rl2"``: tensor observations, ``get_observations()`` / ``reset()`` -> ``(obs, extras)``,
   the critic group in ``extras["observations"]``;
-* ``"legged_gym"``: tensors, ``reset() -> (obs, privileged_obs)``, ``get_privileged_observations()``,
-  a 5-tuple ``step``, ``cfg.normalization.clip_actions``.
+* ``"legged_gym"``: as legged_gym's BaseTask / LeggedRobot (legged_gym/envs/base/): tensors,
+  ``reset()`` resets every env and takes a zero-action ``step`` -> ``(obs, privileged_obs)``,
+  ``get_privileged_observations()``, a 5-tuple ``step`` returning the boolean ``reset_buf``,
+  ``cfg.normalization.clip_actions``, no ``seed()``, a time-out once ``episode_length_buf >
+  max_episode_length``, and ``extras["time_outs"]`` / ``extras["episode"]`` written only on steps
+  where some env resets (``reset_idx`` returns early otherwise), so ``time_outs`` is stale on the others.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ class PointReach:
         self.num_obs, self.num_privileged_obs, self.num_actions = 4, 6, 2
         self.max_episode_length = max_episode_length
         self.cfg = {"normalization": {"clip_actions": 1.0}}
-        self.dt = 0.05
+        self.dt = self._period = 0.05  # the control period (legged_gym's dt; Isaac Lab's unwrapped.step_dt)
         self.generator = torch.Generator(device=self.device).manual_seed(0)
         self.pos = torch.zeros(num_envs, 2, device=self.device)
         self.vel = torch.zeros(num_envs, 2, device=self.device)
@@ -73,15 +79,18 @@ class PointReach:
     def get_observations(self):
         return self._groups()
 
+    def _timed_out(self) -> torch.Tensor:
+        return self.episode_length_buf >= self.max_episode_length
+
     def step(self, actions: torch.Tensor):
         actions = actions.clamp(-1.0, 1.0)
         self.vel = 0.8 * self.vel + 0.2 * actions
-        self.pos = self.pos + self.vel * self.dt * 10
+        self.pos = self.pos + self.vel * self._period * 10
         self.episode_length_buf += 1
         dist = (self.target - self.pos).norm(dim=1)
         self.rew_buf[:] = torch.exp(-2.0 * dist)  # in (0, 1]: reach the target and stay there
         out_of_bounds = self.pos.abs().max(dim=1).values > 2.0
-        time_outs = self.episode_length_buf >= self.max_episode_length
+        time_outs = self._timed_out()
         dones = out_of_bounds | time_outs
         self.extras = {"time_outs": time_outs, "log": {"/reach/mean_dist": dist.mean()}}
         ids = dones.nonzero().flatten()
@@ -95,10 +104,13 @@ class PointReach:
 
 
 class _SimulatorSide(gym.Env):
-    """The gymnasium env an Isaac Lab-style wrapper holds at ``.env``."""
+    """The gymnasium env an Isaac Lab-style wrapper holds at ``.env`` (and ``.unwrapped``): a ManagerBasedRLEnv's
+    ``reset(seed=)`` seeds and resets every env, ``step_dt`` is the control period, ``cfg`` the task's config."""
 
-    def __init__(self, wrapper: PointReach) -> None:
+    def __init__(self, wrapper: PointReach, finite_horizon: bool) -> None:
         self.wrapper = wrapper
+        self.step_dt = 0.05
+        self.cfg = SimpleNamespace(is_finite_horizon=finite_horizon)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if seed is not None:
@@ -108,11 +120,31 @@ class _SimulatorSide(gym.Env):
 
 
 class PointReachIsaacLab(PointReach):
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, clip_actions: float | None = 1.0, finite_horizon: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.cfg = SimpleNamespace(is_finite_horizon=False)
-        self.clip_actions = 1.0
-        self.env = _SimulatorSide(self)
+        del self.dt  # the wrapper has none: the period is unwrapped.step_dt
+        self.clip_actions = clip_actions
+        self.env = _SimulatorSide(self, finite_horizon)
+
+    @property
+    def unwrapped(self) -> _SimulatorSide:
+        return self.env
+
+    @property
+    def cfg(self):
+        return self.unwrapped.cfg
+
+    @cfg.setter
+    def cfg(self, value) -> None:  # PointReach.__init__ sets its own; the wrapper's is the env's
+        pass
+
+    def step(self, actions: torch.Tensor):
+        if self.clip_actions is not None:
+            actions = torch.clamp(actions, -self.clip_actions, self.clip_actions)
+        groups, rewards, dones, extras = super().step(actions)
+        if self.cfg.is_finite_horizon:  # the wrapper adds time-outs for infinite-horizon tasks only
+            del extras["time_outs"]
+        return groups, rewards, dones, extras
 
 
 class PointReachRslRl2(PointReach):
@@ -134,6 +166,15 @@ class PointReachLeggedGym(PointReach):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.cfg = SimpleNamespace(normalization=SimpleNamespace(clip_actions=1.0))
+        self._extras: dict = {}  # LeggedRobot keeps one extras dict and writes it in reset_idx only
+        self.reset_buf = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+
+    @property
+    def seed(self):
+        raise AttributeError("legged_gym's tasks have no seed(): they are seeded at construction")
+
+    def _timed_out(self) -> torch.Tensor:
+        return self.episode_length_buf > self.max_episode_length  # LeggedRobot.check_termination
 
     def get_observations(self):
         return self._groups()["policy"]
@@ -141,13 +182,17 @@ class PointReachLeggedGym(PointReach):
     def get_privileged_observations(self):
         return self._groups()["critic"]
 
-    def reset(self):
+    def reset(self):  # BaseTask.reset: reset every env, then a zero-action step
         self._reset_idx(torch.arange(self.num_envs, device=self.device))
-        return self.get_observations(), self.get_privileged_observations()
+        obs, privileged, _, _, _ = self.step(torch.zeros(self.num_envs, self.num_actions, device=self.device))
+        return obs, privileged
 
     def step(self, actions: torch.Tensor):
         groups, rewards, dones, extras = super().step(actions)
-        return groups["policy"], groups["critic"], rewards, dones, extras
+        if dones.any():  # reset_idx returns early when no env resets: the last time_outs and episode stay
+            self._extras["time_outs"], self._extras["episode"] = extras["time_outs"], extras["log"]
+        self.extras, self.reset_buf = self._extras, dones.bool()
+        return groups["policy"], groups["critic"], rewards, self.reset_buf, self.extras
 
 
 @functools.cache

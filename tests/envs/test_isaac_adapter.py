@@ -40,6 +40,30 @@ def test_contract_time_outs_and_final_obs(api):
     _check_contract(IsaacAdapter(make(num_envs=8, max_episode_length=5, api=api)))
 
 
+def test_legged_gym_time_outs_count_only_on_the_step_they_are_written():
+    """legged_gym writes extras["time_outs"] in reset_idx, which returns early when no env resets (LeggedRobot): on the
+    steps after a time-out, extras still holds that step's mask. Only envs done on this step time out."""
+    env = IsaacAdapter(make(num_envs=4, max_episode_length=5, api="legged_gym"))
+    env.reset(seed=0)  # legged_gym's reset takes a zero-action step: episode_length_buf starts at 1
+    for _ in range(5):
+        result = env.step(torch.zeros(4, 2))
+    assert result.truncated.all() and not result.terminated.any()  # 1 + 5 > max_episode_length
+    result = env.step(torch.zeros(4, 2))
+    assert env.env.extras["time_outs"].all()  # stale: no env reset on this step
+    assert not result.truncated.any() and not result.terminated.any() and not result.info["episode"]["mask"].any()
+
+
+def test_isaac_lab_wrapper_period_and_finite_horizon_tasks():
+    """RslRlVecEnvWrapper has no dt (the control period is unwrapped.step_dt), and sends extras["time_outs"] only for
+    infinite-horizon tasks (cfg.is_finite_horizon false): a finite-horizon task's time limit is a termination."""
+    assert IsaacAdapter(make(num_envs=4, api="isaac_lab")).dt == 0.05
+    finite = IsaacAdapter(make(num_envs=4, max_episode_length=3, api="isaac_lab", finite_horizon=True))
+    finite.reset(seed=0)
+    for _ in range(3):
+        result = finite.step(torch.zeros(4, 2))
+    assert result.terminated.all() and not result.truncated.any()
+
+
 def test_leaving_the_arena_is_a_termination():
     env = IsaacAdapter(make(num_envs=4, max_episode_length=1000))
     env.reset(seed=0)
