@@ -30,8 +30,8 @@ generations are understood:
   an episode it saw only part of);
 * actions are clipped by the environment itself; the adapter exposes ``[-action_limit,
   action_limit]`` as the action space, from ``cfg.normalization.clip_actions`` (legged_gym),
-  ``clip_actions`` (Isaac Lab's wrapper) or the ``action_limit`` argument (``cfg`` may be a dict or
-  an object, as ``VecEnv.cfg`` allows), which may not exceed a bound the env clips to itself;
+  ``clip_actions`` (Isaac Lab's wrapper, from Isaac Lab 2.1) or the ``action_limit`` argument (``cfg`` may be
+  a dict or an object, as ``VecEnv.cfg`` allows), which may not exceed a bound the env clips to itself;
 * the rewards and observations returned are the adapter's own tensors: these simulators rewrite their
   reward and observation buffers in place every step (legged_gym's ``rew_buf``, Isaac Lab's
   ``RewardManager``), so a reward kept from one step (a recorded demonstration) would change at the next.
@@ -43,14 +43,15 @@ generations are understood:
 What was verified: envs subclassing the real ``rsl_rl.env.VecEnv`` of rsl-rl-lib 5.5.1 (TensorDict
 observations, no ``reset``), and ``tests/envs/isaac_style_env.py``, a small environment written here
 to the rsl_rl 2 and legged_gym conventions as read from rsl-rl-lib 2.3.3 and legged_gym's source,
-including PPO training through it. It has not been run against real Isaac Gym or Isaac Lab, which
-need an NVIDIA GPU and Isaac Sim.
+including PPO training through it, and ``make_isaac_env``'s start-up against stand-ins for Isaac Lab's
+modules. It has not been run against real Isaac Gym or Isaac Lab, which need an NVIDIA GPU and Isaac Sim.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -291,7 +292,9 @@ def make_isaac_env(task_id: str, num_envs: int, device: str | torch.device, kwar
     from isaaclab_tasks.utils import parse_env_cfg
 
     cfg = parse_env_cfg(task_id, device=str(device), num_envs=num_envs)
-    # Isaac Lab's action spaces are unbounded: the wrapper clips to the bound we declare (its clip_actions)
-    wrapper_kwargs = {} if action_limit is None else {"clip_actions": float(action_limit)}
+    # Isaac Lab's action spaces are unbounded: the wrapper clips to the bound we declare (its clip_actions, from Isaac
+    # Lab 2.1; 2.0's wrapper takes only the env, and robo-rl's learners clip their actions to that bound themselves)
+    takes_clip = "clip_actions" in inspect.signature(RslRlVecEnvWrapper).parameters
+    wrapper_kwargs = {"clip_actions": float(action_limit)} if action_limit is not None and takes_clip else {}
     return IsaacAdapter(RslRlVecEnvWrapper(gym.make(task_id, cfg=cfg, **kwargs), **wrapper_kwargs), action_limit, task_id,
                         obs_groups, device)

@@ -218,3 +218,128 @@ APIS = {"rsl_rl": PointReach, "isaac_lab": PointReachIsaacLab, "rsl_rl2": PointR
 def make(num_envs: int = 64, device: str = "cpu", api: str = "rsl_rl", **kwargs) -> PointReach:
     cls = vec_env_class() if api == "vec_env" else APIS[api]
     return cls(num_envs=num_envs, device=device, **kwargs)
+
+
+# -- a stand-in for an installed Isaac Lab, to run make_isaac_env's documented start-up (AppLauncher, the task
+# registry, parse_env_cfg, gym.make, RslRlVecEnvWrapper) without Isaac Sim ------------------------------------------
+
+FAKE_TASK = "Isaac-PointReach-Fake-v0"
+
+
+class _LabEnv(gym.Env):
+    """PointReach as an Isaac Lab ManagerBasedRLEnv: ``step`` -> ``(obs_dict, reward, terminated, truncated, extras)``,
+    ``reset(seed=)`` (all envs), ``seed()``, ``step_dt``, unbounded actions (the tasks are registered with
+    ``disable_env_checker=True``, as Isaac Lab's are)."""
+
+    def __init__(self, cfg, render_mode=None) -> None:
+        self.cfg, self.render_mode = cfg, render_mode
+        self.sim = PointReach(num_envs=cfg.scene.num_envs, device=cfg.sim.device, max_episode_length=5)
+        self.num_envs, self.device, self.max_episode_length = self.sim.num_envs, cfg.sim.device, 5
+        self.step_dt = 0.05
+        self.single_action_space = gym.spaces.Box(-float("inf"), float("inf"), (2,))
+        self.extras: dict = {}
+
+    @property
+    def episode_length_buf(self) -> torch.Tensor:
+        return self.sim.episode_length_buf
+
+    def seed(self, seed: int = -1) -> int:
+        self.sim.seed(seed)
+        return seed
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self.seed(seed)
+        self.sim._reset_idx(torch.arange(self.num_envs, device=self.sim.device))
+        return self.sim._groups(), self.extras
+
+    def step(self, action: torch.Tensor):
+        groups, rewards, dones, extras = self.sim.step(action)
+        self.extras["log"] = extras["log"]
+        return groups, rewards, dones.bool() & ~extras["time_outs"], extras["time_outs"], self.extras
+
+
+class RslRlVecEnvWrapper20:
+    """Isaac Lab 2.0's isaaclab_rl.rsl_rl.RslRlVecEnvWrapper (rsl_rl 2): ``__init__(env)`` only, tensor observations
+    with every group in ``extras["observations"]``, ``reset()`` and ``seed()``, resets the env when built."""
+
+    def __init__(self, env) -> None:
+        self.env = env
+        self.num_envs, self.device = self.unwrapped.num_envs, self.unwrapped.device
+        self.max_episode_length = self.unwrapped.max_episode_length
+        self.num_actions = gym.spaces.flatdim(self.unwrapped.single_action_space)
+        self.env.reset()
+
+    @property
+    def cfg(self):
+        return self.unwrapped.cfg
+
+    @property
+    def unwrapped(self):
+        return self.env.unwrapped
+
+    @property
+    def episode_length_buf(self) -> torch.Tensor:
+        return self.unwrapped.episode_length_buf
+
+    def seed(self, seed: int = -1) -> int:
+        return self.unwrapped.seed(seed)
+
+    def get_observations(self):
+        obs_dict = self.unwrapped.sim._groups()
+        return obs_dict["policy"], {"observations": obs_dict}
+
+    def reset(self):
+        obs_dict, _ = self.env.reset()
+        return obs_dict["policy"], {"observations": obs_dict}
+
+    def _clip(self, actions: torch.Tensor) -> torch.Tensor:
+        return actions
+
+    def step(self, actions: torch.Tensor):
+        obs_dict, rew, terminated, truncated, extras = self.env.step(self._clip(actions))
+        extras["observations"] = obs_dict
+        if not self.unwrapped.cfg.is_finite_horizon:
+            extras["time_outs"] = truncated
+        return obs_dict["policy"], rew, (terminated | truncated).to(dtype=torch.long), extras
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class RslRlVecEnvWrapper21(RslRlVecEnvWrapper20):
+    """Isaac Lab 2.1's: the same with ``clip_actions`` (isaaclab_rl 0.1.1)."""
+
+    def __init__(self, env, clip_actions: float | None = None) -> None:
+        self.clip_actions = clip_actions
+        super().__init__(env)
+
+    def _clip(self, actions: torch.Tensor) -> torch.Tensor:
+        return actions if self.clip_actions is None else torch.clamp(actions, -self.clip_actions, self.clip_actions)
+
+
+def fake_isaac_lab(wrapper: type, launched: list) -> dict:
+    """The modules make_isaac_env imports, for sys.modules: ``AppLauncher(**kwargs)`` appends its kwargs to
+    ``launched``; importing isaaclab_tasks registers FAKE_TASK; isaaclab_rl.rsl_rl holds ``wrapper``."""
+    import importlib.machinery
+    import types
+
+    def module(name: str, **attrs) -> types.ModuleType:
+        mod = types.ModuleType(name)
+        mod.__spec__ = importlib.machinery.ModuleSpec(name, None)  # find_spec reads it
+        mod.__dict__.update(attrs)
+        return mod
+
+    def parse_env_cfg(task_name: str, device: str = "cuda:0", num_envs: int | None = None):
+        assert launched, "parse_env_cfg before the simulator app"
+        return SimpleNamespace(scene=SimpleNamespace(num_envs=num_envs), sim=SimpleNamespace(device=device),
+                               is_finite_horizon=False)
+
+    if FAKE_TASK not in gym.registry:
+        gym.register(FAKE_TASK, entry_point=_LabEnv, disable_env_checker=True)
+    return {"isaaclab": module("isaaclab"),
+            "isaaclab.app": module("isaaclab.app", AppLauncher=lambda **kw: launched.append(kw)),
+            "isaaclab_tasks": module("isaaclab_tasks"),
+            "isaaclab_tasks.utils": module("isaaclab_tasks.utils", parse_env_cfg=parse_env_cfg),
+            "isaaclab_rl": module("isaaclab_rl"),
+            "isaaclab_rl.rsl_rl": module("isaaclab_rl.rsl_rl", RslRlVecEnvWrapper=wrapper)}

@@ -125,6 +125,29 @@ def test_bad_envs_and_missing_isaac_lab_are_explained():
     assert "IsaacAdapter" in INSTALL_HINT
 
 
+@pytest.mark.parametrize("wrapper", ["2.0", "2.1"])
+def test_isaac_lab_task_ids_start_as_documented(monkeypatch, wrapper):
+    """AppLauncher, then the task registry, parse_env_cfg, gym.make and RslRlVecEnvWrapper (here stand-ins). Isaac Lab
+    2.0's wrapper takes only the env (clip_actions came in 2.1): it was handed clip_actions= and raised a TypeError
+    once the simulator had started. robo-rl's learners clip to env.kwargs.action_limit themselves."""
+    import sys
+
+    from tests.envs.isaac_style_env import FAKE_TASK, RslRlVecEnvWrapper20, RslRlVecEnvWrapper21, fake_isaac_lab
+
+    launched = []
+    wrapper_class = {"2.0": RslRlVecEnvWrapper20, "2.1": RslRlVecEnvWrapper21}[wrapper]
+    for name, module in fake_isaac_lab(wrapper_class, launched).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    env = make_env(FAKE_TASK, 4, backend="isaac", kwargs={"action_limit": 0.5})
+    assert launched == [{"headless": True, "device": "cpu"}]
+    assert env.action_space.high[0] == 0.5 and env.dt == 0.05 and env.observation_space.shape == (4,)
+    assert getattr(env.env, "clip_actions", None) == {"2.0": None, "2.1": 0.5}[wrapper]
+    env.reset(seed=0)
+    for _ in range(5):
+        result = env.step(torch.full((4, 2), 0.5))
+    assert result.truncated.all() and sorted(result.info["observations"]) == ["critic", "policy"]
+
+
 def test_action_limit_within_the_envs_own_clip():
     """The env clips actions itself (legged_gym: cfg.normalization.clip_actions): a wider declared bound would let
     the policy act beyond it without effect; a narrower one is the policy's own range."""
