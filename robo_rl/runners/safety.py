@@ -59,16 +59,17 @@ def build_filter_chain(spec: Any, action_dim: int, obs_dim: int, control_dt: flo
 def read_cost(info: dict[str, Any], key: str, num_envs: int, device: torch.device) -> torch.Tensor | None:
     """The step's cost as float32 [N] on ``device``, from ``info[key]`` or ``info["task"][key]``; None if absent."""
     if key in info:
-        value = info[key]
+        value, where = info[key], f"info[{key!r}]"
     elif isinstance(info.get("task"), dict) and key in info["task"]:
-        value = info["task"][key]
+        value, where = info["task"][key], f"info['task'][{key!r}]"
     else:
         return None
     if not isinstance(value, torch.Tensor):
         value = torch.as_tensor(np.asarray(value, dtype=np.float32))
     value = value.to(device=device, dtype=torch.float32).reshape(-1)
     if value.shape[0] != num_envs:
-        raise ValueError(f"info[{key!r}] holds {value.shape[0]} values; expected one cost per env copy ({num_envs})")
+        raise ValueError(f"{where} (safety.cost_key) holds {value.shape[0]} values; expected one cost per env copy "
+                         f"({num_envs})")
     return value
 
 

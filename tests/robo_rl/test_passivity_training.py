@@ -421,3 +421,15 @@ def test_a_plain_batch_says_which_setting_stores_costs():
 
     with pytest.raises(TypeError, match=r"safety.passivity_aware=true"):
         small_lagrangian().update(Batch(*cost_batch()[:5]))
+
+
+def test_a_cost_of_the_wrong_size_is_named_where_it_was_read():
+    # the message said info['cost'] for a cost the task reported in info['task']['cost']
+    from robo_rl.runners.safety import read_cost
+
+    with pytest.raises(ValueError, match=r"^info\['task'\]\['cost'\] \(safety.cost_key\) holds 3 values; expected one "
+                                         r"cost per env copy \(2\)$"):
+        read_cost({"task": {"cost": np.zeros(3)}}, "cost", 2, torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"^info\['energy'\] \(safety.cost_key\) holds 1 values"):
+        read_cost({"energy": np.zeros(1)}, "energy", 2, torch.device("cpu"))
+    assert read_cost({"task": {"cost": [1.0, 2.0]}}, "cost", 2, torch.device("cpu")).tolist() == [1.0, 2.0]
