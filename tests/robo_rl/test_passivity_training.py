@@ -433,3 +433,30 @@ def test_a_cost_of_the_wrong_size_is_named_where_it_was_read():
     with pytest.raises(ValueError, match=r"^info\['energy'\] \(safety.cost_key\) holds 1 values"):
         read_cost({"energy": np.zeros(1)}, "energy", 2, torch.device("cpu"))
     assert read_cost({"task": {"cost": [1.0, 2.0]}}, "cost", 2, torch.device("cpu")).tolist() == [1.0, 2.0]
+
+
+def test_a_binding_energy_tank_resumes_mid_episode_exactly(tmp_path):
+    # the filter-resume tests used a box (stateless); here the tank is small enough to scale commands down, and the
+    # checkpoint at step 150 falls mid-episode, with the tank's level and last position in the filter's state
+    from omegaconf import open_dict
+
+    def config(*extra: str):
+        cfg = compose("algo=sac", "env=contact_maze", "safety=passivity", "env.num_envs=2", "env.max_episode_steps=40",
+                      "algo.learning_starts=100", "algo.batch_size=32", "algo.critic_hidden=[16,16]",
+                      "policy.hidden_sizes=[16,16]", "safety.cost_critic.hidden=[16,16]", "eval.episodes=2",
+                      "eval.num_envs=2", "eval.every=150", "checkpoint.every=150", "log.every=50", *FAST, *extra)
+        with open_dict(cfg):
+            cfg.safety.filters[1].initial_energy, cfg.safety.filters[1].max_energy = 0.01, 0.02
+        return cfg
+
+    train(config("steps=300"), tmp_path / "full")
+    train(config("steps=150"), tmp_path / "cut")
+    train(compose(f"resume={tmp_path / 'cut'}", "steps=300"), tmp_path / "cut", [f"resume={tmp_path / 'cut'}", "steps=300"])
+    full, full_replay = load_checkpoint(latest_checkpoint(tmp_path / "full" / "checkpoints"), load_replay=True)
+    cut, cut_replay = load_checkpoint(latest_checkpoint(tmp_path / "cut" / "checkpoints"), load_replay=True)
+    assert full["runner"]["interventions"] > 100  # the tank bound most steps
+    assert full["runner"]["interventions"] == cut["runner"]["interventions"]
+    for k, v in full["learner"]["modules"].items():
+        assert torch.equal(v, cut["learner"]["modules"][k]), f"{k} differs after resume"
+    for k in full_replay:
+        np.testing.assert_array_equal(full_replay[k], cut_replay[k], err_msg=k)
