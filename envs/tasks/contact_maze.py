@@ -69,10 +69,12 @@ Energy terms (info, per control step; q = (x, y), tau = qfrc_actuator = force on
   sum_k tau . qvel_k * timestep. Positive when the controller pushes energy in, negative when it
   brakes.
 * ``power`` = tau . qvel [W] at the end of the step (what a robot's controller sees).
-* ``dissipated_energy`` = sum_j damping_j * qvel_j^2 * dt [J], with the end-of-step velocity and
-  the model's nominal damping (as built, before any domain randomization): the viscous loss an
-  energy-tank filter credits, computed from what it observes. Dry friction and wall friction
-  dissipate more than this.
+* ``dissipated_energy`` = sum_j damping_j * (q_after_j - q_before_j)^2 / dt [J], with the model's
+  nominal damping (as built, before any domain randomization): what the energy-tank filter credits
+  for the viscous loss, a lower bound of it (the loss is damping * the sum of qvel_k^2 * timestep over
+  the substeps, at least damping * dq^2 / dt by Cauchy-Schwarz, equal at constant velocity; the
+  end-of-step damping * qvel^2 * dt over-states it whenever the finger accelerates within the step).
+  Dry friction and wall friction dissipate more than this.
 * ``cost`` = max(injected_energy, 0): the energy-injection cost of passivity-aware training.
 * ``kinetic_energy`` = 1/2 * sum_j mass_j * qvel_j^2 [J] at the end of the step (nominal mass).
 * ``contact_force`` = norm of the finger's net contact force [N]; ``is_success`` (bool).
@@ -151,7 +153,7 @@ def energy_filter_spec(initial_energy: float = 1.0, min_energy: float = 0.0, max
     The filter reads the joint positions and velocities at ``position_index`` and ``velocity_index``
     of the observation, turns an action into joint forces with ``torque_scale`` (N per unit of
     action), settles each step's real work ``tau . (q - q_prev)``, and credits the tank with the
-    viscous loss ``damping * v^2 * dt`` and the table's dry-friction loss ``friction * |q - q_prev|``
+    viscous loss's lower bound ``damping * (q - q_prev)^2 / dt`` and the table's dry-friction loss ``friction * |q - q_prev|``
     (wall friction is not credited: it depends on contact forces). A full-force push at top speed
     injects about 1.9 W, most of which the damping and the table's friction take back: trained SAC
     policies inject about 4 J per successful episode and dip about 0.12 J below the tank's starting
@@ -275,7 +277,7 @@ def step_terms(p: dict[str, Any], damping: np.ndarray, mass: np.ndarray, dt: flo
     injected = qfrc_actuator[:, 0] * dq0 + qfrc_actuator[:, 1] * dq1
     power = qfrc_actuator[:, 0] * qvel[:, 0] + qfrc_actuator[:, 1] * qvel[:, 1]
     v0, v1 = qvel[:, 0], qvel[:, 1]
-    dissipated = (damping[0] * v0 * v0 + damping[1] * v1 * v1) * dt
+    dissipated = (damping[0] * dq0 * dq0 + damping[1] * dq1 * dq1) / dt  # a lower bound of the viscous loss
     kinetic = 0.5 * (mass[0] * v0 * v0 + mass[1] * v1 * v1)
     cost = _where(injected > 0, injected, 0.0)
     force = wall_force(sensordata)

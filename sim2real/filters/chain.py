@@ -116,8 +116,9 @@ def build_chain(spec: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None, ac
     bad config fails when the chain is built: ``ValueError`` names the entry (index and type) and the key.
     ``obs_dim``, when known, lets observation indices be checked now rather than on the first call.
     ``control_dt``, when known, must equal the ``dt`` of every filter that takes one (the energy tank's
-    viscous credit and the barrier filter's one-step model are per control period: a tank told 0.04 s
-    on a 0.02 s loop credits twice the real dissipation and no longer bounds the injected energy).
+    work bound and viscous credit and the barrier filter's one-step model are per control period: a tank
+    told 0.02 s on a 0.04 s loop bounds a step's work over half the step and credits twice the least
+    viscous loss, dq^2 / dt, so it no longer bounds the injected energy).
     """
     spec = specs.plain(spec)
     if spec is None:

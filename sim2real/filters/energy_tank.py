@@ -5,9 +5,16 @@ loop without bound. The tank bounds it. The controller may only inject energy it
 tank is refilled by the energy the controller absorbs and by what the damping dissipates, and is capped.
 Per control step k (command tau_k = torque_scale * action, held for dt):
 
-    T_{k+1} = min(T_max, T_k + dt * sum(damping * v_{k+1}^2) - W_k)
+    T_{k+1} = min(T_max, T_k + sum(damping * dq_k^2) / dt + sum(friction * |dq_k|) - W_k),   dq_k = q_{k+1} - q_k
 
-where W_k is the work tau_k did over the step. The filter settles each step's real work when the
+where W_k is the work tau_k did over the step and the credits are lower bounds of what the joints' viscous
+damping and dry friction dissipated over it, whatever the velocity did within the step: the viscous loss is
+damping * integral of v^2 dt >= damping * dq^2 / dt (Cauchy-Schwarz; equal at constant velocity). The
+end-of-step estimate damping * v_{k+1}^2 * dt is not a bound: a joint accelerating from rest ends the step
+faster than it moved on average, and crediting it creates energy the plant never dissipated. Both credits
+need the joint positions q (``position_index``); without them no dissipation is credited (the velocities
+at the ends of a step bound no loss within it), so the tank only spends ``initial_energy`` (with ``"damped"``,
+whose bounds are never negative, it never refills). The filter settles each step's real work when the
 next observation arrives: ``tau_{k-1} . (q_k - q_{k-1})`` with the joint positions q (``position_index``),
 which is exact for a command held over the step, so the filter's tank is the robot's measured energy
 balance, not a prediction of it. Before sending tau_k it must know W_k will fit in T_k - T_min, so it
@@ -47,9 +54,11 @@ class EnergyTankFilter(SafetyFilter):
     whose velocities are ``obs[velocity_index]`` and, if given, positions ``obs[position_index]`` (same
     length, same order). Each call first settles the step that just ended: the tank is debited the work
     the previous command did (measured from the position change if positions are given, else the bound
-    it was sent under), credited ``dt * sum(damping * v^2)`` with the velocity now observed (the viscous
-    loss over the step) plus ``sum(friction * |q - q_prev|)`` (the least a dry friction of that size
-    dissipated on the way; needs positions) and capped at ``max_energy``. The new command passes unchanged if its work bound
+    it was sent under), credited ``sum(damping * (q - q_prev)^2) / dt`` (the least a viscous damping of that
+    size dissipated over the step, whatever the velocity did within it: ``dt`` times the mean velocity's
+    square, never above ``damping * integral of v^2``) plus ``sum(friction * |q - q_prev|)`` (the least a dry
+    friction of that size dissipated on the way), both from the positions (without ``position_index`` nothing
+    is credited), and capped at ``max_energy``. The new command passes unchanged if its work bound
     (``work_bound``, module docstring) fits in the tank above ``min_energy``; otherwise its torque
     dimensions are multiplied by the largest alpha in [0, 1] whose bound fits. Other dimensions pass.
 
@@ -57,9 +66,13 @@ class EnergyTankFilter(SafetyFilter):
     actually returned (after the cast to float32 if the caller uses float32), never exceeds the tank
     above ``min_energy``; a command whose bound fits is returned unchanged. So on a plant that satisfies
     the bound (``"damped"``: damping at least ``damping``, other forces dissipative) the measured tank
-    never goes below ``min_energy``. If it does anyway (the plant broke the bound: a stored-energy
-    release, wrong damping), the row is in deficit: the filter sends zero torque until the damping
-    refills the tank, and reports it.
+    never goes below ``min_energy`` (and its credits are lower bounds of what the plant really dissipated, so
+    the tank never lends energy the plant did not give back). With positions and ``"damped"`` the settled tank
+    cannot fall below ``min_energy`` at all: a step's measured work minus its viscous credit,
+    ``tau dq - b dq^2 / dt``, is at most ``tau^2 dt / (4 b)``, under the bound the command was sent with,
+    whatever moved the joint; the tank is then the plant's real energy balance as long as ``damping`` does
+    not over-estimate the real damping (which makes the credit real). Otherwise, if the tank goes below its minimum (``"velocity"``'s prediction was
+    exceeded), the row is in deficit: the filter sends zero torque until the tank refills, and reports it.
     Fallback (reported): a non-finite action (any dimension), velocity or position gives zero torque for
     that step; non-finite entries of the other dimensions become 0.
     Assumes: positions are not wrapped between calls (hinge angles unwrapped), ``damping`` does not
@@ -174,22 +187,25 @@ class EnergyTankFilter(SafetyFilter):
             return c.sum(axis=1) * self.dt
         return np.maximum(c, tau * tau / self.damping).sum(axis=1) * self.dt
 
-    def _settle(self, v: np.ndarray, q: np.ndarray | None, v_ok: np.ndarray, q_ok: np.ndarray) -> None:
+    def _settle(self, q: np.ndarray | None, q_ok: np.ndarray) -> None:
         """Account for the step that just ended (rows that took one): its work, viscous and dry-friction loss."""
         stepped = ~self._fresh
         work = self._pending.copy()  # without a measurement, the bound the command was sent under
+        dissipated = np.zeros(len(stepped))  # without positions nothing: v at the step's ends bounds no loss over it
         if q is not None:
             with np.errstate(all="ignore"):
-                terms = np.where(self._torque == 0.0, 0.0, self._torque * (q - self._position))
-                measured = terms.sum(axis=1)
+                dq = q - self._position
+                measured = np.where(self._torque == 0.0, 0.0, self._torque * dq).sum(axis=1)
+                # viscous loss over the step: at least damping * dq^2 / dt whatever the velocity did within it
+                # (Cauchy-Schwarz: dq^2 = (integral of v)^2 <= dt * integral of v^2); damping * v_end^2 * dt is no
+                # bound (a joint accelerating from rest ends faster than it moved on average)
+                viscous = (self.damping * dq * dq).sum(axis=1) / self.dt
+                dissipated = np.where(np.isfinite(viscous), viscous, 0.0)
+                if (self.friction > 0).any():  # dry friction lost at least friction * |dq|
+                    rubbed = (self.friction * np.abs(dq)).sum(axis=1)
+                    dissipated = dissipated + np.where(np.isfinite(rubbed), rubbed, 0.0)
             known = q_ok & np.isfinite(measured)
             work = np.where(known, measured, work)
-        with np.errstate(all="ignore"):
-            viscous = np.where(v_ok, (self.damping * v * v).sum(axis=1) * self.dt, 0.0)
-            dissipated = np.where(np.isfinite(viscous), viscous, 0.0)
-            if q is not None and (self.friction > 0).any():  # dry friction lost at least friction * |dq|
-                rubbed = (self.friction * np.abs(q - self._position)).sum(axis=1)
-                dissipated = dissipated + np.where(np.isfinite(rubbed), rubbed, 0.0)
         dissipated = np.where(stepped, dissipated, 0.0)
         work = np.where(stepped, work, 0.0)
         self._level = np.where(stepped, np.minimum(self.max_energy, self._level + dissipated - work), self._level)
@@ -203,7 +219,7 @@ class EnergyTankFilter(SafetyFilter):
         q = None if self.position_index is None else obs[:, self.position_index]
         v_ok = np.isfinite(v).all(axis=1)
         q_ok = np.ones(batch, dtype=bool) if q is None else np.isfinite(q).all(axis=1)
-        self._settle(v, q, v_ok, q_ok)
+        self._settle(q, q_ok)
 
         budget = self._level - self.min_energy  # < 0: deficit (the plant did more work than its bound)
         with np.errstate(all="ignore"):

@@ -157,7 +157,7 @@ def test_bad_filter_spec_fails_before_the_run_directory_is_written(tmp_path):
 
 def test_an_energy_tank_on_another_control_period_is_refused(tmp_path):
     # configs/safety/passivity.yaml is set up for ContactMaze's 25 Hz; at frame_skip=5 the period is 0.02 s and
-    # the tank's per-step viscous credit (damping v^2 dt) would be twice the real one
+    # the tank's per-step work bound and viscous credit (damping dq^2 / dt) would be for the wrong period
     with pytest.raises(ConfigError, match=r"\(energy_tank\): dt=0.04 is not the control period 0.02 s of this env"):
         train(compose("algo=sac", "env=contact_maze", "safety=passivity", "env.kwargs.frame_skip=5", *FAST),
               tmp_path / "run")
