@@ -156,8 +156,8 @@ def energy_filter_spec(initial_energy: float = 1.0, min_energy: float = 0.0, max
     viscous loss's lower bound ``damping * (q - q_prev)^2 / dt`` and the table's dry-friction loss ``friction * |q - q_prev|``
     (wall friction is not credited: it depends on contact forces). A full-force push at top speed
     injects about 1.9 W, most of which the damping and the table's friction take back: trained SAC
-    policies inject about 4 J per successful episode and dip about 0.12 J below the tank's starting
-    level, so the default 1 J tank (2 J cap) is generous; tanks of 0.1 J and less bind
+    policies inject about 4 J per successful episode and dip about 0.2 J below the tank's starting
+    level, so the default 1 J tank (2 J cap) is generous; tanks of 0.25 J and less bind
     (benchmarks/passivity.py).
     """
     if not min_energy <= initial_energy <= max_energy:
