@@ -71,8 +71,9 @@ class EnergyTankFilter(SafetyFilter):
     cannot fall below ``min_energy`` at all: a step's measured work minus its viscous credit,
     ``tau dq - b dq^2 / dt``, is at most ``tau^2 dt / (4 b)``, under the bound the command was sent with,
     whatever moved the joint; the tank is then the plant's real energy balance as long as ``damping`` does
-    not over-estimate the real damping (which makes the credit real). Otherwise, if the tank goes below its minimum (``"velocity"``'s prediction was
-    exceeded), the row is in deficit: the filter sends zero torque until the tank refills, and reports it.
+    not over-estimate the real damping (which makes the credit real). Otherwise, if the tank goes below its
+    minimum (``"velocity"``'s prediction was exceeded), the row is in deficit: the filter sends zero torque
+    until the tank refills, and reports it.
     Fallback (reported): a non-finite action (any dimension), velocity or position gives zero torque for
     that step; non-finite entries of the other dimensions become 0.
     Assumes: positions are not wrapped between calls (hinge angles unwrapped), ``damping`` does not
