@@ -8,7 +8,8 @@
 
 Both are scored by the same final evaluation: 10 deterministic episodes on a fresh env.
 SB3's runs are slow and do not change between robo-rl commits, so they are cached in
-results/returns_sb3.json together with the machine they ran on (--rerun-sb3 to redo them).
+results/returns_sb3.json together with the machine they ran on (--rerun-sb3 to redo them); a cached run
+is used only if it was trained for today's budget and scored on as many episodes (each run records both).
 
     python benchmarks/returns.py                 # everything (about an hour on 2 cores)
     python benchmarks/returns.py --algos ppo --seeds 0
@@ -32,6 +33,8 @@ from robo_rl.perf import tune_malloc  # noqa: E402
 ENV = "Hopper-v5"
 BUDGET = {"sac": 30_000, "ppo": 300_000}
 EVAL_EPISODES = 10
+# the budgets of cached SB3 runs recorded before each run recorded its own (2026-12-02; BUDGET since bb71bbe)
+SB3_CACHE_UNRECORDED = {"budget": {"sac": 30_000, "ppo": 300_000}, "eval_episodes": 10}
 
 
 def run_ours(algo: str, seed: int) -> dict:
@@ -73,7 +76,23 @@ def run_sb3(algo: str, seed: int) -> dict:
         eval_env = VecNormalize(make_vec_env(ENV, n_envs=1, seed=seed + 10_000), training=False, norm_reward=False)
         eval_env.obs_rms = venv.obs_rms
     mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=EVAL_EPISODES, deterministic=True)
-    return {"seed": seed, "return": float(mean), "wall_s": time.perf_counter() - t}
+    return {"seed": seed, "return": float(mean), "wall_s": time.perf_counter() - t, "budget": BUDGET[algo],
+            "eval_episodes": EVAL_EPISODES}
+
+
+def cached_sb3(cache: dict, algo: str, seed: int) -> dict | None:
+    """The cached SB3 run of ``algo`` and ``seed`` if it was trained for today's budget and scored on as many
+    episodes, else None (trained again): a run of another budget would compare the libraries at unequal ones."""
+    run = cache["runs"].get(f"{algo}/{seed}")
+    if run is None:
+        return None
+    budget = run.get("budget", SB3_CACHE_UNRECORDED["budget"][algo])
+    episodes = run.get("eval_episodes", SB3_CACHE_UNRECORDED["eval_episodes"])
+    if (budget, episodes) != (BUDGET[algo], EVAL_EPISODES):
+        print(f"SB3 {algo} seed {seed}: the cached run had {budget:,} steps and {episodes} evaluation episodes, not "
+              f"{BUDGET[algo]:,} and {EVAL_EPISODES}: trained again", flush=True)
+        return None
+    return run
 
 
 def stats(runs: list[dict]) -> tuple[float, float]:
@@ -104,7 +123,7 @@ def main() -> None:
         sb3 = []
         for seed in args.seeds:
             key = f"{algo}/{seed}"
-            if key not in cache["runs"]:
+            if cached_sb3(cache, algo, seed) is None:
                 cache["runs"][key] = run_sb3(algo, seed)
                 cache["machine"] = machine()
                 RESULTS.mkdir(parents=True, exist_ok=True)
