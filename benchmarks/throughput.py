@@ -44,9 +44,10 @@ from robo_rl.perf import tune_malloc  # noqa: E402
 
 LEARNING_STARTS = 1000
 FLOOR_STEPS = 50  # env steps whose matmuls are recorded and replayed (SAC/TD3)
+PPO_SAMPLES = 2048  # samples per PPO update, both libraries (PPO_ENVS x PPO_SAMPLES // PPO_ENVS steps)
 PPO_ENVS = 16  # set by --ppo-envs; SB3 gets the same number
 OFF_POLICY_SEGMENT = 250  # env steps per timed segment
-PPO_SEGMENT = 2 * 2048
+PPO_SEGMENT = 2 * PPO_SAMPLES
 
 
 def ours_runner(algo: str, env_id: str, backend: str, compile_: bool, hidden: int = 256, batch: int = 256,
@@ -254,7 +255,7 @@ TARGETS = {"sac": 1.6, "td3": 1.6, "ppo": 5.0}
 def main() -> None:
     global PPO_ENVS, PPO_SEGMENT
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--algos", nargs="+", default=["sac", "td3", "ppo"])
+    parser.add_argument("--algos", nargs="+", default=["sac", "td3", "ppo"], choices=["sac", "td3", "ppo"])
     parser.add_argument("--envs", nargs="+", default=["Hopper-v5", "HalfCheetah-v5"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--backend", default="gymnasium", help="robo-rl env backend for all algos")
@@ -262,11 +263,19 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also measure robo-rl with compile=true")
     parser.add_argument("--bf16", action="store_true",
                         help="SAC/TD3: also measure robo-rl with precision=bf16, and SB3 under torch.autocast(bf16)")
-    parser.add_argument("--ppo-envs", type=int, default=64, help="envs for PPO (2048 // envs steps each), both libraries")
+    parser.add_argument("--ppo-envs", type=int, default=64,
+                        help="envs for PPO (2048 // envs steps each; a divisor of 2048), both libraries")
     parser.add_argument("--ppo-segment", type=int, default=PPO_SEGMENT,
                         help="PPO env steps per timed segment (whole 2,048-sample updates), both libraries")
     parser.add_argument("--name", default="throughput")
     args = parser.parse_args()
+    # both libraries run whole updates, and a segment's rate counts --ppo-segment steps: anything else would time other
+    # work than the label and the rate say (--ppo-envs 48: 42 x 48 = 2,016 samples per update)
+    if args.ppo_envs < 1 or PPO_SAMPLES % args.ppo_envs:
+        parser.error(f"--ppo-envs {args.ppo_envs}: must divide {PPO_SAMPLES:,} (the samples per update), e.g. 16 or 64")
+    if args.ppo_segment < PPO_SAMPLES or args.ppo_segment % PPO_SAMPLES:
+        parser.error(f"--ppo-segment {args.ppo_segment}: must be a multiple of {PPO_SAMPLES:,} (whole updates), e.g. "
+                     f"{2 * PPO_SAMPLES}")
     tune_malloc()  # process-wide: SB3 gets the same allocator settings
     PPO_ENVS = args.ppo_envs
     PPO_SEGMENT = args.ppo_segment

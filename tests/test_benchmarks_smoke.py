@@ -82,6 +82,14 @@ def test_returns_takes_only_cached_sb3_runs_of_the_same_budget(monkeypatch):
     assert returns.cached_sb3(cache, "ppo", 0) is cache["runs"]["ppo/0"]
 
 
+@pytest.mark.parametrize("option", [["--ppo-envs", "48"], ["--ppo-segment", "3000"], ["--algos", "gorl"]])
+def test_throughput_refuses_settings_it_would_mislabel(tmp_path, option):
+    # 48 envs x (2048 // 48) = 2,016 samples per update; a 3,000-step segment runs two whole updates (4,096 steps)
+    # and counted 3,000; gorl would have been timed against SB3's PPO
+    proc = bench(tmp_path, "benchmarks/throughput.py", *option, check=False)
+    assert proc.returncode == 2 and option[0] in proc.stderr and not (tmp_path / "results").exists()
+
+
 def test_generative_returns_pairs_share_one_sac_run(tmp_path):
     # gorl_sac and offpolicy both compare against SAC: one SAC run serves both (with --run-root the second
     # pair trained SAC again into the same directory, which the run refused: the study stopped there)
