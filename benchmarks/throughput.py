@@ -1,13 +1,20 @@
 """Training throughput (env steps/s, collection + updates) of robo-rl vs Stable-Baselines3 2.x.
 
-Same process, same machine, identical settings:
-  SAC / TD3: 1 env, update-to-data ratio 1, batch 256, 256x256 MLPs for actor and critics
+Same process, same machine, the same settings in both libraries (float32 on the CPU; the task's env kwargs as
+robo-rl resolves them):
+  SAC / TD3: 1 env, update-to-data ratio 1, batch 256, 256x256 ReLU MLPs for actor and critics, 1,000 steps of
+             uniform random actions before updates, 1M-row replay buffer
   PPO:       2048 samples per update (64 envs x 32 steps by default), minibatch 64, 10 epochs, 64x64
-             MLPs; SB3 gets the same envs (DummyVecEnv)
+             tanh MLPs; SB3 gets the same envs (DummyVecEnv). Not alike: robo-rl's PPO normalizes observations
+             and rewards (its defaults), SB3's runs without VecNormalize (its own default, and its faster setting)
 
-robo-rl runs at its defaults (torch threads: all cores for SAC/TD3, one for PPO). SB3 is measured with 1 and with 2
-torch threads in every round and compared against whichever is faster. Segments of both
-libraries alternate within each round; the reported ratio is the median of per-round ratios.
+robo-rl runs at its defaults (torch threads: all the CPUs it may use for SAC/TD3, one for PPO). SB3 is measured with 1
+and with 2 torch threads (and robo-rl's count, if more) in every round and compared against whichever is faster. Both
+libraries warm up before the timed rounds (SAC/TD3: 1,200 env steps, 200 updates; PPO: 2 updates). A timed segment
+is env steps and updates: robo-rl's runner.iterate() (no evaluations, checkpoints or log rows: Runner.train schedules
+those) against SB3's learn(). Segments of both libraries alternate within each round; the reported ratio is the
+median of per-round ratios. Each result records both libraries' settings as read back from robo-rl's config and
+SB3's model (``settings``), and the markdown lists them under the table.
 
 For SAC and TD3 a second table says how far the ratio could go: every matrix multiply of 50 env steps of
 each library (torch mm/addmm/bmm/baddbmm, shapes and memory layouts as called) is recorded and replayed
@@ -21,9 +28,9 @@ at these network sizes on this machine.
     python benchmarks/throughput.py --algos sac td3 --bf16   # robo-rl with precision=bf16 as well
 
 With --bf16 (SAC/TD3) two more segments join each round: robo-rl with precision=bf16, and SB3 with its
-train() run under torch.autocast(bf16) at 2 threads. SB3 has no such option; it is measured so that
-the bf16 ratio can also be read like for like (both libraries' matmuls in bf16), not only against SB3
-as its users run it.
+train() run under torch.autocast(bf16) at 2 threads (from its warm-up on, as robo-rl's). SB3 has no such option; it
+is measured so that the bf16 ratio can also be read like for like (both libraries' matmuls in bf16), not only against
+SB3 as its users run it.
 """
 
 from __future__ import annotations
@@ -50,58 +57,150 @@ OFF_POLICY_SEGMENT = 250  # env steps per timed segment
 PPO_SEGMENT = 2 * PPO_SAMPLES
 
 
-def ours_runner(algo: str, env_id: str, backend: str, compile_: bool, hidden: int = 256, batch: int = 256,
-                precision: str = "fp32"):
-    """A warmed-up robo-rl runner at this benchmark's settings (SAC/TD3: ``hidden`` x ``hidden`` nets, ``batch``)."""
-    from robo_rl.build import build_env, build_learner, build_policy, build_runner
-    from robo_rl.train import compose_config, prepare
-
+def ours_overrides(algo: str, env_id: str, backend: str, compile_: bool = False, hidden: int = 256, batch: int = 256,
+                   precision: str = "fp32") -> list[str]:
+    """robo-rl's config at this benchmark's settings (SAC/TD3: ``hidden`` x ``hidden`` nets, ``batch``)."""
     overrides = [f"algo={algo}", f"env.id={env_id}", f"env.backend={backend}", "steps=100000000", "seed=0"]
     if algo in ("sac", "td3"):
         overrides += [f"algo.learning_starts={LEARNING_STARTS}", f"algo.batch_size={batch}", "algo.utd=1",
                       f"policy.hidden_sizes=[{hidden},{hidden}]", f"algo.critic_hidden=[{hidden},{hidden}]"]
     else:
-        overrides += [f"env.num_envs={PPO_ENVS}", f"algo.rollout_steps={2048 // PPO_ENVS}", "algo.minibatch_size=64",
-                      "algo.epochs=10", "policy.hidden_sizes=[64,64]", "algo.value_hidden=[64,64]"]
+        overrides += [f"env.num_envs={PPO_ENVS}", f"algo.rollout_steps={PPO_SAMPLES // PPO_ENVS}",
+                      "algo.minibatch_size=64", "algo.epochs=10", "policy.hidden_sizes=[64,64]", "algo.value_hidden=[64,64]"]
     if compile_:
         overrides.append("compile=true")
     if precision != "fp32":
         overrides.append(f"precision={precision}")
+    return overrides
+
+
+def ours_config(*args: Any, **kwargs: Any):
+    """The resolved robo-rl config (``ours_overrides``'s arguments) and its scratch run directory."""
+    from robo_rl.train import compose_config, prepare
+
     run_dir = scratch_dir() / "run"
-    cfg, _ = prepare(compose_config(overrides), run_dir)
+    cfg, _ = prepare(compose_config(ours_overrides(*args, **kwargs)), run_dir)
+    return cfg, run_dir
+
+
+def ours_threads(cfg) -> int:
+    """The torch threads `robo-rl train` would run this config with (robo_rl/train.py): ``threads``, else torch's
+    default capped at the CPUs this process may use."""
+    from envs.resources import usable_cpus
+
+    return int(cfg.threads) if cfg.threads else min(torch.get_num_threads(), usable_cpus())
+
+
+def ours_runner(algo: str, env_id: str, backend: str, compile_: bool, hidden: int = 256, batch: int = 256,
+                precision: str = "fp32"):
+    """A warmed-up robo-rl runner at this benchmark's settings (SAC/TD3: ``hidden`` x ``hidden`` nets, ``batch``)."""
+    from robo_rl.build import build_env, build_learner, build_policy, build_runner
+
+    cfg, run_dir = ours_config(algo, env_id, backend, compile_, hidden, batch, precision)
     env = build_env(cfg)
     eval_env = build_env(cfg, num_envs=1)
     runner = build_runner(cfg, build_learner(cfg, build_policy(cfg, env)), env, eval_env, run_dir)
-    runner.threads = cfg.threads or torch.get_num_threads()  # robo-rl's default for this learner
+    runner.threads = ours_threads(cfg)  # robo-rl's default for this learner
     runner.obs = env.reset(seed=0)
-    warm = LEARNING_STARTS + 200 if algo != "ppo" else 2048 * 2
+    warm = LEARNING_STARTS + 200 if algo != "ppo" else 2 * PPO_SAMPLES
     while runner.step < warm:
         runner.iterate()
     return runner, advancer(runner)
 
 
-def sb3_model(algo: str, env_id: str):
+def sb3_env_kwargs(cfg) -> dict[str, Any]:
+    """gymnasium.make's keyword arguments for SB3's env: the task as robo-rl builds it (env.kwargs, with the task
+    defaults robo-rl resolved, e.g. Ant-v5's observation without contact forces for PPO; env.max_episode_steps)."""
+    from omegaconf import OmegaConf
+
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.env.kwargs, resolve=True).items() if v is not None}
+    if cfg.env.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = int(cfg.env.max_episode_steps)
+    return kwargs
+
+
+def sb3_model(algo: str, env_id: str, env_kwargs: dict[str, Any] | None = None, bf16: bool = False, warm: bool = True):
+    """SB3's model at this benchmark's settings, warmed up as robo-rl's runner is (``bf16``: its gradient steps under
+    torch.autocast from the start, so the warm-up also covers bf16's first calls, as robo-rl's precision=bf16 runner's
+    does)."""
     import gymnasium as gym
     import numpy as np
     from stable_baselines3 import PPO, SAC, TD3
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.noise import NormalActionNoise
 
+    env_kwargs = env_kwargs or {}
     if algo == "sac":
-        model = SAC("MlpPolicy", gym.make(env_id), learning_starts=LEARNING_STARTS, batch_size=256, train_freq=1,
-                    gradient_steps=1, policy_kwargs=dict(net_arch=[256, 256]), seed=0, device="cpu", verbose=0)
+        model = SAC("MlpPolicy", gym.make(env_id, **env_kwargs), learning_starts=LEARNING_STARTS, batch_size=256,
+                    train_freq=1, gradient_steps=1, policy_kwargs=dict(net_arch=[256, 256]), seed=0, device="cpu",
+                    verbose=0)
     elif algo == "td3":
-        env = gym.make(env_id)
+        env = gym.make(env_id, **env_kwargs)
+        # SB3 adds action noise in its [-1, 1] scaled action space: the unit scale of robo-rl's algo.exploration_noise
         noise = NormalActionNoise(np.zeros(env.action_space.shape), 0.1 * np.ones(env.action_space.shape))
         model = TD3("MlpPolicy", env, learning_starts=LEARNING_STARTS, batch_size=256, train_freq=1, gradient_steps=1,
                     action_noise=noise, policy_kwargs=dict(net_arch=[256, 256]), seed=0, device="cpu", verbose=0)
     else:
-        model = PPO("MlpPolicy", make_vec_env(env_id, n_envs=PPO_ENVS, seed=0), n_steps=2048 // PPO_ENVS, batch_size=64,
-                    n_epochs=10,
+        model = PPO("MlpPolicy", make_vec_env(env_id, n_envs=PPO_ENVS, seed=0, env_kwargs=env_kwargs),
+                    n_steps=PPO_SAMPLES // PPO_ENVS, batch_size=64, n_epochs=10,
                     policy_kwargs=dict(net_arch=dict(pi=[64, 64], vf=[64, 64])), seed=0, device="cpu", verbose=0)
-    warm = LEARNING_STARTS + 200 if algo != "ppo" else 2048 * 2
-    model.learn(warm)
+    if bf16:
+        autocast_train(model)
+    if warm:
+        model.learn(LEARNING_STARTS + 200 if algo != "ppo" else 2 * PPO_SAMPLES)
     return model
+
+
+def _names(modules: Any) -> list[str]:
+    return [m.__name__.lower() for m in modules]
+
+
+def ours_settings(cfg, threads: int) -> dict[str, Any]:
+    """What robo-rl ran with, in the keys ``sb3_settings`` uses (the record lets a reader check both sides)."""
+    algo = cfg.algo.name
+    out: dict[str, Any] = {
+        "device": str(cfg.device),
+        "dtype": "bfloat16 autocast" if cfg.get("precision", "fp32") == "bf16" else "float32",
+        "torch_threads": threads, "num_envs": int(cfg.env.num_envs), "actor_hidden": list(cfg.policy.hidden_sizes),
+        "actor_activation": str(cfg.policy.activation), "normalize_obs": bool(cfg.policy.normalize_obs),
+        "normalize_reward": bool(cfg.env.normalize_reward),
+    }
+    if algo in ("sac", "td3"):
+        out.update(critic_hidden=list(cfg.algo.critic_hidden), critic_activation=str(cfg.algo.critic_activation),
+                   batch_size=int(cfg.algo.batch_size), updates_per_env_step=float(cfg.algo.utd),
+                   learning_starts=int(cfg.algo.learning_starts), buffer_size=int(cfg.algo.buffer_size))
+    else:
+        out.update(critic_hidden=list(cfg.algo.value_hidden), critic_activation=str(cfg.algo.value_activation),
+                   batch_size=int(cfg.algo.minibatch_size), rollout_steps=int(cfg.algo.rollout_steps),
+                   samples_per_update=int(cfg.algo.rollout_steps) * int(cfg.env.num_envs), epochs=int(cfg.algo.epochs))
+    return out
+
+
+def sb3_settings(model, threads: list[int]) -> dict[str, Any]:
+    """What SB3 ran with (read from the model), in ``ours_settings``'s keys; ``threads``: the counts it was timed at."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    policy = model.policy
+    out: dict[str, Any] = {
+        "device": str(model.device), "dtype": str(next(policy.parameters()).dtype).replace("torch.", ""),
+        "torch_threads": threads, "num_envs": int(model.n_envs),
+        "normalize_obs": isinstance(model.get_env(), VecNormalize) and bool(model.get_env().norm_obs),
+        "normalize_reward": isinstance(model.get_env(), VecNormalize) and bool(model.get_env().norm_reward),
+    }
+    if isinstance(model, PPO):
+        out.update(actor_hidden=list(policy.net_arch["pi"]), actor_activation=_names([policy.activation_fn])[0],
+                   critic_hidden=list(policy.net_arch["vf"]), critic_activation=_names([policy.activation_fn])[0],
+                   batch_size=int(model.batch_size), rollout_steps=int(model.n_steps),
+                   samples_per_update=int(model.n_steps) * int(model.n_envs), epochs=int(model.n_epochs))
+    else:
+        out.update(actor_hidden=list(policy.net_arch), actor_activation=_names([policy.net_args["activation_fn"]])[0],
+                   critic_hidden=list(policy.critic_kwargs["net_arch"]),
+                   critic_activation=_names([policy.critic_kwargs["activation_fn"]])[0],
+                   batch_size=int(model.batch_size),
+                   updates_per_env_step=model.gradient_steps / (model.train_freq.frequency * model.n_envs),
+                   learning_starts=int(model.learning_starts), buffer_size=int(model.buffer_size))
+    return out
 
 
 class MatmulRecorder(TorchDispatchMode):
@@ -175,11 +274,18 @@ def autocast_train(model, dtype=torch.bfloat16) -> None:
     model.train = train
 
 
+def sb3_key(threads: int) -> str:
+    return "sb3_1thread" if threads == 1 else f"sb3_{threads}threads"
+
+
 def measure(algo: str, env_id: str, rounds: int, backend: str, compile_: bool, bf16: bool = False) -> dict:
     default_threads = torch.get_num_threads()
     segment = OFF_POLICY_SEGMENT if algo != "ppo" else PPO_SEGMENT
     runner, ours = ours_runner(algo, env_id, backend, False)
-    model = sb3_model(algo, env_id)
+    env_kwargs = sb3_env_kwargs(runner.cfg)
+    model = sb3_model(algo, env_id, env_kwargs)
+    # SB3 gets robo-rl's thread count too (on a machine with more cores robo-rl's SAC/TD3 default takes them all)
+    sb3_threads = sorted({1, 2, runner.threads})
 
     def with_threads(n: int, fn):
         def run() -> float:
@@ -192,8 +298,7 @@ def measure(algo: str, env_id: str, rounds: int, backend: str, compile_: bool, b
 
     segments = {
         "robo_rl": with_threads(runner.threads, lambda: ours(segment)),
-        "sb3_1thread": with_threads(1, lambda: model.learn(segment, reset_num_timesteps=False)),
-        "sb3_2threads": with_threads(2, lambda: model.learn(segment, reset_num_timesteps=False)),
+        **{sb3_key(n): with_threads(n, lambda: model.learn(segment, reset_num_timesteps=False)) for n in sb3_threads},
     }
     if compile_:
         runner_c, ours_c = ours_runner(algo, env_id, backend, True)
@@ -202,18 +307,19 @@ def measure(algo: str, env_id: str, rounds: int, backend: str, compile_: bool, b
     bf16 = bf16 and algo in ("sac", "td3")
     if bf16:
         runner_b, ours_b = ours_runner(algo, env_id, backend, False, precision="bf16")
-        model_b = sb3_model(algo, env_id)
-        autocast_train(model_b)
+        model_b = sb3_model(algo, env_id, env_kwargs, bf16=True)
         segments["robo_rl_bf16"] = with_threads(runner_b.threads, lambda: ours_b(segment))
         segments["sb3_bf16_2threads"] = with_threads(2, lambda: model_b.learn(segment, reset_num_timesteps=False))
     rates = interleaved(segments, rounds)
-    best_sb3 = [max(a, b) for a, b in zip(rates["sb3_1thread"], rates["sb3_2threads"])]
+    best_sb3 = [max(per_round) for per_round in zip(*(rates[sb3_key(n)] for n in sb3_threads))]
     result = {
         "algo": algo, "env": env_id, "backend": backend, "segment_steps": segment, "rounds": rounds,
+        "settings": {"robo_rl": ours_settings(runner.cfg, runner.threads), "sb3": sb3_settings(model, sb3_threads),
+                     "env_kwargs": env_kwargs},
         "rates": rates,
         "robo_rl_steps_per_s": median(rates["robo_rl"]),
         "sb3_best_steps_per_s": median(best_sb3),
-        "sb3_best_threads": 1 if median(rates["sb3_1thread"]) >= median(rates["sb3_2threads"]) else 2,
+        "sb3_best_threads": max(sb3_threads, key=lambda n: median(rates[sb3_key(n)])),  # a tie: the fewer
         "ratio": median([o / s for o, s in zip(rates["robo_rl"], best_sb3)]),
     }
     if algo in ("sac", "td3"):  # after the timed rounds: recording slows these segments down
@@ -314,7 +420,23 @@ def main() -> None:
               f"{r['floor']['robo_rl_ms_per_step']:.2f}, {r['floor']['sb3_ms_per_step']:.2f}",
               f"{100 * r['floor']['robo_rl_matmul_share']:.0f}%, {100 * r['floor']['sb3_matmul_share']:.0f}%",
               f"{r['ratio']:.2f}x", f"{r['floor']['ceiling_ratio']:.2f}x"] for r in floors])
+    table += "\n\n" + settings_note(results)
     save(args.name, {"results": results}, table)
+
+
+def settings_note(results: list[dict]) -> str:
+    """The settings each row ran with (``result["settings"]``), in a line per row: those both libraries share, then
+    those they do not."""
+    lines = ["Settings:"]
+    for r in results:
+        ours, sb3 = r["settings"]["robo_rl"], r["settings"]["sb3"]
+        keys = [k for k in ours if k != "torch_threads"]
+        same = ", ".join(f"{k}={ours[k]}" for k in keys if ours[k] == sb3.get(k))
+        differ = "; ".join(f"{k}: robo-rl {ours[k]}, SB3 {sb3.get(k)}" for k in keys if ours[k] != sb3.get(k))
+        threads = f"torch threads: robo-rl {ours['torch_threads']}, SB3 {sb3['torch_threads']} (the faster counts)"
+        lines.append(f"- {r['algo'].upper()} {r['env']}: both {same}" + (f"; not alike: {differ}" if differ else "")
+                     + f"; {threads}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

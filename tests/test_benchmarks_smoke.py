@@ -3,7 +3,8 @@
 Every script runs as a user runs it (a subprocess from the repository root), with ROBO_RL_BENCH_RESULTS
 pointing its result files at tmp_path, so the recorded results under benchmarks/results/ are never touched.
 Scripts whose budgets have no option (returns.py) run their main() with the module's budget shrunk.
-Left out as too heavy for a test: throughput.py and update_anatomy.py (SB3 and 1,200-step warm-ups, minutes),
+Left out as too heavy for a test: throughput.py and update_anatomy.py (SB3 and 1,200-step warm-ups, minutes; the
+settings throughput.py gives both libraries and its argument checks are tested without a measurement),
 checkpoint_cost.py (fills a 1M-row, 2.9 GB replay buffer), passivity.py, sim2sim.py, demos_warm_start.py and
 the generative heads of export_latency.py other than GoRL's (each over a minute at their smallest settings).
 """
@@ -80,6 +81,60 @@ def test_returns_takes_only_cached_sb3_runs_of_the_same_budget(monkeypatch):
     assert returns.cached_sb3(cache, "ppo", 0) is None  # scored on 1 episode, not 10
     monkeypatch.setattr(returns, "EVAL_EPISODES", 1)
     assert returns.cached_sb3(cache, "ppo", 0) is cache["runs"]["ppo/0"]
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3", "ppo"])
+def test_throughput_configures_both_libraries_alike(monkeypatch, algo):
+    # network sizes, activations, batch sizes, updates per step, warm-up, buffer, PPO's rollout layout, dtype: read
+    # back from robo-rl's resolved config and from SB3's built model, as the results record them
+    import benchmarks.throughput as throughput
+
+    monkeypatch.setattr(throughput, "PPO_ENVS", 16)
+    cfg, _ = throughput.ours_config(algo, "Hopper-v5", "gymnasium")
+    model = throughput.sb3_model(algo, "Hopper-v5", throughput.sb3_env_kwargs(cfg), warm=False)
+    ours, sb3 = throughput.ours_settings(cfg, 1), throughput.sb3_settings(model, [1])
+    assert set(ours) == set(sb3)
+    differ = {k for k in ours if ours[k] != sb3[k] and k != "torch_threads"}  # (robo-rl's count; SB3's, each timed)
+    # robo-rl's PPO normalizes observations and rewards (its defaults), SB3's runs without VecNormalize: stated in
+    # the script's docstring, the README and each result's settings
+    assert differ == ({"normalize_obs", "normalize_reward"} if algo == "ppo" else set())
+    assert ours["dtype"] == "float32" and ours["actor_activation"] == ("tanh" if algo == "ppo" else "relu")
+    assert ours["actor_hidden"] == ours["critic_hidden"] == ([64, 64] if algo == "ppo" else [256, 256])
+    if algo == "ppo":
+        assert (ours["num_envs"], ours["samples_per_update"], ours["batch_size"], ours["epochs"]) == (16, 2048, 64, 10)
+    else:
+        assert (ours["batch_size"], ours["updates_per_env_step"], ours["learning_starts"]) == (256, 1.0, 1000)
+
+
+def test_throughput_gives_sb3_the_task_as_robo_rl_builds_it(monkeypatch):
+    # robo-rl's PPO on Ant-v5 leaves the 78 contact-force terms out of the observation (TASK_DEFAULTS); SB3's env was
+    # gym.make(env_id) with them: 105 inputs against 27
+    import benchmarks.throughput as throughput
+    from robo_rl.build import build_env
+
+    monkeypatch.setattr(throughput, "PPO_ENVS", 2)
+    cfg, _ = throughput.ours_config("ppo", "Ant-v5", "gymnasium")
+    model = throughput.sb3_model("ppo", "Ant-v5", throughput.sb3_env_kwargs(cfg), warm=False)
+    env = build_env(cfg, num_envs=1)
+    try:
+        assert model.observation_space.shape == (env.obs_dim,) == (27,)
+    finally:
+        env.close()
+
+
+def test_throughput_warms_sb3_up_under_autocast_with_bf16(monkeypatch):
+    # robo-rl's precision=bf16 runner warms up in bf16; SB3's peer was put under autocast only after its warm-up,
+    # so its first timed segment also paid bf16's first calls
+    import torch
+    from stable_baselines3 import SAC
+
+    import benchmarks.throughput as throughput
+
+    seen = []
+    monkeypatch.setattr(SAC, "train", lambda self, *a, **k: seen.append(torch.is_autocast_enabled("cpu")))
+    monkeypatch.setattr(throughput, "LEARNING_STARTS", 5)
+    throughput.sb3_model("sac", "Hopper-v5", bf16=True)
+    assert len(seen) > 0 and all(seen)
 
 
 @pytest.mark.parametrize("option", [["--ppo-envs", "48"], ["--ppo-segment", "3000"], ["--algos", "gorl"]])
