@@ -30,6 +30,34 @@ def test_the_mean_of_the_expert_s_two_modes_hits_the_obstacle():
     assert info["collision"] and reward == -1.0 and terminated and env.t < 10
 
 
+def test_the_two_goals_are_mirror_images_and_so_are_the_expert_s_demonstrations():
+    # the studies read "which goal" as a free choice: mirrored actions must give mirrored states and the same
+    # rewards, endings and success, bit for bit (random moves through crashes, successes and time-outs)
+    mirror = np.array([1.0, -1.0, 1.0], np.float32)
+    rng = np.random.default_rng(0)
+    ends = set()
+    for _ in range(300):
+        up, down = TwoGoalsEnv(), TwoGoalsEnv()
+        up.reset(seed=0), down.reset(seed=0)
+        bias = rng.uniform(-0.2, 1.0, 2)  # a drift to the right and to one side, so goals are reached too
+        for action in np.clip(bias + rng.normal(0, 0.7, (40, 2)), -1, 1):
+            a, b = up.step(action), down.step(action * (1, -1))
+            assert np.array_equal(a[0] * mirror, b[0]) and a[1:] == b[1:], (a, b)
+            if a[2] or a[3]:
+                ends.add("success" if a[4]["success"] else "collision" if a[4]["collision"] else "time-out")
+                break
+    assert ends == {"success", "collision", "time-out"}
+    demos = expert_demos(6, seed=3)
+    starts = np.flatnonzero(demos["obs"][:, 2] == 1.0)  # episodes come in pairs, the upper one first
+    episodes = np.split(np.arange(len(demos["obs"])), starts[1:])
+    for upper, lower in zip(episodes[::2], episodes[1::2]):
+        assert len(upper) == len(lower)
+        for key, flip in (("obs", mirror), ("next_obs", mirror), ("actions", mirror[:2])):
+            assert np.array_equal(demos[key][upper] * flip, demos[key][lower]), key
+        for key in ("rewards", "terminated"):
+            assert np.array_equal(demos[key][upper], demos[key][lower]), key
+
+
 def test_bad_settings_and_actions_are_refused():
     for kwargs, words in (({"max_steps": 0}, "max_steps=0 must be an integer >= 1"),  # was a ZeroDivisionError
                           ({"start_noise": 0.2}, "start_noise=0.2 must be between 0 and 0.15")):
