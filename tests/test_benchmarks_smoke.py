@@ -208,6 +208,57 @@ def test_multimodal_with_demos(tmp_path):
     assert (tmp_path / "results" / "multimodal_demos_actions.png").is_file()
 
 
+def test_multimodal_scores_success_and_the_goal_reached_as_documented():
+    # what the study's tables count: the first episode of each of 100 copies from the start state, a success when
+    # it ends at a goal (+1), the upper goal's share of the successes, for each acting mode; scripted policies with
+    # known answers: the expert's detours, the mean of its two first moves (straight on, into the obstacle), and one
+    # that crashes its first episode and succeeds in every later one (only the first counts)
+    import torch
+
+    from benchmarks.multimodal import evaluate
+    from envs.tasks.two_goals import GOALS, STEP, WAYPOINT
+
+    def expert(obs, deterministic):  # on the axis: the upper side, or a coin when sampling; then that side's detour
+        pos = obs[:, :2].double()
+        coin = torch.ones(len(obs)) if deterministic else torch.where(torch.rand(len(obs)) < 0.5, 1.0, -1.0)
+        side = torch.where(obs[:, 1] == 0, coin, obs[:, 1].sign()).double()[:, None]
+        flip = torch.cat([torch.ones_like(side), side], dim=1)
+        target = torch.where(pos[:, 1:].abs() < 0.35, torch.tensor(WAYPOINT) * flip, torch.tensor(GOALS[0]) * flip)
+        d = target - pos
+        return (d / d.abs().amax(1, keepdim=True) * (d.norm(dim=1, keepdim=True) / STEP).clamp(max=1)).float()
+
+    def mean(obs, deterministic):
+        return torch.tensor([[4 / 9, 0.0]]).expand(len(obs), 2).clone()
+
+    class Rule:
+        def __init__(self, rule):
+            self.rule = rule
+
+        def act(self, obs, deterministic=False):
+            return self.rule(obs, deterministic)
+
+    class CrashFirst:  # even copies: the mean (a crash at step 4), then the expert from the start; odd: stand still
+        def __init__(self):
+            self.later = {}
+
+        def act(self, obs, deterministic=False):
+            key, at_start = (deterministic, len(obs)), (obs == torch.tensor([0.0, 0.0, 1.0])).all(1)
+            later = self.later[key] = self.later[key] | at_start if key in self.later else torch.zeros_like(at_start)
+            first = torch.where((torch.arange(len(obs)) % 2 == 0)[:, None], mean(obs, True), torch.zeros(1, 2))
+            return torch.where(later[:, None], expert(obs, True), first)
+
+    out = evaluate(Rule(expert), 0)
+    assert out["success_deterministic"] == out["success_sampled"] == 1.0
+    assert out["upper_goal_share_deterministic"] == 1.0 and 0.3 < out["upper_goal_share_sampled"] < 0.7
+    first = torch.tensor(out["decision_actions"])  # 300 sampled first moves at the start state: both detours
+    assert first.shape == (300, 2) and torch.allclose(first.abs(), torch.tensor([4 / 9, 1.0]))
+    assert 0.3 < float((first[:, 1] > 0).float().mean()) < 0.7
+    for policy in (Rule(mean), CrashFirst()):
+        out = evaluate(policy, 0)
+        assert out["success_deterministic"] == out["success_sampled"] == 0.0, out
+        assert out["upper_goal_share_deterministic"] is None and out["upper_goal_share_sampled"] is None
+
+
 def test_gorl_refit_fidelity(tmp_path):
     from robo_rl.train import train
     from tests.helpers import FAST, compose
