@@ -111,8 +111,14 @@ def expert_demos(episodes: int, seed: int = 0, noise: float = 0.1) -> dict[str, 
     through ``TwoGoalsEnv`` itself (rewards, next observations and terminations are the env's).
     Returns the arrays ``robo_rl.demos.save_demos`` takes.
     """
-    if episodes < 2 or episodes % 2:
-        raise ValueError(f"episodes={episodes}: expert_demos makes mirror-image pairs, so it needs an even number >= 2")
+    if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 2 or episodes % 2:
+        raise ValueError(f"episodes={episodes!r}: expert_demos makes mirror-image pairs, "
+                         "so it needs an even integer >= 2")
+    # noise=inf clipped every move to a corner of the action box (demonstrations of no expert), a NaN was only
+    # refused by the env's step, naming an action
+    if isinstance(noise, bool) or not isinstance(noise, (int, float, np.number)) or not 0 <= noise < np.inf:
+        raise ValueError(f"noise={noise!r}: expert_demos's action noise is a standard deviation, a finite number >= 0 "
+                         "(0: the noise-free expert)")
     rng = np.random.default_rng(seed)
     env = TwoGoalsEnv()
     rows: dict[str, list] = {k: [] for k in ("obs", "actions", "rewards", "next_obs", "terminated")}

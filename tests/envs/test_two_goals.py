@@ -63,6 +63,13 @@ def test_bad_settings_and_actions_are_refused():
                           ({"start_noise": 0.2}, "start_noise=0.2 must be between 0 and 0.15")):
         with pytest.raises(ValueError, match=f"robo_rl/TwoGoals-v0: {words}"):
             gym.make("robo_rl/TwoGoals-v0", **kwargs)
+    for kwargs, words in (({"episodes": 3}, "episodes=3: .* an even integer >= 2"),
+                          ({"episodes": 4.0}, "episodes=4.0: .* an even integer >= 2"),  # was range()'s TypeError
+                          ({"episodes": 4, "noise": float("inf")}, "noise=inf: .* a finite number >= 0"),  # was taken
+                          ({"episodes": 4, "noise": float("nan")}, "noise=nan: .* a finite number >= 0"),
+                          ({"episodes": 4, "noise": -0.1}, "noise=-0.1: .* a finite number >= 0")):
+        with pytest.raises(ValueError, match=words):
+            expert_demos(**kwargs)
     env = gym.make("robo_rl/TwoGoals-v0", disable_env_checker=True)
     env.reset(seed=0)
     for action in (np.array([0.5], np.float32), np.array([np.nan, 0.0], np.float32)):
