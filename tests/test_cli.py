@@ -469,6 +469,46 @@ def test_a_sweep_exits_with_its_failed_job_s_code(tmp_path, monkeypatch):
     assert "the run is already complete (150 of 150 steps)" in proc.stderr and "already holds a run" not in proc.stderr
 
 
+@pytest.fixture
+def console(monkeypatch, capsys):
+    """capsys for an in-process train_main's stderr: the console log handler train() adds writes to this test's
+    stream and is dropped afterwards (a handler bound to an earlier test's closed capture stream fails)."""
+    import logging
+
+    logger = logging.getLogger("robo_rl")
+    monkeypatch.setattr(logger, "handlers", [h for h in logger.handlers if not getattr(h, "_robo_rl", False)])
+    return capsys
+
+
+def test_a_failed_sweep_job_is_named_by_its_own_values_whatever_order_hydra_runs_them_in(tmp_path, monkeypatch, console):
+    # Hydra runs a shuffle() sweep in an order of its own (reversed here, deterministically): the failed job was
+    # named by its number in the command line's order, i.e. the job that completed (after=100000)
+    from hydra.core.plugins import Plugins
+
+    from robo_rl.commands.train import train_main
+
+    Plugins.instance()  # Hydra's plugin scan executes the sweeper's module again: patch the class it then holds
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    split = BasicSweeper.split_arguments
+    monkeypatch.setattr(BasicSweeper, "split_arguments",
+                        staticmethod(lambda overrides, size: [b[::-1] for b in split(overrides, size)]))
+    monkeypatch.chdir(tmp_path)
+    nan_env = [*TINY, "env.id=tests.helpers:robo_rl_test/NaNAfter-v0", "steps=40", "eval.episodes=1", "eval.num_envs=1"]
+    assert train_main(["-m", "env.kwargs.after=20,100000", *nan_env, "run_dir=sweep"]) == 1
+    assert "sweep: 1 of 2 job(s) failed: env.kwargs.after=20\n" in console.readouterr().err
+
+
+def test_a_failed_job_of_a_one_job_sweep_is_named_by_its_directory(tmp_path, monkeypatch, console):
+    # no key takes two values: the job has no swept values, and the failed job's name was empty
+    from robo_rl.commands.train import train_main
+
+    monkeypatch.chdir(tmp_path)
+    nan_env = [*TINY, "env.id=tests.helpers:robo_rl_test/NaNAfter-v0", "steps=40", "eval.episodes=1", "eval.num_envs=1"]
+    assert train_main(["-m", "env.kwargs.after=20", *nan_env, "run_dir=one"]) == 1
+    assert "sweep: 1 of 1 job(s) failed: job0\n" in console.readouterr().err
+
+
 def test_an_interrupted_sweep_names_the_jobs_it_did_not_start(tmp_path, monkeypatch):
     # a Ctrl-C at step 61 of the first job (the env sends it): that job saves and stops, the others never start
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # tests.helpers for the subprocess

@@ -46,14 +46,29 @@ def swept_values_by_job() -> list[str]:
     place, with its last value)."""
     import itertools
 
+    by_key = values_by_key()
+    jobs = list(itertools.product(*by_key.values()))
+    swept = [len(v) > 1 for v in by_key.values()]
+    return [" ".join(o for o, s in zip(job, swept) if s) for job in jobs]
+
+
+def values_by_key() -> dict[str, list[str]]:
+    """Each key of this command's overrides and its values as ``key=value`` (a key given twice keeps its first
+    place and its last values, as Hydra's basic sweeper does)."""
     by_key: dict[str, list[str]] = {}
     for a in TRAIN_ARGS:
         if "=" in a and not a.startswith("-"):
             values = sweep_values(a) if is_sweep(a.split("=", 1)[1]) else [a]
             by_key[a.split("=", 1)[0]] = values or [a]
-    jobs = list(itertools.product(*by_key.values()))
-    swept = [len(v) > 1 for v in by_key.values()]
-    return [" ".join(o for o, s in zip(job, swept) if s) for job in jobs]
+    return by_key
+
+
+def job_values(task_overrides: Sequence[str]) -> str:
+    """One job's swept values as ``swept_values_by_job`` writes them (``seed=1 algo=td3``), read from the job's own
+    overrides: Hydra runs a ``shuffle()`` sweep in an order of its own, so a job's number does not say which it is.
+    Empty when no key takes more than one value (the sweep's only job)."""
+    swept = {k for k, v in values_by_key().items() if len(v) > 1}
+    return " ".join(o for o in task_overrides if o.split("=", 1)[0] in swept)
 
 
 def is_sweep(value: str) -> bool:

@@ -11,8 +11,8 @@ from typing import Sequence
 from robo_rl.commands import sweep
 from robo_rl.commands.common import (EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, PATH_KEYS, error, log,
                                      override_key, quote_paths, unknown_key, unquoted)
-from robo_rl.commands.sweep import (for_hydra_multirun, is_sweep, sweep_problem, sweep_values, swept_on_command_line,
-                                    swept_values_by_job)
+from robo_rl.commands.sweep import (for_hydra_multirun, is_sweep, job_values, sweep_problem, sweep_values,
+                                    swept_on_command_line, swept_values_by_job)
 
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
@@ -95,6 +95,7 @@ def train_main(args: Sequence[str]) -> int:
     exit_code = 0
     sweep_dirs: list[str] = []  # a multirun's directory, once per job
     failed_jobs: list[str] = []
+    started: list[str] = []  # the swept values of each job this command has started
 
     @hydra.main(version_base=None, config_path=config_dir, config_name="config")
     def _run(cfg: DictConfig) -> None:
@@ -124,19 +125,22 @@ def train_main(args: Sequence[str]) -> int:
                          "run this job again)", EXIT_FAILED)
         else:
             code = run_training(cfg, run_dir, overrides)
+        if hc.mode.name == "MULTIRUN":
+            # named by its own swept values, not by its number: a shuffle() sweep runs in an order of Hydra's own
+            started.append(job_values(hc.overrides.task))
+            label = started[-1] or Path(hc.runtime.output_dir).name  # the sweep's only job: its directory (job0)
         if code and hc.mode.name == "MULTIRUN" and code in (EXIT_SIGINT, EXIT_SIGTERM):
             jobs = swept_values_by_job()
-            unstarted = jobs[hc.job.num + 1:]
+            unstarted = [j for j in jobs if j not in started]
             log.warning("sweep: stopped in job %d of %d (%s)%s; to continue the sweep (this job resumes, finished "
-                        "ones are kept, the rest start): %s", hc.job.num + 1, len(jobs), jobs[hc.job.num],
+                        "ones are kept, the rest start): %s", hc.job.num + 1, len(jobs), label,
                         f"; not started: {'; '.join(unstarted)}" if unstarted else "", continue_command(hc.sweep.dir))
         if code and (hc.mode.name == "RUN" or code in (EXIT_SIGINT, EXIT_SIGTERM)):
             raise SystemExit(code)  # an interrupted sweep stops: Ctrl-C does not start the next job
         if hc.mode.name == "MULTIRUN":
             sweep_dirs.append(str(hc.sweep.dir))
             if code:
-                jobs = swept_values_by_job()  # the job's swept values (its whole override list is long)
-                failed_jobs.append(jobs[hc.job.num] if hc.job.num < len(jobs) else " ".join(hc.overrides.task))
+                failed_jobs.append(label)  # the job's swept values (its whole override list is long)
         exit_code = exit_code or code  # a sweep exits with its first failed job's code
 
     sweep.TRAIN_ARGS[:] = list(args)
