@@ -509,6 +509,22 @@ def test_a_failed_job_of_a_one_job_sweep_is_named_by_its_directory(tmp_path, mon
     assert "sweep: 1 of 1 job(s) failed: job0\n" in console.readouterr().err
 
 
+def test_a_sweep_run_again_prints_its_compare_line_when_no_job_trains(tmp_path, monkeypatch, console):
+    # run again, a sweep whose every job failed before trains nothing: its closing line (and a continued job's) went
+    # to a logger with no handler yet (train() adds it), so the documented robo-rl compare line was missing
+    from robo_rl.commands.train import train_main
+
+    monkeypatch.chdir(tmp_path)
+    job = tmp_path / "one" / "job0"  # what a job that stopped on a NaN leaves (a config and a failed summary)
+    job.mkdir(parents=True)
+    (job / "config.yaml").write_text("seed: 0\n")
+    (job / "summary.json").write_text(json.dumps({"status": "failed: non-finite observation at step 20"}))
+    assert train_main(["-m", "seed=0", *TINY, "steps=40", "run_dir=one"]) == 1
+    err = console.readouterr().err
+    assert "job0 failed before (failed: non-finite observation at step 20)" in err
+    assert "sweep: 1 job(s) in one; side by side: robo-rl compare runs=one\nsweep: 1 of 1 job(s) failed: job0\n" in err
+
+
 def test_an_interrupted_sweep_names_the_jobs_it_did_not_start(tmp_path, monkeypatch):
     # a Ctrl-C at step 61 of the first job (the env sends it): that job saves and stops, the others never start
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # tests.helpers for the subprocess

@@ -66,6 +66,7 @@ def train_main(args: Sequence[str]) -> int:
     from omegaconf import DictConfig, open_dict
 
     from robo_rl.config import boolean_keys, boolean_problem, integer_keys, integral_literals, register_schemas
+    from robo_rl.metrics import setup_console_logging
 
     args = integral_literals(args, integer_keys())  # steps=1e6
     problem = boolean_problem(args, boolean_keys())  # compile=2
@@ -146,6 +147,7 @@ def train_main(args: Sequence[str]) -> int:
     sweep.TRAIN_ARGS[:] = list(args)
     multirun = any(a in ("-m", "--multirun") for a in args)
     sys.argv = ["robo-rl train", *(for_hydra_multirun(args) if multirun else args)]
+    setup_console_logging()  # a sweep's own lines (a job continued, the closing compare line) before any train() did
     _run()
     if sweep_dirs:
         where = sweep_dirs[0] if len(set(sweep_dirs)) == 1 else ",".join(dict.fromkeys(sweep_dirs))
