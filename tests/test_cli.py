@@ -525,6 +525,19 @@ def test_a_sweep_run_again_prints_its_compare_line_when_no_job_trains(tmp_path, 
     assert "sweep: 1 job(s) in one; side by side: robo-rl compare runs=one\nsweep: 1 of 1 job(s) failed: job0\n" in err
 
 
+def test_overrides_before_m_make_the_same_sweep(tmp_path, monkeypatch, console):
+    # Hydra's argument parser takes the overrides as one run of words: `algo=sac -m seed=0,1` passed every check of
+    # robo-rl's and then ended in Hydra's usage text ("unrecognized arguments: seed=0,1 ..."), exit 2
+    from robo_rl.commands import train
+
+    jobs = []
+    monkeypatch.setattr(train, "run_training", lambda cfg, run_dir, overrides: jobs.append((cfg, run_dir)) or 0)
+    monkeypatch.chdir(tmp_path)
+    assert train.train_main(["algo=sac", "-m", "seed=0,1", *TINY[1:], "run_dir=sweep"]) == 0
+    assert [(cfg.algo.name, cfg.seed, run_dir.relative_to(tmp_path).as_posix()) for cfg, run_dir in jobs] == [
+        ("sac", 0, "sweep/seed=0"), ("sac", 1, "sweep/seed=1")]
+
+
 def test_an_interrupted_sweep_names_the_jobs_it_did_not_start(tmp_path, monkeypatch):
     # a Ctrl-C at step 61 of the first job (the env sends it): that job saves and stops, the others never start
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # tests.helpers for the subprocess

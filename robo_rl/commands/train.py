@@ -146,7 +146,10 @@ def train_main(args: Sequence[str]) -> int:
 
     sweep.TRAIN_ARGS[:] = list(args)
     multirun = any(a in ("-m", "--multirun") for a in args)
-    sys.argv = ["robo-rl train", *(for_hydra_multirun(args) if multirun else args)]
+    # -m first: Hydra's argument parser takes the overrides as one run of words, so `algo=sac -m seed=0,1` (or a
+    # resume's algo= and policy= put before the user's words) ended in its usage text, "unrecognized arguments"
+    hydra_args = ["-m", *(a for a in for_hydra_multirun(args) if a not in ("-m", "--multirun"))] if multirun else args
+    sys.argv = ["robo-rl train", *hydra_args]
     setup_console_logging()  # a sweep's own lines (a job continued, the closing compare line) before any train() did
     _run()
     if sweep_dirs:
