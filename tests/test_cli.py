@@ -538,6 +538,19 @@ def test_overrides_before_m_make_the_same_sweep(tmp_path, monkeypatch, console):
         ("sac", 0, "sweep/seed=0"), ("sac", 1, "sweep/seed=1")]
 
 
+def test_resume_under_m_is_refused_before_any_job(tmp_path, monkeypatch, console):
+    # every job continued the one run (each failing alike here, a missing run), under a new sweep directory that
+    # held no run but was printed for robo-rl compare; with a run to resume, Hydra's usage text instead
+    from robo_rl.commands.train import train_main
+
+    monkeypatch.chdir(tmp_path)
+    assert train_main(["-m", "seed=0,1", "resume=runs/gone"]) == 2
+    assert console.readouterr().err == ("robo-rl: error: resume=runs/gone continues one run: give it without -m; to "
+                                        "continue a sweep, run it again with run_dir=<its directory> (its jobs "
+                                        "resume, the unstarted ones start)\n")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_an_interrupted_sweep_names_the_jobs_it_did_not_start(tmp_path, monkeypatch):
     # a Ctrl-C at step 61 of the first job (the env sends it): that job saves and stops, the others never start
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # tests.helpers for the subprocess

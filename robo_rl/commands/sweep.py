@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from robo_rl.commands.common import override_key
+from robo_rl.commands.common import override_key, unquoted
 
 TRAIN_ARGS: list[str] = []  # the overrides of this `robo-rl train` command, as the user typed them
 GROUPS = ("algo", "env", "policy", "safety", "randomize")  # config groups (choosing one replaces a subtree)
@@ -128,6 +128,12 @@ def sweep_problem(plain: list[str], sweeps: list[tuple[int, list[str]]]) -> str 
     from robo_rl.defaults import resolve_defaults
     from robo_rl.validation import ConfigError, validate
 
+    resumed = [o.split("=", 1)[1] for o in plain if "=" in o and override_key(o) == "resume"]
+    if resumed and unquoted(resumed[-1].strip()) not in ("", "null", "None") and not any(
+            override_key(v[0]) == "resume" for _, v in sweeps):
+        # every job would continue that one run in turn, and the sweep's own directory would hold no run
+        return (f"resume={unquoted(resumed[-1].strip())} continues one run: give it without -m; to continue a sweep, "
+                "run it again with run_dir=<its directory> (its jobs resume, the unstarted ones start)")
     for _, values in sweeps:
         key = override_key(values[0])
         if key in ("run_dir", "resume"):
