@@ -551,6 +551,20 @@ def test_resume_under_m_is_refused_before_any_job(tmp_path, monkeypatch, console
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_sweep_into_a_run_s_directory_is_refused_before_any_job(tmp_path, monkeypatch, console):
+    # its jobs went below the run (run/seed=0, ...), and the robo-rl compare runs=run it printed showed that one run
+    from robo_rl.commands.train import train_main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("algo: {name: sac}\n")
+    assert train_main(["-m", "seed=0,1", *TINY, "steps=40", "eval.episodes=1", "eval.num_envs=1", "run_dir=run"]) == 2
+    assert console.readouterr().err == ("robo-rl: error: run_dir=run holds a run (config.yaml): a sweep's run_dir= is "
+                                        "the directory its jobs go under; choose a new directory (or the directory of "
+                                        "the sweep to continue)\n")
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["config.yaml"]
+
+
 def test_an_interrupted_sweep_names_the_jobs_it_did_not_start(tmp_path, monkeypatch):
     # a Ctrl-C at step 61 of the first job (the env sends it): that job saves and stops, the others never start
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # tests.helpers for the subprocess

@@ -134,6 +134,11 @@ def sweep_problem(plain: list[str], sweeps: list[tuple[int, list[str]]]) -> str 
         # every job would continue that one run in turn, and the sweep's own directory would hold no run
         return (f"resume={unquoted(resumed[-1].strip())} continues one run: give it without -m; to continue a sweep, "
                 "run it again with run_dir=<its directory> (its jobs resume, the unstarted ones start)")
+    given = [unquoted(o.split("=", 1)[1].strip()) for o in plain if "=" in o and override_key(o) == "run_dir"]
+    if given and given[-1] not in ("", "null", "None") and (Path(given[-1]) / "config.yaml").is_file():
+        # its jobs would go below a run, where robo-rl compare runs=<it> sees that one run and none of them
+        return (f"run_dir={given[-1]} holds a run (config.yaml): a sweep's run_dir= is the directory its jobs go "
+                "under; choose a new directory (or the directory of the sweep to continue)")
     for _, values in sweeps:
         key = override_key(values[0])
         if key in ("run_dir", "resume"):

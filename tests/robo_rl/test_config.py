@@ -271,6 +271,18 @@ def test_existing_run_dir_is_not_overwritten(tmp_path):
         train(compose("algo=sac", *FAST), run_dir)
 
 
+def test_a_run_is_not_written_into_a_sweep_s_directory(tmp_path):
+    # it took the sweep's top directory, and robo-rl compare runs=<the sweep> then showed that run and none of the jobs
+    sweep = tmp_path / "sweep"
+    (sweep / "seed=0").mkdir(parents=True)
+    (sweep / "seed=0" / "config.yaml").write_text("algo: {name: sac}\n")
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    with pytest.raises(ConfigError, match=r"holds a -m sweep \(multirun.yaml\); choose another run_dir"):
+        train(compose("algo=sac", "env=pendulum", "steps=40", "algo.critic_hidden=[16]", "policy.hidden_sizes=[16]",
+                      "eval.episodes=1", "eval.num_envs=1", *FAST), sweep)
+    assert sorted(p.name for p in sweep.iterdir()) == ["multirun.yaml", "seed=0"]
+
+
 def test_resume_refuses_changing_the_run(tmp_path):
     run_dir = tmp_path / "run"
     cfg = compose("algo=sac", "env=pendulum", "steps=300", "algo.learning_starts=100", "algo.critic_hidden=[16]",
