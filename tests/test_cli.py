@@ -160,6 +160,7 @@ def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
     (["-m", "algo=sac,dqn"], ["sweep job algo=dqn", "algo/dqn"]),
     (["-m", "steps=100,0", "seed=1,2"], ["sweep job steps=0 seed=1", "steps=0: must be > 0", "no job was started"]),
     (["-m", "algo=sac,ppo", "algo.tau=0.01"], ["sweep job algo=ppo", "unknown key 'algo.tau'"]),
+    (["-m", "algo=ppo,sac", "algo.tau=0.01"], ["sweep job algo=ppo: unknown key 'algo.tau'"]),  # the first job too
     (["-m", "steps=1,many"], ["sweep job steps=many", "'many'"]),
     (["-m", "algo=ppo,sac", "env.normalize_reward=true"], ["sweep job algo=sac", "off-policy"]),
     (["-m", "seed=range(0,3)", "algo=sac,td3"], None),

@@ -228,8 +228,10 @@ def composition_problem(args: Sequence[str]) -> str | None:
                     sweeps.append((len(plain), values))
                 plain.append(values[0])
     problem = overrides_problem(plain)
-    if problem is not None or not any(a in ("-m", "--multirun") for a in args):
+    if not any(a in ("-m", "--multirun") for a in args):
         return problem
+    if problem is not None:  # the sweep's first job (each sweep at its first value), named as sweep_problem names one
+        return f"sweep job {' '.join(values[0] for _, values in sweeps)}: {problem}" if sweeps else problem
     return sweep_problem(plain, sweeps)
 
 
