@@ -110,6 +110,12 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
     """The resolved config a run was started with, checked against the current schemas."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
+        if (Path(run_dir) / "multirun.yaml").is_file():  # a -m sweep's directory: its runs are one level down
+            jobs = sorted(str(p.parent) for p in Path(run_dir).glob(f"*/{CONFIG_FILE}"))
+            named = f" ({', '.join(jobs[:3])}{', ...' if len(jobs) > 3 else ''})" if jobs else ""
+            raise FileNotFoundError(f"{run_dir} is a -m sweep's directory, not one run: give one of its jobs' "
+                                    f"directories{named}, or continue the whole sweep by running it again with -m "
+                                    f"and run_dir={run_dir}")
         raise FileNotFoundError(f"{run_dir} is not a robo-rl run directory ({CONFIG_FILE} missing)")
     import yaml
     from omegaconf.errors import OmegaConfBaseException

@@ -170,3 +170,18 @@ def test_a_small_return_is_printed_with_its_digits(tmp_path, capsys):
     mean, std = (float(x) for x in re.search(r"return (-?[\d.]+) ± ([\d.]+) over", out).groups())
     assert saved["return_mean"] != 0 and mean == pytest.approx(saved["return_mean"], rel=5e-3)
     assert std == pytest.approx(saved["return_std"], rel=5e-3, abs=5e-3 * abs(saved["return_mean"]))
+
+
+def test_a_sweep_directory_given_as_a_run_names_its_jobs(tmp_path, capsys, runs):
+    # resume=, eval's or export's run_dir= of a -m sweep's directory said only "config.yaml missing"
+    import shutil
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    shutil.copytree(runs / "sac", sweep / "seed=0")
+    with pytest.raises(FileNotFoundError, match=rf"{sweep} is a -m sweep's directory, not one run: give one of its "
+                                                rf"jobs' directories \({sweep / 'seed=0'}\), or continue"):
+        load_run_config(sweep)
+    code, out, err = _eval(capsys, f"run_dir={sweep}")
+    assert code == 2 and "is a -m sweep's directory" in _one_line_error(err)
