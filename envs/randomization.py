@@ -127,19 +127,28 @@ def _pair(name: str, value: Any) -> tuple[float, float]:
     return lo, hi
 
 
+def delay_problem(delay: int, max_episode_steps: int | None) -> str | None:
+    """Why an action delay of up to ``delay`` steps cannot work with episodes of ``max_episode_steps``, or None: each
+    reset empties the queue of delayed actions, so a delay of at least the episode length sends only zeros."""
+    if max_episode_steps and delay >= max_episode_steps:
+        return (f"a delay of {delay} steps is not shorter than the episodes ({max_episode_steps} steps): no action would "
+                "arrive")
+    return None
+
+
 def check_action_delay(task_id: str, spec: RandomizationSpec | None, num_envs: int, act_dim: int,
                        max_episode_steps: int | None) -> None:
-    """Refuse, before the env is built, an action delay no action would outlast (each reset empties the queue of
-    delayed actions, so a delay of at least the episode length sends only zeros) or whose queue (max + 1 actions per
-    env) cannot fit in memory: [0, 10**9] was killed by the kernel, with no message, at the first reset."""
+    """Refuse, before the env is built, an action delay no action would outlast (``delay_problem``) or whose queue
+    (max + 1 actions per env) cannot fit in memory: [0, 10**9] was killed by the kernel, with no message, at the
+    first reset."""
     if spec is None or not spec.action_delay:
         return
     from envs.resources import gib, host_memory
 
     lo, hi = spec.action_delay
-    if max_episode_steps and hi >= max_episode_steps:
-        raise ValueError(f"{task_id}: randomize.action_delay=[{lo}, {hi}]: a delay of {hi} steps is not shorter than "
-                         f"the episodes ({max_episode_steps} steps): no action would arrive")
+    problem = delay_problem(hi, max_episode_steps)
+    if problem:
+        raise ValueError(f"{task_id}: randomize.action_delay=[{lo}, {hi}]: {problem}")
     need = num_envs * (hi + 1) * max(act_dim, 1) * 4  # float32 actions
     total, available = host_memory()
     room = available if available is not None else total

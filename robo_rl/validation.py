@@ -164,7 +164,7 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.policy.get("unit_actions", True) or not cfg.policy.squash, "policy.unit_actions",
          "false keeps an unsquashed head's Gaussian in the env's units; with policy.squash=true the head always "
          "works in the box's unit scale: leave it at true, or set policy.squash=false")
-    from envs.randomization import RandomizationSpec
+    from envs.randomization import RandomizationSpec, delay_problem
 
     try:  # its shape first: the delay check below takes the largest of a well-formed [min, max]
         RandomizationSpec.from_dict(OmegaConf.to_container(cfg.env.randomize, resolve=True))
@@ -172,9 +172,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"env.{exc}") from None
     delay = cfg.env.randomize.action_delay
     limit = episode_limit(cfg)
-    if delay is not None and limit:
-        need(max(delay) < limit, "env.randomize.action_delay",
-             f"a delay of {max(delay)} steps is not shorter than the episodes ({limit} steps): no action would arrive")
+    problem = None if delay is None else delay_problem(max(delay), limit)
+    need(problem is None, "env.randomize.action_delay", str(problem))
     for key in cfg.algo.keys():
         if (str(key) == "lr" or str(key).endswith("_lr")) and not isinstance(cfg.algo[key], bool):  # not anneal_lr
             floor = 0 if key == "action_lr" else None  # parl's action_lr=0: no gradient steps on the actions
