@@ -283,7 +283,11 @@ class GymnasiumBatchedEnv(BatchedEnv):
         self.num_envs = num_envs
         self.vectorization = vectorization
         self.device = torch.device(device)
-        self.observation_space = self._vec.single_observation_space
+        # the observations handed out are float32 (_to_tensor), so is the space: the task's bounds rounded as they are
+        space = self._vec.single_observation_space
+        with np.errstate(over="ignore"):
+            self.observation_space = gym.spaces.Box(space.low.astype(np.float32), space.high.astype(np.float32),
+                                                    dtype=np.float32)
         self.action_space = self._vec.single_action_space
         self._np_act_dtype = self.action_space.dtype
         # a (2, 2) or () action Box: the learners see its flat [act_dim] Box, each copy gets its own shape back

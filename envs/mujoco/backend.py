@@ -155,7 +155,8 @@ class MujocoBatchedEnv(BatchedEnv):
         self._nominal: dict[str, np.ndarray] = {}
         self._reset_ids(np.arange(num_envs))
         obs_dim = self._obs.shape[1]
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float64)
+        # what reset() and step() hand out: float32 (the numpy core, reset_numpy/step_numpy, is float64 as gymnasium)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
 
     # -- numpy core (float64, as gymnasium) -----------------------------------------------------------
     def reset_numpy(self, seed: int | None = None) -> np.ndarray:

@@ -578,3 +578,36 @@ def test_a_worker_killed_by_a_signal_is_reported_with_the_signal_s_name():
         with pytest.raises(WorkerDied, match=r"exit code -9 \(SIGKILL\)"):
             call()
     env.close()
+
+
+class _AtItsBound(gym.Env):
+    """A float64 observation Box [-0.1, 0.1] whose observations sit on its bounds (0.1 is no float32: rounded up)."""
+
+    observation_space = gym.spaces.Box(-0.1, 0.1, (2,), np.float64)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.array([-0.1, 0.1]), {}
+
+    def step(self, action):
+        return np.array([0.1, -0.1]), 0.0, False, False, {}
+
+
+gym.register("robo_rl_test/AtItsBound-v0", entry_point=_AtItsBound, max_episode_steps=3)
+
+
+@pytest.mark.parametrize("vectorization", ["sync", "async"])
+def test_the_declared_observation_space_is_the_float32_one_handed_out(vectorization):
+    # the observations are float32 (the contract; the mujoco, mjwarp and isaac backends declare float32 too), but the
+    # task's float64 space was declared: its observation on the bound 0.1, rounded up to float32, fell outside it
+    env = make_env("robo_rl_test/AtItsBound-v0", num_envs=2, vectorization=vectorization)
+    obs = env.reset(seed=0)
+    step = env.step(torch.zeros(2, 1))
+    space = env.observation_space
+    assert space.dtype == np.float32 and space.shape == (2,)
+    for o in (obs, step.obs, step.info["final_obs"]):
+        assert o.dtype == torch.float32 and all(space.contains(row) for row in o.numpy()), o
+    hopper = make_env("Hopper-v5", num_envs=1, vectorization=vectorization)
+    assert hopper.observation_space.dtype == np.float32 and hopper.observation_space.contains(hopper.reset(seed=0)[0].numpy())
+    env.close(), hopper.close()

@@ -69,6 +69,18 @@ def test_torch_view_is_the_float32_cast():
     assert "x_velocity" in step.info["task"] and step.info["diverged"].dtype == torch.bool
 
 
+def test_declared_spaces_are_what_step_hands_out_and_match_the_gymnasium_backend():
+    # the observation space said float64 (the numpy core's dtype) while reset/step hand out float32, unlike mjwarp's
+    ours, gym_backend = make_env("Hopper-v5", 2, backend="mujoco"), make_env("Hopper-v5", 2, backend="gymnasium")
+    for env in (ours, gym_backend):
+        obs = env.reset(seed=0)
+        step = env.step(torch.zeros(2, 3))
+        assert env.observation_space.dtype == np.float32 and env.action_space.dtype == np.float32, env.backend
+        assert obs.dtype == step.obs.dtype == step.info["final_obs"].dtype == torch.float32
+    assert ours.observation_space == gym_backend.observation_space and ours.action_space == gym_backend.action_space
+    gym_backend.close()
+
+
 def test_snapshots_hold_the_integration_state_of_the_installed_mujoco():
     # the fields differ between releases (MuJoCo 4 added `plastic`; binding it on 3.17 raised ValueError in every
     # snapshot): the backend keeps those the installed MjData has, which must be the batch's own state layout
