@@ -9,7 +9,8 @@ and ``evaluate`` see one env that
 * reads the step's cost ``info[cost_key]`` (or ``info["task"][cost_key]``, where the batched MuJoCo
   backend keeps task terms), sums it per episode, and reports finished episodes' sums next to their
   returns as ``info["episode"]["cost"]``; a simulation reset because it diverged costs 0 in that step
-  (as its reward is 0), any other NaN/Inf cost stops the run (``FloatingPointError``, see ``checked_cost``);
+  (as its reward is 0), any other NaN/Inf cost stops the run (``FloatingPointError``, see ``checked_cost``), and so
+  does a negative one where the learner needs the cost (``require_cost``: passivity-aware training bounds c >= 0);
 * hands the loop what really happened under ``info["safety"]``: ``actions`` [N, A] (the filtered
   actions the env executed), ``cost`` [N] (None when the env reports none) and ``interventions``
   (how many env copies' actions the chain changed in this step).
@@ -162,7 +163,8 @@ class SafetyLayer(BatchedEnv):
         return StepResult(obs, reward, terminated, truncated, info)
 
     def checked_cost(self, cost: torch.Tensor, info: dict[str, Any]) -> torch.Tensor:
-        """The step's cost with the diverged simulations' entries set to 0, or FloatingPointError on a NaN/Inf.
+        """The step's cost with the diverged simulations' entries set to 0, or FloatingPointError on a NaN/Inf
+        (ValueError on a negative cost where the learner needs one, ``require_cost``).
 
         A simulation the backend reset because its physics diverged (``info["diverged"]``) has no valid step:
         the backend zeroes its reward and replay drops its row, so its cost (computed from the broken state,
@@ -181,6 +183,13 @@ class SafetyLayer(BatchedEnv):
                 f"{self.cost_key!r} for env copies {bad[:10]} (values {cost[bad[:3]].tolist()}): the episode costs and "
                 "a passivity-aware run's cost critic would turn NaN; fix the task's cost, or point safety.cost_key "
                 "at a finite per-step cost")
+        if self.require_cost and bool((cost < 0).any()):
+            bad = (cost < 0).nonzero().flatten().tolist()
+            raise ValueError(
+                f"{self.task_id}: negative cost under safety.cost_key={self.cost_key!r} for env copies {bad[:10]} "
+                f"(values {cost[bad[:3]].tolist()}): passivity-aware training bounds a per-step cost >= 0 (the positive "
+                "work the controller does), which a negative one would pay back; point safety.cost_key at a "
+                "non-negative cost (ContactMaze: 'cost', not 'injected_energy'), or report max(cost, 0) from the task")
         return cost
 
     def counted_costs(self, env_index: list[int]) -> list[float] | None:

@@ -408,6 +408,34 @@ def test_a_diverged_simulation_costs_nothing_and_a_passivity_aware_run_goes_on(t
     assert all(np.isfinite(e["cost_mean"]) for e in runner.eval_history)
 
 
+class SignedCostPush(CostlyPush):
+    """CostlyPush whose cost is the signed work a (ContactMaze's injected_energy, not its cost = max(injected, 0))."""
+
+    def step(self, actions: torch.Tensor) -> StepResult:
+        result = super().step(actions)
+        result.info["cost"] = result.info["cost"] * np.sign(actions[:, 0].numpy())  # a |a|: negative for a < 0
+        return result
+
+
+def test_a_negative_cost_stops_passivity_aware_training_naming_the_key(tmp_path):
+    # the Lagrangian learner bounds a cost c >= 0 (the positive work injected); a signed one let the steps that took
+    # energy out pay for those that put it in, and replay, lambda and the cost critic took it without a word
+    with pytest.raises(ValueError, match=rf"{TASK}: negative cost under safety.cost_key='cost' for env copies \[0\] "
+                                         r"\(values \[-[\d.e-]+\]\).*passivity-aware"):
+        run_on(SignedCostPush, tmp_path / "run", *SMALL, *LAGRANGIAN, "steps=60", "eval.every=60",
+               "checkpoint.every=60", "log.every=20")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"].startswith(f"failed: {TASK}: negative cost")
+
+
+def test_a_negative_cost_is_only_logged_without_passivity_aware_training():
+    from robo_rl.runners.safety import SafetyLayer
+
+    env = SafetyLayer(SignedCostPush(2))
+    env.reset(seed=0)
+    step = env.step(torch.tensor([[-0.5], [0.5]]))
+    assert step.info["safety"]["cost"].tolist() == [-0.25, 0.25]
+
+
 @pytest.mark.parametrize("option", ["cost_budget", "lagrange_lr", "lagrange_init"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_lagrangian_refuses_non_finite_settings(option, value):
