@@ -284,6 +284,12 @@ def load_demos(path: str | Path, obs_dim: int, act_dim: int, action_low: np.ndar
                             "transitions); add them, or set demos.replay=false to only pretrain the policy")
         if costs and COST_KEY not in arrays:
             raise DemoError(_no_costs(path))
+        if costs and (arrays[COST_KEY] < 0).any():  # as the training env's SafetyLayer refuses one (require_cost)
+            first = int(np.flatnonzero(arrays[COST_KEY] < 0)[0])
+            raise DemoError(f"demonstrations {path}: {COST_KEY} holds negative values (e.g. {COST_KEY}[{first}] = "
+                            f"{float(arrays[COST_KEY][first]):.3g}); safety.passivity_aware=true bounds a per-step "
+                            "cost >= 0 (the positive work the controller does): store max(cost, 0), or set "
+                            "demos.replay=false to only pretrain the policy")
     actions = arrays["actions"]
     tol = 1e-5 * np.maximum(1.0, np.abs(action_high - action_low))
     if (actions < action_low - tol).any() or (actions > action_high + tol).any():

@@ -572,3 +572,19 @@ def test_pretraining_reaches_actions_of_bounds_wider_than_one(tmp_path, override
         act = learner.policy.act(demos["obs"][:300], deterministic=True).numpy()
     assert np.abs(act - actions[:300]).mean() < 0.1
     assert act.max() > 1.3 and act.min() < -1.3
+
+
+def test_negative_costs_are_refused_for_a_passivity_aware_replay_only(tmp_path):
+    # the Lagrangian learner bounds a cost >= 0, as the training env's SafetyLayer checks; a file's signed costs (an
+    # injected_energy) went into its replay unchecked. A file read for anything else keeps them.
+    rng = np.random.default_rng(0)
+    n, obs = 6, rng.standard_normal((6, 3))
+    costs = np.array([0.1, 0.0, -0.25, 0.3, 0.2, 0.0])
+    path = save_demos(tmp_path / "signed.npz", obs=obs, actions=rng.uniform(-1, 1, (n, 2)), rewards=rng.random(n),
+                      next_obs=obs + 0.1, terminated=np.zeros(n), costs=costs)
+    low, high = -np.ones(2), np.ones(2)
+    with pytest.raises(DemoError, match=r"signed.npz: costs holds negative values \(e.g. costs\[2\] = -0.25\); "
+                                        r"safety.passivity_aware=true bounds a per-step cost >= 0"):
+        load_demos(path, 3, 2, low, high, replay=True, costs=True)
+    loaded = load_demos(path, 3, 2, low, high, replay=True)
+    np.testing.assert_array_equal(loaded["costs"].numpy(), costs.astype(np.float32))
