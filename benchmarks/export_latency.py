@@ -9,7 +9,10 @@ first refit leaves it, so it also runs the anchor (a frozen copy of the latent's
   * onnxruntime, one intra-op thread, batch 1 (the robot side): p50 / p99 / max per action;
   * the torch policy's deterministic `act` (one thread, no grad), batch 1: p50 / p99, the peer path
     a user without an export would run;
-  * both at batch 256 (per call), for vectorized simulation.
+  * both at batch 256 (per call), for vectorized simulation;
+  * the torch policy's `compiled_act` (torch.compile, inductor with its C++ wrapper) at batch 1, its
+    calls alternated with the eager `act`'s in rounds (--no-compiled skips it: compiling takes 5-60 s
+    per head the first time).
 
 Targets (issue 5): Gaussian MLP p99 <= 0.2 ms, flow (4 steps) p99 <= 1 ms, diffusion (DDIM, 10 steps)
 p99 <= 2 ms with onnxruntime at batch 1. Issue 4: flow (4 steps) within 3x of the Gaussian head.
@@ -104,7 +107,7 @@ def time_calls(fn, inputs: list, calls: int, warmup: int = 200) -> list[int]:
     return out
 
 
-def measure(name: str, overrides: list[str], calls: int, workdir: Path) -> dict:
+def measure(name: str, overrides: list[str], calls: int, workdir: Path, compiled: bool = True) -> dict:
     from sim2real.export import export_policy
     from sim2real.runtime import onnx_session
 
@@ -134,6 +137,14 @@ def measure(name: str, overrides: list[str], calls: int, workdir: Path) -> dict:
         n = calls if batch == 1 else max(calls // 20, 50)
         row[f"onnx_b{batch}"] = percentiles(time_calls(run_ort, batches, n))
         row[f"torch_b{batch}"] = percentiles(time_calls(run_torch, tensors, n))
+    if compiled:  # batch 1: eager and compiled alternate in rounds, so both see the same machine
+        tensors = [torch.from_numpy(obs[i:i + 1]) for i in range(64)]
+        run_compiled = policy.compiled_act(tensors[0])
+        eager, fast = [], []
+        for _ in range(5):
+            eager += time_calls(run_torch, tensors, max(calls // 5, 50))
+            fast += time_calls(run_compiled, tensors, max(calls // 5, 50))
+        row["torch_eager_b1_alternated"], row["torch_compiled_b1"] = percentiles(eager), percentiles(fast)
     return row
 
 
@@ -195,6 +206,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--heads", nargs="*", default=list(HEADS), choices=[*HEADS, *VARIANTS])
     parser.add_argument("--name", default="export_latency", help="results file name (benchmarks/results/<name>.*)")
+    parser.add_argument("--no-compiled", action="store_true", help="skip the compiled torch act (compile time)")
     parser.add_argument("--floor-only", action="store_true",
                         help="time only the bare operations of flow-4 vs the Gaussian, and one Mish on a [512, 256] batch "
                              "(-> export_latency_floor.*)")
@@ -211,24 +223,30 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.heads:
-            row = measure(name, {**HEADS, **VARIANTS}[name], args.calls, Path(tmp))
+            row = measure(name, {**HEADS, **VARIANTS}[name], args.calls, Path(tmp), compiled=not args.no_compiled)
             rows.append(row)
             print(f"{name}: onnx b1 p50 {row['onnx_b1']['p50']:.3f} ms p99 {row['onnx_b1']['p99']:.3f} ms; "
-                  f"torch b1 p50 {row['torch_b1']['p50']:.3f} ms", flush=True)
+                  f"torch b1 p50 {row['torch_b1']['p50']:.3f} ms"
+                  + (f", compiled {row['torch_compiled_b1']['p50']:.3f} ms" if "torch_compiled_b1" in row else ""),
+                  flush=True)
     gauss = next((r for r in rows if r["head"] == "sac-gaussian"), None)
     table_rows = []
     for r in rows:
         target = TARGETS_MS.get(r["head"])
         met = "" if target is None else (" (target ≤ %.1f: %s)" % (target, "met" if r["onnx_b1"]["p99"] <= target else "MISSED"))
         vs = f"{r['torch_b1']['p50'] / gauss['torch_b1']['p50']:.1f}x" if gauss else "-"
+        compiled = r.get("torch_compiled_b1")
+        compiled_vs = (f"{compiled['p50'] / gauss['torch_compiled_b1']['p50']:.1f}x"
+                       if compiled and gauss and "torch_compiled_b1" in gauss else "-")
         table_rows.append([
             r["head"], f"{r['params']:,}", f"{r['onnx_b1']['p50']:.3f}", f"{r['onnx_b1']['p99']:.3f}{met}",
             f"{r['torch_b1']['p50']:.3f}", f"{r['torch_b1']['p99']:.3f}", vs,
+            f"{compiled['p50']:.3f}" if compiled else "-", compiled_vs,
             f"{r['onnx_b256']['p50']:.2f}", f"{r['torch_b256']['p50']:.2f}", f"{r['parity_max_abs_error']:.1e}",
         ])
     table = markdown_table(
         ["head (Hopper, defaults)", "params", "ORT b1 p50 ms", "ORT b1 p99 ms", "torch b1 p50 ms", "torch b1 p99 ms",
-         "torch b1 vs SAC Gaussian", "ORT b256 p50 ms", "torch b256 p50 ms", "max abs ORT-torch"],
+         "torch b1 vs SAC Gaussian", "torch compiled b1 p50 ms", "compiled vs SAC Gaussian compiled", "ORT b256 p50 ms", "torch b256 p50 ms", "max abs ORT-torch"],
         table_rows)
     save(args.name, {"calls": args.calls, "rows": rows, "targets_ms": TARGETS_MS, "floor_us_p50": floor},
          table + "\n\n" + floor_line)

@@ -175,6 +175,40 @@ class PolicyHead(nn.Module, abc.ABC):
             raise FloatingPointError(f"the {self.name} head produced non-finite {what} (diverged weights?)")
         return actions
 
+    def compiled_act(self, example_obs: torch.Tensor, deterministic: bool = True, atol: float = 1e-5):
+        """``act(obs, deterministic)`` compiled with torch.compile (inductor, C++ wrapper) for low-latency acting
+        at the batch size of ``example_obs``: at batch 1 a call then runs as one C++ graph instead of one Python
+        dispatch per operation (benchmarks/export_latency.py, the ``torch compiled`` columns). Compiles now
+        (tens of seconds the first time, then cached by torch) and checks the result against the eager ``act``
+        on ``example_obs`` (deterministic only: a compiled graph draws its own random numbers), raising
+        RuntimeError on a mismatch above ``atol`` (times the action half-range). The returned function reads the
+        head's current weights and statistics at every call (training may go on); its actions are checked for
+        NaN/Inf like ``act``'s, but the networks' outputs the actions were chosen by (a critic's scores) are not.
+        A different batch size compiles once more. Needs a C++ compiler (gcc or clang) on the machine."""
+        obs = self.observations(example_obs)
+
+        def act(o: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return self.act(o, deterministic)
+
+        compiled = torch.compile(act, options={"cpp_wrapper": True})
+        try:
+            got = compiled(obs)
+        except Exception as exc:  # inductor's own errors: no compiler, an unsupported operation
+            raise RuntimeError(f"torch.compile could not compile the {self.name} head's act ({type(exc).__name__}: "
+                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}); it needs a "
+                               "C++ compiler (gcc or clang); act() itself works without one") from exc
+        if deterministic:
+            error = float(((got - act(obs)).abs() / self.action_scale).max())
+            if not error <= atol:
+                raise RuntimeError(f"the compiled {self.name} head's act differs from the eager one by {error:.3g} "
+                                   f"(times the action half-range) on example_obs, more than atol={atol:g}")
+
+        def run(o: torch.Tensor) -> torch.Tensor:
+            return self.checked(compiled(o))
+
+        return run
+
     def clip_action(self, actions: torch.Tensor) -> torch.Tensor:
         return torch.maximum(torch.minimum(actions, self.action_high), self.action_low)
 

@@ -342,3 +342,24 @@ def test_latent_head_acts_with_the_latent_it_was_trained_with_past_the_limit():
     sampled = head.act(obs)
     torch.manual_seed(1)
     assert torch.equal(sampled, head.decode(obs, mean + log_std.exp() * torch.randn_like(mean)))
+
+
+def test_compiled_act_is_the_eager_act_and_keeps_its_checks():
+    # torch.compile's graph (inductor, C++ wrapper): the eager act's actions, the weights read at each call, and
+    # act's refusals kept (a wrong observation shape, a NaN action)
+    torch.manual_seed(0)
+    head = build_head("flow", 3, LOW, HIGH, steps=2, hidden_sizes=(32, 32))
+    head.obs_norm.update(torch.randn(64, 3) * 2 + 1)
+    obs = torch.randn(8, 1, 3)
+    run = head.compiled_act(obs[0])
+    for o in obs:
+        torch.testing.assert_close(run(o), head.act(o, deterministic=True), atol=1e-6, rtol=0)
+    with torch.no_grad():
+        head.net.out.bias.add_(0.3)  # training goes on: the compiled act follows the weights
+    torch.testing.assert_close(run(obs[1]), head.act(obs[1], deterministic=True), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"obs \[B, 3\]"):
+        run(torch.zeros(1, 2))
+    with torch.no_grad():
+        head.net.out.bias.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="flow head produced non-finite actions"):
+        run(obs[2])
