@@ -354,8 +354,11 @@ class Runner(RunnerCheckpoints, abc.ABC):
 
     def _write_row(self, wall: float, t_start: float) -> None:
         segment = time.perf_counter() - t_start
+        trained = self.step - self._segment_start_step
         scalars: dict[str, float] = {
-            "time/steps_per_s": (self.step - self._segment_start_step) / max(segment, 1e-9),
+            # left empty in the closing row a resume of a complete run writes: it trained no step, and 0 read as a
+            # rate (the interval's steps were trained before the resume, at a pace the checkpoint does not hold)
+            **({"time/steps_per_s": trained / max(segment, 1e-9)} if trained else {}),
             "time/updates": float(self.num_updates),
             "rollout/episodes": float(self.episodes),
             "rollout/diverged_resets": float(self.diverged),

@@ -256,6 +256,29 @@ def test_a_resume_removes_the_summary_of_the_segment_it_continues(tmp_path, monk
     assert (saved["status"], saved["steps"], saved["final_eval_step"]) == ("completed", 400, 400)
 
 
+def test_the_closing_row_of_a_resume_that_trains_nothing_has_no_steps_per_second(tmp_path, monkeypatch):
+    # interrupted at step 250 (its last row at 200), then resumed with steps=250: the run is complete and its
+    # closing row (200-250) is written by a segment that trained no step; its time/steps_per_s read 0.0
+    from robo_rl.learners.sac import SAC
+
+    run = tmp_path / "run"
+    restore = interrupt_at_update(monkeypatch, SAC, 51)  # updates start at step 200: the 51st is at step 250
+    with pytest.raises(Interrupted):
+        train(compose(*SMALL_SAC, "steps=400", "log.every=100", "eval.every=400", "checkpoint.every=400"), run)
+    restore()
+    summary = train(compose(f"resume={run}", "steps=250"), run, [f"resume={run}", "steps=250"])
+    assert summary["status"] == "completed" and summary["steps"] == 250
+    rows = [r for r in logged_rows(run) if r["eval/return_mean"] == ""]  # the training rows
+    assert [r["step"] for r in rows] == ["100.0", "200.0", "250.0"]
+    assert all(float(r["time/steps_per_s"]) > 0 for r in rows[:2])  # trained in the first segment
+    assert rows[2]["time/steps_per_s"] == "" and rows[2]["time/updates"] == "51.0"
+
+
+def logged_rows(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def test_resume_falls_back_past_a_checkpoint_that_verifies_but_cannot_be_loaded(tmp_path):
     run = tmp_path / "run"
     train(compose(*SMALL_SAC, "steps=300", "checkpoint.every=100", "checkpoint.keep=5"), run)
