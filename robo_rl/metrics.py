@@ -192,7 +192,7 @@ class Progress:
         # the pauses to come in proportion to those so far
         eta = (self.total - step) / self._rate * (1 + self._paused / max(self._trained, 1e-9)) if self._rate > 0 else math.inf
         parts = [
-            f"[{self.label}] step {step:,}/{self.total:,} ({100 * step / self.total:.0f}%)",
+            f"[{self.label}] step {step:,}/{self.total:,} ({100 * step // self.total}%)",  # 100% only when done
             f"{rate:,.0f} steps/s",
             f"return {format_return(recent_return)}" if recent_return is not None else "return -",
         ]

@@ -419,6 +419,21 @@ def test_the_closing_progress_line_is_not_repeated(monkeypatch, caplog):
     assert caplog.messages == []
 
 
+def test_the_progress_percentage_reads_100_only_at_the_end(monkeypatch, caplog):
+    # rounded, 1,998 of 2,000 steps read "(100%)" before the run was done
+    import logging
+
+    from robo_rl import metrics
+
+    clock = iter([0.0, 100.0, 200.0])
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
+    progress = metrics.Progress("sac Hopper-v5", total_steps=2_000, every_seconds=60)
+    with caplog.at_level(logging.INFO, logger=metrics.log.name):
+        progress.maybe_print(1_998, None, None)
+        progress.maybe_print(2_000, None, None)
+    assert "step 1,998/2,000 (99%)" in caplog.messages[0] and "step 2,000/2,000 (100%)" in caplog.messages[1]
+
+
 def test_on_policy_steps_round_up_to_whole_updates_and_say_so(tmp_path):
     summary = train(compose(*SMALL_PPO, "steps=200"), tmp_path / "run")  # 128 samples per update
     assert summary["steps"] == 256
