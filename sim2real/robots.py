@@ -155,6 +155,13 @@ class MujocoSim2SimRobot(Robot):
         if self.env is not None:
             return
         self.env = _make(self.task, self.max_episode_steps, self.env_kwargs)
+        try:
+            self._set_up()
+        except BaseException:  # a task that cannot be deployed as asked is not left half connected
+            self.disconnect()
+            raise
+
+    def _set_up(self) -> None:
         space = self.env.action_space
         self.action_dim = int(np.prod(space.shape))
         self.action_dtype = np.dtype(space.dtype)  # what env.step gets: the loop filters at it
@@ -171,9 +178,9 @@ class MujocoSim2SimRobot(Robot):
             other = np.flatnonzero(base.model.actuator_gaintype != mujoco.mjtGain.mjGAIN_FIXED)
             if other.size:  # a muscle's gainprm[0] is its length range, not a gain
                 names = ", ".join(base.model.actuator(int(i)).name or f"#{i}" for i in other[:5])
-                self.disconnect()
                 raise ValueError(f"sim2sim.physics.actuator_gain_scale: actuator(s) {names} of {self.task} have no "
                                  "fixed gain (muscle, affine or user gain type), which a gain factor cannot scale; leave it out")
+        self._check_runs()
         self._nominal = _nominal(base.model) if self.physics_ranges else {}
         self._physics_rng = np.random.default_rng([self.seed, 1])
         self._noise_rng = np.random.default_rng([self.seed, 2])
@@ -234,6 +241,17 @@ class MujocoSim2SimRobot(Robot):
         if self.env is None:
             raise RuntimeError(f"{type(self).__name__}({self.task!r}) is not connected: call connect() first")
 
+    def _check_runs(self) -> None:
+        """Reset the task and step it once with the fallback command, so keyword arguments it reads only at a reset
+        or a step (``reset_noise_scale="abc"``) fail at connect, named, not on the first control tick. Every episode
+        then starts with a seeded reset, so this changes no result."""
+        try:
+            self.env.reset(seed=self.seed)
+            self.env.step(self.fallback_action().astype(self.env.action_space.dtype))
+        except Exception as exc:  # noqa: BLE001 - whatever the task raises, named with what it was built with
+            raise ValueError(f"task={self.task!r}{_given(self.env_kwargs)} builds but cannot run a step: "
+                             f"{type(exc).__name__}: {exc}") from None
+
     def _configure_timing(self) -> None:
         """Physics timestep as asked; frame_skip so that one command still lasts control_dt."""
         base = self.env.unwrapped
@@ -277,6 +295,15 @@ def _make(task: str, max_episode_steps: int | None, kwargs: dict[str, Any]) -> A
         return gym.make(task, max_episode_steps=max_episode_steps, **kwargs)
     except gym.error.Error as exc:
         raise ValueError(f"task={task!r}: {exc}") from exc
+    except ImportError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the task's constructor: a missing xml_file, an unknown keyword, ...
+        raise ValueError(f"task={task!r}{_given(kwargs)} could not be built: {type(exc).__name__}: {exc}") from None
+
+
+def _given(kwargs: dict[str, Any]) -> str:
+    """The keyword arguments a task was built with (an export's task_kwargs from training), for a message."""
+    return f" with keyword arguments {kwargs}" if kwargs else ""
 
 
 def _nominal(model: Any) -> dict[str, np.ndarray]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -452,7 +453,8 @@ def test_the_sim2sim_robot_s_float32_task_gets_commands_inside_the_box(tmp_path:
     monkeypatch.setattr(robots, "_make", lambda *args: Record(make(*args)))
     export = make_export(tmp_path / "e", obs_dim=4, act_dim=1, low=-3.0, high=3.0, weight_scale=50.0)
     deploy(str(export), steps=20, safety=[{"type": "box", "low": -0.1, "high": 0.1}], log=lambda line: None)
-    applied = np.concatenate(applied)
+    assert applied[0].tolist() == [0.0]  # connect's check that the task runs a step: the fallback command
+    applied = np.concatenate(applied[1:])
     assert applied.dtype == np.float32 and applied.size == 20
     assert np.abs(applied.astype(np.float64)).max() <= 0.1 and (np.abs(applied) > 0.0999).any()
 
@@ -602,6 +604,27 @@ def test_deploy_builds_the_task_with_its_training_keyword_arguments(tmp_path: Pa
     report = deploy(str(export), episodes=1, log=lines.append)
     assert report["episodes"] == 1 and report["task_kwargs"] == sidecar["task_kwargs"]
     assert "exclude_current_positions_from_observation" in lines[0]
+
+
+@pytest.mark.parametrize("kwargs, failure", [
+    ({"xml_file": "missing.xml"}, "could not be built: OSError"),  # exported where the file was, deployed elsewhere
+    ({"reset_noise_scale": "abc"}, "builds but cannot run a step: TypeError"),  # read only at a reset
+])
+def test_deploy_names_the_task_kwargs_a_task_cannot_be_built_or_run_with(tmp_path: Path, kwargs, failure) -> None:
+    # the sidecar's task_kwargs reach gym.make: a task that fails on them was a traceback (exit 1), and one that fails
+    # only at a reset or a step failed on the first control tick
+    kwargs = {k: str(tmp_path / v) if k == "xml_file" else v for k, v in kwargs.items()}
+    export = make_export(tmp_path / "e", obs_dim=4, act_dim=1, low=-3.0, high=3.0, task="InvertedPendulum-v5")
+    sidecar = json.loads((export / "policy.json").read_text())
+    (export / "policy.json").write_text(json.dumps({**sidecar, "task_kwargs": kwargs}))
+    lines: list[str] = []
+    with pytest.raises(ValueError, match=re.escape(f"task='InvertedPendulum-v5' with keyword arguments {kwargs} {failure}")):
+        deploy(str(export), steps=5, out=tmp_path / "r.json", log=lines.append)
+    assert not lines and not (tmp_path / "r.json").exists()  # refused before any step
+    robot = MujocoSim2SimRobot("InvertedPendulum-v5", env_kwargs=kwargs)
+    with pytest.raises(ValueError, match=failure):
+        robot.connect()
+    assert not robot.is_connected
 
 
 def test_runtime_robots_and_deploy_import_without_torch() -> None:
