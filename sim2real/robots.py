@@ -135,6 +135,8 @@ class MujocoSim2SimRobot(Robot):
         if max_episode_steps is not None and (not _is_whole(max_episode_steps) or max_episode_steps < 1):
             raise ValueError(f"sim2sim.max_episode_steps={max_episode_steps!r}: expected a whole number of steps >= 1 "
                              "(or null for the run's or the task's own limit)")
+        if max_episode_steps is not None:  # known now: refused before the simulator is built (else at connect)
+            _check_latency(int(action_latency), int(max_episode_steps), task)
         self.task, self.control_dt, self.timestep = task, control_dt, timestep
         self.action_latency, self.observation_noise = int(action_latency), noise
         self.physics_ranges = _check_physics(physics)
@@ -162,6 +164,8 @@ class MujocoSim2SimRobot(Robot):
             raise
 
     def _set_up(self) -> None:
+        spec = getattr(self.env, "spec", None)  # the time limit asked for, else the task's registered one
+        _check_latency(self.action_latency, getattr(spec, "max_episode_steps", None), self.task)
         space = self.env.action_space
         self.action_dim = int(np.prod(space.shape))
         self.action_dtype = np.dtype(space.dtype)  # what env.step gets: the loop filters at it
@@ -284,6 +288,16 @@ class MujocoSim2SimRobot(Robot):
         # commands in flight do not survive a reset: the new episode starts with the fallback queued
         self._queue: deque[np.ndarray] = deque(self.fallback_action() for _ in range(self.action_latency))
         self._current = self.fallback_action()
+
+
+def _check_latency(latency: int, max_episode_steps: int | None, task: str) -> None:
+    """Refuse a latency no command outlasts: a reset drops the commands in flight, so with a latency of at least
+    the episode length the task only ever gets the fallback and the report's returns are not the policy's (training's
+    ``env.randomize.action_delay`` refuses the same, envs.randomization.delay_problem; sim2real does not import envs)."""
+    if max_episode_steps and latency >= max_episode_steps:
+        raise ValueError(f"sim2sim.action_latency={latency}: not shorter than {task}'s episodes ({max_episode_steps} "
+                         "steps): every command would arrive after its episode ended and the policy would never act; "
+                         f"give a latency below {max_episode_steps} (or a longer sim2sim.max_episode_steps)")
 
 
 def _make(task: str, max_episode_steps: int | None, kwargs: dict[str, Any]) -> Any:

@@ -517,6 +517,24 @@ def test_sim2sim_friction_is_one_factor_and_muscles_refuse_a_gain_factor(tmp_pat
     assert not robot.is_connected
 
 
+def test_sim2sim_refuses_an_action_latency_no_command_outlasts(tmp_path: Path) -> None:
+    # a reset drops the commands in flight: with a latency of at least the episode length the task only ever got the
+    # fallback, and deploy reported those episodes' returns as the policy's (training refuses the same action_delay)
+    export = make_export(tmp_path / "e", obs_dim=4, act_dim=1, low=-3.0, high=3.0, task="InvertedPendulum-v5")
+    lines: list[str] = []
+    with pytest.raises(ValueError, match=r"sim2sim.action_latency=20: not shorter than InvertedPendulum-v5's episodes "
+                                         r"\(20 steps\): .*the policy would never act"):
+        deploy(str(export), steps=5, sim2sim={"action_latency": 20, "max_episode_steps": 20}, out=tmp_path / "r.json",
+               log=lines.append)
+    assert not lines and not (tmp_path / "r.json").exists()
+    robot = MujocoSim2SimRobot("InvertedPendulum-v5", action_latency=1000)  # the task's own limit, known once built
+    with pytest.raises(ValueError, match=r"action_latency=1000: not shorter than InvertedPendulum-v5's episodes \(1000 steps\)"):
+        robot.connect()
+    assert not robot.is_connected
+    report = deploy(str(export), steps=5, sim2sim={"action_latency": 19, "max_episode_steps": 20}, log=lines.append)
+    assert report["loop"]["steps"] == 5  # one step shorter than the episodes: the last command of each arrives
+
+
 def test_sim2sim_rejects_a_timestep_that_does_not_divide_the_control_period() -> None:
     robot = MujocoSim2SimRobot("InvertedPendulum-v5", timestep=0.03)
     with pytest.raises(ValueError, match=r"sim2sim.timestep=0.03: .*not a whole number of physics steps"):
