@@ -265,7 +265,9 @@ class MujocoSim2SimRobot(Robot):
                 raise ValueError(f"{self.task} is not a MuJoCo env: sim2sim.timestep and sim2sim.physics need one")
             native = getattr(base, "dt", None)
             if self.control_dt is not None and native is not None and abs(native - self.control_dt) > 1e-9:
-                raise ValueError(f"{self.task} steps {native} s per action; control period {self.control_dt} s differs")
+                raise ValueError(f"{self.task} steps {native:g} s per action ({1 / native:g} Hz) and, not being a MuJoCo "
+                                 f"task, cannot adapt its physics to a control period of {self.control_dt:g} s "
+                                 f"({1 / self.control_dt:g} Hz): give rate_hz={1 / native:g}")
             return
         timestep = float(self.timestep or base.model.opt.timestep)
         control_dt = float(self.control_dt or base.dt)

@@ -517,6 +517,15 @@ def test_sim2sim_friction_is_one_factor_and_muscles_refuse_a_gain_factor(tmp_pat
     assert not robot.is_connected
 
 
+def test_deploy_at_another_rate_than_a_non_mujoco_task_s_own_names_rate_hz(tmp_path: Path) -> None:
+    # Pendulum cannot change its period: the refusal said only "control period 0.04 s differs", not which key set it
+    export = make_export(tmp_path / "e", obs_dim=3, act_dim=1, low=-2.0, high=2.0, task="Pendulum-v1", dt=0.05)
+    with pytest.raises(ValueError, match=r"Pendulum-v1 steps 0.05 s per action \(20 Hz\) .*control period of 0.04 s "
+                                         r"\(25 Hz\): give rate_hz=20$"):
+        deploy(str(export), steps=5, rate_hz=25.0, log=lambda _: None)
+    assert deploy(str(export), steps=5, rate_hz=20.0, log=lambda _: None)["loop"]["steps"] == 5
+
+
 def test_sim2sim_refuses_an_action_latency_no_command_outlasts(tmp_path: Path) -> None:
     # a reset drops the commands in flight: with a latency of at least the episode length the task only ever got the
     # fallback, and deploy reported those episodes' returns as the policy's (training refuses the same action_delay)
