@@ -170,7 +170,9 @@ class MujocoSim2SimRobot(Robot):
         self.action_dim = int(np.prod(space.shape))
         self.action_dtype = np.dtype(space.dtype)  # what env.step gets: the loop filters at it
         self.observation_dim = int(np.prod(self.env.observation_space.shape))
-        self._low, self._high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
+        # commands are flat [action_dim], as the policy's (training flattens a Box of another shape the same way)
+        self._low = np.asarray(space.low, np.float64).reshape(-1)
+        self._high = np.asarray(space.high, np.float64).reshape(-1)
         if self.observation_noise.ndim and self.observation_noise.shape != (self.observation_dim,):
             raise ValueError(f"sim2sim.observation_noise has {self.observation_noise.size} values; {self.task} "
                              f"observations have {self.observation_dim}")
@@ -214,7 +216,7 @@ class MujocoSim2SimRobot(Robot):
         self._queue.append(action)
         self._current = action
         applied = self._queue.popleft()
-        obs, reward, terminated, truncated, _ = self.env.step(applied.astype(self.env.action_space.dtype))
+        obs, reward, terminated, truncated, _ = self._step(applied)
         self._return += float(reward)
         self._length += 1
         self._obs = np.asarray(obs)
@@ -245,13 +247,18 @@ class MujocoSim2SimRobot(Robot):
         if self.env is None:
             raise RuntimeError(f"{type(self).__name__}({self.task!r}) is not connected: call connect() first")
 
+    def _step(self, command: np.ndarray) -> tuple:
+        """env.step with a flat command, in the action space's dtype and shape."""
+        space = self.env.action_space
+        return self.env.step(command.astype(space.dtype).reshape(space.shape))
+
     def _check_runs(self) -> None:
         """Reset the task and step it once with the fallback command, so keyword arguments it reads only at a reset
         or a step (``reset_noise_scale="abc"``) fail at connect, named, not on the first control tick. Every episode
         then starts with a seeded reset, so this changes no result."""
         try:
             self.env.reset(seed=self.seed)
-            self.env.step(self.fallback_action().astype(self.env.action_space.dtype))
+            self._step(self.fallback_action())
         except Exception as exc:  # noqa: BLE001 - whatever the task raises, named with what it was built with
             raise ValueError(f"task={self.task!r}{_given(self.env_kwargs)} builds but cannot run a step: "
                              f"{type(exc).__name__}: {exc}") from None

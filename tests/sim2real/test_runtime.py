@@ -526,6 +526,36 @@ def test_deploy_at_another_rate_than_a_non_mujoco_task_s_own_names_rate_hz(tmp_p
     assert deploy(str(export), steps=5, rate_hz=20.0, log=lambda _: None)["loop"]["steps"] == 5
 
 
+APPLIED_2X1: list[np.ndarray] = []  # what the task below received
+
+
+def _pendulum_with_a_2x1_action_box(**kwargs):
+    import gymnasium as gym
+    from gymnasium.envs.classic_control.pendulum import PendulumEnv
+    from gymnasium.wrappers import TransformAction
+
+    def apply(action):
+        APPLIED_2X1.append(np.array(action))
+        return np.asarray(action).reshape(2)[:1]  # the first entry drives the pendulum
+    return TransformAction(PendulumEnv(), apply, gym.spaces.Box(-2.0, 2.0, (2, 1), np.float32))
+
+
+def test_sim2sim_robot_steps_a_task_whose_action_box_is_not_flat_in_its_own_shape(tmp_path: Path) -> None:
+    # training flattens a (2, 1) action Box for the policy and reshapes each action back; the sim robot stepped the
+    # task with the flat command, and its fallback (zeros clipped to the (2, 1) bounds) broadcast to (2, 2)
+    import gymnasium as gym
+
+    if "RoboRlTest/Pendulum2x1-v0" not in gym.registry:
+        gym.register("RoboRlTest/Pendulum2x1-v0", entry_point=_pendulum_with_a_2x1_action_box, max_episode_steps=50)
+    export = make_export(tmp_path / "e", obs_dim=3, act_dim=2, low=-2.0, high=2.0, task="RoboRlTest/Pendulum2x1-v0",
+                         dt=0.05)
+    APPLIED_2X1.clear()
+    report = deploy(str(export), steps=5, log=lambda _: None)
+    assert report["loop"]["steps"] == 5 and report["loop"]["fallbacks"] == 0
+    assert [a.shape for a in APPLIED_2X1] == [(2, 1)] * 6  # connect's check that a step runs, then the 5 commands
+    assert APPLIED_2X1[0].tolist() == [[0.0], [0.0]] and np.abs(np.stack(APPLIED_2X1[1:])).max() > 0
+
+
 def test_sim2sim_refuses_an_action_latency_no_command_outlasts(tmp_path: Path) -> None:
     # a reset drops the commands in flight: with a latency of at least the episode length the task only ever got the
     # fallback, and deploy reported those episodes' returns as the policy's (training refuses the same action_delay)
