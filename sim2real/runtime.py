@@ -88,7 +88,9 @@ def load_sidecar(export: str | Path) -> dict[str, Any]:
     """
     path = _sidecar_path(export)
     if not path.is_file():
-        raise ExportError(f"{path} not found: pass an export directory holding {SIDECAR} (from `robo-rl export`)")
+        inside = path.parent / "export" / SIDECAR  # a run directory given for its export (robo-rl export's default out_dir)
+        hint = f" (its export/ holds one: export={inside.parent})" if inside.is_file() else ""
+        raise ExportError(f"{path} not found: pass an export directory holding {SIDECAR} (from `robo-rl export`){hint}")
     if path.suffix.lower() != ".json":  # e.g. the model file: "not valid JSON (utf-8 codec ...)" said nothing useful
         raise ExportError(f"{path} is not an export's sidecar ({SIDECAR}): pass the export directory "
                           f"({path.parent}), which holds the model file and {SIDECAR}")

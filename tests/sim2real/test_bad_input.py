@@ -279,3 +279,14 @@ def test_the_deploy_command_runs_without_torch(pendulum_export, torch_installed)
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert (pendulum_export / "deploy.json").exists()
+
+
+def test_deploy_given_a_run_directory_points_to_its_export(tmp_path, capsys):
+    # export= names the run (whose export/ holds policy.json, robo-rl export's default out_dir): say where it is
+    run = tmp_path / "run"
+    make_export(run / "export", obs_dim=4, act_dim=1, low=-3.0, high=3.0, task="InvertedPendulum-v5")
+    code, out, err = run_cli(deploy_main, [f"export={run}", "steps=5"], capsys)
+    line = one_line_error(err)
+    assert code == 2 and f"{run / 'policy.json'} not found" in line and f"(its export/ holds one: export={run / 'export'})" in line
+    code, out, err = run_cli(deploy_main, [f"export={tmp_path / 'nothing'}", "steps=5"], capsys)
+    assert code == 2 and "export=" not in one_line_error(err).split("`robo-rl export`")[1]
