@@ -8,6 +8,9 @@ Numpy only next to ``sim2real.runtime`` (no torch). Two pieces:
   and a watchdog. A fault (stale, non-finite or malformed observation, an unusable timestamp, slow
   inference, non-finite action) never stops the robot silently: the robot's fallback command is
   sent instead, still through the safety filters, and the fault is logged as an event.
+
+An export of a chunk head runs ``execute`` actions of each chunk per query (``runtime.ChunkExecutor``),
+each through the filters; a new episode or a fallback command starts a new chunk.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sim2real.runtime import BadAction, NonFiniteAction, NonFiniteObservation, PolicyRuntime
+from sim2real.runtime import BadAction, ChunkExecutor, NonFiniteAction, NonFiniteObservation, PolicyRuntime
 
 
 @dataclass
@@ -203,6 +206,7 @@ class ControlLoop:
         if watchdog is not None and not isinstance(watchdog, WatchdogConfig):
             raise TypeError(f"ControlLoop: watchdog takes a WatchdogConfig(...), got {type(watchdog).__name__}")
         self.runtime, self.robot = runtime, robot
+        self.chunks = ChunkExecutor(runtime)  # one query per `execute` ticks for a chunk export, else every tick
         check_rate_hz(rate_hz, "None for the sidecar's rate")  # 0 is refused, not read as "the sidecar's"
         rate = rate_hz if rate_hz is not None else runtime.rate_hz
         if not rate or not rate > 0:
@@ -296,6 +300,7 @@ class ControlLoop:
         self.inference, self.loop = _Latency(), _Latency()
         self.step, self.misses, self.skipped, self.fallbacks = 0, 0, 0, 0
         self._last_sent: np.ndarray | None = None
+        self.chunks.reset()
         connected_here = not self.robot.is_connected
         if connected_here:
             self.robot.connect()
@@ -382,6 +387,7 @@ class ControlLoop:
             info = {}
         if info.get("episode_start"):
             self._reset_filters()
+            self.chunks.reset()  # a new episode starts a new chunk, as in robo-rl's evaluation
         action, fault, checked, fresh = None, None, None, None
         if values.shape != (self.runtime.obs_dim,):
             fault = ("bad_observation", f"observation shape {values.shape}, expected ({self.runtime.obs_dim},)")
@@ -408,20 +414,23 @@ class ControlLoop:
                 fault = ("stale_observation", f"observation is {age * 1e3:.1f} ms old (limit {self.max_age * 1e3:.1f} ms)")
             else:
                 fresh = values.astype(np.float64)  # usable and current: the filters get it at full precision
+                queried = self.chunks.due  # else the next action of the current chunk: no inference this tick
                 t = time.perf_counter()
                 try:
-                    action = self.runtime(checked).astype(np.float64)
+                    action = self.chunks(checked).astype(np.float64)
                 except BadAction as exc:
                     kind = "non_finite_action" if isinstance(exc, NonFiniteAction) else "action_out_of_bounds"
                     fault = (kind, str(exc))
                 took = time.perf_counter() - t
-                self.inference.add(took)
-                if fault is None and took > self.max_inference:
-                    fault = ("inference_overrun", f"inference took {took * 1e3:.2f} ms (limit {self.max_inference * 1e3:.2f} ms)")
+                if queried:
+                    self.inference.add(took)
+                    if fault is None and took > self.max_inference:
+                        fault = ("inference_overrun", f"inference took {took * 1e3:.2f} ms (limit {self.max_inference * 1e3:.2f} ms)")
         if fault is not None:
             self._event(*fault)
             self.fallbacks += 1
             action = self._fallback()
+            self.chunks.reset()  # the rest of the chunk was planned for a robot that followed it
         command = self._filter(action, self._filter_obs(fresh))
         self.robot.send_action(command)
         self._last_sent = command

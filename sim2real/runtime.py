@@ -4,7 +4,9 @@ This module is what a robot computer installs, so it never imports torch (nor ``
 ``policies`` or ``envs``). ``PolicyRuntime`` loads an export directory (``policy.onnx`` +
 ``policy.json``), refuses a model whose checksum or input/output signature does not match its
 sidecar, and maps observations to actions with strict shape / dtype / finiteness checks on both
-sides. The fixed-rate, watched control loop around it is ``sim2real.loop``.
+sides. An export of a head that predicts action chunks returns H actions per query; ``ChunkExecutor``
+runs the sidecar's ``chunk.execute`` of them before querying again, as robo-rl's evaluation does.
+The fixed-rate, watched control loop around it is ``sim2real.loop``.
 """
 
 from __future__ import annotations
@@ -149,6 +151,10 @@ def load_sidecar(export: str | Path) -> dict[str, Any]:
         default = noise.get("default", "zeros")
         if default != "zeros":
             numbers("noise.default", default, k)
+    chunk = mapping("chunk", sidecar.get("chunk"), optional=True)  # absent: one action per query
+    length = positive_int("chunk.length", chunk.get("length")) if chunk else 1
+    if chunk and not (_is_int(chunk.get("execute")) and 1 <= chunk["execute"] <= length):
+        raise bad(f"chunk.execute={chunk.get('execute')!r:.60}: expected a whole number between 1 and chunk.length={length}")
     expected_in = [("obs", obs_dim)] + ([("noise", k)] if k else [])
     for what, entries, expected in (("inputs", sidecar["inputs"], expected_in),
                                     ("outputs", sidecar["outputs"], [("action", act_dim)])):
@@ -161,6 +167,10 @@ def load_sidecar(export: str | Path) -> dict[str, Any]:
         got = [(e["name"], e["shape"][-1]) for e in entries]
         if got != expected:
             raise bad(f"{what} {got} (name, size) do not match observation/action/noise dims {expected}")
+    action_shape = sidecar["outputs"][0]["shape"]
+    if chunk and action_shape[1:] != [length, act_dim]:
+        raise bad(f"outputs[0] shape {action_shape!r:.60} does not match chunk.length={length} and action.dim={act_dim} "
+                  f"(expected ['batch', {length}, {act_dim}])")
     control = mapping("control", sidecar["control"])
     for key in ("dt", "rate_hz"):
         value = control.get(key)
@@ -207,6 +217,10 @@ class PolicyRuntime:
         self.noise_dim = int(noise["dim"]) if noise else 0
         default = noise.get("default", "zeros") if noise else "zeros"
         self.default_noise = np.zeros(self.noise_dim, np.float32) if default == "zeros" else np.asarray(default, np.float32)
+        chunk = self.sidecar.get("chunk") or {}
+        #: actions the graph returns per query (H) and how many of them run before the next query (ChunkExecutor)
+        self.chunk: int = int(chunk.get("length", 1))
+        self.execute: int = int(chunk.get("execute", 1))
         self.session = onnx_session(self.model_path, threads)
         self._fixed_batch = self._check_signature()
         self._warm_up()
@@ -236,9 +250,10 @@ class PolicyRuntime:
                                   f"declares {sorted(want)}")
             for name, size in want.items():
                 shape, dtype = list(got[name].shape), got[name].type
-                if len(shape) != 2 or shape[1] != size or dtype != "tensor(float)":
+                features = [self.chunk, size] if name == "action" and self.chunk > 1 else [size]  # a chunk [batch, H, A]
+                if shape[1:] != features or dtype != "tensor(float)":
                     raise ExportError(f"{self.model_path.name}: {what[:-1]} {name!r} is {dtype} {shape}, but "
-                                      f"{self.sidecar_path.name} declares float32 ['batch', {size}]")
+                                      f"{self.sidecar_path.name} declares float32 {['batch', *features]}")
                 if isinstance(shape[0], int):
                     fixed.add(shape[0])
         return fixed.pop() if len(fixed) == 1 else None
@@ -262,7 +277,13 @@ class PolicyRuntime:
         return obs
 
     def __call__(self, obs: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
-        """Action [A] for obs [O], or [B, A] for [B, O], in env units within the action bounds."""
+        """Action [A] for obs [O], or [B, A] for [B, O], in env units within the action bounds (a chunk
+        export: the chunk's first action; ``ChunkExecutor`` runs ``execute`` of each chunk, as robo-rl evaluates)."""
+        return self.act_chunk(obs, noise)[..., 0, :]
+
+    def act_chunk(self, obs: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        """Actions [H, A] for obs [O], or [B, H, A] for [B, O] (H = ``chunk``, 1 for a policy that predicts one
+        action per query), in env units within the action bounds; a NaN/inf anywhere in a chunk is refused."""
         obs = self.check_observation(obs)
         single = obs.ndim == 1
         batch = obs.reshape(-1, self.obs_dim)
@@ -274,9 +295,10 @@ class PolicyRuntime:
         elif noise is not None:
             raise ValueError("this policy takes no noise input (sidecar noise is null)")
         action = self.session.run(["action"], feeds)[0]
-        if action.shape != (batch.shape[0], self.act_dim):
-            raise ExportError(f"{self.model_path.name} returned an action of shape {action.shape}, "
-                              f"expected ({batch.shape[0]}, {self.act_dim})")
+        expected = (batch.shape[0], *((self.chunk,) if self.chunk > 1 else ()), self.act_dim)
+        if action.shape != expected:
+            raise ExportError(f"{self.model_path.name} returned an action of shape {action.shape}, expected {expected}")
+        action = action.reshape(batch.shape[0], self.chunk, self.act_dim)
         if not np.isfinite(action).all():
             raise NonFiniteAction("the policy returned a NaN/inf action")
         over = np.maximum(self.action_low - action, action - self.action_high)
@@ -297,3 +319,40 @@ class PolicyRuntime:
         if not np.isfinite(noise).all():
             raise ValueError("noise has NaN/inf values")
         return np.ascontiguousarray(np.broadcast_to(noise, (batch, self.noise_dim)))
+
+
+class ChunkExecutor:
+    """Runs ``execute`` actions of each chunk an export predicts before querying it again (a receding
+    horizon), for one robot: the numpy twin of ``policies.heads.ChunkExecutor``, which robo-rl's
+    evaluation runs. ``reset()`` when an episode starts (a new episode starts a new chunk) and when a
+    command other than the queued one was sent (the rest of the chunk was planned for a robot that
+    followed it). For an export without chunks every call queries the policy."""
+
+    def __init__(self, runtime: PolicyRuntime) -> None:
+        self.runtime = runtime
+        self.execute = int(getattr(runtime, "execute", 1))
+        self.reset()
+
+    def reset(self) -> None:
+        self._chunk: np.ndarray | None = None
+        self._next = 0
+
+    @property
+    def due(self) -> bool:
+        """Whether the next call queries the policy (else it returns the next queued action)."""
+        return self._chunk is None or self._next >= self.execute
+
+    def __call__(self, obs: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        """Action [A] for obs [O]: the next action of the current chunk, after a new query when it is due.
+
+        A query's errors (a bad observation, a NaN/inf in the chunk) propagate and leave nothing queued."""
+        if np.ndim(obs) != 1:
+            raise ValueError(f"ChunkExecutor runs one robot: obs [{self.runtime.obs_dim}], got shape {np.shape(obs)} "
+                             "(for a batch, call PolicyRuntime.act_chunk)")
+        if self.due:
+            self.reset()
+            given = (obs,) if noise is None else (obs, noise)  # a runtime-like object may take obs alone
+            self._chunk = self.runtime.act_chunk(*given) if self.execute > 1 else self.runtime(*given)[None]
+        action = self._chunk[self._next]
+        self._next += 1
+        return action

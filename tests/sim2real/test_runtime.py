@@ -17,8 +17,8 @@ import pytest
 from sim2real.deploy import deploy
 from sim2real.loop import ControlLoop, Observation, WatchdogConfig
 from sim2real.robots import CallbackRobot, MujocoSim2SimRobot, SimulatedClock
-from sim2real.runtime import (ActionOutOfBounds, ExportError, NonFiniteAction, NonFiniteObservation, PolicyRuntime,
-                              load_sidecar)
+from sim2real.runtime import (ActionOutOfBounds, ChunkExecutor, ExportError, NonFiniteAction, NonFiniteObservation,
+                              PolicyRuntime, load_sidecar)
 from tests.sim2real.conftest import make_export
 
 REPO = Path(__file__).resolve().parents[2]
@@ -457,6 +457,125 @@ def test_the_sim2sim_robot_s_float32_task_gets_commands_inside_the_box(tmp_path:
     applied = np.concatenate(applied[1:])
     assert applied.dtype == np.float32 and applied.size == 20
     assert np.abs(applied.astype(np.float64)).max() <= 0.1 and (np.abs(applied) > 0.0999).any()
+
+
+# --- chunk exports: H actions per query, `execute` of them run (as robo-rl's evaluation runs them) ------------
+
+
+def chunk_reference(export: Path, obs: np.ndarray, horizon: int) -> np.ndarray:
+    """The tiny chunk policy's formula in numpy: [..., H, A]."""
+    flat = reference(export, obs)
+    return flat.reshape(*flat.shape[:-1], horizon, -1)
+
+
+def test_a_chunk_export_returns_its_chunk_and_its_first_action(tmp_path: Path) -> None:
+    export = make_export(tmp_path / "e", obs_dim=4, act_dim=2, noise_dim=6, chunk=(3, 2))
+    rt = PolicyRuntime(export)
+    assert (rt.chunk, rt.execute) == (3, 2)
+    obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    want = chunk_reference(export, obs, 3)  # zero noise: the default
+    np.testing.assert_allclose(rt.act_chunk(obs), want, atol=1e-6)
+    np.testing.assert_allclose(rt.act_chunk(obs[0]), want[0], atol=1e-6)
+    np.testing.assert_allclose(rt(obs[0]), want[0, 0], atol=1e-6)  # a single call: the chunk's first action
+    with pytest.raises(ValueError, match=r"ChunkExecutor runs one robot: obs \[4\], got shape \(5, 4\)"):
+        ChunkExecutor(rt)(obs)
+
+
+def chunk_robot(clock: FakeClock, sent: list, starts: tuple[int, ...] = (), stale: tuple[int, ...] = ()) -> CallbackRobot:
+    """Observation (t + 1) / 10 * (1, -1, 2, 0.5) at tick t, a new episode at the ticks in ``starts``, a stale one in
+    ``stale``."""
+    tick = {"n": 0}
+
+    def get() -> Observation:
+        t = tick["n"]
+        tick["n"] += 1
+        return Observation((t + 1) / 10 * np.array([1.0, -1.0, 2.0, 0.5]), clock() - (0.2 if t in stale else 0.0),
+                           {"episode_start": t in starts})
+
+    return CallbackRobot(get, lambda a: sent.append(np.array(a)), action_dim=2, fallback=np.array([0.8, -0.8]), clock=clock)
+
+
+def test_the_loop_runs_execute_actions_of_each_chunk_and_starts_a_new_one_per_episode_and_after_a_fallback(
+        tmp_path: Path) -> None:
+    """chunk=3, execute=2: tick t sends the chunk planned at the last query; a query every 2 ticks, and at once after
+    a new episode (tick 5) or a fallback (the stale tick 8): what robo-rl's evaluation (ChunkExecutor) runs."""
+    export = make_export(tmp_path / "e", obs_dim=4, act_dim=2, chunk=(3, 2))
+    clock, sent = FakeClock(), []
+    loop = ControlLoop(PolicyRuntime(export), chunk_robot(clock, sent, starts=(5,), stale=(8,)), filters=[],
+                       watchdog=NO_INFERENCE_LIMIT, clock=clock, sleep=clock.sleep)
+    report = loop.run(steps=11)
+    obs = np.arange(1, 12)[:, None] / 10 * np.array([1.0, -1.0, 2.0, 0.5])
+    chunks = chunk_reference(export, obs.astype(np.float32), 3)
+    # (tick, query tick, position in its chunk); tick 8 is the fallback
+    plan = [(0, 0, 0), (1, 0, 1), (2, 2, 0), (3, 2, 1), (4, 4, 0), (5, 5, 0), (6, 5, 1), (7, 7, 0), (9, 9, 0), (10, 9, 1)]
+    for tick, query, position in plan:
+        np.testing.assert_allclose(sent[tick], chunks[query, position], atol=1e-6, err_msg=f"tick {tick}")
+    np.testing.assert_array_equal(sent[8], [0.8, -0.8])
+    assert report.events == {"stale_observation": 1}
+    assert report.latency["inference_ms"]["count"] == 6  # the queries, at ticks 0, 2, 4, 5, 7 and 9
+
+
+def test_a_nan_in_a_later_action_of_a_chunk_sends_the_fallback_at_the_query(tmp_path: Path) -> None:
+    """The whole chunk is checked when it arrives (as robo-rl's evaluation checks it): a NaN/inf in its second
+    action is a fault at the query, and the next tick queries again rather than running the rest."""
+    w = np.zeros((4, 6))
+    w[0, 2] = 1e38  # the chunk's second action, first dimension: inf once obs[0] > 3.4
+    export = make_export(tmp_path / "e", obs_dim=4, act_dim=2, kind="linear", weights=(w, np.zeros(6)), chunk=(3, 3))
+    with pytest.raises(NonFiniteAction):
+        PolicyRuntime(export).act_chunk(np.array([1e3, 0.0, 0.0, 0.0], np.float32))
+    clock, sent = FakeClock(), []
+    robot = scripted_robot(clock, {0: [1e3, 0.0, 0.0, 0.0]}, sent, default=(0.0, 0.0, 0.0, 0.0))
+    loop = ControlLoop(PolicyRuntime(export), robot, filters=[], watchdog=NO_INFERENCE_LIMIT, clock=clock,
+                       sleep=clock.sleep)
+    report = loop.run(steps=3)
+    assert report.events == {"non_finite_action": 1} and report.fallbacks == 1
+    np.testing.assert_array_equal(sent[0][1], [0.8, -0.8])
+    assert [a.tolist() for _, a in sent[1:]] == [[0.0, 0.0], [0.0, 0.0]]  # queried again at tick 1: obs 0, action 0
+    assert report.latency["inference_ms"]["count"] == 2  # ticks 0 and 1; tick 2 runs the chunk's second action
+
+
+def test_every_executed_action_of_a_chunk_goes_through_the_filters(tmp_path: Path) -> None:
+    export = make_export(tmp_path / "e", obs_dim=4, act_dim=2, weight_scale=50.0, chunk=(4, 4),
+                         safety={"filters": [{"type": "box", "low": -0.3, "high": 0.3}]})
+    clock, sent = FakeClock(), []
+    loop = ControlLoop(PolicyRuntime(export), chunk_robot(clock, sent), watchdog=NO_INFERENCE_LIMIT, clock=clock,
+                       sleep=clock.sleep)
+    obs = np.arange(1, 9)[:, None] / 10 * np.array([1.0, -1.0, 2.0, 0.5])
+    raw = chunk_reference(export, obs.astype(np.float32), 4)[[0, 0, 0, 0, 4, 4, 4, 4], [0, 1, 2, 3, 0, 1, 2, 3]]
+    assert (np.abs(raw) > 0.3).any(axis=1).all()  # every executed action leaves the box
+    report = loop.run(steps=8)  # the chunks of ticks 0 and 4
+    assert report.latency["inference_ms"]["count"] == 2
+    assert report.filter_interventions == 8
+    np.testing.assert_allclose(sent, np.clip(raw, -0.3, 0.3), atol=1e-6)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s["chunk"].__setitem__("execute", 4), r"chunk\.execute=4: expected a whole number between 1 and chunk\.length=3"),
+    (lambda s: s["chunk"].__setitem__("execute", 0), r"chunk\.execute=0"),
+    (lambda s: s["chunk"].__setitem__("length", "3"), r"chunk\.length='3': expected a positive integer"),
+    (lambda s: s.__setitem__("chunk", [3, 2]), r"chunk is \[3, 2\], expected a mapping"),
+    (lambda s: s["outputs"][0].__setitem__("shape", ["batch", 2]), r"outputs\[0\] shape \['batch', 2\] does not match chunk\.length=3"),
+])
+def test_a_chunk_sidecar_that_does_not_describe_its_chunk_is_refused(tmp_path: Path, change, message) -> None:
+    export = make_export(tmp_path / "e", obs_dim=4, act_dim=2, chunk=(3, 2))
+    sidecar = json.loads((export / "policy.json").read_text())
+    change(sidecar)
+    (export / "policy.json").write_text(json.dumps(sidecar))
+    with pytest.raises(ExportError, match=rf"policy\.json: {message}"):
+        load_sidecar(export)
+
+
+def test_a_chunk_model_without_its_chunk_in_the_sidecar_is_refused(tmp_path: Path) -> None:
+    """A sidecar without ``chunk`` next to a model that returns chunks (e.g. the sidecar of an export from before
+    chunks were exported whole): refused, not run as if its [batch, H, A] output were one action."""
+    export = make_export(tmp_path / "e", obs_dim=4, act_dim=2, chunk=(3, 2))
+    sidecar = json.loads((export / "policy.json").read_text())
+    del sidecar["chunk"]
+    sidecar["outputs"][0]["shape"] = ["batch", 2]
+    (export / "policy.json").write_text(json.dumps(sidecar))
+    with pytest.raises(ExportError, match=r"output 'action' is tensor\(float\) \['batch', 3, 2\], but policy\.json "
+                                          r"declares float32 \['batch', 2\]"):
+        PolicyRuntime(export)
 
 
 # --- sim2sim robot and deploy ----------------------------------------------------------------------
