@@ -5,7 +5,7 @@ action the policy acts with, in env units and within the bounds:
   * the observation normalizer is part of the graph (its statistics are constants);
   * Gaussian / deterministic / mixture heads export their deterministic action;
   * diffusion and flow heads unroll their configured sampling steps; the initial noise is an input
-    (zeros by default at run time: deterministic);
+    (zeros by default at run time: deterministic); a chunk head's graph returns the chunk [batch, H, A];
   * GoRL exports the latent mean decoded by the decoder; EXPO and PA-RL export the best of their N
     candidates by the critic, with the candidates' noise as an input (default: the fixed seed-0
     noise the policy's deterministic acting uses, stored in the sidecar).
@@ -89,7 +89,7 @@ def default_noise(policy: Any) -> list[float] | None:
 
 
 def export_module(policy: Any):  # -> torch.nn.Module
-    """A torch module with the export's signature: (obs) or (obs, noise) -> action."""
+    """A torch module with the export's signature: (obs) or (obs, noise) -> action [B, A] (or chunk [B, H, A])."""
     import torch
 
     class WithNoise(torch.nn.Module):
@@ -111,8 +111,26 @@ def export_module(policy: Any):  # -> torch.nn.Module
                 return self.policy.decoder.from_unit(self.policy.decoder.generate(obs, z))[:, 0]
             return self.policy.clip_action(self.policy(obs))
 
-    module = WithNoise(policy) if noise_dim(policy) else Deterministic(policy)
+    # defined after the others: a traced graph records source lines, and the other exports' stay as they were
+    class Chunks(torch.nn.Module):
+        def __init__(self, p: Any) -> None:
+            super().__init__()
+            self.policy = p
+
+        def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:  # -> chunks [B, H, A]
+            return self.policy.clip_action(self.policy.forward_chunk(obs, noise))
+
+    if chunk_length(policy) > 1:
+        module = Chunks(policy)
+    else:
+        module = WithNoise(policy) if noise_dim(policy) else Deterministic(policy)
     return module.eval()
+
+
+def chunk_length(policy: Any) -> int:
+    """Actions per query the exported graph returns (1: one action [batch, A]; H: a chunk [batch, H, A], of which
+    the runtime runs the sidecar's ``chunk.execute`` per query, as robo-rl's evaluation does)."""
+    return int(getattr(policy, "action_chunk", 1)) if hasattr(policy, "forward_chunk") else 1
 
 
 @contextlib.contextmanager
@@ -180,14 +198,11 @@ def export_policy(
 
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt!r}: choose one of {', '.join(FORMATS)}")
-    if getattr(policy, "execute", 1) > 1:
-        warnings.warn(f"this head runs {policy.execute} actions of each chunk per query in robo-rl's evaluation; the export "
-                      "gives the chunk's first action and the runtime queries it at every control step, so deployed "
-                      "returns measure that controller", stacklevel=2)
     out_dir = check_out_dir(out_dir)  # before the graph is built and checked, not when it is written
     policy = policy.cpu().eval()
     module = export_module(policy)
     k = noise_dim(policy)
+    chunk = chunk_length(policy)
     obs_dim = int(policy.obs_dim)
     generator = torch.Generator().manual_seed(0)
     real = torch.as_tensor(np.asarray(check_obs, dtype=np.float32)).reshape(-1, obs_dim) if check_obs is not None else torch.zeros(0, obs_dim)
@@ -217,7 +232,8 @@ def export_policy(
     # comparing the file with that module alone would pass a graph that leaves out, say, the normalizer
     acting_rows = obs.shape[0] // 2 if k else obs.shape[0]  # with noise, the first half has the default noise
     with torch.no_grad():
-        acting = policy.act(obs[:acting_rows], deterministic=True).cpu().numpy()
+        act = policy.act_chunk if chunk > 1 else policy.act  # a chunk head acts with whole chunks (ChunkExecutor)
+        acting = act(obs[:acting_rows], deterministic=True).cpu().numpy()
     gap = np.abs(reference[:acting_rows] - acting)
     if not (gap <= ACTING_TOLERANCE * np.maximum(half_range, 1.0)).all():  # the same eager operations: rounding only
         raise RuntimeError(f"the graph to export differs from the policy's deterministic action by {float(gap.max()):.2e} "
@@ -300,7 +316,10 @@ def export_policy(
         "noise": {"dim": k, "default": defaults if defaults is not None else "zeros"} if k else None,
         "inputs": [{"name": "obs", "shape": ["batch", obs_dim], "dtype": "float32"}]
         + ([{"name": "noise", "shape": ["batch", k], "dtype": "float32"}] if k else []),
-        "outputs": [{"name": "action", "shape": ["batch", int(policy.act_dim)], "dtype": "float32"}],
+        "outputs": [{"name": "action", "shape": ["batch", *([chunk] if chunk > 1 else []), int(policy.act_dim)],
+                     "dtype": "float32"}],
+        # a chunk head: the graph returns H actions per query, of which the runtime runs the first `execute`
+        **({"chunk": {"length": chunk, "execute": int(policy.execute)}} if chunk > 1 else {}),
         "control": {"dt": control_dt, "rate_hz": (1.0 / control_dt) if control_dt else None},
         "normalization": {"observation": "in the graph", "enabled": bool(norm.enabled), "clip": norm.clip, "eps": norm.eps,
                           "mean": norm.stats.mean.tolist(), "var": norm.stats.var.tolist()},
@@ -367,7 +386,6 @@ def _session(path: Path):  # -> onnxruntime.InferenceSession
 def _sampling(policy: Any) -> dict[str, Any] | None:
     """How a generative policy's graph samples (steps unrolled, solver/scheduler), for the record."""
     inner = getattr(policy, "base", None) or getattr(policy, "decoder", None) or policy
-    # no "execute": the graph returns a chunk's first action and the runtime queries it at every control step
     keys = ("steps", "solver", "scheduler_kind", "inference_steps", "train_steps", "beta_schedule", "action_chunk")
     info = {key: getattr(inner, key) for key in keys
             if isinstance(getattr(inner, key, None), (int, str))}

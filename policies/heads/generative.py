@@ -212,6 +212,12 @@ class GenerativeHead(PolicyHead):
     def _weighted(per_sample: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         return per_sample.mean() if weights is None else (per_sample * weights).sum() / weights.sum().clamp_min(1e-8)
 
+    def forward_chunk(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The export path of a chunk head: env-unit chunks [B, chunk, A] from obs and explicit noise; the
+        runtime runs ``execute`` of them per query, as ChunkExecutor does. (Last in the class: a traced graph
+        records its source lines, and the other heads' exports keep theirs.)"""
+        return self.from_unit(self.generate(obs, noise))
+
 
 class ChunkExecutor:
     """Runs ``execute`` actions of each predicted chunk before querying the head again, per env.

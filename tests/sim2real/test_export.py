@@ -50,11 +50,9 @@ def _ort(path):
 @pytest.mark.parametrize("name, options", HEADS, ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o in HEADS])
 def test_every_head_exports_and_matches_torch(tmp_path, name, options):
     head = _head(name, options)
-    if options.get("execute", 1) > 1:  # the runtime queries every step: the user is told it differs from evaluation
-        with pytest.warns(UserWarning, match="runs 2 actions of each chunk per query in robo-rl's evaluation"):
-            sidecar = export_policy(head, tmp_path, "onnx", control_dt=0.02, task="test")
-    else:
-        sidecar = export_policy(head, tmp_path, "onnx", control_dt=0.02, task="test")
+    sidecar = export_policy(head, tmp_path, "onnx", control_dt=0.02, task="test")
+    chunk = options.get("chunk", 1)
+    shape = (chunk, 3) if chunk > 1 else (3,)  # a chunk head's graph returns the whole chunk [batch, H, A]
     path = tmp_path / sidecar["model_file"]
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     assert sidecar["sha256"] == sha256_of(path) and sidecar["checked"]["max_abs_error"] <= 1e-5
@@ -67,23 +65,26 @@ def test_every_head_exports_and_matches_torch(tmp_path, name, options):
     with torch.no_grad():
         if k:
             noise = np.random.default_rng(2).standard_normal((7, k)).astype(np.float32)
-            want = head.clip_action(head(torch.from_numpy(obs), torch.from_numpy(noise))).numpy()
+            export_path = head.forward_chunk if chunk > 1 else head
+            want = head.clip_action(export_path(torch.from_numpy(obs), torch.from_numpy(noise))).numpy()
             got = session.run(None, {"obs": obs, "noise": noise})[0]
         else:
             want = head.act(torch.from_numpy(obs), deterministic=True).numpy()
             got = session.run(None, {"obs": obs})[0]
-    assert got.shape == (7, 3) and np.abs(got - want).max() <= 1e-5
+    assert got.shape == (7, *shape) and np.abs(got - want).max() <= 1e-5
+    assert sidecar["outputs"][0]["shape"] == ["batch", *shape]
     assert (got >= LOW - 1e-6).all() and (got <= HIGH + 1e-6).all()
     if name in ("flow", "diffusion"):
         assert k > 0 and sidecar["sampling"]  # sampling steps unrolled, noise is an explicit input
         if name == "diffusion":  # the schedule the unrolled chain follows is on record
             assert {"train_steps", "beta_schedule", "scheduler_kind", "inference_steps"} <= set(sidecar["sampling"])
-        # the graph gives a chunk's first action and the runtime queries it every step: no "execute" on record
-        assert "execute" not in sidecar["sampling"] and sidecar["sampling"].get("action_chunk", 1) == options.get("chunk", 1)
-        # zeros (the sidecar's default) reproduce the head's deterministic action
+        # a chunk head: the runtime runs `execute` of each chunk per query, as robo-rl's evaluation does
+        assert sidecar.get("chunk") == ({"length": chunk, "execute": options["execute"]} if chunk > 1 else None)
+        # zeros (the sidecar's default) reproduce the head's deterministic action (chunk)
         zeros = np.zeros((7, k), np.float32)
         with torch.no_grad():
-            deterministic = head.act(torch.from_numpy(obs), deterministic=True).numpy()
+            act = head.act_chunk if chunk > 1 else head.act
+            deterministic = act(torch.from_numpy(obs), deterministic=True).numpy()
         assert np.abs(session.run(None, {"obs": obs, "noise": zeros})[0] - deterministic).max() <= 1e-5
 
 
@@ -171,13 +172,16 @@ def test_a_critic_select_export_may_pick_another_of_tied_candidates_but_no_worse
             export_policy(policy, tmp_path, "torchscript")
 
 
-def test_torchscript_export_matches(tmp_path):
-    head = _head("flow", {"steps": 4})
+@pytest.mark.parametrize("options", [{"steps": 4}, {"steps": 2, "chunk": 4, "execute": 2}], ids=["flow", "flow-chunk"])
+def test_torchscript_export_matches(tmp_path, options):
+    head = _head("flow", options)
     sidecar = export_policy(head, tmp_path, "torchscript")
     loaded = torch.jit.load(str(tmp_path / sidecar["model_file"]))
     obs, noise = torch.randn(4, OBS_DIM), torch.randn(4, sidecar["noise"]["dim"])
     with torch.no_grad():
-        assert torch.allclose(loaded(obs, noise), head.clip_action(head(obs, noise)), atol=1e-6)
+        want = head.clip_action(head.forward_chunk(obs, noise) if "chunk" in options else head(obs, noise))
+        assert want.shape == ((4, 4, 3) if "chunk" in options else (4, 3))
+        assert torch.allclose(loaded(obs, noise), want, atol=1e-6)
 
 
 def test_a_policy_with_non_finite_output_is_not_exported(tmp_path):
@@ -344,3 +348,33 @@ def test_onnx_export_falls_back_on_a_torch_whose_export_has_no_dynamo_argument(t
     export_policy(_head(name, options), tmp_path, "onnx")  # parity with torch is checked inside
     sidecar = json.loads((tmp_path / "policy.json").read_text())
     assert sidecar["exporter"] == "torchscript-based"
+
+
+@pytest.mark.parametrize("chunk, execute", [(4, 3), (3, 1)])
+def test_deploying_a_chunk_head_sends_the_actions_robo_rl_s_evaluation_takes(tmp_path, monkeypatch, chunk, execute):
+    """Export + ``robo-rl deploy`` run a chunk head as ``robo_rl.evaluation.evaluate`` does: ``execute`` actions of
+    each chunk per query, a new chunk for a new episode (5-step episodes: the second starts mid-chunk)."""
+    from envs import make_env
+    from robo_rl.evaluation import evaluate
+    from sim2real.deploy import deploy
+    from sim2real.robots import MujocoSim2SimRobot
+
+    torch.manual_seed(0)
+    head = build_head("flow", 3, np.array([-2.0]), np.array([2.0]), steps=2, chunk=chunk, execute=execute, **SMALL)
+    env = make_env("Pendulum-v1", 1, backend="gymnasium", max_episode_steps=5)
+    try:
+        evaluated = evaluate(head, env, 2, seed=0, record_transitions=True)
+    finally:
+        env.close()
+    export_policy(head, tmp_path, "onnx", control_dt=0.05, task="Pendulum-v1", metadata={"max_episode_steps": 5})
+    sent, observed = [], []
+    send, read = MujocoSim2SimRobot.send_action, MujocoSim2SimRobot.get_observation
+    monkeypatch.setattr(MujocoSim2SimRobot, "send_action", lambda self, a: (sent.append(np.array(a)), send(self, a))[1])
+    monkeypatch.setattr(MujocoSim2SimRobot, "get_observation",
+                        lambda self: (lambda o: (observed.append(o.values), o)[1])(read(self)))
+    report = deploy(str(tmp_path), episodes=2, log=lambda line: None)  # sim2sim seed 0: evaluate's first episode
+    assert report["episode_lengths"] == [5, 5] and report["loop"]["fallbacks"] == 0
+    np.testing.assert_allclose(np.array(observed), evaluated["transitions"]["obs"].numpy(), atol=1e-4)
+    # float32 rounding of the graph (the export's parity tolerance, 1e-5 times the half-range 2)
+    np.testing.assert_allclose(np.array(sent), evaluated["transitions"]["actions"].numpy(), rtol=0, atol=2e-5)
+    assert report["loop"]["latency"]["inference_ms"]["count"] == 2 * -(-5 // execute)  # queries per episode: ceil(5 / k)
