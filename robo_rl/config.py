@@ -435,8 +435,9 @@ def _keys_of_type(kind: type, schema: type | None) -> frozenset[str]:
 
 
 def integer_keys(schema: type = None) -> frozenset[str]:  # type: ignore[assignment]
-    """Every integer key of ``robo-rl train`` (any algorithm or head), or of another command's ``schema``."""
-    return _keys_of_type(int, schema)
+    """Every integer key of ``robo-rl train`` (any algorithm or head), or of another command's ``schema``, and
+    every key holding a list of integers (``policy.hidden_sizes``)."""
+    return _keys_of_type(int, schema) | _keys_of_type(List[int], schema)  # type: ignore[arg-type]
 
 
 def boolean_keys(schema: type = None) -> frozenset[str]:  # type: ignore[assignment]
@@ -462,22 +463,27 @@ def boolean_problem(overrides: typing.Iterable[str], keys: frozenset[str]) -> st
 
 
 _SCIENTIFIC = re.compile(r"[+-]?((\d+\.?\d*|\.\d+)[eE][+]?\d+|\d+\.0*)")  # 1e6, 2.5e5, 1500.0, -1e3
+# one value of an override: the whole value, a sweep's (1e5,2e5) or a list's ([1e3,256]) items
+_VALUE_ITEM = re.compile(r"(?:^|(?<=[\[,]))\s*([^\[\],\s]+)\s*(?=$|[\],])")
 
 
 def integral_literals(overrides: typing.Iterable[str], keys: frozenset[str]) -> list[str]:
     """``steps=1e6`` as ``steps=1000000``, for the integer ``keys``: Hydra reads 1e6 as a float, which an
     integer key refuses. Only a whole number in scientific notation or with a zero fraction is rewritten
-    (``steps=2.5e5`` and ``steps=1500.0`` too, a sweep ``steps=1e5,2e5`` value by value, ``-1e3`` to -1000
-    for the range check to name); ``steps=1.5`` or ``steps=1e-3`` still fail as before."""
+    (``steps=2.5e5`` and ``steps=1500.0`` too, a sweep ``steps=1e5,2e5`` value by value, a list
+    ``policy.hidden_sizes=[1e3,256]`` item by item, ``-1e3`` to -1000 for the range check to name);
+    ``steps=1.5`` or ``steps=1e-3`` still fail as before."""
+
+    def whole(item: re.Match) -> str:
+        text = item[1]
+        number = float(text) if _SCIENTIFIC.fullmatch(text) else math.nan  # 1e400: inf, left for the type check
+        return str(int(number)) if math.isfinite(number) and number == int(number) else item[0]
+
     out = []
     for o in overrides:
         key, eq, value = o.partition("=")
         if eq and key.lstrip("+~") in keys:
-            parts = value.split(",")
-            if any(_SCIENTIFIC.fullmatch(p.strip()) for p in parts):
-                whole = [p.strip() if not _SCIENTIFIC.fullmatch(p.strip()) or float(p) != int(float(p))
-                         else str(int(float(p))) for p in parts]
-                o = f"{key}={','.join(whole)}"
+            o = f"{key}={_VALUE_ITEM.sub(whole, value)}"
         out.append(o)
     return out
 

@@ -130,6 +130,25 @@ def test_whole_numbers_in_scientific_notation_fill_integer_keys():
         "steps=1500", "seed=-1000", "env.num_envs=2.5"]
 
 
+def test_whole_numbers_in_scientific_notation_fill_integer_lists_as_integer_keys():
+    """policy.hidden_sizes=[1e3,256] was refused ("could not be converted to Integer") while steps=1e3 worked."""
+    from robo_rl.config import integer_keys, integral_literals
+
+    cfg = compose("algo=sac", "policy.hidden_sizes=[1e3,256]", "algo.critic_hidden=[ 2.56e2 ]",
+                  "env.randomize.action_delay=[0,1e1]")
+    assert (list(cfg.policy.hidden_sizes), list(cfg.algo.critic_hidden), list(cfg.env.randomize.action_delay)) == (
+        [1000, 256], [256], [0, 10])
+    assert integral_literals(["policy.hidden_sizes=[1e3,64],[2e2]", "policy.hidden_sizes=[1.5e0]",
+                              "steps=range(1,1e3)"], integer_keys()) == [
+        "policy.hidden_sizes=[1000,64],[200]", "policy.hidden_sizes=[1.5e0]", "steps=range(1,1e3)"]
+
+
+def test_an_integer_beyond_float_range_is_a_type_error_not_a_traceback():
+    # 1e400 reads as inf: rewriting it as a whole number raised OverflowError (a traceback, exit 1)
+    with pytest.raises(ConfigError, match=r"Value 'inf' of type 'float' could not be converted to Integer.*steps=1e400"):
+        compose("steps=1e400")
+
+
 def test_true_false_keys_refuse_other_numbers(capsys):
     """OmegaConf reads any nonzero integer as true: compile=2 (a count, or a typo) would have run as true."""
     from robo_rl.commands.common import parse_options
