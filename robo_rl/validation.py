@@ -64,6 +64,20 @@ PRECISIONS = ("fp32", "bf16")
 BF16_LEARNERS = ("sac", "td3")
 #: torch intra-op threads: more than any machine's cores (torch itself fails past 2**31 with "Overflow when unpacking long")
 MAX_THREADS = 4096
+#: counts whose absurd value (a typo, 1e12) would hang the run, its work per update or per evaluation growing with
+#: it, or stop it with an out-of-memory error while the networks are built: key -> (least, most, what it counts).
+#: The most is far above any published setting and below a hang; steps, seed and the threads have their own
+#: bounds, and the buffers are checked against the memory free once the task's dimensions are known
+COUNT_RANGES = {
+    "algo.epochs": (1, 1000, "passes over each rollout per update; the PPO paper's: 10 on MuJoCo"),
+    "algo.refit_epochs": (0, 10_000, "passes over the refit data per decoder refit"),
+    "algo.grad_steps": (0, 1000, "gradient-ascent steps on Q per kept action; default 3"),
+    "algo.num_critics": (1, 1000, "Q-networks in the ensemble; REDQ's: 10"),
+    "safety.cost_critic.num_critics": (1, 1000, "cost Q-networks in the ensemble"),
+    "policy.components": (1, 1000, "Gaussians in the mixture"),
+    "policy.chunk": (1, 1000, "actions predicted per query; Diffusion Policy's: 16"),
+    "eval.episodes": (1, 100_000, "episodes per evaluation"),
+}
 
 
 def check_device(device: str, key: str = "device") -> None:
@@ -147,6 +161,9 @@ def validate(cfg: DictConfig) -> None:
                           f"{' (also: ' + ', '.join(big[1:]) + ')' if len(big) > 1 else ''}{hint}")
     need(0 < cfg.steps <= MAX_STEPS, "steps", "must be > 0 and at most 1e15 (e.g. steps=1e6)")
     need(0 <= cfg.seed <= MAX_SEED, "seed", "must be between 0 and 2**32 - 1")
+    for key, (least, most, what) in COUNT_RANGES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        need(value is None or least <= value <= most, key, f"must be between {least} and {most:,} ({what})")
     need(cfg.env.max_episode_steps is None or cfg.env.max_episode_steps >= 1, "env.max_episode_steps",
          "must be >= 1 (or null: the task's own time limit)")
     need(cfg.env.reward_clip > 0, "env.reward_clip", "must be > 0 (rewards are clipped to +-reward_clip after scaling)")
@@ -194,7 +211,6 @@ def validate(cfg: DictConfig) -> None:
          f"bf16 is built for algo=sac and algo=td3 (their 256-wide critics), not algo={cfg.algo.name}: PPO's and "
          "GoRL's 64-wide update runs in numpy, and EXPO's and PA-RL's sampling chains would accumulate in bf16; "
          "use precision=fp32")
-    need(cfg.eval.episodes >= 1, "eval.episodes", "must be >= 1")
     need(cfg.eval.num_envs >= 1, "eval.num_envs", "must be >= 1")
     need(cfg.eval.every >= 1, "eval.every", "must be >= 1")
     need(cfg.checkpoint.every >= 1, "checkpoint.every", "must be >= 1")
@@ -233,7 +249,6 @@ def validate(cfg: DictConfig) -> None:
             need(cfg.algo.target_update_every >= 1, "algo.target_update_every", "must be >= 1 (gradient updates "
                  "between target-network updates)")
         need(0 < cfg.algo.tau <= 1, "algo.tau", "must be in (0, 1]")
-        need(cfg.algo.num_critics >= 1, "algo.num_critics", "must be >= 1")
         need(cfg.algo.buffer_size >= cfg.algo.batch_size, "algo.buffer_size",
              f"must hold at least one batch (algo.batch_size={cfg.algo.batch_size})")
         if "init_alpha" in cfg.algo:
@@ -258,7 +273,6 @@ def validate(cfg: DictConfig) -> None:
             "algo.minibatch_size",
             f"must be between 1 and the samples per update (rollout_steps * num_envs = {samples})",
         )
-        need(cfg.algo.epochs >= 1, "algo.epochs", "must be >= 1")
         need(cfg.algo.clip_range > 0, "algo.clip_range", "must be > 0 (the policy ratio is clipped to 1 +- clip_range)")
         need(cfg.algo.clip_range_vf is None or cfg.algo.clip_range_vf > 0, "algo.clip_range_vf",
              "must be > 0 (or null: the value loss unclipped)")

@@ -89,6 +89,20 @@ def test_unknown_or_mistyped_keys_fail_at_composition(override, words):
     (["threads=1e12", "env=pendulum", "steps=200"], r"threads=1000000000000: must be between 1 and"),
     (["algo=gorl_sac", "algo.refit_threads=1e12", "env=pendulum", "steps=200"],  # the same, at the first refit
      r"algo.refit_threads=1000000000000: must be between 0 and"),
+    # counts of 1e12: hung after the banner (PPO's epochs, an evaluation's episodes, PA-RL's gradient steps on Q, a
+    # GoRL refit's epochs) or stopped with "out of memory", exit 1, while the networks were built
+    (["algo=ppo", "algo.epochs=1e12", "env=pendulum", "steps=200"], r"algo.epochs=1000000000000: must be between 1 and 1,000 "),
+    (["algo=sac", "eval.episodes=1e12", "env=pendulum", "steps=200"], r"eval.episodes=1000000000000: must be between 1 and 100,000"),
+    (["algo=parl", "algo.grad_steps=1e12", "env=pendulum", "steps=200"], r"algo.grad_steps=1000000000000: must be between 0 and"),
+    (["algo=gorl", "algo.refit_epochs=1e12", "env=pendulum", "steps=200"], r"algo.refit_epochs=1000000000000: must be between 0 and"),
+    (["algo=sac", "algo.num_critics=1e12", "env=pendulum", "steps=200"], r"algo.num_critics=1000000000000: must be between 1 and"),
+    (["algo=sac", "safety.passivity_aware=true", "safety.cost_critic.num_critics=1e12", "env=pendulum", "steps=200"],
+     r"safety.cost_critic.num_critics=1000000000000: must be between 1 and"),
+    (["algo=sac", "policy=mixture", "policy.components=1e12", "env=pendulum", "steps=200"],
+     r"policy.components=1000000000000: must be between 1 and"),
+    (["algo=expo", "policy=flow", "policy.chunk=1e12", "env=pendulum", "steps=200"], r"policy.chunk=1000000000000: must be between 1 and"),
+    (["algo=ppo", "algo.epochs=0"], r"algo.epochs=0: must be between 1 and"),  # the lower end as before
+    (["algo=sac", "algo.num_critics=0"], r"algo.num_critics=0: must be between 1 and"),
     (["algo=sac", "env.num_envs=8", "algo.buffer_size=4", "env=pendulum"],  # the other key of the two is named too
      r"algo.buffer_size=4: must hold at least one step of every env \(env.num_envs=8\)"),
     (["algo=expo", "algo.edit_activation=sigmoidz", "env=pendulum", "steps=200"],
