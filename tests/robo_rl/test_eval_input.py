@@ -72,6 +72,12 @@ def test_video_episodes_without_video_is_refused(tmp_path, capsys):
     assert code == 2 and "video_episodes=5 has no effect without a video: add video=true" in _one_line_error(err)
 
 
+def test_an_absurd_episode_count_is_refused_before_the_run_is_read(tmp_path, capsys):
+    # episodes=1e12 ran until killed; run_dir=nowhere does not exist: the count is checked first
+    code, out, err = _eval(capsys, f"run_dir={tmp_path / 'nowhere'}", "episodes=1e12")
+    assert code == 2 and "episodes=1000000000000: must be between 1 and 100,000" in _one_line_error(err) and out == ""
+
+
 def test_a_checkpoint_of_another_algorithm_is_one_line(tmp_path, capsys, runs):
     other = latest_checkpoint(runs / "td3" / "checkpoints")
     cfg = load_run_config(runs / "sac")
