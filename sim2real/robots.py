@@ -30,6 +30,8 @@ PHYSICS_KEYS = {
 # The factors that still describe the same robot (envs.randomization's MAX_SCALE and MIN_MASS_SCALE):
 # damping x 1e30 diverges at every step, mass x 1e-300 is below MuJoCo's smallest mass.
 MAX_SCALE, MIN_MASS_SCALE = 1e3, 1e-3
+# physics steps per command a sim2sim.timestep may make: 1e-12 made 4e10 per Hopper command, a run that never ended
+MAX_FRAME_SKIP = 1_000_000
 
 
 class SimulatedClock:
@@ -59,6 +61,8 @@ PHYSICS_EXAMPLE = "{mass_scale:[0.8,1.2],friction_scale:[0.7,1.3]}"
 
 def _is_whole(value: Any) -> bool:
     """An int, or a float with no fractional part (not a bool, NaN or inf)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return True  # (np.isfinite refuses an int beyond int64, a seed of 1e30, with a TypeError)
     return _is_real(value) and bool(np.isfinite(value)) and float(value).is_integer()
 
 
@@ -285,6 +289,9 @@ class MujocoSim2SimRobot(Robot):
                 f"{self.task}'s physics timestep {timestep} s"  # the user never set one: do not name the option
             raise ValueError(f"{given}: the control period {control_dt} s is not a whole number of physics steps "
                              f"({ratio:.4f}); give a sim2sim.timestep that divides it (or another rate_hz)")
+        if self.timestep is not None and frame_skip > MAX_FRAME_SKIP:
+            raise ValueError(f"sim2sim.timestep={timestep}: {frame_skip:,} physics steps per command of {control_dt} s, "
+                             f"more than {MAX_FRAME_SKIP:,}; give a sim2sim.timestep >= {control_dt / MAX_FRAME_SKIP:g} s")
         base.model.opt.timestep = timestep
         base.frame_skip = int(frame_skip)
 

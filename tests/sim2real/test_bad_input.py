@@ -238,6 +238,18 @@ def test_sim2sim_robot_refuses_bad_values_from_python():
     assert robot.seed == 3 and robot.max_episode_steps == 20
 
 
+def test_sim2sim_takes_any_whole_seed_and_refuses_a_timestep_no_command_finishes():
+    robot = MujocoSim2SimRobot("InvertedPendulum-v5", seed=10**30)  # was np.isfinite's TypeError (deploy: a traceback)
+    robot.connect()
+    robot.disconnect()
+    # 1e-12 s made 4e10 physics steps per 0.04 s command: the first step never finished
+    robot = MujocoSim2SimRobot("InvertedPendulum-v5", timestep=1e-12)
+    with pytest.raises(ValueError, match=r"^sim2sim.timestep=1e-12: 40,000,000,000 physics steps per command of 0.04 s, "
+                                         r"more than 1,000,000; give a sim2sim.timestep >= 4e-08 s"):
+        robot.connect()
+    robot.disconnect()
+
+
 def test_deploy_refuses_an_empty_task_instead_of_dropping_the_task_kwargs(pendulum_export):
     with pytest.raises(ValueError, match=r"^task='': give a gymnasium id, or null for the export's own task"):
         deploy(str(pendulum_export), task="", steps=5, log=lambda _: None)
