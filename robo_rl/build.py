@@ -117,7 +117,13 @@ def check_head_and_learner(cfg: DictConfig) -> None:
     a head/learner pair that cannot work or a head or learner option out of range fails here, as a
     ConfigError. A ``-m`` sweep runs this for every job before the first one starts."""
     import numpy as np
+    import torch
 
+    from robo_rl.memory import buffers_needed, check_fits
+
+    # GoRL's refit data is allocated with the learner: a dataset_size no machine holds would end in the allocator's
+    # traceback here (the real task's dimensions, checked by train(), are at least these)
+    check_fits(buffers_needed(cfg, 3, 2), torch.device(cfg.device))
     try:
         head = build_head(cfg.policy.name, 3, -np.ones(2), np.ones(2), **_head_options(cfg))
         options = _learner_options(cfg)

@@ -74,6 +74,16 @@ def test_candidate_counts_no_machine_holds_are_refused_before_the_run_exists(tmp
     assert not (tmp_path / "run").exists()
 
 
+def test_a_sweep_check_refuses_refit_data_no_machine_holds_before_building_the_learner():
+    # -m algo.dataset_size=1000,1e12: the check of every job built GoRL with 1e12 rows, the allocator's traceback (exit 1)
+    from robo_rl.build import check_head_and_learner
+    from robo_rl.defaults import resolve_defaults
+
+    cfg = resolve_defaults(compose("algo=gorl", "env=pendulum", "algo.dataset_size=1000000000000"))
+    with pytest.raises(ConfigError, match=r"^the run's buffers need .*refit data \(algo.dataset_size=1,000,000,000,000\)"):
+        check_head_and_learner(cfg)
+
+
 def test_a_failed_allocation_is_one_line_naming_what_to_lower(tmp_path, capsys, monkeypatch):
     # past the check (as if the machine said it had room), torch's allocator really refuses the buffer
     monkeypatch.setattr("robo_rl.train.check_fits", lambda needs, device: None)
