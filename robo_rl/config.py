@@ -11,6 +11,7 @@ what a command line would (this module imports no torch, so the CLI checks a con
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import json
 import math
 import re
@@ -476,8 +477,10 @@ def integral_literals(overrides: typing.Iterable[str], keys: frozenset[str]) -> 
 
     def whole(item: re.Match) -> str:
         text = item[1]
-        number = float(text) if _SCIENTIFIC.fullmatch(text) else math.nan  # 1e400: inf, left for the type check
-        return str(int(number)) if math.isfinite(number) and number == int(number) else item[0]
+        if not _SCIENTIFIC.fullmatch(text) or not math.isfinite(float(text)):  # 1e400: inf, left for the type check
+            return item[0]
+        exact = decimal.Decimal(text)  # 1e30 is 10**30; int(float) made it 1000000000000000019884624838656
+        return str(int(exact)) if exact == exact.to_integral_value() else item[0]
 
     out = []
     for o in overrides:

@@ -155,6 +155,8 @@ def test_whole_numbers_in_scientific_notation_fill_integer_lists_as_integer_keys
     assert integral_literals(["policy.hidden_sizes=[1e3,64],[2e2]", "policy.hidden_sizes=[1.5e0]",
                               "steps=range(1,1e3)"], integer_keys()) == [
         "policy.hidden_sizes=[1000,64],[200]", "policy.hidden_sizes=[1.5e0]", "steps=range(1,1e3)"]
+    # exactly the number written: int(float("1e30")) is 1000000000000000019884624838656
+    assert integral_literals(["seed=1e30", "steps=2.5e5"], integer_keys()) == [f"seed={10**30}", "steps=250000"]
 
 
 def test_an_integer_beyond_float_range_is_a_type_error_not_a_traceback():
