@@ -57,6 +57,8 @@ MAX_STEPS = 10**15
 FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
 #: seeds go to numpy's legacy global generator, which takes 0 <= seed < 2**32
 MAX_SEED = 2**32 - 1
+#: robo-rl eval's seed= goes to torch.manual_seed, which takes at most 2**64 - 1 (its env copies take seed + i)
+MAX_EVAL_SEED = 2**64 - 1
 #: gradient updates per env step: far above any published setting (REDQ: 20), below a hang
 MAX_UTD = 1000
 #: ``precision=`` values, and the learners bf16 is built for (their numerics: see Learner.autocast_update)

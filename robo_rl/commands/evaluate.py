@@ -49,11 +49,13 @@ def eval_main(args: Sequence[str]) -> int:
     for key in ("episodes", "num_envs", "video_episodes"):
         if opts[key] < 1:
             return error(f"{key}={opts[key]}: must be >= 1 (see robo-rl eval --help)", EXIT_USAGE)
-    from robo_rl.validation import COUNT_RANGES
+    from robo_rl.validation import COUNT_RANGES, MAX_EVAL_SEED
 
     least, most, what = COUNT_RANGES["eval.episodes"]  # as train's eval.episodes: 1e12 ran until killed
     if opts.episodes > most:
         return error(f"episodes={opts.episodes}: must be between {least} and {most:,} ({what})", EXIT_USAGE)
+    if not 0 <= opts.seed <= MAX_EVAL_SEED:  # after loading the run: torch's "Overflow when unpacking long long"
+        return error(f"seed={opts.seed}: must be between 0 and 2**64 - 1 (see robo-rl eval --help)", EXIT_USAGE)
     if not opts.video and any(override_key(a) == "video_episodes" for a in args):
         return error(f"video_episodes={opts.video_episodes} has no effect without a video: add video=true to film "
                      "the episodes, or drop video_episodes", EXIT_USAGE)

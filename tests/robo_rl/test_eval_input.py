@@ -78,6 +78,15 @@ def test_an_absurd_episode_count_is_refused_before_the_run_is_read(tmp_path, cap
     assert code == 2 and "episodes=1000000000000: must be between 1 and 100,000" in _one_line_error(err) and out == ""
 
 
+@pytest.mark.parametrize("seed, words", [
+    ("1e30", "seed=1000000000000000000000000000000: must be between 0 and 2**64 - 1"),  # was torch's "Overflow when ..."
+    ("-1", "seed=-1: must be between 0 and 2**64 - 1"),  # was the env's reset(seed=-1), after loading the run
+])
+def test_a_seed_out_of_range_is_refused_before_the_run_is_read(tmp_path, capsys, seed, words):
+    code, out, err = _eval(capsys, f"run_dir={tmp_path / 'nowhere'}", f"seed={seed}")
+    assert code == 2 and words in _one_line_error(err) and out == ""
+
+
 def test_a_checkpoint_of_another_algorithm_is_one_line(tmp_path, capsys, runs):
     other = latest_checkpoint(runs / "td3" / "checkpoints")
     cfg = load_run_config(runs / "sac")
