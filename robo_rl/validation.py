@@ -79,6 +79,8 @@ COUNT_RANGES = {
     "policy.components": (1, 1000, "Gaussians in the mixture"),
     "policy.chunk": (1, 1000, "actions predicted per query; Diffusion Policy's: 16"),
     "eval.episodes": (1, 100_000, "episodes per evaluation"),
+    "demos.pretrain_steps": (0, 10_000_000, "gradient steps on the head before the first env step; 0: none"),
+    "demos.critic_steps": (0, 10_000_000, "critic updates on the demonstrations before the first env step; 0: none"),
 }
 
 
@@ -219,9 +221,7 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
     need(cfg.log.every >= 1, "log.every", "must be >= 1")
     need(cfg.log.progress_seconds > 0, "log.progress_seconds", "must be > 0 (seconds between progress lines)")
-    need(cfg.demos.pretrain_steps >= 0, "demos.pretrain_steps", "must be >= 0")
     need(cfg.demos.batch_size >= 1, "demos.batch_size", "must be >= 1")
-    need(cfg.demos.critic_steps >= 0, "demos.critic_steps", "must be >= 0 (0: no critic updates before the first step)")
     need(cfg.demos.lr > 0, "demos.lr", "must be > 0")
     if cfg.demos.path is not None and not cfg.resume:
         from robo_rl.demos import path_problem

@@ -101,6 +101,9 @@ def test_unknown_or_mistyped_keys_fail_at_composition(override, words):
     (["algo=sac", "policy=mixture", "policy.components=1e12", "env=pendulum", "steps=200"],
      r"policy.components=1000000000000: must be between 1 and"),
     (["algo=expo", "policy=flow", "policy.chunk=1e12", "env=pendulum", "steps=200"], r"policy.chunk=1000000000000: must be between 1 and"),
+    # with demos.path: 1e12 gradient steps before the first env step, with no progress line
+    (["algo=sac", "demos.pretrain_steps=1e12", "env=pendulum", "steps=200"], r"demos.pretrain_steps=1000000000000: must be between 0 and 10,000,000"),
+    (["algo=sac", "demos.critic_steps=1e12", "env=pendulum", "steps=200"], r"demos.critic_steps=1000000000000: must be between 0 and 10,000,000"),
     (["algo=ppo", "algo.epochs=0"], r"algo.epochs=0: must be between 1 and"),  # the lower end as before
     (["algo=sac", "algo.num_critics=0"], r"algo.num_critics=0: must be between 1 and"),
     (["algo=sac", "env.num_envs=8", "algo.buffer_size=4", "env=pendulum"],  # the other key of the two is named too
