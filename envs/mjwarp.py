@@ -137,7 +137,8 @@ class MjwarpBatchedEnv(BatchedEnv):
         self._forward_computes_cfrc = bool(getattr(self.m.opt, "run_rne_postconstraint", False)) or (
             sensors_on and bool(getattr(self.m, "sensor_rne_postconstraint", False)))
         body_mass = t(self.m.body_mass).expand(num_envs, -1)  # live: [1, nbody] shared, or per world when randomized
-        self.sim = Sim(self.model, self.qpos, self.qvel, self.ctrl, self._derived, self._cfrc_ext, body_mass)
+        dof_damping = t(self.m.dof_damping).expand(num_envs, -1)  # likewise
+        self.sim = Sim(self.model, self.qpos, self.qvel, self.ctrl, self._derived, self._cfrc_ext, body_mass, dof_damping)
         self._model_views = {f: t(getattr(self.m, f)) for f in batched if f not in _MASS_CONSTANTS}
         self._nominal = {f: v[0].clone() for f, v in self._model_views.items()}
         if "gravity_scale" in spec.physics:

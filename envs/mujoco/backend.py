@@ -139,7 +139,8 @@ class MujocoBatchedEnv(BatchedEnv):
         self._scratch = mujoco.MjData(self.model) if self.task.needs_post_constraint else None
         # the masses every simulation shares until randomization gives each its own (_write_physics)
         body_mass = np.broadcast_to(self.model.body_mass, (num_envs, self.model.nbody))
-        self.sim = Sim(self.model, self.qpos, self.qvel, self.ctrl, self._derived, self._cfrc_ext, body_mass)
+        dof_damping = np.broadcast_to(self.model.dof_damping, (num_envs, self.model.nv))
+        self.sim = Sim(self.model, self.qpos, self.qvel, self.ctrl, self._derived, self._cfrc_ext, body_mass, dof_damping)
         self.init_qpos = self.model.qpos0.copy()  # what gymnasium reads from a fresh MjData
         self.init_qvel = np.zeros(self.model.nv)
         self._rngs = [np_random(None)[0] for _ in range(num_envs)]
@@ -301,6 +302,8 @@ class MujocoBatchedEnv(BatchedEnv):
                     self.batch.expand("opt.gravity")[ids] = self._nominal["opt.gravity"] * scale
         if "body_mass" in self._nominal:
             self.sim.body_mass = self.batch.expand("body_mass")  # live per-simulation masses, read by Humanoid's reward
+        if "dof_damping" in self._nominal:
+            self.sim.dof_damping = self.batch.expand("dof_damping")  # read by ContactMaze's dissipated energy
         self.batch.set_const(ids)
 
     # -- rendering ------------------------------------------------------------------------------------

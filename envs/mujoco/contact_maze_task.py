@@ -30,8 +30,6 @@ class ContactMaze(Task):
     def setup(self, model: Any) -> None:
         super().setup(model)
         maze.check_model(model, str(self.p["xml_file"]))
-        # nominal damping and inertia, as the gymnasium env reads them at construction
-        self.damping, self.mass = model.dof_damping.copy(), model.dof_M0.copy()
 
     def observe(self, sim: Sim) -> Any:
         return maze.observation(sim.qpos, sim.qvel, sim.field("sensordata"))
@@ -40,8 +38,9 @@ class ContactMaze(Task):
         return copy(sim.qpos)
 
     def after_step(self, sim: Sim, qpos_before: Any, action: Any) -> tuple[Any, Any, dict[str, Any]]:
-        return maze.step_terms(self.p, self.damping, self.mass, self.dt, qpos_before, sim.qpos, sim.qvel,
-                               sim.field("qfrc_actuator"), sim.field("sensordata"), action)
+        # each simulation's own damping and masses, as domain randomization left them (the gymnasium env reads its model's)
+        return maze.step_terms(self.p, sim.dof_damping, maze.joint_mass(sim.body_mass, self.model), self.dt, qpos_before,
+                               sim.qpos, sim.qvel, sim.field("qfrc_actuator"), sim.field("sensordata"), action)
 
     def reset_state(self, rng: np.random.Generator, init_qpos: np.ndarray, init_qvel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return maze.reset_state(rng, init_qpos, init_qvel, self.p["reset_noise_scale"])

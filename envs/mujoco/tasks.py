@@ -135,13 +135,14 @@ class Sim:
     """What a task reads: live (N, ...) arrays of the simulator (numpy or torch), plus the model."""
 
     def __init__(self, model: Any, qpos: Any, qvel: Any, ctrl: Any, derived: dict[str, Any], cfrc_ext: Any | None,
-                 body_mass: Any) -> None:
+                 body_mass: Any, dof_damping: Any) -> None:
         self.model = model
         self.qpos, self.qvel, self.ctrl = qpos, qvel, ctrl
         self.derived = derived  # derived fields as of the last step (one substep behind, as after mj_step)
         self.cfrc_ext = cfrc_ext  # filled by the backend after each step (post-constraint), zero after reset
         # [N, nbody] each simulation's current body masses: the backend keeps it live as randomization rewrites them
         self.body_mass = body_mass
+        self.dof_damping = dof_damping  # [N, nv] each simulation's current joint damping, kept live the same way
 
     def field(self, name: str) -> np.ndarray:
         return self.derived[name]

@@ -69,14 +69,16 @@ Energy terms (info, per control step; q = (x, y), tau = qfrc_actuator = force on
   sum_k tau . qvel_k * timestep. Positive when the controller pushes energy in, negative when it
   brakes.
 * ``power`` = tau . qvel [W] at the end of the step (what a robot's controller sees).
-* ``dissipated_energy`` = sum_j damping_j * (q_after_j - q_before_j)^2 / dt [J], with the model's
-  nominal damping (as built, before any domain randomization): what the energy-tank filter credits
-  for the viscous loss, a lower bound of it (the loss is damping * the sum of qvel_k^2 * timestep over
-  the substeps, at least damping * dq^2 / dt by Cauchy-Schwarz, equal at constant velocity; the
-  end-of-step damping * qvel^2 * dt over-states it whenever the finger accelerates within the step).
+* ``dissipated_energy`` = sum_j damping_j * (q_after_j - q_before_j)^2 / dt [J], with the damping the
+  step ran with (the model's current ``dof_damping``: domain randomization's, ``set_physics_params``'s or
+  sim2sim's; ``energy_filter_spec`` gives the filter the nominal 4 N s/m): a lower bound of the viscous
+  loss (the loss is damping * the sum of qvel_k^2 * timestep over the substeps, at least
+  damping * dq^2 / dt by Cauchy-Schwarz, equal at constant velocity; the end-of-step
+  damping * qvel^2 * dt over-states it whenever the finger accelerates within the step).
   Dry friction and wall friction dissipate more than this.
 * ``cost`` = max(injected_energy, 0): the energy-injection cost of passivity-aware training.
-* ``kinetic_energy`` = 1/2 * sum_j mass_j * qvel_j^2 [J] at the end of the step (nominal mass).
+* ``kinetic_energy`` = 1/2 * sum_j mass_j * qvel_j^2 [J] at the end of the step, mass_j the current mass
+  joint j moves (its body's subtree, plus armature: the model's ``dof_M0`` for a slide joint).
 * ``contact_force`` = norm of the finger's net contact force [N]; ``is_success`` (bool).
 
 ``energy_filter_spec`` gives the ``energy_tank`` filter settings (velocity indices in the
@@ -262,13 +264,25 @@ def observation(qpos: Any, qvel: Any, sensordata: Any) -> Any:
     return _cat([qpos[:, 0:2], qvel[:, 0:2], goal_rel, target - qpos[:, 0:2], wall_force(sensordata)[:, 0:2]])
 
 
-def step_terms(p: dict[str, Any], damping: np.ndarray, mass: np.ndarray, dt: float, qpos_before: Any, qpos: Any,
+def joint_mass(body_mass: Any, model: Any) -> Any:
+    """The mass [N, nv] each joint moves, from each simulation's current body masses [N, nbody]: the mass of the
+    joint's body and all bodies below it, plus the joint's armature (what ``mj_setConst`` puts in ``dof_M0`` for a
+    slide joint). Domain randomization rewrites the masses, so this is computed from them at every step."""
+    subtree = body_mass.copy() if _is_np(body_mass) else body_mass.clone()
+    for b in range(model.nbody - 1, 0, -1):  # children come after their parents
+        subtree[:, model.body_parentid[b]] += subtree[:, b]
+    armature = model.dof_armature if _is_np(subtree) else __import__("torch").as_tensor(
+        model.dof_armature, dtype=subtree.dtype, device=subtree.device)
+    return subtree[:, model.dof_bodyid] + armature
+
+
+def step_terms(p: dict[str, Any], damping: Any, mass: Any, dt: float, qpos_before: Any, qpos: Any,
                qvel: Any, qfrc_actuator: Any, sensordata: Any, action: Any) -> tuple[Any, Any, dict[str, Any]]:
     """reward [N], terminated [N] and info terms [N] of one control step (see the module docstring).
 
     ``p`` holds the env's keyword arguments (reward weights, goal radius, terminate_on_success),
-    ``damping`` and ``mass`` the nominal joint damping and inertia [2] (the model's ``dof_damping``
-    and ``dof_M0`` as built), ``action`` the commanded action [N, 2].
+    ``damping`` and ``mass`` each env's current joint damping and moved mass [N, 2] (the model's ``dof_damping`` and
+    ``joint_mass``, as randomization left them for this episode), ``action`` the commanded action [N, 2].
     """
     progress = path_distance(qpos_before) - path_distance(qpos)
     distance = goal_distance(qpos)
@@ -277,8 +291,8 @@ def step_terms(p: dict[str, Any], damping: np.ndarray, mass: np.ndarray, dt: flo
     injected = qfrc_actuator[:, 0] * dq0 + qfrc_actuator[:, 1] * dq1
     power = qfrc_actuator[:, 0] * qvel[:, 0] + qfrc_actuator[:, 1] * qvel[:, 1]
     v0, v1 = qvel[:, 0], qvel[:, 1]
-    dissipated = (damping[0] * dq0 * dq0 + damping[1] * dq1 * dq1) / dt  # a lower bound of the viscous loss
-    kinetic = 0.5 * (mass[0] * v0 * v0 + mass[1] * v1 * v1)
+    dissipated = (damping[:, 0] * dq0 * dq0 + damping[:, 1] * dq1 * dq1) / dt  # a lower bound of the viscous loss
+    kinetic = 0.5 * (mass[:, 0] * v0 * v0 + mass[:, 1] * v1 * v1)
     cost = _where(injected > 0, injected, 0.0)
     force = wall_force(sensordata)
     contact = _sqrt(force[:, 0] * force[:, 0] + force[:, 1] * force[:, 1] + force[:, 2] * force[:, 2])
@@ -312,7 +326,7 @@ class ContactMazeEnv(MujocoEnv, utils.EzPickle):
 
     Args:
         xml_file: the MJCF model; another file must keep the finger's two slide joints, two motors
-            and the contact sensor (the energy terms read the model's own damping).
+            and the contact sensor (the energy terms read the model's own damping and masses).
         frame_skip: physics substeps per control step.
         progress_reward_weight: reward per metre of progress along the maze.
         success_reward: one-off reward on reaching the goal.
@@ -353,8 +367,6 @@ class ContactMazeEnv(MujocoEnv, utils.EzPickle):
         MujocoEnv.__init__(self, xml_file, frame_skip, observation_space=observation_space,
                            default_camera_config=default_camera_config, **kwargs)
         check_model(self.model, xml_file)
-        # nominal damping and inertia: domain randomization may change the model later
-        self.damping, self.mass = self.model.dof_damping.copy(), self.model.dof_M0.copy()
         self.metadata = {**type(self).metadata, "render_fps": int(np.round(1.0 / self.dt))}
 
     def _get_obs(self) -> np.ndarray:
@@ -366,9 +378,11 @@ class ContactMazeEnv(MujocoEnv, utils.EzPickle):
         qpos_before = self.data.qpos.copy()
         self.do_simulation(action, self.frame_skip)
         d = self.data
-        reward, terminated, info = step_terms(self.p, self.damping, self.mass, self.dt, qpos_before[None], d.qpos[None],
-                                              d.qvel[None], d.qfrc_actuator[None], d.sensordata[None],
-                                              np.asarray(action)[None])
+        # the model's current damping and masses: domain randomization and sim2sim rewrite them between episodes
+        m = self.model
+        reward, terminated, info = step_terms(self.p, m.dof_damping[None], joint_mass(m.body_mass[None], m), self.dt,
+                                              qpos_before[None], d.qpos[None], d.qvel[None], d.qfrc_actuator[None],
+                                              d.sensordata[None], np.asarray(action)[None])
         obs = self._get_obs()
         if self.render_mode == "human":
             self.render()

@@ -98,6 +98,39 @@ def test_batched_env_is_bit_identical_to_gymnasium():
     assert successes >= 2 and truncations >= 1  # the comparison crossed both kinds of episode end
 
 
+def test_batched_energy_terms_read_each_simulation_s_damping_and_masses():
+    """Randomized physics reaches the energy terms on the batched backend as on the gymnasium env: each simulation's
+    own damping and masses (they were the nominal ones on both, whatever randomization had drawn)."""
+    from envs.randomization import apply_to_model, nominal_values
+
+    n = 3
+    ours = MujocoBatchedEnv(TASK, n)
+    ours.set_physics_params({"joint_damping_scale": [[0.25, 0.25], [1.0, 1.0], [3.0, 0.5]],
+                             "body_mass_scale": [[1.0, 0.5], [1.0, 1.0], [1.0, 2.5]]})  # bodies: world, finger
+    ref = SyncVectorEnv([lambda: gym.make(TASK)] * n, autoreset_mode=AutoresetMode.SAME_STEP)
+    params = {k: v.numpy() for k, v in ours.physics_params().items()}
+    for i, env in enumerate(ref.envs):  # the same factors, written as the gymnasium backend writes them
+        apply_to_model(env.unwrapped.model, nominal_values(env.unwrapped.model), params, i)
+    damping = np.stack([env.unwrapped.model.dof_damping for env in ref.envs])
+    mass = np.stack([env.unwrapped.model.dof_M0 for env in ref.envs])
+    assert np.array_equal(damping, ours.batch.expanded("dof_damping")) and np.array_equal(damping[1], [4.0, 4.0])
+    assert np.allclose(mass, ours.batch.expanded("dof_M0")) and np.allclose(mass[:, 0], [0.1, 0.2, 0.5])
+    obs = ours.reset_numpy(seed=3)
+    assert np.array_equal(ref.reset(seed=3)[0], obs)
+    rng = np.random.default_rng(2)
+    for t in range(30):
+        action = np.clip(push_to_subgoal(obs) + rng.normal(0, 0.3, (n, 2)), -1, 1).astype(np.float32)
+        r_obs, r_rew, _, _, r_info = ref.step(action)
+        before = obs[:, maze.OBS_EE_POS]
+        obs, rew, _, _, info = ours.step_numpy(action)
+        assert np.array_equal(r_obs, obs) and np.array_equal(r_rew, rew), f"step {t}"
+        for key in ("dissipated_energy", "kinetic_energy"):
+            assert np.array_equal(r_info[key], info[key]), f"info {key} at step {t}"
+        dq, v = obs[:, maze.OBS_EE_POS] - before, obs[:, maze.OBS_EE_VEL]
+        np.testing.assert_allclose(info["dissipated_energy"], (damping * dq ** 2).sum(1) / maze.CONTROL_DT, rtol=1e-12)
+        np.testing.assert_allclose(info["kinetic_energy"], 0.5 * (mass * v ** 2).sum(1), rtol=1e-12)
+
+
 def test_make_env_auto_picks_the_batched_backend():
     env = make_env(TASK, 16, backend="auto")
     assert isinstance(env, MujocoBatchedEnv) and env.obs_dim == maze.OBS_DIM
@@ -137,9 +170,19 @@ def test_pd_through_the_maze_and_high_gain_injects_more_energy():
     assert high["steps"].mean() < low["steps"].mean()  # ... and gets there faster for it
 
 
-def test_energy_terms_are_exact_per_substep():
-    """injected_energy = sum over substeps of qfrc_actuator . qvel * timestep, replayed substep by substep."""
+@pytest.mark.parametrize("physics", [None, {"joint_damping_scale": [[0.25, 3.0]], "body_mass_scale": [[1.0, 2.0]]}])
+def test_energy_terms_are_exact_per_substep(physics):
+    """injected_energy = sum over substeps of qfrc_actuator . qvel * timestep, replayed substep by substep; the
+    damping and mass terms are those of the model the step ran on (randomized: they were the nominal ones, so at a
+    quarter of the damping dissipated_energy was 4x a loss it claims to bound from below)."""
+    from envs.randomization import apply_to_model, nominal_values, param_sizes
+
     env = gym.make(TASK).unwrapped
+    if physics is not None:  # as the gymnasium backend and the sim2sim robot write factors into the env's model
+        params = {k: np.asarray(physics.get(k, [[1.0] * n]), float) for k, n in param_sizes(env.model).items()}
+        apply_to_model(env.model, nominal_values(env.model), params, 0)
+    damping, mass = env.model.dof_damping.copy(), env.model.dof_M0.copy()
+    assert physics is None or (np.array_equal(damping, [1.0, 12.0]) and np.allclose(mass, [2 * maze.MASS] * 2))
     env.reset(seed=0)
     rng = np.random.default_rng(1)
     replay = mujoco.MjData(env.model)
@@ -152,15 +195,15 @@ def test_energy_terms_are_exact_per_substep():
         for _ in range(env.frame_skip):
             mujoco.mj_step(env.model, replay)
             work += float(replay.qfrc_actuator @ replay.qvel) * env.model.opt.timestep
-            viscous += maze.DAMPING * float(replay.qvel @ replay.qvel) * env.model.opt.timestep
+            viscous += float(damping @ replay.qvel ** 2) * env.model.opt.timestep
         assert info["injected_energy"] == pytest.approx(work, rel=1e-9, abs=1e-12)
         assert info["cost"] == max(info["injected_energy"], 0.0)
         dq = env.data.qpos - before
-        assert info["dissipated_energy"] == pytest.approx(maze.DAMPING * float(dq @ dq) / maze.CONTROL_DT, rel=1e-12)
+        assert info["dissipated_energy"] == pytest.approx(float(damping @ dq ** 2) / maze.CONTROL_DT, rel=1e-12)
         assert info["dissipated_energy"] <= viscous * (1 + 1e-12)  # a lower bound of the viscous loss, never above
         v = env.data.qvel
         assert info["power"] == pytest.approx(float(env.data.qfrc_actuator @ v), rel=1e-12)
-        assert info["kinetic_energy"] == pytest.approx(0.5 * maze.MASS * float(v @ v), rel=1e-12)
+        assert info["kinetic_energy"] == pytest.approx(0.5 * float(mass @ v ** 2), rel=1e-12)
 
 
 def test_contact_force_is_what_the_wall_pushes_back_with():
@@ -210,8 +253,10 @@ def test_task_arithmetic_is_the_same_on_torch_tensors():
     arrays = [before, before + rng.normal(0, 0.02, (64, 2)), rng.normal(0, 0.3, (64, 2)), rng.normal(0, 2, (64, 2)),
               rng.normal(0, 1, (64, 3)), rng.uniform(-1, 1, (64, 2)).astype(np.float32)]
     env = gym.make(TASK).unwrapped
-    reward, terminated, info = maze.step_terms(env.p, env.damping, env.mass, env.dt, *arrays)
-    t_reward, t_terminated, t_info = maze.step_terms(env.p, env.damping, env.mass, env.dt, *map(torch.from_numpy, arrays))
+    damping, mass = rng.uniform(1, 8, (64, 2)), rng.uniform(0.1, 0.4, (64, 2))  # each env's own
+    reward, terminated, info = maze.step_terms(env.p, damping, mass, env.dt, *arrays)
+    t_reward, t_terminated, t_info = maze.step_terms(env.p, torch.from_numpy(damping), torch.from_numpy(mass), env.dt,
+                                                     *map(torch.from_numpy, arrays))
     assert np.allclose(reward, t_reward.numpy(), rtol=1e-14, atol=1e-15)
     assert np.array_equal(terminated, t_terminated.numpy())
     for key in info:
