@@ -372,6 +372,8 @@ class MujocoBatchedEnv(BatchedEnv):
         self._episodes.load_state_dict(state)
         self.randomizer.load_state_dict(state["randomizer"])
         # also when only this env's simulations were changed (set_physics_params before a nominal snapshot is loaded):
-        # they would keep those factors while physics_params() reports the snapshot's
-        if self.randomize is not None or self.randomizer.fixed.any() or self._nominal:
+        # they would keep those factors while physics_params() reports the snapshot's; and when only the snapshot's
+        # were (a randomized env's, loaded into one without randomization: it ran on with the nominal model)
+        if (self.randomize is not None or self.randomizer.fixed.any() or self._nominal
+                or any(np.any(v != 1.0) for v in self.randomizer.params.values())):
             self._write_physics(np.arange(self.num_envs))

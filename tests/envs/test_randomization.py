@@ -359,3 +359,19 @@ def test_a_snapshot_taken_before_set_physics_params_restores_the_nominal_physics
     for t in range(12):  # and across the time limit's resets
         ra, rb = ref.step(torch.zeros(2, 3)), env.step(torch.zeros(2, 3))
         assert torch.equal(ra.obs, rb.obs) and torch.equal(ra.reward, rb.reward), f"step {t}"
+
+
+@pytest.mark.parametrize("backend", ["mujoco", "gymnasium"])
+def test_a_randomized_snapshot_continues_exactly_in_an_env_without_randomization(backend):
+    # the mujoco backend restored the factors into physics_params() but wrote them into no simulation: it went on
+    # with the nominal damping (and ContactMaze's dissipated_energy with it) while reporting the snapshot's 0.3
+    a = make_env("robo_rl/ContactMaze-v0", 2, backend=backend, randomize={"joint_damping_scale": [0.3, 0.3]})
+    b = make_env("robo_rl/ContactMaze-v0", 2, backend=backend)
+    a.reset(seed=0)
+    b.reset(seed=1)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(b.physics_params()["joint_damping_scale"], torch.full((2, 2), 0.3, dtype=torch.float64))
+    for t in range(5):  # within the episode (200 steps)
+        ra, rb = a.step(torch.ones(2, 2)), b.step(torch.ones(2, 2))
+        assert torch.equal(ra.obs, rb.obs), f"obs at step {t}"
+        assert torch.equal(ra.info["task"]["dissipated_energy"], rb.info["task"]["dissipated_energy"]), f"step {t}"
