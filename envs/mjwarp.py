@@ -341,6 +341,14 @@ class MjwarpBatchedEnv(BatchedEnv):
 
         if len(state["rngs"]) != self.num_envs:  # copy_ would broadcast a 1-world snapshot over every world
             raise ValueError(f"saved env state holds {len(state['rngs'])} envs, this env has {self.num_envs}")
+        # factors this env has no per-world arrays for would be reported by physics_params() and simulated by no world
+        saved = state["randomizer"]["params"]
+        missing = [k for k in saved if k not in self.randomizer.spec.physics and np.any(np.asarray(saved[k]) != 1.0)]
+        if missing:
+            raise ValueError(f"{self.task_id} on mjwarp: the saved env state has physics factors {', '.join(missing)} "
+                             f"that this env does not randomize ({', '.join(self.randomizer.spec.physics) or 'none'}), so "
+                             f"it has no per-world arrays to restore them into; build it with the saved env's randomize "
+                             f"(e.g. randomize={{'{missing[0]}': [1.0, 1.0]}})")
         self.randomizer.load_state_dict(state["randomizer"])
         if self.randomize is not None and self.randomizer.spec.physics:  # first: set_const rewrites the derived fields
             self._write_physics(np.arange(self.num_envs))

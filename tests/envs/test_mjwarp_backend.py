@@ -248,3 +248,15 @@ def test_a_resumed_sac_run_is_bit_identical_to_an_unbroken_one(tmp_path):
         assert np.array_equal(full_replay[key], cut_replay[key]), key
     for name, weights in full["learner"]["modules"].items():
         assert torch.equal(weights, cut["learner"]["modules"][name]), name
+
+
+def test_a_snapshot_with_factors_this_env_has_no_arrays_for_is_refused(pair):
+    # loaded, physics_params() reported the snapshot's zero gravity while every world fell under the nominal one
+    floating = make_env("Hopper-v5", 3, backend="mjwarp", device="cpu", randomize={"gravity_scale": [0.0, 0.0]})
+    floating.reset(seed=0)
+    env = pair[0]
+    with pytest.raises(ValueError, match=r"Hopper-v5 on mjwarp: the saved env state has physics factors gravity_scale "
+                                         r"that this env does not randomize \(none\).*randomize=\{'gravity_scale': "):
+        env.load_state_dict(floating.state_dict())
+    assert env.physics_params()["gravity_scale"].eq(1.0).all()  # refused before anything was loaded
+    env.load_state_dict(make_env("Hopper-v5", 3, backend="mjwarp", device="cpu").state_dict())  # nominal: loads
