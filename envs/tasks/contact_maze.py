@@ -94,6 +94,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import mujoco
 import numpy as np
 from gymnasium import utils
 from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
@@ -413,6 +414,10 @@ def check_model(model: Any, source: str) -> None:
     problems = []
     if model.nq != 2 or model.nv != 2:
         problems.append(f"needs 2 slide joints (nq=nv=2), has nq={model.nq}, nv={model.nv}")
+    elif any(t != mujoco.mjtJoint.mjJNT_SLIDE for t in model.jnt_type):  # qpos is read as metres, joint_mass as kg
+        kinds = ", ".join(f"{model.joint(j).name or j}: {mujoco.mjtJoint(t).name[6:].lower()}"
+                          for j, t in enumerate(model.jnt_type))
+        problems.append(f"needs 2 slide joints (the finger's x and y), has {kinds}")
     if model.nu != 2:
         problems.append(f"needs 2 motors, has {model.nu}")
     if model.nsensordata < 3:

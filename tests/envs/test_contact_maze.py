@@ -292,3 +292,14 @@ def test_settings_that_break_the_maze_are_refused_by_both_implementations():
     ref.reset(seed=0)
     with pytest.raises(ValueError, match="robo_rl/ContactMaze-v0: non-finite action"):
         ref.step(np.array([np.nan, 0.0], np.float32))
+
+
+def test_a_model_whose_joints_are_not_slides_is_refused_by_both_implementations(tmp_path):
+    # the task reads qpos as the finger's x, y in metres and the moved mass of each joint as kg: a hinge made the
+    # positions angles and kinetic_energy 1/2 m omega^2, silently
+    xml = tmp_path / "hinged.xml"
+    xml.write_text(open(maze.XML_PATH).read().replace('<joint name="x" type="slide"', '<joint name="x" type="hinge"'))
+    for build in (lambda: gym.make(TASK, xml_file=str(xml)), lambda: MujocoBatchedEnv(TASK, 1, kwargs={"xml_file": str(xml)})):
+        with pytest.raises(ValueError, match=r"ContactMaze xml_file .*hinged.xml: needs 2 slide joints \(the finger's x and "
+                                             r"y\), has x: hinge, y: slide"):
+            build()
