@@ -162,6 +162,10 @@ def energy_filter_spec(initial_energy: float = 1.0, min_energy: float = 0.0, max
     policies inject about 4 J per successful episode and dip about 0.2 J below the tank's starting
     level, so the default 1 J tank (2 J cap) is generous; tanks of 0.25 J and less bind
     (benchmarks/passivity.py).
+
+    The damping, gear and friction are the built-in model's nominal values: on a plant with less damping or
+    more gain (domain randomization, ``sim2sim.physics``, a custom ``xml_file``) the filter over-credits the
+    viscous loss or under-counts the work, and its guarantee does not hold.
     """
     if not min_energy <= initial_energy <= max_energy:
         raise ValueError(f"energy_filter_spec: need min_energy <= initial_energy <= max_energy, got "
