@@ -174,6 +174,8 @@ def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
     # two jobs with one directory: the second was refused only after the first had trained
     (["-m", "algo.critic_lr=3e-4,1e-3,0.0003", "algo=sac"], ["sweep algo.critic_lr: 0.0003 given more than once"]),
     (["-m", "run_dir=a,b", "seed=1,2"], ["run_dir cannot be swept", "run_dir=<its directory>"]),
+    # quoted values (a space, an =) are a sweep too: the first quote and the last made them one value, "ambiguous"
+    (["-m", "env.kwargs.x='a b','c=d'", "algo=sac"], None),
     # a grammar error in a sweep is one line, naming the override (it was Hydra's report, or a traceback)
     (["-m", "resume=r/seed=0,r/seed=1"], ["resume=r/seed=0,r/seed=1: mismatched input '='", "key='value'"]),
     (["-m", "seed=shuffle(0,1)", "algo=sac"], None),  # Hydra's sweep functions are sweeps ("ambiguous value" before)

@@ -75,10 +75,15 @@ def is_sweep(value: str) -> bool:
     """Whether a command-line value is a Hydra sweep (a,b / range(...) / choice(...) / glob(...) / shuffle(...) / sort(...))."""
     if value.startswith(("range(", "choice(", "glob(", "interval(", "shuffle(", "sort(")):
         return True
-    if len(value) >= 2 and value[0] in "'\"" and value[-1] == value[0]:  # one quoted value: its commas are literal
-        return False
-    depth = 0
-    for ch in value:
+    depth, quote, escaped = 0, "", False
+    for ch in value:  # a comma inside quotes is literal ('a,b' is one value; 'a b','c d' two)
+        if quote:
+            quote = "" if ch == quote and not escaped else quote
+            escaped = ch == "\\" and not escaped
+            continue
+        if ch in "'\"":
+            quote = ch
+            continue
         depth += ch in "[{(" and 1 or 0
         depth -= ch in "]})" and 1 or 0
         if ch == "," and depth == 0:
