@@ -174,6 +174,10 @@ def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
     # two jobs with one directory: the second was refused only after the first had trained
     (["-m", "algo.critic_lr=3e-4,1e-3,0.0003", "algo=sac"], ["sweep algo.critic_lr: 0.0003 given more than once"]),
     (["-m", "run_dir=a,b", "seed=1,2"], ["run_dir cannot be swept", "run_dir=<its directory>"]),
+    # a / in a value is written - in a job directory's name: these two were one directory, the second job refused
+    (["-m", "env.id=robo_rl-TwoGoals-v0,robo_rl/TwoGoals-v0"], [
+        "sweep env.id: robo_rl-TwoGoals-v0 and robo_rl/TwoGoals-v0 would share the job directory "
+        "env.id=robo_rl-TwoGoals-v0 (a / or \\ in a value is written -)"]),
     # quoted values (a space, an =) are a sweep too: the first quote and the last made them one value, "ambiguous"
     (["-m", "env.kwargs.x='a b','c=d'", "algo=sac"], None),
     # a grammar error in a sweep is one line, naming the override (it was Hydra's report, or a traceback)
@@ -539,6 +543,35 @@ def test_overrides_before_m_make_the_same_sweep(tmp_path, monkeypatch, console):
     assert train.train_main(["algo=sac", "-m", "seed=0,1", *TINY[1:], "run_dir=sweep"]) == 0
     assert [(cfg.algo.name, cfg.seed, run_dir.relative_to(tmp_path).as_posix()) for cfg, run_dir in jobs] == [
         ("sac", 0, "sweep/seed=0"), ("sac", 1, "sweep/seed=1")]
+
+
+def test_a_swept_value_with_a_slash_names_one_flat_job_directory(tmp_path, monkeypatch, console):
+    # the job of env.id=robo_rl/TwoGoals-v0 went into sweep/env.id=robo_rl/TwoGoals-v0, two directories deep, and
+    # a module's id into sweep/env.id=tests.helpers\:robo_rl_test/NaNAfter-v0 (Hydra's escape of the : kept)
+    from robo_rl.commands import train
+
+    jobs = []
+    monkeypatch.setattr(train, "run_training", lambda cfg, run_dir, overrides: jobs.append((cfg, run_dir)) or 0)
+    monkeypatch.chdir(tmp_path)
+    ids = "Pendulum-v1,robo_rl/TwoGoals-v0,tests.helpers:robo_rl_test/NaNAfter-v0"
+    assert train.train_main(["-m", f"env.id={ids}", *TINY, "run_dir=sweep"]) == 0
+    assert [(cfg.env.id, run_dir.relative_to(tmp_path).as_posix()) for cfg, run_dir in jobs] == [
+        ("Pendulum-v1", "sweep/env.id=Pendulum-v1"), ("robo_rl/TwoGoals-v0", "sweep/env.id=robo_rl-TwoGoals-v0"),
+        ("tests.helpers:robo_rl_test/NaNAfter-v0", "sweep/env.id=tests.helpers:robo_rl_test-NaNAfter-v0")]
+
+
+def test_a_job_name_longer_than_a_file_name_keeps_its_start_and_a_hash():
+    # a 300-character value failed each job with "File name too long" (Errno 36) as it started
+    from robo_rl.commands import sweep
+
+    sweep.TRAIN_ARGS[:] = ["-m", f"env.kwargs.x={'a' * 300}1,{'a' * 300}2,'a{'é' * 200}'"]
+    try:
+        names = [sweep.job_dir_name([v], 0) for v in sweep.sweep_values(sweep.TRAIN_ARGS[1])]
+    finally:
+        sweep.TRAIN_ARGS[:] = []
+    assert [len(n.encode()) for n in names] == [255, 255, 254]  # the last: 2-byte characters, none cut in half
+    assert names[0][:-13] == names[1][:-13] == "env.kwargs.x=" + "a" * 229 and names[0] != names[1]
+    assert names[2].startswith("env.kwargs.x='aéé") and re.fullmatch(r".*-[0-9a-f]{12}", names[2])
 
 
 def test_resume_under_m_is_refused_before_any_job(tmp_path, monkeypatch, console):

@@ -71,6 +71,35 @@ def job_values(task_overrides: Sequence[str]) -> str:
     return " ".join(o for o in task_overrides if o.split("=", 1)[0] in swept)
 
 
+# The longest name of one directory on the usual filesystems (ext4, APFS, NTFS: 255 bytes or characters)
+NAME_MAX = 255
+
+
+def job_dir_part(override: str) -> str:
+    """One override as a piece of a job directory's name: without the backslashes Hydra's sweeper escapes a value's
+    ``:``, ``=``, spaces, brackets with (``my.pkg\\:Arm-v0``), and with each ``/`` (or ``\\``) written ``-``, which
+    would make the name a path of nested directories (``env.id=robo_rl/TwoGoals-v0``, ``demos.path=a/b.npz``)."""
+    import re
+
+    return re.sub(r"\\([\\()\[\]{}:=, \t])", r"\1", override).replace("/", "-").replace("\\", "-")
+
+
+def job_dir_name(task_overrides: Sequence[str], job_num: int) -> str:
+    """The directory of one job of this command's sweep, under the sweep's directory: its swept values
+    (``-m seed=0,1,2`` -> ``seed=1``), ``job<n>`` when it has none. A name longer than ``NAME_MAX`` bytes keeps its
+    start and ends with a hash of the whole."""
+    import hashlib
+
+    swept = swept_on_command_line()
+    parts = [o for o in task_overrides if override_key(o) in swept]
+    name = ",".join(job_dir_part(o) for o in parts) or f"job{job_num}"
+    if len(name.encode()) <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(",".join(parts).encode()).hexdigest()[:12]
+    head = name.encode()[:NAME_MAX - len(digest) - 1].decode(errors="ignore")  # not half of a UTF-8 character
+    return f"{head}-{digest}"
+
+
 def is_sweep(value: str) -> bool:
     """Whether a command-line value is a Hydra sweep (a,b / range(...) / choice(...) / glob(...) / shuffle(...) / sort(...))."""
     if value.startswith(("range(", "choice(", "glob(", "interval(", "shuffle(", "sort(")):
@@ -153,6 +182,13 @@ def sweep_problem(plain: list[str], sweeps: list[tuple[int, list[str]]]) -> str 
         repeated = sorted({v for v in seen if seen.count(v) > 1})
         if repeated:  # two jobs with one directory: the second was refused after the first had trained
             return f"sweep {key}: {', '.join(repeated)} given more than once (each job needs its own directory)"
+        named: dict[str, str] = {}
+        for value in values:  # a / is written - in a job directory's name: a/b.npz and a-b.npz would share one
+            other = named.setdefault(job_dir_part(value), value)
+            if other != value:
+                return (f"sweep {key}: {other.split('=', 1)[1]} and {value.split('=', 1)[1]} would share the job "
+                        f"directory {job_dir_part(value)} (a / or \\ in a value is written -): sweep them in two commands, "
+                        "each with its own run_dir=")
     positions = [i for i, _ in sweeps]
     total = math.prod(len(v) for _, v in sweeps)
     if total <= MAX_CHECKED_JOBS:

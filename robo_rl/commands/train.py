@@ -50,10 +50,8 @@ def register_resolvers() -> None:
             return env_config
 
     def sweep_subdir(task_overrides, job_num):  # type: ignore[no-untyped-def]
-        # name a multirun job by the keys that are swept (seed=0,1,2 -> "seed=1"), not by every override
-        swept = swept_on_command_line()
-        parts = [o for o in task_overrides if override_key(o) in swept]
-        return ",".join(parts) if parts else f"job{job_num}"
+        # name a multirun job by the keys that are swept (seed=0,1,2 -> "seed=1"), in one flat directory
+        return sweep.job_dir_name(list(task_overrides), job_num)
 
     OmegaConf.register_new_resolver("robo_rl_run_dir", run_dir, replace=True)
     OmegaConf.register_new_resolver("robo_rl_sweep_dir", sweep_dir, replace=True)
