@@ -507,13 +507,19 @@ def test_a_failed_sweep_job_is_named_by_its_own_values_whatever_order_hydra_runs
 
 
 def test_a_failed_job_of_a_one_job_sweep_is_named_by_its_directory(tmp_path, monkeypatch, console):
-    # no key takes two values: the job has no swept values, and the failed job's name was empty
+    # no key takes two values: the job has no swept values, and the failed job's name was empty; its directory is
+    # named by its overrides (a key given twice once, with its last value, as Hydra's sweeper passes it; a / written
+    # -; not threads= or log.*)
     from robo_rl.commands.train import train_main
 
     monkeypatch.chdir(tmp_path)
     nan_env = [*TINY, "env.id=tests.helpers:robo_rl_test/NaNAfter-v0", "steps=40", "eval.episodes=1", "eval.num_envs=1"]
     assert train_main(["-m", "env.kwargs.after=20", *nan_env, "run_dir=one"]) == 1
-    assert "sweep: 1 of 1 job(s) failed: job0\n" in console.readouterr().err
+    job = ("env.kwargs.after=20,algo=sac,env=pendulum,algo.learning_starts=100,algo.batch_size=32,"
+           "algo.critic_hidden=[16],policy.hidden_sizes=[16],eval.episodes=1,eval.num_envs=1,"
+           "env.id=tests.helpers:robo_rl_test-NaNAfter-v0")
+    assert f"sweep: 1 of 1 job(s) failed: {job}\n" in console.readouterr().err
+    assert [p.name for p in (tmp_path / "one").iterdir() if p.is_dir()] == [job]
 
 
 def test_a_sweep_run_again_prints_its_compare_line_when_no_job_trains(tmp_path, monkeypatch, console):
@@ -522,14 +528,16 @@ def test_a_sweep_run_again_prints_its_compare_line_when_no_job_trains(tmp_path, 
     from robo_rl.commands.train import train_main
 
     monkeypatch.chdir(tmp_path)
-    job = tmp_path / "one" / "job0"  # what a job that stopped on a NaN leaves (a config and a failed summary)
+    name = ("seed=0,algo=sac,env=pendulum,algo.learning_starts=100,algo.batch_size=32,algo.critic_hidden=[16],"
+            "policy.hidden_sizes=[16],eval.episodes=2,eval.num_envs=2")  # the job's overrides (a one-job sweep)
+    job = tmp_path / "one" / name  # what a job that stopped on a NaN leaves (a config and a failed summary)
     job.mkdir(parents=True)
     (job / "config.yaml").write_text("seed: 0\n")
     (job / "summary.json").write_text(json.dumps({"status": "failed: non-finite observation at step 20"}))
     assert train_main(["-m", "seed=0", *TINY, "steps=40", "run_dir=one"]) == 1
     err = console.readouterr().err
-    assert "job0 failed before (failed: non-finite observation at step 20)" in err
-    assert "sweep: 1 job(s) in one; side by side: robo-rl compare runs=one\nsweep: 1 of 1 job(s) failed: job0\n" in err
+    assert f"{name} failed before (failed: non-finite observation at step 20)" in err
+    assert f"sweep: 1 job(s) in one; side by side: robo-rl compare runs=one\nsweep: 1 of 1 job(s) failed: {name}\n" in err
 
 
 def test_overrides_before_m_make_the_same_sweep(tmp_path, monkeypatch, console):
@@ -558,6 +566,26 @@ def test_a_swept_value_with_a_slash_names_one_flat_job_directory(tmp_path, monke
     assert [(cfg.env.id, run_dir.relative_to(tmp_path).as_posix()) for cfg, run_dir in jobs] == [
         ("Pendulum-v1", "sweep/env.id=Pendulum-v1"), ("robo_rl/TwoGoals-v0", "sweep/env.id=robo_rl-TwoGoals-v0"),
         ("tests.helpers:robo_rl_test/NaNAfter-v0", "sweep/env.id=tests.helpers:robo_rl_test-NaNAfter-v0")]
+
+
+def test_a_one_job_sweep_is_named_by_its_overrides_not_its_number(tmp_path, monkeypatch, console):
+    # both were sweep/job0: the seed=1 sweep into that directory took the seed=0 run for its own and was refused
+    # ("seed cannot change on resume"); steps= (which a resume may change) leaves the name alone, to continue it
+    from robo_rl.commands import sweep, train
+
+    jobs = []
+    monkeypatch.setattr(train, "run_training", lambda cfg, run_dir, overrides: jobs.append((cfg, run_dir)) or 0)
+    monkeypatch.chdir(tmp_path)
+    assert train.train_main(["-m", "seed=0", "algo=sac", "env=pendulum", "seed=2", "seed=0", "steps=40",
+                             "run_dir=sweep"]) == 0
+    assert [(cfg.seed, run_dir.relative_to(tmp_path).as_posix()) for cfg, run_dir in jobs] == [
+        (0, "sweep/seed=0,algo=sac,env=pendulum")]
+    names = {}
+    for seed, steps in ((1, 40), (0, 80)):
+        sweep.TRAIN_ARGS[:] = ["-m", f"seed={seed}", "algo=sac", "env=pendulum", f"steps={steps}", "threads=1"]
+        names[seed, steps] = sweep.job_dir_name(sweep.TRAIN_ARGS[1:], 0)
+    sweep.TRAIN_ARGS[:] = []
+    assert names == {(1, 40): "seed=1,algo=sac,env=pendulum", (0, 80): "seed=0,algo=sac,env=pendulum"}
 
 
 def test_a_job_name_longer_than_a_file_name_keeps_its_start_and_a_hash():

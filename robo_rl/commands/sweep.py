@@ -86,12 +86,18 @@ def job_dir_part(override: str) -> str:
 
 def job_dir_name(task_overrides: Sequence[str], job_num: int) -> str:
     """The directory of one job of this command's sweep, under the sweep's directory: its swept values
-    (``-m seed=0,1,2`` -> ``seed=1``), ``job<n>`` when it has none. A name longer than ``NAME_MAX`` bytes keeps its
-    start and ends with a hash of the whole."""
+    (``-m seed=0,1,2`` -> ``seed=1``); a sweep of one job, whose keys take one value each (``-m seed=0``), by its
+    overrides but ``run_dir=`` and those a resume may change (so another such sweep into that directory gets
+    a directory of its own, and the same one with more ``steps=`` continues it); ``job<n>`` when that leaves none.
+    A name longer than ``NAME_MAX`` bytes keeps its start and ends with a hash of the whole."""
     import hashlib
+
+    from robo_rl.train import RESUME_OVERRIDABLE
 
     swept = swept_on_command_line()
     parts = [o for o in task_overrides if override_key(o) in swept]
+    if not parts and not any(len(v) > 1 for v in values_by_key().values()):
+        parts = [o for o in task_overrides if override_key(o) not in RESUME_OVERRIDABLE]
     name = ",".join(job_dir_part(o) for o in parts) or f"job{job_num}"
     if len(name.encode()) <= NAME_MAX:
         return name

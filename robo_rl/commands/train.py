@@ -127,7 +127,7 @@ def train_main(args: Sequence[str]) -> int:
         if hc.mode.name == "MULTIRUN":
             # named by its own swept values, not by its number: a shuffle() sweep runs in an order of Hydra's own
             started.append(job_values(hc.overrides.task))
-            label = started[-1] or Path(hc.runtime.output_dir).name  # the sweep's only job: its directory (job0)
+            label = started[-1] or Path(hc.runtime.output_dir).name  # the sweep's only job: its directory (its overrides)
         if code and hc.mode.name == "MULTIRUN" and code in (EXIT_SIGINT, EXIT_SIGTERM):
             jobs = swept_values_by_job()
             unstarted = [j for j in jobs if j not in started]
