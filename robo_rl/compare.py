@@ -82,7 +82,10 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     found: list[Path] = []
     expanded: list[str | Path] = []
     for given in paths:  # shell-style patterns (runs=runs/sweep-sac*) are expanded here
-        matches = sorted(glob.glob(str(given))) if glob.has_magic(str(given)) else [given]
+        # a directory that exists is itself, brackets and all: a sweep job's (sweep/policy.hidden_sizes=[64]), a
+        # sweep's (run_dir='sw[1]'), which as a pattern match no directory or another one
+        literal = Path(given).exists() or not glob.has_magic(str(given))
+        matches = [given] if literal else sorted(glob.glob(str(given)))
         if not matches:
             raise FileNotFoundError(f"runs={given}: no directory matches")
         expanded += matches

@@ -77,8 +77,8 @@ def compare_main(args: Sequence[str]) -> int:
         group_by = _listed(opts.group_by) if opts.group_by is not None else None
         if opts.out_dir:
             out = Path(opts.out_dir)
-        elif len(runs) == 1 and not glob.has_magic(runs[0]):  # one directory (a sweep's): the outputs go in it
-            out = Path(runs[0])
+        elif len(runs) == 1 and (not glob.has_magic(runs[0]) or Path(runs[0]).is_dir()):
+            out = Path(runs[0])  # one directory (a sweep's, its name may hold brackets: sw[1]): the outputs go in it
         elif len(runs) == 1 and len(matched := glob.glob(runs[0])) == 1 and Path(matched[0]).is_dir():
             out = Path(matched[0])  # a pattern matching one directory, not a directory named after the pattern
         else:

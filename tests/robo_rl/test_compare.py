@@ -83,6 +83,21 @@ def test_patterns_expand_to_the_directories_they_match(tmp_path):
     assert compare([tmp_path / "export"])["runs"] == 1
 
 
+def test_a_directory_whose_name_holds_brackets_is_that_directory_not_a_pattern(tmp_path, capsys, monkeypatch):
+    # a sweep over lists (-m 'policy.hidden_sizes=[64],[256]') names its jobs with brackets, run_dir='sw[1]' its own
+    # directory: read as patterns they matched no directory, or another one (sw1), and the sweep's printed
+    # `robo-rl compare 'runs=sw[1]'` failed with "no directory matches"
+    monkeypatch.chdir(tmp_path)
+    write_run(tmp_path / "sw[1]" / "policy.hidden_sizes=[64]", 0, 1.0, [(10, 1.0)])
+    write_run(tmp_path / "sw[1]" / "policy.hidden_sizes=[256]", 1, 3.0, [(10, 3.0)])
+    write_run(tmp_path / "sw1" / "seed=0", 2, 5.0, [(10, 5.0)])  # what the pattern sw[1] matches
+    (run,) = compare(["sw[1]/policy.hidden_sizes=[64]"])["groups"][0]["runs"]
+    assert run["seed"] == 0
+    assert main(["compare", "runs='sw[1]'"]) == 0
+    assert "| sac Hopper-v5 | 2 (0, 1) | 2.00 ± 1.00 | 1.00, 3.00 |" in capsys.readouterr().out
+    assert (tmp_path / "sw[1]" / "compare.json").is_file() and not (tmp_path / "sw1" / "compare.json").exists()
+
+
 def test_keys_implied_by_the_algorithm_stay_out_of_labels(tmp_path):
     write_run(tmp_path / "a", 0, 1.0, [(10, 1.0)], algo="sac", lr=3e-4)
     write_run(tmp_path / "b", 0, 2.0, [(10, 2.0)], algo="td3", lr=1e-3)
