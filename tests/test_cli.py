@@ -206,6 +206,9 @@ def test_path_values_holding_equals_are_quoted_for_hydra(tmp_path):
                         "resume='q/seed=1'", "run_dir=runs/x=1,y"]) == [
         "resume='runs/sweep/seed=1'", f"resume='{job}'", "run_dir=a,b", "seed=0,1", "resume='q/seed=1'",
         "run_dir=runs/x=1,y"]  # a comma that may be a sweep: quoted only when it names a directory
+    # the job of a sweep over quoted values: its printed resume= was a grammar error ("mismatched input '='")
+    assert quote_paths(["resume=runs/sweep/env.kwargs.x='a b'", "resume=s/x=\"a'b\""]) == [
+        "resume=\"runs/sweep/env.kwargs.x='a b'\"", "resume=s/x=\"a'b\""]  # both quotes in it: left to Hydra
 
 
 def test_a_run_dir_that_is_or_lies_under_a_file_is_refused_before_hydra_makes_it(tmp_path, monkeypatch):

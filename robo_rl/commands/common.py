@@ -31,15 +31,17 @@ def quote_paths(args: Sequence[str]) -> list[str]:
     """``resume=`` / ``run_dir=`` values holding ``=`` quoted for Hydra, whose grammar reads ``seed=1`` inside
     a value as a syntax error: the ``resume=<job dir>`` that robo-rl prints for a sweep job then works when
     pasted. A value with a comma is quoted only if it names an existing directory (otherwise the comma may be
-    a sweep, ``-m run_dir=a,b``); quoted values are left alone."""
+    a sweep, ``-m run_dir=a,b``); quoted values are left alone. A path holding ``'`` (the job of a sweep over
+    quoted values, ``runs/sweep/env.kwargs.x='a b'``) is quoted with ``"``."""
     from pathlib import Path
 
     out = []
     for arg in args:
         key, eq, value = arg.partition("=")
-        if (eq and key.lstrip("+~") in PATH_KEYS and "=" in value and value[:1] not in ("'", '"') and "'" not in value
+        quote = '"' if "'" in value else "'"
+        if (eq and key.lstrip("+~") in PATH_KEYS and "=" in value and value[:1] not in ("'", '"') and quote not in value
                 and ("," not in value or Path(value).is_dir())):
-            arg = f"{key}='{value}'"
+            arg = f"{key}={quote}{value}{quote}"
         out.append(arg)
     return out
 
