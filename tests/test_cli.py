@@ -688,6 +688,25 @@ def test_a_sweep_over_env_configs_names_its_directory_by_task_ids():
         sweep.TRAIN_ARGS[:] = []
 
 
+def test_a_sweep_over_every_algorithm_and_task_names_its_directory_within_a_file_name():
+    # -m 'algo=glob(*)' 'env=glob(*)' named its directory by every algorithm and task id, over 300 bytes: the first
+    # job failed with "File name too long" (Errno 36), a traceback
+    from omegaconf import OmegaConf
+
+    from robo_rl.commands import sweep
+    from robo_rl.commands.train import register_resolvers
+
+    register_resolvers()
+    sweep.TRAIN_ARGS[:] = ["-m", "algo=glob(*)", "env=glob(*)"]
+    try:
+        path = OmegaConf.create({"d": "${robo_rl_sweep_dir:null,sac,Pendulum-v1,20260101-000000}"}).d
+    finally:
+        sweep.TRAIN_ARGS[:] = []
+    runs, name = path.split("/")
+    assert runs == "runs" and len(name.encode()) == 255 and name.startswith("sweep-") and "+sac+td3-Ant-v5+" in name
+    assert re.fullmatch(r"sweep-.*-[0-9a-f]{12}-20260101-000000", name)  # the time kept: sweeps still sort by it
+
+
 def test_multirun_over_algorithms_shares_one_directory(tmp_path):
     # Hydra composes a sweep-level config with the default algo (ppo), which has no algo.learning_starts:
     # the override still reaches every job, and the jobs share one directory named by the swept algos

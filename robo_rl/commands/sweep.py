@@ -90,20 +90,25 @@ def job_dir_name(task_overrides: Sequence[str], job_num: int) -> str:
     overrides but ``run_dir=`` and those a resume may change (so another such sweep into that directory gets
     a directory of its own, and the same one with more ``steps=`` continues it); ``job<n>`` when that leaves none.
     A name longer than ``NAME_MAX`` bytes keeps its start and ends with a hash of the whole."""
-    import hashlib
-
     from robo_rl.train import RESUME_OVERRIDABLE
 
     swept = swept_on_command_line()
     parts = [o for o in task_overrides if override_key(o) in swept]
     if not parts and not any(len(v) > 1 for v in values_by_key().values()):
         parts = [o for o in task_overrides if override_key(o) not in RESUME_OVERRIDABLE]
-    name = ",".join(job_dir_part(o) for o in parts) or f"job{job_num}"
-    if len(name.encode()) <= NAME_MAX:
-        return name
-    digest = hashlib.sha256(",".join(parts).encode()).hexdigest()[:12]
-    head = name.encode()[:NAME_MAX - len(digest) - 1].decode(errors="ignore")  # not half of a UTF-8 character
-    return f"{head}-{digest}"
+    return fitted(",".join(job_dir_part(o) for o in parts) or f"job{job_num}")
+
+
+def fitted(name: str, end: str = "") -> str:
+    """``name + end`` as one directory's name: over ``NAME_MAX`` bytes, ``name`` keeps its start and ends with a
+    hash of the whole (``end``, e.g. a sweep's time, is kept)."""
+    import hashlib
+
+    if len((name + end).encode()) <= NAME_MAX:
+        return name + end
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    head = name.encode()[:NAME_MAX - len(digest) - 1 - len(end.encode())].decode(errors="ignore")  # no half character
+    return f"{head}-{digest}{end}"
 
 
 def is_sweep(value: str) -> bool:

@@ -37,7 +37,7 @@ def register_resolvers() -> None:
         algo = "+".join(swept["algo"]) if "algo" in swept else algo
         env_values = swept.get("env.id") or [task_of(v) for v in swept.get("env", [])]
         env_label = "+".join(name(v) for v in env_values) if env_values else name(env_id)
-        return f"runs/sweep-{algo}-{env_label}-{now}"
+        return "runs/" + sweep.fitted(f"sweep-{algo}-{env_label}", f"-{now}")  # -m algo=glob(*) env=glob(*): long
 
     def task_of(env_config):  # type: ignore[no-untyped-def]
         # env=pendulum -> Pendulum-v1, as a single run's directory names the task (the config name if unreadable)
