@@ -5,13 +5,32 @@ user code see a stock optimizer) plus ``apply(grads)``: gradients come straight 
 ``torch.autograd.grad`` and go into one fused kernel. That skips ``zero_grad``, gradient
 accumulation into ``.grad`` and the per-step Python bookkeeping of ``Optimizer.step``, which at
 256x256 MLP sizes costs as much as the arithmetic itself.
+
+``built_to_act()`` builds learners that will only act (eval, export) without importing torch._dynamo.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import contextlib
+from contextvars import ContextVar
+from typing import Any, Iterable, Iterator
 
 import torch
+
+_acting_only: ContextVar[bool] = ContextVar("acting_only", default=False)
+
+
+@contextlib.contextmanager
+def built_to_act() -> Iterator[None]:
+    """FusedAdams made inside belong to a learner that will only act (eval, export): they skip the
+    ``torch._disable_dynamo`` guard around ``Optimizer.add_param_group``, whose first call imports
+    torch._dynamo and sympy (~1 s, more than a short evaluation takes). They are whole optimizers all the
+    same; training builds its own with the guard, so its imports come at the same point as before."""
+    token = _acting_only.set(True)
+    try:
+        yield
+    finally:
+        _acting_only.reset(token)
 
 
 class FusedAdam(torch.optim.Adam):
@@ -26,6 +45,13 @@ class FusedAdam(torch.optim.Adam):
         if len(self.param_groups) != 1:
             raise ValueError("FusedAdam takes one parameter group")
         self._lists: tuple[list[torch.Tensor], ...] | None = None
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if not _acting_only.get():
+            super().add_param_group(param_group)
+            return
+        guarded = torch.optim.Optimizer.add_param_group
+        getattr(guarded, "__wrapped__", guarded)(self, param_group)  # the guard's own function (functools.wraps)
 
     def _init_state(self) -> tuple[list[torch.Tensor], ...]:
         group = self.param_groups[0]
