@@ -147,9 +147,13 @@ def check_safety(cfg: DictConfig, obs_dim: int, act_dim: int, control_dt: float 
         build_filter_chain(filters, act_dim, obs_dim, control_dt)
 
 
-def build_learner(cfg: DictConfig, policy: PolicyHead) -> Learner:
+def build_learner(cfg: DictConfig, policy: PolicyHead, to_act: bool = False) -> Learner:
     """The configured learner; ``safety.passivity_aware=true`` turns SAC into Lagrangian SAC (a cost critic
-    and a multiplier, configured under ``safety``)."""
+    and a multiplier, configured under ``safety``). ``to_act=True``: a learner that will only act (eval,
+    export): built without importing torch._dynamo (~1 s), so without the update's ``compile`` and ``precision``."""
+    import contextlib
+
+    from robo_rl.learners.optim import built_to_act
     from robo_rl.runners.safety import safety_settings
 
     name = cfg.algo.name
@@ -157,18 +161,21 @@ def build_learner(cfg: DictConfig, policy: PolicyHead) -> Learner:
         raise ConfigError(f"algo.name={name}: unknown algorithm; choose one of {', '.join(LEARNERS)}")
     kwargs = _learner_options(cfg)
     safety = safety_settings(cfg)
-    if safety.passivity_aware:
-        if name != "sac":
-            raise ConfigError(f"safety.passivity_aware=true: Lagrangian training needs algo=sac, not algo={name}")
-        critic = safety.cost_critic
-        learner: Learner = LagrangianSAC(
-            policy, cost_budget=float(safety.cost_budget), cost_gamma=float(safety.cost_gamma),
-            lagrange_lr=float(safety.lagrange_lr), lagrange_init=float(safety.lagrange_init),
-            cost_num_critics=int(critic.num_critics), cost_critic_hidden=_plain(critic.hidden),
-            cost_critic_lr=None if critic.lr is None else float(critic.lr), **kwargs,
-        ).to(cfg.device)
-    else:
-        learner = LEARNERS[name](policy, **kwargs).to(cfg.device)
+    with built_to_act() if to_act else contextlib.nullcontext():
+        if safety.passivity_aware:
+            if name != "sac":
+                raise ConfigError(f"safety.passivity_aware=true: Lagrangian training needs algo=sac, not algo={name}")
+            critic = safety.cost_critic
+            learner: Learner = LagrangianSAC(
+                policy, cost_budget=float(safety.cost_budget), cost_gamma=float(safety.cost_gamma),
+                lagrange_lr=float(safety.lagrange_lr), lagrange_init=float(safety.lagrange_init),
+                cost_num_critics=int(critic.num_critics), cost_critic_hidden=_plain(critic.hidden),
+                cost_critic_lr=None if critic.lr is None else float(critic.lr), **kwargs,
+            ).to(cfg.device)
+        else:
+            learner = LEARNERS[name](policy, **kwargs).to(cfg.device)
+    if to_act:  # compile and precision=bf16 change how update() computes its losses; acting is neither
+        return learner
     if cfg.get("compile", False):
         learner.compile_update()  # type: ignore[attr-defined]
     if cfg.get("precision", "fp32") == "bf16":

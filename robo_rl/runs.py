@@ -211,11 +211,9 @@ def load_learner(cfg: DictConfig, env: BatchedEnv, checkpoint: Path, device: str
     """Build the run's learner and load every module (policy, critics, normalizers) from ``checkpoint``."""
     from robo_rl.build import build_learner, build_policy
     from robo_rl.checkpoint import CheckpointError, load_checkpoint
-    from robo_rl.learners.optim import built_to_act
 
     state, _ = load_checkpoint(checkpoint, load_replay=False)
-    with built_to_act():  # its optimizers never step: not worth torch._dynamo's import
-        learner = build_learner(cfg, build_policy(cfg, env))
+    learner = build_learner(cfg, build_policy(cfg, env), to_act=True)
     saved = state.get("learner") if isinstance(state, dict) else None
     modules = saved.get("modules") if isinstance(saved, dict) else None
     if not isinstance(modules, dict):

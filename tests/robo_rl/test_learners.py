@@ -1,7 +1,13 @@
 """Learner math on tiny batches with hand-set networks, and head/learner compatibility."""
 
+import contextlib
 import copy
 import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +20,7 @@ from robo_rl.learners.sac import SAC
 from robo_rl.learners.td3 import TD3
 from robo_rl.storage.rollout import RolloutBatch
 
+ROOT = Path(__file__).resolve().parents[2]
 OBS, ACT = 4, 2
 LOW, HIGH = -np.ones(ACT), np.ones(ACT)
 
@@ -326,3 +333,50 @@ def test_sac_and_td3_targets_work_in_unit_actions_on_an_asymmetric_box():
     a = td3.explore(torch.zeros(20_000, OBS))
     torch.testing.assert_close(a.std(0), 0.1 * scale, rtol=0.05, atol=0.0)
     assert bool(((a >= torch.tensor(low)) & (a <= torch.tensor(high))).all())
+
+
+def test_a_learner_built_to_act_does_not_import_torch_dynamo():
+    # eval and export build the run's learner only to act (runs.load_learner): torch.optim's constructor guard
+    # (torch._disable_dynamo) imported torch._dynamo and sympy (~1 s) for optimizers that never step, and a
+    # compile=true run's losses were compiled too
+    code = textwrap.dedent("""
+        import sys
+        import torch
+        torch.set_num_threads(1)
+        from robo_rl.build import build_env, build_learner, build_policy
+        from robo_rl.defaults import resolve_defaults
+        from tests.helpers import compose
+        env = None
+        for overrides in (["algo=sac", "safety.passivity_aware=true", "precision=bf16"], ["algo=ppo"], ["algo=gorl"],
+                          ["algo=expo"], ["algo=parl"]):  # (Lagrangian SAC is a SAC; GoRL holds a PPO)
+            cfg = resolve_defaults(compose(*overrides, "env=pendulum", "compile=true"))
+            env = env or build_env(cfg, num_envs=1, vectorization="sync", randomize=False)
+            learner = build_learner(cfg, build_policy(cfg, env), to_act=True)
+            assert learner.optimizers() and "_critic_loss" not in learner.__dict__, overrides  # not compiled
+        print("torch._dynamo" in sys.modules, "sympy" in sys.modules)
+        from robo_rl.learners.optim import FusedAdam
+        FusedAdam(learner.parameters(), 1e-3)  # one to train with: torch's guard imports torch._dynamo
+        print("torch._dynamo" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.stdout.split() == ["False", "False", "True"], out.stdout + out.stderr[-2000:]
+
+
+def test_a_learner_built_to_act_has_whole_optimizers():
+    # built without torch's guard, its FusedAdams are the same optimizers: the same updates, bit for bit
+    from robo_rl.learners.optim import built_to_act
+
+    learners = []
+    for to_act in (False, True):
+        torch.manual_seed(0)
+        head = build_head("gaussian", OBS, LOW, HIGH, hidden_sizes=(16,))
+        with built_to_act() if to_act else contextlib.nullcontext():
+            learners.append(SAC(head, critic_hidden=(16,)))
+    for sac in learners:
+        torch.manual_seed(3)
+        for _ in range(3):
+            sac.update(batch())
+    trained, acting = learners
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), acting.state_dict().values()))
+    assert str(trained.training_state()["optimizers"]) == str(acting.training_state()["optimizers"])
