@@ -18,6 +18,8 @@ COMMANDS = {
     "deploy": ("export", "deploy_main"),
     "compare": ("compare", "compare_main"),
 }
+# the commands that build or step MuJoCo models (compare reads run files)
+SIMULATE = ("train", "eval", "export", "deploy")
 
 TOP_HELP = """\
 usage: robo-rl <command> [key=value ...]
@@ -83,6 +85,26 @@ def _main(argv: Sequence[str] | None) -> int:
     command, rest = argv[0], argv[1:]
     from robo_rl.perf import tune_malloc
 
+    if command in SIMULATE and not any(a in ("-h", "--help") for a in rest):  # a help text, compare: no MuJoCo
+        code = _setup_mujoco(command)
+        if code is not None:
+            return code
+    tune_malloc()
+    if command in COMMANDS:
+        module, entry = COMMANDS[command]
+        return getattr(importlib.import_module(f"robo_rl.commands.{module}"), entry)(rest)
+    if command in ("--version", "version"):
+        from importlib.metadata import version
+
+        print(f"robo-rl {version('robo-rl')}")
+        return 0
+    return error(f"unknown command {command!r} (expected train, eval, export, deploy or compare; see robo-rl --help)",
+                 EXIT_USAGE)
+
+
+def _setup_mujoco(command: str) -> int | None:
+    """Headless rendering and MuJoCo's warnings routed to the log, before anything imports MuJoCo (~0.5 s with
+    gymnasium, which the envs package registers tasks with); an exit code if MuJoCo refuses to import."""
     try:
         from envs.mujoco_log import route_mujoco_warnings  # (importing the envs package does not import torch)
         from envs.rendering import headless_gl_default
@@ -100,17 +122,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 raise
             return error(f"MUJOCO_GL={os.environ.get('MUJOCO_GL')}: MuJoCo does not know this platform ({exc}); set egl "
                          "or osmesa (headless), glfw or glx (with a display), or unset it", EXIT_USAGE)
-    tune_malloc()
-    if command in COMMANDS:
-        module, entry = COMMANDS[command]
-        return getattr(importlib.import_module(f"robo_rl.commands.{module}"), entry)(rest)
-    if command in ("--version", "version"):
-        from importlib.metadata import version
-
-        print(f"robo-rl {version('robo-rl')}")
-        return 0
-    return error(f"unknown command {command!r} (expected train, eval, export, deploy or compare; see robo-rl --help)",
-                 EXIT_USAGE)
+    return None
 
 
 if __name__ == "__main__":

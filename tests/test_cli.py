@@ -101,21 +101,26 @@ def test_a_mistyped_key_and_train_help_do_not_wait_for_torch(tmp_path):
     assert "unknown key 'algo.lrr'" in proc.stderr and "actor_lr:" in proc.stdout
 
 
-def test_eval_compare_and_help_import_neither_torch_dynamo_nor_diffusers(tmp_path):
+def test_eval_compare_and_help_import_only_what_they_use(tmp_path):
     # eval built the run's learner with torch.optim's constructor guard, which imported torch._dynamo and sympy (~1 s,
-    # longer than a short evaluation) for optimizers that never step; diffusers (~5 s) is for diffusion heads only
+    # longer than a short evaluation) for optimizers that never step; diffusers (~5 s) is for diffusion heads only;
+    # every command's help text and compare imported gymnasium and MuJoCo (~0.5 s), which they do not use
     from robo_rl.train import train
     from tests.helpers import FAST, compose
 
     train(compose(*TINY, "steps=200", *FAST), tmp_path / "sac")
     train(compose("algo=ppo", "env=pendulum", "env.num_envs=2", "algo.rollout_steps=32", "algo.minibatch_size=32",
                   "algo.epochs=1", "eval.episodes=1", "eval.num_envs=1", "threads=1", "steps=64", *FAST), tmp_path / "ppo")
-    runs = [["--help"], *([c, "--help"] for c in ("eval", "export", "deploy", "compare")), ["compare", "runs=sac,ppo"],
-            *(["eval", f"run_dir={algo}", "episodes=1", "num_envs=1"] for algo in ("sac", "ppo"))]
-    code = (f"import sys; from robo_rl.cli import main; codes = [main(args) for args in {runs}]; "
-            "print(codes, [m for m in ('torch._dynamo', 'sympy', 'diffusers') if m in sys.modules])")
+    quick = [["--help"], *([c, "--help"] for c in ("train", "eval", "export", "deploy", "compare")),
+             ["compare", "runs=sac,ppo"]]
+    evals = [["eval", f"run_dir={algo}", "episodes=1", "num_envs=1"] for algo in ("sac", "ppo")]
+    unused = (["torch", "mujoco", "gymnasium", "diffusers"], ["torch._dynamo", "sympy", "diffusers"])
+    code = ("import sys; from robo_rl.cli import main; "
+            f"print([main(args) for args in {quick}], [m for m in {unused[0]} if m in sys.modules]); "
+            f"print([main(args) for args in {evals}], [m for m in {unused[1]} if m in sys.modules])")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert proc.stdout.splitlines()[-1] == f"{[0] * len(runs)} []", proc.stdout[-500:] + proc.stderr[-2000:]
+    printed = [line for line in proc.stdout.splitlines() if line.startswith("[")][-2:]
+    assert printed == [f"{[0] * len(quick)} []", "[0, 0] []"], proc.stdout[-500:] + proc.stderr[-2000:]
     assert json.loads((tmp_path / "ppo" / "eval.json").read_text())["episodes"] == 1
 
 
