@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 
@@ -493,6 +492,8 @@ def integral_literals(overrides: typing.Iterable[str], keys: frozenset[str]) -> 
 
 def register_schemas() -> None:
     """Make the dataclasses available to the YAML files as /schema/<group>/<name>."""
+    from hydra.core.config_store import ConfigStore  # (train only: eval, export and compare read configs without Hydra)
+
     cs = ConfigStore.instance()
     root = OmegaConf.structured(TrainConfig)
     # env.kwargs is free-form (it goes to gymnasium.make): `env.kwargs.ctrl_cost_weight=0.1` must

@@ -104,17 +104,18 @@ def test_a_mistyped_key_and_train_help_do_not_wait_for_torch(tmp_path):
 def test_eval_compare_and_help_import_only_what_they_use(tmp_path):
     # eval built the run's learner with torch.optim's constructor guard, which imported torch._dynamo and sympy (~1 s,
     # longer than a short evaluation) for optimizers that never step; diffusers (~5 s) is for diffusion heads only;
-    # every command's help text and compare imported gymnasium and MuJoCo (~0.5 s), which they do not use
+    # every command's help text and compare imported gymnasium and MuJoCo (~0.5 s), and all but train's Hydra, which
+    # they do not use
     from robo_rl.train import train
     from tests.helpers import FAST, compose
 
     train(compose(*TINY, "steps=200", *FAST), tmp_path / "sac")
     train(compose("algo=ppo", "env=pendulum", "env.num_envs=2", "algo.rollout_steps=32", "algo.minibatch_size=32",
                   "algo.epochs=1", "eval.episodes=1", "eval.num_envs=1", "threads=1", "steps=64", *FAST), tmp_path / "ppo")
-    quick = [["--help"], *([c, "--help"] for c in ("train", "eval", "export", "deploy", "compare")),
+    quick = [["--help"], *([c, "--help"] for c in ("eval", "export", "deploy", "compare")),
              ["compare", "runs=sac,ppo"]]
     evals = [["eval", f"run_dir={algo}", "episodes=1", "num_envs=1"] for algo in ("sac", "ppo")]
-    unused = (["torch", "mujoco", "gymnasium", "diffusers"], ["torch._dynamo", "sympy", "diffusers"])
+    unused = (["torch", "mujoco", "gymnasium", "hydra", "diffusers"], ["torch._dynamo", "sympy", "hydra", "diffusers"])
     code = ("import sys; from robo_rl.cli import main; "
             f"print([main(args) for args in {quick}], [m for m in {unused[0]} if m in sys.modules]); "
             f"print([main(args) for args in {evals}], [m for m in {unused[1]} if m in sys.modules])")
