@@ -177,6 +177,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, cli_overrides: Ite
         run_dir = cfg.resume or cfg.run_dir
         if run_dir is None:
             raise ConfigError("train(cfg) needs a run directory: pass run_dir, or set run_dir= (or resume=) in cfg")
+    elif not cli_overrides:  # from Python with a composed config
+        _refuse_second_run_dir(cfg, run_dir)
     if not isinstance(run_dir, (str, os.PathLike)) or not str(run_dir).strip():
         raise ConfigError(f"train(cfg, run_dir={run_dir!r}): run_dir must name a directory (a str or Path)"
                           + ("; '' would write the run into the working directory" if isinstance(run_dir, str) else ""))
@@ -191,6 +193,18 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, cli_overrides: Ite
     finally:
         log.removeHandler(held)
         torch.set_num_threads(threads)
+
+
+def _refuse_second_run_dir(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> None:
+    """From Python, refuse a ``run_dir`` argument that is not the directory ``cfg`` names with run_dir= or resume=:
+    one of the two was silently dropped (the argument won over run_dir=; resume= continued its run in its own
+    directory). (The CLI passes its overrides and the directory it resolved, a -m sweep's job's under run_dir=.)"""
+    key = "resume" if cfg.resume else "run_dir"  # (a resume's run_dir= is not used: the run's own directory is)
+    named = OmegaConf.select(cfg, key, default=None)
+    if named and isinstance(run_dir, (str, os.PathLike)) and Path(named).resolve() != Path(run_dir).resolve():
+        why = (f"a resume continues the run in {named} itself; drop the run_dir argument" if key == "resume" else
+               "give the directory once: drop the argument (train(cfg)) or run_dir= from the overrides")
+        raise ConfigError(f"train(cfg, run_dir={str(run_dir)!r}): cfg has {key}={named}; {why}")
 
 
 def _train(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str], held: _Held) -> dict[str, Any]:

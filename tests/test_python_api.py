@@ -377,3 +377,15 @@ def test_learners_and_heads_have_their_own_help():
 
     for cls in (SAC, GaussianHead):
         assert "neural network modules" not in inspect.getdoc(cls)
+
+
+def test_train_refuses_a_run_dir_argument_the_config_names_otherwise(tmp_path):
+    # the argument won over run_dir= (the run went to b), and resume=a continued a in a, ignoring b: both silently
+    from robo_rl.train import compose_config, train
+    from robo_rl.validation import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\(cfg, run_dir='.*b'\): cfg has run_dir=.*a; give the directory once"):
+        train(compose_config(["env=pendulum", f"run_dir={tmp_path / 'a'}"]), tmp_path / "b")
+    with pytest.raises(ConfigError, match=r"cfg has resume=.*a; a resume continues the run in .*a itself"):
+        train(compose_config([f"resume={tmp_path / 'a'}"]), tmp_path / "b")
+    assert not any(tmp_path.iterdir())
