@@ -17,6 +17,16 @@ class EvaluationNotFinished(RuntimeError):
     """An evaluation's episodes did not end within its step budget (a task without a time limit, or a huge one)."""
 
 
+def size_mismatch(policy: PolicyHead, env: BatchedEnv) -> str | None:
+    """'<policy> acts on obs [3] with actions [1], <task> has obs [11] and actions [3]' when ``policy`` was built for
+    other observation or action sizes than ``env``'s (it would fail at its first step, or in a matrix multiply)."""
+    sizes = getattr(policy, "obs_dim", None), getattr(policy, "act_dim", None)
+    if None in sizes or sizes == (env.obs_dim, env.act_dim):
+        return None
+    return (f"the {getattr(policy, 'name', type(policy).__name__)} head acts on obs [{sizes[0]}] with actions "
+            f"[{sizes[1]}], {env.task_id} has obs [{env.obs_dim}] and actions [{env.act_dim}]")
+
+
 @torch.no_grad()
 def evaluate(
     policy: PolicyHead,
@@ -42,6 +52,9 @@ def evaluate(
     actions, rewards, next_obs, terminated) as tensors, the arrays of a demonstrations file.
     A head that predicts action chunks runs ``execute`` actions of each chunk per query, as it was trained to.
     """
+    if (mismatch := size_mismatch(policy, env)) is not None:
+        raise ValueError(f"evaluate: {mismatch}; evaluate the policy on the task it was built for (a loaded run's: "
+                         "robo_rl.build.build_env(cfg, randomize=False))")
     n = env.num_envs
     chunks = ChunkExecutor(policy, n) if getattr(policy, "execute", 1) > 1 else None
     act = chunks.act if chunks is not None else policy.act

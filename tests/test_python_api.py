@@ -389,3 +389,26 @@ def test_train_refuses_a_run_dir_argument_the_config_names_otherwise(tmp_path):
     with pytest.raises(ConfigError, match=r"cfg has resume=.*a; a resume continues the run in .*a itself"):
         train(compose_config([f"resume={tmp_path / 'a'}"]), tmp_path / "b")
     assert not any(tmp_path.iterdir())
+
+
+def test_a_policy_built_for_other_sizes_is_refused_before_any_step(tmp_path):
+    # PPO on a wider task failed in a matrix multiply ("mat1 and mat2 shapes cannot be multiplied"), and an evaluation
+    # env of another task only at the first periodic evaluation, after training had started and written the run
+    from robo_rl.build import build_runner
+    from robo_rl.evaluation import evaluate
+    from robo_rl.learners.ppo import PPO
+    from robo_rl.train import compose_config
+
+    wide = BetaHead(6, -2 * np.ones(3), 2 * np.ones(3))  # PointMass: obs [4], actions [2]
+    with pytest.raises(ValueError, match=r"evaluate: the beta head acts on obs \[6\] with actions \[3\], "
+                                         r"test/PointMass-v0 has obs \[4\] and actions \[2\]; evaluate the policy on"):
+        evaluate(wide, PointMass(2), 2)
+    cfg = compose_config(["algo=ppo", "steps=64", "eval.episodes=2", "algo.rollout_steps=16"])
+    with pytest.raises(ValueError, match=r"does not fit the training env: the beta head acts on obs \[6\] with actions "
+                                         r"\[3\], test/PointMass-v0 has obs \[4\] and actions \[2\]; build its head"):
+        build_runner(cfg, PPO(wide, minibatch_size=32), PointMass(4), PointMass(2), tmp_path / "ppo")
+    fits = BetaHead(4, -2 * np.ones(2), 2 * np.ones(2))
+    with pytest.raises(ValueError, match=r"does not fit the evaluation env: the beta head acts on obs \[4\] with "
+                                         r"actions \[2\], Pendulum-v1 has obs \[3\] and actions \[1\]"):
+        build_runner(cfg, PPO(fits, minibatch_size=32), PointMass(4), make_env("Pendulum-v1"), tmp_path / "eval")
+    assert not any(tmp_path.iterdir())
