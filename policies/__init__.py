@@ -7,6 +7,7 @@ can user code that never touches a config.
 from __future__ import annotations
 
 import difflib
+import math
 import numbers
 from collections.abc import Iterable
 from typing import Any
@@ -42,7 +43,7 @@ def build_head(
                         f"it takes {', '.join(accepted)} (and build_head's normalize_obs, obs_clip)")
     if isinstance(obs_dim, bool) or not isinstance(obs_dim, numbers.Integral) or obs_dim < 1:
         raise ValueError(f"the {name} head: obs_dim must be an integer >= 1, got {obs_dim!r}")
-    if np.size(action_low) < 1 or np.shape(action_low) != np.shape(action_high):
+    if math.prod(np.shape(action_low)) < 1 or np.shape(action_low) != np.shape(action_high):  # (np.size: not a tensor's)
         raise ValueError(f"the {name} head: action_low and action_high must be equal-length bounds of at least one "
                          f"action dimension, got {np.shape(action_low)} and {np.shape(action_high)}")
     if isinstance(obs_clip, bool) or not isinstance(obs_clip, numbers.Real) or not obs_clip > 0:

@@ -412,3 +412,11 @@ def test_a_policy_built_for_other_sizes_is_refused_before_any_step(tmp_path):
                                          r"actions \[2\], Pendulum-v1 has obs \[3\] and actions \[1\]"):
         build_runner(cfg, PPO(fits, minibatch_size=32), PointMass(4), make_env("Pendulum-v1"), tmp_path / "eval")
     assert not any(tmp_path.iterdir())
+
+
+def test_build_head_takes_bounds_as_tensors():
+    # np.size read a tensor's .size method: "'<' not supported between instances of 'builtin_function_or_method'"
+    head = build_head("gaussian", 3, -2 * torch.ones(2), 2 * torch.ones(2), hidden_sizes=(8,))
+    assert head.action_low.tolist() == [-2.0, -2.0] and head.action_high.tolist() == [2.0, 2.0]
+    with pytest.raises(ValueError, match=r"the gaussian head: action_low and action_high must be equal-length bounds"):
+        build_head("gaussian", 3, torch.ones(0), torch.ones(0))
