@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
+import numpy as np
 import torch
 
 from envs import BatchedEnv
@@ -52,6 +54,11 @@ def evaluate(
     actions, rewards, next_obs, terminated) as tensors, the arrays of a demonstrations file.
     A head that predicts action chunks runs ``execute`` actions of each chunk per query, as it was trained to.
     """
+    for name, value, least in (("episodes", episodes, 1), ("max_steps", max_steps, 1), ("record_episodes", record_episodes, 0)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+            raise ValueError(f"evaluate: {name}={value!r} must be an integer >= {least}")  # 0 episodes: a mean of none
+    if not isinstance(deterministic, (bool, np.bool_)):
+        raise TypeError(f"evaluate: deterministic={deterministic!r} must be True (the mean action) or False (sampled)")
     if (mismatch := size_mismatch(policy, env)) is not None:
         raise ValueError(f"evaluate: {mismatch}; evaluate the policy on the task it was built for (a loaded run's: "
                          "robo_rl.build.build_env(cfg, randomize=False))")

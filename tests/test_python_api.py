@@ -420,3 +420,18 @@ def test_build_head_takes_bounds_as_tensors():
     assert head.action_low.tolist() == [-2.0, -2.0] and head.action_high.tolist() == [2.0, 2.0]
     with pytest.raises(ValueError, match=r"the gaussian head: action_low and action_high must be equal-length bounds"):
         build_head("gaussian", 3, torch.ones(0), torch.ones(0))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"episodes": 0}, r"evaluate: episodes=0 must be an integer >= 1"),  # was a ZeroDivisionError after a reset
+    ({"episodes": 2.5}, r"evaluate: episodes=2.5 must be an integer >= 1"),  # ran 3 episodes and said so
+    ({"episodes": 2, "record_episodes": -1}, r"evaluate: record_episodes=-1 must be an integer >= 0"),
+    ({"episodes": 2, "deterministic": "no"}, r"evaluate: deterministic='no' must be True"),  # acted deterministically
+])
+def test_evaluate_refuses_a_bad_option_before_any_step(options, message):
+    from robo_rl.evaluation import evaluate
+
+    env = PointMass(2)
+    env.reset = env.step = None  # nothing may run before the options are checked
+    with pytest.raises((ValueError, TypeError), match=message):
+        evaluate(BetaHead(4, -2 * np.ones(2), 2 * np.ones(2)), env, **options)
