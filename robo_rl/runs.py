@@ -248,7 +248,11 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: 
     randomize=False)`` builds the run's nominal task, e.g. for ``robo_rl.evaluation.evaluate(policy, env, 10)``.
     """
     from robo_rl.build import build_env
+    from robo_rl.validation import check_device
 
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise TypeError(f"load_run(run_dir) takes a run directory (a str or Path), got {run_dir!r}")
+    check_device(str(device))  # before anything loads (a cuda device here without CUDA failed in torch, after loading)
     cfg = load_run_config(run_dir)
     checkpoint = resolve_checkpoint(run_dir, checkpoint)
     env = build_env(cfg, num_envs=1, vectorization="sync", randomize=False)  # its spaces size the networks

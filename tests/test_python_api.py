@@ -435,3 +435,18 @@ def test_evaluate_refuses_a_bad_option_before_any_step(options, message):
     env.reset = env.step = None  # nothing may run before the options are checked
     with pytest.raises((ValueError, TypeError), match=message):
         evaluate(BetaHead(4, -2 * np.ones(2), 2 * np.ones(2)), env, **options)
+
+
+def test_load_run_refuses_a_device_or_run_dir_it_cannot_use(tmp_path):
+    # device='gpu' was torch's own RuntimeError, and device='cuda' without CUDA an AssertionError after the checkpoint
+    # was read; both are checked before the run is opened (tmp_path holds no run: its error would come first otherwise)
+    from robo_rl.runs import load_run
+    from robo_rl.validation import ConfigError
+
+    with pytest.raises(ConfigError, match=r"device=gpu: must be cpu or cuda\[:N\]"):
+        load_run(tmp_path, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"device=cuda: CUDA is not available on this machine; use device=cpu"):
+            load_run(tmp_path, device="cuda")
+    with pytest.raises(TypeError, match=r"load_run\(run_dir\) takes a run directory \(a str or Path\), got None"):
+        load_run(None)
