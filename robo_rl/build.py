@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -202,12 +203,25 @@ def build_runner(cfg: DictConfig, learner: Learner, env: BatchedEnv, eval_env: B
     from robo_rl.runners.off_policy import OffPolicyRunner
     from robo_rl.runners.on_policy import OnPolicyRunner
 
-    from robo_rl.defaults import resolve_defaults
-    from robo_rl.validation import ConfigError, validate_safety
+    from pathlib import Path
 
-    # train() validates the config before building anything; a learner built by hand may still not be the one the
-    # safety section asks for: costs are learned by Lagrangian SAC alone, and filters need an off-policy learner
-    validate_safety(cfg)
+    from robo_rl.defaults import resolve_defaults
+    from robo_rl.runs import directory_problem
+    from robo_rl.validation import ConfigError, validate
+
+    if not isinstance(cfg, DictConfig):
+        raise TypeError(f"build_runner(cfg, ...) takes the config compose_config([...]) returns, got {type(cfg).__name__}")
+    if not isinstance(run_dir, (str, os.PathLike)) or not str(run_dir).strip():
+        raise ConfigError(f"build_runner(..., run_dir={run_dir!r}): run_dir must name a directory (a str or Path)")
+    if (problem := directory_problem(Path(run_dir))) is not None:
+        raise ConfigError(f"build_runner(..., run_dir={str(run_dir)!r}): {problem}")
+    # a config straight from compose_config leaves the cadences (log.every, eval.every, ...) null, and is checked here
+    # as train() checks it (steps=0 "completed", algo.batch_size=0 failed in a reshape, eval.episodes=0 at the first
+    # evaluation)
+    cfg = resolve_defaults(cfg)
+    validate(cfg)
+    # a learner built by hand may still not be the one the safety section asks for: costs are learned by Lagrangian
+    # SAC alone, and filters need an off-policy learner
     learns_cost = hasattr(learner, "cost_critic")
     if bool(cfg.safety.passivity_aware) != learns_cost:
         raise ConfigError(f"safety.passivity_aware={bool(cfg.safety.passivity_aware)}, but the learner is {learner.name}, "
@@ -217,6 +231,10 @@ def build_runner(cfg: DictConfig, learner: Learner, env: BatchedEnv, eval_env: B
     if len(cfg.safety.filters) and learner.kind != "off_policy":
         raise ConfigError(f"safety.filters: filtering training actions needs an off-policy learner; {learner.name} learns "
                           "from the log-probability of its own unfiltered actions (put the chain on the export instead)")
+    if LEARNERS[cfg.algo.name].kind != learner.kind:  # the runner reads the algo's keys (algo.batch_size, rollout_steps)
+        same = learner.name if learner.name in LEARNERS else next(n for n, c in LEARNERS.items() if c.kind == learner.kind)
+        raise ConfigError(f"algo={cfg.algo.name} configures an {LEARNERS[cfg.algo.name].kind.replace('_', '-')} learner, "
+                          f"but the learner is {learner.name} ({learner.kind.replace('_', '-')}): compose the config "
+                          f"with an algo= of its kind (e.g. algo={same})")
     runner_cls = OffPolicyRunner if learner.kind == "off_policy" else OnPolicyRunner
-    # a config straight from compose_config leaves the cadences (log.every, eval.every, ...) null
-    return runner_cls(resolve_defaults(cfg), learner, env, eval_env, run_dir)
+    return runner_cls(cfg, learner, env, eval_env, run_dir)

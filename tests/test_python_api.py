@@ -450,3 +450,24 @@ def test_load_run_refuses_a_device_or_run_dir_it_cannot_use(tmp_path):
             load_run(tmp_path, device="cuda")
     with pytest.raises(TypeError, match=r"load_run\(run_dir\) takes a run directory \(a str or Path\), got None"):
         load_run(None)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["algo=sac", "steps=0"], r"steps=0: must be > 0"),  # trained nothing and reported "completed"
+    (["algo=sac", "algo.batch_size=0"], r"algo.batch_size=0: must be >= 1"),  # failed in a reshape at the first update
+    (["algo=ppo"], r"algo=ppo configures an on-policy learner, but the learner is sac \(off-policy\): compose the "
+                   r"config with an algo= of its kind \(e.g. algo=sac\)"),  # a KeyError for algo.batch_size
+])
+def test_build_runner_checks_the_config_as_train_does(tmp_path, overrides, message):
+    from robo_rl.build import build_runner
+    from robo_rl.learners.sac import SAC
+    from robo_rl.train import compose_config
+    from robo_rl.validation import ConfigError
+
+    learner = SAC(BetaHead(4, -2 * np.ones(2), 2 * np.ones(2)), critic_hidden=(8,))
+    with pytest.raises(ConfigError, match=message):
+        build_runner(compose_config(overrides), learner, PointMass(2), PointMass(1), tmp_path / "run")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"build_runner\(\.\.\., run_dir='.*file'\): that is a file"):
+        build_runner(compose_config(["algo=sac"]), learner, PointMass(2), PointMass(1), tmp_path / "file")
+    assert not (tmp_path / "run").exists()
