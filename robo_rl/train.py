@@ -124,6 +124,9 @@ def _refuse_existing_run(run_dir: Path) -> None:
     if (run_dir / CONFIG_FILE).exists():
         raise ConfigError(f"run_dir={run_dir} already holds a run; continue it with resume={run_dir} or choose "
                           "another run_dir")
+    if list_checkpoints(run_dir / "checkpoints"):  # a run built in Python (build_runner) writes no config.yaml
+        raise ConfigError(f"run_dir={run_dir} holds checkpoints but no {CONFIG_FILE} (a run built with build_runner?), "
+                          "which a new run would replace; choose another run_dir")
     if (run_dir / "multirun.yaml").exists():  # a run there hides the sweep's jobs from robo-rl compare runs=<it>
         raise ConfigError(f"run_dir={run_dir} holds a -m sweep (multirun.yaml); choose another run_dir (a sweep is "
                           f"continued by running it again with -m and run_dir={run_dir})")

@@ -471,3 +471,22 @@ def test_build_runner_checks_the_config_as_train_does(tmp_path, overrides, messa
     with pytest.raises(ConfigError, match=r"build_runner\(\.\.\., run_dir='.*file'\): that is a file"):
         build_runner(compose_config(["algo=sac"]), learner, PointMass(2), PointMass(1), tmp_path / "file")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_new_run_refuses_a_run_dir_that_holds_checkpoints(tmp_path):
+    # a run built with build_runner writes no config.yaml, so a second one into its directory (by build_runner or
+    # train()) replaced its checkpoints and metrics.csv without a word
+    from robo_rl.build import build_runner
+    from robo_rl.learners.sac import SAC
+    from robo_rl.train import compose_config, train
+    from robo_rl.validation import ConfigError
+
+    (tmp_path / "run" / "checkpoints" / "step_0000000200").mkdir(parents=True)  # what the first run left
+    cfg = compose_config(["algo=sac", "steps=200", "log.tensorboard=false", "log.plot=false"])
+    runner = build_runner(cfg, SAC(BetaHead(4, -2 * np.ones(2), 2 * np.ones(2)), critic_hidden=(8,)), PointMass(2),
+                          PointMass(1), tmp_path / "run")
+    with pytest.raises(ValueError, match=r"run_dir=.*run already holds a run \(checkpoints up to step_0000000200\)"):
+        runner.train()
+    with pytest.raises(ConfigError, match=r"run_dir=.*run holds checkpoints but no config.yaml"):
+        train(compose_config(["env=pendulum"]), tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints"]

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs import BatchedEnv
 from envs.base import WorkerDied, all_finite
-from robo_rl.checkpoint import CheckpointWriteError, prune_checkpoints
+from robo_rl.checkpoint import CheckpointWriteError, list_checkpoints, prune_checkpoints
 from robo_rl.evaluation import EvaluationNotFinished, evaluate, size_mismatch
 from robo_rl.learners.base import Learner
 from robo_rl.metrics import MetricsWriter, Progress, format_duration, format_return, mean_of, plot_learning_curve
@@ -232,6 +232,10 @@ class Runner(RunnerCheckpoints, abc.ABC):
                          "its summary and learning curve are written again")
                 prune_checkpoints(self.ckpt_dir, self.step, int(cfg.checkpoint.keep))  # no save will do it
         else:
+            if held := list_checkpoints(self.ckpt_dir):  # (train() refuses such a directory before writing config.yaml)
+                raise ValueError(f"run_dir={self.run_dir} already holds a run (checkpoints up to {held[-1].name}), whose "
+                                 "checkpoints and metrics a new run would replace: choose another run_dir, or continue "
+                                 f"it with runner.train(resume_from={held[-1]})")
             self.obs = self.env.reset(seed=int(cfg.seed))
             self.update_obs_norm(self.obs)
             largest = float(self.obs.abs().max())
