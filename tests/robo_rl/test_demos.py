@@ -588,3 +588,50 @@ def test_negative_costs_are_refused_for_a_passivity_aware_replay_only(tmp_path):
         load_demos(path, 3, 2, low, high, replay=True, costs=True)
     loaded = load_demos(path, 3, 2, low, high, replay=True)
     np.testing.assert_array_equal(loaded["costs"].numpy(), costs.astype(np.float32))
+
+
+@pytest.mark.parametrize("algo", ["td3", "parl-diffusion", "ppo-mixture"])
+def test_a_run_warm_started_from_demos_resumes_exactly_after_an_interrupt(tmp_path, monkeypatch, algo):
+    # pretraining (and the off-policy learners' replay preload and critic warm-up) happen once, before the first
+    # step; the interrupted run's checkpoint holds their result, so the resumed run (the file gone) ends
+    # bit-identical to one never interrupted: TD3's target actor copied from the pretrained actor, a diffusion
+    # head's denoiser, PPO's mixture with the demonstrations' frozen observation statistics
+    from robo_rl.runners.stopping import Interrupted
+    from tests.robo_rl.test_training import final_weights, interrupt_at_update, logged_metrics, resumed_at
+
+    if algo == "ppo-mixture":
+        from robo_rl.learners.ppo import PPO as cls
+
+        common = ("algo=ppo", "policy=mixture", "env=pendulum", "env.num_envs=4", "algo.rollout_steps=32",
+                  "algo.minibatch_size=32", "algo.epochs=2", "steps=512", "checkpoint.every=256", "log.every=64")
+        stop_at = 3
+    else:
+        from robo_rl.learners.parl import PARL
+        from robo_rl.learners.td3 import TD3
+
+        cls = TD3 if algo == "td3" else PARL
+        head = () if algo == "td3" else ("policy=diffusion", "policy.inference_steps=2", "policy.train_steps=20")
+        common = (f"algo={algo.split('-')[0]}", *head, "env=pendulum", "algo.batch_size=64",
+                  "algo.critic_hidden=[32,32]", "policy.hidden_sizes=[32,32]", "algo.learning_starts=100", "steps=300",
+                  "demos.critic_steps=20", "checkpoint.every=150", "log.every=50")
+        stop_at = 77
+    common = (*common, f"demos.path={pendulum_demos(tmp_path / 'demos.npz')}", "demos.pretrain_steps=30",
+              "eval.every=300", "eval.episodes=1", "eval.num_envs=1", *FAST)
+    train(compose(*common), tmp_path / "full")
+    restore = interrupt_at_update(monkeypatch, cls, stop_at)
+    with pytest.raises(Interrupted):
+        train(compose(*common), tmp_path / "cut")
+    restore()
+    (tmp_path / "demos.npz").unlink()
+    cut = tmp_path / "cut"
+    train(compose(f"resume={cut}"), tmp_path / "unused", [f"resume={cut}"])
+    assert resumed_at(cut) > 0 and (cut / "train.log").read_text().count("demos: pretrained") == 1
+    (full_w, full_opt), (cut_w, cut_opt) = final_weights(tmp_path / "full"), final_weights(cut)
+    assert full_w.keys() == cut_w.keys()
+    for k in full_w:
+        assert torch.equal(full_w[k], cut_w[k]), f"{k} differs"
+    for name, opt in full_opt.items():  # the Adam moments too
+        for p, state in opt["state"].items():
+            for key, value in state.items():
+                assert torch.equal(value, cut_opt[name]["state"][p][key]), f"{name} {p} {key} differs"
+    assert logged_metrics(cut) == logged_metrics(tmp_path / "full")
