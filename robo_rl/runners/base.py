@@ -213,6 +213,11 @@ class Runner(RunnerCheckpoints, abc.ABC):
         return status, Interrupted(signum, f"{status} at step {self.step:,}; checkpoint {self._last_checkpoint} saved. "
                                            f"Continue with: robo-rl train {shlex.quote(f'resume={self.run_dir}')}")
 
+    def may_defer(self) -> bool:
+        """Whether the learner's long work under way (a GoRL refit) may give way to a signal now, to be done first
+        by the resumed run (``Learner.before_iteration``): only when no update of this iteration follows it."""
+        return True
+
     def episodes_restarted(self) -> None:
         """The training envs started new episodes outside ``env.step`` (a reset after a shared evaluation, or on
         resume when the simulator state could not be saved): per-episode running state restarts too."""
@@ -262,7 +267,8 @@ class Runner(RunnerCheckpoints, abc.ABC):
         status = "completed"
         try:
             with StopOnSignal() as stop:
-                self.learner.stop_requested = lambda: stop.signum is not None  # type: ignore[method-assign]
+                self.learner.stop_requested = (  # type: ignore[method-assign]
+                    lambda: stop.signum is not None and self.may_defer())
                 while self.step < self.total_steps:
                     deferred = self.learner.before_iteration()  # e.g. a GoRL refit a signal interrupted
                     if deferred:

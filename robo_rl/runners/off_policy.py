@@ -87,8 +87,13 @@ class OffPolicyRunner(Runner):
             if self.step >= self.total_steps:  # the run's last updates: the learner hears the exact total
                 learner.plan(self.num_updates + int(self.update_credit))
             while self.update_credit >= 1.0:
+                self.update_credit -= 1.0  # (first: may_defer reads the updates still to come)
                 self.update_learner(self.replay.sample(self.batch_size))
-                self.update_credit -= 1.0
+
+    def may_defer(self) -> bool:
+        # with utd x num_envs > 1 an iteration makes several updates: a GoRL-SAC refit stopped for a signal in one but
+        # the last would leave the others to run without it, and the resumed run, refitting first, to refit after them
+        return self.update_credit < 1.0
 
     def extra_state(self) -> dict[str, Any]:
         return {"random_actions": self.random_actions.get_state(), "update_credit": self.update_credit}

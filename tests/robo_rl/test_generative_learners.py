@@ -311,6 +311,39 @@ def test_a_signal_during_a_refit_stops_it_at_once_and_the_resumed_run_refits_fir
     assert max(float(r["train/refits"] or 0) for r in cut_rows) == refits
 
 
+def test_a_signal_during_a_refit_with_updates_of_its_iteration_to_follow_lets_it_finish(tmp_path, monkeypatch):
+    # gorl_sac on 3 envs makes 3 updates an iteration: the refit after update 31 is followed by updates 32 and 33.
+    # It gave way to a SIGTERM in its first minibatch, those two updates ran without it, and the resumed run
+    # refitted after them: its weights differed from an unbroken run's. The refit now finishes (only one that is
+    # its iteration's last update gives way), and the run resumes bit-identical
+    from policies.heads import LatentDecoderHead
+
+    common = ("algo=gorl_sac", *OFF, *TINY_LATENT_SAC, "env.num_envs=3", "algo.learning_starts=60",
+              "algo.refit_every=31", "steps=120", "checkpoint.every=120", "eval.every=120", "log.every=30")
+    train(compose(*common), tmp_path / "full")
+    original, calls = LatentDecoderHead.imitation_loss, []
+
+    def imitation_loss(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGTERM)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LatentDecoderHead, "imitation_loss", imitation_loss)
+    with pytest.raises(Interrupted) as exc:
+        train(compose(*common), tmp_path / "cut")
+    monkeypatch.setattr(LatentDecoderHead, "imitation_loss", original)
+    assert exc.value.signum == signal.SIGTERM
+    assert "gorl_sac: decoder refit 1 took" in (tmp_path / "cut" / "train.log").read_text()
+    saved = final_weights(tmp_path / "cut")[0]
+    assert int(saved["num_updates"]) == 33 and int(saved["num_refits"]) == 1 and not bool(saved["refit_pending"])
+    train(compose(f"resume={tmp_path / 'cut'}"), tmp_path / "unused", [f"resume={tmp_path / 'cut'}"])
+    full, cut = final_weights(tmp_path / "full")[0], final_weights(tmp_path / "cut")[0]
+    assert int(full["num_refits"]) == 2
+    assert_same_weights(full, cut)
+    assert logged_metrics(tmp_path / "cut") == logged_metrics(tmp_path / "full")
+
+
 def test_a_stopped_refit_leaves_the_decoder_its_optimizer_and_the_random_state_as_they_were(monkeypatch):
     from policies.heads import LatentDecoderHead
 
