@@ -197,6 +197,8 @@ def test_export_latency_gaussian_heads(tmp_path):
     assert all(r["parity_max_abs_error"] < 1e-4 for r in rows)
     # GoRL's row is the policy a trained run exports, re-centred on its anchor
     assert [r["gorl_anchored"] for r in rows] == [False, False, True]
+    assert all(r["torch_compiled_b1"]["p50"] > 0 for r in rows)  # compiled_act, timed beside the eager act
+    assert "torch compiled b1 p50 ms" in (tmp_path / "results" / "export_latency.md").read_text()
 
 
 def test_multimodal_with_demos(tmp_path):
