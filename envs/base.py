@@ -7,6 +7,9 @@ this one small, torch-native interface:
     obs = env.reset(seed)                                   # [N, obs_dim]
     obs, reward, terminated, truncated, info = env.step(actions)   # actions: [N, act_dim]
 
+``reset`` comes first: ``step`` before the first ``reset`` raises a RuntimeError on every backend, as does either after
+``close``; ``load_state_dict`` of a saved state stands in for the reset (the episodes go on from that state).
+
 Finished environments are reset inside ``step``; the returned ``obs`` row is then the first
 observation of the new episode, and ``info["final_obs"]`` holds the observation the finished
 episode ended in (for every other row it equals ``obs``), so a learner can always store
@@ -80,9 +83,12 @@ class BatchedEnv(abc.ABC):
 
     @abc.abstractmethod
     def step(self, actions: torch.Tensor) -> StepResult:
-        """Apply actions [N, act_dim] (within ``action_space`` bounds) and auto-reset finished envs."""
+        """Apply actions [N, act_dim] (within ``action_space`` bounds) and auto-reset finished envs; after reset() only."""
 
     _closed = False
+    #: True until the first reset() (or load_state_dict()): step() refuses to run before it. robo-rl's backends set it
+    #: in __init__ and clear it in reset() and load_state_dict(); an env that does not (a user's subclass) is not checked
+    _needs_reset = False
 
     def close(self) -> None:
         """Release worker processes, simulators and files; reset() and step() refuse to run after it."""
@@ -91,6 +97,15 @@ class BatchedEnv(abc.ABC):
     def _refuse_if_closed(self) -> None:
         if self._closed:
             raise RuntimeError(f"{self.task_id}: this env was closed; make a new one (envs.make_env) to go on")
+
+    def _refuse_step(self) -> None:
+        """What every backend checks before a step: the env is open and has been reset (or loaded from a snapshot).
+        A step before the first reset ran from the unseeded state the env was built in (mujoco, mjwarp, isaac) or failed
+        in gymnasium's wrappers (async: its worker quit)."""
+        self._refuse_if_closed()
+        if self._needs_reset:
+            raise RuntimeError(f"{self.task_id}: step() before the first reset(); call env.reset(seed=...) first "
+                               "(or load_state_dict() a saved state to continue from)")
 
     def render(self, index: int = 0) -> np.ndarray:
         """An RGB frame [H, W, 3] (uint8) of env copy ``index``."""
@@ -128,7 +143,7 @@ class BatchedEnv(abc.ABC):
         The common case (a float32 CPU tensor of the right shape, all finite) is checked in numpy, which
         costs a few microseconds less per step than torch's reduction; anything else goes through
         check_actions and its messages."""
-        self._refuse_if_closed()
+        self._refuse_step()
         if (isinstance(actions, torch.Tensor) and actions.dtype == torch.float32 and actions.device.type == "cpu"
                 and actions.shape == (self.num_envs, self.act_dim)):
             array = actions.detach().numpy()
@@ -137,8 +152,9 @@ class BatchedEnv(abc.ABC):
         return self.check_actions(actions).detach().cpu().numpy()
 
     def check_actions(self, actions: torch.Tensor) -> torch.Tensor:
-        """Validate a batch of actions: shape [N, act_dim], finite as float32. Returns float32 on self.device."""
-        self._refuse_if_closed()
+        """Validate a batch of actions: shape [N, act_dim], finite as float32. Returns float32 on self.device.
+        Refuses to run on a closed env, or before its first reset()."""
+        self._refuse_step()
         if not isinstance(actions, torch.Tensor):
             try:
                 raw = np.asarray(actions)

@@ -304,6 +304,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
             self.randomizer = Randomizer(spec, probe_model if physics else _NoModel(), num_envs, len(low), (high - low) / 2)
         self._pending: dict[str, np.ndarray] | None = None
         self._pending_delay: np.ndarray | None = None  # [N] the next episode's action delay, drawn with its factors
+        self._needs_reset = True  # gymnasium's sub-envs raise ResetNeeded (and an async worker quits) on a step before it
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
         seed = self.check_seed(seed)
@@ -316,6 +317,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
         if self.randomize is not None:
             self._draw_physics(np.arange(self.num_envs), current=False)
             obs = self.randomizer.observe(obs)
+        self._needs_reset = False
         return self._to_tensor(obs)
 
     def render(self, index: int = 0) -> np.ndarray:
@@ -463,6 +465,11 @@ class GymnasiumBatchedEnv(BatchedEnv):
         snaps = state["envs"]
         if len(snaps) != self.num_envs:
             raise ValueError(f"saved env state holds {len(snaps)} envs, this env has {self.num_envs}")
+        if self._needs_reset:
+            # gymnasium's wrappers (OrderEnforcing, the env checker) refuse a step in a sub-env never reset, where the
+            # contract goes on from a loaded state as the other backends do: reset them once; the snapshot replaces
+            # all the state that reset set
+            self._vector_call(self._vec.reset)
         self._vec.set_attr("snapshot", list(snaps))
         self._episodes.load_state_dict(state)
         if self.randomizer is not None and "randomizer" in state:
@@ -480,6 +487,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
                 self._vec.set_attr("pending_physics", [None if self._pending is None else
                                                        {k: self._pending[k][i] for k in self._pending}
                                                        for i in range(self.num_envs)])
+        self._needs_reset = False  # a state to continue from, as after a reset
 
     def _vector_call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """reset/step of the vector env; a worker process that vanished (killed, out of memory, a crash in native

@@ -148,6 +148,7 @@ class IsaacAdapter(BatchedEnv):
         self._ep_return = torch.zeros(self.num_envs, device=self.device)
         self._ep_length = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
         self._partial = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)  # began before our reset
+        self._needs_reset = True  # the env starts its episodes when built, but the contract's first call is reset()
 
     def _resolve_groups(self, raw: Any, wanted: Sequence[str] | None) -> list[str] | None:
         if not _is_groups(raw):
@@ -203,6 +204,7 @@ class IsaacAdapter(BatchedEnv):
         self._obs = self._policy_obs(*_unpack(self.env.get_observations()))[0]
         self._ep_return.zero_()
         self._ep_length.zero_()
+        self._needs_reset = False
         return self._obs.clone()
 
     def step(self, actions: torch.Tensor) -> StepResult:

@@ -157,7 +157,8 @@ class MjwarpBatchedEnv(BatchedEnv):
         self._action_scale = torch.as_tensor((high - low) / 2, device=self.device)
         self._obs = None
         self.diverged_total = 0
-        self._reset_worlds(torch.ones(num_envs, dtype=torch.bool, device=self.device))
+        self._reset_worlds(torch.ones(num_envs, dtype=torch.bool, device=self.device))  # replaced by the first reset()
+        self._needs_reset = True
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self._obs.shape[1],), np.float32)
 
     # -- physics -----------------------------------------------------------------------------------
@@ -270,6 +271,7 @@ class MjwarpBatchedEnv(BatchedEnv):
         self._ep_return.zero_()
         self._ep_length.zero_()
         self._reset_worlds(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
+        self._needs_reset = False
         return self._obs.clone()
 
     def step(self, actions: torch.Tensor) -> StepResult:
@@ -369,4 +371,5 @@ class MjwarpBatchedEnv(BatchedEnv):
         self._ep_return.copy_(torch.as_tensor(state["ep_return"]))
         self._ep_length.copy_(torch.as_tensor(state["ep_length"]))
         self.diverged_total = int(state.get("diverged_total", 0))  # older snapshots lack it
+        self._needs_reset = False  # a state to continue from, as after a reset
 

@@ -154,7 +154,8 @@ class MujocoBatchedEnv(BatchedEnv):
         self.randomize = randomize if randomize is not None and randomize.enabled else None
         self.randomizer = Randomizer(randomize or RandomizationSpec(), self.model, num_envs, len(low), (high - low) / 2)
         self._nominal: dict[str, np.ndarray] = {}
-        self._reset_ids(np.arange(num_envs))
+        self._reset_ids(np.arange(num_envs))  # the state the first reset() replaces (it sizes the observation)
+        self._needs_reset = True
         obs_dim = self._obs.shape[1]
         # what reset() and step() hand out: float32 (the numpy core, reset_numpy/step_numpy, is float64 as gymnasium)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
@@ -167,10 +168,12 @@ class MujocoBatchedEnv(BatchedEnv):
         self.randomizer.seed(seed)
         self._episodes.reset()
         self._reset_ids(np.arange(self.num_envs))
+        self._needs_reset = False
         return self._obs.copy()
 
     def step_numpy(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """One step of every env with float32 actions [N, A]; float64 obs as gymnasium returns them."""
+        self._refuse_step()
         obs, reward, terminated, truncated, info = self._step(actions)
         info["final_obs"] = info["final_obs"].copy()
         return obs.copy(), reward, terminated, truncated, info
@@ -377,3 +380,4 @@ class MujocoBatchedEnv(BatchedEnv):
         if (self.randomize is not None or self.randomizer.fixed.any() or self._nominal
                 or any(np.any(v != 1.0) for v in self.randomizer.params.values())):
             self._write_physics(np.arange(self.num_envs))
+        self._needs_reset = False  # a state to continue from, as after a reset
