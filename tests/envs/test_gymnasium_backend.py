@@ -205,6 +205,28 @@ def test_snapshot_restores_simulation_exactly(vectorization):
     b.close()
 
 
+@pytest.mark.parametrize("vectorization", ["sync", "async"])
+def test_step_before_the_first_reset_is_refused_and_a_loaded_snapshot_needs_none(vectorization):
+    # as on every backend (envs/base.py); gymnasium's wrappers raised ResetNeeded, and an async worker quit on it
+    a = make_env("Hopper-v5", 2, vectorization=vectorization)
+    with pytest.raises(RuntimeError, match=r"Hopper-v5: step\(\) before the first reset\(\); call env.reset\(seed=...\)"):
+        a.step(torch.zeros(2, 3))
+    a.reset(seed=3)  # and the env still works
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        a.step(torch.rand(2, 3, generator=g) * 2 - 1)
+    snap = a.state_dict()
+    b = make_env("Hopper-v5", 2, vectorization=vectorization)
+    b.load_state_dict(snap)  # no reset(): a loaded state is one to continue from (gymnasium raised ResetNeeded)
+    for _ in range(60):  # through falls and resets
+        act = torch.rand(2, 3, generator=g) * 2 - 1
+        ra, rb = a.step(act), b.step(act)
+        assert torch.equal(ra.obs, rb.obs) and torch.equal(ra.reward, rb.reward)
+        assert torch.equal(ra.terminated, rb.terminated) and torch.equal(ra.truncated, rb.truncated)
+    a.close()
+    b.close()
+
+
 def test_snapshot_of_randomized_physics_is_a_copy():
     # the snapshot holds the next episodes' factors; neither env's later draws may change the other's
     spec = {"body_mass_scale": [0.7, 1.3]}

@@ -74,9 +74,20 @@ def test_leaving_the_arena_is_a_termination():
     assert term.any() and not trunc.any()
 
 
+@pytest.mark.parametrize("api", ["rsl_rl", "isaac_lab", "rsl_rl2", "legged_gym"])
+def test_step_before_the_first_reset_is_refused(api):
+    # as on every backend (envs/base.py), though these envs start their episodes when built
+    env = IsaacAdapter(make(num_envs=4, api=api), task_id="PointReach")
+    with pytest.raises(RuntimeError, match=r"PointReach: step\(\) before the first reset\(\); call env.reset"):
+        env.step(torch.zeros(4, 2))
+    env.reset(seed=0)
+    assert env.step(torch.zeros(4, 2)).obs.shape == (4, 4)
+
+
 def test_reset_restarts_episodes_or_never_reports_partial_ones():
     # Isaac Lab's wrapper has no reset(): the adapter resets the gymnasium env it holds (with the seed)
     lab = IsaacAdapter(make(num_envs=4, max_episode_length=5, api="isaac_lab"))
+    lab.reset(seed=0)
     for _ in range(2):
         lab.step(torch.zeros(4, 2))
     first = lab.reset(seed=7)
@@ -84,6 +95,7 @@ def test_reset_restarts_episodes_or_never_reports_partial_ones():
     assert torch.equal(first, IsaacAdapter(make(num_envs=4, api="isaac_lab")).reset(seed=7))
     # a bare rsl_rl >= 3 VecEnv cannot restart: the episodes under way finish uncounted, later ones count in full
     bare = IsaacAdapter(make(num_envs=4, max_episode_length=5))
+    bare.reset(seed=0)
     for _ in range(2):
         bare.step(torch.zeros(4, 2))
     bare.reset(seed=7)

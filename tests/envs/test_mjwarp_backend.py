@@ -30,6 +30,18 @@ def test_tracks_the_exact_backend_within_float32(pair):
     assert rw.obs.device == warp_env.device and rw.obs.dtype == torch.float32
 
 
+def test_step_before_the_first_reset_is_refused_and_a_loaded_snapshot_needs_none(pair):
+    # as on every backend (envs/base.py): it stepped from the unseeded state the env was built in
+    fresh = make_env("Hopper-v5", 3, backend="mjwarp", device="cpu")
+    with pytest.raises(RuntimeError, match=r"Hopper-v5: step\(\) before the first reset\(\); call env.reset"):
+        fresh.step(torch.zeros(3, 3))
+    warp_env = pair[0]
+    warp_env.reset(seed=0)
+    snap = warp_env.state_dict()
+    fresh.load_state_dict(snap)  # no reset(): a loaded state is one to continue from
+    assert torch.equal(fresh.step(torch.full((3, 3), 0.3)).obs, warp_env.step(torch.full((3, 3), 0.3)).obs)
+
+
 def test_randomized_gravity_and_snapshot():
     env = make_env("Hopper-v5", 2, backend="mjwarp", device="cpu", randomize={"gravity_scale": [0.0, 0.0]})
     z0 = env.reset(seed=0)[:, 0]
@@ -176,7 +188,8 @@ def test_warp_prints_no_line_per_kernel_module():
     from pathlib import Path
 
     code = ("import torch; from envs import make_env; "
-            "make_env('Hopper-v5', 1, backend='mjwarp', device='cpu').step(torch.zeros(1, 3))")
+            "env = make_env('Hopper-v5', 1, backend='mjwarp', device='cpu'); env.reset(seed=0); "
+            "env.step(torch.zeros(1, 3))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr

@@ -126,6 +126,25 @@ def test_diverged_simulation_is_reset_marked_and_finite():
     assert unknown_next_state(info, term, trunc).tolist() == [False, True, False]
 
 
+def test_step_before_the_first_reset_is_refused_and_a_loaded_snapshot_needs_none():
+    # as on every backend (envs/base.py): it stepped from the unseeded state the env was built in
+    a = make_env("Hopper-v5", 2, backend="mujoco", threads=1)
+    for step in (lambda: a.step(torch.zeros(2, 3)), lambda: a.step_numpy(np.zeros((2, 3), np.float32))):
+        with pytest.raises(RuntimeError, match=r"Hopper-v5: step\(\) before the first reset\(\); call env.reset"):
+            step()
+    a.reset(seed=3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        a.step(torch.rand(2, 3, generator=g) * 2 - 1)
+    b = make_env("Hopper-v5", 2, backend="mujoco", threads=1)
+    b.load_state_dict(a.state_dict())  # no reset(): a loaded state is one to continue from
+    for _ in range(60):  # through falls and resets
+        act = torch.rand(2, 3, generator=g) * 2 - 1
+        ra, rb = a.step(act), b.step(act)
+        assert torch.equal(ra.obs, rb.obs) and torch.equal(ra.reward, rb.reward)
+        assert torch.equal(ra.terminated, rb.terminated) and torch.equal(ra.truncated, rb.truncated)
+
+
 def test_make_env_backend_and_bad_input():
     env = make_env("Walker2d-v5", 2, backend="mujoco", kwargs={"ctrl_cost_weight": 0.01})
     assert env.task.p["ctrl_cost_weight"] == 0.01 and env.obs_dim == 17
@@ -137,9 +156,9 @@ def test_make_env_backend_and_bad_input():
         make_env("Zzzzzz-v0", backend="mujoco")
     with pytest.raises(ValueError, match="unsupported keyword argument.*ctrl_costweight.*supported: .*ctrl_cost_weight"):
         make_env("Hopper-v5", backend="mujoco", kwargs={"ctrl_costweight": 0.1})
+    env.reset(seed=0)
     with pytest.raises(ValueError, match="shape"):
         env.step(torch.zeros(2, 5))
-    env.reset(seed=0)
     with pytest.raises(ValueError, match="non-finite"):
         env.step(torch.full((2, 6), float("nan")))
     with pytest.raises(ValueError, match="non-finite"):  # finite in float64, inf in the simulation's float32
