@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from policies.heads import HEADS, PolicyHead
+from policies.heads.base import action_bound
 from policies.normalizers import ObsNormalizer
 
 
@@ -43,7 +44,8 @@ def build_head(
                         f"it takes {', '.join(accepted)} (and build_head's normalize_obs, obs_clip)")
     if isinstance(obs_dim, bool) or not isinstance(obs_dim, numbers.Integral) or obs_dim < 1:
         raise ValueError(f"the {name} head: obs_dim must be an integer >= 1, got {obs_dim!r}")
-    if math.prod(np.shape(action_low)) < 1 or np.shape(action_low) != np.shape(action_high):  # (np.size: not a tensor's)
+    action_low, action_high = action_bound(name, "action_low", action_low), action_bound(name, "action_high", action_high)
+    if math.prod(np.shape(action_low)) < 1 or np.shape(action_low) != np.shape(action_high):
         raise ValueError(f"the {name} head: action_low and action_high must be equal-length bounds of at least one "
                          f"action dimension, got {np.shape(action_low)} and {np.shape(action_high)}")
     if isinstance(obs_clip, bool) or not isinstance(obs_clip, numbers.Real) or not obs_clip > 0:

@@ -25,6 +25,8 @@ import abc
 import inspect
 import math
 import numbers
+import reprlib
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,6 +50,19 @@ def count_option(key: str, value: object, least: int, why: str) -> int:
     if isinstance(value, bool) or not whole or value < least:
         raise ValueError(f"policy.{key}={value!r}: {why}")
     return int(value)
+
+
+def action_bound(head: str, which: str, value: Any) -> np.ndarray:
+    """``value`` (a head's ``action_low`` or ``action_high``) as a float32 array; a ValueError naming ``which`` when it
+    is not real numbers (numpy's own error, "could not convert string to float", named neither)."""
+    try:
+        array = np.asarray(value)
+    except ValueError:  # a ragged list
+        array = None
+    if array is None or array.dtype.kind not in "fiu":  # strings, None, objects, complex, bool flags
+        raise ValueError(f"the {head} head: {which} must be real numbers, one bound per action dimension (e.g. "
+                         f"env.action_space.{'low' if which == 'action_low' else 'high'}), got {reprlib.repr(value)}")
+    return array.astype(np.float32)
 
 
 class PolicyHead(nn.Module, abc.ABC):
@@ -80,8 +95,8 @@ class PolicyHead(nn.Module, abc.ABC):
 
     def __init__(self, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray, obs_norm: ObsNormalizer) -> None:
         super().__init__()
-        low = torch.as_tensor(np.asarray(action_low, dtype=np.float32))
-        high = torch.as_tensor(np.asarray(action_high, dtype=np.float32))
+        low = torch.as_tensor(action_bound(self.name, "action_low", action_low))
+        high = torch.as_tensor(action_bound(self.name, "action_high", action_high))
         if low.shape != high.shape or low.dim() != 1:
             raise ValueError(f"action bounds must be 1-D and of equal shape, got {low.shape} and {high.shape}")
         if not bool(torch.isfinite(low).all() and torch.isfinite(high).all() and (high > low).all()):

@@ -204,6 +204,11 @@ def test_act_takes_a_batch_of_observations_and_says_what_else_to_pass(name):
     ((0,), {}, "obs_dim must be an integer >= 1, got 0"),
     (("11",), {}, "obs_dim must be an integer >= 1, got '11'"),
     ((4, [], []), {}, "action_low and action_high must be equal-length bounds of at least one action dimension"),
+    ((4, ["-1", "-1", "x"], np.ones(3)), {}, "action_low must be real numbers, one bound per action dimension (e.g. "
+                                            "env.action_space.low), got ['-1', '-1', 'x']"),  # numpy's bare message
+    ((4, -np.ones(3), "abc"), {}, "action_high must be real numbers"),
+    ((4, -np.ones(3), [None, 1, 1]), {}, "action_high must be real numbers"),  # was NaN, "must be finite"
+    ((4, -np.ones(3), [1j, 1, 1]), {}, "action_high must be real numbers"),  # numpy's bare TypeError
     ((4,), {"hidden_sizes": (-5,)}, "hidden_sizes must be a list of layer widths >= 1, e.g. [256, 256], got [-5]"),
     ((4,), {"hidden_sizes": 256}, "hidden_sizes must be a list of layer widths >= 1, e.g. [256, 256], got 256"),
     ((4,), {"hidden_sizes": (2.5,)}, "got [2.5]"),
@@ -216,6 +221,13 @@ def test_build_head_checks_its_arguments_before_torch_sees_them(args, options, w
         build_head("gaussian", args[0], *bounds, **options)
     with pytest.raises(ValueError, match=re.escape("unknown policy head ['gaussian']")):
         build_head(["gaussian"], 4, -np.ones(3), np.ones(3))
+
+
+def test_a_head_built_directly_names_a_bound_that_is_not_numbers():
+    from policies.normalizers import ObsNormalizer
+
+    with pytest.raises(ValueError, match=re.escape("the gaussian head: action_high must be real numbers")):
+        HEADS["gaussian"](4, -np.ones(3), ["1", "1", "one"], ObsNormalizer(4))
 
 
 @pytest.mark.parametrize("name", sorted(HEADS))
