@@ -259,8 +259,6 @@ def test_a_signal_during_a_refit_stops_it_at_once_and_the_resumed_run_refits_fir
     # The refit gives way at the next minibatch instead of running to its end (seconds to minutes at the
     # defaults), the checkpoint keeps the decoder from before it, and the resumed run refits first, with the
     # observation statistics of the refit's start: the run ends bit-identical to an uninterrupted one
-    from policies.heads import LatentDecoderHead
-
     if algo == "gorl":
         common = ("algo=gorl", "env=pendulum", "env.num_envs=8", "algo.rollout_steps=16", "algo.minibatch_size=32",
                   "algo.epochs=2", "algo.stages=4", "algo.refit_epochs=4", "algo.dataset_size=300",
@@ -271,19 +269,8 @@ def test_a_signal_during_a_refit_stops_it_at_once_and_the_resumed_run_refits_fir
         common = ("algo=gorl_sac", *OFF, *TINY_LATENT_SAC, "steps=400", "checkpoint.every=200", "eval.every=400")
         signal_in, done_before, refit, cut_step, refits = 1, 1, 1, 349, 1  # (update 1 at step 200)
     train(compose(*common), tmp_path / "full")
-    original, calls = LatentDecoderHead.imitation_loss, []
-
-    def imitation_loss(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == signal_in:
-            signal.raise_signal(signal.SIGTERM)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(LatentDecoderHead, "imitation_loss", imitation_loss)
-    with pytest.raises(Interrupted) as exc:
-        train(compose(*common), tmp_path / "cut")
-    monkeypatch.setattr(LatentDecoderHead, "imitation_loss", original)
-    assert exc.value.signum == signal.SIGTERM and len(calls) == signal_in  # none after the one the signal came in
+    exc, calls = train_with_a_sigterm_in_refit(monkeypatch, signal_in, common, tmp_path / "cut")
+    assert exc.signum == signal.SIGTERM and calls == signal_in  # none after the one the signal came in
     log_text = (tmp_path / "cut" / "train.log").read_text()
     assert f"{algo}: decoder refit {refit} stopped for the signal after {done_before} minibatch(es)" in log_text
     cut_at = json.loads((tmp_path / "cut" / "summary.json").read_text())["steps"]
@@ -311,29 +298,36 @@ def test_a_signal_during_a_refit_stops_it_at_once_and_the_resumed_run_refits_fir
     assert max(float(r["train/refits"] or 0) for r in cut_rows) == refits
 
 
-def test_a_signal_during_a_refit_with_updates_of_its_iteration_to_follow_lets_it_finish(tmp_path, monkeypatch):
-    # gorl_sac on 3 envs makes 3 updates an iteration: the refit after update 31 is followed by updates 32 and 33.
-    # It gave way to a SIGTERM in its first minibatch, those two updates ran without it, and the resumed run
-    # refitted after them: its weights differed from an unbroken run's. The refit now finishes (only one that is
-    # its iteration's last update gives way), and the run resumes bit-identical
+def train_with_a_sigterm_in_refit(monkeypatch, minibatch: int, overrides, run_dir):
+    """Train ``overrides`` into ``run_dir`` with a SIGTERM raised in the decoder refits' ``minibatch``-th minibatch
+    (counted over all refits); the Interrupted it ends with and the refit minibatches begun."""
     from policies.heads import LatentDecoderHead
 
-    common = ("algo=gorl_sac", *OFF, *TINY_LATENT_SAC, "env.num_envs=3", "algo.learning_starts=60",
-              "algo.refit_every=31", "steps=120", "checkpoint.every=120", "eval.every=120", "log.every=30")
-    train(compose(*common), tmp_path / "full")
     original, calls = LatentDecoderHead.imitation_loss, []
 
     def imitation_loss(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 1:
+        if len(calls) == minibatch:
             signal.raise_signal(signal.SIGTERM)
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(LatentDecoderHead, "imitation_loss", imitation_loss)
     with pytest.raises(Interrupted) as exc:
-        train(compose(*common), tmp_path / "cut")
+        train(compose(*overrides), run_dir)
     monkeypatch.setattr(LatentDecoderHead, "imitation_loss", original)
-    assert exc.value.signum == signal.SIGTERM
+    return exc.value, len(calls)
+
+
+def test_a_signal_during_a_refit_with_updates_of_its_iteration_to_follow_lets_it_finish(tmp_path, monkeypatch):
+    # gorl_sac on 3 envs makes 3 updates an iteration: the refit after update 31 is followed by updates 32 and 33.
+    # It gave way to a SIGTERM in its first minibatch, those two updates ran without it, and the resumed run
+    # refitted after them: its weights differed from an unbroken run's. The refit now finishes (only one that is
+    # its iteration's last update gives way), and the run resumes bit-identical
+    common = ("algo=gorl_sac", *OFF, *TINY_LATENT_SAC, "env.num_envs=3", "algo.learning_starts=60",
+              "algo.refit_every=31", "steps=120", "checkpoint.every=120", "eval.every=120", "log.every=30")
+    train(compose(*common), tmp_path / "full")
+    exc, _ = train_with_a_sigterm_in_refit(monkeypatch, 1, common, tmp_path / "cut")
+    assert exc.signum == signal.SIGTERM
     assert "gorl_sac: decoder refit 1 took" in (tmp_path / "cut" / "train.log").read_text()
     saved = final_weights(tmp_path / "cut")[0]
     assert int(saved["num_updates"]) == 33 and int(saved["num_refits"]) == 1 and not bool(saved["refit_pending"])
