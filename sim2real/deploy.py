@@ -33,12 +33,13 @@ def _fmt(mean: float, std: float | None = None) -> str:
     return f"{mean:.{digits}f}" + (f" +- {std:.{digits}f}" if std is not None else "")
 
 
-def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episodes: int | None = 5,
+def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episodes: int | None = None,
            steps: int | None = None, realtime: bool = False, rate_hz: float | None = None,
            safety: list[dict[str, Any]] | None = None, sim2sim: dict[str, Any] | None = None,
            watchdog: dict[str, Any] | None = None, threads: int = 1,
            log: Callable[[str], None] = print, out: str | Path | None = None) -> dict[str, Any]:
-    """Run ``export`` on a robot until ``episodes`` episodes finished or ``steps`` ticks ran.
+    """Run ``export`` on a robot until ``episodes`` episodes finished or ``steps`` ticks ran (whichever comes
+    first when both are given; neither: 5 episodes, as `robo-rl deploy`).
 
     safety: a filter-chain spec replacing the sidecar's (None keeps the sidecar's). sim2sim: the
     sim robot's settings (see ``SIM2SIM_KEYS``). realtime=False runs as fast as the simulator
@@ -57,7 +58,7 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
             raise ValueError(f"{key}={value!r}: must be a whole number >= 1 (or null: "
                              f"{'run steps= control steps instead' if key == 'episodes' else 'run until episodes= finish'})")
     if episodes is None and steps is None:
-        raise ValueError("give episodes >= 1 or steps >= 1 (otherwise the run never ends)")
+        episodes = 5  # as `robo-rl deploy`: steps= alone runs that many steps, not at most 5 episodes of them
     check_rate_hz(rate_hz, "null for the export's own rate")
     if task is not None and (not isinstance(task, str) or not task.strip()):
         raise ValueError(f"task={task!r}: give a gymnasium id, or null for the export's own task")

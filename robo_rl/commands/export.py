@@ -161,10 +161,9 @@ def deploy_main(args: Sequence[str]) -> int:
         from sim2real.deploy import deploy
 
         sim2sim = OmegaConf.to_container(opts.sim2sim, resolve=True)
-        episodes = opts.episodes if opts.episodes is not None else (None if opts.steps is not None else 5)
         export_dir = Path(opts.export).parent if Path(opts.export).is_file() else Path(opts.export)  # (or policy.json)
         out = Path(opts.out) if opts.out else export_dir / "deploy.json"
-        deploy(opts.export, episodes=episodes, steps=opts.steps, realtime=bool(opts.realtime),
+        deploy(opts.export, episodes=opts.episodes, steps=opts.steps, realtime=bool(opts.realtime),
                rate_hz=opts.rate_hz, safety=safety, task=opts.task, sim2sim=sim2sim,
                watchdog=OmegaConf.to_container(opts.watchdog, resolve=True), out=out)  # out: checked before the run
     except (FileNotFoundError, ValueError) as exc:  # ExportError is a ValueError

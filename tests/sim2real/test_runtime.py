@@ -948,3 +948,14 @@ def test_a_reading_without_a_timestamp_or_with_ragged_values_gets_the_fallback_n
     report = loop.run(steps=3)
     assert report.steps == 3 and report.events == {"bad_observation": 1} and len(sent) == 3
     np.testing.assert_array_equal(sent[1][1], [0.8, -0.8])
+
+
+def test_deploy_from_python_runs_steps_alone_as_many_steps_as_the_cli_does(tmp_path: Path) -> None:
+    # deploy(export, steps=N) stopped after 5 episodes (the default episodes=5 applied beside steps=), where
+    # `robo-rl deploy steps=N` runs N steps; neither given: 5 episodes, as the CLI
+    export = make_export(tmp_path / "e", obs_dim=4, act_dim=1, low=-3.0, high=3.0, task="InvertedPendulum-v5", dt=0.04)
+    short = {"max_episode_steps": 4, "seed": 0}  # 4-step episodes: 5 of them end after 20 steps
+    report = deploy(str(export), steps=30, sim2sim=short, log=lambda _: None)
+    assert report["loop"]["steps"] == 30 and report["episodes"] == 7
+    report = deploy(str(export), sim2sim=short, log=lambda _: None)
+    assert report["episodes"] == 5 and report["loop"]["steps"] == 20
