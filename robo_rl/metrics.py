@@ -177,12 +177,14 @@ class Progress:
             return
         elapsed = max(now - self._last_t, 1e-9)
         pause = min(max(paused - self._last_paused, 0.0), elapsed)
-        rate = (step - self._last_step) / elapsed  # what the line shows: the interval's pace, pauses included
+        rate = (step - self._last_step) / elapsed  # what a periodic line shows: the interval's pace, pauses included
         # ETA from the training rate (pauses left out), smoothed over prints, but restarted when the pace changes
         # regime (more than 2x): an off-policy run's random-action warm-up is ~10x faster than its training, and
         # carrying that rate over gave a first ETA several times too short (an evaluation's interval, counted
         # whole, looked like such a change and sent that line's ETA up to 2.5x too long)
         train_rate = (step - self._last_step) / max(elapsed - pause, 1e-9)
+        if force:  # the closing line: its interval is mostly the final evaluation and save ("12 steps/s" just
+            rate = train_rate  # before "done: ... (138 steps/s)"), so it shows the training pace
         if self._rate is None or not 0.5 * self._rate <= train_rate <= 2.0 * self._rate:
             self._rate = train_rate
         else:

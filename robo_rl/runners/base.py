@@ -318,18 +318,20 @@ class Runner(RunnerCheckpoints, abc.ABC):
                 closing = self._row_start_step != self.step
                 if closing:
                     self._write_row(elapsed, t_start)
+                t_pause = time.perf_counter()
                 if self._last_eval_step != self.step:
                     self._evaluate(elapsed)
                 # the final evaluation may come after a checkpoint at the same step: save again so it is kept
                 # (a resume would otherwise drop it from eval_history and the best-eval summary, or repeat it)
                 if closing or self._last_ckpt_step != self.step or self._last_ckpt_evals != len(self.eval_history):
                     self.save(time.perf_counter() - t_start)
+                paused += time.perf_counter() - t_pause
                 if stop.signum is not None:
                     log.info(f"{signal.Signals(stop.signum).name} arrived after the last training step: the run is "
                              f"complete and its final checkpoint {self._last_checkpoint} is saved")
             progress.maybe_print(self.step, mean_of(self.recent_returns),
                                  (self.eval_history[-1]["return_mean"], self.eval_history[-1]["return_std"]), force=True,
-                                 recent_cost=mean_of(self.recent_costs) if self.recent_costs else None)
+                                 recent_cost=mean_of(self.recent_costs) if self.recent_costs else None, paused=paused)
         except Interrupted:
             raise
         except KeyboardInterrupt:  # a second Ctrl-C while the first one's checkpoint was pending: no new one

@@ -434,6 +434,22 @@ def test_the_progress_percentage_reads_100_only_at_the_end(monkeypatch, caplog):
     assert "step 1,998/2,000 (99%)" in caplog.messages[0] and "step 2,000/2,000 (100%)" in caplog.messages[1]
 
 
+def test_the_closing_progress_line_shows_the_training_pace(monkeypatch, caplog):
+    # its interval is mostly the final evaluation and save: the interval's pace read "1 steps/s" just before
+    # "done: ... (N steps/s)"; the closing line shows the training pace, pauses left out
+    import logging
+
+    from robo_rl import metrics
+
+    clock = iter([0.0, 100.0, 200.0])
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
+    progress = metrics.Progress("sac Hopper-v5", total_steps=1_000, every_seconds=60)
+    with caplog.at_level(logging.INFO, logger=metrics.log.name):
+        progress.maybe_print(900, None, None)
+        progress.maybe_print(1_000, None, (20.0, 1.0), force=True, paused=90.0)  # 100 steps in 10 s, then 90 s of pauses
+    assert "| 9 steps/s |" in caplog.messages[0] and "| 10 steps/s |" in caplog.messages[1]
+
+
 def test_on_policy_steps_round_up_to_whole_updates_and_say_so(tmp_path):
     summary = train(compose(*SMALL_PPO, "steps=200"), tmp_path / "run")  # 128 samples per update
     assert summary["steps"] == 256
