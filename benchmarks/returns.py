@@ -65,7 +65,7 @@ def run_sb3(algo: str, seed: int) -> dict:
                     batch_size=256, tau=0.005, gamma=0.99, train_freq=1, gradient_steps=1, ent_coef="auto",
                     policy_kwargs=dict(net_arch=[256, 256]), seed=seed, device="cpu", verbose=0)
         model.learn(BUDGET[algo])
-        eval_env = gym.make(ENV)
+        eval_env = make_vec_env(ENV, n_envs=1, seed=seed + 10_000)  # seeded, as PPO's (a bare env reset unseeded)
     else:
         venv = VecNormalize(make_vec_env(ENV, n_envs=16, seed=seed), gamma=0.99, clip_obs=10.0, clip_reward=10.0)
         model = PPO("MlpPolicy", venv, learning_rate=lambda progress: 3e-4 * progress, n_steps=128, batch_size=64,
@@ -77,7 +77,7 @@ def run_sb3(algo: str, seed: int) -> dict:
         eval_env.obs_rms = venv.obs_rms
     mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=EVAL_EPISODES, deterministic=True)
     return {"seed": seed, "return": float(mean), "wall_s": time.perf_counter() - t, "budget": BUDGET[algo],
-            "eval_episodes": EVAL_EPISODES}
+            "eval_episodes": EVAL_EPISODES, "eval_seed": seed + 10_000}
 
 
 def cached_sb3(cache: dict, algo: str, seed: int) -> dict | None:
@@ -91,6 +91,9 @@ def cached_sb3(cache: dict, algo: str, seed: int) -> dict | None:
     if (budget, episodes) != (BUDGET[algo], EVAL_EPISODES):
         print(f"SB3 {algo} seed {seed}: the cached run had {budget:,} steps and {episodes} evaluation episodes, not "
               f"{BUDGET[algo]:,} and {EVAL_EPISODES}: trained again", flush=True)
+        return None
+    if algo == "sac" and "eval_seed" not in run:  # scored on an unseeded env before 2026-12-06: not reproducible
+        print(f"SB3 sac seed {seed}: the cached run was evaluated on an unseeded env: trained again", flush=True)
         return None
     return run
 

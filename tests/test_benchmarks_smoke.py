@@ -55,7 +55,8 @@ def test_default_run(tmp_path):
 def test_returns_with_a_shrunk_budget(tmp_path):
     # SB3's runs come from a cache next to the results (as benchmarks/results/returns_sb3.json is used)
     (tmp_path / "results").mkdir()
-    cache = {"runs": {"sac/0": {"seed": 0, "return": 1.0, "wall_s": 1.0, "budget": 300, "eval_episodes": 1},
+    cache = {"runs": {"sac/0": {"seed": 0, "return": 1.0, "wall_s": 1.0, "budget": 300, "eval_episodes": 1,
+                                "eval_seed": 10_000},
                       "ppo/0": {"seed": 0, "return": 2.0, "wall_s": 1.0, "budget": 2048, "eval_episodes": 1}}}
     (tmp_path / "results" / "returns_sb3.json").write_text(json.dumps(cache))
     code = ("import sys; sys.argv = ['returns.py', '--seeds', '0']; import benchmarks.returns as m; "
@@ -69,11 +70,14 @@ def test_returns_takes_only_cached_sb3_runs_of_the_same_budget(monkeypatch):
     # the SB3 cache was keyed by algo and seed only: a changed budget compared robo-rl's runs with SB3's of another
     import benchmarks.returns as returns
 
-    cache = {"runs": {"sac/0": {"seed": 0, "return": 1.0, "wall_s": 1.0, "budget": 300, "eval_episodes": 10},
-                      "sac/1": {"seed": 1, "return": 1.0, "wall_s": 1.0},  # recorded before runs kept their budget
+    cache = {"runs": {"sac/0": {"seed": 0, "return": 1.0, "wall_s": 1.0, "budget": 300, "eval_episodes": 10,
+                                "eval_seed": 10_000},
+                      "sac/1": {"seed": 1, "return": 1.0, "wall_s": 1.0, "eval_seed": 10_001},  # no budget: 30,000
+                      "sac/2": {"seed": 2, "return": 1.0, "wall_s": 1.0, "budget": 30_000, "eval_episodes": 10},
                       "ppo/0": {"seed": 0, "return": 2.0, "wall_s": 1.0, "budget": 2048, "eval_episodes": 1}}}
     assert returns.cached_sb3(cache, "sac", 0) is None  # 300 steps, not 30,000
-    assert returns.cached_sb3(cache, "sac", 1) is cache["runs"]["sac/1"]  # the 2026-12-02 cache: 30,000 steps
+    assert returns.cached_sb3(cache, "sac", 1) is cache["runs"]["sac/1"]  # recorded before runs kept their budget
+    assert returns.cached_sb3(cache, "sac", 2) is None  # evaluated on an unseeded env (before 2026-12-06)
     assert returns.cached_sb3(cache, "ppo", 0) is None and returns.cached_sb3(cache, "ppo", 1) is None
     monkeypatch.setitem(returns.BUDGET, "sac", 300)
     assert returns.cached_sb3(cache, "sac", 0) is cache["runs"]["sac/0"] and returns.cached_sb3(cache, "sac", 1) is None
