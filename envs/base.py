@@ -7,8 +7,9 @@ this one small, torch-native interface:
     obs = env.reset(seed)                                   # [N, obs_dim]
     obs, reward, terminated, truncated, info = env.step(actions)   # actions: [N, act_dim]
 
-``reset`` comes first: ``step`` before the first ``reset`` raises a RuntimeError on every backend, as does either after
-``close``; ``load_state_dict`` of a saved state stands in for the reset (the episodes go on from that state).
+``reset`` comes first: ``step``, ``render`` and ``state_dict`` before the first ``reset`` raise a RuntimeError on every
+backend; ``load_state_dict`` of a saved state stands in for the reset (the episodes go on from that state). After
+``close`` every method but ``physics_params`` (a read of the factors the env keeps) and ``close`` raises that RuntimeError.
 
 Finished environments are reset inside ``step``; the returned ``obs`` row is then the first
 observation of the new episode, and ``info["final_obs"]`` holds the observation the finished
@@ -91,32 +92,36 @@ class BatchedEnv(abc.ABC):
     _needs_reset = False
 
     def close(self) -> None:
-        """Release worker processes, simulators and files; reset() and step() refuse to run after it."""
+        """Release worker processes, simulators and files; every method but physics_params() refuses to run after it."""
         self._closed = True
 
     def _refuse_if_closed(self) -> None:
         if self._closed:
             raise RuntimeError(f"{self.task_id}: this env was closed; make a new one (envs.make_env) to go on")
 
-    def _refuse_step(self) -> None:
-        """What every backend checks before a step: the env is open and has been reset (or loaded from a snapshot).
-        A step before the first reset ran from the unseeded state the env was built in (mujoco, mjwarp, isaac) or failed
-        in gymnasium's wrappers (async: its worker quit)."""
+    def _refuse_step(self, call: str = "step()") -> None:
+        """What every backend checks before a step (and a render or a snapshot, ``call``): the env is open and has been
+        reset (or loaded from a snapshot). A step before the first reset ran from the unseeded state the env was built
+        in (mujoco, mjwarp, isaac) or failed in gymnasium's wrappers (async: its worker quit); a render drew that state
+        (mujoco, mjwarp) or raised gymnasium's ResetNeeded (async: in a worker, which gymnasium then shut down)."""
         self._refuse_if_closed()
         if self._needs_reset:
-            raise RuntimeError(f"{self.task_id}: step() before the first reset(); call env.reset(seed=...) first "
+            raise RuntimeError(f"{self.task_id}: {call} before the first reset(); call env.reset(seed=...) first "
                                "(or load_state_dict() a saved state to continue from)")
 
     def render(self, index: int = 0) -> np.ndarray:
-        """An RGB frame [H, W, 3] (uint8) of env copy ``index``."""
+        """An RGB frame [H, W, 3] (uint8) of env copy ``index``; after reset() only."""
+        self._refuse_if_closed()
         raise ValueError(f"the {self.backend} backend cannot render {self.task_id}")
 
     # Exact save/restore of the simulators, for resuming a run bit-for-bit. A backend that cannot
     # capture its state returns None from state_dict(); the runner then resets on resume and says so.
     def state_dict(self) -> dict[str, Any] | None:
+        self._refuse_if_closed()
         return None
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._refuse_if_closed()
         raise ValueError(f"{type(self).__name__} cannot restore simulator state")
 
     @functools.cached_property

@@ -321,8 +321,10 @@ class GymnasiumBatchedEnv(BatchedEnv):
         return self._to_tensor(obs)
 
     def render(self, index: int = 0) -> np.ndarray:
+        self._refuse_if_closed()
         if not self._can_render:
             raise ValueError(f"{self.task_id}: build the env with render=True to draw frames")
+        self._refuse_step("render()")  # gymnasium's ResetNeeded before it (async: in a worker, which it then shut down)
         try:
             if isinstance(self._vec, SyncVectorEnv):
                 return np.asarray(self._vec.envs[index].render())
@@ -338,6 +340,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
 
     def set_physics_params(self, values: dict[str, Any], ids: Any = None) -> None:
         """Fix physics factors for envs ``ids`` (default: all); applied now and kept across resets."""
+        self._refuse_if_closed()
         if self.randomizer is None or not self.randomizer.params.get("body_mass_scale", np.zeros((1, 0))).size:
             raise ValueError(f"{self.task_id} is not a MuJoCo task: it has no physics factors to set")
         ids = env_ids(ids, self.num_envs)
@@ -449,8 +452,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
         return {k: torch.as_tensor(v, device=self.device) for k, v in terms.items()}
 
     def state_dict(self) -> dict[str, Any] | None:
-        if self._workers_lost is not None:  # the simulators went with their worker processes
-            raise WorkerDied(self._workers_lost)
+        self._refuse_step("state_dict()")  # WorkerDied where the simulators went with their worker processes
         snaps = list(self._vector_call(self._vec.get_attr, "snapshot"))
         if any(s is None for s in snaps):
             return None
@@ -462,6 +464,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._refuse_if_closed()
         snaps = state["envs"]
         if len(snaps) != self.num_envs:
             raise ValueError(f"saved env state holds {len(snaps)} envs, this env has {self.num_envs}")

@@ -249,6 +249,7 @@ class MjwarpBatchedEnv(BatchedEnv):
         Only factors this env randomizes can be set: Warp allocates per-world model arrays when the
         model is put on the device, for those fields only (a range of [1, 1] makes a factor settable
         without randomizing it)."""
+        self._refuse_if_closed()
         missing = sorted(set(values) - set(self.randomizer.spec.physics))
         if missing:
             raise ValueError(f"{self.task_id} on mjwarp: {', '.join(missing)} cannot be set, only the factors this env "
@@ -317,6 +318,7 @@ class MjwarpBatchedEnv(BatchedEnv):
     def render(self, index: int = 0, width: int | None = None, height: int | None = None) -> np.ndarray:
         from envs.mujoco.backend import make_task_renderer
 
+        self._refuse_step("render()")
         if getattr(self, "_renderer", None) is None:
             self._renderer = make_task_renderer(self.model, self.task, width, height)
             self._render_data = mujoco.MjData(self.model)
@@ -328,6 +330,7 @@ class MjwarpBatchedEnv(BatchedEnv):
     def state_dict(self) -> dict[str, Any]:
         import warp as wp
 
+        self._refuse_step("state_dict()")
         state = {f"sim.{f}": wp.to_torch(getattr(self.d, f)).clone().cpu() for f in _STATE}
         state.update({f"derived.{k}": v.clone().cpu() for k, v in self._derived.items()})
         if self._cfrc_ext is not None:
@@ -341,6 +344,7 @@ class MjwarpBatchedEnv(BatchedEnv):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         import warp as wp
 
+        self._refuse_if_closed()
         if len(state["rngs"]) != self.num_envs:  # copy_ would broadcast a 1-world snapshot over every world
             raise ValueError(f"saved env state holds {len(state['rngs'])} envs, this env has {self.num_envs}")
         # factors this env has no per-world arrays for would be reported by physics_params() and simulated by no world

@@ -277,6 +277,7 @@ class MujocoBatchedEnv(BatchedEnv):
 
         The given factors are kept across resets (the others keep being drawn); takes effect immediately (the next step).
         """
+        self._refuse_if_closed()
         ids = env_ids(ids, self.num_envs)
         self.randomizer.set_params(values, ids)
         self._write_physics(ids)
@@ -314,7 +315,8 @@ class MujocoBatchedEnv(BatchedEnv):
         """An RGB frame of simulation ``index``, with the camera gymnasium uses for this task.
 
         The size defaults to the task's ``width``/``height`` keyword arguments (gymnasium's 480 x 480), the camera
-        to its ``default_camera_config`` (else the gymnasium task's DEFAULT_CAMERA_CONFIG)."""
+        to its ``default_camera_config`` (else the gymnasium task's DEFAULT_CAMERA_CONFIG). After reset() only."""
+        self._refuse_step("render()")
         if getattr(self, "_renderer", None) is None:
             self._renderer = make_task_renderer(self.model, self.task, width, height)
             self._render_data = mujoco.MjData(self.model)
@@ -347,6 +349,7 @@ class MujocoBatchedEnv(BatchedEnv):
 
     # -- exact snapshots ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        self._refuse_step("state_dict()")
         state = {f"sim.{f}": self.batch.bind(f).copy() for f in _STATE_FIELDS if self.batch.bind(f).size}
         state.update({f"derived.{k}": v.copy() for k, v in self._derived.items()})
         if self._cfrc_ext is not None:
@@ -358,6 +361,7 @@ class MujocoBatchedEnv(BatchedEnv):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._refuse_if_closed()
         if len(state["rngs"]) != self.num_envs:
             raise ValueError(f"saved env state holds {len(state['rngs'])} envs, this env has {self.num_envs}")
         for f in _STATE_FIELDS:

@@ -460,6 +460,28 @@ def test_after_a_task_error_in_a_worker_the_env_says_it_is_closed():
     env.close()
 
 
+@pytest.mark.parametrize("vectorization", ["sync", "async"])
+def test_render_and_snapshot_need_a_reset_and_every_method_after_close_names_the_task(vectorization):
+    # as on every backend (envs/base.py): async raised gymnasium's ClosedEnvironmentError (no task named) from
+    # state_dict, load_state_dict, set_physics_params and render after close, sync ran them on the closed simulators;
+    # render before the first reset raised gymnasium's ResetNeeded, in an async worker that gymnasium then shut down
+    env = make_env("Hopper-v5", 2, vectorization=vectorization, render=True)
+    for call in ("render()", "state_dict()"):
+        with pytest.raises(RuntimeError, match=rf"Hopper-v5: {call[:-2]}\(\) before the first reset\(\); call env.reset"):
+            getattr(env, call[:-2])()
+    env.reset(seed=0)  # the env still works (async: its workers were not shut down)
+    snap, factors = env.state_dict(), env.physics_params()
+    env.close()
+    closed = "Hopper-v5: this env was closed; make a new one"
+    for call in (lambda: env.reset(seed=0), lambda: env.step(torch.zeros(2, 3)), env.state_dict,
+                 lambda: env.load_state_dict(snap), lambda: env.set_physics_params({"body_mass_scale": 1.5}), env.render):
+        with pytest.raises(RuntimeError, match=closed):
+            call()
+    assert factors.keys() == env.physics_params().keys()  # a read of the factors the env keeps
+    assert all(torch.equal(v, factors[k]) for k, v in env.physics_params().items())
+    env.close()  # again: nothing to do
+
+
 class _ResetInfo(gym.Env):
     """Its reset info has a key its steps never report; copy i ends at step 2 + i."""
 

@@ -84,6 +84,17 @@ def test_step_before_the_first_reset_is_refused(api):
     assert env.step(torch.zeros(4, 2)).obs.shape == (4, 4)
 
 
+def test_every_method_after_close_names_the_task():
+    # as on every backend (envs/base.py): state_dict returned None and render said the backend cannot draw, as if open
+    env = IsaacAdapter(make(num_envs=4, api="rsl_rl2"), task_id="PointReach")
+    env.reset(seed=0)
+    env.close()
+    for call in (lambda: env.reset(seed=0), lambda: env.step(torch.zeros(4, 2)), env.state_dict,
+                 lambda: env.load_state_dict({}), env.render):
+        with pytest.raises(RuntimeError, match="PointReach: this env was closed; make a new one"):
+            call()
+
+
 def test_reset_restarts_episodes_or_never_reports_partial_ones():
     # Isaac Lab's wrapper has no reset(): the adapter resets the gymnasium env it holds (with the seed)
     lab = IsaacAdapter(make(num_envs=4, max_episode_length=5, api="isaac_lab"))

@@ -42,6 +42,23 @@ def test_step_before_the_first_reset_is_refused_and_a_loaded_snapshot_needs_none
     assert torch.equal(fresh.step(torch.full((3, 3), 0.3)).obs, warp_env.step(torch.full((3, 3), 0.3)).obs)
 
 
+def test_render_and_snapshot_need_a_reset_and_every_method_after_close_names_the_task():
+    # as on every backend (envs/base.py): they drew and saved the unseeded state the env was built in, and after close
+    # state_dict, load_state_dict, set_physics_params and render still ran (async gymnasium raised there)
+    env = make_env("Hopper-v5", 2, backend="mjwarp", device="cpu", randomize={"body_mass_scale": [1.0, 1.0]})
+    for call in ("render", "state_dict"):
+        with pytest.raises(RuntimeError, match=rf"Hopper-v5: {call}\(\) before the first reset\(\); call env.reset"):
+            getattr(env, call)()
+    env.reset(seed=0)
+    snap, factors = env.state_dict(), env.physics_params()
+    env.close()
+    for call in (lambda: env.reset(seed=0), lambda: env.step(torch.zeros(2, 3)), env.state_dict,
+                 lambda: env.load_state_dict(snap), lambda: env.set_physics_params({"body_mass_scale": 1.5}), env.render):
+        with pytest.raises(RuntimeError, match="Hopper-v5: this env was closed; make a new one"):
+            call()
+    assert all(torch.equal(v, factors[k]) for k, v in env.physics_params().items())  # a read of the kept factors
+
+
 def test_randomized_gravity_and_snapshot():
     env = make_env("Hopper-v5", 2, backend="mjwarp", device="cpu", randomize={"gravity_scale": [0.0, 0.0]})
     z0 = env.reset(seed=0)[:, 0]
@@ -101,6 +118,7 @@ def test_seeds_beyond_64_bits_reset_as_on_the_exact_backend(pair):
 
 
 def test_renders(pair):
+    pair[0].reset(seed=0)
     frame = pair[0].render(0)
     assert frame.shape[2] == 3 and frame.std() > 5
 
@@ -272,4 +290,6 @@ def test_a_snapshot_with_factors_this_env_has_no_arrays_for_is_refused(pair):
                                          r"that this env does not randomize \(none\).*randomize=\{'gravity_scale': "):
         env.load_state_dict(floating.state_dict())
     assert env.physics_params()["gravity_scale"].eq(1.0).all()  # refused before anything was loaded
-    env.load_state_dict(make_env("Hopper-v5", 3, backend="mjwarp", device="cpu").state_dict())  # nominal: loads
+    nominal = make_env("Hopper-v5", 3, backend="mjwarp", device="cpu")
+    nominal.reset(seed=0)
+    env.load_state_dict(nominal.state_dict())  # nominal: loads
