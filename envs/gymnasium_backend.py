@@ -328,7 +328,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
         try:
             if isinstance(self._vec, SyncVectorEnv):
                 return np.asarray(self._vec.envs[index].render())
-            return np.asarray(self._vec.call("render")[index])
+            return np.asarray(self._vector_call(self._vec.call, "render")[index])
         except gym.error.DependencyNotInstalled as exc:  # e.g. pygame for the classic-control tasks
             raise MissingDependency(f"{self.task_id}: drawing frames needs a package that is not installed: {exc}") from None
 

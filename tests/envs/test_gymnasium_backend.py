@@ -460,6 +460,36 @@ def test_after_a_task_error_in_a_worker_the_env_says_it_is_closed():
     env.close()
 
 
+class _RenderFails(_ActionEcho):
+    """Draws frames (rgb_array), but its render raises."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, render_mode=None):
+        super().__init__()
+        self.render_mode = render_mode
+
+    def render(self):
+        raise ValueError("render bug")
+
+
+gym.register("robo_rl_test/RenderFails-v0", entry_point=_RenderFails, max_episode_steps=5)
+
+
+def test_after_a_render_error_in_a_worker_the_env_says_it_is_closed():
+    # render() went to the workers past _vector_call: after gymnasium shut the failing worker down, the next reset
+    # failed with AttributeError: 'NoneType' object has no attribute 'send'
+    from envs.base import WorkerDied
+
+    env = make_env("robo_rl_test/RenderFails-v0", num_envs=2, vectorization="async", render=True)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="render bug"):  # the task's own error, as gymnasium forwards it
+        env.render(0)
+    with pytest.raises(WorkerDied, match=r"RenderFails-v0: the task raised ValueError: render bug .* during call\(\)"):
+        env.reset(seed=0)
+    env.close()
+
+
 @pytest.mark.parametrize("vectorization", ["sync", "async"])
 def test_render_and_snapshot_need_a_reset_and_every_method_after_close_names_the_task(vectorization):
     # as on every backend (envs/base.py): async raised gymnasium's ClosedEnvironmentError (no task named) from
