@@ -72,3 +72,25 @@ def rewrite_consistently(checkpoint, name: str, data: bytes | str) -> None:
     manifest = json.loads((checkpoint / "manifest.json").read_text())
     manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+
+
+def check_reset_first_and_closed_named(env, extra_after_close=()) -> None:
+    """The call-order rules every backend keeps (envs/base.py), on a fresh Hopper-v5 ``env`` of 2 copies: render() and
+    state_dict() before the first reset() raise, and after close() every call but physics_params() (a read of the kept
+    factors) raises the task-named RuntimeError; ``extra_after_close``: more calls to refuse after close."""
+    import pytest
+    import torch
+
+    for call in ("render", "state_dict"):
+        with pytest.raises(RuntimeError, match=rf"Hopper-v5: {call}\(\) before the first reset\(\); call env.reset"):
+            getattr(env, call)()
+    env.reset(seed=0)
+    snap, factors = env.state_dict(), env.physics_params()
+    env.close()
+    for call in (lambda: env.reset(seed=0), lambda: env.step(torch.zeros(2, 3)), env.state_dict,
+                 lambda: env.load_state_dict(snap), lambda: env.set_physics_params({"body_mass_scale": 1.5}), env.render,
+                 *extra_after_close):
+        with pytest.raises(RuntimeError, match="Hopper-v5: this env was closed; make a new one"):
+            call()
+    assert all(torch.equal(v, factors[k]) for k, v in env.physics_params().items())
+    env.close()

@@ -45,18 +45,10 @@ def test_step_before_the_first_reset_is_refused_and_a_loaded_snapshot_needs_none
 def test_render_and_snapshot_need_a_reset_and_every_method_after_close_names_the_task():
     # as on every backend (envs/base.py): they drew and saved the unseeded state the env was built in, and after close
     # state_dict, load_state_dict, set_physics_params and render still ran (async gymnasium raised there)
-    env = make_env("Hopper-v5", 2, backend="mjwarp", device="cpu", randomize={"body_mass_scale": [1.0, 1.0]})
-    for call in ("render", "state_dict"):
-        with pytest.raises(RuntimeError, match=rf"Hopper-v5: {call}\(\) before the first reset\(\); call env.reset"):
-            getattr(env, call)()
-    env.reset(seed=0)
-    snap, factors = env.state_dict(), env.physics_params()
-    env.close()
-    for call in (lambda: env.reset(seed=0), lambda: env.step(torch.zeros(2, 3)), env.state_dict,
-                 lambda: env.load_state_dict(snap), lambda: env.set_physics_params({"body_mass_scale": 1.5}), env.render):
-        with pytest.raises(RuntimeError, match="Hopper-v5: this env was closed; make a new one"):
-            call()
-    assert all(torch.equal(v, factors[k]) for k, v in env.physics_params().items())  # a read of the kept factors
+    from tests.helpers import check_reset_first_and_closed_named
+
+    check_reset_first_and_closed_named(make_env("Hopper-v5", 2, backend="mjwarp", device="cpu",
+                                                randomize={"body_mass_scale": [1.0, 1.0]}))
 
 
 def test_randomized_gravity_and_snapshot():

@@ -419,35 +419,33 @@ def test_the_closing_progress_line_is_not_repeated(monkeypatch, caplog):
     assert caplog.messages == []
 
 
-def test_the_progress_percentage_reads_100_only_at_the_end(monkeypatch, caplog):
-    # rounded, 1,998 of 2,000 steps read "(100%)" before the run was done
+def progress_lines(monkeypatch, caplog, total: int, *calls: dict) -> list[str]:
+    """The lines a Progress of ``total`` steps logs for ``calls`` (maybe_print's keyword arguments), 100 s apart."""
     import logging
 
     from robo_rl import metrics
 
-    clock = iter([0.0, 100.0, 200.0])
+    clock = iter(100.0 * i for i in range(len(calls) + 1))
     monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
-    progress = metrics.Progress("sac Hopper-v5", total_steps=2_000, every_seconds=60)
+    progress = metrics.Progress("sac Hopper-v5", total_steps=total, every_seconds=60)
     with caplog.at_level(logging.INFO, logger=metrics.log.name):
-        progress.maybe_print(1_998, None, None)
-        progress.maybe_print(2_000, None, None)
-    assert "step 1,998/2,000 (99%)" in caplog.messages[0] and "step 2,000/2,000 (100%)" in caplog.messages[1]
+        for call in calls:
+            progress.maybe_print(**{"recent_return": None, "eval_return": None, **call})
+    return caplog.messages
+
+
+def test_the_progress_percentage_reads_100_only_at_the_end(monkeypatch, caplog):
+    # rounded, 1,998 of 2,000 steps read "(100%)" before the run was done
+    lines = progress_lines(monkeypatch, caplog, 2_000, {"step": 1_998}, {"step": 2_000})
+    assert "step 1,998/2,000 (99%)" in lines[0] and "step 2,000/2,000 (100%)" in lines[1]
 
 
 def test_the_closing_progress_line_shows_the_training_pace(monkeypatch, caplog):
     # its interval is mostly the final evaluation and save: the interval's pace read "1 steps/s" just before
     # "done: ... (N steps/s)"; the closing line shows the training pace, pauses left out
-    import logging
-
-    from robo_rl import metrics
-
-    clock = iter([0.0, 100.0, 200.0])
-    monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
-    progress = metrics.Progress("sac Hopper-v5", total_steps=1_000, every_seconds=60)
-    with caplog.at_level(logging.INFO, logger=metrics.log.name):
-        progress.maybe_print(900, None, None)
-        progress.maybe_print(1_000, None, (20.0, 1.0), force=True, paused=90.0)  # 100 steps in 10 s, then 90 s of pauses
-    assert "| 9 steps/s |" in caplog.messages[0] and "| 10 steps/s |" in caplog.messages[1]
+    lines = progress_lines(monkeypatch, caplog, 1_000, {"step": 900},  # then 100 steps in 10 s and 90 s of pauses:
+                           {"step": 1_000, "eval_return": (20.0, 1.0), "force": True, "paused": 90.0})
+    assert "| 9 steps/s |" in lines[0] and "| 10 steps/s |" in lines[1]
 
 
 def test_on_policy_steps_round_up_to_whole_updates_and_say_so(tmp_path):
