@@ -57,7 +57,7 @@ class MetricsWriter:
     def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)  # a runner built from Python (build_runner) may name a new one
         self.path = run_dir / "metrics.csv"
-        self.rows: list[dict[str, float]] = []
+        self.rows: list[dict[str, float]] = []  # "step" an int
         self.columns: list[str] = ["step", "wall_time"]
         if resume_step is not None and self.path.exists():
             self.columns, self.rows = _rows_up_to(self.path, resume_step, self.columns)
@@ -75,7 +75,7 @@ class MetricsWriter:
                 self.tb = None
 
     def write(self, step: int, wall_time: float, scalars: dict[str, float]) -> None:
-        row = {"step": float(step), "wall_time": wall_time, **scalars}
+        row = {"step": int(step), "wall_time": wall_time, **scalars}  # a whole number: the CSV reads "4096", not "4096.0"
         self.rows.append(row)
         new = [k for k in row if k not in self.columns]
         if new or not self.path.exists():
@@ -144,7 +144,7 @@ def _rows_up_to(path: Path, step: int, columns: list[str]) -> tuple[list[str], l
                 if value in ("", None):
                     continue
                 try:
-                    parsed[key] = float(value)
+                    parsed[key] = int(row_step) if key == "step" and row_step.is_integer() else float(value)
                 except ValueError:
                     raise ValueError(f"{path}: line {line} (step {row['step']}): {key} is {value!r}, not a "
                                      f"number{damaged}") from None
