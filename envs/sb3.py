@@ -40,7 +40,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the opti
 
 class SB3VecEnv(VecEnv):
     def __init__(self, env: BatchedEnv) -> None:
-        obs_space = gym.spaces.Box(-np.inf, np.inf, env.observation_space.shape, np.float32)
+        space = env.observation_space  # its bounds as the task declares them (Pendulum's [-1, 1] cos and sin), in float32
+        obs_space = space if space.dtype == np.float32 else gym.spaces.Box(
+            space.low.astype(np.float32), space.high.astype(np.float32), space.shape, np.float32)
         self.env = env  # before VecEnv.__init__, which reads attributes through get_attr
         super().__init__(env.num_envs, obs_space, env.action_space)
         self._actions: torch.Tensor | None = None

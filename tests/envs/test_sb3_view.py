@@ -24,6 +24,8 @@ def test_vecenv_conventions():
     assert all(info["TimeLimit.truncated"] for info in infos)
     assert infos[0]["episode"]["l"] == 5 and infos[0]["terminal_observation"].shape == (3,)
     assert not np.array_equal(infos[0]["terminal_observation"], obs[0])  # obs already starts the next episode
+    # the task's observation bounds reach SB3 (Pendulum: cos, sin in [-1, 1], angular velocity in [-8, 8])
+    assert venv.observation_space == gym.spaces.Box(np.float32([-1, -1, -8]), np.float32([1, 1, 8]), dtype=np.float32)
 
 
 
