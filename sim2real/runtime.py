@@ -132,6 +132,10 @@ def load_sidecar(export: str | Path) -> dict[str, Any]:
     for key in ("model_file", "model_format", "sha256"):
         if not isinstance(sidecar[key], str) or not sidecar[key]:
             raise bad(f"{key}={sidecar[key]!r:.60}: expected a string")
+    name = sidecar["model_file"]  # the export writes the model beside its sidecar: a path elsewhere is not its model
+    if name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise bad(f"model_file={name!r:.60}: expected the model's file name in the export directory (e.g. "
+                  "'policy.onnx'), not a path")
     if sidecar.get("task") is not None and not isinstance(sidecar["task"], str):
         raise bad(f"task={sidecar['task']!r:.60}: expected a task id or null")
     mapping("task_kwargs", sidecar.get("task_kwargs"), optional=True)

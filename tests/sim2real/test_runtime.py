@@ -112,6 +112,11 @@ def test_bad_sidecars_name_the_file_and_the_problem(export_dir: Path) -> None:
     (lambda s: s["action"].__setitem__("high", 1.0), "action.high"),
     (lambda s: s.__setitem__("sha256", 5), "sha256"),
     (lambda s: s.__setitem__("task_kwargs", [1]), "task_kwargs"),
+    # the model is read from the export directory only (a path up or out would load another directory's file)
+    (lambda s: s.__setitem__("model_file", "../other/policy.onnx"), r"model_file='\.\./other/policy\.onnx': expected "
+                                                                     "the model's file name"),
+    (lambda s: s.__setitem__("model_file", "/tmp/policy.onnx"), "model_file='/tmp/policy.onnx'"),
+    (lambda s: s.__setitem__("model_file", ".."), "model_file='..'"),
     # a loop at rate_hz and a simulator stepping dt per command must be one period, not 25 Hz next to 0.05 s
     (lambda s: s["control"].__setitem__("rate_hz", 20.0), r"control\.dt=0\.04 s and control\.rate_hz=20\.0 Hz"),
 ])
