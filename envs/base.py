@@ -95,6 +95,14 @@ class BatchedEnv(abc.ABC):
         """Release worker processes, simulators and files; every method but physics_params() refuses to run after it."""
         self._closed = True
 
+    def _release(self, *names: str) -> None:
+        """For ``close()``: drop the attributes ``names`` (simulations, arrays bound to them, a renderer, closed first), so
+        their memory and threads go now rather than when the env object itself is collected."""
+        for name in names:
+            value = self.__dict__.pop(name, None)
+            if name.endswith("renderer") and value is not None:
+                value.close()
+
     def _refuse_if_closed(self) -> None:
         if self._closed:
             raise RuntimeError(f"{self.task_id}: this env was closed; make a new one (envs.make_env) to go on")

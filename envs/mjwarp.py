@@ -327,6 +327,13 @@ class MjwarpBatchedEnv(BatchedEnv):
         mujoco.mj_forward(self.model, self._render_data)
         return self._renderer.render(self._render_data)
 
+    def close(self) -> None:
+        """Frees the worlds (MuJoCo Warp's model and data, device memory on a GPU, the tensors viewing them) and the
+        renderer."""
+        super().close()
+        self._release("_renderer", "_render_data", "m", "d", "qpos", "qvel", "ctrl", "time", "_derived", "_cfrc_ext",
+                      "sim", "_model_views", "_nominal", "_obs", "_action_buffer", "_elapsed", "_ep_return", "_ep_length")
+
     def state_dict(self) -> dict[str, Any]:
         import warp as wp
 

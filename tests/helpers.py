@@ -74,10 +74,14 @@ def rewrite_consistently(checkpoint, name: str, data: bytes | str) -> None:
     (checkpoint / "manifest.json").write_text(json.dumps(manifest))
 
 
-def check_reset_first_and_closed_named(env, extra_after_close=()) -> None:
+def check_reset_first_and_closed_named(env, extra_after_close=(), simulation=None) -> None:
     """The call-order rules every backend keeps (envs/base.py), on a fresh Hopper-v5 ``env`` of 2 copies: render() and
     state_dict() before the first reset() raise, and after close() every call but physics_params() (a read of the kept
-    factors) raises the task-named RuntimeError; ``extra_after_close``: more calls to refuse after close."""
+    factors) raises the task-named RuntimeError; ``extra_after_close``: more calls to refuse after close.
+    ``simulation(env)``: the object holding the simulations, which close() must free (nothing keeps it alive)."""
+    import gc
+    import weakref
+
     import pytest
     import torch
 
@@ -86,7 +90,10 @@ def check_reset_first_and_closed_named(env, extra_after_close=()) -> None:
             getattr(env, call)()
     env.reset(seed=0)
     snap, factors = env.state_dict(), env.physics_params()
+    held = weakref.ref(simulation(env)) if simulation is not None else None
     env.close()
+    gc.collect()
+    assert held is None or held() is None, "close() left the simulations allocated"
     for call in (lambda: env.reset(seed=0), lambda: env.step(torch.zeros(2, 3)), env.state_dict,
                  lambda: env.load_state_dict(snap), lambda: env.set_physics_params({"body_mass_scale": 1.5}), env.render,
                  *extra_after_close):

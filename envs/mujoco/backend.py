@@ -324,6 +324,12 @@ class MujocoBatchedEnv(BatchedEnv):
         mujoco.mj_forward(self.model, self._render_data)  # positions of this state (a copy: the batch is untouched)
         return self._renderer.render(self._render_data)
 
+    def close(self) -> None:
+        """Frees the simulations (MuJoCo's batch, its threads and the arrays bound to it) and the renderer."""
+        super().close()
+        self._release("_renderer", "_render_data", "batch", "qpos", "qvel", "ctrl", "time", "_derived", "_cfrc_ext",
+                      "_cfrc_ext_forward", "_scratch", "sim", "_obs")
+
     # -- the torch contract ---------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> torch.Tensor:
         return self._tensor(self.reset_numpy(seed))

@@ -48,7 +48,8 @@ def test_render_and_snapshot_need_a_reset_and_every_method_after_close_names_the
     from tests.helpers import check_reset_first_and_closed_named
 
     check_reset_first_and_closed_named(make_env("Hopper-v5", 2, backend="mjwarp", device="cpu",
-                                                randomize={"body_mass_scale": [1.0, 1.0]}))
+                                                randomize={"body_mass_scale": [1.0, 1.0]}),
+                                       simulation=lambda e: e.d)  # close() frees the worlds' data
 
 
 def test_randomized_gravity_and_snapshot():

@@ -152,7 +152,8 @@ def test_render_and_snapshot_need_a_reset_and_every_method_after_close_names_the
 
     env = make_env("Hopper-v5", 2, backend="mujoco", threads=1)
     zeros = np.zeros((2, 3), np.float32)
-    check_reset_first_and_closed_named(env, (lambda: env.reset_numpy(0), lambda: env.step_numpy(zeros)))
+    check_reset_first_and_closed_named(env, (lambda: env.reset_numpy(0), lambda: env.step_numpy(zeros)),
+                                       simulation=lambda e: e.batch)  # close() frees the batch and its threads
 
 
 def test_make_env_backend_and_bad_input():
