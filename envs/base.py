@@ -80,7 +80,7 @@ class BatchedEnv(abc.ABC):
 
     @abc.abstractmethod
     def reset(self, seed: int | None = None) -> torch.Tensor:
-        """Reset every environment; env i is seeded with ``seed + i``. Returns obs [N, obs_dim]."""
+        """Reset every environment; env i is seeded with ``seed + i``. Returns obs [N, obs_dim] float32."""
 
     @abc.abstractmethod
     def step(self, actions: torch.Tensor) -> StepResult:
@@ -270,11 +270,21 @@ def check_box_spaces(task_id: str, observation_space: gym.Space, action_space: g
         )
 
 
+def check_reset_obs(env: "BatchedEnv", obs: Any) -> None:
+    """Raise a ValueError naming the env unless ``obs`` (what ``env.reset`` returned) is a float32 tensor
+    [N, obs_dim], as the batched-env contract asks. Called by the runners and ``evaluate`` at every reset."""
+    if not (isinstance(obs, torch.Tensor) and obs.dtype == torch.float32 and tuple(obs.shape) == (env.num_envs, env.obs_dim)):
+        got = f"a tensor of {obs.dtype} {list(obs.shape)}" if isinstance(obs, torch.Tensor) else type(obs).__name__
+        raise ValueError(f"{env.task_id} ({type(env).__name__}): reset() returned {got}; the batched-env contract "
+                         f"(envs/base.py) needs a torch.float32 tensor of shape {[env.num_envs, env.obs_dim]} (.float())")
+
+
 def check_step_result(env: "BatchedEnv", result: tuple) -> None:
     """Raise a ValueError naming the env and the part at fault unless ``result`` (what ``env.step`` returned) keeps
-    the contract: obs [N, obs_dim] and info["final_obs"] floating, reward [N] float32, terminated and truncated [N]
+    the contract: obs [N, obs_dim] and info["final_obs"] float32, reward [N] float32, terminated and truncated [N]
     bool, info["episode"] with "return" [N], "length" [N] and "mask" [N] bool. Called once per env by the
-    runners and ``evaluate`` (a user env's int 0/1 flags would index rows instead of masking them)."""
+    runners and ``evaluate`` (a user env's int 0/1 flags would index rows instead of masking them; float64
+    observations failed in the replay buffer's copy)."""
     n, name = env.num_envs, f"{env.task_id} ({type(env).__name__})"
     try:
         obs, reward, terminated, truncated, info = result
@@ -282,9 +292,10 @@ def check_step_result(env: "BatchedEnv", result: tuple) -> None:
         raise ValueError(f"{name}: step() must return (obs, reward, terminated, truncated, info), got "
                          f"{type(result).__name__}") from None
     episode = info.get("episode") if isinstance(info, dict) else None
-    parts = {"obs": (obs, (n, env.obs_dim), None), "reward": (reward, (n,), torch.float32),
+    parts = {"obs": (obs, (n, env.obs_dim), torch.float32), "reward": (reward, (n,), torch.float32),
              "terminated": (terminated, (n,), torch.bool), "truncated": (truncated, (n,), torch.bool),
-             'info["final_obs"]': (info.get("final_obs") if isinstance(info, dict) else None, (n, env.obs_dim), None)}
+             'info["final_obs"]': (info.get("final_obs") if isinstance(info, dict) else None, (n, env.obs_dim),
+                                   torch.float32)}
     if isinstance(episode, dict):
         parts['info["episode"]["mask"]'] = (episode.get("mask"), (n,), torch.bool)
         parts['info["episode"]["return"]'] = (episode.get("return"), (n,), None)

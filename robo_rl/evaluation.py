@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from envs import BatchedEnv
-from envs.base import all_finite, check_step_result, unknown_next_state
+from envs.base import all_finite, check_reset_obs, check_step_result, unknown_next_state
 from policies.heads import PolicyHead
 from policies.heads.generative import ChunkExecutor
 
@@ -19,14 +19,32 @@ class EvaluationNotFinished(RuntimeError):
     """An evaluation's episodes did not end within its step budget (a task without a time limit, or a huge one)."""
 
 
-def size_mismatch(policy: PolicyHead, env: BatchedEnv) -> str | None:
+def policy_env_mismatch(policy: PolicyHead, env: BatchedEnv) -> str | None:
     """'<policy> acts on obs [3] with actions [1], <task> has obs [11] and actions [3]' when ``policy`` was built for
-    other observation or action sizes than ``env``'s (it would fail at its first step, or in a matrix multiply)."""
+    other observation or action sizes than ``env``'s (it would fail at its first step, or in a matrix multiply), and
+    '<policy> acts in the action box low=[-1.], high=[1.], <task>'s is low=[-2.], high=[2.]' when it was built for
+    other action bounds (its unit actions would be scaled to another box without an error: a policy trained for
+    [-2, 2] sending half its torques). None when it fits."""
+    name = getattr(policy, "name", type(policy).__name__)
     sizes = getattr(policy, "obs_dim", None), getattr(policy, "act_dim", None)
-    if None in sizes or sizes == (env.obs_dim, env.act_dim):
+    if None in sizes:
         return None
-    return (f"the {getattr(policy, 'name', type(policy).__name__)} head acts on obs [{sizes[0]}] with actions "
-            f"[{sizes[1]}], {env.task_id} has obs [{env.obs_dim}] and actions [{env.act_dim}]")
+    if sizes != (env.obs_dim, env.act_dim):
+        return (f"the {name} head acts on obs [{sizes[0]}] with actions [{sizes[1]}], {env.task_id} has obs "
+                f"[{env.obs_dim}] and actions [{env.act_dim}]")
+    low, high = getattr(policy, "action_low", None), getattr(policy, "action_high", None)
+    if not (isinstance(low, torch.Tensor) and isinstance(high, torch.Tensor)):
+        return None
+    box = [np.asarray(b, np.float64).reshape(-1) for b in (low.detach().cpu(), high.detach().cpu(),
+                                                           env.action_space.low, env.action_space.high)]
+    if all(np.allclose(ours, theirs, rtol=1e-6, atol=1e-6) for ours, theirs in zip(box[:2], box[2:])):
+        return None  # equal up to float32 rounding of the bounds
+
+    def shown(b: np.ndarray) -> str:
+        return np.array2string(b, precision=4, separator=", ", threshold=8)
+
+    return (f"the {name} head acts in the action box low={shown(box[0])}, high={shown(box[1])}, {env.task_id}'s is "
+            f"low={shown(box[2])}, high={shown(box[3])}")
 
 
 @torch.no_grad()
@@ -59,7 +77,7 @@ def evaluate(
             raise ValueError(f"evaluate: {name}={value!r} must be an integer >= {least}")  # 0 episodes: a mean of none
     if not isinstance(deterministic, (bool, np.bool_)):
         raise TypeError(f"evaluate: deterministic={deterministic!r} must be True (the mean action) or False (sampled)")
-    if (mismatch := size_mismatch(policy, env)) is not None:
+    if (mismatch := policy_env_mismatch(policy, env)) is not None:
         raise ValueError(f"evaluate: {mismatch}; evaluate the policy on the task it was built for (a loaded run's: "
                          "robo_rl.build.build_env(cfg, randomize=False))")
     n = env.num_envs
@@ -77,6 +95,7 @@ def evaluate(
         if seed is not None:
             torch.manual_seed(seed)
         obs = env.reset(seed=seed)
+        check_reset_obs(env, obs)
         frames: list[Any] = []
         keep = frame_sink if frame_sink is not None else frames.append
         if record_episodes > 0:

@@ -76,10 +76,10 @@ class PointMass(BatchedEnv):
     backend = "torch"
     dt = 0.1
 
-    def __init__(self, num_envs=4, horizon=20):
+    def __init__(self, num_envs=4, horizon=20, box=2.0, dtype=np.float32):
         self.num_envs, self.horizon, self.device = num_envs, horizon, torch.device("cpu")
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
-        self.action_space = gym.spaces.Box(-2.0, 2.0, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-box, box, (2,), dtype)
         self.gen = torch.Generator()
         self.t = torch.zeros(num_envs, dtype=torch.int64)
         self.ret = torch.zeros(num_envs)
@@ -284,8 +284,25 @@ class NoEpisode(PointMass):  # contract 1 at its minimum: final_obs, no info["ep
         return StepResult(r.obs, r.reward, r.terminated, r.truncated, {"final_obs": r.info["final_obs"]})
 
 
+class Float64Obs(PointMass):  # float64 observations failed in the replay buffer's copy, far from the env
+    def reset(self, seed=None):
+        return super().reset(seed).double()
+
+    def step(self, actions):
+        r = super().step(actions)
+        return StepResult(r.obs.double(), r.reward, r.terminated, r.truncated, r.info)
+
+
+class Float64StepObs(PointMass):  # float32 at reset, float64 from step
+    def step(self, actions):
+        r = super().step(actions)
+        return StepResult(r.obs.double(), r.reward, r.terminated, r.truncated, r.info)
+
+
 @pytest.mark.parametrize("env_cls, message", [(IntFlags, r"terminated as a tensor of torch.int64.*\.bool\(\)"),
-                                              (NoEpisode, r'no "episode" entry')])
+                                              (NoEpisode, r'no "episode" entry'),
+                                              (Float64Obs, r"reset\(\) returned a tensor of torch.float64 \[\d, 4\].*float32"),
+                                              (Float64StepObs, r"returned obs as a tensor of torch.float64.*float32")])
 def test_a_user_env_that_breaks_the_step_contract_is_named(tmp_path, env_cls, message):
     from robo_rl.build import build_runner
     from robo_rl.evaluation import evaluate
@@ -411,7 +428,17 @@ def test_a_policy_built_for_other_sizes_is_refused_before_any_step(tmp_path):
     with pytest.raises(ValueError, match=r"does not fit the evaluation env: the beta head acts on obs \[4\] with "
                                          r"actions \[2\], Pendulum-v1 has obs \[3\] and actions \[1\]"):
         build_runner(cfg, PPO(fits, minibatch_size=32), PointMass(4), make_env("Pendulum-v1"), tmp_path / "eval")
+    # the right sizes but another action box: the head's unit actions would be scaled to [-1, 1] on a [-2, 2] task
+    # without an error (a policy trained for the wider box sending half its actions)
+    narrow = BetaHead(4, -np.ones(2), np.ones(2))
+    box = r"the beta head acts in the action box low=\[-1., -1.\], high=\[1., 1.\], test/PointMass-v0's is low=\[-2., -2.\]"
+    with pytest.raises(ValueError, match=r"evaluate: " + box):
+        evaluate(narrow, PointMass(2), 2)
+    with pytest.raises(ValueError, match=r"does not fit the training env: " + box):
+        build_runner(cfg, PPO(narrow, minibatch_size=32), PointMass(4), PointMass(2), tmp_path / "box")
     assert not any(tmp_path.iterdir())
+    # bounds equal up to float32 rounding fit (a float64 box of 0.1 is 0.1 rounded in the head's float32 buffers)
+    assert evaluate(BetaHead(4, -0.1 * np.ones(2), 0.1 * np.ones(2)), PointMass(2, box=0.1, dtype=np.float64), 2)["episodes"] == 2
 
 
 def test_build_head_takes_bounds_as_tensors():

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from envs import BatchedEnv
 from envs.base import WorkerDied, all_finite
 from robo_rl.checkpoint import CheckpointWriteError, list_checkpoints, prune_checkpoints
-from robo_rl.evaluation import EvaluationNotFinished, evaluate, size_mismatch
+from robo_rl.evaluation import EvaluationNotFinished, evaluate, policy_env_mismatch
 from robo_rl.learners.base import Learner
 from robo_rl.metrics import MetricsWriter, Progress, format_duration, format_return, mean_of, plot_learning_curve
 from robo_rl.runners.checkpoints import RunnerCheckpoints
@@ -50,7 +50,7 @@ def _first_bad(values: dict[str, torch.Tensor]) -> str | None:
 class Runner(RunnerCheckpoints, abc.ABC):
     def __init__(self, cfg: DictConfig, learner: Learner, env: BatchedEnv, eval_env: BatchedEnv, run_dir: Path) -> None:
         for which, built in (("training env", env), ("evaluation env", eval_env)):  # before the replay is allocated
-            if (mismatch := size_mismatch(learner.policy, built)) is not None:
+            if (mismatch := policy_env_mismatch(learner.policy, built)) is not None:
                 raise ValueError(f"the learner does not fit the {which}: {mismatch}; build its head for that env "
                                  "(obs_dim=env.obs_dim, action_low=env.action_space.low, "
                                  "action_high=env.action_space.high)")

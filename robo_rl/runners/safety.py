@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from envs import BatchedEnv, StepResult
-from envs.base import all_finite, check_step_result
+from envs.base import all_finite, check_reset_obs, check_step_result
 
 
 def safety_settings(cfg: DictConfig) -> DictConfig:
@@ -114,6 +114,7 @@ class SafetyLayer(BatchedEnv):
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
         self.obs = self.env.reset(seed=seed)
+        check_reset_obs(self.env, self.obs)  # a user env's float64 or misshapen observations, named here
         self.episode_cost.zero_()
         self.finished_costs = [[] for _ in range(self.num_envs)]
         for chain in self.chains:
