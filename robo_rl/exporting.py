@@ -70,7 +70,7 @@ def export_run(
     itself on the run's task) as well as random ones around the normalizer's statistics.
     """
     import torch
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
 
     from robo_rl.build import build_env
     from robo_rl.checkpoint import verify_checkpoint
@@ -81,6 +81,8 @@ def export_run(
         raise ValueError(f"format={fmt!r}: choose one of {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
+    with open_dict(cfg):  # the export runs on the CPU (export_policy): a run trained on cuda is read and checked there
+        cfg.device = "cpu"
     ckpt = resolve_checkpoint(run_dir, checkpoint)
     manifest = verify_checkpoint(ckpt, replay=False)  # the weights are read, not the replay
     safety_spec = load_safety_spec(safety, cfg)

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from robo_rl.config import ALGO_SCHEMAS, POLICY_SCHEMAS, TrainConfig, saved_unit_actions
 from robo_rl.validation import ConfigError
@@ -208,10 +208,14 @@ def _saved_by(checkpoint: Path, algo: str) -> str:
 
 
 def load_learner(cfg: DictConfig, env: BatchedEnv, checkpoint: Path, device: str = "cpu"):  # -> Learner
-    """Build the run's learner and load every module (policy, critics, normalizers) from ``checkpoint``."""
+    """Build the run's learner on ``device`` and load every module (policy, critics, normalizers) from ``checkpoint``."""
     from robo_rl.build import build_learner, build_policy
     from robo_rl.checkpoint import CheckpointError, load_checkpoint
 
+    if str(cfg.device) != str(device):  # built on the device it acts on, not the one it trained on (cfg.device): a
+        cfg = cfg.copy()                # run trained on cuda loads on a machine without CUDA
+        with open_dict(cfg):
+            cfg.device = str(device)
     state, _ = load_checkpoint(checkpoint, load_replay=False)
     learner = build_learner(cfg, build_policy(cfg, env), to_act=True)
     saved = state.get("learner") if isinstance(state, dict) else None
@@ -245,7 +249,8 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: 
     The policy comes from the newest complete checkpoint (or ``checkpoint``), verified against its manifest, in
     eval mode without gradients: ``policy.act(obs, deterministic=True)`` maps raw observations [B, obs_dim] to
     actions [B, act_dim] in env units (``policy.act(obs)`` samples). ``robo_rl.build.build_env(cfg,
-    randomize=False)`` builds the run's nominal task, e.g. for ``robo_rl.evaluation.evaluate(policy, env, 10)``.
+    randomize=False)`` builds the run's nominal task, e.g. for ``robo_rl.evaluation.evaluate(policy, env, 10)``: the
+    returned ``cfg.device`` is ``device`` (a run trained on cuda loads on a CPU), so that env is on the policy's device.
     """
     from robo_rl.build import build_env
     from robo_rl.validation import check_device
@@ -254,6 +259,8 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: 
         raise TypeError(f"load_run(run_dir) takes a run directory (a str or Path), got {run_dir!r}")
     check_device(str(device))  # before anything loads (a cuda device here without CUDA failed in torch, after loading)
     cfg = load_run_config(run_dir)
+    with open_dict(cfg):  # the policy's device: build_env(cfg) then gives an env it can act in (as robo-rl eval device=)
+        cfg.device = str(device)
     checkpoint = resolve_checkpoint(run_dir, checkpoint)
     env = build_env(cfg, num_envs=1, vectorization="sync", randomize=False)  # its spaces size the networks
     try:

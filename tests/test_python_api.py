@@ -374,6 +374,33 @@ def test_load_run_gives_the_policy_and_config_in_one_call(tmp_path):
     env.close()
 
 
+def test_a_run_trained_on_cuda_loads_and_exports_on_the_cpu(tmp_path):
+    # load_run(device="cpu") and export_run built the env and the networks on the run's own device (config.yaml's
+    # device: cuda): on a machine without CUDA both failed ("CUDA is not available"), and on a GPU machine the export
+    # stepped a cuda env with a CPU policy and load_run handed back a cfg whose build_env was on another device than
+    # the policy. A CPU run whose config.yaml says cuda stands in for one trained on a GPU (checkpoints are
+    # device-free: safetensors of CPU tensors).
+    from robo_rl.exporting import export_run
+    from robo_rl.runs import load_learner, load_run, load_run_config, resolve_checkpoint
+    from robo_rl.train import compose_config, train
+
+    torch.manual_seed(0)
+    train(compose_config(["algo=td3", "env.id=Pendulum-v1", "steps=40", "algo.learning_starts=20", "threads=1",
+                          "algo.batch_size=8", "eval.episodes=1", "env.max_episode_steps=20", "log.plot=false",
+                          "log.tensorboard=false", "policy.hidden_sizes=[8]", "algo.critic_hidden=[8]"]), tmp_path / "run")
+    config = tmp_path / "run" / "config.yaml"
+    config.write_text(config.read_text().replace("\ndevice: cpu\n", "\ndevice: cuda\n"))
+    assert load_run_config(tmp_path / "run").device == "cuda"
+
+    policy, cfg = load_run(tmp_path / "run", device="cpu")
+    assert cfg.device == "cpu" and {p.device.type for p in policy.parameters()} == {"cpu"}
+    saved = load_run_config(tmp_path / "run")
+    learner = load_learner(saved, make_env("Pendulum-v1", num_envs=1), resolve_checkpoint(tmp_path / "run"))
+    assert {p.device.type for p in learner.parameters()} == {"cpu"} and saved.device == "cuda"  # the caller's cfg kept
+    sidecar = export_run(tmp_path / "run", tmp_path / "export", "torchscript", check_episodes_steps=8)  # (as onnx)
+    assert (tmp_path / "export" / "policy.pt").is_file() and sidecar["checked"]["real_observations"] == 8
+
+
 def test_train_leaves_the_callers_thread_count(tmp_path):
     from robo_rl.train import compose_config, train
 
