@@ -78,8 +78,9 @@ class CriticSelectPolicy(PolicyHead):
         d = self.noise_dim()
         if d == 0:
             return None
-        g = torch.Generator(device=device).manual_seed(0)
-        noise = torch.randn(1, d, generator=g, device=device)
+        # drawn on the CPU whatever the device: a CUDA generator seeded alike draws other numbers, so a run trained on
+        # cuda would act (and be evaluated) with another deterministic policy than the CPU's and the export's default
+        noise = torch.randn(1, d, generator=torch.Generator().manual_seed(0)).to(device)
         noise[:, : d // self.n] = 0.0
         return noise.expand(batch, d)
 

@@ -853,6 +853,25 @@ def test_deterministic_acting_includes_the_base_heads_own_deterministic_action()
         torch.testing.assert_close(select.act(obs, deterministic=True), select.act(obs, deterministic=True))
 
 
+def test_the_fixed_noise_of_deterministic_acting_is_the_same_on_every_device():
+    # it came from a generator on the acting device: on cuda a Philox stream, not the CPU's, so a run trained on a GPU
+    # evaluated another deterministic policy than the one robo-rl eval device=cpu and the export's default noise act
+    # with. The meta device (no generator of its own, as none but the CPU's is used now) stands in for cuda here.
+    from robo_rl.learners.candidates import CriticSelectPolicy
+    from robo_rl.learners.critics import QEnsemble
+    from sim2real.export import default_noise
+
+    base = build_head("flow", 3, LOW, HIGH, hidden_sizes=(16, 16), steps=2)
+    select = CriticSelectPolicy(base, QEnsemble(3, 2, 2, (16,)), num_samples=3)
+    cpu = select.fixed_noise(4, torch.device("cpu"))
+    elsewhere = select.fixed_noise(4, torch.device("meta"))
+    assert elsewhere.device.type == "meta" and elsewhere.shape == cpu.shape == (4, 6)
+    assert cpu[0].tolist() == default_noise(select)  # what the export feeds by default
+    expected = torch.randn(1, 6, generator=torch.Generator().manual_seed(0))
+    expected[:, :2] = 0.0  # the base head's own deterministic action first
+    torch.testing.assert_close(cpu, expected.expand(4, 6), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("cls", [PARL, EXPO])
 @pytest.mark.parametrize("head, options", [("flow", {"steps": 2}), ("diffusion", {"inference_steps": 2, "train_steps": 20})])
 def test_acting_refuses_a_diverged_base_in_either_mode_naming_it(cls, head, options):
