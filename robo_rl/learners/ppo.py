@@ -98,7 +98,7 @@ class PPO(Learner):
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sampled actions (unclipped), their log-probabilities and the values V(s), for a rollout."""
-        if self._fused_step is not None and not self._compiled:
+        if self._fused:
             return self._fused_step.act(obs)
         actions, log_probs = self.policy.sample(obs)
         if getattr(self.policy, "squash", False):
@@ -108,7 +108,7 @@ class PPO(Learner):
         return actions, log_probs, self.value(obs)
 
     def update(self, rollout: RolloutBatch) -> dict[str, torch.Tensor]:
-        if self._fused_step is not None and not self._compiled:
+        if self._fused:
             metrics = self._fused_step.run(rollout)
         else:
             metrics = self._autograd_update(rollout)
@@ -120,6 +120,21 @@ class PPO(Learner):
     @property
     def _compiled(self) -> bool:
         return "_ppo_loss" in self.__dict__  # compile_update() replaced the loss: use that path
+
+    @property
+    def _fused(self) -> bool:
+        """Whether act and update take the fused CPU step: chosen at construction, and left for the autograd path when
+        the loss was compiled or the learner moved off the CPU since (``PPO(head).to("cuda")``: numpy cannot read a
+        GPU tensor; ``fused="on"`` refuses the move, as it refuses such a learner at construction)."""
+        if self._fused_step is None or self._compiled:
+            return False
+        device = self.value_net[0].weight.device
+        if device.type == "cpu":
+            return True
+        if self.fused == "on":
+            raise ValueError(f"algo.fused=on: the fused PPO step runs on CPU only, and this learner was moved to {device}; "
+                             "use algo.fused=auto")
+        return False
 
     def _autograd_update(self, rollout: RolloutBatch) -> dict[str, torch.Tensor]:
         size = rollout.obs.shape[0]

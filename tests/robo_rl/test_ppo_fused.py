@@ -205,3 +205,20 @@ def test_fused_equals_autograd_on_an_asymmetric_box_with_a_ragged_last_minibatch
     assert float(m_auto["minibatches"]) == float(m_fused["minibatches"]) == 40
     for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm"):
         assert abs(float(m_auto[key]) - float(m_fused[key])) < 1e-4 * max(1.0, abs(float(m_auto[key]))), key
+
+
+def test_a_learner_moved_off_the_cpu_leaves_the_fused_step():
+    # the fused step is chosen at construction, on CPU parameters; PPO(head).to("cuda") then made the rollout's act
+    # read the GPU tensors with numpy (TypeError). The meta device stands in for cuda (no GPU here): the learner acts
+    # through the autograd path there, and fused="on" refuses the move as it refuses such a learner when built.
+    for fused in ("auto", "on"):
+        ppo = learner(fused)
+        assert ppo._fused_step is not None
+        ppo.to("meta")
+        obs = torch.zeros(4, OBS, device="meta")
+        if fused == "auto":
+            assert {x.device.type for x in ppo.act(obs)} == {"meta"}
+        else:
+            with pytest.raises(ValueError, match="algo.fused=on: the fused PPO step runs on CPU only, and this learner "
+                                                 "was moved to meta; use algo.fused=auto"):
+                ppo.act(obs)
