@@ -21,7 +21,7 @@ from envs.resources import usable_cpus
 from robo_rl.config import compose_config  # (here too: robo_rl.train's Python API)
 from robo_rl.build import build_env_checked, build_learner, build_policy, build_runner, check_env_runs, check_safety
 from robo_rl.defaults import resolve_defaults, task_defaults
-from robo_rl.validation import ConfigError, validate
+from robo_rl.validation import ConfigError, check_device, validate
 from robo_rl.metrics import setup_console_logging
 from robo_rl.memory import buffers_needed, check_fits
 from robo_rl.checkpoint import checkpoint_step, list_checkpoints, recover
@@ -83,6 +83,10 @@ def prepare(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str] = ()) -
                     OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False)
             saved.resume = str(run_dir)
             saved.run_dir = str(run_dir)
+        # validate's advice for a device this machine lacks, "use device=cpu", is refused above: a resume keeps it
+        check_device(str(saved.device), fix=f"resume={run_dir} continues the run on the device it trained on: resume it "
+                     f"on a machine that has it (robo-rl eval run_dir={run_dir} device=cpu and robo-rl export read it "
+                     "on this one)")
         validate(saved)
         # first put back a checkpoint a re-save killed between its renames left hidden: with checkpoint.keep=1 (or a
         # first checkpoint re-saved after the final evaluation) it is the run's only one, not "no checkpoint yet"

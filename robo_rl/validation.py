@@ -84,18 +84,20 @@ COUNT_RANGES = {
 }
 
 
-def check_device(device: str, key: str = "device") -> None:
-    """Refuse a device this machine cannot use (train's validate, and eval before it loads anything)."""
+def check_device(device: str, key: str = "device", fix: str | None = None) -> None:
+    """Refuse a device this machine cannot use (train's validate, and eval before it loads anything); ``fix`` replaces
+    the advice to use another device where the device cannot change (a resume keeps the run's)."""
     if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise ConfigError(f"{key}={device}: must be cpu or cuda[:N]")
     if device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
-            raise ConfigError(f"{key}={device}: CUDA is not available on this machine; use {key}=cpu")
+            raise ConfigError(f"{key}={device}: CUDA is not available on this machine; {fix or f'use {key}=cpu'}")
         index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
         if index >= count:
-            raise ConfigError(f"{key}={device}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+            raise ConfigError(f"{key}={device}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})"
+                              + (f"; {fix}" if fix else ""))
 
 
 def float_keys(cfg: DictConfig, bad: Callable[[float, str], bool]) -> list[str]:

@@ -231,6 +231,27 @@ def test_a_longer_steps_on_resume_is_kept_by_the_next_resume_and_reaches_python(
               [f"resume={run}", f"run_dir={tmp_path / 'elsewhere'}"])
 
 
+def test_a_resume_on_a_machine_without_the_runs_device_does_not_advise_changing_it(tmp_path):
+    # a run trained on cuda, resumed where there is none (or fewer GPUs): the error said "use device=cpu", which the
+    # resume then refused ("device cannot change on resume")
+    from omegaconf import OmegaConf
+
+    from robo_rl.defaults import resolve_defaults
+    from robo_rl.train import prepare
+
+    run = tmp_path / "run"
+    run.mkdir()
+    OmegaConf.save(resolve_defaults(compose("algo=sac", "env=pendulum", "device=cuda:99")), run / "config.yaml")
+    with pytest.raises(ConfigError) as caught:
+        prepare(compose(f"resume={run}"), run, [f"resume={run}"])
+    assert str(caught.value).startswith("device=cuda:99: ") and "use device=cpu" not in str(caught.value)
+    assert str(caught.value).endswith(f"; resume={run} continues the run on the device it trained on: resume it on a "
+                                      f"machine that has it (robo-rl eval run_dir={run} device=cpu and robo-rl export "
+                                      "read it on this one)")
+    with pytest.raises(ConfigError, match="device cannot change on resume"):  # (why the advice had to change)
+        prepare(compose(f"resume={run}", "device=cpu"), run, [f"resume={run}", "device=cpu"])
+
+
 def test_a_resume_removes_the_summary_of_the_segment_it_continues(tmp_path, monkeypatch):
     # the summary said "completed" at step 300 while the extended run trained on: a resume killed on the way (SIGKILL,
     # a power loss) left it so, and robo-rl compare reported a completed 300-step run with the old final return
