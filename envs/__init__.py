@@ -120,6 +120,9 @@ def _checked_device(task_id: str, device: Any) -> torch.device:
         raise ValueError(f"{task_id}: device={device!r} is not a torch device (cpu, cuda, cuda:1): {exc}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{task_id}: device={device}: CUDA is not available on this machine; use device='cpu'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()  # (or the simulators were built, and the first tensor failed on the ordinal)
+        raise ValueError(f"{task_id}: device={device}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
     return device
 
 

@@ -84,6 +84,23 @@ def test_bad_actions_are_refused(bad, msg):
         env.step(bad)
 
 
+@pytest.mark.parametrize("backend", ["gymnasium", "mujoco"])
+def test_a_cuda_device_this_machine_lacks_is_refused_before_anything_is_built(monkeypatch, backend):
+    # device=cuda:7 on a one-GPU machine passed make_env's device check: the simulators were built (gymnasium's
+    # workers, MuJoCo's batch) and the first tensor failed on the ordinal. A one-GPU machine is simulated here (no
+    # GPU on the test machine); nothing may be built before the check
+    import envs.gymnasium_backend
+    import envs.mujoco
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for module, cls in ((envs.gymnasium_backend, "GymnasiumBatchedEnv"), (envs.mujoco, "MujocoBatchedEnv")):
+        monkeypatch.setattr(module, cls, None)
+    with pytest.raises(ValueError, match=r"^Hopper-v5: device=cuda:7: this machine has 1 CUDA device\(s\) "
+                                         r"\(cuda:0..cuda:0\)$"):
+        make_env("Hopper-v5", backend=backend, device="cuda:7")
+
+
 def test_unknown_task_suggests_close_ids():
     with pytest.raises(ValueError, match="did you mean Hopper-v5"):
         make_env("Hoper-v5")
