@@ -69,6 +69,17 @@ class _NoModel:
 _SNAPSHOT_COMPLETE = ("gymnasium.envs.mujoco.", "gymnasium.envs.classic_control.", "envs.tasks.")
 
 
+#: MjData fields mj_step leaves one substep behind the state (the forward pass of its last substep computed them; the
+#: rnePostConstraint gymnasium calls after it, cacc and the cfrc terms), which a task may read before its next step:
+#: Ant's reward reads the torso's xpos, Humanoid's its centre of mass (xipos). The mj_forward after mj_setState
+#: computes them at the restored state instead, so they are saved and put back (the next mj_step recomputes them all
+#: before it uses any)
+_DERIVED = ("xpos", "xquat", "xmat", "xipos", "ximat", "geom_xpos", "geom_xmat", "site_xpos", "site_xmat", "subtree_com",
+            "cinert", "cvel", "cacc", "cfrc_int", "cfrc_ext", "qacc", "qfrc_bias", "qfrc_passive", "qfrc_actuator",
+            "qfrc_constraint", "actuator_length", "actuator_velocity", "actuator_force", "ten_length", "ten_velocity",
+            "sensordata")
+
+
 def snapshot_complete(env: gym.Env) -> bool:
     """Whether ``env`` (unwrapped) is captured whole by ``_Snapshot`` (see ``_SNAPSHOT_COMPLETE``)."""
     flag = getattr(env, "robo_rl_snapshot_complete", None)
@@ -80,7 +91,8 @@ class _Snapshot(gym.Wrapper):
 
     Reached through the vector env's get_attr/set_attr, so it works in worker processes too.
     Captures MuJoCo state (mjSTATE_INTEGRATION, which includes the solver warm start, so the
-    continuation is bit-identical), the ``state`` array of classic-control tasks, the time-limit
+    continuation is bit-identical) with the fields a task may read before its next step (``_DERIVED``),
+    the ``state`` array of classic-control tasks, the time-limit
     counter and the env's random generator. Other envs, and tasks that may keep more state than that
     (``snapshot_complete``), report None (not capturable: a resume starts new episodes, with a warning).
     """
@@ -100,6 +112,7 @@ class _Snapshot(gym.Wrapper):
             state = np.empty(mujoco.mj_stateSize(model, spec))
             mujoco.mj_getState(model, data, state, spec)
             snap["mujoco_state"] = state
+            snap["derived"] = {name: np.array(getattr(data, name), copy=True) for name in _DERIVED}
         elif isinstance(getattr(env, "state", None), np.ndarray):
             snap["state"] = np.array(env.state, copy=True)
         else:
@@ -120,6 +133,14 @@ class _Snapshot(gym.Wrapper):
             spec = mujoco.mjtState.mjSTATE_INTEGRATION
             mujoco.mj_setState(env.model, env.data, np.asarray(snap["mujoco_state"]), spec)
             mujoco.mj_forward(env.model, env.data)
+            for name, saved in snap.get("derived", {}).items():  # (not in snapshots before 2026-12-06)
+                if name not in _DERIVED:
+                    raise ValueError(f"the snapshot's derived field {name!r} is not one of {_DERIVED}")
+                field, saved = getattr(env.data, name), np.asarray(saved)
+                if saved.shape != field.shape:
+                    raise ValueError(f"the snapshot's {name} has shape {list(saved.shape)}, this model's "
+                                     f"{list(field.shape)}")
+                field[...] = saved
         elif "state" in snap:
             env.state = np.array(snap["state"], copy=True)
         if "np_random" in snap:
