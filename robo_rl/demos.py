@@ -324,6 +324,15 @@ def pretrain(learner: Any, obs: torch.Tensor, actions: torch.Tensor, steps: int,
         loss.backward()
         opt.step()
         losses.append(loss.detach().item())
+    if steps > 0:  # the loop checks each step's loss before its step: the last step's result is checked here (with
+        # demos.lr=1e30 and one step it left a policy that acted NaN; the run then failed online, blaming the critics)
+        device = obs.device
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda):  # (draws nothing the run would have drawn)
+            loss = head.imitation_loss(obs[idx], actions[idx])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"pretraining from demonstrations: the imitation loss became {loss.item()} after "
+                                     f"the last step (step {steps - 1}); lower demos.lr (now {lr})")
     learner.after_pretraining()
     k = max(1, min(50, steps // 10))  # average the ends: single minibatch losses are noisy
     first = float(np.mean(losses[:k])) if losses else float("nan")

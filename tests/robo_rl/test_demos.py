@@ -437,6 +437,52 @@ def test_save_demos_names_what_it_cannot_store(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz"]
 
 
+def test_a_pretraining_whose_last_step_diverges_stops_before_the_run_starts(tmp_path, console):
+    # the loop checks each loss before its step, so the last step's result went unchecked: with one step at
+    # demos.lr=1e30 the run started with a policy that acts NaN, wrote config.yaml and checkpoints of it (finite,
+    # huge weights), and failed online on the critic loss of update 1 (or in the critic warm-up, blaming the rewards)
+    from robo_rl.commands.train import run_training
+
+    run = tmp_path / "run"
+    run.mkdir()  # as Hydra makes it before the job starts
+    overrides = (*SMALL_SAC, f"demos.path={pendulum_demos(tmp_path / 'd.npz')}", "demos.pretrain_steps=1",
+                 "demos.critic_steps=0", "steps=300", "checkpoint.every=100")
+    assert run_training(compose(*overrides, "demos.lr=1e30"), run, []) == 1
+    last = console.readouterr().err.strip().splitlines()[-1]
+    assert last == ("robo-rl: error: pretraining from demonstrations: the imitation loss became nan after the last "
+                    "step (step 0); lower demos.lr (now 1e+30)"), last
+    assert not run.exists()
+
+
+def test_the_check_after_pretraining_draws_no_random_numbers(tmp_path):
+    # the final loss is computed under a forked RNG: runs warm-started from demonstrations train as they did before it
+    from policies import build_head
+
+    rng = np.random.default_rng(0)
+    obs = torch.as_tensor(rng.standard_normal((40, 3)), dtype=torch.float32)
+    actions = torch.as_tensor(rng.uniform(-2, 2, (40, 1)), dtype=torch.float32)
+
+    class Learner(torch.nn.Module):  # the parts of a learner pretrain() uses
+        def __init__(self):
+            super().__init__()
+            self.head = build_head("flow", 3, np.full(1, -2.0), np.full(1, 2.0), hidden_sizes=(8,))  # draws in its loss
+
+        def demo_head(self):
+            return self.head
+
+        def after_pretraining(self):
+            pass
+
+    learner = Learner()
+    torch.manual_seed(0)
+    pretrain(learner, obs, actions, steps=2, batch_size=16, lr=1e-3)
+    after = torch.get_rng_state()
+    torch.manual_seed(0)
+    for _ in range(2):  # the loop's own draws: two losses on minibatches of 16
+        learner.head.imitation_loss(obs[:16], actions[:16])
+    assert torch.equal(after, torch.get_rng_state())
+
+
 def test_a_passivity_aware_run_preloads_the_demonstrations_costs_or_asks_for_them(tmp_path):
     """Lagrangian SAC's replay keeps each step's safety cost for its cost critic: a file without costs is refused
     before pretraining, naming the file and the fix (it failed after pretraining, with the replay buffer's own
