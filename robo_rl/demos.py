@@ -412,11 +412,13 @@ def warm_critics(learner: Any, replay: Any, steps: int, batch_size: int) -> dict
     losses: list[float] = []
     t0 = time.perf_counter()
     for step in range(steps):
-        loss = learner.critic_warmup(replay.sample(batch_size))["critic_loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training the critics on the demonstrations: the critic loss became {loss.item()} "
-                                     f"at step {step}; check the file's rewards, or set demos.critic_steps=0")
-        losses.append(loss.item())
+        metrics = learner.critic_warmup(replay.sample(batch_size))
+        for name, value in metrics.items():  # every critic it trains: Lagrangian SAC's cost critics as well
+            if not torch.isfinite(value):
+                raise FloatingPointError(f"training the critics on the demonstrations: the {name.replace('_', ' ')} "
+                                         f"became {value.item()} at step {step}; check the file's "
+                                         f"{'costs' if name.startswith('cost') else 'rewards'}, or set demos.critic_steps=0")
+        losses.append(metrics["critic_loss"].item())
     k = max(1, min(50, steps // 10))
     return {"critic_steps": steps, "critic_loss_first": float(np.mean(losses[:k])),
             "critic_loss_last": float(np.mean(losses[-k:])), "critic_seconds": time.perf_counter() - t0}

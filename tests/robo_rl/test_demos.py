@@ -483,6 +483,29 @@ def test_the_check_after_pretraining_draws_no_random_numbers(tmp_path):
     assert torch.equal(after, torch.get_rng_state())
 
 
+def test_a_diverging_cost_critic_stops_the_critic_warm_up(tmp_path, console):
+    # Lagrangian SAC warms up its cost critics beside the reward critics, but only the reward critics' loss was
+    # checked: costs of 1e20 gave an infinite cost critic loss, the log said the warm-up went well, and the run
+    # wrote config.yaml and a checkpoint before failing online on the cost critic loss of update 1
+    from robo_rl.commands.train import run_training
+
+    rng = np.random.default_rng(0)
+    n, obs = 40, rng.standard_normal((40, 10))
+    demos = save_demos(tmp_path / "c.npz", obs=obs, actions=rng.uniform(-1, 1, (n, 2)), rewards=rng.random(n),
+                       next_obs=obs + 0.1, terminated=np.zeros(n), costs=np.full(n, 1e20))
+    run = tmp_path / "run"
+    run.mkdir()
+    overrides = ("algo=sac", "env=contact_maze", "safety.passivity_aware=true", "algo.batch_size=16",
+                 "algo.critic_hidden=[16,16]", "policy.hidden_sizes=[16,16]", "algo.learning_starts=30",
+                 "eval.episodes=1", "eval.num_envs=1", *FAST, "demos.pretrain_steps=5", "demos.critic_steps=5",
+                 "steps=60", "checkpoint.every=20", f"demos.path={demos}")
+    assert run_training(compose(*overrides), run, []) == 1
+    last = console.readouterr().err.strip().splitlines()[-1]
+    assert last == ("robo-rl: error: training the critics on the demonstrations: the cost critic loss became inf at "
+                    "step 0; check the file's costs, or set demos.critic_steps=0"), last
+    assert not run.exists()
+
+
 def test_a_passivity_aware_run_preloads_the_demonstrations_costs_or_asks_for_them(tmp_path):
     """Lagrangian SAC's replay keeps each step's safety cost for its cost critic: a file without costs is refused
     before pretraining, naming the file and the fix (it failed after pretraining, with the replay buffer's own
