@@ -152,6 +152,16 @@ class Runner(RunnerCheckpoints, abc.ABC):
             self._fail(f"{exc} in update {self.num_updates + 1:,} at step {self.step:,}")
         self.record_update(metrics)
 
+    def deferred_work(self) -> None:
+        """``learner.before_iteration()`` (a GoRL refit a signal interrupted, which the resumed run does first), its
+        metrics recorded; a NaN it meets in a head's checked actions stops training as one inside an update does."""
+        try:
+            metrics = self.learner.before_iteration()
+        except FloatingPointError as exc:
+            self._fail(f"{exc} in the work deferred from update {self.num_updates:,} at step {self.step:,}")
+        if metrics:
+            self.record_metrics(metrics)
+
     def record_update(self, metrics: dict[str, torch.Tensor]) -> None:
         """Accumulate one update's metrics for the next log row; stop on NaN/Inf."""
         self.num_updates += 1
@@ -270,9 +280,7 @@ class Runner(RunnerCheckpoints, abc.ABC):
                 self.learner.stop_requested = (  # type: ignore[method-assign]
                     lambda: stop.signum is not None and self.may_defer())
                 while self.step < self.total_steps:
-                    deferred = self.learner.before_iteration()  # e.g. a GoRL refit a signal interrupted
-                    if deferred:
-                        self.record_metrics(deferred)
+                    self.deferred_work()  # e.g. a GoRL refit a signal interrupted
                     if stop.signum is not None:  # (the deferred work gave way to a signal again)
                         status, stopped = self._interrupted(stop.signum, t_start)
                         raise stopped

@@ -894,6 +894,27 @@ def test_a_nan_gorl_decodes_for_the_env_stops_as_a_nan(tmp_path, monkeypatch):
         train(compose(*SMALL_GORL, "algo.stages=1", "steps=640", "checkpoint.every=128"), tmp_path / "run")
 
 
+
+def test_a_nan_in_a_refit_deferred_to_the_resumed_run_stops_as_a_nan(tmp_path, monkeypatch):
+    # a GoRL refit a signal interrupted runs first in the resumed run (Learner.before_iteration), outside the update
+    # the runner guards: its diverged decoder raised a bare FloatingPointError, naming no step and no checkpoint
+    from robo_rl.learners.gorl import GoRL
+
+    run = tmp_path / "run"
+    cfg = compose(*SMALL_GORL, "algo.stages=3", "algo.decoder_lr=1e8", "algo.refit_epochs=2", "algo.refit_batch_size=32",
+                  "algo.refit_threads=1", "steps=640", "checkpoint.every=64")
+    restore = interrupt_at_update(monkeypatch, GoRL, 4)  # the refit after update 4 gives way to the signal
+    with pytest.raises(Interrupted):
+        train(cfg, run)
+    restore()
+    with pytest.raises(NonFiniteError, match=r"latent head produced non-finite actions \(diverged weights\?\) in the work "
+                                             r"deferred from update 4 at step 256; training stopped and the last good "
+                                             r"checkpoint is \S+step_0000000256\."):
+        train(compose(f"resume={run}"), run, [f"resume={run}"])
+    assert json.loads((run / "summary.json").read_text())["status"].startswith("failed: the latent head produced")
+    assert [p.name for p in list_checkpoints(run / "checkpoints")][-1] == "step_0000000256"
+
+
 def test_resume_refuses_a_config_yaml_edited_since_the_checkpoint(tmp_path):
     run = tmp_path / "run"
     train(compose(*SMALL_SAC, "steps=300", "checkpoint.every=300"), run)
