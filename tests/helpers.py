@@ -12,18 +12,23 @@ import numpy as np
 class NaNAfter(gym.Env):
     """A 2-D point task whose observation (or reward) turns NaN after ``after`` steps; ``where="final"``:
     the observation of that step is NaN and ends the episode (terminated), the next one starts clean;
-    ``where="sigint"``: nothing turns NaN, the process gets a SIGINT (a Ctrl-C) at that step instead."""
+    ``where="sigint"``: nothing turns NaN, the process gets a SIGINT (a Ctrl-C) at that step instead;
+    ``where="reset"``: only the observation of the instance's first reset is NaN."""
 
     def __init__(self, after: int = 50, where: str = "obs") -> None:
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
         self.after, self.where = after, where
         self.count = 0
+        self.resets = 0
         self.state = np.zeros(2)
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
         self.state = self.np_random.uniform(-1, 1, 2)
+        self.resets += 1
+        if self.where == "reset" and self.resets == 1:
+            return np.full(2, np.nan, np.float32), {}
         return self.state.astype(np.float32), {}
 
     def step(self, action):

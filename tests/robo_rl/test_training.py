@@ -357,6 +357,24 @@ def test_nan_final_observation_is_caught(tmp_path, algo):
         train(cfg, tmp_path / "run")
 
 
+
+@pytest.mark.parametrize("algo", ["sac", "ppo"])
+def test_nan_reset_observation_is_caught(tmp_path, algo):
+    # a reset's observation (the run's first, one after a shared evaluation or a resume without simulator state) is
+    # no step's: SAC stored it in replay, wrote it into two checkpoints and stopped on a NaN critic loss from them;
+    # PPO blamed diverged weights for the NaN actions it gave
+    small = (("algo=sac", "algo.learning_starts=150", "algo.batch_size=32", "algo.critic_hidden=[16]") if algo == "sac"
+             else ("algo=ppo", "env.num_envs=2", "algo.rollout_steps=32", "algo.minibatch_size=32", "algo.epochs=1"))
+    cfg = compose(*small, "policy.hidden_sizes=[16]", "env.id=robo_rl_test/NaNAfter-v0", "env.kwargs={where: reset}",
+                  "eval.episodes=1", "eval.num_envs=1", *FAST, "steps=300", "checkpoint.every=64", "eval.every=1000")
+    with pytest.raises(NonFiniteError, match=r"^non-finite observation from the environment's reset\(\) at step 0; "
+                                             "training stopped and no checkpoint was written yet"):
+        train(cfg, tmp_path / "run")
+    assert list_checkpoints(tmp_path / "run" / "checkpoints") == []
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"].startswith("failed: non-finite observation from the environment's reset()")
+
+
 def test_nan_reward_is_caught(tmp_path):
     cfg = compose(*SMALL_SAC, "env.id=robo_rl_test/NaNAfter-v0", "env.kwargs={after: 30, where: reward}", "steps=500")
     with pytest.raises(NonFiniteError, match="non-finite reward"):
