@@ -38,6 +38,9 @@ class EditPolicy(nn.Module):
 
         self.head = GaussianHead(base.obs_dim + base.act_dim, -span, span, ObsNormalizer(base.obs_dim + base.act_dim),
                                  hidden, activation, squash=True, state_dependent_std=True)
+        # what its errors call it ("the EXPO edit policy's gaussian head produced non-finite actions"): a gaussian
+        # base (policy=gaussian) would otherwise be reported in the same words
+        self.head.name = "EXPO edit policy's gaussian"
         self.base = [base]  # not a submodule: the base's weights belong to the base
 
     def _input(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:

@@ -887,6 +887,22 @@ def test_acting_refuses_a_diverged_base_in_either_mode_naming_it(cls, head, opti
             learner.policy.act(torch.randn(4, 3), deterministic=deterministic)
 
 
+
+def test_a_diverged_expo_edit_policy_is_named_apart_from_a_gaussian_base():
+    # the edit policy is a Gaussian head too: with policy=gaussian a NaN in either read "the gaussian head produced
+    # non-finite actions", so the run's message could not say which network diverged
+    for diverged in ("edit", "base"):
+        policy = build_head("gaussian", 3, LOW, HIGH, hidden_sizes=(16,))
+        learner = EXPO(policy, critic_hidden=(16,), edit_hidden=(16,))
+        net = learner.edit.head if diverged == "edit" else policy
+        with torch.no_grad():
+            next(net.parameters()).fill_(float("nan"))
+        name = "EXPO edit policy's gaussian" if diverged == "edit" else "gaussian"
+        for deterministic in (False, True):
+            with pytest.raises(FloatingPointError, match=f"^the {name} head produced non-finite actions"):
+                learner.policy.act(torch.randn(4, 3), deterministic=deterministic)
+
+
 @pytest.mark.parametrize("cls", [PARL, EXPO])
 def test_acting_takes_observations_as_every_head_does(cls):
     policy = build_head("flow", 3, LOW, HIGH, hidden_sizes=(16, 16), steps=2)
