@@ -302,7 +302,10 @@ class DecoderRefit:
         if not self.keep_latent_std or probe.shape[0] == 0:
             return None
         _, log_std = self.policy.latent.distribution(self.policy.observations(probe))
-        return log_std.exp().mean(0)
+        std = log_std.exp().mean(0)
+        if not bool(torch.isfinite(std).all()):  # (the reset would refuse it as a bad argument, a ValueError)
+            raise FloatingPointError(f"the latent policy's std is {std.tolist()} at the refit (diverged weights?)")
+        return std
 
     @torch.no_grad()
     def _deterministic_unit(self, obs: torch.Tensor) -> torch.Tensor:

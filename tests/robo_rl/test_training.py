@@ -933,6 +933,31 @@ def test_a_nan_in_a_refit_deferred_to_the_resumed_run_stops_as_a_nan(tmp_path, m
     assert [p.name for p in list_checkpoints(run / "checkpoints")][-1] == "step_0000000256"
 
 
+
+def test_a_nan_latent_std_at_a_gorl_refit_stops_as_a_nan(tmp_path, monkeypatch):
+    # the PPO update before a refit leaves a NaN latent log-std (its loss finite); with refit_on=executed nothing samples
+    # the policy before the reset keeps its std, which refused it as a bad argument: a ValueError (CLI exit 2, "bad
+    # input") saying "latent scale must be 1 positive finite numbers, got [nan]", no step, no checkpoint named
+    from robo_rl.learners.gorl import GoRL
+
+    original = GoRL.update
+
+    def poisoned(self, rollout):
+        if int(self.num_updates) == 3:  # the 4th update, which the first refit follows
+            monkeypatch.setattr(self.ppo, "update", lambda batch, real=self.ppo.update: (
+                real(batch), self.policy.latent.log_std.data.fill_(float("nan")))[0])
+        return original(self, rollout)
+
+    monkeypatch.setattr(GoRL, "update", poisoned)
+    cfg = compose(*SMALL_GORL, "algo.stages=3", "algo.refit_on=executed", "algo.refit_epochs=2",
+                  "algo.refit_batch_size=32", "algo.refit_threads=1", "steps=640", "checkpoint.every=64")
+    with pytest.raises(NonFiniteError, match=r"^the latent policy's std is \[nan\] at the refit \(diverged weights\?\) in "
+                                             r"update 4 at step 256; training stopped and the last good checkpoint is "
+                                             r"\S+step_0000000192\."):
+        train(cfg, tmp_path / "run")
+    assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")][-1] == "step_0000000192"
+
+
 def test_resume_refuses_a_config_yaml_edited_since_the_checkpoint(tmp_path):
     run = tmp_path / "run"
     train(compose(*SMALL_SAC, "steps=300", "checkpoint.every=300"), run)
