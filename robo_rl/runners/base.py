@@ -120,7 +120,7 @@ class Runner(RunnerCheckpoints, abc.ABC):
         if not all_finite(value):
             self._fail(f"non-finite {what} from the environment at step {self.step:,}")
 
-    def check_reset_obs(self) -> None:
+    def check_reset_obs_finite(self) -> None:
         """Stop on a NaN/Inf in ``self.obs`` where it comes from a reset (each step's are checked as they come): replay
         would store it, the policy act on it."""
         if not all_finite(self.obs):
@@ -286,7 +286,7 @@ class Runner(RunnerCheckpoints, abc.ABC):
                 self.learner.stop_requested = (  # type: ignore[method-assign]
                     lambda: stop.signum is not None and self.may_defer())
                 if self.step < self.total_steps:
-                    self.check_reset_obs()  # the run's first, or a resume's without simulator state
+                    self.check_reset_obs_finite()  # the run's first, or a resume's without simulator state
                 while self.step < self.total_steps:
                     self.deferred_work()  # e.g. a GoRL refit a signal interrupted
                     if stop.signum is not None:  # (the deferred work gave way to a signal again)
@@ -429,7 +429,7 @@ class Runner(RunnerCheckpoints, abc.ABC):
         self.eval_seconds += time.perf_counter() - t0
         if self.shared_eval:  # the evaluation stepped (and reset) the training envs: they start new episodes
             self.obs = self.env.reset(seed=int(self.cfg.seed) + self.step)
-            self.check_reset_obs()
+            self.check_reset_obs_finite()
             self.episodes_restarted()
         result["step"] = self.step
         costs = self.eval_env.counted_costs(result["env_index"])
