@@ -47,6 +47,18 @@ def policy_env_mismatch(policy: PolicyHead, env: BatchedEnv) -> str | None:
             f"low={shown(box[2])}, high={shown(box[3])}")
 
 
+def device_mismatch(module: torch.nn.Module, device: torch.device | str, what: str) -> str | None:
+    """'its weights are on cuda:0, <what> on cpu' when ``module`` (a head, a learner) is on another device than
+    ``device`` (an env's tensors, the run's storage; torch's error at the first step would name neither); None when
+    they agree. A device without an index matches any of its type's (cuda and cuda:0)."""
+    weights = next((p.device for p in module.parameters()), None) if isinstance(module, torch.nn.Module) else None
+    device = torch.device(device)
+    if weights is None or (weights.type == device.type
+                           and (weights.index is None or device.index is None or weights.index == device.index)):
+        return None
+    return f"its weights are on {weights}, {what} on {device}"
+
+
 @torch.no_grad()
 def evaluate(
     policy: PolicyHead,
@@ -77,6 +89,9 @@ def evaluate(
             raise ValueError(f"evaluate: {name}={value!r} must be an integer >= {least}")  # 0 episodes: a mean of none
     if not isinstance(deterministic, (bool, np.bool_)):
         raise TypeError(f"evaluate: deterministic={deterministic!r} must be True (the mean action) or False (sampled)")
+    if (mismatch := device_mismatch(policy, env.device, f"{env.task_id}'s tensors")) is not None:
+        raise ValueError(f"evaluate: the policy does not act on the env's device: {mismatch}; move one of them "
+                         "(policy.to(env.device), or a loaded run's env: build_env(cfg) after load_run(..., device=))")
     if (mismatch := policy_env_mismatch(policy, env)) is not None:
         raise ValueError(f"evaluate: {mismatch}; evaluate the policy on the task it was built for (a loaded run's: "
                          "robo_rl.build.build_env(cfg, randomize=False))")

@@ -468,6 +468,38 @@ def test_a_policy_built_for_other_sizes_is_refused_before_any_step(tmp_path):
     assert evaluate(BetaHead(4, -0.1 * np.ones(2), 0.1 * np.ones(2)), PointMass(2, box=0.1, dtype=np.float64), 2)["episodes"] == 2
 
 
+def test_a_policy_on_another_device_than_the_env_or_the_run_is_refused_before_any_step(tmp_path):
+    # a head moved to a GPU next to a CPU env (or the reverse) failed at its first step with torch's "Expected all
+    # tensors to be on the same device", naming neither; a learner on another device than cfg.device got its replay
+    # on the config's. The meta device stands in for cuda (no GPU here)
+    from robo_rl.build import build_runner
+    from robo_rl.evaluation import evaluate
+    from robo_rl.learners.sac import SAC
+    from robo_rl.runners.off_policy import OffPolicyRunner
+    from robo_rl.train import compose_config
+
+    head = BetaHead(4, -2 * np.ones(2), 2 * np.ones(2))
+    elsewhere = BetaHead(4, -2 * np.ones(2), 2 * np.ones(2)).to("meta")
+    with pytest.raises(ValueError, match=r"evaluate: the policy does not act on the env's device: its weights are on "
+                                         r"meta, test/PointMass-v0's tensors on cpu; move one of them"):
+        evaluate(elsewhere, PointMass(2), 2)
+    cfg = compose_config(["algo=sac", "steps=200", "algo.learning_starts=100", "algo.batch_size=32", "eval.episodes=2"])
+    with pytest.raises(ValueError, match=r"the learner is not on the training env's device: its weights are on meta, "
+                                         r"test/PointMass-v0's tensors on cpu; move it"):
+        build_runner(cfg, SAC(elsewhere, critic_hidden=(16,)).to("meta"), PointMass(4), PointMass(2), tmp_path / "env")
+    from omegaconf import open_dict
+
+    from robo_rl.defaults import resolve_defaults
+
+    cfg = resolve_defaults(cfg)  # (build_runner refuses device=meta in the config: the runner is built directly here)
+    with open_dict(cfg):
+        cfg.device = "meta"
+    with pytest.raises(ValueError, match=r"the learner is not on the run's device: its weights are on cpu, cfg.device "
+                                         r"\(the replay or rollout storage\) on meta"):
+        OffPolicyRunner(cfg, SAC(head, critic_hidden=(16,)), PointMass(4), PointMass(2), tmp_path / "cfg")
+    assert not any(tmp_path.iterdir())
+
+
 def test_build_head_takes_bounds_as_tensors():
     # np.size read a tensor's .size method: "'<' not supported between instances of 'builtin_function_or_method'"
     head = build_head("gaussian", 3, -2 * torch.ones(2), 2 * torch.ones(2), hidden_sizes=(8,))

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from envs import BatchedEnv
 from envs.base import WorkerDied, all_finite
 from robo_rl.checkpoint import CheckpointWriteError, list_checkpoints, prune_checkpoints
-from robo_rl.evaluation import EvaluationNotFinished, evaluate, policy_env_mismatch
+from robo_rl.evaluation import EvaluationNotFinished, device_mismatch, evaluate, policy_env_mismatch
 from robo_rl.learners.base import Learner
 from robo_rl.metrics import MetricsWriter, Progress, format_duration, format_return, mean_of, plot_learning_curve
 from robo_rl.runners.checkpoints import RunnerCheckpoints
@@ -50,10 +50,16 @@ def _first_bad(values: dict[str, torch.Tensor]) -> str | None:
 class Runner(RunnerCheckpoints, abc.ABC):
     def __init__(self, cfg: DictConfig, learner: Learner, env: BatchedEnv, eval_env: BatchedEnv, run_dir: Path) -> None:
         for which, built in (("training env", env), ("evaluation env", eval_env)):  # before the replay is allocated
+            if (mismatch := device_mismatch(learner, built.device, f"{built.task_id}'s tensors")) is not None:
+                raise ValueError(f"the learner is not on the {which}'s device: {mismatch}; move it "
+                                 "(learner.to(env.device)) or make the env on the learner's device")
             if (mismatch := policy_env_mismatch(learner.policy, built)) is not None:
                 raise ValueError(f"the learner does not fit the {which}: {mismatch}; build its head for that env "
                                  "(obs_dim=env.obs_dim, action_low=env.action_space.low, "
                                  "action_high=env.action_space.high)")
+        if (mismatch := device_mismatch(learner, cfg.device, "cfg.device (the replay or rollout storage)")) is not None:
+            raise ValueError(f"the learner is not on the run's device: {mismatch}; compose the config with "
+                             "device=<the learner's device>, or move the learner")
         self.cfg = cfg
         self.learner = learner
         self.policy = learner.policy
