@@ -22,9 +22,12 @@ import hashlib
 import inspect
 import json
 import logging
+import math
+import numbers
 import os
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +192,9 @@ def export_policy(
     given) plus ``check_samples`` random ones, at that batch size and at batch 1, before the sidecar is written;
     a difference above ``tolerance`` (per action dimension, times the half-range where it exceeds 1) is an
     error, so an export that exists is an export that was checked. The module the file is made from is
-    compared with the policy's deterministic ``act`` too. Model and sidecar are written to
+    compared with the policy's deterministic ``act`` too. The arguments the sidecar records (``control_dt``, the
+    ``safety`` chain, built against the policy's dimensions, the observation bounds, ``metadata``) are checked
+    before any work, as the runtime and the deployment loop would refuse them only later. Model and sidecar are written to
     temporary names, fsynced, and renamed into place (model first, sidecar last): a crash leaves the
     previous export or the new one, or a new model next to the old sidecar, which the runtime refuses
     (its sha256 does not match).
@@ -199,11 +204,37 @@ def export_policy(
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt!r}: choose one of {', '.join(FORMATS)}")
     out_dir = check_out_dir(out_dir)  # before the graph is built and checked, not when it is written
+    # the sidecar's control period: the runtime refuses one that is not a positive number, so refuse it before any work
+    if control_dt is not None:
+        if isinstance(control_dt, bool) or not isinstance(control_dt, numbers.Real) \
+                or not (math.isfinite(control_dt) and control_dt > 0):
+            raise ValueError(f"control_dt={control_dt!r}: the control period in seconds, a finite number > 0 "
+                             "(or None when unknown)")
+        control_dt = float(control_dt)  # a numpy float is no JSON number
     policy = policy.cpu().eval()
     module = export_module(policy)
     k = noise_dim(policy)
     chunk = chunk_length(policy)
     obs_dim = int(policy.obs_dim)
+    # the sidecar's filter chain must run on this policy's actions and observations at its control period (the
+    # deployment loop would refuse it only at start-up); stored as plain lists, as the sidecar is JSON
+    from sim2real.filters import build_chain
+    from sim2real.filters.spec import plain
+
+    build_chain(safety, int(policy.act_dim), obs_dim, control_dt)
+    for key, values in (("observation_low", observation_low), ("observation_high", observation_high)):
+        if values is not None and np.size(values) != obs_dim:  # the sidecar would record another space
+            raise ValueError(f"{key} has {np.size(values)} values, but the policy observes {obs_dim}: pass the "
+                             "observation space's bounds")
+    if check_obs is not None and (np.ndim(check_obs) not in (1, 2) or np.shape(check_obs)[-1] != obs_dim):
+        # reshaped to [-1, obs_dim], rows of another width would be regrouped into states nobody visited
+        raise ValueError(f"check_obs of shape {list(np.shape(check_obs))}: expected observations [N, {obs_dim}]")
+    filters = plain(safety.get("filters") if isinstance(safety, Mapping) else safety) or []
+    safety = {"filters": json.loads(json.dumps(filters, default=_json_array))}
+    try:  # written last, into the JSON sidecar: refused now rather than after the graph is checked
+        json.dumps(metadata or {}, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"metadata: {exc}; give JSON values (strings, finite numbers, lists, mappings)") from None
     generator = torch.Generator().manual_seed(0)
     real = torch.as_tensor(np.asarray(check_obs, dtype=np.float32)).reshape(-1, obs_dim) if check_obs is not None else torch.zeros(0, obs_dim)
     scale = policy.obs_norm.stats.var.sqrt().float().cpu() if policy.obs_norm.enabled else torch.ones(obs_dim)
@@ -324,14 +355,26 @@ def export_policy(
         "normalization": {"observation": "in the graph", "enabled": bool(norm.enabled), "clip": norm.clip, "eps": norm.eps,
                           "mean": norm.stats.mean.tolist(), "var": norm.stats.var.tolist()},
         "sampling": _sampling(policy),
-        "safety": safety or {"filters": []},
+        "safety": safety,
         # tolerance: per action dimension, times the half-range where it exceeds 1 (float32 rounding scales with it)
         "checked": {"observations": int(obs.shape[0]), "real_observations": int(real.shape[0]),
                     "max_abs_error": max_error, "tolerance": tolerance, "tolerance_per_dimension": limit.tolist()},
         **(metadata or {}),
     }
-    _publish(tmp, path, sidecar)
+    try:
+        _publish(tmp, path, sidecar)
+    except BaseException:  # before the renames: no temporary file is left behind (after them, see _publish)
+        tmp.unlink(missing_ok=True)
+        (out_dir / ".policy.json.tmp").unlink(missing_ok=True)
+        raise
     return sidecar
+
+
+def _json_array(value: Any) -> Any:
+    """A numpy array or number in a filter spec as its JSON list or number."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"safety: {value!r:.60} is not a number or list the sidecar's JSON can hold")
 
 
 def _publish(tmp_model: Path, model: Path, sidecar: dict[str, Any]) -> None:

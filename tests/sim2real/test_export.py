@@ -205,6 +205,38 @@ def test_unknown_format_is_refused(tmp_path):
         export_policy(_head("gaussian", {}), tmp_path, "tflite")
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    ({"control_dt": 0.0}, "control_dt=0.0"),  # the runtime refused the written sidecar (control.dt must be > 0)
+    ({"control_dt": float("nan")}, "control_dt=nan"),
+    ({"control_dt": -0.02}, "control_dt=-0.02"),
+    # a chain that cannot run on this policy (3 actions): the deployment loop refused it only at start-up
+    ({"safety": {"filters": [{"type": "box", "low": [-1, -1], "high": [1, 1]}]}}, r"safety.filters\[0\] \(box\)"),
+    ({"safety": {"filters": [{"type": "boxx"}]}}, "unknown filter type 'boxx'"),
+    ({"observation_low": np.zeros(4)}, "observation_low has 4 values, but the policy observes 5"),
+    ({"check_obs": np.zeros((4, 4))}, r"check_obs of shape \[4, 4\]"),
+    ({"metadata": {"step": np.int64(3)}}, "metadata"),  # the sidecar is JSON
+], ids=["dt-zero", "dt-nan", "dt-negative", "safety-dims", "safety-type", "obs-bounds", "check-obs", "metadata"])
+def test_bad_arguments_are_refused_before_anything_is_written(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        export_policy(_head("deterministic", {}), tmp_path / "out", "onnx", **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_numpy_values_in_the_control_period_and_the_filters_are_written_as_json(tmp_path):
+    # a numpy float control period or numpy bounds in a filter raised TypeError while writing the sidecar, after
+    # the graph was checked, and left the temporary model file behind
+    from sim2real.runtime import PolicyRuntime
+
+    box = {"type": "box", "low": np.full(3, -0.5), "high": np.float32(0.5)}
+    sidecar = export_policy(_head("deterministic", {}), tmp_path, "onnx", control_dt=np.float32(0.25),
+                            safety={"filters": [box]})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.json", "policy.onnx"]
+    assert sidecar["control"] == {"dt": 0.25, "rate_hz": 4.0}
+    assert sidecar["safety"] == {"filters": [{"type": "box", "low": [-0.5] * 3, "high": 0.5}]}
+    runtime = PolicyRuntime(tmp_path)
+    assert runtime.dt == 0.25 and runtime.sidecar["safety"] == sidecar["safety"]
+
+
 def test_export_fsyncs_both_files_before_renaming_and_a_crash_between_renames_is_refused(tmp_path, monkeypatch):
     """Model and sidecar are written under temporary names and fsynced before either is renamed; a crash
     after the model's rename leaves the new model next to the old sidecar, which the runtime refuses."""
