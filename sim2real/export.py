@@ -250,7 +250,6 @@ def export_policy(
         obs = torch.cat([obs, obs], dim=0)
     example = (obs[:2],) if k == 0 else (obs[:2], noise[:2])
     input_names = ["obs"] if k == 0 else ["obs", "noise"]
-    out_dir.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         reference = (module(obs) if k == 0 else module(obs, noise)).numpy()
     if not np.isfinite(reference).all():
@@ -270,6 +269,8 @@ def export_policy(
         raise RuntimeError(f"the graph to export differs from the policy's deterministic action by {float(gap.max()):.2e} "
                            f"(> {ACTING_TOLERANCE:g}): the export path of the {getattr(policy, 'name', type(policy).__name__)} "
                            "head does not compute what it acts with (a robo-rl bug); nothing was written")
+    made = [d for d in (out_dir, *out_dir.parents) if not os.path.lexists(d)]  # innermost first: removed on failure
+    out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / (".policy.onnx.tmp" if fmt == "onnx" else ".policy.pt.tmp")
     side = tmp.with_name(tmp.name + ".data")  # the dynamo exporter writes large weights beside the model
     try:
@@ -319,9 +320,10 @@ def export_policy(
         if not (errors <= limit).all():
             raise RuntimeError(f"the exported {fmt} policy differs from the torch policy by {max_error:.2e} (> {tolerance:g}"
                                + (" times the action half-range" if (half_range > 1).any() else "") + "); nothing was written")
-    except BaseException:  # a failed export leaves nothing behind
+    except BaseException:  # a failed export leaves nothing behind, not even the directories it made
         tmp.unlink(missing_ok=True)
         side.unlink(missing_ok=True)
+        _remove_empty(made)
         raise
     low, high = policy.action_low.cpu().numpy(), policy.action_high.cpu().numpy()
     norm = policy.obs_norm
@@ -366,8 +368,18 @@ def export_policy(
     except BaseException:  # before the renames: no temporary file is left behind (after them, see _publish)
         tmp.unlink(missing_ok=True)
         (out_dir / ".policy.json.tmp").unlink(missing_ok=True)
+        _remove_empty(made)
         raise
     return sidecar
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    """Remove the directories a failed export created (innermost first), those still empty."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:  # not empty (another process wrote there meanwhile): left as it is
+            return
 
 
 def _json_array(value: Any) -> Any:

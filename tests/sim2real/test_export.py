@@ -200,6 +200,19 @@ def test_a_failed_parity_check_leaves_nothing_behind(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("fails", ["parity", "non-finite"])
+def test_a_failed_export_leaves_no_directory_it_made(tmp_path, fails):
+    # the export directory (and its missing parents) used to be created before the checks and left there empty
+    head = _head("gaussian", {})
+    if fails == "non-finite":
+        with torch.no_grad():
+            for p in head.parameters():
+                p.fill_(float("nan"))
+    with pytest.raises((RuntimeError, ValueError)):
+        export_policy(head, tmp_path / "deploy" / "maze", "onnx", tolerance=-1.0)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unknown_format_is_refused(tmp_path):
     with pytest.raises(ValueError, match="onnx, torchscript"):
         export_policy(_head("gaussian", {}), tmp_path, "tflite")
