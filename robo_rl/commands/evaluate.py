@@ -52,8 +52,9 @@ def eval_main(args: Sequence[str]) -> int:
     from robo_rl.validation import COUNT_RANGES, MAX_EVAL_SEED
 
     least, most, what = COUNT_RANGES["eval.episodes"]  # as train's eval.episodes: 1e12 ran until killed
-    if opts.episodes > most:
-        return error(f"episodes={opts.episodes}: must be between {least} and {most:,} ({what})", EXIT_USAGE)
+    for key in ("episodes", "video_episodes"):  # video_episodes=1e12 filmed until killed, leaving a broken mp4
+        if opts[key] > most:
+            return error(f"{key}={opts[key]}: must be between {least} and {most:,} ({what})", EXIT_USAGE)
     if not 0 <= opts.seed <= MAX_EVAL_SEED:  # after loading the run: torch's "Overflow when unpacking long long"
         return error(f"seed={opts.seed}: must be between 0 and 2**64 - 1 (see robo-rl eval --help)", EXIT_USAGE)
     if not opts.video and any(override_key(a) == "video_episodes" for a in args):

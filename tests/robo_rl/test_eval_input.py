@@ -78,6 +78,14 @@ def test_an_absurd_episode_count_is_refused_before_the_run_is_read(tmp_path, cap
     assert code == 2 and "episodes=1000000000000: must be between 1 and 100,000" in _one_line_error(err) and out == ""
 
 
+def test_an_absurd_video_episode_count_is_refused_before_the_run_is_read(tmp_path, capsys):
+    # video_episodes=1e12 filmed env copy 0 until killed (the 10M-step budget is hours of rendering), and the kill
+    # left a truncated mp4 in place of the run's video; run_dir=nowhere does not exist: the count is checked first
+    code, out, err = _eval(capsys, f"run_dir={tmp_path / 'nowhere'}", "video=true", "video_episodes=1e12")
+    assert code == 2 and out == ""
+    assert "video_episodes=1000000000000: must be between 1 and 100,000" in _one_line_error(err)
+
+
 @pytest.mark.parametrize("seed, words", [
     ("1e30", "seed=1000000000000000000000000000000: must be between 0 and 2**64 - 1"),  # was torch's "Overflow when ..."
     ("-1", "seed=-1: must be between 0 and 2**64 - 1"),  # was the env's reset(seed=-1), after loading the run
