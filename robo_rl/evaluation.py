@@ -80,6 +80,7 @@ def evaluate(
     itself is not drawn: the env resets in the step that ends the episode). With ``frame_sink`` (a callable) the
     frames go to it as they are drawn instead (e.g. an ``envs.rendering.Mp4Writer``'s ``add``), so a long video
     never sits in memory: 1,000 480x480 frames are 690 MB.
+    ``deterministic`` in the result is True for a head that does not sample (``policy.stochastic`` False), asked or not.
     ``record_transitions`` also returns ``transitions``: the counted episodes' (obs, executed
     actions, rewards, next_obs, terminated) as tensors, the arrays of a demonstrations file.
     A head that predicts action chunks runs ``execute`` actions of each chunk per query, as it was trained to.
@@ -183,6 +184,8 @@ def evaluate(
         "returns": returns,
         "lengths": lengths,
         "env_index": env_index,  # which env copy ran each episode (in finishing order)
-        "deterministic": deterministic,
+        # what was evaluated: a head that does not sample (TD3's) acts deterministically whatever was asked, and
+        # robo-rl compare would warn that such an eval.json mixes stochastic evaluations into deterministic ones
+        "deterministic": bool(deterministic) or not getattr(policy, "stochastic", True),
         **extra,
     }

@@ -671,6 +671,22 @@ def test_evaluation_is_deterministic_only_when_asked():
     assert evaluate(head, env, 2, False, seed=7)["returns"] == pytest.approx(mean, rel=1e-4)
 
 
+def test_evaluation_of_a_head_that_does_not_sample_says_it_was_deterministic():
+    # TD3's head acts alike with deterministic=False: the evaluation was recorded (eval.json) and printed as
+    # stochastic, and robo-rl compare warned that a group of such runs mixed stochastic with deterministic ones
+    from envs import make_env
+    from policies import build_head
+    from robo_rl.evaluation import evaluate
+
+    env = make_env("Pendulum-v1", num_envs=1, backend="gymnasium")
+    head = build_head("deterministic", env.obs_dim, env.action_space.low, env.action_space.high, hidden_sizes=(16,))
+    asked_to_sample = evaluate(head, env, 1, False, seed=7)
+    assert asked_to_sample["returns"] == evaluate(head, env, 1, True, seed=7)["returns"]
+    assert asked_to_sample["deterministic"] is True
+    sampler = build_head("gaussian", env.obs_dim, env.action_space.low, env.action_space.high, hidden_sizes=(16,))
+    assert evaluate(sampler, env, 1, False, seed=7)["deterministic"] is False
+
+
 def test_evaluation_runs_a_chunked_head_k_actions_per_query():
     # a head trained on chunks of 4 executing 2 plans every 2 steps in evaluation, and afresh at each new
     # episode (Pendulum's 200-step episodes, 2 envs: 100 queries per episode, 2 episodes each)
