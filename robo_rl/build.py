@@ -35,10 +35,12 @@ def _plain(node: Any) -> Any:
 
 
 def build_env(cfg: DictConfig, num_envs: int | None = None, vectorization: str | None = None,
-              randomize: bool = True, render: bool = False) -> BatchedEnv:
-    """The training env (``randomize=False``: the nominal task, e.g. for evaluation)."""
+              randomize: bool = True, render: bool = False, safety: bool = False) -> BatchedEnv:
+    """The training env (``randomize=False``: the nominal task, e.g. for evaluation). ``safety=True``: behind the
+    run's ``safety.filters`` (a ``SafetyLayer`` that keeps per-episode costs), as ``robo-rl eval`` and training's
+    evaluations act; without them a run trained with filters is evaluated on actions it never executed."""
     env = cfg.env
-    return make_env(
+    built = make_env(
         env.id,
         num_envs=int(num_envs if num_envs is not None else env.num_envs),
         backend=env.backend,
@@ -50,6 +52,16 @@ def build_env(cfg: DictConfig, num_envs: int | None = None, vectorization: str |
         randomize=OmegaConf.to_container(env.randomize, resolve=True) if randomize else None,
         render=render,
     )
+    if not safety:
+        return built
+    from robo_rl.runners.safety import SafetyLayer, safety_settings
+
+    settings = safety_settings(cfg)
+    try:
+        return SafetyLayer(built, settings.filters, settings.cost_key, keep_episode_costs=True)
+    except BaseException:
+        built.close()
+        raise
 
 
 def _env_failure(cfg: DictConfig, what: str, exc: BaseException) -> ConfigError:

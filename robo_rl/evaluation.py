@@ -95,7 +95,7 @@ def evaluate(
                          "(policy.to(env.device), or a loaded run's env: build_env(cfg) after load_run(..., device=))")
     if (mismatch := policy_env_mismatch(policy, env)) is not None:
         raise ValueError(f"evaluate: {mismatch}; evaluate the policy on the task it was built for (a loaded run's: "
-                         "robo_rl.build.build_env(cfg, randomize=False))")
+                         "robo_rl.build.build_env(cfg, randomize=False, safety=True))")
     n = env.num_envs
     chunks = ChunkExecutor(policy, n) if getattr(policy, "execute", 1) > 1 else None
     act = chunks.act if chunks is not None else policy.act

@@ -249,8 +249,9 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: 
     The policy comes from the newest complete checkpoint (or ``checkpoint``), verified against its manifest, in
     eval mode without gradients: ``policy.act(obs, deterministic=True)`` maps raw observations [B, obs_dim] to
     actions [B, act_dim] in env units (``policy.act(obs)`` samples). ``robo_rl.build.build_env(cfg,
-    randomize=False)`` builds the run's nominal task, e.g. for ``robo_rl.evaluation.evaluate(policy, env, 10)``: the
-    returned ``cfg.device`` is ``device`` (a run trained on cuda loads on a CPU), so that env is on the policy's device.
+    randomize=False, safety=True)`` builds the run's nominal task behind its safety filters (if it trained with any),
+    e.g. for ``robo_rl.evaluation.evaluate(policy, env, 10)``, the evaluation ``robo-rl eval`` runs: the returned
+    ``cfg.device`` is ``device`` (a run trained on cuda loads on a CPU), so that env is on the policy's device.
     """
     from robo_rl.build import build_env
     from robo_rl.validation import check_device

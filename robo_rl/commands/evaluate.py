@@ -96,7 +96,7 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
     from robo_rl.build import build_env
     from robo_rl.checkpoint import verify_checkpoint
     from robo_rl.evaluation import evaluate
-    from robo_rl.runners.safety import SafetyLayer, safety_settings
+    from robo_rl.runners.safety import safety_settings
     from robo_rl.validation import check_device
     from robo_rl.runs import load_policy, load_run_config, resolve_checkpoint
 
@@ -116,10 +116,10 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
     ckpt = resolve_checkpoint(run_dir, opts.checkpoint)
     manifest = verify_checkpoint(ckpt, replay=False)  # the weights are read, not the replay
     video_path = (run_dir / "videos" / f"eval-step{int(manifest['step'])}.mp4").resolve()
-    raw = build_env(cfg, num_envs=min(int(opts.num_envs), int(opts.episodes)), vectorization="sync", randomize=False,
-                    render=bool(opts.video))
-    safety = safety_settings(cfg)  # the run's own filters act here as in its training-time evaluations
-    env = SafetyLayer(raw, safety.filters, safety.cost_key, keep_episode_costs=True)
+    # the run's own filters act here as in its training-time evaluations
+    env = build_env(cfg, num_envs=min(int(opts.num_envs), int(opts.episodes)), vectorization="sync", randomize=False,
+                    render=bool(opts.video), safety=True)
+    safety = safety_settings(cfg)
     video = None
     try:
         policy = load_policy(cfg, env, ckpt, opts.device)  # (names a checkpoint whose networks do not fit)

@@ -208,3 +208,30 @@ def test_a_sweep_directory_given_as_a_run_names_its_jobs(tmp_path, capsys, runs)
         load_run_config(sweep)
     code, out, err = _eval(capsys, f"run_dir={sweep}")
     assert code == 2 and "is a -m sweep's directory" in _one_line_error(err)
+
+
+def test_a_run_with_safety_filters_is_evaluated_by_hand_as_robo_rl_eval_does(tmp_path, capsys):
+    # README's Python recipe (load_run, build_env(cfg, randomize=False), evaluate) left the run's filters out: a
+    # run trained behind safety=box (actions clipped to [-1, 1] on Pendulum's [-2, 2]) scored another return by
+    # hand than robo-rl eval and its training-time evaluations gave, with nothing said
+    import json
+
+    from robo_rl.evaluation import evaluate
+    from robo_rl.runs import load_run
+
+    run = tmp_path / "run"
+    train(compose("algo=sac", *TINY, "safety=box"), run)
+    code, _, err = _eval(capsys, f"run_dir={run}", "episodes=2", "num_envs=2", "seed=7")
+    assert code == 0, err
+    policy, cfg = load_run(run)
+    env = build_env(cfg, num_envs=2, randomize=False, safety=True)
+    try:
+        by_hand = evaluate(policy, env, 2, seed=7)["returns"]
+    finally:
+        env.close()
+    assert by_hand == json.loads((run / "eval.json").read_text())["returns"]
+    raw = build_env(cfg, num_envs=2, randomize=False)  # the filters matter here: without them, another return
+    try:
+        assert evaluate(policy, raw, 2, seed=7)["returns"] != by_hand
+    finally:
+        raw.close()
