@@ -136,17 +136,20 @@ class Mp4Writer:
 
     ``with Mp4Writer(path, fps) as video: video.add(frame)``; ``video.count`` frames are in the file once the block
     ends. A path that cannot take the file, or a frame that is not an RGB image of the first frame's size, raises
-    ValueError saying which; a failed or abandoned video (an exception in the block) leaves no file behind."""
+    ValueError saying which; a failed or abandoned video (an exception in the block) leaves no file behind, and
+    leaves a video already at ``path`` (e.g. an earlier evaluation's of the same checkpoint) as it was: the frames go
+    to a hidden file next to it, renamed over ``path`` once the video is complete."""
 
     def __init__(self, path: str | Path, fps: float) -> None:
         self._av = require_pyav()
         self.path = check_video_path(path)
+        self._partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
         self.fps = fps
         self.count = 0
         self._stream: Any = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._container = self._av.open(str(self.path), "w")
+            self._container = self._av.open(str(self._partial), "w", format="mp4")
         except OSError as exc:
             raise ValueError(f"cannot write the video {self.path}: {exc.strerror or exc}") from None
 
@@ -187,8 +190,15 @@ class Mp4Writer:
                 self._container.close()
             except OSError:
                 keep = False
-            if not keep:
-                self.path.unlink(missing_ok=True)
+            try:
+                if keep:
+                    os.replace(self._partial, self.path)
+            except OSError as exc:
+                keep = False
+                raise ValueError(f"cannot write the video {self.path}: {exc.strerror or exc}") from None
+            finally:
+                if not keep:
+                    self._partial.unlink(missing_ok=True)
 
     def __enter__(self) -> "Mp4Writer":
         return self

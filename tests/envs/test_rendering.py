@@ -131,3 +131,22 @@ def test_a_video_written_frame_by_frame_decodes_to_its_frames_and_an_abandoned_o
             video.add(frames[0])
             raise KeyboardInterrupt  # e.g. the evaluation stopped half-way
     assert not (tmp_path / "c.mp4").exists()
+
+
+def test_an_abandoned_video_leaves_the_one_already_at_its_path_as_it_was(tmp_path):
+    # robo-rl eval video=true writes <run_dir>/videos/eval-step<N>.mp4: a second evaluation of the same checkpoint
+    # that failed or was stopped half-way deleted the first one's video (a kill left it truncated)
+    pytest.importorskip("av")
+    frames = [np.full((16, 16, 3), 40 * i, np.uint8) for i in range(5)]
+    path = tmp_path / "eval-step600.mp4"
+    write_mp4(path, frames, 25)
+    first = path.read_bytes()
+    with pytest.raises(KeyboardInterrupt):
+        with Mp4Writer(path, 25) as video:
+            video.add(frames[0])
+            assert path.read_bytes() == first  # still the complete one while the new one is written
+            raise KeyboardInterrupt
+    assert path.read_bytes() == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no partial file left behind
+    assert write_mp4(path, frames[:3], 25) == 3 and path.read_bytes() != first  # a finished one replaces it
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
