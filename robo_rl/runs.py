@@ -243,6 +243,29 @@ def load_policy(cfg: DictConfig, env: BatchedEnv, checkpoint: Path, device: str 
     return load_learner(cfg, env, checkpoint, device).policy
 
 
+def load_run_policy(cfg: DictConfig, env: BatchedEnv, run_dir: str | Path, checkpoint: str | Path | None = None,
+                    device: str = "cpu", chosen: Path | None = None) -> tuple[PolicyHead, Path, dict]:
+    """``(policy, checkpoint path, its manifest)``: the policy of ``checkpoint`` (see ``resolve_checkpoint``), or of
+    the run's newest complete checkpoint (``chosen``, when the caller has already resolved it).
+
+    A run still training saves and prunes its checkpoints meanwhile (down to ``checkpoint.keep``): the newest one
+    can be deleted between being chosen and being read. Then the newest is chosen again, instead of the evaluation
+    stopping on a checkpoint that "does not exist" or "is incomplete" (half deleted); a checkpoint that is broken,
+    or one named by ``checkpoint``, is reported as it is."""
+    from robo_rl.checkpoint import CheckpointError, checkpoint_step, latest_checkpoint, verify_checkpoint
+
+    path = chosen if chosen is not None else resolve_checkpoint(run_dir, checkpoint)
+    while True:
+        try:
+            manifest = verify_checkpoint(path, replay=False)  # the weights are read, not the replay
+            return load_policy(cfg, env, path, device), path, manifest
+        except CheckpointError:
+            newest = None if checkpoint is not None else latest_checkpoint(Path(run_dir) / "checkpoints")
+            if newest is None or checkpoint_step(newest) <= checkpoint_step(Path(path)):
+                raise
+            path = newest  # a newer save pruned the one chosen
+
+
 def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: str = "cpu") -> tuple[PolicyHead, DictConfig]:
     """A finished (or running) run's acting policy and config, in one call: ``(policy, cfg)``.
 
@@ -262,10 +285,10 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: 
     cfg = load_run_config(run_dir)
     with open_dict(cfg):  # the policy's device: build_env(cfg) then gives an env it can act in (as robo-rl eval device=)
         cfg.device = str(device)
-    checkpoint = resolve_checkpoint(run_dir, checkpoint)
+    chosen = resolve_checkpoint(run_dir, checkpoint)  # (a missing one named before the env is built)
     env = build_env(cfg, num_envs=1, vectorization="sync", randomize=False)  # its spaces size the networks
     try:
-        return load_policy(cfg, env, checkpoint, device), cfg
+        return load_run_policy(cfg, env, run_dir, checkpoint, device, chosen)[0], cfg
     finally:
         env.close()
 

@@ -235,3 +235,39 @@ def test_a_run_with_safety_filters_is_evaluated_by_hand_as_robo_rl_eval_does(tmp
         assert evaluate(policy, raw, 2, seed=7)["returns"] != by_hand
     finally:
         raw.close()
+
+
+def test_a_checkpoint_pruned_by_the_training_run_while_it_loads_gives_way_to_the_newest(tmp_path, capsys, monkeypatch):
+    # a run still training with checkpoint.keep=1 saves step_40 and deletes step_20 between eval choosing step_20 and
+    # reading it: eval stopped with "checkpoint .../step_0000000020 does not exist" (or "is incomplete", half deleted)
+    import json
+    import shutil
+
+    import robo_rl.checkpoint as checkpoint_module
+    from robo_rl.runs import load_run
+
+    run = tmp_path / "run"
+    train(compose("algo=sac", *TINY, "checkpoint.every=20", "checkpoint.keep=2"), run)
+    ckpts = run / "checkpoints"
+    shutil.move(ckpts / "step_0000000040", tmp_path / "saved_later")  # not yet saved when eval chooses
+    real_load = checkpoint_module.load_checkpoint
+    loads = []
+
+    def training_saves_and_prunes(path, *args, **kwargs):
+        if not loads:  # the training process, between eval's choice and its read
+            shutil.move(tmp_path / "saved_later", ckpts / "step_0000000040")
+            shutil.rmtree(ckpts / "step_0000000020")
+        loads.append(path.name)
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module, "load_checkpoint", training_saves_and_prunes)
+    code, out, err = _eval(capsys, f"run_dir={run}", "episodes=1", "num_envs=1")
+    assert code == 0 and "(checkpoint step 40)" in out, err
+    assert loads == ["step_0000000020", "step_0000000040"]
+    assert json.loads((run / "eval.json").read_text())["checkpoint_step"] == 40
+    # the Python API's load_run alike
+    shutil.copytree(ckpts / "step_0000000040", ckpts / "step_0000000020")  # (a stand-in: any older checkpoint)
+    shutil.move(ckpts / "step_0000000040", tmp_path / "saved_later")
+    loads.clear()
+    load_run(run)
+    assert loads == ["step_0000000020", "step_0000000040"]
