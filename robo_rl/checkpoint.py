@@ -518,14 +518,17 @@ def load_checkpoint(path: str | Path, load_replay: bool = True) -> tuple[dict[st
     return state, replay
 
 
-def latest_checkpoint(directory: str | Path, warn: Any = None) -> Path | None:
+def latest_checkpoint(directory: str | Path, warn: Any = None, tidy: bool = True) -> Path | None:
     """The newest checkpoint that verifies (its replay.npz by size: see below); broken newer ones are skipped
     and reported via ``warn``.
 
-    First puts back a checkpoint a killed re-save left aside and removes dead processes' temporary
-    directories (``recover``).
+    ``tidy``: first put back a checkpoint a killed re-save left aside and remove dead processes' temporary
+    directories (``recover``). Only for the process that trains in the run directory (it holds its lock): a reader
+    (eval, export) on another host, or in another PID namespace, sees a live training process's save as a dead one's,
+    and would delete it as it is being written.
     """
-    recover(directory, warn)
+    if tidy:
+        recover(directory, warn)
     if warn is not None and Path(directory).is_dir():  # a step_X that is no directory (a file, a looping symlink)
         for p in sorted(Path(directory).iterdir()):
             if p.name.startswith(_PREFIX) and p.name[len(_PREFIX):].isdigit() and not p.is_dir():

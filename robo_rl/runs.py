@@ -168,7 +168,8 @@ def resolve_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None
                     if names else f"{own} holds no checkpoint")
             raise CheckpointError(f"checkpoint={checkpoint} does not exist; {held}")
         return path
-    path = latest_checkpoint(Path(run_dir) / "checkpoints", warn=log.warning)  # names a checkpoint it skips
+    # names a checkpoint it skips; tidies nothing: the run may be training, its saves' PIDs from another host
+    path = latest_checkpoint(Path(run_dir) / "checkpoints", warn=log.warning, tidy=False)
     if path is None:
         raise CheckpointError(f"{run_dir} holds no complete checkpoint")
     return path
@@ -260,7 +261,7 @@ def load_run_policy(cfg: DictConfig, env: BatchedEnv, run_dir: str | Path, check
             manifest = verify_checkpoint(path, replay=False)  # the weights are read, not the replay
             return load_policy(cfg, env, path, device), path, manifest
         except CheckpointError:
-            newest = None if checkpoint is not None else latest_checkpoint(Path(run_dir) / "checkpoints")
+            newest = None if checkpoint is not None else latest_checkpoint(Path(run_dir) / "checkpoints", tidy=False)
             if newest is None or checkpoint_step(newest) <= checkpoint_step(Path(path)):
                 raise
             path = newest  # a newer save pruned the one chosen

@@ -271,3 +271,25 @@ def test_a_checkpoint_pruned_by_the_training_run_while_it_loads_gives_way_to_the
     loads.clear()
     load_run(run)
     assert loads == ["step_0000000020", "step_0000000040"]
+
+
+def test_eval_leaves_a_save_in_progress_of_a_process_it_cannot_see_alone(tmp_path, capsys):
+    # a run training on another host (or in another container) over a shared filesystem: its save in progress is
+    # .tmp-step_X-<its pid>, a PID that is no process here. eval tidied checkpoints/ as a resume does and deleted it
+    # as a dead process's, under the training process writing it
+    import shutil
+
+    from robo_rl.runs import load_run
+
+    run = tmp_path / "run"
+    train(compose("algo=sac", *TINY), run)
+    pid = 2**22 + 1  # above Linux's largest PID (pid_max <= 2**22): no process here
+    saving = run / "checkpoints" / f".tmp-step_0000000080-{pid}"
+    saving.mkdir()
+    (saving / "state.safetensors").write_bytes(b"being written")
+    shutil.copytree(run / "checkpoints" / "step_0000000040", run / "checkpoints" / f".old-step_0000000040-{pid}")
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    code, out, err = _eval(capsys, f"run_dir={run}", "episodes=1", "num_envs=1")
+    assert code == 0 and "(checkpoint step 40)" in out, err
+    load_run(run)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
