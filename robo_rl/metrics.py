@@ -47,6 +47,22 @@ def format_return(mean: float, std: float | None = None) -> str:
     return f"{mean:.{d}f}" + (f" ± {std:.{d}f}" if std is not None else "")
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a hidden file renamed over it, so a reader (``robo-rl compare``, a resume) sees
+    the old file or the new one, never a cut one: a full disk or a kill mid-write left summary.json and eval.json cut
+    (the earlier, good one lost). The hidden file is removed if the write fails."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as exc:  # named by the file it was for, not the hidden one
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 class MetricsWriter:
     """Appends rows of scalars to ``metrics.csv`` (and TensorBoard event files) in a run directory.
 

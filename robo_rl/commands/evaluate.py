@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from robo_rl.commands.common import EXIT_FAILED, EXIT_USAGE, error, override_key, parse_options
-from robo_rl.metrics import format_return
+from robo_rl.metrics import format_return, write_text_atomic
 
 EVAL_HELP = """\
 usage: robo-rl eval run_dir=<dir> [key=value ...]
@@ -161,7 +161,7 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
         checkpoint_step=int(manifest["step"]), seed=int(opts.seed),
     )
     try:
-        (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+        write_text_atomic(run_dir / "eval.json", json.dumps(result, indent=2))  # a cut file would lose the earlier one
     except OSError as exc:  # e.g. a full disk: the evaluation's numbers are still said
         raise EvalNotSaved(f"return {format_return(result['return_mean'], result['return_std'])} over "
                            f"{result['episodes']} episodes, but {run_dir / 'eval.json'} could not be written "

@@ -26,7 +26,8 @@ from envs.base import WorkerDied, all_finite
 from robo_rl.checkpoint import CheckpointWriteError, list_checkpoints, prune_checkpoints
 from robo_rl.evaluation import EvaluationNotFinished, device_mismatch, evaluate, policy_env_mismatch
 from robo_rl.learners.base import Learner
-from robo_rl.metrics import MetricsWriter, Progress, format_duration, format_return, mean_of, plot_learning_curve
+from robo_rl.metrics import (MetricsWriter, Progress, format_duration, format_return, mean_of, plot_learning_curve,
+                             write_text_atomic)
 from robo_rl.runners.checkpoints import RunnerCheckpoints
 from robo_rl.runners.safety import SafetyLayer, safety_settings
 from robo_rl.runners.stopping import Interrupted, NonFiniteError, RunWriteError, StopOnSignal, is_write_failure
@@ -486,7 +487,7 @@ class Runner(RunnerCheckpoints, abc.ABC):
             # absolute, however the run directory was named (run_dir=, or resume= with a relative path)
             "last_checkpoint": str(Path(self._last_checkpoint).absolute()) if self._last_checkpoint else None,
         }
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         if self.cfg.log.plot and metrics is not None:
             try:
                 plot_learning_curve(metrics.rows, self.run_dir / "learning_curve.png",

@@ -167,18 +167,23 @@ def test_a_failed_eval_json_write_still_says_the_result(tmp_path, capsys, runs, 
 
     run = tmp_path / "run"
     shutil.copytree(runs / "sac", run)
+    assert _eval(capsys, f"run_dir={run}", "episodes=2", "num_envs=1")[0] == 0
+    earlier = (run / "eval.json").read_text()
     write_text = Path.write_text
 
-    def full_disk(self, *args, **kwargs):
-        if self.name == "eval.json":
+    def full_disk(self, text, *args, **kwargs):  # the disk fills halfway through the file
+        if "eval.json" in self.name:
+            write_text(self, text[: len(text) // 2], *args, **kwargs)
             raise OSError(errno.ENOSPC, "No space left on device")
-        return write_text(self, *args, **kwargs)
+        return write_text(self, text, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_text", full_disk)
     code, out, err = _eval(capsys, f"run_dir={run}", "episodes=1", "num_envs=1")
     assert code == 1 and out == ""
     assert "over 1 episodes, but " in _one_line_error(err) and "eval.json could not be written (No space left on device)" in err
     assert err.startswith("robo-rl: error: return -")  # Pendulum's returns are negative: the number itself is said
+    # the earlier evaluation's file is whole (it was cut in half, its numbers lost), and no hidden file is left
+    assert (run / "eval.json").read_text() == earlier and sorted(p.name for p in run.glob("*eval.json*")) == ["eval.json"]
 
 
 def test_a_small_return_is_printed_with_its_digits(tmp_path, capsys):
