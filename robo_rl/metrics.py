@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import time
@@ -53,7 +54,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     (the earlier, good one lost). The hidden file is removed if the write fails."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8", newline="")  # the text's own line ends (csv writes \r\n)
         tmp.replace(path)
     except OSError as exc:  # named by the file it was for, not the hidden one
         tmp.unlink(missing_ok=True)
@@ -105,12 +106,11 @@ class MetricsWriter:
                 self.tb.add_scalar(key, value, step)
 
     def _rewrite(self) -> None:
-        tmp = self.path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, self.columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        tmp.replace(self.path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, self.columns)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text_atomic(self.path, text.getvalue())
 
     def close(self) -> None:
         if self.tb is not None:

@@ -22,7 +22,7 @@ from robo_rl.config import compose_config  # (here too: robo_rl.train's Python A
 from robo_rl.build import build_env_checked, build_learner, build_policy, build_runner, check_env_runs, check_safety
 from robo_rl.defaults import resolve_defaults, task_defaults
 from robo_rl.validation import ConfigError, check_device, validate
-from robo_rl.metrics import setup_console_logging
+from robo_rl.metrics import setup_console_logging, write_text_atomic
 from robo_rl.memory import buffers_needed, check_fits
 from robo_rl.checkpoint import checkpoint_step, list_checkpoints, recover
 from robo_rl.learners.gorl import refit_updates
@@ -141,9 +141,7 @@ def save_run_config(cfg: DictConfig, run_dir: Path) -> None:
     saved = cfg.copy()
     with open_dict(saved):
         saved.resume = None  # the file describes the run; resuming is how it was continued
-    tmp = run_dir / f".{CONFIG_FILE}.tmp"
-    OmegaConf.save(saved, tmp)
-    tmp.replace(run_dir / CONFIG_FILE)
+    write_text_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(saved))
 
 
 def python_api_overrides(cfg: DictConfig) -> list[str]:
