@@ -318,6 +318,8 @@ def test_train_eval_resume(tmp_path):
     out = robo_rl("eval", "run_dir=runs/p", "episodes=3", cwd=tmp_path).stdout
     result = json.loads((run / "eval.json").read_text())
     assert result["episodes"] == 3 and result["deterministic"] is True and result["checkpoint_step"] == 300
+    # what acted: 3 episodes need 3 env copies of the default 10; the run's head, device and filters (none)
+    assert (result["num_envs"], result["device"], result["policy"], result["safety_filters"]) == (3, "cpu", "gaussian", [])
     assert f"{result['return_mean']:.1f}" in out
 
     out = robo_rl("train", "resume=runs/p", "steps=500", cwd=tmp_path).stderr

@@ -91,7 +91,7 @@ def eval_main(args: Sequence[str]) -> int:
 
 
 def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
-    from omegaconf import open_dict
+    from omegaconf import OmegaConf, open_dict
 
     from robo_rl.build import build_env
     from robo_rl.checkpoint import verify_checkpoint
@@ -156,9 +156,13 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
         transitions = result.pop("transitions")
         result["demos_out"] = str(save_demos(opts.demos_out, **transitions))
         result["demos_transitions"] = int(transitions["obs"].shape[0])
+    # what acted, so that the numbers can be reproduced: the episodes' seeds follow the env copies, and a run's
+    # filters change the actions the env received
     result.update(
         algo=cfg.algo.name, env=env.task_id, run_dir=str(run_dir), checkpoint=str(ckpt),
-        checkpoint_step=int(manifest["step"]), seed=int(opts.seed),
+        checkpoint_step=int(manifest["step"]), seed=int(opts.seed), num_envs=int(env.num_envs),
+        device=str(cfg.device), policy=str(policy.name),
+        safety_filters=[str(f["type"]) for f in OmegaConf.to_container(safety.filters, resolve=True)],
     )
     try:
         write_text_atomic(run_dir / "eval.json", json.dumps(result, indent=2))  # a cut file would lose the earlier one

@@ -86,3 +86,4 @@ def test_eval_reports_the_energy_cost_with_the_runs_filters(tmp_path):
     result = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert len(result["costs"]) == 2 and all(c >= 0 for c in result["costs"]) and result["cost_key"] == "cost"
     assert result["cost_mean"] == sum(result["costs"]) / 2 and f"cost {result['cost_mean']:.3g} per episode" in out
+    assert result["safety_filters"] == ["box", "energy_tank"]  # eval.json names the filters that acted
