@@ -205,6 +205,20 @@ class BatchedEnv(abc.ABC):
         self.close()
 
 
+def same_device(a: torch.device | str, b: torch.device | str) -> bool:
+    """Whether tensors on ``a`` and on ``b`` are on one device. ``cuda`` without an index is the current CUDA
+    device (torch puts its tensors there), so it equals ``cuda:N`` only when N is current; elsewhere (no CUDA
+    here, other index-less types) a device without an index matches any of its type's."""
+    a, b = (_indexed(torch.device(d)) for d in (a, b))
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def _indexed(device: torch.device) -> torch.device:
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def _one_line(space: gym.Space) -> str:
     """``space`` as one line (numpy wraps the bounds of a long Box over several)."""
     return " ".join(str(space).split())

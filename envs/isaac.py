@@ -60,7 +60,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from envs.base import BatchedEnv, MissingDependency, StepResult
+from envs.base import BatchedEnv, MissingDependency, StepResult, same_device
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class IsaacAdapter(BatchedEnv):
         self.num_envs = int(env.num_envs)
         self.task_id = task_id or type(env).__name__
         self.device = torch.device(env.device)
-        if device is not None and not _same_device(self.device, torch.device(device)):
+        if device is not None and not same_device(self.device, device):
             raise ValueError(f"{self.task_id}: the env runs on {self.device}, but robo-rl was asked to run on "
                              f"{torch.device(device)} (device=); build the env on {torch.device(device)} (a factory "
                              f"must honour its device= argument) or set device={self.device}")
@@ -251,11 +251,6 @@ def _lookup(holder: Any, *path: str) -> Any:
             return None
         holder = holder.get(name) if isinstance(holder, Mapping) else getattr(holder, name, None)
     return holder
-
-
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    """cuda and cuda:0 (the current device) are taken as one: Isaac Lab may report either."""
-    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
 def _configured_clip(env: Any) -> float | None:

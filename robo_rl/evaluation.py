@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from envs import BatchedEnv
-from envs.base import all_finite, check_reset_obs, check_step_result, unknown_next_state
+from envs.base import all_finite, check_reset_obs, check_step_result, same_device, unknown_next_state
 from policies.heads import PolicyHead
 from policies.heads.generative import ChunkExecutor
 
@@ -50,11 +50,10 @@ def policy_env_mismatch(policy: PolicyHead, env: BatchedEnv) -> str | None:
 def device_mismatch(module: torch.nn.Module, device: torch.device | str, what: str) -> str | None:
     """'its weights are on cuda:0, <what> on cpu' when ``module`` (a head, a learner) is on another device than
     ``device`` (an env's tensors, the run's storage; torch's error at the first step would name neither); None when
-    they agree. A device without an index matches any of its type's (cuda and cuda:0)."""
+    they agree (``envs.base.same_device``: cuda is the current CUDA device)."""
     weights = next((p.device for p in module.parameters()), None) if isinstance(module, torch.nn.Module) else None
     device = torch.device(device)
-    if weights is None or (weights.type == device.type
-                           and (weights.index is None or device.index is None or weights.index == device.index)):
+    if weights is None or same_device(weights, device):
         return None
     return f"its weights are on {weights}, {what} on {device}"
 

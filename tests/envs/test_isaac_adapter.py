@@ -298,3 +298,19 @@ def test_restarting_the_training_episodes_after_an_evaluation_restarts_the_rewar
                   "eval.every=256", "eval.episodes=2", "env.normalize_reward=true", *FAST)
     train(cfg, tmp_path / "run")
     assert len(seen) == 2 and all(before.any() and not after.any() for before, after in seen)
+
+
+def test_cuda_without_an_index_is_the_current_cuda_device(monkeypatch):
+    """`cuda` is where torch puts tensors, the current CUDA device: an env on cuda with robo-rl on cuda:1 agreed
+    whatever the current device was (the rule was "an index-less device matches any"), and the first forward pass
+    failed across two GPUs. No GPU here: CUDA's availability and current device are simulated."""
+    from envs.base import same_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert same_device("cuda", "cuda:0") and same_device("cuda:0", "cuda") and same_device("cuda", "cuda")
+    assert not same_device("cuda", "cuda:1") and not same_device("cuda:1", "cuda") and not same_device("cuda", "cpu")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert same_device("cuda", "cuda:1") and not same_device("cuda", "cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # no CUDA: nothing to resolve it to
+    assert same_device("cuda", "cuda:1") and same_device("cpu", "cpu") and not same_device("cpu", "meta")
