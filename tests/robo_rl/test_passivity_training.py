@@ -323,6 +323,29 @@ def test_box_filter_bounds_every_executed_and_stored_action(tmp_path):
     assert "safety/intervention_rate" in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
 
 
+def test_the_filter_layer_takes_what_the_env_takes_and_refuses_a_misshapen_batch_as_the_env_does():
+    # the layer read actions with .numpy() and row by row: bfloat16 was torch's "unsupported ScalarType BFloat16"
+    # (the env itself takes it), a short batch an IndexError from numpy, and [N] for [N, 1] went through the
+    # chain one scalar per copy ("chain: action must have shape [1] or [B, 1], got []")
+    pytest.importorskip("sim2real.filters", reason="sim2real.filters (the filter chain) is not available")
+    from robo_rl.runners.safety import SafetyLayer
+
+    env = SafetyLayer(CostlyPush(2), [{"type": "box", "low": -0.3, "high": 0.3}])
+    env.reset(seed=0)
+    top = np.nextafter(np.float32(0.3), np.float32(0)).item()  # the box's 0.3 rounded inward: float32(0.3) is above it
+    for actions in (torch.tensor([[0.5], [float("nan")]], dtype=torch.bfloat16), np.array([[0.5], [np.nan]]),
+                    torch.tensor([[1e39], [float("nan")]], dtype=torch.float64)):
+        executed = env.step(actions).info["safety"]["actions"]
+        assert executed.dtype == torch.float32 and executed.tolist() == [[top], [0.0]]  # NaN: hold (the midpoint, 0, before any output)
+    for actions in (torch.zeros(1, 1), torch.zeros(3, 1), torch.zeros(2), torch.zeros(2, 2)):
+        with pytest.raises(ValueError, match=rf"^{TASK}: actions have shape \({', '.join(map(str, actions.shape))},?\), "
+                                             r"expected \(2, 1\) \(num_envs=2, action dim=1\)$"):
+            env.step(actions)
+    with pytest.raises(TypeError, match=rf"^{TASK}: actions must be a float tensor"):
+        env.step(torch.zeros(2, 1, dtype=torch.bool))
+    assert len(env.env.received) == 3  # only the three good batches reached the env
+
+
 # -- non-finite costs and settings -------------------------------------------------------------------
 class NaNCostPush(CostlyPush):
     """CostlyPush whose copy 0 reports a NaN cost at the 5th step of every episode (a broken cost term)."""
