@@ -363,7 +363,8 @@ class ControlLoop:
             if self.robot.is_connected:
                 command = fallback = self._fallback().astype(self._dtype)
                 try:
-                    for f in getattr(self.filters, "filters", ()):
+                    # a chain's filters, or a single filter handed to the loop as its chain (a BoxFilter)
+                    for f in getattr(self.filters, "filters", () if self.filters is None else (self.filters,)):
                         command = np.asarray(f.admissible(command[None]), self._dtype).reshape(-1)
                 except Exception:  # a filter's own failure: the action bounds still hold
                     command = fallback

@@ -406,10 +406,13 @@ def test_the_last_command_after_ctrl_c_or_an_error_stays_in_the_filters_box_and_
     def fail():
         raise RuntimeError("driver lost")
 
+    box_filter = pytest.importorskip("sim2real.filters").BoxFilter
     box = [{"type": "box", "low": -0.5, "high": 0.5}, {"type": "rate", "max_delta": 0.1}]
     cases = (([], (2.0, -3.0), interrupt, [1.0, -1.0]),  # no filters: the export's bounds [-1, 1]
              (box, (0.8, -0.8), interrupt, [0.5, -0.5]),  # the box, in one step (no ramp: there is no next tick)
-             (None, (0.8, -0.8), fail, [0.3, -0.3]))  # the sidecar's box
+             (None, (0.8, -0.8), fail, [0.3, -0.3]),  # the sidecar's box
+             # a single filter handed to the loop as its chain: its box was skipped (only a chain's filters were read)
+             (box_filter(2, low=-0.5, high=0.5), (0.8, -0.8), interrupt, [0.5, -0.5]))
     for i, (filters, fallback, stop, expected) in enumerate(cases):
         export = make_export(tmp_path / f"e{i}", safety={"filters": [{"type": "box", "low": -0.3, "high": 0.3}]})
         clock, sent = FakeClock(), []
