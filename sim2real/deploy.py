@@ -84,6 +84,12 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
     if not task:
         raise ValueError(f"{runtime.sidecar_path} names no task: pass task=<gymnasium id>")
     control_dt = 1.0 / rate_hz if rate_hz is not None else runtime.dt
+    spec = safety if safety is not None else filters_run
+    built = None
+    if spec:  # built (its dt checked against the control period too) before the simulator, as every other option
+        from sim2real.filters import build_chain
+
+        built = build_chain(spec, runtime.act_dim, runtime.obs_dim, control_dt)
     clock: Callable[[], float] = time.monotonic if realtime else SimulatedClock()
     sim = MujocoSim2SimRobot(task, control_dt=control_dt, clock=clock, env_kwargs=kwargs, **options)
     sim.connect()
@@ -92,8 +98,8 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
             raise ValueError(f"task {task} has observation/action dims {sim.observation_dim}/{sim.action_dim}, the export "
                              f"{runtime.obs_dim}/{runtime.act_dim}: pass the task the policy was trained on")
         check_action_bounds(runtime, sim.env.action_space, task)
-        loop = ControlLoop(runtime, sim, filters=safety, rate_hz=1.0 / sim.dt, watchdog=watchdog_config,
-                           realtime=realtime, clock=clock)
+        loop = ControlLoop(runtime, sim, filters=built if built is not None else safety, rate_hz=1.0 / sim.dt,
+                           watchdog=watchdog_config, realtime=realtime, clock=clock)
         on = task + (f" {kwargs}" if kwargs else "")
         export_rate = runtime.rate_hz
         other_rate = (f" (the export's rate is {export_rate:g} Hz: each command lasts {1e3 * sim.dt:g} ms instead of "

@@ -226,6 +226,28 @@ def test_deploy_option_errors_name_the_key_and_what_is_accepted(pendulum_export,
     assert not (pendulum_export / "deploy.json").exists()
 
 
+def test_deploy_refuses_a_bad_filter_chain_before_the_simulator_is_built(tmp_path, pendulum_export, monkeypatch):
+    # ControlLoop built (and so checked) the chain only after the simulator had been built and connected
+    import sim2real.deploy as deploy_module
+
+    def no_simulator(*args, **kwargs):
+        raise AssertionError("the simulator was built before the filter chain was checked")
+
+    monkeypatch.setattr(deploy_module, "MujocoSim2SimRobot", no_simulator)
+    tank = {"type": "energy_tank", "velocity_index": [1], "dt": 0.02, "initial_energy": 1.0, "max_energy": 2.0,
+            "damping": 1.0}
+    for export, safety, message in (
+            (pendulum_export, [{"type": "box", "low": 1.0, "high": -1.0}],
+             r"^safety.filters\[0\] \(box\): low > high in dimension 0: 1.0 > -1.0$"),
+            (pendulum_export, {"filters": [{"type": "rate", "max_delta": 0.0}]},
+             r"^safety.filters\[0\] \(rate\): max_delta: every entry must be > 0.0"),
+            # the sidecar's own chain (a hand-edited sidecar: export checks the chain it writes)
+            (make_export(tmp_path / "e", obs_dim=4, act_dim=1, low=-3.0, high=3.0, safety={"filters": [tank]}), None,
+             r"^safety.filters\[0\] \(energy_tank\): dt=0.02 is not the control period 0.04 s")):
+        with pytest.raises(ValueError, match=message):
+            deploy(str(export), steps=5, safety=safety, log=lambda _: None)
+
+
 def test_sim2sim_robot_refuses_bad_values_from_python():
     for kwargs, key in [({"seed": -1}, "sim2sim.seed=-1"), ({"seed": 1.5}, "sim2sim.seed=1.5"),
                         ({"max_episode_steps": 0}, "sim2sim.max_episode_steps=0"),
