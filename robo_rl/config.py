@@ -375,6 +375,7 @@ class TrainConfig:
     seed: int = 0
     run_dir: Optional[str] = None  # None: runs/<algo>-<env id>-s<seed>-<time>
     resume: Optional[str] = None  # a run directory to continue
+    config_dir: Optional[str] = None  # --config-dir: a directory of the user's own <group>/<name>.yaml (absolute)
     device: str = "cpu"
     threads: Optional[int] = None  # torch intra-op threads; None: torch's default (all cores)
     compile: bool = False  # torch.compile the update step
@@ -532,8 +533,167 @@ def saved_unit_actions(policy: Any) -> bool | None:
     return policy.get("squash") is not False
 
 
-def compose_config(overrides: Iterable[str] = ()) -> DictConfig:
-    """The config `robo-rl train <overrides>` would run, for use from Python (tests, benchmarks)."""
+# -- the user's config directory (robo-rl train --config-dir DIR) -------------------------------------------
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIG_GROUPS = ("algo", "env", "policy", "safety", "randomize")  # the groups a config directory may add to
+
+
+def _value(override: str) -> str:
+    value = override.split("=", 1)[1].strip()
+    return value[1:-1] if len(value) >= 2 and value[0] in "'\"" and value[-1] == value[0] else value
+
+
+def config_dir_of(overrides: Iterable[str]) -> Path | None:
+    """The user's config directory the overrides name (the last ``config_dir=``), as given; None without one."""
+    given = [_value(o) for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+") == "config_dir"]
+    return Path(given[-1]) if given and given[-1] not in ("", "null", "None") else None
+
+
+def config_dir_problem(config_dir: Path) -> str | None:
+    """Why ``config_dir`` cannot be a user config directory, or None. Hydra's search path reads robo-rl's packaged
+    configs first, so a user file with a packaged config's name would never be read: it is refused, not ignored."""
+    if not config_dir.exists():
+        return f"config dir {config_dir} does not exist"
+    if not config_dir.is_dir():
+        return f"config dir {config_dir} is not a directory"
+    groups = [g for g in CONFIG_GROUPS if (config_dir / g).is_dir()]
+    if not groups:
+        groups = ", ".join(g + "/" for g in CONFIG_GROUPS)
+        return (f"config dir {config_dir} holds none of robo-rl's config groups ({groups}): "
+                "put a config in <dir>/<group>/<name>.yaml, e.g. <dir>/env/my_robot.yaml for env=my_robot")
+    for group in groups:
+        for path in sorted((config_dir / group).glob("*.yaml")):
+            if (PACKAGED_CONFIGS / group / path.name).is_file():
+                return (f"{path} has the name of a packaged config ({group}={path.stem}), which robo-rl reads first "
+                        "(Hydra's search path), so this file would never be used: rename it")
+    return None
+
+
+def with_config_dir(overrides: Iterable[str], config_dir: str | Path | None = None) -> list[str]:
+    """``overrides`` with the user's config directory (``config_dir``, else their last ``config_dir=``) checked and
+    given once, as an absolute ``config_dir=`` (the run records it); unchanged without one. Raises ConfigError
+    naming a directory that cannot be one (``config_dir_problem``)."""
+    from robo_rl.validation import ConfigError
+
+    overrides = list(overrides)
+    given = Path(config_dir) if config_dir is not None else config_dir_of(overrides)
+    if given is None:
+        return overrides
+    problem = config_dir_problem(given.absolute())  # (named as where it was looked for)
+    if problem is not None:
+        raise ConfigError(problem)
+    path = str(given.resolve())
+    if "'" in path and '"' in path:
+        raise ConfigError(f"config dir {path}: a path holding both ' and \" cannot be given to Hydra; rename it")
+    quote = '"' if "'" in path else "'"
+    given_at = [i for i, o in enumerate(overrides) if "=" in o and o.split("=", 1)[0].lstrip("+") == "config_dir"]
+    place = given_at[-1] if given_at and config_dir is None else len(overrides)  # (Hydra's argv keeps its order)
+    out = [f"config_dir={quote}{path}{quote}" if i == place else o for i, o in enumerate(overrides)
+           if i == place or i not in given_at]
+    return out if place < len(overrides) else out + [f"config_dir={quote}{path}{quote}"]
+
+
+def search_path(overrides: Iterable[str]) -> list[str]:
+    """The Hydra override that adds the user's config directory (an absolute ``config_dir=`` among ``overrides``,
+    see ``with_config_dir``) to the config search path, after robo-rl's packaged configs (as Hydra's --config-dir
+    does): ``DIR/<group>/<name>.yaml`` is then ``<group>=<name>``. Empty without one. compose_config, the sweep's
+    check and the run Hydra starts all compose with it."""
+    config_dir = config_dir_of(overrides)
+    if config_dir is None:
+        return []
+    quote = '"' if "'" in str(config_dir) else "'"
+    return [f"hydra.searchpath=[{quote}file://{config_dir}{quote}]"]
+
+
+def config_file(group: str, name: str, overrides: Iterable[str] = ()) -> Path | None:
+    """The YAML file ``group=name`` selects (packaged first, then the user's config directory), or None."""
+    stem = name.removesuffix(".yaml")
+    config_dir = config_dir_of(overrides)
+    for root in (PACKAGED_CONFIGS, config_dir):
+        if root is not None and (root / group / f"{stem}.yaml").is_file():
+            return root / group / f"{stem}.yaml"
+    return None
+
+
+def group_options(group: str, overrides: Iterable[str] = ()) -> list[str]:
+    """The names ``group=`` takes: the packaged configs and the user's (config_dir= among ``overrides``), sorted."""
+    config_dir = config_dir_of(overrides)
+    roots = [PACKAGED_CONFIGS] + ([config_dir] if config_dir is not None else [])
+    return sorted({p.stem for root in roots for p in (root / group).glob("*.yaml")})
+
+
+def user_files(overrides: Iterable[str]) -> dict[str, Path]:
+    """{group: file} for the groups ``overrides`` choose from the user's config directory."""
+    overrides = list(overrides)
+    config_dir = config_dir_of(overrides)
+    if config_dir is None:
+        return {}
+    chosen = {o.split("=", 1)[0].lstrip("+"): _value(o) for o in overrides
+              if "=" in o and o.split("=", 1)[0].lstrip("+") in CONFIG_GROUPS}
+    out = {}
+    for group, name in chosen.items():
+        path = config_file(group, name, overrides)
+        if path is not None and path.parent.parent != PACKAGED_CONFIGS:
+            out[group] = path
+    return out
+
+
+def user_file_of(key: str, overrides: Iterable[str]) -> Path | None:
+    """The user's config file (chosen by ``overrides``) that sets ``key``, when the command line does not set it too."""
+    overrides = list(overrides)
+    if any("=" in o and o.split("=", 1)[0].lstrip("+~") == key for o in overrides):
+        return None
+    for group, path in user_files(overrides).items():
+        try:
+            text = path.read_text()
+            tree = OmegaConf.to_container(OmegaConf.create(text))
+        except Exception:  # noqa: BLE001 - a file Hydra read; unreadable now: no source to name
+            continue
+        package = re.search(r"^#\s*@package\s+(\S+)", text, re.M)
+        prefix = package[1] if package else group
+        if not isinstance(tree, dict):
+            continue
+        tree.pop("defaults", None)
+        if key in {f"{prefix}.{k}" for k in flatten_config(tree)} or any(
+                key.startswith(f"{prefix}.{k}.") for k in flatten_config(tree)):
+            return path
+    return None
+
+
+def naming_user_file(message: str, overrides: Iterable[str]) -> str:
+    """``message`` (a validation error starting ``key=value:`` or ``key:``) naming the user's config file that set
+    the key, when one did."""
+    key = re.match(r"([A-Za-z_][\w.]*)[=:]", message)
+    path = user_file_of(key[1], overrides) if key else None
+    return f"{path}: {message}" if path is not None else message
+
+
+def check_user_groups(overrides: Iterable[str], cfg: DictConfig | None = None) -> None:
+    """Raise ConfigError when a user's algo= or policy= file has no defaults list (before composing: the keys set
+    on the command line would then be reported unknown instead), or composed without a learner's or head's schema
+    (``cfg``: its keys went unchecked): such a file builds on a packaged one, as ``defaults: [sac, _self_]``."""
+    from robo_rl.validation import ConfigError
+
+    files = user_files(overrides)
+    for group, schemas in (("algo", ALGO_SCHEMAS), ("policy", POLICY_SCHEMAS)):
+        if group not in files:
+            continue
+        if cfg is None:
+            try:
+                schemaless = "defaults" not in (OmegaConf.load(files[group]) or {})
+            except Exception:  # noqa: BLE001 - unreadable: Hydra's composition reports it
+                schemaless = False
+        else:
+            schemaless = OmegaConf.get_type(cfg, group) not in schemas.values()
+        if schemaless:
+            raise ConfigError(f"{files[group]}: {'an' if group == 'algo' else 'a'} {group} config builds on a "
+                              f"packaged one, whose keys it checks: begin it with `defaults: [<one of "
+                              f"{'|'.join(schemas)}>, _self_]`")
+
+
+def compose_config(overrides: Iterable[str] = (), config_dir: str | Path | None = None) -> DictConfig:
+    """The config `robo-rl train <overrides>` would run, for use from Python (tests, benchmarks); ``config_dir``:
+    a directory of the user's own configs, as ``robo-rl train --config-dir DIR``."""
     from hydra import compose, initialize_config_dir
 
     from robo_rl.commands.common import quote_paths
@@ -554,13 +714,17 @@ def compose_config(overrides: Iterable[str] = ()) -> DictConfig:
     problem = boolean_problem(overrides, boolean_keys())  # compile=2
     if problem is not None:
         raise ConfigError(problem)
-    config_dir = str(Path(__file__).resolve().parent / "configs")
-    with initialize_config_dir(config_dir=config_dir, version_base=None):
+    overrides = with_config_dir(saved_group_choices(overrides) + overrides, config_dir)  # resume: the run's own dir
+    check_user_groups(overrides)
+    with initialize_config_dir(config_dir=str(PACKAGED_CONFIGS), version_base=None):
         try:
-            return compose(config_name="config", overrides=integral_literals(saved_group_choices(overrides) + overrides,
-                                                                              integer_keys()))
+            cfg = compose(config_name="config", overrides=integral_literals(overrides, integer_keys())
+                          + search_path(overrides))
         except Exception as exc:  # noqa: BLE001 - worded below (outside this Hydra context, which the hints compose in)
             failed = exc
+        else:
+            check_user_groups(overrides, cfg)
+            return cfg
     from robo_rl.commands.train import composition_message
 
     message = composition_message(failed, overrides)  # as the CLI words it: stepz -> did you mean steps?

@@ -88,22 +88,35 @@ def refuse_busy_run_dir(run_dir: Path) -> None:
 
 def saved_group_choices(overrides: list[str]) -> list[str]:
     """``algo=`` and ``policy=`` as the run in ``resume=<dir>`` chose them, for the groups ``overrides`` does
-    not choose itself: composed with these, a resumed SAC run's own keys (``algo.batch_size``) are known
-    instead of being checked against the default learner's. Empty when there is no single readable run to
+    not choose itself (and its ``config_dir=``, while that directory is there, when ``overrides`` gives none):
+    composed with these, a resumed SAC run's own keys (``algo.batch_size``) are known instead of being checked
+    against the default learner's, and ``env=my_robot`` is found in the run's own config dir. Empty when there is no single readable run to
     resume (its problem is reported where the run is loaded)."""
+    saved = resumed_config(overrides)
+    if saved is None:
+        return []
+    given = {k.lstrip("+~") for k, _ in (o.split("=", 1) for o in overrides if "=" in o)}
+    choices = [f"{group}={saved[group].name}" for group in ("algo", "policy") if group not in given]
+    from robo_rl.config import config_dir_problem
+
+    # a run made with --config-dir: its directory too, for the command line's choices from it (env=my_robot); the
+    # run continues from its saved config.yaml, so a directory since moved or removed is not needed otherwise
+    if saved.get("config_dir") and "config_dir" not in given and config_dir_problem(Path(saved.config_dir)) is None:
+        choices.append(f"config_dir={saved.config_dir}")
+    return choices
+
+
+def resumed_config(overrides: list[str]) -> DictConfig | None:
+    """The saved config of the one run ``overrides`` resume (``resume=<dir>``), or None (no single readable run)."""
     from robo_rl.commands.common import unquoted
 
-    pairs = [o.split("=", 1) for o in overrides if "=" in o]
-    resume = [v.strip() for k, v in pairs if k.lstrip("+~") == "resume"]
+    resume = [o.split("=", 1)[1].strip() for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") == "resume"]
     if len(resume) != 1 or resume[0] in ("", "null", "None") or ("," in resume[0] and unquoted(resume[0]) == resume[0]):
-        return []
-    resume = [unquoted(resume[0])]
+        return None
     try:
-        saved = load_run_config(resume[0])
+        return load_run_config(unquoted(resume[0]))
     except (OSError, ValueError):
-        return []
-    given = {k.lstrip("+~") for k, _ in pairs}
-    return [f"{group}={saved[group].name}" for group in ("algo", "policy") if group not in given]
+        return None
 
 
 def load_run_config(run_dir: str | Path) -> DictConfig:

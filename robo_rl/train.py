@@ -18,7 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from envs.mujoco_log import route_mujoco_warnings
 from envs.resources import usable_cpus
-from robo_rl.config import compose_config  # (here too: robo_rl.train's Python API)
+from robo_rl.config import compose_config, naming_user_file  # (here too: robo_rl.train's Python API)
 from robo_rl.build import build_env_checked, build_learner, build_policy, build_runner, check_env_runs, check_safety
 from robo_rl.defaults import resolve_defaults, task_defaults
 from robo_rl.validation import ConfigError, check_device, validate
@@ -35,7 +35,7 @@ log = logging.getLogger("robo_rl")
 
 #: keys a resumed run may change; everything else must stay as the run was started
 RESUME_OVERRIDABLE = frozenset({
-    "resume", "run_dir", "steps", "threads", "compile", "precision",
+    "resume", "run_dir", "config_dir", "steps", "threads", "compile", "precision",
     "log.every", "log.progress_seconds", "log.tensorboard", "log.plot",
     "checkpoint.every", "checkpoint.keep", "eval.every",
 })
@@ -107,7 +107,10 @@ def prepare(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str] = ()) -
     cfg = resolve_defaults(cfg)
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)
-    validate(cfg)
+    try:
+        validate(cfg)
+    except ConfigError as exc:  # a value set in a file of the user's config dir (--config-dir): the file is named
+        raise ConfigError(naming_user_file(str(exc), cli_overrides)) from None
     return cfg, None
 
 

@@ -819,9 +819,10 @@ def test_help_piped_into_a_reader_that_stopped_exits_quietly():
     (["hydra/launcher=basic"], None),
     # another config was Hydra's report (--config-name), or silently not the config checked (--config-dir)
     (["--config-name", "foo"], ["--config-name is not supported", "env.id=module:Id"]),
-    (["--config-dir", "/tmp"], ["--config-dir is not supported"]),
-    (["-cd", "/tmp"], ["-cd is not supported"]),
-    (["--config-dir=/tmp"], ["--config-dir is not supported"]),
+    (["--config-path", "/tmp"], ["--config-path is not supported", "--config-dir DIR"]),
+    (["-cn", "foo"], ["-cn is not supported"]),
+    # a search path of one's own was not the one composition_problem checked: --config-dir is robo-rl's way
+    (["hydra.searchpath=[file:///tmp]"], ["--config-dir DIR"]),
     (["--shell-completion", "install=bash"], ["--shell-completion is not supported"]),
     # a file path for a group option: the list of options, but not what to do instead
     (["env=./my_env.yaml"], ["env= takes the name of a config in robo_rl/configs/env/, not a file path",
@@ -901,3 +902,113 @@ def test_a_missing_command_or_unknown_flag_is_one_line_exit_2(argv, says, capsys
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0], err
+
+
+def user_configs(root):
+    """A config directory of one's own: a task (Pendulum with 100-step episodes) and a SAC preset."""
+    (root / "env").mkdir(parents=True)
+    (root / "env" / "my_pendulum.yaml").write_text("# shorter episodes\nid: Pendulum-v1\nmax_episode_steps: 100\n")
+    (root / "algo").mkdir()
+    (root / "algo" / "my_sac.yaml").write_text("defaults:\n  - sac\n  - _self_\nlearning_starts: 100\nbatch_size: 32\n")
+    return root
+
+
+def test_a_user_config_dir_trains_and_resumes_with_its_configs(tmp_path, monkeypatch, console):
+    # --config-dir was refused: a robot's task or preset could only be typed out as overrides on every command
+    from omegaconf import OmegaConf
+
+    from robo_rl.commands.train import train_main
+
+    monkeypatch.chdir(tmp_path)
+    user_configs(tmp_path / "cfgs")
+    assert train_main([*TINY, "--config-dir", "cfgs", "env=my_pendulum", "algo=my_sac", "steps=300", "run_dir=p"]) == 0
+    assert "step 300/300" in console.readouterr().err
+    saved = OmegaConf.load(tmp_path / "p" / "config.yaml")
+    assert (saved.env.id, saved.env.max_episode_steps, saved.algo.name) == ("Pendulum-v1", 100, "sac")
+    assert saved.config_dir == str(tmp_path / "cfgs")  # absolute: a resume from elsewhere finds it
+    # the resume composes the command line's group choices with the run's own directory
+    assert train_main(["resume=p", "steps=400", "env=my_pendulum"]) == 0
+    assert "resumed from" in console.readouterr().err
+    # moved away: a resume runs the saved config.yaml; choosing from the directory names it
+    (tmp_path / "cfgs").rename(tmp_path / "moved")
+    assert train_main(["resume=p", "steps=400", "env=my_pendulum"]) == 2
+    err = console.readouterr().err
+    assert f"the resumed run was made with --config-dir {tmp_path / 'cfgs'}, and config dir " in err
+    assert err.count("\n") == 1
+    assert train_main(["-cd", "moved", "resume=p", "steps=400", "env=my_pendulum"]) == 0
+    assert "the run is already complete (400 of 400 steps)" in console.readouterr().err
+    assert OmegaConf.load(tmp_path / "p" / "config.yaml").config_dir == str(tmp_path / "moved")
+
+
+def test_a_sweep_over_a_user_config(tmp_path, monkeypatch, console):
+    from omegaconf import OmegaConf
+
+    from robo_rl.commands.train import train_main
+
+    monkeypatch.chdir(tmp_path)
+    user_configs(tmp_path / "cfgs")
+    args = ["-m", "env=my_pendulum,pendulum", TINY[0], *TINY[2:], "--config-dir", "cfgs", "steps=150", "run_dir=sweep"]
+    assert train_main(args) == 0
+    assert "sweep: 2 job(s) in sweep" in console.readouterr().err
+    lengths = {job: OmegaConf.load(tmp_path / "sweep" / job / "config.yaml").env.max_episode_steps
+               for job in ("env=my_pendulum", "env=pendulum")}
+    assert lengths == {"env=my_pendulum": 100, "env=pendulum": None}
+    # run again into its directory: both jobs are continued (complete), with the user's config composed again
+    assert train_main(args) == 0
+    assert console.readouterr().err.count("the run is already complete (150 of 150 steps)") == 2
+
+
+@pytest.mark.parametrize("layout, words", [
+    (None, ["config dir {dir} does not exist"]),
+    ({"cfgs": "a file"}, ["config dir {dir} is not a directory"]),
+    ({"cfgs/envs/x.yaml": "id: Pendulum-v1\n"}, ["config dir {dir} holds none of robo-rl's config groups", "env/"]),
+    # the packaged configs come first in Hydra's search path: a user's hopper.yaml would be silently unused
+    ({"cfgs/env/hopper.yaml": "id: Pendulum-v1\n"}, ["{dir}/env/hopper.yaml has the name of a packaged config "
+                                                     "(env=hopper)", "rename it"]),
+    # a user's file is checked as a packaged one: the key and the file named
+    ({"cfgs/env/mine.yaml": "idd: Pendulum-v1\n"}, ["{dir}/env/mine.yaml: unknown key 'env.idd'; did you mean env.id?"]),
+    ({"cfgs/env/mine.yaml": "num_envs: two\n"}, ["{dir}/env/mine.yaml: env.num_envs: Value 'two'"]),
+    ({"cfgs/env/mine.yaml": "num_envs: -3\n"}, ["{dir}/env/mine.yaml: env.num_envs=-3: must be >= 1"]),
+    ({"cfgs/algo/mine.yaml": "gamma: 0.9\n"}, ["{dir}/algo/mine.yaml: an algo config builds on a packaged one",
+                                              "defaults: [<one of sac|td3|ppo"]),
+    ({"cfgs/randomize/mine.yaml": "obs_noise_std: 0.1\n"}, ["{dir}/randomize/mine.yaml: a randomize config begins "
+                                                            "with the line `# @package env.randomize`"]),
+])
+def test_a_bad_config_dir_or_user_config_is_one_line_before_any_work(tmp_path, monkeypatch, console, layout, words):
+    from robo_rl.commands.train import train_main
+
+    monkeypatch.chdir(tmp_path)
+    for name, text in (layout or {}).items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    name = next(iter(layout or {"": ""}))
+    choice = [f"{name.split('/')[1]}=mine"] if name.endswith("/mine.yaml") else []  # cfgs/<group>/mine.yaml
+    try:
+        code = train_main([*TINY, "--config-dir", "cfgs", *choice, "steps=300", "run_dir=r"])
+    except SystemExit as exc:  # (a single run's failure is Hydra's job's exit, caught by the robo-rl script)
+        code = exc.code
+    assert code == 2
+    err = console.readouterr().err
+    assert err.startswith("robo-rl: error: ") and err.count("\n") == 1, err
+    assert all(w.format(dir=tmp_path / "cfgs") in err for w in words), err
+    assert not (tmp_path / "r").exists()
+
+
+def test_config_dir_flag_needs_a_directory(console):
+    from robo_rl.commands.train import train_main
+
+    assert train_main(["--config-dir"]) == 2
+    assert "--config-dir needs a directory: --config-dir DIR" in console.readouterr().err
+
+
+def test_help_lists_the_user_s_configs_too(tmp_path, monkeypatch, capsys):
+    from robo_rl.commands.train import train_main
+
+    monkeypatch.chdir(tmp_path)
+    user_configs(tmp_path / "cfgs")
+    assert train_main(["-cd", "cfgs", "env=my_pendulum", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "\nYour configs:    algo=my_sac   env=my_pendulum (--config-dir" in out  # (the path may wrap: 100 columns)
+    assert f"Your configs: algo=my_sac env=my_pendulum (--config-dir {tmp_path / 'cfgs'})" in " ".join(out.split())
+    assert "max_episode_steps: 100" in out  # the help's config is the one these overrides make
+

@@ -17,7 +17,7 @@ def swept_on_command_line() -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for a in TRAIN_ARGS:
         if "=" in a and is_sweep(a.split("=", 1)[1]):
-            values = sweep_values(a)
+            values = sweep_values(a, TRAIN_ARGS)
             out[override_key(a)] = [v.split("=", 1)[1] for v in values] if values else [a.split("=", 1)[1]]
     return out
 
@@ -58,7 +58,7 @@ def values_by_key() -> dict[str, list[str]]:
     by_key: dict[str, list[str]] = {}
     for a in TRAIN_ARGS:
         if "=" in a and not a.startswith("-"):
-            values = sweep_values(a) if is_sweep(a.split("=", 1)[1]) else [a]
+            values = sweep_values(a, TRAIN_ARGS) if is_sweep(a.split("=", 1)[1]) else [a]
             by_key[a.split("=", 1)[0]] = values or [a]
     return by_key
 
@@ -131,9 +131,10 @@ def is_sweep(value: str) -> bool:
     return False
 
 
-def sweep_values(override: str) -> list[str] | None:
+def sweep_values(override: str, overrides: Sequence[str] = ()) -> list[str] | None:
     """``seed=0,1,2`` -> ``[seed=0, seed=1, seed=2]``, ``algo=glob(*,exclude=[ppo])`` -> one per matching config
-    of the group; None if it cannot be expanded here (Hydra's own run then reports it)."""
+    of the group (the user's too, from a config_dir= among ``overrides``); None if it cannot be expanded here
+    (Hydra's own run then reports it)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from hydra.core.override_parser.types import Glob
@@ -142,9 +143,9 @@ def sweep_values(override: str) -> list[str] | None:
         (parsed,) = OverridesParser.create().parse_overrides([override])
         value = parsed.value()
         if isinstance(value, Glob):  # over a config group's options: algo=glob(*,exclude=[ppo])
-            group = Path(__file__).resolve().parents[1] / "configs" / override_key(override)
-            options = sorted(p.stem for p in group.glob("*.yaml")) if group.is_dir() else []
-            values = value.filter(options)
+            from robo_rl.config import group_options
+
+            values = value.filter(group_options(override_key(override), overrides))
         else:
             values = list(parsed.sweep_string_iterator())
     except Exception:  # noqa: BLE001 - Hydra's own run reports a malformed sweep
@@ -169,10 +170,13 @@ def sweep_problem(plain: list[str], sweeps: list[tuple[int, list[str]]]) -> str 
 
     from robo_rl.build import check_head_and_learner
     from robo_rl.commands.train import composition_message, register_resolvers  # (it imports this module)
-    from robo_rl.config import register_schemas
+    from robo_rl.config import PACKAGED_CONFIGS, check_user_groups, naming_user_file, register_schemas, search_path
     from robo_rl.defaults import resolve_defaults
     from robo_rl.validation import ConfigError, validate
 
+    from robo_rl.config import with_config_dir
+
+    plain = with_config_dir(plain)  # (an absolute config_dir=, in its place: the positions of the sweeps stay)
     resumed = [o.split("=", 1)[1] for o in plain if "=" in o and override_key(o) == "resume"]
     if resumed and unquoted(resumed[-1].strip()) not in ("", "null", "None") and not any(
             override_key(v[0]) == "resume" for _, v in sweeps):
@@ -215,13 +219,15 @@ def sweep_problem(plain: list[str], sweeps: list[tuple[int, list[str]]]) -> str 
     register_schemas()
     register_resolvers()
     failed: tuple[tuple[str, ...], list[str], Exception] | None = None
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base=None):
+    with initialize_config_dir(config_dir=str(PACKAGED_CONFIGS), version_base=None):
         for job in jobs:
             overrides = list(plain)
             for i, value in zip(positions, job):
                 overrides[i] = value
             try:
-                cfg = compose(config_name="config", overrides=overrides)
+                check_user_groups(overrides)
+                cfg = compose(config_name="config", overrides=overrides + search_path(overrides))
+                check_user_groups(overrides, cfg)
                 if not cfg.resume:  # a resumed job runs its saved config, validated when it starts
                     resolved = resolve_defaults(cfg)
                     validate(resolved)
@@ -232,7 +238,8 @@ def sweep_problem(plain: list[str], sweeps: list[tuple[int, list[str]]]) -> str 
     if failed is None:
         return None
     job, overrides, exc = failed
-    message = f"{exc} (no job was started)" if isinstance(exc, ConfigError) else composition_message(exc, overrides)
+    message = (f"{naming_user_file(str(exc), overrides)} (no job was started)" if isinstance(exc, ConfigError)
+               else composition_message(exc, overrides))
     if message is None:
         raise exc
     return f"sweep job {' '.join(job)}: {message}" if job else message

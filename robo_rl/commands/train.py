@@ -43,9 +43,10 @@ def register_resolvers() -> None:
         # env=pendulum -> Pendulum-v1, as a single run's directory names the task (the config name if unreadable)
         from omegaconf import OmegaConf
 
-        try:
-            stem = str(env_config).removesuffix(".yaml")  # env=hopper.yaml is Hydra's hopper too
-            return str(OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "env" / f"{stem}.yaml").id)
+        from robo_rl.config import config_file
+
+        try:  # env=hopper.yaml is Hydra's hopper too; env=my_robot may be the user's (--config-dir)
+            return str(OmegaConf.load(config_file("env", str(env_config), sweep.TRAIN_ARGS)).id)
         except Exception:  # noqa: BLE001 - a name only: the sweep's own check reports a bad config
             return env_config
 
@@ -63,9 +64,14 @@ def train_main(args: Sequence[str]) -> int:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig, open_dict
 
-    from robo_rl.config import boolean_keys, boolean_problem, integer_keys, integral_literals, register_schemas
+    from robo_rl.config import (boolean_keys, boolean_problem, integer_keys, integral_literals, register_schemas,
+                                search_path, with_config_dir)
     from robo_rl.metrics import setup_console_logging
+    from robo_rl.validation import ConfigError
 
+    args, problem = config_dir_flag(args)  # --config-dir DIR: config_dir=DIR
+    if problem is not None:
+        return error(problem, EXIT_USAGE)
     args = integral_literals(args, integer_keys())  # steps=1e6
     problem = boolean_problem(args, boolean_keys())  # compile=2
     if problem is not None:
@@ -79,6 +85,10 @@ def train_main(args: Sequence[str]) -> int:
 
     args = quote_paths(args)  # resume=runs/sweep/seed=1, as a sweep job's messages print it
     args = saved_group_choices(args) + list(args)  # resume=<a SAC run>: its learner's keys are the known ones
+    try:
+        args = with_config_dir(args)  # one absolute config_dir= (the run records it), checked before any work
+    except ConfigError as exc:
+        return error(str(exc), EXIT_USAGE)
     try:
         problem = composition_problem(args) or run_dir_problem(args)
     except KeyboardInterrupt:  # a large sweep's check takes a while
@@ -147,6 +157,8 @@ def train_main(args: Sequence[str]) -> int:
     # -m first: Hydra's argument parser takes the overrides as one run of words, so `algo=sac -m seed=0,1` (or a
     # resume's algo= and policy= put before the user's words) ended in its usage text, "unrecognized arguments"
     hydra_args = ["-m", *(a for a in for_hydra_multirun(args) if a not in ("-m", "--multirun"))] if multirun else args
+    at = next((i + 1 for i, a in enumerate(hydra_args) if override_key(a) == "config_dir"), len(hydra_args))
+    hydra_args = [*hydra_args[:at], *search_path(args), *hydra_args[at:]]  # DIR/<group>/<name>.yaml: <group>=<name>
     sys.argv = ["robo-rl train", *hydra_args]
     setup_console_logging()  # a sweep's own lines (a job continued, the closing compare line) before any train() did
     _run()
@@ -157,6 +169,29 @@ def train_main(args: Sequence[str]) -> int:
         if failed_jobs:
             log.error("sweep: %d of %d job(s) failed: %s", len(failed_jobs), len(sweep_dirs), "; ".join(failed_jobs))
     return exit_code
+
+
+CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
+
+
+def config_dir_flag(args: Sequence[str]) -> tuple[list[str], str | None]:
+    """``args`` with Hydra's ``--config-dir DIR`` (``-cd DIR``, ``--config-dir=DIR``) as the override ``config_dir=DIR``,
+    which compose_config, the sweep's check and the run all read (``robo_rl.config.search_path``); and a problem:
+    the flag without a directory."""
+    out: list[str] = []
+    rest = list(args)
+    while rest:
+        a = rest.pop(0)
+        flag, eq, value = a.partition("=")
+        if flag not in CONFIG_DIR_FLAGS:
+            out.append(a)
+            continue
+        if not eq:
+            if not rest or rest[0].startswith("-"):
+                return out, f"{flag} needs a directory: {flag} DIR (its <group>/<name>.yaml are <group>=<name>)"
+            value = rest.pop(0)
+        out.append(f"config_dir={value}")
+    return out, None
 
 
 def earlier_failure(run_dir: Path) -> str | None:
@@ -218,7 +253,7 @@ def composition_problem(args: Sequence[str]) -> str | None:
         if a.startswith("~") and "=" not in a:  # ~env.kwargs.<name> (hydra_problem refused the others)
             plain.append(a)
         elif "=" in a and not override_key(a).startswith("hydra"):
-            values = sweep_values(a) if is_sweep(a.split("=", 1)[1]) else [a]
+            values = sweep_values(a, args) if is_sweep(a.split("=", 1)[1]) else [a]
             if values is None and (problem := parse_problem(a)) is not None:  # Hydra's own would be a traceback
                 return problem
             if values:  # None: a sweep expanded only by Hydra's run (glob)
@@ -249,7 +284,7 @@ def train_help(args: Sequence[str]) -> str | None:
 
     from omegaconf import OmegaConf
 
-    from robo_rl.config import compose_config
+    from robo_rl.config import CONFIG_GROUPS, compose_config, config_dir_of
 
     if any(override_key(a).startswith("hydra") for a in args if "=" in a):
         return None
@@ -258,12 +293,23 @@ def train_help(args: Sequence[str]) -> str | None:
     if {m.group("named") or m.group("braced") for m in string.Template.pattern.finditer(template)} - {"CONFIG", None}:
         return None
     cfg = compose_config(config_overrides(args))
-    return string.Template(template).substitute(CONFIG=OmegaConf.to_yaml(cfg, resolve="--resolve" in args))
+    text = string.Template(template).substitute(CONFIG=OmegaConf.to_yaml(cfg, resolve="--resolve" in args))
+    config_dir = config_dir_of(args)
+    if config_dir is None:
+        return text
+    import textwrap
+
+    mine = [f"{group}={'|'.join(names)}" for group in CONFIG_GROUPS
+            if (names := sorted(p.stem for p in (config_dir / group).glob("*.yaml")))]
+    lines = textwrap.wrap(f"Your configs:    {'   '.join(mine)} (--config-dir {config_dir})", 100,
+                          subsequent_indent=" " * 17, break_on_hyphens=False, break_long_words=False)
+    at = text.find("\n\n== All keys")
+    return text[:at] + "\n" + "\n".join(lines) + text[at:] if at >= 0 else text + "\n" + "\n".join(lines)
 
 
 # Hydra's flags that would read another config than robo-rl's (or print a traceback): refused with what to use
 UNSUPPORTED_FLAGS = {
-    "--config-name": "-cn", "--config-path": "-cp", "--config-dir": "-cd", "--shell-completion": "-sc",
+    "--config-name": "-cn", "--config-path": "-cp", "--shell-completion": "-sc",
     "--experimental-rerun": None,
 }
 # Hydra's directory settings: robo-rl's run_dir= names them (a resume, a sweep's continuation and the checks use it)
@@ -298,7 +344,8 @@ def hydra_problem(args: Sequence[str]) -> str | None:
                 return f"{flag} is not supported by robo-rl train (see robo-rl train --help)"
             return (f"{flag} is not supported by robo-rl train: it composes its own configs (robo_rl/configs); choose "
                     "them with algo=, env=, policy=, safety=, randomize= and set any key with key=value (a task of "
-                    "your own: env.id=module:Id, env.kwargs.<name>=...; see robo-rl train --help)")
+                    "your own: env.id=module:Id, env.kwargs.<name>=...; configs of your own: --config-dir DIR with "
+                    "DIR/<group>/<name>.yaml; see robo-rl train --help)")
         if a.startswith("-") and flag not in HYDRA_FLAGS:
             return (f"{a}: not an option of robo-rl train: settings are key=value (steps=1e5, algo=sac); its flags "
                     "are -m, --cfg job, --info, --help and --hydra-help (see robo-rl train --help)")
@@ -308,6 +355,8 @@ def hydra_problem(args: Sequence[str]) -> str | None:
         if a.startswith("-") or "=" not in a and not a.startswith("~"):
             continue
         key = override_key(a)
+        if key == "hydra.searchpath":  # (robo-rl's own, from --config-dir, is added after these checks)
+            return f"{a}: robo-rl train adds a directory of your configs with --config-dir DIR (DIR/<group>/<name>.yaml)"
         if key in DIRECTORY_KEYS:
             return (f"{a}: robo-rl train names its directories with run_dir=<dir> (under -m the sweep's, its jobs in "
                     "subdirectories named by their swept values): use run_dir= instead of hydra.run.dir / hydra.sweep.*")
@@ -367,7 +416,7 @@ def composition_message(exc: Exception, overrides: list[str]) -> str | None:
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-    from robo_rl.config import compose_config
+    from robo_rl.config import PACKAGED_CONFIGS, compose_config, config_dir_of, config_dir_problem, config_file
 
     if isinstance(exc, OverrideParseException):  # Hydra's grammar: e.g. an unquoted = or ( inside a value
         return (f"{' '.join(str(exc).split())} (quote a value that holds =, brackets or spaces for Hydra: "
@@ -380,12 +429,34 @@ def composition_message(exc: Exception, overrides: list[str]) -> str | None:
         missing = re.search(r"Could not find '([^/']+)/(.*?)'", message)
         if missing and ("/" in missing[2] or missing[2].endswith((".yaml", ".yml"))):  # env=./my_env.yaml
             group = missing[1]
-            message += (f"; {group}= takes the name of a config in robo_rl/configs/{group}/, not a file path: set "
-                        f"the file's keys on the command line ({group}.<key>=value"
+            message += (f"; {group}= takes the name of a config in robo_rl/configs/{group}/, not a file path: put "
+                        f"the file in DIR/{group}/ and give --config-dir DIR {group}=<its name>, or set its keys on "
+                        f"the command line ({group}.<key>=value"
                         + (", e.g. env.id=<id> env.kwargs.<name>=..." if group == "env" else "") + ")")
+        from robo_rl.runs import resumed_config
+
+        saved = resumed_config(overrides)
+        if saved is not None and saved.config_dir and config_dir_of(overrides) is None:  # its directory is gone
+            message += (f"; the resumed run was made with --config-dir {saved.config_dir}, and "
+                        f"{config_dir_problem(Path(saved.config_dir))}: give --config-dir <where it is now>, or leave "
+                        f"{missing[1] if missing else 'the group'}= out (a resume runs the run's saved config.yaml)")
         return message
     if isinstance(exc, ConfigCompositionException):
         cause = exc.__cause__
+        in_file = re.match(r"In '(\w+)/([^']+)': (\w+) raised while composing config:\s*(.*?)\n.*full_key: (\S+)",
+                           str(exc), re.S)
+        path = config_file(in_file[1], in_file[2], overrides) if in_file else None
+        if path is not None and path.parent.parent != PACKAGED_CONFIGS:  # a key of a file in the user's config dir
+            group, _, kind, first, full_key = in_file.groups()
+            if kind not in ("ConfigKeyError", "ConfigAttributeError"):  # a wrong type: OmegaConf's words
+                return f"{path}: {full_key}: {first}"
+            if group == "randomize" and full_key == "randomize":  # packaged under env.randomize, as the packaged ones
+                return f"{path}: a randomize config begins with the line `# @package env.randomize`"
+            try:
+                root = compose_config([a for a in overrides if override_key(a) != group])
+            except Exception:  # noqa: BLE001 - a second problem: report the first one plainly
+                root = None
+            return f"{path}: {unknown_key(full_key, root, 'train')}"
         if not isinstance(cause, OmegaConfBaseException):
             return " ".join(str(exc).split())
         first = str(cause).splitlines()[0]

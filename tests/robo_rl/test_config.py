@@ -506,3 +506,22 @@ def test_task_keyword_arguments_may_exceed_float32():
     validate(resolve_defaults(compose("env=pendulum", "env.kwargs.g=1e300")))
     with pytest.raises(ConfigError, match=r"policy\.obs_clip=1e\+300: .*\(also: env\.reward_clip\)"):
         validate(resolve_defaults(compose("env=pendulum", "policy.obs_clip=1e300", "env.reward_clip=-1e300")))
+
+
+def test_compose_config_reads_a_config_dir_as_the_cli_does(tmp_path, monkeypatch):
+    # robo-rl train --config-dir DIR from Python: DIR/<group>/<name>.yaml is <group>=<name>, checked by the schema
+    from robo_rl.config import compose_config
+
+    (tmp_path / "cfgs" / "env").mkdir(parents=True)
+    (tmp_path / "cfgs" / "env" / "arm.yaml").write_text("id: Pendulum-v1\nmax_episode_steps: 50\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_config(["env=arm", "seed=2"], config_dir="cfgs")
+    assert (cfg.env.id, cfg.env.max_episode_steps, cfg.seed) == ("Pendulum-v1", 50, 2)
+    assert cfg.config_dir == str(tmp_path / "cfgs")  # recorded, absolute
+    assert compose_config(["env=hopper"], config_dir="cfgs").env.id == "Hopper-v5"  # the packaged ones stay
+    with pytest.raises(ConfigError, match="Could not find 'env/arm'"):
+        compose_config(["env=arm"])
+    (tmp_path / "cfgs" / "env" / "arm.yaml").write_text("id: Pendulum-v1\nmax_episode_step: 50\n")
+    with pytest.raises(ConfigError, match=f"^{tmp_path}/cfgs/env/arm.yaml: unknown key 'env.max_episode_step'; "
+                                          "did you mean env.max_episode_steps"):
+        compose_config(["env=arm"], config_dir=tmp_path / "cfgs")
