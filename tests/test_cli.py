@@ -1012,3 +1012,11 @@ def test_help_lists_the_user_s_configs_too(tmp_path, monkeypatch, capsys):
     assert f"Your configs: algo=my_sac env=my_pendulum (--config-dir {tmp_path / 'cfgs'})" in " ".join(out.split())
     assert "max_episode_steps: 100" in out  # the help's config is the one these overrides make
 
+
+def test_a_sweep_s_continue_command_gives_its_config_dir(monkeypatch):
+    # printed when a sweep is interrupted: the config dir as a flag, not Hydra's quoted override pasted in shell quotes
+    from robo_rl.commands import sweep
+    from robo_rl.commands.train import continue_command
+
+    monkeypatch.setattr(sweep, "TRAIN_ARGS", ["-m", "env=arm,pendulum", "config_dir='/my cfgs'", "run_dir=s"])
+    assert continue_command("s") == "robo-rl train -m env=arm,pendulum --config-dir '/my cfgs' run_dir=s"

@@ -208,6 +208,8 @@ def earlier_failure(run_dir: Path) -> str | None:
 def continue_command(sweep_dir: str) -> str:
     """The command that continues this sweep: the same overrides, into its directory."""
     args = [a for a in sweep.TRAIN_ARGS if override_key(a) != "run_dir" and a not in ("-m", "--multirun")]
+    args = [x for a in args for x in (["--config-dir", unquoted(a.split("=", 1)[1])] if override_key(a) == "config_dir"
+                                      else [a])]  # as typed, not quoted for Hydra
     return shlex.join(["robo-rl", "train", "-m", *args, f"run_dir={sweep_dir}"])
 
 
