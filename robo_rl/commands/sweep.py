@@ -170,11 +170,10 @@ def sweep_problem(plain: list[str], sweeps: list[tuple[int, list[str]]]) -> str 
 
     from robo_rl.build import check_head_and_learner
     from robo_rl.commands.train import composition_message, register_resolvers  # (it imports this module)
-    from robo_rl.config import PACKAGED_CONFIGS, check_user_groups, naming_user_file, register_schemas, search_path
+    from robo_rl.config import (PACKAGED_CONFIGS, check_user_groups, naming_user_file, register_schemas, search_path,
+                                with_config_dir)
     from robo_rl.defaults import resolve_defaults
     from robo_rl.validation import ConfigError, validate
-
-    from robo_rl.config import with_config_dir
 
     plain = with_config_dir(plain)  # (an absolute config_dir=, in its place: the positions of the sweeps stay)
     resumed = [o.split("=", 1)[1] for o in plain if "=" in o and override_key(o) == "resume"]
