@@ -676,6 +676,27 @@ def test_an_interrupted_sweep_names_the_jobs_it_did_not_start(tmp_path, monkeypa
     assert proc.returncode == 130 and "resumed from" in proc.stderr, proc.stderr
 
 
+def test_a_sweep_interrupted_during_a_job_s_final_evaluation_stops_after_that_job(tmp_path, monkeypatch, console):
+    # the job waits for its final evaluation and save and ends complete (exit 0 for one run), but the sweep went on
+    # to start the next job, exit 0, as if there had been no Ctrl-C. Here the evaluation env's copy sends the SIGINT
+    # at its step 151, in the second of its two episodes: eval.every past steps= makes that the final evaluation, and
+    # the training env, at 150 steps, never gets there
+    import tests.helpers  # noqa: F401 - registers robo_rl_test/NaNAfter-v0
+    from robo_rl.commands.train import train_main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        train_main(["-m", "seed=0,1", *TINY, "env.id=robo_rl_test/NaNAfter-v0", "env.kwargs.where=sigint",
+                    "env.kwargs.after=150", "steps=150", "eval.num_envs=1", "eval.every=100000", "log.plot=false",
+                    "run_dir=sweep"])
+    err = console.readouterr().err
+    assert stop.value.code == 130, err
+    assert "SIGINT arrived after the last training step: the run is complete" in err
+    assert "sweep: stopped in job 1 of 2 (seed=0); not started: seed=1; " in err
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["seed=0"]
+    assert json.loads((tmp_path / "sweep" / "seed=0" / "summary.json").read_text())["status"] == "completed"
+
+
 def test_two_default_named_sweeps_started_in_the_same_second_do_not_share_a_job(tmp_path, monkeypatch, capsys):
     # runs/sweep-<algo>-<task>-<time> names a sweep to the second: the second sweep took the first one's finished job
     # for a continued sweep of its own and reported that run as its result, exit 0

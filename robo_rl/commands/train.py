@@ -67,6 +67,7 @@ def train_main(args: Sequence[str]) -> int:
     from robo_rl.config import (boolean_keys, boolean_problem, integer_keys, integral_literals, register_schemas,
                                 search_path, with_config_dir)
     from robo_rl.metrics import setup_console_logging
+    from robo_rl.runners.stopping import StopOnSignal
     from robo_rl.validation import ConfigError
 
     args, problem = config_dir_flag(args)  # --config-dir DIR: config_dir=DIR
@@ -133,7 +134,12 @@ def train_main(args: Sequence[str]) -> int:
             code = error(f"sweep: {run_dir} failed before ({failed_before}); left as it is (remove the directory to "
                          "run this job again)", EXIT_FAILED)
         else:
+            StopOnSignal.received = None
             code = run_training(cfg, run_dir, overrides)
+            if not code and hc.mode.name == "MULTIRUN" and StopOnSignal.received is not None:
+                # the signal came during the job's final evaluation or save, which it waited for: the job is complete,
+                # and the sweep stops all the same (it started the next job, as if there had been no Ctrl-C)
+                code = 128 + StopOnSignal.received
         if hc.mode.name == "MULTIRUN":
             # named by its own swept values, not by its number: a shuffle() sweep runs in an order of Hydra's own
             started.append(job_values(hc.overrides.task))

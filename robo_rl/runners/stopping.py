@@ -45,7 +45,12 @@ def raise_terminated(signum: int, _frame: Any) -> None:
 
 
 class StopOnSignal:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between iterations (a second SIGINT aborts)."""
+    """Turns SIGINT/SIGTERM into a flag the loop checks between iterations (a second SIGINT aborts).
+
+    ``StopOnSignal.received`` keeps the latest such signal of the process (``None`` until one comes; a caller may reset
+    it): a run that gets one during its final evaluation or save ends complete, and a sweep must still stop there."""
+
+    received: int | None = None
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -62,7 +67,7 @@ class StopOnSignal:
     def _handle(self, signum: int, _frame: Any) -> None:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.signum = signum
+        self.signum = StopOnSignal.received = signum
         log.info(f"received {signal.Signals(signum).name}: saving a checkpoint after this iteration (Ctrl-C again to abort)")
 
     def __exit__(self, *exc: object) -> None:
