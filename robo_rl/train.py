@@ -261,11 +261,13 @@ def _train(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str], held: _
         env.close()
 
 
-def _log_start(cfg: DictConfig, env: Any, eval_env: Any, learner: Any, demos: Any, for_task: dict[str, Any]) -> None:
-    """The run's opening lines: what trains on what, and what differs from a plain run."""
+def _log_start(cfg: DictConfig, env: Any, eval_env: Any, learner: Any, demos: Any, for_task: dict[str, Any],
+               planned_steps: int) -> None:
+    """The run's opening lines: what trains on what, and what differs from a plain run. ``planned_steps``: the env
+    steps the run will take (``steps`` rounded up to whole iterations, as the runner said just before)."""
     n_params = sum(p.numel() for p in learner.parameters())
     log.info(f"robo-rl: {cfg.algo.name} on {env.task_id} ({env.num_envs} env(s), {env.backend} backend), "
-             f"{cfg.policy.name} head, {n_params:,} parameters, seed {cfg.seed}, {int(cfg.steps):,} steps "
+             f"{cfg.policy.name} head, {n_params:,} parameters, seed {cfg.seed}, {planned_steps:,} steps "
              f"-> {cfg.run_dir}")
     if eval_env is env:
         after = ("which start new episodes after each" if getattr(env, "resets_episodes", True) else
@@ -360,7 +362,7 @@ def _run(cfg: DictConfig, run_dir: Path, env: Any, eval_env: Any, learner: Any, 
     runner = build_runner(cfg, learner, env, eval_env, run_dir)
     if resume_from is not None:  # a checkpoint that cannot be resumed fails here, with config.yaml as it was
         runner.restore(resume_from)
-    _log_start(cfg, env, eval_env, learner, demos, for_task)  # held until train.log exists
+    _log_start(cfg, env, eval_env, learner, demos, for_task, runner.planned_steps)  # held until train.log exists
     if demos is not None:  # before config.yaml: a pretraining that diverges leaves no run behind
         from robo_rl.demos import warm_start
 

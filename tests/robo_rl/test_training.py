@@ -493,6 +493,7 @@ def test_on_policy_steps_round_up_to_whole_updates_and_say_so(tmp_path):
     log = (tmp_path / "run" / "train.log").read_text()
     assert "steps=200 rounds up to whole updates: 2 x 128 samples (4 envs x 32 steps) = 256 env steps" in log
     assert "step 256/256 (100%)" in log
+    assert ", 256 steps -> " in log and ", 200 steps -> " not in log  # the opening line said 200, after the 256 above
 
 
 def test_a_rounding_that_more_than_doubles_the_run_is_a_warning(tmp_path, monkeypatch, caplog):
