@@ -74,7 +74,7 @@ def export_run(
 
     from robo_rl.build import build_env
     from robo_rl.checkpoint import verify_checkpoint
-    from robo_rl.runs import load_learner, load_run_config, resolve_checkpoint
+    from robo_rl.runs import foreign_checkpoint, load_learner, load_run_config, resolve_checkpoint
     from sim2real.export import FORMATS, export_policy
 
     if fmt not in FORMATS:  # before the run is read and its env built
@@ -84,6 +84,10 @@ def export_run(
     with open_dict(cfg):  # the export runs on the CPU (export_policy): a run trained on cuda is read and checked there
         cfg.device = "cpu"
     ckpt = resolve_checkpoint(run_dir, checkpoint)
+    if foreign_checkpoint(run_dir, ckpt):  # the export is built from run_dir's config: task, head, filters
+        raise ValueError(f"checkpoint={checkpoint} is not one of {run_dir}'s checkpoints ({run_dir / 'checkpoints'}/"
+                         f"step_...), and its weights would be exported with {run_dir}'s config (task, head, filters) "
+                         "as this run's; export it with run_dir=<the run it belongs to>")
     manifest = verify_checkpoint(ckpt, replay=False)  # the weights are read, not the replay
     safety_spec = load_safety_spec(safety, cfg)
     env = build_env(cfg, num_envs=1, vectorization="sync", randomize=False)

@@ -188,6 +188,12 @@ def resolve_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None
     return path
 
 
+def foreign_checkpoint(run_dir: str | Path, checkpoint: str | Path) -> bool:
+    """Whether ``checkpoint`` is not one of ``run_dir``'s own (``<run_dir>/checkpoints/step_...``): eval and export
+    refuse it, as their results would be given as this run's (its eval.json, its config with another run's weights)."""
+    return Path(checkpoint).resolve().parent != (Path(run_dir) / "checkpoints").resolve()
+
+
 def _shape(t) -> str:  # type: ignore[no-untyped-def]
     return str(list(getattr(t, "shape", ())))
 

@@ -98,7 +98,7 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
     from robo_rl.evaluation import evaluate
     from robo_rl.runners.safety import safety_settings
     from robo_rl.validation import check_device
-    from robo_rl.runs import load_run_config, load_run_policy, resolve_checkpoint
+    from robo_rl.runs import foreign_checkpoint, load_run_config, load_run_policy, resolve_checkpoint
 
     check_device(opts.device)  # before anything loads: train's validation does the same
     if opts.demos_out is not None:  # not after the whole evaluation
@@ -125,7 +125,7 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
         # (names a checkpoint whose networks do not fit; a run still training may have pruned ckpt meanwhile: the newest)
         policy, ckpt, manifest = load_run_policy(cfg, env, run_dir, opts.checkpoint, opts.device, ckpt)
         video_path = (run_dir / "videos" / f"eval-step{int(manifest['step'])}.mp4").resolve()
-        if Path(ckpt).resolve().parent != (run_dir / "checkpoints").resolve():  # compare reads eval.json as this run's
+        if foreign_checkpoint(run_dir, ckpt):  # compare reads eval.json as this run's
             raise ValueError(f"checkpoint={opts.checkpoint} is not one of {run_dir}'s checkpoints "
                              f"({run_dir / 'checkpoints'}/step_...), and its result would go to {run_dir / 'eval.json'} "
                              "as this run's; evaluate it with run_dir=<the run it belongs to>")

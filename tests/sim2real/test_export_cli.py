@@ -48,6 +48,16 @@ def test_train_export_deploy_and_refuse_a_tampered_file(tmp_path):
     proc = robo_rl("deploy", "export=ts", "episodes=1", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "re-export with format=onnx" in proc.stderr
 
+    # a checkpoint of another run (here a copy outside the run) is refused as eval refuses it: its weights would be
+    # exported with this run's config (task, head, filters) as this run's policy
+    import shutil
+
+    own = sorted((tmp_path / "run" / "checkpoints").glob("step_*"))[-1]
+    shutil.copytree(own, tmp_path / "other" / own.name)
+    proc = robo_rl("export", "run_dir=run", f"checkpoint=other/{own.name}", "out_dir=x", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "is not one of run's checkpoints" in proc.stderr and not (tmp_path / "x").exists()
+    robo_rl("export", "run_dir=run", f"checkpoint={own.name}", "out_dir=x", cwd=tmp_path)  # its own, by name
+
 
 def test_export_refuses_bad_arguments(tmp_path):
     proc = robo_rl("export", cwd=tmp_path, check=False)
