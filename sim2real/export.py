@@ -25,11 +25,12 @@ import logging
 import math
 import numbers
 import os
+import secrets
 import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -271,7 +272,13 @@ def export_policy(
                            "head does not compute what it acts with (a robo-rl bug); nothing was written")
     made = [d for d in (out_dir, *out_dir.parents) if not os.path.lexists(d)]  # innermost first: removed on failure
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / (".policy.onnx.tmp" if fmt == "onnx" else ".policy.pt.tmp")
+    # a name of its own: another export into this directory at the same time (two `robo-rl export` runs) wrote,
+    # renamed away or deleted the other's file under a fixed one, and could publish its model with this one's sidecar
+    try:
+        tmp = _temporary(out_dir, ".policy.onnx." if fmt == "onnx" else ".policy.pt.")
+    except BaseException:
+        _remove_empty(made)
+        raise
     side = tmp.with_name(tmp.name + ".data")  # the dynamo exporter writes large weights beside the model
     try:
         if fmt == "onnx":
@@ -367,10 +374,42 @@ def export_policy(
         _publish(tmp, path, sidecar)
     except BaseException:  # before the renames: no temporary file is left behind (after them, see _publish)
         tmp.unlink(missing_ok=True)
-        (out_dir / ".policy.json.tmp").unlink(missing_ok=True)
         _remove_empty(made)
         raise
     return sidecar
+
+
+def _temporary(directory: Path, prefix: str) -> Path:
+    """A new empty file ``<prefix><random>.tmp`` in ``directory`` that no other export has (``O_EXCL``), with the
+    permissions a plain write would give the model (``tempfile.mkstemp`` makes it owner-only)."""
+    while True:
+        path = directory / f"{prefix}{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path
+        except FileExistsError:  # another export's: draw another name
+            continue
+
+
+@contextlib.contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``directory`` itself (no lock file is left in it): two exports publishing into
+    one directory at once rename their pairs one after the other, not model A, model B, sidecar B, sidecar A. On a
+    system or filesystem without ``flock`` there is no lock (the runtime refuses a mixed pair: sha256)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # e.g. ENOLCK on a network filesystem
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _remove_empty(directories: list[Path]) -> None:
@@ -395,16 +434,21 @@ def _publish(tmp_model: Path, model: Path, sidecar: dict[str, Any]) -> None:
     A crash in between leaves the new model next to the previous sidecar, whose sha256 the runtime
     finds does not match, so a mixed pair is refused rather than run.
     """
-    tmp_json = model.parent / ".policy.json.tmp"
-    tmp_json.write_text(json.dumps(sidecar, indent=2))
-    _fsync(tmp_model)
-    _fsync(tmp_json)
-    previous = _previous_model(model.parent)
-    tmp_model.replace(model)
-    tmp_json.replace(model.parent / "policy.json")
-    # an earlier export in the other format: its model would stay beside a sidecar that no longer describes it
-    if previous is not None and previous != model.name and previous in MODEL_FILES:
-        (model.parent / previous).unlink(missing_ok=True)
+    tmp_json = _temporary(model.parent, ".policy.json.")
+    try:
+        tmp_json.write_text(json.dumps(sidecar, indent=2))
+        _fsync(tmp_model)
+        _fsync(tmp_json)
+        with _directory_lock(model.parent):
+            previous = _previous_model(model.parent)
+            tmp_model.replace(model)
+            tmp_json.replace(model.parent / "policy.json")
+            # an earlier export in the other format: its model would stay beside a sidecar that no longer describes it
+            if previous is not None and previous != model.name and previous in MODEL_FILES:
+                (model.parent / previous).unlink(missing_ok=True)
+    except BaseException:
+        tmp_json.unlink(missing_ok=True)  # (gone once renamed)
+        raise
     _fsync(model.parent)
 
 

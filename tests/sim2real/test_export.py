@@ -13,6 +13,7 @@ from robo_rl.learners.candidates import CriticSelectPolicy
 from robo_rl.learners.critics import QEnsemble
 from robo_rl.learners.expo import EditPolicy
 from sim2real.export import export_policy, sha256_of
+from tests.sim2real.conftest import make_export
 
 OBS_DIM, LOW, HIGH = 5, np.array([-1.0, -2.0, 0.0]), np.array([1.0, 2.0, 0.5])
 SMALL = {"hidden_sizes": [32, 32]}
@@ -264,7 +265,7 @@ def test_export_fsyncs_both_files_before_renaming_and_a_crash_between_renames_is
     monkeypatch.setattr(export, "_fsync", lambda p: (synced.append(pathlib.Path(p).name), real_fsync(p))[1])
 
     def replace(self, target):
-        renames.append((self.name, sorted(synced), (tmp_path / ".policy.json.tmp").exists()))
+        renames.append((self.name, sorted(synced), any(tmp_path.glob(".policy.json.*.tmp"))))
         if len(renames) == 2:
             raise KeyboardInterrupt("killed between the two renames")
         return real_replace(self, target)
@@ -274,10 +275,81 @@ def test_export_fsyncs_both_files_before_renaming_and_a_crash_between_renames_is
         export_policy(_head("deterministic", {}), tmp_path, "onnx", control_dt=0.02, task="test")
     monkeypatch.undo()
     name, synced_then, sidecar_written = renames[0]
-    assert name == ".policy.onnx.tmp" and sidecar_written
-    assert {".policy.onnx.tmp", ".policy.json.tmp"} <= set(synced_then)
+    assert name.startswith(".policy.onnx.") and name.endswith(".tmp") and sidecar_written
+    assert name in synced_then and any(n.startswith(".policy.json.") and n.endswith(".tmp") for n in synced_then)
     with pytest.raises(ExportError, match="does not match the checksum"):
         PolicyRuntime(tmp_path)  # new model, old sidecar: refused, never run
+
+
+def test_an_export_started_while_another_writes_the_same_directory_keeps_its_own_temporary_file(tmp_path, monkeypatch):
+    """Two exports into one out_dir at once (two `robo-rl export` runs): each writes its own temporary files. Under
+    the fixed name .policy.onnx.tmp the second took the first's file (published it as its own policy.onnx) and the
+    first failed checking a file that was gone, or published the other's model under its own sidecar."""
+    import sim2real.export as export
+    from sim2real.runtime import PolicyRuntime
+
+    real, second = export._session, {}
+
+    def session(path):  # the second export runs while the first checks its written graph
+        if not second:
+            second["started"] = True
+            second["sidecar"] = export_policy(_head("gaussian", {"hidden_sizes": [16, 16]}), tmp_path, "onnx",
+                                              task="second")
+        return real(path)
+
+    monkeypatch.setattr(export, "_session", session)
+    first = export_policy(_head("deterministic", {}), tmp_path, "onnx", task="first")
+    assert second["sidecar"]["task"] == "second" and second["sidecar"]["sha256"] != first["sha256"]
+    assert json.loads((tmp_path / "policy.json").read_text()) == first  # published last: its pair, whole
+    assert sha256_of(tmp_path / "policy.onnx") == first["sha256"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.json", "policy.onnx"]  # no temporary file left
+    PolicyRuntime(tmp_path)  # a consistent pair
+
+
+def test_two_exports_publishing_into_one_directory_at_once_leave_one_whole_pair(tmp_path, monkeypatch):
+    """The renames of two exports' model and sidecar do not interleave (a lock on the directory): model A, model B,
+    sidecar B, sidecar A left B's model under A's sidecar, which the runtime refuses, though both exports succeeded."""
+    import pathlib
+    import threading
+
+    import sim2real.export as export
+    from sim2real.runtime import PolicyRuntime
+
+    exports = [make_export(tmp_path / name, seed=seed) for name, seed in (("a", 0), ("b", 1))]
+    out = tmp_path / "out"
+    out.mkdir()
+    a_renamed_model, b_done = threading.Event(), threading.Event()
+    real_replace = pathlib.Path.replace
+
+    def replace(self, target):
+        result = real_replace(self, target)
+        if threading.current_thread().name == "A" and pathlib.Path(target).name == "policy.onnx":
+            a_renamed_model.set()
+            b_done.wait(2.0)  # without the lock B publishes now, between A's two renames; with it, B waits for A
+        return result
+
+    monkeypatch.setattr(pathlib.Path, "replace", replace)
+
+    def publish(src, name):
+        tmp = export._temporary(out, ".policy.onnx.")
+        tmp.write_bytes((src / "policy.onnx").read_bytes())
+        export._publish(tmp, out / "policy.onnx", json.loads((src / "policy.json").read_text()))
+        if name == "B":
+            b_done.set()
+
+    a = threading.Thread(target=publish, args=(exports[0], "A"), name="A")
+    a.start()
+    assert a_renamed_model.wait(10.0)
+    b = threading.Thread(target=publish, args=(exports[1], "B"), name="B")
+    b.start()
+    a.join()
+    b.join()
+    monkeypatch.undo()
+    sidecar = json.loads((out / "policy.json").read_text())
+    assert sidecar == json.loads((exports[1] / "policy.json").read_text())  # B published after A, both files
+    assert sha256_of(out / "policy.onnx") == sidecar["sha256"]
+    assert sorted(p.name for p in out.iterdir()) == ["policy.json", "policy.onnx"]
+    PolicyRuntime(out)
 
 
 def test_large_action_bounds_export_within_a_tolerance_scaled_by_the_half_range(tmp_path):
