@@ -6,6 +6,8 @@ import csv
 import io
 import logging
 import math
+import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -51,8 +53,15 @@ def format_return(mean: float, std: float | None = None) -> str:
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a hidden file renamed over it, so a reader (``robo-rl compare``, a resume) sees
     the old file or the new one, never a cut one: a full disk or a kill mid-write left summary.json and eval.json cut
-    (the earlier, good one lost). The hidden file is removed if the write fails."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    (the earlier, good one lost). The hidden file is removed if the write fails.
+
+    The hidden file is this write's own (``.<name>.<random>.tmp``, created exclusively): two writers of one file at
+    once (two ``robo-rl eval`` of a run) shared a fixed ``.<name>.tmp``, so one renamed the other's half-written text
+    into place (eval.json read as cut or mixed JSON) and the other failed, its file renamed away."""
+    try:
+        tmp = _new_hidden_file(path)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
     try:
         tmp.write_text(text, encoding="utf-8", newline="")  # the text's own line ends (csv writes \r\n)
         tmp.replace(path)
@@ -62,6 +71,18 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _new_hidden_file(path: Path) -> Path:
+    """A new empty file ``.<path's name>.<random>.tmp`` beside ``path`` that no other writer has (``O_EXCL``), with
+    the permissions a plain write would give it (``tempfile.mkstemp`` makes it owner-only)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:  # another writer's: draw another name
+            continue
 
 
 class MetricsWriter:

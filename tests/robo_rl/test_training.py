@@ -1080,6 +1080,34 @@ def test_a_damaged_metrics_row_before_the_checkpoint_is_named_on_resume(tmp_path
     assert writer.rows == [{"step": 100.0, "wall_time": 1.0}]
 
 
+
+def test_two_writes_of_one_run_file_at_once_leave_it_whole(tmp_path, monkeypatch):
+    """write_text_atomic's hidden file is each write's own: two `robo-rl eval` of one run at once shared
+    .eval.json.tmp, so one renamed the other's half-written file into place (eval.json then not JSON: the second
+    writer's text with the first's tail) and the other failed, its hidden file renamed away."""
+    import pathlib
+
+    from robo_rl.metrics import write_text_atomic
+
+    path = tmp_path / "eval.json"
+    first, second = json.dumps({"returns": [1.5] * 100}), json.dumps({"returns": [2.5]})
+    real = pathlib.Path.write_text
+
+    def write_text(self, text, *args, **kwargs):  # the second write runs while the first is half written
+        if text != first:
+            return real(self, text, *args, **kwargs)
+        with open(self, "w", encoding="utf-8", newline="") as f:
+            f.write(text[: len(text) // 2])
+            f.flush()
+            write_text_atomic(path, second)
+            f.write(text[len(text) // 2:])
+        return len(text)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", write_text)
+    write_text_atomic(path, first)
+    assert path.read_text() == first  # the write that ended last, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]  # no hidden file left
+
 # -- loop audit (session 28): NaN/Inf met in an evaluation ---------------------------------------------------------
 
 
