@@ -147,10 +147,14 @@ class Mp4Writer:
         self.fps = fps
         self.count = 0
         self._stream: Any = None
+        # the directories made for it (videos/), innermost first: a failed video leaves no empty one behind either
+        self._made = [d for d in (self.path.parent, *self.path.parent.parents) if not os.path.lexists(d)]
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._container = self._av.open(str(self._partial), "w", format="mp4")
         except OSError as exc:
+            self._partial.unlink(missing_ok=True)
+            self._remove_made()
             raise ValueError(f"cannot write the video {self.path}: {exc.strerror or exc}") from None
 
     def add(self, frame: np.ndarray) -> None:
@@ -199,6 +203,14 @@ class Mp4Writer:
             finally:
                 if not keep:
                     self._partial.unlink(missing_ok=True)
+                    self._remove_made()
+
+    def _remove_made(self) -> None:
+        for directory in self._made:
+            try:
+                directory.rmdir()
+            except OSError:  # not empty (an earlier video, another process's): left as it is
+                return
 
     def __enter__(self) -> "Mp4Writer":
         return self

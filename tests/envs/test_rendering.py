@@ -133,6 +133,24 @@ def test_a_video_written_frame_by_frame_decodes_to_its_frames_and_an_abandoned_o
     assert not (tmp_path / "c.mp4").exists()
 
 
+def test_a_failed_video_leaves_no_empty_directory_it_made(tmp_path):
+    # robo-rl eval video=true whose renderer (or encoder) failed removed the partial MP4 but left <run_dir>/videos/
+    # empty, as if a video had been written there; a directory that held something before stays
+    pytest.importorskip("av")
+    for first_frame in (True, False):  # failed after a frame, or before any
+        with pytest.raises(RuntimeError):
+            with Mp4Writer(tmp_path / "run" / "videos" / "eval-step600.mp4", 25) as video:
+                if first_frame:
+                    video.add(np.zeros((16, 16, 3), np.uint8))
+                raise RuntimeError("the renderer failed")
+        assert list(tmp_path.iterdir()) == []  # neither videos/ nor run/, which it made too
+    (tmp_path / "videos").mkdir()
+    with pytest.raises(RuntimeError):
+        with Mp4Writer(tmp_path / "videos" / "eval-step600.mp4", 25):
+            raise RuntimeError("the renderer failed")
+    assert [p.name for p in tmp_path.iterdir()] == ["videos"] and list((tmp_path / "videos").iterdir()) == []
+
+
 def test_an_abandoned_video_leaves_the_one_already_at_its_path_as_it_was(tmp_path):
     # robo-rl eval video=true writes <run_dir>/videos/eval-step<N>.mp4: a second evaluation of the same checkpoint
     # that failed or was stopped half-way deleted the first one's video (a kill left it truncated)
