@@ -23,7 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from robo_rl.config import flatten_config, saved_unit_actions
-from robo_rl.metrics import complete_lines, format_duration, format_return, return_decimals
+from robo_rl.metrics import (complete_lines, format_duration, format_return, return_decimals, save_figure_atomic,
+                             write_text_atomic)
 
 SUMMARY, METRICS, CONFIG, EVALUATED = "summary.json", "metrics.csv", "config.yaml", "eval.json"
 # keys that never separate groups: the seed, where a run was written, and settings that do not change
@@ -452,8 +453,10 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.14), fontsize=7, frameon=False)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        save_figure_atomic(fig, path, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -463,10 +466,12 @@ def write(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     except ValueError as exc:
         raise ValueError(f"compare.json would not be valid JSON ({exc}); nothing was written") from None
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = {"json": out_dir / "compare.json", "md": out_dir / "compare.md"}
-    written["json"].write_text(text)
-    written["md"].write_text(md)
+    # each through a hidden file renamed over it, the plot (the one most likely to fail) first: a failed write (a
+    # full disk) left a cut compare.png, or a cut compare.json, in place of the earlier comparison's
     png = plot(result, out_dir / "compare.png")
+    written = {"json": out_dir / "compare.json", "md": out_dir / "compare.md"}
+    write_text_atomic(written["json"], text)
+    write_text_atomic(written["md"], md)
     if png is not None:
         written["png"] = png
     return written

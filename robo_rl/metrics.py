@@ -73,6 +73,18 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
+def save_figure_atomic(fig: Any, path: Path, **kwargs: Any) -> None:
+    """``fig.savefig(path, **kwargs)`` through a hidden file renamed over it, as ``write_text_atomic``: a save that
+    fails (a full disk) left a cut PNG (compare.png, learning_curve.png) in place of the earlier, whole one."""
+    tmp = _new_hidden_file(path)
+    try:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", **kwargs)  # (the hidden name's suffix is .tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _new_hidden_file(path: Path) -> Path:
     """A new empty file ``.<path's name>.<random>.tmp`` beside ``path`` that no other writer has (``O_EXCL``), with
     the permissions a plain write would give it (``tempfile.mkstemp`` makes it owner-only)."""
@@ -269,8 +281,10 @@ def plot_learning_curve(rows: list[dict[str, float]], path: Path, title: str) ->
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        save_figure_atomic(fig, path)
+    finally:
+        plt.close(fig)
     return path
 
 

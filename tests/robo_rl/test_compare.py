@@ -465,3 +465,30 @@ def test_the_mean_curve_does_not_depend_on_which_run_comes_first():
     assert mean_curve([a, b]) == mean_curve([b, a]) == {"step": [100.0, 200.0, 300.0], "mean": [3.0, 3.5, 4.0],
                                                         "min": [1.0, 2.0, 3.0], "max": [5.0, 5.0, 5.0]}
     assert mean_curve([every_300, [(3100.0, 1.0)]]) is None  # no step both have reached
+
+
+def test_a_comparison_that_fails_to_write_leaves_the_earlier_one_whole(tmp_path, capsys, monkeypatch):
+    # a full disk while compare.png was saved left a cut PNG beside a new compare.json and compare.md: each file now
+    # goes through a hidden file renamed over it, the plot first
+    import errno
+
+    from matplotlib.figure import Figure
+
+    for seed in (0, 1):
+        write_run(tmp_path / "sweep" / f"seed={seed}", seed, 100.0, [(1000, 10.0), (2000, 100.0)])
+    assert main(["compare", f"runs={tmp_path / 'sweep'}"]) == 0
+    earlier = {p.name: p.read_bytes() for p in (tmp_path / "sweep").glob("compare.*")}
+    assert sorted(earlier) == ["compare.json", "compare.md", "compare.png"]
+    real = Figure.savefig
+
+    def full_disk(self, fname, *args, **kwargs):  # the disk fills a third of the way through the PNG
+        real(self, fname, *args, **kwargs)
+        Path(fname).write_bytes(Path(fname).read_bytes()[: Path(fname).stat().st_size // 3])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    write_run(tmp_path / "sweep" / "seed=2", 2, 300.0, [(1000, 10.0), (2000, 300.0)])
+    capsys.readouterr()
+    assert main(["compare", f"runs={tmp_path / 'sweep'}"]) == 1
+    assert "writing the comparison failed (No space left on device)" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "sweep").glob("*compare.*")} == earlier  # no hidden file
