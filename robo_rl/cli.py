@@ -91,6 +91,13 @@ def _main(argv: Sequence[str] | None) -> int:
             return code
     tune_malloc()
     if command in COMMANDS:
+        import logging
+
+        from robo_rl.metrics import setup_console_logging
+
+        # every command's warnings on stderr as "robo-rl: warning: ..." (train also shows its progress: INFO); eval's
+        # and export's ("skipping step_X: ...") went to Python's last-resort handler, bare
+        setup_console_logging(logging.WARNING)
         module, entry = COMMANDS[command]
         return getattr(importlib.import_module(f"robo_rl.commands.{module}"), entry)(rest)
     if command in ("--version", "version"):

@@ -15,11 +15,25 @@ from typing import Any
 log = logging.getLogger("robo_rl")
 
 
+WARNING_PREFIX = "robo-rl: warning: "
+
+
+class LogFormatter(logging.Formatter):
+    """The robo_rl logger's lines (console and train.log): a warning starts with ``robo-rl: warning:``, as README's and
+    robo-rl's other warnings on stderr do, whether or not its message says so itself ("skipping step_X: ..." from
+    checkpoint reading, "could not draw the learning curve", a bf16 note came bare, not recognisable as warnings)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        if record.levelno == logging.WARNING and not record.message.startswith(WARNING_PREFIX):
+            record = logging.makeLogRecord({**record.__dict__, "message": WARNING_PREFIX + record.message})
+        return super().formatMessage(record)
+
+
 def setup_console_logging(level: int = logging.INFO) -> None:
     """Plain `message` lines on stderr for the robo_rl logger (idempotent)."""
     if not any(getattr(h, "_robo_rl", False) for h in log.handlers):
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(LogFormatter("%(message)s"))
         handler._robo_rl = True  # type: ignore[attr-defined]
         log.addHandler(handler)
     log.setLevel(level)

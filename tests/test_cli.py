@@ -336,7 +336,7 @@ def test_train_eval_resume(tmp_path):
     # a damaged newest checkpoint: eval says which one it skips (it used to fall back silently)
     (run / "checkpoints" / "step_0000000500" / "state.safetensors").write_bytes(b"0" * 100)
     proc = robo_rl("eval", "run_dir=runs/p", "episodes=1", cwd=tmp_path)
-    assert "skipping step_0000000500" in proc.stderr and "truncated or altered" in proc.stderr
+    assert "robo-rl: warning: skipping step_0000000500" in proc.stderr and "truncated or altered" in proc.stderr
     assert "(checkpoint step 480)" in proc.stdout and "over 1 episode (" in proc.stdout  # the one before (every 30)
 
 

@@ -1108,6 +1108,29 @@ def test_two_writes_of_one_run_file_at_once_leave_it_whole(tmp_path, monkeypatch
     assert path.read_text() == first  # the write that ended last, whole
     assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]  # no hidden file left
 
+
+def test_every_warning_on_the_console_and_in_train_log_is_marked_as_one(tmp_path):
+    """The robo_rl logger's warnings start with "robo-rl: warning:" as README's do; "skipping step_X: ..." (checkpoint
+    reading, eval and resume), "could not draw the learning curve" and others came bare. Said once, not twice."""
+    import logging
+
+    from robo_rl.metrics import LogFormatter, log, setup_console_logging
+
+    setup_console_logging()
+    console = next(h for h in log.handlers if getattr(h, "_robo_rl", False))
+    train_log = LogFormatter("%(asctime)s %(message)s")
+
+    def record(level, msg, *args):
+        return log.makeRecord(log.name, level, __file__, 0, msg, args, None)
+
+    skipping = record(logging.WARNING, "skipping %s: checkpoint file x is truncated or altered", "step_0000000500")
+    assert console.format(skipping) == "robo-rl: warning: skipping step_0000000500: checkpoint file x is truncated or altered"
+    assert train_log.format(skipping).endswith(" robo-rl: warning: skipping step_0000000500: checkpoint file x is "
+                                               "truncated or altered")
+    assert skipping.getMessage().startswith("skipping")  # the record itself is left as it was
+    assert console.format(record(logging.WARNING, "robo-rl: warning: cannot lock r")) == "robo-rl: warning: cannot lock r"
+    assert console.format(record(logging.INFO, "resumed from step_0000000300")) == "resumed from step_0000000300"
+
 # -- loop audit (session 28): NaN/Inf met in an evaluation ---------------------------------------------------------
 
 
