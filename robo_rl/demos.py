@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from robo_rl.metrics import new_hidden_file
+
 log = logging.getLogger("robo_rl")
 
 PRETRAIN_KEYS = ("obs", "actions")
@@ -62,12 +64,14 @@ def save_demos(path: str | Path, obs: Any, actions: Any, rewards: Any = None, ne
     path = Path(path)
     _check_arrays(arrays, path)  # the values as given: a float64 beyond float32's range is refused, not cast to inf
     arrays = {k: v.astype(np.float32) for k, v in arrays.items()}
-    tmp = path.with_name(path.name + ".tmp")
     written = False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # a hidden file of this save's own: two saves of one file at once (two `robo-rl eval demos_out=`) shared
+        # <name>.tmp, one renamed the other's half-written file into place and the other failed
+        tmp = new_hidden_file(path)
+        written = True
         with open(tmp, "wb") as f:
-            written = True
             np.savez(f, **arrays)
         os.replace(tmp, path)
     except BaseException as exc:

@@ -73,7 +73,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     once (two ``robo-rl eval`` of a run) shared a fixed ``.<name>.tmp``, so one renamed the other's half-written text
     into place (eval.json read as cut or mixed JSON) and the other failed, its file renamed away."""
     try:
-        tmp = _new_hidden_file(path)
+        tmp = new_hidden_file(path)
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
     try:
@@ -90,7 +90,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 def save_figure_atomic(fig: Any, path: Path, **kwargs: Any) -> None:
     """``fig.savefig(path, **kwargs)`` through a hidden file renamed over it, as ``write_text_atomic``: a save that
     fails (a full disk) left a cut PNG (compare.png, learning_curve.png) in place of the earlier, whole one."""
-    tmp = _new_hidden_file(path)
+    tmp = new_hidden_file(path)
     try:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", **kwargs)  # (the hidden name's suffix is .tmp)
         tmp.replace(path)
@@ -99,7 +99,7 @@ def save_figure_atomic(fig: Any, path: Path, **kwargs: Any) -> None:
         raise
 
 
-def _new_hidden_file(path: Path) -> Path:
+def new_hidden_file(path: Path) -> Path:
     """A new empty file ``.<path's name>.<random>.tmp`` beside ``path`` that no other writer has (``O_EXCL``), with
     the permissions a plain write would give it (``tempfile.mkstemp`` makes it owner-only)."""
     while True:

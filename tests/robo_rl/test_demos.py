@@ -403,6 +403,32 @@ def test_a_pretraining_nan_is_one_line_with_exit_1(tmp_path, console):
     assert run_training(compose(*overrides), run, []) == 0
 
 
+def test_two_saves_of_one_demonstrations_file_at_once_leave_it_whole(tmp_path, monkeypatch):
+    # two `robo-rl eval demos_out=d.npz` at once shared d.npz.tmp: one renamed the other's half-written file into
+    # place (not a readable .npz) and the other failed, its temporary file renamed away
+    real = np.savez
+    first, second = np.full((200, 3), 1.0), np.full((2, 3), 2.0)
+
+    def savez(f, **arrays):  # the second save runs while the first is half written
+        if len(arrays["obs"]) != len(first):
+            return real(f, **arrays)
+        real(f, **arrays)
+        size = f.tell()
+        f.seek(size // 2)
+        f.truncate()
+        f.flush()
+        save_demos(tmp_path / "d.npz", obs=second, actions=second[:, :1])
+        f.seek(0)
+        real(f, **arrays)
+
+    monkeypatch.setattr(np, "savez", savez)
+    save_demos(tmp_path / "d.npz", obs=first, actions=first[:, :1])
+    monkeypatch.undo()
+    with np.load(tmp_path / "d.npz") as saved:
+        assert (saved["obs"] == first).all()  # the save that ended last, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["d.npz"]  # no temporary file left
+
+
 def test_save_demos_refuses_paths_it_cannot_write_and_leaves_no_temp_file(tmp_path, monkeypatch):
     obs, actions = np.zeros((5, 3)), np.zeros((5, 1))
     (tmp_path / "afile").write_text("x")
