@@ -381,7 +381,8 @@ def export_policy(
 
 def _temporary(directory: Path, prefix: str) -> Path:
     """A new empty file ``<prefix><random>.tmp`` in ``directory`` that no other export has (``O_EXCL``), with the
-    permissions a plain write would give the model (``tempfile.mkstemp`` makes it owner-only)."""
+    permissions a plain write would give the model (``tempfile.mkstemp`` makes it owner-only). The run files' twin is
+    ``robo_rl.metrics.new_hidden_file``: sim2real, installed on robots without robo_rl, does not import it."""
     while True:
         path = directory / f"{prefix}{secrets.token_hex(4)}.tmp"
         try:
