@@ -110,9 +110,10 @@ def test_a_checkpoint_of_another_algorithm_is_one_line(tmp_path, capsys, runs):
     assert f"it was saved by a td3 run ({runs / 'td3'})" in message
     code, _, err = _eval(capsys, f"run_dir={runs / 'sac'}", "episodes=1", "num_envs=1", f"checkpoint={other}")
     assert code == 2 and "does not fit this run's sac learner" in _one_line_error(err)
+    # export refuses another run's checkpoint before it reads it (its weights would go out with this run's config)
     code = export_main([f"run_dir={runs / 'sac'}", f"checkpoint={other}", f"out_dir={tmp_path / 'x'}"])
     err = capsys.readouterr().err
-    assert code == 2 and "does not fit this run's sac learner" in _one_line_error(err)
+    assert code == 2 and f"is not one of {runs / 'sac'}'s checkpoints" in _one_line_error(err)
     assert not (tmp_path / "x").exists()
 
 
