@@ -47,6 +47,7 @@ class Run:
     evaluated: dict[str, Any] | None = None  # eval.json, written by `robo-rl eval`
     warnings: list[str] = field(default_factory=list)  # what was read as not measured, each naming the file
     not_finite: set[str] = field(default_factory=set)  # summary.json keys that held NaN/Inf (read as null)
+    latest: dict[str, Any] = field(default_factory=dict)  # without a summary.json: metrics.csv's steps, wall_time_s
 
     @property
     def seed(self) -> Any:
@@ -76,6 +77,16 @@ class Run:
     @property
     def status(self) -> str:
         return str(self.summary.get("status", "no summary.json (running, or stopped before it was written)"))
+
+    def measured(self, key: str) -> float | None:
+        """``steps``, ``wall_time_s`` or ``steps_per_s``: the summary's, or for a run without one yet (in progress, or
+        stopped before writing it) its metrics.csv's latest row's, as its summary would give them."""
+        if not self.latest:  # (filled only when there is no summary.json)
+            return self.summary.get(key)
+        steps, wall = self.latest.get("steps"), self.latest.get("wall_time_s")
+        if key == "steps_per_s":
+            return None if steps is None or not wall else round(steps / wall, 2)
+        return {"steps": steps, "wall_time_s": wall}[key]
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
@@ -109,9 +120,11 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
 
 
 
-def _read_curves(path: Path, warnings: list[str] | None = None) -> dict[str, list[tuple[float, float]]]:
+def _read_curves(path: Path, warnings: list[str] | None = None,
+                 latest: dict[str, Any] | None = None) -> dict[str, list[tuple[float, float]]]:
     """The CURVES columns of a metrics.csv as (step, value) points. A damaged file is a ValueError naming it; a NaN/Inf
-    value (a diverged evaluation or episode) is left out of the curve with a note in ``warnings``."""
+    value (a diverged evaluation or episode) is left out of the curve with a note in ``warnings``. ``latest`` (when
+    given) gets the furthest row's ``steps`` and ``wall_time_s``: what a run without a summary.json has reached."""
     curves: dict[str, list[tuple[float, float]]] = {name: [] for name in CURVES}
     if not os.path.lexists(path):  # missing: not written yet; anything else there is read (a directory fails, named)
         return curves
@@ -150,6 +163,8 @@ def _read_curves(path: Path, warnings: list[str] | None = None) -> dict[str, lis
                 curves[name].append((step, ret))
             else:  # not a point of the curve, but not passed over in silence either
                 skipped.setdefault(column, []).append(row["step"])
+    if latest is not None and rows:
+        latest.update(_latest_row(path, rows))
     for points in curves.values():  # np.interp needs increasing steps; a file written out of order is read in order
         points.sort(key=lambda point: point[0])
     for column, steps in skipped.items():
@@ -157,6 +172,31 @@ def _read_curves(path: Path, warnings: list[str] | None = None) -> dict[str, lis
             warnings.append(f"{path}: {column} is NaN or infinite in {len(steps)} row(s) (first at step "
                             f"{steps[0]}); left out of the curve")
     return curves
+
+
+def _latest_row(path: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The steps and wall time (seconds of training, over all of a resumed run's segments) of the furthest row."""
+    steps: list[float] = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            step = float(row["step"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: line {line}: step is {row['step']!r}, not a number") from None
+        if not math.isfinite(step) or step < 0:
+            raise ValueError(f"{path}: line {line}: a row with step {row['step']!r} (steps are counts >= 0)")
+        steps.append(step)
+    i = max(range(len(rows)), key=steps.__getitem__)  # the first of the furthest rows (an eval row repeats it)
+    wall: Any = rows[i].get("wall_time")
+    if wall not in (None, ""):
+        try:
+            wall = float(wall)
+        except (TypeError, ValueError):
+            wall = math.nan
+        if not math.isfinite(wall) or wall < 0:
+            raise ValueError(f"{path}: line {i + 2} (step {rows[i]['step']}): wall_time is {rows[i]['wall_time']!r}, "
+                             "not a number of seconds")
+    step = steps[i]
+    return {"steps": int(step) if step.is_integer() else step, "wall_time_s": None if wall in (None, "") else wall}
 
 
 def load_run(path: Path) -> Run:
@@ -179,7 +219,8 @@ def load_run(path: Path) -> Run:
     warnings: list[str] = []
     not_finite: list[str] = []
     summary = _read_json(path / SUMMARY, numbers=SUMMARY_NUMBERS, not_finite=not_finite)
-    if summary is None:
+    has_summary = summary is not None
+    if summary is None:  # in progress, or stopped before writing it: its metrics.csv says how far it got
         summary = {}
     if not_finite:
         warnings.append(f"{path / SUMMARY}: {_are(not_finite)} NaN or infinite; shown as not measured ('-')")
@@ -188,12 +229,14 @@ def load_run(path: Path) -> Run:
                            not_finite=eval_not_finite, flags=("deterministic",))
     if eval_not_finite:
         warnings.append(f"{path / EVALUATED}: {_are(eval_not_finite)} NaN or infinite; shown as not measured ('-')")
-    evaluated_at, trained = (evaluated or {}).get("checkpoint_step"), summary.get("steps")
+    latest: dict[str, Any] = {}
+    curves = _read_curves(path / METRICS, warnings, latest=None if has_summary else latest)
+    run = Run(path, config, summary, curves, evaluated, warnings, set(not_finite), latest)
+    evaluated_at, trained = (evaluated or {}).get("checkpoint_step"), run.measured("steps")
     if evaluated_at is not None and trained is not None and evaluated_at < trained:  # resumed after `robo-rl eval`
         warnings.append(f"{path / EVALUATED}: evaluates the checkpoint at step {int(evaluated_at):,}, but the run has "
                         f"since trained to step {int(trained):,}; `robo-rl eval run_dir={path}` evaluates its final policy")
-    curves = _read_curves(path / METRICS, warnings)
-    return Run(path, config, summary, curves, evaluated, warnings, set(not_finite))
+    return run
 
 
 def _are(keys: list[str]) -> str:
@@ -357,20 +400,20 @@ def compare(paths: str | Path | Sequence[str | Path], group_by: str | Sequence[s
             "label": group.label,
             "config": group.keys,
             "runs": [{"path": str(r.path), "seed": r.seed, "status": r.status, "final_eval_return": r.final,
-                      "best_eval_return": r.best, "steps": r.summary.get("steps"),
+                      "best_eval_return": r.best, "steps": r.measured("steps"),
                       "robo_rl_eval": None if not r.evaluated else {
                           k: r.evaluated.get(k) for k in ("return_mean", "return_std", "episodes", "deterministic",
                                                           "checkpoint_step")},
-                      "wall_time_s": r.summary.get("wall_time_s"), "steps_per_s": r.summary.get("steps_per_s"),
+                      "wall_time_s": r.measured("wall_time_s"), "steps_per_s": r.measured("steps_per_s"),
                       "curve_points": len(r.curves[curve])}
                      for r in group.runs],
             "final_eval_return": _stats(finals),
             "best_eval_return": _stats(bests),
             "robo_rl_eval_return": _stats([float(e["return_mean"]) for e in evaluated]),
             "robo_rl_eval_runs": len(evaluated),
-            "steps": _stats([float(r.summary["steps"]) for r in group.runs if r.summary.get("steps") is not None]),
-            "wall_time_s": _stats([float(r.summary["wall_time_s"]) for r in group.runs if r.summary.get("wall_time_s")]),
-            "steps_per_s": _stats([float(r.summary["steps_per_s"]) for r in group.runs if r.summary.get("steps_per_s")]),
+            "steps": _stats([float(r.measured("steps")) for r in group.runs if r.measured("steps") is not None]),
+            "wall_time_s": _stats([float(r.measured("wall_time_s")) for r in group.runs if r.measured("wall_time_s")]),
+            "steps_per_s": _stats([float(r.measured("steps_per_s")) for r in group.runs if r.measured("steps_per_s")]),
             "curve": mean_curve([r.curves[curve] for r in group.runs]),
             "curve_runs": sum(bool(r.curves[curve]) for r in group.runs),  # the runs it averages
         })

@@ -127,6 +127,28 @@ def test_unfinished_runs_are_shown_from_their_metrics(tmp_path):
     assert g["curve"]["step"] == [100.0]  # only the steps every run has reached
 
 
+def test_a_run_without_a_summary_shows_the_steps_and_wall_time_its_metrics_reached(tmp_path, capsys, monkeypatch):
+    # a run in progress (or killed before its summary.json) showed '-' for env steps, wall time and steps/s, and its
+    # group's means were of the finished runs only, although its metrics.csv has its latest step and wall time
+    write_run(tmp_path / "done", 0, 10.0, [(100, 5.0), (200, 10.0)])  # summary: 200 steps, 60 s, 100 steps/s
+    write_run(tmp_path / "running", 1, None, [(100, 7.0)], summary=False)
+    (tmp_path / "running" / "metrics.csv").write_text(
+        "step,wall_time,rollout/ep_return_mean,eval/return_mean\n100,2.0,3.0,\n100,2.0,,7.0\n150,3.0,4.0,\n")
+    (tmp_path / "running" / "eval.json").write_text(json.dumps(  # evaluated, then resumed: now further on
+        {"return_mean": 7.0, "return_std": 0.0, "episodes": 1, "deterministic": True, "checkpoint_step": 100}))
+    result = compare([tmp_path])
+    (g,) = result["groups"]
+    assert [(r["steps"], r["wall_time_s"], r["steps_per_s"]) for r in g["runs"]] == [(200, 60.0, 100.0), (150, 3.0, 50.0)]
+    assert g["steps"]["mean"] == 175.0 and g["wall_time_s"]["mean"] == 31.5 and g["steps_per_s"]["mean"] == 75.0
+    assert "but the run has since trained to step 150" in result["warnings"][0]
+    assert "| sac Hopper-v5 (1 not completed (seed 1)) | 2 (0, 1) |" in table(result)
+    assert "| 150-200 | 0:31 | 75 |" in table(result)
+    # its metrics are read as a run writes them: a wall time that is not one names the file and line
+    (tmp_path / "running" / "metrics.csv").write_text("step,wall_time,eval/return_mean\n100,2.0,7.0\n150,abc,\n")
+    with pytest.raises(ValueError, match=r"running/metrics\.csv: line 3 \(step 150\): wall_time is 'abc', not a number"):
+        compare([tmp_path])
+
+
 def test_curves_on_different_steps_are_interpolated():
     c = mean_curve([[(0, 0.0), (10, 10.0)], [(0, 0.0), (4, 8.0), (10, 8.0)]])
     assert c["step"] == [0.0, 4.0, 10.0] and c["mean"] == [0.0, 6.0, 9.0]  # every run's steps: 4 is the second's
