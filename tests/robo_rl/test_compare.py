@@ -98,6 +98,19 @@ def test_a_directory_whose_name_holds_brackets_is_that_directory_not_a_pattern(t
     assert (tmp_path / "sw[1]" / "compare.json").is_file() and not (tmp_path / "sw1" / "compare.json").exists()
 
 
+def test_the_config_dir_a_run_read_its_presets_from_does_not_separate_groups(tmp_path):
+    # config.yaml records config_dir (absolute) for `robo-rl train --config-dir DIR`: seeds of one setting, run with
+    # and without it (or from a copy of DIR elsewhere), were split into groups labelled config_dir=None and config_dir=DIR
+    for seed, config_dir in ((0, "null"), (1, "/home/me/presets"), (2, "/mnt/copy/presets")):
+        write_run(tmp_path / f"s{seed}", seed, 10.0 * seed, [(10, 10.0 * seed)])
+        with (tmp_path / f"s{seed}" / "config.yaml").open("a") as f:
+            f.write(f"config_dir: {config_dir}\n")
+    (g,) = compare([tmp_path])["groups"]
+    assert g["label"] == "sac Hopper-v5" and [r["seed"] for r in g["runs"]] == [0, 1, 2]
+    write_run(tmp_path / "lr", 3, 1.0, [(10, 1.0)], lr=1e-3)  # a setting that differs is still named, config_dir not
+    assert sorted(g["label"] for g in compare([tmp_path])["groups"]) == ["algo.lr=0.0003", "algo.lr=0.001"]
+
+
 def test_keys_implied_by_the_algorithm_stay_out_of_labels(tmp_path):
     write_run(tmp_path / "a", 0, 1.0, [(10, 1.0)], algo="sac", lr=3e-4)
     write_run(tmp_path / "b", 0, 2.0, [(10, 2.0)], algo="td3", lr=1e-3)
