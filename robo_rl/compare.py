@@ -15,6 +15,8 @@ import glob
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from robo_rl.config import flatten_config, saved_unit_actions
-from robo_rl.metrics import (complete_lines, format_duration, format_return, return_decimals, save_figure_atomic,
-                             write_text_atomic)
+from robo_rl.metrics import complete_lines, format_duration, format_return, return_decimals, save_figure_atomic
 
 SUMMARY, METRICS, CONFIG, EVALUATED = "summary.json", "metrics.csv", "config.yaml", "eval.json"
 # keys that never separate groups: the seed, where a run was written, and settings that do not change
@@ -504,17 +505,41 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
 
 
 def write(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """compare.json, compare.md and compare.png (when there is a curve) in ``out_dir``: all of them, or, when a write
+    fails (a full disk), none of them, with the earlier comparison there left whole and the directories made for it
+    (a new runs/compare-<time>/) removed."""
     try:  # rendered before anything is written; strict JSON: a bare NaN/Infinity is not JSON
         text, md = json.dumps(result, indent=2, allow_nan=False), table(result) + "\n"
     except ValueError as exc:
         raise ValueError(f"compare.json would not be valid JSON ({exc}); nothing was written") from None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # each through a hidden file renamed over it, the plot (the one most likely to fail) first: a failed write (a
-    # full disk) left a cut compare.png, or a cut compare.json, in place of the earlier comparison's
-    png = plot(result, out_dir / "compare.png")
-    written = {"json": out_dir / "compare.json", "md": out_dir / "compare.md"}
-    write_text_atomic(written["json"], text)
-    write_text_atomic(written["md"], md)
-    if png is not None:
-        written["png"] = png
+    made = []  # the directories this write makes, deepest first
+    parent = Path(out_dir)
+    while not os.path.lexists(parent) and parent != parent.parent:
+        made.append(parent)
+        parent = parent.parent
+    stage = None
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # each file is written whole into a hidden directory first, the plot (the one most likely to fail) first, and
+        # only then moved over the earlier ones: a failed write (a full disk) left a cut compare.png, or a new
+        # compare.png beside the earlier compare.json when compare.json failed
+        stage = Path(tempfile.mkdtemp(prefix=".compare-", suffix=".tmp", dir=out_dir))
+        png = plot(result, stage / "compare.png")
+        (stage / "compare.json").write_text(text, encoding="utf-8", newline="")
+        (stage / "compare.md").write_text(md, encoding="utf-8", newline="")
+        written = {"json": out_dir / "compare.json", "md": out_dir / "compare.md"}
+        if png is not None:
+            written["png"] = out_dir / "compare.png"
+        for path in written.values():
+            (stage / path.name).replace(path)
+    except BaseException:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        for directory in made:  # only what is still empty (nothing of another's put there meanwhile)
+            try:
+                directory.rmdir()
+            except OSError:
+                break
+        raise
+    shutil.rmtree(stage, ignore_errors=True)
     return written

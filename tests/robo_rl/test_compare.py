@@ -527,3 +527,38 @@ def test_a_comparison_that_fails_to_write_leaves_the_earlier_one_whole(tmp_path,
     assert main(["compare", f"runs={tmp_path / 'sweep'}"]) == 1
     assert "writing the comparison failed (No space left on device)" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in (tmp_path / "sweep").glob("*compare.*")} == earlier  # no hidden file
+
+
+def test_a_failed_comparison_leaves_the_earlier_one_whole_and_no_directory_of_its_own(tmp_path, capsys, monkeypatch):
+    # the disk fills while compare.json is written: the new compare.png was already moved over the earlier one (a
+    # plot of three seeds beside the table of two), and a new runs/compare-<time>/ (or out_dir=) was left behind,
+    # empty or holding a plot alone, as if it were a comparison
+    import errno
+
+    monkeypatch.chdir(tmp_path)
+    for seed in (0, 1):
+        write_run(tmp_path / "sweep" / f"seed={seed}", seed, 100.0, [(1000, 10.0), (2000, 100.0)])
+    assert main(["compare", "runs=sweep"]) == 0
+    before = sorted(p.name for p in (tmp_path / "sweep").iterdir())
+    earlier = {p.name: p.read_bytes() for p in (tmp_path / "sweep").glob("compare.*")}
+    real = Path.write_text
+
+    def full_disk(self, *args, **kwargs):
+        if "compare.json" in self.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    write_run(tmp_path / "sweep" / "seed=2", 2, 300.0, [(1000, 10.0), (2000, 300.0)])
+    capsys.readouterr()
+    assert main(["compare", "runs=sweep"]) == 1
+    assert "writing the comparison failed (No space left on device)" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "sweep").glob("compare.*")} == earlier
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == before + ["seed=2"]  # nothing hidden left
+    # the directories it made for the outputs go with them: the default runs/compare-<time>/ (and runs/), an out_dir=
+    assert main(["compare", "runs=sweep/seed=0,sweep/seed=1"]) == 1
+    assert main(["compare", "runs=sweep", "out_dir=new/deep"]) == 1
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()  # a directory that was there before is kept, empty or not
+    assert main(["compare", "runs=sweep", "out_dir=kept/deep"]) == 1
+    assert [p.name for p in tmp_path.joinpath("kept").iterdir()] == []
