@@ -532,6 +532,8 @@ def write(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
             written["png"] = out_dir / "compare.png"
         for path in written.values():
             (stage / path.name).replace(path)
+        if png is None:  # an earlier comparison's plot is not this one's (it had curves this one has not)
+            (out_dir / "compare.png").unlink(missing_ok=True)
     except BaseException:
         if stage is not None:
             shutil.rmtree(stage, ignore_errors=True)

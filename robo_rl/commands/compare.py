@@ -18,8 +18,8 @@ group the table gives the final and best evaluation return (mean ± population s
 each seed's), env steps, wall time and steps/s, and the runs' `robo-rl eval` results where eval.json
 exists. Reads config.yaml, summary.json, metrics.csv and eval.json; trains nothing.
 Writes compare.md (the table), compare.json (all numbers, each run's path) and compare.png (each
-group's mean curve over seeds with the min-max band, the first 10 groups; no plot when no run has
-a curve, e.g. curve=rollout before any training episode ended).
+group's mean curve over seeds with the min-max band, the first 10 groups; no plot, and an earlier
+one there removed, when no run has a curve, e.g. curve=rollout before any training episode ended).
 
 keys:
   runs=<dir>[,<dir>...]  run directories or sweep directories (required; also runs=[a,b]; patterns

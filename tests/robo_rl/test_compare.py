@@ -562,3 +562,14 @@ def test_a_failed_comparison_leaves_the_earlier_one_whole_and_no_directory_of_it
     (tmp_path / "kept").mkdir()  # a directory that was there before is kept, empty or not
     assert main(["compare", "runs=sweep", "out_dir=kept/deep"]) == 1
     assert [p.name for p in tmp_path.joinpath("kept").iterdir()] == []
+
+
+def test_a_comparison_without_a_plot_does_not_leave_an_earlier_ones_plot_beside_it(tmp_path, capsys):
+    # curve=rollout drew compare.png; the same runs with curve=eval (no evaluation yet) have no plot, and the
+    # rollout plot stayed beside the new compare.json and compare.md, read as theirs
+    write_run(tmp_path / "run", 0, None, [(100, 1.0)], summary=False)
+    (tmp_path / "run" / "metrics.csv").write_text("step,wall_time,rollout/ep_return_mean\n100,1.0,-900\n200,2.0,-800\n")
+    assert main(["compare", f"runs={tmp_path / 'run'}", "curve=rollout", f"out_dir={tmp_path / 'out'}"]) == 0
+    assert (tmp_path / "out" / "compare.png").is_file()
+    assert main(["compare", f"runs={tmp_path / 'run'}", f"out_dir={tmp_path / 'out'}"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["compare.json", "compare.md"]
