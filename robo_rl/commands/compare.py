@@ -64,6 +64,7 @@ def compare_main(args: Sequence[str]) -> int:
         return 0
     import errno
     import glob
+    import os
     import time
 
     from robo_rl.compare import compare, table, write
@@ -81,8 +82,12 @@ def compare_main(args: Sequence[str]) -> int:
             out = Path(runs[0])  # one directory (a sweep's, its name may hold brackets: sw[1]): the outputs go in it
         elif len(runs) == 1 and len(matched := glob.glob(runs[0])) == 1 and Path(matched[0]).is_dir():
             out = Path(matched[0])  # a pattern matching one directory, not a directory named after the pattern
-        else:
-            out = Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+        else:  # a new directory: two comparisons in one second (a script's) wrote the second over the first
+            stamp, n = time.strftime('%Y%m%d-%H%M%S'), 1
+            out = Path("runs") / f"compare-{stamp}"
+            while os.path.lexists(out):
+                n += 1
+                out = Path("runs") / f"compare-{stamp}-{n}"
         from sim2real.export import check_out_dir
 
         holds = "compare writes compare.json, compare.md and compare.png into it"

@@ -573,3 +573,19 @@ def test_a_comparison_without_a_plot_does_not_leave_an_earlier_ones_plot_beside_
     assert (tmp_path / "out" / "compare.png").is_file()
     assert main(["compare", f"runs={tmp_path / 'run'}", f"out_dir={tmp_path / 'out'}"]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["compare.json", "compare.md"]
+
+
+def test_two_comparisons_in_one_second_get_a_directory_each(tmp_path, capsys, monkeypatch):
+    # the default runs/compare-<time> has a one-second resolution: a script's second comparison wrote over the first's
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(time, "strftime", lambda fmt, *args: "20261206-100000")  # one second for all of them
+    for seed in (0, 1, 2):
+        write_run(tmp_path / f"s{seed}", seed, 10.0 * seed, [(10, 10.0 * seed)])
+    assert main(["compare", "runs=s0,s1"]) == 0
+    assert main(["compare", "runs=s1,s2"]) == 0
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["compare-20261206-100000", "compare-20261206-100000-2"]
+    for name, seeds in (("compare-20261206-100000", [0, 1]), ("compare-20261206-100000-2", [1, 2])):
+        result = json.loads((tmp_path / "runs" / name / "compare.json").read_text())
+        assert [r["seed"] for r in result["groups"][0]["runs"]] == seeds
