@@ -29,7 +29,9 @@ from envs.randomization import (RandomizationSpec, Randomizer, apply_to_model, c
                                 nominal_values)
 from envs.resources import usable_cpus
 
-log = logging.getLogger(__name__)
+# a child of the "robo_rl" logger (a name, not an import: envs does not import robo_rl): under robo-rl its warnings
+# read "robo-rl: warning: ..." on the console and are in train.log; "envs.gymnasium_backend" came bare, and not in the file
+log = logging.getLogger("robo_rl.envs.gymnasium_backend")
 
 
 def check_task_id(task_id: str) -> gym.envs.registration.EnvSpec:

@@ -62,7 +62,9 @@ import torch
 
 from envs.base import BatchedEnv, MissingDependency, StepResult, same_device
 
-log = logging.getLogger(__name__)
+# a child of the "robo_rl" logger (a name, not an import: envs does not import robo_rl): under robo-rl its warnings
+# read "robo-rl: warning: ..." on the console and are in train.log; "envs.isaac" came bare, and not in the file
+log = logging.getLogger("robo_rl.envs.isaac")
 
 #: what an Isaac Lab task id needs (Isaac Lab >= 2: the isaaclab packages; 1.x's omni.isaac.lab is not supported)
 ISAAC_LAB_PACKAGES = ("isaaclab", "isaaclab_tasks", "isaaclab_rl", "rsl_rl")

@@ -27,7 +27,9 @@ from envs.base import BatchedEnv, MissingDependency, StepResult
 from envs.mujoco.tasks import Sim, Task, task_for
 from envs.randomization import RandomizationSpec, Randomizer, check_action_delay, env_ids, pair_friction_scale
 
-log = logging.getLogger(__name__)
+# a child of the "robo_rl" logger (a name, not an import: envs does not import robo_rl): under robo-rl its warnings
+# read "robo-rl: warning: ..." on the console and are in train.log; "envs.mjwarp" came bare, and not in the file
+log = logging.getLogger("robo_rl.envs.mjwarp")
 
 # per-world model arrays each physics factor scales
 _FIELDS_OF = {

@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import abc
 import inspect
+import logging
 import numbers
 from typing import Any, ClassVar
 
 import numpy as np
+
+# a child of the "robo_rl" logger (a name, not an import: envs does not import robo_rl): under robo-rl, the console and
+# train.log
+log = logging.getLogger("robo_rl.envs.mujoco.tasks")
 
 # Constructor arguments of the gymnasium classes that only concern rendering; they do not change the
 # simulation. The batched backends' render() uses default_camera_config, width and height as gymnasium does
@@ -491,10 +496,10 @@ class HumanoidStandup(Humanoid):
     def __init__(self, kwargs):
         super().__init__(kwargs)
         if self.p["uph_cost_weight"] != self.gym_defaults()["uph_cost_weight"]:
-            import warnings
-
-            warnings.warn(f"{self.gym_id}: uph_cost_weight={self.p['uph_cost_weight']} has no effect (gymnasium v5's "
-                          "reward never reads it; robo-rl's batched task matches gymnasium)", stacklevel=2)
+            # a log warning, not warnings.warn: that printed "<file>:<line>: UserWarning: ..." with a source line, was not
+            # in train.log, and was shown once per process (a -m sweep's later jobs said nothing)
+            log.warning(f"{self.gym_id}: uph_cost_weight={self.p['uph_cost_weight']} has no effect (gymnasium v5's "
+                        "reward never reads it; robo-rl's batched task matches gymnasium)")
 
     def before_step(self, sim):
         return None

@@ -3,6 +3,8 @@
 The first run compiles Warp's kernels (tens of seconds); later runs use ~/.cache/warp.
 """
 
+import logging
+
 import pytest
 import torch
 
@@ -116,9 +118,10 @@ def test_renders(pair):
     assert frame.shape[2] == 3 and frame.std() > 5
 
 
-def test_humanoid_models_run_with_newton_and_track_the_exact_backend(caplog):
+def test_humanoid_models_run_with_newton_and_track_the_exact_backend(caplog, monkeypatch):
     # gymnasium's humanoid XMLs name the PGS solver, which MuJoCo Warp lacks: it switches to Newton, says so
-    with caplog.at_level("WARNING", logger="envs.mjwarp"):
+    monkeypatch.setattr(logging.getLogger("robo_rl"), "propagate", True)  # a CLI test may have turned it off
+    with caplog.at_level("WARNING", logger="robo_rl"):  # a child of robo_rl's: the console and train.log
         warp_env = make_env("HumanoidStandup-v5", 2, backend="mjwarp", device="cpu")
     assert "no PGS solver" in caplog.text and warp_env.solver_note
     exact = make_env("HumanoidStandup-v5", 2, backend="mujoco")

@@ -206,11 +206,21 @@ def test_kwargs_change_the_task_like_gymnasium():
     assert ref.step(a[0])[1] == ours.step_numpy(a)[1][0]
 
 
-def test_humanoidstandup_says_gymnasium_ignores_uph_cost_weight():
+def test_humanoidstandup_says_gymnasium_ignores_uph_cost_weight(caplog, monkeypatch):
+    # on a logger under "robo_rl" (the console and train.log under robo-rl), not as a Python UserWarning: that
+    # printed "<file>:<line>: UserWarning: ...", was not in train.log, and was shown once per process
+    import logging
+    import warnings
+
     from envs.mujoco.tasks import task_for
 
-    with pytest.warns(UserWarning, match="uph_cost_weight=2.0 has no effect"):
+    monkeypatch.setattr(logging.getLogger("robo_rl"), "propagate", True)  # a CLI test may have turned it off
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="robo_rl"):
+        warnings.simplefilter("error")
         task_for("HumanoidStandup-v5", {"uph_cost_weight": 2.0})
+    assert [(r.name.split(".")[0], r.levelno, r.getMessage()) for r in caplog.records] == [
+        ("robo_rl", logging.WARNING, "HumanoidStandup-v5: uph_cost_weight=2.0 has no effect (gymnasium v5's reward "
+         "never reads it; robo-rl's batched task matches gymnasium)")]
 
 
 def _with_acceleration_sensor(tmp_path, asset):

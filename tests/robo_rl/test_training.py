@@ -1131,6 +1131,48 @@ def test_every_warning_on_the_console_and_in_train_log_is_marked_as_one(tmp_path
     assert console.format(record(logging.WARNING, "robo-rl: warning: cannot lock r")) == "robo-rl: warning: cannot lock r"
     assert console.format(record(logging.INFO, "resumed from step_0000000300")) == "resumed from step_0000000300"
 
+
+@pytest.fixture
+def console_err(monkeypatch, capsys):
+    """capsys for the console handler train() adds (bound to this test's stderr, dropped afterwards), and a handler on
+    the root logger, as a user's program's logging.basicConfig() adds: what robo-rl logs must not go through it too."""
+    import logging
+
+    logger = logging.getLogger("robo_rl")
+    monkeypatch.setattr(logger, "handlers", [h for h in logger.handlers if not getattr(h, "_robo_rl", False)])
+    monkeypatch.setattr(logger, "propagate", logger.propagate)  # train() turns it off: as it was, afterwards
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.records = []
+
+        def emit(self, record):
+            self.records.append(record)
+
+    user = Records()
+    logging.getLogger().addHandler(user)
+    yield lambda: (capsys.readouterr().err.splitlines(), [r.getMessage() for r in user.records])
+    logging.getLogger().removeHandler(user)
+
+
+def test_a_warning_of_the_envs_is_on_the_console_once_and_in_train_log(tmp_path, monkeypatch, console_err):
+    # envs log to loggers of their own; named outside "robo_rl" ("envs.gymnasium_backend"), their warnings came bare
+    # on stderr (Python's last-resort handler) or through a user's logging.basicConfig() ("WARNING:envs.gymnasium_...")
+    # and were missing from train.log
+    monkeypatch.setattr("envs.gymnasium_backend.usable_cpus", lambda: 1)
+    train(compose(*SMALL_SAC, "env.backend=gymnasium", "env.vectorization=async", "env.num_envs=2", "steps=20"),
+          tmp_path / "run")
+    note = ("robo-rl: warning: Pendulum-v1: vectorization=async starts one worker process per env, 2 on 1 CPU(s); "
+            "workers beyond the CPU count only add switching. Fewer envs, vectorization=sync, or env.backend=mujoco "
+            "(threads, for the MuJoCo tasks it covers) step faster")
+    err, through_root = console_err()
+    assert [line for line in err if "vectorization=async" in line] == [note]
+    assert [line.split(" ", 2)[2] for line in (tmp_path / "run" / "train.log").read_text().splitlines()
+            if "vectorization=async" in line] == [note]  # after its time stamp
+    assert through_root == []
+
+
 # -- loop audit (session 28): NaN/Inf met in an evaluation ---------------------------------------------------------
 
 
