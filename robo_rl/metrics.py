@@ -29,6 +29,25 @@ class LogFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+class OnceEach(logging.Filter):
+    """A handler's filter that lets each warning through once, word for word (for one run: train.py): the evaluation
+    envs, built from the training envs' config, repeated the notes their build gives (MuJoCo Warp's solver,
+    HumanoidStandup's uph_cost_weight) on the console and in train.log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING:
+            return True
+        key = (record.name, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
 def setup_console_logging(level: int = logging.INFO) -> None:
     """Plain `message` lines on stderr for the robo_rl logger (idempotent)."""
     if not any(getattr(h, "_robo_rl", False) for h in log.handlers):

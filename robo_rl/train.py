@@ -22,7 +22,7 @@ from robo_rl.config import compose_config, naming_user_file  # (here too: robo_r
 from robo_rl.build import build_env_checked, build_learner, build_policy, build_runner, check_env_runs, check_safety
 from robo_rl.defaults import resolve_defaults, task_defaults
 from robo_rl.validation import ConfigError, check_device, validate
-from robo_rl.metrics import LogFormatter, setup_console_logging, write_text_atomic
+from robo_rl.metrics import LogFormatter, OnceEach, setup_console_logging, write_text_atomic
 from robo_rl.memory import buffers_needed, check_fits
 from robo_rl.checkpoint import checkpoint_step, list_checkpoints, recover
 from robo_rl.learners.gorl import refit_updates
@@ -195,11 +195,17 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, cli_overrides: Ite
         raise ConfigError(f"train(cfg, run_dir={str(run_dir)!r}): {problem}")
     held = _Held()
     log.addHandler(held)
+    # each warning once in the run (each handler its own filter: what the console has shown, train.log must still get)
+    once = [(h, OnceEach()) for h in log.handlers if getattr(h, "_robo_rl", False) or h is held]
+    for handler, each in once:
+        handler.addFilter(each)
     threads = torch.get_num_threads()  # threads= applies to the run, not to the caller's process afterwards
     try:
         return _train(cfg, Path(run_dir), cli_overrides, held)
     finally:
         log.removeHandler(held)
+        for handler, each in once:
+            handler.removeFilter(each)
         torch.set_num_threads(threads)
 
 
@@ -371,6 +377,7 @@ def _run(cfg: DictConfig, run_dir: Path, env: Any, eval_env: Any, learner: Any, 
     save_run_config(cfg, run_dir)  # a resume records what it changed (steps=...), so the next one keeps it
     file_handler = logging.FileHandler(run_dir / "train.log")
     file_handler.setFormatter(LogFormatter("%(asctime)s %(message)s"))
+    file_handler.addFilter(OnceEach())
     for record in held.records:  # the start-up's lines (e.g. what a resume changed) belong in the file too
         file_handler.handle(record)
     log.removeHandler(held)

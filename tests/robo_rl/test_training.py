@@ -1173,6 +1173,19 @@ def test_a_warning_of_the_envs_is_on_the_console_once_and_in_train_log(tmp_path,
     assert through_root == []
 
 
+def test_a_warning_the_evaluation_envs_build_repeats_is_given_once(tmp_path, console_err):
+    # the evaluation envs are built from the training envs' config: their build's notes (HumanoidStandup's
+    # uph_cost_weight, MuJoCo Warp's solver) came twice, on the console and in train.log
+    train(compose(*SMALL_SAC, "env=humanoidstandup", "env.kwargs.uph_cost_weight=2.0", "env.num_envs=1",
+                  "env.max_episode_steps=10", "eval.episodes=1", "eval.num_envs=1", "steps=10"), tmp_path / "run")
+    note = ("robo-rl: warning: HumanoidStandup-v5: uph_cost_weight=2.0 has no effect (gymnasium v5's reward never "
+            "reads it; robo-rl's batched task matches gymnasium)")
+    err, through_root = console_err()
+    assert [line for line in err if "uph_cost_weight" in line] == [note]
+    assert [line.split(" ", 2)[2] for line in (tmp_path / "run" / "train.log").read_text().splitlines()
+            if "uph_cost_weight" in line] == [note]
+    assert through_root == []
+
 # -- loop audit (session 28): NaN/Inf met in an evaluation ---------------------------------------------------------
 
 
