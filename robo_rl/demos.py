@@ -359,7 +359,7 @@ def warm_start(cfg: Any, learner: Any, replay: Any | None, demos: dict[str, torc
     if costs and COST_KEY not in demos:  # checked before pretraining: the preload would fail after it
         raise DemoError(_no_costs(d.path))  # (train() has load_demos check it, before the run directory is made)
     if int(d.pretrain_steps) == 0 and not preload:  # the file was read and checked, and nothing uses it
-        log.warning(f"robo-rl: warning: demos.path={d.path} is not used: demos.pretrain_steps=0 pretrains nothing, and "
+        log.warning(f"demos.path={d.path} is not used: demos.pretrain_steps=0 pretrains nothing, and "
                     + ("demos.replay=false preloads nothing; set demos.pretrain_steps > 0 or demos.replay=true"
                        if replay is not None else f"algo={cfg.algo.name} has no replay buffer to preload them into; "
                        "set demos.pretrain_steps > 0") + ", or leave out demos.path")

@@ -44,7 +44,7 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
     try:
         unsupported = _lock_or_refuse(fd, run_dir)
         if unsupported is not None:
-            log.warning(f"robo-rl: warning: cannot lock {run_dir} ({unsupported}); nothing stops a second process "
+            log.warning(f"cannot lock {run_dir} ({unsupported}); nothing stops a second process "
                         "writing there")
         else:
             os.ftruncate(fd, 0)

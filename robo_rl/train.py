@@ -285,7 +285,7 @@ def _log_start(cfg: DictConfig, env: Any, eval_env: Any, learner: Any, demos: An
         limit = getattr(getattr(env, "env", None), "max_episode_length", None)
         per_env = int(cfg.eval.every) // env.num_envs
         if isinstance(limit, (int, float)) and not isinstance(limit, bool) and 0 < per_env < limit:
-            log.warning(f"robo-rl: warning: evaluations every {int(cfg.eval.every):,} steps are {per_env} steps per env, "
+            log.warning(f"evaluations every {int(cfg.eval.every):,} steps are {per_env} steps per env, "
                         f"fewer than the {int(limit)}-step episodes: each evaluation cuts the training episodes under way, "
                         f"so the training return counts only episodes shorter than {per_env} steps, and each evaluation "
                         f"steps all {env.num_envs} envs for up to {2 * int(limit)} steps; set eval.every >= "
@@ -303,13 +303,13 @@ def _log_start(cfg: DictConfig, env: Any, eval_env: Any, learner: Any, demos: An
     # With demos.pretrain_steps=0 the policy starts untrained, whatever the file preloads into replay.
     cold = not (cfg.demos.get("path") and int(cfg.demos.get("pretrain_steps") or 0) > 0)
     if starts is not None and int(cfg.steps) < int(starts) and cold:
-        log.warning(f"robo-rl: warning: steps={int(cfg.steps):,} ends before algo.learning_starts="
+        log.warning(f"steps={int(cfg.steps):,} ends before algo.learning_starts="
                     f"{int(starts):,}, so the policy is never updated (every action is uniform random); "
                     "lower algo.learning_starts or raise steps")
     updates = _gradient_updates(cfg, env, learner)
     utd = cfg.algo.get("utd") if starts is not None else None
     if utd is not None and cold and int(cfg.steps) > int(starts) and updates == 0:
-        log.warning(f"robo-rl: warning: algo.utd={float(utd):g} over the {int(cfg.steps) - int(starts):,} steps after "
+        log.warning(f"algo.utd={float(utd):g} over the {int(cfg.steps) - int(starts):,} steps after "
                     "algo.learning_starts makes no gradient update (the policy is never trained); raise algo.utd or steps")
     # counters of updates between two of a network's updates
     if learner.kind == "off_policy" and cold and updates:
@@ -318,12 +318,12 @@ def _log_start(cfg: DictConfig, env: Any, eval_env: Any, learner: Any, demos: An
             every = cfg.algo.get(key)
             if every is not None and int(every) > updates:
                 plural = "s" if updates > 1 else ""
-                log.warning(f"robo-rl: warning: algo.{key}={int(every):,} is more than the run's {updates:,} gradient "
+                log.warning(f"algo.{key}={int(every):,} is more than the run's {updates:,} gradient "
                             f"update{plural}, so {what} never updated; lower algo.{key} to at most {updates:,} or raise steps")
     size, batch = cfg.algo.get("dataset_size"), cfg.algo.get("refit_batch_size")
     if (size is not None and batch is not None and int(size) < int(batch) and int(cfg.algo.refit_epochs) > 0
             and _decoder_refits(cfg, updates)):
-        log.warning(f"robo-rl: warning: algo.dataset_size={int(size):,} is smaller than algo.refit_batch_size="
+        log.warning(f"algo.dataset_size={int(size):,} is smaller than algo.refit_batch_size="
                     f"{int(batch):,}: each decoder refit trains on at most {int(size):,} (s, a) pair(s), fewer than one "
                     f"minibatch; raise algo.dataset_size to at least {int(batch):,}")
 

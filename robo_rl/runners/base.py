@@ -268,7 +268,7 @@ class Runner(RunnerCheckpoints, abc.ABC):
             self.update_obs_norm(self.obs)
             largest = float(self.obs.abs().max())
             if not self.policy.obs_norm.enabled and largest > 1e3:
-                log.warning(f"robo-rl: warning: {self.env.task_id}'s observations reach {largest:.3g} in magnitude and "
+                log.warning(f"{self.env.task_id}'s observations reach {largest:.3g} in magnitude and "
                             "policy.normalize_obs=false, so the networks see them raw (inputs of 1e6 overflowed EXPO's "
                             "and PA-RL's optimizer moments within 300 steps); set policy.normalize_obs=true")
             self.reset_obs_counted = True  # the on-policy runner's first rollout holds them again
@@ -389,7 +389,7 @@ class Runner(RunnerCheckpoints, abc.ABC):
                 if status == "completed":
                     raise RunWriteError(f"training completed, but writing {exc.filename or 'summary.json'} failed "
                                         f"({exc.strerror or exc}); the final checkpoint is {self._last_checkpoint}") from exc
-                log.warning(f"robo-rl: warning: could not write the run's summary either ({exc.strerror or exc})")
+                log.warning(f"could not write the run's summary either ({exc.strerror or exc})")
         return summary
 
     def _write_row(self, wall: float, t_start: float) -> None:

@@ -218,6 +218,7 @@ def test_demonstrations_nothing_uses_are_said_to_be_unused(tmp_path, overrides, 
     import logging
 
     from robo_rl.demos import warm_start
+    from robo_rl.metrics import LogFormatter
 
     demos_path = pendulum_demos(tmp_path / "d.npz")
     cfg, _ = prepare(compose(*overrides, "env=pendulum", f"demos.path={demos_path}", "demos.pretrain_steps=0"),
@@ -234,9 +235,12 @@ def test_demonstrations_nothing_uses_are_said_to_be_unused(tmp_path, overrides, 
         assert warm_start(cfg, learner, replay, demos) == {}
     finally:
         logging.getLogger("robo_rl").removeHandler(handler)
-    assert [r.getMessage() for r in records] == [
-        f"robo-rl: warning: demos.path={demos_path} is not used: demos.pretrain_steps=0 pretrains nothing, and {why}, "
-        "or leave out demos.path"]
+    said = (f"demos.path={demos_path} is not used: demos.pretrain_steps=0 pretrains nothing, and {why}, "
+            "or leave out demos.path")
+    assert [LogFormatter("%(message)s").format(r) for r in records] == [f"robo-rl: warning: {said}"]  # the console's line
+    # the prefix is the formatter's alone: written into the message too, a user's own handler on the robo_rl logger
+    # ("%(levelname)s: %(message)s") read "WARNING: robo-rl: warning: demos.path=..."
+    assert [(r.levelno, r.getMessage()) for r in records] == [(logging.WARNING, said)]
 
 
 @pytest.mark.parametrize("case, problem", [
