@@ -12,6 +12,7 @@ import copy
 import difflib
 import importlib
 import logging
+import multiprocessing
 import os
 import signal
 import time
@@ -25,6 +26,7 @@ from gymnasium.vector.async_vector_env import AsyncState
 
 from envs.base import (BatchedEnv, EpisodeTracker, MissingDependency, StepResult, WorkerDied, check_box_spaces,
                        episode_to_torch)
+from envs.mujoco_log import WorkerWarnings
 from envs.randomization import (RandomizationSpec, Randomizer, apply_to_model, check_action_delay, env_ids, gain_problem,
                                 nominal_values)
 from envs.resources import usable_cpus
@@ -192,7 +194,8 @@ class _PhysicsAtReset(gym.Wrapper):
 
 
 def _make_thunk(task_id: str, kwargs: dict[str, Any], max_episode_steps: int | None, physics: bool,
-                render: bool = False, worker: bool = False) -> Callable[[], gym.Env]:
+                render: bool = False, worker: bool = False,
+                mujoco_warnings: WorkerWarnings | None = None) -> Callable[[], gym.Env]:
     parent = os.getpid()  # AsyncVectorEnv also calls a thunk in this process, for the spaces
 
     def thunk() -> gym.Env:
@@ -205,6 +208,8 @@ def _make_thunk(task_id: str, kwargs: dict[str, Any], max_episode_steps: int | N
             # the worker (the runner's) is not the worker's: SIGTERM ends a worker as a plain kill does.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            if mujoco_warnings is not None:
+                mujoco_warnings.forward()  # logged by the main process (the console once, and train.log)
         extra = {"render_mode": "rgb_array"} if render else {}
         env = gym.make(task_id, max_episode_steps=max_episode_steps, **kwargs, **extra)
         return _Snapshot(_PhysicsAtReset(env) if physics else env)
@@ -289,7 +294,11 @@ class GymnasiumBatchedEnv(BatchedEnv):
         limit = probe.spec.max_episode_steps if probe.spec is not None else None
         probe.close()
         check_action_delay(task_id, self.randomize, num_envs, int(np.prod(probe.action_space.shape)), limit)
-        thunks = [_make_thunk(task_id, kwargs, max_episode_steps, physics, render, vectorization == "async")] * num_envs
+        # (a worker started by spawn or forkserver has MuJoCo's own handler, not this process's routing: nothing to send)
+        forked = vectorization == "async" and multiprocessing.get_start_method() == "fork"
+        self._mujoco_warnings = WorkerWarnings() if forked else None
+        thunks = [_make_thunk(task_id, kwargs, max_episode_steps, physics, render, vectorization == "async",
+                              self._mujoco_warnings)] * num_envs
         self._can_render = render
         self._workers_lost: str | None = None  # why the async workers are gone (see _vector_call)
         self.render_mode = "rgb_array" if render else None  # read by SB3's VecEnv view (venv.render, VecVideoRecorder)
@@ -301,7 +310,12 @@ class GymnasiumBatchedEnv(BatchedEnv):
                 log.warning(f"{task_id}: vectorization=async starts one worker process per env, {num_envs} on {cpus} "
                             f"CPU(s); workers beyond the CPU count only add switching. Fewer envs, vectorization=sync, "
                             f"or env.backend=mujoco (threads, for the MuJoCo tasks it covers) step faster")
-            self._vec = AsyncVectorEnv(thunks, autoreset_mode=AutoresetMode.SAME_STEP)
+            try:
+                self._vec = AsyncVectorEnv(thunks, autoreset_mode=AutoresetMode.SAME_STEP)
+            except BaseException:
+                if self._mujoco_warnings is not None:
+                    self._mujoco_warnings.close()  # (its pipe)
+                raise
         self.task_id = task_id
         self.num_envs = num_envs
         self.vectorization = vectorization
@@ -544,6 +558,9 @@ class GymnasiumBatchedEnv(BatchedEnv):
         except Exception as exc:
             self._stop_after_task_error(method, exc)
             raise
+        finally:
+            if self._mujoco_warnings is not None:
+                self._mujoco_warnings.drain()
 
     def _stop_after_task_error(self, method: Callable[..., Any], exc: BaseException) -> None:
         """After gymnasium forwarded a task's own error from a worker process it has shut that worker down (its pipe is
@@ -587,6 +604,8 @@ class GymnasiumBatchedEnv(BatchedEnv):
             self._vec.close(terminate=True)
         else:
             self._vec.close()
+        if self._mujoco_warnings is not None:
+            self._mujoco_warnings.close()
 
     def _to_tensor(self, x: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.device)

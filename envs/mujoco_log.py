@@ -13,6 +13,9 @@ by the envs (reset, ``info["diverged"]``, the ``rollout/diverged_resets`` count)
 from __future__ import annotations
 
 import logging
+import os
+import select
+import sys
 from collections import Counter
 
 log = logging.getLogger("robo_rl.mujoco")
@@ -38,3 +41,54 @@ def route_mujoco_warnings() -> None:
     import mujoco
 
     mujoco.set_mju_user_warning(handle)
+
+
+class WorkerWarnings:
+    """MuJoCo's warnings in the worker processes of an async env (``env.vectorization=async``), logged by the main
+    process: logged in each worker (a forked copy of this module, its counts and the run's handlers), one warning came
+    once per worker on the console and never in train.log (the worker's copy of the run's handlers kept it).
+
+    The workers write each message to a pipe in one write under ``PIPE_BUF`` bytes (atomic: no lock that a killed
+    worker could leave held, no message cut in two), never waiting (a full pipe drops the message); the main process
+    reads it after each call to its workers (``drain``), through ``handle``: once per kind, repeats at debug level."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self._rest = b""
+
+    def forward(self) -> None:
+        """In a worker process: send its MuJoCo warnings to the main process, if that routed them to ``handle``."""
+        mujoco = sys.modules.get("mujoco")  # (not imported: nothing routed, and nothing to forward)
+        if mujoco is not None and mujoco.get_mju_user_warning() is handle:
+            mujoco.set_mju_user_warning(self._send)
+
+    def _send(self, message: str) -> None:
+        try:
+            os.write(self._write, message.encode("utf-8", "replace")[:getattr(select, "PIPE_BUF", 512) - 1] + b"\0")
+        except OSError:  # the pipe is full (the main process reads it at its next step) or closed
+            pass
+
+    def drain(self) -> None:
+        """In the main process: log what the workers sent so far."""
+        if self._read < 0:
+            return
+        while True:
+            try:
+                chunk = os.read(self._read, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            self._rest += chunk
+        *messages, self._rest = self._rest.split(b"\0")
+        for message in messages:
+            handle(message.decode("utf-8", "replace"))
+
+    def close(self) -> None:
+        self.drain()
+        for fd in (self._read, self._write):
+            if fd >= 0:
+                os.close(fd)
+        self._read = self._write = -1

@@ -5,9 +5,11 @@ from pathlib import Path
 
 import gymnasium
 import mujoco
+import numpy as np
 import pytest
+import torch
 
-from envs import mujoco_log
+from envs import make_env, mujoco_log
 
 UNSTABLE = """<mujoco><option timestep="0.01"/><worldbody><body><joint name="j" type="hinge"/>
 <geom type="capsule" size=".1" fromto="0 0 0 1 0 0" mass="1"/></body></worldbody>
@@ -43,4 +45,50 @@ def test_warnings_go_to_logging_once_and_nothing_is_written(routed, caplog):
     unstable = [r for r in caplog.records if "CTRL" in r.getMessage()]
     assert [r.levelno for r in unstable] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
     assert unstable[-1].getMessage().endswith("(x3)")
+    assert not (routed / "MUJOCO_LOG.TXT").exists()
+
+
+class Unstable(gymnasium.Env):
+    """UNSTABLE, given a NaN control at its 3rd step: MuJoCo warns (and resets the simulation)."""
+
+    observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (1,), np.float64)
+    action_space = gymnasium.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def __init__(self):
+        self.model = mujoco.MjModel.from_xml_string(UNSTABLE)
+        self.data = mujoco.MjData(self.model)
+        self.t = 0
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        mujoco.mj_resetData(self.model, self.data)
+        self.t = 0
+        return np.zeros(1), {}
+
+    def step(self, action):
+        self.t += 1
+        self.data.ctrl[:] = float("nan") if self.t == 3 else action
+        mujoco.mj_step(self.model, self.data)
+        return np.zeros(1), 0.0, False, False, {}
+
+
+gymnasium.register("robo_rl_test/MujocoLogUnstable-v0", entry_point=Unstable, max_episode_steps=20)
+
+
+def test_the_warnings_of_async_workers_are_logged_by_the_main_process(routed, caplog, monkeypatch):
+    # logged in each worker process (its own copy of this module and of the run's handlers), a warning came once
+    # per worker on the console, and never in train.log
+    monkeypatch.setattr(logging.getLogger("robo_rl"), "propagate", True)  # a CLI test may have turned it off
+    caplog.set_level(logging.DEBUG, logger="robo_rl.mujoco")
+    env = make_env("robo_rl_test/MujocoLogUnstable-v0", num_envs=2, vectorization="async")
+    try:
+        env.reset(seed=0)
+        for _ in range(3):
+            env.step(torch.zeros(2, 1))
+        warning = "MuJoCo: Nan, Inf or huge value in CTRL at ACTUATOR 0. The simulation is unstable. Time = 0.0200."
+        # by the step that warned (train.log is the run's until it ends), once per kind as in one process
+        assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+            (logging.WARNING, warning), (logging.DEBUG, f"{warning} (x2)")]
+    finally:
+        env.close()
     assert not (routed / "MUJOCO_LOG.TXT").exists()
