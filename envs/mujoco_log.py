@@ -37,9 +37,12 @@ def handle(message: str) -> None:
 
 
 def route_mujoco_warnings() -> None:
-    """Send MuJoCo's warnings to ``handle`` for this process (and processes forked from it)."""
+    """Send MuJoCo's warnings to ``handle`` for this process (and processes forked from it), each kind counted afresh:
+    train() calls this for each run, whose train.log then has the first of each kind (the counts of a -m sweep's
+    earlier jobs left its later jobs' at debug level, in neither their train.log nor on the console)."""
     import mujoco
 
+    counts.clear()
     mujoco.set_mju_user_warning(handle)
 
 

@@ -48,6 +48,19 @@ def test_warnings_go_to_logging_once_and_nothing_is_written(routed, caplog):
     assert not (routed / "MUJOCO_LOG.TXT").exists()
 
 
+def test_each_run_logs_the_first_warning_of_each_kind(routed, caplog):
+    # train() routes the warnings at the start of each run: a -m sweep's later jobs (one process) logged a kind their
+    # earlier jobs had met at debug level only, in neither their train.log nor on the console
+    caplog.set_level(logging.DEBUG, logger="robo_rl.mujoco")
+    model = mujoco.MjModel.from_xml_string(UNSTABLE)
+    for run in range(2):
+        mujoco_log.route_mujoco_warnings()  # as train() does
+        for _ in range(2):
+            data = mujoco.MjData(model)
+            data.ctrl[:] = float("nan")
+            mujoco.mj_step(model, data)
+    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.DEBUG] * 2
+
 class Unstable(gymnasium.Env):
     """UNSTABLE, given a NaN control at its 3rd step: MuJoCo warns (and resets the simulation)."""
 
