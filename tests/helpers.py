@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
 
@@ -106,3 +108,22 @@ def check_reset_first_and_closed_named(env, extra_after_close=(), simulation=Non
             call()
     assert all(torch.equal(v, factors[k]) for k, v in env.physics_params().items())
     env.close()
+
+
+@contextlib.contextmanager
+def robo_rl_records(level: int = logging.DEBUG):
+    """The log records that reach the "robo_rl" logger's handlers (under robo-rl: the console and train.log), at
+    ``level`` and above. (caplog reads the root logger's: it saw nothing once a train() had turned the robo_rl logger's
+    propagation off, and each record twice once pytest had also put its capture handlers on that logger.)"""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("robo_rl")
+    was = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(was)

@@ -9,6 +9,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from envs import make_env
 from envs.mujoco import TASKS, MujocoBatchedEnv
+from tests.helpers import robo_rl_records
 
 # Tasks that rarely end on their own get a short time limit so the comparison crosses resets.
 LIMITS = {"HalfCheetah-v5": 120, "Swimmer-v5": 120, "Reacher-v5": None, "Pusher-v5": None, "HumanoidStandup-v5": 60}
@@ -206,21 +207,20 @@ def test_kwargs_change_the_task_like_gymnasium():
     assert ref.step(a[0])[1] == ours.step_numpy(a)[1][0]
 
 
-def test_humanoidstandup_says_gymnasium_ignores_uph_cost_weight(caplog, monkeypatch):
-    # on a logger under "robo_rl" (the console and train.log under robo-rl), not as a Python UserWarning: that
+def test_humanoidstandup_says_gymnasium_ignores_uph_cost_weight():
+    # to the robo_rl logger's handlers (the console and train.log under robo-rl), not as a Python UserWarning: that
     # printed "<file>:<line>: UserWarning: ...", was not in train.log, and was shown once per process
     import logging
     import warnings
 
     from envs.mujoco.tasks import task_for
 
-    monkeypatch.setattr(logging.getLogger("robo_rl"), "propagate", True)  # a CLI test may have turned it off
-    with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="robo_rl"):
+    with warnings.catch_warnings(), robo_rl_records(logging.WARNING) as records:
         warnings.simplefilter("error")
         task_for("HumanoidStandup-v5", {"uph_cost_weight": 2.0})
-    assert [(r.name.split(".")[0], r.levelno, r.getMessage()) for r in caplog.records] == [
-        ("robo_rl", logging.WARNING, "HumanoidStandup-v5: uph_cost_weight=2.0 has no effect (gymnasium v5's reward "
-         "never reads it; robo-rl's batched task matches gymnasium)")]
+    assert [(r.levelno, r.getMessage()) for r in records] == [
+        (logging.WARNING, "HumanoidStandup-v5: uph_cost_weight=2.0 has no effect (gymnasium v5's reward never reads "
+         "it; robo-rl's batched task matches gymnasium)")]
 
 
 def _with_acceleration_sensor(tmp_path, asset):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from envs import make_env, mujoco_log
+from tests.helpers import robo_rl_records
 
 UNSTABLE = """<mujoco><option timestep="0.01"/><worldbody><body><joint name="j" type="hinge"/>
 <geom type="capsule" size=".1" fromto="0 0 0 1 0 0" mass="1"/></body></worldbody>
@@ -48,18 +49,18 @@ def test_warnings_go_to_logging_once_and_nothing_is_written(routed, caplog):
     assert not (routed / "MUJOCO_LOG.TXT").exists()
 
 
-def test_each_run_logs_the_first_warning_of_each_kind(routed, caplog):
+def test_each_run_logs_the_first_warning_of_each_kind(routed):
     # train() routes the warnings at the start of each run: a -m sweep's later jobs (one process) logged a kind their
     # earlier jobs had met at debug level only, in neither their train.log nor on the console
-    caplog.set_level(logging.DEBUG, logger="robo_rl.mujoco")
     model = mujoco.MjModel.from_xml_string(UNSTABLE)
-    for run in range(2):
-        mujoco_log.route_mujoco_warnings()  # as train() does
-        for _ in range(2):
-            data = mujoco.MjData(model)
-            data.ctrl[:] = float("nan")
-            mujoco.mj_step(model, data)
-    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.DEBUG] * 2
+    with robo_rl_records() as records:
+        for run in range(2):
+            mujoco_log.route_mujoco_warnings()  # as train() does
+            for _ in range(2):
+                data = mujoco.MjData(model)
+                data.ctrl[:] = float("nan")
+                mujoco.mj_step(model, data)
+    assert [r.levelno for r in records] == [logging.WARNING, logging.DEBUG] * 2
 
 class Unstable(gymnasium.Env):
     """UNSTABLE, given a NaN control at its 3rd step: MuJoCo warns (and resets the simulation)."""
@@ -88,19 +89,18 @@ class Unstable(gymnasium.Env):
 gymnasium.register("robo_rl_test/MujocoLogUnstable-v0", entry_point=Unstable, max_episode_steps=20)
 
 
-def test_the_warnings_of_async_workers_are_logged_by_the_main_process(routed, caplog, monkeypatch):
+def test_the_warnings_of_async_workers_are_logged_by_the_main_process(routed):
     # logged in each worker process (its own copy of this module and of the run's handlers), a warning came once
     # per worker on the console, and never in train.log
-    monkeypatch.setattr(logging.getLogger("robo_rl"), "propagate", True)  # a CLI test may have turned it off
-    caplog.set_level(logging.DEBUG, logger="robo_rl.mujoco")
     env = make_env("robo_rl_test/MujocoLogUnstable-v0", num_envs=2, vectorization="async")
     try:
-        env.reset(seed=0)
-        for _ in range(3):
-            env.step(torch.zeros(2, 1))
+        with robo_rl_records() as records:  # (in this process)
+            env.reset(seed=0)
+            for _ in range(3):
+                env.step(torch.zeros(2, 1))
         warning = "MuJoCo: Nan, Inf or huge value in CTRL at ACTUATOR 0. The simulation is unstable. Time = 0.0200."
         # by the step that warned (train.log is the run's until it ends), once per kind as in one process
-        assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        assert [(r.levelno, r.getMessage()) for r in records] == [
             (logging.WARNING, warning), (logging.DEBUG, f"{warning} (x2)")]
     finally:
         env.close()
