@@ -396,6 +396,10 @@ def compare(paths: str | Path | Sequence[str | Path], group_by: str | Sequence[s
             warnings.append(f"group {group.label}: {', '.join(sampled)} {'is' if len(sampled) == 1 else 'are'} of "
                             "stochastic evaluations (deterministic=false), the group's other eval.json deterministic "
                             "ones; the `robo-rl eval` mean averages both (evaluate every run alike)")
+        tasks = sorted({str(r.config.get("env.id")) for r in group.runs})
+        if len(tasks) > 1:  # a group_by= that leaves env.id out: one mean of returns on different scales
+            warnings.append(f"group {group.label}: its runs are on {len(tasks)} tasks ({', '.join(tasks)}), whose returns "
+                            "its means average together; add env.id to group_by= to compare each task's runs")
         bests = [r.best for r in group.runs if r.best is not None]
         out_groups.append({
             "label": group.label,

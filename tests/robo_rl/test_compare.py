@@ -128,6 +128,11 @@ def test_keys_implied_by_the_task_stay_out_of_labels(tmp_path):
     write_run(tmp_path / "c", 0, 3.0, [(10, 3.0)], env="Swimmer-v5", lr=0.99)  # the same task at another value
     labels = [g["label"] for g in compare([tmp_path])["groups"]]
     assert labels == ["env.id=Hopper-v5 algo.lr=0.99", "env.id=Swimmer-v5 algo.lr=0.9999", "env.id=Swimmer-v5 algo.lr=0.99"]
+    assert not compare([tmp_path])["warnings"]
+    # group_by= without env.id pools the tasks: one mean of returns on different scales, said so
+    pooled = compare([tmp_path], group_by="algo.name")
+    assert pooled["warnings"] == ["group algo.name=sac: its runs are on 2 tasks (Hopper-v5, Swimmer-v5), whose returns "
+                                  "its means average together; add env.id to group_by= to compare each task's runs"]
 
 
 def test_unfinished_runs_are_shown_from_their_metrics(tmp_path):
