@@ -562,6 +562,8 @@ def config_dir_problem(config_dir: Path) -> str | None:
         return (f"config dir {config_dir} holds none of robo-rl's config groups ({groups}): "
                 "put a config in <dir>/<group>/<name>.yaml, e.g. <dir>/env/my_robot.yaml for env=my_robot")
     for group in groups:
+        for path in sorted((config_dir / group).glob("*.yml")):  # Hydra reads .yaml only: <group>=<name> not found
+            return f"{path}: Hydra reads config files ending in .yaml, not .yml; rename it to {path.stem}.yaml"
         for path in sorted((config_dir / group).glob("*.yaml")):
             if (PACKAGED_CONFIGS / group / path.name).is_file():
                 return (f"{path} has the name of a packaged config ({group}={path.stem}), which robo-rl reads first "

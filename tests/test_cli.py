@@ -986,6 +986,9 @@ def test_a_sweep_over_a_user_config(tmp_path, monkeypatch, console):
     # the packaged configs come first in Hydra's search path: a user's hopper.yaml would be silently unused
     ({"cfgs/env/hopper.yaml": "id: Pendulum-v1\n"}, ["{dir}/env/hopper.yaml has the name of a packaged config "
                                                      "(env=hopper)", "rename it"]),
+    # Hydra reads .yaml files only: env=mine would be "not found" beside the file the user wrote
+    ({"cfgs/env/mine.yml": "id: Pendulum-v1\n"}, ["{dir}/env/mine.yml: Hydra reads config files ending in .yaml, "
+                                                  "not .yml; rename it to mine.yaml"]),
     # a user's file is checked as a packaged one: the key and the file named
     ({"cfgs/env/mine.yaml": "idd: Pendulum-v1\n"}, ["{dir}/env/mine.yaml: unknown key 'env.idd'; did you mean env.id?"]),
     ({"cfgs/env/mine.yaml": "num_envs: two\n"}, ["{dir}/env/mine.yaml: env.num_envs: Value 'two'"]),
