@@ -168,10 +168,24 @@ class BatchedEnv(abc.ABC):
         """Validate a batch of actions: shape [N, act_dim], finite as float32. Returns float32 on self.device.
         Refuses to run on a closed env, or before its first reset()."""
         self._refuse_step()
+        actions = self.actions_float32(actions)
+        if not all_finite(actions):
+            bad = (~torch.isfinite(actions)).any(dim=1).nonzero().flatten().tolist()
+            raise ValueError(
+                f"{self.task_id}: non-finite actions for envs {bad[:10]}; refusing to step the "
+                "simulator with NaN/Inf, or values beyond float32's range (check the policy for diverged weights)"
+            )
+        return actions.to(device=self.device)
+
+    def actions_float32(self, actions: Any) -> torch.Tensor:
+        """check_actions' type and shape checks alone: ``actions`` (a tensor of any real dtype, or an array) as a float32
+        tensor [N, act_dim] where it is, values beyond float32's range as inf. NaN/Inf are kept: the safety filters,
+        which replace them, read actions through this (robo_rl.runners.safety.SafetyLayer)."""
         if not isinstance(actions, torch.Tensor):
             try:
                 raw = np.asarray(actions)
-                array = np.asarray(raw, dtype=np.float32) if raw.dtype.kind in "fiu" else None
+                with np.errstate(over="ignore"):  # beyond float32: inf
+                    array = np.asarray(raw, dtype=np.float32) if raw.dtype.kind in "fiu" else None
             except (TypeError, ValueError):
                 raw = array = None
             if actions is None or array is None:
@@ -188,15 +202,8 @@ class BatchedEnv(abc.ABC):
                 f"{self.task_id}: actions have shape {tuple(actions.shape)}, expected {expected} "
                 f"(num_envs={self.num_envs}, action dim={self.act_dim})"
             )
-        # checked after the cast to the simulation's float32: 1e300 in float64 is finite, but inf there
-        actions = actions.to(dtype=torch.float32)
-        if not all_finite(actions):
-            bad = (~torch.isfinite(actions)).any(dim=1).nonzero().flatten().tolist()
-            raise ValueError(
-                f"{self.task_id}: non-finite actions for envs {bad[:10]}; refusing to step the "
-                "simulator with NaN/Inf, or values beyond float32's range (check the policy for diverged weights)"
-            )
-        return actions.to(device=self.device)
+        # finiteness is checked after the cast to the simulation's float32: 1e300 in float64 is finite, but inf there
+        return actions.to(dtype=torch.float32)
 
     def __enter__(self) -> "BatchedEnv":
         return self

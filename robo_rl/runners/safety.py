@@ -133,26 +133,11 @@ class SafetyLayer(BatchedEnv):
         return torch.from_numpy(out).to(actions.device if isinstance(actions, torch.Tensor) else self.device), changed
 
     def _float32_actions(self, actions: Any) -> np.ndarray:
-        """``actions`` as the float32 [N, act_dim] numpy array the chains filter, taking what the env takes (a tensor
-        of any float width, bfloat16 too, or an array); NaN/Inf stay, for the filters to replace. What the env refuses
-        for its type or shape is refused with the env's message, before a chain reads a row past the batch's end or
-        a scalar as a row."""
-        raw = None
-        if isinstance(actions, torch.Tensor):
-            if not (actions.is_complex() or actions.dtype == torch.bool):
-                raw = actions.detach().to(device="cpu", dtype=torch.float32).numpy()  # beyond float32: inf, as the env
-        elif actions is not None:
-            try:
-                array = np.asarray(actions)
-            except (TypeError, ValueError):  # ragged lists
-                array = None
-            if array is not None and array.dtype.kind in "fiu":
-                with np.errstate(over="ignore"):
-                    raw = array.astype(np.float32)
-        if raw is None or raw.shape != (self.num_envs, self.env.act_dim):
-            self.env.check_actions(actions)  # raises: not real numbers, or not [num_envs, act_dim]
-            raise ValueError(f"{self.task_id}: actions must be real numbers of shape [{self.num_envs}, {self.env.act_dim}]")
-        return raw
+        """``actions`` as the float32 [N, act_dim] numpy array the chains filter, taking what the env takes (any real
+        dtype, bfloat16 too, or an array; ``BatchedEnv.actions_float32``); NaN/Inf stay, for the filters to replace.
+        What the env refuses for its type or shape is refused with the env's message, before a chain reads a row past
+        the batch's end or a scalar as a row."""
+        return self.env.actions_float32(actions).detach().cpu().numpy()
 
     def step(self, actions: torch.Tensor) -> StepResult:
         interventions = 0
