@@ -7,7 +7,8 @@ optimizer states are added by ``training_state``.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, NamedTuple
+import copy
+from typing import Any, ClassVar, Mapping, NamedTuple
 
 import torch
 from torch import nn
@@ -139,10 +140,82 @@ class Learner(nn.Module):
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers().items()},
         }
 
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``, all or nothing. A tensor of another kind than the one it replaces (integers
+        for float weights, which torch would cast to whole numbers; floats for an integer counter) is refused before
+        anything is copied, and when torch refuses the rest (a missing or unexpected key, another shape: it raises
+        after copying every tensor that fits) the learner's own state is put back."""
+        own = self.state_dict()
+        for key, value in state_dict.items():
+            mine = own.get(key)
+            if isinstance(mine, torch.Tensor) and isinstance(value, torch.Tensor) and (
+                    value.is_floating_point() != mine.is_floating_point() or value.is_complex()):
+                raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t{key} is {value.dtype} "
+                                   f"in the state dict, {mine.dtype} here (another kind of number: a cast would change "
+                                   "its values)")
+        before = {key: value.clone() for key, value in own.items()}
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except BaseException:
+            super().load_state_dict(before, strict=False)
+            raise
+
     def load_training_state(self, state: dict[str, Any]) -> None:
-        self.load_state_dict(state["modules"])
-        for name, opt in self.optimizers().items():
-            opt.load_state_dict(state["optimizers"][name])
+        """Load what ``training_state`` wrote, all or nothing: the weights (``load_state_dict``) and every optimizer's
+        state. An optimizer missing or in excess, or a moment of another shape than its parameter (which torch would
+        take, and a fused Adam step then reads wrongly or fails on), is refused before anything changes, and whatever
+        fails, this learner keeps the weights and optimizer states it had."""
+        optimizers, saved = self.optimizers(), state["optimizers"]
+        if not isinstance(saved, Mapping):
+            raise TypeError(f"optimizers is {type(saved).__name__}, expected a mapping of optimizer states")
+        extra = sorted(str(name) for name in saved.keys() - optimizers.keys())
+        if extra:
+            raise ValueError(f"optimizer state for {extra[0]!r}, which this {type(self).__name__} does not have "
+                             f"(it has {', '.join(sorted(optimizers)) or 'none'})")
+        for name, opt in optimizers.items():
+            if name not in saved:
+                raise KeyError(f"no state for the {name!r} optimizer")
+            _check_optimizer_state(name, opt, saved[name])
+        modules = {key: value.clone() for key, value in self.state_dict().items()}
+        before = {name: copy.deepcopy(opt.state_dict()) for name, opt in optimizers.items()}
+        try:
+            self.load_state_dict(state["modules"])
+            for name, opt in optimizers.items():
+                opt.load_state_dict(saved[name])
+        except BaseException:
+            super().load_state_dict(modules, strict=False)
+            for name, opt in optimizers.items():
+                opt.load_state_dict(before[name])
+            raise
+
+
+def _check_optimizer_state(name: str, opt: torch.optim.Optimizer, saved: Any) -> None:
+    """Raise if ``saved`` is not a state ``opt.state_dict()`` could have written: per-parameter state for parameters
+    it has, each tensor shaped as its parameter (``step``: one number). (torch checks the groups' sizes itself.)"""
+    groups = saved.get("param_groups") if isinstance(saved, Mapping) else None
+    if not isinstance(saved, Mapping) or not isinstance(saved.get("state"), Mapping) or not isinstance(groups, list) \
+            or not all(isinstance(g, Mapping) for g in groups):
+        raise TypeError(f"optimizer {name!r}: the saved state is not an optimizer's state_dict (state, param_groups)")
+    params = [p for group in opt.param_groups for p in group["params"]]
+    ids = [i for group in saved["param_groups"] for i in group.get("params", [])]
+    if len(ids) != len(params):
+        raise ValueError(f"optimizer {name!r}: the saved state is for {len(ids)} parameters, this one has {len(params)}")
+    by_id = dict(zip(ids, params))
+    for i, moments in saved["state"].items():
+        param = by_id.get(i)
+        if param is None:
+            raise ValueError(f"optimizer {name!r}: state for parameter {i!r}, which its param_groups do not list")
+        if not isinstance(moments, Mapping):
+            raise TypeError(f"optimizer {name!r}: the state of parameter {i} is {type(moments).__name__}, "
+                            "expected a mapping")
+        for key, value in moments.items():
+            if not isinstance(value, torch.Tensor):
+                continue
+            fits = value.numel() == 1 if key == "step" else (
+                value.shape == param.shape and value.is_floating_point() == param.is_floating_point())
+            if not fits:
+                raise ValueError(f"optimizer {name!r}: {key} of parameter {i} is {value.dtype} {list(value.shape)}, "
+                                 f"expected {'one number' if key == 'step' else f'{param.dtype} {list(param.shape)}'}")
 
 
 def polyak_update(target: list[torch.Tensor], online: list[torch.Tensor], tau: float) -> None:

@@ -292,6 +292,59 @@ def test_training_state_round_trip_includes_optimizers():
     assert all(torch.equal(a, b) for a, b in zip(sac.state_dict().values(), clone.state_dict().values()))
 
 
+def _damaged(state, what):
+    """A copy of a SAC training state with one part that does not fit the learner."""
+    state = copy.deepcopy(state)
+    opts, modules = state["optimizers"], state["modules"]
+    if what == "an optimizer missing":
+        del opts["alpha"]
+    elif what == "an optimizer in excess":
+        opts["extra"] = copy.deepcopy(opts["alpha"])
+    elif what == "integer weights":  # torch would cast them: whole-number weights
+        modules["policy.net.0.weight"] = (modules["policy.net.0.weight"] * 10).int()
+    elif what == "a transposed moment":  # as many numbers as the parameter: torch and the fused step take it
+        opts["actor"]["state"][0]["exp_avg"] = opts["actor"]["state"][0]["exp_avg"].t().contiguous()
+    elif what == "a step of four numbers":
+        opts["critic"]["state"][0]["step"] = torch.zeros(4)
+    elif what == "state for a parameter it lacks":
+        opts["actor"]["state"][99] = copy.deepcopy(opts["actor"]["state"][0])
+    elif what == "weights of another width":  # torch copies every tensor that fits before it raises
+        modules.update(SAC(build_head("gaussian", OBS, LOW, HIGH, hidden_sizes=(32,)), critic_hidden=(16,)).state_dict())
+    return state
+
+
+@pytest.mark.parametrize("what,error,match", [
+    ("an optimizer missing", KeyError, "no state for the 'alpha' optimizer"),
+    ("an optimizer in excess", ValueError, "optimizer state for 'extra'"),
+    ("integer weights", RuntimeError, "policy.net.0.weight is torch.int32 in the state dict, torch.float32 here"),
+    ("a transposed moment", ValueError, r"'actor': exp_avg of parameter 0 is torch.float32 \[4, 16\], expected torch.float32 \[16, 4\]"),
+    ("a step of four numbers", ValueError, "'critic': step of parameter 0 is torch.float32 \\[4\\], expected one number"),
+    ("state for a parameter it lacks", ValueError, "state for parameter 99"),
+    ("weights of another width", RuntimeError, "size mismatch for policy.net.0.weight"),
+])
+def test_a_training_state_that_does_not_fit_is_refused_and_nothing_is_half_loaded(what, error, match):
+    # load_training_state is the documented way to load a checkpoint into a learner (README, Python API): one that
+    # does not fit is refused, and the learner goes on exactly as if the load had not been tried
+    torch.manual_seed(0)
+    source = SAC(build_head("gaussian", OBS, LOW, HIGH, hidden_sizes=(16,)), critic_hidden=(16,))
+    learner = SAC(build_head("gaussian", OBS, LOW, HIGH, hidden_sizes=(16,)), critic_hidden=(16,))
+    for sac in (source, learner):
+        sac.update(batch())
+    untouched = SAC(build_head("gaussian", OBS, LOW, HIGH, hidden_sizes=(16,)), critic_hidden=(16,))
+    untouched.load_training_state(copy.deepcopy(learner.training_state()))
+    with pytest.raises(error, match=match):
+        learner.load_training_state(_damaged(source.training_state(), what))
+    torch.manual_seed(3)
+    m1 = learner.update(batch())
+    torch.manual_seed(3)
+    m2 = untouched.update(batch())
+    assert all(torch.equal(m1[k], m2[k]) for k in m1)
+    assert all(torch.equal(a, b) for a, b in zip(learner.state_dict().values(), untouched.state_dict().values()))
+    for name, opt in learner.optimizers().items():
+        mine, theirs = opt.state_dict()["state"], untouched.optimizers()[name].state_dict()["state"]
+        assert all(torch.equal(mine[i][k], theirs[i][k]) for i in theirs for k in theirs[i])
+
+
 def test_sac_and_td3_targets_work_in_unit_actions_on_an_asymmetric_box():
     # On [-1, 1] env and unit actions are the same numbers; on [0, 5] x [-5, 1] the critics must still see unit
     # actions, TD3's smoothing noise (0.2, clipped at 0.5) must be in unit scale and SAC's log pi a unit-space
