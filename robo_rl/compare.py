@@ -25,7 +25,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from robo_rl.config import flatten_config, saved_unit_actions
-from robo_rl.metrics import complete_lines, format_duration, format_return, return_decimals, save_figure_atomic
+from robo_rl.metrics import (complete_lines, format_duration, format_return, not_a_file, return_decimals,
+                             save_figure_atomic)
 
 SUMMARY, METRICS, CONFIG, EVALUATED = "summary.json", "metrics.csv", "config.yaml", "eval.json"
 # keys that never separate groups: the seed, where a run was written, and settings that do not change
@@ -127,8 +128,9 @@ def _read_curves(path: Path, warnings: list[str] | None = None,
     value (a diverged evaluation or episode) is left out of the curve with a note in ``warnings``. ``latest`` (when
     given) gets the furthest row's ``steps`` and ``wall_time_s``: what a run without a summary.json has reached."""
     curves: dict[str, list[tuple[float, float]]] = {name: [] for name in CURVES}
-    if not os.path.lexists(path):  # missing: not written yet; anything else there is read (a directory fails, named)
+    if not os.path.lexists(path):  # missing: not written yet; anything else there is read, or named (a directory)
         return curves
+    _refuse_not_a_file(path)
     try:
         with path.open(newline="", encoding="utf-8") as f:
             lines, cut = complete_lines(f.read())  # a row cut off mid-write is no point of the curve
@@ -173,6 +175,13 @@ def _read_curves(path: Path, warnings: list[str] | None = None,
             warnings.append(f"{path}: {column} is NaN or infinite in {len(steps)} row(s) (first at step "
                             f"{steps[0]}); left out of the curve")
     return curves
+
+
+def _refuse_not_a_file(path: Path) -> None:
+    """A ValueError naming ``path`` if it is no regular file (a link to /dev/zero was read until memory ran out)."""
+    problem = not_a_file(path)
+    if problem is not None:
+        raise ValueError(f"{path}: cannot be read ({problem}); a run writes a file there: move it aside")
 
 
 def _latest_row(path: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -253,8 +262,9 @@ def _read_json(path: Path, numbers: Sequence[str] = (), not_finite: list[str] | 
     """A JSON object, with ``numbers`` (where present and not null) numbers and ``flags`` true/false; NaN/Inf among
     the numbers read as null (not measured; their keys are added to ``not_finite``), so compare.json stays valid JSON.
     Anything else is a ValueError naming the file."""
-    if not os.path.lexists(path):  # missing: not written yet; anything else there is read (a directory fails, named)
+    if not os.path.lexists(path):  # missing: not written yet; anything else there is read, or named (a directory)
         return None
+    _refuse_not_a_file(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:  # e.g. a directory by that name

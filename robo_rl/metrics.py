@@ -183,6 +183,19 @@ class MetricsWriter:
             self.tb.close()
 
 
+def not_a_file(path: Path) -> str | None:
+    """What ``path`` is instead of a regular file to read (None: a file, or a link to one). A run's own files are
+    read whole: a device in their place (a link to /dev/zero) would be read until memory ran out, and a named pipe
+    would wait for a writer."""
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return "a directory"
+    if path.is_symlink() and not path.exists():
+        return f"a broken symbolic link (to {os.readlink(path)})"
+    return "not a regular file (a device, pipe or socket)" if path.exists() else "no such file"
+
+
 def complete_lines(text: str) -> tuple[list[str], bool]:
     """A metrics.csv's lines without a last one cut off mid-write (no line end: the run was killed, or its disk filled,
     while writing it, or it is being written now; its numbers are cut too, "-1373.4" read as -13), and whether one was.
@@ -199,6 +212,9 @@ def _rows_up_to(path: Path, step: int, columns: list[str]) -> tuple[list[str], l
     disk), and the resumed run writes them again. A line without its newline is such a cut-off row whatever
     its step reads as ("2250.0" cut to "22"). A kept row that is not numbers is a ValueError naming the file."""
     try:
+        problem = not_a_file(path)
+        if problem is not None:
+            raise OSError(problem)
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot be read to continue the run's metrics ({exc}); move it aside to resume "

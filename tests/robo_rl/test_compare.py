@@ -355,6 +355,22 @@ def test_a_directory_where_a_run_file_belongs_is_named(tmp_path):
         (tmp_path / f"{name}.bak").rename(tmp_path / "run" / name)
 
 
+@pytest.mark.skipif(not Path("/dev/null").exists(), reason="needs /dev/null (a device)")
+def test_a_device_where_a_run_file_belongs_is_named_not_read(tmp_path):
+    # a link to /dev/zero was read until memory ran out (a MemoryError traceback), a named pipe waited for a writer;
+    # /dev/null, which ends at once, stands for them: it was read as an empty file (metrics.csv: a run with no curve)
+    write_run(tmp_path / "run", 0, 1.0, [(10, 1.0)])
+    for name in ("summary.json", "eval.json", "metrics.csv"):
+        target = tmp_path / "run" / name
+        target.unlink(missing_ok=True)
+        target.symlink_to("/dev/null")
+        with pytest.raises(ValueError) as exc:
+            compare([tmp_path / "run"])
+        assert str(exc.value) == f"{target}: cannot be read (not a regular file (a device, pipe or socket)); a run " \
+                                 "writes a file there: move it aside"
+        target.unlink()
+
+
 def test_the_python_api_takes_one_directory_as_a_string_or_path(tmp_path):
     for seed in (0, 1):
         write_run(tmp_path / "sweep" / f"seed={seed}", seed, 1.0 + seed, [(10, 1.0), (20, 1.0 + seed)])

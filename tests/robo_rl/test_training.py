@@ -1081,6 +1081,20 @@ def test_a_damaged_metrics_row_before_the_checkpoint_is_named_on_resume(tmp_path
 
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/null"), reason="needs /dev/null (a device)")
+def test_a_device_in_place_of_metrics_csv_is_named_on_resume_not_read(tmp_path):
+    # a link to /dev/zero there was read until memory ran out (the resume then blamed the config's sizes); /dev/null,
+    # which ends at once, stands for it: it was read as an empty file, and the resumed run's rows went into it
+    from robo_rl.metrics import MetricsWriter
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").symlink_to("/dev/null")
+    with pytest.raises(ValueError, match=r"metrics.csv: cannot be read to continue the run's metrics \(not a regular "
+                                         r"file \(a device, pipe or socket\)\); move it aside"):
+        MetricsWriter(run, tensorboard=False, resume_step=100)
+
+
 def test_two_writes_of_one_run_file_at_once_leave_it_whole(tmp_path, monkeypatch):
     """write_text_atomic's hidden file is each write's own: two `robo-rl eval` of one run at once shared
     .eval.json.tmp, so one renamed the other's half-written file into place (eval.json then not JSON: the second
