@@ -185,8 +185,13 @@ def load_sidecar(export: str | Path) -> dict[str, Any]:
         # the loop runs at rate_hz, deploy's simulator steps dt per command: they must be one control period
         raise bad(f"control.dt={control['dt']!r} s and control.rate_hz={control['rate_hz']!r} Hz are not one control "
                   "period (dt * rate_hz must be 1); re-export with `robo-rl export`")
-    safety = mapping("safety", sidecar.get("safety", {}))  # e.g. {"filters": [...]}
-    if safety.get("filters") is not None and not isinstance(safety["filters"], list):
+    # every export writes its chain ({"filters": []} for none): a sidecar that lost it would deploy the policy unfiltered
+    safety = sidecar.get("safety")
+    if not isinstance(safety, dict) or "filters" not in safety:
+        found = f"safety is {safety!r:.60}" if "safety" in sidecar else "missing key 'safety'"
+        raise bad(f"{found} (the export's safety-filter chain, {{\"filters\": []}} for none): the policy would run "
+                  "without the filters it was exported with; re-export with `robo-rl export`")
+    if safety["filters"] is not None and not isinstance(safety["filters"], list):
         raise bad(f"safety.filters={safety['filters']!r:.60}: expected a list of filter entries (or null)")
     return sidecar
 

@@ -68,7 +68,7 @@ def make_export(out_dir: Path, obs_dim: int = 4, act_dim: int = 2, noise_dim: in
         "outputs": [{"name": "action", "shape": shape, "dtype": "float32"}],
         **({"chunk": {"length": chunk[0], "execute": chunk[1]}} if chunk else {}),
         "control": {"dt": dt, "rate_hz": 1.0 / dt},
-        "safety": safety or {},
+        "safety": safety or {"filters": []},  # as the exporter writes it
     }
     (out_dir / "policy.json").write_text(json.dumps(sidecar, indent=2))
     return out_dir

@@ -108,6 +108,10 @@ def test_bad_sidecars_name_the_file_and_the_problem(export_dir: Path) -> None:
     (lambda s: s.__setitem__("max_episode_steps", "40"), "max_episode_steps"),
     (lambda s: s.__setitem__("safety", {"filters": 5}), "safety.filters"),
     (lambda s: s.__setitem__("safety", None), "safety"),
+    # a sidecar that lost its chain deployed the policy without the filters it was exported with, nothing said
+    (lambda s: s.pop("safety"), r"missing key 'safety' \(the export's safety-filter chain, \{\"filters\": \[\]\} for none\): "
+                                r"the policy would run without the filters it was exported with; re-export"),
+    (lambda s: s.__setitem__("safety", {}), r"safety is \{\} \(the export's safety-filter chain"),
     (lambda s: s["action"].__setitem__("low", ["a", "b"]), "action.low"),
     (lambda s: s["action"].__setitem__("high", 1.0), "action.high"),
     (lambda s: s.__setitem__("sha256", 5), "sha256"),
