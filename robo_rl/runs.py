@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Collection, Iterator
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from robo_rl.config import ALGO_SCHEMAS, POLICY_SCHEMAS, TrainConfig, saved_unit_actions
+from robo_rl.config import ALGO_SCHEMAS, POLICY_SCHEMAS, TrainConfig, flatten_config, saved_unit_actions
 from robo_rl.validation import ConfigError
 
 if TYPE_CHECKING:  # (torch is imported where a checkpoint is read: the CLI checks a config before importing it)
@@ -158,6 +159,27 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
     return cfg
 
 
+def config_edits(cfg: DictConfig, saved: Any, ignore: Collection[str]) -> list[tuple[str, Any, Any]]:
+    """``(key, value in cfg, value in saved)`` for each key whose value in ``cfg`` (a run's config.yaml) differs from
+    ``saved`` (the config a checkpoint records it was trained with), but those in ``ignore``. Keys only one side has are
+    schema keys added since the checkpoint, except under env.kwargs (the task's keyword arguments, free-form): those
+    are compared as one mapping, so an added or removed one counts. Checkpoints before 2026-12-04 record no config."""
+    if not isinstance(saved, dict):
+        return []
+    current = json.loads(json.dumps(OmegaConf.to_container(cfg, resolve=True)))
+    now, then = flatten_config(current), flatten_config(saved)
+    now = {k: v for k, v in now.items() if not k.startswith("env.kwargs.")}
+    then = {k: v for k, v in then.items() if not k.startswith("env.kwargs.")}
+    now["env.kwargs"] = (current.get("env") or {}).get("kwargs")
+    then["env.kwargs"] = (saved.get("env") or {}).get("kwargs", now["env.kwargs"])
+    return [(k, now[k], then[k]) for k in now if k in then and now[k] != then[k] and k not in ignore]
+
+
+def describe_config_edits(edits: list[tuple[str, Any, Any]]) -> str:
+    shown = "; ".join(f"{k} is {now!r} in config.yaml, {then!r} in the checkpoint" for k, now, then in edits[:3])
+    return shown + (f" (and {len(edits) - 3} more)" if len(edits) > 3 else "")
+
+
 def directory_problem(path: Path) -> str | None:
     """Why no run directory can be made at ``path`` (it is a file, or lies under one), or None."""
     blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
@@ -255,6 +277,15 @@ def load_learner(cfg: DictConfig, env: BatchedEnv, checkpoint: Path, device: str
         raise CheckpointError(f"checkpoint {checkpoint} does not fit this run's {cfg.algo.name} learner ({why})"
                               f"{_saved_by(checkpoint, cfg.algo.name)}; give a checkpoint of this run "
                               "(checkpoint=<run_dir>/checkpoints/step_...)")
+    # weights that fit, under a config.yaml edited since (env.kwargs, a learner's setting): an evaluation of another
+    # task, an export whose sidecar gives deploy that task, as the run's; a resume refuses the same edit
+    from robo_rl.train import RESUME_OVERRIDABLE
+
+    edits = config_edits(cfg, state.get("config"), RESUME_OVERRIDABLE | {"device"})
+    if edits:
+        raise ConfigError(f"{Path(checkpoint).parent.parent / CONFIG_FILE} was edited since checkpoint {checkpoint} was "
+                          f"saved: {describe_config_edits(edits)}; the weights act with the config they were trained "
+                          "with: put the file back as it was")
     return learner.to(device).eval().requires_grad_(False)
 
 

@@ -4,7 +4,6 @@ config as trained), saving it, and resuming from the newest checkpoint that fits
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from pathlib import Path
@@ -17,7 +16,6 @@ from omegaconf import OmegaConf
 from envs.base import WorkerDied
 from robo_rl.checkpoint import (CheckpointError, NonFiniteStateError, checkpoint_step, latest_checkpoint,
                                 list_checkpoints, load_checkpoint, save_checkpoint)
-from robo_rl.config import flatten_config
 
 log = logging.getLogger("robo_rl")
 
@@ -117,26 +115,15 @@ class RunnerCheckpoints:
 
     def _check_config(self, path: Path, state: dict[str, Any]) -> None:
         """Refuse a resume whose config.yaml was edited since ``path`` was saved (keys a resume may not change)."""
-        saved = state.get("config")
-        if not isinstance(saved, dict):  # checkpoints before 2026-12-04 hold no config
-            return
+        from robo_rl.runs import config_edits, describe_config_edits
         from robo_rl.train import RESUME_OVERRIDABLE
         from robo_rl.validation import ConfigError
 
-        current = json.loads(json.dumps(OmegaConf.to_container(self.cfg, resolve=True)))
-        now, then = flatten_config(current), flatten_config(saved)
-        # keys only one side has are schema keys added since the checkpoint, except under env.kwargs (the task's
-        # keyword arguments, free-form): those are compared as one mapping, so an added or removed one counts
-        now = {k: v for k, v in now.items() if not k.startswith("env.kwargs.")}
-        then = {k: v for k, v in then.items() if not k.startswith("env.kwargs.")}
-        now["env.kwargs"] = (current.get("env") or {}).get("kwargs")
-        then["env.kwargs"] = (saved.get("env") or {}).get("kwargs", now["env.kwargs"])
-        changed = [k for k in now if k in then and now[k] != then[k] and k not in RESUME_OVERRIDABLE]
-        if changed:
-            shown = "; ".join(f"{k} is {now[k]!r} in config.yaml, {then[k]!r} in the checkpoint" for k in changed[:3])
-            more = f" (and {len(changed) - 3} more)" if len(changed) > 3 else ""
-            raise ConfigError(f"{self.run_dir / 'config.yaml'} was edited since checkpoint {path} was saved: {shown}{more}; "
-                              f"a resume may change only {', '.join(sorted(RESUME_OVERRIDABLE - {'resume', 'run_dir'}))}. "
+        edits = config_edits(self.cfg, state.get("config"), RESUME_OVERRIDABLE)
+        if edits:
+            raise ConfigError(f"{self.run_dir / 'config.yaml'} was edited since checkpoint {path} was saved: "
+                              f"{describe_config_edits(edits)}; a resume may change only "
+                              f"{', '.join(sorted(RESUME_OVERRIDABLE - {'resume', 'run_dir'}))}. "
                               "Put the file back as it was, or start a new run to change them.")
 
     def _apply_state(self, path: Path, state: dict[str, Any], replay: Any) -> None:

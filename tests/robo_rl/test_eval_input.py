@@ -299,3 +299,29 @@ def test_eval_leaves_a_save_in_progress_of_a_process_it_cannot_see_alone(tmp_pat
     assert code == 0 and "(checkpoint step 40)" in out, err
     load_run(run)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+
+
+def test_a_config_yaml_edited_since_the_checkpoint_is_refused_by_eval_and_export(tmp_path, capsys, runs):
+    # the weights were trained on Pendulum's g=10: evaluated with g=30 from an edited config.yaml they gave another
+    # return as the run's, and an export wrote task_kwargs {g: 30} for deploy to build (a resume refuses the edit)
+    import shutil
+
+    run = tmp_path / "sac"
+    shutil.copytree(runs / "sac", run)
+    original = (run / "config.yaml").read_text()
+    assert "  kwargs: {}\n" in original
+    (run / "config.yaml").write_text(original.replace("  kwargs: {}\n", "  kwargs: {g: 30.0}\n"))
+    words = (f"{run / 'config.yaml'} was edited since checkpoint {run / 'checkpoints' / 'step_0000000040'} was saved: "
+             "env.kwargs is {'g': 30.0} in config.yaml, {} in the checkpoint; the weights act with the config they were "
+             "trained with: put the file back as it was")
+    code, out, err = _eval(capsys, f"run_dir={run}", "episodes=1", "num_envs=1")
+    assert code == 2 and out == "" and _one_line_error(err) == f"robo-rl: error: {words}\n"
+    assert not (run / "eval.json").exists()
+    assert export_main([f"run_dir={run}", "format=torchscript"]) == 2
+    assert _one_line_error(capsys.readouterr().err) == f"robo-rl: error: {words}\n"
+    assert not (run / "export").exists()
+    # keys a resume may change (steps, cadences) and the device it acts on are no edit
+    (run / "config.yaml").write_text(original.replace("steps: 40\n", "steps: 80\n").replace("every: 40\n", "every: 20\n"))
+    assert (run / "config.yaml").read_text().count("every: 20\n") >= 2
+    code, out, err = _eval(capsys, f"run_dir={run}", "episodes=1", "num_envs=1")
+    assert code == 0 and (run / "eval.json").exists(), err

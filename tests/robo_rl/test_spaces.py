@@ -297,6 +297,16 @@ def test_runs_saved_before_unit_actions_keep_acting_in_env_units(tmp_path):
     del saved["policy"]["unit_actions"]
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
     assert load_run_config(run).policy.unit_actions is False
+    # and so does the config its checkpoints record (eval and export refuse a config.yaml edited since)
+    import json
+
+    from robo_rl.checkpoint import list_checkpoints
+    from tests.helpers import rewrite_consistently
+
+    for checkpoint in list_checkpoints(run / "checkpoints"):
+        state = json.loads((checkpoint / "state.json").read_text())
+        del state["config"]["policy"]["unit_actions"]
+        rewrite_consistently(checkpoint, "state.json", json.dumps(state))
     # the head the commands rebuild acts with a = mu (clipped), not middle + half-width * mu, and exports so
     from robo_rl.runs import load_run
     from sim2real.export import export_policy
