@@ -239,6 +239,7 @@ def load_run(path: Path) -> Run:
                            not_finite=eval_not_finite, flags=("deterministic",))
     if eval_not_finite:
         warnings.append(f"{path / EVALUATED}: {_are(eval_not_finite)} NaN or infinite; shown as not measured ('-')")
+    _refuse_another_runs(path, config, summary, evaluated)
     latest: dict[str, Any] = {}
     curves = _read_curves(path / METRICS, warnings, latest=None if has_summary else latest)
     run = Run(path, config, summary, curves, evaluated, warnings, set(not_finite), latest)
@@ -247,6 +248,26 @@ def load_run(path: Path) -> Run:
         warnings.append(f"{path / EVALUATED}: evaluates the checkpoint at step {int(evaluated_at):,}, but the run has "
                         f"since trained to step {int(trained):,}; `robo-rl eval run_dir={path}` evaluates its final policy")
     return run
+
+
+def _refuse_another_runs(path: Path, config: dict[str, Any], summary: dict[str, Any],
+                         evaluated: dict[str, Any] | None) -> None:
+    """A summary.json or eval.json of another run (copied in, or left by a run that was replaced) is a ValueError
+    naming it: its numbers would be given as this run's. Told by the learner and seed config.yaml names, and by the
+    task the run's summary names (the env's id as built, which config.yaml's env.id need not spell the same)."""
+    found = [(SUMMARY, summary, "algo", "algo.name"), (SUMMARY, summary, "seed", "seed"),
+             (EVALUATED, evaluated or {}, "algo", "algo.name")]
+    for name, data, key, config_key in found:
+        theirs, mine = data.get(key), config.get(config_key)
+        if theirs is not None and mine is not None and theirs != mine:
+            rerun = f" (`robo-rl eval run_dir={path}` writes this run's)" if name == EVALUATED else ""
+            raise ValueError(f"{path / name}: {key} is {theirs!r}, and {path / CONFIG} has {config_key}={mine!r}: the "
+                             f"file of another run; move it aside{rerun}")
+    trained, evaluated_on = summary.get("env"), (evaluated or {}).get("env")
+    if trained is not None and evaluated_on is not None and trained != evaluated_on:
+        raise ValueError(f"{path / EVALUATED}: env is {evaluated_on!r}, and the run trained on {trained!r} "
+                         f"({path / SUMMARY}): the file of another run; move it aside (`robo-rl eval run_dir={path}` "
+                         "writes this run's)")
 
 
 def _are(keys: list[str]) -> str:

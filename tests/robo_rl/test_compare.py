@@ -371,6 +371,30 @@ def test_a_device_where_a_run_file_belongs_is_named_not_read(tmp_path):
         target.unlink()
 
 
+@pytest.mark.parametrize("file, content, message", [
+    ("eval.json", {"return_mean": -5.0, "algo": "td3", "env": "Hopper-v5", "checkpoint_step": 1000},
+     "algo is 'td3', and {run}/config.yaml has algo.name='sac': the file of another run; move it aside "
+     "(`robo-rl eval run_dir={run}` writes this run's)"),
+    ("eval.json", {"return_mean": -5.0, "algo": "sac", "env": "Walker2d-v5", "checkpoint_step": 1000},
+     "env is 'Walker2d-v5', and the run trained on 'Hopper-v5' ({run}/summary.json): the file of another "
+     "run; move it aside (`robo-rl eval run_dir={run}` writes this run's)"),
+    ("summary.json", {"status": "completed", "algo": "sac", "env": "Hopper-v5", "seed": 3, "steps": 1000,
+                      "final_eval_return_mean": 99.0},
+     "seed is 3, and {run}/config.yaml has seed=0: the file of another run; move it aside"),
+])
+def test_a_file_of_another_run_is_named_not_taken_as_this_runs(tmp_path, file, content, message):
+    # another run's eval.json or summary.json copied into a run was read as its own: a TD3 policy's return in the SAC
+    # group's `robo-rl eval` column, another seed's final return among this seed's
+    run = tmp_path / "run"
+    write_run(run, 0, 1.0, [(1000, 1.0)])
+    (run / file).write_text(json.dumps(content))
+    with pytest.raises(ValueError) as exc:
+        compare([run])
+    assert str(exc.value) == f"{run / file}: " + message.format(run=run)
+    (run / file).write_text(json.dumps({**content, "algo": "sac", "seed": 0, "env": "Hopper-v5"}))
+    assert compare([run])["runs"] == 1  # the run's own file
+
+
 def test_the_python_api_takes_one_directory_as_a_string_or_path(tmp_path):
     for seed in (0, 1):
         write_run(tmp_path / "sweep" / f"seed={seed}", seed, 1.0 + seed, [(10, 1.0), (20, 1.0 + seed)])
