@@ -93,7 +93,7 @@ class RunnerCheckpoints:
                 if not isinstance(state, dict):
                     raise CheckpointError(f"checkpoint file {candidate / 'state.json'} holds a "
                                           f"{type(state).__name__}, not a training state")
-                self._check_config(candidate, state)  # an edited config.yaml: a ConfigError, no fallback
+                self._check_config(candidate, state, candidates[i + 1:])  # an edited config.yaml: no fallback
                 try:
                     self.learner.load_training_state(state["learner"])
                 except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as exc:
@@ -113,18 +113,35 @@ class RunnerCheckpoints:
                     log.warning(f"cannot resume from {candidate.name}: {exc}; trying {candidates[i + 1].name}")
         raise CheckpointError(f"no checkpoint under {path.parent} can be resumed from: {'; '.join(problems)}")
 
-    def _check_config(self, path: Path, state: dict[str, Any]) -> None:
-        """Refuse a resume whose config.yaml was edited since ``path`` was saved (keys a resume may not change)."""
+    def _check_config(self, path: Path, state: dict[str, Any], older: list[Path]) -> None:
+        """Refuse a resume whose config.yaml was edited since ``path`` was saved (keys a resume may not change): a
+        ConfigError, no fallback. Unless an ``older`` checkpoint records config.yaml's config: then ``path`` is the odd
+        one, another run's copied in, and is a CheckpointError (the resume falls back past it)."""
         from robo_rl.runs import config_edits, describe_config_edits
         from robo_rl.train import RESUME_OVERRIDABLE
         from robo_rl.validation import ConfigError
 
         edits = config_edits(self.cfg, state.get("config"), RESUME_OVERRIDABLE)
+        if edits and any(self._records_this_config(p) for p in older):
+            raise CheckpointError(f"checkpoint {path} is another run's: {describe_config_edits(edits)}, and older "
+                                  "checkpoints here record config.yaml's config; remove it")
         if edits:
             raise ConfigError(f"{self.run_dir / 'config.yaml'} was edited since checkpoint {path} was saved: "
                               f"{describe_config_edits(edits)}; a resume may change only "
                               f"{', '.join(sorted(RESUME_OVERRIDABLE - {'resume', 'run_dir'}))}. "
                               "Put the file back as it was, or start a new run to change them.")
+
+    def _records_this_config(self, path: Path) -> bool:
+        """Whether checkpoint ``path`` loads and records this run's config (as config.yaml holds it)."""
+        from robo_rl.runs import config_edits
+        from robo_rl.train import RESUME_OVERRIDABLE
+
+        try:
+            state, _ = load_checkpoint(path, load_replay=False)
+        except CheckpointError:
+            return False
+        saved = state.get("config") if isinstance(state, dict) else None
+        return isinstance(saved, dict) and not config_edits(self.cfg, saved, RESUME_OVERRIDABLE)
 
     def _apply_state(self, path: Path, state: dict[str, Any], replay: Any) -> None:
         """Set this runner's counters, RNGs, envs and replay from a loaded checkpoint; what does not fit is a

@@ -997,6 +997,24 @@ def test_resume_refuses_a_config_yaml_edited_since_the_checkpoint(tmp_path):
     assert train(compose(f"resume={run}", "steps=400"), run, [f"resume={run}", "steps=400"])["steps"] == 400
 
 
+def test_resume_falls_back_past_another_runs_checkpoint_copied_in(tmp_path):
+    # another run's checkpoint in place of this run's newest was taken for an edit of config.yaml: the resume stopped,
+    # telling the user to put config.yaml "back as it was" (to the other run's values). Older checkpoints that record
+    # config.yaml's config tell which one is odd: it is skipped, named, as a checkpoint that does not fit
+    run, other = tmp_path / "run", tmp_path / "other"
+    train(compose(*SMALL_SAC, "steps=300", "checkpoint.every=150"), run)
+    train(compose(*SMALL_SAC, "steps=300", "checkpoint.every=150", "seed=1"), other)  # the same networks: weights fit
+    newest = run / "checkpoints" / "step_0000000300"
+    shutil.rmtree(newest)
+    shutil.copytree(other / "checkpoints" / "step_0000000300", newest)
+    summary = train(compose(f"resume={run}", "steps=400"), run, [f"resume={run}", "steps=400"])
+    assert summary["steps"] == 400
+    log = (run / "train.log").read_text()
+    assert (f"cannot resume from step_0000000300: checkpoint {newest} is another run's: seed is 0 in config.yaml, 1 in "
+            "the checkpoint, and older checkpoints here record config.yaml's config; remove it") in log
+    assert f"resumed from {run / 'checkpoints' / 'step_0000000150'} at step 150" in log
+
+
 def test_a_signal_in_an_iteration_that_checkpointed_saves_once(tmp_path, monkeypatch):
     import robo_rl.runners.checkpoints as checkpoints
     from robo_rl.runners.base import Runner
