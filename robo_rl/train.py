@@ -19,7 +19,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from envs.mujoco_log import route_mujoco_warnings
 from envs.resources import usable_cpus
 from robo_rl.config import compose_config, naming_user_file  # (here too: robo_rl.train's Python API)
-from robo_rl.build import build_env_checked, build_learner, build_policy, build_runner, check_env_runs, check_safety
+from robo_rl.build import (build_env_checked, build_learner, build_policy, build_runner, check_env_runs,
+                           check_head_and_learner, check_safety)
 from robo_rl.defaults import resolve_defaults, task_defaults
 from robo_rl.validation import ConfigError, check_device, validate
 from robo_rl.metrics import LogFormatter, OnceEach, setup_console_logging, write_text_atomic
@@ -109,6 +110,9 @@ def prepare(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str] = ()) -
         cfg.run_dir = str(run_dir)
     try:
         validate(cfg)
+        # the head and learner on stand-in dimensions: a pair that cannot work (algo=sac policy=flow) or a head or
+        # learner option they refuse is named before the envs are built and stepped, not after
+        check_head_and_learner(cfg)
     except ConfigError as exc:  # a value set in a file of the user's config dir (--config-dir): the file is named
         raise ConfigError(naming_user_file(str(exc), cli_overrides)) from None
     return cfg, None

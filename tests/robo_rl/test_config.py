@@ -212,6 +212,30 @@ def test_td3_selects_the_deterministic_head_and_refuses_gaussian(tmp_path):
             train(compose("algo=td3", f"policy={head}", *FAST), tmp_path / "run")
 
 
+@pytest.mark.parametrize("overrides, words", [
+    (["algo=sac", "policy=flow"], ["algo=sac cannot train the 'flow' head", "algo=expo or algo=parl"]),
+    (["algo=ppo", "policy=deterministic"], ["algo=ppo cannot train the 'deterministic' head"]),
+    (["algo=expo", "policy=latent"], ["leaves the latent policy untrained"]),
+    (["algo=parl", "policy=flow", "policy.chunk=2"], ["set policy.chunk=1"]),
+    (["algo=parl", "policy=diffusion", "policy.scheduler=dpm++"], ["policy.scheduler='dpm++'"]),
+    (["algo=gorl", "algo.refit_epochs=0"], ["algo.refit_epochs=0 with algo.reset_latent=true"]),
+    (["algo=gorl_sac", "policy.decoder=diffusion"], ["needs policy.decoder=flow"]),
+])
+def test_a_head_or_learner_that_cannot_work_is_refused_before_any_env_is_built(tmp_path, monkeypatch, overrides, words):
+    """The pair (and each one's options) is checked on stand-in dimensions before the env is built and stepped:
+    a task of many envs (or async workers) would otherwise start, and step once, only to be refused."""
+    import robo_rl.train as train_module
+
+    def no_env(*args, **kwargs):
+        raise AssertionError("an env was built before the refusal")
+
+    monkeypatch.setattr(train_module, "build_env_checked", no_env)
+    with pytest.raises(ConfigError) as exc:
+        train(compose(*overrides, "env=pendulum", *FAST), tmp_path / "run")
+    assert all(w in str(exc.value) for w in words), str(exc.value)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("kwarg, words", [
     ("env.kwargs.xml_file=/nonexistent/hopper.xml", ["could not be built", "/nonexistent/hopper.xml"]),
     ("env.kwargs.healthy_z_range=5", ["cannot run a step", "healthy_z_range"]),  # read at the first step
