@@ -1018,6 +1018,24 @@ def test_a_bad_config_dir_or_user_config_is_one_line_before_any_work(tmp_path, m
     assert not (tmp_path / "r").exists()
 
 
+def test_a_head_option_a_user_policy_file_sets_is_refused_naming_the_file_before_any_work(tmp_path, monkeypatch, console):
+    # checked by the head itself (not by validate): named with the file as validate's refusals are, before any env
+    from robo_rl.commands.train import train_main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cfgs" / "policy").mkdir(parents=True)
+    (tmp_path / "cfgs" / "policy" / "mine.yaml").write_text("defaults: [flow, _self_]\nsolver: rk4\n")
+    args = ["algo=expo", "env=pendulum", "--config-dir", "cfgs", "policy=mine", "steps=300", "run_dir=r"]
+    try:
+        code = train_main(args)
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    err = console.readouterr().err
+    assert err == f"robo-rl: error: {tmp_path / 'cfgs/policy/mine.yaml'}: policy.solver='rk4': choose one of euler, midpoint\n"
+    assert not (tmp_path / "r").exists()
+
+
 def test_config_dir_flag_needs_a_directory(console):
     from robo_rl.commands.train import train_main
 
