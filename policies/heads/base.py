@@ -244,13 +244,25 @@ class PolicyHead(nn.Module, abc.ABC):
         }
 
 
+# The learners that train each packaged head (robo-rl's algo= names), for the advice of a refusal
+TRAINED_BY = {
+    "gaussian": "algo=sac, ppo, expo or parl",
+    "deterministic": "algo=td3",
+    "mixture": "algo=ppo, expo or parl",
+    "diffusion": "algo=expo or parl",
+    "flow": "algo=expo or parl",
+    "latent": "algo=gorl or gorl_sac (PPO / SAC on the latent Gaussian, with a generative decoder)",
+}
+
+
 def require_capabilities(learner: str, head: PolicyHead, needs: dict[str, str]) -> None:
     """Fail at start-up when a head lacks what a learner needs. ``needs`` maps flag -> why."""
     missing = [f"{flag} ({why})" for flag, why in needs.items() if not getattr(head, flag)]
     if missing:
+        trained_by = TRAINED_BY.get(head.name)
+        other = (f"train the {head.name} head with {trained_by}" if trained_by is not None else
+                 "a learner made for this head (diffusion/flow/mixture heads train with algo=expo or algo=parl)")
         raise ValueError(
             f"algo={learner} cannot train the {head.name!r} head: it lacks {'; '.join(missing)}. "
-            f"Pick a head that has it (e.g. policy=gaussian) or a learner made for this head "
-            f"(diffusion/flow/mixture heads train with algo=expo or algo=parl; algo=gorl / gorl_sac is PPO / SAC "
-            f"on a latent Gaussian with a generative decoder, policy=latent)."
+            f"Pick a head that has it (e.g. policy=gaussian), or {other}."
         )

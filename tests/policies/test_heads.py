@@ -115,8 +115,12 @@ def test_deterministic_head_has_no_log_prob_and_learners_say_so():
     head = build_head("deterministic", 5, LOW, HIGH, hidden_sizes=(16,))
     with pytest.raises(UnsupportedByHead):
         head.log_prob(torch.randn(2, 5), torch.zeros(2, 3))
-    with pytest.raises(ValueError, match="algo=sac cannot train the 'deterministic' head.*tractable_log_prob"):
+    with pytest.raises(ValueError, match="algo=sac cannot train the 'deterministic' head.*tractable_log_prob") as exc:
         require_capabilities("sac", head, {"tractable_log_prob": "needed for the entropy term"})
+    # the advice names the learner that does train it (the generic advice pointed at expo/parl, which refuse it too)
+    assert str(exc.value).endswith("Pick a head that has it (e.g. policy=gaussian), or train the deterministic head "
+                                   "with algo=td3.")
+
 
 
 def test_imitation_loss_fits_demonstrations():

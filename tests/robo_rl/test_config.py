@@ -212,8 +212,23 @@ def test_td3_selects_the_deterministic_head_and_refuses_gaussian(tmp_path):
             train(compose("algo=td3", f"policy={head}", *FAST), tmp_path / "run")
 
 
+@pytest.mark.parametrize("head", ["gaussian", "deterministic", "mixture", "diffusion", "flow", "latent"])
+def test_the_learners_a_refusal_points_to_take_the_head(head):
+    # a refusal's advice ("train the flow head with algo=expo or parl") names only learners that accept the head
+    import re
+
+    from policies.heads.base import TRAINED_BY
+    from robo_rl.build import check_head_and_learner
+    from robo_rl.defaults import resolve_defaults
+
+    named = re.findall(r"\b(sac|td3|ppo|expo|parl|gorl|gorl_sac)\b", TRAINED_BY[head].split("(")[0])
+    assert named
+    for algo in named:
+        check_head_and_learner(resolve_defaults(compose(f"algo={algo}", f"policy={head}", "env=pendulum", *FAST)))
+
+
 @pytest.mark.parametrize("overrides, words", [
-    (["algo=sac", "policy=flow"], ["algo=sac cannot train the 'flow' head", "algo=expo or algo=parl"]),
+    (["algo=sac", "policy=flow"], ["algo=sac cannot train the 'flow' head", "train the flow head with algo=expo or parl"]),
     (["algo=ppo", "policy=deterministic"], ["algo=ppo cannot train the 'deterministic' head"]),
     (["algo=expo", "policy=latent"], ["leaves the latent policy untrained"]),
     (["algo=parl", "policy=flow", "policy.chunk=2"], ["set policy.chunk=1"]),
