@@ -130,7 +130,11 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
             raise FileNotFoundError(f"{run_dir} is a -m sweep's directory, not one run: give one of its jobs' "
                                     f"directories{named}, or continue the whole sweep by running it again with -m "
                                     f"and run_dir={run_dir}")
-        raise FileNotFoundError(f"{run_dir} is not a robo-rl run directory ({CONFIG_FILE} missing)")
+        from robo_rl.metrics import not_a_file
+
+        problem = not_a_file(path)  # (a directory, a device, a broken link there: not the same as no file)
+        what = "missing" if problem == "no such file" else f"is {problem}, not a run's config file"
+        raise FileNotFoundError(f"{run_dir} is not a robo-rl run directory ({CONFIG_FILE} {what})")
     import yaml
     from omegaconf.errors import OmegaConfBaseException
 
@@ -140,6 +144,8 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
         raise ValueError(f"{path} is not valid YAML ({' '.join(str(exc).split())}); it was edited or damaged") from None
     if not isinstance(saved, DictConfig):
         raise ValueError(f"{path} holds a {type(saved).__name__}, not a run config (a mapping of keys)")
+    if not saved:  # a run writes it whole (write_text_atomic): emptied since
+        raise ValueError(f"{path} is empty; it was edited or damaged (a run writes its whole config there)")
     algo, head = (OmegaConf.select(saved, f"{group}.name", default=None) for group in ("algo", "policy"))
     if algo not in ALGO_SCHEMAS or head not in POLICY_SCHEMAS:
         raise ValueError(f"{path}: unknown algo.name={algo!r} or policy.name={head!r}")

@@ -422,6 +422,25 @@ def test_an_edited_or_damaged_run_config_is_named_on_resume(tmp_path, edit, word
         load_run_config(tmp_path)
 
 
+def test_an_emptied_run_config_or_something_else_in_its_place_is_named(tmp_path):
+    # an empty config.yaml read as "unknown algo.name=None or policy.name=None", and a directory in its place as missing
+    from robo_rl.runs import load_run_config
+
+    (tmp_path / "config.yaml").write_text("")
+    with pytest.raises(ValueError) as exc:
+        load_run_config(tmp_path)
+    assert str(exc.value) == f"{tmp_path / 'config.yaml'} is empty; it was edited or damaged (a run writes its whole config there)"
+    (tmp_path / "config.yaml").unlink()
+    (tmp_path / "config.yaml").mkdir()
+    with pytest.raises(FileNotFoundError) as exc:
+        load_run_config(tmp_path)
+    assert str(exc.value) == f"{tmp_path} is not a robo-rl run directory (config.yaml is a directory, not a run's config file)"
+    (tmp_path / "config.yaml").rmdir()
+    with pytest.raises(FileNotFoundError) as exc:
+        load_run_config(tmp_path)
+    assert str(exc.value) == f"{tmp_path} is not a robo-rl run directory (config.yaml missing)"
+
+
 def test_the_python_api_refuses_what_the_cli_cannot_pass(tmp_path, monkeypatch):
     from robo_rl.train import compose_config
 
