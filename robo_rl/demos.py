@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from robo_rl.metrics import new_hidden_file
+from robo_rl.metrics import new_hidden_file, not_a_file
 
 log = logging.getLogger("robo_rl")
 
@@ -177,16 +177,8 @@ def _check_arrays(arrays: dict[str, np.ndarray], path: Path, obs_dim: int | None
 
 def path_problem(path: str | Path) -> str | None:
     """Why ``path`` cannot be read as a demonstrations file (None: a regular file, or a link to one)."""
-    path = Path(path)
-    if path.is_file():
-        return None
-    if path.is_dir():
-        return "a directory, not a .npz file"
-    if path.is_symlink() and not path.exists():
-        return f"a broken symbolic link (to {os.readlink(path)})"
-    if path.exists():  # reading a named pipe would wait for a writer
-        return "not a regular file (a device, pipe or socket)"
-    return "no such file"
+    problem = not_a_file(Path(path))  # (reading a named pipe would wait for a writer)
+    return "a directory, not a .npz file" if problem == "a directory" else problem
 
 
 def _npy_header(f: Any, path: Path, what: str) -> tuple[np.dtype, tuple[int, ...]]:
