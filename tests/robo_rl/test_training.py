@@ -40,7 +40,8 @@ def assert_same_weights(a, b):
 
 
 def test_run_writes_every_output(tmp_path):
-    cfg = compose(*SMALL_SAC, "steps=600", "eval.every=300", "checkpoint.every=300",
+    # seed 2: the first evaluation (step 300) scores higher than the last, so "best" is not just the final one
+    cfg = compose(*SMALL_SAC, "steps=600", "eval.every=300", "checkpoint.every=300", "seed=2",
                   "log.tensorboard=true", "log.plot=true")
     summary = train(cfg, tmp_path / "run")
     run = tmp_path / "run"
@@ -50,7 +51,13 @@ def test_run_writes_every_output(tmp_path):
     saved = json.loads((run / "summary.json").read_text())
     assert saved["steps"] == 600 and saved["status"] == "completed" and saved["steps_per_s"] > 0
     assert saved["final_eval_return_mean"] == summary["final_eval_return_mean"]
-    assert saved["best_eval_return_std"] >= 0 and saved["best_eval_step"] in (300, 600)
+    with open(run / "metrics.csv", newline="") as f:
+        evals = [(float(r["eval/return_mean"]), float(r["eval/return_std"]), int(float(r["step"])))
+                 for r in csv.DictReader(f) if r["eval/return_mean"]]
+    assert [step for *_, step in evals] == [300, 600]
+    best = max(evals)  # the best evaluation's mean, std and step, as logged
+    assert (saved["best_eval_return_mean"], saved["best_eval_return_std"], saved["best_eval_step"]) == best
+    assert (saved["final_eval_return_mean"], saved["final_eval_return_std"], saved["final_eval_step"]) == evals[-1]
     assert 0 < saved["eval_time_s"] < saved["wall_time_s"]  # two evaluations, timed apart from training
     assert "2 evaluations took" in (run / "train.log").read_text()
     header = (run / "metrics.csv").read_text().splitlines()[0]
