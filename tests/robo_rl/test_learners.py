@@ -198,7 +198,9 @@ def test_ppo_clipped_surrogate_by_hand():
     torch.testing.assert_close(stats["policy_loss"], expected_pg)
     torch.testing.assert_close(stats["value_loss"], torch.tensor(1.0))
     torch.testing.assert_close(loss, expected_pg + 0.5 * 1.0)
-    assert 0 < float(stats["clip_fraction"]) < 1
+    # the share of ratios outside [0.8, 1.2]: 10 of the 32 below, 11 above
+    assert float(stats["clip_fraction"]) == 21 / 32 == float(((ratio - 1).abs() > 0.2).float().mean())
+    torch.testing.assert_close(stats["approx_kl"], ((ratio - 1) - shift).mean())  # Schulman's k3 estimator
 
 
 def test_ppo_value_clipping_and_entropy_bonus_by_hand():
