@@ -100,5 +100,6 @@ def test_a_failed_allocation_is_one_line_naming_what_to_lower(tmp_path, capsys, 
 def test_only_allocation_failures_read_as_out_of_memory():
     assert out_of_memory(MemoryError("Unable to allocate 488. MiB for an array")) == "Unable to allocate 488. MiB for an array"
     assert out_of_memory(MemoryError()) == "an allocation failed"
-    assert out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")) is not None
+    cuda = "CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert out_of_memory(RuntimeError(cuda + "\nmore lines of the allocator")) == cuda  # its first line
     assert out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
