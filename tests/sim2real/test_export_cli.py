@@ -23,7 +23,8 @@ def test_train_export_deploy_and_refuse_a_tampered_file(tmp_path):
     robo_rl("deploy", "export=run/export", "episodes=1", "sim2sim.action_latency=1", "sim2sim.observation_noise=0.01",
             "safety=rate.yaml", cwd=tmp_path)
     report = json.loads((export / "deploy.json").read_text())
-    assert len(report["episode_returns"]) >= 1 and np.isfinite(report["episode_returns"]).all()
+    assert len(report["episode_returns"]) == 1 and np.isfinite(report["episode_returns"]).all()
+    assert report["loop"]["steps"] == 150  # episodes=1: one whole episode of the run's 150 steps, and no more
     assert report["task_kwargs"] == {"g": 9.5}
     assert report["loop"]["latency"]["inference_ms"]["p99"] > 0
     # steps= alone runs that many control steps (episodes= used to default to 5 and stop it first)
