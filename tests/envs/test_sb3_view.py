@@ -18,12 +18,17 @@ def test_vecenv_conventions():
     venv.seed(7)
     obs = venv.reset()
     assert obs.shape == (3, 3) and obs.dtype == np.float32
-    for t in range(5):
-        obs, rewards, dones, infos = venv.step(np.zeros((3, 1), np.float32))
-    assert dones.all() and rewards.shape == (3,)
-    assert all(info["TimeLimit.truncated"] for info in infos)
-    assert infos[0]["episode"]["l"] == 5 and infos[0]["terminal_observation"].shape == (3,)
-    assert not np.array_equal(infos[0]["terminal_observation"], obs[0])  # obs already starts the next episode
+    for episode in range(2):  # the second episode's stats are its own, nothing carried over from the first
+        returns = np.zeros(3)
+        for t in range(5):
+            obs, rewards, dones, infos = venv.step(np.full((3, 1), 0.5 * episode, np.float32))
+            returns += rewards
+        assert dones.all() and rewards.shape == (3,)
+        assert all(info["TimeLimit.truncated"] for info in infos)
+        assert [info["episode"]["l"] for info in infos] == [5, 5, 5] and infos[0]["terminal_observation"].shape == (3,)
+        # Monitor's "r": the sum of the rewards the view handed out (float32 rewards, a float64 sum: rel 1e-6)
+        assert [info["episode"]["r"] for info in infos] == pytest.approx(returns.tolist(), rel=1e-6, abs=0)
+        assert not np.array_equal(infos[0]["terminal_observation"], obs[0])  # obs already starts the next episode
     # the task's observation bounds reach SB3 (Pendulum: cos, sin in [-1, 1], angular velocity in [-8, 8])
     assert venv.observation_space == gym.spaces.Box(np.float32([-1, -1, -8]), np.float32([1, 1, 8]), dtype=np.float32)
 
@@ -150,7 +155,7 @@ def test_same_seeds_and_actions_as_sb3_s_dummyvecenv():
             ended += 1
             np.testing.assert_array_equal(i1[i]["terminal_observation"], f32(i2[i]["terminal_observation"]))
             assert i1[i]["TimeLimit.truncated"] == i2[i]["TimeLimit.truncated"]
-            assert i1[i]["episode"]["l"] == i2[i]["episode"]["l"]
+            assert (i1[i]["episode"]["l"], i1[i]["episode"]["r"]) == (i2[i]["episode"]["l"], i2[i]["episode"]["r"])
         sb3_keys = ("episode", "terminal_observation", "TimeLimit.truncated")
         for a, b in zip(i1, i2):  # the task's own info terms (InvertedPendulum's reward_survive) as DummyVecEnv's
             assert {k: v for k, v in a.items() if k not in sb3_keys} == {k: v for k, v in b.items() if k not in sb3_keys}
