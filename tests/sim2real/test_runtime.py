@@ -609,11 +609,17 @@ def test_sim2sim_robot_latency_timestep_noise_and_physics() -> None:
     robot.send_action(np.array([-0.4]))
     assert base.data.ctrl[0] == pytest.approx(0.7)
     assert robot.clock() == pytest.approx(0.08)
+    draws = [base.model.body_mass[1:] / nominal_mass[1:]]
     for _ in range(300):  # episodes end (random-ish commands topple the pole) and resets redraw the physics
         robot.send_action(np.array([0.0]))
-    assert len(robot.episode_returns) >= 1 and all(n > 0 for n in robot.episode_lengths)
-    ratio = base.model.body_mass[1:] / nominal_mass[1:]
-    assert ((ratio >= 0.5) & (ratio <= 0.6)).all()  # rescaled from the nominal copy, never compounded
+        if len(robot.episode_returns) == len(draws):  # an episode ended: the next one runs on a new draw
+            draws.append(base.model.body_mass[1:] / nominal_mass[1:])
+    assert len(robot.episode_returns) >= 3 and all(n > 0 for n in robot.episode_lengths)
+    # InvertedPendulum pays 1 per step the pole stays up, 0 on the toppling step
+    assert robot.episode_returns == [n - 1.0 for n in robot.episode_lengths]
+    assert len({ratio.tobytes() for ratio in draws}) == len(draws)  # one draw per episode, none repeated
+    for ratio in draws:
+        assert ((ratio >= 0.5) & (ratio <= 0.6)).all()  # rescaled from the nominal copy, never compounded
     np.testing.assert_allclose(base.model.dof_damping, robot._nominal["damping"] * 2.0)
     robot.disconnect()
     # seeded observation noise: same seed, same readings; std close to the asked one
