@@ -125,23 +125,28 @@ def build_policy(cfg: DictConfig, env: BatchedEnv) -> PolicyHead:
     ).to(cfg.device)
 
 
-def check_head_and_learner(cfg: DictConfig) -> None:
+def check_head_and_learner(cfg: DictConfig, buffers: bool = True) -> None:
     """Build the configured head and learner on a stand-in 3-D observation and 2-D action, without an env:
     a head/learner pair that cannot work or a head or learner option out of range fails here, as a
-    ConfigError. A ``-m`` sweep runs this for every job before the first one starts."""
+    ConfigError. A ``-m`` sweep runs this for every job before the first one starts.
+
+    ``buffers``: first refuse buffers no machine holds, sized on the stand-in dimensions (a sweep, which has no
+    env). train() passes False: it sizes them on the task's own once the envs are built (the stand-in's 2-D
+    action is more than Pendulum's 1, so its sizes were not the run's, and a buffer that fit could be refused)."""
     import numpy as np
     import torch
 
     from robo_rl.memory import buffers_needed, check_fits
 
-    # GoRL's refit data is allocated with the learner: a dataset_size no machine holds would end in the allocator's
-    # traceback here (the real task's dimensions, checked by train(), are at least these)
-    check_fits(buffers_needed(cfg, 3, 2), torch.device(cfg.device))
+    if buffers:
+        check_fits(buffers_needed(cfg, 3, 2), torch.device(cfg.device))
     try:
         head = build_head(cfg.policy.name, 3, -np.ones(2), np.ones(2), **_head_options(cfg))
         options = _learner_options(cfg)
         if options.get("target_entropy") is not None:  # its ceiling depends on |A|: checked on the real task
             options["target_entropy"] = None
+        if (options.get("dataset_size") or 0) > 1:  # GoRL allocates its refit data when built: one row for the check
+            options["dataset_size"] = 1
         LEARNERS[cfg.algo.name](head, **options)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

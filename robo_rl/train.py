@@ -111,8 +111,9 @@ def prepare(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str] = ()) -
     try:
         validate(cfg)
         # the head and learner on stand-in dimensions: a pair that cannot work (algo=sac policy=flow) or a head or
-        # learner option they refuse is named before the envs are built and stepped, not after
-        check_head_and_learner(cfg)
+        # learner option they refuse is named before the envs are built and stepped, not after (the buffers are
+        # checked on the task's own dimensions, once the envs are built)
+        check_head_and_learner(cfg, buffers=False)
     except ConfigError as exc:  # a value set in a file of the user's config dir (--config-dir): the file is named
         raise ConfigError(naming_user_file(str(exc), cli_overrides)) from None
     return cfg, None

@@ -6,7 +6,8 @@ import torch
 from robo_rl import memory
 from robo_rl.commands.train import out_of_memory, run_training
 from robo_rl.validation import ConfigError
-from tests.helpers import compose
+from robo_rl.train import train
+from tests.helpers import FAST, compose
 
 
 def test_buffer_sizes_are_counted_from_the_config():
@@ -60,6 +61,28 @@ def test_a_replay_buffer_no_machine_holds_is_refused_before_the_run_exists(tmp_p
     err = capsys.readouterr().err
     assert err.startswith("robo-rl: error: the run's buffers need 3,352,761.3 GiB (replay (algo.buffer_size="
                           "100,000,000,000,000 rows) 3,352,761.3 GiB), more than the ") and "lower the keys named" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_buffer_the_task_holds_is_not_refused_on_the_stand_in_dimensions(tmp_path, monkeypatch):
+    # train() checked the head and learner on a stand-in 2-D action first, its buffers included: Pendulum's replay
+    # rows (9 float32, one action) were sized as 10, and a buffer that fit was refused with the stand-in's sizes
+    monkeypatch.setattr(memory, "device_memory", lambda device: (memory.GIB, 4 * 1000 * 9))  # room for it, exactly
+    summary = train(compose("algo=sac", "env=pendulum", "algo.buffer_size=1000", "steps=20", "eval.episodes=1",
+                            "eval.num_envs=1", *FAST), tmp_path / "run")
+    assert summary["status"] == "completed"
+
+
+def test_refit_data_no_machine_holds_is_refused_with_the_task_s_sizes(tmp_path, capsys):
+    # GoRL on Pendulum: 4 float32 of refit data a row (obs 3 + act 1) and 2 of drawn targets; the stand-in check
+    # said 5 and 4 (33,527.6 GiB), and the check built on the stand-in must not allocate the 1e12 rows itself
+    cfg = compose("algo=gorl", "env=pendulum", "algo.dataset_size=1000000000000", f"run_dir={tmp_path / 'run'}",
+                  "eval.episodes=1", "eval.num_envs=1")
+    assert run_training(cfg, tmp_path / "run", []) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("robo-rl: error: the run's buffers need 22,351.7 GiB ("), err
+    assert ("refit data (algo.dataset_size=1,000,000,000,000) 14,901.2 GiB, refit targets (algo.dataset_size="
+            "1,000,000,000,000, refit_on=policy) 7,450.6 GiB), more than the ") in err
     assert not (tmp_path / "run").exists()
 
 
