@@ -59,6 +59,16 @@ def check_task_id(task_id: str) -> gym.envs.registration.EnvSpec:
         raise ValueError(f"unknown gymnasium task id {name!r}{where}{hint} ({exc})") from None
 
 
+def _newer_version(spec: gym.envs.registration.EnvSpec) -> str:
+    """A hint naming the task's newest registered version, when ``spec`` is an older one ("" otherwise)."""
+    if spec.version is None:
+        return ""
+    newest = gym.envs.registration.find_highest_version(spec.namespace, spec.name)
+    if newest is None or newest <= spec.version:
+        return ""
+    return f"; try {gym.envs.registration.get_env_id(spec.namespace, spec.name, newest)}, the task's newest version"
+
+
 class _NoModel:
     """Stands in for a model when only noise/delay are randomized on a non-MuJoCo task."""
 
@@ -258,7 +268,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
         randomize: RandomizationSpec | None = None,
         render: bool = False,
     ) -> None:
-        check_task_id(task_id)
+        spec = check_task_id(task_id)
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if vectorization not in ("sync", "async"):
@@ -276,6 +286,9 @@ class GymnasiumBatchedEnv(BatchedEnv):
             raise ValueError(f"{task_id}: bad env kwargs {kwargs}: {exc}") from None
         except gym.error.DependencyNotInstalled as exc:  # e.g. Box2D for LunarLanderContinuous
             raise MissingDependency(f"{task_id} needs a package that is not installed: {exc}") from None
+        except ImportError as exc:  # the task's own import: mujoco-py (the v2/v3 MuJoCo ids), mujoco<3 (Pusher-v4), jax
+            raise MissingDependency(f"{task_id} cannot be built here, it needs a package that is not installed (or "
+                                    f"another version of one): {type(exc).__name__}: {exc}{_newer_version(spec)}") from None
         check_box_spaces(task_id, probe.observation_space, probe.action_space)
         if render and "rgb_array" not in (probe.metadata.get("render_modes") or ()):
             raise ValueError(f"{task_id} cannot draw frames: its render modes are "

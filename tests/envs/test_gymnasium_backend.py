@@ -154,6 +154,33 @@ def test_a_task_whose_dependency_is_missing_says_so():
         make_env("robo_rl_test/NeedsFooSim-v0")
 
 
+def _imports_a_missing_package(**_):
+    import no_such_simulator_xyz  # noqa: F401  (as gymnasium's phys2d tasks import jax)
+
+
+def _needs_an_older_simulator(**_):  # as gymnasium's Hopper-v3 (mujoco-py) and Pusher-v4 (mujoco<3)
+    raise ImportError("`OldSim-v0` is only supported on `foosim<3`")
+
+
+gym.register("robo_rl_test/ImportsAMissingPackage-v0", entry_point=_imports_a_missing_package)
+gym.register("robo_rl_test/OldSim-v0", entry_point=_needs_an_older_simulator)
+gym.register("robo_rl_test/OldSim-v1", entry_point=_needs_an_older_simulator)
+gym.register("robo_rl_test/OldSim-v2", entry_point="gymnasium.envs.classic_control.pendulum:PendulumEnv")
+
+
+@pytest.mark.parametrize("task, says", [
+    ("robo_rl_test/ImportsAMissingPackage-v0", "ModuleNotFoundError: No module named 'no_such_simulator_xyz'$"),
+    ("robo_rl_test/OldSim-v0", "ImportError: `OldSim-v0` is only supported on `foosim<3`; try robo_rl_test/OldSim-v2, "
+                               "the task's newest version$"),
+])
+def test_a_task_whose_own_import_fails_is_a_missing_dependency_naming_it(task, says):
+    # a plain ImportError from the task's entry point (gymnasium's v2/v3 MuJoCo ids, Pusher-v4, the jax tasks) was
+    # not a MissingDependency: `robo-rl train` ended in a traceback (exit 1) naming neither the id nor a remedy
+    with pytest.raises(MissingDependency, match=f"^{task} cannot be built here, it needs a package that is not installed "
+                                                f"\\(or another version of one\\): {says}"):
+        make_env(task)
+
+
 class _DrawsWithAMissingPackage(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
     observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
