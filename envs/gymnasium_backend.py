@@ -203,6 +203,43 @@ class _PhysicsAtReset(gym.Wrapper):
         return self.env.reset(**kwargs)
 
 
+class _ObservationCheck(gym.Wrapper):
+    """Names the task when its reset() or step() returns an observation that is not a real-number array of its
+    observation space's shape: gymnasium's vector envs failed on one deep in their batching ("Output array is the
+    wrong shape", naming neither the task nor the observation), or, in worker processes, spread a scalar over
+    every entry of the observation without a word."""
+
+    def __init__(self, env: gym.Env, task_id: str) -> None:
+        super().__init__(env)
+        self._task_id = task_id
+
+    def reset(self, **kwargs: Any):
+        obs, info = self.env.reset(**kwargs)
+        return self._checked(obs, "reset()"), info
+
+    def step(self, action: Any):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return self._checked(obs, "step()"), reward, terminated, truncated, info
+
+    def _checked(self, obs: Any, call: str) -> Any:
+        space = self.observation_space
+        if isinstance(obs, np.ndarray) and obs.shape == space.shape and obs.dtype == space.dtype:  # a good task's step
+            return obs
+        try:
+            array = np.asarray(obs)
+        except (TypeError, ValueError):  # a ragged list
+            array = None
+        # (the vectorizers cast as numpy's same_kind does: a float64 array to float32, not floats to an integer space)
+        if (array is not None and array.shape == space.shape and array.dtype.kind in "fiub"
+                and np.can_cast(array.dtype, space.dtype, "same_kind")):
+            return obs
+        got = (f"an array of shape {list(array.shape)} ({array.dtype})" if array is not None and array.dtype != object
+               else f"a {type(obs).__name__}")
+        raise ValueError(f"{self._task_id}: the task's {call} returned {got} as its observation; its observation space "
+                         f"{' '.join(str(space).split())} needs an array of shape {list(space.shape)} whose dtype "
+                         f"casts to {space.dtype}")
+
+
 def _make_thunk(task_id: str, kwargs: dict[str, Any], max_episode_steps: int | None, physics: bool,
                 render: bool = False, worker: bool = False,
                 mujoco_warnings: WorkerWarnings | None = None) -> Callable[[], gym.Env]:
@@ -221,7 +258,7 @@ def _make_thunk(task_id: str, kwargs: dict[str, Any], max_episode_steps: int | N
             if mujoco_warnings is not None:
                 mujoco_warnings.forward()  # logged by the main process (the console once, and train.log)
         extra = {"render_mode": "rgb_array"} if render else {}
-        env = gym.make(task_id, max_episode_steps=max_episode_steps, **kwargs, **extra)
+        env = _ObservationCheck(gym.make(task_id, max_episode_steps=max_episode_steps, **kwargs, **extra), task_id)
         return _Snapshot(_PhysicsAtReset(env) if physics else env)
 
     return thunk

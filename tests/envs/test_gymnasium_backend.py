@@ -464,6 +464,52 @@ def test_unbounded_actions_are_refused_with_a_wrapper_that_bounds_them():
     assert "ClipAction or" not in str(err.value) and "RescaleAction or" not in str(err.value)
 
 
+class _ObservesWrongly(_ActionEcho):
+    """Its second step returns ``bad`` as the observation of its (1,) float32 space."""
+
+    def __init__(self, bad=None):
+        super().__init__()
+        self.bad, self.steps = bad, 0
+
+    def step(self, action):
+        obs, *rest = super().step(action)
+        self.steps += 1
+        return (self.bad if self.steps == 2 else obs), *rest
+
+
+gym.register("robo_rl_test/ObservesWrongly-v0", entry_point=_ObservesWrongly, max_episode_steps=5)
+
+
+@pytest.mark.parametrize("vectorization", ["sync", "async"])
+@pytest.mark.parametrize("bad, got", [
+    (np.zeros(2, np.float32), "an array of shape \\[2\\] \\(float32\\)"),
+    (np.float64(0.5), "an array of shape \\[\\] \\(float64\\)"),  # async spread it over the observation, silently
+    ({"x": 0.5}, "a dict"),
+])
+def test_an_observation_of_the_wrong_shape_from_step_names_the_task_and_its_space(vectorization, bad, got):
+    # gymnasium's batching failed on it with "Output array is the wrong shape" (sync) or a numpy broadcast error
+    # (async), naming neither the task nor the observation; robo-rl train reported that as its one line
+    env = make_env("robo_rl_test/ObservesWrongly-v0", num_envs=2, vectorization=vectorization, kwargs={"bad": bad})
+    try:
+        env.reset(seed=0)
+        env.step(torch.zeros(2, 1))
+        with pytest.raises(ValueError, match=f"^robo_rl_test/ObservesWrongly-v0: the task's step\\(\\) returned {got} as "
+                                             "its observation; its observation space Box\\(-inf, inf, \\(1,\\), float32\\) "
+                                             "needs an array of shape \\[1\\] whose dtype casts to float32$"):
+            env.step(torch.zeros(2, 1))
+    finally:
+        env.close()
+
+
+def test_observations_of_another_real_dtype_that_casts_are_taken():
+    env = make_env("robo_rl_test/ObservesWrongly-v0", num_envs=2, kwargs={"bad": np.array([3], np.int64)})
+    env.reset(seed=0)
+    env.step(torch.full((2, 1), 0.25))
+    out = env.step(torch.full((2, 1), 0.25))
+    assert out.obs.dtype == torch.float32 and out.obs.tolist() == [[3.0], [3.0]]
+    env.close()
+
+
 class _DiesInStep(_ActionEcho):
     def step(self, action):
         os._exit(3)  # a crash in native code, an out-of-memory kill: no Python error reaches the main process
