@@ -13,6 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -269,6 +270,37 @@ def test_sim2sim_takes_any_whole_seed_and_refuses_a_timestep_no_command_finishes
     with pytest.raises(ValueError, match=r"^sim2sim.timestep=1e-12: 40,000,000,000 physics steps per command of 0.04 s, "
                                          r"more than 1,000,000; give a sim2sim.timestep >= 4e-08 s"):
         robot.connect()
+    robot.disconnect()
+
+
+class _Timeless(gym.Env):
+    """A user's task without a ``dt``: nothing says how long one of its steps lasts."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+    action_space = gym.spaces.Box(-3.0, 3.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(4, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(4, np.float32), 0.0, False, False, {}
+
+
+gym.register("robo_rl_test/Timeless-v0", entry_point=_Timeless, max_episode_steps=5)
+
+
+def test_a_task_without_dt_needs_a_control_rate_and_runs_with_one():
+    # deploy's loop ran at 1 / robot.dt, 0.0 for it: a ZeroDivisionError traceback
+    robot = MujocoSim2SimRobot("robo_rl_test/Timeless-v0")
+    with pytest.raises(ValueError, match=r"^robo_rl_test/Timeless-v0 does not say how long one of its steps lasts \(its "
+                                         r"env has no dt, and the export no control rate\): give the rate it runs at, "
+                                         r"rate_hz=<Hz> \(in Python: control_dt\)$"):
+        robot.connect()
+    assert not robot.is_connected
+    robot = MujocoSim2SimRobot("robo_rl_test/Timeless-v0", control_dt=0.02)
+    robot.connect()
+    assert robot.dt == 0.02
     robot.disconnect()
 
 
