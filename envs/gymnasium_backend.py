@@ -50,6 +50,9 @@ def check_task_id(task_id: str) -> gym.envs.registration.EnvSpec:
         except ImportError as exc:
             raise ValueError(f"env.id={task_id}: cannot import {module!r}, the module that should register "
                              f"{name!r} ({exc}); is it installed, or on PYTHONPATH?") from None
+        except Exception as exc:  # noqa: BLE001 - the module's own code failed as it ran (a bug in it, a SyntaxError)
+            raise ValueError(f"env.id={task_id}: importing {module!r}, the module that should register {name!r}, "
+                             f"failed: {type(exc).__name__}: {exc}") from None
     try:
         return gym.spec(name)
     except gym.error.Error as exc:

@@ -126,8 +126,8 @@ def episode_limit(cfg: DictConfig) -> int | None:
         module, task_id = task_id.split(":", 1)
         try:
             importlib.import_module(module)
-        except ImportError:
-            return None  # the env build reports it
+        except Exception:  # noqa: BLE001 - missing, or failing as it runs: the env build reports it, naming the module
+            return None
     spec = gym.envs.registry.get(task_id)
     return int(spec.max_episode_steps) if spec is not None and spec.max_episode_steps else None
 

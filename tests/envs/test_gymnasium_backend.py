@@ -142,6 +142,14 @@ def test_module_colon_id_errors_say_what_is_missing():
         make_env("tests.helpers:Hoper-v5")
 
 
+def test_a_module_colon_id_whose_module_fails_as_it_runs_names_the_module(tmp_path, monkeypatch):
+    (tmp_path / "robo_rl_test_unclosed.py").write_text("import gymnasium\nx = (\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match=r"^env.id=robo_rl_test_unclosed:Arm-v0: importing 'robo_rl_test_unclosed', the "
+                                         r"module that should register 'Arm-v0', failed: SyntaxError: '\(' was never closed"):
+        make_env("robo_rl_test_unclosed:Arm-v0")
+
+
 def _needs_a_missing_package(**_):
     raise gym.error.DependencyNotInstalled("FooSim is not installed, run `pip install foosim`")
 

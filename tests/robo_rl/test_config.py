@@ -205,6 +205,18 @@ def test_unknown_task_fails_before_any_run_files(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_task_module_that_fails_as_it_runs_is_named_before_any_run_files(tmp_path, monkeypatch):
+    # only an ImportError was caught: the RuntimeError of a user's broken module left resolve_defaults (and then
+    # make_env) as a traceback, exit 1, where README promises the module named before any work
+    (tmp_path / "robo_rl_test_broken_tasks.py").write_text("raise RuntimeError('no robot connected')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match=r"^env.id=robo_rl_test_broken_tasks:Arm-v0: importing 'robo_rl_test_broken_tasks', "
+                                         r"the module that should register 'Arm-v0', failed: RuntimeError: no robot "
+                                         r"connected$"):
+        train(compose("env.id=robo_rl_test_broken_tasks:Arm-v0", *FAST), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_td3_selects_the_deterministic_head_and_refuses_gaussian(tmp_path):
     assert compose("algo=td3").policy.name == "deterministic"
     for head in ("gaussian", "mixture", "diffusion"):  # whatever else the head lacks, the advice is the same
