@@ -324,6 +324,9 @@ class GymnasiumBatchedEnv(BatchedEnv):
             probe = gym.make(task_id, max_episode_steps=max_episode_steps, **kwargs)
         except TypeError as exc:  # unknown keyword argument for this task
             raise ValueError(f"{task_id}: bad env kwargs {kwargs}: {exc}") from None
+        except ValueError as exc:  # the task's own check of its arguments (camera_id with camera_name), which names neither
+            given = f" with env kwargs {kwargs}" if kwargs else ""
+            raise ValueError(f"{task_id}{given} could not be built: {exc}") from None
         except gym.error.DependencyNotInstalled as exc:  # e.g. Box2D for LunarLanderContinuous
             raise MissingDependency(f"{task_id} needs a package that is not installed: {exc}") from None
         except ImportError as exc:  # the task's own import: mujoco-py (the v2/v3 MuJoCo ids), mujoco<3 (Pusher-v4), jax

@@ -237,6 +237,23 @@ def test_bad_kwargs_name_the_task():
         make_env("Hopper-v5", kwargs={"no_such_option": 1})
 
 
+def _checks_its_gain(gain=1.0):
+    if gain <= 0:
+        raise ValueError(f"gain must be > 0, got {gain}")
+    return gym.make("Pendulum-v1").unwrapped
+
+
+gym.register("robo_rl_test/ChecksItsGain-v0", entry_point=_checks_its_gain, max_episode_steps=5)
+
+
+def test_a_task_s_own_refusal_of_its_kwargs_names_the_task_and_the_kwargs():
+    # the task's ValueError came out as it was: `robo-rl train` printed "error: gain must be > 0, got -1" (gymnasium's
+    # MuJoCo tasks: "Both `camera_id` and `camera_name` cannot be specified at the same time."), naming neither
+    with pytest.raises(ValueError, match=r"^robo_rl_test/ChecksItsGain-v0 with env kwargs \{'gain': -1\} could not be "
+                                         r"built: gain must be > 0, got -1$"):
+        make_env("robo_rl_test/ChecksItsGain-v0", kwargs={"gain": -1})
+
+
 def test_discrete_tasks_are_refused():
     with pytest.raises(ValueError, match="Box action space"):
         make_env("CartPole-v1")
