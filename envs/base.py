@@ -261,6 +261,9 @@ def check_box_spaces(task_id: str, observation_space: gym.Space, action_space: g
             "scale their outputs to. Register the task with a bounded Box, or wrap it with "
             "gymnasium.wrappers.TransformAction(env, lambda a: a, gymnasium.spaces.Box(low, high, shape, np.float32)) "
             "with the range the task really uses")
+    if not low.size:
+        raise ValueError(f"{task_id}: action space {shown} has no dimension to act in (its shape holds a 0); robo-rl's "
+                         "policies need at least one")
     # the policies map [-1, 1] onto [low, high] with the half-range (high - low) / 2, in float32
     fixed = np.flatnonzero(high <= low)
     if fixed.size:
@@ -289,6 +292,9 @@ def check_box_spaces(task_id: str, observation_space: gym.Space, action_space: g
             f"{task_id}: observation space {_one_line(observation_space)} is not a flat Box; wrap the env with "
             "gymnasium.wrappers.FlattenObservation first"
         )
+    if observation_space.shape[0] == 0:
+        raise ValueError(f"{task_id}: observation space {_one_line(observation_space)} is empty; robo-rl's policies "
+                         "need at least one observation dimension (a constant one, for a task that observes nothing)")
 
 
 def check_reset_obs(env: "BatchedEnv", obs: Any) -> None:

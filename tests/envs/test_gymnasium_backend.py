@@ -476,6 +476,26 @@ def test_a_matrix_action_box_is_flattened_for_the_learners_and_reshaped_for_the_
     assert torch.equal(env.step(actions).obs, actions)  # the env echoes the action it got, flattened row-major
 
 
+class _ObservesNothing(_ActionEcho):
+    def __init__(self):
+        super().__init__()
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (0,), np.float32)
+
+
+gym.register("robo_rl_test/NoAction-v0", entry_point=lambda: _ActionEcho(shape=(0,)), max_episode_steps=5)
+gym.register("robo_rl_test/ObservesNothing-v0", entry_point=_ObservesNothing, max_episode_steps=5)
+
+
+def test_spaces_without_a_dimension_are_refused_naming_the_task():
+    # refused only when the head was built, as "the gaussian head: ... got (0,) and (0,)", without the task
+    with pytest.raises(ValueError, match=r"^robo_rl_test/NoAction-v0: action space Box\(\[\], \[\], \(0,\), float32\) "
+                                         r"has no dimension to act in \(its shape holds a 0\)"):
+        make_env("robo_rl_test/NoAction-v0")
+    with pytest.raises(ValueError, match=r"^robo_rl_test/ObservesNothing-v0: observation space Box\(\[\], \[\], \(0,\), "
+                                         r"float32\) is empty; robo-rl's policies need at least one observation dimension"):
+        make_env("robo_rl_test/ObservesNothing-v0")
+
+
 def test_an_integer_action_box_is_refused_not_truncated():
     # a cast to int64 turned every policy output in (-1, 1) into 0, silently
     with pytest.raises(ValueError, match="IntegerAction-v0: action space .*int64.* integer dtype.*TransformAction"):
