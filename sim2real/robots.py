@@ -328,8 +328,9 @@ def _make(task: str, max_episode_steps: int | None, kwargs: dict[str, Any]) -> A
         return gym.make(task, max_episode_steps=max_episode_steps, **kwargs)
     except gym.error.Error as exc:
         raise ValueError(f"task={task!r}: {exc}") from exc
-    except ImportError:
-        raise
+    except ImportError as exc:  # the task's own import (Hopper-v3: mujoco-py, Pusher-v4: mujoco<3) or a module:Id's module
+        raise ValueError(f"task={task!r} cannot be built here, it needs a package that is not installed (or another "
+                         f"version of one): {type(exc).__name__}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - the task's constructor: a missing xml_file, an unknown keyword, ...
         raise ValueError(f"task={task!r}{_given(kwargs)} could not be built: {type(exc).__name__}: {exc}") from None
 

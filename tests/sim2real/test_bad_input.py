@@ -304,6 +304,21 @@ def test_a_task_without_dt_needs_a_control_rate_and_runs_with_one():
     robot.disconnect()
 
 
+def _needs_an_older_simulator(**_):  # as gymnasium's Hopper-v3 (mujoco-py) and Pusher-v4 (mujoco<3)
+    raise ImportError("`OldSim-v0` is only supported on `foosim<3`")
+
+
+gym.register("robo_rl_test/DeploysOldSim-v0", entry_point=_needs_an_older_simulator)
+
+
+def test_deploy_on_a_task_whose_own_import_fails_is_one_line(pendulum_export, capsys):
+    # the ImportError was re-raised as it was: `robo-rl deploy task=Hopper-v3` ended in a traceback, exit 1
+    code, _, err = run_cli(deploy_main, [f"export={pendulum_export}", "steps=5", "task=robo_rl_test/DeploysOldSim-v0"], capsys)
+    assert code == 2 and err.strip() == ("robo-rl: error: task='robo_rl_test/DeploysOldSim-v0' cannot be built here, it needs a "
+                                         "package that is not installed (or another version of one): ImportError: "
+                                         "`OldSim-v0` is only supported on `foosim<3`")
+
+
 def test_deploy_refuses_an_empty_task_instead_of_dropping_the_task_kwargs(pendulum_export):
     with pytest.raises(ValueError, match=r"^task='': give a gymnasium id, or null for the export's own task"):
         deploy(str(pendulum_export), task="", steps=5, log=lambda _: None)
