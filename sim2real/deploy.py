@@ -98,6 +98,9 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
             raise ValueError(f"task {task} has observation/action dims {sim.observation_dim}/{sim.action_dim}, the export "
                              f"{runtime.obs_dim}/{runtime.act_dim}: pass the task the policy was trained on")
         check_action_bounds(runtime, sim.env.action_space, task)
+        if not sim.dt:  # the loop runs at 1 / dt
+            raise ValueError(f"{task} does not say how long one of its steps lasts (its env has no dt, and the export "
+                             "no control rate): give the rate it runs at, rate_hz=<Hz>")
         loop = ControlLoop(runtime, sim, filters=built if built is not None else safety, rate_hz=1.0 / sim.dt,
                            watchdog=watchdog_config, realtime=realtime, clock=clock)
         on = task + (f" {kwargs}" if kwargs else "")

@@ -275,9 +275,6 @@ class MujocoSim2SimRobot(Robot):
             if self.timestep is not None or self.physics_ranges:
                 raise ValueError(f"{self.task} is not a MuJoCo env: sim2sim.timestep and sim2sim.physics need one")
             native = getattr(base, "dt", None)
-            if self.control_dt is None and native is None:  # the loop's rate and the clock's advance are 1 / dt
-                raise ValueError(f"{self.task} does not say how long one of its steps lasts (its env has no dt, and the "
-                                 "export no control rate): give the rate it runs at, rate_hz=<Hz> (in Python: control_dt)")
             if self.control_dt is not None and native is not None and abs(native - self.control_dt) > 1e-9:
                 raise ValueError(f"{self.task} steps {native:g} s per action ({1 / native:g} Hz) and, not being a MuJoCo "
                                  f"task, cannot adapt its physics to a control period of {self.control_dt:g} s "

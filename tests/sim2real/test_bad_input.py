@@ -290,18 +290,19 @@ class _Timeless(gym.Env):
 gym.register("robo_rl_test/Timeless-v0", entry_point=_Timeless, max_episode_steps=5)
 
 
-def test_a_task_without_dt_needs_a_control_rate_and_runs_with_one():
-    # deploy's loop ran at 1 / robot.dt, 0.0 for it: a ZeroDivisionError traceback
-    robot = MujocoSim2SimRobot("robo_rl_test/Timeless-v0")
+def test_deploying_a_task_without_dt_needs_a_control_rate_and_runs_with_one(tmp_path):
+    # deploy's loop ran at 1 / robot.dt, 0.0 for it: a ZeroDivisionError traceback. A sim robot driven directly
+    # (robo-rl's own TwoGoals has no dt either) needs no rate: only the loop does
+    export = make_export(tmp_path / "export", obs_dim=4, act_dim=1, task="robo_rl_test/Timeless-v0", low=-3.0, high=3.0)
+    sidecar = json.loads((export / "policy.json").read_text())
+    sidecar["control"] = {"dt": None, "rate_hz": None}  # what an export of a task without dt records
+    (export / "policy.json").write_text(json.dumps(sidecar))
     with pytest.raises(ValueError, match=r"^robo_rl_test/Timeless-v0 does not say how long one of its steps lasts \(its "
                                          r"env has no dt, and the export no control rate\): give the rate it runs at, "
-                                         r"rate_hz=<Hz> \(in Python: control_dt\)$"):
-        robot.connect()
-    assert not robot.is_connected
-    robot = MujocoSim2SimRobot("robo_rl_test/Timeless-v0", control_dt=0.02)
-    robot.connect()
-    assert robot.dt == 0.02
-    robot.disconnect()
+                                         r"rate_hz=<Hz>$"):
+        deploy(str(export), steps=5, log=lambda _: None)
+    report = deploy(str(export), steps=5, rate_hz=50.0, log=lambda _: None)
+    assert report["loop"]["steps"] == 5
 
 
 def _needs_an_older_simulator(**_):  # as gymnasium's Hopper-v3 (mujoco-py) and Pusher-v4 (mujoco<3)
