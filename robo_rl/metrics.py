@@ -16,16 +16,20 @@ log = logging.getLogger("robo_rl")
 
 
 WARNING_PREFIX = "robo-rl: warning: "
+ERROR_PREFIX = "robo-rl: error: "  # as the CLI prints an error
 
 
 class LogFormatter(logging.Formatter):
-    """The robo_rl logger's lines (console and train.log): a warning starts with ``robo-rl: warning:``, as README's and
-    robo-rl's other warnings on stderr do, whether or not its message says so itself ("skipping step_X: ..." from
-    checkpoint reading, "could not draw the learning curve", a bf16 note came bare, not recognisable as warnings)."""
+    """The robo_rl logger's lines (console and train.log): a warning starts with ``robo-rl: warning:``, an error with
+    ``robo-rl: error:``, as README's and the CLI's lines on stderr do, whether or not its message says so itself
+    ("skipping step_X: ..." from checkpoint reading, "could not draw the learning curve", a bf16 note, train.log's
+    "stopped: ..." and a sweep's "N of M job(s) failed" came bare, not recognisable as warnings or errors)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        if record.levelno == logging.WARNING and not record.message.startswith(WARNING_PREFIX):
-            record = logging.makeLogRecord({**record.__dict__, "message": WARNING_PREFIX + record.message})
+        prefix = (ERROR_PREFIX if record.levelno >= logging.ERROR else WARNING_PREFIX if record.levelno == logging.WARNING
+                  else "")
+        if prefix and not record.message.startswith(prefix):
+            record = logging.makeLogRecord({**record.__dict__, "message": prefix + record.message})
         return super().formatMessage(record)
 
 

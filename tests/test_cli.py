@@ -532,7 +532,7 @@ def test_a_failed_sweep_job_is_named_by_its_own_values_whatever_order_hydra_runs
     monkeypatch.chdir(tmp_path)
     nan_env = [*TINY, "env.id=tests.helpers:robo_rl_test/NaNAfter-v0", "steps=40", "eval.episodes=1", "eval.num_envs=1"]
     assert train_main(["-m", "env.kwargs.after=20,100000", *nan_env, "run_dir=sweep"]) == 1
-    assert "sweep: 1 of 2 job(s) failed: env.kwargs.after=20\n" in console.readouterr().err
+    assert "robo-rl: error: sweep: 1 of 2 job(s) failed: env.kwargs.after=20\n" in console.readouterr().err
 
 
 def test_a_failed_job_of_a_one_job_sweep_is_named_by_its_directory(tmp_path, monkeypatch, console):
@@ -547,7 +547,7 @@ def test_a_failed_job_of_a_one_job_sweep_is_named_by_its_directory(tmp_path, mon
     job = ("env.kwargs.after=20,algo=sac,env=pendulum,algo.learning_starts=100,algo.batch_size=32,"
            "algo.critic_hidden=[16],policy.hidden_sizes=[16],eval.episodes=1,eval.num_envs=1,"
            "env.id=tests.helpers:robo_rl_test-NaNAfter-v0")
-    assert f"sweep: 1 of 1 job(s) failed: {job}\n" in console.readouterr().err
+    assert f"robo-rl: error: sweep: 1 of 1 job(s) failed: {job}\n" in console.readouterr().err
     assert [p.name for p in (tmp_path / "one").iterdir() if p.is_dir()] == [job]
 
 
@@ -566,7 +566,7 @@ def test_a_sweep_run_again_prints_its_compare_line_when_no_job_trains(tmp_path, 
     assert train_main(["-m", "seed=0", *TINY, "steps=40", "run_dir=one"]) == 1
     err = console.readouterr().err
     assert f"{name} failed before (failed: non-finite observation at step 20)" in err
-    assert f"sweep: 1 job(s) in one; side by side: robo-rl compare runs=one\nsweep: 1 of 1 job(s) failed: {name}\n" in err
+    assert f"sweep: 1 job(s) in one; side by side: robo-rl compare runs=one\nrobo-rl: error: sweep: 1 of 1 job(s) failed: {name}\n" in err
 
 
 def test_overrides_before_m_make_the_same_sweep(tmp_path, monkeypatch, console):

@@ -345,7 +345,7 @@ def test_nan_observation_stops_and_keeps_last_good_checkpoint(tmp_path):
         train(cfg, tmp_path / "run")
     assert "step_0000000400" in str(exc.value) and "resume=" in str(exc.value)
     assert "start a new run in a new run_dir" in str(exc.value)  # a resume replays the same updates into the NaN
-    assert "stopped: NonFiniteError: non-finite observation" in (tmp_path / "run" / "train.log").read_text()
+    assert "robo-rl: error: stopped: NonFiniteError: non-finite observation" in (tmp_path / "run" / "train.log").read_text()
     good = latest_checkpoint(tmp_path / "run" / "checkpoints")
     assert good.name == "step_0000000400"
     load_checkpoint(good)  # intact
@@ -1169,6 +1169,10 @@ def test_every_warning_on_the_console_and_in_train_log_is_marked_as_one(tmp_path
     assert skipping.getMessage().startswith("skipping")  # the record itself is left as it was
     assert console.format(record(logging.WARNING, "robo-rl: warning: cannot lock r")) == "robo-rl: warning: cannot lock r"
     assert console.format(record(logging.INFO, "resumed from step_0000000300")) == "resumed from step_0000000300"
+    # errors (train.log's "stopped: ...", a sweep's "N of M job(s) failed") read as the CLI's errors do
+    stopped = record(logging.ERROR, "stopped: %s", "NonFiniteError: non-finite observation")
+    assert train_log.format(stopped).endswith(" robo-rl: error: stopped: NonFiniteError: non-finite observation")
+    assert console.format(record(logging.ERROR, "robo-rl: error: x")) == "robo-rl: error: x"
 
 
 @pytest.fixture
