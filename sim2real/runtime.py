@@ -210,7 +210,8 @@ class PolicyRuntime:
             raise ExportError(f"{self.model_path} not found (named by {self.sidecar_path})")
         if verify and sha256_of(self.model_path) != self.sidecar["sha256"]:
             raise ExportError(f"{self.model_path.name} does not match the checksum in {self.sidecar_path.name} "
-                              f"(file changed or wrong sidecar): {self.model_path}")
+                              f"(file changed or wrong sidecar): {self.model_path}; export it again from its run "
+                              "(robo-rl export run_dir=<run>) rather than deploy a model no export vouches for")
         self.obs_dim = int(self.sidecar["observation"]["dim"])
         self.act_dim = int(self.sidecar["action"]["dim"])
         self.action_low = np.asarray(self.sidecar["action"]["low"], np.float32)

@@ -57,7 +57,8 @@ def test_tampered_model_is_refused_with_the_checksum_message(export_dir: Path) -
     data[len(data) // 2] ^= 0x01  # one byte changed
     model.write_bytes(bytes(data))
     with pytest.raises(ExportError, match=r"policy\.onnx does not match the checksum in policy\.json "
-                                          r"\(file changed or wrong sidecar\)"):
+                                          r"\(file changed or wrong sidecar\): .*policy\.onnx; export it again from "
+                                          r"its run \(robo-rl export run_dir=<run>\)"):
         PolicyRuntime(export_dir)
 
 
