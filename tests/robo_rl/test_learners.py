@@ -286,12 +286,17 @@ def test_training_state_round_trip_includes_optimizers():
     state = copy.deepcopy(sac.training_state())
     clone = SAC(build_head("gaussian", OBS, LOW, HIGH, hidden_sizes=(16,)), critic_hidden=(16,))
     clone.load_training_state(state)
+    assert_same_next_update(sac, clone)
+
+
+def assert_same_next_update(a, b):
+    """``a`` and ``b`` make the same update from the same batch and draws, and end with the same weights."""
     torch.manual_seed(3)
-    m1 = sac.update(batch())
+    m1 = a.update(batch())
     torch.manual_seed(3)
-    m2 = clone.update(batch())
+    m2 = b.update(batch())
     assert all(torch.equal(m1[k], m2[k]) for k in m1)
-    assert all(torch.equal(a, b) for a, b in zip(sac.state_dict().values(), clone.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 def _damaged(state, what):
@@ -336,12 +341,7 @@ def test_a_training_state_that_does_not_fit_is_refused_and_nothing_is_half_loade
     untouched.load_training_state(copy.deepcopy(learner.training_state()))
     with pytest.raises(error, match=match):
         learner.load_training_state(_damaged(source.training_state(), what))
-    torch.manual_seed(3)
-    m1 = learner.update(batch())
-    torch.manual_seed(3)
-    m2 = untouched.update(batch())
-    assert all(torch.equal(m1[k], m2[k]) for k in m1)
-    assert all(torch.equal(a, b) for a, b in zip(learner.state_dict().values(), untouched.state_dict().values()))
+    assert_same_next_update(learner, untouched)
     for name, opt in learner.optimizers().items():
         mine, theirs = opt.state_dict()["state"], untouched.optimizers()[name].state_dict()["state"]
         assert all(torch.equal(mine[i][k], theirs[i][k]) for i in theirs for k in theirs[i])
