@@ -172,6 +172,9 @@ def validate(cfg: DictConfig) -> None:
         need(value is None or least <= value <= most, key, f"must be between {least} and {most:,} ({what})")
     need(cfg.env.max_episode_steps is None or cfg.env.max_episode_steps >= 1, "env.max_episode_steps",
          "must be >= 1 (or null: the task's own time limit)")
+    kwargs = cfg.env.kwargs
+    need(kwargs is None or "max_episode_steps" not in kwargs, "env.kwargs.max_episode_steps",
+         "the time limit is not one of the task's keyword arguments: give env.max_episode_steps=<n>")
     need(cfg.env.reward_clip > 0, "env.reward_clip", "must be > 0 (rewards are clipped to +-reward_clip after scaling)")
     need(cfg.policy.obs_clip > 0, "policy.obs_clip", "must be > 0 (normalized observations are clipped to +-obs_clip)")
     if "log_std_init" in cfg.policy:

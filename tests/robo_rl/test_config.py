@@ -43,6 +43,9 @@ def test_unknown_or_mistyped_keys_fail_at_composition(override, words):
     (["env.randomize.geom_friction_scale=[-1,1]"], "env.randomize.geom_friction_scale"),
     # out of range, once accepted silently
     (["env.max_episode_steps=0"], "env.max_episode_steps"),
+    # gymnasium.make's own argument, given as a task keyword: "multiple values for keyword argument", naming neither
+    (["env.kwargs.max_episode_steps=5"], "env.kwargs.max_episode_steps=5: the time limit is not one of the task's "
+                                         "keyword arguments: give env.max_episode_steps=<n>"),
     (["env.reward_clip=0"], "env.reward_clip"),
     (["policy.obs_clip=-1"], "policy.obs_clip"),
     (["algo=ppo", "algo.clip_range=-0.2"], "algo.clip_range"),
