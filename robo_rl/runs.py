@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Collection, Iterator
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from robo_rl.config import ALGO_SCHEMAS, POLICY_SCHEMAS, TrainConfig, flatten_config, saved_unit_actions
+from robo_rl.metrics import not_a_file
 from robo_rl.validation import ConfigError
 
 if TYPE_CHECKING:  # (torch is imported where a checkpoint is read: the CLI checks a config before importing it)
@@ -130,8 +131,6 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
             raise FileNotFoundError(f"{run_dir} is a -m sweep's directory, not one run: give one of its jobs' "
                                     f"directories{named}, or continue the whole sweep by running it again with -m "
                                     f"and run_dir={run_dir}")
-        from robo_rl.metrics import not_a_file
-
         problem = not_a_file(path)  # (a directory, a device, a broken link there: not the same as no file)
         what = "missing" if problem == "no such file" else f"is {problem}, not a run's config file"
         raise FileNotFoundError(f"{run_dir} is not a robo-rl run directory ({CONFIG_FILE} {what})")

@@ -145,6 +145,16 @@ class Learner(nn.Module):
         for float weights, which torch would cast to whole numbers; floats for an integer counter) is refused before
         anything is copied, and when torch refuses the rest (a missing or unexpected key, another shape: it raises
         after copying every tensor that fits) the learner's own state is put back."""
+        before = self._checked_kinds(state_dict)
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except BaseException:
+            super().load_state_dict(before, strict=False)
+            raise
+
+    def _checked_kinds(self, state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """A copy of this learner's state (to put back if a load fails), once ``state_dict`` is known to hold no
+        tensor of another kind of number than the one it would replace."""
         own = self.state_dict()
         for key, value in state_dict.items():
             mine = own.get(key)
@@ -153,12 +163,7 @@ class Learner(nn.Module):
                 raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t{key} is {value.dtype} "
                                    f"in the state dict, {mine.dtype} here (another kind of number: a cast would change "
                                    "its values)")
-        before = {key: value.clone() for key, value in own.items()}
-        try:
-            return super().load_state_dict(state_dict, strict=strict, assign=assign)
-        except BaseException:
-            super().load_state_dict(before, strict=False)
-            raise
+        return {key: value.clone() for key, value in own.items()}
 
     def load_training_state(self, state: dict[str, Any]) -> None:
         """Load what ``training_state`` wrote, all or nothing: the weights (``load_state_dict``) and every optimizer's
@@ -176,10 +181,10 @@ class Learner(nn.Module):
             if name not in saved:
                 raise KeyError(f"no state for the {name!r} optimizer")
             _check_optimizer_state(name, opt, saved[name])
-        modules = {key: value.clone() for key, value in self.state_dict().items()}
+        modules = self._checked_kinds(state["modules"])  # (one copy of the weights, not one here and one per load)
         before = {name: copy.deepcopy(opt.state_dict()) for name, opt in optimizers.items()}
         try:
-            self.load_state_dict(state["modules"])
+            super().load_state_dict(state["modules"])
             for name, opt in optimizers.items():
                 opt.load_state_dict(saved[name])
         except BaseException:
