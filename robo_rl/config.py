@@ -41,6 +41,7 @@ class SACConfig:
     critic_activation: str = "relu"
     critic_layer_norm: bool = False
     target_update_every: int = 1
+    fused: str = "auto"  # hand-derived-gradient update on CPU where it applies (auto|on|off); same math
     # off-policy runner
     batch_size: int = 256
     buffer_size: int = 1_000_000
@@ -63,6 +64,7 @@ class TD3Config:
     critic_hidden: List[int] = field(default_factory=lambda: [256, 256])
     critic_activation: str = "relu"
     critic_layer_norm: bool = False
+    fused: str = "auto"  # hand-derived-gradient update on CPU where it applies (auto|on|off); same math
     batch_size: int = 256
     buffer_size: int = 1_000_000
     learning_starts: int = 5_000

@@ -261,6 +261,8 @@ def validate(cfg: DictConfig) -> None:
         if "init_alpha" in cfg.algo:
             need(0 < cfg.algo.init_alpha <= FLOAT32_MAX, "algo.init_alpha", "the entropy temperature must start > 0 "
                  "and be a float32 number (at most 3.4e38)")
+        if "fused" in cfg.algo:
+            need(cfg.algo.fused in ("auto", "on", "off"), "algo.fused", "must be auto, on or off")
         if algo == "td3":
             need(cfg.algo.policy_delay >= 1, "algo.policy_delay", "must be >= 1 (critic updates per actor update)")
             for key in ("target_noise", "target_noise_clip", "exploration_noise"):

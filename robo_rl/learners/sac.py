@@ -17,9 +17,10 @@ from policies.heads import PolicyHead, require_capabilities
 from robo_rl.learners.base import Batch, Learner, polyak_update
 from robo_rl.learners.optim import FusedAdam
 from robo_rl.learners.critics import QEnsemble
+from robo_rl.learners.offpolicy_fused import FusedSACStep, FusedUpdate, sac_unsupported_reason
 
 
-class SAC(Learner):
+class SAC(FusedUpdate, Learner):
     kind = "off_policy"
     loss_functions = ("critic_loss", "actor_loss")
     name = "sac"
@@ -45,9 +46,11 @@ class SAC(Learner):
         critic_layer_norm: bool = False,
         target_update_every: int = 1,
         actor: PolicyHead | None = None,
+        fused: str = "auto",
     ) -> None:
         """``actor``: the head whose log-probability and parameters the actor loss uses, when it is not
-        ``policy`` itself (GoRL-SAC trains its latent Gaussian; the critic still sees env actions)."""
+        ``policy`` itself (GoRL-SAC trains its latent Gaussian; the critic still sees env actions). ``fused``: the
+        hand-derived-gradient update of offpolicy_fused.py (auto: where it applies; on: insist; off: autograd)."""
         super().__init__()
         actor = policy if actor is None else actor
         require_capabilities(self.name, actor, self.needs)
@@ -80,6 +83,7 @@ class SAC(Learner):
         self._target_params = list(self.critic_target.parameters())
         # what the Polyak step moves (subclasses with more critics extend both lists, in the same order)
         self._polyak_online, self._polyak_target = list(self._critic_params), list(self._target_params)
+        self._choose_fused_step("SAC", fused, lambda: sac_unsupported_reason(self), lambda: FusedSACStep(self))
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         opts = {"actor": self.actor_opt, "critic": self.critic_opt}
@@ -106,6 +110,8 @@ class SAC(Learner):
         return (alpha * logp - q_pi).mean(), logp.detach()
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if self._fused:
+            return self._fused_step.update(batch)
         alpha = self.log_alpha.detach().exp()
         critic_loss, q_mean = self._critic_loss(batch, alpha)
         self.critic_opt.apply(torch.autograd.grad(critic_loss, self._critic_params))

@@ -16,9 +16,10 @@ from policies.heads.base import TRAINED_BY
 from robo_rl.learners.base import Batch, Learner, polyak_update
 from robo_rl.learners.optim import FusedAdam
 from robo_rl.learners.critics import QEnsemble
+from robo_rl.learners.offpolicy_fused import FusedTD3Step, FusedUpdate, td3_unsupported_reason
 
 
-class TD3(Learner):
+class TD3(FusedUpdate, Learner):
     kind = "off_policy"
     loss_functions = ("critic_loss", "actor_loss")
     name = "td3"
@@ -41,6 +42,7 @@ class TD3(Learner):
         critic_hidden: Sequence[int] = (256, 256),
         critic_activation: str = "relu",
         critic_layer_norm: bool = False,
+        fused: str = "auto",
     ) -> None:
         super().__init__()
         if policy.stochastic:  # checked first: whatever else the head lacks, the advice is the same
@@ -66,6 +68,7 @@ class TD3(Learner):
         self._critic_params = list(self.critic.parameters())
         self._online = list(self.critic.parameters()) + list(policy.parameters())
         self._target = list(self.critic_target.parameters()) + list(self.actor_target.parameters())
+        self._choose_fused_step("TD3", fused, lambda: td3_unsupported_reason(self), lambda: FusedTD3Step(self))
 
     @torch.no_grad()
     def after_pretraining(self) -> None:
@@ -105,6 +108,8 @@ class TD3(Learner):
         return self.critic_warmup_step(self._critic_loss(batch)[0], self._target, self._online)
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if self._fused:
+            return self._fused_step.update(batch)
         self.num_updates += 1
         critic_loss, q_mean = self._critic_loss(batch)
         self.critic_opt.apply(torch.autograd.grad(critic_loss, self._critic_params))

@@ -142,8 +142,9 @@ def sb3_sample(batch):
     return lambda batch_size, env=None: ReplayBufferSamples(obs, unit, next_obs, terminated[:, None], rewards[:, None])
 
 
-def test_sac_update_matches_sb3(monkeypatch):
-    # ent_coef "auto_0.5" = init_alpha 0.5: log alpha != 0, so the temperature loss is not 0; one learning rate
+@pytest.mark.parametrize("fused", ["off", "on"])
+def test_sac_update_matches_sb3(monkeypatch, fused):
+    # fused=on: the hand-derived gradients of offpolicy_fused.py. ent_coef "auto_0.5" = init_alpha 0.5: log alpha != 0, so the temperature loss is not 0; one learning rate
     # (SB3's single learning_rate, robo-rl's three defaults are equal)
     sb = sb3_model(SB3SAC, policy_kwargs=dict(net_arch=[HIDDEN, HIDDEN]), learning_rate=3e-4, ent_coef="auto_0.5",
                    buffer_size=B, learning_starts=0)
@@ -151,7 +152,7 @@ def test_sac_update_matches_sb3(monkeypatch):
     # (policies/heads/gaussian.py): here 2e-5 apart in the gradients. With SB3's epsilon at 0 they are one function
     sb.actor.action_dist.epsilon = 0.0
     head = build_head("gaussian", obs_dim=OBS, action_low=LOW, action_high=HIGH, hidden_sizes=(HIDDEN, HIDDEN))
-    sac = SAC(head, critic_hidden=(HIDDEN, HIDDEN), init_alpha=0.5)
+    sac = SAC(head, critic_hidden=(HIDDEN, HIDDEN), init_alpha=0.5, fused=fused)
     ours_last, actor = linears(head.net)[-1], sb.actor
     actor_pairs = same_layers(linears(head.net)[:-1], linears(actor.latent_pi)) + [  # our last layer: [mean, log std]
         (ours_last.weight, lambda t: t, (actor.mu.weight, actor.log_std.weight)),
@@ -200,13 +201,14 @@ def test_sac_update_matches_sb3(monkeypatch):
                  "parameters after the step")
 
 
-def test_td3_updates_match_sb3(monkeypatch):
+@pytest.mark.parametrize("fused", ["off", "on"])
+def test_td3_updates_match_sb3(monkeypatch, fused):
     # Two updates: the second takes the delayed actor step and moves both targets (policy_delay 2 in both). The
-    # learning rates are both libraries' TD3 defaults (1e-3)
+    # learning rates are both libraries' TD3 defaults (1e-3). fused=on: the hand-derived gradients of offpolicy_fused.py
     sb = sb3_model(SB3TD3, policy_kwargs=dict(net_arch=[HIDDEN, HIDDEN]), learning_rate=1e-3, buffer_size=B,
                    learning_starts=0)
     head = build_head("deterministic", obs_dim=OBS, action_low=LOW, action_high=HIGH, hidden_sizes=(HIDDEN, HIDDEN))
-    td3 = TD3(head, critic_hidden=(HIDDEN, HIDDEN))
+    td3 = TD3(head, critic_hidden=(HIDDEN, HIDDEN), fused=fused)
     actor_pairs = same_layers(linears(head.net), linears(sb.actor.mu))  # SB3's mu ends in its Tanh, ours in the head
     actor_target_pairs = same_layers(linears(td3.actor_target.net), linears(sb.actor_target.mu))
     critic_pairs = critic_layers(td3.critic, sb.critic)

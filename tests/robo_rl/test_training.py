@@ -388,18 +388,23 @@ def test_nan_reward_is_caught(tmp_path):
         train(cfg, tmp_path / "run")
 
 
-def test_nan_loss_stops_training(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fused", ["on", "off"])
+def test_nan_loss_stops_training(tmp_path, monkeypatch, fused):
+    from robo_rl.learners.offpolicy_fused import FusedSACStep
     from robo_rl.learners.sac import SAC
 
-    original = SAC.critic_loss
+    # the loss each path computes (offpolicy_fused.py's hand-derived step, or the autograd one) turns NaN at update 51
+    owner, name = (FusedSACStep, "critic_gradients") if fused == "on" else (SAC, "critic_loss")
+    original = getattr(owner, name)
 
     def poisoned(self, batch, alpha):
-        loss, q = original(self, batch, alpha)
-        return loss * float("nan") if int(self.num_updates) >= 50 else loss, q
+        loss, *rest = original(self, batch, alpha)
+        learner = self.sac if fused == "on" else self
+        return (loss * float("nan") if int(learner.num_updates) >= 50 else loss, *rest)
 
-    monkeypatch.setattr(SAC, "critic_loss", poisoned)
+    monkeypatch.setattr(owner, name, poisoned)
     with pytest.raises(NonFiniteError, match=r"non-finite critic_loss \(nan\) in update 51"):
-        train(compose(*SMALL_SAC, "steps=600", "checkpoint.every=100"), tmp_path / "run")
+        train(compose(*SMALL_SAC, "steps=600", "checkpoint.every=100", f"algo.fused={fused}"), tmp_path / "run")
     # the checkpoint written before the NaN is still complete and finite
     state, _ = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
     assert all(torch.isfinite(v).all() for v in state["learner"]["modules"].values() if v.is_floating_point())

@@ -1,0 +1,207 @@
+"""The fused SAC and TD3 steps (hand-derived gradients, offpolicy_fused.py) compute the autograd path's update."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from policies import build_head
+from robo_rl.learners.base import Batch
+from robo_rl.learners.sac import SAC
+from robo_rl.learners.sac_lagrangian import LagrangianSAC
+from robo_rl.learners.td3 import TD3
+
+OBS, ACT, B = 11, 3, 64
+LOW, HIGH = np.array([-2.0, -1.0, 0.1]), np.array([0.5, 1.0, 2.7])  # an asymmetric box: to_unit/from_unit matter
+
+
+def learner(algo, fused, activation="relu", hidden=(32, 24), head_options=None, **kw):
+    torch.manual_seed(0)
+    name = "deterministic" if algo == "td3" else "gaussian"
+    head = build_head(name, OBS, LOW, HIGH, normalize_obs=True, hidden_sizes=hidden, activation=activation,
+                      **(head_options or {}))
+    head.obs_norm.update(torch.randn(500, OBS) * 2 + 1)
+    cls = TD3 if algo == "td3" else SAC
+    if algo == "sac":
+        kw.setdefault("init_alpha", 0.3)  # alpha's terms and Q's both matter
+    return cls(head, fused=fused, critic_hidden=hidden, critic_activation=activation, **kw)
+
+
+def batch(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    unit = torch.rand(B, ACT, generator=g) * 2 - 1
+    actions = torch.as_tensor(LOW, dtype=torch.float32) + (unit + 1) / 2 * torch.as_tensor(HIGH - LOW, dtype=torch.float32)
+    return Batch(torch.randn(B, OBS, generator=g) * 2, actions, torch.randn(B, generator=g),
+                 torch.randn(B, OBS, generator=g) * 2, (torch.rand(B, generator=g) < 0.2).float())
+
+
+def loss_args(learner_):
+    return () if isinstance(learner_, TD3) else (learner_.log_alpha.detach().exp(),)
+
+
+def autograd_gradients(learner_, data, seed=3):
+    """(critic loss, mean Q, critic gradients, actor loss, actor gradients) of the autograd path."""
+    args = loss_args(learner_)
+    torch.manual_seed(seed)  # the target-smoothing noise (TD3), the next and current actions' draws (SAC)
+    critic_loss, q_mean = learner_._critic_loss(data, *args)
+    critic = torch.autograd.grad(critic_loss, learner_._critic_params)
+    actor_loss = learner_._actor_loss(data.obs, *args)
+    actor_loss = actor_loss if isinstance(learner_, TD3) else actor_loss[0]
+    actor = torch.autograd.grad(actor_loss, learner_._actor_params)
+    return critic_loss.detach(), q_mean, critic, actor_loss.detach(), actor
+
+
+def fused_gradients(learner_, data, seed=3):
+    step, args = learner_._fused_step, loss_args(learner_)
+    torch.manual_seed(seed)
+    critic_loss, q_mean, critic = step.critic_gradients(data, *args)
+    actor_loss, *rest = step.actor_gradients(data.obs, *args)
+    return critic_loss, q_mean, critic, actor_loss, rest[-1]
+
+
+def relative_error(reference, other):
+    return max(((r - o).abs().max() / r.abs().max()).item() for r, o in zip(reference, other))
+
+
+def max_diff(a, b):
+    return max((x - y).abs().max().item() for x, y in zip(a.state_dict().values(), b.state_dict().values()) if x.is_floating_point())
+
+
+CASES = [("td3", "relu", (32, 24), 2, {}), ("td3", "tanh", (32, 24), 2, {}), ("td3", "relu", (16,), 3, {}),
+         ("td3", "tanh", (16, 16, 8), 1, {}), ("sac", "relu", (32, 24), 2, {}), ("sac", "tanh", (16, 16, 8), 3, {}),
+         ("sac", "relu", (16,), 2, {"state_dependent_std": False, "log_std_init": -0.5})]
+
+
+@pytest.mark.parametrize("algo, activation, hidden, critics, head_options", CASES)
+def test_fused_gradients_equal_autograds(algo, activation, hidden, critics, head_options):
+    auto = learner(algo, "off", activation, hidden, head_options, num_critics=critics)
+    fused = learner(algo, "on", activation, hidden, head_options, num_critics=critics)
+    assert auto._fused_step is None and fused._fused_step is not None
+    data = batch()
+    expected, got = autograd_gradients(auto, data), fused_gradients(fused, data)
+    for i in (0, 1, 3):  # critic loss, mean Q, actor loss
+        assert float(got[i]) == pytest.approx(float(expected[i]), rel=1e-5, abs=1e-6)
+    for i in (2, 4):  # critic, actor gradients: one per parameter, same shapes and order
+        assert [g.shape for g in got[i]] == [g.shape for g in expected[i]]
+        assert all(g.dtype == torch.float32 and g.is_contiguous() for g in got[i])
+        assert relative_error(expected[i], got[i]) < 1e-5
+
+
+def test_sac_log_std_clamp_passes_no_gradient_where_it_binds():
+    # a state-independent log-std outside [LOG_STD_MIN, LOG_STD_MAX] on one dimension: autograd's clamp gives that
+    # dimension no gradient, and the fused step must not either
+    auto, fused = (learner("sac", f, head_options={"state_dependent_std": False}) for f in ("off", "on"))
+    for sac in (auto, fused):
+        with torch.no_grad():
+            sac.policy.log_std.copy_(torch.tensor([3.0, 0.0, -25.0]))
+    expected, got = autograd_gradients(auto, batch()), fused_gradients(fused, batch())
+    log_std_grad = expected[4][0]  # the head's own parameter comes before its MLP's
+    assert log_std_grad[0] == 0 and log_std_grad[2] == 0 and log_std_grad[1] != 0
+    torch.testing.assert_close(got[4][0], log_std_grad, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("algo", ["td3", "sac"])
+def test_fused_update_equals_autograd_over_several_updates(algo):
+    auto, fused = learner(algo, "off"), learner(algo, "on")
+    for k in range(5):  # TD3's policy_delay 2: its actor, and its targets, move on updates 2 and 4
+        data = batch(seed=10 + k)
+        torch.manual_seed(k)
+        m_auto = auto.update(data)
+        torch.manual_seed(k)
+        m_fused = fused.update(data)
+        assert set(m_auto) == set(m_fused)
+        for key in m_auto:
+            assert float(m_fused[key]) == pytest.approx(float(m_auto[key]), rel=1e-4, abs=1e-6), key
+    if algo == "td3":
+        assert set(m_auto) == {"critic_loss", "q_mean"} and int(fused.num_updates) == 5
+    else:
+        assert set(m_auto) == {"critic_loss", "actor_loss", "q_mean", "entropy", "alpha", "alpha_loss"}
+        assert float(fused.log_alpha.detach()) != float(learner("sac", "on").log_alpha.detach())  # the temperature moved
+    assert max_diff(auto, fused) < 1e-5  # parameters, targets, log alpha and the update counter
+    for name, opt in auto.optimizers().items():
+        sa, sf = opt.state_dict(), fused.optimizers()[name].state_dict()
+        for i in sa["state"]:
+            torch.testing.assert_close(sa["state"][i]["exp_avg"], sf["state"][i]["exp_avg"], rtol=1e-4, atol=1e-9)
+            assert float(sa["state"][i]["step"]) == float(sf["state"][i]["step"]) == (2 if (algo, name) == ("td3", "actor") else 5)
+
+
+@pytest.mark.parametrize("algo", ["td3", "sac"])
+def test_fused_bf16_is_as_close_to_float32_as_autocast(algo):
+    # precision=bf16: the fused step runs its matmuls in bfloat16 where autocast would. Both differ from float32 by
+    # bfloat16's rounding (8 bits of mantissa: ~0.4% a value, more after a few layers); the fused step's gradients
+    # must be no further from float32's than autocast's are (for TD3 here they are as far: 0.5% for the critic's,
+    # 12% for the actor's first layer, whose gradient is small next to the rounding of what it is made from).
+    reference = autograd_gradients(learner(algo, "off"), batch())
+    auto, fused = learner(algo, "off"), learner(algo, "on")
+    auto.autocast_update(torch.bfloat16)
+    fused.autocast_update(torch.bfloat16)
+    assert fused._fused_step.dtype == torch.bfloat16
+    autocast, got = autograd_gradients(auto, batch()), fused_gradients(fused, batch())
+    for i in (2, 4):
+        err_autocast, err_fused = relative_error(reference[i], autocast[i]), relative_error(reference[i], got[i])
+        assert 1e-4 < err_fused < max(2 * err_autocast, 0.02)  # bf16 was used, and no worse than autocast's
+        assert all(g.dtype == torch.float32 for g in got[i])
+    assert float(got[0]) == pytest.approx(float(reference[0]), rel=0.02)
+
+
+@pytest.mark.parametrize("algo", ["td3", "sac"])
+def test_bf16_casts_are_renewed_when_the_parameters_move(algo):
+    # under bf16 an update casts each parameter once while it holds still: the critics' casts must be renewed after
+    # the critic step (the actor loss reads the moved critics), every cast after the update. Uncached casts give
+    # the reference: the same bfloat16 values, so the two learners must stay bit-identical
+    cached, uncached = learner(algo, "on"), learner(algo, "on")
+    for each in (cached, uncached):
+        each.autocast_update(torch.bfloat16)
+    uncached._fused_step.update = uncached._fused_step._update  # every cast made afresh
+    for k in range(4):
+        for each in (cached, uncached):
+            torch.manual_seed(k)
+            each.update(batch(seed=k))
+    assert max_diff(cached, uncached) == 0.0 and max_diff(cached, learner(algo, "on")) > 1e-4
+
+
+@pytest.mark.parametrize("algo", ["td3", "sac"])
+def test_fused_state_survives_checkpoint_round_trip(algo):
+    a = learner(algo, "on")
+    a.update(batch())
+    state = copy.deepcopy(a.training_state())
+    b = learner(algo, "on")
+    b.load_training_state(state)  # copies into the parameters the step reads
+    for each in (a, b):
+        torch.manual_seed(9)
+        each.update(batch(seed=2))
+    assert max_diff(a, b) == 0.0
+
+
+def test_unsupported_learners_fall_back_or_explain():
+    assert learner("td3", "auto", critic_layer_norm=True)._fused_step is None  # silently the autograd path
+    with pytest.raises(ValueError, match="algo.fused=on: the fused TD3 step needs plain critic MLPs with relu or tanh "
+                                         r"\(algo.critic_layer_norm=false\); use algo.fused=auto"):
+        learner("td3", "on", critic_layer_norm=True)
+    with pytest.raises(ValueError, match="algo.fused=on: the fused SAC step needs a plain actor MLP"):
+        learner("sac", "on", activation="elu")
+    with pytest.raises(ValueError, match="auto, on or off"):
+        learner("td3", "yes")
+    torch.manual_seed(0)
+    head = build_head("gaussian", OBS, LOW, HIGH, hidden_sizes=(16,))
+    assert LagrangianSAC(head, critic_hidden=(16,))._fused_step is None
+    with pytest.raises(ValueError, match=r"the fused SAC step computes plain SAC's update, not LagrangianSAC's "
+                                         r"\(sac_lagrangian\); use algo.fused=auto"):
+        LagrangianSAC(head, critic_hidden=(16,), fused="on")
+
+
+@pytest.mark.parametrize("algo", ["td3", "sac"])
+def test_compiled_losses_take_the_autograd_path(algo):
+    each = learner(algo, "auto")
+    assert each._fused
+    each.compile_update()  # compile wraps the loss methods: the update must run them, not the fused step
+    assert not each._fused
+
+
+def test_a_learner_moved_off_the_cpu_leaves_the_fused_step():
+    # the meta device stands in for cuda (no GPU here)
+    assert not learner("sac", "auto").to("meta")._fused
+    with pytest.raises(ValueError, match="algo.fused=on: the fused TD3 step runs on CPU only, and this learner was "
+                                         "moved to meta; use algo.fused=auto"):
+        learner("td3", "on").to("meta")._fused
