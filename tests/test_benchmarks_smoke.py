@@ -46,6 +46,14 @@ def test_env_speed(tmp_path):
     assert out["results"][0]["robo_rl_steps_per_s"] > 0 and out["memory_per_env_bytes"]["Hopper-v5"] > 0
 
 
+def test_fused_offpolicy(tmp_path):
+    bench(tmp_path, "benchmarks/fused_offpolicy.py", "--rounds", "1", "--updates", "2", "--hidden", "16", "--batch", "32",
+          "--name", "fused")
+    out = result(tmp_path, "fused")["results"]
+    assert [(r["algo"], r["precision"]) for r in out] == [("sac", "fp32"), ("sac", "bf16"), ("td3", "fp32"), ("td3", "bf16")]
+    assert all(r["median_ms"]["fused"] > 0 and r["speedup"] > 0 for r in out)
+
+
 def test_default_run(tmp_path):
     bench(tmp_path, "benchmarks/default_run.py", "--seeds", "0", "--steps", "2048", "--name", "default_run")
     (run,) = result(tmp_path, "default_run")["runs"]
