@@ -42,6 +42,7 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
         yield
         return
     run_dir.mkdir(parents=True, exist_ok=True)
+    _refuse_odd_lock_file(run_dir)
     fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         unsupported = _lock_or_refuse(fd, run_dir)
@@ -76,6 +77,7 @@ def refuse_busy_run_dir(run_dir: Path) -> None:
     """Raise RunDirBusy if a training process holds ``run_dir``'s lock now. Checked before anything else about
     a run directory, so that a run still starting (no checkpoint yet) is reported as in use, not as a run with
     nothing to resume; ``run_dir_lock`` then takes the lock for real."""
+    _refuse_odd_lock_file(run_dir)
     try:
         import fcntl  # noqa: F401  (POSIX only, as run_dir_lock)
 
@@ -86,6 +88,15 @@ def refuse_busy_run_dir(run_dir: Path) -> None:
         _lock_or_refuse(fd, run_dir)  # taken, it is released with the descriptor below
     finally:
         os.close(fd)
+
+
+def _refuse_odd_lock_file(run_dir: Path) -> None:
+    """Raise ConfigError if ``run_dir/.lock`` is there but is no regular file: opening a named pipe waits for a writer
+    (the command hung), and a directory or device cannot hold the lock."""
+    path = run_dir / LOCK_FILE
+    problem = not_a_file(path)
+    if problem is not None and problem != "no such file":
+        raise ConfigError(f"run_dir={run_dir}: {path} is {problem}, not the lock file training keeps there; remove it")
 
 
 def saved_group_choices(overrides: list[str]) -> list[str]:
@@ -245,6 +256,8 @@ def state_mismatch(expected: dict, given: dict) -> str | None:  # type: ignore[t
 def _saved_by(checkpoint: Path, algo: str) -> str:
     """'; it was saved by a td3 run (<dir>)' when ``checkpoint`` lies in a run of another algorithm than ``algo``."""
     run = Path(checkpoint).parent.parent
+    if not_a_file(run / CONFIG_FILE) is not None:  # (a named pipe there would wait for a writer)
+        return ""
     try:
         import yaml
 

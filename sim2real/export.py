@@ -455,8 +455,11 @@ def _publish(tmp_model: Path, model: Path, sidecar: dict[str, Any]) -> None:
 
 def _previous_model(out_dir: Path) -> str | None:
     """The model file the export already in ``out_dir`` names (None: no readable earlier export)."""
+    path = out_dir / "policy.json"
+    if not path.is_file():  # (a named pipe there would wait for a writer, under the directory's lock)
+        return None
     try:
-        previous = json.loads((out_dir / "policy.json").read_text())
+        previous = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(previous, dict) or previous.get("format") != FORMAT:

@@ -127,3 +127,29 @@ def robo_rl_records(level: int = logging.DEBUG):
     finally:
         logger.removeHandler(handler)
         logger.setLevel(was)
+
+
+def without_waiting_on(fifo, call, seconds: float = 5.0):
+    """``call()``'s result, ``fifo`` being a named pipe the call must not read: a call that opens it for reading waits
+    for a writer (the command hung); after ``seconds`` a writer opens and closes it, so the test fails instead of
+    hanging with it."""
+    import threading
+
+    out: dict = {}
+
+    def run():
+        try:
+            out["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            out["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the reader gets end-of-file
+        worker.join(seconds)
+        raise AssertionError(f"the call waited on the named pipe {fifo}")
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")

@@ -204,8 +204,13 @@ def earlier_failure(run_dir: Path) -> str | None:
     """The status of a run that failed (NaN/Inf, a full disk), from its summary.json; None otherwise."""
     import json
 
+    from robo_rl.metrics import not_a_file
+
+    path = run_dir / "summary.json"
+    if not_a_file(path) is not None:  # (a named pipe there would wait for a writer: the sweep would hang)
+        return None
     try:
-        status = json.loads((run_dir / "summary.json").read_text()).get("status", "")
+        status = json.loads(path.read_text()).get("status", "")
     except (OSError, ValueError, AttributeError):
         return None
     return status if isinstance(status, str) and status.startswith("failed") else None

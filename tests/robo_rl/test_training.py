@@ -585,6 +585,38 @@ def test_a_filesystem_without_locks_warns_and_the_run_goes_on(tmp_path, monkeypa
     assert "cannot lock" in caplog.text and "nothing stops a second process" in caplog.text
 
 
+@pytest.mark.parametrize("case", ["fifo", "directory"])
+def test_a_lock_file_that_is_no_file_is_named_not_waited_on(tmp_path, case):
+    # a named pipe as run_dir/.lock: the busy-run probe's open for reading waited for a writer (a resume hung);
+    # a directory there: a traceback from os.open under Hydra
+    from robo_rl.runs import refuse_busy_run_dir
+    from tests.helpers import without_waiting_on
+
+    run = tmp_path / "run"
+    run.mkdir()
+    os.mkfifo(run / ".lock") if case == "fifo" else (run / ".lock").mkdir()
+    what = "a directory" if case == "directory" else r"not a regular file \(a device, pipe or socket\)"
+    for call in (lambda: refuse_busy_run_dir(run), lambda: train(compose(*SMALL_SAC, "steps=100"), run)):
+        with pytest.raises(ConfigError, match=rf"run_dir={run}: {run / '.lock'} is {what}, not the lock file "):
+            without_waiting_on(run / ".lock", call)
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]  # refused before anything was written
+
+
+def test_reads_of_a_run_s_files_for_a_hint_do_not_wait_on_a_named_pipe(tmp_path):
+    # a sweep continuing its job read the job's summary.json for an earlier failure, and a checkpoint that does not
+    # fit read its run's config.yaml for the algorithm that saved it: a named pipe in their place hung the command
+    from robo_rl.commands.train import earlier_failure
+    from robo_rl.runs import _saved_by
+    from tests.helpers import without_waiting_on
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_0000000100").mkdir(parents=True)
+    os.mkfifo(run / "summary.json")
+    os.mkfifo(run / "config.yaml")
+    assert without_waiting_on(run / "summary.json", lambda: earlier_failure(run)) is None  # no failed run's summary
+    assert without_waiting_on(run / "config.yaml", lambda: _saved_by(run / "checkpoints" / "step_0000000100", "sac")) == ""
+
+
 def test_a_signal_during_the_final_evaluation_waits_for_it_and_the_final_save(tmp_path, monkeypatch):
     from robo_rl.runners.base import Runner
 

@@ -448,6 +448,19 @@ def test_re_export_in_the_other_format_removes_the_stale_model(tmp_path, first, 
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["notes.txt", "policy.json", sidecar["model_file"]])
 
 
+def test_an_export_over_a_named_pipe_sidecar_replaces_it_without_waiting_on_it(tmp_path):
+    """The export already in out_dir is read from its policy.json (for a model file to remove): a named pipe there
+    waited for a writer, under the directory's lock."""
+    import os
+
+    from tests.helpers import without_waiting_on
+
+    os.mkfifo(tmp_path / "policy.json")
+    head = _head("deterministic", {})
+    sidecar = without_waiting_on(tmp_path / "policy.json", lambda: export_policy(head, tmp_path, "onnx"))
+    assert json.loads((tmp_path / "policy.json").read_text())["model_file"] == sidecar["model_file"] == "policy.onnx"
+
+
 @pytest.mark.parametrize("name, options", HEADS, ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o in HEADS])
 def test_onnx_export_falls_back_on_a_torch_whose_export_has_no_dynamo_argument(tmp_path, monkeypatch, name, options):
     """pyproject allows torch>=2.4, whose torch.onnx.export has no ``dynamo=`` (added in 2.5): the first call
