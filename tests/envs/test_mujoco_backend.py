@@ -23,7 +23,10 @@ WITH_KWARGS = [("Ant-v5", {"include_cfrc_ext_in_observation": False}),
 
 
 @pytest.mark.parametrize("task_id, kwargs", [(t, {}) for t in sorted(TASKS)] + WITH_KWARGS)
-def test_bit_identical_to_gymnasium(task_id, kwargs):
+def test_bit_identical_to_gymnasium(task_id, kwargs, monkeypatch, tmp_path):
+    # gymnasium's HalfCheetah asset makes MuJoCo 4 warn (settotalmass): its handler appends to MUJOCO_LOG.TXT in the
+    # working directory, which was the repository's
+    monkeypatch.chdir(tmp_path)
     n = 3
     limit = LIMITS.get(task_id)
     ref = SyncVectorEnv([lambda: gym.make(task_id, max_episode_steps=limit, **kwargs)] * n,
@@ -110,7 +113,8 @@ def test_snapshot_continues_exactly(task_id):
         assert torch.equal(ra.obs, rb.obs) and torch.equal(ra.reward, rb.reward) and torch.equal(ra.terminated, rb.terminated)
 
 
-def test_diverged_simulation_is_reset_marked_and_finite():
+def test_diverged_simulation_is_reset_marked_and_finite(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # MuJoCo's warning goes to MUJOCO_LOG.TXT in the working directory
     env = MujocoBatchedEnv("Hopper-v5", 3)
     env.reset(seed=0)
     before = env.step(torch.zeros(3, 3)).obs

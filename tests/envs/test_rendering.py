@@ -59,7 +59,7 @@ def _gymnasium_version() -> tuple[int, ...]:
 # version, gymnasium 1.1-1.3's differ from them and from 1.4's): the frames are compared with 1.4's
 @pytest.mark.skipif(_gymnasium_version() < (1, 4), reason="gymnasium < 1.4 draws its default view differently")
 @pytest.mark.parametrize("task", ["HalfCheetah-v5", "Hopper-v5"])
-def test_batched_frames_draw_the_state_the_observation_describes(task):
+def test_batched_frames_draw_the_state_the_observation_describes(task, monkeypatch, tmp_path):
     # gymnasium's render() after step() draws the geom positions MuJoCo computed at the start of the last substep
     # (mj_step does not recompute them); the batched backend draws the current state, which is gymnasium's frame
     # once its kinematics are brought up to date. At reset both are the same picture.
@@ -69,6 +69,7 @@ def test_batched_frames_draw_the_state_the_observation_describes(task):
 
     from envs import make_env
 
+    monkeypatch.chdir(tmp_path)  # gymnasium's HalfCheetah makes MuJoCo warn, into MUJOCO_LOG.TXT in the working dir
     ours = make_env(task, num_envs=1, backend="mujoco", kwargs={"width": 96, "height": 64})
     theirs = gym.make(task, render_mode="rgb_array", width=96, height=64)
     ours.reset(seed=3)
