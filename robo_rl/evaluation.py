@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -17,6 +17,16 @@ from policies.heads.generative import ChunkExecutor
 
 class EvaluationNotFinished(RuntimeError):
     """An evaluation's episodes did not end within its step budget (a task without a time limit, or a huge one)."""
+
+
+class EvaluationStopped(Exception):
+    """``evaluate``'s ``stop()`` asked it to stop (a run's SIGINT/SIGTERM) before its episodes were done: no result,
+    as the mean of the episodes finished so far (the short ones first) is no evaluation. ``finished`` of
+    ``episodes`` had ended."""
+
+    def __init__(self, finished: int, episodes: int) -> None:
+        super().__init__(f"evaluation stopped after {finished} of {episodes} episodes")
+        self.finished, self.episodes = finished, episodes
 
 
 def policy_env_mismatch(policy: PolicyHead, env: BatchedEnv) -> str | None:
@@ -69,6 +79,7 @@ def evaluate(
     record_episodes: int = 0,
     record_transitions: bool = False,
     frame_sink: Any = None,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Run ``episodes`` complete episodes and report their undiscounted returns and lengths.
 
@@ -83,6 +94,8 @@ def evaluate(
     ``record_transitions`` also returns ``transitions``: the counted episodes' (obs, executed
     actions, rewards, next_obs, terminated) as tensors, the arrays of a demonstrations file.
     A head that predicts action chunks runs ``execute`` actions of each chunk per query, as it was trained to.
+    ``stop`` (a callable, e.g. a run's "a signal asked to stop") is asked before each step: True raises
+    ``EvaluationStopped``, so that a long evaluation gives way to a SIGINT/SIGTERM instead of holding it up.
     """
     for name, value, least in (("episodes", episodes, 1), ("max_steps", max_steps, 1), ("record_episodes", record_episodes, 0)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
@@ -122,6 +135,8 @@ def evaluate(
         kept: list[tuple] = []
         # the video may want more of env copy 0's episodes than its share: those are filmed, not counted
         while sum(done_count) < episodes or recorded < record_episodes:
+            if stop is not None and stop():
+                raise EvaluationStopped(sum(done_count), episodes)
             if not bool(torch.isfinite(obs).all()):
                 raise FloatingPointError(f"evaluation env {env.task_id} returned a non-finite observation")
             # inside the box, as training's actions are (OffPolicyRunner, Learner.env_action): from_unit's float32

@@ -24,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from envs import BatchedEnv
 from envs.base import WorkerDied, all_finite
 from robo_rl.checkpoint import CheckpointWriteError, list_checkpoints, prune_checkpoints
-from robo_rl.evaluation import EvaluationNotFinished, device_mismatch, evaluate, policy_env_mismatch
+from robo_rl.evaluation import (EvaluationNotFinished, EvaluationStopped, device_mismatch, evaluate,
+                                policy_env_mismatch)
 from robo_rl.learners.base import Learner
 from robo_rl.metrics import (MetricsWriter, Progress, format_duration, format_return, mean_of, plot_learning_curve,
                              write_text_atomic)
@@ -104,6 +105,9 @@ class Runner(RunnerCheckpoints, abc.ABC):
         self._last_eval_step = -1
         self._last_ckpt_step = -1
         self._last_ckpt_evals = 0  # evaluations the last checkpoint holds (the final one may follow it)
+        # the periodic evaluation at self.step gave way to a SIGINT/SIGTERM: not recorded; the resumed run does it first
+        self.eval_pending = False
+        self._stop: StopOnSignal | None = None  # while train() runs: the signal that asks it to stop
 
     # -- to implement ------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -233,7 +237,10 @@ class Runner(RunnerCheckpoints, abc.ABC):
         if self._last_ckpt_step != self.step or self._last_ckpt_evals != len(self.eval_history):
             self.save(time.perf_counter() - t_start)  # (not twice: a large replay doubles the wait)
         status = f"interrupted by {signal.Signals(signum).name}"
-        return status, Interrupted(signum, f"{status} at step {self.step:,}; checkpoint {self._last_checkpoint} saved. "
+        cut = (f" (the evaluation at step {self.step:,} was cut short and not recorded: the resumed run does it first)"
+               if self.eval_pending else "")
+        return status, Interrupted(signum, f"{status} at step {self.step:,}{cut}; checkpoint {self._last_checkpoint} "
+                                           "saved. "
                                            f"Continue with: robo-rl train {shlex.quote(f'resume={self.run_dir}')}")
 
     def may_defer(self) -> bool:
@@ -290,13 +297,18 @@ class Runner(RunnerCheckpoints, abc.ABC):
         status = "completed"
         try:
             with StopOnSignal() as stop:
+                self._stop = stop
                 self.learner.stop_requested = (  # type: ignore[method-assign]
                     lambda: stop.signum is not None and self.may_defer())
                 if self.step < self.total_steps:
                     self.check_reset_obs_finite()  # the run's first, or a resume's without simulator state
                 while self.step < self.total_steps:
                     self.deferred_work()  # e.g. a GoRL refit a signal interrupted
-                    if stop.signum is not None:  # (the deferred work gave way to a signal again)
+                    if self.eval_pending and stop.signum is None:  # the evaluation a signal cut short, at this step
+                        t_pause = time.perf_counter()
+                        self._evaluate(self.wall_time + t_pause - t_start, may_stop=True)
+                        paused += time.perf_counter() - t_pause
+                    if stop.signum is not None:  # (the deferred work or the evaluation gave way to a signal again)
                         status, stopped = self._interrupted(stop.signum, t_start)
                         raise stopped
                     start_step = self.step
@@ -318,7 +330,7 @@ class Runner(RunnerCheckpoints, abc.ABC):
                         next_log = (self.step // cfg.log.every + 1) * cfg.log.every
                     t_pause = time.perf_counter()
                     if self.step >= next_eval:
-                        self._evaluate(now_wall)
+                        self._evaluate(now_wall, may_stop=True)  # (gives way to a signal: the resume does it)
                         next_eval = (self.step // cfg.eval.every + 1) * cfg.eval.every
                     if self.step >= next_ckpt:
                         self.save(time.perf_counter() - t_start)
@@ -382,6 +394,7 @@ class Runner(RunnerCheckpoints, abc.ABC):
             raise
         finally:
             self.learner.__dict__.pop("stop_requested", None)  # back to the default: this run's signals are done
+            self._stop = None
             elapsed = self.wall_time + time.perf_counter() - t_start
             try:
                 summary = self._finish(elapsed, status, t_start)
@@ -423,21 +436,36 @@ class Runner(RunnerCheckpoints, abc.ABC):
         self._acc.clear()
         self.metrics.write(self.step, wall, scalars)
 
-    def _evaluate(self, wall: float) -> None:
+    def _evaluate(self, wall: float, may_stop: bool = False) -> None:
+        """The evaluation at this step, recorded in eval_history and the metrics. ``may_stop``: a periodic one, which
+        gives way to a SIGINT/SIGTERM between env steps (eval.episodes x a long time limit can take minutes): it is
+        then not recorded, and ``eval_pending`` makes the resumed run do it first (as this run would have). The final
+        evaluation does not give way (the run then ends complete)."""
         cfg = self.cfg.eval
         seed = int(self.cfg.seed) + EVAL_SEED_OFFSET + self.step
+        stop = self._stop if may_stop else None
         t0 = time.perf_counter()
+        stopped = None
         try:
-            result = evaluate(self.policy, self.eval_env, int(cfg.episodes), bool(cfg.deterministic), seed=seed)
+            result = evaluate(self.policy, self.eval_env, int(cfg.episodes), bool(cfg.deterministic), seed=seed,
+                              stop=(lambda: stop.signum is not None) if stop is not None else None)
         except FloatingPointError as exc:  # a NaN from the evaluation env or the policy: stop like any other
             self._fail(f"{exc} in the evaluation at step {self.step:,}")
         except EvaluationNotFinished as exc:
             raise EvaluationNotFinished(f"{exc} (eval.episodes={cfg.episodes}; the evaluation at step {self.step:,})") from None
+        except EvaluationStopped as exc:
+            stopped = exc
         self.eval_seconds += time.perf_counter() - t0
         if self.shared_eval:  # the evaluation stepped (and reset) the training envs: they start new episodes
             self.obs = self.env.reset(seed=int(self.cfg.seed) + self.step)
             self.check_reset_obs_finite()
             self.episodes_restarted()
+        self.eval_pending = stopped is not None
+        if stopped is not None:  # no mean of the episodes that ended first (the short ones) recorded as an evaluation
+            name = signal.Signals(stop.signum).name  # type: ignore[union-attr]
+            log.info(f"  eval at step {self.step:,} cut short by {name} after {stopped.finished} of {stopped.episodes} "
+                     "episodes: not recorded (the resumed run evaluates at this step first)")
+            return
         result["step"] = self.step
         costs = self.eval_env.counted_costs(result["env_index"])
         scalars = {
@@ -486,6 +514,8 @@ class Runner(RunnerCheckpoints, abc.ABC):
             "best_eval_step": best["step"] if best else None,
             # absolute, however the run directory was named (run_dir=, or resume= with a relative path)
             "last_checkpoint": str(Path(self._last_checkpoint).absolute()) if self._last_checkpoint else None,
+            # the evaluation at this step gave way to the signal that stopped the run (final_eval_* are the one before)
+            **({"eval_cut_short_step": self.step} if self.eval_pending else {}),
         }
         write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         if self.cfg.log.plot and metrics is not None:

@@ -47,6 +47,7 @@ class RunnerCheckpoints:
                 "recent_costs": list(self.recent_costs),
                 "interventions": self.interventions,
                 "eval_history": [{k: v for k, v in e.items()} for e in self.eval_history],
+                "eval_pending": self.eval_pending,  # the evaluation at this step gave way to a signal: do it first
                 # the next metrics row's running sums, so that a resumed run logs that row as an unbroken one
                 # would (plain floats: float32 sums survive JSON exactly)
                 "row": {"start_step": self._row_start_step, "interventions": self._row_interventions,
@@ -181,6 +182,9 @@ class RunnerCheckpoints:
                 raise TypeError(f"eval_history is {history!r:.80}, expected a list of evaluations")
             self.eval_history = list(history)
             self._last_eval_step = self.eval_history[-1]["step"] if self.eval_history else -1
+            self.eval_pending = r.get("eval_pending", False)  # (not in checkpoints before 2026-12-06)
+            if not isinstance(self.eval_pending, bool):
+                raise TypeError(f"eval_pending is {self.eval_pending!r:.80}, expected true or false")
             self.load_extra_state(r)
             part = "its RNG state (rng)"
             torch.set_rng_state(state["rng"]["torch"])

@@ -272,9 +272,9 @@ def test_a_resume_removes_the_summary_of_the_segment_it_continues(tmp_path, monk
     seen = []
     evaluate = Runner._evaluate
 
-    def spy(self, wall):
+    def spy(self, wall, **kwargs):
         seen.append((self.step, (run / "summary.json").exists()))
-        return evaluate(self, wall)
+        return evaluate(self, wall, **kwargs)
 
     monkeypatch.setattr(Runner, "_evaluate", spy)
     resume = [f"resume={run}", "steps=400"]
@@ -626,10 +626,10 @@ def test_a_signal_during_the_final_evaluation_waits_for_it_and_the_final_save(tm
     previous = signal.signal(signal.SIGTERM, killed)
     original = Runner._evaluate
 
-    def evaluate(self, wall):
+    def evaluate(self, wall, **kwargs):
         if self.step >= self.total_steps:  # the final evaluation, after the loop (300 is no eval.every step)
             signal.raise_signal(signal.SIGTERM)
-        return original(self, wall)
+        return original(self, wall, **kwargs)
 
     monkeypatch.setattr(Runner, "_evaluate", evaluate)
     try:
@@ -639,6 +639,49 @@ def test_a_signal_during_the_final_evaluation_waits_for_it_and_the_final_save(tm
     assert summary["status"] == "completed" and summary["steps"] == 300
     assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")][-1] == "step_0000000300"
     assert "SIGTERM arrived after the last training step: the run is complete" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_a_signal_during_a_periodic_evaluation_stops_it_and_the_resumed_run_does_it_first(tmp_path, monkeypatch):
+    # the signal waited for the whole evaluation (eval.episodes x the time limit: minutes on a long task) before the
+    # checkpoint; stopped, the episodes that ended first must not be recorded as the evaluation at that step
+    from robo_rl.runners import base
+
+    common = (*SMALL_SAC, "steps=400", "eval.every=200", "eval.episodes=4", "eval.num_envs=1", "checkpoint.every=400")
+    full = train(compose(*common), tmp_path / "full")
+    original, stepped = base.evaluate, []
+
+    def evaluate(policy, env, *args, **kwargs):
+        step = env.step
+
+        def counted(actions):
+            stepped.append(1)
+            if len(stepped) == 250:  # in the evaluation's 2nd episode of 200 steps
+                signal.raise_signal(signal.SIGTERM)
+            return step(actions)
+
+        env.step = counted
+        try:
+            return original(policy, env, *args, **kwargs)
+        finally:
+            del env.step
+
+    monkeypatch.setattr(base, "evaluate", evaluate)
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted, match=r"at step 200 \(the evaluation at step 200 was cut short and not recorded"):
+        train(compose(*common), run)
+    assert len(stepped) == 250  # not 4 x 200: it stopped before its next step
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted by SIGTERM" and summary["eval_cut_short_step"] == 200
+    assert summary["final_eval_step"] is None and summary["last_checkpoint"].endswith("step_0000000200")
+    assert not any(row["eval/return_mean"] for row in logged_metrics(run) if "eval/return_mean" in row)
+    assert "eval at step 200 cut short by SIGTERM after 1 of 4 episodes: not recorded" in (run / "train.log").read_text()
+    monkeypatch.setattr(base, "evaluate", original)
+    resumed = train(compose(f"resume={run}"), run, [f"resume={run}"])
+    assert "eval_cut_short_step" not in resumed
+    assert logged_metrics(run) == logged_metrics(tmp_path / "full")  # the evaluation at 200 included, in its place
+    for key in ("final_eval_return_mean", "best_eval_return_mean", "best_eval_step", "steps", "updates"):
+        assert resumed[key] == full[key], key
+    assert_same_weights(final_weights(run)[0], final_weights(tmp_path / "full")[0])
 
 
 def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(tmp_path):
@@ -1067,10 +1110,10 @@ def test_a_signal_in_an_iteration_that_checkpointed_saves_once(tmp_path, monkeyp
     monkeypatch.setattr(checkpoints, "save_checkpoint", lambda d, step, *a, **k: saved.append(step) or real(d, step, *a, **k))
     original = Runner._evaluate
 
-    def evaluate(self, wall):  # the signal arrives during the evaluation at step 200, which also checkpoints
+    def evaluate(self, wall, **kwargs):  # the signal arrives during the evaluation at step 200, which also checkpoints
         if self.step == 200:
             signal.raise_signal(signal.SIGTERM)
-        return original(self, wall)
+        return original(self, wall, **kwargs)
 
     monkeypatch.setattr(Runner, "_evaluate", evaluate)
     with pytest.raises(Interrupted):
