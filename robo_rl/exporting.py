@@ -74,7 +74,7 @@ def export_run(
 
     from robo_rl.build import build_env
     from robo_rl.checkpoint import verify_checkpoint
-    from robo_rl.runs import foreign_checkpoint, load_learner, load_run_config, resolve_checkpoint
+    from robo_rl.runs import foreign_checkpoint, load_run_config, load_run_learner, resolve_checkpoint
     from sim2real.export import FORMATS, export_policy
 
     if fmt not in FORMATS:  # before the run is read and its env built
@@ -88,11 +88,13 @@ def export_run(
         raise ValueError(f"checkpoint={checkpoint} is not one of {run_dir}'s checkpoints ({run_dir / 'checkpoints'}/"
                          f"step_...), and its weights would be exported with {run_dir}'s config (task, head, filters) "
                          "as this run's; export it with run_dir=<the run it belongs to>")
-    manifest = verify_checkpoint(ckpt, replay=False)  # the weights are read, not the replay
+    if checkpoint is not None:  # a broken one named before the env is built (the newest was checked in choosing)
+        verify_checkpoint(ckpt, replay=False)
     safety_spec = load_safety_spec(safety, cfg)
     env = build_env(cfg, num_envs=1, vectorization="sync", randomize=False)
     try:
-        learner = load_learner(cfg, env, ckpt)
+        # (names a checkpoint whose networks do not fit: the newest one is then skipped for an older one that fits)
+        learner, ckpt, manifest = load_run_learner(cfg, env, run_dir, checkpoint, "cpu", ckpt)
         policy = learner.policy
         if safety_spec["filters"]:
             from sim2real.filters import build_chain

@@ -312,33 +312,54 @@ def load_policy(cfg: DictConfig, env: BatchedEnv, checkpoint: Path, device: str 
     return load_learner(cfg, env, checkpoint, device).policy
 
 
-def load_run_policy(cfg: DictConfig, env: BatchedEnv, run_dir: str | Path, checkpoint: str | Path | None = None,
-                    device: str = "cpu", chosen: Path | None = None) -> tuple[PolicyHead, Path, dict]:
-    """``(policy, checkpoint path, its manifest)``: the policy of ``checkpoint`` (see ``resolve_checkpoint``), or of
-    the run's newest complete checkpoint (``chosen``, when the caller has already resolved it).
+def load_run_learner(cfg: DictConfig, env: BatchedEnv, run_dir: str | Path, checkpoint: str | Path | None = None,
+                     device: str = "cpu", chosen: Path | None = None):  # -> tuple[Learner, Path, dict]
+    """``(learner, checkpoint path, its manifest)``: the learner of ``checkpoint`` (see ``resolve_checkpoint``), or of
+    the run's newest complete checkpoint that fits it (``chosen``, when the caller has already resolved the newest).
 
-    A run still training saves and prunes its checkpoints meanwhile (down to ``checkpoint.keep``): the newest one
-    can be deleted between being chosen and being read. Then the newest is chosen again, instead of the evaluation
-    stopping on a checkpoint that "does not exist" or "is incomplete" (half deleted); a checkpoint that is broken,
-    or one named by ``checkpoint``, is reported as it is."""
-    from robo_rl.checkpoint import CheckpointError, checkpoint_step, latest_checkpoint, verify_checkpoint
+    As a resume does, a newest checkpoint that verifies but cannot be loaded into this run's learner (another run's
+    copied in, with other network sizes or keys) is named in a warning, with why, and the newest older one that loads is
+    used; a ``checkpoint=`` is loaded or refused. A run still training saves and prunes its checkpoints meanwhile (down
+    to ``checkpoint.keep``): the newest one can be deleted between being chosen and being read. Then the newest is
+    chosen again, instead of stopping on a checkpoint that "does not exist" or "is incomplete" (half deleted)."""
+    from robo_rl.checkpoint import (CheckpointError, checkpoint_step, latest_checkpoint, list_checkpoints,
+                                    verify_checkpoint)
 
-    path = chosen if chosen is not None else resolve_checkpoint(run_dir, checkpoint)
+    own = Path(run_dir) / "checkpoints"
+    path = Path(chosen if chosen is not None else resolve_checkpoint(run_dir, checkpoint))
+    skipped: list[Path] = []
     while True:
         try:
             manifest = verify_checkpoint(path, replay=False)  # the weights are read, not the replay
-            return load_policy(cfg, env, path, device), path, manifest
-        except CheckpointError:
-            newest = None if checkpoint is not None else latest_checkpoint(Path(run_dir) / "checkpoints", tidy=False)
-            if newest is None or checkpoint_step(newest) <= checkpoint_step(Path(path)):
+            return load_learner(cfg, env, path, device), path, manifest
+        except CheckpointError as exc:
+            if checkpoint is not None:
                 raise
-            path = newest  # a newer save pruned the one chosen
+            newest = latest_checkpoint(own, tidy=False)
+            if newest is not None and checkpoint_step(newest) > checkpoint_step(path) and newest not in skipped:
+                path = newest  # a newer save pruned the one chosen
+                continue
+            older = [p for p in reversed(list_checkpoints(own)) if checkpoint_step(p) < checkpoint_step(path)
+                     and p not in skipped]
+            if not older:
+                raise
+            log.warning(f"skipping {path.name}: {exc}; trying {older[0].name}")
+            skipped.append(path)
+            path = older[0]
+
+
+def load_run_policy(cfg: DictConfig, env: BatchedEnv, run_dir: str | Path, checkpoint: str | Path | None = None,
+                    device: str = "cpu", chosen: Path | None = None) -> tuple[PolicyHead, Path, dict]:
+    """``(policy, checkpoint path, its manifest)``: the acting policy of ``load_run_learner``'s checkpoint."""
+    learner, path, manifest = load_run_learner(cfg, env, run_dir, checkpoint, device, chosen)
+    return learner.policy, path, manifest
 
 
 def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: str = "cpu") -> tuple[PolicyHead, DictConfig]:
     """A finished (or running) run's acting policy and config, in one call: ``(policy, cfg)``.
 
-    The policy comes from the newest complete checkpoint (or ``checkpoint``), verified against its manifest, in
+    The policy comes from the newest complete checkpoint that fits the run (or ``checkpoint``; see
+    ``load_run_learner``), verified against its manifest, in
     eval mode without gradients: ``policy.act(obs, deterministic=True)`` maps raw observations [B, obs_dim] to
     actions [B, act_dim] in env units (``policy.act(obs)`` samples). ``robo_rl.build.build_env(cfg,
     randomize=False, safety=True)`` builds the run's nominal task behind its safety filters (if it trained with any),

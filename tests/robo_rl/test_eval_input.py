@@ -325,3 +325,34 @@ def test_a_config_yaml_edited_since_the_checkpoint_is_refused_by_eval_and_export
     assert (run / "config.yaml").read_text().count("every: 20\n") >= 2
     code, out, err = _eval(capsys, f"run_dir={run}", "episodes=1", "num_envs=1")
     assert code == 0 and (run / "eval.json").exists(), err
+
+
+def test_a_newest_checkpoint_that_does_not_fit_is_skipped_for_an_older_one_as_a_resume_does(tmp_path, capsys, runs):
+    # another run's checkpoint copied in as the newest verifies (its files match its manifest) but does not load into
+    # this run's learner: a resume fell back past it to the newest that fits, eval and export stopped on it
+    import json
+    import logging
+    import shutil
+
+    from tests.helpers import robo_rl_records
+
+    run = tmp_path / "run"
+    shutil.copytree(runs / "sac", run)
+    own = latest_checkpoint(run / "checkpoints")
+    odd = run / "checkpoints" / "step_0000000080"
+    shutil.copytree(latest_checkpoint(runs / "td3" / "checkpoints"), odd)
+    assert latest_checkpoint(run / "checkpoints") == odd
+    with robo_rl_records(logging.WARNING) as records:
+        code, _, _ = _eval(capsys, f"run_dir={run}", "episodes=1", "num_envs=1")
+    warned = "\n".join(r.getMessage() for r in records)
+    assert code == 0 and f"skipping {odd.name}: checkpoint {odd} does not fit this run's sac learner (" in warned
+    assert "missing log_alpha" in warned and warned.endswith(f"; trying {own.name}")
+    assert json.loads((run / "eval.json").read_text())["checkpoint"] == str(own)
+    with robo_rl_records(logging.WARNING) as records:
+        code = export_main([f"run_dir={run}", f"out_dir={tmp_path / 'export'}"])
+    capsys.readouterr()
+    assert code == 0 and [r.getMessage() for r in records] == [warned]
+    assert json.loads((tmp_path / "export" / "policy.json").read_text())["source"]["checkpoint"] == str(own)
+    # named with checkpoint=, it is refused as before: one line, exit 2
+    code, _, err = _eval(capsys, f"run_dir={run}", "episodes=1", "num_envs=1", f"checkpoint={odd.name}")
+    assert code == 2 and f"checkpoint {odd} does not fit this run's sac learner" in _one_line_error(err)
