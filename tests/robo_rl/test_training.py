@@ -614,7 +614,8 @@ def test_reads_of_a_run_s_files_for_a_hint_do_not_wait_on_a_named_pipe(tmp_path)
     os.mkfifo(run / "summary.json")
     os.mkfifo(run / "config.yaml")
     assert without_waiting_on(run / "summary.json", lambda: earlier_failure(run)) is None  # no failed run's summary
-    assert without_waiting_on(run / "config.yaml", lambda: _saved_by(run / "checkpoints" / "step_0000000100", "sac")) == ""
+    checkpoint = run / "checkpoints" / "step_0000000100"
+    assert without_waiting_on(run / "config.yaml", lambda: _saved_by(checkpoint, "sac")) == ""
 
 
 def test_a_signal_during_the_final_evaluation_waits_for_it_and_the_final_save(tmp_path, monkeypatch):
@@ -674,7 +675,8 @@ def test_a_signal_during_a_periodic_evaluation_stops_it_and_the_resumed_run_does
     assert summary["status"] == "interrupted by SIGTERM" and summary["eval_cut_short_step"] == 200
     assert summary["final_eval_step"] is None and summary["last_checkpoint"].endswith("step_0000000200")
     assert not any(row["eval/return_mean"] for row in logged_metrics(run) if "eval/return_mean" in row)
-    assert "eval at step 200 cut short by SIGTERM after 1 of 4 episodes: not recorded" in (run / "train.log").read_text()
+    logged = (run / "train.log").read_text()
+    assert "eval at step 200 cut short by SIGTERM after 1 of 4 episodes: not recorded" in logged
     monkeypatch.setattr(base, "evaluate", original)
     resumed = train(compose(f"resume={run}"), run, [f"resume={run}"])
     assert "eval_cut_short_step" not in resumed
