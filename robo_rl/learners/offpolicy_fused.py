@@ -111,7 +111,6 @@ class _FusedOffPolicyStep:
     """The networks' forward and backward passes both steps share."""
 
     def __init__(self, learner: nn.Module, head: nn.Module) -> None:
-        self.learner = learner
         self.actor, self.actor_act = _actor_layers(head)  # type: ignore[misc]
         self.critic = list(learner.critic.net.layers)
         self.critic_target = list(learner.critic_target.net.layers)

@@ -239,7 +239,8 @@ def test_gorl_training_actions_are_inside_a_box_whose_bounds_float32_rounds():
     assert (actions >= low).all() and (actions <= high).all() and (actions[:, 0] == low[0]).all()
 
 
-def test_td3_target_smoothing_and_exploration_stay_inside_asymmetric_bounds():
+@pytest.mark.parametrize("fused", ["off", "on"])
+def test_td3_target_smoothing_and_exploration_stay_inside_asymmetric_bounds(fused, monkeypatch):
     from policies import build_head
     from robo_rl.learners.base import Batch
     from robo_rl.learners.td3 import TD3
@@ -249,9 +250,21 @@ def test_td3_target_smoothing_and_exploration_stay_inside_asymmetric_bounds():
     with torch.no_grad():  # the actor (and its target copy) saturate at the upper bound
         last = [m for m in head.net if isinstance(m, torch.nn.Linear)][-1]
         last.bias.fill_(20.0)
-    td3 = TD3(head, target_noise=0.5, target_noise_clip=1.0, exploration_noise=1.0, critic_hidden=(16, 16))
-    seen = []
-    td3.critic_target.register_forward_hook(lambda m, args, out: seen.append(args[1].detach().clone()))
+    td3 = TD3(head, target_noise=0.5, target_noise_clip=1.0, exploration_noise=1.0, critic_hidden=(16, 16),
+              fused=fused)
+    seen = []  # the target critics' actions
+    if fused == "off":
+        td3.critic_target.register_forward_hook(lambda m, args, out: seen.append(args[1].detach().clone()))
+    else:  # the fused step (offpolicy_fused.py) runs the target critics' layers on [obs, action] itself
+        step = td3._fused_step
+        forward = step._critic_forward
+
+        def spy(layers, x, members=None):
+            if layers is step.critic_target:
+                seen.append(x[:, 3:].clone())
+            return forward(layers, x, members)
+
+        monkeypatch.setattr(step, "_critic_forward", spy)
     obs = torch.randn(512, 3)
     batch = Batch(obs, head.from_unit(torch.rand(512, 2) * 2 - 1), torch.zeros(512), obs, torch.zeros(512))
     td3.update(batch)
