@@ -33,7 +33,7 @@ SUMMARY, METRICS, CONFIG, EVALUATED = "summary.json", "metrics.csv", "config.yam
 # what is learned (logging, checkpointing, threads, device)
 # how a run was executed, not what it learned: never separates groups
 NOT_CONFIG = ("seed", "run_dir", "resume", "config_dir", "threads", "env.threads", "env.vectorization", "compile",
-              "device", "log.", "checkpoint.")  # config_dir: where --config-dir presets were read (config.yaml has them)
+              "algo.fused", "device", "log.", "checkpoint.")  # config_dir: where --config-dir presets were read (config.yaml has them)
 LABEL_KEYS = ("algo.name", "env.id", "policy.name")  # named first in a group's label when they differ
 CURVES = {"eval": "eval/return_mean", "rollout": "rollout/ep_return_mean"}
 MAX_PLOTTED = 10  # groups drawn in compare.png

@@ -36,7 +36,7 @@ log = logging.getLogger("robo_rl")
 
 #: keys a resumed run may change; everything else must stay as the run was started
 RESUME_OVERRIDABLE = frozenset({
-    "resume", "run_dir", "config_dir", "steps", "threads", "compile", "precision",
+    "resume", "run_dir", "config_dir", "steps", "threads", "compile", "precision", "algo.fused",
     "log.every", "log.progress_seconds", "log.tensorboard", "log.plot",
     "checkpoint.every", "checkpoint.keep", "eval.every",
 })
