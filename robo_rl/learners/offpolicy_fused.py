@@ -9,10 +9,11 @@ and only the gradients an optimizer reads are formed (the actor losses take dQ/d
 never the critics' weight gradients). They work in place on the learner's own parameters and
 optimizers, so checkpoints, exports, resume and the autograd path see the same tensors.
 
-Supported: the learners' own heads (SAC: the tanh-squashed Gaussian, state-dependent std or not;
-TD3: the deterministic head) and critic ensembles, plain MLPs with ReLU or tanh (no layer norm),
-float32 parameters on the CPU. Under ``precision=bf16`` the matmuls run in bfloat16 where autocast
-runs them (parameters, optimizer state, TD targets, log-probabilities and losses stay float32).
+Supported: SAC and TD3 themselves (a subclass's losses are its own), with their own heads (SAC: the
+tanh-squashed Gaussian, state-dependent std or not; TD3: the deterministic head) and critic ensembles,
+plain MLPs with ReLU or tanh (no layer norm), float32 parameters on the CPU. Under ``precision=bf16`` the
+matmuls run in bfloat16 where autocast runs them (parameters, optimizer state, TD targets, log-probabilities
+and losses stay float32).
 ``tests/robo_rl/test_offpolicy_fused.py`` holds the gradients equal to autograd's.
 
 Each layer h_i = act(h_{i-1} W_i + b_i) back-propagates g_i = dL/d(pre-activation) as
@@ -79,6 +80,10 @@ def _common_reason(learner: nn.Module, head: nn.Module, extra_params: list[nn.Pa
 
 def td3_unsupported_reason(td3: "TD3") -> str | None:
     """Why the fused step cannot run this TD3 learner (None: it can)."""
+    from robo_rl.learners.td3 import TD3
+
+    if type(td3) is not TD3:  # a subclass may change the losses, which the fused step does not call
+        return f"computes plain TD3's update, not {type(td3).__name__}'s"
     if type(td3.policy) is not DeterministicHead:
         return "needs the deterministic head (policy=deterministic)"
     return _common_reason(td3, td3.policy, [])

@@ -16,13 +16,13 @@ OBS, ACT, B = 11, 3, 64
 LOW, HIGH = np.array([-2.0, -1.0, 0.1]), np.array([0.5, 1.0, 2.7])  # an asymmetric box: to_unit/from_unit matter
 
 
-def learner(algo, fused, activation="relu", hidden=(32, 24), head_options=None, **kw):
+def learner(algo, fused, activation="relu", hidden=(32, 24), head_options=None, cls=None, **kw):
     torch.manual_seed(0)
     name = "deterministic" if algo == "td3" else "gaussian"
     head = build_head(name, OBS, LOW, HIGH, normalize_obs=True, hidden_sizes=hidden, activation=activation,
                       **(head_options or {}))
     head.obs_norm.update(torch.randn(500, OBS) * 2 + 1)
-    cls = TD3 if algo == "td3" else SAC
+    cls = cls or (TD3 if algo == "td3" else SAC)
     if algo == "sac":
         kw.setdefault("init_alpha", 0.3)  # alpha's terms and Q's both matter
     return cls(head, fused=fused, critic_hidden=hidden, critic_activation=activation, **kw)
@@ -189,6 +189,27 @@ def test_unsupported_learners_fall_back_or_explain():
     with pytest.raises(ValueError, match=r"the fused SAC step computes plain SAC's update, not LagrangianSAC's "
                                          r"\(sac_lagrangian\); use algo.fused=auto"):
         LagrangianSAC(head, critic_hidden=(16,), fused="on")
+
+
+class TD3BC(TD3):
+    """TD3 with a behaviour-cloning term in the actor loss (Fujimoto and Gu 2021's shape): a user's subclass."""
+
+    def actor_loss(self, obs):
+        return super().actor_loss(obs) + self.policy.sample(obs)[0].square().mean()
+
+
+def test_a_td3_subclass_takes_the_autograd_path():
+    # the fused step computes plain TD3's losses, never the subclass's: under fused=auto (the default) it would
+    # drop the override without a word, so the subclass's update must be the autograd one, bit for bit
+    auto, off = (learner("td3", fused, policy_delay=1, cls=TD3BC) for fused in ("auto", "off"))
+    assert auto._fused_step is None
+    for each in (auto, off):
+        torch.manual_seed(0)
+        each.update(batch())
+    assert max_diff(auto, off) == 0.0
+    with pytest.raises(ValueError, match="algo.fused=on: the fused TD3 step computes plain TD3's update, not "
+                                         "TD3BC's; use algo.fused=auto"):
+        learner("td3", "on", cls=TD3BC)
 
 
 @pytest.mark.parametrize("algo", ["td3", "sac"])
