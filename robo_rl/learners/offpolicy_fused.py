@@ -68,6 +68,8 @@ def _common_reason(learner: nn.Module, head: nn.Module, extra_params: list[nn.Pa
     if [id(p) for p in head.parameters()] != [id(p) for p in expected]:
         return "needs an actor whose only parameters are its MLP's"
     net = learner.critic.net
+    if len(net.layers) < 2:
+        return "needs critics with at least one hidden layer (critic_hidden)"
     if not all(isinstance(norm, nn.Identity) for norm in net.norms) or _activation_kind(net.act) is None:
         return "needs plain critic MLPs with relu or tanh (algo.critic_layer_norm=false)"
     params = list(learner.parameters())

@@ -191,6 +191,26 @@ def test_unsupported_learners_fall_back_or_explain():
         LagrangianSAC(head, critic_hidden=(16,), fused="on")
 
 
+@pytest.mark.parametrize("algo", ["td3", "sac"])
+def test_linear_critics_take_the_autograd_path(algo):
+    # critic_hidden=() (the command line refuses it; the Python API builds linear critics): the fused step's
+    # backward starts from a last hidden layer, so it must leave such critics to autograd rather than fail
+    def build(fused):
+        torch.manual_seed(0)
+        head = build_head("deterministic" if algo == "td3" else "gaussian", OBS, LOW, HIGH, hidden_sizes=(16,))
+        return (TD3 if algo == "td3" else SAC)(head, critic_hidden=(), fused=fused)
+
+    auto, off = build("auto"), build("off")
+    assert auto._fused_step is None
+    for each in (auto, off):
+        torch.manual_seed(0)
+        each.update(batch())
+    assert max_diff(auto, off) == 0.0
+    with pytest.raises(ValueError, match=f"algo.fused=on: the fused {algo.upper()} step needs critics with at least "
+                                         r"one hidden layer \(critic_hidden\); use algo.fused=auto"):
+        build("on")
+
+
 class TD3BC(TD3):
     """TD3 with a behaviour-cloning term in the actor loss (Fujimoto and Gu 2021's shape): a user's subclass."""
 
