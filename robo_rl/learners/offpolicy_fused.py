@@ -353,7 +353,7 @@ class FusedSACStep(_FusedOffPolicyStep):
 class FusedUpdate:
     """Mixed into SAC and TD3 (before ``Learner``): ``fused="auto"`` takes the fused step where the learner fits it,
     ``"on"`` insists (and says why not), ``"off"`` always uses autograd. The step is chosen at construction and left
-    for the autograd path when the losses were compiled or the learner moved off the CPU since."""
+    for the autograd path when the losses were compiled, or the learner moved off the CPU or cast from float32, since."""
 
     _fused_step: _FusedOffPolicyStep | None = None
 
@@ -384,13 +384,16 @@ class FusedUpdate:
 
     @property
     def _fused(self) -> bool:
-        """Whether ``update`` takes the fused step now (``fused="on"`` refuses a move off the CPU)."""
+        """Whether ``update`` takes the fused step now (``fused="on"`` refuses a move off the CPU or a cast to another
+        dtype, ``learner.double()``: the step computes in float32)."""
         if self._fused_step is None or self.__dict__.get("_compiled", False):
             return False
-        device = self.critic.net.layers[0].weight.device  # type: ignore[attr-defined]
-        if device.type == "cpu":
+        weight = self.critic.net.layers[0].weight  # type: ignore[attr-defined]
+        if weight.device.type == "cpu" and weight.dtype == torch.float32:
             return True
         if self.fused == "on":
-            raise ValueError(f"algo.fused=on: the fused {self._fused_label} step runs on CPU only, and this learner was "
-                             f"moved to {device}; use algo.fused=auto")
+            why, done = (("runs on CPU only", f"moved to {weight.device}") if weight.device.type != "cpu" else
+                         ("needs float32 parameters", f"cast to {weight.dtype}"))
+            raise ValueError(f"algo.fused=on: the fused {self._fused_label} step {why}, and this learner was {done}; "
+                             "use algo.fused=auto")
         return False

@@ -246,3 +246,19 @@ def test_a_learner_moved_off_the_cpu_leaves_the_fused_step():
     with pytest.raises(ValueError, match="algo.fused=on: the fused TD3 step runs on CPU only, and this learner was "
                                          "moved to meta; use algo.fused=auto"):
         learner("td3", "on").to("meta")._fused
+
+
+@pytest.mark.parametrize("algo", ["td3", "sac"])
+def test_a_learner_cast_from_float32_leaves_the_fused_step(algo):
+    # learner.double() after construction: the fused step computes in float32 (it casts the batch to it), so under
+    # fused=auto it must leave the update to autograd, which runs in float64, instead of failing on mixed dtypes
+    auto, off = learner(algo, "auto").double(), learner(algo, "off").double()
+    assert not auto._fused
+    data = Batch(*(t.double() for t in batch()))
+    for each in (auto, off):
+        torch.manual_seed(0)
+        each.update(data)
+    assert max_diff(auto, off) == 0.0
+    with pytest.raises(ValueError, match=f"algo.fused=on: the fused {algo.upper()} step needs float32 parameters, and "
+                                         "this learner was cast to torch.float64; use algo.fused=auto"):
+        learner(algo, "on").double()._fused
