@@ -96,3 +96,10 @@ class FusedAdam(torch.optim.Adam):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self._lists = None  # state tensors were replaced
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a copy (copy.deepcopy of a learner) or an unpickled optimizer: torch's pickling keeps only defaults, state
+        # and param_groups, so this class's own attributes are set again (defaults say whether the fused kernel took it)
+        super().__setstate__(state)
+        self._fused = bool(self.defaults.get("fused"))
+        self._lists = None
