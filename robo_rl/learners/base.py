@@ -226,3 +226,16 @@ def _check_optimizer_state(name: str, opt: torch.optim.Optimizer, saved: Any) ->
 def polyak_update(target: list[torch.Tensor], online: list[torch.Tensor], tau: float) -> None:
     """target <- (1 - tau) target + tau online, for all tensors in one fused call."""
     torch._foreach_lerp_(target, online, tau)
+
+
+def fused_step_fits(weight: torch.Tensor, fused: str, label: str) -> bool:
+    """Whether a fused CPU step (PPO's, SAC's or TD3's, chosen at construction on float32 CPU weights) still fits a
+    learner whose weights are now like ``weight``. A move off the CPU (``.to("cuda")``) or a cast (``.double()``)
+    since leaves the update to autograd; ``fused="on"`` refuses either, as it refuses such a learner when built."""
+    if weight.device.type == "cpu" and weight.dtype == torch.float32:
+        return True
+    if fused == "on":
+        why, done = (("runs on CPU only", f"moved to {weight.device}") if weight.device.type != "cpu" else
+                     ("needs float32 parameters", f"cast to {weight.dtype}"))
+        raise ValueError(f"algo.fused=on: the fused {label} step {why}, and this learner was {done}; use algo.fused=auto")
+    return False

@@ -36,7 +36,7 @@ from torch import nn
 
 from policies.heads.deterministic import DeterministicHead
 from policies.heads.gaussian import _HALF_LOG_2PI, LOG_STD_MAX, LOG_STD_MIN, GaussianHead, tanh_log_det
-from robo_rl.learners.base import Batch, polyak_update
+from robo_rl.learners.base import Batch, fused_step_fits, polyak_update
 
 if TYPE_CHECKING:
     from robo_rl.learners.sac import SAC
@@ -388,12 +388,4 @@ class FusedUpdate:
         dtype, ``learner.double()``: the step computes in float32)."""
         if self._fused_step is None or self.__dict__.get("_compiled", False):
             return False
-        weight = self.critic.net.layers[0].weight  # type: ignore[attr-defined]
-        if weight.device.type == "cpu" and weight.dtype == torch.float32:
-            return True
-        if self.fused == "on":
-            why, done = (("runs on CPU only", f"moved to {weight.device}") if weight.device.type != "cpu" else
-                         ("needs float32 parameters", f"cast to {weight.dtype}"))
-            raise ValueError(f"algo.fused=on: the fused {self._fused_label} step {why}, and this learner was {done}; "
-                             "use algo.fused=auto")
-        return False
+        return fused_step_fits(self.critic.net.layers[0].weight, self.fused, self._fused_label)  # type: ignore[attr-defined]

@@ -13,7 +13,7 @@ import torch
 from policies.heads import PolicyHead, require_capabilities
 from policies.heads.gaussian import GaussianHead
 from policies.networks import mlp, orthogonal_init_
-from robo_rl.learners.base import Learner
+from robo_rl.learners.base import Learner, fused_step_fits
 from robo_rl.learners.optim import FusedAdam
 from robo_rl.storage.rollout import RolloutBatch
 
@@ -124,17 +124,12 @@ class PPO(Learner):
     @property
     def _fused(self) -> bool:
         """Whether act and update take the fused CPU step: chosen at construction, and left for the autograd path when
-        the loss was compiled or the learner moved off the CPU since (``PPO(head).to("cuda")``: numpy cannot read a
-        GPU tensor; ``fused="on"`` refuses the move, as it refuses such a learner at construction)."""
+        the loss was compiled or the learner moved off the CPU or was cast from float32 since (``PPO(head).to("cuda")``:
+        numpy cannot read a GPU tensor; ``.double()``: the step computes in float32; ``fused="on"`` refuses either, as
+        it refuses such a learner at construction)."""
         if self._fused_step is None or self._compiled:
             return False
-        device = self.value_net[0].weight.device
-        if device.type == "cpu":
-            return True
-        if self.fused == "on":
-            raise ValueError(f"algo.fused=on: the fused PPO step runs on CPU only, and this learner was moved to {device}; "
-                             "use algo.fused=auto")
-        return False
+        return fused_step_fits(self.value_net[0].weight, self.fused, "PPO")
 
     def _autograd_update(self, rollout: RolloutBatch) -> dict[str, torch.Tensor]:
         size = rollout.obs.shape[0]

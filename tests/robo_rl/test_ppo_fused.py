@@ -207,6 +207,20 @@ def test_fused_equals_autograd_on_an_asymmetric_box_with_a_ragged_last_minibatch
         assert abs(float(m_auto[key]) - float(m_fused[key])) < 1e-4 * max(1.0, abs(float(m_auto[key]))), key
 
 
+def test_a_learner_cast_from_float32_leaves_the_fused_step():
+    # ppo.double() after construction: the fused step computes in float32, so its update failed on the float64
+    # weights ("expected scalar type Double but found Float"); fused=auto leaves it to autograd, fused=on says why
+    batch = RolloutBatch(*(t.double() for t in rollout()))
+    auto, off = learner("auto").double(), learner("off").double()
+    assert not auto._fused
+    run(auto, batch)
+    run(off, batch)
+    assert max_diff(auto, off) == 0.0
+    with pytest.raises(ValueError, match="algo.fused=on: the fused PPO step needs float32 parameters, and this learner "
+                                         "was cast to torch.float64; use algo.fused=auto"):
+        learner("on").double().act(batch.obs[:2])
+
+
 def test_a_learner_moved_off_the_cpu_leaves_the_fused_step():
     # the fused step is chosen at construction, on CPU parameters; PPO(head).to("cuda") then made the rollout's act
     # read the GPU tensors with numpy (TypeError). The meta device stands in for cuda (no GPU here): the learner acts
