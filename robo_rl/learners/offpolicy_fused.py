@@ -12,8 +12,9 @@ optimizers, so checkpoints, exports, resume and the autograd path see the same t
 Supported: SAC and TD3 themselves (a subclass's losses are its own), with their own heads (SAC: the
 tanh-squashed Gaussian, state-dependent std or not; TD3: the deterministic head) and critic ensembles,
 plain MLPs with ReLU or tanh (no layer norm), float32 parameters on the CPU. Under ``precision=bf16`` the
-matmuls run in bfloat16 where autocast runs them (parameters, optimizer state, TD targets, log-probabilities
-and losses stay float32).
+matmuls run in bfloat16 where autocast runs them, except the critics' one-unit output layer, kept in float32
+(autocast also multiplies it in float32 for a twin critic, in bf16 for TD3's actor loss on Q_1 alone);
+parameters, optimizer state, TD targets, log-probabilities and losses stay float32.
 ``tests/robo_rl/test_offpolicy_fused.py`` holds the gradients equal to autograd's.
 
 Each layer h_i = act(h_{i-1} W_i + b_i) back-propagates g_i = dL/d(pre-activation) as
@@ -37,6 +38,7 @@ from torch import nn
 from policies.heads.deterministic import DeterministicHead
 from policies.heads.gaussian import _HALF_LOG_2PI, LOG_STD_MAX, LOG_STD_MIN, GaussianHead, tanh_log_det
 from robo_rl.learners.base import Batch, fused_step_fits, polyak_update
+from robo_rl.learners.ppo_fused import _ACTIVATIONS, _mlp_layout
 
 if TYPE_CHECKING:
     from robo_rl.learners.sac import SAC
@@ -47,13 +49,11 @@ _tanh_backward = torch.ops.aten.tanh_backward
 
 
 def _activation_kind(module: nn.Module) -> str | None:
-    return {nn.ReLU: "relu", nn.Tanh: "tanh"}.get(type(module))
+    return _ACTIVATIONS.get(type(module))
 
 
 def _actor_layers(head: nn.Module) -> tuple[list[nn.Linear], str] | None:
     """(linear layers, activation) of the head's MLP if it is Linear, act, ..., Linear; else None."""
-    from robo_rl.learners.ppo_fused import _mlp_layout
-
     return _mlp_layout(head.net)
 
 
