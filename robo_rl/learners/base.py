@@ -228,13 +228,20 @@ def polyak_update(target: list[torch.Tensor], online: list[torch.Tensor], tau: f
     torch._foreach_lerp_(target, online, tau)
 
 
-def fused_step_fits(weight: torch.Tensor, fused: str, label: str) -> bool:
+def fused_step_fits(weight: torch.Tensor, fused: str, label: str, params: list[torch.Tensor]) -> bool:
     """Whether a fused CPU step (PPO's, SAC's or TD3's, chosen at construction on float32 CPU weights) still fits a
-    learner whose weights are now like ``weight``. A move off the CPU (``.to("cuda")``) or a cast (``.double()``)
-    since leaves the update to autograd; ``fused="on"`` refuses either, as it refuses such a learner when built."""
-    if weight.device.type == "cpu" and weight.dtype == torch.float32:
+    learner whose weights are now like ``weight`` and whose trained ``params`` all still require gradients. A move off
+    the CPU (``.to("cuda")``), a cast (``.double()``) or a parameter frozen since (``requires_grad_(False)``, which the
+    fused step, computing every gradient itself, would go on training) leaves the update to autograd; ``fused="on"``
+    refuses each, as it refuses such a learner when built."""
+    on_cpu = weight.device.type == "cpu" and weight.dtype == torch.float32
+    if on_cpu and all(p.requires_grad for p in params):
         return True
     if fused == "on":
+        if on_cpu:
+            frozen = sum(not p.requires_grad for p in params)
+            raise ValueError(f"algo.fused=on: the fused {label} step trains every parameter of its networks, and "
+                             f"{frozen} of this learner's were frozen (requires_grad=False); use algo.fused=auto")
         why, done = (("runs on CPU only", f"moved to {weight.device}") if weight.device.type != "cpu" else
                      ("needs float32 parameters", f"cast to {weight.dtype}"))
         raise ValueError(f"algo.fused=on: the fused {label} step {why}, and this learner was {done}; use algo.fused=auto")

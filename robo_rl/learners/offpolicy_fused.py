@@ -353,7 +353,8 @@ class FusedSACStep(_FusedOffPolicyStep):
 class FusedUpdate:
     """Mixed into SAC and TD3 (before ``Learner``): ``fused="auto"`` takes the fused step where the learner fits it,
     ``"on"`` insists (and says why not), ``"off"`` always uses autograd. The step is chosen at construction and left
-    for the autograd path when the losses were compiled, or the learner moved off the CPU or cast from float32, since."""
+    for the autograd path when the losses were compiled, or the learner moved off the CPU, was cast from float32 or
+    had a parameter frozen, since."""
 
     _fused_step: _FusedOffPolicyStep | None = None
 
@@ -365,6 +366,7 @@ class FusedUpdate:
             raise ValueError(f"fused must be auto, on or off, got {fused!r}")
         self.fused, self._fused_label = fused, label
         self._fused_step = None
+        self._fused_trained = [*self._critic_params, *self._actor_params]  # type: ignore[attr-defined]
         if fused == "off":
             return
         why = reason()
@@ -384,8 +386,9 @@ class FusedUpdate:
 
     @property
     def _fused(self) -> bool:
-        """Whether ``update`` takes the fused step now (``fused="on"`` refuses a move off the CPU or a cast to another
-        dtype, ``learner.double()``: the step computes in float32)."""
+        """Whether ``update`` takes the fused step now (``fused="on"`` refuses a move off the CPU, a cast to another
+        dtype, ``learner.double()``: the step computes in float32, or a frozen parameter: see ``fused_step_fits``)."""
         if self._fused_step is None or self.__dict__.get("_compiled", False):
             return False
-        return fused_step_fits(self.critic.net.layers[0].weight, self.fused, self._fused_label)  # type: ignore[attr-defined]
+        return fused_step_fits(self.critic.net.layers[0].weight, self.fused, self._fused_label,  # type: ignore[attr-defined]
+                               self._fused_trained)

@@ -124,12 +124,12 @@ class PPO(Learner):
     @property
     def _fused(self) -> bool:
         """Whether act and update take the fused CPU step: chosen at construction, and left for the autograd path when
-        the loss was compiled or the learner moved off the CPU or was cast from float32 since (``PPO(head).to("cuda")``:
-        numpy cannot read a GPU tensor; ``.double()``: the step computes in float32; ``fused="on"`` refuses either, as
-        it refuses such a learner at construction)."""
+        the loss was compiled or the learner moved off the CPU, was cast from float32 or had a parameter frozen since
+        (``PPO(head).to("cuda")``: numpy cannot read a GPU tensor; ``.double()``: the step computes in float32;
+        ``fused="on"`` refuses each, see ``fused_step_fits``)."""
         if self._fused_step is None or self._compiled:
             return False
-        return fused_step_fits(self.value_net[0].weight, self.fused, "PPO")
+        return fused_step_fits(self.value_net[0].weight, self.fused, "PPO", self._params)
 
     def _autograd_update(self, rollout: RolloutBatch) -> dict[str, torch.Tensor]:
         size = rollout.obs.shape[0]

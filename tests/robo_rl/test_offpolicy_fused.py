@@ -276,3 +276,29 @@ def test_a_learner_cast_from_float32_leaves_the_fused_step(algo):
     with pytest.raises(ValueError, match=f"algo.fused=on: the fused {algo.upper()} step needs float32 parameters, and "
                                          "this learner was cast to torch.float64; use algo.fused=auto"):
         learner(algo, "on").double()._fused
+
+
+@pytest.mark.parametrize("algo", ["td3", "sac"])
+@pytest.mark.parametrize("part", ["critic", "actor"])
+def test_a_frozen_parameter_leaves_the_fused_step(algo, part):
+    # the fused step computes every gradient itself: a parameter frozen after construction (requires_grad_(False)) was
+    # trained on as if it were not. Under fused=auto the update goes to autograd, which refuses it as with fused=off;
+    # fused=on names the frozen parameter
+    outcomes = []
+    for fused in ("auto", "off"):
+        each = learner(algo, fused)
+        frozen = (each._critic_params if part == "critic" else each._actor_params)[-2].requires_grad_(False)  # a weight
+        before = frozen.clone()
+        assert not each._fused
+        with pytest.raises(RuntimeError, match="does not require grad") as err:
+            for _ in range(2):  # (TD3's actor steps every second update)
+                each.update(batch())
+        outcomes.append(str(err.value))
+        assert torch.equal(frozen, before)
+    assert outcomes[0] == outcomes[1]
+    each = learner(algo, "on")
+    (each._critic_params if part == "critic" else each._actor_params)[-1].requires_grad_(False)  # a bias
+    with pytest.raises(ValueError, match=f"algo.fused=on: the fused {algo.upper()} step trains every parameter of its "
+                                         r"networks, and 1 of this learner's were frozen \(requires_grad=False\); use "
+                                         "algo.fused=auto"):
+        each.update(batch())

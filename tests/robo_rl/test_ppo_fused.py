@@ -236,3 +236,25 @@ def test_a_learner_moved_off_the_cpu_leaves_the_fused_step():
             with pytest.raises(ValueError, match="algo.fused=on: the fused PPO step runs on CPU only, and this learner "
                                                  "was moved to meta; use algo.fused=auto"):
                 ppo.act(obs)
+
+
+def test_a_frozen_parameter_leaves_the_fused_step():
+    # the fused step computes every gradient itself: a parameter frozen after construction (requires_grad_(False)) was
+    # trained on as if it were not. Under fused=auto the update goes to autograd, which refuses it as with fused=off;
+    # fused=on says why
+    outcomes = []
+    for fused in ("auto", "off"):
+        ppo = learner(fused)
+        frozen = ppo.value_net[0].weight.requires_grad_(False)
+        before = frozen.clone()
+        assert not ppo._fused
+        with pytest.raises(RuntimeError, match="does not require grad") as err:
+            run(ppo, rollout())
+        outcomes.append(str(err.value))
+        assert torch.equal(frozen, before)
+    assert outcomes[0] == outcomes[1]
+    ppo = learner("on")
+    ppo.value_net[0].bias.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"algo.fused=on: the fused PPO step trains every parameter of its networks, "
+                                         r"and 1 of this learner's were frozen \(requires_grad=False\)"):
+        ppo.act(torch.zeros(2, OBS))
