@@ -54,14 +54,13 @@ class ReplayBuffer:
                              + " per-step costs; pass costs= exactly when it was built with costs=True")
         if n > self.capacity:
             raise ValueError(f"cannot add {n} transitions to a buffer of capacity {self.capacity}")
-        idx = (torch.arange(n, device=self.device) + self.pos) % self.capacity
-        self.obs[idx] = obs
-        self.actions[idx] = actions
-        self.rewards[idx] = rewards
-        self.next_obs[idx] = next_obs
-        self.terminated[idx] = terminated.float()
-        if self.costs is not None:
-            self.costs[idx] = costs
+        columns = (obs, actions, rewards, next_obs, terminated) + ((costs,) if self.costs is not None else ())
+        first = min(n, self.capacity - self.pos)  # rows up to the end; the rest wrap around to the oldest
+        for name, value in zip(self.fields, columns):  # slices: copies (and casts, bool -> float) faster than indexing
+            rows = getattr(self, name)
+            rows[self.pos: self.pos + first] = value[:first]
+            if first < n:
+                rows[: n - first] = value[first:]
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
@@ -69,10 +68,8 @@ class ReplayBuffer:
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
         idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=self.generator)
-        if self.costs is not None:
-            return CostBatch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx],
-                             self.costs[idx])
-        return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx])
+        rows = [torch.index_select(getattr(self, name), 0, idx) for name in self.fields]  # (faster than x[idx] here)
+        return CostBatch(*rows) if self.costs is not None else Batch(*rows)
 
     def state_dict(self) -> dict[str, Any]:
         arrays = {name: getattr(self, name)[: self.size].cpu().numpy() for name in self.fields}
