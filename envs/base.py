@@ -377,6 +377,32 @@ class EpisodeTracker:
         self.lengths[:] = np.asarray(state["ep_length"])
 
 
+class LazyTensors(dict):
+    """A step's task info terms (``info["task"]``), each converted to a tensor on ``device`` when first read: most
+    steps nobody reads them. Reads through ``[]``, ``get``, ``items`` and ``values`` all hand out tensors."""
+
+    def __init__(self, arrays: dict[str, Any], device: torch.device) -> None:
+        super().__init__(arrays)
+        self._device = device
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        value = super().__getitem__(key)
+        if not isinstance(value, torch.Tensor):
+            value = torch.from_numpy(np.asarray(value))
+            value = value if self._device.type == "cpu" else value.to(self._device)
+            super().__setitem__(key, value)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return self[key] if key in self else default
+
+    def items(self):  # type: ignore[override]
+        return ((k, self[k]) for k in self.keys())
+
+    def values(self):  # type: ignore[override]
+        return (self[k] for k in self.keys())
+
+
 def episode_to_torch(finished: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     if device.type == "cpu":
         return {k: torch.from_numpy(v) for k, v in finished.items()}

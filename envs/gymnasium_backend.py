@@ -24,8 +24,8 @@ import torch
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from gymnasium.vector.async_vector_env import AsyncState
 
-from envs.base import (BatchedEnv, EpisodeTracker, MissingDependency, StepResult, WorkerDied, check_box_spaces,
-                       episode_to_torch)
+from envs.base import (BatchedEnv, EpisodeTracker, LazyTensors, MissingDependency, StepResult, WorkerDied,
+                       check_box_spaces, episode_to_torch)
 from envs.mujoco_log import WorkerWarnings
 from envs.randomization import (RandomizationSpec, Randomizer, apply_to_model, check_action_delay, env_ids, gain_problem,
                                 nominal_values)
@@ -500,15 +500,10 @@ class GymnasiumBatchedEnv(BatchedEnv):
             "episode": episode_to_torch(self._episodes.step(reward, done), self.device),
             "task": self._task_info(info, done),
         }
-        return StepResult(
-            self._to_tensor(obs),
-            torch.as_tensor(reward, dtype=torch.float32, device=self.device),
-            torch.as_tensor(terminated, dtype=torch.bool, device=self.device),
-            torch.as_tensor(truncated, dtype=torch.bool, device=self.device),
-            out_info,
-        )
+        return StepResult(self._to_tensor(obs), self._to_tensor(reward), self._flags(terminated), self._flags(truncated),
+                          out_info)
 
-    def _task_info(self, info: dict[str, Any], done: np.ndarray) -> dict[str, torch.Tensor]:
+    def _task_info(self, info: dict[str, Any], done: np.ndarray) -> LazyTensors:
         """The task's own numeric per-env info terms (e.g. a cost), as the MuJoCo backend's info["task"].
 
         With same-step autoreset, a finished env's step info is in info["final_info"]; its entry is
@@ -542,7 +537,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
                 reported = stepped | (~done & np.asarray(info.get("_" + key, ~done), dtype=bool))
                 if not reported.any():  # only the resets report it: no step term
                     del terms[key]
-        return {k: torch.as_tensor(v, device=self.device) for k, v in terms.items()}
+        return LazyTensors(terms, self.device)
 
     def state_dict(self) -> dict[str, Any] | None:
         self._refuse_step("state_dict()")  # WorkerDied where the simulators went with their worker processes
@@ -663,5 +658,11 @@ class GymnasiumBatchedEnv(BatchedEnv):
         if self._mujoco_warnings is not None:
             self._mujoco_warnings.close()
 
+    def _move(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.device.type == "cpu" else t.to(self.device)
+
+    def _flags(self, x: np.ndarray) -> torch.Tensor:
+        return self._move(torch.from_numpy(np.asarray(x, dtype=bool)))
+
     def _to_tensor(self, x: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.device)
+        return self._move(torch.from_numpy(np.asarray(x, dtype=np.float32)))

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from gymnasium.utils.seeding import np_random
 
-from envs.base import BatchedEnv, EpisodeTracker, StepResult, episode_to_torch
+from envs.base import BatchedEnv, EpisodeTracker, LazyTensors, StepResult, episode_to_torch
 from envs.mujoco.tasks import Sim, Task, task_for
 from envs.randomization import (PHYSICS_PARAMS, RandomizationSpec, Randomizer, check_action_delay, env_ids,
                                 pair_friction_scale)
@@ -58,27 +58,6 @@ def make_task_renderer(model: Any, task: Task, width: int | None, height: int | 
     model.vis.global_.offheight = max(model.vis.global_.offheight, height)
     camera = kw["default_camera_config"] if "default_camera_config" in kw else gym_camera_config(task.gym_cls())
     return MujocoRenderer(model, camera, width, height)
-
-
-class _LazyTensors(dict):
-    """The task's info terms, converted to tensors when read (most steps nobody reads them)."""
-
-    def __init__(self, arrays: dict[str, Any], device: torch.device) -> None:
-        super().__init__(arrays)
-        self._device = device
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        value = super().__getitem__(key)
-        if not isinstance(value, torch.Tensor):
-            value = torch.as_tensor(np.asarray(value)).to(self._device)
-            super().__setitem__(key, value)
-        return value
-
-    def items(self):  # type: ignore[override]
-        return ((k, self[k]) for k in self.keys())
-
-    def values(self):  # type: ignore[override]
-        return (self[k] for k in self.keys())
 
 
 class MujocoBatchedEnv(BatchedEnv):
@@ -342,7 +321,7 @@ class MujocoBatchedEnv(BatchedEnv):
             "final_obs": obs_t if final is obs else self._tensor(final),
             "episode": episode_to_torch(episode, self.device),
             "diverged": self._move(torch.from_numpy(info.pop("diverged"))),
-            "task": _LazyTensors(info, self.device),
+            "task": LazyTensors(info, self.device),
         }
         return StepResult(obs_t, self._tensor(reward), self._move(torch.from_numpy(terminated)),
                           self._move(torch.from_numpy(truncated)), out)

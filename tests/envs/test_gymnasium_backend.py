@@ -421,6 +421,10 @@ def test_task_info_terms_match_the_batched_backend_including_final_steps():
         a = torch.as_tensor(rng.uniform(-3, 3, (3, 1)), dtype=torch.float32)
         g, m = gym_env.step(a), mj_env.step(a)
         finished += int(g.terminated.sum())
+        for task in (g.info["task"], m.info["task"]):  # tensors when read, whichever way (first read: .get)
+            values = [task.get(k) for k in task] + [v for _, v in task.items()] + list(task.values())
+            assert values and all(isinstance(v, torch.Tensor) and v.shape == (3,) for v in values)
+            assert task.get("no such term") is None
         common = set(g.info["task"]) & set(m.info["task"].keys())
         assert common, "no task info terms on the gymnasium backend"
         for key in common:
