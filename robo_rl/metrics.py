@@ -139,16 +139,18 @@ class MetricsWriter:
 
     The CSV is wide: one column per metric, empty where a row has no value. When a new metric
     appears (e.g. the first evaluation), the file is rewritten with the wider header.
+
+    The rows are kept in the file, not in memory (``rows`` reads them back): a run of millions of steps at a small
+    ``log.every`` writes tens of thousands, and holding each as a dict grew the process by ~1 KB per row.
     """
 
     def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)  # a runner built from Python (build_runner) may name a new one
         self.path = run_dir / "metrics.csv"
-        self.rows: list[dict[str, float]] = []  # "step" an int
         self.columns: list[str] = ["step", "wall_time"]
         if resume_step is not None and self.path.exists():
-            self.columns, self.rows = _rows_up_to(self.path, resume_step, self.columns)
-            self._rewrite()
+            self.columns, rows = _rows_up_to(self.path, resume_step, self.columns)
+            self._rewrite(rows)
         self.tb = None
         # a resumed run without TensorBoard (log.tensorboard=false) still drops the earlier segments' events after the
         # checkpoint: they are of steps the resume trains again (the CSV no longer has them)
@@ -161,13 +163,22 @@ class MetricsWriter:
                 self.tb.close()
                 self.tb = None
 
+    @property
+    def rows(self) -> list[dict[str, float]]:
+        """The rows written so far, read back from ``metrics.csv`` (each without its empty columns; "step" an int)."""
+        if not self.path.exists():
+            return []
+        return _rows_up_to(self.path, math.inf, self.columns)[1]  # type: ignore[arg-type]
+
     def write(self, step: int, wall_time: float, scalars: dict[str, float]) -> None:
         row = {"step": int(step), "wall_time": wall_time, **scalars}  # a whole number: the CSV reads "4096", not "4096.0"
-        self.rows.append(row)
         new = [k for k in row if k not in self.columns]
         if new or not self.path.exists():
+            # the earlier rows as the file holds them (their text unchanged), under the wider header
+            earlier = list(csv.DictReader(complete_lines(self.path.read_text(encoding="utf-8"))[0])) \
+                if self.path.exists() else []
             self.columns.extend(new)
-            self._rewrite()
+            self._rewrite([*earlier, row])
         else:
             with open(self.path, "a", newline="") as f:
                 csv.DictWriter(f, self.columns).writerow(row)
@@ -175,11 +186,11 @@ class MetricsWriter:
             for key, value in scalars.items():
                 self.tb.add_scalar(key, value, step)
 
-    def _rewrite(self) -> None:
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
         text = io.StringIO(newline="")
         writer = csv.DictWriter(text, self.columns)
         writer.writeheader()
-        writer.writerows(self.rows)
+        writer.writerows(rows)
         write_text_atomic(self.path, text.getvalue())
 
     def close(self) -> None:

@@ -1188,6 +1188,30 @@ def test_a_damaged_metrics_row_before_the_checkpoint_is_named_on_resume(tmp_path
 
 
 
+def test_the_metrics_writer_keeps_its_rows_in_the_file_not_in_memory(tmp_path):
+    # a run of millions of steps at a small log.every writes tens of thousands of rows: the writer held every one as a
+    # dict (~1 KB each) for the whole run
+    from robo_rl.metrics import MetricsWriter
+
+    def held(writer):  # entries in the writer's own containers
+        return sum(len(v) for v in vars(writer).values() if isinstance(v, (list, dict, set, tuple)))
+
+    writer = MetricsWriter(tmp_path, tensorboard=False)
+    writer.write(10, 0.5, {"train/loss": 1.25})
+    after_one = held(writer)
+    for step in range(20, 1010, 10):
+        writer.write(step, step / 20, {"train/loss": 1.25})
+    assert held(writer) == after_one
+    # a new column rewrites the file with the earlier rows as they were; ``rows`` reads them back
+    writer.write(1010, 50.5, {"eval/return_mean": -3.0})
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[:3] == ["step,wall_time,train/loss,eval/return_mean", "10,0.5,1.25,", "20,1.0,1.25,"]
+    assert len(lines) == 1 + 101 and lines[-1] == "1010,50.5,,-3.0"
+    assert len(writer.rows) == 101
+    assert writer.rows[0] == {"step": 10, "wall_time": 0.5, "train/loss": 1.25}
+    assert writer.rows[-1] == {"step": 1010, "wall_time": 50.5, "eval/return_mean": -3.0}
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/null"), reason="needs /dev/null (a device)")
 def test_a_device_in_place_of_metrics_csv_is_named_on_resume_not_read(tmp_path):
     # a link to /dev/zero there was read until memory ran out (the resume then blamed the config's sizes); /dev/null,
