@@ -9,6 +9,7 @@ import math
 import os
 import secrets
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +37,26 @@ class LogFormatter(logging.Formatter):
 class OnceEach(logging.Filter):
     """A handler's filter that lets each warning through once, word for word (for one run: train.py): the evaluation
     envs, built from the training envs' config, repeated the notes their build gives (MuJoCo Warp's solver,
-    HumanoidStandup's uph_cost_weight) on the console and in train.log."""
+    HumanoidStandup's uph_cost_weight) on the console and in train.log.
 
-    def __init__(self) -> None:
+    It remembers the latest ``remember`` distinct warnings, not all: one that names its step ("2 simulation(s) diverged
+    at step 41,000 ...") never repeats, and a run whose simulations often diverged kept each for its whole length."""
+
+    def __init__(self, remember: int = 1000) -> None:
         super().__init__()
-        self.seen: set[tuple[str, str]] = set()
+        self.remember = remember
+        self.seen: OrderedDict[tuple[str, str], None] = OrderedDict()  # oldest first
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno != logging.WARNING:
             return True
         key = (record.name, record.getMessage())
         if key in self.seen:
+            self.seen.move_to_end(key)
             return False
-        self.seen.add(key)
+        self.seen[key] = None
+        if len(self.seen) > self.remember:
+            self.seen.popitem(last=False)
         return True
 
 

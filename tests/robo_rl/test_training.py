@@ -1335,6 +1335,23 @@ def test_a_warning_the_evaluation_envs_build_repeats_is_given_once(tmp_path, con
             if "uph_cost_weight" in line] == [note]
     assert through_root == []
 
+
+def test_the_once_each_filter_remembers_a_bounded_number_of_warnings():
+    # a warning that names its step (a diverged simulation's) never repeats: the filter kept every one for the run
+    import logging
+
+    from robo_rl.metrics import OnceEach
+
+    def warning(message):
+        return logging.LogRecord("robo_rl", logging.WARNING, __file__, 0, message, None, None)
+
+    once = OnceEach(remember=100)
+    assert once.filter(warning("a note the evaluation envs' build repeats"))
+    assert not once.filter(warning("a note the evaluation envs' build repeats"))
+    passed = [once.filter(warning(f"1 simulation(s) diverged at step {step:,} and were reset")) for step in range(5000)]
+    assert all(passed) and len(once.seen) == 100
+    assert not once.filter(warning("1 simulation(s) diverged at step 4,999 and were reset"))  # a recent one: still once
+
 # -- loop audit (session 28): NaN/Inf met in an evaluation ---------------------------------------------------------
 
 
