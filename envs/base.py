@@ -377,6 +377,11 @@ class EpisodeTracker:
         self.lengths[:] = np.asarray(state["ep_length"])
 
 
+def on_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` (made on the CPU, e.g. from numpy) on ``device``: itself on the CPU, without a ``.to`` call per step."""
+    return t if device.type == "cpu" else t.to(device)
+
+
 class LazyTensors(dict):
     """A step's task info terms (``info["task"]``), each converted to a tensor on ``device`` when first read: most
     steps nobody reads them. Reads through ``[]``, ``get``, ``items`` and ``values`` all hand out tensors."""
@@ -388,8 +393,7 @@ class LazyTensors(dict):
     def __getitem__(self, key: str) -> torch.Tensor:
         value = super().__getitem__(key)
         if not isinstance(value, torch.Tensor):
-            value = torch.from_numpy(np.asarray(value))
-            value = value if self._device.type == "cpu" else value.to(self._device)
+            value = on_device(torch.from_numpy(np.asarray(value)), self._device)
             super().__setitem__(key, value)
         return value
 
@@ -404,9 +408,7 @@ class LazyTensors(dict):
 
 
 def episode_to_torch(finished: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    if device.type == "cpu":
-        return {k: torch.from_numpy(v) for k, v in finished.items()}
-    return {k: torch.from_numpy(v).to(device) for k, v in finished.items()}
+    return {k: on_device(torch.from_numpy(v), device) for k, v in finished.items()}
 
 
 def unknown_next_state(info: dict[str, Any], terminated: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor | None:

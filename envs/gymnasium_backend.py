@@ -25,7 +25,7 @@ from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from gymnasium.vector.async_vector_env import AsyncState
 
 from envs.base import (BatchedEnv, EpisodeTracker, LazyTensors, MissingDependency, StepResult, WorkerDied,
-                       check_box_spaces, episode_to_torch)
+                       check_box_spaces, episode_to_torch, on_device)
 from envs.mujoco_log import WorkerWarnings
 from envs.randomization import (RandomizationSpec, Randomizer, apply_to_model, check_action_delay, env_ids, gain_problem,
                                 nominal_values)
@@ -658,11 +658,8 @@ class GymnasiumBatchedEnv(BatchedEnv):
         if self._mujoco_warnings is not None:
             self._mujoco_warnings.close()
 
-    def _move(self, t: torch.Tensor) -> torch.Tensor:
-        return t if self.device.type == "cpu" else t.to(self.device)
-
     def _flags(self, x: np.ndarray) -> torch.Tensor:
-        return self._move(torch.from_numpy(np.asarray(x, dtype=bool)))
+        return on_device(torch.from_numpy(np.asarray(x, dtype=bool)), self.device)
 
     def _to_tensor(self, x: np.ndarray) -> torch.Tensor:
-        return self._move(torch.from_numpy(np.asarray(x, dtype=np.float32)))
+        return on_device(torch.from_numpy(np.asarray(x, dtype=np.float32)), self.device)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from gymnasium.utils.seeding import np_random
 
-from envs.base import BatchedEnv, EpisodeTracker, LazyTensors, StepResult, episode_to_torch
+from envs.base import BatchedEnv, EpisodeTracker, LazyTensors, StepResult, episode_to_torch, on_device
 from envs.mujoco.tasks import Sim, Task, task_for
 from envs.randomization import (PHYSICS_PARAMS, RandomizationSpec, Randomizer, check_action_delay, env_ids,
                                 pair_friction_scale)
@@ -327,7 +327,7 @@ class MujocoBatchedEnv(BatchedEnv):
                           self._move(torch.from_numpy(truncated)), out)
 
     def _move(self, t: torch.Tensor) -> torch.Tensor:
-        return t if self.device.type == "cpu" else t.to(self.device)
+        return on_device(t, self.device)
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
         return self._move(torch.from_numpy(x.astype(np.float32)))
