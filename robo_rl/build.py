@@ -194,16 +194,34 @@ def build_learner(cfg: DictConfig, policy: PolicyHead, to_act: bool = False) -> 
             learner = LEARNERS[name](policy, **kwargs).to(cfg.device)
     if to_act:  # compile and precision=bf16 change how update() computes its losses; acting is neither
         return learner
-    if cfg.get("compile", False):
-        learner.compile_update()  # type: ignore[attr-defined]
-    if cfg.get("precision", "fp32") == "bf16":
-        import torch
+    import torch
 
+    if cfg.get("compile", False):
+        if torch.device(cfg.device).type == "cpu":
+            require_cpp_compiler()
+        learner.compile_update()  # type: ignore[attr-defined]
+        log.info("compile=true: the first update compiles the update step (tens of seconds; torch caches the result "
+                 "for later runs)")
+    if cfg.get("precision", "fp32") == "bf16":
         if not native_bf16(cfg.device):
             log.warning(f"precision=bf16: this {cfg.device} has no native bf16 matrix multiply (CPUs: AVX512-BF16 or "
                         "AMX; GPUs: Ampere or later), so the updates will be slower than with precision=fp32")
         learner.autocast_update(torch.bfloat16, torch.device(cfg.device).type)  # type: ignore[attr-defined]
     return learner
+
+
+def require_cpp_compiler() -> None:
+    """compile=true on a CPU: torch.compile (inductor) writes C++ kernels and builds them at the first update, after
+    algo.learning_starts; without a C++ compiler that would end the run there, so say it before any work."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # another torch layout: leave the check to inductor
+        return
+    try:
+        get_cpp_compiler()
+    except Exception as exc:  # inductor's InvalidCxxCompiler: none of the compilers it looks for runs
+        raise ConfigError(f"compile=true: torch.compile needs a C++ compiler on the CPU and found none it can run "
+                          f"({type(exc).__name__}); install gcc or clang (or point CXX at one), or set compile=false") from exc
 
 
 def native_bf16(device: str) -> bool:

@@ -15,7 +15,9 @@ plain MLPs with ReLU or tanh (no layer norm), float32 parameters on the CPU. Und
 matmuls run in bfloat16 where autocast runs them, except the critics' one-unit output layer, kept in float32
 (autocast also multiplies it in float32 for a twin critic, in bf16 for TD3's actor loss on Q_1 alone);
 parameters, optimizer state, TD targets, log-probabilities and losses stay float32.
-``tests/robo_rl/test_offpolicy_fused.py`` holds the gradients equal to autograd's.
+``tests/robo_rl/test_offpolicy_fused.py`` holds the gradients equal to autograd's. Under ``compile=true`` the
+gradient computations run as torch.compile'd C++ graphs (``_FusedOffPolicyStep.compile``); the optimizer steps
+stay eager (each is already one fused kernel).
 
 Each layer h_i = act(h_{i-1} W_i + b_i) back-propagates g_i = dL/d(pre-activation) as
     dW_i = h_{i-1}^T g_i,   db_i = sum_b g_i,   g_{i-1} = act'(h_{i-1}) * (g_i W_i^T)
@@ -133,7 +135,7 @@ class _FusedOffPolicyStep:
         changes parameters in place without bumping their version, so the update says when)."""
         if self.dtype == torch.float32:
             return p
-        if self._casts is None:
+        if self._casts is None or torch.compiler.is_compiling():  # a compiled graph casts once by itself
             return p.to(self.dtype)
         cast = self._casts.get(id(p))
         if cast is None:
@@ -144,6 +146,14 @@ class _FusedOffPolicyStep:
         """Drop the casts of ``params``: they are about to change."""
         for p in params if self._casts is not None else ():
             self._casts.pop(id(p), None)
+
+    def compile(self) -> None:
+        """torch.compile the gradient computations (inductor with its C++ wrapper: each is one C++ graph, the
+        matmuls still oneDNN/MKL's, the elementwise work between them fused into loops). ``fallback_random``
+        keeps torch's own generator, so a compiled step draws the same noise as the eager one."""
+        options = {"cpp_wrapper": True, "fallback_random": True}
+        self.critic_gradients = torch.compile(self.critic_gradients, dynamic=False, options=options)
+        self.actor_gradients = torch.compile(self.actor_gradients, dynamic=False, options=options)
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """The learner's update, with each parameter cast to the matmuls' dtype once while it holds still."""
@@ -353,8 +363,9 @@ class FusedSACStep(_FusedOffPolicyStep):
 class FusedUpdate:
     """Mixed into SAC and TD3 (before ``Learner``): ``fused="auto"`` takes the fused step where the learner fits it,
     ``"on"`` insists (and says why not), ``"off"`` always uses autograd. The step is chosen at construction and left
-    for the autograd path when the losses were compiled, or the learner moved off the CPU, was cast from float32 or
-    had a parameter frozen, since."""
+    for the autograd path when the learner moved off the CPU, was cast from float32 or had a parameter frozen, since.
+    ``compile_update`` (compile=true) compiles the fused step's gradient computations, and the losses the autograd
+    path would run."""
 
     _fused_step: _FusedOffPolicyStep | None = None
 
@@ -377,7 +388,8 @@ class FusedUpdate:
 
     def compile_update(self, **options) -> None:
         super().compile_update(**options)  # type: ignore[misc]
-        self._compiled = True  # the compiled losses run through autograd
+        if self._fused_step is not None:
+            self._fused_step.compile()
 
     def autocast_update(self, dtype: torch.dtype = torch.bfloat16, device_type: str = "cpu") -> None:
         super().autocast_update(dtype, device_type)  # type: ignore[misc]
@@ -388,7 +400,7 @@ class FusedUpdate:
     def _fused(self) -> bool:
         """Whether ``update`` takes the fused step now (``fused="on"`` refuses a move off the CPU, a cast to another
         dtype, ``learner.double()``: the step computes in float32, or a frozen parameter: see ``fused_step_fits``)."""
-        if self._fused_step is None or self.__dict__.get("_compiled", False):
+        if self._fused_step is None:
             return False
         return fused_step_fits(self.critic.net.layers[0].weight, self.fused, self._fused_label,  # type: ignore[attr-defined]
                                self._fused_trained)

@@ -246,12 +246,49 @@ def test_a_deep_copy_of_a_learner_trains_as_the_original(algo, fused):
     assert max_diff(original, twin) == 0.0 and max_diff(original, learner(algo, fused)) > 0.0
 
 
-@pytest.mark.parametrize("algo", ["td3", "sac"])
-def test_compiled_losses_take_the_autograd_path(algo):
-    each = learner(algo, "auto")
-    assert each._fused
-    each.compile_update()  # compile wraps the loss methods: the update must run them, not the fused step
-    assert not each._fused
+@pytest.mark.parametrize("algo, precision", [("td3", "fp32"), ("sac", "fp32"), ("sac", "bf16")])
+def test_compile_runs_the_fused_step_as_compiled_graphs(algo, precision):
+    # compile=true: the fused step's gradient computations become compiled C++ graphs, which draw the same noise
+    # (torch's generator: the target smoothing, SAC's action samples) and compute the eager fused step's update
+    eager, compiled = learner(algo, "auto"), learner(algo, "auto")
+    compiled.compile_update()
+    for each in (eager, compiled) if precision == "bf16" else ():
+        each.autocast_update()
+    assert compiled._fused
+    step = compiled._fused_step
+    assert all(hasattr(f, "_torchdynamo_orig_callable") for f in (step.critic_gradients, step.actor_gradients))
+    for seed in (7, 8, 9):  # TD3's delayed actor steps on the second
+        for each in (eager, compiled):
+            torch.manual_seed(seed)
+            each.update(batch(seed))
+    assert max_diff(eager, learner(algo, "auto")) > 5e-4  # both trained (3 Adam steps), alike to float rounding:
+    assert max_diff(eager, compiled) < (1e-4 if precision == "bf16" else 1e-5)
+    # the autograd path's losses are compiled too, for when the learner leaves the fused step (fused=off, a move)
+    assert "_critic_loss" in compiled.__dict__
+
+
+def test_compile_without_a_cpp_compiler_fails_at_start_up(monkeypatch):
+    # inductor builds its C++ kernels at the first update, after algo.learning_starts: without a compiler the run
+    # would end there, so building the learner says so
+    from torch._inductor import config as inductor_config
+    from torch._inductor.cpp_builder import cpp_compiler_search
+
+    from robo_rl.build import build_env, build_learner, build_policy
+    from robo_rl.defaults import resolve_defaults
+    from robo_rl.validation import ConfigError
+    from tests.helpers import compose
+
+    cfg = resolve_defaults(compose("algo=td3", "env=pendulum", "compile=true"))
+    env = build_env(cfg, num_envs=1, vectorization="sync", randomize=False)
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-c++-compiler",))
+    cpp_compiler_search.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match="^compile=true: torch.compile needs a C\\+\\+ compiler on the CPU and found "
+                                              "none it can run .*or set compile=false$"):
+            build_learner(cfg, build_policy(cfg, env))
+    finally:
+        cpp_compiler_search.cache_clear()
+        env.close()
 
 
 def test_a_learner_moved_off_the_cpu_leaves_the_fused_step():

@@ -124,7 +124,7 @@ def interrupt_at_update(monkeypatch, learner_cls, n):
     return lambda: monkeypatch.setattr(learner_cls, "update", original)
 
 
-@pytest.mark.parametrize("algo", ["sac", "sac-filtered", "ppo", "ppo-randomized"])
+@pytest.mark.parametrize("algo", ["sac", "sac-filtered", "sac-compiled", "ppo", "ppo-randomized"])
 def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, monkeypatch, algo):
     if algo.startswith("sac"):
         from robo_rl.learners.sac import SAC as cls
@@ -132,6 +132,8 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, monkeypatch
         overrides, steps, stop_at = SMALL_SAC, 800, 237
         if algo == "sac-filtered":  # a rate limit remembers each copy's previous command across the resume
             overrides = (*SMALL_SAC, "safety=box")
+        elif algo == "sac-compiled":  # the fused step's compiled C++ graphs: the same in every process
+            overrides = (*SMALL_SAC, "compile=true")
     elif algo == "ppo-randomized":  # batched MuJoCo backend with domain randomization, noise and delay
         from robo_rl.learners.ppo import PPO as cls
 
