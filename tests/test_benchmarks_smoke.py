@@ -52,6 +52,12 @@ def test_fused_offpolicy(tmp_path):
     out = result(tmp_path, "fused")["results"]
     assert [(r["algo"], r["precision"]) for r in out] == [("sac", "fp32"), ("sac", "bf16"), ("td3", "fp32"), ("td3", "bf16")]
     assert all(r["median_ms"]["fused"] > 0 and r["speedup"] > 0 for r in out)
+    # compile=true's step too, on one learner (its compile takes a few seconds)
+    bench(tmp_path, "benchmarks/fused_offpolicy.py", "--rounds", "1", "--updates", "2", "--hidden", "16", "--batch", "32",
+          "--algos", "td3", "--precisions", "fp32", "--compiled", "--name", "fused_compiled")
+    (compiled,) = result(tmp_path, "fused_compiled")["results"]
+    assert compiled["median_ms"]["compiled"] > 0 and compiled["compiled_speedup"] > 0
+    assert "compiled vs fused" in (tmp_path / "results" / "fused_compiled.md").read_text()
 
 
 def test_default_run(tmp_path):
