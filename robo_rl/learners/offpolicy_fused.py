@@ -148,9 +148,9 @@ class _FusedOffPolicyStep:
             self._casts.pop(id(p), None)
 
     def compile(self) -> None:
-        """torch.compile the gradient computations (inductor with its C++ wrapper: each is one C++ graph, the
-        matmuls still oneDNN/MKL's, the elementwise work between them fused into loops). ``fallback_random``
-        keeps torch's own generator, so a compiled step draws the same noise as the eager one."""
+        """torch.compile the gradient computations (inductor with its C++ wrapper: each runs as one C++ graph, the
+        element-wise work between its matmuls fused into loops, without a Python call per operation).
+        ``fallback_random`` keeps torch's own generator, so a compiled step draws the same noise as the eager one."""
         options = {"cpp_wrapper": True, "fallback_random": True}
         self.critic_gradients = torch.compile(self.critic_gradients, dynamic=False, options=options)
         self.actor_gradients = torch.compile(self.actor_gradients, dynamic=False, options=options)
