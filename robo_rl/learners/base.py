@@ -8,6 +8,7 @@ optimizer states are added by ``training_state``.
 from __future__ import annotations
 
 import copy
+import types
 from typing import Any, ClassVar, Mapping, NamedTuple
 
 import torch
@@ -66,8 +67,8 @@ class Learner(nn.Module):
         The optimizer step is already one fused kernel and stays eager. The first updates pay the
         compile time (tens of seconds on a CPU); see benchmarks/ for what it buys.
         """
-        for name in self.loss_functions:
-            object.__setattr__(self, f"_{name}", torch.compile(getattr(self, name), **options))
+        for name in self.loss_functions:  # bound as methods, so copy.deepcopy binds them to the copy (see bound_loss)
+            object.__setattr__(self, f"_{name}", bound_loss(torch.compile(getattr(type(self), name), **options), self))
 
     def autocast_update(self, dtype: torch.dtype = torch.bfloat16, device_type: str = "cpu") -> None:
         """Run the loss computations of ``update`` (their forward graphs; backward follows in the same dtypes)
@@ -77,13 +78,13 @@ class Learner(nn.Module):
         them (``policies.networks.full_precision``: Q values, the Gaussian's mean and log-std, the deterministic
         actor's action), so TD targets, log-probabilities and the losses are computed in float32."""
         for name in self.loss_functions:
-            loss = getattr(self, f"_{name}")  # compiled, if compile_update ran first
+            loss = getattr(self, f"_{name}").__func__  # compiled, if compile_update ran first
 
-            def autocast_loss(*args: Any, _loss: Any = loss, **kwargs: Any) -> Any:
+            def autocast_loss(learner: Learner, *args: Any, _loss: Any = loss, **kwargs: Any) -> Any:
                 with torch.autocast(device_type, dtype=dtype):
-                    return _loss(*args, **kwargs)
+                    return _loss(learner, *args, **kwargs)
 
-            object.__setattr__(self, f"_{name}", autocast_loss)
+            object.__setattr__(self, f"_{name}", bound_loss(autocast_loss, self))
 
     def explore(self, obs: torch.Tensor) -> torch.Tensor:
         """Actions used to collect experience; the policy's own sampling unless a learner adds noise."""
@@ -221,6 +222,13 @@ def _check_optimizer_state(name: str, opt: torch.optim.Optimizer, saved: Any) ->
             if not fits:
                 raise ValueError(f"optimizer {name!r}: {key} of parameter {i} is {value.dtype} {list(value.shape)}, "
                                  f"expected {'one number' if key == 'step' else f'{param.dtype} {list(param.shape)}'}")
+
+
+def bound_loss(loss: Any, owner: Any) -> types.MethodType:
+    """``loss(owner, ...)`` (a class's function, compiled or wrapped) as ``owner``'s method. A function that closes
+    over ``owner`` (``torch.compile(owner.critic_loss)``) survives ``copy.deepcopy(owner)`` as it is, so the copy
+    would compute its losses with the original's networks; a bound method is copied bound to the copy."""
+    return types.MethodType(loss, owner)
 
 
 def polyak_update(target: list[torch.Tensor], online: list[torch.Tensor], tau: float) -> None:

@@ -39,7 +39,7 @@ from torch import nn
 
 from policies.heads.deterministic import DeterministicHead
 from policies.heads.gaussian import _HALF_LOG_2PI, LOG_STD_MAX, LOG_STD_MIN, GaussianHead, tanh_log_det
-from robo_rl.learners.base import Batch, fused_step_fits, polyak_update
+from robo_rl.learners.base import Batch, bound_loss, fused_step_fits, polyak_update
 from robo_rl.learners.ppo_fused import _ACTIVATIONS, _mlp_layout
 
 if TYPE_CHECKING:
@@ -152,8 +152,8 @@ class _FusedOffPolicyStep:
         element-wise work between its matmuls fused into loops, without a Python call per operation).
         ``fallback_random`` keeps torch's own generator, so a compiled step draws the same noise as the eager one."""
         options = {"cpp_wrapper": True, "fallback_random": True}
-        self.critic_gradients = torch.compile(self.critic_gradients, dynamic=False, options=options)
-        self.actor_gradients = torch.compile(self.actor_gradients, dynamic=False, options=options)
+        for name in ("critic_gradients", "actor_gradients"):  # bound: a deep copy of the learner computes its own
+            setattr(self, name, bound_loss(torch.compile(getattr(type(self), name), dynamic=False, options=options), self))
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """The learner's update, with each parameter cast to the matmuls' dtype once while it holds still."""

@@ -246,6 +246,23 @@ def test_a_deep_copy_of_a_learner_trains_as_the_original(algo, fused):
     assert max_diff(original, twin) == 0.0 and max_diff(original, learner(algo, fused)) > 0.0
 
 
+@pytest.mark.parametrize("wrap", ["compile", "autocast"])
+def test_a_deep_copy_of_a_learner_with_wrapped_losses_trains_as_the_original(wrap):
+    # compile=true and precision=bf16 wrap the losses in functions that closed over the learner: a deep copy kept the
+    # original's, so its updates computed their losses (and gradients) on the original's networks
+    original = learner("sac", "off")
+    if wrap == "compile":
+        original.compile_update(backend="eager")  # dynamo without inductor: the same wrapping, no C++ build
+    else:
+        original.autocast_update()
+    original.update(batch())
+    twin = copy.deepcopy(original)
+    for each in (original, twin):  # the original first: a twin reading its networks would now see other weights
+        torch.manual_seed(4)
+        each.update(batch(seed=7))
+    assert max_diff(original, twin) == 0.0
+
+
 @pytest.mark.parametrize("algo, precision", [("td3", "fp32"), ("sac", "fp32"), ("sac", "bf16")])
 def test_compile_runs_the_fused_step_as_compiled_graphs(algo, precision):
     # compile=true: the fused step's gradient computations become compiled C++ graphs, which draw the same noise
@@ -265,6 +282,12 @@ def test_compile_runs_the_fused_step_as_compiled_graphs(algo, precision):
     assert max_diff(eager, compiled) < (1e-4 if precision == "bf16" else 1e-5)
     # the autograd path's losses are compiled too, for when the learner leaves the fused step (fused=off, a move)
     assert "_critic_loss" in compiled.__dict__
+    # a deep copy runs its own compiled step (the graphs compiled the original's, bound to the copy), as the original
+    twin = copy.deepcopy(compiled)
+    for each in (compiled, twin):  # the original first: a twin computing on its networks would see other weights
+        torch.manual_seed(10)
+        each.update(batch(10))
+    assert max_diff(compiled, twin) == 0.0
 
 
 def test_compile_without_a_cpp_compiler_fails_at_start_up(monkeypatch):
