@@ -290,7 +290,7 @@ def test_compile_runs_the_fused_step_as_compiled_graphs(algo, precision):
     assert max_diff(compiled, twin) == 0.0
 
 
-def test_compile_without_a_cpp_compiler_fails_at_start_up(monkeypatch):
+def test_compile_without_a_cpp_compiler_fails_at_start_up():
     # inductor builds its C++ kernels at the first update, after algo.learning_starts: without a compiler the run
     # would end there, so building the learner says so
     from torch._inductor import config as inductor_config
@@ -303,12 +303,15 @@ def test_compile_without_a_cpp_compiler_fails_at_start_up(monkeypatch):
 
     cfg = resolve_defaults(compose("algo=td3", "env=pendulum", "compile=true"))
     env = build_env(cfg, num_envs=1, vectorization="sync", randomize=False)
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-c++-compiler",))
+    # inductor's own patch: monkeypatch's undo deleted cpp.cxx, so every later compile in the process failed
     cpp_compiler_search.cache_clear()
+    compilers = inductor_config.cpp.cxx
     try:
-        with pytest.raises(ConfigError, match="^compile=true: torch.compile needs a C\\+\\+ compiler on the CPU and found "
-                                              "none it can run .*or set compile=false$"):
+        with inductor_config.patch({"cpp.cxx": ("no-such-c++-compiler",)}), pytest.raises(
+                ConfigError, match="^compile=true: torch.compile needs a C\\+\\+ compiler on the CPU and found none it can "
+                                   "run .*or set compile=false$"):
             build_learner(cfg, build_policy(cfg, env))
+        assert inductor_config.cpp.cxx == compilers  # put back: later compiles in the process find their compiler
     finally:
         cpp_compiler_search.cache_clear()
         env.close()
