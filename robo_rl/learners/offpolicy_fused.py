@@ -32,6 +32,7 @@ and the temperature's loss -mean_b log alpha (log pi + target entropy): d/d log 
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -153,7 +154,11 @@ class _FusedOffPolicyStep:
         ``fallback_random`` keeps torch's own generator, so a compiled step draws the same noise as the eager one."""
         options = {"cpp_wrapper": True, "fallback_random": True}
         for name in ("critic_gradients", "actor_gradients"):  # bound: a deep copy of the learner computes its own
-            setattr(self, name, bound_loss(torch.compile(getattr(type(self), name), dynamic=False, options=options), self))
+            # the function under its no_grad decorator: dynamo keeps compiled code per code object, and the decorator's
+            # wrapper is one for all, so every step's gradients in a process shared its 8 entries (recompile_limit):
+            # a multirun's fifth network shape ran eager, with torch's warning on the console
+            gradients = torch.compile(inspect.unwrap(getattr(type(self), name)), dynamic=False, options=options)
+            setattr(self, name, bound_loss(torch.no_grad()(gradients), self))
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """The learner's update, with each parameter cast to the matmuls' dtype once while it holds still."""

@@ -290,6 +290,20 @@ def test_compile_runs_the_fused_step_as_compiled_graphs(algo, precision):
     assert max_diff(compiled, twin) == 0.0
 
 
+def test_each_compiled_gradient_computation_has_its_own_compiled_code():
+    # dynamo keeps compiled code per code object and recompiles on a miss, up to recompile_limit (8) entries. Compiled
+    # through their no_grad decorator, every step's critic and actor gradients shared one code object: a learner took
+    # two entries, and in a multirun the fifth job with another network shape or precision ran eager (torch's warning
+    # on the console). Each function compiles once here, without a recompile.
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        each = learner("td3", "auto")
+        each.compile_update()
+        for seed in (1, 2):  # the actor steps on the second
+            each.update(batch(seed))
+    assert max_diff(each, learner("td3", "auto")) > 0.0
+
+
 def test_compile_without_a_cpp_compiler_fails_at_start_up():
     # inductor builds its C++ kernels at the first update, after algo.learning_starts: without a compiler the run
     # would end there, so building the learner says so
