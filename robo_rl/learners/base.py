@@ -65,8 +65,12 @@ class Learner(nn.Module):
         """torch.compile the loss computations (forward + backward graphs) of ``update``.
 
         The optimizer step is already one fused kernel and stays eager. The first updates pay the
-        compile time (tens of seconds on a CPU); see benchmarks/ for what it buys.
+        compile time (tens of seconds on a CPU); see benchmarks/ for what it buys. Inductor (the default backend) keeps
+        torch's generator (``fallback_random``): the losses draw the same noise (target smoothing, sampled actions) as
+        eager ones, not inductor's own, so compile=true changes the update by float rounding only.
         """
+        if options.get("backend", "inductor") == "inductor" and "mode" not in options:
+            options = {**options, "options": {"fallback_random": True, **options.get("options", {})}}
         for name in self.loss_functions:  # bound as methods, so copy.deepcopy binds them to the copy (see bound_loss)
             object.__setattr__(self, f"_{name}", bound_loss(torch.compile(getattr(type(self), name), **options), self))
 

@@ -290,6 +290,19 @@ def test_compile_runs_the_fused_step_as_compiled_graphs(algo, precision):
     assert max_diff(compiled, twin) == 0.0
 
 
+def test_compiled_losses_draw_the_noise_the_eager_ones_draw():
+    # the autograd path's compiled losses (fused=off, a learner moved or cast off the fused step, and every learner
+    # without one: EXPO, PA-RL, GoRL-SAC, Lagrangian SAC) drew inductor's own random numbers: compile=true trained on
+    # other target-smoothing noise than compile=false. In float64 rounding is ~1e-12; other noise moves it by ~1e-3.
+    eager, compiled = learner("td3", "off").double(), learner("td3", "off").double()
+    compiled.compile_update()
+    for each in (eager, compiled):  # one update: the critic's, on noisy targets (the actor steps on the second)
+        torch.manual_seed(7)
+        each.update(Batch(*(t.double() for t in batch(7))))
+    assert max_diff(eager, learner("td3", "off").double()) > 1e-4
+    assert max_diff(eager, compiled) < 1e-9
+
+
 def test_each_compiled_gradient_computation_has_its_own_compiled_code():
     # dynamo keeps compiled code per code object and recompiles on a miss, up to recompile_limit (8) entries. Compiled
     # through their no_grad decorator, every step's critic and actor gradients shared one code object: a learner took
