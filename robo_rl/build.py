@@ -212,16 +212,34 @@ def build_learner(cfg: DictConfig, policy: PolicyHead, to_act: bool = False) -> 
 
 def require_cpp_compiler() -> None:
     """compile=true on a CPU: torch.compile (inductor) writes C++ kernels and builds them at the first update, after
-    algo.learning_starts; without a C++ compiler that would end the run there, so say it before any work."""
+    algo.learning_starts; without a C++ compiler, or without Python's headers (the kernels are built as Python
+    extension modules), that would end the run there, so say it before any work."""
+    import sys
+    import sysconfig
+    import warnings
+    from pathlib import Path
+
     try:
         from torch._inductor.cpp_builder import get_cpp_compiler
-    except ImportError:  # another torch layout: leave the check to inductor
+    except ImportError:  # another torch layout: leave the checks to inductor
         return
     try:
         get_cpp_compiler()
     except Exception as exc:  # inductor's InvalidCxxCompiler: none of the compilers it looks for runs
         raise ConfigError(f"compile=true: torch.compile needs a C++ compiler on the CPU and found none it can run "
                           f"({type(exc).__name__}); install gcc or clang (or point CXX at one), or set compile=false") from exc
+    try:
+        from torch._inductor.cpp_builder import _get_python_related_args
+    except ImportError:
+        return
+    with warnings.catch_warnings():  # inductor warns "Can't find Python.h" here, and fails at the build
+        warnings.simplefilter("ignore")
+        include_dirs = _get_python_related_args()[0]
+    if not any((Path(d) / "Python.h").is_file() for d in include_dirs):
+        version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        raise ConfigError(f"compile=true: torch.compile builds its C++ kernels against Python's headers, and "
+                          f"{sysconfig.get_path('include')} has no Python.h; install them (python{version}-dev or "
+                          "python3-dev, or your Python distribution's headers), or set compile=false")
 
 
 def native_bf16(device: str) -> bool:

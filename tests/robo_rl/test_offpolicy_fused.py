@@ -344,6 +344,29 @@ def test_compile_without_a_cpp_compiler_fails_at_start_up():
         env.close()
 
 
+def test_compile_without_pythons_headers_fails_at_start_up(tmp_path, monkeypatch):
+    # inductor builds its kernels as Python extension modules: without Python.h (a Python without its -dev package)
+    # the first update's build failed, after algo.learning_starts
+    import sysconfig
+
+    from robo_rl.build import build_env, build_learner, build_policy
+    from robo_rl.defaults import resolve_defaults
+    from robo_rl.validation import ConfigError
+    from tests.helpers import compose
+
+    cfg = resolve_defaults(compose("algo=sac", "env=pendulum", "compile=true"))
+    env = build_env(cfg, num_envs=1, vectorization="sync", randomize=False)
+    policy = build_policy(cfg, env)
+    env.close()
+    build_learner(cfg, policy)  # this Python has its headers
+    get_path = sysconfig.get_path
+    monkeypatch.setattr(sysconfig, "get_path", lambda name, *a, **kw: str(tmp_path) if name == "include"
+                        else get_path(name, *a, **kw))
+    with pytest.raises(ConfigError, match=f"^compile=true: torch.compile builds its C\\+\\+ kernels against Python's "
+                                          f"headers, and {tmp_path} has no Python.h; install them .*or set compile=false$"):
+        build_learner(cfg, policy)
+
+
 def test_a_learner_moved_off_the_cpu_leaves_the_fused_step():
     # the meta device stands in for cuda (no GPU here)
     assert not learner("sac", "auto").to("meta")._fused
