@@ -535,6 +535,20 @@ def test_a_failed_sweep_job_is_named_by_its_own_values_whatever_order_hydra_runs
     assert "robo-rl: error: sweep: 1 of 2 job(s) failed: env.kwargs.after=20\n" in console.readouterr().err
 
 
+def test_each_compiled_sweep_job_compiles_as_a_run_of_its_own(tmp_path, monkeypatch, console):
+    # torch keeps compiled code per function across a multirun's jobs (one process), up to recompile_limit versions:
+    # past it (by default the 9th network shape, task or precision) a job ran eager, with torch's warning on the console
+    import torch._dynamo
+
+    from robo_rl.commands.train import train_main
+
+    monkeypatch.chdir(tmp_path)
+    small = [*TINY, "algo=td3", "steps=101", "eval.episodes=1", "eval.num_envs=1", "compile=true"]  # 2 critic updates
+    with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):  # the limit, from job 2
+        assert train_main(["-m", *small, "algo.batch_size=16,17", "run_dir=sweep"]) == 0, console.readouterr().err
+    assert len([p for p in (tmp_path / "sweep").iterdir() if p.is_dir()]) == 2
+
+
 def test_a_failed_job_of_a_one_job_sweep_is_named_by_its_directory(tmp_path, monkeypatch, console):
     # no key takes two values: the job has no swept values, and the failed job's name was empty; its directory is
     # named by its overrides (a key given twice once, with its last value, as Hydra's sweeper passes it; a / written
