@@ -200,8 +200,12 @@ def build_learner(cfg: DictConfig, policy: PolicyHead, to_act: bool = False) -> 
         if torch.device(cfg.device).type == "cpu":
             require_cpp_compiler()
         learner.compile_update()  # type: ignore[attr-defined]
-        log.info("compile=true: the first update compiles the update step (tens of seconds; torch caches the result "
-                 "for later runs)")
+        if name == "ppo" and getattr(learner, "_fused", False):
+            log.info("compile=true: PPO's fused CPU update is numpy, which torch.compile leaves as it is (it is faster "
+                     "than the compiled loss, which serves the autograd path: algo.fused=off, a GPU)")
+        else:
+            log.info("compile=true: the first update compiles the update step (tens of seconds; torch caches the "
+                     "result for later runs)")
     if cfg.get("precision", "fp32") == "bf16":
         if not native_bf16(cfg.device):
             log.warning(f"precision=bf16: this {cfg.device} has no native bf16 matrix multiply (CPUs: AVX512-BF16 or "
@@ -228,13 +232,14 @@ def require_cpp_compiler() -> None:
     except Exception as exc:  # inductor's InvalidCxxCompiler: none of the compilers it looks for runs
         raise ConfigError(f"compile=true: torch.compile needs a C++ compiler on the CPU and found none it can run "
                           f"({type(exc).__name__}); install gcc or clang (or point CXX at one), or set compile=false") from exc
-    try:
+    try:  # where inductor will look for Python.h (a private function: another torch leaves the check to inductor)
         from torch._inductor.cpp_builder import _get_python_related_args
-    except ImportError:
+
+        with warnings.catch_warnings():  # inductor warns "Can't find Python.h" here, and fails at the build
+            warnings.simplefilter("ignore")
+            include_dirs = [str(d) for d in _get_python_related_args()[0]]
+    except Exception:  # noqa: BLE001 - ImportError, or another signature
         return
-    with warnings.catch_warnings():  # inductor warns "Can't find Python.h" here, and fails at the build
-        warnings.simplefilter("ignore")
-        include_dirs = _get_python_related_args()[0]
     if not any((Path(d) / "Python.h").is_file() for d in include_dirs):
         version = f"{sys.version_info[0]}.{sys.version_info[1]}"
         raise ConfigError(f"compile=true: torch.compile builds its C++ kernels against Python's headers, and "

@@ -118,16 +118,13 @@ class PPO(Learner):
         return metrics
 
     @property
-    def _compiled(self) -> bool:
-        return "_ppo_loss" in self.__dict__  # compile_update() replaced the loss: use that path
-
-    @property
     def _fused(self) -> bool:
         """Whether act and update take the fused CPU step: chosen at construction, and left for the autograd path when
-        the loss was compiled or the learner moved off the CPU, was cast from float32 or had a parameter frozen since
-        (``PPO(head).to("cuda")``: numpy cannot read a GPU tensor; ``.double()``: the step computes in float32;
-        ``fused="on"`` refuses each, see ``fused_step_fits``)."""
-        if self._fused_step is None or self._compiled:
+        the learner moved off the CPU, was cast from float32 or had a parameter frozen since (``PPO(head).to("cuda")``:
+        numpy cannot read a GPU tensor; ``.double()``: the step computes in float32; ``fused="on"`` refuses each, see
+        ``fused_step_fits``). ``compile_update`` (compile=true) leaves it: it is numpy, which torch.compile does not
+        compile, and faster on the CPU than the compiled loss, which serves the autograd path."""
+        if self._fused_step is None:
             return False
         return fused_step_fits(self.value_net[0].weight, self.fused, "PPO", self._params)
 

@@ -221,6 +221,17 @@ def test_a_learner_cast_from_float32_leaves_the_fused_step():
         learner("on").double().act(batch.obs[:2])
 
 
+def test_compile_keeps_the_fused_step():
+    # compile=true compiles the autograd path's loss; the fused numpy step, faster on the CPU than that compiled loss
+    # (benchmarks: throughput_compile), must go on running, as it did not before 2026-12-06
+    compiled, eager = learner("auto"), learner("auto")
+    compiled.compile_update(backend="eager")  # dynamo's wrapping without inductor's C++ build
+    assert compiled._fused and "_ppo_loss" in compiled.__dict__
+    batch = rollout()
+    run(compiled, batch), run(eager, batch)
+    assert max_diff(compiled, eager) == 0.0 and max_diff(compiled, learner("auto")) > 0.0
+
+
 def test_a_learner_moved_off_the_cpu_leaves_the_fused_step():
     # the fused step is chosen at construction, on CPU parameters; PPO(head).to("cuda") then made the rollout's act
     # read the GPU tensors with numpy (TypeError). The meta device stands in for cuda (no GPU here): the learner acts
