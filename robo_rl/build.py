@@ -199,13 +199,14 @@ def build_learner(cfg: DictConfig, policy: PolicyHead, to_act: bool = False) -> 
     if cfg.get("compile", False):
         if torch.device(cfg.device).type == "cpu":
             require_cpp_compiler()
-        learner.compile_update()  # type: ignore[attr-defined]
-        if name == "ppo" and getattr(learner, "_fused", False):
-            log.info("compile=true: PPO's fused CPU update is numpy, which torch.compile leaves as it is (it is faster "
-                     "than the compiled loss, which serves the autograd path: algo.fused=off, a GPU)")
+        compiled = learner.compile_update()  # type: ignore[attr-defined]
+        if compiled:
+            log.info(f"compile=true: the first update compiles {compiled} (tens of seconds; torch caches the result "
+                     "for later runs)")
         else:
-            log.info("compile=true: the first update compiles the update step (tens of seconds; torch caches the "
-                     "result for later runs)")
+            log.warning(f"compile=true: nothing {name}'s update runs here is compiled, so it changes nothing (PPO's "
+                        "fused CPU update is numpy, faster than its compiled loss; GoRL and GoRL-SAC have no compiled "
+                        "losses); set compile=false")
     if cfg.get("precision", "fp32") == "bf16":
         if not native_bf16(cfg.device):
             log.warning(f"precision=bf16: this {cfg.device} has no native bf16 matrix multiply (CPUs: AVX512-BF16 or "

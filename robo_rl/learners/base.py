@@ -61,8 +61,10 @@ class Learner(nn.Module):
             return getattr(self, name[1:])
         return super().__getattr__(name)
 
-    def compile_update(self, **options: Any) -> None:
-        """torch.compile the loss computations (forward + backward graphs) of ``update``.
+    def compile_update(self, **options: Any) -> str | None:
+        """torch.compile the loss computations (forward + backward graphs) of ``update``; returns what the update
+        will run compiled, in words for the start-up log, or None when nothing it runs is compiled (no
+        ``loss_functions``: GoRL, GoRL-SAC).
 
         The optimizer step is already one fused kernel and stays eager. The first updates pay the
         compile time (tens of seconds on a CPU); see benchmarks/ for what it buys. Inductor (the default backend) keeps
@@ -73,6 +75,7 @@ class Learner(nn.Module):
             options = {**options, "options": {"fallback_random": True, **options.get("options", {})}}
         for name in self.loss_functions:  # bound as methods, so copy.deepcopy binds them to the copy (see bound_loss)
             object.__setattr__(self, f"_{name}", bound_loss(torch.compile(getattr(type(self), name), **options), self))
+        return f"the loss computations ({', '.join(self.loss_functions)})" if self.loss_functions else None
 
     def autocast_update(self, dtype: torch.dtype = torch.bfloat16, device_type: str = "cpu") -> None:
         """Run the loss computations of ``update`` (their forward graphs; backward follows in the same dtypes)

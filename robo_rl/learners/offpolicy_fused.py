@@ -391,10 +391,12 @@ class FusedUpdate:
         elif fused == "on":
             raise ValueError(f"algo.fused=on: the fused {label} step {why}; use algo.fused=auto")
 
-    def compile_update(self, **options) -> None:
-        super().compile_update(**options)  # type: ignore[misc]
-        if self._fused_step is not None:
-            self._fused_step.compile()
+    def compile_update(self, **options) -> str | None:
+        compiled = super().compile_update(**options)  # type: ignore[misc]
+        if self._fused_step is None:
+            return compiled
+        self._fused_step.compile()
+        return "the fused step's gradient computations"
 
     def autocast_update(self, dtype: torch.dtype = torch.bfloat16, device_type: str = "cpu") -> None:
         super().autocast_update(dtype, device_type)  # type: ignore[misc]

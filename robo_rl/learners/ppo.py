@@ -7,7 +7,7 @@ optional value clipping, global gradient-norm clipping, linear learning-rate ann
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from policies.heads import PolicyHead, require_capabilities
@@ -116,6 +116,10 @@ class PPO(Learner):
         metrics["explained_variance"] = 1.0 - (rollout.returns - rollout.values).var() / var_y.clamp_min(1e-8)
         metrics["lr"] = torch.tensor(self.opt.param_groups[0]["lr"], device=var_y.device)
         return metrics
+
+    def compile_update(self, **options: Any) -> str | None:
+        compiled = super().compile_update(**options)
+        return None if self._fused else compiled  # the fused numpy step runs: the compiled loss waits for autograd
 
     @property
     def _fused(self) -> bool:

@@ -317,6 +317,30 @@ def test_each_compiled_gradient_computation_has_its_own_compiled_code():
     assert max_diff(each, learner("td3", "auto")) > 0.0
 
 
+@pytest.mark.parametrize("algo, said", [
+    ("td3", "compile=true: the first update compiles the fused step's gradient computations"),
+    ("sac", "compile=true: the first update compiles the fused step's gradient computations"),
+    ("expo", "compile=true: the first update compiles the loss computations (critic_loss)"),
+    ("ppo", "compile=true: nothing ppo's update runs here is compiled, so it changes nothing"),  # its numpy step runs
+    ("gorl", "compile=true: nothing gorl's update runs here is compiled, so it changes nothing"),  # no losses to compile
+])
+def test_compile_says_at_start_up_what_it_compiles(algo, said, caplog):
+    # GoRL (PPO's numpy step inside, a decoder refit) and PPO on the CPU run nothing compile=true compiles: the
+    # start-up log said the first update would compile, and the option silently did nothing
+    from robo_rl.build import build_env, build_learner, build_policy
+    from robo_rl.defaults import resolve_defaults
+    from tests.helpers import compose
+
+    cfg = resolve_defaults(compose(f"algo={algo}", "env=pendulum", "compile=true"))
+    env = build_env(cfg, num_envs=1, vectorization="sync", randomize=False)
+    try:
+        with caplog.at_level("INFO", logger="robo_rl"):
+            build_learner(cfg, build_policy(cfg, env))  # compiling waits for the first update: nothing is built here
+    finally:
+        env.close()
+    assert said in caplog.text
+
+
 def test_compile_without_a_cpp_compiler_fails_at_start_up():
     # inductor builds its C++ kernels at the first update, after algo.learning_starts: without a compiler the run
     # would end there, so building the learner says so
