@@ -21,8 +21,9 @@ from torch import nn
 
 from policies.heads import PolicyHead
 from policies.heads.gaussian import GaussianHead
+from policies.networks import full_precision
 from robo_rl.learners.base import Batch, Learner, polyak_update
-from robo_rl.learners.candidates import CriticSelectPolicy, best, require_sampling_base, score
+from robo_rl.learners.candidates import CriticSelectPolicy, best, require_sampling_base, sample_together, score
 from robo_rl.learners.critics import QEnsemble
 from robo_rl.learners.optim import FusedAdam
 
@@ -113,14 +114,18 @@ class EXPO(Learner):
     def explore(self, obs: torch.Tensor) -> torch.Tensor:
         return self.policy.act(obs, deterministic=False)
 
-    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def critic_loss(self, batch: Batch, edit_samples: bool = False) -> tuple[torch.Tensor, ...]:
+        """The TD loss and the mean Q. With ``edit_samples``, also the edit loss's base samples, one per state of
+        ``batch.obs`` [B, A], drawn in the same call of the base as the TD target's at s' (``sample_together``)."""
         base = self.base
         with torch.no_grad():  # TD target with the on-the-fly policy at s', scored by the target critics
-            candidates = self.target_policy.candidates(batch.next_obs)
+            drawn = sample_together(base, (batch.next_obs, self.target_policy.n), (batch.obs, 1)) if edit_samples else None
+            candidates = self.target_policy.candidates(batch.next_obs, base_actions=drawn[0] if drawn else None)
             _, q_next = best(candidates, score(self.critic_target, base, batch.next_obs, candidates))
             target = batch.rewards + self.gamma * (1.0 - batch.terminated) * q_next
         q = self.critic(base.obs_norm(batch.obs), base.to_unit(batch.actions))
-        return 0.5 * (q - target).square().mean(1).sum(), q.detach().mean()
+        loss = 0.5 * (q - target).square().mean(1).sum(), q.detach().mean()
+        return (*loss, full_precision(drawn[1][:, 0])) if drawn else loss
 
     def critic_warmup(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One critic-only TD update, not counted (demos.critic_steps; see Learner.critic_warmup_step)."""
@@ -128,13 +133,11 @@ class EXPO(Learner):
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         base = self.base
-        critic_loss, q_mean = self._critic_loss(batch)
+        critic_loss, q_mean, base_actions = self._critic_loss(batch, edit_samples=True)
         self.critic_opt.apply(torch.autograd.grad(critic_loss, self._critic_params))
 
         # edit policy, SAC-style on base samples (the base is not differentiated)
         alpha = self.log_alpha.detach().exp()
-        with torch.no_grad():
-            base_actions = base.act(batch.obs, deterministic=False)
         delta, logp = self.edit.sample(batch.obs, base_actions)
         edited = torch.maximum(torch.minimum(base_actions + delta, base.action_high), base.action_low)
         q_edit = self.critic(base.obs_norm(batch.obs), base.to_unit(edited), detach=True).min(0).values

@@ -23,8 +23,10 @@ from typing import Sequence
 import torch
 
 from policies.heads import PolicyHead
+from policies.networks import full_precision
 from robo_rl.learners.base import Batch, Learner, polyak_update
-from robo_rl.learners.candidates import CriticSelectPolicy, best, require_sampling_base, sample_candidates, score
+from robo_rl.learners.candidates import (CriticSelectPolicy, best, require_sampling_base, sample_candidates,
+                                         sample_together, score)
 from robo_rl.learners.critics import QEnsemble
 from robo_rl.learners.optim import FusedAdam
 
@@ -86,20 +88,28 @@ class PARL(Learner):
     def demo_head(self) -> PolicyHead:
         return self.head
 
-    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def critic_loss(self, batch: Batch, policy_samples: bool = False) -> tuple[torch.Tensor, ...]:
+        """The TD loss and the mean Q. With ``policy_samples``, also the policy update's M candidates at each state of
+        ``batch.obs`` [B, M, A], drawn in the same call of the head as the TD target's at s' (``sample_together``)."""
         policy = self.head
         with torch.no_grad():
-            candidates = sample_candidates(policy, batch.next_obs, self.m_target)
+            if policy_samples:
+                candidates, drawn = sample_together(policy, (batch.next_obs, self.m_target), (batch.obs, self.m))
+            else:
+                candidates, drawn = sample_candidates(policy, batch.next_obs, self.m_target), None
             _, q_next = best(candidates, score(self.critic_target, policy, batch.next_obs, candidates))
             target = batch.rewards + self.gamma * (1.0 - batch.terminated) * q_next
         q = self.critic(policy.obs_norm(batch.obs), policy.to_unit(batch.actions))
-        return 0.5 * (q - target).square().mean(1).sum(), q.detach().mean()
+        loss = 0.5 * (q - target).square().mean(1).sum(), q.detach().mean()
+        return (*loss, full_precision(drawn)) if drawn is not None else loss
 
-    def optimize_actions(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Global (top-k of M samples) then local (G gradient steps on Q) optimization: [B*k, A], states [B*k]."""
+    def optimize_actions(self, obs: torch.Tensor, candidates: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global (top-k of M samples) then local (G gradient steps on Q) optimization: [B*k, A], states [B*k].
+        ``candidates``: the M samples [B, M, A] if the caller drew them (``critic_loss``)."""
         policy = self.head
         with torch.no_grad():
-            candidates = sample_candidates(policy, obs, self.m)
+            if candidates is None:
+                candidates = sample_candidates(policy, obs, self.m)
             scores = score(self.critic, policy, obs, candidates)
             top = scores.topk(self.top_k, dim=1).indices  # [B, k]
             rows = torch.arange(obs.shape[0], device=obs.device)[:, None]
@@ -123,11 +133,12 @@ class PARL(Learner):
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         self.num_updates += 1
-        critic_loss, q_mean = self._critic_loss(batch)
+        policy_update = int(self.num_updates) % self.policy_update_every == 0
+        critic_loss, q_mean, *drawn = self._critic_loss(batch, policy_samples=policy_update)
         self.critic_opt.apply(torch.autograd.grad(critic_loss, self._critic_params))
         metrics = {"critic_loss": critic_loss.detach(), "q_mean": q_mean}
-        if int(self.num_updates) % self.policy_update_every == 0:
-            actions, states = self.optimize_actions(batch.obs)
+        if policy_update:  # (its candidates drawn before the critic's step, scored after it)
+            actions, states = self.optimize_actions(batch.obs, *drawn)
             policy_loss = self.head.imitation_loss(states, actions)
             self.policy_opt.apply(torch.autograd.grad(policy_loss, self._policy_params, allow_unused=True,
                                                       materialize_grads=True))

@@ -117,6 +117,68 @@ def test_expo_td_target_edits_and_base_update():
     assert all(not torch.equal(v, learner.state_dict()[k]) for k, v in others.items() if k.endswith("weight"))
 
 
+def _state_coded_base(monkeypatch, policy):
+    """Make ``policy.act`` a function of the states alone (each action readable as its state's), and record the rows
+    of each call."""
+    rows = []
+
+    def act(obs, deterministic=False):
+        rows.append(obs.shape[0])
+        return policy.from_unit(torch.tanh(obs[:, :2]))
+
+    monkeypatch.setattr(policy, "act", act)
+    return rows, lambda obs, m: policy.from_unit(torch.tanh(obs[:, :2])).repeat_interleave(m, dim=0)
+
+
+def test_expo_update_draws_the_target_and_edit_samples_in_one_call(monkeypatch):
+    # one call of the base for its N samples at each s' (the TD target's candidates) and one at each s (the edit
+    # loss's): two chains cost ~20% more of an update at the defaults; each set must reach the rows of its own states
+    torch.manual_seed(0)
+    policy = build_head("flow", 3, LOW, HIGH, hidden_sizes=(32, 32), steps=2)
+    learner = EXPO(policy, critic_hidden=(32, 32), num_samples=3)
+    rows, coded = _state_coded_base(monkeypatch, policy)
+    seen = {}
+    candidates, sample = learner.target_policy.candidates, learner.edit.sample
+
+    def target_candidates(obs, **kw):
+        seen["target"] = kw["base_actions"]
+        return candidates(obs, **kw)
+
+    def edit_sample(obs, actions):
+        seen["edit"] = actions
+        return sample(obs, actions)
+
+    monkeypatch.setattr(learner.target_policy, "candidates", target_candidates)
+    monkeypatch.setattr(learner.edit, "sample", edit_sample)
+    b = batch()
+    metrics = learner.update(b)
+    assert rows == [32 * 3 + 32]
+    torch.testing.assert_close(seen["target"].reshape(-1, 2), coded(b.next_obs, 3))
+    torch.testing.assert_close(seen["edit"], coded(b.obs, 1))
+    assert torch.isfinite(metrics["edit_loss"])
+
+
+def test_parl_update_draws_the_target_and_policy_candidates_in_one_call(monkeypatch):
+    torch.manual_seed(0)
+    policy = build_head("flow", 3, LOW, HIGH, hidden_sizes=(32, 32), steps=2)
+    learner = PARL(policy, critic_hidden=(32, 32), num_candidates=4, target_candidates=2, policy_update_every=2)
+    rows, coded = _state_coded_base(monkeypatch, policy)
+    seen = []
+    optimize = learner.optimize_actions
+
+    def optimize_actions(obs, *drawn):
+        seen.extend(drawn)
+        return optimize(obs, *drawn)
+
+    monkeypatch.setattr(learner, "optimize_actions", optimize_actions)
+    b = batch()
+    learner.update(b)  # update 1: no policy update, the target's samples alone
+    learner.update(b)  # update 2: the policy's candidates too, in the same call
+    assert rows == [32 * 2, 32 * 2 + 32 * 4]
+    (drawn,) = seen
+    torch.testing.assert_close(drawn.reshape(-1, 2), coded(b.obs, 4))
+
+
 def test_parl_target_candidates_must_be_positive():
     policy = build_head("flow", 3, LOW, HIGH, hidden_sizes=(16,), steps=2)
     with pytest.raises(ValueError, match="algo.target_candidates=0"):
