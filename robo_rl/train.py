@@ -277,7 +277,9 @@ def _log_start(cfg: DictConfig, env: Any, eval_env: Any, learner: Any, demos: An
     """The run's opening lines: what trains on what, and what differs from a plain run. ``planned_steps``: the env
     steps the run will take (``steps`` rounded up to whole iterations, as the runner said just before)."""
     n_params = sum(p.numel() for p in learner.parameters())
-    log.info(f"robo-rl: {cfg.algo.name} on {env.task_id} ({env.num_envs} env(s), {env.backend} backend), "
+    # the learner the config chose when it is not algo='s own (safety.passivity_aware=true: Lagrangian SAC)
+    algo = cfg.algo.name if learner.name == cfg.algo.name else f"{cfg.algo.name} ({learner.name})"
+    log.info(f"robo-rl: {algo} on {env.task_id} ({env.num_envs} env(s), {env.backend} backend), "
              f"{cfg.policy.name} head, {n_params:,} parameters, seed {cfg.seed}, {planned_steps:,} steps "
              f"-> {cfg.run_dir}")
     if eval_env is env:

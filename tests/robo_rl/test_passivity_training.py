@@ -418,6 +418,18 @@ def test_a_nan_cost_stops_an_evaluation_instead_of_a_nan_cost_mean():
         evaluate(head, SafetyLayer(NaNCostPush(2), keep_episode_costs=True), episodes=2, seed=0)
 
 
+def test_the_opening_line_names_lagrangian_sac(tmp_path, caplog):
+    # safety.passivity_aware=true trains Lagrangian SAC; the run's first line said "sac", as for a plain SAC run
+    from robo_rl.train import _log_start
+
+    cfg, _ = prepare(compose(*SMALL, *LAGRANGIAN), tmp_path / "run", ())
+    env = CostlyPush(1)
+    learner = build_learner(cfg, build_policy(cfg, env))
+    with caplog.at_level(logging.INFO, logger="robo_rl"):
+        _log_start(cfg, env, CostlyPush(1), learner, None, {}, 100)
+    assert "robo-rl: sac (sac_lagrangian) on " in caplog.text
+
+
 def test_a_diverged_simulation_costs_nothing_and_a_passivity_aware_run_goes_on(tmp_path):
     # the backend's diverged reset is survivable (reward 0, row left out of replay); its NaN cost term used to stop
     # a passivity-aware run ("non-finite cost from the environment") and poison the logged episode costs
