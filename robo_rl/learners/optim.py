@@ -85,6 +85,8 @@ class FusedAdam(torch.optim.Adam):
         if self._lists is None:
             self._lists = self._init_state()
         params, exp_avgs, exp_avg_sqs, steps = self._lists
+        if exp_avgs[0].dtype != params[0].dtype or exp_avgs[0].device != params[0].device:
+            params, exp_avgs, exp_avg_sqs, steps = self._follow_params()
         steps[0].add_(1)
         beta1, beta2 = group["betas"]
         torch._fused_adam_(
@@ -92,6 +94,17 @@ class FusedAdam(torch.optim.Adam):
             amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
             weight_decay=0.0, eps=group["eps"], maximize=False,
         )
+
+    def _follow_params(self) -> tuple[list[torch.Tensor], ...]:
+        """The moment estimates cast to their parameters' dtype and device, after the module was cast or moved
+        (``learner.double()``, ``.to(device)``) since they were made, as ``load_state_dict`` casts them."""
+        for p in self.param_groups[0]["params"]:
+            state = self.state[p]
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key] = state[key].to(device=p.device, dtype=p.dtype)
+        self._lists = self._init_state()
+        return self._lists
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)

@@ -418,6 +418,23 @@ def test_a_learner_built_to_act_does_not_import_torch_dynamo():
     assert out.stdout.split() == ["False", "False", "True"], out.stdout + out.stderr[-2000:]
 
 
+def test_a_learner_cast_after_updates_keeps_training_with_its_adam_state():
+    # Adam's moments are made at the first step in the parameters' dtype; a learner cast after it (learner.double())
+    # stopped at its next update inside the fused kernel ("expected scalar type Double but found Float")
+    torch.manual_seed(0)
+    sac = SAC(build_head("gaussian", OBS, LOW, HIGH, hidden_sizes=(16,)), critic_hidden=(16,))
+    for _ in range(2):
+        sac.update(batch())
+    sac.double()
+    metrics = sac.update(Batch(*(x.double() for x in batch())))
+    assert all(torch.isfinite(v) for v in metrics.values())
+    for opt in (sac.critic_opt, sac.actor_opt):
+        for p in opt.param_groups[0]["params"]:
+            state = opt.state[p]  # cast and carried on (the third step), not started again
+            assert p.dtype == state["exp_avg"].dtype == state["exp_avg_sq"].dtype == torch.float64
+            assert float(state["step"]) == 3
+
+
 def test_a_learner_built_to_act_has_whole_optimizers():
     # built without torch's guard, its FusedAdams are the same optimizers: the same updates, bit for bit
     from robo_rl.learners.optim import built_to_act
