@@ -301,6 +301,8 @@ def validate(cfg: DictConfig) -> None:
              "rollout policy exceeds 1.5 * target_kl")
     need(0 <= OmegaConf.select(cfg, "algo.gamma") <= 1, "algo.gamma", "must be in [0, 1]")
     validate_safety(cfg)
+    if not cfg.resume:  # a resumed run continues its saved config as it is
+        refuse_unread(cfg)
 
 
 #: learners whose runner (off-policy) can pass training actions through safety filters
@@ -337,3 +339,83 @@ def validate_safety(cfg: DictConfig) -> None:
              f"filtering training actions needs an off-policy learner ({', '.join(FILTERABLE_ALGOS)}): algo={algo} "
              "learns from the log-probability of its own unfiltered actions. Train without filters "
              "(safety=none) and put the chain on the exported policy instead")
+
+
+def schema_default(cfg: DictConfig, key: str) -> Any:
+    """``key``'s default in its schema: the chosen learner's (``algo.*``) or head's (``policy.*``), else TrainConfig's."""
+    first, _, rest = key.partition(".")
+    schemas = {"algo": ALGO_SCHEMAS, "policy": POLICY_SCHEMAS}.get(first)
+    schema, parts = (schemas[str(cfg[first].name)], rest) if schemas else (TrainConfig, key)
+    for part in parts.split("."):
+        f = next(f for f in dataclasses.fields(schema) if f.name == part)
+        schema = typing.get_type_hints(schema)[part]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def changed(cfg: DictConfig, key: str) -> bool:
+    """Whether ``cfg`` has ``key`` and sets it to something other than its schema default."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not isinstance(node, DictConfig) or leaf not in node:
+        return False
+    value = node[leaf]
+    return (OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value) != \
+        schema_default(cfg, key)
+
+
+def unread_keys(cfg: DictConfig) -> list[tuple[str, str]]:
+    """(key, why) for each key this config sets away from its default that nothing in the run would read: the
+    user would believe a setting is in force that is not. (Keys Hydra fills in at their defaults never count.)"""
+    found: list[tuple[str, str]] = []
+
+    def unread(keys: typing.Iterable[str], why: str) -> None:
+        found.extend((k, why) for k in keys if changed(cfg, k))
+
+    safety, demos, algo = cfg.safety, cfg.demos, cfg.algo
+    if not safety.passivity_aware:
+        why = ("only passivity-aware training reads it (Lagrangian SAC: safety.passivity_aware=true with algo=sac); "
+               "set safety.passivity_aware=true, or leave it out")
+        unread(["safety.cost_budget", "safety.cost_gamma", "safety.lagrange_lr", "safety.lagrange_init",
+                "safety.cost_critic.num_critics"], why)
+        # resolve_defaults makes these the reward critic's: only another value was set
+        for key, follows in (("safety.cost_critic.hidden", "critic_hidden"), ("safety.cost_critic.lr", "critic_lr")):
+            value = OmegaConf.select(cfg, key)
+            value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            reward = algo.get(follows)
+            if value is not None and value != (OmegaConf.to_container(reward) if OmegaConf.is_config(reward) else reward):
+                found.append((key, why))
+    if demos.path is None:
+        unread([f"demos.{k}" for k in ("pretrain_steps", "batch_size", "lr", "replay", "critic_steps",
+                                       "freeze_obs_norm")],
+               "no demonstrations are given (demos.path is not set), so nothing reads it; set "
+               "demos.path=<file.npz>, or leave it out")
+    else:
+        if int(demos.pretrain_steps) == 0:
+            unread(["demos.batch_size", "demos.lr"], "it sets the pretraining on the demonstrations, and "
+                   "demos.pretrain_steps=0 pretrains nothing; set demos.pretrain_steps > 0, or leave it out")
+        off_policy = algo.name in FILTERABLE_ALGOS
+        if int(demos.critic_steps) > 0 and not (off_policy and demos.replay):
+            unread(["demos.critic_steps"], "the critic warm-up trains on the demonstrations preloaded into replay, and "
+                   + ("demos.replay=false preloads none; set demos.replay=true" if off_policy else
+                      f"algo={algo.name} (on-policy) has no replay buffer; leave it out") + ", or set demos.critic_steps=0")
+    if "autotune_alpha" in algo and not algo.autotune_alpha:
+        unread(["algo.target_entropy", "algo.alpha_lr"], "the temperature is tuned toward the target entropy only with "
+               "algo.autotune_alpha=true; with false it stays at algo.init_alpha. Set algo.autotune_alpha=true, or "
+               "leave it out")
+    if not cfg.env.normalize_reward:
+        unread(["env.reward_clip"], "it clips normalized rewards, and env.normalize_reward=false leaves them as the "
+               "task gives them; set env.normalize_reward=true (algo=ppo or gorl), or leave it out")
+    if not cfg.policy.normalize_obs:
+        unread(["policy.obs_clip"], "it clips normalized observations, and policy.normalize_obs=false leaves them as "
+               "the task gives them; set policy.normalize_obs=true, or leave it out")
+    return found
+
+
+def refuse_unread(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first of ``unread_keys`` (and the others), what to change, before any work."""
+    found = unread_keys(cfg)
+    if found:
+        (key, why), others = found[0], [k for k, _ in found[1:]]
+        also = f" (also: {', '.join(others)})" if others else ""
+        raise ConfigError(f"{key}={OmegaConf.select(cfg, key)}: {why}{also}")
+

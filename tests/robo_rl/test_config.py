@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
@@ -119,6 +120,61 @@ def test_semantic_errors_name_the_key_and_write_nothing(tmp_path, overrides, key
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         train(compose(*overrides, *FAST), run_dir)
     assert not run_dir.exists()
+
+
+def checked(*overrides):
+    from robo_rl.defaults import resolve_defaults
+    from robo_rl.validation import validate
+
+    validate(resolve_defaults(compose(*overrides)))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["algo=sac", "safety.cost_budget=0.1"], "safety.cost_budget=0.1: only passivity-aware training reads it"),
+    (["algo=ppo", "safety.lagrange_lr=0.5", "safety.cost_critic.num_critics=3"],
+     r"safety.lagrange_lr=0.5: only passivity-aware .* \(also: safety.cost_critic.num_critics\)"),
+    (["algo=sac", "safety.cost_critic.hidden=[32]"], r"safety.cost_critic.hidden=\[32\]: only passivity-aware"),
+    (["algo=sac", "demos.pretrain_steps=10"], r"demos.pretrain_steps=10: no demonstrations are given \(demos.path"),
+    (["algo=ppo", "demos.replay=false"], "demos.replay=False: no demonstrations are given"),
+    (["algo=sac", "algo.autotune_alpha=false", "algo.target_entropy=-3"],
+     "algo.target_entropy=-3.0: the temperature is tuned toward the target entropy only with algo.autotune_alpha=true"),
+    (["algo=gorl_sac", "algo.autotune_alpha=false", "algo.alpha_lr=1e-3"], "algo.alpha_lr=0.001: the temperature"),
+    (["algo=sac", "env.reward_clip=5"], "env.reward_clip=5.0: it clips normalized rewards, and env.normalize_reward=false"),
+    (["algo=ppo", "env.normalize_reward=false", "env.reward_clip=5"], "env.reward_clip=5.0: it clips normalized"),
+    (["algo=sac", "policy.obs_clip=5"], "policy.obs_clip=5.0: it clips normalized observations"),
+])
+def test_a_key_nothing_in_the_run_would_read_is_refused(overrides, message):
+    # each was accepted and silently ignored: the run said nothing while the user believed the setting in force
+    with pytest.raises(ConfigError, match=message):
+        checked(*overrides, "env=pendulum")
+
+
+@pytest.mark.parametrize("overrides", [
+    ["algo=sac", "safety.cost_budget=0.05", "safety.cost_critic.hidden=[256,256]"],  # their defaults: nothing set
+    ["algo=sac", "algo.critic_hidden=[32]", "algo.critic_lr=1e-3"],  # the cost critic follows them, unused
+    ["algo=sac", "algo.autotune_alpha=false", "algo.init_alpha=0.2"],
+    ["algo=ppo", "env.reward_clip=5", "policy.obs_clip=5"],  # PPO normalizes both
+    ["algo=sac", "policy.normalize_obs=true", "policy.obs_clip=5"],
+    *[[f"algo={name}"] for name in ALGO_SCHEMAS],  # every learner's defaults
+])
+def test_keys_at_their_defaults_or_read_by_the_run_are_accepted(overrides):
+    checked(*overrides, "env=pendulum")
+
+
+def test_a_demos_key_without_the_step_that_reads_it_is_refused(tmp_path):
+    from robo_rl.demos import save_demos
+
+    path = tmp_path / "d.npz"
+    rng = np.random.default_rng(0)
+    save_demos(path, rng.normal(size=(8, 3)), rng.uniform(-2, 2, size=(8, 1)), rng.normal(size=8),
+               rng.normal(size=(8, 3)), np.zeros(8, bool))
+    with pytest.raises(ConfigError, match="demos.lr=0.01: it sets the pretraining .* demos.pretrain_steps=0"):
+        checked("algo=sac", "env=pendulum", f"demos.path={path}", "demos.pretrain_steps=0", "demos.lr=1e-2")
+    with pytest.raises(ConfigError, match="demos.critic_steps=5: .* demos.replay=false preloads none"):
+        checked("algo=sac", "env=pendulum", f"demos.path={path}", "demos.replay=false", "demos.critic_steps=5")
+    with pytest.raises(ConfigError, match=r"demos.critic_steps=5: .* algo=ppo \(on-policy\) has no replay buffer"):
+        checked("algo=ppo", "env=pendulum", f"demos.path={path}", "demos.critic_steps=5")
+    checked("algo=sac", "env=pendulum", f"demos.path={path}", "demos.replay=false", "demos.critic_steps=0")
 
 
 @pytest.mark.parametrize("overrides, keys", [
