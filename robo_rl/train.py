@@ -22,7 +22,7 @@ from robo_rl.config import compose_config, naming_user_file  # (here too: robo_r
 from robo_rl.build import (build_env_checked, build_learner, build_policy, build_runner, check_env_runs,
                            check_head_and_learner, check_safety)
 from robo_rl.defaults import resolve_defaults, task_defaults
-from robo_rl.validation import ConfigError, check_device, validate
+from robo_rl.validation import ConfigError, check_device, ignored_keys, validate
 from robo_rl.metrics import LogFormatter, OnceEach, setup_console_logging, write_text_atomic
 from robo_rl.memory import buffers_needed, check_fits
 from robo_rl.checkpoint import checkpoint_step, list_checkpoints, recover
@@ -297,6 +297,8 @@ def _log_start(cfg: DictConfig, env: Any, eval_env: Any, learner: Any, demos: An
                         f"so the training return counts only episodes shorter than {per_env} steps, and each evaluation "
                         f"steps all {env.num_envs} envs for up to {2 * int(limit)} steps; set eval.every >= "
                         f"{2 * env.num_envs * int(limit):,}")
+    for line in ignored_keys(cfg, env.backend, learner.kind == "on_policy", None if eval_env is env else eval_env.num_envs):
+        log.warning(line)
     randomized = {k: v for k, v in OmegaConf.to_container(cfg.env.randomize, resolve=True).items() if v}
     if randomized:
         log.info("robo-rl: domain randomization of the training envs: " + " ".join(f"{k}={v}" for k, v in randomized.items())

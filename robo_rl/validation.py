@@ -419,3 +419,36 @@ def refuse_unread(cfg: DictConfig) -> None:
         also = f" (also: {', '.join(others)})" if others else ""
         raise ConfigError(f"{key}={OmegaConf.select(cfg, key)}: {why}{also}")
 
+
+def ignored_keys(cfg: DictConfig, backend: str, on_policy: bool, eval_envs: int | None) -> list[str]:
+    """A start-up warning per key set away from its default that this run ignores, harmlessly: how the envs are
+    stepped or evaluated, what a checkpoint keeps, options of a decoder refit that never happens. ``backend``: the
+    training envs' (``env.backend=auto`` resolved); ``eval_envs``: the evaluation env's copies, None when evaluations
+    run on the training envs. (Keys whose being ignored changes what the run learns are refused: ``unread_keys``.)"""
+    out: list[str] = []
+    env, algo, task = cfg.env, cfg.algo, cfg.env.id
+    if backend != "gymnasium" and changed(cfg, "env.vectorization"):
+        out.append(f"env.vectorization={env.vectorization}: only the gymnasium backend reads it, and {task} runs on the "
+                   f"{backend} backend, so it changes nothing (env.backend=gymnasium to use it)")
+    if backend != "mujoco" and changed(cfg, "env.threads"):
+        out.append(f"env.threads={env.threads}: only the batched MuJoCo backend reads it (physics threads), and {task} "
+                   f"runs on the {backend} backend, so it changes nothing")
+    if on_policy and changed(cfg, "checkpoint.save_replay"):
+        out.append(f"checkpoint.save_replay={cfg.checkpoint.save_replay}: algo={algo.name} is on-policy and keeps no "
+                   "replay buffer, so it changes nothing")
+    if changed(cfg, "eval.num_envs"):
+        if eval_envs is None:
+            out.append(f"eval.num_envs={cfg.eval.num_envs}: {task} allows one simulator per process, so evaluations run "
+                       "on the training envs and it changes nothing")
+        elif int(cfg.eval.num_envs) > eval_envs:
+            out.append(f"eval.num_envs={cfg.eval.num_envs}: an evaluation steps at most one copy per episode, so "
+                       f"eval.episodes={cfg.eval.episodes} builds {eval_envs}")
+    if algo.get("refit_on") == "executed" and changed(cfg, "algo.refit_redraw"):
+        out.append(f"algo.refit_redraw={algo.refit_redraw}: with algo.refit_on=executed a refit fits the executed "
+                   "actions, not draws of the policy, so it changes nothing")
+    if algo.get("reset_latent") is False:
+        for key in ("keep_latent_std", "recenter_latent"):
+            if changed(cfg, f"algo.{key}"):
+                out.append(f"algo.{key}={algo[key]}: it shapes the latent policy's reset after a decoder refit, and "
+                           "algo.reset_latent=false makes none, so it changes nothing")
+    return out

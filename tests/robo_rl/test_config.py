@@ -177,6 +177,31 @@ def test_a_demos_key_without_the_step_that_reads_it_is_refused(tmp_path):
     checked("algo=sac", "env=pendulum", f"demos.path={path}", "demos.replay=false", "demos.critic_steps=0")
 
 
+@pytest.mark.parametrize("overrides, backend, on_policy, eval_envs, said", [
+    (["algo=sac", "env=hopper", "env.vectorization=async"], "mujoco", False, 10,
+     ["env.vectorization=async: only the gymnasium backend reads it, and Hopper-v5 runs on the mujoco backend, so it "
+      "changes nothing (env.backend=gymnasium to use it)"]),
+    (["algo=sac", "env.threads=4"], "mjwarp", False, 10, ["env.threads=4: only the batched MuJoCo backend reads it"]),
+    (["algo=sac", "eval.num_envs=4"], "isaac", False, None,
+     ["eval.num_envs=4: Hopper-v5 allows one simulator per process, so evaluations run on the training envs"]),
+    (["algo=gorl", "algo.refit_on=executed", "algo.refit_redraw=false"], "mujoco", True, 10,
+     ["algo.refit_redraw=False: with algo.refit_on=executed a refit fits the executed actions"]),
+    (["algo=gorl", "algo.reset_latent=false", "algo.recenter_latent=false", "algo.keep_latent_std=false"], "mujoco",
+     True, 10, ["algo.keep_latent_std=False: it shapes the latent policy's reset after a decoder refit, and "
+                "algo.reset_latent=false makes none", "algo.recenter_latent=False: it shapes"]),
+    # at their defaults, or read: nothing to say
+    (["algo=gorl", "algo.reset_latent=false"], "gymnasium", True, 10, []),
+    (["algo=sac", "env.vectorization=async", "env.threads=0", "eval.num_envs=10"], "gymnasium", False, 10, []),
+    (["algo=sac", "checkpoint.save_replay=false", "eval.num_envs=3", "eval.episodes=5"], "mujoco", False, 3, []),
+])
+def test_keys_a_run_ignores_harmlessly_are_named(overrides, backend, on_policy, eval_envs, said):
+    from robo_rl.defaults import resolve_defaults
+    from robo_rl.validation import ignored_keys
+
+    lines = ignored_keys(resolve_defaults(compose(*overrides)), backend, on_policy, eval_envs)
+    assert len(lines) == len(said) and all(line.startswith(start) for line, start in zip(lines, said))
+
+
 @pytest.mark.parametrize("overrides, keys", [
     (["+algo.foo=1"], ["'algo.foo'"]),
     (["+env.foo=2"], ["'env.foo'"]),

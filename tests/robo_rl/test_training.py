@@ -1324,6 +1324,25 @@ def test_a_warning_of_the_envs_is_on_the_console_once_and_in_train_log(tmp_path,
     assert through_root == []
 
 
+def test_keys_the_run_ignores_are_named_at_start_up(tmp_path, console_err):
+    # accepted and silently ignored: Pendulum runs on the gymnasium backend (no physics threads), PPO keeps no replay,
+    # and an evaluation of 2 episodes builds 2 copies
+    train(compose(*SMALL_PPO, "steps=128", "env.threads=2", "checkpoint.save_replay=false", "eval.num_envs=5"),
+          tmp_path / "run")
+    said = [
+        "robo-rl: warning: env.threads=2: only the batched MuJoCo backend reads it (physics threads), and Pendulum-v1 "
+        "runs on the gymnasium backend, so it changes nothing",
+        "robo-rl: warning: checkpoint.save_replay=False: algo=ppo is on-policy and keeps no replay buffer, so it "
+        "changes nothing",
+        "robo-rl: warning: eval.num_envs=5: an evaluation steps at most one copy per episode, so eval.episodes=2 builds 2",
+    ]
+    err, _ = console_err()
+    assert [line for line in err if line.startswith(("robo-rl: warning: env.", "robo-rl: warning: checkpoint.",
+                                                     "robo-rl: warning: eval."))] == said
+    log = [line.split(" ", 2)[2] for line in (tmp_path / "run" / "train.log").read_text().splitlines()]
+    assert all(line in log for line in said)
+
+
 def test_a_warning_the_evaluation_envs_build_repeats_is_given_once(tmp_path, console_err):
     # the evaluation envs are built from the training envs' config: their build's notes (HumanoidStandup's
     # uph_cost_weight, MuJoCo Warp's solver) came twice, on the console and in train.log
