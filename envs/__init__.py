@@ -90,6 +90,10 @@ def make_env(
 
         if randomize is not None and randomize.enabled:
             raise ValueError("env.backend=isaac: randomize inside the Isaac task's own config (its event manager)")
+        if max_episode_steps is not None:  # the adapter has no time limit of its own to apply it
+            raise ValueError(f"env.max_episode_steps={max_episode_steps}: env.backend=isaac keeps the task's own episode "
+                             "length (set it in the Isaac task's config, or through env.kwargs where its factory takes "
+                             "it); leave env.max_episode_steps unset")
         return make_isaac_env(task_id, num_envs, device, kwargs)
     raise ValueError(f"unknown env backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 

@@ -212,6 +212,17 @@ def test_rsl_rl_vec_env():
     assert isinstance(env.env, VecEnv) and env.reset(seed=0).shape == (8, 10)
 
 
+def test_a_time_limit_the_isaac_backend_cannot_apply_is_refused(tmp_path):
+    # env.max_episode_steps was dropped on the way to the adapter: episodes kept the task's own length, silently
+    with pytest.raises(ValueError, match="env.max_episode_steps=3: env.backend=isaac keeps the task's own episode length"):
+        make_env("tests.envs.isaac_style_env:make", 8, backend="isaac", max_episode_steps=3)
+    cfg = compose("algo=ppo", "env.backend=isaac", "env.id=tests.envs.isaac_style_env:make", "env.num_envs=8",
+                  "env.max_episode_steps=3", "env.normalize_reward=false", *FAST)
+    with pytest.raises(ValueError, match="env.max_episode_steps=3: env.backend=isaac"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_test_env_is_one_rsl_rl_trains_on():
     """rsl_rl's own PPO runner accepts the VecEnv test env (one short iteration, no logging; rsl_rl 5's config)."""
     _needs_rsl_rl(5)
