@@ -142,6 +142,12 @@ def checked(*overrides):
     (["algo=sac", "env.reward_clip=5"], "env.reward_clip=5.0: it clips normalized rewards, and env.normalize_reward=false"),
     (["algo=ppo", "env.normalize_reward=false", "env.reward_clip=5"], "env.reward_clip=5.0: it clips normalized"),
     (["algo=sac", "policy.obs_clip=5"], "policy.obs_clip=5.0: it clips normalized observations"),
+    (["algo=td3", "algo.target_noise=0", "algo.target_noise_clip=0.1"],
+     "algo.target_noise_clip=0.1: it bounds the target policy's smoothing noise, and algo.target_noise=0 adds none"),
+    (["algo=parl", "algo.action_lr=0", "algo.grad_steps=5"], "algo.grad_steps=5: gradient steps on the actions of size "
+                                                             "algo.action_lr=0 leave them where they are"),
+    (["algo=parl", "algo.grad_steps=0", "algo.action_lr=0.1"], "algo.action_lr=0.1: it is the step size .* "
+                                                               "algo.grad_steps=0 takes none"),
 ])
 def test_a_key_nothing_in_the_run_would_read_is_refused(overrides, message):
     # each was accepted and silently ignored: the run said nothing while the user believed the setting in force
@@ -155,6 +161,9 @@ def test_a_key_nothing_in_the_run_would_read_is_refused(overrides, message):
     ["algo=sac", "algo.autotune_alpha=false", "algo.init_alpha=0.2"],
     ["algo=ppo", "env.reward_clip=5", "policy.obs_clip=5"],  # PPO normalizes both
     ["algo=sac", "policy.normalize_obs=true", "policy.obs_clip=5"],
+    ["algo=td3", "algo.target_noise=0"],
+    ["algo=parl", "algo.action_lr=0"],  # the documented way to turn the local optimization off
+    ["algo=parl", "algo.grad_steps=0"],
     *[[f"algo={name}"] for name in ALGO_SCHEMAS],  # every learner's defaults
 ])
 def test_keys_at_their_defaults_or_read_by_the_run_are_accepted(overrides):
