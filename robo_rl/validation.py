@@ -453,6 +453,9 @@ def ignored_keys(cfg: DictConfig, backend: str, on_policy: bool, eval_envs: int 
         elif int(cfg.eval.num_envs) > eval_envs:
             out.append(f"eval.num_envs={cfg.eval.num_envs}: an evaluation steps at most one copy per episode, so "
                        f"eval.episodes={cfg.eval.episodes} builds {eval_envs}")
+    if cfg.policy.name == "deterministic" and changed(cfg, "eval.deterministic"):
+        out.append(f"eval.deterministic={cfg.eval.deterministic}: the deterministic head has no distribution to sample, "
+                   "so evaluations act deterministically whatever it says")
     if algo.get("refit_on") == "executed" and changed(cfg, "algo.refit_redraw"):
         out.append(f"algo.refit_redraw={algo.refit_redraw}: with algo.refit_on=executed a refit fits the executed "
                    "actions, not draws of the policy, so it changes nothing")

@@ -198,10 +198,13 @@ def test_a_demos_key_without_the_step_that_reads_it_is_refused(tmp_path):
     (["algo=gorl", "algo.reset_latent=false", "algo.recenter_latent=false", "algo.keep_latent_std=false"], "mujoco",
      True, 10, ["algo.keep_latent_std=False: it shapes the latent policy's reset after a decoder refit, and "
                 "algo.reset_latent=false makes none", "algo.recenter_latent=False: it shapes"]),
+    (["algo=td3", "eval.deterministic=false"], "mujoco", False, 10,
+     ["eval.deterministic=False: the deterministic head has no distribution to sample"]),
     # at their defaults, or read: nothing to say
     (["algo=gorl", "algo.reset_latent=false"], "gymnasium", True, 10, []),
     (["algo=sac", "env.vectorization=async", "env.threads=0", "eval.num_envs=10"], "gymnasium", False, 10, []),
     (["algo=sac", "checkpoint.save_replay=false", "eval.num_envs=3", "eval.episodes=5"], "mujoco", False, 3, []),
+    (["algo=sac", "eval.deterministic=false"], "mujoco", False, 10, []),
 ])
 def test_keys_a_run_ignores_harmlessly_are_named(overrides, backend, on_policy, eval_envs, said):
     from robo_rl.defaults import resolve_defaults
