@@ -456,6 +456,9 @@ def ignored_keys(cfg: DictConfig, backend: str, on_policy: bool, eval_envs: int 
     if cfg.policy.name == "deterministic" and changed(cfg, "eval.deterministic"):
         out.append(f"eval.deterministic={cfg.eval.deterministic}: the deterministic head has no distribution to sample, "
                    "so evaluations act deterministically whatever it says")
+    if algo.name == "gorl" and algo.refit_every is not None and changed(cfg, "algo.stages"):
+        out.append(f"algo.stages={algo.stages}: algo.refit_every={algo.refit_every} sets when the decoder is refit "
+                   "instead, so it changes nothing")
     if algo.get("refit_on") == "executed" and changed(cfg, "algo.refit_redraw"):
         out.append(f"algo.refit_redraw={algo.refit_redraw}: with algo.refit_on=executed a refit fits the executed "
                    "actions, not draws of the policy, so it changes nothing")

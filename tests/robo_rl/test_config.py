@@ -200,8 +200,11 @@ def test_a_demos_key_without_the_step_that_reads_it_is_refused(tmp_path):
                 "algo.reset_latent=false makes none", "algo.recenter_latent=False: it shapes"]),
     (["algo=td3", "eval.deterministic=false"], "mujoco", False, 10,
      ["eval.deterministic=False: the deterministic head has no distribution to sample"]),
+    (["algo=gorl", "algo.stages=5", "algo.refit_every=10"], "mujoco", True, 10,
+     ["algo.stages=5: algo.refit_every=10 sets when the decoder is refit instead"]),
     # at their defaults, or read: nothing to say
     (["algo=gorl", "algo.reset_latent=false"], "gymnasium", True, 10, []),
+    (["algo=gorl", "algo.refit_every=10"], "mujoco", True, 10, []),
     (["algo=sac", "env.vectorization=async", "env.threads=0", "eval.num_envs=10"], "gymnasium", False, 10, []),
     (["algo=sac", "checkpoint.save_replay=false", "eval.num_envs=3", "eval.episodes=5"], "mujoco", False, 3, []),
     (["algo=sac", "eval.deterministic=false"], "mujoco", False, 10, []),
