@@ -12,7 +12,7 @@ from envs import BatchedEnv, make_env
 from policies import build_head
 from policies.heads import PolicyHead
 from robo_rl.config import RUNNER_KEYS
-from robo_rl.validation import ConfigError
+from robo_rl.validation import ConfigError, changed
 from robo_rl.learners.base import Learner
 from robo_rl.learners.expo import EXPO
 from robo_rl.learners.gorl import GoRL, GoRLSAC
@@ -99,8 +99,13 @@ def check_env_runs(cfg: DictConfig, env: BatchedEnv) -> None:
         raise
     except Exception as exc:  # noqa: BLE001 - as in build_env_checked
         raise _env_failure(cfg, "builds but cannot run a step", exc) from exc
-    if cfg.safety.passivity_aware and read_cost(info, str(cfg.safety.cost_key), env.num_envs, env.device) is None:
-        raise missing_cost(str(cfg.safety.cost_key), env)  # the Lagrangian learner would fail at its first step
+    key = str(cfg.safety.cost_key)
+    if read_cost(info, key, env.num_envs, env.device) is None:
+        if cfg.safety.passivity_aware:
+            raise missing_cost(key, env)  # the Lagrangian learner would fail at its first step
+        if changed(cfg, "safety.cost_key"):  # only episode costs read it, and there are none to log
+            log.warning(f"safety.cost_key={key}: {env.task_id} reports no {key!r} in its step info (top level or "
+                        "info['task']), so no episode costs are logged and it changes nothing")
 
 
 def _head_options(cfg: DictConfig) -> dict[str, Any]:

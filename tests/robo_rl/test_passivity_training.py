@@ -523,3 +523,25 @@ def test_a_binding_energy_tank_resumes_mid_episode_exactly(tmp_path):
         assert torch.equal(v, cut["learner"]["modules"][k]), f"{k} differs after resume"
     for k in full_replay:
         np.testing.assert_array_equal(full_replay[k], cut_replay[k], err_msg=k)
+
+
+@pytest.mark.parametrize("env, key, warned", [
+    ("pendulum", "energy", True),  # Pendulum reports no cost at all: the key was accepted and read nothing
+    ("contact_maze", "power", False),  # one of ContactMaze's energy terms
+    ("pendulum", "cost", False),  # the default: no costs is no news
+])
+def test_a_cost_key_the_task_never_reports_is_named(env, key, warned):
+    from robo_rl.build import build_env, check_env_runs
+    from robo_rl.defaults import resolve_defaults
+    from tests.helpers import robo_rl_records
+
+    cfg = resolve_defaults(compose("algo=sac", f"env={env}", f"safety.cost_key={key}"))
+    built = build_env(cfg, num_envs=1, randomize=False)
+    try:
+        with robo_rl_records(logging.WARNING) as records:
+            check_env_runs(cfg, built)
+    finally:
+        built.close()
+    said = [r.getMessage() for r in records]
+    assert said == ([f"safety.cost_key={key}: Pendulum-v1 reports no '{key}' in its step info (top level or "
+                     "info['task']), so no episode costs are logged and it changes nothing"] if warned else [])
