@@ -60,6 +60,11 @@ def eval_main(args: Sequence[str]) -> int:
     if not opts.video and any(override_key(a) == "video_episodes" for a in args):
         return error(f"video_episodes={opts.video_episodes} has no effect without a video: add video=true to film "
                      "the episodes, or drop video_episodes", EXIT_USAGE)
+    if any(override_key(a) == "num_envs" for a in args) and opts.num_envs > opts.episodes:
+        import logging
+
+        logging.getLogger("robo_rl").warning(f"num_envs={opts.num_envs}: an evaluation steps at most one copy per "
+                                             f"episode, so episodes={opts.episodes} builds {opts.episodes}")
     try:
         result = evaluate_run(run_dir, opts)
     except Exception as exc:

@@ -356,3 +356,17 @@ def test_a_newest_checkpoint_that_does_not_fit_is_skipped_for_an_older_one_as_a_
     # named with checkpoint=, it is refused as before: one line, exit 2
     code, _, err = _eval(capsys, f"run_dir={run}", "episodes=1", "num_envs=1", f"checkpoint={odd.name}")
     assert code == 2 and f"checkpoint {odd} does not fit this run's sac learner" in _one_line_error(err)
+
+
+def test_eval_names_num_envs_beyond_the_episodes(tmp_path, capsys):
+    # num_envs=5 with episodes=2 built 2 copies and said nothing; at the default (10 of 10, or fewer episodes) it is quiet
+    import logging
+
+    from tests.helpers import robo_rl_records
+
+    for args, said in ((["num_envs=5", "episodes=2"], ["num_envs=5: an evaluation steps at most one copy per episode, "
+                                                       "so episodes=2 builds 2"]),
+                       (["episodes=2"], []), (["num_envs=2", "episodes=2"], [])):
+        with robo_rl_records(logging.WARNING) as records:
+            assert eval_main([f"run_dir={tmp_path / 'nowhere'}", *args]) != 0  # (no run there: only the options count)
+        assert [r.getMessage() for r in records] == said
