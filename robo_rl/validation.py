@@ -456,6 +456,13 @@ def ignored_keys(cfg: DictConfig, backend: str, on_policy: bool, eval_envs: int 
     if cfg.policy.name == "deterministic" and changed(cfg, "eval.deterministic"):
         out.append(f"eval.deterministic={cfg.eval.deterministic}: the deterministic head has no distribution to sample, "
                    "so evaluations act deterministically whatever it says")
+    if algo.get("refit_epochs") == 0:  # (with reset_latent=false: refused otherwise) a fixed decoder
+        for key in ("refit_every", "stages", "refit_batch_size", "decoder_lr", "dataset_size", "refit_on", "refit_redraw",
+                    "refit_threads", "keep_latent_std", "recenter_latent"):
+            if changed(cfg, f"algo.{key}"):
+                out.append(f"algo.{key}={algo[key]}: algo.refit_epochs=0 keeps the decoder fixed (a refit fits "
+                           "nothing and, with algo.reset_latent=false, resets nothing), so it changes nothing")
+        return out
     if algo.name == "gorl" and algo.refit_every is not None and changed(cfg, "algo.stages"):
         out.append(f"algo.stages={algo.stages}: algo.refit_every={algo.refit_every} sets when the decoder is refit "
                    "instead, so it changes nothing")

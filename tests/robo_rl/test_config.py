@@ -202,9 +202,13 @@ def test_a_demos_key_without_the_step_that_reads_it_is_refused(tmp_path):
      ["eval.deterministic=False: the deterministic head has no distribution to sample"]),
     (["algo=gorl", "algo.stages=5", "algo.refit_every=10"], "mujoco", True, 10,
      ["algo.stages=5: algo.refit_every=10 sets when the decoder is refit instead"]),
+    (["algo=gorl_sac", "algo.refit_epochs=0", "algo.reset_latent=false", "algo.decoder_lr=1e-3",
+      "algo.refit_every=50"], "mujoco", False, 10,
+     ["algo.refit_every=50: algo.refit_epochs=0 keeps the decoder fixed", "algo.decoder_lr=0.001: algo.refit_epochs=0"]),
     # at their defaults, or read: nothing to say
     (["algo=gorl", "algo.reset_latent=false"], "gymnasium", True, 10, []),
     (["algo=gorl", "algo.refit_every=10"], "mujoco", True, 10, []),
+    (["algo=gorl", "algo.refit_epochs=0", "algo.reset_latent=false"], "mujoco", True, 10, []),
     (["algo=sac", "env.vectorization=async", "env.threads=0", "eval.num_envs=10"], "gymnasium", False, 10, []),
     (["algo=sac", "checkpoint.save_replay=false", "eval.num_envs=3", "eval.episodes=5"], "mujoco", False, 3, []),
     (["algo=sac", "eval.deterministic=false"], "mujoco", False, 10, []),
