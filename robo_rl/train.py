@@ -25,7 +25,7 @@ from robo_rl.defaults import resolve_defaults, task_defaults
 from robo_rl.validation import ConfigError, check_device, ignored_keys, validate
 from robo_rl.metrics import LogFormatter, OnceEach, setup_console_logging, write_text_atomic
 from robo_rl.memory import buffers_needed, check_fits
-from robo_rl.checkpoint import checkpoint_step, list_checkpoints, recover
+from robo_rl.checkpoint import list_checkpoints, recover
 from robo_rl.learners.gorl import refit_updates
 from robo_rl.runners.checkpoints import find_resume_checkpoint
 from robo_rl.runners.off_policy import add_update_credit
@@ -96,12 +96,9 @@ def prepare(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str] = ()) -
             log.info(f"resume={run_dir}: the run stopped before its first checkpoint, so there is nothing to continue "
                      "from; starting it again from step 0 with its saved config")
             return saved, None  # a new run in the same directory (its metrics and events past step 0 are dropped)
-        checkpoint = find_resume_checkpoint(run_dir)
-        if "steps" in keys and int(saved.steps) < checkpoint_step(checkpoint):  # config.yaml would then say 100 steps
-            raise ConfigError(f"steps={int(saved.steps):,}: resume={run_dir} has trained {checkpoint_step(checkpoint):,} "
-                              f"steps (its newest checkpoint, {checkpoint.name}), and a resume cannot shorten a run; "
-                              f"give steps >= {checkpoint_step(checkpoint):,}, or leave steps out")
-        return saved, checkpoint
+        # (a steps= below the checkpoint's step is refused once the run is restored, by _run: the newest checkpoint
+        # that verifies may still be skipped, another run's copied in, for an older one)
+        return saved, find_resume_checkpoint(run_dir)
 
     refuse_busy_run_dir(run_dir)
     _refuse_existing_run(run_dir)
@@ -265,7 +262,8 @@ def _train(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str], held: _
         with run_dir_lock(run_dir):
             if resume_from is None and not cfg.resume:  # checked again under the lock: another process may
                 _refuse_existing_run(run_dir)              # have started it meanwhile (a restart reuses its own)
-            return _run(cfg, run_dir, env, eval_env, learner, demos, resume_from, for_task, held)
+            steps_given = resume_from is not None and "steps" in (o.split("=", 1)[0].lstrip("+~") for o in cli_overrides)
+            return _run(cfg, run_dir, env, eval_env, learner, demos, resume_from, for_task, held, steps_given)
     finally:
         if eval_env is not env:
             eval_env.close()
@@ -372,11 +370,16 @@ def _decoder_refits(cfg: DictConfig, updates: int | None) -> bool:
 
 
 def _run(cfg: DictConfig, run_dir: Path, env: Any, eval_env: Any, learner: Any, demos: Any, resume_from: Path | None,
-         for_task: dict[str, Any], held: _Held) -> dict[str, Any]:
-    """Write the run (holding its directory's lock): config, train.log, the runner's loop."""
+         for_task: dict[str, Any], held: _Held, shorter_steps_refused: bool = False) -> dict[str, Any]:
+    """Write the run (holding its directory's lock): config, train.log, the runner's loop. ``shorter_steps_refused``:
+    a resume given steps=, which may not be below the step of the checkpoint it continues from."""
     runner = build_runner(cfg, learner, env, eval_env, run_dir)
     if resume_from is not None:  # a checkpoint that cannot be resumed fails here, with config.yaml as it was
         runner.restore(resume_from)
+        if shorter_steps_refused and int(cfg.steps) < runner.step:  # config.yaml would then say 100 steps
+            raise ConfigError(f"steps={int(cfg.steps):,}: resume={run_dir} has trained {runner.step:,} steps (the "
+                              f"checkpoint it continues from, {runner._last_checkpoint.name}), and a resume cannot "
+                              f"shorten a run; give steps >= {runner.step:,}, or leave steps out")
     _log_start(cfg, env, eval_env, learner, demos, for_task, runner.planned_steps)  # held until train.log exists
     if demos is not None:  # before config.yaml: a pretraining that diverges leaves no run behind
         from robo_rl.demos import warm_start

@@ -231,8 +231,8 @@ def test_a_longer_steps_on_resume_is_kept_by_the_next_resume_and_reaches_python(
     assert json.loads((run / "summary.json").read_text())["steps"] == 500
     # a shorter steps "completed" the run at once and wrote steps: 300 to config.yaml beside a 500-step summary
     shorter = [f"resume={run}", "steps=300"]
-    with pytest.raises(ConfigError, match=r"^steps=300: resume=.* has trained 500 steps \(its newest checkpoint, "
-                                          r"step_0000000500\), and a resume cannot shorten a run; give steps >= 500"):
+    with pytest.raises(ConfigError, match=r"^steps=300: resume=.* has trained 500 steps \(the checkpoint it continues "
+                                          r"from, step_0000000500\), and a resume cannot shorten a run; give steps >= 500"):
         train(compose(*shorter), tmp_path / "unused", shorter)
     assert "steps: 500" in (run / "config.yaml").read_text()
     with pytest.raises(ConfigError, match="continues the run in its own directory"):
@@ -1104,6 +1104,19 @@ def test_resume_falls_back_past_another_runs_checkpoint_copied_in(tmp_path):
     assert (f"cannot resume from step_0000000300: checkpoint {newest} is another run's: seed is 0 in config.yaml, 1 in "
             "the checkpoint, and older checkpoints here record config.yaml's config; remove it") in log
     assert f"resumed from {run / 'checkpoints' / 'step_0000000150'} at step 150" in log
+
+
+def test_a_longer_steps_resumes_past_another_runs_newer_checkpoint(tmp_path):
+    # the "a resume cannot shorten a run" check read the newest checkpoint that verifies, before the resume skipped it
+    # as another run's: steps=400 on a run at step 300 was refused as "has trained 600 steps"
+    run, other = tmp_path / "run", tmp_path / "other"
+    train(compose(*SMALL_SAC, "steps=300", "checkpoint.every=150"), run)
+    train(compose(*SMALL_SAC, "steps=600", "checkpoint.every=300", "seed=1"), other)
+    shutil.copytree(other / "checkpoints" / "step_0000000600", run / "checkpoints" / "step_0000000600")
+    summary = train(compose(f"resume={run}", "steps=400"), run, [f"resume={run}", "steps=400"])
+    assert summary["steps"] == 400 and summary["status"] == "completed"
+    assert f"resumed from {run / 'checkpoints' / 'step_0000000300'} at step 300" in (run / "train.log").read_text()
+    assert "steps: 400" in (run / "config.yaml").read_text()
 
 
 def test_a_signal_in_an_iteration_that_checkpointed_saves_once(tmp_path, monkeypatch):
