@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
 
 from robo_rl.commands.common import EXIT_FAILED, EXIT_USAGE, error, override_key, parse_options
 from robo_rl.metrics import format_return, write_text_atomic
+
+log = logging.getLogger("robo_rl")
 
 EVAL_HELP = """\
 usage: robo-rl eval run_dir=<dir> [key=value ...]
@@ -61,10 +64,8 @@ def eval_main(args: Sequence[str]) -> int:
         return error(f"video_episodes={opts.video_episodes} has no effect without a video: add video=true to film "
                      "the episodes, or drop video_episodes", EXIT_USAGE)
     if any(override_key(a) == "num_envs" for a in args) and opts.num_envs > opts.episodes:
-        import logging
-
-        logging.getLogger("robo_rl").warning(f"num_envs={opts.num_envs}: an evaluation steps at most one copy per "
-                                             f"episode, so episodes={opts.episodes} builds {opts.episodes}")
+        log.warning(f"num_envs={opts.num_envs}: an evaluation steps at most one copy per episode, so "
+                    f"episodes={opts.episodes} builds {opts.episodes}")
     try:
         result = evaluate_run(run_dir, opts)
     except Exception as exc:
