@@ -402,14 +402,15 @@ def unread_keys(cfg: DictConfig) -> list[tuple[str, str]]:
         unread(["algo.target_entropy", "algo.alpha_lr"], "the temperature is tuned toward the target entropy only with "
                "algo.autotune_alpha=true; with false it stays at algo.init_alpha. Set algo.autotune_alpha=true, or "
                "leave it out")
-    if algo.name == "td3" and algo.target_noise == 0:
+    # (a key set to the value that turns the same thing off, e.g. both at 0, is read as meaning what the other says)
+    if algo.name == "td3" and algo.target_noise == 0 and algo.target_noise_clip != 0:
         unread(["algo.target_noise_clip"], "it bounds the target policy's smoothing noise, and algo.target_noise=0 "
                "adds none; set algo.target_noise > 0, or leave it out")
     if algo.name == "parl":
-        if algo.action_lr == 0:
+        if algo.action_lr == 0 and algo.grad_steps != 0:
             unread(["algo.grad_steps"], "gradient steps on the actions of size algo.action_lr=0 leave them where they "
                    "are; set algo.action_lr > 0, or algo.grad_steps=0 for no local optimization")
-        if algo.grad_steps == 0:
+        if algo.grad_steps == 0 and algo.action_lr != 0:
             unread(["algo.action_lr"], "it is the step size of the gradient steps on the actions, and "
                    "algo.grad_steps=0 takes none; set algo.grad_steps > 0, or leave it out")
     if not cfg.env.normalize_reward:

@@ -164,6 +164,9 @@ def test_a_key_nothing_in_the_run_would_read_is_refused(overrides, message):
     ["algo=td3", "algo.target_noise=0"],
     ["algo=parl", "algo.action_lr=0"],  # the documented way to turn the local optimization off
     ["algo=parl", "algo.grad_steps=0"],
+    # both keys at the value that turns the step off: each says what the other does (refused as "unread" by each other)
+    ["algo=parl", "algo.grad_steps=0", "algo.action_lr=0"],
+    ["algo=td3", "algo.target_noise=0", "algo.target_noise_clip=0"],
     *[[f"algo={name}"] for name in ALGO_SCHEMAS],  # every learner's defaults
 ])
 def test_keys_at_their_defaults_or_read_by_the_run_are_accepted(overrides):
