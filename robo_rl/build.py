@@ -103,9 +103,10 @@ def check_env_runs(cfg: DictConfig, env: BatchedEnv) -> None:
     if read_cost(info, key, env.num_envs, env.device) is None:
         if cfg.safety.passivity_aware:
             raise missing_cost(key, env)  # the Lagrangian learner would fail at its first step
-        if changed(cfg, "safety.cost_key"):  # only episode costs read it, and there are none to log
-            log.warning(f"safety.cost_key={key}: {env.task_id} reports no {key!r} in its step info (top level or "
-                        "info['task']), so no episode costs are logged and it changes nothing")
+        if changed(cfg, "safety.cost_key"):  # only episode costs read it (a task may report it in some steps only)
+            log.warning(f"safety.cost_key={key}: {env.task_id} reported no {key!r} in its first step's info (top level "
+                        "or info['task']); if none of its steps does, no episode costs are logged and the key changes "
+                        "nothing")
 
 
 def _head_options(cfg: DictConfig) -> dict[str, Any]:

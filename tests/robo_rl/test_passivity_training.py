@@ -543,5 +543,48 @@ def test_a_cost_key_the_task_never_reports_is_named(env, key, warned):
     finally:
         built.close()
     said = [r.getMessage() for r in records]
-    assert said == ([f"safety.cost_key={key}: Pendulum-v1 reports no '{key}' in its step info (top level or "
-                     "info['task']), so no episode costs are logged and it changes nothing"] if warned else [])
+    assert said == ([f"safety.cost_key={key}: Pendulum-v1 reported no '{key}' in its first step's info (top level or "
+                     "info['task']); if none of its steps does, no episode costs are logged and the key changes "
+                     "nothing"] if warned else [])
+
+
+class _CostAtTheEnd(gym.Env):
+    """A 1-D task that reports its cost (the episode's energy) only in the step that ends an episode."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        end = self.t == 3
+        return np.zeros(1, np.float32), 0.0, end, False, ({"energy": 2.5} if end else {})
+
+
+gym.register("robo_rl_test/CostAtTheEnd-v0", entry_point=_CostAtTheEnd, max_episode_steps=10)
+
+
+def test_a_cost_reported_only_at_episode_ends_is_not_said_to_be_never_logged():
+    # the start-up probe steps once: a task reporting the cost at episode ends was told "no episode costs are logged",
+    # while every episode's cost was logged
+    from robo_rl.build import build_env, check_env_runs
+    from robo_rl.defaults import resolve_defaults
+    from tests.helpers import robo_rl_records
+
+    cfg = resolve_defaults(compose("algo=sac", "env.id=robo_rl_test/CostAtTheEnd-v0", "safety.cost_key=energy"))
+    built = build_env(cfg, num_envs=1, randomize=False, safety=True)
+    try:
+        with robo_rl_records(logging.WARNING) as records:
+            check_env_runs(cfg, built)
+        built.reset(seed=0)
+        costs = [float(built.step(torch.zeros(1, 1)).info["episode"].get("cost", torch.zeros(1))[0]) for _ in range(3)]
+    finally:
+        built.close()
+    assert costs == [0.0, 0.0, 2.5]  # the episode's cost is logged
+    assert [r.getMessage() for r in records] == [
+        "safety.cost_key=energy: robo_rl_test/CostAtTheEnd-v0 reported no 'energy' in its first step's info (top level "
+        "or info['task']); if none of its steps does, no episode costs are logged and the key changes nothing"]
