@@ -46,7 +46,9 @@ def build_env(cfg: DictConfig, num_envs: int | None = None, vectorization: str |
         backend=env.backend,
         vectorization=vectorization or env.vectorization,
         kwargs=OmegaConf.to_container(env.kwargs, resolve=True),
-        max_episode_steps=env.max_episode_steps,
+        # an Isaac task keeps its own episode length: a limit in the config.yaml of a run from before validate refused
+        # it never reached the task, and its eval, export and resume go on without it (make_env refuses it)
+        max_episode_steps=None if env.backend == "isaac" else env.max_episode_steps,
         device=cfg.device,
         threads=int(env.threads),
         randomize=OmegaConf.to_container(env.randomize, resolve=True) if randomize else None,

@@ -172,6 +172,9 @@ def validate(cfg: DictConfig) -> None:
         need(value is None or least <= value <= most, key, f"must be between {least} and {most:,} ({what})")
     need(cfg.env.max_episode_steps is None or cfg.env.max_episode_steps >= 1, "env.max_episode_steps",
          "must be >= 1 (or null: the task's own time limit)")
+    need(cfg.env.backend != "isaac" or cfg.env.max_episode_steps is None or bool(cfg.resume), "env.max_episode_steps",
+         "env.backend=isaac keeps the task's own episode length (set it in the Isaac task's config, or through "
+         "env.kwargs where its factory takes it); leave env.max_episode_steps unset")
     kwargs = cfg.env.kwargs
     need(kwargs is None or "max_episode_steps" not in kwargs, "env.kwargs.max_episode_steps",
          "the time limit is not one of the task's keyword arguments: give env.max_episode_steps=<n>")

@@ -223,6 +223,28 @@ def test_a_time_limit_the_isaac_backend_cannot_apply_is_refused(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_an_older_isaac_run_with_a_time_limit_in_its_config_is_evaluated_and_resumed(tmp_path, monkeypatch):
+    # its config.yaml holds the env.max_episode_steps the run ignored: eval, load_run and a resume failed on it
+    import robo_rl.train
+    import robo_rl.validation
+    from robo_rl.commands.evaluate import eval_main
+    from robo_rl.runs import load_run
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:  # a run from before validate refused the key
+        for module in (robo_rl.train, robo_rl.validation):
+            m.setattr(module, "validate", lambda cfg: None)
+        train(compose("algo=ppo", "env.backend=isaac", "env.id=tests.envs.isaac_style_env:make", "env.num_envs=8",
+                      "env.max_episode_steps=3", "env.normalize_reward=false", "steps=128", "algo.rollout_steps=8",
+                      "eval.episodes=2", *FAST), run)
+    assert "max_episode_steps: 3" in (run / "config.yaml").read_text()
+    assert eval_main([f"run_dir={run}", "episodes=2"]) == 0
+    assert json.loads((run / "eval.json").read_text())["episodes"] == 2
+    load_run(run)
+    summary = train(compose(f"resume={run}", "steps=256"), run, [f"resume={run}", "steps=256"])
+    assert summary["steps"] == 256 and summary["status"] == "completed"
+
+
 def test_the_test_env_is_one_rsl_rl_trains_on():
     """rsl_rl's own PPO runner accepts the VecEnv test env (one short iteration, no logging; rsl_rl 5's config)."""
     _needs_rsl_rl(5)
