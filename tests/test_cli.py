@@ -583,6 +583,26 @@ def test_a_sweep_run_again_prints_its_compare_line_when_no_job_trains(tmp_path, 
     assert f"sweep: 1 job(s) in one; side by side: robo-rl compare runs=one\nrobo-rl: error: sweep: 1 of 1 job(s) failed: {name}\n" in err
 
 
+def test_a_sweep_run_again_resumes_its_jobs_whatever_keys_their_runs_saved(tmp_path, monkeypatch, console):
+    # a sweep from before a key nothing reads was refused (safety.cost_budget without passivity_aware), run again to
+    # continue it: the check before the first job refused the key, though every job would resume its saved run
+    from robo_rl.commands.train import train_main
+
+    monkeypatch.chdir(tmp_path)
+    for seed in (0, 1):  # what jobs that stopped on a NaN leave (a config and a failed summary): nothing trains
+        job = tmp_path / "old" / f"seed={seed}"
+        job.mkdir(parents=True)
+        (job / "config.yaml").write_text(f"seed: {seed}\n")
+        (job / "summary.json").write_text(json.dumps({"status": "failed: non-finite observation at step 20"}))
+    assert train_main(["-m", "seed=0,1", *TINY, "steps=40", "safety.cost_budget=0.03", "run_dir=old"]) == 1
+    err = console.readouterr().err
+    assert "seed=0 failed before" in err and "seed=1 failed before" in err and "cost_budget" not in err
+    # a new sweep with the key is still refused before any job starts
+    assert train_main(["-m", "seed=0,1", *TINY, "steps=40", "safety.cost_budget=0.03", "run_dir=new"]) == 2
+    assert "safety.cost_budget=0.03: only passivity-aware training reads it" in console.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
 def test_overrides_before_m_make_the_same_sweep(tmp_path, monkeypatch, console):
     # Hydra's argument parser takes the overrides as one run of words: `algo=sac -m seed=0,1` passed every check of
     # robo-rl's and then ended in Hydra's usage text ("unrecognized arguments: seed=0,1 ..."), exit 2

@@ -99,6 +99,11 @@ def job_dir_name(task_overrides: Sequence[str], job_num: int) -> str:
     return fitted(",".join(job_dir_part(o) for o in parts) or f"job{job_num}")
 
 
+def job_dir_name_of(job: Sequence[str]) -> str:
+    """``job_dir_name`` of a sweep's job from its swept values (key=value, in command-line order), before Hydra runs it."""
+    return fitted(",".join(job_dir_part(o) for o in job))
+
+
 def fitted(name: str, end: str = "") -> str:
     """``name + end`` as one directory's name: over ``NAME_MAX`` bytes, ``name`` keeps its start and ends with a
     hash of the whole (``end``, e.g. a sweep's time, is kept)."""
@@ -167,6 +172,7 @@ def sweep_problem(plain: list[str], sweeps: list[tuple[int, list[str]]]) -> str 
     import math
 
     from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
 
     from robo_rl.build import check_head_and_learner
     from robo_rl.commands.train import composition_message, register_resolvers  # (it imports this module)
@@ -229,6 +235,11 @@ def sweep_problem(plain: list[str], sweeps: list[tuple[int, list[str]]]) -> str 
                 check_user_groups(overrides, cfg)
                 if not cfg.resume:  # a resumed job runs its saved config, validated when it starts
                     resolved = resolve_defaults(cfg)
+                    # a job of a sweep run again (run_dir=<its directory>) whose directory holds its run is resumed, as
+                    # the job will be: checked as a resume (a saved key nothing reads, unread_keys, goes on)
+                    if job and given and (Path(given[-1]) / job_dir_name_of(job) / "config.yaml").is_file():
+                        with open_dict(resolved):
+                            resolved.resume = str(Path(given[-1]) / job_dir_name_of(job))
                     validate(resolved)
                     check_head_and_learner(resolved)  # e.g. algo=td3 policy=gaussian, found by the learner
             except Exception as exc:  # noqa: BLE001 - described below (outside this Hydra context), or re-raised
