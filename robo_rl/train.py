@@ -62,7 +62,7 @@ def prepare(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str] = ()) -
             saved = load_run_config(run_dir)
         except FileNotFoundError as exc:  # (eval shares the message, which names no key)
             raise ConfigError(f"resume={run_dir}: {exc}") from None
-        keys = [o.split("=", 1)[0].lstrip("+~") for o in cli_overrides]
+        keys = given_keys(cli_overrides)
         if "steps" in keys:
             kept = [f"{k}={OmegaConf.select(saved, k):,}" for k in CADENCES if k not in keys]
             if kept and OmegaConf.select(cfg, "steps") != saved.steps:
@@ -155,6 +155,11 @@ def python_api_overrides(cfg: DictConfig) -> list[str]:
     base = compose_config([])
     return [f"{k}={OmegaConf.select(cfg, k)}" for k in sorted(RESUME_OVERRIDABLE - {"resume", "run_dir"})
             if OmegaConf.select(cfg, k) != OmegaConf.select(base, k)]
+
+
+def given_keys(cli_overrides: Iterable[str]) -> list[str]:
+    """The keys of command-line overrides (``+key=v``, ``~key`` and ``key=v`` alike)."""
+    return [o.split("=", 1)[0].lstrip("+~") for o in cli_overrides]
 
 
 class _Held(logging.Handler):
@@ -262,7 +267,7 @@ def _train(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str], held: _
         with run_dir_lock(run_dir):
             if resume_from is None and not cfg.resume:  # checked again under the lock: another process may
                 _refuse_existing_run(run_dir)              # have started it meanwhile (a restart reuses its own)
-            steps_given = resume_from is not None and "steps" in (o.split("=", 1)[0].lstrip("+~") for o in cli_overrides)
+            steps_given = resume_from is not None and "steps" in given_keys(cli_overrides)
             return _run(cfg, run_dir, env, eval_env, learner, demos, resume_from, for_task, held, steps_given)
     finally:
         if eval_env is not env:
