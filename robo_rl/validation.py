@@ -464,8 +464,11 @@ def ignored_keys(cfg: DictConfig, backend: str, on_policy: bool, eval_envs: int 
         for key in ("refit_every", "stages", "refit_batch_size", "decoder_lr", "dataset_size", "refit_on", "refit_redraw",
                     "refit_threads", "keep_latent_std", "recenter_latent"):
             if changed(cfg, f"algo.{key}"):
+                # the dataset is still collected and checkpointed (its size is the one thing the key still changes)
+                effect = ("changes only the memory set aside for a dataset no refit reads" if key == "dataset_size"
+                          else "changes nothing")
                 out.append(f"algo.{key}={algo[key]}: algo.refit_epochs=0 keeps the decoder fixed (a refit fits "
-                           "nothing and, with algo.reset_latent=false, resets nothing), so it changes nothing")
+                           f"nothing and, with algo.reset_latent=false, resets nothing), so it {effect}")
         return out
     if algo.name == "gorl" and algo.refit_every is not None and changed(cfg, "algo.stages"):
         out.append(f"algo.stages={algo.stages}: algo.refit_every={algo.refit_every} sets when the decoder is refit "

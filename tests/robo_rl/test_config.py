@@ -208,6 +208,10 @@ def test_a_demos_key_without_the_step_that_reads_it_is_refused(tmp_path):
     (["algo=gorl_sac", "algo.refit_epochs=0", "algo.reset_latent=false", "algo.decoder_lr=1e-3",
       "algo.refit_every=50"], "mujoco", False, 10,
      ["algo.refit_every=50: algo.refit_epochs=0 keeps the decoder fixed", "algo.decoder_lr=0.001: algo.refit_epochs=0"]),
+    # the dataset is still allocated and collected: its size is not "nothing"
+    (["algo=gorl", "algo.refit_epochs=0", "algo.reset_latent=false", "algo.dataset_size=1000"], "mujoco", True, 10,
+     ["algo.dataset_size=1000: algo.refit_epochs=0 keeps the decoder fixed (a refit fits nothing and, with "
+      "algo.reset_latent=false, resets nothing), so it changes only the memory set aside for a dataset no refit reads"]),
     # at their defaults, or read: nothing to say
     (["algo=gorl", "algo.reset_latent=false"], "gymnasium", True, 10, []),
     (["algo=gorl", "algo.refit_every=10"], "mujoco", True, 10, []),
