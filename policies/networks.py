@@ -61,7 +61,9 @@ class Mish(nn.Mish):
     def kernel(self, numel: int, is_cuda: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
         """The function forward uses for a tensor of ``numel`` elements (a caller that applies Mish to many
         tensors of one size, such as a sampling chain, can look it up once)."""
-        if numel < self.FAST_FROM or is_cuda or tracing():  # the cheap tests first
+        # the cheap tests first; a TorchScript trace (the legacy ONNX exporter) hands over numel as a tensor, whose
+        # comparison would warn that the trace may be wrong (it is not: a trace records torch's Mish either way)
+        if not isinstance(numel, int) or numel < self.FAST_FROM or is_cuda or tracing():
             return torch.nn.functional.mish
         return _SigmoidMish.apply
 
