@@ -164,6 +164,25 @@ class SafetyFilter(ABC):
     def _reset_state(self, batch: int) -> None:
         """Per-episode state of a subclass (previous output, tank energy...)."""
 
+    def reset_rows(self, rows: Any) -> None:
+        """Clear the per-episode state of some rows of the batch (``rows``: indices, or a [batch] bool mask), as a
+        plain ``reset()`` (no ``initial`` command) of a filter for that row alone would; the other rows go on.
+
+        For N robots or simulations behind one filter whose episodes end one at a time (a training env's copies):
+        one call filters all N rows, where a filter per row cost a Python call chain per row and step. A filter not
+        reset yet has nothing to clear."""
+        if self.batch is None:
+            return
+        idx = np.arange(self.batch)[np.asarray(rows)]
+        if idx.size:
+            self._reset_rows(idx)
+
+    def _reset_rows(self, idx: np.ndarray) -> None:
+        """``reset_rows`` of a subclass: restart rows ``idx`` of its ``episode_state`` (a stateless filter: nothing)."""
+        if self.episode_state:
+            raise NotImplementedError(f"{type(self).__name__} keeps per-episode state {self.episode_state} but does not "
+                                      "say how to restart one row of it (_reset_rows)")
+
     def state_dict(self) -> dict[str, Any]:
         """The per-episode state, as JSON (numbers, lists, None; NaN as None in arrays): a training run's
         checkpoint keeps it so a resumed run filters its next command as an unbroken one would."""
@@ -211,14 +230,19 @@ class SafetyFilter(ABC):
         """Raise ValueError if the decoded ``episode_state`` entries do not fit this filter (a subclass's shapes)."""
 
     def _check_array(self, values: dict[str, Any], name: str, shape: tuple[int, ...], *, optional: bool = False,
-                     finite: bool = True, kind: str = "f") -> None:
+                     finite: bool = True, kind: str = "f", nan_rows: bool = False) -> None:
         """``values[name]`` must be an array of ``shape`` (None too, if ``optional``) of floats (``kind`` "f",
-        finite unless ``finite`` is False) or booleans (``kind`` "b")."""
+        finite unless ``finite`` is False) or booleans (``kind`` "b"). ``nan_rows``: a row may also be all NaN
+        (a row ``reset_rows`` cleared: no previous output yet)."""
         value = values[name]
         if value is None and optional:
             return
+        checked = value
+        if nan_rows and isinstance(value, np.ndarray) and value.shape == tuple(shape) and value.ndim == 2 \
+                and value.dtype.kind == "f":
+            checked = value[~np.isnan(value).all(axis=1)]  # the cleared rows aside, the rest is checked as usual
         if (not isinstance(value, np.ndarray) or value.shape != tuple(shape) or value.dtype.kind != kind
-                or (finite and kind == "f" and not np.isfinite(value).all())):
+                or (finite and kind == "f" and not np.isfinite(checked).all())):
             what = "finite numbers" if finite and kind == "f" else ("numbers" if kind == "f" else "booleans")
             got = (f"{value.dtype} {list(value.shape)}" + (" with NaN/inf" if value.dtype.kind == "f"
                                                            and not np.isfinite(value).all() else "")

@@ -39,8 +39,13 @@ class BoxFilter(SafetyFilter):
     def _reset_state(self, batch: int) -> None:
         self.prev = None
 
+    def _reset_rows(self, idx: np.ndarray) -> None:
+        if self.prev is not None:  # NaN: that row has no previous output (hold gives the midpoint)
+            self.prev = self.prev.copy()
+            self.prev[idx] = np.nan
+
     def _check_episode_state(self, values: dict[str, Any], batch: int) -> None:
-        self._check_array(values, "prev", (batch, self.action_dim), optional=True)
+        self._check_array(values, "prev", (batch, self.action_dim), optional=True, nan_rows=True)
 
     def _seed(self, initial: np.ndarray) -> None:
         self.prev = np.clip(initial, self.low, self.high)  # what "hold" holds before the first output
@@ -53,17 +58,17 @@ class BoxFilter(SafetyFilter):
         return np.clip(command, lo, hi).astype(np.float32)
 
     def _fallback_rows(self, batch: int) -> np.ndarray:
-        if self.fallback == "hold" and self.prev is not None:
-            return self.prev
         value = np.zeros(self.action_dim) if self.fallback == "zero" else self.midpoint
+        if self.fallback == "hold" and self.prev is not None:
+            return np.where(np.isnan(self.prev[:, :1]), value, self.prev)  # rows reset_rows cleared: the midpoint
         return np.broadcast_to(value, (batch, self.action_dim))
 
     def _apply(self, action: np.ndarray, obs: np.ndarray | None, dtype: np.dtype) -> tuple[np.ndarray, FilterReport]:
         batch = action.shape[0]
         lo, hi = representable_bounds(self.low, self.high, dtype)
         bad = ~np.isfinite(action).all(axis=1)
-        source = "previous output" if self.fallback == "hold" and self.prev is not None else (
-            "zero" if self.fallback == "zero" else "midpoint")
+        held = self.fallback == "hold" and self.prev is not None and not np.isnan(self.prev[bad, 0]).any()
+        source = "previous output" if held else ("zero" if self.fallback == "zero" else "midpoint")
         out = np.where(bad[:, None], self._fallback_rows(batch), action)
         out = np.clip(out, lo, hi).astype(dtype)
         self.prev = out.astype(np.float64)

@@ -60,6 +60,10 @@ class FilterChain(SafetyFilter):
             if seed is not None:  # the next filter starts from the command this one's limits allow
                 seed = f.admissible(seed)
 
+    def _reset_rows(self, idx: np.ndarray) -> None:
+        for f in self.filters:
+            f.reset_rows(idx)
+
     def _apply(self, action: np.ndarray, obs: np.ndarray | None, dtype: np.dtype) -> tuple[np.ndarray, FilterReport]:
         out = action.astype(dtype)
         report = FilterReport.clean(action.shape[0])

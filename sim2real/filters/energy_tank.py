@@ -145,6 +145,14 @@ class EnergyTankFilter(SafetyFilter):
         self.dissipated_energy = np.zeros(batch)
         self.last_alpha = np.ones(batch)
 
+    def _reset_rows(self, idx: np.ndarray) -> None:
+        restarted = {"_level": self.initial_energy, "_pending": 0.0, "_torque": 0.0, "_position": np.nan,
+                     "_fresh": True, "injected_energy": 0.0, "dissipated_energy": 0.0, "last_alpha": 1.0}  # _reset_state's
+        for name, value in restarted.items():
+            values = getattr(self, name).copy()  # (arrays a caller may hold, e.g. injected_energy, stay as they were)
+            values[idx] = value
+            setattr(self, name, values)
+
     def _check_episode_state(self, values: dict[str, Any], batch: int) -> None:
         k = len(self.velocity_index)
         for name in ("_pending", "last_alpha"):

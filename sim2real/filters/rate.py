@@ -38,30 +38,38 @@ class RateFilter(SafetyFilter):
     def _reset_state(self, batch: int) -> None:
         self.prev = None
 
+    def _reset_rows(self, idx: np.ndarray) -> None:
+        if self.prev is not None:  # NaN: that row has no previous output (its next action passes unlimited)
+            self.prev = self.prev.copy()
+            self.prev[idx] = np.nan
+
     def _check_episode_state(self, values: dict[str, Any], batch: int) -> None:
-        self._check_array(values, "prev", (batch, self.action_dim), optional=True)
+        self._check_array(values, "prev", (batch, self.action_dim), optional=True, nan_rows=True)
 
     def _seed(self, initial: np.ndarray) -> None:
         self.prev = initial
 
     def _apply(self, action: np.ndarray, obs: np.ndarray | None, dtype: np.dtype) -> tuple[np.ndarray, FilterReport]:
         bad = ~np.isfinite(action).all(axis=1)
-        hold = np.zeros_like(action) if self.prev is None else self.prev
+        # rows without a previous output (after reset, or cleared by reset_rows: NaN) hold zeros and pass unlimited
+        fresh = np.ones(len(action), dtype=bool) if self.prev is None else np.isnan(self.prev[:, 0])
+        prev = np.where(fresh[:, None], 0.0, self.prev) if self.prev is not None else None
+        hold = np.zeros_like(action) if prev is None else prev
         out = np.where(bad[:, None], hold, action)
-        if self.prev is not None:
+        if prev is not None:
             with np.errstate(over="ignore"):
                 # around=prev: a window holding no float32 (a float64 command from reset, max_delta below its
                 # float32 spacing) becomes the float32 numbers either side of it, so the step still goes no further
                 # than the first one toward the input, and after a box stays between two in-box commands
-                lo, hi = representable_bounds(self.prev - self.max_delta, self.prev + self.max_delta, dtype,
-                                              around=self.prev)
-            out = np.clip(out, lo, hi)
+                lo, hi = representable_bounds(prev - self.max_delta, prev + self.max_delta, dtype, around=prev)
+            limited = np.clip(out, lo, hi)
+            out = np.where(fresh[:, None], out, limited) if fresh.any() else limited
         out = out.astype(dtype)
         report = FilterReport(np.zeros(len(out), dtype=bool), bad, [])
         with np.errstate(invalid="ignore"):
             report.intervened = bad | (out != action).any(axis=1)
         if bad.any():
-            source = "zeros (first step)" if self.prev is None else "previous command"
+            source = "zeros (first step)" if fresh[bad].all() else "previous command"
             report.reasons.append(f"rate: non-finite action in {rows(bad)} -> hold {source}")
         limited = report.intervened & ~bad
         if limited.any():

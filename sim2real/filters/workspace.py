@@ -66,8 +66,13 @@ class WorkspaceFilter(SafetyFilter):
     def _reset_state(self, batch: int) -> None:
         self.prev_target = None
 
+    def _reset_rows(self, idx: np.ndarray) -> None:
+        if self.prev_target is not None:  # NaN: that row has no previous target (a blind step holds the midpoint)
+            self.prev_target = self.prev_target.copy()
+            self.prev_target[idx] = np.nan
+
     def _check_episode_state(self, values: dict[str, Any], batch: int) -> None:
-        self._check_array(values, "prev_target", (batch, len(self.ee_index)), optional=True)
+        self._check_array(values, "prev_target", (batch, len(self.ee_index)), optional=True, nan_rows=True)
 
     def _seed(self, initial: np.ndarray) -> None:
         if self.mode == "absolute":
@@ -126,7 +131,8 @@ class WorkspaceFilter(SafetyFilter):
                 report.reasons.append(f"workspace: non-finite end-effector reading in {rows(blind)} -> zero delta "
                                       f"(no motion; target unverified)")
             else:
-                held = (self.prev_target[blind] if self.prev_target is not None
+                held = (np.where(np.isnan(self.prev_target[blind][:, :1]), self.midpoint, self.prev_target[blind])
+                        if self.prev_target is not None
                         else np.broadcast_to(self.midpoint, (int(blind.sum()), len(self.low))))
                 out_k[blind] = self._action_for(held, np.zeros_like(held), dtype)
                 report.reasons.append(f"workspace: non-finite end-effector reading in {rows(blind)} -> hold the "
