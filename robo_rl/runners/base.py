@@ -421,7 +421,7 @@ class Runner(RunnerCheckpoints, abc.ABC):
             scalars["rollout/ep_length_mean"] = mean_of(self.recent_lengths)  # type: ignore[assignment]
         if self.recent_costs:
             scalars["rollout/ep_cost_mean"] = mean_of(self.recent_costs)  # type: ignore[assignment]
-        if self.env.chains:
+        if self.env.chain is not None:
             scalars["safety/interventions"] = float(self.interventions)
             scalars["safety/intervention_rate"] = self._row_interventions / max(self.step - self._row_start_step, 1)
         self._row_interventions, self._row_start_step = 0, self.step
@@ -508,7 +508,7 @@ class Runner(RunnerCheckpoints, abc.ABC):
             "final_eval_step": last["step"] if last else None,
             **({"final_eval_cost_mean": last["cost_mean"]} if last and "cost_mean" in last else {}),
             **({"passivity_aware": True} if self.safety.passivity_aware else {}),
-            **({"filter_interventions": self.interventions} if self.env.chains else {}),
+            **({"filter_interventions": self.interventions} if self.env.chain is not None else {}),
             "best_eval_return_mean": best["return_mean"] if best else None,
             "best_eval_return_std": best["return_std"] if best else None,
             "best_eval_step": best["step"] if best else None,

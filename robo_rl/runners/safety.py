@@ -4,8 +4,9 @@
 and ``evaluate`` see one env that
 
 * passes every action through the configured filter chain (``sim2real.filters``) before the
-  simulator receives it: one chain per env copy, because filters keep per-episode state (an energy
-  tank, the previous output) and a copy's chain restarts when its episode ends;
+  simulator receives it: one chain over the N env copies' rows (one call per step, not one per copy),
+  whose per-episode state (an energy tank, the previous output) restarts row by row as each copy's
+  episode ends (``reset_rows``);
 * reads the step's cost ``info[cost_key]`` (or ``info["task"][cost_key]``, where the batched MuJoCo
   backend keeps task terms), sums it per episode, and reports finished episodes' sums next to their
   returns as ``info["episode"]["cost"]``; a simulation reset because it diverged costs 0 in that step
@@ -99,8 +100,8 @@ class SafetyLayer(BatchedEnv):
         self.device, self.task_id, self.backend = env.device, env.task_id, env.backend
         self.dt, self.render_mode = env.dt, env.render_mode
         self.cost_key, self.require_cost = cost_key, require_cost
-        self.chains = ([build_filter_chain(filters, env.act_dim, env.obs_dim, env.dt or None) for _ in range(env.num_envs)]
-                       if len(filters) else [])
+        self.chain = build_filter_chain(filters, env.act_dim, env.obs_dim, env.dt or None) if len(filters) else None
+        self._filters = filters  # (to read checkpoints that hold a chain per env copy)
         self.episode_cost = torch.zeros(env.num_envs, dtype=torch.float64, device=env.device)
         self.obs: torch.Tensor | None = None  # the observation the filters see with the next actions
         self.keep_episode_costs = keep_episode_costs
@@ -117,19 +118,16 @@ class SafetyLayer(BatchedEnv):
         check_reset_obs(self.env, self.obs)  # a user env's float64 or misshapen observations, named here
         self.episode_cost.zero_()
         self.finished_costs = [[] for _ in range(self.num_envs)]
-        for chain in self.chains:
-            chain.reset(1)
+        if self.chain is not None:
+            self.chain.reset(self.num_envs)
         return self.obs
 
     def filter(self, actions: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Each env copy's action through its own chain; returns the filtered actions and how many changed."""
+        """The env copies' actions through the chain, a row each; returns the filtered actions and how many changed."""
         raw = self._float32_actions(actions)
         obs = self.obs.detach().cpu().numpy().astype(np.float64, copy=False)  # full precision: positions, energies
-        out = np.empty_like(raw)
-        changed = 0
-        for i, chain in enumerate(self.chains):
-            out[i], report = chain(raw[i], obs[i])
-            changed += bool(report.intervened.any() or report.fallback.any())
+        out, report = self.chain(raw, obs)
+        changed = int(np.count_nonzero(report.intervened | report.fallback))
         return torch.from_numpy(out).to(actions.device if isinstance(actions, torch.Tensor) else self.device), changed
 
     def _float32_actions(self, actions: Any) -> np.ndarray:
@@ -141,7 +139,7 @@ class SafetyLayer(BatchedEnv):
 
     def step(self, actions: torch.Tensor) -> StepResult:
         interventions = 0
-        if self.chains:
+        if self.chain is not None:
             if self.obs is None:
                 raise RuntimeError(f"{self.task_id}: reset the env before stepping it (the filters read the observation)")
             actions, interventions = self.filter(actions)
@@ -151,9 +149,8 @@ class SafetyLayer(BatchedEnv):
             self._step_checked = True
         obs, reward, terminated, truncated, info = result
         done = info["episode"]["mask"]  # [N] bool: the episodes that ended in this step
-        if self.chains and bool(done.any()):
-            for i in done.nonzero().flatten().tolist():
-                self.chains[i].reset(1)  # the next action of this copy starts a new episode
+        if self.chain is not None and bool(done.any()):
+            self.chain.reset_rows(done.cpu().numpy())  # the next action of these copies starts a new episode
         cost = read_cost(info, self.cost_key, self.num_envs, self.device)
         if cost is None and self.require_cost:
             raise missing_cost(self.cost_key, self.env)
@@ -229,17 +226,47 @@ class SafetyLayer(BatchedEnv):
         if state is None:
             return None
         return {**state, "safety.episode_cost": self.episode_cost.clone(),
-                "safety.filters": [chain.state_dict() for chain in self.chains]}
+                "safety.filters": [self.chain.state_dict()] if self.chain is not None else []}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         state = dict(state)
         cost = state.pop("safety.episode_cost", None)
         chains = state.pop("safety.filters", None)  # not in checkpoints before 2026-12-04: the filters start afresh
-        if chains is not None and (not isinstance(chains, list) or len(chains) != len(self.chains)):
+        if isinstance(chains, list) and len(chains) > 1 and self.chain is not None:
+            chains = [self._one_chain_state(chains)]  # a chain per env copy (checkpoints before 2026-12-07)
+        expected = 0 if self.chain is None else 1
+        if chains is not None and (not isinstance(chains, list) or len(chains) != expected):
             raise ValueError(f"the saved safety filter state holds {len(chains) if isinstance(chains, list) else chains!r} "
-                             f"chains, this run {len(self.chains)}")
+                             f"chains, this run {expected}")
         self.env.load_state_dict(state)
         if cost is not None:
             self.episode_cost.copy_(torch.as_tensor(cost))
-        for chain, saved in zip(self.chains, chains or []):
+        if chains:
+            self.chain.load_state_dict(chains[0])
+
+    def _one_chain_state(self, rows: list[Any]) -> dict[str, Any]:
+        """The state of one chain over the env copies from the states of a chain per copy (each of one row), as
+        checkpoints before 2026-12-07 hold them: each is loaded (and so checked) into a chain of its own, and their
+        rows stacked, a row without a previous output as NaN (``SafetyFilter.reset_rows``)."""
+        if len(rows) != self.num_envs:
+            raise ValueError(f"the saved safety filter state holds {len(rows)} chains, this run {self.num_envs} env copies")
+        chains = []
+        for saved in rows:
+            chain = build_filter_chain(self._filters, self.env.act_dim, self.env.obs_dim, self.env.dt or None)
             chain.load_state_dict(saved)
+            if chain.batch not in (None, 1) or chain._initial is not None:
+                raise ValueError("a saved per-copy safety filter state holds more than one row, or a reset command")
+            chains.append(chain)
+        merged = build_filter_chain(self._filters, self.env.act_dim, self.env.obs_dim, self.env.dt or None)
+        merged.reset(self.num_envs)
+        merged._stepped = any(c._stepped for c in chains)
+        for j, f in enumerate(merged.filters):
+            f._stepped = any(c.filters[j]._stepped for c in chains)
+            for name in f.episode_state:
+                values = [getattr(c.filters[j], name) for c in chains]
+                like = next((v for v in values if v is not None), None)
+                if like is None:
+                    setattr(f, name, None)
+                    continue
+                setattr(f, name, np.concatenate([np.full_like(like, np.nan) if v is None else v for v in values]))
+        return merged.state_dict()

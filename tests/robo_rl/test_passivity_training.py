@@ -346,6 +346,40 @@ def test_the_filter_layer_takes_what_the_env_takes_and_refuses_a_misshapen_batch
     assert len(env.env.received) == 3  # only the three good batches reached the env
 
 
+def test_the_filter_layer_filters_every_copy_in_one_call_and_resumes_a_chain_per_copy_checkpoint(monkeypatch):
+    # the layer kept a chain per env copy and called them one by one: ~160 Python calls per copy and step (a box
+    # and a rate limit), 5x the rest of SAC's acting loop at 32 copies; one chain over the copies' rows is one call
+    pytest.importorskip("sim2real.filters", reason="sim2real.filters (the filter chain) is not available")
+    from robo_rl.runners.safety import SafetyLayer
+    from sim2real.filters import FilterChain, build_chain
+
+    spec, n = [{"type": "box", "low": -0.3, "high": 0.3}, {"type": "rate", "max_delta": 0.1}], 8
+    calls, apply = [], FilterChain._apply
+    monkeypatch.setattr(FilterChain, "_apply", lambda self, *args: calls.append(self) or apply(self, *args))
+    env = SafetyLayer(CostlyPush(n, episode_steps=5), spec)
+    copies = [build_chain(spec, 1, 2) for _ in range(n)]  # what a checkpoint before 2026-12-07 held: a chain per copy
+    for chain in copies:
+        chain.reset(1)
+    env.reset(seed=0)
+    draws = torch.Generator().manual_seed(0)
+    actions = [torch.rand(n, 1, generator=draws) * 2 - 1 for _ in range(12)]
+    for t, a in enumerate(actions[:7]):
+        obs = env.obs.double().numpy()
+        executed = env.step(a).info["safety"]["actions"]
+        assert executed.tolist() == [list(c(a[i].numpy(), obs[i])[0]) for i, c in enumerate(copies)], t
+        for i in np.flatnonzero(env.env.t.numpy() == 0):
+            copies[i].reset(1)
+    assert len([c for c in calls if c not in copies]) == 7  # one call a step for all 8 copies
+    old = {**env.env.state_dict(), "safety.episode_cost": env.episode_cost.clone(),
+           "safety.filters": [c.state_dict() for c in copies]}
+    resumed = SafetyLayer(CostlyPush(n, episode_steps=5), spec)
+    resumed.reset(seed=1)
+    resumed.load_state_dict(old)
+    resumed.obs = env.obs
+    for a in actions[7:]:  # (a rate limit: each copy goes on from its own previous command)
+        assert torch.equal(resumed.step(a).info["safety"]["actions"], env.step(a).info["safety"]["actions"])
+
+
 # -- non-finite costs and settings -------------------------------------------------------------------
 class NaNCostPush(CostlyPush):
     """CostlyPush whose copy 0 reports a NaN cost at the 5th step of every episode (a broken cost term)."""
