@@ -41,7 +41,6 @@ class OnPolicyRunner(Runner):
         learner, env = self.learner, self.env
         gamma = learner.gamma
         obs = self.obs
-        rollout_obs = []
         for _ in range(self.rollout_steps):
             actions, log_probs, values = self.policy_actions(learner.act, obs)
             next_obs, reward, terminated, truncated, info = self.step_env(self.env_actions(obs, actions))
@@ -57,7 +56,6 @@ class OnPolicyRunner(Runner):
                 r = r.clone()
                 r[cut] += gamma * learner.value(info["final_obs"][cut]).detach()
             self.storage.add(obs, actions, log_probs, values, r, done)
-            rollout_obs.append(obs)
             obs = next_obs
             self.step += env.num_envs
         self.obs = obs
@@ -68,8 +66,10 @@ class OnPolicyRunner(Runner):
             learner.set_lr(self.base_lr * (1.0 - self.iteration / self.total_iterations))
         self.update_learner(batch)
         # Statistics change between updates only, so the rollout's log-probs match the update's. The rollout's
-        # first observations were counted already if they are the run's reset ones (Runner.train)
-        seen = torch.cat(rollout_obs)
+        # first observations were counted already if they are the run's reset ones (Runner.train). They are read
+        # where the storage holds them ([T * N, obs_dim], time-major): a list of each step's and its torch.cat kept
+        # two more copies of the rollout's observations
+        seen = batch.obs
         if self.reset_obs_counted:
             seen, self.reset_obs_counted = seen[env.num_envs:], False
         self.update_obs_norm(seen)
