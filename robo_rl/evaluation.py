@@ -68,6 +68,30 @@ def device_mismatch(module: torch.nn.Module, device: torch.device | str, what: s
     return f"its weights are on {weights}, {what} on {device}"
 
 
+def _counted_transitions(recorded_steps: list[tuple], counted: list[tuple[int, int, int]]) -> dict[str, torch.Tensor]:
+    """The counted episodes' stored transitions (``evaluate``'s ``record_transitions``), episode by episode in
+    finishing order, as float32 CPU tensors [T, ...]; "costs" only when every one of them has its step's cost."""
+    keys = ("obs", "actions", "rewards", "next_obs", "terminated", "costs")
+    device = recorded_steps[0][0].device if recorded_steps else torch.device("cpu")
+    spans = [(torch.arange(first, last + 1, device=device), i) for i, first, last in counted]
+    step_idx = torch.cat([t for t, _ in spans]) if spans else torch.zeros(0, dtype=torch.long, device=device)
+    env_idx = torch.cat([torch.full_like(t, i) for t, i in spans]) if spans else step_idx
+    if any(s[6] is not None for s in recorded_steps):  # leave out the rows replay would not store
+        stored = torch.stack([s[6] if s[6] is not None else torch.ones_like(s[4]) for s in recorded_steps])
+        keep = stored[step_idx, env_idx]
+        step_idx, env_idx = step_idx[keep], env_idx[keep]
+    out = {}
+    for j, key in enumerate(keys):
+        if key == "costs":
+            with_cost = torch.tensor([s[5] is not None for s in recorded_steps], dtype=torch.bool)
+            if not bool(with_cost[step_idx.cpu()].all()) or not len(step_idx):
+                break
+        column = torch.stack([s[j] if s[j] is not None else torch.zeros_like(s[2]) for s in recorded_steps])
+        out[key] = column[step_idx, env_idx].float().cpu()  # one copy of the kept rows
+        del column
+    return out
+
+
 @torch.no_grad()
 def evaluate(
     policy: PolicyHead,
@@ -130,9 +154,11 @@ def evaluate(
             keep(env.render(0))
         recorded = 0
         steps = 0
-        keys = ("obs", "actions", "rewards", "next_obs", "terminated")
-        ongoing: list[list[tuple]] = [[] for _ in range(n)]  # per env copy: the current episode's steps
-        kept: list[tuple] = []
+        # record_transitions: each step's batch as the env returned it (no row by row: a tensor view per row and
+        # field held ~3.6 KB per Hopper transition, 33x its numbers), and the counted episodes' spans of steps
+        recorded_steps: list[tuple] = []  # (obs, executed actions, rewards, next_obs, terminated, costs, stored) [N]
+        started = [0] * n  # per env copy: the step its current episode began at
+        counted: list[tuple[int, int, int]] = []  # (env copy, first step, last step), in finishing order
         # the video may want more of env copy 0's episodes than its share: those are filmed, not counted
         while sum(done_count) < episodes or recorded < record_episodes:
             if stop is not None and stop():
@@ -159,11 +185,9 @@ def evaluate(
             if record_transitions:
                 executed = info["safety"]["actions"] if "safety" in info else actions
                 cost = info["safety"].get("cost") if "safety" in info else None  # a passivity-aware run's replay keeps it
-                rows = zip(prev, executed, reward, info["final_obs"], terminated, *([cost] if cost is not None else []))
                 drop = unknown_next_state(info, terminated, truncated)  # as replay leaves them out
-                for i, row in enumerate(rows):
-                    if drop is None or not bool(drop[i]):
-                        ongoing[i].append(row)
+                recorded_steps.append((prev, executed, reward, info["final_obs"], terminated, cost,
+                                       None if drop is None else ~drop))
             if recorded < record_episodes:
                 if bool(ep["mask"][0]):
                     recorded += 1
@@ -175,8 +199,8 @@ def evaluate(
                     lengths.append(int(ep["length"][i]))
                     env_index.append(i)
                     done_count[i] += 1
-                    kept.extend(ongoing[i])
-                ongoing[i] = []
+                    counted.append((i, started[i], steps // n))
+                started[i] = steps // n + 1
             steps += n
             if steps > max_steps:
                 raise EvaluationNotFinished(
@@ -186,9 +210,7 @@ def evaluate(
     mean = sum(returns) / len(returns)
     extra: dict[str, Any] = {"frames": frames} if record_episodes > 0 and frame_sink is None else {}
     if record_transitions:
-        if kept and all(len(row) > len(keys) for row in kept):
-            keys += ("costs",)
-        extra["transitions"] = {k: torch.stack([row[j] for row in kept]).float().cpu() for j, k in enumerate(keys)}
+        extra["transitions"] = _counted_transitions(recorded_steps, counted)
     std = math.sqrt(sum((r - mean) ** 2 for r in returns) / len(returns))
     return {
         "return_mean": mean,

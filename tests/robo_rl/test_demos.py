@@ -407,6 +407,28 @@ def test_a_pretraining_nan_is_one_line_with_exit_1(tmp_path, console):
     assert run_training(compose(*overrides), run, []) == 0
 
 
+def test_recording_demonstrations_keeps_each_step_s_batch_not_a_python_object_per_transition():
+    # evaluate(record_transitions=True) (robo-rl eval demos_out=) kept a tuple of tensor views per env copy and step:
+    # ~3.6 KB per Hopper transition (33x its numbers), 3.6 GB for a million; each step's batch is kept whole instead
+    import tracemalloc
+
+    from policies.heads.gaussian import GaussianHead
+    from policies.normalizers import ObsNormalizer
+    from robo_rl.evaluation import evaluate
+
+    env = make_env("Pendulum-v1", num_envs=16, max_episode_steps=100)
+    head = GaussianHead(env.obs_dim, env.action_space.low, env.action_space.high, ObsNormalizer(env.obs_dim), (8,))
+    evaluate(head, env, 16, record_transitions=True, seed=0)  # (first-use allocations out of the count)
+    tracemalloc.start()
+    try:
+        transitions = evaluate(head, env, 64, record_transitions=True, seed=0)["transitions"]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert transitions["obs"].shape == (64 * 100, 3) and transitions["terminated"].shape == (64 * 100,)
+    assert peak / (64 * 100) < 250  # Python bytes per transition at the peak: ~100 (a tuple of 5 views each: ~570)
+
+
 def test_two_saves_of_one_demonstrations_file_at_once_leave_it_whole(tmp_path, monkeypatch):
     # two `robo-rl eval demos_out=d.npz` at once shared d.npz.tmp: one renamed the other's half-written file into
     # place (not a readable .npz) and the other failed, its temporary file renamed away
