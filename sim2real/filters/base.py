@@ -180,8 +180,8 @@ class SafetyFilter(ABC):
     def _reset_rows(self, idx: np.ndarray) -> None:
         """``reset_rows`` of a subclass: restart rows ``idx`` of its ``episode_state`` (a stateless filter: nothing)."""
         if self.episode_state:
-            raise NotImplementedError(f"{type(self).__name__} keeps per-episode state {self.episode_state} but does not "
-                                      "say how to restart one row of it (_reset_rows)")
+            raise TypeError(f"{type(self).__name__} keeps per-episode state {self.episode_state} but does not say how "
+                            "to restart one row of it: define _reset_rows, or reset() the whole batch")
 
     def state_dict(self) -> dict[str, Any]:
         """The per-episode state, as JSON (numbers, lists, None; NaN as None in arrays): a training run's

@@ -135,20 +135,25 @@ class EnergyTankFilter(SafetyFilter):
         self.reset(1)
 
     def _reset_state(self, batch: int) -> None:
+        for name, value in self._fresh_state(batch).items():
+            setattr(self, name, value)
+
+    def _fresh_state(self, batch: int) -> dict[str, np.ndarray]:
+        """The ``episode_state`` of ``batch`` rows just reset."""
         k = len(self.velocity_index)
-        self._level = np.full(batch, self.initial_energy)  # settled: every finished step accounted for
-        self._pending = np.zeros(batch)  # work bound of the command in flight
-        self._torque = np.zeros((batch, k))  # the command in flight, N or N m
-        self._position = np.full((batch, k), np.nan)  # positions when it was sent
-        self._fresh = np.ones(batch, dtype=bool)  # no step has been taken since reset
-        self.injected_energy = np.zeros(batch)
-        self.dissipated_energy = np.zeros(batch)
-        self.last_alpha = np.ones(batch)
+        return {
+            "_level": np.full(batch, self.initial_energy),  # settled: every finished step accounted for
+            "_pending": np.zeros(batch),  # work bound of the command in flight
+            "_torque": np.zeros((batch, k)),  # the command in flight, N or N m
+            "_position": np.full((batch, k), np.nan),  # positions when it was sent
+            "_fresh": np.ones(batch, dtype=bool),  # no step has been taken since reset
+            "injected_energy": np.zeros(batch),
+            "dissipated_energy": np.zeros(batch),
+            "last_alpha": np.ones(batch),
+        }
 
     def _reset_rows(self, idx: np.ndarray) -> None:
-        restarted = {"_level": self.initial_energy, "_pending": 0.0, "_torque": 0.0, "_position": np.nan,
-                     "_fresh": True, "injected_energy": 0.0, "dissipated_energy": 0.0, "last_alpha": 1.0}  # _reset_state's
-        for name, value in restarted.items():
+        for name, value in self._fresh_state(len(idx)).items():
             values = getattr(self, name).copy()  # (arrays a caller may hold, e.g. injected_energy, stay as they were)
             values[idx] = value
             setattr(self, name, values)

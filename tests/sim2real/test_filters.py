@@ -712,6 +712,19 @@ def test_reset_rows_restarts_those_rows_as_a_filter_of_their_own_would():
     assert batched.filters[0].prev is not None and batched.filters[3].injected_energy.shape == (rows,)
 
 
+def test_reset_rows_of_a_stateful_filter_that_cannot_restart_a_row_is_refused_by_name():
+    from sim2real.filters.base import SafetyFilter
+
+    class Mine(BoxFilter):  # a filter of one's own with per-episode state and no _reset_rows
+        episode_state = ("prev", "count")
+        _reset_rows = SafetyFilter._reset_rows
+
+    f = Mine(3, low=-1, high=1)
+    f.reset(2)
+    with pytest.raises(TypeError, match="Mine keeps per-episode state .* define _reset_rows"):
+        f.reset_rows([True, False])
+
+
 def test_chain_merges_reports_in_order():
     chain = build_chain([{"type": "box", "low": -1, "high": 1}, {"type": "rate", "max_delta": 0.1}], action_dim=1)
     chain.reset(batch=3)
