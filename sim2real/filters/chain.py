@@ -172,6 +172,8 @@ def check_control_dt(filters: Sequence[Any], control_dt: float) -> None:
     for i, f in enumerate(filters):
         dt = getattr(f, "dt", None)
         if isinstance(dt, (int, float, np.integer, np.floating)) and abs(float(dt) - control_dt) > 1e-9 * max(1.0, control_dt):
+            # the period as the check compares it: 1/30 s shown as 0.0333333 was refused again when set so
+            period = f"{control_dt:g}" if float(f"{control_dt:g}") == control_dt else repr(float(control_dt))
             raise ValueError(f"safety.filters[{i}] ({getattr(f, 'name', type(f).__name__)}): dt={dt} is not the control "
-                             f"period {control_dt:g} s of this env: set dt: {control_dt:g} (the filter's accounting is "
+                             f"period {period} s of this env: set dt: {period} (the filter's accounting is "
                              f"per control step)")

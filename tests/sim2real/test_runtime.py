@@ -903,6 +903,19 @@ def test_a_built_chain_whose_dt_is_not_the_loop_s_period_is_refused_as_a_spec_is
                 watchdog=NO_INFERENCE_LIMIT)
 
 
+def test_the_dt_a_refused_filter_is_told_to_set_is_accepted_at_a_rate_whose_period_is_not_short(export_dir: Path) -> None:
+    # at 30 Hz the refusal said "set dt: 0.0333333" (six digits), which is 3e-8 s off the 1/30 s period the check
+    # compares with, so the tank set as told was refused again with the same message
+    tank = {"type": "energy_tank", "velocity_index": [2, 3], "position_index": [0, 1], "dt": 0.04, "damping": 4.0,
+            "initial_energy": 1.0, "max_energy": 2.0}
+    robot = CallbackRobot(lambda: np.zeros(4), lambda a: None, action_dim=2)
+    with pytest.raises(ValueError, match=r"\(energy_tank\): dt=0.04 is not the control period") as refused:
+        ControlLoop(PolicyRuntime(export_dir), robot, filters=[tank], rate_hz=30.0, watchdog=NO_INFERENCE_LIMIT)
+    told = re.search(r"set dt: (\S+)", str(refused.value))[1]
+    ControlLoop(PolicyRuntime(export_dir), robot, filters=[{**tank, "dt": float(told)}], rate_hz=30.0,
+                watchdog=NO_INFERENCE_LIMIT)
+
+
 def test_an_unusable_current_action_or_info_is_logged_and_the_policy_still_acts(export_dir: Path) -> None:
     from sim2real.filters import build_chain
 
