@@ -276,9 +276,11 @@ class MujocoSim2SimRobot(Robot):
                 raise ValueError(f"{self.task} is not a MuJoCo env: sim2sim.timestep and sim2sim.physics need one")
             native = getattr(base, "dt", None)
             if self.control_dt is not None and native is not None and abs(native - self.control_dt) > 1e-9:
+                # the rate to give, in as many digits as it takes to pass this check (81.3008 Hz for 0.0123 s did not)
+                rate = f"{1 / native:g}" if abs(native - 1 / float(f"{1 / native:g}")) <= 1e-9 else repr(1 / float(native))
                 raise ValueError(f"{self.task} steps {native:g} s per action ({1 / native:g} Hz) and, not being a MuJoCo "
                                  f"task, cannot adapt its physics to a control period of {self.control_dt:g} s "
-                                 f"({1 / self.control_dt:g} Hz): give rate_hz={1 / native:g}")
+                                 f"({1 / self.control_dt:g} Hz): give rate_hz={rate}")
             return
         timestep = float(self.timestep or base.model.opt.timestep)
         control_dt = float(self.control_dt or base.dt)

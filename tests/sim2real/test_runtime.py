@@ -664,6 +664,28 @@ def test_deploy_at_another_rate_than_a_non_mujoco_task_s_own_names_rate_hz(tmp_p
     assert deploy(str(export), steps=5, rate_hz=20.0, log=lambda _: None)["loop"]["steps"] == 5
 
 
+def _pendulum_at_0_0123_s(**kwargs):  # a non-MuJoCo task whose rate has no short decimal (81.30081... Hz)
+    from gymnasium.envs.classic_control.pendulum import PendulumEnv
+
+    env = PendulumEnv(**kwargs)
+    env.dt = 0.0123
+    return env
+
+
+def test_the_rate_hz_a_non_mujoco_task_is_told_to_deploy_at_is_accepted(tmp_path: Path) -> None:
+    # "give rate_hz=81.3008" (six digits) is a period 2e-9 s off the task's 0.0123 s: refused again, as told
+    import gymnasium as gym
+
+    if "RoboRlTest/PendulumOddPeriod-v0" not in gym.registry:
+        gym.register("RoboRlTest/PendulumOddPeriod-v0", entry_point=_pendulum_at_0_0123_s, max_episode_steps=50)
+    export = make_export(tmp_path / "e", obs_dim=3, act_dim=1, low=-2.0, high=2.0, task="RoboRlTest/PendulumOddPeriod-v0",
+                         dt=0.05)
+    with pytest.raises(ValueError, match=r"steps 0.0123 s per action .*: give rate_hz=\S+$") as refused:
+        deploy(str(export), steps=5, log=lambda _: None)
+    told = float(re.search(r"give rate_hz=(\S+)$", str(refused.value))[1])
+    assert deploy(str(export), steps=5, rate_hz=told, log=lambda _: None)["loop"]["steps"] == 5
+
+
 APPLIED_2X1: list[np.ndarray] = []  # what the task below received
 
 
