@@ -65,8 +65,8 @@ def check_chain_starts_from_noise(abar: torch.Tensor, timesteps: torch.Tensor, b
     if float(abar[-1]) > MAX_FINAL_SIGNAL:
         raise ValueError(f"policy.beta_schedule={beta_schedule} with policy.train_steps={train_steps} keeps "
                          f"{float(abar[-1]):.0%} of the action's variance at the last noise level, so sampling from "
-                         "pure noise starts off the training distribution: use beta_schedule=squaredcos_cap_v2, or "
-                         "more train_steps (diffusers' linear betas are made for 1000)")
+                         "pure noise starts off the training distribution: use policy.beta_schedule=squaredcos_cap_v2, or "
+                         "more policy.train_steps (diffusers' linear betas are made for 1000)")
     start = float(abar[timesteps[0]])
     if start > MAX_START_SIGNAL:
         raise ValueError(f"policy.inference_steps={inference_steps}: the sampling chain starts at timestep "

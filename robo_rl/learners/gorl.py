@@ -100,7 +100,7 @@ class DecoderRefit:
         if refit_epochs == 0 and reset_latent:
             raise ValueError("algo.refit_epochs=0 with algo.reset_latent=true would restart the latent policy at the "
                              "prior at every refit without refitting the decoder, discarding each stage's learning: "
-                             "set refit_epochs >= 1, or reset_latent=false (a fixed decoder)")
+                             "set algo.refit_epochs >= 1, or algo.reset_latent=false (a fixed decoder)")
         if refit_on not in ("policy", "executed"):
             raise ValueError(f"algo.refit_on={refit_on!r}: choose policy (the current policy's actions at the "
                              "collected states) or executed (the actions taken)")

@@ -1,5 +1,6 @@
 """Bad configuration fails before any work, with a message naming the key."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -337,8 +338,6 @@ def test_td3_selects_the_deterministic_head_and_refuses_gaussian(tmp_path):
 @pytest.mark.parametrize("head", ["gaussian", "deterministic", "mixture", "diffusion", "flow", "latent"])
 def test_the_learners_a_refusal_points_to_take_the_head(head):
     # a refusal's advice ("train the flow head with algo=expo or parl") names only learners that accept the head
-    import re
-
     from policies.heads.base import TRAINED_BY
     from robo_rl.build import check_head_and_learner
     from robo_rl.defaults import resolve_defaults
@@ -371,6 +370,21 @@ def test_a_head_or_learner_that_cannot_work_is_refused_before_any_env_is_built(t
         train(compose(*overrides, "env=pendulum", *FAST), tmp_path / "run")
     assert all(w in str(exc.value) for w in words), str(exc.value)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("overrides, advice", [
+    (["algo=gorl", "policy=latent", "algo.refit_epochs=0"], "algo.reset_latent=false"),
+    (["algo=expo", "policy=diffusion", "policy.beta_schedule=linear"], "policy.beta_schedule=squaredcos_cap_v2"),
+])
+def test_the_override_a_head_or_learner_refusal_names_is_a_key_and_is_accepted(overrides, advice):
+    # "reset_latent=false" and "use beta_schedule=squaredcos_cap_v2", typed as told, were unknown keys
+    from robo_rl.build import check_head_and_learner
+    from robo_rl.defaults import resolve_defaults
+
+    with pytest.raises(ConfigError) as exc:
+        check_head_and_learner(resolve_defaults(compose(*overrides, "env=pendulum", *FAST)))
+    assert re.search(rf"(?<![\w.]){re.escape(advice)}\b", str(exc.value)), str(exc.value)
+    check_head_and_learner(resolve_defaults(compose(*overrides, advice, "env=pendulum", *FAST)))
 
 
 @pytest.mark.parametrize("kwarg, words", [
