@@ -363,8 +363,8 @@ class GymnasiumBatchedEnv(BatchedEnv):
         else:
             cpus = usable_cpus()
             if num_envs > cpus:
-                log.warning(f"{task_id}: vectorization=async starts one worker process per env, {num_envs} on {cpus} "
-                            f"CPU(s); workers beyond the CPU count only add switching. Fewer envs, vectorization=sync, "
+                log.warning(f"{task_id}: env.vectorization=async starts one worker process per env, {num_envs} on {cpus} "
+                            f"CPU(s); workers beyond the CPU count only add switching. Fewer envs, env.vectorization=sync, "
                             f"or env.backend=mujoco (threads, for the MuJoCo tasks it covers) step faster")
             try:
                 self._vec = AsyncVectorEnv(thunks, autoreset_mode=AutoresetMode.SAME_STEP)

@@ -129,8 +129,8 @@ def test_async_warns_when_it_starts_more_workers_than_cpus(monkeypatch):
         make_env("Pendulum-v1", num_envs=2, vectorization="async").close()
         make_env("Pendulum-v1", num_envs=1, vectorization="async").close()
     assert [r.getMessage() for r in records] == [
-        "Pendulum-v1: vectorization=async starts one worker process per env, 2 on 1 CPU(s); workers beyond the "
-        "CPU count only add switching. Fewer envs, vectorization=sync, or env.backend=mujoco (threads, for the "
+        "Pendulum-v1: env.vectorization=async starts one worker process per env, 2 on 1 CPU(s); workers beyond the "
+        "CPU count only add switching. Fewer envs, env.vectorization=sync, or env.backend=mujoco (threads, for the "
         "MuJoCo tasks it covers) step faster"]
 
 

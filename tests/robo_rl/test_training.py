@@ -1327,8 +1327,8 @@ def test_a_warning_of_the_envs_is_on_the_console_once_and_in_train_log(tmp_path,
     monkeypatch.setattr("envs.gymnasium_backend.usable_cpus", lambda: 1)
     train(compose(*SMALL_SAC, "env.backend=gymnasium", "env.vectorization=async", "env.num_envs=2", "steps=20"),
           tmp_path / "run")
-    note = ("robo-rl: warning: Pendulum-v1: vectorization=async starts one worker process per env, 2 on 1 CPU(s); "
-            "workers beyond the CPU count only add switching. Fewer envs, vectorization=sync, or env.backend=mujoco "
+    note = ("robo-rl: warning: Pendulum-v1: env.vectorization=async starts one worker process per env, 2 on 1 CPU(s); "
+            "workers beyond the CPU count only add switching. Fewer envs, env.vectorization=sync, or env.backend=mujoco "
             "(threads, for the MuJoCo tasks it covers) step faster")
     err, through_root = console_err()
     assert [line for line in err if "vectorization=async" in line] == [note]
