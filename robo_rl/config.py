@@ -443,6 +443,18 @@ def integer_keys(schema: type = None) -> frozenset[str]:  # type: ignore[assignm
     return _keys_of_type(int, schema) | _keys_of_type(List[int], schema)  # type: ignore[arg-type]
 
 
+def list_keys() -> frozenset[str]:
+    """Every key of ``robo-rl train`` (any algorithm or head) holding a list (``policy.hidden_sizes``,
+    ``env.randomize.gravity_scale``, ``safety.filters``)."""
+    return (_keys_of_type(List[int], None) | _keys_of_type(List[float], None)  # type: ignore[arg-type]
+            | _keys_of_type(List[Dict[str, Any]], None))  # type: ignore[arg-type]
+
+
+def string_keys() -> frozenset[str]:
+    """Every text key of ``robo-rl train`` (any algorithm or head): ``env.id``, ``demos.path``, ..."""
+    return _keys_of_type(str, None)
+
+
 def boolean_keys(schema: type = None) -> frozenset[str]:  # type: ignore[assignment]
     """Every true/false key of ``robo-rl train`` (any algorithm or head), or of another command's ``schema``."""
     return _keys_of_type(bool, schema)

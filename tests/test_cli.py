@@ -852,7 +852,7 @@ def test_help_piped_into_a_reader_that_stopped_exits_quietly():
     (["env.kwargs.x=1", "~env.kwargs.x"], None),  # a task keyword argument is free-form: Hydra deletes it
     (["~env.kwargs.y"], ["Could not delete from config. 'env.kwargs.y' does not exist."]),
     # a sweep without -m was Hydra's four-line "Ambiguous value" report, exit 1
-    (["seed=0,1"], ["seed=0,1: a sweep", "needs -m: robo-rl train -m seed=0,1", "seed=[0,1]", "seed='0,1'"]),
+    (["seed=0,1"], ["seed=0,1: a sweep", "needs -m: robo-rl train -m seed=0,1"]),
     (["seed=range(0,3)"], ["needs -m: robo-rl train -m seed=range(0,3)"]),
     (["run_dir=a,b"], ["run_dir='a,b'"]),
     (["seed=0,1", "--help"], None),  # help on one config (train_main drops the sweep; composition_problem sees it)
@@ -899,6 +899,23 @@ def test_hydra_conventions_robo_rl_does_not_follow_are_one_line(args, words):
         assert problem is None, problem
     else:
         assert problem is not None and "\n" not in problem and all(w in problem for w in words), problem
+
+
+@pytest.mark.parametrize("override, offered", [
+    ("seed=0,1", []),  # an integer: "for a list write seed=[0,1]" and "seed='0,1'" were offered, and refused
+    ("policy.hidden_sizes=256,256", ["policy.hidden_sizes=[256,256]"]),
+    ("env.id=Pendulum-v1,x", ["env.id='Pendulum-v1,x'"]),
+    ("env.kwargs.goal=1,2", ["env.kwargs.goal=[1,2]", "env.kwargs.goal='1,2'"]),  # free-form: either
+])
+def test_what_a_sweep_without_m_may_mean_instead_is_offered_only_where_the_key_takes_it(override, offered):
+    from robo_rl.commands.train import composition_problem
+
+    problem = composition_problem([override])
+    assert f"needs -m: robo-rl train -m {override}" in problem, problem
+    key = override.split("=", 1)[0]
+    assert re.findall(rf"(?:write|it:) ({re.escape(key)}=(?:\[[^\]]*\]|'[^']*'))", problem) == offered, problem
+    for advice in offered:
+        assert composition_problem([advice]) is None, advice
 
 
 def test_a_deletion_or_a_sweep_without_m_exits_2_with_one_line_and_writes_nothing(tmp_path):

@@ -400,8 +400,16 @@ def hydra_problem(args: Sequence[str]) -> str | None:
             quote = f"for one value holding a comma quote it: {key}='{value}'"
             if key in PATH_KEYS:  # run_dir=a,b: a directory's name (a sweep of them is refused)
                 return f"{a}: a comma makes a sweep in Hydra's grammar; {quote}"
-            lists = (f"; for a list write {key}=[{value}], {quote}" if parsed.value_type == ValueType.SIMPLE_CHOICE_SWEEP
-                     else "")
+            others = []  # what else a,b can mean, for a key that takes it: seed=[0,1] and seed='0,1' were refused
+            if parsed.value_type == ValueType.SIMPLE_CHOICE_SWEEP:
+                from robo_rl.config import list_keys, string_keys
+
+                free = key.startswith("env.kwargs.")  # a task keyword argument: any value
+                if free or key in list_keys():
+                    others.append(f"for a list write {key}=[{value}]")
+                if free or key in string_keys():
+                    others.append(quote)
+            lists = f"; {', '.join(others)}" if others else ""
             return f"{a}: a sweep (a,b / range() / choice() / glob()) needs -m: robo-rl train -m {a} ...{lists}"
     return None
 
