@@ -173,9 +173,11 @@ class Task(abc.ABC):
             )
         self.p = {**defaults, **{k: v for k, v in kwargs.items() if k not in RENDER_KWARGS}}
         self.render_kwargs = {k: v for k, v in kwargs.items() if k in RENDER_KWARGS}
+        if self.render_kwargs.get("render_mode") not in (None, "rgb_array"):  # as the gymnasium backend refuses it
+            raise ValueError(f"{self.gym_id}: env.kwargs render_mode={self.render_kwargs['render_mode']!r}: robo-rl draws "
+                             "frames with render_mode='rgb_array' (make_env(..., render=True)); leave render_mode out of "
+                             "the kwargs")
         refused = [k for k in _UNSUPPORTED_RENDER_KWARGS if self.render_kwargs.get(k) is not None]
-        if self.render_kwargs.get("render_mode") not in (None, "rgb_array"):
-            refused.append(f"render_mode={self.render_kwargs['render_mode']!r}")
         if refused:
             raise ValueError(f"{self.gym_id}: the batched MuJoCo backends render RGB frames with gymnasium's default "
                              f"free camera; {', '.join(refused)} is not supported (env.backend=gymnasium supports it)")

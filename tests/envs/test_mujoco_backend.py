@@ -272,6 +272,12 @@ def test_render_keyword_arguments_are_used_or_refused():
     for e in (default, close):
         e.reset(seed=0)
     assert not np.array_equal(default.render(0), close.render(0))
-    for bad in ({"camera_name": "track"}, {"camera_id": 0}, {"render_mode": "human"}):
+    for bad in ({"camera_name": "track"}, {"camera_id": 0}):
         with pytest.raises(ValueError, match=f"{next(iter(bad))}.*not supported.*env.backend=gymnasium"):
             MujocoBatchedEnv("Hopper-v5", 1, kwargs=bad)
+        make_env("Hopper-v5", 1, backend="gymnasium", kwargs=bad).close()  # as the refusal says
+    # no backend draws another render_mode: env.backend=gymnasium was named here too, and refused it in turn
+    for backend in ("mujoco", "gymnasium"):
+        with pytest.raises(ValueError, match="render_mode='human': robo-rl draws frames with render_mode='rgb_array'.*"
+                                             "leave render_mode out of the kwargs$"):
+            make_env("Hopper-v5", 1, backend=backend, kwargs={"render_mode": "human"})
