@@ -15,6 +15,7 @@ import glob
 import json
 import math
 import os
+import shlex
 import shutil
 import tempfile
 import time
@@ -246,7 +247,7 @@ def load_run(path: Path) -> Run:
     evaluated_at, trained = (evaluated or {}).get("checkpoint_step"), run.measured("steps")
     if evaluated_at is not None and trained is not None and evaluated_at < trained:  # resumed after `robo-rl eval`
         warnings.append(f"{path / EVALUATED}: evaluates the checkpoint at step {int(evaluated_at):,}, but the run has "
-                        f"since trained to step {int(trained):,}; `robo-rl eval run_dir={path}` evaluates its final policy")
+                        f"since trained to step {int(trained):,}; `robo-rl eval {shlex.quote(f'run_dir={path}')}` evaluates its final policy")
     return run
 
 
@@ -260,13 +261,13 @@ def _refuse_another_runs(path: Path, config: dict[str, Any], summary: dict[str, 
     for name, data, key, config_key in found:
         theirs, mine = data.get(key), config.get(config_key)
         if theirs is not None and mine is not None and theirs != mine:
-            rerun = f" (`robo-rl eval run_dir={path}` writes this run's)" if name == EVALUATED else ""
+            rerun = f" (`robo-rl eval {shlex.quote(f'run_dir={path}')}` writes this run's)" if name == EVALUATED else ""
             raise ValueError(f"{path / name}: {key} is {theirs!r}, and {path / CONFIG} has {config_key}={mine!r}: the "
                              f"file of another run; move it aside{rerun}")
     trained, evaluated_on = summary.get("env"), (evaluated or {}).get("env")
     if trained is not None and evaluated_on is not None and trained != evaluated_on:
         raise ValueError(f"{path / EVALUATED}: env is {evaluated_on!r}, and the run trained on {trained!r} "
-                         f"({path / SUMMARY}): the file of another run; move it aside (`robo-rl eval run_dir={path}` "
+                         f"({path / SUMMARY}): the file of another run; move it aside (`robo-rl eval {shlex.quote(f'run_dir={path}')}` "
                          "writes this run's)")
 
 

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import random
+import shlex
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -86,7 +87,7 @@ def prepare(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str] = ()) -
             saved.run_dir = str(run_dir)
         # validate's advice for a device this machine lacks, "use device=cpu", is refused above: a resume keeps it
         check_device(str(saved.device), fix=f"resume={run_dir} continues the run on the device it trained on: resume it "
-                     f"on a machine that has it (robo-rl eval run_dir={run_dir} device=cpu and robo-rl export read it "
+                     f"on a machine that has it (robo-rl eval {shlex.quote(f'run_dir={run_dir}')} device=cpu and robo-rl export read it "
                      "on this one)")
         validate(saved)
         # first put back a checkpoint a re-save killed between its renames left hidden: with checkpoint.keep=1 (or a

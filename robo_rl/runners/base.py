@@ -226,7 +226,7 @@ class Runner(RunnerCheckpoints, abc.ABC):
         if self._last_checkpoint:
             where = f"the last good checkpoint is {self._last_checkpoint}"
             fix += (f"; if the cause was outside the config (e.g. an env since fixed), `robo-rl train "
-                    f"resume={self.run_dir}` continues from that checkpoint")
+                    f"{shlex.quote(f'resume={self.run_dir}')}` continues from that checkpoint")
         else:
             where = "no checkpoint was written yet"
         raise NonFiniteError(f"{message}; training stopped and {where}. {fix}.")

@@ -395,6 +395,27 @@ def test_a_file_of_another_run_is_named_not_taken_as_this_runs(tmp_path, file, c
     assert compare([run])["runs"] == 1  # the run's own file
 
 
+def test_the_eval_command_a_warning_or_refusal_gives_names_a_run_dir_with_a_space_as_one_argument(tmp_path):
+    # `robo-rl eval run_dir=/x/my runs/run` pasted into a shell is two arguments: "expected key=value, got runs/run"
+    import re
+    import shlex
+
+    from robo_rl.commands.common import parse_options
+    from robo_rl.config import EvalCommandConfig
+
+    run = tmp_path / "my runs" / "run"
+    write_run(run, 0, 1.0, [(1000, 1.0)])
+    stale = {"return_mean": 1.0, "algo": "sac", "env": "Hopper-v5", "checkpoint_step": 500}
+    (run / "eval.json").write_text(json.dumps(stale))
+    (warning,) = compare([run])["warnings"]
+    (run / "eval.json").write_text(json.dumps({**stale, "algo": "td3"}))
+    with pytest.raises(ValueError) as refused:
+        compare([run])
+    for message in (warning, str(refused.value)):
+        command = shlex.split(re.search(r"`(robo-rl eval [^`]*)`", message)[1])
+        assert parse_options(command[2:], EvalCommandConfig, "eval").run_dir == str(run), message
+
+
 def test_the_python_api_takes_one_directory_as_a_string_or_path(tmp_path):
     for seed in (0, 1):
         write_run(tmp_path / "sweep" / f"seed={seed}", seed, 1.0 + seed, [(10, 1.0), (20, 1.0 + seed)])
