@@ -918,6 +918,23 @@ def test_what_a_sweep_without_m_may_mean_instead_is_offered_only_where_the_key_t
         assert composition_problem([advice]) is None, advice
 
 
+def test_every_flag_an_unknown_flag_s_refusal_lists_is_one_robo_rl_train_takes(tmp_path):
+    # the list left out --config-dir DIR, robo-rl's own flag: a mistyped --config-dr was told of no way to give one
+    from robo_rl.commands.train import composition_problem, config_dir_flag
+    from robo_rl.config import with_config_dir
+
+    (tmp_path / "env").mkdir()
+    (tmp_path / "env" / "mine.yaml").write_text("id: Pendulum-v1\n")
+    problem = composition_problem(["--config-dr", str(tmp_path)])
+    listed = re.search(r"its flags are (.*) \(see robo-rl train --help\)$", problem)[1]
+    flags = [f.strip() for f in re.split(r", | and ", listed)]
+    assert "--config-dir DIR" in flags, problem
+    for flag in flags:  # as train_main reads them
+        env = "env=mine" if "DIR" in flag else "env=pendulum"
+        args, bad = config_dir_flag([*flag.replace("DIR", str(tmp_path)).split(), env, "seed=0"])
+        assert bad is None and composition_problem(with_config_dir(args)) is None, flag
+
+
 def test_a_deletion_or_a_sweep_without_m_exits_2_with_one_line_and_writes_nothing(tmp_path):
     # `~policy` used to leave an empty run directory behind its traceback
     for args in (["~policy"], ["seed=0,1"], ["-m", "seed=0,1", "--cfg", "job"]):

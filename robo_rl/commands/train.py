@@ -368,7 +368,7 @@ def hydra_problem(args: Sequence[str]) -> str | None:
                     "DIR/<group>/<name>.yaml; see robo-rl train --help)")
         if a.startswith("-") and flag not in HYDRA_FLAGS:
             return (f"{a}: not an option of robo-rl train: settings are key=value (steps=1e5, algo=sac); its flags "
-                    "are -m, --cfg job, --info, --help and --hydra-help (see robo-rl train --help)")
+                    "are -m, --config-dir DIR, --cfg job, --info, --help and --hydra-help (see robo-rl train --help)")
         if multirun and flag in ("--cfg", "-c", "--info", "-i", "--run", "-r"):
             return (f"{flag} cannot be combined with -m (Hydra runs one or the other): show one job's config "
                     f"without -m, with one value per key (robo-rl train seed=0 {flag} ...)")
