@@ -56,6 +56,28 @@ def test_top_help_train_examples_compose():
         check_head_and_learner(cfg)  # e.g. algo=ppo policy=flow is refused here
 
 
+def test_train_help_and_root_config_examples_compose():
+    """The `robo-rl train` examples of its --help and the example in configs/config.yaml's header compose and
+    validate: the header's algo.batch_size=512 was an unknown key of the default learner (PPO)."""
+    from robo_rl.build import check_head_and_learner
+    from robo_rl.defaults import resolve_defaults
+    from robo_rl.validation import validate
+    from tests.helpers import compose
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    helped = (configs / "hydra" / "help" / "robo_rl.yaml").read_text()
+    examples = [line.split("robo-rl train", 1)[1].split("#")[0].split()
+                for line in helped.split("Examples:")[1].splitlines() if line.strip().startswith("robo-rl train")]
+    header = re.search(r"\(e\.g\. ([^)]*)\)", (configs / "config.yaml").read_text())[1]
+    examples.append(header.split())
+    assert len(examples) >= 6
+    for overrides in examples:
+        overrides = [o for o in overrides if not o.startswith(("resume=", "run_dir="))]
+        cfg = resolve_defaults(compose(*overrides))
+        validate(cfg)
+        check_head_and_learner(cfg)
+
+
 @pytest.mark.parametrize("command", ["", "eval", "export", "deploy", "compare"])
 def test_help_is_plain_text_that_fits_100_columns(tmp_path, command):
     proc = robo_rl(*([command] if command else []), "--help", cwd=tmp_path)
