@@ -82,8 +82,11 @@ class ReplayBuffer:
         """Load what ``state_dict`` wrote; anything else (a missing array, another shape or kind) is a ValueError
         naming the array, raised before the buffer changes."""
         if self.costs is not None and "costs" not in state:
-            raise ValueError("saved replay buffer holds no per-step costs, which this (passivity-aware) run needs; "
-                             "resume with checkpoint.save_replay=false to refill it, or start fresh")
+            # (not "resume with checkpoint.save_replay=false": a resume may not change that key, and loads the
+            # checkpoint's replay whatever it says)
+            raise ValueError("saved replay buffer holds no per-step costs, which this (passivity-aware) run needs: it "
+                             "was saved by a run without safety.passivity_aware=true; continue that run with its own "
+                             "config, or start a new run")
         missing = [k for k in (*_FIELDS, "pos", "capacity", "generator") if k not in state]
         if missing:
             raise ValueError(f"saved replay buffer lacks the array(s) {', '.join(missing)}")

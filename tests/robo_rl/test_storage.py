@@ -96,8 +96,14 @@ def test_replay_survives_a_checkpoint_file_partly_filled_wrapped_and_with_costs(
         assert float(other.obs[(other.pos - 1) % 10, 0]) == newest and float(other.next_obs[(other.pos - 1) % 10, 0]) == newest + 1
         if added > 10:  # the next add overwrites the oldest row, transition added - 10
             assert float(other.obs[other.pos, 0]) == added - 10
-    with pytest.raises(ValueError, match="per-step costs"):  # a passivity-aware run cannot resume a plain replay
+    with pytest.raises(ValueError, match="per-step costs") as refused:  # a passivity-aware run cannot resume a plain replay
         ReplayBuffer(10, obs_dim=3, act_dim=2, costs=True).load_state_dict(load_checkpoint(tmp_path / "partly filled" / path.name)[1])
+    # its advice was "resume with checkpoint.save_replay=false": a key a resume refuses to change, and one the resume
+    # does not read (it loads the checkpoint's replay whatever the key says)
+    from robo_rl.train import RESUME_OVERRIDABLE
+
+    assert "checkpoint.save_replay" not in RESUME_OVERRIDABLE
+    assert "checkpoint.save_replay" not in str(refused.value) and "start a new run" in str(refused.value)
 
 
 def test_replay_state_refuses_other_capacity():
