@@ -315,15 +315,20 @@ def _log_start(cfg: DictConfig, env: Any, eval_env: Any, learner: Any, demos: An
     # its policy was pretrained all the same): fewer online updates than the warnings below ask for can be meant.
     # With demos.pretrain_steps=0 the policy starts untrained, whatever the file preloads into replay.
     cold = not (cfg.demos.get("path") and int(cfg.demos.get("pretrain_steps") or 0) > 0)
+    # a resume may change steps, not the algo.* keys the advice below names: on a resume it names only steps
+    def advice(key: str, change: str) -> str:
+        return f"raise steps (a resume keeps algo.{key})" if cfg.resume else change
+
     if starts is not None and int(cfg.steps) < int(starts) and cold:
         log.warning(f"steps={int(cfg.steps):,} ends before algo.learning_starts="
                     f"{int(starts):,}, so the policy is never updated (every action is uniform random); "
-                    "lower algo.learning_starts or raise steps")
+                    + advice("learning_starts", "lower algo.learning_starts or raise steps"))
     updates = _gradient_updates(cfg, env, learner)
     utd = cfg.algo.get("utd") if starts is not None else None
     if utd is not None and cold and int(cfg.steps) > int(starts) and updates == 0:
         log.warning(f"algo.utd={float(utd):g} over the {int(cfg.steps) - int(starts):,} steps after "
-                    "algo.learning_starts makes no gradient update (the policy is never trained); raise algo.utd or steps")
+                    "algo.learning_starts makes no gradient update (the policy is never trained); "
+                    + advice("utd", "raise algo.utd or steps"))
     # counters of updates between two of a network's updates
     if learner.kind == "off_policy" and cold and updates:
         for key, what in (("policy_delay", "the actor and the target networks are"),
@@ -332,13 +337,15 @@ def _log_start(cfg: DictConfig, env: Any, eval_env: Any, learner: Any, demos: An
             if every is not None and int(every) > updates:
                 plural = "s" if updates > 1 else ""
                 log.warning(f"algo.{key}={int(every):,} is more than the run's {updates:,} gradient "
-                            f"update{plural}, so {what} never updated; lower algo.{key} to at most {updates:,} or raise steps")
+                            f"update{plural}, so {what} never updated; "
+                            + advice(key, f"lower algo.{key} to at most {updates:,} or raise steps"))
     size, batch = cfg.algo.get("dataset_size"), cfg.algo.get("refit_batch_size")
     if (size is not None and batch is not None and int(size) < int(batch) and int(cfg.algo.refit_epochs) > 0
             and _decoder_refits(cfg, updates)):
         log.warning(f"algo.dataset_size={int(size):,} is smaller than algo.refit_batch_size="
                     f"{int(batch):,}: each decoder refit trains on at most {int(size):,} (s, a) pair(s), fewer than one "
-                    f"minibatch; raise algo.dataset_size to at least {int(batch):,}")
+                    "minibatch; " + (f"a resume keeps it: start a new run with algo.dataset_size >= {int(batch):,}"
+                                     if cfg.resume else f"raise algo.dataset_size to at least {int(batch):,}"))
 
 
 def _gradient_updates(cfg: DictConfig, env: Any, learner: Any) -> int | None:

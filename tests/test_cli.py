@@ -365,6 +365,12 @@ def test_train_eval_resume(tmp_path):
 def test_an_off_policy_run_that_never_updates_says_so(tmp_path):
     err = robo_rl("train", *TINY, "steps=60", "run_dir=r", cwd=tmp_path).stderr  # learning_starts=100
     assert "steps=60 ends before algo.learning_starts=100, so the policy is never updated" in err
+    # its resume said "lower algo.learning_starts", which a resume refuses to change: it names steps only
+    err = robo_rl("train", "resume=r", "steps=80", cwd=tmp_path).stderr
+    assert "steps=80 ends before algo.learning_starts=100, so the policy is never updated (every action is uniform " \
+           "random); raise steps (a resume keeps algo.learning_starts)" in err, err
+    err = robo_rl("train", "resume=r", "steps=150", cwd=tmp_path).stderr
+    assert "never updated" not in err and json.loads((tmp_path / "r" / "summary.json").read_text())["updates"] > 0
     err = robo_rl("train", *TINY, "steps=150", "run_dir=r2", cwd=tmp_path).stderr
     assert "never updated" not in err and "makes no gradient update" not in err
     err = robo_rl("train", *TINY, "steps=150", "algo.utd=0.01", "run_dir=r3", cwd=tmp_path).stderr  # 0.5 updates
