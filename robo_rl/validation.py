@@ -443,7 +443,8 @@ def ignored_keys(cfg: DictConfig, backend: str, on_policy: bool, eval_envs: int 
     env, algo, task = cfg.env, cfg.algo, cfg.env.id
     if backend != "gymnasium" and changed(cfg, "env.vectorization"):
         out.append(f"env.vectorization={env.vectorization}: only the gymnasium backend reads it, and {task} runs on the "
-                   f"{backend} backend, so it changes nothing (env.backend=gymnasium to use it)")
+                   f"{backend} backend, so it changes nothing"
+                   + ("" if cfg.resume else " (env.backend=gymnasium to use it)"))  # (a resume keeps env.backend)
     if backend != "mujoco" and changed(cfg, "env.threads"):
         out.append(f"env.threads={env.threads}: only the batched MuJoCo backend reads it (physics threads), and {task} "
                    f"runs on the {backend} backend, so it changes nothing")

@@ -229,6 +229,19 @@ def test_keys_a_run_ignores_harmlessly_are_named(overrides, backend, on_policy, 
     assert len(lines) == len(said) and all(line.startswith(start) for line, start in zip(lines, said))
 
 
+def test_a_resume_s_start_up_notes_do_not_advise_a_key_the_resume_keeps():
+    # a resumed run's note said "(env.backend=gymnasium to use it)", and the resume refused env.backend=gymnasium
+    from robo_rl.defaults import resolve_defaults
+    from robo_rl.train import RESUME_OVERRIDABLE
+    from robo_rl.validation import ignored_keys
+
+    cfg = resolve_defaults(compose("algo=sac", "env=hopper", "env.vectorization=async"))
+    assert "env.backend=gymnasium to use it" in ignored_keys(cfg, "mujoco", False, 10)[0]
+    cfg.resume = "runs/r"
+    (line,) = ignored_keys(cfg, "mujoco", False, 10)
+    assert line.endswith("so it changes nothing") and "env.backend" not in RESUME_OVERRIDABLE, line
+
+
 @pytest.mark.parametrize("overrides, keys", [
     (["+algo.foo=1"], ["'algo.foo'"]),
     (["+env.foo=2"], ["'env.foo'"]),
