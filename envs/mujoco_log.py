@@ -17,6 +17,8 @@ import os
 import select
 import sys
 from collections import Counter
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 log = logging.getLogger("robo_rl.mujoco")
 
@@ -36,14 +38,32 @@ def handle(message: str) -> None:
     log.log(level, "MuJoCo: %s%s", message, "" if first else f" (x{counts[kind]})")
 
 
-def route_mujoco_warnings() -> None:
+def route_mujoco_warnings() -> Any:
     """Send MuJoCo's warnings to ``handle`` for this process (and processes forked from it), each kind counted afresh:
     train() calls this for each run, whose train.log then has the first of each kind (the counts of a -m sweep's
-    earlier jobs left its later jobs' at debug level, in neither their train.log nor on the console)."""
+    earlier jobs left its later jobs' at debug level, in neither their train.log nor on the console).
+
+    Returns the handler it replaced (None: MuJoCo's own), for ``routed_mujoco_warnings`` to put back."""
     import mujoco
 
+    previous = mujoco.get_mju_user_warning()
     counts.clear()
     mujoco.set_mju_user_warning(handle)
+    return previous
+
+
+@contextmanager
+def routed_mujoco_warnings() -> Iterator[None]:
+    """``route_mujoco_warnings`` for a run called from Python (``robo_rl.train.train``), then the caller's handler
+    again: a notebook's own MuJoCo simulations after a run went on logging through robo-rl, repeats of a kind at
+    debug level (unseen), with no ``MUJOCO_LOG.TXT``."""
+    import mujoco
+
+    previous = route_mujoco_warnings()
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
 
 
 class WorkerWarnings:

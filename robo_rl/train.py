@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from envs.mujoco_log import route_mujoco_warnings
+from envs.mujoco_log import routed_mujoco_warnings
 from envs.resources import usable_cpus
 from robo_rl.config import compose_config, naming_user_file  # (here too: robo_rl.train's Python API)
 from robo_rl.build import (build_env_checked, build_learner, build_policy, build_runner, check_env_runs,
@@ -188,7 +188,6 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, cli_overrides: Ite
         raise TypeError(f"train(cfg, run_dir, cli_overrides) takes a list of key=value strings, e.g. ['steps=200000']; "
                         f"got {cli_overrides!r}")
     setup_console_logging()
-    route_mujoco_warnings()  # as the CLI does: once per message to the log, no MUJOCO_LOG.TXT in the working directory
     if run_dir is None:
         run_dir = cfg.resume or cfg.run_dir
         if run_dir is None:
@@ -209,7 +208,10 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, cli_overrides: Ite
         handler.addFilter(each)
     threads = torch.get_num_threads()  # threads= applies to the run, not to the caller's process afterwards
     try:
-        return _train(cfg, Path(run_dir), cli_overrides, held)
+        # as the CLI does: once per message to the log, no MUJOCO_LOG.TXT in the working directory (until the run ends:
+        # then the caller's handler again)
+        with routed_mujoco_warnings():
+            return _train(cfg, Path(run_dir), cli_overrides, held)
     finally:
         log.removeHandler(held)
         for handler, each in once:

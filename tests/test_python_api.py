@@ -413,6 +413,30 @@ def test_train_leaves_the_callers_thread_count(tmp_path):
         torch.set_num_threads(1)
 
 
+
+TINY_SAC = ["algo=sac", "env=pendulum", "steps=101", "algo.learning_starts=100", "algo.batch_size=16",
+            "algo.critic_hidden=[16]", "policy.hidden_sizes=[16]", "eval.episodes=1", "eval.num_envs=1",
+            "log.plot=false", "log.tensorboard=false", "threads=1"]
+
+
+def test_train_puts_back_the_callers_mujoco_warning_handler(tmp_path):
+    # train() routes MuJoCo's warnings to its log for the run; a notebook's own simulations afterwards went on
+    # through robo-rl's logger (repeats of a kind at debug level, unseen), whatever handler the caller had set
+    import mujoco
+
+    from robo_rl.train import compose_config, train
+
+    def mine(message):
+        pass
+
+    mujoco.set_mju_user_warning(mine)
+    try:
+        train(compose_config(TINY_SAC), tmp_path / "run")
+        assert mujoco.get_mju_user_warning() is mine
+    finally:
+        mujoco.set_mju_user_warning(None)
+
+
 def test_learners_and_heads_have_their_own_help():
     import inspect
 
