@@ -245,6 +245,14 @@ def _train(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str], held: _
                  f"{torch.get_num_threads()}); threads= sets another count")
         torch.set_num_threads(cpus)
     seed_everything(int(cfg.seed))
+    if cfg.get("compile", False):
+        # torch keeps compiled code per function for the whole process, up to torch._dynamo.config.recompile_limit (8)
+        # versions: past it (the 9th network shape, task or precision a process compiled: a -m sweep's jobs, a
+        # notebook's runs) a run ran eager, with torch's warning and other float rounding than the same run alone (or
+        # its resume, compiled in a new process). Each compiled run starts from torch's caches as a new process would.
+        import torch._dynamo as dynamo  # (not `import torch._dynamo`: torch would be this function's local name)
+
+        dynamo.reset()
 
     # Build everything before touching the run directory: bad options fail here, with nothing written.
     env = build_env_checked(cfg)

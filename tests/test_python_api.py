@@ -437,6 +437,19 @@ def test_train_puts_back_the_callers_mujoco_warning_handler(tmp_path):
         mujoco.set_mju_user_warning(None)
 
 
+def test_each_compiled_run_in_a_process_compiles_as_its_own(tmp_path):
+    # torch keeps compiled code per function for the process, up to recompile_limit versions: past it (by default a
+    # notebook's 9th network shape, task or precision) a compile=true run ran eager, with other float rounding than
+    # the same run in a process of its own
+    import torch._dynamo
+
+    from robo_rl.train import compose_config, train
+
+    with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):  # the limit, from run 2
+        for batch_size in (16, 17):
+            train(compose_config([*TINY_SAC, "compile=true", f"algo.batch_size={batch_size}"]), tmp_path / f"b{batch_size}")
+
+
 def test_learners_and_heads_have_their_own_help():
     import inspect
 

@@ -135,13 +135,6 @@ def train_main(args: Sequence[str]) -> int:
                          "run this job again)", EXIT_FAILED)
         else:
             StopOnSignal.received = None
-            if hc.mode.name == "MULTIRUN" and cfg.get("compile", False):
-                # each job compiles as a run of its own: torch keeps compiled code per function across the jobs of the
-                # process, up to torch._dynamo.config.recompile_limit (8) versions; past it (the 9th network shape,
-                # task or precision) a job ran eager, and its resume, compiled in a new process, would not continue it
-                import torch._dynamo
-
-                torch._dynamo.reset()
             code = run_training(cfg, run_dir, overrides)
             if not code and hc.mode.name == "MULTIRUN" and StopOnSignal.received is not None:
                 # the signal came during the job's final evaluation or save, which it waited for: the job is complete,
