@@ -508,16 +508,14 @@ def table(result: dict[str, Any]) -> str:
 
 def plot(result: dict[str, Any], path: Path) -> Path | None:
     """Each group's mean curve with the min-max band of its runs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot's: that switched the caller's backend (see plot_learning_curve)
 
     groups = [g for g in result["groups"] if g["curve"]]
     if not groups:
         return None
     shown = groups[:MAX_PLOTTED]
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    fig = Figure(figsize=(8, 4.5), dpi=120)
+    ax = fig.subplots()
     for g in shown:
         c = g["curve"]
         n = g.get("curve_runs", len(g["runs"]))  # the runs the curve averages (a run without a curve yet is not)
@@ -533,10 +531,7 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.14), fontsize=7, frameon=False)
-    try:
-        save_figure_atomic(fig, path, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    save_figure_atomic(fig, path, bbox_inches="tight")
     return path
 
 

@@ -330,16 +330,16 @@ class Progress:
 
 def plot_learning_curve(rows: list[dict[str, float]], path: Path, title: str) -> Path | None:
     """Training-episode return and evaluation return against env steps, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a Figure of its own, not pyplot's: matplotlib.use("Agg") switched the caller's backend (a notebook's inline
+    # plots) for the rest of the process
+    from matplotlib.figure import Figure
 
     train = [(r["step"], r["rollout/ep_return_mean"]) for r in rows if "rollout/ep_return_mean" in r]
     evals = [(r["step"], r["eval/return_mean"], r.get("eval/return_std", 0.0)) for r in rows if "eval/return_mean" in r]
     if not train and not evals:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    fig = Figure(figsize=(7, 4), dpi=120)
+    ax = fig.subplots()
     if train:
         ax.plot([s for s, _ in train], [v for _, v in train], label="training episodes (recent mean)", alpha=0.8)
     if evals:
@@ -353,10 +353,7 @@ def plot_learning_curve(rows: list[dict[str, float]], path: Path, title: str) ->
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     fig.tight_layout()
-    try:
-        save_figure_atomic(fig, path)
-    finally:
-        plt.close(fig)
+    save_figure_atomic(fig, path)
     return path
 
 

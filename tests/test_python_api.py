@@ -437,6 +437,27 @@ def test_train_puts_back_the_callers_mujoco_warning_handler(tmp_path):
         mujoco.set_mju_user_warning(None)
 
 
+def test_a_run_and_its_comparison_leave_the_callers_matplotlib_backend(tmp_path):
+    # the learning curve and compare.png were drawn through pyplot after matplotlib.use("Agg"): a notebook's backend
+    # (its inline figures) was switched to Agg for the rest of the session
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from robo_rl.compare import compare, write
+    from robo_rl.train import compose_config, train
+
+    before = matplotlib.get_backend()
+    plt.switch_backend("svg")  # stands for the caller's own (a non-interactive one: no display here)
+    try:
+        train(compose_config([*TINY_SAC, "log.plot=true"]), tmp_path / "run")
+        write(compare([tmp_path / "run"]), tmp_path / "cmp")
+        assert (tmp_path / "run" / "learning_curve.png").stat().st_size > 0
+        assert (tmp_path / "cmp" / "compare.png").stat().st_size > 0
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        plt.switch_backend(before)
+
+
 def test_each_compiled_run_in_a_process_compiles_as_its_own(tmp_path):
     # torch keeps compiled code per function for the process, up to recompile_limit versions: past it (by default a
     # notebook's 9th network shape, task or precision) a compile=true run ran eager, with other float rounding than
