@@ -133,9 +133,21 @@ def beyond_float32_keys(cfg: DictConfig) -> list[str]:
     return float_keys(cfg, lambda v, key: math.isfinite(v) and abs(v) > FLOAT32_MAX and not key.startswith("env.kwargs."))
 
 
+#: the widest hidden layer, and the most weights between two hidden layers: far above any published network (BRO's
+#: 4096 x 4096 critics: 2**24 weights), below what the allocator refuses (1e9 wide: a 4 GB bias, a traceback while the
+#: networks were built) or a network whose every update takes minutes
+MAX_LAYER_WIDTH = 2**16
+MAX_LAYER_WEIGHTS = 2**26
+LAYER_SIZES_RULE = (f"needs at least one layer, all sizes whole numbers between 1 and {MAX_LAYER_WIDTH:,}, and at most "
+                    f"{MAX_LAYER_WEIGHTS:,} weights between two layers (e.g. [256,256])")
+
+
 def layer_sizes_ok(sizes: Any) -> bool:
-    """Whether ``sizes`` (a hidden-layer list) holds at least one whole number, all >= 1 (not [[256]] or [true])."""
-    return len(sizes) >= 1 and all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in sizes)
+    """Whether ``sizes`` (a hidden-layer list) holds at least one whole number, all between 1 and MAX_LAYER_WIDTH (not
+    [[256]] or [true]), no two neighbours more than MAX_LAYER_WEIGHTS weights apart."""
+    return (len(sizes) >= 1 and all(isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= MAX_LAYER_WIDTH
+                                    for h in sizes)
+            and all(a * b <= MAX_LAYER_WEIGHTS for a, b in zip(sizes, list(sizes)[1:])))
 
 
 def validate(cfg: DictConfig) -> None:
@@ -245,7 +257,7 @@ def validate(cfg: DictConfig) -> None:
                 "algo.edit_hidden"):
         value = OmegaConf.select(cfg, key)
         if value is not None:
-            need(layer_sizes_ok(value), key, "needs at least one layer, all sizes whole numbers >= 1 (e.g. [256,256])")
+            need(layer_sizes_ok(value), key, LAYER_SIZES_RULE)
     if algo in ("sac", "td3", "gorl_sac", "expo", "parl"):
         need(not cfg.env.normalize_reward, "env.normalize_reward",
              "not supported for off-policy learners (the replay buffer would mix rewards scaled by different "
@@ -334,8 +346,7 @@ def validate_safety(cfg: DictConfig) -> None:
     need(safety.lagrange_init >= 0, "safety.lagrange_init", "the Lagrange multiplier must start >= 0")
     need(safety.cost_critic.num_critics >= 1, "safety.cost_critic.num_critics", "must be >= 1")
     hidden = safety.cost_critic.hidden
-    need(hidden is None or layer_sizes_ok(hidden), "safety.cost_critic.hidden",
-         "needs at least one layer, all sizes whole numbers >= 1 (e.g. [256,256])")
+    need(hidden is None or layer_sizes_ok(hidden), "safety.cost_critic.hidden", LAYER_SIZES_RULE)
     need(safety.cost_critic.lr is None or safety.cost_critic.lr > 0, "safety.cost_critic.lr", "must be > 0")
     if len(safety.filters):
         need(algo in FILTERABLE_ALGOS, "safety.filters",

@@ -83,6 +83,9 @@ def test_unknown_or_mistyped_keys_fail_at_composition(override, words):
     (["algo=sac", "algo.critic_hidden=[[256]]"], r"algo.critic_hidden=\[\[256\]\]: needs at least one layer"),
     (["policy.hidden_sizes=[[64],[64]]"], "policy.hidden_sizes"),
     (["algo=sac", "safety.cost_critic.hidden=[[1]]"], "safety.cost_critic.hidden"),
+    # a width of 1e9 stopped the network build with the allocator's "can't allocate memory" traceback
+    (["algo=sac", "policy.hidden_sizes=[1e9]", "env=pendulum", "steps=200"], r"policy.hidden_sizes=\[1000000000\]: needs"),
+    (["algo=gorl_sac", "policy=latent", "policy.decoder_hidden=[1e9]", "env=pendulum", "steps=200"], "policy.decoder_hidden"),
     (["env=pendulum", "env.randomize.action_delay=[[1]]"], r"env.randomize.action_delay=\(\[1\],\): expected a range"),
     (["env=pendulum", "env.randomize.action_delay=[]"], r"env.randomize.action_delay=\(\): expected a range"),  # was max()'s
     # finite but beyond float32: trained, then stopped with "value cannot be converted to type float without overflow"
@@ -128,6 +131,17 @@ def checked(*overrides):
     from robo_rl.validation import validate
 
     validate(resolve_defaults(compose(*overrides)))
+
+
+@pytest.mark.parametrize("overrides, key", [
+    # widths that each fit but whose weight matrix does not (1e10 weights: 40 GB written as the network is initialized)
+    (["algo=sac", "algo.critic_hidden=[100000,100000]"], r"algo.critic_hidden=\[100000, 100000\]: needs"),
+    (["algo=sac", "safety.passivity_aware=true", "safety.cost_critic.hidden=[65536,65536]"], "safety.cost_critic.hidden"),
+    (["algo=ppo", "policy.hidden_sizes=[65537]"], "policy.hidden_sizes"),
+])
+def test_absurd_layer_sizes_are_refused_before_any_network_is_built(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        checked(*overrides, "env=pendulum")
 
 
 @pytest.mark.parametrize("overrides, message", [
