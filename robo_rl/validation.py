@@ -73,6 +73,7 @@ MAX_THREADS = 4096
 COUNT_RANGES = {
     "algo.epochs": (1, 1000, "passes over each rollout per update; the PPO paper's: 10 on MuJoCo"),
     "algo.refit_epochs": (0, 10_000, "passes over the refit data per decoder refit"),
+    "algo.refit_batch_size": (1, 10_000_000, "(s, a) pairs per decoder gradient step in a refit; default 256"),
     "algo.grad_steps": (0, 1000, "gradient-ascent steps on Q per kept action; default 3"),
     "algo.num_critics": (1, 1000, "Q-networks in the ensemble; REDQ's: 10"),
     "safety.cost_critic.num_critics": (1, 1000, "cost Q-networks in the ensemble"),

@@ -103,6 +103,9 @@ def test_unknown_or_mistyped_keys_fail_at_composition(override, words):
     (["algo=sac", "eval.episodes=1e12", "env=pendulum", "steps=200"], r"eval.episodes=1000000000000: must be between 1 and 100,000"),
     (["algo=parl", "algo.grad_steps=1e12", "env=pendulum", "steps=200"], r"algo.grad_steps=1000000000000: must be between 0 and"),
     (["algo=gorl", "algo.refit_epochs=1e12", "env=pendulum", "steps=200"], r"algo.refit_epochs=1000000000000: must be between 0 and"),
+    # 2**63 reached torch.split at the first refit, after the run started: "Overflow when unpacking long long"
+    (["algo=gorl_sac", "policy=latent", "algo.refit_batch_size=9223372036854775808", "env=pendulum", "steps=200"],
+     r"algo.refit_batch_size=9223372036854775808: must be between 1 and"),
     (["algo=sac", "algo.num_critics=1e12", "env=pendulum", "steps=200"], r"algo.num_critics=1000000000000: must be between 1 and"),
     (["algo=sac", "safety.passivity_aware=true", "safety.cost_critic.num_critics=1e12", "env=pendulum", "steps=200"],
      r"safety.cost_critic.num_critics=1000000000000: must be between 1 and"),
