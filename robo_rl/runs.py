@@ -197,12 +197,19 @@ def describe_config_edits(edits: list[tuple[str, Any, Any]]) -> str:
 
 
 def directory_problem(path: Path) -> str | None:
-    """Why no run directory can be made at ``path`` (it is a file, or lies under one), or None."""
+    """Why no run directory can be made or written at ``path`` (it is a file, or lies under one, or the nearest existing
+    directory is not writable by this process), or None."""
     blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
     if blocker == path:
         return "that is a file, not a directory; choose a directory"
     if blocker is not None:
         return f"{blocker} is a file, so no directory can be made under it; choose another path"
+    # a directory without write permission (or on a read-only filesystem) failed with a bare PermissionError, from
+    # Hydra's mkdir on the command line, from the run's lock from Python
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        what = "that directory" if existing == path else str(existing)
+        return f"{what} is not writable by this user, so the run cannot be written there; choose another path"
     return None
 
 

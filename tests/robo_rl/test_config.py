@@ -634,6 +634,22 @@ def test_the_python_api_refuses_what_the_cli_cannot_pass(tmp_path, monkeypatch):
     with pytest.raises(TypeError, match="train\\(cfg\\) takes the config compose_config\\(\\[...\\]\\) returns, got dict"):
         train({"algo": {"name": "sac"}}, "runs/x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+    # a directory this user may not write in (root may write anywhere: os.access stands in for another user's view)
+    import os
+
+    import robo_rl.runs
+
+    (tmp_path / "locked").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(robo_rl.runs.os, "access", lambda p, mode: Path(p).name != "locked" and real_access(p, mode))
+    for run_dir, words in (("locked/run", "locked is not writable by this user"),
+                           ("locked", "that directory is not writable by this user")):
+        with pytest.raises(ConfigError, match=f"train\\(cfg, run_dir='{run_dir}'\\): {words}, so the run cannot be"):
+            train(compose("algo=sac", *FAST), run_dir)
+    from robo_rl.commands.train import run_dir_problem
+
+    assert "locked is not writable by this user" in run_dir_problem(["algo=sac", "run_dir=locked/run"])
+    assert list((tmp_path / "locked").iterdir()) == []
 
 
 def test_progress_lines_need_a_positive_interval():  # (FAST sets log.progress_seconds, so not in the table above)
