@@ -74,6 +74,11 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
     watchdog_config = WatchdogConfig.from_dict(dog)  # its values checked now, not after the simulator is built
     runtime = PolicyRuntime(export, threads=threads)
     report_path = check_report_path(out) if out is not None else None  # after the export's own checks
+    if report_path is not None:  # the report written over policy.json or the model would destroy the export it ran
+        for own in (runtime.sidecar_path, runtime.model_path):
+            if report_path.resolve() == own.resolve():
+                raise ValueError(f"out={out}: that is the export's own {own.name}, which the report would replace; "
+                                 f"choose another report path, e.g. {own.parent / 'deploy.json'}")
     chain = safety.get("filters") if isinstance(safety, dict) else safety  # ControlLoop also takes {filters: [...]}
     filters_run = chain if safety is not None else runtime.sidecar.get("safety", {}).get("filters")
     kwargs = runtime.task_kwargs if task in (None, runtime.task) else {}  # another task: its own defaults

@@ -1013,3 +1013,15 @@ def test_deploy_from_python_runs_steps_alone_as_many_steps_as_the_cli_does(tmp_p
     assert report["loop"]["steps"] == 30 and report["episodes"] == 7
     report = deploy(str(export), sim2sim=short, log=lambda _: None)
     assert report["episodes"] == 5 and report["loop"]["steps"] == 20
+
+
+@pytest.mark.parametrize("name", ["policy.json", "policy.onnx"])
+def test_deploy_refuses_a_report_path_that_is_the_export_s_own_file(tmp_path: Path, name: str) -> None:
+    # out=<export>/policy.json wrote the report over the sidecar: the export could never be deployed again
+    export = make_export(tmp_path / "e", obs_dim=4, act_dim=1, low=-3.0, high=3.0, task="InvertedPendulum-v5")
+    before = (export / name).read_bytes()
+    lines: list[str] = []
+    with pytest.raises(ValueError, match=rf"out=.*{name}: that is the export's own {name}"):
+        deploy(str(export), steps=5, out=export / name, log=lines.append)
+    assert not lines and (export / name).read_bytes() == before  # refused before anything ran
+
