@@ -171,6 +171,9 @@ class MujocoSim2SimRobot(Robot):
         spec = getattr(self.env, "spec", None)  # the time limit asked for, else the task's registered one
         _check_latency(self.action_latency, getattr(spec, "max_episode_steps", None), self.task)
         space = self.env.action_space
+        if not (hasattr(space, "low") and hasattr(space, "high")):  # Discrete, MultiBinary, Dict, ...
+            raise ValueError(f"task={self.task}: its action space is {type(space).__name__}, not a Box; the sim2sim "
+                             "robot sends continuous commands: pass the task the policy was trained on")
         self.action_dim = int(np.prod(space.shape))
         self.action_dtype = np.dtype(space.dtype)  # what env.step gets: the loop filters at it
         self.observation_dim = int(np.prod(self.env.observation_space.shape))

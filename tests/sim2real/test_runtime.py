@@ -1025,3 +1025,9 @@ def test_deploy_refuses_a_report_path_that_is_the_export_s_own_file(tmp_path: Pa
         deploy(str(export), steps=5, out=export / name, log=lines.append)
     assert not lines and (export / name).read_bytes() == before  # refused before anything ran
 
+
+def test_deploy_on_a_task_with_discrete_actions_names_the_task(tmp_path: Path) -> None:
+    # task=CartPole-v1 was an AttributeError ('Discrete' object has no attribute 'low') from the sim2sim robot
+    export = make_export(tmp_path / "e", obs_dim=4, act_dim=1, low=-3.0, high=3.0, task="InvertedPendulum-v5")
+    with pytest.raises(ValueError, match=r"task=CartPole-v1: its action space is Discrete, not a Box"):
+        deploy(str(export), task="CartPole-v1", steps=5, log=lambda _: None)
