@@ -54,7 +54,7 @@ def unquoted(value: str) -> str:
 
 def parse_options(args: Sequence[str], schema: type, command: str) -> Any:
     """key=value arguments checked against a dataclass: unknown keys and wrong types fail with the key named."""
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
     from robo_rl.config import boolean_keys, boolean_problem, integer_keys, integral_literals
@@ -67,7 +67,13 @@ def parse_options(args: Sequence[str], schema: type, command: str) -> Any:
     if bad:
         raise ValueError(f"expected key=value arguments, got {' '.join(bad)} (see robo-rl {command} --help)")
     try:
-        opts = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(list(args)))
+        given = OmegaConf.from_dotlist(list(args))
+        for key, node in OmegaConf.structured(schema).items_ex(resolve=False):
+            if isinstance(node, DictConfig) and key in given and not isinstance(given[key], DictConfig):
+                # sim2sim=bogus was "Merge error: str is not a subclass of Sim2SimOptions", naming no key
+                raise ValueError(f"{key}={given[key]}: {key} is a group of keys, set one at a time: "
+                                 f"{', '.join(f'{key}.{k}=...' for k in node.keys())} (see robo-rl {command} --help)")
+        opts = OmegaConf.merge(OmegaConf.structured(schema), given)
         for key in opts.keys():
             if OmegaConf.is_missing(opts, key):
                 raise ValueError(f"{key}=<dir> is required (see robo-rl {command} --help)")

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from tests.test_cli import TINY, robo_rl
 
@@ -98,3 +99,13 @@ def test_eval_reports_the_energy_cost_with_the_runs_filters(tmp_path):
     assert len(result["costs"]) == 2 and all(c >= 0 for c in result["costs"]) and result["cost_key"] == "cost"
     assert result["cost_mean"] == sum(result["costs"]) / 2 and f"cost {result['cost_mean']:.3g} per episode" in out
     assert result["safety_filters"] == ["box", "energy_tank"]  # eval.json names the filters that acted
+
+
+@pytest.mark.parametrize("arg, group", [("sim2sim=bogus", "sim2sim"), ("sim2sim=1", "sim2sim"), ("watchdog=[1]", "watchdog")])
+def test_deploy_names_a_group_key_given_one_value(arg, group, capsys):
+    # was "Merge error: str is not a subclass of Sim2SimOptions", naming neither the key nor what it takes
+    from robo_rl.commands.export import deploy_main
+
+    assert deploy_main(["export=nowhere", arg]) == 2
+    err = capsys.readouterr().err
+    assert f"{arg.split('=')[0]}=" in err and f"{group} is a group of keys" in err and f"{group}.max_" in err
