@@ -59,7 +59,7 @@ def check_out_dir(out_dir: str | Path, key: str = "out_dir",
     writable. Nothing is created here.
     """
     if not str(out_dir).strip():
-        raise ValueError(f"{key}={out_dir!r}: give a directory, or leave {key} unset for the default")
+        raise ValueError(f"{key}={str(out_dir)!r}: give a directory, or leave {key} unset for the default")
     path = Path(out_dir)
     if os.path.lexists(path) and not path.is_dir():
         raise ValueError(f"{key}={out_dir}: {path} exists and is not a directory; choose another {key} ({holds})")

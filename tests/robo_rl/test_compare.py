@@ -344,6 +344,13 @@ def test_an_out_dir_that_cannot_be_made_is_one_line(tmp_path, capsys):
     assert "choose another out_dir" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_blank_out_dir_is_named_as_given(tmp_path, capsys):
+    # out_dir=' ' read "out_dir=PosixPath(' ')"
+    write_run(tmp_path / "run", 0, 1.0, [(10, 1.0)])
+    assert main(["compare", f"runs={tmp_path / 'run'}", "out_dir=' '"]) == 2
+    assert "robo-rl: error: out_dir=' ': give a directory" in capsys.readouterr().err
+
+
 def test_a_directory_where_a_run_file_belongs_is_named(tmp_path):
     write_run(tmp_path / "run", 0, 1.0, [(10, 1.0)])
     for name in ("summary.json", "metrics.csv"):
