@@ -96,13 +96,18 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
 
         built = build_chain(spec, runtime.act_dim, runtime.obs_dim, control_dt)
     clock: Callable[[], float] = time.monotonic if realtime else SimulatedClock()
-    sim = MujocoSim2SimRobot(task, control_dt=control_dt, clock=clock, env_kwargs=kwargs, **options)
+
+    def check_task(env: Any) -> None:  # the policy fits the task: judged before the task's timing or latency
+        obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+        if obs_dim != runtime.obs_dim or act_dim != runtime.act_dim:
+            raise ValueError(f"task {task} has observation/action dims {obs_dim}/{act_dim}, the export "
+                             f"{runtime.obs_dim}/{runtime.act_dim}: pass the task the policy was trained on")
+        check_action_bounds(runtime, env.action_space, task)
+
+    sim = MujocoSim2SimRobot(task, control_dt=control_dt, clock=clock, env_kwargs=kwargs, check_task=check_task,
+                             **options)
     sim.connect()
     try:
-        if sim.observation_dim != runtime.obs_dim or sim.action_dim != runtime.act_dim:
-            raise ValueError(f"task {task} has observation/action dims {sim.observation_dim}/{sim.action_dim}, the export "
-                             f"{runtime.obs_dim}/{runtime.act_dim}: pass the task the policy was trained on")
-        check_action_bounds(runtime, sim.env.action_space, task)
         if not sim.dt:  # the loop runs at 1 / dt
             raise ValueError(f"{task} does not say how long one of its steps lasts (its env has no dt, and the export "
                              "no control rate): give the rate it runs at, rate_hz=<Hz>")

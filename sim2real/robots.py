@@ -114,12 +114,15 @@ class MujocoSim2SimRobot(Robot):
     factors, e.g. {"mass_scale": [0.8, 1.2]}, drawn per body/joint/actuator (friction: one for all geoms) at every reset;
     clock: timestamps observations, and is advanced by control_dt per command if it is a
     ``SimulatedClock``. Finished episodes land in ``episode_returns`` / ``episode_lengths``.
+    check_task: called with the made env (a Box action space) at connect, before anything else is set up, e.g. to
+    refuse a task the policy was not trained on before its timing or latency is judged.
     """
 
     def __init__(self, task: str, control_dt: float | None = None, timestep: float | None = None,
                  action_latency: int = 0, observation_noise: float | list[float] = 0.0,
                  physics: dict[str, Any] | None = None, seed: int = 0, max_episode_steps: int | None = None,
-                 clock: Callable[[], float] | None = None, env_kwargs: dict[str, Any] | None = None) -> None:
+                 clock: Callable[[], float] | None = None, env_kwargs: dict[str, Any] | None = None,
+                 check_task: Callable[[Any], None] | None = None) -> None:
         if not _is_whole(action_latency) or action_latency < 0:
             raise ValueError(f"sim2sim.action_latency={action_latency!r}: expected a whole number of steps >= 0")
         try:
@@ -147,6 +150,7 @@ class MujocoSim2SimRobot(Robot):
         self.seed, self.env_kwargs = int(seed), dict(env_kwargs or {})
         self.max_episode_steps = int(max_episode_steps) if max_episode_steps is not None else None
         self.clock = clock or time.monotonic
+        self.check_task = check_task
         self.env: Any = None
         self.episode_returns: list[float] = []
         self.episode_lengths: list[int] = []
@@ -168,12 +172,14 @@ class MujocoSim2SimRobot(Robot):
             raise
 
     def _set_up(self) -> None:
-        spec = getattr(self.env, "spec", None)  # the time limit asked for, else the task's registered one
-        _check_latency(self.action_latency, getattr(spec, "max_episode_steps", None), self.task)
         space = self.env.action_space
         if not (hasattr(space, "low") and hasattr(space, "high")):  # Discrete, MultiBinary, Dict, ...
             raise ValueError(f"task={self.task}: its action space is {type(space).__name__}, not a Box; the sim2sim "
                              "robot sends continuous commands: pass the task the policy was trained on")
+        if self.check_task is not None:
+            self.check_task(self.env)
+        spec = getattr(self.env, "spec", None)  # the time limit asked for, else the task's registered one
+        _check_latency(self.action_latency, getattr(spec, "max_episode_steps", None), self.task)
         self.action_dim = int(np.prod(space.shape))
         self.action_dtype = np.dtype(space.dtype)  # what env.step gets: the loop filters at it
         self.observation_dim = int(np.prod(self.env.observation_space.shape))

@@ -808,6 +808,18 @@ def test_deploy_report_says_which_filters_and_watchdog_ran_and_the_exports_rate(
     assert "at 50.0 Hz (the export's rate is 25 Hz: each command lasts 20 ms instead of 40 ms)" in lines[0]
 
 
+def test_deploy_on_another_task_is_refused_for_the_policy_not_the_tasks_timing(tmp_path: Path) -> None:
+    # a Hopper export (8 ms per command) on InvertedPendulum-v5 (20 ms physics steps): what is wrong is the task, not
+    # the rate, so the message is the dims', not "the control period is not a whole number of physics steps"
+    export = make_export(tmp_path / "e", obs_dim=11, act_dim=3, task="Hopper-v5", dt=0.008)
+    with pytest.raises(ValueError, match=r"task InvertedPendulum-v5 has observation/action dims 4/1, the export 11/3"):
+        deploy(str(export), task="InvertedPendulum-v5", steps=5, log=lambda _: None)
+    # the same for the action bounds, and before a latency the other task's time limit could not hold
+    narrow = make_export(tmp_path / "n", obs_dim=4, act_dim=1, low=-1.0, high=1.0, task="Hopper-v5", dt=0.008)
+    with pytest.raises(ValueError, match=r"task InvertedPendulum-v5 acts within \[-3, 3\]"):
+        deploy(str(narrow), task="InvertedPendulum-v5", sim2sim={"action_latency": 5000}, steps=5, log=lambda _: None)
+
+
 def test_deploy_builds_the_task_with_its_training_keyword_arguments(tmp_path: Path) -> None:
     # Hopper with its x position kept in the observation: 12 values instead of 11
     export = make_export(tmp_path / "e", obs_dim=12, act_dim=3, task="Hopper-v5", dt=0.008)
