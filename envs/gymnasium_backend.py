@@ -59,7 +59,7 @@ def check_task_id(task_id: str) -> gym.envs.registration.EnvSpec:
         close = difflib.get_close_matches(name, list(gym.registry), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         where = f" (after importing {module!r})" if module else ""
-        raise ValueError(f"unknown gymnasium task id {name!r}{where}{hint} ({exc})") from None
+        raise ValueError(f"env.id={task_id}: unknown gymnasium task id {name!r}{where}{hint} ({exc})") from None
 
 
 def _newer_version(spec: gym.envs.registration.EnvSpec) -> str:
@@ -340,8 +340,11 @@ class GymnasiumBatchedEnv(BatchedEnv):
         fps = probe.metadata.get("render_fps")
         self.dt = float(getattr(probe.unwrapped, "dt", 0.0) or 0.0) or (1.0 / fps if fps else None)
         physics = probe_model is not None and type(probe_model).__name__ == "MjModel"  # factors settable
-        if wants_physics and not physics:
-            _PhysicsAtReset(probe)  # raises, saying why
+        if wants_physics and not physics:  # named by its keys (randomize=mild|strong sets them too)
+            probe.close()
+            keys = ", ".join(f"env.randomize.{name}" for name in self.randomize.physics)
+            raise ValueError(f"{task_id} is not a MuJoCo task, so it has no physics for {keys} to scale: set them to "
+                             "null, or randomize=off (observation/action noise and delay work with any task)")
         if physics and self.randomize is not None and self.randomize.actuator_gain_scale is not None:
             problem = gain_problem(probe_model)  # before building the sub-envs (the Randomizer checks it too)
             if problem:

@@ -137,7 +137,7 @@ def test_async_warns_when_it_starts_more_workers_than_cpus(monkeypatch):
 def test_module_colon_id_errors_say_what_is_missing():
     with pytest.raises(ValueError, match="cannot import 'no_such_package_xyz'.*PYTHONPATH"):
         make_env("no_such_package_xyz:Thing-v0")
-    with pytest.raises(ValueError, match="unknown gymnasium task id 'Hoper-v5' \\(after importing 'tests.helpers'\\); "
+    with pytest.raises(ValueError, match="env.id=tests.helpers:Hoper-v5: unknown gymnasium task id 'Hoper-v5' \\(after importing 'tests.helpers'\\); "
                                          "did you mean Hopper-v5"):
         make_env("tests.helpers:Hoper-v5")
 

@@ -214,8 +214,9 @@ def test_gymnasium_backend_draws_new_factors_at_autoreset_and_refuses_non_mujoco
     for _ in range(3):
         env.step(torch.zeros(2, 3))
     assert not torch.equal(env.physics_params()["body_mass_scale"], first)
-    with pytest.raises(ValueError, match="physics randomization needs a MuJoCo task"):
-        make_env("Pendulum-v1", 1, backend="gymnasium", randomize={"body_mass_scale": [0.9, 1.1]})
+    with pytest.raises(ValueError, match=r"Pendulum-v1 is not a MuJoCo task, so it has no physics for "
+                                         r"env\.randomize\.body_mass_scale, env\.randomize\.gravity_scale to scale"):
+        make_env("Pendulum-v1", 1, backend="gymnasium", randomize={"body_mass_scale": [0.9, 1.1], "gravity_scale": [1, 2]})
     noisy = make_env("Pendulum-v1", 16, backend="gymnasium", randomize={"obs_noise_std": 0.1})  # noise works anywhere
     clean = make_env("Pendulum-v1", 16, backend="gymnasium")
     diff = noisy.reset(seed=0) - clean.reset(seed=0)
