@@ -337,11 +337,14 @@ class Runner(RunnerCheckpoints, abc.ABC):
                         next_ckpt = (self.step // cfg.checkpoint.every + 1) * cfg.checkpoint.every
                     paused += time.perf_counter() - t_pause  # the ETA leaves evaluations and checkpoints out of the pace
                     last_eval = self.eval_history[-1] if self.eval_history else None
-                    progress.maybe_print(
-                        self.step, mean_of(self.recent_returns),
-                        (last_eval["return_mean"], last_eval["return_std"]) if last_eval else None,
-                        recent_cost=mean_of(self.recent_costs) if self.recent_costs else None, paused=paused,
-                    )
+                    if self.step < self.total_steps:  # the last step's line is the closing one, after the loop: a
+                        # periodic line here came after the final evaluation and save (eval.every dividing steps, the
+                        # default) and showed their time as the pace ("3 steps/s" just before "done: ... 118 steps/s")
+                        progress.maybe_print(
+                            self.step, mean_of(self.recent_returns),
+                            (last_eval["return_mean"], last_eval["return_std"]) if last_eval else None,
+                            recent_cost=mean_of(self.recent_costs) if self.recent_costs else None, paused=paused,
+                        )
                     if stop.signum is not None:
                         status, stopped = self._interrupted(stop.signum, t_start)
                         raise stopped

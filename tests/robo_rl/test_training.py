@@ -1485,3 +1485,32 @@ def test_a_base_exception_inside_the_loop_is_not_summarised_as_completed(tmp_pat
     with pytest.raises(Terminated):
         train(compose(*FAST, "algo=sac", "env=pendulum", "steps=200"), tmp_path / "run")
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "stopped: Terminated"
+
+
+def test_a_runs_closing_progress_line_leaves_out_the_final_evaluation(monkeypatch, tmp_path):
+    # eval.every dividing steps (the default) puts the final evaluation and save inside the loop: a periodic line
+    # after them, at the last step, showed their time as the pace ("0 steps/s" before "done: ... N steps/s") and
+    # took the closing line's place. A fake clock: 1 ms per reading, 100 s per evaluation.
+    import time
+
+    import robo_rl.runners.base as runner_base
+
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 1e-3
+        return now[0]
+
+    def slow_evaluate(*args, **kwargs):
+        now[0] += 100.0
+        return evaluate(*args, **kwargs)
+
+    evaluate = runner_base.evaluate
+    monkeypatch.setattr(time, "perf_counter", clock)
+    monkeypatch.setattr(runner_base, "evaluate", slow_evaluate)
+    train(compose(*SMALL_SAC, "steps=300", "eval.every=150", "log.progress_seconds=1e-6"), tmp_path / "run")
+    lines = [line for line in (tmp_path / "run" / "train.log").read_text().splitlines() if "[sac " in line]
+    closing = lines[-1]
+    assert "step 300/300 (100%)" in closing and "eval " in closing
+    assert float(closing.split(" steps/s")[0].rsplit("| ", 1)[1].replace(",", "")) >= 10  # ms per step: ~100s/s
+    assert sum("step 300/300" in line for line in lines) == 1
