@@ -187,7 +187,6 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, cli_overrides: Ite
     if not listed or not all(isinstance(o, str) for o in cli_overrides):
         raise TypeError(f"train(cfg, run_dir, cli_overrides) takes a list of key=value strings, e.g. ['steps=200000']; "
                         f"got {cli_overrides!r}")
-    setup_console_logging()
     if run_dir is None:
         run_dir = cfg.resume or cfg.run_dir
         if run_dir is None:
@@ -200,11 +199,16 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, cli_overrides: Ite
     problem = directory_problem(Path(run_dir))
     if problem is not None:
         raise ConfigError(f"train(cfg, run_dir={str(run_dir)!r}): {problem}")
+    caller_level = log.level  # the caller's own choice for the robo_rl logger (NOTSET: none), put back at the end
+    setup_console_logging()  # INFO on the logger while the run lasts: train.log gets every line
+    # a caller that quieted the robo_rl logger (setLevel(WARNING): no progress lines) keeps it quiet on the console and
+    # in its own handlers; train.log still gets every line
+    quiet = [(h, _AtLeast(caller_level)) for h in log.handlers] if caller_level > logging.INFO else []
     held = _Held()
     log.addHandler(held)
     # each warning once in the run (each handler its own filter: what the console has shown, train.log must still get)
     once = [(h, OnceEach()) for h in log.handlers if getattr(h, "_robo_rl", False) or h is held]
-    for handler, each in once:
+    for handler, each in [*once, *quiet]:
         handler.addFilter(each)
     threads = torch.get_num_threads()  # threads= applies to the run, not to the caller's process afterwards
     try:
@@ -214,9 +218,21 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, cli_overrides: Ite
             return _train(cfg, Path(run_dir), cli_overrides, held)
     finally:
         log.removeHandler(held)
-        for handler, each in once:
+        for handler, each in [*once, *quiet]:
             handler.removeFilter(each)
+        log.setLevel(caller_level)
         torch.set_num_threads(threads)
+
+
+class _AtLeast(logging.Filter):
+    """Passes records at ``level`` or above (a handler's own level would outlast the run, or be the caller's)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
 
 
 def _refuse_second_run_dir(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> None:

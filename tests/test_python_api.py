@@ -437,6 +437,34 @@ def test_train_puts_back_the_callers_mujoco_warning_handler(tmp_path):
         mujoco.set_mju_user_warning(None)
 
 
+def test_a_caller_that_quieted_the_robo_rl_logger_keeps_it_quiet_and_train_log_complete(tmp_path):
+    # logging.getLogger("robo_rl").setLevel(WARNING) in a notebook: train() set the logger to INFO, so the progress
+    # lines came anyway, in this run and every later one
+    import logging
+
+    from robo_rl.train import compose_config, train
+
+    logger = logging.getLogger("robo_rl")
+    before = logger.level
+    seen: list[logging.LogRecord] = []
+    mine = logging.Handler()
+    mine.emit = seen.append  # type: ignore[method-assign]
+    logger.addHandler(mine)
+    logger.setLevel(logging.WARNING)
+    try:
+        train(compose_config([*TINY_SAC, "algo.learning_starts=200"]), tmp_path / "run")  # warns: no update in 101 steps
+        assert logger.level == logging.WARNING
+        assert seen and all(r.levelno >= logging.WARNING for r in seen), [r.getMessage() for r in seen]
+        assert "done: 101 steps" in (tmp_path / "run" / "train.log").read_text()  # the run's own log has every line
+        seen.clear()
+        logger.setLevel(logging.NOTSET)  # no choice made: the run's INFO lines, and NOTSET again afterwards
+        train(compose_config(TINY_SAC), tmp_path / "run2")
+        assert logger.level == logging.NOTSET and any("done: 101 steps" in r.getMessage() for r in seen)
+    finally:
+        logger.removeHandler(mine)
+        logger.setLevel(before)
+
+
 def test_a_run_and_its_comparison_leave_the_callers_matplotlib_backend(tmp_path):
     # the learning curve and compare.png were drawn through pyplot after matplotlib.use("Agg"): a notebook's backend
     # (its inline figures) was switched to Agg for the rest of the session
