@@ -335,7 +335,11 @@ def _make(task: str, max_episode_steps: int | None, kwargs: dict[str, Any]) -> A
     try:
         return gym.make(task, max_episode_steps=max_episode_steps, **kwargs)
     except gym.error.Error as exc:
-        raise ValueError(f"task={task!r}: {exc}") from exc
+        import difflib
+
+        close = difflib.get_close_matches(task, list(gym.registry), n=3, cutoff=0.5) if task not in gym.registry else []
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"task={task!r}: {str(exc).rstrip('.') if hint else exc}{hint}") from exc
     except ImportError as exc:  # the task's own import (Hopper-v3: mujoco-py, Pusher-v4: mujoco<3) or a module:Id's module
         raise ValueError(f"task={task!r} cannot be built here, it needs a package that is not installed (or another "
                          f"version of one): {type(exc).__name__}: {exc}") from None

@@ -818,6 +818,8 @@ def test_deploy_on_another_task_is_refused_for_the_policy_not_the_tasks_timing(t
     narrow = make_export(tmp_path / "n", obs_dim=4, act_dim=1, low=-1.0, high=1.0, task="Hopper-v5", dt=0.008)
     with pytest.raises(ValueError, match=r"task InvertedPendulum-v5 acts within \[-3, 3\]"):
         deploy(str(narrow), task="InvertedPendulum-v5", sim2sim={"action_latency": 5000}, steps=5, log=lambda _: None)
+    with pytest.raises(ValueError, match=r"task='Hoper-v5': .*; did you mean Hopper-v5"):  # a typo: the close ids
+        deploy(str(export), task="Hoper-v5", steps=5, log=lambda _: None)
 
 
 def test_deploy_builds_the_task_with_its_training_keyword_arguments(tmp_path: Path) -> None:
