@@ -187,18 +187,25 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, cli_overrides: Ite
     if not listed or not all(isinstance(o, str) for o in cli_overrides):
         raise TypeError(f"train(cfg, run_dir, cli_overrides) takes a list of key=value strings, e.g. ['steps=200000']; "
                         f"got {cli_overrides!r}")
+    resume = cfg.get("resume")
+    if isinstance(resume, str) and not resume.strip():  # not "no resume": a new run started where one was to continue
+        raise ConfigError(f"resume={resume!r} is blank (an unset shell variable?): give the directory of the run to "
+                          "continue, e.g. resume=runs/hc-sac, or leave resume= out to start a new run")
     if run_dir is None:
         run_dir = cfg.resume or cfg.run_dir
         if run_dir is None:
             raise ConfigError("train(cfg) needs a run directory: pass run_dir, or set run_dir= (or resume=) in cfg")
-    elif not cli_overrides:  # from Python with a composed config
-        _refuse_second_run_dir(cfg, run_dir)
+        where = f"{'resume' if cfg.resume else 'run_dir'}={run_dir}"  # the key that named it
+    else:
+        if not cli_overrides:  # from Python with a composed config
+            _refuse_second_run_dir(cfg, run_dir)
+        where = f"train(cfg, run_dir={str(run_dir)!r})"
     if not isinstance(run_dir, (str, os.PathLike)) or not str(run_dir).strip():
         raise ConfigError(f"train(cfg, run_dir={run_dir!r}): run_dir must name a directory (a str or Path)"
                           + ("; '' would write the run into the working directory" if isinstance(run_dir, str) else ""))
     problem = directory_problem(Path(run_dir))
     if problem is not None:
-        raise ConfigError(f"train(cfg, run_dir={str(run_dir)!r}): {problem}")
+        raise ConfigError(f"{where}: {problem}")
     caller_level = log.level  # the caller's own choice for the robo_rl logger (NOTSET: none), put back at the end
     setup_console_logging()  # INFO on the logger while the run lasts: train.log gets every line
     # a caller that quieted the robo_rl logger (setLevel(WARNING): no progress lines) keeps it quiet on the console and

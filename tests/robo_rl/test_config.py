@@ -631,6 +631,14 @@ def test_the_python_api_refuses_what_the_cli_cannot_pass(tmp_path, monkeypatch):
                            ("a_file/run", "a_file is a file, so no directory can be made under it")):
         with pytest.raises(ConfigError, match=f"train\\(cfg, run_dir='{run_dir}'\\): {words}"):
             train(compose("algo=sac", *FAST), run_dir)
+    # named in cfg, the directory is named by its key: resume= was reported as run_dir=
+    with pytest.raises(ConfigError, match="resume=a_file: that is a file, not a directory"):
+        train(compose("algo=sac", *FAST, "resume=a_file"))
+    with pytest.raises(ConfigError, match="run_dir=a_file: that is a file, not a directory"):
+        train(compose("algo=sac", *FAST, "run_dir=a_file"))
+    for blank in ("", "  "):  # an unset shell variable: not a new run in a directory of its own
+        with pytest.raises(ConfigError, match=f"resume='{blank}' is blank .*leave resume= out to start a new run"):
+            train(compose("algo=sac", *FAST, f"resume='{blank}'"), "runs/x")
     with pytest.raises(TypeError, match="train\\(cfg\\) takes the config compose_config\\(\\[...\\]\\) returns, got dict"):
         train({"algo": {"name": "sac"}}, "runs/x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
