@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Sequence
+from typing import Any, Sequence, get_type_hints
 
 log = logging.getLogger("robo_rl")
 
@@ -68,7 +68,14 @@ def parse_options(args: Sequence[str], schema: type, command: str) -> Any:
         raise ValueError(f"expected key=value arguments, got {' '.join(bad)} (see robo-rl {command} --help)")
     try:
         given = OmegaConf.from_dotlist(list(args))
-        for key, node in OmegaConf.structured(schema).items_ex(resolve=False):
+        structured = OmegaConf.structured(schema)
+        for key in structured.keys():  # run_dir= blank (an unset shell variable) was "Incompatible value 'None' ..."
+            blank = key in given and (given[key] is None or (isinstance(given[key], str) and not given[key].strip()))
+            if OmegaConf.is_missing(structured, key) and blank and get_type_hints(schema).get(key) is str:
+                typed = [a.partition("=")[2].strip() for a in args if a.partition("=")[0] == key][-1:]
+                said = f"{key}=null" if typed == ["null"] else f"{key}= is blank (an unset shell variable?)"
+                raise ValueError(f"{said}: {key}=<dir> is required (see robo-rl {command} --help)")
+        for key, node in structured.items_ex(resolve=False):
             if isinstance(node, DictConfig) and key in given and not isinstance(given[key], DictConfig):
                 # sim2sim=bogus was "Merge error: str is not a subclass of Sim2SimOptions", naming no key
                 raise ValueError(f"{key}={given[key]}: {key} is a group of keys, set one at a time: "

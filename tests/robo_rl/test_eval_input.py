@@ -72,6 +72,16 @@ def test_video_episodes_without_video_is_refused(tmp_path, capsys):
     assert code == 2 and "video_episodes=5 has no effect without a video: add video=true" in _one_line_error(err)
 
 
+@pytest.mark.parametrize("command", ["eval", "export"])
+@pytest.mark.parametrize("value, said", [("", "run_dir= is blank (an unset shell variable?)"), (" ", "run_dir= is blank (an unset shell variable?)"),
+                                         ("null", "run_dir=null")])
+def test_a_blank_run_dir_is_said_so(capsys, command, value, said):
+    # run_dir=$RUN with RUN unset was "run_dir: Incompatible value 'None' for field of type 'str'"
+    code = (eval_main if command == "eval" else export_main)([f"run_dir={value}"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{said}: run_dir=<dir> is required (see robo-rl {command} --help)" in _one_line_error(err)
+
+
 def test_an_absurd_episode_count_is_refused_before_the_run_is_read(tmp_path, capsys):
     # episodes=1e12 ran until killed; run_dir=nowhere does not exist: the count is checked first
     code, out, err = _eval(capsys, f"run_dir={tmp_path / 'nowhere'}", "episodes=1e12")
