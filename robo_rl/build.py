@@ -12,6 +12,7 @@ from envs import BatchedEnv, make_env
 from policies import build_head
 from policies.heads import PolicyHead
 from robo_rl.config import RUNNER_KEYS
+from robo_rl.defaults import resolve_defaults
 from robo_rl.validation import ConfigError, changed
 from robo_rl.learners.base import Learner
 from robo_rl.learners.expo import EXPO
@@ -39,6 +40,7 @@ def build_env(cfg: DictConfig, num_envs: int | None = None, vectorization: str |
     """The training env (``randomize=False``: the nominal task, e.g. for evaluation). ``safety=True``: behind the
     run's ``safety.filters`` (a ``SafetyLayer`` that keeps per-episode costs), as ``robo-rl eval`` and training's
     evaluations act; without them a run trained with filters is evaluated on actions it never executed."""
+    cfg = resolve_defaults(cfg)  # one straight from compose_config leaves env.num_envs null: the task's default
     env = cfg.env
     built = make_env(
         env.id,
@@ -122,6 +124,7 @@ def _learner_options(cfg: DictConfig) -> dict[str, Any]:
 
 
 def build_policy(cfg: DictConfig, env: BatchedEnv) -> PolicyHead:
+    cfg = resolve_defaults(cfg)  # the task's and learner's defaults, as build_env and build_runner fill them
     return build_head(
         cfg.policy.name,
         env.obs_dim,
@@ -182,6 +185,7 @@ def build_learner(cfg: DictConfig, policy: PolicyHead, to_act: bool = False) -> 
     from robo_rl.learners.optim import built_to_act
     from robo_rl.runners.safety import safety_settings
 
+    cfg = resolve_defaults(cfg)
     name = cfg.algo.name
     if name not in LEARNERS:
         raise ConfigError(f"algo.name={name}: unknown algorithm; choose one of {', '.join(LEARNERS)}")
@@ -272,7 +276,6 @@ def build_runner(cfg: DictConfig, learner: Learner, env: BatchedEnv, eval_env: B
 
     from pathlib import Path
 
-    from robo_rl.defaults import resolve_defaults
     from robo_rl.runs import directory_problem
     from robo_rl.validation import ConfigError, validate
 

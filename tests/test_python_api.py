@@ -330,6 +330,27 @@ def test_build_runner_takes_a_composed_config_and_a_new_run_dir(tmp_path):
     assert summary["status"] == "completed" and (tmp_path / "new" / "metrics.csv").is_file()
 
 
+@pytest.mark.parametrize("algo", ["sac", "ppo", "gorl"])
+def test_build_env_policy_and_learner_take_a_config_straight_from_compose_config(tmp_path, algo):
+    # compose_config leaves the task's and learner's defaults null (env.num_envs, policy.hidden_sizes, ...): build_env
+    # was "int() argument must be ... not 'NoneType'", build_policy "'NoneType' object is not iterable"
+    from robo_rl.build import build_env, build_learner, build_policy, build_runner
+    from robo_rl.train import compose_config
+
+    from robo_rl.defaults import resolve_defaults
+
+    cadence = "algo.learning_starts=32" if algo == "sac" else "algo.rollout_steps=16"
+    cfg = compose_config([f"algo={algo}", "env=pendulum", "steps=64", cadence, "eval.episodes=1",
+                          "log.tensorboard=false", "log.plot=false"])
+    assert cfg.env.num_envs is None
+    env, eval_env = build_env(cfg), build_env(cfg, num_envs=1)
+    assert env.num_envs == resolve_defaults(cfg).env.num_envs  # the learner's default for the task, as `robo-rl train`
+    learner = build_learner(cfg, build_policy(cfg, env))
+    assert learner.name == algo
+    if algo != "gorl":
+        assert build_runner(cfg, learner, env, eval_env, tmp_path / "run").train()["status"] == "completed"
+
+
 def test_build_runner_refuses_a_learner_the_safety_section_does_not_fit(tmp_path):
     # the CLI refuses these configs before building; by hand, PPO trained behind filters on log-probs of actions it
     # never sent, and a plain SAC under passivity_aware=true ignored the cost while summary.json claimed the constraint
