@@ -134,8 +134,7 @@ def train_main(args: Sequence[str]) -> int:
             code = error(f"sweep: {run_dir} failed before ({failed_before}); left as it is (remove the directory to "
                          "run this job again)", EXIT_FAILED)
         else:
-            StopOnSignal.received = None
-            code = run_training(cfg, run_dir, overrides)
+            code = run_training(cfg, run_dir, overrides)  # (it forgets the signals of the jobs before it)
             if not code and hc.mode.name == "MULTIRUN" and StopOnSignal.received is not None:
                 # the signal came during the job's final evaluation or save, which it waited for: the job is complete,
                 # and the sweep stops all the same (it started the next job, as if there had been no Ctrl-C)
@@ -502,7 +501,8 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
     from envs.base import MissingDependency, WorkerDied
     from robo_rl.checkpoint import CheckpointError
     from robo_rl.validation import ConfigError
-    from robo_rl.runners.stopping import Interrupted, NonFiniteError, RunWriteError, Terminated, raise_terminated
+    from robo_rl.runners.stopping import (Interrupted, NonFiniteError, RunWriteError, StopOnSignal, Terminated,
+                                          raise_terminated)
     from robo_rl.evaluation import EvaluationNotFinished
     from robo_rl.runs import LOCK_FILE
     from robo_rl.train import train
@@ -517,6 +517,7 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
 
     import signal
 
+    StopOnSignal.received = None  # this job's signals only: a repeat of one the job stops for is ignored
     try:
         previous = signal.signal(signal.SIGTERM, raise_terminated)  # the loop installs its own, which saves
     except ValueError:  # not the main thread: signals stay as they are

@@ -400,7 +400,10 @@ class Runner(RunnerCheckpoints, abc.ABC):
             self._stop = None
             elapsed = self.wall_time + time.perf_counter() - t_start
             try:
-                summary = self._finish(elapsed, status, t_start)
+                # a signal now (often a repeat of the one that stopped the run: `kill` twice, a scheduler's second
+                # SIGTERM) waits for the summary: outside the loop's handler it cut the write short or killed the run
+                with StopOnSignal("writing the run's summary, then stopping"):
+                    summary = self._finish(elapsed, status, t_start)
             except OSError as exc:  # the disk that stopped the run may refuse the summary too
                 if status == "completed":
                     raise RunWriteError(f"training completed, but writing {exc.filename or 'summary.json'} failed "

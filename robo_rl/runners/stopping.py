@@ -40,7 +40,11 @@ class Terminated(BaseException):
 
 
 def raise_terminated(signum: int, _frame: Any) -> None:
-    """A SIGTERM handler for the time around the loop (the loop's own handler saves a checkpoint instead)."""
+    """A SIGTERM handler for the time around the loop (the loop's own handler saves a checkpoint instead). A repeat
+    of a signal the run already stops for is ignored: it would cut short the summary and the resume command, and
+    report a run that saved its checkpoint as stopped outside the loop."""
+    if StopOnSignal.received is not None:
+        return
     raise Terminated(signum)
 
 
@@ -52,8 +56,9 @@ class StopOnSignal:
 
     received: int | None = None
 
-    def __init__(self) -> None:
+    def __init__(self, waiting: str = "saving a checkpoint after this iteration (Ctrl-C again to abort)") -> None:
         self.signum: int | None = None
+        self.waiting = waiting  # what the process does before it stops, for the log line a signal gets
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopOnSignal":
@@ -68,7 +73,7 @@ class StopOnSignal:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = StopOnSignal.received = signum
-        log.info(f"received {signal.Signals(signum).name}: saving a checkpoint after this iteration (Ctrl-C again to abort)")
+        log.info(f"received {signal.Signals(signum).name}: {self.waiting}")
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():

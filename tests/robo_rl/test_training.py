@@ -1138,6 +1138,46 @@ def test_a_signal_in_an_iteration_that_checkpointed_saves_once(tmp_path, monkeyp
     assert saved == [200]  # the same state was written twice (twice the wait with a large replay buffer)
 
 
+@pytest.mark.parametrize("where", ["summary", "plot"])
+def test_a_repeated_sigterm_while_an_interrupted_run_writes_its_summary_waits_for_it(tmp_path, monkeypatch, where):
+    # `kill` twice (a stream of SIGTERMs): the repeat reached the CLI's handler (or the default one) after the loop had
+    # saved its checkpoint, cut summary.json short and reported the run as stopped outside the loop (or killed it, -15)
+    import robo_rl.runners.base as base
+    from robo_rl.runners.base import Runner
+    from robo_rl.runners.stopping import StopOnSignal, raise_terminated
+
+    original_evaluate, original_write = Runner._evaluate, getattr(base, "write_text_atomic")
+
+    def evaluate(self, wall, **kwargs):
+        if self.step == 200:
+            signal.raise_signal(signal.SIGTERM)
+        return original_evaluate(self, wall, **kwargs)
+
+    def write(path, text):
+        if where == "summary":
+            signal.raise_signal(signal.SIGTERM)
+        return original_write(path, text)
+
+    def plot(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(Runner, "_evaluate", evaluate)
+    monkeypatch.setattr(base, "write_text_atomic", write)
+    monkeypatch.setattr(base, "plot_learning_curve", plot)
+    monkeypatch.setattr(StopOnSignal, "received", None)
+    previous = signal.signal(signal.SIGTERM, raise_terminated)  # as `robo-rl train` runs a job
+    try:
+        with pytest.raises(Interrupted, match="interrupted by SIGTERM at step 200"):
+            train(compose(*[o for o in SMALL_SAC if o != "log.plot=false"], "steps=400", "eval.every=200",
+                          "checkpoint.every=400"), tmp_path / "run")
+        signal.raise_signal(signal.SIGTERM)  # the run has stopped for a SIGTERM: a late repeat is no new stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "interrupted by SIGTERM" and summary["last_checkpoint"].endswith("step_0000000200")
+    assert "Continue with: robo-rl train resume=" in (tmp_path / "run" / "train.log").read_text()
+
+
 def test_ppo_observation_statistics_count_each_observation_once(tmp_path):
     # the reset observations were counted at the start and again as the first rollout's first row
     train(compose(*SMALL_PPO, "policy.normalize_obs=true", "steps=256", "checkpoint.every=256"), tmp_path / "run")
