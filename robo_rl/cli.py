@@ -8,7 +8,7 @@ import signal
 import sys
 from typing import Sequence
 
-from robo_rl.commands.common import EXIT_USAGE, error
+from robo_rl.commands.common import EXIT_SIGINT, EXIT_USAGE, error
 
 # command -> (module under robo_rl/commands, its entry point); imported when run, so `robo-rl --help` stays quick
 COMMANDS = {
@@ -54,6 +54,9 @@ Run `robo-rl <command> --help` for every option.
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
+    except KeyboardInterrupt:  # a Ctrl-C in the seconds before a command handles its own (torch's import): nothing
+        # of the command was done; it printed a traceback of whichever import it landed in
+        return error("aborted by Ctrl-C", EXIT_SIGINT)
     except BrokenPipeError:
         if not _stdout_reader_gone():  # a pipe of the task's or the robot's: an error like any other
             raise

@@ -316,6 +316,24 @@ def test_an_abort_by_ctrl_c_exits_130_with_one_line(tmp_path, monkeypatch, capsy
     assert capsys.readouterr().err.strip() == "robo-rl: error: aborted by Ctrl-C"
 
 
+def test_a_ctrl_c_while_the_command_starts_exits_130_with_one_line(tmp_path, monkeypatch, capsys):
+    # a Ctrl-C while torch was imported (the first seconds of `robo-rl train resume=...`) printed a traceback
+    import robo_rl.config
+    from robo_rl.cli import main
+
+    def starting(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(robo_rl.config, "register_schemas", starting)
+    try:
+        code = main(["train", f"run_dir={tmp_path / 'run'}"])
+    except KeyboardInterrupt:
+        code = "a traceback"
+    assert code == 128 + signal.SIGINT
+    assert capsys.readouterr().err.strip() == "robo-rl: error: aborted by Ctrl-C"
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_sigterm_before_the_loop_exits_143_with_one_line(tmp_path, monkeypatch, capsys):
     import robo_rl.commands.train as cli
     import robo_rl.train
