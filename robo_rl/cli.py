@@ -8,7 +8,7 @@ import signal
 import sys
 from typing import Sequence
 
-from robo_rl.commands.common import EXIT_SIGINT, EXIT_USAGE, error
+from robo_rl.commands.common import EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, error
 
 # command -> (module under robo_rl/commands, its entry point); imported when run, so `robo-rl --help` stays quick
 COMMANDS = {
@@ -52,8 +52,19 @@ Run `robo-rl <command> --help` for every option.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from robo_rl.runners.stopping import Terminated, raise_terminated
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    previous = None
+    if args[:1] == ["train"]:  # a SIGTERM while it starts (torch's import, Hydra) ended it silently, -15; the
+        try:  # training job installs its own handlers (which save), and puts this one back
+            previous = signal.signal(signal.SIGTERM, raise_terminated)
+        except ValueError:  # not the main thread: signals stay as they are
+            pass
     try:
-        return _main(argv)
+        return _main(args)
+    except Terminated:
+        return error("stopped by SIGTERM outside the training loop; nothing was training", EXIT_SIGTERM)
     except KeyboardInterrupt:  # a Ctrl-C in the seconds before a command handles its own (torch's import): nothing
         # of the command was done; it printed a traceback of whichever import it landed in
         return error("aborted by Ctrl-C", EXIT_SIGINT)
@@ -63,6 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # output piped into a reader that stopped early (`robo-rl train --help | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
         return 128 + signal.SIGPIPE
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _stdout_reader_gone() -> bool:

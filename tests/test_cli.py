@@ -334,6 +334,30 @@ def test_a_ctrl_c_while_the_command_starts_exits_130_with_one_line(tmp_path, mon
     assert not (tmp_path / "run").exists()
 
 
+def test_a_sigterm_while_train_starts_exits_143_with_one_line(tmp_path, monkeypatch, capsys):
+    # before run_training's handler (torch's import, Hydra's composition) the default handler ended it silently (-15)
+    import robo_rl.config
+    from robo_rl.cli import main
+
+    def starting(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)
+
+    def killed(signum, frame):  # what the default handler did
+        raise RuntimeError("the default SIGTERM handler ended the process")
+
+    monkeypatch.setattr(robo_rl.config, "register_schemas", starting)
+    previous = signal.signal(signal.SIGTERM, killed)
+    try:
+        code = main(["train", f"run_dir={tmp_path / 'run'}"])
+        assert signal.getsignal(signal.SIGTERM) is killed  # put back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip() == ("robo-rl: error: stopped by SIGTERM outside the training loop; "
+                                               "nothing was training")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_sigterm_before_the_loop_exits_143_with_one_line(tmp_path, monkeypatch, capsys):
     import robo_rl.commands.train as cli
     import robo_rl.train
