@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from robo_rl.config import flatten_config, saved_unit_actions
+from robo_rl.config import flatten_config, saved_algo_values, saved_unit_actions
 from robo_rl.metrics import (complete_lines, format_duration, format_return, not_a_file, return_decimals,
                              save_figure_atomic)
 
@@ -222,6 +222,8 @@ def load_run(path: Path) -> Run:
     policy = loaded.get("policy")
     if isinstance(policy, dict) and saved_unit_actions(policy) is not None:
         policy["unit_actions"] = saved_unit_actions(policy)  # a run saved before the option: what it trained with
+    if isinstance(loaded.get("algo"), dict):
+        loaded["algo"].update(saved_algo_values(loaded["algo"]))  # the same for a learner's keys
     config = flatten_config(loaded)
     missing = [k for k in ("algo.name", "env.id") if config.get(k) in (None, "")]
     if missing:

@@ -535,6 +535,19 @@ def flatten_config(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: json.dumps(tree) if isinstance(tree, list) else tree}
 
 
+#: learner keys added with a default other than what runs saved before them did: the value those runs trained with
+#: (GoRL before 2026-12-05: a refit reset the latent to std 1 by zeroing its output layer)
+ALGO_VALUES_BEFORE_KEY = {"gorl": {"keep_latent_std": False, "recenter_latent": False}}
+
+
+def saved_algo_values(algo: Any) -> dict[str, Any]:
+    """The keys of ``ALGO_VALUES_BEFORE_KEY`` a saved run's ``algo`` section (a mapping) lacks, with the values it
+    trained with: a resume goes on as the run was trained, not with the newer defaults. ``load_run_config`` and
+    ``robo-rl compare`` read old runs through it."""
+    before = ALGO_VALUES_BEFORE_KEY.get(algo.get("name"), {})
+    return {key: value for key, value in before.items() if key not in algo}
+
+
 def saved_unit_actions(policy: Any) -> bool | None:
     """``policy.unit_actions`` as a saved run's ``policy`` section (a mapping) means it: its own value, else (runs
     saved before 2026-12-05) false for an unsquashed gaussian or mixture head, whose Gaussian was over env units,

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Collection, Iterator
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from robo_rl.config import ALGO_SCHEMAS, POLICY_SCHEMAS, TrainConfig, flatten_config, saved_unit_actions
+from robo_rl.config import (ALGO_SCHEMAS, POLICY_SCHEMAS, TrainConfig, flatten_config, saved_algo_values,
+                            saved_unit_actions)
 from robo_rl.metrics import not_a_file
 from robo_rl.validation import ConfigError
 
@@ -162,6 +163,8 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
     if head in ("gaussian", "mixture") and "unit_actions" not in saved.policy:
         # saved before 2026-12-05, when an unsquashed head's Gaussian was over env units: keep acting as trained
         saved.policy.unit_actions = saved_unit_actions(saved.policy)
+    for key, value in saved_algo_values(saved.algo).items():  # (GoRL's refit reset before 2026-12-05)
+        saved.algo[key] = value
     schema = OmegaConf.structured(TrainConfig)
     schema.algo = OmegaConf.structured(ALGO_SCHEMAS[algo])
     schema.policy = OmegaConf.structured(POLICY_SCHEMAS[head])

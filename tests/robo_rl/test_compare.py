@@ -496,6 +496,26 @@ def test_runs_from_before_policy_unit_actions_group_by_what_they_trained_with(tm
     assert labels == {"policy.unit_actions=False", "policy.unit_actions=True"}
 
 
+def test_gorl_runs_from_before_the_kept_std_group_by_the_reset_they_trained_with(tmp_path):
+    # config.yaml files written before 2026-12-05 have no algo.keep_latent_std / algo.recenter_latent: those runs
+    # reset the latent by zeroing it, as newer runs with both false do, not as the defaults (true) do
+    import yaml
+
+    def run(name, seed, **algo):
+        write_run(tmp_path / name, seed, 100.0, [(1000, 100.0)], algo="gorl")
+        saved = yaml.safe_load((tmp_path / name / "config.yaml").read_text())
+        saved["algo"].update(algo)
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(saved))
+
+    run("old", 0)
+    run("zeroed", 1, keep_latent_std=False, recenter_latent=False)
+    run("recentred", 2, keep_latent_std=True, recenter_latent=True)
+    assert len(compare([tmp_path / "old", tmp_path / "zeroed"])["groups"]) == 1
+    groups = compare([tmp_path / "old", tmp_path / "recentred"])["groups"]
+    assert {g["label"] for g in groups} == {"algo.keep_latent_std=False algo.recenter_latent=False",
+                                            "algo.keep_latent_std=True algo.recenter_latent=True"}
+
+
 def test_a_metrics_row_cut_off_mid_write_is_left_out_not_read_as_a_return(tmp_path, capsys, monkeypatch):
     # a run killed (or whose disk filled) while appending its eval row: "-1373.4" cut to "-13" read as a return of -13
     write_run(tmp_path / "s0", 0, None, [(1000, -1500.0), (2000, -1400.0)], summary=False)

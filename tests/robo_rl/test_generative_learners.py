@@ -633,6 +633,38 @@ def test_a_gorl_run_saved_before_the_latent_scale_loads_for_eval_and_resume(tmp_
     assert summary["steps"] == 512
 
 
+def test_a_gorl_run_saved_before_the_kept_std_resumes_with_the_reset_it_trained_with(tmp_path):
+    # config.yaml files written before 2026-12-05 have no algo.keep_latent_std / algo.recenter_latent: their refits
+    # reset the latent to std 1 by zeroing it. A resume goes on that way; the newer defaults (true, true) would switch
+    # the run to a kept std and a re-centred decoder input at its next refit
+    import yaml
+
+    from robo_rl.checkpoint import latest_checkpoint
+    from robo_rl.runs import load_run
+    from tests.helpers import rewrite_consistently
+
+    cfg = compose("algo=gorl", "env=pendulum", "env.num_envs=8", "algo.rollout_steps=16", "algo.minibatch_size=32",
+                  "algo.epochs=1", "algo.refit_epochs=1", "algo.refit_every=1", "policy.decoder_hidden=[32]",
+                  "steps=128", "eval.episodes=2", "eval.num_envs=2", *FAST)
+    train(cfg, tmp_path / "run")
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    del saved["algo"]["keep_latent_std"], saved["algo"]["recenter_latent"]
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(saved))
+    checkpoint = latest_checkpoint(tmp_path / "run" / "checkpoints")  # (its recorded config, from 2026-12-04, too)
+    state = json.loads((checkpoint / "state.json").read_text())
+    del state["config"]["algo"]["keep_latent_std"], state["config"]["algo"]["recenter_latent"]
+    rewrite_consistently(checkpoint, "state.json", json.dumps(state))
+    cfg = load_run_config(tmp_path / "run")
+    assert cfg.algo.keep_latent_std is False and cfg.algo.recenter_latent is False
+    train(compose(f"resume={tmp_path / 'run'}", "steps=384", *FAST), tmp_path / "run")
+    refits = [float(row["train/refits"]) for row in logged_metrics(tmp_path / "run") if row["train/refits"]]
+    assert sum(refits) >= 1  # a refit since the resume (the first 128 steps made none)
+    policy, cfg = load_run(tmp_path / "run")
+    assert not bool(policy.anchored)  # its refits since the resume zeroed the latent, as before
+    torch.testing.assert_close(policy.latent_scale, torch.ones_like(policy.latent_scale))
+    assert cfg.algo.keep_latent_std is False and cfg.algo.recenter_latent is False  # written back to config.yaml
+
+
 @pytest.mark.parametrize("redraw", [False, True])
 def test_gorl_refit_on_the_policy_keeps_its_spread(redraw, monkeypatch):
     # PPO's unsquashed latent (z = mean + std x, clipped; prior x): the pairing holds there too (see the GoRL-SAC
