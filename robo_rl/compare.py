@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from robo_rl.config import flatten_config, saved_algo_values, saved_unit_actions
+from robo_rl.config import flatten_config, with_schema_defaults
 from robo_rl.metrics import (complete_lines, format_duration, format_return, not_a_file, return_decimals,
                              save_figure_atomic)
 
@@ -219,16 +219,12 @@ def load_run(path: Path) -> Run:
         raise ValueError(f"{path / CONFIG}: not a readable config ({str(exc).splitlines()[0]})") from None
     if not isinstance(loaded, dict):
         raise ValueError(f"{path / CONFIG}: not a run config (a {type(loaded).__name__}, not a mapping of keys)")
-    policy = loaded.get("policy")
-    if isinstance(policy, dict) and saved_unit_actions(policy) is not None:
-        policy["unit_actions"] = saved_unit_actions(policy)  # a run saved before the option: what it trained with
-    if isinstance(loaded.get("algo"), dict):
-        loaded["algo"].update(saved_algo_values(loaded["algo"]))  # the same for a learner's keys
     config = flatten_config(loaded)
     missing = [k for k in ("algo.name", "env.id") if config.get(k) in (None, "")]
     if missing:
         raise ValueError(f"{path / CONFIG}: not a run config (no {' or '.join(missing)} in it; a run's "
                          f"{CONFIG} holds its whole resolved config)")
+    config = flatten_config(with_schema_defaults(loaded))  # (a run saved before a key: the value it trained with)
     warnings: list[str] = []
     not_finite: list[str] = []
     summary = _read_json(path / SUMMARY, numbers=SUMMARY_NUMBERS, not_finite=not_finite)

@@ -548,6 +548,38 @@ def saved_algo_values(algo: Any) -> dict[str, Any]:
     return {key: value for key, value in before.items() if key not in algo}
 
 
+def with_schema_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved run's config (a plain mapping, as read from its config.yaml) with the keys added to the schemas since it
+    was written filled in as the run trained: ``saved_unit_actions``, ``saved_algo_values``, else the schema's default
+    (what ``load_run_config`` gives eval, export and resume). A learner or head this robo-rl does not know gets the
+    run-wide keys only. ``robo-rl compare`` reads runs through it, so an old run and a new one of the same settings
+    are one group, not two split by keys the old one lacks (``precision=None``)."""
+    from omegaconf import OmegaConf
+
+    policy, algo = saved.get("policy"), saved.get("algo")
+    if isinstance(policy, dict) and saved_unit_actions(policy) is not None:
+        policy["unit_actions"] = saved_unit_actions(policy)
+    if isinstance(algo, dict):
+        algo.update(saved_algo_values(algo))
+    schema = OmegaConf.structured(TrainConfig)
+    defaults: dict[str, Any] = OmegaConf.to_container(schema)  # type: ignore[assignment]
+    for group, schemas in (("algo", ALGO_SCHEMAS), ("policy", POLICY_SCHEMAS)):
+        section = saved.get(group)
+        name = section.get("name") if isinstance(section, dict) else None
+        defaults[group] = OmegaConf.to_container(OmegaConf.structured(schemas[name])) if name in schemas else {}
+
+    def fill(into: dict[str, Any], default: dict[str, Any]) -> None:
+        for key, value in default.items():
+            if key not in into:
+                if value != "???":  # (a key without a default: nothing to fill in)
+                    into[key] = value
+            elif isinstance(into[key], dict) and isinstance(value, dict) and key != "kwargs":
+                fill(into[key], value)
+
+    fill(saved, defaults)
+    return saved
+
+
 def saved_unit_actions(policy: Any) -> bool | None:
     """``policy.unit_actions`` as a saved run's ``policy`` section (a mapping) means it: its own value, else (runs
     saved before 2026-12-05) false for an unsquashed gaussian or mixture head, whose Gaussian was over env units,

@@ -116,7 +116,8 @@ def test_keys_implied_by_the_algorithm_stay_out_of_labels(tmp_path):
     write_run(tmp_path / "b", 0, 2.0, [(10, 2.0)], algo="td3", lr=1e-3)
     labels = [g["label"] for g in compare([tmp_path / "a", tmp_path / "b"])["groups"]]
     assert labels == ["algo.name=sac", "algo.name=td3"]  # algo.lr differs only with the algorithm
-    assert compare([tmp_path])["groups"][0]["config"] == {"algo.lr": 3e-4, "algo.name": "sac"}
+    config = compare([tmp_path])["groups"][0]["config"]  # (and the keys in which their schemas' defaults differ)
+    assert {k: config[k] for k in ("algo.lr", "algo.name")} == {"algo.lr": 3e-4, "algo.name": "sac"}
 
 
 def test_keys_implied_by_the_task_stay_out_of_labels(tmp_path):
@@ -514,6 +515,26 @@ def test_gorl_runs_from_before_the_kept_std_group_by_the_reset_they_trained_with
     groups = compare([tmp_path / "old", tmp_path / "recentred"])["groups"]
     assert {g["label"] for g in groups} == {"algo.keep_latent_std=False algo.recenter_latent=False",
                                             "algo.keep_latent_std=True algo.recenter_latent=True"}
+
+
+def test_a_run_saved_before_a_key_was_added_groups_with_newer_runs_of_its_settings(tmp_path):
+    # a run written before precision= and demos.critic_steps existed trained as precision=fp32 and with the critic
+    # pretraining's default: seeds of one setting, before and after, are one group, not two labelled None and fp32
+    import yaml
+
+    from omegaconf import OmegaConf
+
+    from robo_rl.config import compose_config
+
+    for seed in (0, 1):
+        write_run(tmp_path / f"s{seed}", seed, 1.0, [(10, 1.0)])
+        saved = compose_config(["algo=sac", "env=pendulum", f"seed={seed}"])
+        saved = yaml.safe_load(OmegaConf.to_yaml(saved))
+        if seed == 0:
+            del saved["precision"], saved["demos"]["critic_steps"]
+        (tmp_path / f"s{seed}" / "config.yaml").write_text(yaml.safe_dump(saved))
+    (g,) = compare([tmp_path])["groups"]
+    assert [r["seed"] for r in g["runs"]] == [0, 1]
 
 
 def test_a_metrics_row_cut_off_mid_write_is_left_out_not_read_as_a_return(tmp_path, capsys, monkeypatch):
