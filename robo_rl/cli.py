@@ -75,7 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
         return 128 + signal.SIGPIPE
     finally:
-        if previous is not None:
+        if argv is None:  # the robo-rl process, which only exits now: a Ctrl-C or SIGTERM from here on (a repeated one,
+            # a terminal's to the whole process group) killed it in the interpreter's shutdown, exit -2/-15 instead of
+            # the command's code, after a run that had saved its checkpoint or completed
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
+        elif previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 

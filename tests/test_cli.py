@@ -316,6 +316,23 @@ def test_an_abort_by_ctrl_c_exits_130_with_one_line(tmp_path, monkeypatch, capsy
     assert capsys.readouterr().err.strip() == "robo-rl: error: aborted by Ctrl-C"
 
 
+def test_a_second_signal_as_robo_rl_exits_keeps_its_exit_code(tmp_path):
+    # a terminal's Ctrl-C, then a SIGTERM (or a second signal to the process group) after the command had returned:
+    # robo-rl put the default handlers back and the interpreter's shutdown died of it, exit -15 (or -2 after a sweep
+    # that had completed), not the command's 130
+    script = (
+        "import os, signal, sys\n"
+        "import robo_rl.config, robo_rl.cli as cli\n"
+        "robo_rl.config.register_schemas = lambda *a, **k: signal.raise_signal(signal.SIGINT)  # Ctrl-C at start-up\n"
+        "sys.argv = ['robo-rl', 'train', 'run_dir=run']\n"
+        "code = cli.main()\n"
+        "os.kill(os.getpid(), signal.SIGTERM)  # the next signal, as the process exits\n"
+        "sys.exit(code)\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 128 + signal.SIGINT, proc.stderr
+    assert proc.stderr.strip() == "robo-rl: error: aborted by Ctrl-C"
+
+
 def test_a_ctrl_c_while_the_command_starts_exits_130_with_one_line(tmp_path, monkeypatch, capsys):
     # a Ctrl-C while torch was imported (the first seconds of `robo-rl train resume=...`) printed a traceback
     import robo_rl.config
