@@ -818,6 +818,37 @@ def test_a_sweep_interrupted_during_a_job_s_final_evaluation_stops_after_that_jo
     assert json.loads((tmp_path / "sweep" / "seed=0" / "summary.json").read_text())["status"] == "completed"
 
 
+def test_a_ctrl_c_between_two_jobs_of_a_sweep_stops_it_with_its_continue_command(tmp_path, monkeypatch, console):
+    # the Ctrl-C lands while Hydra prepares the second job (names its directory), where no job's handler was installed:
+    # a KeyboardInterrupt, "aborted by Ctrl-C" and no command to continue the sweep (a SIGTERM there: "nothing was
+    # training")
+    from robo_rl.cli import main
+    from robo_rl.commands import sweep
+
+    name = sweep.job_dir_name
+
+    def ctrl_c_before_the_second_job(task_overrides, job_num):
+        if int(job_num) == 1:
+            signal.raise_signal(signal.SIGINT)
+        return name(task_overrides, job_num)
+
+    monkeypatch.setattr(sweep, "job_dir_name", ctrl_c_before_the_second_job)
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "-m", "seed=0,1", *TINY, "steps=150", "log.plot=false", "run_dir=sweep"]
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    err = console.readouterr().err
+    assert stop.value.code == 130, err
+    assert "sweep: stopped before job 2 of 2; not started: seed=1; to continue the sweep" in err
+    assert err.rstrip().endswith("run_dir=sweep")
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["seed=0"]
+    monkeypatch.setattr(sweep, "job_dir_name", name)
+    assert main(args) == 0  # the continue command: seed=0 kept as it is, seed=1 runs
+    assert "seed=0 holds this job's run: continuing it" in console.readouterr().err
+    for job in ("seed=0", "seed=1"):
+        assert json.loads((tmp_path / "sweep" / job / "summary.json").read_text())["status"] == "completed"
+
+
 def test_two_default_named_sweeps_started_in_the_same_second_do_not_share_a_job(tmp_path, monkeypatch, capsys):
     # runs/sweep-<algo>-<task>-<time> names a sweep to the second: the second sweep took the first one's finished job
     # for a continued sweep of its own and reported that run as its result, exit 0

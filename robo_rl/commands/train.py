@@ -106,6 +106,10 @@ def train_main(args: Sequence[str]) -> int:
     sweep_dirs: list[str] = []  # a multirun's directory, once per job
     failed_jobs: list[str] = []
     started: list[str] = []  # the swept values of each job this command has started
+    # between a sweep's jobs (Hydra's launcher preparing the next) a signal met no handler of a job: a Ctrl-C was a
+    # KeyboardInterrupt and a SIGTERM ended the sweep as stopped "outside the training loop; nothing was training",
+    # both without the command that continues the sweep; it is kept here and stops the sweep before the next job
+    between_jobs = StopOnSignal("stopping the sweep before its next job starts")
 
     @hydra.main(version_base=None, config_path=config_dir, config_name="config")
     def _run(cfg: DictConfig) -> None:
@@ -114,6 +118,17 @@ def train_main(args: Sequence[str]) -> int:
         run_dir = Path(hc.runtime.output_dir)
         overrides = list(hc.overrides.task)
         failed_before = None
+        between_jobs.__exit__()
+        if between_jobs.signum is not None:  # this job does not start
+            code = 128 + between_jobs.signum
+            if run_dir.is_dir() and not any(run_dir.iterdir()):  # the directory Hydra made for it
+                run_dir.rmdir()
+            jobs = swept_values_by_job()
+            unstarted = [j for j in jobs if j not in started]
+            log.warning("sweep: stopped before job %d of %d; not started: %s; to continue the sweep (finished jobs are "
+                        "kept, the rest start): %s", hc.job.num + 1, len(jobs), "; ".join(unstarted),
+                        continue_command(hc.sweep.dir))
+            raise SystemExit(code)
         if hc.mode.name == "MULTIRUN" and not cfg.resume and not cfg.run_dir and (run_dir / "config.yaml").exists():
             # a new sweep's own directory (runs/sweep-<algo>-<task>-<time>) holds a run: another sweep of that algorithm
             # and task started in the same second; continuing its job would report that sweep's run as this one's
@@ -156,6 +171,8 @@ def train_main(args: Sequence[str]) -> int:
             if code:
                 failed_jobs.append(label)  # the job's swept values (its whole override list is long)
         exit_code = exit_code or code  # a sweep exits with its first failed job's code
+        if hc.mode.name == "MULTIRUN":
+            between_jobs.__enter__()
 
     sweep.TRAIN_ARGS[:] = list(args)
     multirun = any(a in ("-m", "--multirun") for a in args)
@@ -166,7 +183,10 @@ def train_main(args: Sequence[str]) -> int:
     hydra_args = [*hydra_args[:at], *search_path(args), *hydra_args[at:]]  # DIR/<group>/<name>.yaml: <group>=<name>
     sys.argv = ["robo-rl train", *hydra_args]
     setup_console_logging()  # a sweep's own lines (a job continued, the closing compare line) before any train() did
-    _run()
+    try:
+        _run()
+    finally:
+        between_jobs.__exit__()
     if sweep_dirs:
         where = sweep_dirs[0] if len(set(sweep_dirs)) == 1 else ",".join(dict.fromkeys(sweep_dirs))
         log.info("sweep: %d job(s) in %s; side by side: robo-rl compare %s", len(sweep_dirs), where,

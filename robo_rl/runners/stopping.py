@@ -78,5 +78,6 @@ class StopOnSignal:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous.clear()  # (exited twice, it would put back handlers replaced since)
 
 
