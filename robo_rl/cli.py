@@ -52,9 +52,10 @@ Run `robo-rl <command> --help` for every option.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from robo_rl.runners.stopping import Terminated, raise_terminated
+    from robo_rl.runners.stopping import StopOnSignal, Terminated, raise_terminated
 
     args = list(sys.argv[1:] if argv is None else argv)
+    StopOnSignal.received = None  # an earlier run in this process (a notebook's, a test's) got one: not this command's
     previous = None
     if args[:1] == ["train"]:  # a SIGTERM while it starts (torch's import, Hydra) ended it silently, -15; the
         try:  # training job installs its own handlers (which save), and puts this one back

@@ -363,6 +363,11 @@ def test_a_sigterm_while_train_starts_exits_143_with_one_line(tmp_path, monkeypa
         raise RuntimeError("the default SIGTERM handler ended the process")
 
     monkeypatch.setattr(robo_rl.config, "register_schemas", starting)
+    # an earlier run in this process was interrupted (a test before this one): its signal made this one's SIGTERM a
+    # repeat to ignore, and the command went on to compose its config
+    from robo_rl.runners.stopping import StopOnSignal
+
+    monkeypatch.setattr(StopOnSignal, "received", signal.SIGTERM)
     previous = signal.signal(signal.SIGTERM, killed)
     try:
         code = main(["train", f"run_dir={tmp_path / 'run'}"])
