@@ -278,9 +278,17 @@ def _saved_by(checkpoint: Path, algo: str) -> str:
 
 
 def load_learner(cfg: DictConfig, env: BatchedEnv, checkpoint: Path, device: str = "cpu"):  # -> Learner
-    """Build the run's learner on ``device`` and load every module (policy, critics, normalizers) from ``checkpoint``."""
+    """Build the run's learner on ``device`` and load every module (policy, critics, normalizers) from ``checkpoint``.
+
+    ``cfg``: the run's (``load_run_config``), or the one it was composed from (``compose_config``, e.g. a run made by
+    ``build_runner``, which writes no config.yaml): its null keys mean the defaults the run filled in."""
     from robo_rl.build import build_learner, build_policy
     from robo_rl.checkpoint import CheckpointError, load_checkpoint
+    from robo_rl.defaults import resolve_defaults
+
+    # unresolved, the nulls compared as edits against the checkpoint's resolved config ("policy.activation is None in
+    # config.yaml, 'relu' in the checkpoint"), a refusal naming a file the caller never wrote
+    cfg = resolve_defaults(cfg)
 
     if str(cfg.device) != str(device):  # built on the device it acts on, not the one it trained on (cfg.device): a
         cfg = cfg.copy()                # run trained on cuda loads on a machine without CUDA

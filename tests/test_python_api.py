@@ -351,6 +351,24 @@ def test_build_env_policy_and_learner_take_a_config_straight_from_compose_config
         assert build_runner(cfg, learner, env, eval_env, tmp_path / "run").train()["status"] == "completed"
 
 
+def test_load_learner_takes_the_composed_config_a_build_runner_run_was_made_from(tmp_path):
+    # such a run writes no config.yaml, so its weights load with the config it was composed from: unresolved, its nulls
+    # were refused as edits ("config.yaml was edited since checkpoint ...: policy.activation is None in config.yaml")
+    from robo_rl.build import build_env, build_learner, build_policy, build_runner
+    from robo_rl.checkpoint import latest_checkpoint
+    from robo_rl.runs import load_learner
+    from robo_rl.train import compose_config
+
+    torch.manual_seed(0)
+    cfg = compose_config(TINY_SAC)
+    env, eval_env = build_env(cfg), build_env(cfg, num_envs=1)
+    learner = build_learner(cfg, build_policy(cfg, env))
+    build_runner(cfg, learner, env, eval_env, tmp_path / "run").train()
+    loaded = load_learner(cfg, eval_env, latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    obs = torch.randn(5, env.obs_dim)
+    assert torch.equal(loaded.policy.act(obs, deterministic=True), learner.policy.act(obs, deterministic=True))
+
+
 def test_build_runner_refuses_a_learner_the_safety_section_does_not_fit(tmp_path):
     # the CLI refuses these configs before building; by hand, PPO trained behind filters on log-probs of actions it
     # never sent, and a plain SAC under passivity_aware=true ignored the cost while summary.json claimed the constraint
