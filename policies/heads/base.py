@@ -161,10 +161,19 @@ class PolicyHead(nn.Module, abc.ABC):
         """The per-observation shapes ``paired`` accepts for ``actions`` (one action [act_dim]; chunk heads add theirs)."""
         return ((self.act_dim,),)
 
-    def paired(self, obs: torch.Tensor, actions: torch.Tensor) -> None:
-        """Raise unless ``obs`` [B, obs_dim] and ``actions`` [B, act_dim] (or a chunk head's [B, chunk, act_dim]) are
+    def paired(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(obs, actions)`` cast to the head's float type (as ``observations`` casts ``obs``: float64 observations or
+        actions from numpy met float32 weights in a bare "mat1 and mat2 must have the same dtype"); raise unless
+        ``obs`` [B, obs_dim] and ``actions`` [B, act_dim] (or a chunk head's [B, chunk, act_dim]) are
         one batch of pairs: a [1, A] or [A] action would broadcast against every observation, a [B, 1] one against
         every action dimension and a [B, 1, A] one into a [B, B] log-prob, each a plausible but wrong loss or log-prob."""
+        if not isinstance(obs, torch.Tensor) or not isinstance(actions, torch.Tensor):
+            raise TypeError(f"the {self.name} head takes float tensors obs and actions, got {type(obs).__name__} and "
+                            f"{type(actions).__name__} (torch.as_tensor(x, dtype=torch.float32))")
+        for what, x in (("obs", obs), ("actions", actions)):
+            if x.is_complex() or x.dtype == torch.bool:
+                raise TypeError(f"the {self.name} head takes float tensors obs and actions, got {what} of {x.dtype}")
+        obs, actions = obs.to(self.action_low.dtype), actions.to(self.action_low.dtype)
         layouts = self.action_layouts()
         if (obs.dim() != 2 or obs.shape[1] != self.obs_dim or actions.dim() < 2 or actions.shape[0] != obs.shape[0]
                 or tuple(actions.shape[1:]) not in layouts):
@@ -172,6 +181,7 @@ class PolicyHead(nn.Module, abc.ABC):
             one = "one action or chunk" if len(layouts) > 1 else "one action"
             raise ValueError(f"the {self.name} head takes obs [B, {self.obs_dim}] with actions {shapes} ({one} per "
                              f"observation), got obs {list(obs.shape)} and actions {list(actions.shape)}")
+        return obs, actions
 
     def checked(self, actions: torch.Tensor, also: torch.Tensor | None = None, what: str = "actions") -> torch.Tensor:
         """``actions`` once known to be finite (and ``also``: network outputs they were chosen by), else a

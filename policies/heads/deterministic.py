@@ -48,10 +48,10 @@ class DeterministicHead(PolicyHead):
         return self.mean_action(obs)
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return self.mean_action(obs), None
+        return self.mean_action(self.observations(obs)), None
 
     def imitation_loss(self, obs: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Mean squared error in unit action space (so every action dimension weighs the same)."""
-        self.paired(obs, actions)
+        obs, actions = self.paired(obs, actions)
         err = (self.to_unit(self.mean_action(obs)) - self.to_unit(actions)).square().sum(-1)
         return err.mean() if weights is None else (err * weights).sum() / weights.sum().clamp_min(1e-8)

@@ -132,7 +132,7 @@ class DiffusionHead(GenerativeHead):
         return (batch, steps * self.x_dim)
 
     def imitation_loss(self, obs: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        self.paired(obs, actions)
+        obs, actions = self.paired(obs, actions)
         x0 = self.to_unit_chunk(actions)
         eps = torch.randn_like(x0)
         t = torch.randint(0, self.train_steps, (x0.shape[0],), device=x0.device)

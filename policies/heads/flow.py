@@ -48,7 +48,7 @@ class FlowHead(GenerativeHead):
                        noise: torch.Tensor | None = None) -> torch.Tensor:
         """``noise``: source samples x0 [B, chunk * A] when the flow starts from another distribution than
         N(0, I) (flow matching transports any source; GoRL-SAC's squashed latent prior is one)."""
-        self.paired(obs, actions)
+        obs, actions = self.paired(obs, actions)
         x1 = self.to_unit_chunk(actions)
         x0 = torch.randn_like(x1) if noise is None else noise
         t = torch.rand(x1.shape[0], device=x1.device)

@@ -108,7 +108,7 @@ class GaussianHead(PolicyHead):
         return self._act(obs, True)
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, log_std = self.distribution(obs)
+        mean, log_std = self.distribution(self.observations(obs))
         eps = torch.randn_like(mean)
         x = mean + log_std.exp() * eps
         logp = (-0.5 * eps.square() - log_std).sum(-1) - self.act_dim * _HALF_LOG_2PI
@@ -123,7 +123,7 @@ class GaussianHead(PolicyHead):
         return logp - tanh_log_det(x) if self.squash else logp
 
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        self.paired(obs, actions)
+        obs, actions = self.paired(obs, actions)
         mean, log_std = self.distribution(obs)
         return self._log_prob(mean, log_std, actions)
 
@@ -138,7 +138,7 @@ class GaussianHead(PolicyHead):
         return self._entropy(*self.distribution(obs))
 
     def evaluate_actions(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.paired(obs, actions)
+        obs, actions = self.paired(obs, actions)
         mean, log_std = self.distribution(obs)
         return self._log_prob(mean, log_std, actions), self._entropy(mean, log_std)
 

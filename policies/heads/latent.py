@@ -131,7 +131,7 @@ class LatentDecoderHead(PolicyHead):
         """The decoder's loss with its input noise drawn from the prior: GoRL's refit. ``noise``: the prior
         latents paired with ``actions`` [B, z_dim] (``coupled_sample``; flow decoders only), instead of
         latents drawn independently of them."""
-        self.paired(obs, actions)
+        obs, actions = self.paired(obs, actions)
         if noise is not None:
             if self.decoder.name != "flow":
                 raise ValueError("paired prior latents need a flow decoder (DDPM's loss draws its own noise)")

@@ -79,7 +79,7 @@ class MixtureHead(PolicyHead):
         return means[rows, pick] + log_stds[rows, pick].exp() * torch.randn_like(means[:, 0]), log_w[rows, pick]
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        log_w, means, log_stds = self.components(obs)
+        log_w, means, log_stds = self.components(self.observations(obs))
         x, _ = self._draw(log_w, means, log_stds)
         return env_actions(self, x), self._log_prob_x(log_w, means, log_stds, x)
 
@@ -99,7 +99,7 @@ class MixtureHead(PolicyHead):
         return self._entropy(*self.components(obs))
 
     def evaluate_actions(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.paired(obs, actions)
+        obs, actions = self.paired(obs, actions)
         parts = self.components(obs)  # one forward pass for both
         return self._log_prob_x(*parts, gaussian_variable(self, actions)), self._entropy(*parts)
 
@@ -120,7 +120,7 @@ class MixtureHead(PolicyHead):
         return self.checked(actions, also=top, what="actions or mixture weights")
 
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        self.paired(obs, actions)
+        obs, actions = self.paired(obs, actions)
         return self._log_prob_x(*self.components(obs), gaussian_variable(self, actions))
 
     def imitation_loss(self, obs: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -242,3 +242,24 @@ def test_losses_and_log_probs_take_one_action_per_observation(name):
             with pytest.raises(ValueError, match="one action per observation"):
                 head.log_prob(obs, actions)
     assert torch.isfinite(head.imitation_loss(obs, torch.zeros(2, 3)))
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_sample_losses_and_log_probs_cast_float64_as_act_does(name):
+    # observations and actions from numpy (float64) met the float32 weights in a bare "mat1 and mat2 must have the
+    # same dtype" RuntimeError everywhere but act(), which casts them
+    torch.manual_seed(0)
+    head = build_head(name, 4, -np.ones(3), np.ones(3), normalize_obs=True)
+    obs, actions = torch.randn(5, 4, dtype=torch.float64), torch.rand(5, 3, dtype=torch.float64) * 1.8 - 0.9
+    torch.manual_seed(1)
+    loss = head.imitation_loss(obs, actions)
+    torch.manual_seed(1)
+    assert loss.dtype == torch.float32 and torch.equal(loss, head.imitation_loss(obs.float(), actions.float()))
+    sampled, _ = head.sample(obs)
+    assert sampled.shape == (5, 3) and sampled.dtype == torch.float32
+    if head.tractable_log_prob:
+        assert torch.equal(head.log_prob(obs, actions), head.log_prob(obs.float(), actions.float()))
+    with pytest.raises(TypeError, match=r"takes float tensors obs and actions, got ndarray and Tensor \(torch.as_tensor"):
+        head.imitation_loss(obs.numpy(), actions)
+    with pytest.raises(TypeError, match="got actions of torch.bool"):
+        head.imitation_loss(obs, actions > 0)
