@@ -79,6 +79,12 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
             if report_path.resolve() == own.resolve():
                 raise ValueError(f"out={out}: that is the export's own {own.name}, which the report would replace; "
                                  f"choose another report path, e.g. {own.parent / 'deploy.json'}")
+    if safety is not None:
+        from sim2real.filters.spec import plain
+
+        # an OmegaConf container (a run's cfg.safety.filters), as plain lists and dicts, as build_chain reads it: a
+        # DictConfig {filters: [...]} was reported as filters ['filters'], a ListConfig's report failed after the run
+        safety = plain(safety)
     chain = safety.get("filters") if isinstance(safety, dict) else safety  # ControlLoop also takes {filters: [...]}
     filters_run = chain if safety is not None else runtime.sidecar.get("safety", {}).get("filters")
     kwargs = runtime.task_kwargs if task in (None, runtime.task) else {}  # another task: its own defaults

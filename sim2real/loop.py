@@ -19,7 +19,7 @@ import abc
 import inspect
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
@@ -225,7 +225,8 @@ class ControlLoop:
         self.events: list[dict[str, Any]] = []
 
     def _build_filters(self, filters: Any) -> Any:
-        if filters is not None and not isinstance(filters, (list, tuple, Mapping)):  # Mapping: {filters: [...]}
+        # Mapping: {filters: [...]}; Sequence: a list of specs, OmegaConf's ListConfig (a run's cfg.safety.filters) too
+        if filters is not None and (not isinstance(filters, (Sequence, Mapping)) or isinstance(filters, (str, bytes))):
             if not (callable(filters) and callable(getattr(filters, "reset", None))):
                 raise TypeError(f"ControlLoop: filters takes a list of filter specs, {{filters: [...]}} or a built "
                                 f"chain (sim2real.filters.build_chain), got {type(filters).__name__}")
@@ -237,7 +238,7 @@ class ControlLoop:
 
             check_control_dt(getattr(filters, "filters", [filters]), self.period)  # as build_chain checks a spec's
             return filters  # an already-built chain: chain(action[B, A], obs[B, O]) -> (action, report)
-        spec = (list(filters) if isinstance(filters, (list, tuple)) else filters) if filters is not None else \
+        spec = (list(filters) if isinstance(filters, Sequence) else filters) if filters is not None else \
             self.runtime.sidecar.get("safety", {}).get("filters")
         try:
             from sim2real.filters import build_chain

@@ -472,6 +472,23 @@ def test_the_sim2sim_robot_s_float32_task_gets_commands_inside_the_box(tmp_path:
     assert np.abs(applied.astype(np.float64)).max() <= 0.1 and (np.abs(applied) > 0.0999).any()
 
 
+def test_deploy_and_the_loop_take_a_runs_filters_as_omegaconf_gives_them(tmp_path: Path) -> None:
+    # a run's cfg.safety.filters is a ListConfig: deploy ran it, then failed writing its report ("float() argument must
+    # be ... not 'DictConfig'"); {filters: [...]} as a DictConfig was reported as filters ['filters']; ControlLoop
+    # refused the ListConfig though it is a list of filter specs
+    omegaconf = pytest.importorskip("omegaconf")
+    spec = [{"type": "box", "low": -0.1, "high": 0.1}]
+    export = make_export(tmp_path / "e", obs_dim=4, act_dim=1, low=-3.0, high=3.0, weight_scale=50.0)
+    for i, safety in enumerate((omegaconf.OmegaConf.create(spec), omegaconf.OmegaConf.create({"filters": spec}))):
+        report = deploy(str(export), steps=5, safety=safety, out=tmp_path / f"r{i}.json", log=lambda line: None)
+        assert report["safety"]["filters"] == spec
+        assert json.loads((tmp_path / f"r{i}.json").read_text())["safety"] == {"source": "safety=", "filters": spec}
+    clock, sent = FakeClock(), []
+    loop = ControlLoop(PolicyRuntime(make_export(tmp_path / "e2")), scripted_robot(clock, {}, sent),
+                       filters=omegaconf.OmegaConf.create(spec), watchdog=NO_INFERENCE_LIMIT, clock=clock, sleep=clock.sleep)
+    assert loop.run(steps=5).steps == 5 and max(np.abs(a).max() for _, a in sent) <= 0.1
+
+
 # --- chunk exports: H actions per query, `execute` of them run (as robo-rl's evaluation runs them) ------------
 
 
