@@ -145,7 +145,11 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
                                     f"and run_dir={run_dir}")
         problem = not_a_file(path)  # (a directory, a device, a broken link there: not the same as no file)
         what = "missing" if problem == "no such file" else f"is {problem}, not a run's config file"
-        raise FileNotFoundError(f"{run_dir} is not a robo-rl run directory ({CONFIG_FILE} {what})")
+        hint = ""
+        if problem == "no such file" and (Path(run_dir) / "checkpoints").is_dir():  # build_runner(...).train() wrote it
+            hint = ("; a run made by robo_rl.build.build_runner writes none: load its weights with "
+                    "robo_rl.runs.load_learner(cfg, env, checkpoint), cfg the config it was composed with")
+        raise FileNotFoundError(f"{run_dir} is not a robo-rl run directory ({CONFIG_FILE} {what}){hint}")
     import yaml
     from omegaconf.errors import OmegaConfBaseException
 

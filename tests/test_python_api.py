@@ -356,7 +356,7 @@ def test_load_learner_takes_the_composed_config_a_build_runner_run_was_made_from
     # were refused as edits ("config.yaml was edited since checkpoint ...: policy.activation is None in config.yaml")
     from robo_rl.build import build_env, build_learner, build_policy, build_runner
     from robo_rl.checkpoint import latest_checkpoint
-    from robo_rl.runs import load_learner
+    from robo_rl.runs import load_learner, load_run
     from robo_rl.train import compose_config
 
     torch.manual_seed(0)
@@ -367,6 +367,9 @@ def test_load_learner_takes_the_composed_config_a_build_runner_run_was_made_from
     loaded = load_learner(cfg, eval_env, latest_checkpoint(tmp_path / "run" / "checkpoints"))
     obs = torch.randn(5, env.obs_dim)
     assert torch.equal(loaded.policy.act(obs, deterministic=True), learner.policy.act(obs, deterministic=True))
+    with pytest.raises(FileNotFoundError, match=r"config.yaml missing\); a run made by robo_rl.build.build_runner "
+                                                r"writes none: load its weights with robo_rl.runs.load_learner\(cfg, env"):
+        load_run(tmp_path / "run")  # what load_run says of it names the way that works
 
 
 def test_build_runner_refuses_a_learner_the_safety_section_does_not_fit(tmp_path):
