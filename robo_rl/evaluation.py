@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -27,6 +28,20 @@ class EvaluationStopped(Exception):
     def __init__(self, finished: int, episodes: int) -> None:
         super().__init__(f"evaluation stopped after {finished} of {episodes} episodes")
         self.finished, self.episodes = finished, episodes
+
+
+@contextlib.contextmanager
+def eval_mode(policy: torch.nn.Module) -> Iterator[None]:
+    """``policy`` in eval mode, each of its modules' own mode put back after: a learner's head is in train mode, and a
+    head with dropout or batch norm (a user's) would otherwise be evaluated with them on, unlike its export or
+    ``load_run``'s policy, and left in eval mode would train without them."""
+    modes = [(module, module.training) for module in policy.modules()]
+    policy.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def policy_env_mismatch(policy: PolicyHead, env: BatchedEnv) -> str | None:
@@ -115,6 +130,7 @@ def evaluate(
     frames go to it as they are drawn instead (e.g. an ``envs.rendering.Mp4Writer``'s ``add``), so a long video
     never sits in memory: 1,000 480x480 frames are 690 MB.
     ``deterministic`` in the result is True for a head that does not sample (``policy.stochastic`` False), asked or not.
+    The policy acts in eval mode (dropout and batch norm off, as exported), each module's mode put back after.
     ``record_transitions`` also returns ``transitions``: the counted episodes' (obs, executed
     actions, rewards, next_obs, terminated) as tensors, the arrays of a demonstrations file.
     A head that predicts action chunks runs ``execute`` actions of each chunk per query, as it was trained to.
@@ -143,7 +159,7 @@ def evaluate(
     # torch.manual_seed seeds the CUDA generators too: keep the one a GPU policy samples from (untested: no GPU here)
     device = next((p.device for p in policy.parameters()), torch.device("cpu"))
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
+    with torch.random.fork_rng(devices=cuda), eval_mode(policy):
         if seed is not None:
             torch.manual_seed(seed)
         obs = env.reset(seed=seed)

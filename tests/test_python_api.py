@@ -351,6 +351,26 @@ def test_build_env_policy_and_learner_take_a_config_straight_from_compose_config
         assert build_runner(cfg, learner, env, eval_env, tmp_path / "run").train()["status"] == "completed"
 
 
+def test_evaluate_acts_in_eval_mode_and_leaves_the_callers_modes():
+    # a learner's head is in train mode: a user head with dropout was evaluated with it on, unlike its export
+    from robo_rl.evaluation import evaluate
+
+    class DropoutHead(BetaHead):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.drop, self.seen = nn.Dropout(0.5), []
+
+        def act(self, obs, deterministic=False):
+            self.seen.append((self.training, self.drop.training))
+            return super().act(self.drop(obs), deterministic)
+
+    head = DropoutHead(4, -2 * np.ones(2), 2 * np.ones(2))
+    head.net.eval()  # a caller's own mix of modes comes back as it was
+    evaluate(head, PointMass(2), episodes=2)
+    assert set(head.seen) == {(False, False)}
+    assert head.training and head.drop.training and not head.net.training
+
+
 def test_load_learner_takes_the_composed_config_a_build_runner_run_was_made_from(tmp_path):
     # such a run writes no config.yaml, so its weights load with the config it was composed from: unresolved, its nulls
     # were refused as edits ("config.yaml was edited since checkpoint ...: policy.activation is None in config.yaml")
