@@ -18,6 +18,7 @@ the torch policy in onnxruntime before the export is written.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import inspect
 import json
@@ -212,6 +213,11 @@ def export_policy(
             raise ValueError(f"control_dt={control_dt!r}: the control period in seconds, a finite number > 0 "
                              "(or None when unknown)")
         control_dt = float(control_dt)  # a numpy float is no JSON number
+    tensors = (*policy.parameters(), *policy.buffers())
+    if any(m.training for m in policy.modules()) or any(t.device.type != "cpu" for t in tensors):
+        # a learner's head (train mode, maybe on cuda): exported from a copy, so that training goes on as it was
+        # (``.eval()`` turned a user head's dropout off, ``.cpu()`` moved it off the learner's device)
+        policy = copy.deepcopy(policy)
     policy = policy.cpu().eval()
     module = export_module(policy)
     k = noise_dim(policy)

@@ -120,6 +120,17 @@ def test_gorl_export_reads_the_latent_through_its_scale(tmp_path, recentered, pa
     assert np.abs(_ort(tmp_path / "policy.onnx").run(None, {"obs": obs})[0] - want).max() <= 1e-5
 
 
+def test_exporting_a_learners_head_leaves_it_training_as_it_was(tmp_path):
+    # export_policy(learner.policy) put the caller's head in eval mode (a user head's dropout then stayed off for the
+    # rest of training) and, from cuda, moved it to the CPU under its learner
+    from robo_rl.learners.sac import SAC
+
+    learner = SAC(_head("gaussian", {}), critic_hidden=(32, 32))
+    export_policy(learner.policy, tmp_path / "export")
+    assert all(m.training for m in learner.policy.modules())
+    assert (tmp_path / "export" / "policy.onnx").is_file()
+
+
 @pytest.mark.parametrize("base_name, edit", [("flow", True), ("diffusion", False), ("gaussian", False)])
 def test_critic_select_policies_export_with_their_fixed_noise(tmp_path, base_name, edit):
     """EXPO (flow base + edit policy) and PA-RL (any base): the best of N candidates by Q, as in torch."""
