@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from typing import Any
@@ -190,6 +191,13 @@ def build_learner(cfg: DictConfig, policy: PolicyHead, to_act: bool = False) -> 
     if name not in LEARNERS:
         raise ConfigError(f"algo.name={name}: unknown algorithm; choose one of {', '.join(LEARNERS)}")
     kwargs = _learner_options(cfg)
+    taken = inspect.signature(LEARNERS[name].__init__).parameters
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in taken.values())
+    unknown = [] if takes_any else [f"algo.{key}" for key in kwargs if key not in taken]
+    if unknown:  # cfg.algo.name edited by hand: the other algo's keys went on to the constructor, a bare TypeError
+        raise ConfigError(f"algo.name={name}, but {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not "
+                          f"{name}'s (a config composed for another algo, and algo.name changed since?); compose it "
+                          f"with algo={name}: compose_config([\"algo={name}\", ...])")
     safety = safety_settings(cfg)
     with built_to_act() if to_act else contextlib.nullcontext():
         if safety.passivity_aware:

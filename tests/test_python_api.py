@@ -265,6 +265,20 @@ def test_policies_and_envs_import_without_robo_rl():
 # -- the public API keeps its contract with user code
 
 
+def test_build_learner_names_the_keys_of_another_algo_when_algo_name_was_edited():
+    # cfg.algo.name = "td3" on a config composed with algo=sac passed SAC's keys to TD3: "TD3.__init__() got an
+    # unexpected keyword argument 'alpha_lr'"
+    from robo_rl.build import build_learner
+    from robo_rl.train import compose_config
+    from robo_rl.validation import ConfigError
+
+    cfg = compose_config(["algo=sac", "env=pendulum"])
+    cfg.algo.name = "td3"
+    with pytest.raises(ConfigError, match=r"algo.name=td3, but algo.alpha_lr, algo.init_alpha, .* are not td3's .*"
+                                          r"compose it with algo=td3: compose_config\(\["):
+        build_learner(cfg, build_head("deterministic", 3, -2 * np.ones(1), 2 * np.ones(1)))
+
+
 def test_expo_refuses_an_option_it_does_not_take():
     from robo_rl.learners.expo import EXPO
 
