@@ -339,11 +339,13 @@ def test_a_ctrl_c_while_the_command_starts_exits_130_with_one_line(tmp_path, mon
     from robo_rl.cli import main
 
     def starting(*args, **kwargs):
-        signal.raise_signal(signal.SIGINT)
+        # what Python's default SIGINT handler does (raising the signal itself depends on the process's handler, which
+        # a test runner's worker may have replaced: the command then trained on, a default run of 1M steps)
+        raise KeyboardInterrupt
 
     monkeypatch.setattr(robo_rl.config, "register_schemas", starting)
     try:
-        code = main(["train", f"run_dir={tmp_path / 'run'}"])
+        code = main(["train", *TINY, "steps=200", f"run_dir={tmp_path / 'run'}"])
     except KeyboardInterrupt:
         code = "a traceback"
     assert code == 128 + signal.SIGINT
@@ -370,7 +372,7 @@ def test_a_sigterm_while_train_starts_exits_143_with_one_line(tmp_path, monkeypa
     monkeypatch.setattr(StopOnSignal, "received", signal.SIGTERM)
     previous = signal.signal(signal.SIGTERM, killed)
     try:
-        code = main(["train", f"run_dir={tmp_path / 'run'}"])
+        code = main(["train", *TINY, "steps=200", f"run_dir={tmp_path / 'run'}"])
         assert signal.getsignal(signal.SIGTERM) is killed  # put back
     finally:
         signal.signal(signal.SIGTERM, previous)
