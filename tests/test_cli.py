@@ -323,8 +323,9 @@ def test_a_second_signal_as_robo_rl_exits_keeps_its_exit_code(tmp_path):
     script = (
         "import os, signal, sys\n"
         "import robo_rl.config, robo_rl.cli as cli\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # (an ignored SIGINT is inherited from the parent)\n"
         "robo_rl.config.register_schemas = lambda *a, **k: signal.raise_signal(signal.SIGINT)  # Ctrl-C at start-up\n"
-        "sys.argv = ['robo-rl', 'train', 'run_dir=run']\n"
+        "sys.argv = ['robo-rl', 'train', 'run_dir=run', 'steps=200', *%r]\n" % (TINY,) +
         "code = cli.main()\n"
         "os.kill(os.getpid(), signal.SIGTERM)  # the next signal, as the process exits\n"
         "sys.exit(code)\n")
