@@ -135,7 +135,7 @@ class GaussianHead(PolicyHead):
         return -((-0.5 * eps.square() - log_std).sum(-1) - self.act_dim * _HALF_LOG_2PI - tanh_log_det(x))
 
     def entropy(self, obs: torch.Tensor) -> torch.Tensor:
-        return self._entropy(*self.distribution(obs))
+        return self._entropy(*self.distribution(self.observations(obs)))
 
     def evaluate_actions(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         obs, actions = self.paired(obs, actions)

@@ -96,7 +96,7 @@ class MixtureHead(PolicyHead):
         return -logp - (held - baseline) * (chosen - chosen.detach())
 
     def entropy(self, obs: torch.Tensor) -> torch.Tensor:
-        return self._entropy(*self.components(obs))
+        return self._entropy(*self.components(self.observations(obs)))
 
     def evaluate_actions(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         obs, actions = self.paired(obs, actions)

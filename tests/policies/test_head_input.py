@@ -259,6 +259,11 @@ def test_sample_losses_and_log_probs_cast_float64_as_act_does(name):
     assert sampled.shape == (5, 3) and sampled.dtype == torch.float32
     if head.tractable_log_prob:
         assert torch.equal(head.log_prob(obs, actions), head.log_prob(obs.float(), actions.float()))
+    if name in ("gaussian", "mixture"):  # their own entropies (PPO's entropy bonus; a squashed one is sampled)
+        torch.manual_seed(2)
+        entropy = head.entropy(obs)
+        torch.manual_seed(2)
+        assert torch.equal(entropy, head.entropy(obs.float()))
     with pytest.raises(TypeError, match=r"takes float tensors obs and actions, got ndarray and Tensor \(torch.as_tensor"):
         head.imitation_loss(obs.numpy(), actions)
     with pytest.raises(TypeError, match="got actions of torch.bool"):
