@@ -250,7 +250,8 @@ def _refuse_second_run_dir(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> 
     named = OmegaConf.select(cfg, key, default=None)
     if named and isinstance(run_dir, (str, os.PathLike)) and Path(named).resolve() != Path(run_dir).resolve():
         why = (f"a resume continues the run in {named} itself; drop the run_dir argument" if key == "resume" else
-               "give the directory once: drop the argument (train(cfg)) or run_dir= from the overrides")
+               "give the directory once: drop the argument (train(cfg)) or run_dir= from the overrides (a run's saved "
+               "config, load_run_config(...), names its own directory: set cfg.run_dir = None to train it anew elsewhere)")
         raise ConfigError(f"train(cfg, run_dir={str(run_dir)!r}): cfg has {key}={named}; {why}")
 
 
