@@ -657,7 +657,13 @@ class GymnasiumBatchedEnv(BatchedEnv):
             # workers' replies already, and gymnasium's close would wait for them forever: stop the workers instead
             self._vec.close(terminate=True)
         else:
-            self._vec.close()
+            try:
+                self._vec.close()
+            except (BrokenPipeError, ConnectionResetError, EOFError):
+                # workers already gone: a SIGTERM to the whole process group (a second Ctrl-C + kill, a scheduler's
+                # group signal) reached them after the run had saved; gymnasium's close wrote to their closed pipes,
+                # and the run that had stopped cleanly exited 1 with a traceback. Reap them instead
+                self._vec.close(terminate=True)
         if self._mujoco_warnings is not None:
             self._mujoco_warnings.close()
 

@@ -822,6 +822,22 @@ def test_a_worker_killed_by_a_signal_is_reported_with_the_signal_s_name():
     env.close()
 
 
+def test_closing_after_the_workers_died_of_a_group_sigterm_reaps_them():
+    # Ctrl-C, then a SIGTERM to the process group: the run saved its checkpoint and summary, the SIGTERM ended the
+    # workers (they keep its default action), and close() wrote "close" into their closed pipes: BrokenPipeError, a
+    # traceback and exit 1 for a run that had stopped cleanly
+    import signal
+
+    env = make_env("Pendulum-v1", num_envs=2, vectorization="async")
+    env.reset(seed=0)
+    processes = list(env._vec.processes)
+    for process in processes:
+        os.kill(process.pid, signal.SIGTERM)
+        process.join(timeout=30)
+    env.close()
+    assert [process.exitcode for process in processes] == [-signal.SIGTERM] * 2
+
+
 class _AtItsBound(gym.Env):
     """A float64 observation Box [-0.1, 0.1] whose observations sit on its bounds (0.1 is no float32: rounded up)."""
 
