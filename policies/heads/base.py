@@ -151,11 +151,16 @@ class PolicyHead(nn.Module, abc.ABC):
         if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
             one = " (obs[None] for one observation)" if obs.dim() == 1 and obs.shape[0] == self.obs_dim else ""
             raise ValueError(f"the {self.name} head acts on obs [B, {self.obs_dim}], got shape {list(obs.shape)}{one}")
-        if obs.dtype != self.action_low.dtype:
-            if obs.is_complex() or obs.dtype == torch.bool:
-                raise TypeError(f"the {self.name} head acts on a float tensor obs, got {obs.dtype}")
-            obs = obs.to(self.action_low.dtype)
-        return obs
+        return self._in_float(obs, "acts on a float tensor obs, got")
+
+    def _in_float(self, x: torch.Tensor, refusal: str) -> torch.Tensor:
+        """``x`` in the head's float type (other real dtypes cast), else a TypeError "the <head> head <refusal> <dtype>":
+        a cast would drop a complex tensor's imaginary part or read bool flags as 0 and 1."""
+        if x.dtype == self.action_low.dtype:
+            return x
+        if x.is_complex() or x.dtype == torch.bool:
+            raise TypeError(f"the {self.name} head {refusal} {x.dtype}")
+        return x.to(self.action_low.dtype)
 
     def action_layouts(self) -> tuple[tuple[int, ...], ...]:
         """The per-observation shapes ``paired`` accepts for ``actions`` (one action [act_dim]; chunk heads add theirs)."""
@@ -170,10 +175,8 @@ class PolicyHead(nn.Module, abc.ABC):
         if not isinstance(obs, torch.Tensor) or not isinstance(actions, torch.Tensor):
             raise TypeError(f"the {self.name} head takes float tensors obs and actions, got {type(obs).__name__} and "
                             f"{type(actions).__name__} (torch.as_tensor(x, dtype=torch.float32))")
-        for what, x in (("obs", obs), ("actions", actions)):
-            if x.is_complex() or x.dtype == torch.bool:
-                raise TypeError(f"the {self.name} head takes float tensors obs and actions, got {what} of {x.dtype}")
-        obs, actions = obs.to(self.action_low.dtype), actions.to(self.action_low.dtype)
+        obs = self._in_float(obs, "takes float tensors obs and actions, got obs of")
+        actions = self._in_float(actions, "takes float tensors obs and actions, got actions of")
         layouts = self.action_layouts()
         if (obs.dim() != 2 or obs.shape[1] != self.obs_dim or actions.dim() < 2 or actions.shape[0] != obs.shape[0]
                 or tuple(actions.shape[1:]) not in layouts):
