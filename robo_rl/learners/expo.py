@@ -25,6 +25,7 @@ from policies.networks import full_precision
 from robo_rl.learners.base import Batch, Learner, polyak_update
 from robo_rl.learners.candidates import CriticSelectPolicy, best, require_sampling_base, sample_together, score
 from robo_rl.learners.critics import QEnsemble
+from robo_rl.learners.offpolicy_fused import FusedEXPOStep, FusedUpdate, expo_unsupported_reason
 from robo_rl.learners.optim import FusedAdam
 
 
@@ -55,10 +56,11 @@ class EditPolicy(nn.Module):
         return self.head.act(self._input(obs, actions), deterministic)
 
 
-class EXPO(Learner):
+class EXPO(FusedUpdate, Learner):
     kind = "off_policy"
     name = "expo"
-    loss_functions = ("critic_loss",)
+    loss_functions = ("critic_loss", "td_target")
+    _fused_losses = ("td_target",)
 
     def __init__(
         self,
@@ -78,7 +80,10 @@ class EXPO(Learner):
         critic_hidden: Sequence[int] = (256, 256),
         critic_activation: str = "relu",
         critic_layer_norm: bool = False,
+        fused: str = "auto",
     ) -> None:
+        """``fused``: the critic, edit-policy and temperature steps with hand-derived gradients (offpolicy_fused.py;
+        auto: where the networks fit it; on: insist; off: autograd); the base's imitation step is autograd's."""
         super().__init__()
         require_sampling_base(policy, "expo", "draws several base actions")
         if num_samples < 1:
@@ -103,6 +108,8 @@ class EXPO(Learner):
         self._target_params = list(self.critic_target.parameters())
         self._base_params = list(policy.parameters())
         self._edit_params = list(self.edit.parameters())
+        self._choose_fused_step("EXPO", fused, lambda: expo_unsupported_reason(self), lambda: FusedEXPOStep(self),
+                                trained=[*self._critic_params, *self._edit_params, self.log_alpha])
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"critic": self.critic_opt, "base": self.base_opt, "edit": self.edit_opt, "alpha": self.alpha_opt}
@@ -114,43 +121,54 @@ class EXPO(Learner):
     def explore(self, obs: torch.Tensor) -> torch.Tensor:
         return self.policy.act(obs, deterministic=False)
 
-    def critic_loss(self, batch: Batch, edit_samples: bool = False) -> tuple[torch.Tensor, ...]:
-        """The TD loss and the mean Q. With ``edit_samples``, also the edit loss's base samples, one per state of
-        ``batch.obs`` [B, A], drawn in the same call of the base as the TD target's at s' (``sample_together``)."""
+    @torch.no_grad()
+    def td_target(self, batch: Batch, edit_samples: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The TD target [B] with the on-the-fly policy at s', scored by the target critics, and with
+        ``edit_samples`` the edit loss's base samples, one per state of ``batch.obs`` [B, A], drawn in the same
+        call of the base as the target's at s' (``sample_together``); else None."""
         base = self.base
-        with torch.no_grad():  # TD target with the on-the-fly policy at s', scored by the target critics
-            drawn = sample_together(base, (batch.next_obs, self.target_policy.n), (batch.obs, 1)) if edit_samples else None
-            candidates = self.target_policy.candidates(batch.next_obs, base_actions=drawn[0] if drawn else None)
-            _, q_next = best(candidates, score(self.critic_target, base, batch.next_obs, candidates))
-            target = batch.rewards + self.gamma * (1.0 - batch.terminated) * q_next
+        drawn = sample_together(base, (batch.next_obs, self.target_policy.n), (batch.obs, 1)) if edit_samples else None
+        candidates = self.target_policy.candidates(batch.next_obs, base_actions=drawn[0] if drawn else None)
+        _, q_next = best(candidates, score(self.critic_target, base, batch.next_obs, candidates))
+        target = batch.rewards + self.gamma * (1.0 - batch.terminated) * q_next
+        return target, full_precision(drawn[1][:, 0]) if drawn else None
+
+    def critic_loss(self, batch: Batch, edit_samples: bool = False) -> tuple[torch.Tensor, ...]:
+        """The TD loss and the mean Q; with ``edit_samples``, also the edit loss's base samples (``td_target``)."""
+        base = self.base
+        target, base_actions = self.td_target(batch, edit_samples)
         q = self.critic(base.obs_norm(batch.obs), base.to_unit(batch.actions))
         loss = 0.5 * (q - target).square().mean(1).sum(), q.detach().mean()
-        return (*loss, full_precision(drawn[1][:, 0])) if drawn else loss
+        return (*loss, base_actions) if edit_samples else loss
 
     def critic_warmup(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One critic-only TD update, not counted (demos.critic_steps; see Learner.critic_warmup_step)."""
         return self.critic_warmup_step(self._critic_loss(batch)[0], self._target_params, self._critic_params)
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        base = self.base
-        critic_loss, q_mean, base_actions = self._critic_loss(batch, edit_samples=True)
-        self.critic_opt.apply(torch.autograd.grad(critic_loss, self._critic_params))
+        if self._fused:
+            metrics = self._fused_step.update(batch)
+        else:
+            base = self.base
+            critic_loss, q_mean, base_actions = self._critic_loss(batch, edit_samples=True)
+            self.critic_opt.apply(torch.autograd.grad(critic_loss, self._critic_params))
 
-        # edit policy, SAC-style on base samples (the base is not differentiated)
-        alpha = self.log_alpha.detach().exp()
-        delta, logp = self.edit.sample(batch.obs, base_actions)
-        edited = torch.maximum(torch.minimum(base_actions + delta, base.action_high), base.action_low)
-        q_edit = self.critic(base.obs_norm(batch.obs), base.to_unit(edited), detach=True).min(0).values
-        edit_loss = (alpha * logp - q_edit).mean()
-        self.edit_opt.apply(torch.autograd.grad(edit_loss, self._edit_params))
-        alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
-        self.alpha_opt.apply(torch.autograd.grad(alpha_loss, [self.log_alpha]))
+            # edit policy, SAC-style on base samples (the base is not differentiated)
+            alpha = self.log_alpha.detach().exp()
+            delta, logp = self.edit.sample(batch.obs, base_actions)
+            edited = torch.maximum(torch.minimum(base_actions + delta, base.action_high), base.action_low)
+            q_edit = self.critic(base.obs_norm(batch.obs), base.to_unit(edited), detach=True).min(0).values
+            edit_loss = (alpha * logp - q_edit).mean()
+            self.edit_opt.apply(torch.autograd.grad(edit_loss, self._edit_params))
+            alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+            self.alpha_opt.apply(torch.autograd.grad(alpha_loss, [self.log_alpha]))
+            metrics = {"critic_loss": critic_loss.detach(), "q_mean": q_mean, "edit_loss": edit_loss.detach(),
+                       "alpha": alpha, "edit_entropy": -logp.detach().mean()}
 
-        # base policy: its own supervised loss on replay actions
-        base_loss = base.imitation_loss(batch.obs, batch.actions)
+        # base policy: its own supervised loss on replay actions (autograd on either path: the base is any head)
+        base_loss = self.base.imitation_loss(batch.obs, batch.actions)
         self.base_opt.apply(torch.autograd.grad(base_loss, self._base_params, allow_unused=True, materialize_grads=True))
         with torch.no_grad():
             polyak_update(self._target_params, self._critic_params, self.tau)
-        return {"critic_loss": critic_loss.detach(), "q_mean": q_mean, "edit_loss": edit_loss.detach(),
-                "base_loss": base_loss.detach(), "alpha": alpha, "edit_entropy": -logp.detach().mean()}
-
+        return {"critic_loss": metrics["critic_loss"], "q_mean": metrics["q_mean"], "edit_loss": metrics["edit_loss"],
+                "base_loss": base_loss.detach(), "alpha": metrics["alpha"], "edit_entropy": metrics["edit_entropy"]}

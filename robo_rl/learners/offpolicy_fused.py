@@ -1,4 +1,4 @@
-"""Fused paths for SAC's and TD3's updates: hand-derived gradients, no autograd graph.
+"""Fused paths for SAC's, TD3's and EXPO's updates: hand-derived gradients, no autograd graph.
 
 At the benchmark's sizes (batch 256, 256x256 actor and twin critics) an update is a few dozen matmuls
 and little else, yet in eager PyTorch a fifth to a third of it went to the autograd engine and
@@ -11,7 +11,9 @@ optimizers, so checkpoints, exports, resume and the autograd path see the same t
 
 Supported: SAC and TD3 themselves (a subclass's losses are its own), with their own heads (SAC: the
 tanh-squashed Gaussian, state-dependent std or not; TD3: the deterministic head) and critic ensembles,
-plain MLPs with ReLU or tanh (no layer norm), float32 parameters on the CPU. Under ``precision=bf16`` the
+plain MLPs with ReLU or tanh (no layer norm), float32 parameters on the CPU. EXPO likewise, for its critic,
+edit-policy and temperature steps (its edit policy is SAC's actor on [observation, base action]); its base
+head's imitation step, any head's loss, stays autograd's (``FusedEXPOStep``). Under ``precision=bf16`` (SAC, TD3) the
 matmuls run in bfloat16 where autocast runs them, except the critics' one-unit output layer, kept in float32
 (autocast also multiplies it in float32 for a twin critic, in bf16 for TD3's actor loss on Q_1 alone);
 parameters, optimizer state, TD targets, log-probabilities and losses stay float32.
@@ -44,6 +46,7 @@ from robo_rl.learners.base import Batch, bound_loss, fused_step_fits, polyak_upd
 from robo_rl.learners.ppo_fused import _ACTIVATIONS, _mlp_layout
 
 if TYPE_CHECKING:
+    from robo_rl.learners.expo import EXPO
     from robo_rl.learners.sac import SAC
     from robo_rl.learners.td3 import TD3
 
@@ -60,16 +63,18 @@ def _actor_layers(head: nn.Module) -> tuple[list[nn.Linear], str] | None:
     return _mlp_layout(head.net)
 
 
-def _common_reason(learner: nn.Module, head: nn.Module, extra_params: list[nn.Parameter]) -> str | None:
+def _common_reason(learner: nn.Module, head: nn.Module, extra_params: list[nn.Parameter],
+                   actor: str = "actor") -> str | None:
     """Why the networks of ``learner`` (actor ``head``, critics ``learner.critic``) rule the fused step out, or None.
-    ``extra_params``: the head's own parameters, which come before its MLP's (the Gaussian's state-independent log-std)."""
+    ``extra_params``: the head's own parameters, which come before its MLP's (the Gaussian's state-independent log-std).
+    ``actor``: what the messages call the head (EXPO's is its edit policy)."""
     layout = _actor_layers(head)
     if layout is None:
-        return "needs a plain actor MLP with relu or tanh (no layer norm)"
+        return f"needs a plain {actor} MLP with relu or tanh (no layer norm)"
     linears, _ = layout
     expected = extra_params + [p for layer in linears for p in (layer.weight, layer.bias)]
     if [id(p) for p in head.parameters()] != [id(p) for p in expected]:
-        return "needs an actor whose only parameters are its MLP's"
+        return f"needs an {actor} whose only parameters are its MLP's"
     net = learner.critic.net
     if len(net.layers) < 2:
         return "needs critics with at least one hidden layer (critic_hidden)"
@@ -108,6 +113,16 @@ def sac_unsupported_reason(sac: "SAC") -> str | None:
     return _common_reason(sac, head, [] if head.state_dependent_std else [head.log_std])
 
 
+def expo_unsupported_reason(expo: "EXPO") -> str | None:
+    """Why the fused step cannot run this EXPO learner (None: it can). Its edit policy is always a squashed Gaussian
+    with a state-dependent std (``EditPolicy``); the base head can be any (its imitation step stays autograd's)."""
+    from robo_rl.learners.expo import EXPO
+
+    if type(expo) is not EXPO:
+        return f"computes plain EXPO's update, not {type(expo).__name__}'s"
+    return _common_reason(expo, expo.edit.head, [], actor="edit policy")
+
+
 def _activate_(h: torch.Tensor, kind: str) -> torch.Tensor:
     return h.relu_() if kind == "relu" else h.tanh_()
 
@@ -126,6 +141,7 @@ class _FusedOffPolicyStep:
         self.critic_target = list(learner.critic_target.net.layers)
         self.critic_act = _activation_kind(learner.critic.net.act)
         self.dtype = torch.float32  # the matmuls' dtype: bfloat16 under precision=bf16 (Learner.autocast_update)
+        self.autocasts = True  # whether it can (else an autocast learner leaves its update to autograd)
         self._casts: dict[int, torch.Tensor] | None = None  # inside ``update``: parameters cast since they last changed
 
     def _cast(self, t: torch.Tensor) -> torch.Tensor:
@@ -365,24 +381,109 @@ class FusedSACStep(_FusedOffPolicyStep):
         return metrics
 
 
+def _bound_grad(grad: torch.Tensor, x: torch.Tensor, bound: torch.Tensor, passes: torch.Tensor) -> torch.Tensor:
+    """The gradient through ``torch.minimum(x, bound)`` (``passes``: x < bound) or ``torch.maximum`` (x > bound) to x,
+    as autograd gives it: all of it where x passes, half where x equals the bound, none where the bound is taken."""
+    return torch.where(passes, grad, torch.where(x == bound, grad * 0.5, torch.zeros_like(grad)))
+
+
+class FusedEXPOStep(_FusedOffPolicyStep):
+    """EXPO's critic step, edit-policy step and temperature step with hand-derived gradients. The TD target (the base's
+    samples, their edits, the target critics' scores) needs no gradient and is ``EXPO.td_target`` itself; the base's
+    imitation step stays autograd's, as its head can be any (``EXPO.update`` runs it after this step).
+
+    The edit loss mean_b (alpha log pi_e(d|s,a) - min_e Q_e(s, clip(a + d))), with d = span tanh x and x as in SAC's
+    actor (``FusedSACStep``): dL/dd = -(1/B) dQ_min/du / scale * [the clip passes] (u: the edited action's unit scale,
+    ``scale``: the base's action half-range; the clip's bounds pass gradient as torch.minimum / maximum do), then
+    dL/dx = span dL/dd (1 - tanh(x)^2) + (alpha/B) 2 tanh x, and the log-std's as in SAC."""
+
+    def __init__(self, expo: "EXPO") -> None:
+        super().__init__(expo, expo.edit.head)
+        self.expo = expo
+        # EXPO autocasts its critic loss only (and precision=bf16 is refused for it at start-up): an autocast EXPO
+        # takes the autograd path rather than a step whose edit loss would multiply in bf16
+        self.autocasts = False
+
+    @torch.no_grad()
+    def critic_gradients(self, x: torch.Tensor, target: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """(critic loss, mean Q, gradients in ``expo.critic.parameters()`` order) for critic inputs ``x`` [B, obs + A]
+        (normalized observations, unit actions) and TD targets [B], as ``EXPO.critic_loss`` and autograd give them."""
+        q, hidden, weights = self._critic_forward(self.critic, x)
+        err = q - target
+        dq = err * (1.0 / err.shape[1])  # [E, B]: the loss is half the squared error
+        return 0.5 * err.square().mean(1).sum(), q.mean(), self._critic_grads(dq, x, hidden, weights)
+
+    @torch.no_grad()
+    def actor_gradients(self, obs_n: torch.Tensor, base_actions: torch.Tensor, alpha: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """(edit loss, log pi_e of the sampled edits, gradients in ``expo.edit.parameters()`` order) for normalized
+        observations ``obs_n`` and base actions [B, A] (env units), as EXPO's autograd update gives them; draws the
+        edits' noise as ``EditPolicy.sample`` does."""
+        base, head = self.expo.base, self.expo.edit.head
+        unit_base = base.to_unit(base_actions)
+        edit_in = head.obs_norm(torch.cat([obs_n, unit_base], -1))
+        out, hidden = self._actor_forward(self.actor, edit_in)
+        mean, raw_log_std = out.chunk(2, dim=-1)
+        log_std = raw_log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        eps = torch.randn_like(mean)
+        noise = log_std.exp() * eps
+        x = mean + noise
+        logp = (-0.5 * eps.square() - log_std).sum(-1) - head.act_dim * _HALF_LOG_2PI - tanh_log_det(x)
+        tanh_x = torch.tanh(x)
+        shifted = base_actions + head.from_unit(tanh_x)
+        below = torch.minimum(shifted, base.action_high)
+        edited = torch.maximum(below, base.action_low)
+        q, critic_hidden, weights = self._critic_forward(self.critic, torch.cat([obs_n, base.to_unit(edited)], -1))
+        q_min, argmin = q.min(0)
+        size = q.shape[1]
+        dq = torch.zeros_like(q).scatter_(0, argmin.unsqueeze(0), -1.0 / size)  # d(-mean min_e Q_e)/dQ_e
+        d_edited = self._critic_action_grad(dq, critic_hidden, weights, mean.shape[1]) / base.action_scale
+        d_below = _bound_grad(d_edited, below, base.action_low, below > base.action_low)
+        d_shift = _bound_grad(d_below, shifted, base.action_high, shifted < base.action_high)
+        d_x = _tanh_backward(d_shift * head.action_scale, tanh_x) + (2.0 / size) * alpha * tanh_x
+        in_range = (raw_log_std >= LOG_STD_MIN) & (raw_log_std <= LOG_STD_MAX)  # where the clamp passes gradient
+        d_log_std = (d_x * noise - alpha / size) * in_range
+        loss = (alpha * logp - q_min).mean()
+        return loss, logp, self._actor_grads(torch.cat([d_x, d_log_std], -1), edit_in, hidden)
+
+    def _update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        expo, base = self.expo, self.expo.base
+        target, base_actions = expo._td_target(batch, edit_samples=True)
+        obs_n = base.obs_norm(batch.obs)
+        critic_loss, q_mean, grads = self.critic_gradients(torch.cat([obs_n, base.to_unit(batch.actions)], -1), target)
+        self._forget(expo._critic_params)
+        expo.critic_opt.apply(grads)
+        alpha = expo.log_alpha.detach().exp()
+        edit_loss, logp, grads = self.actor_gradients(obs_n, base_actions, alpha)
+        expo.edit_opt.apply(grads)
+        expo.alpha_opt.apply([-(logp + expo.target_entropy).mean()])  # d/d log alpha of -mean(log alpha (log pi + H))
+        return {"critic_loss": critic_loss, "q_mean": q_mean, "edit_loss": edit_loss, "alpha": alpha,
+                "edit_entropy": -logp.mean()}
+
+
 class FusedUpdate:
-    """Mixed into SAC and TD3 (before ``Learner``): ``fused="auto"`` takes the fused step where the learner fits it,
-    ``"on"`` insists (and says why not), ``"off"`` always uses autograd. The step is chosen at construction and left
+    """Mixed into SAC, TD3 and EXPO (before ``Learner``): ``fused="auto"`` takes the fused step where the learner fits
+    it, ``"on"`` insists (and says why not), ``"off"`` always uses autograd. The step is chosen at construction and left
     for the autograd path when the learner moved off the CPU, was cast from float32 or had a parameter frozen, since.
     ``compile_update`` (compile=true) compiles the fused step's gradient computations, and the losses the autograd
     path would run."""
 
     _fused_step: _FusedOffPolicyStep | None = None
+    #: loss functions (``loss_functions``) the fused step calls too (EXPO's TD target), compiled with it
+    _fused_losses: tuple[str, ...] = ()
 
     def _choose_fused_step(self, label: str, fused: str, reason: Callable[[], str | None],
-                           make_step: Callable[[], _FusedOffPolicyStep]) -> None:
+                           make_step: Callable[[], _FusedOffPolicyStep], trained: list[nn.Parameter] | None = None
+                           ) -> None:
         """``label``: the step's name in messages (SAC, TD3); ``reason()``: why the fused step cannot run this learner,
-        or None; ``make_step()`` builds it."""
+        or None; ``make_step()`` builds it. ``trained``: the parameters the step trains (default: the critics' and the
+        actor's, ``_critic_params`` and ``_actor_params``)."""
         if fused not in ("auto", "on", "off"):
             raise ValueError(f"fused must be auto, on or off, got {fused!r}")
         self.fused, self._fused_label = fused, label
         self._fused_step = None
-        self._fused_trained = [*self._critic_params, *self._actor_params]  # type: ignore[attr-defined]
+        self._fused_trained = trained if trained is not None else [*self._critic_params, *self._actor_params]  # type: ignore[attr-defined]
         if fused == "off":
             return
         why = reason()
@@ -396,12 +497,20 @@ class FusedUpdate:
         if self._fused_step is None:
             return compiled
         self._fused_step.compile()
-        return "the fused step's gradient computations"
+        also = f" and {', '.join(self._fused_losses)}" if self._fused_losses else ""
+        return f"the fused step's gradient computations{also}"
 
     def autocast_update(self, dtype: torch.dtype = torch.bfloat16, device_type: str = "cpu") -> None:
         super().autocast_update(dtype, device_type)  # type: ignore[misc]
-        if self._fused_step is not None:
+        if self._fused_step is None:
+            return
+        if self._fused_step.autocasts:
             self._fused_step.dtype = dtype  # the fused step's matmuls in ``dtype``, where autocast runs the losses'
+        elif self.fused == "on":
+            raise ValueError(f"algo.fused=on: the fused {self._fused_label} step computes in float32 only; use "
+                             "algo.fused=auto")
+        else:  # the losses autocast, as asked
+            self._fused_step = None
 
     @property
     def _fused(self) -> bool:

@@ -130,12 +130,13 @@ def _state_coded_base(monkeypatch, policy):
     return rows, lambda obs, m: policy.from_unit(torch.tanh(obs[:, :2])).repeat_interleave(m, dim=0)
 
 
-def test_expo_update_draws_the_target_and_edit_samples_in_one_call(monkeypatch):
+@pytest.mark.parametrize("fused", ["off", "on"])
+def test_expo_update_draws_the_target_and_edit_samples_in_one_call(monkeypatch, fused):
     # one call of the base for its N samples at each s' (the TD target's candidates) and one at each s (the edit
     # loss's): two chains cost ~20% more of an update at the defaults; each set must reach the rows of its own states
     torch.manual_seed(0)
     policy = build_head("flow", 3, LOW, HIGH, hidden_sizes=(32, 32), steps=2)
-    learner = EXPO(policy, critic_hidden=(32, 32), num_samples=3)
+    learner = EXPO(policy, critic_hidden=(32, 32), num_samples=3, fused=fused)
     rows, coded = _state_coded_base(monkeypatch, policy)
     seen = {}
     candidates, sample = learner.target_policy.candidates, learner.edit.sample
@@ -149,7 +150,16 @@ def test_expo_update_draws_the_target_and_edit_samples_in_one_call(monkeypatch):
         return sample(obs, actions)
 
     monkeypatch.setattr(learner.target_policy, "candidates", target_candidates)
-    monkeypatch.setattr(learner.edit, "sample", edit_sample)
+    if fused == "on":  # the fused step samples the edits itself
+        gradients = learner._fused_step.actor_gradients
+
+        def edit_gradients(obs_n, actions, alpha):
+            seen["edit"] = actions
+            return gradients(obs_n, actions, alpha)
+
+        monkeypatch.setattr(learner._fused_step, "actor_gradients", edit_gradients)
+    else:
+        monkeypatch.setattr(learner.edit, "sample", edit_sample)
     b = batch()
     metrics = learner.update(b)
     assert rows == [32 * 3 + 32]

@@ -1,4 +1,4 @@
-"""The fused SAC and TD3 steps (hand-derived gradients, offpolicy_fused.py) compute the autograd path's update."""
+"""The fused SAC, TD3 and EXPO steps (hand-derived gradients, offpolicy_fused.py) compute the autograd path's update."""
 
 import copy
 
@@ -292,7 +292,7 @@ def test_compile_runs_the_fused_step_as_compiled_graphs(algo, precision):
 
 def test_compiled_losses_draw_the_noise_the_eager_ones_draw():
     # the autograd path's compiled losses (fused=off, a learner moved or cast off the fused step, and every learner
-    # without one: EXPO, PA-RL, GoRL-SAC, Lagrangian SAC) drew inductor's own random numbers: compile=true trained on
+    # without one: PA-RL, GoRL-SAC, Lagrangian SAC) drew inductor's own random numbers: compile=true trained on
     # other target-smoothing noise than compile=false. In float64 rounding is ~1e-12; other noise moves it by ~1e-3.
     eager, compiled = learner("td3", "off").double(), learner("td3", "off").double()
     compiled.compile_update()
@@ -320,7 +320,8 @@ def test_each_compiled_gradient_computation_has_its_own_compiled_code():
 @pytest.mark.parametrize("algo, said", [
     ("td3", "compile=true: the first update compiles the fused step's gradient computations"),
     ("sac", "compile=true: the first update compiles the fused step's gradient computations"),
-    ("expo", "compile=true: the first update compiles the loss computations (critic_loss)"),
+    ("expo", "compile=true: the first update compiles the fused step's gradient computations and td_target"),
+    ("parl", "compile=true: the first update compiles the loss computations (critic_loss)"),
     ("ppo", "compile=true: nothing ppo's update runs here is compiled, so it changes nothing"),  # its numpy step runs
     ("gorl", "compile=true: nothing gorl's update runs here is compiled, so it changes nothing"),  # no losses to compile
 ])
@@ -439,3 +440,136 @@ def test_a_frozen_parameter_leaves_the_fused_step(algo, part):
                                          r"networks, and 1 of this learner's were frozen \(requires_grad=False\); use "
                                          "algo.fused=auto"):
         each.update(batch())
+
+
+# -- EXPO: the critic, edit-policy and temperature steps fused; the base's imitation step stays autograd's ----------
+
+def expo(fused, cls=None, **kw):
+    from robo_rl.learners.expo import EXPO
+
+    torch.manual_seed(0)
+    head = build_head("flow", OBS, LOW, HIGH, normalize_obs=True, hidden_sizes=(32, 32), steps=2)
+    head.obs_norm.update(torch.randn(500, OBS) * 2 + 1)
+    kw = {"critic_hidden": (32, 24), "edit_hidden": (32, 24), "init_alpha": 0.3, **kw}
+    return (cls or EXPO)(head, fused=fused, **kw)
+
+
+def expo_autograd_gradients(learner_, data, seed=3):
+    """(critic loss, critic gradients, edit loss, edit gradients) of EXPO's autograd path, one update's worth."""
+    base = learner_.base
+    torch.manual_seed(seed)
+    critic_loss, _, base_actions = learner_._critic_loss(data, edit_samples=True)
+    critic = torch.autograd.grad(critic_loss, learner_._critic_params)
+    alpha = learner_.log_alpha.detach().exp()
+    delta, logp = learner_.edit.sample(data.obs, base_actions)
+    edited = torch.maximum(torch.minimum(base_actions + delta, base.action_high), base.action_low)
+    q = learner_.critic(base.obs_norm(data.obs), base.to_unit(edited), detach=True).min(0).values
+    edit_loss = (alpha * logp - q).mean()
+    edit = torch.autograd.grad(edit_loss, learner_._edit_params)
+    clipped = int(((base_actions + delta.detach() > base.action_high) | (base_actions + delta.detach() < base.action_low)).sum())
+    return critic_loss.detach(), critic, edit_loss.detach(), edit, clipped
+
+
+def expo_fused_gradients(learner_, data, seed=3):
+    step, base = learner_._fused_step, learner_.base
+    torch.manual_seed(seed)
+    target, base_actions = learner_._td_target(data, edit_samples=True)
+    obs_n = base.obs_norm(data.obs)
+    critic_loss, _, critic = step.critic_gradients(torch.cat([obs_n, base.to_unit(data.actions)], -1), target)
+    edit_loss, _, edit = step.actor_gradients(obs_n, base_actions, learner_.log_alpha.detach().exp())
+    return critic_loss, critic, edit_loss, edit
+
+
+@pytest.mark.parametrize("options", [{}, {"edit_scale": 2.0}, {"edit_activation": "tanh", "num_critics": 3},
+                                     {"edit_hidden": (16,), "critic_hidden": (16, 16, 8)}])
+def test_fused_expo_gradients_equal_autograds(options):
+    # an untrained flow base puts many actions on the box's bounds, and edit_scale=2 (edits of up to the whole box
+    # width) pushes more past them: there the clip passes no gradient (the test checks that clipping happened)
+    auto, fused = expo("off", **options), expo("on", **options)
+    assert auto._fused_step is None and fused._fused
+    data = batch()
+    expected, got = expo_autograd_gradients(auto, data), expo_fused_gradients(fused, data)
+    assert expected[4] > 0
+    for i in (0, 2):  # critic loss, edit loss
+        assert float(got[i]) == pytest.approx(float(expected[i]), rel=1e-5, abs=1e-6)
+    for i in (1, 3):  # critic, edit-policy gradients: one per parameter, same shapes and order
+        assert [g.shape for g in got[i]] == [g.shape for g in expected[i]]
+        assert all(g.dtype == torch.float32 and g.is_contiguous() for g in got[i])
+        assert relative_error(expected[i], got[i]) < 1e-5
+
+
+def test_the_edit_clip_passes_gradient_as_torchs_minimum_and_maximum():
+    # a tie with the bound passes half the gradient in torch: an edited action exactly on a bound
+    from robo_rl.learners.offpolicy_fused import _bound_grad
+
+    x = torch.tensor([[-2.0, 0.5, 1.0], [0.5, 0.5, 3.0]], requires_grad=True)
+    bound, grad = torch.tensor([0.5, 0.5, 0.5]), torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    for clip, passes in ((torch.minimum, x < bound), (torch.maximum, x > bound)):
+        (expected,) = torch.autograd.grad(clip(x, bound), x, grad)
+        torch.testing.assert_close(_bound_grad(grad, x.detach(), bound, passes), expected, rtol=0, atol=0)
+
+
+def test_fused_expo_update_equals_autograd_over_several_updates():
+    auto, fused = expo("off"), expo("on")
+    for k in range(4):
+        data = batch(seed=10 + k)
+        torch.manual_seed(k)
+        m_auto = auto.update(data)
+        torch.manual_seed(k)
+        m_fused = fused.update(data)
+        assert list(m_auto) == list(m_fused) == ["critic_loss", "q_mean", "edit_loss", "base_loss", "alpha",
+                                                  "edit_entropy"]  # metrics.csv's columns, in the same order
+        for key in m_auto:
+            assert float(m_fused[key]) == pytest.approx(float(m_auto[key]), rel=1e-4, abs=1e-6), key
+    assert float(fused.log_alpha.detach()) != float(expo("on").log_alpha.detach())  # the temperature moved
+    assert max_diff(auto, fused) < 1e-5 and max_diff(fused, expo("on")) > 1e-4
+    for name, opt in auto.optimizers().items():
+        sa, sf = opt.state_dict(), fused.optimizers()[name].state_dict()
+        for i in sa["state"]:
+            torch.testing.assert_close(sa["state"][i]["exp_avg"], sf["state"][i]["exp_avg"], rtol=1e-4, atol=1e-9)
+    twin = copy.deepcopy(fused)  # a copy trains its own networks, as the original
+    for each in (fused, twin):
+        torch.manual_seed(4)
+        each.update(batch(seed=7))
+    assert max_diff(fused, twin) == 0.0
+
+
+def test_expo_learners_the_fused_step_cannot_run():
+    from robo_rl.learners.expo import EXPO
+
+    class EditedEXPO(EXPO):
+        pass
+
+    assert expo("auto", critic_layer_norm=True)._fused_step is None
+    assert expo("auto", edit_activation="elu")._fused_step is None
+    assert expo("auto", cls=EditedEXPO)._fused_step is None
+    with pytest.raises(ValueError, match=r"algo.fused=on: the fused EXPO step needs a plain edit policy MLP with relu or "
+                                         r"tanh \(no layer norm\); use algo.fused=auto"):
+        expo("on", edit_activation="elu")
+    with pytest.raises(ValueError, match="the fused EXPO step computes plain EXPO's update, not EditedEXPO's"):
+        expo("on", cls=EditedEXPO)
+    # autocast (the Python API: precision=bf16 is refused for EXPO) casts the critic loss only: EXPO leaves the fused
+    # step, whose edit loss would multiply in bf16
+    auto = expo("auto")
+    auto.autocast_update()
+    assert auto._fused_step is None
+    with pytest.raises(ValueError, match="algo.fused=on: the fused EXPO step computes in float32 only"):
+        expo("on").autocast_update()
+    frozen = expo("auto")
+    frozen.log_alpha.requires_grad_(False)
+    assert not frozen._fused  # the step would go on tuning it
+
+
+def test_compile_runs_the_fused_expo_step_and_its_td_target_compiled():
+    # compile=true for EXPO: the fused step's gradient computations and the TD target it calls (the base's sampling
+    # chain, the edits, the target critics' scores) run compiled, drawing torch's noise as the eager step does
+    eager, compiled = expo("auto"), expo("auto")
+    assert compiled.compile_update() == "the fused step's gradient computations and td_target"
+    step = compiled._fused_step
+    assert all(hasattr(f, "_torchdynamo_orig_callable") for f in (step.critic_gradients, step.actor_gradients,
+                                                                   compiled._td_target))
+    for seed in (7, 8):
+        for each in (eager, compiled):
+            torch.manual_seed(seed)
+            each.update(batch(seed))
+    assert max_diff(eager, expo("auto")) > 5e-4 and max_diff(eager, compiled) < 1e-5
