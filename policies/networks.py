@@ -22,6 +22,18 @@ def tracing() -> bool:
             or torch.onnx.is_in_onnx_export())
 
 
+def _sigmoid_and_tanh_softplus(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigmoid(x), tanh(softplus(x))) from one sigmoid (see ``_SigmoidMish``)."""
+    s = torch.sigmoid(x)
+    u = torch.rsub(s, 2.0).mul_(s)
+    return s, u.div_(torch.rsub(u, 2.0))
+
+
+def _mish_slope(x: torch.Tensor, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """d mish/dx = t + x s (1 - t^2), given s = sigmoid(x) and t = tanh(softplus(x))."""
+    return torch.addcmul(t, x * s, torch.rsub(t.square(), 1.0))
+
+
 class _SigmoidMish(torch.autograd.Function):
     """mish(x) = x tanh(softplus(x)) written with one sigmoid: with s = sigmoid(x), 1 + e^x = 1 / (1 - s), so
     tanh(softplus(x)) = u / (2 - u) where u = s (2 - s) (no cancellation for x << 0, where u ~ 2s).
@@ -41,10 +53,14 @@ class _SigmoidMish(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        s = torch.sigmoid(x)
-        u = torch.rsub(s, 2.0).mul_(s)
-        t = u.div_(torch.rsub(u, 2.0))
-        return grad * torch.addcmul(t, x * s, torch.rsub(t.square(), 1.0))
+        return grad * _mish_slope(x, *_sigmoid_and_tanh_softplus(x))
+
+
+def mish_and_slope(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mish(x), d mish/dx) with one sigmoid, as ``_SigmoidMish``'s backward computes the slope: for a hand-written
+    backward (``FlowHead.imitation_gradients``) that keeps the slope from the forward pass."""
+    s, t = _sigmoid_and_tanh_softplus(x)
+    return x * t, _mish_slope(x, s, t)
 
 
 class Mish(nn.Mish):

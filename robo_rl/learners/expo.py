@@ -146,7 +146,8 @@ class EXPO(FusedUpdate, Learner):
         return self.critic_warmup_step(self._critic_loss(batch)[0], self._target_params, self._critic_params)
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        if self._fused:
+        fused = self._fused
+        if fused:
             metrics = self._fused_step.update(batch)
         else:
             base = self.base
@@ -165,9 +166,15 @@ class EXPO(FusedUpdate, Learner):
             metrics = {"critic_loss": critic_loss.detach(), "q_mean": q_mean, "edit_loss": edit_loss.detach(),
                        "alpha": alpha, "edit_entropy": -logp.detach().mean()}
 
-        # base policy: its own supervised loss on replay actions (autograd on either path: the base is any head)
-        base_loss = self.base.imitation_loss(batch.obs, batch.actions)
-        self.base_opt.apply(torch.autograd.grad(base_loss, self._base_params, allow_unused=True, materialize_grads=True))
+        # base policy: its own supervised loss on replay actions (on the fused path, a flow head's written-out backward)
+        base = self.base
+        fits = getattr(base, "fits_imitation_gradients", None)  # the flow head's (other heads: autograd)
+        if fused and fits is not None and fits():
+            base_loss, grads = base.imitation_gradients(batch.obs, batch.actions)
+        else:
+            base_loss = base.imitation_loss(batch.obs, batch.actions)
+            grads = torch.autograd.grad(base_loss, self._base_params, allow_unused=True, materialize_grads=True)
+        self.base_opt.apply(grads)
         with torch.no_grad():
             polyak_update(self._target_params, self._critic_params, self.tau)
         return {"critic_loss": metrics["critic_loss"], "q_mean": metrics["q_mean"], "edit_loss": metrics["edit_loss"],

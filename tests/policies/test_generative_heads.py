@@ -9,6 +9,8 @@ import torch
 
 from policies import build_head
 from policies.heads import ChunkExecutor
+from policies.heads.flow import FlowHead
+from policies.normalizers import ObsNormalizer
 
 LOW, HIGH = -np.ones(2), np.ones(2)
 SMALL = {"hidden_sizes": (128, 128)}
@@ -363,3 +365,48 @@ def test_compiled_act_is_the_eager_act_and_keeps_its_checks():
         head.net.out.bias.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="flow head produced non-finite actions"):
         run(obs[2])
+
+
+def _flow(**options):
+    torch.manual_seed(0)
+    low, high = np.array([-2.0, -1.0, 0.1]), np.array([0.5, 1.0, 2.7])  # an asymmetric box: to_unit matters
+    head = build_head("flow", 5, low, high, normalize_obs=True, **{"hidden_sizes": (32, 32, 32), **options})
+    head.obs_norm.update(torch.randn(300, 5) * 2 + 1)
+    unit = torch.rand(64, head.action_chunk, 3) * 2.2 - 1.1  # some past the bounds: the loss clips its targets
+    actions = head.from_unit(unit if head.action_chunk > 1 else unit[:, 0])
+    return head, torch.randn(64, 5) * 2, actions
+
+
+@pytest.mark.parametrize("options", [{}, {"activation": "relu"}, {"activation": "tanh"}, {"hidden_sizes": (16,)},
+                                     {"chunk": 3, "execute": 2}])
+def test_flow_imitation_gradients_equal_autograds(options):
+    # EXPO's fused path trains its flow base with the written-out backward; the same loss, noise and gradients
+    head, obs, actions = _flow(**options)
+    assert head.fits_imitation_gradients()
+    torch.manual_seed(5)
+    loss = head.imitation_loss(obs, actions)
+    expected = torch.autograd.grad(loss, list(head.parameters()))
+    after_autograd = torch.rand(1)
+    torch.manual_seed(5)
+    got_loss, got = head.imitation_gradients(obs, actions)
+    assert torch.equal(torch.rand(1), after_autograd)  # the same draws (noise, times), in the same order
+    assert float(got_loss) == pytest.approx(float(loss), rel=1e-6)
+    assert [g.shape for g in got] == [g.shape for g in expected]
+    assert all(g.is_contiguous() and g.dtype == torch.float32 for g in got)
+    for want, have in zip(expected, got):
+        assert float((want - have).abs().max() / want.abs().max()) < 1e-5
+
+
+class _FlowWithAnotherLoss(FlowHead):
+    def imitation_loss(self, obs, actions, weights=None, noise=None):
+        return 2 * super().imitation_loss(obs, actions, weights, noise)
+
+
+def test_flow_imitation_gradients_only_where_written_out():
+    assert not _flow(denoiser="residual")[0].fits_imitation_gradients()  # layer norms: autograd's
+    assert not _flow(activation="elu")[0].fits_imitation_gradients()
+    assert not _flow()[0].double().fits_imitation_gradients()
+    frozen = _flow()[0]
+    frozen.net.out.bias.requires_grad_(False)  # the written-out step would go on training it
+    assert not frozen.fits_imitation_gradients()
+    assert not _FlowWithAnotherLoss(2, LOW, HIGH, ObsNormalizer(2), hidden_sizes=(8,)).fits_imitation_gradients()

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from policies.networks import EnsembleLinear, EnsembleMLP, Mish, _EnsembleDot, _SigmoidMish
+from policies.networks import EnsembleLinear, EnsembleMLP, Mish, _EnsembleDot, _SigmoidMish, mish_and_slope
 from policies.normalizers import RunningMeanStd
 
 
@@ -82,6 +82,8 @@ def test_fast_mish_equals_torch_mish_with_gradients():
     assert torch.isfinite(g_fast).all() and torch.allclose(g_fast, g_ref, rtol=1e-5, atol=1e-5)
     small = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(_SigmoidMish.apply, (small,))
+    value, slope = mish_and_slope(x.detach())  # what hand-written backwards keep from the forward pass
+    assert torch.allclose(value, ref, rtol=1e-6, atol=1e-6) and torch.allclose(slope, g_ref, rtol=1e-5, atol=1e-5)
 
 
 def test_running_mean_std_refuses_a_batch_of_another_shape():

@@ -573,3 +573,19 @@ def test_compile_runs_the_fused_expo_step_and_its_td_target_compiled():
             torch.manual_seed(seed)
             each.update(batch(seed))
     assert max_diff(eager, expo("auto")) > 5e-4 and max_diff(eager, compiled) < 1e-5
+
+
+@pytest.mark.parametrize("fused, denoiser, written_out", [("auto", "mlp", True), ("off", "mlp", False),
+                                                          ("auto", "residual", False)])
+def test_expo_trains_a_flow_base_with_its_written_out_backward_on_the_fused_path(monkeypatch, fused, denoiser, written_out):
+    from robo_rl.learners.expo import EXPO
+
+    torch.manual_seed(0)
+    head = build_head("flow", OBS, LOW, HIGH, hidden_sizes=(16, 16), steps=2, denoiser=denoiser)
+    each = EXPO(head, fused=fused, critic_hidden=(16, 16), edit_hidden=(16,))
+    calls = []
+    gradients = head.imitation_gradients
+    monkeypatch.setattr(head, "imitation_gradients", lambda *a: calls.append(1) or gradients(*a))
+    before = [p.clone() for p in head.parameters()]
+    each.update(batch())
+    assert len(calls) == written_out and all(not torch.equal(a, b) for a, b in zip(before, head.parameters()))
