@@ -40,6 +40,8 @@ GORL_REFITTED = "GoRL, after a refit (re-centred latent)"
 METHODS = {  # name -> (overrides, baseline, env steps per timed segment)
     "SAC (gaussian)": (["algo=sac"], None, 200),
     "EXPO (flow)": (["algo=expo"], "SAC (gaussian)", 200),
+    # EXPO's update without its fused CPU path (autograd, as until 2026-12-07), for what that path buys side by side
+    "EXPO (flow, algo.fused=off)": (["algo=expo", "algo.fused=off"], "SAC (gaussian)", 200),
     "PA-RL (flow)": (["algo=parl"], "SAC (gaussian)", 200),
     # the defaults PA-RL's first Hopper returns were measured with (README), for the trade-off side by side
     "PA-RL (flow, 8 candidates, policy update every 2)": (

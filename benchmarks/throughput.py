@@ -59,11 +59,16 @@ PPO_SEGMENT = 2 * PPO_SAMPLES
 
 def ours_overrides(algo: str, env_id: str, backend: str, compile_: bool = False, hidden: int = 256, batch: int = 256,
                    precision: str = "fp32") -> list[str]:
-    """robo-rl's config at this benchmark's settings (SAC/TD3: ``hidden`` x ``hidden`` nets, ``batch``)."""
+    """robo-rl's config at this benchmark's settings (SAC/TD3, and EXPO for fused_offpolicy.py: ``hidden``-wide nets,
+    ``batch``)."""
     overrides = [f"algo={algo}", f"env.id={env_id}", f"env.backend={backend}", "steps=100000000", "seed=0"]
     if algo in ("sac", "td3"):
         overrides += [f"algo.learning_starts={LEARNING_STARTS}", f"algo.batch_size={batch}", "algo.utd=1",
                       f"policy.hidden_sizes=[{hidden},{hidden}]", f"algo.critic_hidden=[{hidden},{hidden}]"]
+    elif algo == "expo":  # (benchmarks/fused_offpolicy.py) its flow base, three layers wide as its default is
+        overrides += [f"algo.learning_starts={LEARNING_STARTS}", f"algo.batch_size={batch}", "algo.utd=1",
+                      f"policy.hidden_sizes=[{hidden},{hidden},{hidden}]", f"algo.critic_hidden=[{hidden},{hidden}]",
+                      f"algo.edit_hidden=[{hidden},{hidden}]"]
     else:
         overrides += [f"env.num_envs={PPO_ENVS}", f"algo.rollout_steps={PPO_SAMPLES // PPO_ENVS}",
                       "algo.minibatch_size=64", "algo.epochs=10", "policy.hidden_sizes=[64,64]", "algo.value_hidden=[64,64]"]

@@ -144,7 +144,7 @@ class EXPOConfig:
     critic_hidden: List[int] = field(default_factory=lambda: [256, 256])
     critic_activation: str = "relu"
     critic_layer_norm: bool = False
-    fused: str = "auto"  # hand-derived-gradient critic and edit steps on CPU where they apply (auto|on|off); same math
+    fused: str = "auto"  # hand-derived-gradient critic, edit (and flow base) steps on CPU where they apply (auto|on|off)
     batch_size: int = 256
     buffer_size: int = 1_000_000
     learning_starts: int = 5_000

@@ -83,7 +83,8 @@ class EXPO(FusedUpdate, Learner):
         fused: str = "auto",
     ) -> None:
         """``fused``: the critic, edit-policy and temperature steps with hand-derived gradients (offpolicy_fused.py;
-        auto: where the networks fit it; on: insist; off: autograd); the base's imitation step is autograd's."""
+        auto: where the networks fit it; on: insist; off: autograd), and on that path the base's imitation step too
+        where its head writes its gradients out (the flow head's ``imitation_gradients``; other heads: autograd)."""
         super().__init__()
         require_sampling_base(policy, "expo", "draws several base actions")
         if num_samples < 1:

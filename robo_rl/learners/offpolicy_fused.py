@@ -13,7 +13,7 @@ Supported: SAC and TD3 themselves (a subclass's losses are its own), with their 
 tanh-squashed Gaussian, state-dependent std or not; TD3: the deterministic head) and critic ensembles,
 plain MLPs with ReLU or tanh (no layer norm), float32 parameters on the CPU. EXPO likewise, for its critic,
 edit-policy and temperature steps (its edit policy is SAC's actor on [observation, base action]); its base
-head's imitation step, any head's loss, stays autograd's (``FusedEXPOStep``). Under ``precision=bf16`` (SAC, TD3) the
+head's imitation step is the head's own (``FusedEXPOStep``). Under ``precision=bf16`` (SAC, TD3) the
 matmuls run in bfloat16 where autocast runs them, except the critics' one-unit output layer, kept in float32
 (autocast also multiplies it in float32 for a twin critic, in bf16 for TD3's actor loss on Q_1 alone);
 parameters, optimizer state, TD targets, log-probabilities and losses stay float32.
@@ -389,8 +389,9 @@ def _bound_grad(grad: torch.Tensor, x: torch.Tensor, bound: torch.Tensor, passes
 
 class FusedEXPOStep(_FusedOffPolicyStep):
     """EXPO's critic step, edit-policy step and temperature step with hand-derived gradients. The TD target (the base's
-    samples, their edits, the target critics' scores) needs no gradient and is ``EXPO.td_target`` itself; the base's
-    imitation step stays autograd's, as its head can be any (``EXPO.update`` runs it after this step).
+    samples, their edits, the target critics' scores) needs no gradient and is ``EXPO.td_target`` itself. The base's
+    imitation step, which ``EXPO.update`` runs after this step, is its head's: a flow head's written-out gradients
+    (``FlowHead.imitation_gradients``), other heads' autograd.
 
     The edit loss mean_b (alpha log pi_e(d|s,a) - min_e Q_e(s, clip(a + d))), with d = span tanh x and x as in SAC's
     actor (``FusedSACStep``): dL/dd = -(1/B) dQ_min/du / scale * [the clip passes] (u: the edited action's unit scale,
