@@ -132,13 +132,33 @@ class LatentDecoderHead(PolicyHead):
         latents paired with ``actions`` [B, z_dim] (``coupled_sample``; flow decoders only), instead of
         latents drawn independently of them."""
         obs, actions = self.paired(obs, actions)
+        noise = self._decoder_noise(obs, noise)
+        if noise is None:
+            return self.decoder.imitation_loss(obs, actions, weights)
+        return self.decoder.imitation_loss(obs, actions, weights, noise=noise)
+
+    def _decoder_noise(self, obs: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor | None:
+        """The decoder's source noise for a refit minibatch: the paired prior latents given, a squashed prior's
+        draws, or None (the decoder draws its own Gaussian noise)."""
         if noise is not None:
             if self.decoder.name != "flow":
                 raise ValueError("paired prior latents need a flow decoder (DDPM's loss draws its own noise)")
-            return self.decoder.imitation_loss(obs, actions, weights, noise=noise)
-        if not self.latent.squash:
-            return self.decoder.imitation_loss(obs, actions, weights)
-        return self.decoder.imitation_loss(obs, actions, weights, noise=self.prior_sample(obs.shape[0], obs.device))
+            return noise
+        return self.prior_sample(obs.shape[0], obs.device) if self.latent.squash else None
+
+    def fits_imitation_gradients(self) -> bool:
+        """Whether ``imitation_gradients`` computes the decoder's (a flow decoder that writes its gradients out:
+        ``FlowHead.fits_imitation_gradients``)."""
+        fits = getattr(self.decoder, "fits_imitation_gradients", None)
+        return fits is not None and fits()
+
+    def imitation_gradients(self, obs: torch.Tensor, actions: torch.Tensor, noise: torch.Tensor | None = None
+                            ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(``imitation_loss(obs, actions, noise=noise)``, its gradients in ``decoder.parameters()`` order), written
+        out by the flow decoder (``FlowHead.imitation_gradients``): GoRL's refit minibatches. Only where
+        ``fits_imitation_gradients()``."""
+        obs, actions = self.paired(obs, actions)
+        return self.decoder.imitation_gradients(obs, actions, noise=self._decoder_noise(obs, noise))
 
     @torch.no_grad()
     def coupled_sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

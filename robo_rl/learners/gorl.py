@@ -230,15 +230,20 @@ class DecoderRefit:
         # between a minibatch's large temporaries, kept ~130-240 KB of heap apiece resident (+350 MB per refit at
         # the algo=gorl defaults on Hopper, growing with dataset_size x refit_epochs)
         loss_sum, batches = self.data_obs.new_zeros((), dtype=torch.float64), 0
+        written_out = self.policy.fits_imitation_gradients()
         try:
             for epoch in range(self.refit_epochs):
                 if epoch == 0 or self.refit_redraw:
                     actions, noise = self.refit_targets(size, teacher)
                 for idx in torch.randperm(size).split(self.refit_batch_size):
                     self._stop_point()
-                    loss = self.policy.imitation_loss(self.data_obs[idx], actions[idx],
-                                                      noise=None if noise is None else noise[idx])
-                    self.decoder_opt.apply(torch.autograd.grad(loss, self._decoder_params))
+                    paired = None if noise is None else noise[idx]
+                    if written_out:  # the flow decoder's backward written out: the same step, without autograd
+                        loss, grads = self.policy.imitation_gradients(self.data_obs[idx], actions[idx], noise=paired)
+                    else:
+                        loss = self.policy.imitation_loss(self.data_obs[idx], actions[idx], noise=paired)
+                        grads = torch.autograd.grad(loss, self._decoder_params)
+                    self.decoder_opt.apply(grads)
                     loss_sum += loss.detach()
                     batches += 1
         except RefitStopped:

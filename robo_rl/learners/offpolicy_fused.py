@@ -115,7 +115,7 @@ def sac_unsupported_reason(sac: "SAC") -> str | None:
 
 def expo_unsupported_reason(expo: "EXPO") -> str | None:
     """Why the fused step cannot run this EXPO learner (None: it can). Its edit policy is always a squashed Gaussian
-    with a state-dependent std (``EditPolicy``); the base head can be any (its imitation step stays autograd's)."""
+    with a state-dependent std (``EditPolicy``); the base head can be any (its imitation step is its own)."""
     from robo_rl.learners.expo import EXPO
 
     if type(expo) is not EXPO:
@@ -477,7 +477,7 @@ class FusedUpdate:
     def _choose_fused_step(self, label: str, fused: str, reason: Callable[[], str | None],
                            make_step: Callable[[], _FusedOffPolicyStep], trained: list[nn.Parameter] | None = None
                            ) -> None:
-        """``label``: the step's name in messages (SAC, TD3); ``reason()``: why the fused step cannot run this learner,
+        """``label``: the step's name in messages (SAC, TD3, EXPO); ``reason()``: why the fused step cannot run this learner,
         or None; ``make_step()`` builds it. ``trained``: the parameters the step trains (default: the critics' and the
         actor's, ``_critic_params`` and ``_actor_params``)."""
         if fused not in ("auto", "on", "off"):

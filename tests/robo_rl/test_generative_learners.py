@@ -375,18 +375,21 @@ def train_with_a_sigterm_in_refit(monkeypatch, minibatch: int, overrides, run_di
     (counted over all refits); the Interrupted it ends with and the refit minibatches begun."""
     from policies.heads import LatentDecoderHead
 
-    original, calls = LatentDecoderHead.imitation_loss, []
+    calls = []
 
-    def imitation_loss(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == minibatch:
-            signal.raise_signal(signal.SIGTERM)
-        return original(self, *args, **kwargs)
+    def counted(original):  # a minibatch's loss, by autograd or written out (a flow decoder's, the default)
+        def minibatch_step(self, *args, **kwargs):
+            calls.append(1)
+            if len(calls) == minibatch:
+                signal.raise_signal(signal.SIGTERM)
+            return original(self, *args, **kwargs)
+        return minibatch_step
 
-    monkeypatch.setattr(LatentDecoderHead, "imitation_loss", imitation_loss)
-    with pytest.raises(Interrupted) as exc:
-        train(compose(*overrides), run_dir)
-    monkeypatch.setattr(LatentDecoderHead, "imitation_loss", original)
+    with monkeypatch.context() as patch:
+        for name in ("imitation_loss", "imitation_gradients"):
+            patch.setattr(LatentDecoderHead, name, counted(getattr(LatentDecoderHead, name)))
+        with pytest.raises(Interrupted) as exc:
+            train(compose(*overrides), run_dir)
     return exc.value, len(calls)
 
 
@@ -733,8 +736,9 @@ def test_a_refit_runs_on_its_own_threads_and_gives_the_run_its_count_back(monkey
         torch.set_num_threads(1)
         head = build_head("latent", 3, LOW, HIGH, hidden_sizes=(16,), decoder_hidden=(32, 32), decoder_steps=2)
         learner = GoRL(head, refit_every=1, refit_epochs=2, dataset_size=64, refit_threads=2)
-        seen, loss = [], head.imitation_loss
-        monkeypatch.setattr(head, "imitation_loss", lambda *a, **k: seen.append(torch.get_num_threads()) or loss(*a, **k))
+        seen, loss = [], head.imitation_gradients  # (the flow decoder's minibatch step, written out)
+        monkeypatch.setattr(head, "imitation_gradients",
+                            lambda *a, **k: seen.append(torch.get_num_threads()) or loss(*a, **k))
         learner._store(torch.randn(64, 3), None)
         with caplog.at_level("INFO", logger="robo_rl"):
             assert float(learner.refit()["refits"]) == 1.0
@@ -1018,3 +1022,40 @@ def test_acting_takes_observations_as_every_head_does(cls):
             select.act(obs[0], deterministic=deterministic)
         with pytest.raises(TypeError, match="float tensor"):
             select.act(obs.numpy(), deterministic=deterministic)
+
+
+@pytest.mark.parametrize("refit_on", ["policy", "executed"])
+def test_a_refit_with_the_flow_decoders_written_out_backward_equals_autograds(monkeypatch, refit_on):
+    # a refit trains the flow decoder with FlowHead.imitation_gradients where it fits: the same minibatches, noise and
+    # steps as autograd's (refit_on=policy pairs the targets with their prior latents; executed lets the decoder draw)
+    def refitted(written_out):
+        torch.manual_seed(0)
+        head = build_head("latent", 3, LOW, HIGH, hidden_sizes=(16,), decoder_hidden=(32, 32), decoder_steps=2)
+        learner = GoRL(head, refit_every=1, refit_epochs=3, dataset_size=256, refit_on=refit_on)
+        assert head.fits_imitation_gradients()
+        if not written_out:
+            monkeypatch.setattr(head, "fits_imitation_gradients", lambda: False)
+        learner._store(torch.randn(256, 3), torch.rand(256, 2) * 2 - 1)
+        metrics = learner.refit()
+        monkeypatch.undo()
+        return head, metrics
+
+    (auto, m_auto), (written, m_written) = refitted(False), refitted(True)
+    assert float(m_written["decoder_loss"]) == pytest.approx(float(m_auto["decoder_loss"]), rel=1e-5)
+    for a, w in zip(auto.decoder.parameters(), written.decoder.parameters()):
+        torch.testing.assert_close(w, a, rtol=1e-4, atol=1e-6)
+
+
+def test_a_squashed_latents_written_out_decoder_gradients_draw_its_prior_as_its_loss_does():
+    # GoRL-SAC's squashed latent: the decoder's source noise is the prior's tanh-squashed draws, drawn before the times
+    torch.manual_seed(0)
+    head = build_head("latent", 3, LOW, HIGH, hidden_sizes=(16,), decoder_hidden=(32, 32), decoder_steps=2, squash=True)
+    obs, actions = torch.randn(64, 3), torch.rand(64, 2) * 2 - 1
+    torch.manual_seed(1)
+    loss = head.imitation_loss(obs, actions)
+    expected = torch.autograd.grad(loss, list(head.decoder.parameters()))
+    torch.manual_seed(1)
+    got_loss, got = head.imitation_gradients(obs, actions)
+    assert float(got_loss) == pytest.approx(float(loss), rel=1e-6)
+    for want, have in zip(expected, got):
+        assert float((want - have).abs().max() / want.abs().max()) < 1e-5
