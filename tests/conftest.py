@@ -17,3 +17,15 @@ torch.set_num_threads(1)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _no_signal_from_an_earlier_test():
+    # StopOnSignal.received keeps the process's latest SIGINT/SIGTERM (a sweep reads it after each job). A test that
+    # signals a run in this process left it set, and a later sweep test whose jobs were stubbed out (no run_training,
+    # which resets it) read the stale signal as its own: "stopped in job 1 of 2", exit 130/143, in whichever xdist
+    # worker ran the two in that order
+    from robo_rl.runners.stopping import StopOnSignal
+
+    StopOnSignal.received = None
+    yield
