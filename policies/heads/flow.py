@@ -49,12 +49,18 @@ class FlowHead(GenerativeHead):
         """``noise``: source samples x0 [B, chunk * A] when the flow starts from another distribution than
         N(0, I) (flow matching transports any source; GoRL-SAC's squashed latent prior is one)."""
         obs, actions = self.paired(obs, actions)
+        xt, t, velocity = self._regression_pairs(actions, noise)
+        v = self.net(xt, t, self._cond(obs))
+        return self._weighted((v - velocity).square().mean(-1), weights)
+
+    def _regression_pairs(self, actions: torch.Tensor, noise: torch.Tensor | None
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t, t, x1 - x0) of the loss for env-unit ``actions``: the source x0 (``noise``, else drawn), then the
+        times, drawn in that order (``imitation_gradients`` draws as ``imitation_loss`` does)."""
         x1 = self.to_unit_chunk(actions)
         x0 = torch.randn_like(x1) if noise is None else noise
         t = torch.rand(x1.shape[0], device=x1.device)
-        xt = (1.0 - t[:, None]) * x0 + t[:, None] * x1
-        v = self.net(xt, t, self._cond(obs))
-        return self._weighted((v - (x1 - x0)).square().mean(-1), weights)
+        return (1.0 - t[:, None]) * x0 + t[:, None] * x1, t, x1 - x0
 
     def imitation_gradients(self, obs: torch.Tensor, actions: torch.Tensor, noise: torch.Tensor | None = None
                             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -72,10 +78,7 @@ class FlowHead(GenerativeHead):
         net = self.net
         with torch.no_grad():
             obs, actions = self.paired(obs, actions)
-            x1 = self.to_unit_chunk(actions)
-            x0 = torch.randn_like(x1) if noise is None else noise
-            t = torch.rand(x1.shape[0], device=x1.device)
-            xt = (1.0 - t[:, None]) * x0 + t[:, None] * x1
+            xt, t, velocity = self._regression_pairs(actions, noise)
             inputs = torch.cat([xt, self._cond(obs), timestep_embedding(t * net.time_scale, net.time_dim)], -1)
             first = torch.cat([net.x_in.weight, net.cond_in.weight, net.time_in.weight], 1)
             layers = [(first, net.x_in.bias), *((block.weight, block.bias) for block in net.blocks)]
@@ -90,7 +93,7 @@ class FlowHead(GenerativeHead):
                     h = z.relu_() if kind == "relu" else z.tanh_()
                 hidden.append(h)
             v = torch.addmm(net.out.bias, h, net.out.weight.t())
-            err = v - (x1 - x0)
+            err = v - velocity
             loss = err.square().mean()
             g = err.mul_(2.0 / err.numel())
             grads = [g.sum(0), torch.mm(g.t(), h)]  # last layer first, (bias, weight) pairs

@@ -142,6 +142,16 @@ class EXPO(FusedUpdate, Learner):
         loss = 0.5 * (q - target).square().mean(1).sum(), q.detach().mean()
         return (*loss, base_actions) if edit_samples else loss
 
+    def edit_loss(self, obs: torch.Tensor, base_actions: torch.Tensor, alpha: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The edit policy's SAC-style loss on base samples [B, A] (the base is not differentiated) and the sampled
+        edits' log-probabilities."""
+        base = self.base
+        delta, logp = self.edit.sample(obs, base_actions)
+        edited = torch.maximum(torch.minimum(base_actions + delta, base.action_high), base.action_low)
+        q_edit = self.critic(base.obs_norm(obs), base.to_unit(edited), detach=True).min(0).values
+        return (alpha * logp - q_edit).mean(), logp
+
     def critic_warmup(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One critic-only TD update, not counted (demos.critic_steps; see Learner.critic_warmup_step)."""
         return self.critic_warmup_step(self._critic_loss(batch)[0], self._target_params, self._critic_params)
@@ -151,16 +161,11 @@ class EXPO(FusedUpdate, Learner):
         if fused:
             metrics = self._fused_step.update(batch)
         else:
-            base = self.base
             critic_loss, q_mean, base_actions = self._critic_loss(batch, edit_samples=True)
             self.critic_opt.apply(torch.autograd.grad(critic_loss, self._critic_params))
 
-            # edit policy, SAC-style on base samples (the base is not differentiated)
             alpha = self.log_alpha.detach().exp()
-            delta, logp = self.edit.sample(batch.obs, base_actions)
-            edited = torch.maximum(torch.minimum(base_actions + delta, base.action_high), base.action_low)
-            q_edit = self.critic(base.obs_norm(batch.obs), base.to_unit(edited), detach=True).min(0).values
-            edit_loss = (alpha * logp - q_edit).mean()
+            edit_loss, logp = self.edit_loss(batch.obs, base_actions, alpha)
             self.edit_opt.apply(torch.autograd.grad(edit_loss, self._edit_params))
             alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
             self.alpha_opt.apply(torch.autograd.grad(alpha_loss, [self.log_alpha]))

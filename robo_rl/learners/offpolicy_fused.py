@@ -133,7 +133,9 @@ def _activation_grad(grad: torch.Tensor, out: torch.Tensor, kind: str) -> torch.
 
 
 class _FusedOffPolicyStep:
-    """The networks' forward and backward passes both steps share."""
+    """The networks' forward and backward passes the steps share."""
+
+    autocasts = True  # whether it can run autocast's dtype (else an autocast learner leaves its update to autograd)
 
     def __init__(self, learner: nn.Module, head: nn.Module) -> None:
         self.actor, self.actor_act = _actor_layers(head)  # type: ignore[misc]
@@ -141,7 +143,6 @@ class _FusedOffPolicyStep:
         self.critic_target = list(learner.critic_target.net.layers)
         self.critic_act = _activation_kind(learner.critic.net.act)
         self.dtype = torch.float32  # the matmuls' dtype: bfloat16 under precision=bf16 (Learner.autocast_update)
-        self.autocasts = True  # whether it can (else an autocast learner leaves its update to autograd)
         self._casts: dict[int, torch.Tensor] | None = None  # inside ``update``: parameters cast since they last changed
 
     def _cast(self, t: torch.Tensor) -> torch.Tensor:
@@ -204,6 +205,31 @@ class _FusedOffPolicyStep:
                 g = _activation_grad(torch.mm(g, self._param(self.actor[i].weight)), hidden[i - 1], self.actor_act)
         grads.reverse()
         return grads
+
+    def _squashed_sample(self, head: GaussianHead, obs_n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+        """(tanh x [B, A], log pi [B], what the backward needs: hidden activations, raw log-std, std * eps) of the
+        squashed Gaussian ``head``, whose MLP is ``self.actor``, at its network input ``obs_n``; draws eps as
+        ``GaussianHead.sample`` does (SAC's actor, EXPO's edit policy)."""
+        out, hidden = self._actor_forward(self.actor, obs_n)
+        if head.state_dependent_std:
+            mean, raw_log_std = out.chunk(2, dim=-1)
+        else:
+            mean, raw_log_std = out, head.log_std.expand_as(out)
+        log_std = raw_log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        eps = torch.randn_like(mean)
+        std = log_std.exp()
+        x = mean + std * eps
+        logp = (-0.5 * eps.square() - log_std).sum(-1) - head.act_dim * _HALF_LOG_2PI - tanh_log_det(x)
+        return torch.tanh(x), logp, (hidden, raw_log_std, std * eps)
+
+    @staticmethod
+    def _squashed_sample_grads(d_tanh: torch.Tensor, tanh_x: torch.Tensor, raw_log_std: torch.Tensor,
+                               noise: torch.Tensor, alpha: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dL/dx, dL/d raw log-std) of L = mean_b (alpha log pi - f(tanh x)) over ``size`` rows, given ``d_tanh``,
+        the gradient of -mean_b f in tanh x (``noise``: std * eps, from ``_squashed_sample``)."""
+        d_x = _tanh_backward(d_tanh, tanh_x) + (2.0 / size) * alpha * tanh_x  # -log(1 - tanh^2)' = 2 tanh
+        in_range = (raw_log_std >= LOG_STD_MIN) & (raw_log_std <= LOG_STD_MAX)  # where the clamp passes gradient
+        return d_x, (d_x * noise - alpha / size) * in_range
 
     def _critic_forward(self, layers: list[nn.Module], x: torch.Tensor, members: int | None = None
                         ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
@@ -307,23 +333,11 @@ class FusedSACStep(_FusedOffPolicyStep):
         self.head: GaussianHead = sac.policy  # type: ignore[assignment]
 
     def _sample(self, obs_n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple]:
-        """(tanh-squashed unit action a [B, A], log pi(a|s) [B], what the backward needs) for normalized ``obs_n``;
-        draws eps as ``GaussianHead.sample`` does."""
+        """(tanh-squashed unit action a [B, A], log pi(a|s) [B], what the backward needs) for normalized ``obs_n``."""
         head = self.head
-        out, hidden = self._actor_forward(self.actor, obs_n)
-        if head.state_dependent_std:
-            mean, raw_log_std = out.chunk(2, dim=-1)
-        else:
-            mean, raw_log_std = out, head.log_std.expand_as(out)
-        log_std = raw_log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
-        eps = torch.randn_like(mean)
-        std = log_std.exp()
-        x = mean + std * eps
-        logp = (-0.5 * eps.square() - log_std).sum(-1) - head.act_dim * _HALF_LOG_2PI - tanh_log_det(x)
-        tanh_x = torch.tanh(x)
+        tanh_x, logp, (hidden, raw_log_std, noise) = self._squashed_sample(head, obs_n)
         # the action as the head hands it over (env units) and the critics read it back (unit scale)
-        unit = head.to_unit(head.from_unit(tanh_x))
-        return unit, logp, (hidden, raw_log_std, std * eps, tanh_x)
+        return head.to_unit(head.from_unit(tanh_x)), logp, (hidden, raw_log_std, noise, tanh_x)
 
     @torch.no_grad()
     def critic_gradients(self, batch: Batch, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
@@ -354,9 +368,7 @@ class FusedSACStep(_FusedOffPolicyStep):
         size = q.shape[1]
         dq = torch.zeros_like(q).scatter_(0, argmin.unsqueeze(0), -1.0 / size)  # d(-mean min_e Q_e)/dQ_e
         d_unit = self._critic_action_grad(dq, critic_hidden, weights, unit.shape[1])
-        d_x = _tanh_backward(d_unit, tanh_x) + (2.0 / size) * alpha * tanh_x  # -log(1 - tanh^2)' = 2 tanh
-        in_range = (raw_log_std >= LOG_STD_MIN) & (raw_log_std <= LOG_STD_MAX)  # where the clamp passes gradient
-        d_log_std = (d_x * noise - alpha / size) * in_range
+        d_x, d_log_std = self._squashed_sample_grads(d_unit, tanh_x, raw_log_std, noise, alpha, size)
         loss = (alpha * logp - q_min).mean()
         if not head.state_dependent_std:
             return loss, logp, [d_log_std.sum(0), *self._actor_grads(d_x, obs_n, hidden)]  # the head's order
@@ -398,12 +410,13 @@ class FusedEXPOStep(_FusedOffPolicyStep):
     ``scale``: the base's action half-range; the clip's bounds pass gradient as torch.minimum / maximum do), then
     dL/dx = span dL/dd (1 - tanh(x)^2) + (alpha/B) 2 tanh x, and the log-std's as in SAC."""
 
+    # EXPO autocasts its critic loss only (and precision=bf16 is refused for it at start-up): an autocast EXPO takes
+    # the autograd path rather than a step whose edit loss would multiply in bf16
+    autocasts = False
+
     def __init__(self, expo: "EXPO") -> None:
         super().__init__(expo, expo.edit.head)
         self.expo = expo
-        # EXPO autocasts its critic loss only (and precision=bf16 is refused for it at start-up): an autocast EXPO
-        # takes the autograd path rather than a step whose edit loss would multiply in bf16
-        self.autocasts = False
 
     @torch.no_grad()
     def critic_gradients(self, x: torch.Tensor, target: torch.Tensor
@@ -424,14 +437,7 @@ class FusedEXPOStep(_FusedOffPolicyStep):
         base, head = self.expo.base, self.expo.edit.head
         unit_base = base.to_unit(base_actions)
         edit_in = head.obs_norm(torch.cat([obs_n, unit_base], -1))
-        out, hidden = self._actor_forward(self.actor, edit_in)
-        mean, raw_log_std = out.chunk(2, dim=-1)
-        log_std = raw_log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
-        eps = torch.randn_like(mean)
-        noise = log_std.exp() * eps
-        x = mean + noise
-        logp = (-0.5 * eps.square() - log_std).sum(-1) - head.act_dim * _HALF_LOG_2PI - tanh_log_det(x)
-        tanh_x = torch.tanh(x)
+        tanh_x, logp, (hidden, raw_log_std, noise) = self._squashed_sample(head, edit_in)
         shifted = base_actions + head.from_unit(tanh_x)
         below = torch.minimum(shifted, base.action_high)
         edited = torch.maximum(below, base.action_low)
@@ -439,12 +445,10 @@ class FusedEXPOStep(_FusedOffPolicyStep):
         q_min, argmin = q.min(0)
         size = q.shape[1]
         dq = torch.zeros_like(q).scatter_(0, argmin.unsqueeze(0), -1.0 / size)  # d(-mean min_e Q_e)/dQ_e
-        d_edited = self._critic_action_grad(dq, critic_hidden, weights, mean.shape[1]) / base.action_scale
+        d_edited = self._critic_action_grad(dq, critic_hidden, weights, tanh_x.shape[1]) / base.action_scale
         d_below = _bound_grad(d_edited, below, base.action_low, below > base.action_low)
         d_shift = _bound_grad(d_below, shifted, base.action_high, shifted < base.action_high)
-        d_x = _tanh_backward(d_shift * head.action_scale, tanh_x) + (2.0 / size) * alpha * tanh_x
-        in_range = (raw_log_std >= LOG_STD_MIN) & (raw_log_std <= LOG_STD_MAX)  # where the clamp passes gradient
-        d_log_std = (d_x * noise - alpha / size) * in_range
+        d_x, d_log_std = self._squashed_sample_grads(d_shift * head.action_scale, tanh_x, raw_log_std, noise, alpha, size)
         loss = (alpha * logp - q_min).mean()
         return loss, logp, self._actor_grads(torch.cat([d_x, d_log_std], -1), edit_in, hidden)
 

@@ -460,13 +460,12 @@ def expo_autograd_gradients(learner_, data, seed=3):
     torch.manual_seed(seed)
     critic_loss, _, base_actions = learner_._critic_loss(data, edit_samples=True)
     critic = torch.autograd.grad(critic_loss, learner_._critic_params)
-    alpha = learner_.log_alpha.detach().exp()
-    delta, logp = learner_.edit.sample(data.obs, base_actions)
-    edited = torch.maximum(torch.minimum(base_actions + delta, base.action_high), base.action_low)
-    q = learner_.critic(base.obs_norm(data.obs), base.to_unit(edited), detach=True).min(0).values
-    edit_loss = (alpha * logp - q).mean()
+    sample, drawn = learner_.edit.sample, []
+    learner_.edit.sample = lambda obs, actions: drawn.append(sample(obs, actions)) or drawn[-1]  # to count clipping
+    edit_loss, _ = learner_.edit_loss(data.obs, base_actions, learner_.log_alpha.detach().exp())
     edit = torch.autograd.grad(edit_loss, learner_._edit_params)
-    clipped = int(((base_actions + delta.detach() > base.action_high) | (base_actions + delta.detach() < base.action_low)).sum())
+    shifted = base_actions + drawn[0][0].detach()
+    clipped = int(((shifted > base.action_high) | (shifted < base.action_low)).sum())
     return critic_loss.detach(), critic, edit_loss.detach(), edit, clipped
 
 
