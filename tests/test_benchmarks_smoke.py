@@ -203,10 +203,14 @@ def test_generative_returns_reuses_only_runs_evaluated_on_the_same_episodes(tmp_
 
 
 def test_generative_cost_gorl(tmp_path):
-    bench(tmp_path, "benchmarks/generative_cost.py", "--only", "gorl", "--rounds", "1", "--refit-states", "1024")
-    record = result(tmp_path, "generative_cost_gorl")
+    bench(tmp_path, "benchmarks/generative_cost.py", "--only", "gorl", "--rounds", "1", "--refit-states", "1024",
+          "--name", "gorl_cost")
+    record = result(tmp_path, "gorl_cost")
     out = record["results"]
-    assert out["GoRL (latent + flow decoder)"]["slowdown_vs_baseline"] > 0
+    gorl = out["GoRL (latent + flow decoder)"]
+    assert gorl["slowdown_vs_baseline"] > 0 and gorl["slowdown_per_round"] == [gorl["slowdown_vs_baseline"]]
+    assert out["PPO (gaussian)"]["slowdown_per_round"] is None
+    assert f"{gorl['slowdown_vs_baseline']:.2f}x slower (rounds " in (tmp_path / "results" / "gorl_cost.md").read_text()
     assert out["GoRL, after a refit (re-centred latent)"]["slowdown_vs_baseline"] > 0
     refit = record["gorl_refit"]
     assert refit["states"] == 1024 and sorted(refit["seconds"]) == ["defaults", "refit_redraw=false", "refit_threads=1"]
