@@ -120,6 +120,15 @@ def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 
 
+def spread(per_round: list[float]) -> str:
+    """How far per-round ratios scatter, for a results table: the middle half of them from 4 rounds on (the shared
+    host's load moves single rounds by +-20%), else their range."""
+    if len(per_round) >= 4:
+        low, _, high = statistics.quantiles(per_round, n=4)
+        return f"middle half of the rounds {low:.2f}-{high:.2f}x"
+    return f"rounds {min(per_round):.2f}-{max(per_round):.2f}x"
+
+
 def rate_of(fn: Callable[[], None], units: int) -> float:
     t = time.perf_counter()
     fn()

@@ -9,9 +9,9 @@ states: at the defaults, with the targets drawn once (algo.refit_redraw=false) a
 through the same flow decoder) after a short warm-up, and segments of all of them alternate
 within each round, so they share the machine's load; reported are median env steps/s (collection +
 updates) and the median of the per-round ratios to the baseline, with the middle half of those ratios (single
-rounds move by +-20% with the shared host's load: use 20 rounds to tell a few percent). The allocator is tuned as `robo-rl train` tunes it
-(robo_rl.perf.tune_malloc; results before 2026-12-02 were measured without it). Targets (issue 4):
-EXPO and PA-RL within 3x of SAC's steps/s.
+rounds move by +-20% with the shared host's load: use 20 rounds to tell a few percent). The allocator is tuned as
+`robo-rl train` tunes it (robo_rl.perf.tune_malloc; results before 2026-12-02 were measured without it). Targets
+(issue 4): EXPO and PA-RL within 3x of SAC's steps/s.
 
     python benchmarks/generative_cost.py              # 5 rounds
     python benchmarks/generative_cost.py --rounds 3
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks.common import advancer, interleaved, markdown_table, median, rate_of, save, scratch_dir  # noqa: E402
+from benchmarks.common import advancer, interleaved, markdown_table, median, rate_of, save, scratch_dir, spread  # noqa: E402
 from robo_rl.perf import tune_malloc  # noqa: E402
 
 LEARNING_STARTS = 1000
@@ -171,15 +170,6 @@ def main() -> None:
                   f"{sec['refit_redraw=false']:.1f} s with the targets drawn once (algo.refit_redraw=false), "
                   f"{sec['refit_threads=1']:.1f} s on one thread (algo.refit_threads=1)")
     save(name, record, table)
-
-
-def spread(per_round: list[float]) -> str:
-    """How far the per-round ratios scatter, for the table: the middle half of them from 4 rounds on (the shared
-    host's load moves single rounds by +-20%), else their range."""
-    if len(per_round) >= 4:
-        low, _, high = statistics.quantiles(per_round, n=4)
-        return f"middle half of the rounds {low:.2f}-{high:.2f}x"
-    return f"rounds {min(per_round):.2f}-{max(per_round):.2f}x"
 
 
 def algo_config(overrides: list[str]) -> dict:

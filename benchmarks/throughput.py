@@ -13,8 +13,9 @@ and with 2 torch threads (and robo-rl's count, if more) in every round and compa
 libraries warm up before the timed rounds (SAC/TD3: 1,200 env steps, 200 updates; PPO: 2 updates). A timed segment
 is env steps and updates: robo-rl's runner.iterate() (no evaluations, checkpoints or log rows: Runner.train schedules
 those) against SB3's learn(). Segments of both libraries alternate within each round; the reported ratio is the
-median of per-round ratios. Each result records both libraries' settings as read back from robo-rl's config and
-SB3's model (``settings``), and the markdown lists them under the table.
+median of per-round ratios (the table also gives the middle half of them). Each result records both libraries'
+settings as read back from robo-rl's config and SB3's model (``settings``), and the markdown lists them under the
+table.
 
 For SAC and TD3 a second table says how far the ratio could go: every matrix multiply of 50 env steps of
 each library (torch mm/addmm/bmm/baddbmm, shapes and memory layouts as called) is recorded and replayed
@@ -46,7 +47,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import advancer, interleaved, markdown_table, median, rate_of, save, scratch_dir  # noqa: E402
+from benchmarks.common import advancer, interleaved, markdown_table, median, rate_of, save, scratch_dir, spread  # noqa: E402
 from robo_rl.perf import tune_malloc  # noqa: E402
 
 LEARNING_STARTS = 1000
@@ -325,8 +326,9 @@ def measure(algo: str, env_id: str, rounds: int, backend: str, compile_: bool, b
         "robo_rl_steps_per_s": median(rates["robo_rl"]),
         "sb3_best_steps_per_s": median(best_sb3),
         "sb3_best_threads": max(sb3_threads, key=lambda n: median(rates[sb3_key(n)])),  # a tie: the fewer
-        "ratio": median([o / s for o, s in zip(rates["robo_rl"], best_sb3)]),
+        "ratio_per_round": [o / s for o, s in zip(rates["robo_rl"], best_sb3)],
     }
+    result["ratio"] = median(result["ratio_per_round"])
     if algo in ("sac", "td3"):  # after the timed rounds: recording slows these segments down
         ours_floor = matmul_floor(ours, (runner.threads,))
         sb3_floor = matmul_floor(lambda n: model.learn(n, reset_num_timesteps=False), (result["sb3_best_threads"],))
@@ -404,7 +406,7 @@ def main() -> None:
     rows = []
     for r in results:
         row = [r["algo"].upper(), r["env"], r["backend"], f"{r['robo_rl_steps_per_s']:.0f}",
-               f"{r['sb3_best_steps_per_s']:.0f} ({r['sb3_best_threads']})", f"**{r['ratio']:.2f}x**",
+               f"{r['sb3_best_steps_per_s']:.0f} ({r['sb3_best_threads']})", f"**{r['ratio']:.2f}x** ({spread(r['ratio_per_round'])})",
                f"{TARGETS[r['algo']]}x"]
         if args.compile:
             row.insert(4, f"{r['robo_rl_compile_steps_per_s']:.0f} ({r['ratio_compile']:.2f}x)")
