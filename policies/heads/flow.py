@@ -151,7 +151,7 @@ class FlowHead(GenerativeHead):
         w_x, w_o = w_in.t(), net.out.weight.t()
         # [B, W], added to each step's first layer in place: a [K, B, W] tensor of per-step biases (context + each
         # step's row) took ~8% of the chain at EXPO's 768 rows (one broadcast add of K x B x W numbers, slow on the
-        # CPU) against ~0 at batch 1 (paired timings, 2026-12-07)
+        # CPU); the K small adds instead cost ~1% of an eager act at batch 1 (paired timings, 2026-12-07)
         context = linear(self._cond(obs), net.cond_in.weight)
         trunk = net.chain_trunk(noise.shape[0], noise.device)
         if self.solver == "euler":
