@@ -821,9 +821,25 @@ def test_a_sweep_interrupted_during_a_job_s_final_evaluation_stops_after_that_jo
     err = console.readouterr().err
     assert stop.value.code == 130, err
     assert "SIGINT arrived after the last training step: the run is complete" in err
-    assert "sweep: stopped in job 1 of 2 (seed=0); not started: seed=1; " in err
+    assert "sweep: stopped in job 1 of 2 (seed=0); not started: seed=1; to continue the sweep (this job is complete, " \
+        "finished ones are kept, the rest start)" in err
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["seed=0"]
     assert json.loads((tmp_path / "sweep" / "seed=0" / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_sweep_stopped_before_its_job_s_first_checkpoint_says_the_job_starts_again(tmp_path, monkeypatch, console):
+    # a Ctrl-C in the job's first seconds (imports, building envs) leaves no checkpoint: "this job resumes" was wrong,
+    # continuing the sweep starts that job from step 0 (train's resume of a run without a checkpoint)
+    from robo_rl.commands import train
+
+    monkeypatch.setattr(train, "run_training", lambda cfg, run_dir, overrides: 130)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        train.train_main(["-m", "seed=0,1", *TINY, "run_dir=sweep"])
+    assert stop.value.code == 130
+    assert "sweep: stopped in job 1 of 2 (seed=0); not started: seed=1; to continue the sweep (this job starts again, " \
+        "stopped before its first checkpoint, finished ones are kept, the rest start): robo-rl train -m " \
+        in console.readouterr().err
 
 
 def test_a_ctrl_c_between_two_jobs_of_a_sweep_stops_it_with_its_continue_command(tmp_path, monkeypatch, console):

@@ -145,11 +145,13 @@ def train_main(args: Sequence[str]) -> int:
             with open_dict(cfg):
                 cfg.resume = str(run_dir)
             overrides = [o for o in overrides if override_key(o) != "run_dir"] + [f"resume={run_dir}"]
+        completed = False
         if failed_before is not None:
             code = error(f"sweep: {run_dir} failed before ({failed_before}); left as it is (remove the directory to "
                          "run this job again)", EXIT_FAILED)
         else:
             code = run_training(cfg, run_dir, overrides)  # (it forgets the signals of the jobs before it)
+            completed = code == 0
             if not code and hc.mode.name == "MULTIRUN" and StopOnSignal.received is not None:
                 # the signal came during the job's final evaluation or save, which it waited for: the job is complete,
                 # and the sweep stops all the same (it started the next job, as if there had been no Ctrl-C)
@@ -161,9 +163,10 @@ def train_main(args: Sequence[str]) -> int:
         if code and hc.mode.name == "MULTIRUN" and code in (EXIT_SIGINT, EXIT_SIGTERM):
             jobs = swept_values_by_job()
             unstarted = [j for j in jobs if j not in started]
-            log.warning("sweep: stopped in job %d of %d (%s)%s; to continue the sweep (this job resumes, finished "
-                        "ones are kept, the rest start): %s", hc.job.num + 1, len(jobs), label,
-                        f"; not started: {'; '.join(unstarted)}" if unstarted else "", continue_command(hc.sweep.dir))
+            log.warning("sweep: stopped in job %d of %d (%s)%s; to continue the sweep (%s, finished ones are kept, "
+                        "the rest start): %s", hc.job.num + 1, len(jobs), label,
+                        f"; not started: {'; '.join(unstarted)}" if unstarted else "",
+                        stopped_job(run_dir, completed), continue_command(hc.sweep.dir))
         if code and (hc.mode.name == "RUN" or code in (EXIT_SIGINT, EXIT_SIGTERM)):
             raise SystemExit(code)  # an interrupted sweep stops: Ctrl-C does not start the next job
         if hc.mode.name == "MULTIRUN":
@@ -241,6 +244,19 @@ def continue_command(sweep_dir: str) -> str:
     args = [x for a in args for x in (["--config-dir", unquoted(a.split("=", 1)[1])] if override_key(a) == "config_dir"
                                       else [a])]  # as typed, not quoted for Hydra
     return shlex.join(["robo-rl", "train", "-m", *args, f"run_dir={sweep_dir}"])
+
+
+def stopped_job(run_dir: Path, completed: bool) -> str:
+    """What continuing a sweep does with the job a signal stopped (its directory ``run_dir``; ``completed``: it ended
+    complete, the signal having come during its final evaluation or save)."""
+    from robo_rl.checkpoint import list_checkpoints
+
+    if completed:
+        return "this job is complete"
+    if list_checkpoints(run_dir / "checkpoints"):
+        return "this job resumes"
+    # a signal in its start-up (a few seconds: imports, building the envs) or a kill before its first save
+    return "this job starts again, stopped before its first checkpoint"
 
 
 def run_dir_problem(args: Sequence[str]) -> str | None:
