@@ -134,13 +134,13 @@ class FlowHead(GenerativeHead):
                 *(p for block in net.blocks for p in (block.weight, block.bias)), net.out.weight, net.out.bias]
 
     def generate(self, obs: torch.Tensor, noise: torch.Tensor, straight_through: bool = False) -> torch.Tensor:
-        """The Euler (or midpoint) chain, written so that each step is three operations around the trunk.
+        """The Euler (or midpoint) chain, written so that each step is four operations around the trunk.
 
         Every step's first layer is one ``addmm`` whose bias holds the layer's own bias and the step's time
         term, plus the condition term (computed once per chain), added in place; the velocity's output
-        layer writes the step itself, x + dt * v, as one ``addmm``. With Euler, the output bias is carried forward instead
-        of added: x_k = y_k + k dt b_o, so y_{k+1} = y_k + dt h W_o^T, its contribution to the next first
-        layer (k dt W_x b_o) joins that layer's bias, and x = y_K + b_o at the end (K dt = 1). The same
+        layer writes the step itself, x + dt * v, as one ``addmm``. With Euler, the output bias is carried
+        forward instead of added: x_k = y_k + k dt b_o, so y_{k+1} = y_k + dt h W_o^T, its contribution to the
+        next first layer (k dt W_x b_o) joins that layer's bias, and x = y_K + b_o at the end (K dt = 1). The same
         arithmetic as the textbook chain (tests compare them); it matters at batch 1, where the chain
         is bound by per-operation overhead rather than by the matmuls (benchmarks/export_latency.py).
         """

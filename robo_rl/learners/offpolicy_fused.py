@@ -131,8 +131,8 @@ def _activate_(h: torch.Tensor, kind: str) -> torch.Tensor:
 
 def _activation_grad(grad: torch.Tensor, out: torch.Tensor, kind: str) -> torch.Tensor:
     """d/d(pre-activation), given the gradient w.r.t. the activation's output ``out``, written over ``grad`` (every
-    caller passes a fresh product): the buffer a matmul has just written is in cache, where a new one is not, and the
-    critic and actor backward passes ran ~2% faster so (paired, 2026-12-07)."""
+    caller passes a fresh product): the buffer a matmul has just written is in cache, where a new one is not (paired,
+    2026-12-07: EXPO's critic and edit gradients 2% faster, TD3's update 1-4%, SAC's unchanged)."""
     if kind == "relu":
         return _threshold_backward_into(grad, out, 0, grad_input=grad)
     return _tanh_backward_into(grad, out, grad_input=grad)
