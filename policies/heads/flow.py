@@ -65,15 +65,14 @@ class FlowHead(GenerativeHead):
     def imitation_gradients(self, obs: torch.Tensor, actions: torch.Tensor, noise: torch.Tensor | None = None
                             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(``imitation_loss(obs, actions, noise=noise)``, its gradients in ``parameters()`` order) with the backward
-        written out,
-        no autograd graph: the same loss and noise draws, gradients equal to autograd's to float rounding (EXPO's base
-        step at its batch of 256 and the default 256-wide denoiser: 2.7 ms against autograd's 3.9, a one-off timing).
-        Only where ``fits_imitation_gradients()``.
+        written out, no autograd graph: the same loss and noise draws, gradients equal to autograd's to float rounding
+        (EXPO's base step at its batch of 256 and the default 256-wide denoiser: 2.7 ms against autograd's 3.9, a
+        one-off timing). Only where ``fits_imitation_gradients()``.
 
         With z_0 = W_x x_t + b_x + W_c c + W_t emb(t), h_i = act(z_i), z_i = W_i h_{i-1} + b_i and v = W_o h_n + b_o,
         dL/dv = 2 (v - (x1 - x0)) / (B D); dW = g^T h, db = sum_b g, g_{i-1} = act'(z_{i-1}) * (g_i W_i) per layer; the
         first layer's three weights take their rows' parts of one [x_t, c, emb] input."""
-        from policies.networks import mish_and_slope
+        from policies.networks import activation_grad_, mish_and_slope
 
         net = self.net
         with torch.no_grad():
@@ -99,12 +98,7 @@ class FlowHead(GenerativeHead):
             grads = [g.sum(0), torch.mm(g.t(), h)]  # last layer first, (bias, weight) pairs
             for i in range(len(layers) - 1, -1, -1):
                 g = torch.mm(g, (net.out.weight if i == len(layers) - 1 else layers[i + 1][0]))
-                if kind == "mish":
-                    g = g.mul_(slopes[i])
-                elif kind == "relu":
-                    g = torch.ops.aten.threshold_backward(g, hidden[i + 1], 0)
-                else:
-                    g = torch.ops.aten.tanh_backward(g, hidden[i + 1])
+                g = g.mul_(slopes[i]) if kind == "mish" else activation_grad_(g, hidden[i + 1], kind)
                 grads += [g.sum(0), torch.mm(g.t(), hidden[i])]
             grads.reverse()  # (weight, bias) pairs, first layer first
             w_first = grads[0]

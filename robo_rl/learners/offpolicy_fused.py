@@ -42,6 +42,7 @@ from torch import nn
 
 from policies.heads.deterministic import DeterministicHead
 from policies.heads.gaussian import _HALF_LOG_2PI, LOG_STD_MAX, LOG_STD_MIN, GaussianHead, tanh_log_det
+from policies.networks import activation_grad_
 from robo_rl.learners.base import Batch, bound_loss, fused_step_fits, polyak_update
 from robo_rl.learners.ppo_fused import _ACTIVATIONS, _mlp_layout
 
@@ -51,9 +52,6 @@ if TYPE_CHECKING:
     from robo_rl.learners.td3 import TD3
 
 _tanh_backward = torch.ops.aten.tanh_backward
-# the out= overloads: the backward written over the incoming gradient's buffer (_activation_grad)
-_threshold_backward_into = torch.ops.aten.threshold_backward.grad_input
-_tanh_backward_into = torch.ops.aten.tanh_backward.grad_input
 
 
 def _activation_kind(module: nn.Module) -> str | None:
@@ -129,15 +127,6 @@ def _activate_(h: torch.Tensor, kind: str) -> torch.Tensor:
     return h.relu_() if kind == "relu" else h.tanh_()
 
 
-def _activation_grad(grad: torch.Tensor, out: torch.Tensor, kind: str) -> torch.Tensor:
-    """d/d(pre-activation), given the gradient w.r.t. the activation's output ``out``, written over ``grad`` (every
-    caller passes a fresh product): the buffer a matmul has just written is in cache, where a new one is not (paired,
-    2026-12-07: EXPO's critic and edit gradients 2% faster, TD3's update 1-4%, SAC's unchanged)."""
-    if kind == "relu":
-        return _threshold_backward_into(grad, out, 0, grad_input=grad)
-    return _tanh_backward_into(grad, out, grad_input=grad)
-
-
 class _FusedOffPolicyStep:
     """The networks' forward and backward passes the steps share."""
 
@@ -208,7 +197,7 @@ class _FusedOffPolicyStep:
         for i in range(len(self.actor) - 1, -1, -1):
             grads += [g.sum(0, dtype=torch.float32), torch.mm(g.t(), inputs[i]).float()]
             if i > 0:
-                g = _activation_grad(torch.mm(g, self._param(self.actor[i].weight)), hidden[i - 1], self.actor_act)
+                g = activation_grad_(torch.mm(g, self._param(self.actor[i].weight)), hidden[i - 1], self.actor_act)
         grads.reverse()
         return grads
 
@@ -259,21 +248,21 @@ class _FusedOffPolicyStep:
         members, width = weights[-1].shape[0], weights[-1].shape[1]
         grads = [dq.sum(1).view(members, 1, 1),  # last layer first, (bias, weight) pairs; reversed at the end
                  torch.bmm(self._cast(dq).unsqueeze(1), hidden[-1]).float().view(members, width, 1)]
-        g = _activation_grad(self._cast(dq.unsqueeze(-1) * weights[-1].transpose(1, 2)), hidden[-1], self.critic_act)
+        g = activation_grad_(self._cast(dq.unsqueeze(-1) * weights[-1].transpose(1, 2)), hidden[-1], self.critic_act)
         inputs = [self._cast(x).expand(members, -1, -1), *hidden]
         for i in range(len(hidden) - 1, -1, -1):
             grads += [g.sum(1, keepdim=True, dtype=torch.float32), torch.bmm(inputs[i].transpose(1, 2), g).float()]
             if i > 0:
-                g = _activation_grad(torch.bmm(g, weights[i].transpose(1, 2)), hidden[i - 1], self.critic_act)
+                g = activation_grad_(torch.bmm(g, weights[i].transpose(1, 2)), hidden[i - 1], self.critic_act)
         grads.reverse()
         return grads
 
     def _critic_action_grad(self, dq: torch.Tensor, hidden: list[torch.Tensor], weights: list[torch.Tensor],
                             act_dim: int) -> torch.Tensor:
         """dL/da [B, A] (float32) from dL/dQ [E, B], summed over the members, the critics' weights held fixed."""
-        g = _activation_grad(self._cast(dq.unsqueeze(-1) * weights[-1].transpose(1, 2)), hidden[-1], self.critic_act)
+        g = activation_grad_(self._cast(dq.unsqueeze(-1) * weights[-1].transpose(1, 2)), hidden[-1], self.critic_act)
         for i in range(len(hidden) - 1, 0, -1):
-            g = _activation_grad(torch.bmm(g, weights[i].transpose(1, 2)), hidden[i - 1], self.critic_act)
+            g = activation_grad_(torch.bmm(g, weights[i].transpose(1, 2)), hidden[i - 1], self.critic_act)
         # the first layer's action rows only: [E, B, H] x [E, H, A], summed over members
         return torch.bmm(g, weights[0][:, -act_dim:].transpose(1, 2)).float().sum(0)
 
