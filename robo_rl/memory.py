@@ -61,7 +61,7 @@ def buffers_needed(cfg: Any, obs_dim: int, act_dim: int) -> dict[str, int]:
     # EXPO's and PA-RL's candidate actions: batch_size x count rows through the head and the critics in an update
     layers = [*(algo.get("critic_hidden") or []), *(OmegaConf.select(cfg, "policy.hidden_sizes", default=None) or [])]
     width = sum(int(h) for h in layers)
-    for key in ("num_samples", "num_candidates", "target_candidates"):
+    for key in ("num_samples", "target_samples", "num_candidates", "target_candidates"):
         if algo.get(key) is not None and algo.get("batch_size") is not None:
             b, n = int(algo.batch_size), int(algo[key])
             needs[f"candidate actions (algo.batch_size={b:,} x algo.{key}={n:,})"] = (

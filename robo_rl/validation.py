@@ -286,8 +286,12 @@ def validate(cfg: DictConfig) -> None:
         if algo == "parl":
             need(cfg.algo.num_candidates >= 1, "algo.num_candidates", "must be >= 1")
             need(1 <= cfg.algo.top_k <= cfg.algo.num_candidates, "algo.top_k", "must be between 1 and algo.num_candidates")
+            need(cfg.algo.target_candidates is None or cfg.algo.target_candidates >= 1, "algo.target_candidates",
+                 "must be >= 1 (null: algo.num_candidates)")
         if algo == "expo":
             need(cfg.algo.num_samples >= 1, "algo.num_samples", "must be >= 1")
+            need(cfg.algo.target_samples is None or cfg.algo.target_samples >= 1, "algo.target_samples",
+                 "must be >= 1 (null: algo.num_samples)")
     if algo in ("ppo", "gorl"):
         samples = cfg.algo.rollout_steps * cfg.env.num_envs
         need(cfg.algo.rollout_steps >= 1, "algo.rollout_steps", "must be >= 1")

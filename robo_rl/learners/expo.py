@@ -8,7 +8,8 @@ Dong et al. 2025, "EXPO: Stable Reinforcement Learning with Expressive Policies"
         L_e = E[ alpha log pi_e(delta|s,a) - min_i Q_i(s, clip(a + delta)) ],  a ~ pi_b(s)
     with its temperature tuned to a target entropy of -|A|;
   * on-the-fly policy: draw N base actions and their N edits, act (and compute TD targets) with the
-    candidate of highest min_i Q_i among those 2N.
+    candidate of highest min_i Q_i among those 2N. The TD target draws ``target_samples`` base actions at s'
+    (default 1: the better of one sample and its edit; None: N, the paper's choice), see ``__init__``.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class EXPO(FusedUpdate, Learner):
         alpha_lr: float = 3e-4,
         init_alpha: float = 0.1,
         num_samples: int = 2,
+        target_samples: int | None = 1,
         edit_scale: float = 0.2,
         edit_hidden: Sequence[int] = (256, 256),
         edit_activation: str = "relu",
@@ -84,11 +86,20 @@ class EXPO(FusedUpdate, Learner):
     ) -> None:
         """``fused``: the critic, edit-policy and temperature steps with hand-derived gradients (offpolicy_fused.py;
         auto: where the networks fit it; on: insist; off: autograd), and on that path the base's imitation step too
-        where its head writes its gradients out (the flow head's ``imitation_gradients``; other heads: autograd)."""
+        where its head writes its gradients out (the flow head's ``imitation_gradients``; other heads: autograd).
+
+        ``target_samples``: base samples per next state in the TD target, each with its edit, the best of them by the
+        target critics (None: ``num_samples``, as the agent acts). One (the default since 2026-12-07) runs the
+        update's flow chain on 512 rows instead of 768 at the default two and halves the candidates the target
+        critics score (README, generative cost), and its max is over fewer noisy estimates (the bias PA-RL's
+        one-sample target removed)."""
         super().__init__()
         require_sampling_base(policy, "expo", "draws several base actions")
         if num_samples < 1:
             raise ValueError(f"algo.num_samples={num_samples}: must be >= 1 (base samples per state)")
+        if target_samples is not None and target_samples < 1:
+            raise ValueError(f"algo.target_samples={target_samples}: must be >= 1 (base samples per next state in the "
+                             "TD target; null: algo.num_samples)")
         if not 0 < edit_scale <= 2:
             raise ValueError(f"algo.edit_scale={edit_scale}: must be in (0, 2] (the largest edit, as a fraction of "
                              "each action's half-range)")
@@ -98,7 +109,8 @@ class EXPO(FusedUpdate, Learner):
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.edit = EditPolicy(policy, edit_scale, edit_hidden, edit_activation)
         self.policy = CriticSelectPolicy(policy, self.critic, num_samples, self.edit)
-        self.target_policy = CriticSelectPolicy(policy, self.critic_target, num_samples, self.edit)
+        self.target_policy = CriticSelectPolicy(policy, self.critic_target,
+                                                num_samples if target_samples is None else target_samples, self.edit)
         self.log_alpha = nn.Parameter(torch.tensor(float(init_alpha)).log())
         self.target_entropy = float(-policy.act_dim)
         self.critic_opt = FusedAdam(self.critic.parameters(), critic_lr)

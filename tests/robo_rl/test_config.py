@@ -121,6 +121,8 @@ def test_unknown_or_mistyped_keys_fail_at_composition(override, words):
      r"algo.buffer_size=4: must hold at least one step of every env \(env.num_envs=8\)"),
     (["algo=expo", "algo.edit_activation=sigmoidz", "env=pendulum", "steps=200"],
      r"algo.edit_activation=sigmoidz: unknown activation"),
+    (["algo=expo", "algo.target_samples=0", "env=pendulum", "steps=200"], r"algo.target_samples=0: must be >= 1"),
+    (["algo=parl", "algo.target_candidates=0", "env=pendulum", "steps=200"], r"algo.target_candidates=0: must be >= 1"),
 ])
 def test_semantic_errors_name_the_key_and_write_nothing(tmp_path, overrides, key):
     run_dir = tmp_path / "run"

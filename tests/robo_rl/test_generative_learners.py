@@ -82,16 +82,18 @@ def test_parl_td_target_takes_the_best_of_target_candidates(monkeypatch, target_
     torch.testing.assert_close(loss.detach(), 0.5 * (q - target).square().mean(1).sum())
 
 
-def test_expo_td_target_edits_and_base_update():
-    # y = r + g (1 - d) max_j min_i Q'(s', c_j) over N base samples at s' and their N edits, chosen and scored by
-    # the target critics; an edit moves each action by at most edit_scale of its half-range; the base moves by
-    # its imitation loss alone (no other optimizer reaches it)
+@pytest.mark.parametrize("target_samples, m", [(None, 3), (2, 2), (1, 1)])
+def test_expo_td_target_edits_and_base_update(target_samples, m):
+    # y = r + g (1 - d) max_j min_i Q'(s', c_j) over m base samples at s' (algo.target_samples; None: the N the agent
+    # acts with) and their m edits, chosen and scored by the target critics; an edit moves each action by at most
+    # edit_scale of its half-range; the base moves by its imitation loss alone (no other optimizer reaches it)
     from robo_rl.learners.candidates import score
 
     torch.manual_seed(0)
     low, high = np.array([-2.0, -0.5]), np.array([2.0, 1.5])
     policy = build_head("flow", 3, low, high, hidden_sizes=(32, 32), steps=2)
-    learner = EXPO(policy, critic_hidden=(32, 32), num_samples=3, edit_scale=0.2)
+    learner = EXPO(policy, critic_hidden=(32, 32), num_samples=3, target_samples=target_samples, edit_scale=0.2)
+    assert learner.policy.n == 3 and learner.target_policy.n == m
     with torch.no_grad():  # target critics unlike the online ones, so choosing by the wrong ones shows
         for p in learner.critic_target.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -105,9 +107,9 @@ def test_expo_td_target_edits_and_base_update():
         target = b.rewards + learner.gamma * (1.0 - b.terminated) * q_next
         q = learner.critic(policy.obs_norm(b.obs), policy.to_unit(b.actions))
     torch.testing.assert_close(loss.detach(), 0.5 * (q - target).square().mean(1).sum())
-    assert candidates.shape == (32, 6, 2)
+    assert candidates.shape == (32, 2 * m, 2)
     span = torch.as_tensor(0.2 * (high - low) / 2, dtype=torch.float32)
-    assert ((candidates[:, 3:] - candidates[:, :3]).abs() <= span + 1e-6).all()
+    assert ((candidates[:, m:] - candidates[:, :m]).abs() <= span + 1e-6).all()
     for group in learner.base_opt.param_groups:
         group["lr"] = 0.0
     base = [p.clone() for p in policy.parameters()]
@@ -132,11 +134,11 @@ def _state_coded_base(monkeypatch, policy):
 
 @pytest.mark.parametrize("fused", ["off", "on"])
 def test_expo_update_draws_the_target_and_edit_samples_in_one_call(monkeypatch, fused):
-    # one call of the base for its N samples at each s' (the TD target's candidates) and one at each s (the edit
+    # one call of the base for its samples at each s' (the TD target's candidates) and one at each s (the edit
     # loss's): two chains cost ~20% more of an update at the defaults; each set must reach the rows of its own states
     torch.manual_seed(0)
     policy = build_head("flow", 3, LOW, HIGH, hidden_sizes=(32, 32), steps=2)
-    learner = EXPO(policy, critic_hidden=(32, 32), num_samples=3, fused=fused)
+    learner = EXPO(policy, critic_hidden=(32, 32), num_samples=3, target_samples=2, fused=fused)
     rows, coded = _state_coded_base(monkeypatch, policy)
     seen = {}
     candidates, sample = learner.target_policy.candidates, learner.edit.sample
@@ -162,8 +164,8 @@ def test_expo_update_draws_the_target_and_edit_samples_in_one_call(monkeypatch, 
         monkeypatch.setattr(learner.edit, "sample", edit_sample)
     b = batch()
     metrics = learner.update(b)
-    assert rows == [32 * 3 + 32]
-    torch.testing.assert_close(seen["target"].reshape(-1, 2), coded(b.next_obs, 3))
+    assert rows == [32 * 2 + 32]
+    torch.testing.assert_close(seen["target"].reshape(-1, 2), coded(b.next_obs, 2))
     torch.testing.assert_close(seen["edit"], coded(b.obs, 1))
     assert torch.isfinite(metrics["edit_loss"])
 
@@ -193,6 +195,15 @@ def test_parl_target_candidates_must_be_positive():
     policy = build_head("flow", 3, LOW, HIGH, hidden_sizes=(16,), steps=2)
     with pytest.raises(ValueError, match="algo.target_candidates=0"):
         PARL(policy, target_candidates=0)
+
+
+def test_expo_target_samples_default_to_one_and_must_be_positive():
+    # the TD target draws one base sample (and its edit) per next state unless told otherwise; the agent acts with N
+    policy = build_head("flow", 3, LOW, HIGH, hidden_sizes=(16,), steps=2)
+    learner = EXPO(policy, critic_hidden=(16,))
+    assert (learner.policy.n, learner.target_policy.n) == (2, 1)
+    with pytest.raises(ValueError, match="algo.target_samples=0"):
+        EXPO(policy, target_samples=0)
 
 
 def test_parl_action_optimization_climbs_q():
@@ -676,6 +687,37 @@ def test_a_gorl_run_saved_before_the_kept_std_resumes_with_the_reset_it_trained_
     assert not bool(policy.anchored)  # its refits since the resume zeroed the latent, as before
     torch.testing.assert_close(policy.latent_scale, torch.ones_like(policy.latent_scale))
     assert cfg.algo.keep_latent_std is False and cfg.algo.recenter_latent is False  # written back to config.yaml
+
+
+def test_an_expo_run_saved_before_target_samples_resumes_with_the_target_it_trained_with(tmp_path, monkeypatch):
+    # config.yaml files written before 2026-12-07 have no algo.target_samples: their TD targets drew algo.num_samples
+    # base samples at s'. A resume goes on that way (null), not with the newer default of one
+    import yaml
+
+    from robo_rl.checkpoint import latest_checkpoint
+    from tests.helpers import rewrite_consistently
+
+    train(compose("algo=expo", "policy.hidden_sizes=[32]", "policy.steps=2", "steps=256", *OFF), tmp_path / "run")
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["algo"]["target_samples"] == 1
+    del saved["algo"]["target_samples"]
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(saved))
+    checkpoint = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    state = json.loads((checkpoint / "state.json").read_text())
+    del state["config"]["algo"]["target_samples"]
+    rewrite_consistently(checkpoint, "state.json", json.dumps(state))
+    assert load_run_config(tmp_path / "run").algo.target_samples is None
+    built = []
+    init = EXPO.__init__
+
+    def record(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        built.append(self)
+
+    monkeypatch.setattr(EXPO, "__init__", record)
+    train(compose(f"resume={tmp_path / 'run'}", "steps=320", *FAST), tmp_path / "run")
+    assert [(learner.policy.n, learner.target_policy.n) for learner in built] == [(2, 2)]
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["algo"]["target_samples"] is None
 
 
 @pytest.mark.parametrize("redraw", [False, True])
