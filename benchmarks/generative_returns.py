@@ -15,6 +15,8 @@ Every run is scored by the same final evaluation: 10 episodes with the method's 
     python benchmarks/generative_returns.py --pairs gorl_sac      # -> results/generative_returns_gorl_sac.*
     python benchmarks/generative_returns.py --pairs offpolicy --methods expo \
         --reuse benchmarks/results/returns.json        # SAC's seeded runs reused, EXPO trained
+    python benchmarks/generative_returns.py --pairs offpolicy --methods expo \
+        --overrides algo.target_samples=null           # EXPO at other settings (the baseline at its defaults)
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -42,16 +45,34 @@ PAIRS = {
 }
 
 
-def run(algo: str, seed: int, steps: int, run_root: Path | None = None) -> dict:
+def overrides(algo: str, seed: int, steps: int, extra: Sequence[str] = ()) -> list[str]:
+    return [f"algo={algo}", f"env.id={ENV}", f"steps={steps}", f"seed={seed}", f"eval.episodes={EVAL_EPISODES}",
+            f"eval.every={steps}", "log.progress_seconds=120", "log.tensorboard=false", *extra]
+
+
+def algo_settings(cfg: Any) -> dict:
+    """A run's learner settings (its ``algo`` section), with the keys added since a recorded run was written filled
+    in as that run trained (``robo_rl.config.with_schema_defaults``): what ``--reuse`` compares, so that a run
+    recorded before a default changed (EXPO's ``algo.target_samples``, 2026-12-07) is not taken for one at the new
+    default."""
+    from omegaconf import OmegaConf
+
+    from robo_rl.config import with_schema_defaults
+
+    algo = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    return with_schema_defaults({"algo": algo})["algo"]
+
+
+def run(algo: str, seed: int, steps: int, run_root: Path | None = None, extra: Sequence[str] = ()) -> dict:
     from robo_rl.train import compose_config, train
 
-    overrides = [f"algo={algo}", f"env.id={ENV}", f"steps={steps}", f"seed={seed}", f"eval.episodes={EVAL_EPISODES}",
-                 f"eval.every={steps}", "log.progress_seconds=120", "log.tensorboard=false"]
+    cfg = compose_config(overrides(algo, seed, steps, extra))
     t = time.perf_counter()
     run_dir = (Path(tempfile.mkdtemp()) if run_root is None else run_root) / f"{algo}-{seed}"
-    summary = train(compose_config(overrides), run_dir)
+    summary = train(cfg, run_dir)
     return {"seed": seed, "return": summary["final_eval_return_mean"], "wall_s": time.perf_counter() - t,
-            "run_dir": str(run_dir), "eval_seeding": EVAL_SEEDING}
+            "run_dir": str(run_dir), "eval_seeding": EVAL_SEEDING, "overrides": list(extra),
+            "algo": algo_settings(cfg.algo)}
 
 
 def main() -> None:
@@ -64,19 +85,31 @@ def main() -> None:
                         help="take runs already recorded in these results files (this script's, or "
                              "benchmarks/results/returns.json for SAC) instead of training them again: same "
                              "env, steps and seed (robo-rl runs are deterministic given the seed on one thread)")
+    parser.add_argument("--overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="Hydra overrides for the methods' runs, not the baseline's (e.g. "
+                             "algo.target_samples=null); each run records its learner settings, and --reuse takes "
+                             "only runs trained with the same ones")
     parser.add_argument("--name", default=None,
                         help="results file name under benchmarks/results/ (default: from --pairs and --methods)")
     parser.add_argument("--run-root", type=Path, default=None,
                         help="keep the run directories here, e.g. to re-evaluate them (default: a temp dir)")
     args = parser.parse_args()
 
-    def cached(algo: str, steps: int, seed: int) -> dict | None:
+    def cached(algo: str, steps: int, seed: int, extra: list[str]) -> dict | None:
         """A run trained earlier in this invocation (pairs share SAC as their baseline; training it again
         would also collide in --run-root), else a recorded run from --reuse, read when needed (a file may
-        still be growing)."""
+        still be growing); either with the learner settings this run would train with (a recorded run
+        without them: the settings of its learner's defaults then)."""
+        from robo_rl.train import compose_config
+
+        want = algo_settings(compose_config(overrides(algo, seed, steps, extra)).algo)
+
+        def same(r: dict) -> bool:
+            return r["seed"] == seed and algo_settings(r.get("algo", {"name": algo})) == want
+
         for pair in results.values():
             for r in pair["runs"].get(algo, []) if pair["steps"] == steps else []:
-                if r["seed"] == seed:
+                if same(r):
                     return r
         for path in args.reuse:
             data = json.loads(path.read_text())["results"]
@@ -86,10 +119,14 @@ def main() -> None:
             else:  # this script: {pair: {steps, runs: {algo: [runs]}}}
                 found = [r for pair in data.values() if pair.get("steps") == steps for r in pair["runs"].get(algo, [])]
             for r in found:
-                if r["seed"] == seed and r.get("eval_seeding") != EVAL_SEEDING:
+                if not same(r):
+                    if r["seed"] == seed:
+                        print(f"{algo} seed {seed} in {path} trained with other settings: not reused", flush=True)
+                    continue
+                if r.get("eval_seeding") != EVAL_SEEDING:
                     print(f"{algo} seed {seed} in {path} was evaluated on other episodes (before evaluations were seeded "
                           "by their step, 2026-12-05): training it again", flush=True)
-                elif r["seed"] == seed:
+                else:
                     return {**r, "reused_from": str(path)}
         return None
 
@@ -108,13 +145,14 @@ def main() -> None:
         spec = PAIRS[pair]
         steps = args.steps or spec["budget"]
         per_algo: dict[str, list[dict]] = {}
-        results[pair] = {"steps": steps, "baseline": spec["baseline"], "runs": per_algo}
+        results[pair] = {"steps": steps, "baseline": spec["baseline"], "runs": per_algo, "overrides": args.overrides}
         methods = [m for m in spec["methods"] if not args.methods or m in args.methods]
         for seed in args.seeds:  # seed-major, so a stopped run still has comparable pairs
             for algo in [spec["baseline"], *methods]:
-                r = cached(algo, steps, seed)
+                extra = [] if algo == spec["baseline"] else args.overrides
+                r = cached(algo, steps, seed, extra)
                 if r is None:
-                    r = run(algo, seed, steps, args.run_root)
+                    r = run(algo, seed, steps, args.run_root, extra)
                 per_algo.setdefault(algo, []).append(r)
                 print(f"{algo} seed {seed}: {r['return']:.1f} ({r['wall_s']:.0f} s)", flush=True)
                 write(name, results)  # after every run, so a stopped benchmark keeps what it measured
