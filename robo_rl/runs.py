@@ -7,6 +7,7 @@ import errno
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Iterator
 
@@ -205,7 +206,7 @@ def describe_config_edits(edits: list[tuple[str, Any, Any]]) -> str:
 
 def directory_problem(path: Path) -> str | None:
     """Why no run directory can be made or written at ``path`` (it is a file, or lies under one, or the nearest existing
-    directory is not writable by this process), or None."""
+    directory is not writable by this process or refuses a new directory), or None."""
     blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
     if blocker == path:
         return "that is a file, not a directory; choose a directory"
@@ -214,9 +215,18 @@ def directory_problem(path: Path) -> str | None:
     # a directory without write permission (or on a read-only filesystem) failed with a bare PermissionError, from
     # Hydra's mkdir on the command line, from the run's lock from Python
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        what = "that directory" if existing == path else str(existing)
+    if existing is None:
+        return None
+    what = "that directory" if existing == path else str(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
         return f"{what} is not writable by this user, so the run cannot be written there; choose another path"
+    # root passes os.access everywhere, and some filesystems refuse what their permissions allow (/proc, sysfs): a
+    # directory made and removed at once meets what the run's own mkdir would (there: a traceback from Hydra)
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".robo_rl_probe_", dir=existing))
+    except OSError as exc:
+        return (f"{what} does not accept new directories ({exc.strerror}), so the run cannot be written there; "
+                "choose another path")
     return None
 
 

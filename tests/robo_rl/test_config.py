@@ -662,6 +662,21 @@ def test_the_python_api_refuses_what_the_cli_cannot_pass(tmp_path, monkeypatch):
     assert list((tmp_path / "locked").iterdir()) == []
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_run_dir_the_filesystem_refuses_is_named_before_any_work(tmp_path):
+    # /proc takes no new directories whatever its permissions say (and root passes os.access everywhere): Hydra's
+    # mkdir failed there with a traceback
+    from robo_rl.commands.train import run_dir_problem
+    from robo_rl.runs import directory_problem
+
+    assert "run_dir=/proc/robo_rl_test/run: /proc does not accept new directories (" in run_dir_problem(
+        ["algo=sac", "run_dir=/proc/robo_rl_test/run"])
+    with pytest.raises(ConfigError, match="/proc does not accept new directories .*choose another path"):
+        train(compose("algo=sac", *FAST), "/proc/robo_rl_test/run")
+    assert directory_problem(tmp_path / "new" / "run") is None and directory_problem(tmp_path) is None
+    assert list(tmp_path.iterdir()) == []  # the probe's directory is gone
+
+
 def test_progress_lines_need_a_positive_interval():  # (FAST sets log.progress_seconds, so not in the table above)
     from robo_rl.defaults import resolve_defaults
     from robo_rl.validation import validate
