@@ -137,7 +137,7 @@ class EXPOConfig:
     alpha_lr: float = 3e-4
     init_alpha: float = 0.1
     num_samples: int = 2  # base samples per state; with their edits, 2N candidates
-    target_samples: Optional[int] = 1  # base samples at s' in the TD target, each with its edit (null: num_samples)
+    target_samples: Optional[int] = None  # base samples at s' in the TD target, each with its edit (null: num_samples)
     edit_scale: float = 0.2  # largest edit, as a fraction of each action's half-range
     edit_hidden: List[int] = field(default_factory=lambda: [256, 256])
     edit_activation: str = "relu"
@@ -538,9 +538,8 @@ def flatten_config(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 #: learner keys added with a default other than what runs saved before them did: the value those runs trained with
-#: (GoRL before 2026-12-05: a refit reset the latent to std 1 by zeroing its output layer; EXPO before 2026-12-07:
-#: its TD target drew algo.num_samples base samples at s')
-ALGO_VALUES_BEFORE_KEY = {"gorl": {"keep_latent_std": False, "recenter_latent": False}, "expo": {"target_samples": None}}
+#: (GoRL before 2026-12-05: a refit reset the latent to std 1 by zeroing its output layer)
+ALGO_VALUES_BEFORE_KEY = {"gorl": {"keep_latent_std": False, "recenter_latent": False}}
 
 
 def saved_algo_values(algo: Any) -> dict[str, Any]:

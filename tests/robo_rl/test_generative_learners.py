@@ -197,11 +197,12 @@ def test_parl_target_candidates_must_be_positive():
         PARL(policy, target_candidates=0)
 
 
-def test_expo_target_samples_default_to_one_and_must_be_positive():
-    # the TD target draws one base sample (and its edit) per next state unless told otherwise; the agent acts with N
+def test_expo_target_samples_default_to_the_acting_samples_and_must_be_positive():
+    # the TD target draws as many base samples (and edits) per next state as the agent acts with unless told otherwise
     policy = build_head("flow", 3, LOW, HIGH, hidden_sizes=(16,), steps=2)
     learner = EXPO(policy, critic_hidden=(16,))
-    assert (learner.policy.n, learner.target_policy.n) == (2, 1)
+    assert (learner.policy.n, learner.target_policy.n) == (2, 2)
+    assert EXPO(policy, critic_hidden=(16,), num_samples=3, target_samples=1).target_policy.n == 1
     with pytest.raises(ValueError, match="algo.target_samples=0"):
         EXPO(policy, target_samples=0)
 
@@ -687,37 +688,6 @@ def test_a_gorl_run_saved_before_the_kept_std_resumes_with_the_reset_it_trained_
     assert not bool(policy.anchored)  # its refits since the resume zeroed the latent, as before
     torch.testing.assert_close(policy.latent_scale, torch.ones_like(policy.latent_scale))
     assert cfg.algo.keep_latent_std is False and cfg.algo.recenter_latent is False  # written back to config.yaml
-
-
-def test_an_expo_run_saved_before_target_samples_resumes_with_the_target_it_trained_with(tmp_path, monkeypatch):
-    # config.yaml files written before 2026-12-07 have no algo.target_samples: their TD targets drew algo.num_samples
-    # base samples at s'. A resume goes on that way (null), not with the newer default of one
-    import yaml
-
-    from robo_rl.checkpoint import latest_checkpoint
-    from tests.helpers import rewrite_consistently
-
-    train(compose("algo=expo", "policy.hidden_sizes=[32]", "policy.steps=2", "steps=256", *OFF), tmp_path / "run")
-    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert saved["algo"]["target_samples"] == 1
-    del saved["algo"]["target_samples"]
-    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(saved))
-    checkpoint = latest_checkpoint(tmp_path / "run" / "checkpoints")
-    state = json.loads((checkpoint / "state.json").read_text())
-    del state["config"]["algo"]["target_samples"]
-    rewrite_consistently(checkpoint, "state.json", json.dumps(state))
-    assert load_run_config(tmp_path / "run").algo.target_samples is None
-    built = []
-    init = EXPO.__init__
-
-    def record(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        built.append(self)
-
-    monkeypatch.setattr(EXPO, "__init__", record)
-    train(compose(f"resume={tmp_path / 'run'}", "steps=320", *FAST), tmp_path / "run")
-    assert [(learner.policy.n, learner.target_policy.n) for learner in built] == [(2, 2)]
-    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["algo"]["target_samples"] is None
 
 
 @pytest.mark.parametrize("redraw", [False, True])
