@@ -16,7 +16,7 @@ Every run is scored by the same final evaluation: 10 episodes with the method's 
     python benchmarks/generative_returns.py --pairs offpolicy --methods expo \
         --reuse benchmarks/results/returns.json        # SAC's seeded runs reused, EXPO trained
     python benchmarks/generative_returns.py --pairs offpolicy --methods expo \
-        --overrides algo.target_samples=null           # EXPO at other settings (the baseline at its defaults)
+        --overrides algo.target_samples=1              # EXPO at other settings (the baseline at its defaults)
 """
 
 from __future__ import annotations
@@ -53,8 +53,7 @@ def overrides(algo: str, seed: int, steps: int, extra: Sequence[str] = ()) -> li
 def algo_settings(cfg: Any) -> dict:
     """A run's learner settings (its ``algo`` section), with the keys added since a recorded run was written filled
     in as that run trained (``robo_rl.config.with_schema_defaults``): what ``--reuse`` compares, so that a run
-    recorded before a default changed (EXPO's ``algo.target_samples``, 2026-12-07) is not taken for one at the new
-    default."""
+    at other settings (``--overrides``), or recorded before a default changed, is not taken for one at these."""
     from omegaconf import OmegaConf
 
     from robo_rl.config import with_schema_defaults
@@ -87,7 +86,7 @@ def main() -> None:
                              "env, steps and seed (robo-rl runs are deterministic given the seed on one thread)")
     parser.add_argument("--overrides", nargs="+", default=[], metavar="KEY=VALUE",
                         help="Hydra overrides for the methods' runs, not the baseline's (e.g. "
-                             "algo.target_samples=null); each run records its learner settings, and --reuse takes "
+                             "algo.target_samples=1); each run records its learner settings, and --reuse takes "
                              "only runs trained with the same ones")
     parser.add_argument("--name", default=None,
                         help="results file name under benchmarks/results/ (default: from --pairs and --methods)")

@@ -202,21 +202,22 @@ def test_generative_returns_reuses_only_runs_evaluated_on_the_same_episodes(tmp_
     assert ("evaluated on other episodes" in out.stdout) == (seeding is None)
 
 
-@pytest.mark.parametrize("overrides, reused", [([], False), (["--overrides", "algo.target_samples=null"], True)])
+@pytest.mark.parametrize("overrides, reused", [([], True), (["--overrides", "algo.target_samples=1"], False)])
 def test_generative_returns_reuses_only_runs_trained_with_the_same_settings(tmp_path, overrides, reused):
-    # an EXPO run recorded before algo.target_samples took its TD target's max over all N samples at s' (null): it
-    # stands for a run with that override, not for one at today's default of one sample
+    # a recorded EXPO run without its settings trained at the defaults of then (the TD target's max over all N samples
+    # at s'): it stands for a run at the defaults, not for one with algo.target_samples=1; the baseline is SAC's
+    # defaults whatever the methods' overrides
     sac = {"seed": 0, "return": 999.0, "wall_s": 1.0, "eval_seeding": "step"}
     runs = {"sac": [sac], "expo": [{**sac, "return": 555.0}]}
     (tmp_path / "old.json").write_text(json.dumps({"results": {"offpolicy": {"steps": 600, "runs": runs}}}))
     out = bench(tmp_path, "benchmarks/generative_returns.py", "--pairs", "offpolicy", "--methods", "expo", "--seeds",
                 "0", "--steps", "600", "--reuse", str(tmp_path / "old.json"), *overrides, "--name", "generative_returns")
     runs = result(tmp_path, "generative_returns")["results"]["offpolicy"]["runs"]
-    assert runs["sac"][0]["return"] == 999.0  # the baseline at its defaults, whatever the methods' overrides
+    assert runs["sac"][0]["return"] == 999.0
     assert (runs["expo"][0]["return"] == 555.0) == reused
     assert ("expo seed 0 in" in out.stdout and "trained with other settings" in out.stdout) == (not reused)
     if not reused:
-        assert runs["expo"][0]["algo"]["target_samples"] == 1 and runs["expo"][0]["overrides"] == []
+        assert runs["expo"][0]["algo"]["target_samples"] == 1 and runs["expo"][0]["overrides"] == overrides[1:]
 
 
 def test_generative_cost_gorl(tmp_path):
