@@ -17,6 +17,7 @@ Every run is scored by the same final evaluation: 10 episodes with the method's 
         --reuse benchmarks/results/returns.json        # SAC's seeded runs reused, EXPO trained
     python benchmarks/generative_returns.py --pairs offpolicy --methods expo \
         --overrides algo.target_samples=1              # EXPO at other settings (the baseline at its defaults)
+        --overrides policy.steps=3                     # or its head at other settings
 """
 
 from __future__ import annotations
@@ -50,16 +51,20 @@ def overrides(algo: str, seed: int, steps: int, extra: Sequence[str] = ()) -> li
             f"eval.every={steps}", "log.progress_seconds=120", "log.tensorboard=false", *extra]
 
 
-def algo_settings(cfg: Any) -> dict:
-    """A run's learner settings (its ``algo`` section), with the keys added since a recorded run was written filled
-    in as that run trained (``robo_rl.config.with_schema_defaults``): what ``--reuse`` compares, so that a run
-    at other settings (``--overrides``), or recorded before a default changed, is not taken for one at these."""
+def settings(algo: Any, policy: Any) -> dict:
+    """A run's learner and head settings (its ``algo`` and ``policy`` sections), with the keys added since a recorded
+    run was written filled in as that run trained (``robo_rl.config.with_schema_defaults``): what ``--reuse``
+    compares, so that a run at other settings (``--overrides``, of either), or recorded before a default changed,
+    is not taken for one at these."""
     from omegaconf import OmegaConf
 
     from robo_rl.config import with_schema_defaults
 
-    algo = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-    return with_schema_defaults({"algo": algo})["algo"]
+    def plain(section: Any) -> dict:
+        return OmegaConf.to_container(section, resolve=True) if OmegaConf.is_config(section) else dict(section)
+
+    filled = with_schema_defaults({"algo": plain(algo), "policy": plain(policy)})
+    return {"algo": filled["algo"], "policy": filled["policy"]}
 
 
 def run(algo: str, seed: int, steps: int, run_root: Path | None = None, extra: Sequence[str] = ()) -> dict:
@@ -71,7 +76,7 @@ def run(algo: str, seed: int, steps: int, run_root: Path | None = None, extra: S
     summary = train(cfg, run_dir)
     return {"seed": seed, "return": summary["final_eval_return_mean"], "wall_s": time.perf_counter() - t,
             "run_dir": str(run_dir), "eval_seeding": EVAL_SEEDING, "overrides": list(extra),
-            "algo": algo_settings(cfg.algo)}
+            **settings(cfg.algo, cfg.policy)}
 
 
 def main() -> None:
@@ -86,8 +91,8 @@ def main() -> None:
                              "env, steps and seed (robo-rl runs are deterministic given the seed on one thread)")
     parser.add_argument("--overrides", nargs="+", default=[], metavar="KEY=VALUE",
                         help="Hydra overrides for the methods' runs, not the baseline's (e.g. "
-                             "algo.target_samples=1); each run records its learner settings, and --reuse takes "
-                             "only runs trained with the same ones")
+                             "algo.target_samples=1, policy.steps=3); each run records its learner and head "
+                             "settings, and --reuse takes only runs trained with the same ones")
     parser.add_argument("--name", default=None,
                         help="results file name under benchmarks/results/ (default: from --pairs and --methods)")
     parser.add_argument("--run-root", type=Path, default=None,
@@ -98,13 +103,16 @@ def main() -> None:
         """A run trained earlier in this invocation (pairs share SAC as their baseline; training it again
         would also collide in --run-root), else a recorded run from --reuse, read when needed (a file may
         still be growing); either with the learner settings this run would train with (a recorded run
-        without them: the settings of its learner's defaults then)."""
+        without them: the settings of its learner's defaults then, and its default head's schema defaults: no head
+        default had changed when runs began to record theirs, 2026-12-07)."""
         from robo_rl.train import compose_config
 
-        want = algo_settings(compose_config(overrides(algo, seed, steps, extra)).algo)
+        cfg = compose_config(overrides(algo, seed, steps, extra))
+        want = settings(cfg.algo, cfg.policy)
+        default_head = {"name": compose_config(overrides(algo, seed, steps)).policy.name}
 
         def same(r: dict) -> bool:
-            return r["seed"] == seed and algo_settings(r.get("algo", {"name": algo})) == want
+            return r["seed"] == seed and settings(r.get("algo", {"name": algo}), r.get("policy", default_head)) == want
 
         for pair in results.values():
             for r in pair["runs"].get(algo, []) if pair["steps"] == steps else []:

@@ -202,11 +202,12 @@ def test_generative_returns_reuses_only_runs_evaluated_on_the_same_episodes(tmp_
     assert ("evaluated on other episodes" in out.stdout) == (seeding is None)
 
 
-@pytest.mark.parametrize("overrides, reused", [([], True), (["--overrides", "algo.target_samples=1"], False)])
+@pytest.mark.parametrize("overrides, reused", [([], True), (["--overrides", "algo.target_samples=1"], False),
+                                                (["--overrides", "policy.steps=3"], False)])
 def test_generative_returns_reuses_only_runs_trained_with_the_same_settings(tmp_path, overrides, reused):
     # a recorded EXPO run without its settings trained at the defaults of then (the TD target's max over all N samples
-    # at s'): it stands for a run at the defaults, not for one with algo.target_samples=1; the baseline is SAC's
-    # defaults whatever the methods' overrides
+    # at s', a 4-step flow head): it stands for a run at the defaults, not for one with algo.target_samples=1 or
+    # policy.steps=3; the baseline is SAC's defaults whatever the methods' overrides
     sac = {"seed": 0, "return": 999.0, "wall_s": 1.0, "eval_seeding": "step"}
     runs = {"sac": [sac], "expo": [{**sac, "return": 555.0}]}
     (tmp_path / "old.json").write_text(json.dumps({"results": {"offpolicy": {"steps": 600, "runs": runs}}}))
@@ -216,8 +217,12 @@ def test_generative_returns_reuses_only_runs_trained_with_the_same_settings(tmp_
     assert runs["sac"][0]["return"] == 999.0
     assert (runs["expo"][0]["return"] == 555.0) == reused
     assert ("expo seed 0 in" in out.stdout and "trained with other settings" in out.stdout) == (not reused)
+    recorded = runs["expo"][0]
     if not reused:
-        assert runs["expo"][0]["algo"]["target_samples"] == 1 and runs["expo"][0]["overrides"] == overrides[1:]
+        section, key, value = {"algo.target_samples=1": ("algo", "target_samples", 1),
+                               "policy.steps=3": ("policy", "steps", 3)}[overrides[1]]
+        assert recorded[section][key] == value and recorded["overrides"] == overrides[1:]
+        assert recorded["policy"]["name"] == "flow" and recorded["algo"]["name"] == "expo"
 
 
 def test_generative_cost_gorl(tmp_path):
