@@ -239,7 +239,7 @@ class FlowPolicyConfig:
     name: str = "flow"
     hidden_sizes: List[int] = field(default_factory=lambda: [256, 256, 256])
     activation: str = "mish"
-    steps: int = 4  # integration steps (1-10)
+    steps: Optional[int] = None  # integration steps (1-10); null: the learner's default (4; EXPO 3)
     solver: str = "euler"  # euler or midpoint
     chunk: int = 1
     execute: Optional[int] = None

@@ -48,6 +48,9 @@ LEARNER_DEFAULTS: dict[str, dict[str, Any]] = {
         "env.num_envs": 1,
         "env.normalize_reward": False,
         "policy.hidden_sizes": [256, 256, 256],
+        # the flow base's integration steps: 3, not the head's 4, keeps EXPO's update within 3x of SAC's time (its
+        # chain is most of it) with returns level (README, generative cost and returns)
+        "policy.steps": 3,
         "policy.activation": "relu",
         "policy.squash": True,
         "policy.state_dependent_std": True,
@@ -93,6 +96,9 @@ TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "Ant-v5": {"ppo": {"env.kwargs.include_cfrc_ext_in_observation": False}},
 }
 
+#: What "None" means for a head's key whatever the learner, after the task's and the learner's defaults.
+HEAD_DEFAULTS: dict[str, Any] = {"policy.steps": 4}  # the flow head's integration steps
+
 
 def unset(cfg: DictConfig, dotted: str) -> bool:
     """Whether ``dotted`` is left to a default: null, or (a task keyword argument under env.kwargs) not given."""
@@ -135,7 +141,7 @@ def episode_limit(cfg: DictConfig) -> int | None:
 def resolve_defaults(cfg: DictConfig) -> DictConfig:
     """Fill every ``None`` that means "the task's or the learner's default"; returns a new config."""
     cfg = cfg.copy()
-    layers = (task_defaults(cfg), LEARNER_DEFAULTS.get(cfg.algo.name, {}))
+    layers = (task_defaults(cfg), LEARNER_DEFAULTS.get(cfg.algo.name, {}), HEAD_DEFAULTS)
     with open_dict(cfg):
         for defaults in layers:
             for dotted, value in defaults.items():

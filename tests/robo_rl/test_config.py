@@ -449,6 +449,13 @@ def test_learner_defaults_fill_nulls():
     assert ppo.steps == 1_000_000 and sac.steps == 100_000
     # explicit values win over learner defaults
     assert list(resolve_defaults(compose("algo=ppo", "policy.hidden_sizes=[32]")).policy.hidden_sizes) == [32]
+    # the flow head's integration steps: EXPO's 3, any other learner's 4 (the head's own), a given value as given;
+    # a head without the key (diffusion: inference_steps) does not get it
+    expo = resolve_defaults(compose("algo=expo"))
+    assert expo.policy.name == "flow" and expo.policy.steps == 3
+    assert resolve_defaults(compose("algo=parl")).policy.steps == 4
+    assert resolve_defaults(compose("algo=expo", "policy.steps=4")).policy.steps == 4
+    assert "steps" not in resolve_defaults(compose("algo=expo", "policy=diffusion")).policy
 
 
 def test_evaluations_every_twentieth_of_the_run_but_not_more_than_training():
