@@ -225,6 +225,15 @@ def test_generative_returns_reuses_only_runs_trained_with_the_same_settings(tmp_
         assert recorded["policy"]["name"] == "flow" and recorded["algo"]["name"] == "expo"
 
 
+def test_generative_cost_records_the_settings_each_learner_ran_with():
+    from benchmarks.generative_cost import METHODS, run_config
+
+    algo, policy = run_config(METHODS["EXPO (flow)"][0])
+    assert algo["name"] == "expo" and algo["target_samples"] is None and policy["steps"] == 3
+    assert run_config(METHODS["EXPO (flow, policy.steps=4)"][0])[1]["steps"] == 4
+    assert run_config(METHODS["PA-RL (flow)"][0])[1]["steps"] == 4
+
+
 def test_generative_cost_gorl(tmp_path):
     bench(tmp_path, "benchmarks/generative_cost.py", "--only", "gorl", "--rounds", "1", "--refit-states", "1024",
           "--name", "gorl_cost")
