@@ -17,7 +17,7 @@ Every run is scored by the same final evaluation: 10 episodes with the method's 
         --reuse benchmarks/results/returns.json        # SAC's seeded runs reused, EXPO trained
     python benchmarks/generative_returns.py --pairs offpolicy --methods expo \
         --overrides algo.target_samples=1              # EXPO at other settings (the baseline at its defaults)
-        --overrides policy.steps=3                     # or its head at other settings
+        --overrides policy.steps=4                     # or its head (EXPO's flow: 3 steps by default)
 """
 
 from __future__ import annotations
@@ -51,20 +51,40 @@ def overrides(algo: str, seed: int, steps: int, extra: Sequence[str] = ()) -> li
             f"eval.every={steps}", "log.progress_seconds=120", "log.tensorboard=false", *extra]
 
 
-def settings(algo: Any, policy: Any) -> dict:
-    """A run's learner and head settings (its ``algo`` and ``policy`` sections), with the keys added since a recorded
-    run was written filled in as that run trained (``robo_rl.config.with_schema_defaults``): what ``--reuse``
-    compares, so that a run at other settings (``--overrides``, of either), or recorded before a default changed,
-    is not taken for one at these."""
+def settings(cfg: Any) -> dict:
+    """A run's learner and head settings: its config's ``algo`` and ``policy`` sections with the learner's and the
+    task's defaults filled in (``resolve_defaults``: EXPO's flow head has 3 steps where the config leaves them null,
+    other learners' 4). What ``--reuse`` compares, so that a run at other settings (``--overrides``, of either), or
+    recorded before a default changed, is not taken for one at these."""
+    from omegaconf import OmegaConf
+
+    from robo_rl.defaults import resolve_defaults
+
+    resolved = resolve_defaults(cfg)
+    return {key: OmegaConf.to_container(resolved[key], resolve=True) for key in ("algo", "policy")}
+
+
+def recorded_settings(r: dict, algo: str, seed: int, steps: int) -> dict:
+    """``settings`` of a recorded run: its recorded sections (the keys added to the schemas since it was written filled
+    in as it trained, ``robo_rl.config.with_schema_defaults``) in its learner's config. A run recorded without its
+    ``policy`` (before 2026-12-07) trained its learner's default head with the flow head's 4 steps, every learner's
+    until EXPO's default became 3 that day, when runs began to record their head; without its ``algo`` (before
+    2026-12-07 too), at its learner's defaults."""
     from omegaconf import OmegaConf
 
     from robo_rl.config import with_schema_defaults
+    from robo_rl.train import compose_config
 
-    def plain(section: Any) -> dict:
-        return OmegaConf.to_container(section, resolve=True) if OmegaConf.is_config(section) else dict(section)
-
-    filled = with_schema_defaults({"algo": plain(algo), "policy": plain(policy)})
-    return {"algo": filled["algo"], "policy": filled["policy"]}
+    base = compose_config(overrides(algo, seed, steps))
+    policy = r.get("policy")
+    if policy is None:
+        policy = OmegaConf.to_container(base.policy, resolve=True)
+        if "steps" in policy:
+            policy["steps"] = 4
+    filled = with_schema_defaults({"algo": dict(r.get("algo", {"name": algo})), "policy": dict(policy)})
+    full = OmegaConf.to_container(base, resolve=True)
+    full.update(algo=filled["algo"], policy=filled["policy"])
+    return settings(OmegaConf.create(full))
 
 
 def run(algo: str, seed: int, steps: int, run_root: Path | None = None, extra: Sequence[str] = ()) -> dict:
@@ -75,8 +95,7 @@ def run(algo: str, seed: int, steps: int, run_root: Path | None = None, extra: S
     run_dir = (Path(tempfile.mkdtemp()) if run_root is None else run_root) / f"{algo}-{seed}"
     summary = train(cfg, run_dir)
     return {"seed": seed, "return": summary["final_eval_return_mean"], "wall_s": time.perf_counter() - t,
-            "run_dir": str(run_dir), "eval_seeding": EVAL_SEEDING, "overrides": list(extra),
-            **settings(cfg.algo, cfg.policy)}
+            "run_dir": str(run_dir), "eval_seeding": EVAL_SEEDING, "overrides": list(extra), **settings(cfg)}
 
 
 def main() -> None:
@@ -91,7 +110,7 @@ def main() -> None:
                              "env, steps and seed (robo-rl runs are deterministic given the seed on one thread)")
     parser.add_argument("--overrides", nargs="+", default=[], metavar="KEY=VALUE",
                         help="Hydra overrides for the methods' runs, not the baseline's (e.g. "
-                             "algo.target_samples=1, policy.steps=3); each run records its learner and head "
+                             "algo.target_samples=1, policy.steps=4); each run records its learner and head "
                              "settings, and --reuse takes only runs trained with the same ones")
     parser.add_argument("--name", default=None,
                         help="results file name under benchmarks/results/ (default: from --pairs and --methods)")
@@ -103,16 +122,13 @@ def main() -> None:
         """A run trained earlier in this invocation (pairs share SAC as their baseline; training it again
         would also collide in --run-root), else a recorded run from --reuse, read when needed (a file may
         still be growing); either with the learner settings this run would train with (a recorded run
-        without them: the settings of its learner's defaults then, and its default head's schema defaults: no head
-        default had changed when runs began to record theirs, 2026-12-07)."""
+        without them: ``recorded_settings``)."""
         from robo_rl.train import compose_config
 
-        cfg = compose_config(overrides(algo, seed, steps, extra))
-        want = settings(cfg.algo, cfg.policy)
-        default_head = {"name": compose_config(overrides(algo, seed, steps)).policy.name}
+        want = settings(compose_config(overrides(algo, seed, steps, extra)))
 
         def same(r: dict) -> bool:
-            return r["seed"] == seed and settings(r.get("algo", {"name": algo}), r.get("policy", default_head)) == want
+            return r["seed"] == seed and recorded_settings(r, algo, seed, steps) == want
 
         for pair in results.values():
             for r in pair["runs"].get(algo, []) if pair["steps"] == steps else []:

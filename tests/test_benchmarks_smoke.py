@@ -202,12 +202,13 @@ def test_generative_returns_reuses_only_runs_evaluated_on_the_same_episodes(tmp_
     assert ("evaluated on other episodes" in out.stdout) == (seeding is None)
 
 
-@pytest.mark.parametrize("overrides, reused", [([], True), (["--overrides", "algo.target_samples=1"], False),
-                                                (["--overrides", "policy.steps=3"], False)])
+@pytest.mark.parametrize("overrides, reused", [
+    ([], False), (["--overrides", "policy.steps=4"], True), (["--overrides", "algo.target_samples=1"], False),
+    (["--overrides", "policy.steps=4", "algo.target_samples=1"], False)])
 def test_generative_returns_reuses_only_runs_trained_with_the_same_settings(tmp_path, overrides, reused):
     # a recorded EXPO run without its settings trained at the defaults of then (the TD target's max over all N samples
-    # at s', a 4-step flow head): it stands for a run at the defaults, not for one with algo.target_samples=1 or
-    # policy.steps=3; the baseline is SAC's defaults whatever the methods' overrides
+    # at s', a 4-step flow head): it stands for a run at those settings (policy.steps=4 today), not for one at today's
+    # defaults (3 steps) nor with algo.target_samples=1; the baseline is SAC's defaults whatever the methods' overrides
     sac = {"seed": 0, "return": 999.0, "wall_s": 1.0, "eval_seeding": "step"}
     runs = {"sac": [sac], "expo": [{**sac, "return": 555.0}]}
     (tmp_path / "old.json").write_text(json.dumps({"results": {"offpolicy": {"steps": 600, "runs": runs}}}))
@@ -218,11 +219,26 @@ def test_generative_returns_reuses_only_runs_trained_with_the_same_settings(tmp_
     assert (runs["expo"][0]["return"] == 555.0) == reused
     assert ("expo seed 0 in" in out.stdout and "trained with other settings" in out.stdout) == (not reused)
     recorded = runs["expo"][0]
-    if not reused:
-        section, key, value = {"algo.target_samples=1": ("algo", "target_samples", 1),
-                               "policy.steps=3": ("policy", "steps", 3)}[overrides[1]]
-        assert recorded[section][key] == value and recorded["overrides"] == overrides[1:]
+    if not reused:  # trained here: its resolved settings recorded
+        assert recorded["overrides"] == overrides[1:]
+        assert recorded["policy"]["steps"] == (4 if "policy.steps=4" in overrides else 3)
+        assert recorded["algo"]["target_samples"] == (1 if "algo.target_samples=1" in overrides else None)
         assert recorded["policy"]["name"] == "flow" and recorded["algo"]["name"] == "expo"
+
+
+def test_generative_returns_reuses_a_run_recorded_at_the_settings_it_would_train_with(tmp_path):
+    # a run recorded with its settings as given (before they were recorded resolved: policy.steps=3 and null keys,
+    # which are EXPO's defaults) is reused at the defaults; the same record at 4 steps is not
+    sac = {"seed": 0, "return": 999.0, "wall_s": 1.0, "eval_seeding": "step"}
+    expo = {**sac, "return": 555.0, "algo": {"name": "expo"}, "policy": {"name": "flow", "steps": 3, "normalize_obs": None}}
+    four = {**expo, "seed": 1, "policy": {"name": "flow", "steps": 4}}
+    runs = {"sac": [sac, {**sac, "seed": 1}], "expo": [expo, four]}
+    (tmp_path / "old.json").write_text(json.dumps({"results": {"offpolicy": {"steps": 600, "runs": runs}}}))
+    bench(tmp_path, "benchmarks/generative_returns.py", "--pairs", "offpolicy", "--methods", "expo", "--seeds", "0",
+          "1", "--steps", "600", "--reuse", str(tmp_path / "old.json"), "--name", "generative_returns")
+    runs = result(tmp_path, "generative_returns")["results"]["offpolicy"]["runs"]
+    assert [r["return"] for r in runs["sac"]] == [999.0, 999.0]
+    assert runs["expo"][0]["return"] == 555.0 and runs["expo"][1]["return"] != 555.0
 
 
 def test_generative_cost_records_the_settings_each_learner_ran_with():
