@@ -310,6 +310,19 @@ def _train(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str], held: _
         env.close()
 
 
+def head_summary(policy: DictConfig) -> str:
+    """The head as the opening line names it, with its sampling chain's length where it has one (the flow head's
+    steps differ by learner: EXPO 3, the others 4): "flow head (3 steps)", "diffusion head (10 of 100 steps)"."""
+    name = f"{policy.name} head"
+    if policy.get("steps") is not None:
+        return f"{name} ({policy.steps} steps)"
+    if policy.get("inference_steps") is not None and policy.get("train_steps") is not None:
+        return f"{name} ({policy.inference_steps} of {policy.train_steps} steps)"
+    if policy.get("decoder_steps") is not None and policy.get("decoder") is not None:
+        return f"{name} ({policy.decoder} decoder, {policy.decoder_steps} steps)"
+    return name
+
+
 def _log_start(cfg: DictConfig, env: Any, eval_env: Any, learner: Any, demos: Any, for_task: dict[str, Any],
                planned_steps: int) -> None:
     """The run's opening lines: what trains on what, and what differs from a plain run. ``planned_steps``: the env
@@ -318,7 +331,7 @@ def _log_start(cfg: DictConfig, env: Any, eval_env: Any, learner: Any, demos: An
     # the learner the config chose when it is not algo='s own (safety.passivity_aware=true: Lagrangian SAC)
     algo = cfg.algo.name if learner.name == cfg.algo.name else f"{cfg.algo.name} ({learner.name})"
     log.info(f"robo-rl: {algo} on {env.task_id} ({env.num_envs} env(s), {env.backend} backend), "
-             f"{cfg.policy.name} head, {n_params:,} parameters, seed {cfg.seed}, {planned_steps:,} steps "
+             f"{head_summary(cfg.policy)}, {n_params:,} parameters, seed {cfg.seed}, {planned_steps:,} steps "
              f"-> {cfg.run_dir}")
     if eval_env is env:
         after = ("which start new episodes after each" if getattr(env, "resets_episodes", True) else

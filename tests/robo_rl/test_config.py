@@ -458,6 +458,19 @@ def test_learner_defaults_fill_nulls():
     assert "steps" not in resolve_defaults(compose("algo=expo", "policy=diffusion")).policy
 
 
+@pytest.mark.parametrize("overrides, named", [
+    (["algo=expo"], "flow head (3 steps)"), (["algo=parl"], "flow head (4 steps)"),
+    (["algo=expo", "policy.steps=4"], "flow head (4 steps)"), (["algo=sac"], "gaussian head"),
+    (["algo=parl", "policy=diffusion"], "diffusion head (10 of 100 steps)"),
+    (["algo=gorl"], "latent head (flow decoder, 4 steps)")])
+def test_the_opening_line_names_the_head_with_its_sampling_steps(overrides, named):
+    # the flow head's steps are the learner's default (EXPO 3, the others 4): the run says which it got
+    from robo_rl.defaults import resolve_defaults
+    from robo_rl.train import head_summary
+
+    assert head_summary(resolve_defaults(compose(*overrides)).policy) == named
+
+
 def test_evaluations_every_twentieth_of_the_run_but_not_more_than_training():
     from robo_rl.defaults import resolve_defaults
 
