@@ -456,6 +456,13 @@ def test_learner_defaults_fill_nulls():
     assert resolve_defaults(compose("algo=parl")).policy.steps == 4
     assert resolve_defaults(compose("algo=expo", "policy.steps=4")).policy.steps == 4
     assert "steps" not in resolve_defaults(compose("algo=expo", "policy=diffusion")).policy
+    # the default the config fills in is the head's own (a FlowHead built in Python without steps=)
+    import inspect
+
+    from policies.heads.flow import FlowHead
+    from robo_rl.defaults import HEAD_DEFAULTS
+
+    assert HEAD_DEFAULTS["policy.steps"] == inspect.signature(FlowHead).parameters["steps"].default
 
 
 @pytest.mark.parametrize("overrides, named", [

@@ -999,6 +999,11 @@ def test_a_nan_a_head_meets_inside_an_update_stops_as_a_nan(tmp_path, algo):
         train(cfg, tmp_path / "run")
     assert good in str(exc.value)
     assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")][-1] == good
+    # the opening line names the head's sampling steps (the flow head's are the learner's: EXPO 3, PA-RL 4)
+    opening = next(line for line in (tmp_path / "run" / "train.log").read_text().splitlines()
+                   if f"robo-rl: {algo} on " in line)
+    named = {"gorl": "latent head (flow decoder, 4 steps)", "expo": "flow head (3 steps)", "parl": "flow head (4 steps)"}
+    assert f", {named[algo]}, " in opening, opening
 
 
 def test_a_nan_gorl_decodes_for_the_env_stops_as_a_nan(tmp_path, monkeypatch):
