@@ -42,7 +42,7 @@ from torch import nn
 
 from policies.heads.deterministic import DeterministicHead
 from policies.heads.gaussian import _HALF_LOG_2PI, LOG_STD_MAX, LOG_STD_MIN, GaussianHead, tanh_log_det
-from policies.networks import activation_grad_
+from policies.networks import activation_grad_, linear_weight_grad
 from robo_rl.learners.base import Batch, bound_loss, fused_step_fits, polyak_update
 from robo_rl.learners.ppo_fused import _ACTIVATIONS, _mlp_layout
 
@@ -195,7 +195,7 @@ class _FusedOffPolicyStep:
         g = self._cast(g)
         inputs = [self._cast(obs), *hidden]
         for i in range(len(self.actor) - 1, -1, -1):
-            grads += [g.sum(0, dtype=torch.float32), torch.mm(g.t(), inputs[i]).float()]
+            grads += [g.sum(0, dtype=torch.float32), linear_weight_grad(g, inputs[i]).float()]
             if i > 0:
                 g = activation_grad_(torch.mm(g, self._param(self.actor[i].weight)), hidden[i - 1], self.actor_act)
         grads.reverse()

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from policies.networks import EnsembleLinear, EnsembleMLP, Mish, _EnsembleDot, _SigmoidMish, mish_and_slope
+from policies.networks import (EnsembleLinear, EnsembleMLP, Mish, _EnsembleDot, _SigmoidMish, linear_weight_grad,
+                               mish_and_slope)
 from policies.normalizers import RunningMeanStd
 
 
@@ -109,3 +110,17 @@ def test_fast_paths_work_on_a_torch_without_compiler_is_exporting(monkeypatch):
     layer = EnsembleLinear(2, 256, 1)
     assert 2 * x.shape[0] >= layer.DOT_FROM
     assert layer(x).shape == (2, 64, 1)
+
+
+@pytest.mark.parametrize("inputs, outputs", [(11, 256), (3, 128), (17, 256), (11, 64), (256, 256)])
+def test_linear_weight_grad_is_the_layers_weight_gradient(inputs, outputs):
+    # either orientation (thin inputs and a wide layer take (x^T g)^T): autograd's gradient of a Linear's weight, as a
+    # contiguous [out, in] tensor the fused Adam step takes
+    torch.manual_seed(0)
+    layer, x = torch.nn.Linear(inputs, outputs), torch.randn(256, inputs)
+    out = layer(x)
+    g = torch.randn_like(out)
+    (expected,) = torch.autograd.grad(out, layer.weight, g)
+    got = linear_weight_grad(g, x)
+    assert got.shape == (outputs, inputs) and got.is_contiguous()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

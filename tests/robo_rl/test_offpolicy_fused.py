@@ -70,7 +70,9 @@ def max_diff(a, b):
 
 CASES = [("td3", "relu", (32, 24), 2, {}), ("td3", "tanh", (32, 24), 2, {}), ("td3", "relu", (16,), 3, {}),
          ("td3", "tanh", (16, 16, 8), 1, {}), ("sac", "relu", (32, 24), 2, {}), ("sac", "tanh", (16, 16, 8), 3, {}),
-         ("sac", "relu", (16,), 2, {"state_dependent_std": False, "log_std_init": -0.5})]
+         ("sac", "relu", (16,), 2, {"state_dependent_std": False, "log_std_init": -0.5}),
+         # a first layer wide enough (128) for the actor's weight gradient to be taken as (x^T g)^T: linear_weight_grad
+         ("td3", "relu", (128, 24), 2, {}), ("sac", "tanh", (128,), 2, {})]
 
 
 @pytest.mark.parametrize("algo, activation, hidden, critics, head_options", CASES)
@@ -126,14 +128,14 @@ def test_fused_update_equals_autograd_over_several_updates(algo):
             assert float(sa["state"][i]["step"]) == float(sf["state"][i]["step"]) == (2 if (algo, name) == ("td3", "actor") else 5)
 
 
-@pytest.mark.parametrize("algo", ["td3", "sac"])
-def test_fused_bf16_is_as_close_to_float32_as_autocast(algo):
+@pytest.mark.parametrize("algo, hidden", [("td3", (32, 24)), ("sac", (32, 24)), ("td3", (128, 24))])
+def test_fused_bf16_is_as_close_to_float32_as_autocast(algo, hidden):
     # precision=bf16: the fused step runs its matmuls in bfloat16 where autocast would. Both differ from float32 by
     # bfloat16's rounding (8 bits of mantissa: ~0.4% a value, more after a few layers); the fused step's gradients
     # must be no further from float32's than autocast's are (for TD3 here they are as far: 0.5% for the critic's,
     # 12% for the actor's first layer, whose gradient is small next to the rounding of what it is made from).
-    reference = autograd_gradients(learner(algo, "off"), batch())
-    auto, fused = learner(algo, "off"), learner(algo, "on")
+    reference = autograd_gradients(learner(algo, "off", hidden=hidden), batch())
+    auto, fused = learner(algo, "off", hidden=hidden), learner(algo, "on", hidden=hidden)
     auto.autocast_update(torch.bfloat16)
     fused.autocast_update(torch.bfloat16)
     assert fused._fused_step.dtype == torch.bfloat16
