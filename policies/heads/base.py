@@ -240,6 +240,13 @@ class PolicyHead(nn.Module, abc.ABC):
     def clip_action(self, actions: torch.Tensor) -> torch.Tensor:
         return torch.maximum(torch.minimum(actions, self.action_high), self.action_low)
 
+    @torch.no_grad()
+    def act_unit(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """``act``'s actions in the unit box [-1, 1] (``to_unit``), for a learner that adds its exploration noise
+        there (TD3). A head that computes its actions in the unit box first returns them without the round trip
+        through env units."""
+        return self.to_unit(self.act(obs, deterministic))
+
     def to_unit(self, actions: torch.Tensor) -> torch.Tensor:
         """Env-unit actions -> [-1, 1]."""
         return (actions - self.action_bias) / self.action_scale

@@ -35,12 +35,20 @@ class DeterministicHead(PolicyHead):
         super().__init__(obs_dim, action_low, action_high, obs_norm)
         self.net = mlp(obs_dim, hidden_sizes, self.act_dim, activation, layer_norm)
 
+    def unit_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """The action in the unit box, tanh(f(s)), for the network's input ``obs``."""
+        return torch.tanh(full_precision(self.net(self.obs_norm(obs))))
+
     def mean_action(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.from_unit(torch.tanh(full_precision(self.net(self.obs_norm(obs)))))
+        return self.from_unit(self.unit_action(obs))
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         return self.checked(self.mean_action(self.observations(obs)))
+
+    @torch.no_grad()
+    def act_unit(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        return self.checked(self.unit_action(self.observations(obs)))
 
     @torch.no_grad()
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
@@ -53,5 +61,5 @@ class DeterministicHead(PolicyHead):
     def imitation_loss(self, obs: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Mean squared error in unit action space (so every action dimension weighs the same)."""
         obs, actions = self.paired(obs, actions)
-        err = (self.to_unit(self.mean_action(obs)) - self.to_unit(actions)).square().sum(-1)
+        err = (self.unit_action(obs) - self.to_unit(actions)).square().sum(-1)
         return err.mean() if weights is None else (err * weights).sum() / weights.sum().clamp_min(1e-8)

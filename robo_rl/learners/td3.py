@@ -80,9 +80,9 @@ class TD3(FusedUpdate, Learner):
 
     @torch.no_grad()
     def explore(self, obs: torch.Tensor) -> torch.Tensor:
-        unit = self.policy.to_unit(self.policy.act(obs))
+        unit = self.policy.act_unit(obs)
         unit = unit + self.exploration_noise * torch.randn_like(unit)
-        return self.policy.from_unit(unit.clamp(-1.0, 1.0))
+        return self.policy.from_unit(unit.clamp_(-1.0, 1.0))
 
     def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         policy = self.policy

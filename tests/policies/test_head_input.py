@@ -119,8 +119,9 @@ def test_unimodal_and_mixture_heads_check_acted_actions_but_not_the_export_path(
     poison(h)
     obs = torch.zeros(1, 3)  # batch 1: the acting loop
     for deterministic in (False, True):
-        with pytest.raises(FloatingPointError, match=f"the {name} head produced non-finite"):
-            h.act(obs, deterministic=deterministic)
+        for act in (h.act, h.act_unit):  # act_unit: TD3's exploration, the deterministic head's own
+            with pytest.raises(FloatingPointError, match=f"the {name} head produced non-finite"):
+                act(obs, deterministic=deterministic)
     # forward is what an export computes: no Python-side check in the graph (the exporter checks its outputs)
     assert torch.isnan(h(obs)).all()
 
@@ -134,6 +135,20 @@ def test_healthy_heads_act_as_before():
             assert actions.shape == (4, 2) and torch.isfinite(actions).all(), name
         if name in ("gaussian", "deterministic", "mixture"):
             torch.testing.assert_close(h(obs), h.act(obs, deterministic=True))
+
+
+def test_unit_box_actions_are_the_acted_actions_in_unit_scale():
+    # act_unit (TD3 explores in the unit box): the deterministic head returns tanh(f(s)) without the round trip
+    # through env units, the others to_unit(act); the same actions to float rounding
+    obs = torch.randn(64, 3)
+    for name in HEADS:
+        h = head(name)
+        torch.manual_seed(0)
+        expected = h.to_unit(h.act(obs, deterministic=True))
+        torch.manual_seed(0)
+        got = h.act_unit(obs, deterministic=True)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6, msg=name)
+        assert got.abs().max() <= 1.0, name
 
 
 def test_a_huge_but_finite_action_is_not_mistaken_for_a_non_finite_one():
