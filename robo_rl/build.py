@@ -278,7 +278,12 @@ def native_bf16(device: str) -> bool:
     return any(check() for check in checks if check is not None)
 
 
-def build_runner(cfg: DictConfig, learner: Learner, env: BatchedEnv, eval_env: BatchedEnv, run_dir: Any):
+def build_runner(cfg: DictConfig, learner: Learner, env: BatchedEnv, eval_env: BatchedEnv, run_dir: Any,
+                 warn: bool = True):
+    """The runner that trains ``learner`` on ``env`` as ``cfg`` says (``runner.train()``), evaluating on ``eval_env``,
+    writing to ``run_dir``; the config is checked as ``train`` checks it. ``warn``: log the run plan's warnings
+    (``robo_rl.run_plan``: a policy never updated, ignored keys, ...), as ``train`` does after its opening line."""
+    from robo_rl.run_plan import plan_warnings
     from robo_rl.runners.off_policy import OffPolicyRunner
     from robo_rl.runners.on_policy import OnPolicyRunner
 
@@ -315,4 +320,7 @@ def build_runner(cfg: DictConfig, learner: Learner, env: BatchedEnv, eval_env: B
                           f"but the learner is {learner.name} ({learner.kind.replace('_', '-')}): compose the config "
                           f"with an algo= of its kind (e.g. algo={same})")
     runner_cls = OffPolicyRunner if learner.kind == "off_policy" else OnPolicyRunner
-    return runner_cls(cfg, learner, env, eval_env, run_dir)
+    runner = runner_cls(cfg, learner, env, eval_env, run_dir)
+    for line in plan_warnings(cfg, env, eval_env, learner) if warn else ():
+        log.warning(line)
+    return runner

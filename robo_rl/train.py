@@ -6,7 +6,6 @@ Also usable from Python: ``train(cfg, run_dir)`` with a composed config (see ``c
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import shlex
@@ -23,14 +22,13 @@ from robo_rl.config import compose_config, naming_user_file  # (here too: robo_r
 from robo_rl.build import (build_env_checked, build_learner, build_policy, build_runner, check_env_runs,
                            check_head_and_learner, check_safety)
 from robo_rl.defaults import resolve_defaults, task_defaults
-from robo_rl.validation import ConfigError, check_device, ignored_keys, validate
+from robo_rl.validation import ConfigError, check_device, validate
 from robo_rl.metrics import LogFormatter, OnceEach, setup_console_logging, write_text_atomic
 from robo_rl.memory import buffers_needed, check_fits
 from robo_rl.checkpoint import list_checkpoints, recover
-from robo_rl.learners.gorl import refit_updates
 from robo_rl.runners.checkpoints import find_resume_checkpoint
-from robo_rl.runners.off_policy import add_update_credit
 from robo_rl.runners.stopping import Interrupted
+from robo_rl.run_plan import plan_warnings
 from robo_rl.runs import CONFIG_FILE, directory_problem, load_run_config, refuse_busy_run_dir, run_dir_lock
 
 log = logging.getLogger("robo_rl")
@@ -325,8 +323,9 @@ def head_summary(policy: DictConfig) -> str:
 
 def _log_start(cfg: DictConfig, env: Any, eval_env: Any, learner: Any, demos: Any, for_task: dict[str, Any],
                planned_steps: int) -> None:
-    """The run's opening lines: what trains on what, and what differs from a plain run. ``planned_steps``: the env
-    steps the run will take (``steps`` rounded up to whole iterations, as the runner said just before)."""
+    """The run's opening lines: what trains on what, and what differs from a plain run, then the warnings about its
+    plan (``plan_warnings``). ``planned_steps``: the env steps the run will take (``steps`` rounded up to whole
+    iterations, as the runner said just before)."""
     n_params = sum(p.numel() for p in learner.parameters())
     # the learner the config chose when it is not algo='s own (safety.passivity_aware=true: Lagrangian SAC)
     algo = cfg.algo.name if learner.name == cfg.algo.name else f"{cfg.algo.name} ({learner.name})"
@@ -339,17 +338,6 @@ def _log_start(cfg: DictConfig, env: Any, eval_env: Any, learner: Any, demos: An
                  "evaluation's start finish uncounted)")
         log.info(f"robo-rl: {env.task_id} allows one simulator per process: evaluations run on the {env.num_envs} "
                  f"training envs (randomized as in training, if randomized), {after}")
-        # rsl_rl VecEnvs (legged_gym, Isaac Lab's wrapper) state their time limit as max_episode_length
-        limit = getattr(getattr(env, "env", None), "max_episode_length", None)
-        per_env = int(cfg.eval.every) // env.num_envs
-        if isinstance(limit, (int, float)) and not isinstance(limit, bool) and 0 < per_env < limit:
-            log.warning(f"evaluations every {int(cfg.eval.every):,} steps are {per_env} steps per env, "
-                        f"fewer than the {int(limit)}-step episodes: each evaluation cuts the training episodes under way, "
-                        f"so the training return counts only episodes shorter than {per_env} steps, and each evaluation "
-                        f"steps all {env.num_envs} envs for up to {2 * int(limit)} steps; set eval.every >= "
-                        f"{2 * env.num_envs * int(limit):,}")
-    for line in ignored_keys(cfg, env.backend, learner.kind == "on_policy", None if eval_env is env else eval_env.num_envs):
-        log.warning(line)
     randomized = {k: v for k, v in OmegaConf.to_container(cfg.env.randomize, resolve=True).items() if v}
     if randomized:
         log.info("robo-rl: domain randomization of the training envs: " + " ".join(f"{k}={v}" for k, v in randomized.items())
@@ -357,83 +345,15 @@ def _log_start(cfg: DictConfig, env: Any, eval_env: Any, learner: Any, demos: An
     if for_task:
         log.info(f"robo-rl: {cfg.algo.name}'s settings for {env.task_id}: " + " ".join(f"{k}={v}" for k, v in for_task.items())
                  + " (set them on the command line to choose otherwise)")
-    starts = cfg.algo.get("learning_starts") if learner.kind == "off_policy" else None
-    # a demos warm start trains the policy before the first step (a resume of such a run has no demos to load, but
-    # its policy was pretrained all the same): fewer online updates than the warnings below ask for can be meant.
-    # With demos.pretrain_steps=0 the policy starts untrained, whatever the file preloads into replay.
-    cold = not (cfg.demos.get("path") and int(cfg.demos.get("pretrain_steps") or 0) > 0)
-    # a resume may change steps, not the algo.* keys the advice below names: on a resume it names only steps
-    def advice(key: str, change: str) -> str:
-        return f"raise steps (a resume keeps algo.{key})" if cfg.resume else change
-
-    if starts is not None and int(cfg.steps) < int(starts) and cold:
-        log.warning(f"steps={int(cfg.steps):,} ends before algo.learning_starts="
-                    f"{int(starts):,}, so the policy is never updated (every action is uniform random); "
-                    + advice("learning_starts", "lower algo.learning_starts or raise steps"))
-    updates = _gradient_updates(cfg, env, learner)
-    utd = cfg.algo.get("utd") if starts is not None else None
-    if utd is not None and cold and int(cfg.steps) > int(starts) and updates == 0:
-        log.warning(f"algo.utd={float(utd):g} over the {int(cfg.steps) - int(starts):,} steps after "
-                    "algo.learning_starts makes no gradient update (the policy is never trained); "
-                    + advice("utd", "raise algo.utd or steps"))
-    # counters of updates between two of a network's updates
-    if learner.kind == "off_policy" and cold and updates:
-        for key, what in (("policy_delay", "the actor and the target networks are"),
-                          ("policy_update_every", "the policy is"), ("target_update_every", "the target critics are")):
-            every = cfg.algo.get(key)
-            if every is not None and int(every) > updates:
-                plural = "s" if updates > 1 else ""
-                log.warning(f"algo.{key}={int(every):,} is more than the run's {updates:,} gradient "
-                            f"update{plural}, so {what} never updated; "
-                            + advice(key, f"lower algo.{key} to at most {updates:,} or raise steps"))
-    size, batch = cfg.algo.get("dataset_size"), cfg.algo.get("refit_batch_size")
-    if (size is not None and batch is not None and int(size) < int(batch) and int(cfg.algo.refit_epochs) > 0
-            and _decoder_refits(cfg, updates)):
-        log.warning(f"algo.dataset_size={int(size):,} is smaller than algo.refit_batch_size="
-                    f"{int(batch):,}: each decoder refit trains on at most {int(size):,} (s, a) pair(s), fewer than one "
-                    "minibatch; " + (f"a resume keeps it: start a new run with algo.dataset_size >= {int(batch):,}"
-                                     if cfg.resume else f"raise algo.dataset_size to at least {int(batch):,}"))
-
-
-def _gradient_updates(cfg: DictConfig, env: Any, learner: Any) -> int | None:
-    """The gradient updates of the whole run, counted as the runners make them; None for another kind of learner.
-
-    Off-policy (OffPolicyRunner.iterate): iterations of ``num_envs`` env steps until ``steps``, and from the first
-    that ends at or after ``learning_starts`` on, ``utd x num_envs`` updates' credit each. On-policy
-    (OnPolicyRunner): one update per rollout of ``rollout_steps x num_envs`` steps, rounded up.
-    The off-policy credit is summed as the runner sums it (``add_update_credit``), exactly up to 100,000 iterations,
-    beyond as their product."""
-    steps, n = int(cfg.steps), int(env.num_envs)
-    if learner.kind == "off_policy":
-        iterations = max(0, -(-steps // n) - max(1, -(-int(cfg.algo.learning_starts) // n)) + 1)
-        credit_per_iteration = float(cfg.algo.utd) * n
-        if iterations > 100_000:
-            return int(add_update_credit(0.0, iterations * credit_per_iteration))
-        updates, credit = 0, 0.0
-        for _ in range(iterations):
-            credit = add_update_credit(credit, credit_per_iteration)
-            whole = math.floor(credit)  # the runner's `credit -= 1.0` per update: exact in floats below 2**53
-            updates, credit = updates + whole, credit - whole
-        return updates
-    if learner.kind == "on_policy":
-        return -(-steps // (int(cfg.algo.rollout_steps) * n))
-    return None
-
-
-def _decoder_refits(cfg: DictConfig, updates: int | None) -> bool:
-    """Whether GoRL's decoder is refit in this run: every ``refit_every`` updates (algo=gorl without it: after each
-    of ``stages`` equal parts but the last), never after the final update."""
-    if updates is None:
-        return False
-    every = cfg.algo.get("refit_every")
-    return len(refit_updates(updates, None if every is None else int(every), cfg.algo.get("stages"))) > 0
+    for line in plan_warnings(cfg, env, eval_env, learner):
+        log.warning(line)
 
 
 def _run(cfg: DictConfig, run_dir: Path, env: Any, eval_env: Any, learner: Any, demos: Any, resume_from: Path | None,
          for_task: dict[str, Any], held: _Held, shorter_steps_refused: bool = False) -> dict[str, Any]:
     """Write the run (holding its directory's lock): config, train.log, the runner's loop. ``shorter_steps_refused``:
     a resume given steps=, which may not be below the step of the checkpoint it continues from."""
-    runner = build_runner(cfg, learner, env, eval_env, run_dir)
+    runner = build_runner(cfg, learner, env, eval_env, run_dir, warn=False)  # _log_start warns after its opening line
     if resume_from is not None:  # a checkpoint that cannot be resumed fails here, with config.yaml as it was
         runner.restore(resume_from)
         if shorter_steps_refused and int(cfg.steps) < runner.step:  # config.yaml would then say 100 steps

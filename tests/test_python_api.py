@@ -344,6 +344,38 @@ def test_build_runner_takes_a_composed_config_and_a_new_run_dir(tmp_path):
     assert summary["status"] == "completed" and (tmp_path / "new" / "metrics.csv").is_file()
 
 
+def test_build_runner_warns_of_a_plan_that_never_updates_the_policy(tmp_path, caplog):
+    # steps before algo.learning_starts: train() said so after its opening line, a runner built from Python ran the
+    # whole plan without a word; build_runner now logs the same warnings (warn=False: train(), which logs them itself)
+    import logging
+
+    from robo_rl.build import build_runner
+    from robo_rl.learners.sac import SAC
+    from robo_rl.train import compose_config, train
+
+    overrides = ["algo=sac", "steps=60", "algo.learning_starts=100", "algo.batch_size=32", "eval.episodes=2",
+                 "log.tensorboard=false", "log.plot=false"]
+    warning = "steps=60 ends before algo.learning_starts=100, so the policy is never updated"
+    head = BetaHead(4, -2 * np.ones(2), 2 * np.ones(2))
+    with caplog.at_level(logging.WARNING, logger="robo_rl"):
+        build_runner(compose_config(overrides), SAC(head, critic_hidden=(8,)), PointMass(4), PointMass(2), tmp_path / "a")
+    assert caplog.text.count(warning) == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="robo_rl"):
+        build_runner(compose_config(overrides), SAC(head, critic_hidden=(8,)), PointMass(4), PointMass(2), tmp_path / "b",
+                     warn=False)
+    assert warning not in caplog.text
+    lines: list[str] = []  # train() keeps the robo_rl logger to itself (no propagation): a handler of the caller's
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logging.getLogger("robo_rl").addHandler(handler)
+    try:
+        train(compose_config(["env.id=Pendulum-v1", *overrides, f"run_dir={tmp_path / 'c'}"]))
+    finally:
+        logging.getLogger("robo_rl").removeHandler(handler)
+    assert sum(warning in line for line in lines) == 1  # once, not again from train()'s own build_runner
+
+
 @pytest.mark.parametrize("algo", ["sac", "ppo", "gorl"])
 def test_build_env_policy_and_learner_take_a_config_straight_from_compose_config(tmp_path, algo):
     # compose_config leaves the task's and learner's defaults null (env.num_envs, policy.hidden_sizes, ...): build_env
