@@ -9,6 +9,7 @@ head that lacks them at construction, with a message saying what to choose inste
     log_prob(obs, actions) -> [B]                      where the likelihood is tractable
     imitation_loss(obs, actions, weights=None) -> []   the head's own supervised objective
     entropy(obs) -> [B]                                exact where known, else a one-sample estimate
+    act_unit(obs, deterministic=False) -> [B, A]       act's actions in the unit box (default: to_unit(act))
 
 Observations are raw env observations: the head owns the observation normalizer (``obs_norm``)
 so that an exported head includes it. Actions are in the env's units and bounds.
