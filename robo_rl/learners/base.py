@@ -238,6 +238,18 @@ def bound_loss(loss: Any, owner: Any) -> types.MethodType:
     return types.MethodType(loss, owner)
 
 
+def imitation_gradients(head: PolicyHead, obs: torch.Tensor, actions: torch.Tensor, params: list[torch.Tensor],
+                        written_out: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(``head.imitation_loss(obs, actions)``, its gradients in ``params``, the head's parameters in order): with
+    ``written_out``, through the head's own written-out backward where it has one that fits (the flow head's
+    ``imitation_gradients``: the same loss and noise draws, no autograd graph), else autograd's."""
+    fits = getattr(head, "fits_imitation_gradients", None)
+    if written_out and fits is not None and fits():
+        return head.imitation_gradients(obs, actions)  # type: ignore[attr-defined]
+    loss = head.imitation_loss(obs, actions)
+    return loss, list(torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True))
+
+
 def polyak_update(target: list[torch.Tensor], online: list[torch.Tensor], tau: float) -> None:
     """target <- (1 - tau) target + tau online, for all tensors in one fused call."""
     torch._foreach_lerp_(target, online, tau)

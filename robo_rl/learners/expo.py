@@ -23,7 +23,7 @@ from torch import nn
 from policies.heads import PolicyHead
 from policies.heads.gaussian import GaussianHead
 from policies.networks import full_precision
-from robo_rl.learners.base import Batch, Learner, polyak_update
+from robo_rl.learners.base import Batch, Learner, imitation_gradients, polyak_update
 from robo_rl.learners.candidates import CriticSelectPolicy, best, require_sampling_base, sample_together, score
 from robo_rl.learners.critics import QEnsemble
 from robo_rl.learners.offpolicy_fused import FusedEXPOStep, FusedUpdate, expo_unsupported_reason
@@ -184,13 +184,7 @@ class EXPO(FusedUpdate, Learner):
                        "alpha": alpha, "edit_entropy": -logp.detach().mean()}
 
         # base policy: its own supervised loss on replay actions (on the fused path, a flow head's written-out backward)
-        base = self.base
-        fits = getattr(base, "fits_imitation_gradients", None)  # the flow head's (other heads: autograd)
-        if fused and fits is not None and fits():
-            base_loss, grads = base.imitation_gradients(batch.obs, batch.actions)
-        else:
-            base_loss = base.imitation_loss(batch.obs, batch.actions)
-            grads = torch.autograd.grad(base_loss, self._base_params, allow_unused=True, materialize_grads=True)
+        base_loss, grads = imitation_gradients(self.base, batch.obs, batch.actions, self._base_params, written_out=fused)
         self.base_opt.apply(grads)
         with torch.no_grad():
             polyak_update(self._target_params, self._critic_params, self.tau)

@@ -24,7 +24,7 @@ import torch
 
 from policies.heads import PolicyHead
 from policies.networks import full_precision
-from robo_rl.learners.base import Batch, Learner, polyak_update
+from robo_rl.learners.base import Batch, Learner, imitation_gradients, polyak_update
 from robo_rl.learners.candidates import (CriticSelectPolicy, best, require_sampling_base, sample_candidates,
                                          sample_together, score)
 from robo_rl.learners.critics import QEnsemble
@@ -139,9 +139,9 @@ class PARL(Learner):
         metrics = {"critic_loss": critic_loss.detach(), "q_mean": q_mean}
         if policy_update:  # (its candidates drawn before the critic's step, scored after it)
             actions, states = self.optimize_actions(batch.obs, *drawn)
-            policy_loss = self.head.imitation_loss(states, actions)
-            self.policy_opt.apply(torch.autograd.grad(policy_loss, self._policy_params, allow_unused=True,
-                                                      materialize_grads=True))
+            # (a flow head's written-out backward, where it fits: the same loss and noise draws as autograd's)
+            policy_loss, grads = imitation_gradients(self.head, states, actions, self._policy_params)
+            self.policy_opt.apply(grads)
             metrics["policy_loss"] = policy_loss.detach()
         with torch.no_grad():
             polyak_update(self._target_params, self._critic_params, self.tau)

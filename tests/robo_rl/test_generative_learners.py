@@ -191,6 +191,33 @@ def test_parl_update_draws_the_target_and_policy_candidates_in_one_call(monkeypa
     torch.testing.assert_close(drawn.reshape(-1, 2), coded(b.obs, 4))
 
 
+def test_parl_distills_a_flow_head_with_its_written_out_backward_as_autograd_would(monkeypatch):
+    # PA-RL's policy step trains a flow head with FlowHead.imitation_gradients where it fits (EXPO's base and GoRL's
+    # decoder do too): the same loss, noise draws and step as autograd's, to float rounding
+    def trained(written_out):
+        torch.manual_seed(0)
+        policy = build_head("flow", 3, LOW, HIGH, hidden_sizes=(32, 32), steps=2)
+        learner = PARL(policy, critic_hidden=(32, 32), num_candidates=4)
+        calls = []
+        gradients = policy.imitation_gradients
+        monkeypatch.setattr(policy, "imitation_gradients", lambda *a: calls.append(1) or gradients(*a))
+        if not written_out:
+            monkeypatch.setattr(policy, "fits_imitation_gradients", lambda: False)
+        metrics = [learner.update(batch()) for _ in range(4)]
+        monkeypatch.undo()
+        policy_steps = sum("policy_loss" in m for m in metrics)
+        assert policy_steps > 0 and len(calls) == (policy_steps if written_out else 0)
+        return learner, metrics
+
+    (auto, m_auto), (written, m_written) = trained(False), trained(True)
+    for a, w in zip(m_auto, m_written):
+        if "policy_loss" in a:
+            assert float(w["policy_loss"]) == pytest.approx(float(a["policy_loss"]), rel=1e-5)
+    for (name, a), w in zip(auto.state_dict().items(), written.state_dict().values()):
+        if a.is_floating_point():
+            torch.testing.assert_close(w, a, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_parl_target_candidates_must_be_positive():
     policy = build_head("flow", 3, LOW, HIGH, hidden_sizes=(16,), steps=2)
     with pytest.raises(ValueError, match="algo.target_candidates=0"):
