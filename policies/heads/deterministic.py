@@ -48,6 +48,9 @@ class DeterministicHead(PolicyHead):
 
     @torch.no_grad()
     def act_unit(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        cls = type(self)
+        if cls.act is not DeterministicHead.act or cls.mean_action is not DeterministicHead.mean_action:
+            return super().act_unit(obs, deterministic)  # a subclass's own act: TD3 explores around what it acts
         return self.checked(self.unit_action(self.observations(obs)))
 
     @torch.no_grad()
@@ -61,5 +64,5 @@ class DeterministicHead(PolicyHead):
     def imitation_loss(self, obs: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Mean squared error in unit action space (so every action dimension weighs the same)."""
         obs, actions = self.paired(obs, actions)
-        err = (self.unit_action(obs) - self.to_unit(actions)).square().sum(-1)
+        err = (self.to_unit(self.mean_action(obs)) - self.to_unit(actions)).square().sum(-1)
         return err.mean() if weights is None else (err * weights).sum() / weights.sum().clamp_min(1e-8)

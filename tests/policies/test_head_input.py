@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from policies import HEADS, build_head
+from policies import HEADS, ObsNormalizer, build_head
 
 LOW, HIGH = -np.ones(2), np.ones(2)
 #: the smallest networks each head builds with, and a short sampling chain
@@ -149,6 +149,25 @@ def test_unit_box_actions_are_the_acted_actions_in_unit_scale():
         got = h.act_unit(obs, deterministic=True)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6, msg=name)
         assert got.abs().max() <= 1.0, name
+
+
+def test_a_deterministic_head_that_acts_otherwise_keeps_its_act_in_the_unit_box():
+    # a subclass overriding act (or mean_action) is acted with as it says: act_unit, TD3's exploration, follows it
+    # rather than the base head's tanh(f(s))
+    from policies.heads.deterministic import DeterministicHead
+
+    class Halved(DeterministicHead):
+        def act(self, obs, deterministic=False):
+            return super().act(obs, deterministic) * 0.5
+
+    class Shifted(DeterministicHead):
+        def mean_action(self, obs):
+            return super().mean_action(obs).clamp(max=0.0)
+
+    obs = torch.randn(16, 3)
+    for cls in (Halved, Shifted):
+        h = cls(3, LOW, HIGH, ObsNormalizer(3), hidden_sizes=(8,))
+        torch.testing.assert_close(h.act_unit(obs), h.to_unit(h.act(obs)))
 
 
 def test_a_huge_but_finite_action_is_not_mistaken_for_a_non_finite_one():
