@@ -177,10 +177,13 @@ def check_safety(cfg: DictConfig, obs_dim: int, act_dim: int, control_dt: float 
         build_filter_chain(filters, act_dim, obs_dim, control_dt)
 
 
-def build_learner(cfg: DictConfig, policy: PolicyHead, to_act: bool = False) -> Learner:
+def build_learner(cfg: DictConfig, policy: PolicyHead, to_act: bool = False,
+                  notes: list[tuple[int, str]] | None = None) -> Learner:
     """The configured learner; ``safety.passivity_aware=true`` turns SAC into Lagrangian SAC (a cost critic
     and a multiplier, configured under ``safety``). ``to_act=True``: a learner that will only act (eval,
-    export): built without importing torch._dynamo (~1 s), so without the update's ``compile`` and ``precision``."""
+    export): built without importing torch._dynamo (~1 s), so without the update's ``compile`` and ``precision``.
+    What ``compile`` and ``precision`` will do is logged, or, given a ``notes`` list, appended to it as (logging
+    level, line) for the caller to log (``train`` does after its opening line)."""
     import contextlib
 
     from robo_rl.learners.optim import built_to_act
@@ -216,21 +219,27 @@ def build_learner(cfg: DictConfig, policy: PolicyHead, to_act: bool = False) -> 
         return learner
     import torch
 
+    def say(level: int, line: str) -> None:
+        if notes is None:
+            log.log(level, line)
+        else:
+            notes.append((level, line))
+
     if cfg.get("compile", False):
         if torch.device(cfg.device).type == "cpu":
             require_cpp_compiler()
         compiled = learner.compile_update()  # type: ignore[attr-defined]
         if compiled:
-            log.info(f"compile=true: the first update compiles {compiled} (tens of seconds; torch caches the result "
-                     "for later runs)")
+            say(logging.INFO, f"compile=true: the first update compiles {compiled} (tens of seconds; torch caches the "
+                "result for later runs)")
         else:
-            log.warning(f"compile=true: nothing {name}'s update runs here is compiled, so it changes nothing (PPO's "
-                        "fused CPU update is numpy, faster than its compiled loss; GoRL and GoRL-SAC have no compiled "
-                        "losses); set compile=false")
+            say(logging.WARNING, f"compile=true: nothing {name}'s update runs here is compiled, so it changes nothing "
+                "(PPO's fused CPU update is numpy, faster than its compiled loss; GoRL and GoRL-SAC have no compiled "
+                "losses); set compile=false")
     if cfg.get("precision", "fp32") == "bf16":
         if not native_bf16(cfg.device):
-            log.warning(f"precision=bf16: this {cfg.device} has no native bf16 matrix multiply (CPUs: AVX512-BF16 or "
-                        "AMX; GPUs: Ampere or later), so the updates will be slower than with precision=fp32")
+            say(logging.WARNING, f"precision=bf16: this {cfg.device} has no native bf16 matrix multiply (CPUs: "
+                "AVX512-BF16 or AMX; GPUs: Ampere or later), so the updates will be slower than with precision=fp32")
         learner.autocast_update(torch.bfloat16, torch.device(cfg.device).type)  # type: ignore[attr-defined]
     return learner
 

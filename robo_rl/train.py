@@ -289,7 +289,8 @@ def _train(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str], held: _
             check_env_runs(cfg, eval_env)
         check_fits(buffers_needed(cfg, env.obs_dim, env.act_dim), torch.device(cfg.device))
         policy = build_policy(cfg, env)
-        learner = build_learner(cfg, policy)
+        learner_notes: list[tuple[int, str]] = []  # what compile / precision will do, logged after the opening line
+        learner = build_learner(cfg, policy, notes=learner_notes)
         demos = None
         if cfg.demos.path is not None and resume_from is None:  # a resumed run has them in its checkpoint
             from robo_rl.demos import load_demos
@@ -301,7 +302,8 @@ def _train(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str], held: _
             if resume_from is None and not cfg.resume:  # checked again under the lock: another process may
                 _refuse_existing_run(run_dir)              # have started it meanwhile (a restart reuses its own)
             steps_given = resume_from is not None and "steps" in given_keys(cli_overrides)
-            return _run(cfg, run_dir, env, eval_env, learner, demos, resume_from, for_task, held, steps_given)
+            return _run(cfg, run_dir, env, eval_env, learner, demos, resume_from, for_task, held, steps_given,
+                        learner_notes)
     finally:
         if eval_env is not env:
             eval_env.close()
@@ -322,10 +324,11 @@ def head_summary(policy: DictConfig) -> str:
 
 
 def _log_start(cfg: DictConfig, env: Any, eval_env: Any, learner: Any, demos: Any, for_task: dict[str, Any],
-               planned_steps: int) -> None:
-    """The run's opening lines: what trains on what, and what differs from a plain run, then the warnings about its
-    plan (``plan_warnings``). ``planned_steps``: the env steps the run will take (``steps`` rounded up to whole
-    iterations, as the runner said just before)."""
+               planned_steps: int, learner_notes: list[tuple[int, str]] = ()) -> None:
+    """The run's opening lines: what trains on what, and what differs from a plain run (``learner_notes``: what
+    ``build_learner`` said of compile and precision), then the warnings about its plan (``plan_warnings``).
+    ``planned_steps``: the env steps the run will take (``steps`` rounded up to whole iterations, as the runner said
+    just before)."""
     n_params = sum(p.numel() for p in learner.parameters())
     # the learner the config chose when it is not algo='s own (safety.passivity_aware=true: Lagrangian SAC)
     algo = cfg.algo.name if learner.name == cfg.algo.name else f"{cfg.algo.name} ({learner.name})"
@@ -345,14 +348,18 @@ def _log_start(cfg: DictConfig, env: Any, eval_env: Any, learner: Any, demos: An
     if for_task:
         log.info(f"robo-rl: {cfg.algo.name}'s settings for {env.task_id}: " + " ".join(f"{k}={v}" for k, v in for_task.items())
                  + " (set them on the command line to choose otherwise)")
+    for level, line in learner_notes:
+        log.log(level, line)
     for line in plan_warnings(cfg, env, eval_env, learner):
         log.warning(line)
 
 
 def _run(cfg: DictConfig, run_dir: Path, env: Any, eval_env: Any, learner: Any, demos: Any, resume_from: Path | None,
-         for_task: dict[str, Any], held: _Held, shorter_steps_refused: bool = False) -> dict[str, Any]:
+         for_task: dict[str, Any], held: _Held, shorter_steps_refused: bool = False,
+         learner_notes: list[tuple[int, str]] = ()) -> dict[str, Any]:
     """Write the run (holding its directory's lock): config, train.log, the runner's loop. ``shorter_steps_refused``:
-    a resume given steps=, which may not be below the step of the checkpoint it continues from."""
+    a resume given steps=, which may not be below the step of the checkpoint it continues from. ``learner_notes``:
+    for ``_log_start``."""
     runner = build_runner(cfg, learner, env, eval_env, run_dir, warn=False)  # _log_start warns after its opening line
     if resume_from is not None:  # a checkpoint that cannot be resumed fails here, with config.yaml as it was
         runner.restore(resume_from)
@@ -360,7 +367,8 @@ def _run(cfg: DictConfig, run_dir: Path, env: Any, eval_env: Any, learner: Any, 
             raise ConfigError(f"steps={int(cfg.steps):,}: resume={run_dir} has trained {runner.step:,} steps (the "
                               f"checkpoint it continues from, {runner._last_checkpoint.name}), and a resume cannot "
                               f"shorten a run; give steps >= {runner.step:,}, or leave steps out")
-    _log_start(cfg, env, eval_env, learner, demos, for_task, runner.planned_steps)  # held until train.log exists
+    _log_start(cfg, env, eval_env, learner, demos, for_task, runner.planned_steps,  # held until train.log exists
+               learner_notes)
     if demos is not None:  # before config.yaml: a pretraining that diverges leaves no run behind
         from robo_rl.demos import warm_start
 

@@ -344,6 +344,31 @@ def test_compile_says_at_start_up_what_it_compiles(algo, said, caplog):
     assert said in caplog.text
 
 
+def test_train_says_what_compile_does_after_its_opening_line(tmp_path):
+    # build_learner logged the compile line as it built the learner, before train() had said what the run is: the
+    # console and train.log opened with "compile=true: ..." above "robo-rl: td3 on ..."
+    import logging
+
+    from robo_rl.train import compose_config, train
+
+    lines: list[str] = []  # train() keeps the robo_rl logger to itself (no propagation): a handler of the caller's
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logging.getLogger("robo_rl").addHandler(handler)
+    run_dir = tmp_path / "run"
+    try:  # (no update: steps end before algo.learning_starts, so nothing is compiled)
+        train(compose_config(["algo=td3", "env=pendulum", "compile=true", "steps=20", "algo.learning_starts=100",
+                              "eval.episodes=1", "log.tensorboard=false", "log.plot=false", f"run_dir={run_dir}"]))
+    finally:
+        logging.getLogger("robo_rl").removeHandler(handler)
+    said = "compile=true: the first update compiles"
+    opening = [i for i, line in enumerate(lines) if line.startswith("robo-rl: td3 on Pendulum-v1")]
+    compiled = [i for i, line in enumerate(lines) if line.startswith(said)]
+    assert len(opening) == 1 and len(compiled) == 1 and opening[0] < compiled[0]
+    log_lines = (run_dir / "train.log").read_text().splitlines()
+    assert "robo-rl: td3 on Pendulum-v1" in log_lines[0] and said in log_lines[1]
+
+
 def test_compile_without_a_cpp_compiler_fails_at_start_up():
     # inductor builds its C++ kernels at the first update, after algo.learning_starts: without a compiler the run
     # would end there, so building the learner says so
