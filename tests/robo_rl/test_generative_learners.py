@@ -54,6 +54,21 @@ def test_parl_and_expo_update_every_head(head, options):
         assert actions.shape == (5, 2) and (actions.abs() <= 1).all()
 
 
+@pytest.mark.parametrize("head, options", [("flow", {"steps": 2}), ("diffusion", {"inference_steps": 2, "train_steps": 20})])
+def test_the_acting_policy_takes_an_empty_batch_and_names_a_nan_observation(head, options):
+    # EXPO's and PA-RL's acting policy failed on B = 0 with torch's "cannot reshape tensor of 0 elements" (the heads
+    # return [0, A]); and a NaN observation was reported as the base head's diverged weights
+    for cls in (PARL, EXPO):
+        policy = cls(build_head(head, 3, LOW, HIGH, hidden_sizes=(32, 32), **options), critic_hidden=(32, 32)).policy
+        obs = torch.zeros(4, 3)
+        obs[2, 0] = float("nan")
+        for deterministic in (False, True):
+            assert policy.act(torch.zeros(0, 3), deterministic=deterministic).shape == (0, 2)
+            with pytest.raises(FloatingPointError, match=r"from non-finite observations \(NaN/Inf in row\(s\) [0-9, ]+ of obs"):
+                policy.act(obs, deterministic=deterministic)
+        assert policy(torch.zeros(0, 3)).shape == (0, 2)  # the export path
+
+
 @pytest.mark.parametrize("target_candidates, expected", [(1, 1), (3, 3), (None, 6)])
 def test_parl_td_target_takes_the_best_of_target_candidates(monkeypatch, target_candidates, expected):
     # y = r + g (1 - d) max_j min_i Q'(s', a_j) over target_candidates samples (None: the 6 the agent acts with)
@@ -568,8 +583,8 @@ def test_gorl_without_refits_trains_as_ppo_from_the_same_start(tmp_path, monkeyp
 
     start, build = {}, training.build_learner
 
-    def same_start(cfg, policy):
-        learner = build(cfg, policy)
+    def same_start(cfg, policy, **kwargs):
+        learner = build(cfg, policy, **kwargs)
         if cfg.algo.name == "ppo":  # copies: the run trains these tensors in place
             start.update(policy=copy.deepcopy(learner.policy.state_dict()),
                          value=copy.deepcopy(learner.value_net.state_dict()), generator=torch.get_rng_state())
