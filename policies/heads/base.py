@@ -187,9 +187,12 @@ class PolicyHead(nn.Module, abc.ABC):
                              f"observation), got obs {list(obs.shape)} and actions {list(actions.shape)}")
         return obs, actions
 
-    def checked(self, actions: torch.Tensor, also: torch.Tensor | None = None, what: str = "actions") -> torch.Tensor:
+    def checked(self, actions: torch.Tensor, also: torch.Tensor | None = None, what: str = "actions",
+                obs: torch.Tensor | None = None) -> torch.Tensor:
         """``actions`` once known to be finite (and ``also``: network outputs they were chosen by), else a
-        FloatingPointError naming the head: a diverged head must not hand NaN to an env or a robot.
+        FloatingPointError naming the head: a diverged head must not hand NaN to an env or a robot. ``obs``: the
+        observations they were computed from, read only then, so that a NaN fed in is named as the cause
+        (``non_finite_error``) rather than the weights.
 
         A NaN or Inf makes the sum non-finite, so one reduction and one scalar read decide (what matters at
         batch 1, in the acting loop); the exact test runs only then, since a sum of large finite values can
@@ -201,8 +204,20 @@ class PolicyHead(nn.Module, abc.ABC):
         total = actions.sum() if also is None else actions.sum() + also.sum()
         if not math.isfinite(float(total)) and not (bool(torch.isfinite(actions).all())
                                                     and (also is None or bool(torch.isfinite(also).all()))):
-            raise FloatingPointError(f"the {self.name} head produced non-finite {what} (diverged weights?)")
+            raise self.non_finite_error(what, obs)
         return actions
+
+    def non_finite_error(self, what: str, obs: torch.Tensor | None = None) -> FloatingPointError:
+        """The error for non-finite ``what`` out of this head: blamed on the observations when ``obs`` holds a NaN
+        or Inf (a sensor's NaN is not a diverged network), else on the weights."""
+        if obs is not None:
+            bad = ~torch.isfinite(obs).flatten(1).all(1)
+            if bool(bad.any()):
+                rows = torch.nonzero(bad).flatten().tolist()
+                listed = ", ".join(map(str, rows[:8])) + (f", ... ({len(rows)} rows)" if len(rows) > 8 else "")
+                return FloatingPointError(f"the {self.name} head produced non-finite {what} from non-finite "
+                                          f"observations (NaN/Inf in row(s) {listed} of obs): check the observations")
+        return FloatingPointError(f"the {self.name} head produced non-finite {what} (diverged weights?)")
 
     def compiled_act(self, example_obs: torch.Tensor, deterministic: bool = True, atol: float = 1e-5):
         """``act(obs, deterministic)`` compiled with torch.compile (inductor, C++ wrapper) for low-latency acting
@@ -234,7 +249,7 @@ class PolicyHead(nn.Module, abc.ABC):
                                    f"(times the action half-range) on example_obs, more than atol={atol:g}")
 
         def run(o: torch.Tensor) -> torch.Tensor:
-            return self.checked(compiled(o))
+            return self.checked(compiled(o), obs=o)
 
         return run
 

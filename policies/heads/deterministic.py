@@ -44,14 +44,16 @@ class DeterministicHead(PolicyHead):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        return self.checked(self.mean_action(self.observations(obs)))
+        obs = self.observations(obs)
+        return self.checked(self.mean_action(obs), obs=obs)
 
     @torch.no_grad()
     def act_unit(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         cls = type(self)
         if cls.act is not DeterministicHead.act or cls.mean_action is not DeterministicHead.mean_action:
             return super().act_unit(obs, deterministic)  # a subclass's own act: TD3 explores around what it acts
-        return self.checked(self.unit_action(self.observations(obs)))
+        obs = self.observations(obs)
+        return self.checked(self.unit_action(obs), obs=obs)
 
     @torch.no_grad()
     def forward(self, obs: torch.Tensor) -> torch.Tensor:

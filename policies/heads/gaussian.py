@@ -100,7 +100,8 @@ class GaussianHead(PolicyHead):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        return self.checked(self._act(self.observations(obs), deterministic))
+        obs = self.observations(obs)
+        return self.checked(self._act(obs, deterministic), obs=obs)
 
     @torch.no_grad()
     def forward(self, obs: torch.Tensor) -> torch.Tensor:

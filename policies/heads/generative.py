@@ -177,12 +177,13 @@ class GenerativeHead(PolicyHead):
                 raise ValueError(f"a chunk head (chunk={self.action_chunk}) needs actions [B, {self.action_chunk}, "
                                  f"{self.act_dim}], got {tuple(actions.shape)}")
             actions = actions[:, None]
-        return self.to_unit(actions).clamp(-1.0, 1.0).reshape(actions.shape[0], -1)
+        return self.to_unit(actions).clamp(-1.0, 1.0).reshape(actions.shape[0], actions.shape[1] * actions.shape[2])
 
     @torch.no_grad()
     def act_chunk(self, obs: torch.Tensor, deterministic: bool = False, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Env-unit chunks [B, chunk, A] (what ChunkExecutor acts with), checked as ``act`` checks."""
-        return self.checked(self._chunks(self.observations(obs), deterministic, noise))
+        obs = self.observations(obs)
+        return self.checked(self._chunks(obs, deterministic, noise), obs=obs)
 
     def _chunks(self, obs: torch.Tensor, deterministic: bool, noise: torch.Tensor | None = None) -> torch.Tensor:
         if noise is None:
@@ -193,7 +194,8 @@ class GenerativeHead(PolicyHead):
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         # a chunk's first action (see ChunkExecutor); one reduction tells a NaN (see PolicyHead.checked)
-        return self.checked(self._chunks(self.observations(obs), deterministic)[:, 0])
+        obs = self.observations(obs)
+        return self.checked(self._chunks(obs, deterministic)[:, 0], obs=obs)
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, None]:
         with torch.no_grad():

@@ -89,7 +89,7 @@ class LatentDecoderHead(PolicyHead):
     def decode(self, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Env-unit actions [B, A] for latents z [B, z_dim] (GoRL's env actions), checked as the generative
         heads' are: a FloatingPointError if the latent policy or the decoder has diverged."""
-        return self.checked(self.decoder.from_unit(self.decoder.generate(obs, self.decoder_input(z, obs)))[:, 0])
+        return self.checked(self.decoder.from_unit(self.decoder.generate(obs, self.decoder_input(z, obs)))[:, 0], obs=obs)
 
     def decoder_input(self, u: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
         """The decoder's input noise [B, z_dim] for the latent policy's variable u at ``obs``: u / latent_scale, or

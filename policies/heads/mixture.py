@@ -113,11 +113,14 @@ class MixtureHead(PolicyHead):
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         obs = self.observations(obs)
         if not deterministic:  # (a non-finite weight already failed the draw)
-            actions = self.sample(obs)[0]
-            return self.checked(actions if self.squash else self.clip_action(actions))
+            try:
+                actions = self.sample(obs)[0]
+            except FloatingPointError:
+                raise self.non_finite_error("mixture weights", obs) from None
+            return self.checked(actions if self.squash else self.clip_action(actions), obs=obs)
         actions, top = self._mode(obs)
         # the weight too: NaN logits alone would still pick a finite mean, and argmax would not say so
-        return self.checked(actions, also=top, what="actions or mixture weights")
+        return self.checked(actions, also=top, what="actions or mixture weights", obs=obs)
 
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         obs, actions = self.paired(obs, actions)

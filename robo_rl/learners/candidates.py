@@ -43,7 +43,7 @@ def sample_together(head: PolicyHead, *groups: tuple[torch.Tensor, int]) -> list
     actions = head.act(torch.cat(rows) if len(rows) > 1 else rows[0], deterministic=False)
     out, start = [], 0
     for (obs, m), states in zip(groups, rows):
-        out.append(actions[start:start + states.shape[0]].reshape(obs.shape[0], m, -1))
+        out.append(actions[start:start + states.shape[0]].reshape(obs.shape[0], m, actions.shape[-1]))
         start += states.shape[0]
     return out
 
@@ -116,22 +116,23 @@ class CriticSelectPolicy(PolicyHead):
             if deterministic or noise is not None:
                 raise ValueError("candidates: base_actions are stochastic samples; deterministic candidates draw "
                                  "their own from the fixed noise")
-            base_actions = base_actions.reshape(b * self.n, -1)
+            base_actions = base_actions.reshape(b * self.n, base_actions.shape[-1])
         elif deterministic or noise is not None:
             noise = self.fixed_noise(b, obs.device) if noise is None else noise
             if noise is not None:  # generative base: each candidate from its own slice of the noise
-                base_actions = self.base.from_unit(self.base.generate(states, noise.reshape(b * self.n, -1)))[:, 0]
+                base_actions = self.base.from_unit(self.base.generate(states, noise.reshape(b * self.n, noise.shape[-1] // self.n)))[:, 0]
                 if check:
-                    base_actions = self.base.checked(base_actions)
+                    base_actions = self.base.checked(base_actions, obs=states)
             else:
                 base_actions = self.base.act(states, deterministic=True)
         else:
             base_actions = self.base.act(states, deterministic=False)
         if self.edit is None:
-            return base_actions.reshape(b, self.n, -1)
+            return base_actions.reshape(b, self.n, base_actions.shape[-1])
         delta = self.edit.act(states, base_actions, deterministic or noise is not None)
         edited = self.clip_action(base_actions + delta)
-        return torch.cat([base_actions.reshape(b, self.n, -1), edited.reshape(b, self.n, -1)], dim=1)
+        # (sizes spelled out, not -1: an empty batch, B = 0, has no size to infer)
+        return torch.cat([base_actions.reshape(b, self.n, base_actions.shape[-1]), edited.reshape(b, self.n, edited.shape[-1])], dim=1)
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:

@@ -126,6 +126,29 @@ def test_unimodal_and_mixture_heads_check_acted_actions_but_not_the_export_path(
     assert torch.isnan(h(obs)).all()
 
 
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_a_nan_observation_is_named_as_the_cause_not_the_weights(name):
+    # a sensor's NaN fed to a healthy head was reported as "produced non-finite actions (diverged weights?)"
+    h = head(name)
+    obs = torch.zeros(12, 3)
+    obs[3, 1], obs[7, 0] = float("nan"), float("inf")
+    for deterministic in (False, True):
+        for act in (h.act, h.act_unit):
+            with pytest.raises(FloatingPointError, match=rf"the {name} head produced non-finite [a-z ]+ from non-finite "
+                                                         r"observations \(NaN/Inf in row\(s\) 3, 7 of obs\)"):
+                act(obs, deterministic=deterministic)
+    poison(h)  # and diverged weights with finite observations are still blamed on the weights
+    with pytest.raises(FloatingPointError, match=r"\(diverged weights\?\)"):
+        h.act(torch.zeros(2, 3), deterministic=True)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_an_empty_batch_gets_no_actions(name):
+    h = head(name)
+    for deterministic in (False, True):
+        assert h.act(torch.zeros(0, 3), deterministic=deterministic).shape == (0, 2)
+
+
 def test_healthy_heads_act_as_before():
     obs = torch.randn(4, 3)
     for name in HEADS:
