@@ -103,9 +103,14 @@ def export_run(
         visited = []
         obs = env.reset(seed=0)
         with torch.no_grad():
-            for _ in range(check_episodes_steps):
+            for step in range(check_episodes_steps):
                 visited.append(obs.cpu().numpy().reshape(1, -1))
-                obs, *_ = env.step(policy.act(obs.to(torch.float32), deterministic=True))
+                try:
+                    actions = policy.act(obs.to(torch.float32), deterministic=True)
+                except FloatingPointError as exc:  # (the CLI prints it in one line, as eval's)
+                    raise FloatingPointError(f"{exc}, at step {step} of the rollout that collects export's check "
+                                             f"observations, with checkpoint {ckpt}") from None
+                obs, *_ = env.step(actions)
         space = env.observation_space
         sidecar = export_policy(
             policy, Path(out_dir) if out_dir is not None else run_dir / "export", fmt,
@@ -116,7 +121,7 @@ def export_run(
                       "task_kwargs": OmegaConf.to_container(cfg.env.kwargs, resolve=True),
                       # the run's own time limit, when it set one (deploy's episodes then end where training's did)
                       "max_episode_steps": cfg.env.max_episode_steps,
-                      "source": {"run_dir": str(run_dir.resolve()), "checkpoint": str(ckpt), "step": int(manifest["step"])}},
+                      "source": {"run_dir": str(run_dir.resolve()), "checkpoint": str(Path(ckpt).resolve()), "step": int(manifest["step"])}},
         )
     finally:
         env.close()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from robo_rl.commands.common import EXIT_USAGE, error, parse_options
+from robo_rl.commands.common import EXIT_FAILED, EXIT_USAGE, error, parse_options
 
 EXPORT_HELP = """\
 usage: robo-rl export run_dir=<dir> [key=value ...]
@@ -131,6 +131,8 @@ def export_main(args: Sequence[str]) -> int:
         sidecar = export_run(opts.run_dir, opts.out_dir, opts.format, opts.checkpoint, opts.safety)
     except (CheckpointError, FileNotFoundError, ValueError, RuntimeError, MissingDependency) as exc:
         return error(str(exc), EXIT_USAGE)
+    except FloatingPointError as exc:  # a NaN policy (a damaged checkpoint) or env: no traceback, as in eval
+        return error(str(exc), EXIT_FAILED)
     out = Path(opts.out_dir) if opts.out_dir else Path(opts.run_dir) / "export"
     noise = sidecar["noise"]
     checked = "onnx" if str(sidecar["model_file"]).endswith(".onnx") else "torchscript"

@@ -59,6 +59,35 @@ def test_train_export_deploy_and_refuse_a_tampered_file(tmp_path):
     proc = robo_rl("export", "run_dir=run", f"checkpoint=other/{own.name}", "out_dir=x", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "is not one of run's checkpoints" in proc.stderr and not (tmp_path / "x").exists()
     robo_rl("export", "run_dir=run", f"checkpoint={own.name}", "out_dir=x", cwd=tmp_path)  # its own, by name
+    # the sidecar names its checkpoint by absolute path, as its run_dir: it was relative to where export ran
+    source = json.loads((tmp_path / "x" / "policy.json").read_text())["source"]
+    assert source["checkpoint"] == str(own.resolve()) and source["run_dir"] == str((tmp_path / "run").resolve())
+
+
+def test_export_of_a_policy_that_acts_nan_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    # a damaged checkpoint whose weights are NaN (save_checkpoint refuses to write one; here the loaded learner is
+    # poisoned): export's check rollout ended in a 20-line traceback, where eval says it in one line
+    import torch
+
+    from robo_rl import runs as run_files  # (import robo_rl.runs would shadow the robo_rl() helper)
+    from robo_rl.commands.export import export_main
+
+    robo_rl("train", *TINY, "steps=150", "run_dir=run", cwd=tmp_path)
+    load = run_files.load_run_learner
+
+    def poisoned(*args, **kwargs):
+        learner, ckpt, manifest = load(*args, **kwargs)
+        with torch.no_grad():
+            for p in learner.policy.parameters():
+                p.fill_(float("nan"))
+        return learner, ckpt, manifest
+
+    monkeypatch.setattr(run_files, "load_run_learner", poisoned)
+    assert export_main([f"run_dir={tmp_path / 'run'}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "robo-rl: error: the gaussian head produced non-finite actions" in err
+    assert "step 0 of the rollout that collects export's check observations, with checkpoint" in err
+    assert not (tmp_path / "run" / "export" / "policy.json").exists()
 
 
 def test_export_refuses_bad_arguments(tmp_path):
