@@ -199,8 +199,8 @@ def config_edits(cfg: DictConfig, saved: Any, ignore: Collection[str]) -> list[t
     return [(k, now[k], then[k]) for k in now if k in then and now[k] != then[k] and k not in ignore]
 
 
-def describe_config_edits(edits: list[tuple[str, Any, Any]]) -> str:
-    shown = "; ".join(f"{k} is {now!r} in config.yaml, {then!r} in the checkpoint" for k, now, then in edits[:3])
+def describe_config_edits(edits: list[tuple[str, Any, Any]], where: str = "config.yaml") -> str:
+    shown = "; ".join(f"{k} is {now!r} in {where}, {then!r} in the checkpoint" for k, now, then in edits[:3])
     return shown + (f" (and {len(edits) - 3} more)" if len(edits) > 3 else "")
 
 
@@ -291,11 +291,23 @@ def _saved_by(checkpoint: Path, algo: str) -> str:
     return f"; it was saved by a {other} run ({run})" if other != algo else ""
 
 
-def load_learner(cfg: DictConfig, env: BatchedEnv, checkpoint: Path, device: str = "cpu"):  # -> Learner
+class ConfigEditedError(ConfigError):
+    """The config a checkpoint's weights are loaded with differs from the one they were trained with (keys a resume
+    may not change): config.yaml edited since, or another run's checkpoint among the run's own. ``edits``: the
+    differences, as ``config_edits`` lists them."""
+
+    def __init__(self, message: str, edits: list[tuple[str, Any, Any]]) -> None:
+        super().__init__(message)
+        self.edits = edits
+
+
+def load_learner(cfg: DictConfig, env: BatchedEnv, checkpoint: Path, device: str = "cpu",
+                 config_file: Path | None = None):  # -> Learner
     """Build the run's learner on ``device`` and load every module (policy, critics, normalizers) from ``checkpoint``.
 
     ``cfg``: the run's (``load_run_config``), or the one it was composed from (``compose_config``, e.g. a run made by
-    ``build_runner``, which writes no config.yaml): its null keys mean the defaults the run filled in."""
+    ``build_runner``, which writes no config.yaml): its null keys mean the defaults the run filled in. A ``cfg`` that
+    differs from the checkpoint's own is a ConfigEditedError naming ``config_file``, where ``cfg`` was read from."""
     from robo_rl.build import build_learner, build_policy
     from robo_rl.checkpoint import CheckpointError, load_checkpoint
     from robo_rl.defaults import resolve_defaults
@@ -333,9 +345,13 @@ def load_learner(cfg: DictConfig, env: BatchedEnv, checkpoint: Path, device: str
 
     edits = config_edits(cfg, state.get("config"), RESUME_OVERRIDABLE | {"device"})
     if edits:
-        raise ConfigError(f"{Path(checkpoint).parent.parent / CONFIG_FILE} was edited since checkpoint {checkpoint} was "
-                          f"saved: {describe_config_edits(edits)}; the weights act with the config they were trained "
-                          "with: put the file back as it was")
+        if config_file is None:  # (a config given in Python: no file to name)
+            raise ConfigEditedError(f"the config differs from the one checkpoint {checkpoint} was trained with: "
+                                    f"{describe_config_edits(edits, 'the config')}; load it with the run's own config",
+                                    edits)
+        raise ConfigEditedError(f"{config_file} was edited since checkpoint {checkpoint} was saved: "
+                                f"{describe_config_edits(edits)}; the weights act with the config they were trained "
+                                "with: put the file back as it was", edits)
     return learner.to(device).eval().requires_grad_(False)
 
 
@@ -350,7 +366,8 @@ def load_run_learner(cfg: DictConfig, env: BatchedEnv, run_dir: str | Path, chec
     the run's newest complete checkpoint that fits it (``chosen``, when the caller has already resolved the newest).
 
     As a resume does, a newest checkpoint that verifies but cannot be loaded into this run's learner (another run's
-    copied in, with other network sizes or keys) is named in a warning, with why, and the newest older one that loads is
+    copied in, with other network sizes or keys, or trained with another config than config.yaml's while an older
+    checkpoint here was trained with it) is named in a warning, with why, and the newest older one that loads is
     used; a ``checkpoint=`` is loaded or refused. A run still training saves and prunes its checkpoints meanwhile (down
     to ``checkpoint.keep``): the newest one can be deleted between being chosen and being read. Then the newest is
     chosen again, instead of stopping on a checkpoint that "does not exist" or "is incomplete" (half deleted)."""
@@ -360,13 +377,16 @@ def load_run_learner(cfg: DictConfig, env: BatchedEnv, run_dir: str | Path, chec
     own = Path(run_dir) / "checkpoints"
     path = Path(chosen if chosen is not None else resolve_checkpoint(run_dir, checkpoint))
     skipped: list[Path] = []
+    edited: ConfigEditedError | None = None  # the newest checkpoint's: config.yaml edited, unless an older one fits
     while True:
         try:
             manifest = verify_checkpoint(path, replay=False)  # the weights are read, not the replay
-            return load_learner(cfg, env, path, device), path, manifest
-        except CheckpointError as exc:
+            return load_learner(cfg, env, path, device, Path(run_dir) / CONFIG_FILE), path, manifest
+        except (CheckpointError, ConfigEditedError) as exc:
             if checkpoint is not None:
                 raise
+            if isinstance(exc, ConfigEditedError) and edited is None:
+                edited = exc
             newest = latest_checkpoint(own, tidy=False)
             if newest is not None and checkpoint_step(newest) > checkpoint_step(path) and newest not in skipped:
                 path = newest  # a newer save pruned the one chosen
@@ -374,8 +394,13 @@ def load_run_learner(cfg: DictConfig, env: BatchedEnv, run_dir: str | Path, chec
             older = [p for p in reversed(list_checkpoints(own)) if checkpoint_step(p) < checkpoint_step(path)
                      and p not in skipped]
             if not older:
+                if edited is not None:  # no checkpoint here was trained with config.yaml's config: the file was edited
+                    raise edited from None
                 raise
-            log.warning(f"skipping {path.name}: {exc}; trying {older[0].name}")
+            why = (f"it was trained with another config than {Path(run_dir) / CONFIG_FILE} holds "
+                   f"({describe_config_edits(exc.edits)}): another run's checkpoint copied in?"
+                   if isinstance(exc, ConfigEditedError) else str(exc))
+            log.warning(f"skipping {path.name}: {why}; trying {older[0].name}")
             skipped.append(path)
             path = older[0]
 

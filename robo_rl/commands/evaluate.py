@@ -120,6 +120,11 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
 
         require_pyav()  # before the episodes run, not after
     ckpt = resolve_checkpoint(run_dir, opts.checkpoint)
+    if foreign_checkpoint(run_dir, ckpt):  # compare reads eval.json as this run's (refused before it is loaded, which
+        # compares its config with run_dir's and would blame the other run's config.yaml for the difference)
+        raise ValueError(f"checkpoint={opts.checkpoint} is not one of {run_dir}'s checkpoints "
+                         f"({run_dir / 'checkpoints'}/step_...), and its result would go to {run_dir / 'eval.json'} "
+                         "as this run's; evaluate it with run_dir=<the run it belongs to>")
     if opts.checkpoint is not None:  # a broken one named before the env is built (the newest was checked in choosing)
         verify_checkpoint(ckpt, replay=False)
     # the run's own filters act here as in its training-time evaluations
@@ -131,10 +136,6 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
         # (names a checkpoint whose networks do not fit; a run still training may have pruned ckpt meanwhile: the newest)
         policy, ckpt, manifest = load_run_policy(cfg, env, run_dir, opts.checkpoint, opts.device, ckpt)
         video_path = (run_dir / "videos" / f"eval-step{int(manifest['step'])}.mp4").resolve()
-        if foreign_checkpoint(run_dir, ckpt):  # compare reads eval.json as this run's
-            raise ValueError(f"checkpoint={opts.checkpoint} is not one of {run_dir}'s checkpoints "
-                             f"({run_dir / 'checkpoints'}/step_...), and its result would go to {run_dir / 'eval.json'} "
-                             "as this run's; evaluate it with run_dir=<the run it belongs to>")
         if opts.video:  # frames are encoded as they are drawn (a long video never sits in memory); a path that
             # cannot take the file is refused here, before the episodes run
             from envs.rendering import Mp4Writer

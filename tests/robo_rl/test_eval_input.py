@@ -118,9 +118,10 @@ def test_a_checkpoint_of_another_algorithm_is_one_line(tmp_path, capsys, runs):
     assert "\n" not in message and message.startswith(f"checkpoint {other} does not fit this run's sac learner (")
     assert "missing log_alpha" in message and "unexpected actor_target." in message
     assert f"it was saved by a td3 run ({runs / 'td3'})" in message
+    # eval and export refuse another run's checkpoint before they read it (eval's result would go to this run's
+    # eval.json, the export out with this run's config)
     code, _, err = _eval(capsys, f"run_dir={runs / 'sac'}", "episodes=1", "num_envs=1", f"checkpoint={other}")
-    assert code == 2 and "does not fit this run's sac learner" in _one_line_error(err)
-    # export refuses another run's checkpoint before it reads it (its weights would go out with this run's config)
+    assert code == 2 and f"is not one of {runs / 'sac'}'s checkpoints" in _one_line_error(err)
     code = export_main([f"run_dir={runs / 'sac'}", f"checkpoint={other}", f"out_dir={tmp_path / 'x'}"])
     err = capsys.readouterr().err
     assert code == 2 and f"is not one of {runs / 'sac'}'s checkpoints" in _one_line_error(err)
@@ -141,6 +142,52 @@ def test_a_checkpoint_of_another_run_is_refused_not_reported_as_this_run_s(tmp_p
     own = latest_checkpoint(run / "checkpoints")  # its own, named: evaluated
     code, out, err = _eval(capsys, f"run_dir={run}", "episodes=1", "num_envs=1", f"checkpoint={own}")
     assert code == 0 and (run / "eval.json").is_file(), err
+
+
+def test_another_run_s_checkpoint_is_refused_as_such_not_as_an_edited_config(tmp_path, capsys, runs):
+    # the other run's config differs from this run's (here eval.episodes): eval loaded the checkpoint first and said
+    # "<the other run>/config.yaml was edited since checkpoint ... was saved: put the file back", of a file never edited
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(runs / "sac", run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["eval"]["episodes"] = 2
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    other = latest_checkpoint(runs / "sac" / "checkpoints")
+    code, out, err = _eval(capsys, f"run_dir={run}", "episodes=1", "num_envs=1", f"checkpoint={other}")
+    assert code == 2 and f"checkpoint={other} is not one of {run}'s checkpoints" in _one_line_error(err)
+    assert "was edited" not in err
+
+
+def test_another_run_s_checkpoint_copied_in_is_skipped_for_an_older_one_of_this_run(tmp_path, capsys, runs, caplog):
+    # a same-shape checkpoint of another run (another seed), newer than the run's own: eval and export stopped on it
+    # with "config.yaml was edited since ...", where a resume skips it for the newest checkpoint that is the run's
+    import logging
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs / "sac", run)
+    train(compose("algo=sac", *TINY, "seed=7", "steps=80"), tmp_path / "other")
+    own, foreign = latest_checkpoint(run / "checkpoints"), latest_checkpoint(tmp_path / "other" / "checkpoints")
+    shutil.copytree(foreign, run / "checkpoints" / foreign.name)
+    assert latest_checkpoint(run / "checkpoints").name == foreign.name  # the newest now
+    with caplog.at_level(logging.WARNING, logger="robo_rl"):
+        code, out, err = _eval(capsys, f"run_dir={run}", "episodes=1", "num_envs=1")
+    assert code == 0 and f"(checkpoint step {int(own.name.split('_')[1]):,})" in out, err
+    assert (f"skipping {foreign.name}: it was trained with another config than {run / 'config.yaml'} holds (seed is 0 "
+            f"in config.yaml, 7 in the checkpoint): another run's checkpoint copied in?; trying {own.name}") in caplog.text
+    assert export_main([f"run_dir={run}", f"out_dir={tmp_path / 'x'}"]) == 0
+    capsys.readouterr()
+    # with no checkpoint of its own left, the run's config.yaml is what differs: said so
+    shutil.rmtree(own)
+    for older in sorted((run / "checkpoints").glob("step_*")):
+        if older.name != foreign.name:
+            shutil.rmtree(older)
+    code, _, err = _eval(capsys, f"run_dir={run}", "episodes=1", "num_envs=1")
+    assert code == 2 and f"{run / 'config.yaml'} was edited since checkpoint" in _one_line_error(err)
 
 
 def test_a_checkpoint_given_by_name_is_the_run_s_and_a_missing_one_lists_them(tmp_path, capsys, runs, monkeypatch):
