@@ -144,6 +144,10 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
             raise FileNotFoundError(f"{run_dir} is a -m sweep's directory, not one run: give one of its jobs' "
                                     f"directories{named}, or continue the whole sweep by running it again with -m "
                                     f"and run_dir={run_dir}")
+        if not Path(run_dir).exists():
+            raise FileNotFoundError(f"{run_dir} does not exist; give a run's directory")
+        if not Path(run_dir).is_dir():
+            raise FileNotFoundError(f"{run_dir} is a file, not a run's directory")
         problem = not_a_file(path)  # (a directory, a device, a broken link there: not the same as no file)
         what = "missing" if problem == "no such file" else f"is {problem}, not a run's config file"
         hint = ""

@@ -182,7 +182,7 @@ def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
     assert proc.returncode == 2 and "Isaac Lab is not installed" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "z").exists()
     proc = robo_rl("eval", "run_dir=nowhere", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "not a robo-rl run directory" in proc.stderr
+    assert proc.returncode == 2 and "nowhere does not exist; give a run's directory" in proc.stderr
     proc = robo_rl("train", "resume=nowhere", cwd=tmp_path, check=False)  # the message names the key
     assert proc.returncode == 2 and "error: resume=nowhere: nowhere is not a robo-rl run directory" in proc.stderr
     proc = robo_rl("eval", "run_dir=nowhere", "episodez=3", cwd=tmp_path, check=False)
@@ -421,6 +421,9 @@ def test_train_eval_resume(tmp_path):
     assert proc.returncode == 2 and "algo.batch_size cannot change on resume" in proc.stderr
     proc = robo_rl("train", "resume=runs/p", "algo.batch_size=32", "seed=3", "steps=500", cwd=tmp_path)
     assert "the run is already complete (500 of 500 steps)" in proc.stderr
+    assert "its summary and learning curve are written again" in proc.stderr
+    proc = robo_rl("train", "resume=runs/p", "log.plot=false", cwd=tmp_path)  # no curve: none is promised
+    assert "nothing to train; its summary is written again" in proc.stderr
 
     # a damaged newest checkpoint: eval says which one it skips (it used to fall back silently)
     (run / "checkpoints" / "step_0000000500" / "state.safetensors").write_bytes(b"0" * 100)

@@ -264,7 +264,8 @@ class Runner(RunnerCheckpoints, abc.ABC):
                 self.restore(resume_from)
             if self.step >= self.total_steps:
                 log.info(f"the run is already complete ({self.step:,} of {self.total_steps:,} steps): nothing to train; "
-                         "its summary and learning curve are written again")
+                         + ("its summary and learning curve are written again" if cfg.log.plot else
+                            "its summary is written again"))
                 prune_checkpoints(self.ckpt_dir, self.step, int(cfg.checkpoint.keep))  # no save will do it
         else:
             if held := list_checkpoints(self.ckpt_dir):  # (train() refuses such a directory before writing config.yaml)
@@ -488,7 +489,8 @@ class Runner(RunnerCheckpoints, abc.ABC):
         self._last_eval_step = self.step
         self.metrics.write(self.step, wall, scalars)
         log.info(f"  eval at step {self.step:,}: return {format_return(result['return_mean'], result['return_std'])} "
-                 f"over {result['episodes']} episodes (length {result['length_mean']:.0f}){cost_text}")
+                 f"over {result['episodes']} episode{'' if result['episodes'] == 1 else 's'} "
+                 f"(length {result['length_mean']:.0f}){cost_text}")
 
     def _finish(self, elapsed: float, status: str, t_start: float) -> dict[str, Any]:
         metrics = getattr(self, "metrics", None)

@@ -73,7 +73,9 @@ class StopOnSignal:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = StopOnSignal.received = signum
-        log.info(f"received {signal.Signals(signum).name}: {self.waiting}")
+        # (the abort hint only where it holds: a second SIGINT aborts, a SIGTERM is waited out like the first)
+        waiting = self.waiting if signum == signal.SIGINT else self.waiting.replace(" (Ctrl-C again to abort)", "")
+        log.info(f"received {signal.Signals(signum).name}: {waiting}")
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():

@@ -67,6 +67,15 @@ def test_a_demos_out_that_cannot_be_written_is_refused_before_the_evaluation(tmp
     (runs / "sac" / "eval.json").unlink()
 
 
+def test_a_run_dir_that_does_not_exist_or_is_a_file_is_said_so(tmp_path, capsys):
+    # both were "is not a robo-rl run directory (config.yaml missing)"
+    code, _, err = _eval(capsys, f"run_dir={tmp_path / 'nowhere'}")
+    assert code == 2 and f"{tmp_path / 'nowhere'} does not exist; give a run's directory" in _one_line_error(err)
+    (tmp_path / "afile").write_text("x")
+    code, _, err = _eval(capsys, f"run_dir={tmp_path / 'afile'}")
+    assert code == 2 and f"{tmp_path / 'afile'} is a file, not a run's directory" in _one_line_error(err)
+
+
 def test_video_episodes_without_video_is_refused(tmp_path, capsys):
     code, _, err = _eval(capsys, f"run_dir={tmp_path}", "video_episodes=5")
     assert code == 2 and "video_episodes=5 has no effect without a video: add video=true" in _one_line_error(err)

@@ -365,6 +365,7 @@ def test_train_says_what_compile_does_after_its_opening_line(tmp_path):
     opening = [i for i, line in enumerate(lines) if line.startswith("robo-rl: td3 on Pendulum-v1")]
     compiled = [i for i, line in enumerate(lines) if line.startswith(said)]
     assert len(opening) == 1 and len(compiled) == 1 and opening[0] < compiled[0]
+    assert any(" over 1 episode (length " in line for line in lines)  # (was "over 1 episodes")
     log_lines = (run_dir / "train.log").read_text().splitlines()
     assert "robo-rl: td3 on Pendulum-v1" in log_lines[0] and said in log_lines[1]
 

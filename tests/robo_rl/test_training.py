@@ -1559,3 +1559,19 @@ def test_a_runs_closing_progress_line_leaves_out_the_final_evaluation(monkeypatc
     assert "step 300/300 (100%)" in closing and "eval " in closing
     assert float(closing.split(" steps/s")[0].rsplit("| ", 1)[1].replace(",", "")) >= 10  # ms per step: ~100s/s
     assert sum("step 300/300" in line for line in lines) == 1
+
+
+def test_only_a_sigint_is_told_that_a_second_one_aborts(monkeypatch, caplog):
+    # a SIGTERM said "(Ctrl-C again to abort)"; a second SIGTERM is waited out like the first, only SIGINT aborts
+    import logging
+    import signal
+
+    from robo_rl.runners.stopping import StopOnSignal
+
+    monkeypatch.setattr(StopOnSignal, "received", None)
+    for signum, hint in ((signal.SIGTERM, False), (signal.SIGINT, True)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="robo_rl"):
+            StopOnSignal()._handle(signum, None)
+        assert "saving a checkpoint after this iteration" in caplog.text
+        assert ("(Ctrl-C again to abort)" in caplog.text) == hint

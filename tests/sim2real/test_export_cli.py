@@ -98,7 +98,7 @@ def test_export_refuses_bad_arguments(tmp_path):
     proc = robo_rl("export", "run_dir=nowhere", "format=tflite", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "onnx, torchscript" in proc.stderr  # refused before the run is read
     proc = robo_rl("export", "run_dir=nowhere", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "not a robo-rl run directory" in proc.stderr
+    assert proc.returncode == 2 and "nowhere does not exist; give a run's directory" in proc.stderr
     proc = robo_rl("deploy", "export=nowhere", cwd=tmp_path, check=False)
     assert proc.returncode == 2
 
