@@ -277,7 +277,11 @@ def export_policy(
                            f"(> {ACTING_TOLERANCE:g}): the export path of the {getattr(policy, 'name', type(policy).__name__)} "
                            "head does not compute what it acts with (a robo-rl bug); nothing was written")
     made = [d for d in (out_dir, *out_dir.parents) if not os.path.lexists(d)]  # innermost first: removed on failure
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. under /proc, writable by root yet refusing new directories: a bare "[Errno 2]"
+        raise ValueError(f"out_dir={out_dir}: the directory cannot be made ({exc.strerror}); choose another "
+                         "out_dir") from None
     # a name of its own: another export into this directory at the same time (two `robo-rl export` runs) wrote,
     # renamed away or deleted the other's file under a fixed one, and could publish its model with this one's sidecar
     try:

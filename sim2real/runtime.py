@@ -94,8 +94,10 @@ def load_sidecar(export: str | Path) -> dict[str, Any]:
         hint = f" (its export/ holds one: export={inside.parent})" if inside.is_file() else ""
         raise ExportError(f"{path} not found: pass an export directory holding {SIDECAR} (from `robo-rl export`){hint}")
     if path.suffix.lower() != ".json":  # e.g. the model file: "not valid JSON (utf-8 codec ...)" said nothing useful
-        raise ExportError(f"{path} is not an export's sidecar ({SIDECAR}): pass the export directory "
-                          f"({path.parent}), which holds the model file and {SIDECAR}")
+        beside = (path.parent / SIDECAR).is_file()  # (a file elsewhere: "pass the export directory (.)" named the cwd)
+        raise ExportError(f"{path} is not an export's sidecar ({SIDECAR}): pass "
+                          + (f"the export directory ({path.parent}), which holds the model file and {SIDECAR}" if beside
+                             else f"an export directory, which holds the model file and {SIDECAR} (from `robo-rl export`)"))
     try:
         sidecar = json.loads(path.read_text())
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors

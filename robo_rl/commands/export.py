@@ -64,8 +64,9 @@ keys:
   watchdog.max_observation_age=null
                                    seconds before an observation counts as stale (default 2 periods)
   watchdog.max_inference_time=null
-                                   seconds of inference before the fallback is sent instead (default
-                                   half a period with realtime=true; not enforced in simulated time)
+                                   seconds of inference before the fallback is sent instead (null:
+                                   half a period with realtime=true, no limit in simulated time; a
+                                   value given is enforced in both)
   out=null                         report path (default <export>/deploy.json); its directory must
                                    exist
 """

@@ -524,3 +524,19 @@ def test_deploying_a_chunk_head_sends_the_actions_robo_rl_s_evaluation_takes(tmp
     # float32 rounding of the graph (the export's parity tolerance, 1e-5 times the half-range 2)
     np.testing.assert_allclose(np.array(sent), evaluated["transitions"]["actions"].numpy(), rtol=0, atol=2e-5)
     assert report["loop"]["latency"]["inference_ms"]["count"] == 2 * -(-5 // execute)  # queries per episode: ceil(5 / k)
+
+
+def test_an_out_dir_that_cannot_be_made_is_named_with_the_key(tmp_path, monkeypatch):
+    # out_dir=/proc/x (writable by root, yet it refuses new directories) was a bare "[Errno 2] No such file or
+    # directory: '/proc/x'"; the mkdir is made to fail here, as on such a filesystem
+    import errno
+    from pathlib import Path
+
+    def refuse(self, *args, **kwargs):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(ValueError, match=r"out_dir=.*export: the directory cannot be made \(No such file or directory\); "
+                                         "choose another out_dir"):
+        export_policy(_head("gaussian", {}), tmp_path / "export", "onnx")
+    assert not (tmp_path / "export").exists()

@@ -95,6 +95,11 @@ def test_bad_sidecars_name_the_file_and_the_problem(export_dir: Path) -> None:
                                           r"directory"):
         PolicyRuntime(export_dir / "policy.onnx")
     assert PolicyRuntime(path).obs_dim == 4  # the sidecar file itself still works
+    # a file with no sidecar beside it is not pointed at its own directory ("pass the export directory (.)")
+    (export_dir.parent / "afile").write_text("x")
+    with pytest.raises(ExportError, match=r"afile is not an export's sidecar \(policy\.json\): pass an export directory, "
+                                          r"which holds the model file and policy\.json \(from `robo-rl export`\)"):
+        PolicyRuntime(export_dir.parent / "afile")
 
 
 @pytest.mark.parametrize("change, key", [
