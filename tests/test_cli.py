@@ -663,6 +663,18 @@ def test_a_failed_job_of_a_one_job_sweep_is_named_by_its_directory(tmp_path, mon
     assert [p.name for p in (tmp_path / "one").iterdir() if p.is_dir()] == [job]
 
 
+def test_a_sweep_whose_jobs_all_failed_before_writing_a_run_prints_no_compare_line(tmp_path, monkeypatch, console):
+    # an unknown env.id fails each job as it starts: the closing line still said "side by side: robo-rl compare
+    # runs=...", a command that then failed with "neither a run directory nor a directory holding runs"
+    from robo_rl.commands.train import train_main
+
+    monkeypatch.chdir(tmp_path)
+    assert train_main(["-m", "seed=0,1", *TINY, "env.id=Nope-v0", "steps=40", "run_dir=bad"]) == 2
+    err = console.readouterr().err
+    assert "sweep: 2 job(s) in bad, none of which wrote a run to compare" in err and "robo-rl compare" not in err
+    assert "sweep: 2 of 2 job(s) failed: seed=0; seed=1" in err
+
+
 def test_a_sweep_run_again_prints_its_compare_line_when_no_job_trains(tmp_path, monkeypatch, console):
     # run again, a sweep whose every job failed before trains nothing: its closing line (and a continued job's) went
     # to a logger with no handler yet (train() adds it), so the documented robo-rl compare line was missing

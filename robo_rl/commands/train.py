@@ -192,8 +192,13 @@ def train_main(args: Sequence[str]) -> int:
         between_jobs.__exit__()
     if sweep_dirs:
         where = sweep_dirs[0] if len(set(sweep_dirs)) == 1 else ",".join(dict.fromkeys(sweep_dirs))
-        log.info("sweep: %d job(s) in %s; side by side: robo-rl compare %s", len(sweep_dirs), where,
-                 shlex.quote(f"runs={where}"))  # pasted as printed, a directory with a space too
+        from robo_rl.runs import CONFIG_FILE
+
+        if any(next(Path(d).glob(f"*/{CONFIG_FILE}"), None) is not None for d in dict.fromkeys(sweep_dirs)):
+            log.info("sweep: %d job(s) in %s; side by side: robo-rl compare %s", len(sweep_dirs), where,
+                     shlex.quote(f"runs={where}"))  # pasted as printed, a directory with a space too
+        else:  # every job failed before writing its run (a bad env.id): the compare line printed failed on them
+            log.info("sweep: %d job(s) in %s, none of which wrote a run to compare", len(sweep_dirs), where)
         if failed_jobs:
             log.error("sweep: %d of %d job(s) failed: %s", len(failed_jobs), len(sweep_dirs), "; ".join(failed_jobs))
     return exit_code
