@@ -361,12 +361,14 @@ def _run(cfg: DictConfig, run_dir: Path, env: Any, eval_env: Any, learner: Any, 
     a resume given steps=, which may not be below the step of the checkpoint it continues from. ``learner_notes``:
     for ``_log_start``."""
     runner = build_runner(cfg, learner, env, eval_env, run_dir, warn=False)  # _log_start warns after its opening line
-    if resume_from is not None:  # a checkpoint that cannot be resumed fails here, with config.yaml as it was
-        runner.restore(resume_from)
+    def refuse_shorter() -> None:
         if shorter_steps_refused and int(cfg.steps) < runner.step:  # config.yaml would then say 100 steps
             raise ConfigError(f"steps={int(cfg.steps):,}: resume={run_dir} has trained {runner.step:,} steps (the "
                               f"checkpoint it continues from, {runner._last_checkpoint.name}), and a resume cannot "
                               f"shorten a run; give steps >= {runner.step:,}, or leave steps out")
+
+    if resume_from is not None:  # a checkpoint that cannot be resumed fails here, with config.yaml as it was
+        runner.restore(resume_from, check=refuse_shorter)  # (refused before "resumed from ..." is said)
     _log_start(cfg, env, eval_env, learner, demos, for_task, runner.planned_steps,  # held until train.log exists
                learner_notes)
     if demos is not None:  # before config.yaml: a pretraining that diverges leaves no run behind

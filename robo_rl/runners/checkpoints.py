@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -215,15 +215,19 @@ class RunnerCheckpoints:
             raise CheckpointError(f"checkpoint {path} cannot be resumed: {part} does not fit this run "
                                   f"({type(exc).__name__}: {str(exc):.300})") from None
 
-    def restore(self, path: Path) -> None:
-        """Continue from checkpoint ``path`` (or the newest older one that loads, see ``_load_resumable``)."""
+    def restore(self, path: Path, check: Callable[[], None] | None = None) -> None:
+        """Continue from checkpoint ``path`` (or the newest older one that loads, see ``_load_resumable``). ``check``:
+        called once the checkpoint is loaded (``self.step``, ``self._last_checkpoint`` set), before the restore is
+        announced; what it raises stops the resume (train's refusal of a ``steps`` below the checkpoint's)."""
         state, replay, path = self._load_resumable(path)
         self._restored = True
+        self._last_checkpoint = Path(path)
+        if check is not None:
+            check()
         if replay is None and self.learner.kind == "off_policy":
             log.warning("the checkpoint holds no replay buffer (checkpoint.save_replay=false): the resumed run "
                         f"acts with its policy without updating until replay holds algo.learning_starts "
                         f"({int(self.cfg.algo.learning_starts):,}) transitions again")
-        self._last_checkpoint = Path(path)
         self._last_ckpt_step = self.step
         self._last_ckpt_evals = len(self.eval_history)
         log.info(f"resumed from {path} at step {self.step:,}")

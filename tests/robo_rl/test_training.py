@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import math
 import os
 import shutil
@@ -231,9 +232,17 @@ def test_a_longer_steps_on_resume_is_kept_by_the_next_resume_and_reaches_python(
     assert json.loads((run / "summary.json").read_text())["steps"] == 500
     # a shorter steps "completed" the run at once and wrote steps: 300 to config.yaml beside a 500-step summary
     shorter = [f"resume={run}", "steps=300"]
-    with pytest.raises(ConfigError, match=r"^steps=300: resume=.* has trained 500 steps \(the checkpoint it continues "
-                                          r"from, step_0000000500\), and a resume cannot shorten a run; give steps >= 500"):
-        train(compose(*shorter), tmp_path / "unused", shorter)
+    lines: list[str] = []  # train() keeps the robo_rl logger to itself (no propagation): a handler of the caller's
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logging.getLogger("robo_rl").addHandler(handler)
+    try:
+        with pytest.raises(ConfigError, match=r"^steps=300: resume=.* has trained 500 steps \(the checkpoint it continues "
+                                              r"from, step_0000000500\), and a resume cannot shorten a run; give steps >= 500"):
+            train(compose(*shorter), tmp_path / "unused", shorter)
+    finally:
+        logging.getLogger("robo_rl").removeHandler(handler)
+    assert not any(line.startswith("resumed from") for line in lines)  # refused before the resume is announced
     assert "steps: 500" in (run / "config.yaml").read_text()
     with pytest.raises(ConfigError, match="continues the run in its own directory"):
         train(compose(f"resume={run}", f"run_dir={tmp_path / 'elsewhere'}"), tmp_path / "elsewhere",
@@ -1563,7 +1572,6 @@ def test_a_runs_closing_progress_line_leaves_out_the_final_evaluation(monkeypatc
 
 def test_only_a_sigint_is_told_that_a_second_one_aborts(monkeypatch, caplog):
     # a SIGTERM said "(Ctrl-C again to abort)"; a second SIGTERM is waited out like the first, only SIGINT aborts
-    import logging
     import signal
 
     from robo_rl.runners.stopping import StopOnSignal
