@@ -1040,7 +1040,11 @@ def test_help_piped_into_a_reader_that_stopped_exits_quietly():
     (["env=./my_env.yaml"], ["env= takes the name of a config in robo_rl/configs/env/, not a file path",
                              "env.kwargs.<name>"]),
     # a scalar for a list key: OmegaConf's words only
-    (["policy.hidden_sizes=256"], ["A list is written policy.hidden_sizes=[256]"]),
+    (["policy.hidden_sizes=256"], ["policy.hidden_sizes=256: ", "A list is written policy.hidden_sizes=[256]"]),
+    (["policy.hidden_sizes=abc"], ["A list is written in brackets, e.g. policy.hidden_sizes=[256,256]"]),  # not [abc]
+    (["steps=abc"], ["steps=abc: Value 'abc' of type 'str' could not be converted to Integer"]),  # the key first
+    # a misspelled group option: Hydra's list of them, and the one meant
+    (["algo=sacc"], ["Could not find 'algo/sacc'. Available options in 'algo': ", "(did you mean algo=sac?)"]),
     # an argument that is no override was Hydra's four-line "missing EQUAL" report (or a lexer error), exit 1
     (["steps"], ["expected key=value arguments, got steps"]),
     (["-m", "interval(0,1)"], ["expected key=value arguments, got interval(0,1)"]),

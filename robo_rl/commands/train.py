@@ -487,7 +487,15 @@ def composition_message(exc: Exception, overrides: list[str]) -> str | None:
         env = next((o.split("=", 1)[1] for o in overrides if o.startswith("env=")), "")
         if f"'env/{env}'" in message and ("-v" in env or ":" in env):  # a gymnasium id where a config name goes
             message += f"; for a gymnasium id use env.id={env}"
+        message = re.sub(r"(Could not find '[^']*') (Available options)", r"\1. \2", message)
         missing = re.search(r"Could not find '([^/']+)/(.*?)'", message)
+        options = re.search(r"Available options in '[^']+':\s*(.*)$", message)
+        if missing and options:  # algo=sacc: the option meant, if one is close
+            import difflib
+
+            close = difflib.get_close_matches(missing[2], options[1].split(), n=1, cutoff=0.6)
+            if close:
+                message += f" (did you mean {missing[1]}={close[0]}?)"
         if missing and ("/" in missing[2] or missing[2].endswith((".yaml", ".yml"))):  # env=./my_env.yaml
             group = missing[1]
             message += (f"; {group}= takes the name of a config in robo_rl/configs/{group}/, not a file path: put "
@@ -524,8 +532,11 @@ def composition_message(exc: Exception, overrides: list[str]) -> str | None:
         if not isinstance(cause, (ConfigKeyError, ConfigAttributeError)) or not cause.full_key:
             merging = re.search(r"Error merging override (\S+?)=(\S*)", str(exc))
             if "is not a ListConfig" in first and merging:  # policy.hidden_sizes=256
-                first += f" A list is written {merging[1]}=[{merging[2]}]."
-            return f"{first} ({' '.join(str(exc).split())}; see robo-rl train --help)"
+                numbers = re.fullmatch(r"[-+0-9.e]+(,[-+0-9.e]+)*", merging[2])  # (abc: [abc] is no list of numbers)
+                first += (f" A list is written {merging[1]}=[{merging[2]}]." if numbers else
+                          f" A list is written in brackets, e.g. {merging[1]}=[256,256].")
+            said = f"{merging[1]}={merging[2]}: " if merging else ""  # the key first, as robo-rl's own checks say it
+            return f"{said}{first} ({' '.join(str(exc).split())}; see robo-rl train --help)"
         full_key = str(cause.full_key)
         try:  # the keys that do exist, in the config these overrides select
             root = compose_config([a for a in overrides if override_key(a) != full_key])
