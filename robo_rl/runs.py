@@ -339,15 +339,21 @@ def load_learner(cfg: DictConfig, env: BatchedEnv, checkpoint: Path, device: str
         if why is None:  # not a key or shape: torch's own words (its first line is a heading)
             why = " ".join(line.strip() for line in str(exc).splitlines()[:2])
             why = f"{type(exc).__name__}: {why:.300}"
-    if why is not None:
-        raise CheckpointError(f"checkpoint {checkpoint} does not fit this run's {cfg.algo.name} learner ({why})"
-                              f"{_saved_by(checkpoint, cfg.algo.name)}; give a checkpoint of this run "
-                              "(checkpoint=<run_dir>/checkpoints/step_...)")
-    # weights that fit, under a config.yaml edited since (env.kwargs, a learner's setting): an evaluation of another
-    # task, an export whose sidecar gives deploy that task, as the run's; a resume refuses the same edit
     from robo_rl.train import RESUME_OVERRIDABLE
 
     edits = config_edits(cfg, state.get("config"), RESUME_OVERRIDABLE | {"device"})
+    if why is not None:
+        saved_by = _saved_by(checkpoint, cfg.algo.name)
+        # networks that do not fit, and a config that differs from the one they were trained with (policy.hidden_sizes
+        # edited in config.yaml): the message named the checkpoint only, never the file that changed
+        differs = (f"; {config_file or 'the config'} differs from the config it was trained with "
+                   f"({describe_config_edits(edits, config_file.name if config_file else 'the config')}): edited "
+                   "since, or another run's checkpoint?" if edits and not saved_by else "")
+        raise CheckpointError(f"checkpoint {checkpoint} does not fit this run's {cfg.algo.name} learner ({why})"
+                              f"{saved_by}{differs}; give a checkpoint of this run "
+                              "(checkpoint=<run_dir>/checkpoints/step_...)")
+    # weights that fit, under a config.yaml edited since (env.kwargs, a learner's setting): an evaluation of another
+    # task, an export whose sidecar gives deploy that task, as the run's; a resume refuses the same edit
     if edits:
         if config_file is None:  # (a config given in Python: no file to name)
             raise ConfigEditedError(f"the config differs from the one checkpoint {checkpoint} was trained with: "

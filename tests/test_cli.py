@@ -410,6 +410,8 @@ def test_train_eval_resume(tmp_path):
     # what acted: 3 episodes need 3 env copies of the default 10; the run's head, device and filters (none)
     assert (result["num_envs"], result["device"], result["policy"], result["safety_filters"]) == (3, "cpu", "gaussian", [])
     assert f"{result['return_mean']:.1f}" in out
+    # paths absolute (run_dir=runs/p was stored as given, relative to where eval ran)
+    assert result["run_dir"] == str(run.resolve()) and result["checkpoint"] == str(run.resolve() / "checkpoints" / "step_0000000300")
 
     out = robo_rl("train", "resume=runs/p", "steps=500", cwd=tmp_path).stderr
     assert "resumed from" in out and "step_0000000300" in out

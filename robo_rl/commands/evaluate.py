@@ -166,7 +166,8 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
     # what acted, so that the numbers can be reproduced: the episodes' seeds follow the env copies, and a run's
     # filters change the actions the env received
     result.update(
-        algo=cfg.algo.name, env=env.task_id, run_dir=str(run_dir), checkpoint=str(ckpt),
+        # absolute, as summary.json's: a relative path read elsewhere names another run (or none)
+        algo=cfg.algo.name, env=env.task_id, run_dir=str(run_dir.resolve()), checkpoint=str(Path(ckpt).resolve()),
         checkpoint_step=int(manifest["step"]), seed=int(opts.seed), num_envs=int(env.num_envs),
         device=str(cfg.device), policy=str(policy.name),
         safety_filters=[str(f["type"]) for f in OmegaConf.to_container(safety.filters, resolve=True)],

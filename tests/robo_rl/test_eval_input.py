@@ -171,6 +171,24 @@ def test_another_run_s_checkpoint_is_refused_as_such_not_as_an_edited_config(tmp
     assert "was edited" not in err
 
 
+def test_networks_resized_in_config_yaml_are_named_with_the_file_not_only_the_checkpoint(tmp_path, capsys, runs):
+    # policy.hidden_sizes edited in config.yaml: every checkpoint "does not fit this run's sac learner", and nothing
+    # said that config.yaml is what changed
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(runs / "sac", run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["policy"]["hidden_sizes"] = [24]
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    code, _, err = _eval(capsys, f"run_dir={run}", "episodes=1", "num_envs=1")
+    assert code == 2 and "does not fit this run's sac learner" in _one_line_error(err)
+    assert (f"; {run / 'config.yaml'} differs from the config it was trained with (policy.hidden_sizes is '[24]' in "
+            "config.yaml, '[16]' in the checkpoint): edited since, or another run's checkpoint?") in err
+
+
 def test_another_run_s_checkpoint_copied_in_is_skipped_for_an_older_one_of_this_run(tmp_path, capsys, runs, caplog):
     # a same-shape checkpoint of another run (another seed), newer than the run's own: eval and export stopped on it
     # with "config.yaml was edited since ...", where a resume skips it for the newest checkpoint that is the run's
