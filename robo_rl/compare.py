@@ -430,6 +430,15 @@ def compare(paths: str | Path | Sequence[str | Path], group_by: str | Sequence[s
         if len(tasks) > 1:  # a group_by= that leaves env.id out: one mean of returns on different scales
             warnings.append(f"group {group.label}: its runs are on {len(tasks)} tasks ({', '.join(tasks)}), whose returns "
                             "its means average together; add env.id to group_by= to compare each task's runs")
+        by_seed: dict[str, list[str]] = {}
+        for r in group.runs:
+            by_seed.setdefault(json.dumps(r.seed, default=str), []).append(str(r.path))
+        repeated = {seed: where for seed, where in by_seed.items() if len(where) > 1}
+        if repeated and not group_by:  # one config, one seed, twice: copies of one run (or one seed run twice),
+            # counted as seeds they shrink the std (with group_by= the runs may differ in other settings)
+            warnings.append(f"group {group.label}: " + "; ".join(
+                f"{len(where)} runs share seed {seed} ({', '.join(where)})" for seed, where in repeated.items())
+                + ": copies of one run? each counts as a seed in the group's mean and std")
         bests = [r.best for r in group.runs if r.best is not None]
         out_groups.append({
             "label": group.label,

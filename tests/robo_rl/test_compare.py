@@ -51,6 +51,24 @@ def test_seeds_group_and_settings_separate(tmp_path):
     assert {tuple(g["curve"]["mean"]) for g in rollout} == {(75.0, 200.0), (40.0, 25.0)}
 
 
+def test_copies_of_one_run_are_said_to_share_a_seed(tmp_path):
+    # five copies of one run beside it were six seeds with std 0, without a word
+    import shutil
+
+    write_run(tmp_path / "a", 0, 300.0, [(1000, 100.0), (2000, 300.0)])
+    shutil.copytree(tmp_path / "a", tmp_path / "a-copy")
+    write_run(tmp_path / "b", 1, 500.0, [(1000, 200.0), (2000, 500.0)])
+    result = compare([tmp_path])
+    assert len(result["groups"]) == 1 and len(result["groups"][0]["runs"]) == 3
+    assert [w for w in result["warnings"] if "share seed" in w] == [
+        f"group {result['groups'][0]['label']}: 2 runs share seed 0 ({tmp_path / 'a'}, {tmp_path / 'a-copy'}): copies "
+        "of one run? each counts as a seed in the group's mean and std"]
+    # pooled by group_by=, runs of other settings may share a seed (the lr sweep's seed 0): nothing said
+    write_run(tmp_path / "c", 0, 50.0, [(1000, 80.0), (2000, 50.0)], lr=1e-3)
+    pooled = compare([tmp_path / "b", tmp_path / "c", tmp_path / "a"], group_by=["algo.name"])
+    assert len(pooled["groups"][0]["runs"]) == 3 and not [w for w in pooled["warnings"] if "share seed" in w]
+
+
 def test_a_failed_run_is_named_not_averaged_and_a_comma_job_directory_is_one_run(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     write_run(sweep / "algo=sac,seed=0", 0, 300.0, [(1000, 100.0), (2000, 300.0)])
