@@ -350,17 +350,14 @@ def test_train_says_what_compile_does_after_its_opening_line(tmp_path):
     import logging
 
     from robo_rl.train import compose_config, train
+    from tests.helpers import robo_rl_records
 
-    lines: list[str] = []  # train() keeps the robo_rl logger to itself (no propagation): a handler of the caller's
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: lines.append(record.getMessage())
-    logging.getLogger("robo_rl").addHandler(handler)
     run_dir = tmp_path / "run"
-    try:  # (no update: steps end before algo.learning_starts, so nothing is compiled)
-        train(compose_config(["algo=td3", "env=pendulum", "compile=true", "steps=20", "algo.learning_starts=100",
-                              "eval.episodes=1", "log.tensorboard=false", "log.plot=false", f"run_dir={run_dir}"]))
-    finally:
-        logging.getLogger("robo_rl").removeHandler(handler)
+    with robo_rl_records(logging.INFO) as records:  # (no update: steps end before algo.learning_starts, so nothing
+        train(compose_config(["algo=td3", "env=pendulum", "compile=true", "steps=20",  # is compiled)
+                              "algo.learning_starts=100", "eval.episodes=1", "log.tensorboard=false", "log.plot=false",
+                              f"run_dir={run_dir}"]))
+    lines = [r.getMessage() for r in records]
     said = "compile=true: the first update compiles"
     opening = [i for i, line in enumerate(lines) if line.startswith("robo-rl: td3 on Pendulum-v1")]
     compiled = [i for i, line in enumerate(lines) if line.startswith(said)]

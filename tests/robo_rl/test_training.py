@@ -232,17 +232,14 @@ def test_a_longer_steps_on_resume_is_kept_by_the_next_resume_and_reaches_python(
     assert json.loads((run / "summary.json").read_text())["steps"] == 500
     # a shorter steps "completed" the run at once and wrote steps: 300 to config.yaml beside a 500-step summary
     shorter = [f"resume={run}", "steps=300"]
-    lines: list[str] = []  # train() keeps the robo_rl logger to itself (no propagation): a handler of the caller's
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: lines.append(record.getMessage())
-    logging.getLogger("robo_rl").addHandler(handler)
-    try:
-        with pytest.raises(ConfigError, match=r"^steps=300: resume=.* has trained 500 steps \(the checkpoint it continues "
-                                              r"from, step_0000000500\), and a resume cannot shorten a run; give steps >= 500"):
-            train(compose(*shorter), tmp_path / "unused", shorter)
-    finally:
-        logging.getLogger("robo_rl").removeHandler(handler)
-    assert not any(line.startswith("resumed from") for line in lines)  # refused before the resume is announced
+    from tests.helpers import robo_rl_records
+
+    with robo_rl_records(logging.INFO) as records, pytest.raises(
+            ConfigError, match=r"^steps=300: resume=.* has trained 500 steps \(the checkpoint it continues from, "
+                               r"step_0000000500\), and a resume cannot shorten a run; give steps >= 500"):
+        train(compose(*shorter), tmp_path / "unused", shorter)
+    lines = [r.getMessage() for r in records]
+    assert lines and not any(line.startswith("resumed from") for line in lines)  # refused before it is announced
     assert "steps: 500" in (run / "config.yaml").read_text()
     with pytest.raises(ConfigError, match="continues the run in its own directory"):
         train(compose(f"resume={run}", f"run_dir={tmp_path / 'elsewhere'}"), tmp_path / "elsewhere",
