@@ -59,9 +59,10 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def _lock_or_refuse(fd: int, run_dir: Path) -> OSError | None:
+def _lock_or_refuse(fd: int, run_dir: Path, key: str = "run_dir") -> OSError | None:
     """Take the exclusive lock on ``fd`` (``run_dir``'s lock file), or raise RunDirBusy naming the process that
-    holds it; a filesystem without locks (e.g. ENOLCK) is returned, not raised."""
+    holds it (and ``key``, the option that named the directory); a filesystem without locks (e.g. ENOLCK) is returned,
+    not raised."""
     import fcntl
 
     try:
@@ -71,14 +72,17 @@ def _lock_or_refuse(fd: int, run_dir: Path) -> OSError | None:
         if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
             return exc
         holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-    raise RunDirBusy(f"run_dir={run_dir} is in use by another robo-rl training process ({holder}); wait for it "
-                     "to end, or choose another run_dir")
+    if key == "resume":  # (another run_dir is no way to continue this run)
+        raise RunDirBusy(f"resume={run_dir} is in use by another robo-rl training process ({holder}): that run is "
+                         "still training; resume it once it has stopped")
+    raise RunDirBusy(f"{key}={run_dir} is in use by another robo-rl training process ({holder}); wait for it "
+                     f"to end, or choose another {key}")
 
 
-def refuse_busy_run_dir(run_dir: Path) -> None:
-    """Raise RunDirBusy if a training process holds ``run_dir``'s lock now. Checked before anything else about
-    a run directory, so that a run still starting (no checkpoint yet) is reported as in use, not as a run with
-    nothing to resume; ``run_dir_lock`` then takes the lock for real."""
+def refuse_busy_run_dir(run_dir: Path, key: str = "run_dir") -> None:
+    """Raise RunDirBusy if a training process holds ``run_dir``'s lock now (named as ``key``= gave it). Checked
+    before anything else about a run directory, so that a run still starting (no checkpoint yet) is reported as in
+    use, not as a run with nothing to resume; ``run_dir_lock`` then takes the lock for real."""
     _refuse_odd_lock_file(run_dir)
     try:
         import fcntl  # noqa: F401  (POSIX only, as run_dir_lock)
@@ -87,7 +91,7 @@ def refuse_busy_run_dir(run_dir: Path) -> None:
     except (ImportError, OSError):  # no lock file: no run has trained there (or no POSIX locks)
         return
     try:
-        _lock_or_refuse(fd, run_dir)  # taken, it is released with the descriptor below
+        _lock_or_refuse(fd, run_dir, key)  # taken, it is released with the descriptor below
     finally:
         os.close(fd)
 

@@ -56,7 +56,7 @@ def prepare(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str] = ()) -
     """
     if cfg.resume:
         run_dir = Path(cfg.resume)
-        refuse_busy_run_dir(run_dir)
+        refuse_busy_run_dir(run_dir, "resume")
         try:
             saved = load_run_config(run_dir)
         except FileNotFoundError as exc:  # (eval shares the message, which names no key)

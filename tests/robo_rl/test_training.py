@@ -557,8 +557,9 @@ def test_one_training_process_per_run_dir(tmp_path):
     assert not (run / "config.yaml").exists()
     train(compose(*SMALL_SAC, "steps=300", "checkpoint.every=300"), run)
     resume = [f"resume={run}", "steps=400"]
-    with run_dir_lock(run):  # resuming a run that is still training
-        with pytest.raises(RunDirBusy, match=r"pid \d+ on "):
+    with run_dir_lock(run):  # resuming a run that is still training (named by resume=, not a run_dir= not given)
+        with pytest.raises(RunDirBusy, match=rf"^resume={run} is in use by another robo-rl training process \(pid \d+ on "
+                                             r".*\): that run is still training; resume it once it has stopped$"):
             train(compose(*resume), run, resume)
     assert json.loads((run / "summary.json").read_text())["steps"] == 300
     # a run still starting (config written, no checkpoint yet) is in use too, not "nothing to resume" or
