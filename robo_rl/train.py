@@ -57,37 +57,7 @@ def prepare(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str] = ()) -
     if cfg.resume:
         run_dir = Path(cfg.resume)
         refuse_busy_run_dir(run_dir, "resume")
-        try:
-            saved = load_run_config(run_dir)
-        except FileNotFoundError as exc:  # (eval shares the message, which names no key)
-            raise ConfigError(f"resume={run_dir}: {exc}") from None
-        keys = given_keys(cli_overrides)
-        if "steps" in keys:
-            kept = [f"{k}={OmegaConf.select(saved, k):,}" for k in CADENCES if k not in keys]
-            if kept and OmegaConf.select(cfg, "steps") != saved.steps:
-                log.info(f"resume with steps={OmegaConf.select(cfg, 'steps'):,} (was {saved.steps:,}): "
-                         f"{', '.join(kept)} stay as resolved for the original length; set them to change")
-        if "run_dir" in keys and cfg.run_dir and Path(cfg.run_dir).resolve() != run_dir.resolve():
-            raise ConfigError(f"resume={run_dir} continues the run in its own directory; run_dir={cfg.run_dir} would "
-                              "not be used (drop it, or copy the run there and resume that copy)")
-        fixed = [k for k in keys if k not in RESUME_OVERRIDABLE and _resume_value(cfg, k) != _resume_value(saved, k)]
-        if fixed:
-            raise ConfigError(
-                f"resume={run_dir} continues that run with its saved config; {', '.join(fixed)} cannot change "
-                f"on resume (allowed: {', '.join(sorted(RESUME_OVERRIDABLE - {'resume', 'run_dir'}))}). "
-                "Start a new run to change them."
-            )
-        with open_dict(saved):
-            for key in keys:
-                if key in RESUME_OVERRIDABLE - {"resume", "run_dir"}:
-                    OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False)
-            saved.resume = str(run_dir)
-            saved.run_dir = str(run_dir)
-        # validate's advice for a device this machine lacks, "use device=cpu", is refused above: a resume keeps it
-        check_device(str(saved.device), fix=f"resume={run_dir} continues the run on the device it trained on: resume it "
-                     f"on a machine that has it (robo-rl eval {shlex.quote(f'run_dir={run_dir}')} device=cpu and robo-rl export read it "
-                     "on this one)")
-        validate(saved)
+        saved = resume_config(cfg, cli_overrides)
         # first put back a checkpoint a re-save killed between its renames left hidden: with checkpoint.keep=1 (or a
         # first checkpoint re-saved after the final evaluation) it is the run's only one, not "no checkpoint yet"
         recover(run_dir / "checkpoints", warn=log.warning)
@@ -113,6 +83,45 @@ def prepare(cfg: DictConfig, run_dir: Path, cli_overrides: Iterable[str] = ()) -
     except ConfigError as exc:  # a value set in a file of the user's config dir (--config-dir): the file is named
         raise ConfigError(naming_user_file(str(exc), cli_overrides)) from None
     return cfg, None
+
+
+def resume_config(cfg: DictConfig, cli_overrides: Iterable[str] = ()) -> DictConfig:
+    """The config a resume of ``cfg.resume`` runs: the run's saved config.yaml with the keys a resume may change
+    (``RESUME_OVERRIDABLE``) taken from ``cfg`` where ``cli_overrides`` gives them; a ConfigError for any other key
+    given another value. Changes nothing on disk (``robo-rl train resume=<dir> --cfg job`` prints it)."""
+    run_dir = Path(cfg.resume)
+    try:
+        saved = load_run_config(run_dir)
+    except FileNotFoundError as exc:  # (eval shares the message, which names no key)
+        raise ConfigError(f"resume={run_dir}: {exc}") from None
+    keys = given_keys(cli_overrides)
+    if "steps" in keys:
+        kept = [f"{k}={OmegaConf.select(saved, k):,}" for k in CADENCES if k not in keys]
+        if kept and OmegaConf.select(cfg, "steps") != saved.steps:
+            log.info(f"resume with steps={OmegaConf.select(cfg, 'steps'):,} (was {saved.steps:,}): "
+                     f"{', '.join(kept)} stay as resolved for the original length; set them to change")
+    if "run_dir" in keys and cfg.run_dir and Path(cfg.run_dir).resolve() != run_dir.resolve():
+        raise ConfigError(f"resume={run_dir} continues the run in its own directory; run_dir={cfg.run_dir} would "
+                          "not be used (drop it, or copy the run there and resume that copy)")
+    fixed = [k for k in keys if k not in RESUME_OVERRIDABLE and _resume_value(cfg, k) != _resume_value(saved, k)]
+    if fixed:
+        raise ConfigError(
+            f"resume={run_dir} continues that run with its saved config; {', '.join(fixed)} cannot change "
+            f"on resume (allowed: {', '.join(sorted(RESUME_OVERRIDABLE - {'resume', 'run_dir'}))}). "
+            "Start a new run to change them."
+        )
+    with open_dict(saved):
+        for key in keys:
+            if key in RESUME_OVERRIDABLE - {"resume", "run_dir"}:
+                OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False)
+        saved.resume = str(run_dir)
+        saved.run_dir = str(run_dir)
+    # validate's advice for a device this machine lacks, "use device=cpu", is refused above: a resume keeps it
+    check_device(str(saved.device), fix=f"resume={run_dir} continues the run on the device it trained on: resume it "
+                 f"on a machine that has it (robo-rl eval {shlex.quote(f'run_dir={run_dir}')} device=cpu and robo-rl export read it "
+                 "on this one)")
+    validate(saved)
+    return saved
 
 
 # What a config group chosen on a resume's command line is compared by: the learner, head and task it names

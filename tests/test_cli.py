@@ -1293,3 +1293,23 @@ def test_a_sweep_s_continue_command_gives_its_config_dir(monkeypatch):
 
     monkeypatch.setattr(sweep, "TRAIN_ARGS", ["-m", "env=arm,pendulum", "config_dir='/my cfgs'", "run_dir=s"])
     assert continue_command("s") == "robo-rl train -m env=arm,pendulum --config-dir '/my cfgs' run_dir=s"
+
+
+def test_cfg_job_of_a_resume_prints_the_config_the_resume_runs(tmp_path, monkeypatch, console):
+    # Hydra's --cfg job printed its composition of the defaults with the run's group choices: Hopper-v5, steps null,
+    # and algo.batch_size=7 shown as taken, where the resume itself runs the saved config and refuses that key
+    import yaml
+
+    from robo_rl.commands.train import train_main
+
+    monkeypatch.chdir(tmp_path)
+    assert train_main([*TINY, "steps=200", "run_dir=run"]) == 0
+    console.readouterr()
+    assert train_main(["resume=run", "steps=300", "--cfg", "job"]) == 0
+    shown = yaml.safe_load(console.readouterr().out)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert shown["env"]["id"] == "Pendulum-v1" and shown["steps"] == 300 and shown["algo"] == saved["algo"]
+    assert shown["resume"] == shown["run_dir"] == "run"
+    assert train_main(["resume=run", "algo.batch_size=7", "-c", "job"]) == 2
+    assert "algo.batch_size cannot change on resume" in console.readouterr().err
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text()) == saved  # a preview: nothing written

@@ -101,6 +101,8 @@ def train_main(args: Sequence[str]) -> int:
         if text is not None:
             print(text)
             return 0
+    if job_config_asked(args) and any(override_key(a) == "resume" for a in config_overrides(args)):
+        return print_resume_config(args)
     config_dir = str(Path(__file__).resolve().parents[1] / "configs")
     exit_code = 0
     sweep_dirs: list[str] = []  # a multirun's directory, once per job
@@ -319,6 +321,31 @@ def composition_problem(args: Sequence[str]) -> str | None:
     if problem is not None:  # the sweep's first job (each sweep at its first value), named as sweep_problem names one
         return f"sweep job {' '.join(values[0] for _, values in sweeps)}: {problem}" if sweeps else problem
     return sweep_problem(plain, sweeps)
+
+
+def job_config_asked(args: Sequence[str]) -> bool:
+    """Whether ``args`` ask for the job's config (``--cfg job``, ``-c job``, ``--cfg=job``)."""
+    return any((a in ("--cfg", "-c") and i + 1 < len(args) and args[i + 1] == "job") or a in ("--cfg=job", "-c=job")
+               for i, a in enumerate(args))
+
+
+def print_resume_config(args: Sequence[str]) -> int:
+    """``robo-rl train resume=<dir> [keys] --cfg job``: the config the resume would run (the run's saved config.yaml
+    with the keys a resume may change), or the refusal the resume would give. Hydra's own --cfg printed its
+    composition of the defaults with the run's group choices: another task, steps null, and keys a resume refuses
+    shown as taken."""
+    from omegaconf import OmegaConf
+
+    from robo_rl.config import compose_config
+    from robo_rl.train import resume_config
+    from robo_rl.validation import ConfigError
+
+    overrides = config_overrides(args)
+    try:
+        print(OmegaConf.to_yaml(resume_config(compose_config(overrides), overrides)), end="")
+    except ConfigError as exc:
+        return error(str(exc), EXIT_USAGE)
+    return 0
 
 
 def config_overrides(args: Sequence[str]) -> list[str]:
