@@ -184,7 +184,12 @@ def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
     proc = robo_rl("eval", "run_dir=nowhere", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "nowhere does not exist; give a run's directory" in proc.stderr
     proc = robo_rl("train", "resume=nowhere", cwd=tmp_path, check=False)  # the message names the key
-    assert proc.returncode == 2 and "error: resume=nowhere: nowhere is not a robo-rl run directory" in proc.stderr
+    # (it said "not a robo-rl run directory (config.yaml missing)" of the directory Hydra had made for the job)
+    assert proc.returncode == 2 and "error: resume=nowhere: nowhere does not exist; give the directory" in proc.stderr
+    assert not (tmp_path / "nowhere").exists()
+    (tmp_path / "empty").mkdir()  # a directory that holds no run is still named as one
+    proc = robo_rl("train", "resume=empty", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "error: resume=empty: empty is not a robo-rl run directory" in proc.stderr
     proc = robo_rl("eval", "run_dir=nowhere", "episodez=3", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "unknown key 'episodez'; did you mean episodes" in proc.stderr
     proc = robo_rl("eval", "run_dir=nowhere", "num_envs=0", cwd=tmp_path, check=False)  # was all three keys named

@@ -268,7 +268,7 @@ def stopped_job(run_dir: Path, completed: bool) -> str:
 
 def run_dir_problem(args: Sequence[str]) -> str | None:
     """A ``run_dir=`` or ``resume=`` (or the default ``runs/``) that is, or lies under, a regular file: Hydra
-    would fail creating it with a traceback before any of our checks run."""
+    would fail creating it with a traceback before any of our checks run; a ``resume=`` that does not exist."""
     given = []
     for arg in args:
         key, eq, value = arg.partition("=")
@@ -277,6 +277,9 @@ def run_dir_problem(args: Sequence[str]) -> str | None:
             given += [(key.lstrip("+~"), v.strip()) for v in values if v.strip() not in ("", "null", "None")]
     from robo_rl.runs import directory_problem
 
+    for key, value in given:
+        if key == "resume" and not Path(value).exists():  # (Hydra makes it as the job's directory before train runs)
+            return f"resume={value}: {value} does not exist; give the directory of the run to continue"
     for label, value in [(f"{k}={v}", v) for k, v in given] or [("runs/ (where runs go without run_dir=)", "runs")]:
         problem = directory_problem(Path(value))
         if problem is not None:
