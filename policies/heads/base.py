@@ -88,6 +88,11 @@ class PolicyHead(nn.Module, abc.ABC):
     #: (the latent head's Gaussian over z: the decoded action is checked, and a NaN z decodes to NaN)
     check_actions: bool = True
 
+    @property
+    def described(self) -> str:
+        """How this head's messages name it: "the flow head"."""
+        return f"the {self.name} head"
+
     @classmethod
     def options(cls) -> tuple[str, ...]:
         """The keyword options of this head's constructor, in order: what ``build_head`` passes on."""
@@ -124,13 +129,13 @@ class PolicyHead(nn.Module, abc.ABC):
         """The head's supervised objective on (obs, action) pairs, optionally weighted per sample."""
 
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        raise UnsupportedByHead(f"the {self.name} head has no tractable log-probability")
+        raise UnsupportedByHead(f"{self.described} has no tractable log-probability")
 
     def entropy(self, obs: torch.Tensor) -> torch.Tensor:
         """One-sample estimate -log pi(a|s); heads with a closed form override it."""
         _, logp = self.sample(obs)
         if logp is None:
-            raise UnsupportedByHead(f"the {self.name} head has no tractable log-probability, so no entropy")
+            raise UnsupportedByHead(f"{self.described} has no tractable log-probability, so no entropy")
         return -logp
 
     def evaluate_actions(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,11 +152,11 @@ class PolicyHead(nn.Module, abc.ABC):
         float type), else a TypeError/ValueError saying what to pass: a 1-D observation would broadcast into
         a batch of the wrong size in some heads instead of failing."""
         if not isinstance(obs, torch.Tensor):
-            raise TypeError(f"the {self.name} head acts on a float tensor obs [B, {self.obs_dim}], got "
+            raise TypeError(f"{self.described} acts on a float tensor obs [B, {self.obs_dim}], got "
                             f"{type(obs).__name__} (torch.as_tensor(obs, dtype=torch.float32))")
         if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
             one = " (obs[None] for one observation)" if obs.dim() == 1 and obs.shape[0] == self.obs_dim else ""
-            raise ValueError(f"the {self.name} head acts on obs [B, {self.obs_dim}], got shape {list(obs.shape)}{one}")
+            raise ValueError(f"{self.described} acts on obs [B, {self.obs_dim}], got shape {list(obs.shape)}{one}")
         return self._in_float(obs, "acts on a float tensor obs, got")
 
     def _in_float(self, x: torch.Tensor, refusal: str) -> torch.Tensor:
@@ -160,7 +165,7 @@ class PolicyHead(nn.Module, abc.ABC):
         if x.dtype == self.action_low.dtype:
             return x
         if x.is_complex() or x.dtype == torch.bool:
-            raise TypeError(f"the {self.name} head {refusal} {x.dtype}")
+            raise TypeError(f"{self.described} {refusal} {x.dtype}")
         return x.to(self.action_low.dtype)
 
     def action_layouts(self) -> tuple[tuple[int, ...], ...]:
@@ -174,7 +179,7 @@ class PolicyHead(nn.Module, abc.ABC):
         one batch of pairs: a [1, A] or [A] action would broadcast against every observation, a [B, 1] one against
         every action dimension and a [B, 1, A] one into a [B, B] log-prob, each a plausible but wrong loss or log-prob."""
         if not isinstance(obs, torch.Tensor) or not isinstance(actions, torch.Tensor):
-            raise TypeError(f"the {self.name} head takes float tensors obs and actions, got {type(obs).__name__} and "
+            raise TypeError(f"{self.described} takes float tensors obs and actions, got {type(obs).__name__} and "
                             f"{type(actions).__name__} (torch.as_tensor(x, dtype=torch.float32))")
         obs = self._in_float(obs, "takes float tensors obs and actions, got obs of")
         actions = self._in_float(actions, "takes float tensors obs and actions, got actions of")
@@ -183,7 +188,7 @@ class PolicyHead(nn.Module, abc.ABC):
                 or tuple(actions.shape[1:]) not in layouts):
             shapes = " or ".join(str(["B", *layout]).replace("'", "") for layout in layouts)
             one = "one action or chunk" if len(layouts) > 1 else "one action"
-            raise ValueError(f"the {self.name} head takes obs [B, {self.obs_dim}] with actions {shapes} ({one} per "
+            raise ValueError(f"{self.described} takes obs [B, {self.obs_dim}] with actions {shapes} ({one} per "
                              f"observation), got obs {list(obs.shape)} and actions {list(actions.shape)}")
         return obs, actions
 
@@ -215,9 +220,9 @@ class PolicyHead(nn.Module, abc.ABC):
             if bool(bad.any()):
                 rows = torch.nonzero(bad).flatten().tolist()
                 listed = ", ".join(map(str, rows[:8])) + (f", ... ({len(rows)} rows)" if len(rows) > 8 else "")
-                return FloatingPointError(f"the {self.name} head produced non-finite {what} from non-finite "
+                return FloatingPointError(f"{self.described} produced non-finite {what} from non-finite "
                                           f"observations (NaN/Inf in row(s) {listed} of obs): check the observations")
-        return FloatingPointError(f"the {self.name} head produced non-finite {what} (diverged weights?)")
+        return FloatingPointError(f"{self.described} produced non-finite {what} (diverged weights?)")
 
     def compiled_act(self, example_obs: torch.Tensor, deterministic: bool = True, atol: float = 1e-5):
         """``act(obs, deterministic)`` compiled with torch.compile (inductor, C++ wrapper) for low-latency acting
@@ -239,13 +244,13 @@ class PolicyHead(nn.Module, abc.ABC):
         try:
             got = compiled(obs)
         except Exception as exc:  # inductor's own errors: no compiler, an unsupported operation
-            raise RuntimeError(f"torch.compile could not compile the {self.name} head's act ({type(exc).__name__}: "
+            raise RuntimeError(f"torch.compile could not compile the act of {self.described} ({type(exc).__name__}: "
                                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}); it needs a "
                                "C++ compiler (gcc or clang); act() itself works without one") from exc
         if deterministic:
             error = float(((got - act(obs)).abs() / self.action_scale).max())
             if not error <= atol:
-                raise RuntimeError(f"the compiled {self.name} head's act differs from the eager one by {error:.3g} "
+                raise RuntimeError(f"the compiled act of {self.described} differs from the eager one by {error:.3g} "
                                    f"(times the action half-range) on example_obs, more than atol={atol:g}")
 
         def run(o: torch.Tensor) -> torch.Tensor:

@@ -69,7 +69,7 @@ class MixtureHead(PolicyHead):
         except RuntimeError:
             if bool(torch.isfinite(log_w).all()):
                 raise
-            raise FloatingPointError(f"the {self.name} head produced non-finite mixture weights "
+            raise FloatingPointError(f"{self.described} produced non-finite mixture weights "
                                      "(diverged weights?)") from None
 
     def _draw(self, log_w: torch.Tensor, means: torch.Tensor, log_stds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

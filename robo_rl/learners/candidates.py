@@ -79,6 +79,12 @@ class CriticSelectPolicy(PolicyHead):
         super().__init__(base.obs_dim, base.action_low.cpu().numpy(), base.action_high.cpu().numpy(), base.obs_norm)
         self.base, self.critic, self.n, self.edit = base, critic, num_samples, edit
 
+    @property
+    def described(self) -> str:
+        # (its name stays "critic_select": the export sidecar's head field)
+        learner = "EXPO" if self.edit is not None else "PA-RL"
+        return f"{learner}'s acting policy (the best of {self.n} {self.base.name} candidates by the critic)"
+
     def noise_dim(self) -> int:
         """Noise numbers per state the deterministic path uses (0: the base has no noise input)."""
         return self.n * self.base.noise_shape(1)[1] if hasattr(self.base, "noise_shape") else 0

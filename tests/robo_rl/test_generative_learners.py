@@ -67,6 +67,10 @@ def test_the_acting_policy_takes_an_empty_batch_and_names_a_nan_observation(head
             with pytest.raises(FloatingPointError, match=r"from non-finite observations \(NaN/Inf in row\(s\) [0-9, ]+ of obs"):
                 policy.act(obs, deterministic=deterministic)
         assert policy(torch.zeros(0, 3)).shape == (0, 2)  # the export path
+        # messages name the learner's policy, not the class's internal name ("the critic_select head acts on ...")
+        with pytest.raises(ValueError, match=rf"^{cls.name.upper().replace('PARL', 'PA-RL')}'s acting policy \(the best "
+                                             rf"of {policy.n} {head} candidates by the critic\) acts on obs \[B, 3\]"):
+            policy.act(torch.zeros(4, 5))
 
 
 @pytest.mark.parametrize("target_candidates, expected", [(1, 1), (3, 3), (None, 6)])
