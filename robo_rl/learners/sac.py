@@ -136,7 +136,7 @@ class SAC(FusedUpdate, Learner):
     def temperature_step(self, logp: torch.Tensor, metrics: dict[str, torch.Tensor]) -> None:
         """Tune alpha toward the target entropy (when autotuned), adding ``alpha_loss`` to ``metrics``."""
         if self.alpha_opt is not None:
-            # Temperature loss (eq. 18): -alpha (log pi(a|s) + target entropy)
+            # Temperature loss (eq. 18), in log alpha as SB3 and CleanRL take it: -log alpha (log pi(a|s) + target entropy)
             alpha_loss = -(self.log_alpha * (logp + self.target_entropy)).mean()
             self.alpha_opt.apply(torch.autograd.grad(alpha_loss, [self.log_alpha]))
             metrics["alpha_loss"] = alpha_loss.detach()
