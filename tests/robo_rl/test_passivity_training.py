@@ -622,3 +622,25 @@ def test_a_cost_reported_only_at_episode_ends_is_not_said_to_be_never_logged():
     assert [r.getMessage() for r in records] == [
         "safety.cost_key=energy: robo_rl_test/CostAtTheEnd-v0 reported no 'energy' in its first step's info (top level "
         "or info['task']); if none of its steps does, no episode costs are logged and the key changes nothing"]
+
+
+@pytest.mark.parametrize("randomize, named", [
+    ("randomize=strong", ["action_delay=[0, 1]", "action_noise_std=0.05", "joint_damping_scale=[0.5, 1.5]",
+                          "actuator_gain_scale=[0.8, 1.2]"]),
+    ("env.randomize.joint_damping_scale=[1.0,1.5]", []),  # more damping than credited: the guarantee holds
+    ("env.randomize.actuator_gain_scale=[0.5,1.0]", []),
+    ("env.randomize.body_mass_scale=[0.5,1.5]", []),
+    ("env.randomize.action_delay=[0,0]", []),
+])
+def test_an_energy_tank_on_a_randomized_plant_it_does_not_cover_is_warned_of(randomize, named):
+    # README (Safety filters) says the tank's guarantee does not hold with actuation latency or a plant with less
+    # damping or more gain than the filter's; a run with safety=passivity randomize=strong started without a word
+    from robo_rl.run_plan import passivity_void
+
+    lines = passivity_void(compose("algo=sac", "env=contact_maze", "safety=passivity", randomize))
+    if not named:
+        assert lines == []
+        return
+    assert len(lines) == 1 and lines[0].startswith("safety: the energy_tank filter's passivity guarantee does not hold")
+    assert all(f"env.randomize.{n}" in lines[0] for n in named) and "geom_friction" not in lines[0]
+    assert passivity_void(compose("algo=sac", "env=contact_maze", "safety=box", randomize)) == []  # no tank
