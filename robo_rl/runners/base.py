@@ -206,9 +206,18 @@ class Runner(RunnerCheckpoints, abc.ABC):
         if "diverged" in info and bool(info["diverged"].any()):
             n = int(info["diverged"].sum())
             if n:
-                self.diverged += n
-                log.warning(f"{n} simulation(s) diverged at step {self.step:,} and were reset "
-                            f"({self.diverged} so far); their episodes count as truncated")
+                before, self.diverged = self.diverged, self.diverged + n
+                # a warning the first time, then as the total passes 10, 100, 1,000, ... (a console line at every
+                # step of a model that keeps diverging buried the progress lines); each one at debug level
+                if before == 0:
+                    log.warning(f"{n} simulation(s) diverged at step {self.step:,} and were reset; their episodes count "
+                                "as truncated (the count is rollout/diverged_resets; warned again at 10, 100, 1,000, "
+                                "... in all)")
+                elif len(str(self.diverged)) > len(str(before)):
+                    log.warning(f"{self.diverged:,} simulations have diverged and been reset so far (the latest {n} at "
+                                f"step {self.step:,})")
+                else:
+                    log.debug(f"{n} simulation(s) diverged at step {self.step:,} and were reset ({self.diverged} so far)")
         self.record_episodes(info["episode"])
 
     def record_episodes(self, episode: dict[str, torch.Tensor]) -> None:

@@ -1438,6 +1438,31 @@ def test_the_once_each_filter_remembers_a_bounded_number_of_warnings():
     assert all(passed) and len(once.seen) == 100
     assert not once.filter(warning("1 simulation(s) diverged at step 4,999 and were reset"))  # a recent one: still once
 
+
+def test_diverged_simulations_are_warned_of_the_first_time_and_then_at_each_power_of_ten():
+    # a model that diverged at every step printed a warning line at every step (150 lines in a 600-step run)
+    import logging
+    from types import SimpleNamespace
+
+    import torch
+
+    from robo_rl.runners.base import Runner
+    from tests.helpers import robo_rl_records
+
+    runner = SimpleNamespace(interventions=0, _row_interventions=0, diverged=0, step=0, record_episodes=lambda e: None)
+    info = {"safety": {"interventions": 0}, "diverged": torch.tensor([True, True, False]), "episode": {}}
+    with robo_rl_records(logging.DEBUG) as records:
+        for step in range(1, 61):
+            runner.step = step
+            Runner.record_info(runner, info)
+    assert runner.diverged == 120
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3, warnings
+    assert warnings[0].startswith("2 simulation(s) diverged at step 1 and were reset; their episodes count as truncated")
+    assert warnings[1:] == ["10 simulations have diverged and been reset so far (the latest 2 at step 5)",
+                            "100 simulations have diverged and been reset so far (the latest 2 at step 50)"]
+    assert sum(r.levelno == logging.DEBUG for r in records) == 57  # every other one, at debug level
+
 # -- loop audit (session 28): NaN/Inf met in an evaluation ---------------------------------------------------------
 
 
