@@ -279,6 +279,11 @@ def make_isaac_env(task_id: str, num_envs: int, device: str | torch.device, kwar
             raise ValueError(f"env.id={task_id}: cannot import {factory!r} from {module!r} ({exc})") from None
         return IsaacAdapter(make(num_envs=num_envs, device=str(device), **kwargs), action_limit, task_id, obs_groups,
                             device)
+    spec = gym.registry.get(task_id)
+    if spec is not None and str(spec.entry_point).startswith(("gymnasium.", "envs.")):  # gymnasium's, robo-rl's own
+        raise ValueError(f"env.id={task_id} is a gymnasium task, not an Isaac Lab one: run it with env.backend=auto "
+                         "(or mujoco, gymnasium); env.backend=isaac takes an Isaac Lab task id (Isaac-...) or a "
+                         "module:factory of an rsl_rl-style GPU env")
     # checked before the simulator app starts (a minute or more): every package the start-up below imports
     missing = [name for name in ISAAC_LAB_PACKAGES if importlib.util.find_spec(name) is None]
     if missing:

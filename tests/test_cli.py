@@ -178,8 +178,13 @@ def test_bad_input_exits_nonzero_with_the_key_named(tmp_path):
     assert proc.returncode == 2 and "steps=0: must be > 0" in proc.stderr
     assert not (tmp_path / "x").exists()
     # a simulator that is not installed is a usage error with the install hint, not a traceback
-    proc = robo_rl("train", "env.backend=isaac", "run_dir=z", cwd=tmp_path, check=False)
+    proc = robo_rl("train", "env.backend=isaac", "env.id=Isaac-Velocity-Flat-Anymal-C-v0", "run_dir=z", cwd=tmp_path,
+                   check=False)
     assert proc.returncode == 2 and "Isaac Lab is not installed" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "z").exists()
+    # the default task on the isaac backend blamed Isaac Lab's absence ("env.id=Hopper-v5 needs isaaclab, ...")
+    proc = robo_rl("train", "env.backend=isaac", "run_dir=z", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "error: env.id=Hopper-v5 is a gymnasium task, not an Isaac Lab one" in proc.stderr
     assert not (tmp_path / "z").exists()
     proc = robo_rl("eval", "run_dir=nowhere", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "nowhere does not exist; give a run's directory" in proc.stderr
