@@ -61,7 +61,6 @@ def make_env(
                              + (" (or None: the task's own time limit)" if name == "max_episode_steps" else "")
                              + (" (0: all CPUs)" if name == "threads" else ""))
     num_envs, threads = int(num_envs), int(threads)
-    check_envs_fit(task_id, num_envs, MIN_BYTES_PER_ENV)  # the backend checks its own, larger floor
     kwargs = _checked_kwargs(task_id, kwargs)
     device = _checked_device(task_id, device)
     if isinstance(randomize, dict):
@@ -73,6 +72,8 @@ def make_env(
         from envs.mujoco.tasks import TASKS
 
         backend = "mujoco" if task_id in TASKS else "gymnasium"
+    if backend != "mujoco":  # which checks its own floor, the task's simulation state (several times this one)
+        check_envs_fit(task_id, num_envs, MIN_BYTES_PER_ENV)
     if backend == "gymnasium":
         from envs.gymnasium_backend import GymnasiumBatchedEnv
 
@@ -112,7 +113,62 @@ def _checked_kwargs(task_id: str, kwargs: Any) -> Mapping[str, Any] | None:
             raise ValueError(f"{task_id}: kwargs {key}={value}: must be a finite number")
         if items is not None and any(isinstance(v, float) and math.isnan(v) for v in items):
             raise ValueError(f"{task_id}: kwargs {key}={value}: NaN is no bound (inf is)")
-    return kwargs
+    defaults = declared_defaults(task_id)
+    typed = {key: _as_declared(task_id, key, value, defaults[key]) for key, value in kwargs.items() if key in defaults}
+    if all(typed[key] is kwargs[key] for key in typed):
+        return kwargs
+    return {**kwargs, **typed}
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _as_declared(task_id: str, key: str, value: Any, default: Any) -> Any:
+    """``value`` as the task's constructor takes ``key``, whose default is ``default``: a true/false argument given
+    as text (``env.kwargs.terminate_when_unhealthy=no`` reaches the task as the string 'no', which Python reads as
+    true) becomes a bool, a number given as text is refused, and a frame size must be a positive integer."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower() if isinstance(value, (str, int)) else None
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ValueError(f"{task_id}: kwargs {key}={value!r}: takes true or false (or yes/no, on/off, 1/0)")
+    if isinstance(default, numbers.Real) and isinstance(value, str):
+        raise ValueError(f"{task_id}: kwargs {key}={value!r}: takes a number (its default is {default!r})")
+    if key in ("width", "height") and isinstance(default, numbers.Integral):  # the frames' size (MuJoCo tasks)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{task_id}: kwargs {key}={value!r}: the frames' {key} in pixels, an integer >= 1")
+    return value
+
+
+def declared_defaults(task_id: str) -> dict[str, Any]:
+    """The keyword arguments ``task_id``'s constructor declares, with their defaults, as far as they can be read
+    without building it (the gymnasium registry's entry point; with the id's registered kwargs over them); {} for
+    an id that is not registered (yet: a ``module:Id`` whose module is not imported, an Isaac task)."""
+    import inspect
+
+    import gymnasium as gym
+
+    spec = gym.registry.get(task_id.rpartition(":")[2])
+    if spec is None:
+        return {}
+    try:
+        creator = (gym.envs.registration.load_env_creator(spec.entry_point) if isinstance(spec.entry_point, str)
+                   else spec.entry_point)
+        # a class's __init__, and its bases' where it passes **kwargs on (Hopper's width and height are MujocoEnv's)
+        functions = [c.__init__ for c in creator.__mro__ if "__init__" in vars(c)] if inspect.isclass(creator) else [creator]
+        declared: dict[str, Any] = {}
+        for function in functions:
+            parameters = inspect.signature(function).parameters.values()
+            for p in parameters:
+                if p.default is not inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD:
+                    declared.setdefault(p.name, p.default)
+            if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+                break
+    except Exception:  # noqa: BLE001 - an entry point that cannot be loaded here fails, named, when the env is built
+        return {}
+    return {**declared, **{k: v for k, v in (spec.kwargs or {}).items() if k in declared}}
 
 
 def _checked_device(task_id: str, device: Any) -> torch.device:

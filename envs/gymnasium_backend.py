@@ -427,6 +427,14 @@ class GymnasiumBatchedEnv(BatchedEnv):
             return np.asarray(self._vector_call(self._vec.call, "render")[index])
         except gym.error.DependencyNotInstalled as exc:  # e.g. pygame for the classic-control tasks
             raise MissingDependency(f"{self.task_id}: drawing frames needs a package that is not installed: {exc}") from None
+        except Exception as exc:
+            if type(exc).__name__ != "FatalError":  # MuJoCo's, from gymnasium's own renderer
+                raise
+            from envs.rendering import RenderingUnavailable
+
+            raise RenderingUnavailable(f"{self.task_id}: MuJoCo could not draw a frame ({exc}): a frame larger than "
+                                       "this machine's OpenGL holds (lower env.kwargs.width and env.kwargs.height), or "
+                                       "no usable OpenGL platform (set MUJOCO_GL=egl or osmesa)") from exc
 
     def physics_params(self) -> dict[str, torch.Tensor]:
         """Each env's current physics factors: name -> [N, k] (1.0 = the nominal model)."""
@@ -602,12 +610,16 @@ class GymnasiumBatchedEnv(BatchedEnv):
                 self._stop_after_task_error(method, exc)
                 raise
             self._abandon_workers()
+            # a negative code is the signal that killed it; a positive one the code it exited with (os._exit(3), a
+            # sys.exit in the task's code, which gymnasium does not forward as an error)
+            why = ("killed by a signal, e.g. the kernel's OOM killer (SIGKILL) or a job scheduler stopping every "
+                   "process of the job (SIGTERM), or a crash in the simulator's native code" if any(c < 0 for c in dead)
+                   else "the worker exited with that code: the task's code (or a library it calls) ended the process, "
+                   "e.g. with sys.exit or os._exit")
             self._workers_lost = (
                 f"{self.task_id}: a worker process of env.vectorization=async exited during {method.__name__}() "
-                f"without a Python error (exit code {', '.join(map(_exit_code, dead))}: killed by a signal, e.g. the "
-                "kernel's OOM killer (SIGKILL) or a job scheduler stopping every process of the job (SIGTERM), or a "
-                "crash in the simulator's native code); this env is now closed. Run with env.vectorization=sync to see "
-                "the failure in this process")
+                f"without a Python error (exit code {', '.join(map(_exit_code, dead))}: {why}); this env is now "
+                "closed. Run with env.vectorization=sync to see the failure in this process")
             raise WorkerDied(self._workers_lost) from exc
         except Exception as exc:
             self._stop_after_task_error(method, exc)

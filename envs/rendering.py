@@ -64,8 +64,21 @@ class MujocoRenderer:
         height = min(height, int(model.vis.global_.offheight)) if model.vis.global_.offheight else height
         try:
             self.renderer = mujoco.Renderer(model, height=height, width=width)
-        except Exception as exc:  # no usable OpenGL platform
-            raise RenderingUnavailable(_no_rendering_message(exc)) from exc
+        except Exception as exc:  # no usable OpenGL platform, or a frame larger than it can hold
+            if "framebuffer is not complete" not in str(exc).lower():
+                # no context at all (and a second try after GLFW failed aborts the process): the platform
+                raise RenderingUnavailable(_no_rendering_message(exc)) from exc
+            size = model.vis.global_.offwidth, model.vis.global_.offheight  # the offscreen buffer MuJoCo allocates
+            try:
+                model.vis.global_.offwidth = model.vis.global_.offheight = 64
+                mujoco.Renderer(model, height=64, width=64).close()
+            except Exception:  # noqa: BLE001 - no frame at all: the platform
+                raise RenderingUnavailable(_no_rendering_message(exc)) from exc
+            finally:
+                model.vis.global_.offwidth, model.vis.global_.offheight = size
+            raise RenderingUnavailable(f"MuJoCo cannot draw {width} x {height} frames here ({exc}); it draws smaller "
+                                       "ones: lower the task's width and height (env.kwargs.width, "
+                                       "env.kwargs.height)") from exc
         self.camera = mujoco.MjvCamera()
         self.camera_config = dict(camera_config or {})
         self._placed = False

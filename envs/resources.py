@@ -175,8 +175,9 @@ def check_envs_fit(task_id: str, num_envs: int, bytes_per_env: int) -> None:
     if room is not None and need > room:
         of = "free now" if available is not None else "in all"
         raise MemoryError(f"{task_id}: num_envs={num_envs:,} needs at least {gib(need)} "
-                          f"({bytes_per_env:,} bytes per env), more than the {gib(room)} of memory {of}; "
-                          f"at most {max(room // bytes_per_env, 1):,} envs could fit")
+                          f"({bytes_per_env:,} bytes per env), more than the {gib(room)} of memory {of}; even "
+                          f"at that floor at most {max(room // bytes_per_env, 1):,} envs could fit, and an env "
+                          "uses several times it: try far fewer")
 
 
 def gib(n: int) -> str:

@@ -88,7 +88,7 @@ def build_env_checked(cfg: DictConfig, **options: Any) -> BatchedEnv:
 
 def check_env_runs(cfg: DictConfig, env: BatchedEnv) -> None:
     """Reset ``env`` and step it once at the middle of its action box, so a task that builds but cannot
-    run (``env.kwargs.ctrl_cost_weight=abc`` is only read at the first step) fails before any run file
+    run (``env.kwargs.healthy_z_range=5`` is only read at the first step) fails before any run file
     exists, and passivity-aware training on a task that reports no cost under safety.cost_key fails too.
     Meant for the evaluation env: every evaluation resets it with its own seed, so the probe changes no
     result."""

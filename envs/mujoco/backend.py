@@ -15,6 +15,7 @@ Two details keep it identical to gymnasium:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -54,10 +55,30 @@ def make_task_renderer(model: Any, task: Task, width: int | None, height: int | 
     kw = task.render_kwargs
     width = int(width if width is not None else kw.get("width", 480))
     height = int(height if height is not None else kw.get("height", 480))
+    size = model.vis.global_.offwidth, model.vis.global_.offheight
     model.vis.global_.offwidth = max(model.vis.global_.offwidth, width)  # visual only: the physics is unchanged
     model.vis.global_.offheight = max(model.vis.global_.offheight, height)
     camera = kw["default_camera_config"] if "default_camera_config" in kw else gym_camera_config(task.gym_cls())
-    return MujocoRenderer(model, camera, width, height)
+    try:
+        return MujocoRenderer(model, camera, width, height)
+    except Exception:
+        model.vis.global_.offwidth, model.vis.global_.offheight = size  # (a buffer too large for OpenGL: none drew)
+        raise
+
+
+def _load_model(task_id: str, path: str) -> Any:
+    """The task's compiled model; a file MuJoCo cannot read, or one without actuators, named as env.kwargs.xml_file."""
+    where = f"{task_id}: kwargs xml_file={path}"
+    if not Path(path).is_file():  # a directory: MuJoCo's "File size over 2GB is not supported"
+        raise ValueError(f"{where} is {'a directory' if Path(path).is_dir() else 'not a file'}; give a MuJoCo XML model file")
+    try:
+        model = mujoco.MjModel.from_xml_path(path)
+    except ValueError as exc:  # MuJoCo's parser or compiler ("XML parse error 8")
+        raise ValueError(f"{where}: MuJoCo cannot load it ({' '.join(str(exc).split())})") from None
+    if model.nu < 1:
+        raise ValueError(f"{where}: the model has no actuators, so no action reaches it (the task acts through "
+                         "its <actuator> elements)")
+    return model
 
 
 class MujocoBatchedEnv(BatchedEnv):
@@ -92,7 +113,7 @@ class MujocoBatchedEnv(BatchedEnv):
         self.task_id = task_id
         self.num_envs = num_envs
         self.device = torch.device(device)
-        self.model = mujoco.MjModel.from_xml_path(self.task.xml_path())
+        self.model = _load_model(task_id, self.task.xml_path())
         self.task.setup(self.model)
         self.dt = float(self.task.dt)
         self._min_advance = (self.task.frame_skip - 0.5) * self.model.opt.timestep  # a step moves time by frame_skip dt

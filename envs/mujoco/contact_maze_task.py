@@ -23,9 +23,8 @@ class ContactMaze(Task):
     # MjData outputs the step reads (as after mj_step: computed in the last substep's forward pass)
     derived = ("qfrc_actuator", "sensordata")
 
-    def __init__(self, kwargs: dict[str, Any]) -> None:
-        super().__init__(kwargs)
-        maze.check_kwargs(self.p)
+    def check_kwargs(self) -> None:
+        maze.check_kwargs(self.p)  # (gymnasium's ContactMaze checks the same)
 
     def setup(self, model: Any) -> None:
         super().setup(model)

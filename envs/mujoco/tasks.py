@@ -13,6 +13,7 @@ stay in sync with the installed gymnasium and an unknown keyword fails with the 
 from __future__ import annotations
 
 import abc
+import difflib
 import inspect
 import logging
 import numbers
@@ -167,9 +168,11 @@ class Task(abc.ABC):
         defaults = self.gym_defaults()
         unknown = sorted(set(kwargs) - set(defaults) - RENDER_KWARGS)
         if unknown:
+            supported = sorted(set(defaults) | (RENDER_KWARGS - set(_UNSUPPORTED_RENDER_KWARGS)))
+            close = [m for k in unknown for m in difflib.get_close_matches(k, supported, n=1, cutoff=0.6)]
             raise ValueError(
-                f"{self.gym_id}: unsupported keyword argument(s) {', '.join(unknown)}; "
-                f"supported: {', '.join(sorted(defaults))}"
+                f"{self.gym_id}: unsupported keyword argument(s) {', '.join(unknown)}"
+                f"{' (did you mean ' + ', '.join(close) + '?)' if close else ''}; supported: {', '.join(supported)}"
             )
         self.p = {**defaults, **{k: v for k, v in kwargs.items() if k not in RENDER_KWARGS}}
         self.render_kwargs = {k: v for k, v in kwargs.items() if k in RENDER_KWARGS}
@@ -186,6 +189,14 @@ class Task(abc.ABC):
         if isinstance(frame_skip, bool) or not isinstance(frame_skip, numbers.Integral) or frame_skip < 1:
             raise ValueError(f"{self.gym_id}: frame_skip must be an integer >= 1, got {frame_skip!r}")
         self.frame_skip = int(frame_skip)
+        self.check_kwargs()
+
+    def check_kwargs(self) -> None:
+        """Fail at construction, naming the keyword, on a value the task would fail on later (or run wrongly with)."""
+        noise = self.p.get("reset_noise_scale")
+        if isinstance(noise, numbers.Real) and not noise >= 0:  # numpy's "high - low < 0" at the first reset
+            raise ValueError(f"{self.gym_id}: kwargs reset_noise_scale={noise!r}: must be >= 0 (the half-width of the "
+                             "uniform noise on the initial state)")
 
     @classmethod
     def gym_cls(cls) -> type:
@@ -657,8 +668,6 @@ def task_for(task_id: str, kwargs: dict[str, Any]) -> Task:
     try:
         cls = TASKS[task_id]
     except KeyError:
-        import difflib
-
         close = difflib.get_close_matches(task_id, list(TASKS), n=2, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else "."  # a sentence either way, before "It covers"
         raise ValueError(

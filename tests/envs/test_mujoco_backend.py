@@ -161,6 +161,55 @@ def test_render_and_snapshot_need_a_reset_and_every_method_after_close_names_the
                                        simulation=lambda e: e.batch)  # close() frees the batch and its threads
 
 
+@pytest.mark.parametrize("backend", ["mujoco", "gymnasium"])
+def test_a_true_false_task_argument_given_as_text_is_read_as_meant_or_refused(backend):
+    # env.kwargs.terminate_when_unhealthy=no reached the task as the string 'no', which Python reads as true: the
+    # episodes ended as with the default (QA, 2026-12-07)
+    for text, meant in (("no", False), ("Off", False), ("0", False), ("yes", True), (0, False), (1, True)):
+        env = make_env("Hopper-v5", backend=backend, kwargs={"terminate_when_unhealthy": text})
+        p = env.task.p if backend == "mujoco" else env._vec.envs[0].unwrapped.__dict__
+        assert p["_terminate_when_unhealthy" if backend == "gymnasium" else "terminate_when_unhealthy"] is meant
+        env.close()
+    for bad in ("flase", 2, 0.5):
+        with pytest.raises(ValueError, match=rf"Hopper-v5: kwargs terminate_when_unhealthy={bad!r}: takes true or false"):
+            make_env("Hopper-v5", backend=backend, kwargs={"terminate_when_unhealthy": bad})
+    with pytest.raises(ValueError, match=r"kwargs ctrl_cost_weight='abc': takes a number \(its default is 0.001\)"):
+        make_env("Hopper-v5", backend=backend, kwargs={"ctrl_cost_weight": "abc"})
+    for key, value in (("width", 0), ("height", -5), ("width", 2.5)):  # failed only when a video was drawn
+        with pytest.raises(ValueError, match=rf"kwargs {key}={value}: the frames' {key} in pixels, an integer >= 1"):
+            make_env("Hopper-v5", backend=backend, kwargs={key: value})
+
+
+def test_a_model_file_the_backend_cannot_use_is_named(tmp_path):
+    # a directory was MuJoCo's "File size over 2GB is not supported", a text file a bare "XML parse error 8", a model
+    # without actuators an IndexError, a negative reset_noise_scale numpy's "high - low < 0" at the first reset
+    (tmp_path / "notes.py").write_text("print('not a model')\n")
+    (tmp_path / "still.xml").write_text("<mujoco><worldbody><body><joint type='slide'/><geom size='0.1'/></body>"
+                                        "</worldbody></mujoco>")
+    for path, said in ((tmp_path, "is a directory; give a MuJoCo XML model file"),
+                       (tmp_path / "notes.py", r"MuJoCo cannot load it \(XML parse error"),
+                       (tmp_path / "still.xml", "the model has no actuators")):
+        with pytest.raises(ValueError, match=rf"^Hopper-v5: kwargs xml_file={path}:? {said}"):
+            make_env("Hopper-v5", backend="mujoco", kwargs={"xml_file": str(path)})
+    with pytest.raises(ValueError, match=r"Hopper-v5: kwargs reset_noise_scale=-1: must be >= 0"):
+        make_env("Hopper-v5", backend="mujoco", kwargs={"reset_noise_scale": -1})
+    with pytest.raises(ValueError, match=r"unsupported keyword argument\(s\) widht \(did you mean width\?\); supported: "
+                                         r".*height.*width, xml_file$"):  # the frame size is accepted, so listed
+        make_env("Hopper-v5", backend="mujoco", kwargs={"widht": 100})
+
+
+def test_a_frame_larger_than_opengl_draws_is_blamed_on_its_size():
+    # a 20000 x 20000 frame said "install EGL (apt-get install libegl1 ...)" on a machine that has it
+    from envs.rendering import RenderingUnavailable
+
+    env = make_env("Hopper-v5", backend="mujoco", kwargs={"width": 20000, "height": 20000})
+    env.reset(seed=0)
+    with pytest.raises(RenderingUnavailable, match=r"cannot draw 20000 x 20000 frames here .*env.kwargs.width"):
+        env.render()
+    assert env.render(width=64, height=48).shape == (48, 64, 3)  # a smaller frame of the same env still draws
+    env.close()
+
+
 def test_make_env_backend_and_bad_input():
     env = make_env("Walker2d-v5", 2, backend="mujoco", kwargs={"ctrl_cost_weight": 0.01})
     assert env.task.p["ctrl_cost_weight"] == 0.01 and env.obs_dim == 17
@@ -196,7 +245,7 @@ def test_batches_that_cannot_fit_in_memory_are_refused_before_allocation(monkeyp
     assert floor > 20_000
     n = 2**30 // floor + 1
     with pytest.raises(MemoryError, match=rf"num_envs={n:,} needs at least .* \({floor:,} bytes per env\), more than "
-                                          rf"the 1.0 GiB of memory free now; at most {n - 1:,} envs"):
+                                          rf"the 1.0 GiB of memory free now; even at that floor at most {n - 1:,} envs"):
         MujocoBatchedEnv("Humanoid-v5", n)
     MujocoBatchedEnv("Humanoid-v5", 2).close()  # small batches are untouched
 

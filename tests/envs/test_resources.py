@@ -42,7 +42,7 @@ def test_v2_free_memory_is_the_limit_less_what_the_container_holds(tmp_path, mon
     assert host_memory(root) == (4 * GIB, 5 * GIB // 2)
     monkeypatch.setattr(resources, "ROOT", root)  # what make_env checks against
     with pytest.raises(MemoryError, match=r"num_envs=3 needs at least 3\.0 GiB .* more than the 2\.5 GiB of memory "
-                                          r"free now; at most 2 envs could fit"):
+                                          r"free now; even at that floor at most 2 envs could fit, and an env uses several times it"):
         check_envs_fit("Hopper-v5", 3, GIB)
     check_envs_fit("Hopper-v5", 2, GIB)
 
