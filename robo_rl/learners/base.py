@@ -123,6 +123,10 @@ class Learner(nn.Module):
         the next log row (not counted as an update); the default has none."""
         return {}
 
+    def work_deferred(self) -> bool:
+        """Whether work of the last update gave way to a signal and waits for ``before_iteration`` (a GoRL refit)."""
+        return False
+
     def plan(self, total_updates: int) -> None:
         """Runners announce how many updates the run will make: the on-policy runner before the first one (and
         again when a run resumes), the off-policy runner on its last iteration, before that iteration's updates

@@ -132,6 +132,9 @@ class DecoderRefit:
             state_dict.setdefault(f"{prefix}refit_obs_stats.{key}", value)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[misc]
 
+    def work_deferred(self) -> bool:
+        return bool(self.refit_pending)
+
     def before_iteration(self) -> dict[str, torch.Tensor]:
         """The refit a SIGINT/SIGTERM interrupted (see ``refit``), before anything else in the resumed run. It runs
         with the observation statistics it was stopped under (the interrupted update's rollout was added to them

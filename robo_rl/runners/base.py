@@ -101,6 +101,8 @@ class Runner(RunnerCheckpoints, abc.ABC):
         self.eval_history: list[dict[str, Any]] = []
         self.obs: torch.Tensor | None = None
         self._acc: dict[tuple[str, ...], tuple[torch.Tensor, int]] = {}  # metric sums per key set
+        self.held_update: dict[str, torch.Tensor] | None = None  # an update's metrics, held for its deferred work
+        self.row_due = False  # a log row held back with it (written after the work, at the same step)
         self._last_checkpoint: Path | None = None
         self._last_eval_step = -1
         self._last_ckpt_step = -1
@@ -176,12 +178,24 @@ class Runner(RunnerCheckpoints, abc.ABC):
             metrics = self.learner.before_iteration()
         except FloatingPointError as exc:
             self._fail(f"{exc} in the work deferred from update {self.num_updates:,} at step {self.step:,}")
+        if self.learner.work_deferred():  # it gave way to a signal again: the update's metrics stay held
+            return
+        if self.held_update is not None:  # the update the work belongs to: its metrics and the work's, as one record
+            metrics, self.held_update = {**self.held_update, **metrics}, None
         if metrics:
             self.record_metrics(metrics)
+        if self.row_due:  # the row of the step the work was deferred at, which an unbroken run wrote with them
+            self.row_due = False
+            self._write_row(self.wall_time, time.perf_counter())
 
     def record_update(self, metrics: dict[str, torch.Tensor]) -> None:
-        """Accumulate one update's metrics for the next log row; stop on NaN/Inf."""
+        """Accumulate one update's metrics for the next log row; stop on NaN/Inf. An update whose work gave way to a
+        signal (a GoRL refit) is held, with its metrics, until the resumed run has done that work (``deferred_work``),
+        so that its row averages what an unbroken run's did."""
         self.num_updates += 1
+        if self.learner.work_deferred():
+            self.held_update = metrics
+            return
         self.record_metrics(metrics)
 
     def record_metrics(self, metrics: dict[str, torch.Tensor]) -> None:
@@ -336,7 +350,10 @@ class Runner(RunnerCheckpoints, abc.ABC):
                     self.iteration += 1
                     now_wall = self.wall_time + time.perf_counter() - t_start
                     if self.step >= next_log or self.step >= self.total_steps:  # (the last interval gets its row)
-                        self._write_row(now_wall, t_start)
+                        if self.held_update is None:
+                            self._write_row(now_wall, t_start)
+                        else:  # its update's work gave way to a signal: the row waits for it (deferred_work)
+                            self.row_due = True
                         next_log = (self.step // cfg.log.every + 1) * cfg.log.every
                     t_pause = time.perf_counter()
                     if self.step >= next_eval:

@@ -52,7 +52,12 @@ class RunnerCheckpoints:
                 # would (plain floats: float32 sums survive JSON exactly)
                 "row": {"start_step": self._row_start_step, "interventions": self._row_interventions,
                         "metric_sums": [{"keys": list(keys), "total": total.tolist(), "n": n}
-                                        for keys, (total, n) in self._acc.items()]},
+                                        for keys, (total, n) in self._acc.items()],
+                        # an update whose work (a GoRL refit) gave way to the signal: its metrics, and whether its
+                        # row is due, wait for the resumed run to do that work (Runner.deferred_work)
+                        "held_update": None if self.held_update is None else
+                        {k: float(v.detach().to("cpu", torch.float32)) for k, v in self.held_update.items()},
+                        "due": self.row_due},
                 "obs": self.obs,
                 **self.extra_state(),
             },
@@ -175,6 +180,13 @@ class RunnerCheckpoints:
                 if not all(isinstance(k, str) for k in keys) or total.shape != (len(keys),) or n < 1:
                     raise ValueError(f"row.metric_sums holds {total.tolist()!r:.80} over {n} update(s) for the "
                                      f"{len(keys)} metric(s) {list(keys)!r:.80}")
+            held = row.get("held_update")  # (not in checkpoints before 2026-12-07: none was held then)
+            if held is not None and not (isinstance(held, dict) and all(
+                    isinstance(k, str) and isinstance(v, (int, float)) for k, v in held.items())):
+                raise ValueError(f"row.held_update is {held!r:.80}, expected metric names with numbers")
+            self.held_update = None if held is None else {
+                k: torch.tensor(v, dtype=torch.float32, device=self.device) for k, v in held.items()}
+            self.row_due = bool(row.get("due", False))
             history = r["eval_history"]
             if not isinstance(history, list) or not all(
                     isinstance(e, dict) and all(isinstance(e.get(k), (int, float)) for k in ("step", "return_mean", "return_std"))

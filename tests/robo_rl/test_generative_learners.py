@@ -415,17 +415,11 @@ def test_a_signal_during_a_refit_stops_it_at_once_and_the_resumed_run_refits_fir
     full, cut = final_weights(tmp_path / "full")[0], final_weights(tmp_path / "cut")[0]
     assert int(cut["num_refits"]) == refits and not bool(cut["refit_pending"])
     assert_same_weights(full, cut)
-    # so is the log, but for the refit's own metrics: they go into the row after the resume (gorl: not the one
-    # before the signal); a row's averages may differ in float32 rounding (summed in another grouping)
-    refit_keys = ("train/decoder_loss", "train/refit_action_shift", "train/refits")
-    full_rows, cut_rows = logged_metrics(tmp_path / "full"), logged_metrics(tmp_path / "cut")
-    assert len(full_rows) == len(cut_rows)
-    for full_row, cut_row in zip(full_rows, cut_rows):
-        assert full_row.keys() == cut_row.keys()
-        for key in full_row.keys() - set(refit_keys):
-            assert full_row[key] == cut_row[key] or math.isclose(float(full_row[key]), float(cut_row[key]),
-                                                                 rel_tol=1e-6), (key, full_row["step"])
-    assert max(float(r["train/refits"] or 0) for r in cut_rows) == refits
+    # so is the log, timings aside: the interrupted update's metrics and its row wait for the refit, which the
+    # resumed run records with them as one update (its metrics went into the row after the resume, and the row's
+    # averages differed in float32 rounding: QA, 2026-12-07)
+    assert logged_metrics(tmp_path / "cut") == logged_metrics(tmp_path / "full")
+    assert max(float(r["train/refits"] or 0) for r in logged_metrics(tmp_path / "cut")) == refits
 
 
 def train_with_a_sigterm_in_refit(monkeypatch, minibatch: int, overrides, run_dir):
