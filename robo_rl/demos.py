@@ -177,6 +177,8 @@ def _check_arrays(arrays: dict[str, np.ndarray], path: Path, obs_dim: int | None
 
 def path_problem(path: str | Path) -> str | None:
     """Why ``path`` cannot be read as a demonstrations file (None: a regular file, or a link to one)."""
+    if not str(path).strip():  # Path("") is ".": "a directory"
+        return "blank (an unset shell variable?): give the .npz file, or leave demos.path out"
     problem = not_a_file(Path(path))  # (reading a named pipe would wait for a writer)
     return "a directory, not a .npz file" if problem == "a directory" else problem
 

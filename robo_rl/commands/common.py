@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Sequence, get_type_hints
+from typing import Any, Optional, Sequence, get_type_hints
 
 log = logging.getLogger("robo_rl")
 
@@ -75,6 +75,12 @@ def parse_options(args: Sequence[str], schema: type, command: str) -> Any:
                 typed = [a.partition("=")[2].strip() for a in args if a.partition("=")[0] == key][-1:]
                 said = f"{key}=null" if typed == ["null"] else f"{key}= is blank (an unset shell variable?)"
                 raise ValueError(f"{said}: {key}=<dir> is required (see robo-rl {command} --help)")
+        hints = get_type_hints(schema)
+        for key in structured.keys():  # demos_out= blank was taken as not given: no file, and no word of it
+            typed = [a.partition("=")[2] for a in args if a.partition("=")[0] == key][-1:]
+            if typed and not typed[0].strip() and hints.get(key) in (str, Optional[str]):
+                raise ValueError(f"{key}= is blank (an unset shell variable?): give a value, or leave {key}= out "
+                                 f"(see robo-rl {command} --help)")
         for key, node in structured.items_ex(resolve=False):
             if isinstance(node, DictConfig) and key in given and not isinstance(given[key], DictConfig):
                 # sim2sim=bogus was "Merge error: str is not a subclass of Sim2SimOptions", naming no key

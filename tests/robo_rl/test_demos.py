@@ -194,6 +194,9 @@ def test_critic_warmup_trains_only_the_critics(tmp_path, algo):
 def test_bad_demos_settings_fail_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match="demos.path"):
         train(compose(*SMALL_SAC, f"demos.path={tmp_path / 'nope.npz'}", "steps=100"), tmp_path / "a")
+    # a blank one (an unset shell variable) was "a directory, not a .npz file": Path("") is "."
+    with pytest.raises(ConfigError, match=r"demos.path=: blank \(an unset shell variable\?\)"):
+        train(compose(*SMALL_SAC, "demos.path=", "steps=100"), tmp_path / "a")
     with pytest.raises(ConfigError, match="demos.pretrain_steps"):
         train(compose(*SMALL_SAC, f"demos.path={pendulum_demos(tmp_path / 'd.npz')}", "demos.pretrain_steps=-1",
                       "steps=100"), tmp_path / "a")

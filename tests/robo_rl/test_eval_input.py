@@ -35,6 +35,15 @@ def _one_line_error(err):
     return err
 
 
+@pytest.mark.parametrize("key", ["demos_out", "checkpoint"])
+def test_a_blank_path_is_refused_not_taken_as_not_given(capsys, key):
+    # demos_out= (an unset shell variable) evaluated without saving any demonstrations and without a word
+    code, out, err = _eval(capsys, "run_dir=nowhere", f"{key}=")
+    assert code == 2 and _one_line_error(err).startswith(f"robo-rl: error: {key}= is blank (an unset shell variable?)")
+    code, out, err = _eval(capsys, "run_dir=nowhere", f"{key}=null")  # null is still "not given": on to the run
+    assert code == 2 and "nowhere does not exist" in err
+
+
 @pytest.mark.parametrize("device, words", [
     ("gpu", "device=gpu: must be cpu or cuda[:N]"),
     ("cuda:x", "device=cuda:x: must be cpu or cuda[:N]"),
