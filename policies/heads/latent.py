@@ -24,6 +24,7 @@ given z, which keeps exports reproducible.
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Sequence
 
 import numpy as np
@@ -52,6 +53,11 @@ class LatentDecoderHead(PolicyHead):
         if decoder not in DECODERS:
             raise ValueError(f"policy.decoder={decoder!r}: choose one of {', '.join(DECODERS)}")
         options = {"steps": decoder_steps} if decoder == "flow" else {"inference_steps": decoder_steps, "scheduler": "ddim"}
+        timesteps = inspect.signature(DiffusionHead.__init__).parameters["train_steps"].default  # not a key here
+        if decoder == "diffusion" and isinstance(decoder_steps, int) and decoder_steps > timesteps:
+            # (the diffusion head's own message named policy.train_steps, which the latent head does not have)
+            raise ValueError(f"policy.decoder_steps={decoder_steps}: the diffusion decoder samples a subset of its "
+                             f"{timesteps} training timesteps (a fixed number), so use decoder_steps <= {timesteps}")
         try:
             self.decoder = DECODERS[decoder](obs_dim, action_low, action_high, obs_norm, decoder_hidden, "mish", **options)
         except ValueError as exc:  # the decoder's own keys are decoder_steps and decoder_hidden here

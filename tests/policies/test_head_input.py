@@ -225,6 +225,9 @@ def test_a_huge_but_finite_action_is_not_mistaken_for_a_non_finite_one():
     ("latent", {"decoder_steps": 2.5}, r"^policy.decoder_steps=2.5: "),
     ("latent", {"decoder": "diffusion", "decoder_steps": 1}, r"^policy.decoder_steps=1: .* use decoder_steps >= 2 .* "
                                                              r"or policy.decoder=flow"),
+    # named policy.train_steps, a key the latent head does not have (QA, 2026-12-07)
+    ("latent", {"decoder": "diffusion", "decoder_steps": 101}, r"^policy.decoder_steps=101: the diffusion decoder "
+                                                               r"samples a subset of its 100 training timesteps"),
     ("mixture", {"components": 2.5}, r"^policy.components=2.5: a mixture needs at least one component \(a whole number\)"),
 ])
 def test_generative_options_are_reported_against_their_own_key(name, options, message):
