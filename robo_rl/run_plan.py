@@ -70,6 +70,13 @@ def plan_warnings(cfg: DictConfig, env: Any, eval_env: Any, learner: Any) -> lis
                      f"{int(batch):,}: each decoder refit trains on at most {int(size):,} (s, a) pair(s), fewer than one "
                      "minibatch; " + (f"a resume keeps it: start a new run with algo.dataset_size >= {int(batch):,}"
                                       if cfg.resume else f"raise algo.dataset_size to at least {int(batch):,}"))
+    stages = cfg.algo.get("stages") if cfg.algo.get("refit_every") is None else None  # (algo=gorl)
+    if stages is not None and updates:
+        made = len(refit_updates(updates, None, int(stages))) + 1
+        if made < int(stages):
+            lines.append(f"algo.stages={int(stages):,} over the run's {updates:,} PPO update(s) makes {made} stage(s): "
+                         f"a stage is a whole number of updates, {-(-updates // int(stages)):,} here (the last may be "
+                         "shorter); " + advice("stages", "raise steps, or lower algo.stages"))
     lines += passivity_void(cfg)
     return lines
 

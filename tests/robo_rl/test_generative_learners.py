@@ -1111,3 +1111,22 @@ def test_a_squashed_latents_written_out_decoder_gradients_draw_its_prior_as_its_
     assert float(got_loss) == pytest.approx(float(loss), rel=1e-6)
     for want, have in zip(expected, got):
         assert float((want - have).abs().max() / want.abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("stages, warned", [(3, "makes 2 stage(s): a stage is a whole number of updates, 2 here"),
+                                             (2, None), (4, None), (9, "makes 4 stage(s)")])
+def test_algo_stages_that_the_run_cannot_make_are_warned_of(tmp_path, stages, warned):
+    # 4 PPO updates in algo.stages=3 made 2 stages (a stride of ceil(4/3) = 2) without a word (QA, 2026-12-07)
+    import logging
+
+    from tests.helpers import robo_rl_records
+
+    with robo_rl_records(logging.INFO) as records:
+        train(compose("algo=gorl", "env=pendulum", "env.num_envs=2", "algo.rollout_steps=32", "steps=256",
+                      "algo.epochs=1", "policy.decoder_hidden=[16]", f"algo.stages={stages}", *FAST), tmp_path / "r")
+    lines = [r.getMessage() for r in records if r.levelno == logging.WARNING and "algo.stages" in r.getMessage()]
+    if warned is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and lines[0].startswith(f"algo.stages={stages} over the run's 4 PPO update(s) {warned}")
+        assert lines[0].endswith("raise steps, or lower algo.stages")
