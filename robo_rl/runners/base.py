@@ -193,14 +193,11 @@ class Runner(RunnerCheckpoints, abc.ABC):
         signal (a GoRL refit) is held, with its metrics, until the resumed run has done that work (``deferred_work``),
         so that its row averages what an unbroken run's did."""
         self.num_updates += 1
-        if self.learner.work_deferred():
-            self.held_update = metrics
-            return
-        self.record_metrics(metrics)
+        self.record_metrics(metrics, hold=self.learner.work_deferred())
 
-    def record_metrics(self, metrics: dict[str, torch.Tensor]) -> None:
+    def record_metrics(self, metrics: dict[str, torch.Tensor], hold: bool = False) -> None:
         """Accumulate learner metrics for the next log row (each key averaged over the times it was reported);
-        stop on NaN/Inf."""
+        stop on NaN/Inf. ``hold``: checked, then kept as ``held_update`` instead (see ``record_update``)."""
         keys = tuple(metrics)
         # one device for the stack: a metric a learner made on the host (a learning rate) next to CUDA losses
         values = torch.stack([v.detach().to(self.device, torch.float32).reshape(()) for v in metrics.values()])
@@ -208,6 +205,9 @@ class Runner(RunnerCheckpoints, abc.ABC):
             bad = _first_bad(metrics)
             if bad is not None:
                 self._fail(f"non-finite {bad} ({float(metrics[bad])}) in update {self.num_updates:,} at step {self.step:,}")
+        if hold:  # (checked all the same: a NaN stops the run before the signal's checkpoint would keep it)
+            self.held_update = metrics
+            return
         acc = self._acc.get(keys)
         self._acc[keys] = (values, 1) if acc is None else (acc[0] + values, acc[1] + 1)
 

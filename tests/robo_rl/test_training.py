@@ -1054,6 +1054,25 @@ def test_a_nan_in_a_refit_deferred_to_the_resumed_run_stops_as_a_nan(tmp_path, m
 
 
 
+def test_an_update_held_for_its_deferred_work_is_checked_for_nan_all_the_same():
+    # an update whose refit gave way to a signal is held, not accumulated, until the resumed run's refit (so that its
+    # row matches an unbroken run's); a NaN in it must still stop the run before the signal's checkpoint keeps it
+    from types import SimpleNamespace
+
+    from robo_rl.runners.base import Runner
+
+    def fail(message):
+        raise FloatingPointError(message)
+
+    runner = SimpleNamespace(num_updates=0, step=5, device=torch.device("cpu"), _acc={}, held_update=None, _fail=fail,
+                             learner=SimpleNamespace(work_deferred=lambda: True))
+    runner.record_metrics = lambda metrics, hold=False: Runner.record_metrics(runner, metrics, hold)
+    Runner.record_update(runner, {"loss": torch.tensor(1.5)})
+    assert runner.held_update == {"loss": torch.tensor(1.5)} and runner._acc == {} and runner.num_updates == 1
+    with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) in update 2 at step 5"):
+        Runner.record_update(runner, {"loss": torch.tensor(float("nan"))})
+
+
 def test_a_nan_latent_std_at_a_gorl_refit_stops_as_a_nan(tmp_path, monkeypatch):
     # the PPO update before a refit leaves a NaN latent log-std (its loss finite); with refit_on=executed nothing samples
     # the policy before the reset keeps its std, which refused it as a bad argument: a ValueError (CLI exit 2, "bad
