@@ -157,7 +157,9 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
         hint = ""
         if problem == "no such file" and (Path(run_dir) / "checkpoints").is_dir():  # build_runner(...).train() wrote it
             hint = ("; a run made by robo_rl.build.build_runner writes none: load its weights with "
-                    "robo_rl.runs.load_learner(cfg, env, checkpoint), cfg the config it was composed with")
+                    "robo_rl.runs.load_learner(cfg, env, checkpoint), cfg the config it was composed with (a learner or "
+                    "head you built yourself: learner.load_training_state(robo_rl.checkpoint.load_checkpoint("
+                    "checkpoint)[0]['learner']))")
         raise FileNotFoundError(f"{run_dir} is not a robo-rl run directory ({CONFIG_FILE} {what}){hint}")
     import yaml
     from omegaconf.errors import OmegaConfBaseException

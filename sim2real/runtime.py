@@ -195,6 +195,13 @@ def load_sidecar(export: str | Path) -> dict[str, Any]:
                   "without the filters it was exported with; re-export with `robo-rl export`")
     if safety["filters"] is not None and not isinstance(safety["filters"], list):
         raise bad(f"safety.filters={safety['filters']!r:.60}: expected a list of filter entries (or null)")
+    from sim2real.filters.chain import filter_class
+
+    for i, entry in enumerate(safety["filters"] or []):  # (a filter of one's own, module:Class, must import here)
+        try:
+            filter_class(entry.get("type") if isinstance(entry, dict) else None, f"safety.filters[{i}]")
+        except ValueError as exc:  # the loop would fail to build the chain later: the policy never runs without it
+            raise bad(str(exc)) from None
     return sidecar
 
 

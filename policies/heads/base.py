@@ -296,11 +296,21 @@ TRAINED_BY = {
 }
 
 
+def suited_learners(head: PolicyHead, but: str | None = None) -> str | None:
+    """The packaged learners a head's flags suit, as advice ("algo=sac or algo=ppo"), ``but`` left out; None if none:
+    for a head of one's own, which ``TRAINED_BY`` does not list."""
+    suits = ["td3"] if head.reparameterized and not head.stochastic else []
+    suits += ["sac"] if head.reparameterized and head.tractable_log_prob and head.stochastic else []
+    suits += ["ppo"] if head.tractable_log_prob and head.stochastic else []
+    suits += ["expo", "parl"] if head.stochastic else []
+    return " or ".join(f"algo={name}" for name in suits if name != but) or None
+
+
 def require_capabilities(learner: str, head: PolicyHead, needs: dict[str, str]) -> None:
     """Fail at start-up when a head lacks what a learner needs. ``needs`` maps flag -> why."""
     missing = [f"{flag} ({why})" for flag, why in needs.items() if not getattr(head, flag)]
     if missing:
-        trained_by = TRAINED_BY.get(head.name)
+        trained_by = TRAINED_BY.get(head.name) or suited_learners(head, but=learner)
         other = (f"train the {head.name} head with {trained_by}" if trained_by is not None else
                  "a learner made for this head (diffusion/flow/mixture heads train with algo=expo or algo=parl)")
         raise ValueError(

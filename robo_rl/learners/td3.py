@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from policies.heads import PolicyHead, require_capabilities
-from policies.heads.base import TRAINED_BY
+from policies.heads.base import TRAINED_BY, suited_learners
 from robo_rl.learners.base import Batch, Learner, polyak_update
 from robo_rl.learners.optim import FusedAdam
 from robo_rl.learners.critics import QEnsemble
@@ -46,7 +46,7 @@ class TD3(FusedUpdate, Learner):
     ) -> None:
         super().__init__()
         if policy.stochastic:  # checked first: whatever else the head lacks, the advice is the same
-            other = TRAINED_BY.get(policy.name, "algo=expo or algo=parl")
+            other = TRAINED_BY.get(policy.name) or suited_learners(policy, but="td3")
             raise ValueError(
                 f"algo=td3 trains a deterministic actor, got the stochastic {policy.name!r} head; "
                 f"use policy=deterministic (or {other} for the {policy.name} head)"

@@ -51,11 +51,25 @@ def build_filter_chain(spec: Any, action_dim: int, obs_dim: int, control_dt: flo
             f"safety.filters is set but the safety filters (sim2real.filters.build_chain) cannot be imported ({exc}); "
             "install robo-rl with its sim2real package, or train with safety=none"
         ) from None
+    from sim2real.filters import SafetyFilter
+
+    built = [spec] if isinstance(spec, SafetyFilter) else [f for f in spec if isinstance(f, SafetyFilter)] \
+        if isinstance(spec, (list, tuple)) else []
+    if built:  # a FilterChain was a bare "'FilterChain' object is not iterable"
+        raise ConfigError(f"safety filters are given as specs, not built filters ({type(built[0]).__name__}): "
+                          "[{'type': 'box', 'low': -1, 'high': 1}, ...], or chain.describe()['filters'], so that a "
+                          "checkpoint and an export can rebuild them; a filter of your own is type: module:Class")
     entries = OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else list(spec)
     try:
-        return build_chain(entries, action_dim, obs_dim, control_dt)
+        chain = build_chain(entries, action_dim, obs_dim, control_dt)
     except ValueError as exc:  # the message names the entry and key, e.g. "safety.filters[0] (box): high: ..."
         raise ConfigError(str(exc)) from None
+    for i, f in enumerate(chain.filters):  # episodes end one env copy at a time: each row restarts on its own
+        if f.episode_state and type(f)._reset_rows is SafetyFilter._reset_rows:
+            raise ConfigError(f"safety.filters[{i}] ({entries[i].get('type')}): {type(f).__name__} keeps per-episode "
+                              f"state {f.episode_state} but does not say how to restart one row of it (define "
+                              "_reset_rows): training restarts a row as each env copy's episode ends")
+    return chain
 
 
 def read_cost(info: dict[str, Any], key: str, num_envs: int, device: torch.device) -> torch.Tensor | None:

@@ -98,7 +98,7 @@ class FilterChain(SafetyFilter):
 
     def describe(self) -> dict[str, Any]:
         """``{"filters": [...]}``: the shape of a ``configs/safety`` file and of ``build_chain``'s spec."""
-        return {"filters": [f.describe() for f in self.filters]}
+        return {"filters": [_entry(f) for f in self.filters]}
 
     def __len__(self) -> int:
         return len(self.filters)
@@ -109,6 +109,37 @@ def _keys(cls: type[SafetyFilter]) -> tuple[list[str], list[str]]:
     params = [p for name, p in inspect.signature(cls.__init__).parameters.items()
               if name not in ("self", "action_dim", "obs_dim")]
     return [p.name for p in params], [p.name for p in params if p.default is inspect.Parameter.empty]
+
+
+def _entry(f: SafetyFilter) -> dict[str, Any]:
+    """``f.describe()``, its type as ``module:Class`` for a filter of one's own (not one of ``FILTERS``), so that the
+    entry rebuilds it in any process that can import it (a training checkpoint's resume, an export's deploy)."""
+    entry = f.describe()
+    if FILTERS.get(entry.get("type")) is type(f):
+        return entry
+    return {**entry, "type": f"{type(f).__module__}:{type(f).__qualname__}"}
+
+
+def filter_class(kind: Any, where: str = "safety.filters[0]") -> type[SafetyFilter]:
+    """The filter class a spec's ``type`` names: one of ``FILTERS``, or ``module:Class`` for a filter of your own (a
+    ``SafetyFilter`` subclass in an importable module, as ``env.id=module:Id`` names a task): training, export and
+    ``robo-rl deploy`` then import it wherever they build the chain."""
+    if isinstance(kind, str) and kind in FILTERS:
+        return FILTERS[kind]
+    if not (isinstance(kind, str) and ":" in kind):
+        raise ValueError(f"{where}: type: unknown filter type {kind!r}; choose one of {', '.join(FILTERS)}, or "
+                         "module:Class for a SafetyFilter subclass of your own (e.g. my_filters:LowPass)")
+    import importlib
+
+    module, _, name = kind.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ValueError(f"{where}: type: cannot import filter {name!r} from {module!r} ({exc}); is the module "
+                         "installed, or on PYTHONPATH?") from None
+    if not (isinstance(cls, type) and issubclass(cls, SafetyFilter)) or cls is FilterChain:
+        raise ValueError(f"{where}: type: {kind} is {cls!r}, not a sim2real.filters.SafetyFilter subclass")
+    return cls
 
 
 def build_chain(spec: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None, action_dim: int,
@@ -142,10 +173,8 @@ def build_chain(spec: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None, ac
         if not isinstance(entry, dict):
             raise ValueError(f"{where}: expected a mapping with a 'type' key, got {entry!r}")
         kind = entry.get("type")
-        if kind not in FILTERS:
-            raise ValueError(f"{where}: type: unknown filter type {kind!r}; choose one of {', '.join(FILTERS)}")
+        cls = filter_class(kind, where)
         where = f"{where} ({kind})"
-        cls = FILTERS[kind]
         allowed, required = _keys(cls)
         params = {k: v for k, v in entry.items() if k != "type"}
         for key in params:
