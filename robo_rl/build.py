@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import os
 from typing import Any
 
@@ -330,6 +331,33 @@ def build_runner(cfg: DictConfig, learner: Learner, env: BatchedEnv, eval_env: B
                           f"with an algo= of its kind (e.g. algo={same})")
     runner_cls = OffPolicyRunner if learner.kind == "off_policy" else OnPolicyRunner
     runner = runner_cls(cfg, learner, env, eval_env, run_dir)
-    for line in plan_warnings(cfg, env, eval_env, learner) if warn else ():
+    for line in (plan_warnings(cfg, env, eval_env, learner) + learner_differences(cfg, learner)) if warn else ():
         log.warning(line)
     return runner
+
+
+def learner_differences(cfg: DictConfig, learner: Learner) -> list[str]:
+    """A warning when a learner built by hand trains otherwise than ``cfg`` says (the ``algo.*`` settings it keeps as
+    attributes, a packaged head other than ``policy=``): the run's checkpoints record ``cfg``, which then describes another run, and what loads
+    them (``load_learner``) rebuilds ``cfg``'s learner."""
+    differ = []
+    for key, wanted in cfg.algo.items():
+        have = getattr(learner, key, None)
+        if wanted is None or key in RUNNER_KEYS or isinstance(have, bool) != isinstance(wanted, bool):
+            continue
+        same = (math.isclose(float(have), float(wanted), rel_tol=1e-9) if isinstance(have, (int, float))
+                and isinstance(wanted, (int, float)) else have == wanted)
+        if isinstance(have, (int, float, str)) and not same:
+            differ.append(f"algo.{key}={wanted} (the learner's: {have})")
+    from policies.heads import HEADS
+
+    head = getattr(learner, "policy", None)
+    head = getattr(head, "base", head)  # EXPO's and PA-RL's acting policy: the head they were given
+    # (a head of one's own has no policy= to compose: README's way for it, its checkpoints loaded by hand)
+    if isinstance(head, PolicyHead) and head.name in HEADS and head.name != cfg.policy.name:
+        differ.append(f"policy={cfg.policy.name} (the learner's head: {head.name})")
+    if not differ:
+        return []
+    return [f"build_runner: the learner trains otherwise than cfg says: {'; '.join(differ)}. The run's checkpoints record "
+            "cfg, so they describe another run, and load_learner(cfg, ...) would rebuild cfg's learner: build the "
+            "learner with build_learner(cfg, head), or compose cfg with the learner's settings"]

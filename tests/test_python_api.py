@@ -770,3 +770,34 @@ def test_a_new_run_refuses_a_run_dir_that_holds_checkpoints(tmp_path):
     with pytest.raises(ConfigError, match=r"run_dir=.*run holds checkpoints but no config.yaml"):
         train(compose_config(["env=pendulum"]), tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints"]
+
+
+def test_build_runner_warns_when_the_learner_trains_otherwise_than_cfg_says(tmp_path):
+    # a SAC built with gamma 0.99 ran under a cfg saying algo.gamma=0.5, and its checkpoints recorded 0.5, silently
+    # (QA, 2026-12-07); a head of one's own under the default policy= is README's way, and is not warned of
+    import logging
+
+    from envs import make_env
+    from policies.heads import HEADS
+    from policies.normalizers import ObsNormalizer
+    from robo_rl.build import build_policy, build_runner
+    from robo_rl.config import compose_config
+    from robo_rl.learners.ppo import PPO
+    from robo_rl.learners.sac import SAC
+    from tests.helpers import robo_rl_records
+
+    env, eval_env = make_env("Pendulum-v1"), make_env("Pendulum-v1")
+    cfg = compose_config(["algo=sac", "env=pendulum", "algo.gamma=0.5", "steps=10"])
+    mixture = HEADS["mixture"](env.obs_dim, env.action_space.low, env.action_space.high, ObsNormalizer(env.obs_dim),
+                               hidden_sizes=(8,))
+    with robo_rl_records(logging.WARNING) as records:
+        build_runner(cfg, SAC(build_policy(cfg, env)), env, eval_env, tmp_path / "a")
+        build_runner(compose_config(["algo=ppo", "env=pendulum", "steps=10"]), PPO(mixture), env, eval_env, tmp_path / "b")
+        build_runner(compose_config(["algo=ppo", "env=pendulum", "steps=10", "policy=mixture"]), PPO(mixture), env,
+                     eval_env, tmp_path / "c")
+    said = [r.getMessage() for r in records if r.getMessage().startswith("build_runner: the learner trains otherwise")]
+    assert len(said) == 2, said
+    assert "algo.gamma=0.5 (the learner's: 0.99)" in said[0] and "policy=" not in said[0]
+    assert "policy=gaussian (the learner's head: mixture)" in said[1] and "algo." not in said[1]
+    env.close()
+    eval_env.close()
