@@ -69,16 +69,15 @@ def parse_options(args: Sequence[str], schema: type, command: str) -> Any:
     try:
         given = OmegaConf.from_dotlist(list(args))
         structured = OmegaConf.structured(schema)
-        for key in structured.keys():  # run_dir= blank (an unset shell variable) was "Incompatible value 'None' ..."
-            blank = key in given and (given[key] is None or (isinstance(given[key], str) and not given[key].strip()))
-            if OmegaConf.is_missing(structured, key) and blank and get_type_hints(schema).get(key) is str:
-                typed = [a.partition("=")[2].strip() for a in args if a.partition("=")[0] == key][-1:]
+        hints = get_type_hints(schema)
+        for key in structured.keys():  # a blank path (an unset shell variable), as typed on the command line
+            if hints.get(key) not in (str, Optional[str]):
+                continue
+            typed = [a.partition("=")[2].strip() for a in args if a.partition("=")[0] == key][-1:]
+            if OmegaConf.is_missing(structured, key) and typed in ([""], ["null"]):  # "Incompatible value 'None' ..."
                 said = f"{key}=null" if typed == ["null"] else f"{key}= is blank (an unset shell variable?)"
                 raise ValueError(f"{said}: {key}=<dir> is required (see robo-rl {command} --help)")
-        hints = get_type_hints(schema)
-        for key in structured.keys():  # demos_out= blank was taken as not given: no file, and no word of it
-            typed = [a.partition("=")[2] for a in args if a.partition("=")[0] == key][-1:]
-            if typed and not typed[0].strip() and hints.get(key) in (str, Optional[str]):
+            if typed == [""]:  # demos_out= was taken as not given: no file, and no word of it
                 raise ValueError(f"{key}= is blank (an unset shell variable?): give a value, or leave {key}= out "
                                  f"(see robo-rl {command} --help)")
         for key, node in structured.items_ex(resolve=False):

@@ -53,8 +53,8 @@ def build_filter_chain(spec: Any, action_dim: int, obs_dim: int, control_dt: flo
         ) from None
     from sim2real.filters import SafetyFilter
 
-    built = [spec] if isinstance(spec, SafetyFilter) else [f for f in spec if isinstance(f, SafetyFilter)] \
-        if isinstance(spec, (list, tuple)) else []
+    items = [spec] if isinstance(spec, SafetyFilter) else spec if isinstance(spec, (list, tuple)) else []
+    built = [f for f in items if isinstance(f, SafetyFilter)]
     if built:  # a FilterChain was a bare "'FilterChain' object is not iterable"
         raise ConfigError(f"safety filters are given as specs, not built filters ({type(built[0]).__name__}): "
                           "[{'type': 'box', 'low': -1, 'high': 1}, ...], or chain.describe()['filters'], so that a "
