@@ -195,7 +195,15 @@ class CBFFilter(SafetyFilter):
             mag = np.abs(g) + np.abs(self.G) @ np.abs(u_ref)
         for ulps in (0.0, 8.0, 512.0):
             g_tight = g - ulps * eps * mag
-            u = self._project_one(u_ref, float(g_tight[0])) if not self.uses_qp else self._solve_qp(u_ref, g_tight, lo, hi)
+            if not self.uses_qp:
+                u = self._project_one(u_ref, float(g_tight[0]))
+            else:
+                u = self._solve_qp(u_ref, g_tight, lo, hi)
+                if u is not None and np.isfinite(u).all() and not self._satisfied(u, g_tight):
+                    # DAQP meets its constraints to a tolerance relative to the correction, which for an action
+                    # far outside (1e6 against bounds of 1) leaves the solution a visible step outside them: project
+                    # that point again, a correction of that step's size, met to the same relative tolerance
+                    u = self._solve_qp(u, g_tight, lo, hi)
             if u is None or not np.isfinite(u).all():
                 return None
             with np.errstate(over="ignore"):

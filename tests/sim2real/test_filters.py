@@ -304,6 +304,30 @@ def test_cbf_closed_form_and_qp_agree_on_one_constraint():
         np.testing.assert_allclose(a, ref, rtol=1e-7, atol=1e-8)
 
 
+@pytest.mark.parametrize("case", ["bounded", "three barriers"])
+def test_cbf_qp_projects_far_actions_rather_than_falling_back(case):
+    # DAQP meets constraints to a tolerance relative to the correction it is asked for: for an action far outside
+    # (1e6 against bounds of 1) that left the solution a visible step outside, and the filter sent its fallback,
+    # which breaks the barrier, although in-bounds actions meet it
+    pytest.importorskip("qpsolvers")
+    if case == "bounded":
+        params = dict(normals=[[-1.145, -1.821]], offsets=[0.378], low=[-1, -1], high=[1, 1])
+        state, direction = np.array([-0.158, -0.25]), np.array([-1.2847799, -0.440673])
+    else:
+        params = dict(normals=[[240.0, 3273.0], [-1433.0, 86.0], [-328.0, -2410.0]], offsets=[-0.26, -0.167, -0.397])
+        state, direction = np.array([-0.079, 0.161]), np.array([-2.841623, 12.806362])
+    f = CBFFilter(2, state_index=[0, 1], dt=0.05, gamma=0.5, obs_dim=2, **params)
+    g = f.gamma * f.barrier(state[None])[0]
+    outs = []
+    for scale in (1.0, 1e3, 1e6):
+        out, report = f(direction * scale, state)
+        assert not report.fallback.any(), report.reasons
+        assert (f.G @ out <= g + 1e-12).all()
+        outs.append(out)
+    # the closest safe action is the same whichever multiple of the direction it starts from
+    np.testing.assert_allclose(outs[1], outs[2], atol=1e-6)
+
+
 def test_cbf_infeasible_reports_fallback_and_checks_the_fallback_itself():
     # x <= 1 and x >= 2 at once: infeasible; the zero fallback violates the first barrier's recovery condition
     f = CBFFilter(1, state_index=[0], normals=[[1.0], [-1.0]], offsets=[1.0, -2.0], dt=0.1, gamma=0.5, obs_dim=1)
