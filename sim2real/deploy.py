@@ -97,7 +97,8 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
     control_dt = 1.0 / rate_hz if rate_hz is not None else runtime.dt
     spec = safety if safety is not None else filters_run
     built = None
-    if spec:  # built (its dt checked against the control period too) before the simulator, as every other option
+    if spec or safety is not None:  # built (its dt checked against the control period too) before the simulator,
+        # as every other option ({} is refused there: a spec without its filters list)
         from sim2real.filters import build_chain
 
         built = build_chain(spec, runtime.act_dim, runtime.obs_dim, control_dt)

@@ -234,9 +234,11 @@ class ControlLoop:
             if dim is not None and dim != self.runtime.act_dim:
                 raise ValueError(f"ControlLoop: the filter chain was built for action_dim={dim}, the policy acts in "
                                  f"{self.runtime.act_dim} dimensions; build it with action_dim={self.runtime.act_dim}")
-            from sim2real.filters.chain import check_control_dt
+            from sim2real.filters.chain import check_control_dt, check_obs_dim
 
-            check_control_dt(getattr(filters, "filters", [filters]), self.period)  # as build_chain checks a spec's
+            built = getattr(filters, "filters", [filters])
+            check_control_dt(built, self.period)  # as build_chain checks a spec's
+            check_obs_dim(built, self.runtime.obs_dim)
             return filters  # an already-built chain: chain(action[B, A], obs[B, O]) -> (action, report)
         spec = (list(filters) if isinstance(filters, Sequence) else filters) if filters is not None else \
             self.runtime.sidecar.get("safety", {}).get("filters")

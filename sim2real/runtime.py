@@ -193,11 +193,12 @@ def load_sidecar(export: str | Path) -> dict[str, Any]:
         found = f"safety is {safety!r:.60}" if "safety" in sidecar else "missing key 'safety'"
         raise bad(f"{found} (the export's safety-filter chain, {{\"filters\": []}} for none): the policy would run "
                   "without the filters it was exported with; re-export with `robo-rl export`")
-    if safety["filters"] is not None and not isinstance(safety["filters"], list):
-        raise bad(f"safety.filters={safety['filters']!r:.60}: expected a list of filter entries (or null)")
+    if not isinstance(safety["filters"], list):  # null too: the export writes [] for none
+        raise bad(f"safety.filters={safety['filters']!r:.60}: expected a list of filter entries ([] for none): the "
+                  "policy would run without the filters it was exported with; re-export with `robo-rl export`")
     from sim2real.filters.chain import filter_class
 
-    for i, entry in enumerate(safety["filters"] or []):  # (a filter of one's own, module:Class, must import here)
+    for i, entry in enumerate(safety["filters"]):  # (a filter of one's own, module:Class, must import here)
         try:
             filter_class(entry.get("type") if isinstance(entry, dict) else None, f"safety.filters[{i}]")
         except ValueError as exc:  # the loop would fail to build the chain later: the policy never runs without it

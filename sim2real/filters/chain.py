@@ -162,7 +162,11 @@ def build_chain(spec: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None, ac
         extra = sorted(set(spec) - {"filters"})
         if extra:
             raise ValueError(f"safety: unknown key {extra[0]!r}; a safety spec is {{filters: [...]}}")
-        spec = spec.get("filters") or []
+        if not isinstance(spec.get("filters"), list):  # every export writes {filters: []} for none: a mapping
+            # without its list is damaged or mistyped, and read as "no filters" it would pass every command unfiltered
+            raise ValueError(f"safety: a safety spec is {{filters: [...]}} ({{filters: []}} for no filters), got "
+                             f"{spec!r:.80}")
+        spec = spec["filters"]
     if not isinstance(spec, list):
         raise ValueError(f"safety.filters: expected a list of filter entries, got {spec!r}")
     if obs_dim is not None and (isinstance(obs_dim, bool) or not isinstance(obs_dim, (int, np.integer)) or obs_dim < 1):
@@ -192,6 +196,18 @@ def build_chain(spec: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None, ac
     if control_dt is not None:
         check_control_dt(filters, control_dt)
     return FilterChain(filters, action_dim=action_dim)
+
+
+def check_obs_dim(filters: Sequence[Any], obs_dim: int) -> None:
+    """Raise ValueError if a filter reads an observation entry beyond ``obs_dim``: a chain built without ``obs_dim``
+    and handed to the control loop is held to it when the loop is built, as a spec is, not at its first tick."""
+    for i, f in enumerate(filters):
+        check = getattr(f, "_check_obs_dim", None)
+        if callable(check):
+            try:
+                check(obs_dim)
+            except ValueError as exc:
+                raise ValueError(f"safety.filters[{i}]: {exc}") from None
 
 
 def check_control_dt(filters: Sequence[Any], control_dt: float) -> None:

@@ -810,6 +810,9 @@ def test_chain_merges_reports_in_order():
     ([{"type": "energy_tank", "velocity_index": [0, 1, 2], "dt": 0.1, "initial_energy": 1, "max_energy": 2,
        "damping": 1, "friction": 0.5}], r"friction: crediting dry friction needs the joint positions"),
     ({"filter": []}, r"safety: unknown key 'filter'"),
+    # a mapping without its list was read as no filters (every export writes {filters: []} for none)
+    ({}, r"safety: a safety spec is \{filters: \[\.\.\.\]\} \(\{filters: \[\]\} for no filters\), got \{\}"),
+    ({"filters": None}, r"a safety spec is \{filters: \[\.\.\.\]\}.*got \{'filters': None\}"),
 ])
 def test_build_chain_rejects_bad_specs_naming_the_key(spec, message):
     with pytest.raises(ValueError, match=message):

@@ -118,6 +118,9 @@ def test_bad_sidecars_name_the_file_and_the_problem(export_dir: Path) -> None:
     (lambda s: s.pop("safety"), r"missing key 'safety' \(the export's safety-filter chain, \{\"filters\": \[\]\} for none\): "
                                 r"the policy would run without the filters it was exported with; re-export"),
     (lambda s: s.__setitem__("safety", {}), r"safety is \{\} \(the export's safety-filter chain"),
+    # null was read as no filters: an edited or damaged sidecar deployed the policy unfiltered (the export writes [])
+    (lambda s: s["safety"].__setitem__("filters", None), r"safety\.filters=None: expected a list of filter entries "
+                                                         r"\(\[\] for none\): the policy would run without the filters"),
     (lambda s: s["action"].__setitem__("low", ["a", "b"]), "action.low"),
     (lambda s: s["action"].__setitem__("high", 1.0), "action.high"),
     (lambda s: s.__setitem__("sha256", 5), "sha256"),
@@ -828,6 +831,10 @@ def test_deploy_report_says_which_filters_and_watchdog_ran_and_the_exports_rate(
     assert report["safety"] == {"source": "safety=", "filters": []} and report["loop"]["filter_interventions"] == 0
     assert report["rate_hz"] == pytest.approx(50.0) and report["export_rate_hz"] == pytest.approx(25.0)
     assert "at 50.0 Hz (the export's rate is 25 Hz: each command lasts 20 ms instead of 40 ms)" in lines[0]
+    # a mapping without its filters list is no chain: it replaced the sidecar's with none, before the simulator ran
+    for empty in ({}, {"filters": None}):
+        with pytest.raises(ValueError, match=r"a safety spec is \{filters: \[\.\.\.\]\} \(\{filters: \[\]\} for no filters\)"):
+            deploy(str(export), steps=20, safety=empty, log=lines.append)
 
 
 def test_deploy_on_another_task_is_refused_for_the_policy_not_the_tasks_timing(tmp_path: Path) -> None:
@@ -959,6 +966,20 @@ def test_a_built_chain_whose_dt_is_not_the_loop_s_period_is_refused_as_a_spec_is
         build_chain([{**tank, "dt": np.float32(0.02)}], 2, 4, control_dt=0.04)  # a numpy number is checked too
     ControlLoop(PolicyRuntime(export_dir), robot, filters=build_chain([{**tank, "dt": 0.04}], 2, 4),
                 watchdog=NO_INFERENCE_LIMIT)
+
+
+def test_a_built_chain_reading_past_the_observation_is_refused_when_the_loop_is_built(export_dir: Path) -> None:
+    # a spec list was refused at construction; the same chain built without obs_dim failed at the loop's first tick
+    from sim2real.filters import build_chain
+
+    robot = CallbackRobot(lambda: np.zeros(4), lambda a: None, action_dim=2)
+    for spec, key in (({"type": "workspace", "ee_index": [3, 7], "low": -1, "high": 1}, "ee_index"),
+                      ({"type": "energy_tank", "velocity_index": [2, 9], "dt": 0.04, "damping": 4.0,
+                        "initial_energy": 1.0, "max_energy": 2.0}, "velocity_index")):
+        with pytest.raises(ValueError, match=rf"safety\.filters\[1\]: {spec['type']}: {key} \[\d, \d\] out of range "
+                                             r"of an observation with 4 entries"):
+            ControlLoop(PolicyRuntime(export_dir), robot, filters=build_chain([{"type": "box", "low": -1, "high": 1}, spec], 2),
+                        watchdog=NO_INFERENCE_LIMIT)
 
 
 def test_the_dt_a_refused_filter_is_told_to_set_is_accepted_at_a_rate_whose_period_is_not_short(export_dir: Path) -> None:
