@@ -389,7 +389,14 @@ class ControlLoop:
         if not isinstance(info, Mapping):
             self._event("bad_observation", f"observation info is a {type(info).__name__}, not a mapping; ignored")
             info = {}
-        if info.get("episode_start"):
+        start_flag = info.get("episode_start", False)
+        if not (isinstance(start_flag, (bool, np.bool_)) or (isinstance(start_flag, (int, np.integer))
+                                                              and start_flag in (0, 1))):
+            # (per-joint flags, text): not read as a start, so the filters keep their limits from the last command
+            self._event("bad_observation", f"observation info episode_start={start_flag!r:.60} is not true/false; "
+                                           "ignored")
+            start_flag = False
+        if start_flag:
             self._reset_filters()
             self.chunks.reset()  # a new episode starts a new chunk, as in robo-rl's evaluation
         action, fault, checked, fresh = None, None, None, None

@@ -109,6 +109,23 @@ def out_dtype(action: np.ndarray) -> np.dtype:
     return np.dtype(np.float32) if action.dtype == np.float32 else np.dtype(np.float64)
 
 
+def _row_indices(rows: Any, batch: int, name: str) -> np.ndarray:
+    """The row indices ``rows`` names: indices in [0, batch) or a [batch] bool mask. A negative index, a bare bool
+    (True was every row), a mask of another length or anything else is a ValueError naming the filter: a row reset
+    by mistake lifts its limits (a rate limit's first step is free)."""
+    given = np.asarray(rows)
+    if given.ndim == 0 and given.dtype.kind in "iu":  # one row
+        given = given.reshape(1)
+    if given.dtype == bool and given.shape == (batch,):
+        return np.flatnonzero(given)
+    if given.ndim == 1 and given.dtype.kind in "iu" and ((given >= 0) & (given < batch)).all():
+        return given.astype(np.int64)
+    if given.ndim == 1 and given.size == 0:
+        return np.zeros(0, np.int64)
+    raise ValueError(f"{name}: reset_rows takes row indices in [0, {batch}) or a mask of {batch} true/false values, "
+                     f"got {rows!r:.80}")
+
+
 class SafetyFilter(ABC):
     """Base class: shape and dtype handling around ``_apply``.
 
@@ -123,6 +140,9 @@ class SafetyFilter(ABC):
     uses_obs: bool = False
     #: the attributes ``_reset_state`` sets and later calls change: what ``state_dict`` saves
     episode_state: tuple[str, ...] = ()
+    #: the ``episode_state`` entries that hold commands this filter sent (a rate limit's previous output): a chain
+    #: restoring saved state holds them to the filters before this one, as every command it sent was
+    command_state: tuple[str, ...] = ()
 
     def __init__(self, action_dim: int) -> None:
         if isinstance(action_dim, bool) or not isinstance(action_dim, (int, np.integer)) or action_dim < 1:
@@ -173,7 +193,7 @@ class SafetyFilter(ABC):
         reset yet has nothing to clear."""
         if self.batch is None:
             return
-        idx = np.arange(self.batch)[np.asarray(rows)]
+        idx = _row_indices(rows, self.batch, self.name)
         if idx.size:
             self._reset_rows(idx)
 

@@ -28,6 +28,7 @@ class BoxFilter(SafetyFilter):
 
     name = "box"
     episode_state = ("prev",)  # what a checkpoint keeps
+    command_state = ("prev",)
 
     def __init__(self, action_dim: int, low: Any, high: Any, fallback: str = "hold") -> None:
         super().__init__(action_dim)

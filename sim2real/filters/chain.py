@@ -91,6 +91,7 @@ class FilterChain(SafetyFilter):
             if own["batch"] is not None and values["batch"] != own["batch"]:
                 raise ValueError(f"filter {i} ({f.name}): saved filter state holds a batch of {values['batch']} rows, "
                                  f"the chain's {own['batch']}")
+            _check_commands_held(self.filters[:i], f, i, values)
             checked.append(values)
         for target, values in ((self, own), *zip(self.filters, checked)):
             for name, value in values.items():
@@ -102,6 +103,21 @@ class FilterChain(SafetyFilter):
 
     def __len__(self) -> int:
         return len(self.filters)
+
+
+def _check_commands_held(before: Sequence[SafetyFilter], f: SafetyFilter, i: int, values: dict[str, Any]) -> None:
+    """Raise ValueError if filter ``i``'s decoded saved ``values`` hold a command (its ``command_state``, and the
+    reset's command it starts from) that a filter ``before`` it does not allow: each was a command the chain sent,
+    and a rate limit resumed from a previous output outside the box before it steps outside the box."""
+    for name in ("_initial", *f.command_state):
+        held = values.get(name)
+        if held is None:
+            continue
+        held = held[~np.isnan(held).all(axis=1)]  # rows reset_rows cleared hold no command
+        for j, g in enumerate(before):
+            if not np.array_equal(g.admissible(held), held):
+                raise ValueError(f"filter {i} ({f.name}): saved filter state {name!r} holds a command filter {j} "
+                                 f"({g.name}) does not allow (a damaged checkpoint, or one of another filter setup)")
 
 
 def _keys(cls: type[SafetyFilter]) -> tuple[list[str], list[str]]:

@@ -174,6 +174,10 @@ class EnergyTankFilter(SafetyFilter):
         if (values["_level"] > self.max_energy).any():  # a tank holds at most max_energy: more would be injected
             raise ValueError(f"{self.name}: saved filter state '_level' {values['_level'].tolist()} exceeds "
                              f"max_energy={self.max_energy} (a damaged checkpoint, or one of another filter setup)")
+        if self.work_bound == "damped" and (values["_pending"] < 0).any():  # max(tau v, tau^2 / damping) dt >= 0
+            raise ValueError(f"{self.name}: saved filter state '_pending' {values['_pending'].tolist()} is negative, "
+                             "which no command's work bound is under work_bound 'damped' (a damaged checkpoint, or one "
+                             "of another filter setup): settled, it would refill the tank")
         if ((values["last_alpha"] < 0) | (values["last_alpha"] > 1)).any():
             raise ValueError(f"{self.name}: saved filter state 'last_alpha' {values['last_alpha'].tolist()} is not in [0, 1]")
 

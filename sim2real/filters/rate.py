@@ -29,6 +29,7 @@ class RateFilter(SafetyFilter):
 
     name = "rate"
     episode_state = ("prev",)  # what a checkpoint keeps
+    command_state = ("prev",)
 
     def __init__(self, action_dim: int, max_delta: Any) -> None:
         super().__init__(action_dim)

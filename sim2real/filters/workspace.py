@@ -73,6 +73,13 @@ class WorkspaceFilter(SafetyFilter):
 
     def _check_episode_state(self, values: dict[str, Any], batch: int) -> None:
         self._check_array(values, "prev_target", (batch, len(self.ee_index)), optional=True, nan_rows=True)
+        held = values["prev_target"]
+        if held is not None:
+            held = held[~np.isnan(held).all(axis=1)]
+            if ((held < self.low) | (held > self.high)).any():  # every target it holds was clipped into the box
+                raise ValueError(f"{self.name}: saved filter state 'prev_target' holds a target outside the box (low "
+                                 f"{spec.floats(self.low)}, high {spec.floats(self.high)}): a damaged checkpoint, or one "
+                                 "of another filter setup")
 
     def _seed(self, initial: np.ndarray) -> None:
         if self.mode == "absolute":

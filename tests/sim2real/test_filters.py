@@ -749,6 +749,22 @@ def test_reset_rows_of_a_stateful_filter_that_cannot_restart_a_row_is_refused_by
         f.reset_rows([True, False])
 
 
+@pytest.mark.parametrize("rows", [True, [-1], [3], [True, False], [[0]], 1.5, None, "0", [0.0]])
+def test_reset_rows_refuses_what_names_no_rows_of_the_batch(rows):
+    # True reset every row (lifting the rate limit of all of them), [-1] the last one; the rest were numpy errors
+    chain = build_chain([{"type": "box", "low": -1, "high": 1}, {"type": "rate", "max_delta": 0.1}], action_dim=1)
+    chain(np.full((3, 1), 0.5))
+    with pytest.raises(ValueError, match=r"chain: reset_rows takes row indices in \[0, 3\) or a mask of 3 true/false "
+                                         r"values, got "):
+        chain.reset_rows(rows)
+    assert chain(np.full((3, 1), -0.5))[0].tolist() == [[0.4]] * 3  # no row was restarted
+    chain.reset_rows(2)  # one index, indices and a mask name rows
+    chain.reset_rows(np.array([0, 2]))
+    chain.reset_rows([False, True, False])
+    chain.reset_rows([])
+    assert chain(np.full((3, 1), -0.5))[0].tolist() == [[-0.5], [-0.5], [-0.5]]
+
+
 def test_chain_merges_reports_in_order():
     chain = build_chain([{"type": "box", "low": -1, "high": 1}, {"type": "rate", "max_delta": 0.1}], action_dim=1)
     chain.reset(batch=3)
@@ -931,6 +947,10 @@ TANK = lambda: EnergyTankFilter(2, velocity_index=[0, 1], position_index=[2, 3],
     (TANK, lambda s: s["_level"]["data"].__setitem__(0, 1e300), "'_level' [1e+300, "),
     (TANK, lambda s: s["_level"]["data"].__setitem__(1, None), "'_level' holds NaN"),
     (TANK, lambda s: s["_torque"]["data"].__setitem__(0, None), "'_torque' is float64 [2, 2] with NaN/inf"),
+    # a target outside the box was held, in absolute mode, on a blind step; a negative work bound refilled the tank
+    (lambda: WorkspaceFilter(2, ee_index=[0, 1], low=-1, high=1, mode="absolute"),
+     lambda s: s["prev_target"]["data"].__setitem__(1, 3.0), "'prev_target' holds a target outside the box"),
+    (TANK, lambda s: s["_pending"]["data"].__setitem__(0, -1e9), "'_pending' [-1000000000.0, "),
     (TANK, lambda s: s.update(_fresh={"ndarray": "<f8", "shape": [2], "data": [0.0, 0.0]}), "'_fresh' is float64 [2]"),
     (lambda: BoxFilter(2, -1, 1), lambda s: s.update(prev="abc"), "'prev' is 'abc'"),
     (lambda: BoxFilter(2, -1, 1), lambda s: s.update(prev={"ndarray": "<f8", "shape": [2, 2], "data": ["a"] * 4}),
@@ -969,6 +989,15 @@ def test_a_chain_checks_every_filter_s_state_before_it_loads_any():
     state["filters"][0] = build_chain(spec[:1], 2).filters[0].state_dict()  # a never-reset box: no batch
     with pytest.raises(ValueError, match=r"filter 0 \(box\): saved filter state holds a batch of None rows, the chain's 2"):
         chain.load_state_dict(state)
+    # each held command was one the filters before sent: a rate limit resumed from 5 outside a [-1, 1] box stepped
+    # to 4.9; the reset's command it starts from is held to the box too
+    for name in ("prev", "_initial"):
+        state = json.loads(json.dumps(other.state_dict()))
+        state["filters"][1][name] = {"ndarray": "<f8", "shape": [2, 2], "data": [0.5, 0.5, 5.0, 0.5]}
+        with pytest.raises(ValueError, match=rf"filter 1 \(rate\): saved filter state '{name}' holds a command filter 0 "
+                                             r"\(box\) does not allow"):
+            chain.load_state_dict(state)
+    np.testing.assert_array_equal(chain(np.full((2, 2), 9.0))[0], twin(np.full((2, 2), 9.0))[0])
 
 
 def test_a_call_whose_batch_does_not_fit_the_reset_s_commands_says_so():

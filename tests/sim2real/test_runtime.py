@@ -1018,6 +1018,26 @@ def test_an_unusable_current_action_or_info_is_logged_and_the_policy_still_acts(
     assert [e["kind"] for e in loop.events].count("bad_observation") == 1  # the info, ignored
 
 
+def test_an_episode_start_flag_that_is_not_true_or_false_is_logged_and_ignored(export_dir: Path) -> None:
+    # per-joint flags (an array) ended the run with numpy's "truth value of an array ... is ambiguous"
+    from sim2real.filters import build_chain
+
+    clock, sent = FakeClock(), []
+    flags = lambda: Observation(np.array([0.1, -0.2, 0.3, 0.0]), timestamp=clock(),  # noqa: E731
+                                info={"episode_start": np.array([True, False])})
+    robot = scripted_robot(clock, {1: flags, 2: flags}, sent)
+    chain = build_chain([{"type": "box", "low": -0.5, "high": 0.5}, {"type": "rate", "max_delta": 0.01}], action_dim=2)
+    loop = ControlLoop(PolicyRuntime(export_dir), robot, filters=chain, watchdog=NO_INFERENCE_LIMIT,
+                       clock=clock, sleep=clock.sleep)
+    report = loop.run(steps=3)
+    assert report.fallbacks == 0 and report.steps == 3
+    details = [e["detail"] for e in loop.events if e["kind"] == "bad_observation"]
+    assert details == ["observation info episode_start=array([ True, False]) is not true/false; ignored"] * 2
+    # not read as a start: the rate limit held from one command to the next
+    commands = np.array([command for _, command in sent])
+    assert (np.abs(np.diff(commands, axis=0)) <= 0.01 + 1e-12).all()
+
+
 def test_a_reading_without_a_timestamp_or_with_ragged_values_gets_the_fallback_not_a_crash(export_dir: Path) -> None:
     # a reading with values but no timestamp raised AttributeError out of the run, and ragged values (a tuple of
     # an array and a dict from a callback) raised numpy's "inhomogeneous shape" ValueError: both ended the run
