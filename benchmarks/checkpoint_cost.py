@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.common import markdown_table, save  # noqa: E402
+from benchmarks.common import markdown_table, save, whole_number  # noqa: E402
 
 GB = 1e9
 
@@ -230,10 +230,10 @@ def fmt_parts(parts: dict[str, float]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=1_000_000, help="rows in the full buffer (default: algo.buffer_size)")
-    ap.add_argument("--keep", type=int, default=3, help="checkpoint.keep (default: the config's, 3)")
-    ap.add_argument("--train-steps", type=int, default=300, help="timed SAC env steps (one update each)")
-    ap.add_argument("--learning-starts", type=int, default=1000)
+    ap.add_argument("--rows", type=whole_number(), default=1_000_000, help="rows in the full buffer (default: algo.buffer_size)")
+    ap.add_argument("--keep", type=whole_number(), default=3, help="checkpoint.keep (default: the config's, 3)")
+    ap.add_argument("--train-steps", type=whole_number(), default=300, help="timed SAC env steps (one update each)")
+    ap.add_argument("--learning-starts", type=whole_number(0), default=1000)
     ap.add_argument("--speeds", type=float, nargs="*", default=[50.0, 100.0],
                     help="SAC env steps/s to compute a run's share of saving at, besides the measured one")
     ap.add_argument("--dir", default=None, help="where the run directory goes (default: the system's temp dir)")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import markdown_table, save, scratch_dir  # noqa: E402
+from benchmarks.common import markdown_table, save, scratch_dir, whole_number  # noqa: E402
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--envs", nargs="+", default=["hopper"], help="env config names (configs/env/*.yaml)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--name", default="default_run", help="results file name under benchmarks/results/")
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--steps", type=whole_number(), default=None,
                         help="pass steps=N (default: none, the config's 1M); for a quick check of this script only")
     args = parser.parse_args()
     steps = [] if args.steps is None else [f"steps={args.steps}"]
@@ -37,8 +37,10 @@ def main() -> None:
         for seed in args.seeds:
             run_dir = scratch_dir() / f"default-{env}-s{seed}"
             t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "robo_rl.cli", "train", f"env={env}", f"seed={seed}",
-                            f"run_dir={run_dir}", "log.progress_seconds=60", *steps], check=True)
+            code = subprocess.run([sys.executable, "-m", "robo_rl.cli", "train", f"env={env}", f"seed={seed}",
+                                   f"run_dir={run_dir}", "log.progress_seconds=60", *steps]).returncode
+            if code:  # robo-rl has said why
+                sys.exit(code)
             wall = time.perf_counter() - t
             summary = json.loads((run_dir / "summary.json").read_text())
             runs.append({"env_config": env, "seed": seed, "command_wall_s": wall, **summary})

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import markdown_table, save, scratch_dir  # noqa: E402
+from benchmarks.common import markdown_table, save, scratch_dir, whole_number  # noqa: E402
 
 EVAL_EVERY = 250
 
@@ -81,7 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algos", nargs="+", default=["td3", "sac"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=whole_number(), default=1500)
     parser.add_argument("--name", default="demos_warm_start", help="results file name under benchmarks/results/")
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import markdown_table, median, save  # noqa: E402
+from benchmarks.common import markdown_table, median, save, whole_number  # noqa: E402
 
 
 class _Chunk(gym.Env):
@@ -152,8 +152,8 @@ def _memory_per_env(task_id: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["Hopper-v5", "HalfCheetah-v5", "Ant-v5"])
-    parser.add_argument("--sizes", nargs="+", type=int, default=[1, 16, 64, 256])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sizes", nargs="+", type=whole_number(), default=[1, 16, 64, 256])
+    parser.add_argument("--rounds", type=whole_number(), default=3)
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--name", default="env_speed", help="results file name under benchmarks/results/")
     args = parser.parse_args()

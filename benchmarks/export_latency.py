@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.common import markdown_table, save  # noqa: E402
+from benchmarks.common import markdown_table, save, whole_number  # noqa: E402
 
 HEADS = {  # name -> `robo-rl train` overrides
     "sac-gaussian": ["algo=sac"],
@@ -203,7 +203,7 @@ def mish_batch_timing(rows: int = 512, width: int = 256, calls: int = 500, round
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--calls", type=whole_number(), default=3000)
     parser.add_argument("--heads", nargs="*", default=list(HEADS), choices=[*HEADS, *VARIANTS])
     parser.add_argument("--name", default="export_latency", help="results file name (benchmarks/results/<name>.*)")
     parser.add_argument("--no-compiled", action="store_true", help="skip the compiled torch act (compile time)")

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import markdown_table, save  # noqa: E402
+from benchmarks.common import markdown_table, save, whole_number  # noqa: E402
 from benchmarks.throughput import ours_runner  # noqa: E402
 from robo_rl.perf import tune_malloc  # noqa: E402
 
@@ -82,10 +82,10 @@ def main() -> None:
     parser.add_argument("--algos", nargs="+", default=["sac", "td3"], choices=["sac", "td3", "expo"])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--env", default="Hopper-v5")
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--updates", type=int, default=40, help="updates per timed segment")
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--rounds", type=whole_number(), default=9)
+    parser.add_argument("--updates", type=whole_number(), default=40, help="updates per timed segment")
+    parser.add_argument("--hidden", type=whole_number(), default=256)
+    parser.add_argument("--batch", type=whole_number(), default=256)
     parser.add_argument("--name", default="fused_offpolicy")
     parser.add_argument("--compiled", action="store_true", help="also time compile=true's fused step")
     args = parser.parse_args()

@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks.common import advancer, interleaved, markdown_table, median, rate_of, save, scratch_dir, spread  # noqa: E402
+from benchmarks.common import (advancer, interleaved, markdown_table, median, rate_of, save, scratch_dir,  # noqa: E402
+                               spread, whole_number)
 from robo_rl.perf import tune_malloc  # noqa: E402
 
 LEARNING_STARTS = 1000
@@ -121,14 +122,15 @@ def refit_seconds(learner) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=whole_number(), default=5)
     parser.add_argument("--only", nargs="+", metavar="ALGO",
+                        choices=sorted({overrides[0].split("=")[1] for overrides, _, _ in METHODS.values()}),
                         help="measure only these algos and their baselines (e.g. --only gorl_sac); results go to "
                              "generative_cost_<algos>.json/md")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=whole_number(), default=1,
                         help="torch threads for every learner (default 1; the off-policy learners' own default is all "
                              "cores, e.g. --threads 2 here); results go to generative_cost[_<algos>]_threads<N>.*")
-    parser.add_argument("--refit-states", type=int, default=None,
+    parser.add_argument("--refit-states", type=whole_number(), default=None,
                         help="time GoRL's refits on this many states (default: a full window, algo.dataset_size)")
     parser.add_argument("--name", default=None,
                         help="results file name (default: generative_cost[_<algos>][_threads<n>])")
@@ -138,8 +140,6 @@ def main() -> None:
     methods = METHODS
     if args.only:
         chosen = [name for name, (overrides, _, _) in METHODS.items() if overrides[0].split("=")[1] in args.only]
-        if not chosen:
-            parser.error(f"--only {' '.join(args.only)}: no such algo in {[o[0] for o, _, _ in METHODS.values()]}")
         keep = set(chosen) | {METHODS[name][1] for name in chosen if METHODS[name][1]}
         methods = {name: spec for name, spec in METHODS.items() if name in keep}
     segments, refit = {}, {}

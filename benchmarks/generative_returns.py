@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import EVAL_SEEDING, markdown_table, save  # noqa: E402
+from benchmarks.common import EVAL_SEEDING, markdown_table, save, whole_number  # noqa: E402
 from robo_rl.perf import tune_malloc  # noqa: E402
 
 ENV = "Hopper-v5"
@@ -102,7 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", nargs="+", choices=sorted(PAIRS), default=["onpolicy"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=None, help="env steps per run (default: the pair's budget)")
+    parser.add_argument("--steps", type=whole_number(), default=None, help="env steps per run (default: the pair's budget)")
     parser.add_argument("--methods", nargs="+", help="run only these of the pairs' methods (e.g. --methods expo)")
     parser.add_argument("--reuse", nargs="+", type=Path, default=[], metavar="JSON",
                         help="take runs already recorded in these results files (this script's, or "

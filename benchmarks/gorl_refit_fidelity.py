@@ -73,11 +73,13 @@ def main() -> None:
     for spec in args.settings:
         try:
             name, epochs, batch, lr, *schedule = spec.split(":")
-            if schedule not in ([], ["cos"]):
+            epochs, batch = int(epochs), int(batch)
+            if schedule not in ([], ["cos"]) or min(epochs, batch) < 1:
                 raise ValueError
-            settings.append((name, int(epochs), int(batch), float(lr), bool(schedule)))
+            settings.append((name, epochs, batch, float(lr), bool(schedule)))
         except ValueError:
-            raise SystemExit(f"--settings {spec!r}: give name:refit_epochs:refit_batch_size:decoder_lr[:cos]") from None
+            raise SystemExit(f"--settings {spec!r}: give name:refit_epochs:refit_batch_size:decoder_lr[:cos], epochs "
+                             "and batch size whole numbers >= 1") from None
     one_env = build_env(cfg, num_envs=1, vectorization="sync", randomize=False)
     eval_env = build_env(cfg, num_envs=10, vectorization="sync", randomize=False)
 

@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import markdown_table, save  # noqa: E402
+from benchmarks.common import markdown_table, save, whole_number  # noqa: E402
 
 OFF = ["algo.learning_starts=2000", "algo.critic_hidden=[128,128]"]
 # PA-RL's defaults before they became 4 candidates / a policy update every 3 critic updates / one TD-target
@@ -253,14 +253,14 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budget-scale", type=float, default=1.0, help="multiplies every default budget")
-    parser.add_argument("--off-policy-steps", type=int, default=None, help="env steps for sac, expo-*, parl-*")
-    parser.add_argument("--on-policy-steps", type=int, default=None, help="env steps for ppo, gorl-*")
+    parser.add_argument("--off-policy-steps", type=whole_number(), default=None, help="env steps for sac, expo-*, parl-*")
+    parser.add_argument("--on-policy-steps", type=whole_number(), default=None, help="env steps for ppo, gorl-*")
     parser.add_argument("--override", action="append", default=[], metavar="METHOD:KEY=VALUE",
                         help="an extra training override for one method (repeatable)")
-    parser.add_argument("--demos", type=int, default=0, metavar="EPISODES",
+    parser.add_argument("--demos", type=whole_number(0), default=0, metavar="EPISODES",
                         help="warm-start every method from this many scripted-expert episodes (half to each goal; "
                              "per seed) and also evaluate it right after the warm start; results go to multimodal_demos.*")
-    parser.add_argument("--pretrain-steps", type=int, default=2000, help="demos.pretrain_steps with --demos")
+    parser.add_argument("--pretrain-steps", type=whole_number(), default=2000, help="demos.pretrain_steps with --demos")
     parser.add_argument("--run-root", type=Path, default=None, help="keep run directories here (default: a temp dir)")
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="write multimodal.{json,md} and the PNG here instead of benchmarks/results/ (scratch runs)")

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import markdown_table, save  # noqa: E402
+from benchmarks.common import markdown_table, save, whole_number  # noqa: E402
 
 EPISODES = 30
 STEPS = 40_000
@@ -161,10 +161,11 @@ def evaluate(export: Path, filtered: bool, seed: int, tank_energy: float = 1.0) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=2, help="trainings run at once (one core each)")
+    parser.add_argument("--jobs", type=whole_number(), default=2, help="trainings run at once (one core each)")
     parser.add_argument("--out", default="runs/passivity")
     parser.add_argument("--tanks", nargs="+", type=float, default=[0.25, 0.1, 0.05, 0.02],
                         help="tank sizes (initial energy, J; the cap is twice that) to evaluate with")
+    parser.add_argument("--name", default="passivity", help="results file name under benchmarks/results/")
     args = parser.parse_args()
     base = Path(args.out).resolve()  # relative to where the command runs
     train_all(base, args.seeds, args.jobs)
@@ -197,7 +198,7 @@ def main() -> None:
             [f"variant ({len(args.seeds)} seeds x {EPISODES} episodes, ONNX runtime)", "success rate",
              "episodes violating the energy limit", "violating steps (all seeds)", "injected energy / episode [J]",
              "lowest tank energy [J]", "episode length", "filter interventions / episode"], rows))
-    save("passivity", {"steps": STEPS, "budget_per_step": BUDGET, "train_overrides": {k: COMMON + v for k, v in TRAINED.items()},
+    save(args.name, {"steps": STEPS, "budget_per_step": BUDGET, "train_overrides": {k: COMMON + v for k, v in TRAINED.items()},
                        "tank": "envs.tasks.contact_maze.energy_filter_spec(initial_energy=T, max_energy=2T)",
                        "results": results}, "\n\n".join(tables))
 

@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--algos", nargs="+", default=["sac", "ppo"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rerun-sb3", action="store_true")
+    parser.add_argument("--name", default="returns", help="results file name under benchmarks/results/")
     args = parser.parse_args()
     tune_malloc()
     import torch
@@ -144,7 +145,7 @@ def main() -> None:
                      f"{statistics.mean(x['wall_s'] for x in r['sb3']):.0f} s"])
     table = markdown_table(["algo", "env", "env steps", "seeds", "robo-rl return", "SB3 return",
                             "robo-rl wall time / run", "SB3 wall time / run"], rows)
-    save("returns", {"results": results, "sb3_cache_machine": cache.get("machine")}, table)
+    save(args.name, {"results": results, "sb3_cache_machine": cache.get("machine")}, table)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import markdown_table, save  # noqa: E402
+from benchmarks.common import markdown_table, save, whole_number  # noqa: E402
 
 EPISODES = 10
 SETTINGS = {
@@ -53,8 +53,9 @@ def cli(*args: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", default="runs/sim2sim-hopper-ppo")
-    parser.add_argument("--steps", type=int, default=1_000_000)
+    parser.add_argument("--steps", type=whole_number(), default=1_000_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="sim2sim", help="results file name under benchmarks/results/")
     args = parser.parse_args()
     run_dir = Path(args.run_dir).resolve()  # relative to where the command runs, as robo-rl's run_dir=
     if not (run_dir / "config.yaml").is_file():
@@ -86,7 +87,7 @@ def main() -> None:
     table = (f"Torch evaluation of the same checkpoint (training simulator, {EPISODES} episodes): "
              f"{reference['return_mean']:.0f} ± {reference['return_std']:.0f}; export parity max |onnx - torch| = "
              f"{sidecar['checked']['max_abs_error']:.1e}.\n\n" + markdown_table(header, rows))
-    save("sim2sim", {"run_dir": str(run_dir), "torch_eval": reference, "sidecar": sidecar, "settings": SETTINGS,
+    save(args.name, {"run_dir": str(run_dir), "torch_eval": reference, "sidecar": sidecar, "settings": SETTINGS,
                      "results": results}, table)
 
 

@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import markdown_table, save  # noqa: E402
+from benchmarks.common import markdown_table, save, whole_number  # noqa: E402
 from benchmarks.throughput import MatmulRecorder, matmul_flops, ours_runner, replay_seconds  # noqa: E402
 from robo_rl.perf import tune_malloc  # noqa: E402
 
@@ -132,7 +132,8 @@ def measure(algo: str, rounds: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algos", nargs="+", default=["sac", "td3"], choices=["sac", "td3"])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=whole_number(), default=5)
+    parser.add_argument("--name", default="update_anatomy", help="results file name under benchmarks/results/")
     args = parser.parse_args()
     tune_malloc()  # as the robo-rl command does
     results = [measure(algo, args.rounds) for algo in args.algos]
@@ -158,7 +159,7 @@ def main() -> None:
                + [f"{inside[name]:.0f}" if name in inside else "-"] for name in ops]
     op_table = markdown_table(header, op_rows)
 
-    save("update_anatomy", {"results": results, "elementwise_us": cache, "elementwise_threads": threads},
+    save(args.name, {"results": results, "elementwise_us": cache, "elementwise_threads": threads},
          "One update, split (medians of interleaved rounds)\n\n" + table
          + f"\n\nElement-wise operations, {threads} torch threads\n\n" + op_table)
 

@@ -4,9 +4,9 @@ Every script runs as a user runs it (a subprocess from the repository root), wit
 pointing its result files at tmp_path, so the recorded results under benchmarks/results/ are never touched.
 Scripts whose budgets have no option (returns.py) run their main() with the module's budget shrunk.
 Left out as too heavy for a test: throughput.py and update_anatomy.py (SB3 and 1,200-step warm-ups, minutes; the
-settings throughput.py gives both libraries and its argument checks are tested without a measurement),
-checkpoint_cost.py (fills a 1M-row, 2.9 GB replay buffer), passivity.py, sim2sim.py, demos_warm_start.py and
-the generative heads of export_latency.py other than GoRL's (each over a minute at their smallest settings).
+settings throughput.py gives both libraries, the segments it times and its argument checks are tested without a
+measurement), checkpoint_cost.py (fills a 1M-row, 2.9 GB replay buffer), passivity.py, sim2sim.py, demos_warm_start.py
+and the generative heads of export_latency.py other than GoRL's (each over a minute at their smallest settings).
 """
 
 import json
@@ -78,11 +78,19 @@ def test_returns_with_a_shrunk_budget(tmp_path):
                                 "eval_seed": 10_000},
                       "ppo/0": {"seed": 0, "return": 2.0, "wall_s": 1.0, "budget": 2048, "eval_episodes": 1}}}
     (tmp_path / "results" / "returns_sb3.json").write_text(json.dumps(cache))
-    code = ("import sys; sys.argv = ['returns.py', '--seeds', '0']; import benchmarks.returns as m; "
-            "m.BUDGET.update(sac=300, ppo=2048); m.EVAL_EPISODES = 1; m.main()")
+    code = ("import sys; sys.argv = ['returns.py', '--seeds', '0', '--name', 'returns_small']; "
+            "import benchmarks.returns as m; m.BUDGET.update(sac=300, ppo=2048); m.EVAL_EPISODES = 1; m.main()")
     bench(tmp_path, "-c", code)
-    out = result(tmp_path, "returns")["results"]
+    out = result(tmp_path, "returns_small")["results"]  # --name: a trial run leaves the record (returns.*) alone
     assert out["sac"]["budget"] == 300 and out["ppo"]["sb3"][0]["return"] == 2.0
+    assert not (tmp_path / "results" / "returns.json").exists()
+
+
+@pytest.mark.parametrize("script", ["update_anatomy", "sim2sim", "passivity"])
+def test_scripts_take_a_results_name(tmp_path, script):
+    # without --name, README's commands for a study's variant wrote over the script's main record
+    proc = bench(tmp_path, f"benchmarks/{script}.py", "--help", timeout=60)
+    assert "--name NAME" in proc.stdout
 
 
 def test_returns_takes_only_cached_sb3_runs_of_the_same_budget(monkeypatch):
@@ -158,6 +166,37 @@ def test_throughput_warms_sb3_up_under_autocast_with_bf16(monkeypatch):
     monkeypatch.setattr(throughput, "LEARNING_STARTS", 5)
     throughput.sb3_model("sac", "Hopper-v5", bf16=True)
     assert len(seen) > 0 and all(seen)
+
+
+def test_throughput_times_sb3_under_autocast_at_each_thread_count(tmp_path, monkeypatch):
+    # SB3 under autocast (the like-for-like peer of precision=bf16) was timed at 2 threads only, its float32 peer at 1,
+    # 2 and robo-rl's count with the faster counting; here SB3's faster count is 1 under autocast, 2 in float32
+    from types import SimpleNamespace
+
+    import benchmarks.common as common
+    import benchmarks.throughput as throughput
+
+    cfg, _ = throughput.ours_config("td3", "Hopper-v5", "gymnasium")
+    monkeypatch.setattr(throughput, "ours_runner", lambda *a, **k: (SimpleNamespace(cfg=cfg, threads=4), None))
+    sb3_model = throughput.sb3_model
+    monkeypatch.setattr(throughput, "sb3_model", lambda *a, **k: sb3_model(*a, **k, warm=False))
+    monkeypatch.setattr(throughput, "matmul_floor", lambda run, threads: {
+        "gflop_per_step": 0.5, f"matmul_ms_per_step_{threads[0]}thread": 1.0})
+    rates = {"robo_rl": 200, "sb3_1thread": 100, "sb3_2threads": 120, "sb3_4threads": 110,
+             "robo_rl_bf16": 240, "sb3_bf16_1thread": 150, "sb3_bf16_2threads": 120, "sb3_bf16_4threads": 100}
+    monkeypatch.setattr(throughput, "interleaved", lambda segments, rounds: {k: [rates[k]] * rounds for k in segments})
+    out = throughput.measure("td3", "Hopper-v5", 3, "gymnasium", False, bf16=True)
+    assert set(out["rates"]) == set(rates)
+    assert (out["sb3_best_threads"], out["sb3_bf16_best_threads"], out["sb3_bf16_steps_per_s"]) == (2, 1, 150)
+    assert out["ratio_bf16"] == pytest.approx(2.0) and out["ratio_bf16_vs_sb3_bf16"] == pytest.approx(1.6)
+    # the table gives the thread count of SB3 under autocast, as of its float32 peer
+    monkeypatch.setattr(throughput, "measure", lambda *a, **k: out)
+    monkeypatch.setattr(throughput, "tune_malloc", lambda: None)
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["throughput.py", "--algos", "td3", "--envs", "Hopper-v5", "--bf16"])
+    throughput.main()
+    table = (tmp_path / "throughput.md").read_text()
+    assert "| 120 (2) |" in table and "| 150 (1) |" in table
 
 
 @pytest.mark.parametrize("option", [["--ppo-envs", "48"], ["--ppo-segment", "3000"], ["--algos", "gorl"]])
@@ -353,3 +392,45 @@ def test_gorl_refit_fidelity(tmp_path):
         assert len(setting["sampled_return"]) == 2
     assert bench(tmp_path, "benchmarks/gorl_refit_fidelity.py", "--run", str(tmp_path / "run"), "--settings", "x:1",
                  check=False).returncode != 0
+
+
+@pytest.mark.parametrize("args", [
+    ["benchmarks/throughput.py", "--rounds", "0"], ["benchmarks/fused_offpolicy.py", "--updates", "0"],
+    ["benchmarks/export_latency.py", "--calls", "0"], ["benchmarks/env_speed.py", "--sizes", "16", "0"],
+    ["benchmarks/throughput.py", "--envs", "Foo-v5"]])
+def test_scripts_refuse_bad_arguments_before_any_work(tmp_path, args):
+    # a count of 0 ran the warm-ups (minutes in throughput.py) and then failed with a traceback (StatisticsError on no
+    # rounds), and an unknown task id with a traceback too: now a usage error before anything runs
+    proc = bench(tmp_path, *args, timeout=60, check=False)
+    assert proc.returncode == 2 and args[1] in proc.stderr.splitlines()[-1] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_generative_cost_lists_the_algos_only_takes(tmp_path):
+    # the refusal listed each learner's first override ('algo=expo' four times)
+    proc = bench(tmp_path, "benchmarks/generative_cost.py", "--only", "foo", timeout=60, check=False)
+    listed = proc.stderr.split("choose from")[-1]
+    assert proc.returncode == 2 and [a.strip(" '()\n") for a in listed.split(",")] == [
+        "expo", "gorl", "gorl_sac", "parl", "ppo", "sac"]
+
+
+def test_default_run_leaves_robo_rl_s_refusal_as_it_is(tmp_path):
+    # robo-rl's one-line error was followed by this script's CalledProcessError traceback
+    proc = bench(tmp_path, "benchmarks/default_run.py", "--envs", "foo", "--seeds", "0", timeout=60, check=False)
+    assert proc.returncode == 2 and "env/foo" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_recorded_command_reads_back_as_run(tmp_path, monkeypatch):
+    # the command was the arguments joined by spaces: `--heads expo-flow (best of 2N)` read back as four arguments, and
+    # a shell refused the parentheses
+    import shlex
+
+    import benchmarks.common as common
+
+    argv = ["benchmarks/export_latency.py", "--heads", "sac-gaussian", "expo-flow (best of 2N)", "--name", "it's"]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    common.save("record", {}, "table")
+    command = json.loads((tmp_path / "record.json").read_text())["command"]
+    assert shlex.split(command) == ["python", *argv]
+    assert f"generated by: {command} on" in (tmp_path / "record.md").read_text()
