@@ -64,7 +64,7 @@ class Learner(nn.Module):
     def compile_update(self, **options: Any) -> str | None:
         """torch.compile the loss computations (forward + backward graphs) of ``update``; returns what the update
         will run compiled, in words for the start-up log, or None when nothing it runs is compiled (no
-        ``loss_functions``: GoRL, GoRL-SAC).
+        ``loss_functions``: GoRL; GoRL-SAC has SAC's, its own critic and actor losses).
 
         The optimizer step is already one fused kernel and stays eager. The first updates pay the
         compile time (tens of seconds on a CPU); see benchmarks/ for what it buys. Inductor (the default backend) keeps

@@ -326,6 +326,8 @@ def test_each_compiled_gradient_computation_has_its_own_compiled_code():
     ("parl", "compile=true: the first update compiles the loss computations (critic_loss)"),
     ("ppo", "compile=true: nothing ppo's update runs here is compiled, so it changes nothing"),  # its numpy step runs
     ("gorl", "compile=true: nothing gorl's update runs here is compiled, so it changes nothing"),  # no losses to compile
+    # SAC's update with GoRL-SAC's own losses (through the frozen decoder): README said it compiled nothing
+    ("gorl_sac", "compile=true: the first update compiles the loss computations (critic_loss, actor_loss)"),
 ])
 def test_compile_says_at_start_up_what_it_compiles(algo, said, caplog):
     # GoRL (PPO's numpy step inside, a decoder refit) and PPO on the CPU run nothing compile=true compiles: the
