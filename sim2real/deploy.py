@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -74,6 +73,10 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
     watchdog_config = WatchdogConfig.from_dict(dog)  # its values checked now, not after the simulator is built
     runtime = PolicyRuntime(export, threads=threads)
     report_path = check_report_path(out) if out is not None else None  # after the export's own checks
+    noise = options.get("observation_noise")
+    if isinstance(noise, (list, tuple, np.ndarray)) and len(noise) != runtime.obs_dim:  # the task has the export's dims
+        raise ValueError(f"sim2sim.observation_noise has {len(noise)} values; the export's observations have "
+                         f"{runtime.obs_dim} (give one std, or one per observation dimension)")
     if report_path is not None:  # the report written over policy.json or the model would destroy the export it ran
         for own in (runtime.sidecar_path, runtime.model_path):
             if report_path.resolve() == own.resolve():
@@ -200,18 +203,25 @@ def check_report_path(out: str | Path, key: str = "out") -> Path:
     path = Path(out)
     if not str(out).strip():
         raise ValueError(f"{key}={out!r}: give a file path for the report, or null for <export>/deploy.json")
-    if path.is_dir():
-        raise ValueError(f"{key}={out}: is a directory; give a file path such as {path / 'deploy.json'}")
-    parent = path.parent
-    if not parent.exists():
-        above = next((p for p in parent.parents if p.exists()), None)
-        if above is not None and not above.is_dir():
-            raise ValueError(f"{key}={out}: {above} is a file, not a directory; choose another report path")
-        raise ValueError(f"{key}={out}: directory {parent} does not exist; create it or choose another report path")
-    if not parent.is_dir():
-        raise ValueError(f"{key}={out}: {parent} is a file, not a directory; choose another report path")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise ValueError(f"{key}={out}: {path} is not writable; choose another report path")
-    if not path.exists() and not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{key}={out}: directory {parent} is not writable; choose another report path")
+    try:
+        if path.is_dir():
+            raise ValueError(f"{key}={out}: is a directory; give a file path such as {path / 'deploy.json'}")
+        parent = path.parent
+        if not parent.exists():
+            above = next((p for p in parent.parents if p.exists()), None)
+            if above is not None and not above.is_dir():
+                raise ValueError(f"{key}={out}: {above} is a file, not a directory; choose another report path")
+            raise ValueError(f"{key}={out}: directory {parent} does not exist; create it or choose another report path")
+        if not parent.is_dir():
+            raise ValueError(f"{key}={out}: {parent} is a file, not a directory; choose another report path")
+        # opened as the report will be (permission bits say nothing to root, nor of /proc or a read-only mount);
+        # appending truncates nothing, and a file made here is removed again
+        existed = path.exists()
+        with open(path, "a"):
+            pass
+        if not existed:
+            path.unlink()
+    except OSError as exc:  # a name too long, a read-only or virtual file system, permissions
+        raise ValueError(f"{key}={out}: a report cannot be written there ({exc.strerror or exc}); choose another "
+                         "report path") from None
     return path

@@ -315,6 +315,7 @@ class ControlLoop:
             self._set_action_dtype()
             self._fallback()  # a robot whose fallback is unusable must fail before the first tick
             self._reset_filters()
+            self.t0 = self.clock()  # tick 0 is due once the loop is ready: at 1 kHz the set-up alone made it late
             while not stop and (steps is None or self.step < steps) and not (until is not None and until()):
                 due = self.t0 + slot * self.period
                 now = self.clock()
@@ -472,5 +473,6 @@ class ControlLoop:
                                                  "sending the unfiltered fallback")
                 self.fallbacks += 1
                 filtered = self._fallback()
+                self.chunks.reset()  # a fallback command starts a new chunk, as the watchdog's does
             action = filtered
         return np.clip(action, self._low, self._high).astype(self._dtype)

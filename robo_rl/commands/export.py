@@ -169,7 +169,7 @@ def deploy_main(args: Sequence[str]) -> int:
         deploy(opts.export, episodes=opts.episodes, steps=opts.steps, realtime=bool(opts.realtime),
                rate_hz=opts.rate_hz, safety=safety, task=opts.task, sim2sim=sim2sim,
                watchdog=OmegaConf.to_container(opts.watchdog, resolve=True), out=out)  # out: checked before the run
-    except (FileNotFoundError, ValueError) as exc:  # ExportError is a ValueError
+    except (OSError, ValueError) as exc:  # ExportError is a ValueError; OSError: the report's write (a full disk)
         return error(str(exc), EXIT_USAGE)
     print(f"wrote {out}")
     return 0

@@ -143,12 +143,18 @@ def test_deploy_report_location_is_checked_before_the_run(tmp_path, pendulum_exp
         afile / "sub" / "deploy.json": f"{afile} is a file, not a directory",
         tmp_path: f"out={tmp_path}: is a directory; give a file path such as {tmp_path / 'deploy.json'}",
         tmp_path / "missing" / "deploy.json": f"directory {tmp_path / 'missing'} does not exist; create it",
+        # a name too long was a traceback; the permission bits pass /proc (and anything, as root), where the report
+        # was then lost after the run
+        tmp_path / ("a" * 300 + ".json"): "a report cannot be written there (File name too long); choose another",
     }
+    if Path("/proc").is_dir():
+        cases[Path("/proc/deploy.json")] = "out=/proc/deploy.json: a report cannot be written there ("
     for out, message in cases.items():
         code, stdout, err = run_cli(deploy_main, [f"export={pendulum_export}", "steps=5", f"out={out}"], capsys)
         assert code == 2 and message in one_line_error(err), (out, err)
         assert stdout == ""  # refused before the run: not even its first log line
     assert afile.read_text() == "keep me" and not (tmp_path / "missing").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "export"]  # the check left no file behind
 
     lines: list[str] = []  # the Python API checks the same way before running
     with pytest.raises(ValueError, match="is a file, not a directory"):
@@ -247,6 +253,11 @@ def test_deploy_refuses_a_bad_filter_chain_before_the_simulator_is_built(tmp_pat
              r"^safety.filters\[0\] \(energy_tank\): dt=0.02 is not the control period 0.04 s")):
         with pytest.raises(ValueError, match=message):
             deploy(str(export), steps=5, safety=safety, log=lambda _: None)
+    # an observation-noise std per dimension, of another length than the export's observations (the task must match
+    # them): refused once the task was built
+    with pytest.raises(ValueError, match=r"^sim2sim.observation_noise has 2 values; the export's observations have 4 "
+                                         r"\(give one std, or one per observation dimension\)$"):
+        deploy(str(pendulum_export), steps=5, sim2sim={"observation_noise": [0.1, 0.2]}, log=lambda _: None)
 
 
 def test_sim2sim_robot_refuses_bad_values_from_python():

@@ -385,6 +385,24 @@ def test_absolute_deadlines_a_slow_tick_does_not_shift_later_ticks(export_dir: P
     assert report.fallbacks == 0 and report.steps == 8
 
 
+def test_tick_zero_is_due_when_the_loop_is_ready_not_before_its_set_up(export_dir: Path) -> None:
+    # the deadline grid started before the filters were reset from the robot's command: at 1 kHz that set-up alone
+    # made every run's first tick a deadline miss
+    clock, sent = FakeClock(), []
+    robot = scripted_robot(clock, {}, sent)
+
+    def slow_current_action():  # the robot takes half a period to report the command it holds
+        clock.t += 0.02
+        return np.zeros(2)
+
+    robot.current_action = slow_current_action
+    loop = ControlLoop(PolicyRuntime(export_dir), robot, filters=[{"type": "box", "low": -1, "high": 1}],
+                       watchdog=NO_INFERENCE_LIMIT, clock=clock, sleep=clock.sleep)
+    report = loop.run(steps=3)
+    assert report.deadline_misses == 0 and report.skipped_ticks == 0
+    assert [round(t - sent[0][0], 9) for t, _ in sent] == [0.0, 0.04, 0.08]  # on the grid from the first tick
+
+
 def test_non_realtime_loop_never_sleeps_and_keeps_stats(export_dir: Path) -> None:
     clock, sent = FakeClock(), []
     loop = ControlLoop(PolicyRuntime(export_dir), scripted_robot(clock, {}, sent), filters=[], realtime=False,
@@ -570,6 +588,38 @@ def test_a_nan_in_a_later_action_of_a_chunk_sends_the_fallback_at_the_query(tmp_
     np.testing.assert_array_equal(sent[0][1], [0.8, -0.8])
     assert [a.tolist() for _, a in sent[1:]] == [[0.0, 0.0], [0.0, 0.0]]  # queried again at tick 1: obs 0, action 0
     assert report.latency["inference_ms"]["count"] == 2  # ticks 0 and 1; tick 2 runs the chunk's second action
+
+
+def test_a_fallback_for_a_non_finite_filter_output_starts_a_new_chunk(tmp_path: Path) -> None:
+    """chunk=3, execute=3, a filter of one's own that returns NaN at tick 4: the fallback goes out, and tick 5
+    queries again (it ran the old chunk's last action): a fallback starts a new chunk, as the watchdog's does."""
+    from sim2real.filters.base import FilterReport
+
+    export = make_export(tmp_path / "e", obs_dim=4, act_dim=2, chunk=(3, 3))
+    calls = {"n": 0}
+
+    class NaNOnce:  # a built chain: chain(action [1, A], obs [1, O]) -> (action, report), with reset
+        action_dim = 2
+
+        def reset(self, batch=1, initial=None):
+            pass
+
+        def __call__(self, action, obs):
+            calls["n"] += 1
+            out = np.full_like(action, np.nan) if calls["n"] == 5 else action
+            return out, FilterReport.clean(1)
+
+    clock, sent = FakeClock(), []
+    loop = ControlLoop(PolicyRuntime(export), chunk_robot(clock, sent), filters=NaNOnce(), watchdog=NO_INFERENCE_LIMIT,
+                       clock=clock, sleep=clock.sleep)
+    report = loop.run(steps=9)
+    assert report.events == {"non_finite_action": 1} and report.fallbacks == 1
+    np.testing.assert_array_equal(sent[4], [0.8, -0.8])
+    obs = np.arange(1, 10)[:, None] / 10 * np.array([1.0, -1.0, 2.0, 0.5])
+    chunks = chunk_reference(export, obs.astype(np.float32), 3)
+    for tick, query, position in [(3, 3, 0), (5, 5, 0), (6, 5, 1), (7, 5, 2), (8, 8, 0)]:
+        np.testing.assert_allclose(sent[tick], chunks[query, position], atol=1e-6, err_msg=f"tick {tick}")
+    assert report.latency["inference_ms"]["count"] == 4  # queries at ticks 0, 3, 5 and 8
 
 
 def test_every_executed_action_of_a_chunk_goes_through_the_filters(tmp_path: Path) -> None:
