@@ -331,7 +331,12 @@ def build_runner(cfg: DictConfig, learner: Learner, env: BatchedEnv, eval_env: B
                           f"with an algo= of its kind (e.g. algo={same})")
     runner_cls = OffPolicyRunner if learner.kind == "off_policy" else OnPolicyRunner
     runner = runner_cls(cfg, learner, env, eval_env, run_dir)
-    for line in (plan_warnings(cfg, env, eval_env, learner) + learner_differences(cfg, learner)) if warn else ():
+    lines = (plan_warnings(cfg, env, eval_env, learner) + learner_differences(cfg, learner)) if warn else []
+    if lines:
+        from robo_rl.metrics import console_handler
+
+        console_handler()  # robo-rl's warning lines, as train() prints them (not Python's bare last-resort output)
+    for line in lines:
         log.warning(line)
     return runner
 

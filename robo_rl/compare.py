@@ -372,9 +372,24 @@ def _implied(key: str, runs: list[Run]) -> bool:
 def _label(values: dict[str, Any], run: Run) -> str:
     if not values:
         return f"{run.config.get('algo.name')} {run.config.get('env.id')}"
-    shown = [f"{k}={v}" for k, v in list(values.items())[:MAX_LABEL_KEYS]]
+    shown = [f"{k}={_shown(v)}" for k, v in list(values.items())[:MAX_LABEL_KEYS]]
     more = len(values) - len(shown)
     return " ".join(shown) + (f" (+{more} more keys)" if more > 0 else "")
+
+
+def _shown(value: Any) -> str:
+    """A config value as a label shows it, in the config's spelling (true, null, [0.8, 1.2]); a filter chain by its
+    filters' types (box+rate+energy_tank), where its JSON ran to hundreds of characters."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, str) and value.startswith("[{"):  # a list, as flatten_config keeps it: its JSON text
+        try:
+            entries = json.loads(value)
+        except ValueError:
+            return value
+        if all(isinstance(v, dict) and "type" in v for v in entries):
+            return "+".join(str(v["type"]) for v in entries)
+    return str(value)
 
 
 def _stats(values: list[float]) -> dict[str, float | None]:

@@ -7,6 +7,7 @@ the graph building, checking and sidecar live in ``sim2real.export``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 import yaml
 
 SAFETY_DIR = Path(__file__).resolve().parent / "configs" / "safety"
+log = logging.getLogger("robo_rl")
 
 
 def load_safety_spec(safety: str | None, run_cfg: Any = None) -> dict[str, Any]:
@@ -98,8 +100,11 @@ def export_run(
         policy = learner.policy
         if safety_spec["filters"]:
             from sim2real.filters import build_chain
+            from sim2real.filters.chain import narrowing_boxes
 
             build_chain(safety_spec["filters"], int(env.act_dim), int(env.obs_dim), env.dt or None)  # refuse a bad chain now
+            for line in narrowing_boxes(safety_spec, env.action_space.low, env.action_space.high, env.task_id):
+                log.warning(line)
         visited = []
         obs = env.reset(seed=0)
         with torch.no_grad():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -11,7 +12,9 @@ import secrets
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from robo_rl.runners.stopping import Interrupted
 
 log = logging.getLogger("robo_rl")
 
@@ -60,15 +63,73 @@ class OnceEach(logging.Filter):
         return True
 
 
-def setup_console_logging(level: int = logging.INFO) -> None:
-    """Plain `message` lines on stderr for the robo_rl logger (idempotent)."""
-    if not any(getattr(h, "_robo_rl", False) for h in log.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(LogFormatter("%(message)s"))
-        handler._robo_rl = True  # type: ignore[attr-defined]
-        log.addHandler(handler)
-    log.setLevel(level)
+def console_handler() -> logging.Handler:
+    """The robo_rl logger's handler of plain `message` lines on stderr, added once; the logger then stops propagating
+    to the root logger (whose handlers would print each line again). The logger's level is left as it is."""
+    for handler in log.handlers:
+        if getattr(handler, "_robo_rl", False):
+            return handler
+    handler = logging.StreamHandler()
+    handler.setFormatter(LogFormatter("%(message)s"))
+    handler._robo_rl = True  # type: ignore[attr-defined]
+    log.addHandler(handler)
     log.propagate = False
+    return handler
+
+
+def setup_console_logging(level: int = logging.INFO) -> None:
+    """Plain `message` lines on stderr for the robo_rl logger, at ``level`` (idempotent)."""
+    console_handler()
+    log.setLevel(level)
+
+
+class AtLeast(logging.Filter):
+    """Passes records at ``level`` or above (a handler's own level would outlast the run, or be the caller's)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
+
+
+@contextlib.contextmanager
+def run_logging(run_dir: Path) -> Iterator[None]:
+    """For a run that ``runner.train()`` starts itself (``build_runner(...).train()``), what ``robo_rl.train.train``
+    sets up for its runs: the progress lines and warnings on the console (a caller's level above INFO kept there and
+    in its own handlers), each warning once, and every line in the run's ``train.log``; the logger's level as it was
+    afterwards. Such a run printed nothing but Python's bare last-resort warnings, and wrote no train.log. Nothing is
+    done when ``train()`` has set them up (its handler for this run's train.log is attached)."""
+    path = (Path(run_dir) / "train.log").resolve()
+    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == path for h in log.handlers):
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    caller_level = log.level
+    console_handler()
+    log.setLevel(logging.INFO)
+    quiet = [(h, AtLeast(caller_level)) for h in log.handlers] if caller_level > logging.INFO else []
+    once = [(h, OnceEach()) for h in log.handlers if getattr(h, "_robo_rl", False)]
+    file_handler = logging.FileHandler(path)
+    file_handler.setFormatter(LogFormatter("%(asctime)s %(message)s"))
+    file_handler.addFilter(OnceEach())
+    for handler, each in [*once, *quiet]:
+        handler.addFilter(each)
+    log.addHandler(file_handler)
+    try:
+        yield
+    except BaseException as exc:  # train.log records why the run stopped, as train()'s does
+        if not isinstance(exc, Interrupted):
+            file_handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0,
+                                               f"stopped: {type(exc).__name__}: {exc}", None, None))
+        raise
+    finally:
+        log.removeHandler(file_handler)
+        file_handler.close()
+        for handler, each in [*once, *quiet]:
+            handler.removeFilter(each)
+        log.setLevel(caller_level)
 
 
 def format_duration(seconds: float) -> str:

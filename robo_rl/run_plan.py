@@ -78,6 +78,10 @@ def plan_warnings(cfg: DictConfig, env: Any, eval_env: Any, learner: Any) -> lis
                          f"a stage is a whole number of updates, {-(-updates // int(stages)):,} here (the last may be "
                          "shorter); " + advice("stages", "raise steps, or lower algo.stages"))
     lines += passivity_void(cfg)
+    if cfg.safety.get("filters"):
+        from sim2real.filters.chain import narrowing_boxes
+
+        lines += narrowing_boxes(cfg.safety.filters, env.action_space.low, env.action_space.high, env.task_id)
     return lines
 
 

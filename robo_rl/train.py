@@ -23,7 +23,7 @@ from robo_rl.build import (build_env_checked, build_learner, build_policy, build
                            check_head_and_learner, check_safety)
 from robo_rl.defaults import resolve_defaults, task_defaults
 from robo_rl.validation import ConfigError, check_device, validate
-from robo_rl.metrics import LogFormatter, OnceEach, setup_console_logging, write_text_atomic
+from robo_rl.metrics import AtLeast, LogFormatter, OnceEach, setup_console_logging, write_text_atomic
 from robo_rl.memory import buffers_needed, check_fits
 from robo_rl.checkpoint import list_checkpoints, recover
 from robo_rl.runners.checkpoints import find_resume_checkpoint
@@ -217,7 +217,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, cli_overrides: Ite
     setup_console_logging()  # INFO on the logger while the run lasts: train.log gets every line
     # a caller that quieted the robo_rl logger (setLevel(WARNING): no progress lines) keeps it quiet on the console and
     # in its own handlers; train.log still gets every line
-    quiet = [(h, _AtLeast(caller_level)) for h in log.handlers] if caller_level > logging.INFO else []
+    quiet = [(h, AtLeast(caller_level)) for h in log.handlers] if caller_level > logging.INFO else []
     held = _Held()
     log.addHandler(held)
     # each warning once in the run (each handler its own filter: what the console has shown, train.log must still get)
@@ -236,17 +236,6 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, cli_overrides: Ite
             handler.removeFilter(each)
         log.setLevel(caller_level)
         torch.set_num_threads(threads)
-
-
-class _AtLeast(logging.Filter):
-    """Passes records at ``level`` or above (a handler's own level would outlast the run, or be the caller's)."""
-
-    def __init__(self, level: int) -> None:
-        super().__init__()
-        self.level = level
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= self.level
 
 
 def _refuse_second_run_dir(cfg: DictConfig, run_dir: str | os.PathLike[str]) -> None:

@@ -8,6 +8,7 @@ No torch is imported here.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ def _fmt(mean: float, std: float | None = None) -> str:
     (TwoGoals, ContactMaze) read "-0.0" at a fixed decimal. Here without robo_rl: the robot side copies sim2real/ alone."""
     scale = max(abs(float(mean)), abs(float(std or 0.0)))
     digits = 1 if scale == 0.0 or not math.isfinite(scale) else max(1, min(6, 2 - math.floor(math.log10(scale))))
-    return f"{mean:.{digits}f}" + (f" +- {std:.{digits}f}" if std is not None else "")
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
 def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episodes: int | None = None,
@@ -116,6 +117,8 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
 
     sim = MujocoSim2SimRobot(task, control_dt=control_dt, clock=clock, env_kwargs=kwargs, check_task=check_task,
                              **options)
+    for line in passivity_void(spec, sim):  # as training warns of a randomized plant (the settings checked by now)
+        logging.getLogger("robo_rl").warning(line)
     sim.connect()
     try:
         if not sim.dt:  # the loop runs at 1 / dt
@@ -127,9 +130,11 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
         export_rate = runtime.rate_hz
         other_rate = (f" (the export's rate is {export_rate:g} Hz: each command lasts {1e3 * sim.dt:g} ms instead of "
                       f"{1e3 / export_rate:g} ms)") if export_rate and not math.isclose(loop.rate_hz, export_rate, rel_tol=1e-6) else ""
-        log(f"deploy {runtime.model_path} on {on} (sim2sim: {options or 'as trained'}) at {loop.rate_hz:.1f} Hz{other_rate}, "
-            f"{'real time' if realtime else 'simulated time'}, "
-            f"{'until ' + str(episodes) + ' episodes' if episodes else str(steps) + ' steps'}")
+        settings = ", ".join(f"{key}={value}" for key, value in options.items()) or "as trained"
+        until = (f"until {episodes} episode{'s' if episodes != 1 else ''}" if episodes else
+                 f"{steps} step{'s' if steps != 1 else ''}")
+        log(f"deploy {runtime.model_path} on {on} (sim2sim: {settings}) at {loop.rate_hz:.1f} Hz{other_rate}, "
+            f"{'real time' if realtime else 'simulated time'}, {until}")
         seen = 0
 
         def done() -> bool:  # also reports each finished episode as it lands
@@ -191,6 +196,31 @@ def check_action_bounds(runtime: PolicyRuntime, space: Any, task: str) -> None:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def passivity_void(spec: Any, sim: MujocoSim2SimRobot) -> list[str]:
+    """A warning when the chain ``spec`` holds an energy tank and the sim2sim robot makes a plant its guarantee does not
+    cover (README, Safety filters: actuation latency; less damping or more actuator gain than the tank was set up for).
+    The filter still runs; what it passes is no longer bounded by its tank."""
+    entries = spec.get("filters") if isinstance(spec, dict) else spec
+    if not any(isinstance(entry, dict) and entry.get("type") == "energy_tank" for entry in entries or []):
+        return []
+    why = []
+    if sim.action_latency > 0:
+        why.append(f"sim2sim.action_latency={sim.action_latency} (the tank settles each step against a command the "
+                   "plant has not applied yet)")
+    damping, gain = sim.physics_ranges.get("damping_scale"), sim.physics_ranges.get("actuator_gain_scale")
+    if damping is not None and min(damping) < 1.0:
+        why.append(f"sim2sim.physics.damping_scale={list(damping)} (less damping than the filter's, whose loss it "
+                   "credits)")
+    if gain is not None and max(gain) > 1.0:
+        why.append(f"sim2sim.physics.actuator_gain_scale={list(gain)} (more force per unit of action than its "
+                   "torque_scale)")
+    if not why:
+        return []
+    return [f"safety: the energy_tank filter's passivity guarantee does not hold on this sim2sim plant: "
+            f"{'; '.join(why)}. The filter still runs, but what it passes is not bounded by its tank; see README, "
+            "Safety filters (energy_tank)"]
 
 
 def check_report_path(out: str | Path, key: str = "out") -> Path:

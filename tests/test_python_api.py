@@ -344,6 +344,40 @@ def test_build_runner_takes_a_composed_config_and_a_new_run_dir(tmp_path):
     assert summary["status"] == "completed" and (tmp_path / "new" / "metrics.csv").is_file()
 
 
+def test_a_build_runner_run_logs_its_progress_and_writes_train_log_as_train_does(tmp_path):
+    # runner.train() called by itself printed nothing (the robo_rl logger had no handler: its warnings came out bare,
+    # through Python's last resort) and wrote no train.log
+    import logging
+
+    from robo_rl.build import build_runner
+    from robo_rl.learners.sac import SAC
+    from robo_rl.train import compose_config
+
+    cfg = compose_config(["algo=sac", "steps=200", "algo.learning_starts=100", "algo.batch_size=32", "eval.episodes=2",
+                          "eval.every=100", "log.tensorboard=false", "log.plot=false"])
+    head = BetaHead(4, -2 * np.ones(2), 2 * np.ones(2))
+    robo_rl_log = logging.getLogger("robo_rl")
+    level = robo_rl_log.level
+    lines: list[str] = []
+    mine = logging.Handler()
+    mine.emit = lambda record: lines.append(record.getMessage())
+    robo_rl_log.addHandler(mine)
+    try:
+        build_runner(cfg, SAC(head, critic_hidden=(8,)), PointMass(4), PointMass(2), tmp_path / "run").train()
+    finally:
+        robo_rl_log.removeHandler(mine)
+    assert robo_rl_log.level == level  # as it was
+    log_lines = (tmp_path / "run" / "train.log").read_text().splitlines()
+    assert any("eval at step 100: return" in line for line in log_lines)
+    assert log_lines[-1].split(" ", 2)[2].startswith("done: 200 steps in")  # after the time stamp
+    assert any(line.startswith("done: 200 steps in") for line in lines)  # the progress reached the caller's handler
+    # a directory holding a run is refused before anything is written into it (train.log included)
+    before = (tmp_path / "run" / "train.log").read_text()
+    with pytest.raises(ValueError, match="already holds a run"):
+        build_runner(cfg, SAC(head, critic_hidden=(8,)), PointMass(4), PointMass(2), tmp_path / "run").train()
+    assert (tmp_path / "run" / "train.log").read_text() == before
+
+
 def test_build_runner_warns_of_a_plan_that_never_updates_the_policy(tmp_path, caplog):
     # steps before algo.learning_starts: train() said so after its opening line, a runner built from Python ran the
     # whole plan without a word; build_runner now logs the same warnings (warn=False: train(), which logs them itself)

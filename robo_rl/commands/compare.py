@@ -125,6 +125,6 @@ def compare_main(args: Sequence[str]) -> int:
         else:  # a shorter run (failed, unfinished, a smaller steps=) ends its group's curve where the runs overlap
             print("\nnote: the plot has one point per group: a group's curve spans only the steps all its runs have "
                   "reached, and there its runs share one evaluation (a failed, unfinished or shorter run ends it)")
-    print(f"\n{result['runs']} runs in {len(result['groups'])} group(s); wrote "
+    print(f"\n{result['runs']} run{'s' if result['runs'] != 1 else ''} in {len(result['groups'])} group(s); wrote "
           + ", ".join(str(p) for p in written.values()))
     return 0

@@ -135,6 +135,9 @@ def evaluate_run(run_dir: Path, opts) -> dict:  # type: ignore[no-untyped-def]
     try:
         # (names a checkpoint whose networks do not fit; a run still training may have pruned ckpt meanwhile: the newest)
         policy, ckpt, manifest = load_run_policy(cfg, env, run_dir, opts.checkpoint, opts.device, ckpt)
+        if not opts.deterministic and not getattr(policy, "stochastic", True):  # as training warns of it
+            log.warning(f"deterministic=false: {getattr(policy, 'described', 'the policy')} has no distribution to "
+                        "sample, so the episodes act deterministically")
         video_path = (run_dir / "videos" / f"eval-step{int(manifest['step'])}.mp4").resolve()
         if opts.video:  # frames are encoded as they are drawn (a long video never sits in memory); a path that
             # cannot take the file is refused here, before the episodes run

@@ -28,7 +28,7 @@ from robo_rl.evaluation import (EvaluationNotFinished, EvaluationStopped, device
                                 policy_env_mismatch)
 from robo_rl.learners.base import Learner
 from robo_rl.metrics import (MetricsWriter, Progress, format_duration, format_return, mean_of, plot_learning_curve,
-                             write_text_atomic)
+                             run_logging, write_text_atomic)
 from robo_rl.runners.checkpoints import RunnerCheckpoints
 from robo_rl.runners.safety import SafetyLayer, safety_settings
 from robo_rl.runners.stopping import Interrupted, NonFiniteError, RunWriteError, StopOnSignal, is_write_failure
@@ -281,6 +281,17 @@ class Runner(RunnerCheckpoints, abc.ABC):
             self.policy.obs_norm.update(obs)
 
     def train(self, resume_from: Path | None = None) -> dict[str, Any]:
+        """Run the loop to ``steps`` (from the checkpoint ``resume_from``, or from the start); returns the summary.
+        Called by itself (``build_runner(...).train()``), it prints and logs to train.log as ``train()`` does."""
+        if resume_from is None and (held := list_checkpoints(self.ckpt_dir)):  # (train() refuses such a directory
+            # before writing config.yaml)
+            raise ValueError(f"run_dir={self.run_dir} already holds a run (checkpoints up to {held[-1].name}), whose "
+                             "checkpoints and metrics a new run would replace: choose another run_dir, or continue "
+                             f"it with runner.train(resume_from={held[-1]})")
+        with run_logging(self.run_dir):
+            return self._train(resume_from)
+
+    def _train(self, resume_from: Path | None) -> dict[str, Any]:
         cfg = self.cfg
         if resume_from is not None:
             if not getattr(self, "_restored", False):  # train.py restores before it rewrites config.yaml
@@ -291,10 +302,6 @@ class Runner(RunnerCheckpoints, abc.ABC):
                             "its summary is written again"))
                 prune_checkpoints(self.ckpt_dir, self.step, int(cfg.checkpoint.keep))  # no save will do it
         else:
-            if held := list_checkpoints(self.ckpt_dir):  # (train() refuses such a directory before writing config.yaml)
-                raise ValueError(f"run_dir={self.run_dir} already holds a run (checkpoints up to {held[-1].name}), whose "
-                                 "checkpoints and metrics a new run would replace: choose another run_dir, or continue "
-                                 f"it with runner.train(resume_from={held[-1]})")
             self.obs = self.env.reset(seed=int(cfg.seed))
             self.update_obs_norm(self.obs)
             largest = float(self.obs.abs().max())

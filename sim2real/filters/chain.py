@@ -214,6 +214,37 @@ def build_chain(spec: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None, ac
     return FilterChain(filters, action_dim=action_dim)
 
 
+def narrowing_boxes(spec: Any, low: Any, high: Any, task: str) -> list[str]:
+    """A warning for each ``box`` entry of the chain ``spec`` whose bounds lie inside the task's action bounds ``low`` /
+    ``high`` in some dimension: it clips the policy's actions to a narrower range than the policy acts in (the packaged
+    ``configs/safety/box.yaml``'s [-1, 1] on Pusher's [-2, 2] altered every training action, without a word)."""
+    entries = specs.plain(spec)
+    entries = entries.get("filters") if isinstance(entries, dict) else entries
+    low, high = np.asarray(low, np.float64).reshape(-1), np.asarray(high, np.float64).reshape(-1)
+
+    def shown(values: np.ndarray) -> str:
+        return f"{values[0]:g}" if (values == values[0]).all() else "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+    lines = []
+    for i, entry in enumerate(entries or []):
+        if not (isinstance(entry, dict) and entry.get("type") == "box" and "low" in entry and "high" in entry):
+            continue
+        try:
+            box_low = np.broadcast_to(np.asarray(entry["low"], np.float64), low.shape)
+            box_high = np.broadcast_to(np.asarray(entry["high"], np.float64), high.shape)
+        except (TypeError, ValueError):  # (build_chain names a malformed entry)
+            continue
+        inside = np.flatnonzero((box_low > low) | (box_high < high))
+        if inside.size:
+            lines.append(f"safety.filters[{i}] (box): [{shown(box_low)}, {shown(box_high)}] is narrower than {task}'s "
+                         f"action bounds [{shown(low)}, {shown(high)}] in "
+                         + ("every dimension" if inside.size == low.size else
+                            f"dimension(s) {', '.join(map(str, inside))}") + ", so "
+                         "the policy's actions beyond it are clipped; if that is not meant, give the box the task's "
+                         "bounds (low/high)")
+    return lines
+
+
 def check_obs_dim(filters: Sequence[Any], obs_dim: int) -> None:
     """Raise ValueError if a filter reads an observation entry beyond ``obs_dim``: a chain built without ``obs_dim``
     and handed to the control loop is held to it when the loop is built, as a spec is, not at its first tick."""

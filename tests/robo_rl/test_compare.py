@@ -129,6 +129,19 @@ def test_the_config_dir_a_run_read_its_presets_from_does_not_separate_groups(tmp
     assert sorted(g["label"] for g in compare([tmp_path])["groups"]) == ["algo.lr=0.0003", "algo.lr=0.001"]
 
 
+def test_labels_spell_values_as_the_config_does_and_name_a_filter_chain_by_its_types(tmp_path):
+    # a group was labelled safety.passivity_aware=False and safety.filters=[{"type": "box", "low": -1.0, ...}, ...]
+    # (hundreds of characters of JSON)
+    for name, aware, filters in (("a", "false", '[{type: box, low: -1.0, high: 1.0}, {type: rate, max_delta: 0.1}]'),
+                                 ("b", "true", "[]")):
+        write_run(tmp_path / name, 0, 1.0, [(1000, 1.0)])
+        with (tmp_path / name / "config.yaml").open("a") as f:
+            f.write(f"safety:\n  passivity_aware: {aware}\n  filters: {filters}\n")
+    labels = sorted(g["label"] for g in compare([tmp_path / "a", tmp_path / "b"])["groups"])
+    assert labels == ["safety.filters=[] safety.passivity_aware=true",
+                      "safety.filters=box+rate safety.passivity_aware=false"]
+
+
 def test_keys_implied_by_the_algorithm_stay_out_of_labels(tmp_path):
     write_run(tmp_path / "a", 0, 1.0, [(10, 1.0)], algo="sac", lr=3e-4)
     write_run(tmp_path / "b", 0, 2.0, [(10, 2.0)], algo="td3", lr=1e-3)
@@ -512,7 +525,7 @@ def test_runs_from_before_policy_unit_actions_group_by_what_they_trained_with(tm
     run("ppo_old", 0, {"name": "gaussian", "squash": "false"})
     run("ppo_new", 1, {"name": "gaussian", "squash": "false", "unit_actions": "true"})
     labels = {g["label"] for g in compare([tmp_path / "ppo_old", tmp_path / "ppo_new"])["groups"]}
-    assert labels == {"policy.unit_actions=False", "policy.unit_actions=True"}
+    assert labels == {"policy.unit_actions=false", "policy.unit_actions=true"}
 
 
 def test_gorl_runs_from_before_the_kept_std_group_by_the_reset_they_trained_with(tmp_path):
@@ -531,8 +544,8 @@ def test_gorl_runs_from_before_the_kept_std_group_by_the_reset_they_trained_with
     run("recentred", 2, keep_latent_std=True, recenter_latent=True)
     assert len(compare([tmp_path / "old", tmp_path / "zeroed"])["groups"]) == 1
     groups = compare([tmp_path / "old", tmp_path / "recentred"])["groups"]
-    assert {g["label"] for g in groups} == {"algo.keep_latent_std=False algo.recenter_latent=False",
-                                            "algo.keep_latent_std=True algo.recenter_latent=True"}
+    assert {g["label"] for g in groups} == {"algo.keep_latent_std=false algo.recenter_latent=false",
+                                            "algo.keep_latent_std=true algo.recenter_latent=true"}
 
 
 def test_a_run_saved_before_a_key_was_added_groups_with_newer_runs_of_its_settings(tmp_path):

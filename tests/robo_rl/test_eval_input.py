@@ -280,6 +280,26 @@ def test_a_failed_eval_json_write_still_says_the_result(tmp_path, capsys, runs, 
     assert (run / "eval.json").read_text() == earlier and sorted(p.name for p in run.glob("*eval.json*")) == ["eval.json"]
 
 
+def test_sampling_a_head_that_does_not_sample_is_warned_of(tmp_path, capsys, runs, caplog):
+    # TD3's head acts deterministically whatever deterministic= says: training warned of eval.deterministic=false,
+    # robo-rl eval said "(deterministic)" without a word
+    import logging
+    import shutil
+
+    for algo in ("td3", "sac"):  # (copies: eval writes eval.json into the run)
+        shutil.copytree(runs / algo, tmp_path / algo)
+    run = tmp_path / "td3"
+    with caplog.at_level(logging.WARNING, logger="robo_rl"):
+        code, out, err = _eval(capsys, f"run_dir={run}", "deterministic=false", "episodes=1", "num_envs=1")
+    assert code == 0, err
+    assert [r.getMessage() for r in caplog.records] == [
+        "deterministic=false: the deterministic head has no distribution to sample, so the episodes act deterministically"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="robo_rl"):
+        assert _eval(capsys, f"run_dir={tmp_path / 'sac'}", "deterministic=false", "episodes=1", "num_envs=1")[0] == 0
+    assert caplog.records == []  # SAC's head samples
+
+
 def test_a_small_return_is_printed_with_its_digits(tmp_path, capsys):
     import json
     import re

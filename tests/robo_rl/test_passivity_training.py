@@ -644,3 +644,18 @@ def test_an_energy_tank_on_a_randomized_plant_it_does_not_cover_is_warned_of(ran
     assert len(lines) == 1 and lines[0].startswith("safety: the energy_tank filter's passivity guarantee does not hold")
     assert all(f"env.randomize.{n}" in lines[0] for n in named) and "geom_friction" not in lines[0]
     assert passivity_void(compose("algo=sac", "env=contact_maze", "safety=box", randomize)) == []  # no tank
+
+
+def test_a_box_narrower_than_the_task_s_action_bounds_is_warned_of():
+    # configs/safety/box.yaml's [-1, 1] on Pusher's [-2, 2] clipped every training action without a word
+    from sim2real.filters.chain import narrowing_boxes
+
+    spec = compose("algo=sac", "env=pusher", "safety=box").safety.filters
+    (line,) = narrowing_boxes(spec, -2 * np.ones(7), 2 * np.ones(7), "Pusher-v5")
+    assert line == ("safety.filters[0] (box): [-1, 1] is narrower than Pusher-v5's action bounds [-2, 2] in every "
+                    "dimension, so the policy's actions beyond it are clipped; if that is not meant, give the box the "
+                    "task's bounds (low/high)")
+    assert "in dimension(s) 1, 2, so" in narrowing_boxes([{"type": "box", "low": [-1, -0.5, -1], "high": [1, 1, 0.5]}],
+                                                      -np.ones(3), np.ones(3), "Mine-v0")[0]
+    assert narrowing_boxes(spec, -np.ones(7), np.ones(7), "Pusher-v5") == []  # the task's own bounds
+    assert narrowing_boxes({"filters": [{"type": "rate", "max_delta": 0.1}]}, -2 * np.ones(7), 2 * np.ones(7), "x") == []

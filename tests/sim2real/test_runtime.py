@@ -861,6 +861,28 @@ def test_deploy_refuses_a_task_whose_action_bounds_are_not_the_exports(tmp_path:
     assert deploy(str(exact), steps=5, log=lines.append)["loop"]["steps"] == 5
 
 
+def test_deploy_warns_when_the_sim2sim_plant_voids_the_energy_tank_s_guarantee(tmp_path: Path, caplog) -> None:
+    # training warned of a randomized plant the tank does not cover; deploy ran the same plant without a word
+    import logging
+
+    tank = {"type": "energy_tank", "velocity_index": [1], "dt": 0.04, "initial_energy": 1.0, "max_energy": 2.0,
+            "damping": 1.0}
+    export = make_export(tmp_path / "e", obs_dim=4, act_dim=1, low=-3.0, high=3.0, task="InvertedPendulum-v5",
+                         safety={"filters": [tank]})
+    with caplog.at_level(logging.WARNING, logger="robo_rl"):
+        deploy(str(export), steps=3, log=lambda _: None,
+               sim2sim={"action_latency": 1, "physics": {"damping_scale": [0.5, 1.0], "mass_scale": [0.8, 1.2]}})
+    (line,) = [r.getMessage() for r in caplog.records if "passivity guarantee" in r.getMessage()]
+    assert line.startswith("safety: the energy_tank filter's passivity guarantee does not hold on this sim2sim plant: "
+                           "sim2sim.action_latency=1 (the tank settles")
+    assert "sim2sim.physics.damping_scale=[0.5, 1.0]" in line and "mass_scale" not in line
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="robo_rl"):  # more damping than credited, no latency: it holds
+        deploy(str(export), steps=3, log=lambda _: None, sim2sim={"physics": {"damping_scale": [1.0, 1.5]}})
+        deploy(str(export), steps=3, log=lambda _: None, safety=[], sim2sim={"action_latency": 1})  # no tank
+    assert not [r for r in caplog.records if "passivity guarantee" in r.getMessage()]
+
+
 def test_deploy_report_says_which_filters_and_watchdog_ran_and_the_exports_rate(tmp_path: Path) -> None:
     chain = {"filters": [{"type": "box", "low": -0.5, "high": 0.5}]}
     export = make_export(tmp_path / "e", obs_dim=4, act_dim=1, low=-3.0, high=3.0, task="InvertedPendulum-v5",
