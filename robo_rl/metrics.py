@@ -9,6 +9,8 @@ import logging
 import math
 import os
 import secrets
+import sys
+import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -94,6 +96,35 @@ class AtLeast(logging.Filter):
         return record.levelno >= self.level
 
 
+class RunLogFile(logging.FileHandler):
+    """A run's ``train.log``: robo-rl's lines with time stamps, each warning once. A write that fails (a full disk)
+    ends the file's lines with one warning on the console, where logging printed a traceback for every line after it
+    (thousands, the run's one-line error lost among them); closing it never raises over the error that ends a run."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.setFormatter(LogFormatter("%(asctime)s %(message)s"))
+        self.addFilter(OnceEach())
+        self.failed: BaseException | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.failed is None:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # called inside emit, with the error being handled
+        if self.failed is not None:
+            return
+        self.failed = error = sys.exc_info()[1]
+        log.warning(f"{self.baseFilename} could not be written ({getattr(error, 'strerror', None) or error}): the run's "
+                    "lines from here on are on the console only")
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # its buffered lines could not be flushed: the failure is the run's to report
+            pass
+
+
 @contextlib.contextmanager
 def run_logging(run_dir: Path) -> Iterator[None]:
     """For a run that ``runner.train()`` starts itself (``build_runner(...).train()``), what ``robo_rl.train.train``
@@ -111,9 +142,7 @@ def run_logging(run_dir: Path) -> Iterator[None]:
     log.setLevel(logging.INFO)
     quiet = [(h, AtLeast(caller_level)) for h in log.handlers] if caller_level > logging.INFO else []
     once = [(h, OnceEach()) for h in log.handlers if getattr(h, "_robo_rl", False)]
-    file_handler = logging.FileHandler(path)
-    file_handler.setFormatter(LogFormatter("%(asctime)s %(message)s"))
-    file_handler.addFilter(OnceEach())
+    file_handler = RunLogFile(path)
     for handler, each in [*once, *quiet]:
         handler.addFilter(each)
     log.addHandler(file_handler)
@@ -203,6 +232,22 @@ def new_hidden_file(path: Path) -> Path:
             continue
 
 
+def _quiet_tensorboard_thread_errors() -> None:
+    """TensorBoard's event writer fails a write (a full disk) on its own thread, where Python printed the traceback, and
+    raises the same error again at the run's next ``add_scalar`` or ``close``, which the run reports in one line: the
+    thread's copy is dropped (other threads' errors print as before). Installed once per process."""
+    previous = threading.excepthook
+    if getattr(previous, "_robo_rl", False):
+        return
+
+    def hook(args: Any) -> None:
+        if not (isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
+            previous(args)
+
+    hook._robo_rl = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
+
+
 class MetricsWriter:
     """Appends rows of scalars to ``metrics.csv`` (and TensorBoard event files) in a run directory.
 
@@ -226,6 +271,7 @@ class MetricsWriter:
         if tensorboard or (resume_step is not None and (run_dir / "tb").is_dir()):
             from torch.utils.tensorboard import SummaryWriter
 
+            _quiet_tensorboard_thread_errors()
             # events after the checkpoint's step are dropped (the CSV keeps rows up to and including it)
             self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=None if resume_step is None else resume_step + 1)
             if not tensorboard:  # the purge is written: nothing more
@@ -249,11 +295,17 @@ class MetricsWriter:
             self.columns.extend(new)
             self._rewrite([*earlier, row])
         else:
-            with open(self.path, "a", newline="") as f:
-                csv.DictWriter(f, self.columns).writerow(row)
+            try:
+                with open(self.path, "a", newline="") as f:
+                    csv.DictWriter(f, self.columns).writerow(row)
+            except OSError as exc:  # a failed flush names no file: the run's one-line error should
+                raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
         if self.tb is not None:
-            for key, value in scalars.items():
-                self.tb.add_scalar(key, value, step)
+            try:
+                for key, value in scalars.items():
+                    self.tb.add_scalar(key, value, step)
+            except OSError as exc:  # the event writer's own error names no file
+                raise OSError(exc.errno, exc.strerror, str(self.path.parent / "tb")) from exc
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
         text = io.StringIO(newline="")
@@ -263,8 +315,14 @@ class MetricsWriter:
         write_text_atomic(self.path, text.getvalue())
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        """Close the TensorBoard writer (once: a writer that failed, e.g. on a full disk, raises its error here, and the
+        run's summary, written next, must not meet it again)."""
+        tb, self.tb = self.tb, None
+        if tb is not None:
+            try:
+                tb.close()
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, str(self.path.parent / "tb")) from exc
 
 
 def not_a_file(path: Path) -> str | None:

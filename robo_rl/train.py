@@ -23,7 +23,7 @@ from robo_rl.build import (build_env_checked, build_learner, build_policy, build
                            check_head_and_learner, check_safety)
 from robo_rl.defaults import resolve_defaults, task_defaults
 from robo_rl.validation import ConfigError, check_device, validate
-from robo_rl.metrics import AtLeast, LogFormatter, OnceEach, setup_console_logging, write_text_atomic
+from robo_rl.metrics import AtLeast, OnceEach, RunLogFile, setup_console_logging, write_text_atomic
 from robo_rl.memory import buffers_needed, check_fits
 from robo_rl.checkpoint import list_checkpoints, recover
 from robo_rl.runners.checkpoints import find_resume_checkpoint
@@ -375,9 +375,7 @@ def _run(cfg: DictConfig, run_dir: Path, env: Any, eval_env: Any, learner: Any, 
         stats = warm_start(cfg, learner, getattr(runner, "replay", None), demos)
         runner.pretrain_seconds = stats.get("seconds", 0.0) + stats.get("critic_seconds", 0.0)
     save_run_config(cfg, run_dir)  # a resume records what it changed (steps=...), so the next one keeps it
-    file_handler = logging.FileHandler(run_dir / "train.log")
-    file_handler.setFormatter(LogFormatter("%(asctime)s %(message)s"))
-    file_handler.addFilter(OnceEach())
+    file_handler = RunLogFile(run_dir / "train.log")
     for record in held.records:  # the start-up's lines (e.g. what a resume changed) belong in the file too
         file_handler.handle(record)
     log.removeHandler(held)

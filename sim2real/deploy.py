@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -172,7 +174,7 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
         "loop": summary, "events": loop.events[:REPORTED_EVENTS],
     }
     if report_path is not None:
-        report_path.write_text(json.dumps(result, indent=2, default=float))
+        write_report(report_path, json.dumps(result, indent=2, default=float))
     return result
 
 
@@ -223,6 +225,27 @@ def passivity_void(spec: Any, sim: MujocoSim2SimRobot) -> list[str]:
             "Safety filters (energy_tank)"]
 
 
+class ReportWriteError(RuntimeError):
+    """The deploy report could not be written after the run (a full disk); the run's result was logged."""
+
+
+def write_report(path: Path, text: str) -> None:
+    """Write the report through a hidden file renamed over ``path``: a write that fails (a full disk) keeps the
+    report there before, where writing in place cut it to invalid JSON."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".deploy-", suffix=".tmp")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # as a file written in place (mkstemp's is the owner's alone)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise ReportWriteError(f"out={path}: the report could not be written ({exc.strerror or exc}); a report there "
+                               "before is kept") from None
+
+
 def check_report_path(out: str | Path, key: str = "out") -> Path:
     """``out`` as a Path if a report file can be written there, else a ValueError naming ``key``.
 
@@ -251,6 +274,8 @@ def check_report_path(out: str | Path, key: str = "out") -> Path:
             pass
         if not existed:
             path.unlink()
+        with tempfile.TemporaryFile(dir=parent):  # the hidden file the report is written through
+            pass
     except OSError as exc:  # a name too long, a read-only or virtual file system, permissions
         raise ValueError(f"{key}={out}: a report cannot be written there ({exc.strerror or exc}); choose another "
                          "report path") from None

@@ -265,6 +265,9 @@ def test_path_values_holding_equals_are_quoted_for_hydra(tmp_path):
     # the job of a sweep over quoted values: its printed resume= was a grammar error ("mismatched input '='")
     assert quote_paths(["resume=runs/sweep/env.kwargs.x='a b'", "resume=s/x=\"a'b\""]) == [
         "resume=\"runs/sweep/env.kwargs.x='a b'\"", "resume=s/x=\"a'b\""]  # both quotes in it: left to Hydra
+    # beyond ASCII: Hydra's grammar refused the printed resume= of a run in runs/ünï_日本 when pasted unquoted
+    assert quote_paths(["resume=runs/ünï_日本", "run_dir=runs/é", "seed=1"]) == [
+        "resume='runs/ünï_日本'", "run_dir='runs/é'", "seed=1"]
 
 
 def test_a_run_dir_that_is_or_lies_under_a_file_is_refused_before_hydra_makes_it(tmp_path, monkeypatch):

@@ -28,8 +28,8 @@ PATH_KEYS = ("resume", "run_dir")
 
 
 def quote_paths(args: Sequence[str]) -> list[str]:
-    """``resume=`` / ``run_dir=`` values holding ``=`` quoted for Hydra, whose grammar reads ``seed=1`` inside
-    a value as a syntax error: the ``resume=<job dir>`` that robo-rl prints for a sweep job then works when
+    """``resume=`` / ``run_dir=`` values holding ``=`` or characters beyond ASCII (``runs/ünï``) quoted for Hydra,
+    whose grammar reads either unquoted as a syntax error (``seed=1`` inside a value): the ``resume=<job dir>`` that robo-rl prints for a sweep job then works when
     pasted. A value with a comma is quoted only if it names an existing directory (otherwise the comma may be
     a sweep, ``-m run_dir=a,b``); quoted values are left alone. A path holding ``'`` (the job of a sweep over
     quoted values, ``runs/sweep/env.kwargs.x='a b'``) is quoted with ``"``."""
@@ -39,8 +39,8 @@ def quote_paths(args: Sequence[str]) -> list[str]:
     for arg in args:
         key, eq, value = arg.partition("=")
         quote = '"' if "'" in value else "'"
-        if (eq and key.lstrip("+~") in PATH_KEYS and "=" in value and value[:1] not in ("'", '"') and quote not in value
-                and ("," not in value or Path(value).is_dir())):
+        if (eq and key.lstrip("+~") in PATH_KEYS and ("=" in value or not value.isascii())
+                and value[:1] not in ("'", '"') and quote not in value and ("," not in value or Path(value).is_dir())):
             arg = f"{key}={quote}{value}{quote}"
         out.append(arg)
     return out

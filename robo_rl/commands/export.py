@@ -132,6 +132,10 @@ def export_main(args: Sequence[str]) -> int:
         sidecar = export_run(opts.run_dir, opts.out_dir, opts.format, opts.checkpoint, opts.safety)
     except (CheckpointError, FileNotFoundError, ValueError, RuntimeError, MissingDependency) as exc:
         return error(str(exc), EXIT_USAGE)
+    except OSError as exc:  # writing the export failed (a full disk): the export there before is kept
+        where = f" ({exc.filename})" if exc.filename else ""
+        return error(f"could not write the export{where}: {exc.strerror or exc}; an export already there is kept",
+                     EXIT_FAILED)
     except FloatingPointError as exc:  # a NaN policy (a damaged checkpoint) or env: no traceback, as in eval
         return error(str(exc), EXIT_FAILED)
     out = Path(opts.out_dir) if opts.out_dir else Path(opts.run_dir) / "export"
@@ -151,6 +155,8 @@ def deploy_main(args: Sequence[str]) -> int:
         return 0
     from omegaconf import OmegaConf
 
+    from sim2real.deploy import ReportWriteError, deploy
+
     try:
         opts = parse_options(args, DeployCommandConfig, "deploy")
         safety = None
@@ -161,15 +167,15 @@ def deploy_main(args: Sequence[str]) -> int:
                 raise ValueError(f"safety={opts.safety}: deploy has no run to take filters from; leave safety unset "
                                  "for the sidecar's chain, or give a configs/safety name or a YAML path")
             safety = load_safety_spec(opts.safety)["filters"]
-        from sim2real.deploy import deploy
-
         sim2sim = OmegaConf.to_container(opts.sim2sim, resolve=True)
         export_dir = Path(opts.export).parent if Path(opts.export).is_file() else Path(opts.export)  # (or policy.json)
         out = Path(opts.out) if opts.out else export_dir / "deploy.json"
         deploy(opts.export, episodes=opts.episodes, steps=opts.steps, realtime=bool(opts.realtime),
                rate_hz=opts.rate_hz, safety=safety, task=opts.task, sim2sim=sim2sim,
                watchdog=OmegaConf.to_container(opts.watchdog, resolve=True), out=out)  # out: checked before the run
-    except (OSError, ValueError) as exc:  # ExportError is a ValueError; OSError: the report's write (a full disk)
+    except ReportWriteError as exc:  # after the run, whose result was printed
+        return error(str(exc), EXIT_FAILED)
+    except (OSError, ValueError) as exc:  # ExportError is a ValueError
         return error(str(exc), EXIT_USAGE)
     print(f"wrote {out}")
     return 0

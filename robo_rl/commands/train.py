@@ -627,6 +627,13 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError, MissingDependency) as exc:
         leave_nothing()
         return error(str(exc), EXIT_USAGE)
+    except OSError as exc:  # a write outside the loop failed (the lock, config.yaml, train.log on a full disk): no traceback
+        try:
+            leave_nothing()
+        except OSError:
+            pass
+        where = f" ({exc.filename})" if exc.filename else ""
+        return error(f"could not write the run in {run_dir}{where}: {exc.strerror or exc}", EXIT_FAILED)
     except (MemoryError, RuntimeError) as exc:
         reason = out_of_memory(exc)
         if reason is None:

@@ -440,8 +440,13 @@ class Runner(RunnerCheckpoints, abc.ABC):
                     summary = self._finish(elapsed, status, t_start)
             except OSError as exc:  # the disk that stopped the run may refuse the summary too
                 if status == "completed":
-                    raise RunWriteError(f"training completed, but writing {exc.filename or 'summary.json'} failed "
-                                        f"({exc.strerror or exc}); the final checkpoint is {self._last_checkpoint}") from exc
+                    error = RunWriteError(f"training completed, but writing {exc.filename or 'summary.json'} failed "
+                                          f"({exc.strerror or exc}); the final checkpoint is {self._last_checkpoint}")
+                    try:  # a summary that says so, where it can still be written (TensorBoard's events failed)
+                        self._finish(elapsed, f"failed: {error}", t_start)
+                    except OSError:
+                        pass
+                    raise error from exc
                 log.warning(f"could not write the run's summary either ({exc.strerror or exc})")
         return summary
 
@@ -528,7 +533,11 @@ class Runner(RunnerCheckpoints, abc.ABC):
     def _finish(self, elapsed: float, status: str, t_start: float) -> dict[str, Any]:
         metrics = getattr(self, "metrics", None)
         if metrics is not None:
-            metrics.close()
+            try:
+                metrics.close()
+            except OSError:  # TensorBoard's writer failed (a full disk): a completed run reports it (and the failed
+                if status == "completed":  # summary follows); one that failed already still writes its summary
+                    raise
         last = self.eval_history[-1] if self.eval_history else None
         best = max(self.eval_history, key=lambda e: e["return_mean"]) if self.eval_history else None
         summary = {

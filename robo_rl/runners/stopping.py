@@ -22,8 +22,9 @@ class RunWriteError(RuntimeError):
 
 
 def is_write_failure(exc: OSError) -> bool:
-    """A file could not be written: no space or quota, a read-only or failing disk, access lost."""
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM)
+    """A file could not be written: no space or quota, a read-only or failing disk, access lost, a path too long."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM,
+                         errno.ENAMETOOLONG)
 
 
 class Interrupted(Exception):

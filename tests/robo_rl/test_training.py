@@ -872,6 +872,100 @@ def test_a_broken_pipe_is_not_reported_as_a_full_disk():
     assert is_write_failure(OSError(errno.ENOSPC, "No space left on device"))
     assert is_write_failure(OSError(errno.EROFS, "Read-only file system"))
     assert not is_write_failure(BrokenPipeError(errno.EPIPE, "Broken pipe"))  # an async env worker died
+    assert is_write_failure(OSError(errno.ENAMETOOLONG, "File name too long"))  # a run_dir near PATH_MAX
+
+
+def test_a_failed_metrics_row_or_event_write_names_its_file(tmp_path, monkeypatch):
+    # an append's failed flush (a full disk) carries no file name: the run's one-line error said "a run file"
+    import csv
+    import errno
+
+    from robo_rl.metrics import MetricsWriter
+
+    writer = MetricsWriter(tmp_path, tensorboard=False)
+    writer.write(1, 0.0, {"x": 1.0})
+
+    def full(self, row):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(csv.DictWriter, "writerow", full)
+    with pytest.raises(OSError) as info:
+        writer.write(2, 0.0, {"x": 2.0})
+    assert info.value.filename == str(tmp_path / "metrics.csv") and info.value.errno == errno.ENOSPC
+
+
+def test_a_tensorboard_writer_that_fails_at_the_end_still_leaves_the_failed_summary(tmp_path, monkeypatch, capsys):
+    # the event writer's error at close came before summary.json was written, and again when the failed run's summary
+    # was: the run had none ("could not write the run's summary either")
+    import errno
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from robo_rl.commands.train import run_training
+
+    def too_large(self):
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(SummaryWriter, "close", too_large)
+    run = tmp_path / "run"
+    assert run_training(compose(*SMALL_SAC, "steps=100", "log.tensorboard=true", f"run_dir={run}"), run, []) == 1
+    said = (f"training completed, but writing {run / 'tb'} failed (File too large); the final checkpoint is "
+            f"{run / 'checkpoints' / 'step_0000000100'}")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"robo-rl: error: {said}"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == f"failed: {said}" and summary["steps"] == 100
+
+
+def test_a_train_log_that_cannot_be_written_warns_once_and_never_raises(tmp_path, capsys, caplog):
+    # a full disk under train.log printed logging's traceback for every line after it (thousands, the run's one-line
+    # error lost among them), and closing the file raised over the error that ended the run
+    import errno
+    import logging
+
+    from robo_rl.metrics import RunLogFile
+
+    handler = RunLogFile(tmp_path / "train.log")
+
+    class Full:
+        def write(self, text=""):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        flush = write
+
+        def close(self):
+            pass
+
+    handler.stream = Full()
+    robo_rl_log = logging.getLogger("robo_rl")
+    robo_rl_log.addHandler(handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="robo_rl"):
+            for i in range(5):
+                robo_rl_log.info(f"line {i}")
+    finally:
+        robo_rl_log.removeHandler(handler)
+        handler.close()  # flushing the full stream: no error
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"{tmp_path / 'train.log'} could not be written (No space left on device): the run's lines from "
+                        "here on are on the console only"]
+    assert "Logging error" not in capsys.readouterr().err
+
+
+def test_a_write_that_fails_before_the_loop_is_one_line(tmp_path, monkeypatch, capsys):
+    # the lock, config.yaml or train.log on a full disk: a traceback through Hydra
+    import errno
+
+    from robo_rl.commands.train import run_training
+
+    def full(cfg, run_dir):
+        raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "config.yaml"))
+
+    monkeypatch.setattr("robo_rl.train.save_run_config", full)
+    run = tmp_path / "run"
+    assert run_training(compose(*SMALL_SAC, "steps=100", f"run_dir={run}"), run, []) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"robo-rl: error: could not write the run in {run} ({run / 'config.yaml'}): No space left on "
+                       "device") and "Traceback" not in "\n".join(err)
 
 
 def test_a_full_disk_at_a_metrics_row_names_the_file_and_the_resume(tmp_path, monkeypatch, capsys):

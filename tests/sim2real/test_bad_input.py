@@ -164,6 +164,42 @@ def test_deploy_report_location_is_checked_before_the_run(tmp_path, pendulum_exp
     assert json.loads((tmp_path / "r.json").read_text())["loop"]["steps"] == report["loop"]["steps"] == 5
 
 
+def test_a_report_write_that_fails_after_the_run_keeps_the_report_there_before(tmp_path, pendulum_export, capsys,
+                                                                                 monkeypatch):
+    # the report was written in place: a full disk cut the good report there to invalid JSON (exit 2, no file named)
+    import errno
+
+    out = tmp_path / "deploy.json"
+    assert run_cli(deploy_main, [f"export={pendulum_export}", "steps=5", f"out={out}"], capsys)[0] == 0
+    before = out.read_text()
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("sim2real.deploy.os.replace", full)
+    code, stdout, err = run_cli(deploy_main, [f"export={pendulum_export}", "steps=7", f"out={out}"], capsys)
+    assert code == 1 and one_line_error(err) == (f"robo-rl: error: out={out}: the report could not be written (No space "
+                                                 "left on device); a report there before is kept")
+    assert "5 steps" not in stdout and "7 steps" in stdout  # the run's result was printed
+    assert out.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["deploy.json", "export"]
+
+
+def test_an_export_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch):
+    # a full disk under the export printed three chained tracebacks (the export there before was kept)
+    import errno
+
+    from robo_rl.commands.export import export_main
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / ".policy.onnx.tmp"))
+
+    monkeypatch.setattr("robo_rl.exporting.export_run", full)
+    code, _, err = run_cli(export_main, [f"run_dir={tmp_path}"], capsys)
+    assert code == 1 and one_line_error(err) == (f"robo-rl: error: could not write the export "
+                                                 f"({tmp_path / 'out' / '.policy.onnx.tmp'}): No space left on device; "
+                                                 "an export already there is kept")
+
+
 # --- 5. rate_hz, steps and episodes -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, message", [
