@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
 import math
@@ -84,7 +85,18 @@ def build_env_checked(cfg: DictConfig, **options: Any) -> BatchedEnv:
     except (ValueError, ImportError, KeyboardInterrupt):  # ours already name the key (ConfigError is a ValueError)
         raise
     except Exception as exc:  # noqa: BLE001 - whatever the task raises, named with the config that caused it
+        # not the config's fault but the machine's: the CLI's exit 1, as out of memory and file limits elsewhere
+        if _resource_exhausted(exc):
+            raise MemoryError(f"env.id={cfg.env.id} could not be built: {type(exc).__name__}: {exc}") from exc
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise exc
         raise _env_failure(cfg, "could not be built", exc) from exc
+
+
+def _resource_exhausted(exc: BaseException) -> bool:
+    """Whether building an env failed for want of memory (MuJoCo's "Could not allocate memory" under a memory limit),
+    which was reported as bad configuration (exit 2)."""
+    return isinstance(exc, MemoryError) or "allocate memory" in str(exc).lower()
 
 
 def check_env_runs(cfg: DictConfig, env: BatchedEnv) -> None:

@@ -217,6 +217,10 @@ def describe_config_edits(edits: list[tuple[str, Any, Any]], where: str = "confi
 def directory_problem(path: Path) -> str | None:
     """Why no run directory can be made or written at ``path`` (it is a file, or lies under one, or the nearest existing
     directory is not writable by this process or refuses a new directory), or None."""
+    dangling = next((p for p in (path, *path.parents) if p.is_symlink() and not p.exists()), None)
+    if dangling is not None:  # exists() is false for it, and Hydra's mkdir failed with "File exists"
+        return (f"{'that' if dangling == path else str(dangling)} is a symbolic link to {os.readlink(dangling)}, which "
+                "does not exist; create its target or choose another path")
     blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
     if blocker == path:
         return "that is a file, not a directory; choose a directory"

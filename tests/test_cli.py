@@ -278,6 +278,12 @@ def test_a_run_dir_that_is_or_lies_under_a_file_is_refused_before_hydra_makes_it
     assert "that is a file, not a directory" in run_dir_problem([f"resume={tmp_path / 'f'}"])
     assert f"{tmp_path / 'f'} is a file, so no directory" in run_dir_problem(["-m", f"run_dir={tmp_path / 'f' / 'runs'}"])
     assert run_dir_problem([f"run_dir={tmp_path / 'new' / 'run'}", "seed=1"]) is None
+    # a dangling symbolic link: Hydra's mkdir failed with a FileExistsError traceback
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    assert run_dir_problem([f"run_dir={tmp_path / 'link'}"]) == (
+        f"run_dir={tmp_path / 'link'}: that is a symbolic link to {tmp_path / 'gone'}, which does not exist; create its "
+        "target or choose another path")
+    assert f"{tmp_path / 'link'} is a symbolic link to" in run_dir_problem([f"run_dir={tmp_path / 'link' / 'run'}"])
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").write_text("x")  # the default run directory goes under ./runs
     assert "runs/ (where runs go without run_dir=): that is a file" in run_dir_problem(["seed=1"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import re
 import shlex
 import sys
@@ -632,6 +634,9 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
             leave_nothing()
         except OSError:
             pass
+        if exc.errno in (errno.EMFILE, errno.ENFILE):  # (envs, async workers' pipes, run files)
+            return error(f"too many open files: lower env.num_envs, or raise the limit (ulimit -n, now {open_files_limit()})",
+                         EXIT_FAILED)
         where = f" ({exc.filename})" if exc.filename else ""
         return error(f"could not write the run in {run_dir}{where}: {exc.strerror or exc}", EXIT_FAILED)
     except (MemoryError, RuntimeError) as exc:
@@ -646,6 +651,17 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def open_files_limit() -> str:
+    """This process's limit on open files, as ``ulimit -n`` shows it."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return "unknown"
+    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
 
 
 def out_of_memory(exc: BaseException) -> str | None:

@@ -916,6 +916,26 @@ def test_a_tensorboard_writer_that_fails_at_the_end_still_leaves_the_failed_summ
     assert summary["status"] == f"failed: {said}" and summary["steps"] == 100
 
 
+@pytest.mark.parametrize("failure, said", [
+    (RuntimeError("engine error: Could not allocate memory"),
+     "robo-rl: error: out of memory: env.id=Pendulum-v1 could not be built: RuntimeError: engine error: Could not "
+     "allocate memory; lower what the config sizes"),
+    (OSError(24, "Too many open files"),
+     "robo-rl: error: too many open files: lower env.num_envs, or raise the limit (ulimit -n, now "),
+])
+def test_an_env_the_machine_has_no_room_for_is_not_blamed_on_the_config(tmp_path, monkeypatch, capsys, failure, said):
+    # under ulimit -v / ulimit -n, "env.id=Pendulum-v1 could not be built: ..." came as bad configuration (exit 2)
+    from robo_rl.commands.train import run_training
+
+    def no_room(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr("robo_rl.build.build_env", no_room)
+    run = tmp_path / "run"
+    assert run_training(compose(*SMALL_SAC, "steps=100", f"run_dir={run}"), run, []) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(said)
+
+
 def test_a_train_log_that_cannot_be_written_warns_once_and_never_raises(tmp_path, capsys, caplog):
     # a full disk under train.log printed logging's traceback for every line after it (thousands, the run's one-line
     # error lost among them), and closing the file raised over the error that ended the run
