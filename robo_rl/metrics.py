@@ -118,6 +118,11 @@ class RunLogFile(logging.FileHandler):
         log.warning(f"{self.baseFilename} could not be written ({getattr(error, 'strerror', None) or error}): the run's "
                     "lines from here on are on the console only")
 
+    def stopped(self, exc: BaseException) -> None:
+        """Record why the run stopped (the console has it from the CLI's error line)."""
+        self.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, f"stopped: {type(exc).__name__}: {exc}",
+                                   None, None))
+
     def close(self) -> None:
         try:
             super().close()
@@ -150,8 +155,7 @@ def run_logging(run_dir: Path) -> Iterator[None]:
         yield
     except BaseException as exc:  # train.log records why the run stopped, as train()'s does
         if not isinstance(exc, Interrupted):
-            file_handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0,
-                                               f"stopped: {type(exc).__name__}: {exc}", None, None))
+            file_handler.stopped(exc)
         raise
     finally:
         log.removeHandler(file_handler)

@@ -386,8 +386,7 @@ def _run(cfg: DictConfig, run_dir: Path, env: Any, eval_env: Any, learner: Any, 
         log.info(str(exc))
         raise
     except BaseException as exc:  # the CLI prints it on the console; train.log records why the run stopped
-        file_handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0,
-                                           f"stopped: {type(exc).__name__}: {exc}", None, None))
+        file_handler.stopped(exc)
         raise
     finally:
         log.removeHandler(file_handler)
