@@ -936,7 +936,7 @@ def test_an_env_the_machine_has_no_room_for_is_not_blamed_on_the_config(tmp_path
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(said)
 
 
-def test_a_train_log_that_cannot_be_written_warns_once_and_never_raises(tmp_path, capsys, caplog):
+def test_a_train_log_that_cannot_be_written_warns_once_and_never_raises(tmp_path, capsys):
     # a full disk under train.log printed logging's traceback for every line after it (thousands, the run's one-line
     # error lost among them), and closing the file raised over the error that ended the run
     import errno
@@ -956,16 +956,21 @@ def test_a_train_log_that_cannot_be_written_warns_once_and_never_raises(tmp_path
             pass
 
     handler.stream = Full()
+    records: list[logging.LogRecord] = []
+    catcher = logging.Handler()
+    catcher.emit = records.append
     robo_rl_log = logging.getLogger("robo_rl")
-    robo_rl_log.addHandler(handler)
+    saved, level = robo_rl_log.handlers[:], robo_rl_log.level  # (a console handler of an earlier test's stderr aside)
+    robo_rl_log.handlers = [handler, catcher]
+    robo_rl_log.setLevel(logging.INFO)
     try:
-        with caplog.at_level(logging.INFO, logger="robo_rl"):
-            for i in range(5):
-                robo_rl_log.info(f"line {i}")
+        for i in range(5):
+            robo_rl_log.info(f"line {i}")
     finally:
-        robo_rl_log.removeHandler(handler)
+        robo_rl_log.handlers = saved
+        robo_rl_log.setLevel(level)
         handler.close()  # flushing the full stream: no error
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
     assert warnings == [f"{tmp_path / 'train.log'} could not be written (No space left on device): the run's lines from "
                         "here on are on the console only"]
     assert "Logging error" not in capsys.readouterr().err
