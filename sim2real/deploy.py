@@ -155,6 +155,11 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
     lat = summary["latency"]["inference_ms"]
     finished = (f"return {_fmt(returns.mean(), returns.std())}" if returns.size
                 else "no episode finished (report return_mean: null)")
+    # a task reporting a cost (info["cost"]: ContactMaze's energy injection), as robo-rl eval reports it
+    costs = list(sim.episode_costs) if any(c is not None for c in sim.episode_costs) else None
+    reported = [c for c in costs or [] if c is not None]
+    if reported:
+        finished += f", cost {np.mean(reported):.3g} per episode"
     log(f"{report.steps} steps, {len(returns)} episode{'s' if len(returns) != 1 else ''}, {finished}; inference p50 {lat['p50'] or 0:.3f} ms, "
         f"p99 {lat['p99'] or 0:.3f} ms; fallbacks {report.fallbacks}, filter interventions "
         f"{report.filter_interventions}, deadline misses {report.deadline_misses}")
@@ -171,6 +176,7 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
         "episodes": len(returns), "episode_returns": returns.tolist(), "episode_lengths": list(sim.episode_lengths),
         "return_mean": float(returns.mean()) if returns.size else None,
         "return_std": float(returns.std()) if returns.size else None,
+        **({"costs": costs, "cost_mean": float(np.mean(reported)) if reported else None} if costs is not None else {}),
         "loop": summary, "events": loop.events[:REPORTED_EVENTS],
     }
     if report_path is not None:

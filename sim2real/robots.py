@@ -11,6 +11,7 @@ Only numpy, gymnasium and mujoco are imported (no torch), like the runtime itsel
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -154,6 +155,9 @@ class MujocoSim2SimRobot(Robot):
         self.env: Any = None
         self.episode_returns: list[float] = []
         self.episode_lengths: list[int] = []
+        # a task that reports a cost (info["cost"], ContactMaze's energy injection): its sum per episode, as robo-rl
+        # eval reports it; None for an episode without one (or with a NaN/inf cost)
+        self.episode_costs: list[float | None] = []
         self.physics_params: dict[str, np.ndarray] = {}
 
     # --- Robot -----------------------------------------------------------------------------------
@@ -229,15 +233,23 @@ class MujocoSim2SimRobot(Robot):
         self._queue.append(action)
         self._current = action
         applied = self._queue.popleft()
-        obs, reward, terminated, truncated, _ = self._step(applied)
+        obs, reward, terminated, truncated, info = self._step(applied)
         self._return += float(reward)
         self._length += 1
+        cost = info.get("cost") if isinstance(info, dict) else None  # (some tasks report it at some steps only)
+        if cost is not None:
+            try:
+                cost = float(cost)
+            except (TypeError, ValueError):
+                cost = math.nan
+            self._cost = (self._cost or 0.0) + cost
         self._obs = np.asarray(obs)
         if hasattr(self.clock, "advance"):
             self.clock.advance(self.dt)
         if terminated or truncated:
             self.episode_returns.append(self._return)
             self.episode_lengths.append(self._length)
+            self.episode_costs.append(self._cost if self._cost is not None and math.isfinite(self._cost) else None)
             self._reset(seed=None)
 
     def fallback_action(self) -> np.ndarray:
@@ -312,6 +324,7 @@ class MujocoSim2SimRobot(Robot):
         obs, _ = self.env.reset(seed=seed)
         self._obs = np.asarray(obs)
         self._return, self._length, self._episode_start = 0.0, 0, True
+        self._cost: float | None = None  # none reported yet this episode
         # commands in flight do not survive a reset: the new episode starts with the fallback queued
         self._queue: deque[np.ndarray] = deque(self.fallback_action() for _ in range(self.action_latency))
         self._current = self.fallback_action()

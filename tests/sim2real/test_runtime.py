@@ -861,6 +861,25 @@ def test_deploy_refuses_a_task_whose_action_bounds_are_not_the_exports(tmp_path:
     assert deploy(str(exact), steps=5, log=lines.append)["loop"]["steps"] == 5
 
 
+def test_deploy_reports_the_episode_cost_of_a_task_that_reports_one(tmp_path: Path) -> None:
+    # robo-rl eval printed ContactMaze's energy cost per episode; deploy, the passivity deployment, did not
+    import gymnasium as gym
+
+    import envs  # noqa: F401 (registers robo_rl/ContactMaze-v0)
+
+    probe = gym.make("robo_rl/ContactMaze-v0")
+    obs_dim, act_dim, dt = probe.observation_space.shape[0], probe.action_space.shape[0], probe.unwrapped.dt
+    probe.close()
+    export = make_export(tmp_path / "maze", obs_dim=obs_dim, act_dim=act_dim, task="robo_rl/ContactMaze-v0", dt=dt)
+    lines: list[str] = []
+    report = deploy(str(export), episodes=2, log=lines.append, sim2sim={"max_episode_steps": 30})
+    assert report["episodes"] == 2 and len(report["costs"]) == 2 and all(c >= 0 for c in report["costs"])
+    assert report["cost_mean"] == pytest.approx(sum(report["costs"]) / 2)
+    assert f"cost {report['cost_mean']:.3g} per episode" in lines[-1]
+    pendulum = make_export(tmp_path / "pend", obs_dim=4, act_dim=1, low=-3.0, high=3.0, task="InvertedPendulum-v5")
+    assert "costs" not in deploy(str(pendulum), episodes=1, log=lambda _: None)  # a task without a cost
+
+
 def test_deploy_warns_when_the_sim2sim_plant_voids_the_energy_tank_s_guarantee(tmp_path: Path, caplog) -> None:
     # training warned of a randomized plant the tank does not cover; deploy ran the same plant without a word
     import logging
