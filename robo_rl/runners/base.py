@@ -577,7 +577,8 @@ class Runner(RunnerCheckpoints, abc.ABC):
         if status == "completed":
             log.info(f"done: {self.step:,} steps in {format_duration(elapsed)} ({self.step / max(elapsed, 1e-9):,.0f} steps/s; "
                      f"{len(self.eval_history)} evaluation{'s' if len(self.eval_history) != 1 else ''} took "
-                     f"{format_duration(self.eval_seconds)}"
+                     # under a minute to the tenth of a second: "took 0:00" read as nothing, summary.json said 0.74 s
+                     + (f"{self.eval_seconds:.1f} s" if self.eval_seconds < 60 else format_duration(self.eval_seconds))
                      + (f", after {format_duration(self.pretrain_seconds)} of pretraining on demonstrations"
                         if self.pretrain_seconds else "") + "); "
                      f"final eval return {format_return(summary['final_eval_return_mean'], summary['final_eval_return_std'])}; "
