@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from envs.randomization import RandomizationSpec
@@ -77,15 +78,19 @@ def make_env(
     if backend == "gymnasium":
         from envs.gymnasium_backend import GymnasiumBatchedEnv
 
-        return GymnasiumBatchedEnv(task_id, num_envs, vectorization, kwargs, max_episode_steps, device, randomize, render)
+        with _mujoco_warnings_logged(_builds_mujoco(task_id)):
+            return GymnasiumBatchedEnv(task_id, num_envs, vectorization, kwargs, max_episode_steps, device, randomize,
+                                       render)
     if backend == "mujoco":
         from envs.mujoco import MujocoBatchedEnv
 
-        return MujocoBatchedEnv(task_id, num_envs, kwargs, max_episode_steps, threads, device, randomize)
+        with _mujoco_warnings_logged(True):
+            return MujocoBatchedEnv(task_id, num_envs, kwargs, max_episode_steps, threads, device, randomize)
     if backend == "mjwarp":
         from envs.mjwarp import MjwarpBatchedEnv
 
-        return MjwarpBatchedEnv(task_id, num_envs, kwargs, max_episode_steps, device, randomize)
+        with _mujoco_warnings_logged(True):
+            return MjwarpBatchedEnv(task_id, num_envs, kwargs, max_episode_steps, device, randomize)
     if backend == "isaac":
         from envs.isaac import make_isaac_env
 
@@ -97,6 +102,39 @@ def make_env(
                              "it); leave env.max_episode_steps unset")
         return make_isaac_env(task_id, num_envs, device, kwargs)
     raise ValueError(f"unknown env backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+@contextmanager
+def _mujoco_warnings_logged(active: bool) -> Iterator[None]:
+    """MuJoCo's warnings while envs are built from Python (gymnasium's HalfCheetah asset compiles with a deprecated
+    attribute: one warning per env copy) through robo-rl's log, once per kind, as the CLI and ``train()`` route them:
+    MuJoCo's own handler printed each and appended it to MUJOCO_LOG.TXT in the working directory. A handler already
+    set (the CLI's, a run's, the caller's own) is left alone."""
+    if not active:
+        yield
+        return
+    import mujoco
+
+    if mujoco.get_mju_user_warning() is not None:
+        yield
+        return
+    from envs.mujoco_log import routed_mujoco_warnings
+
+    with routed_mujoco_warnings():
+        yield
+
+
+def _builds_mujoco(task_id: str) -> bool:
+    """Whether the gymnasium task ``task_id`` simulates with MuJoCo (its entry point is gymnasium's MuJoCo envs or
+    robo-rl's own tasks); False for an id the registry does not know (building it names the problem)."""
+    import gymnasium as gym
+
+    try:
+        entry = gym.spec(task_id).entry_point
+    except Exception:  # noqa: BLE001 - unknown or malformed ids fail when the env is built, named
+        return False
+    module = entry if isinstance(entry, str) else getattr(entry, "__module__", "") or ""
+    return "mujoco" in module or module.startswith("envs.")
 
 
 def _checked_kwargs(task_id: str, kwargs: Any) -> Mapping[str, Any] | None:

@@ -1,6 +1,10 @@
 """MuJoCo's warnings routed to Python logging (what `robo-rl` installs at start-up)."""
 
 import logging
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import gymnasium
@@ -105,3 +109,23 @@ def test_the_warnings_of_async_workers_are_logged_by_the_main_process(routed):
     finally:
         env.close()
     assert not (routed / "MUJOCO_LOG.TXT").exists()
+
+
+def test_envs_built_from_python_leave_no_mujoco_log_and_keep_a_handler_of_the_callers(tmp_path):
+    # make_env from Python (outside train(), which routes the warnings for its run) printed HalfCheetah's settotalmass
+    # deprecation once per env copy and appended it to MUJOCO_LOG.TXT in the working directory
+    code = textwrap.dedent("""
+        import mujoco
+        from envs import make_env
+        for backend in ("gymnasium", "mujoco"):
+            make_env("HalfCheetah-v5", num_envs=2, backend=backend).close()
+        assert mujoco.get_mju_user_warning() is None  # MuJoCo's own handler again afterwards
+        mine = []
+        mujoco.set_mju_user_warning(mine.append)  # a handler of the caller's own is left to get them
+        make_env("HalfCheetah-v5", num_envs=1, backend="gymnasium").close()
+        assert any("settotalmass" in m for m in mine), mine
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert proc.returncode == 0, proc.stderr
+    assert "settotalmass" not in proc.stderr and not (tmp_path / "MUJOCO_LOG.TXT").exists()
