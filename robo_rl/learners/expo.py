@@ -15,7 +15,7 @@ Dong et al. 2025, "EXPO: Stable Reinforcement Learning with Expressive Policies"
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn

@@ -52,7 +52,7 @@ class OffPolicyRunner(Runner):
         return self.policy.from_unit(u.to(self.device) * 2.0 - 1.0)
 
     def iterate(self) -> None:
-        env, learner, n = self.env, self.learner, self.env.num_envs
+        learner, n = self.learner, self.env.num_envs
         obs = self.obs
         # 1. act: uniform random before learning starts, then the learner's exploration policy
         actions = self._random_actions() if self.step < self.learning_starts else self.policy_actions(learner.explore, obs)
