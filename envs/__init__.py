@@ -126,15 +126,15 @@ def _mujoco_warnings_logged(active: bool) -> Iterator[None]:
 
 def _builds_mujoco(task_id: str) -> bool:
     """Whether the gymnasium task ``task_id`` simulates with MuJoCo (its entry point is gymnasium's MuJoCo envs or
-    robo-rl's own tasks); False for an id the registry does not know (building it names the problem)."""
+    robo-rl's ContactMaze, not its TwoGoals); False for an id the registry does not know (building it names it)."""
     import gymnasium as gym
 
     try:
         entry = gym.spec(task_id).entry_point
     except Exception:  # noqa: BLE001 - unknown or malformed ids fail when the env is built, named
         return False
-    module = entry if isinstance(entry, str) else getattr(entry, "__module__", "") or ""
-    return "mujoco" in module or module.startswith("envs.")
+    module = entry.split(":")[0] if isinstance(entry, str) else getattr(entry, "__module__", "") or ""
+    return "mujoco" in module or module == "envs.tasks.contact_maze"
 
 
 def _checked_kwargs(task_id: str, kwargs: Any) -> Mapping[str, Any] | None:

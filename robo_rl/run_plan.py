@@ -9,7 +9,6 @@ from Python (``warn=True``), whose ``train()`` would otherwise run such a plan w
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig
@@ -88,31 +87,22 @@ def plan_warnings(cfg: DictConfig, env: Any, eval_env: Any, learner: Any) -> lis
 def passivity_void(cfg: DictConfig) -> list[str]:
     """A warning when an energy_tank filter trains on a randomized plant its guarantee does not cover (README,
     Safety filters): the filter still runs, but what it passes is no longer bounded by the tank."""
-    tanks = [f for f in (cfg.safety.get("filters") or []) if isinstance(f, Mapping) and f.get("type") == "energy_tank"]
+    from sim2real.filters.energy_tank import guarantee_void
+
     randomize = cfg.env.get("randomize")
-    if not tanks or randomize is None:
+    if not cfg.safety.get("filters") or randomize is None:
         return []
-    why = []
-    delay = randomize.get("action_delay")
-    if delay is not None and max(delay) > 0:
-        why.append(f"env.randomize.action_delay={list(delay)} (the tank settles each step against a command the "
-                   "plant has not applied yet)")
-    if float(randomize.get("action_noise_std") or 0.0) > 0:
-        why.append(f"env.randomize.action_noise_std={float(randomize.action_noise_std):g} (the plant gets another "
-                   "command than the one the tank passed)")
-    for key, low, what in (("joint_damping_scale", True, "less damping than the filter's damping, whose loss it "
-                                                           "credits"),
-                           ("actuator_gain_scale", False, "more force per unit of action than its torque_scale")):
-        scale = randomize.get(key)  # (geom_friction_scale scales contacts' friction, which the tank does not credit)
-        if scale is None:
-            continue
-        if (min(scale) < 1.0) if low else (max(scale) > 1.0):
-            why.append(f"env.randomize.{key}={list(scale)} ({what})")
-    if not why:
-        return []
-    return [f"safety: the energy_tank filter's passivity guarantee does not hold on this randomized plant: "
-            f"{'; '.join(why)}. The filter still runs, but what it passes is not bounded by its tank; see README, "
-            "Safety filters (energy_tank)"]
+
+    def given(key: str) -> tuple[str, Any] | None:
+        value = randomize.get(key)
+        return None if value is None else (f"env.randomize.{key}", list(value))
+
+    noise = float(randomize.get("action_noise_std") or 0.0)
+    # (geom_friction_scale scales contacts' friction, which the tank does not credit)
+    return guarantee_void(cfg.safety.filters, "randomized plant", latency=given("action_delay"),
+                          damping=given("joint_damping_scale"), gain=given("actuator_gain_scale"),
+                          other=(f"env.randomize.action_noise_std={noise:g} (the plant gets another command than the "
+                                 "one the tank passed)",) if noise > 0 else ())
 
 
 def gradient_updates(cfg: DictConfig, env: Any, learner: Any) -> int | None:

@@ -119,7 +119,14 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
 
     sim = MujocoSim2SimRobot(task, control_dt=control_dt, clock=clock, env_kwargs=kwargs, check_task=check_task,
                              **options)
-    for line in passivity_void(spec, sim):  # as training warns of a randomized plant (the settings checked by now)
+    from sim2real.filters.energy_tank import guarantee_void
+
+    ranges = sim.physics_ranges  # as training warns of a randomized plant (the settings checked by now)
+    for line in guarantee_void(spec, "sim2sim plant", latency=("sim2sim.action_latency", sim.action_latency),
+                               damping=("sim2sim.physics.damping_scale", ranges["damping_scale"])
+                               if "damping_scale" in ranges else None,
+                               gain=("sim2sim.physics.actuator_gain_scale", ranges["actuator_gain_scale"])
+                               if "actuator_gain_scale" in ranges else None):
         logging.getLogger("robo_rl").warning(line)
     sim.connect()
     try:
@@ -204,31 +211,6 @@ def check_action_bounds(runtime: PolicyRuntime, space: Any, task: str) -> None:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def passivity_void(spec: Any, sim: MujocoSim2SimRobot) -> list[str]:
-    """A warning when the chain ``spec`` holds an energy tank and the sim2sim robot makes a plant its guarantee does not
-    cover (README, Safety filters: actuation latency; less damping or more actuator gain than the tank was set up for).
-    The filter still runs; what it passes is no longer bounded by its tank."""
-    entries = spec.get("filters") if isinstance(spec, dict) else spec
-    if not any(isinstance(entry, dict) and entry.get("type") == "energy_tank" for entry in entries or []):
-        return []
-    why = []
-    if sim.action_latency > 0:
-        why.append(f"sim2sim.action_latency={sim.action_latency} (the tank settles each step against a command the "
-                   "plant has not applied yet)")
-    damping, gain = sim.physics_ranges.get("damping_scale"), sim.physics_ranges.get("actuator_gain_scale")
-    if damping is not None and min(damping) < 1.0:
-        why.append(f"sim2sim.physics.damping_scale={list(damping)} (less damping than the filter's, whose loss it "
-                   "credits)")
-    if gain is not None and max(gain) > 1.0:
-        why.append(f"sim2sim.physics.actuator_gain_scale={list(gain)} (more force per unit of action than its "
-                   "torque_scale)")
-    if not why:
-        return []
-    return [f"safety: the energy_tank filter's passivity guarantee does not hold on this sim2sim plant: "
-            f"{'; '.join(why)}. The filter still runs, but what it passes is not bounded by its tank; see README, "
-            "Safety filters (energy_tank)"]
 
 
 class ReportWriteError(RuntimeError):

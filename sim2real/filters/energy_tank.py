@@ -34,6 +34,7 @@ The command is scaled by the largest alpha in [0, 1] whose bound fits the tank a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,32 @@ WORK_BOUNDS = ("damped", "velocity")
 # Shrink factors tried when the cast of the scaled command to the caller's float width overdraws the tank
 # by a few ulps; 0 (no torque, zero work bound) always fits a tank that is at or above its minimum.
 _SHRINK = (1.0, 1.0 - 1e-12, 1.0 - 1e-9, 1.0 - 1e-6, 1.0 - 1e-3, 0.0)
+
+
+def guarantee_void(spec: Any, plant: str, latency: tuple[str, Any] | None = None,
+                   damping: tuple[str, Any] | None = None, gain: tuple[str, Any] | None = None,
+                   other: tuple[str, ...] = ()) -> list[str]:
+    """The start-up warning when the chain ``spec`` holds an energy tank and ``plant`` (training's randomized plant,
+    deploy's sim2sim one) has what the tank's guarantee does not cover (README, Safety filters): actuation ``latency``
+    above 0, a ``damping`` scale range reaching below 1 or a ``gain`` range above 1, each given as (key, value), and
+    ``other`` reasons already worded; [] when the chain has no tank or nothing voids it."""
+    entries = spec.get("filters") if isinstance(spec, Mapping) else spec
+    if not any(isinstance(entry, Mapping) and entry.get("type") == "energy_tank" for entry in entries or []):
+        return []
+    why = []
+    if latency is not None and max(np.ravel(latency[1])) > 0:
+        why.append(f"{latency[0]}={latency[1]} (the tank settles each step against a command the plant has not "
+                   "applied yet)")
+    why += other
+    if damping is not None and min(damping[1]) < 1.0:
+        why.append(f"{damping[0]}={list(damping[1])} (less damping than the filter's, whose loss it credits)")
+    if gain is not None and max(gain[1]) > 1.0:
+        why.append(f"{gain[0]}={list(gain[1])} (more force per unit of action than its torque_scale)")
+    if not why:
+        return []
+    return [f"safety: the energy_tank filter's passivity guarantee does not hold on this {plant}: {'; '.join(why)}. "
+            "The filter still runs, but what it passes is not bounded by its tank; see README, Safety filters "
+            "(energy_tank)"]
 
 
 class EnergyTankFilter(SafetyFilter):

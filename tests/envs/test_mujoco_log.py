@@ -129,3 +129,11 @@ def test_envs_built_from_python_leave_no_mujoco_log_and_keep_a_handler_of_the_ca
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert proc.returncode == 0, proc.stderr
     assert "settotalmass" not in proc.stderr and not (tmp_path / "MUJOCO_LOG.TXT").exists()
+
+
+def test_make_env_knows_which_gymnasium_tasks_compile_mujoco_models():
+    from envs import _builds_mujoco
+
+    # (an entry point names "module:Class": robo-rl's ContactMaze was missed when the class part was read as module)
+    assert [_builds_mujoco(t) for t in ("HalfCheetah-v5", "robo_rl/ContactMaze-v0", "robo_rl/TwoGoals-v0",
+                                        "Pendulum-v1", "Unknown-v0")] == [True, True, False, False, False]
