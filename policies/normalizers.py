@@ -47,6 +47,23 @@ class RunningMeanStd(nn.Module):
         self.count.fill_(total)
 
 
+def coarse_dimensions(stats: RunningMeanStd, steps_per_std: float = 64.0, min_magnitude: float = 1e3
+                      ) -> list[tuple[int, float, float, float]]:
+    """(dimension, mean, std, float32 step at the mean) of every dimension that float32, the observations' type,
+    resolves in fewer than ``steps_per_std`` steps per standard deviation: a value near 1e8 steps by 8, so a
+    position varying by 1 there is seen in about one float32 step, or not at all, and subtracting the mean
+    afterwards cannot bring the lost digits back. Dimensions within ``min_magnitude`` of 0 are never reported
+    (a constant feature such as a bias input of 1). Empty before two observations."""
+    if float(stats.count) < 2:
+        return []
+    mean = stats.mean.abs()
+    mean32 = mean.float()
+    spacing = (torch.nextafter(mean32, torch.tensor(float("inf"))) - mean32).double()
+    std = stats.var.clamp_min(0).sqrt()
+    coarse = (mean >= min_magnitude) & (std < steps_per_std * spacing)
+    return [(int(i), float(stats.mean[i]), float(std[i]), float(spacing[i])) for i in coarse.nonzero().flatten()]
+
+
 class ObsNormalizer(nn.Module):
     """obs -> clip((obs - mean) / sqrt(var + eps), -clip, clip); the identity when disabled.
 

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs import BatchedEnv
 from envs.base import WorkerDied, all_finite
+from policies.normalizers import coarse_dimensions
 from robo_rl.checkpoint import CheckpointWriteError, list_checkpoints, prune_checkpoints
 from robo_rl.evaluation import (EvaluationNotFinished, EvaluationStopped, device_mismatch, evaluate,
                                 policy_env_mismatch)
@@ -72,6 +73,7 @@ class Runner(RunnerCheckpoints, abc.ABC):
         self.frozen_obs_norm = bool(demos is not None and demos.path and demos.pretrain_steps > 0
                                     and demos.freeze_obs_norm)
         self.reset_obs_counted = False  # set by train() once the run's first observations are in the statistics
+        self._resolution_checked = False  # whether the observation statistics were checked for float32 resolution
         # filters (if any) act in both; costs are read wherever the task reports them, required when learned from
         self.safety = safety_settings(cfg)
         self.env = SafetyLayer(env, self.safety.filters, self.safety.cost_key, require_cost=bool(self.safety.passivity_aware))
@@ -451,6 +453,9 @@ class Runner(RunnerCheckpoints, abc.ABC):
         return summary
 
     def _write_row(self, wall: float, t_start: float) -> None:
+        if not self._resolution_checked:  # once, on the statistics of the first log interval
+            self._resolution_checked = True
+            self.warn_coarse_observations()
         segment = time.perf_counter() - t_start
         trained = self.step - self._segment_start_step
         scalars: dict[str, float] = {
@@ -480,6 +485,22 @@ class Runner(RunnerCheckpoints, abc.ABC):
             scalars[f"train/{k}"] = total / counts[k]
         self._acc.clear()
         self.metrics.write(self.step, wall, scalars)
+
+    def warn_coarse_observations(self) -> None:
+        """A warning naming the observation dimensions that sit so far from 0 for their spread that float32 loses
+        their variation (``coarse_dimensions``): normalization, in the policy, comes after that cast."""
+        obs_norm = self.policy.obs_norm
+        coarse = coarse_dimensions(obs_norm.stats) if obs_norm.enabled else []
+        if not coarse:
+            return
+        dim, mean, std, step = coarse[0]
+        more = f" (and {len(coarse) - 1} more: {', '.join(str(c[0]) for c in coarse[1:6])}{', ...' if len(coarse) > 6 else ''})"
+        log.warning(f"{self.env.task_id}'s observation dimension {dim}{more if len(coarse) > 1 else ''} sits far from 0 "
+                    f"for its spread: about {mean:.4g} with std {std:.3g}, where float32 (the observations' type) steps "
+                    f"by {step:.3g}, so the networks see its variation in a few float32 steps or not at all, and "
+                    "normalizing cannot bring the lost digits back. Subtract the offset in the task (relative "
+                    "coordinates, e.g. with gymnasium.wrappers.TransformObservation) so its values lie near 0; a "
+                    "dimension that is truly constant can be ignored")
 
     def _evaluate(self, wall: float, may_stop: bool = False) -> None:
         """The evaluation at this step, recorded in eval_history and the metrics. ``may_stop``: a periodic one, which
