@@ -42,6 +42,12 @@ def all_finite(x: torch.Tensor) -> bool:
     return math.isfinite(float(x.sum())) or bool(torch.isfinite(x).all())
 
 
+class ContractError(ValueError):
+    """An env broke its API: the batched-env contract (``check_step_result``, ``check_reset_obs``), or a gymnasium
+    task's step/reset outputs (the gymnasium backend's checks). The message names the env and the part at fault; it
+    is bad input, reported as such (not as the env's own error mid-run)."""
+
+
 class WorkerDied(RuntimeError):
     """A simulator worker process exited without a Python error to forward (killed by a signal, e.g. the
     kernel's OOM killer, or crashed in native code); the message names the task and the exit code(s). Also raised
@@ -302,7 +308,7 @@ def check_reset_obs(env: "BatchedEnv", obs: Any) -> None:
     [N, obs_dim], as the batched-env contract asks. Called by the runners and ``evaluate`` at every reset."""
     if not (isinstance(obs, torch.Tensor) and obs.dtype == torch.float32 and tuple(obs.shape) == (env.num_envs, env.obs_dim)):
         got = f"a tensor of {obs.dtype} {list(obs.shape)}" if isinstance(obs, torch.Tensor) else type(obs).__name__
-        raise ValueError(f"{env.task_id} ({type(env).__name__}): reset() returned {got}; the batched-env contract "
+        raise ContractError(f"{env.task_id} ({type(env).__name__}): reset() returned {got}; the batched-env contract "
                          f"(envs/base.py) needs a torch.float32 tensor of shape {[env.num_envs, env.obs_dim]} (.float())")
 
 
@@ -316,7 +322,7 @@ def check_step_result(env: "BatchedEnv", result: tuple) -> None:
     try:
         obs, reward, terminated, truncated, info = result
     except (TypeError, ValueError):
-        raise ValueError(f"{name}: step() must return (obs, reward, terminated, truncated, info), got "
+        raise ContractError(f"{name}: step() must return (obs, reward, terminated, truncated, info), got "
                          f"{type(result).__name__}") from None
     episode = info.get("episode") if isinstance(info, dict) else None
     parts = {"obs": (obs, (n, env.obs_dim), torch.float32), "reward": (reward, (n,), torch.float32),
@@ -333,11 +339,11 @@ def check_step_result(env: "BatchedEnv", result: tuple) -> None:
         if not ok:
             got = (f"a tensor of {value.dtype} {list(value.shape)}" if isinstance(value, torch.Tensor)
                    else "nothing" if value is None else type(value).__name__)
-            raise ValueError(f"{name}: step() returned {what} as {got}; the batched-env contract (envs/base.py) "
+            raise ContractError(f"{name}: step() returned {what} as {got}; the batched-env contract (envs/base.py) "
                              f"needs a {dtype or 'float'} tensor of shape {list(shape)}"
                              + (" (0/1 flags: .bool())" if dtype == torch.bool else " (.float())" if dtype else ""))
     if not isinstance(episode, dict):
-        raise ValueError(f'{name}: step() info has no "episode" entry; the batched-env contract (envs/base.py) needs '
+        raise ContractError(f'{name}: step() info has no "episode" entry; the batched-env contract (envs/base.py) needs '
                          'info["episode"] = {"return": [N] float, "length": [N] int, "mask": [N] bool} for the '
                          "episodes that ended in the step (envs.base.EpisodeTracker keeps the sums)")
 

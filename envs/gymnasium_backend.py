@@ -24,8 +24,8 @@ import torch
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from gymnasium.vector.async_vector_env import AsyncState
 
-from envs.base import (BatchedEnv, EpisodeTracker, LazyTensors, MissingDependency, StepResult, WorkerDied,
-                       check_box_spaces, episode_to_torch, on_device)
+from envs.base import (BatchedEnv, ContractError, EpisodeTracker, LazyTensors, MissingDependency, StepResult,
+                       WorkerDied, check_box_spaces, episode_to_torch, on_device)
 from envs.mujoco_log import WorkerWarnings
 from envs.randomization import (RandomizationSpec, Randomizer, apply_to_model, check_action_delay, env_ids, gain_problem,
                                 nominal_values)
@@ -206,11 +206,30 @@ class _PhysicsAtReset(gym.Wrapper):
         return self.env.reset(**kwargs)
 
 
-class _ObservationCheck(gym.Wrapper):
+_SCALARS = (bool, int, float, np.bool_, np.integer, np.floating)
+
+
+def _not_one_number(value: Any) -> str | None:
+    """What ``value`` is when it is not one real number (a Python or numpy scalar, or a 0-d real array), else None."""
+    if isinstance(value, _SCALARS) or (isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "biuf"):
+        return None
+    if isinstance(value, (np.ndarray, list, tuple)):
+        try:
+            shape = list(np.shape(value))
+        except ValueError:  # ragged
+            shape = None
+        kind = "an array" if isinstance(value, np.ndarray) else f"a {type(value).__name__}"
+        return kind + (f" of shape {shape}" if shape is not None else "")
+    return "None" if value is None else f"a {type(value).__name__}"
+
+
+class _StepCheck(gym.Wrapper):
     """Names the task when its reset() or step() returns an observation that is not a real-number array of its
-    observation space's shape: gymnasium's vector envs failed on one deep in their batching ("Output array is the
-    wrong shape", naming neither the task nor the observation), or, in worker processes, spread a scalar over
-    every entry of the observation without a word."""
+    observation space's shape, or a reward, terminated or truncated that is not one number: gymnasium's vector envs
+    failed on those deep in their batching ("Output array is the wrong shape", "setting an array element with a
+    sequence", naming neither the task nor the value), or, in worker processes, spread a scalar over every entry of
+    the observation without a word, made a [N, 1] array of 1-element flags (which the in-process vectorizer
+    flattened) and a NaN of a None reward."""
 
     def __init__(self, env: gym.Env, task_id: str) -> None:
         super().__init__(env)
@@ -222,6 +241,12 @@ class _ObservationCheck(gym.Wrapper):
 
     def step(self, action: Any):
         obs, reward, terminated, truncated, info = self.env.step(action)
+        for name, value in (("reward", reward), ("terminated", terminated), ("truncated", truncated)):
+            got = _not_one_number(value)
+            if got is not None:
+                need = "a float (float(reward))" if name == "reward" else f"a bool (bool({name}))"
+                raise ContractError(f"{self._task_id}: the task's step() returned {got} as its {name}; gymnasium's step "
+                                 f"API needs one number: {need}")
         return self._checked(obs, "step()"), reward, terminated, truncated, info
 
     def _checked(self, obs: Any, call: str) -> Any:
@@ -238,7 +263,7 @@ class _ObservationCheck(gym.Wrapper):
             return obs
         got = (f"an array of shape {list(array.shape)} ({array.dtype})" if array is not None and array.dtype != object
                else f"a {type(obs).__name__}")
-        raise ValueError(f"{self._task_id}: the task's {call} returned {got} as its observation; its observation space "
+        raise ContractError(f"{self._task_id}: the task's {call} returned {got} as its observation; its observation space "
                          f"{' '.join(str(space).split())} needs an array of shape {list(space.shape)} whose dtype "
                          f"casts to {space.dtype}")
 
@@ -261,7 +286,7 @@ def _make_thunk(task_id: str, kwargs: dict[str, Any], max_episode_steps: int | N
             if mujoco_warnings is not None:
                 mujoco_warnings.forward()  # logged by the main process (the console once, and train.log)
         extra = {"render_mode": "rgb_array"} if render else {}
-        env = _ObservationCheck(gym.make(task_id, max_episode_steps=max_episode_steps, **kwargs, **extra), task_id)
+        env = _StepCheck(gym.make(task_id, max_episode_steps=max_episode_steps, **kwargs, **extra), task_id)
         return _Snapshot(_PhysicsAtReset(env) if physics else env)
 
     return thunk
@@ -351,6 +376,7 @@ class GymnasiumBatchedEnv(BatchedEnv):
                 probe.close()
                 raise ValueError(f"{task_id}: randomize.actuator_gain_scale: {problem}")
         limit = probe.spec.max_episode_steps if probe.spec is not None else None
+        self.max_episode_steps: int | None = max_episode_steps or limit  # None: episodes end only when the task ends them
         probe.close()
         check_action_delay(task_id, self.randomize, num_envs, int(np.prod(probe.action_space.shape)), limit)
         # (a worker started by spawn or forkserver has MuJoCo's own handler, not this process's routing: nothing to send)

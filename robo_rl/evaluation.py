@@ -107,6 +107,9 @@ def _counted_transitions(recorded_steps: list[tuple], counted: list[tuple[int, i
     return out
 
 
+MAX_STEPS = 10_000_000  # env steps an evaluation may take (a task without a time limit whose episodes never end)
+
+
 @torch.no_grad()
 def evaluate(
     policy: PolicyHead,
@@ -114,7 +117,7 @@ def evaluate(
     episodes: int,
     deterministic: bool = True,
     seed: int | None = None,
-    max_steps: int = 10_000_000,
+    max_steps: int = MAX_STEPS,
     record_episodes: int = 0,
     record_transitions: bool = False,
     frame_sink: Any = None,

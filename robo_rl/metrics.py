@@ -119,9 +119,12 @@ class RunLogFile(logging.FileHandler):
                     "lines from here on are on the console only")
 
     def stopped(self, exc: BaseException) -> None:
-        """Record why the run stopped (the console has it from the CLI's error line)."""
+        """Record why the run stopped (the console has it from the CLI's error line), with the traceback of its cause
+        when the error asks for it (``log_cause_traceback``: a task's own error, which the console gives in one line)."""
+        cause = exc.__cause__ if getattr(exc, "log_cause_traceback", False) else None
+        exc_info = (type(cause), cause, cause.__traceback__) if cause is not None else None
         self.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, f"stopped: {type(exc).__name__}: {exc}",
-                                   None, None))
+                                   None, exc_info))
 
     def close(self) -> None:
         try:

@@ -16,7 +16,8 @@ class NaNAfter(gym.Env):
     """A 2-D point task whose observation (or reward) turns NaN after ``after`` steps; ``where="final"``:
     the observation of that step is NaN and ends the episode (terminated), the next one starts clean;
     ``where="sigint"``: nothing turns NaN, the process gets a SIGINT (a Ctrl-C) at that step instead;
-    ``where="reset"``: only the observation of the instance's first reset is NaN."""
+    ``where="reset"``: only the observation of the instance's first reset is NaN; ``where="raise"``: nothing turns
+    NaN, its step raises a ValueError at that step instead (a task's own error)."""
 
     def __init__(self, after: int = 50, where: str = "obs") -> None:
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
@@ -39,7 +40,9 @@ class NaNAfter(gym.Env):
         self.state = np.clip(self.state + 0.1 * float(action[0]), -5, 5)
         obs = self.state.astype(np.float32)
         reward = -float(np.abs(self.state).sum())
-        if self.where == "sigint":
+        if self.where == "raise" and self.count == self.after + 1:
+            raise ValueError(f"encoder 3 returned garbage at step {self.count}")
+        if self.where in ("sigint", "raise"):
             if self.count == self.after + 1:
                 os.kill(os.getpid(), signal.SIGINT)
             return obs, reward, False, False, {}

@@ -54,8 +54,11 @@ def count_option(key: str, value: object, least: int, why: str) -> int:
 
 
 def action_bound(head: str, which: str, value: Any) -> np.ndarray:
-    """``value`` (a head's ``action_low`` or ``action_high``) as a float32 array; a ValueError naming ``which`` when it
-    is not real numbers (numpy's own error, "could not convert string to float", named neither)."""
+    """``value`` (a head's ``action_low`` or ``action_high``) as a float32 array, rounded into the box where float32
+    has no number for it: float32(0.3) is above 0.3, so a float64 task's bound 0.3 becomes the float32 number below
+    it, and every action clipped to the head's bounds is still inside the task's box once cast to float64. A
+    ValueError naming ``which`` when it is not real numbers (numpy's own error, "could not convert string to float",
+    named neither)."""
     try:
         array = np.asarray(value)
     except ValueError:  # a ragged list
@@ -63,7 +66,15 @@ def action_bound(head: str, which: str, value: Any) -> np.ndarray:
     if array is None or array.dtype.kind not in "fiu":  # strings, None, objects, complex, bool flags
         raise ValueError(f"the {head} head: {which} must be real numbers, one bound per action dimension (e.g. "
                          f"env.action_space.{'low' if which == 'action_low' else 'high'}), got {reprlib.repr(value)}")
-    return array.astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, refused by the head as not finite
+        bound = array.astype(np.float32)
+    if array.dtype.itemsize > 4 or array.dtype.kind in "iu":  # (int32 too: float32 holds whole numbers to 2**24 only)
+        wide = array.astype(np.float64)
+        if which == "action_low":
+            bound = np.where(bound.astype(np.float64) < wide, np.nextafter(bound, np.float32(np.inf)), bound)
+        else:
+            bound = np.where(bound.astype(np.float64) > wide, np.nextafter(bound, np.float32(-np.inf)), bound)
+    return np.asarray(bound, dtype=np.float32)
 
 
 class PolicyHead(nn.Module, abc.ABC):

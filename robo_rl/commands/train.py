@@ -585,8 +585,8 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
     from envs.base import MissingDependency, WorkerDied
     from robo_rl.checkpoint import CheckpointError
     from robo_rl.validation import ConfigError
-    from robo_rl.runners.stopping import (Interrupted, NonFiniteError, RunWriteError, StopOnSignal, Terminated,
-                                          raise_terminated)
+    from robo_rl.runners.stopping import (EnvError, Interrupted, NonFiniteError, RunWriteError, StopOnSignal,
+                                          Terminated, raise_terminated)
     from robo_rl.evaluation import EvaluationNotFinished
     from robo_rl.runs import LOCK_FILE
     from robo_rl.train import train
@@ -621,7 +621,7 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
         leave_nothing()
         return error("aborted by Ctrl-C" + (f"; train.log and summary.json in {run_dir} say where it stopped"
                                             if (run_dir / "summary.json").exists() else ""), EXIT_SIGINT)
-    except (NonFiniteError, RunWriteError, EvaluationNotFinished, WorkerDied) as exc:
+    except (NonFiniteError, RunWriteError, EvaluationNotFinished, WorkerDied, EnvError) as exc:
         return error(str(exc), EXIT_FAILED)
     except FloatingPointError as exc:  # pretraining on demonstrations diverged (before config.yaml was written)
         leave_nothing()

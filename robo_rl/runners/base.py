@@ -22,9 +22,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from envs import BatchedEnv
-from envs.base import WorkerDied, all_finite
+from envs.base import ContractError, WorkerDied, all_finite
 from policies.normalizers import coarse_dimensions
 from robo_rl.checkpoint import CheckpointWriteError, list_checkpoints, prune_checkpoints
+from robo_rl.evaluation import MAX_STEPS as EVAL_MAX_STEPS
 from robo_rl.evaluation import (EvaluationNotFinished, EvaluationStopped, device_mismatch, evaluate,
                                 policy_env_mismatch)
 from robo_rl.learners.base import Learner
@@ -32,7 +33,8 @@ from robo_rl.metrics import (MetricsWriter, Progress, format_duration, format_re
                              run_logging, write_text_atomic)
 from robo_rl.runners.checkpoints import RunnerCheckpoints
 from robo_rl.runners.safety import SafetyLayer, safety_settings
-from robo_rl.runners.stopping import Interrupted, NonFiniteError, RunWriteError, StopOnSignal, is_write_failure
+from robo_rl.runners.stopping import (EnvError, Interrupted, NonFiniteError, RunWriteError, StopOnSignal,
+                                      is_write_failure)
 
 log = logging.getLogger("robo_rl")
 
@@ -147,6 +149,20 @@ class Runner(RunnerCheckpoints, abc.ABC):
             return self.env.step(actions)
         except FloatingPointError as exc:
             self._fail(f"{exc} (at step {self.step:,})")
+        except (WorkerDied, MemoryError, ContractError):  # (an env breaking its API is bad input, as at start-up)
+            raise
+        except Exception as exc:  # the task's own error (a ValueError read as bad configuration, exit 2; others as a
+            # traceback without the checkpoint to continue from)
+            raise self._env_failed(f"{self.env.task_id}: env.step() raised {type(exc).__name__}: {exc} (at step "
+                                   f"{self.step:,})") from exc
+
+    def _env_failed(self, message: str) -> EnvError:
+        """The error that stops the run after the envs raised ``message``'s error (the caller chains it)."""
+        where = (f"the last checkpoint is {self._last_checkpoint}; once the cause is fixed, `robo-rl train "
+                 f"{shlex.quote(f'resume={self.run_dir}')}` continues from it" if self._last_checkpoint
+                 else "no checkpoint was written yet")
+        return EnvError(f"{message}; training stopped and {where} (the error's traceback is in "
+                        f"{self.run_dir / 'train.log'})")
 
     def policy_actions(self, select: Any, obs: torch.Tensor) -> Any:
         """Run an action-selection call; non-finite actions stop training before reaching the env."""
@@ -295,6 +311,11 @@ class Runner(RunnerCheckpoints, abc.ABC):
 
     def _train(self, resume_from: Path | None) -> dict[str, Any]:
         cfg = self.cfg
+        if any(hasattr(e, "max_episode_steps") and not e.max_episode_steps for e in (self.env, self.eval_env)):
+            log.warning(f"{self.env.task_id} has no time limit (its registration sets no max_episode_steps, nor does "
+                        "env.max_episode_steps): an episode ends only when the task ends it, so an evaluation waits "
+                        f"for {cfg.eval.episodes} to end and stops the run after {EVAL_MAX_STEPS:,} steps without them; "
+                        "set env.max_episode_steps")
         if resume_from is not None:
             if not getattr(self, "_restored", False):  # train.py restores before it rewrites config.yaml
                 self.restore(resume_from)
@@ -521,6 +542,10 @@ class Runner(RunnerCheckpoints, abc.ABC):
             raise EvaluationNotFinished(f"{exc} (eval.episodes={cfg.episodes}; the evaluation at step {self.step:,})") from None
         except EvaluationStopped as exc:
             stopped = exc
+        except (WorkerDied, MemoryError, ContractError):
+            raise
+        except Exception as exc:  # the evaluation env's own error (the task's code), as one in a training step
+            raise self._env_failed(f"the evaluation at step {self.step:,} raised {type(exc).__name__}: {exc}") from exc
         self.eval_seconds += time.perf_counter() - t0
         if self.shared_eval:  # the evaluation stepped (and reset) the training envs: they start new episodes
             self.obs = self.env.reset(seed=int(self.cfg.seed) + self.step)

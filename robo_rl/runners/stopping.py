@@ -21,6 +21,14 @@ class RunWriteError(RuntimeError):
     stopped, the checkpoints before it kept. The message says how to continue."""
 
 
+class EnvError(RuntimeError):
+    """The envs raised an error of their own mid-run (the task's code or its simulator, in a step or an evaluation);
+    training stopped, the checkpoints before it kept. The message names the error and says how to continue; the
+    error's traceback (``__cause__``) goes to train.log."""
+
+    log_cause_traceback = True
+
+
 def is_write_failure(exc: OSError) -> bool:
     """A file could not be written: no space or quota, a read-only or failing disk, access lost, a path too long."""
     return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM,

@@ -550,6 +550,61 @@ def test_an_observation_of_the_wrong_shape_from_step_names_the_task_and_its_spac
         env.close()
 
 
+class _StepsWrongly(_ActionEcho):
+    """Its second step returns ``bad`` as its reward, terminated or truncated (``which``)."""
+
+    def __init__(self, which="reward", bad=None):
+        super().__init__()
+        self.which, self.bad, self.steps = which, bad, 0
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        self.steps += 1
+        out = {"reward": reward, "terminated": terminated, "truncated": truncated}
+        if self.steps == 2:
+            out[self.which] = self.bad
+        return obs, out["reward"], out["terminated"], out["truncated"], info
+
+
+gym.register("robo_rl_test/StepsWrongly-v0", entry_point=_StepsWrongly, max_episode_steps=5)
+
+
+@pytest.mark.parametrize("vectorization", ["sync", "async"])
+@pytest.mark.parametrize("which, bad, got, need", [
+    # async made [N, 1] flags that the batched-env contract then refused, blaming robo-rl's backend; sync took them
+    ("terminated", np.array([False]), "an array of shape \\[1\\]", "a bool \\(bool\\(terminated\\)\\)"),
+    ("truncated", [False], "a list of shape \\[1\\]", "a bool \\(bool\\(truncated\\)\\)"),
+    # numpy's "setting an array element with a sequence" (sync) or a broadcast error (async)
+    ("reward", np.array([1.0]), "an array of shape \\[1\\]", "a float \\(float\\(reward\\)\\)"),
+    ("reward", None, "None", "a float \\(float\\(reward\\)\\)"),  # became a NaN, blamed on the learning rate
+])
+def test_a_reward_or_flag_that_is_not_one_number_names_the_task_and_the_value(vectorization, which, bad, got, need):
+    env = make_env("robo_rl_test/StepsWrongly-v0", num_envs=2, vectorization=vectorization,
+                   kwargs={"which": which, "bad": bad})
+    try:
+        env.reset(seed=0)
+        env.step(torch.zeros(2, 1))
+        with pytest.raises(ValueError, match=f"^robo_rl_test/StepsWrongly-v0: the task's step\\(\\) returned {got} as "
+                                             f"its {which}; gymnasium's step API needs one number: {need}$"):
+            env.step(torch.zeros(2, 1))
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("reward, flag", [(np.float64(0.5), np.bool_(True)), (np.array(0.5), np.array(True)), (1, 1)])
+def test_rewards_and_flags_that_are_one_number_of_any_kind_are_taken(reward, flag):
+    env = make_env("robo_rl_test/StepsWrongly-v0", num_envs=1, kwargs={"which": "reward", "bad": reward})
+    env.reset(seed=0)
+    env.step(torch.zeros(1, 1))
+    assert env.step(torch.zeros(1, 1)).reward.tolist() == [float(reward)]
+    env.close()
+    env = make_env("robo_rl_test/StepsWrongly-v0", num_envs=1, kwargs={"which": "terminated", "bad": flag})
+    env.reset(seed=0)
+    env.step(torch.zeros(1, 1))
+    assert env.step(torch.zeros(1, 1)).terminated.tolist() == [True]
+    env.close()
+
+
 def test_observations_of_another_real_dtype_that_casts_are_taken():
     env = make_env("robo_rl_test/ObservesWrongly-v0", num_envs=2, kwargs={"bad": np.array([3], np.int64)})
     env.reset(seed=0)

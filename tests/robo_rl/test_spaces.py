@@ -53,6 +53,8 @@ _TASKS = {
     "AsymLearn-v0": dict(low=ASYM_LOW, high=ASYM_HIGH, target=[1.5, 4.5]),
     "AsymOdd-v0": dict(low=[0.1, -0.3], high=[2.7, 0.7]),  # from_unit(+-1) rounds outside in float32
     "FixedDim-v0": dict(low=[-1.0, 0.5], high=[1.0, 0.5]),
+    # float64 bounds float32 has no number for: float32(-0.1) is below -0.1, float32(0.3) above 0.3
+    "AsymF64-v0": dict(action_space=gym.spaces.Box(np.array([-0.1, 0.0]), np.array([0.3, 3.0]), dtype=np.float64)),
     "TooWide-v0": dict(low=[-3e38], high=[3e38]),
     "DiscreteAct-v0": dict(action_space=gym.spaces.Discrete(3)),
     "MultiDiscreteAct-v0": dict(action_space=gym.spaces.MultiDiscrete([3, 4])),
@@ -220,6 +222,25 @@ def test_evaluation_actions_are_inside_a_box_whose_bounds_float32_rounds(head):
     assert (actions >= low).all() and (actions <= high).all() and (actions[:, 0] == low[0]).all()
     recorded = result["transitions"]["actions"].numpy().astype(np.float64)  # what a demos file would hold
     assert (recorded >= low).all() and (recorded <= high).all()
+
+
+@pytest.mark.parametrize("algo, head", [("ppo", "gaussian"), ("td3", "deterministic"), ("sac", "gaussian")])
+def test_actions_are_inside_a_float64_box_whose_bounds_float32_has_no_number_for(algo, head, tmp_path):
+    # the head's bounds were float32's nearest numbers, 0.30000001 for 0.3: PPO's clipped Gaussian actions reached
+    # the task as 0.30000001192092896, outside its own Box (a task checking action_space.contains stopped training);
+    # they are now rounded into the box, and so are the export's
+    _Recorder.received.clear()
+    summary, runner = _short(algo, head, "AsymF64-v0", tmp_path)
+    assert summary["status"] == "completed"
+    low, high = np.array([-0.1, 0.0]), np.array([0.3, 3.0])
+    head_low, head_high = runner.policy.action_low.double().numpy(), runner.policy.action_high.double().numpy()
+    assert (head_low >= low).all() and (head_high <= high).all()
+    np.testing.assert_allclose(head_low, low, atol=1e-7), np.testing.assert_allclose(head_high, high, atol=1e-7)
+    actions = np.stack(_Recorder.received["AsymF64-v0"])
+    assert (actions >= low).all() and (actions <= high).all()
+    with torch.no_grad():  # saturated at both bounds
+        assert (runner.policy.clip_action(torch.tensor([[-5.0, -5.0], [5.0, 5.0]])).double().numpy()
+                == np.stack([head_low, head_high])).all()
 
 
 def test_gorl_training_actions_are_inside_a_box_whose_bounds_float32_rounds():

@@ -1794,3 +1794,67 @@ def test_observations_too_far_from_zero_for_float32_are_warned_of(tmp_path, cons
                                 "from 0 for its spread: about 1e+08 with std 0, where float32 (the observations' type) "
                                 "steps by 8,")
     assert "Subtract the offset in the task" in warned[0]
+
+
+# -- own-task audit (session 57): a task's own error mid-run, a task without a time limit ----------------------------
+def test_an_error_the_task_raises_mid_run_stops_it_with_the_checkpoint_to_continue_from(tmp_path, console_err):
+    # a ValueError of the task's was exit 2, "bad configuration", in one line naming nothing; any other error a
+    # traceback (Hydra's "Error executing job"); neither said which checkpoint was kept or how to continue
+    import robo_rl.commands.train as cli
+
+    cfg = compose(*SMALL_SAC, "env.id=robo_rl_test/NaNAfter-v0", "env.kwargs={after: 450, where: raise}",
+                  "steps=600", "checkpoint.every=200", "eval.every=600")
+    run = tmp_path / "run"
+    assert cli.run_training(cfg, run, []) == 1
+    err = console_err()[0][-1]
+    assert err == (f"robo-rl: error: robo_rl_test/NaNAfter-v0: env.step() raised ValueError: encoder 3 returned garbage "
+                   f"at step 451 (at step 450); training stopped and the last checkpoint is {run}/checkpoints/"
+                   f"step_0000000400; once the cause is fixed, `robo-rl train resume={run}` continues from it (the "
+                   f"error's traceback is in {run}/train.log)")
+    log = (run / "train.log").read_text()
+    assert "Traceback (most recent call last)" in log and "ValueError: encoder 3 returned garbage at step 451" in log
+    assert json.loads((run / "summary.json").read_text())["status"].startswith("failed: robo_rl_test/NaNAfter-v0: ")
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_0000000200", "step_0000000400"]
+
+
+def test_an_error_the_task_raises_in_an_evaluation_stops_the_run_the_same_way(tmp_path):
+    # the evaluation copies step 100 per evaluation (one 100-step episode each), the training env 50 between them:
+    # an evaluation copy reaches its 151st step first, in the evaluation at step 100
+    from robo_rl.runners.stopping import EnvError
+
+    cfg = compose(*SMALL_SAC, "env.id=robo_rl_test/NaNAfter-v0", "env.kwargs={after: 150, where: raise}",
+                  "steps=300", "eval.every=50", "eval.episodes=1", "eval.num_envs=1")
+    with pytest.raises(EnvError, match=r"^the evaluation at step 100 raised ValueError: encoder 3 returned garbage at "
+                                       r"step 151; training stopped and the last checkpoint is .*step_0000000090; once the "
+                                       r"cause is fixed, .* continues from it \(the error's traceback is in .*train.log\)$"):
+        train(cfg, tmp_path / "run")
+
+
+class _Endless(gym.Env):
+    """A task registered without a time limit whose episodes end only when its position leaves [-3, 3]."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = 0.0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.x += float(action[0])
+        return np.array([self.x], np.float32), 0.0, abs(self.x) > 3, False, {}
+
+
+def test_a_task_without_a_time_limit_is_warned_of_at_start_up(tmp_path, console_err):
+    # an evaluation of a task whose episodes never end ran silently until 10M steps
+    gym.register("robo_rl_test/Endless-v0", entry_point=_Endless)
+    train(compose(*SMALL_PPO, "env.id=robo_rl_test/Endless-v0", "steps=128"), tmp_path / "run")
+    err, _ = console_err()
+    assert [line for line in err if "time limit" in line] == [
+        "robo-rl: warning: robo_rl_test/Endless-v0 has no time limit (its registration sets no max_episode_steps, nor "
+        "does env.max_episode_steps): an episode ends only when the task ends it, so an evaluation waits for 2 to end "
+        "and stops the run after 10,000,000 steps without them; set env.max_episode_steps"]
+    train(compose(*SMALL_PPO, "env.id=robo_rl_test/Endless-v0", "steps=128", "env.max_episode_steps=50"),
+          tmp_path / "limited")
+    assert not [line for line in console_err()[0] if "time limit" in line]
