@@ -101,6 +101,7 @@ def passivity_void(cfg: DictConfig) -> list[str]:
     # (geom_friction_scale scales contacts' friction, which the tank does not credit)
     return guarantee_void(cfg.safety.filters, "randomized plant", latency=given("action_delay"),
                           damping=given("joint_damping_scale"), gain=given("actuator_gain_scale"),
+                          obs_noise=("env.randomize.obs_noise_std", float(randomize.get("obs_noise_std") or 0.0)),
                           other=(f"env.randomize.action_noise_std={noise:g} (the plant gets another command than the "
                                  "one the tank passed)",) if noise > 0 else ())
 

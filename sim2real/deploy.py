@@ -126,7 +126,8 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
                                damping=("sim2sim.physics.damping_scale", ranges["damping_scale"])
                                if "damping_scale" in ranges else None,
                                gain=("sim2sim.physics.actuator_gain_scale", ranges["actuator_gain_scale"])
-                               if "actuator_gain_scale" in ranges else None):
+                               if "actuator_gain_scale" in ranges else None,
+                               obs_noise=("sim2sim.observation_noise", sim.observation_noise)):
         logging.getLogger("robo_rl").warning(line)
     sim.connect()
     try:

@@ -50,11 +50,12 @@ _SHRINK = (1.0, 1.0 - 1e-12, 1.0 - 1e-9, 1.0 - 1e-6, 1.0 - 1e-3, 0.0)
 
 def guarantee_void(spec: Any, plant: str, latency: tuple[str, Any] | None = None,
                    damping: tuple[str, Any] | None = None, gain: tuple[str, Any] | None = None,
-                   other: tuple[str, ...] = ()) -> list[str]:
+                   obs_noise: tuple[str, Any] | None = None, other: tuple[str, ...] = ()) -> list[str]:
     """The start-up warning when the chain ``spec`` holds an energy tank and ``plant`` (training's randomized plant,
     deploy's sim2sim one) has what the tank's guarantee does not cover (README, Safety filters): actuation ``latency``
-    above 0, a ``damping`` scale range reaching below 1 or a ``gain`` range above 1, each given as (key, value), and
-    ``other`` reasons already worded; [] when the chain has no tank or nothing voids it."""
+    above 0, a ``damping`` scale range reaching below 1, a ``gain`` range above 1 or observation noise (``obs_noise``,
+    a std or one per dimension) above 0, each given as (key, value), and ``other`` reasons already worded; [] when
+    the chain has no tank or nothing voids it."""
     entries = spec.get("filters") if isinstance(spec, Mapping) else spec
     if not any(isinstance(entry, Mapping) and entry.get("type") == "energy_tank" for entry in entries or []):
         return []
@@ -67,6 +68,12 @@ def guarantee_void(spec: Any, plant: str, latency: tuple[str, Any] | None = None
         why.append(f"{damping[0]}={list(damping[1])} (less damping than the filter's, whose loss it credits)")
     if gain is not None and max(gain[1]) > 1.0:
         why.append(f"{gain[0]}={list(gain[1])} (more force per unit of action than its torque_scale)")
+    if obs_noise is not None and np.size(obs_noise[1]) and max(np.ravel(obs_noise[1])) > 0:
+        # (q - q_prev)^2 of noisy positions is 2 std^2 larger on average, and so is the viscous credit: ContactMaze's
+        # tank at rest, std 0.01, went from 1 J to its 2 J cap in 50 steps on noise alone
+        value = obs_noise[1].tolist() if isinstance(obs_noise[1], np.ndarray) else obs_noise[1]
+        why.append(f"{obs_noise[0]}={value} (the tank credits the dissipation it reads from noisy positions: noise "
+                   "alone fills it)")
     if not why:
         return []
     return [f"safety: the energy_tank filter's passivity guarantee does not hold on this {plant}: {'; '.join(why)}. "

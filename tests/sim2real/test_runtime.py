@@ -896,8 +896,15 @@ def test_deploy_warns_when_the_sim2sim_plant_voids_the_energy_tank_s_guarantee(t
                            "sim2sim.action_latency=1 (the tank settles")
     assert "sim2sim.physics.damping_scale=[0.5, 1.0]" in line and "mass_scale" not in line
     caplog.clear()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="robo_rl"):  # noisy positions: the credit grows with the noise
+        deploy(str(export), steps=3, log=lambda _: None, sim2sim={"observation_noise": [0.0, 0.01, 0.0, 0.0]})
+    (line,) = [r.getMessage() for r in caplog.records if "passivity guarantee" in r.getMessage()]
+    assert "sim2sim.observation_noise=[0.0, 0.01, 0.0, 0.0] (the tank credits the dissipation it reads from noisy" in line
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="robo_rl"):  # more damping than credited, no latency: it holds
-        deploy(str(export), steps=3, log=lambda _: None, sim2sim={"physics": {"damping_scale": [1.0, 1.5]}})
+        deploy(str(export), steps=3, log=lambda _: None, sim2sim={"physics": {"damping_scale": [1.0, 1.5]},
+                                                                  "observation_noise": 0.0})
         deploy(str(export), steps=3, log=lambda _: None, safety=[], sim2sim={"action_latency": 1})  # no tank
     assert not [r for r in caplog.records if "passivity guarantee" in r.getMessage()]
 
