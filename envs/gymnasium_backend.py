@@ -423,7 +423,8 @@ class GymnasiumBatchedEnv(BatchedEnv):
         spec = self.randomize or RandomizationSpec()
         self.randomizer: Randomizer | None = None
         if physics or self.randomize is not None:  # MuJoCo tasks always have (settable) physics factors
-            self.randomizer = Randomizer(spec, probe_model if physics else _NoModel(), num_envs, len(low), (high - low) / 2)
+            self.randomizer = Randomizer(spec, probe_model if physics else _NoModel(), num_envs, len(low), (high - low) / 2,
+                                         task_id=task_id)
         self._pending: dict[str, np.ndarray] | None = None
         self._pending_delay: np.ndarray | None = None  # [N] the next episode's action delay, drawn with its factors
         self._needs_reset = True  # gymnasium's sub-envs raise ResetNeeded (and an async worker quits) on a step before it

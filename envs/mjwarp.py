@@ -116,7 +116,7 @@ class MjwarpBatchedEnv(BatchedEnv):
         self.action_space = gym.spaces.Box(low=low, high=high, dtype=np.float32)
         self.randomize = randomize if randomize is not None and randomize.enabled else None
         spec = randomize or RandomizationSpec()
-        self.randomizer = Randomizer(spec, self.model, num_envs, len(low), (high - low) / 2)
+        self.randomizer = Randomizer(spec, self.model, num_envs, len(low), (high - low) / 2, task_id=task_id)
 
         batched = {f: num_envs for name in spec.physics if name in _FIELDS_OF for f in _FIELDS_OF[name]
                    if f != "pair_friction" or self.model.npair}

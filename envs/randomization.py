@@ -20,12 +20,15 @@ gives back the exact gymnasium task. ``params`` holds the current factors of eve
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, fields
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger("robo_rl.envs.randomization")
 
 PHYSICS_PARAMS = ("body_mass_scale", "geom_friction_scale", "joint_damping_scale", "actuator_gain_scale", "gravity_scale")
 # One draw per env, the same for all its geoms: a contact's friction is the larger of its two geoms', so independent
@@ -174,6 +177,32 @@ def gain_problem(model: Any) -> str | None:
             "cannot scale; randomize the other factors")
 
 
+_NOMINAL = {  # what each physics factor scales, read from a model (and its name in a message)
+    "body_mass_scale": (lambda m: m.body_mass, "body mass"),
+    "geom_friction_scale": (lambda m: np.concatenate([m.geom_friction[:, 0], np.ravel(m.pair_friction[:, 0:2])]),
+                            "friction"),
+    "joint_damping_scale": (lambda m: m.dof_damping, "joint damping"),
+    "actuator_gain_scale": (lambda m: m.actuator_gainprm[:, 0], "actuator gain"),
+    "gravity_scale": (lambda m: m.opt.gravity, "gravity"),
+}
+
+
+def inert_factors(spec: RandomizationSpec, model: Any) -> list[str]:
+    """A line for each physics factor ``spec`` randomizes that scales what ``model`` does not have (all zero:
+    Swimmer's joints have no damping, Pusher no gravity): drawn and reported, it changes nothing."""
+    out = []
+    for name in spec.physics:
+        read, what = _NOMINAL[name]
+        try:
+            nominal = np.asarray(read(model), dtype=np.float64)
+        except AttributeError:  # not a MuJoCo model (the caller refuses physics factors there)
+            continue
+        if not np.any(nominal):
+            out.append(f"env.randomize.{name}={list(getattr(spec, name))}: the task's model has no {what} (all zero), "
+                       "so its factors are drawn and reported but change nothing")
+    return out
+
+
 def param_sizes(model: Any) -> dict[str, int]:
     """How many factors each physics parameter has for this model."""
     return {"body_mass_scale": model.nbody, "geom_friction_scale": model.ngeom, "joint_damping_scale": model.nv,
@@ -183,8 +212,11 @@ def param_sizes(model: Any) -> dict[str, int]:
 class Randomizer:
     """Draws and holds the randomization state of N envs (physics factors, noise, delays)."""
 
-    def __init__(self, spec: RandomizationSpec, model: Any, num_envs: int, act_dim: int, action_half_range: np.ndarray) -> None:
+    def __init__(self, spec: RandomizationSpec, model: Any, num_envs: int, act_dim: int, action_half_range: np.ndarray,
+                 task_id: str = "") -> None:
         self.spec = spec
+        for line in inert_factors(spec, model):  # (a task without a MuJoCo model is refused physics factors earlier)
+            log.warning(f"{task_id}: {line}" if task_id else line)
         self.num_envs = num_envs
         self.sizes = param_sizes(model)
         self.gain_problem = gain_problem(model)

@@ -152,7 +152,8 @@ class MujocoBatchedEnv(BatchedEnv):
         low, high = self.model.actuator_ctrlrange.copy().astype(np.float32).T
         self.action_space = gym.spaces.Box(low=low, high=high, dtype=np.float32)
         self.randomize = randomize if randomize is not None and randomize.enabled else None
-        self.randomizer = Randomizer(randomize or RandomizationSpec(), self.model, num_envs, len(low), (high - low) / 2)
+        self.randomizer = Randomizer(randomize or RandomizationSpec(), self.model, num_envs, len(low), (high - low) / 2,
+                                     task_id=task_id)
         self._nominal: dict[str, np.ndarray] = {}
         self._reset_ids(np.arange(num_envs))  # the state the first reset() replaces (it sizes the observation)
         self._needs_reset = True

@@ -35,6 +35,7 @@ from robo_rl.runners.checkpoints import RunnerCheckpoints
 from robo_rl.runners.safety import SafetyLayer, safety_settings
 from robo_rl.runners.stopping import (EnvError, Interrupted, NonFiniteError, RunWriteError, StopOnSignal,
                                       is_write_failure)
+from robo_rl.validation import ConfigError
 
 log = logging.getLogger("robo_rl")
 
@@ -149,7 +150,8 @@ class Runner(RunnerCheckpoints, abc.ABC):
             return self.env.step(actions)
         except FloatingPointError as exc:
             self._fail(f"{exc} (at step {self.step:,})")
-        except (WorkerDied, MemoryError, ContractError):  # (an env breaking its API is bad input, as at start-up)
+        except (WorkerDied, MemoryError, ContractError, ConfigError):  # (an env breaking its API, or its outputs
+            # not fitting the config, e.g. no cost under safety.cost_key: bad input, as at start-up)
             raise
         except Exception as exc:  # the task's own error (a ValueError read as bad configuration, exit 2; others as a
             # traceback without the checkpoint to continue from)
@@ -542,7 +544,7 @@ class Runner(RunnerCheckpoints, abc.ABC):
             raise EvaluationNotFinished(f"{exc} (eval.episodes={cfg.episodes}; the evaluation at step {self.step:,})") from None
         except EvaluationStopped as exc:
             stopped = exc
-        except (WorkerDied, MemoryError, ContractError):
+        except (WorkerDied, MemoryError, ContractError, ConfigError):
             raise
         except Exception as exc:  # the evaluation env's own error (the task's code), as one in a training step
             raise self._env_failed(f"the evaluation at step {self.step:,} raised {type(exc).__name__}: {exc}") from exc

@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from envs import BatchedEnv, StepResult
-from envs.base import all_finite, check_reset_obs, check_step_result
+from envs.base import ContractError, all_finite, check_reset_obs, check_step_result
 
 
 def safety_settings(cfg: DictConfig) -> DictConfig:
@@ -84,7 +84,7 @@ def read_cost(info: dict[str, Any], key: str, num_envs: int, device: torch.devic
         value = torch.as_tensor(np.asarray(value, dtype=np.float32))
     value = value.to(device=device, dtype=torch.float32).reshape(-1)
     if value.shape[0] != num_envs:
-        raise ValueError(f"{where} (safety.cost_key) holds {value.shape[0]} values; expected one cost per env copy "
+        raise ContractError(f"{where} (safety.cost_key) holds {value.shape[0]} values; expected one cost per env copy "
                          f"({num_envs})")
     return value
 
@@ -204,7 +204,7 @@ class SafetyLayer(BatchedEnv):
                 "at a finite per-step cost")
         if self.require_cost and bool((cost < 0).any()):
             bad = (cost < 0).nonzero().flatten().tolist()
-            raise ValueError(
+            raise ContractError(
                 f"{self.task_id}: negative cost under safety.cost_key={self.cost_key!r} for env copies {bad[:10]} "
                 f"(values {cost[bad[:3]].tolist()}): passivity-aware training bounds a per-step cost >= 0 (the positive "
                 "work the controller does), which a negative one would pay back; point safety.cost_key at a "

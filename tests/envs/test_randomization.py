@@ -376,3 +376,21 @@ def test_a_randomized_snapshot_continues_exactly_in_an_env_without_randomization
         ra, rb = a.step(torch.ones(2, 2)), b.step(torch.ones(2, 2))
         assert torch.equal(ra.obs, rb.obs), f"obs at step {t}"
         assert torch.equal(ra.info["task"]["dissipated_energy"], rb.info["task"]["dissipated_energy"]), f"step {t}"
+
+
+@pytest.mark.parametrize("backend", ["mujoco", "gymnasium"])
+def test_a_factor_that_scales_what_the_model_lacks_is_warned_of(backend, caplog):
+    # Swimmer's joints have no damping and Pusher has no gravity: the factors were drawn and logged as randomized,
+    # and the trajectories were bit-identical to the nominal task's
+    import logging
+
+    spec = RandomizationSpec.from_dict({"joint_damping_scale": [0.5, 1.5], "body_mass_scale": [0.9, 1.1]})
+    with caplog.at_level(logging.WARNING, logger="robo_rl.envs.randomization"):
+        make_env("Swimmer-v5", 2, backend=backend, randomize=spec).close()
+        make_env("Pusher-v5", 1, backend=backend, randomize=RandomizationSpec.from_dict({"gravity_scale": [0.5, 1.5]})).close()
+        make_env("Hopper-v5", 1, backend=backend, randomize=spec).close()  # damped joints: nothing to say
+    assert [r.getMessage() for r in caplog.records] == [
+        "Swimmer-v5: env.randomize.joint_damping_scale=[0.5, 1.5]: the task's model has no joint damping (all zero), so "
+        "its factors are drawn and reported but change nothing",
+        "Pusher-v5: env.randomize.gravity_scale=[0.5, 1.5]: the task's model has no gravity (all zero), so its factors "
+        "are drawn and reported but change nothing"]
