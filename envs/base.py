@@ -309,7 +309,7 @@ def check_reset_obs(env: "BatchedEnv", obs: Any) -> None:
     if not (isinstance(obs, torch.Tensor) and obs.dtype == torch.float32 and tuple(obs.shape) == (env.num_envs, env.obs_dim)):
         got = f"a tensor of {obs.dtype} {list(obs.shape)}" if isinstance(obs, torch.Tensor) else type(obs).__name__
         raise ContractError(f"{env.task_id} ({type(env).__name__}): reset() returned {got}; the batched-env contract "
-                         f"(envs/base.py) needs a torch.float32 tensor of shape {[env.num_envs, env.obs_dim]} (.float())")
+                             f"(envs/base.py) needs a torch.float32 tensor of shape {[env.num_envs, env.obs_dim]} (.float())")
 
 
 def check_step_result(env: "BatchedEnv", result: tuple) -> None:
@@ -323,7 +323,7 @@ def check_step_result(env: "BatchedEnv", result: tuple) -> None:
         obs, reward, terminated, truncated, info = result
     except (TypeError, ValueError):
         raise ContractError(f"{name}: step() must return (obs, reward, terminated, truncated, info), got "
-                         f"{type(result).__name__}") from None
+                             f"{type(result).__name__}") from None
     episode = info.get("episode") if isinstance(info, dict) else None
     parts = {"obs": (obs, (n, env.obs_dim), torch.float32), "reward": (reward, (n,), torch.float32),
              "terminated": (terminated, (n,), torch.bool), "truncated": (truncated, (n,), torch.bool),
@@ -340,12 +340,12 @@ def check_step_result(env: "BatchedEnv", result: tuple) -> None:
             got = (f"a tensor of {value.dtype} {list(value.shape)}" if isinstance(value, torch.Tensor)
                    else "nothing" if value is None else type(value).__name__)
             raise ContractError(f"{name}: step() returned {what} as {got}; the batched-env contract (envs/base.py) "
-                             f"needs a {dtype or 'float'} tensor of shape {list(shape)}"
-                             + (" (0/1 flags: .bool())" if dtype == torch.bool else " (.float())" if dtype else ""))
+                                 f"needs a {dtype or 'float'} tensor of shape {list(shape)}"
+                                 + (" (0/1 flags: .bool())" if dtype == torch.bool else " (.float())" if dtype else ""))
     if not isinstance(episode, dict):
         raise ContractError(f'{name}: step() info has no "episode" entry; the batched-env contract (envs/base.py) needs '
-                         'info["episode"] = {"return": [N] float, "length": [N] int, "mask": [N] bool} for the '
-                         "episodes that ended in the step (envs.base.EpisodeTracker keeps the sums)")
+                             'info["episode"] = {"return": [N] float, "length": [N] int, "mask": [N] bool} for the '
+                             "episodes that ended in the step (envs.base.EpisodeTracker keeps the sums)")
 
 
 class EpisodeTracker:

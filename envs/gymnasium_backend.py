@@ -246,7 +246,7 @@ class _StepCheck(gym.Wrapper):
             if got is not None:
                 need = "a float (float(reward))" if name == "reward" else f"a bool (bool({name}))"
                 raise ContractError(f"{self._task_id}: the task's step() returned {got} as its {name}; gymnasium's step "
-                                 f"API needs one number: {need}")
+                                     f"API needs one number: {need}")
         return self._checked(obs, "step()"), reward, terminated, truncated, info
 
     def _checked(self, obs: Any, call: str) -> Any:
@@ -264,8 +264,8 @@ class _StepCheck(gym.Wrapper):
         got = (f"an array of shape {list(array.shape)} ({array.dtype})" if array is not None and array.dtype != object
                else f"a {type(obs).__name__}")
         raise ContractError(f"{self._task_id}: the task's {call} returned {got} as its observation; its observation space "
-                         f"{' '.join(str(space).split())} needs an array of shape {list(space.shape)} whose dtype "
-                         f"casts to {space.dtype}")
+                             f"{' '.join(str(space).split())} needs an array of shape {list(space.shape)} whose dtype "
+                             f"casts to {space.dtype}")
 
 
 def _make_thunk(task_id: str, kwargs: dict[str, Any], max_episode_steps: int | None, physics: bool,

@@ -85,7 +85,7 @@ def read_cost(info: dict[str, Any], key: str, num_envs: int, device: torch.devic
     value = value.to(device=device, dtype=torch.float32).reshape(-1)
     if value.shape[0] != num_envs:
         raise ContractError(f"{where} (safety.cost_key) holds {value.shape[0]} values; expected one cost per env copy "
-                         f"({num_envs})")
+                             f"({num_envs})")
     return value
 
 
