@@ -126,6 +126,8 @@ def export_run(
                       "task_kwargs": OmegaConf.to_container(cfg.env.kwargs, resolve=True),
                       # the run's own time limit, when it set one (deploy's episodes then end where training's did)
                       "max_episode_steps": cfg.env.max_episode_steps,
+                      # where the task reports its per-step cost (deploy sums it per episode, as robo-rl eval does)
+                      "cost_key": str(cfg.safety.cost_key),
                       "source": {"run_dir": str(run_dir.resolve()), "checkpoint": str(Path(ckpt).resolve()), "step": int(manifest["step"])}},
         )
     finally:

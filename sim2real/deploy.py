@@ -117,8 +117,10 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
                              f"{runtime.obs_dim}/{runtime.act_dim}: pass the task the policy was trained on")
         check_action_bounds(runtime, env.action_space, task)
 
+    # the run's safety.cost_key on its own task (exports before 2026-12-08 hold none: "cost", the default)
+    cost_key = runtime.sidecar.get("cost_key", "cost") if task == runtime.task else "cost"
     sim = MujocoSim2SimRobot(task, control_dt=control_dt, clock=clock, env_kwargs=kwargs, check_task=check_task,
-                             **options)
+                             cost_key=cost_key, **options)
     from sim2real.filters.energy_tank import guarantee_void
 
     ranges = sim.physics_ranges  # as training warns of a randomized plant (the settings checked by now)
@@ -163,7 +165,7 @@ def deploy(export: str, robot: str = "sim2sim", task: str | None = None, episode
     lat = summary["latency"]["inference_ms"]
     finished = (f"return {_fmt(returns.mean(), returns.std())}" if returns.size
                 else "no episode finished (report return_mean: null)")
-    # a task reporting a cost (info["cost"]: ContactMaze's energy injection), as robo-rl eval reports it
+    # a task reporting a cost (info[cost_key]: ContactMaze's energy injection), as robo-rl eval reports it
     costs = list(sim.episode_costs) if any(c is not None for c in sim.episode_costs) else None
     reported = [c for c in costs or [] if c is not None]
     if reported:

@@ -123,7 +123,7 @@ class MujocoSim2SimRobot(Robot):
                  action_latency: int = 0, observation_noise: float | list[float] = 0.0,
                  physics: dict[str, Any] | None = None, seed: int = 0, max_episode_steps: int | None = None,
                  clock: Callable[[], float] | None = None, env_kwargs: dict[str, Any] | None = None,
-                 check_task: Callable[[Any], None] | None = None) -> None:
+                 check_task: Callable[[Any], None] | None = None, cost_key: str = "cost") -> None:
         if not _is_whole(action_latency) or action_latency < 0:
             raise ValueError(f"sim2sim.action_latency={action_latency!r}: expected a whole number of steps >= 0")
         try:
@@ -140,6 +140,8 @@ class MujocoSim2SimRobot(Robot):
             raise ValueError(f"control_dt={control_dt!r}: expected a finite number of seconds > 0")
         if not _is_whole(seed) or seed < 0:
             raise ValueError(f"sim2sim.seed={seed!r}: expected a whole number >= 0")
+        if not isinstance(cost_key, str) or not cost_key:
+            raise ValueError(f"cost_key={cost_key!r}: expected the step info key of the task's cost")
         if max_episode_steps is not None and (not _is_whole(max_episode_steps) or max_episode_steps < 1):
             raise ValueError(f"sim2sim.max_episode_steps={max_episode_steps!r}: expected a whole number of steps >= 1 "
                              "(or null for the run's or the task's own limit)")
@@ -155,9 +157,10 @@ class MujocoSim2SimRobot(Robot):
         self.env: Any = None
         self.episode_returns: list[float] = []
         self.episode_lengths: list[int] = []
-        # a task that reports a cost (info["cost"], ContactMaze's energy injection): its sum per episode, as robo-rl
+        # a task that reports a cost (info[cost_key], ContactMaze's energy injection): its sum per episode, as robo-rl
         # eval reports it; None for an episode without one (or with a NaN/inf cost)
         self.episode_costs: list[float | None] = []
+        self.cost_key = cost_key
         self.physics_params: dict[str, np.ndarray] = {}
 
     # --- Robot -----------------------------------------------------------------------------------
@@ -236,7 +239,7 @@ class MujocoSim2SimRobot(Robot):
         obs, reward, terminated, truncated, info = self._step(applied)
         self._return += float(reward)
         self._length += 1
-        cost = info.get("cost") if isinstance(info, dict) else None  # (some tasks report it at some steps only)
+        cost = info.get(self.cost_key) if isinstance(info, dict) else None  # (some tasks report it at some steps only)
         if cost is not None:
             try:
                 cost = float(cost)

@@ -143,6 +143,8 @@ def load_sidecar(export: str | Path) -> dict[str, Any]:
     mapping("task_kwargs", sidecar.get("task_kwargs"), optional=True)
     if sidecar.get("max_episode_steps") is not None:  # the run's own time limit (deploy ends episodes there)
         positive_int("max_episode_steps", sidecar["max_episode_steps"])
+    if "cost_key" in sidecar and (not isinstance(sidecar["cost_key"], str) or not sidecar["cost_key"]):
+        raise bad(f"cost_key={sidecar['cost_key']!r:.60}: expected the step info key of the task's cost")
     obs, act = mapping("observation", sidecar["observation"]), mapping("action", sidecar["action"])
     obs_dim = positive_int("observation.dim", obs.get("dim"))
     act_dim = positive_int("action.dim", act.get("dim"))

@@ -18,6 +18,7 @@ def test_train_export_deploy_and_refuse_a_tampered_file(tmp_path):
     assert sidecar["control"]["dt"] > 0 and sidecar["observation"]["dim"] == 3 and sidecar["action"]["dim"] == 1
     assert sidecar["task_kwargs"] == {"g": 9.5}  # deploy builds the task as it was trained
     assert sidecar["max_episode_steps"] == 150  # and ends its episodes where the run's did
+    assert sidecar["cost_key"] == "cost"  # and sums the task's cost where the run read it (safety.cost_key)
 
     # the exported policy, on a differently configured simulation, with a rate limit added at deploy time
     (tmp_path / "rate.yaml").write_text("filters:\n  - {type: rate, max_delta: [0.5]}\n")

@@ -880,6 +880,30 @@ def test_deploy_reports_the_episode_cost_of_a_task_that_reports_one(tmp_path: Pa
     assert "costs" not in deploy(str(pendulum), episodes=1, log=lambda _: None)  # a task without a cost
 
 
+def test_deploy_sums_the_cost_under_the_run_s_cost_key(tmp_path: Path) -> None:
+    # the run's safety.cost_key travels in the sidecar: deploy read info["cost"] whatever key the run had used
+    import gymnasium as gym
+
+    probe = gym.make("robo_rl/ContactMaze-v0")
+    obs_dim, act_dim, dt = probe.observation_space.shape[0], probe.action_space.shape[0], probe.unwrapped.dt
+    probe.close()
+    export = make_export(tmp_path / "maze", obs_dim=obs_dim, act_dim=act_dim, task="robo_rl/ContactMaze-v0", dt=dt)
+    sidecar_path = export / "policy.json"
+    plain = json.loads(sidecar_path.read_text())
+    runs = {}
+    for key in ("cost", "dissipated_energy", "no_such_key"):
+        sidecar_path.write_text(json.dumps({**plain, "cost_key": key}))
+        runs[key] = deploy(str(export), episodes=2, log=lambda _: None, sim2sim={"max_episode_steps": 30})
+    assert "costs" not in runs["no_such_key"]
+    dissipated, injected = runs["dissipated_energy"]["costs"], runs["cost"]["costs"]
+    assert len(dissipated) == 2 and all(c > 0 for c in dissipated) and dissipated != injected
+    # (the same episodes: one seed, one policy; the returns agree)
+    assert runs["dissipated_energy"]["episode_returns"] == runs["cost"]["episode_returns"]
+    sidecar_path.write_text(json.dumps({**plain, "cost_key": 3}))
+    with pytest.raises(ExportError, match="cost_key=3: expected the step info key of the task's cost"):
+        deploy(str(export), episodes=1, log=lambda _: None)
+
+
 def test_deploy_warns_when_the_sim2sim_plant_voids_the_energy_tank_s_guarantee(tmp_path: Path, caplog) -> None:
     # training warned of a randomized plant the tank does not cover; deploy ran the same plant without a word
     import logging
