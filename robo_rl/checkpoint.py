@@ -468,7 +468,8 @@ def verify_checkpoint(path: str | Path, replay: bool = True) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} {'is a file, not a checkpoint directory' if path.exists() else 'does not exist'}")
     if not manifest_path.is_file():
         if (path / "state.safetensors").exists() or (path / "state.json").exists():
-            raise CheckpointError(f"checkpoint {path} is incomplete: {MANIFEST} is missing (the write was interrupted)")
+            raise CheckpointError(f"checkpoint {path} is incomplete: {MANIFEST} is missing (its write was interrupted, "
+                                  "or it is being pruned)")
         inside = list_checkpoints(path / "checkpoints") or list_checkpoints(path)
         hint = f"; the newest checkpoint under it is {inside[-1]}" if inside else ""  # a run directory, or its checkpoints/
         raise CheckpointError(f"{path} is not a checkpoint directory (no {MANIFEST}, no state files){hint}")
@@ -477,11 +478,19 @@ def verify_checkpoint(path: str | Path, replay: bool = True) -> dict[str, Any]:
         f = path / name
         if not f.is_file():
             raise CheckpointError(f"checkpoint {path} is incomplete: {f} is missing")
-        size = f.stat().st_size
-        if size != info["bytes"]:
-            raise CheckpointError(f"checkpoint file {f} is truncated or altered: {size} bytes, the manifest says {info['bytes']}")
-        if (replay or name != "replay.npz") and _sha256(f) != info["sha256"]:
-            raise CheckpointError(f"checkpoint file {f} does not match its sha256 in the manifest (corrupted or modified)")
+        try:
+            size = f.stat().st_size
+            if size != info["bytes"]:
+                raise CheckpointError(f"checkpoint file {f} is truncated or altered: {size} bytes, the manifest says "
+                                      f"{info['bytes']}")
+            if (replay or name != "replay.npz") and _sha256(f) != info["sha256"]:
+                raise CheckpointError(f"checkpoint file {f} does not match its sha256 in the manifest (corrupted or "
+                                      "modified)")
+        except FileNotFoundError:  # gone since is_file(): the run still training pruned this checkpoint meanwhile
+            raise CheckpointError(f"checkpoint {path} is incomplete: {f} was removed while it was read (pruned by "
+                                  "the run still training?)") from None
+        except OSError as exc:
+            raise CheckpointError(f"checkpoint file {f} cannot be read ({exc.strerror or exc})") from None
     _read_skeleton(path)
     return manifest
 

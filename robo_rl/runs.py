@@ -96,6 +96,29 @@ def refuse_busy_run_dir(run_dir: Path, key: str = "run_dir") -> None:
         os.close(fd)
 
 
+def remove_unused_run_dir(run_dir: Path) -> None:
+    """Remove ``run_dir`` when it holds nothing but the lock file and no process holds that lock: what a run that
+    failed before writing anything leaves. A directory whose lock another process holds is left as it is: it is that
+    process's run, before its config.yaml (a second train refused by the lock removed the first one's directory,
+    and the first then failed writing its config). So is one whose lock cannot be taken here (no POSIX locks)."""
+    if not run_dir.is_dir() or {p.name for p in run_dir.iterdir()} - {LOCK_FILE}:
+        return
+    fd = None
+    try:
+        if (run_dir / LOCK_FILE).exists():
+            import fcntl
+
+            fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while the two go: no process starts in between
+        (run_dir / LOCK_FILE).unlink(missing_ok=True)
+        run_dir.rmdir()
+    except (ImportError, OSError):  # locked by another process, no POSIX locks, or something appeared meanwhile
+        pass
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def _refuse_odd_lock_file(run_dir: Path) -> None:
     """Raise ConfigError if ``run_dir/.lock`` is there but is no regular file: opening a named pipe waits for a writer
     (the command hung), and a directory or device cannot hold the lock."""

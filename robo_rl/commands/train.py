@@ -588,16 +588,16 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
     from robo_rl.runners.stopping import (EnvError, Interrupted, NonFiniteError, RunWriteError, StopOnSignal,
                                           Terminated, raise_terminated)
     from robo_rl.evaluation import EvaluationNotFinished
-    from robo_rl.runs import LOCK_FILE
+    from robo_rl.runs import remove_unused_run_dir
     from robo_rl.train import train
 
     existed = run_dir.exists() and any(run_dir.iterdir())
 
     def leave_nothing() -> None:
-        """A run that failed before writing its config: remove the directory Hydra (and the lock) made."""
-        if not existed and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:
-            (run_dir / LOCK_FILE).unlink(missing_ok=True)
-            run_dir.rmdir()
+        """A run that failed before writing its config: remove the directory Hydra (and the lock) made, unless another
+        process holds its lock (a run started into the same directory a moment earlier: its directory, not ours)."""
+        if not existed:
+            remove_unused_run_dir(run_dir)
 
     import signal
 

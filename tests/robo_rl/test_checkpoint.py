@@ -396,3 +396,23 @@ def test_a_loaded_tensor_gives_the_products_the_saved_one_gave(tmp_path):
     loaded, _ = load_checkpoint(path)
     assert torch.equal(loaded["obs"], obs)
     assert torch.equal(torch.nn.functional.linear(loaded["obs"], weight), torch.nn.functional.linear(obs, weight))
+
+
+def test_a_checkpoint_pruned_while_it_is_verified_is_a_checkpoint_error(tmp_path, monkeypatch):
+    # robo-rl eval/export on a run still training: a file removed between its is_file() and its hash raised a bare
+    # FileNotFoundError ("[Errno 2] ..."), past the code that moves on to the newer checkpoint
+    import shutil
+
+    import robo_rl.checkpoint as C
+
+    old = save_checkpoint(tmp_path, 10, sample_state())
+    hash_file = C._sha256
+
+    def pruned_meanwhile(path):
+        shutil.rmtree(old)  # the run's save of a newer checkpoint prunes this one
+        return hash_file(path)
+
+    monkeypatch.setattr(C, "_sha256", pruned_meanwhile)
+    with pytest.raises(CheckpointError, match=r"step_0000000010 is incomplete: .* was removed while it was read \(pruned "
+                                              r"by the run still training\?\)"):
+        verify_checkpoint(old)

@@ -191,6 +191,8 @@ def test_a_run_without_a_summary_shows_the_steps_and_wall_time_its_metrics_reach
     assert [(r["steps"], r["wall_time_s"], r["steps_per_s"]) for r in g["runs"]] == [(200, 60.0, 100.0), (150, 3.0, 50.0)]
     assert g["steps"]["mean"] == 175.0 and g["wall_time_s"]["mean"] == 31.5 and g["steps_per_s"]["mean"] == 75.0
     assert "but the run has since trained to step 150" in result["warnings"][0]
+    # a run still training has no final policy yet (the message once said so of any run)
+    assert result["warnings"][0].endswith("evaluates its newest checkpoint (the run has not completed)")
     assert "| sac Hopper-v5 (1 not completed (seed 1)) | 2 (0, 1) |" in table(result)
     assert "| 150-200 | 0:31 | 75 |" in table(result)
     # its metrics are read as a run writes them: a wall time that is not one names the file and line

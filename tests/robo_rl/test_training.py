@@ -1858,3 +1858,44 @@ def test_a_task_without_a_time_limit_is_warned_of_at_start_up(tmp_path, console_
     train(compose(*SMALL_PPO, "env.id=robo_rl_test/Endless-v0", "steps=128", "env.max_episode_steps=50"),
           tmp_path / "limited")
     assert not [line for line in console_err()[0] if "time limit" in line]
+
+
+# -- concurrency audit (session 57): a train refused by the lock -----------------------------------------------------
+def test_a_train_refused_by_the_lock_leaves_the_directory_of_the_run_holding_it(tmp_path, monkeypatch, console_err):
+    # two `robo-rl train run_dir=X` (or two default run_dirs of one second): the second found the directory empty as
+    # it started, was refused by the first one's lock, and removed the directory (lock file and all) as a run that
+    # had left nothing; the first then failed writing its config.yaml
+    import contextlib
+    import fcntl
+
+    import robo_rl.commands.train as cli
+    import robo_rl.train as T
+
+    run = tmp_path / "run"
+    run.mkdir()  # (as Hydra makes it, empty when the command starts)
+    holder = []
+    real_lock = T.run_dir_lock
+
+    @contextlib.contextmanager
+    def first_process_locked_it_meanwhile(run_dir):
+        fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (flock locks per open file: this one conflicts with ours)
+        os.pwrite(fd, b"pid 1 on elsewhere\n", 0)
+        holder.append(fd)
+        with real_lock(run_dir):
+            yield
+
+    monkeypatch.setattr(T, "run_dir_lock", first_process_locked_it_meanwhile)
+    try:
+        assert cli.run_training(compose(*SMALL_SAC, "steps=100"), run, []) == 2
+        assert console_err()[0][-1].startswith(f"robo-rl: error: run_dir={run} is in use by another robo-rl training "
+                                               "process (pid 1 on elsewhere)")
+        assert (run / ".lock").is_file()  # the first run's directory and lock are its own
+    finally:
+        os.close(holder[0])
+    # with the lock free, a run that failed before writing anything still leaves nothing
+    monkeypatch.setattr(T, "run_dir_lock", real_lock)
+    other = tmp_path / "other"
+    other.mkdir()
+    assert cli.run_training(compose(*SMALL_SAC, "steps=100", "algo.learning_starts=-1"), other, []) == 2
+    assert not other.exists()
