@@ -65,13 +65,32 @@ class OnceEach(logging.Filter):
         return True
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A StreamHandler on whatever ``sys.stderr`` is when a line is written, not the one it was made with: the handler
+    outlives a call (``console_handler`` adds it once per process), and a notebook cell's capture or a redirect that
+    was current at the first call and closed since got every later call's lines ("Logging error ... I/O operation on
+    closed file"), while the later caller's own stderr got none."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # (StreamHandler.__init__ and setStream assign it: always sys.stderr)
+        pass
+
+
 def console_handler() -> logging.Handler:
-    """The robo_rl logger's handler of plain `message` lines on stderr, added once; the logger then stops propagating
-    to the root logger (whose handlers would print each line again). The logger's level is left as it is."""
+    """The robo_rl logger's handler of plain `message` lines on stderr (the current ``sys.stderr`` at each line),
+    added once; the logger then stops propagating to the root logger (whose handlers would print each line again).
+    The logger's level is left as it is."""
     for handler in log.handlers:
         if getattr(handler, "_robo_rl", False):
             return handler
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler.setFormatter(LogFormatter("%(message)s"))
     handler._robo_rl = True  # type: ignore[attr-defined]
     log.addHandler(handler)

@@ -607,6 +607,26 @@ def test_a_caller_that_quieted_the_robo_rl_logger_keeps_it_quiet_and_train_log_c
         logger.setLevel(before)
 
 
+def test_each_run_prints_to_the_stderr_of_its_own_call(tmp_path):
+    # the console handler, added once per process, kept the sys.stderr of the first call: a notebook cell's capture
+    # (or pytest's capsys) closed since got "Logging error ... I/O operation on closed file" for every line of the
+    # next call, whose own stderr got none
+    import contextlib
+    import io
+
+    from robo_rl.train import compose_config, train
+
+    first = io.StringIO()
+    with contextlib.redirect_stderr(first):
+        train(compose_config(TINY_SAC), tmp_path / "run")
+    assert "done: 101 steps" in first.getvalue()
+    first.close()
+    second = io.StringIO()
+    with contextlib.redirect_stderr(second):
+        train(compose_config(TINY_SAC), tmp_path / "run2")
+    assert "done: 101 steps" in second.getvalue() and "Logging error" not in second.getvalue()
+
+
 def test_a_run_and_its_comparison_leave_the_callers_matplotlib_backend(tmp_path):
     # the learning curve and compare.png were drawn through pyplot after matplotlib.use("Agg"): a notebook's backend
     # (its inline figures) was switched to Agg for the rest of the session
