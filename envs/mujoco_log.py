@@ -16,6 +16,7 @@ import logging
 import os
 import select
 import sys
+import weakref
 from collections import Counter
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -80,6 +81,9 @@ class WorkerWarnings:
         os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)
         self._rest = b""
+        # the pipe closes with the env that made it, also one dropped without close(): 2 fds a dropped env kept for
+        # good (gymnasium's own pipes close when their env is collected)
+        self._close_pipe = weakref.finalize(self, _close_fds, self._read, self._write)
 
     def forward(self) -> None:
         """In a worker process: send its MuJoCo warnings to the main process, if that routed them to ``handle``."""
@@ -111,7 +115,13 @@ class WorkerWarnings:
 
     def close(self) -> None:
         self.drain()
-        for fd in (self._read, self._write):
-            if fd >= 0:
-                os.close(fd)
+        self._close_pipe()  # (once: a second call does nothing)
         self._read = self._write = -1
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass

@@ -10,13 +10,14 @@ what a command line would (this module imports no torch, so the CLI checks a con
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import decimal
 import json
 import math
 import re
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -596,6 +597,25 @@ def saved_unit_actions(policy: Any) -> bool | None:
 
 # -- the user's config directory (robo-rl train --config-dir DIR) -------------------------------------------
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+@contextlib.contextmanager
+def packaged_hydra() -> Iterator[None]:
+    """Hydra initialized on the packaged configs for ``compose``, also in a process whose own Hydra is initialized (a
+    caller's ``@hydra.main`` app, a notebook's ``hydra.initialize``), which Hydra refuses ("GlobalHydra is already
+    initialized"): the caller's Hydra and version base are set aside meanwhile and put back afterwards."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.version import VersionBase
+
+    theirs, their_base = GlobalHydra.instance().hydra, VersionBase.instance().version_base
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(PACKAGED_CONFIGS), version_base=None):
+            yield
+    finally:
+        GlobalHydra.instance().hydra = theirs
+        VersionBase.instance().version_base = their_base
 CONFIG_GROUPS = ("algo", "env", "policy", "safety", "randomize")  # the groups a config directory may add to
 
 
@@ -757,7 +777,7 @@ def check_user_groups(overrides: Iterable[str], cfg: DictConfig | None = None) -
 def compose_config(overrides: Iterable[str] = (), config_dir: str | Path | None = None) -> DictConfig:
     """The config `robo-rl train <overrides>` would run, for use from Python (tests, benchmarks); ``config_dir``:
     a directory of the user's own configs, as ``robo-rl train --config-dir DIR``."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose
 
     from robo_rl.commands.common import quote_paths
     from robo_rl.commands.train import register_resolvers
@@ -779,7 +799,7 @@ def compose_config(overrides: Iterable[str] = (), config_dir: str | Path | None 
         raise ConfigError(problem)
     overrides = with_config_dir(saved_group_choices(overrides) + overrides, config_dir)  # resume: the run's own dir
     check_user_groups(overrides)
-    with initialize_config_dir(config_dir=str(PACKAGED_CONFIGS), version_base=None):
+    with packaged_hydra():
         try:
             cfg = compose(config_name="config", overrides=integral_literals(overrides, integer_keys())
                           + search_path(overrides))

@@ -358,7 +358,11 @@ def load_learner(cfg: DictConfig, env: BatchedEnv, checkpoint: Path, device: str
         with open_dict(cfg):
             cfg.device = str(device)
     state, _ = load_checkpoint(checkpoint, load_replay=False)
-    learner = build_learner(cfg, build_policy(cfg, env), to_act=True)
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # the networks' initial draws, replaced by the checkpoint's weights, come
+        # from a copy of torch's generator: load_run and export_run left a caller's seeded stream moved on
+        learner = build_learner(cfg, build_policy(cfg, env), to_act=True)
     saved = state.get("learner") if isinstance(state, dict) else None
     modules = saved.get("modules") if isinstance(saved, dict) else None
     if not isinstance(modules, dict):

@@ -607,6 +607,40 @@ def test_a_caller_that_quieted_the_robo_rl_logger_keeps_it_quiet_and_train_log_c
         logger.setLevel(before)
 
 
+def test_compose_config_works_in_a_process_whose_own_hydra_is_initialized(tmp_path):
+    # a notebook's hydra.initialize() or a caller's @hydra.main app: compose_config (and train(resume=...), which
+    # composes) raised "GlobalHydra is already initialized"; the caller's Hydra is now set aside and put back
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.version import VersionBase
+
+    from robo_rl.train import compose_config
+
+    (tmp_path / "mine.yaml").write_text("lr: 0.1\n")
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
+        theirs, their_base = GlobalHydra.instance().hydra, VersionBase.instance().version_base
+        assert compose_config(["algo=sac", "env=pendulum"]).algo.name == "sac"
+        assert GlobalHydra.instance().hydra is theirs and VersionBase.instance().version_base == their_base
+        assert dict(compose(config_name="mine")) == {"lr": 0.1}  # the caller's own composition still works
+    assert not GlobalHydra.instance().is_initialized()
+
+
+def test_load_run_leaves_the_callers_torch_random_stream(tmp_path):
+    # building the networks (then overwritten by the checkpoint's weights) drew from torch's global generator: a
+    # caller's seeded stream moved on after load_run or export_run, as it does not after evaluate or make_env
+    import torch
+
+    from robo_rl.runs import load_run
+    from robo_rl.train import compose_config, train
+
+    train(compose_config(TINY_SAC), tmp_path / "run")
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    load_run(tmp_path / "run")
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_each_run_prints_to_the_stderr_of_its_own_call(tmp_path):
     # the console handler, added once per process, kept the sys.stderr of the first call: a notebook cell's capture
     # (or pytest's capsys) closed since got "Logging error ... I/O operation on closed file" for every line of the

@@ -171,12 +171,12 @@ def sweep_problem(plain: list[str], sweeps: list[tuple[int, list[str]]]) -> str 
     import itertools
     import math
 
-    from hydra import compose, initialize_config_dir
+    from hydra import compose
     from omegaconf import open_dict
 
     from robo_rl.build import check_head_and_learner
     from robo_rl.commands.train import composition_message, register_resolvers  # (it imports this module)
-    from robo_rl.config import (PACKAGED_CONFIGS, check_user_groups, naming_user_file, register_schemas, search_path,
+    from robo_rl.config import (check_user_groups, naming_user_file, packaged_hydra, register_schemas, search_path,
                                 with_config_dir)
     from robo_rl.defaults import resolve_defaults
     from robo_rl.validation import ConfigError, validate
@@ -224,7 +224,7 @@ def sweep_problem(plain: list[str], sweeps: list[tuple[int, list[str]]]) -> str 
     register_schemas()
     register_resolvers()
     failed: tuple[tuple[str, ...], list[str], Exception] | None = None
-    with initialize_config_dir(config_dir=str(PACKAGED_CONFIGS), version_base=None):
+    with packaged_hydra():
         for job in jobs:
             overrides = list(plain)
             for i, value in zip(positions, job):

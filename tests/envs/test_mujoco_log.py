@@ -137,3 +137,24 @@ def test_make_env_knows_which_gymnasium_tasks_compile_mujoco_models():
     # (an entry point names "module:Class": robo-rl's ContactMaze was missed when the class part was read as module)
     assert [_builds_mujoco(t) for t in ("HalfCheetah-v5", "robo_rl/ContactMaze-v0", "robo_rl/TwoGoals-v0",
                                         "Pendulum-v1", "Unknown-v0")] == [True, True, False, False, False]
+
+
+def test_the_workers_pipe_closes_with_an_env_dropped_without_close():
+    # every async env dropped without close() kept its warning pipe's 2 fds open for the rest of the process
+    import gc
+
+    from envs.mujoco_log import WorkerWarnings
+
+    pipe = WorkerWarnings()
+    fds = (pipe._read, pipe._write)
+    os.fstat(fds[0]), os.fstat(fds[1])  # open
+    del pipe
+    gc.collect()
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    closed = WorkerWarnings()
+    closed.close()
+    closed.close()  # a second close (and the collection after it) closes nothing twice
+    del closed
+    gc.collect()
