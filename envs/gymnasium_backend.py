@@ -210,15 +210,23 @@ _SCALARS = (bool, int, float, np.bool_, np.integer, np.floating)
 
 
 def _not_one_number(value: Any) -> str | None:
-    """What ``value`` is when it is not one real number (a Python or numpy scalar, or a 0-d real array), else None."""
-    if isinstance(value, _SCALARS) or (isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "biuf"):
+    """What ``value`` is when it is not one real number (a Python or numpy scalar, a 0-d real array or tensor, anything
+    of no dimension that ``float()`` reads: gymnasium's ``SupportsFloat``), else None."""
+    if isinstance(value, _SCALARS):
         return None
-    if isinstance(value, (np.ndarray, list, tuple)):
+    if value is not None and not isinstance(value, (str, bytes)):
+        try:
+            if np.ndim(value) == 0 and not np.iscomplexobj(value):
+                float(value)
+                return None
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    if isinstance(value, (np.ndarray, list, tuple)) or hasattr(value, "shape"):
         try:
             shape = list(np.shape(value))
         except ValueError:  # ragged
             shape = None
-        kind = "an array" if isinstance(value, np.ndarray) else f"a {type(value).__name__}"
+        kind = "an array" if isinstance(value, np.ndarray) else f"a {type(value).__name__}"  # (a torch Tensor, ...)
         return kind + (f" of shape {shape}" if shape is not None else "")
     return "None" if value is None else f"a {type(value).__name__}"
 

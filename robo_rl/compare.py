@@ -246,7 +246,8 @@ def load_run(path: Path) -> Run:
     if evaluated_at is not None and trained is not None and evaluated_at < trained:  # resumed after `robo-rl eval`
         warnings.append(f"{path / EVALUATED}: evaluates the checkpoint at step {int(evaluated_at):,}, but the run has "
                         f"since trained to step {int(trained):,}; `robo-rl eval {shlex.quote(f'run_dir={path}')}` evaluates its "
-                        + ("final policy" if has_summary else "newest checkpoint (the run has not completed)"))
+                        + ("final policy" if (summary or {}).get("status") == "completed"
+                           else "newest checkpoint (the run has not completed)"))
     return run
 
 

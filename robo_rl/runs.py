@@ -108,8 +108,10 @@ def remove_unused_run_dir(run_dir: Path) -> None:
         if (run_dir / LOCK_FILE).exists():
             import fcntl
 
-            fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+            fd = os.open(run_dir / LOCK_FILE, os.O_RDWR)  # (NFS emulates flock with fcntl locks: write access)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while the two go: no process starts in between
+            if {p.name for p in run_dir.iterdir()} - {LOCK_FILE}:  # a run wrote there before the lock was ours
+                return
         (run_dir / LOCK_FILE).unlink(missing_ok=True)
         run_dir.rmdir()
     except (ImportError, OSError):  # locked by another process, no POSIX locks, or something appeared meanwhile

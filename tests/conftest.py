@@ -29,3 +29,18 @@ def _no_signal_from_an_earlier_test():
 
     StopOnSignal.received = None
     yield
+
+
+@pytest.fixture(autouse=True)
+def _robo_rl_logger_as_it_was():
+    # train() (and the CLI) add robo-rl's console handler and stop the robo_rl logger propagating, for the rest of the
+    # process: a later test reading robo-rl's warnings through caplog (the root logger) saw none in whichever xdist
+    # worker, or serial order, ran a training test before it. Each test starts with the logger as it was before it
+    import logging
+
+    logger = logging.getLogger("robo_rl")
+    handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
+    yield
+    logger.handlers[:] = handlers
+    logger.propagate = propagate
+    logger.setLevel(level)

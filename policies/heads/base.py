@@ -70,10 +70,12 @@ def action_bound(head: str, which: str, value: Any) -> np.ndarray:
         bound = array.astype(np.float32)
     if array.dtype.itemsize > 4 or array.dtype.kind in "iu":  # (int32 too: float32 holds whole numbers to 2**24 only)
         wide = array.astype(np.float64)
-        if which == "action_low":
-            bound = np.where(bound.astype(np.float64) < wide, np.nextafter(bound, np.float32(np.inf)), bound)
+        if which == "action_low":  # (an inf stays one: nextafter(inf) is float32's largest number)
+            outside = np.isfinite(bound) & (bound.astype(np.float64) < wide)
+            bound = np.where(outside, np.nextafter(bound, np.float32(np.inf)), bound)
         else:
-            bound = np.where(bound.astype(np.float64) > wide, np.nextafter(bound, np.float32(-np.inf)), bound)
+            outside = np.isfinite(bound) & (bound.astype(np.float64) > wide)
+            bound = np.where(outside, np.nextafter(bound, np.float32(-np.inf)), bound)
     return np.asarray(bound, dtype=np.float32)
 
 

@@ -586,7 +586,7 @@ def run_training(cfg, run_dir: Path, overrides: list[str]) -> int:  # type: igno
     from robo_rl.checkpoint import CheckpointError
     from robo_rl.validation import ConfigError
     from robo_rl.runners.stopping import (EnvError, Interrupted, NonFiniteError, RunWriteError, StopOnSignal,
-                                          Terminated, raise_terminated)
+                                          Terminated, out_of_memory, raise_terminated)
     from robo_rl.evaluation import EvaluationNotFinished
     from robo_rl.runs import remove_unused_run_dir
     from robo_rl.train import train
@@ -664,13 +664,3 @@ def open_files_limit() -> str:
     return "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
 
 
-def out_of_memory(exc: BaseException) -> str | None:
-    """The allocator's one-line reason when ``exc`` is a failed allocation (numpy's MemoryError, torch's
-    RuntimeError), else None."""
-    text = str(exc).strip()
-    if isinstance(exc, MemoryError):
-        return text.splitlines()[0] if text else "an allocation failed"
-    if "can't allocate memory" in text or "out of memory" in text.lower():
-        at = text.find("you tried to allocate")
-        return text[at:].split(".")[0] if at >= 0 else text.splitlines()[0]
-    return None

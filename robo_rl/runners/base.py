@@ -7,6 +7,7 @@ one iteration collects experience and updates the learner.
 from __future__ import annotations
 
 import abc
+import errno
 import json
 import logging
 import math
@@ -34,10 +35,31 @@ from robo_rl.metrics import (MetricsWriter, Progress, format_duration, format_re
 from robo_rl.runners.checkpoints import RunnerCheckpoints
 from robo_rl.runners.safety import SafetyLayer, safety_settings
 from robo_rl.runners.stopping import (EnvError, Interrupted, NonFiniteError, RunWriteError, StopOnSignal,
-                                      is_write_failure)
+                                      is_write_failure, out_of_memory)
 from robo_rl.validation import ConfigError
 
 log = logging.getLogger("robo_rl")
+
+
+def not_the_envs_own(exc: BaseException) -> bool:
+    """Whether an error out of an env call is reported as what it is rather than as the task's own error: a worker
+    process that died, an env breaking its API or outputs not fitting the config (bad input, as at start-up), and
+    running out of memory or of open files (their own messages say what to lower)."""
+    return (isinstance(exc, (WorkerDied, MemoryError, ContractError, ConfigError)) or out_of_memory(exc) is not None
+            or (isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)))
+
+
+def raised_in_step_or_reset(exc: BaseException, env: Any) -> bool:
+    """Whether ``exc`` came out of ``env``'s step() or reset() (or those of the env it wraps), not out of the code
+    around them (an evaluation's policy)."""
+    owners = {id(env), id(getattr(env, "env", None))}
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name in ("step", "reset") and id(frame.f_locals.get("self")) in owners:
+            return True
+        tb = tb.tb_next
+    return False
 
 # The evaluation at env step s seeds its envs (copy i: + i) and the policy's sampling with seed + EVAL_SEED_OFFSET + s:
 # a function of the step, not of how many evaluations came before, so the same training reports the same evaluation at
@@ -150,11 +172,10 @@ class Runner(RunnerCheckpoints, abc.ABC):
             return self.env.step(actions)
         except FloatingPointError as exc:
             self._fail(f"{exc} (at step {self.step:,})")
-        except (WorkerDied, MemoryError, ContractError, ConfigError):  # (an env breaking its API, or its outputs
-            # not fitting the config, e.g. no cost under safety.cost_key: bad input, as at start-up)
-            raise
         except Exception as exc:  # the task's own error (a ValueError read as bad configuration, exit 2; others as a
             # traceback without the checkpoint to continue from)
+            if not_the_envs_own(exc):
+                raise
             raise self._env_failed(f"{self.env.task_id}: env.step() raised {type(exc).__name__}: {exc} (at step "
                                    f"{self.step:,})") from exc
 
@@ -544,10 +565,12 @@ class Runner(RunnerCheckpoints, abc.ABC):
             raise EvaluationNotFinished(f"{exc} (eval.episodes={cfg.episodes}; the evaluation at step {self.step:,})") from None
         except EvaluationStopped as exc:
             stopped = exc
-        except (WorkerDied, MemoryError, ContractError, ConfigError):
-            raise
-        except Exception as exc:  # the evaluation env's own error (the task's code), as one in a training step
-            raise self._env_failed(f"the evaluation at step {self.step:,} raised {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # the evaluation env's own error (the task's code), as one in a training step; the
+            # policy's and the evaluation's own errors are raised as they are
+            if not_the_envs_own(exc) or not raised_in_step_or_reset(exc, self.eval_env):
+                raise
+            raise self._env_failed(f"{self.env.task_id}: the evaluation at step {self.step:,} raised "
+                                   f"{type(exc).__name__}: {exc}") from exc
         self.eval_seconds += time.perf_counter() - t0
         if self.shared_eval:  # the evaluation stepped (and reset) the training envs: they start new episodes
             self.obs = self.env.reset(seed=int(self.cfg.seed) + self.step)

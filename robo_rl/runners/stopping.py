@@ -29,6 +29,18 @@ class EnvError(RuntimeError):
     log_cause_traceback = True
 
 
+def out_of_memory(exc: BaseException) -> str | None:
+    """The allocator's one-line reason when ``exc`` is a failed allocation (numpy's MemoryError, torch's
+    RuntimeError), else None."""
+    text = str(exc).strip()
+    if isinstance(exc, MemoryError):
+        return text.splitlines()[0] if text else "an allocation failed"
+    if "can't allocate memory" in text or "out of memory" in text.lower():
+        at = text.find("you tried to allocate")
+        return text[at:].split(".")[0] if at >= 0 else text.splitlines()[0]
+    return None
+
+
 def is_write_failure(exc: OSError) -> bool:
     """A file could not be written: no space or quota, a read-only or failing disk, access lost, a path too long."""
     return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM,

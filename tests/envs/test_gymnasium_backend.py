@@ -591,7 +591,8 @@ def test_a_reward_or_flag_that_is_not_one_number_names_the_task_and_the_value(ve
         env.close()
 
 
-@pytest.mark.parametrize("reward, flag", [(np.float64(0.5), np.bool_(True)), (np.array(0.5), np.array(True)), (1, 1)])
+@pytest.mark.parametrize("reward, flag", [(np.float64(0.5), np.bool_(True)), (np.array(0.5), np.array(True)), (1, 1),
+                                          (torch.tensor(0.5), torch.tensor(True))])  # (a task computing in torch)
 def test_rewards_and_flags_that_are_one_number_of_any_kind_are_taken(reward, flag):
     env = make_env("robo_rl_test/StepsWrongly-v0", num_envs=1, kwargs={"which": "reward", "bad": reward})
     env.reset(seed=0)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from robo_rl import memory
-from robo_rl.commands.train import out_of_memory, run_training
+from robo_rl.commands.train import run_training
+from robo_rl.runners.stopping import out_of_memory
 from robo_rl.validation import ConfigError
 from robo_rl.train import train
 from tests.helpers import FAST, compose

@@ -1824,26 +1824,28 @@ def test_an_error_the_task_raises_in_an_evaluation_stops_the_run_the_same_way(tm
 
     cfg = compose(*SMALL_SAC, "env.id=robo_rl_test/NaNAfter-v0", "env.kwargs={after: 150, where: raise}",
                   "steps=300", "eval.every=50", "eval.episodes=1", "eval.num_envs=1")
-    with pytest.raises(EnvError, match=r"^the evaluation at step 100 raised ValueError: encoder 3 returned garbage at "
+    with pytest.raises(EnvError, match=r"^robo_rl_test/NaNAfter-v0: the evaluation at step 100 raised ValueError: encoder 3 returned garbage at "
                                        r"step 151; training stopped and the last checkpoint is .*step_0000000090; once the "
                                        r"cause is fixed, .* continues from it \(the error's traceback is in .*train.log\)$"):
         train(cfg, tmp_path / "run")
 
 
 class _Endless(gym.Env):
-    """A task registered without a time limit whose episodes end only when its position leaves [-3, 3]."""
+    """A task registered without a time limit whose episodes end when its position leaves [-3, 3], or (so that a
+    policy that holds it inside cannot stall the test's evaluations) after 60 steps."""
 
     observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
     action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
-        self.x = 0.0
+        self.x, self.t = 0.0, 0
         return np.zeros(1, np.float32), {}
 
     def step(self, action):
         self.x += float(action[0])
-        return np.array([self.x], np.float32), 0.0, abs(self.x) > 3, False, {}
+        self.t += 1
+        return np.array([self.x], np.float32), 0.0, abs(self.x) > 3 or self.t >= 60, False, {}
 
 
 def test_a_task_without_a_time_limit_is_warned_of_at_start_up(tmp_path, console_err):
@@ -1899,3 +1901,23 @@ def test_a_train_refused_by_the_lock_leaves_the_directory_of_the_run_holding_it(
     other.mkdir()
     assert cli.run_training(compose(*SMALL_SAC, "steps=100", "algo.learning_starts=-1"), other, []) == 2
     assert not other.exists()
+
+
+def test_only_the_envs_own_errors_are_reported_as_the_task_s(tmp_path, monkeypatch):
+    # out of memory and of open files keep their own messages (what to lower), and an error of the evaluation's own
+    # code (the policy's, robo-rl's) is raised as it is, not blamed on the task
+    import errno as errno_
+
+    import robo_rl.runners.base as B
+
+    assert B.not_the_envs_own(RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory: you tried to "
+                                           "allocate 10 bytes"))
+    assert B.not_the_envs_own(OSError(errno_.EMFILE, "Too many open files"))
+    assert not B.not_the_envs_own(ValueError("encoder 3 returned garbage"))
+
+    def a_bug(*args, **kwargs):
+        raise RuntimeError("a bug in the evaluation's own code")
+
+    monkeypatch.setattr(B, "evaluate", a_bug)
+    with pytest.raises(RuntimeError, match="^a bug in the evaluation's own code$"):
+        train(compose(*SMALL_SAC, "steps=300", "eval.every=100"), tmp_path / "run")
