@@ -44,3 +44,16 @@ def _robo_rl_logger_as_it_was():
     logger.handlers[:] = handlers
     logger.propagate = propagate
     logger.setLevel(level)
+
+
+@pytest.fixture
+def robo_rl_to_caplog(monkeypatch):
+    """For a test that reads a run's warnings through caplog: robo-rl's console handler is in place (train() adds it
+    only when it is missing, and then stops the robo_rl logger propagating to caplog's root handler), and the logger
+    propagates for this test (the autouse fixture above puts it back)."""
+    import logging
+
+    from robo_rl.metrics import console_handler
+
+    console_handler()
+    monkeypatch.setattr(logging.getLogger("robo_rl"), "propagate", True)

@@ -378,7 +378,7 @@ def test_a_build_runner_run_logs_its_progress_and_writes_train_log_as_train_does
     assert (tmp_path / "run" / "train.log").read_text() == before
 
 
-def test_build_runner_warns_of_a_plan_that_never_updates_the_policy(tmp_path, caplog):
+def test_build_runner_warns_of_a_plan_that_never_updates_the_policy(tmp_path, caplog, robo_rl_to_caplog):
     # steps before algo.learning_starts: train() said so after its opening line, a runner built from Python ran the
     # whole plan without a word; build_runner now logs the same warnings (warn=False: train(), which logs them itself)
     import logging

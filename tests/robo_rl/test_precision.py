@@ -98,7 +98,7 @@ def test_a_precision_that_cannot_work_fails_before_the_run(tmp_path, overrides, 
     assert not (tmp_path / "run").exists()
 
 
-def test_a_bf16_run_trains_and_says_so_in_its_config(tmp_path, monkeypatch, caplog):
+def test_a_bf16_run_trains_and_says_so_in_its_config(tmp_path, monkeypatch, caplog, robo_rl_to_caplog):
     monkeypatch.setattr("robo_rl.build.native_bf16", lambda device: False)  # a CPU without AVX512-BF16 or AMX
     with caplog.at_level("WARNING", logger="robo_rl"):
         summary = train(compose("algo=td3", "env=pendulum", "steps=300", "algo.learning_starts=100", "precision=bf16",
